@@ -1,0 +1,1 @@
+"""groundthink: shared plumbing of the lab (device facts, correctness harness, op registry, gate manifest)."""

@@ -1,0 +1,32 @@
+"""Facts about the machine: which GPU, its slug for profiles/<slug>/, library versions."""
+from __future__ import annotations
+
+import re
+
+import torch
+
+
+def gpu_name(device=None) -> str | None:
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(device)
+
+
+def gpu_slug(device=None) -> str:
+    """'nvidia-h100-80gb-hbm3' for an H100, 'cpu' without CUDA: the folder name under profiles/."""
+    name = gpu_name(device)
+    if name is None:
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def versions() -> dict[str, str]:
+    import triton
+    out = {"torch": torch.__version__, "triton": triton.__version__,
+           "cuda": torch.version.cuda or "none"}
+    for mod in ("fla", "mamba_ssm", "causal_conv1d"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - optional peers: absent or broken both mean "not here"
+            pass
+    return out

@@ -1,0 +1,121 @@
+"""The correctness harness: one way to say "this kernel is right".
+
+``compare(fn, ref, inputs)`` runs ``fn`` on the inputs as given and ``ref`` on float64 copies of them,
+back-propagates the same random cotangents through both, and returns the relative error
+``‖out − ref‖ / ‖ref‖`` (computed in float64) of every output and of the gradient of every input that requires
+one. ``assert_close_all`` turns that into a test with the dtype's bound. NaN or Inf anywhere is an infinite error.
+While ``fn`` runs, every kernel output starts NaN-filled (``kernels._common.nan_prefill``), so an element a
+kernel never writes cannot pass.
+
+Bounds are stated once, here. They are the relative RMS errors a correct kernel with fp32 accumulation reaches
+against float64; an op whose issue sets a tighter bar passes it explicitly.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping
+
+import torch
+
+# Relative error bounds by input dtype (fp32: exact fp32 math with ieee dots; half types: rounding of I/O).
+BOUNDS: dict[torch.dtype, float] = {
+    torch.float64: 1e-12,
+    torch.float32: 1e-5,
+    torch.float16: 2e-3,
+    torch.bfloat16: 5e-3,
+}
+
+
+def bound_for(dtype: torch.dtype) -> float:
+    return BOUNDS[dtype]
+
+
+def rel_err(out: torch.Tensor | None, ref: torch.Tensor | None) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64; inf if out has NaN/Inf or is missing; absolute error if ref is 0."""
+    if out is None and ref is None:
+        return 0.0
+    if out is None or ref is None:
+        return math.inf
+    if out.shape != ref.shape:
+        raise AssertionError(f"shape mismatch: {tuple(out.shape)} vs reference {tuple(ref.shape)}")
+    o = out.detach().to(torch.float64).cpu()
+    r = ref.detach().to(torch.float64).cpu()
+    if not torch.isfinite(o).all():
+        return math.inf
+    den = r.norm().item()
+    num = (o - r).norm().item()
+    return num / den if den > 0 else num
+
+
+def _as_tuple(x):
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _clone_inputs(inputs: Mapping[str, object], dtype: torch.dtype | None, device=None) -> dict:
+    out = {}
+    for name, v in inputs.items():
+        if isinstance(v, torch.Tensor):
+            t = v.detach()
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            if device is not None:
+                t = t.to(device)
+            out[name] = t.requires_grad_(v.requires_grad)
+        else:
+            out[name] = v
+    return out
+
+
+def compare(fn: Callable, ref: Callable, inputs: Mapping[str, object], *, ref_device: str | None = None,
+            seed: int = 0, backward: bool = True) -> dict[str, float]:
+    """Errors of ``fn(**inputs)`` against ``ref(**float64 inputs)``, outputs ("out0", "out1", …) and
+    gradients ("d<name>") of every input tensor with ``requires_grad``.
+
+    Outputs that are None in both are skipped. Cotangents are random normal, shared by both sides.
+    """
+    from kernels._common import nan_prefill
+
+    run_in = _clone_inputs(inputs, None)
+    ref_in = _clone_inputs(inputs, torch.float64, ref_device)
+    with nan_prefill():
+        outs = _as_tuple(fn(**run_in))
+    refs = _as_tuple(ref(**ref_in))
+    if len(outs) != len(refs):
+        raise AssertionError(f"fn returned {len(outs)} outputs, reference {len(refs)}")
+    errs: dict[str, float] = {}
+    gen = torch.Generator().manual_seed(seed)
+    pairs = []
+    for i, (o, r) in enumerate(zip(outs, refs)):
+        if o is None and r is None:
+            continue
+        errs[f"out{i}"] = rel_err(o, r)
+        if backward and isinstance(o, torch.Tensor) and o.requires_grad:
+            cot = torch.randn(r.shape, generator=gen, dtype=torch.float64)
+            pairs.append((o, r, cot))
+    if backward and pairs:
+        with nan_prefill():
+            torch.autograd.backward([o for o, _, _ in pairs], [c.to(o.device, o.dtype) for o, _, c in pairs])
+        torch.autograd.backward([r for _, r, _ in pairs], [c.to(r.device) for _, r, c in pairs])
+        for name, v in run_in.items():
+            if isinstance(v, torch.Tensor) and v.requires_grad:
+                errs[f"d{name}"] = rel_err(v.grad, ref_in[name].grad)
+    return errs
+
+
+def assert_close_all(errs: Mapping[str, float], bound: float, context: str = "") -> None:
+    """Every error finite and within the bound; the message lists them all."""
+    bad = {k: v for k, v in errs.items() if not (v <= bound)}
+    if bad:
+        table = ", ".join(f"{k}={v:.3g}" for k, v in errs.items())
+        raise AssertionError(f"{context} relative error above {bound:g} in {sorted(bad)}: {table}")
+
+
+def check_op(fn: Callable, ref: Callable, inputs: Mapping[str, object], bound: float | None = None,
+             context: str = "", **kw) -> dict[str, float]:
+    """One-line kernel test: compare and assert with the bound of the inputs' dtype (or the given one)."""
+    if bound is None:
+        dt = next(v.dtype for v in inputs.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+        bound = bound_for(dt)
+    errs = compare(fn, ref, inputs, **kw)
+    assert_close_all(errs, bound, context)
+    return errs

@@ -1,0 +1,77 @@
+"""Plumbing shared by every kernel module: output allocation, input validation, launch configs.
+
+* ``new_empty`` is the one allocator kernels use for their outputs and workspaces. Tests switch it to a
+  NaN-filled allocation (``groundthink.harness.nan_prefilled``) so that an element a kernel forgets to write
+  fails the check instead of passing on leftover memory.
+* ``check_*`` raise ``ValueError``/``TypeError`` naming the argument, before anything reaches Triton.
+* ``autotune_configs`` gives Triton's autotuner a single config under the interpreter (a multi-config
+  ``@triton.autotune`` fails with no GPU), the full list otherwise.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+import triton
+
+from kernels import INTERPRET
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_NAN_FILL = False
+
+
+def new_empty(shape, dtype, device) -> torch.Tensor:
+    """Allocate a kernel output. NaN-filled when tests ask for it (floating dtypes only)."""
+    if _NAN_FILL and dtype.is_floating_point:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+@contextlib.contextmanager
+def nan_prefill(enabled: bool = True):
+    """Inside this context every ``new_empty`` output starts as NaN."""
+    global _NAN_FILL
+    old, _NAN_FILL = _NAN_FILL, enabled
+    try:
+        yield
+    finally:
+        _NAN_FILL = old
+
+
+def check_tensor(name: str, t, *, ndim: int | None = None, dtypes: Sequence[torch.dtype] = _FLOAT_DTYPES,
+                 device: torch.device | None = None, shape: Sequence[int | None] | None = None) -> None:
+    """Validate one tensor argument and raise a clear error naming it."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if dtypes and t.dtype not in dtypes:
+        raise TypeError(f"{name} has dtype {t.dtype}; expected one of {[str(d) for d in dtypes]}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the other inputs are on {device}")
+    if shape is not None:
+        if len(shape) != t.dim() or any(s is not None and s != ts for s, ts in zip(shape, t.shape)):
+            want = tuple("*" if s is None else s for s in shape)
+            raise ValueError(f"{name} has shape {tuple(t.shape)}; expected {want}")
+    if t.device.type != "cuda" and not INTERPRET:
+        raise ValueError(f"{name} is on {t.device}: Triton kernels need CUDA tensors (or TRITON_INTERPRET=1)")
+
+
+def check_same_dtype(**tensors: torch.Tensor) -> torch.dtype:
+    """All named tensors share one dtype; return it."""
+    dtypes = {n: t.dtype for n, t in tensors.items() if t is not None}
+    if len(set(dtypes.values())) > 1:
+        raise TypeError("dtype mismatch: " + ", ".join(f"{n}={d}" for n, d in dtypes.items()))
+    return next(iter(dtypes.values()))
+
+
+def autotune_configs(configs: list[triton.Config]) -> list[triton.Config]:
+    """All configs on a GPU, only the first under the interpreter."""
+    return configs[:1] if INTERPRET else configs
+
+
+def num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4

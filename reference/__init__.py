@@ -1,0 +1,1 @@
+"""Slow, obviously-correct PyTorch twins of every kernel: the oracle for tests and the CPU path."""

@@ -1,0 +1,36 @@
+"""Test set-up shared by every test module.
+
+* ``import kernels`` first: on a machine without CUDA it switches Triton to its interpreter before any kernel
+  module defines a ``@triton.jit`` function.
+* ``@pytest.mark.gpu`` tests are skipped without CUDA.
+* hypothesis: a bounded profile (few examples, no deadline: interpreted kernels are slow and first calls compile).
+"""
+import pytest
+import torch
+
+import kernels  # noqa: F401  (sets TRITON_INTERPRET=1 when CUDA is absent)
+
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("lab", max_examples=8, deadline=None, derandomize=False,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.load_profile("lab")
+except ImportError:  # pragma: no cover
+    pass
+
+CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def device():
+    return torch.device("cuda" if CUDA else "cpu")
