@@ -1,0 +1,453 @@
+"""Fused gate blend + residual add + RMSNorm/LayerNorm: one Triton kernel forward, one backward.
+
+Math (per row of D features; x: residual in, a / b: the two branches, see reference/gate_norm_residual.py)::
+
+    h  = x + blend(a, b)                      mode "add":     a
+                                              "vector" / "row" / "element":  g⊙a + (1−g)⊙b
+                                              "weights":      g₀·a + g₁·b
+         g = σ(gate) when gate_logits (vector/row/element only)
+    μ  = mean(h) (LayerNorm) or 0 (RMSNorm);  rstd = rsqrt(mean((h−μ)²) + eps)
+    x̂  = (h − μ)·rstd;   y = x̂⊙W (+ bias)
+
+Backward (dy on y, dh_in on h, both may arrive; c₁ = mean(x̂⊙W⊙dy), c₂ = mean(W⊙dy) for LayerNorm, else 0)::
+
+    dh = dh_in + rstd·(W⊙dy − x̂·c₁ − c₂)
+    dx = dh;  da = g⊙dh;  db = (1−g)⊙dh;  dg = (a−b)⊙dh  (· g(1−g) for logits)
+         row gate: Σ over the row;  vector gate: Σ over rows;  weights: dg₀ = Σ a⊙dh, dg₁ = Σ b⊙dh
+    dW = Σ_rows dy⊙x̂;  dbias = Σ_rows dy
+
+Layouts: every row tensor is viewed as a contiguous [N, D] matrix (N = product of the leading dims; a
+non-contiguous input is copied once). Row gate → [N], element gate → [N, D], vector gate / W / bias → [D],
+weights gate → [2]. Saved for backward: h (its output dtype), rstd [N] fp32 and, for LayerNorm, μ [N] fp32;
+x̂ is recomputed from h (exact when h is fp32, within one bf16/fp16 rounding otherwise).
+
+Kernels:
+* forward: a [BR, BD] tile per program (BD = next power of two ≥ D, the whole row in registers; BR rows per
+  program so that small D still moves a useful tile, shrunk when N is small so that the grid fills the GPU).
+* backward: a persistent grid of G programs (a few per SM, never more than the row blocks), each striding over
+  row blocks and accumulating the column reductions (dW, dbias, vector-gate grad, weights-gate grads) in fp32
+  registers; each program writes one fp32 partial row and one torch ``sum(0)`` over the G partials finishes.
+  No atomics: results are bit-identical run to run.
+
+Numerics: every load is upcast to fp32, all arithmetic and every reduction is fp32; outputs are rounded once
+on store. Row offsets are int64 (N·D may exceed 2³¹).
+
+Dtypes: a and b share one dtype; x may be that dtype or float32 (an fp32 residual stream); gate, weight, bias
+may be a's dtype or float32. h is x's dtype (float32 when ``residual_fp32``), y is a's dtype; every gradient
+has its input's dtype.
+
+torch.compile: the forward and backward are ``torch.library.custom_op``s (``groundthink::gnr_fwd`` /
+``groundthink::gnr_bwd``) with fake implementations and a registered autograd formula, so a compiled model
+treats them as opaque nodes. In eager mode the public function goes through a thin ``autograd.Function`` over
+the same launchers (it skips the custom-op dispatcher, whose Python overhead dominates tiny launches).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import INTERPRET
+from kernels._common import autotune_configs, check_tensor, new_empty, num_sms
+from reference.gate_norm_residual import check_args
+
+__all__ = ["gate_norm_residual"]
+
+_MODE_ID = {"add": 0, "vector": 1, "row": 2, "element": 3, "weights": 4}
+MAX_D = 16384
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------
+@triton.autotune(
+    configs=autotune_configs([triton.Config({}, num_warps=w) for w in (4, 8, 16)]),
+    key=["D", "BR", "BD"],
+)
+@triton.jit
+def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_mean, p_rstd, N, D, eps,
+                    MODE: tl.constexpr, LAYER: tl.constexpr, GATE_LOGITS: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    o_r = pid * BR + tl.arange(0, BR).to(tl.int64)
+    o_c = tl.arange(0, BD)
+    m_r = o_r < N
+    m_c = o_c < D
+    m = m_r[:, None] & m_c[None, :]
+    offs = o_r[:, None] * D + o_c[None, :]
+
+    b_x = tl.load(p_x + offs, mask=m, other=0.).to(tl.float32)
+    b_a = tl.load(p_a + offs, mask=m, other=0.).to(tl.float32)
+    if MODE == 0:
+        b_h = b_x + b_a
+    elif MODE == 4:
+        b_b = tl.load(p_b + offs, mask=m, other=0.).to(tl.float32)
+        b_g0 = tl.load(p_g).to(tl.float32)
+        b_g1 = tl.load(p_g + 1).to(tl.float32)
+        b_h = b_x + b_g0 * b_a + b_g1 * b_b
+    else:
+        b_b = tl.load(p_b + offs, mask=m, other=0.).to(tl.float32)
+        if MODE == 1:
+            b_g = tl.load(p_g + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
+        elif MODE == 2:
+            b_g = tl.load(p_g + o_r, mask=m_r, other=0.).to(tl.float32)[:, None]
+        else:
+            b_g = tl.load(p_g + offs, mask=m, other=0.).to(tl.float32)
+        if GATE_LOGITS:
+            b_g = 1. / (1. + tl.exp(-b_g))
+        b_h = b_x + b_g * b_a + (1. - b_g) * b_b
+    tl.store(p_h + offs, b_h.to(p_h.dtype.element_ty), mask=m)
+
+    if LAYER:
+        b_mean = tl.sum(b_h, axis=1) / D
+        b_d = tl.where(m, b_h - b_mean[:, None], 0.)
+    else:
+        b_d = b_h
+    b_rstd = tl.rsqrt(tl.sum(b_d * b_d, axis=1) / D + eps)
+    b_w = tl.load(p_w + o_c, mask=m_c, other=0.).to(tl.float32)
+    b_y = b_d * b_rstd[:, None] * b_w[None, :]
+    if HAS_BIAS:
+        b_y += tl.load(p_bias + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
+    tl.store(p_y + offs, b_y.to(p_y.dtype.element_ty), mask=m)
+    tl.store(p_rstd + o_r, b_rstd, mask=m_r)
+    if LAYER:
+        tl.store(p_mean + o_r, b_mean, mask=m_r)
+
+
+@triton.autotune(
+    configs=autotune_configs([triton.Config({}, num_warps=w) for w in (8, 4, 16)]),
+    key=["D", "BR", "BD"],
+)
+@triton.jit
+def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_mean, p_rstd,
+                    p_dx, p_da, p_db, p_dg, p_part, p_gpart,
+                    N, D, n_blocks, n_progs,
+                    MODE: tl.constexpr, LAYER: tl.constexpr, GATE_LOGITS: tl.constexpr,
+                    HAS_DH: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    # p_part: [n_progs, 3, D] fp32 partial rows (dW, dbias, vector-gate grad); p_gpart: [n_progs, 2] (weights)
+    pid = tl.program_id(0)
+    o_c = tl.arange(0, BD)
+    m_c = o_c < D
+    b_w = tl.load(p_w + o_c, mask=m_c, other=0.).to(tl.float32)
+    b_acc_dw = tl.zeros([BD], dtype=tl.float32)
+    b_acc_db = tl.zeros([BD], dtype=tl.float32)
+    b_acc_g0 = tl.zeros([BD], dtype=tl.float32)
+    b_acc_g1 = tl.zeros([BD], dtype=tl.float32)
+    if MODE == 1:
+        b_gv = tl.load(p_g + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
+        if GATE_LOGITS:
+            b_gv = 1. / (1. + tl.exp(-b_gv))
+    if MODE == 4:
+        b_g0 = tl.load(p_g).to(tl.float32)
+        b_g1 = tl.load(p_g + 1).to(tl.float32)
+
+    for blk in range(pid, n_blocks, n_progs):
+        o_r = tl.arange(0, BR).to(tl.int64) + blk * BR  # int64 (blk·BR < N fits int32)
+        m_r = o_r < N
+        m = m_r[:, None] & m_c[None, :]
+        offs = o_r[:, None] * D + o_c[None, :]
+
+        b_h = tl.load(p_h + offs, mask=m, other=0.).to(tl.float32)
+        b_dy = tl.load(p_dy + offs, mask=m, other=0.).to(tl.float32)
+        b_rstd = tl.load(p_rstd + o_r, mask=m_r, other=0.)
+        if LAYER:
+            b_mean = tl.load(p_mean + o_r, mask=m_r, other=0.)
+            b_xh = tl.where(m, (b_h - b_mean[:, None]) * b_rstd[:, None], 0.)
+        else:
+            b_xh = b_h * b_rstd[:, None]
+        b_wdy = b_w[None, :] * b_dy
+        b_c1 = tl.sum(b_xh * b_wdy, axis=1) / D
+        if LAYER:
+            b_c2 = tl.sum(b_wdy, axis=1) / D
+            b_dh = (b_wdy - b_xh * b_c1[:, None] - b_c2[:, None]) * b_rstd[:, None]
+        else:
+            b_dh = (b_wdy - b_xh * b_c1[:, None]) * b_rstd[:, None]
+        if HAS_DH:
+            b_dh += tl.load(p_dhin + offs, mask=m, other=0.).to(tl.float32)
+        b_acc_dw += tl.sum(b_dy * b_xh, axis=0)
+        b_acc_db += tl.sum(b_dy, axis=0)
+
+        tl.store(p_dx + offs, b_dh.to(p_dx.dtype.element_ty), mask=m)
+        if MODE == 0:
+            tl.store(p_da + offs, b_dh.to(p_da.dtype.element_ty), mask=m)
+        elif MODE == 4:
+            b_a = tl.load(p_a + offs, mask=m, other=0.).to(tl.float32)
+            b_b = tl.load(p_b + offs, mask=m, other=0.).to(tl.float32)
+            tl.store(p_da + offs, (b_g0 * b_dh).to(p_da.dtype.element_ty), mask=m)
+            tl.store(p_db + offs, (b_g1 * b_dh).to(p_db.dtype.element_ty), mask=m)
+            b_acc_g0 += tl.sum(b_a * b_dh, axis=0)
+            b_acc_g1 += tl.sum(b_b * b_dh, axis=0)
+        else:
+            b_a = tl.load(p_a + offs, mask=m, other=0.).to(tl.float32)
+            b_b = tl.load(p_b + offs, mask=m, other=0.).to(tl.float32)
+            if MODE == 1:
+                b_g = b_gv
+            else:
+                if MODE == 2:
+                    b_g = tl.load(p_g + o_r, mask=m_r, other=0.).to(tl.float32)[:, None]
+                else:
+                    b_g = tl.load(p_g + offs, mask=m, other=0.).to(tl.float32)
+                if GATE_LOGITS:
+                    b_g = 1. / (1. + tl.exp(-b_g))
+            tl.store(p_da + offs, (b_g * b_dh).to(p_da.dtype.element_ty), mask=m)
+            tl.store(p_db + offs, ((1. - b_g) * b_dh).to(p_db.dtype.element_ty), mask=m)
+            b_dg = (b_a - b_b) * b_dh
+            if MODE == 1:
+                b_acc_g0 += tl.sum(b_dg, axis=0)
+            elif MODE == 2:
+                b_dgr = tl.sum(b_dg, axis=1)
+                if GATE_LOGITS:
+                    b_gr = tl.sum(b_g, axis=1)  # [BR, 1] → [BR]
+                    b_dgr = b_dgr * b_gr * (1. - b_gr)
+                tl.store(p_dg + o_r, b_dgr.to(p_dg.dtype.element_ty), mask=m_r)
+            else:
+                if GATE_LOGITS:
+                    b_dg = b_dg * b_g * (1. - b_g)
+                tl.store(p_dg + offs, b_dg.to(p_dg.dtype.element_ty), mask=m)
+
+    p_row = p_part + pid.to(tl.int64) * 3 * D
+    tl.store(p_row + o_c, b_acc_dw, mask=m_c)
+    tl.store(p_row + D + o_c, b_acc_db, mask=m_c)
+    if MODE == 1:
+        if GATE_LOGITS:
+            b_acc_g0 = b_acc_g0 * tl.sum(b_gv * (1. - b_gv), axis=0)
+        tl.store(p_row + 2 * D + o_c, b_acc_g0, mask=m_c)
+    if MODE == 4:
+        tl.store(p_gpart + pid * 2, tl.sum(b_acc_g0, axis=0))
+        tl.store(p_gpart + pid * 2 + 1, tl.sum(b_acc_g1, axis=0))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------
+def _block_d(D: int) -> int:
+    return triton.next_power_of_2(D)
+
+
+def _rows_per_program(N: int, BD: int, tile: int, min_programs: int) -> int:
+    """Rows per program: a tile of ~``tile`` elements, fewer when that would leave the grid too small."""
+    BR = max(1, tile // BD)
+    while BR > 1 and triton.cdiv(N, BR) < min_programs:
+        BR //= 2
+    return BR
+
+
+def _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32):
+    D = x.shape[-1]
+    N = x.numel() // D if D else 0
+    mode_id = _MODE_ID[mode]
+    layer = norm == "layer"
+    h_dtype = torch.float32 if residual_fp32 else x.dtype
+    dev = x.device
+    h = new_empty(x.shape, h_dtype, dev)
+    y = new_empty(x.shape, a.dtype, dev)
+    rstd = new_empty((N,), torch.float32, dev)
+    mean = new_empty((N,) if layer else (0,), torch.float32, dev)
+    if N == 0:
+        return h, y, mean, rstd
+    x2, a2 = x.contiguous(), a.contiguous()
+    b2 = b.contiguous() if b is not None else a2
+    g2 = gate.contiguous() if gate is not None else weight
+    w2 = weight.contiguous()
+    bias2 = bias.contiguous() if bias is not None else w2
+    BD = _block_d(D)
+    BR = _rows_per_program(N, BD, 1 if INTERPRET else 4096, 1 if INTERPRET else 2 * num_sms(dev))
+    if INTERPRET:
+        BR = min(8, triton.next_power_of_2(N))
+    grid = (triton.cdiv(N, BR),)
+    _gnr_fwd_kernel[grid](x2, a2, b2, g2, w2, bias2, h, y, mean if layer else rstd, rstd, N, D, eps,
+                          MODE=mode_id, LAYER=layer, GATE_LOGITS=bool(gate_logits) and mode_id in (1, 2, 3),
+                          HAS_BIAS=bias is not None, BR=BR, BD=BD)
+    return h, y, mean, rstd
+
+
+def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, mean, rstd, mode, norm, gate_logits, x_dtype):
+    D = h.shape[-1]
+    N = h.numel() // D if D else 0
+    mode_id = _MODE_ID[mode]
+    layer = norm == "layer"
+    dev = h.device
+    dx = new_empty(h.shape, x_dtype, dev)
+    da = new_empty(h.shape, a.dtype, dev)
+    db = new_empty(h.shape, a.dtype, dev) if b is not None else None
+    dg = new_empty(gate.shape, gate.dtype, dev) if gate is not None else None
+    if N == 0:
+        dw = torch.zeros_like(weight)
+        dbias = torch.zeros_like(bias) if bias is not None else None
+        if dg is not None:
+            dg.zero_()
+        if db is not None:
+            db.zero_()
+        return dx, da, db, dg, dw, dbias
+    dy2 = dy.contiguous()
+    dh2 = dh.contiguous() if dh is not None else dy2
+    h2 = h.contiguous()
+    BD = _block_d(D)
+    if INTERPRET:
+        BR, n_progs = min(4, triton.next_power_of_2(N)), 2
+    else:
+        sms = num_sms(dev)
+        per_sm = 4 if BD <= 4096 else 2
+        BR = _rows_per_program(N, BD, 2048, sms * per_sm)
+        n_progs = sms * per_sm
+    n_blocks = triton.cdiv(N, BR)
+    n_progs = max(1, min(n_progs, n_blocks))
+    part = new_empty((n_progs, 3, D), torch.float32, dev)
+    gpart = new_empty((n_progs, 2), torch.float32, dev)
+    a2 = a.contiguous()
+    b2 = b.contiguous() if b is not None else a2
+    g2 = gate.contiguous() if gate is not None else weight
+    _gnr_bwd_kernel[(n_progs,)](
+        dh2, dy2, h2, a2, b2, g2, weight.contiguous(), mean if layer else rstd, rstd,
+        dx, da, db if db is not None else da, dg if dg is not None else rstd, part, gpart,
+        N, D, n_blocks, n_progs,
+        MODE=mode_id, LAYER=layer, GATE_LOGITS=bool(gate_logits) and mode_id in (1, 2, 3),
+        HAS_DH=dh is not None, BR=BR, BD=BD)
+    sums = part.sum(0)  # [3, D] fp32, fixed order: deterministic
+    dw = sums[0].to(weight.dtype)
+    dbias = sums[1].to(bias.dtype) if bias is not None else None
+    if mode_id == 1:
+        dg = sums[2].to(gate.dtype)
+    elif mode_id == 4:
+        dg = gpart.sum(0).to(gate.dtype)
+    return dx, da, db, dg, dw, dbias
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch.library custom ops (torch.compile path)
+# ----------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("groundthink::gnr_fwd", mutates_args=())
+def _gnr_fwd_op(x: torch.Tensor, a: torch.Tensor, b: Optional[torch.Tensor], gate: Optional[torch.Tensor],
+                weight: torch.Tensor, bias: Optional[torch.Tensor], mode: str, norm: str, eps: float,
+                gate_logits: bool, residual_fp32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                 torch.Tensor]:
+    return _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32)
+
+
+@_gnr_fwd_op.register_fake
+def _(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32):
+    D = x.shape[-1]
+    N = x.numel() // D
+    h = x.new_empty(x.shape, dtype=torch.float32 if residual_fp32 else x.dtype)
+    y = a.new_empty(x.shape)
+    mean = x.new_empty((N,) if norm == "layer" else (0,), dtype=torch.float32)
+    rstd = x.new_empty((N,), dtype=torch.float32)
+    return h, y, mean, rstd
+
+
+@torch.library.custom_op("groundthink::gnr_bwd", mutates_args=())
+def _gnr_bwd_op(dh: Optional[torch.Tensor], dy: torch.Tensor, h: torch.Tensor, a: torch.Tensor,
+                b: Optional[torch.Tensor], gate: Optional[torch.Tensor], weight: torch.Tensor,
+                bias: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor, mode: str, norm: str,
+                gate_logits: bool, x_dtype: torch.dtype) -> list[torch.Tensor]:
+    dx, da, db, dg, dw, dbias = _bwd_impl(dh, dy, h, a, b, gate, weight, bias, mean, rstd, mode, norm,
+                                          gate_logits, x_dtype)
+    empty = h.new_empty((0,))
+    return [dx, da, empty if db is None else db, empty if dg is None else dg, dw,
+            empty if dbias is None else dbias]
+
+
+@_gnr_bwd_op.register_fake
+def _(dh, dy, h, a, b, gate, weight, bias, mean, rstd, mode, norm, gate_logits, x_dtype):
+    empty = h.new_empty((0,))
+    return [h.new_empty(h.shape, dtype=x_dtype), a.new_empty(h.shape),
+            empty if b is None else a.new_empty(h.shape),
+            empty if gate is None else gate.new_empty(gate.shape),
+            weight.new_empty(weight.shape), empty if bias is None else bias.new_empty(bias.shape)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32 = inputs
+    h, _, mean, rstd = output
+    ctx.save_for_backward(h, a, b, gate, weight, bias, mean, rstd)
+    ctx.cfg = (mode, norm, gate_logits, x.dtype)
+
+
+def _backward(ctx, dh, dy, _dmean, _drstd):
+    h, a, b, gate, weight, bias, mean, rstd = ctx.saved_tensors
+    mode, norm, gate_logits, x_dtype = ctx.cfg
+    if dy is None:
+        dy = torch.zeros_like(h, dtype=a.dtype)
+    dx, da, db, dg, dw, dbias = torch.ops.groundthink.gnr_bwd(dh, dy, h, a, b, gate, weight, bias, mean, rstd,
+                                                              mode, norm, gate_logits, x_dtype)
+    return (dx, da, db if b is not None else None, dg if gate is not None else None, dw,
+            dbias if bias is not None else None, None, None, None, None, None)
+
+
+_gnr_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Eager path: autograd.Function over the same launchers
+# ----------------------------------------------------------------------------------------------------------
+class _GateNormResidual(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32):
+        h, y, mean, rstd = _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32)
+        ctx.save_for_backward(h, a, b, gate, weight, bias, mean, rstd)
+        ctx.cfg = (mode, norm, gate_logits, x.dtype)
+        ctx.set_materialize_grads(False)
+        return h, y
+
+    @staticmethod
+    def backward(ctx, dh, dy):
+        h, a, b, gate, weight, bias, mean, rstd = ctx.saved_tensors
+        mode, norm, gate_logits, x_dtype = ctx.cfg
+        if dy is None:
+            dy = torch.zeros_like(h, dtype=a.dtype)
+        dx, da, db, dg, dw, dbias = _bwd_impl(dh, dy, h, a, b, gate, weight, bias, mean, rstd, mode, norm,
+                                              gate_logits, x_dtype)
+        return dx, da, db, dg, dw, dbias, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------------
+def _validate(x, a, b, gate, weight, bias, mode, norm):
+    check_tensor("x", x)
+    dev = x.device
+    check_tensor("a", a, device=dev)
+    for name, t in (("b", b), ("gate", gate), ("bias", bias)):
+        if t is not None:
+            check_tensor(name, t, device=dev)
+    check_tensor("weight", weight, device=dev)
+    if x.dim() < 1:
+        raise ValueError(f"x must have at least one dimension (…, D); got shape {tuple(x.shape)}")
+    check_args(x, a, b, gate, mode, weight, bias, norm)
+    D = x.shape[-1]
+    if not 1 <= D <= MAX_D:
+        raise ValueError(f"x has feature dimension D={D}; supported 1..{MAX_D}")
+    adt = a.dtype
+    if b is not None and b.dtype != adt:
+        raise TypeError(f"dtype mismatch: b has dtype {b.dtype} but a has {adt} (they must match)")
+    if x.dtype not in (adt, torch.float32):
+        raise TypeError(f"dtype mismatch: x has dtype {x.dtype}; expected a's dtype {adt} or torch.float32")
+    for name, t in (("gate", gate), ("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype not in (adt, torch.float32):
+            raise TypeError(f"dtype mismatch: {name} has dtype {t.dtype}; expected a's dtype {adt} or "
+                            "torch.float32")
+
+
+def gate_norm_residual(x, a, b=None, gate=None, *, weight, bias=None, mode: str = "add", norm: str = "rms",
+                       eps: float = 1e-5, gate_logits: bool = False, residual_fp32: bool = False):
+    """``(h, y)``: h = x + blend(a, b), y = norm(h)·weight (+ bias). See the module docstring and
+    reference/gate_norm_residual.py for the semantics of ``mode``, ``norm``, ``gate_logits``, ``residual_fp32``."""
+    _validate(x, a, b, gate, weight, bias, mode, norm)
+    eps = float(eps)
+    gate_logits, residual_fp32 = bool(gate_logits), bool(residual_fp32)
+    if torch.compiler.is_compiling():
+        h, y, _, _ = torch.ops.groundthink.gnr_fwd(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits,
+                                                    residual_fp32)
+        return h, y
+    return _GateNormResidual.apply(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32)
+
+
+def gate_norm_residual_op(x, a, b=None, gate=None, *, weight, bias=None, mode: str = "add", norm: str = "rms",
+                          eps: float = 1e-5, gate_logits: bool = False, residual_fp32: bool = False):
+    """Same as ``gate_norm_residual`` but always through the custom op (tests, graph capture)."""
+    _validate(x, a, b, gate, weight, bias, mode, norm)
+    h, y, _, _ = torch.ops.groundthink.gnr_fwd(x, a, b, gate, weight, bias, mode, norm, float(eps),
+                                                bool(gate_logits), bool(residual_fp32))
+    return h, y
