@@ -305,11 +305,11 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, mean, rstd, mode, norm, gate_
         N, D, n_blocks, n_progs,
         MODE=mode_id, LAYER=layer, GATE_LOGITS=bool(gate_logits) and mode_id in (1, 2, 3),
         HAS_DH=dh is not None, BR=BR, BD=BD)
-    sums = part.sum(0)  # [3, D] fp32, fixed order: deterministic
-    dw = sums[0].to(weight.dtype)
-    dbias = sums[1].to(bias.dtype) if bias is not None else None
+    # one fixed-order fp32 sum over the program partials per result: deterministic, no aliasing between outputs
+    dw = part[:, 0].sum(0).to(weight.dtype)
+    dbias = part[:, 1].sum(0).to(bias.dtype) if bias is not None else None
     if mode_id == 1:
-        dg = sums[2].to(gate.dtype)
+        dg = part[:, 2].sum(0).to(gate.dtype)
     elif mode_id == 4:
         dg = gpart.sum(0).to(gate.dtype)
     return dx, da, db, dg, dw, dbias
@@ -344,18 +344,18 @@ def _gnr_bwd_op(dh: Optional[torch.Tensor], dy: torch.Tensor, h: torch.Tensor, a
                 gate_logits: bool, x_dtype: torch.dtype) -> list[torch.Tensor]:
     dx, da, db, dg, dw, dbias = _bwd_impl(dh, dy, h, a, b, gate, weight, bias, mean, rstd, mode, norm,
                                           gate_logits, x_dtype)
-    empty = h.new_empty((0,))
-    return [dx, da, empty if db is None else db, empty if dg is None else dg, dw,
-            empty if dbias is None else dbias]
+    empty = lambda: h.new_empty((0,))  # noqa: E731  (distinct placeholders: outputs may not alias)
+    return [dx, da, empty() if db is None else db, empty() if dg is None else dg, dw,
+            empty() if dbias is None else dbias]
 
 
 @_gnr_bwd_op.register_fake
 def _(dh, dy, h, a, b, gate, weight, bias, mean, rstd, mode, norm, gate_logits, x_dtype):
-    empty = h.new_empty((0,))
+    empty = lambda: h.new_empty((0,))  # noqa: E731
     return [h.new_empty(h.shape, dtype=x_dtype), a.new_empty(h.shape),
-            empty if b is None else a.new_empty(h.shape),
-            empty if gate is None else gate.new_empty(gate.shape),
-            weight.new_empty(weight.shape), empty if bias is None else bias.new_empty(bias.shape)]
+            empty() if b is None else a.new_empty(h.shape),
+            empty() if gate is None else gate.new_empty(gate.shape),
+            weight.new_empty(weight.shape), empty() if bias is None else bias.new_empty(bias.shape)]
 
 
 def _setup_context(ctx, inputs, output):
