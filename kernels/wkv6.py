@@ -1,0 +1,566 @@
+"""RWKV-6 wkv in hand-written Triton: chunked forward + backward, recurrent decode path, custom ops.
+
+Math (per sequence and head; state S ∈ R^{K×V}; log-decay w_t ≤ 0 per key channel; bonus u ∈ R^K;
+q_t = scale · r_t):
+
+    o_t = q_t · (S_{t-1} + diag(u) k_tᵀ v_t)
+    S_t = diag(exp(w_t)) S_{t-1} + k_tᵀ v_t                 (S_{-1} = initial_state, final state = S_{T-1})
+
+Layouts (fla style): r, k, w ``[B, T, H, K]``; v ``[B, T, H, V]``; u ``[H, K]``; initial/final state
+``[N, H, K, V]`` fp32 (N = B, or the number of packed sequences with ``cu_seqlens`` and B = 1). All inputs are
+made contiguous; a token is row ``bos + t`` of the flattened ``[B·T, H, *]`` tensors.
+
+Chunked algorithm (chunk BT = 16 tokens, one program per (V-block, sequence·head) walking its sequence chunk by
+chunk with the K×BV state in registers, fp32). Inside a chunk, G_t = Σ_{j≤t} w_j (chunk-local cumsum, fp32),
+Gp_t = G_{t-1} = G_t − w_t, G_L = G of the last row:
+
+* inter-chunk:  o_t += (q_t ⊙ exp(Gp_t)) · S                    (exponent ≤ 0)
+* intra-chunk:  A_ts = Σ_k q_tk k_sk exp(Gp_tk − G_sk) (s < t), A_tt = Σ_k q_tk u_k k_tk;  o_t += Σ_s A_ts v_s.
+  The chunk is a single 16-row "diagonal sub-block", computed *exactly* as a [BT, BT, BK] fp32 tensor with every
+  exponent Gp_t − G_s ≤ 0 (masked entries never exponentiated): no factorization, so no overflow at any decay
+  (w = −40 per step and beyond works; the result underflows to the correct 0).
+* state:        S ← diag(exp(G_L)) S + Σ_s (k_s ⊙ exp(G_L − G_s))ᵀ v_s   (exponents ≤ 0)
+
+Backward (two launches, three with several V-blocks; no atomics, deterministic):
+
+1. forward walk recomputing S and storing the chunk-start states S0_c (fp32, one K×V per chunk and head);
+2. reverse walk carrying D_t = ∂L/∂S_t (D_{T-1} = dS_final, D_{t-1} = diag(exp(w_t)) D_t + q_tᵀ do_t, dh0 = D_{-1}):
+   dq_t = S_{t-1} do_t + u k_t (v_t·do_t), dk_t = D_t v_t + u q_t (v_t·do_t), dv_t = k_t D_t + (Σ_k q_t u k_t) do_t,
+   du = Σ_t q_t k_t (v_t·do_t) (per-program fp32 rows, summed once), all with the chunk split into the S0/D
+   parts (dots) and the exact intra-chunk [BT, BT, BK] parts (exponents Gp_s − G_t ≤ 0);
+3. (only when V needs several V-blocks) sum the per-V-block fp32 partials of dq, dk, dw, add the bonus terms.
+
+dw without cancellation. The usual formula dw_j = Σ_{t>j} q_t⊙dq^s_t − Σ_{t≥j} k_t⊙dk^s_t (+ S_final⊙dS_final)
+subtracts O(1) terms of nearby (undecayed) pairs to get a result that is tiny where the decay is strong, which
+amplifies rounding (fp32 rel err ~1e-5 on CPU, far worse with tf32 dots). Instead each pair (key s, query t)
+contributes to dw_j exactly when s < j < t (its decay exp(G_{t-1} − G_s) contains w_j), so for j in chunk c:
+
+    dw_j = Σ_{t>j, s<j, both in c} q_t k_s E_ts (do_t·v_s)                    (exact, [BT, BT, BK] cumsums)
+         + Σ_{t>j in c} q_t ⊙ exp(Gp_t) ⊙ (S0_c do_t)                          (earlier keys, queries here)
+         + Σ_{s<j in c} k_s ⊙ exp(G_L − G_s) ⊙ (D_c v_s)                       (keys here, later queries)
+         + exp(G_L) ⊙ Σ_v S0_c ⊙ D_c                                            (earlier keys, later queries)
+
+with D_c = ∂L/∂S at the chunk's last row (dS_final included): sums of same-sign-structured terms only.
+Hence w of the last step only acts through the final state. This needs S0_c in the reverse walk, hence the
+stored chunk states (fp32, K·V·4 bytes per 16 tokens and head).
+
+Numerics: state, cumsums and every accumulation in fp32. ``tl.dot`` runs on fp32 operands with
+``input_precision`` = "ieee" for fp32 inputs (≤ 1e-5 vs fp64) and "tf32" for bf16/fp16 inputs (relative
+error ~1e-4, far below the bf16 rounding of o and the gradients, which is the ~1.6e-3 floor); the dw reverse
+cumsum is fp32. ``DOT_PRECISION`` overrides the choice (e.g. "ieee" everywhere).
+
+Positive log-decay: w is clamped to ≤ 0 (decay ≤ 1) inside the kernels and dw is 0 where w > 0 (the gradient of
+``min(w, 0)``), i.e. the op computes exactly ``reference(min(w, 0))``. w must be finite.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import INTERPRET
+from kernels._common import autotune_configs, check_same_dtype, check_tensor, new_empty
+
+BT_CHUNK = 16
+# dot precision for half (bf16/fp16) inputs, forward and backward; fp32 inputs always use "ieee"
+FWD_PRECISION = "tf32"
+BWD_PRECISION = "tf32"
+
+
+def _prec(dtype: torch.dtype, bwd: bool = False) -> str:
+    if dtype == torch.float32:
+        return "ieee"
+    return BWD_PRECISION if bwd else FWD_PRECISION
+
+
+def _warp_configs():
+    return autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
+                             triton.Config({}, num_warps=8, num_stages=1),
+                             triton.Config({}, num_warps=4, num_stages=2),
+                             triton.Config({}, num_warps=2, num_stages=1)])
+
+
+@triton.jit
+def _seq_bounds(cu_ptr, i_n, T, VARLEN: tl.constexpr):
+    if VARLEN:
+        bos = tl.load(cu_ptr + i_n).to(tl.int64)
+        eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
+    return bos, eos
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# forward
+# ----------------------------------------------------------------------------------------------------------------
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "USE_H0", "VARLEN", "PREC"])
+@triton.jit
+def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, cu_ptr, scale, T,
+                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                     BV: tl.constexpr, USE_H0: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
+    L = eos - bos
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    m_lo = o_t[:, None] > o_t[None, :]           # s < t
+    m_eq = o_t[:, None] == o_t[None, :]
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    p_hs = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+    if USE_H0:
+        b_h = tl.load(h0_ptr + p_hs, mask=m_kv, other=0.).to(tl.float32)
+    else:
+        b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    for i_c in range(0, tl.cdiv(L, BT)):
+        rows = i_c * BT + o_t
+        m_t = rows < L
+        tok = (bos + rows) * H + i_h
+        p_k = tok[:, None] * K + o_k[None, :]
+        p_v = tok[:, None] * V + o_v[None, :]
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
+        b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_w = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
+        b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_g = tl.cumsum(b_w, axis=0)
+        b_gp = b_g - b_w
+        b_gl = tl.sum(b_w, axis=0)
+        # exact intra-chunk scores: exponents Gp_t - G_s <= 0 for s < t
+        b_d = b_gp[:, None, :] - b_g[None, :, :]
+        b_e = tl.where(m_lo[:, :, None], tl.exp(tl.minimum(b_d, 0.)), 0.)
+        b_A = tl.sum(b_q[:, None, :] * b_k[None, :, :] * b_e, axis=2)
+        b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
+        b_o = tl.dot(b_q * tl.exp(b_gp), b_h, input_precision=PREC)
+        b_o += tl.dot(b_A, b_v, input_precision=PREC)
+        tl.store(o_ptr + p_v, b_o.to(o_ptr.dtype.element_ty), mask=m_tv)
+        b_kd = b_k * tl.exp(b_gl[None, :] - b_g)
+        b_h = b_h * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+    tl.store(ht_ptr + p_hs, b_h, mask=m_kv)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backward 1: forward walk storing the chunk-start states S0_c (fp32)
+# ----------------------------------------------------------------------------------------------------------------
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "USE_H0", "VARLEN", "PREC"])
+@triton.jit
+def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
+                            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                            BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, VARLEN: tl.constexpr,
+                            PREC: tl.constexpr):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
+    L = eos - bos
+    c0 = bos // BT + i_n            # first chunk slot of this sequence (slots never overlap, see _bwd_impl)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    if USE_H0:
+        b_h = tl.load(h0_ptr + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.).to(tl.float32)
+    else:
+        b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    for i_c in range(0, tl.cdiv(L, BT)):
+        tl.store(hs_ptr + ((c0 + i_c) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
+        rows = i_c * BT + o_t
+        m_t = rows < L
+        tok = (bos + rows) * H + i_h
+        p_k = tok[:, None] * K + o_k[None, :]
+        p_v = tok[:, None] * V + o_v[None, :]
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_w = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
+        b_v = tl.load(v_ptr + p_v, mask=m_t[:, None] & m_v[None, :], other=0.).to(tl.float32)
+        b_g = tl.cumsum(b_w, axis=0)
+        b_gl = tl.sum(b_w, axis=0)
+        b_kd = b_k * tl.exp(b_gl[None, :] - b_g)
+        b_h = b_h * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backward 2: reverse walk carrying D = dL/dS -> dq, dk, dw (partials over V-blocks or final), dv, dh0
+# ----------------------------------------------------------------------------------------------------------------
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "USE_H0", "USE_DHT", "VARLEN", "PREC",
+                                               "DIRECT"])
+@triton.jit
+def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs_ptr, dq_ptr, dk_ptr, dw_ptr,
+                          dv_ptr, du_ptr, dh0_ptr, cu_ptr, scale, T, NTOK,
+                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                          BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr,
+                          VARLEN: tl.constexpr, PREC: tl.constexpr, DIRECT: tl.constexpr):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
+    L = eos - bos
+    NT = tl.cdiv(L, BT)
+    c0 = bos // BT + i_n
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    m_lo = o_t[:, None] > o_t[None, :]           # [t, s]: s < t
+    m_up = o_t[:, None] < o_t[None, :]           # [t, s]: s > t
+    m_eq = o_t[:, None] == o_t[None, :]
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    if USE_DHT:
+        b_dh = tl.load(dht_ptr + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.).to(tl.float32)
+    else:
+        b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    b_du = tl.zeros([BK], dtype=tl.float32)
+    part = i_v.to(tl.int64) * NTOK * H * K
+    for i_r in range(0, NT):
+        i_c = NT - 1 - i_r
+        rows = i_c * BT + o_t
+        m_t = rows < L
+        tok = (bos + rows) * H + i_h
+        p_k = tok[:, None] * K + o_k[None, :]
+        p_v = tok[:, None] * V + o_v[None, :]
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
+        b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_wr = tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_w = tl.minimum(b_wr, 0.)
+        b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_h = tl.load(hs_ptr + ((c0 + i_c) * H + i_h) * K * V + o_kv, mask=m_kv, other=0.)
+        b_g = tl.cumsum(b_w, axis=0)
+        b_gp = b_g - b_w
+        b_gl = tl.sum(b_w, axis=0)
+        b_egp = tl.exp(b_gp)
+        b_egl = tl.exp(b_gl[None, :] - b_g)
+        # ---- queries of this chunk against keys s < t:  dq^s_t = exp(Gp_t) (S0 do_t) + sum_s B_ts k_s E_ts
+        b_B = tl.where(m_lo, tl.dot(b_do, tl.trans(b_v), input_precision=PREC), 0.)
+        b_E = tl.where(m_lo[:, :, None], tl.exp(tl.minimum(b_gp[:, None, :] - b_g[None, :, :], 0.)), 0.)
+        b_X = b_B[:, :, None] * b_k[None, :, :] * b_E            # [t, s, k]
+        b_dqx = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
+        b_dq = b_dqx + tl.sum(b_X, axis=1)
+        # dw, intra pairs s < j < t:  sum_{t>j} sum_{s<j} q_t X[t, s]
+        b_Y = b_q[:, None, :] * b_X
+        b_Y = tl.cumsum(b_Y, axis=1) - b_Y
+        b_dw = tl.sum(tl.where(m_lo[:, :, None], b_Y, 0.), axis=0)
+        # ---- keys of this chunk against queries s > t:  dk^s_t = exp(G_L - G_t) (D v_t) + sum_s M_ts q_s E'_ts
+        b_M = tl.where(m_up, tl.dot(b_v, tl.trans(b_do), input_precision=PREC), 0.)
+        b_E2 = tl.where(m_up[:, :, None], tl.exp(tl.minimum(b_gp[None, :, :] - b_g[:, None, :], 0.)), 0.)
+        b_dkx = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
+        b_dk = b_dkx + tl.sum(b_M[:, :, None] * b_q[None, :, :] * b_E2, axis=1)
+        b_At = tl.sum(b_k[:, None, :] * b_q[None, :, :] * b_E2, axis=2)
+        b_At += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
+        b_dv = tl.dot(b_k * b_egl, b_dh, input_precision=PREC) + tl.dot(b_At, b_do, input_precision=PREC)
+        tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
+        # dw, pairs crossing the chunk boundary: queries t > j here vs earlier keys, keys s < j here vs later
+        # queries, and earlier keys vs later queries (exp(G_L) S0 : D)
+        b_a = b_q * b_dqx
+        b_b = b_k * b_dkx
+        b_dw += tl.cumsum(b_a, axis=0, reverse=True) - b_a + tl.cumsum(b_b, axis=0) - b_b
+        b_dw += (tl.exp(b_gl) * tl.sum(b_h * b_dh, axis=1))[None, :]
+        if DIRECT:
+            b_vd = tl.sum(b_v * b_do, axis=1)
+            b_du += tl.sum(b_q * b_k * b_vd[:, None], axis=0)
+            b_dq += b_u[None, :] * b_k * b_vd[:, None]
+            b_dk += b_u[None, :] * b_q * b_vd[:, None]
+            b_dw = tl.where(b_wr > 0, 0., b_dw)
+            tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
+            tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
+            tl.store(dw_ptr + p_k, b_dw.to(dw_ptr.dtype.element_ty), mask=m_tk)
+        else:
+            tl.store(dq_ptr + part + p_k, b_dq, mask=m_tk)
+            tl.store(dk_ptr + part + p_k, b_dk, mask=m_tk)
+            tl.store(dw_ptr + part + p_k, b_dw, mask=m_tk)
+        b_dh = b_dh * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_q * b_egp), b_do, input_precision=PREC)
+    if USE_H0:
+        tl.store(dh0_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_dh, mask=m_kv)
+    if DIRECT:
+        tl.store(du_ptr + i_nh.to(tl.int64) * K + o_k, b_du, mask=m_k)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backward 3 (only with several V-blocks): sum the fp32 partials, add the bonus terms, du partial rows
+# ----------------------------------------------------------------------------------------------------------------
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BVF", "NV", "VARLEN"])
+@triton.jit
+def _wkv6_bwd_combine_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pw_ptr,
+                             dq_ptr, dk_ptr, dw_ptr, du_ptr, cu_ptr, scale, T, NTOK,
+                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                             BK: tl.constexpr, BVF: tl.constexpr, NV: tl.constexpr, VARLEN: tl.constexpr):
+    i_nh = tl.program_id(0)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
+    L = eos - bos
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = tl.arange(0, BVF)
+    m_k = o_k < K
+    m_v = o_v < V
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_du = tl.zeros([BK], dtype=tl.float32)
+    part_stride = NTOK * H * K
+    for i_c in range(0, tl.cdiv(L, BT)):
+        rows = i_c * BT + o_t
+        m_t = rows < L
+        tok = (bos + rows) * H + i_h
+        p_k = tok[:, None] * K + o_k[None, :]
+        p_v = tok[:, None] * V + o_v[None, :]
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
+        b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_w = tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+        b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+        b_dw = tl.zeros([BT, BK], dtype=tl.float32)
+        for i_v in range(NV):
+            b_dq += tl.load(pq_ptr + i_v * part_stride + p_k, mask=m_tk, other=0.)
+            b_dk += tl.load(pk_ptr + i_v * part_stride + p_k, mask=m_tk, other=0.)
+            b_dw += tl.load(pw_ptr + i_v * part_stride + p_k, mask=m_tk, other=0.)
+        b_vd = tl.sum(b_v * b_do, axis=1)
+        b_du += tl.sum(b_q * b_k * b_vd[:, None], axis=0)
+        b_dq += b_u[None, :] * b_k * b_vd[:, None]
+        b_dk += b_u[None, :] * b_q * b_vd[:, None]
+        b_dw = tl.where(b_w > 0, 0., b_dw)
+        tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
+        tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
+        tl.store(dw_ptr + p_k, b_dw.to(dw_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(du_ptr + i_nh.to(tl.int64) * K + o_k, b_du, mask=m_k)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# recurrent (decode) path: token by token, forward only
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _wkv6_recurrent_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, scale, T,
+                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                           BV: tl.constexpr, USE_H0: tl.constexpr):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    p_hs = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+    if USE_H0:
+        b_h = tl.load(h0_ptr + p_hs, mask=m_kv, other=0.).to(tl.float32)
+    else:
+        b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    for t in range(0, T):
+        tok = (i_n.to(tl.int64) * T + t) * H + i_h
+        b_q = tl.load(q_ptr + tok * K + o_k, mask=m_k, other=0.).to(tl.float32) * scale
+        b_k = tl.load(k_ptr + tok * K + o_k, mask=m_k, other=0.).to(tl.float32)
+        b_w = tl.minimum(tl.load(w_ptr + tok * K + o_k, mask=m_k, other=0.).to(tl.float32), 0.)
+        b_v = tl.load(v_ptr + tok * V + o_v, mask=m_v, other=0.).to(tl.float32)
+        b_kv = b_k[:, None] * b_v[None, :]
+        b_o = tl.sum(b_q[:, None] * (b_h + b_u[:, None] * b_kv), axis=0)
+        tl.store(o_ptr + tok * V + o_v, b_o.to(o_ptr.dtype.element_ty), mask=m_v)
+        b_h = b_h * tl.exp(b_w)[:, None] + b_kv
+    tl.store(ht_ptr + p_hs, b_h, mask=m_kv)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------------------------
+def _blocks(K, V):
+    BK = max(16, triton.next_power_of_2(K))
+    BV = max(16, min(64, triton.next_power_of_2(V)))
+    return BK, BV
+
+
+def _dims(r, v, cu_seqlens):
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return B, T, H, K, V, N
+
+
+def _fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens):
+    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+    BK, BV = _blocks(K, V)
+    o = new_empty((B, T, H, V), r.dtype, r.device)
+    ht = new_empty((N, H, K, V), torch.float32, r.device)
+    grid = (triton.cdiv(V, BV), N * H)
+    _wkv6_fwd_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht,
+                           cu_seqlens if cu_seqlens is not None else r, scale, T,
+                           H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=h0 is not None,
+                           VARLEN=cu_seqlens is not None, PREC=_prec(r.dtype))
+    return o, ht
+
+
+def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale):
+    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+    BK, BV = _blocks(K, V)
+    NV = triton.cdiv(V, BV)
+    dev = r.device
+    NTOK = B * T
+    prec = _prec(r.dtype, bwd=True)
+    cu = cu_seqlens if cu_seqlens is not None else r
+    # chunk-start states: sequence n uses slots bos//BT + n + i_c (disjoint: the next sequence starts at slot
+    # (bos+len)//BT + n + 1 >= bos//BT + n + cdiv(len, BT)), at most cdiv(B*T, BT) + N slots
+    hs = new_empty((triton.cdiv(NTOK, BT_CHUNK) + N, H, K, V), torch.float32, dev)
+    grid = (NV, N * H)
+    _wkv6_bwd_states_kernel[grid](k, v, w, h0 if h0 is not None else hs, hs, cu, T, H=H, K=K, V=V, BT=BT_CHUNK,
+                                  BK=BK, BV=BV, USE_H0=h0 is not None, VARLEN=cu_seqlens is not None, PREC=prec)
+    direct = NV == 1
+    dv = new_empty(v.shape, v.dtype, dev)
+    dh0 = new_empty((N, H, K, V), torch.float32, dev) if h0 is not None else None
+    du_part = new_empty((N, H, K), torch.float32, dev)
+    dr = new_empty(r.shape, r.dtype, dev)
+    dk = new_empty(k.shape, k.dtype, dev)
+    dw = new_empty(w.shape, w.dtype, dev)
+    if direct:
+        pq, pk, pw = dr, dk, dw
+    else:
+        pq, pk, pw = (new_empty((NV, B, T, H, K), torch.float32, dev) for _ in range(3))
+    _wkv6_bwd_main_kernel[grid](r, k, v, w, u, do, dht if dht is not None else hs, hs, pq, pk, pw, dv, du_part,
+                                dh0 if dh0 is not None else hs, cu, scale, T, NTOK, H=H, K=K, V=V, BT=BT_CHUNK,
+                                BK=BK, BV=BV, USE_H0=h0 is not None, USE_DHT=dht is not None,
+                                VARLEN=cu_seqlens is not None, PREC=prec, DIRECT=direct)
+    if not direct:
+        _wkv6_bwd_combine_kernel[(N * H,)](r, k, v, w, u, do, pq, pk, pw, dr, dk, dw, du_part, cu, scale, T, NTOK,
+                                           H=H, K=K, V=V, BT=BT_CHUNK, BK=BK,
+                                           BVF=max(16, triton.next_power_of_2(V)), NV=NV,
+                                           VARLEN=cu_seqlens is not None)
+    du = du_part.sum(0).to(u.dtype)
+    return dr, dk, dv, dw, du, dh0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# custom ops (torch.compile) + autograd
+# ----------------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("groundthink::wkv6_fwd", mutates_args=())
+def _wkv6_fwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+                 scale: float, initial_state: Optional[torch.Tensor],
+                 cu_seqlens: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _fwd_impl(r, k, v, w, u, scale, initial_state, cu_seqlens)
+
+
+@_wkv6_fwd_op.register_fake
+def _(r, k, v, w, u, scale, initial_state, cu_seqlens):
+    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+    return r.new_empty((B, T, H, V)), r.new_empty((N, H, K, V), dtype=torch.float32)
+
+
+@torch.library.custom_op("groundthink::wkv6_bwd", mutates_args=())
+def _wkv6_bwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+                 do: torch.Tensor, dht: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
+                 cu_seqlens: Optional[torch.Tensor], scale: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dr, dk, dv, dw, du, dh0 = _bwd_impl(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale)
+    if dh0 is None:
+        dh0 = r.new_empty((0,), dtype=torch.float32)
+    return dr, dk, dv, dw, du, dh0
+
+
+@_wkv6_bwd_op.register_fake
+def _(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale):
+    dh0 = (torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None
+           else r.new_empty((0,), dtype=torch.float32))
+    return (torch.empty_like(r), torch.empty_like(k), torch.empty_like(v), torch.empty_like(w),
+            torch.empty_like(u), dh0)
+
+
+def _setup_context(ctx, inputs, output):
+    r, k, v, w, u, scale, initial_state, cu_seqlens = inputs
+    ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens)
+    ctx.scale = scale
+    ctx.has_h0 = initial_state is not None
+
+
+def _backward(ctx, do, dht):
+    r, k, v, w, u, initial_state, cu_seqlens = ctx.saved_tensors
+    if do is None:
+        do = torch.zeros((*r.shape[:3], v.shape[-1]), dtype=r.dtype, device=r.device)
+    dr, dk, dv, dw, du, dh0 = _wkv6_bwd_op(r, k, v, w, u, do.contiguous(),
+                                           dht.contiguous() if dht is not None else None,
+                                           initial_state, cu_seqlens, ctx.scale)
+    return dr, dk, dv, dw, du, None, (dh0 if ctx.has_h0 else None), None
+
+
+_wkv6_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------------------------
+def _validate(r, k, v, w, u, initial_state, cu_seqlens):
+    check_tensor("r", r, ndim=4)
+    dev = r.device
+    check_tensor("k", k, ndim=4, device=dev)
+    check_tensor("v", v, ndim=4, device=dev)
+    check_tensor("w", w, ndim=4, device=dev)
+    check_same_dtype(r=r, k=k, v=v, w=w)
+    B, T, H, K = r.shape
+    check_tensor("k", k, shape=(B, T, H, K))
+    check_tensor("w", w, shape=(B, T, H, K))
+    check_tensor("v", v, shape=(B, T, H, None))
+    check_tensor("u", u, ndim=2, device=dev, shape=(H, K))
+    if cu_seqlens is not None:
+        check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32, torch.int64), device=dev)
+        if B != 1:
+            raise ValueError(f"cu_seqlens packs sequences into B = 1; got r with B = {B}")
+        if cu_seqlens.shape[0] < 2:
+            raise ValueError("cu_seqlens must hold at least 2 offsets [0, ..., T]")
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    if initial_state is not None:
+        check_tensor("initial_state", initial_state, ndim=4, device=dev, shape=(N, H, K, v.shape[-1]))
+    if T == 0:
+        raise ValueError("r has T = 0 tokens; need T >= 1")
+
+
+def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
+    """RWKV-6 wkv, chunked Triton kernels (drop-in for fla's ``chunk_rwkv6``).
+
+    r, k, w ``[B, T, H, K]``, v ``[B, T, H, V]`` (one dtype: fp32/fp16/bf16), u ``[H, K]``, w = log-decay
+    (positive entries are clamped to 0 with zero gradient), ``scale`` multiplies r·k (default K**-0.5),
+    ``initial_state`` ``[N, H, K, V]`` (computed in fp32), ``cu_seqlens`` int ``[N+1]`` with B = 1.
+    Returns ``(o [B, T, H, V] in r's dtype, final_state [N, H, K, V] fp32 or None)``. Differentiable in r, k, v, w,
+    u and initial_state (and through the final state). Non-contiguous inputs are made contiguous.
+    """
+    _validate(r, k, v, w, u, initial_state, cu_seqlens)
+    scale = float(r.shape[-1] ** -0.5 if scale is None else scale)
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    o, ht = _wkv6_fwd_op(r.contiguous(), k.contiguous(), v.contiguous(), w.contiguous(), u.contiguous(), scale,
+                         h0, cu_seqlens.contiguous() if cu_seqlens is not None else None)
+    return o, (ht if output_final_state else None)
+
+
+def wkv6_recurrent(r, k, v, w, u, scale=None, initial_state=None, output_final_state=True):
+    """Token-by-token RWKV-6 (decoding a few tokens from a carried state); forward only, no autograd.
+
+    Same arguments and math as ``wkv6`` (no ``cu_seqlens``). Returns ``(o, final_state fp32 or None)``.
+    """
+    _validate(r, k, v, w, u, initial_state, None)
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    scale = float(K ** -0.5 if scale is None else scale)
+    BK = max(16, triton.next_power_of_2(K))
+    BV = max(16, min(64, triton.next_power_of_2(V)))
+    with torch.no_grad():
+        r, k, v, w, u = (x.detach().contiguous() for x in (r, k, v, w, u))
+        h0 = initial_state.detach().float().contiguous() if initial_state is not None else None
+        o = new_empty((B, T, H, V), r.dtype, r.device)
+        ht = new_empty((B, H, K, V), torch.float32, r.device)
+        _wkv6_recurrent_kernel[(triton.cdiv(V, BV), B * H)](r, k, v, w, u, h0 if h0 is not None else ht, o, ht,
+                                                             scale, T, H=H, K=K, V=V, BK=BK, BV=BV,
+                                                             USE_H0=h0 is not None, num_warps=4)
+    return o, (ht if output_final_state else None)
+
+
+__all__ = ["wkv6", "wkv6_recurrent"]
