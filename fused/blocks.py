@@ -1,0 +1,220 @@
+"""The mixers and the feed-forward of the hybrid: RWKV-6 time mix, Mamba-2 mixer, MLP.
+
+Every mixer has ``forward(x, ops, state=None) -> (out, new_state)``:
+* ``state=None`` — the parallel training path (zero initial states, no final state computed, new_state None);
+* ``state`` given — the same computation continued from a carried state (prefill or one generation step,
+  T = 1), returning the state after the last token. The two agree (tests/test_model.py).
+
+The kernels come from ``ops`` (an ``OpSet`` from ``groundthink.registry.resolve``); nothing here imports kernels/.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fused.configs import ModelConfig
+from reference.mamba2 import mamba_recurrent_step
+
+try:  # CUDA-only fused causal conv (optional)
+    from causal_conv1d import causal_conv1d_fn as _causal_conv1d_fn
+except Exception:  # noqa: BLE001
+    _causal_conv1d_fn = None
+
+
+def rms_norm(x, weight, eps):
+    """Plain RMSNorm in float32 (float64 for float64 inputs); returns x's dtype."""
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = x.to(cdt)
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.to(cdt)
+    return y.to(x.dtype)
+
+
+class NormWeight(nn.Module):
+    """Affine parameters of a norm whose computation happens inside ``ops.gate_norm_residual``."""
+
+    def __init__(self, d, norm="rms"):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d)) if norm == "layer" else None
+
+
+# ----------------------------------------------------------------------------------------------- RWKV-6
+class RWKV6TimeMix(nn.Module):
+    """RWKV-6 "Finch" time mix (RWKV-LM ``RWKV_Tmix_x060``).
+
+    ddlerp token shift: xx = shift(x) − x; five data-dependent lerps x + xx ⊙ (maa_* + lora_*(x + xx ⊙ maa_x));
+    r, k, v projections, g = silu(W_g x_g); decay w = time_decay + tanh(x_w W1) W2, log-decay lw = −exp(w);
+    o = wkv6(r, k, v, lw, u, scale=1); per-head GroupNorm; out = W_o(GroupNorm(o) ⊙ g).
+    State: (last input row [B, D], wkv state [B, H, K, V] fp32).
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        D, H, K = cfg.d_model, cfg.n_head, cfg.head_size
+        self.D, self.H, self.K = D, H, K
+        L = cfg.n_layer
+        r01 = layer_id / max(L - 1, 1)          # 0 → 1 over depth
+        r1a0 = 1.0 - layer_id / L               # 1 → ~0
+        ddd = torch.arange(D, dtype=torch.float32) / D
+        self.time_maa_x = nn.Parameter(1.0 - ddd.pow(r1a0))
+        self.time_maa_w = nn.Parameter(1.0 - ddd.pow(r1a0))
+        self.time_maa_k = nn.Parameter(1.0 - ddd.pow(r1a0))
+        self.time_maa_v = nn.Parameter(1.0 - (ddd.pow(r1a0) + 0.3 * r01))
+        self.time_maa_r = nn.Parameter(1.0 - ddd.pow(0.5 * r1a0))
+        self.time_maa_g = nn.Parameter(1.0 - ddd.pow(0.5 * r1a0))
+        R = cfg.mix_lora
+        self.time_maa_w1 = nn.Parameter(torch.empty(D, 5 * R).uniform_(-1e-4, 1e-4))
+        self.time_maa_w2 = nn.Parameter(torch.empty(5, R, D).uniform_(-1e-4, 1e-4))
+        n = torch.arange(D, dtype=torch.float32)
+        decay_speed = -6 + 5 * (n / max(D - 1, 1)).pow(0.7 + 1.3 * r01)
+        self.time_decay = nn.Parameter(decay_speed)                       # lw = −exp(w) ∈ [−0.37, −0.0025]
+        self.time_decay_w1 = nn.Parameter(torch.zeros(D, cfg.decay_lora))
+        self.time_decay_w2 = nn.Parameter(torch.empty(cfg.decay_lora, D).uniform_(-1e-2, 1e-2))
+        zigzag = ((n + 1) % 3 - 1) * 0.1
+        self.time_faaaa = nn.Parameter((r01 * (1 - n / max(D - 1, 1)) + zigzag).view(H, K))   # u
+        self.receptance = nn.Linear(D, D, bias=False)
+        self.key = nn.Linear(D, D, bias=False)
+        self.value = nn.Linear(D, D, bias=False)
+        self.gate = nn.Linear(D, D, bias=False)
+        self.output = nn.Linear(D, D, bias=False)
+        self.ln_x = nn.GroupNorm(H, D, eps=64e-5)
+
+    def forward(self, x, ops, state=None):
+        B, T, D = x.shape
+        H, K = self.H, self.K
+        if state is None:
+            prev = F.pad(x, (0, 0, 1, -1))
+        else:
+            prev = torch.cat([state[0][:, None].to(x.dtype), x[:, :-1]], 1)
+        xx = prev - x
+        xxx = x + xx * self.time_maa_x
+        R = self.time_maa_w2.shape[1]
+        m = torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5, R).transpose(0, 1)
+        m = torch.bmm(m, self.time_maa_w2).view(5, B, T, D)
+        mw, mk, mv, mr, mg = m.unbind(0)
+        xw = x + xx * (self.time_maa_w + mw)
+        xk = x + xx * (self.time_maa_k + mk)
+        xv = x + xx * (self.time_maa_v + mv)
+        xr = x + xx * (self.time_maa_r + mr)
+        xg = x + xx * (self.time_maa_g + mg)
+        r = self.receptance(xr)
+        k = self.key(xk)
+        v = self.value(xv)
+        g = F.silu(self.gate(xg))
+        w = self.time_decay.float() + (torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2).float()
+        lw = -torch.exp(w)                                                 # log-decay ≤ 0, computed in fp32
+        dt = r.dtype
+        r, k, v, lw = (t.view(B, T, H, K) for t in (r, k, v, lw.to(dt)))
+        u = self.time_faaaa.to(dt)
+        if state is None:
+            o, _ = ops.wkv6(r, k, v, lw, u, scale=1.0)
+            new_state = None
+        else:
+            o, S = ops.wkv6(r, k, v, lw, u, scale=1.0, initial_state=state[1], output_final_state=True)
+            new_state = (x[:, -1].detach().clone(), S)
+        o = self.ln_x(o.reshape(B * T, D)).view(B, T, D)
+        return self.output(o * g), new_state
+
+    def init_state(self, batch_size, device, dtype):
+        sdt = torch.float64 if dtype == torch.float64 else torch.float32
+        return (torch.zeros(batch_size, self.D, device=device, dtype=dtype),
+                torch.zeros(batch_size, self.H, self.K, self.K, device=device, dtype=sdt))
+
+
+# ----------------------------------------------------------------------------------------------- Mamba-2
+class Mamba2Mixer(nn.Module):
+    """Mamba-2 mixer, mamba-ssm ``Mamba2`` parameterisation (ngroups groups, no conv/in/out bias flags beyond
+    mamba-ssm's defaults: conv bias on, projection biases off).
+
+    in_proj → [z, x, B, C, dt]; depthwise causal conv1d (width d_conv) + SiLU over (x, B, C);
+    y = ops.mamba2(x, dt, A = −exp(A_log), B, C, chunk_size, D, dt_bias, dt_softplus=True);
+    gated RMSNorm: RMSNorm(y ⊙ silu(z)) (norm_before_gate=False); out_proj.
+    State: (conv state [B, conv_dim, d_conv − 1], ssm state [B, nheads, headdim, d_state] fp32).
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        D = cfg.d_model
+        self.d_inner, self.nheads, self.headdim = cfg.d_inner, cfg.mamba_nheads, cfg.headdim
+        self.d_state, self.ngroups, self.d_conv = cfg.d_state, cfg.ngroups, cfg.d_conv
+        self.chunk_size = cfg.chunk_size
+        self.eps = cfg.norm_eps
+        self.conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
+        self.in_proj = nn.Linear(D, 2 * self.d_inner + 2 * self.ngroups * self.d_state + self.nheads, bias=False)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, cfg.d_conv, groups=self.conv_dim, bias=True)
+        dt = torch.exp(torch.rand(self.nheads) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
+                       + math.log(cfg.dt_min)).clamp(min=cfg.dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))   # inverse softplus
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(1, 16)))
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        self.norm_weight = nn.Parameter(torch.ones(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, D, bias=False)
+
+    def _conv(self, xBC, conv_state):
+        """xBC [B, T, conv_dim] → silu(causal conv) [B, T, conv_dim], new conv state (or None)."""
+        T = xBC.shape[1]
+        xt = xBC.transpose(1, 2)                                          # [B, C, T]
+        w = self.conv1d.weight                                            # [C, 1, W]
+        if conv_state is None:
+            if _causal_conv1d_fn is not None and xt.is_cuda:
+                out = _causal_conv1d_fn(xt, w.squeeze(1), self.conv1d.bias, activation="silu")
+                return out.transpose(1, 2), None
+            out = F.conv1d(F.pad(xt, (self.d_conv - 1, 0)), w, self.conv1d.bias, groups=self.conv_dim)
+            return F.silu(out).transpose(1, 2), None
+        full = torch.cat([conv_state.to(xt.dtype), xt], 2)               # [B, C, W-1+T]
+        out = F.conv1d(full, w, self.conv1d.bias, groups=self.conv_dim)   # [B, C, T]
+        return F.silu(out).transpose(1, 2), full[:, :, -(self.d_conv - 1):].detach().clone()
+
+    def forward(self, u, ops, state=None):
+        Bsz, T, _ = u.shape
+        h, p, n, g = self.nheads, self.headdim, self.d_state, self.ngroups
+        zxbcdt = self.in_proj(u)
+        z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, h], dim=-1)
+        xBC, conv_state = self._conv(xBC, None if state is None else state[0])
+        x, Bm, Cm = torch.split(xBC, [self.d_inner, g * n, g * n], dim=-1)
+        x = x.reshape(Bsz, T, h, p)
+        Bm = Bm.reshape(Bsz, T, g, n)
+        Cm = Cm.reshape(Bsz, T, g, n)
+        A = -torch.exp(self.A_log.float())
+        if state is None:
+            y = ops.mamba2(x, dt, A, Bm, Cm, self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True)
+            new_state = None
+        elif T == 1:   # generation: one step of the recurrence (pure PyTorch, tiny)
+            y, S = mamba_recurrent_step(state[1], x[:, 0], dt[:, 0], A, Bm[:, 0], Cm[:, 0], D=self.D,
+                                        dt_bias=self.dt_bias, dt_softplus=True)
+            y = y[:, None]
+            new_state = (conv_state, S)
+        else:
+            y, S = ops.mamba2(x, dt, A, Bm, Cm, self.chunk_size, D=self.D, dt_bias=self.dt_bias,
+                              dt_softplus=True, initial_states=state[1], return_final_states=True)
+            new_state = (conv_state, S)
+        y = y.reshape(Bsz, T, self.d_inner)
+        # gated RMSNorm (norm_before_gate=False): RMSNorm(y ⊙ silu(z)) ⊙ weight
+        cdt = torch.float64 if y.dtype == torch.float64 else torch.float32
+        yg = y.to(cdt) * F.silu(z.to(cdt))
+        yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + self.eps) * self.norm_weight.to(cdt)
+        return self.out_proj(yg.to(z.dtype)), new_state
+
+    def init_state(self, batch_size, device, dtype):
+        sdt = torch.float64 if dtype == torch.float64 else torch.float32
+        return (torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
+                torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=sdt))
+
+
+# ----------------------------------------------------------------------------------------------- FFN
+class FFN(nn.Module):
+    """4× MLP: down(act(up(x))), act = GELU (peer) or squared ReLU."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ffn, bias=False)
+        self.down = nn.Linear(cfg.d_ffn, cfg.d_model, bias=False)
+        self.act = cfg.ffn_act
+
+    def forward(self, x):
+        hdn = self.up(x)
+        hdn = F.gelu(hdn) if self.act == "gelu" else torch.relu(hdn).square()
+        return self.down(hdn)

@@ -1,0 +1,211 @@
+"""The parallel RWKV-6 ∥ Mamba-2 hybrid language model.
+
+    h = emb(idx);  y = RMSNorm₀(h)
+    per layer:  a = RWKV6TimeMix(y),  b = Mamba2Mixer(y)                 (RF: b = Mamba2Mixer(y + a))
+                h, y = ops.gate_norm_residual(h, a, b, gate, mode=variant)  blend + residual + norm, one call
+                h, y = ops.gate_norm_residual(h, FFN(y), mode="add")
+    logits = head(y)
+
+API (train.py and the benchmarks rely on it):
+    model(idx, targets=None) -> (logits, loss)
+    model.param_groups() -> {"rwkv": [...], "mamba": [...], "other": [...]}   (each parameter once)
+    model.component_stats() -> grad_norm_rwkv, grad_norm_mamba, grad_ratio, gate_mean, state_norm, ...
+    model.init_state(B), model.step(idx_t, state) -> (logits [B, V], state), model.generate(...)
+    model.ops / model.set_ops(opset), model.config, model.num_params(), model.describe()
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fused.blocks import FFN, Mamba2Mixer, NormWeight, RWKV6TimeMix, rms_norm
+from fused.configs import ModelConfig
+from fused.variants import VARIANTS, Fusion
+
+
+class HybridBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        branches = VARIANTS[cfg.name]["branches"]
+        self.tmix = RWKV6TimeMix(cfg, layer_id) if branches != "mamba" else None
+        self.mamba = Mamba2Mixer(cfg, layer_id) if branches != "rwkv" else None
+        self.sequential = branches == "sequential"
+        self.fusion = Fusion(cfg, cfg.name)
+        self.norm1 = NormWeight(cfg.d_model, cfg.norm)
+        self.ffn = FFN(cfg)
+        self.norm2 = NormWeight(cfg.d_model, cfg.norm)
+        self.cfg = cfg
+        self.last_rms = (None, None)
+
+    def forward(self, h, y, ops, state=None, collect=False):
+        st_a = st_b = None
+        a = b = None
+        if self.tmix is not None:
+            a, st_a = self.tmix(y, ops, None if state is None else state["rwkv"])
+        if self.mamba is not None:
+            xin = y + a if self.sequential else y
+            b, st_b = self.mamba(xin, ops, None if state is None else state["mamba"])
+        if collect:
+            rms = lambda t: None if t is None else t.detach().float().pow(2).mean().sqrt()  # noqa: E731
+            self.last_rms = (rms(a), rms(b))
+        h, y2 = self.fusion(h, a, b, y, ops, self.norm1, self.cfg, collect)
+        f = self.ffn(y2)
+        h, y3 = ops.gate_norm_residual(h, f, weight=self.norm2.weight, bias=self.norm2.bias, mode="add",
+                                       norm=self.cfg.norm, eps=self.cfg.norm_eps,
+                                       residual_fp32=self.cfg.residual_fp32)
+        new_state = None if state is None else {"rwkv": st_a, "mamba": st_b}
+        return h, y3, new_state
+
+
+class HybridLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, ops=None):
+        super().__init__()
+        self.config = cfg
+        self.emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.norm0 = nn.Parameter(torch.ones(cfg.d_model))
+        self.blocks = nn.ModuleList([HybridBlock(cfg, i) for i in range(cfg.n_layer)])
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self._init_weights()
+        if cfg.tie_embeddings:
+            self.head.weight = self.emb.weight
+        if ops is None:
+            from groundthink.registry import resolve
+            ops = resolve("auto")
+        self.ops = ops
+        self.collect_stats = True   # cheap per-layer reductions for component_stats(); benchmarks may turn off
+
+    # ------------------------------------------------------------------ init / ops
+    def _init_weights(self):
+        cfg = self.config
+        std = cfg.init_std
+        out_std = std / math.sqrt(2 * cfg.n_layer)
+        nn.init.normal_(self.emb.weight, std=std)
+        nn.init.normal_(self.head.weight, std=std)
+        for blk in self.blocks:
+            if blk.tmix is not None:
+                # RWKV-LM scales (orthogonal gains r 1, k 0.1, v 1, g 0.1) as normal stds over sqrt(D); the gate
+                # at gain 1 rather than 0.1 so that both branches start with comparable output and gradient
+                d = cfg.d_model ** -0.5
+                for lin, gain in ((blk.tmix.receptance, 1.0), (blk.tmix.key, 0.1), (blk.tmix.value, 1.0),
+                                  (blk.tmix.gate, 1.0)):
+                    nn.init.normal_(lin.weight, std=gain * d)
+                nn.init.normal_(blk.tmix.output.weight, std=out_std)
+            if blk.mamba is not None:
+                nn.init.normal_(blk.mamba.in_proj.weight, std=std)
+                nn.init.normal_(blk.mamba.out_proj.weight, std=out_std)
+            nn.init.normal_(blk.ffn.up.weight, std=std)
+            nn.init.normal_(blk.ffn.down.weight, std=out_std)
+
+    def set_ops(self, ops):
+        """Switch kernel implementations (an ``OpSet`` from ``groundthink.registry.resolve``)."""
+        self.ops = ops
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def _run(self, idx, state=None):
+        h = self.emb(idx)
+        y = rms_norm(h, self.norm0, self.config.norm_eps)
+        collect = self.collect_stats and state is None
+        new_states = []
+        for i, blk in enumerate(self.blocks):
+            h, y, st = blk(h, y, self.ops, None if state is None else state[i], collect)
+            new_states.append(st)
+        return self.head(y), (new_states if state is not None else None)
+
+    def forward(self, idx, targets=None):
+        logits, _ = self._run(idx)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss
+
+    def forward_with_state(self, idx, state):
+        """Parallel forward continued from ``state`` (prefill); returns (logits [B, T, V], new state)."""
+        return self._run(idx, state)
+
+    # ------------------------------------------------------------------ recurrent path
+    def init_state(self, batch_size: int):
+        """Zero state: per layer {"rwkv": (last x [B, D], wkv [B, H, K, V]),
+        "mamba": (conv [B, conv_dim, d_conv−1], ssm [B, nheads, headdim, d_state])} (None for absent branches)."""
+        p = self.emb.weight
+        return [{"rwkv": None if blk.tmix is None else blk.tmix.init_state(batch_size, p.device, p.dtype),
+                 "mamba": None if blk.mamba is None else blk.mamba.init_state(batch_size, p.device, p.dtype)}
+                for blk in self.blocks]
+
+    def step(self, idx_t, state):
+        """One token per sequence: idx_t Long [B] → (logits [B, V], new state)."""
+        logits, state = self._run(idx_t[:, None], state)
+        return logits[:, 0], state
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None):
+        """Sample ``max_new_tokens`` after the prompt ``idx`` [B, T] through the recurrent path."""
+        state = self.init_state(idx.shape[0])
+        logits = None
+        for t in range(idx.shape[1]):
+            logits, state = self.step(idx[:, t], state)
+        out = [idx]
+        for _ in range(max_new_tokens):
+            lg = logits.float() / max(temperature, 1e-8)
+            if top_k is not None:
+                kth = torch.topk(lg, min(top_k, lg.shape[-1]), dim=-1).values[:, -1:]
+                lg = lg.masked_fill(lg < kth, -float("inf"))
+            if temperature == 0:
+                nxt = lg.argmax(-1)
+            else:
+                nxt = torch.multinomial(torch.softmax(lg, -1), 1)[:, 0]
+            out.append(nxt[:, None])
+            logits, state = self.step(nxt, state)
+        return torch.cat(out, 1)
+
+    # ------------------------------------------------------------------ introspection
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        groups = {"rwkv": [], "mamba": [], "other": []}
+        for name, p in self.named_parameters():   # named_parameters deduplicates tied weights
+            key = "rwkv" if ".tmix." in name else "mamba" if ".mamba." in name else "other"
+            groups[key].append(p)
+        return groups
+
+    def num_params(self, group: str | None = None) -> int:
+        ps = self.parameters() if group is None else self.param_groups()[group]
+        return sum(p.numel() for p in ps)
+
+    def describe(self) -> str:
+        c = self.config
+        g = {k: self.num_params(k) for k in ("rwkv", "mamba", "other")}
+        return (f"{c.name}/{c.size}: {self.num_params() / 1e6:.2f}M params (rwkv {g['rwkv'] / 1e6:.2f}M, "
+                f"mamba {g['mamba'] / 1e6:.2f}M, other {g['other'] / 1e6:.2f}M); D{c.d_model} L{c.n_layer} "
+                f"rwkv heads {c.n_head}x{c.head_size}, mamba heads {c.mamba_nheads}x{c.headdim} "
+                f"d_state {c.d_state}, vocab {c.vocab_size}; ops {self.ops.impls()}")
+
+    @torch.no_grad()
+    def component_stats(self) -> dict:
+        """Call after backward. Gradient norms per branch, their ratio (rwkv/mamba; None when a branch is
+        absent or has no gradient), mean gate value of the last forward (None without a gate), and
+        ``state_norm``: mean RMS of the branch outputs of the last forward (``rms_rwkv``, ``rms_mamba``
+        separately) — branch health."""
+        groups = self.param_groups()
+
+        def gnorm(ps):
+            gs = [p.grad.detach().float().pow(2).sum() for p in ps if p.grad is not None]
+            return math.sqrt(float(torch.stack(gs).sum())) if gs else 0.0
+
+        gr, gm = gnorm(groups["rwkv"]), gnorm(groups["mamba"])
+        gates = [blk.fusion.last_gate_mean for blk in self.blocks if blk.fusion.last_gate_mean is not None]
+        ra = [blk.last_rms[0] for blk in self.blocks if blk.last_rms[0] is not None]
+        rb = [blk.last_rms[1] for blk in self.blocks if blk.last_rms[1] is not None]
+        mean = lambda xs: float(torch.stack(xs).mean()) if xs else None  # noqa: E731
+        rms_a, rms_b = mean(ra), mean(rb)
+        both = [v for v in (rms_a, rms_b) if v is not None]
+        return {
+            "grad_norm_rwkv": gr,
+            "grad_norm_mamba": gm,
+            "grad_ratio": (gr / gm) if (gr > 0 and gm > 0) else None,
+            "gate_mean": mean(gates),
+            "state_norm": sum(both) / len(both) if both else None,
+            "rms_rwkv": rms_a,
+            "rms_mamba": rms_b,
+        }
