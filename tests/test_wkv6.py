@@ -1,0 +1,319 @@
+"""Tests of kernels.wkv6 (Triton; interpreter on CPU) and of reference.wkv6 (the float64 oracle)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels  # noqa: F401
+from groundthink.harness import assert_close_all, check_op, compare, rel_err
+from kernels.wkv6 import wkv6, wkv6_recurrent
+from reference.wkv6 import wkv6 as ref_loop
+from reference.wkv6 import wkv6_chunked as ref_chunked
+
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+
+
+def make_inputs(B, T, H, K, V, dtype=torch.float32, decay="mixed", h0=False, N=None, device=DEV, grad=True,
+                final=True, scale=None):
+    g = torch.Generator().manual_seed(torch.randint(0, 2**31 - 1, ()).item())
+    rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    r, k = rnd(B, T, H, K), rnd(B, T, H, K)
+    v = rnd(B, T, H, V)
+    if decay == "mild":
+        w = -torch.exp(rnd(B, T, H, K) * 0.5 - 2.0)                 # ≈ [-0.4, -0.01]
+    elif decay == "strong":
+        w = F.logsigmoid(rnd(B, T, H, K)) / 0.1                     # fla's test decay, down to ≈ -40 and below
+    else:                                                           # per-channel spread reaching -40
+        w = -torch.exp(rnd(B, T, H, K) * 1.5).clamp(max=40.0)
+    u = rnd(H, K)
+    d = dict(r=r, k=k, v=v, w=w, u=u)
+    if h0:
+        d["initial_state"] = rnd(N or B, H, K, V)
+    d = {n: x.to(device=device, dtype=dtype if n != "initial_state" or dtype == torch.float64 else torch.float32).requires_grad_(grad)
+         for n, x in d.items()}
+    d["scale"] = scale
+    d["output_final_state"] = final
+    return d
+
+
+def _check(inputs, ref=ref_loop, bound=None, context=""):
+    return check_op(wkv6, ref, inputs, bound=bound, context=context)
+
+
+# ------------------------------------------------------------------------------------------------ reference
+def test_reference_loop_vs_chunked_fp64():
+    for (B, T, H, K, V, C) in [(2, 37, 2, 5, 3, 16), (1, 50, 1, 4, 6, 8), (1, 1, 2, 3, 3, 16)]:
+        d = make_inputs(B, T, H, K, V, torch.float64, decay="strong", h0=True, device="cpu", grad=False)
+        o1, s1 = ref_loop(**d)
+        o2, s2 = ref_chunked(**d, chunk_size=C)
+        assert rel_err(o2, o1) < 1e-12 and rel_err(s2, s1) < 1e-12
+
+
+def test_reference_loop_vs_chunked_varlen_fp64():
+    d = make_inputs(1, 30, 2, 4, 3, torch.float64, h0=True, N=3, device="cpu", grad=False)
+    cu = torch.tensor([0, 7, 8, 30])
+    o1, s1 = ref_loop(**d, cu_seqlens=cu)
+    o2, s2 = ref_chunked(**d, cu_seqlens=cu, chunk_size=4)
+    assert rel_err(o2, o1) < 1e-12 and rel_err(s2, s1) < 1e-12
+
+
+def test_reference_gradcheck_fp64():
+    d = make_inputs(1, 5, 1, 3, 2, torch.float64, decay="mild", h0=True, device="cpu")
+    names = ["r", "k", "v", "w", "u", "initial_state"]
+
+    def f(*xs):
+        o, s = ref_loop(**dict(zip(names, xs)), scale=0.7, output_final_state=True)
+        return o, s
+
+    assert torch.autograd.gradcheck(f, tuple(d[n] for n in names))
+    f2 = lambda *xs: ref_chunked(**dict(zip(names, xs)), scale=0.7, output_final_state=True,  # noqa: E731
+                                 chunk_size=2)
+    assert torch.autograd.gradcheck(f2, tuple(d[n] for n in names))
+
+
+# ------------------------------------------------------------------------------------------------ kernel, CPU fp32
+@pytest.mark.parametrize("shape,decay,h0,scale", [
+    ((2, 37, 2, 20, 12), "strong", True, None),      # T not a chunk multiple, odd K/V, K != V
+    ((1, 1, 1, 16, 16), "mixed", True, 1.0),         # T = 1
+    ((1, 40, 2, 32, 80), "mixed", False, None),      # V over two V-blocks (partials + combine), no h0
+    ((2, 33, 1, 8, 24), "mild", True, 1.0),
+    ((1, 48, 1, 60, 16), "strong", False, 0.5),      # K = 60
+])
+def test_wkv6_fp32_vs_reference(shape, decay, h0, scale):
+    d = make_inputs(*shape, decay=decay, h0=h0, scale=scale)
+    _check(d, context=f"{shape} {decay}")
+
+
+def test_wkv6_extreme_decay():
+    d = make_inputs(1, 35, 2, 16, 16, h0=True)
+    with torch.no_grad():
+        d["w"][:, :, :, :8] = -40.0                      # all strong
+        d["w"][:, ::3, :, 8:] = -60.0                    # beyond -40
+        d["w"][:, 1::3, :, 8:] = -1e-4
+    _check(d, context="extreme decay")
+
+
+def test_wkv6_no_final_state_and_default_outputs():
+    d = make_inputs(2, 20, 1, 16, 16, final=False)
+    errs = _check(d)
+    assert "out1" not in errs
+    o, s = wkv6(**{n: x.detach() if torch.is_tensor(x) else x for n, x in d.items()})
+    assert s is None and o.dtype == torch.float32
+
+
+def test_wkv6_only_final_state_used():
+    """Gradient flows through the final state alone (o unused: do is None); w of the last step matters there."""
+    d = make_inputs(1, 19, 1, 16, 16, h0=True)
+    names = ("r", "k", "v", "w", "u", "initial_state")
+    x = {n: d[n].detach().clone().requires_grad_(True) for n in names}
+    y = {n: d[n].detach().double().requires_grad_(True) for n in names}
+    gs = torch.randn(1, 1, 16, 16)
+    wkv6(**x, output_final_state=True)[1].backward(gs)
+    ref_loop(**y, output_final_state=True)[1].backward(gs.double())
+    assert torch.count_nonzero(x["r"].grad) == 0 and torch.count_nonzero(x["u"].grad) == 0
+    for n in ("k", "v", "w", "initial_state"):
+        assert rel_err(x[n].grad, y[n].grad) < 1e-5, n
+    assert x["w"].grad[0, -1].abs().sum() > 0
+
+
+def test_wkv6_varlen():
+    cu = torch.tensor([0, 5, 6, 30, 47], dtype=torch.int32)
+    d = make_inputs(1, 47, 2, 16, 16, decay="strong", h0=True, N=4)
+    d["cu_seqlens"] = cu
+    _check(d, context="varlen")
+    # equals running each sequence separately
+    x = {n: v.detach() if torch.is_tensor(v) else v for n, v in d.items()}
+    o, s = wkv6(**x)
+    for n in range(4):
+        a, b = int(cu[n]), int(cu[n + 1])
+        on, sn = wkv6(x["r"][:, a:b], x["k"][:, a:b], x["v"][:, a:b], x["w"][:, a:b], x["u"],
+                      initial_state=x["initial_state"][n:n + 1], output_final_state=True)
+        assert rel_err(o[:, a:b], on) < 1e-6 and rel_err(s[n:n + 1], sn) < 1e-6
+
+
+def test_wkv6_fp16_cpu():
+    d = make_inputs(1, 21, 1, 16, 16, dtype=torch.float16, decay="mild", h0=True)
+    _check(d, bound=2e-3, context="fp16")
+
+
+def test_wkv6_positive_decay_is_clamped():
+    d = make_inputs(1, 20, 1, 16, 16, h0=True)
+    with torch.no_grad():
+        d["w"][:, ::4] = d["w"][:, ::4].abs() + 0.5      # positive log-decay entries
+    pos = (d["w"] > 0).detach().clone()
+
+    def ref_clamped(w, **kw):
+        return ref_loop(w=torch.clamp(w, max=0.0), **kw)
+
+    errs = check_op(wkv6, ref_clamped, d, bound=1e-5)
+    assert errs["dw"] <= 1e-5
+    x = {n: v.detach().requires_grad_(True) if torch.is_tensor(v) else v for n, v in d.items()}
+    o, s = wkv6(**x)
+    (o.sum() + s.sum()).backward()
+    assert torch.isfinite(o).all() and (x["w"].grad[pos] == 0).all()
+
+
+def test_wkv6_noncontiguous_inputs():
+    d = make_inputs(1, 18, 2, 16, 16, h0=True, grad=False)
+    x = {n: v for n, v in d.items()}
+    x["r"] = d["r"].transpose(1, 2).contiguous().transpose(1, 2)          # same values, other strides
+    x["v"] = torch.cat([d["v"], d["v"]], -1)[..., :16]
+    assert not x["r"].is_contiguous() and not x["v"].is_contiguous()
+    o1, s1 = wkv6(**x)
+    o2, s2 = ref_loop(**{n: v.double() if torch.is_tensor(v) else v for n, v in d.items()})
+    assert rel_err(o1, o2) < 1e-5 and rel_err(s1, s2) < 1e-5
+
+
+def test_wkv6_deterministic():
+    d = make_inputs(1, 40, 2, 16, 40, decay="strong", h0=True)   # V = 40: 1 V-block; also run a 2-block case
+    d2 = make_inputs(1, 20, 1, 16, 80, h0=True)
+    for inp in (d, d2):
+        res = []
+        for _ in range(2):
+            x = {n: v.detach().clone().requires_grad_(True) if torch.is_tensor(v) else v for n, v in inp.items()}
+            o, s = wkv6(**x)
+            g = torch.linspace(-1, 1, o.numel()).reshape(o.shape)
+            torch.autograd.backward([o, s], [g, torch.ones_like(s) * 0.1])
+            res.append([o, s] + [x[n].grad for n in ("r", "k", "v", "w", "u", "initial_state")])
+        for a, b in zip(*res):
+            assert torch.equal(a, b)
+
+
+def test_wkv6_recurrent_matches_chunked():
+    d = make_inputs(2, 5, 2, 20, 12, decay="strong", h0=True, grad=False)
+    x = {n: v for n, v in d.items() if n != "output_final_state"}
+    o1, s1 = wkv6_recurrent(**x)
+    o2, s2 = wkv6(**x, output_final_state=True)
+    assert rel_err(o1, o2) < 1e-6 and rel_err(s1, s2) < 1e-6
+    o3, s3 = ref_loop(**{n: v.double() if torch.is_tensor(v) else v for n, v in x.items()},
+                      output_final_state=True)
+    assert rel_err(o1, o3) < 1e-5 and rel_err(s1, s3) < 1e-5
+    # decode continues from the carried state: 2 calls == 1 call over the concatenation
+    y = {n: x[n][:, :2] for n in ("r", "k", "v", "w")}
+    z = {n: x[n][:, 2:] for n in ("r", "k", "v", "w")}
+    oa, sa = wkv6_recurrent(**y, u=x["u"], initial_state=x["initial_state"])
+    ob, sb = wkv6_recurrent(**z, u=x["u"], initial_state=sa)
+    assert rel_err(torch.cat([oa, ob], 1), o1) < 1e-6 and rel_err(sb, s1) < 1e-6
+    o4, s4 = wkv6_recurrent(**{n: x[n] for n in ("r", "k", "v", "w", "u")}, output_final_state=False)
+    assert s4 is None
+
+
+# ------------------------------------------------------------------------------------------------ property fuzzing
+try:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    @given(B=st.integers(1, 2), T=st.integers(1, 40), H=st.integers(1, 2), K=st.sampled_from([4, 12, 16, 20, 33]),
+           V=st.sampled_from([3, 16, 24, 40]), h0=st.booleans(), decay=st.sampled_from(["mild", "strong", "mixed"]),
+           scale=st.sampled_from([None, 1.0]))
+    def test_wkv6_fuzz(B, T, H, K, V, h0, decay, scale):
+        d = make_inputs(B, T, H, K, V, decay=decay, h0=h0, scale=scale)
+        _check(d, context=f"B{B} T{T} H{H} K{K} V{V} h0={h0} {decay}")
+except ImportError:  # pragma: no cover
+    pass
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _good():
+    return make_inputs(1, 4, 2, 16, 16, h0=True, grad=False)
+
+
+@pytest.mark.parametrize("mutate,name", [
+    (lambda d: d.update(k=d["k"].half()), "k"),
+    (lambda d: d.update(r=d["r"].to(torch.int32)), "r"),
+    (lambda d: d.update(v=d["v"][:, :3]), "v"),
+    (lambda d: d.update(w=d["w"][..., :8]), "w"),
+    (lambda d: d.update(k=d["k"][:, :, :, :, None]), "k"),
+    (lambda d: d.update(u=d["u"][0]), "u"),
+    (lambda d: d.update(u=d["u"][:, :8]), "u"),
+    (lambda d: d.update(initial_state=d["initial_state"][:, :, :8]), "initial_state"),
+    (lambda d: d.update(initial_state=d["initial_state"].repeat(2, 1, 1, 1)), "initial_state"),
+    (lambda d: d.update(r=d["r"].repeat(2, 1, 1, 1), k=d["k"].repeat(2, 1, 1, 1), v=d["v"].repeat(2, 1, 1, 1),
+                        w=d["w"].repeat(2, 1, 1, 1), initial_state=None,
+                        cu_seqlens=torch.tensor([0, 4])), "cu_seqlens"),
+    (lambda d: d.update(cu_seqlens=torch.tensor([0.0, 4.0])), "cu_seqlens"),
+    (lambda d: d.update(u=d["u"].to("meta")), "u"),
+])
+def test_wkv6_bad_input(mutate, name):
+    d = _good()
+    mutate(d)
+    with pytest.raises((ValueError, TypeError), match=name):
+        wkv6(**d)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_wkv6_cpu_gpu_mix():
+    d = make_inputs(1, 4, 2, 16, 16, grad=False)
+    d["u"] = d["u"].cpu()
+    with pytest.raises(ValueError, match="u"):
+        wkv6(**d)
+
+
+# ------------------------------------------------------------------------------------------------ torch.compile
+def test_wkv6_torch_compile():
+    d = make_inputs(1, 20, 2, 16, 16, h0=True)
+
+    def model(r, k, v, w, u, initial_state):
+        o, s = wkv6(r * 1.0, k, v, w, u, initial_state=initial_state, output_final_state=True)
+        return o.sin().sum() + s.square().sum()
+
+    names = ("r", "k", "v", "w", "u", "initial_state")
+    x1 = {n: d[n].detach().clone().requires_grad_(True) for n in names}
+    x2 = {n: d[n].detach().clone().requires_grad_(True) for n in names}
+    backend = "inductor" if CUDA else "aot_eager"   # CPU: interpreter kernels inside an aot_eager graph
+    f = torch.compile(model, backend=backend, fullgraph=True)
+    l1 = f(**x1)
+    l1.backward()
+    l2 = model(**x2)
+    l2.backward()
+    assert torch.allclose(l1, l2, rtol=1e-5)
+    for n in names:
+        assert torch.allclose(x1[n].grad, x2[n].grad, rtol=1e-4, atol=1e-5), n
+
+
+def test_wkv6_opcheck():
+    d = make_inputs(1, 5, 1, 16, 16, h0=True, grad=False)
+    args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"], None)
+    torch.library.opcheck(torch.ops.groundthink.wkv6_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong"):
+    """Kernel vs the fp64 chunked reference (run on the GPU)."""
+    d = make_inputs(B, T, H, K, V, dtype=dtype, decay=decay, h0=h0, device="cuda")
+    errs = compare(wkv6, lambda **kw: ref_chunked(**kw, chunk_size=64), d)
+    assert_close_all(errs, bound, f"B{B} T{T} H{H} K{K} V{V} {dtype}")
+    return errs
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("shape", [(2, 1000, 4, 128, 128), (1, 300, 3, 60, 100), (4, 256, 2, 64, 64)])
+def test_wkv6_gpu(shape, dtype, bound):
+    _gpu_check(*shape, dtype, bound)
+
+
+@pytest.mark.gpu
+def test_wkv6_gpu_large_bf16():
+    # B8 T4096 H32 in the kernel, reference on 2 batches × 4 heads (same inputs): slicing heads/batches is exact
+    B, T, H, K, V = 8, 4096, 32, 64, 64
+    d = make_inputs(B, T, H, K, V, dtype=torch.bfloat16, decay="strong", h0=True, device="cuda")
+    x = {n: v.detach().requires_grad_(True) if torch.is_tensor(v) else v for n, v in d.items()}
+    o, s = wkv6(**x)
+    go, gs = torch.randn_like(o), torch.randn_like(s)
+    torch.autograd.backward([o, s], [go, gs])
+    y = {n: (v.detach()[:2, :, :4] if n in "rkvw" else v.detach()[:4] if n == "u" else v.detach()[:2, :4])
+         .double().requires_grad_(True) if torch.is_tensor(v) else v for n, v in d.items()}
+    o2, s2 = ref_chunked(**y, chunk_size=64)
+    torch.autograd.backward([o2, s2], [go[:2, :, :4].double(), gs[:2, :4].double()])
+    errs = {"o": rel_err(o[:2, :, :4], o2), "s": rel_err(s[:2, :4], s2)}
+    for n in "rkvw":
+        errs["d" + n] = rel_err(x[n].grad[:2, :, :4], y[n].grad)
+    errs["dh0"] = rel_err(x["initial_state"].grad[:2, :4], y["initial_state"].grad)
+    # du reduces over all batches: compare the part of the 2 sliced batches through a second kernel run
+    assert_close_all(errs, 2e-3, "B8 T4096 H32 bf16 (2×4 heads checked)")
