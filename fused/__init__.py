@@ -13,7 +13,7 @@ from fused.configs import PARAMS_APPROX, SIZES, ModelConfig, make_config
 from fused.model import HybridLM
 from fused.variants import VARIANTS, canonical_name
 
-__all__ = ["get_model", "list_models", "list_sizes", "SIZES", "PARAMS_APPROX", "VARIANTS", "ModelConfig",
+__all__ = ["get_model", "list_models", "list_sizes", "size_table", "SIZES", "PARAMS_APPROX", "VARIANTS", "ModelConfig",
            "HybridLM", "make_config"]
 
 
@@ -29,3 +29,13 @@ def get_model(name: str, size: str = "small", vocab_size: int = 97, ops=None, **
     """Build a model. ``ops``: an ``OpSet`` (``groundthink.registry.resolve(...)``); None → resolve("auto")."""
     cfg = make_config(canonical_name(name), size, vocab_size, **overrides)
     return HybridLM(cfg, ops=ops)
+
+
+def size_table(name: str = "HY", vocab_size: int = 97) -> str:
+    """One line per size: the real parameter count of ``name`` (builds each model on CPU, a few seconds for xl)."""
+    from groundthink.registry import resolve
+    ops = resolve("reference")
+    lines = []
+    for size in SIZES:
+        lines.append(get_model(name, size, vocab_size=vocab_size, ops=ops).describe())
+    return "\n".join(lines)

@@ -108,7 +108,7 @@ class RWKV6TimeMix(nn.Module):
         lw = -torch.exp(w)                                                 # log-decay ≤ 0, computed in fp32
         dt = r.dtype
         r, k, v, lw = (t.view(B, T, H, K) for t in (r, k, v, lw.to(dt)))
-        u = self.time_faaaa.to(dt)
+        u = self.time_faaaa                                                 # kernels compute in fp32
         if state is None:
             o, _ = ops.wkv6(r, k, v, lw, u, scale=1.0)
             new_state = None
@@ -194,8 +194,10 @@ class Mamba2Mixer(nn.Module):
         y = y.reshape(Bsz, T, self.d_inner)
         # gated RMSNorm (norm_before_gate=False): RMSNorm(y ⊙ silu(z)) ⊙ weight
         cdt = torch.float64 if y.dtype == torch.float64 else torch.float32
-        yg = y.to(cdt) * F.silu(z.to(cdt))
-        yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + self.eps) * self.norm_weight.to(cdt)
+        # (per group of d_inner / ngroups channels, as mamba-ssm's RMSNormGated with group_size = d_ssm/ngroups)
+        yg = (y.to(cdt) * F.silu(z.to(cdt))).view(Bsz, T, self.ngroups, -1)
+        yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + self.eps)
+        yg = yg.view(Bsz, T, self.d_inner) * self.norm_weight.to(cdt)
         return self.out_proj(yg.to(z.dtype)), new_state
 
     def init_state(self, batch_size, device, dtype):

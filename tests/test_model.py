@@ -206,3 +206,50 @@ def test_triton_ops_match_reference(name, ref_ops):
     for n, p in m.named_parameters():
         if n in ref_grads:
             torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-3, atol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("name", ["HY", "RF", "CP"])
+def test_bf16_autocast_cpu(name, ref_ops):
+    """The GPU training dtype path (bf16 autocast) on CPU: finite, fp32 residual, close to fp32."""
+    m = _model(name, ref_ops, n_layer=2)
+    idx, tgt = _batch(T=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = m(idx, tgt)
+    loss.backward()
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
+    assert abs(loss.item() - m(idx, tgt)[1].item()) < 0.05
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+def test_options_groups_tied_relu2_layernorm(ref_ops):
+    m = _model("GF", ref_ops, n_layer=2, ngroups=2, tie_embeddings=True, ffn_act="relu2", norm="layer")
+    assert m.head.weight is m.emb.weight
+    ids = [id(p) for ps in m.param_groups().values() for p in ps]
+    assert len(ids) == len(set(ids)) == len(list(m.parameters()))
+    idx, tgt = _batch(T=12)
+    logits, loss = m(idx, tgt)
+    loss.backward()
+    assert torch.isfinite(loss)
+    m = m.double()
+    # recurrent == parallel with groups > 1 as well
+    with torch.no_grad():
+        full, _ = m(idx)
+        state = m.init_state(2)
+        outs = []
+        for t in range(idx.shape[1]):
+            lg, state = m.step(idx[:, t], state)
+            outs.append(lg)
+        torch.testing.assert_close(torch.stack(outs, 1), full, rtol=1e-9, atol=1e-9)
+
+
+def test_step_matches_parallel_fp32(ref_ops):
+    m = _model("HGF", ref_ops, n_layer=2)
+    idx, _ = _batch(T=20, seed=5)
+    with torch.no_grad():
+        full, _ = m(idx)
+        state = m.init_state(2)
+        outs = []
+        for t in range(idx.shape[1]):
+            lg, state = m.step(idx[:, t], state)
+            outs.append(lg)
+    torch.testing.assert_close(torch.stack(outs, 1), full, rtol=1e-4, atol=1e-4)
