@@ -1,0 +1,436 @@
+"""Measurement plumbing shared by the benchmark modules.
+
+How a figure is measured (GPU):
+* time: median of CUDA-event timings. Fast functions go through ``triton.testing.do_bench(...,
+  return_mode="median")`` (it flushes L2 between calls; launch overhead is included, as in training). A function
+  slower than ``SLOW_MS`` per call (the PyTorch references at big shapes) gets a time-boxed loop of a few
+  CUDA-event-timed calls instead, so that no row takes minutes. ``timer`` in the row says which.
+  ``GT_BENCH_CUDAGRAPH=1`` also records ``ms_graph`` (``do_bench_cudagraph``) for forward rows under 100 µs.
+* warm-up: the first call of every function is untimed (Triton autotuning of the lab's kernels and the peers,
+  torch.compile) and its wall time is recorded as ``warmup_s``.
+* bandwidth: ``gbps`` = the op's minimal bytes (inputs read once, outputs written once; see each module) / time;
+  ``pct_bw`` = that as % of the device-to-device copy bandwidth measured in the same run (``copy_gbps``).
+* memory: ``peak_mb`` = ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` minus the memory
+  allocated before the call (the inputs), i.e. the extra peak of one call (outputs, saved tensors, workspaces).
+  Training rows report the absolute peak instead (model, optimizer state and activations).
+* error: ``harness.compare`` against the float64 reference in the same run, on the benchmarked shape or a sliced
+  one (``err_shape``); ``max_rel_err`` is the largest of the outputs' (and, for fwd+bwd, every gradient's) errors.
+
+On a CPU machine the same code runs tiny shapes (Triton interpreter, host clock); every row is labelled
+``NOT_A_MEASUREMENT`` and no gate manifest is written.
+
+Results accumulate in ``RESULTS`` (one dict per row); ``bench.conftest`` finishes them at session end
+(speedups, CSV, JSON, manifest). Environment:
+    GT_BENCH_QUICK     1 (default): the bounded grid (~7 min on an H100); 0: every variant and shape, more reps
+    GT_BENCH_BUDGET_S  soft wall-clock budget for starting new benchmarks (default 390 s quick, 0 = none);
+                       lower-priority rows (peers, training) are skipped once it is spent, and say so
+    GT_BENCH_OUT       output folder (default profiles/<gpu-slug>/)
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pytest
+import torch
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+NOT_A_MEASUREMENT = "NOT A PERFORMANCE MEASUREMENT (CPU: Triton interpreter / eager PyTorch, tiny shapes)"
+SLOW_MS = 50.0          # above this per call, time a few calls by hand instead of do_bench
+ROOT = Path(__file__).resolve().parent.parent
+
+CSV_COLUMNS = ["op", "impl", "shape", "pass", "dtype", "ms", "gbps", "pct_bw", "tflops", "peak_mb",
+               "speedup_vs_ref", "speedup_vs_best_peer", "max_rel_err",
+               # extra context (the first 13 columns are the contract)
+               "variant", "tok_s", "timer", "reps", "warmup_s", "err_shape", "errors", "copy_gbps", "ms_graph",
+               "measurement", "note"]
+
+# Which implementations count as "peers" (speedup_vs_best_peer) and which is the lab's, per op.
+PEERS = {"wkv6": ("fla_chunk", "fla_recurrent"), "gate_norm_residual": ("compile", "fla_rmsnorm"),
+         "mamba2": (), "train": ("peer",)}
+REFERENCE = "reference"
+
+RESULTS: list[dict] = []
+SESSION: dict = {"start": time.monotonic(), "copy_gbps": None}
+
+
+# --------------------------------------------------------------------------------------------- configuration
+
+def quick() -> bool:
+    return os.environ.get("GT_BENCH_QUICK", "1") != "0"
+
+
+def budget_s() -> float:
+    default = "390" if quick() else "0"
+    return float(os.environ.get("GT_BENCH_BUDGET_S", default))
+
+
+def budget_left() -> float:
+    b = budget_s()
+    return math.inf if b <= 0 else b - (time.monotonic() - SESSION["start"])
+
+
+def require_budget(what: str, need_s: float = 0.0) -> None:
+    """Skip (with a clear reason) a lower-priority benchmark once the soft time budget is spent."""
+    left = budget_left()
+    if left <= need_s:
+        pytest.skip(f"time budget GT_BENCH_BUDGET_S={budget_s():g}s spent ({left:.0f}s left): {what} not run "
+                    "(GT_BENCH_BUDGET_S=0 for no limit)")
+
+
+def gpu_slug() -> str:
+    from groundthink.device import gpu_slug as _slug
+    return _slug()
+
+
+def out_dir() -> Path:
+    env = os.environ.get("GT_BENCH_OUT")
+    return Path(env) if env else ROOT / "profiles" / gpu_slug()
+
+
+def measurement_label() -> str:
+    if not ON_GPU:
+        return "cpu-not-a-measurement"
+    return gpu_slug()
+
+
+# ------------------------------------------------------------------------------------------------- timing
+
+def sync() -> None:
+    if ON_GPU:
+        torch.cuda.synchronize()
+
+
+def _call(fn: Callable, grad_to_none: Iterable[torch.Tensor] | None):
+    if grad_to_none is not None:
+        for t in grad_to_none:
+            t.grad = None
+    return fn()
+
+
+def _event_ms(fn: Callable, grad_to_none=None) -> float:
+    if not ON_GPU:
+        t0 = time.perf_counter()
+        _call(fn, grad_to_none)
+        return (time.perf_counter() - t0) * 1e3
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    _call(fn, grad_to_none)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
+def warm_up(fn: Callable, grad_to_none=None, calls: int = 1) -> float:
+    """Untimed first call(s): autotuning, compilation. Returns their wall time in seconds."""
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        _call(fn, grad_to_none)
+    sync()
+    return time.perf_counter() - t0
+
+
+def peak_extra_mb(fn: Callable, grad_to_none=None) -> tuple[float | None, float]:
+    """(extra peak MB of one call, that call's time in ms). MB is None on CPU."""
+    if not ON_GPU:
+        return None, _event_ms(fn, grad_to_none)
+    if grad_to_none is not None:
+        for t in grad_to_none:
+            t.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    ms = _event_ms(fn, grad_to_none)
+    peak = torch.cuda.max_memory_allocated() - base
+    return peak / 2**20, ms
+
+
+def time_fn(fn: Callable, grad_to_none=None, first_ms: float | None = None) -> tuple[float, str, int]:
+    """(median ms, timer description, reps). ``first_ms``: a timing already taken (e.g. by the memory call)."""
+    q = quick()
+    if not ON_GPU:
+        times = [first_ms] if first_ms is not None else []
+        while len(times) < 2:
+            times.append(_event_ms(fn, grad_to_none))
+        return statistics.median(times), "host clock (CPU)", len(times)
+    if first_ms is None:
+        first_ms = _event_ms(fn, grad_to_none)
+    if first_ms > SLOW_MS:
+        times, t0 = [first_ms], time.monotonic()
+        max_reps, box_s = (3, 2.0) if q else (5, 10.0)
+        while len(times) < max_reps and time.monotonic() - t0 < box_s:
+            times.append(_event_ms(fn, grad_to_none))
+        return statistics.median(times), "cuda events (slow fn, time-boxed)", len(times)
+    import triton.testing
+    warm, rep = (10, 60) if q else (25, 200)
+    ms = triton.testing.do_bench(fn, warmup=warm, rep=rep, grad_to_none=list(grad_to_none or []) or None,
+                                 return_mode="median")
+    reps = max(1, int(rep / max(first_ms, 1e-3)))
+    return float(ms), "do_bench median (cuda events)", reps
+
+
+def time_cudagraph(fn: Callable) -> float | None:
+    """Optional (GT_BENCH_CUDAGRAPH=1): CUDA-graph median of a forward call, launch overhead removed."""
+    if not ON_GPU or os.environ.get("GT_BENCH_CUDAGRAPH", "0") != "1":
+        return None
+    import triton.testing
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median"))
+    except Exception:  # noqa: BLE001 - not capturable (host syncs, allocator): no figure
+        return None
+
+
+def copy_bandwidth_gbps(nbytes: int = 1 << 30) -> float | None:
+    """Device-to-device copy bandwidth (read + write bytes / time), the 100% of ``pct_bw``."""
+    if not ON_GPU:
+        return None
+    import triton.testing
+    n = nbytes // 4
+    src = torch.empty(n, dtype=torch.float32, device=DEVICE).normal_()
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+# ------------------------------------------------------------------------------------------------- results
+
+def as_tuple(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def make_backward(fn: Callable, inputs: dict, seed: int = 0) -> tuple[Callable, list[torch.Tensor]]:
+    """A fwd+bwd step of ``fn(**inputs)`` with fixed random cotangents; returns (step, leaves to clear)."""
+    leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    outs = [o for o in as_tuple(fn(**inputs)) if isinstance(o, torch.Tensor) and o.requires_grad]
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    cots = [torch.randn(o.shape, generator=gen, device=o.device, dtype=torch.float32).to(o.dtype) for o in outs]
+    del outs
+    for t in leaves:
+        t.grad = None
+
+    def step():
+        res = [o for o in as_tuple(fn(**inputs)) if isinstance(o, torch.Tensor) and o.requires_grad]
+        torch.autograd.backward(res, cots)
+
+    return step, leaves
+
+
+def record(benchmark, *, op: str, impl: str, shape: str, pass_: str, dtype: str, ms: float | None,
+           nbytes: float | None = None, flops: float | None = None, peak_mb: float | None = None,
+           errors: dict | None = None, err_shape: str = "", timer: str = "", reps: int | None = None,
+           warmup_s: float | None = None, variant: str = "", tok_s: float | None = None,
+           ms_graph: float | None = None, note: str = "") -> dict:
+    """Append one result row (and mirror it into ``benchmark.extra_info``)."""
+    copy_gbps = SESSION.get("copy_gbps")
+    gbps = nbytes / (ms * 1e-3) / 1e9 if (nbytes and ms) else None
+    finite_errs = {k: float(v) for k, v in (errors or {}).items()}
+    row = {
+        "op": op, "impl": impl, "shape": shape, "pass": pass_, "dtype": dtype,
+        "ms": ms, "gbps": gbps,
+        "pct_bw": 100.0 * gbps / copy_gbps if (gbps and copy_gbps) else None,
+        "tflops": flops / (ms * 1e-3) / 1e12 if (flops and ms) else None,
+        "peak_mb": peak_mb, "speedup_vs_ref": None, "speedup_vs_best_peer": None,
+        "max_rel_err": max(finite_errs.values()) if finite_errs else None,
+        "variant": variant, "tok_s": tok_s, "timer": timer, "reps": reps, "warmup_s": warmup_s,
+        "err_shape": err_shape, "errors": json.dumps(finite_errs) if finite_errs else "",
+        "copy_gbps": copy_gbps, "ms_graph": ms_graph, "measurement": measurement_label(),
+        "note": "; ".join(x for x in (note, "" if ON_GPU else NOT_A_MEASUREMENT) if x),
+    }
+    RESULTS.append(row)
+    if benchmark is not None:
+        benchmark.extra_info.update(row)
+        row["_extra_info"] = benchmark.extra_info       # updated again with speedups at session end
+    return row
+
+
+def host_benchmark(benchmark, fn: Callable, grad_to_none=None, slow: bool = False) -> None:
+    """Give pytest-benchmark its own (host-clock, synchronized) entry; the real figures are in extra_info."""
+    if benchmark is None:
+        return
+
+    def target():
+        _call(fn, grad_to_none)
+        sync()
+
+    benchmark.pedantic(target, rounds=1 if slow else 3, iterations=1, warmup_rounds=0)
+
+
+def finalize(rows: list[dict]) -> list[dict]:
+    """Fill speedup_vs_ref / speedup_vs_best_peer (same op, variant, shape, pass, dtype)."""
+    def key(r):
+        return (r["op"], r.get("variant", ""), r["shape"], r["pass"], r["dtype"])
+
+    def peer_key(r):  # training peers are one model per size, not per variant
+        return (r["op"], "" if r["op"] == "train" else r.get("variant", ""), r["shape"], r["pass"],
+                r["dtype"])
+
+    ref = {key(r): r for r in rows if r["impl"] == REFERENCE and r.get("ms")}
+    best_peer: dict = {}
+    for r in rows:
+        if r["impl"] in PEERS.get(r["op"], ()) and r.get("ms"):
+            k = peer_key(r)
+            if k not in best_peer or r["ms"] < best_peer[k]["ms"]:
+                best_peer[k] = r
+    for r in rows:
+        if not r.get("ms"):
+            continue
+        rr = ref.get(key(r))
+        if rr is not None:
+            r["speedup_vs_ref"] = rr["ms"] / r["ms"]
+        bp = best_peer.get(peer_key(r))
+        if bp is not None:
+            r["speedup_vs_best_peer"] = bp["ms"] / r["ms"]
+        extra = r.get("_extra_info")
+        if extra is not None:
+            extra["speedup_vs_ref"] = r["speedup_vs_ref"]
+            extra["speedup_vs_best_peer"] = r["speedup_vs_best_peer"]
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
+    return path
+
+
+def write_rows_json(rows: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    path.write_text(json.dumps({"measurement": measurement_label(), "copy_gbps": SESSION.get("copy_gbps"),
+                                "rows": clean}, indent=1, default=str) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- the manifest
+
+def build_manifest_ops(rows: list[dict]) -> dict:
+    """Per op and non-reference implementation: the gate verdict (``manifest.decide``) and its evidence."""
+    from groundthink.harness import BOUNDS
+    from groundthink.manifest import decide
+
+    ops: dict = {}
+    kernel_rows = [r for r in rows if r["op"] != "train"]
+    pairs = sorted({(r["op"], r["impl"]) for r in kernel_rows if r["impl"] != REFERENCE})
+    for op, impl in pairs:
+        mine = [r for r in kernel_rows if r["op"] == op and r["impl"] == impl]
+        dtype = mine[0]["dtype"]
+        bound = BOUNDS.get(getattr(torch, dtype, None), BOUNDS[torch.bfloat16])
+        errors: dict[str, float] = {}
+        failed_runs = [r for r in mine if not r.get("ms")]
+        for r in mine:
+            for k, v in json.loads(r["errors"] or "{}").items():
+                errors[k] = max(errors.get(k, 0.0), v)
+        refs = {(r["shape"], r["pass"]): r for r in kernel_rows
+                if r["op"] == op and r["impl"] == REFERENCE and r.get("ms")}
+        shapes = []
+        for r in mine:
+            rr = refs.get((r["shape"], r["pass"]))
+            if not r.get("ms") or rr is None:
+                continue
+            shapes.append({"shape": f"{r['shape']} {r['pass']}", "ms": r["ms"], "ref_ms": rr["ms"],
+                           "speedup": rr["ms"] / r["ms"], "peak_mb": r.get("peak_mb"),
+                           "ref_peak_mb": rr.get("peak_mb")})
+        bad = sorted(k for k, v in errors.items() if not v <= bound)
+        notes = []
+        if not errors:
+            notes.append("no correctness check completed")
+        if bad:
+            notes.append(f"relative error above {bound:g} in {', '.join(bad)}")
+        if failed_runs:
+            notes.append("failed to run at " + ", ".join(f"{r['shape']} {r['pass']}" for r in failed_runs))
+        errors_ok = bool(errors) and not bad and not failed_runs
+        allowed, reason = decide(errors_ok, shapes, "; ".join(notes))
+        ops.setdefault(op, {})[impl] = {"allowed": allowed, "reason": reason, "dtype": dtype, "bound": bound,
+                                        "errors": errors, "shapes": shapes}
+    return ops
+
+
+# ---------------------------------------------------------------------------------------- one kernel row
+
+LAB_OR_REF = {"reference", "triton"}
+
+
+def load_impl(op: str, impl: str, extra: dict | None = None) -> Callable:
+    """The implementation to benchmark; skips the row (with the reason) when it is absent on this machine."""
+    from groundthink import registry
+    if extra and impl in extra:
+        maker = extra[impl]
+    else:
+        def maker():
+            return registry.load(op, impl)
+    if not ON_GPU and impl not in LAB_OR_REF:
+        pytest.skip(f"{op}/{impl}: GPU-only peer")
+    try:
+        return maker()
+    except ImportError as e:
+        if impl in LAB_OR_REF:
+            raise
+        pytest.skip(f"{op}/{impl} not installed here: {e}")
+
+
+def run_case(bench, *, op: str, impl: str, fn: Callable, ref64: Callable, shape: str, pass_: str,
+             make_inputs: Callable[[bool], dict], make_err_inputs: Callable[[bool], dict], err_shape: str,
+             nbytes: float | None, flops: float | None, dtype: str = "bfloat16") -> dict:
+    """Check ``fn`` against the float64 reference (``make_err_inputs``), then time it and measure its extra peak
+    memory at the benchmarked shape (``make_inputs``), and record the row.
+
+    A failure of the lab's kernel or the reference fails the test (the row says so, the manifest denies); a
+    failing peer is recorded and skipped."""
+    from groundthink.harness import compare
+    grad = pass_ == "fwdbwd"
+    notes: list[str] = []
+    errors: dict = {}
+    common_kw = dict(op=op, impl=impl, shape=shape, pass_=pass_, dtype=dtype, err_shape=err_shape)
+    try:
+        errors = compare(fn, ref64, make_err_inputs(grad), backward=grad)
+    except Exception as e:  # noqa: BLE001 - recorded: the manifest denies an unchecked kernel
+        notes.append(f"error check failed: {type(e).__name__}: {str(e)[:200]}")
+    sync()
+    try:
+        inputs = make_inputs(grad)
+        t0 = time.perf_counter()
+        if grad:
+            step, leaves = make_backward(fn, inputs)
+        else:
+            def step():
+                return fn(**inputs)
+            leaves = None
+        warmup_s = time.perf_counter() - t0 + warm_up(step, leaves)
+        peak, first_ms = peak_extra_mb(step, leaves)
+        ms, timer, reps = time_fn(step, leaves, first_ms)
+        ms_graph = time_cudagraph(step) if (not grad and ms < 0.1) else None
+        host_benchmark(bench, step, leaves, slow=ms > SLOW_MS)
+    except Exception as e:  # noqa: BLE001
+        oom = isinstance(e, torch.cuda.OutOfMemoryError)
+        msg = f"{'out of memory' if oom else 'failed'}: {type(e).__name__}: {str(e)[:200]}"
+        inputs = step = leaves = None  # noqa: F841 - free before the next row
+        if ON_GPU:
+            torch.cuda.empty_cache()
+        row = record(bench, ms=None, errors=errors, note="; ".join(notes + [msg]), **common_kw)
+        if impl in LAB_OR_REF and not oom:
+            pytest.fail(f"{op}/{impl} {shape} {pass_}: {msg}")
+        pytest.skip(f"{op}/{impl} {shape} {pass_}: {msg}")
+        return row
+    row = record(bench, ms=ms, nbytes=nbytes, flops=flops, peak_mb=peak, errors=errors, timer=timer, reps=reps,
+                 warmup_s=warmup_s, ms_graph=ms_graph, note="; ".join(notes), **common_kw)
+    if notes and impl in LAB_OR_REF:
+        pytest.fail(f"{op}/{impl} {shape} {pass_}: {notes[0]}")
+    return row
+
+
+def case_id(impl: str, shape: str, pass_: str) -> str:
+    return f"{impl}-{shape.replace(' ', '_')}-{pass_}"
