@@ -43,6 +43,7 @@ the same launchers (it skips the custom-op dispatcher, whose Python overhead dom
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -62,9 +63,19 @@ MAX_D = 16384
 # ----------------------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------------
+def _prune_warps(configs, named_args, **kwargs):
+    """Keep the two warp counts closest to ~16 fp32 elements per thread and tensor (bounds tuning time)."""
+    tile = kwargs["BR"] * kwargs["BD"]
+    dist = lambda c: abs(math.log2(max(tile / (32 * c.num_warps), 1e-3) / 16))  # noqa: E731
+    return sorted(configs, key=dist)[:2]
+
+
+_TUNE = dict(prune_configs_by={"early_config_prune": _prune_warps}, warmup=5, rep=25) if not INTERPRET else {}
+
+
 @triton.autotune(
-    configs=autotune_configs([triton.Config({}, num_warps=w) for w in (4, 8, 16)]),
-    key=["D", "BR", "BD"],
+    configs=autotune_configs([triton.Config({}, num_warps=w) for w in (4, 8, 16, 2)]),
+    key=["D", "BR", "BD"], **_TUNE,
 )
 @triton.jit
 def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_mean, p_rstd, N, D, eps,
@@ -117,8 +128,8 @@ def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_mean, p_rstd, N
 
 
 @triton.autotune(
-    configs=autotune_configs([triton.Config({}, num_warps=w) for w in (8, 4, 16)]),
-    key=["D", "BR", "BD"],
+    configs=autotune_configs([triton.Config({}, num_warps=w) for w in (8, 4, 16, 2)]),
+    key=["D", "BR", "BD"], **_TUNE,
 )
 @triton.jit
 def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_mean, p_rstd,
