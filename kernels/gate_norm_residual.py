@@ -58,6 +58,9 @@ __all__ = ["gate_norm_residual"]
 
 _MODE_ID = {"add": 0, "vector": 1, "row": 2, "element": 3, "weights": 4}
 MAX_D = 16384
+# Launch heuristics (GPU): elements per forward / backward tile, persistent backward programs per SM
+# (None: 4 for rows up to 4096 wide, 2 above). Module-level so the GPU script can sweep them.
+TUNING = {"fwd_tile": 4096, "bwd_tile": 2048, "bwd_per_sm": None}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -264,7 +267,7 @@ def _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residua
     w2 = weight.contiguous()
     bias2 = bias.contiguous() if bias is not None else w2
     BD = _block_d(D)
-    BR = _rows_per_program(N, BD, 1 if INTERPRET else 4096, 1 if INTERPRET else 2 * num_sms(dev))
+    BR = _rows_per_program(N, BD, TUNING["fwd_tile"], 2 * num_sms(dev))
     if INTERPRET:
         BR = min(8, triton.next_power_of_2(N))
     grid = (triton.cdiv(N, BR),)
@@ -300,8 +303,8 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, mean, rstd, mode, norm, gate_
         BR, n_progs = min(4, triton.next_power_of_2(N)), 2
     else:
         sms = num_sms(dev)
-        per_sm = 4 if BD <= 4096 else 2
-        BR = _rows_per_program(N, BD, 2048, sms * per_sm)
+        per_sm = TUNING["bwd_per_sm"] or (4 if BD <= 4096 else 2)
+        BR = _rows_per_program(N, BD, TUNING["bwd_tile"], sms * per_sm)
         n_progs = sms * per_sm
     n_blocks = triton.cdiv(N, BR)
     n_progs = max(1, min(n_progs, n_blocks))
