@@ -1,0 +1,300 @@
+"""Turn a benchmark run into a report: ``python -m bench.report [--gpu SLUG | --dir DIR]``.
+
+Reads ``<dir>/bench.csv`` (written by ``pytest bench/ --benchmark``; dir = profiles/<gpu-slug>, default this
+machine's GPU, else the only/newest profiles/*/bench.csv), ``<dir>/gates.json`` if present and the validity run
+logs ``<dir>/validity/*.jsonl`` (JSONL records with step and loss; ``python -m bench.bench_train --validity``).
+Writes ``<dir>/report.md`` with tables, per-op pivot CSVs (``report_<op>_ms.csv``) and PNG plots (matplotlib, Agg):
+kernel time vs shape per implementation, % of copy bandwidth, speedup over the reference; training tok/s and peak
+memory per fusion variant; loss curves of the validity run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNEL_OPS = ("wkv6", "gate_norm_residual", "mamba2")
+IMPL_ORDER = ("reference", "triton", "mamba_ssm", "compile", "fla_rmsnorm", "fla_chunk", "fla_recurrent", "peer")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def _fmt(v, kind: str = "g") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, str):
+        return v
+    if kind == "ms":
+        return f"{v:.4g}"
+    if kind == "x":
+        return f"{v:.2f}×"
+    if kind == "pct":
+        return f"{v:.0f}%"
+    if kind == "e":
+        return f"{v:.2e}"
+    if kind == "int":
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+def md_table(df: pd.DataFrame, kinds: dict | None = None) -> str:
+    kinds = kinds or {}
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(str(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, r in df.iterrows():
+        cells = [_fmt(r[c], kinds.get(c, "g")).replace("|", "/").replace("\n", " ") for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _impl_key(impl: str) -> int:
+    return IMPL_ORDER.index(impl) if impl in IMPL_ORDER else len(IMPL_ORDER)
+
+
+def find_dir(gpu: str | None = None, directory: str | None = None) -> Path:
+    if directory:
+        return Path(directory)
+    if gpu:
+        return ROOT / "profiles" / gpu
+    from groundthink.device import gpu_slug
+    here = ROOT / "profiles" / gpu_slug()
+    if (here / "bench.csv").exists():
+        return here
+    found = sorted((ROOT / "profiles").glob("*/bench.csv"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SystemExit("no profiles/*/bench.csv: run pytest bench/ --benchmark first (or pass --dir)")
+    return found[-1].parent
+
+
+NOT_A_MEASUREMENT_PREFIX = "NOT A PERFORMANCE MEASUREMENT"
+
+
+def load_rows(d: Path) -> pd.DataFrame:
+    df = pd.read_csv(d / "bench.csv")
+    for c in ("op", "impl", "shape", "pass", "variant", "note", "timer", "err_shape", "errors", "measurement"):
+        if c in df:
+            df[c] = df[c].fillna("").astype(str)
+    if "note" in df:   # the CPU label is said once, at the top of the report
+        df["note"] = df["note"].str.replace(r"(; )?NOT A PERFORMANCE MEASUREMENT \([^)]*\)", "", regex=True)
+    return df
+
+
+def _bar(ax, table: pd.DataFrame, ylabel: str, log: bool = False):
+    """Grouped bars: index → x groups, columns → bars."""
+    n = max(len(table.columns), 1)
+    width = 0.8 / n
+    xs = range(len(table.index))
+    for i, col in enumerate(table.columns):
+        vals = table[col].tolist()
+        ax.bar([x + (i - (n - 1) / 2) * width for x in xs], [0 if pd.isna(v) else v for v in vals], width,
+               label=str(col))
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([str(i) for i in table.index], rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+_WATERMARK: list[str] = []   # set by build_report for CPU runs
+
+
+def _save(fig, path: Path) -> str:
+    fig.tight_layout()
+    if _WATERMARK:
+        fig.text(0.5, 0.5, _WATERMARK[0], ha="center", va="center", fontsize=14, color="red", alpha=0.35,
+                 rotation=20, transform=fig.transFigure)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+# ------------------------------------------------------------------------------------------------ sections
+
+def kernel_section(df: pd.DataFrame, op: str, d: Path) -> list[str]:
+    sub = df[df["op"] == op].copy()
+    if sub.empty:
+        return []
+    sub["case"] = sub["shape"] + " " + sub["pass"]
+    sub["_o"] = sub["impl"].map(_impl_key)
+    sub = sub.sort_values(["pass", "shape", "_o"], kind="stable")
+    out = [f"## {op}", ""]
+    cols = ["shape", "pass", "impl", "ms", "gbps", "pct_bw", "tflops", "peak_mb", "speedup_vs_ref",
+            "speedup_vs_best_peer", "max_rel_err", "note"]
+    t = sub[[c for c in cols if c in sub]].copy()
+    t["note"] = t["note"].str.slice(0, 80)
+    out += [md_table(t, {"ms": "ms", "gbps": "int", "pct_bw": "pct", "speedup_vs_ref": "x",
+                         "speedup_vs_best_peer": "x", "max_rel_err": "e", "peak_mb": "int"}), ""]
+    pivot = sub.pivot_table(index="case", columns="impl", values="ms", aggfunc="first")
+    pivot = pivot[sorted(pivot.columns, key=_impl_key)]
+    pivot.to_csv(d / f"report_{op}_ms.csv")
+    out.append(f"Pivot (ms): `report_{op}_ms.csv`")
+    imgs = []
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(pivot) + 3), 4))
+    _bar(ax, pivot, "median ms (log)", log=True)
+    ax.set_title(f"{op}: time per call")
+    imgs.append(_save(fig, d / f"{op}_time.png"))
+    bw = sub.pivot_table(index="case", columns="impl", values="pct_bw", aggfunc="first")
+    if not bw.empty and bw.notna().any().any():
+        bw = bw[sorted(bw.columns, key=_impl_key)]
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(bw) + 3), 4))
+        _bar(ax, bw, "% of copy bandwidth")
+        ax.axhline(100, color="k", lw=0.8, ls="--")
+        ax.set_title(f"{op}: minimal bytes / time, % of measured copy bandwidth")
+        imgs.append(_save(fig, d / f"{op}_pct_bw.png"))
+    sp = sub[sub["impl"] != "reference"].pivot_table(index="case", columns="impl", values="speedup_vs_ref",
+                                                     aggfunc="first")
+    if not sp.empty and sp.notna().any().any():
+        sp = sp[sorted(sp.columns, key=_impl_key)]
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(sp) + 3), 4))
+        _bar(ax, sp, "speedup over the reference (log)", log=True)
+        ax.axhline(1, color="k", lw=0.8, ls="--")
+        ax.set_title(f"{op}: speedup over the PyTorch reference")
+        imgs.append(_save(fig, d / f"{op}_speedup.png"))
+    out += [""] + [f"![{i}]({i})" for i in imgs] + [""]
+    return out
+
+
+def train_section(df: pd.DataFrame, d: Path) -> list[str]:
+    sub = df[df["op"] == "train"].copy()
+    if sub.empty:
+        return []
+    sub["_o"] = sub["impl"].map(_impl_key)
+    sub = sub.sort_values(["shape", "variant", "_o"], kind="stable")
+    out = ["## End to end: training throughput", "",
+           "bf16 autocast, AdamW, fixed random batch, after warm-up; peak = absolute max_memory_allocated.", ""]
+    t = sub[["shape", "variant", "impl", "tok_s", "ms", "peak_mb", "speedup_vs_ref", "speedup_vs_best_peer",
+             "note"]].copy()
+    t["note"] = t["note"].str.slice(0, 60)
+    out += [md_table(t, {"tok_s": "int", "ms": "ms", "peak_mb": "int", "speedup_vs_ref": "x",
+                         "speedup_vs_best_peer": "x"}), ""]
+    sub.to_csv(d / "report_train.csv", index=False, columns=[c for c in sub.columns if not c.startswith("_")])
+    imgs = []
+    sizes = list(dict.fromkeys(sub["shape"]))
+    for metric, label, name in (("tok_s", "training tok/s", "train_tok_s.png"),
+                                ("peak_mb", "peak memory (MB)", "train_peak_mem.png")):
+        fig, axes = plt.subplots(len(sizes), 1, figsize=(10, 3.6 * len(sizes)), squeeze=False)
+        for ax, size in zip(axes[:, 0], sizes):
+            s = sub[sub["shape"] == size]
+            piv = s.pivot_table(index="variant", columns="impl", values=metric, aggfunc="first")
+            if piv.empty:
+                ax.set_visible(False)
+                continue
+            piv = piv[sorted(piv.columns, key=_impl_key)]
+            _bar(ax, piv, label)
+            ax.set_title(f"{label}, {size}")
+        imgs.append(_save(fig, d / name))
+    out += [f"![{i}]({i})" for i in imgs] + [""]
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    recs = []
+    for ln in path.read_text().splitlines():
+        ln = ln.strip()
+        if not ln:
+            continue
+        try:
+            recs.append(json.loads(ln))
+        except json.JSONDecodeError:
+            continue
+    return recs
+
+
+def validity_section(d: Path) -> list[str]:
+    logs = sorted((d / "validity").glob("*.jsonl"))
+    if not logs:
+        return []
+    out = ["## End-to-end validity (loss curves)", ""]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    rows = []
+    for p in logs:
+        recs = read_jsonl(p)
+        pts = [(r["step"], r["loss"]) for r in recs if "step" in r and "loss" in r
+               and r.get("type", "train") == "train" and r["loss"] is not None]
+        kern = next((r.get("ops") for r in recs if r.get("type") == "config" and r.get("ops")), None)
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, label=p.stem, lw=1.2)
+        final = next((r for r in reversed(recs) if r.get("type") == "final"), {})
+        rows.append({"run": p.stem, "steps": xs[-1], "last train loss": ys[-1],
+                     "val loss": final.get("val_loss"), "kernels": json.dumps(kern) if kern else ""})
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("validity run: same seed and data, different kernels")
+    if rows:
+        img = _save(fig, d / "validity_loss.png")
+        out += [md_table(pd.DataFrame(rows), {"last train loss": "g", "val loss": "g"}), "", f"![{img}]({img})", ""]
+    else:
+        plt.close(fig)
+        out += ["(logs present but no step/loss records)", ""]
+    return out
+
+
+def gates_section(d: Path) -> list[str]:
+    p = d / "gates.json"
+    if not p.exists():
+        return []
+    data = json.loads(p.read_text())
+    m = data.get("meta", {})
+    rows = [{"op": op, "impl": impl, "allowed": e.get("allowed"), "reason": e.get("reason", "")}
+            for op, impls in data.get("ops", {}).items() for impl, e in impls.items()]
+    out = ["## Gate manifest (gates.json)", "",
+           f"GPU {m.get('gpu')}, versions {m.get('versions')}, kernel hash {m.get('kernel_hash')}, "
+           f"created {m.get('created')}", ""]
+    if rows:
+        out += [md_table(pd.DataFrame(rows)), ""]
+    return out
+
+
+def build_report(d: Path) -> Path:
+    df = load_rows(d)
+    cpu = (df["measurement"] == "cpu-not-a-measurement").any() if "measurement" in df else False
+    copy = df["copy_gbps"].dropna().iloc[0] if "copy_gbps" in df and df["copy_gbps"].notna().any() else None
+    lines = [f"# Benchmark report: {d.name}", ""]
+    _WATERMARK[:] = ["CPU: NOT A PERFORMANCE MEASUREMENT"] if cpu else []
+    if cpu:
+        lines += ["> **NOT A PERFORMANCE MEASUREMENT** — CPU run: tiny shapes through the Triton interpreter and "
+                  "eager PyTorch; only the plumbing and the error figures mean anything.", ""]
+    lines += [f"Rows: {len(df)}. Copy bandwidth measured in the run: "
+              f"{_fmt(copy, 'int') + ' GB/s' if copy else 'n/a'}. "
+              "Times are CUDA-event medians (see bench/common.py); GB/s counts each op's minimal bytes; "
+              "speedups are against the PyTorch reference and the fastest peer at the same shape.", ""]
+    lines += gates_section(d)
+    for op in KERNEL_OPS:
+        lines += kernel_section(df, op, d)
+    others = [o for o in df["op"].unique() if o not in KERNEL_OPS and o != "train"]
+    for op in others:
+        lines += kernel_section(df, op, d)
+    lines += train_section(df, d)
+    lines += validity_section(d)
+    out = d / "report.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gpu", help="profiles/<SLUG> to report on (default: this machine's GPU, else the newest)")
+    p.add_argument("--dir", help="explicit results folder (holding bench.csv)")
+    a = p.parse_args(argv)
+    d = find_dir(a.gpu, a.dir)
+    out = build_report(d)
+    print(f"report -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
