@@ -67,6 +67,8 @@ BT_CHUNK = 16
 # dot precision for half (bf16/fp16) inputs, forward and backward; fp32 inputs always use "ieee"
 FWD_PRECISION = "tf32"
 BWD_PRECISION = "tf32"
+# intra-chunk decays: False = one exp per (t, s, k); True = cumulative products of exp(w) (fewer exps)
+EXP_SCAN = False
 
 
 def _prec(dtype: torch.dtype, bwd: bool = False) -> str:
@@ -77,9 +79,7 @@ def _prec(dtype: torch.dtype, bwd: bool = False) -> str:
 
 def _warp_configs():
     return autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
-                             triton.Config({}, num_warps=8, num_stages=1),
-                             triton.Config({}, num_warps=4, num_stages=2),
-                             triton.Config({}, num_warps=2, num_stages=1)])
+                             triton.Config({}, num_warps=8, num_stages=1)])
 
 
 @triton.jit
@@ -93,14 +93,51 @@ def _seq_bounds(cu_ptr, i_n, T, VARLEN: tl.constexpr):
     return bos, eos
 
 
+@triton.jit
+def _intra_decay(b_g, b_gp, b_ep, o_t, LOWER: tl.constexpr, SCAN: tl.constexpr):
+    """Exact intra-chunk decays as a [BT, BT, BK] fp32 tensor, every exponent <= 0.
+
+    LOWER: E[t, s] = exp(Gp_t - G_s) for s < t (else 0); otherwise the transpose E[t, s] = exp(Gp_s - G_t) for
+    s > t. SCAN: products of the per-step decays b_ep[t] = exp(w_{t-1}) (a cumprod, 1 exp per element of the
+    chunk) instead of one exp per pair.
+    """
+    if LOWER:
+        m = o_t[:, None] > o_t[None, :]
+        if SCAN:
+            b_f = tl.where((o_t[:, None] > o_t[None, :] + 1)[:, :, None], b_ep[:, None, :], 1.)
+            b_e = tl.where(m[:, :, None], tl.cumprod(b_f, axis=0), 0.)
+        else:
+            b_e = tl.where(m[:, :, None], tl.exp(tl.minimum(b_gp[:, None, :] - b_g[None, :, :], 0.)), 0.)
+    else:
+        m = o_t[:, None] < o_t[None, :]
+        if SCAN:
+            b_f = tl.where((o_t[None, :] > o_t[:, None] + 1)[:, :, None], b_ep[None, :, :], 1.)
+            b_e = tl.where(m[:, :, None], tl.cumprod(b_f, axis=1), 0.)
+        else:
+            b_e = tl.where(m[:, :, None], tl.exp(tl.minimum(b_gp[None, :, :] - b_g[:, None, :], 0.)), 0.)
+    return b_e
+
+
+@triton.jit
+def _prev_decay(w_ptr, p_k, m_tk, o_t, HK: tl.constexpr, SCAN: tl.constexpr):
+    """exp(w_{t-1}) inside the chunk (1 on its first row; the previous token is HK elements back), if SCAN."""
+    if SCAN:
+        b_wp = tl.load(w_ptr + p_k - HK, mask=m_tk & (o_t[:, None] > 0), other=0.).to(tl.float32)
+        b_ep = tl.exp(tl.minimum(b_wp, 0.))
+    else:
+        b_ep = tl.zeros(p_k.shape, dtype=tl.float32)
+    return b_ep
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "USE_H0", "VARLEN", "PREC"])
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "USE_H0", "VARLEN", "PREC", "SCAN"])
 @triton.jit
 def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, cu_ptr, scale, T,
                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                     BV: tl.constexpr, USE_H0: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
+                     BV: tl.constexpr, USE_H0: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
+                     SCAN: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -135,8 +172,7 @@ def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, c
         b_gp = b_g - b_w
         b_gl = tl.sum(b_w, axis=0)
         # exact intra-chunk scores: exponents Gp_t - G_s <= 0 for s < t
-        b_d = b_gp[:, None, :] - b_g[None, :, :]
-        b_e = tl.where(m_lo[:, :, None], tl.exp(tl.minimum(b_d, 0.)), 0.)
+        b_e = _intra_decay(b_g, b_gp, _prev_decay(w_ptr, p_k, m_tk, o_t, H * K, SCAN), o_t, True, SCAN)
         b_A = tl.sum(b_q[:, None, :] * b_k[None, :, :] * b_e, axis=2)
         b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
         b_o = tl.dot(b_q * tl.exp(b_gp), b_h, input_precision=PREC)
@@ -193,13 +229,13 @@ def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
 # backward 2: reverse walk carrying D = dL/dS -> dq, dk, dw (partials over V-blocks or final), dv, dh0
 # ----------------------------------------------------------------------------------------------------------------
 @triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "USE_H0", "USE_DHT", "VARLEN", "PREC",
-                                               "DIRECT"])
+                                               "DIRECT", "SCAN"])
 @triton.jit
 def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs_ptr, dq_ptr, dk_ptr, dw_ptr,
                           dv_ptr, du_ptr, dh0_ptr, cu_ptr, scale, T, NTOK,
                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                           BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr,
-                          VARLEN: tl.constexpr, PREC: tl.constexpr, DIRECT: tl.constexpr):
+                          VARLEN: tl.constexpr, PREC: tl.constexpr, DIRECT: tl.constexpr, SCAN: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -246,7 +282,8 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
         b_egl = tl.exp(b_gl[None, :] - b_g)
         # ---- queries of this chunk against keys s < t:  dq^s_t = exp(Gp_t) (S0 do_t) + sum_s B_ts k_s E_ts
         b_B = tl.where(m_lo, tl.dot(b_do, tl.trans(b_v), input_precision=PREC), 0.)
-        b_E = tl.where(m_lo[:, :, None], tl.exp(tl.minimum(b_gp[:, None, :] - b_g[None, :, :], 0.)), 0.)
+        b_ep = _prev_decay(w_ptr, p_k, m_tk, o_t, H * K, SCAN)
+        b_E = _intra_decay(b_g, b_gp, b_ep, o_t, True, SCAN)
         b_X = b_B[:, :, None] * b_k[None, :, :] * b_E            # [t, s, k]
         b_dqx = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
         b_dq = b_dqx + tl.sum(b_X, axis=1)
@@ -256,7 +293,7 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
         b_dw = tl.sum(tl.where(m_lo[:, :, None], b_Y, 0.), axis=0)
         # ---- keys of this chunk against queries s > t:  dk^s_t = exp(G_L - G_t) (D v_t) + sum_s M_ts q_s E'_ts
         b_M = tl.where(m_up, tl.dot(b_v, tl.trans(b_do), input_precision=PREC), 0.)
-        b_E2 = tl.where(m_up[:, :, None], tl.exp(tl.minimum(b_gp[None, :, :] - b_g[:, None, :], 0.)), 0.)
+        b_E2 = _intra_decay(b_g, b_gp, b_ep, o_t, False, SCAN)
         b_dkx = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
         b_dk = b_dkx + tl.sum(b_M[:, :, None] * b_q[None, :, :] * b_E2, axis=1)
         b_At = tl.sum(b_k[:, None, :] * b_q[None, :, :] * b_E2, axis=2)
@@ -399,7 +436,7 @@ def _fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens):
     _wkv6_fwd_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht,
                            cu_seqlens if cu_seqlens is not None else r, scale, T,
                            H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=h0 is not None,
-                           VARLEN=cu_seqlens is not None, PREC=_prec(r.dtype))
+                           VARLEN=cu_seqlens is not None, PREC=_prec(r.dtype), SCAN=EXP_SCAN)
     return o, ht
 
 
@@ -431,7 +468,7 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale):
     _wkv6_bwd_main_kernel[grid](r, k, v, w, u, do, dht if dht is not None else hs, hs, pq, pk, pw, dv, du_part,
                                 dh0 if dh0 is not None else hs, cu, scale, T, NTOK, H=H, K=K, V=V, BT=BT_CHUNK,
                                 BK=BK, BV=BV, USE_H0=h0 is not None, USE_DHT=dht is not None,
-                                VARLEN=cu_seqlens is not None, PREC=prec, DIRECT=direct)
+                                VARLEN=cu_seqlens is not None, PREC=prec, DIRECT=direct, SCAN=EXP_SCAN)
     if not direct:
         _wkv6_bwd_combine_kernel[(N * H,)](r, k, v, w, u, do, pq, pk, pw, dr, dk, dw, du_part, cu, scale, T, NTOK,
                                            H=H, K=K, V=V, BT=BT_CHUNK, BK=BK,
