@@ -250,7 +250,16 @@ def record(benchmark, *, op: str, impl: str, shape: str, pass_: str, dtype: str,
     if benchmark is not None:
         benchmark.extra_info.update(row)
         row["_extra_info"] = benchmark.extra_info       # updated again with speedups at session end
+    checkpoint()
     return row
+
+
+def checkpoint() -> None:
+    """Rewrite <out>/bench.csv after every row: a run cut short (timeout, crash) still leaves its figures."""
+    try:
+        write_csv(finalize(RESULTS), out_dir() / "bench.csv")
+    except OSError:
+        pass
 
 
 def host_benchmark(benchmark, fn: Callable, grad_to_none=None, slow: bool = False) -> None:

@@ -81,7 +81,7 @@ def load_rows(d: Path) -> pd.DataFrame:
     df = pd.read_csv(d / "bench.csv")
     for c in ("op", "impl", "shape", "pass", "variant", "note", "timer", "err_shape", "errors", "measurement"):
         if c in df:
-            df[c] = df[c].fillna("").astype(str)
+            df[c] = df[c].map(lambda v: "" if pd.isna(v) else str(v))
     if "note" in df:   # the CPU label is said once, at the top of the report
         df["note"] = df["note"].str.replace(r"(; )?NOT A PERFORMANCE MEASUREMENT \([^)]*\)", "", regex=True)
     return df

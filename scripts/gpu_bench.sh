@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The one command to run on a GPU machine (no network needed):
+#   bash scripts/gpu_bench.sh [extra pytest args, e.g. -k wkv6]
+# 1. installs the peer wheels (.gpu-wheels/ or /work/shared/wheels/gpu: fla, mamba-ssm, causal-conv1d, the
+#    selective_scan_cuda stand-in) into /tmp/site;
+# 2. pytest bench/ --benchmark --benchmark-json profiles/<gpu>/bench.json  (kernels vs references and peers,
+#    training tok/s; writes profiles/<gpu>/bench.csv and the gate manifest profiles/<gpu>/gates.json);
+# 3. optional validity run (GT_BENCH_VALIDITY=1): train.py GF-MH small, --kernels triton vs reference;
+# 4. python -m bench.report -> profiles/<gpu>/report.md + plots;
+# 5. copies profiles/<gpu>/ to $OUT/ when OUT is set.
+# Knobs: GT_BENCH_QUICK (1: bounded grid, default), GT_BENCH_BUDGET_S (soft budget for starting new rows, 390 s),
+# GT_BENCH_TIMEOUT (hard limit of the pytest step, SIGINT -> results and manifest still written; 540 s),
+# GT_VALIDITY_STEPS (300), GT_BENCH_CUDAGRAPH (1: also CUDA-graph timings of µs forward rows).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+PY=${PYTHON:-python3}
+T0=$(date +%s)
+
+WHEELS=""
+for d in "$REPO/.gpu-wheels" /work/shared/wheels/gpu; do
+  if ls "$d"/*.whl >/dev/null 2>&1; then WHEELS="$d"; break; fi
+done
+if [ -n "$WHEELS" ]; then
+  echo "== installing peer wheels from $WHEELS into /tmp/site"
+  for w in "$WHEELS"/*.whl; do   # one by one: a wheel that does not fit this platform skips only itself
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site --upgrade "$w" \
+      2>&1 | grep -v "Running pip as the 'root'" || true
+  done
+else
+  echo "!! no wheels found (.gpu-wheels/): fla / mamba-ssm peers will be skipped if not installed"
+fi
+export PYTHONPATH="/tmp/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONDONTWRITEBYTECODE=1
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+$PY - <<'PY'
+from groundthink.device import versions, gpu_name
+print("== gpu:", gpu_name(), "| versions:", versions())
+PY
+SLUG=$($PY -c "from groundthink.device import gpu_slug; print(gpu_slug())")
+PROF="$REPO/profiles/$SLUG"
+mkdir -p "$PROF"
+
+JSON_ARGS=()
+if $PY -c "import pytest_benchmark" 2>/dev/null; then
+  JSON_ARGS=(--benchmark-json "$PROF/bench.json" --benchmark-columns=median,rounds --benchmark-sort=name)
+else
+  echo "!! pytest-benchmark not installed: no bench.json (bench.csv and the manifest are still written)"
+fi
+
+echo "== pytest bench/ --benchmark (quick=${GT_BENCH_QUICK:-1}, budget ${GT_BENCH_BUDGET_S:-390}s)"
+timeout -s INT -k 30 "${GT_BENCH_TIMEOUT:-540}" \
+  $PY -m pytest bench/ --benchmark "${JSON_ARGS[@]}" -q -rs -p no:cacheprovider "$@"
+RC=$?
+echo "== pytest exit code $RC after $(( $(date +%s) - T0 )) s"
+
+if [ "${GT_BENCH_VALIDITY:-0}" = "1" ]; then
+  echo "== validity run (${GT_VALIDITY_STEPS:-300} steps, triton vs reference)"
+  $PY -m bench.bench_train --validity --steps "${GT_VALIDITY_STEPS:-300}" || echo "!! validity run failed"
+fi
+
+echo "== report"
+$PY -m bench.report --gpu "$SLUG" || echo "!! report failed"
+[ -f "$PROF/gates.json" ] && $PY -c "
+import json; d = json.load(open('$PROF/gates.json'))
+for op, impls in d['ops'].items():
+    for impl, e in impls.items(): print(f'gate {op}/{impl}: {e[\"reason\"]}')"
+
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT/profiles"
+  cp -r "$PROF" "$OUT/profiles/" && echo "== results copied to $OUT/profiles/$SLUG"
+fi
+echo "== done in $(( $(date +%s) - T0 )) s"
+exit $RC
