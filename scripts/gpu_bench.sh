@@ -23,10 +23,16 @@ for d in "$REPO/.gpu-wheels" /work/shared/wheels/gpu; do
 done
 if [ -n "$WHEELS" ]; then
   echo "== installing peer wheels from $WHEELS into /tmp/site"
-  for w in "$WHEELS"/*.whl; do   # one by one: a wheel that does not fit this platform skips only itself
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site --upgrade "$w" \
-      2>&1 | grep -v "Running pip as the 'root'" || true
-  done
+  PIP=($PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site --upgrade)
+  # all together (fla_core and flash_linear_attention both ship fla/); if a platform wheel does not fit this
+  # Python, install the pure-Python ones together and each platform wheel on its own
+  "${PIP[@]}" "$WHEELS"/*.whl 2>&1 | grep -v "Running pip as the 'root'" || true
+  if ! PYTHONPATH="/tmp/site:$REPO" $PY -c "import fla.ops.rwkv6, mamba_ssm" 2>/dev/null; then
+    "${PIP[@]}" "$WHEELS"/*-none-any.whl || echo "!! pure-Python peer wheels failed to install"
+    for w in "$WHEELS"/*.whl; do
+      case "$w" in *-none-any.whl) ;; *) "${PIP[@]}" "$w" || echo "!! $w does not install here";; esac
+    done
+  fi
 else
   echo "!! no wheels found (.gpu-wheels/): fla / mamba-ssm peers will be skipped if not installed"
 fi
