@@ -1,0 +1,191 @@
+"""CPU tests of the benchmark plumbing: the gate manifest (decide / write / load / stale) built from result rows,
+speedups, the report from a small fake results CSV, and ``pytest bench/`` itself (fast skip without
+``--benchmark``; tiny interpreter shapes with it, labelled as not a measurement, no manifest on CPU)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import common
+from groundthink import manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _row(op, impl, shape, pass_, ms, peak=100.0, errors=None, variant="", tok_s=None):
+    gbps = 1000.0 / ms if (ms and op != "train") else None
+    return {"op": op, "impl": impl, "shape": shape, "pass": pass_, "dtype": "bfloat16", "ms": ms, "gbps": gbps,
+            "pct_bw": gbps / 30.0 if gbps else None, "tflops": None, "peak_mb": peak, "speedup_vs_ref": None, "speedup_vs_best_peer": None,
+            "max_rel_err": max(errors.values()) if errors else None, "variant": variant, "tok_s": tok_s,
+            "timer": "fake", "reps": 1, "warmup_s": 0.0, "err_shape": shape,
+            "errors": json.dumps(errors) if errors else "", "copy_gbps": 3000.0, "ms_graph": None,
+            "measurement": "fake-gpu", "note": ""}
+
+
+def fake_rows():
+    ok = {"out0": 1e-3, "dr": 2e-3, "dw": 3e-3}
+    rows = []
+    for shape, ref_ms, tri_ms, fla_ms in (("B8 T4096", 100.0, 1.0, 2.0), ("B64 T256", 10.0, 0.5, 0.9)):
+        for pass_ in ("fwd", "fwdbwd"):
+            rows.append(_row("wkv6", "reference", shape, pass_, ref_ms, peak=1000.0, errors=ok))
+            rows.append(_row("wkv6", "triton", shape, pass_, tri_ms, peak=50.0, errors=ok))
+            rows.append(_row("wkv6", "fla_chunk", shape, pass_, fla_ms, peak=500.0, errors=ok))
+            rows.append(_row("wkv6", "fla_recurrent", shape, pass_, fla_ms * 2, peak=10.0,
+                             errors={"out0": 1e-3, "dw": 8e-2}))           # wrong gradient: denied
+    # gate_norm_residual: triton slower than the reference at one shape, compile uses more memory
+    rows.append(_row("gate_norm_residual", "reference", "N16384 D128 row", "fwd", 0.14, peak=10.0,
+                     errors={"out0": 1e-3}))
+    rows.append(_row("gate_norm_residual", "triton", "N16384 D128 row", "fwd", 0.20, peak=10.0,
+                     errors={"out0": 1e-3}))
+    rows.append(_row("gate_norm_residual", "compile", "N16384 D128 row", "fwd", 0.10, peak=99.0,
+                     errors={"out0": 1e-3}))
+    # mamba2: mamba_ssm failed to run at one shape
+    rows.append(_row("mamba2", "reference", "B64 T256", "fwd", 5.0, errors={"out0": 1e-3}))
+    rows.append(_row("mamba2", "mamba_ssm", "B64 T256", "fwd", None, errors={"out0": 1e-3}))
+    # training
+    for v, tri, ref in (("GF-MH", 100.0, 4000.0), ("HY", 90.0, None)):
+        rows.append(_row("train", "triton", "small B64xT256", "train", tri, variant=v, tok_s=16384e3 / tri))
+        if ref:
+            rows.append(_row("train", "reference", "small B64xT256", "train", ref, variant=v, tok_s=16384e3 / ref))
+    rows.append(_row("train", "peer", "small B64xT256", "train", 140.0, variant="peer", tok_s=16384e3 / 140))
+    return rows
+
+
+def test_decide_rules():
+    fast = [{"shape": "s", "speedup": 3.0, "peak_mb": 1.0, "ref_peak_mb": 2.0}]
+    assert manifest.decide(False, fast, "dw 8e-2")[0] is False              # correctness first, whatever the speed
+    assert "fails correctness" in manifest.decide(False, fast)[1]
+    assert manifest.decide(True, [])[0] is False
+    assert manifest.decide(True, [{"shape": "s", "speedup": 0.9}])[0] is False
+    assert manifest.decide(True, [{"shape": "s", "speedup": 2.0, "peak_mb": 500.0, "ref_peak_mb": 10.0}])[0] is False
+    ok, why = manifest.decide(True, fast)
+    assert ok and why.startswith("allowed")
+
+
+def test_finalize_speedups():
+    rows = common.finalize(fake_rows())
+    tri = next(r for r in rows if r["op"] == "wkv6" and r["impl"] == "triton" and r["shape"] == "B8 T4096"
+               and r["pass"] == "fwd")
+    assert tri["speedup_vs_ref"] == pytest.approx(100.0)
+    assert tri["speedup_vs_best_peer"] == pytest.approx(2.0)                # fla_chunk 2 ms is the best peer
+    ref = next(r for r in rows if r["impl"] == "reference" and r["op"] == "wkv6")
+    assert ref["speedup_vs_ref"] == pytest.approx(1.0)
+    gf = next(r for r in rows if r["op"] == "train" and r["variant"] == "GF-MH" and r["impl"] == "triton")
+    assert gf["speedup_vs_ref"] == pytest.approx(40.0)
+    assert gf["speedup_vs_best_peer"] == pytest.approx(1.4)
+    hy = next(r for r in rows if r["op"] == "train" and r["variant"] == "HY")
+    assert hy["speedup_vs_ref"] is None and hy["speedup_vs_best_peer"] == pytest.approx(140 / 90)
+    failed = next(r for r in rows if r["impl"] == "mamba_ssm")
+    assert failed["speedup_vs_ref"] is None
+
+
+def test_manifest_from_rows_write_load_stale(tmp_path, monkeypatch):
+    ops = common.build_manifest_ops(common.finalize(fake_rows()))
+    assert ops["wkv6"]["triton"]["allowed"] is True
+    assert len(ops["wkv6"]["triton"]["shapes"]) == 4                        # 2 shapes × fwd, fwdbwd
+    assert ops["wkv6"]["triton"]["errors"]["dw"] == pytest.approx(3e-3)
+    assert ops["wkv6"]["fla_chunk"]["allowed"] is True
+    assert ops["wkv6"]["fla_recurrent"]["allowed"] is False                 # fast enough, but dw is wrong
+    assert "dw" in ops["wkv6"]["fla_recurrent"]["reason"]
+    assert ops["gate_norm_residual"]["triton"]["allowed"] is False          # slower than the reference
+    assert "not faster" in ops["gate_norm_residual"]["triton"]["reason"]
+    assert ops["gate_norm_residual"]["compile"]["allowed"] is False         # more memory
+    assert "memory" in ops["gate_norm_residual"]["compile"]["reason"]
+    assert ops["mamba2"]["mamba_ssm"]["allowed"] is False                   # failed to run somewhere
+    assert "reference" not in ops["wkv6"]
+    assert "train" not in ops
+
+    path = tmp_path / "gates.json"
+    manifest.write(ops, path)
+    data, status = manifest.load(path)
+    assert status == "ok", status
+    assert manifest.verdict(data, status, "wkv6", "triton")[0] is True
+    assert manifest.verdict(data, status, "gate_norm_residual", "triton")[0] is False
+    # stale: kernel sources changed since the benchmark
+    data["meta"]["kernel_hash"] = "0" * 16
+    path.write_text(json.dumps(data))
+    data2, status2 = manifest.load(path)
+    assert status2.startswith("stale") and "kernel sources changed" in status2
+    assert manifest.verdict(data2, status2, "wkv6", "triton")[0] is False
+    # missing
+    d3, s3 = manifest.load(tmp_path / "nope.json")
+    assert d3 is None and "no manifest" in s3
+
+
+def test_csv_columns_and_report(tmp_path):
+    from bench import report
+    rows = common.finalize(fake_rows())
+    common.write_csv(rows, tmp_path / "bench.csv")
+    header = (tmp_path / "bench.csv").read_text().splitlines()[0].split(",")
+    assert header[:13] == ["op", "impl", "shape", "pass", "dtype", "ms", "gbps", "pct_bw", "tflops", "peak_mb",
+                           "speedup_vs_ref", "speedup_vs_best_peer", "max_rel_err"]
+    manifest.write(common.build_manifest_ops(rows), tmp_path / "gates.json")
+    (tmp_path / "validity").mkdir()
+    for k, off in (("triton", 0.0), ("reference", 0.01)):
+        recs = [{"type": "config", "step": 0, "ops": {"wkv6": k}}] + \
+               [{"type": "train", "step": s, "loss": 4 - s / 100 + off} for s in range(10, 110, 10)] + \
+               [{"type": "final", "step": 100, "final_loss": 3.0, "val_loss": 3.1}]
+        (tmp_path / "validity" / f"GF-MH_small_{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = report.build_report(tmp_path)
+    text = out.read_text()
+    for needle in ("## wkv6", "## gate_norm_residual", "## mamba2", "## End to end", "## Gate manifest",
+                   "## End-to-end validity", "wkv6_time.png", "train_tok_s.png", "validity_loss.png"):
+        assert needle in text, needle
+    assert "NOT A PERFORMANCE MEASUREMENT" not in text                      # fake GPU rows
+    for png in ("wkv6_time.png", "wkv6_pct_bw.png", "wkv6_speedup.png", "train_tok_s.png",
+                "train_peak_mem.png", "validity_loss.png"):
+        assert (tmp_path / png).stat().st_size > 1000, png
+    assert (tmp_path / "report_wkv6_ms.csv").exists()
+    # CPU rows: the report says so up front
+    cpu_rows = [dict(r, measurement="cpu-not-a-measurement", note=common.NOT_A_MEASUREMENT) for r in rows[:4]]
+    d2 = tmp_path / "cpu"
+    common.write_csv(cpu_rows, d2 / "bench.csv")
+    assert "NOT A PERFORMANCE MEASUREMENT" in report.build_report(d2).read_text()
+
+
+def _pytest(args, env_extra, timeout):
+    env = dict(os.environ, **env_extra)
+    env.pop("PYTEST_ADDOPTS", None)
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=timeout)
+    return p, time.monotonic() - t0
+
+
+def test_pytest_bench_without_flag_skips_fast(tmp_path):
+    p, dt = _pytest(["bench/"], {"GT_BENCH_OUT": str(tmp_path)}, timeout=60)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    assert "skipped" in out and " passed" not in out, out[-2000:]
+    assert "run with pytest bench/ --benchmark" in out
+    assert not (tmp_path / "bench.csv").exists()
+    assert dt < 45, dt
+
+
+@pytest.mark.skipif(common.ON_GPU, reason="the CPU path (interpreter shapes) is what this checks")
+def test_pytest_bench_cpu_run(tmp_path):
+    gates = tmp_path / "gates_should_not_exist.json"
+    p, dt = _pytest(["bench/bench_gate_norm_residual.py", "bench/bench_wkv6.py", "--benchmark",
+                     "-k", "(reference or triton) and (row or wkv6) and not res32"],
+                    {"GT_BENCH_OUT": str(tmp_path), "GROUNDTHINK_MANIFEST": str(gates)}, timeout=150)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-4000:]
+    assert "NOT A PERFORMANCE MEASUREMENT" in out
+    assert "no gate manifest written on CPU" in out
+    assert not gates.exists()
+    text = (tmp_path / "bench.csv").read_text()
+    lines = text.splitlines()
+    assert len(lines) >= 1 + 8, text[:2000]                                 # 2 impls × 2 passes × 2 ops
+    assert all("NOT A PERFORMANCE MEASUREMENT" in ln for ln in lines[1:])
+    assert "gate_norm_residual,triton,N16 D32 row,fwdbwd" in text
+    assert "wkv6,triton," in text
+    rows = json.loads((tmp_path / "bench_rows.json").read_text())["rows"]
+    tri = [r for r in rows if r["impl"] == "triton"]
+    assert tri and all(r["max_rel_err"] is not None and r["max_rel_err"] < 5e-2 for r in tri)
+    assert all(r["speedup_vs_ref"] is not None for r in tri)
