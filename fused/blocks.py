@@ -94,12 +94,8 @@ class RWKV6TimeMix(nn.Module):
         R = self.time_maa_w2.shape[1]
         m = torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5, R).transpose(0, 1)
         m = torch.bmm(m, self.time_maa_w2).view(5, B, T, D)
-        mw, mk, mv, mr, mg = m.unbind(0)
-        xw = x + xx * (self.time_maa_w + mw)
-        xk = x + xx * (self.time_maa_k + mk)
-        xv = x + xx * (self.time_maa_v + mv)
-        xr = x + xx * (self.time_maa_r + mr)
-        xg = x + xx * (self.time_maa_g + mg)
+        maa = torch.stack([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
+        xw, xk, xv, xr, xg = (x + xx * (maa[:, None, None, :] + m)).unbind(0)   # the five lerps in one op
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)

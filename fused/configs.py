@@ -70,6 +70,8 @@ class ModelConfig:
             raise ValueError(f"d_inner {self.d_inner} is not a multiple of headdim {self.headdim}")
         if self.mamba_nheads % self.ngroups:
             raise ValueError(f"ngroups {self.ngroups} must divide the Mamba heads {self.mamba_nheads}")
+        if self.d_conv < 2:
+            raise ValueError(f"d_conv must be ≥ 2; got {self.d_conv}")
         if self.ffn_act not in ("gelu", "relu2"):
             raise ValueError(f"ffn_act must be gelu or relu2; got {self.ffn_act!r}")
         if self.norm not in ("rms", "layer"):

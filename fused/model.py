@@ -142,11 +142,11 @@ class HybridLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None):
-        """Sample ``max_new_tokens`` after the prompt ``idx`` [B, T] through the recurrent path."""
+        """Sample ``max_new_tokens`` after the prompt ``idx`` [B, T]: the prompt is prefilled in parallel from a
+        zero state (``forward_with_state``), then every new token goes through ``step``. temperature 0 = greedy."""
         state = self.init_state(idx.shape[0])
-        logits = None
-        for t in range(idx.shape[1]):
-            logits, state = self.step(idx[:, t], state)
+        logits, state = self.forward_with_state(idx, state)     # prefill: parallel path continued with state
+        logits = logits[:, -1]
         out = [idx]
         for _ in range(max_new_tokens):
             lg = logits.float() / max(temperature, 1e-8)
