@@ -5,7 +5,8 @@ forward and forward+backward, bf16.
 Shapes: N32768 × D2048 for every blend mode (add, vector, row, element, weights), plus row mode at N32768 × D2048
 with an fp32 residual stream (``res32``: x and h fp32, as the model's ``residual_fp32=True``), and row mode at
 N16384 × D128 / D512 / D768 / D4096 (D128 and D512 are the small and large models' rows). RMSNorm, eps 1e-5,
-gates as logits (g = σ(gate)).
+gates as logits (g = σ(gate)). The quick grid (default) times the peers at D2048 row/element and N16384 D128/D4096
+row only (``QUICK_PEER_SHAPES``); GT_BENCH_QUICK=0 times them everywhere.
 
 Bytes (minimal I/O): fwd reads x, a, b, an element-wise gate and writes h, y; bwd reads dy, dh, h, a, b (and the
 element gate) and writes dx, da, db (and dgate) — 5 + 8 passes over N·D for the gated modes in bf16. No
@@ -27,7 +28,7 @@ else:   # Triton interpreter: tiny, not a measurement
     SHAPES = [(16, 32, m, False) for m in MODES] + [(16, 32, "row", True)]
 PASSES = ("fwd", "fwdbwd")
 IMPLS = ("reference", "triton", "compile", "fla_rmsnorm")
-PRIORITY = {"reference": 1, "triton": 1, "compile": 2, "fla_rmsnorm": 2}
+PRIORITY = {"reference": 1, "triton": 1, "compile": 3, "fla_rmsnorm": 3}
 
 
 def shape_str(N, D, mode, res32) -> str:
@@ -101,11 +102,19 @@ def nbytes(N, D, mode, res32, pass_, es=2) -> float:
     return fwd + bwd
 
 
+# quick grid: the peers only at these shapes (every shape with GT_BENCH_QUICK=0): torch.compile costs
+# seconds per shape and pass
+QUICK_PEER_SHAPES = {(32768, 2048, "row", False), (32768, 2048, "element", False), (16384, 128, "row", False),
+                     (16384, 4096, "row", False)}
+
+
 def cases():
     out = []
     for shp in SHAPES:
         for pass_ in PASSES:
             for impl in IMPLS:
+                if PRIORITY[impl] > 1 and common.ON_GPU and common.quick() and shp not in QUICK_PEER_SHAPES:
+                    continue
                 out.append(pytest.param(impl, shp, pass_, id=common.case_id(impl, shape_str(*shp), pass_),
                                         marks=pytest.mark.bench_priority(PRIORITY[impl])))
     return out

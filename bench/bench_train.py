@@ -12,6 +12,10 @@ are timed between two CUDA events; ``peak_mb`` is the absolute ``max_memory_allo
 
 Quick grid (GT_BENCH_QUICK=1, the default): triton for every variant at small and HY/GF-MH/HGF-MH/CP at large,
 reference for GF-MH at both sizes, the peer at both sizes. GT_BENCH_QUICK=0: every variant everywhere.
+Run order: kernel rows of the lab and the references, triton small (all variants), kernel peers, peer small and
+triton large, then peer large and the references; rows
+that would start after the soft budget (GT_BENCH_BUDGET_S) are skipped and say so. The peer's first steps
+autotune fla's and mamba-ssm's kernels (minutes on a cold machine, warmup_s in its row).
 On CPU: GF-MH at size tiny (B2 × T32, fp32), one timed step — not a measurement.
 
 ``python -m bench.bench_train --validity [--steps N]`` runs the end-to-end validity check instead: ``train.py``
@@ -56,12 +60,14 @@ def plan() -> list:
     if not common.ON_GPU:
         return [("reference", "GF-MH", "tiny", 3), ("triton", "GF-MH", "tiny", 3)]
     variants = _variants()
-    rows += [("triton", v, "small", 3) for v in variants]
+    # priorities: 1 = kernel rows (lab + reference), 2 = these, 3 = kernel peers, 4-5 = the rest
+    rows += [("triton", v, "small", 2) for v in variants]
+    rows += [("peer", "peer", "small", 4)]
     large = variants if not q else [v for v in ("HY", "GF-MH", "HGF-MH", "CP") if v in variants]
     rows += [("triton", v, "large", 4) for v in large]
+    rows += [("peer", "peer", "large", 5)]
     ref_vs = ("GF-MH",) if q else variants
     rows += [("reference", v, s, 5) for s in SIZES for v in ref_vs]
-    rows += [("peer", "peer", s, 6) for s in SIZES]
     return rows
 
 

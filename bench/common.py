@@ -22,7 +22,7 @@ On a CPU machine the same code runs tiny shapes (Triton interpreter, host clock)
 Results accumulate in ``RESULTS`` (one dict per row); ``bench.conftest`` finishes them at session end
 (speedups, CSV, JSON, manifest). Environment:
     GT_BENCH_QUICK     1 (default): the bounded grid (~7 min on an H100); 0: every variant and shape, more reps
-    GT_BENCH_BUDGET_S  soft wall-clock budget for starting new benchmarks (default 390 s quick, 0 = none);
+    GT_BENCH_BUDGET_S  soft wall-clock budget for starting new benchmarks (default 400 s quick, 0 = none);
                        lower-priority rows (peers, training) are skipped once it is spent, and say so
     GT_BENCH_OUT       output folder (default profiles/<gpu-slug>/)
 """
@@ -68,7 +68,7 @@ def quick() -> bool:
 
 
 def budget_s() -> float:
-    default = "390" if quick() else "0"
+    default = "400" if quick() else "0"
     return float(os.environ.get("GT_BENCH_BUDGET_S", default))
 
 

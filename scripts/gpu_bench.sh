@@ -8,7 +8,7 @@
 # 3. optional validity run (GT_BENCH_VALIDITY=1): train.py GF-MH small, --kernels triton vs reference;
 # 4. python -m bench.report -> profiles/<gpu>/report.md + plots;
 # 5. copies profiles/<gpu>/ to $OUT/ when OUT is set.
-# Knobs: GT_BENCH_QUICK (1: bounded grid, default), GT_BENCH_BUDGET_S (soft budget for starting new rows, 390 s),
+# Knobs: GT_BENCH_QUICK (1: bounded grid, default), GT_BENCH_BUDGET_S (soft budget for starting new rows, 400 s),
 # GT_BENCH_TIMEOUT (hard limit of the pytest step, SIGINT -> results and manifest still written; 540 s),
 # GT_VALIDITY_STEPS (300), GT_BENCH_CUDAGRAPH (1: also CUDA-graph timings of µs forward rows).
 set -uo pipefail
@@ -55,7 +55,7 @@ else
   echo "!! pytest-benchmark not installed: no bench.json (bench.csv and the manifest are still written)"
 fi
 
-echo "== pytest bench/ --benchmark (quick=${GT_BENCH_QUICK:-1}, budget ${GT_BENCH_BUDGET_S:-390}s)"
+echo "== pytest bench/ --benchmark (quick=${GT_BENCH_QUICK:-1}, budget ${GT_BENCH_BUDGET_S:-400}s)"
 timeout -s INT -k 30 "${GT_BENCH_TIMEOUT:-540}" \
   $PY -m pytest bench/ --benchmark "${JSON_ARGS[@]}" -q -rs -p no:cacheprovider "$@"
 RC=$?
