@@ -83,7 +83,7 @@ def _warp_configs():
 
 
 @triton.jit
-def _seq_bounds(cu_ptr, i_n, T, VARLEN: tl.constexpr):
+def _seq_bounds(cu_ptr, i_n, T, VARLEN):
     if VARLEN:
         bos = tl.load(cu_ptr + i_n).to(tl.int64)
         eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
@@ -132,11 +132,11 @@ def _prev_decay(w_ptr, p_k, m_tk, o_t, HK: tl.constexpr, SCAN: tl.constexpr):
 # ----------------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "USE_H0", "VARLEN", "PREC", "SCAN"])
-@triton.jit
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC", "SCAN"])
+@triton.jit(do_not_specialize=['T', 'USE_H0', 'VARLEN'])
 def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, cu_ptr, scale, T,
                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                     BV: tl.constexpr, USE_H0: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
+                     BV: tl.constexpr, USE_H0, VARLEN, PREC: tl.constexpr,
                      SCAN: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -186,11 +186,11 @@ def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, c
 # ----------------------------------------------------------------------------------------------------------------
 # backward 1: forward walk storing the chunk-start states S0_c (fp32)
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "USE_H0", "VARLEN", "PREC"])
-@triton.jit
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC"])
+@triton.jit(do_not_specialize=['T', 'USE_H0', 'VARLEN'])
 def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                            BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, VARLEN: tl.constexpr,
+                            BK: tl.constexpr, BV: tl.constexpr, USE_H0, VARLEN,
                             PREC: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -228,14 +228,13 @@ def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
 # ----------------------------------------------------------------------------------------------------------------
 # backward 2: reverse walk carrying D = dL/dS -> dq, dk, dw (partials over V-blocks or final), dv, dh0
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "USE_H0", "USE_DHT", "VARLEN", "PREC",
-                                               "DIRECT", "SCAN"])
-@triton.jit
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC", "DIRECT", "SCAN"])
+@triton.jit(do_not_specialize=['T', 'NTOK', 'USE_H0', 'USE_DHT', 'VARLEN'])
 def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs_ptr, dq_ptr, dk_ptr, dw_ptr,
                           dv_ptr, du_ptr, dh0_ptr, cu_ptr, scale, T, NTOK,
                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                          BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr,
-                          VARLEN: tl.constexpr, PREC: tl.constexpr, DIRECT: tl.constexpr, SCAN: tl.constexpr):
+                          BK: tl.constexpr, BV: tl.constexpr, USE_H0, USE_DHT,
+                          VARLEN, PREC: tl.constexpr, DIRECT: tl.constexpr, SCAN: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -329,12 +328,12 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
 # ----------------------------------------------------------------------------------------------------------------
 # backward 3 (only with several V-blocks): sum the fp32 partials, add the bonus terms, du partial rows
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BVF", "NV", "VARLEN"])
-@triton.jit
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BVF", "NV"])
+@triton.jit(do_not_specialize=['T', 'NTOK', 'VARLEN'])
 def _wkv6_bwd_combine_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pw_ptr,
                              dq_ptr, dk_ptr, dw_ptr, du_ptr, cu_ptr, scale, T, NTOK,
                              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                             BK: tl.constexpr, BVF: tl.constexpr, NV: tl.constexpr, VARLEN: tl.constexpr):
+                             BK: tl.constexpr, BVF: tl.constexpr, NV: tl.constexpr, VARLEN):
     i_nh = tl.program_id(0)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -363,10 +362,14 @@ def _wkv6_bwd_combine_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, 
         b_dq = tl.zeros([BT, BK], dtype=tl.float32)
         b_dk = tl.zeros([BT, BK], dtype=tl.float32)
         b_dw = tl.zeros([BT, BK], dtype=tl.float32)
-        for i_v in range(NV):
-            b_dq += tl.load(pq_ptr + i_v * part_stride + p_k, mask=m_tk, other=0.)
-            b_dk += tl.load(pk_ptr + i_v * part_stride + p_k, mask=m_tk, other=0.)
-            b_dw += tl.load(pw_ptr + i_v * part_stride + p_k, mask=m_tk, other=0.)
+        p_pq, p_pk, p_pw = pq_ptr + p_k, pk_ptr + p_k, pw_ptr + p_k
+        for i_v in range(NV):                      # fixed order: deterministic
+            b_dq += tl.load(p_pq, mask=m_tk, other=0.)
+            b_dk += tl.load(p_pk, mask=m_tk, other=0.)
+            b_dw += tl.load(p_pw, mask=m_tk, other=0.)
+            p_pq += part_stride
+            p_pk += part_stride
+            p_pw += part_stride
         b_vd = tl.sum(b_v * b_do, axis=1)
         b_du += tl.sum(b_q * b_k * b_vd[:, None], axis=0)
         b_dq += b_u[None, :] * b_k * b_vd[:, None]
@@ -420,6 +423,13 @@ def _blocks(K, V):
     return BK, BV
 
 
+def _cu(cu_seqlens, device):
+    """cu_seqlens as int32, or an unread int32 placeholder (one kernel specialization for both cases)."""
+    if cu_seqlens is None:
+        return torch.empty(1, dtype=torch.int32, device=device)
+    return cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
+
+
 def _dims(r, v, cu_seqlens):
     B, T, H, K = r.shape
     V = v.shape[-1]
@@ -434,9 +444,9 @@ def _fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens):
     ht = new_empty((N, H, K, V), torch.float32, r.device)
     grid = (triton.cdiv(V, BV), N * H)
     _wkv6_fwd_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht,
-                           cu_seqlens if cu_seqlens is not None else r, scale, T,
-                           H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=h0 is not None,
-                           VARLEN=cu_seqlens is not None, PREC=_prec(r.dtype), SCAN=EXP_SCAN)
+                           _cu(cu_seqlens, r.device), scale, T,
+                           H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=int(h0 is not None),
+                           VARLEN=int(cu_seqlens is not None), PREC=_prec(r.dtype), SCAN=EXP_SCAN)
     return o, ht
 
 
@@ -447,13 +457,14 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale):
     dev = r.device
     NTOK = B * T
     prec = _prec(r.dtype, bwd=True)
-    cu = cu_seqlens if cu_seqlens is not None else r
+    cu = _cu(cu_seqlens, dev)
+    use_h0, use_dht, varlen = int(h0 is not None), int(dht is not None), int(cu_seqlens is not None)
     # chunk-start states: sequence n uses slots bos//BT + n + i_c (disjoint: the next sequence starts at slot
     # (bos+len)//BT + n + 1 >= bos//BT + n + cdiv(len, BT)), at most cdiv(B*T, BT) + N slots
     hs = new_empty((triton.cdiv(NTOK, BT_CHUNK) + N, H, K, V), torch.float32, dev)
     grid = (NV, N * H)
     _wkv6_bwd_states_kernel[grid](k, v, w, h0 if h0 is not None else hs, hs, cu, T, H=H, K=K, V=V, BT=BT_CHUNK,
-                                  BK=BK, BV=BV, USE_H0=h0 is not None, VARLEN=cu_seqlens is not None, PREC=prec)
+                                  BK=BK, BV=BV, USE_H0=use_h0, VARLEN=varlen, PREC=prec)
     direct = NV == 1
     dv = new_empty(v.shape, v.dtype, dev)
     dh0 = new_empty((N, H, K, V), torch.float32, dev) if h0 is not None else None
@@ -467,13 +478,13 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale):
         pq, pk, pw = (new_empty((NV, B, T, H, K), torch.float32, dev) for _ in range(3))
     _wkv6_bwd_main_kernel[grid](r, k, v, w, u, do, dht if dht is not None else hs, hs, pq, pk, pw, dv, du_part,
                                 dh0 if dh0 is not None else hs, cu, scale, T, NTOK, H=H, K=K, V=V, BT=BT_CHUNK,
-                                BK=BK, BV=BV, USE_H0=h0 is not None, USE_DHT=dht is not None,
-                                VARLEN=cu_seqlens is not None, PREC=prec, DIRECT=direct, SCAN=EXP_SCAN)
+                                BK=BK, BV=BV, USE_H0=use_h0, USE_DHT=use_dht, VARLEN=varlen, PREC=prec,
+                                DIRECT=direct, SCAN=EXP_SCAN)
     if not direct:
         _wkv6_bwd_combine_kernel[(N * H,)](r, k, v, w, u, do, pq, pk, pw, dr, dk, dw, du_part, cu, scale, T, NTOK,
                                            H=H, K=K, V=V, BT=BT_CHUNK, BK=BK,
                                            BVF=max(16, triton.next_power_of_2(V)), NV=NV,
-                                           VARLEN=cu_seqlens is not None)
+                                           VARLEN=varlen)
     du = du_part.sum(0).to(u.dtype)
     return dr, dk, dv, dw, du, dh0
 
