@@ -81,7 +81,7 @@ _TUNE = dict(prune_configs_by={"early_config_prune": _prune_warps}, warmup=5, re
     key=["D", "BR", "BD"], **_TUNE,
 )
 @triton.jit
-def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_mean, p_rstd, N, D, eps,
+def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_stats, N, D, eps,
                     MODE: tl.constexpr, LAYER: tl.constexpr, GATE_LOGITS: tl.constexpr,
                     HAS_BIAS: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
@@ -125,9 +125,10 @@ def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_mean, p_rstd, N
     if HAS_BIAS:
         b_y += tl.load(p_bias + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
     tl.store(p_y + offs, b_y.to(p_y.dtype.element_ty), mask=m)
-    tl.store(p_rstd + o_r, b_rstd, mask=m_r)
+    # stats [1 or 2, N] fp32: row 0 rstd, row 1 μ (LayerNorm)
+    tl.store(p_stats + o_r, b_rstd, mask=m_r)
     if LAYER:
-        tl.store(p_mean + o_r, b_mean, mask=m_r)
+        tl.store(p_stats + N + o_r, b_mean, mask=m_r)
 
 
 @triton.autotune(
@@ -135,12 +136,12 @@ def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_mean, p_rstd, N
     key=["D", "BR", "BD"], **_TUNE,
 )
 @triton.jit
-def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_mean, p_rstd,
-                    p_dx, p_da, p_db, p_dg, p_part, p_gpart,
+def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
+                    p_dx, p_da, p_db, p_dg, p_part,
                     N, D, n_blocks, n_progs,
                     MODE: tl.constexpr, LAYER: tl.constexpr, GATE_LOGITS: tl.constexpr,
                     HAS_DH: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
-    # p_part: [n_progs, 3, D] fp32 partial rows (dW, dbias, vector-gate grad); p_gpart: [n_progs, 2] (weights)
+    # p_part: [n_progs, 3·D + 2] fp32 partial rows: dW | dbias | vector-gate grad | the 2 weights-gate grads
     pid = tl.program_id(0)
     o_c = tl.arange(0, BD)
     m_c = o_c < D
@@ -165,9 +166,9 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_mean, p_rstd,
 
         b_h = tl.load(p_h + offs, mask=m, other=0.).to(tl.float32)
         b_dy = tl.load(p_dy + offs, mask=m, other=0.).to(tl.float32)
-        b_rstd = tl.load(p_rstd + o_r, mask=m_r, other=0.)
+        b_rstd = tl.load(p_stats + o_r, mask=m_r, other=0.)
         if LAYER:
-            b_mean = tl.load(p_mean + o_r, mask=m_r, other=0.)
+            b_mean = tl.load(p_stats + N + o_r, mask=m_r, other=0.)
             b_xh = tl.where(m, (b_h - b_mean[:, None]) * b_rstd[:, None], 0.)
         else:
             b_xh = b_h * b_rstd[:, None]
@@ -221,7 +222,7 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_mean, p_rstd,
                     b_dg = b_dg * b_g * (1. - b_g)
                 tl.store(p_dg + offs, b_dg.to(p_dg.dtype.element_ty), mask=m)
 
-    p_row = p_part + pid.to(tl.int64) * 3 * D
+    p_row = p_part + pid.to(tl.int64) * (3 * D + 2)
     tl.store(p_row + o_c, b_acc_dw, mask=m_c)
     tl.store(p_row + D + o_c, b_acc_db, mask=m_c)
     if MODE == 1:
@@ -229,103 +230,143 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_mean, p_rstd,
             b_acc_g0 = b_acc_g0 * tl.sum(b_gv * (1. - b_gv), axis=0)
         tl.store(p_row + 2 * D + o_c, b_acc_g0, mask=m_c)
     if MODE == 4:
-        tl.store(p_gpart + pid * 2, tl.sum(b_acc_g0, axis=0))
-        tl.store(p_gpart + pid * 2 + 1, tl.sum(b_acc_g1, axis=0))
+        tl.store(p_row + 3 * D, tl.sum(b_acc_g0, axis=0))
+        tl.store(p_row + 3 * D + 1, tl.sum(b_acc_g1, axis=0))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
+def _cdiv(a: int, b: int) -> int:  # plain ints: triton.cdiv is a (slow) constexpr_function in recent Triton
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def _block_d(D: int) -> int:
-    return triton.next_power_of_2(D)
+    return _pow2(D)
 
 
 def _rows_per_program(N: int, BD: int, tile: int, min_programs: int) -> int:
     """Rows per program: a tile of ~``tile`` elements, fewer when that would leave the grid too small."""
     BR = max(1, tile // BD)
-    while BR > 1 and triton.cdiv(N, BR) < min_programs:
+    while BR > 1 and _cdiv(N, BR) < min_programs:
         BR //= 2
     return BR
 
 
+_BEST: dict = {}  # launch key → tuned triton.Config (skips the autotuner's per-call dispatch once tuned)
+_FAST = [not INTERPRET]
+
+
+def _launch(kernel, grid, key, *args, **meta):
+    """``kernel[grid](*args, **meta)``; once the autotuner has chosen a config for ``key`` (the autotuner's own
+    key plus everything that changes the compiled kernel), call the JIT function with it directly."""
+    cfg = _BEST.get(key) if _FAST[0] else None
+    if cfg is not None:
+        try:
+            kernel.fn[grid](*args, **meta, **cfg.all_kwargs())
+            return
+        except Exception:  # pragma: no cover  (API drift in Triton: fall back to the autotuner for good)
+            _FAST[0] = False
+    kernel[grid](*args, **meta)
+    if _FAST[0]:
+        _BEST[key] = kernel.best_config
+
+
 def _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32):
+    """Returns h, y, stats ([1, N] rstd, or [2, N] rstd and μ for LayerNorm) and the contiguous inputs that
+    backward needs (a, b, gate, weight)."""
     D = x.shape[-1]
     N = x.numel() // D if D else 0
     mode_id = _MODE_ID[mode]
     layer = norm == "layer"
-    h_dtype = torch.float32 if residual_fp32 else x.dtype
     dev = x.device
-    h = new_empty(x.shape, h_dtype, dev)
+    h = new_empty(x.shape, torch.float32 if residual_fp32 else x.dtype, dev)
     y = new_empty(x.shape, a.dtype, dev)
-    rstd = new_empty((N,), torch.float32, dev)
-    mean = new_empty((N,) if layer else (0,), torch.float32, dev)
-    if N == 0:
-        return h, y, mean, rstd
-    x2, a2 = x.contiguous(), a.contiguous()
-    b2 = b.contiguous() if b is not None else a2
-    g2 = gate.contiguous() if gate is not None else weight
-    w2 = weight.contiguous()
-    bias2 = bias.contiguous() if bias is not None else w2
-    BD = _block_d(D)
-    BR = _rows_per_program(N, BD, TUNING["fwd_tile"], 2 * num_sms(dev))
-    if INTERPRET:
-        BR = min(8, triton.next_power_of_2(N))
-    grid = (triton.cdiv(N, BR),)
-    _gnr_fwd_kernel[grid](x2, a2, b2, g2, w2, bias2, h, y, mean if layer else rstd, rstd, N, D, eps,
-                          MODE=mode_id, LAYER=layer, GATE_LOGITS=bool(gate_logits) and mode_id in (1, 2, 3),
-                          HAS_BIAS=bias is not None, BR=BR, BD=BD)
-    return h, y, mean, rstd
+    stats = new_empty((2 if layer else 1, N), torch.float32, dev)
+    x2 = x if x.is_contiguous() else x.contiguous()
+    a2 = a if a.is_contiguous() else a.contiguous()
+    b2 = b if b is None or b.is_contiguous() else b.contiguous()
+    g2 = gate if gate is None or gate.is_contiguous() else gate.contiguous()
+    w2 = weight if weight.is_contiguous() else weight.contiguous()
+    bias2 = bias if bias is None or bias.is_contiguous() else bias.contiguous()
+    if N > 0:
+        BD = _block_d(D)
+        if INTERPRET:
+            BR = min(8, _pow2(N))
+        else:
+            BR = _rows_per_program(N, BD, TUNING["fwd_tile"], 2 * num_sms(dev))
+        logits = gate_logits and mode_id in (1, 2, 3)
+        key = ("f", D, BR, x.dtype, a.dtype, None if g2 is None else g2.dtype, w2.dtype, h.dtype, mode_id, layer,
+               logits, bias is not None, N % 16 == 0)
+        _launch(_gnr_fwd_kernel, (_cdiv(N, BR),), key,
+                x2, a2, a2 if b2 is None else b2, w2 if g2 is None else g2, w2, w2 if bias2 is None else bias2,
+                h, y, stats, N, D, eps,
+                MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_BIAS=bias is not None, BR=BR, BD=BD)
+    return h, y, stats, (a2, b2, g2, w2)
 
 
-def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, mean, rstd, mode, norm, gate_logits, x_dtype):
+def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits, x_dtype, distinct=False):
+    """Gradients (dx, da, db, dgate, dweight, dbias); None where the input is None. ``distinct``: the small
+    reductions are separate tensors (custom-op outputs may not alias), else views of one fp32 sum."""
     D = h.shape[-1]
     N = h.numel() // D if D else 0
     mode_id = _MODE_ID[mode]
     layer = norm == "layer"
     dev = h.device
+    a = a if a.is_contiguous() else a.contiguous()
+    b = b if b is None or b.is_contiguous() else b.contiguous()
+    gate = gate if gate is None or gate.is_contiguous() else gate.contiguous()
+    weight = weight if weight.is_contiguous() else weight.contiguous()
     dx = new_empty(h.shape, x_dtype, dev)
     da = new_empty(h.shape, a.dtype, dev)
     db = new_empty(h.shape, a.dtype, dev) if b is not None else None
-    dg = new_empty(gate.shape, gate.dtype, dev) if gate is not None else None
+    dg = new_empty(gate.shape, gate.dtype, dev) if mode_id in (2, 3) else None
     if N == 0:
-        dw = torch.zeros_like(weight)
-        dbias = torch.zeros_like(bias) if bias is not None else None
-        if dg is not None:
-            dg.zero_()
-        if db is not None:
-            db.zero_()
-        return dx, da, db, dg, dw, dbias
-    dy2 = dy.contiguous()
-    dh2 = dh.contiguous() if dh is not None else dy2
-    h2 = h.contiguous()
-    BD = _block_d(D)
-    if INTERPRET:
-        BR, n_progs = min(4, triton.next_power_of_2(N)), 2
+        for t in (db, dg):
+            if t is not None:
+                t.zero_()
+        part = torch.zeros((1, 3 * D + 2), dtype=torch.float32, device=dev)
     else:
-        sms = num_sms(dev)
-        per_sm = TUNING["bwd_per_sm"] or (4 if BD <= 4096 else 2)
-        BR = _rows_per_program(N, BD, TUNING["bwd_tile"], sms * per_sm)
-        n_progs = sms * per_sm
-    n_blocks = triton.cdiv(N, BR)
-    n_progs = max(1, min(n_progs, n_blocks))
-    part = new_empty((n_progs, 3, D), torch.float32, dev)
-    gpart = new_empty((n_progs, 2), torch.float32, dev)
-    a2 = a.contiguous()
-    b2 = b.contiguous() if b is not None else a2
-    g2 = gate.contiguous() if gate is not None else weight
-    _gnr_bwd_kernel[(n_progs,)](
-        dh2, dy2, h2, a2, b2, g2, weight.contiguous(), mean if layer else rstd, rstd,
-        dx, da, db if db is not None else da, dg if dg is not None else rstd, part, gpart,
-        N, D, n_blocks, n_progs,
-        MODE=mode_id, LAYER=layer, GATE_LOGITS=bool(gate_logits) and mode_id in (1, 2, 3),
-        HAS_DH=dh is not None, BR=BR, BD=BD)
-    # one fixed-order fp32 sum over the program partials per result: deterministic, no aliasing between outputs
-    dw = part[:, 0].sum(0).to(weight.dtype)
-    dbias = part[:, 1].sum(0).to(bias.dtype) if bias is not None else None
+        dy = dy if dy.is_contiguous() else dy.contiguous()
+        dh = dh if dh is None or dh.is_contiguous() else dh.contiguous()
+        BD = _block_d(D)
+        if INTERPRET:
+            BR, n_progs = min(4, _pow2(N)), 2
+        else:
+            sms = num_sms(dev)
+            per_sm = TUNING["bwd_per_sm"] or (4 if BD <= 4096 else 2)
+            BR = _rows_per_program(N, BD, TUNING["bwd_tile"], sms * per_sm)
+            n_progs = sms * per_sm
+        n_blocks = _cdiv(N, BR)
+        n_progs = max(1, min(n_progs, n_blocks))
+        part = new_empty((n_progs, 3 * D + 2), torch.float32, dev)
+        logits = gate_logits and mode_id in (1, 2, 3)
+        key = ("b", D, BR, dy.dtype, h.dtype, a.dtype, None if gate is None else gate.dtype, weight.dtype,
+               x_dtype, mode_id, layer, logits, dh is not None, None if dh is None else dh.dtype, N % 16 == 0)
+        _launch(_gnr_bwd_kernel, (n_progs,), key,
+                dy if dh is None else dh, dy, h, a, a if b is None else b, weight if gate is None else gate, weight,
+                stats, dx, da, da if db is None else db, stats if dg is None else dg, part,
+                N, D, n_blocks, n_progs,
+                MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_DH=dh is not None, BR=BR, BD=BD)
+    # one fixed-order fp32 sum over the program partials: deterministic
+    tot = part.sum(0)
+
+    def fin(lo, hi, dtype):
+        t = tot[lo:hi]
+        if t.dtype != dtype:
+            return t.to(dtype)
+        return t.clone() if distinct else t
+
+    dw = fin(0, D, weight.dtype)
+    dbias = fin(D, 2 * D, bias.dtype) if bias is not None else None
     if mode_id == 1:
-        dg = part[:, 2].sum(0).to(gate.dtype)
+        dg = fin(2 * D, 3 * D, gate.dtype)
     elif mode_id == 4:
-        dg = gpart.sum(0).to(gate.dtype)
+        dg = fin(3 * D, 3 * D + 2, gate.dtype)
     return dx, da, db, dg, dw, dbias
 
 
@@ -335,9 +376,9 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, mean, rstd, mode, norm, gate_
 @torch.library.custom_op("groundthink::gnr_fwd", mutates_args=())
 def _gnr_fwd_op(x: torch.Tensor, a: torch.Tensor, b: Optional[torch.Tensor], gate: Optional[torch.Tensor],
                 weight: torch.Tensor, bias: Optional[torch.Tensor], mode: str, norm: str, eps: float,
-                gate_logits: bool, residual_fp32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                 torch.Tensor]:
-    return _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32)
+                gate_logits: bool, residual_fp32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    h, y, stats, _ = _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32)
+    return h, y, stats
 
 
 @_gnr_fwd_op.register_fake
@@ -346,25 +387,24 @@ def _(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32):
     N = x.numel() // D
     h = x.new_empty(x.shape, dtype=torch.float32 if residual_fp32 else x.dtype)
     y = a.new_empty(x.shape)
-    mean = x.new_empty((N,) if norm == "layer" else (0,), dtype=torch.float32)
-    rstd = x.new_empty((N,), dtype=torch.float32)
-    return h, y, mean, rstd
+    stats = x.new_empty((2 if norm == "layer" else 1, N), dtype=torch.float32)
+    return h, y, stats
 
 
 @torch.library.custom_op("groundthink::gnr_bwd", mutates_args=())
 def _gnr_bwd_op(dh: Optional[torch.Tensor], dy: torch.Tensor, h: torch.Tensor, a: torch.Tensor,
                 b: Optional[torch.Tensor], gate: Optional[torch.Tensor], weight: torch.Tensor,
-                bias: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor, mode: str, norm: str,
+                bias: Optional[torch.Tensor], stats: torch.Tensor, mode: str, norm: str,
                 gate_logits: bool, x_dtype: torch.dtype) -> list[torch.Tensor]:
-    dx, da, db, dg, dw, dbias = _bwd_impl(dh, dy, h, a, b, gate, weight, bias, mean, rstd, mode, norm,
-                                          gate_logits, x_dtype)
+    dx, da, db, dg, dw, dbias = _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits,
+                                          x_dtype, distinct=True)
     empty = lambda: h.new_empty((0,))  # noqa: E731  (distinct placeholders: outputs may not alias)
     return [dx, da, empty() if db is None else db, empty() if dg is None else dg, dw,
             empty() if dbias is None else dbias]
 
 
 @_gnr_bwd_op.register_fake
-def _(dh, dy, h, a, b, gate, weight, bias, mean, rstd, mode, norm, gate_logits, x_dtype):
+def _(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits, x_dtype):
     empty = lambda: h.new_empty((0,))  # noqa: E731
     return [h.new_empty(h.shape, dtype=x_dtype), a.new_empty(h.shape),
             empty() if b is None else a.new_empty(h.shape),
@@ -374,17 +414,17 @@ def _(dh, dy, h, a, b, gate, weight, bias, mean, rstd, mode, norm, gate_logits, 
 
 def _setup_context(ctx, inputs, output):
     x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32 = inputs
-    h, _, mean, rstd = output
-    ctx.save_for_backward(h, a, b, gate, weight, bias, mean, rstd)
+    h, _, stats = output
+    ctx.save_for_backward(h, a, b, gate, weight, bias, stats)
     ctx.cfg = (mode, norm, gate_logits, x.dtype)
 
 
-def _backward(ctx, dh, dy, _dmean, _drstd):
-    h, a, b, gate, weight, bias, mean, rstd = ctx.saved_tensors
+def _backward(ctx, dh, dy, _dstats):
+    h, a, b, gate, weight, bias, stats = ctx.saved_tensors
     mode, norm, gate_logits, x_dtype = ctx.cfg
     if dy is None:
         dy = torch.zeros_like(h, dtype=a.dtype)
-    dx, da, db, dg, dw, dbias = torch.ops.groundthink.gnr_bwd(dh, dy, h, a, b, gate, weight, bias, mean, rstd,
+    dx, da, db, dg, dw, dbias = torch.ops.groundthink.gnr_bwd(dh, dy, h, a, b, gate, weight, bias, stats,
                                                               mode, norm, gate_logits, x_dtype)
     return (dx, da, db if b is not None else None, dg if gate is not None else None, dw,
             dbias if bias is not None else None, None, None, None, None, None)
@@ -399,19 +439,20 @@ _gnr_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 class _GateNormResidual(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32):
-        h, y, mean, rstd = _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32)
-        ctx.save_for_backward(h, a, b, gate, weight, bias, mean, rstd)
+        h, y, stats, (a2, b2, g2, w2) = _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits,
+                                                  residual_fp32)
+        ctx.save_for_backward(h, a2, b2, g2, w2, bias, stats)
         ctx.cfg = (mode, norm, gate_logits, x.dtype)
         ctx.set_materialize_grads(False)
         return h, y
 
     @staticmethod
     def backward(ctx, dh, dy):
-        h, a, b, gate, weight, bias, mean, rstd = ctx.saved_tensors
+        h, a, b, gate, weight, bias, stats = ctx.saved_tensors
         mode, norm, gate_logits, x_dtype = ctx.cfg
         if dy is None:
             dy = torch.zeros_like(h, dtype=a.dtype)
-        dx, da, db, dg, dw, dbias = _bwd_impl(dh, dy, h, a, b, gate, weight, bias, mean, rstd, mode, norm,
+        dx, da, db, dg, dw, dbias = _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm,
                                               gate_logits, x_dtype)
         return dx, da, db, dg, dw, dbias, None, None, None, None, None
 
@@ -452,8 +493,8 @@ def gate_norm_residual(x, a, b=None, gate=None, *, weight, bias=None, mode: str 
     eps = float(eps)
     gate_logits, residual_fp32 = bool(gate_logits), bool(residual_fp32)
     if torch.compiler.is_compiling():
-        h, y, _, _ = torch.ops.groundthink.gnr_fwd(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits,
-                                                    residual_fp32)
+        h, y, _ = torch.ops.groundthink.gnr_fwd(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits,
+                                                 residual_fp32)
         return h, y
     return _GateNormResidual.apply(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32)
 
@@ -462,6 +503,6 @@ def gate_norm_residual_op(x, a, b=None, gate=None, *, weight, bias=None, mode: s
                           eps: float = 1e-5, gate_logits: bool = False, residual_fp32: bool = False):
     """Same as ``gate_norm_residual`` but always through the custom op (tests, graph capture)."""
     _validate(x, a, b, gate, weight, bias, mode, norm)
-    h, y, _, _ = torch.ops.groundthink.gnr_fwd(x, a, b, gate, weight, bias, mode, norm, float(eps),
-                                                bool(gate_logits), bool(residual_fp32))
+    h, y, _ = torch.ops.groundthink.gnr_fwd(x, a, b, gate, weight, bias, mode, norm, float(eps),
+                                             bool(gate_logits), bool(residual_fp32))
     return h, y

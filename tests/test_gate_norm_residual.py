@@ -393,3 +393,14 @@ def int64_case(device="cuda", backward=True):
 def test_gpu_int64_offsets():
     errs = int64_case(backward=False)
     assert errs["h"] < 5e-3 and errs["y"] < 5e-3, errs
+
+
+def test_cached_config_fast_launch(monkeypatch):
+    """The launch path that skips the autotuner once a config is cached (GPU default) gives the same results."""
+    import kernels.gate_norm_residual as K
+    monkeypatch.setattr(K, "_FAST", [True])
+    monkeypatch.setattr(K, "_BEST", {})
+    for _ in range(2):  # first call tunes and caches, second goes through kernel.fn directly
+        run_check((5, 37), "row", "layer", logits=True)
+        run_check((5, 37), "weights", "rms")
+    assert len(K._BEST) == 4 and K._FAST[0]
