@@ -67,8 +67,6 @@ BT_CHUNK = 16
 # dot precision for half (bf16/fp16) inputs, forward and backward; fp32 inputs always use "ieee"
 FWD_PRECISION = "tf32"
 BWD_PRECISION = "tf32"
-# intra-chunk decays: False = one exp per (t, s, k); True = cumulative products of exp(w) (fewer exps)
-EXP_SCAN = False
 
 
 def _prec(dtype: torch.dtype, bwd: bool = False) -> str:
@@ -93,51 +91,14 @@ def _seq_bounds(cu_ptr, i_n, T, VARLEN):
     return bos, eos
 
 
-@triton.jit
-def _intra_decay(b_g, b_gp, b_ep, o_t, LOWER: tl.constexpr, SCAN: tl.constexpr):
-    """Exact intra-chunk decays as a [BT, BT, BK] fp32 tensor, every exponent <= 0.
-
-    LOWER: E[t, s] = exp(Gp_t - G_s) for s < t (else 0); otherwise the transpose E[t, s] = exp(Gp_s - G_t) for
-    s > t. SCAN: products of the per-step decays b_ep[t] = exp(w_{t-1}) (a cumprod, 1 exp per element of the
-    chunk) instead of one exp per pair.
-    """
-    if LOWER:
-        m = o_t[:, None] > o_t[None, :]
-        if SCAN:
-            b_f = tl.where((o_t[:, None] > o_t[None, :] + 1)[:, :, None], b_ep[:, None, :], 1.)
-            b_e = tl.where(m[:, :, None], tl.cumprod(b_f, axis=0), 0.)
-        else:
-            b_e = tl.where(m[:, :, None], tl.exp(tl.minimum(b_gp[:, None, :] - b_g[None, :, :], 0.)), 0.)
-    else:
-        m = o_t[:, None] < o_t[None, :]
-        if SCAN:
-            b_f = tl.where((o_t[None, :] > o_t[:, None] + 1)[:, :, None], b_ep[None, :, :], 1.)
-            b_e = tl.where(m[:, :, None], tl.cumprod(b_f, axis=1), 0.)
-        else:
-            b_e = tl.where(m[:, :, None], tl.exp(tl.minimum(b_gp[None, :, :] - b_g[:, None, :], 0.)), 0.)
-    return b_e
-
-
-@triton.jit
-def _prev_decay(w_ptr, p_k, m_tk, o_t, HK: tl.constexpr, SCAN: tl.constexpr):
-    """exp(w_{t-1}) inside the chunk (1 on its first row; the previous token is HK elements back), if SCAN."""
-    if SCAN:
-        b_wp = tl.load(w_ptr + p_k - HK, mask=m_tk & (o_t[:, None] > 0), other=0.).to(tl.float32)
-        b_ep = tl.exp(tl.minimum(b_wp, 0.))
-    else:
-        b_ep = tl.zeros(p_k.shape, dtype=tl.float32)
-    return b_ep
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC", "SCAN"])
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'USE_H0', 'VARLEN'])
 def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, cu_ptr, scale, T,
                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                     BV: tl.constexpr, USE_H0, VARLEN, PREC: tl.constexpr,
-                     SCAN: tl.constexpr):
+                     BV: tl.constexpr, USE_H0, VARLEN, PREC: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -148,7 +109,6 @@ def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, c
     m_k = o_k < K
     m_v = o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
-    m_lo = o_t[:, None] > o_t[None, :]           # s < t
     m_eq = o_t[:, None] == o_t[None, :]
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
     p_hs = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
@@ -171,9 +131,20 @@ def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, c
         b_g = tl.cumsum(b_w, axis=0)
         b_gp = b_g - b_w
         b_gl = tl.sum(b_w, axis=0)
-        # exact intra-chunk scores: exponents Gp_t - G_s <= 0 for s < t
-        b_e = _intra_decay(b_g, b_gp, _prev_decay(w_ptr, p_k, m_tk, o_t, H * K, SCAN), o_t, True, SCAN)
-        b_A = tl.sum(b_q[:, None, :] * b_k[None, :, :] * b_e, axis=2)
+        # exact intra-chunk scores A[t, j] = sum_k q_tk k_jk E[t, j, k], E[t, j] = prod_{j<i<t} exp(w_i) (s < t):
+        # keys walked downwards, the decay column P = E[:, j] updated by products (no exponent, all factors <= 1)
+        p_row = ((bos + i_c * BT) * H + i_h) * K + o_k
+        b_A = tl.zeros([BT, BT], dtype=tl.float32)
+        b_P = tl.zeros([BT, BK], dtype=tl.float32)
+        for j in tl.static_range(BT - 1, -1, -1):
+            if j < BT - 1:
+                m_j1 = m_k & (o_k * 0 + i_c * BT + j + 1 < L)
+                b_e1 = tl.exp(tl.minimum(tl.load(w_ptr + p_row + (j + 1) * H * K, mask=m_j1, other=0.)
+                                         .to(tl.float32), 0.))
+                b_P = tl.where(o_t[:, None] == j + 1, 1., b_P * b_e1[None, :])
+            b_kj = tl.load(k_ptr + p_row + j * H * K, mask=m_k & (o_k * 0 + i_c * BT + j < L), other=0.).to(tl.float32)
+            b_a = tl.sum(b_q * b_kj[None, :] * b_P, axis=1)
+            b_A = tl.where(o_t[None, :] == j, b_a[:, None], b_A)
         b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
         b_o = tl.dot(b_q * tl.exp(b_gp), b_h, input_precision=PREC)
         b_o += tl.dot(b_A, b_v, input_precision=PREC)
@@ -228,13 +199,13 @@ def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
 # ----------------------------------------------------------------------------------------------------------------
 # backward 2: reverse walk carrying D = dL/dS -> dq, dk, dw (partials over V-blocks or final), dv, dh0
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC", "DIRECT", "SCAN"])
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC", "DIRECT"])
 @triton.jit(do_not_specialize=['T', 'NTOK', 'USE_H0', 'USE_DHT', 'VARLEN'])
 def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs_ptr, dq_ptr, dk_ptr, dw_ptr,
                           dv_ptr, du_ptr, dh0_ptr, cu_ptr, scale, T, NTOK,
                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                           BK: tl.constexpr, BV: tl.constexpr, USE_H0, USE_DHT,
-                          VARLEN, PREC: tl.constexpr, DIRECT: tl.constexpr, SCAN: tl.constexpr):
+                          VARLEN, PREC: tl.constexpr, DIRECT: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -248,8 +219,6 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
     m_v = o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
     o_kv = o_k[:, None] * V + o_v[None, :]
-    m_lo = o_t[:, None] > o_t[None, :]           # [t, s]: s < t
-    m_up = o_t[:, None] < o_t[None, :]           # [t, s]: s > t
     m_eq = o_t[:, None] == o_t[None, :]
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
     if USE_DHT:
@@ -279,25 +248,39 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
         b_gl = tl.sum(b_w, axis=0)
         b_egp = tl.exp(b_gp)
         b_egl = tl.exp(b_gl[None, :] - b_g)
-        # ---- queries of this chunk against keys s < t:  dq^s_t = exp(Gp_t) (S0 do_t) + sum_s B_ts k_s E_ts
-        b_B = tl.where(m_lo, tl.dot(b_do, tl.trans(b_v), input_precision=PREC), 0.)
-        b_ep = _prev_decay(w_ptr, p_k, m_tk, o_t, H * K, SCAN)
-        b_E = _intra_decay(b_g, b_gp, b_ep, o_t, True, SCAN)
-        b_X = b_B[:, :, None] * b_k[None, :, :] * b_E            # [t, s, k]
+        # ---- exact intra-chunk part, keys j walked upwards; P = E[:, j] = exp(Gp_t - G_j) (t > j, exponent <= 0)
+        #   A[t, j] = sum_k q_t k_j P          (o_t = sum_j A[t, j] v_j  ->  dv_j += sum_t A[t, j] do_t)
+        #   dq_t   += B[t, j] k_j P[t]         (B[t, s] = do_t . v_s)
+        #   dk_j    = sum_t B[t, j] q_t P[t]
+        #   dw_j   += sum_{t>j} sum_{s<j} q_t B[t, s] k_s E[t, s]   (pairs spanning j; F = running sum over s < j)
+        b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+        p_row = ((bos + i_c * BT) * H + i_h) * K + o_k
+        b_A = tl.zeros([BT, BT], dtype=tl.float32)
+        b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+        b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+        b_dw = tl.zeros([BT, BK], dtype=tl.float32)
+        b_F = tl.zeros([BT, BK], dtype=tl.float32)
+        b_gj = tl.zeros([BK], dtype=tl.float32)
+        for j in tl.static_range(BT):
+            m_j = m_k & (o_k * 0 + i_c * BT + j < L)
+            b_gj += tl.minimum(tl.load(w_ptr + p_row + j * H * K, mask=m_j, other=0.).to(tl.float32), 0.)
+            b_kj = tl.load(k_ptr + p_row + j * H * K, mask=m_j, other=0.).to(tl.float32)
+            m_after = o_t[:, None] > j
+            b_dw = tl.where(o_t[:, None] == j, tl.sum(tl.where(m_after, b_F, 0.), axis=0)[None, :], b_dw)
+            b_P = tl.where(m_after, tl.exp(tl.minimum(b_gp - b_gj[None, :], 0.)), 0.)
+            b_bj = tl.sum(tl.where(o_t[None, :] == j, b_B, 0.), axis=1)
+            b_qbp = b_q * b_bj[:, None] * b_P
+            b_dk = tl.where(o_t[:, None] == j, tl.sum(b_qbp, axis=0)[None, :], b_dk)
+            b_dq += b_bj[:, None] * b_kj[None, :] * b_P
+            b_F += b_qbp * b_kj[None, :]
+            b_A = tl.where(o_t[None, :] == j, tl.sum(b_q * b_kj[None, :] * b_P, axis=1)[:, None], b_A)
+        b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
+        # ---- state parts: dq^s_t += exp(Gp_t) (S0 do_t), dk^s_t += exp(G_L - G_t) (D v_t)
         b_dqx = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
-        b_dq = b_dqx + tl.sum(b_X, axis=1)
-        # dw, intra pairs s < j < t:  sum_{t>j} sum_{s<j} q_t X[t, s]
-        b_Y = b_q[:, None, :] * b_X
-        b_Y = tl.cumsum(b_Y, axis=1) - b_Y
-        b_dw = tl.sum(tl.where(m_lo[:, :, None], b_Y, 0.), axis=0)
-        # ---- keys of this chunk against queries s > t:  dk^s_t = exp(G_L - G_t) (D v_t) + sum_s M_ts q_s E'_ts
-        b_M = tl.where(m_up, tl.dot(b_v, tl.trans(b_do), input_precision=PREC), 0.)
-        b_E2 = _intra_decay(b_g, b_gp, b_ep, o_t, False, SCAN)
         b_dkx = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
-        b_dk = b_dkx + tl.sum(b_M[:, :, None] * b_q[None, :, :] * b_E2, axis=1)
-        b_At = tl.sum(b_k[:, None, :] * b_q[None, :, :] * b_E2, axis=2)
-        b_At += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
-        b_dv = tl.dot(b_k * b_egl, b_dh, input_precision=PREC) + tl.dot(b_At, b_do, input_precision=PREC)
+        b_dq += b_dqx
+        b_dk += b_dkx
+        b_dv = tl.dot(b_k * b_egl, b_dh, input_precision=PREC) + tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
         tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
         # dw, pairs crossing the chunk boundary: queries t > j here vs earlier keys, keys s < j here vs later
         # queries, and earlier keys vs later queries (exp(G_L) S0 : D)
@@ -446,7 +429,7 @@ def _fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens):
     _wkv6_fwd_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht,
                            _cu(cu_seqlens, r.device), scale, T,
                            H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=int(h0 is not None),
-                           VARLEN=int(cu_seqlens is not None), PREC=_prec(r.dtype), SCAN=EXP_SCAN)
+                           VARLEN=int(cu_seqlens is not None), PREC=_prec(r.dtype))
     return o, ht
 
 
@@ -479,7 +462,7 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale):
     _wkv6_bwd_main_kernel[grid](r, k, v, w, u, do, dht if dht is not None else hs, hs, pq, pk, pw, dv, du_part,
                                 dh0 if dh0 is not None else hs, cu, scale, T, NTOK, H=H, K=K, V=V, BT=BT_CHUNK,
                                 BK=BK, BV=BV, USE_H0=use_h0, USE_DHT=use_dht, VARLEN=varlen, PREC=prec,
-                                DIRECT=direct, SCAN=EXP_SCAN)
+                                DIRECT=direct)
     if not direct:
         _wkv6_bwd_combine_kernel[(N * H,)](r, k, v, w, u, do, pq, pk, pw, dr, dk, dw, du_part, cu, scale, T, NTOK,
                                            H=H, K=K, V=V, BT=BT_CHUNK, BK=BK,

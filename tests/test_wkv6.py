@@ -88,13 +88,6 @@ def test_wkv6_fp32_vs_reference(shape, decay, h0, scale):
     _check(d, context=f"{shape} {decay}")
 
 
-def test_wkv6_exp_scan_variant(monkeypatch):
-    import kernels.wkv6 as kw
-    monkeypatch.setattr(kw, "EXP_SCAN", not kw.EXP_SCAN)
-    _check(make_inputs(2, 37, 2, 20, 12, decay="strong", h0=True), context="other EXP_SCAN")
-    _check(make_inputs(1, 40, 1, 16, 80, decay="mixed", h0=False), context="other EXP_SCAN, 2 V-blocks")
-
-
 def test_wkv6_extreme_decay():
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
