@@ -18,16 +18,19 @@ Backward (dy on y, dh_in on h, both may arrive; c₁ = mean(x̂⊙W⊙dy), c₂ 
 
 Layouts: every row tensor is viewed as a contiguous [N, D] matrix (N = product of the leading dims; a
 non-contiguous input is copied once). Row gate → [N], element gate → [N, D], vector gate / W / bias → [D],
-weights gate → [2]. Saved for backward: h (its output dtype), rstd [N] fp32 and, for LayerNorm, μ [N] fp32;
-x̂ is recomputed from h (exact when h is fp32, within one bf16/fp16 rounding otherwise).
+weights gate → [2]. Saved for backward: h (its output dtype) and stats [1, N] fp32 (rstd) or [2, N] (rstd, μ
+for LayerNorm); x̂ is recomputed from h (exact when h is fp32, within one bf16/fp16 rounding otherwise).
 
 Kernels:
 * forward: a [BR, BD] tile per program (BD = next power of two ≥ D, the whole row in registers; BR rows per
   program so that small D still moves a useful tile, shrunk when N is small so that the grid fills the GPU).
 * backward: a persistent grid of G programs (a few per SM, never more than the row blocks), each striding over
   row blocks and accumulating the column reductions (dW, dbias, vector-gate grad, weights-gate grads) in fp32
-  registers; each program writes one fp32 partial row and one torch ``sum(0)`` over the G partials finishes.
-  No atomics: results are bit-identical run to run.
+  registers; each program writes one fp32 partial row ([G, 3·D + 2]: dW | dbias | vector-gate | weights-gate)
+  and one torch ``sum(0)`` over the G partials finishes. No atomics: results are bit-identical run to run.
+* launches: ``@triton.autotune`` over num_warps (two candidates per tile size; one config under the
+  interpreter); once a key is tuned, ``_launch`` calls the JIT function with the cached config directly
+  (the autotuner's per-call dispatch is measurable host time at small sizes).
 
 Numerics: every load is upcast to fp32, all arithmetic and every reduction is fp32; outputs are rounded once
 on store. Row offsets are int64 (N·D may exceed 2³¹).

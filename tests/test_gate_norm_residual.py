@@ -163,7 +163,7 @@ def test_gradient_on_one_output_only():
 def test_non_contiguous_inputs():
     D = 24
     base = torch.randn(D, 10, dtype=torch.float64)
-    x = base.t().float().requires_grad_()           # contiguous copy? no: .t() then .float() keeps strides
+    x = base.t().float().requires_grad_()  # .float() keeps the transposed strides
     a = torch.randn(10, 2 * D)[:, ::2].requires_grad_()
     b = torch.randn(10, 2 * D)[:, D:].requires_grad_()
     g = torch.rand(10, 2)[:, :1].requires_grad_()
