@@ -189,9 +189,11 @@ def validity_dir() -> Path:
 
 
 def run_validity(steps: int = 300, model: str = "GF-MH", size: str = "small", seed: int = 1234,
-                 kernels=("triton", "reference"), out: Path | None = None, extra: list[str] | None = None) -> dict:
-    """Short ``train.py`` runs with each kernel set, same seed and data: their loss curves must agree.
-    Returns {kernels: train.main's result or an error string}; skips (returns {}) when train.py is absent."""
+                 kernels=("triton", "reference"), out: Path | None = None, extra: list[str] | None = None,
+                 ref_steps: int | None = None) -> dict:
+    """Short ``train.py`` runs with each kernel set, same seed, data and LR schedule: their loss curves must
+    agree. The reference (slow) may stop early: ``ref_steps`` < ``steps`` adds ``--stop-at ref_steps`` (same
+    schedule, fewer steps). Returns {kernels: summary or an error string}; {} when train.py is absent."""
     sys.path.insert(0, str(common.ROOT))
     try:
         import train
@@ -206,7 +208,10 @@ def run_validity(steps: int = 300, model: str = "GF-MH", size: str = "small", se
         with tempfile.TemporaryDirectory() as ckdir:
             argv = ["--model", model, "--size", size, "--kernels", k, "--steps", str(steps), "--seed", str(seed),
                     "--log", str(log), "--out-dir", ckdir, "--no-progress", "--sample-tokens", "0",
-                    "--eval-interval", str(max(steps // 4, 1)), "--log-interval", "10"] + list(extra or [])
+                    "--eval-interval", str(max(steps // 4, 1)), "--eval-iters", "4", "--log-interval", "10"]
+            if k == "reference" and ref_steps and ref_steps < steps:
+                argv += ["--stop-at", str(ref_steps)]
+            argv += list(extra or [])
             t0 = time.perf_counter()
             try:
                 res = train.main(argv)
@@ -222,6 +227,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="end-to-end validity run (train.py, triton vs reference kernels)")
     p.add_argument("--validity", action="store_true", help="run the validity check (the only action)")
     p.add_argument("--steps", type=int, default=int(os.environ.get("GT_VALIDITY_STEPS", "300")))
+    p.add_argument("--ref-steps", type=int, default=int(os.environ.get("GT_VALIDITY_REF_STEPS", "100")),
+                   help="the reference run stops here (--stop-at; same LR schedule); 0 = all steps")
     p.add_argument("--model", default="GF-MH")
     p.add_argument("--size", default="small")
     p.add_argument("--kernels", default="triton,reference")
@@ -230,7 +237,8 @@ def main(argv=None) -> int:
     if not a.validity:
         p.print_help()
         return 2
-    res = run_validity(a.steps, a.model, a.size, kernels=tuple(a.kernels.split(",")), out=a.out)
+    res = run_validity(a.steps, a.model, a.size, kernels=tuple(a.kernels.split(",")), out=a.out,
+                       ref_steps=a.ref_steps or None)
     return 0 if res and all(isinstance(v, dict) for v in res.values()) else 1
 
 
