@@ -64,6 +64,7 @@ from kernels import INTERPRET
 from kernels._common import autotune_configs, check_same_dtype, check_tensor, new_empty
 
 BT_CHUNK = 16
+CKPT = 4          # backward: chunk states checkpointed every CKPT chunks, the others recomputed into L2 scratch
 # dot precision for half (bf16/fp16) inputs, forward and backward; fp32 inputs always use "ieee"
 FWD_PRECISION = "tf32"
 BWD_PRECISION = "tf32"
@@ -162,12 +163,12 @@ def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, c
 def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                             BK: tl.constexpr, BV: tl.constexpr, USE_H0, VARLEN,
-                            PREC: tl.constexpr):
+                            PREC: tl.constexpr, CK: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
     L = eos - bos
-    c0 = bos // BT + i_n            # first chunk slot of this sequence (slots never overlap, see _bwd_impl)
+    c0 = bos // (BT * CK) + i_n     # first checkpoint slot of this sequence (slots never overlap, see _bwd_impl)
     o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -180,7 +181,8 @@ def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
     else:
         b_h = tl.zeros([BK, BV], dtype=tl.float32)
     for i_c in range(0, tl.cdiv(L, BT)):
-        tl.store(hs_ptr + ((c0 + i_c) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
+        if i_c % CK == 0:
+            tl.store(hs_ptr + ((c0 + i_c // CK) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
         rows = i_c * BT + o_t
         m_t = rows < L
         tok = (bos + rows) * H + i_h
@@ -201,17 +203,17 @@ def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
 # ----------------------------------------------------------------------------------------------------------------
 @triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC", "DIRECT"])
 @triton.jit(do_not_specialize=['T', 'NTOK', 'USE_H0', 'USE_DHT', 'VARLEN'])
-def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs_ptr, dq_ptr, dk_ptr, dw_ptr,
+def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs_ptr, sc_ptr, dq_ptr, dk_ptr, dw_ptr,
                           dv_ptr, du_ptr, dh0_ptr, cu_ptr, scale, T, NTOK,
                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                           BK: tl.constexpr, BV: tl.constexpr, USE_H0, USE_DHT,
-                          VARLEN, PREC: tl.constexpr, DIRECT: tl.constexpr):
+                          VARLEN, PREC: tl.constexpr, DIRECT: tl.constexpr, CK: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
     L = eos - bos
     NT = tl.cdiv(L, BT)
-    c0 = bos // BT + i_n
+    c0 = bos // (BT * CK) + i_n
     o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -227,8 +229,31 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
         b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     b_du = tl.zeros([BK], dtype=tl.float32)
     part = i_v.to(tl.int64) * NTOK * H * K
+    # per-program scratch for the CK chunk-start states of the current checkpoint group (stays in L2)
+    p_sc = sc_ptr + (i_v * tl.num_programs(1) + i_nh).to(tl.int64) * CK * BK * BV \
+        + tl.arange(0, BK)[:, None] * BV + tl.arange(0, BV)[None, :]
     for i_r in range(0, NT):
         i_c = NT - 1 - i_r
+        if (i_c % CK == CK - 1) or (i_r == 0):
+            # entering a checkpoint group from its end: recompute its chunk-start states from the checkpoint
+            g0 = i_c - i_c % CK
+            b_s = tl.load(hs_ptr + ((c0 + g0 // CK) * H + i_h) * K * V + o_kv, mask=m_kv, other=0.)
+            tl.store(p_sc, b_s)
+            for i_g in range(g0, i_c):
+                tok_g = (bos + i_g * BT + o_t) * H + i_h
+                m_g = (i_g * BT + o_t) < L
+                m_gk = m_g[:, None] & m_k[None, :]
+                b_kg = tl.load(k_ptr + tok_g[:, None] * K + o_k[None, :], mask=m_gk, other=0.).to(tl.float32)
+                b_wg = tl.minimum(tl.load(w_ptr + tok_g[:, None] * K + o_k[None, :], mask=m_gk, other=0.)
+                                  .to(tl.float32), 0.)
+                b_vg = tl.load(v_ptr + tok_g[:, None] * V + o_v[None, :], mask=m_g[:, None] & m_v[None, :],
+                               other=0.).to(tl.float32)
+                b_gg = tl.cumsum(b_wg, axis=0)
+                b_glg = tl.sum(b_wg, axis=0)
+                b_s = b_s * tl.exp(b_glg)[:, None] + tl.dot(tl.trans(b_kg * tl.exp(b_glg[None, :] - b_gg)), b_vg,
+                                                            input_precision=PREC)
+                tl.store(p_sc + (i_g - g0 + 1) * BK * BV, b_s)
+            tl.debug_barrier()
         rows = i_c * BT + o_t
         m_t = rows < L
         tok = (bos + rows) * H + i_h
@@ -242,7 +267,7 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
         b_w = tl.minimum(b_wr, 0.)
         b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-        b_h = tl.load(hs_ptr + ((c0 + i_c) * H + i_h) * K * V + o_kv, mask=m_kv, other=0.)
+        b_h = tl.load(p_sc + (i_c % CK) * BK * BV)
         b_g = tl.cumsum(b_w, axis=0)
         b_gp = b_g - b_w
         b_gl = tl.sum(b_w, axis=0)
@@ -442,12 +467,15 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale):
     prec = _prec(r.dtype, bwd=True)
     cu = _cu(cu_seqlens, dev)
     use_h0, use_dht, varlen = int(h0 is not None), int(dht is not None), int(cu_seqlens is not None)
-    # chunk-start states: sequence n uses slots bos//BT + n + i_c (disjoint: the next sequence starts at slot
-    # (bos+len)//BT + n + 1 >= bos//BT + n + cdiv(len, BT)), at most cdiv(B*T, BT) + N slots
-    hs = new_empty((triton.cdiv(NTOK, BT_CHUNK) + N, H, K, V), torch.float32, dev)
+    # checkpointed chunk-start states (every CKPT chunks): sequence n uses slots bos//(BT·CKPT) + n + i_c//CKPT
+    # (disjoint: the next sequence starts at slot (bos+len)//(BT·CKPT) + n + 1 >= bos//(BT·CKPT) + n +
+    # cdiv(len, BT·CKPT)), at most cdiv(B·T, BT·CKPT) + N slots
+    hs = new_empty((triton.cdiv(NTOK, BT_CHUNK * CKPT) + N, H, K, V), torch.float32, dev)
+    scratch = new_empty((NV * N * H, CKPT, BK, BV), torch.float32, dev)
     grid = (NV, N * H)
     _wkv6_bwd_states_kernel[grid](k, v, w, h0 if h0 is not None else hs, hs, cu, T, H=H, K=K, V=V, BT=BT_CHUNK,
-                                  BK=BK, BV=BV, USE_H0=use_h0, VARLEN=varlen, PREC=prec)
+                                  BK=BK, BV=BV, USE_H0=use_h0, VARLEN=varlen, PREC=prec,
+                                  CK=CKPT)
     direct = NV == 1
     dv = new_empty(v.shape, v.dtype, dev)
     dh0 = new_empty((N, H, K, V), torch.float32, dev) if h0 is not None else None
@@ -459,10 +487,10 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale):
         pq, pk, pw = dr, dk, dw
     else:
         pq, pk, pw = (new_empty((NV, B, T, H, K), torch.float32, dev) for _ in range(3))
-    _wkv6_bwd_main_kernel[grid](r, k, v, w, u, do, dht if dht is not None else hs, hs, pq, pk, pw, dv, du_part,
+    _wkv6_bwd_main_kernel[grid](r, k, v, w, u, do, dht if dht is not None else hs, hs, scratch, pq, pk, pw, dv, du_part,
                                 dh0 if dh0 is not None else hs, cu, scale, T, NTOK, H=H, K=K, V=V, BT=BT_CHUNK,
                                 BK=BK, BV=BV, USE_H0=use_h0, USE_DHT=use_dht, VARLEN=varlen, PREC=prec,
-                                DIRECT=direct)
+                                DIRECT=direct, CK=CKPT)
     if not direct:
         _wkv6_bwd_combine_kernel[(N * H,)](r, k, v, w, u, do, pq, pk, pw, dr, dk, dw, du_part, cu, scale, T, NTOK,
                                            H=H, K=K, V=V, BT=BT_CHUNK, BK=BK,

@@ -82,6 +82,7 @@ def test_reference_gradcheck_fp64():
     ((1, 40, 2, 32, 80), "mixed", False, None),      # V over two V-blocks (partials + combine), no h0
     ((2, 33, 1, 8, 24), "mild", True, 1.0),
     ((1, 48, 1, 60, 16), "strong", False, 0.5),      # K = 60
+    ((1, 150, 1, 16, 16), "mixed", True, None),      # several backward checkpoint groups, the last one partial
 ])
 def test_wkv6_fp32_vs_reference(shape, decay, h0, scale):
     d = make_inputs(*shape, decay=decay, h0=h0, scale=scale)
@@ -121,14 +122,14 @@ def test_wkv6_only_final_state_used():
 
 
 def test_wkv6_varlen():
-    cu = torch.tensor([0, 5, 6, 30, 47], dtype=torch.int32)
-    d = make_inputs(1, 47, 2, 16, 16, decay="strong", h0=True, N=4)
+    cu = torch.tensor([0, 5, 6, 30, 47, 130], dtype=torch.int32)
+    d = make_inputs(1, 130, 2, 16, 16, decay="strong", h0=True, N=5)
     d["cu_seqlens"] = cu
     _check(d, context="varlen")
     # equals running each sequence separately
     x = {n: v.detach() if torch.is_tensor(v) else v for n, v in d.items()}
     o, s = wkv6(**x)
-    for n in range(4):
+    for n in range(5):
         a, b = int(cu[n]), int(cu[n + 1])
         on, sn = wkv6(x["r"][:, a:b], x["k"][:, a:b], x["v"][:, a:b], x["w"][:, a:b], x["u"],
                       initial_state=x["initial_state"][n:n + 1], output_final_state=True)
