@@ -225,7 +225,10 @@ def validity_section(d: Path) -> list[str]:
         if not pts:
             continue
         xs, ys = zip(*pts)
-        ax.plot(xs, ys, label=p.stem, lw=1.2)
+        line, = ax.plot(xs, ys, label=f"{p.stem} (train)", lw=1.2)
+        ev = [(r["step"], r["val_loss"]) for r in recs if r.get("type") == "eval" and r.get("val_loss") is not None]
+        if ev:
+            ax.plot(*zip(*ev), ls="--", marker="o", ms=3, color=line.get_color(), label=f"{p.stem} (val)")
         final = next((r for r in reversed(recs) if r.get("type") == "final"), {})
         rows.append({"run": p.stem, "steps": xs[-1], "last train loss": ys[-1],
                      "val loss": final.get("val_loss"), "kernels": json.dumps(kern) if kern else ""})
