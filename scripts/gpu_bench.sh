@@ -9,7 +9,7 @@
 # 4. python -m bench.report -> profiles/<gpu>/report.md + plots;
 # 5. copies profiles/<gpu>/ to $OUT/ when OUT is set.
 # Knobs: GT_BENCH_QUICK (1: bounded grid, default), GT_BENCH_BUDGET_S (soft budget for starting new rows, 400 s),
-# GT_BENCH_TIMEOUT (hard limit of the pytest step, SIGINT -> results and manifest still written; 540 s),
+# GT_BENCH_TIMEOUT (hard limit of the pytest step, SIGINT -> results and manifest still written; 500 s),
 # GT_VALIDITY_STEPS (300), GT_BENCH_CUDAGRAPH (1: also CUDA-graph timings of µs forward rows).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,7 +56,7 @@ else
 fi
 
 echo "== pytest bench/ --benchmark (quick=${GT_BENCH_QUICK:-1}, budget ${GT_BENCH_BUDGET_S:-400}s)"
-timeout -s INT -k 30 "${GT_BENCH_TIMEOUT:-540}" \
+timeout -s INT -k 30 "${GT_BENCH_TIMEOUT:-500}" \
   $PY -m pytest bench/ --benchmark "${JSON_ARGS[@]}" -q -rs -p no:cacheprovider "$@"
 RC=$?
 echo "== pytest exit code $RC after $(( $(date +%s) - T0 )) s"
