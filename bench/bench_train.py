@@ -160,7 +160,7 @@ def test_train(bench, kernels, variant, size):
         res = measure_training(model, B, T, warmup, steps)
     except Exception as e:  # noqa: BLE001
         oom = isinstance(e, torch.cuda.OutOfMemoryError)
-        del model
+        model = None  # noqa: F841 - free it before the next row
         if common.ON_GPU:
             torch.cuda.empty_cache()
         common.record(bench, op="train", impl=kernels, variant=variant, shape=shape, pass_="train",
