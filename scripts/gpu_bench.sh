@@ -38,6 +38,9 @@ else
 fi
 export PYTHONPATH="/tmp/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
+# keep Triton autotuning results on disk (triton >= 3.4): a second run on a warm machine skips the minutes of
+# autotuning of fla / mamba-ssm / the lab's kernels
+export TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 $PY - <<'PY'
