@@ -38,8 +38,10 @@ from groundthink.registry import resolve
 
 # steps, batch size, sequence length, intervals by device — used for whatever the flags / config leave unset
 DEVICE_DEFAULTS = {
-    "cpu": dict(steps=200, batch_size=16, seq_len=128, eval_interval=50, ckpt_interval=100, log_interval=10,
-                eval_iters=8),
+    # CPU: the reference ops run a few hundred tokens/s for size small on 2 cores, so the default CPU run is a
+    # short demonstration (~77K tokens, ~3 minutes); pass --steps/--batch-size/--seq-len for more
+    "cpu": dict(steps=150, batch_size=8, seq_len=64, eval_interval=50, ckpt_interval=50, log_interval=5,
+                eval_iters=4),
     "cuda": dict(steps=2000, batch_size=64, seq_len=256, eval_interval=250, ckpt_interval=500, log_interval=10,
                  eval_iters=20),
 }
@@ -68,9 +70,9 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--tokenizer", default="char", choices=["char", "bpe"])
     add("--vocab-size", type=int, default=512, help="BPE vocabulary size (--tokenizer bpe)")
     add("--val-frac", type=float, default=0.1, help="fraction of the corpus (its end) held out for validation")
-    add("--steps", type=int, help="optimizer steps (default by device: CPU 200, GPU 2000)")
-    add("--batch-size", type=int, help="sequences per step per process (CPU 16, GPU 64)")
-    add("--seq-len", type=int, help="tokens per sequence (CPU 128, GPU 256)")
+    add("--steps", type=int, help="optimizer steps (default by device: CPU 150, GPU 2000)")
+    add("--batch-size", type=int, help="sequences per step per process (CPU 8, GPU 64)")
+    add("--seq-len", type=int, help="tokens per sequence (CPU 64, GPU 256)")
     add("--lr", type=float, default=2e-3, help="peak learning rate (times the group multiplier)")
     add("--min-lr-frac", type=float, default=0.1, help="cosine decays to lr * this")
     add("--lr-mult-rwkv", type=float, default=1.0)
@@ -83,16 +85,18 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--grad-clip", type=float, default=1.0, help="max global gradient norm (0: off)")
     add("--seed", type=int, default=1337)
     add("--eval-interval", type=int, help="steps between validation evals (CPU 50, GPU 250)")
-    add("--eval-iters", type=int, help="batches per eval (CPU 8, GPU 20)")
-    add("--log-interval", type=int, help="steps between JSONL train records (10)")
-    add("--ckpt-interval", type=int, help="steps between checkpoints (CPU 100, GPU 500)")
+    add("--eval-iters", type=int, help="batches per eval (CPU 4, GPU 20)")
+    add("--log-interval", type=int, help="steps between JSONL train records (CPU 5, GPU 10)")
+    add("--ckpt-interval", type=int, help="steps between checkpoints (CPU 50, GPU 500)")
     add("--out-dir", default="checkpoints")
     add("--resume", nargs="?", const="auto", help="continue from a checkpoint: PATH, or auto = latest in --out-dir")
     add("--stop-at", type=int, help="stop after this step (checkpoint saved) without changing the schedule; "
                                     "continue later with --resume")
     add("--kernels", default="auto", choices=["auto", "triton", "reference"])
     add("--log", help="JSONL run log (default: OUT_DIR/log_MODEL.jsonl)")
-    add("--sample-tokens", type=int, default=300, help="tokens sampled at the end (0: none)")
+    add("--sample-tokens", type=int, default=200, help="tokens sampled at the end (0: none)")
+    add("--threads", type=int, default=0, help="CPU threads for torch (0: auto = the cores the load average "
+                                               "leaves idle; oversubscribed cores slow training many-fold)")
     add("--no-progress", action="store_true", default=False, help="no tqdm bar")
     return p
 
@@ -172,6 +176,14 @@ def make_scheduler(opt, args):
     return torch.optim.lr_scheduler.LambdaLR(opt, fns)
 
 
+def cpu_threads(requested: int) -> int:
+    """--threads 0: torch's default, less the cores other processes keep busy (1-min load average)."""
+    if requested > 0:
+        return requested
+    busy = int(os.getloadavg()[0] + 0.5) if hasattr(os, "getloadavg") else 0
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - busy))
+
+
 def peak_mem_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -231,11 +243,15 @@ def main(argv=None) -> dict:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if cuda else "gloo")
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    if cuda:
+        torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
     master = rank == 0
     say = print if master else (lambda *a, **k: None)
+    threads = torch.get_num_threads()
     try:
         return _train(args, device, rank, world, master, say)
     finally:
+        torch.set_num_threads(threads)  # main() may be called in-process (tests): leave the process as found
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -255,6 +271,8 @@ def _train(args, device, rank, world, master, say) -> dict:
                     setattr(args, k, v)
             say(f"resuming from {path} (step {state['step']})")
     chosen = fill_device_defaults(args, device.type)
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(args.threads))
     if chosen and state is None:
         say(f"device {device.type}: " + ", ".join(f"{k}={getattr(args, k)}" for k in chosen)
             + " (chosen by device; flags override)")
@@ -268,10 +286,14 @@ def _train(args, device, rank, world, master, say) -> dict:
     if state is not None:
         tok = gdata.tokenizer_from_state(state["tokenizer"])
         tok_note = f"{tok.kind}, from the checkpoint"
-    else:
+    else:  # rank 0 trains (BPE) and caches the tokenizer next to the checkpoints; the other ranks read the cache
         if master:
             out_dir.mkdir(parents=True, exist_ok=True)
-        tok, tok_note = gdata.build_tokenizer(args.tokenizer, text, args.vocab_size, out_dir if master else None)
+        if world > 1 and not master:
+            dist.barrier()
+        tok, tok_note = gdata.build_tokenizer(args.tokenizer, text, args.vocab_size, out_dir)
+        if world > 1 and master:
+            dist.barrier()
     train_ids, val_ids = gdata.encode_corpus(tok, text, args.val_frac)
     say(f"data: {corpus_name}, {len(text):,} chars -> {len(train_ids):,} train / {len(val_ids):,} val tokens; "
         f"tokenizer {tok_note}, vocab {tok.vocab_size}")
@@ -289,7 +311,7 @@ def _train(args, device, rank, world, master, say) -> dict:
         start, gate0 = state["step"], state.get("gate0")
         ckpt.set_rng_state(state["rng"])
     say(f"model {args.model}/{args.size}: {model.num_params():,} parameters; world size {world}; "
-        f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}")
+        f"{'bf16 autocast' if device.type == 'cuda' else f'fp32, {torch.get_num_threads()} CPU threads'}")
     ddp = model
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -391,6 +413,8 @@ def _train(args, device, rank, world, master, say) -> dict:
                    "grad_norm_mamba": as_float(stats.get("grad_norm_mamba")),
                    "grad_ratio": as_float(stats.get("grad_ratio")), "gate_mean": gm, "gate_drift": drift,
                    "state_norm": as_float(stats.get("state_norm"))}
+            rec.update({k: as_float(v) for k, v in stats.items()  # whatever else the model reports
+                        if k not in rec and (v is None or isinstance(v, (int, float, torch.Tensor)))})
             evals.append(rec)
             log(rec)
             fmt = (lambda v, f=".3g": "n/a" if v is None else format(v, f))
@@ -398,6 +422,7 @@ def _train(args, device, rank, world, master, say) -> dict:
                 write(f"step {done:>6}/{args.steps}: train {train_eval:.4f}  val {val_loss:.4f}  "
                       f"{tok_s:,.0f} tok/s  peak {rec['peak_mem_mb']:,.0f} MB  |  rwkv/mamba grad {fmt(rec['grad_ratio'])}"
                       f"  gate {fmt(gm)} (drift {fmt(drift, '+.3g')})  state {fmt(rec['state_norm'])}")
+            t_last = time.perf_counter()  # throughput counts training time only
         if master and (done % args.ckpt_interval == 0 or done == stop < args.steps):
             last_ckpt = save(ckpt.step_path(out_dir, args.model, done), done)
     bar.close()

@@ -91,7 +91,8 @@ def model_factory(monkeypatch):
 def run(tmp_path, *extra, steps=8):
     argv = ["--steps", str(steps), "--batch-size", "4", "--seq-len", "32", "--eval-interval", "4",
             "--eval-iters", "2", "--log-interval", "1", "--ckpt-interval", "4", "--out-dir", str(tmp_path),
-            "--sample-tokens", "20", "--no-progress", "--kernels", "reference", "--lr", "3e-3", *TINY, *extra]
+            "--sample-tokens", "20", "--no-progress", "--kernels", "reference", "--lr", "3e-3", "--threads", "1", *TINY,
+            *extra]
     return train.main(argv)
 
 
@@ -224,7 +225,7 @@ def test_non_finite_exit_code(tmp_path):
         pytest.skip("needs fused/ (subprocess)")
     r = subprocess.run([sys.executable, "train.py", "--steps", "6", "--batch-size", "2", "--seq-len", "16",
                         "--eval-interval", "3", "--eval-iters", "1", "--ckpt-interval", "3", "--lr", "1e9",
-                        "--grad-clip", "0", "--out-dir", str(tmp_path), "--sample-tokens", "0", "--no-progress",
+                        "--grad-clip", "0", "--out-dir", str(tmp_path), "--sample-tokens", "0", "--no-progress", "--threads", "1",
                         "--kernels", "reference", *TINY], cwd=ROOT, capture_output=True, text=True, timeout=120)
     if r.returncode != 0:
         assert r.returncode == 2 and "error: non-finite" in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -260,7 +261,8 @@ def test_triton_interpreter_matches_reference(tmp_path):
     if not HAVE_FUSED:
         pytest.skip("needs fused/ (the stub calls no kernels)")
     common = ["--steps", "3", "--batch-size", "2", "--seq-len", "16", "--eval-interval", "3", "--eval-iters", "1",
-              "--log-interval", "1", "--ckpt-interval", "100", "--sample-tokens", "0", "--no-progress", *TINY]
+              "--log-interval", "1", "--ckpt-interval", "100", "--sample-tokens", "0", "--no-progress", "--threads", "1",
+              *TINY]
     ref = train.main(common + ["--out-dir", str(tmp_path / "r"), "--kernels", "reference"])
     tri = train.main(common + ["--out-dir", str(tmp_path / "t"), "--kernels", "triton"])
     assert tri["ops"]["wkv6"] == "triton" and tri["ops"]["gate_norm_residual"] == "triton"
