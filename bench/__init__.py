@@ -1,5 +1,22 @@
-"""Benchmarks: ``pytest bench/ --benchmark`` (kernels vs references and peers, end-to-end training tok/s),
-the gate manifest writer (``bench.conftest``) and the report (``python -m bench.report``).
+"""Benchmarks: kernels vs references and peers, end-to-end training tok/s, the gate manifest, the report.
 
-Without ``--benchmark`` every benchmark is skipped. See ``bench/common.py`` for how figures are measured.
+Run (GPU machine, no network needed; installs the peer wheels from .gpu-wheels/ into /tmp/site):
+
+    bash scripts/gpu_bench.sh                 # = pytest bench/ --benchmark --benchmark-json ... + python -m bench.report
+
+or by hand:
+
+    pytest bench/ --benchmark [-k wkv6] [--benchmark-json out.json]
+    python -m bench.report [--gpu SLUG | --dir DIR]
+    python -m bench.bench_train --validity [--steps 300 --ref-steps 100]    # train.py triton vs reference curves
+
+Without ``--benchmark`` every benchmark is skipped (``pytest bench/`` takes about a second). Outputs go to
+``profiles/<gpu-slug>/`` (``GT_BENCH_OUT`` overrides): ``bench.csv`` (one row per op × implementation × shape ×
+pass, rewritten after every row), ``bench_rows.json``, ``gates.json`` (GPU only), ``report.md`` + PNGs + pivots.
+
+Modules: ``common`` (timing, bandwidth, memory, rows, manifest evidence), ``conftest`` (the flag, run order,
+session-end writers), ``bench_wkv6``, ``bench_gate_norm_residual``, ``bench_mamba2``, ``bench_train``,
+``peer_model`` (fla RWKV6Attention ∥ mamba-ssm Mamba2), ``report``.
+Environment: GT_BENCH_QUICK (1 default: bounded grid), GT_BENCH_BUDGET_S (soft budget, 400 s quick),
+GT_BENCH_CUDAGRAPH=1 (CUDA-graph timings of µs forward rows), GT_BENCH_OUT.
 """
