@@ -95,11 +95,14 @@ def _seq_bounds(cu_ptr, i_n, T, VARLEN):
 # ----------------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC"])
-@triton.jit(do_not_specialize=['T', 'USE_H0', 'VARLEN'])
-def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, cu_ptr, scale, T,
+@triton.autotune(configs=autotune_configs([triton.Config({"BV": 64}, num_warps=4, num_stages=1),
+                                           triton.Config({"BV": 64}, num_warps=8, num_stages=1),
+                                           triton.Config({"BV": 32}, num_warps=4, num_stages=1)]),
+                 key=["K", "V", "BK", "PREC"])
+@triton.jit(do_not_specialize=['T', 'USE_H0', 'VARLEN', 'SAVE'])
+def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T,
                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                     BV: tl.constexpr, USE_H0, VARLEN, PREC: tl.constexpr):
+                     BV: tl.constexpr, USE_H0, VARLEN, SAVE, PREC: tl.constexpr, CK: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -117,7 +120,12 @@ def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, c
         b_h = tl.load(h0_ptr + p_hs, mask=m_kv, other=0.).to(tl.float32)
     else:
         b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    c0 = bos // (BT * CK) + i_n     # checkpoint slots for the backward (see _bwd_impl)
     for i_c in range(0, tl.cdiv(L, BT)):
+        if SAVE:
+            if i_c % CK == 0:
+                tl.store(hs_ptr + ((c0 + i_c // CK) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :], b_h,
+                         mask=m_kv)
         rows = i_c * BT + o_t
         m_t = rows < L
         tok = (bos + rows) * H + i_h
@@ -267,12 +275,9 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
         b_w = tl.minimum(b_wr, 0.)
         b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-        b_h = tl.load(p_sc + (i_c % CK) * BK * BV)
         b_g = tl.cumsum(b_w, axis=0)
         b_gp = b_g - b_w
         b_gl = tl.sum(b_w, axis=0)
-        b_egp = tl.exp(b_gp)
-        b_egl = tl.exp(b_gl[None, :] - b_g)
         # ---- exact intra-chunk part, keys j walked upwards; P = E[:, j] = exp(Gp_t - G_j) (t > j, exponent <= 0)
         #   A[t, j] = sum_k q_t k_j P          (o_t = sum_j A[t, j] v_j  ->  dv_j += sum_t A[t, j] do_t)
         #   dq_t   += B[t, j] k_j P[t]         (B[t, s] = do_t . v_s)
@@ -301,6 +306,9 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
             b_A = tl.where(o_t[None, :] == j, tl.sum(b_q * b_kj[None, :] * b_P, axis=1)[:, None], b_A)
         b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
         # ---- state parts: dq^s_t += exp(Gp_t) (S0 do_t), dk^s_t += exp(G_L - G_t) (D v_t)
+        b_h = tl.load(p_sc + (i_c % CK) * BK * BV)
+        b_egp = tl.exp(b_gp)
+        b_egl = tl.exp(b_gl[None, :] - b_g)
         b_dqx = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
         b_dkx = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
         b_dq += b_dqx
@@ -445,20 +453,26 @@ def _dims(r, v, cu_seqlens):
     return B, T, H, K, V, N
 
 
-def _fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens):
+def _ckpt_shape(B, T, H, K, V, N):
+    return (triton.cdiv(B * T, BT_CHUNK * CKPT) + N, H, K, V)
+
+
+def _fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
+    """o, final state, and (if save) the fp32 state checkpoints the backward starts from (else an empty tensor)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     BK, BV = _blocks(K, V)
     o = new_empty((B, T, H, V), r.dtype, r.device)
     ht = new_empty((N, H, K, V), torch.float32, r.device)
-    grid = (triton.cdiv(V, BV), N * H)
-    _wkv6_fwd_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht,
+    hs = new_empty(_ckpt_shape(B, T, H, K, V, N) if save else (0,), torch.float32, r.device)
+    grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
+    _wkv6_fwd_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht, hs if save else ht,
                            _cu(cu_seqlens, r.device), scale, T,
-                           H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=int(h0 is not None),
-                           VARLEN=int(cu_seqlens is not None), PREC=_prec(r.dtype))
-    return o, ht
+                           H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, USE_H0=int(h0 is not None),
+                           VARLEN=int(cu_seqlens is not None), SAVE=int(save), PREC=_prec(r.dtype), CK=CKPT)
+    return o, ht, hs
 
 
-def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale):
+def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs=None):
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     BK, BV = _blocks(K, V)
     NV = triton.cdiv(V, BV)
@@ -470,12 +484,12 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale):
     # checkpointed chunk-start states (every CKPT chunks): sequence n uses slots bos//(BT·CKPT) + n + i_c//CKPT
     # (disjoint: the next sequence starts at slot (bos+len)//(BT·CKPT) + n + 1 >= bos//(BT·CKPT) + n +
     # cdiv(len, BT·CKPT)), at most cdiv(B·T, BT·CKPT) + N slots
-    hs = new_empty((triton.cdiv(NTOK, BT_CHUNK * CKPT) + N, H, K, V), torch.float32, dev)
     scratch = new_empty((NV * N * H, CKPT, BK, BV), torch.float32, dev)
     grid = (NV, N * H)
-    _wkv6_bwd_states_kernel[grid](k, v, w, h0 if h0 is not None else hs, hs, cu, T, H=H, K=K, V=V, BT=BT_CHUNK,
-                                  BK=BK, BV=BV, USE_H0=use_h0, VARLEN=varlen, PREC=prec,
-                                  CK=CKPT)
+    if hs is None or hs.numel() == 0:     # checkpoints not saved by the forward: recompute them
+        hs = new_empty(_ckpt_shape(B, T, H, K, V, N), torch.float32, dev)
+        _wkv6_bwd_states_kernel[grid](k, v, w, h0 if h0 is not None else hs, hs, cu, T, H=H, K=K, V=V,
+                                      BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=use_h0, VARLEN=varlen, PREC=prec, CK=CKPT)
     direct = NV == 1
     dv = new_empty(v.shape, v.dtype, dev)
     dh0 = new_empty((N, H, K, V), torch.float32, dev) if h0 is not None else None
@@ -505,30 +519,31 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale):
 # ----------------------------------------------------------------------------------------------------------------
 @torch.library.custom_op("groundthink::wkv6_fwd", mutates_args=())
 def _wkv6_fwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-                 scale: float, initial_state: Optional[torch.Tensor],
-                 cu_seqlens: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    return _fwd_impl(r, k, v, w, u, scale, initial_state, cu_seqlens)
+                 scale: float, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
+                 save_states: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _fwd_impl(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states)
 
 
 @_wkv6_fwd_op.register_fake
-def _(r, k, v, w, u, scale, initial_state, cu_seqlens):
+def _(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states=False):
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
-    return r.new_empty((B, T, H, V)), r.new_empty((N, H, K, V), dtype=torch.float32)
+    hs = r.new_empty(_ckpt_shape(B, T, H, K, V, N) if save_states else (0,), dtype=torch.float32)
+    return r.new_empty((B, T, H, V)), r.new_empty((N, H, K, V), dtype=torch.float32), hs
 
 
 @torch.library.custom_op("groundthink::wkv6_bwd", mutates_args=())
 def _wkv6_bwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
                  do: torch.Tensor, dht: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
-                 cu_seqlens: Optional[torch.Tensor], scale: float
+                 cu_seqlens: Optional[torch.Tensor], scale: float, states: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    dr, dk, dv, dw, du, dh0 = _bwd_impl(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale)
+    dr, dk, dv, dw, du, dh0 = _bwd_impl(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale, states)
     if dh0 is None:
         dh0 = r.new_empty((0,), dtype=torch.float32)
     return dr, dk, dv, dw, du, dh0
 
 
 @_wkv6_bwd_op.register_fake
-def _(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale):
+def _(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale, states):
     dh0 = (torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None
            else r.new_empty((0,), dtype=torch.float32))
     return (torch.empty_like(r), torch.empty_like(k), torch.empty_like(v), torch.empty_like(w),
@@ -536,20 +551,20 @@ def _(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale):
 
 
 def _setup_context(ctx, inputs, output):
-    r, k, v, w, u, scale, initial_state, cu_seqlens = inputs
-    ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens)
+    r, k, v, w, u, scale, initial_state, cu_seqlens, save_states = inputs
+    ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens, output[2])
     ctx.scale = scale
     ctx.has_h0 = initial_state is not None
 
 
-def _backward(ctx, do, dht):
-    r, k, v, w, u, initial_state, cu_seqlens = ctx.saved_tensors
+def _backward(ctx, do, dht, _dstates):
+    r, k, v, w, u, initial_state, cu_seqlens, states = ctx.saved_tensors
     if do is None:
         do = torch.zeros((*r.shape[:3], v.shape[-1]), dtype=r.dtype, device=r.device)
     dr, dk, dv, dw, du, dh0 = _wkv6_bwd_op(r, k, v, w, u, do.contiguous(),
                                            dht.contiguous() if dht is not None else None,
-                                           initial_state, cu_seqlens, ctx.scale)
-    return dr, dk, dv, dw, du, None, (dh0 if ctx.has_h0 else None), None
+                                           initial_state, cu_seqlens, ctx.scale, states)
+    return dr, dk, dv, dw, du, None, (dh0 if ctx.has_h0 else None), None, None
 
 
 _wkv6_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -595,8 +610,9 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     _validate(r, k, v, w, u, initial_state, cu_seqlens)
     scale = float(r.shape[-1] ** -0.5 if scale is None else scale)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
-    o, ht = _wkv6_fwd_op(r.contiguous(), k.contiguous(), v.contiguous(), w.contiguous(), u.contiguous(), scale,
-                         h0, cu_seqlens.contiguous() if cu_seqlens is not None else None)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (r, k, v, w, u, h0))
+    o, ht, _ = _wkv6_fwd_op(r.contiguous(), k.contiguous(), v.contiguous(), w.contiguous(), u.contiguous(), scale,
+                            h0, cu_seqlens.contiguous() if cu_seqlens is not None else None, save)
     return o, (ht if output_final_state else None)
 
 

@@ -278,9 +278,23 @@ def test_wkv6_torch_compile():
 
 def test_wkv6_opcheck():
     d = make_inputs(1, 5, 1, 16, 16, h0=True, grad=False)
-    args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"], None)
-    torch.library.opcheck(torch.ops.groundthink.wkv6_fwd.default, args,
-                          test_utils=("test_schema", "test_faketensor"))
+    for save in (False, True):
+        args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"], None, save)
+        torch.library.opcheck(torch.ops.groundthink.wkv6_fwd.default, args,
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+def test_wkv6_backward_without_saved_states():
+    """The backward recomputes the state checkpoints when the forward did not save them: same gradients."""
+    import kernels.wkv6 as kw
+    d = make_inputs(1, 100, 2, 16, 24, decay="strong", h0=True, grad=False)
+    r, k, v, w, u, h0 = (d[n] for n in ("r", "k", "v", "w", "u", "initial_state"))
+    o, ht, hs = kw._fwd_impl(r, k, v, w, u, 0.3, h0, None, save=True)
+    do, dht = torch.randn_like(o), torch.randn_like(ht)
+    g1 = kw._bwd_impl(r, k, v, w, u, do, dht, h0, None, 0.3, hs)
+    g2 = kw._bwd_impl(r, k, v, w, u, do, dht, h0, None, 0.3, None)
+    for a, b in zip(g1, g2):
+        assert rel_err(a, b) < 1e-6
 
 
 # ------------------------------------------------------------------------------------------------ GPU
