@@ -361,6 +361,14 @@ def _train(args, device, rank, world, master, say) -> dict:
     bar = tqdm(total=stop, initial=start, disable=args.no_progress or not master, dynamic_ncols=True,
                desc=args.model)
     write = tqdm.write if not bar.disable else print
+
+    def fail(msg, step):
+        bar.close()
+        log({"type": "error", "step": step, "error": msg})
+        if logf:
+            logf.close()
+        raise NonFiniteLoss(msg)
+
     model.train()
     for step in range(start, stop):
         x, y = gdata.get_batch(train_ids, args.batch_size, args.seq_len, args.seed, step, rank, world, device)
@@ -368,16 +376,14 @@ def _train(args, device, rank, world, master, say) -> dict:
             _, loss = ddp(x, y)
         loss_f = all_mean(loss.detach().float(), world).item()
         if not math.isfinite(loss_f):
-            bar.close()
-            raise NonFiniteLoss(f"non-finite loss ({loss_f}) at step {step + 1}: stopping. Nothing was saved from "
-                                f"this state; last good checkpoint: {last_ckpt or 'none'}")
+            fail(f"non-finite loss ({loss_f}) at step {step + 1}: stopping. Nothing was saved from this state; "
+                 f"last good checkpoint: {last_ckpt or 'none'}", step + 1)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else 1e30)
         gnorm = gnorm.item()
         if not math.isfinite(gnorm):
-            bar.close()
-            raise NonFiniteLoss(f"non-finite gradient norm ({gnorm}) at step {step + 1}: stopping before the "
-                                f"optimizer step; last good checkpoint: {last_ckpt or 'none'}")
+            fail(f"non-finite gradient norm ({gnorm}) at step {step + 1}: stopping before the optimizer step; "
+                 f"last good checkpoint: {last_ckpt or 'none'}", step + 1)
         done = step + 1
         is_eval = done % args.eval_interval == 0 or done == stop
         stats = model.component_stats() if (is_eval or gate0 is None) else None
@@ -400,7 +406,8 @@ def _train(args, device, rank, world, master, say) -> dict:
             t_last, steps_since = now, 0
             mem = peak_mem_mb(device)
             bar.set_postfix(loss=f"{loss_f:.4f}", tok_s=f"{tok_s:,.0f}", mem=f"{mem:,.0f}MB")
-            log({"type": "train", "step": done, "loss": loss_f, "grad_norm": gnorm, **lrs, "tok_s": tok_s,
+            log({"type": "train", "step": done, "tokens": done * tokens_per_step, "loss": loss_f, "grad_norm": gnorm,
+                 **lrs, "tok_s": tok_s,
                  "peak_mem_mb": mem, "time": time.time()})
         if is_eval:
             train_eval = evaluate(model, train_ids, args, amp, device, rank, world)
