@@ -25,6 +25,8 @@ Results accumulate in ``RESULTS`` (one dict per row); ``bench.conftest`` finishe
     GT_BENCH_BUDGET_S  soft wall-clock budget for starting new benchmarks (default 400 s quick, 0 = none);
                        lower-priority rows (peers, training) are skipped once it is spent, and say so
     GT_BENCH_OUT       output folder (default profiles/<gpu-slug>/)
+    GT_BENCH_MERGE     1: keep the rows of the bench.csv already there that this run does not re-measure (for a
+                       partial re-run with -k); the CSV and the manifest are then built from the merged rows
 """
 from __future__ import annotations
 
@@ -257,9 +259,56 @@ def record(benchmark, *, op: str, impl: str, shape: str, pass_: str, dtype: str,
 def checkpoint() -> None:
     """Rewrite <out>/bench.csv after every row: a run cut short (timeout, crash) still leaves its figures."""
     try:
-        write_csv(finalize(RESULTS), out_dir() / "bench.csv")
+        write_csv(finalize(all_rows()), out_dir() / "bench.csv")
     except OSError:
         pass
+
+
+NUMERIC = {"ms", "gbps", "pct_bw", "tflops", "peak_mb", "speedup_vs_ref", "speedup_vs_best_peer", "max_rel_err",
+           "tok_s", "reps", "warmup_s", "copy_gbps", "ms_graph"}
+
+
+def read_csv_rows(path: Path) -> list[dict]:
+    """Rows of an earlier bench.csv, numbers as floats (None where empty)."""
+    out = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            row = {}
+            for k in CSV_COLUMNS:
+                v = r.get(k, "")
+                if k in NUMERIC:
+                    try:
+                        row[k] = float(v) if v not in ("", None) else None
+                    except ValueError:
+                        row[k] = None
+                else:
+                    row[k] = v or ""
+            out.append(row)
+    return out
+
+
+def row_key(r: dict) -> tuple:
+    return (r["op"], r["impl"], r.get("variant", "") or "", r["shape"], r["pass"], r["dtype"])
+
+
+def _old_rows() -> list[dict]:
+    """With GT_BENCH_MERGE=1: the rows of the bench.csv already in the output folder (read once, at the first
+    row of this run), so that a partial re-run (``-k …``) adds to / replaces rows of an earlier run."""
+    if "old_rows" not in SESSION:
+        SESSION["old_rows"] = []
+        path = out_dir() / "bench.csv"
+        if os.environ.get("GT_BENCH_MERGE", "0") == "1" and path.exists():
+            try:
+                SESSION["old_rows"] = read_csv_rows(path)
+            except (OSError, csv.Error, KeyError):
+                SESSION["old_rows"] = []
+    return SESSION["old_rows"]
+
+
+def all_rows() -> list[dict]:
+    """This run's rows, plus (GT_BENCH_MERGE=1) the earlier run's rows this run did not re-measure."""
+    mine = {row_key(r) for r in RESULTS}
+    return [r for r in _old_rows() if row_key(r) not in mine] + RESULTS
 
 
 def host_benchmark(benchmark, fn: Callable, grad_to_none=None, slow: bool = False) -> None:

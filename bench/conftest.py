@@ -117,16 +117,18 @@ def pytest_sessionfinish(session, exitstatus):
     if not session.config.getoption("--benchmark", default=False):
         return
     from bench import common
-    rows = common.RESULTS
-    if not rows:
+    if not common.RESULTS:
         return
+    rows = common.all_rows()
     common.finalize(rows)
     out = common.out_dir()
     csv_path = common.write_csv(rows, out / "bench.csv")
     common.write_rows_json(rows, out / "bench_rows.json")
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     say = (lambda s: tr.write_line(s)) if tr else print
-    say(f"groundthink bench: {len(rows)} rows -> {csv_path}")
+    merged = len(rows) - len(common.RESULTS)
+    say(f"groundthink bench: {len(common.RESULTS)} rows" + (f" (+{merged} kept from the earlier run, "
+        "GT_BENCH_MERGE=1)" if merged else "") + f" -> {csv_path}")
     if not common.ON_GPU:
         say(f"groundthink bench: {common.NOT_A_MEASUREMENT}; no gate manifest written on CPU")
         return

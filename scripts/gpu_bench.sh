@@ -10,7 +10,9 @@
 # 5. copies profiles/<gpu>/ to $OUT/ when OUT is set.
 # Knobs: GT_BENCH_QUICK (1: bounded grid, default), GT_BENCH_BUDGET_S (soft budget for starting new rows, 400 s),
 # GT_BENCH_TIMEOUT (hard limit of the pytest step, SIGINT -> results and manifest still written; 500 s),
-# GT_VALIDITY_STEPS (300), GT_BENCH_CUDAGRAPH (1: also CUDA-graph timings of µs forward rows).
+# GT_VALIDITY_STEPS (300), GT_VALIDITY_REF_STEPS (100), GT_BENCH_CUDAGRAPH (1: also CUDA-graph timings of µs
+# forward rows), GT_BENCH_MERGE (1: a partial re-run, e.g. `GT_BENCH_MERGE=1 GT_BENCH_BUDGET_S=0
+# bash scripts/gpu_bench.sh -k "train and peer"`, keeps the earlier run's other rows in bench.csv / gates.json).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)

@@ -189,3 +189,29 @@ def test_pytest_bench_cpu_run(tmp_path):
     tri = [r for r in rows if r["impl"] == "triton"]
     assert tri and all(r["max_rel_err"] is not None and r["max_rel_err"] < 5e-2 for r in tri)
     assert all(r["speedup_vs_ref"] is not None for r in tri)
+
+
+def test_merge_partial_rerun(tmp_path, monkeypatch):
+    """GT_BENCH_MERGE=1: a partial re-run replaces the rows it re-measures and keeps the others."""
+    old = common.finalize(fake_rows())
+    common.write_csv(old, tmp_path / "bench.csv")
+    monkeypatch.setenv("GT_BENCH_OUT", str(tmp_path))
+    monkeypatch.setenv("GT_BENCH_MERGE", "1")
+    monkeypatch.setattr(common, "RESULTS", [])
+    monkeypatch.setattr(common, "SESSION", {"start": time.monotonic(), "copy_gbps": None})
+    new = _row("wkv6", "triton", "B8 T4096", "fwd", 0.5, errors={"out0": 1e-3})
+    common.RESULTS.append(new)
+    common.checkpoint()
+    back = common.read_csv_rows(tmp_path / "bench.csv")
+    assert len(back) == len(old)
+    tri = [r for r in back if r["impl"] == "triton" and r["shape"] == "B8 T4096" and r["pass"] == "fwd"
+           and r["op"] == "wkv6"]
+    assert len(tri) == 1 and tri[0]["ms"] == pytest.approx(0.5)
+    assert tri[0]["speedup_vs_ref"] == pytest.approx(200.0)                 # vs the kept reference row
+    ops = common.build_manifest_ops(common.all_rows())
+    assert ops["wkv6"]["triton"]["allowed"] is True
+    # without the flag a run starts a fresh CSV
+    monkeypatch.setenv("GT_BENCH_MERGE", "0")
+    monkeypatch.setattr(common, "SESSION", {"start": time.monotonic(), "copy_gbps": None})
+    common.checkpoint()
+    assert len(common.read_csv_rows(tmp_path / "bench.csv")) == 1
