@@ -68,6 +68,8 @@ def find_dir(gpu: str | None = None, directory: str | None = None) -> Path:
     here = ROOT / "profiles" / gpu_slug()
     if (here / "bench.csv").exists():
         return here
+    if (here / "validity").exists():
+        return here
     found = sorted((ROOT / "profiles").glob("*/bench.csv"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise SystemExit("no profiles/*/bench.csv: run pytest bench/ --benchmark first (or pass --dir)")
@@ -78,6 +80,10 @@ NOT_A_MEASUREMENT_PREFIX = "NOT A PERFORMANCE MEASUREMENT"
 
 
 def load_rows(d: Path) -> pd.DataFrame:
+    if not (d / "bench.csv").exists():      # e.g. only a validity run so far
+        from bench.common import CSV_COLUMNS
+        return pd.DataFrame({c: pd.Series(dtype=float if c in ("ms", "copy_gbps") else object)
+                             for c in CSV_COLUMNS})
     df = pd.read_csv(d / "bench.csv")
     for c in ("op", "impl", "shape", "pass", "variant", "note", "timer", "err_shape", "errors", "measurement"):
         if c in df:

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The one command to run on a GPU machine (no network needed):
 #   bash scripts/gpu_bench.sh [extra pytest args, e.g. -k wkv6]
+#   bash scripts/gpu_bench.sh --validity [--steps 300 --ref-steps 100]   (only the validity run + report; a
+#                                       separate call: the reference model needs seconds per step)
 # 1. installs the peer wheels (.gpu-wheels/ or /work/shared/wheels/gpu: fla, mamba-ssm, causal-conv1d, the
 #    selective_scan_cuda stand-in) into /tmp/site;
 # 2. pytest bench/ --benchmark --benchmark-json profiles/<gpu>/bench.json  (kernels vs references and peers,
 #    training tok/s; writes profiles/<gpu>/bench.csv and the gate manifest profiles/<gpu>/gates.json);
-# 3. optional validity run (GT_BENCH_VALIDITY=1): train.py GF-MH small, --kernels triton vs reference;
+# 3. validity run (--validity, or GT_BENCH_VALIDITY=1 after the benchmarks): train.py GF-MH small,
+#    --kernels triton vs reference, same seed -> profiles/<gpu>/validity/*.jsonl;
 # 4. python -m bench.report -> profiles/<gpu>/report.md + plots;
 # 5. copies profiles/<gpu>/ to $OUT/ when OUT is set.
 # Knobs: GT_BENCH_QUICK (1: bounded grid, default), GT_BENCH_BUDGET_S (soft budget for starting new rows, 400 s),
@@ -18,6 +21,8 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 PY=${PYTHON:-python3}
 T0=$(date +%s)
+MODE=bench
+if [ "${1:-}" = "--validity" ]; then MODE=validity; shift; fi
 
 WHEELS=""
 for d in "$REPO/.gpu-wheels" /work/shared/wheels/gpu; do
@@ -60,15 +65,20 @@ else
   echo "!! pytest-benchmark not installed: no bench.json (bench.csv and the manifest are still written)"
 fi
 
-echo "== pytest bench/ --benchmark (quick=${GT_BENCH_QUICK:-1}, budget ${GT_BENCH_BUDGET_S:-400}s)"
-timeout -s INT -k 30 "${GT_BENCH_TIMEOUT:-500}" \
-  $PY -m pytest bench/ --benchmark "${JSON_ARGS[@]}" -q -rs -p no:cacheprovider "$@"
-RC=$?
-echo "== pytest exit code $RC after $(( $(date +%s) - T0 )) s"
+RC=0
+if [ "$MODE" = bench ]; then
+  echo "== pytest bench/ --benchmark (quick=${GT_BENCH_QUICK:-1}, budget ${GT_BENCH_BUDGET_S:-400}s)"
+  timeout -s INT -k 30 "${GT_BENCH_TIMEOUT:-500}" \
+    $PY -m pytest bench/ --benchmark "${JSON_ARGS[@]}" -q -rs -p no:cacheprovider "$@"
+  RC=$?
+  echo "== pytest exit code $RC after $(( $(date +%s) - T0 )) s"
+fi
 
-if [ "${GT_BENCH_VALIDITY:-0}" = "1" ]; then
-  echo "== validity run (${GT_VALIDITY_STEPS:-300} steps, triton vs reference)"
-  $PY -m bench.bench_train --validity --steps "${GT_VALIDITY_STEPS:-300}" || echo "!! validity run failed"
+if [ "$MODE" = validity ] || [ "${GT_BENCH_VALIDITY:-0}" = "1" ]; then
+  echo "== validity run: train.py GF-MH small, --kernels triton then reference (same seed/schedule)"
+  VARGS=("$@"); [ "$MODE" = bench ] && VARGS=()
+  timeout -s INT -k 30 "${GT_VALIDITY_TIMEOUT:-540}" \
+    $PY -m bench.bench_train --validity "${VARGS[@]}" || { RC=$?; echo "!! validity run incomplete (rc $RC)"; }
 fi
 
 echo "== report"
