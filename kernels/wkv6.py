@@ -95,14 +95,16 @@ def _seq_bounds(cu_ptr, i_n, T, VARLEN):
 # ----------------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=autotune_configs([triton.Config({"BV": 64}, num_warps=4, num_stages=1),
-                                           triton.Config({"BV": 64}, num_warps=8, num_stages=1),
-                                           triton.Config({"BV": 32}, num_warps=4, num_stages=1)]),
+@triton.autotune(configs=autotune_configs([triton.Config({"BV": 64, "UNROLL": 1}, num_warps=4, num_stages=1),
+                                           triton.Config({"BV": 64, "UNROLL": 4}, num_warps=4, num_stages=1),
+                                           triton.Config({"BV": 64, "UNROLL": 1}, num_warps=8, num_stages=1),
+                                           triton.Config({"BV": 32, "UNROLL": 1}, num_warps=4, num_stages=1)]),
                  key=["K", "V", "BK", "PREC"])
 @triton.jit(do_not_specialize=['T', 'USE_H0', 'VARLEN', 'SAVE'])
 def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T,
                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                     BV: tl.constexpr, USE_H0, VARLEN, SAVE, PREC: tl.constexpr, CK: tl.constexpr):
+                     BV: tl.constexpr, USE_H0, VARLEN, SAVE, PREC: tl.constexpr, CK: tl.constexpr,
+                     UNROLL: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -134,26 +136,27 @@ def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, h
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
+        # exact intra-chunk scores A[t, j] = sum_k q_tk k_jk E[t, j, k], E[t, j] = prod_{j<i<t} exp(w_i) (s < t):
+        # keys walked downwards, the decay column P = E[:, j] updated by products (no exponent, all factors <= 1)
+        p_row = ((bos + i_c * BT) * H + i_h) * K + o_k
+        b_A = tl.zeros([BT, BT], dtype=tl.float32)
+        b_P = tl.zeros([BT, BK], dtype=tl.float32)
+        for jj in tl.range(0, BT, loop_unroll_factor=UNROLL):
+            j = BT - 1 - jj
+            # (j = BT-1: the row j+1 lies outside the chunk: masked to w = 0, decay 1, no row set)
+            m_j1 = m_k & (o_k * 0 + i_c * BT + j + 1 < L) & (o_k * 0 + j + 1 < BT)
+            b_e1 = tl.exp(tl.minimum(tl.load(w_ptr + p_row + (j + 1) * H * K, mask=m_j1, other=0.)
+                                     .to(tl.float32), 0.))
+            b_P = tl.where(o_t[:, None] == j + 1, 1., b_P * b_e1[None, :])
+            b_kj = tl.load(k_ptr + p_row + j * H * K, mask=m_k & (o_k * 0 + i_c * BT + j < L), other=0.).to(tl.float32)
+            b_a = tl.sum(b_q * b_kj[None, :] * b_P, axis=1)
+            b_A = tl.where(o_t[None, :] == j, b_a[:, None], b_A)
         b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
         b_w = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
         b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         b_g = tl.cumsum(b_w, axis=0)
         b_gp = b_g - b_w
         b_gl = tl.sum(b_w, axis=0)
-        # exact intra-chunk scores A[t, j] = sum_k q_tk k_jk E[t, j, k], E[t, j] = prod_{j<i<t} exp(w_i) (s < t):
-        # keys walked downwards, the decay column P = E[:, j] updated by products (no exponent, all factors <= 1)
-        p_row = ((bos + i_c * BT) * H + i_h) * K + o_k
-        b_A = tl.zeros([BT, BT], dtype=tl.float32)
-        b_P = tl.zeros([BT, BK], dtype=tl.float32)
-        for j in tl.static_range(BT - 1, -1, -1):
-            if j < BT - 1:
-                m_j1 = m_k & (o_k * 0 + i_c * BT + j + 1 < L)
-                b_e1 = tl.exp(tl.minimum(tl.load(w_ptr + p_row + (j + 1) * H * K, mask=m_j1, other=0.)
-                                         .to(tl.float32), 0.))
-                b_P = tl.where(o_t[:, None] == j + 1, 1., b_P * b_e1[None, :])
-            b_kj = tl.load(k_ptr + p_row + j * H * K, mask=m_k & (o_k * 0 + i_c * BT + j < L), other=0.).to(tl.float32)
-            b_a = tl.sum(b_q * b_kj[None, :] * b_P, axis=1)
-            b_A = tl.where(o_t[None, :] == j, b_a[:, None], b_A)
         b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
         b_o = tl.dot(b_q * tl.exp(b_gp), b_h, input_precision=PREC)
         b_o += tl.dot(b_A, b_v, input_precision=PREC)
@@ -209,13 +212,17 @@ def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
 # ----------------------------------------------------------------------------------------------------------------
 # backward 2: reverse walk carrying D = dL/dS -> dq, dk, dw (partials over V-blocks or final), dv, dh0
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC", "DIRECT"])
+@triton.autotune(configs=autotune_configs([triton.Config({"UNROLL": 1}, num_warps=8, num_stages=1),
+                                           triton.Config({"UNROLL": 4}, num_warps=8, num_stages=1),
+                                           triton.Config({"UNROLL": 1}, num_warps=4, num_stages=1)]),
+                 key=["K", "V", "BK", "BV", "PREC", "DIRECT"])
 @triton.jit(do_not_specialize=['T', 'NTOK', 'USE_H0', 'USE_DHT', 'VARLEN'])
 def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs_ptr, sc_ptr, dq_ptr, dk_ptr, dw_ptr,
                           dv_ptr, du_ptr, dh0_ptr, cu_ptr, scale, T, NTOK,
                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                           BK: tl.constexpr, BV: tl.constexpr, USE_H0, USE_DHT,
-                          VARLEN, PREC: tl.constexpr, DIRECT: tl.constexpr, CK: tl.constexpr):
+                          VARLEN, PREC: tl.constexpr, DIRECT: tl.constexpr, CK: tl.constexpr,
+                          UNROLL: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -242,7 +249,7 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
         + tl.arange(0, BK)[:, None] * BV + tl.arange(0, BV)[None, :]
     for i_r in range(0, NT):
         i_c = NT - 1 - i_r
-        if (i_c % CK == CK - 1) or (i_r == 0):
+        if ((i_c % CK) == (CK - 1)) | (i_r == 0):
             # entering a checkpoint group from its end: recompute its chunk-start states from the checkpoint
             g0 = i_c - i_c % CK
             b_s = tl.load(hs_ptr + ((c0 + g0 // CK) * H + i_h) * K * V + o_kv, mask=m_kv, other=0.)
@@ -270,14 +277,10 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
-        b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
-        b_wr = tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
-        b_w = tl.minimum(b_wr, 0.)
+        b_gp = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
+        b_gp = tl.cumsum(b_gp, axis=0) - b_gp
         b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-        b_g = tl.cumsum(b_w, axis=0)
-        b_gp = b_g - b_w
-        b_gl = tl.sum(b_w, axis=0)
         # ---- exact intra-chunk part, keys j walked upwards; P = E[:, j] = exp(Gp_t - G_j) (t > j, exponent <= 0)
         #   A[t, j] = sum_k q_t k_j P          (o_t = sum_j A[t, j] v_j  ->  dv_j += sum_t A[t, j] do_t)
         #   dq_t   += B[t, j] k_j P[t]         (B[t, s] = do_t . v_s)
@@ -291,7 +294,7 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
         b_dw = tl.zeros([BT, BK], dtype=tl.float32)
         b_F = tl.zeros([BT, BK], dtype=tl.float32)
         b_gj = tl.zeros([BK], dtype=tl.float32)
-        for j in tl.static_range(BT):
+        for j in tl.range(0, BT, loop_unroll_factor=UNROLL):
             m_j = m_k & (o_k * 0 + i_c * BT + j < L)
             b_gj += tl.minimum(tl.load(w_ptr + p_row + j * H * K, mask=m_j, other=0.).to(tl.float32), 0.)
             b_kj = tl.load(k_ptr + p_row + j * H * K, mask=m_j, other=0.).to(tl.float32)
@@ -304,6 +307,15 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
             b_dq += b_bj[:, None] * b_kj[None, :] * b_P
             b_F += b_qbp * b_kj[None, :]
             b_A = tl.where(o_t[None, :] == j, tl.sum(b_q * b_kj[None, :] * b_P, axis=1)[:, None], b_A)
+        # tiles reloaded here (L1/L2 hits) rather than kept live through the unrolled loop
+        b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_wr = tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_w = tl.minimum(b_wr, 0.)
+        b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_g = tl.cumsum(b_w, axis=0)
+        b_gp = b_g - b_w
+        b_gl = tl.sum(b_w, axis=0)
         b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
         # ---- state parts: dq^s_t += exp(Gp_t) (S0 do_t), dk^s_t += exp(G_L - G_t) (D v_t)
         b_h = tl.load(p_sc + (i_c % CK) * BK * BV)
