@@ -58,6 +58,11 @@ SLUG=$($PY -c "from groundthink.device import gpu_slug; print(gpu_slug())")
 PROF="$REPO/profiles/$SLUG"
 mkdir -p "$PROF"
 
+for m in pytest pytest_benchmark pandas matplotlib; do
+  $PY -c "import $m" 2>/dev/null || echo "!! python module $m missing on this machine" \
+    "(pytest: nothing runs; pytest_benchmark: no bench.json; pandas/matplotlib: no report)"
+done
+
 JSON_ARGS=()
 if $PY -c "import pytest_benchmark" 2>/dev/null; then
   JSON_ARGS=(--benchmark-json "$PROF/bench.json" --benchmark-columns=median,rounds --benchmark-sort=name)
