@@ -430,7 +430,7 @@ def _train(args, device, rank, world, master, say) -> dict:
                       f"{tok_s:,.0f} tok/s  peak {rec['peak_mem_mb']:,.0f} MB  |  rwkv/mamba grad {fmt(rec['grad_ratio'])}"
                       f"  gate {fmt(gm)} (drift {fmt(drift, '+.3g')})  state {fmt(rec['state_norm'])}")
             t_last = time.perf_counter()  # throughput counts training time only
-        if master and (done % args.ckpt_interval == 0 or done == stop < args.steps):
+        if master and done < args.steps and (done % args.ckpt_interval == 0 or done == stop):  # final: below
             last_ckpt = save(ckpt.step_path(out_dir, args.model, done), done)
     bar.close()
 

@@ -33,6 +33,9 @@ def save(obj, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the checkpoint ordinary file permissions
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
