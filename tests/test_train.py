@@ -160,6 +160,21 @@ def test_resume_is_exact(tmp_path):
         assert torch.equal(sa["model"][k], sb["model"][k]), k
     # the resumed run's log holds each step once
     assert [r["step"] for r in records(b["log"], "train")] == list(range(1, 9))
+    # an explicit path works too (a periodic checkpoint of the uninterrupted run), settings from the checkpoint
+    c = train.main(["--resume", str(ckpt.step_path(tmp_path / "a", "GF-MH", 4)), "--out-dir", str(tmp_path / "c"),
+                    "--no-progress", "--sample-tokens", "0"])
+    assert c["step"] == 8 and [loss for _, loss in c["losses"]] == [loss for _, loss in a["losses"][4:]]
+
+
+def test_no_argument_defaults():
+    a = train.parse_args([])
+    assert (a.model, a.size, a.tokenizer, a.kernels, a.data, a.out_dir) == ("GF-MH", "small", "char", "auto", None,
+                                                                             "checkpoints")
+    chosen = train.fill_device_defaults(a, "cpu")
+    assert (a.steps, a.batch_size, a.seq_len) == (150, 8, 64) and "steps" in chosen
+    b = train.parse_args(["--steps", "7"])
+    train.fill_device_defaults(b, "cuda")
+    assert (b.steps, b.batch_size, b.seq_len) == (7, 64, 256)
 
 
 def test_atomic_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
