@@ -98,7 +98,8 @@ def _seq_bounds(cu_ptr, i_n, T, VARLEN):
 @triton.autotune(configs=autotune_configs([triton.Config({"BV": 64, "UNROLL": 1}, num_warps=4, num_stages=1),
                                            triton.Config({"BV": 64, "UNROLL": 4}, num_warps=4, num_stages=1),
                                            triton.Config({"BV": 64, "UNROLL": 1}, num_warps=8, num_stages=1),
-                                           triton.Config({"BV": 32, "UNROLL": 1}, num_warps=4, num_stages=1)]),
+                                           triton.Config({"BV": 32, "UNROLL": 1}, num_warps=4, num_stages=1),
+                                           triton.Config({"BV": 16, "UNROLL": 1}, num_warps=4, num_stages=1)]),
                  key=["K", "V", "BK", "PREC"])
 @triton.jit(do_not_specialize=['T', 'USE_H0', 'VARLEN', 'SAVE'])
 def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T,
