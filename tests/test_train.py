@@ -108,7 +108,7 @@ def test_tiny_run_trains_logs_and_checkpoints(tmp_path, capsys):
     losses = [loss for _, loss in res["losses"]]
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # it learns
     assert res["evals"][-1]["val_loss"] < res["evals"][0]["val_loss"] + 0.5
-    model = res.get("model_name", "GF-MH")
+    model = "GF-MH"
     for p in (ckpt.step_path(tmp_path, model, 4), ckpt.step_path(tmp_path, model, 8),
               ckpt.final_path(tmp_path, model)):
         assert p.exists(), p
