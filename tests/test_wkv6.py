@@ -284,6 +284,42 @@ def test_wkv6_opcheck():
                               test_utils=("test_schema", "test_faketensor"))
 
 
+def test_wkv6_all_tuning_configs():
+    """Every autotune config the GPU may pick (only the first runs under the interpreter): same results."""
+    import triton
+    import kernels.wkv6 as kw
+    d = make_inputs(1, 100, 2, 20, 40, decay="strong", h0=True, grad=False)
+    r, k, v, w, u, h0 = (d[n] for n in ("r", "k", "v", "w", "u", "initial_state"))
+    o_ref, ht_ref, hs_ref = kw._fwd_impl(r, k, v, w, u, 0.3, h0, None, save=True)
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    BK = 32
+    cu = torch.empty(1, dtype=torch.int32)
+    for cfg in kw._wkv6_fwd_kernel.configs + [triton.Config({"BV": 16, "UNROLL": 4})]:
+        bv, unroll = cfg.kwargs["BV"], cfg.kwargs["UNROLL"]
+        o = torch.full_like(o_ref, float("nan"))
+        ht, hs = torch.full_like(ht_ref, float("nan")), torch.full_like(hs_ref, float("nan"))
+        kw._wkv6_fwd_kernel.fn[(triton.cdiv(V, bv), B * H)](
+            r, k, v, w, u, h0, o, ht, hs, cu, 0.3, T, H=H, K=K, V=V, BT=kw.BT_CHUNK, BK=BK, BV=bv, USE_H0=1,
+            VARLEN=0, SAVE=1, PREC="ieee", CK=kw.CKPT, UNROLL=unroll)
+        used = triton.cdiv(triton.cdiv(T, kw.BT_CHUNK), kw.CKPT)          # checkpoint slots of the one sequence
+        assert rel_err(o, o_ref) < 1e-6 and rel_err(ht, ht_ref) < 1e-6, cfg
+        assert rel_err(hs[:used], hs_ref[:used]) < 1e-6, cfg
+    do, dht = torch.randn_like(o_ref), torch.randn_like(ht_ref)
+    g_ref = kw._bwd_impl(r, k, v, w, u, do, dht, h0, None, 0.3, hs_ref)
+    old = kw._wkv6_bwd_main_kernel.configs
+    try:
+        for cfg in old[1:]:
+            kw._wkv6_bwd_main_kernel.configs = [cfg]
+            kw._wkv6_bwd_main_kernel.cache.clear()
+            g = kw._bwd_impl(r, k, v, w, u, do, dht, h0, None, 0.3, hs_ref)
+            for a, b in zip(g, g_ref):
+                assert rel_err(a, b) < 1e-6, cfg
+    finally:
+        kw._wkv6_bwd_main_kernel.configs = old
+        kw._wkv6_bwd_main_kernel.cache.clear()
+
+
 def test_wkv6_backward_without_saved_states():
     """The backward recomputes the state checkpoints when the forward did not save them: same gradients."""
     import kernels.wkv6 as kw
