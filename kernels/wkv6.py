@@ -15,39 +15,42 @@ chunk with the K×BV state in registers, fp32). Inside a chunk, G_t = Σ_{j≤t}
 Gp_t = G_{t-1} = G_t − w_t, G_L = G of the last row:
 
 * inter-chunk:  o_t += (q_t ⊙ exp(Gp_t)) · S                    (exponent ≤ 0)
-* intra-chunk:  A_ts = Σ_k q_tk k_sk exp(Gp_tk − G_sk) (s < t), A_tt = Σ_k q_tk u_k k_tk;  o_t += Σ_s A_ts v_s.
-  The chunk is a single 16-row "diagonal sub-block", computed *exactly* as a [BT, BT, BK] fp32 tensor with every
-  exponent Gp_t − G_s ≤ 0 (masked entries never exponentiated): no factorization, so no overflow at any decay
-  (w = −40 per step and beyond works; the result underflows to the correct 0).
+* intra-chunk:  A_ts = Σ_k q_tk k_sk E_tsk (s < t), E_ts = exp(Gp_t − G_s) = Π_{s<i<t} exp(w_i);
+  A_tt = Σ_k q_tk u_k k_tk;  o_t += Σ_s A_ts v_s (a dot).
+  The chunk is a single 16-row "diagonal sub-block" computed *exactly*, no factorization: a loop over the keys j
+  (downwards) keeps the decay column P = E[:, j] ([BT, BK], fp32) and updates it by products of the per-step
+  decays exp(w) ≤ 1 (no exponent anywhere can be positive), A[:, j] = Σ_k q ⊙ k_j ⊙ P. Any decay works
+  (w = −40 per step and beyond: the products underflow to the correct 0).
 * state:        S ← diag(exp(G_L)) S + Σ_s (k_s ⊙ exp(G_L − G_s))ᵀ v_s   (exponents ≤ 0)
+* with autograd, the forward also stores the state at every CKPT-th chunk start (fp32 checkpoints for the
+  backward; K·V·4 bytes per 64 tokens and head).
 
-Backward (two launches, three with several V-blocks; no atomics, deterministic):
-
-1. forward walk recomputing S and storing the chunk-start states S0_c (fp32, one K×V per chunk and head);
-2. reverse walk carrying D_t = ∂L/∂S_t (D_{T-1} = dS_final, D_{t-1} = diag(exp(w_t)) D_t + q_tᵀ do_t, dh0 = D_{-1}):
+Backward (one launch, two with several V-blocks; a checkpoint pass first if the forward did not save them; no
+atomics, deterministic): a reverse walk carrying D_t = ∂L/∂S_t (D_{T-1} = dS_final,
+D_{t-1} = diag(exp(w_t)) D_t + q_tᵀ do_t, dh0 = D_{-1}); at the end of each group of CKPT chunks it recomputes the
+group's chunk-start states S0 from the checkpoint into a small per-program scratch (L2-resident):
    dq_t = S_{t-1} do_t + u k_t (v_t·do_t), dk_t = D_t v_t + u q_t (v_t·do_t), dv_t = k_t D_t + (Σ_k q_t u k_t) do_t,
-   du = Σ_t q_t k_t (v_t·do_t) (per-program fp32 rows, summed once), all with the chunk split into the S0/D
-   parts (dots) and the exact intra-chunk [BT, BT, BK] parts (exponents Gp_s − G_t ≤ 0);
-3. (only when V needs several V-blocks) sum the per-V-block fp32 partials of dq, dk, dw, add the bonus terms.
+   du = Σ_t q_t k_t (v_t·do_t) (per-program fp32 rows, summed once), each split into the S0/D parts (dots) and
+   the exact intra-chunk parts (a loop over keys j upwards with exp columns E[:, j] = exp(Gp − G_j), t > j,
+   exponent ≤ 0). With several V-blocks dq, dk, dw are per-V-block fp32 partials summed by a second kernel.
 
 dw without cancellation. The usual formula dw_j = Σ_{t>j} q_t⊙dq^s_t − Σ_{t≥j} k_t⊙dk^s_t (+ S_final⊙dS_final)
 subtracts O(1) terms of nearby (undecayed) pairs to get a result that is tiny where the decay is strong, which
 amplifies rounding (fp32 rel err ~1e-5 on CPU, far worse with tf32 dots). Instead each pair (key s, query t)
 contributes to dw_j exactly when s < j < t (its decay exp(G_{t-1} − G_s) contains w_j), so for j in chunk c:
 
-    dw_j = Σ_{t>j, s<j, both in c} q_t k_s E_ts (do_t·v_s)                    (exact, [BT, BT, BK] cumsums)
+    dw_j = Σ_{t>j, s<j, both in c} q_t k_s E_ts (do_t·v_s)                    (exact, running sum over keys s < j)
          + Σ_{t>j in c} q_t ⊙ exp(Gp_t) ⊙ (S0_c do_t)                          (earlier keys, queries here)
          + Σ_{s<j in c} k_s ⊙ exp(G_L − G_s) ⊙ (D_c v_s)                       (keys here, later queries)
          + exp(G_L) ⊙ Σ_v S0_c ⊙ D_c                                            (earlier keys, later queries)
 
-with D_c = ∂L/∂S at the chunk's last row (dS_final included): sums of same-sign-structured terms only.
-Hence w of the last step only acts through the final state. This needs S0_c in the reverse walk, hence the
-stored chunk states (fp32, K·V·4 bytes per 16 tokens and head).
+with D_c = ∂L/∂S at the chunk's last row (dS_final included): no structured cancellation. Hence w of the last
+step only acts through the final state. This needs S0_c in the reverse walk, hence the checkpoints.
 
 Numerics: state, cumsums and every accumulation in fp32. ``tl.dot`` runs on fp32 operands with
 ``input_precision`` = "ieee" for fp32 inputs (≤ 1e-5 vs fp64) and "tf32" for bf16/fp16 inputs (relative
-error ~1e-4, far below the bf16 rounding of o and the gradients, which is the ~1.6e-3 floor); the dw reverse
-cumsum is fp32. ``DOT_PRECISION`` overrides the choice (e.g. "ieee" everywhere).
+error ~1e-4, far below the bf16 rounding of o and the gradients, which is the ~1.6e-3 floor);
+``FWD_PRECISION`` / ``BWD_PRECISION`` override the choice for half inputs (e.g. "ieee" or "tf32x3").
 
 Positive log-decay: w is clamped to ≤ 0 (decay ≤ 1) inside the kernels and dw is 0 where w > 0 (the gradient of
 ``min(w, 0)``), i.e. the op computes exactly ``reference(min(w, 0))``. w must be finite.
@@ -60,7 +63,6 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import INTERPRET
 from kernels._common import autotune_configs, check_same_dtype, check_tensor, new_empty
 
 BT_CHUNK = 16
