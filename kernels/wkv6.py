@@ -102,9 +102,9 @@ def _seq_bounds(cu_ptr, i_n, T, VARLEN):
                                            triton.Config({"BV": 64, "UNROLL": 1}, num_warps=8, num_stages=1),
                                            triton.Config({"BV": 32, "UNROLL": 1}, num_warps=4, num_stages=1),
                                            triton.Config({"BV": 16, "UNROLL": 1}, num_warps=4, num_stages=1)]),
-                 key=["K", "V", "BK", "PREC"])
-@triton.jit(do_not_specialize=['T', 'USE_H0', 'VARLEN', 'SAVE'])
-def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T,
+                 key=["K", "V", "BK", "PREC", "NH_BUCKET"])
+@triton.jit(do_not_specialize=['T', 'USE_H0', 'VARLEN', 'SAVE', 'NH_BUCKET'])
+def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T, NH_BUCKET,
                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                      BV: tl.constexpr, USE_H0, VARLEN, SAVE, PREC: tl.constexpr, CK: tl.constexpr,
                      UNROLL: tl.constexpr):
@@ -468,6 +468,12 @@ def _dims(r, v, cu_seqlens):
     return B, T, H, K, V, N
 
 
+def _nh_bucket(nh: int) -> int:
+    """Autotune key for the forward: the number of (sequence, head) programs, coarsely. Few programs (e.g. B1 H32)
+    need a smaller BV (more V-blocks) to fill the GPU; many want BV = 64. Unused by the kernel body."""
+    return min(triton.next_power_of_2(nh), 1024)
+
+
 def _ckpt_shape(B, T, H, K, V, N):
     return (triton.cdiv(B * T, BT_CHUNK * CKPT) + N, H, K, V)
 
@@ -481,7 +487,7 @@ def _fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
     hs = new_empty(_ckpt_shape(B, T, H, K, V, N) if save else (0,), torch.float32, r.device)
     grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
     _wkv6_fwd_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht, hs if save else ht,
-                           _cu(cu_seqlens, r.device), scale, T,
+                           _cu(cu_seqlens, r.device), scale, T, _nh_bucket(N * H),
                            H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, USE_H0=int(h0 is not None),
                            VARLEN=int(cu_seqlens is not None), SAVE=int(save), PREC=_prec(r.dtype), CK=CKPT)
     return o, ht, hs
