@@ -1,7 +1,7 @@
 """The correctness harness: one way to say "this kernel is right".
 
 ``compare(fn, ref, inputs)`` runs ``fn`` on the inputs as given and ``ref`` on float64 copies of them,
-back-propagates the same random cotangents through both, and returns the relative error
+back-propagates the same random cotangents (rounded to the output's dtype) through both, and returns the relative error
 ``‖out − ref‖ / ‖ref‖`` (computed in float64) of every output and of the gradient of every input that requires
 one. ``assert_close_all`` turns that into a test with the dtype's bound. NaN or Inf anywhere is an infinite error.
 While ``fn`` runs, every kernel output starts NaN-filled (``kernels._common.nan_prefill``), so an element a
@@ -90,7 +90,8 @@ def compare(fn: Callable, ref: Callable, inputs: Mapping[str, object], *, ref_de
             continue
         errs[f"out{i}"] = rel_err(o, r)
         if backward and isinstance(o, torch.Tensor) and o.requires_grad:
-            cot = torch.randn(r.shape, generator=gen, dtype=torch.float64)
+            # round the cotangent to the output's dtype first: both sides then get the very same values
+            cot = torch.randn(r.shape, generator=gen, dtype=torch.float64).to(o.dtype).to(torch.float64)
             pairs.append((o, r, cot))
     if backward and pairs:
         with nan_prefill():
