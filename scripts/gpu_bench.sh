@@ -94,8 +94,8 @@ for op, impls in d['ops'].items():
     for impl, e in impls.items(): print(f'gate {op}/{impl}: {e[\"reason\"]}')"
 
 if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT/profiles"
-  cp -r "$PROF" "$OUT/profiles/" && echo "== results copied to $OUT/profiles/$SLUG"
+  # the device tool brings back at most 8 files, 2 folders deep: one archive of the whole profile folder
+  tar -czf "$OUT/profiles-$SLUG.tgz" -C "$REPO/profiles" "$SLUG" && echo "== results archived to $OUT/profiles-$SLUG.tgz"
 fi
 echo "== done in $(( $(date +%s) - T0 )) s"
 exit $RC
