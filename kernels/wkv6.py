@@ -66,6 +66,8 @@ import triton.language as tl
 from kernels._common import autotune_configs, check_same_dtype, check_tensor, new_empty
 
 BT_CHUNK = 16
+BT_PAR = 64       # chunk-parallel algorithm: chunk length
+SUB_PAR = 16      # ... and its exact sub-block length
 CKPT = 4          # backward: chunk states checkpointed every CKPT chunks, the others recomputed into L2 scratch
 # dot precision for half (bf16/fp16) inputs, forward and backward; fp32 inputs always use "ieee"
 FWD_PRECISION = "tf32"
@@ -445,6 +447,306 @@ def _wkv6_recurrent_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_
     tl.store(ht_ptr + p_hs, b_h, mask=m_kv)
 
 
+# ================================================================================================================
+# chunk-PARALLEL algorithm (the default behind ``wkv6``): BT_PAR = 64-token chunks, 16-row sub-blocks
+# ================================================================================================================
+@triton.jit
+def _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT: tl.constexpr, VARLEN):
+    """Chunk slot i_s -> (sequence n, chunk index in the sequence, bos, sequence length). Slots of a sequence:
+    n·NT + i (fixed length) or bos//BT + n + i (varlen; cmap[slot] = n, host-computed; unused slots get a chunk
+    index past the sequence end, i.e. every row masked)."""
+    i_s64 = i_s.to(tl.int64)
+    if VARLEN:
+        i_n = tl.load(cmap_ptr + i_s).to(tl.int64)
+        bos = tl.load(cu_ptr + i_n).to(tl.int64)
+        eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
+        i_c = i_s64 - (bos // BT + i_n)
+    else:
+        i_n = i_s64 // NT
+        i_c = i_s64 % NT
+        bos = i_n * T
+        eos = bos + T
+    return i_n, i_c, bos, eos - bos
+
+
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
+                                           triton.Config({}, num_warps=4, num_stages=2),
+                                           triton.Config({}, num_warps=8, num_stages=1),
+                                           triton.Config({}, num_warps=8, num_stages=3)]),
+                 key=["K", "V", "BK", "BV", "PREC", "BWD"])
+@triton.jit(do_not_specialize=['T', 'NT', 'VARLEN'])
+def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_ptr, cu_ptr, cmap_ptr, scale, T, NT,
+                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                        BV: tl.constexpr, VARLEN, BWD: tl.constexpr, PREC: tl.constexpr):
+    """Per chunk (parallel): ΔS = (k ⊙ exp(G_L − G))ᵀ v, the chunk decay G_L and, for the backward (BWD),
+    ΔD = (q ⊙ exp(Gp))ᵀ do (the chunk's own contribution to dL/dS at its start). Every exponent ≤ 0."""
+    i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    rows = i_c * BT + o_t
+    m_t = rows < L
+    tok = (bos + rows) * H + i_h
+    p_k = tok[:, None] * K + o_k[None, :]
+    p_v = tok[:, None] * V + o_v[None, :]
+    m_tk = m_t[:, None] & m_k[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+    b_w = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
+    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+    b_g = tl.cumsum(b_w, axis=0)
+    b_gl = tl.sum(b_w, axis=0)
+    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
+    # G_L − G_t as a suffix sum (not a difference of two long prefix sums: at w ≈ −40 those lose the exponent)
+    b_ds = tl.dot(tl.trans(b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)), b_v, input_precision=PREC)
+    tl.store(hs_ptr + p_s, b_ds, mask=m_kv)
+    tl.store(gl_ptr + (i_s.to(tl.int64) * H + i_h) * K + o_k, b_gl, mask=m_k & (o_k * 0 + i_v == 0))
+    if BWD:
+        b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
+        b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_dd = tl.dot(tl.trans(b_q * tl.exp(b_g - b_w)), b_do, input_precision=PREC)
+        tl.store(hd_ptr + p_s, b_dd, mask=m_kv)
+
+
+@triton.jit(do_not_specialize=['T', 'NT', 'SLOTS', 'USE0', 'USE1', 'VARLEN'])
+def _chunk_scan_kernel(hs_ptr, gl_ptr, init0_ptr, init1_ptr, fin0_ptr, fin1_ptr, cu_ptr, T, NT, SLOTS, USE0, USE1,
+                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                       BV: tl.constexpr, VARLEN):
+    """Sequential over the chunks of one (sequence, head, V-block), in place on the per-chunk buffer:
+    direction 0 (program_id 2 = 0): X_c = ΔS_c -> S_c (state at chunk start), carry S ← diag(exp(G_L)) S + ΔS_c,
+    start init0 (h0), end fin0 (final state). Direction 1: X_c = ΔD_c -> D_c (dL/dS at chunk end), walked
+    backwards, D ← diag(exp(G_L)) D + ΔD_c, start init1 (dht), end fin1 (dh0). Same recursion, mirrored."""
+    i_v, i_nh, rev = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
+    L = eos - bos
+    nt = tl.cdiv(L, BT)
+    if VARLEN:
+        base = bos // BT + i_n
+    else:
+        base = i_n.to(tl.int64) * NT
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    p_nh = i_nh.to(tl.int64) * K * V + o_kv
+    if rev == 0:
+        b_h = tl.load(init0_ptr + p_nh, mask=m_kv & (o_k[:, None] * 0 + USE0 != 0), other=0.).to(tl.float32)
+    else:
+        b_h = tl.load(init1_ptr + p_nh, mask=m_kv & (o_k[:, None] * 0 + USE1 != 0), other=0.).to(tl.float32)
+    buf = hs_ptr + rev.to(tl.int64) * SLOTS * H * K * V
+    for i in range(0, nt):
+        i_c = i + rev * (nt - 1 - 2 * i)          # i (forward) or nt-1-i (reverse)
+        slot = (base + i_c).to(tl.int64)
+        p = buf + (slot * H + i_h) * K * V + o_kv
+        b_x = tl.load(p, mask=m_kv, other=0.)
+        tl.store(p, b_h, mask=m_kv)
+        b_e = tl.exp(tl.load(gl_ptr + (slot * H + i_h) * K + o_k, mask=m_k, other=0.))
+        b_h = b_h * b_e[:, None] + b_x
+    if rev == 0:
+        tl.store(fin0_ptr + p_nh, b_h, mask=m_kv)
+    else:
+        tl.store(fin1_ptr + p_nh, b_h, mask=m_kv)
+
+
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
+                                           triton.Config({}, num_warps=4, num_stages=2),
+                                           triton.Config({}, num_warps=8, num_stages=1),
+                                           triton.Config({}, num_warps=4, num_stages=3)]),
+                 key=["K", "V", "BK", "BV", "PREC"])
+@triton.jit(do_not_specialize=['T', 'NT', 'VARLEN'])
+def _chunk_fwd_out_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
+                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
+                          BK: tl.constexpr, BV: tl.constexpr, VARLEN, PREC: tl.constexpr):
+    """One 16-row sub-block m of one chunk (parallel): state at the sub-block start S_m from the chunk-start state
+    S_c and the m earlier sub-blocks (exponents ≤ 0), then o = q·(decayed S_m) + exact intra-sub-block part."""
+    pid, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    NSUB: tl.constexpr = BT // SB
+    i_s = pid // NSUB
+    i_m = pid % NSUB
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    c0 = i_c * BT
+    o_t = tl.arange(0, SB)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    m_eq = o_t[:, None] == o_t[None, :]
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_h = tl.load(hs_ptr + (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+                  mask=m_kv & (o_k[:, None] * 0 + c0 < L), other=0.)
+    for j in range(0, i_m):
+        rj = c0 + j * SB + o_t
+        m_j = rj < L
+        tj = (bos + rj) * H + i_h
+        m_jk = m_j[:, None] & m_k[None, :]
+        b_kj = tl.load(k_ptr + tj[:, None] * K + o_k[None, :], mask=m_jk, other=0.).to(tl.float32)
+        b_wj = tl.minimum(tl.load(w_ptr + tj[:, None] * K + o_k[None, :], mask=m_jk, other=0.).to(tl.float32), 0.)
+        b_vj = tl.load(v_ptr + tj[:, None] * V + o_v[None, :], mask=m_j[:, None] & m_v[None, :],
+                       other=0.).to(tl.float32)
+        b_glj = tl.sum(b_wj, axis=0)
+        b_h = b_h * tl.exp(b_glj)[:, None] + tl.dot(tl.trans(b_kj * tl.exp(tl.cumsum(b_wj, axis=0, reverse=True) - b_wj)), b_vj,
+                                                     input_precision=PREC)
+    r0 = c0 + i_m * SB
+    rows = r0 + o_t
+    m_t = rows < L
+    tok = (bos + rows) * H + i_h
+    p_k = tok[:, None] * K + o_k[None, :]
+    p_v = tok[:, None] * V + o_v[None, :]
+    m_tk = m_t[:, None] & m_k[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
+    # exact intra-sub-block scores (keys walked downwards, decay column by products of exp(w) <= 1)
+    p_row = ((bos + r0) * H + i_h) * K + o_k
+    b_A = tl.zeros([SB, SB], dtype=tl.float32)
+    b_P = tl.zeros([SB, BK], dtype=tl.float32)
+    for jj in range(0, SB):
+        j = SB - 1 - jj
+        m_j1 = m_k & (o_k * 0 + r0 + j + 1 < L) & (o_k * 0 + j + 1 < SB)
+        b_e1 = tl.exp(tl.minimum(tl.load(w_ptr + p_row + (j + 1) * H * K, mask=m_j1, other=0.)
+                                 .to(tl.float32), 0.))
+        b_P = tl.where(o_t[:, None] == j + 1, 1., b_P * b_e1[None, :])
+        b_kj = tl.load(k_ptr + p_row + j * H * K, mask=m_k & (o_k * 0 + r0 + j < L), other=0.).to(tl.float32)
+        b_a = tl.sum(b_q * b_kj[None, :] * b_P, axis=1)
+        b_A = tl.where(o_t[None, :] == j, b_a[:, None], b_A)
+    b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+    b_w = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
+    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+    b_gp = tl.cumsum(b_w, axis=0) - b_w
+    b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
+    b_o = tl.dot(b_q * tl.exp(b_gp), b_h, input_precision=PREC)
+    b_o += tl.dot(b_A, b_v, input_precision=PREC)
+    tl.store(o_ptr + p_v, b_o.to(o_ptr.dtype.element_ty), mask=m_tv)
+
+
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
+                                           triton.Config({}, num_warps=8, num_stages=1),
+                                           triton.Config({}, num_warps=4, num_stages=2),
+                                           triton.Config({}, num_warps=8, num_stages=2)]),
+                 key=["K", "V", "BK", "BV", "PREC"])
+@triton.jit(do_not_specialize=['T', 'NT', 'VARLEN'])
+def _chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
+                      du_ptr, cu_ptr, cmap_ptr, scale, T, NT,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, VARLEN, PREC: tl.constexpr):
+    """One 16-row sub-block m of one chunk (parallel), all of V (BV >= V): S_m (state at the sub-block start) from
+    S_c and the earlier sub-blocks, D_m (dL/dS after the sub-block) from D_c and the later sub-blocks, then the
+    exact 16-row backward of the sequential kernel (see the module docstring: dq, dk, dv, the cancellation-free
+    dw, du partial row per program)."""
+    pid, i_h = tl.program_id(0), tl.program_id(1)
+    NSUB: tl.constexpr = BT // SB
+    i_s = pid // NSUB
+    i_m = pid % NSUB
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    c0 = i_c * BT
+    o_t = tl.arange(0, SB)
+    o_k = tl.arange(0, BK)
+    o_v = tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    m_eq = o_t[:, None] == o_t[None, :]
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
+    b_h = tl.load(hs_ptr + p_s, mask=m_kv & (o_k[:, None] * 0 + c0 < L), other=0.)
+    b_dh = tl.load(hd_ptr + p_s, mask=m_kv & (o_k[:, None] * 0 + c0 < L), other=0.)
+    for j in range(0, i_m):
+        rj = c0 + j * SB + o_t
+        m_j = rj < L
+        tj = (bos + rj) * H + i_h
+        m_jk = m_j[:, None] & m_k[None, :]
+        b_kj = tl.load(k_ptr + tj[:, None] * K + o_k[None, :], mask=m_jk, other=0.).to(tl.float32)
+        b_wj = tl.minimum(tl.load(w_ptr + tj[:, None] * K + o_k[None, :], mask=m_jk, other=0.).to(tl.float32), 0.)
+        b_vj = tl.load(v_ptr + tj[:, None] * V + o_v[None, :], mask=m_j[:, None] & m_v[None, :],
+                       other=0.).to(tl.float32)
+        b_glj = tl.sum(b_wj, axis=0)
+        b_h = b_h * tl.exp(b_glj)[:, None] + tl.dot(tl.trans(b_kj * tl.exp(tl.cumsum(b_wj, axis=0, reverse=True) - b_wj)), b_vj,
+                                                     input_precision=PREC)
+    for jr in range(0, NSUB - 1 - i_m):
+        rj = c0 + (NSUB - 1 - jr) * SB + o_t
+        m_j = rj < L
+        tj = (bos + rj) * H + i_h
+        m_jk = m_j[:, None] & m_k[None, :]
+        b_qj = tl.load(q_ptr + tj[:, None] * K + o_k[None, :], mask=m_jk, other=0.).to(tl.float32) * scale
+        b_wj = tl.minimum(tl.load(w_ptr + tj[:, None] * K + o_k[None, :], mask=m_jk, other=0.).to(tl.float32), 0.)
+        b_doj = tl.load(do_ptr + tj[:, None] * V + o_v[None, :], mask=m_j[:, None] & m_v[None, :],
+                        other=0.).to(tl.float32)
+        b_gj = tl.cumsum(b_wj, axis=0)
+        b_glj = tl.sum(b_wj, axis=0)
+        b_dh = b_dh * tl.exp(b_glj)[:, None] + tl.dot(tl.trans(b_qj * tl.exp(b_gj - b_wj)), b_doj,
+                                                       input_precision=PREC)
+    r0 = c0 + i_m * SB
+    rows = r0 + o_t
+    m_t = rows < L
+    tok = (bos + rows) * H + i_h
+    p_k = tok[:, None] * K + o_k[None, :]
+    p_v = tok[:, None] * V + o_v[None, :]
+    m_tk = m_t[:, None] & m_k[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
+    b_gp = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
+    b_gp = tl.cumsum(b_gp, axis=0) - b_gp
+    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+    b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+    # exact intra-sub-block part, keys j walked upwards (as in _wkv6_bwd_main_kernel)
+    b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+    p_row = ((bos + r0) * H + i_h) * K + o_k
+    b_A = tl.zeros([SB, SB], dtype=tl.float32)
+    b_dq = tl.zeros([SB, BK], dtype=tl.float32)
+    b_dk = tl.zeros([SB, BK], dtype=tl.float32)
+    b_dw = tl.zeros([SB, BK], dtype=tl.float32)
+    b_F = tl.zeros([SB, BK], dtype=tl.float32)
+    b_gj = tl.zeros([BK], dtype=tl.float32)
+    for j in range(0, SB):
+        m_j = m_k & (o_k * 0 + r0 + j < L)
+        b_gj += tl.minimum(tl.load(w_ptr + p_row + j * H * K, mask=m_j, other=0.).to(tl.float32), 0.)
+        b_kj = tl.load(k_ptr + p_row + j * H * K, mask=m_j, other=0.).to(tl.float32)
+        m_after = o_t[:, None] > j
+        b_dw = tl.where(o_t[:, None] == j, tl.sum(tl.where(m_after, b_F, 0.), axis=0)[None, :], b_dw)
+        b_P = tl.where(m_after, tl.exp(tl.minimum(b_gp - b_gj[None, :], 0.)), 0.)
+        b_bj = tl.sum(tl.where(o_t[None, :] == j, b_B, 0.), axis=1)
+        b_qbp = b_q * b_bj[:, None] * b_P
+        b_dk = tl.where(o_t[:, None] == j, tl.sum(b_qbp, axis=0)[None, :], b_dk)
+        b_dq += b_bj[:, None] * b_kj[None, :] * b_P
+        b_F += b_qbp * b_kj[None, :]
+        b_A = tl.where(o_t[None, :] == j, tl.sum(b_q * b_kj[None, :] * b_P, axis=1)[:, None], b_A)
+    b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+    b_wr = tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+    b_w = tl.minimum(b_wr, 0.)
+    b_g = tl.cumsum(b_w, axis=0)
+    b_gp = b_g - b_w
+    b_gl = tl.sum(b_w, axis=0)
+    b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
+    b_egp = tl.exp(b_gp)
+    b_egl = tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
+    b_dqx = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
+    b_dkx = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
+    b_dq += b_dqx
+    b_dk += b_dkx
+    b_dv = tl.dot(b_k * b_egl, b_dh, input_precision=PREC) + tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+    tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
+    b_a = b_q * b_dqx
+    b_b = b_k * b_dkx
+    b_dw += tl.cumsum(b_a, axis=0, reverse=True) - b_a + tl.cumsum(b_b, axis=0) - b_b
+    b_dw += (tl.exp(b_gl) * tl.sum(b_h * b_dh, axis=1))[None, :]
+    b_vd = tl.sum(b_v * b_do, axis=1)
+    b_du = tl.sum(b_q * b_k * b_vd[:, None], axis=0)
+    b_dq += b_u[None, :] * b_k * b_vd[:, None]
+    b_dk += b_u[None, :] * b_q * b_vd[:, None]
+    b_dw = tl.where(b_wr > 0, 0., b_dw)
+    tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(dw_ptr + p_k, b_dw.to(dw_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------------------------
@@ -592,6 +894,129 @@ _wkv6_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# chunk-parallel launchers, custom ops (the default ``wkv6``)
+# ----------------------------------------------------------------------------------------------------------------
+def _par_slots(B, T, N, cu_seqlens, device):
+    """Number of chunk slots and the int32 slot -> sequence map (varlen; else an unread placeholder)."""
+    NT = triton.cdiv(T, BT_PAR)
+    if cu_seqlens is None:
+        return B * NT, NT, torch.empty(1, dtype=torch.int32, device=device)
+    S = NT + N        # sequence n: slots cu[n]//BT + n + i, i < cdiv(len_n, BT) (disjoint, see _bwd_impl)
+    cu = cu_seqlens.to(torch.int64)
+    starts = cu[:-1] // BT_PAR + torch.arange(N, device=device)
+    cmap = torch.searchsorted(starts, torch.arange(S, device=device), right=True) - 1
+    return S, NT, cmap.clamp_(min=0).to(torch.int32)
+
+
+def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, bwd):
+    """Chunk-start states S_c ([S, H, K, V] fp32) and final state; with bwd also D_c (dL/dS at each chunk end)
+    and dh0. Returns (buf [1 or 2, S, H, K, V], ht, dh0 or None, S, NT, cmap, cu)."""
+    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+    BK, BV = _blocks(K, V)
+    NV = triton.cdiv(V, BV)
+    dev = r.device
+    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev)
+    cu = _cu(cu_seqlens, dev)
+    varlen = int(cu_seqlens is not None)
+    prec = _prec(r.dtype, bwd)
+    buf = new_empty((2 if bwd else 1, S, H, K, V), torch.float32, dev)
+    gl = new_empty((S, H, K), torch.float32, dev)
+    _chunk_state_kernel[(S, NV, H)](r, k, v, w, do if bwd else v, buf[0], buf[-1], gl, cu, cmap, scale, T, NT,
+                                    H=H, K=K, V=V, BT=BT_PAR, BK=BK, BV=BV, VARLEN=varlen, BWD=bwd, PREC=prec)
+    ht = new_empty((N, H, K, V), torch.float32, dev)
+    dh0 = new_empty((N, H, K, V), torch.float32, dev) if bwd else ht
+    _chunk_scan_kernel[(NV, N * H, 2 if bwd else 1)](
+        buf, gl, h0 if h0 is not None else ht, dht if dht is not None else ht, ht, dh0, cu, T, NT, S,
+        int(h0 is not None), int(dht is not None), H=H, K=K, V=V, BT=BT_PAR, BK=BK, BV=BV, VARLEN=varlen,
+        num_warps=4)
+    return buf, ht, (dh0 if bwd else None), S, NT, cmap, cu
+
+
+def _par_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens):
+    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+    BK, BV = _blocks(K, V)
+    buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, False)
+    o = new_empty((B, T, H, V), r.dtype, r.device)
+    _chunk_fwd_out_kernel[(S * (BT_PAR // SUB_PAR), triton.cdiv(V, BV), H)](
+        r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=BT_PAR, SB=SUB_PAR, BK=BK, BV=BV,
+        VARLEN=int(cu_seqlens is not None), PREC=_prec(r.dtype))
+    return o, ht
+
+
+def _par_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale):
+    """Gradients (dr, dk, dv, dw, du, dh0 or None); the chunk states are recomputed (nothing saved by the forward
+    but the inputs)."""
+    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+    BK = max(16, triton.next_power_of_2(K))
+    BVF = max(16, triton.next_power_of_2(V))
+    dev = r.device
+    buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, True)
+    NP = S * (BT_PAR // SUB_PAR)
+    dr = new_empty(r.shape, r.dtype, dev)
+    dk = new_empty(k.shape, k.dtype, dev)
+    dv = new_empty(v.shape, v.dtype, dev)
+    dw = new_empty(w.shape, w.dtype, dev)
+    du_part = new_empty((NP, H, K), torch.float32, dev)
+    _chunk_bwd_kernel[(NP, H)](r, k, v, w, u, do, buf[0], buf[1], dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT,
+                               H=H, K=K, V=V, BT=BT_PAR, SB=SUB_PAR, BK=BK, BV=BVF,
+                               VARLEN=int(cu_seqlens is not None), PREC=_prec(r.dtype, bwd=True))
+    du = du_part.sum(0).to(u.dtype)
+    return dr, dk, dv, dw, du, (dh0 if h0 is not None else None)
+
+
+@torch.library.custom_op("groundthink::wkv6_chunk_fwd", mutates_args=())
+def _wkv6_chunk_fwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+                       scale: float, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _par_fwd_impl(r, k, v, w, u, scale, initial_state, cu_seqlens)
+
+
+@_wkv6_chunk_fwd_op.register_fake
+def _(r, k, v, w, u, scale, initial_state, cu_seqlens):
+    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+    return r.new_empty((B, T, H, V)), r.new_empty((N, H, K, V), dtype=torch.float32)
+
+
+@torch.library.custom_op("groundthink::wkv6_chunk_bwd", mutates_args=())
+def _wkv6_chunk_bwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+                       do: torch.Tensor, dht: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
+                       cu_seqlens: Optional[torch.Tensor], scale: float
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dr, dk, dv, dw, du, dh0 = _par_bwd_impl(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale)
+    if dh0 is None:
+        dh0 = r.new_empty((0,), dtype=torch.float32)
+    return dr, dk, dv, dw, du, dh0
+
+
+@_wkv6_chunk_bwd_op.register_fake
+def _(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale):
+    dh0 = (torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None
+           else r.new_empty((0,), dtype=torch.float32))
+    return (torch.empty_like(r), torch.empty_like(k), torch.empty_like(v), torch.empty_like(w),
+            torch.empty_like(u), dh0)
+
+
+def _chunk_setup_context(ctx, inputs, output):
+    r, k, v, w, u, scale, initial_state, cu_seqlens = inputs
+    ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens)
+    ctx.scale = scale
+    ctx.has_h0 = initial_state is not None
+
+
+def _chunk_backward(ctx, do, dht):
+    r, k, v, w, u, initial_state, cu_seqlens = ctx.saved_tensors
+    if do is None:
+        do = torch.zeros((*r.shape[:3], v.shape[-1]), dtype=r.dtype, device=r.device)
+    dr, dk, dv, dw, du, dh0 = _wkv6_chunk_bwd_op(r, k, v, w, u, do.contiguous(),
+                                                 dht.contiguous() if dht is not None else None,
+                                                 initial_state, cu_seqlens, ctx.scale)
+    return dr, dk, dv, dw, du, None, (dh0 if ctx.has_h0 else None), None
+
+
+_wkv6_chunk_fwd_op.register_autograd(_chunk_backward, setup_context=_chunk_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------------------------
 def _validate(r, k, v, w, u, initial_state, cu_seqlens):
@@ -620,7 +1045,23 @@ def _validate(r, k, v, w, u, initial_state, cu_seqlens):
 
 
 def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
-    """RWKV-6 wkv, chunked Triton kernels (drop-in for fla's ``chunk_rwkv6``).
+    """RWKV-6 wkv, chunk-parallel Triton kernels (drop-in for fla's ``chunk_rwkv6``); the default.
+
+    Same arguments, results and gradients as ``wkv6_fused`` (below), computed by the chunk-parallel algorithm
+    (64-token chunks: per-chunk states in parallel, a short sequential scan over chunks, then every chunk's
+    output / gradients in parallel; see the module docstring).
+    """
+    _validate(r, k, v, w, u, initial_state, cu_seqlens)
+    scale = float(r.shape[-1] ** -0.5 if scale is None else scale)
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    o, ht = _wkv6_chunk_fwd_op(r.contiguous(), k.contiguous(), v.contiguous(), w.contiguous(), u.contiguous(),
+                               scale, h0, cu_seqlens.contiguous() if cu_seqlens is not None else None)
+    return o, (ht if output_final_state else None)
+
+
+def wkv6_fused(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
+    """RWKV-6 wkv, the sequential chunked Triton kernels (one program per (V-block, sequence·head) walking its
+    16-token chunks; custom ops ``groundthink::wkv6_fwd`` / ``wkv6_bwd``)."
 
     r, k, w ``[B, T, H, K]``, v ``[B, T, H, V]`` (one dtype: fp32/fp16/bf16), u ``[H, K]``, w = log-decay
     (positive entries are clamped to 0 with zero gradient), ``scale`` multiplies r·k (default K**-0.5),
@@ -659,4 +1100,4 @@ def wkv6_recurrent(r, k, v, w, u, scale=None, initial_state=None, output_final_s
     return o, (ht if output_final_state else None)
 
 
-__all__ = ["wkv6", "wkv6_recurrent"]
+__all__ = ["wkv6", "wkv6_fused", "wkv6_recurrent"]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import kernels  # noqa: F401
 from groundthink.harness import assert_close_all, check_op, compare, rel_err
-from kernels.wkv6 import wkv6, wkv6_recurrent
+from kernels.wkv6 import wkv6, wkv6_fused, wkv6_recurrent
 from reference.wkv6 import wkv6 as ref_loop
 from reference.wkv6 import wkv6_chunked as ref_chunked
 
@@ -44,8 +44,12 @@ def make_inputs(B, T, H, K, V, dtype=torch.float32, decay="mixed", h0=False, N=N
     return d
 
 
-def _check(inputs, ref=ref_loop, bound=None, context=""):
-    return check_op(wkv6, ref, inputs, bound=bound, context=context)
+# both algorithms: the chunk-parallel default and the sequential (fused) one
+FNS = pytest.mark.parametrize("fn", [wkv6, wkv6_fused], ids=["parallel", "fused"])
+
+
+def _check(inputs, ref=ref_loop, bound=None, context="", fn=wkv6):
+    return check_op(fn, ref, inputs, bound=bound, context=context + f" [{fn.__name__}]")
 
 
 # ------------------------------------------------------------------------------------------------ reference
@@ -80,6 +84,7 @@ def test_reference_gradcheck_fp64():
 
 
 # ------------------------------------------------------------------------------------------------ kernel, CPU fp32
+@FNS
 @pytest.mark.parametrize("shape,decay,h0,scale", [
     ((2, 37, 2, 20, 12), "strong", True, None),      # T not a chunk multiple, odd K/V, K != V
     ((1, 1, 1, 16, 16), "mixed", True, 1.0),         # T = 1
@@ -87,37 +92,43 @@ def test_reference_gradcheck_fp64():
     ((2, 33, 1, 8, 24), "mild", True, 1.0),
     ((1, 48, 1, 60, 16), "strong", False, 0.5),      # K = 60
     ((1, 150, 1, 16, 16), "mixed", True, None),      # several backward checkpoint groups, the last one partial
+    ((2, 11, 1, 16, 16), "strong", True, 1.0),       # T < 16
+    ((1, 65, 2, 16, 24), "strong", True, None),      # T = 65: one full 64-chunk + 1 row
+    ((1, 130, 1, 20, 16), "mixed", True, 1.0),       # T = 130: 2 full 64-chunks + 2 rows
 ])
-def test_wkv6_fp32_vs_reference(shape, decay, h0, scale):
+def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
     d = make_inputs(*shape, decay=decay, h0=h0, scale=scale)
-    _check(d, context=f"{shape} {decay}")
+    _check(d, context=f"{shape} {decay}", fn=fn)
 
 
-def test_wkv6_extreme_decay():
+@FNS
+def test_wkv6_extreme_decay(fn):
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
         d["w"][:, :, :, :8] = -40.0                      # all strong
         d["w"][:, ::3, :, 8:] = -60.0                    # beyond -40
         d["w"][:, 1::3, :, 8:] = -1e-4
-    _check(d, context="extreme decay")
+    _check(d, context="extreme decay", fn=fn)
 
 
-def test_wkv6_no_final_state_and_default_outputs():
+@FNS
+def test_wkv6_no_final_state_and_default_outputs(fn):
     d = make_inputs(2, 20, 1, 16, 16, final=False)
-    errs = _check(d)
+    errs = _check(d, fn=fn)
     assert "out1" not in errs
-    o, s = wkv6(**{n: x.detach() if torch.is_tensor(x) else x for n, x in d.items()})
+    o, s = fn(**{n: x.detach() if torch.is_tensor(x) else x for n, x in d.items()})
     assert s is None and o.dtype == torch.float32
 
 
-def test_wkv6_only_final_state_used():
+@FNS
+def test_wkv6_only_final_state_used(fn):
     """Gradient flows through the final state alone (o unused: do is None); w of the last step matters there."""
     d = make_inputs(1, 19, 1, 16, 16, h0=True)
     names = ("r", "k", "v", "w", "u", "initial_state")
     x = {n: d[n].detach().clone().requires_grad_(True) for n in names}
     y = {n: d[n].detach().double().requires_grad_(True) for n in names}
     gs = torch.randn(1, 1, 16, 16)
-    wkv6(**x, output_final_state=True)[1].backward(gs)
+    fn(**x, output_final_state=True)[1].backward(gs)
     ref_loop(**y, output_final_state=True)[1].backward(gs.double())
     assert torch.count_nonzero(x["r"].grad) == 0 and torch.count_nonzero(x["u"].grad) == 0
     for n in ("k", "v", "w", "initial_state"):
@@ -125,27 +136,35 @@ def test_wkv6_only_final_state_used():
     assert x["w"].grad[0, -1].abs().sum() > 0
 
 
-def test_wkv6_varlen():
-    cu = torch.tensor([0, 5, 6, 30, 47, 130], dtype=torch.int32)
-    d = make_inputs(1, 130, 2, 16, 16, decay="strong", h0=True, N=5)
+@FNS
+@pytest.mark.parametrize("cu", [[0, 5, 6, 30, 47, 130], [0, 64, 64, 129, 130]], ids=["mixed", "boundaries"])
+def test_wkv6_varlen(fn, cu):
+    # "boundaries": a sequence of exactly one 64-chunk, an empty one, 65 tokens, 1 token
+    cu = torch.tensor(cu, dtype=torch.int32)
+    d = make_inputs(1, 130, 2, 16, 16, decay="strong", h0=True, N=len(cu) - 1)
     d["cu_seqlens"] = cu
-    _check(d, context="varlen")
+    _check(d, context="varlen", fn=fn)
     # equals running each sequence separately
     x = {n: v.detach() if torch.is_tensor(v) else v for n, v in d.items()}
-    o, s = wkv6(**x)
-    for n in range(5):
+    o, s = fn(**x)
+    for n in range(len(cu) - 1):
         a, b = int(cu[n]), int(cu[n + 1])
-        on, sn = wkv6(x["r"][:, a:b], x["k"][:, a:b], x["v"][:, a:b], x["w"][:, a:b], x["u"],
+        if a == b:
+            assert torch.equal(s[n], x["initial_state"][n])
+            continue
+        on, sn = fn(x["r"][:, a:b], x["k"][:, a:b], x["v"][:, a:b], x["w"][:, a:b], x["u"],
                       initial_state=x["initial_state"][n:n + 1], output_final_state=True)
         assert rel_err(o[:, a:b], on) < 1e-6 and rel_err(s[n:n + 1], sn) < 1e-6
 
 
-def test_wkv6_fp16_cpu():
+@FNS
+def test_wkv6_fp16_cpu(fn):
     d = make_inputs(1, 21, 1, 16, 16, dtype=torch.float16, decay="mild", h0=True)
-    _check(d, bound=2e-3, context="fp16")
+    _check(d, bound=2e-3, context="fp16", fn=fn)
 
 
-def test_wkv6_positive_decay_is_clamped():
+@FNS
+def test_wkv6_positive_decay_is_clamped(fn):
     d = make_inputs(1, 20, 1, 16, 16, h0=True)
     with torch.no_grad():
         d["w"][:, ::4] = d["w"][:, ::4].abs() + 0.5      # positive log-decay entries
@@ -154,33 +173,35 @@ def test_wkv6_positive_decay_is_clamped():
     def ref_clamped(w, **kw):
         return ref_loop(w=torch.clamp(w, max=0.0), **kw)
 
-    errs = check_op(wkv6, ref_clamped, d, bound=1e-5)
+    errs = check_op(fn, ref_clamped, d, bound=1e-5)
     assert errs["dw"] <= 1e-5
     x = {n: v.detach().requires_grad_(True) if torch.is_tensor(v) else v for n, v in d.items()}
-    o, s = wkv6(**x)
+    o, s = fn(**x)
     (o.sum() + s.sum()).backward()
     assert torch.isfinite(o).all() and (x["w"].grad[pos] == 0).all()
 
 
-def test_wkv6_noncontiguous_inputs():
+@FNS
+def test_wkv6_noncontiguous_inputs(fn):
     d = make_inputs(1, 18, 2, 16, 16, h0=True, grad=False)
     x = {n: v for n, v in d.items()}
     x["r"] = d["r"].transpose(1, 2).contiguous().transpose(1, 2)          # same values, other strides
     x["v"] = torch.cat([d["v"], d["v"]], -1)[..., :16]
     assert not x["r"].is_contiguous() and not x["v"].is_contiguous()
-    o1, s1 = wkv6(**x)
+    o1, s1 = fn(**x)
     o2, s2 = ref_loop(**{n: v.double() if torch.is_tensor(v) else v for n, v in d.items()})
     assert rel_err(o1, o2) < 1e-5 and rel_err(s1, s2) < 1e-5
 
 
-def test_wkv6_deterministic():
+@FNS
+def test_wkv6_deterministic(fn):
     d = make_inputs(1, 40, 2, 16, 40, decay="strong", h0=True)   # V = 40: 1 V-block; also run a 2-block case
     d2 = make_inputs(1, 20, 1, 16, 80, h0=True)
     for inp in (d, d2):
         res = []
         for _ in range(2):
             x = {n: v.detach().clone().requires_grad_(True) if torch.is_tensor(v) else v for n, v in inp.items()}
-            o, s = wkv6(**x)
+            o, s = fn(**x)
             g = torch.linspace(-1, 1, o.numel()).reshape(o.shape)
             torch.autograd.backward([o, s], [g, torch.ones_like(s) * 0.1])
             res.append([o, s] + [x[n].grad for n in ("r", "k", "v", "w", "u", "initial_state")])
@@ -217,7 +238,8 @@ try:
            scale=st.sampled_from([None, 1.0]))
     def test_wkv6_fuzz(B, T, H, K, V, h0, decay, scale):
         d = make_inputs(B, T, H, K, V, decay=decay, h0=h0, scale=scale)
-        _check(d, context=f"B{B} T{T} H{H} K{K} V{V} h0={h0} {decay}")
+        for fn in (wkv6, wkv6_fused):
+            _check(d, context=f"B{B} T{T} H{H} K{K} V{V} h0={h0} {decay}", fn=fn)
 except ImportError:  # pragma: no cover
     pass
 
@@ -243,11 +265,12 @@ def _good():
     (lambda d: d.update(cu_seqlens=torch.tensor([0.0, 4.0])), "cu_seqlens"),
     (lambda d: d.update(u=d["u"].to("meta")), "u"),
 ])
-def test_wkv6_bad_input(mutate, name):
+@FNS
+def test_wkv6_bad_input(fn, mutate, name):
     d = _good()
     mutate(d)
     with pytest.raises((ValueError, TypeError), match=name):
-        wkv6(**d)
+        fn(**d)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
@@ -259,11 +282,12 @@ def test_wkv6_cpu_gpu_mix():
 
 
 # ------------------------------------------------------------------------------------------------ torch.compile
-def test_wkv6_torch_compile():
+@FNS
+def test_wkv6_torch_compile(fn):
     d = make_inputs(1, 20, 2, 16, 16, h0=True)
 
     def model(r, k, v, w, u, initial_state):
-        o, s = wkv6(r * 1.0, k, v, w, u, initial_state=initial_state, output_final_state=True)
+        o, s = fn(r * 1.0, k, v, w, u, initial_state=initial_state, output_final_state=True)
         return o.sin().sum() + s.square().sum()
 
     names = ("r", "k", "v", "w", "u", "initial_state")
@@ -286,6 +310,36 @@ def test_wkv6_opcheck():
         args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"], None, save)
         torch.library.opcheck(torch.ops.groundthink.wkv6_fwd.default, args,
                               test_utils=("test_schema", "test_faketensor"))
+    args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"], None)
+    torch.library.opcheck(torch.ops.groundthink.wkv6_chunk_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"].repeat(2, 1, 1, 1), cu)
+    torch.library.opcheck(torch.ops.groundthink.wkv6_chunk_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    do = torch.randn(1, 5, 1, 16)
+    dht = torch.randn(1, 1, 16, 16)
+    args = (d["r"], d["k"], d["v"], d["w"], d["u"], do, dht, d["initial_state"], None, 0.25)
+    torch.library.opcheck(torch.ops.groundthink.wkv6_chunk_bwd.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_wkv6_parallel_agrees_with_fused():
+    """The two algorithms give the same o, final state and gradients (fp32: both exact to ~1e-7)."""
+    for shape, cu in [((1, 150, 2, 20, 24), None), ((1, 140, 2, 16, 16), [0, 3, 70, 140])]:
+        d = make_inputs(*shape, decay="mixed", h0=True, N=None if cu is None else len(cu) - 1)
+        if cu is not None:
+            d["cu_seqlens"] = torch.tensor(cu)
+        res = []
+        for fn in (wkv6, wkv6_fused):
+            x = {n: v.detach().clone().requires_grad_(True) if torch.is_tensor(v) and n != "cu_seqlens" else v
+                 for n, v in d.items()}
+            o, s = fn(**x)
+            g = torch.linspace(-1, 1, o.numel()).reshape(o.shape)
+            torch.autograd.backward([o, s], [g, torch.ones_like(s) * 0.1])
+            res.append([o, s] + [x[n].grad for n in ("r", "k", "v", "w", "u", "initial_state")])
+        for a, b in zip(*res):
+            assert rel_err(a, b) < 2e-6
 
 
 def test_wkv6_all_tuning_configs():
