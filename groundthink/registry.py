@@ -5,7 +5,8 @@ Ops and their implementations (all share one signature per op):
     wkv6                (r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None)
                         -> (o, final_state)
         reference       reference.wkv6.wkv6_chunked         (PyTorch, any device)
-        triton          kernels.wkv6.wkv6                   (the lab's kernel)
+        triton          kernels.wkv6.wkv6                   (the lab's kernel: chunk-parallel algorithm)
+        triton_fused    kernels.wkv6.wkv6_fused             (the lab's sequential chunked kernel, fallback)
         fla_chunk       fla.ops.rwkv6.chunk_rwkv6           (peer, benchmarks)
         fla_recurrent   fla.ops.rwkv6.fused_recurrent_rwkv6 (peer, benchmarks)
     gate_norm_residual  (x, a, b=None, gate=None, *, weight, bias=None, mode, norm, eps, gate_logits,
@@ -21,8 +22,8 @@ Ops and their implementations (all share one signature per op):
 ``resolve(mode)`` picks one implementation per op and says why:
     "reference"  every op on its reference;
     "triton"     the lab's kernels everywhere (under the interpreter on CPU), mamba-ssm for the scan on GPU;
-    "auto"       on GPU, a non-reference implementation only where the gate manifest for this GPU allows it;
-                 on CPU, the references.
+    "auto"       on GPU, the first of the op's lab candidates (``LAB_KERNEL``) that the gate manifest for this
+                 GPU allows, else the reference; on CPU, the references.
 The model never imports a kernel: it calls what ``resolve`` hands it.
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ IMPLS: dict[str, dict[str, str]] = {
     "wkv6": {
         "reference": "reference.wkv6:wkv6_chunked",
         "triton": "kernels.wkv6:wkv6",
+        "triton_fused": "kernels.wkv6:wkv6_fused",
         "fla_chunk": "fla.ops.rwkv6:chunk_rwkv6",
         "fla_recurrent": "fla.ops.rwkv6:fused_recurrent_rwkv6",
     },
@@ -53,7 +55,10 @@ IMPLS: dict[str, dict[str, str]] = {
         "mamba_ssm": "mamba_ssm.ops.triton.ssd_combined:mamba_chunk_scan_combined",
     },
 }
-LAB_KERNEL = {"wkv6": "triton", "gate_norm_residual": "triton", "mamba2": "mamba_ssm"}
+# op -> the lab's candidate implementations, in order of preference: "triton" mode takes the first, "auto" the
+# first that the gate manifest allows (else the reference)
+LAB_KERNEL: dict[str, tuple[str, ...]] = {"wkv6": ("triton", "triton_fused"), "gate_norm_residual": ("triton",),
+                                          "mamba2": ("mamba_ssm",)}
 _GPU_ONLY = {"fla_chunk", "fla_recurrent", "mamba_ssm", "compile"}
 
 
@@ -134,7 +139,7 @@ def resolve(mode: str = "auto", overrides: dict[str, str] | None = None) -> OpSe
         from groundthink import manifest
         data, status = manifest.load()
     for op in OPS:
-        lab = LAB_KERNEL[op]
+        lab = LAB_KERNEL[op][0]
         if op in overrides:
             choices[op] = _pick(op, overrides[op], "pinned by the caller")
         elif mode == "reference":
@@ -152,12 +157,17 @@ def resolve(mode: str = "auto", overrides: dict[str, str] | None = None) -> OpSe
                                                  "interpreter)")
         else:
             from groundthink import manifest
-            ok, why = manifest.verdict(data, status, op, lab)
-            if ok:
-                try:
-                    choices[op] = _pick(op, lab, f"gate manifest: {why}")
-                except ImportError as e:
-                    choices[op] = _pick(op, "reference", f"manifest allows {lab} but it is not importable: {e}")
+            whys = []
+            for cand in LAB_KERNEL[op]:
+                ok, why = manifest.verdict(data, status, op, cand)
+                if ok:
+                    try:
+                        choices[op] = _pick(op, cand, f"gate manifest: {why}")
+                        break
+                    except ImportError as e:
+                        whys.append(f"manifest allows {cand} but it is not importable: {e}")
+                else:
+                    whys.append(f"{cand}: {why}" if len(LAB_KERNEL[op]) > 1 else why)
             else:
-                choices[op] = _pick(op, "reference", f"gate manifest: {why}")
+                choices[op] = _pick(op, "reference", "gate manifest: " + "; ".join(whys))
     return OpSet(choices)

@@ -452,3 +452,23 @@ def test_wkv6_gpu_large_bf16():
     errs["dh0"] = rel_err(x["initial_state"].grad[:2, :4], y["initial_state"].grad)
     # du reduces over all batches: compare the part of the 2 sliced batches through a second kernel run
     assert_close_all(errs, 2e-3, "B8 T4096 H32 bf16 (2×4 heads checked)")
+
+
+# ------------------------------------------------------------------------------------------------ registry
+def test_registry_wkv6_candidates(monkeypatch):
+    """"triton" mode takes the first wkv6 candidate (the parallel kernel); "auto" the first one the manifest
+    allows: the sequential kernel when only it passed its gates, the reference when none did."""
+    from groundthink import manifest, registry
+    assert registry.LAB_KERNEL["wkv6"][:2] == ("triton", "triton_fused")
+    assert registry.load("wkv6", "triton_fused") is wkv6_fused
+    assert registry.resolve("triton").choices["wkv6"].fn is wkv6
+    allowed = {"triton_fused"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(manifest, "load", lambda *a, **k: ({}, "ok"))
+    monkeypatch.setattr(manifest, "verdict", lambda data, status, op, impl: (
+        (True, "allowed: test") if op == "wkv6" and impl in allowed else (False, "refused: test")))
+    c = registry.resolve("auto").choices["wkv6"]
+    assert c.impl == "triton_fused" and c.fn is wkv6_fused and "allowed: test" in c.reason
+    allowed = set()
+    c = registry.resolve("auto").choices["wkv6"]
+    assert c.impl == "reference" and "triton: refused" in c.reason and "triton_fused: refused" in c.reason
