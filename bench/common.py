@@ -419,7 +419,7 @@ def build_manifest_ops(rows: list[dict]) -> dict:
 
 # ---------------------------------------------------------------------------------------- one kernel row
 
-LAB_OR_REF = {"reference", "triton"}
+LAB_OR_REF = {"reference", "triton", "triton_fused"}  # run (and must pass) on every machine
 
 
 def load_impl(op: str, impl: str, extra: dict | None = None) -> Callable:
