@@ -567,9 +567,8 @@ def _chunk_fwd_out_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_p
     """One 16-row sub-block m of one chunk (parallel): state at the sub-block start S_m from the chunk-start state
     S_c and the m earlier sub-blocks (exponents ≤ 0), then o = q·(decayed S_m) + exact intra-sub-block part."""
     pid, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    NSUB: tl.constexpr = BT // SB
-    i_s = pid // NSUB
-    i_m = pid % NSUB
+    i_s = pid // (BT // SB)
+    i_m = pid % (BT // SB)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     c0 = i_c * BT
     o_t = tl.arange(0, SB)
@@ -641,9 +640,8 @@ def _chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr,
     exact 16-row backward of the sequential kernel (see the module docstring: dq, dk, dv, the cancellation-free
     dw, du partial row per program)."""
     pid, i_h = tl.program_id(0), tl.program_id(1)
-    NSUB: tl.constexpr = BT // SB
-    i_s = pid // NSUB
-    i_m = pid % NSUB
+    i_s = pid // (BT // SB)
+    i_m = pid % (BT // SB)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     c0 = i_c * BT
     o_t = tl.arange(0, SB)
@@ -669,8 +667,8 @@ def _chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr,
         b_glj = tl.sum(b_wj, axis=0)
         b_h = b_h * tl.exp(b_glj)[:, None] + tl.dot(tl.trans(b_kj * tl.exp(tl.cumsum(b_wj, axis=0, reverse=True) - b_wj)), b_vj,
                                                      input_precision=PREC)
-    for jr in range(0, NSUB - 1 - i_m):
-        rj = c0 + (NSUB - 1 - jr) * SB + o_t
+    for jr in range(0, BT // SB - 1 - i_m):
+        rj = c0 + (BT // SB - 1 - jr) * SB + o_t
         m_j = rj < L
         tj = (bos + rj) * H + i_h
         m_jk = m_j[:, None] & m_k[None, :]

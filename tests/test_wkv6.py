@@ -141,7 +141,7 @@ def test_wkv6_only_final_state_used(fn):
 def test_wkv6_varlen(fn, cu):
     # "boundaries": a sequence of exactly one 64-chunk, an empty one, 65 tokens, 1 token
     cu = torch.tensor(cu, dtype=torch.int32)
-    d = make_inputs(1, 130, 2, 16, 16, decay="strong", h0=True, N=len(cu) - 1)
+    d = make_inputs(1, 130, 1, 16, 16, decay="strong", h0=True, N=len(cu) - 1)
     d["cu_seqlens"] = cu
     _check(d, context="varlen", fn=fn)
     # equals running each sequence separately
@@ -235,11 +235,10 @@ try:
 
     @given(B=st.integers(1, 2), T=st.integers(1, 40), H=st.integers(1, 2), K=st.sampled_from([4, 12, 16, 20, 33]),
            V=st.sampled_from([3, 16, 24, 40]), h0=st.booleans(), decay=st.sampled_from(["mild", "strong", "mixed"]),
-           scale=st.sampled_from([None, 1.0]))
-    def test_wkv6_fuzz(B, T, H, K, V, h0, decay, scale):
+           scale=st.sampled_from([None, 1.0]), fn=st.sampled_from([wkv6, wkv6_fused]))
+    def test_wkv6_fuzz(B, T, H, K, V, h0, decay, scale, fn):
         d = make_inputs(B, T, H, K, V, decay=decay, h0=h0, scale=scale)
-        for fn in (wkv6, wkv6_fused):
-            _check(d, context=f"B{B} T{T} H{H} K{K} V{V} h0={h0} {decay}", fn=fn)
+        _check(d, context=f"B{B} T{T} H{H} K{K} V{V} h0={h0} {decay}", fn=fn)
 except ImportError:  # pragma: no cover
     pass
 
@@ -326,7 +325,7 @@ def test_wkv6_opcheck():
 
 def test_wkv6_parallel_agrees_with_fused():
     """The two algorithms give the same o, final state and gradients (fp32: both exact to ~1e-7)."""
-    for shape, cu in [((1, 150, 2, 20, 24), None), ((1, 140, 2, 16, 16), [0, 3, 70, 140])]:
+    for shape, cu in [((1, 130, 1, 20, 24), None), ((1, 140, 1, 16, 16), [0, 3, 70, 140])]:
         d = make_inputs(*shape, decay="mixed", h0=True, N=None if cu is None else len(cu) - 1)
         if cu is not None:
             d["cu_seqlens"] = torch.tensor(cu)
