@@ -1,4 +1,9 @@
-"""RWKV-6 wkv in hand-written Triton: chunked forward + backward, recurrent decode path, custom ops.
+"""RWKV-6 wkv in hand-written Triton: two chunked algorithms (forward + backward), recurrent decode path, custom ops.
+
+* ``wkv6`` (default): chunk-PARALLEL algorithm, custom ops ``groundthink::wkv6_chunk_fwd`` / ``wkv6_chunk_bwd``;
+* ``wkv6_fused``: the sequential chunked algorithm (one program walks a whole sequence), custom ops
+  ``groundthink::wkv6_fwd`` / ``wkv6_bwd``;
+* ``wkv6_recurrent``: token by token, forward only (decode).
 
 Math (per sequence and head; state S ∈ R^{K×V}; log-decay w_t ≤ 0 per key channel; bonus u ∈ R^K;
 q_t = scale · r_t):
@@ -10,8 +15,29 @@ Layouts (fla style): r, k, w ``[B, T, H, K]``; v ``[B, T, H, V]``; u ``[H, K]``;
 ``[N, H, K, V]`` fp32 (N = B, or the number of packed sequences with ``cu_seqlens`` and B = 1). All inputs are
 made contiguous; a token is row ``bos + t`` of the flattened ``[B·T, H, *]`` tensors.
 
-Chunked algorithm (chunk BT = 16 tokens, one program per (V-block, sequence·head) walking its sequence chunk by
-chunk with the K×BV state in registers, fp32). Inside a chunk, G_t = Σ_{j≤t} w_j (chunk-local cumsum, fp32),
+Chunk-parallel algorithm (``wkv6``; chunks of BT_PAR = 64 tokens, exact 16-row sub-blocks; chunks never straddle
+sequences: with ``cu_seqlens`` sequence n owns chunk slots cu[n]//64 + n + i, i < cdiv(len_n, 64), the slot →
+sequence map is computed on the device by searchsorted, no host sync):
+  forward  1. ``_chunk_state_kernel`` (grid chunks × V-blocks × heads): G_L and ΔS_c = (k ⊙ exp(G_L − G))ᵀ v
+              (G_L − G as a suffix sum: exponents ≤ 0 and no long-prefix-sum cancellation);
+           2. ``_chunk_scan_kernel`` (grid V-blocks × sequence·heads, sequential over chunks, in place):
+              S_c (state at each chunk start) ← S, S ← diag(exp(G_L)) S + ΔS_c; final state;
+           3. ``_chunk_fwd_out_kernel`` (grid chunks·4 sub-blocks × V-blocks × heads): the state at the sub-block
+              start S_m = S_c advanced over the m earlier sub-blocks (16-row state updates, exponents ≤ 0), then the
+              exact 16-row output of the sequential kernel (below) from S_m.
+  backward (states S_c saved by the forward when a gradient is needed, else recomputed):
+           1. ``_chunk_state_kernel`` (MODE 2, or 3 to recompute S): ΔD_c = (q ⊙ exp(Gp))ᵀ do per chunk;
+           2. ``_chunk_scan_kernel`` reversed: D_c = dL/dS at each chunk end (D ← diag(exp(G_L)) D + ΔD_c from
+              dS_final), dh0 = D at the start;
+           3. ``_chunk_bwd_kernel`` (grid chunks·4 sub-blocks × heads, all of V per program): S_m from S_c and the
+              earlier sub-blocks, D_m (dL/dS after the sub-block) from D_c and the later sub-blocks
+              (D ← diag(exp(gl)) D + (q ⊙ exp(gp))ᵀ do), then the exact 16-row backward of the sequential kernel
+              (dq, dk, dv, the cancellation-free dw below, per-program du rows summed once: deterministic).
+  Everything the sequential kernel computes per 16-row chunk from (S at its start, D at its end) is computed
+  here per sub-block from (S_m, D_m): the same exact formulas, so the same errors.
+
+Sequential chunked algorithm (``wkv6_fused``; chunk BT = 16 tokens, one program per (V-block, sequence·head) walking
+its sequence chunk by chunk with the K×BV state in registers, fp32). Inside a chunk, G_t = Σ_{j≤t} w_j (chunk-local cumsum, fp32),
 Gp_t = G_{t-1} = G_t − w_t, G_L = G of the last row:
 
 * inter-chunk:  o_t += (q_t ⊙ exp(Gp_t)) · S                    (exponent ≤ 0)
@@ -473,12 +499,12 @@ def _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT: tl.constexpr, VARLEN):
                                            triton.Config({}, num_warps=4, num_stages=2),
                                            triton.Config({}, num_warps=8, num_stages=1),
                                            triton.Config({}, num_warps=8, num_stages=3)]),
-                 key=["K", "V", "BK", "BV", "PREC", "BWD"])
+                 key=["K", "V", "BK", "BV", "PREC", "MODE"])
 @triton.jit(do_not_specialize=['T', 'NT', 'VARLEN'])
 def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_ptr, cu_ptr, cmap_ptr, scale, T, NT,
                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                        BV: tl.constexpr, VARLEN, BWD: tl.constexpr, PREC: tl.constexpr):
-    """Per chunk (parallel): ΔS = (k ⊙ exp(G_L − G))ᵀ v, the chunk decay G_L and, for the backward (BWD),
+                        BV: tl.constexpr, VARLEN, MODE: tl.constexpr, PREC: tl.constexpr):
+    """Per chunk (parallel): the chunk decay G_L and (MODE & 1) ΔS = (k ⊙ exp(G_L − G))ᵀ v, (MODE & 2, backward)
     ΔD = (q ⊙ exp(Gp))ᵀ do (the chunk's own contribution to dL/dS at its start). Every exponent ≤ 0."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
@@ -495,32 +521,36 @@ def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_p
     p_v = tok[:, None] * V + o_v[None, :]
     m_tk = m_t[:, None] & m_k[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
-    b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
     b_w = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
-    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-    b_g = tl.cumsum(b_w, axis=0)
     b_gl = tl.sum(b_w, axis=0)
     p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
-    # G_L − G_t as a suffix sum (not a difference of two long prefix sums: at w ≈ −40 those lose the exponent)
-    b_ds = tl.dot(tl.trans(b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)), b_v, input_precision=PREC)
-    tl.store(hs_ptr + p_s, b_ds, mask=m_kv)
     tl.store(gl_ptr + (i_s.to(tl.int64) * H + i_h) * K + o_k, b_gl, mask=m_k & (o_k * 0 + i_v == 0))
-    if BWD:
+    if MODE % 2 == 1:
+        b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        # G_L − G_t as a suffix sum (not a difference of two long prefix sums: at w ≈ −40 those lose the exponent)
+        b_ds = tl.dot(tl.trans(b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)), b_v,
+                      input_precision=PREC)
+        tl.store(hs_ptr + p_s, b_ds, mask=m_kv)
+    if MODE >= 2:
+        b_g = tl.cumsum(b_w, axis=0)
         b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
         b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         b_dd = tl.dot(tl.trans(b_q * tl.exp(b_g - b_w)), b_do, input_precision=PREC)
         tl.store(hd_ptr + p_s, b_dd, mask=m_kv)
 
 
-@triton.jit(do_not_specialize=['T', 'NT', 'SLOTS', 'USE0', 'USE1', 'VARLEN'])
+@triton.jit(do_not_specialize=['T', 'NT', 'SLOTS', 'USE0', 'USE1', 'REV0', 'VARLEN'])
 def _chunk_scan_kernel(hs_ptr, gl_ptr, init0_ptr, init1_ptr, fin0_ptr, fin1_ptr, cu_ptr, T, NT, SLOTS, USE0, USE1,
-                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                       REV0, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                        BV: tl.constexpr, VARLEN):
     """Sequential over the chunks of one (sequence, head, V-block), in place on the per-chunk buffer:
     direction 0 (program_id 2 = 0): X_c = ΔS_c -> S_c (state at chunk start), carry S ← diag(exp(G_L)) S + ΔS_c,
     start init0 (h0), end fin0 (final state). Direction 1: X_c = ΔD_c -> D_c (dL/dS at chunk end), walked
-    backwards, D ← diag(exp(G_L)) D + ΔD_c, start init1 (dht), end fin1 (dh0). Same recursion, mirrored."""
-    i_v, i_nh, rev = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    backwards, D ← diag(exp(G_L)) D + ΔD_c, start init1 (dht), end fin1 (dh0). Same recursion, mirrored.
+    Direction = program_id(2) + REV0 (REV0 = 1: the reverse walk alone); buffer = hs + program_id(2)·SLOTS."""
+    i_v, i_nh, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rev = i_dir + REV0
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
     L = eos - bos
@@ -540,7 +570,7 @@ def _chunk_scan_kernel(hs_ptr, gl_ptr, init0_ptr, init1_ptr, fin0_ptr, fin1_ptr,
         b_h = tl.load(init0_ptr + p_nh, mask=m_kv & (o_k[:, None] * 0 + USE0 != 0), other=0.).to(tl.float32)
     else:
         b_h = tl.load(init1_ptr + p_nh, mask=m_kv & (o_k[:, None] * 0 + USE1 != 0), other=0.).to(tl.float32)
-    buf = hs_ptr + rev.to(tl.int64) * SLOTS * H * K * V
+    buf = hs_ptr + i_dir.to(tl.int64) * SLOTS * H * K * V
     for i in range(0, nt):
         i_c = i + rev * (nt - 1 - 2 * i)          # i (forward) or nt-1-i (reverse)
         slot = (base + i_c).to(tl.int64)
@@ -906,9 +936,12 @@ def _par_slots(B, T, N, cu_seqlens, device):
     return S, NT, cmap.clamp_(min=0).to(torch.int32)
 
 
-def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, bwd):
-    """Chunk-start states S_c ([S, H, K, V] fp32) and final state; with bwd also D_c (dL/dS at each chunk end)
-    and dh0. Returns (buf [1 or 2, S, H, K, V], ht, dh0 or None, S, NT, cmap, cu)."""
+def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode):
+    """Per-chunk states (parallel state kernel + sequential scan over chunks).
+
+    mode "fwd": S_c (state at each chunk start, [S, H, K, V] fp32) and the final state;
+    "bwd": S_c and D_c (dL/dS at each chunk end) and dh0; "bwd_d" (S_c saved by the forward): D_c and dh0 only.
+    Returns (buf [1 or 2, S, H, K, V]: S_c then D_c, ht or None, dh0 or None, S, NT, cmap, cu)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     BK, BV = _blocks(K, V)
     NV = triton.cdiv(V, BV)
@@ -916,46 +949,59 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, bwd):
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev)
     cu = _cu(cu_seqlens, dev)
     varlen = int(cu_seqlens is not None)
-    prec = _prec(r.dtype, bwd)
-    buf = new_empty((2 if bwd else 1, S, H, K, V), torch.float32, dev)
+    prec = _prec(r.dtype, mode != "fwd")
+    kmode = {"fwd": 1, "bwd": 3, "bwd_d": 2}[mode]
+    buf = new_empty((2 if mode == "bwd" else 1, S, H, K, V), torch.float32, dev)
     gl = new_empty((S, H, K), torch.float32, dev)
-    _chunk_state_kernel[(S, NV, H)](r, k, v, w, do if bwd else v, buf[0], buf[-1], gl, cu, cmap, scale, T, NT,
-                                    H=H, K=K, V=V, BT=BT_PAR, BK=BK, BV=BV, VARLEN=varlen, BWD=bwd, PREC=prec)
-    ht = new_empty((N, H, K, V), torch.float32, dev)
-    dh0 = new_empty((N, H, K, V), torch.float32, dev) if bwd else ht
-    _chunk_scan_kernel[(NV, N * H, 2 if bwd else 1)](
-        buf, gl, h0 if h0 is not None else ht, dht if dht is not None else ht, ht, dh0, cu, T, NT, S,
-        int(h0 is not None), int(dht is not None), H=H, K=K, V=V, BT=BT_PAR, BK=BK, BV=BV, VARLEN=varlen,
-        num_warps=4)
-    return buf, ht, (dh0 if bwd else None), S, NT, cmap, cu
+    _chunk_state_kernel[(S, NV, H)](r, k, v, w, do if do is not None else v, buf[0], buf[-1], gl, cu, cmap, scale,
+                                    T, NT, H=H, K=K, V=V, BT=BT_PAR, BK=BK, BV=BV, VARLEN=varlen, MODE=kmode,
+                                    PREC=prec)
+    ht = new_empty((N, H, K, V), torch.float32, dev) if mode != "bwd_d" else None
+    dh0 = new_empty((N, H, K, V), torch.float32, dev) if mode != "fwd" else None
+    any_ = ht if ht is not None else dh0
+    _chunk_scan_kernel[(NV, N * H, 2 if mode == "bwd" else 1)](
+        buf, gl, h0 if h0 is not None else any_, dht if dht is not None else any_, any_ if ht is None else ht,
+        any_ if dh0 is None else dh0, cu, T, NT, S, int(h0 is not None), int(dht is not None),
+        int(mode == "bwd_d"), H=H, K=K, V=V, BT=BT_PAR, BK=BK, BV=BV, VARLEN=varlen, num_warps=4)
+    return buf, ht, dh0, S, NT, cmap, cu
 
 
-def _par_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens):
+def _par_state_shape(B, T, H, K, V, N, varlen):
+    NT = triton.cdiv(T, BT_PAR)
+    return ((NT + N) if varlen else B * NT, H, K, V)
+
+
+def _par_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
+    """o, final state and (if save) the chunk-start states S_c for the backward (else an empty tensor)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     BK, BV = _blocks(K, V)
-    buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, False)
+    buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd")
     o = new_empty((B, T, H, V), r.dtype, r.device)
     _chunk_fwd_out_kernel[(S * (BT_PAR // SUB_PAR), triton.cdiv(V, BV), H)](
         r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=BT_PAR, SB=SUB_PAR, BK=BK, BV=BV,
         VARLEN=int(cu_seqlens is not None), PREC=_prec(r.dtype))
-    return o, ht
+    return o, ht, (buf[0] if save else buf.new_empty((0,)))
 
 
-def _par_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale):
-    """Gradients (dr, dk, dv, dw, du, dh0 or None); the chunk states are recomputed (nothing saved by the forward
-    but the inputs)."""
+def _par_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None):
+    """Gradients (dr, dk, dv, dw, du, dh0 or None). ``states``: the forward's S_c (else recomputed here)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     BK = max(16, triton.next_power_of_2(K))
     BVF = max(16, triton.next_power_of_2(V))
     dev = r.device
-    buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, True)
+    if states is None or states.numel() == 0:
+        buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, "bwd")
+        hs, hd = buf[0], buf[1]
+    else:
+        buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, "bwd_d")
+        hs, hd = states, buf[0]
     NP = S * (BT_PAR // SUB_PAR)
     dr = new_empty(r.shape, r.dtype, dev)
     dk = new_empty(k.shape, k.dtype, dev)
     dv = new_empty(v.shape, v.dtype, dev)
     dw = new_empty(w.shape, w.dtype, dev)
     du_part = new_empty((NP, H, K), torch.float32, dev)
-    _chunk_bwd_kernel[(NP, H)](r, k, v, w, u, do, buf[0], buf[1], dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT,
+    _chunk_bwd_kernel[(NP, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT,
                                H=H, K=K, V=V, BT=BT_PAR, SB=SUB_PAR, BK=BK, BV=BVF,
                                VARLEN=int(cu_seqlens is not None), PREC=_prec(r.dtype, bwd=True))
     du = du_part.sum(0).to(u.dtype)
@@ -964,30 +1010,32 @@ def _par_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale):
 
 @torch.library.custom_op("groundthink::wkv6_chunk_fwd", mutates_args=())
 def _wkv6_chunk_fwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-                       scale: float, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor]
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _par_fwd_impl(r, k, v, w, u, scale, initial_state, cu_seqlens)
+                       scale: float, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
+                       save_states: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _par_fwd_impl(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states)
 
 
 @_wkv6_chunk_fwd_op.register_fake
-def _(r, k, v, w, u, scale, initial_state, cu_seqlens):
+def _(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states=False):
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
-    return r.new_empty((B, T, H, V)), r.new_empty((N, H, K, V), dtype=torch.float32)
+    hs = r.new_empty(_par_state_shape(B, T, H, K, V, N, cu_seqlens is not None) if save_states else (0,),
+                     dtype=torch.float32)
+    return r.new_empty((B, T, H, V)), r.new_empty((N, H, K, V), dtype=torch.float32), hs
 
 
 @torch.library.custom_op("groundthink::wkv6_chunk_bwd", mutates_args=())
 def _wkv6_chunk_bwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
                        do: torch.Tensor, dht: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
-                       cu_seqlens: Optional[torch.Tensor], scale: float
+                       cu_seqlens: Optional[torch.Tensor], scale: float, states: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    dr, dk, dv, dw, du, dh0 = _par_bwd_impl(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale)
+    dr, dk, dv, dw, du, dh0 = _par_bwd_impl(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale, states)
     if dh0 is None:
         dh0 = r.new_empty((0,), dtype=torch.float32)
     return dr, dk, dv, dw, du, dh0
 
 
 @_wkv6_chunk_bwd_op.register_fake
-def _(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale):
+def _(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale, states):
     dh0 = (torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None
            else r.new_empty((0,), dtype=torch.float32))
     return (torch.empty_like(r), torch.empty_like(k), torch.empty_like(v), torch.empty_like(w),
@@ -995,20 +1043,20 @@ def _(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale):
 
 
 def _chunk_setup_context(ctx, inputs, output):
-    r, k, v, w, u, scale, initial_state, cu_seqlens = inputs
-    ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens)
+    r, k, v, w, u, scale, initial_state, cu_seqlens, save_states = inputs
+    ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens, output[2])
     ctx.scale = scale
     ctx.has_h0 = initial_state is not None
 
 
-def _chunk_backward(ctx, do, dht):
-    r, k, v, w, u, initial_state, cu_seqlens = ctx.saved_tensors
+def _chunk_backward(ctx, do, dht, _dstates):
+    r, k, v, w, u, initial_state, cu_seqlens, states = ctx.saved_tensors
     if do is None:
         do = torch.zeros((*r.shape[:3], v.shape[-1]), dtype=r.dtype, device=r.device)
     dr, dk, dv, dw, du, dh0 = _wkv6_chunk_bwd_op(r, k, v, w, u, do.contiguous(),
                                                  dht.contiguous() if dht is not None else None,
-                                                 initial_state, cu_seqlens, ctx.scale)
-    return dr, dk, dv, dw, du, None, (dh0 if ctx.has_h0 else None), None
+                                                 initial_state, cu_seqlens, ctx.scale, states)
+    return dr, dk, dv, dw, du, None, (dh0 if ctx.has_h0 else None), None, None
 
 
 _wkv6_chunk_fwd_op.register_autograd(_chunk_backward, setup_context=_chunk_setup_context)
@@ -1052,8 +1100,9 @@ def wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False
     _validate(r, k, v, w, u, initial_state, cu_seqlens)
     scale = float(r.shape[-1] ** -0.5 if scale is None else scale)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
-    o, ht = _wkv6_chunk_fwd_op(r.contiguous(), k.contiguous(), v.contiguous(), w.contiguous(), u.contiguous(),
-                               scale, h0, cu_seqlens.contiguous() if cu_seqlens is not None else None)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (r, k, v, w, u, h0))
+    o, ht, _ = _wkv6_chunk_fwd_op(r.contiguous(), k.contiguous(), v.contiguous(), w.contiguous(), u.contiguous(),
+                                  scale, h0, cu_seqlens.contiguous() if cu_seqlens is not None else None, save)
     return o, (ht if output_final_state else None)
 
 

@@ -270,16 +270,20 @@ def split():
     if "parallel" in ALGOS:
         B_, T_, H_, K_, V_, N_ = kw._dims(r, v, None)
         t_pf = bench(lambda: kw._par_fwd_impl(r, k, v, w, u, 1.0, None, None))
-        t_ps = bench(lambda: kw._par_states(r, k, v, w, None, 1.0, None, None, None, False))
-        t_pb = bench(lambda: kw._par_bwd_impl(r, k, v, w, u, do, None, None, None, 1.0))
-        t_pbs = bench(lambda: kw._par_states(r, k, v, w, do, 1.0, None, None, None, True))
+        t_ps = bench(lambda: kw._par_states(r, k, v, w, None, 1.0, None, None, None, "fwd"))
+        hs_p = kw._par_fwd_impl(r, k, v, w, u, 1.0, None, None, save=True)[2]
+        t_pb = bench(lambda: kw._par_bwd_impl(r, k, v, w, u, do, None, None, None, 1.0, hs_p))
+        t_pbs = bench(lambda: kw._par_states(r, k, v, w, do, 1.0, None, None, None, "bwd_d"))
+        t_pb2 = bench(lambda: kw._par_bwd_impl(r, k, v, w, u, do, None, None, None, 1.0, None))
+        del hs_p
         log(f"split parallel B{B} T{T} H{H}: fwd {t_pf:.3f} ms (states+scan {t_ps:.3f}, output {t_pf - t_ps:.3f}); "
-            f"bwd {t_pb:.3f} ms (states+dstates+2 scans {t_pbs:.3f}, main {t_pb - t_pbs:.3f})")
+            f"bwd with saved states {t_pb:.3f} ms (dstates+scan {t_pbs:.3f}, main {t_pb - t_pbs:.3f}); "
+            f"bwd recomputing the states {t_pb2:.3f} ms")
         for kern in (kw._chunk_state_kernel, kw._chunk_fwd_out_kernel, kw._chunk_bwd_kernel):
             cache = getattr(kern, "cache", {})
             log(f"autotune {getattr(kern.fn, '__name__', kern.fn)}: "
                 + "; ".join(f"{k_} -> {c}" for k_, c in cache.items()))
-        SPLIT_PAR[:] = [t_pf, t_ps, t_pb, t_pbs]
+        SPLIT_PAR[:] = [t_pf, t_ps, t_pb, t_pbs, t_pb2]
     if "fused" not in ALGOS:
         return None
     _, _, hs = kw._fwd_impl(r, k, v, w, u, 1.0, None, None, save=True)
@@ -308,7 +312,7 @@ def table(res, fla, sp):
     if SPLIT_PAR:
         sp2 = SPLIT_PAR
         print(f"\nsplit parallel {SHAPES[0]}: fwd {sp2[0]:.3f} (states+scan {sp2[1]:.3f}) / bwd {sp2[2]:.3f} "
-              f"(states+dstates+scans {sp2[3]:.3f}) ms")
+              f"(dstates+scan {sp2[3]:.3f}) / bwd recomputing states {sp2[4]:.3f} ms")
     if sp:
         print(f"split fused {SHAPES[0]}: fwd {sp[0]:.3f} / fwd+ckpt {sp[1]:.3f} / bwd {sp[2]:.3f} / "
               f"bwd+ckpt-recompute {sp[3]:.3f} ms")

@@ -309,18 +309,22 @@ def test_wkv6_opcheck():
         args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"], None, save)
         torch.library.opcheck(torch.ops.groundthink.wkv6_fwd.default, args,
                               test_utils=("test_schema", "test_faketensor"))
-    args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"], None)
-    torch.library.opcheck(torch.ops.groundthink.wkv6_chunk_fwd.default, args,
-                          test_utils=("test_schema", "test_faketensor"))
     cu = torch.tensor([0, 2, 5], dtype=torch.int32)
-    args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"].repeat(2, 1, 1, 1), cu)
-    torch.library.opcheck(torch.ops.groundthink.wkv6_chunk_fwd.default, args,
-                          test_utils=("test_schema", "test_faketensor"))
+    for save in (False, True):
+        args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"], None, save)
+        torch.library.opcheck(torch.ops.groundthink.wkv6_chunk_fwd.default, args,
+                              test_utils=("test_schema", "test_faketensor"))
+        args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"].repeat(2, 1, 1, 1), cu, save)
+        torch.library.opcheck(torch.ops.groundthink.wkv6_chunk_fwd.default, args,
+                              test_utils=("test_schema", "test_faketensor"))
+    states = torch.ops.groundthink.wkv6_chunk_fwd(d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"],
+                                                  None, True)[2]
     do = torch.randn(1, 5, 1, 16)
     dht = torch.randn(1, 1, 16, 16)
-    args = (d["r"], d["k"], d["v"], d["w"], d["u"], do, dht, d["initial_state"], None, 0.25)
-    torch.library.opcheck(torch.ops.groundthink.wkv6_chunk_bwd.default, args,
-                          test_utils=("test_schema", "test_faketensor"))
+    for st_ in (states, states.new_empty((0,))):
+        args = (d["r"], d["k"], d["v"], d["w"], d["u"], do, dht, d["initial_state"], None, 0.25, st_)
+        torch.library.opcheck(torch.ops.groundthink.wkv6_chunk_bwd.default, args,
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 def test_wkv6_parallel_agrees_with_fused():
@@ -377,15 +381,18 @@ def test_wkv6_all_tuning_configs():
         kw._wkv6_bwd_main_kernel.cache.clear()
 
 
-def test_wkv6_backward_without_saved_states():
-    """The backward recomputes the state checkpoints when the forward did not save them: same gradients."""
+@pytest.mark.parametrize("algo", ["parallel", "fused"])
+def test_wkv6_backward_without_saved_states(algo):
+    """The backward recomputes the chunk states when the forward did not save them: same gradients."""
     import kernels.wkv6 as kw
+    fwd, bwd = (kw._par_fwd_impl, kw._par_bwd_impl) if algo == "parallel" else (kw._fwd_impl, kw._bwd_impl)
     d = make_inputs(1, 100, 2, 16, 24, decay="strong", h0=True, grad=False)
     r, k, v, w, u, h0 = (d[n] for n in ("r", "k", "v", "w", "u", "initial_state"))
-    o, ht, hs = kw._fwd_impl(r, k, v, w, u, 0.3, h0, None, save=True)
+    o, ht, hs = fwd(r, k, v, w, u, 0.3, h0, None, save=True)
+    assert hs.numel() > 0
     do, dht = torch.randn_like(o), torch.randn_like(ht)
-    g1 = kw._bwd_impl(r, k, v, w, u, do, dht, h0, None, 0.3, hs)
-    g2 = kw._bwd_impl(r, k, v, w, u, do, dht, h0, None, 0.3, None)
+    g1 = bwd(r, k, v, w, u, do, dht, h0, None, 0.3, hs)
+    g2 = bwd(r, k, v, w, u, do, dht, h0, None, 0.3, None)
     for a, b in zip(g1, g2):
         assert rel_err(a, b) < 1e-6
 
