@@ -424,28 +424,30 @@ def compare_same_cotangents(fn, ref, inputs, seed=0):
     return errs
 
 
-def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong"):
+def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6):
     """Kernel vs the fp64 chunked reference (run on the GPU), same cotangents on both sides."""
     d = make_inputs(B, T, H, K, V, dtype=dtype, decay=decay, h0=h0, device="cuda")
-    errs = compare_same_cotangents(wkv6, lambda **kw: ref_chunked(**kw, chunk_size=64), d)
+    errs = compare_same_cotangents(fn, lambda **kw: ref_chunked(**kw, chunk_size=64), d)
     assert_close_all(errs, bound, f"B{B} T{T} H{H} K{K} V{V} {dtype}")
     return errs
 
 
 @pytest.mark.gpu
+@FNS
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("shape", [(2, 1000, 4, 128, 128), (1, 300, 3, 60, 100), (4, 256, 2, 64, 64)])
-def test_wkv6_gpu(shape, dtype, bound):
-    _gpu_check(*shape, dtype, bound)
+def test_wkv6_gpu(shape, dtype, bound, fn):
+    _gpu_check(*shape, dtype, bound, fn=fn)
 
 
 @pytest.mark.gpu
-def test_wkv6_gpu_large_bf16():
+@FNS
+def test_wkv6_gpu_large_bf16(fn):
     # B8 T4096 H32 in the kernel, reference on 2 batches × 4 heads (same inputs): slicing heads/batches is exact
     B, T, H, K, V = 8, 4096, 32, 64, 64
     d = make_inputs(B, T, H, K, V, dtype=torch.bfloat16, decay="strong", h0=True, device="cuda")
     x = {n: v.detach().requires_grad_(True) if torch.is_tensor(v) else v for n, v in d.items()}
-    o, s = wkv6(**x)
+    o, s = fn(**x)
     go, gs = torch.randn_like(o), torch.randn_like(s)
     torch.autograd.backward([o, s], [go, gs])
     y = {n: (v.detach()[:2, :, :4] if n in "rkvw" else v.detach()[:4] if n == "u" else v.detach()[:2, :4])
