@@ -37,8 +37,8 @@ sequence map is computed on the device by searchsorted, no host sync):
   here per sub-block from (S_m, D_m): the same exact formulas, so the same errors.
 
 Sequential chunked algorithm (``wkv6_fused``; chunk BT = 16 tokens, one program per (V-block, sequence·head) walking
-its sequence chunk by chunk with the K×BV state in registers, fp32). Inside a chunk, G_t = Σ_{j≤t} w_j (chunk-local cumsum, fp32),
-Gp_t = G_{t-1} = G_t − w_t, G_L = G of the last row:
+its sequence chunk by chunk with the K×BV state in registers, fp32). Inside a chunk, G_t = Σ_{j≤t} w_j
+(chunk-local cumsum, fp32), Gp_t = G_{t-1} = G_t − w_t, G_L = G of the last row:
 
 * inter-chunk:  o_t += (q_t ⊙ exp(Gp_t)) · S                    (exponent ≤ 0)
 * intra-chunk:  A_ts = Σ_k q_tk k_sk E_tsk (s < t), E_ts = exp(Gp_t − G_s) = Π_{s<i<t} exp(w_i);
@@ -496,9 +496,8 @@ def _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT: tl.constexpr, VARLEN):
 
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
-                                           triton.Config({}, num_warps=4, num_stages=2),
                                            triton.Config({}, num_warps=8, num_stages=1),
-                                           triton.Config({}, num_warps=8, num_stages=3)]),
+                                           triton.Config({}, num_warps=4, num_stages=3)]),
                  key=["K", "V", "BK", "BV", "PREC", "MODE"])
 @triton.jit(do_not_specialize=['T', 'NT', 'VARLEN'])
 def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_ptr, cu_ptr, cmap_ptr, scale, T, NT,
@@ -587,9 +586,8 @@ def _chunk_scan_kernel(hs_ptr, gl_ptr, init0_ptr, init1_ptr, fin0_ptr, fin1_ptr,
 
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
-                                           triton.Config({}, num_warps=4, num_stages=2),
                                            triton.Config({}, num_warps=8, num_stages=1),
-                                           triton.Config({}, num_warps=4, num_stages=3)]),
+                                           triton.Config({}, num_warps=4, num_stages=2)]),
                  key=["K", "V", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT', 'VARLEN'])
 def _chunk_fwd_out_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
@@ -622,8 +620,8 @@ def _chunk_fwd_out_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_p
         b_vj = tl.load(v_ptr + tj[:, None] * V + o_v[None, :], mask=m_j[:, None] & m_v[None, :],
                        other=0.).to(tl.float32)
         b_glj = tl.sum(b_wj, axis=0)
-        b_h = b_h * tl.exp(b_glj)[:, None] + tl.dot(tl.trans(b_kj * tl.exp(tl.cumsum(b_wj, axis=0, reverse=True) - b_wj)), b_vj,
-                                                     input_precision=PREC)
+        b_kdj = b_kj * tl.exp(tl.cumsum(b_wj, axis=0, reverse=True) - b_wj)
+        b_h = b_h * tl.exp(b_glj)[:, None] + tl.dot(tl.trans(b_kdj), b_vj, input_precision=PREC)
     r0 = c0 + i_m * SB
     rows = r0 + o_t
     m_t = rows < L
@@ -658,7 +656,6 @@ def _chunk_fwd_out_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_p
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
                                            triton.Config({}, num_warps=8, num_stages=1),
-                                           triton.Config({}, num_warps=4, num_stages=2),
                                            triton.Config({}, num_warps=8, num_stages=2)]),
                  key=["K", "V", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT', 'VARLEN'])
@@ -696,8 +693,8 @@ def _chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr,
         b_vj = tl.load(v_ptr + tj[:, None] * V + o_v[None, :], mask=m_j[:, None] & m_v[None, :],
                        other=0.).to(tl.float32)
         b_glj = tl.sum(b_wj, axis=0)
-        b_h = b_h * tl.exp(b_glj)[:, None] + tl.dot(tl.trans(b_kj * tl.exp(tl.cumsum(b_wj, axis=0, reverse=True) - b_wj)), b_vj,
-                                                     input_precision=PREC)
+        b_kdj = b_kj * tl.exp(tl.cumsum(b_wj, axis=0, reverse=True) - b_wj)
+        b_h = b_h * tl.exp(b_glj)[:, None] + tl.dot(tl.trans(b_kdj), b_vj, input_precision=PREC)
     for jr in range(0, BT // SB - 1 - i_m):
         rj = c0 + (BT // SB - 1 - jr) * SB + o_t
         m_j = rj < L
