@@ -64,7 +64,9 @@ for m in pytest pytest_benchmark pandas matplotlib; do
 done
 
 JSON_ARGS=()
-if $PY -c "import pytest_benchmark" 2>/dev/null; then
+if [ "${GT_BENCH_JSON:-1}" = "0" ]; then
+  echo "== GT_BENCH_JSON=0: no pytest-benchmark JSON (bench.csv, bench_rows.json and the manifest are still written)"
+elif $PY -c "import pytest_benchmark" 2>/dev/null; then
   JSON_ARGS=(--benchmark-json "$PROF/bench.json" --benchmark-columns=median,rounds --benchmark-sort=name)
 else
   echo "!! pytest-benchmark not installed: no bench.json (bench.csv and the manifest are still written)"
