@@ -866,59 +866,65 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs=None):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# custom ops (torch.compile) + autograd
+# custom ops (torch.compile) + autograd: one pair of ops per algorithm, made by the same factory
 # ----------------------------------------------------------------------------------------------------------------
-@torch.library.custom_op("groundthink::wkv6_fwd", mutates_args=())
-def _wkv6_fwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-                 scale: float, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
-                 save_states: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _fwd_impl(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states)
+def _make_ops(name: str, fwd_impl, bwd_impl, state_shape):
+    """Register ``groundthink::{name}_fwd`` / ``{name}_bwd`` for one algorithm, with fake (meta) kernels and the
+    autograd formula; return the forward op. ``state_shape(B, T, H, K, V, N, varlen)`` is the shape of the fp32
+    chunk states the forward saves for the backward when ``save_states``."""
+
+    @torch.library.custom_op(f"groundthink::{name}_fwd", mutates_args=())
+    def fwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+               scale: float, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
+               save_states: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return fwd_impl(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states)
+
+    @fwd_op.register_fake
+    def _(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states=False):
+        B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+        hs = r.new_empty(state_shape(B, T, H, K, V, N, cu_seqlens is not None) if save_states else (0,),
+                         dtype=torch.float32)
+        return r.new_empty((B, T, H, V)), r.new_empty((N, H, K, V), dtype=torch.float32), hs
+
+    @torch.library.custom_op(f"groundthink::{name}_bwd", mutates_args=())
+    def bwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+               do: torch.Tensor, dht: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
+               cu_seqlens: Optional[torch.Tensor], scale: float, states: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        dr, dk, dv, dw, du, dh0 = bwd_impl(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale, states)
+        if dh0 is None:
+            dh0 = r.new_empty((0,), dtype=torch.float32)
+        return dr, dk, dv, dw, du, dh0
+
+    @bwd_op.register_fake
+    def _(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale, states):
+        dh0 = (torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None
+               else r.new_empty((0,), dtype=torch.float32))
+        return (torch.empty_like(r), torch.empty_like(k), torch.empty_like(v), torch.empty_like(w),
+                torch.empty_like(u), dh0)
+
+    def setup_context(ctx, inputs, output):
+        r, k, v, w, u, scale, initial_state, cu_seqlens, save_states = inputs
+        ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens, output[2])
+        ctx.scale = scale
+        ctx.has_h0 = initial_state is not None
+
+    def backward(ctx, do, dht, _dstates):
+        r, k, v, w, u, initial_state, cu_seqlens, states = ctx.saved_tensors
+        if do is None:
+            do = torch.zeros((*r.shape[:3], v.shape[-1]), dtype=r.dtype, device=r.device)
+        dr, dk, dv, dw, du, dh0 = bwd_op(r, k, v, w, u, do.contiguous(),
+                                         dht.contiguous() if dht is not None else None,
+                                         initial_state, cu_seqlens, ctx.scale, states)
+        return dr, dk, dv, dw, du, None, (dh0 if ctx.has_h0 else None), None, None
+
+    fwd_op.register_autograd(backward, setup_context=setup_context)
+    return fwd_op
 
 
-@_wkv6_fwd_op.register_fake
-def _(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states=False):
-    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
-    hs = r.new_empty(_ckpt_shape(B, T, H, K, V, N) if save_states else (0,), dtype=torch.float32)
-    return r.new_empty((B, T, H, V)), r.new_empty((N, H, K, V), dtype=torch.float32), hs
+_wkv6_fwd_op = _make_ops("wkv6", _fwd_impl, _bwd_impl,
+                         lambda B, T, H, K, V, N, varlen: _ckpt_shape(B, T, H, K, V, N))
 
-
-@torch.library.custom_op("groundthink::wkv6_bwd", mutates_args=())
-def _wkv6_bwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-                 do: torch.Tensor, dht: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
-                 cu_seqlens: Optional[torch.Tensor], scale: float, states: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    dr, dk, dv, dw, du, dh0 = _bwd_impl(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale, states)
-    if dh0 is None:
-        dh0 = r.new_empty((0,), dtype=torch.float32)
-    return dr, dk, dv, dw, du, dh0
-
-
-@_wkv6_bwd_op.register_fake
-def _(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale, states):
-    dh0 = (torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None
-           else r.new_empty((0,), dtype=torch.float32))
-    return (torch.empty_like(r), torch.empty_like(k), torch.empty_like(v), torch.empty_like(w),
-            torch.empty_like(u), dh0)
-
-
-def _setup_context(ctx, inputs, output):
-    r, k, v, w, u, scale, initial_state, cu_seqlens, save_states = inputs
-    ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens, output[2])
-    ctx.scale = scale
-    ctx.has_h0 = initial_state is not None
-
-
-def _backward(ctx, do, dht, _dstates):
-    r, k, v, w, u, initial_state, cu_seqlens, states = ctx.saved_tensors
-    if do is None:
-        do = torch.zeros((*r.shape[:3], v.shape[-1]), dtype=r.dtype, device=r.device)
-    dr, dk, dv, dw, du, dh0 = _wkv6_bwd_op(r, k, v, w, u, do.contiguous(),
-                                           dht.contiguous() if dht is not None else None,
-                                           initial_state, cu_seqlens, ctx.scale, states)
-    return dr, dk, dv, dw, du, None, (dh0 if ctx.has_h0 else None), None, None
-
-
-_wkv6_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1008,58 +1014,7 @@ def _par_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None):
     return dr, dk, dv, dw, du, (dh0 if h0 is not None else None)
 
 
-@torch.library.custom_op("groundthink::wkv6_chunk_fwd", mutates_args=())
-def _wkv6_chunk_fwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-                       scale: float, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
-                       save_states: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _par_fwd_impl(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states)
-
-
-@_wkv6_chunk_fwd_op.register_fake
-def _(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states=False):
-    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
-    hs = r.new_empty(_par_state_shape(B, T, H, K, V, N, cu_seqlens is not None) if save_states else (0,),
-                     dtype=torch.float32)
-    return r.new_empty((B, T, H, V)), r.new_empty((N, H, K, V), dtype=torch.float32), hs
-
-
-@torch.library.custom_op("groundthink::wkv6_chunk_bwd", mutates_args=())
-def _wkv6_chunk_bwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-                       do: torch.Tensor, dht: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
-                       cu_seqlens: Optional[torch.Tensor], scale: float, states: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    dr, dk, dv, dw, du, dh0 = _par_bwd_impl(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale, states)
-    if dh0 is None:
-        dh0 = r.new_empty((0,), dtype=torch.float32)
-    return dr, dk, dv, dw, du, dh0
-
-
-@_wkv6_chunk_bwd_op.register_fake
-def _(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale, states):
-    dh0 = (torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None
-           else r.new_empty((0,), dtype=torch.float32))
-    return (torch.empty_like(r), torch.empty_like(k), torch.empty_like(v), torch.empty_like(w),
-            torch.empty_like(u), dh0)
-
-
-def _chunk_setup_context(ctx, inputs, output):
-    r, k, v, w, u, scale, initial_state, cu_seqlens, save_states = inputs
-    ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens, output[2])
-    ctx.scale = scale
-    ctx.has_h0 = initial_state is not None
-
-
-def _chunk_backward(ctx, do, dht, _dstates):
-    r, k, v, w, u, initial_state, cu_seqlens, states = ctx.saved_tensors
-    if do is None:
-        do = torch.zeros((*r.shape[:3], v.shape[-1]), dtype=r.dtype, device=r.device)
-    dr, dk, dv, dw, du, dh0 = _wkv6_chunk_bwd_op(r, k, v, w, u, do.contiguous(),
-                                                 dht.contiguous() if dht is not None else None,
-                                                 initial_state, cu_seqlens, ctx.scale, states)
-    return dr, dk, dv, dw, du, None, (dh0 if ctx.has_h0 else None), None, None
-
-
-_wkv6_chunk_fwd_op.register_autograd(_chunk_backward, setup_context=_chunk_setup_context)
+_wkv6_chunk_fwd_op = _make_ops("wkv6_chunk", _par_fwd_impl, _par_bwd_impl, _par_state_shape)
 
 
 # ----------------------------------------------------------------------------------------------------------------

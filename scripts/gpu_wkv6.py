@@ -38,7 +38,7 @@ import triton  # noqa: E402
 
 import kernels  # noqa: E402,F401
 import kernels.wkv6 as kw  # noqa: E402
-from groundthink.harness import rel_err  # noqa: E402
+from groundthink.harness import compare, rel_err  # noqa: E402
 from reference.wkv6 import wkv6_chunked  # noqa: E402
 
 dev = "cpu" if SMOKE else "cuda"
@@ -90,27 +90,6 @@ def fmt(errs):
     return " ".join(f"{k}={v:.2e}" for k, v in errs.items())
 
 
-def compare_same_cot(fn, reff, d, seed=0):
-    run = {n: v.detach().clone().requires_grad_(v.requires_grad) if torch.is_tensor(v) else v for n, v in d.items()}
-    rin = {n: v.detach().double().requires_grad_(v.requires_grad) if torch.is_tensor(v) and v.is_floating_point()
-           else v for n, v in d.items()}
-    outs, refs = fn(**run), reff(**rin)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    errs, pairs = {}, []
-    for i, (o, r) in enumerate(zip(outs, refs)):
-        if o is None:
-            continue
-        errs[f"out{i}"] = rel_err(o, r)
-        c = torch.randn(o.shape, generator=gen, device=dev).to(o.dtype)
-        pairs.append((o, r, c))
-    torch.autograd.backward([o for o, _, _ in pairs], [c for _, _, c in pairs])
-    torch.autograd.backward([r for _, r, _ in pairs], [c.double() for _, _, c in pairs])
-    for n, v in run.items():
-        if torch.is_tensor(v) and v.requires_grad:
-            errs["d" + n] = rel_err(v.grad, rin[n].grad)
-    return errs
-
-
 def record(name, errs, bound):
     worst = max(errs.values())
     ok = worst <= bound
@@ -119,7 +98,7 @@ def record(name, errs, bound):
 
 
 def check_small(algo, B, T, H, K, V, dtype, bound):
-    errs = compare_same_cot(ALGOS[algo], ref, inputs(B, T, H, K, V, dtype))
+    errs = compare(ALGOS[algo], ref, inputs(B, T, H, K, V, dtype))
     record(f"{algo} B{B} T{T} H{H} K{K} V{V} {str(dtype)[6:]}", errs, bound)
 
 
@@ -165,7 +144,7 @@ def check_misc():
     for algo, fn in ALGOS.items():
         d = inputs(1, T_, 4, K_, K_, torch.bfloat16, h0=False)
         d["initial_state"] = torch.randn(4, 4, K_, K_, device=dev).requires_grad_(True)
-        errs = compare_same_cot(lambda **a: fn(**a, cu_seqlens=cu), lambda **a: ref(**a, cu_seqlens=cu), d)
+        errs = compare(lambda **a: fn(**a, cu_seqlens=cu), lambda **a: ref(**a, cu_seqlens=cu), d)
         record(f"{algo} varlen 4 seqs T{T_} H4 K{K_} bf16", errs, 2e-3)
     if len(ALGOS) == 2:     # the two algorithms agree (bf16: both within their bf16 rounding of each other)
         d = inputs(2, 2048 if not SMOKE else 100, 4, K_, K_, torch.bfloat16)

@@ -2,7 +2,7 @@
 
 CPU: fp32 (and fp16) through Triton's interpreter on tiny shapes, bound 1e-5 on o, final state and every gradient.
 GPU (``@pytest.mark.gpu``): bf16/fp16 bound 2e-3, fp32 1e-5, with the *same* dtype-rounded cotangents given to the
-kernel and the float64 reference (``compare_same_cotangents``); the large B8 T4096 H32 case checks 2 batches × 4
+kernel and the float64 reference (``groundthink.harness.compare``); the large B8 T4096 H32 case checks 2 batches × 4
 heads of the kernel's full-size run against the reference on that slice (slicing batches/heads is exact).
 """
 from __future__ import annotations
@@ -398,36 +398,10 @@ def test_wkv6_backward_without_saved_states(algo):
 
 
 # ------------------------------------------------------------------------------------------------ GPU
-def compare_same_cotangents(fn, ref, inputs, seed=0):
-    """Like harness.compare, but the reference receives the *same* cotangents as the kernel (rounded to the
-    output dtype). harness.compare gives the reference the unrounded fp64 cotangents, which for bf16 outputs adds
-    the bf16 rounding of the cotangent (~1.6e-3) to every gradient error: the floor would be ~2.3e-3 for any
-    implementation, above the issue's 2e-3 bar."""
-    run = {n: v.detach().clone().requires_grad_(v.requires_grad) if torch.is_tensor(v) else v
-           for n, v in inputs.items()}
-    rin = {n: v.detach().double().requires_grad_(v.requires_grad) if torch.is_tensor(v) and v.is_floating_point()
-           else v for n, v in inputs.items()}
-    outs, refs = fn(**run), ref(**rin)
-    gen = torch.Generator(device=outs[0].device).manual_seed(seed)
-    errs, pairs = {}, []
-    for i, (o, r) in enumerate(zip(outs, refs)):
-        if o is None:
-            continue
-        errs[f"out{i}"] = rel_err(o, r)
-        c = torch.randn(o.shape, generator=gen, device=o.device).to(o.dtype)
-        pairs.append((o, r, c))
-    torch.autograd.backward([o for o, _, _ in pairs], [c for _, _, c in pairs])
-    torch.autograd.backward([r for _, r, _ in pairs], [c.double() for _, _, c in pairs])
-    for n, v in run.items():
-        if torch.is_tensor(v) and v.requires_grad:
-            errs["d" + n] = rel_err(v.grad, rin[n].grad)
-    return errs
-
-
 def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6):
     """Kernel vs the fp64 chunked reference (run on the GPU), same cotangents on both sides."""
     d = make_inputs(B, T, H, K, V, dtype=dtype, decay=decay, h0=h0, device="cuda")
-    errs = compare_same_cotangents(fn, lambda **kw: ref_chunked(**kw, chunk_size=64), d)
+    errs = compare(fn, lambda **kw: ref_chunked(**kw, chunk_size=64), d)
     assert_close_all(errs, bound, f"B{B} T{T} H{H} K{K} V{V} {dtype}")
     return errs
 
