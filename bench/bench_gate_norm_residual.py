@@ -109,16 +109,9 @@ QUICK_PEER_SHAPES = {(32768, 2048, "row", False), (32768, 2048, "element", False
 
 
 def cases():
-    out = []
-    for shp in SHAPES:
-        for pass_ in PASSES:
-            for impl in IMPLS:
-                if PRIORITY[impl] > 1 and common.ON_GPU and common.quick() and shp not in QUICK_PEER_SHAPES:
-                    continue
-                out.append(pytest.param(impl, shp, pass_, id=common.case_id(impl, shape_str(*shp), pass_),
-                                        marks=pytest.mark.bench_priority(PRIORITY[impl])))
-    return out
-
+    # in the quick grid the peers are timed only at QUICK_PEER_SHAPES
+    return common.kernel_cases(SHAPES, PASSES, IMPLS, shape_str, PRIORITY, keep=lambda impl, shp: not (
+        PRIORITY[impl] > 1 and common.ON_GPU and common.quick() and shp not in QUICK_PEER_SHAPES))
 
 @pytest.mark.parametrize("impl,shp,pass_", cases())
 def test_gate_norm_residual(bench, impl, shp, pass_):

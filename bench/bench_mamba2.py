@@ -68,14 +68,7 @@ def flops(B, T, H, P, G, N, Q, pass_) -> float:
 
 
 def cases():
-    out = []
-    for shp in SHAPES:
-        for pass_ in PASSES:
-            for impl in IMPLS:
-                out.append(pytest.param(impl, shp, pass_, id=common.case_id(impl, shape_str(*shp), pass_),
-                                        marks=pytest.mark.bench_priority(1)))
-    return out
-
+    return common.kernel_cases(SHAPES, PASSES, IMPLS, shape_str)
 
 @pytest.mark.parametrize("impl,shp,pass_", cases())
 def test_mamba2(bench, impl, shp, pass_):

@@ -51,14 +51,7 @@ def make_inputs(B, T, H, K, V, grad: bool, dtype=torch.bfloat16, seed: int = 0) 
 
 
 def cases():
-    out = []
-    for shp in SHAPES:
-        for pass_ in PASSES:
-            for impl in IMPLS:
-                out.append(pytest.param(impl, shp, pass_, id=common.case_id(impl, shape_str(*shp), pass_),
-                                        marks=pytest.mark.bench_priority(PRIORITY[impl])))
-    return out
-
+    return common.kernel_cases(SHAPES, PASSES, IMPLS, shape_str, PRIORITY)
 
 @pytest.mark.parametrize("impl,shp,pass_", cases())
 def test_wkv6(bench, impl, shp, pass_):

@@ -490,5 +490,19 @@ def run_case(bench, *, op: str, impl: str, fn: Callable, ref64: Callable, shape:
     return row
 
 
+def kernel_cases(shapes, passes, impls, shape_str, priority=None, keep=None) -> list:
+    """pytest params (impl, shape, pass) for a kernel benchmark, ordered by ``priority[impl]`` (default 1);
+    ``keep(impl, shape)`` may drop a combination."""
+    out = []
+    for shp in shapes:
+        for pass_ in passes:
+            for impl in impls:
+                if keep is not None and not keep(impl, shp):
+                    continue
+                out.append(pytest.param(impl, shp, pass_, id=case_id(impl, shape_str(*shp), pass_),
+                                        marks=pytest.mark.bench_priority((priority or {}).get(impl, 1))))
+    return out
+
+
 def case_id(impl: str, shape: str, pass_: str) -> str:
     return f"{impl}-{shape.replace(' ', '_')}-{pass_}"

@@ -132,18 +132,23 @@ def test_g3_loss_falls_and_overfits(name, ref_ops):
     assert losses[-1] < 0.6 * losses[0], losses
 
 
+def _step_logits(m, idx):
+    """Logits of the recurrent path, token by token (``model.step``), stacked like the parallel forward's."""
+    state = m.init_state(idx.shape[0])
+    outs = []
+    for t in range(idx.shape[1]):
+        lg, state = m.step(idx[:, t], state)
+        outs.append(lg)
+    return torch.stack(outs, 1)
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_recurrent_step_matches_parallel(name, ref_ops):
     m = _model(name, ref_ops, n_layer=2).double()
     idx, _ = _batch(B=2, T=11, seed=2)
     with torch.no_grad():
         full, _ = m(idx)
-        state = m.init_state(2)
-        steps = []
-        for t in range(idx.shape[1]):
-            lg, state = m.step(idx[:, t], state)
-            steps.append(lg)
-        steps = torch.stack(steps, 1)
+        steps = _step_logits(m, idx)
         assert steps.shape == full.shape
         torch.testing.assert_close(steps, full, rtol=1e-9, atol=1e-9)
         # prefill through the chunked path with a carried state, then continue
@@ -234,12 +239,7 @@ def test_options_groups_tied_relu2_layernorm(ref_ops):
     # recurrent == parallel with groups > 1 as well
     with torch.no_grad():
         full, _ = m(idx)
-        state = m.init_state(2)
-        outs = []
-        for t in range(idx.shape[1]):
-            lg, state = m.step(idx[:, t], state)
-            outs.append(lg)
-        torch.testing.assert_close(torch.stack(outs, 1), full, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(_step_logits(m, idx), full, rtol=1e-9, atol=1e-9)
 
 
 def test_step_matches_parallel_fp32(ref_ops):
@@ -247,9 +247,5 @@ def test_step_matches_parallel_fp32(ref_ops):
     idx, _ = _batch(T=20, seed=5)
     with torch.no_grad():
         full, _ = m(idx)
-        state = m.init_state(2)
-        outs = []
-        for t in range(idx.shape[1]):
-            lg, state = m.step(idx[:, t], state)
-            outs.append(lg)
-    torch.testing.assert_close(torch.stack(outs, 1), full, rtol=1e-4, atol=1e-4)
+        stepped = _step_logits(m, idx)
+    torch.testing.assert_close(stepped, full, rtol=1e-4, atol=1e-4)
