@@ -57,8 +57,8 @@ D_{t-1} = diag(exp(w_t)) D_t + q_tᵀ do_t, dh0 = D_{-1}); at the end of each gr
 group's chunk-start states S0 from the checkpoint into a small per-program scratch (L2-resident):
    dq_t = S_{t-1} do_t + u k_t (v_t·do_t), dk_t = D_t v_t + u q_t (v_t·do_t), dv_t = k_t D_t + (Σ_k q_t u k_t) do_t,
    du = Σ_t q_t k_t (v_t·do_t) (per-program fp32 rows, summed once), each split into the S0/D parts (dots) and
-   the exact intra-chunk parts (a loop over keys j upwards with exp columns E[:, j] = exp(Gp − G_j), t > j,
-   exponent ≤ 0). With several V-blocks dq, dk, dw are per-V-block fp32 partials summed by a second kernel.
+   the exact intra-chunk parts (``_intra_bwd``: a loop over keys j upwards with exp columns
+   E[:, j] = exp(Σ_{j<i<t} w_i), t > j, exponent ≤ 0, summed directly rather than as Gp_t − G_j). With several V-blocks dq, dk, dw are per-V-block fp32 partials summed by a second kernel.
 
 dw without cancellation. The usual formula dw_j = Σ_{t>j} q_t⊙dq^s_t − Σ_{t≥j} k_t⊙dk^s_t (+ S_final⊙dS_final)
 subtracts O(1) terms of nearby (undecayed) pairs to get a result that is tiny where the decay is strong, which
@@ -120,6 +120,59 @@ def _seq_bounds(cu_ptr, i_n, T, VARLEN):
         bos = i_n.to(tl.int64) * T
         eos = bos + T
     return bos, eos
+
+
+@triton.jit
+def _intra_bwd(k_ptr, p_row, row0, L, b_q, b_wt, b_B, o_t, o_k, m_k, H: tl.constexpr, K: tl.constexpr,
+               ROWS: tl.constexpr, BK: tl.constexpr, UNROLL: tl.constexpr):
+    """Exact backward of the intra-block part for ROWS rows starting at row0, shared by both algorithms.
+    Keys j are walked upwards; P = E[:, j], E[t, j] = exp(sum_{j<i<t} w_i) for t > j (exponent <= 0):
+        A[t, j] = sum_k q_t k_j P          (o_t = sum_j A[t, j] v_j  ->  dv_j += sum_t A[t, j] do_t)
+        dq_t   += B[t, j] k_j P[t]         (B[t, s] = do_t . v_s)
+        dk_j    = sum_t B[t, j] q_t P[t]
+        dw_j   += sum_{t>j} sum_{s<j} q_t B[t, s] k_s E[t, s]   (pairs spanning j; F = running sum over s < j)
+    The exponent of P is summed directly per column: a difference of two prefix sums loses ~|G|·eps absolute
+    when large decays precede a near-1 pair (fp32 dw error 1e-5 at w = -60). Returns (A, dq, dk, dw), fp32."""
+    b_A = tl.zeros([ROWS, ROWS], dtype=tl.float32)
+    b_dq = tl.zeros([ROWS, BK], dtype=tl.float32)
+    b_dk = tl.zeros([ROWS, BK], dtype=tl.float32)
+    b_dw = tl.zeros([ROWS, BK], dtype=tl.float32)
+    b_F = tl.zeros([ROWS, BK], dtype=tl.float32)
+    for j in tl.range(0, ROWS, loop_unroll_factor=UNROLL):
+        m_j = m_k & (o_k * 0 + row0 + j < L)
+        b_kj = tl.load(k_ptr + p_row + j * H * K, mask=m_j, other=0.).to(tl.float32)
+        m_after = o_t[:, None] > j
+        b_dw = tl.where(o_t[:, None] == j, tl.sum(tl.where(m_after, b_F, 0.), axis=0)[None, :], b_dw)
+        b_wa = tl.where(m_after, b_wt, 0.)
+        b_P = tl.where(m_after, tl.exp(tl.cumsum(b_wa, axis=0) - b_wa), 0.)
+        b_bj = tl.sum(tl.where(o_t[None, :] == j, b_B, 0.), axis=1)
+        b_qbp = b_q * b_bj[:, None] * b_P
+        b_dk = tl.where(o_t[:, None] == j, tl.sum(b_qbp, axis=0)[None, :], b_dk)
+        b_dq += b_bj[:, None] * b_kj[None, :] * b_P
+        b_F += b_qbp * b_kj[None, :]
+        b_A = tl.where(o_t[None, :] == j, tl.sum(b_q * b_kj[None, :] * b_P, axis=1)[:, None], b_A)
+    return b_A, b_dq, b_dk, b_dw
+
+
+@triton.jit
+def _state_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, b_A, b_dq, b_dk, b_dw, PREC: tl.constexpr):
+    """The state-crossing terms of one block's backward, shared by both algorithms, given S at the block start
+    (b_h, K×V) and dL/dS at its end (b_dh): dq^s_t += exp(Gp_t) (S0 do_t), dk^s_t += exp(G_L − G_t) (D v_t)
+    (G_L − G_t as a suffix sum), dv_t = (k_t ⊙ exp(G_L − G_t)) D + Σ_t' A[t', t] do_t', and dw over the pairs
+    crossing the block boundary: queries here vs earlier keys, keys here vs later queries, and earlier keys vs
+    later queries (exp(G_L) S0 : D). Returns (dq, dk, dv, dw, exp(Gp), G_L)."""
+    b_gp = tl.cumsum(b_w, axis=0) - b_w
+    b_gl = tl.sum(b_w, axis=0)
+    b_egp = tl.exp(b_gp)
+    b_egl = tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
+    b_dqx = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
+    b_dkx = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
+    b_dv = tl.dot(b_k * b_egl, b_dh, input_precision=PREC) + tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+    b_a = b_q * b_dqx
+    b_b = b_k * b_dkx
+    b_dw += tl.cumsum(b_a, axis=0, reverse=True) - b_a + tl.cumsum(b_b, axis=0) - b_b
+    b_dw += (tl.exp(b_gl) * tl.sum(b_h * b_dh, axis=1))[None, :]
+    return b_dq + b_dqx, b_dk + b_dkx, b_dv, b_dw, b_egp, b_gl
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -294,10 +347,9 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
                                   .to(tl.float32), 0.)
                 b_vg = tl.load(v_ptr + tok_g[:, None] * V + o_v[None, :], mask=m_g[:, None] & m_v[None, :],
                                other=0.).to(tl.float32)
-                b_gg = tl.cumsum(b_wg, axis=0)
                 b_glg = tl.sum(b_wg, axis=0)
-                b_s = b_s * tl.exp(b_glg)[:, None] + tl.dot(tl.trans(b_kg * tl.exp(b_glg[None, :] - b_gg)), b_vg,
-                                                            input_precision=PREC)
+                b_kdg = b_kg * tl.exp(tl.cumsum(b_wg, axis=0, reverse=True) - b_wg)   # G_L - G_t as a suffix sum
+                b_s = b_s * tl.exp(b_glg)[:, None] + tl.dot(tl.trans(b_kdg), b_vg, input_precision=PREC)
                 tl.store(p_sc + (i_g - g0 + 1) * BK * BV, b_s)
             tl.debug_barrier()
         rows = i_c * BT + o_t
@@ -309,62 +361,25 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
         m_tv = m_t[:, None] & m_v[None, :]
         b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
         b_wt = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
-        b_gp = tl.cumsum(b_wt, axis=0) - b_wt
         b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-        # ---- exact intra-chunk part, keys j walked upwards; P = E[:, j] = exp(Gp_t - G_j) (t > j, exponent <= 0)
-        #   A[t, j] = sum_k q_t k_j P          (o_t = sum_j A[t, j] v_j  ->  dv_j += sum_t A[t, j] do_t)
-        #   dq_t   += B[t, j] k_j P[t]         (B[t, s] = do_t . v_s)
-        #   dk_j    = sum_t B[t, j] q_t P[t]
-        #   dw_j   += sum_{t>j} sum_{s<j} q_t B[t, s] k_s E[t, s]   (pairs spanning j; F = running sum over s < j)
+        # ---- exact intra-chunk part (see _intra_bwd)
         b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
         p_row = ((bos + i_c * BT) * H + i_h) * K + o_k
-        b_A = tl.zeros([BT, BT], dtype=tl.float32)
-        b_dq = tl.zeros([BT, BK], dtype=tl.float32)
-        b_dk = tl.zeros([BT, BK], dtype=tl.float32)
-        b_dw = tl.zeros([BT, BK], dtype=tl.float32)
-        b_F = tl.zeros([BT, BK], dtype=tl.float32)
-        for j in tl.range(0, BT, loop_unroll_factor=UNROLL):
-            m_j = m_k & (o_k * 0 + i_c * BT + j < L)
-            b_kj = tl.load(k_ptr + p_row + j * H * K, mask=m_j, other=0.).to(tl.float32)
-            m_after = o_t[:, None] > j
-            b_dw = tl.where(o_t[:, None] == j, tl.sum(tl.where(m_after, b_F, 0.), axis=0)[None, :], b_dw)
-            # exponent of P[t] = sum_{j<i<t} w_i, summed directly: a difference of two prefix sums loses
-            # ~|G|·eps absolute when large decays precede a near-1 pair (dw error 1e-5 at w = -60)
-            b_wa = tl.where(m_after, b_wt, 0.)
-            b_P = tl.where(m_after, tl.exp(tl.cumsum(b_wa, axis=0) - b_wa), 0.)
-            b_bj = tl.sum(tl.where(o_t[None, :] == j, b_B, 0.), axis=1)
-            b_qbp = b_q * b_bj[:, None] * b_P
-            b_dk = tl.where(o_t[:, None] == j, tl.sum(b_qbp, axis=0)[None, :], b_dk)
-            b_dq += b_bj[:, None] * b_kj[None, :] * b_P
-            b_F += b_qbp * b_kj[None, :]
-            b_A = tl.where(o_t[None, :] == j, tl.sum(b_q * b_kj[None, :] * b_P, axis=1)[:, None], b_A)
+        b_A, b_dq, b_dk, b_dw = _intra_bwd(k_ptr, p_row, i_c * BT, L, b_q, b_wt, b_B, o_t, o_k, m_k, H, K, BT, BK,
+                                           UNROLL)
         # tiles reloaded here (L1/L2 hits) rather than kept live through the unrolled loop
         b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
         b_wr = tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
         b_w = tl.minimum(b_wr, 0.)
         b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-        b_g = tl.cumsum(b_w, axis=0)
-        b_gp = b_g - b_w
-        b_gl = tl.sum(b_w, axis=0)
         b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
-        # ---- state parts: dq^s_t += exp(Gp_t) (S0 do_t), dk^s_t += exp(G_L - G_t) (D v_t)
+        # ---- state-crossing parts (see _state_bwd)
         b_h = tl.load(p_sc + (i_c % CK) * BK * BV)
-        b_egp = tl.exp(b_gp)
-        b_egl = tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)  # G_L - G_t as a suffix sum
-        b_dqx = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
-        b_dkx = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
-        b_dq += b_dqx
-        b_dk += b_dkx
-        b_dv = tl.dot(b_k * b_egl, b_dh, input_precision=PREC) + tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+        b_dq, b_dk, b_dv, b_dw, b_egp, b_gl = _state_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, b_A, b_dq, b_dk,
+                                                         b_dw, PREC)
         tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
-        # dw, pairs crossing the chunk boundary: queries t > j here vs earlier keys, keys s < j here vs later
-        # queries, and earlier keys vs later queries (exp(G_L) S0 : D)
-        b_a = b_q * b_dqx
-        b_b = b_k * b_dkx
-        b_dw += tl.cumsum(b_a, axis=0, reverse=True) - b_a + tl.cumsum(b_b, axis=0) - b_b
-        b_dw += (tl.exp(b_gl) * tl.sum(b_h * b_dh, axis=1))[None, :]
         if DIRECT:
             b_vd = tl.sum(b_v * b_do, axis=1)
             b_du += tl.sum(b_q * b_k * b_vd[:, None], axis=0)
@@ -719,51 +734,19 @@ def _chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr,
     m_tv = m_t[:, None] & m_v[None, :]
     b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
     b_wt = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
-    b_gp = tl.cumsum(b_wt, axis=0) - b_wt
     b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
     b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-    # exact intra-sub-block part, keys j walked upwards (as in _wkv6_bwd_main_kernel)
+    # exact intra-sub-block part (see _intra_bwd)
     b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
     p_row = ((bos + r0) * H + i_h) * K + o_k
-    b_A = tl.zeros([SB, SB], dtype=tl.float32)
-    b_dq = tl.zeros([SB, BK], dtype=tl.float32)
-    b_dk = tl.zeros([SB, BK], dtype=tl.float32)
-    b_dw = tl.zeros([SB, BK], dtype=tl.float32)
-    b_F = tl.zeros([SB, BK], dtype=tl.float32)
-    for j in range(0, SB):
-        m_j = m_k & (o_k * 0 + r0 + j < L)
-        b_kj = tl.load(k_ptr + p_row + j * H * K, mask=m_j, other=0.).to(tl.float32)
-        m_after = o_t[:, None] > j
-        b_dw = tl.where(o_t[:, None] == j, tl.sum(tl.where(m_after, b_F, 0.), axis=0)[None, :], b_dw)
-        # exponent of P[t] = sum_{j<i<t} w_i, summed directly: a difference of two prefix sums loses
-        # ~|G|·eps absolute when large decays precede a near-1 pair (dw error 1e-5 at w = -60)
-        b_wa = tl.where(m_after, b_wt, 0.)
-        b_P = tl.where(m_after, tl.exp(tl.cumsum(b_wa, axis=0) - b_wa), 0.)
-        b_bj = tl.sum(tl.where(o_t[None, :] == j, b_B, 0.), axis=1)
-        b_qbp = b_q * b_bj[:, None] * b_P
-        b_dk = tl.where(o_t[:, None] == j, tl.sum(b_qbp, axis=0)[None, :], b_dk)
-        b_dq += b_bj[:, None] * b_kj[None, :] * b_P
-        b_F += b_qbp * b_kj[None, :]
-        b_A = tl.where(o_t[None, :] == j, tl.sum(b_q * b_kj[None, :] * b_P, axis=1)[:, None], b_A)
+    b_A, b_dq, b_dk, b_dw = _intra_bwd(k_ptr, p_row, r0, L, b_q, b_wt, b_B, o_t, o_k, m_k, H, K, SB, BK, 1)
     b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
     b_wr = tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
     b_w = tl.minimum(b_wr, 0.)
-    b_g = tl.cumsum(b_w, axis=0)
-    b_gp = b_g - b_w
-    b_gl = tl.sum(b_w, axis=0)
     b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
-    b_egp = tl.exp(b_gp)
-    b_egl = tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
-    b_dqx = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
-    b_dkx = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
-    b_dq += b_dqx
-    b_dk += b_dkx
-    b_dv = tl.dot(b_k * b_egl, b_dh, input_precision=PREC) + tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+    b_dq, b_dk, b_dv, b_dw, b_egp, b_gl = _state_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, b_A, b_dq, b_dk, b_dw,
+                                                     PREC)
     tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
-    b_a = b_q * b_dqx
-    b_b = b_k * b_dkx
-    b_dw += tl.cumsum(b_a, axis=0, reverse=True) - b_a + tl.cumsum(b_b, axis=0) - b_b
-    b_dw += (tl.exp(b_gl) * tl.sum(b_h * b_dh, axis=1))[None, :]
     b_vd = tl.sum(b_v * b_do, axis=1)
     b_du = tl.sum(b_q * b_k * b_vd[:, None], axis=0)
     b_dq += b_u[None, :] * b_k * b_vd[:, None]
