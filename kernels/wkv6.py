@@ -58,7 +58,8 @@ group's chunk-start states S0 from the checkpoint into a small per-program scrat
    dq_t = S_{t-1} do_t + u k_t (v_t·do_t), dk_t = D_t v_t + u q_t (v_t·do_t), dv_t = k_t D_t + (Σ_k q_t u k_t) do_t,
    du = Σ_t q_t k_t (v_t·do_t) (per-program fp32 rows, summed once), each split into the S0/D parts (dots) and
    the exact intra-chunk parts (``_intra_bwd``: a loop over keys j upwards with exp columns
-   E[:, j] = exp(Σ_{j<i<t} w_i), t > j, exponent ≤ 0, summed directly rather than as Gp_t − G_j). With several V-blocks dq, dk, dw are per-V-block fp32 partials summed by a second kernel.
+   E[:, j] = exp(Σ_{j<i<t} w_i), t > j, exponent ≤ 0, summed directly rather than as Gp_t − G_j).
+   With several V-blocks dq, dk, dw are per-V-block fp32 partials summed by a second kernel.
 
 dw without cancellation. The usual formula dw_j = Σ_{t>j} q_t⊙dq^s_t − Σ_{t≥j} k_t⊙dk^s_t (+ S_final⊙dS_final)
 subtracts O(1) terms of nearby (undecayed) pairs to get a result that is tiny where the decay is strong, which
