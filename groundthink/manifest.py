@@ -2,12 +2,13 @@
 
 Written by the benchmark run (``pytest bench/ --benchmark``) to ``profiles/<gpu-slug>/gates.json``; read by the
 op registry when training asks for ``--kernels auto``. A manifest is trusted only for the GPU, torch and triton
-versions it was measured with and for the exact kernel sources (sha256 over ``kernels/*.py``); anything else is
-reported as "stale — re-run the benchmarks".
+versions it was measured with; an op's verdict only for the exact kernel sources it was measured with (sha256 over
+the shared ``kernels/__init__.py``, ``kernels/_common.py`` and ``kernels/<op>.py``: ``op_hashes``), so editing one
+kernel does not discard the others' evidence. Anything else is reported as "stale — re-run the benchmarks".
 
 Format::
 
-    {"meta": {"gpu": ..., "slug": ..., "versions": {...}, "kernel_hash": ..., "created": ...},
+    {"meta": {"gpu": ..., "slug": ..., "versions": {...}, "kernel_hash": ..., "op_hashes": {op: ...}, "created": ...},
      "ops": {"wkv6": {"triton": {"allowed": true, "reason": "...", "dtype": "bfloat16",
                                  "errors": {"out0": 1e-3, "dr": ...},
                                  "shapes": [{"shape": "...", "ms": ..., "ref_ms": ..., "speedup": ...,
@@ -31,12 +32,35 @@ ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "profiles"
 
 
-def kernel_hash() -> str:
+SHARED_KERNEL_SOURCES = ("kernels/__init__.py", "kernels/_common.py")
+
+
+def _hash_files(paths, read=lambda rel: (ROOT / rel).read_bytes()) -> str:
     h = hashlib.sha256()
-    for p in sorted((ROOT / "kernels").rglob("*.py")):
-        h.update(p.relative_to(ROOT).as_posix().encode())
-        h.update(p.read_bytes())
+    for rel in sorted(paths):
+        h.update(rel.encode())
+        h.update(read(rel))
     return h.hexdigest()[:16]
+
+
+def kernel_sources(op: str | None = None) -> list[str]:
+    """Repository-relative kernel sources: all of kernels/ (op None), or those one op's verdict depends on: the
+    shared plumbing plus kernels/<op>.py or kernels/<op>/ (none of its own for an op served by a peer package)."""
+    if op is None:
+        return [p.relative_to(ROOT).as_posix() for p in (ROOT / "kernels").rglob("*.py")]
+    own = [p.relative_to(ROOT).as_posix() for p in [ROOT / "kernels" / f"{op}.py", *(ROOT / "kernels" / op).rglob("*.py")]
+           if p.is_file()]
+    return [*SHARED_KERNEL_SOURCES, *own]
+
+
+def kernel_hash(op: str | None = None) -> str:
+    """sha256 (16 hex) over the kernel sources: all of kernels/, or one op's (``kernel_sources(op)``)."""
+    return _hash_files(kernel_sources(op))
+
+
+def op_hashes() -> dict[str, str]:
+    from groundthink.registry import OPS
+    return {op: kernel_hash(op) for op in OPS}
 
 
 def manifest_path(slug: str | None = None) -> Path:
@@ -49,7 +73,8 @@ def manifest_path(slug: str | None = None) -> Path:
 def meta() -> dict:
     v = versions()
     return {"gpu": gpu_name(), "slug": gpu_slug(), "versions": {k: v[k] for k in ("torch", "triton", "cuda")},
-            "kernel_hash": kernel_hash(), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "kernel_hash": kernel_hash(), "op_hashes": op_hashes(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def decide(errors_ok: bool, shapes: list[dict], error_note: str = "") -> tuple[bool, str]:
@@ -101,8 +126,8 @@ def load(path: Path | None = None) -> tuple[dict | None, str]:
     for key in ("torch", "triton"):
         if m.get("versions", {}).get(key) != now["versions"][key]:
             problems.append(f"{key} {m.get('versions', {}).get(key)} → {now['versions'][key]}")
-    if m.get("kernel_hash") != now["kernel_hash"]:
-        problems.append("kernel sources changed since the benchmark")
+    if "op_hashes" not in m and m.get("kernel_hash") != now["kernel_hash"]:
+        problems.append("kernel sources changed since the benchmark")  # (older manifests: one hash for all ops)
     if problems:
         return data, "stale: " + "; ".join(problems) + " — re-run the benchmarks"
     return data, "ok"
@@ -115,4 +140,8 @@ def verdict(data: dict | None, status: str, op: str, impl: str) -> tuple[bool, s
     entry = data.get("ops", {}).get(op, {}).get(impl)
     if entry is None:
         return False, f"manifest has no verdict for {op}/{impl} — run pytest bench/ --benchmark"
+    measured = data.get("meta", {}).get("op_hashes", {}).get(op)
+    if measured is not None and measured != kernel_hash(op):
+        return False, (f"stale: {', '.join(kernel_sources(op))} changed since the benchmark — re-run the "
+                       "benchmarks")
     return bool(entry.get("allowed")), entry.get("reason", "")

@@ -107,15 +107,26 @@ def test_manifest_from_rows_write_load_stale(tmp_path, monkeypatch):
     assert status == "ok", status
     assert manifest.verdict(data, status, "wkv6", "triton")[0] is True
     assert manifest.verdict(data, status, "gate_norm_residual", "triton")[0] is False
-    # stale: kernel sources changed since the benchmark
-    data["meta"]["kernel_hash"] = "0" * 16
+    # stale: one op's kernel sources changed since the benchmark -> only that op's verdicts are void
+    data["meta"]["op_hashes"]["wkv6"] = "0" * 16
     path.write_text(json.dumps(data))
     data2, status2 = manifest.load(path)
-    assert status2.startswith("stale") and "kernel sources changed" in status2
-    assert manifest.verdict(data2, status2, "wkv6", "triton")[0] is False
+    assert status2 == "ok"
+    ok, why = manifest.verdict(data2, status2, "wkv6", "triton")
+    assert not ok and why.startswith("stale") and "kernels/wkv6.py" in why
+    assert manifest.verdict(data2, status2, "wkv6", "fla_chunk")[0] is False      # its op's evidence is void too
+    assert manifest.verdict(data2, status2, "mamba2", "mamba_ssm") == manifest.verdict(data, status, "mamba2",
+                                                                                          "mamba_ssm")
+    # an older manifest without per-op hashes: one hash for all ops
+    del data["meta"]["op_hashes"]
+    data["meta"]["kernel_hash"] = "0" * 16
+    path.write_text(json.dumps(data))
+    data3, status3 = manifest.load(path)
+    assert status3.startswith("stale") and "kernel sources changed" in status3
+    assert manifest.verdict(data3, status3, "gate_norm_residual", "triton")[0] is False
     # missing
-    d3, s3 = manifest.load(tmp_path / "nope.json")
-    assert d3 is None and "no manifest" in s3
+    d4, s4 = manifest.load(tmp_path / "nope.json")
+    assert d4 is None and "no manifest" in s4
 
 
 def test_csv_columns_and_report(tmp_path):

@@ -46,13 +46,19 @@ def test_manifest_roundtrip_and_staleness(tmp_path, monkeypatch):
     assert status == "ok"
     assert manifest.verdict(data, status, "wkv6", "triton") == (True, "allowed: test")
     assert not manifest.verdict(data, status, "gate_norm_residual", "triton")[0]
-    # a different kernel source hash makes it stale
+    # a different source hash of the op's kernel makes its verdict stale
     raw = json.loads(path.read_text())
-    raw["meta"]["kernel_hash"] = "0" * 16
+    raw["meta"]["op_hashes"]["wkv6"] = "0" * 16
+    path.write_text(json.dumps(raw))
+    data, status = manifest.load(path)
+    ok, why = manifest.verdict(data, status, "wkv6", "triton")
+    assert not ok and why.startswith("stale") and "re-run the benchmarks" in why
+    # another GPU or torch/triton version makes the whole manifest stale
+    raw["meta"]["versions"]["triton"] = "0.0"
     path.write_text(json.dumps(raw))
     data, status = manifest.load(path)
     assert status.startswith("stale") and "re-run the benchmarks" in status
-    assert not manifest.verdict(data, status, "wkv6", "triton")[0]
+    assert not manifest.verdict(data, status, "gate_norm_residual", "triton")[0]
 
 
 def test_missing_manifest_says_how_to_make_one(tmp_path):
