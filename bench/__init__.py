@@ -6,7 +6,7 @@ Run (GPU machine, no network needed; installs the peer wheels from .gpu-wheels/ 
 
 or by hand:
 
-    pytest bench/ --benchmark [-k wkv6] [--benchmark-json out.json]
+    pytest bench/ --benchmark [-k gate_norm_residual] [--benchmark-json out.json]
     python -m bench.report [--gpu SLUG | --dir DIR]
     python -m bench.bench_train --validity [--steps 300 --ref-steps 100]    # train.py triton vs reference curves
 
@@ -14,9 +14,10 @@ Without ``--benchmark`` every benchmark is skipped (``pytest bench/`` takes abou
 ``profiles/<gpu-slug>/`` (``GT_BENCH_OUT`` overrides): ``bench.csv`` (one row per op × implementation × shape ×
 pass, rewritten after every row), ``bench_rows.json``, ``gates.json`` (GPU only), ``report.md`` + PNGs + pivots.
 
-Modules: ``common`` (timing, bandwidth, memory, rows, manifest evidence), ``conftest`` (the flag, run order,
-session-end writers), ``bench_wkv6``, ``bench_gate_norm_residual``, ``bench_mamba2``, ``bench_train``,
-``peer_model`` (fla RWKV6Attention ∥ mamba-ssm Mamba2), ``report``.
+Modules: ``common`` (timing, bandwidth, memory, rows, cases from the op specs), ``conftest`` (the flag, run
+order, session-end writers: CSV, JSON, the gate manifest through ``groundthink.gate``), ``bench_ops`` (every op
+whose spec declares a benchmark), ``bench_wkv6``, ``bench_train``, ``peer_model`` (fla RWKV6Attention ∥
+mamba-ssm Mamba2), ``report``.
 Environment: GT_BENCH_QUICK (1 default: bounded grid), GT_BENCH_BUDGET_S (soft budget, 400 s quick),
 GT_BENCH_CUDAGRAPH=1 (CUDA-graph timings of µs forward rows), GT_BENCH_OUT.
 """

@@ -19,14 +19,19 @@ How a figure is measured (GPU):
 On a CPU machine the same code runs tiny shapes (Triton interpreter, host clock); every row is labelled
 ``NOT_A_MEASUREMENT`` and no gate manifest is written.
 
-Results accumulate in ``RESULTS`` (one dict per row); ``bench.conftest`` finishes them at session end
-(speedups, CSV, JSON, manifest). Environment:
+Every row carries ``source_hash``: the hash of the op's sources that measured it (``groundthink.gate.op_hash``),
+so that the gate builds a verdict only from rows of one version of the code.
+
+What to benchmark comes from the ops' specs (``kernels/<op>/spec.py``: implementations, roles, shapes, inputs,
+bytes, FLOPs; ``spec_cases`` / ``run_spec_case``). Results accumulate in ``RESULTS`` (one dict per row);
+``bench.conftest`` finishes them at session end (speedups, CSV, JSON, manifest). Environment:
     GT_BENCH_QUICK     1 (default): the bounded grid (~7 min on an H100); 0: every variant and shape, more reps
     GT_BENCH_BUDGET_S  soft wall-clock budget for starting new benchmarks (default 400 s quick, 0 = none);
                        lower-priority rows (peers, training) are skipped once it is spent, and say so
     GT_BENCH_OUT       output folder (default profiles/<gpu-slug>/)
     GT_BENCH_MERGE     1: keep the rows of the bench.csv already there that this run does not re-measure (for a
-                       partial re-run with -k); the CSV and the manifest are then built from the merged rows
+                       partial re-run with -k); the CSV and the manifest are then built from the merged rows,
+                       each verdict from rows of one source hash (kept rows keep theirs)
 """
 from __future__ import annotations
 
@@ -42,6 +47,9 @@ from typing import Callable, Iterable
 import pytest
 import torch
 
+from groundthink import gate
+from groundthink.spec import get, specs
+
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 NOT_A_MEASUREMENT = "NOT A PERFORMANCE MEASUREMENT (CPU: Triton interpreter / eager PyTorch, tiny shapes)"
@@ -52,11 +60,10 @@ CSV_COLUMNS = ["op", "impl", "shape", "pass", "dtype", "ms", "gbps", "pct_bw", "
                "speedup_vs_ref", "speedup_vs_best_peer", "max_rel_err",
                # extra context (the first 13 columns are the contract)
                "variant", "tok_s", "timer", "reps", "warmup_s", "err_shape", "errors", "copy_gbps", "ms_graph",
-               "measurement", "note"]
+               "measurement", "note", "source_hash"]
 
-# Which implementations count as "peers" (speedup_vs_best_peer) and which is the lab's, per op.
-PEERS = {"wkv6": ("fla_chunk", "fla_recurrent"), "gate_norm_residual": ("compile", "fla_rmsnorm"),
-         "mamba2": (), "train": ("peer",)}
+# Which implementations count as "peers" (speedup_vs_best_peer), per op: the specs' peers, training's peer model
+PEERS = {**{op: tuple(i.name for i in s.role("peer")) for op, s in specs().items()}, "train": ("peer",)}
 REFERENCE = "reference"
 
 RESULTS: list[dict] = []
@@ -210,21 +217,7 @@ def as_tuple(x) -> tuple:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
-def make_backward(fn: Callable, inputs: dict, seed: int = 0) -> tuple[Callable, list[torch.Tensor]]:
-    """A fwd+bwd step of ``fn(**inputs)`` with fixed random cotangents; returns (step, leaves to clear)."""
-    leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
-    outs = [o for o in as_tuple(fn(**inputs)) if isinstance(o, torch.Tensor) and o.requires_grad]
-    gen = torch.Generator(device=DEVICE).manual_seed(seed)
-    cots = [torch.randn(o.shape, generator=gen, device=o.device, dtype=torch.float32).to(o.dtype) for o in outs]
-    del outs
-    for t in leaves:
-        t.grad = None
-
-    def step():
-        res = [o for o in as_tuple(fn(**inputs)) if isinstance(o, torch.Tensor) and o.requires_grad]
-        torch.autograd.backward(res, cots)
-
-    return step, leaves
+make_backward = gate.fwd_bwd_step   # (fn, inputs, seed) -> (fwd+bwd step, leaves to clear)
 
 
 def record(benchmark, *, op: str, impl: str, shape: str, pass_: str, dtype: str, ms: float | None,
@@ -247,6 +240,7 @@ def record(benchmark, *, op: str, impl: str, shape: str, pass_: str, dtype: str,
         "err_shape": err_shape, "errors": json.dumps(finite_errs) if finite_errs else "",
         "copy_gbps": copy_gbps, "ms_graph": ms_graph, "measurement": measurement_label(),
         "note": "; ".join(x for x in (note, "" if ON_GPU else NOT_A_MEASUREMENT) if x),
+        "source_hash": gate.op_hash(op) if op in specs() else "",
     }
     RESULTS.append(row)
     if benchmark is not None:
@@ -373,69 +367,23 @@ def write_rows_json(rows: list[dict], path: Path) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------------- the manifest
-
-def build_manifest_ops(rows: list[dict]) -> dict:
-    """Per op and non-reference implementation: the gate verdict (``manifest.decide``) and its evidence."""
-    from groundthink.harness import BOUNDS
-    from groundthink.manifest import decide
-
-    ops: dict = {}
-    kernel_rows = [r for r in rows if r["op"] != "train"]
-    pairs = sorted({(r["op"], r["impl"]) for r in kernel_rows if r["impl"] != REFERENCE})
-    for op, impl in pairs:
-        mine = [r for r in kernel_rows if r["op"] == op and r["impl"] == impl]
-        dtype = mine[0]["dtype"]
-        bound = BOUNDS.get(getattr(torch, dtype, None), BOUNDS[torch.bfloat16])
-        errors: dict[str, float] = {}
-        failed_runs = [r for r in mine if not r.get("ms")]
-        for r in mine:
-            for k, v in json.loads(r["errors"] or "{}").items():
-                errors[k] = max(errors.get(k, 0.0), v)
-        refs = {(r["shape"], r["pass"]): r for r in kernel_rows
-                if r["op"] == op and r["impl"] == REFERENCE and r.get("ms")}
-        shapes = []
-        for r in mine:
-            rr = refs.get((r["shape"], r["pass"]))
-            if not r.get("ms") or rr is None:
-                continue
-            shapes.append({"shape": f"{r['shape']} {r['pass']}", "ms": r["ms"], "ref_ms": rr["ms"],
-                           "speedup": rr["ms"] / r["ms"], "peak_mb": r.get("peak_mb"),
-                           "ref_peak_mb": rr.get("peak_mb")})
-        bad = sorted(k for k, v in errors.items() if not v <= bound)
-        notes = []
-        if not errors:
-            notes.append("no correctness check completed")
-        if bad:
-            notes.append(f"relative error above {bound:g} in {', '.join(bad)}")
-        if failed_runs:
-            notes.append("failed to run at " + ", ".join(f"{r['shape']} {r['pass']}" for r in failed_runs))
-        errors_ok = bool(errors) and not bad and not failed_runs
-        allowed, reason = decide(errors_ok, shapes, "; ".join(notes))
-        ops.setdefault(op, {})[impl] = {"allowed": allowed, "reason": reason, "dtype": dtype, "bound": bound,
-                                        "errors": errors, "shapes": shapes}
-    return ops
-
-
 # ---------------------------------------------------------------------------------------- one kernel row
 
-LAB_OR_REF = {"reference", "triton", "triton_fused"}  # run (and must pass) on every machine
+def must_pass(op: str, impl: str) -> bool:
+    """The lab's kernels and the reference run (and must pass) on every machine; peers may be absent."""
+    return get(op).impl(impl).role in ("reference", "lab")
 
 
 def load_impl(op: str, impl: str, extra: dict | None = None) -> Callable:
-    """The implementation to benchmark; skips the row (with the reason) when it is absent on this machine."""
-    from groundthink import registry
-    if extra and impl in extra:
-        maker = extra[impl]
-    else:
-        def maker():
-            return registry.load(op, impl)
-    if not ON_GPU and impl not in LAB_OR_REF:
+    """The implementation to benchmark; skips the row (with the reason) when it is absent on this machine.
+    ``extra``: impl -> a zero-argument maker overriding the spec's target."""
+    entry = get(op).impl(impl)
+    if not entry.runs_here(ON_GPU):
         pytest.skip(f"{op}/{impl}: GPU-only peer")
     try:
-        return maker()
+        return extra[impl]() if extra and impl in extra else entry.load()
     except ImportError as e:
-        if impl in LAB_OR_REF:
+        if must_pass(op, impl):
             raise
         pytest.skip(f"{op}/{impl} not installed here: {e}")
 
@@ -479,13 +427,13 @@ def run_case(bench, *, op: str, impl: str, fn: Callable, ref64: Callable, shape:
         if ON_GPU:
             torch.cuda.empty_cache()
         row = record(bench, ms=None, errors=errors, note="; ".join(notes + [msg]), **common_kw)
-        if impl in LAB_OR_REF and not oom:
+        if must_pass(op, impl) and not oom:
             pytest.fail(f"{op}/{impl} {shape} {pass_}: {msg}")
         pytest.skip(f"{op}/{impl} {shape} {pass_}: {msg}")
         return row
     row = record(bench, ms=ms, nbytes=nbytes, flops=flops, peak_mb=peak, errors=errors, timer=timer, reps=reps,
                  warmup_s=warmup_s, ms_graph=ms_graph, note="; ".join(notes), **common_kw)
-    if notes and impl in LAB_OR_REF:
+    if notes and must_pass(op, impl):
         pytest.fail(f"{op}/{impl} {shape} {pass_}: {notes[0]}")
     return row
 
@@ -506,3 +454,46 @@ def kernel_cases(shapes, passes, impls, shape_str, priority=None, keep=None) -> 
 
 def case_id(impl: str, shape: str, pass_: str) -> str:
     return f"{impl}-{shape.replace(' ', '_')}-{pass_}"
+
+
+# ------------------------------------------------------------------------------------ cases from the specs
+
+def bench_shapes(op: str) -> list:
+    b = get(op).bench
+    return b.shapes() if ON_GPU else list(b.cpu_shapes)
+
+
+def spec_cases(ops=None) -> list:
+    """pytest params (op, impl, shape, pass) of every op with a ``bench`` in its spec (``ops``: only these), in
+    the spec's priority order; in the quick grid the peers only where the spec's ``quick_peer`` says so."""
+    out = []
+    for op, spec in specs().items():
+        if spec.bench is None or (ops is not None and op not in ops):
+            continue
+        prio = {i.name: spec.priority(i) for i in spec.impls}
+        qp = spec.bench.quick_peer
+
+        def keep(impl, shp, prio=prio, qp=qp):
+            return not (prio[impl] > 1 and ON_GPU and quick() and qp is not None and not qp(*shp))
+
+        for p in kernel_cases(bench_shapes(op), spec.bench.passes, [i.name for i in spec.impls],
+                              spec.bench.shape_str, prio, keep):
+            out.append(pytest.param(op, *p.values, id=f"{op}-{p.id}", marks=p.marks))
+    return out
+
+
+def run_spec_case(bench, op: str, impl: str, shp: tuple, pass_: str) -> dict:
+    """One row of an op declared in its spec: its reference at float64 for the errors, its inputs, bytes,
+    FLOPs and error shape."""
+    spec = get(op)
+    b = spec.bench
+    if spec.priority(spec.impl(impl)) > 1:
+        require_budget(f"{op}/{impl}")
+    fn = load_impl(op, impl)
+    err = b.err_shape(*shp) if b.err_shape else shp
+    return run_case(
+        bench, op=op, impl=impl, fn=fn, ref64=spec.reference.load(), shape=b.shape_str(*shp), pass_=pass_,
+        make_inputs=lambda grad: b.make_inputs(*shp, grad, dtype=b.dtype, device=DEVICE),
+        make_err_inputs=lambda grad: b.make_inputs(*err, grad, dtype=b.dtype, seed=1, device=DEVICE),
+        err_shape=b.shape_str(*err), nbytes=b.nbytes(*shp, pass_) if b.nbytes else None,
+        flops=b.flops(*shp, pass_) if b.flops else None, dtype=str(b.dtype).replace("torch.", ""))

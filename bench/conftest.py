@@ -7,7 +7,8 @@
   then training), so a spent time budget (``GT_BENCH_BUDGET_S``) cuts the least important rows.
 * At session end (before pytest-benchmark writes its JSON): speedups are filled in, the flat CSV
   ``<out>/bench.csv`` and ``<out>/bench_rows.json`` are written, and on a GPU the gate manifest
-  ``profiles/<gpu-slug>/gates.json`` (``groundthink.manifest.write``) — one run, one manifest. On a CPU machine no
+  ``profiles/<gpu-slug>/gates.json`` (``groundthink.gate``: evidence from the rows, the rule, the file) — one
+  run, one manifest. On a CPU machine no
   manifest is written: interpreter timings are not evidence, and the registry never reads a manifest without CUDA.
 """
 from __future__ import annotations
@@ -132,11 +133,10 @@ def pytest_sessionfinish(session, exitstatus):
     if not common.ON_GPU:
         say(f"groundthink bench: {common.NOT_A_MEASUREMENT}; no gate manifest written on CPU")
         return
-    from groundthink import manifest
-    ops = common.build_manifest_ops(rows)
+    from groundthink import gate
+    ops = gate.evidence(rows)
     if ops:
-        path = manifest.write(ops, None if "GT_BENCH_OUT" not in os.environ
-                              else common.out_dir() / "gates.json")
+        path = gate.write(ops, None if "GT_BENCH_OUT" not in os.environ else common.out_dir() / "gates.json")
         for op, impls in ops.items():
             for impl, entry in impls.items():
                 say(f"gate {op}/{impl}: {entry['reason']}")

@@ -1,95 +1,57 @@
-"""The one op registry: which implementation of each op the model uses.
+"""The op registry: which implementation of each op the model uses.
 
-Ops and their implementations (all share one signature per op):
-
-    wkv6                (r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None)
-                        -> (o, final_state)
-        reference       reference.wkv6.wkv6_chunked         (PyTorch, any device)
-        triton          kernels.wkv6.wkv6                   (the lab's kernel: chunk-parallel algorithm)
-        triton_fused    kernels.wkv6.wkv6_fused             (the lab's sequential chunked kernel, fallback)
-        fla_chunk       fla.ops.rwkv6.chunk_rwkv6           (peer, benchmarks)
-        fla_recurrent   fla.ops.rwkv6.fused_recurrent_rwkv6 (peer, benchmarks)
-    gate_norm_residual  (x, a, b=None, gate=None, *, weight, bias=None, mode, norm, eps, gate_logits,
-                         residual_fp32) -> (h, y)
-        reference       reference.gate_norm_residual.gate_norm_residual
-        triton          kernels.gate_norm_residual.gate_norm_residual
-        compile         torch.compile of the reference      (peer, benchmarks)
-    mamba2              (x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False,
-                         initial_states=None, return_final_states=False) -> y or (y, final_states)
-        reference       reference.mamba2.mamba_chunk_scan   (PyTorch SSD, the CPU path)
-        mamba_ssm       mamba_ssm's mamba_chunk_scan_combined (Triton, GPU)
+Ops, their implementations, roles and device needs are declared once, in ``kernels/<op>/spec.py``
+(``groundthink.spec``); this module reads them. ``OPS`` lists the ops; an ``OpSet`` hands the model one callable
+per op (``ops.wkv6(...)``, ``ops.gate_norm_residual(...)``, ``ops.mamba2(...)``, ``ops.mamba2_step(...)``,
+``ops.causal_conv1d(...)``): the model never imports a kernel.
 
 ``resolve(mode)`` picks one implementation per op and says why:
     "reference"  every op on its reference;
-    "triton"     the lab's kernels everywhere (under the interpreter on CPU), mamba-ssm for the scan on GPU;
-    "auto"       on GPU, the first of the op's lab candidates (``LAB_KERNEL``) that the gate manifest for this
-                 GPU allows, else the reference; on CPU, the references.
-The model never imports a kernel: it calls what ``resolve`` hands it.
+    "triton"     the first lab candidate of every op (under the interpreter on CPU); an op without a lab
+                 kernel takes its first peer that runs here (mamba-ssm's scan, causal-conv1d on a GPU), else
+                 its reference;
+    "auto"       on GPU, the best proven implementation (``groundthink.gate``: the per-machine manifest of the
+                 qualification, then the published one): the first allowed lab candidate, else the best
+                 allowed peer, else the reference — each with the gate's reason; on CPU, the references.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-OPS = ("wkv6", "gate_norm_residual", "mamba2")
+from groundthink.spec import get, specs
 
-# op -> impl -> "module:attribute" (imported lazily: kernels pull in Triton, peers may be absent)
-IMPLS: dict[str, dict[str, str]] = {
-    "wkv6": {
-        "reference": "reference.wkv6:wkv6_chunked",
-        "triton": "kernels.wkv6:wkv6",
-        "triton_fused": "kernels.wkv6:wkv6_fused",
-        "fla_chunk": "fla.ops.rwkv6:chunk_rwkv6",
-        "fla_recurrent": "fla.ops.rwkv6:fused_recurrent_rwkv6",
-    },
-    "gate_norm_residual": {
-        "reference": "reference.gate_norm_residual:gate_norm_residual",
-        "triton": "kernels.gate_norm_residual:gate_norm_residual",
-        "compile": "groundthink.registry:_compiled_gate_norm_residual",
-    },
-    "mamba2": {
-        "reference": "reference.mamba2:mamba_chunk_scan",
-        "mamba_ssm": "mamba_ssm.ops.triton.ssd_combined:mamba_chunk_scan_combined",
-    },
-}
-# op -> the lab's candidate implementations, in order of preference: "triton" mode takes the first, "auto" the
-# first that the gate manifest allows (else the reference)
-LAB_KERNEL: dict[str, tuple[str, ...]] = {"wkv6": ("triton", "triton_fused"), "gate_norm_residual": ("triton",),
-                                          "mamba2": ("mamba_ssm",)}
-_GPU_ONLY = {"fla_chunk", "fla_recurrent", "mamba_ssm", "compile"}
-
-
-def _compiled_gate_norm_residual():
-    from reference.gate_norm_residual import gate_norm_residual
-    return torch.compile(gate_norm_residual, dynamic=False)
+SPECS = specs()
+OPS = tuple(SPECS)
+# read-only views of the specs (op -> impl -> "module:attr"; op -> lab candidates in preference order)
+IMPLS: dict[str, dict[str, str]] = {op: {i.name: i.target for i in s.impls} for op, s in SPECS.items()}
+LAB_KERNEL: dict[str, tuple[str, ...]] = {op: tuple(i.name for i in s.role("lab")) for op, s in SPECS.items()}
+MODES = ("auto", "triton", "reference")
 
 
 def load(op: str, impl: str) -> Callable:
     """Import and return one implementation; raises ImportError if it is not installed here."""
     try:
-        target = IMPLS[op][impl]
+        spec = get(op)
+        entry = spec.impl(impl)
     except KeyError:
         raise KeyError(f"unknown implementation {op}/{impl}; known: "
                        f"{ {o: sorted(i) for o, i in IMPLS.items()} }") from None
-    mod, attr = target.split(":")
-    fn = getattr(importlib.import_module(mod), attr)
-    if mod == "groundthink.registry":
-        fn = fn()
-    return fn
+    return entry.load()
 
 
 def available(op: str) -> list[str]:
-    """Implementations of ``op`` that import on this machine (GPU-only peers need CUDA)."""
+    """Implementations of ``op`` that import on this machine (GPU-only ones need CUDA)."""
+    cuda = torch.cuda.is_available()
     out = []
-    for impl in IMPLS[op]:
-        if impl in _GPU_ONLY and not torch.cuda.is_available():
+    for impl in get(op).impls:
+        if not impl.runs_here(cuda):
             continue
         try:
-            load(op, impl)
-            out.append(impl)
+            impl.load()
+            out.append(impl.name)
         except Exception:  # noqa: BLE001 - absent or broken peer: not available
             pass
     return out
@@ -101,11 +63,12 @@ class Choice:
     impl: str
     reason: str
     fn: Callable = field(repr=False)
+    graph_safe: bool = False
 
 
 @dataclass
 class OpSet:
-    """The implementations a model calls: ``ops.wkv6(...)``, ``ops.gate_norm_residual(...)``, ``ops.mamba2(...)``."""
+    """The implementations a model calls: ``ops.<op>(...)`` for every op in ``OPS``."""
     choices: dict[str, Choice]
 
     def __getattr__(self, op):
@@ -122,52 +85,66 @@ class OpSet:
     def impls(self) -> dict[str, str]:
         return {op: c.impl for op, c in self.choices.items()}
 
+    def graph_safe(self) -> bool:
+        """Every chosen implementation may be captured in a CUDA graph."""
+        return all(c.graph_safe for c in self.choices.values())
+
 
 def _pick(op: str, impl: str, reason: str) -> Choice:
-    return Choice(op, impl, reason, load(op, impl))
+    entry = get(op).impl(impl)
+    return Choice(op, impl, reason, entry.load(), entry.graph_safe)
 
 
-def resolve(mode: str = "auto", overrides: dict[str, str] | None = None) -> OpSet:
-    """Choose one implementation per op (see the module docstring). ``overrides`` pins op -> impl."""
-    if mode not in ("auto", "triton", "reference"):
+def _importable(op: str, impl: str) -> bool:
+    try:
+        load(op, impl)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _triton_choice(op: str, cuda: bool) -> Choice:
+    spec = get(op)
+    cands = spec.role("lab") or tuple(i for i in spec.role("peer") if i.runs_here(cuda))
+    whys = []
+    for cand in cands:
+        if not cand.runs_here(cuda):
+            whys.append(f"{cand.name} needs a GPU")
+            continue
+        try:
+            return _pick(op, cand.name, "--kernels triton" + ("" if cuda else " (Triton interpreter)")
+                         + ("" if cand.role == "lab" else f" (no lab kernel: peer {cand.name})"))
+        except ImportError as e:
+            whys.append(f"{cand.name} not importable: {e}")
+    return _pick(op, "reference", "; ".join(whys) or "no lab kernel")
+
+
+def resolve(mode: str = "auto", overrides: dict[str, str] | None = None, *, cuda: bool | None = None,
+            verdicts=None) -> OpSet:
+    """Choose one implementation per op (see the module docstring). ``overrides`` pins op -> impl; ``cuda`` and
+    ``verdicts`` (a ``groundthink.gate.Verdicts``) may be injected (tests)."""
+    if mode not in MODES:
         raise ValueError(f"kernels mode must be auto, triton or reference; got {mode!r}")
     overrides = overrides or {}
-    cuda = torch.cuda.is_available()
+    unknown = sorted(set(overrides) - set(OPS))
+    if unknown:
+        raise KeyError(f"unknown op(s) {unknown} in overrides; known: {list(OPS)}")
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if mode == "auto" and cuda and verdicts is None:
+        from groundthink.gate import Verdicts
+        verdicts = Verdicts()
     choices = {}
-    data = status = None
-    if mode == "auto" and cuda:
-        from groundthink import manifest
-        data, status = manifest.load()
     for op in OPS:
-        lab = LAB_KERNEL[op][0]
         if op in overrides:
             choices[op] = _pick(op, overrides[op], "pinned by the caller")
         elif mode == "reference":
             choices[op] = _pick(op, "reference", "--kernels reference")
         elif mode == "triton":
-            if lab in _GPU_ONLY and not cuda:
-                choices[op] = _pick(op, "reference", f"{lab} needs a GPU")
-            else:
-                try:
-                    choices[op] = _pick(op, lab, "--kernels triton" + ("" if cuda else " (Triton interpreter)"))
-                except ImportError as e:
-                    choices[op] = _pick(op, "reference", f"{lab} not importable: {e}")
+            choices[op] = _triton_choice(op, cuda)
         elif not cuda:
             choices[op] = _pick(op, "reference", "no GPU: references (Triton kernels would only run in the "
                                                  "interpreter)")
         else:
-            from groundthink import manifest
-            whys = []
-            for cand in LAB_KERNEL[op]:
-                ok, why = manifest.verdict(data, status, op, cand)
-                if ok:
-                    try:
-                        choices[op] = _pick(op, cand, f"gate manifest: {why}")
-                        break
-                    except ImportError as e:
-                        whys.append(f"manifest allows {cand} but it is not importable: {e}")
-                else:
-                    whys.append(f"{cand}: {why}" if len(LAB_KERNEL[op]) > 1 else why)
-            else:
-                choices[op] = _pick(op, "reference", "gate manifest: " + "; ".join(whys))
+            impl, why = verdicts.choose(get(op), lambda name, op=op: _importable(op, name))
+            choices[op] = _pick(op, impl, why)
     return OpSet(choices)

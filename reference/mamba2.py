@@ -178,3 +178,14 @@ def ssd_recurrence(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Fal
     y = torch.stack(ys, 1) if ys else xc.new_zeros(b, 0, h, p)
     y = _finish(y, x, D, z, cdt)
     return (y, S) if return_final_states else y
+
+
+def causal_conv1d(x, weight, bias=None, activation=None):
+    """Depthwise causal conv over time with causal-conv1d's ``causal_conv1d_fn`` signature: x ``[b, c, t]``,
+    weight ``[c, w]``, bias ``[c]`` or None, activation None or "silu" -> ``[b, c, t]`` in x's dtype.
+    out[:, c, t] = Σ_k weight[c, k] · x[:, c, t − (w − 1) + k] (+ bias[c]), x = 0 before the start."""
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"activation must be None or 'silu'; got {activation!r}")
+    w = weight.shape[-1]
+    out = F.conv1d(F.pad(x, (w - 1, 0)), weight.unsqueeze(1), bias, groups=x.shape[1])
+    return out if activation is None else F.silu(out)

@@ -6,12 +6,13 @@
 # With the device tool: carry [".gpu-wheels"]; results come back as $OUT/profiles-<gpu>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+SITE=${GT_SITE:-${TMPDIR:-/tmp}/groundthink-site}
 PY=${PYTHON:-python3}
 if ls .gpu-wheels/test/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site --upgrade \
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" --upgrade \
     .gpu-wheels/test/*.whl 2>&1 | grep -v "Running pip as the 'root'"
 fi
-export PYTHONPATH="/tmp/site:$(pwd)${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$SITE:$(pwd)${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 SLUG=$($PY -c "from groundthink.device import gpu_slug; print(gpu_slug())")
 mkdir -p "profiles/$SLUG"
 echo "== GPU tests (pytest tests -m gpu)"

@@ -3,8 +3,8 @@
 #   bash scripts/gpu_bench.sh [extra pytest args, e.g. -k wkv6]
 #   bash scripts/gpu_bench.sh --validity [--steps 300 --ref-steps 100]   (only the validity run + report; a
 #                                       separate call: the reference model needs seconds per step)
-# 1. installs the peer wheels (.gpu-wheels/ or /work/shared/wheels/gpu: fla, mamba-ssm, causal-conv1d, the
-#    selective_scan_cuda stand-in) into /tmp/site;
+# 1. installs the peer wheels ($GT_WHEELS or .gpu-wheels/: fla, mamba-ssm, causal-conv1d, the
+#    selective_scan_cuda stand-in) into $GT_SITE (default ${TMPDIR:-/tmp}/groundthink-site);
 # 2. pytest bench/ --benchmark --benchmark-json profiles/<gpu>/bench.json  (kernels vs references and peers,
 #    training tok/s; writes profiles/<gpu>/bench.csv and the gate manifest profiles/<gpu>/gates.json);
 # 3. validity run (--validity, or GT_BENCH_VALIDITY=1 after the benchmarks): train.py GF-MH small,
@@ -18,6 +18,7 @@
 # bash scripts/gpu_bench.sh -k "train and peer"`, keeps the earlier run's other rows in bench.csv / gates.json).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+SITE=${GT_SITE:-${TMPDIR:-/tmp}/groundthink-site}
 REPO=$(pwd)
 PY=${PYTHON:-python3}
 T0=$(date +%s)
@@ -25,16 +26,16 @@ MODE=bench
 if [ "${1:-}" = "--validity" ]; then MODE=validity; shift; fi
 
 WHEELS=""
-for d in "$REPO/.gpu-wheels" /work/shared/wheels/gpu; do
+for d in ${GT_WHEELS:-} "$REPO/.gpu-wheels"; do
   if ls "$d"/*.whl >/dev/null 2>&1; then WHEELS="$d"; break; fi
 done
 if [ -n "$WHEELS" ]; then
-  echo "== installing peer wheels from $WHEELS into /tmp/site"
-  PIP=($PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site --upgrade)
+  echo "== installing peer wheels from $WHEELS into $SITE"
+  PIP=($PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" --upgrade)
   # all together (fla_core and flash_linear_attention both ship fla/); if a platform wheel does not fit this
   # Python, install the pure-Python ones together and each platform wheel on its own
   "${PIP[@]}" "$WHEELS"/*.whl 2>&1 | grep -v "Running pip as the 'root'" || true
-  if ! PYTHONPATH="/tmp/site:$REPO" $PY -c "import fla.ops.rwkv6, mamba_ssm" 2>/dev/null; then
+  if ! PYTHONPATH="$SITE:$REPO" $PY -c "import fla.ops.rwkv6, mamba_ssm" 2>/dev/null; then
     "${PIP[@]}" "$WHEELS"/*-none-any.whl || echo "!! pure-Python peer wheels failed to install"
     for w in "$WHEELS"/*.whl; do
       case "$w" in *-none-any.whl) ;; *) "${PIP[@]}" "$w" || echo "!! $w does not install here";; esac
@@ -43,7 +44,7 @@ if [ -n "$WHEELS" ]; then
 else
   echo "!! no wheels found (.gpu-wheels/): fla / mamba-ssm peers will be skipped if not installed"
 fi
-export PYTHONPATH="/tmp/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
 # keep Triton autotuning results on disk (triton >= 3.4): a second run on a warm machine skips the minutes of
 # autotuning of fla / mamba-ssm / the lab's kernels

@@ -1,4 +1,4 @@
-"""CPU tests of the benchmark plumbing: the gate manifest (decide / write / load / stale) built from result rows,
+"""CPU tests of the benchmark plumbing: the gate manifest (rule / write / load / stale) built from result rows,
 speedups, the report from a small fake results CSV, and ``pytest bench/`` itself (fast skip without
 ``--benchmark``; tiny interpreter shapes with it, labelled as not a measurement, no manifest on CPU)."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import common
-from groundthink import manifest
+from groundthink import gate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,7 @@ def _row(op, impl, shape, pass_, ms, peak=100.0, errors=None, variant="", tok_s=
             "max_rel_err": max(errors.values()) if errors else None, "variant": variant, "tok_s": tok_s,
             "timer": "fake", "reps": 1, "warmup_s": 0.0, "err_shape": shape,
             "errors": json.dumps(errors) if errors else "", "copy_gbps": 3000.0, "ms_graph": None,
-            "measurement": "fake-gpu", "note": ""}
+            "measurement": "fake-gpu", "note": "", "source_hash": gate.op_hash(op) if op != "train" else ""}
 
 
 def fake_rows():
@@ -57,15 +57,29 @@ def fake_rows():
     return rows
 
 
-def test_decide_rules():
-    fast = [{"shape": "s", "speedup": 3.0, "peak_mb": 1.0, "ref_peak_mb": 2.0}]
-    assert manifest.decide(False, fast, "dw 8e-2")[0] is False              # correctness first, whatever the speed
-    assert "fails correctness" in manifest.decide(False, fast)[1]
-    assert manifest.decide(True, [])[0] is False
-    assert manifest.decide(True, [{"shape": "s", "speedup": 0.9}])[0] is False
-    assert manifest.decide(True, [{"shape": "s", "speedup": 2.0, "peak_mb": 500.0, "ref_peak_mb": 10.0}])[0] is False
-    ok, why = manifest.decide(True, fast)
+def _evidence(errors, shapes, role="lab", failed=()):
+    return {"errors": errors, "bound": 5e-3, "failed": list(failed), "shapes": shapes, "role": role}
+
+
+def test_rule():
+    ok_err = {"out0": 1e-3}
+    fast = [{"shape": "s", "ms": 1.0, "ref_ms": 3.0, "peak_mb": 1.0, "ref_peak_mb": 2.0}]
+    assert gate.rule(_evidence({"out0": 8e-2}, fast))[0] is False           # correctness first, whatever the speed
+    assert "fails correctness" in gate.rule(_evidence({"out0": 8e-2}, fast))[1]
+    assert gate.rule(_evidence(ok_err, fast, failed=["B1 fwd"]))[0] is False
+    assert gate.rule(_evidence({}, fast))[0] is False                        # unchecked
+    assert gate.rule(_evidence(ok_err, []))[0] is False                      # untimed
+    assert gate.rule(_evidence(ok_err, [{"shape": "s", "ms": 1.1, "ref_ms": 1.0}]))[0] is False
+    assert gate.rule(_evidence(ok_err, [{"shape": "s", "ms": 1.0, "ref_ms": 2.0, "peak_mb": 500.0,
+                                         "ref_peak_mb": 10.0}]))[0] is False
+    ok, why = gate.rule(_evidence(ok_err, fast))
     assert ok and why.startswith("allowed")
+    # a lab kernel slower than a correct installed peer is denied; a peer is not compared with peers
+    beaten = [dict(fast[0], peer_ms={"fla_chunk": 0.5})]
+    ok, why = gate.rule(_evidence(ok_err, beaten))
+    assert not ok and "slower than peer fla_chunk" in why
+    assert gate.rule(_evidence(ok_err, beaten, role="peer"))[0] is True
+    assert gate.rule(_evidence(ok_err, [dict(fast[0], peer_ms={"fla_chunk": 0.99})]))[0] is True   # noise
 
 
 def test_finalize_speedups():
@@ -86,10 +100,13 @@ def test_finalize_speedups():
 
 
 def test_manifest_from_rows_write_load_stale(tmp_path, monkeypatch):
-    ops = common.build_manifest_ops(common.finalize(fake_rows()))
-    assert ops["wkv6"]["triton"]["allowed"] is True
-    assert len(ops["wkv6"]["triton"]["shapes"]) == 4                        # 2 shapes × fwd, fwdbwd
-    assert ops["wkv6"]["triton"]["errors"]["dw"] == pytest.approx(3e-3)
+    ops = gate.evidence(common.finalize(fake_rows()))
+    tri = ops["wkv6"]["triton"]
+    assert tri["allowed"] is True and "no slower than fla_chunk" in tri["reason"]
+    assert len(tri["shapes"]) == 4                                          # 2 shapes × fwd, fwdbwd
+    assert tri["errors"]["dw"] == pytest.approx(3e-3)
+    assert set(tri["shapes"][0]["peer_ms"]) == {"fla_chunk"}                 # fla_recurrent is wrong: no peer
+    assert tri["source_hash"] == gate.op_hash("wkv6") and "kernels/wkv6/__init__.py" in tri["sources"]
     assert ops["wkv6"]["fla_chunk"]["allowed"] is True
     assert ops["wkv6"]["fla_recurrent"]["allowed"] is False                 # fast enough, but dw is wrong
     assert "dw" in ops["wkv6"]["fla_recurrent"]["reason"]
@@ -102,30 +119,32 @@ def test_manifest_from_rows_write_load_stale(tmp_path, monkeypatch):
     assert "train" not in ops
 
     path = tmp_path / "gates.json"
-    manifest.write(ops, path)
-    data, status = manifest.load(path)
+    gate.write(ops, path)
+    data, status = gate.load(path)
     assert status == "ok", status
-    assert manifest.verdict(data, status, "wkv6", "triton")[0] is True
-    assert manifest.verdict(data, status, "gate_norm_residual", "triton")[0] is False
-    # stale: one op's kernel sources changed since the benchmark -> only that op's verdicts are void
-    data["meta"]["op_hashes"]["wkv6"] = "0" * 16
+    assert set(data["meta"]) >= {"gpu", "slug", "versions", "kernel_hash", "op_hashes", "created"}
+    assert gate.verdict_of(data, status, "wkv6", "triton")[0] is True
+    assert gate.verdict_of(data, status, "gate_norm_residual", "triton")[0] is False
+    # stale: one entry's source hash differs from the op's sources now -> only that verdict is void
+    data["ops"]["wkv6"]["triton"]["source_hash"] = "0" * 16
     path.write_text(json.dumps(data))
-    data2, status2 = manifest.load(path)
+    data2, status2 = gate.load(path)
     assert status2 == "ok"
-    ok, why = manifest.verdict(data2, status2, "wkv6", "triton")
-    assert not ok and why.startswith("stale") and "kernels/wkv6.py" in why
-    assert manifest.verdict(data2, status2, "wkv6", "fla_chunk")[0] is False      # its op's evidence is void too
-    assert manifest.verdict(data2, status2, "mamba2", "mamba_ssm") == manifest.verdict(data, status, "mamba2",
-                                                                                          "mamba_ssm")
-    # an older manifest without per-op hashes: one hash for all ops
-    del data["meta"]["op_hashes"]
-    data["meta"]["kernel_hash"] = "0" * 16
+    ok, why = gate.verdict_of(data2, status2, "wkv6", "triton")
+    assert not ok and why.startswith("stale") and "kernels/wkv6/__init__.py" in why
+    assert gate.verdict_of(data2, status2, "wkv6", "fla_chunk")[0] is True
+    # an older manifest without per-entry hashes allows nothing
+    del data["ops"]["wkv6"]["fla_chunk"]["source_hash"]
     path.write_text(json.dumps(data))
-    data3, status3 = manifest.load(path)
-    assert status3.startswith("stale") and "kernel sources changed" in status3
-    assert manifest.verdict(data3, status3, "gate_norm_residual", "triton")[0] is False
+    ok, why = gate.verdict_of(*gate.load(path), "wkv6", "fla_chunk")
+    assert not ok and "no source hash" in why
+    # another torch version makes the whole manifest stale
+    data["meta"]["versions"]["torch"] = "0.0"
+    path.write_text(json.dumps(data))
+    d3, s3 = gate.load(path)
+    assert s3.startswith("stale") and "torch" in s3
     # missing
-    d4, s4 = manifest.load(tmp_path / "nope.json")
+    d4, s4 = gate.load(tmp_path / "nope.json")
     assert d4 is None and "no manifest" in s4
 
 
@@ -136,7 +155,7 @@ def test_csv_columns_and_report(tmp_path):
     header = (tmp_path / "bench.csv").read_text().splitlines()[0].split(",")
     assert header[:13] == ["op", "impl", "shape", "pass", "dtype", "ms", "gbps", "pct_bw", "tflops", "peak_mb",
                            "speedup_vs_ref", "speedup_vs_best_peer", "max_rel_err"]
-    manifest.write(common.build_manifest_ops(rows), tmp_path / "gates.json")
+    gate.write(gate.evidence(rows), tmp_path / "gates.json")
     (tmp_path / "validity").mkdir()
     for k, off in (("triton", 0.0), ("reference", 0.01)):
         recs = [{"type": "config", "step": 0, "ops": {"wkv6": k}}] + \
@@ -184,7 +203,7 @@ def test_pytest_bench_cpu_run(tmp_path):
     gates = tmp_path / "gates_should_not_exist.json"
     # the lab's gate_norm_residual kernel through the interpreter, the wkv6 and mamba2 references (the wkv6
     # kernel's own tests cover it; this checks the plumbing)
-    p, dt = _pytest(["bench/bench_gate_norm_residual.py", "bench/bench_wkv6.py", "bench/bench_mamba2.py",
+    p, dt = _pytest(["bench/bench_ops.py", "bench/bench_wkv6.py",
                      "--benchmark", "-k", "(gate_norm and (reference or triton) and row and not res32) or "
                                          "((wkv6 or mamba2) and reference)"],
                     {"GT_BENCH_OUT": str(tmp_path), "GROUNDTHINK_MANIFEST": str(gates)}, timeout=150)
@@ -222,8 +241,19 @@ def test_merge_partial_rerun(tmp_path, monkeypatch):
            and r["op"] == "wkv6"]
     assert len(tri) == 1 and tri[0]["ms"] == pytest.approx(0.5)
     assert tri[0]["speedup_vs_ref"] == pytest.approx(200.0)                 # vs the kept reference row
-    ops = common.build_manifest_ops(common.all_rows())
+    ops = gate.evidence(common.all_rows())
     assert ops["wkv6"]["triton"]["allowed"] is True
+    # rows kept from a run of other sources keep their hash: a verdict never mixes them, nor gets the new hash
+    old_code = [dict(r, source_hash="0" * 16) for r in old]
+    common.write_csv(old_code, tmp_path / "bench.csv")
+    monkeypatch.setattr(common, "SESSION", {"start": time.monotonic(), "copy_gbps": None})
+    common.checkpoint()
+    ops = gate.evidence(common.all_rows())
+    assert ops["wkv6"]["triton"]["allowed"] is False and "different versions" in ops["wkv6"]["triton"]["reason"]
+    assert ops["wkv6"]["fla_chunk"]["source_hash"] == "0" * 16
+    path = gate.write(ops, tmp_path / "gates.json")
+    ok, why = gate.verdict_of(*gate.load(path), "wkv6", "fla_chunk")
+    assert not ok and why.startswith("stale")
     # without the flag a run starts a fresh CSV
     monkeypatch.setenv("GT_BENCH_MERGE", "0")
     monkeypatch.setattr(common, "SESSION", {"start": time.monotonic(), "copy_gbps": None})

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import kernels  # noqa: F401
 from groundthink.harness import assert_close_all, check_op, compare
-from kernels.gate_norm_residual import gate_norm_residual, gate_norm_residual_op
+from kernels.gate_norm_residual import gate_norm_residual
 from reference import gate_norm_residual as R
 
 MODES = R.MODES
@@ -116,13 +116,6 @@ def test_all_modes(mode, norm, r32):
 def test_shapes(shape, mode):
     run_check(shape, mode, "rms", logits=mode == "row", bias=True)
     run_check(shape, mode, "layer", bias=False, seed=1)
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_custom_op_path(mode):
-    """The torch.library op (torch.compile path) through its registered autograd formula, in eager."""
-    run_check((17, 37), mode, "layer", logits=mode in GATED, fn=gate_norm_residual_op)
-    run_check((3, 20), mode, "rms", fn=gate_norm_residual_op)
 
 
 def test_mixed_dtypes_fp32_residual_half_branches():
@@ -397,10 +390,12 @@ def test_gpu_int64_offsets():
 
 def test_cached_config_fast_launch(monkeypatch):
     """The launch path that skips the autotuner once a config is cached (GPU default) gives the same results."""
-    import kernels.gate_norm_residual as K
-    monkeypatch.setattr(K, "_FAST", [True])
-    monkeypatch.setattr(K, "_BEST", {})
+    import kernels.gate_norm_residual.kernel as K
+    for launcher in (K._launch_fwd, K._launch_bwd):
+        monkeypatch.setattr(launcher, "direct", True)
+        monkeypatch.setattr(launcher, "best", {})
     for _ in range(2):  # first call tunes and caches, second goes through kernel.fn directly
         run_check((5, 37), "row", "layer", logits=True)
         run_check((5, 37), "weights", "rms")
-    assert len(K._BEST) == 4 and K._FAST[0]
+    assert len(K._launch_fwd.best) == 2 and len(K._launch_bwd.best) == 2
+    assert K._launch_fwd.direct and K._launch_bwd.direct

@@ -1,10 +1,30 @@
-"""The op registry and the gate manifest as training sees them."""
-import json
-
+"""The op specs and the registry as training sees them: discovery, roles, resolve's three modes, and every lab
+kernel of every spec against its float64 reference at the spec's CPU shape (the parametrisation reads the specs)."""
 import pytest
 import torch
 
-from groundthink import manifest, registry
+import kernels  # noqa: F401
+from groundthink import gate, registry
+from groundthink.harness import check_op
+from groundthink.spec import Impl, OpSpec, specs
+
+
+def test_every_op_is_declared_once_by_its_spec():
+    assert registry.OPS[:3] == ("wkv6", "gate_norm_residual", "mamba2")
+    assert {"causal_conv1d", "mamba2_step"} <= set(registry.OPS)
+    for op, spec in specs().items():
+        assert spec.name == op and spec.reference.name == "reference"
+        assert registry.IMPLS[op] == {i.name: i.target for i in spec.impls}
+    assert registry.LAB_KERNEL["wkv6"] == ("triton", "triton_fused")
+
+
+def test_spec_validation_is_a_clear_error():
+    with pytest.raises(ValueError, match="role must be one of"):
+        Impl("x", "m:f", role="boss")
+    with pytest.raises(ValueError, match="module:attribute"):
+        Impl("x", "m.f")
+    with pytest.raises(ValueError, match="exactly one reference"):
+        OpSpec("op", "doc", (Impl("a", "m:f"),))
 
 
 def test_reference_mode_uses_references():
@@ -20,9 +40,17 @@ def test_auto_on_cpu_uses_references_and_says_why():
     assert "no GPU" in ops.table()
 
 
-def test_bad_mode_is_a_clear_error():
+def test_triton_mode_takes_the_first_lab_candidate_or_a_peer():
+    ops = registry.resolve("triton", cuda=False)
+    assert ops.impls()["wkv6"] == "triton" and ops.impls()["gate_norm_residual"] == "triton"
+    assert ops.impls()["mamba2"] == "reference"          # its peer (mamba-ssm) needs a GPU
+
+
+def test_bad_mode_and_overrides_are_clear_errors():
     with pytest.raises(ValueError, match="kernels mode"):
         registry.resolve("fast")
+    with pytest.raises(KeyError, match="unknown op"):
+        registry.resolve("reference", {"nope": "reference"})
 
 
 def test_unknown_impl_is_a_clear_error():
@@ -30,37 +58,40 @@ def test_unknown_impl_is_a_clear_error():
         registry.load("wkv6", "nope")
 
 
-def test_decide_rule():
-    fast = [{"shape": "s", "speedup": 3.0, "peak_mb": 10, "ref_peak_mb": 20}]
-    assert manifest.decide(True, fast)[0]
-    assert not manifest.decide(False, fast)[0], "wrong kernels are never allowed, whatever the speed"
-    assert not manifest.decide(True, [{"shape": "s", "speedup": 0.9}])[0]
-    assert not manifest.decide(True, [{"shape": "s", "speedup": 2.0, "peak_mb": 500, "ref_peak_mb": 20}])[0]
-    assert not manifest.decide(True, [])[0]
+class _Fixed:
+    """A stand-in for gate.Verdicts: allowed where the test says."""
+
+    def __init__(self, allowed):
+        self.allowed = allowed
+
+    def verdict(self, op, impl):
+        return ((True, f"allowed: test {impl}") if (op, impl) in self.allowed else (False, f"denied: test {impl}"))
+
+    def speed(self, op, impl):
+        return 1.0
+
+    choose = gate.Verdicts.choose
 
 
-def test_manifest_roundtrip_and_staleness(tmp_path, monkeypatch):
-    path = tmp_path / "gates.json"
-    manifest.write({"wkv6": {"triton": {"allowed": True, "reason": "allowed: test"}}}, path)
-    data, status = manifest.load(path)
-    assert status == "ok"
-    assert manifest.verdict(data, status, "wkv6", "triton") == (True, "allowed: test")
-    assert not manifest.verdict(data, status, "gate_norm_residual", "triton")[0]
-    # a different source hash of the op's kernel makes its verdict stale
-    raw = json.loads(path.read_text())
-    raw["meta"]["op_hashes"]["wkv6"] = "0" * 16
-    path.write_text(json.dumps(raw))
-    data, status = manifest.load(path)
-    ok, why = manifest.verdict(data, status, "wkv6", "triton")
-    assert not ok and why.startswith("stale") and "re-run the benchmarks" in why
-    # another GPU or torch/triton version makes the whole manifest stale
-    raw["meta"]["versions"]["triton"] = "0.0"
-    path.write_text(json.dumps(raw))
-    data, status = manifest.load(path)
-    assert status.startswith("stale") and "re-run the benchmarks" in status
-    assert not manifest.verdict(data, status, "gate_norm_residual", "triton")[0]
+def test_auto_picks_the_best_proven_implementation():
+    """First allowed lab candidate; else an allowed peer, saying so; else the reference with every reason."""
+    v = _Fixed({("wkv6", "triton_fused")})
+    c = registry.resolve("auto", cuda=True, verdicts=v).choices["wkv6"]
+    assert c.impl == "triton_fused" and "allowed: test triton_fused" in c.reason
+    v = _Fixed(set())
+    c = registry.resolve("auto", cuda=True, verdicts=v).choices["wkv6"]
+    assert c.impl == "reference" and "triton denied" in c.reason and "triton_fused denied" in c.reason
+    spec = specs()["gate_norm_residual"]
+    impl, why = _Fixed({("gate_norm_residual", "compile")}).choose(spec, lambda name: True)
+    assert impl == "compile" and "peer compile" in why and "triton denied" in why
 
 
-def test_missing_manifest_says_how_to_make_one(tmp_path):
-    data, status = manifest.load(tmp_path / "none.json")
-    assert data is None and "pytest bench/ --benchmark" in status
+@pytest.mark.parametrize("op,impl", [(op, i.name) for op, s in specs().items() if s.bench is not None
+                                     for i in s.role("lab")])
+def test_lab_kernel_matches_reference_at_cpu_shape(op, impl):
+    """Every lab kernel of every spec: output and every gradient vs float64, fp32 through the interpreter."""
+    spec = specs()[op]
+    shp = spec.bench.cpu_shapes[0]
+    inputs = spec.bench.make_inputs(*shp, True, dtype=torch.float32, seed=2)
+    check_op(registry.load(op, impl), spec.reference.load(), inputs, bound=spec.bound(torch.float32),
+             context=f"{op}/{impl} {shp}")

@@ -29,8 +29,10 @@ Kernels:
   registers; each program writes one fp32 partial row ([G, 3·D + 2]: dW | dbias | vector-gate | weights-gate)
   and one torch ``sum(0)`` over the G partials finishes. No atomics: results are bit-identical run to run.
 * launches: ``@triton.autotune`` over num_warps (two candidates per tile size; one config under the
-  interpreter); once a key is tuned, ``_launch`` calls the JIT function with the cached config directly
-  (the autotuner's per-call dispatch is measurable host time at small sizes).
+  interpreter); once a key is tuned, each kernel's ``_Launcher`` calls the JIT function with the cached config
+  directly (the autotuner's per-call dispatch is measurable host time at small sizes).
+* optional tensors (b, gate, bias, the incoming dh) are passed as None; the constexprs MODE, HAS_BIAS, HAS_DH
+  say which are present, so no branch that reads an absent tensor is compiled.
 
 Numerics: every load is upcast to fp32, all arithmetic and every reduction is fp32; outputs are rounded once
 on store. Row offsets are int64 (N·D may exceed 2³¹).
@@ -39,10 +41,9 @@ Dtypes: a and b share one dtype; x may be that dtype or float32 (an fp32 residua
 may be a's dtype or float32. h is x's dtype (float32 when ``residual_fp32``), y is a's dtype; every gradient
 has its input's dtype.
 
-torch.compile: the forward and backward are ``torch.library.custom_op``s (``groundthink::gnr_fwd`` /
-``groundthink::gnr_bwd``) with fake implementations and a registered autograd formula, so a compiled model
-treats them as opaque nodes. In eager mode the public function goes through a thin ``autograd.Function`` over
-the same launchers (it skips the custom-op dispatcher, whose Python overhead dominates tiny launches).
+Autograd and torch.compile: one path. The forward and backward are ``torch.library.custom_op``s
+(``groundthink::gnr_fwd`` / ``groundthink::gnr_bwd``) with fake implementations and a registered autograd
+formula; eager calls and compiled models (where they are opaque nodes) go through the same ops.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ __all__ = ["gate_norm_residual"]
 _MODE_ID = {"add": 0, "vector": 1, "row": 2, "element": 3, "weights": 4}
 MAX_D = 16384
 # Launch heuristics (GPU): elements per forward / backward tile, persistent backward programs per SM
-# (None: 4 for rows up to 4096 wide, 2 above). Module-level so the GPU script can sweep them.
+# (None: 4 for rows up to 4096 wide, 2 above).
 TUNING = {"fwd_tile": 4096, "bwd_tile": 2048, "bwd_per_sm": None}
 
 
@@ -76,6 +77,19 @@ def _prune_warps(configs, named_args, **kwargs):
     return sorted(configs, key=dist)[:2]
 
 
+@triton.jit
+def _row_or_element_gate(p_g, o_r, offs, m_r, m, MODE: tl.constexpr, GATE_LOGITS: tl.constexpr):
+    """The gate of rows o_r [BR] in fp32, σ applied for logits: [BR, 1] for the row gate (MODE 2, p_g [N]) or
+    [BR, BD] for the element gate (MODE 3, p_g [N, D] at offsets offs [BR, BD]); m_r [BR] / m [BR, BD] masks."""
+    if MODE == 2:
+        b_g = tl.load(p_g + o_r, mask=m_r, other=0.).to(tl.float32)[:, None]
+    else:
+        b_g = tl.load(p_g + offs, mask=m, other=0.).to(tl.float32)
+    if GATE_LOGITS:
+        b_g = 1. / (1. + tl.exp(-b_g))
+    return b_g
+
+
 _TUNE = dict(prune_configs_by={"early_config_prune": _prune_warps}, warmup=5, rep=25) if not INTERPRET else {}
 
 
@@ -87,6 +101,21 @@ _TUNE = dict(prune_configs_by={"early_config_prune": _prune_warps}, warmup=5, re
 def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_stats, N, D, eps,
                     MODE: tl.constexpr, LAYER: tl.constexpr, GATE_LOGITS: tl.constexpr,
                     HAS_BIAS: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    """One program: rows [pid·BR, pid·BR + BR) of h and y, and their stats.
+
+    p_x      [N, D]   residual stream in (a's dtype or fp32)
+    p_a      [N, D]   first branch
+    p_b      [N, D]   second branch (a's dtype); None in mode "add" (MODE 0)
+    p_g      gate: [D] vector (MODE 1), [N] row (2), [N, D] element (3), [2] weights (4); None in MODE 0
+    p_w      [D]      norm weight
+    p_bias   [D]      norm bias; None unless HAS_BIAS
+    p_h      [N, D]   out: x + blend(a, b) (x's dtype, fp32 with residual_fp32)
+    p_y      [N, D]   out: norm(h)·w (+ bias), a's dtype
+    p_stats  [1 or 2, N] fp32 out: row 0 rstd, row 1 μ (LAYER only)
+    N, D     rows, features; eps: the norm's epsilon (> 0)
+    MODE     blend mode id (_MODE_ID); LAYER: LayerNorm (else RMSNorm); GATE_LOGITS: g = σ(gate)
+    BR, BD   rows per program, BD = next power of two ≥ D (the whole row in registers)
+    """
     pid = tl.program_id(0).to(tl.int64)
     o_r = pid * BR + tl.arange(0, BR).to(tl.int64)
     o_c = tl.arange(0, BD)
@@ -108,12 +137,10 @@ def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_stats, N, D, ep
         b_b = tl.load(p_b + offs, mask=m, other=0.).to(tl.float32)
         if MODE == 1:
             b_g = tl.load(p_g + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
-        elif MODE == 2:
-            b_g = tl.load(p_g + o_r, mask=m_r, other=0.).to(tl.float32)[:, None]
+            if GATE_LOGITS:
+                b_g = 1. / (1. + tl.exp(-b_g))
         else:
-            b_g = tl.load(p_g + offs, mask=m, other=0.).to(tl.float32)
-        if GATE_LOGITS:
-            b_g = 1. / (1. + tl.exp(-b_g))
+            b_g = _row_or_element_gate(p_g, o_r, offs, m_r, m, MODE, GATE_LOGITS)
         b_h = b_x + b_g * b_a + (1. - b_g) * b_b
     tl.store(p_h + offs, b_h.to(p_h.dtype.element_ty), mask=m)
 
@@ -144,7 +171,26 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
                     N, D, n_blocks, n_progs,
                     MODE: tl.constexpr, LAYER: tl.constexpr, GATE_LOGITS: tl.constexpr,
                     HAS_DH: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
-    # p_part: [n_progs, 3·D + 2] fp32 partial rows: dW | dbias | vector-gate grad | the 2 weights-gate grads
+    """A persistent program: row blocks pid, pid + n_progs, … of the row gradients, and one partial row of the
+    column reductions.
+
+    p_dhin   [N, D]   incoming gradient on h; None unless HAS_DH
+    p_dy     [N, D]   incoming gradient on y (zeros when y got none)
+    p_h      [N, D]   saved h (x̂ is recomputed from it and the stats)
+    p_a      [N, D]   first branch (read for the gate gradients; not read in MODE 0)
+    p_b      [N, D]   second branch; None in MODE 0
+    p_g      gate as in the forward ([D], [N], [N, D] or [2]); None in MODE 0
+    p_w      [D]      norm weight
+    p_stats  [1 or 2, N] fp32: rstd (and μ for LAYER)
+    p_dx     [N, D]   out: dx (x's dtype)
+    p_da     [N, D]   out: da
+    p_db     [N, D]   out: db; None in MODE 0
+    p_dg     out: row gate grad [N] (MODE 2) or element gate grad [N, D] (MODE 3); None otherwise (the vector
+             and weights gate grads are column reductions, in p_part)
+    p_part   [n_progs, 3·D + 2] fp32 out: per program dW | dbias | vector-gate grad | the 2 weights-gate grads
+    N, D     rows, features; n_blocks = ⌈N / BR⌉ row blocks; n_progs programs
+    MODE, LAYER, GATE_LOGITS as in the forward; HAS_DH: p_dhin is given; BR, BD: rows per block, row width
+    """
     pid = tl.program_id(0)
     o_c = tl.arange(0, BD)
     m_c = o_c < D
@@ -203,12 +249,7 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
             if MODE == 1:
                 b_g = b_gv
             else:
-                if MODE == 2:
-                    b_g = tl.load(p_g + o_r, mask=m_r, other=0.).to(tl.float32)[:, None]
-                else:
-                    b_g = tl.load(p_g + offs, mask=m, other=0.).to(tl.float32)
-                if GATE_LOGITS:
-                    b_g = 1. / (1. + tl.exp(-b_g))
+                b_g = _row_or_element_gate(p_g, o_r, offs, m_r, m, MODE, GATE_LOGITS)
             tl.store(p_da + offs, (b_g * b_dh).to(p_da.dtype.element_ty), mask=m)
             tl.store(p_db + offs, ((1. - b_g) * b_dh).to(p_db.dtype.element_ty), mask=m)
             b_dg = (b_a - b_b) * b_dh
@@ -260,28 +301,36 @@ def _rows_per_program(N: int, BD: int, tile: int, min_programs: int) -> int:
     return BR
 
 
-_BEST: dict = {}  # launch key → tuned triton.Config (skips the autotuner's per-call dispatch once tuned)
-_FAST = [not INTERPRET]
+class _Launcher:
+    """``kernel[grid](*args, **meta)`` through the autotuner until it has chosen a config for a launch key (the
+    autotuner's own key plus everything that changes the compiled kernel); then the JIT function with that
+    config directly. ``direct`` is off under the interpreter (one config, nothing to skip) and switches itself
+    off for good if Triton's API drifts (the autotuner then serves every launch)."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.direct = not INTERPRET
+        self.best: dict = {}
+
+    def __call__(self, grid, key, *args, **meta):
+        cfg = self.best.get(key) if self.direct else None
+        if cfg is not None:
+            try:
+                self.kernel.fn[grid](*args, **meta, **cfg.all_kwargs())
+                return
+            except Exception:  # pragma: no cover  (API drift in Triton)
+                self.direct = False
+        self.kernel[grid](*args, **meta)
+        if self.direct:
+            self.best[key] = self.kernel.best_config
 
 
-def _launch(kernel, grid, key, *args, **meta):
-    """``kernel[grid](*args, **meta)``; once the autotuner has chosen a config for ``key`` (the autotuner's own
-    key plus everything that changes the compiled kernel), call the JIT function with it directly."""
-    cfg = _BEST.get(key) if _FAST[0] else None
-    if cfg is not None:
-        try:
-            kernel.fn[grid](*args, **meta, **cfg.all_kwargs())
-            return
-        except Exception:  # pragma: no cover  (API drift in Triton: fall back to the autotuner for good)
-            _FAST[0] = False
-    kernel[grid](*args, **meta)
-    if _FAST[0]:
-        _BEST[key] = kernel.best_config
+_launch_fwd = _Launcher(_gnr_fwd_kernel)
+_launch_bwd = _Launcher(_gnr_bwd_kernel)
 
 
 def _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32):
-    """Returns h, y, stats ([1, N] rstd, or [2, N] rstd and μ for LayerNorm) and the contiguous inputs that
-    backward needs (a, b, gate, weight)."""
+    """Returns h, y and stats ([1, N] rstd, or [2, N] rstd and μ for LayerNorm)."""
     D = x.shape[-1]
     N = x.numel() // D if D else 0
     mode_id = _MODE_ID[mode]
@@ -305,16 +354,14 @@ def _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residua
         logits = gate_logits and mode_id in (1, 2, 3)
         key = ("f", D, BR, x.dtype, a.dtype, None if g2 is None else g2.dtype, w2.dtype, h.dtype, mode_id, layer,
                logits, bias is not None, N % 16 == 0)
-        _launch(_gnr_fwd_kernel, (_cdiv(N, BR),), key,
-                x2, a2, a2 if b2 is None else b2, w2 if g2 is None else g2, w2, w2 if bias2 is None else bias2,
-                h, y, stats, N, D, eps,
-                MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_BIAS=bias is not None, BR=BR, BD=BD)
-    return h, y, stats, (a2, b2, g2, w2)
+        _launch_fwd((_cdiv(N, BR),), key, x2, a2, b2, g2, w2, bias2, h, y, stats, N, D, eps,
+                    MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_BIAS=bias is not None, BR=BR, BD=BD)
+    return h, y, stats
 
 
-def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits, x_dtype, distinct=False):
-    """Gradients (dx, da, db, dgate, dweight, dbias); None where the input is None. ``distinct``: the small
-    reductions are separate tensors (custom-op outputs may not alias), else views of one fp32 sum."""
+def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits, x_dtype):
+    """Gradients (dx, da, db, dgate, dweight, dbias); None where the input is None. The small reductions are
+    separate tensors (custom-op outputs may not alias)."""
     D = h.shape[-1]
     N = h.numel() // D if D else 0
     mode_id = _MODE_ID[mode]
@@ -350,11 +397,9 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logit
         logits = gate_logits and mode_id in (1, 2, 3)
         key = ("b", D, BR, dy.dtype, h.dtype, a.dtype, None if gate is None else gate.dtype, weight.dtype,
                x_dtype, mode_id, layer, logits, dh is not None, None if dh is None else dh.dtype, N % 16 == 0)
-        _launch(_gnr_bwd_kernel, (n_progs,), key,
-                dy if dh is None else dh, dy, h, a, a if b is None else b, weight if gate is None else gate, weight,
-                stats, dx, da, da if db is None else db, stats if dg is None else dg, part,
-                N, D, n_blocks, n_progs,
-                MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_DH=dh is not None, BR=BR, BD=BD)
+        _launch_bwd((n_progs,), key, dh, dy, h, a, b, gate, weight, stats, dx, da, db, dg, part,
+                    N, D, n_blocks, n_progs,
+                    MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_DH=dh is not None, BR=BR, BD=BD)
     # one fixed-order fp32 sum over the program partials: deterministic
     tot = part.sum(0)
 
@@ -362,7 +407,7 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logit
         t = tot[lo:hi]
         if t.dtype != dtype:
             return t.to(dtype)
-        return t.clone() if distinct else t
+        return t.clone()
 
     dw = fin(0, D, weight.dtype)
     dbias = fin(D, 2 * D, bias.dtype) if bias is not None else None
@@ -374,14 +419,13 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logit
 
 
 # ----------------------------------------------------------------------------------------------------------
-# torch.library custom ops (torch.compile path)
+# torch.library custom ops: the one autograd path (eager and torch.compile)
 # ----------------------------------------------------------------------------------------------------------
 @torch.library.custom_op("groundthink::gnr_fwd", mutates_args=())
 def _gnr_fwd_op(x: torch.Tensor, a: torch.Tensor, b: Optional[torch.Tensor], gate: Optional[torch.Tensor],
                 weight: torch.Tensor, bias: Optional[torch.Tensor], mode: str, norm: str, eps: float,
                 gate_logits: bool, residual_fp32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    h, y, stats, _ = _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32)
-    return h, y, stats
+    return _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32)
 
 
 @_gnr_fwd_op.register_fake
@@ -400,7 +444,7 @@ def _gnr_bwd_op(dh: Optional[torch.Tensor], dy: torch.Tensor, h: torch.Tensor, a
                 bias: Optional[torch.Tensor], stats: torch.Tensor, mode: str, norm: str,
                 gate_logits: bool, x_dtype: torch.dtype) -> list[torch.Tensor]:
     dx, da, db, dg, dw, dbias = _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits,
-                                          x_dtype, distinct=True)
+                                          x_dtype)
     empty = lambda: h.new_empty((0,))  # noqa: E731  (distinct placeholders: outputs may not alias)
     return [dx, da, empty() if db is None else db, empty() if dg is None else dg, dw,
             empty() if dbias is None else dbias]
@@ -434,30 +478,6 @@ def _backward(ctx, dh, dy, _dstats):
 
 
 _gnr_fwd_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Eager path: autograd.Function over the same launchers
-# ----------------------------------------------------------------------------------------------------------
-class _GateNormResidual(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32):
-        h, y, stats, (a2, b2, g2, w2) = _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits,
-                                                  residual_fp32)
-        ctx.save_for_backward(h, a2, b2, g2, w2, bias, stats)
-        ctx.cfg = (mode, norm, gate_logits, x.dtype)
-        ctx.set_materialize_grads(False)
-        return h, y
-
-    @staticmethod
-    def backward(ctx, dh, dy):
-        h, a, b, gate, weight, bias, stats = ctx.saved_tensors
-        mode, norm, gate_logits, x_dtype = ctx.cfg
-        if dy is None:
-            dy = torch.zeros_like(h, dtype=a.dtype)
-        dx, da, db, dg, dw, dbias = _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm,
-                                              gate_logits, x_dtype)
-        return dx, da, db, dg, dw, dbias, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -495,17 +515,6 @@ def gate_norm_residual(x, a, b=None, gate=None, *, weight, bias=None, mode: str 
     _validate(x, a, b, gate, weight, bias, mode, norm)
     eps = float(eps)
     gate_logits, residual_fp32 = bool(gate_logits), bool(residual_fp32)
-    if torch.compiler.is_compiling():
-        h, y, _ = torch.ops.groundthink.gnr_fwd(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits,
-                                                 residual_fp32)
-        return h, y
-    return _GateNormResidual.apply(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32)
-
-
-def gate_norm_residual_op(x, a, b=None, gate=None, *, weight, bias=None, mode: str = "add", norm: str = "rms",
-                          eps: float = 1e-5, gate_logits: bool = False, residual_fp32: bool = False):
-    """Same as ``gate_norm_residual`` but always through the custom op (tests, graph capture)."""
-    _validate(x, a, b, gate, weight, bias, mode, norm)
-    h, y, _ = torch.ops.groundthink.gnr_fwd(x, a, b, gate, weight, bias, mode, norm, float(eps),
-                                             bool(gate_logits), bool(residual_fp32))
+    h, y, _ = torch.ops.groundthink.gnr_fwd(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits,
+                                             residual_fp32)
     return h, y
