@@ -454,11 +454,13 @@ def fwd_bwd_step(fn: Callable, inputs: dict, seed: int = 0) -> tuple[Callable, l
     return step, leaves
 
 
-def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, cuda: bool, device) -> dict:
+def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, device) -> dict:
     """One evidence row of ``impl`` at shape ``shp``, fwd+bwd: errors of the output and every gradient vs the
-    float64 reference (at the spec's error shape), time and extra peak memory (at ``shp``)."""
+    float64 reference (at the spec's error shape), time and extra peak memory (at ``shp``). On a CUDA device
+    in the spec's dtype with CUDA-event timing; elsewhere (the interpreter) in float32 by the host clock."""
     from groundthink.harness import compare
     b = spec.bench
+    cuda = torch.device(device).type == "cuda"
     dtype = b.dtype if cuda else torch.float32
     row = {"op": spec.name, "impl": impl, "shape": b.shape_str(*shp), "pass": "fwdbwd", "dtype": str(dtype)[6:],
            "ms": None, "peak_mb": None, "errors": {}, "source_hash": op_hash(spec.name), "note": ""}
@@ -482,48 +484,62 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, cuda: bool, devic
     return row
 
 
-def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | None = None,
-            device=None, say: Callable[[str], None] = print, progress: bool = True,
-            force: bool = False) -> dict:
-    """Gate on first use: for every op in ``shapes`` (op -> the spec's shape tuple, e.g. from
-    ``model_shapes``) whose lab candidates have no valid verdict on this machine (``force``: re-qualify all),
-    measure the reference, every lab candidate and every installed peer there (``measure``), decide with
-    ``rule`` and write the per-machine manifest (``machine_path()``; ``path`` overrides). Returns the new
+def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool) -> list[tuple]:
+    """(spec, impl, fn or the import error, shape) to measure: the ops whose lab candidates (or, without lab
+    kernels, installed peers) lack a valid verdict; references and lab kernels first, peers last."""
+    first, peers = [], []
+    for op, shp in shapes.items():
+        spec = get(op)
+        cands = []
+        for impl in spec.impls:
+            if impl.role == "reference" or not impl.runs_here(cuda):
+                continue
+            try:
+                cands.append((impl, impl.load()))
+            except Exception as e:  # noqa: BLE001 - an absent peer is no candidate; an absent lab kernel fails
+                if impl.role == "lab":
+                    cands.append((impl, e))
+        gated = [i for i, _ in cands if i.role == "lab"] or [i for i, _ in cands]
+        if spec.bench is None or not gated or (not force and all(known.has(op, i.name) for i in gated)):
+            continue
+        first.append((spec, spec.reference, spec.reference.load(), shp))
+        for impl, fn in cands:
+            (peers if impl.role == "peer" else first).append((spec, impl, fn, shp))
+    return first + peers
+
+
+def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | None = None, device=None,
+            say: Callable[[str], None] = print, progress: bool = True, force: bool = False,
+            budget_s: float = 60.0) -> dict:
+    """Gate on first use: for every op in ``shapes`` (op -> the spec's shape tuple, e.g. ``model_shapes``)
+    whose lab candidates (or, for an op without lab kernels, its installed peers) have no valid verdict on this
+    machine (``force``: all of them), measure the reference, every lab candidate and every installed peer at that
+    shape (``measure``: errors of the output and every gradient vs float64, fwd+bwd time, extra peak memory),
+    decide with ``rule`` and write the per-machine manifest (``machine_path()``; ``path`` overrides).
+    Peers are measured last; what would start after ``budget_s`` seconds is skipped and said. Returns the new
     entries ({op: {impl: entry}}). ``cuda`` and ``device`` may be injected (tests: the interpreter on CPU)."""
     from tqdm import tqdm
     cuda = torch.cuda.is_available() if cuda is None else cuda
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = path or machine_path()
-    known = Verdicts([path, manifest_path()])
-    plan = []
-    for op, shp in shapes.items():
-        spec = get(op)
-        cands = [i for i in spec.impls if i.role != "reference" and i.runs_here(cuda)]
-        if spec.bench is None or not spec.role("lab") and not spec.role("peer"):
-            continue
-        if not force and all(known.has(op, i.name) for i in spec.role("lab")):
-            continue
-        plan += [(spec, spec.reference, shp)] + [(spec, i, shp) for i in cands]
+    plan = _plan(shapes, cuda, Verdicts([path, manifest_path()]), force)
     if not plan:
         return {}
-    say(f"gate: qualifying {', '.join(sorted({s.name for s, _, _ in plan}))} on this machine "
-        f"(error vs float64 and timing vs reference and peers) -> {path}")
-    rows = []
-    for spec, impl, shp in tqdm(plan, desc="gate", unit="impl", disable=not progress):
-        try:
-            fn = impl.load()
-        except Exception as e:  # noqa: BLE001 - an absent peer is not a candidate
-            if impl.role == "peer":
-                continue
-            fn = None
+    say(f"gate: qualifying {', '.join(sorted({p[0].name for p in plan}))} on this machine (errors vs float64, "
+        f"time vs the reference and installed peers, ≤ {budget_s:g} s) -> {path}")
+    t0, rows, skipped = time.monotonic(), [], []
+    for spec, impl, fn, shp in tqdm(plan, desc="gate", unit="impl", disable=not progress):
+        if time.monotonic() - t0 > budget_s:
+            skipped.append(f"{spec.name}/{impl.name}")
+        elif isinstance(fn, Exception):
             rows.append({"op": spec.name, "impl": impl.name, "shape": spec.bench.shape_str(*shp), "pass": "fwdbwd",
                          "dtype": "", "ms": None, "errors": {}, "source_hash": op_hash(spec.name),
-                         "note": f"not importable: {e}"})
-        if fn is not None:
-            rows.append(measure(spec, impl.name, fn, shp, cuda, device))
-    for r in rows:
-        r["errors"] = json.dumps(r["errors"])
-    ops = evidence(rows)
+                         "note": f"not importable: {type(fn).__name__}: {fn}"})
+        else:
+            rows.append(measure(spec, impl.name, fn, shp, device))
+    if skipped:
+        say(f"gate: time budget of {budget_s:g} s spent; not measured: {', '.join(skipped)}")
+    ops = evidence([dict(r, errors=json.dumps(r["errors"])) for r in rows])
     notes = {(r["op"], r["impl"]): r["note"] for r in rows if r.get("note")}
     for op, impls in ops.items():
         for impl, e in impls.items():
