@@ -21,6 +21,8 @@ when the inputs are float64.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 MODES = ("add", "vector", "row", "element", "weights")
@@ -33,8 +35,10 @@ def gate_shape(mode: str, x_shape, D: int):
             "weights": (2,)}[mode]
 
 
-def check_args(x, a, b, gate, mode, weight, bias, norm):
-    """Shape/mode validation shared by the reference and the kernel launcher (clear errors, named args)."""
+def check_args(x, a, b, gate, mode, weight, bias, norm, eps=1e-5):
+    """Shape/mode/eps validation shared by the reference and the kernel launcher (clear errors, named args)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be a finite number > 0; got {eps!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
     if norm not in NORMS:
@@ -82,7 +86,7 @@ def normalize(h, weight, bias, norm: str, eps: float):
 def gate_norm_residual(x, a, b=None, gate=None, *, weight, bias=None, mode: str = "add", norm: str = "rms",
                        eps: float = 1e-5, gate_logits: bool = False, residual_fp32: bool = False):
     """Returns ``(h, y)``; see the module docstring."""
-    check_args(x, a, b, gate, mode, weight, bias, norm)
+    check_args(x, a, b, gate, mode, weight, bias, norm, eps)
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     up = lambda t: None if t is None else t.to(cdt)  # noqa: E731
     h = blend(up(x), up(a), up(b), up(gate), mode, gate_logits)

@@ -192,6 +192,30 @@ def test_backward_deterministic():
                 assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("norm", R.NORMS)
+def test_non_default_eps_is_used(norm):
+    """eps = 0.3 on rows of mean square ~0.02: a kernel that ignored eps (used 1e-5) would be far off."""
+    for mode in ("row", "add"):
+        inp = make_inputs((6, 40), mode, norm, logits=mode == "row")
+        for k in ("x", "a", "b"):
+            if k in inp:
+                inp[k] = (inp[k].detach() * 0.1).requires_grad_()
+        opts = dict(mode=mode, norm=norm, gate_logits=mode == "row")
+        errs = check_op(lambda **k: gate_norm_residual(**k, **opts, eps=0.3),
+                        lambda **k: R.gate_norm_residual(**k, **opts, eps=0.3), inp, bound=1e-5)
+        ignored = compare(lambda **k: R.gate_norm_residual(**k, **opts), lambda **k: R.gate_norm_residual(**k, **opts,
+                          eps=0.3), inp)
+        assert ignored["out1"] > 0.1 and errs["out1"] < 1e-5, (ignored, errs)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan"), float("inf"), "1e-5", True, None])
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_bad_eps_is_a_one_line_error(eps, impl):
+    fn = gate_norm_residual if impl == "kernel" else R.gate_norm_residual
+    with pytest.raises(ValueError, match=r"^eps must be a finite number > 0; got [^\n]*$"):
+        fn(**_base(), mode="row", eps=eps)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------------------------

@@ -483,7 +483,7 @@ _gnr_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------------------
-def _validate(x, a, b, gate, weight, bias, mode, norm):
+def _validate(x, a, b, gate, weight, bias, mode, norm, eps):
     check_tensor("x", x)
     dev = x.device
     check_tensor("a", a, device=dev)
@@ -493,7 +493,7 @@ def _validate(x, a, b, gate, weight, bias, mode, norm):
     check_tensor("weight", weight, device=dev)
     if x.dim() < 1:
         raise ValueError(f"x must have at least one dimension (…, D); got shape {tuple(x.shape)}")
-    check_args(x, a, b, gate, mode, weight, bias, norm)
+    check_args(x, a, b, gate, mode, weight, bias, norm, eps)
     D = x.shape[-1]
     if not 1 <= D <= MAX_D:
         raise ValueError(f"x has feature dimension D={D}; supported 1..{MAX_D}")
@@ -512,7 +512,7 @@ def gate_norm_residual(x, a, b=None, gate=None, *, weight, bias=None, mode: str 
                        eps: float = 1e-5, gate_logits: bool = False, residual_fp32: bool = False):
     """``(h, y)``: h = x + blend(a, b), y = norm(h)·weight (+ bias). See the module docstring and
     reference/gate_norm_residual.py for the semantics of ``mode``, ``norm``, ``gate_logits``, ``residual_fp32``."""
-    _validate(x, a, b, gate, weight, bias, mode, norm)
+    _validate(x, a, b, gate, weight, bias, mode, norm, eps)
     eps = float(eps)
     gate_logits, residual_fp32 = bool(gate_logits), bool(residual_fp32)
     h, y, _ = torch.ops.groundthink.gnr_fwd(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits,
