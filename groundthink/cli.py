@@ -373,7 +373,7 @@ def busy_cores(cpus: set[int], interval: float = 0.1, before=None, after=None) -
     for c in cpus:
         if c in before and c in after:
             db, dt = after[c][0] - before[c][0], after[c][1] - before[c][1]
-            busy += db / dt if dt > 0 else 0.0
+            busy += min(1.0, max(0.0, db / dt)) if dt > 0 else 0.0
     return busy
 
 
