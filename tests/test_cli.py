@@ -207,3 +207,13 @@ def test_train_script_refuses_bad_input_before_any_work(tmp_path):
                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and expected in r.stderr, r.stderr[-2000:]
         assert not out.exists()
+
+
+def test_training_tests_error_when_the_model_package_does_not_import(tmp_path):
+    """tests/test_train.py used to swap in a stub model when `fused` failed to import (and pass); now a broken
+    model package is a collection error."""
+    (tmp_path / "break_fused.py").write_text("import sys\nsys.modules['fused'] = None  # import fused -> ImportError\n")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "break_fused", "--collect-only", "-q",
+                        "tests/test_train.py"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    assert r.returncode != 0 and "ImportError" in r.stdout + r.stderr, r.stdout[-2000:]
