@@ -217,3 +217,25 @@ def test_training_tests_error_when_the_model_package_does_not_import(tmp_path):
                         "tests/test_train.py"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
     assert r.returncode != 0 and "ImportError" in r.stdout + r.stderr, r.stdout[-2000:]
+
+
+# ----------------------------------------------------------------------------------------------- repository
+
+MACHINE_PATH_FREE = ["README.md", "docs", "configs", "scripts/*.sh", "profiles", "notes/gate_norm_residual.md",
+                     "groundthink", "tests", "train.py", "pyproject.toml"]
+
+
+def test_no_machine_paths_in_docs_scripts_and_committed_logs(capsys):
+    """No absolute path of one machine (checkout, shared folder, fixed /tmp files, home folders) in what a user
+    reads or runs (scripts/scrub_paths.py --check; the lead widens the list as the other folders are cleaned)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("scrub_paths", ROOT / "scripts" / "scrub_paths.py")
+    scrub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scrub)
+    cwd = os.getcwd()
+    try:
+        os.chdir(ROOT)
+        rc = scrub.main(["--check", *MACHINE_PATH_FREE])
+    finally:
+        os.chdir(cwd)
+    assert rc == 0, capsys.readouterr().out
