@@ -34,101 +34,15 @@ from tqdm import tqdm
 
 from groundthink import checkpoint as ckpt
 from groundthink import data as gdata
+from groundthink.cli import DEVICE_DEFAULTS, build_parser, cpu_threads, fill_device_defaults, parse_args  # noqa: F401
+from groundthink.errors import InputError
 from groundthink.registry import resolve
 
-# steps, batch size, sequence length, intervals by device — used for whatever the flags / config leave unset
-DEVICE_DEFAULTS = {
-    # CPU: the reference ops run a few hundred tokens/s for size small on 2 cores, so the default CPU run is a
-    # short demonstration (~77K tokens, ~3 minutes); pass --steps/--batch-size/--seq-len for more
-    "cpu": dict(steps=150, batch_size=8, seq_len=64, eval_interval=50, ckpt_interval=50, log_interval=5,
-                eval_iters=4),
-    "cuda": dict(steps=2000, batch_size=64, seq_len=256, eval_interval=250, ckpt_interval=500, log_interval=10,
-                 eval_iters=20),
-}
 NOT_INHERITED = {"resume", "config", "stop_at", "no_progress"}  # never taken from a checkpoint's args
 
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a non-finite loss or gradient norm; the run stopped without saving that state."""
-
-
-# ----------------------------------------------------------------------------------------------- arguments
-
-def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
-    """The flags. ``suppress=True`` gives a parser without defaults: it tells which flags were given."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-
-    def add(*flags, default=None, **kw):
-        p.add_argument(*flags, default=argparse.SUPPRESS if suppress else default, **kw)
-
-    add("--config", help="YAML file; keys are flag names (dashes or underscores)")
-    add("--model", default="GF-MH", help="variant (fused.list_models())")
-    add("--size", default="small", help="tiny|small|medium|large|xl")
-    add("--override", action="append", metavar="KEY=VALUE",
-        help="model config override passed to fused.get_model (repeatable), e.g. --override n_layer=2")
-    add("--data", help="text file to train on (default: CPython's pydoc_data.topics)")
-    add("--tokenizer", default="char", choices=["char", "bpe"])
-    add("--vocab-size", type=int, default=512, help="BPE vocabulary size (--tokenizer bpe)")
-    add("--val-frac", type=float, default=0.1, help="fraction of the corpus (its end) held out for validation")
-    add("--steps", type=int, help="optimizer steps (default by device: CPU 150, GPU 2000)")
-    add("--batch-size", type=int, help="sequences per step per process (CPU 8, GPU 64)")
-    add("--seq-len", type=int, help="tokens per sequence (CPU 64, GPU 256)")
-    add("--lr", type=float, default=2e-3, help="peak learning rate (times the group multiplier)")
-    add("--min-lr-frac", type=float, default=0.1, help="cosine decays to lr * this")
-    add("--lr-mult-rwkv", type=float, default=1.0)
-    add("--lr-mult-mamba", type=float, default=1.0)
-    add("--lr-mult-other", type=float, default=1.0)
-    add("--warmup-rwkv", type=int, help="linear warm-up steps of the RWKV group (default steps // 10, max 200)")
-    add("--warmup-mamba", type=int, help="same for the Mamba group")
-    add("--warmup-other", type=int, help="same for everything else (embeddings, head, gates, norms)")
-    add("--weight-decay", type=float, default=0.1, help="AdamW decay on matrices (not on vectors)")
-    add("--grad-clip", type=float, default=1.0, help="max global gradient norm (0: off)")
-    add("--seed", type=int, default=1337)
-    add("--eval-interval", type=int, help="steps between validation evals (CPU 50, GPU 250)")
-    add("--eval-iters", type=int, help="batches per eval (CPU 4, GPU 20)")
-    add("--log-interval", type=int, help="steps between JSONL train records (CPU 5, GPU 10)")
-    add("--ckpt-interval", type=int, help="steps between checkpoints (CPU 50, GPU 500)")
-    add("--out-dir", default="checkpoints")
-    add("--resume", nargs="?", const="auto", help="continue from a checkpoint: PATH, or auto = latest in --out-dir")
-    add("--stop-at", type=int, help="stop after this step (checkpoint saved) without changing the schedule; "
-                                    "continue later with --resume")
-    add("--kernels", default="auto", choices=["auto", "triton", "reference"])
-    add("--log", help="JSONL run log (default: OUT_DIR/log_MODEL.jsonl)")
-    add("--sample-tokens", type=int, default=200, help="tokens sampled at the end (0: none)")
-    add("--threads", type=int, default=0, help="CPU threads for torch (0: auto = the cores the load average "
-                                               "leaves idle; oversubscribed cores slow training many-fold)")
-    add("--no-progress", action="store_true", default=False, help="no tqdm bar")
-    return p
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    explicit = vars(build_parser(suppress=True).parse_args(argv))
-    settings = vars(args)
-    if args.config:
-        cfg = yaml.safe_load(Path(args.config).read_text()) or {}
-        known = set(settings)
-        for key, value in cfg.items():
-            k = key.replace("-", "_")
-            if k not in known:
-                raise SystemExit(f"{args.config}: unknown key {key!r}")
-            settings[k] = value
-    settings.update(explicit)
-    return argparse.Namespace(**settings, _explicit=sorted(explicit))
-
-
-def fill_device_defaults(args, device_type: str) -> list[str]:
-    """Fill unset steps/batch/seq/intervals and warm-ups; returns the names it chose."""
-    chosen = []
-    for k, v in DEVICE_DEFAULTS[device_type].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-            chosen.append(k)
-    for g in ("rwkv", "mamba", "other"):
-        if getattr(args, f"warmup_{g}") is None:
-            setattr(args, f"warmup_{g}", min(200, args.steps // 10))
-    return chosen
 
 
 # ----------------------------------------------------------------------------------------------- pieces
@@ -174,14 +88,6 @@ def make_scheduler(opt, args):
     fns = [(lambda s, w=getattr(args, f"warmup_{g['component']}"): lr_factor(s, w, args.steps, args.min_lr_frac))
            for g in opt.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(opt, fns)
-
-
-def cpu_threads(requested: int) -> int:
-    """--threads 0: torch's default, less the cores other processes keep busy (1-min load average)."""
-    if requested > 0:
-        return requested
-    busy = int(os.getloadavg()[0] + 0.5) if hasattr(os, "getloadavg") else 0
-    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - busy))
 
 
 def peak_mem_mb(device) -> float:
@@ -467,6 +373,6 @@ def _train(args, device, rank, world, master, say) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, InputError) as e:  # a user's bad input or a diverged run: one line, exit 2
         print(f"\nerror: {e}", file=sys.stderr)
         sys.exit(2)

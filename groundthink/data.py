@@ -4,6 +4,7 @@
   joined in sorted key order, ~465K characters). Nothing is downloaded.
 * ``CharTokenizer`` — one id per distinct character of the corpus (the default).
 * ``BPETokenizer`` — a byte-level BPE trained locally with the ``tokenizers`` library, cached as JSON.
+* ``load_text(path)`` — strict UTF-8; a missing, empty, binary or non-UTF-8 file is a one-line ``DataError``.
 * ``get_batch(data, B, T, seed, step, rank, world)`` — batch sampling is a pure function of (seed, step, rank):
   a ``torch.Generator`` seeded with ``seed * 1_000_003 + step`` draws ``B * world`` window starts and each rank
   takes its own ``B``. Resuming at step N therefore continues the exact data order with no state to restore, and
@@ -11,14 +12,24 @@
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from pathlib import Path
 
 import torch
 
+from groundthink.errors import InputError
+
 SEED_STRIDE = 1_000_003
 EVAL_SEED_OFFSET = 7_777_777  # eval batches come from their own stream, independent of the training step
+CONTROL_MAX_FRAC = 0.01   # more control characters (not tab/newline/CR/FF/VT) than this: not a text file
+CHUNK = 1 << 20
+CONTROL_BYTES = bytes(b for b in range(32) if chr(b) not in "\t\n\r\f\v") + b"\x7f"
+
+
+class DataError(InputError):
+    """A corpus the trainer cannot use (missing, empty, binary, not UTF-8, too short); one-line message."""
 
 
 # ----------------------------------------------------------------------------------------------- corpus
@@ -29,12 +40,52 @@ def default_corpus() -> str:
     return "".join(topics.topics[k] for k in sorted(topics.topics))
 
 
+def check_text_file(path) -> int:
+    """Check that ``path`` is a non-empty UTF-8 text file without reading it whole; returns its size in bytes.
+
+    Raises ``DataError`` (one line) for a missing path, a directory, an empty file, a binary file (a NUL byte, or
+    more than 1% control characters) or bytes that are not UTF-8 (the message names the byte offset)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"--data {path}: no such file; accepted: a UTF-8 text file")
+    if not p.is_file():
+        raise DataError(f"--data {path}: is a directory, not a file; accepted: a UTF-8 text file")
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = controls = 0
+    with open(p, "rb") as f:
+        while True:
+            block = f.read(CHUNK)
+            final = not block
+            nul = block.find(b"\0")
+            if nul >= 0:
+                raise DataError(f"--data {path}: binary file (NUL byte at byte offset {offset + nul}); "
+                                f"accepted: a UTF-8 text file")
+            try:
+                decoder.decode(block, final)
+            except UnicodeDecodeError as e:
+                bad = offset - len(decoder.getstate()[0]) + e.start  # e.object = bytes held back + block
+                raise DataError(f"--data {path}: not UTF-8: invalid byte 0x{e.object[e.start]:02x} at byte offset "
+                                f"{bad}; accepted: a UTF-8 text file (convert it, e.g. iconv -t UTF-8)") from None
+            controls += len(block) - len(block.translate(None, CONTROL_BYTES))
+            if final:
+                break
+            offset += len(block)
+    if offset == 0:
+        raise DataError(f"--data {path}: the file is empty; accepted: a non-empty UTF-8 text file")
+    if controls > CONTROL_MAX_FRAC * offset:
+        raise DataError(f"--data {path}: binary file ({controls:,} of {offset:,} bytes are control characters); "
+                        f"accepted: a UTF-8 text file")
+    return offset
+
+
 def load_text(path: str | None = None) -> tuple[str, str]:
-    """(text, name): the file at ``path`` (UTF-8), or the default corpus when ``path`` is None."""
+    """(text, name): the file at ``path`` (strict UTF-8, checked by ``check_text_file``), or the default corpus
+    when ``path`` is None. Raises ``DataError`` (one line) for a file that is not usable text."""
     if path is None:
         return default_corpus(), "pydoc_data.topics"
+    check_text_file(path)
     p = Path(path)
-    return p.read_text(encoding="utf-8", errors="replace"), p.name
+    return p.read_bytes().decode("utf-8"), p.name
 
 
 def text_hash(text: str) -> str:
@@ -62,7 +113,8 @@ class CharTokenizer:
         try:
             return [self.stoi[c] for c in s]
         except KeyError as e:
-            raise ValueError(f"character {e.args[0]!r} is not in the vocabulary") from None
+            raise DataError(f"character {e.args[0]!r} is not in the tokenizer's vocabulary; accepted: the "
+                            f"{len(self.chars)} characters of the corpus it was built from") from None
 
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in ids)
@@ -144,11 +196,32 @@ def build_tokenizer(kind: str, text: str, vocab_size: int = 512, cache_dir=None)
 
 # ----------------------------------------------------------------------------------------------- batching
 
-def encode_corpus(tok, text: str, val_frac: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids as int64 tensors, split by position: the first (1 - val_frac) for training, the rest validation."""
+def min_split_tokens(seq_len: int) -> int:
+    """The fewest tokens a split needs for ``get_batch`` at ``seq_len``: one window of seq_len + 1, plus one."""
+    return seq_len + 2
+
+
+def check_splits(train: torch.Tensor, val: torch.Tensor, seq_len: int) -> None:
+    """Raise ``DataError`` (one line, with the minimum) when a split is too short for ``seq_len``; call it before
+    training, not at the first eval."""
+    need = min_split_tokens(seq_len)
+    for name, split, hint in (("validation", val, "raise --val-frac, "), ("training", train, "lower --val-frac, ")):
+        if len(split) < need:
+            raise DataError(f"the {name} split has {len(split):,} tokens, too few for --seq-len {seq_len}; "
+                            f"accepted: at least {need:,} tokens (seq_len + 2): {hint}lower --seq-len or give a "
+                            f"longer --data")
+
+
+def encode_corpus(tok, text: str, val_frac: float = 0.1, *, seq_len: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids as int64 tensors, split by position: the first (1 - val_frac) for training, the rest validation.
+    With ``seq_len``, both splits are checked to be long enough (``check_splits``)."""
     ids = torch.tensor(tok.encode(text), dtype=torch.long)
     n = int(len(ids) * (1.0 - val_frac))
-    return ids[:n], ids[n:]
+    train, val = ids[:n], ids[n:]
+    if seq_len is not None:
+        check_splits(train, val, seq_len)
+    return train, val
 
 
 def batch_generator(seed: int, step: int) -> torch.Generator:
@@ -160,8 +233,9 @@ def batch_generator(seed: int, step: int) -> torch.Generator:
 def get_batch(data: torch.Tensor, batch_size: int, seq_len: int, seed: int, step: int,
               rank: int = 0, world: int = 1, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) of shape [batch_size, seq_len]; a pure function of (data, seed, step, rank, world)."""
-    if len(data) <= seq_len + 1:
-        raise ValueError(f"split has {len(data)} tokens, too few for --seq-len {seq_len}")
+    if len(data) < min_split_tokens(seq_len):
+        raise DataError(f"split has {len(data)} tokens, too few for --seq-len {seq_len}; accepted: at least "
+                        f"{min_split_tokens(seq_len)} tokens (seq_len + 2)")
     g = batch_generator(seed, step)
     starts = torch.randint(len(data) - seq_len - 1, (batch_size * world,), generator=g)
     starts = starts[rank * batch_size:(rank + 1) * batch_size]

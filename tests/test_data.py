@@ -59,3 +59,67 @@ def test_split_and_batches_are_deterministic_and_sharded():
     ev1 = [b[0] for b in gdata.eval_batches(val, 2, 4, 32, seed=1)]
     ev2 = [b[0] for b in gdata.eval_batches(val, 2, 4, 32, seed=1)]
     assert all(torch.equal(a, b) for a, b in zip(ev1, ev2))
+
+
+# ----------------------------------------------------------------------------------------------- bad corpora
+
+import pytest  # noqa: E402
+
+
+def test_non_utf8_byte_is_an_error_naming_its_offset(tmp_path):
+    p = tmp_path / "latin1.txt"
+    p.write_bytes("caf\u00e9 ok\n".encode("utf-8") * 3 + b"na\xefve\n")   # 0xef starts a 3-byte sequence: bad
+    off = len("caf\u00e9 ok\n".encode("utf-8")) * 3 + 2
+    with pytest.raises(gdata.DataError, match=rf"invalid byte 0xef at byte offset {off};.*UTF-8") as e:
+        gdata.load_text(str(p))
+    assert "\n" not in str(e.value)
+
+
+def test_non_utf8_offset_across_read_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(gdata, "CHUNK", 7)
+    p = tmp_path / "t.txt"
+    good = "ab\u00e9\u20ac\u00e9xyz\n".encode("utf-8")          # multi-byte characters straddle the 7-byte blocks
+    p.write_bytes(good + b"\xe2\x82" + b"q")                     # a truncated euro sign: bad at len(good)
+    with pytest.raises(gdata.DataError, match=rf"invalid byte 0xe2 at byte offset {len(good)};"):
+        gdata.check_text_file(p)
+    p.write_bytes(good * 5)
+    assert gdata.check_text_file(p) == len(good) * 5              # the same bytes, valid: no false alarm
+
+
+@pytest.mark.parametrize("payload, what", [(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", r"binary file \(NUL byte at byte offset 8\)"),
+                                           (b"text" + b"\x01\x02\x03\x1b" * 10 + b"more text", r"binary file \(40 of"),
+                                           (b"", "the file is empty")])
+def test_binary_or_empty_file_refused(tmp_path, payload, what):
+    p = tmp_path / "f.bin"
+    p.write_bytes(payload)
+    with pytest.raises(gdata.DataError, match=what):
+        gdata.load_text(str(p))
+
+
+def test_missing_file_and_directory_refused(tmp_path):
+    with pytest.raises(gdata.DataError, match="no such file"):
+        gdata.load_text(str(tmp_path / "nope.txt"))
+    with pytest.raises(gdata.DataError, match="is a directory"):
+        gdata.load_text(str(tmp_path))
+
+
+def test_ordinary_text_with_tabs_and_form_feeds_is_accepted(tmp_path):
+    p = tmp_path / "t.txt"
+    text = "col1\tcol2\r\n\fpage two \u2713\n" * 20
+    p.write_text(text, encoding="utf-8", newline="")
+    assert gdata.load_text(str(p))[0] == text
+
+
+def test_short_validation_split_detected_before_training():
+    tok = gdata.CharTokenizer.train("abcdefghij")
+    text = "abcdefghij" * 10                                        # 100 tokens: val 10 at val_frac 0.1
+    with pytest.raises(gdata.DataError, match=r"validation split has 10 tokens, too few for --seq-len 16; "
+                                              r"accepted: at least 18 tokens"):
+        gdata.encode_corpus(tok, text, 0.1, seq_len=16)
+    train, val = gdata.encode_corpus(tok, text, 0.1, seq_len=8)    # 10 >= 8 + 2: fine
+    gdata.get_batch(val, 2, 8, seed=0, step=0)
+    with pytest.raises(gdata.DataError, match="training split has 40 tokens"):
+        gdata.encode_corpus(tok, text, 0.6, seq_len=45)              # val 60 is enough, train 40 is not
+    with pytest.raises(gdata.DataError, match="at least 18 tokens"):
+        gdata.get_batch(val, 2, 16, seed=0, step=0)
+    assert gdata.encode_corpus(tok, text, 0.1)[1].shape == (10,)    # without seq_len: no check (old signature)

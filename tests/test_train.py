@@ -1,8 +1,8 @@
 """train.py end to end on CPU: a tiny run, exact resume, atomic saves, non-finite stop, DDP (gloo), and
 Triton-interpreter vs reference kernels.
 
-Until ``fused`` (the model) imports, the in-process tests run against a small stub with the same API
-(``StubLM``); the subprocess tests (torchrun) need the real model and skip without it.
+Every test runs the real model: if ``fused`` fails to import, this module fails to load (an error, never a
+stand-in model).
 """
 from __future__ import annotations
 
@@ -15,77 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 
+import fused  # noqa: F401  (the model package: a failed import is an error, no stand-in)
 import train
 from groundthink import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 
-try:
-    import fused
-    HAVE_FUSED = hasattr(fused, "get_model")
-except Exception:  # noqa: BLE001 - the model package is still being written
-    HAVE_FUSED = False
-
 # the smallest model that still exercises both branches and the fusion
 TINY = ["--size", "tiny", "--override", "n_layer=2", "--override", "d_model=32", "--override", "head_size=16",
         "--override", "headdim=16", "--override", "mix_lora=4", "--override", "decay_lora=8",
         "--override", "d_state=8", "--override", "chunk_size=16"]
-
-
-class StubLM(nn.Module):
-    """Stand-in with the fused API (used only while fused/ does not import)."""
-
-    def __init__(self, vocab_size, d=32):
-        super().__init__()
-        self.config = {"vocab_size": vocab_size, "d_model": d}
-        self.emb = nn.Embedding(vocab_size, d)
-        self.rwkv = nn.Linear(d, d)
-        self.mamba = nn.Linear(d, d)
-        self.gate = nn.Parameter(torch.zeros(d))
-        self.head = nn.Linear(d, vocab_size)
-        self._gate_mean = None
-
-    def forward(self, idx, targets=None):
-        h = self.emb(idx)
-        h = torch.cumsum(h, 1) / torch.arange(1, idx.shape[1] + 1)[None, :, None]
-        g = torch.sigmoid(self.gate)
-        self._gate_mean = g.mean().detach()
-        h = h + g * torch.tanh(self.rwkv(h)) + (1 - g) * torch.tanh(self.mamba(h))
-        logits = self.head(h)
-        loss = None if targets is None else nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        return logits, loss
-
-    def param_groups(self):
-        return {"rwkv": list(self.rwkv.parameters()), "mamba": list(self.mamba.parameters()),
-                "other": [self.emb.weight, self.gate, *self.head.parameters()]}
-
-    def component_stats(self):
-        gn = lambda ps: torch.sqrt(sum((p.grad.float() ** 2).sum() for p in ps)).item()  # noqa: E731
-        r, m = gn(self.rwkv.parameters()), gn(self.mamba.parameters())
-        return {"grad_norm_rwkv": r, "grad_norm_mamba": m, "grad_ratio": r / max(m, 1e-12),
-                "gate_mean": self._gate_mean, "state_norm": 1.0}
-
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx)
-            probs = torch.softmax(logits[:, -1] / temperature, -1)
-            idx = torch.cat([idx, torch.multinomial(probs, 1)], 1)
-        return idx
-
-    def num_params(self):
-        return sum(p.numel() for p in self.parameters())
-
-    def set_ops(self, ops):
-        pass
-
-
-@pytest.fixture(autouse=True)
-def model_factory(monkeypatch):
-    if not HAVE_FUSED:
-        monkeypatch.setattr(train, "build_model", lambda args, vocab_size, ops: StubLM(vocab_size))
 
 
 def run(tmp_path, *extra, steps=8):
@@ -270,8 +210,6 @@ runpy.run_path("train.py", run_name="__main__")
 def test_non_finite_exit_code(tmp_path):
     """As a script: a loss that turns inf at step 5 exits with code 2 and a one-line error, no traceback; the
     step-3 checkpoint is still there and loads."""
-    if not HAVE_FUSED:
-        pytest.skip("needs fused/ (subprocess)")
     r = subprocess.run([sys.executable, "-c", POISON, "--steps", "6", "--batch-size", "2", "--seq-len", "16",
                         "--eval-interval", "3", "--eval-iters", "1", "--ckpt-interval", "3", "--out-dir", str(tmp_path),
                         "--sample-tokens", "0", "--no-progress", "--threads", "1", "--kernels", "reference", *TINY],
@@ -282,7 +220,6 @@ def test_non_finite_exit_code(tmp_path):
     assert not ckpt.final_path(tmp_path, "GF-MH").exists()
 
 
-@pytest.mark.skipif(not HAVE_FUSED, reason="needs fused/ (torchrun subprocess)")
 def test_ddp_two_gloo_processes(tmp_path):
     torchrun = shutil.which("torchrun")
     cmd = ([torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]) + [
@@ -309,8 +246,6 @@ def test_triton_interpreter_matches_reference(tmp_path):
     """Same seed, --kernels triton (interpreter on CPU) vs --kernels reference: losses within 1% at every step."""
     pytest.importorskip("kernels.wkv6")
     pytest.importorskip("kernels.gate_norm_residual")
-    if not HAVE_FUSED:
-        pytest.skip("needs fused/ (the stub calls no kernels)")
     common = ["--steps", "3", "--batch-size", "2", "--seq-len", "16", "--eval-interval", "3", "--eval-iters", "1",
               "--log-interval", "1", "--ckpt-interval", "100", "--sample-tokens", "0", "--no-progress", "--threads", "1",
               *TINY]
