@@ -60,6 +60,12 @@ IMPLS: dict[str, dict[str, str]] = {
 LAB_KERNEL: dict[str, tuple[str, ...]] = {"wkv6": ("triton", "triton_fused"), "gate_norm_residual": ("triton",),
                                           "mamba2": ("mamba_ssm",)}
 _GPU_ONLY = {"fla_chunk", "fla_recurrent", "mamba_ssm", "compile"}
+# implementations the training step may capture in a CUDA graph: no host sync, static shapes, Triton autotuning
+# done by the step's warm-up (until the op specs' Impl(graph_safe=...) says it; the references are plain PyTorch
+# without syncs on the training path)
+GRAPH_SAFE = {("wkv6", "triton"), ("wkv6", "triton_fused"), ("wkv6", "reference"),
+              ("gate_norm_residual", "triton"), ("gate_norm_residual", "reference"),
+              ("mamba2", "mamba_ssm"), ("mamba2", "reference")}
 
 
 def _compiled_gate_norm_residual():
@@ -121,6 +127,11 @@ class OpSet:
 
     def impls(self) -> dict[str, str]:
         return {op: c.impl for op, c in self.choices.items()}
+
+    def graph_safe(self) -> tuple[bool, str]:
+        """(every chosen implementation may be captured in a CUDA graph, why not)."""
+        bad = [f"{c.op}/{c.impl}" for c in self.choices.values() if (c.op, c.impl) not in GRAPH_SAFE]
+        return (not bad, "not graph-safe: " + ", ".join(bad) if bad else "every op graph-safe")
 
 
 def _pick(op: str, impl: str, reason: str) -> Choice:
