@@ -42,11 +42,10 @@ def pack(loss, grad_norm, norms3, probes: dict) -> torch.Tensor:
 
 
 def present(probes: dict, groups: dict) -> dict[str, bool]:
-    """Which STATS this model reports: every probe the forward returned, a branch norm only for a branch."""
+    """Which STATS this model reports: every probe the forward returned (a branch without parameters has grad
+    norm 0 and no ratio)."""
     out = {k: True for k in STATS}
     out.update({k: probes.get(k) is not None for k in PROBES})
-    out["grad_norm_rwkv"] = bool(groups.get("rwkv"))
-    out["grad_norm_mamba"] = bool(groups.get("mamba"))
     return out
 
 
