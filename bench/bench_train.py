@@ -283,7 +283,7 @@ def step_row(who: str, mode: str, size: str, variant: str, kernels: str, steps: 
         model = build("peer" if who == "peer" else kernels, variant, size)
         res = measure_training(model, B, T, 3, steps, graph=mode == "graph", probes=who == "ours", profile=profile)
         row.update({k: res.get(k) for k in STEP_FIELDS if k in res}, note=getattr(model, "describe", lambda: "")())
-    except Exception as e:  # noqa: BLE001 - the row says what failed
+    except (Exception, pytest.skip.Exception) as e:  # noqa: BLE001 - the row says what failed
         row.update(note=f"failed: {type(e).__name__}: {str(e)[:300]}")
         res = {}
     model = None  # noqa: F841
