@@ -11,9 +11,14 @@ Precedence of settings: built-in defaults < --config YAML (keys = flag names) < 
 resuming < flags on the command line. Unset steps / batch size / sequence length / intervals are chosen by device.
 
 Reproducibility: the batch at step s is a pure function of (seed, s, rank) (groundthink.data.get_batch), and a
-checkpoint stores model, optimizer, scheduler, step and RNG states, so --resume continues exactly (bit for bit on
-CPU). Checkpoints are written atomically (groundthink.checkpoint.save). A non-finite loss or gradient norm stops
-the run before the optimizer step, so nothing bad is ever saved; the last good checkpoint stays.
+checkpoint stores model, optimizer, step and RNG states (the learning rate is a pure function of the step), so
+--resume continues exactly (bit for bit on CPU). Checkpoints are written atomically (groundthink.checkpoint.save).
+
+The step (groundthink/step.py) is one function without host syncs — on a GPU replayed as one CUDA graph
+(--graph); its loss, gradient norms and component stats are read asynchronously at log intervals. A step with a
+non-finite loss or gradient norm leaves the parameters unchanged (guarded AdamW); the run stops at the next log
+interval (at the latest before the next checkpoint), so nothing bad is ever saved; the last good one stays.
+The summary prints tok/s, peak memory, GPU busy % and kernel launches per step (torch.profiler window).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import kernels  # noqa: F401  (on a CPU-only machine: Triton interpreter, before any kernel module is imported)
@@ -36,9 +42,11 @@ from groundthink import checkpoint as ckpt
 from groundthink import data as gdata
 from groundthink.cli import DEVICE_DEFAULTS, build_parser, cpu_threads, fill_device_defaults, parse_args  # noqa: F401
 from groundthink.errors import InputError
+from groundthink import monitor
 from groundthink.registry import resolve
+from groundthink.step import TrainStep, group_params
 
-NOT_INHERITED = {"resume", "config", "stop_at", "no_progress"}  # never taken from a checkpoint's args
+NOT_INHERITED = {"resume", "config", "stop_at", "no_progress", "graph", "profile_steps"}  # never taken from a checkpoint's args
 
 
 class NonFiniteLoss(RuntimeError):
@@ -56,24 +64,18 @@ def build_model(args, vocab_size: int, ops):
     return fused.get_model(args.model, size=args.size, vocab_size=vocab_size, ops=ops, **overrides)
 
 
-def make_optimizer(model, args, use_fused: bool):
-    """AdamW with one param group per (component, decay/no-decay); each group knows its component."""
-    groups_by_comp = model.param_groups()
-    seen = {id(p) for ps in groups_by_comp.values() for p in ps}
-    leftover = [p for p in model.parameters() if id(p) not in seen]
+def make_optimizer(model, args):
+    """Fused, capturable AdamW with one param group per (component, decay/no-decay); each group knows its
+    component and base lr (the schedule multiplies it)."""
     groups = []
-    for comp in ("rwkv", "mamba", "other"):
-        params = [p for p in groups_by_comp.get(comp, []) if p.requires_grad]
-        if comp == "other":
-            params += [p for p in leftover if p.requires_grad]
+    for comp, params in group_params(model).items():
         mult = getattr(args, f"lr_mult_{comp}")
         for decay in (True, False):
-            ps = [p for p in params if (p.dim() >= 2) == decay]
+            ps = [p for p in params if p.requires_grad and (p.dim() >= 2) == decay]
             if ps:
-                groups.append({"params": ps, "lr": args.lr * mult, "component": comp,
+                groups.append({"params": ps, "lr": args.lr * mult, "base_lr": args.lr * mult, "component": comp,
                                "weight_decay": args.weight_decay if decay else 0.0})
-    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=use_fused)
-    return opt
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=True, capturable=True)
 
 
 def lr_factor(step: int, warmup: int, total: int, min_frac: float) -> float:
@@ -84,10 +86,29 @@ def lr_factor(step: int, warmup: int, total: int, min_frac: float) -> float:
     return min_frac + (1.0 - min_frac) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_scheduler(opt, args):
-    fns = [(lambda s, w=getattr(args, f"warmup_{g['component']}"): lr_factor(s, w, args.steps, args.min_lr_frac))
-           for g in opt.param_groups]
-    return torch.optim.lr_scheduler.LambdaLR(opt, fns)
+def lr_values(opt, args, step: int) -> list[float]:
+    """Every group's learning rate at ``step`` (0-based): a pure function of the step, so resuming needs no
+    scheduler state."""
+    return [g["base_lr"] * lr_factor(step, getattr(args, f"warmup_{g['component']}"), args.steps, args.min_lr_frac)
+            for g in opt.param_groups]
+
+
+def choose_graph(args, device, ops) -> tuple[bool, str]:
+    """--graph auto|on|off → (capture the step, why)."""
+    if args.graph == "off":
+        return False, "--graph off"
+    if device.type != "cuda":
+        if args.graph == "on":
+            raise InputError("--graph on needs a CUDA device; use --graph auto or off on CPU")
+        return False, "no CUDA device: eager step"
+    ok, why = ops.graph_safe()
+    if not ok and args.graph == "on":
+        raise InputError(f"--graph on: {why}; choose other --kernels or --graph off")
+    return ok, f"--graph {args.graph}: {why}"
+
+
+def amp_context(device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def peak_mem_mb(device) -> float:
@@ -95,14 +116,6 @@ def peak_mem_mb(device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS of this process (Linux: KiB)
-
-
-def as_float(x):
-    if x is None:
-        return None
-    if isinstance(x, torch.Tensor):
-        x = x.detach().float().item()
-    return float(x)
 
 
 def all_mean(t: torch.Tensor, world: int) -> torch.Tensor:
@@ -114,12 +127,12 @@ def all_mean(t: torch.Tensor, world: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, split, args, amp, device, rank, world) -> float:
+def evaluate(model, split, args, device, rank, world) -> float:
     model.eval()
     losses = []
     for x, y in gdata.eval_batches(split, args.eval_iters, args.batch_size, args.seq_len, args.seed, rank, world,
                                    device):
-        with amp:
+        with amp_context(device):
             _, loss = model(x, y)
         losses.append(loss.float())
     model.train()
@@ -132,14 +145,77 @@ def config_dict(model):
 
 
 def all_finite(model) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
+class RunLog:
+    """The JSONL run log, written by rank 0: a resumed run drops records past its starting step, then appends."""
+
+    def __init__(self, path: Path, master: bool, start: int, resumed: bool):
+        self.path, self.f = path, None
+        if not master:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resumed and path.exists():
+            keep = [ln for ln in path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= start]
+            path.write_text("".join(ln + "\n" for ln in keep))
+        elif not resumed:
+            path.write_text("")
+        self.f = open(path, "a")
+
+    def __call__(self, rec: dict):
+        if self.f:
+            self.f.write(json.dumps(rec) + "\n")
+            self.f.flush()
+
+    def close(self):
+        if self.f:
+            self.f.close()
+            self.f = None
+
+
+@dataclass
+class Run:
+    """Everything the training loop reads and updates."""
+    args: argparse.Namespace
+    device: torch.device
+    rank: int
+    world: int
+    master: bool
+    say: object
+    out_dir: Path
+    tok: object
+    corpus: str
+    train_ids: torch.Tensor
+    val_ids: torch.Tensor
+    ops: object
+    model: object
+    opt: object
+    step: TrainStep
+    ring: monitor.MetricsRing
+    log: RunLog
+    start: int
+    stop: int
+    graph: tuple[bool, str]
+    gate0: float | None = None
+    last_ckpt: Path | None = None
+    bar: object = None
+    losses: list = field(default_factory=list)
+    evals: list = field(default_factory=list)
+    windows: list = field(default_factory=list)      # (last step, steps, seconds) per metrics window
+    last: dict = field(default_factory=dict)         # the latest step's stats (monitor.unpack)
+    val_loss: float | None = None
+    train_eval: float | None = None
+    profile: dict | None = None
+    profiler: object = None
+    profile_span: tuple[int, int] = (0, 0)
 
 
 # ----------------------------------------------------------------------------------------------- main
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-
     # distributed set-up (torchrun sets WORLD_SIZE / RANK / LOCAL_RANK)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -163,36 +239,53 @@ def main(argv=None) -> dict:
 
 
 def _train(args, device, rank, world, master, say) -> dict:
-    # resume: the checkpoint's settings fill in whatever the command line did not give
-    out_dir = Path(args.out_dir)
-    state = resumed_from = None
-    if args.resume:
-        path = ckpt.latest(out_dir, args.model) if args.resume == "auto" else Path(args.resume)
-        if path is None:
-            say(f"--resume auto: no checkpoint of {args.model} in {out_dir}; starting fresh")
-        else:
-            state, resumed_from = ckpt.load(path), path
-            for k, v in state["args"].items():
-                if k not in args._explicit and k not in NOT_INHERITED and not k.startswith("_"):
-                    setattr(args, k, v)
-            say(f"resuming from {path} (step {state['step']})")
+    state, resumed_from = load_resume(args, say)
     chosen = fill_device_defaults(args, device.type)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(args.threads))
     if chosen and state is None:
         say(f"device {device.type}: " + ", ".join(f"{k}={getattr(args, k)}" for k in chosen)
             + " (chosen by device; flags override)")
-
-    # kernels: one implementation per op, and why
-    ops = resolve(args.kernels)
+    ops = resolve(args.kernels)  # one implementation per op, and why
     say(f"kernels (--kernels {args.kernels}):\n" + ops.table())
+    run = build_run(args, device, rank, world, master, say, ops, state)
+    run.last_ckpt = resumed_from
+    try:
+        train_loop(run)
+    except BaseException:
+        run.bar.close()
+        run.log.close()
+        raise
+    return finish(run)
 
-    # data
+
+def load_resume(args, say):
+    """--resume: (checkpoint state, its path), with the checkpoint's settings filling what the command line
+    did not give; (None, None) for a fresh run."""
+    if not args.resume:
+        return None, None
+    out_dir = Path(args.out_dir)
+    path = ckpt.latest(out_dir, args.model) if args.resume == "auto" else Path(args.resume)
+    if path is None:
+        say(f"--resume auto: no checkpoint of {args.model} in {out_dir}; starting fresh")
+        return None, None
+    state = ckpt.load(path)
+    for k, v in state["args"].items():
+        if k not in args._explicit and k not in NOT_INHERITED and not k.startswith("_"):
+            setattr(args, k, v)
+    say(f"resuming from {path} (step {state['step']})")
+    return state, path
+
+
+def prepare_data(args, state, master, world, say):
+    """(tokenizer, corpus name, train ids, val ids). Rank 0 trains a BPE tokenizer and caches it next to the
+    checkpoints; the other ranks read the cache."""
+    out_dir = Path(args.out_dir)
     text, corpus_name = gdata.load_text(args.data)
     if state is not None:
         tok = gdata.tokenizer_from_state(state["tokenizer"])
         tok_note = f"{tok.kind}, from the checkpoint"
-    else:  # rank 0 trains (BPE) and caches the tokenizer next to the checkpoints; the other ranks read the cache
+    else:
         if master:
             out_dir.mkdir(parents=True, exist_ok=True)
         if world > 1 and not master:
@@ -203,171 +296,258 @@ def _train(args, device, rank, world, master, say) -> dict:
     train_ids, val_ids = gdata.encode_corpus(tok, text, args.val_frac)
     say(f"data: {corpus_name}, {len(text):,} chars -> {len(train_ids):,} train / {len(val_ids):,} val tokens; "
         f"tokenizer {tok_note}, vocab {tok.vocab_size}")
+    return tok, corpus_name, train_ids, val_ids
 
-    # model, optimizer, schedule
+
+def build_run(args, device, rank, world, master, say, ops, state) -> Run:
+    """Data, model, optimizer (restored when resuming), the training step, the metrics ring and the run log."""
+    tok, corpus, train_ids, val_ids = prepare_data(args, state, master, world, say)
     torch.manual_seed(args.seed)
     model = build_model(args, tok.vocab_size, ops).to(device)
-    opt = make_optimizer(model, args, use_fused=device.type == "cuda")
-    sched = make_scheduler(opt, args)
+    opt = make_optimizer(model, args)
     start, gate0 = 0, None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         start, gate0 = state["step"], state.get("gate0")
         ckpt.set_rng_state(state["rng"])
+    step = TrainStep(model, opt, batch_size=args.batch_size, seq_len=args.seq_len, device=device,
+                     grad_clip=args.grad_clip, world=world)
+    graph = choose_graph(args, device, ops)
     say(f"model {args.model}/{args.size}: {model.num_params():,} parameters; world size {world}; "
-        f"{'bf16 autocast' if device.type == 'cuda' else f'fp32, {torch.get_num_threads()} CPU threads'}")
-    ddp = model
-    if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
-
-    # run log (JSONL): a resumed run drops records past its starting step, then appends
-    log_path = Path(args.log) if args.log else out_dir / f"log_{args.model}.jsonl"
-    if master:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        if state is not None and log_path.exists():
-            keep = [ln for ln in log_path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= start]
-            log_path.write_text("".join(ln + "\n" for ln in keep))
-        elif state is None:
-            log_path.write_text("")
-    logf = open(log_path, "a") if master else None
-
-    def log(rec):
-        if logf:
-            logf.write(json.dumps(rec) + "\n")
-            logf.flush()
-
-    clean_args = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    log({"type": "config", "step": start, "args": clean_args, "ops": ops.impls(), "device": str(device),
-         "world": world, "num_params": model.num_params(), "vocab_size": tok.vocab_size})
-
-    def save(path, step):
-        if not all_finite(model):  # never replace a good checkpoint with a bad state
-            raise NonFiniteLoss(f"non-finite parameters at step {step}; not saving {path}")
-        ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                   "step": step, "args": clean_args, "rng": ckpt.rng_state(), "tokenizer": tok.state(),
-                   "data": {"seed": args.seed, "step": step, "world": world, "corpus": corpus_name,
-                            "val_frac": args.val_frac},
-                   "model_name": args.model, "size": args.size, "vocab_size": tok.vocab_size,
-                   "config": config_dict(model), "gate0": gate0, "world": world}, path)
-        return path
-
-    # training loop
+        f"{'bf16 autocast' if device.type == 'cuda' else f'fp32, {torch.get_num_threads()} CPU threads'}; "
+        f"CUDA graph {'on' if graph[0] else 'off'} ({graph[1]})")
+    log = RunLog(Path(args.log) if args.log else Path(args.out_dir) / f"log_{args.model}.jsonl", master, start,
+                 state is not None)
     stop = min(args.steps, args.stop_at) if args.stop_at else args.steps
-    last_ckpt = resumed_from
-    tokens_per_step = args.batch_size * args.seq_len * world
-    losses, evals = [], []
-    loss_f = val_loss = train_eval = None
-    t_last, steps_since = time.perf_counter(), 0
-    tok_s = 0.0
-    bar = tqdm(total=stop, initial=start, disable=args.no_progress or not master, dynamic_ncols=True,
-               desc=args.model)
-    write = tqdm.write if not bar.disable else print
+    run = Run(args, device, rank, world, master, say, Path(args.out_dir), tok, corpus, train_ids, val_ids, ops,
+              model, opt, step, monitor.MetricsRing(len(monitor.STATS), args.log_interval, device), log, start, stop,
+              graph, gate0=gate0)
+    run.bar = tqdm(total=stop, initial=start, disable=args.no_progress or not master, dynamic_ncols=True,
+                   desc=args.model)
+    log({"type": "config", "step": start, "args": clean_args(args), "ops": ops.impls(), "device": str(device),
+         "world": world, "num_params": model.num_params(), "vocab_size": tok.vocab_size, "graph": graph[0],
+         "graph_reason": graph[1]})
+    return run
 
-    def fail(msg, step):
-        bar.close()
-        log({"type": "error", "step": step, "error": msg})
-        if logf:
-            logf.close()
-        raise NonFiniteLoss(msg)
 
-    model.train()
-    for step in range(start, stop):
-        x, y = gdata.get_batch(train_ids, args.batch_size, args.seq_len, args.seed, step, rank, world, device)
-        with amp:
-            _, loss = ddp(x, y)
-        loss_f = all_mean(loss.detach().float(), world).item()
-        if not math.isfinite(loss_f):
-            fail(f"non-finite loss ({loss_f}) at step {step + 1}: stopping. Nothing was saved from this state; "
-                 f"last good checkpoint: {last_ckpt or 'none'}", step + 1)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else 1e30)
-        gnorm = gnorm.item()
-        if not math.isfinite(gnorm):
-            fail(f"non-finite gradient norm ({gnorm}) at step {step + 1}: stopping before the optimizer step; "
-                 f"last good checkpoint: {last_ckpt or 'none'}", step + 1)
-        done = step + 1
-        is_eval = done % args.eval_interval == 0 or done == stop
-        stats = model.component_stats() if (is_eval or gate0 is None) else None
-        if stats is not None and gate0 is None:
-            gate0 = as_float(stats.get("gate_mean"))
-            gate0 = gate0 if gate0 is not None else float("nan")  # nan: this variant has no gate
-        lrs = {f"lr_{g['component']}": g["lr"] for g in opt.param_groups}
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append((done, loss_f))
-        steps_since += 1
-        bar.update(1)
+def clean_args(args) -> dict:
+    return {k: v for k, v in vars(args).items() if not k.startswith("_")}
 
-        if done % args.log_interval == 0 or is_eval:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            now = time.perf_counter()
-            tok_s = tokens_per_step * steps_since / max(now - t_last, 1e-9)
-            t_last, steps_since = now, 0
-            mem = peak_mem_mb(device)
-            bar.set_postfix(loss=f"{loss_f:.4f}", tok_s=f"{tok_s:,.0f}", mem=f"{mem:,.0f}MB")
-            log({"type": "train", "step": done, "tokens": done * tokens_per_step, "loss": loss_f, "grad_norm": gnorm,
-                 **lrs, "tok_s": tok_s,
-                 "peak_mem_mb": mem, "time": time.time()})
-        if is_eval:
-            train_eval = evaluate(model, train_ids, args, amp, device, rank, world)
-            val_loss = evaluate(model, val_ids, args, amp, device, rank, world)
-            gm = as_float(stats.get("gate_mean"))
-            drift = gm - gate0 if gm is not None and gate0 is not None and math.isfinite(gate0) else None
-            rec = {"type": "eval", "step": done, "train_loss": train_eval, "val_loss": val_loss, "tok_s": tok_s,
-                   "peak_mem_mb": peak_mem_mb(device),
-                   "grad_norm_rwkv": as_float(stats.get("grad_norm_rwkv")),
-                   "grad_norm_mamba": as_float(stats.get("grad_norm_mamba")),
-                   "grad_ratio": as_float(stats.get("grad_ratio")), "gate_mean": gm, "gate_drift": drift,
-                   "state_norm": as_float(stats.get("state_norm"))}
-            rec.update({k: as_float(v) for k, v in stats.items()  # whatever else the model reports
-                        if k not in rec and (v is None or isinstance(v, (int, float, torch.Tensor)))})
-            evals.append(rec)
-            log(rec)
-            fmt = (lambda v, f=".3g": "n/a" if v is None else format(v, f))
-            if master:
-                write(f"step {done:>6}/{args.steps}: train {train_eval:.4f}  val {val_loss:.4f}  "
-                      f"{tok_s:,.0f} tok/s  peak {rec['peak_mem_mb']:,.0f} MB  |  rwkv/mamba grad {fmt(rec['grad_ratio'])}"
-                      f"  gate {fmt(gm)} (drift {fmt(drift, '+.3g')})  state {fmt(rec['state_norm'])}")
-            t_last = time.perf_counter()  # throughput counts training time only
-        if master and done < args.steps and (done % args.ckpt_interval == 0 or done == stop):  # final: below
-            last_ckpt = save(ckpt.step_path(out_dir, args.model, done), done)
-    bar.close()
 
+def write(run, msg: str):
+    if run.master:
+        (tqdm.write if not run.bar.disable else print)(msg)
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+def train_loop(run: Run):
+    a = run.args
+    run.model.train()
+    for step in range(run.start, run.stop):
+        x, y = gdata.get_batch(run.train_ids, a.batch_size, a.seq_len, a.seed, step, run.rank, run.world,
+                               run.device)
+        if step == run.start and run.graph[0]:
+            capture(run, x, y)
+        run.ring.push(run.step(x, y, lr_values(run.opt, a, step)), step + 1)
+        run.bar.update(1)
+        profile_hook(run, step + 1)
+        at_boundary(run, step + 1)
+    run.bar.close()
+
+
+def capture(run: Run, x, y):
+    """Capture the step as one CUDA graph (warm-up included); with --graph auto a failure falls back to eager."""
+    run.step.load_batch(x, y)
+    try:
+        run.step.capture()
+    except Exception as e:  # noqa: BLE001 - auto: say why and train eagerly
+        if run.args.graph == "on":
+            raise
+        run.graph = (False, f"capture failed: {type(e).__name__}: {str(e)[:200]}")
+        run.say(f"CUDA graph off: {run.graph[1]}")
+        torch.cuda.synchronize()
+    run.ring.restart_clock()
+
+
+def at_boundary(run: Run, done: int):
+    """Log records, evals and checkpoints due after step ``done``."""
+    a = run.args
+    is_eval = done % a.eval_interval == 0 or done == run.stop
+    is_ckpt = done < a.steps and (done % a.ckpt_interval == 0 or done == run.stop)
+    if done % a.log_interval == 0 or is_eval or is_ckpt:
+        run.ring.snapshot()
+    drain(run, block=is_eval or is_ckpt or run.world > 1)   # ranks drain together: they fail together
+    if is_eval:
+        run_eval(run, done)
+    if is_ckpt and run.master:
+        run.last_ckpt = save_checkpoint(run, ckpt.step_path(run.out_dir, a.model, done), done)
+    if is_eval or is_ckpt:
+        run.ring.restart_clock()   # throughput counts training time only
+
+
+def drain(run: Run, block: bool):
+    """Read the finished metrics windows: per-step losses, train records, the non-finite check."""
+    a = run.args
+    for steps, rows, secs in run.ring.collect(block):
+        run.windows.append((steps[-1], len(steps), secs))
+        tok_s = a.batch_size * a.seq_len * run.world * len(steps) / max(secs, 1e-9)
+        for s, row in zip(steps, rows):
+            d = monitor.unpack(row, run.step.has or {})
+            check_finite(run, s, d)
+            if run.gate0 is None:
+                run.gate0 = d["gate_mean"] if d["gate_mean"] is not None else float("nan")  # nan: no gate
+            run.losses.append((s, d["loss"]))
+            run.last = {**d, "tok_s": tok_s}
+            if s % a.log_interval == 0 or s % a.eval_interval == 0 or s == run.stop:
+                lrs = {f"lr_{g['component']}": lr for g, lr in zip(run.opt.param_groups, lr_values(run.opt, a, s - 1))}
+                run.log({"type": "train", "step": s, "tokens": s * a.batch_size * a.seq_len * run.world,
+                         "loss": d["loss"], "grad_norm": d["grad_norm"], **lrs, "tok_s": tok_s,
+                         "peak_mem_mb": peak_mem_mb(run.device), "time": time.time()})
+        run.bar.set_postfix(loss=f"{run.last['loss']:.4f}", tok_s=f"{tok_s:,.0f}")
+
+
+def check_finite(run: Run, step: int, d: dict):
+    """A non-finite loss or grad norm stops the run. That step's update was skipped on the device (guarded
+    AdamW), and no checkpoint is written from here on; the last good one stays."""
+    what = ("loss", d["loss"]) if not math.isfinite(d["loss"]) else (
+        ("gradient norm", d["grad_norm"]) if not math.isfinite(d["grad_norm"]) else None)
+    if what is None:
+        return
+    msg = (f"non-finite {what[0]} ({what[1]}) at step {step}: stopping. The optimizer skipped that step and nothing "
+           f"was saved from this state; last good checkpoint: {run.last_ckpt or 'none'}")
+    run.log({"type": "error", "step": step, "error": msg})
+    raise NonFiniteLoss(msg)
+
+
+def run_eval(run: Run, done: int):
+    a, d = run.args, run.last
+    run.train_eval = evaluate(run.model, run.train_ids, a, run.device, run.rank, run.world)
+    run.val_loss = evaluate(run.model, run.val_ids, a, run.device, run.rank, run.world)
+    gm, g0 = d.get("gate_mean"), run.gate0
+    drift = gm - g0 if gm is not None and g0 is not None and math.isfinite(g0) else None
+    rec = {"type": "eval", "step": done, "train_loss": run.train_eval, "val_loss": run.val_loss,
+           "tok_s": d.get("tok_s"), "peak_mem_mb": peak_mem_mb(run.device), "gate_drift": drift,
+           **{k: d.get(k) for k in ("grad_norm_rwkv", "grad_norm_mamba", "grad_ratio", "gate_mean", "state_norm",
+                                   "rms_rwkv", "rms_mamba")}}
+    run.evals.append(rec)
+    run.log(rec)
+    fmt = (lambda v, f=".3g": "n/a" if v is None else format(v, f))  # noqa: E731
+    write(run, f"step {done:>6}/{a.steps}: train {run.train_eval:.4f}  val {run.val_loss:.4f}  "
+               f"{d.get('tok_s') or 0:,.0f} tok/s  peak {rec['peak_mem_mb']:,.0f} MB  |  rwkv/mamba grad "
+               f"{fmt(rec['grad_ratio'])}  gate {fmt(gm)} (drift {fmt(drift, '+.3g')})  state {fmt(rec['state_norm'])}")
+
+
+def save_checkpoint(run: Run, path: Path, step: int) -> Path:
+    """Atomic save (metrics drained first: a non-finite step stops the run before anything is written)."""
+    drain(run, block=True)
+    if not all_finite(run.model):  # never replace a good checkpoint with a bad state
+        raise NonFiniteLoss(f"non-finite parameters at step {step}; not saving {path}")
+    a = run.args
+    ckpt.save({"model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": {"step": step},
+               "step": step, "args": clean_args(a), "rng": ckpt.rng_state(), "tokenizer": run.tok.state(),
+               "data": {"seed": a.seed, "step": step, "world": run.world, "corpus": run.corpus,
+                        "val_frac": a.val_frac},
+               "model_name": a.model, "size": a.size, "vocab_size": run.tok.vocab_size,
+               "config": config_dict(run.model), "gate0": run.gate0, "world": run.world}, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- where the time goes
+
+def profile_hook(run: Run, done: int):
+    """Profile --profile-steps steps, starting after the first metrics window (autotuning and capture done)."""
+    n = run.args.profile_steps
+    if n is None:
+        n = 5 if run.device.type == "cuda" else 0
+    first = run.start + max(run.args.log_interval, 5)
+    if n <= 0 or run.device.type != "cuda" or first + n > run.stop:
+        return
+    if done == first:
+        from torch.profiler import ProfilerActivity, profile
+        torch.cuda.synchronize()
+        run.profiler = profile(activities=[ProfilerActivity.CUDA])
+        run.profiler.start()
+    elif done == first + n and run.profiler is not None:
+        torch.cuda.synchronize()
+        run.profiler.stop()
+        run.profile = monitor.summarize_profiler(run.profiler, n)
+        run.profile_span = (first, done)
+        run.profiler = None
+        run.ring.snapshot()
+        run.ring.restart_clock()
+
+
+def steady_ms(run: Run) -> float | None:
+    """ms per step over the metrics windows after the first (capture/autotuning) and outside the profile."""
+    lo, hi = run.profile_span
+    keep = [(n, s) for last, n, s in run.windows[1:] if not lo < last <= hi]
+    steps = sum(n for n, _ in keep)
+    return 1e3 * sum(s for _, s in keep) / steps if steps else None
+
+
+def summary(run: Run) -> dict:
+    """tok/s, peak memory and where the step's time goes; printed and logged."""
+    a, ms = run.args, steady_ms(run)
+    tok = a.batch_size * a.seq_len * run.world
+    out = {"tok_s": tok / (ms / 1e3) if ms else None, "ms_per_step": ms, "peak_mem_mb": peak_mem_mb(run.device),
+           "graph": run.graph[0], "graph_reason": run.graph[1]}
+    line = (f"summary: {out['tok_s'] or 0:,.0f} tok/s, {ms or 0:.2f} ms/step (steady state), peak "
+            f"{out['peak_mem_mb']:,.0f} MB, CUDA graph {'on' if run.graph[0] else 'off'}")
+    if run.profile and ms:
+        p = run.profile
+        out.update({k: p[k] for k in ("launches_per_step", "copies_per_step", "gpu_busy_ms_per_step")})
+        out["gpu_busy_pct"] = 100 * p["gpu_busy_ms_per_step"] / ms
+        line += (f"; GPU busy {out['gpu_busy_pct']:.0f}% ({p['gpu_busy_ms_per_step']:.2f} ms of {ms:.2f}), "
+                 f"{p['launches_per_step']:.0f} kernel launches + {p['copies_per_step']:.0f} copies per step")
+        run.log({"type": "profile", "step": run.profile_span[1], "steps": run.profile_span[1] - run.profile_span[0],
+                 **{k: v for k, v in p.items()}})
+        top = ", ".join(f"{r['name'][:40]} {r['pct']:.0f}%" for r in p["breakdown"][:4])
+        line += f"\n  top GPU time: {top} (per-op breakdown in the run log)"
+    elif run.device.type == "cuda":
+        line += "; no profile (--profile-steps 0 or too few steps)"
+    write(run, line)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- the end
+
+def finish(run: Run) -> dict:
+    a = run.args
     final = None
-    done = max(start, stop)
-    if master and done >= args.steps:
-        final = save(ckpt.final_path(out_dir, args.model), done)
-        write(f"final checkpoint: {final}")
-    elif master:
-        write(f"stopped at step {done} (--stop-at); continue with --resume: {last_ckpt}")
-    if world > 1:
+    done = max(run.start, run.stop)
+    drain(run, block=True)
+    stats = summary(run)
+    if run.master and done >= a.steps:
+        final = save_checkpoint(run, ckpt.final_path(run.out_dir, a.model), done)
+        write(run, f"final checkpoint: {final}")
+    elif run.master:
+        write(run, f"stopped at step {done} (--stop-at); continue with --resume: {run.last_ckpt}")
+    if run.world > 1:
         dist.barrier()
-
-    sample = None
-    if master and args.sample_tokens > 0 and done >= args.steps:
-        model.eval()
-        torch.manual_seed(args.seed)
-        prompt = torch.tensor([tok.encode("\n")], dtype=torch.long, device=device)
-        with torch.no_grad():
-            out = model.generate(prompt, args.sample_tokens, temperature=0.8, top_k=None)
-        sample = tok.decode(out[0, prompt.shape[1]:].tolist())
-        write("sample:\n" + sample)
-    result = {"final_loss": loss_f, "final_train_loss": train_eval, "final_val_loss": val_loss,
-              "final_checkpoint": str(final) if final else None, "last_checkpoint": str(last_ckpt) if last_ckpt
-              else None, "step": done, "losses": losses, "evals": evals, "log": str(log_path), "sample": sample,
-              "ops": ops.impls(), "world": world}
-    log({"type": "final", "step": done, "final_loss": loss_f, "val_loss": val_loss,
-         "checkpoint": result["final_checkpoint"], "sample": sample})
-    if logf:
-        logf.close()
+    text = sample(run) if run.master and a.sample_tokens > 0 and done >= a.steps else None
+    loss_f = run.losses[-1][1] if run.losses else None
+    result = {"final_loss": loss_f, "final_train_loss": run.train_eval, "final_val_loss": run.val_loss,
+              "final_checkpoint": str(final) if final else None,
+              "last_checkpoint": str(run.last_ckpt) if run.last_ckpt else None, "step": done, "losses": run.losses,
+              "evals": run.evals, "log": str(run.log.path), "sample": text, "ops": run.ops.impls(),
+              "world": run.world, "summary": stats}
+    run.log({"type": "final", "step": done, "final_loss": loss_f, "val_loss": run.val_loss,
+             "checkpoint": result["final_checkpoint"], "sample": text, **stats})
+    run.log.close()
     return result
+
+
+def sample(run: Run) -> str:
+    run.model.eval()
+    torch.manual_seed(run.args.seed)
+    prompt = torch.tensor([run.tok.encode("\n")], dtype=torch.long, device=run.device)
+    with torch.no_grad():
+        out = run.model.generate(prompt, run.args.sample_tokens, temperature=0.8, top_k=None)
+    text = run.tok.decode(out[0, prompt.shape[1]:].tolist())
+    write(run, "sample:\n" + text)
+    return text
 
 
 if __name__ == "__main__":

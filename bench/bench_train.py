@@ -18,6 +18,11 @@ that would start after the soft budget (GT_BENCH_BUDGET_S) are skipped and say s
 autotune fla's and mamba-ssm's kernels (minutes on a cold machine, warmup_s in its row).
 On CPU: GF-MH at size tiny (B2 × T32, fp32), one timed step — not a measurement.
 
+``python -m bench.bench_train --step-table ours|peer [--out DIR]`` writes the training-step table instead: our
+GF-MH (``--kernels triton``) eager and CUDA-graph steps and the peer's eager step at small and large, each with
+tok/s, ms/step, peak memory, kernel launches and GPU busy % per step (``train_step.csv``) and a per-kernel GPU-time
+breakdown (``step_profile.csv``).
+
 ``python -m bench.bench_train --validity [--steps N]`` runs the end-to-end validity check instead: ``train.py``
 (GF-MH, small, same seed) with ``--kernels triton`` and ``--kernels reference``, logging JSONL to
 ``profiles/<gpu>/validity/`` (plotted by ``python -m bench.report``).
@@ -96,47 +101,65 @@ def build(kernels: str, variant: str, size: str):
     return fused.get_model(variant, size, vocab_size=VOCAB, ops=ops).to(common.DEVICE)
 
 
-def measure_training(model, B: int, T: int, warmup: int, steps: int, seed: int = 0) -> dict:
-    """Warm up, then time ``steps`` AdamW steps under bf16 autocast (fp32 on CPU)."""
+def measure_training(model, B: int, T: int, warmup: int, steps: int, seed: int = 0, graph: bool = False,
+                     probes: bool = True, profile: int = 0) -> dict:
+    """Time ``steps`` training steps of ``groundthink.step.TrainStep`` (bf16 autocast on GPU, fused AdamW
+    lr 1e-3, clip 1.0) after ``warmup`` steps; ``graph``: the step replayed as one CUDA graph (its capture
+    warm-up counts as the warm-up). ``peak_mb``: max_memory_allocated from the first step on (eager: from the
+    first timed step; graph: from the capture on, which allocates the graph's pool); ``reserved_mb``: memory
+    reserved after the timed steps and ``empty_cache`` (graph pool included). ``profile`` > 0 adds launches and
+    GPU-busy time per step from that many profiled steps (``groundthink.monitor.profile_steps``)."""
+    from groundthink.step import TrainStep, group_params
     dev = common.DEVICE
     g = torch.Generator(device=dev).manual_seed(seed)
     data = torch.randint(0, VOCAB, (B, T + 1), generator=g, device=dev)
     x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-    amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=common.ON_GPU)
+    opt = torch.optim.AdamW([{"params": ps} for ps in group_params(model).values() if ps], lr=1e-3,
+                            weight_decay=0.1, fused=True, capturable=True)
+    step = TrainStep(model, opt, batch_size=B, seq_len=T, device=dev, grad_clip=1.0, probes=probes)
     model.train()
-
-    def step():
-        with torch.autocast(**amp):
-            _, loss = model(x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
+    lrs = [1e-3] * len(opt.param_groups)
     t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
+    if graph:
+        common.sync()
+        if common.ON_GPU:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        step.load_batch(x, y)
+        step.capture(warmup=warmup)
+    else:
+        for _ in range(warmup):
+            step(x, y, lrs)
+        common.sync()
+        if common.ON_GPU:
+            torch.cuda.reset_peak_memory_stats()
     common.sync()
     warmup_s = time.perf_counter() - t0
     if common.ON_GPU:
-        torch.cuda.reset_peak_memory_stats()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
     t0 = time.perf_counter()
     for _ in range(steps):
-        loss = step()
+        row = step(x, y, lrs)
     if common.ON_GPU:
         end.record()
         torch.cuda.synchronize()
         ms = start.elapsed_time(end) / steps
         peak = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.empty_cache()
+        reserved = torch.cuda.memory_reserved() / 2**20
     else:
         ms = (time.perf_counter() - t0) * 1e3 / steps
-        peak = None
-    lossf = float(loss.detach())
-    return {"ms": ms, "tok_s": B * T / (ms * 1e-3), "peak_mb": peak, "warmup_s": warmup_s, "loss": lossf,
-            "steps": steps}
+        peak = reserved = None
+    res = {"ms": ms, "tok_s": B * T / (ms * 1e-3), "peak_mb": peak, "reserved_mb": reserved, "warmup_s": warmup_s,
+           "loss": float(row[0]), "steps": steps}
+    if profile and common.ON_GPU:
+        from groundthink import monitor
+        prof = monitor.profile_steps(lambda: step(x, y, lrs), profile)
+        res.update(launches=prof["launches_per_step"], copies=prof["copies_per_step"],
+                   busy_ms=prof["gpu_busy_ms_per_step"], busy_pct=100 * prof["gpu_busy_ms_per_step"] / ms,
+                   breakdown=prof["breakdown"])
+    return res
 
 
 def cases():
@@ -157,7 +180,7 @@ def test_train(bench, kernels, variant, size):
     desc = model.describe() if hasattr(model, "describe") else ""
     shape = f"{size} B{B}xT{T}"
     try:
-        res = measure_training(model, B, T, warmup, steps)
+        res = measure_training(model, B, T, warmup, steps, probes=kernels != "peer")
     except Exception as e:  # noqa: BLE001
         oom = isinstance(e, torch.cuda.OutOfMemoryError)
         model = None  # noqa: F841 - free it before the next row
@@ -225,9 +248,79 @@ def run_validity(steps: int = 300, model: str = "GF-MH", size: str = "small", se
     return results
 
 
+# --------------------------------------------------------------------------------------- step table
+
+STEP_ROWS = {"ours": [("eager", "small"), ("graph", "small"), ("eager", "large"), ("graph", "large")],
+             "peer": [("eager", "small"), ("eager", "large")]}
+STEP_SHAPES = {"small": (64, 256), "large": (16, 1024), "tiny": (2, 32)}
+STEP_FIELDS = ("model", "mode", "size", "shape", "ms", "tok_s", "peak_mb", "reserved_mb", "launches", "copies",
+               "busy_ms", "busy_pct", "warmup_s", "loss", "steps", "device", "note")
+
+
+def _write_csv(path: Path, rows: list[dict], fields) -> None:
+    import csv
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    import csv
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def step_row(who: str, mode: str, size: str, variant: str, kernels: str, steps: int, profile: int) -> tuple:
+    """One (summary row, breakdown rows) of the step table; failures become a row with a note."""
+    B, T = STEP_SHAPES[size]
+    row = {"model": f"{variant} --kernels {kernels}" if who == "ours" else "peer fla RWKV6Attention ∥ mamba-ssm Mamba2",
+           "mode": mode, "size": size, "shape": f"B{B}xT{T}",
+           "device": torch.cuda.get_device_name() if common.ON_GPU else "cpu (not a measurement)"}
+    try:
+        model = build("peer" if who == "peer" else kernels, variant, size)
+        res = measure_training(model, B, T, 3, steps, graph=mode == "graph", probes=who == "ours", profile=profile)
+        row.update({k: res.get(k) for k in STEP_FIELDS if k in res}, note=getattr(model, "describe", lambda: "")())
+    except (Exception, pytest.skip.Exception) as e:  # noqa: BLE001 - the row says what failed
+        row.update(note=f"failed: {type(e).__name__}: {str(e)[:300]}")
+        res = {}
+    model = None  # noqa: F841
+    if common.ON_GPU:
+        torch.cuda.empty_cache()
+    prof = [{"model": row["model"], "mode": mode, "size": size, "rank": i + 1, **r}
+            for i, r in enumerate(res.get("breakdown", []))]
+    return row, prof
+
+
+def step_table(out: Path, who: str = "ours", variant: str = "GF-MH", kernels: str = "triton", steps: int = 20,
+               profile: int = 3) -> list[dict]:
+    """Ours eager vs graph and the peer at small and large: ms, tok/s, peak memory, launches and GPU busy % per
+    step. Appends to OUT/train_step.csv and OUT/step_profile.csv (per-kernel GPU time), rewritten after every
+    row so that a run cut short keeps what it measured."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows, prof = _read_csv(out / "train_step.csv"), _read_csv(out / "step_profile.csv")
+    for mode, size in STEP_ROWS[who]:
+        t0 = time.perf_counter()
+        row, p = step_row(who, mode, size, variant, kernels, steps, profile)
+        rows.append(row)
+        prof += p
+        _write_csv(out / "train_step.csv", rows, STEP_FIELDS)
+        _write_csv(out / "step_profile.csv", prof, ("model", "mode", "size", "rank", "name", "calls_per_step",
+                                                    "us_per_step", "pct"))
+        print(f"step-table {who:>4} {mode:>5} {size:>5}: " + ", ".join(
+            f"{k} {row[k]:.4g}" if isinstance(row.get(k), float) else f"{k} {row.get(k)}"
+            for k in ("ms", "tok_s", "peak_mb", "reserved_mb", "launches", "busy_pct")) +
+            f" ({time.perf_counter() - t0:.0f} s){' ' + row['note'] if 'failed' in row['note'] else ''}", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="end-to-end validity run (train.py, triton vs reference kernels)")
-    p.add_argument("--validity", action="store_true", help="run the validity check (the only action)")
+    p.add_argument("--validity", action="store_true", help="run the validity check")
+    p.add_argument("--step-table", choices=["ours", "peer"], help="the training-step table (step_table)")
+    p.add_argument("--timed-steps", type=int, default=20, help="--step-table: timed steps per row")
     p.add_argument("--steps", type=int, default=int(os.environ.get("GT_VALIDITY_STEPS", "300")))
     p.add_argument("--ref-steps", type=int, default=int(os.environ.get("GT_VALIDITY_REF_STEPS", "100")),
                    help="the reference run stops here (--stop-at; same LR schedule); 0 = all steps")
@@ -236,6 +329,10 @@ def main(argv=None) -> int:
     p.add_argument("--kernels", default="triton,reference")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    if a.step_table:
+        kernels = a.kernels if a.kernels != "triton,reference" else "triton"
+        step_table(Path(a.out) if a.out else common.out_dir(), a.step_table, a.model, kernels, a.timed_steps)
+        return 0
     if not a.validity:
         p.print_help()
         return 2

@@ -8,8 +8,10 @@
 
 API (train.py and the benchmarks rely on it):
     model(idx, targets=None) -> (logits, loss)
+    model(idx, targets, with_stats=True) -> (logits, loss, probes): probes = {"gate_mean", "rms_rwkv",
+        "rms_mamba"} as 0-d fp32 device tensors, means over the layers (None when the variant has no gate / no
+        such branch); computed in the forward, nothing is stored on the modules (groundthink/monitor.py)
     model.param_groups() -> {"rwkv": [...], "mamba": [...], "other": [...]}   (each parameter once)
-    model.component_stats() -> grad_norm_rwkv, grad_norm_mamba, grad_ratio, gate_mean, state_norm, ...
     model.init_state(B), model.step(idx_t, state) -> (logits [B, V], state), model.generate(...)
     model.ops / model.set_ops(opset), model.config, model.num_params(), model.describe()
 """
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from fused.blocks import FFN, Mamba2Mixer, NormWeight, RWKV6TimeMix, rms_norm
 from fused.configs import ModelConfig
 from fused.variants import VARIANTS, Fusion
+from groundthink import monitor
 
 
 class HybridBlock(nn.Module):
@@ -38,9 +41,9 @@ class HybridBlock(nn.Module):
         self.ffn = FFN(cfg)
         self.norm2 = NormWeight(cfg.d_model, cfg.norm)
         self.cfg = cfg
-        self.last_rms = (None, None)
 
-    def forward(self, h, y, ops, state=None, collect=False):
+    def forward(self, h, y, ops, state=None, probes: list | None = None):
+        """(h, y, new_state); with ``probes`` (a list) appends this layer's (gate_mean, rms_a, rms_b)."""
         st_a = st_b = None
         a = b = None
         if self.tmix is not None:
@@ -48,10 +51,9 @@ class HybridBlock(nn.Module):
         if self.mamba is not None:
             xin = y + a if self.sequential else y
             b, st_b = self.mamba(xin, ops, None if state is None else state["mamba"])
-        if collect:
-            rms = lambda t: None if t is None else t.detach().float().pow(2).mean().sqrt()  # noqa: E731
-            self.last_rms = (rms(a), rms(b))
-        h, y2 = self.fusion(h, a, b, y, ops, self.norm1, self.cfg, collect)
+        h, y2, gate_mean = self.fusion(h, a, b, y, ops, self.norm1, self.cfg, probes is not None)
+        if probes is not None:
+            probes.append((gate_mean, monitor.rms(a), monitor.rms(b)))
         f = self.ffn(y2)
         h, y3 = ops.gate_norm_residual(h, f, weight=self.norm2.weight, bias=self.norm2.bias, mode="add",
                                        norm=self.cfg.norm, eps=self.cfg.norm_eps,
@@ -75,7 +77,6 @@ class HybridLM(nn.Module):
             from groundthink.registry import resolve
             ops = resolve("auto")
         self.ops = ops
-        self.collect_stats = True   # cheap per-layer reductions for component_stats(); benchmarks may turn off
 
     # ------------------------------------------------------------------ init / ops
     def _init_weights(self):
@@ -105,22 +106,26 @@ class HybridLM(nn.Module):
         return self
 
     # ------------------------------------------------------------------ forward
-    def _run(self, idx, state=None):
+    def _run(self, idx, state=None, probes=None):
         h = self.emb(idx)
         y = rms_norm(h, self.norm0, self.config.norm_eps)
-        collect = self.collect_stats and state is None
         new_states = []
         for i, blk in enumerate(self.blocks):
-            h, y, st = blk(h, y, self.ops, None if state is None else state[i], collect)
+            h, y, st = blk(h, y, self.ops, None if state is None else state[i], probes)
             new_states.append(st)
         return self.head(y), (new_states if state is not None else None)
 
-    def forward(self, idx, targets=None):
-        logits, _ = self._run(idx)
+    def forward(self, idx, targets=None, with_stats: bool = False):
+        probes = [] if with_stats else None
+        logits, _ = self._run(idx, probes=probes)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        return logits, loss
+        if not with_stats:
+            return logits, loss
+        gates, ra, rb = zip(*probes)
+        return logits, loss, {"gate_mean": monitor.layer_mean(gates), "rms_rwkv": monitor.layer_mean(ra),
+                              "rms_mamba": monitor.layer_mean(rb)}
 
     def forward_with_state(self, idx, state):
         """Parallel forward continued from ``state`` (prefill); returns (logits [B, T, V], new state)."""
@@ -180,32 +185,3 @@ class HybridLM(nn.Module):
                 f"mamba {g['mamba'] / 1e6:.2f}M, other {g['other'] / 1e6:.2f}M); D{c.d_model} L{c.n_layer} "
                 f"rwkv heads {c.n_head}x{c.head_size}, mamba heads {c.mamba_nheads}x{c.headdim} "
                 f"d_state {c.d_state}, vocab {c.vocab_size}; ops {self.ops.impls()}")
-
-    @torch.no_grad()
-    def component_stats(self) -> dict:
-        """Call after backward. Gradient norms per branch, their ratio (rwkv/mamba; None when a branch is
-        absent or has no gradient), mean gate value of the last forward (None without a gate), and
-        ``state_norm``: mean RMS of the branch outputs of the last forward (``rms_rwkv``, ``rms_mamba``
-        separately) — branch health."""
-        groups = self.param_groups()
-
-        def gnorm(ps):
-            gs = [p.grad.detach().float().pow(2).sum() for p in ps if p.grad is not None]
-            return math.sqrt(float(torch.stack(gs).sum())) if gs else 0.0
-
-        gr, gm = gnorm(groups["rwkv"]), gnorm(groups["mamba"])
-        gates = [blk.fusion.last_gate_mean for blk in self.blocks if blk.fusion.last_gate_mean is not None]
-        ra = [blk.last_rms[0] for blk in self.blocks if blk.last_rms[0] is not None]
-        rb = [blk.last_rms[1] for blk in self.blocks if blk.last_rms[1] is not None]
-        mean = lambda xs: float(torch.stack(xs).mean()) if xs else None  # noqa: E731
-        rms_a, rms_b = mean(ra), mean(rb)
-        both = [v for v in (rms_a, rms_b) if v is not None]
-        return {
-            "grad_norm_rwkv": gr,
-            "grad_norm_mamba": gm,
-            "grad_ratio": (gr / gm) if (gr > 0 and gm > 0) else None,
-            "gate_mean": mean(gates),
-            "state_norm": sum(both) / len(both) if both else None,
-            "rms_rwkv": rms_a,
-            "rms_mamba": rms_b,
-        }

@@ -75,10 +75,11 @@ class Fusion(nn.Module):
                                        + cfg.init_std * torch.randn(D, 2 * D) / 2)
         elif self.kind == "weights":
             self.weight_logits = nn.Parameter(torch.zeros(2))
-        self.last_gate_mean = None
 
     def forward(self, h, a, b, xn, ops, norm, cfg: ModelConfig, collect: bool):
-        """h: residual in; a, b: branch outputs (either may be None for baselines); xn: normalized input."""
+        """h: residual in; a, b: branch outputs (either may be None for baselines); xn: normalized input.
+        Returns (h, y, gate_mean): gate_mean is the mean RWKV weight as a 0-d fp32 tensor when ``collect`` and
+        the variant has a gate, else None."""
         kw = dict(weight=norm.weight, bias=norm.bias, norm=cfg.norm, eps=cfg.norm_eps,
                   residual_fp32=cfg.residual_fp32)
         gate_mean = None
@@ -99,5 +100,4 @@ class Fusion(nn.Module):
                 gate_mean = torch.sigmoid(logits.detach().float()).mean()
             out = ops.gate_norm_residual(h, a, b, logits, weight=kw.pop("weight"), mode=self.mode,
                                          gate_logits=True, **kw)
-        self.last_gate_mean = gate_mean
-        return out
+        return (*out, gate_mean)

@@ -100,6 +100,10 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
                                                "on, less those busy right now; oversubscribed cores slow training "
                                                "many-fold)")
     add("--no-progress", action="store_true", default=False, help="no tqdm bar")
+    add("--graph", default="auto", choices=["auto", "on", "off"],
+        help="capture the training step as one CUDA graph (auto: on a GPU when every op is graph-safe)")
+    add("--profile-steps", type=int, help="steps profiled for the summary's GPU busy %% and launches per step "
+                                          "(default: GPU 5, CPU 0 = no profile)")
     return p
 
 
@@ -227,6 +231,7 @@ def validate(args) -> None:
     for name in ("warmup_rwkv", "warmup_mamba", "warmup_other"):
         _int_at_least(args, name, 0)
     _int_at_least(args, "sample_tokens", 0, optional=False)
+    _int_at_least(args, "profile_steps", 0)
     _int_at_least(args, "threads", 0, " (0: automatic)", optional=False)
     _int_at_least(args, "seed", 0, optional=False, high=SEED_MAX)
     _int_at_least(args, "vocab_size", VOCAB_RANGE[0], optional=False, high=VOCAB_RANGE[1])

@@ -85,9 +85,10 @@ class OpSet:
     def impls(self) -> dict[str, str]:
         return {op: c.impl for op, c in self.choices.items()}
 
-    def graph_safe(self) -> bool:
-        """Every chosen implementation may be captured in a CUDA graph."""
-        return all(c.graph_safe for c in self.choices.values())
+    def graph_safe(self) -> tuple[bool, str]:
+        """(every chosen implementation may be captured in a CUDA graph, why not)."""
+        bad = [f"{c.op}/{c.impl}" for c in self.choices.values() if not c.graph_safe]
+        return (not bad, "not graph-safe: " + ", ".join(bad) if bad else "every op graph-safe")
 
 
 def _pick(op: str, impl: str, reason: str) -> Choice:

@@ -1,5 +1,5 @@
-"""train.py end to end on CPU: a tiny run, exact resume, atomic saves, non-finite stop, DDP (gloo), and
-Triton-interpreter vs reference kernels.
+"""train.py end to end on CPU: a tiny run, exact resume, atomic saves, non-finite stop, two gloo ranks (same
+losses as one rank with the same global batch), and Triton-interpreter vs reference kernels.
 
 Every test runs the real model: if ``fused`` fails to import, this module fails to load (an error, never a
 stand-in model).
@@ -152,13 +152,13 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
         model = real_build(args, vocab_size, ops)
         forward, calls = model.forward, {"n": 0}
 
-        def fwd(idx, targets=None):
-            logits, loss = forward(idx, targets)
+        def fwd(idx, targets=None, **kw):
+            logits, loss, *probes = forward(idx, targets, **kw)
             if model.training:
                 calls["n"] += 1
                 if calls["n"] == 6:
                     loss = loss * float("nan")
-            return logits, loss
+            return (logits, loss, *probes)
 
         model.forward = fwd
         return model
@@ -192,13 +192,13 @@ real = fused.get_model
 def get_model(*a, **k):
     m = real(*a, **k)
     fwd, n = m.forward, [0]
-    def forward(idx, targets=None):
-        logits, loss = fwd(idx, targets)
+    def forward(idx, targets=None, **kw):
+        logits, loss, *probes = fwd(idx, targets, **kw)
         if m.training:
             n[0] += 1
             if n[0] == 5:
                 loss = loss * float("inf")
-        return logits, loss
+        return (logits, loss, *probes)
     m.forward = forward
     return m
 fused.get_model = get_model
@@ -221,17 +221,25 @@ def test_non_finite_exit_code(tmp_path):
 
 
 def test_ddp_two_gloo_processes(tmp_path):
+    """Two gloo ranks of batch 2 train like one rank of batch 4 (same global batch): same losses."""
     torchrun = shutil.which("torchrun")
+    flags = ["--steps", "3", "--seq-len", "16", "--eval-interval", "3", "--eval-iters", "1", "--ckpt-interval", "3",
+             "--log-interval", "1", "--no-progress", "--kernels", "reference", *TINY]
     cmd = ([torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]) + [
-        "--standalone", "--nproc_per_node", "2", "train.py", "--steps", "3", "--batch-size", "2", "--seq-len", "16",
-        "--eval-interval", "3", "--eval-iters", "1", "--ckpt-interval", "3", "--out-dir", str(tmp_path),
-        "--sample-tokens", "10", "--no-progress", "--kernels", "reference", *TINY]
+        "--standalone", "--nproc_per_node", "2", "train.py", "--batch-size", "2", "--out-dir", str(tmp_path),
+        "--sample-tokens", "10", *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "world size 2" in r.stdout and r.stdout.count("sample:") == 1  # rank 0 alone talks
     state = ckpt.load(ckpt.final_path(tmp_path, "GF-MH"))
     assert state["step"] == 3 and state["world"] == 2
+    one = train.main(["--batch-size", "4", "--out-dir", str(tmp_path / "one"), "--sample-tokens", "0",
+                      "--threads", "1", *flags])
+    two = [r["loss"] for r in records(tmp_path / "log_GF-MH.jsonl", "train")]
+    assert len(two) == 3
+    for (_, l1), l2 in zip(one["losses"], two):
+        assert abs(l1 - l2) <= 1e-5 * abs(l1), (one["losses"], two)
     import fused as f
     model = f.get_model("GF-MH", size="tiny", vocab_size=state["vocab_size"], **state_overrides())
     model.load_state_dict(state["model"])

@@ -1,0 +1,198 @@
+"""What the training step reports about itself, without stopping the GPU to ask.
+
+Component balance (device tensors, written by the step on every step):
+
+    STATS = loss, grad_norm, grad_norm_rwkv, grad_norm_mamba, gate_mean, rms_rwkv, rms_mamba
+
+    grad_norm_*   gradient norms of the parameter groups (``model.param_groups()``), before clipping, after the
+                  all-reduce (the global gradient); grad_norm is the norm over every parameter
+    gate_mean     mean of the RWKV weight g of the blend (h = x + g·a + (1 − g)·b) over the layers (WS: w_a)
+    rms_*         RMS of each branch's output, mean over the layers: "state health"
+
+``unpack`` turns one row into the eval record's keys (absent probes → None, plus grad_ratio = rwkv / mamba
+and state_norm = the mean of the branch RMS). ``MetricsRing`` keeps one row per step on the device and hands
+them to the host through a non-blocking copy into pinned memory and an event (no host sync in the step).
+
+Where the time goes (host side, GPU only): ``profile_steps`` runs a few steps under torch.profiler and
+returns kernel launches per step, GPU-busy time per step and a per-kernel GPU-time breakdown.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections import deque
+
+import torch
+
+STATS = ("loss", "grad_norm", "grad_norm_rwkv", "grad_norm_mamba", "gate_mean", "rms_rwkv", "rms_mamba")
+PROBES = ("gate_mean", "rms_rwkv", "rms_mamba")     # what the model's forward reports (with_stats=True)
+
+
+# ----------------------------------------------------------------------------------------------- rows
+
+def pack(loss, grad_norm, norms3, probes: dict) -> torch.Tensor:
+    """One row [len(STATS)] fp32 on the loss's device; absent probes are 0 (``present`` tells them apart)."""
+    zero = loss.new_zeros((), dtype=torch.float32)
+    vals = [loss.detach().float(), grad_norm.float(), norms3[0].float(), norms3[1].float()]
+    vals += [zero if probes.get(k) is None else probes[k].detach().float() for k in PROBES]
+    return torch.stack(vals)
+
+
+def present(probes: dict, groups: dict) -> dict[str, bool]:
+    """Which STATS this model reports: every probe the forward returned (a branch without parameters has grad
+    norm 0 and no ratio)."""
+    out = {k: True for k in STATS}
+    out.update({k: probes.get(k) is not None for k in PROBES})
+    return out
+
+
+def unpack(row, has: dict[str, bool]) -> dict:
+    """Host row (floats in STATS order) → the eval record's component keys."""
+    d = {k: (float(v) if has.get(k, True) else None) for k, v in zip(STATS, row)}
+    gr, gm = d["grad_norm_rwkv"], d["grad_norm_mamba"]
+    d["grad_ratio"] = gr / gm if gr and gm and gr > 0 and gm > 0 else None
+    both = [v for v in (d["rms_rwkv"], d["rms_mamba"]) if v is not None]
+    d["state_norm"] = sum(both) / len(both) if both else None
+    return d
+
+
+def rms(t) -> torch.Tensor | None:
+    """RMS of a branch output as a 0-d fp32 tensor (one reduction kernel); None passes through."""
+    if t is None:
+        return None
+    return torch.linalg.vector_norm(t.detach(), dtype=torch.float32) / math.sqrt(max(t.numel(), 1))
+
+
+def layer_mean(values: list) -> torch.Tensor | None:
+    """Mean over the layers of per-layer 0-d probes (None entries skipped; None if there are none)."""
+    vs = [v for v in values if v is not None]
+    return torch.stack(vs).mean() if vs else None
+
+
+# ----------------------------------------------------------------------------------------------- ring
+
+class MetricsRing:
+    """Per-step rows on the device, read by the host in batches without a sync.
+
+    ``push(row, step)`` copies the step's row into a device buffer (one copy kernel); ``snapshot()`` starts a
+    non-blocking copy of the rows so far into pinned memory and records an event (with the GPU time since the
+    last snapshot or ``restart_clock``); ``collect(block)`` returns the windows whose copy is done (all of them
+    with ``block=True``) as ``(steps, rows, seconds)``. On CPU everything is synchronous.
+    """
+
+    def __init__(self, width: int, capacity: int, device: torch.device):
+        self.device, self.cuda = device, device.type == "cuda"
+        self.buf = torch.zeros(max(1, capacity), width, device=device)
+        self.steps: list[int] = []
+        self.pending: deque = deque()
+        self.restart_clock()
+
+    def _mark(self):
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def restart_clock(self):
+        """The next window's time starts now (call after evals, checkpoints, profiling)."""
+        self.start = self._mark()
+
+    def push(self, row: torch.Tensor, step: int):
+        if len(self.steps) == self.buf.shape[0]:
+            self.snapshot()
+        self.buf[len(self.steps)].copy_(row)
+        self.steps.append(step)
+
+    def snapshot(self):
+        n = len(self.steps)
+        if n == 0:
+            return
+        host = torch.empty((n, self.buf.shape[1]), pin_memory=self.cuda)
+        host.copy_(self.buf[:n], non_blocking=self.cuda)
+        end = self._mark()
+        self.pending.append((self.steps, host, self.start, end))
+        self.steps, self.start = [], end
+
+    def collect(self, block: bool = False) -> list[tuple[list[int], list[list[float]], float]]:
+        out = []
+        while self.pending:
+            steps, host, start, end = self.pending[0]
+            if self.cuda:
+                if not block and not end.query():
+                    break
+                end.synchronize()
+                secs = start.elapsed_time(end) / 1e3
+            else:
+                secs = end - start
+            self.pending.popleft()
+            out.append((steps, host.tolist(), secs))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- profile
+
+def merged_busy_us(intervals) -> float:
+    """Length of the union of (start, end) intervals (µs): time the GPU ran at least one kernel or copy."""
+    busy, cur_s, cur_e = 0.0, None, None
+    for s, e in sorted(intervals):
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                busy += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    return busy + (cur_e - cur_s if cur_e is not None else 0.0)
+
+
+def summarize_trace(events: list[dict], steps: int, top: int = 25) -> dict:
+    """Chrome-trace events of ``steps`` steps → launches and busy µs per step and a per-kernel breakdown."""
+    gpu = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    kernels = [e for e in gpu if e["cat"] == "kernel"]
+    by_name: dict[str, list] = {}
+    for e in gpu:
+        name = e["name"] if e["cat"] == "kernel" else e["cat"]
+        rec = by_name.setdefault(name[:160], [0, 0.0])
+        rec[0] += 1
+        rec[1] += float(e.get("dur", 0.0))
+    total = sum(v[1] for v in by_name.values()) or 1.0
+    rows = sorted(by_name.items(), key=lambda kv: -kv[1][1])
+    breakdown = [{"name": n, "calls_per_step": c / steps, "us_per_step": us / steps, "pct": 100 * us / total}
+                 for n, (c, us) in rows[:top]]
+    rest = rows[top:]
+    if rest:
+        breakdown.append({"name": f"({len(rest)} other kernels)", "calls_per_step": sum(v[0] for _, v in rest) / steps,
+                          "us_per_step": sum(v[1] for _, v in rest) / steps,
+                          "pct": 100 * sum(v[1] for _, v in rest) / total})
+    busy = merged_busy_us((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0))) for e in gpu)
+    return {"launches_per_step": len(kernels) / steps, "copies_per_step": (len(gpu) - len(kernels)) / steps,
+            "gpu_busy_ms_per_step": busy / steps / 1e3, "kernel_ms_per_step": total / steps / 1e3,
+            "breakdown": breakdown}
+
+
+def summarize_profiler(prof, steps: int) -> dict:
+    """A finished torch.profiler session of ``steps`` steps → ``summarize_trace`` of its kernels and copies."""
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f).get("traceEvents", [])
+    finally:
+        os.unlink(path)
+    return summarize_trace(events, steps)
+
+
+def profile_steps(run_step, steps: int) -> dict:
+    """Run ``run_step()`` ``steps`` times under torch.profiler (CUDA activity only) and summarize the kernels.
+    The caller divides ``gpu_busy_ms_per_step`` by an unprofiled ms/step for the GPU-busy fraction."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            run_step()
+        torch.cuda.synchronize()
+    return summarize_profiler(prof, steps)

@@ -1,0 +1,239 @@
+"""groundthink/step.py and groundthink/monitor.py: everything of the training step but ``torch.cuda.graph``
+itself runs here on CPU (flat gradient bucket, in-place learning-rate tensors, the guarded update, the
+explicit all-reduce over gloo, async metrics); the ``gpu`` test captures a tiny model and replays it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+from groundthink import monitor
+from groundthink.step import GradBucket, TrainStep, group_params
+
+V, B, T = 11, 4, 8
+
+
+class TwoBranch(nn.Module):
+    """A few-hundred-parameter model with the fused API: two branches, a gate, probes."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.emb = nn.Embedding(V, d)
+        self.rwkv = nn.Linear(d, d)
+        self.mamba = nn.Linear(d, d)
+        self.gate = nn.Parameter(torch.zeros(d))
+        self.head = nn.Linear(d, V, bias=False)
+
+    def forward(self, idx, targets=None, with_stats=False):
+        h = self.emb(idx)
+        a, b = torch.tanh(self.rwkv(h)), torch.tanh(self.mamba(h))
+        g = torch.sigmoid(self.gate)
+        logits = self.head(h + g * a + (1 - g) * b)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        if not with_stats:
+            return logits, loss
+        return logits, loss, {"gate_mean": g.mean(), "rms_rwkv": monitor.rms(a), "rms_mamba": monitor.rms(b)}
+
+    def param_groups(self):
+        return {"rwkv": list(self.rwkv.parameters()), "mamba": list(self.mamba.parameters()),
+                "other": [self.emb.weight, self.gate, self.head.weight]}
+
+
+def make(seed=0, clip=1.0, world=1, batch=B):
+    torch.manual_seed(seed)
+    model = TwoBranch()
+    opt = torch.optim.AdamW([{"params": ps, "lr": 1e-2} for ps in group_params(model).values()], lr=1e-2,
+                            weight_decay=0.1, fused=True, capturable=True)
+    return model, opt, TrainStep(model, opt, batch_size=batch, seq_len=T, device="cpu", grad_clip=clip, world=world)
+
+
+def batches(n, seed=1, batch=B):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(V, (batch, T), generator=g), torch.randint(V, (batch, T), generator=g)) for _ in range(n)]
+
+
+def test_step_matches_a_plain_training_loop():
+    """The sync-free step (flat grads, device lrs, foreach norms, manual clip) = backward + clip_grad_norm_ +
+    AdamW with float lrs."""
+    model, opt, step = make(clip=0.05)
+    torch.manual_seed(0)
+    ref = TwoBranch()
+    ref_opt = torch.optim.AdamW([{"params": ps, "lr": 1e-2} for ps in group_params(ref).values()], lr=1e-2,
+                                weight_decay=0.1, fused=True)
+    lrs = [1e-2, 5e-3, 2e-3]
+    for i, (x, y) in enumerate(batches(4)):
+        row = step(x, y, [lrs[i % 3]] * 3).tolist()
+        _, loss = ref(x, y)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)
+        for g in ref_opt.param_groups:
+            g["lr"] = lrs[i % 3]
+        ref_opt.step()
+        ref_opt.zero_grad()
+        assert row[0] == pytest.approx(loss.item(), rel=1e-6) and row[1] == pytest.approx(gn.item(), rel=1e-5)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_grad_bucket_views_norms_and_clip():
+    model, _, step = make()
+    b = step.bucket
+    x, y = batches(1)[0]
+    with torch.no_grad():
+        b.flat.normal_()
+    for p in model.parameters():
+        assert p.grad.data_ptr() >= b.flat.data_ptr() and p.grad.shape == p.shape
+    per, total = b.norms()
+    groups = group_params(model)
+    for i, comp in enumerate(("rwkv", "mamba", "other")):
+        want = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in groups[comp]]))
+        torch.testing.assert_close(per[i], want)
+    torch.testing.assert_close(total, torch.linalg.vector_norm(b.flat[:b.n]))
+    b.clip_(total, 0.5)
+    torch.testing.assert_close(torch.linalg.vector_norm(b.flat[:b.n]), torch.tensor(0.5), rtol=1e-5, atol=0)
+    b.zero_()
+    assert all(float(p.grad.abs().sum()) == 0 for p in model.parameters())
+
+
+def test_lr_tensors_are_updated_in_place():
+    _, opt, step = make()
+    ptrs = [g["lr"].data_ptr() for g in opt.param_groups]
+    step.set_lrs([0.1, 0.2, 0.3])
+    assert [g["lr"].data_ptr() for g in opt.param_groups] == ptrs
+    assert [round(float(g["lr"]), 6) for g in opt.param_groups] == [0.1, 0.2, 0.3]
+    assert all(g["lr"].dim() == 0 and isinstance(g["lr"], torch.Tensor) for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_non_finite_step_leaves_params_and_optimizer_state_unchanged(poison):
+    model, opt, step = make()
+    data = batches(3)
+    step(*data[0], [1e-2] * 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state_before = {id(p): {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
+    forward = model.forward
+    model.forward = lambda idx, targets=None, **kw: (lambda o: (o[0], o[1] * poison, *o[2:]))(forward(idx, targets, **kw))
+    row = step(*data[1], [1e-2] * 3).tolist()
+    assert not math.isfinite(row[0]) and float(opt.found_inf) == 1.0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for p, s in opt.state.items():
+        for k, v in s.items():
+            assert torch.equal(v, state_before[id(p)][k]), k
+    model.forward = forward
+    row = step(*data[2], [1e-2] * 3).tolist()
+    assert math.isfinite(row[0]) and float(opt.found_inf) == 0.0
+    assert not torch.equal(model.head.weight, before["head.weight"])
+    assert all(float(s["step"]) == 2 for s in opt.state.values())
+
+
+def test_metrics_ring_rows_and_stats():
+    model, _, step = make()
+    ring = monitor.MetricsRing(len(monitor.STATS), capacity=3, device=torch.device("cpu"))
+    losses = []
+    for i, (x, y) in enumerate(batches(5)):
+        row = step(x, y, [1e-2] * 3)
+        losses.append(float(row[0]))
+        ring.push(row, i + 1)          # the 4th push snapshots the first three (ring full)
+    ring.snapshot()
+    got = ring.collect(block=True)
+    assert [w[0] for w in got] == [[1, 2, 3], [4, 5]]
+    rows = [r for w in got for r in w[1]]
+    assert [r[0] for r in rows] == pytest.approx(losses)
+    d = monitor.unpack(rows[-1], step.has)
+    assert set(monitor.STATS) <= set(d) and d["grad_ratio"] == pytest.approx(d["grad_norm_rwkv"] / d["grad_norm_mamba"])
+    assert 0 < d["gate_mean"] < 1 and d["state_norm"] == pytest.approx((d["rms_rwkv"] + d["rms_mamba"]) / 2)
+
+
+def test_unpack_absent_branch_and_gate():
+    has = monitor.present({"gate_mean": None, "rms_rwkv": torch.ones(()), "rms_mamba": None}, {"rwkv": [1]})
+    d = monitor.unpack([1.0, 2.0, 3.0, 0.0, 0.0, 0.5, 0.0], has)
+    assert d["grad_norm_mamba"] == 0.0 and d["rms_mamba"] is None
+    assert d["gate_mean"] is None and d["grad_ratio"] is None and d["state_norm"] == 0.5
+
+
+def test_summarize_trace_counts_launches_and_busy_time():
+    ev = [{"ph": "X", "cat": "kernel", "name": "gemm", "ts": 0, "dur": 10},
+          {"ph": "X", "cat": "kernel", "name": "gemm", "ts": 5, "dur": 10},       # overlaps: busy 0..15
+          {"ph": "X", "cat": "kernel", "name": "add", "ts": 20, "dur": 2},
+          {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy DtoD", "ts": 30, "dur": 4},
+          {"ph": "X", "cat": "cpu_op", "name": "aten::add", "ts": 0, "dur": 100}]
+    s = monitor.summarize_trace(ev, steps=2)
+    assert s["launches_per_step"] == 1.5 and s["copies_per_step"] == 0.5
+    assert s["gpu_busy_ms_per_step"] == pytest.approx(21 / 2 / 1e3)
+    assert s["breakdown"][0]["name"] == "gemm" and s["breakdown"][0]["us_per_step"] == 10
+
+
+# ----------------------------------------------------------------------------------------------- two ranks
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank, world, port, q):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model, _, step = make(clip=0.05, world=world, batch=B // world)
+        losses = []
+        for x, y in batches(3):
+            x, y = x[rank * (B // world):(rank + 1) * (B // world)], y[rank * (B // world):(rank + 1) * (B // world)]
+            losses.append(step(x, y, [1e-2] * 3).tolist())
+        if rank == 0:
+            q.put((losses, [p.detach().flatten().tolist() for p in model.parameters()]))  # no shared tensors
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_match_one_rank():
+    """Explicit all-reduce of the flat bucket: 2 ranks × batch 2 = 1 rank × batch 4 (loss, norms, parameters)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_rank_main, args=(r, 2, port, q)) for r in range(2)]
+    for p in procs:
+        p.start()
+    two_losses, two_params = q.get(timeout=120)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    model, _, step = make(clip=0.05)
+    one = [step(x, y, [1e-2] * 3).tolist() for x, y in batches(3)]
+    for r1, r2 in zip(one, two_losses):
+        assert r1[:4] == pytest.approx(r2[:4], rel=1e-5)
+    for p, q2 in zip(model.parameters(), two_params):
+        torch.testing.assert_close(p.detach().flatten(), torch.tensor(q2), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- GPU
+
+@pytest.mark.gpu
+def test_captured_step_replays_like_eager():
+    """One CUDA graph (warm-up disabled updates, capture, replay) gives the eager step's losses and params."""
+    dev = torch.device("cuda")
+    data = [(x.to(dev), y.to(dev)) for x, y in batches(4)]
+    rows = {}
+    for mode in ("eager", "graph"):
+        torch.manual_seed(0)
+        model = TwoBranch().to(dev)
+        opt = torch.optim.AdamW([{"params": ps, "lr": 1e-2} for ps in group_params(model).values()], lr=1e-2,
+                                fused=True, capturable=True)
+        step = TrainStep(model, opt, batch_size=B, seq_len=T, device=dev, grad_clip=0.05, amp_dtype=None)
+        if mode == "graph":
+            step.load_batch(*data[0])
+            step.capture()
+        rows[mode] = [step(x, y, [1e-2] * 3).tolist() for x, y in data]
+        rows[mode + "_params"] = [p.detach().clone() for p in model.parameters()]
+    assert rows["eager"] == pytest.approx(rows["graph"], rel=1e-6)
+    for p, q in zip(rows["eager_params"], rows["graph_params"]):
+        torch.testing.assert_close(p, q)
