@@ -40,7 +40,7 @@ SPEC = OpSpec(
     doc="(x [b, c, t], weight [c, w], bias [c] or None, activation None | 'silu') -> y [b, c, t]",
     impls=(
         Impl("reference", "reference.mamba2:causal_conv1d", role="reference", graph_safe=True),
-        Impl("causal_conv1d", "causal_conv1d:causal_conv1d_fn", role="peer", needs="cuda", priority=1),
+        Impl("causal_conv1d", "causal_conv1d:causal_conv1d_fn", role="peer", needs="cuda", priority=1, graph_safe=True),
     ),
     bench=Bench(shapes=lambda: [(64, 256, 320, 4), (16, 1024, 1280, 4)], cpu_shapes=[(2, 19, 12, 4)],
                 shape_str=shape_str, make_inputs=make_inputs,

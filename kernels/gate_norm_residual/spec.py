@@ -73,7 +73,7 @@ SPEC = OpSpec(
     doc="(h, y) = (x + blend(a, b; gate, mode), norm(h)·weight + bias): "
         "(x, a, b=None, gate=None, *, weight, bias=None, mode, norm, eps, gate_logits, residual_fp32)",
     impls=(
-        Impl("reference", "reference.gate_norm_residual:gate_norm_residual", role="reference"),
+        Impl("reference", "reference.gate_norm_residual:gate_norm_residual", role="reference", graph_safe=True),
         Impl("triton", "kernels.gate_norm_residual:gate_norm_residual", role="lab", graph_safe=True),
         Impl("compile", "kernels.gate_norm_residual.peers:compiled_reference", role="peer", needs="cuda",
              factory=True),

@@ -65,9 +65,9 @@ SPEC = OpSpec(
     doc="chunked SSD scan, mamba-ssm's mamba_chunk_scan_combined signature: (x, dt, A, B, C, chunk_size, D=None, "
         "dt_bias=None, dt_softplus=False, initial_states=None, return_final_states=False) -> y or (y, final)",
     impls=(
-        Impl("reference", "reference.mamba2:mamba_chunk_scan", role="reference"),
+        Impl("reference", "reference.mamba2:mamba_chunk_scan", role="reference", graph_safe=True),
         Impl("mamba_ssm", "mamba_ssm.ops.triton.ssd_combined:mamba_chunk_scan_combined", role="peer",
-             needs="cuda", priority=1),
+             needs="cuda", priority=1, graph_safe=True),
     ),
     bench=Bench(shapes=lambda: [(64, 256, 8, 32, 1, 32, 64), (16, 1024, 16, 64, 1, 64, 256),
                                 (8, 4096, 32, 64, 1, 128, 256)],

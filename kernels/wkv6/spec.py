@@ -48,7 +48,7 @@ SPEC = OpSpec(
     doc="(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None) "
         "-> (o, final_state)",
     impls=(
-        Impl("reference", "reference.wkv6:wkv6_chunked", role="reference"),
+        Impl("reference", "reference.wkv6:wkv6_chunked", role="reference", graph_safe=True),
         Impl("triton", "kernels.wkv6:wkv6", role="lab", graph_safe=True),
         Impl("triton_fused", "kernels.wkv6:wkv6_fused", role="lab", graph_safe=True),
         Impl("fla_chunk", "fla.ops.rwkv6:chunk_rwkv6", role="peer", needs="cuda"),
