@@ -42,7 +42,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error (``error: ...``, exit 2) instead of the usage block."""
 
     def error(self, message):
-        fail(f"{message} (python train.py --help)")
+        fail(f"{message} (see {self.prog} --help)")
 
 
 def fail(message: str):

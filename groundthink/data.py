@@ -85,7 +85,8 @@ def load_text(path: str | None = None) -> tuple[str, str]:
         return default_corpus(), "pydoc_data.topics"
     check_text_file(path)
     p = Path(path)
-    return p.read_bytes().decode("utf-8"), p.name
+    text = p.read_bytes().decode("utf-8")
+    return text.replace("\r\n", "\n").replace("\r", "\n"), p.name   # universal newlines, as read_text did
 
 
 def text_hash(text: str) -> str:
