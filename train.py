@@ -157,9 +157,7 @@ class RunLog:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         if resumed and path.exists():
-            keep = [ln for ln in path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= start]
-            path.write_text("".join(ln + "\n" for ln in keep))
+            ckpt.trim_log(path, start)
         elif not resumed:
             path.write_text("")
         self.f = open(path, "a")
@@ -186,7 +184,7 @@ class Run:
     say: object
     out_dir: Path
     tok: object
-    corpus: str
+    corpus: dict            # {"name", "hash"}
     train_ids: torch.Tensor
     val_ids: torch.Tensor
     ops: object
@@ -265,9 +263,10 @@ def load_resume(args, say):
     if not args.resume:
         return None, None
     out_dir = Path(args.out_dir)
-    path = ckpt.latest(out_dir, args.model) if args.resume == "auto" else Path(args.resume)
+    path = (ckpt.latest(out_dir, args.model, size=args.size, warn=say) if args.resume == "auto"
+            else Path(args.resume))
     if path is None:
-        say(f"--resume auto: no checkpoint of {args.model} in {out_dir}; starting fresh")
+        say(f"--resume auto: no checkpoint of {args.model}/{args.size} in {out_dir}; starting fresh")
         return None, None
     state = ckpt.load(path)
     for k, v in state["args"].items():
@@ -283,6 +282,7 @@ def prepare_data(args, state, master, world, say):
     out_dir = Path(args.out_dir)
     text, corpus_name = gdata.load_text(args.data)
     if state is not None:
+        ckpt.check_resume(state, args, text)
         tok = gdata.tokenizer_from_state(state["tokenizer"])
         tok_note = f"{tok.kind}, from the checkpoint"
     else:
@@ -293,10 +293,10 @@ def prepare_data(args, state, master, world, say):
         tok, tok_note = gdata.build_tokenizer(args.tokenizer, text, args.vocab_size, out_dir)
         if world > 1 and master:
             dist.barrier()
-    train_ids, val_ids = gdata.encode_corpus(tok, text, args.val_frac)
+    train_ids, val_ids = gdata.encode_corpus(tok, text, args.val_frac, seq_len=args.seq_len)
     say(f"data: {corpus_name}, {len(text):,} chars -> {len(train_ids):,} train / {len(val_ids):,} val tokens; "
         f"tokenizer {tok_note}, vocab {tok.vocab_size}")
-    return tok, corpus_name, train_ids, val_ids
+    return tok, {"name": corpus_name, "hash": gdata.text_hash(text)}, train_ids, val_ids
 
 
 def build_run(args, device, rank, world, master, say, ops, state) -> Run:
@@ -317,7 +317,9 @@ def build_run(args, device, rank, world, master, say, ops, state) -> Run:
     say(f"model {args.model}/{args.size}: {model.num_params():,} parameters; world size {world}; "
         f"{'bf16 autocast' if device.type == 'cuda' else f'fp32, {torch.get_num_threads()} CPU threads'}; "
         f"CUDA graph {'on' if graph[0] else 'off'} ({graph[1]})")
-    log = RunLog(Path(args.log) if args.log else Path(args.out_dir) / f"log_{args.model}.jsonl", master, start,
+    log_path = (Path(args.log) if args.log
+                else ckpt.run_dir(args.out_dir, args.model, args.size) / f"log_{args.model}.jsonl")
+    log = RunLog(log_path, master, start,
                  state is not None)
     stop = min(args.steps, args.stop_at) if args.stop_at else args.steps
     run = Run(args, device, rank, world, master, say, Path(args.out_dir), tok, corpus, train_ids, val_ids, ops,
@@ -382,7 +384,7 @@ def at_boundary(run: Run, done: int):
     if is_eval:
         run_eval(run, done)
     if is_ckpt and run.master:
-        run.last_ckpt = save_checkpoint(run, ckpt.step_path(run.out_dir, a.model, done), done)
+        run.last_ckpt = save_checkpoint(run, ckpt.step_path(run.out_dir, a.model, done, size=a.size), done)
     if is_eval or is_ckpt:
         run.ring.restart_clock()   # throughput counts training time only
 
@@ -447,7 +449,8 @@ def save_checkpoint(run: Run, path: Path, step: int) -> Path:
     a = run.args
     ckpt.save({"model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": {"step": step},
                "step": step, "args": clean_args(a), "rng": ckpt.rng_state(), "tokenizer": run.tok.state(),
-               "data": {"seed": a.seed, "step": step, "world": run.world, "corpus": run.corpus,
+               "data": {"seed": a.seed, "step": step, "world": run.world, "corpus": run.corpus["name"],
+                        "corpus_hash": run.corpus["hash"],
                         "val_frac": a.val_frac},
                "model_name": a.model, "size": a.size, "vocab_size": run.tok.vocab_size,
                "config": config_dict(run.model), "gate0": run.gate0, "world": run.world}, path)
@@ -520,7 +523,7 @@ def finish(run: Run) -> dict:
     drain(run, block=True)
     stats = summary(run)
     if run.master and done >= a.steps:
-        final = save_checkpoint(run, ckpt.final_path(run.out_dir, a.model), done)
+        final = save_checkpoint(run, ckpt.final_path(run.out_dir, a.model, size=a.size), done)
         write(run, f"final checkpoint: {final}")
     elif run.master:
         write(run, f"stopped at step {done} (--stop-at); continue with --resume: {run.last_ckpt}")

@@ -49,8 +49,8 @@ def test_tiny_run_trains_logs_and_checkpoints(tmp_path, capsys):
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # it learns
     assert res["evals"][-1]["val_loss"] < res["evals"][0]["val_loss"] + 0.5
     model = "GF-MH"
-    for p in (ckpt.step_path(tmp_path, model, 4), ckpt.step_path(tmp_path, model, 8),
-              ckpt.final_path(tmp_path, model)):
+    for p in (ckpt.step_path(tmp_path, model, 4, size="tiny"), ckpt.step_path(tmp_path, model, 8, size="tiny"),
+              ckpt.final_path(tmp_path, model, size="tiny")):
         assert p.exists(), p
     state = ckpt.load(res["final_checkpoint"])
     assert state["step"] == 12 and {"model", "optimizer", "scheduler", "rng", "args", "tokenizer",
@@ -88,8 +88,8 @@ def test_config_yaml_and_cli_precedence(tmp_path):
 def test_resume_is_exact(tmp_path):
     a = run(tmp_path / "a", steps=8)
     run(tmp_path / "b", "--stop-at", "4", steps=8)
-    assert not ckpt.final_path(tmp_path / "b", "GF-MH").exists()
-    assert ckpt.step_path(tmp_path / "b", "GF-MH", 4).exists()
+    assert not ckpt.final_path(tmp_path / "b", "GF-MH", size="tiny").exists()
+    assert ckpt.step_path(tmp_path / "b", "GF-MH", 4, size="tiny").exists()
     b = run(tmp_path / "b", "--resume", "auto", steps=8)
     assert b["losses"][0][0] == 5  # continued, did not restart
     assert [loss for _, loss in a["losses"][4:]] == [loss for _, loss in b["losses"]]
@@ -101,7 +101,8 @@ def test_resume_is_exact(tmp_path):
     # the resumed run's log holds each step once
     assert [r["step"] for r in records(b["log"], "train")] == list(range(1, 9))
     # an explicit path works too (a periodic checkpoint of the uninterrupted run), settings from the checkpoint
-    c = train.main(["--resume", str(ckpt.step_path(tmp_path / "a", "GF-MH", 4)), "--out-dir", str(tmp_path / "c"),
+    c = train.main(["--resume", str(ckpt.step_path(tmp_path / "a", "GF-MH", 4, size="tiny")),
+                    "--out-dir", str(tmp_path / "c"),
                     "--no-progress", "--sample-tokens", "0"])
     assert c["step"] == 8 and [loss for _, loss in c["losses"]] == [loss for _, loss in a["losses"][4:]]
 
@@ -166,12 +167,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     monkeypatch.setattr(train, "build_model", poisoned)
     with pytest.raises(train.NonFiniteLoss, match=r"non-finite loss \(nan\) at step 6.*last good checkpoint"):
         run(tmp_path, steps=8)
-    good = ckpt.step_path(tmp_path, "GF-MH", 4)
+    good = ckpt.step_path(tmp_path, "GF-MH", 4, size="tiny")
     state = ckpt.load(good)
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
-    assert not ckpt.final_path(tmp_path, "GF-MH").exists()
-    assert ckpt.latest(tmp_path, "GF-MH") == good
-    err = records(tmp_path / "log_GF-MH.jsonl", "error")
+    assert not ckpt.final_path(tmp_path, "GF-MH", size="tiny").exists()
+    assert ckpt.latest(tmp_path, "GF-MH", size="tiny") == good
+    err = records(tmp_path / "GF-MH-tiny" / "log_GF-MH.jsonl", "error")
     assert len(err) == 1 and err[0]["step"] == 6 and "non-finite loss" in err[0]["error"]
 
 
@@ -216,8 +217,8 @@ def test_non_finite_exit_code(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     assert "error: non-finite loss (inf) at step 5" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert ckpt.load(ckpt.step_path(tmp_path, "GF-MH", 3))["step"] == 3
-    assert not ckpt.final_path(tmp_path, "GF-MH").exists()
+    assert ckpt.load(ckpt.step_path(tmp_path, "GF-MH", 3, size="tiny"))["step"] == 3
+    assert not ckpt.final_path(tmp_path, "GF-MH", size="tiny").exists()
 
 
 def test_ddp_two_gloo_processes(tmp_path):
@@ -232,11 +233,11 @@ def test_ddp_two_gloo_processes(tmp_path):
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "world size 2" in r.stdout and r.stdout.count("sample:") == 1  # rank 0 alone talks
-    state = ckpt.load(ckpt.final_path(tmp_path, "GF-MH"))
+    state = ckpt.load(ckpt.final_path(tmp_path, "GF-MH", size="tiny"))
     assert state["step"] == 3 and state["world"] == 2
     one = train.main(["--batch-size", "4", "--out-dir", str(tmp_path / "one"), "--sample-tokens", "0",
                       "--threads", "1", *flags])
-    two = [r["loss"] for r in records(tmp_path / "log_GF-MH.jsonl", "train")]
+    two = [r["loss"] for r in records(tmp_path / "GF-MH-tiny" / "log_GF-MH.jsonl", "train")]
     assert len(two) == 3
     for (_, l1), l2 in zip(one["losses"], two):
         assert abs(l1 - l2) <= 1e-5 * abs(l1), (one["losses"], two)
