@@ -53,7 +53,8 @@ DEVICE_DEFAULTS = {
     "cuda": dict(steps=2000, batch_size=64, seq_len=256, eval_interval=250, ckpt_interval=500, log_interval=10,
                  eval_iters=20),
 }
-NOT_INHERITED = {"resume", "config", "stop_at", "no_progress", "graph", "profile_steps"}  # never taken from a checkpoint's args
+# never taken from a checkpoint's args
+NOT_INHERITED = {"resume", "config", "stop_at", "no_progress", "graph", "profile_steps"}
 
 
 class NonFiniteLoss(RuntimeError):

@@ -276,7 +276,8 @@ def _read_csv(path: Path) -> list[dict]:
 def step_row(who: str, mode: str, size: str, variant: str, kernels: str, steps: int, profile: int) -> tuple:
     """One (summary row, breakdown rows) of the step table; failures become a row with a note."""
     B, T = STEP_SHAPES[size]
-    row = {"model": f"{variant} --kernels {kernels}" if who == "ours" else "peer fla RWKV6Attention ∥ mamba-ssm Mamba2",
+    peer = "peer fla RWKV6Attention ∥ mamba-ssm Mamba2"
+    row = {"model": f"{variant} --kernels {kernels}" if who == "ours" else peer,
            "mode": mode, "size": size, "shape": f"B{B}xT{T}",
            "device": torch.cuda.get_device_name() if common.ON_GPU else "cpu (not a measurement)"}
     try:
