@@ -242,3 +242,29 @@ def test_captured_step_replays_like_eager():
     assert sum(rows["eager"], []) == pytest.approx(sum(rows["graph"], []), rel=1e-6)
     for p, q in zip(rows["eager_params"], rows["graph_params"]):
         torch.testing.assert_close(p, q)
+
+
+@pytest.mark.gpu
+def test_captured_step_skips_a_non_finite_update():
+    """Inside the graph: a NaN loss leaves every other parameter and the AdamW state unchanged."""
+    dev = torch.device("cuda")
+    data = [(x.to(dev), y.to(dev)) for x, y in batches(3)]
+    model, opt, _ = make()
+    model.to(dev)
+    opt = torch.optim.AdamW([{"params": ps, "lr": 1e-2} for ps in group_params(model).values()], lr=1e-2,
+                            fused=True, capturable=True)
+    step = TrainStep(model, opt, batch_size=B, seq_len=T, device=dev)
+    step.load_batch(*data[0])
+    step.capture()
+    step(*data[0], [1e-2] * 3)
+    with torch.no_grad():
+        model.gate.fill_(float("nan"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {id(p): {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
+    row = step(*data[1], [1e-2] * 3).tolist()
+    assert not math.isfinite(row[0]) and float(opt.found_inf) == 1.0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) or (k == "gate" and v.isnan().all()), k
+    for p, s in opt.state.items():
+        for k, v in s.items():
+            assert torch.equal(v, moments[id(p)][k]), k
