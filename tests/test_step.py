@@ -268,3 +268,22 @@ def test_captured_step_skips_a_non_finite_update():
     for p, s in opt.state.items():
         for k, v in s.items():
             assert torch.equal(v, moments[id(p)][k]), k
+
+
+def test_warmup_iterations_change_nothing():
+    """capture()'s warm-up runs the body with the skip flag: afterwards the first real step equals a fresh one."""
+    data = batches(2)
+    model, opt, step = make()
+    fresh, _, fresh_step = make()
+    step.load_batch(*data[0])
+    step.skip.fill_(1.0)
+    for _ in range(3):
+        step._body()
+    step.skip.fill_(0.0)
+    assert all(float(s["step"]) == 0 for s in opt.state.values())
+    for x, y in data:
+        assert step(x, y, [1e-2] * 3).tolist() == fresh_step(x, y, [1e-2] * 3).tolist()
+    for p, q in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(p, q)
+    with pytest.raises(RuntimeError, match="needs a CUDA device"):
+        step.capture()
