@@ -46,7 +46,8 @@ from groundthink import monitor
 from groundthink.registry import resolve
 from groundthink.step import TrainStep, group_params
 
-NOT_INHERITED = {"resume", "config", "stop_at", "no_progress", "graph", "profile_steps"}  # never taken from a checkpoint's args
+# never taken from a checkpoint's args
+NOT_INHERITED = {"resume", "config", "stop_at", "no_progress", "graph", "profile_steps"}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -76,6 +77,22 @@ def make_optimizer(model, args):
                 groups.append({"params": ps, "lr": args.lr * mult, "base_lr": args.lr * mult, "component": comp,
                                "weight_decay": args.weight_decay if decay else 0.0})
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=True, capturable=True)
+
+
+def load_optimizer(opt, saved: dict):
+    """Load AdamW moments, steps and hyperparameters from a checkpoint, keeping what this run decides: the fused,
+    capturable implementation (older checkpoints hold CPU-side, non-fused groups) and each group's base lr (from
+    the current flags; the schedule is a function of the step)."""
+    saved = {**saved, "param_groups": [{**g, "fused": True, "capturable": True, "foreach": None}
+                                       for g in saved["param_groups"]]}
+    bases = [g["base_lr"] for g in opt.param_groups]
+    opt.load_state_dict(saved)
+    for g, base in zip(opt.param_groups, bases):
+        g["base_lr"] = base
+    for p, st in opt.state.items():   # the fused kernel trusts shapes: a mismatch would corrupt memory
+        if "exp_avg" in st and st["exp_avg"].shape != p.shape:
+            raise SystemExit(f"checkpoint optimizer state does not fit this model: moment of shape "
+                             f"{tuple(st['exp_avg'].shape)} for a parameter of shape {tuple(p.shape)}")
 
 
 def lr_factor(step: int, warmup: int, total: int, min_frac: float) -> float:
@@ -308,7 +325,7 @@ def build_run(args, device, rank, world, master, say, ops, state) -> Run:
     start, gate0 = 0, None
     if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        load_optimizer(opt, state["optimizer"])
         start, gate0 = state["step"], state.get("gate0")
         ckpt.set_rng_state(state["rng"])
     step = TrainStep(model, opt, batch_size=args.batch_size, seq_len=args.seq_len, device=device,

@@ -5,7 +5,8 @@ batch; after ``WARMUP`` untimed steps (Triton autotuning of the lab's kernels, m
 are timed between two CUDA events; ``peak_mb`` is the absolute ``max_memory_allocated`` over the timed steps
 (model, AdamW state, activations). Sizes: small (B64 × T256) and large (B16 × T1024).
 
-* ``triton``    — ``registry.resolve("triton")``: the lab's kernels, mamba-ssm's scan;
+* ``triton``    — ``registry.resolve("triton")``: the lab's kernels, mamba-ssm's scan (eager step);
+* ``triton-graph`` — the same, the step replayed as one CUDA graph (GF-MH at both sizes);
 * ``reference`` — ``registry.resolve("reference")``: PyTorch references (slow: few steps);
 * ``peer``      — ``bench/peer_model.py``: fla's RWKV6Attention ∥ mamba-ssm's Mamba2, eager blend and RMSNorm
                   (only when both import; one model per size, compared with every variant as "best peer").
@@ -67,6 +68,7 @@ def plan() -> list:
     variants = _variants()
     # priorities: 1 = kernel rows (lab + reference), 2 = these, 3 = kernel peers, 4-5 = the rest
     rows += [("triton", v, "small", 2) for v in variants]
+    rows += [("triton-graph", "GF-MH", "small", 2), ("triton-graph", "GF-MH", "large", 4)]
     rows += [("peer", "peer", "small", 4)]
     large = variants if not q else [v for v in ("HY", "GF-MH", "HGF-MH", "CP") if v in variants]
     rows += [("triton", v, "large", 4) for v in large]
@@ -97,7 +99,7 @@ def build(kernels: str, variant: str, size: str):
     except ImportError as e:
         pytest.skip(f"fused (the model package) not importable: {e}")
     from groundthink.registry import resolve
-    ops = resolve(kernels)
+    ops = resolve(kernels.removesuffix("-graph"))
     return fused.get_model(variant, size, vocab_size=VOCAB, ops=ops).to(common.DEVICE)
 
 
@@ -180,7 +182,8 @@ def test_train(bench, kernels, variant, size):
     desc = model.describe() if hasattr(model, "describe") else ""
     shape = f"{size} B{B}xT{T}"
     try:
-        res = measure_training(model, B, T, warmup, steps, probes=kernels != "peer")
+        res = measure_training(model, B, T, warmup, steps, graph=kernels.endswith("-graph"),
+                               probes=kernels != "peer")
     except Exception as e:  # noqa: BLE001
         oom = isinstance(e, torch.cuda.OutOfMemoryError)
         model = None  # noqa: F841 - free it before the next row
@@ -276,7 +279,8 @@ def _read_csv(path: Path) -> list[dict]:
 def step_row(who: str, mode: str, size: str, variant: str, kernels: str, steps: int, profile: int) -> tuple:
     """One (summary row, breakdown rows) of the step table; failures become a row with a note."""
     B, T = STEP_SHAPES[size]
-    row = {"model": f"{variant} --kernels {kernels}" if who == "ours" else "peer fla RWKV6Attention ∥ mamba-ssm Mamba2",
+    peer = "peer fla RWKV6Attention ∥ mamba-ssm Mamba2"
+    row = {"model": f"{variant} --kernels {kernels}" if who == "ours" else peer,
            "mode": mode, "size": size, "shape": f"B{B}xT{T}",
            "device": torch.cuda.get_device_name() if common.ON_GPU else "cpu (not a measurement)"}
     try:

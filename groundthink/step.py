@@ -184,16 +184,18 @@ class TrainStep:
         if self.device.type != "cuda":
             raise RuntimeError("CUDA graph capture needs a CUDA device")
         self.skip.fill_(1.0)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    self._body()
+            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
                 self._body()
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._body()
-        self.skip.fill_(0.0)
+        finally:
+            self.skip.fill_(0.0)   # a failed capture leaves an eager step that updates
         self.graph = graph
         return self

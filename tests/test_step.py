@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from groundthink import monitor
-from groundthink.step import GradBucket, TrainStep, group_params
+from groundthink.step import TrainStep, group_params
 
 V, B, T = 11, 4, 8
 
@@ -119,7 +119,12 @@ def test_non_finite_step_leaves_params_and_optimizer_state_unchanged(poison):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state_before = {id(p): {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
     forward = model.forward
-    model.forward = lambda idx, targets=None, **kw: (lambda o: (o[0], o[1] * poison, *o[2:]))(forward(idx, targets, **kw))
+
+    def poisoned(idx, targets=None, **kw):
+        logits, loss, *probes = forward(idx, targets, **kw)
+        return (logits, loss * poison, *probes)
+
+    model.forward = poisoned
     row = step(*data[1], [1e-2] * 3).tolist()
     assert not math.isfinite(row[0]) and float(opt.found_inf) == 1.0
     for k, v in model.state_dict().items():
@@ -234,6 +239,51 @@ def test_captured_step_replays_like_eager():
             step.capture()
         rows[mode] = [step(x, y, [1e-2] * 3).tolist() for x, y in data]
         rows[mode + "_params"] = [p.detach().clone() for p in model.parameters()]
-    assert rows["eager"] == pytest.approx(rows["graph"], rel=1e-6)
+    assert sum(rows["eager"], []) == pytest.approx(sum(rows["graph"], []), rel=1e-6)
     for p, q in zip(rows["eager_params"], rows["graph_params"]):
         torch.testing.assert_close(p, q)
+
+
+@pytest.mark.gpu
+def test_captured_step_skips_a_non_finite_update():
+    """Inside the graph: a NaN loss leaves every other parameter and the AdamW state unchanged."""
+    dev = torch.device("cuda")
+    data = [(x.to(dev), y.to(dev)) for x, y in batches(3)]
+    model, opt, _ = make()
+    model.to(dev)
+    opt = torch.optim.AdamW([{"params": ps, "lr": 1e-2} for ps in group_params(model).values()], lr=1e-2,
+                            fused=True, capturable=True)
+    step = TrainStep(model, opt, batch_size=B, seq_len=T, device=dev)
+    step.load_batch(*data[0])
+    step.capture()
+    step(*data[0], [1e-2] * 3)
+    with torch.no_grad():
+        model.gate.fill_(float("nan"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {id(p): {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
+    row = step(*data[1], [1e-2] * 3).tolist()
+    assert not math.isfinite(row[0]) and float(opt.found_inf) == 1.0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) or (k == "gate" and v.isnan().all()), k
+    for p, s in opt.state.items():
+        for k, v in s.items():
+            assert torch.equal(v, moments[id(p)][k]), k
+
+
+def test_warmup_iterations_change_nothing():
+    """capture()'s warm-up runs the body with the skip flag: afterwards the first real step equals a fresh one."""
+    data = batches(2)
+    model, opt, step = make()
+    fresh, _, fresh_step = make()
+    step.load_batch(*data[0])
+    step.skip.fill_(1.0)
+    for _ in range(3):
+        step._body()
+    step.skip.fill_(0.0)
+    assert all(float(s["step"]) == 0 for s in opt.state.values())
+    for x, y in data:
+        assert step(x, y, [1e-2] * 3).tolist() == fresh_step(x, y, [1e-2] * 3).tolist()
+    for p, q in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(p, q)
+    with pytest.raises(RuntimeError, match="needs a CUDA device"):
+        step.capture()

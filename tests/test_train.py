@@ -264,3 +264,43 @@ def test_triton_interpreter_matches_reference(tmp_path):
     for (s1, l1), (s2, l2) in zip(ref["losses"], tri["losses"]):
         assert s1 == s2 and abs(l1 - l2) <= 0.01 * abs(l1), (s1, l1, l2)
     assert abs(ref["final_val_loss"] - tri["final_val_loss"]) <= 0.01 * ref["final_val_loss"]
+
+
+def test_graph_flag_choice():
+    """--graph: off on CPU (auto says why, on refuses); on a GPU, on only when the OpSet says every op is
+    graph-safe."""
+    from types import SimpleNamespace as NS
+    ops = NS(graph_safe=lambda: (False, "not graph-safe: wkv6/x"))
+    safe = NS(graph_safe=lambda: (True, "every op graph-safe"))
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert train.choose_graph(NS(graph="auto"), cpu, safe) == (False, "no CUDA device: eager step")
+    assert train.choose_graph(NS(graph="off"), gpu, safe)[0] is False
+    assert train.choose_graph(NS(graph="auto"), gpu, safe)[0] is True
+    assert train.choose_graph(NS(graph="auto"), gpu, ops) == (False, "--graph auto: not graph-safe: wkv6/x")
+    for dev, o in ((cpu, safe), (gpu, ops)):
+        with pytest.raises(SystemExit, match="--graph on"):
+            train.choose_graph(NS(graph="on"), dev, o)
+
+
+def test_old_optimizer_state_loads_fused_and_guarded():
+    """A checkpoint of a plain (non-fused, non-capturable) AdamW resumes into the fused, guarded one."""
+    from types import SimpleNamespace as NS
+    from groundthink.step import TrainStep
+    args = NS(lr=1e-2, weight_decay=0.1, lr_mult_rwkv=1.0, lr_mult_mamba=1.0, lr_mult_other=1.0)
+    old_model = StubLM(7)   # the old optimizer: same groups, plain AdamW (no fused/capturable, no base_lr)
+    old = torch.optim.AdamW([{"params": g["params"], "lr": 1e-2, "weight_decay": g["weight_decay"]}
+                             for g in train.make_optimizer(old_model, args).param_groups], lr=1e-2)
+    x = torch.randint(7, (2, 5))
+    old_model(x, x)[1].backward()
+    old.step()
+    model = StubLM(7)
+    opt = train.make_optimizer(model, args)
+    saved = old.state_dict()
+    bad = {**saved, "state": {i: s for i, s in enumerate(reversed(list(saved["state"].values())))}}
+    with pytest.raises(SystemExit, match="does not fit this model"):
+        train.load_optimizer(train.make_optimizer(StubLM(7), args), bad)
+    train.load_optimizer(opt, saved)
+    assert all(g["fused"] and g["capturable"] and "base_lr" in g for g in opt.param_groups)
+    step = TrainStep(model, opt, batch_size=2, seq_len=5, device="cpu")
+    row = step(x, x, [1e-2] * len(opt.param_groups))
+    assert torch.isfinite(row).all() and all(float(s["step"]) == 2 for s in opt.state.values())
