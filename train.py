@@ -91,7 +91,7 @@ def load_optimizer(opt, saved: dict):
         g["base_lr"] = base
     for p, st in opt.state.items():   # the fused kernel trusts shapes: a mismatch would corrupt memory
         if "exp_avg" in st and st["exp_avg"].shape != p.shape:
-            raise SystemExit(f"checkpoint optimizer state does not fit this model: moment of shape "
+            raise InputError(f"checkpoint optimizer state does not fit this model: moment of shape "
                              f"{tuple(st['exp_avg'].shape)} for a parameter of shape {tuple(p.shape)}")
 
 

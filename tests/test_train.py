@@ -19,6 +19,7 @@ import torch
 import fused  # noqa: F401  (the model package: a failed import is an error, no stand-in)
 import train
 from groundthink import checkpoint as ckpt
+from groundthink.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -278,8 +279,16 @@ def test_graph_flag_choice():
     assert train.choose_graph(NS(graph="auto"), gpu, safe)[0] is True
     assert train.choose_graph(NS(graph="auto"), gpu, ops) == (False, "--graph auto: not graph-safe: wkv6/x")
     for dev, o in ((cpu, safe), (gpu, ops)):
-        with pytest.raises(SystemExit, match="--graph on"):
+        with pytest.raises(InputError, match="--graph on"):
             train.choose_graph(NS(graph="on"), dev, o)
+
+
+def tiny_model(vocab_size: int):
+    """The TINY model built directly (reference ops)."""
+    from groundthink.registry import resolve
+    over = dict(o.split("=") for o in TINY[3::2])
+    return fused.get_model("GF-MH", size="tiny", vocab_size=vocab_size, ops=resolve("reference"),
+                           **{k: int(v) for k, v in over.items()})
 
 
 def test_old_optimizer_state_loads_fused_and_guarded():
@@ -287,18 +296,18 @@ def test_old_optimizer_state_loads_fused_and_guarded():
     from types import SimpleNamespace as NS
     from groundthink.step import TrainStep
     args = NS(lr=1e-2, weight_decay=0.1, lr_mult_rwkv=1.0, lr_mult_mamba=1.0, lr_mult_other=1.0)
-    old_model = StubLM(7)   # the old optimizer: same groups, plain AdamW (no fused/capturable, no base_lr)
+    old_model = tiny_model(7)   # the old optimizer: same groups, plain AdamW (no fused/capturable, no base_lr)
     old = torch.optim.AdamW([{"params": g["params"], "lr": 1e-2, "weight_decay": g["weight_decay"]}
                              for g in train.make_optimizer(old_model, args).param_groups], lr=1e-2)
     x = torch.randint(7, (2, 5))
     old_model(x, x)[1].backward()
     old.step()
-    model = StubLM(7)
+    model = tiny_model(7)
     opt = train.make_optimizer(model, args)
     saved = old.state_dict()
     bad = {**saved, "state": {i: s for i, s in enumerate(reversed(list(saved["state"].values())))}}
-    with pytest.raises(SystemExit, match="does not fit this model"):
-        train.load_optimizer(train.make_optimizer(StubLM(7), args), bad)
+    with pytest.raises(InputError, match="does not fit this model"):
+        train.load_optimizer(train.make_optimizer(tiny_model(7), args), bad)
     train.load_optimizer(opt, saved)
     assert all(g["fused"] and g["capturable"] and "base_lr" in g for g in opt.param_groups)
     step = TrainStep(model, opt, batch_size=2, seq_len=5, device="cpu")
