@@ -20,9 +20,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from groundthink.spec import specs  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-KERNEL_OPS = ("wkv6", "gate_norm_residual", "mamba2")
-IMPL_ORDER = ("reference", "triton", "mamba_ssm", "compile", "fla_rmsnorm", "fla_chunk", "fla_recurrent", "peer")
+# the ops with a benchmark, and the implementations in the order reference, lab kernels, peers (from the specs)
+KERNEL_OPS = tuple(op for op, s in specs().items() if s.bench is not None)
+IMPL_ORDER = tuple(dict.fromkeys(i.name for role in ("reference", "lab", "peer") for s in specs().values()
+                                 for i in s.role(role))) + ("peer",)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

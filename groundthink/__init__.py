@@ -1,1 +1,1 @@
-"""groundthink: shared plumbing of the lab (device facts, correctness harness, op registry, gate manifest)."""
+"""groundthink: shared plumbing of the lab (device facts, correctness harness, op specs and registry, the gate)."""

@@ -283,7 +283,8 @@ def load(path: Path | None = None) -> tuple[dict | None, str]:
     stale) — a manifest that is not "ok" allows nothing."""
     path = path or manifest_path()
     if not path.exists():
-        return None, f"no manifest at {_show(path)} — run pytest bench/ --benchmark or train.py --kernels auto on a GPU"
+        return None, (f"no manifest at {_show(path)} — run pytest bench/ --benchmark or train.py --kernels auto "
+                      "on a GPU")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -309,6 +310,8 @@ def _check_entry(entry) -> str | None:
         return "errors must map names to numbers"
     if not isinstance(entry.get("bound"), (int, float)) or not isinstance(entry.get("shapes"), list):
         return "bound or shapes missing"
+    if not isinstance(entry.get("failed", []), list) or not all(isinstance(x, str) for x in entry.get("failed", [])):
+        return "failed must be a list of strings"
     for s in entry["shapes"]:
         if not isinstance(s, dict) or not isinstance(s.get("shape"), str) or not all(
                 isinstance(s.get(k), (int, float)) and s[k] > 0 for k in ("ms", "ref_ms")):
@@ -347,34 +350,45 @@ def verdict_of(data: dict | None, status: str, op: str, impl: str, root: Path = 
     return ok, why
 
 
+_UNDECIDED = ("no manifest", "no verdict", "stale", "unreadable")   # reasons that defer to the next manifest
+
+
 class Verdicts:
     """The verdicts of this machine's manifests: the per-machine one (qualification here, at the model's
-    shapes) first, the published one second. A valid verdict in the first decides; else the second's."""
+    shapes) first, the published one second. The first manifest with a verdict for an implementation decides
+    (a malformed or inconsistent one decides too: not allowed); missing, stale and unreadable ones defer."""
 
     def __init__(self, paths: list[Path] | None = None):
         self.paths = paths if paths is not None else [machine_path(), manifest_path()]
         self.loaded = [(p, *load(p)) for p in self.paths]
 
-    def verdict(self, op: str, impl: str) -> tuple[bool, str]:
+    def _decide(self, op: str, impl: str) -> tuple[bool, str, dict | None]:
+        """(allowed, why, the valid entry or None)."""
         whys = []
         for path, data, status in self.loaded:
             ok, why = verdict_of(data, status, op, impl)
-            if ok or not (why.startswith(("no manifest", "no verdict", "stale", "unreadable"))):
-                return ok, f"{why} [{_show(path)}]"
+            if ok or not why.startswith(_UNDECIDED):
+                valid = ok or why.startswith("denied")
+                return ok, f"{why} [{_show(path)}]", data["ops"][op][impl] if valid else None
             whys.append(why)
-        return False, whys[-1] if whys else "no manifest"
+        return False, "; ".join(dict.fromkeys(whys)) or "no manifest", None
 
-    def has(self, op: str, impl: str) -> bool:
-        """A valid verdict (allowed or denied) exists."""
-        ok, why = self.verdict(op, impl)
-        return ok or why.startswith("denied")
+    def verdict(self, op: str, impl: str) -> tuple[bool, str]:
+        ok, why, _ = self._decide(op, impl)
+        return ok, why
+
+    def has(self, op: str, impl: str, shape: str | None = None) -> bool:
+        """A valid verdict (allowed or denied) exists; with ``shape`` (a spec's ``shape_str``), one measured at
+        that shape."""
+        _, _, entry = self._decide(op, impl)
+        if entry is None or shape is None:
+            return entry is not None
+        return any(x.startswith(shape + " ") for x in [s["shape"] for s in entry["shapes"]] + entry.get("failed", []))
 
     def speed(self, op: str, impl: str) -> float:
         """The worst speedup over the reference recorded by the valid verdict of ``impl`` (0 without one)."""
-        for _, data, status in self.loaded:
-            if verdict_of(data, status, op, impl)[0]:
-                return min(s["speedup"] for s in data["ops"][op][impl]["shapes"])
-        return 0.0
+        ok, _, entry = self._decide(op, impl)
+        return min(s["speedup"] for s in entry["shapes"]) if ok else 0.0
 
     def choose(self, spec: OpSpec, usable: Callable[[str], bool]) -> tuple[str, str]:
         """(implementation, why): the best proven implementation of ``spec``'s op; ``usable(impl)``: imports
@@ -401,8 +415,7 @@ class Verdicts:
 # ------------------------------------------------------------------------------------- gate on first use
 
 def _time_ms(fn: Callable, cuda: bool, reps: int = 5) -> float:
-    """Median of ``reps`` timed calls after one untimed call (CUDA events on a GPU, host clock otherwise)."""
-    fn()
+    """Median of ``reps`` timed calls of a warmed-up ``fn`` (CUDA events on a GPU, host clock otherwise)."""
     times = []
     for _ in range(reps):
         if cuda:
@@ -476,6 +489,7 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, device) -> dict:
                 t.grad = None
             step()
 
+        run()                                   # autotuning / compilation outside the memory and time figures
         row["peak_mb"] = _peak_mb(run, cuda)
         row["ms"] = _time_ms(run, cuda)
     except Exception as e:  # noqa: BLE001 - recorded: the rule denies a kernel that fails to run
@@ -500,7 +514,8 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool) -> list[tuple]
                 if impl.role == "lab":
                     cands.append((impl, e))
         gated = [i for i, _ in cands if i.role == "lab"] or [i for i, _ in cands]
-        if spec.bench is None or not gated or (not force and all(known.has(op, i.name) for i in gated)):
+        if spec.bench is None or not gated or (
+                not force and all(known.has(op, i.name, spec.bench.shape_str(*shp)) for i in gated)):
             continue
         first.append((spec, spec.reference, spec.reference.load(), shp))
         for impl, fn in cands:
@@ -512,17 +527,18 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
             say: Callable[[str], None] = print, progress: bool = True, force: bool = False,
             budget_s: float = 60.0) -> dict:
     """Gate on first use: for every op in ``shapes`` (op -> the spec's shape tuple, e.g. ``model_shapes``)
-    whose lab candidates (or, for an op without lab kernels, its installed peers) have no valid verdict on this
-    machine (``force``: all of them), measure the reference, every lab candidate and every installed peer at that
-    shape (``measure``: errors of the output and every gradient vs float64, fwd+bwd time, extra peak memory),
-    decide with ``rule`` and write the per-machine manifest (``machine_path()``; ``path`` overrides).
+    whose lab candidates (or, for an op without lab kernels, its installed peers) have no valid verdict at that
+    shape in the per-machine manifest (``force``: all of them), measure the reference, every lab candidate and
+    every installed peer at that shape (``measure``: errors of the output and every gradient vs float64,
+    fwd+bwd time, extra peak memory), decide with ``rule`` and write the per-machine manifest
+    (``machine_path()``; ``path`` overrides).
     Peers are measured last; what would start after ``budget_s`` seconds is skipped and said. Returns the new
     entries ({op: {impl: entry}}). ``cuda`` and ``device`` may be injected (tests: the interpreter on CPU)."""
     from tqdm import tqdm
     cuda = torch.cuda.is_available() if cuda is None else cuda
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = path or machine_path()
-    plan = _plan(shapes, cuda, Verdicts([path, manifest_path()]), force)
+    plan = _plan(shapes, cuda, Verdicts([path]), force)
     if not plan:
         return {}
     say(f"gate: qualifying {', '.join(sorted({p[0].name for p in plan}))} on this machine (errors vs float64, "

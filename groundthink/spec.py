@@ -158,6 +158,10 @@ class OpSpec:
         return self.tolerance.get(dtype, BOUNDS.get(dtype, BOUNDS[torch.bfloat16]))
 
 
+def _show(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+
+
 def _load_spec(path: Path) -> OpSpec:
     mod_name = f"_groundthink_spec_{path.parent.name}"
     loader = importlib.util.spec_from_file_location(mod_name, path)
@@ -165,9 +169,9 @@ def _load_spec(path: Path) -> OpSpec:
     loader.loader.exec_module(mod)
     spec = getattr(mod, "SPEC", None)
     if not isinstance(spec, OpSpec):
-        raise TypeError(f"{path.relative_to(ROOT)} must define SPEC = OpSpec(...)")
+        raise TypeError(f"{_show(path)} must define SPEC = OpSpec(...)")
     if spec.name != path.parent.name:
-        raise ValueError(f"{path.relative_to(ROOT)} declares op {spec.name!r}; the folder is {path.parent.name!r}")
+        raise ValueError(f"{_show(path)} declares op {spec.name!r}; the folder is {path.parent.name!r}")
     return spec
 
 

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def _row(op, impl, shape, pass_, ms, peak=100.0, errors=None, variant="", tok_s=None):
     gbps = 1000.0 / ms if (ms and op != "train") else None
     return {"op": op, "impl": impl, "shape": shape, "pass": pass_, "dtype": "bfloat16", "ms": ms, "gbps": gbps,
-            "pct_bw": gbps / 30.0 if gbps else None, "tflops": None, "peak_mb": peak, "speedup_vs_ref": None, "speedup_vs_best_peer": None,
+            "pct_bw": gbps / 30.0 if gbps else None, "tflops": None, "peak_mb": peak, "speedup_vs_ref": None,
+            "speedup_vs_best_peer": None,
             "max_rel_err": max(errors.values()) if errors else None, "variant": variant, "tok_s": tok_s,
             "timer": "fake", "reps": 1, "warmup_s": 0.0, "err_shape": shape,
             "errors": json.dumps(errors) if errors else "", "copy_gbps": 3000.0, "ms_graph": None,

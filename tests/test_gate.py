@@ -68,6 +68,7 @@ def test_a_good_entry_is_allowed(tmp_path):
     (lambda e: e["errors"].update(out0="0.001"), "malformed"),
     (lambda e: e.update(shapes="fast"), "malformed"),
     (lambda e: e["shapes"][0].update(ref_ms=None), "malformed"),
+    (lambda e: e.update(failed="none"), "malformed"),
     (lambda e: e.pop("source_hash"), "no source hash"),
     (lambda e: e.update(source_hash="0" * 16), "stale"),
 ])
@@ -182,6 +183,8 @@ def test_qualify_on_first_use_then_auto_uses_the_kernel(tmp_path, monkeypatch, n
     ops = registry.resolve("auto", cuda=True)
     assert ops.impls()[OP] == "triton" and "allowed" in ops.choices[OP].reason
     assert gate.qualify({OP: SHAPE}, cuda=True, say=said.append, progress=False) == {}
+    # another model shape: qualified again there (a verdict holds at the shapes it was measured at)
+    assert OP in gate.qualify({OP: (8, 32, "row", False)}, cuda=True, say=said.append, progress=False)
 
 
 def test_qualify_keeps_to_its_time_budget(tmp_path, no_compile_peer):

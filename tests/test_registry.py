@@ -27,6 +27,20 @@ def test_spec_validation_is_a_clear_error():
         OpSpec("op", "doc", (Impl("a", "m:f"),))
 
 
+def test_a_spec_file_is_all_an_op_needs(tmp_path):
+    """Discovery reads kernels/<op>/spec.py by path: the folder names the op."""
+    from groundthink.spec import _load_spec
+    body = ('from groundthink.spec import Impl, OpSpec\n'
+            'SPEC = OpSpec(name="{}", doc="y = x", impls=(Impl("reference", "torch:clone", role="reference"),))\n')
+    (tmp_path / "myop").mkdir()
+    (tmp_path / "myop" / "spec.py").write_text(body.format("myop"))
+    spec = _load_spec(tmp_path / "myop" / "spec.py")
+    assert spec.name == "myop" and spec.reference.load() is torch.clone
+    (tmp_path / "myop" / "spec.py").write_text(body.format("other"))
+    with pytest.raises(ValueError, match="declares op 'other'; the folder is 'myop'"):
+        _load_spec(tmp_path / "myop" / "spec.py")
+
+
 def test_reference_mode_uses_references():
     ops = registry.resolve("reference")
     assert ops.impls() == {op: "reference" for op in registry.OPS}
