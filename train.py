@@ -316,11 +316,29 @@ def prepare_data(args, state, master, world, say):
     return tok, {"name": corpus_name, "hash": gdata.text_hash(text)}, train_ids, val_ids
 
 
+def qualify_kernels(args, model, ops, device, master, world, say):
+    """--kernels auto on a GPU: the gate on first use qualifies every lab kernel that has no valid verdict for
+    this GPU at the model's shapes (≤ 60 s, per-machine manifest), then the ops are chosen again. Before any
+    capture: the step must see the final kernels."""
+    if args.kernels != "auto" or device.type != "cuda":
+        return ops
+    from groundthink import gate
+    if master:
+        gate.qualify_model(model.config, args.batch_size, args.seq_len, say=say)
+    if world > 1:
+        dist.barrier()
+    ops = resolve(args.kernels)
+    model.set_ops(ops)
+    say("kernels after qualification:\n" + ops.table())
+    return ops
+
+
 def build_run(args, device, rank, world, master, say, ops, state) -> Run:
     """Data, model, optimizer (restored when resuming), the training step, the metrics ring and the run log."""
     tok, corpus, train_ids, val_ids = prepare_data(args, state, master, world, say)
     torch.manual_seed(args.seed)
     model = build_model(args, tok.vocab_size, ops).to(device)
+    ops = qualify_kernels(args, model, ops, device, master, world, say)
     opt = make_optimizer(model, args)
     start, gate0 = 0, None
     if state is not None:
