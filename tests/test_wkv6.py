@@ -307,23 +307,23 @@ def test_wkv6_opcheck():
     d = make_inputs(1, 5, 1, 16, 16, h0=True, grad=False)
     for save in (False, True):
         args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"], None, save)
-        torch.library.opcheck(torch.ops.groundthink.wkv6_fwd.default, args,
+        torch.library.opcheck(torch.ops.groundthink.wkv6_fused_fwd.default, args,
                               test_utils=("test_schema", "test_faketensor"))
     cu = torch.tensor([0, 2, 5], dtype=torch.int32)
     for save in (False, True):
         args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"], None, save)
-        torch.library.opcheck(torch.ops.groundthink.wkv6_chunk_fwd.default, args,
+        torch.library.opcheck(torch.ops.groundthink.wkv6_parallel_fwd.default, args,
                               test_utils=("test_schema", "test_faketensor"))
         args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"].repeat(2, 1, 1, 1), cu, save)
-        torch.library.opcheck(torch.ops.groundthink.wkv6_chunk_fwd.default, args,
+        torch.library.opcheck(torch.ops.groundthink.wkv6_parallel_fwd.default, args,
                               test_utils=("test_schema", "test_faketensor"))
-    states = torch.ops.groundthink.wkv6_chunk_fwd(d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"],
+    states = torch.ops.groundthink.wkv6_parallel_fwd(d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"],
                                                   None, True)[2]
     do = torch.randn(1, 5, 1, 16)
     dht = torch.randn(1, 1, 16, 16)
     for st_ in (states, states.new_empty((0,))):
         args = (d["r"], d["k"], d["v"], d["w"], d["u"], do, dht, d["initial_state"], None, 0.25, st_)
-        torch.library.opcheck(torch.ops.groundthink.wkv6_chunk_bwd.default, args,
+        torch.library.opcheck(torch.ops.groundthink.wkv6_parallel_bwd.default, args,
                               test_utils=("test_schema", "test_faketensor"))
 
 
@@ -348,7 +348,7 @@ def test_wkv6_parallel_agrees_with_fused():
 def test_wkv6_all_tuning_configs():
     """Every autotune config the GPU may pick (only the first runs under the interpreter): same results."""
     import triton
-    import kernels.wkv6 as kw
+    import kernels.wkv6.fused as kw
     d = make_inputs(1, 100, 2, 20, 40, decay="strong", h0=True, grad=False)
     r, k, v, w, u, h0 = (d[n] for n in ("r", "k", "v", "w", "u", "initial_state"))
     o_ref, ht_ref, hs_ref = kw._fwd_impl(r, k, v, w, u, 0.3, h0, None, save=True)
@@ -384,8 +384,9 @@ def test_wkv6_all_tuning_configs():
 @pytest.mark.parametrize("algo", ["parallel", "fused"])
 def test_wkv6_backward_without_saved_states(algo):
     """The backward recomputes the chunk states when the forward did not save them: same gradients."""
-    import kernels.wkv6 as kw
-    fwd, bwd = (kw._par_fwd_impl, kw._par_bwd_impl) if algo == "parallel" else (kw._fwd_impl, kw._bwd_impl)
+    import kernels.wkv6.fused as kf
+    import kernels.wkv6.parallel as kp
+    fwd, bwd = (kp._par_fwd_impl, kp._par_bwd_impl) if algo == "parallel" else (kf._fwd_impl, kf._bwd_impl)
     d = make_inputs(1, 100, 2, 16, 24, decay="strong", h0=True, grad=False)
     r, k, v, w, u, h0 = (d[n] for n in ("r", "k", "v", "w", "u", "initial_state"))
     o, ht, hs = fwd(r, k, v, w, u, 0.3, h0, None, save=True)

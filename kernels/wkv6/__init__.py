@@ -1,0 +1,94 @@
+"""RWKV-6 wkv in hand-written Triton: two chunked algorithms (forward + backward), recurrent decode path, custom ops.
+
+* ``wkv6`` (default): the chunk-PARALLEL algorithm (``parallel.py``, also ``wkv6_parallel``), custom ops
+  ``groundthink::wkv6_parallel_fwd`` / ``_bwd``;
+* ``wkv6_fused``: the sequential chunked algorithm (``fused.py``; one program walks a whole sequence), custom ops
+  ``groundthink::wkv6_fused_fwd`` / ``_bwd``;
+* ``wkv6_recurrent``: token by token, forward only (decode; ``recurrent.py``).
+Shared @triton.jit helpers, launch helpers and the custom-op factory: ``common.py``; the chunk-state pass of the
+chunk-parallel algorithms: ``states.py``.
+
+Math (per sequence and head; state S ∈ R^{K×V}; log-decay w_t ≤ 0 per key channel; bonus u ∈ R^K;
+q_t = scale · r_t):
+
+    o_t = q_t · (S_{t-1} + diag(u) k_tᵀ v_t)
+    S_t = diag(exp(w_t)) S_{t-1} + k_tᵀ v_t                 (S_{-1} = initial_state, final state = S_{T-1})
+
+Layouts (fla style): r, k, w ``[B, T, H, K]``; v ``[B, T, H, V]``; u ``[H, K]``; initial/final state
+``[N, H, K, V]`` fp32 (N = B, or the number of packed sequences with ``cu_seqlens`` and B = 1). All inputs are
+made contiguous; a token is row ``bos + t`` of the flattened ``[B·T, H, *]`` tensors.
+
+Chunk-parallel algorithm (``wkv6``; chunks of BT_PAR = 64 tokens, exact 16-row sub-blocks; chunks never straddle
+sequences: with ``cu_seqlens`` sequence n owns chunk slots cu[n]//64 + n + i, i < cdiv(len_n, 64), the slot →
+sequence map is computed on the device by searchsorted, no host sync):
+  forward  1. ``_chunk_state_kernel`` (grid chunks × V-blocks × heads): G_L and ΔS_c = (k ⊙ exp(G_L − G))ᵀ v
+              (G_L − G as a suffix sum: exponents ≤ 0 and no long-prefix-sum cancellation);
+           2. ``_chunk_scan_kernel`` (grid V-blocks × sequence·heads, sequential over chunks, in place):
+              S_c (state at each chunk start) ← S, S ← diag(exp(G_L)) S + ΔS_c; final state;
+           3. ``_chunk_fwd_out_kernel`` (grid chunks·4 sub-blocks × V-blocks × heads): the state at the sub-block
+              start S_m = S_c advanced over the m earlier sub-blocks (16-row state updates, exponents ≤ 0), then the
+              exact 16-row output of the sequential kernel (below) from S_m.
+  backward (states S_c saved by the forward when a gradient is needed, else recomputed):
+           1. ``_chunk_state_kernel`` (MODE 2, or 3 to recompute S): ΔD_c = (q ⊙ exp(Gp))ᵀ do per chunk;
+           2. ``_chunk_scan_kernel`` reversed: D_c = dL/dS at each chunk end (D ← diag(exp(G_L)) D + ΔD_c from
+              dS_final), dh0 = D at the start;
+           3. ``_chunk_bwd_kernel`` (grid chunks·4 sub-blocks × heads, all of V per program): S_m from S_c and the
+              earlier sub-blocks, D_m (dL/dS after the sub-block) from D_c and the later sub-blocks
+              (D ← diag(exp(gl)) D + (q ⊙ exp(gp))ᵀ do), then the exact 16-row backward of the sequential kernel
+              (dq, dk, dv, the cancellation-free dw below, per-program du rows summed once: deterministic).
+  Everything the sequential kernel computes per 16-row chunk from (S at its start, D at its end) is computed
+  here per sub-block from (S_m, D_m): the same exact formulas, so the same errors.
+
+Sequential chunked algorithm (``wkv6_fused``; chunk BT = 16 tokens, one program per (V-block, sequence·head) walking
+its sequence chunk by chunk with the K×BV state in registers, fp32). Inside a chunk, G_t = Σ_{j≤t} w_j
+(chunk-local cumsum, fp32), Gp_t = G_{t-1} = G_t − w_t, G_L = G of the last row:
+
+* inter-chunk:  o_t += (q_t ⊙ exp(Gp_t)) · S                    (exponent ≤ 0)
+* intra-chunk:  A_ts = Σ_k q_tk k_sk E_tsk (s < t), E_ts = exp(Gp_t − G_s) = Π_{s<i<t} exp(w_i);
+  A_tt = Σ_k q_tk u_k k_tk;  o_t += Σ_s A_ts v_s (a dot).
+  The chunk is a single 16-row "diagonal sub-block" computed *exactly*, no factorization: a loop over the keys j
+  (downwards) keeps the decay column P = E[:, j] ([BT, BK], fp32) and updates it by products of the per-step
+  decays exp(w) ≤ 1 (no exponent anywhere can be positive), A[:, j] = Σ_k q ⊙ k_j ⊙ P. Any decay works
+  (w = −40 per step and beyond: the products underflow to the correct 0).
+* state:        S ← diag(exp(G_L)) S + Σ_s (k_s ⊙ exp(G_L − G_s))ᵀ v_s   (exponents ≤ 0)
+* with autograd, the forward also stores the state at every CKPT-th chunk start (fp32 checkpoints for the
+  backward; K·V·4 bytes per 64 tokens and head).
+
+Backward (one launch, two with several V-blocks; a checkpoint pass first if the forward did not save them; no
+atomics, deterministic): a reverse walk carrying D_t = ∂L/∂S_t (D_{T-1} = dS_final,
+D_{t-1} = diag(exp(w_t)) D_t + q_tᵀ do_t, dh0 = D_{-1}); at the end of each group of CKPT chunks it recomputes the
+group's chunk-start states S0 from the checkpoint into a small per-program scratch (L2-resident):
+   dq_t = S_{t-1} do_t + u k_t (v_t·do_t), dk_t = D_t v_t + u q_t (v_t·do_t), dv_t = k_t D_t + (Σ_k q_t u k_t) do_t,
+   du = Σ_t q_t k_t (v_t·do_t) (per-program fp32 rows, summed once), each split into the S0/D parts (dots) and
+   the exact intra-chunk parts (``_intra_bwd``: a loop over keys j upwards with exp columns
+   E[:, j] = exp(Σ_{j<i<t} w_i), t > j, exponent ≤ 0, summed directly rather than as Gp_t − G_j).
+   With several V-blocks dq, dk, dw are per-V-block fp32 partials summed by a second kernel.
+
+dw without cancellation. The usual formula dw_j = Σ_{t>j} q_t⊙dq^s_t − Σ_{t≥j} k_t⊙dk^s_t (+ S_final⊙dS_final)
+subtracts O(1) terms of nearby (undecayed) pairs to get a result that is tiny where the decay is strong, which
+amplifies rounding (fp32 rel err ~1e-5 on CPU, far worse with tf32 dots). Instead each pair (key s, query t)
+contributes to dw_j exactly when s < j < t (its decay exp(G_{t-1} − G_s) contains w_j), so for j in chunk c:
+
+    dw_j = Σ_{t>j, s<j, both in c} q_t k_s E_ts (do_t·v_s)                    (exact, running sum over keys s < j)
+         + Σ_{t>j in c} q_t ⊙ exp(Gp_t) ⊙ (S0_c do_t)                          (earlier keys, queries here)
+         + Σ_{s<j in c} k_s ⊙ exp(G_L − G_s) ⊙ (D_c v_s)                       (keys here, later queries)
+         + exp(G_L) ⊙ Σ_v S0_c ⊙ D_c                                            (earlier keys, later queries)
+
+with D_c = ∂L/∂S at the chunk's last row (dS_final included): no structured cancellation. Hence w of the last
+step only acts through the final state. This needs S0_c in the reverse walk, hence the checkpoints.
+
+Numerics: state, cumsums and every accumulation in fp32. ``tl.dot`` runs on fp32 operands with
+``input_precision`` = "ieee" for fp32 inputs (≤ 1e-5 vs fp64) and "tf32" for bf16/fp16 inputs (relative
+error ~1e-4, far below the bf16 rounding of o and the gradients, which is the ~1.6e-3 floor);
+``FWD_PRECISION`` / ``BWD_PRECISION`` override the choice for half inputs (e.g. "ieee" or "tf32x3").
+
+Positive log-decay: w is clamped to ≤ 0 (decay ≤ 1) inside the kernels and dw is 0 where w > 0 (the gradient of
+``min(w, 0)``), i.e. the op computes exactly ``reference(min(w, 0))``. w must be finite.
+"""
+from kernels.wkv6.fused import wkv6_fused
+from kernels.wkv6.parallel import wkv6_parallel
+from kernels.wkv6.recurrent import wkv6_recurrent
+
+wkv6 = wkv6_parallel
+
+__all__ = ["wkv6", "wkv6_fused", "wkv6_parallel", "wkv6_recurrent"]
