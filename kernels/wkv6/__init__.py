@@ -85,10 +85,11 @@ error ~1e-4, far below the bf16 rounding of o and the gradients, which is the ~1
 Positive log-decay: w is clamped to ≤ 0 (decay ≤ 1) inside the kernels and dw is 0 where w > 0 (the gradient of
 ``min(w, 0)``), i.e. the op computes exactly ``reference(min(w, 0))``. w must be finite.
 """
+from kernels.wkv6.chunk import wkv6_chunk
 from kernels.wkv6.fused import wkv6_fused
 from kernels.wkv6.parallel import wkv6_parallel
 from kernels.wkv6.recurrent import wkv6_recurrent
 
-wkv6 = wkv6_parallel
+wkv6 = wkv6_chunk
 
-__all__ = ["wkv6", "wkv6_fused", "wkv6_parallel", "wkv6_recurrent"]
+__all__ = ["wkv6", "wkv6_chunk", "wkv6_fused", "wkv6_parallel", "wkv6_recurrent"]
