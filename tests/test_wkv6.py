@@ -263,6 +263,10 @@ def _good():
                         w=d["w"].repeat(2, 1, 1, 1), initial_state=None,
                         cu_seqlens=torch.tensor([0, 4])), "cu_seqlens"),
     (lambda d: d.update(cu_seqlens=torch.tensor([0.0, 4.0])), "cu_seqlens"),
+    (lambda d: d.update(cu_seqlens=torch.tensor([0, 3])), "cu_seqlens"),                  # last offset != T
+    (lambda d: d.update(cu_seqlens=torch.tensor([0, -1, 4]), initial_state=None), "cu_seqlens"),   # negative
+    (lambda d: d.update(cu_seqlens=torch.tensor([0, 3, 2, 4]), initial_state=None), "cu_seqlens"),  # decreasing
+    (lambda d: d.update(cu_seqlens=torch.tensor([1, 4])), "cu_seqlens"),                  # not starting at 0
     (lambda d: d.update(u=d["u"].to("meta")), "u"),
 ])
 @FNS
@@ -271,6 +275,16 @@ def test_wkv6_bad_input(fn, mutate, name):
     mutate(d)
     with pytest.raises((ValueError, TypeError), match=name):
         fn(**d)
+
+
+@FNS
+def test_wkv6_nan_decay_propagates(fn):
+    """A NaN log-decay is not clamped away: it reaches the later outputs and the final state (earlier chunks stay
+    finite)."""
+    d = make_inputs(1, 40, 1, 16, 16, h0=True, grad=False)
+    d["w"][0, 20, 0, 3] = float("nan")
+    o, s = fn(**d)
+    assert torch.isfinite(o[:, :16]).all() and torch.isnan(o[:, 21:]).any() and torch.isnan(s).any()
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")

@@ -8,14 +8,14 @@ segment. With S = 2^m, the pair's decay splits at the boundary between the halve
     E_ts = exp(Σ_{s<x<t} w_x) = exp(P^m_t) · exp(R^m_s),
     P^m_t = Σ_{x from the start of t's S-segment to t−1} w_x,   R^m_s = Σ_{x from s+1 to the end of s's S-segment} w_x
 
-(segment-local exclusive prefix / suffix sums of w: both ≤ 0, each a sum of same-sign terms, no difference of
-long prefix sums). So the level-m scores are one dot of decayed operands, masked to the level's pairs:
+(segment-local exclusive prefix / suffix sums of w, both ≤ 0; exp(P), exp(R) are computed as segmented products
+of the per-step decays exp(w) ≤ 1: no overflow, no difference of long prefix sums). So the level-m scores are one dot of decayed operands, masked to the level's pairs:
 
     A = Σ_m M_m ⊙ ((q ⊙ exp(P^m)) (k ⊙ exp(R^m))ᵀ) + diag(Σ_k q u k)      (level 0: P = R = 0, no decay)
 
 with every exponent ≤ 0, so the products are safe for any decay (w = −60 per step underflows to the correct 0).
 LOG dots of [BT, K] × [K, BT] per chunk, fp32 operands (tf32 tensor cores for half inputs, never cast to bf16).
-The exponents come from segmented cumsums of w shifted by one row (w_{t−1}, w_{t+1} loaded as tiles), exact.
+The factors come from segmented cumprods of exp(w) shifted by one row (w_{t−1}, w_{t+1} loaded as tiles).
 
 Forward per chunk (state S ∈ R^{K×V} at the chunk start, fp32; Gp / Gs = the chunk-level P / R, G_L = Σ w):
     o = (q ⊙ exp(Gp)) S + A v,      S ← diag(exp(G_L)) S + (k ⊙ exp(Gs))ᵀ v.
@@ -40,18 +40,13 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty, num_sms
-from kernels.wkv6.common import _chunk_loc, _dims, _make_ops, _nh_bucket, _prec, _run, _seq_bounds, _state_bwd
+from kernels.wkv6.common import (_chunk_loc, _clamp_w, _dims, _make_ops, _nh_bucket, _prec, _run, _seq_bounds,
+                                 _state_bwd)
 from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length (the state pass's, so its per-chunk buffers serve this algorithm too)
 LOG = 6           # log2(BT): number of pair levels
-SEG = 1           # segmented cumsums: 1 reshape + cumsum, 0 associative scan (see _seg_cumsum)
-
-
-@triton.jit
-def _clamp_w(b_w):
-    """min(w, 0) that keeps NaN (tl.minimum would drop it)."""
-    return tl.where(b_w > 0, 0., b_w)
+SEG = 1           # segmented scans: 1 reshape + scan along the middle axis, 0 associative scan (_seg_scan)
 
 
 @triton.jit
@@ -61,29 +56,46 @@ def _seg_add(a, fa, b, fb):
 
 
 @triton.jit
-def _seg_cumsum(b_x, o_t, S: tl.constexpr, BT: tl.constexpr, REVERSE: tl.constexpr, SEG: tl.constexpr = 0):
-    """Inclusive cumsum of b_x [BT, BK] along the rows, restarted at every S-row segment (S divides BT).
-    SEG = 0: a segmented associative scan; 1: reshape to [BT/S, S, BK] and cumsum along the middle axis."""
+def _seg_mul(a, fa, b, fb):
+    """Segmented-product combine (as ``_seg_add``)."""
+    return tl.where(fb != 0, b, a * b), fa | fb
+
+
+@triton.jit
+def _seg_scan(b_x, o_t, S: tl.constexpr, BT: tl.constexpr, REVERSE: tl.constexpr, PROD: tl.constexpr,
+              SEG: tl.constexpr):
+    """Inclusive cumsum (PROD: cumprod) of b_x [BT, BK] along the rows, restarted at every S-row segment (S divides
+    BT). SEG = 1: reshape to [BT/S, S, BK] and scan the middle axis; 0: a segmented associative scan."""
     if S == BT:
+        if PROD:
+            return tl.cumprod(b_x, axis=0, reverse=REVERSE)
         return tl.cumsum(b_x, axis=0, reverse=REVERSE)
     if SEG == 1:
-        b_z = tl.cumsum(tl.reshape(b_x, (BT // S, S, b_x.shape[1])), axis=1, reverse=REVERSE)
+        b_z = tl.reshape(b_x, (BT // S, S, b_x.shape[1]))
+        if PROD:
+            b_z = tl.cumprod(b_z, axis=1, reverse=REVERSE)
+        else:
+            b_z = tl.cumsum(b_z, axis=1, reverse=REVERSE)
         return tl.reshape(b_z, (BT, b_x.shape[1]))
     if REVERSE:
         b_f = (o_t % S == S - 1).to(tl.int32)[:, None] + tl.zeros_like(b_x).to(tl.int32)
     else:
         b_f = (o_t % S == 0).to(tl.int32)[:, None] + tl.zeros_like(b_x).to(tl.int32)
-    b_y, _ = tl.associative_scan((b_x, b_f), 0, _seg_add, reverse=REVERSE)
+    if PROD:
+        b_y, _ = tl.associative_scan((b_x, b_f), 0, _seg_mul, reverse=REVERSE)
+    else:
+        b_y, _ = tl.associative_scan((b_x, b_f), 0, _seg_add, reverse=REVERSE)
     return b_y
 
 
 @triton.jit
-def _level(b_wm1, b_wp1, o_t, S: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, SEG: tl.constexpr = 0):
+def _level(b_em1, b_ep1, o_t, S: tl.constexpr, BT: tl.constexpr, SEG: tl.constexpr):
     """exp(P) and exp(R) [BT, BK] of the S-row segments (see the module docstring): P_t = Σ w from t's segment
-    start to t−1, R_s = Σ w from s+1 to s's segment end. b_wm1 / b_wp1 hold w_{t−1} / w_{t+1} in row t."""
-    b_p = _seg_cumsum(tl.where((o_t % S == 0)[:, None], 0., b_wm1), o_t, S, BT, False, SEG)
-    b_r = _seg_cumsum(tl.where((o_t % S == S - 1)[:, None], 0., b_wp1), o_t, S, BT, True, SEG)
-    return tl.exp(b_p), tl.exp(b_r)
+    start to t−1, R_s = Σ w from s+1 to s's segment end, as segmented products of the per-step decays (every
+    factor ≤ 1: no overflow, no cancellation). b_em1 / b_ep1 hold exp(w_{t−1}) / exp(w_{t+1}) in row t."""
+    b_ep = _seg_scan(tl.where((o_t % S == 0)[:, None], 1., b_em1), o_t, S, BT, False, True, SEG)
+    b_er = _seg_scan(tl.where((o_t % S == S - 1)[:, None], 1., b_ep1), o_t, S, BT, True, True, SEG)
+    return b_ep, b_er
 
 
 @triton.jit
@@ -103,12 +115,12 @@ def _load_chunk_k(p_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H: tl.constexpr, K: tl.
 
 
 @triton.jit
-def _intra_scores(b_q, b_k, b_wm1, b_wp1, o_t, BT: tl.constexpr, BK: tl.constexpr, LOG: tl.constexpr,
+def _intra_scores(b_q, b_k, b_em1, b_ep1, o_t, BT: tl.constexpr, BK: tl.constexpr, LOG: tl.constexpr,
                   PREC: tl.constexpr, SEG: tl.constexpr):
     """A [BT, BT] (s < t, without the bonus diagonal): one masked dot per level."""
     b_A = tl.where(_level_mask(o_t, 1), tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
     for m in tl.static_range(1, LOG):
-        b_ep, b_er = _level(b_wm1, b_wp1, o_t, 2 ** m, BT, BK, SEG)
+        b_ep, b_er = _level(b_em1, b_ep1, o_t, 2 ** m, BT, SEG)
         b_s = tl.dot(b_q * b_ep, tl.trans(b_k * b_er), input_precision=PREC)
         b_A += tl.where(_level_mask(o_t, 2 ** m), b_s, 0.)
     return b_A
@@ -122,15 +134,15 @@ def _fwd_chunk(q_ptr, k_ptr, v_ptr, w_ptr, b_u, o_ptr, b_h, bos, L, r0, i_h, sca
     b_q = _load_chunk_k(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 0) * scale
     b_k = _load_chunk_k(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 0)
     b_w = _clamp_w(_load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 0))
-    b_wm1 = _clamp_w(_load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, -1))
-    b_wp1 = _clamp_w(_load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 1))
+    b_em1 = tl.exp(_clamp_w(_load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, -1)))
+    b_ep1 = tl.exp(_clamp_w(_load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 1)))
     rows = r0 + o_t
     m_tv = (rows < L)[:, None] & m_v[None, :]
     p_v = ((bos + rows) * H + i_h)[:, None] * V + o_v[None, :]
     b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-    b_A = _intra_scores(b_q, b_k, b_wm1, b_wp1, o_t, BT, BK, LOG, PREC, SEG)
+    b_A = _intra_scores(b_q, b_k, b_em1, b_ep1, o_t, BT, BK, LOG, PREC, SEG)
     b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
-    b_egp, b_egs = _level(b_wm1, b_wp1, o_t, BT, BT, BK, SEG)
+    b_egp, b_egs = _level(b_em1, b_ep1, o_t, BT, BT, SEG)
     b_o = tl.dot(b_q * b_egp, b_h, input_precision=PREC) + tl.dot(b_A, b_v, input_precision=PREC)
     tl.store(o_ptr + p_v, b_o.to(o_ptr.dtype.element_ty), mask=m_tv)
     b_gl = tl.sum(b_w, axis=0)
@@ -141,9 +153,7 @@ def _fwd_chunk(q_ptr, k_ptr, v_ptr, w_ptr, b_u, o_ptr, b_h, bos, L, r0, i_h, sca
 # forward
 # ----------------------------------------------------------------------------------------------------------------
 @triton.autotune(configs=autotune_configs([triton.Config({"BV": 64}, num_warps=4, num_stages=1),
-                                           triton.Config({"BV": 64}, num_warps=8, num_stages=1),
-                                           triton.Config({"BV": 32}, num_warps=4, num_stages=1),
-                                           triton.Config({"BV": 32}, num_warps=8, num_stages=1)]),
+                                           triton.Config({"BV": 32}, num_warps=4, num_stages=1)]),
                  key=["K", "V", "BK", "PREC", "NH_BUCKET"])
 @triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
 def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T, NT,
@@ -181,8 +191,7 @@ def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
-                                           triton.Config({}, num_warps=8, num_stages=1)]),
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1)]),
                  key=["K", "V", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
@@ -209,8 +218,7 @@ def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cm
 # backward
 # ----------------------------------------------------------------------------------------------------------------
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=8, num_stages=1),
-                                           triton.Config({}, num_warps=4, num_stages=1),
-                                           triton.Config({}, num_warps=8, num_stages=2)]),
+                                           triton.Config({}, num_warps=4, num_stages=1)]),
                  key=["K", "V", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
@@ -239,8 +247,8 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     b_q = _load_chunk_k(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 0) * scale
     b_k = _load_chunk_k(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 0)
     b_wr = _load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 0)
-    b_wm1 = _clamp_w(_load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, -1))
-    b_wp1 = _clamp_w(_load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 1))
+    b_em1 = tl.exp(_clamp_w(_load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, -1)))
+    b_ep1 = tl.exp(_clamp_w(_load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 1)))
     b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
     b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
     b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
@@ -252,7 +260,7 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC)
     b_dw = tl.zeros([BT, BK], dtype=tl.float32)
     for m in tl.static_range(1, LOG):
-        b_ep, b_er = _level(b_wm1, b_wp1, o_t, 2 ** m, BT, BK, SEG)
+        b_ep, b_er = _level(b_em1, b_ep1, o_t, 2 ** m, BT, SEG)
         b_qh = b_q * b_ep
         b_kh = b_k * b_er
         m_lv = _level_mask(o_t, 2 ** m)
@@ -265,8 +273,8 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
         # dw_j: queries t > j of j's segment (reverse exclusive), keys s < j of j's segment (exclusive)
         b_a = b_qh * b_dqh
         b_b = b_kh * b_dkh
-        b_dw += (_seg_cumsum(b_a, o_t, 2 ** m, BT, True, SEG) - b_a
-                 + _seg_cumsum(b_b, o_t, 2 ** m, BT, False, SEG) - b_b)
+        b_dw += (_seg_scan(b_a, o_t, 2 ** m, BT, True, False, SEG) - b_a
+                  + _seg_scan(b_b, o_t, 2 ** m, BT, False, False, SEG) - b_b)
     b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
     # ---- state-crossing terms
     p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
@@ -354,6 +362,13 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None):
 _wkv6_chunk_fwd_op = _make_ops("wkv6", _chunk_fwd_impl, _chunk_bwd_impl, _par_state_shape)
 
 
+MAX_KV = 64        # larger K or V: the backward's [64, K] / [64, V] fp32 tiles exceed the shared memory (H100)
+
+
 def wkv6_chunk(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
-    """RWKV-6 wkv, tensor-core chunk algorithm (the default behind ``kernels.wkv6.wkv6``)."""
+    """RWKV-6 wkv, tensor-core chunk algorithm (the default behind ``kernels.wkv6.wkv6``). K or V > 64 (not
+    supported by its backward yet) runs the sequential ``wkv6_fused`` instead (same results)."""
+    if r.dim() == 4 and v.dim() == 4 and max(r.shape[-1], v.shape[-1]) > MAX_KV:
+        from kernels.wkv6.fused import wkv6_fused
+        return wkv6_fused(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
     return _run(_wkv6_chunk_fwd_op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)

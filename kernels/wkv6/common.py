@@ -28,6 +28,12 @@ def _warp_configs():
 
 
 @triton.jit
+def _clamp_w(b_w):
+    """min(w, 0) that keeps NaN (tl.minimum drops it): a NaN log-decay reaches the outputs instead of acting as 0."""
+    return tl.where(b_w > 0, 0., b_w)
+
+
+@triton.jit
 def _seq_bounds(cu_ptr, i_n, T, VARLEN):
     if VARLEN:
         bos = tl.load(cu_ptr + i_n).to(tl.int64)
@@ -200,6 +206,18 @@ def _make_ops(name: str, fwd_impl, bwd_impl, state_shape):
 # ----------------------------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------------------------
+def _check_offsets(cu_seqlens, T):
+    """The values of cu_seqlens: 0 first, T last, non-decreasing (a bad offset would make the kernels read and write
+    out of bounds). Costs one small device-to-host copy (N+1 integers, a sync); skipped while a CUDA graph is being
+    captured or torch.compile traces (the shape and dtype checks still run there)."""
+    if torch.compiler.is_compiling() or (cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    cu = cu_seqlens.tolist()
+    if cu[0] != 0 or cu[-1] != T or any(b < a for a, b in zip(cu, cu[1:])):
+        shown = cu if len(cu) <= 8 else cu[:4] + ["..."] + cu[-3:]
+        raise ValueError(f"cu_seqlens must start at 0, end at T = {T} and never decrease; got {shown}")
+
+
 def _validate(r, k, v, w, u, initial_state, cu_seqlens):
     check_tensor("r", r, ndim=4)
     dev = r.device
@@ -218,6 +236,7 @@ def _validate(r, k, v, w, u, initial_state, cu_seqlens):
             raise ValueError(f"cu_seqlens packs sequences into B = 1; got r with B = {B}")
         if cu_seqlens.shape[0] < 2:
             raise ValueError("cu_seqlens must hold at least 2 offsets [0, ..., T]")
+        _check_offsets(cu_seqlens, T)
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     if initial_state is not None:
         check_tensor("initial_state", initial_state, ndim=4, device=dev, shape=(N, H, K, v.shape[-1]))

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import (_blocks, _cu, _dims, _intra_bwd, _make_ops, _nh_bucket, _prec, _run,
+from kernels.wkv6.common import (_blocks, _clamp_w, _cu, _dims, _intra_bwd, _make_ops, _nh_bucket, _prec, _run,
                                  _seq_bounds, _state_bwd, _warp_configs)
 
 BT_CHUNK = 16
@@ -68,14 +68,14 @@ def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, h
             j = BT - 1 - jj
             # (j = BT-1: the row j+1 lies outside the chunk: masked to w = 0, decay 1, no row set)
             m_j1 = m_k & (o_k * 0 + i_c * BT + j + 1 < L) & (o_k * 0 + j + 1 < BT)
-            b_e1 = tl.exp(tl.minimum(tl.load(w_ptr + p_row + (j + 1) * H * K, mask=m_j1, other=0.)
-                                     .to(tl.float32), 0.))
+            b_e1 = tl.exp(_clamp_w(tl.load(w_ptr + p_row + (j + 1) * H * K, mask=m_j1, other=0.)
+                                     .to(tl.float32)))
             b_P = tl.where(o_t[:, None] == j + 1, 1., b_P * b_e1[None, :])
             b_kj = tl.load(k_ptr + p_row + j * H * K, mask=m_k & (o_k * 0 + i_c * BT + j < L), other=0.).to(tl.float32)
             b_a = tl.sum(b_q * b_kj[None, :] * b_P, axis=1)
             b_A = tl.where(o_t[None, :] == j, b_a[:, None], b_A)
         b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
-        b_w = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
+        b_w = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
         b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         b_g = tl.cumsum(b_w, axis=0)
         b_gp = b_g - b_w
@@ -124,7 +124,7 @@ def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
         p_v = tok[:, None] * V + o_v[None, :]
         m_tk = m_t[:, None] & m_k[None, :]
         b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
-        b_w = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
+        b_w = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
         b_v = tl.load(v_ptr + p_v, mask=m_t[:, None] & m_v[None, :], other=0.).to(tl.float32)
         b_g = tl.cumsum(b_w, axis=0)
         b_gl = tl.sum(b_w, axis=0)
@@ -182,8 +182,8 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
                 m_g = (i_g * BT + o_t) < L
                 m_gk = m_g[:, None] & m_k[None, :]
                 b_kg = tl.load(k_ptr + tok_g[:, None] * K + o_k[None, :], mask=m_gk, other=0.).to(tl.float32)
-                b_wg = tl.minimum(tl.load(w_ptr + tok_g[:, None] * K + o_k[None, :], mask=m_gk, other=0.)
-                                  .to(tl.float32), 0.)
+                b_wg = _clamp_w(tl.load(w_ptr + tok_g[:, None] * K + o_k[None, :], mask=m_gk, other=0.)
+                                  .to(tl.float32))
                 b_vg = tl.load(v_ptr + tok_g[:, None] * V + o_v[None, :], mask=m_g[:, None] & m_v[None, :],
                                other=0.).to(tl.float32)
                 b_glg = tl.sum(b_wg, axis=0)
@@ -199,7 +199,7 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
-        b_wt = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
+        b_wt = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
         b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         # ---- exact intra-chunk part (see _intra_bwd)
@@ -210,7 +210,7 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
         # tiles reloaded here (L1/L2 hits) rather than kept live through the unrolled loop
         b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
         b_wr = tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
-        b_w = tl.minimum(b_wr, 0.)
+        b_w = _clamp_w(b_wr)
         b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)

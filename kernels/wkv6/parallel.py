@@ -8,7 +8,8 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import _blocks, _chunk_loc, _dims, _intra_bwd, _make_ops, _prec, _run, _state_bwd
+from kernels.wkv6.common import (_blocks, _chunk_loc, _clamp_w, _dims, _intra_bwd, _make_ops, _prec, _run,
+                                 _state_bwd)
 from kernels.wkv6.states import BT_PAR, _par_state_shape, _par_states
 
 SUB_PAR = 16      # exact sub-block length
@@ -45,7 +46,7 @@ def _chunk_fwd_out_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_p
         tj = (bos + rj) * H + i_h
         m_jk = m_j[:, None] & m_k[None, :]
         b_kj = tl.load(k_ptr + tj[:, None] * K + o_k[None, :], mask=m_jk, other=0.).to(tl.float32)
-        b_wj = tl.minimum(tl.load(w_ptr + tj[:, None] * K + o_k[None, :], mask=m_jk, other=0.).to(tl.float32), 0.)
+        b_wj = _clamp_w(tl.load(w_ptr + tj[:, None] * K + o_k[None, :], mask=m_jk, other=0.).to(tl.float32))
         b_vj = tl.load(v_ptr + tj[:, None] * V + o_v[None, :], mask=m_j[:, None] & m_v[None, :],
                        other=0.).to(tl.float32)
         b_glj = tl.sum(b_wj, axis=0)
@@ -67,14 +68,14 @@ def _chunk_fwd_out_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_p
     for jj in range(0, SB):
         j = SB - 1 - jj
         m_j1 = m_k & (o_k * 0 + r0 + j + 1 < L) & (o_k * 0 + j + 1 < SB)
-        b_e1 = tl.exp(tl.minimum(tl.load(w_ptr + p_row + (j + 1) * H * K, mask=m_j1, other=0.)
-                                 .to(tl.float32), 0.))
+        b_e1 = tl.exp(_clamp_w(tl.load(w_ptr + p_row + (j + 1) * H * K, mask=m_j1, other=0.)
+                                 .to(tl.float32)))
         b_P = tl.where(o_t[:, None] == j + 1, 1., b_P * b_e1[None, :])
         b_kj = tl.load(k_ptr + p_row + j * H * K, mask=m_k & (o_k * 0 + r0 + j < L), other=0.).to(tl.float32)
         b_a = tl.sum(b_q * b_kj[None, :] * b_P, axis=1)
         b_A = tl.where(o_t[None, :] == j, b_a[:, None], b_A)
     b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
-    b_w = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
+    b_w = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
     b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
     b_gp = tl.cumsum(b_w, axis=0) - b_w
     b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
@@ -118,7 +119,7 @@ def _chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr,
         tj = (bos + rj) * H + i_h
         m_jk = m_j[:, None] & m_k[None, :]
         b_kj = tl.load(k_ptr + tj[:, None] * K + o_k[None, :], mask=m_jk, other=0.).to(tl.float32)
-        b_wj = tl.minimum(tl.load(w_ptr + tj[:, None] * K + o_k[None, :], mask=m_jk, other=0.).to(tl.float32), 0.)
+        b_wj = _clamp_w(tl.load(w_ptr + tj[:, None] * K + o_k[None, :], mask=m_jk, other=0.).to(tl.float32))
         b_vj = tl.load(v_ptr + tj[:, None] * V + o_v[None, :], mask=m_j[:, None] & m_v[None, :],
                        other=0.).to(tl.float32)
         b_glj = tl.sum(b_wj, axis=0)
@@ -130,7 +131,7 @@ def _chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr,
         tj = (bos + rj) * H + i_h
         m_jk = m_j[:, None] & m_k[None, :]
         b_qj = tl.load(q_ptr + tj[:, None] * K + o_k[None, :], mask=m_jk, other=0.).to(tl.float32) * scale
-        b_wj = tl.minimum(tl.load(w_ptr + tj[:, None] * K + o_k[None, :], mask=m_jk, other=0.).to(tl.float32), 0.)
+        b_wj = _clamp_w(tl.load(w_ptr + tj[:, None] * K + o_k[None, :], mask=m_jk, other=0.).to(tl.float32))
         b_doj = tl.load(do_ptr + tj[:, None] * V + o_v[None, :], mask=m_j[:, None] & m_v[None, :],
                         other=0.).to(tl.float32)
         b_gj = tl.cumsum(b_wj, axis=0)
@@ -146,7 +147,7 @@ def _chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr,
     m_tk = m_t[:, None] & m_k[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
     b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
-    b_wt = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
+    b_wt = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
     b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
     b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
     # exact intra-sub-block part (see _intra_bwd)
@@ -155,7 +156,7 @@ def _chunk_bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr,
     b_A, b_dq, b_dk, b_dw = _intra_bwd(k_ptr, p_row, r0, L, b_q, b_wt, b_B, o_t, o_k, m_k, H, K, SB, BK, 1)
     b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
     b_wr = tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
-    b_w = tl.minimum(b_wr, 0.)
+    b_w = _clamp_w(b_wr)
     b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
     b_dq, b_dk, b_dv, b_dw, b_egp, b_gl = _state_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, b_A, b_dq, b_dk, b_dw,
                                                      PREC)

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import new_empty
-from kernels.wkv6.common import _validate
+from kernels.wkv6.common import _clamp_w, _validate
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ def _wkv6_recurrent_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_
         tok = (i_n.to(tl.int64) * T + t) * H + i_h
         b_q = tl.load(q_ptr + tok * K + o_k, mask=m_k, other=0.).to(tl.float32) * scale
         b_k = tl.load(k_ptr + tok * K + o_k, mask=m_k, other=0.).to(tl.float32)
-        b_w = tl.minimum(tl.load(w_ptr + tok * K + o_k, mask=m_k, other=0.).to(tl.float32), 0.)
+        b_w = _clamp_w(tl.load(w_ptr + tok * K + o_k, mask=m_k, other=0.).to(tl.float32))
         b_v = tl.load(v_ptr + tok * V + o_v, mask=m_v, other=0.).to(tl.float32)
         b_kv = b_k[:, None] * b_v[None, :]
         b_o = tl.sum(b_q[:, None] * (b_h + b_u[:, None] * b_kv), axis=0)

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import _blocks, _chunk_loc, _cu, _dims, _prec, _seq_bounds
+from kernels.wkv6.common import _blocks, _clamp_w, _chunk_loc, _cu, _dims, _prec, _seq_bounds
 
 BT_PAR = 64       # chunk length of the state pass
 
@@ -37,7 +37,7 @@ def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_p
     p_v = tok[:, None] * V + o_v[None, :]
     m_tk = m_t[:, None] & m_k[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
-    b_w = tl.minimum(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32), 0.)
+    b_w = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
     b_gl = tl.sum(b_w, axis=0)
     p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
     tl.store(gl_ptr + (i_s.to(tl.int64) * H + i_h) * K + o_k, b_gl, mask=m_k & (o_k * 0 + i_v == 0))
