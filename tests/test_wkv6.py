@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import kernels  # noqa: F401
 from groundthink.harness import assert_close_all, check_op, compare, rel_err
-from kernels.wkv6 import wkv6, wkv6_fused, wkv6_recurrent
+from kernels.wkv6 import wkv6, wkv6_fused, wkv6_parallel, wkv6_recurrent
 from reference.wkv6 import wkv6 as ref_loop
 from reference.wkv6 import wkv6_chunked as ref_chunked
 
@@ -44,8 +44,9 @@ def make_inputs(B, T, H, K, V, dtype=torch.float32, decay="mixed", h0=False, N=N
     return d
 
 
-# both algorithms: the chunk-parallel default and the sequential (fused) one
-FNS = pytest.mark.parametrize("fn", [wkv6, wkv6_fused], ids=["parallel", "fused"])
+# every algorithm: the tensor-core chunk default, the chunk-parallel and the sequential (fused) one
+ALGOS = [wkv6, wkv6_parallel, wkv6_fused]
+FNS = pytest.mark.parametrize("fn", ALGOS, ids=["chunk", "parallel", "fused"])
 
 
 def _check(inputs, ref=ref_loop, bound=None, context="", fn=wkv6):
@@ -235,7 +236,7 @@ try:
 
     @given(B=st.integers(1, 2), T=st.integers(1, 40), H=st.integers(1, 2), K=st.sampled_from([4, 12, 16, 20, 33]),
            V=st.sampled_from([3, 16, 24, 40]), h0=st.booleans(), decay=st.sampled_from(["mild", "strong", "mixed"]),
-           scale=st.sampled_from([None, 1.0]), fn=st.sampled_from([wkv6, wkv6_fused]))
+           scale=st.sampled_from([None, 1.0]), fn=st.sampled_from(ALGOS))
     def test_wkv6_fuzz(B, T, H, K, V, h0, decay, scale, fn):
         d = make_inputs(B, T, H, K, V, decay=decay, h0=h0, scale=scale)
         _check(d, context=f"B{B} T{T} H{H} K{K} V{V} h0={h0} {decay}", fn=fn)
@@ -262,6 +263,10 @@ def _good():
                         w=d["w"].repeat(2, 1, 1, 1), initial_state=None,
                         cu_seqlens=torch.tensor([0, 4])), "cu_seqlens"),
     (lambda d: d.update(cu_seqlens=torch.tensor([0.0, 4.0])), "cu_seqlens"),
+    (lambda d: d.update(cu_seqlens=torch.tensor([0, 3])), "cu_seqlens"),                  # last offset != T
+    (lambda d: d.update(cu_seqlens=torch.tensor([0, -1, 4]), initial_state=None), "cu_seqlens"),   # negative
+    (lambda d: d.update(cu_seqlens=torch.tensor([0, 3, 2, 4]), initial_state=None), "cu_seqlens"),  # decreasing
+    (lambda d: d.update(cu_seqlens=torch.tensor([1, 4])), "cu_seqlens"),                  # not starting at 0
     (lambda d: d.update(u=d["u"].to("meta")), "u"),
 ])
 @FNS
@@ -270,6 +275,16 @@ def test_wkv6_bad_input(fn, mutate, name):
     mutate(d)
     with pytest.raises((ValueError, TypeError), match=name):
         fn(**d)
+
+
+@FNS
+def test_wkv6_nan_decay_propagates(fn):
+    """A NaN log-decay is not clamped away: it reaches the later outputs and the final state (earlier chunks stay
+    finite)."""
+    d = make_inputs(1, 40, 1, 16, 16, h0=True, grad=False)
+    d["w"][0, 20, 0, 3] = float("nan")
+    o, s = fn(**d)
+    assert torch.isfinite(o[:, :16]).all() and torch.isnan(o[:, 21:]).any() and torch.isnan(s).any()
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
@@ -305,50 +320,89 @@ def test_wkv6_torch_compile(fn):
 
 def test_wkv6_opcheck():
     d = make_inputs(1, 5, 1, 16, 16, h0=True, grad=False)
+    cu2 = torch.tensor([0, 2, 5], dtype=torch.int32)
+    for save in (False, True):
+        for h0, cu in ((d["initial_state"], None), (d["initial_state"].repeat(2, 1, 1, 1), cu2)):
+            args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, h0, cu, save)
+            torch.library.opcheck(torch.ops.groundthink.wkv6_fwd.default, args,
+                                  test_utils=("test_schema", "test_faketensor"))
+    states = torch.ops.groundthink.wkv6_fwd(d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"], None,
+                                            True)[2]
+    for st_ in (states, states.new_empty((0,))):
+        args = (d["r"], d["k"], d["v"], d["w"], d["u"], torch.randn(1, 5, 1, 16), torch.randn(1, 1, 16, 16),
+                d["initial_state"], None, 0.25, st_)
+        torch.library.opcheck(torch.ops.groundthink.wkv6_bwd.default, args,
+                              test_utils=("test_schema", "test_faketensor"))
     for save in (False, True):
         args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"], None, save)
-        torch.library.opcheck(torch.ops.groundthink.wkv6_fwd.default, args,
+        torch.library.opcheck(torch.ops.groundthink.wkv6_fused_fwd.default, args,
                               test_utils=("test_schema", "test_faketensor"))
     cu = torch.tensor([0, 2, 5], dtype=torch.int32)
     for save in (False, True):
         args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"], None, save)
-        torch.library.opcheck(torch.ops.groundthink.wkv6_chunk_fwd.default, args,
+        torch.library.opcheck(torch.ops.groundthink.wkv6_parallel_fwd.default, args,
                               test_utils=("test_schema", "test_faketensor"))
         args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"].repeat(2, 1, 1, 1), cu, save)
-        torch.library.opcheck(torch.ops.groundthink.wkv6_chunk_fwd.default, args,
+        torch.library.opcheck(torch.ops.groundthink.wkv6_parallel_fwd.default, args,
                               test_utils=("test_schema", "test_faketensor"))
-    states = torch.ops.groundthink.wkv6_chunk_fwd(d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"],
+    states = torch.ops.groundthink.wkv6_parallel_fwd(d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"],
                                                   None, True)[2]
     do = torch.randn(1, 5, 1, 16)
     dht = torch.randn(1, 1, 16, 16)
     for st_ in (states, states.new_empty((0,))):
         args = (d["r"], d["k"], d["v"], d["w"], d["u"], do, dht, d["initial_state"], None, 0.25, st_)
-        torch.library.opcheck(torch.ops.groundthink.wkv6_chunk_bwd.default, args,
+        torch.library.opcheck(torch.ops.groundthink.wkv6_parallel_bwd.default, args,
                               test_utils=("test_schema", "test_faketensor"))
 
 
-def test_wkv6_parallel_agrees_with_fused():
-    """The two algorithms give the same o, final state and gradients (fp32: both exact to ~1e-7)."""
+def _chunk_mode(seq):
+    """kernels.wkv6.wkv6 forced to the sequential (seq=True) or the state-pass + chunk-parallel forward."""
+    import kernels.wkv6.chunk as kc
+
+    def fn(*a, **k):
+        old, kc._use_seq = kc._use_seq, (lambda *_: seq)
+        try:
+            return wkv6(*a, **k)
+        finally:
+            kc._use_seq = old
+    fn.__name__ = f"wkv6[{'seq' if seq else 'par'}]"
+    return fn
+
+
+@pytest.mark.parametrize("seq", [True, False], ids=["seq", "par"])
+@pytest.mark.parametrize("shape,cu", [((2, 70, 2, 20, 24), None), ((1, 140, 2, 16, 16), [0, 3, 64, 64, 140])],
+                         ids=["fixed", "varlen"])
+def test_wkv6_chunk_modes(seq, shape, cu):
+    """Both forward modes of the default algorithm (sequential walk, state pass + parallel chunks) vs fp64."""
+    d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
+    if cu is not None:
+        d["cu_seqlens"] = torch.tensor(cu)
+    _check(d, context=f"chunk {shape} cu={cu}", fn=_chunk_mode(seq))
+
+
+def test_wkv6_algorithms_agree():
+    """The three algorithms give the same o, final state and gradients (fp32: all exact to ~1e-7)."""
     for shape, cu in [((1, 130, 1, 20, 24), None), ((1, 140, 1, 16, 16), [0, 3, 70, 140])]:
         d = make_inputs(*shape, decay="mixed", h0=True, N=None if cu is None else len(cu) - 1)
         if cu is not None:
             d["cu_seqlens"] = torch.tensor(cu)
         res = []
-        for fn in (wkv6, wkv6_fused):
+        for fn in ALGOS:
             x = {n: v.detach().clone().requires_grad_(True) if torch.is_tensor(v) and n != "cu_seqlens" else v
                  for n, v in d.items()}
             o, s = fn(**x)
             g = torch.linspace(-1, 1, o.numel()).reshape(o.shape)
             torch.autograd.backward([o, s], [g, torch.ones_like(s) * 0.1])
             res.append([o, s] + [x[n].grad for n in ("r", "k", "v", "w", "u", "initial_state")])
-        for a, b in zip(*res):
-            assert rel_err(a, b) < 2e-6
+        for other in res[1:]:
+            for a, b in zip(res[0], other):
+                assert rel_err(a, b) < 2e-6
 
 
 def test_wkv6_all_tuning_configs():
     """Every autotune config the GPU may pick (only the first runs under the interpreter): same results."""
     import triton
-    import kernels.wkv6 as kw
+    import kernels.wkv6.fused as kw
     d = make_inputs(1, 100, 2, 20, 40, decay="strong", h0=True, grad=False)
     r, k, v, w, u, h0 = (d[n] for n in ("r", "k", "v", "w", "u", "initial_state"))
     o_ref, ht_ref, hs_ref = kw._fwd_impl(r, k, v, w, u, 0.3, h0, None, save=True)
@@ -381,11 +435,14 @@ def test_wkv6_all_tuning_configs():
         kw._wkv6_bwd_main_kernel.cache.clear()
 
 
-@pytest.mark.parametrize("algo", ["parallel", "fused"])
+@pytest.mark.parametrize("algo", ["chunk", "parallel", "fused"])
 def test_wkv6_backward_without_saved_states(algo):
     """The backward recomputes the chunk states when the forward did not save them: same gradients."""
-    import kernels.wkv6 as kw
-    fwd, bwd = (kw._par_fwd_impl, kw._par_bwd_impl) if algo == "parallel" else (kw._fwd_impl, kw._bwd_impl)
+    import kernels.wkv6.chunk as kc
+    import kernels.wkv6.fused as kf
+    import kernels.wkv6.parallel as kp
+    fwd, bwd = {"chunk": (kc._chunk_fwd_impl, kc._chunk_bwd_impl), "parallel": (kp._par_fwd_impl, kp._par_bwd_impl),
+                "fused": (kf._fwd_impl, kf._bwd_impl)}[algo]
     d = make_inputs(1, 100, 2, 16, 24, decay="strong", h0=True, grad=False)
     r, k, v, w, u, h0 = (d[n] for n in ("r", "k", "v", "w", "u", "initial_state"))
     o, ht, hs = fwd(r, k, v, w, u, 0.3, h0, None, save=True)

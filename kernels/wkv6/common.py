@@ -1,0 +1,257 @@
+"""Shared pieces of the wkv6 algorithms: @triton.jit helpers, launch helpers, the custom-op factory, validation.
+
+The math, layouts and numerics of every algorithm are in the package docstring (``kernels/wkv6/__init__.py``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import autotune_configs, check_same_dtype, check_tensor
+
+# dot precision for half (bf16/fp16) inputs, forward and backward; fp32 inputs always use "ieee"
+FWD_PRECISION = "tf32"
+BWD_PRECISION = "tf32"
+
+def _prec(dtype: torch.dtype, bwd: bool = False) -> str:
+    if dtype == torch.float32:
+        return "ieee"
+    return BWD_PRECISION if bwd else FWD_PRECISION
+
+
+def _warp_configs():
+    return autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
+                             triton.Config({}, num_warps=8, num_stages=1)])
+
+
+@triton.jit
+def _clamp_w(b_w):
+    """min(w, 0) that keeps NaN (tl.minimum drops it): a NaN log-decay reaches the outputs instead of acting as 0."""
+    return tl.where(b_w > 0, 0., b_w)
+
+
+@triton.jit
+def _seq_bounds(cu_ptr, i_n, T, VARLEN):
+    if VARLEN:
+        bos = tl.load(cu_ptr + i_n).to(tl.int64)
+        eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
+    return bos, eos
+
+
+@triton.jit
+def _intra_bwd(k_ptr, p_row, row0, L, b_q, b_wt, b_B, o_t, o_k, m_k, H: tl.constexpr, K: tl.constexpr,
+               ROWS: tl.constexpr, BK: tl.constexpr, UNROLL: tl.constexpr):
+    """Exact backward of the intra-block part for ROWS rows starting at row0, shared by both algorithms.
+    Keys j are walked upwards; P = E[:, j], E[t, j] = exp(sum_{j<i<t} w_i) for t > j (exponent <= 0):
+        A[t, j] = sum_k q_t k_j P          (o_t = sum_j A[t, j] v_j  ->  dv_j += sum_t A[t, j] do_t)
+        dq_t   += B[t, j] k_j P[t]         (B[t, s] = do_t . v_s)
+        dk_j    = sum_t B[t, j] q_t P[t]
+        dw_j   += sum_{t>j} sum_{s<j} q_t B[t, s] k_s E[t, s]   (pairs spanning j; F = running sum over s < j)
+    The exponent of P is summed directly per column: a difference of two prefix sums loses ~|G|·eps absolute
+    when large decays precede a near-1 pair (fp32 dw error 1e-5 at w = -60). Returns (A, dq, dk, dw), fp32."""
+    b_A = tl.zeros([ROWS, ROWS], dtype=tl.float32)
+    b_dq = tl.zeros([ROWS, BK], dtype=tl.float32)
+    b_dk = tl.zeros([ROWS, BK], dtype=tl.float32)
+    b_dw = tl.zeros([ROWS, BK], dtype=tl.float32)
+    b_F = tl.zeros([ROWS, BK], dtype=tl.float32)
+    for j in tl.range(0, ROWS, loop_unroll_factor=UNROLL):
+        m_j = m_k & (o_k * 0 + row0 + j < L)
+        b_kj = tl.load(k_ptr + p_row + j * H * K, mask=m_j, other=0.).to(tl.float32)
+        m_after = o_t[:, None] > j
+        b_dw = tl.where(o_t[:, None] == j, tl.sum(tl.where(m_after, b_F, 0.), axis=0)[None, :], b_dw)
+        b_wa = tl.where(m_after, b_wt, 0.)
+        b_P = tl.where(m_after, tl.exp(tl.cumsum(b_wa, axis=0) - b_wa), 0.)
+        b_bj = tl.sum(tl.where(o_t[None, :] == j, b_B, 0.), axis=1)
+        b_qbp = b_q * b_bj[:, None] * b_P
+        b_dk = tl.where(o_t[:, None] == j, tl.sum(b_qbp, axis=0)[None, :], b_dk)
+        b_dq += b_bj[:, None] * b_kj[None, :] * b_P
+        b_F += b_qbp * b_kj[None, :]
+        b_A = tl.where(o_t[None, :] == j, tl.sum(b_q * b_kj[None, :] * b_P, axis=1)[:, None], b_A)
+    return b_A, b_dq, b_dk, b_dw
+
+
+@triton.jit
+def _state_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, b_A, b_dq, b_dk, b_dw, PREC: tl.constexpr):
+    """The state-crossing terms of one block's backward, shared by both algorithms, given S at the block start
+    (b_h, K×V) and dL/dS at its end (b_dh): dq^s_t += exp(Gp_t) (S0 do_t), dk^s_t += exp(G_L − G_t) (D v_t)
+    (G_L − G_t as a suffix sum), dv_t = (k_t ⊙ exp(G_L − G_t)) D + Σ_t' A[t', t] do_t', and dw over the pairs
+    crossing the block boundary: queries here vs earlier keys, keys here vs later queries, and earlier keys vs
+    later queries (exp(G_L) S0 : D). Returns (dq, dk, dv, dw, exp(Gp), G_L)."""
+    b_gp = tl.cumsum(b_w, axis=0) - b_w
+    b_gl = tl.sum(b_w, axis=0)
+    b_egp = tl.exp(b_gp)
+    b_egl = tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
+    b_dqx = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
+    b_dkx = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
+    b_dv = tl.dot(b_k * b_egl, b_dh, input_precision=PREC) + tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+    b_a = b_q * b_dqx
+    b_b = b_k * b_dkx
+    b_dw += tl.cumsum(b_a, axis=0, reverse=True) - b_a + tl.cumsum(b_b, axis=0) - b_b
+    b_dw += (tl.exp(b_gl) * tl.sum(b_h * b_dh, axis=1))[None, :]
+    return b_dq + b_dqx, b_dk + b_dkx, b_dv, b_dw, b_egp, b_gl
+
+
+
+@triton.jit
+def _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT: tl.constexpr, VARLEN):
+    """Chunk slot i_s -> (sequence n, chunk index in the sequence, bos, sequence length). Slots of a sequence:
+    n·NT + i (fixed length) or bos//BT + n + i (varlen; cmap[slot] = n, host-computed; unused slots get a chunk
+    index past the sequence end, i.e. every row masked)."""
+    i_s64 = i_s.to(tl.int64)
+    if VARLEN:
+        i_n = tl.load(cmap_ptr + i_s).to(tl.int64)
+        bos = tl.load(cu_ptr + i_n).to(tl.int64)
+        eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
+        i_c = i_s64 - (bos // BT + i_n)
+    else:
+        i_n = i_s64 // NT
+        i_c = i_s64 % NT
+        bos = i_n * T
+        eos = bos + T
+    return i_n, i_c, bos, eos - bos
+
+
+
+def _blocks(K, V):
+    BK = max(16, triton.next_power_of_2(K))
+    BV = max(16, min(64, triton.next_power_of_2(V)))
+    return BK, BV
+
+
+def _cu(cu_seqlens, device):
+    """cu_seqlens as int32, or an unread int32 placeholder (one kernel specialization for both cases)."""
+    if cu_seqlens is None:
+        return torch.empty(1, dtype=torch.int32, device=device)
+    return cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
+
+
+def _dims(r, v, cu_seqlens):
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return B, T, H, K, V, N
+
+
+def _nh_bucket(nh: int) -> int:
+    """Autotune key for the forward: the number of (sequence, head) programs, coarsely. Few programs (e.g. B1 H32)
+    need a smaller BV (more V-blocks) to fill the GPU; many want BV = 64. Unused by the kernel body."""
+    return min(triton.next_power_of_2(nh), 1024)
+
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# custom ops (torch.compile) + autograd: one pair of ops per algorithm, made by the same factory
+# ----------------------------------------------------------------------------------------------------------------
+def _make_ops(name: str, fwd_impl, bwd_impl, state_shape):
+    """Register ``groundthink::{name}_fwd`` / ``{name}_bwd`` for one algorithm, with fake (meta) kernels and the
+    autograd formula; return the forward op. ``state_shape(B, T, H, K, V, N, varlen)`` is the shape of the fp32
+    chunk states the forward saves for the backward when ``save_states``."""
+
+    @torch.library.custom_op(f"groundthink::{name}_fwd", mutates_args=())
+    def fwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+               scale: float, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
+               save_states: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return fwd_impl(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states)
+
+    @fwd_op.register_fake
+    def _(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states=False):
+        B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+        hs = r.new_empty(state_shape(B, T, H, K, V, N, cu_seqlens is not None) if save_states else (0,),
+                         dtype=torch.float32)
+        return r.new_empty((B, T, H, V)), r.new_empty((N, H, K, V), dtype=torch.float32), hs
+
+    @torch.library.custom_op(f"groundthink::{name}_bwd", mutates_args=())
+    def bwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+               do: torch.Tensor, dht: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
+               cu_seqlens: Optional[torch.Tensor], scale: float, states: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        dr, dk, dv, dw, du, dh0 = bwd_impl(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale, states)
+        if dh0 is None:
+            dh0 = r.new_empty((0,), dtype=torch.float32)
+        return dr, dk, dv, dw, du, dh0
+
+    @bwd_op.register_fake
+    def _(r, k, v, w, u, do, dht, initial_state, cu_seqlens, scale, states):
+        dh0 = (torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None
+               else r.new_empty((0,), dtype=torch.float32))
+        return (torch.empty_like(r), torch.empty_like(k), torch.empty_like(v), torch.empty_like(w),
+                torch.empty_like(u), dh0)
+
+    def setup_context(ctx, inputs, output):
+        r, k, v, w, u, scale, initial_state, cu_seqlens, save_states = inputs
+        ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens, output[2])
+        ctx.scale = scale
+        ctx.has_h0 = initial_state is not None
+
+    def backward(ctx, do, dht, _dstates):
+        r, k, v, w, u, initial_state, cu_seqlens, states = ctx.saved_tensors
+        if do is None:
+            do = torch.zeros((*r.shape[:3], v.shape[-1]), dtype=r.dtype, device=r.device)
+        dr, dk, dv, dw, du, dh0 = bwd_op(r, k, v, w, u, do.contiguous(),
+                                         dht.contiguous() if dht is not None else None,
+                                         initial_state, cu_seqlens, ctx.scale, states)
+        return dr, dk, dv, dw, du, None, (dh0 if ctx.has_h0 else None), None, None
+
+    fwd_op.register_autograd(backward, setup_context=setup_context)
+    return fwd_op
+
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------------------------
+def _check_offsets(cu_seqlens, T):
+    """The values of cu_seqlens: 0 first, T last, non-decreasing (a bad offset would make the kernels read and write
+    out of bounds). Costs one small device-to-host copy (N+1 integers, a sync); skipped while a CUDA graph is being
+    captured or torch.compile traces (the shape and dtype checks still run there)."""
+    if torch.compiler.is_compiling() or (cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    cu = cu_seqlens.tolist()
+    if cu[0] != 0 or cu[-1] != T or any(b < a for a, b in zip(cu, cu[1:])):
+        shown = cu if len(cu) <= 8 else cu[:4] + ["..."] + cu[-3:]
+        raise ValueError(f"cu_seqlens must start at 0, end at T = {T} and never decrease; got {shown}")
+
+
+def _validate(r, k, v, w, u, initial_state, cu_seqlens):
+    check_tensor("r", r, ndim=4)
+    dev = r.device
+    check_tensor("k", k, ndim=4, device=dev)
+    check_tensor("v", v, ndim=4, device=dev)
+    check_tensor("w", w, ndim=4, device=dev)
+    check_same_dtype(r=r, k=k, v=v, w=w)
+    B, T, H, K = r.shape
+    check_tensor("k", k, shape=(B, T, H, K))
+    check_tensor("w", w, shape=(B, T, H, K))
+    check_tensor("v", v, shape=(B, T, H, None))
+    check_tensor("u", u, ndim=2, device=dev, shape=(H, K))
+    if cu_seqlens is not None:
+        check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32, torch.int64), device=dev)
+        if B != 1:
+            raise ValueError(f"cu_seqlens packs sequences into B = 1; got r with B = {B}")
+        if cu_seqlens.shape[0] < 2:
+            raise ValueError("cu_seqlens must hold at least 2 offsets [0, ..., T]")
+        _check_offsets(cu_seqlens, T)
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    if initial_state is not None:
+        check_tensor("initial_state", initial_state, ndim=4, device=dev, shape=(N, H, K, v.shape[-1]))
+    if T == 0:
+        raise ValueError("r has T = 0 tokens; need T >= 1")
+
+
+
+def _run(fwd_op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens):
+    """The public entry of every differentiable algorithm: validate, default the scale, run its custom op (saving
+    the chunk states for the backward only when a gradient will be needed)."""
+    _validate(r, k, v, w, u, initial_state, cu_seqlens)
+    scale = float(r.shape[-1] ** -0.5 if scale is None else scale)
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (r, k, v, w, u, h0))
+    o, ht, _ = fwd_op(r.contiguous(), k.contiguous(), v.contiguous(), w.contiguous(), u.contiguous(), scale, h0,
+                      cu_seqlens.contiguous() if cu_seqlens is not None else None, save)
+    return o, (ht if output_final_state else None)

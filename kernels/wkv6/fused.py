@@ -1,0 +1,369 @@
+"""Sequential chunked algorithm (``wkv6_fused``): one program per (V-block, sequence·head) walks its sequence in
+16-token chunks with the state in registers; exact per-key loops inside a chunk (see the package docstring)."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import autotune_configs, new_empty
+from kernels.wkv6.common import (_blocks, _clamp_w, _cu, _dims, _intra_bwd, _make_ops, _nh_bucket, _prec, _run,
+                                 _seq_bounds, _state_bwd, _warp_configs)
+
+BT_CHUNK = 16
+CKPT = 4          # backward: chunk states checkpointed every CKPT chunks, the others recomputed into L2 scratch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# forward
+# ----------------------------------------------------------------------------------------------------------------
+@triton.autotune(configs=autotune_configs([triton.Config({"BV": 64, "UNROLL": 1}, num_warps=4, num_stages=1),
+                                           triton.Config({"BV": 64, "UNROLL": 4}, num_warps=4, num_stages=1),
+                                           triton.Config({"BV": 64, "UNROLL": 1}, num_warps=8, num_stages=1),
+                                           triton.Config({"BV": 32, "UNROLL": 1}, num_warps=4, num_stages=1),
+                                           triton.Config({"BV": 16, "UNROLL": 1}, num_warps=4, num_stages=1)]),
+                 key=["K", "V", "BK", "PREC", "NH_BUCKET"])
+@triton.jit(do_not_specialize=['T', 'USE_H0', 'VARLEN', 'SAVE', 'NH_BUCKET'])
+def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T, NH_BUCKET,
+                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                     BV: tl.constexpr, USE_H0, VARLEN, SAVE, PREC: tl.constexpr, CK: tl.constexpr,
+                     UNROLL: tl.constexpr):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
+    L = eos - bos
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    m_eq = o_t[:, None] == o_t[None, :]
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    p_hs = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+    if USE_H0:
+        b_h = tl.load(h0_ptr + p_hs, mask=m_kv, other=0.).to(tl.float32)
+    else:
+        b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    c0 = bos // (BT * CK) + i_n     # checkpoint slots for the backward (see _bwd_impl)
+    for i_c in range(0, tl.cdiv(L, BT)):
+        if SAVE:
+            if i_c % CK == 0:
+                tl.store(hs_ptr + ((c0 + i_c // CK) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :], b_h,
+                         mask=m_kv)
+        rows = i_c * BT + o_t
+        m_t = rows < L
+        tok = (bos + rows) * H + i_h
+        p_k = tok[:, None] * K + o_k[None, :]
+        p_v = tok[:, None] * V + o_v[None, :]
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
+        # exact intra-chunk scores A[t, j] = sum_k q_tk k_jk E[t, j, k], E[t, j] = prod_{j<i<t} exp(w_i) (s < t):
+        # keys walked downwards, the decay column P = E[:, j] updated by products (no exponent, all factors <= 1)
+        p_row = ((bos + i_c * BT) * H + i_h) * K + o_k
+        b_A = tl.zeros([BT, BT], dtype=tl.float32)
+        b_P = tl.zeros([BT, BK], dtype=tl.float32)
+        for jj in tl.range(0, BT, loop_unroll_factor=UNROLL):
+            j = BT - 1 - jj
+            # (j = BT-1: the row j+1 lies outside the chunk: masked to w = 0, decay 1, no row set)
+            m_j1 = m_k & (o_k * 0 + i_c * BT + j + 1 < L) & (o_k * 0 + j + 1 < BT)
+            b_e1 = tl.exp(_clamp_w(tl.load(w_ptr + p_row + (j + 1) * H * K, mask=m_j1, other=0.)
+                                     .to(tl.float32)))
+            b_P = tl.where(o_t[:, None] == j + 1, 1., b_P * b_e1[None, :])
+            b_kj = tl.load(k_ptr + p_row + j * H * K, mask=m_k & (o_k * 0 + i_c * BT + j < L), other=0.).to(tl.float32)
+            b_a = tl.sum(b_q * b_kj[None, :] * b_P, axis=1)
+            b_A = tl.where(o_t[None, :] == j, b_a[:, None], b_A)
+        b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_w = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
+        b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_g = tl.cumsum(b_w, axis=0)
+        b_gp = b_g - b_w
+        b_gl = tl.sum(b_w, axis=0)
+        b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
+        b_o = tl.dot(b_q * tl.exp(b_gp), b_h, input_precision=PREC)
+        b_o += tl.dot(b_A, b_v, input_precision=PREC)
+        tl.store(o_ptr + p_v, b_o.to(o_ptr.dtype.element_ty), mask=m_tv)
+        b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)  # G_L - G_t as a suffix sum
+        b_h = b_h * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+    tl.store(ht_ptr + p_hs, b_h, mask=m_kv)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backward 1: forward walk storing the chunk-start states S0_c (fp32)
+# ----------------------------------------------------------------------------------------------------------------
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC"])
+@triton.jit(do_not_specialize=['T', 'USE_H0', 'VARLEN'])
+def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
+                            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                            BK: tl.constexpr, BV: tl.constexpr, USE_H0, VARLEN,
+                            PREC: tl.constexpr, CK: tl.constexpr):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
+    L = eos - bos
+    c0 = bos // (BT * CK) + i_n     # first checkpoint slot of this sequence (slots never overlap, see _bwd_impl)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    if USE_H0:
+        b_h = tl.load(h0_ptr + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.).to(tl.float32)
+    else:
+        b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    for i_c in range(0, tl.cdiv(L, BT)):
+        if i_c % CK == 0:
+            tl.store(hs_ptr + ((c0 + i_c // CK) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
+        rows = i_c * BT + o_t
+        m_t = rows < L
+        tok = (bos + rows) * H + i_h
+        p_k = tok[:, None] * K + o_k[None, :]
+        p_v = tok[:, None] * V + o_v[None, :]
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_w = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
+        b_v = tl.load(v_ptr + p_v, mask=m_t[:, None] & m_v[None, :], other=0.).to(tl.float32)
+        b_g = tl.cumsum(b_w, axis=0)
+        b_gl = tl.sum(b_w, axis=0)
+        b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)  # G_L - G_t as a suffix sum
+        b_h = b_h * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backward 2: reverse walk carrying D = dL/dS -> dq, dk, dw (partials over V-blocks or final), dv, dh0
+# ----------------------------------------------------------------------------------------------------------------
+@triton.autotune(configs=autotune_configs([triton.Config({"UNROLL": 1}, num_warps=8, num_stages=1),
+                                           triton.Config({"UNROLL": 4}, num_warps=8, num_stages=1),
+                                           triton.Config({"UNROLL": 1}, num_warps=4, num_stages=1)]),
+                 key=["K", "V", "BK", "BV", "PREC", "DIRECT"])
+@triton.jit(do_not_specialize=['T', 'NTOK', 'USE_H0', 'USE_DHT', 'VARLEN'])
+def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs_ptr, sc_ptr, dq_ptr, dk_ptr, dw_ptr,
+                          dv_ptr, du_ptr, dh0_ptr, cu_ptr, scale, T, NTOK,
+                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                          BK: tl.constexpr, BV: tl.constexpr, USE_H0, USE_DHT,
+                          VARLEN, PREC: tl.constexpr, DIRECT: tl.constexpr, CK: tl.constexpr,
+                          UNROLL: tl.constexpr):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
+    L = eos - bos
+    NT = tl.cdiv(L, BT)
+    c0 = bos // (BT * CK) + i_n
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    m_eq = o_t[:, None] == o_t[None, :]
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    if USE_DHT:
+        b_dh = tl.load(dht_ptr + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.).to(tl.float32)
+    else:
+        b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    b_du = tl.zeros([BK], dtype=tl.float32)
+    part = i_v.to(tl.int64) * NTOK * H * K
+    # per-program scratch for the CK chunk-start states of the current checkpoint group (stays in L2)
+    p_sc = sc_ptr + (i_v * tl.num_programs(1) + i_nh).to(tl.int64) * CK * BK * BV \
+        + tl.arange(0, BK)[:, None] * BV + tl.arange(0, BV)[None, :]
+    for i_r in range(0, NT):
+        i_c = NT - 1 - i_r
+        if ((i_c % CK) == (CK - 1)) | (i_r == 0):
+            # entering a checkpoint group from its end: recompute its chunk-start states from the checkpoint
+            g0 = i_c - i_c % CK
+            b_s = tl.load(hs_ptr + ((c0 + g0 // CK) * H + i_h) * K * V + o_kv, mask=m_kv, other=0.)
+            tl.store(p_sc, b_s)
+            for i_g in range(g0, i_c):
+                tok_g = (bos + i_g * BT + o_t) * H + i_h
+                m_g = (i_g * BT + o_t) < L
+                m_gk = m_g[:, None] & m_k[None, :]
+                b_kg = tl.load(k_ptr + tok_g[:, None] * K + o_k[None, :], mask=m_gk, other=0.).to(tl.float32)
+                b_wg = _clamp_w(tl.load(w_ptr + tok_g[:, None] * K + o_k[None, :], mask=m_gk, other=0.)
+                                  .to(tl.float32))
+                b_vg = tl.load(v_ptr + tok_g[:, None] * V + o_v[None, :], mask=m_g[:, None] & m_v[None, :],
+                               other=0.).to(tl.float32)
+                b_glg = tl.sum(b_wg, axis=0)
+                b_kdg = b_kg * tl.exp(tl.cumsum(b_wg, axis=0, reverse=True) - b_wg)   # G_L - G_t as a suffix sum
+                b_s = b_s * tl.exp(b_glg)[:, None] + tl.dot(tl.trans(b_kdg), b_vg, input_precision=PREC)
+                tl.store(p_sc + (i_g - g0 + 1) * BK * BV, b_s)
+            tl.debug_barrier()
+        rows = i_c * BT + o_t
+        m_t = rows < L
+        tok = (bos + rows) * H + i_h
+        p_k = tok[:, None] * K + o_k[None, :]
+        p_v = tok[:, None] * V + o_v[None, :]
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
+        b_wt = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
+        b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        # ---- exact intra-chunk part (see _intra_bwd)
+        b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+        p_row = ((bos + i_c * BT) * H + i_h) * K + o_k
+        b_A, b_dq, b_dk, b_dw = _intra_bwd(k_ptr, p_row, i_c * BT, L, b_q, b_wt, b_B, o_t, o_k, m_k, H, K, BT, BK,
+                                           UNROLL)
+        # tiles reloaded here (L1/L2 hits) rather than kept live through the unrolled loop
+        b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_wr = tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_w = _clamp_w(b_wr)
+        b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
+        # ---- state-crossing parts (see _state_bwd)
+        b_h = tl.load(p_sc + (i_c % CK) * BK * BV)
+        b_dq, b_dk, b_dv, b_dw, b_egp, b_gl = _state_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, b_A, b_dq, b_dk,
+                                                         b_dw, PREC)
+        tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
+        if DIRECT:
+            b_vd = tl.sum(b_v * b_do, axis=1)
+            b_du += tl.sum(b_q * b_k * b_vd[:, None], axis=0)
+            b_dq += b_u[None, :] * b_k * b_vd[:, None]
+            b_dk += b_u[None, :] * b_q * b_vd[:, None]
+            b_dw = tl.where(b_wr > 0, 0., b_dw)
+            tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
+            tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
+            tl.store(dw_ptr + p_k, b_dw.to(dw_ptr.dtype.element_ty), mask=m_tk)
+        else:
+            tl.store(dq_ptr + part + p_k, b_dq, mask=m_tk)
+            tl.store(dk_ptr + part + p_k, b_dk, mask=m_tk)
+            tl.store(dw_ptr + part + p_k, b_dw, mask=m_tk)
+        b_dh = b_dh * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_q * b_egp), b_do, input_precision=PREC)
+    if USE_H0:
+        tl.store(dh0_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_dh, mask=m_kv)
+    if DIRECT:
+        tl.store(du_ptr + i_nh.to(tl.int64) * K + o_k, b_du, mask=m_k)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backward 3 (only with several V-blocks): sum the fp32 partials, add the bonus terms, du partial rows
+# ----------------------------------------------------------------------------------------------------------------
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BVF", "NV"])
+@triton.jit(do_not_specialize=['T', 'NTOK', 'VARLEN'])
+def _wkv6_bwd_combine_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pw_ptr,
+                             dq_ptr, dk_ptr, dw_ptr, du_ptr, cu_ptr, scale, T, NTOK,
+                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                             BK: tl.constexpr, BVF: tl.constexpr, NV: tl.constexpr, VARLEN):
+    i_nh = tl.program_id(0)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
+    L = eos - bos
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = tl.arange(0, BVF)
+    m_k = o_k < K
+    m_v = o_v < V
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_du = tl.zeros([BK], dtype=tl.float32)
+    part_stride = NTOK * H * K
+    for i_c in range(0, tl.cdiv(L, BT)):
+        rows = i_c * BT + o_t
+        m_t = rows < L
+        tok = (bos + rows) * H + i_h
+        p_k = tok[:, None] * K + o_k[None, :]
+        p_v = tok[:, None] * V + o_v[None, :]
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
+        b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_w = tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+        b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+        b_dw = tl.zeros([BT, BK], dtype=tl.float32)
+        p_pq, p_pk, p_pw = pq_ptr + p_k, pk_ptr + p_k, pw_ptr + p_k
+        for i_v in range(NV):                      # fixed order: deterministic
+            b_dq += tl.load(p_pq, mask=m_tk, other=0.)
+            b_dk += tl.load(p_pk, mask=m_tk, other=0.)
+            b_dw += tl.load(p_pw, mask=m_tk, other=0.)
+            p_pq += part_stride
+            p_pk += part_stride
+            p_pw += part_stride
+        b_vd = tl.sum(b_v * b_do, axis=1)
+        b_du += tl.sum(b_q * b_k * b_vd[:, None], axis=0)
+        b_dq += b_u[None, :] * b_k * b_vd[:, None]
+        b_dk += b_u[None, :] * b_q * b_vd[:, None]
+        b_dw = tl.where(b_w > 0, 0., b_dw)
+        tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
+        tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
+        tl.store(dw_ptr + p_k, b_dw.to(dw_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(du_ptr + i_nh.to(tl.int64) * K + o_k, b_du, mask=m_k)
+
+
+
+def _ckpt_shape(B, T, H, K, V, N):
+    return (triton.cdiv(B * T, BT_CHUNK * CKPT) + N, H, K, V)
+
+
+def _fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
+    """o, final state, and (if save) the fp32 state checkpoints the backward starts from (else an empty tensor)."""
+    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+    BK, BV = _blocks(K, V)
+    o = new_empty((B, T, H, V), r.dtype, r.device)
+    ht = new_empty((N, H, K, V), torch.float32, r.device)
+    hs = new_empty(_ckpt_shape(B, T, H, K, V, N) if save else (0,), torch.float32, r.device)
+    grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
+    _wkv6_fwd_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht, hs if save else ht,
+                           _cu(cu_seqlens, r.device), scale, T, _nh_bucket(N * H),
+                           H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, USE_H0=int(h0 is not None),
+                           VARLEN=int(cu_seqlens is not None), SAVE=int(save), PREC=_prec(r.dtype), CK=CKPT)
+    return o, ht, hs
+
+
+def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs=None):
+    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+    BK, BV = _blocks(K, V)
+    NV = triton.cdiv(V, BV)
+    dev = r.device
+    NTOK = B * T
+    prec = _prec(r.dtype, bwd=True)
+    cu = _cu(cu_seqlens, dev)
+    use_h0, use_dht, varlen = int(h0 is not None), int(dht is not None), int(cu_seqlens is not None)
+    # checkpointed chunk-start states (every CKPT chunks): sequence n uses slots bos//(BT·CKPT) + n + i_c//CKPT
+    # (disjoint: the next sequence starts at slot (bos+len)//(BT·CKPT) + n + 1 >= bos//(BT·CKPT) + n +
+    # cdiv(len, BT·CKPT)), at most cdiv(B·T, BT·CKPT) + N slots
+    scratch = new_empty((NV * N * H, CKPT, BK, BV), torch.float32, dev)
+    grid = (NV, N * H)
+    if hs is None or hs.numel() == 0:     # checkpoints not saved by the forward: recompute them
+        hs = new_empty(_ckpt_shape(B, T, H, K, V, N), torch.float32, dev)
+        _wkv6_bwd_states_kernel[grid](k, v, w, h0 if h0 is not None else hs, hs, cu, T, H=H, K=K, V=V,
+                                      BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=use_h0, VARLEN=varlen, PREC=prec, CK=CKPT)
+    direct = NV == 1
+    dv = new_empty(v.shape, v.dtype, dev)
+    dh0 = new_empty((N, H, K, V), torch.float32, dev) if h0 is not None else None
+    du_part = new_empty((N, H, K), torch.float32, dev)
+    dr = new_empty(r.shape, r.dtype, dev)
+    dk = new_empty(k.shape, k.dtype, dev)
+    dw = new_empty(w.shape, w.dtype, dev)
+    if direct:
+        pq, pk, pw = dr, dk, dw
+    else:
+        pq, pk, pw = (new_empty((NV, B, T, H, K), torch.float32, dev) for _ in range(3))
+    _wkv6_bwd_main_kernel[grid](r, k, v, w, u, do, dht if dht is not None else hs, hs, scratch, pq, pk, pw, dv, du_part,
+                                dh0 if dh0 is not None else hs, cu, scale, T, NTOK, H=H, K=K, V=V, BT=BT_CHUNK,
+                                BK=BK, BV=BV, USE_H0=use_h0, USE_DHT=use_dht, VARLEN=varlen, PREC=prec,
+                                DIRECT=direct, CK=CKPT)
+    if not direct:
+        _wkv6_bwd_combine_kernel[(N * H,)](r, k, v, w, u, do, pq, pk, pw, dr, dk, dw, du_part, cu, scale, T, NTOK,
+                                           H=H, K=K, V=V, BT=BT_CHUNK, BK=BK,
+                                           BVF=max(16, triton.next_power_of_2(V)), NV=NV,
+                                           VARLEN=varlen)
+    du = du_part.sum(0).to(u.dtype)
+    return dr, dk, dv, dw, du, dh0
+
+
+
+_wkv6_fused_fwd_op = _make_ops("wkv6_fused", _fwd_impl, _bwd_impl,
+                         lambda B, T, H, K, V, N, varlen: _ckpt_shape(B, T, H, K, V, N))
+
+
+def wkv6_fused(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
+    """RWKV-6 wkv, the sequential chunked Triton kernels (one program per (V-block, sequence·head) walking its
+    16-token chunks; custom ops ``groundthink::wkv6_fused_fwd`` / ``_bwd``). Same arguments, results and gradients
+    as ``kernels.wkv6.wkv6``."""
+    return _run(_wkv6_fused_fwd_op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)

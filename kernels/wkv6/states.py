@@ -1,0 +1,151 @@
+"""The chunk-state pass shared by the chunk-parallel algorithms: per-chunk state contributions in parallel, then a
+short sequential scan over the chunks of each (sequence, head, V-block) (see the package docstring)."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import autotune_configs, new_empty
+from kernels.wkv6.common import _blocks, _clamp_w, _chunk_loc, _cu, _dims, _prec, _seq_bounds
+
+BT_PAR = 64       # chunk length of the state pass
+
+
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
+                                           triton.Config({}, num_warps=8, num_stages=1),
+                                           triton.Config({}, num_warps=4, num_stages=3)]),
+                 key=["K", "V", "BK", "BV", "PREC", "MODE"])
+@triton.jit(do_not_specialize=['T', 'NT', 'VARLEN'])
+def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_ptr, cu_ptr, cmap_ptr, scale, T, NT,
+                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                        BV: tl.constexpr, VARLEN, MODE: tl.constexpr, PREC: tl.constexpr):
+    """Per chunk (parallel): the chunk decay G_L and (MODE & 1) ΔS = (k ⊙ exp(G_L − G))ᵀ v, (MODE & 2, backward)
+    ΔD = (q ⊙ exp(Gp))ᵀ do (the chunk's own contribution to dL/dS at its start). Every exponent ≤ 0."""
+    i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    rows = i_c * BT + o_t
+    m_t = rows < L
+    tok = (bos + rows) * H + i_h
+    p_k = tok[:, None] * K + o_k[None, :]
+    p_v = tok[:, None] * V + o_v[None, :]
+    m_tk = m_t[:, None] & m_k[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_w = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
+    b_gl = tl.sum(b_w, axis=0)
+    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
+    tl.store(gl_ptr + (i_s.to(tl.int64) * H + i_h) * K + o_k, b_gl, mask=m_k & (o_k * 0 + i_v == 0))
+    if MODE % 2 == 1:
+        b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        # G_L − G_t as a suffix sum (not a difference of two long prefix sums: at w ≈ −40 those lose the exponent)
+        b_ds = tl.dot(tl.trans(b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)), b_v,
+                      input_precision=PREC)
+        tl.store(hs_ptr + p_s, b_ds, mask=m_kv)
+    if MODE >= 2:
+        b_g = tl.cumsum(b_w, axis=0)
+        b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
+        b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_dd = tl.dot(tl.trans(b_q * tl.exp(b_g - b_w)), b_do, input_precision=PREC)
+        tl.store(hd_ptr + p_s, b_dd, mask=m_kv)
+
+
+@triton.jit(do_not_specialize=['T', 'NT', 'SLOTS', 'USE0', 'USE1', 'REV0', 'VARLEN'])
+def _chunk_scan_kernel(hs_ptr, gl_ptr, init0_ptr, init1_ptr, fin0_ptr, fin1_ptr, cu_ptr, T, NT, SLOTS, USE0, USE1,
+                       REV0, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                       BV: tl.constexpr, VARLEN):
+    """Grid (sequence·heads, V-blocks, directions). Sequential over the chunks of one (sequence, head, V-block),
+    in place on the per-chunk buffer:
+    direction 0 (program_id 2 = 0): X_c = ΔS_c -> S_c (state at chunk start), carry S ← diag(exp(G_L)) S + ΔS_c,
+    start init0 (h0), end fin0 (final state). Direction 1: X_c = ΔD_c -> D_c (dL/dS at chunk end), walked
+    backwards, D ← diag(exp(G_L)) D + ΔD_c, start init1 (dht), end fin1 (dh0). Same recursion, mirrored.
+    Direction = program_id(2) + REV0 (REV0 = 1: the reverse walk alone); buffer = hs + program_id(2)·SLOTS."""
+    i_nh, i_v, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rev = i_dir + REV0
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
+    L = eos - bos
+    nt = tl.cdiv(L, BT)
+    if VARLEN:
+        base = bos // BT + i_n
+    else:
+        base = i_n.to(tl.int64) * NT
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    p_nh = i_nh.to(tl.int64) * K * V + o_kv
+    if rev == 0:
+        b_h = tl.load(init0_ptr + p_nh, mask=m_kv & (o_k[:, None] * 0 + USE0 != 0), other=0.).to(tl.float32)
+    else:
+        b_h = tl.load(init1_ptr + p_nh, mask=m_kv & (o_k[:, None] * 0 + USE1 != 0), other=0.).to(tl.float32)
+    buf = hs_ptr + i_dir.to(tl.int64) * SLOTS * H * K * V
+    for i in range(0, nt):
+        i_c = i + rev * (nt - 1 - 2 * i)          # i (forward) or nt-1-i (reverse)
+        slot = (base + i_c).to(tl.int64)
+        p = buf + (slot * H + i_h) * K * V + o_kv
+        b_x = tl.load(p, mask=m_kv, other=0.)
+        tl.store(p, b_h, mask=m_kv)
+        b_e = tl.exp(tl.load(gl_ptr + (slot * H + i_h) * K + o_k, mask=m_k, other=0.))
+        b_h = b_h * b_e[:, None] + b_x
+    if rev == 0:
+        tl.store(fin0_ptr + p_nh, b_h, mask=m_kv)
+    else:
+        tl.store(fin1_ptr + p_nh, b_h, mask=m_kv)
+
+
+
+def _par_slots(B, T, N, cu_seqlens, device):
+    """Number of chunk slots and the int32 slot -> sequence map (varlen; else an unread placeholder)."""
+    NT = triton.cdiv(T, BT_PAR)
+    if cu_seqlens is None:
+        return B * NT, NT, torch.empty(1, dtype=torch.int32, device=device)
+    S = NT + N        # sequence n: slots cu[n]//BT + n + i, i < cdiv(len_n, BT) (disjoint, see _bwd_impl)
+    cu = cu_seqlens.to(torch.int64)
+    starts = cu[:-1] // BT_PAR + torch.arange(N, device=device)
+    cmap = torch.searchsorted(starts, torch.arange(S, device=device), right=True) - 1
+    return S, NT, cmap.clamp_(min=0).to(torch.int32)
+
+
+def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode):
+    """Per-chunk states (parallel state kernel + sequential scan over chunks).
+
+    mode "fwd": S_c (state at each chunk start, [S, H, K, V] fp32) and the final state;
+    "bwd": S_c and D_c (dL/dS at each chunk end) and dh0; "bwd_d" (S_c saved by the forward): D_c and dh0 only.
+    Returns (buf [1 or 2, S, H, K, V]: S_c then D_c, ht or None, dh0 or None, S, NT, cmap, cu)."""
+    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+    BK, BV = _blocks(K, V)
+    NV = triton.cdiv(V, BV)
+    dev = r.device
+    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev)
+    cu = _cu(cu_seqlens, dev)
+    varlen = int(cu_seqlens is not None)
+    prec = _prec(r.dtype, mode != "fwd")
+    kmode = {"fwd": 1, "bwd": 3, "bwd_d": 2}[mode]
+    buf = new_empty((2 if mode == "bwd" else 1, S, H, K, V), torch.float32, dev)
+    gl = new_empty((S, H, K), torch.float32, dev)
+    _chunk_state_kernel[(S, NV, H)](r, k, v, w, do if do is not None else v, buf[0], buf[-1], gl, cu, cmap, scale,
+                                    T, NT, H=H, K=K, V=V, BT=BT_PAR, BK=BK, BV=BV, VARLEN=varlen, MODE=kmode,
+                                    PREC=prec)
+    ht = new_empty((N, H, K, V), torch.float32, dev) if mode != "bwd_d" else None
+    dh0 = new_empty((N, H, K, V), torch.float32, dev) if mode != "fwd" else None
+    any_ = ht if ht is not None else dh0
+    _chunk_scan_kernel[(N * H, NV, 2 if mode == "bwd" else 1)](
+        buf, gl, h0 if h0 is not None else any_, dht if dht is not None else any_, any_ if ht is None else ht,
+        any_ if dh0 is None else dh0, cu, T, NT, S, int(h0 is not None), int(dht is not None),
+        int(mode == "bwd_d"), H=H, K=K, V=V, BT=BT_PAR, BK=BK, BV=BV, VARLEN=varlen, num_warps=4)
+    return buf, ht, dh0, S, NT, cmap, cu
+
+
+def _par_state_shape(B, T, H, K, V, N, varlen):
+    NT = triton.cdiv(T, BT_PAR)
+    return ((NT + N) if varlen else B * NT, H, K, V)
+
