@@ -254,6 +254,8 @@ def run_one(a, variant: str, context: int, ckpt_root: Path, log) -> list[dict]:
 
 def main(argv=None) -> int:
     from bench.variants import default_out, done_keys, merge_csv
+    from groundthink.cli import fail
+    from groundthink.errors import InputError
     a = parse_args(argv)
     check_kernels(a)
     out = Path(a.out) if a.out else default_out()
@@ -262,6 +264,7 @@ def main(argv=None) -> int:
     done = set() if a.force else done_keys(path, KEYS)
     tmp = None if a.ckpt_dir else tempfile.TemporaryDirectory(prefix="gt-longctx-")
     ckpt_root = Path(a.ckpt_dir) if a.ckpt_dir else Path(tmp.name)
+    ckpt_root.mkdir(parents=True, exist_ok=True)
     jobs = [(v, c) for c in a.contexts for v in a.variants]
     print(f"long context: {len(jobs)} runs ({', '.join(a.variants)} × contexts {a.contexts}), {a.steps} steps × "
           f"{a.tokens_per_step:,} tokens each, size {a.size}, --kernels {a.kernels}", flush=True)
@@ -273,7 +276,10 @@ def main(argv=None) -> int:
                 print(f"[{i}/{len(jobs)}] {v} @ {c}: in {CSV_NAME} already (--force to redo)", flush=True)
                 continue
             t0 = time.perf_counter()
-            rows = run_one(a, v, c, ckpt_root, log)
+            try:
+                rows = run_one(a, v, c, ckpt_root, log)
+            except InputError as e:           # e.g. a context longer than the validation split
+                fail(str(e))
             merge_csv(path, rows, KEYS)
             print(f"[{i}/{len(jobs)}] {v} @ {c}: loss {rows[0]['loss']:.3f} at positions "
                   f"[0, {rows[0]['bucket_end']}) → {rows[-1]['loss']:.3f} at [{rows[-1]['position_bucket']}, "

@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 QUICK = dict(steps=200, eval_interval=50, eval_iters=8)
 FULL = dict(steps=1000, eval_interval=100, eval_iters=20)
 CSV_NAME, CURVES_NAME = "variants.csv", "variants_curves.csv"
+CHILD_ENV = "GT_VARIANTS_CHILD"      # set in --isolate subprocesses: the parent prints the final table
 KEYS, CURVE_KEYS = ("variant", "size", "tokens"), ("variant", "size", "budget")
 COLUMNS = ("variant", "size", "tokens", "steps", "batch_size", "seq_len", "params", "val_loss", "best_val_loss", "bpc",
            "train_loss", "tok_s", "ms_step", "peak_mb", "grad_ratio_rm", "gate_mean", "gate_drift", "rms_rwkv",
@@ -115,6 +116,11 @@ def parse_args(argv=None):
     check_common(a, mode["steps"])
     a.eval_interval = a.eval_interval or min(mode["eval_interval"], a.steps)
     a.eval_iters = a.eval_iters or mode["eval_iters"]
+    from groundthink.cli import DEVICE_DEFAULTS
+    dev = DEVICE_DEFAULTS["cuda" if torch.cuda.is_available() else "cpu"]
+    a.batch_size = a.batch_size or dev["batch_size"]     # fixed here: the token budget is known before any run
+    a.seq_len = a.seq_len or dev["seq_len"]
+    a.tokens = a.steps * a.batch_size * a.seq_len
     return a
 
 
@@ -152,18 +158,27 @@ def fresh_cuda() -> None:
 
 
 def train_quietly(argv: list[str], log: Path) -> dict:
-    """``train.main(argv)`` with its output appended to ``log``; on failure the log's tail goes to stderr."""
+    """``train.main(argv)`` with its output appended to ``log``. A bad setting (InputError) passes through for the
+    caller's one-line error; train.py's own one-line error (SystemExit) is repeated on stderr; any other failure
+    puts the log's tail on stderr. Each is re-raised."""
     import train
+    from groundthink.errors import InputError
     fresh_cuda()
     with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         print(f"$ train.py {' '.join(argv)}", flush=True)
         try:
             return train.main(argv)
+        except InputError:
+            raise
         except BaseException as e:  # noqa: BLE001 - say it where the user sees it, then re-raise
             print(f"error: {type(e).__name__}: {e}", flush=True)
             err = e
-    tail = Path(log).read_text().splitlines()[-15:]
-    print("\n".join("  | " + ln for ln in tail), file=sys.stderr)
+    lines = Path(log).read_text().splitlines()
+    if isinstance(err, SystemExit):
+        print(next((ln for ln in reversed(lines) if ln.startswith("error: ") and "SystemExit" not in ln), lines[-1]),
+              file=sys.stderr)
+    else:
+        print("\n".join("  | " + ln for ln in lines[-15:]), file=sys.stderr)
     raise err
 
 
@@ -235,7 +250,8 @@ def run_variant(a, variant: str, work: Path, log: Path) -> tuple[dict, list[dict
     except InputError:
         raise                        # the user's mistake (e.g. a too-long --seq-len): stop the study
     except Exception as e:  # noqa: BLE001 - a diverged / crashed variant must not end the study
-        return {"variant": variant, "size": a.size, "tokens": None, "steps": a.steps, "seed": a.seed,
+        return {"variant": variant, "size": a.size, "tokens": a.tokens, "steps": a.steps, "batch_size": a.batch_size,
+                "seq_len": a.seq_len, "seed": a.seed,
                 "status": f"{type(e).__name__}: {str(e)[:160]}", "wall_s": time.perf_counter() - t0}, []
     cfg = _config_record(res["log"])["args"]
     row = summarize(a, variant, res, cfg["batch_size"], cfg["seq_len"])
@@ -319,7 +335,15 @@ def final_table(path: Path, variants: list[str], size: str) -> str:
 
 
 def main(argv=None) -> int:
+    from groundthink.errors import InputError
     a = parse_args(argv)
+    try:
+        return study(a)
+    except InputError as e:                   # e.g. a --seq-len longer than the validation split
+        fail(str(e))
+
+
+def study(a) -> int:
     out = Path(a.out) if a.out else default_out()
     out.mkdir(parents=True, exist_ok=True)
     path, curves = out / CSV_NAME, out / CURVES_NAME
@@ -329,12 +353,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="gt-variants-") as tmp:
         log = Path(tmp) / "train.log"    # train.py's output (it names temporary paths): never written to out/
         for i, v in enumerate(a.variants, 1):
-            if not a.force and any(k[0] == v and k[1] == a.size for k in _done_at_budget(path, a)):
+            if not a.force and (v, a.size, str(a.tokens)) in done_keys(path, KEYS):
                 print(f"[{i}/{len(a.variants)}] {v}: in {CSV_NAME} already (--force to redo)", flush=True)
                 continue
             if a.isolate:
                 rc = subprocess.call([sys.executable, "-m", "bench.variants", *child_argv(a, v, out)], cwd=ROOT,
-                                     env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                     env={**os.environ, CHILD_ENV: "1", "PYTHONPATH": os.pathsep.join(
                                          [str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
                 if rc:
                     print(f"[{i}/{len(a.variants)}] {v}: subprocess exit status {rc}", flush=True)
@@ -344,24 +368,9 @@ def main(argv=None) -> int:
             if row.get("status") == "ok":
                 merge_csv(curves, crows, CURVE_KEYS)
             print(f"[{i}/{len(a.variants)}] {line(row)}", flush=True)
-    if path.exists():
+    if path.exists() and not os.environ.get(CHILD_ENV):
         print(f"\n{final_table(path, a.variants, a.size)}\n\nvariants -> {path}, curves -> {curves}", flush=True)
     return 0
-
-
-def _done_at_budget(path: Path, a) -> set[tuple]:
-    """Done (variant, size, tokens) keys whose token budget is this study's (batch/seq unknown before the first
-    run: any ok row with these steps counts, the budget column then tells them apart)."""
-    import pandas as pd
-    if not path.exists():
-        return set()
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    df = df[(df.get("status", "ok") == "ok") & (df["steps"] == str(a.steps)) & (df["seed"] == str(a.seed))]
-    if a.batch_size is not None:
-        df = df[df["batch_size"] == str(a.batch_size)]
-    if a.seq_len is not None:
-        df = df[df["seq_len"] == str(a.seq_len)]
-    return {tuple(r) for r in df[list(KEYS)].itertuples(index=False)}
 
 
 if __name__ == "__main__":
