@@ -141,8 +141,7 @@ def state_health(model, ids: torch.Tensor, chunk: int) -> dict:
     change = {c: [] for c in COMPONENTS}
     prev = None
     for s in range(0, T, chunk):
-        with _amp(ids.device):
-            _, state = model.forward_with_state(ids[:, s:s + chunk], state)
+        _, state = model.forward_with_state(ids[:, s:s + chunk], state)      # fp32: the states' own precision
         cur = _states(state)
         for c in COMPONENTS:
             if cur[c]:
@@ -253,7 +252,7 @@ def run_one(a, variant: str, context: int, ckpt_root: Path, log) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from bench.variants import default_out, done_keys, merge_csv
+    from bench.variants import default_out, done_keys, merge_csv, show
     from groundthink.cli import fail
     from groundthink.errors import InputError
     a = parse_args(argv)
@@ -287,7 +286,7 @@ def main(argv=None) -> int:
     finally:
         if tmp is not None:
             tmp.cleanup()
-    print(f"long context -> {path}")
+    print(f"long context -> {show(path)}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """The fusion-variant study: which variant learns best per token and per second, with the lab's kernels.
 
     python -m bench.variants [--quick] [--size small] [--steps N] [--variants GF-MH HY ...] [--out profiles/<gpu>/]
-                             [--force] [--isolate] [--kernels auto]
+                             [--force] [--isolate] [--budget-s S] [--kernels auto]
 
 Every variant of ``fused.list_models()`` — the fusion variants and the pure ``rwkv6`` / ``mamba2`` baselines — is
 trained by ``train.main`` on the embedded corpus (or ``--data``) with the same seed, the same batches and the same
@@ -23,7 +23,8 @@ Writes ``<out>/variants.csv`` (one row per variant and budget) and ``<out>/varia
 curve: variant, size, budget, step, tokens, train_s, train_loss, val_loss, bpc). Resumable: a variant whose
 (variant, size, tokens) row is in variants.csv with status ok is skipped unless ``--force``; a diverged or failed
 variant gets a row with its status and is retried next time. ``--quick``: 200 steps, eval every 50 (minutes on
-one GPU); default: 1,000 steps, eval every 100. On a CPU, ``--size tiny --steps 3`` runs end to end (a plumbing
+one GPU); default: 1,000 steps, eval every 100. ``--budget-s``: start no new variant after S seconds (the
+default order puts GF-MH and the two baselines first; the same command later resumes with the rest). On a CPU, ``--size tiny --steps 3`` runs end to end (a plumbing
 check, not a measurement: the device column says cpu). ``python -m bench.report_variants`` turns the CSVs into
 tables and plots.
 """
@@ -50,12 +51,15 @@ QUICK = dict(steps=200, eval_interval=50, eval_iters=8)
 FULL = dict(steps=1000, eval_interval=100, eval_iters=20)
 CSV_NAME, CURVES_NAME = "variants.csv", "variants_curves.csv"
 CHILD_ENV = "GT_VARIANTS_CHILD"      # set in --isolate subprocesses: the parent prints the final table
+# the default order: the default variant and the two baselines first, so that a study cut short by --budget-s
+# (and resumed later) has the comparisons that matter most; variants not listed here follow in list_models() order
+PRIORITY = ("GF-MH", "rwkv6", "mamba2", "HY", "GF", "CP", "HGF", "WS", "RF", "GF-RH", "HGF-MH", "HGF-RH")
 KEYS, CURVE_KEYS = ("variant", "size", "tokens"), ("variant", "size", "budget")
 COLUMNS = ("variant", "size", "tokens", "steps", "batch_size", "seq_len", "params", "val_loss", "best_val_loss", "bpc",
            "train_loss", "tok_s", "ms_step", "peak_mb", "grad_ratio_rm", "gate_mean", "gate_drift", "rms_rwkv",
            "rms_mamba", "state_rms_rwkv", "state_rms_mamba", "state_growth_rwkv", "state_growth_mamba",
            "state_var_rwkv", "state_var_mamba", "state_var_ratio", "state_signal_rwkv", "state_signal_mamba",
-           "state_finite", "train_s", "wall_s", "graph", "kernels", "device", "seed", "status")
+           "state_finite", "state_note", "train_s", "wall_s", "graph", "kernels", "device", "seed", "status")
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -78,13 +82,20 @@ def common_flags(p) -> None:
     p.add_argument("--data", help="UTF-8 corpus (default: the embedded pydoc_data.topics)")
 
 
+def default_variants() -> list[str]:
+    """Every variant of ``fused.list_models()``, in ``PRIORITY`` order first."""
+    import fused
+    names = fused.list_models()
+    return [v for v in PRIORITY if v in names] + [v for v in names if v not in PRIORITY]
+
+
 def check_common(a, default_steps: int) -> None:
     """Canonical variant names and checked values, or one line and exit 2."""
     import fused
     from groundthink.cli import parse_overrides
     from groundthink.errors import InputError
     try:
-        a.variants = [fused.variants.canonical_name(v) for v in (a.variants or fused.list_models())]
+        a.variants = [fused.variants.canonical_name(v) for v in (a.variants or default_variants())]
     except KeyError:
         bad = next(v for v in a.variants if v.lower() not in {m.lower() for m in fused.list_models()})
         fail(f"--variants {bad}: unknown variant; accepted: {', '.join(fused.list_models())}")
@@ -111,9 +122,13 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, help="sequences per step (default: train.py's by device)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default: train.py's by device)")
     p.add_argument("--isolate", action="store_true", help="each variant in its own subprocess")
+    p.add_argument("--budget-s", type=float, help="start no new variant after this many seconds (the rest: run "
+                                                  "the same command again, it resumes)")
     a = p.parse_args(argv)
     mode = QUICK if a.quick else FULL
     check_common(a, mode["steps"])
+    if a.budget_s is not None and not a.budget_s >= 0:
+        fail(f"--budget-s {a.budget_s}: out of range; accepted: seconds ≥ 0")
     a.eval_interval = a.eval_interval or min(mode["eval_interval"], a.steps)
     a.eval_iters = a.eval_iters or mode["eval_iters"]
     from groundthink.cli import DEVICE_DEFAULTS
@@ -122,6 +137,14 @@ def parse_args(argv=None):
     a.seq_len = a.seq_len or dev["seq_len"]
     a.tokens = a.steps * a.batch_size * a.seq_len
     return a
+
+
+def show(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (printed logs name no machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def default_out() -> Path:
@@ -255,7 +278,10 @@ def run_variant(a, variant: str, work: Path, log: Path) -> tuple[dict, list[dict
                 "status": f"{type(e).__name__}: {str(e)[:160]}", "wall_s": time.perf_counter() - t0}, []
     cfg = _config_record(res["log"])["args"]
     row = summarize(a, variant, res, cfg["batch_size"], cfg["seq_len"])
-    row.update(state_columns(a, res["final_checkpoint"], cfg["seq_len"]))
+    try:
+        row.update(state_columns(a, res["final_checkpoint"], cfg["seq_len"]))
+    except Exception as e:  # noqa: BLE001 - a failed probe must not lose the training result
+        row["state_note"] = f"state probe failed: {type(e).__name__}: {str(e)[:160]}"
     row["wall_s"] = time.perf_counter() - t0
     return row, curve_rows(row, res)
 
@@ -350,9 +376,15 @@ def study(a) -> int:
     steps_tokens = f"{a.steps} steps, eval every {a.eval_interval} ({a.eval_iters} batches)"
     print(f"variant study: {len(a.variants)} variants ({', '.join(a.variants)}), size {a.size}, {steps_tokens}, "
           f"seed {a.seed}, --kernels {a.kernels}{', one subprocess each' if a.isolate else ''}", flush=True)
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gt-variants-") as tmp:
         log = Path(tmp) / "train.log"    # train.py's output (it names temporary paths): never written to out/
         for i, v in enumerate(a.variants, 1):
+            if a.budget_s is not None and time.perf_counter() - t0 > a.budget_s:
+                rest = a.variants[i - 1:]
+                print(f"--budget-s {a.budget_s:g} spent: {len(rest)} variants not started ({', '.join(rest)}); run "
+                      f"the same command again to continue", flush=True)
+                break
             if not a.force and (v, a.size, str(a.tokens)) in done_keys(path, KEYS):
                 print(f"[{i}/{len(a.variants)}] {v}: in {CSV_NAME} already (--force to redo)", flush=True)
                 continue
@@ -369,7 +401,8 @@ def study(a) -> int:
                 merge_csv(curves, crows, CURVE_KEYS)
             print(f"[{i}/{len(a.variants)}] {line(row)}", flush=True)
     if path.exists() and not os.environ.get(CHILD_ENV):
-        print(f"\n{final_table(path, a.variants, a.size)}\n\nvariants -> {path}, curves -> {curves}", flush=True)
+        print(f"\n{final_table(path, a.variants, a.size)}\n\nvariants -> {show(path)}, curves -> {show(curves)}",
+              flush=True)
     return 0
 
 

@@ -95,6 +95,15 @@ def test_train_py_rejecting_a_flag_is_one_line(tmp_path, capsys):
     assert e.value.code == 2 and err.startswith("error: --lr 100") and "\n" not in err
 
 
+def test_budget_and_default_order(tmp_path, capsys):
+    import fused
+    names = bv.default_variants()
+    assert sorted(names) == sorted(fused.list_models()) and names[:3] == ["GF-MH", "rwkv6", "mamba2"]
+    assert bv.main([*STUDY, "--out", str(tmp_path), "--budget-s", "0"]) == 0
+    assert f"{len(names)} variants not started (GF-MH, rwkv6, mamba2" in capsys.readouterr().out
+    assert not (tmp_path / "variants.csv").exists()
+
+
 def test_isolate_runs_each_variant_in_a_subprocess(tmp_path, capfd):
     env_path = os.environ.get("PYTHONPATH")
     assert bv.main([*STUDY, "--steps", "2", "--variants", "mamba2", "--out", str(tmp_path), "--isolate"]) == 0
@@ -111,6 +120,7 @@ def test_isolate_runs_each_variant_in_a_subprocess(tmp_path, capfd):
     (["--size", "huge"], "--size huge: unknown size"),
     (["--override", "n_layers=2"], "unknown key 'n_layers'"),
     (["--data", "/nonexistent/corpus.txt"], "no such file"),
+    (["--budget-s", "-1"], "--budget-s -1.0: out of range"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, msg, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
