@@ -2,6 +2,7 @@
 
     python -m bench.long_context [--quick] [--size small] [--variants GF-MH rwkv6 mamba2] [--contexts 512 2048 8192]
                                  [--steps N] [--tokens-per-step 16384] [--ckpt-dir DIR] [--out profiles/<gpu>/]
+                                 [--budget-s S] [--force]
 
 For every (variant, context length T) the model is trained by ``train.main`` on the embedded corpus with the same
 seed and the same token budget (``--steps`` × ``--tokens-per-step``: batch = tokens_per_step / T), then its final
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 COMPONENTS = ("rwkv", "mamba")
-QUICK = dict(variants=("GF-MH", "rwkv6", "mamba2"), contexts=(1024, 8192), steps=150, eval_windows=16)
+QUICK = dict(variants=("GF-MH", "rwkv6", "mamba2"), contexts=(8192, 1024), steps=150, eval_windows=16)
 FULL = dict(variants=("GF-MH", "HY", "CP", "rwkv6", "mamba2"), contexts=(512, 2048, 8192), steps=1000,
             eval_windows=64)
 CSV_NAME = "long_context.csv"
@@ -252,7 +253,7 @@ def run_one(a, variant: str, context: int, ckpt_root: Path, log) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from bench.variants import default_out, done_keys, merge_csv, show
+    from bench.variants import default_out, done_keys, merge_csv, over_budget, show
     from groundthink.cli import fail
     from groundthink.errors import InputError
     a = parse_args(argv)
@@ -268,8 +269,11 @@ def main(argv=None) -> int:
     print(f"long context: {len(jobs)} runs ({', '.join(a.variants)} × contexts {a.contexts}), {a.steps} steps × "
           f"{a.tokens_per_step:,} tokens each, size {a.size}, --kernels {a.kernels}", flush=True)
     log = ckpt_root / "train.log"      # train.py's output (it names temporary paths): never written to out/
+    t_start = time.perf_counter()
     try:
         for i, (v, c) in enumerate(jobs, 1):
+            if over_budget(a, t_start, [f"{v}@{c}" for v, c in jobs[i - 1:]]):
+                break
             key = (v, a.size, str(c), str(a.steps * a.tokens_per_step))
             if key in done:
                 print(f"[{i}/{len(jobs)}] {v} @ {c}: in {CSV_NAME} already (--force to redo)", flush=True)

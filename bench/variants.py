@@ -80,6 +80,8 @@ def common_flags(p) -> None:
     p.add_argument("--eval-iters", type=int, help="batches per eval (quick 8, full 20)")
     p.add_argument("--override", action="append", metavar="KEY=VALUE", help="model config override (repeatable)")
     p.add_argument("--data", help="UTF-8 corpus (default: the embedded pydoc_data.topics)")
+    p.add_argument("--budget-s", type=float, help="start no new run after this many seconds (the rest: run the "
+                                                  "same command again, it resumes)")
 
 
 def default_variants() -> list[str]:
@@ -103,6 +105,8 @@ def check_common(a, default_steps: int) -> None:
     if a.size not in fused.SIZES:
         fail(f"--size {a.size}: unknown size; accepted: {', '.join(fused.SIZES)}")
     a.steps = default_steps if a.steps is None else a.steps
+    if a.budget_s is not None and not a.budget_s >= 0:
+        fail(f"--budget-s {a.budget_s}: out of range; accepted: seconds ≥ 0")
     for name in ("steps", "eval_interval", "eval_iters", "batch_size", "seq_len"):
         v = getattr(a, name, None)
         if v is not None and v < 1:
@@ -122,13 +126,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, help="sequences per step (default: train.py's by device)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default: train.py's by device)")
     p.add_argument("--isolate", action="store_true", help="each variant in its own subprocess")
-    p.add_argument("--budget-s", type=float, help="start no new variant after this many seconds (the rest: run "
-                                                  "the same command again, it resumes)")
     a = p.parse_args(argv)
     mode = QUICK if a.quick else FULL
     check_common(a, mode["steps"])
-    if a.budget_s is not None and not a.budget_s >= 0:
-        fail(f"--budget-s {a.budget_s}: out of range; accepted: seconds ≥ 0")
     a.eval_interval = a.eval_interval or min(mode["eval_interval"], a.steps)
     a.eval_iters = a.eval_iters or mode["eval_iters"]
     from groundthink.cli import DEVICE_DEFAULTS
@@ -325,6 +325,15 @@ def merge_csv(path: Path, rows: list[dict], keys, columns=()) -> None:
 
 # ----------------------------------------------------------------------------------------------- the study
 
+def over_budget(a, t0: float, rest: list[str]) -> bool:
+    """--budget-s spent (said, with what is left)?"""
+    if a.budget_s is None or time.perf_counter() - t0 <= a.budget_s:
+        return False
+    print(f"--budget-s {a.budget_s:g} spent: {len(rest)} runs not started ({', '.join(rest)}); run the same command "
+          f"again to continue", flush=True)
+    return True
+
+
 def child_argv(a, variant: str, out: Path) -> list[str]:
     """The command line of one variant's subprocess (--isolate)."""
     argv = ["--size", a.size, "--steps", str(a.steps), "--eval-interval", str(a.eval_interval), "--eval-iters",
@@ -380,10 +389,7 @@ def study(a) -> int:
     with tempfile.TemporaryDirectory(prefix="gt-variants-") as tmp:
         log = Path(tmp) / "train.log"    # train.py's output (it names temporary paths): never written to out/
         for i, v in enumerate(a.variants, 1):
-            if a.budget_s is not None and time.perf_counter() - t0 > a.budget_s:
-                rest = a.variants[i - 1:]
-                print(f"--budget-s {a.budget_s:g} spent: {len(rest)} variants not started ({', '.join(rest)}); run "
-                      f"the same command again to continue", flush=True)
+            if over_budget(a, t0, [f"{v}" for v in a.variants[i - 1:]]):
                 break
             if not a.force and (v, a.size, str(a.tokens)) in done_keys(path, KEYS):
                 print(f"[{i}/{len(a.variants)}] {v}: in {CSV_NAME} already (--force to redo)", flush=True)

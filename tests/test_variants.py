@@ -100,7 +100,7 @@ def test_budget_and_default_order(tmp_path, capsys):
     names = bv.default_variants()
     assert sorted(names) == sorted(fused.list_models()) and names[:3] == ["GF-MH", "rwkv6", "mamba2"]
     assert bv.main([*STUDY, "--out", str(tmp_path), "--budget-s", "0"]) == 0
-    assert f"{len(names)} variants not started (GF-MH, rwkv6, mamba2" in capsys.readouterr().out
+    assert f"{len(names)} runs not started (GF-MH, rwkv6, mamba2" in capsys.readouterr().out
     assert not (tmp_path / "variants.csv").exists()
 
 
@@ -163,6 +163,8 @@ def test_long_context_csv_resume_and_checkpoint_reuse(tmp_path, capsys):
     assert set(df["batch_size"]) == {8, 2} and (df["tokens"] == 256).all() and (df["how"] == "trained").all()
     assert lc.main([*LC, "--out", str(out), "--ckpt-dir", str(ck)]) == 0
     assert capsys.readouterr().out.count("in long_context.csv already") == 2
+    assert lc.main([*LC, "--out", str(tmp_path / "none"), "--budget-s", "0"]) == 0
+    assert "2 runs not started (GF-MH@16, GF-MH@64)" in capsys.readouterr().out
     assert lc.main([*LC, "--out", str(out), "--ckpt-dir", str(ck), "--force", "--contexts", "16"]) == 0
     df2 = pd.read_csv(out / "long_context.csv")
     assert set(df2[df2["context"] == 16]["how"]) == {"loaded"} and len(df2) == len(df)
