@@ -24,7 +24,6 @@ the ratio of the two components' variances.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import tempfile

@@ -23,10 +23,10 @@ Writes ``<out>/variants.csv`` (one row per variant and budget) and ``<out>/varia
 curve: variant, size, budget, step, tokens, train_s, train_loss, val_loss, bpc). Resumable: a variant whose
 (variant, size, tokens) row is in variants.csv with status ok is skipped unless ``--force``; a diverged or failed
 variant gets a row with its status and is retried next time. ``--quick``: 200 steps, eval every 50 (minutes on
-one GPU); default: 1,000 steps, eval every 100. ``--budget-s``: start no new variant after S seconds (the
-default order puts GF-MH and the two baselines first; the same command later resumes with the rest). On a CPU, ``--size tiny --steps 3`` runs end to end (a plumbing
-check, not a measurement: the device column says cpu). ``python -m bench.report_variants`` turns the CSVs into
-tables and plots.
+one GPU); default: 1,000 steps, eval every 100. ``--budget-s S``: start no new variant after S seconds (the
+default order puts GF-MH and the two baselines first; the same command later resumes with the rest). On a CPU,
+``--size tiny --steps 3`` runs end to end (a plumbing check, not a measurement: the device column says cpu).
+``python -m bench.report_variants`` turns the CSVs into tables and plots.
 """
 from __future__ import annotations
 
@@ -353,7 +353,8 @@ def line(row: dict) -> str:
         return f"{row['variant']}: {row.get('status')}"
     f = (lambda v, fmt: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt))  # noqa
     return (f"{row['variant']}: val {f(row['val_loss'], '.4f')} ({f(row['bpc'], '.3f')} bpc), "
-            f"{f(row['tok_s'], ',.0f')} tok/s, {f(row['ms_step'], '.2f')} ms/step, peak {f(row['peak_mb'], ',.0f')} MB, "
+            f"{f(row['tok_s'], ',.0f')} tok/s, {f(row['ms_step'], '.2f')} ms/step, "
+            f"peak {f(row['peak_mb'], ',.0f')} MB, "
             f"rwkv/mamba grad {f(row['grad_ratio_rm'], '.3g')}, gate {f(row['gate_mean'], '.3f')} "
             f"(drift {f(row['gate_drift'], '+.3f')}), state var ratio {f(row['state_var_ratio'], '.3g')}, "
             f"{row['wall_s']:.1f} s")
@@ -389,7 +390,7 @@ def study(a) -> int:
     with tempfile.TemporaryDirectory(prefix="gt-variants-") as tmp:
         log = Path(tmp) / "train.log"    # train.py's output (it names temporary paths): never written to out/
         for i, v in enumerate(a.variants, 1):
-            if over_budget(a, t0, [f"{v}" for v in a.variants[i - 1:]]):
+            if over_budget(a, t0, a.variants[i - 1:]):
                 break
             if not a.force and (v, a.size, str(a.tokens)) in done_keys(path, KEYS):
                 print(f"[{i}/{len(a.variants)}] {v}: in {CSV_NAME} already (--force to redo)", flush=True)
