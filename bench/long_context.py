@@ -252,7 +252,7 @@ def run_one(a, variant: str, context: int, ckpt_root: Path, log) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from bench.variants import default_out, done_keys, merge_csv, over_budget, show
+    from bench.variants import cpu_threads, default_out, done_keys, merge_csv, over_budget, show
     from groundthink.cli import fail
     from groundthink.errors import InputError
     a = parse_args(argv)
@@ -279,7 +279,8 @@ def main(argv=None) -> int:
                 continue
             t0 = time.perf_counter()
             try:
-                rows = run_one(a, v, c, ckpt_root, log)
+                with cpu_threads():
+                    rows = run_one(a, v, c, ckpt_root, log)
             except InputError as e:           # e.g. a context longer than the validation split
                 fail(str(e))
             merge_csv(path, rows, KEYS)

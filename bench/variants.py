@@ -374,9 +374,23 @@ def main(argv=None) -> int:
     from groundthink.errors import InputError
     a = parse_args(argv)
     try:
-        return study(a)
+        with cpu_threads():
+            return study(a)
     except InputError as e:                   # e.g. a --seq-len longer than the validation split
         fail(str(e))
+
+
+@contextlib.contextmanager
+def cpu_threads():
+    """On a CPU, the probes run on the cores that are free (train.py sets its own threads per run)."""
+    old = torch.get_num_threads()
+    if not torch.cuda.is_available():
+        from groundthink.cli import cpu_threads as free_cores
+        torch.set_num_threads(free_cores(0))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def study(a) -> int:

@@ -10,6 +10,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 from bench import long_context as lc
 from bench import report_variants as rv
@@ -21,6 +22,15 @@ TINY = ["--size", "tiny", "--override", "n_layer=2", "--override", "d_model=32",
 STUDY = ["--steps", "3", "--batch-size", "4", "--seq-len", "32", "--eval-interval", "2", "--eval-iters", "1", *TINY]
 REQUIRED = ("variant", "size", "tokens", "val_loss", "bpc", "tok_s", "ms_step", "peak_mb", "grad_ratio_rm",
             "gate_mean", "gate_drift")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors on a shared 2-core machine: one torch thread (two oversubscribed threads run ~50× slower)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
