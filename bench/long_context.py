@@ -185,8 +185,8 @@ def parse_args(argv=None):
     common_flags(p)
     p.add_argument("--contexts", type=int, nargs="+", help=f"context lengths (quick {QUICK['contexts']}, full "
                                                            f"{FULL['contexts']})")
-    p.add_argument("--tokens-per-step", type=int, help="tokens per optimizer step (default: 16384 on a GPU, "
-                                                       "1024 on CPU); batch = this / context")
+    p.add_argument("--tokens-per-step", type=int, help="tokens per optimizer step (default: 16384 on a GPU; on CPU "
+                                                       "1024 or the longest context); batch = this / context")
     p.add_argument("--eval-windows", type=int, help=f"validation windows per context (quick "
                                                     f"{QUICK['eval_windows']}, full {FULL['eval_windows']})")
     p.add_argument("--ckpt-dir", help="keep checkpoints here; a final checkpoint found here is loaded, not retrained")
@@ -196,8 +196,8 @@ def parse_args(argv=None):
     a.contexts = a.contexts or list(mode["contexts"])
     a.eval_windows = a.eval_windows or mode["eval_windows"]
     check_common(a, mode["steps"])
-    if a.tokens_per_step is None:
-        a.tokens_per_step = 16384 if torch.cuda.is_available() else 1024
+    if a.tokens_per_step is None:       # CPU: the smallest budget that holds one window of the longest context
+        a.tokens_per_step = 16384 if torch.cuda.is_available() else max(1024, max(a.contexts))
     bad = [c for c in a.contexts if c < 2 or a.tokens_per_step % c]
     if bad:
         from groundthink.cli import fail

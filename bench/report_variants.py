@@ -35,7 +35,7 @@ CPU_NOTE = ("> **NOT A PERFORMANCE MEASUREMENT** — these rows were measured on
 # ----------------------------------------------------------------------------------------------- helpers
 
 def _fmt(v, kind: str) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, (str, bool, np.bool_)):
         return str(v)
@@ -102,14 +102,18 @@ def balance(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.sort_values("val_loss")[[c for c in cols if c in rows]]
 
 
+COLORS = list(plt.get_cmap("tab10").colors) + ["black", "olive", "navy", "maroon"]
+
+
 def plot_curves(rows: pd.DataFrame, curves: pd.DataFrame, path: Path, cpu: bool) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
-    for v in rows.sort_values("val_loss")["variant"]:
+    for i, v in enumerate(rows.sort_values("val_loss")["variant"]):
         c = curves[curves["variant"] == v].sort_values("step")
         if c.empty:
             continue
         ls = "--" if v in ("rwkv6", "mamba2") else "-"
-        line, = axes[0].plot(c["tokens"] / 1e6, c["val_loss"], ls, marker="o", ms=3, lw=1.3, label=v)
+        line, = axes[0].plot(c["tokens"] / 1e6, c["val_loss"], ls, marker="o", ms=3, lw=1.3, label=v,
+                             color=COLORS[i % len(COLORS)])
         if c["train_s"].notna().any():
             axes[1].plot(c["train_s"], c["val_loss"], ls, marker="o", ms=3, lw=1.3, color=line.get_color(), label=v)
     axes[0].set_xlabel("tokens seen (millions)")
@@ -169,7 +173,8 @@ def variants_section(d: Path) -> list[str]:
                                 "train_s": "s", "params": "int", "rank/s": "int", "rank": "int"})
         out += ["", "val_loss: final validation loss (nats per character), bpc = val_loss / ln 2; "
                     f"val@equal time: the loss each variant had reached after {_fmt(t, 's')} s of training (the "
-                    "fastest variant's whole run), interpolated between evals; rank/s ranks by it.", ""]
+                    "fastest variant's whole run), interpolated between evals (empty: no eval that early); rank/s ranks by it.",
+                ""]
         out += ["Component balance and recurrent state (final model):", ""]
         out += md_table(balance(rows), {"gate_drift": "pm"})
         out += ["", "grad_ratio_rm: median over the evals of ‖∇RWKV‖/‖∇Mamba‖; gate_mean: mean RWKV weight g "

@@ -47,7 +47,7 @@ import torch
 from groundthink.cli import ArgumentParser, fail
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = dict(steps=200, eval_interval=50, eval_iters=8)
+QUICK = dict(steps=200, eval_interval=50, eval_iters=5)
 FULL = dict(steps=1000, eval_interval=100, eval_iters=20)
 CSV_NAME, CURVES_NAME = "variants.csv", "variants_curves.csv"
 CHILD_ENV = "GT_VARIANTS_CHILD"      # set in --isolate subprocesses: the parent prints the final table
@@ -77,7 +77,7 @@ def common_flags(p) -> None:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--lr", type=float, help="train.py --lr (default: train.py's)")
     p.add_argument("--eval-interval", type=int, help="steps between evals (quick 50, full 100)")
-    p.add_argument("--eval-iters", type=int, help="batches per eval (quick 8, full 20)")
+    p.add_argument("--eval-iters", type=int, help="batches per eval (quick 5, full 20)")
     p.add_argument("--override", action="append", metavar="KEY=VALUE", help="model config override (repeatable)")
     p.add_argument("--data", help="UTF-8 corpus (default: the embedded pydoc_data.topics)")
     p.add_argument("--budget-s", type=float, help="start no new run after this many seconds (the rest: run the "
