@@ -218,9 +218,15 @@ def check_kernels(a) -> None:
         return
     impl = resolve(a.kernels).impls().get("wkv6")
     if impl == "reference":
-        fail(f"--kernels {a.kernels} resolves wkv6 to its PyTorch reference here (no valid gate verdict), far too "
-             f"slow at context {max(a.contexts)}; accepted: --kernels triton, or re-run pytest bench/ --benchmark "
-             f"first so that the gate admits the lab kernel")
+        fail(f"--kernels {a.kernels} resolves wkv6 to its PyTorch reference here (no valid gate verdict yet), far "
+             f"too slow at context {max(a.contexts)}; accepted: --kernels triton (the lab kernels), or a gate that "
+             f"admits the lab kernel first (pytest bench/ --benchmark, or a bench.variants run on this GPU)")
+
+
+def same_budget(state: dict, a, batch: int) -> bool:
+    """A kept checkpoint is reused only when it was trained with this study's steps, batch and seed."""
+    args = state.get("args", {})
+    return state.get("step") == a.steps and args.get("batch_size") == batch and args.get("seed") == a.seed
 
 
 def run_one(a, variant: str, context: int, ckpt_root: Path, log) -> list[dict]:
@@ -230,7 +236,7 @@ def run_one(a, variant: str, context: int, ckpt_root: Path, log) -> list[dict]:
     out_dir = ckpt_root / f"ctx{context}"
     final = ckpt.final_path(out_dir, variant, size=a.size)
     batch = a.tokens_per_step // context
-    if final.exists():
+    if final.exists() and same_budget(ckpt.load(final), a, batch):
         how = "loaded"
     else:
         argv = train_argv(a, variant, out_dir, batch_size=batch, seq_len=context)

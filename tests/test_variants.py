@@ -179,6 +179,10 @@ def test_long_context_csv_resume_and_checkpoint_reuse(tmp_path, capsys):
     df2 = pd.read_csv(out / "long_context.csv")
     assert set(df2[df2["context"] == 16]["how"]) == {"loaded"} and len(df2) == len(df)
     assert df2[df2["context"] == 16]["loss"].tolist() == pytest.approx(df[df["context"] == 16]["loss"].tolist())
+    # a kept checkpoint of another budget is not reused: retrained
+    assert lc.main([*LC, "--out", str(tmp_path / "out3"), "--ckpt-dir", str(ck), "--contexts", "64",
+                    "--steps", "3"]) == 0
+    assert set(pd.read_csv(tmp_path / "out3" / "long_context.csv")["how"]) == {"trained"}
     lines = rv.long_context_section(out)
     assert lines[0].startswith("## Long context") and (out / "long_context_loss.png").stat().st_size > 0
     assert any(ln.startswith("| GF-MH | 64 |") for ln in lines)
