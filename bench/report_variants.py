@@ -1,0 +1,274 @@
+"""Report sections of the variant study and the long-context study: ``sections(dir) -> list of markdown lines``.
+
+    python -m bench.report_variants [--dir profiles/<gpu>/]      # writes <dir>/variants.md on its own
+    lines += sections(d)                                         # inside bench/report.py's build_report
+
+Reads ``variants.csv`` / ``variants_curves.csv`` (``python -m bench.variants``) and ``long_context.csv``
+(``python -m bench.long_context``) from the folder; writes the plots next to them (matplotlib, Agg):
+
+* ``variants_val_curves.png`` — every variant's validation loss against tokens seen and against training seconds;
+* ``variants_speed_loss.png`` — tok/s and final validation loss side by side, one bar per variant;
+* ``long_context_loss.png`` — loss by position bucket within the window, one panel per context length.
+
+The ranked table orders the variants by final validation loss at the shared token budget (learning per token) and
+by the validation loss each had reached after the same training time — the total training time of the fastest
+variant, interpolated on its curve (learning per second). Runs at other budgets get their own table. Rows measured
+on a CPU are labelled as not a performance measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+CPU_NOTE = ("> **NOT A PERFORMANCE MEASUREMENT** — these rows were measured on a CPU (eager PyTorch references, tiny "
+            "shapes): only the plumbing means anything.")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def _fmt(v, kind: str) -> str:
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, (str, bool, np.bool_)):
+        return str(v)
+    return {"int": f"{v:,.0f}", "loss": f"{v:.4f}", "x": f"{v:.3g}", "s": f"{v:.1f}", "pm": f"{v:+.3f}",
+            "ms": f"{v:.2f}"}.get(kind, f"{v:.3g}")
+
+
+def md_table(df: pd.DataFrame, kinds: dict[str, str]) -> list[str]:
+    cols = list(df.columns)
+    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, r in df.iterrows():
+        out.append("| " + " | ".join(_fmt(r[c], kinds.get(c, "g")).replace("|", "/") for c in cols) + " |")
+    return out
+
+
+def _save(fig, path: Path, cpu: bool) -> str:
+    fig.tight_layout()
+    if cpu:
+        fig.text(0.5, 0.5, "CPU: NOT A PERFORMANCE MEASUREMENT", ha="center", va="center", fontsize=14, color="red",
+                 alpha=0.35, rotation=20, transform=fig.transFigure)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _is_cpu(df: pd.DataFrame) -> bool:
+    return "device" in df and (df["device"].astype(str) == "cpu").any()
+
+
+# ----------------------------------------------------------------------------------------------- variants
+
+def equal_time_loss(curves: pd.DataFrame, t: float) -> dict[str, float]:
+    """Each variant's validation loss after ``t`` training seconds (linear on its curve; NaN before its first
+    eval)."""
+    out = {}
+    for v, c in curves.groupby("variant"):
+        c = c.dropna(subset=["train_s", "val_loss"]).sort_values("train_s")
+        if c.empty or t < c["train_s"].iloc[0] - 1e-9:
+            out[v] = float("nan")
+        else:
+            out[v] = float(np.interp(t, c["train_s"], c["val_loss"]))
+    return out
+
+
+def ranked(rows: pd.DataFrame, curves: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
+    """The ranked table of one (size, budget) group and the equal-time point in seconds."""
+    t = rows["train_s"].min() if rows["train_s"].notna().any() else None
+    df = rows.sort_values("val_loss").copy()
+    best = df["val_loss"].min()
+    df["rank"] = range(1, len(df) + 1)
+    df["Δ best"] = df["val_loss"] - best
+    if t is not None and not curves.empty:
+        at = equal_time_loss(curves, t)
+        df["val@equal time"] = df["variant"].map(at)
+        df["rank/s"] = df["val@equal time"].rank(method="min").astype("Int64")
+    cols = ["rank", "variant", "val_loss", "bpc", "best_val_loss", "Δ best", "val@equal time", "rank/s", "tok_s",
+            "ms_step", "peak_mb", "train_s", "params"]
+    return df[[c for c in cols if c in df]], t
+
+
+def balance(rows: pd.DataFrame) -> pd.DataFrame:
+    cols = ["variant", "grad_ratio_rm", "gate_mean", "gate_drift", "rms_rwkv", "rms_mamba", "state_var_ratio",
+            "state_signal_rwkv", "state_signal_mamba", "state_growth_rwkv", "state_growth_mamba", "state_finite"]
+    return rows.sort_values("val_loss")[[c for c in cols if c in rows]]
+
+
+COLORS = list(plt.get_cmap("tab10").colors) + ["black", "olive", "navy", "maroon"]
+
+
+def plot_curves(rows: pd.DataFrame, curves: pd.DataFrame, path: Path, cpu: bool) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    for i, v in enumerate(rows.sort_values("val_loss")["variant"]):
+        c = curves[curves["variant"] == v].sort_values("step")
+        if c.empty:
+            continue
+        ls = "--" if v in ("rwkv6", "mamba2") else "-"
+        line, = axes[0].plot(c["tokens"] / 1e6, c["val_loss"], ls, marker="o", ms=3, lw=1.3, label=v,
+                             color=COLORS[i % len(COLORS)])
+        if c["train_s"].notna().any():
+            axes[1].plot(c["train_s"], c["val_loss"], ls, marker="o", ms=3, lw=1.3, color=line.get_color(), label=v)
+    axes[0].set_xlabel("tokens seen (millions)")
+    axes[1].set_xlabel("training seconds (steady-state ms/step × steps)")
+    axes[0].set_ylabel("validation loss (nats/char)")
+    axes[0].set_title("learning per token")
+    axes[1].set_title("learning per second")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    return _save(fig, path, cpu)
+
+
+def plot_speed_loss(rows: pd.DataFrame, path: Path, cpu: bool) -> str:
+    df = rows.sort_values("val_loss")
+    fig, axes = plt.subplots(1, 2, figsize=(12, max(3.5, 0.38 * len(df) + 1.5)), sharey=True)
+    ys = range(len(df))
+    axes[0].barh(ys, df["tok_s"].fillna(0) / 1e3, color="tab:blue")
+    axes[0].set_xlabel("training tok/s (thousands)")
+    axes[1].barh(ys, df["val_loss"], color="tab:orange")
+    lo = df["val_loss"].min()
+    axes[1].set_xlim(lo - 0.1 * max(df["val_loss"].max() - lo, 0.05), df["val_loss"].max() * 1.005)
+    axes[1].set_xlabel("final validation loss (lower is better)")
+    axes[0].set_yticks(list(ys))
+    axes[0].set_yticklabels(df["variant"])
+    axes[0].invert_yaxis()
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_title("speed")
+    axes[1].set_title("learning")
+    return _save(fig, path, cpu)
+
+
+def variants_section(d: Path) -> list[str]:
+    path = d / "variants.csv"
+    if not path.exists():
+        return []
+    df = pd.read_csv(path)
+    curves = pd.read_csv(d / "variants_curves.csv") if (d / "variants_curves.csv").exists() else pd.DataFrame()
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    cpu = _is_cpu(ok)
+    out = ["## Fusion variants: which learns best per token and per second", ""]
+    if cpu:
+        out += [CPU_NOTE, ""]
+    groups = sorted(ok.groupby(["size", "tokens"]), key=lambda kv: -kv[0][1])
+    for gi, ((size, tokens), rows) in enumerate(groups):
+        c = curves[(curves["size"] == size) & (curves["budget"] == tokens)] if not curves.empty else curves
+        r0 = rows.iloc[0]
+        kern = sorted(set(rows["kernels"].astype(str)))
+        out += [f"### size {size}, {int(tokens):,} tokens per variant", "",
+                f"{int(r0['steps'])} steps × batch {int(r0['batch_size'])} × {int(r0['seq_len'])} characters, seed "
+                f"{int(r0['seed'])}, same batches for every variant; device {r0['device']}; CUDA graph "
+                f"{'/'.join(sorted(set(rows['graph'].astype(str))))}; kernels {' | '.join(kern)}.", ""]
+        table, t = ranked(rows, c)
+        out += md_table(table, {"val_loss": "loss", "best_val_loss": "loss", "bpc": "x", "Δ best": "pm",
+                                "val@equal time": "loss", "tok_s": "int", "ms_step": "ms", "peak_mb": "int",
+                                "train_s": "s", "params": "int", "rank/s": "int", "rank": "int"})
+        out += ["", "val_loss: final validation loss (nats per character), bpc = val_loss / ln 2; "
+                    f"val@equal time: the loss each variant had reached after {_fmt(t, 's')} s of training (the "
+                    "fastest variant's whole run), interpolated between evals (empty: no eval that early); rank/s ranks by it.",
+                ""]
+        out += ["Component balance and recurrent state (final model):", ""]
+        out += md_table(balance(rows), {"gate_drift": "pm"})
+        out += ["", "grad_ratio_rm: median over the evals of ‖∇RWKV‖/‖∇Mamba‖; gate_mean: mean RWKV weight g "
+                    "(drift since step 1); rms_*: branch output RMS; state_var_ratio: variance across inputs of the "
+                    "RWKV wkv state / of the Mamba SSM state; state_signal_*: that variance / the state's mean "
+                    "square; state_growth_*: state RMS over the second half of a 4-window input / over the first "
+                    "half (≈ 1: bounded).", ""]
+        sfx = "" if gi == 0 else f"_{size}_{int(tokens)}"
+        imgs = [plot_curves(rows, c, d / f"variants_val_curves{sfx}.png", cpu) if not c.empty else None,
+                plot_speed_loss(rows, d / f"variants_speed_loss{sfx}.png", cpu)]
+        out += [f"![{i}]({i})" for i in imgs if i] + [""]
+    bad = df[df["status"] != "ok"] if "status" in df else df.iloc[0:0]
+    if not bad.empty:
+        out += ["Runs that did not finish (retried by the next `python -m bench.variants`):", ""]
+        out += md_table(bad[["variant", "size", "steps", "status"]], {})
+        out += [""]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- long context
+
+def plot_long_context(df: pd.DataFrame, path: Path, cpu: bool) -> str:
+    ctxs = sorted(df["context"].unique())
+    fig, axes = plt.subplots(1, len(ctxs), figsize=(5.2 * len(ctxs), 4.2), squeeze=False, sharey=True)
+    for ax, ctx in zip(axes[0], ctxs):
+        sub = df[df["context"] == ctx]
+        for v, s in sub.groupby("variant"):
+            s = s.sort_values("position_bucket")
+            mid = (s["position_bucket"] + s["bucket_end"]) / 2
+            ax.plot(mid, s["loss"], marker="o", ms=3, lw=1.3, label=v)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("position in the window (bucket middle)")
+        ax.set_title(f"context {ctx:,}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation loss (nats/char)")
+    axes[0][-1].legend(fontsize=8)
+    return _save(fig, path, cpu)
+
+
+def long_context_section(d: Path) -> list[str]:
+    path = d / "long_context.csv"
+    if not path.exists():
+        return []
+    df = pd.read_csv(path)
+    cpu = _is_cpu(df)
+    out = ["## Long context: loss by position within the window", ""]
+    if cpu:
+        out += [CPU_NOTE, ""]
+    r0 = df.iloc[0]
+    out += [f"Each variant trained at each context length with the same token budget ({int(r0['tokens']):,} tokens, "
+            f"size {r0['size']}; batch = tokens per step / context), then evaluated on validation windows of that "
+            f"length: mean next-token loss per log2 position bucket. Lower loss late in the window = distant "
+            f"context used. Device {r0['device']}.", ""]
+    piv = df.pivot_table(index=["variant", "context"], columns="position_bucket", values="loss", aggfunc="first")
+    piv = piv.sort_index(axis=1)
+    first = df.sort_values("position_bucket").groupby(["variant", "context"])["loss"].first()
+    last = df.sort_values("position_bucket").groupby(["variant", "context"])["loss"].last()
+    piv.columns = [f"@{int(c)}" for c in piv.columns]
+    piv["early − late"] = first - last
+    t = piv.reset_index().sort_values(["context", "variant"])
+    out += md_table(t, {c: "loss" for c in t.columns if c.startswith("@")} | {"early − late": "pm", "context": "int"})
+    img = plot_long_context(df, d / "long_context_loss.png", cpu)
+    out += ["", "@N: loss over positions [N, 2N) (the first bucket [0, 8), the last ends at the context length).", "",
+            f"![{img}]({img})", ""]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- entry points
+
+def sections(d) -> list[str]:
+    """Markdown lines of both studies found in ``d`` (nothing when neither CSV is there); plots written to ``d``."""
+    d = Path(d)
+    return variants_section(d) + long_context_section(d)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.report_variants", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dir", help="results folder (default: profiles/<this GPU>/)")
+    a = p.parse_args(argv)
+    if a.dir:
+        d = Path(a.dir)
+    else:
+        from bench.variants import default_out
+        d = default_out()
+    lines = sections(d)
+    if not lines:
+        print(f"error: no variants.csv or long_context.csv in {d}; accepted: a folder written by python -m "
+              f"bench.variants or bench.long_context", flush=True)
+        return 2
+    out = d / "variants.md"
+    out.write_text(f"# Variant study: {d.name}\n\n" + "\n".join(lines) + "\n")
+    print(f"report -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
