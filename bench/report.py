@@ -22,6 +22,8 @@ import pandas as pd  # noqa: E402
 
 from groundthink.spec import specs  # noqa: E402
 
+from bench.report_variants import sections as variants_sections
+
 ROOT = Path(__file__).resolve().parent.parent
 # the ops with a benchmark, and the implementations in the order reference, lab kernels, peers (from the specs)
 KERNEL_OPS = tuple(op for op, s in specs().items() if s.bench is not None)
@@ -293,6 +295,7 @@ def build_report(d: Path) -> Path:
         lines += kernel_section(df, op, d)
     lines += train_section(df, d)
     lines += validity_section(d)
+    lines += variants_sections(d)
     out = d / "report.md"
     out.write_text("\n".join(lines) + "\n")
     return out
