@@ -25,9 +25,10 @@ if common.ON_GPU:
 else:   # Triton interpreter: tiny, not a measurement
     SHAPES = [(1, 40, 2, 16, 16)]
 PASSES = ("fwd", "fwdbwd")
-IMPLS = ("reference", "triton", "triton_fused", "fla_chunk", "fla_recurrent")
-# triton: the chunk-parallel kernel (default); triton_fused: the sequential fused-chunk one (fallback candidate)
-PRIORITY = {"reference": 1, "triton": 1, "triton_fused": 2, "fla_chunk": 3, "fla_recurrent": 3}
+IMPLS = ("reference", "triton", "triton_fused", "triton_parallel", "fla_chunk", "fla_recurrent")
+# triton: the tensor-core chunk kernel (default); triton_fused: the sequential one; triton_parallel: the
+# chunk-parallel one with exact per-key loops (the registry's LAB_KERNEL orders the candidates)
+PRIORITY = {"reference": 1, "triton": 1, "triton_fused": 2, "triton_parallel": 2, "fla_chunk": 3, "fla_recurrent": 3}
 
 
 def shape_str(B, T, H, K, V) -> str:

@@ -5,8 +5,9 @@ Ops and their implementations (all share one signature per op):
     wkv6                (r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None)
                         -> (o, final_state)
         reference       reference.wkv6.wkv6_chunked         (PyTorch, any device)
-        triton          kernels.wkv6.wkv6                   (the lab's kernel: chunk-parallel algorithm)
-        triton_fused    kernels.wkv6.wkv6_fused             (the lab's sequential chunked kernel, fallback)
+        triton          kernels.wkv6.wkv6                   (the lab's kernel: tensor-core chunk algorithm)
+        triton_fused    kernels.wkv6.wkv6_fused             (the lab's sequential chunked kernel)
+        triton_parallel kernels.wkv6.wkv6_parallel          (the lab's chunk-parallel kernel with exact loops)
         fla_chunk       fla.ops.rwkv6.chunk_rwkv6           (peer, benchmarks)
         fla_recurrent   fla.ops.rwkv6.fused_recurrent_rwkv6 (peer, benchmarks)
     gate_norm_residual  (x, a, b=None, gate=None, *, weight, bias=None, mode, norm, eps, gate_logits,
@@ -42,6 +43,7 @@ IMPLS: dict[str, dict[str, str]] = {
         "reference": "reference.wkv6:wkv6_chunked",
         "triton": "kernels.wkv6:wkv6",
         "triton_fused": "kernels.wkv6:wkv6_fused",
+        "triton_parallel": "kernels.wkv6:wkv6_parallel",
         "fla_chunk": "fla.ops.rwkv6:chunk_rwkv6",
         "fla_recurrent": "fla.ops.rwkv6:fused_recurrent_rwkv6",
     },
@@ -57,8 +59,8 @@ IMPLS: dict[str, dict[str, str]] = {
 }
 # op -> the lab's candidate implementations, in order of preference: "triton" mode takes the first, "auto" the
 # first that the gate manifest allows (else the reference)
-LAB_KERNEL: dict[str, tuple[str, ...]] = {"wkv6": ("triton", "triton_fused"), "gate_norm_residual": ("triton",),
-                                          "mamba2": ("mamba_ssm",)}
+LAB_KERNEL: dict[str, tuple[str, ...]] = {"wkv6": ("triton", "triton_fused", "triton_parallel"),
+                                          "gate_norm_residual": ("triton",), "mamba2": ("mamba_ssm",)}
 _GPU_ONLY = {"fla_chunk", "fla_recurrent", "mamba_ssm", "compile"}
 
 
