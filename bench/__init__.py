@@ -1,6 +1,6 @@
 """Benchmarks: kernels vs references and peers, end-to-end training tok/s, the gate manifest, the report.
 
-Run (GPU machine, no network needed; installs the peer wheels from .gpu-wheels/ into /tmp/site):
+Run (GPU machine, no network needed; installs the peer wheels from .gpu-wheels/ into $GT_SITE):
 
     bash scripts/gpu_bench.sh                 # = pytest bench/ --benchmark --benchmark-json ... + python -m bench.report
 
@@ -16,7 +16,7 @@ pass, rewritten after every row), ``bench_rows.json``, ``gates.json`` (GPU only)
 
 Modules: ``common`` (timing, bandwidth, memory, rows, cases from the op specs), ``conftest`` (the flag, run
 order, session-end writers: CSV, JSON, the gate manifest through ``groundthink.gate``), ``bench_ops`` (every op
-whose spec declares a benchmark), ``bench_wkv6``, ``bench_train``, ``peer_model`` (fla RWKV6Attention ∥
+whose spec declares a benchmark), ``bench_train``, ``peer_model`` (fla RWKV6Attention ∥
 mamba-ssm Mamba2), ``report``.
 Environment: GT_BENCH_QUICK (1 default: bounded grid), GT_BENCH_BUDGET_S (soft budget, 400 s quick),
 GT_BENCH_CUDAGRAPH=1 (CUDA-graph timings of µs forward rows), GT_BENCH_OUT.

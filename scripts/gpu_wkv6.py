@@ -9,8 +9,9 @@ Checks: ‖x − ref‖/‖ref‖ of o, final state and every gradient (dr, dk, 
 chunked reference with the same dtype-rounded cotangents on both sides (``groundthink.harness.compare``).
 Timings: ``triton.testing.do_bench`` medians (ms) of the forward (no grad) and forward+backward, bf16, K=V=64,
 mild decay ``logsigmoid(randn)`` (the benchmark's inputs), scale 1; extra peak memory of one fwd+bwd (GiB, the
-four input gradients included). Env: WKV6_ALGOS (comma list of the names in ALGOS), WKV6_BUDGET_S.
-Run the first call's measurement with a fresh TRITON_CACHE_DIR.
+four input gradients included). Env: WKV6_ALGOS (comma list of the names in ALGOS), WKV6_BUDGET_S;
+WKV6_SMOKE=1 runs the whole flow on CPU (interpreter, tiny shapes, one timed call instead of do_bench: checks the
+script, measures nothing). Run the first call's measurement with a fresh TRITON_CACHE_DIR.
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ T0 = time.time()
 BUDGET = float(os.environ.get("WKV6_BUDGET_S", "240"))
 MODE = sys.argv[1] if len(sys.argv) > 1 else "main"
 DONE = os.path.join(os.environ.get("TMPDIR", "/tmp"), "wkv6_fla_warm.done")
+SMOKE = os.environ.get("WKV6_SMOKE", "0") == "1"
+if SMOKE:
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -35,6 +39,26 @@ from groundthink.harness import compare  # noqa: E402
 from reference.wkv6 import wkv6_chunked  # noqa: E402
 
 SHAPES = [(8, 4096, 32, 64, 64), (4, 2048, 16, 64, 64), (64, 256, 2, 64, 64), (1, 16384, 32, 64, 64)]
+DEV = "cpu" if SMOKE else "cuda"
+if SMOKE:
+    SHAPES = [(1, 70, 2, 16, 16), (2, 40, 1, 16, 16), (1, 64, 1, 16, 16), (1, 130, 1, 16, 16)]
+
+
+def sync():
+    if not SMOKE:
+        torch.cuda.synchronize()
+
+
+def device_name():
+    return "cpu (WKV6_SMOKE: interpreter, nothing measured)" if SMOKE else torch.cuda.get_device_name()
+
+
+def bench(fn):
+    if SMOKE:
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
 def _chunk_mode(seq):
@@ -58,8 +82,8 @@ def log(*a):
 
 
 def inputs(B, T, H, K, V, dtype, decay="strong", h0=True, seed=0, grad=True, N=None):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    rnd = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g, device=DEV)  # noqa: E731
     w = F.logsigmoid(rnd(B, T, H, K))
     if decay == "strong":
         w = w / 0.1                                                  # fla's test decay, down to < -40
@@ -91,7 +115,7 @@ def check(name, fn, label, shape, dtype, decay, bound, cu):
     N = None if cu is None else len(cu) - 1
     d = inputs(*shape, dtype, decay=decay, N=N, seed=1)
     if cu is not None:
-        d["cu_seqlens"] = torch.tensor(cu, dtype=torch.int32, device="cuda")
+        d["cu_seqlens"] = torch.tensor(cu, dtype=torch.int32, device=DEV)
     errs = compare(fn, lambda **k: wkv6_chunked(**k, chunk_size=64), d)
     worst = max(errs.values())
     ok = worst <= bound
@@ -113,8 +137,8 @@ def determinism(fn):
 
 # ------------------------------------------------------------------------------------------------ timings
 def bench_inputs(B, T, H, K, V):
-    g = torch.Generator(device="cuda").manual_seed(0)
-    rn = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+    g = torch.Generator(device=DEV).manual_seed(0)
+    rn = lambda *s: torch.randn(*s, generator=g, device=DEV)  # noqa: E731
     d = dict(r=rn(B, T, H, K), k=rn(B, T, H, K), v=rn(B, T, H, V), w=F.logsigmoid(rn(B, T, H, K)),
              u=rn(H, K) * 0.5)
     return [d[n].to(torch.bfloat16) for n in "rkvwu"]
@@ -132,11 +156,13 @@ def time_impl(f, shape):
         f(*args).backward(do)
 
     do = torch.randn_like(fwd())
-    t_f = triton.testing.do_bench(fwd, warmup=25, rep=100, return_mode="median")
+    t_f = bench(fwd)
     fwdbwd()
-    t_fb = triton.testing.do_bench(fwdbwd, warmup=25, rep=100, return_mode="median")
+    t_fb = bench(fwdbwd)
     for a in args:
         a.grad = None
+    if SMOKE:
+        return t_f, t_fb, 0.0
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -161,7 +187,7 @@ def warm_fla():
         t = time.time()
         xs = [x.requires_grad_(True) for x in bench_inputs(*sh)]
         f(*xs).sum().backward()
-        torch.cuda.synchronize()
+        sync()
         log(f"fla warm {sh}: {time.time() - t:.1f}s")
     open(DONE, "w").write("ok")
 
@@ -171,18 +197,18 @@ def first_call():
     xs = [x.requires_grad_(True) for x in bench_inputs(*SHAPES[0])]
     t = time.time()
     kw.wkv6(*xs, scale=1.0)[0].sum().backward()
-    torch.cuda.synchronize()
+    sync()
     log(f"FIRST CALL wkv6 fwd+bwd B8 T4096 H32 (compile + autotune, cold cache): {time.time() - t:.1f} s")
 
 
 def quick():
     """The new algorithm alone, both forward modes, at B8 T4096 H32 and B1 T16384 H32 (little device time)."""
-    log(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
+    log(device_name(), "torch", torch.__version__, "triton", triton.__version__)
     t = time.time()
     f = ours(ALGOS["chunk_seq"])
     xs = [x.requires_grad_(True) for x in bench_inputs(*SHAPES[0])]
     f(*xs).sum().backward()
-    torch.cuda.synchronize()
+    sync()
     log(f"first call chunk_seq fwd+bwd B8 T4096 H32 (compile + autotune): {time.time() - t:.1f} s")
     for name, sh in (("chunk_seq", SHAPES[0]), ("chunk_par", SHAPES[3]), ("chunk_seq", SHAPES[1])):
         r = time_impl(ours(ALGOS[name]), sh)
@@ -190,16 +216,20 @@ def quick():
 
 
 def main():
-    log(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
+    log(device_name(), "torch", torch.__version__, "triton", triton.__version__)
     try:
-        check("chunk", kw.wkv6, *CHECKS[0])
+        check("chunk", kw.wkv6, *(CHECKS[0] if not SMOKE else CHECKS[-1][:1] + ((1, 20, 1, 16, 16),) + CHECKS[-1][2:]))
     except Exception as ex:  # noqa: BLE001
         log(f"chunk with SEG={kc.SEG} failed ({type(ex).__name__}: {str(ex)[:300]}): SEG=0 from here on")
         kc.SEG = 0
     oks = []
+    checks = CHECKS
+    if SMOKE:   # tiny shapes, fp32 / fp16 only (bf16 dots are garbage in the interpreter)
+        checks = [("fp32 extreme", (1, 70, 2, 16, 16), torch.float32, "extreme", 1e-5, None),
+                  ("fp16 varlen", (1, 70, 2, 16, 16), torch.float16, "strong", 2e-3, [0, 5, 64, 70])]
     for name, fn in ALGOS.items():
         if name.startswith("chunk_"):
-            for c in (CHECKS if name == "chunk_seq" else [CHECKS[i] for i in (0, 5, 8)]):
+            for c in (checks if name == "chunk_seq" or SMOKE else [checks[i] for i in (0, 5, 8)]):
                 try:
                     oks.append(check(name, fn, *c))
                 except Exception as ex:  # noqa: BLE001
@@ -208,7 +238,7 @@ def main():
     for name in ("chunk_seq", "chunk_par"):
         if name in ALGOS:
             log(f"determinism {name}: {'OK' if determinism(ALGOS[name]) else 'BAD'}")
-    while not os.path.exists(DONE) and time.time() - T0 < BUDGET:
+    while not SMOKE and not os.path.exists(DONE) and time.time() - T0 < BUDGET:
         time.sleep(2)
     impls = {n: ours(f) for n, f in ALGOS.items() if n != "chunk"}
     if os.path.exists(DONE):
@@ -224,14 +254,15 @@ def main():
                 log(f"time {n:9s} {sh}: fwd {res[n, sh][0]:.3f} fwd+bwd {res[n, sh][1]:.3f} mem {res[n, sh][2]:.3f}")
             except Exception as ex:  # noqa: BLE001
                 log(f"time {n} {sh} ERROR {type(ex).__name__}: {str(ex)[:300]}")
-    print(f"\n==== wkv6 {torch.cuda.get_device_name()} bf16 K=V=64: ms (do_bench median) fwd / fwd+bwd / "
+    print(f"\n==== wkv6 {device_name()} bf16 K=V=64: ms (do_bench median) fwd / fwd+bwd / "
           "extra peak GiB of fwd+bwd (grads incl.)")
     print("| shape | " + " | ".join(impls) + " |")
     for sh in SHAPES:
         cells = [("{:.3f} / {:.3f} / {:.2f}".format(*res[n, sh]) if (n, sh) in res else "-") for n in impls]
         print(f"| B{sh[0]} T{sh[1]} H{sh[2]} | " + " | ".join(cells) + " |")
-    print(f"checks: {sum(oks)}/{len(oks)} OK; the default wkv6 takes chunk_seq where "
-          f"N·H·cdiv(V, 64) >= 2·SMs ({2 * torch.cuda.get_device_properties(0).multi_processor_count}), else chunk_par")
+    sms = 4 if SMOKE else torch.cuda.get_device_properties(0).multi_processor_count
+    print(f"checks: {sum(oks)}/{len(oks)} OK; the default wkv6 takes chunk_seq where N·H·cdiv(V, 32) >= 2·SMs "
+          f"({2 * sms}), else chunk_par")
 
 
 if __name__ == "__main__":

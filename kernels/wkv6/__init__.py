@@ -1,6 +1,18 @@
-"""RWKV-6 wkv in hand-written Triton: two chunked algorithms (forward + backward), recurrent decode path, custom ops.
+"""RWKV-6 wkv in hand-written Triton: three chunked algorithms (forward + backward), recurrent decode path, custom ops.
 
-* ``wkv6`` (default): the chunk-PARALLEL algorithm (``parallel.py``, also ``wkv6_parallel``), custom ops
+    wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None)
+        -> (o [B, T, H, V] in r's dtype, final_state [N, H, K, V] fp32 or None)
+
+r, k, w ``[B, T, H, K]``, v ``[B, T, H, V]`` (one dtype: fp32/fp16/bf16), u ``[H, K]``, w = log-decay (positive
+entries act as 0 with zero gradient; NaN propagates to the outputs), ``scale`` multiplies r·k (default K**-0.5),
+``initial_state`` ``[N, H, K, V]`` (computed in fp32), ``cu_seqlens`` int32/int64 ``[N+1]`` with B = 1: offsets
+0 = cu[0] <= cu[1] <= ... <= cu[N] = T, checked with one small device-to-host copy (a sync; skipped while a
+CUDA graph is captured or torch.compile traces). Differentiable in r, k, v, w, u and initial_state (and through
+the final state). Deterministic (no atomics); without cu_seqlens CUDA-graph capturable once autotuned.
+
+* ``wkv6`` (default, also ``wkv6_chunk``): the tensor-core chunk algorithm (``chunk.py``: intra-chunk pairs by
+  level as masked dots of decayed operands, see its docstring), custom ops ``groundthink::wkv6_fwd`` / ``_bwd``;
+* ``wkv6_parallel``: the chunk-parallel algorithm with exact per-key loops (``parallel.py``), custom ops
   ``groundthink::wkv6_parallel_fwd`` / ``_bwd``;
 * ``wkv6_fused``: the sequential chunked algorithm (``fused.py``; one program walks a whole sequence), custom ops
   ``groundthink::wkv6_fused_fwd`` / ``_bwd``;
@@ -18,9 +30,9 @@ Layouts (fla style): r, k, w ``[B, T, H, K]``; v ``[B, T, H, V]``; u ``[H, K]``;
 ``[N, H, K, V]`` fp32 (N = B, or the number of packed sequences with ``cu_seqlens`` and B = 1). All inputs are
 made contiguous; a token is row ``bos + t`` of the flattened ``[B·T, H, *]`` tensors.
 
-Chunk-parallel algorithm (``wkv6``; chunks of BT_PAR = 64 tokens, exact 16-row sub-blocks; chunks never straddle
-sequences: with ``cu_seqlens`` sequence n owns chunk slots cu[n]//64 + n + i, i < cdiv(len_n, 64), the slot →
-sequence map is computed on the device by searchsorted, no host sync):
+Chunk-parallel algorithm (``wkv6_parallel``; chunks of BT_PAR = 64 tokens, exact 16-row sub-blocks; chunks
+never straddle sequences: with ``cu_seqlens`` sequence n owns chunk slots cu[n]//64 + n + i, i < cdiv(len_n, 64),
+the slot → sequence map is computed on the device by searchsorted, no host sync):
   forward  1. ``_chunk_state_kernel`` (grid chunks × V-blocks × heads): G_L and ΔS_c = (k ⊙ exp(G_L − G))ᵀ v
               (G_L − G as a suffix sum: exponents ≤ 0 and no long-prefix-sum cancellation);
            2. ``_chunk_scan_kernel`` (grid V-blocks × sequence·heads, sequential over chunks, in place):
@@ -83,7 +95,8 @@ error ~1e-4, far below the bf16 rounding of o and the gradients, which is the ~1
 ``FWD_PRECISION`` / ``BWD_PRECISION`` override the choice for half inputs (e.g. "ieee" or "tf32x3").
 
 Positive log-decay: w is clamped to ≤ 0 (decay ≤ 1) inside the kernels and dw is 0 where w > 0 (the gradient of
-``min(w, 0)``), i.e. the op computes exactly ``reference(min(w, 0))``. w must be finite.
+``min(w, 0)``), i.e. the op computes exactly ``reference(min(w, 0))``. The clamp keeps NaN (``tl.where``, not
+``tl.minimum``): a NaN in w makes the outputs that depend on it NaN (no host check, no sync).
 """
 from kernels.wkv6.chunk import wkv6_chunk
 from kernels.wkv6.fused import wkv6_fused

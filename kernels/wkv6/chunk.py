@@ -305,9 +305,10 @@ def _bk(K: int) -> int:
 
 
 def _use_seq(N: int, H: int, V: int, device) -> bool:
-    """The sequential walk when (sequence·head, 64-wide V-block) programs fill the GPU twice over, else the state
-    pass + chunk-parallel output."""
-    return N * H * triton.cdiv(V, 64) >= 2 * num_sms(device)
+    """The sequential walk when (sequence·head, 32-wide V-block) programs fill the GPU twice over (B8 H32 on an
+    H100: 512 programs), else the state pass + chunk-parallel output. Provisional: scripts/gpu_wkv6.py times both
+    modes at every benchmark shape."""
+    return N * H * triton.cdiv(V, 32) >= 2 * num_sms(device)
 
 
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, seq=None):
@@ -362,13 +363,15 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None):
 _wkv6_chunk_fwd_op = _make_ops("wkv6", _chunk_fwd_impl, _chunk_bwd_impl, _par_state_shape)
 
 
-MAX_KV = 64        # larger K or V: the backward's [64, K] / [64, V] fp32 tiles exceed the shared memory (H100)
+MAX_BKV = 160     # BK + BV above this: the backward's fp32 tiles exceed the H100's shared memory (K=V=128 needs
+#                   256 KiB; K=32 V=96 ran on the H100)
 
 
 def wkv6_chunk(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
-    """RWKV-6 wkv, tensor-core chunk algorithm (the default behind ``kernels.wkv6.wkv6``). K or V > 64 (not
-    supported by its backward yet) runs the sequential ``wkv6_fused`` instead (same results)."""
-    if r.dim() == 4 and v.dim() == 4 and max(r.shape[-1], v.shape[-1]) > MAX_KV:
+    """RWKV-6 wkv, tensor-core chunk algorithm (the default behind ``kernels.wkv6.wkv6``). Where
+    pow2(K) + pow2(V) > 160 (e.g. K = V = 128; not supported by its backward yet) it runs the sequential
+    ``wkv6_fused`` instead (same results)."""
+    if r.dim() == 4 and v.dim() == 4 and _bk(r.shape[-1]) + _bk(v.shape[-1]) > MAX_BKV:
         from kernels.wkv6.fused import wkv6_fused
         return wkv6_fused(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
     return _run(_wkv6_chunk_fwd_op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)

@@ -1,5 +1,9 @@
-"""wkv6: the RWKV-6 recurrence. Lab candidates in preference order: the chunk-parallel kernel ``wkv6``, then
-the sequential fused-chunk ``wkv6_fused``; fla's chunk and fused-recurrent kernels are the peers.
+"""wkv6: the RWKV-6 recurrence. Lab candidates in preference order: the tensor-core chunk kernel
+(``kernels/wkv6/chunk.py``, the public ``kernels.wkv6.wkv6``), the sequential fused-chunk kernel (``fused.py``) and
+the chunk-parallel kernel with exact per-key loops (``parallel.py``); all three are CUDA-graph safe without
+``cu_seqlens`` (with it, one small device-to-host copy checks the offsets). fla's chunk and fused-recurrent
+kernels are the peers. The order is provisional: the new chunk kernel passed its bf16 checks on an H100 but has
+not been timed yet (notes/wkv6.md); re-order by the benchmark.
 
 Benchmarks: bf16 inputs; shapes (B, T, H, K=V): B8 T4096 H32 64, B4 T2048 H16 64, B64 T256 H2 64,
 B1 T16384 H32 64, and the models' own (small: B64 T256 H4 32; large: B16 T1024 H8 64). Errors vs float64 on the
@@ -49,8 +53,9 @@ SPEC = OpSpec(
         "-> (o, final_state)",
     impls=(
         Impl("reference", "reference.wkv6:wkv6_chunked", role="reference", graph_safe=True),
-        Impl("triton", "kernels.wkv6:wkv6", role="lab", graph_safe=True),
-        Impl("triton_fused", "kernels.wkv6:wkv6_fused", role="lab", graph_safe=True),
+        Impl("triton", "kernels.wkv6.chunk:wkv6_chunk", role="lab", graph_safe=True),
+        Impl("triton_fused", "kernels.wkv6.fused:wkv6_fused", role="lab", graph_safe=True),
+        Impl("triton_parallel", "kernels.wkv6.parallel:wkv6_parallel", role="lab", graph_safe=True),
         Impl("fla_chunk", "fla.ops.rwkv6:chunk_rwkv6", role="peer", needs="cuda"),
         Impl("fla_recurrent", "fla.ops.rwkv6:fused_recurrent_rwkv6", role="peer", needs="cuda"),
     ),
