@@ -47,7 +47,7 @@ class RWKV6TimeMix(nn.Module):
 
     ddlerp token shift: xx = shift(x) − x; five data-dependent lerps x + xx ⊙ (maa_* + lora_*(x + xx ⊙ maa_x));
     r, k, v projections, g = silu(W_g x_g); decay w = time_decay + tanh(x_w W1) W2, log-decay lw = −exp(w);
-    o = wkv6(r, k, v, lw, u, scale=1); per-head GroupNorm; out = W_o(GroupNorm(o) ⊙ g).
+    o = wkv6(r, k, v, lw, u, scale=1); out = W_o(GroupNorm(o) ⊙ g) (per-head GroupNorm and gate: ops.norm_gate).
     State: (last input row [B, D], wkv state [B, H, K, V] fp32).
     """
 
@@ -99,7 +99,7 @@ class RWKV6TimeMix(nn.Module):
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
-        g = F.silu(self.gate(xg))
+        gp = self.gate(xg)                                                 # gate pre-activation: g = silu(gp)
         w = self.time_decay.float() + (torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2).float()
         lw = -torch.exp(w)                                                 # log-decay ≤ 0, computed in fp32
         dt = r.dtype
@@ -111,8 +111,10 @@ class RWKV6TimeMix(nn.Module):
         else:
             o, S = ops.wkv6(r, k, v, lw, u, scale=1.0, initial_state=state[1], output_final_state=True)
             new_state = (x[:, -1].detach().clone(), S)
-        o = self.ln_x(o.reshape(B * T, D)).view(B, T, D)
-        return self.output(o * g), new_state
+        # per-head GroupNorm(o) ⊙ silu(gp): one fused op (ln_x holds its affine parameters and eps)
+        o = ops.norm_gate(o.reshape(B, T, D), gp, self.ln_x.weight, self.ln_x.bias, group_size=K,
+                          eps=self.ln_x.eps, norm="layer", norm_before_gate=True)
+        return self.output(o), new_state
 
     def init_state(self, batch_size, device, dtype):
         sdt = torch.float64 if dtype == torch.float64 else torch.float32
@@ -127,7 +129,7 @@ class Mamba2Mixer(nn.Module):
 
     in_proj → [z, x, B, C, dt]; depthwise causal conv1d (width d_conv) + SiLU over (x, B, C);
     y = ops.mamba2(x, dt, A = −exp(A_log), B, C, chunk_size, D, dt_bias, dt_softplus=True);
-    gated RMSNorm: RMSNorm(y ⊙ silu(z)) (norm_before_gate=False); out_proj.
+    gated RMSNorm: RMSNorm(y ⊙ silu(z)) (norm_before_gate=False, ops.norm_gate); out_proj.
     State: (conv state [B, conv_dim, d_conv − 1], ssm state [B, nheads, headdim, d_state] fp32).
     """
 
@@ -188,12 +190,10 @@ class Mamba2Mixer(nn.Module):
                               dt_softplus=True, initial_states=state[1], return_final_states=True)
             new_state = (conv_state, S)
         y = y.reshape(Bsz, T, self.d_inner)
-        # gated RMSNorm (norm_before_gate=False): RMSNorm(y ⊙ silu(z)) ⊙ weight
-        cdt = torch.float64 if y.dtype == torch.float64 else torch.float32
-        # (per group of d_inner / ngroups channels, as mamba-ssm's RMSNormGated with group_size = d_ssm/ngroups)
-        yg = (y.to(cdt) * F.silu(z.to(cdt))).view(Bsz, T, self.ngroups, -1)
-        yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + self.eps)
-        yg = yg.view(Bsz, T, self.d_inner) * self.norm_weight.to(cdt)
+        # gated RMSNorm (norm_before_gate=False): RMSNorm(y ⊙ silu(z)) ⊙ weight per group of d_inner / ngroups
+        # channels (mamba-ssm's RMSNormGated with group_size = d_ssm / ngroups), one fused op
+        yg = ops.norm_gate(y, z, self.norm_weight, None, group_size=self.d_inner // self.ngroups, eps=self.eps,
+                           norm="rms", norm_before_gate=False)
         return self.out_proj(yg.to(z.dtype)), new_state
 
     def init_state(self, batch_size, device, dtype):

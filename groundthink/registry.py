@@ -14,6 +14,10 @@ Ops and their implementations (all share one signature per op):
         reference       reference.gate_norm_residual.gate_norm_residual
         triton          kernels.gate_norm_residual.gate_norm_residual
         compile         torch.compile of the reference      (peer, benchmarks)
+    norm_gate           (x, z, weight, bias=None, *, group_size=None, eps, norm, norm_before_gate) -> y
+        reference       reference.norm_gate.norm_gate       (per-group norm + SiLU gate)
+        triton          kernels.norm_gate.norm_gate
+        mamba_ssm       mamba-ssm's layernorm_fn / rmsnorm_fn (peer, benchmarks)
     mamba2              (x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False,
                          initial_states=None, return_final_states=False) -> y or (y, final_states)
         reference       reference.mamba2.mamba_chunk_scan   (PyTorch SSD, the CPU path)
@@ -34,7 +38,7 @@ from typing import Callable
 
 import torch
 
-OPS = ("wkv6", "gate_norm_residual", "mamba2")
+OPS = ("wkv6", "gate_norm_residual", "mamba2", "norm_gate")
 
 # op -> impl -> "module:attribute" (imported lazily: kernels pull in Triton, peers may be absent)
 IMPLS: dict[str, dict[str, str]] = {
@@ -54,11 +58,17 @@ IMPLS: dict[str, dict[str, str]] = {
         "reference": "reference.mamba2:mamba_chunk_scan",
         "mamba_ssm": "mamba_ssm.ops.triton.ssd_combined:mamba_chunk_scan_combined",
     },
+    # glue ops (branch glue; spec.py of each op is the target declaration)
+    "norm_gate": {
+        "reference": "reference.norm_gate:norm_gate",
+        "triton": "kernels.norm_gate:norm_gate",
+        "mamba_ssm": "kernels.norm_gate.peer:mamba_ssm_norm_gate",
+    },
 }
 # op -> the lab's candidate implementations, in order of preference: "triton" mode takes the first, "auto" the
 # first that the gate manifest allows (else the reference)
 LAB_KERNEL: dict[str, tuple[str, ...]] = {"wkv6": ("triton", "triton_fused"), "gate_norm_residual": ("triton",),
-                                          "mamba2": ("mamba_ssm",)}
+                                          "mamba2": ("mamba_ssm",), "norm_gate": ("triton",)}
 _GPU_ONLY = {"fla_chunk", "fla_recurrent", "mamba_ssm", "compile"}
 
 

@@ -92,6 +92,16 @@ def test_non_contiguous_inputs():
     inp = {"x": x, "z": z, "weight": w}
     opts = dict(group_size=8, norm="rms", norm_before_gate=False)
     check_op(lambda **k: norm_gate(**k, **opts), lambda **k: R.norm_gate(**k, **opts), inp)
+    # x and z split off one projection output (rows evenly spaced: read in place, no copy)
+    proj = torch.randn(2, 5, 3 * 24 + 7, requires_grad=True)
+
+    def split(proj, weight):
+        z, x, _ = torch.split(proj, [24, 24, 24 + 7], dim=-1)
+        return x, z, weight
+
+    check_op(lambda proj, weight: norm_gate(*split(proj, weight), group_size=12, norm="layer"),
+             lambda proj, weight: R.norm_gate(*split(proj, weight), group_size=12, norm="layer"),
+             {"proj": proj, "weight": torch.randn(24, requires_grad=True)})
 
 
 def test_zero_rows():

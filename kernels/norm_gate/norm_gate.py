@@ -19,8 +19,9 @@ Backward (dq = dy ⊙ s before-gate, dq = dy gate-first; σ' = silu'(z) = σ(z)(
 Nothing is saved for the backward but the inputs: μ and rstd are recomputed from x and z (one more read of a
 row the backward reads anyway), so the op keeps no fp32 activation alive between forward and backward.
 
-Layouts: x, z, y viewed as contiguous [N, D] (N = product of the leading dims; non-contiguous inputs are copied
-once); weight, bias [D]. A row is loaded as a [BR, BG, BS] tile (BR rows, BG = next pow2 ≥ G groups, BS = next
+Layouts: x, z, y viewed as [N, D] (N = product of the leading dims). x and z may have evenly spaced rows with unit
+column stride (e.g. z split off mamba's in_proj output: no copy); other layouts are copied once. y and the
+gradients are contiguous; weight, bias [D]. A row is loaded as a [BR, BG, BS] tile (BR rows, BG = next pow2 ≥ G groups, BS = next
 pow2 ≥ S features) at offset row·D + g·S + s, so the group reductions are reductions over the last axis.
 
 Kernels:
@@ -63,15 +64,16 @@ TUNING = {"fwd_tile": 4096, "bwd_tile": 2048, "bwd_per_sm": 4}
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _tile(row0, N, D, S, G, BR: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr):
-    """Offsets [BR, BG, BS] (int64) of BR rows from ``row0``, the mask, and the column offsets [BG, BS]."""
+def _tile(row0, N, S, G, BR: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr):
+    """Row indices [BR, 1, 1] (int64) of BR rows from ``row0``, column offsets [1, BG, BS], the tile mask, and the
+    column offsets [BG, BS] with their mask (a tensor's offsets: rows · row_stride + columns)."""
     o_r = row0 + tl.arange(0, BR).to(tl.int64)
     o_g = tl.arange(0, BG)
     o_s = tl.arange(0, BS)
     o_c = o_g[:, None] * S + o_s[None, :]
     m_c = (o_g[:, None] < G) & (o_s[None, :] < S)
     m = (o_r < N)[:, None, None] & m_c[None, :, :]
-    return o_r[:, None, None] * D + o_c[None, :, :], m, o_c, m_c
+    return o_r[:, None, None], o_c[None, :, :], m, o_c, m_c
 
 
 @triton.jit
@@ -93,39 +95,42 @@ def _normalize(b_x, b_z, m, S, eps, LAYER: tl.constexpr, BEFORE: tl.constexpr):
 
 
 @triton.jit
-def _norm_gate_fwd_kernel(p_x, p_z, p_w, p_b, p_y, N, D, S, G, eps,
+def _norm_gate_fwd_kernel(p_x, p_z, p_w, p_b, p_y, N, D, S, G, sx, sz, eps,
                           LAYER: tl.constexpr, BEFORE: tl.constexpr, HAS_BIAS: tl.constexpr,
                           BR: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr):
-    # p_x, p_z, p_y: [N, D]; p_w, p_b: [D]; D = G·S
+    # p_x, p_z: [N, D] rows sx / sz elements apart (unit column stride); p_y: [N, D] contiguous; p_w, p_b: [D];
+    # D = G·S
     pid = tl.program_id(0).to(tl.int64)
-    offs, m, o_c, m_c = _tile(pid * BR, N, D, S, G, BR, BG, BS)
-    b_x = tl.load(p_x + offs, mask=m, other=0.).to(tl.float32)
-    b_z = tl.load(p_z + offs, mask=m, other=0.).to(tl.float32)
+    o_r, o_c3, m, o_c, m_c = _tile(pid * BR, N, S, G, BR, BG, BS)
+    b_x = tl.load(p_x + o_r * sx + o_c3, mask=m, other=0.).to(tl.float32)
+    b_z = tl.load(p_z + o_r * sz + o_c3, mask=m, other=0.).to(tl.float32)
     b_xh, b_rstd, b_s, b_sig = _normalize(b_x, b_z, m, S, eps, LAYER, BEFORE)
     b_y = b_xh * tl.load(p_w + o_c, mask=m_c, other=0.).to(tl.float32)[None, :, :]
     if HAS_BIAS:
         b_y += tl.load(p_b + o_c, mask=m_c, other=0.).to(tl.float32)[None, :, :]
     if BEFORE:
         b_y = b_y * b_s
-    tl.store(p_y + offs, b_y.to(p_y.dtype.element_ty), mask=m)
+    tl.store(p_y + o_r * D + o_c3, b_y.to(p_y.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, N, D, S, G, eps, n_blocks, n_progs,
-                          LAYER: tl.constexpr, BEFORE: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, N, D, S, G, sx, sz, eps, n_blocks,
+                          n_progs, LAYER: tl.constexpr, BEFORE: tl.constexpr, HAS_BIAS: tl.constexpr,
                           BR: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr):
-    # p_dy, p_x, p_z, p_dx, p_dz: [N, D]; p_w, p_b: [D]; p_part: [n_progs, 2·D] fp32 partial rows dW | dbias
+    # p_x, p_z: [N, D] rows sx / sz elements apart; p_dy, p_dx, p_dz: [N, D] contiguous; p_w, p_b: [D];
+    # p_part: [n_progs, 2·D] fp32 partial rows dW | dbias
     pid = tl.program_id(0)
-    _, _, o_c, m_c = _tile(0, N, D, S, G, BR, BG, BS)
+    _, _, _, o_c, m_c = _tile(0, N, S, G, BR, BG, BS)
     b_w = tl.load(p_w + o_c, mask=m_c, other=0.).to(tl.float32)[None, :, :]
     if HAS_BIAS:
         b_bias = tl.load(p_b + o_c, mask=m_c, other=0.).to(tl.float32)[None, :, :]
     b_acc_dw = tl.zeros([BG, BS], dtype=tl.float32)
     b_acc_db = tl.zeros([BG, BS], dtype=tl.float32)
     for blk in range(pid, n_blocks, n_progs):
-        offs, m, _, _ = _tile(blk * BR, N, D, S, G, BR, BG, BS)
-        b_x = tl.load(p_x + offs, mask=m, other=0.).to(tl.float32)
-        b_z = tl.load(p_z + offs, mask=m, other=0.).to(tl.float32)
+        o_r, o_c3, m, _, _ = _tile(blk * BR, N, S, G, BR, BG, BS)
+        offs = o_r * D + o_c3
+        b_x = tl.load(p_x + o_r * sx + o_c3, mask=m, other=0.).to(tl.float32)
+        b_z = tl.load(p_z + o_r * sz + o_c3, mask=m, other=0.).to(tl.float32)
         b_dy = tl.load(p_dy + offs, mask=m, other=0.).to(tl.float32)
         b_xh, b_rstd, b_s, b_sig = _normalize(b_x, b_z, m, S, eps, LAYER, BEFORE)
         b_dsilu = b_sig * (1. + b_z * (1. - b_sig))
@@ -180,6 +185,23 @@ def _warps(elems: int) -> int:
     return 2 if elems <= 1024 else 4 if elems <= 4096 else 8 if elems <= 16384 else 16
 
 
+def _rows_view(t):
+    """``t`` if its rows are evenly spaced with unit column stride (e.g. a split of a projection), else a copy."""
+    if t is None or t.dim() == 0 or t.is_contiguous():
+        return t
+    try:
+        if t.stride(-1) == 1 and t.view(-1, t.shape[-1]) is not None:
+            return t
+    except RuntimeError:
+        pass
+    return t.contiguous()
+
+
+def _row_stride(t) -> int:
+    """Elements between consecutive rows of ``t`` viewed as [N, D] (``_rows_view`` made that possible)."""
+    return t.view(-1, t.shape[-1]).stride(0) if t.numel() else t.shape[-1]
+
+
 def _dims(x, group_size):
     D = x.shape[-1]
     N = x.numel() // D if D else 0
@@ -197,7 +219,7 @@ def _fwd_impl(x, z, weight, bias, group_size, eps, norm, norm_before_gate):
     else:
         BR = _rows(N, BG * BS, TUNING["fwd_tile"], 2 * num_sms(x.device))
     _norm_gate_fwd_kernel[(_cdiv(N, BR),)](
-        x, z, weight, bias, y, N, D, S, G, eps,
+        x, z, weight, bias, y, N, D, S, G, _row_stride(x), _row_stride(z), eps,
         LAYER=norm == "layer", BEFORE=norm_before_gate, HAS_BIAS=bias is not None, BR=BR, BG=BG, BS=BS,
         num_warps=_warps(BR * BG * BS))
     return y
@@ -221,7 +243,8 @@ def _bwd_impl(dy, x, z, weight, bias, group_size, eps, norm, norm_before_gate):
         n_progs = max(1, min(n_progs, n_blocks))
         part = new_empty((n_progs, 2 * D), torch.float32, dev)
         _norm_gate_bwd_kernel[(n_progs,)](
-            dy, x, z, weight, bias, dx, dz, part, N, D, S, G, eps, n_blocks, n_progs,
+            dy, x, z, weight, bias, dx, dz, part, N, D, S, G, _row_stride(x), _row_stride(z), eps, n_blocks,
+            n_progs,
             LAYER=norm == "layer", BEFORE=norm_before_gate, HAS_BIAS=bias is not None, BR=BR, BG=BG, BS=BS,
             num_warps=_warps(BR * BG * BS))
     # fixed-order fp32 sums over the program partials: deterministic (separate tensors: op outputs never alias)
@@ -294,4 +317,4 @@ def norm_gate(x, z, weight, bias=None, *, group_size=None, eps: float = 1e-5, no
     ``group_size`` features (default: the whole row); ``norm`` "layer" or "rms". See the module docstring."""
     gs = _validate(x, z, weight, bias, group_size, norm, eps)
     c = lambda t: t if t is None or t.is_contiguous() else t.contiguous()  # noqa: E731
-    return _fwd_op(c(x), c(z), c(weight), c(bias), gs, float(eps), norm, bool(norm_before_gate))
+    return _fwd_op(_rows_view(x), _rows_view(z), c(weight), c(bias), gs, float(eps), norm, bool(norm_before_gate))
