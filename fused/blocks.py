@@ -45,7 +45,8 @@ class NormWeight(nn.Module):
 class RWKV6TimeMix(nn.Module):
     """RWKV-6 "Finch" time mix (RWKV-LM ``RWKV_Tmix_x060``).
 
-    ddlerp token shift: xx = shift(x) − x; five data-dependent lerps x + xx ⊙ (maa_* + lora_*(x + xx ⊙ maa_x));
+    ddlerp token shift: xx = shift(x) − x; five data-dependent lerps x + xx ⊙ (maa_* + lora_*(x + xx ⊙ maa_x))
+    (ops.shift_lerp for x + xx ⊙ maa_x, ops.ddlerp for the five lerps);
     r, k, v projections, g = silu(W_g x_g); decay w = time_decay + tanh(x_w W1) W2, log-decay lw = −exp(w);
     o = wkv6(r, k, v, lw, u, scale=1); out = W_o(GroupNorm(o) ⊙ g) (per-head GroupNorm and gate: ops.norm_gate).
     State: (last input row [B, D], wkv state [B, H, K, V] fp32).
@@ -85,17 +86,13 @@ class RWKV6TimeMix(nn.Module):
     def forward(self, x, ops, state=None):
         B, T, D = x.shape
         H, K = self.H, self.K
-        if state is None:
-            prev = F.pad(x, (0, 0, 1, -1))
-        else:
-            prev = torch.cat([state[0][:, None].to(x.dtype), x[:, :-1]], 1)
-        xx = prev - x
-        xxx = x + xx * self.time_maa_x
+        x_prev = None if state is None else state[0].to(x.dtype)       # token-shift state (last row)
+        xxx = ops.shift_lerp(x, self.time_maa_x, x_prev)                  # x + (shift(x) − x) ⊙ maa_x
         R = self.time_maa_w2.shape[1]
         m = torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5, R).transpose(0, 1)
         m = torch.bmm(m, self.time_maa_w2).view(5, B, T, D)
         maa = torch.stack([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
-        xw, xk, xv, xr, xg = (x + xx * (maa[:, None, None, :] + m)).unbind(0)   # the five lerps in one op
+        xw, xk, xv, xr, xg = ops.ddlerp(x, m, maa, x_prev)               # the five lerps, one fused op
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
