@@ -97,10 +97,9 @@ class RWKV6TimeMix(nn.Module):
         k = self.key(xk)
         v = self.value(xv)
         gp = self.gate(xg)                                                 # gate pre-activation: g = silu(gp)
-        w = self.time_decay.float() + (torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2).float()
-        lw = -torch.exp(w)                                                 # log-decay ≤ 0, computed in fp32
-        dt = r.dtype
-        r, k, v, lw = (t.view(B, T, H, K) for t in (r, k, v, lw.to(dt)))
+        d = torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
+        lw = ops.decay_exp(self.time_decay, d, r.dtype)                    # −exp(time_decay + d) ≤ 0, fp32 math
+        r, k, v, lw = (t.view(B, T, H, K) for t in (r, k, v, lw))
         u = self.time_faaaa                                                 # kernels compute in fp32
         if state is None:
             o, _ = ops.wkv6(r, k, v, lw, u, scale=1.0)
