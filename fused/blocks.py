@@ -45,9 +45,10 @@ class NormWeight(nn.Module):
 class RWKV6TimeMix(nn.Module):
     """RWKV-6 "Finch" time mix (RWKV-LM ``RWKV_Tmix_x060``).
 
-    ddlerp token shift: xx = shift(x) − x; five data-dependent lerps x + xx ⊙ (maa_* + lora_*(x + xx ⊙ maa_x));
+    ddlerp token shift: xx = shift(x) − x; five data-dependent lerps x + xx ⊙ (maa_* + lora_*(x + xx ⊙ maa_x))
+    (ops.shift_lerp for x + xx ⊙ maa_x, ops.ddlerp for the five lerps);
     r, k, v projections, g = silu(W_g x_g); decay w = time_decay + tanh(x_w W1) W2, log-decay lw = −exp(w);
-    o = wkv6(r, k, v, lw, u, scale=1); per-head GroupNorm; out = W_o(GroupNorm(o) ⊙ g).
+    o = wkv6(r, k, v, lw, u, scale=1); out = W_o(GroupNorm(o) ⊙ g) (per-head GroupNorm and gate: ops.norm_gate).
     State: (last input row [B, D], wkv state [B, H, K, V] fp32).
     """
 
@@ -85,25 +86,20 @@ class RWKV6TimeMix(nn.Module):
     def forward(self, x, ops, state=None):
         B, T, D = x.shape
         H, K = self.H, self.K
-        if state is None:
-            prev = F.pad(x, (0, 0, 1, -1))
-        else:
-            prev = torch.cat([state[0][:, None].to(x.dtype), x[:, :-1]], 1)
-        xx = prev - x
-        xxx = x + xx * self.time_maa_x
+        x_prev = None if state is None else state[0].to(x.dtype)       # token-shift state (last row)
+        xxx = ops.shift_lerp(x, self.time_maa_x, x_prev)                  # x + (shift(x) − x) ⊙ maa_x
         R = self.time_maa_w2.shape[1]
         m = torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5, R).transpose(0, 1)
         m = torch.bmm(m, self.time_maa_w2).view(5, B, T, D)
         maa = torch.stack([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
-        xw, xk, xv, xr, xg = (x + xx * (maa[:, None, None, :] + m)).unbind(0)   # the five lerps in one op
+        xw, xk, xv, xr, xg = ops.ddlerp(x, m, maa, x_prev)               # the five lerps, one fused op
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
-        g = F.silu(self.gate(xg))
-        w = self.time_decay.float() + (torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2).float()
-        lw = -torch.exp(w)                                                 # log-decay ≤ 0, computed in fp32
-        dt = r.dtype
-        r, k, v, lw = (t.view(B, T, H, K) for t in (r, k, v, lw.to(dt)))
+        gp = self.gate(xg)                                                 # gate pre-activation: g = silu(gp)
+        d = torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
+        lw = ops.decay_exp(self.time_decay, d, r.dtype)                    # −exp(time_decay + d) ≤ 0, fp32 math
+        r, k, v, lw = (t.view(B, T, H, K) for t in (r, k, v, lw))
         u = self.time_faaaa                                                 # kernels compute in fp32
         if state is None:
             o, _ = ops.wkv6(r, k, v, lw, u, scale=1.0)
@@ -111,8 +107,10 @@ class RWKV6TimeMix(nn.Module):
         else:
             o, S = ops.wkv6(r, k, v, lw, u, scale=1.0, initial_state=state[1], output_final_state=True)
             new_state = (x[:, -1].detach().clone(), S)
-        o = self.ln_x(o.reshape(B * T, D)).view(B, T, D)
-        return self.output(o * g), new_state
+        # per-head GroupNorm(o) ⊙ silu(gp): one fused op (ln_x holds its affine parameters and eps)
+        o = ops.norm_gate(o.reshape(B, T, D), gp, self.ln_x.weight, self.ln_x.bias, group_size=K,
+                          eps=self.ln_x.eps, norm="layer", norm_before_gate=True)
+        return self.output(o), new_state
 
     def init_state(self, batch_size, device, dtype):
         sdt = torch.float64 if dtype == torch.float64 else torch.float32
@@ -127,7 +125,7 @@ class Mamba2Mixer(nn.Module):
 
     in_proj → [z, x, B, C, dt]; depthwise causal conv1d (width d_conv) + SiLU over (x, B, C);
     y = ops.mamba2(x, dt, A = −exp(A_log), B, C, chunk_size, D, dt_bias, dt_softplus=True);
-    gated RMSNorm: RMSNorm(y ⊙ silu(z)) (norm_before_gate=False); out_proj.
+    gated RMSNorm: RMSNorm(y ⊙ silu(z)) (norm_before_gate=False, ops.norm_gate); out_proj.
     State: (conv state [B, conv_dim, d_conv − 1], ssm state [B, nheads, headdim, d_state] fp32).
     """
 
@@ -188,12 +186,10 @@ class Mamba2Mixer(nn.Module):
                               dt_softplus=True, initial_states=state[1], return_final_states=True)
             new_state = (conv_state, S)
         y = y.reshape(Bsz, T, self.d_inner)
-        # gated RMSNorm (norm_before_gate=False): RMSNorm(y ⊙ silu(z)) ⊙ weight
-        cdt = torch.float64 if y.dtype == torch.float64 else torch.float32
-        # (per group of d_inner / ngroups channels, as mamba-ssm's RMSNormGated with group_size = d_ssm/ngroups)
-        yg = (y.to(cdt) * F.silu(z.to(cdt))).view(Bsz, T, self.ngroups, -1)
-        yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + self.eps)
-        yg = yg.view(Bsz, T, self.d_inner) * self.norm_weight.to(cdt)
+        # gated RMSNorm (norm_before_gate=False): RMSNorm(y ⊙ silu(z)) ⊙ weight per group of d_inner / ngroups
+        # channels (mamba-ssm's RMSNormGated with group_size = d_ssm / ngroups), one fused op
+        yg = ops.norm_gate(y, z, self.norm_weight, None, group_size=self.d_inner // self.ngroups, eps=self.eps,
+                           norm="rms", norm_before_gate=False)
         return self.out_proj(yg.to(z.dtype)), new_state
 
     def init_state(self, batch_size, device, dtype):

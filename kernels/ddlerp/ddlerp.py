@@ -1,0 +1,257 @@
+"""RWKV-6 data-dependent lerps (the five token-shift mixes): one Triton kernel forward, one backward.
+
+Math (see reference/ddlerp.py): x [B, T, D], m [5, B, T, D] (the low-rank mix terms), maa [5, D]::
+
+    xx    = shift(x) − x                      shift(x)[:, t] = x[:, t−1]; x_prev[b] (or 0) at t = 0
+    out_i = x + xx ⊙ (maa_i + m_i)            i = w, k, v, r, g: five tensors [B, T, D]
+
+Backward (do_i on out_i; a_i = maa_i + m_i; dxx = Σ_i do_i ⊙ a_i)::
+
+    dm_i   = do_i ⊙ xx;   dmaa_i = Σ_rows do_i ⊙ xx
+    dx[t]  = Σ_i do_i[t] − dxx[t] + dxx[t+1]          (the last term: row t feeds shift(x) at t+1, same sequence)
+
+xx is recomputed from x in the backward (nothing but the inputs is saved); dxx[t+1] is recomputed from the next
+row's do_i and m_i (a one-row halo: the rest of those rows is in the tile already, so it comes from cache).
+
+Layouts: x [B, T, D] and every output contiguous, viewed as [N = B·T, D]; m one contiguous [5, N, D]; maa [5, D];
+x_prev [B, D] (the carried state, not differentiated). Tiles of [BR rows, BD columns].
+
+Kernels:
+* forward: a 2-D grid (row blocks, column blocks), one tile each: reads x, the previous rows, the five m_i, writes
+  the five outputs.
+* backward: a persistent grid (P programs per column block, striding over row blocks) that writes dx, dm and one
+  fp32 partial row of dmaa per program ([P, 5, D]); one torch ``sum(0)`` finishes dmaa. No atomics:
+  bit-identical run to run. No host syncs, no autotuning (CUDA-graph capturable).
+
+Numerics: fp32 arithmetic, outputs rounded once on store, int64 offsets. Dtypes: x, m fp32/fp16/bf16 (may
+differ), maa any float dtype; outputs in x's dtype; dx, dm, dmaa in their inputs' dtypes.
+
+torch.library: ``groundthink::ddlerp_fwd`` / ``groundthink::ddlerp_bwd`` custom ops with fake implementations and
+one registered autograd formula (the only path).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import INTERPRET
+from kernels._common import check_tensor, new_empty, num_sms
+from reference.ddlerp import N_MIX, check_args
+
+__all__ = ["ddlerp"]
+
+# elements per forward / backward tile (GPU), persistent backward programs per SM (over all column blocks)
+TUNING = {"fwd_tile": 2048, "bwd_tile": 1024, "bwd_per_sm": 4, "max_bd": 128}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _shifted(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV: tl.constexpr):
+    """shift(x) on a tile: rows o_r − 1 of x inside each sequence, x_prev[b] (or 0) at t = 0; fp32 [BR, BD]."""
+    o_t = o_r % T
+    m_in = (m_r & (o_t > 0))[:, None] & m_c[None, :]
+    b_s = tl.load(p_x + (o_r - 1)[:, None] * D + o_c[None, :], mask=m_in, other=0.).to(tl.float32)
+    if HAS_PREV:
+        m0 = (m_r & (o_t == 0))[:, None] & m_c[None, :]
+        b_s += tl.load(p_prev + (o_r // T)[:, None] * D + o_c[None, :], mask=m0, other=0.).to(tl.float32)
+    return b_s
+
+
+@triton.jit
+def _mix_out(p_o, p_m, p_maa, i, ND, D, offs, m, o_c, m_c, b_x, b_xx):
+    """out_i = x + xx ⊙ (maa_i + m_i) on a tile."""
+    b_m = tl.load(p_m + i * ND + offs, mask=m, other=0.).to(tl.float32)
+    b_maa = tl.load(p_maa + i * D + o_c, mask=m_c, other=0.).to(tl.float32)
+    tl.store(p_o + offs, (b_x + b_xx * (b_maa[None, :] + b_m)).to(p_o.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _ddlerp_fwd_kernel(p_x, p_prev, p_m, p_maa, p_o0, p_o1, p_o2, p_o3, p_o4, N, T, D, ND,
+                       HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    # p_x, p_o*: [N, D]; p_prev: [B, D]; p_m: [5, N, D] (ND = N·D); p_maa: [5, D]
+    o_r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR).to(tl.int64)
+    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
+    m_r = o_r < N
+    m_c = o_c < D
+    m = m_r[:, None] & m_c[None, :]
+    offs = o_r[:, None] * D + o_c[None, :]
+    b_x = tl.load(p_x + offs, mask=m, other=0.).to(tl.float32)
+    b_xx = _shifted(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV) - b_x
+    _mix_out(p_o0, p_m, p_maa, 0, ND, D, offs, m, o_c, m_c, b_x, b_xx)
+    _mix_out(p_o1, p_m, p_maa, 1, ND, D, offs, m, o_c, m_c, b_x, b_xx)
+    _mix_out(p_o2, p_m, p_maa, 2, ND, D, offs, m, o_c, m_c, b_x, b_xx)
+    _mix_out(p_o3, p_m, p_maa, 3, ND, D, offs, m, o_c, m_c, b_x, b_xx)
+    _mix_out(p_o4, p_m, p_maa, 4, ND, D, offs, m, o_c, m_c, b_x, b_xx)
+
+
+@triton.jit
+def _mix_bwd(p_do, p_m, p_dm, p_maa, i, ND, D, offs, m, m_next, o_c, m_c, b_xx, b_acc):
+    """One mix's share of the backward on a tile: stores dm_i, adds this tile's Σ_rows do_i ⊙ xx to the partial
+    row of dmaa_i (``b_acc``), returns (do_i, do_i ⊙ a_i, next row's do_i ⊙ a_i)."""
+    b_maa = tl.load(p_maa + i * D + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
+    b_do = tl.load(p_do + offs, mask=m, other=0.).to(tl.float32)
+    b_m = tl.load(p_m + i * ND + offs, mask=m, other=0.).to(tl.float32)
+    b_do_n = tl.load(p_do + offs + D, mask=m_next, other=0.).to(tl.float32)
+    b_m_n = tl.load(p_m + i * ND + offs + D, mask=m_next, other=0.).to(tl.float32)
+    b_dm = b_do * b_xx
+    tl.store(p_dm + i * ND + offs, b_dm.to(p_dm.dtype.element_ty), mask=m)
+    return b_do, b_do * (b_maa + b_m), b_do_n * (b_maa + b_m_n), b_acc + tl.sum(b_dm, axis=0)
+
+
+@triton.jit
+def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_maa, p_dx, p_dm, p_part,
+                       N, T, D, ND, n_blocks, n_progs,
+                       HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    # p_do*, p_x, p_dx: [N, D]; p_prev: [B, D]; p_m, p_dm: [5, N, D]; p_maa: [5, D];
+    # p_part: [n_progs, 5, D] fp32 partial rows of dmaa
+    pid = tl.program_id(0)
+    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
+    m_c = o_c < D
+    b_a0 = tl.zeros([BD], dtype=tl.float32)
+    b_a1 = tl.zeros([BD], dtype=tl.float32)
+    b_a2 = tl.zeros([BD], dtype=tl.float32)
+    b_a3 = tl.zeros([BD], dtype=tl.float32)
+    b_a4 = tl.zeros([BD], dtype=tl.float32)
+    for blk in range(pid, n_blocks, n_progs):
+        o_r = blk * BR + tl.arange(0, BR).to(tl.int64)
+        m_r = o_r < N
+        m = m_r[:, None] & m_c[None, :]
+        m_next = (m_r & ((o_r % T) + 1 < T))[:, None] & m_c[None, :]
+        offs = o_r[:, None] * D + o_c[None, :]
+        b_x = tl.load(p_x + offs, mask=m, other=0.).to(tl.float32)
+        b_xx = _shifted(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV) - b_x
+        b_do, b_dxx, b_dxx_n, b_a0 = _mix_bwd(p_do0, p_m, p_dm, p_maa, 0, ND, D, offs, m, m_next, o_c, m_c,
+                                              b_xx, b_a0)
+        b_dx = b_do
+        b_do, b_t, b_t_n, b_a1 = _mix_bwd(p_do1, p_m, p_dm, p_maa, 1, ND, D, offs, m, m_next, o_c, m_c,
+                                          b_xx, b_a1)
+        b_dx, b_dxx, b_dxx_n = b_dx + b_do, b_dxx + b_t, b_dxx_n + b_t_n
+        b_do, b_t, b_t_n, b_a2 = _mix_bwd(p_do2, p_m, p_dm, p_maa, 2, ND, D, offs, m, m_next, o_c, m_c,
+                                          b_xx, b_a2)
+        b_dx, b_dxx, b_dxx_n = b_dx + b_do, b_dxx + b_t, b_dxx_n + b_t_n
+        b_do, b_t, b_t_n, b_a3 = _mix_bwd(p_do3, p_m, p_dm, p_maa, 3, ND, D, offs, m, m_next, o_c, m_c,
+                                          b_xx, b_a3)
+        b_dx, b_dxx, b_dxx_n = b_dx + b_do, b_dxx + b_t, b_dxx_n + b_t_n
+        b_do, b_t, b_t_n, b_a4 = _mix_bwd(p_do4, p_m, p_dm, p_maa, 4, ND, D, offs, m, m_next, o_c, m_c,
+                                          b_xx, b_a4)
+        b_dx, b_dxx, b_dxx_n = b_dx + b_do, b_dxx + b_t, b_dxx_n + b_t_n
+        tl.store(p_dx + offs, (b_dx - b_dxx + b_dxx_n).to(p_dx.dtype.element_ty), mask=m)
+    p_row = p_part + pid.to(tl.int64) * 5 * D + o_c
+    tl.store(p_row, b_a0, mask=m_c)
+    tl.store(p_row + D, b_a1, mask=m_c)
+    tl.store(p_row + 2 * D, b_a2, mask=m_c)
+    tl.store(p_row + 3 * D, b_a3, mask=m_c)
+    tl.store(p_row + 4 * D, b_a4, mask=m_c)
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _blocks(N: int, D: int, tile: int):
+    """(BR, BD): column block ≤ max_bd (the interpreter: 32, so that tests cross column blocks), ~tile elements."""
+    BD = min(_pow2(D), 32 if INTERPRET else TUNING["max_bd"])
+    BR = 4 if INTERPRET else max(1, min(tile // BD, _pow2(N)))
+    return BR, BD
+
+
+def _fwd_impl(x, m, maa, x_prev):
+    B, T, D = x.shape
+    N = B * T
+    outs = [new_empty(x.shape, x.dtype, x.device) for _ in range(N_MIX)]
+    if N == 0 or D == 0:
+        return outs
+    BR, BD = _blocks(N, D, TUNING["fwd_tile"])
+    _ddlerp_fwd_kernel[(_cdiv(N, BR), _cdiv(D, BD))](
+        x, x_prev, m, maa, *outs, N, T, D, N * D, HAS_PREV=x_prev is not None, BR=BR, BD=BD,
+        num_warps=4)
+    return outs
+
+
+def _bwd_impl(douts, x, m, maa, x_prev):
+    B, T, D = x.shape
+    N = B * T
+    dev = x.device
+    dx = new_empty(x.shape, x.dtype, dev)
+    dm = new_empty(m.shape, m.dtype, dev)
+    if N == 0 or D == 0:
+        return dx, dm, torch.zeros_like(maa)
+    BR, BD = _blocks(N, D, TUNING["bwd_tile"])
+    n_blocks, n_cb = _cdiv(N, BR), _cdiv(D, BD)
+    n_progs = 2 if INTERPRET else max(1, num_sms(dev) * TUNING["bwd_per_sm"] // n_cb)
+    n_progs = min(n_progs, n_blocks)
+    part = new_empty((n_progs, N_MIX, D), torch.float32, dev)
+    _ddlerp_bwd_kernel[(n_progs, n_cb)](
+        *douts, x, x_prev, m, maa, dx, dm, part, N, T, D, N * D, n_blocks, n_progs,
+        HAS_PREV=x_prev is not None, BR=BR, BD=BD, num_warps=4)
+    return dx, dm, part.sum(0).to(maa.dtype)   # one fixed-order fp32 sum: deterministic
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch.library custom ops + autograd (the one path)
+# ----------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("groundthink::ddlerp_fwd", mutates_args=())
+def _fwd_op(x: torch.Tensor, m: torch.Tensor, maa: torch.Tensor, x_prev: Optional[torch.Tensor]
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(_fwd_impl(x, m, maa, x_prev))
+
+
+@_fwd_op.register_fake
+def _(x, m, maa, x_prev):
+    return tuple(torch.empty_like(x) for _ in range(N_MIX))
+
+
+@torch.library.custom_op("groundthink::ddlerp_bwd", mutates_args=())
+def _bwd_op(do0: torch.Tensor, do1: torch.Tensor, do2: torch.Tensor, do3: torch.Tensor, do4: torch.Tensor,
+            x: torch.Tensor, m: torch.Tensor, maa: torch.Tensor, x_prev: Optional[torch.Tensor]
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bwd_impl((do0, do1, do2, do3, do4), x, m, maa, x_prev)
+
+
+@_bwd_op.register_fake
+def _(do0, do1, do2, do3, do4, x, m, maa, x_prev):
+    return torch.empty_like(x), torch.empty_like(m), torch.empty_like(maa)
+
+
+def _setup_context(ctx, inputs, output):
+    x, m, maa, x_prev = inputs
+    ctx.save_for_backward(x, m, maa, x_prev)
+
+
+def _backward(ctx, *douts):
+    x, m, maa, x_prev = ctx.saved_tensors
+    douts = [torch.zeros_like(x) if d is None else d.contiguous() for d in douts]
+    dx, dm, dmaa = _bwd_op(*douts, x, m, maa, x_prev)
+    return dx, dm, dmaa, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------------
+def ddlerp(x, m, maa, x_prev=None):
+    """(xw, xk, xv, xr, xg) = x + (shift(x) − x) ⊙ (maa_i + m_i); x [B, T, D], m [5, B, T, D], maa [5, D],
+    x_prev [B, D] or None. See the module docstring."""
+    check_tensor("x", x, ndim=3)
+    check_tensor("m", m, device=x.device)
+    check_tensor("maa", maa, device=x.device)
+    if x_prev is not None:
+        check_tensor("x_prev", x_prev, device=x.device)
+    check_args(x, m, maa, x_prev)
+    c = lambda t: t if t is None or t.is_contiguous() else t.contiguous()  # noqa: E731
+    return _fwd_op(c(x), c(m), c(maa), c(x_prev))

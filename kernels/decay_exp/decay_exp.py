@@ -1,0 +1,140 @@
+"""RWKV-6 log-decay lw = −exp(base + d): one Triton kernel forward, one backward.
+
+Math (see reference/decay_exp.py): base [D] (time_decay), d [N, D] (the low-rank decay term)::
+
+    lw = −exp(base + d)                   computed in fp32, stored once in the output dtype
+    dd = dlw ⊙ (−exp(base + d));  dbase = Σ_rows dd
+
+The exponential is recomputed in the backward from the inputs (no fp32 activation is saved).
+
+Layouts: d, lw [..., D] contiguous, viewed as [N, D]; base [D]. Forward: a 2-D grid of [BR, BD] tiles. Backward:
+a persistent grid (P programs per column block striding over row blocks) writing dd and one fp32 partial row of
+dbase per program ([P, D]); one torch ``sum(0)`` finishes. No atomics, no host syncs, no autotuning.
+
+Dtypes: d fp32/fp16/bf16, base any float dtype, lw in the requested dtype (default d's); dd in d's dtype, dbase in
+base's.
+
+torch.library: ``groundthink::decay_exp_fwd`` / ``groundthink::decay_exp_bwd`` custom ops with fake
+implementations and one registered autograd formula (the only path).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import INTERPRET
+from kernels._common import check_tensor, new_empty, num_sms
+from kernels.ddlerp.ddlerp import _blocks, _cdiv
+from reference.decay_exp import check_args
+
+__all__ = ["decay_exp"]
+
+TUNING = {"fwd_tile": 4096, "bwd_tile": 2048, "bwd_per_sm": 4}
+
+
+@triton.jit
+def _decay_exp_fwd_kernel(p_base, p_d, p_lw, N, D, BR: tl.constexpr, BD: tl.constexpr):
+    # p_base: [D]; p_d, p_lw: [N, D]
+    o_r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR).to(tl.int64)
+    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
+    m_c = o_c < D
+    m = (o_r < N)[:, None] & m_c[None, :]
+    offs = o_r[:, None] * D + o_c[None, :]
+    b_w = tl.load(p_d + offs, mask=m, other=0.).to(tl.float32) + \
+        tl.load(p_base + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
+    tl.store(p_lw + offs, (-tl.exp(b_w)).to(p_lw.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _decay_exp_bwd_kernel(p_dlw, p_base, p_d, p_dd, p_part, N, D, n_blocks, n_progs,
+                          BR: tl.constexpr, BD: tl.constexpr):
+    # p_dlw, p_d, p_dd: [N, D]; p_base: [D]; p_part: [n_progs, D] fp32 partial rows of dbase
+    pid = tl.program_id(0)
+    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
+    m_c = o_c < D
+    b_base = tl.load(p_base + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
+    b_acc = tl.zeros([BD], dtype=tl.float32)
+    for blk in range(pid, n_blocks, n_progs):
+        o_r = blk * BR + tl.arange(0, BR).to(tl.int64)
+        m = (o_r < N)[:, None] & m_c[None, :]
+        offs = o_r[:, None] * D + o_c[None, :]
+        b_d = tl.load(p_d + offs, mask=m, other=0.).to(tl.float32)
+        b_dlw = tl.load(p_dlw + offs, mask=m, other=0.).to(tl.float32)
+        b_dd = tl.where(m, -b_dlw * tl.exp(b_base + b_d), 0.)
+        b_acc += tl.sum(b_dd, axis=0)
+        tl.store(p_dd + offs, b_dd.to(p_dd.dtype.element_ty), mask=m)
+    tl.store(p_part + pid.to(tl.int64) * D + o_c, b_acc, mask=m_c)
+
+
+def _fwd_impl(base, d, dtype):
+    D = d.shape[-1]
+    N = d.numel() // D if D else 0
+    lw = new_empty(d.shape, dtype, d.device)
+    if N:
+        BR, BD = _blocks(N, D, TUNING["fwd_tile"])
+        _decay_exp_fwd_kernel[(_cdiv(N, BR), _cdiv(D, BD))](base, d, lw, N, D, BR=BR, BD=BD, num_warps=4)
+    return lw
+
+
+def _bwd_impl(dlw, base, d):
+    D = d.shape[-1]
+    N = d.numel() // D if D else 0
+    dev = d.device
+    dd = new_empty(d.shape, d.dtype, dev)
+    if N == 0:
+        return dd, torch.zeros_like(base)
+    BR, BD = _blocks(N, D, TUNING["bwd_tile"])
+    n_blocks, n_cb = _cdiv(N, BR), _cdiv(D, BD)
+    n_progs = 2 if INTERPRET else max(1, num_sms(dev) * TUNING["bwd_per_sm"] // n_cb)
+    n_progs = min(n_progs, n_blocks)
+    part = new_empty((n_progs, D), torch.float32, dev)
+    _decay_exp_bwd_kernel[(n_progs, n_cb)](dlw, base, d, dd, part, N, D, n_blocks, n_progs, BR=BR, BD=BD,
+                                           num_warps=4)
+    return dd, part.sum(0).to(base.dtype)   # one fixed-order fp32 sum: deterministic
+
+
+@torch.library.custom_op("groundthink::decay_exp_fwd", mutates_args=())
+def _fwd_op(base: torch.Tensor, d: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return _fwd_impl(base, d, dtype)
+
+
+@_fwd_op.register_fake
+def _(base, d, dtype):
+    return torch.empty_like(d, dtype=dtype)
+
+
+@torch.library.custom_op("groundthink::decay_exp_bwd", mutates_args=())
+def _bwd_op(dlw: torch.Tensor, base: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _bwd_impl(dlw, base, d)
+
+
+@_bwd_op.register_fake
+def _(dlw, base, d):
+    return torch.empty_like(d), torch.empty_like(base)
+
+
+def _setup_context(ctx, inputs, output):
+    base, d, _ = inputs
+    ctx.save_for_backward(base, d)
+
+
+def _backward(ctx, dlw):
+    base, d = ctx.saved_tensors
+    dd, dbase = _bwd_op(dlw.contiguous(), base, d)
+    return dbase, dd, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def decay_exp(base, d, dtype=None):
+    """lw = −exp(base + d) in ``dtype`` (default d's dtype); base [D], d [..., D]. See the module docstring."""
+    check_tensor("d", d)
+    check_tensor("base", base, device=d.device)
+    check_args(base, d)
+    dtype = dtype or d.dtype
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"dtype must be float32, float16 or bfloat16; got {dtype}")
+    c = lambda t: t if t.is_contiguous() else t.contiguous()  # noqa: E731
+    return _fwd_op(c(base), c(d), dtype)

@@ -1,0 +1,168 @@
+"""RWKV-6 token-shift lerp (the input of the low-rank mix): one Triton kernel forward, one backward.
+
+Math (see reference/shift_lerp.py): x [B, T, D], mu [D] (time_maa_x)::
+
+    y = x + (shift(x) − x) ⊙ mu            shift(x)[:, t] = x[:, t−1]; x_prev[b] (or 0) at t = 0
+
+Backward (dy on y)::
+
+    dx[t] = dy[t] ⊙ (1 − mu) + dy[t+1] ⊙ mu        (the last term only inside a sequence: t + 1 < T)
+    dmu   = Σ_rows dy ⊙ (shift(x) − x)
+
+Nothing is saved but the inputs (shift(x) − x is recomputed from x). The shifted loads are one-row halos of
+the tile: the rest of those rows is in the tile already, so they come from cache.
+
+Layouts: x, y [B, T, D] contiguous, viewed as [N = B·T, D]; mu [D]; x_prev [B, D] (the carried state, not
+differentiated). Tiles of [BR rows, BD columns]; the kernels share ``kernels.ddlerp``'s shifted-row helper.
+
+Kernels: forward a 2-D grid of tiles; backward a persistent grid (P programs per column block striding over
+row blocks) writing dx and one fp32 partial row of dmu per program ([P, D]), one torch ``sum(0)`` finishing dmu.
+No atomics (bit-identical run to run), no host syncs, no autotuning (CUDA-graph capturable).
+
+Numerics: fp32 arithmetic, one rounding on store, int64 offsets. Dtypes: x fp32/fp16/bf16, mu any float dtype;
+y and dx in x's dtype, dmu in mu's.
+
+torch.library: ``groundthink::shift_lerp_fwd`` / ``groundthink::shift_lerp_bwd`` custom ops with fake
+implementations and one registered autograd formula (the only path).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import INTERPRET
+from kernels._common import check_tensor, new_empty, num_sms
+from kernels.ddlerp.ddlerp import _blocks, _cdiv, _shifted
+from reference.shift_lerp import check_args
+
+__all__ = ["shift_lerp"]
+
+TUNING = {"fwd_tile": 4096, "bwd_tile": 2048, "bwd_per_sm": 4}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _shift_lerp_fwd_kernel(p_x, p_prev, p_mu, p_y, N, T, D,
+                           HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    # p_x, p_y: [N, D]; p_prev: [B, D]; p_mu: [D]
+    o_r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR).to(tl.int64)
+    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
+    m_r = o_r < N
+    m_c = o_c < D
+    m = m_r[:, None] & m_c[None, :]
+    offs = o_r[:, None] * D + o_c[None, :]
+    b_x = tl.load(p_x + offs, mask=m, other=0.).to(tl.float32)
+    b_xx = _shifted(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV) - b_x
+    b_mu = tl.load(p_mu + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
+    tl.store(p_y + offs, (b_x + b_xx * b_mu).to(p_y.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _shift_lerp_bwd_kernel(p_dy, p_x, p_prev, p_mu, p_dx, p_part, N, T, D, n_blocks, n_progs,
+                           HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    # p_dy, p_x, p_dx: [N, D]; p_prev: [B, D]; p_mu: [D]; p_part: [n_progs, D] fp32 partial rows of dmu
+    pid = tl.program_id(0)
+    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
+    m_c = o_c < D
+    b_mu = tl.load(p_mu + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
+    b_acc = tl.zeros([BD], dtype=tl.float32)
+    for blk in range(pid, n_blocks, n_progs):
+        o_r = blk * BR + tl.arange(0, BR).to(tl.int64)
+        m_r = o_r < N
+        m = m_r[:, None] & m_c[None, :]
+        m_next = (m_r & ((o_r % T) + 1 < T))[:, None] & m_c[None, :]
+        offs = o_r[:, None] * D + o_c[None, :]
+        b_x = tl.load(p_x + offs, mask=m, other=0.).to(tl.float32)
+        b_xx = _shifted(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV) - b_x
+        b_dy = tl.load(p_dy + offs, mask=m, other=0.).to(tl.float32)
+        b_dy_n = tl.load(p_dy + offs + D, mask=m_next, other=0.).to(tl.float32)
+        b_acc += tl.sum(b_dy * b_xx, axis=0)
+        tl.store(p_dx + offs, (b_dy * (1. - b_mu) + b_dy_n * b_mu).to(p_dx.dtype.element_ty), mask=m)
+    tl.store(p_part + pid.to(tl.int64) * D + o_c, b_acc, mask=m_c)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------
+def _fwd_impl(x, mu, x_prev):
+    B, T, D = x.shape
+    N = B * T
+    y = new_empty(x.shape, x.dtype, x.device)
+    if N and D:
+        BR, BD = _blocks(N, D, TUNING["fwd_tile"])
+        _shift_lerp_fwd_kernel[(_cdiv(N, BR), _cdiv(D, BD))](x, x_prev, mu, y, N, T, D,
+                                                           HAS_PREV=x_prev is not None, BR=BR, BD=BD, num_warps=4)
+    return y
+
+
+def _bwd_impl(dy, x, mu, x_prev):
+    B, T, D = x.shape
+    N = B * T
+    dev = x.device
+    dx = new_empty(x.shape, x.dtype, dev)
+    if N == 0 or D == 0:
+        return dx, torch.zeros_like(mu)
+    BR, BD = _blocks(N, D, TUNING["bwd_tile"])
+    n_blocks, n_cb = _cdiv(N, BR), _cdiv(D, BD)
+    n_progs = 2 if INTERPRET else max(1, num_sms(dev) * TUNING["bwd_per_sm"] // n_cb)
+    n_progs = min(n_progs, n_blocks)
+    part = new_empty((n_progs, D), torch.float32, dev)
+    _shift_lerp_bwd_kernel[(n_progs, n_cb)](dy, x, x_prev, mu, dx, part, N, T, D, n_blocks, n_progs,
+                                            HAS_PREV=x_prev is not None, BR=BR, BD=BD, num_warps=4)
+    return dx, part.sum(0).to(mu.dtype)   # one fixed-order fp32 sum: deterministic
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch.library custom ops + autograd (the one path)
+# ----------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("groundthink::shift_lerp_fwd", mutates_args=())
+def _fwd_op(x: torch.Tensor, mu: torch.Tensor, x_prev: Optional[torch.Tensor]) -> torch.Tensor:
+    return _fwd_impl(x, mu, x_prev)
+
+
+@_fwd_op.register_fake
+def _(x, mu, x_prev):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("groundthink::shift_lerp_bwd", mutates_args=())
+def _bwd_op(dy: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, x_prev: Optional[torch.Tensor]
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _bwd_impl(dy, x, mu, x_prev)
+
+
+@_bwd_op.register_fake
+def _(dy, x, mu, x_prev):
+    return torch.empty_like(x), torch.empty_like(mu)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, dy):
+    x, mu, x_prev = ctx.saved_tensors
+    dx, dmu = _bwd_op(dy.contiguous(), x, mu, x_prev)
+    return dx, dmu, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------------
+def shift_lerp(x, mu, x_prev=None):
+    """y = x + (shift(x) − x) ⊙ mu; x [B, T, D], mu [D], x_prev [B, D] or None. See the module docstring."""
+    check_tensor("x", x, ndim=3)
+    check_tensor("mu", mu, device=x.device)
+    if x_prev is not None:
+        check_tensor("x_prev", x_prev, device=x.device)
+    check_args(x, mu, x_prev)
+    c = lambda t: t if t is None or t.is_contiguous() else t.contiguous()  # noqa: E731
+    return _fwd_op(c(x), c(mu), c(x_prev))
