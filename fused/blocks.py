@@ -16,12 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fused.configs import ModelConfig
-from reference.mamba2 import mamba_recurrent_step
 
-try:  # CUDA-only fused causal conv (optional)
-    from causal_conv1d import causal_conv1d_fn as _causal_conv1d_fn
-except Exception:  # noqa: BLE001
-    _causal_conv1d_fn = None
 
 
 def rms_norm(x, weight, eps):
@@ -147,17 +142,13 @@ class Mamba2Mixer(nn.Module):
         self.norm_weight = nn.Parameter(torch.ones(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, D, bias=False)
 
-    def _conv(self, xBC, conv_state):
+    def _conv(self, xBC, conv_state, ops):
         """xBC [B, T, conv_dim] → silu(causal conv) [B, T, conv_dim], new conv state (or None)."""
-        T = xBC.shape[1]
         xt = xBC.transpose(1, 2)                                          # [B, C, T]
         w = self.conv1d.weight                                            # [C, 1, W]
         if conv_state is None:
-            if _causal_conv1d_fn is not None and xt.is_cuda:
-                out = _causal_conv1d_fn(xt, w.squeeze(1), self.conv1d.bias, activation="silu")
-                return out.transpose(1, 2), None
-            out = F.conv1d(F.pad(xt, (self.d_conv - 1, 0)), w, self.conv1d.bias, groups=self.conv_dim)
-            return F.silu(out).transpose(1, 2), None
+            out = ops.causal_conv1d(xt, w.squeeze(1), self.conv1d.bias, activation="silu")
+            return out.transpose(1, 2), None
         full = torch.cat([conv_state.to(xt.dtype), xt], 2)               # [B, C, W-1+T]
         out = F.conv1d(full, w, self.conv1d.bias, groups=self.conv_dim)   # [B, C, T]
         return F.silu(out).transpose(1, 2), full[:, :, -(self.d_conv - 1):].detach().clone()
@@ -167,7 +158,7 @@ class Mamba2Mixer(nn.Module):
         h, p, n, g = self.nheads, self.headdim, self.d_state, self.ngroups
         zxbcdt = self.in_proj(u)
         z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, h], dim=-1)
-        xBC, conv_state = self._conv(xBC, None if state is None else state[0])
+        xBC, conv_state = self._conv(xBC, None if state is None else state[0], ops)
         x, Bm, Cm = torch.split(xBC, [self.d_inner, g * n, g * n], dim=-1)
         x = x.reshape(Bsz, T, h, p)
         Bm = Bm.reshape(Bsz, T, g, n)
@@ -177,7 +168,7 @@ class Mamba2Mixer(nn.Module):
             y = ops.mamba2(x, dt, A, Bm, Cm, self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True)
             new_state = None
         elif T == 1:   # generation: one step of the recurrence (pure PyTorch, tiny)
-            y, S = mamba_recurrent_step(state[1], x[:, 0], dt[:, 0], A, Bm[:, 0], Cm[:, 0], D=self.D,
+            y, S = ops.mamba2_step(state[1], x[:, 0], dt[:, 0], A, Bm[:, 0], Cm[:, 0], D=self.D,
                                         dt_bias=self.dt_bias, dt_softplus=True)
             y = y[:, None]
             new_state = (conv_state, S)
