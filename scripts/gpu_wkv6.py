@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 T0 = time.time()
 BUDGET = float(os.environ.get("WKV6_BUDGET_S", "240"))
 MODE = sys.argv[1] if len(sys.argv) > 1 else "main"
-DONE = os.path.join(os.environ.get("TMPDIR", "/tmp"), "wkv6_fla_warm.done")
+DONE = os.path.join(tempfile.gettempdir(), "wkv6_fla_warm.done")
 SMOKE = os.environ.get("WKV6_SMOKE", "0") == "1"
 if SMOKE:
     os.environ["TRITON_INTERPRET"] = "1"
