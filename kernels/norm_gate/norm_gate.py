@@ -120,14 +120,14 @@ def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, N, D, S,
     # p_x, p_z: [N, D] rows sx / sz elements apart; p_dy, p_dx, p_dz: [N, D] contiguous; p_w, p_b: [D];
     # p_part: [n_progs, 2·D] fp32 partial rows dW | dbias
     pid = tl.program_id(0)
-    _, _, _, o_c, m_c = _tile(0, N, S, G, BR, BG, BS)
+    o_r0, o_c0, m0, o_c, m_c = _tile(0, N, S, G, BR, BG, BS)   # (only the column offsets are used here)
     b_w = tl.load(p_w + o_c, mask=m_c, other=0.).to(tl.float32)[None, :, :]
     if HAS_BIAS:
         b_bias = tl.load(p_b + o_c, mask=m_c, other=0.).to(tl.float32)[None, :, :]
     b_acc_dw = tl.zeros([BG, BS], dtype=tl.float32)
     b_acc_db = tl.zeros([BG, BS], dtype=tl.float32)
     for blk in range(pid, n_blocks, n_progs):
-        o_r, o_c3, m, _, _ = _tile(blk * BR, N, S, G, BR, BG, BS)
+        o_r, o_c3, m, o_cb, m_cb = _tile(blk * BR, N, S, G, BR, BG, BS)
         offs = o_r * D + o_c3
         b_x = tl.load(p_x + o_r * sx + o_c3, mask=m, other=0.).to(tl.float32)
         b_z = tl.load(p_z + o_r * sz + o_c3, mask=m, other=0.).to(tl.float32)
