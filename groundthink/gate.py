@@ -500,8 +500,10 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, device) -> dict:
 
 def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool) -> list[tuple]:
     """(spec, impl, fn or the import error, shape) to measure: the ops whose lab candidates (or, without lab
-    kernels, installed peers) lack a valid verdict; references and lab kernels first, peers last."""
-    first, peers = [], []
+    kernels, installed peers) lack a valid verdict. Ordered so that a spent time budget costs the least: every
+    op's reference and first lab candidate, then the second candidates, and so on, peers last."""
+    ranks: list[list[tuple]] = []
+    peers = []
     for op, shp in shapes.items():
         spec = get(op)
         cands = []
@@ -517,10 +519,13 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool) -> list[tuple]
         if spec.bench is None or not gated or (
                 not force and all(known.has(op, i.name, spec.bench.shape_str(*shp)) for i in gated)):
             continue
-        first.append((spec, spec.reference, spec.reference.load(), shp))
-        for impl, fn in cands:
-            (peers if impl.role == "peer" else first).append((spec, impl, fn, shp))
-    return first + peers
+        labs = [(spec, impl, fn, shp) for impl, fn in cands if impl.role != "peer"]
+        peers += [(spec, impl, fn, shp) for impl, fn in cands if impl.role == "peer"]
+        for rank, item in enumerate([(spec, spec.reference, spec.reference.load(), shp)] + labs):
+            while len(ranks) <= max(rank - 1, 0):
+                ranks.append([])
+            ranks[max(rank - 1, 0)].append(item)
+    return [item for rank in ranks for item in rank] + peers
 
 
 def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | None = None, device=None,

@@ -9,7 +9,8 @@ Checks: ‖x − ref‖/‖ref‖ of o, final state and every gradient (dr, dk, 
 chunked reference with the same dtype-rounded cotangents on both sides (``groundthink.harness.compare``).
 Timings: ``triton.testing.do_bench`` medians (ms) of the forward (no grad) and forward+backward, bf16, K=V=64,
 mild decay ``logsigmoid(randn)`` (the benchmark's inputs), scale 1; extra peak memory of one fwd+bwd (GiB, the
-four input gradients included). Env: WKV6_ALGOS (comma list of the names in ALGOS), WKV6_BUDGET_S;
+four input gradients included). Env: WKV6_ALGOS (comma list of the names in ALGOS), WKV6_BUDGET_S, WKV6_SHAPES
+(indices into SHAPES, e.g. 0,2), WKV6_CHECKS=0 (timings only: the tests check correctness);
 WKV6_SMOKE=1 runs the whole flow on CPU (interpreter, tiny shapes, one timed call instead of do_bench: checks the
 script, measures nothing). Run the first call's measurement with a fresh TRITON_CACHE_DIR.
 """
@@ -43,6 +44,8 @@ SHAPES = [(8, 4096, 32, 64, 64), (4, 2048, 16, 64, 64), (64, 256, 2, 64, 64), (1
 DEV = "cpu" if SMOKE else "cuda"
 if SMOKE:
     SHAPES = [(1, 70, 2, 16, 16), (2, 40, 1, 16, 16), (1, 64, 1, 16, 16), (1, 130, 1, 16, 16)]
+if os.environ.get("WKV6_SHAPES"):   # a subset of SHAPES by index, e.g. "0,2" (little device time)
+    SHAPES = [SHAPES[int(i)] for i in os.environ["WKV6_SHAPES"].split(",")]
 
 
 def sync():
@@ -228,7 +231,7 @@ def main():
     if SMOKE:   # tiny shapes, fp32 / fp16 only (bf16 dots are garbage in the interpreter)
         checks = [("fp32 extreme", (1, 70, 2, 16, 16), torch.float32, "extreme", 1e-5, None),
                   ("fp16 varlen", (1, 70, 2, 16, 16), torch.float16, "strong", 2e-3, [0, 5, 64, 70])]
-    for name, fn in ALGOS.items():
+    for name, fn in (ALGOS.items() if os.environ.get("WKV6_CHECKS", "1") == "1" else ()):
         if name.startswith("chunk_"):
             for c in (checks if name == "chunk_seq" or SMOKE else [checks[i] for i in (0, 5, 8)]):
                 try:

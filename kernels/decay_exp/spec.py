@@ -1,5 +1,14 @@
-"""Declaration of the ``decay_exp`` op (groundthink.spec format; not imported until the spec module is merged)."""
-from groundthink.spec import Impl, OpSpec
+"""Declaration of the ``decay_exp`` op (groundthink.spec format)."""
+import torch
+
+from groundthink.spec import Bench, Impl, OpSpec
+
+
+def make_inputs(N, D, grad: bool, dtype=torch.bfloat16, seed: int = 0, device="cpu") -> dict:
+    g = torch.Generator(device=device).manual_seed(seed)
+    base = -6 + 5 * torch.rand(D, generator=g, device=device)
+    d = torch.randn(N, D, generator=g, device=device).to(dtype)
+    return {"base": base.requires_grad_(grad), "d": d.requires_grad_(grad)}
 
 SPEC = OpSpec(
     name="decay_exp",
@@ -8,4 +17,9 @@ SPEC = OpSpec(
         Impl("reference", "reference.decay_exp:decay_exp", role="reference", graph_safe=True),
         Impl("triton", "kernels.decay_exp:decay_exp", role="lab", graph_safe=True),
     ),
+    bench=Bench(shapes=lambda: [(16384, 128), (16384, 512)], cpu_shapes=[(16, 40)],
+                shape_str=lambda N, D: f"N{N} D{D}", make_inputs=make_inputs,
+                err_shape=lambda N, D: (min(N, 4096), D),
+                nbytes=lambda N, D, pass_, es=2: N * D * es * (2 if pass_ == "fwd" else 5),
+                model_shape=lambda cfg, batch, seq_len: (batch * seq_len, cfg.d_model)),
 )
