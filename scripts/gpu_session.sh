@@ -21,7 +21,7 @@ export PYTHONPATH=.gt-site:. PYTHONUNBUFFERED=1 TRITON_CACHE_AUTOTUNING=1 GROUND
   PYTHONWARNINGS=ignore::UserWarning
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 FLA="PYTHONPATH=.gt-site:.gt-fla:. WKV6_SHAPES=${WKV6_SHAPES:-0,2}"
-env $FLA python3 scripts/gpu_wkv6.py --warm-fla > "$R/fla_warm.log" 2>&1 &
+timeout "${WARM_S:-300}" env $FLA python3 scripts/gpu_wkv6.py --warm-fla > "$R/fla_warm.log" 2>&1 &
 echo "== 1. GPU tests"
 timeout -s INT "${TESTS_S:-150}" python3 -m pytest -m gpu -q -rs -p no:cacheprovider --durations=6 \
   tests/test_wkv6.py tests/test_step.py tests/test_norm_gate.py tests/test_ddlerp.py tests/test_decay_exp.py \
