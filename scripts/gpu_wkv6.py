@@ -222,7 +222,8 @@ def quick():
 def main():
     log(device_name(), "torch", torch.__version__, "triton", triton.__version__)
     try:
-        check("chunk", kw.wkv6, *(CHECKS[0] if not SMOKE else CHECKS[-1][:1] + ((1, 20, 1, 16, 16),) + CHECKS[-1][2:]))
+        if os.environ.get("WKV6_CHECKS", "1") == "1":
+            check("chunk", kw.wkv6, *(CHECKS[0] if not SMOKE else CHECKS[-1][:1] + ((1, 20, 1, 16, 16),) + CHECKS[-1][2:]))
     except Exception as ex:  # noqa: BLE001
         log(f"chunk with SEG={kc.SEG} failed ({type(ex).__name__}: {str(ex)[:300]}): SEG=0 from here on")
         kc.SEG = 0
