@@ -25,6 +25,9 @@ Ops and their implementations (all share one signature per op):
     decay_exp           (base, d, dtype=None) -> −exp(base + d) in dtype     (RWKV-6 log-decay)
         reference       reference.decay_exp.decay_exp
         triton          kernels.decay_exp.decay_exp
+    cross_entropy       (logits [N, V], targets [N], ignore_index=-100) -> mean loss (fp32)
+        reference       reference.cross_entropy.cross_entropy   (F.cross_entropy on fp32 logits)
+        triton          kernels.cross_entropy.cross_entropy     (loss + dlogits in one pass)
     mamba2              (x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False,
                          initial_states=None, return_final_states=False) -> y or (y, final_states)
         reference       reference.mamba2.mamba_chunk_scan   (PyTorch SSD, the CPU path)
@@ -45,7 +48,7 @@ from typing import Callable
 
 import torch
 
-OPS = ("wkv6", "gate_norm_residual", "mamba2", "norm_gate", "shift_lerp", "ddlerp", "decay_exp")
+OPS = ("wkv6", "gate_norm_residual", "mamba2", "norm_gate", "shift_lerp", "ddlerp", "decay_exp", "cross_entropy")
 
 # op -> impl -> "module:attribute" (imported lazily: kernels pull in Triton, peers may be absent)
 IMPLS: dict[str, dict[str, str]] = {
@@ -74,13 +77,15 @@ IMPLS: dict[str, dict[str, str]] = {
     "shift_lerp": {"reference": "reference.shift_lerp:shift_lerp", "triton": "kernels.shift_lerp:shift_lerp"},
     "ddlerp": {"reference": "reference.ddlerp:ddlerp", "triton": "kernels.ddlerp:ddlerp"},
     "decay_exp": {"reference": "reference.decay_exp:decay_exp", "triton": "kernels.decay_exp:decay_exp"},
+    "cross_entropy": {"reference": "reference.cross_entropy:cross_entropy",
+                      "triton": "kernels.cross_entropy:cross_entropy"},
 }
 # op -> the lab's candidate implementations, in order of preference: "triton" mode takes the first, "auto" the
 # first that the gate manifest allows (else the reference)
 LAB_KERNEL: dict[str, tuple[str, ...]] = {"wkv6": ("triton", "triton_fused"), "gate_norm_residual": ("triton",),
                                           "mamba2": ("mamba_ssm",), "norm_gate": ("triton",),
                                           "shift_lerp": ("triton",), "ddlerp": ("triton",),
-                                          "decay_exp": ("triton",)}
+                                          "decay_exp": ("triton",), "cross_entropy": ("triton",)}
 _GPU_ONLY = {"fla_chunk", "fla_recurrent", "mamba_ssm", "compile"}
 
 
