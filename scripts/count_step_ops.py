@@ -105,6 +105,7 @@ def main():
     ap.add_argument("--kernels", default="triton")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--autocast", action="store_true", help="bf16 autocast (as on GPU: counts its casts too)")
     args = ap.parse_args()
     from fused import get_model
     from groundthink.registry import resolve
@@ -123,19 +124,24 @@ def main():
                 continue
             mod.register_forward_pre_hook(lambda *_, n=name: setattr(counter, "tag", "fwd:" + n))
             mod.register_forward_hook(lambda *_: setattr(counter, "tag", "fwd:other"))
-    m(idx[:, :-1], idx[:, 1:])   # warm-up (lazy init, caches)
+    import contextlib
+    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.autocast else contextlib.nullcontext
+    with amp():
+        m(idx[:, :-1], idx[:, 1:])   # warm-up (lazy init, caches)
     m.zero_grad(set_to_none=True)
     with counter:
         counter.active = True
         counter.tag = "fwd:other"
-        _, loss = m(idx[:, :-1], idx[:, 1:])
+        with amp():
+            _, loss = m(idx[:, :-1], idx[:, 1:])
         counter.tag = "bwd"
         loss.backward()
     by_tag = collections.Counter()
     for (tag, _), n in counter.counts.items():
         by_tag[tag] += n
     total = sum(by_tag.values())
-    print(f"{args.variant}/{args.size} B{args.batch} T{args.seq}, ops {ops.impls()}")
+    print(f"{args.variant}/{args.size} B{args.batch} T{args.seq}{' bf16 autocast' if args.autocast else ''}, "
+          f"ops {ops.impls()}")
     print(f"ops per step (forward + backward): {total}")
     for tag, n in sorted(by_tag.items()):
         print(f"  {tag:<12} {n}")

@@ -12,7 +12,8 @@ if os.environ.get("TRITON_INTERPRET", "0") == "1":
 import torch, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-NG, DL, SL, DE = (importlib.import_module(f"kernels.{m}.{m}") for m in ("norm_gate", "ddlerp", "shift_lerp", "decay_exp"))
+NG, DL, SL, DE, CE = (importlib.import_module(f"kernels.{m}.{m}")
+                      for m in ("norm_gate", "ddlerp", "shift_lerp", "decay_exp", "cross_entropy"))
 tgt = GPUTarget("cuda", 90, 32)
 def sig(fn, types, consts):
     names = fn.arg_names
@@ -33,6 +34,8 @@ cases = [
  (SL._shift_lerp_bwd_kernel, {"p_mu": "*fp32", "p_part": "*fp32"}, dict(HAS_PREV=True, BR=16, BD=128)),
  (DE._decay_exp_fwd_kernel, {"p_base": "*fp32"}, dict(BR=16, BD=128)),
  (DE._decay_exp_bwd_kernel, {"p_base": "*fp32", "p_part": "*fp32"}, dict(BR=16, BD=128)),
+ (CE._ce_fwd_kernel, {"p_t": "*i64", "p_stats": "*fp32"}, dict(GRAD=True, BV=128)),
+ (CE._ce_fwd_kernel, {"p_t": "*i64", "p_stats": "*fp32"}, dict(GRAD=False, BV=4096)),
 ]
 failed = False
 for fn, types, consts in cases:

@@ -1,0 +1,126 @@
+"""Mean token cross-entropy, loss and dlogits in one pass over the logits (never materialised in fp32).
+
+Math (per row n of logits x [N, V], target t_n; rows with t_n = ignore_index count nowhere)::
+
+    lse_n  = logsumexp(x_n)                    online over V in BV-wide chunks (running max and rescaled sum)
+    loss   = Σ_n valid_n (lse_n − x_n[t_n]) / Σ_n valid_n
+    g_n    = valid_n (softmax(x_n) − onehot(t_n))        computed in the same program, second sweep over V
+    dlogits = g · dloss / Σ_n valid_n                    (backward: one scaled copy)
+
+The forward kernel writes g (in the logits' dtype, only when a gradient is needed) and per-row [loss_n, valid_n]
+fp32 stats; one torch ``sum`` over the stats (fixed order: deterministic) and a division give the loss; the
+backward multiplies g by the fp32 scalar dloss / Σ valid (no fp32 copy of the logits anywhere).
+Memory: g has the logits' size and dtype (the eager path keeps an fp32 copy of the logits and an fp32
+log-softmax instead).
+
+Layouts: logits [N, V] with unit column stride and any row stride (a view of [B, T, V] head output is read in
+place); targets [N] int64/int32. One program per row (BV = min(next pow2 ≥ V, 4096)). No host syncs, no
+autotuning. Out-of-range targets (other than ignore_index) give NaN-free garbage, as in any fused CE: validated
+by the reference, not checked on device.
+
+torch.library: ``groundthink::cross_entropy_fwd`` custom op (fake impl) with a registered autograd formula.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import INTERPRET
+from kernels._common import check_tensor, new_empty
+from reference.cross_entropy import check_args
+
+__all__ = ["cross_entropy"]
+
+
+@triton.jit
+def _ce_fwd_kernel(p_x, p_t, p_g, p_stats, N, V, sx, ignore_index,
+                   GRAD: tl.constexpr, BV: tl.constexpr):
+    # p_x: [N, V] rows sx apart; p_t: [N]; p_g: [N, V] contiguous (GRAD); p_stats: [2, N] fp32 (loss_n, valid_n)
+    row = tl.program_id(0).to(tl.int64)
+    p_row = p_x + row * sx
+    o_v = tl.arange(0, BV)
+    b_m = tl.full([BV], float("-inf"), tl.float32)
+    b_s = tl.zeros([BV], dtype=tl.float32)
+    for v0 in range(0, V, BV):              # online logsumexp, lane-wise (one max/sum per lane, merged below)
+        b_x = tl.load(p_row + v0 + o_v, mask=v0 + o_v < V, other=float("-inf")).to(tl.float32)
+        b_mn = tl.maximum(b_m, b_x)
+        b_ref = tl.where(b_mn == float("-inf"), 0., b_mn)     # lanes that saw only masked columns stay 0
+        b_s = b_s * tl.exp(b_m - b_ref) + tl.exp(b_x - b_ref)
+        b_m = b_mn
+    m = tl.max(b_m, axis=0)                                    # finite: V ≥ 1
+    lse = m + tl.log(tl.sum(b_s * tl.exp(b_m - m), axis=0))
+    t = tl.load(p_t + row).to(tl.int64)
+    valid = t != ignore_index
+    t_safe = tl.where(valid, t, 0)
+    x_t = tl.load(p_row + t_safe).to(tl.float32)
+    tl.store(p_stats + row, tl.where(valid, lse - x_t, 0.))
+    tl.store(p_stats + N + row, tl.where(valid, 1., 0.))
+    if GRAD:
+        for v0 in range(0, V, BV):
+            m_v = v0 + o_v < V
+            b_x = tl.load(p_row + v0 + o_v, mask=m_v, other=0.).to(tl.float32)
+            b_g = tl.exp(b_x - lse) - tl.where(v0 + o_v == t_safe, 1., 0.)
+            b_g = tl.where(valid, b_g, 0.)
+            tl.store(p_g + row * V + v0 + o_v, b_g.to(p_g.dtype.element_ty), mask=m_v)
+
+
+def _row_stride(x) -> int:
+    return x.stride(0) if x.shape[0] > 1 else x.shape[1]
+
+
+def _fwd_impl(logits, targets, ignore_index, need_grad):
+    N, V = logits.shape
+    dev = logits.device
+    g = new_empty((N, V) if need_grad else (0,), logits.dtype, dev)
+    stats = new_empty((2, N), torch.float32, dev)
+    if N:
+        BV = min(triton.next_power_of_2(V), 32 if INTERPRET else 4096)
+        _ce_fwd_kernel[(N,)](logits, targets, g, stats, N, V, _row_stride(logits), ignore_index, GRAD=need_grad,
+                             BV=BV, num_warps=4 if BV <= 1024 else 8)
+    tot = stats.sum(1)                      # [Σ loss_n, Σ valid_n], fixed-order fp32 sums
+    return tot[0] / tot[1], g, tot
+
+
+@torch.library.custom_op("groundthink::cross_entropy_fwd", mutates_args=())
+def _fwd_op(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, need_grad: bool
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _fwd_impl(logits, targets, ignore_index, need_grad)
+
+
+@_fwd_op.register_fake
+def _(logits, targets, ignore_index, need_grad):
+    N, V = logits.shape
+    return (logits.new_empty((), dtype=torch.float32), logits.new_empty((N, V) if need_grad else (0,)),
+            logits.new_empty((2,), dtype=torch.float32))
+
+
+def _setup_context(ctx, inputs, output):
+    logits = inputs[0]
+    _, g, tot = output
+    ctx.save_for_backward(g, tot)
+    ctx.shape = logits.shape
+
+
+def _backward(ctx, dloss, _dg, _dtot):
+    g, tot = ctx.saved_tensors
+    if g.numel() == 0 and ctx.shape[0] * ctx.shape[1] != 0:
+        raise RuntimeError("cross_entropy: the forward ran without a gradient buffer (need_grad=False)")
+    scale = dloss.float() / tot[1]          # fp32 0-dim: g·scale is computed in fp32, stored in g's dtype
+    return g.view(ctx.shape) * scale, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def cross_entropy(logits, targets, ignore_index: int = -100):
+    """Mean cross-entropy of logits [N, V] (any float dtype; unit column stride) against targets [N]; fp32 scalar.
+    Same value and gradient as ``F.cross_entropy(logits.float(), targets, ignore_index=...)``."""
+    check_tensor("logits", logits, ndim=2)
+    check_tensor("targets", targets, dtypes=(torch.int64, torch.int32), device=logits.device)
+    check_args(logits, targets)
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    need_grad = torch.is_grad_enabled() and logits.requires_grad
+    loss, _, _ = _fwd_op(logits, targets.contiguous(), int(ignore_index), bool(need_grad))
+    return loss
