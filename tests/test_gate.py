@@ -201,3 +201,14 @@ def test_model_shapes_come_from_the_specs():
     assert shapes["wkv6"] == (4, 32, cfg.n_head, cfg.head_size, cfg.head_size)
     assert shapes[OP] == (128, cfg.d_model, "row", cfg.residual_fp32)
     assert shapes["mamba2"][:2] == (4, 32)
+
+
+def test_qualify_plan_measures_every_first_choice_before_second_ones(tmp_path):
+    """A spent budget must cost the least: every op's reference and first lab kernel come before any op's
+    second candidate, peers last (run 3 on the H100: three wkv6 candidates first had starved the other ops)."""
+    from groundthink.spec import get
+    shapes = {"wkv6": get("wkv6").bench.cpu_shapes[0], "norm_gate": get("norm_gate").bench.cpu_shapes[0]}
+    plan = gate._plan(shapes, False, gate.Verdicts([tmp_path / "none.json"]), force=False)
+    order = [(spec.name, impl.name) for spec, impl, _, _ in plan]
+    assert order == [("wkv6", "reference"), ("wkv6", "triton"), ("norm_gate", "reference"), ("norm_gate", "triton"),
+                     ("wkv6", "triton_fused"), ("wkv6", "triton_parallel")]
