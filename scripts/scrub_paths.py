@@ -15,24 +15,35 @@ import argparse
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-# what counts as a machine path (--check)
+ROOT = Path(__file__).resolve().parents[1]
+TMP = Path(tempfile.gettempdir())
+HOME = Path.home()
+
+
+def _at(folder: Path) -> str:
+    """``folder`` as a regex prefix (the patterns are derived from the machine this runs on, none written in)."""
+    return re.escape(str(folder).rstrip("/"))
+
+
+# what counts as a machine path (--check): anything under the folder that holds this checkout (the lab's
+# checkouts and the shared folder beside them), the temp folder's fixed names, the scripts' mktemp site folder,
+# this user's home, other users' homes
 PATTERNS = [
-    re.compile(r"/work/[\w.+-]+"),           # a checkout or shared folder of the lab's machines
-    re.compile(r"/tmp/site\b"),              # a fixed pip --target folder
-    re.compile(r"/groundthink-site\.(?!X{6})\w+"),   # the scripts' temporary --target folder (mktemp)
-    re.compile(r"/tmp/wkv6_aux"),            # a fixed result file
-    re.compile(r"/home/[\w.-]+"),
-    re.compile(r"/root/[\w.-]+"),
-    re.compile(r"/Users/[\w.-]+"),
-]
-# how --fix rewrites them, in order
+    re.compile(_at(ROOT.parent) + r"/[\w.+-]+"),
+    re.compile(_at(TMP) + r"/(?:site|wkv6_aux)\b"),
+    re.compile(r"/groundthink-site\.(?!X{6})\w+"),
+    re.compile(_at(HOME) + r"/[\w.-]+"),
+] + ([re.compile(_at(HOME.parent) + r"/[\w.-]+")] if HOME.parent != HOME.parent.parent else [])
+# how --fix rewrites them, in order: the checkout prefix goes, the pip --target folders become <site>, the
+# device tool's output folder (under the home folder there) becomes $OUT
 FIXES = [
-    (re.compile(r"/work/(?:main|wt/[\w.+-]+)/"), ""),
-    (re.compile(r"/tmp/site\b"), "<site>"),
+    (re.compile(_at(ROOT.parent) + r"/(?:main|wt/[\w.+-]+)/"), ""),
+    (re.compile(_at(TMP) + r"/site\b"), "<site>"),
     (re.compile(r"[\w./-]*/groundthink-site\.(?!X{6})\w+"), "<site>"),
-    (re.compile(r"/root/out\b"), "$OUT"),
+    (re.compile(_at(HOME) + r"/out\b"), "$OUT"),
 ]
 
 
