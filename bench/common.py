@@ -482,6 +482,20 @@ def spec_cases(ops=None) -> list:
     return out
 
 
+def spec_test(op: str):
+    """The benchmark of one op declared in its spec: ``bench/bench_<op>.py`` is ``test_<op> = spec_test(op)``.
+    Every implementation (reference, lab kernels, installed peers), forward and forward+backward, checked against
+    the float64 reference and timed (``run_spec_case``)."""
+    cases = [pytest.param(*p.values[1:], id=p.id[len(op) + 1:], marks=p.marks) for p in spec_cases([op])]
+
+    @pytest.mark.parametrize("impl,shp,pass_", cases)
+    def test(bench, impl, shp, pass_):
+        run_spec_case(bench, op, impl, shp, pass_)
+
+    test.__name__ = test.__qualname__ = f"test_{op}"
+    return test
+
+
 def run_spec_case(bench, op: str, impl: str, shp: tuple, pass_: str) -> dict:
     """One row of an op declared in its spec: its reference at float64 for the errors, its inputs, bytes,
     FLOPs and error shape."""

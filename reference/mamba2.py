@@ -12,7 +12,7 @@ B, C ``[b, l, g, n]``, initial/final states ``[b, h, p, n]``.
 
 Two independent formulations of the same function:
 * ``ssd_recurrence`` — the recurrence above, one step at a time (the definition, the test oracle);
-  ``mamba_recurrent_step`` is one step of it on a carried state (generation).
+  ``reference.mamba2_step.mamba2_step`` is one step of it on a carried state (generation).
 * ``mamba_chunk_scan`` — the chunked "SSD minimal" form: inside a chunk of Q steps an exact masked
   (Q×Q) decay matrix built from segment sums (every exponent ≤ 0), chunk states passed between chunks by a
   small (c+1)×(c+1) segment-sum recurrence. Any length: padded internally to a chunk multiple with Δ = 0
@@ -148,18 +148,6 @@ def mamba_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, d
     return (y, final) if return_final_states else y
 
 
-def mamba_recurrent_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
-    """One step of the recurrence from a carried state (mamba-ssm's ``selective_state_update`` layout, but not
-    in place): state ``[b, h, p, n]``, x ``[b, h, p]``, dt ``[b, h]``, B, C ``[b, g, n]``, z ``[b, h, p]``.
-
-    Returns ``(y [b, h, p] in x's dtype, new_state in the compute dtype)``.
-    """
-    y, S = ssd_recurrence(x[:, None], dt[:, None], A, B[:, None], C[:, None], D=D,
-                          z=None if z is None else z[:, None], dt_bias=dt_bias, dt_softplus=dt_softplus,
-                          initial_states=state, return_final_states=True)
-    return y[:, 0], S
-
-
 def ssd_recurrence(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, initial_states=None,
                    return_final_states=False):
     """The SSD recurrence step by step (same arguments as ``mamba_chunk_scan`` without the chunk size)."""
@@ -178,14 +166,3 @@ def ssd_recurrence(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Fal
     y = torch.stack(ys, 1) if ys else xc.new_zeros(b, 0, h, p)
     y = _finish(y, x, D, z, cdt)
     return (y, S) if return_final_states else y
-
-
-def causal_conv1d(x, weight, bias=None, activation=None):
-    """Depthwise causal conv over time with causal-conv1d's ``causal_conv1d_fn`` signature: x ``[b, c, t]``,
-    weight ``[c, w]``, bias ``[c]`` or None, activation None or "silu" -> ``[b, c, t]`` in x's dtype.
-    out[:, c, t] = Σ_k weight[c, k] · x[:, c, t − (w − 1) + k] (+ bias[c]), x = 0 before the start."""
-    if activation not in (None, "silu", "swish"):
-        raise ValueError(f"activation must be None or 'silu'; got {activation!r}")
-    w = weight.shape[-1]
-    out = F.conv1d(F.pad(x, (w - 1, 0)), weight.unsqueeze(1), bias, groups=x.shape[1])
-    return out if activation is None else F.silu(out)

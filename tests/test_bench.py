@@ -204,7 +204,7 @@ def test_pytest_bench_cpu_run(tmp_path):
     gates = tmp_path / "gates_should_not_exist.json"
     # the lab's gate_norm_residual kernel through the interpreter, the wkv6 and mamba2 references (the wkv6
     # kernel's own tests cover it; this checks the plumbing)
-    p, dt = _pytest(["bench/bench_ops.py",
+    p, dt = _pytest(["bench/bench_gate_norm_residual.py", "bench/bench_wkv6.py", "bench/bench_mamba2.py",
                      "--benchmark", "-k", "(gate_norm and (reference or triton) and row and not res32) or "
                                          "((wkv6 or mamba2) and reference)"],
                     {"GT_BENCH_OUT": str(tmp_path), "GROUNDTHINK_MANIFEST": str(gates)}, timeout=150)

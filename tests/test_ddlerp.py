@@ -1,5 +1,6 @@
-"""kernels.ddlerp and kernels.shift_lerp (the RWKV-6 token-shift lerps) against reference/ddlerp.py and
-reference/shift_lerp.py, and the references against the model's original formulation. CPU: Triton interpreter,
+"""kernels.ddlerp (and, where they share cases, kernels.shift_lerp: the RWKV-6 token-shift lerps) against
+reference/ddlerp.py and reference/shift_lerp.py (tests/test_shift_lerp.py has shift_lerp's own kernel tests),
+and the references against the model's original formulation. CPU: Triton interpreter,
 fp32 and fp16, odd sizes (several column blocks, T = 1, a carried x_prev), NaN-prefilled outputs."""
 from __future__ import annotations
 
@@ -58,14 +59,6 @@ def test_ddlerp(shape, dtype):
         check_op(ddlerp, RD.ddlerp, make_inputs(*shape, dtype=dtype, prev=prev), context=f"{shape} prev={prev}")
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_shift_lerp(shape, dtype):
-    for prev in (False, True):
-        check_op(shift_lerp, RS.shift_lerp, make_inputs(*shape, op="shift", dtype=dtype, prev=prev),
-                 context=f"{shape} prev={prev}")
-
-
 def test_gradient_through_some_outputs_only():
     """Unused outputs give no gradient (None): their share is zero."""
     inp = make_inputs(2, 5, 20)
@@ -92,7 +85,6 @@ def test_opcheck():
     from torch.library import opcheck
     inp = make_inputs(2, 3, 8, prev=True)
     opcheck(torch.ops.groundthink.ddlerp_fwd.default, (inp["x"], inp["m"], inp["maa"], inp["x_prev"]))
-    opcheck(torch.ops.groundthink.shift_lerp_fwd.default, (inp["x"], inp["maa"][0].detach(), None))
 
 
 @pytest.mark.parametrize("case,match", [

@@ -6,7 +6,7 @@ independent algorithms for the same function; they must agree to float64 round-o
 import pytest
 import torch
 
-from reference.mamba2 import mamba_chunk_scan, mamba_recurrent_step, ssd_recurrence
+from reference.mamba2 import mamba_chunk_scan, ssd_recurrence
 
 F64 = torch.float64
 
@@ -82,20 +82,6 @@ def test_padding_invariance_and_state_passing():
     _close(sb, s)
 
 
-def test_recurrent_step_generation():
-    t = _inputs(l=9)
-    kw = dict(dt_softplus=True, D=torch.randn(4, dtype=F64), dt_bias=torch.randn(4, dtype=F64))
-    y, s = mamba_chunk_scan(**t, chunk_size=4, return_final_states=True, **kw)
-    state = torch.zeros_like(s)
-    ys = []
-    for i in range(9):
-        yi, state = mamba_recurrent_step(state, t["x"][:, i], t["dt"][:, i], t["A"], t["B"][:, i], t["C"][:, i],
-                                         **kw)
-        ys.append(yi)
-    _close(torch.stack(ys, 1), y)
-    _close(state, s)
-
-
 def test_dtypes_fp32_and_bf16():
     t64 = _inputs(l=33)
     ref = ssd_recurrence(**t64, dt_softplus=True)
@@ -138,21 +124,3 @@ def test_chunked_gradients_match_recurrence():
     g2 = torch.autograd.grad(ssd_recurrence(**t, dt_softplus=True).pow(2).sum(), list(t.values()))
     for a, b in zip(g1, g2):
         _close(a, b, 1e-9)
-
-
-def test_causal_conv1d_reference_matches_its_definition():
-    """out[:, c, t] = Σ_k w[c, k] · x[:, c, t − (W − 1) + k] + bias[c] (x = 0 before the start), then SiLU."""
-    from reference.mamba2 import causal_conv1d
-    gen = torch.Generator().manual_seed(0)
-    b, c, t, w = 2, 5, 9, 4
-    x, wt, bias = (torch.randn(*s, generator=gen, dtype=F64) for s in ((b, c, t), (c, w), (c,)))
-    want = torch.zeros(b, c, t, dtype=F64)
-    for i in range(t):
-        for k in range(w):
-            if i - (w - 1) + k >= 0:
-                want[:, :, i] += wt[:, k] * x[:, :, i - (w - 1) + k]
-    want += bias[:, None]
-    torch.testing.assert_close(causal_conv1d(x, wt, bias), want, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(causal_conv1d(x, wt, bias, activation="silu"), torch.nn.functional.silu(want))
-    with pytest.raises(ValueError, match="activation must be"):
-        causal_conv1d(x, wt, bias, activation="relu")

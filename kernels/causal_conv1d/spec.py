@@ -39,7 +39,7 @@ SPEC = OpSpec(
     name="causal_conv1d",
     doc="(x [b, c, t], weight [c, w], bias [c] or None, activation None | 'silu') -> y [b, c, t]",
     impls=(
-        Impl("reference", "reference.mamba2:causal_conv1d", role="reference", graph_safe=True),
+        Impl("reference", "reference.causal_conv1d:causal_conv1d", role="reference", graph_safe=True),
         Impl("causal_conv1d", "causal_conv1d:causal_conv1d_fn", role="peer", needs="cuda", priority=1, graph_safe=True),
     ),
     bench=Bench(shapes=lambda: [(64, 256, 320, 4), (16, 1024, 1280, 4)], cpu_shapes=[(2, 19, 12, 4)],
