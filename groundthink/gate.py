@@ -40,6 +40,7 @@ from __future__ import annotations
 import ast
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import os
 import statistics
@@ -502,8 +503,7 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool) -> list[tuple]
     """(spec, impl, fn or the import error, shape) to measure: the ops whose lab candidates (or, without lab
     kernels, installed peers) lack a valid verdict. Ordered so that a spent time budget costs the least: every
     op's reference and first lab candidate, then the second candidates, and so on, peers last."""
-    ranks: list[list[tuple]] = []
-    peers = []
+    heads, tails, peers = [], [], []
     for op, shp in shapes.items():
         spec = get(op)
         cands = []
@@ -521,11 +521,10 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool) -> list[tuple]
             continue
         labs = [(spec, impl, fn, shp) for impl, fn in cands if impl.role != "peer"]
         peers += [(spec, impl, fn, shp) for impl, fn in cands if impl.role == "peer"]
-        for rank, item in enumerate([(spec, spec.reference, spec.reference.load(), shp)] + labs):
-            while len(ranks) <= max(rank - 1, 0):
-                ranks.append([])
-            ranks[max(rank - 1, 0)].append(item)
-    return [item for rank in ranks for item in rank] + peers
+        heads += [(spec, spec.reference, spec.reference.load(), shp)] + labs[:1]
+        tails.append(labs[1:])
+    seconds = [item for rank in itertools.zip_longest(*tails) for item in rank if item is not None]
+    return heads + seconds + peers
 
 
 def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | None = None, device=None,
