@@ -28,11 +28,12 @@ def _at(folder: Path) -> str:
     return re.escape(str(folder).rstrip("/"))
 
 
-# what counts as a machine path (--check): anything under the folder that holds this checkout (the lab's
-# checkouts and the shared folder beside them), the temp folder's fixed names, the scripts' mktemp site folder,
-# this user's home, other users' homes
+# what counts as a machine path (--check): this checkout's location, the lab's folders beside it (the shared
+# folder, the main checkout, the engineers' worktrees; not everything beside it: a clone may sit in the temp
+# folder), the temp folder's fixed names, the scripts' mktemp site folder, this user's home, other users' homes
 PATTERNS = [
-    re.compile(_at(ROOT.parent) + r"/[\w.+-]+"),
+    re.compile(_at(ROOT) + r"\b"),
+    re.compile(_at(ROOT.parent) + r"/(?:shared|main|wt)\b"),
     re.compile(_at(TMP) + r"/(?:site|wkv6_aux)\b"),
     re.compile(r"/groundthink-site\.(?!X{6})\w+"),
     re.compile(_at(HOME) + r"/[\w.-]+"),
