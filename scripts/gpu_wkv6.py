@@ -40,7 +40,8 @@ import kernels.wkv6.chunk as kc  # noqa: E402
 from groundthink.harness import compare  # noqa: E402
 from reference.wkv6 import wkv6_chunked  # noqa: E402
 
-SHAPES = [(8, 4096, 32, 64, 64), (4, 2048, 16, 64, 64), (64, 256, 2, 64, 64), (1, 16384, 32, 64, 64)]
+SHAPES = [(8, 4096, 32, 64, 64), (4, 2048, 16, 64, 64), (64, 256, 2, 64, 64), (1, 16384, 32, 64, 64),
+          (64, 256, 4, 32, 32), (16, 1024, 8, 64, 64)]   # 4, 5: the small and large models' wkv6
 DEV = "cpu" if SMOKE else "cuda"
 if SMOKE:
     SHAPES = [(1, 70, 2, 16, 16), (2, 40, 1, 16, 16), (1, 64, 1, 16, 16), (1, 130, 1, 16, 16)]
@@ -219,6 +220,65 @@ def quick():
         log(f"QUICK {name} {sh}: fwd {r[0]:.3f} ms fwd+bwd {r[1]:.3f} ms extra peak {r[2]:.3f} GiB")
 
 
+def compiled_kernels():
+    """(module, kernel, warps, stages, registers, spills, shared bytes, autotune pick) of every compiled wkv6 kernel
+    in this process (Triton's own compile report)."""
+    import importlib
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+    rows = []
+    for mod in ("chunk", "fused", "parallel", "states", "recurrent"):
+        for name, obj in vars(importlib.import_module(f"kernels.wkv6.{mod}")).items():
+            fn, pick = obj, getattr(obj, "best_config", None) if isinstance(obj, Autotuner) else None
+            while not isinstance(fn, JITFunction) and hasattr(fn, "fn"):
+                fn = fn.fn
+            if not isinstance(fn, JITFunction) or getattr(fn, "__module__", "").split(".")[-1] != mod:
+                continue
+            for cache in getattr(fn, "device_caches", {}).values():
+                kcache = next(c for c in cache if isinstance(c, dict))
+                for ck in kcache.values():
+                    try:
+                        ck._init_handles()
+                    except Exception:  # noqa: BLE001
+                        pass
+                    md = ck.metadata
+                    rows.append((mod, name, md.num_warps, md.num_stages, getattr(ck, "n_regs", "?"),
+                                 getattr(ck, "n_spills", "?"), md.shared, pick.kwargs if pick else ""))
+    return rows
+
+
+def resources():
+    """Compile report (registers, spills, shared memory) and the per-kernel GPU time of one fwd+bwd of every
+    algorithm in WKV6_ALGOS at every shape in WKV6_SHAPES, then the timing table (no fla, no checks)."""
+    from torch.profiler import ProfilerActivity, profile
+    log(device_name(), "torch", torch.__version__, "triton", triton.__version__)
+    impls = {n: ours(f) for n, f in ALGOS.items() if n != "chunk"}
+    for sh in SHAPES:
+        xs = [x.requires_grad_(True) for x in bench_inputs(*sh)]
+        for n, f in impls.items():
+            t = time.time()
+            f(*xs).sum().backward()
+            sync()
+            log(f"first fwd+bwd {n} {sh}: {time.time() - t:.1f} s")
+            if SMOKE:
+                continue
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    f(*xs).sum().backward()
+                sync()
+            ev = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:8]
+            log(f"split {n} {sh} (us per fwd+bwd): " + "; ".join(
+                f"{e.key[:40]} {e.self_device_time_total / 3:.0f}" for e in ev))
+    print("\n==== compiled wkv6 kernels: module kernel warps stages regs spills shared pick")
+    for r in compiled_kernels():
+        print(" ".join(str(x) for x in r))
+    res = {}
+    for sh in SHAPES:
+        for n, f in impls.items():
+            res[n, sh] = time_impl(f, sh)
+            log(f"time {n:9s} {sh}: fwd {res[n, sh][0]:.3f} fwd+bwd {res[n, sh][1]:.3f} mem {res[n, sh][2]:.3f}")
+
+
 def main():
     log(device_name(), "torch", torch.__version__, "triton", triton.__version__)
     try:
@@ -271,4 +331,5 @@ def main():
 
 
 if __name__ == "__main__":
-    {"main": main, "--warm-fla": warm_fla, "--first-call": first_call, "--quick": quick}[MODE]()
+    {"main": main, "--warm-fla": warm_fla, "--first-call": first_call, "--quick": quick,
+     "--resources": resources}[MODE]()
