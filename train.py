@@ -318,16 +318,19 @@ def prepare_data(args, state, master, world, say):
 
 def qualify_kernels(args, model, ops, device, master, world, say):
     """--kernels auto on a GPU: the gate on first use qualifies every lab kernel that has no valid verdict for
-    this GPU at the model's shapes (≤ 60 s, per-machine manifest), then the ops are chosen again. Before any
-    capture: the step must see the final kernels."""
+    this GPU at the model's shapes (≤ 60 s, per-machine manifest) — timed as CUDA-graph replays when the step
+    will be captured (--graph auto/on) — then the ops are chosen again: the fastest proven at the model's shapes.
+    Before any capture: the step must see the final kernels."""
     if args.kernels != "auto" or device.type != "cuda":
         return ops
     from groundthink import gate
+    graph = args.graph != "off"
+    shapes = gate.model_shapes(model.config, args.batch_size, args.seq_len)
     if master:
-        gate.qualify_model(model.config, args.batch_size, args.seq_len, say=say)
+        gate.qualify(shapes, graph=graph, say=say)
     if world > 1:
         dist.barrier()
-    ops = resolve(args.kernels)
+    ops = resolve(args.kernels, verdicts=gate.Verdicts(shapes=shapes, graph=graph))
     model.set_ops(ops)
     say("kernels after qualification:\n" + ops.table())
     return ops

@@ -20,7 +20,8 @@ On a CPU machine the same code runs tiny shapes (Triton interpreter, host clock)
 ``NOT_A_MEASUREMENT`` and no gate manifest is written.
 
 Every row carries ``source_hash``: the hash of the op's sources that measured it (``groundthink.gate.op_hash``),
-so that the gate builds a verdict only from rows of one version of the code.
+so that the gate builds a verdict only from rows of one version of the code, and ``timing_mode`` ("eager" here:
+the gate compares a row only with rows of the same mode; a row read back without one is denied).
 
 What to benchmark comes from the ops' specs (``kernels/<op>/spec.py``: implementations, roles, shapes, inputs,
 bytes, FLOPs; ``spec_cases`` / ``run_spec_case``). Results accumulate in ``RESULTS`` (one dict per row);
@@ -60,7 +61,7 @@ CSV_COLUMNS = ["op", "impl", "shape", "pass", "dtype", "ms", "gbps", "pct_bw", "
                "speedup_vs_ref", "speedup_vs_best_peer", "max_rel_err",
                # extra context (the first 13 columns are the contract)
                "variant", "tok_s", "timer", "reps", "warmup_s", "err_shape", "errors", "copy_gbps", "ms_graph",
-               "measurement", "note", "source_hash"]
+               "measurement", "note", "source_hash", "timing_mode"]
 
 # Which implementations count as "peers" (speedup_vs_best_peer), per op: the specs' peers, training's peer model
 PEERS = {**{op: tuple(i.name for i in s.role("peer")) for op, s in specs().items()}, "train": ("peer",)}
@@ -224,8 +225,9 @@ def record(benchmark, *, op: str, impl: str, shape: str, pass_: str, dtype: str,
            nbytes: float | None = None, flops: float | None = None, peak_mb: float | None = None,
            errors: dict | None = None, err_shape: str = "", timer: str = "", reps: int | None = None,
            warmup_s: float | None = None, variant: str = "", tok_s: float | None = None,
-           ms_graph: float | None = None, note: str = "") -> dict:
-    """Append one result row (and mirror it into ``benchmark.extra_info``)."""
+           ms_graph: float | None = None, note: str = "", timing_mode: str = "eager") -> dict:
+    """Append one result row (and mirror it into ``benchmark.extra_info``). ``timing_mode``: how ``ms`` was
+    timed (``groundthink.gate.TIMINGS``; the benchmarks time eagerly, ``ms_graph`` is an extra column)."""
     copy_gbps = SESSION.get("copy_gbps")
     gbps = nbytes / (ms * 1e-3) / 1e9 if (nbytes and ms) else None
     finite_errs = {k: float(v) for k, v in (errors or {}).items()}
@@ -240,7 +242,7 @@ def record(benchmark, *, op: str, impl: str, shape: str, pass_: str, dtype: str,
         "err_shape": err_shape, "errors": json.dumps(finite_errs) if finite_errs else "",
         "copy_gbps": copy_gbps, "ms_graph": ms_graph, "measurement": measurement_label(),
         "note": "; ".join(x for x in (note, "" if ON_GPU else NOT_A_MEASUREMENT) if x),
-        "source_hash": gate.op_hash(op) if op in specs() else "",
+        "source_hash": gate.op_hash(op) if op in specs() else "", "timing_mode": timing_mode,
     }
     RESULTS.append(row)
     if benchmark is not None:

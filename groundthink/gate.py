@@ -9,8 +9,28 @@ Rule (``rule``), per implementation, on its recorded evidence:
 * faster than the reference at every timed shape, with no more extra peak memory;
 * a lab kernel must also be no slower than every correct installed peer timed at the same shape (within
   ``NOISE``); where a peer wins, the lab kernel is denied and ``choose`` takes the peer, saying so.
-``choose`` takes the first allowed lab candidate (the spec's preference order), else the allowed peer with the
-best worst-case speedup, else the reference, and says why.
+Every comparison is like with like: each timing row records its ``timing_mode`` (``TIMINGS``), and a row is
+compared only with the reference's and the peers' rows of the same shape, pass and mode. A shape row without a
+known mode denies (fail closed).
+
+Timing modes. ``"eager"``: CUDA events around ordinary calls (host overhead included: what an eager step
+pays; the benchmarks' mode). ``"graph"``: the fwd+bwd is warmed up on a side stream, captured once as a CUDA
+graph and its replays are timed (no host time: what a CUDA-graph-captured training step pays). The
+qualification uses ``"graph"`` when the training step will be captured (train.py: ``--graph`` auto/on on a GPU)
+— eager timing there had denied µs-sized kernels for launch overhead that the captured step does not have (run
+3: gate_norm_residual and decay_exp). Decision for implementations that are not graph-safe (spec
+``graph_safe``) while the step is captured: they are not candidates and are not timed. Choosing one would turn
+the graph off for the whole step (run 3: 36 ms eager vs 15 ms captured per step), which no single op can win
+back, and timing it eagerly against graph-timed lab kernels would compare host overhead with none. So a
+graph-timed lab kernel is compared with the graph-safe peers only (graph-timed in the same run); the verdict
+names no eager peer, and ``choose`` (``Verdicts(graph=True)``) skips non-graph-safe implementations, saying so.
+If the reference itself cannot be captured, the op is timed eagerly (every row of it ``"eager"``).
+
+``choose`` takes the fastest allowed lab candidate at the model's own shape (``Verdicts(shapes=...)``; fwd+bwd
+time in the step's timing mode, else the other mode); an allowed peer is taken only where it beats every allowed
+lab kernel there by more than ``NOISE`` (or no lab kernel is allowed), and the reason says so. Candidates
+without a timing at that shape rank after those with one, in the spec's order (with no shapes: the spec's
+order, the first allowed lab candidate, else the first allowed peer, else the reference).
 
 Fail closed (``Verdicts.verdict``): a missing, unreadable or malformed manifest, another GPU / torch / triton
 (or a peer's package version), an entry whose ``allowed`` is not exactly ``true``, whose reason or recorded
@@ -32,8 +52,8 @@ Files: the published evidence ``profiles/<gpu-slug>/gates.json`` (written by the
               "op_hashes": {op: hash}, "created", "source": "bench" | "qualify"},
      "ops": {op: {impl: {"allowed": bool, "reason": str, "role": str, "dtype": str, "bound": float,
                          "errors": {name: err}, "failed": [str], "source_hash": str, "sources": [path],
-                         "shapes": [{"shape", "ms", "ref_ms", "speedup", "peak_mb", "ref_peak_mb",
-                                     "peer_ms": {peer: ms}}]}}}}
+                         "shapes": [{"shape", "timing_mode", "ms", "ref_ms", "speedup", "peak_mb",
+                                     "ref_peak_mb", "peer_ms": {peer: ms}}]}}}}
 """
 from __future__ import annotations
 
@@ -53,6 +73,7 @@ import torch
 from groundthink.device import gpu_name, gpu_slug, versions
 from groundthink.spec import ROOT, OpSpec, get, specs
 
+TIMINGS = ("eager", "graph")   # timing modes (module docstring); rows of other or no mode deny
 NOISE = 0.03          # a lab kernel counts as "no slower" than a peer up to 3% slower (timing noise)
 MEM_SLACK_MB = 1.0    # extra peak memory allowed over the reference: 0.1% + 1 MB
 PEER_PACKAGES = ("fla", "mamba_ssm", "causal_conv1d")
@@ -136,6 +157,10 @@ def op_hash(op: str, root: Path = ROOT) -> str:
 
 # ------------------------------------------------------------------------------------------------- rule
 
+def _at(s: dict) -> str:
+    return f"{s['shape']} ({s.get('timing_mode')})"
+
+
 def rule(entry: dict) -> tuple[bool, str]:
     """Apply the gate rule to one implementation's recorded evidence (see the module docstring)."""
     errors, bound = entry.get("errors") or {}, entry.get("bound")
@@ -150,22 +175,26 @@ def rule(entry: dict) -> tuple[bool, str]:
     shapes = entry.get("shapes") or []
     if not shapes:
         return False, "denied: no timing evidence"
-    slower = [s["shape"] for s in shapes if not s["ms"] < s["ref_ms"]]
+    unknown = [s["shape"] for s in shapes if s.get("timing_mode") not in TIMINGS]
+    if unknown:
+        return False, f"denied: no known timing mode ({'|'.join(TIMINGS)}) at {', '.join(unknown)}"
+    slower = [_at(s) for s in shapes if not s["ms"] < s["ref_ms"]]
     if slower:
         return False, f"denied: not faster than the reference at {', '.join(slower)}"
-    fatter = [s["shape"] for s in shapes if s.get("peak_mb") is not None and s.get("ref_peak_mb") is not None
+    fatter = [_at(s) for s in shapes if s.get("peak_mb") is not None and s.get("ref_peak_mb") is not None
               and s["peak_mb"] > s["ref_peak_mb"] * 1.001 + MEM_SLACK_MB]
     if fatter:
         return False, f"denied: more peak memory than the reference at {', '.join(fatter)}"
     peers = sorted({p for s in shapes for p in s.get("peer_ms", {})})
     if entry.get("role") == "lab":
-        beaten = [f"{p} at {s['shape']} ({pms:.4g} vs {s['ms']:.4g} ms)" for s in shapes
+        beaten = [f"{p} at {_at(s)} ({pms:.4g} vs {s['ms']:.4g} ms)" for s in shapes
                   for p, pms in sorted(s.get("peer_ms", {}).items()) if s["ms"] > pms * (1 + NOISE)]
         if beaten:
             return False, "denied: slower than peer " + ", ".join(beaten)
     worst = min(s["ref_ms"] / s["ms"] for s in shapes)
+    modes = "/".join(sorted({s["timing_mode"] for s in shapes}))
     vs = f", no slower than {', '.join(peers)}" if peers and entry.get("role") == "lab" else ""
-    return True, f"allowed: correct, ≥{worst:.1f}× the reference, no more memory{vs}"
+    return True, f"allowed: correct, ≥{worst:.1f}× the reference ({modes}), no more memory{vs}"
 
 
 # --------------------------------------------------------------------------------------------- evidence
@@ -173,6 +202,11 @@ def rule(entry: dict) -> tuple[bool, str]:
 def _row_errors(r: dict) -> dict:
     e = r.get("errors") or {}
     return json.loads(e) if isinstance(e, str) else dict(e)
+
+
+def _key(r: dict) -> tuple:
+    """Rows compared with each other: same shape, pass and timing mode (like with like)."""
+    return r["shape"], r["pass"], r.get("timing_mode")
 
 
 def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict]) -> dict:
@@ -187,17 +221,17 @@ def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict]) -> dict:
     if len(hashes) > 1:
         failed.append("rows measured by different versions of the sources")
     same = [r for r in rows if r["op"] == spec.name and (r.get("source_hash") or "") == hashes[0] and r.get("ms")]
-    refs = {(r["shape"], r["pass"]): r for r in same if r["impl"] == spec.reference.name}
+    refs = {_key(r): r for r in same if r["impl"] == spec.reference.name}
     peer_names = {i.name for i in spec.role("peer")} - {impl}
     shapes = []
     for r in mine:
-        rr = refs.get((r["shape"], r["pass"]))
+        rr = refs.get(_key(r))
         if not r.get("ms") or rr is None:
             continue
-        peer_ms = {p["impl"]: p["ms"] for p in same if p["impl"] in peer_names and
-                   (p["shape"], p["pass"]) == (r["shape"], r["pass"]) and
+        peer_ms = {p["impl"]: p["ms"] for p in same if p["impl"] in peer_names and _key(p) == _key(r) and
                    all(v <= bound for v in _row_errors(p).values()) and _row_errors(p)}
-        shapes.append({"shape": f"{r['shape']} {r['pass']}", "ms": r["ms"], "ref_ms": rr["ms"],
+        shapes.append({"shape": f"{r['shape']} {r['pass']}", "timing_mode": r.get("timing_mode"), "ms": r["ms"],
+                       "ref_ms": rr["ms"],
                        "speedup": rr["ms"] / r["ms"], "peak_mb": r.get("peak_mb"),
                        "ref_peak_mb": rr.get("peak_mb"), "peer_ms": peer_ms})
     entry = {"role": spec.impl(impl).role, "dtype": dtype, "bound": bound, "errors": errors, "failed": failed,
@@ -319,6 +353,8 @@ def _check_entry(entry) -> str | None:
             return "a shape row lacks a positive ms / ref_ms"
         if not isinstance(s.get("peer_ms", {}), dict):
             return "peer_ms must be an object"
+        if s.get("timing_mode") not in TIMINGS:
+            return f"a shape row has no known timing_mode ({'|'.join(TIMINGS)})"
     return None
 
 
@@ -357,11 +393,18 @@ _UNDECIDED = ("no manifest", "no verdict", "stale", "unreadable")   # reasons th
 class Verdicts:
     """The verdicts of this machine's manifests: the per-machine one (qualification here, at the model's
     shapes) first, the published one second. The first manifest with a verdict for an implementation decides
-    (a malformed or inconsistent one decides too: not allowed); missing, stale and unreadable ones defer."""
+    (a malformed or inconsistent one decides too: not allowed); missing, stale and unreadable ones defer.
 
-    def __init__(self, paths: list[Path] | None = None):
+    ``shapes`` ({op: the spec's shape tuple or its ``shape_str``}, e.g. ``model_shapes``): where ``choose``
+    compares speeds; ``graph``: the training step will be captured (graph-timed evidence preferred,
+    implementations that are not graph-safe never chosen)."""
+
+    def __init__(self, paths: list[Path] | None = None, *, shapes: dict | None = None, graph: bool = False):
         self.paths = paths if paths is not None else [machine_path(), manifest_path()]
         self.loaded = [(p, *load(p)) for p in self.paths]
+        self.shapes = {op: shp if isinstance(shp, str) else get(op).bench.shape_str(*shp)
+                       for op, shp in (shapes or {}).items()}
+        self.graph = graph
 
     def _decide(self, op: str, impl: str) -> tuple[bool, str, dict | None]:
         """(allowed, why, the valid entry or None)."""
@@ -378,71 +421,141 @@ class Verdicts:
         ok, why, _ = self._decide(op, impl)
         return ok, why
 
-    def has(self, op: str, impl: str, shape: str | None = None) -> bool:
+    def has(self, op: str, impl: str, shape: str | None = None, timing: str | None = None) -> bool:
         """A valid verdict (allowed or denied) exists; with ``shape`` (a spec's ``shape_str``), one measured at
-        that shape."""
+        that shape (a failure there counts), with ``timing`` too, timed in that mode there."""
         _, _, entry = self._decide(op, impl)
         if entry is None or shape is None:
             return entry is not None
-        return any(x.startswith(shape + " ") for x in [s["shape"] for s in entry["shapes"]] + entry.get("failed", []))
+        return any(s["shape"].startswith(shape + " ") and timing in (None, s["timing_mode"])
+                   for s in entry["shapes"]) or any(x.startswith(shape + " ") for x in entry.get("failed", []))
 
-    def speed(self, op: str, impl: str) -> float:
-        """The worst speedup over the reference recorded by the valid verdict of ``impl`` (0 without one)."""
-        ok, _, entry = self._decide(op, impl)
-        return min(s["speedup"] for s in entry["shapes"]) if ok else 0.0
+    def ms_at(self, op: str, impl: str, timing: str) -> float | None:
+        """The fwd+bwd (else fwd) time of ``impl`` at ``op``'s model shape in ``timing`` mode, from its valid
+        verdict; None without one."""
+        _, _, entry = self._decide(op, impl)
+        shape = self.shapes.get(op)
+        if entry is None or shape is None:
+            return None
+        for pass_ in ("fwdbwd", "fwd"):
+            for s in entry["shapes"]:
+                if s["shape"] == f"{shape} {pass_}" and s["timing_mode"] == timing:
+                    return s["ms"]
+        return None
+
+    def _fastest(self, op: str, names: list[str]) -> tuple[str, float | None, str]:
+        """(name, ms, timing) of the fastest of ``names`` at the op's model shape — the step's timing mode
+        first, then the other; without any timing there: (the first name, None, "")."""
+        for timing in sorted(TIMINGS, key=lambda t: t != ("graph" if self.graph else "eager")):
+            timed = [(ms, i, n) for i, n in enumerate(names) if (ms := self.ms_at(op, n, timing)) is not None]
+            if timed:
+                ms, _, name = min(timed)
+                return name, ms, timing
+        return names[0], None, ""
 
     def choose(self, spec: OpSpec, usable: Callable[[str], bool]) -> tuple[str, str]:
-        """(implementation, why): the best proven implementation of ``spec``'s op; ``usable(impl)``: imports
-        and runs here."""
-        whys = []
-        for impl in spec.role("lab"):
-            ok, why = self.verdict(spec.name, impl.name)
+        """(implementation, why): the best proven implementation of ``spec``'s op (module docstring);
+        ``usable(impl)``: imports and runs here."""
+        op, shape = spec.name, self.shapes.get(spec.name)
+        whys, allowed = [], {"lab": [], "peer": []}
+        for impl in spec.impls:
+            if impl.role == "reference":
+                continue
+            if self.graph and not impl.graph_safe:
+                whys.append(f"{impl.name}: not graph-safe (the step is captured)")
+                continue
+            ok, why = self.verdict(op, impl.name)
             if ok and usable(impl.name):
-                return impl.name, f"gate: {why}"
-            whys.append(f"{impl.name}: {why}" if ok else f"{impl.name} {why}")
-        best = None
-        for impl in spec.role("peer"):
-            ok, why = self.verdict(spec.name, impl.name)
-            if ok and usable(impl.name):
-                worst = self.speed(spec.name, impl.name)
-                if best is None or worst > best[0]:
-                    best = (worst, impl.name, why)
-        if best is not None:
-            lab = f" (lab: {'; '.join(whys)})" if whys else ""
-            return best[1], f"gate: peer {best[1]} {best[2]}{lab}"
+                allowed[impl.role].append(impl.name)
+            elif impl.role == "lab":
+                whys.append(f"{impl.name}: {why}" if ok else f"{impl.name} {why}")
+        lab = self._fastest(op, allowed["lab"]) if allowed["lab"] else None
+        peer = self._fastest(op, allowed["peer"]) if allowed["peer"] else None
+        if peer is not None and (lab is None or (peer[1] is not None and lab[2] == peer[2] and
+                                                 peer[1] * (1 + NOISE) < lab[1])):
+            vs = (f" — beats every allowed lab kernel at {shape} ({peer[2]}: {peer[1]:.4g} vs {lab[0]} "
+                  f"{lab[1]:.4g} ms)" if lab else f" (lab: {'; '.join(whys) or 'none allowed'})")
+            return peer[0], f"gate: peer {peer[0]} {self.verdict(op, peer[0])[1]}{vs}"
+        if lab is not None:
+            why = self.verdict(op, lab[0])[1]
+            if len(allowed["lab"]) > 1:
+                why += (f"; fastest allowed at {shape} ({lab[2]}: {lab[1]:.4g} ms of {len(allowed['lab'])})"
+                        if lab[1] is not None else "; no timing at the model's shape: the spec's order")
+            return lab[0], f"gate: {why}"
         return spec.reference.name, "gate: " + ("; ".join(whys) if whys else "no qualified implementation")
 
 
 # ------------------------------------------------------------------------------------- gate on first use
 
-def _time_ms(fn: Callable, cuda: bool, reps: int = 5) -> float:
-    """Median of ``reps`` timed calls of a warmed-up ``fn`` (CUDA events on a GPU, host clock otherwise)."""
-    times = []
-    for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+TIME_BOX_MS = 100.0   # timed work per implementation after its warm-up (at least one timed call)
+MAX_SAMPLES = 5       # samples (batches of back-to-back calls) whose median is the time
+MAX_BATCH = 100       # calls per sample at most (µs ops: a batch hides the event's own overhead)
 
 
-def _peak_mb(fn: Callable, cuda: bool) -> float | None:
+def _once_ms(fn: Callable, cuda: bool, n: int = 1) -> float:
+    """Time per call of ``n`` back-to-back calls of ``fn`` (CUDA events on a GPU, host clock otherwise)."""
     if not cuda:
-        return None
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) * 1e3 / n
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / n
+
+
+def _time_ms(fn: Callable, cuda: bool, first_ms: float | None = None) -> tuple[float, int]:
+    """(median ms per call, calls timed) of a warmed-up ``fn``, the timed work sized to about ``TIME_BOX_MS``:
+    an op slower than the box is timed by one call (``first_ms``, a call already timed, is reused), a µs op by
+    ``MAX_SAMPLES`` batches of up to ``MAX_BATCH`` calls."""
+    if first_ms is None:
+        first_ms = _once_ms(fn, cuda)
+    if first_ms >= TIME_BOX_MS / 2:
+        return first_ms, 1
+    n = max(1, min(MAX_BATCH, int(TIME_BOX_MS / MAX_SAMPLES / max(first_ms, 1e-4))))
+    samples = max(1, min(MAX_SAMPLES, int(TIME_BOX_MS / (n * max(first_ms, 1e-4)))))
+    return statistics.median(_once_ms(fn, cuda, n) for _ in range(samples)), n * samples
+
+
+def _peak_mb(fn: Callable, cuda: bool) -> tuple[float | None, float]:
+    """(extra peak MB of one call of ``fn`` over what is allocated before it, None off CUDA; that call's ms)."""
+    if not cuda:
+        return None, _once_ms(fn, cuda)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    ms = _once_ms(fn, cuda)
+    return (torch.cuda.max_memory_allocated() - base) / 2**20, ms
+
+
+def _capture(step: Callable, leaves: list[torch.Tensor], cuda: bool) -> tuple[Callable, float | None]:
+    """Warm ``step`` up on a side stream (compilation, autotuning, lazy initialisation stay out of the graph),
+    capture it once as a CUDA graph (gradients cleared before: they are allocated in the graph's pool and
+    rewritten by every replay) and return (its replay, the extra peak MB of the capture — what one step
+    allocates). The first replay (the graph's upload) is untimed."""
+    if not cuda:
+        raise RuntimeError("CUDA-graph timing needs a CUDA device")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    for t in leaves:
+        t.grad = None
+    graph = torch.cuda.CUDAGraph()
+
+    def record():
+        with torch.cuda.graph(graph):
+            step()
+
+    peak, _ = _peak_mb(record, cuda)     # the capture's own time is not a measurement
+    graph.replay()
+    return graph.replay, peak
 
 
 def _grad_outputs(res) -> list[torch.Tensor]:
@@ -468,17 +581,21 @@ def fwd_bwd_step(fn: Callable, inputs: dict, seed: int = 0) -> tuple[Callable, l
     return step, leaves
 
 
-def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, device) -> dict:
+def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, device, timing: str = "eager") -> dict:
     """One evidence row of ``impl`` at shape ``shp``, fwd+bwd: errors of the output and every gradient vs the
-    float64 reference (at the spec's error shape), time and extra peak memory (at ``shp``). On a CUDA device
-    in the spec's dtype with CUDA-event timing; elsewhere (the interpreter) in float32 by the host clock."""
+    float64 reference (at the spec's error shape), time and extra peak memory (at ``shp``), timed in ``timing``
+    mode (``TIMINGS``; "graph": CUDA-graph replays, ``_capture``). On a CUDA device in the spec's dtype with
+    CUDA events; elsewhere (the interpreter) in float32 by the host clock."""
     from groundthink.harness import compare
     b = spec.bench
     cuda = torch.device(device).type == "cuda"
     dtype = b.dtype if cuda else torch.float32
     row = {"op": spec.name, "impl": impl, "shape": b.shape_str(*shp), "pass": "fwdbwd", "dtype": str(dtype)[6:],
-           "ms": None, "peak_mb": None, "errors": {}, "source_hash": op_hash(spec.name), "note": ""}
+           "timing_mode": timing, "ms": None, "reps": 0, "peak_mb": None, "errors": {},
+           "source_hash": op_hash(spec.name), "note": ""}
     try:
+        if timing not in TIMINGS:
+            raise ValueError(f"timing must be one of {TIMINGS}; got {timing!r}")
         if impl != spec.reference.name:
             err = b.err_shape(*shp) if b.err_shape else shp
             ref = spec.reference.load()
@@ -490,75 +607,137 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, device) -> dict:
                 t.grad = None
             step()
 
-        run()                                   # autotuning / compilation outside the memory and time figures
-        row["peak_mb"] = _peak_mb(run, cuda)
-        row["ms"] = _time_ms(run, cuda)
+        if timing == "graph":
+            target, row["peak_mb"] = _capture(step, leaves, cuda)
+            first = None
+        else:
+            run()                               # autotuning / compilation outside the memory and time figures
+            for t in leaves:
+                t.grad = None
+            target = run
+            row["peak_mb"], first = _peak_mb(run, cuda)
+        row["ms"], row["reps"] = _time_ms(target, cuda, first)
     except Exception as e:  # noqa: BLE001 - recorded: the rule denies a kernel that fails to run
         row["note"] = f"{type(e).__name__}: {str(e)[:200]}"
         row["ms"] = None
     return row
 
 
-def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool) -> list[tuple]:
-    """(spec, impl, fn or the import error, shape) to measure: the ops whose lab candidates (or, without lab
-    kernels, installed peers) lack a valid verdict. Ordered so that a spent time budget costs the least: every
-    op's reference and first lab candidate, then the second candidates, and so on, peers last."""
-    heads, tails, peers = [], [], []
+def _candidates(spec: OpSpec, cuda: bool, graph: bool) -> tuple[list, list[str]]:
+    """([(impl, fn or its import error)] that may run in this step, [why others are left out]): implementations
+    that run here, graph-safe ones only when the step is captured; an absent peer is no candidate, an absent
+    lab kernel is (it fails)."""
+    cands, out = [], []
+    for impl in spec.impls:
+        if impl.role == "reference" or not impl.runs_here(cuda):
+            continue
+        if graph and not impl.graph_safe:
+            out.append(f"{spec.name}/{impl.name} (not graph-safe: the step is captured)")
+            continue
+        try:
+            cands.append((impl, impl.load()))
+        except Exception as e:  # noqa: BLE001
+            if impl.role == "lab":
+                cands.append((impl, e))
+    return cands, out
+
+
+def _timing(spec: OpSpec, graph: bool) -> str:
+    """The op's timing mode: CUDA-graph replays when the step is captured and the reference can be."""
+    return "graph" if graph and spec.reference.graph_safe else "eager"
+
+
+def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = False) -> tuple[list, list]:
+    """([(spec, impl, fn or the import error, shape)] to measure, [what is left out and why]).
+
+    An op is qualified when one of its gated candidates (lab kernels, or for an op without any, its peers) has
+    no valid verdict at that shape and timing mode in the per-machine manifest (``force``: always); then its
+    reference, those candidates and its peers without one are measured (a peer that has one is not re-timed).
+    Ordered so that a spent time budget costs the least: every op's reference and first choice (its first lab
+    kernel, else its first peer), then the second candidates rank by rank, then the peers."""
+    heads, tails, peers, out = [], [], [], []
     for op, shp in shapes.items():
         spec = get(op)
-        cands = []
-        for impl in spec.impls:
-            if impl.role == "reference" or not impl.runs_here(cuda):
-                continue
-            try:
-                cands.append((impl, impl.load()))
-            except Exception as e:  # noqa: BLE001 - an absent peer is no candidate; an absent lab kernel fails
-                if impl.role == "lab":
-                    cands.append((impl, e))
-        gated = [i for i, _ in cands if i.role == "lab"] or [i for i, _ in cands]
-        if spec.bench is None or not gated or (
-                not force and all(known.has(op, i.name, spec.bench.shape_str(*shp)) for i in gated)):
+        if spec.bench is None:
             continue
-        labs = [(spec, impl, fn, shp) for impl, fn in cands if impl.role != "peer"]
-        peers += [(spec, impl, fn, shp) for impl, fn in cands if impl.role == "peer"]
-        heads += [(spec, spec.reference, spec.reference.load(), shp)] + labs[:1]
-        tails.append(labs[1:])
+        shape = spec.bench.shape_str(*shp)
+        cands, left = _candidates(spec, cuda, graph)
+        role = "lab" if any(i.role == "lab" for i, _ in cands) else "peer"
+        timing = _timing(spec, graph)
+        todo = [(spec, i, fn, shp) for i, fn in cands if force or not known.has(op, i.name, shape, timing)]
+        gated = [t for t in todo if t[1].role == role]
+        if not gated:
+            continue
+        out += left
+        heads += [(spec, spec.reference, spec.reference.load(), shp)] + gated[:1]
+        tails.append(gated[1:])
+        peers += [t for t in todo if t[1].role != role]
     seconds = [item for rank in itertools.zip_longest(*tails) for item in rank if item is not None]
-    return heads + seconds + peers
+    return heads + seconds + peers, out
+
+
+def _failed_row(spec: OpSpec, impl, shp, timing: str, err: Exception) -> dict:
+    return {"op": spec.name, "impl": impl.name, "shape": spec.bench.shape_str(*shp), "pass": "fwdbwd",
+            "dtype": "", "timing_mode": timing, "ms": None, "errors": {}, "source_hash": op_hash(spec.name),
+            "note": f"not importable: {type(err).__name__}: {err}"}
 
 
 def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | None = None, device=None,
             say: Callable[[str], None] = print, progress: bool = True, force: bool = False,
-            budget_s: float = 60.0) -> dict:
+            budget_s: float = 60.0, graph: bool = False) -> dict:
     """Gate on first use: for every op in ``shapes`` (op -> the spec's shape tuple, e.g. ``model_shapes``)
     whose lab candidates (or, for an op without lab kernels, its installed peers) have no valid verdict at that
-    shape in the per-machine manifest (``force``: all of them), measure the reference, every lab candidate and
-    every installed peer at that shape (``measure``: errors of the output and every gradient vs float64,
-    fwd+bwd time, extra peak memory), decide with ``rule`` and write the per-machine manifest
-    (``machine_path()``; ``path`` overrides).
-    Peers are measured last; what would start after ``budget_s`` seconds is skipped and said. Returns the new
-    entries ({op: {impl: entry}}). ``cuda`` and ``device`` may be injected (tests: the interpreter on CPU)."""
+    shape in the per-machine manifest (``force``: all of them), measure the reference, those candidates and the
+    installed peers at that shape (``measure``: errors of the output and every gradient vs float64, fwd+bwd
+    time, extra peak memory; ``graph``: the training step will be captured, so CUDA-graph timing and graph-safe
+    implementations only), decide with ``rule`` and write the per-machine manifest (``machine_path()``;
+    ``path`` overrides).
+
+    Budget: ``budget_s`` (60 s) for all ops together. Nothing is started after it is spent; what is skipped is
+    said and qualified by the next run (only what lacks a verdict is measured then). To stay in it: timing
+    reps sized to the op (``_time_ms``: about ``TIME_BOX_MS`` of timed work, one call for a slow reference),
+    the memory figure taken from a timed call, every op's first choice before any second candidate, peers with a
+    verdict not re-timed, implementations that cannot be used in the step (not graph-safe while it is captured)
+    not timed. Not cut: the errors vs float64 (at the spec's ``err_shape``), the warm-up (compilation,
+    autotuning) of every candidate. A progress bar shows the implementation being measured; the time of each op
+    is said at the end. Returns the new entries ({op: {impl: entry}}). ``cuda`` and ``device`` may be injected
+    (tests: the interpreter on CPU)."""
     from tqdm import tqdm
     cuda = torch.cuda.is_available() if cuda is None else cuda
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = path or machine_path()
-    plan = _plan(shapes, cuda, Verdicts([path]), force)
+    plan, left = _plan(shapes, cuda, Verdicts([path]), force, graph)
     if not plan:
         return {}
-    say(f"gate: qualifying {', '.join(sorted({p[0].name for p in plan}))} on this machine (errors vs float64, "
-        f"time vs the reference and installed peers, ≤ {budget_s:g} s) -> {path}")
-    t0, rows, skipped = time.monotonic(), [], []
-    for spec, impl, fn, shp in tqdm(plan, desc="gate", unit="impl", disable=not progress):
+    timing = {spec.name: _timing(spec, graph) for spec, *_ in plan}
+    say(f"gate: qualifying {', '.join(sorted(timing))} on this machine (errors vs float64, "
+        f"{'CUDA-graph' if graph else 'eager'} fwd+bwd time vs the reference and installed peers, "
+        f"≤ {budget_s:g} s) -> {path}" + (f"; not timed: {', '.join(left)}" if left else ""))
+    t0, rows, skipped, spent = time.monotonic(), [], [], {}
+    bar = tqdm(plan, desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
+    for spec, impl, fn, shp in bar:
+        op = spec.name
         if time.monotonic() - t0 > budget_s:
-            skipped.append(f"{spec.name}/{impl.name}")
-        elif isinstance(fn, Exception):
-            rows.append({"op": spec.name, "impl": impl.name, "shape": spec.bench.shape_str(*shp), "pass": "fwdbwd",
-                         "dtype": "", "ms": None, "errors": {}, "source_hash": op_hash(spec.name),
-                         "note": f"not importable: {type(fn).__name__}: {fn}"})
+            skipped.append(f"{op}/{impl.name}")
+            continue
+        bar.set_postfix_str(f"{op}/{impl.name}", refresh=True)
+        t1 = time.monotonic()
+        if isinstance(fn, Exception):
+            rows.append(_failed_row(spec, impl, shp, timing[op], fn))
         else:
-            rows.append(measure(spec, impl.name, fn, shp, device))
+            rows.append(measure(spec, impl.name, fn, shp, device, timing[op]))
+            if impl is spec.reference and rows[-1]["ms"] is None and timing[op] == "graph":
+                say(f"gate {op}: the reference could not be captured ({rows[-1]['note'][:120]}); timing "
+                    f"{op} eagerly")
+                timing[op] = "eager"
+                rows.append(measure(spec, impl.name, fn, shp, device, "eager"))
+        spent.setdefault(op, {})[impl.name] = time.monotonic() - t1
+    bar.close()
     if skipped:
-        say(f"gate: time budget of {budget_s:g} s spent; not measured: {', '.join(skipped)}")
+        say(f"gate: time budget of {budget_s:g} s spent; not measured (next run): {', '.join(skipped)}")
+    say("gate: seconds per op: " + "; ".join(
+        f"{op} {sum(v.values()):.1f} ({', '.join(f'{i} {t:.1f}' for i, t in v.items())})"
+        for op, v in spent.items()) + f"; total {time.monotonic() - t0:.1f} s of ≤ {budget_s:g} s")
     ops = evidence([dict(r, errors=json.dumps(r["errors"])) for r in rows])
     notes = {(r["op"], r["impl"]): r["note"] for r in rows if r.get("note")}
     for op, impls in ops.items():

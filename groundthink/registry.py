@@ -11,8 +11,10 @@ per op (``ops.wkv6(...)``, ``ops.gate_norm_residual(...)``, ``ops.mamba2(...)``,
                  kernel takes its first peer that runs here (mamba-ssm's scan, causal-conv1d on a GPU), else
                  its reference;
     "auto"       on GPU, the best proven implementation (``groundthink.gate``: the per-machine manifest of the
-                 qualification, then the published one): the first allowed lab candidate, else the best
-                 allowed peer, else the reference — each with the gate's reason; on CPU, the references.
+                 qualification, then the published one): the fastest allowed lab candidate at the model's shape
+                 (``Verdicts(shapes=...)``; the spec's order where no timing there exists), a peer only where
+                 it beats every allowed lab kernel, else the reference — each with the gate's reason; on CPU,
+                 the references.
 """
 from __future__ import annotations
 

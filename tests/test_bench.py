@@ -26,7 +26,8 @@ def _row(op, impl, shape, pass_, ms, peak=100.0, errors=None, variant="", tok_s=
             "max_rel_err": max(errors.values()) if errors else None, "variant": variant, "tok_s": tok_s,
             "timer": "fake", "reps": 1, "warmup_s": 0.0, "err_shape": shape,
             "errors": json.dumps(errors) if errors else "", "copy_gbps": 3000.0, "ms_graph": None,
-            "measurement": "fake-gpu", "note": "", "source_hash": gate.op_hash(op) if op != "train" else ""}
+            "measurement": "fake-gpu", "note": "", "source_hash": gate.op_hash(op) if op != "train" else "",
+            "timing_mode": "eager"}
 
 
 def fake_rows():
@@ -59,6 +60,7 @@ def fake_rows():
 
 
 def _evidence(errors, shapes, role="lab", failed=()):
+    shapes = [dict(s, timing_mode=s.get("timing_mode", "eager")) for s in shapes]
     return {"errors": errors, "bound": 5e-3, "failed": list(failed), "shapes": shapes, "role": role}
 
 
@@ -223,6 +225,24 @@ def test_pytest_bench_cpu_run(tmp_path):
     tri = [r for r in rows if r["impl"] == "triton"]
     assert tri and all(r["max_rel_err"] is not None and r["max_rel_err"] < 5e-2 for r in tri)
     assert all(r["speedup_vs_ref"] is not None for r in tri)
+    assert {r["timing_mode"] for r in rows} == {"eager"}                    # every row says how it was timed
+
+
+def test_rows_read_back_keep_their_timing_mode_and_old_ones_allow_nothing(tmp_path):
+    """The CSV round-trips ``timing_mode``; rows of an older bench.csv (no such column) deny (fail closed)."""
+    import csv
+    path = common.write_csv(common.finalize(fake_rows()), tmp_path / "bench.csv")
+    back = common.read_csv_rows(path)
+    assert {r["timing_mode"] for r in back} == {"eager"}
+    assert gate.evidence(back)["wkv6"]["triton"]["allowed"] is True
+    with open(path, newline="") as f:
+        old = [{k: v for k, v in r.items() if k != "timing_mode"} for r in csv.DictReader(f)]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(old[0]))
+        w.writeheader()
+        w.writerows(old)
+    e = gate.evidence(common.read_csv_rows(path))["wkv6"]["triton"]
+    assert e["allowed"] is False and "no known timing mode" in e["reason"]
 
 
 def test_merge_partial_rerun(tmp_path, monkeypatch):

@@ -18,15 +18,16 @@ OP = "gate_norm_residual"
 SHAPE = (16, 32, "row", False)
 
 
-def _rows(tri_ms=1.0, ref_ms=3.0, peer_ms=None, err=1e-3):
+def _row(impl, ms, op=OP, shape="N16 D32 row", timing="graph", err=1e-3):
+    return {"op": op, "impl": impl, "shape": shape, "pass": "fwdbwd", "dtype": "bfloat16", "ms": ms,
+            "peak_mb": 1.0, "errors": json.dumps({"out0": err}), "source_hash": gate.op_hash(op),
+            "timing_mode": timing}
+
+
+def _rows(tri_ms=1.0, ref_ms=3.0, peer_ms=None, err=1e-3, timing="graph"):
     """Evidence rows of one op measured by the current sources: reference, triton and (optionally) a peer."""
-    h = gate.op_hash(OP)
-    out = []
-    for impl, ms in (("reference", ref_ms), ("triton", tri_ms), ("compile", peer_ms)):
-        if ms is not None:
-            out.append({"op": OP, "impl": impl, "shape": "N16 D32 row", "pass": "fwdbwd", "dtype": "bfloat16",
-                        "ms": ms, "peak_mb": 1.0, "errors": json.dumps({"out0": err}), "source_hash": h})
-    return out
+    return [_row(impl, ms, err=err, timing=timing) for impl, ms in
+            (("reference", ref_ms), ("triton", tri_ms), ("compile", peer_ms)) if ms is not None]
 
 
 def _manifest(tmp_path, rows=None):
@@ -71,6 +72,8 @@ def test_a_good_entry_is_allowed(tmp_path):
     (lambda e: e.update(failed="none"), "malformed"),
     (lambda e: e.pop("source_hash"), "no source hash"),
     (lambda e: e.update(source_hash="0" * 16), "stale"),
+    (lambda e: e["shapes"][0].pop("timing_mode"), "malformed"),          # no timing mode: fail closed
+    (lambda e: e["shapes"][0].update(timing_mode="fast"), "malformed"),   # an unknown one too
 ])
 def test_tampered_or_inconsistent_entries_are_refused(tmp_path, tamper, words):
     path = _manifest(tmp_path)
@@ -109,7 +112,7 @@ def test_verdict_covers_every_source_file(tmp_path, op):
     if op == OP:
         assert "kernels/gate_norm_residual/kernel.py" in files
     entry = {"allowed": True, "role": "lab", "errors": {"out0": 1e-3}, "bound": 5e-3, "failed": [],
-             "shapes": [{"shape": "s fwd", "ms": 1.0, "ref_ms": 2.0, "speedup": 2.0}],
+             "shapes": [{"shape": "s fwd", "timing_mode": "eager", "ms": 1.0, "ref_ms": 2.0, "speedup": 2.0}],
              "source_hash": gate.op_hash(op, root)}
     entry["reason"] = gate.rule(entry)[1]
     data = {"meta": gate.meta(), "ops": {op: {"triton": entry}}}
@@ -203,12 +206,181 @@ def test_model_shapes_come_from_the_specs():
     assert shapes["mamba2"][:2] == (4, 32)
 
 
+def _order(plan):
+    return [(spec.name, impl.name) for spec, impl, _, _ in plan]
+
+
 def test_qualify_plan_measures_every_first_choice_before_second_ones(tmp_path):
     """A spent budget must cost the least: every op's reference and first lab kernel come before any op's
     second candidate, peers last (run 3 on the H100: three wkv6 candidates first had starved the other ops)."""
     from groundthink.spec import get
     shapes = {"wkv6": get("wkv6").bench.cpu_shapes[0], "norm_gate": get("norm_gate").bench.cpu_shapes[0]}
-    plan = gate._plan(shapes, False, gate.Verdicts([tmp_path / "none.json"]), force=False)
-    order = [(spec.name, impl.name) for spec, impl, _, _ in plan]
-    assert order == [("wkv6", "reference"), ("wkv6", "triton"), ("norm_gate", "reference"), ("norm_gate", "triton"),
-                     ("wkv6", "triton_fused"), ("wkv6", "triton_parallel")]
+    plan, _ = gate._plan(shapes, False, gate.Verdicts([tmp_path / "none.json"]), force=False)
+    assert _order(plan) == [("wkv6", "reference"), ("wkv6", "triton"), ("norm_gate", "reference"),
+                            ("norm_gate", "triton"), ("wkv6", "triton_fused"), ("wkv6", "triton_parallel")]
+
+
+@pytest.fixture
+def peer_only_op(monkeypatch):
+    """An op without lab kernels (like mamba2, causal_conv1d): a graph-safe and a non-graph-safe peer."""
+    from groundthink.spec import Impl, OpSpec, get, specs
+    base = get("decay_exp")
+    spec = OpSpec("peeronly", "test", (base.reference, Impl("safe", base.reference.target, role="peer",
+                                                            needs="cuda", graph_safe=True),
+                                       Impl("eager_only", base.reference.target, role="peer", needs="cuda")),
+                  bench=base.bench)
+    monkeypatch.setitem(specs(), "peeronly", spec)
+    return spec
+
+
+def test_plan_puts_the_first_peer_of_an_op_without_lab_kernels_first(tmp_path, peer_only_op):
+    """Run 3: mamba2's and causal_conv1d's peers came last, were cut by the budget, and the step ran their
+    references. An op without a lab kernel has its first peer as its first choice."""
+    from groundthink.spec import get
+    shapes = {"peeronly": (16, 40), "norm_gate": get("norm_gate").bench.cpu_shapes[0]}
+    plan, left = gate._plan(shapes, True, gate.Verdicts([tmp_path / "none.json"]), force=False)
+    assert _order(plan)[:4] == [("peeronly", "reference"), ("peeronly", "safe"), ("norm_gate", "reference"),
+                                ("norm_gate", "triton")]
+    assert ("peeronly", "eager_only") in _order(plan)
+    # the step will be captured: implementations that are not graph-safe are neither candidates nor timed
+    plan, left = gate._plan(shapes, True, gate.Verdicts([tmp_path / "none.json"]), force=False, graph=True)
+    assert ("peeronly", "eager_only") not in _order(plan) and ("norm_gate", "mamba_ssm") not in _order(plan)
+    assert any("peeronly/eager_only (not graph-safe" in x for x in left)
+
+
+def test_plan_needs_a_verdict_in_the_steps_timing_mode_and_retimes_no_peer_that_has_one(tmp_path, peer_only_op):
+    path = tmp_path / "gates.json"
+    gate.write(gate.evidence([_row("reference", 3.0, op="peeronly", shape="N16 D40", timing="eager"),
+                              _row("safe", 1.0, op="peeronly", shape="N16 D40", timing="eager")]), path)
+    known = gate.Verdicts([path])
+    assert known.has("peeronly", "safe", "N16 D40", "eager") and not known.has("peeronly", "safe", "N16 D40", "graph")
+    shapes = {"peeronly": (16, 40)}
+    plan, _ = gate._plan(shapes, True, known, force=False)
+    assert _order(plan) == [("peeronly", "reference"), ("peeronly", "eager_only")]   # "safe" not re-timed
+    plan, _ = gate._plan(shapes, True, known, force=False, graph=True)
+    assert _order(plan) == [("peeronly", "reference"), ("peeronly", "safe")]         # eager verdict: not enough
+
+
+# ------------------------------------------------------------------------------------------ timing modes
+
+def test_rule_compares_like_with_like():
+    """A row is compared only with the reference's and the peers' rows of the same shape, pass and mode."""
+    ev = gate.evidence(_rows(tri_ms=1.0, ref_ms=3.0, timing="graph")
+                       + [_row("reference", 0.5, timing="eager"), _row("compile", 0.1, timing="eager")])
+    e = ev[OP]["triton"]
+    assert e["allowed"] is True, e["reason"]
+    assert [(s["timing_mode"], s["ref_ms"], s["peer_ms"]) for s in e["shapes"]] == [("graph", 3.0, {})]
+    assert "(graph)" in e["reason"]
+    # a graph-timed kernel with only an eager reference has nothing to be compared with
+    e = gate.evidence([_row("reference", 3.0, timing="eager"), _row("triton", 1.0, timing="graph")])[OP]["triton"]
+    assert e["allowed"] is False and "no timing evidence" in e["reason"]
+    # a peer timed in the same mode still counts
+    e = gate.evidence(_rows(tri_ms=1.0, peer_ms=0.5, timing="graph"))[OP]["triton"]
+    assert e["allowed"] is False and "slower than peer compile at N16 D32 row fwdbwd (graph)" in e["reason"]
+
+
+@pytest.mark.parametrize("timing", [None, "", "fast"])
+def test_rows_without_a_known_timing_mode_are_denied(timing):
+    """Fail closed: rows (e.g. an old bench.csv read back) without a known mode never allow a kernel."""
+    e = gate.evidence(_rows(timing=timing))[OP]["triton"]
+    assert e["allowed"] is False and "no known timing mode" in e["reason"]
+
+
+def test_time_is_sized_to_the_op():
+    calls = []
+    ms, n = gate._time_ms(lambda: calls.append(1), False, first_ms=3000.0)      # a slow reference: one call
+    assert (ms, n, calls) == (3000.0, 1, [])
+    ms, n = gate._time_ms(lambda: calls.append(1), False, first_ms=0.01)        # a µs op: batches of calls
+    assert n == len(calls) == gate.MAX_SAMPLES * gate.MAX_BATCH and ms < 1.0
+
+
+def test_qualify_times_as_cuda_graph_replays_when_the_step_is_captured(tmp_path, monkeypatch):
+    """graph=True: every row is captured and replayed (``_capture``; faked here, there is no GPU) and recorded
+    as "graph"; the peers that are not graph-safe are not timed and the header says so."""
+    import reference.gate_norm_residual as R
+    real = R.gate_norm_residual
+
+    def slow_reference(*a, **k):
+        time.sleep(0.3)
+        return real(*a, **k)
+
+    captured = []
+
+    def fake_capture(step, leaves, cuda):
+        step()
+        captured.append(step)
+        return step, None
+
+    monkeypatch.setattr(R, "gate_norm_residual", slow_reference)
+    monkeypatch.setattr(gate, "_capture", fake_capture)
+    said = []
+    path = tmp_path / "gates.json"
+    ops = gate.qualify({OP: SHAPE}, cuda=True, path=path, say=said.append, progress=False, graph=True)
+    assert len(captured) == 2 and set(ops[OP]) == {"triton"}
+    e = ops[OP]["triton"]
+    assert e["allowed"] is True and [s["timing_mode"] for s in e["shapes"]] == ["graph"], e["reason"]
+    assert "not graph-safe" in said[0] and "CUDA-graph" in said[0]
+    assert any(s.startswith("gate: seconds per op: gate_norm_residual") for s in said)
+    v = gate.Verdicts([path], shapes={OP: SHAPE}, graph=True)
+    assert v.has(OP, "triton", "N16 D32 row", "graph") and v.ms_at(OP, "triton", "graph") == e["shapes"][0]["ms"]
+
+
+def test_a_reference_that_cannot_be_captured_times_the_op_eagerly(tmp_path, monkeypatch, no_compile_peer):
+    def no_capture(step, leaves, cuda):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(gate, "_capture", no_capture)
+    said = []
+    rows = []
+    real_measure = gate.measure
+    monkeypatch.setattr(gate, "measure", lambda *a: rows.append(real_measure(*a)) or rows[-1])
+    gate.qualify({OP: SHAPE}, cuda=True, path=tmp_path / "g.json", say=said.append, progress=False, graph=True,
+                 budget_s=0.1)
+    assert [(r["impl"], r["timing_mode"], r["ms"] is None) for r in rows][:2] == [
+        ("reference", "graph", True), ("reference", "eager", False)]
+    assert any("could not be captured" in s for s in said)
+
+
+# ------------------------------------------------------------------------------- the best proven choice
+
+WKV = "wkv6"
+WSHAPE = "B1 T40 H2 K16 V16"
+
+
+def _wkv_manifest(tmp_path, runs):
+    """One manifest from several qualification runs (each: {impl: ms}, with the reference at 10 ms)."""
+    path = tmp_path / "gates.json"
+    for timing, impls in runs:
+        rows = [_row("reference", 10.0, op=WKV, shape=WSHAPE, timing=timing)]
+        rows += [_row(i, ms, op=WKV, shape=WSHAPE, timing=timing) for i, ms in impls.items()]
+        gate.write(gate.evidence(rows), path)
+    return path
+
+
+def test_choose_takes_the_fastest_allowed_lab_kernel_at_the_models_shape(tmp_path):
+    path = _wkv_manifest(tmp_path, [("graph", {"triton": 1.0, "triton_fused": 0.6, "triton_parallel": 20.0})])
+    spec = registry.SPECS[WKV]
+    impl, why = gate.Verdicts([path], shapes={WKV: (1, 40, 2, 16, 16)}, graph=True).choose(spec, lambda n: True)
+    assert impl == "triton_fused" and "fastest allowed at B1 T40 H2 K16 V16 (graph: 0.6 ms of 2)" in why
+    # no timing at the model's shape: the spec's order
+    impl, why = gate.Verdicts([path], shapes={WKV: (2, 40, 2, 16, 16)}, graph=True).choose(spec, lambda n: True)
+    assert impl == "triton" and "the spec's order" in why
+    impl, _ = gate.Verdicts([path]).choose(spec, lambda n: True)
+    assert impl == "triton"
+    # the fastest must also run here
+    impl, _ = gate.Verdicts([path], shapes={WKV: WSHAPE}).choose(spec, lambda n: n != "triton_fused")
+    assert impl == "triton"
+
+
+def test_a_peer_is_chosen_only_where_it_beats_every_allowed_lab_kernel(tmp_path):
+    spec = registry.SPECS[WKV]
+    path = _wkv_manifest(tmp_path, [("eager", {"triton": 1.0, "triton_fused": 0.8}), ("eager", {"fla_chunk": 0.5})])
+    v = gate.Verdicts([path], shapes={WKV: WSHAPE})
+    impl, why = v.choose(spec, lambda n: True)
+    assert impl == "fla_chunk" and "beats every allowed lab kernel" in why and "triton_fused 0.8" in why
+    # within the noise, or not faster: the lab kernel
+    path = _wkv_manifest(tmp_path / "b", [("eager", {"triton": 1.0}), ("eager", {"fla_chunk": 0.99})])
+    assert gate.Verdicts([path], shapes={WKV: WSHAPE}).choose(spec, lambda n: True)[0] == "triton"
+    # the step is captured: a peer that is not graph-safe is never chosen (it would turn the graph off)
+    impl, why = gate.Verdicts([path], shapes={WKV: WSHAPE}, graph=True).choose(spec, lambda n: n != "triton")
+    assert impl == "reference" and "fla_chunk: not graph-safe" in why

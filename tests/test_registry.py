@@ -73,7 +73,8 @@ def test_unknown_impl_is_a_clear_error():
 
 
 class _Fixed:
-    """A stand-in for gate.Verdicts: allowed where the test says."""
+    """A stand-in for gate.Verdicts: allowed where the test says, no timings (the spec's order decides)."""
+    graph, shapes = False, {}
 
     def __init__(self, allowed):
         self.allowed = allowed
@@ -81,14 +82,16 @@ class _Fixed:
     def verdict(self, op, impl):
         return ((True, f"allowed: test {impl}") if (op, impl) in self.allowed else (False, f"denied: test {impl}"))
 
-    def speed(self, op, impl):
-        return 1.0
+    def ms_at(self, op, impl, timing):
+        return None
 
+    _fastest = gate.Verdicts._fastest
     choose = gate.Verdicts.choose
 
 
 def test_auto_picks_the_best_proven_implementation():
-    """First allowed lab candidate; else an allowed peer, saying so; else the reference with every reason."""
+    """Without timings at the model's shape: the first allowed lab candidate; else an allowed peer, saying so;
+    else the reference with every reason (the fastest-at-the-shape choice: tests/test_gate.py)."""
     v = _Fixed({("wkv6", "triton_fused")})
     c = registry.resolve("auto", cuda=True, verdicts=v).choices["wkv6"]
     assert c.impl == "triton_fused" and "allowed: test triton_fused" in c.reason
