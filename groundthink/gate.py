@@ -334,25 +334,32 @@ def load(path: Path | None = None) -> tuple[dict | None, str]:
 
 # ------------------------------------------------------------------------------------------------ verdict
 
+def _num(v, positive: bool = False) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 if positive else True)
+
+
 def _check_entry(entry) -> str | None:
     """None if the entry is well formed, else what is wrong."""
     if not isinstance(entry, dict):
         return "entry is not an object"
     if not isinstance(entry.get("reason"), str):
         return "no reason recorded"
-    if not isinstance(entry.get("errors"), dict) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in entry["errors"].values()):
+    if not isinstance(entry.get("errors"), dict) or not all(_num(v) for v in entry["errors"].values()):
         return "errors must map names to numbers"
-    if not isinstance(entry.get("bound"), (int, float)) or not isinstance(entry.get("shapes"), list):
+    if not _num(entry.get("bound")) or not isinstance(entry.get("shapes"), list):
         return "bound or shapes missing"
+    if not isinstance(entry.get("dtype"), str):
+        return "no dtype recorded"
     if not isinstance(entry.get("failed", []), list) or not all(isinstance(x, str) for x in entry.get("failed", [])):
         return "failed must be a list of strings"
     for s in entry["shapes"]:
         if not isinstance(s, dict) or not isinstance(s.get("shape"), str) or not all(
-                isinstance(s.get(k), (int, float)) and s[k] > 0 for k in ("ms", "ref_ms")):
+                _num(s.get(k), positive=True) for k in ("ms", "ref_ms")):
             return "a shape row lacks a positive ms / ref_ms"
-        if not isinstance(s.get("peer_ms", {}), dict):
-            return "peer_ms must be an object"
+        if not isinstance(s.get("peer_ms", {}), dict) or not all(_num(v, True) for v in s.get("peer_ms", {}).values()):
+            return "peer_ms must map peers to positive times"
+        if not all(s.get(k) is None or _num(s[k]) for k in ("peak_mb", "ref_peak_mb")):
+            return "peak_mb / ref_peak_mb must be numbers"
         if s.get("timing_mode") not in TIMINGS:
             return f"a shape row has no known timing_mode ({'|'.join(TIMINGS)})"
     return None
@@ -377,6 +384,11 @@ def verdict_of(data: dict | None, status: str, op: str, impl: str, root: Path = 
         return False, f"verdict for {op}/{impl} records no source hash — re-run the benchmarks"
     if entry["source_hash"] != op_hash(op, root):
         return False, f"stale: sources of {op} ({', '.join(op_sources(op, root))}) changed since the measurement"
+    dtype = getattr(torch, entry["dtype"], None)
+    if not isinstance(dtype, torch.dtype) or entry["bound"] != spec.bound(dtype):
+        return False, (f"stale: the error bound of {op} for {entry['dtype']} is "
+                       f"{spec.bound(dtype) if isinstance(dtype, torch.dtype) else 'unknown'}, the verdict used "
+                       f"{entry['bound']:g}")
     pkg = spec.impl(impl).module.split(".")[0]
     if pkg in PEER_PACKAGES and (data["meta"].get("versions") or {}).get(pkg) != versions().get(pkg):
         return False, f"stale: {pkg} {(data['meta'].get('versions') or {}).get(pkg)} → {versions().get(pkg)}"
@@ -468,7 +480,7 @@ class Verdicts:
             if ok and usable(impl.name):
                 allowed[impl.role].append(impl.name)
             elif impl.role == "lab":
-                whys.append(f"{impl.name}: {why}" if ok else f"{impl.name} {why}")
+                whys.append(f"{impl.name}: {why}, but it does not import here" if ok else f"{impl.name} {why}")
         lab = self._fastest(op, allowed["lab"]) if allowed["lab"] else None
         peer = self._fastest(op, allowed["peer"]) if allowed["peer"] else None
         if peer is not None and (lab is None or (peer[1] is not None and lab[2] == peer[2] and
@@ -676,9 +688,10 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = 
     return heads + seconds + peers, out
 
 
-def _failed_row(spec: OpSpec, impl, shp, timing: str, err: Exception) -> dict:
+def _failed_row(spec: OpSpec, impl, shp, timing: str, err: Exception, device) -> dict:
+    dtype = spec.bench.dtype if torch.device(device).type == "cuda" else torch.float32
     return {"op": spec.name, "impl": impl.name, "shape": spec.bench.shape_str(*shp), "pass": "fwdbwd",
-            "dtype": "", "timing_mode": timing, "ms": None, "errors": {}, "source_hash": op_hash(spec.name),
+            "dtype": str(dtype)[6:], "timing_mode": timing, "ms": None, "errors": {}, "source_hash": op_hash(spec.name),
             "note": f"not importable: {type(err).__name__}: {err}"}
 
 
@@ -723,7 +736,7 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
         bar.set_postfix_str(f"{op}/{impl.name}", refresh=True)
         t1 = time.monotonic()
         if isinstance(fn, Exception):
-            rows.append(_failed_row(spec, impl, shp, timing[op], fn))
+            rows.append(_failed_row(spec, impl, shp, timing[op], fn, device))
         else:
             rows.append(measure(spec, impl.name, fn, shp, device, timing[op]))
             if impl is spec.reference and rows[-1]["ms"] is None and timing[op] == "graph":

@@ -9,10 +9,11 @@ import shutil
 import time
 
 import pytest
+import torch
 
 import kernels  # noqa: F401
 from groundthink import gate, registry
-from groundthink.spec import ROOT
+from groundthink.spec import ROOT, get, specs
 
 OP = "gate_norm_residual"
 SHAPE = (16, 32, "row", False)
@@ -74,6 +75,12 @@ def test_a_good_entry_is_allowed(tmp_path):
     (lambda e: e.update(source_hash="0" * 16), "stale"),
     (lambda e: e["shapes"][0].pop("timing_mode"), "malformed"),          # no timing mode: fail closed
     (lambda e: e["shapes"][0].update(timing_mode="fast"), "malformed"),   # an unknown one too
+    (lambda e: e["shapes"][0].update(peer_ms={"compile": "0.1"}), "malformed"),
+    (lambda e: e["shapes"][0].update(peak_mb="1"), "malformed"),
+    (lambda e: e.pop("dtype"), "malformed"),
+    (lambda e: e.update(bound=1.0, errors={"out0": 0.5}), "error bound"),  # a loosened bound agrees with itself
+    (lambda e: e.update(dtype="float64"), "error bound"),                 # another dtype's bound
+    (lambda e: e.update(dtype="nonsense"), "error bound"),
 ])
 def test_tampered_or_inconsistent_entries_are_refused(tmp_path, tamper, words):
     path = _manifest(tmp_path)
@@ -100,31 +107,46 @@ def test_a_peer_that_wins_is_used_and_said(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ sources
 
-@pytest.mark.parametrize("op", ["gate_norm_residual", "wkv6"])
-def test_verdict_covers_every_source_file(tmp_path, op):
-    """Editing any file the op's implementations execute (reference helpers included) voids the verdict."""
-    root = tmp_path / "repo"
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repo")
     for pkg in ("kernels", "reference", "groundthink", "fused"):
         shutil.copytree(ROOT / pkg, root / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+@pytest.mark.parametrize("op", [op for op, s in specs().items() if len(s.impls) > 1])
+def test_verdict_covers_every_source_file(repo_copy, op):
+    """Editing any file the op's implementations execute (reference helpers included) voids the verdict — for
+    every op the gate can admit something for."""
+    root = repo_copy
     files = gate.op_sources(op, root)
     assert files == gate.op_sources(op)
-    assert {"kernels/__init__.py", "kernels/_common.py", "reference/__init__.py", f"reference/{op}.py"} <= set(files)
+    assert {"reference/__init__.py", f"reference/{op}.py"} <= set(files)
+    if get(op).role("lab"):
+        assert {"kernels/__init__.py", "kernels/_common.py", f"kernels/{op}/__init__.py"} <= set(files)
     if op == OP:
         assert "kernels/gate_norm_residual/kernel.py" in files
-    entry = {"allowed": True, "role": "lab", "errors": {"out0": 1e-3}, "bound": 5e-3, "failed": [],
+    if op == "decay_exp":
+        assert "reference/ddlerp.py" in files                   # a reference helper it imports
+    entry = {"allowed": True, "role": "lab", "errors": {"out0": 1e-3}, "dtype": "bfloat16",
+             "bound": get(op).bound(torch.bfloat16), "failed": [],
              "shapes": [{"shape": "s fwd", "timing_mode": "eager", "ms": 1.0, "ref_ms": 2.0, "speedup": 2.0}],
              "source_hash": gate.op_hash(op, root)}
     entry["reason"] = gate.rule(entry)[1]
-    data = {"meta": gate.meta(), "ops": {op: {"triton": entry}}}
-    assert gate.verdict_of(data, "ok", op, "triton", root)[0]
+    impl = next(i.name for i in get(op).impls if i.role != "reference")
+    data = {"meta": gate.meta(), "ops": {op: {impl: entry}}}
+    assert gate.verdict_of(data, "ok", op, impl, root)[0]
     for rel in files:
         f = root / rel
         original = f.read_bytes()
         f.write_bytes(original + b"\n# edited\n")
-        ok, why = gate.verdict_of(data, "ok", op, "triton", root)
+        try:
+            ok, why = gate.verdict_of(data, "ok", op, impl, root)
+        finally:
+            f.write_bytes(original)
         assert not ok and why.startswith("stale"), rel
-        f.write_bytes(original)
-    assert gate.verdict_of(data, "ok", op, "triton", root)[0]
+    assert gate.verdict_of(data, "ok", op, impl, root)[0]
 
 
 # ------------------------------------------------------------------------------------- gate on first use
@@ -213,7 +235,6 @@ def _order(plan):
 def test_qualify_plan_measures_every_first_choice_before_second_ones(tmp_path):
     """A spent budget must cost the least: every op's reference and first lab kernel come before any op's
     second candidate, peers last (run 3 on the H100: three wkv6 candidates first had starved the other ops)."""
-    from groundthink.spec import get
     shapes = {"wkv6": get("wkv6").bench.cpu_shapes[0], "norm_gate": get("norm_gate").bench.cpu_shapes[0]}
     plan, _ = gate._plan(shapes, False, gate.Verdicts([tmp_path / "none.json"]), force=False)
     assert _order(plan) == [("wkv6", "reference"), ("wkv6", "triton"), ("norm_gate", "reference"),
@@ -223,7 +244,7 @@ def test_qualify_plan_measures_every_first_choice_before_second_ones(tmp_path):
 @pytest.fixture
 def peer_only_op(monkeypatch):
     """An op without lab kernels (like mamba2, causal_conv1d): a graph-safe and a non-graph-safe peer."""
-    from groundthink.spec import Impl, OpSpec, get, specs
+    from groundthink.spec import Impl, OpSpec
     base = get("decay_exp")
     spec = OpSpec("peeronly", "test", (base.reference, Impl("safe", base.reference.target, role="peer",
                                                             needs="cuda", graph_safe=True),
@@ -236,7 +257,6 @@ def peer_only_op(monkeypatch):
 def test_plan_puts_the_first_peer_of_an_op_without_lab_kernels_first(tmp_path, peer_only_op):
     """Run 3: mamba2's and causal_conv1d's peers came last, were cut by the budget, and the step ran their
     references. An op without a lab kernel has its first peer as its first choice."""
-    from groundthink.spec import get
     shapes = {"peeronly": (16, 40), "norm_gate": get("norm_gate").bench.cpu_shapes[0]}
     plan, left = gate._plan(shapes, True, gate.Verdicts([tmp_path / "none.json"]), force=False)
     assert _order(plan)[:4] == [("peeronly", "reference"), ("peeronly", "safe"), ("norm_gate", "reference"),
