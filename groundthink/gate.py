@@ -20,7 +20,7 @@ qualification uses ``"graph"`` when the training step will be captured (train.py
 — eager timing there had denied µs-sized kernels for launch overhead that the captured step does not have (run
 3: gate_norm_residual and decay_exp). Decision for implementations that are not graph-safe (spec
 ``graph_safe``) while the step is captured: they are not candidates and are not timed. Choosing one would turn
-the graph off for the whole step (run 3: 36 ms eager vs 15 ms captured per step), which no single op can win
+the graph off for the whole step (run 3, small model: 126 ms eager vs 15 ms captured), which no single op can win
 back, and timing it eagerly against graph-timed lab kernels would compare host overhead with none. So a
 graph-timed lab kernel is compared with the graph-safe peers only (graph-timed in the same run); the verdict
 names no eager peer, and ``choose`` (``Verdicts(graph=True)``) skips non-graph-safe implementations, saying so.
@@ -34,8 +34,13 @@ order, the first allowed lab candidate, else the first allowed peer, else the re
 
 Fail closed (``Verdicts.verdict``): a missing, unreadable or malformed manifest, another GPU / torch / triton
 (or a peer's package version), an entry whose ``allowed`` is not exactly ``true``, whose reason or recorded
-decision disagrees with the rule re-applied to its evidence, or whose ``source_hash`` is absent or differs from
-the op's current sources, all mean "not allowed", with a one-line reason.
+decision disagrees with the rule re-applied to its evidence, whose error bound is not the op's bound for the
+recorded dtype now (a loosened bound would agree with itself), whose ``source_hash`` is absent or differs from
+the op's current sources, or whose timing rows lack a known mode, all mean "not allowed", with a one-line reason.
+
+Gate on first use (``qualify``, from train.py ``--kernels auto`` on a GPU): what lacks a valid verdict at the
+model's shapes in the step's timing mode is measured and decided in ≤ 60 s for all ops together; the order,
+what is skipped to stay in the budget and what is never cut are in ``qualify``'s docstring.
 
 Sources (``op_sources``): every repository file the op's implementations and its reference execute — found by
 following their imports inside the repository (package ``__init__``s and reference helpers included).

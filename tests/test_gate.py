@@ -404,3 +404,32 @@ def test_a_peer_is_chosen_only_where_it_beats_every_allowed_lab_kernel(tmp_path)
     # the step is captured: a peer that is not graph-safe is never chosen (it would turn the graph off)
     impl, why = gate.Verdicts([path], shapes={WKV: WSHAPE}, graph=True).choose(spec, lambda n: n != "triton")
     assert impl == "reference" and "fla_chunk: not graph-safe" in why
+
+
+# -------------------------------------------------------------------------------------- on a GPU only
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+@GPU
+@pytest.mark.parametrize("op", [op for op, s in specs().items() if s.bench is not None and s.bench.model_shape])
+def test_every_reference_is_timed_as_cuda_graph_replays(op):
+    """The step is captured by default: every reference the gate compares with must capture (else its op is
+    timed eagerly). Plumbing only — speed is the benchmarks' and the qualification's business."""
+    spec = get(op)
+    row = gate.measure(spec, "reference", spec.reference.load(), spec.bench.cpu_shapes[0], "cuda", "graph")
+    assert row["ms"] is not None and row["ms"] > 0 and row["timing_mode"] == "graph", row["note"]
+    assert row["reps"] >= 1 and row["peak_mb"] is not None
+
+
+@GPU
+def test_qualify_on_a_gpu_records_graph_rows(tmp_path):
+    """gate_norm_residual and decay_exp at the small model's rows (denied by eager timing in run 3): graph-timed
+    rows for the reference and the lab kernel; the verdicts are printed (pytest -s)."""
+    shapes = {OP: (16384, 128, "row", True), "decay_exp": (16384, 128)}
+    said = []
+    ops = gate.qualify(shapes, path=tmp_path / "g.json", say=said.append, progress=False, graph=True)
+    print("\n".join(said))
+    for op in shapes:
+        e = ops[op]["triton"]
+        assert not e["failed"] and [s["timing_mode"] for s in e["shapes"]] == ["graph"], e["reason"]
