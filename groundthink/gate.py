@@ -169,10 +169,10 @@ def _at(s: dict) -> str:
 def rule(entry: dict) -> tuple[bool, str]:
     """Apply the gate rule to one implementation's recorded evidence (see the module docstring)."""
     errors, bound = entry.get("errors") or {}, entry.get("bound")
-    if not errors:
-        return False, "denied: no correctness check completed"
-    bad = sorted(k for k, v in errors.items() if not v <= bound)
     failed = entry.get("failed") or []
+    if not errors:
+        return False, "denied: no correctness check completed" + (f" (failed: {'; '.join(failed)})" if failed else "")
+    bad = sorted(k for k, v in errors.items() if not v <= bound)
     if bad or failed:
         notes = ([f"relative error above {bound:g} in {', '.join(bad)}"] if bad else []) + \
                 ([f"failed: {'; '.join(failed)}"] if failed else [])

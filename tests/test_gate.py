@@ -181,6 +181,15 @@ def test_qualify_refuses_a_wrong_kernel_and_says_why(tmp_path, monkeypatch, no_c
     assert not ok and "fails correctness" in why
 
 
+def test_qualify_refuses_a_lab_kernel_that_does_not_import(tmp_path, monkeypatch, no_compile_peer):
+    import kernels.gate_norm_residual as K
+    monkeypatch.delattr(K, "gate_norm_residual")
+    said = []
+    e = gate.qualify({OP: SHAPE}, cuda=True, path=tmp_path / "g.json", say=said.append, progress=False)[OP]["triton"]
+    assert e["allowed"] is False and "not importable: AttributeError" in e["reason"]
+    assert any("gate gate_norm_residual/triton: denied" in s for s in said)
+
+
 def test_qualify_on_first_use_then_auto_uses_the_kernel(tmp_path, monkeypatch, no_compile_peer):
     """No verdict -> qualify measures the kernel against the fp64 reference and times it against the reference
     (made slow here, so that the interpreted kernel is faster), writes the per-machine manifest under
@@ -408,10 +417,7 @@ def test_a_peer_is_chosen_only_where_it_beats_every_allowed_lab_kernel(tmp_path)
 
 # -------------------------------------------------------------------------------------- on a GPU only
 
-GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-
-
-@GPU
+@pytest.mark.gpu
 @pytest.mark.parametrize("op", [op for op, s in specs().items() if s.bench is not None and s.bench.model_shape])
 def test_every_reference_is_timed_as_cuda_graph_replays(op):
     """The step is captured by default: every reference the gate compares with must capture (else its op is
@@ -422,7 +428,7 @@ def test_every_reference_is_timed_as_cuda_graph_replays(op):
     assert row["reps"] >= 1 and row["peak_mb"] is not None
 
 
-@GPU
+@pytest.mark.gpu
 def test_qualify_on_a_gpu_records_graph_rows(tmp_path):
     """gate_norm_residual and decay_exp at the small model's rows (denied by eager timing in run 3): graph-timed
     rows for the reference and the lab kernel; the verdicts are printed (pytest -s)."""
