@@ -15,7 +15,9 @@ known mode denies (fail closed).
 
 Timing modes. ``"eager"``: CUDA events around ordinary calls (host overhead included: what an eager step
 pays; the benchmarks' mode). ``"graph"``: the fwd+bwd is warmed up on a side stream, captured once as a CUDA
-graph and its replays are timed (no host time: what a CUDA-graph-captured training step pays). The
+graph and its replays are timed (no host time: what a CUDA-graph-captured training step pays; a step shorter
+than ``GRAPH_MIN_MS`` is captured several times into one graph, so that the graph's own launch is spread as in
+the step's one graph, and the time is per step). The
 qualification uses ``"graph"`` when the training step will be captured (train.py: ``--graph`` auto/on on a GPU)
 — eager timing there had denied µs-sized kernels for launch overhead that the captured step does not have (run
 3: gate_norm_residual and decay_exp). Decision for implementations that are not graph-safe (spec
@@ -67,6 +69,7 @@ import datetime as _dt
 import hashlib
 import itertools
 import json
+import math
 import os
 import statistics
 import time
@@ -507,6 +510,8 @@ class Verdicts:
 TIME_BOX_MS = 100.0   # timed work per implementation after its warm-up (at least one timed call)
 MAX_SAMPLES = 5       # samples (batches of back-to-back calls) whose median is the time
 MAX_BATCH = 100       # calls per sample at most (µs ops: a batch hides the event's own overhead)
+GRAPH_MIN_MS = 1.0    # a graph replay shorter than this is captured again with several steps in it
+MAX_COPIES = 64       # steps in one graph at most
 
 
 def _once_ms(fn: Callable, cuda: bool, n: int = 1) -> float:
@@ -550,29 +555,46 @@ def _peak_mb(fn: Callable, cuda: bool) -> tuple[float | None, float]:
     return (torch.cuda.max_memory_allocated() - base) / 2**20, ms
 
 
-def _capture(step: Callable, leaves: list[torch.Tensor], cuda: bool) -> tuple[Callable, float | None]:
-    """Warm ``step`` up on a side stream (compilation, autotuning, lazy initialisation stay out of the graph),
-    capture it once as a CUDA graph (gradients cleared before: they are allocated in the graph's pool and
-    rewritten by every replay) and return (its replay, the extra peak MB of the capture — what one step
-    allocates). The first replay (the graph's upload) is untimed."""
+def _capture(run: Callable, leaves: list[torch.Tensor], cuda: bool) -> tuple[Callable, float | None, int]:
+    """CUDA-graph timing of ``run`` (one fwd+bwd, clearing ``leaves``' gradients first): warm it up on a side
+    stream (compilation, autotuning, lazy initialisation stay out of the graph), capture it once and return
+    (a replay, the extra peak MB of that capture — what one step allocates in the graph's pool, the number of
+    steps one replay runs). A replay shorter than ``GRAPH_MIN_MS`` is captured again with up to ``MAX_COPIES``
+    steps in it, so that the graph's own launch (µs of host time per replay) is spread as it is in the training
+    step's one graph, where an op is a few nodes among thousands. The first replay (the upload) is untimed."""
     if not cuda:
         raise RuntimeError("CUDA-graph timing needs a CUDA device")
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        step()
+        run()
     torch.cuda.current_stream().wait_stream(side)
+    graph, peak = _record(run, leaves, 1, cuda)
+    one = _once_ms(graph.replay, cuda)
+    copies = 1
+    if one < GRAPH_MIN_MS:
+        copies = min(MAX_COPIES, math.ceil(GRAPH_MIN_MS / max(one, 1e-3)))
+        for t in leaves:                      # the gradients live in the old graph's pool
+            t.grad = None
+        del graph
+        graph, _ = _record(run, leaves, copies, cuda)
+    return graph.replay, peak, copies
+
+
+def _record(run: Callable, leaves: list[torch.Tensor], copies: int, cuda: bool):
+    """(a CUDA graph of ``copies`` calls of ``run``, replayed once; the extra peak MB of its capture)."""
     for t in leaves:
         t.grad = None
     graph = torch.cuda.CUDAGraph()
 
     def record():
         with torch.cuda.graph(graph):
-            step()
+            for _ in range(copies):
+                run()
 
     peak, _ = _peak_mb(record, cuda)     # the capture's own time is not a measurement
     graph.replay()
-    return graph.replay, peak
+    return graph, peak
 
 
 def _grad_outputs(res) -> list[torch.Tensor]:
@@ -624,16 +646,17 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, device, timing: s
                 t.grad = None
             step()
 
+        copies, first = 1, None
         if timing == "graph":
-            target, row["peak_mb"] = _capture(step, leaves, cuda)
-            first = None
+            target, row["peak_mb"], copies = _capture(run, leaves, cuda)
         else:
             run()                               # autotuning / compilation outside the memory and time figures
             for t in leaves:
                 t.grad = None
             target = run
             row["peak_mb"], first = _peak_mb(run, cuda)
-        row["ms"], row["reps"] = _time_ms(target, cuda, first)
+        ms, reps = _time_ms(target, cuda, first)
+        row["ms"], row["reps"] = ms / copies, reps * copies
     except Exception as e:  # noqa: BLE001 - recorded: the rule denies a kernel that fails to run
         row["note"] = f"{type(e).__name__}: {str(e)[:200]}"
         row["ms"] = None

@@ -335,10 +335,10 @@ def test_qualify_times_as_cuda_graph_replays_when_the_step_is_captured(tmp_path,
 
     captured = []
 
-    def fake_capture(step, leaves, cuda):
-        step()
-        captured.append(step)
-        return step, None
+    def fake_capture(run, leaves, cuda):
+        run()
+        captured.append(run)
+        return run, None, 1
 
     monkeypatch.setattr(R, "gate_norm_residual", slow_reference)
     monkeypatch.setattr(gate, "_capture", fake_capture)
@@ -354,8 +354,26 @@ def test_qualify_times_as_cuda_graph_replays_when_the_step_is_captured(tmp_path,
     assert v.has(OP, "triton", "N16 D32 row", "graph") and v.ms_at(OP, "triton", "graph") == e["shapes"][0]["ms"]
 
 
+def test_a_graph_of_several_steps_is_timed_per_step(monkeypatch):
+    """A µs op is captured with several steps in one graph (its launch spread as in the training step's graph):
+    the row's time is per step."""
+    calls = []
+
+    def fake_capture(run, leaves, cuda):
+        def replay():
+            calls.append(1)
+            time.sleep(0.004)                  # 4 steps of 1 ms
+        return replay, None, 4
+
+    monkeypatch.setattr(gate, "_capture", fake_capture)
+    spec = get("decay_exp")
+    row = gate.measure(spec, "reference", spec.reference.load(), spec.bench.cpu_shapes[0], "cpu", "graph")
+    assert row["timing_mode"] == "graph" and row["reps"] % 4 == 0 and 0 < row["reps"] <= 4 * len(calls)
+    assert 0.9 < row["ms"] < 2.0, row
+
+
 def test_a_reference_that_cannot_be_captured_times_the_op_eagerly(tmp_path, monkeypatch, no_compile_peer):
-    def no_capture(step, leaves, cuda):
+    def no_capture(run, leaves, cuda):
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(gate, "_capture", no_capture)
