@@ -694,8 +694,9 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = 
     no valid verdict at that shape and timing mode in the per-machine manifest (``force``: always); then its
     reference, those candidates and its peers without one are measured (a peer that has one is not re-timed).
     Ordered so that a spent time budget costs the least: every op's reference and first choice (its first lab
-    kernel, else its first peer), then the second candidates rank by rank, then the peers."""
-    heads, tails, peers, out = [], [], [], []
+    kernel; then, for the ops without one, their first peer: a third-party kernel's first use may autotune for
+    a minute, the lab's compile for seconds), then the second candidates rank by rank, then the peers."""
+    heads, peer_heads, tails, peers, out = [], [], [], [], []
     for op, shp in shapes.items():
         spec = get(op)
         if spec.bench is None:
@@ -709,11 +710,12 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = 
         if not gated:
             continue
         out += left
-        heads += [(spec, spec.reference, spec.reference.load(), shp)] + gated[:1]
+        (heads if role == "lab" else peer_heads).extend([(spec, spec.reference, spec.reference.load(), shp)]
+                                                        + gated[:1])
         tails.append(gated[1:])
         peers += [t for t in todo if t[1].role != role]
     seconds = [item for rank in itertools.zip_longest(*tails) for item in rank if item is not None]
-    return heads + seconds + peers, out
+    return heads + peer_heads + seconds + peers, out
 
 
 def _failed_row(spec: OpSpec, impl, shp, timing: str, err: Exception, device) -> dict:
