@@ -290,13 +290,18 @@ def meta(source: str = "bench") -> dict:
             "source": source}
 
 
+def _recorded_versions(m: dict) -> dict:
+    v = m.get("versions")
+    return v if isinstance(v, dict) else {}
+
+
 def _same_machine(m: dict, now: dict) -> list[str]:
     problems = []
     if m.get("slug") != now["slug"]:
         problems.append(f"measured on {m.get('gpu')}, this is {now['gpu']}")
     for key in ("torch", "triton"):
-        if (m.get("versions") or {}).get(key) != now["versions"][key]:
-            problems.append(f"{key} {(m.get('versions') or {}).get(key)} → {now['versions'][key]}")
+        if _recorded_versions(m).get(key) != now["versions"][key]:
+            problems.append(f"{key} {_recorded_versions(m).get(key)} → {now['versions'][key]}")
     return problems
 
 
@@ -398,8 +403,8 @@ def verdict_of(data: dict | None, status: str, op: str, impl: str, root: Path = 
                        f"{spec.bound(dtype) if isinstance(dtype, torch.dtype) else 'unknown'}, the verdict used "
                        f"{entry['bound']:g}")
     pkg = spec.impl(impl).module.split(".")[0]
-    if pkg in PEER_PACKAGES and (data["meta"].get("versions") or {}).get(pkg) != versions().get(pkg):
-        return False, f"stale: {pkg} {(data['meta'].get('versions') or {}).get(pkg)} → {versions().get(pkg)}"
+    if pkg in PEER_PACKAGES and _recorded_versions(data["meta"]).get(pkg) != versions().get(pkg):
+        return False, f"stale: {pkg} {_recorded_versions(data['meta']).get(pkg)} → {versions().get(pkg)}"
     ok, why = rule(dict(entry, role=role))
     if entry.get("allowed") is not ok or not entry["reason"].startswith("allowed" if ok else "denied"):
         return False, (f"inconsistent verdict for {op}/{impl}: recorded allowed={entry.get('allowed')!r} "

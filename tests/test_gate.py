@@ -55,6 +55,25 @@ def test_bad_manifest_allows_nothing_with_a_one_line_reason(tmp_path, content):
     assert set(ops.impls().values()) == {"reference"}
 
 
+@pytest.mark.parametrize("versions", [["torch"], "2.11", None])
+def test_malformed_versions_in_the_meta_allow_nothing(tmp_path, versions):
+    path = _manifest(tmp_path)
+    data = json.loads(path.read_text())
+    data["meta"]["versions"] = versions
+    path.write_text(json.dumps(data))
+    ok, why = gate.Verdicts([path]).verdict(OP, "triton")
+    assert not ok and why.startswith("stale") and "\n" not in why
+
+
+def test_the_per_machine_manifest_is_outside_the_repository(monkeypatch, tmp_path):
+    for var in ("GROUNDTHINK_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = gate.machine_path("some-gpu")
+    assert path == tmp_path / ".cache" / "groundthink" / "some-gpu" / "gates.json"
+    assert not path.is_relative_to(ROOT)
+
+
 def test_a_good_entry_is_allowed(tmp_path):
     ok, why = gate.Verdicts([_manifest(tmp_path)]).verdict(OP, "triton")
     assert ok and why.startswith("allowed")
@@ -459,3 +478,22 @@ def test_qualify_on_a_gpu_records_graph_rows(tmp_path):
     for op in shapes:
         e = ops[op]["triton"]
         assert not e["failed"] and [s["timing_mode"] for s in e["shapes"]] == ["graph"], e["reason"]
+
+
+@pytest.mark.parametrize("graph_flag,graph", [("auto", True), ("on", True), ("off", False)])
+def test_train_qualifies_in_the_steps_timing_mode_at_the_models_shapes(monkeypatch, graph_flag, graph):
+    """train.py --kernels auto on a GPU: qualification times as CUDA-graph replays unless --graph off, at the
+    model's shapes, and the ops are then chosen by Verdicts knowing those shapes and the mode."""
+    from types import SimpleNamespace
+
+    import train
+    from fused.configs import ModelConfig
+    seen = {}
+    monkeypatch.setattr(gate, "qualify", lambda shapes, **kw: seen.update(shapes=shapes, **kw) or {})
+    monkeypatch.setattr(train, "resolve", lambda mode, verdicts: seen.update(verdicts=verdicts) or
+                        registry.resolve("reference"))
+    model = SimpleNamespace(config=ModelConfig(name="GF-MH"), set_ops=lambda ops: None)
+    args = SimpleNamespace(kernels="auto", graph=graph_flag, batch_size=4, seq_len=32)
+    train.qualify_kernels(args, model, None, torch.device("cuda"), True, 1, lambda *a: None)
+    assert seen["graph"] is graph and seen["shapes"] == gate.model_shapes(model.config, 4, 32)
+    assert seen["verdicts"].graph is graph and seen["verdicts"].shapes["wkv6"] == "B4 T32 H4 K32 V32"
