@@ -754,6 +754,7 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     cuda = torch.cuda.is_available() if cuda is None else cuda
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = path or machine_path()
+    t0 = time.monotonic()                       # the budget counts the imports of the candidates too
     plan, left = _plan(shapes, cuda, Verdicts([path]), force, graph)
     if not plan:
         return {}
@@ -761,7 +762,7 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     say(f"gate: qualifying {', '.join(sorted(timing))} on this machine (errors vs float64, "
         f"{'CUDA-graph' if graph else 'eager'} fwd+bwd time vs the reference and installed peers, "
         f"≤ {budget_s:g} s) -> {path}" + (f"; not timed: {', '.join(left)}" if left else ""))
-    t0, rows, skipped, spent = time.monotonic(), [], [], {}
+    rows, skipped, spent, imports = [], [], {}, time.monotonic() - t0
     bar = tqdm(plan, desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
     for spec, impl, fn, shp in bar:
         op = spec.name
@@ -783,7 +784,7 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     bar.close()
     if skipped:
         say(f"gate: time budget of {budget_s:g} s spent; not measured (next run): {', '.join(skipped)}")
-    say("gate: seconds per op: " + "; ".join(
+    say(f"gate: seconds per op: imports {imports:.1f}; " + "; ".join(
         f"{op} {sum(v.values()):.1f} ({', '.join(f'{i} {t:.1f}' for i, t in v.items())})"
         for op, v in spent.items()) + f"; total {time.monotonic() - t0:.1f} s of ≤ {budget_s:g} s")
     ops = evidence([dict(r, errors=json.dumps(r["errors"])) for r in rows])
