@@ -730,6 +730,33 @@ def _failed_row(spec: OpSpec, impl, shp, timing: str, err: Exception, device) ->
             "note": f"not importable: {type(err).__name__}: {err}"}
 
 
+def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float):
+    """Measure the plan's items in order (``timing``: op -> mode, switched to eager where the reference cannot
+    be captured) until ``deadline`` (time.monotonic()); returns (rows, the items skipped, {op: {impl: s}})."""
+    from tqdm import tqdm
+    rows, skipped, spent = [], [], {}
+    bar = tqdm(plan, desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
+    for spec, impl, fn, shp in bar:
+        op = spec.name
+        if time.monotonic() > deadline:
+            skipped.append(f"{op}/{impl.name}")
+            continue
+        bar.set_postfix_str(f"{op}/{impl.name}", refresh=True)
+        t1 = time.monotonic()
+        if isinstance(fn, Exception):
+            rows.append(_failed_row(spec, impl, shp, timing[op], fn, device))
+        else:
+            rows.append(measure(spec, impl.name, fn, shp, device, timing[op]))
+            if impl is spec.reference and rows[-1]["ms"] is None and timing[op] == "graph":
+                say(f"gate {op}: the reference could not be captured ({rows[-1]['note'][:120]}); timing "
+                    f"{op} eagerly")
+                timing[op] = "eager"
+                rows.append(measure(spec, impl.name, fn, shp, device, "eager"))
+        spent.setdefault(op, {})[impl.name] = time.monotonic() - t1
+    bar.close()
+    return rows, skipped, spent
+
+
 def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | None = None, device=None,
             say: Callable[[str], None] = print, progress: bool = True, force: bool = False,
             budget_s: float = 60.0, graph: bool = False) -> dict:
@@ -750,7 +777,6 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     autotuning) of every candidate. A progress bar shows the implementation being measured; the time of each op
     is said at the end. Returns the new entries ({op: {impl: entry}}). ``cuda`` and ``device`` may be injected
     (tests: the interpreter on CPU)."""
-    from tqdm import tqdm
     cuda = torch.cuda.is_available() if cuda is None else cuda
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = path or machine_path()
@@ -762,26 +788,8 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     say(f"gate: qualifying {', '.join(sorted(timing))} on this machine (errors vs float64, "
         f"{'CUDA-graph' if graph else 'eager'} fwd+bwd time vs the reference and installed peers, "
         f"≤ {budget_s:g} s) -> {path}" + (f"; not timed: {', '.join(left)}" if left else ""))
-    rows, skipped, spent, imports = [], [], {}, time.monotonic() - t0
-    bar = tqdm(plan, desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
-    for spec, impl, fn, shp in bar:
-        op = spec.name
-        if time.monotonic() - t0 > budget_s:
-            skipped.append(f"{op}/{impl.name}")
-            continue
-        bar.set_postfix_str(f"{op}/{impl.name}", refresh=True)
-        t1 = time.monotonic()
-        if isinstance(fn, Exception):
-            rows.append(_failed_row(spec, impl, shp, timing[op], fn, device))
-        else:
-            rows.append(measure(spec, impl.name, fn, shp, device, timing[op]))
-            if impl is spec.reference and rows[-1]["ms"] is None and timing[op] == "graph":
-                say(f"gate {op}: the reference could not be captured ({rows[-1]['note'][:120]}); timing "
-                    f"{op} eagerly")
-                timing[op] = "eager"
-                rows.append(measure(spec, impl.name, fn, shp, device, "eager"))
-        spent.setdefault(op, {})[impl.name] = time.monotonic() - t1
-    bar.close()
+    imports = time.monotonic() - t0
+    rows, skipped, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s)
     if skipped:
         say(f"gate: time budget of {budget_s:g} s spent; not measured (next run): {', '.join(skipped)}")
     say(f"gate: seconds per op: imports {imports:.1f}; " + "; ".join(
