@@ -327,7 +327,7 @@ def qualify_kernels(args, model, ops, device, master, world, say):
     graph = args.graph != "off"
     shapes = gate.model_shapes(model.config, args.batch_size, args.seq_len)
     if master:
-        gate.qualify(shapes, graph=graph, say=say)
+        gate.qualify(shapes, graph=graph, say=say, progress=not args.no_progress)
     if world > 1:
         dist.barrier()
     ops = resolve(args.kernels, verdicts=gate.Verdicts(shapes=shapes, graph=graph))

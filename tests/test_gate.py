@@ -493,7 +493,8 @@ def test_train_qualifies_in_the_steps_timing_mode_at_the_models_shapes(monkeypat
     monkeypatch.setattr(train, "resolve", lambda mode, verdicts: seen.update(verdicts=verdicts) or
                         registry.resolve("reference"))
     model = SimpleNamespace(config=ModelConfig(name="GF-MH"), set_ops=lambda ops: None)
-    args = SimpleNamespace(kernels="auto", graph=graph_flag, batch_size=4, seq_len=32)
+    args = SimpleNamespace(kernels="auto", graph=graph_flag, batch_size=4, seq_len=32, no_progress=True)
     train.qualify_kernels(args, model, None, torch.device("cuda"), True, 1, lambda *a: None)
     assert seen["graph"] is graph and seen["shapes"] == gate.model_shapes(model.config, 4, 32)
+    assert seen["progress"] is False                                       # --no-progress
     assert seen["verdicts"].graph is graph and seen["verdicts"].shapes["wkv6"] == "B4 T32 H4 K32 V32"
