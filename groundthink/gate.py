@@ -499,7 +499,8 @@ class Verdicts:
         if peer is not None and (lab is None or (peer[1] is not None and lab[2] == peer[2] and
                                                  peer[1] * (1 + NOISE) < lab[1])):
             vs = (f" — beats every allowed lab kernel at {shape} ({peer[2]}: {peer[1]:.4g} vs {lab[0]} "
-                  f"{lab[1]:.4g} ms)" if lab else f" (lab: {'; '.join(whys) or 'none allowed'})")
+                  f"{lab[1]:.4g} ms)" if lab else f" (lab: {'; '.join(whys)})" if spec.role("lab") else
+                  " (no lab kernel)")
             return peer[0], f"gate: peer {peer[0]} {self.verdict(op, peer[0])[1]}{vs}"
         if lab is not None:
             why = self.verdict(op, lab[0])[1]
