@@ -733,13 +733,16 @@ def _failed_row(spec: OpSpec, impl, shp, timing: str, err: Exception, device) ->
 
 def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float):
     """Measure the plan's items in order (``timing``: op -> mode, switched to eager where the reference cannot
-    be captured) until ``deadline`` (time.monotonic()); returns (rows, the items skipped, {op: {impl: s}})."""
+    be captured) until ``deadline`` (time.monotonic()): a reference or an op's first candidate starts while
+    the deadline is ahead, a further candidate only if the op's first candidate's time still fits before it
+    (its compile and autotune cost the like). Returns (rows, the items skipped, {op: {impl: seconds}})."""
     from tqdm import tqdm
-    rows, skipped, spent = [], [], {}
+    rows, skipped, spent, first = [], [], {}, {}
     bar = tqdm(plan, desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
     for spec, impl, fn, shp in bar:
         op = spec.name
-        if time.monotonic() > deadline:
+        later = impl is not spec.reference and op in first
+        if time.monotonic() + (first[op] if later else 0.0) > deadline:
             skipped.append(f"{op}/{impl.name}")
             continue
         bar.set_postfix_str(f"{op}/{impl.name}", refresh=True)
@@ -754,6 +757,8 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
                 timing[op] = "eager"
                 rows.append(measure(spec, impl.name, fn, shp, device, "eager"))
         spent.setdefault(op, {})[impl.name] = time.monotonic() - t1
+        if impl is not spec.reference:
+            first.setdefault(op, spent[op][impl.name])
     bar.close()
     return rows, skipped, spent
 
@@ -769,8 +774,9 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     implementations only), decide with ``rule`` and write the per-machine manifest (``machine_path()``;
     ``path`` overrides).
 
-    Budget: ``budget_s`` (60 s) for all ops together. Nothing is started after it is spent; what is skipped is
-    said and qualified by the next run (only what lacks a verdict is measured then). To stay in it: timing
+    Budget: ``budget_s`` (60 s) for all ops together. Nothing is started after it is spent, and no further
+    candidate of an op whose first candidate's time would not fit (``_run_plan``); what is skipped is said and
+    qualified by the next run (only what lacks a verdict is measured then). To stay in it: timing
     reps sized to the op (``_time_ms``: about ``TIME_BOX_MS`` of timed work, one call for a slow reference),
     the memory figure taken from a timed call, every op's first choice before any second candidate, peers with a
     verdict not re-timed, implementations that cannot be used in the step (not graph-safe while it is captured)

@@ -247,6 +247,22 @@ def test_qualify_keeps_to_its_time_budget(tmp_path, no_compile_peer):
     assert any("time budget" in s for s in said)
 
 
+def test_a_further_candidate_starts_only_if_the_first_ones_time_still_fits(tmp_path, monkeypatch):
+    """wkv6's first kernel took 0.3 s; with 0.2 s of the budget left its second and third are not started
+    (their compile and autotune cost the like), while a first choice still starts before the deadline."""
+    def fake_measure(spec, impl, fn, shp, device, timing):
+        time.sleep({"reference": 0.0, "triton": 0.3}.get(impl, 0.0))
+        return {"op": spec.name, "impl": impl, "shape": spec.bench.shape_str(*shp), "pass": "fwdbwd",
+                "dtype": "float32", "timing_mode": timing, "ms": None, "errors": {}, "source_hash": "", "note": ""}
+
+    monkeypatch.setattr(gate, "measure", fake_measure)
+    said = []
+    gate.qualify({"wkv6": get("wkv6").bench.cpu_shapes[0], "norm_gate": get("norm_gate").bench.cpu_shapes[0]},
+                 cuda=False, path=tmp_path / "g.json", say=said.append, progress=False, budget_s=0.5)
+    skipped = next(s for s in said if "time budget" in s)
+    assert "wkv6/triton_fused" in skipped and "wkv6/triton_parallel" in skipped and "norm_gate" not in skipped
+
+
 def test_model_shapes_come_from_the_specs():
     from fused.configs import ModelConfig
     cfg = ModelConfig(name="GF-MH")
