@@ -409,6 +409,50 @@ def test_a_graph_of_several_steps_is_timed_per_step(monkeypatch):
     assert 0.9 < row["ms"] < 2.0, row
 
 
+def test_capture_spreads_a_short_step_over_several_copies(monkeypatch):
+    """``_capture``'s control flow with torch.cuda faked (no GPU here): a step replaying in 0.1 ms is captured
+    again as 10 steps in one graph, the memory figure is the one-step capture's; a 2 ms step is captured once."""
+    import contextlib
+    from types import SimpleNamespace
+
+    class Graph:
+        def __init__(self):
+            self.runs = 0
+            graphs.append(self)
+
+        def replay(self):
+            pass
+
+    graphs, capturing = [], []
+
+    @contextlib.contextmanager
+    def graph_ctx(g):
+        capturing.append(g)
+        yield
+        capturing.pop()
+
+    stream = SimpleNamespace(wait_stream=lambda s: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph_ctx)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(gate, "_peak_mb", lambda fn, cuda: (fn(), (7.0, 0.0))[1])
+    leaf = torch.zeros(2, requires_grad=True)
+
+    def run():
+        leaf.grad = None
+        if capturing:
+            capturing[-1].runs += 1
+
+    for step_ms, runs in ((0.1, [1, 10]), (2.0, [1])):
+        graphs.clear()
+        monkeypatch.setattr(gate, "_once_ms", lambda fn, cuda, n=1: step_ms)
+        replay, peak, copies = gate._capture(run, [leaf], True)
+        assert [g.runs for g in graphs] == runs and copies == runs[-1] and peak == 7.0
+        assert replay == graphs[-1].replay
+
+
 def test_a_reference_that_cannot_be_captured_times_the_op_eagerly(tmp_path, monkeypatch, no_compile_peer):
     def no_capture(run, leaves, cuda):
         raise RuntimeError("operation not permitted when stream is capturing")
