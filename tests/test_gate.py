@@ -1,7 +1,9 @@
-"""The gate fails closed, covers every source file a kernel executes, and qualifies kernels on first use.
+"""The gate fails closed, covers every source file a kernel executes, qualifies kernels on first use within its
+budget, compares timings like with like (eager / CUDA-graph) and chooses the fastest proven implementation.
 
 Qualification runs here on CPU: the device check is injected (``cuda=True``) and the lab kernel runs tiny shapes
-through the Triton interpreter; the per-machine manifest goes to a temporary folder."""
+through the Triton interpreter; CUDA-graph capture is faked (``_capture``); the per-machine manifest goes to a
+temporary folder. The ``gpu`` tests at the end capture for real."""
 from __future__ import annotations
 
 import json
