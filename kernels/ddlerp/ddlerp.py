@@ -71,6 +71,20 @@ def _tile(N, D, BR: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
+def _cols(D, BD: tl.constexpr):
+    """A persistent backward program (grid [programs, column blocks]): (pid, its columns o_c [BD], their mask)."""
+    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
+    return tl.program_id(0), o_c, o_c < D
+
+
+@triton.jit
+def _rows(blk, N, BR: tl.constexpr):
+    """Row block ``blk`` of a persistent backward program: (rows o_r [BR] int64, their mask)."""
+    o_r = blk * BR + tl.arange(0, BR).to(tl.int64)
+    return o_r, o_r < N
+
+
+@triton.jit
 def _x_and_shift(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV: tl.constexpr):
     """The tile of x [N, D] at rows o_r × columns o_c: (offs, mask [BR, BD], x, shift(x) − x), fp32."""
     m = m_r[:, None] & m_c[None, :]
@@ -120,17 +134,14 @@ def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_ma
                        HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     # p_do*, p_x, p_dx: [N, D]; p_prev: [B, D]; p_m, p_dm: [5, N, D]; p_maa: [5, D];
     # p_part: [n_progs, 5, D] fp32 partial rows of dmaa
-    pid = tl.program_id(0)
-    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
-    m_c = o_c < D
+    pid, o_c, m_c = _cols(D, BD)
     b_a0 = tl.zeros([BD], dtype=tl.float32)
     b_a1 = tl.zeros([BD], dtype=tl.float32)
     b_a2 = tl.zeros([BD], dtype=tl.float32)
     b_a3 = tl.zeros([BD], dtype=tl.float32)
     b_a4 = tl.zeros([BD], dtype=tl.float32)
     for blk in range(pid, n_blocks, n_progs):
-        o_r = blk * BR + tl.arange(0, BR).to(tl.int64)
-        m_r = o_r < N
+        o_r, m_r = _rows(blk, N, BR)
         m_next = (m_r & ((o_r % T) + 1 < T))[:, None] & m_c[None, :]
         offs, m, b_x, b_xx = _x_and_shift(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV)
         b_do, b_dxx, b_dxx_n, b_a0 = _mix_bwd(p_do0, p_m, p_dm, p_maa, 0, ND, D, offs, m, m_next, o_c, m_c,

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import check_tensor, new_empty
-from kernels.ddlerp.ddlerp import _blocks, _cdiv, _tile, persistent_grid
+from kernels.ddlerp.ddlerp import _blocks, _cdiv, _cols, _rows, _tile, persistent_grid
 from reference.decay_exp import check_args
 
 __all__ = ["decay_exp"]
@@ -47,14 +47,12 @@ def _decay_exp_fwd_kernel(p_base, p_d, p_lw, N, D, BR: tl.constexpr, BD: tl.cons
 def _decay_exp_bwd_kernel(p_dlw, p_base, p_d, p_dd, p_part, N, D, n_blocks, n_progs,
                           BR: tl.constexpr, BD: tl.constexpr):
     # p_dlw, p_d, p_dd: [N, D]; p_base: [D]; p_part: [n_progs, D] fp32 partial rows of dbase
-    pid = tl.program_id(0)
-    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
-    m_c = o_c < D
+    pid, o_c, m_c = _cols(D, BD)
     b_base = tl.load(p_base + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
     b_acc = tl.zeros([BD], dtype=tl.float32)
     for blk in range(pid, n_blocks, n_progs):
-        o_r = blk * BR + tl.arange(0, BR).to(tl.int64)
-        m = (o_r < N)[:, None] & m_c[None, :]
+        o_r, m_r = _rows(blk, N, BR)
+        m = m_r[:, None] & m_c[None, :]
         offs = o_r[:, None] * D + o_c[None, :]
         b_d = tl.load(p_d + offs, mask=m, other=0.).to(tl.float32)
         b_dlw = tl.load(p_dlw + offs, mask=m, other=0.).to(tl.float32)

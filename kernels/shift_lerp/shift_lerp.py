@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import check_tensor, new_empty
-from kernels.ddlerp.ddlerp import _blocks, _cdiv, _tile, _x_and_shift, persistent_grid
+from kernels.ddlerp.ddlerp import _blocks, _cdiv, _cols, _rows, _tile, _x_and_shift, persistent_grid
 from reference.shift_lerp import check_args
 
 __all__ = ["shift_lerp"]
@@ -59,14 +59,11 @@ def _shift_lerp_fwd_kernel(p_x, p_prev, p_mu, p_y, N, T, D,
 def _shift_lerp_bwd_kernel(p_dy, p_x, p_prev, p_mu, p_dx, p_part, N, T, D, n_blocks, n_progs,
                            HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     # p_dy, p_x, p_dx: [N, D]; p_prev: [B, D]; p_mu: [D]; p_part: [n_progs, D] fp32 partial rows of dmu
-    pid = tl.program_id(0)
-    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
-    m_c = o_c < D
+    pid, o_c, m_c = _cols(D, BD)
     b_mu = tl.load(p_mu + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
     b_acc = tl.zeros([BD], dtype=tl.float32)
     for blk in range(pid, n_blocks, n_progs):
-        o_r = blk * BR + tl.arange(0, BR).to(tl.int64)
-        m_r = o_r < N
+        o_r, m_r = _rows(blk, N, BR)
         m_next = (m_r & ((o_r % T) + 1 < T))[:, None] & m_c[None, :]
         offs, m, b_x, b_xx = _x_and_shift(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV)
         b_dy = tl.load(p_dy + offs, mask=m, other=0.).to(tl.float32)
