@@ -3,8 +3,9 @@
 * ``--benchmark`` (added here; pytest-benchmark has no such flag): without it every test under bench/ is skipped,
   so ``pytest bench/`` is fast. ``--benchmark-json`` / ``--benchmark-compare`` (pytest-benchmark) keep working:
   each row's figures are in ``extra_info``.
-* Order: tests carry ``@pytest.mark.bench_priority(n)``; lower runs first (lab kernels and references, then peers,
-  then training), so a spent time budget (``GT_BENCH_BUDGET_S``) cuts the least important rows.
+* Order (``_run_order``): tests carry ``@pytest.mark.bench_priority(n)``: the references and first lab
+  candidates of every op first, then op by op (wkv6 first) the other lab candidates with the peers, then the
+  training rows, so a spent time budget (``GT_BENCH_BUDGET_S``) cuts the least important rows.
 * At session end (before pytest-benchmark writes its JSON): speedups are filled in, the flat CSV
   ``<out>/bench.csv`` and ``<out>/bench_rows.json`` are written, and on a GPU the gate manifest
   ``profiles/<gpu-slug>/gates.json`` (``groundthink.gate``: evidence from the rows, the rule, the file) — one
@@ -55,6 +56,21 @@ def _priority(item) -> int:
     return m.args[0] if m and m.args else 5
 
 
+def _op_rank(item) -> int:
+    from groundthink.spec import specs
+    ops = list(specs())
+    op = item.module.__name__.rsplit(".", 1)[-1].removeprefix("bench_") if item is not None else ""
+    return ops.index(op) if op in ops else len(ops)
+
+
+def _run_order(item) -> tuple[int, int]:
+    """(rank, op): the reference and first lab candidates of every op (priority 1) first; then, op by op in the
+    specs' order, the other lab candidates together with the peers (priorities 2 and 3: a lab row is worth
+    little without its peer beside it); training rows by their own priorities, after the kernels of theirs."""
+    p, rank = _priority(item), _op_rank(item)
+    return (p if rank == _op_rank(None) else min(p, 2), rank)
+
+
 def pytest_collection_modifyitems(config, items):
     bench_items = [it for it in items if _in_bench(it)]
     if not bench_items:
@@ -64,8 +80,9 @@ def pytest_collection_modifyitems(config, items):
         for it in bench_items:
             it.add_marker(skip)
         return
-    # stable sort of the bench items by priority, other items keep their places
-    order = sorted(bench_items, key=_priority)
+    # stable sort of the bench items by priority, then by the specs' op order (wkv6 first: its peer rows must not
+    # be the ones a spent budget cuts), training last; other items keep their places
+    order = sorted(bench_items, key=_run_order)
     it_order = iter(order)
     items[:] = [next(it_order) if _in_bench(it) else it for it in items]
 

@@ -93,8 +93,11 @@ part_bench() {
 }
 
 part_study() {
-  local v=(--quick --kernels triton --out "$RUN") l=(--quick --kernels triton --out "$RUN")
-  if [ "$SMOKE" = 1 ]; then
+  local v=(--quick --out "$RUN") l=(--quick --out "$RUN")
+  if [ "$SMOKE" = 0 ]; then
+    v+=(--kernels triton); l+=(--kernels triton)
+  else           # the interpreter runs a training step in ~20 s: the references (tests cover the kernels there)
+    v+=(--kernels reference); l+=(--kernels reference)
     v+=(--steps 3 --batch-size 4 --seq-len 32 --eval-interval 2 --eval-iters 1 --variants GF-MH rwkv6 "${TINY[@]}")
     l+=(--steps 2 --contexts 64 16 --tokens-per-step 128 --eval-windows 4 --eval-interval 2 --eval-iters 1
         --variants GF-MH "${TINY[@]}")
@@ -106,8 +109,13 @@ part_study() {
 
 part_validity() {
   local a=(--validity --steps "${VALIDITY_STEPS:-200}" --ref-steps "${VALIDITY_REF_STEPS:-60}" --out "$RUN/validity")
-  [ "$SMOKE" = 1 ] && a=(--validity --steps 4 --ref-steps 2 --size tiny --out "$RUN/validity")
-  run_part validity "${VALIDITY_S:-150}" $PY -m bench.bench_train "${a[@]}"
+  if [ "$SMOKE" = 1 ]; then     # the same function at a tiny batch (the CLI keeps train.py's device defaults)
+    run_part validity "${VALIDITY_S:-150}" $PY -c "from bench.bench_train import run_validity as r
+res = r(3, 'GF-MH', 'tiny', out='$RUN/validity', ref_steps=2, extra=['--batch-size', '2', '--seq-len', '16'])
+raise SystemExit(0 if res and all(isinstance(v, dict) for v in res.values()) else 1)"
+  else
+    run_part validity "${VALIDITY_S:-150}" $PY -m bench.bench_train "${a[@]}"
+  fi
 }
 
 part_report() {
