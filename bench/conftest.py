@@ -40,6 +40,22 @@ def pytest_collect_file(file_path, parent):
     return None
 
 
+def pytest_sessionstart(session):
+    """Say up front (also under -q) what a budgeted run skips and how to raise the budget."""
+    config = session.config
+    if not config.getoption("--benchmark", default=False):
+        return
+    from bench import common
+    b = common.budget_s()
+    grid = "quick grid (GT_BENCH_QUICK=0: every shape, peer and variant)" if common.quick() else "full grid"
+    lim = (f"soft budget {b:g} s: rows not started by then are skipped and say so (GT_BENCH_BUDGET_S=0: none)"
+           if b > 0 else "no time budget")
+    line = (f"groundthink bench: {grid}; {lim}; fla's first call autotunes for ~3 min on a cold machine "
+            f"(its rows' warmup_s)")
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    tr.write_line(line) if tr else print(line)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "bench_priority(n): run order of a benchmark (lower first)")
 
@@ -130,6 +146,14 @@ def bench(request, copy_gbps):
     return _LazyBenchmark(request)
 
 
+def _show(path) -> str:
+    """``path`` relative to the working directory where it lies below it (logs name no machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
     if not session.config.getoption("--benchmark", default=False):
@@ -146,7 +170,7 @@ def pytest_sessionfinish(session, exitstatus):
     say = (lambda s: tr.write_line(s)) if tr else print
     merged = len(rows) - len(common.RESULTS)
     say(f"groundthink bench: {len(common.RESULTS)} rows" + (f" (+{merged} kept from the earlier run, "
-        "GT_BENCH_MERGE=1)" if merged else "") + f" -> {csv_path}")
+        "GT_BENCH_MERGE=1)" if merged else "") + f" -> {_show(csv_path)}")
     if not common.ON_GPU:
         say(f"groundthink bench: {common.NOT_A_MEASUREMENT}; no gate manifest written on CPU")
         return
@@ -157,4 +181,4 @@ def pytest_sessionfinish(session, exitstatus):
         for op, impls in ops.items():
             for impl, entry in impls.items():
                 say(f"gate {op}/{impl}: {entry['reason']}")
-        say(f"groundthink bench: gate manifest -> {path}")
+        say(f"groundthink bench: gate manifest -> {_show(path)}")

@@ -467,6 +467,19 @@ def build_report(d: Path) -> Path:
     return out
 
 
+def summary(d) -> str:
+    """The run's answers and the lab-vs-peer table as plain text (no plots): the short table a GPU call prints
+    last."""
+    d = Path(d)
+    df = load_rows(d)
+    lines = headline(df, d)
+    t = lab_vs_peers(df)
+    if not t.empty:
+        with pd.option_context("display.width", 160, "display.max_colwidth", 50):
+            lines.append(t.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return "\n".join(lines) if lines else f"(no answers yet in {d.name}: no benchmark, study or validity results)"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gpu", help="profiles/<SLUG> to report on (default: this machine's GPU, else the newest)")
@@ -476,11 +489,7 @@ def main(argv=None) -> int:
     d = find_dir(a.gpu, a.dir)
     out = build_report(d)
     if a.summary:
-        print("\n".join(headline(load_rows(d), d)))
-        t = lab_vs_peers(load_rows(d))
-        if not t.empty:
-            with pd.option_context("display.width", 160, "display.max_colwidth", 60):
-                print(t.to_string(index=False))
+        print(summary(d))
     print(f"report -> {out}")
     return 0
 

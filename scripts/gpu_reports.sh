@@ -2,8 +2,8 @@
 # Issue 12's runs, in parts that fit a ≤ 10-minute GPU call each, all writing into ONE results folder $RUN
 # (default profiles/<gpu>/run4-<UTC date>/; GT_RUN sets it, relative to the repository):
 #
-#   bash scripts/gpu_reports.sh bench            # call 1 (~9.5 min cold): pytest bench/ --benchmark with the peers
-#   bash scripts/gpu_reports.sh study validity   # call 2 (~9 min): variant study + long context (quick) + validity
+#   bash scripts/gpu_reports.sh bench            # call 1 (≤ 9.5 min): pytest bench/ --benchmark with the peers
+#   bash scripts/gpu_reports.sh study validity   # call 2 (≤ 9.5 min): variant study + long context + validity
 #   bash scripts/gpu_reports.sh report           # anywhere, CPU is enough: report.md, plots, CSVs from $RUN
 #
 # Parts (any number, run in the order given):
@@ -16,18 +16,18 @@
 #               * training rows other than GF-MH small (ours eager, ours CUDA graph, the reference) and the peer
 #                 model at small — the variant study measures every variant's speed
 #               * whatever the soft budget GT_BENCH_BUDGET_S (default 400 s) has not started: rows run in
-#                 priority order (reference and first lab kernel, other lab kernels, peers, training) and a
-#                 skipped row says so; the hard cap BENCH_S (default 500 s) interrupts pytest, which still
+#                 the order of bench/conftest.py (every op's reference and first lab kernel; then op by op,
+#                 wkv6 first, the other lab kernels with the peers; then training) and a skipped row says so; the hard cap BENCH_S (default 530 s) interrupts pytest, which still
 #                 writes bench.csv (rewritten after every row) and the manifest
 #             Raise it: GT_BENCH_K="" (no shape/row filter), GT_BENCH_BUDGET_S=0 (no soft budget), BENCH_S=3000,
 #             GT_BENCH_QUICK=0 (every variant, shape and peer, more repetitions). fla's first call autotunes
 #             for ~3 min (later shapes ~40 s); its cost is in each row's warmup_s column.
 #   study     python -m bench.variants --quick --kernels triton (every variant, 200 steps at small, ≤ VARIANTS_S
-#             = 300 s: --budget-s starts no variant after VARIANTS_S − 40 s; re-running resumes with the rest),
+#             = 260 s: --budget-s starts no variant after VARIANTS_S − 40 s; re-running resumes with the rest),
 #             then python -m bench.long_context --quick --kernels triton (GF-MH, rwkv6, mamba2 at 8192 and
-#             1024 characters, ≤ LONGCTX_S = 180 s, same resume rule)
+#             1024 characters, ≤ LONGCTX_S = 170 s, no new run after 110 s, same resume rule)
 #   validity  python -m bench.bench_train --validity: train.py GF-MH small, --kernels triton vs reference, same
-#             seed and data (VALIDITY_STEPS 200, the reference stops at VALIDITY_REF_STEPS 60; ≤ VALIDITY_S 150 s)
+#             seed and data (VALIDITY_STEPS 200, the reference stops at VALIDITY_REF_STEPS 60; ≤ VALIDITY_S 110 s)
 #   report    python -m bench.report --dir $RUN: report.md with every kernel beside its peers, the variant
 #             ranking, long context, validity, pytest-benchmark's table; plots and CSVs next to it
 #
@@ -75,7 +75,7 @@ run_part() {   # NAME CAP_S CMD...: the command under a hard cap, its output in 
   local name=$1 cap=$2; shift 2
   echo "== $name (cap ${cap} s): $*"
   local t=$(date +%s)
-  timeout -s INT -k 30 "$cap" "$@" 2>&1 | tee "$RUN/logs/$name.log"
+  timeout -s INT -k 10 "$cap" "$@" 2>&1 | tee "$RUN/logs/$name.log"
   local rc=${PIPESTATUS[0]}
   echo "== $name: exit $rc after $(( $(date +%s) - t )) s"
   [ "$rc" = 0 ] || FAILED+=("$name($rc)")
@@ -85,11 +85,11 @@ run_part() {   # NAME CAP_S CMD...: the command under a hard cap, its output in 
 part_bench() {
   local k=${GT_BENCH_K-"not T16384 and not B4_T2048 and (not test_train or GF-MH-small or GF-MH-tiny or peer-small)"}
   echo "== bench: skipped to fit (GT_BENCH_K): ${k:-nothing}; soft budget ${GT_BENCH_BUDGET_S:-400} s" \
-       "(GT_BENCH_BUDGET_S), hard cap ${BENCH_S:-500} s (BENCH_S); fla's first call autotunes ~3 min"
+       "(GT_BENCH_BUDGET_S), hard cap ${BENCH_S:-530} s (BENCH_S); fla's first call autotunes ~3 min"
   local args=(-m pytest bench/ --benchmark -q -rs -p no:cacheprovider --benchmark-json "$RUN/bench.json"
               --benchmark-columns=min,median,max,rounds --benchmark-sort=name)
   [ -n "$k" ] && args+=(-k "$k")
-  run_part bench "${BENCH_S:-500}" $PY "${args[@]}"
+  run_part bench "${BENCH_S:-530}" $PY "${args[@]}"
 }
 
 part_study() {
@@ -102,19 +102,20 @@ part_study() {
     l+=(--steps 2 --contexts 64 16 --tokens-per-step 128 --eval-windows 4 --eval-interval 2 --eval-iters 1
         --variants GF-MH "${TINY[@]}")
   fi
-  local vs=${VARIANTS_S:-300} ls=${LONGCTX_S:-180}
+  local vs=${VARIANTS_S:-260} ls=${LONGCTX_S:-170}
   run_part variants "$vs" $PY -m bench.variants "${v[@]}" --budget-s $(( vs > 80 ? vs - 40 : vs / 2 ))
-  run_part long_context "$ls" $PY -m bench.long_context "${l[@]}" --budget-s $(( ls > 80 ? ls - 40 : ls / 2 ))
+  run_part long_context "$ls" $PY -m bench.long_context "${l[@]}" --budget-s $(( ls > 120 ? ls - 60 : ls / 2 ))
 }
 
 part_validity() {
   local a=(--validity --steps "${VALIDITY_STEPS:-200}" --ref-steps "${VALIDITY_REF_STEPS:-60}" --out "$RUN/validity")
   if [ "$SMOKE" = 1 ]; then     # the same function at a tiny batch (the CLI keeps train.py's device defaults)
-    run_part validity "${VALIDITY_S:-150}" $PY -c "from bench.bench_train import run_validity as r
-res = r(3, 'GF-MH', 'tiny', out='$RUN/validity', ref_steps=2, extra=['--batch-size', '2', '--seq-len', '16'])
+    run_part validity "${VALIDITY_S:-110}" $PY -c "from bench.bench_train import run_validity as r
+res = r(3, 'GF-MH', 'tiny', out='$RUN/validity', ref_steps=2, extra='--batch-size 2 --seq-len 16 --eval-interval 3 \
+--eval-iters 1 ${TINY[*]:2}'.split())
 raise SystemExit(0 if res and all(isinstance(v, dict) for v in res.values()) else 1)"
   else
-    run_part validity "${VALIDITY_S:-150}" $PY -m bench.bench_train "${a[@]}"
+    run_part validity "${VALIDITY_S:-110}" $PY -m bench.bench_train "${a[@]}"
   fi
 }
 
@@ -123,6 +124,8 @@ part_report() {
 }
 
 for p in "$@"; do "part_$p"; done
+case " $* " in *" report "*) ;; *)    # the report part prints it already
+  echo "== summary"; $PY -c "from bench.report import summary; print(summary('$RUN'))" 2>&1 | tail -40;; esac
 
 # ------------------------------------------------------------------------------------------------ results
 if [ -n "${OUT:-}" ]; then
