@@ -417,7 +417,8 @@ def headline(df: pd.DataFrame, d: Path) -> list[str]:
     if not a.empty:
         out.append("- **Do the kernels change learning?** " + "; ".join(
             f"{r['run']} vs {r['vs']}: max relative train-loss difference {_fmt(r['max rel diff'], 'e')} over "
-            f"{r['common steps']} common steps" for _, r in a.iterrows()) + ".")
+            f"{r['common steps']} common steps" if r["common steps"] else
+            f"{r['run']} vs {r['vs']}: no step logged by both runs" for _, r in a.iterrows()) + ".")
     return ["## Answers of this run", ""] + out + [""] if out else []
 
 

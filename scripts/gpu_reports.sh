@@ -112,7 +112,7 @@ part_validity() {
   if [ "$SMOKE" = 1 ]; then     # the same function at a tiny batch (the CLI keeps train.py's device defaults)
     run_part validity "${VALIDITY_S:-110}" $PY -c "from bench.bench_train import run_validity as r
 res = r(3, 'GF-MH', 'tiny', out='$RUN/validity', ref_steps=2, extra='--batch-size 2 --seq-len 16 --eval-interval 3 \
---eval-iters 1 ${TINY[*]:2}'.split())
+--log-interval 1 --eval-iters 1 ${TINY[*]:2}'.split())
 raise SystemExit(0 if res and all(isinstance(v, dict) for v in res.values()) else 1)"
   else
     run_part validity "${VALIDITY_S:-110}" $PY -m bench.bench_train "${a[@]}"
