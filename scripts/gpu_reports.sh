@@ -23,11 +23,13 @@
 #             GT_BENCH_QUICK=0 (every variant, shape and peer, more repetitions). fla's first call autotunes
 #             for ~3 min (later shapes ~40 s); its cost is in each row's warmup_s column.
 #   study     python -m bench.variants --quick --kernels triton (every variant, 200 steps at small, ≤ VARIANTS_S
-#             = 260 s: --budget-s starts no variant after VARIANTS_S − 40 s; re-running resumes with the rest),
+#             = 250 s: --budget-s starts no variant after VARIANTS_S − 40 s; re-running resumes with the rest),
 #             then python -m bench.long_context --quick --kernels triton (GF-MH, rwkv6, mamba2 at 8192 and
-#             1024 characters, ≤ LONGCTX_S = 170 s, no new run after 110 s, same resume rule)
-#   validity  python -m bench.bench_train --validity: train.py GF-MH small, --kernels triton vs reference, same
-#             seed and data (VALIDITY_STEPS 200, the reference stops at VALIDITY_REF_STEPS 60; ≤ VALIDITY_S 110 s)
+#             1024 characters, ≤ LONGCTX_S = 160 s, no new run after 100 s, same resume rule)
+#   validity  bench.bench_train.run_validity: train.py GF-MH small, --kernels triton vs --kernels reference,
+#             same seed, data and schedule, VALIDITY_STEPS = 30 steps of VALIDITY_BATCH = 4 × 256 characters (the
+#             PyTorch reference wkv6 loops over sequences and chunks in Python: ~2 s a step at batch 4), loss
+#             logged every step; ≤ VALIDITY_S = 120 s
 #   report    python -m bench.report --dir $RUN: report.md with every kernel beside its peers, the variant
 #             ranking, long context, validity, pytest-benchmark's table; plots and CSVs next to it
 #
@@ -102,21 +104,18 @@ part_study() {
     l+=(--steps 2 --contexts 64 16 --tokens-per-step 128 --eval-windows 4 --eval-interval 2 --eval-iters 1
         --variants GF-MH "${TINY[@]}")
   fi
-  local vs=${VARIANTS_S:-260} ls=${LONGCTX_S:-170}
+  local vs=${VARIANTS_S:-250} ls=${LONGCTX_S:-160}
   run_part variants "$vs" $PY -m bench.variants "${v[@]}" --budget-s $(( vs > 80 ? vs - 40 : vs / 2 ))
   run_part long_context "$ls" $PY -m bench.long_context "${l[@]}" --budget-s $(( ls > 120 ? ls - 60 : ls / 2 ))
 }
 
-part_validity() {
-  local a=(--validity --steps "${VALIDITY_STEPS:-200}" --ref-steps "${VALIDITY_REF_STEPS:-60}" --out "$RUN/validity")
-  if [ "$SMOKE" = 1 ]; then     # the same function at a tiny batch (the CLI keeps train.py's device defaults)
-    run_part validity "${VALIDITY_S:-110}" $PY -c "from bench.bench_train import run_validity as r
-res = r(3, 'GF-MH', 'tiny', out='$RUN/validity', ref_steps=2, extra='--batch-size 2 --seq-len 16 --eval-interval 3 \
---log-interval 1 --eval-iters 1 ${TINY[*]:2}'.split())
+part_validity() {   # bench_train.run_validity at a batch the PyTorch reference (a Python loop per sequence) can afford
+  local steps=${VALIDITY_STEPS:-30} size=small
+  local extra="--batch-size ${VALIDITY_BATCH:-4} --seq-len 256 --eval-iters 2 --log-interval 1"
+  if [ "$SMOKE" = 1 ]; then steps=3; size=tiny; extra="--batch-size 2 --seq-len 16 --eval-iters 1 --log-interval 1 ${TINY[*]:2}"; fi
+  run_part validity "${VALIDITY_S:-120}" $PY -c "from bench.bench_train import run_validity as r
+res = r($steps, 'GF-MH', '$size', out='$RUN/validity', extra='--eval-interval $steps $extra'.split())
 raise SystemExit(0 if res and all(isinstance(v, dict) for v in res.values()) else 1)"
-  else
-    run_part validity "${VALIDITY_S:-110}" $PY -m bench.bench_train "${a[@]}"
-  fi
 }
 
 part_report() {
