@@ -4,8 +4,9 @@
   so ``pytest bench/`` is fast. ``--benchmark-json`` / ``--benchmark-compare`` (pytest-benchmark) keep working:
   each row's figures are in ``extra_info``.
 * Order (``_run_order``): tests carry ``@pytest.mark.bench_priority(n)``: the references and first lab
-  candidates of every op first, then op by op (wkv6 first) the other lab candidates with the peers, then the
-  training rows, so a spent time budget (``GT_BENCH_BUDGET_S``) cuts the least important rows.
+  candidates of every op first, then the peers, then the other lab candidates (ops in the specs' order, wkv6
+  first, within each), then the training rows, so a spent time budget (``GT_BENCH_BUDGET_S``) cuts the least
+  important rows.
 * At session end (before pytest-benchmark writes its JSON): speedups are filled in, the flat CSV
   ``<out>/bench.csv`` and ``<out>/bench_rows.json`` are written, and on a GPU the gate manifest
   ``profiles/<gpu-slug>/gates.json`` (``groundthink.gate``: evidence from the rows, the rule, the file) — one
@@ -80,11 +81,13 @@ def _op_rank(item) -> int:
 
 
 def _run_order(item) -> tuple[int, int]:
-    """(rank, op): the reference and first lab candidates of every op (priority 1) first; then, op by op in the
-    specs' order, the other lab candidates together with the peers (priorities 2 and 3: a lab row is worth
-    little without its peer beside it); training rows by their own priorities, after the kernels of theirs."""
+    """(rank, op): every op's reference and first lab candidate first (priority 1: a complete manifest); then the
+    peers (priority 3: a lab row is worth little without its peer beside it); then the other lab candidates
+    (priority 2); ops in the specs' order within each (wkv6 first); training rows last, by their priorities."""
     p, rank = _priority(item), _op_rank(item)
-    return (p if rank == _op_rank(None) else min(p, 2), rank)
+    if rank == _op_rank(None):                  # training (or anything that is not an op's benchmark)
+        return 10 + p, rank
+    return {1: 1, 3: 2}.get(p, 3), rank
 
 
 def pytest_collection_modifyitems(config, items):

@@ -84,9 +84,9 @@ def test_summary_prints_the_answers(run_dir, capsys):
     assert "Lab kernels vs the best peer" in out and "triton_fused" in out and "report ->" in out
 
 
-def test_run_order_puts_first_choices_then_peers_op_by_op_then_training():
-    """bench/conftest.py's order: every op's reference and first lab kernel, then op by op (wkv6 first) the other
-    lab candidates together with the peers, then training; a spent budget cuts from the end."""
+def test_run_order_puts_first_choices_then_peers_then_other_candidates_then_training():
+    """bench/conftest.py's order: every op's reference and first lab kernel, then the peers, then the other lab
+    candidates (wkv6 first within each), then training; a spent budget cuts from the end."""
     import types
 
     from bench import conftest
@@ -100,5 +100,5 @@ def test_run_order_puts_first_choices_then_peers_op_by_op_then_training():
              item("bench_wkv6", 3), item("bench_wkv6", 2), item("bench_gate_norm_residual", 1), item("bench_wkv6", 1),
              item("bench_train", 5)]
     order = [it.name for it in sorted(items, key=conftest._run_order)]
-    assert order == ["bench_wkv6-1", "bench_gate_norm_residual-1", "bench_ddlerp-1", "bench_wkv6-3", "bench_wkv6-2",
-                     "bench_gate_norm_residual-3", "bench_train-2", "bench_train-5"]
+    assert order == ["bench_wkv6-1", "bench_gate_norm_residual-1", "bench_ddlerp-1", "bench_wkv6-3",
+                     "bench_gate_norm_residual-3", "bench_wkv6-2", "bench_train-2", "bench_train-5"]
