@@ -143,11 +143,12 @@ def kernel_section(df: pd.DataFrame, op: str, d: Path) -> list[str]:
     sub = sub.sort_values(["pass", "shape", "_o"], kind="stable")
     out = [f"## {op}", ""]
     cols = ["shape", "pass", "impl", "ms", "gbps", "pct_bw", "tflops", "peak_mb", "speedup_vs_ref",
-            "speedup_vs_best_peer", "max_rel_err", "note"]
+            "speedup_vs_best_peer", "max_rel_err", "warmup_s", "note"]
     t = sub[[c for c in cols if c in sub]].copy()
     t["note"] = t["note"].str.slice(0, 80)
     out += [md_table(t, {"ms": "ms", "gbps": "int", "pct_bw": "pct", "speedup_vs_ref": "x",
-                         "speedup_vs_best_peer": "x", "max_rel_err": "e", "peak_mb": "int"}), ""]
+                         "speedup_vs_best_peer": "x", "max_rel_err": "e", "peak_mb": "int", "warmup_s": "g"}), "",
+            "warmup_s: wall time of the untimed first call (compilation, autotuning: fla's is minutes when cold).", ""]
     pivot = sub.pivot_table(index="case", columns="impl", values="ms", aggfunc="first")
     pivot = pivot[sorted(pivot.columns, key=_impl_key)]
     pivot.to_csv(d / f"report_{op}_ms.csv")
@@ -411,7 +412,7 @@ def headline(df: pd.DataFrame, d: Path) -> list[str]:
         for op, g in t.groupby("op", sort=False):
             x = g["× vs best peer"]
             wins = int((x >= 1).sum())
-            parts.append(f"{op} {x.min():.2f}–{x.max():.2f}× ({wins}/{len(x)} cases won)")
+            parts.append(f"{op} {x.min():.2f}–{x.max():.2f}× (no slower in {wins} of {len(x)} cases)")
         out.append("- **Lab kernels vs the best peer** (fastest lab kernel, same run): " + "; ".join(parts) + ".")
     a = validity_agreement(d) if (d / "validity").exists() else pd.DataFrame()
     if not a.empty:

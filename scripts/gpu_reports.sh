@@ -19,8 +19,9 @@
 #                 model at small — the variant study measures every variant's speed
 #               * whatever the soft budget GT_BENCH_BUDGET_S (default 420 s) has not started: rows run in
 #                 the order of bench/conftest.py (every op's reference and first lab kernel; the peers; the
-#                 other lab kernels; wkv6 first within each; then training) and a skipped row says so; the hard cap BENCH_S (default 530 s) interrupts pytest, which still
-#                 writes bench.csv (rewritten after every row) and the manifest
+#                 other lab kernels; wkv6 first within each; then training) and a skipped row says so; the
+#                 hard cap BENCH_S (default 530 s) interrupts pytest, which still writes bench.csv (rewritten
+#                 after every row) and the manifest
 #             Raise it: GT_BENCH_K="" (no shape/row filter), GT_BENCH_BUDGET_S=0 (no soft budget), BENCH_S=3000,
 #             GT_BENCH_QUICK=0 (every variant, shape and peer, more repetitions). fla's first call autotunes
 #             for ~3 min (later shapes ~40 s); its cost is in each row's warmup_s column.
@@ -116,7 +117,9 @@ part_study() {
 part_validity() {   # bench_train.run_validity at a batch the PyTorch reference (a Python loop per sequence) can afford
   local steps=${VALIDITY_STEPS:-30} size=small
   local extra="--batch-size ${VALIDITY_BATCH:-4} --seq-len 256 --eval-iters 2 --log-interval 1"
-  if [ "$SMOKE" = 1 ]; then steps=3; size=tiny; extra="--batch-size 2 --seq-len 16 --eval-iters 1 --log-interval 1 ${TINY[*]:2}"; fi
+  if [ "$SMOKE" = 1 ]; then
+    steps=3; size=tiny; extra="--batch-size 2 --seq-len 16 --eval-iters 1 --log-interval 1 ${TINY[*]:2}"
+  fi
   run_part validity "${VALIDITY_S:-120}" $PY -c "from bench.bench_train import run_validity as r
 res = r($steps, 'GF-MH', '$size', out='$RUN/validity', extra='--eval-interval $steps $extra'.split())
 raise SystemExit(0 if res and all(isinstance(v, dict) for v in res.values()) else 1)"
