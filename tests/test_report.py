@@ -79,10 +79,11 @@ def test_report_sections_csv_and_plots(run_dir):
     assert "GF-MH_small_triton vs GF-MH_small_reference: max relative train-loss difference 5.26e-04" in text
 
 
-def test_summary_prints_the_answers(run_dir, capsys):
-    assert report.main(["--dir", str(run_dir), "--summary"]) == 0
-    out = capsys.readouterr().out
-    assert "Lab kernels vs the best peer" in out and "triton_fused" in out and "report ->" in out
+def test_summary_is_the_answers_and_the_peer_table(run_dir, tmp_path):
+    out = report.summary(run_dir)
+    assert "Lab kernels vs the best peer" in out and "triton_fused" in out and "× vs best peer" in out
+    assert not list(run_dir.glob("*.png"))                                          # text only, no plots
+    assert "no answers yet" in report.summary(tmp_path / "empty")
 
 
 def test_run_order_puts_first_choices_then_peers_then_other_candidates_then_training():
