@@ -15,13 +15,7 @@ TINY = dict(n_layer=2, d_model=32, head_size=16, headdim=16, mix_lora=4, decay_l
 VOCAB = 50
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: one torch thread (two oversubscribed threads run ~50× slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def tiny(name: str, seed: int = 0):
