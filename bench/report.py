@@ -414,6 +414,14 @@ def headline(df: pd.DataFrame, d: Path) -> list[str]:
             wins = int((x >= 1).sum())
             parts.append(f"{op} {x.min():.2f}–{x.max():.2f}× (no slower in {wins} of {len(x)} cases)")
         out.append("- **Lab kernels vs the best peer** (fastest lab kernel, same run): " + "; ".join(parts) + ".")
+    tr = df[(df["op"] == "train") & df["ms"].notna()]
+    for shape, g in tr.groupby("shape", sort=False):
+        ours, peer = g[g["impl"].str.startswith("triton")], g[g["impl"] == "peer"]
+        if ours.empty or peer.empty:
+            continue
+        o, q = ours.loc[ours["ms"].idxmin()], peer.loc[peer["ms"].idxmin()]
+        out.append(f"- **Training step {shape}:** {o['variant']} --kernels {o['impl']} {o['ms']:.4g} ms vs the peer "
+                   f"model's {q['ms']:.4g} ms ({q['ms'] / o['ms']:.2f}×).")
     a = validity_agreement(d) if (d / "validity").exists() else pd.DataFrame()
     if not a.empty:
         out.append("- **Do the kernels change learning?** " + "; ".join(

@@ -68,6 +68,7 @@ def test_report_sections_csv_and_plots(run_dir):
     assert "wkv6 0.89–2.00× (no slower in 1 of 2 cases)" in text
     assert "gate_norm_residual 1.50–1.50× (no slower in 1 of 1 cases)" in text
     assert "Peers with no timing in this run: gate_norm_residual: fla_rmsnorm." in text
+    assert "**Training step small B64xT256:** GF-MH --kernels triton 15 ms vs the peer model's 146 ms (9.73×)" in text
     assert pd.read_csv(run_dir / "report_peers.csv").shape == (3, 8)
     assert (run_dir / "peers_speedup.png").stat().st_size > 1000
     # pytest-benchmark's entries beside the rows' own figures
