@@ -3,8 +3,10 @@
 * ``--benchmark`` (added here; pytest-benchmark has no such flag): without it every test under bench/ is skipped,
   so ``pytest bench/`` is fast. ``--benchmark-json`` / ``--benchmark-compare`` (pytest-benchmark) keep working:
   each row's figures are in ``extra_info``.
-* Order: tests carry ``@pytest.mark.bench_priority(n)``; lower runs first (lab kernels and references, then peers,
-  then training), so a spent time budget (``GT_BENCH_BUDGET_S``) cuts the least important rows.
+* Order (``_run_order``): tests carry ``@pytest.mark.bench_priority(n)``: the references and first lab
+  candidates of every op first, then the peers, then the other lab candidates (ops in the specs' order, wkv6
+  first, within each), then the training rows, so a spent time budget (``GT_BENCH_BUDGET_S``) cuts the least
+  important rows.
 * At session end (before pytest-benchmark writes its JSON): speedups are filled in, the flat CSV
   ``<out>/bench.csv`` and ``<out>/bench_rows.json`` are written, and on a GPU the gate manifest
   ``profiles/<gpu-slug>/gates.json`` (``groundthink.gate``: evidence from the rows, the rule, the file) — one
@@ -39,6 +41,22 @@ def pytest_collect_file(file_path, parent):
     return None
 
 
+def pytest_sessionstart(session):
+    """Say up front (also under -q) what a budgeted run skips and how to raise the budget."""
+    config = session.config
+    if not config.getoption("--benchmark", default=False):
+        return
+    from bench import common
+    b = common.budget_s()
+    grid = "quick grid (GT_BENCH_QUICK=0: every shape, peer and variant)" if common.quick() else "full grid"
+    lim = (f"soft budget {b:g} s: rows not started by then are skipped and say so (GT_BENCH_BUDGET_S=0: none)"
+           if b > 0 else "no time budget")
+    line = (f"groundthink bench: {grid}; {lim}; fla's first call autotunes for ~3 min on a cold machine "
+            f"(its rows' warmup_s)")
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    tr.write_line(line) if tr else print(line)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "bench_priority(n): run order of a benchmark (lower first)")
 
@@ -55,6 +73,23 @@ def _priority(item) -> int:
     return m.args[0] if m and m.args else 5
 
 
+def _op_rank(item) -> int:
+    from groundthink.spec import specs
+    ops = list(specs())
+    op = item.module.__name__.rsplit(".", 1)[-1].removeprefix("bench_") if item is not None else ""
+    return ops.index(op) if op in ops else len(ops)
+
+
+def _run_order(item) -> tuple[int, int]:
+    """(rank, op): every op's reference and first lab candidate first (priority 1: a complete manifest); then the
+    peers (priority 3: a lab row is worth little without its peer beside it); then the other lab candidates
+    (priority 2); ops in the specs' order within each (wkv6 first); training rows last, by their priorities."""
+    p, rank = _priority(item), _op_rank(item)
+    if rank == _op_rank(None):                  # training (or anything that is not an op's benchmark)
+        return 10 + p, rank
+    return {1: 1, 3: 2}.get(p, 3), rank
+
+
 def pytest_collection_modifyitems(config, items):
     bench_items = [it for it in items if _in_bench(it)]
     if not bench_items:
@@ -64,8 +99,9 @@ def pytest_collection_modifyitems(config, items):
         for it in bench_items:
             it.add_marker(skip)
         return
-    # stable sort of the bench items by priority, other items keep their places
-    order = sorted(bench_items, key=_priority)
+    # stable sort of the bench items by priority, then by the specs' op order (wkv6 first: its peer rows must not
+    # be the ones a spent budget cuts), training last; other items keep their places
+    order = sorted(bench_items, key=_run_order)
     it_order = iter(order)
     items[:] = [next(it_order) if _in_bench(it) else it for it in items]
 
@@ -113,6 +149,14 @@ def bench(request, copy_gbps):
     return _LazyBenchmark(request)
 
 
+def _show(path) -> str:
+    """``path`` relative to the working directory where it lies below it (logs name no machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
     if not session.config.getoption("--benchmark", default=False):
@@ -129,7 +173,7 @@ def pytest_sessionfinish(session, exitstatus):
     say = (lambda s: tr.write_line(s)) if tr else print
     merged = len(rows) - len(common.RESULTS)
     say(f"groundthink bench: {len(common.RESULTS)} rows" + (f" (+{merged} kept from the earlier run, "
-        "GT_BENCH_MERGE=1)" if merged else "") + f" -> {csv_path}")
+        "GT_BENCH_MERGE=1)" if merged else "") + f" -> {_show(csv_path)}")
     if not common.ON_GPU:
         say(f"groundthink bench: {common.NOT_A_MEASUREMENT}; no gate manifest written on CPU")
         return
@@ -140,4 +184,4 @@ def pytest_sessionfinish(session, exitstatus):
         for op, impls in ops.items():
             for impl, entry in impls.items():
                 say(f"gate {op}/{impl}: {entry['reason']}")
-        say(f"groundthink bench: gate manifest -> {path}")
+        say(f"groundthink bench: gate manifest -> {_show(path)}")

@@ -27,6 +27,8 @@ from bench.report_variants import sections as variants_sections
 ROOT = Path(__file__).resolve().parent.parent
 # the ops with a benchmark, and the implementations in the order reference, lab kernels, peers (from the specs)
 KERNEL_OPS = tuple(op for op, s in specs().items() if s.bench is not None)
+LAB = {op: tuple(i.name for i in s.role("lab")) for op, s in specs().items()}
+PEER = {op: tuple(i.name for i in s.role("peer")) for op, s in specs().items()}
 IMPL_ORDER = tuple(dict.fromkeys(i.name for role in ("reference", "lab", "peer") for s in specs().values()
                                  for i in s.role(role))) + ("peer",)
 
@@ -141,11 +143,12 @@ def kernel_section(df: pd.DataFrame, op: str, d: Path) -> list[str]:
     sub = sub.sort_values(["pass", "shape", "_o"], kind="stable")
     out = [f"## {op}", ""]
     cols = ["shape", "pass", "impl", "ms", "gbps", "pct_bw", "tflops", "peak_mb", "speedup_vs_ref",
-            "speedup_vs_best_peer", "max_rel_err", "note"]
+            "speedup_vs_best_peer", "max_rel_err", "warmup_s", "note"]
     t = sub[[c for c in cols if c in sub]].copy()
     t["note"] = t["note"].str.slice(0, 80)
     out += [md_table(t, {"ms": "ms", "gbps": "int", "pct_bw": "pct", "speedup_vs_ref": "x",
-                         "speedup_vs_best_peer": "x", "max_rel_err": "e", "peak_mb": "int"}), ""]
+                         "speedup_vs_best_peer": "x", "max_rel_err": "e", "peak_mb": "int", "warmup_s": "g"}), "",
+            "warmup_s: wall time of the untimed first call (compilation, autotuning: fla's is minutes when cold).", ""]
     pivot = sub.pivot_table(index="case", columns="impl", values="ms", aggfunc="first")
     pivot = pivot[sorted(pivot.columns, key=_impl_key)]
     pivot.to_csv(d / f"report_{op}_ms.csv")
@@ -251,11 +254,181 @@ def validity_section(d: Path) -> list[str]:
     ax.set_title("validity run: same seed and data, different kernels")
     if rows:
         img = _save(fig, d / "validity_loss.png")
-        out += [md_table(pd.DataFrame(rows), {"last train loss": "g", "val loss": "g"}), "", f"![{img}]({img})", ""]
+        out += [md_table(pd.DataFrame(rows), {"last train loss": "g", "val loss": "g"}), ""]
+        agree = validity_agreement(d)
+        if not agree.empty:
+            out += [md_table(agree, {"max rel diff": "e", "at last common step": "e", "common steps": "int"}), ""]
+        out += [f"![{img}]({img})", ""]
     else:
         plt.close(fig)
         out += ["(logs present but no step/loss records)", ""]
     return out
+
+
+def lab_vs_peers(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (op, shape, pass) that has a lab kernel and a peer measured in this run: the fastest lab
+    kernel, every peer's time, the fastest peer and the lab kernel's speedup over it (> 1: the lab wins)."""
+    rows = []
+    timed = df[df["ms"].notna() & (df["op"] != "train")]
+    for (op, shape, pass_), g in timed.groupby(["op", "shape", "pass"], sort=False):
+        lab = g[g["impl"].isin(LAB.get(op, ()))]
+        peers = g[g["impl"].isin(PEER.get(op, ()))]
+        if lab.empty or peers.empty:
+            continue
+        best_lab, best_peer = lab.loc[lab["ms"].idxmin()], peers.loc[peers["ms"].idxmin()]
+        rows.append({"op": op, "shape": shape, "pass": pass_, "best lab": best_lab["impl"],
+                     "lab ms": best_lab["ms"],
+                     "peers ms": ", ".join(f"{r['impl']} {r['ms']:.4g}" for _, r in peers.iterrows()),
+                     "best peer": best_peer["impl"], "× vs best peer": best_peer["ms"] / best_lab["ms"]})
+    return pd.DataFrame(rows, columns=["op", "shape", "pass", "best lab", "lab ms", "peers ms", "best peer",
+                                       "× vs best peer"])
+
+
+def unmeasured_peers(df: pd.DataFrame) -> list[str]:
+    """Peers declared in the specs that have no timed row in this run (not installed, skipped by the time
+    budget or a -k filter, or failed: the run's log says which)."""
+    out = []
+    for op in KERNEL_OPS:
+        if not (df["op"] == op).any():
+            continue
+        timed = set(df[(df["op"] == op) & df["ms"].notna()]["impl"])
+        missing = [p for p in PEER.get(op, ()) if p not in timed]
+        if missing:
+            out.append(f"{op}: {', '.join(missing)}")
+    return out
+
+
+def peers_section(df: pd.DataFrame, d: Path) -> list[str]:
+    t = lab_vs_peers(df)
+    missing = unmeasured_peers(df)
+    if t.empty and not missing:
+        return []
+    out = ["## Lab kernels vs peers (same run)", "",
+           "Per op, shape and pass: the fastest lab kernel against every peer timed in the same run; "
+           "× > 1: the lab kernel is faster than the best peer.", ""]
+    if not t.empty:
+        t.to_csv(d / "report_peers.csv", index=False)
+        out += [md_table(t, {"lab ms": "ms", "× vs best peer": "x"}), "", "Table: `report_peers.csv`", ""]
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(t) + 3), 4.2))
+        labels = [f"{r['op']} {r['shape']} {r['pass']}" for _, r in t.iterrows()]
+        vals = t["× vs best peer"].tolist()
+        ax.bar(range(len(t)), vals, color=["tab:green" if v >= 1 else "tab:red" for v in vals])
+        ax.axhline(1, color="k", lw=0.8, ls="--")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(t)))
+        ax.set_xticklabels(labels, rotation=40, ha="right", fontsize=6)
+        ax.set_ylabel("best lab kernel vs best peer (×, log)")
+        ax.set_title("lab kernels vs peers, same run (> 1: the lab kernel is faster)")
+        img = _save(fig, d / "peers_speedup.png")
+        out += [f"![{img}]({img})", ""]
+    if missing:
+        out += ["Peers with no timing in this run: " + "; ".join(missing) + ".", ""]
+    return out
+
+
+def pytest_benchmark_section(d: Path) -> list[str]:
+    """pytest-benchmark's own entries (``bench.json``): host-clock, synchronized calls of the same functions, beside
+    the CUDA-event medians of the CSV (``extra_info``). Every entry must time real work."""
+    p = d / "bench.json"
+    if not p.exists():
+        return []
+    try:
+        entries = json.loads(p.read_text()).get("benchmarks", [])
+    except (OSError, ValueError):
+        return ["## pytest-benchmark", "", "(bench.json unreadable)", ""]
+    rows = []
+    for e in entries:
+        st, ex = e.get("stats", {}), e.get("extra_info", {})
+        med = st.get("median")
+        rows.append({"test": e.get("name", ""), "pytest-benchmark median ms": None if med is None else med * 1e3,
+                     "rounds": st.get("rounds"), "row ms": ex.get("ms"),
+                     "ratio": (med * 1e3 / ex["ms"]) if med and ex.get("ms") else None})
+    if not rows:
+        return []
+    t = pd.DataFrame(rows).sort_values("test")
+    return ["## pytest-benchmark's table", "",
+            f"{len(t)} entries from `bench.json` (`--benchmark-json`): pytest-benchmark's median of synchronized "
+            "host-clock calls of the very function the row times, beside the row's CUDA-event median; ratio ≈ 1 "
+            "for long calls, > 1 where launch and host time dominate.", "",
+            md_table(t, {"pytest-benchmark median ms": "ms", "row ms": "ms", "rounds": "int", "ratio": "g"}),
+            ""]
+
+
+def validity_agreement(d: Path) -> pd.DataFrame:
+    """Per validity run: the largest relative difference of its train loss from the reference run's at the steps
+    both logged (the kernels must not change learning)."""
+    runs = {}
+    for p in sorted((d / "validity").glob("*.jsonl")):
+        runs[p.stem] = {r["step"]: r["loss"] for r in read_jsonl(p) if r.get("type", "train") == "train"
+                        and "step" in r and r.get("loss") is not None}
+    ref = next((k for k in runs if k.endswith("_reference")), None)
+    rows = []
+    for name, pts in runs.items():
+        if ref is None or name == ref:
+            continue
+        common = sorted(set(pts) & set(runs[ref]))
+        rel = [abs(pts[s] - runs[ref][s]) / abs(runs[ref][s]) for s in common if runs[ref][s]]
+        rows.append({"run": name, "vs": ref, "common steps": len(common),
+                     "max rel diff": max(rel) if rel else None,
+                     "at last common step": rel[-1] if rel else None})
+    return pd.DataFrame(rows, columns=["run", "vs", "common steps", "max rel diff", "at last common step"])
+
+
+def _ranked_variants(d: Path) -> pd.DataFrame | None:
+    from bench.report_variants import ranked
+    p = d / "variants.csv"
+    if not p.exists():
+        return None
+    df = pd.read_csv(p)
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    if ok.empty:
+        return None
+    tokens = ok["tokens"].max()
+    rows = ok[ok["tokens"] == tokens]
+    curves = pd.read_csv(d / "variants_curves.csv") if (d / "variants_curves.csv").exists() else pd.DataFrame()
+    if not curves.empty:
+        curves = curves[curves["budget"] == tokens]
+    return ranked(rows, curves)[0]
+
+
+def headline(df: pd.DataFrame, d: Path) -> list[str]:
+    """The three answers the issue asks of one run, from the figures below (empty parts: not measured)."""
+    out = []
+    v = _ranked_variants(d)
+    if v is not None:
+        first = v.iloc[0]
+        per_s = v.sort_values("val@equal time").iloc[0] if "val@equal time" in v and \
+            v["val@equal time"].notna().any() else None
+        fastest = v.loc[v["tok_s"].idxmax()] if v["tok_s"].notna().any() else None
+        out.append(f"- **Best variant per token:** {first['variant']} (val loss {first['val_loss']:.4f}, "
+                   f"{first['bpc']:.3f} bits/char) of {len(v)}" +
+                   (f"; **per second:** {per_s['variant']} (val {per_s['val@equal time']:.4f} at equal training "
+                    f"time)" if per_s is not None else "") +
+                   (f"; fastest: {fastest['variant']} ({fastest['tok_s']:,.0f} tok/s)" if fastest is not None
+                    else "") + ".")
+    t = lab_vs_peers(df)
+    if not t.empty:
+        parts = []
+        for op, g in t.groupby("op", sort=False):
+            x = g["× vs best peer"]
+            wins = int((x >= 1).sum())
+            parts.append(f"{op} {x.min():.2f}–{x.max():.2f}× (no slower in {wins} of {len(x)} cases)")
+        out.append("- **Lab kernels vs the best peer** (fastest lab kernel, same run): " + "; ".join(parts) + ".")
+    tr = df[(df["op"] == "train") & df["ms"].notna()]
+    for shape, g in tr.groupby("shape", sort=False):
+        ours, peer = g[g["impl"].str.startswith("triton")], g[g["impl"] == "peer"]
+        if ours.empty or peer.empty:
+            continue
+        o, q = ours.loc[ours["ms"].idxmin()], peer.loc[peer["ms"].idxmin()]
+        out.append(f"- **Training step {shape}:** {o['variant']} --kernels {o['impl']} {o['ms']:.4g} ms vs the peer "
+                   f"model's {q['ms']:.4g} ms ({q['ms'] / o['ms']:.2f}×).")
+    a = validity_agreement(d) if (d / "validity").exists() else pd.DataFrame()
+    if not a.empty:
+        out.append("- **Do the kernels change learning?** " + "; ".join(
+            f"{r['run']} vs {r['vs']}: max relative train-loss difference {_fmt(r['max rel diff'], 'e')} over "
+            f"{r['common steps']} common steps" if r["common steps"] else
+            f"{r['run']} vs {r['vs']}: no step logged by both runs" for _, r in a.iterrows()) + ".")
+    return ["## Answers of this run", ""] + out + [""] if out else []
 
 
 def gates_section(d: Path) -> list[str]:
@@ -287,7 +460,9 @@ def build_report(d: Path) -> Path:
               f"{_fmt(copy, 'int') + ' GB/s' if copy else 'n/a'}. "
               "Times are CUDA-event medians (see bench/common.py); GB/s counts each op's minimal bytes; "
               "speedups are against the PyTorch reference and the fastest peer at the same shape.", ""]
+    lines += headline(df, d)
     lines += gates_section(d)
+    lines += peers_section(df, d)
     for op in KERNEL_OPS:
         lines += kernel_section(df, op, d)
     others = [o for o in df["op"].unique() if o not in KERNEL_OPS and o != "train"]
@@ -296,18 +471,35 @@ def build_report(d: Path) -> Path:
     lines += train_section(df, d)
     lines += validity_section(d)
     lines += variants_sections(d)
+    lines += pytest_benchmark_section(d)
     out = d / "report.md"
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def summary(d) -> str:
+    """The run's answers and the lab-vs-peer table as plain text (no plots): the short table a GPU call prints
+    last."""
+    d = Path(d)
+    df = load_rows(d)
+    lines = headline(df, d)
+    t = lab_vs_peers(df)
+    if not t.empty:
+        with pd.option_context("display.width", 160, "display.max_colwidth", 50):
+            lines.append(t.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return "\n".join(lines) if lines else f"(no answers yet in {d.name}: no benchmark, study or validity results)"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gpu", help="profiles/<SLUG> to report on (default: this machine's GPU, else the newest)")
     p.add_argument("--dir", help="explicit results folder (holding bench.csv)")
+    p.add_argument("--summary", action="store_true", help="print the report's answers and the lab-vs-peer table")
     a = p.parse_args(argv)
     d = find_dir(a.gpu, a.dir)
     out = build_report(d)
+    if a.summary:
+        print(summary(d))
     print(f"report -> {out}")
     return 0
 

@@ -15,7 +15,7 @@ peak-memory counter reset between variants) or, with ``--isolate``, each in its 
     grad_ratio_rm                      median over the evals of ‖∇ RWKV‖ / ‖∇ Mamba‖ (before clipping)
     gate_mean, gate_drift              mean RWKV weight g of the blend at the end, and its change since step 1
     rms_rwkv, rms_mamba                RMS of each branch's output (train.py's state health)
-    state_*                            the recurrent-state probe of the final model (bench.long_context.state_health:
+    state_*                            the recurrent-state probe of the final model (bench.state_probe.state_health:
                                        RMS, growth over a long input, variance across inputs, their ratio)
     train_s, wall_s                    steady training seconds (steps × ms_step) and the variant's wall time
 
@@ -250,15 +250,15 @@ def curve_rows(row: dict, res: dict) -> list[dict]:
 
 def state_columns(a, final_ckpt: str, seq: int) -> dict:
     """The recurrent-state probe of the final model: 4 validation windows of 4 × seq_len tokens, seq_len at a
-    time (bench.long_context.state_health)."""
-    from bench import long_context as lc
+    time (bench.state_probe.state_health)."""
+    from bench import state_probe as sp
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok, state = lc.load_model(final_ckpt, a.kernels, device)
-    ids = lc.probe_ids(lc.val_split(state, tok), 4, 4 * seq, a.seed, device)
-    h = lc.state_health(model, ids, seq)
+    model, tok, state = sp.load_model(final_ckpt, a.kernels, device)
+    ids = sp.probe_ids(sp.val_split(state, tok), 4, 4 * seq, a.seed, device)
+    h = sp.state_health(model, ids, seq)
     del model
     out = {"state_finite": h["finite"], "state_var_ratio": h["var_ratio"]}
-    for c in lc.COMPONENTS:
+    for c in sp.COMPONENTS:
         for k in ("rms", "growth", "var", "signal"):
             out[f"state_{k}_{c}"] = h[f"{k}_{c}"]
     return out

@@ -11,12 +11,7 @@ from reference.mamba2 import mamba_chunk_scan, ssd_recurrence
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()   # tiny shapes: threads only add overhead on shared cores
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def _inputs(b=2, l=37, h=4, p=3, g=2, n=5, seed=0, dtype=F64, strong=False):

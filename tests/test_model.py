@@ -22,13 +22,7 @@ V = 97
 HYBRIDS = [n for n in list_models() if n not in ("rwkv6", "mamba2")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny shapes: intra-op threading only adds overhead (and thrashes on 2 shared cores)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

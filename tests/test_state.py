@@ -1,6 +1,6 @@
 """The seeds' state tests on tiny models (CPU, reference kernels): the recurrent state exists, evolves with the
 input, stays bounded over long inputs, is deterministic, and both components' states carry signal (their variance
-ratio is reported). The probe is ``bench.long_context.state_health``, also a column group of bench/variants.py.
+ratio is reported). The probe is ``bench.state_probe.state_health``, also a column group of bench/variants.py.
 """
 from __future__ import annotations
 
@@ -8,20 +8,14 @@ import pytest
 import torch
 
 import fused
-from bench.long_context import state_health
+from bench.state_probe import state_health
 from groundthink.registry import resolve
 
 TINY = dict(n_layer=2, d_model=32, head_size=16, headdim=16, mix_lora=4, decay_lora=8, d_state=8, chunk_size=16)
 VOCAB = 50
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: one torch thread (two oversubscribed threads run ~50× slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def tiny(name: str, seed: int = 0):

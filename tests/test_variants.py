@@ -24,13 +24,7 @@ REQUIRED = ("variant", "size", "tokens", "val_loss", "bpc", "tok_s", "ms_step", 
             "gate_mean", "gate_drift")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: one torch thread (two oversubscribed threads run ~50× slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

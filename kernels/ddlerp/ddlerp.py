@@ -63,6 +63,37 @@ def _shifted(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV: tl.constexpr):
 
 
 @triton.jit
+def _tile(N, D, BR: tl.constexpr, BD: tl.constexpr):
+    """This program's tile of a 2-D grid over [N, D]: rows o_r [BR] (int64), columns o_c [BD], their masks."""
+    o_r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR).to(tl.int64)
+    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
+    return o_r, o_c, o_r < N, o_c < D
+
+
+@triton.jit
+def _cols(D, BD: tl.constexpr):
+    """A persistent backward program (grid [programs, column blocks]): (pid, its columns o_c [BD], their mask)."""
+    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
+    return tl.program_id(0), o_c, o_c < D
+
+
+@triton.jit
+def _rows(blk, N, BR: tl.constexpr):
+    """Row block ``blk`` of a persistent backward program: (rows o_r [BR] int64, their mask)."""
+    o_r = blk * BR + tl.arange(0, BR).to(tl.int64)
+    return o_r, o_r < N
+
+
+@triton.jit
+def _x_and_shift(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV: tl.constexpr):
+    """The tile of x [N, D] at rows o_r × columns o_c: (offs, mask [BR, BD], x, shift(x) − x), fp32."""
+    m = m_r[:, None] & m_c[None, :]
+    offs = o_r[:, None] * D + o_c[None, :]
+    b_x = tl.load(p_x + offs, mask=m, other=0.).to(tl.float32)
+    return offs, m, b_x, _shifted(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV) - b_x
+
+
+@triton.jit
 def _mix_out(p_o, p_m, p_maa, i, ND, D, offs, m, o_c, m_c, b_x, b_xx):
     """out_i = x + xx ⊙ (maa_i + m_i) on a tile."""
     b_m = tl.load(p_m + i * ND + offs, mask=m, other=0.).to(tl.float32)
@@ -74,14 +105,8 @@ def _mix_out(p_o, p_m, p_maa, i, ND, D, offs, m, o_c, m_c, b_x, b_xx):
 def _ddlerp_fwd_kernel(p_x, p_prev, p_m, p_maa, p_o0, p_o1, p_o2, p_o3, p_o4, N, T, D, ND,
                        HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     # p_x, p_o*: [N, D]; p_prev: [B, D]; p_m: [5, N, D] (ND = N·D); p_maa: [5, D]
-    o_r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR).to(tl.int64)
-    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
-    m_r = o_r < N
-    m_c = o_c < D
-    m = m_r[:, None] & m_c[None, :]
-    offs = o_r[:, None] * D + o_c[None, :]
-    b_x = tl.load(p_x + offs, mask=m, other=0.).to(tl.float32)
-    b_xx = _shifted(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV) - b_x
+    o_r, o_c, m_r, m_c = _tile(N, D, BR, BD)
+    offs, m, b_x, b_xx = _x_and_shift(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV)
     _mix_out(p_o0, p_m, p_maa, 0, ND, D, offs, m, o_c, m_c, b_x, b_xx)
     _mix_out(p_o1, p_m, p_maa, 1, ND, D, offs, m, o_c, m_c, b_x, b_xx)
     _mix_out(p_o2, p_m, p_maa, 2, ND, D, offs, m, o_c, m_c, b_x, b_xx)
@@ -109,22 +134,16 @@ def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_ma
                        HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     # p_do*, p_x, p_dx: [N, D]; p_prev: [B, D]; p_m, p_dm: [5, N, D]; p_maa: [5, D];
     # p_part: [n_progs, 5, D] fp32 partial rows of dmaa
-    pid = tl.program_id(0)
-    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
-    m_c = o_c < D
+    pid, o_c, m_c = _cols(D, BD)
     b_a0 = tl.zeros([BD], dtype=tl.float32)
     b_a1 = tl.zeros([BD], dtype=tl.float32)
     b_a2 = tl.zeros([BD], dtype=tl.float32)
     b_a3 = tl.zeros([BD], dtype=tl.float32)
     b_a4 = tl.zeros([BD], dtype=tl.float32)
     for blk in range(pid, n_blocks, n_progs):
-        o_r = blk * BR + tl.arange(0, BR).to(tl.int64)
-        m_r = o_r < N
-        m = m_r[:, None] & m_c[None, :]
+        o_r, m_r = _rows(blk, N, BR)
         m_next = (m_r & ((o_r % T) + 1 < T))[:, None] & m_c[None, :]
-        offs = o_r[:, None] * D + o_c[None, :]
-        b_x = tl.load(p_x + offs, mask=m, other=0.).to(tl.float32)
-        b_xx = _shifted(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV) - b_x
+        offs, m, b_x, b_xx = _x_and_shift(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV)
         b_do, b_dxx, b_dxx_n, b_a0 = _mix_bwd(p_do0, p_m, p_dm, p_maa, 0, ND, D, offs, m, m_next, o_c, m_c,
                                               b_xx, b_a0)
         b_dx = b_do
@@ -168,6 +187,16 @@ def _blocks(N: int, D: int, tile: int):
     return BR, BD
 
 
+def persistent_grid(N: int, D: int, tile: int, per_sm: int, dev):
+    """The backward's persistent grid over [N, D]: (BR, BD, row blocks, programs per column block, column
+    blocks); ``per_sm`` programs per SM over all column blocks, never more than the row blocks (2 in the
+    interpreter, so that tests stride)."""
+    BR, BD = _blocks(N, D, tile)
+    n_blocks, n_cb = _cdiv(N, BR), _cdiv(D, BD)
+    n_progs = 2 if INTERPRET else max(1, num_sms(dev) * per_sm // n_cb)
+    return BR, BD, n_blocks, min(n_progs, n_blocks), n_cb
+
+
 def _fwd_impl(x, m, maa, x_prev):
     B, T, D = x.shape
     N = B * T
@@ -189,10 +218,7 @@ def _bwd_impl(douts, x, m, maa, x_prev):
     dm = new_empty(m.shape, m.dtype, dev)
     if N == 0 or D == 0:
         return dx, dm, torch.zeros_like(maa)
-    BR, BD = _blocks(N, D, TUNING["bwd_tile"])
-    n_blocks, n_cb = _cdiv(N, BR), _cdiv(D, BD)
-    n_progs = 2 if INTERPRET else max(1, num_sms(dev) * TUNING["bwd_per_sm"] // n_cb)
-    n_progs = min(n_progs, n_blocks)
+    BR, BD, n_blocks, n_progs, n_cb = persistent_grid(N, D, TUNING["bwd_tile"], TUNING["bwd_per_sm"], dev)
     part = new_empty((n_progs, N_MIX, D), torch.float32, dev)
     _ddlerp_bwd_kernel[(n_progs, n_cb)](
         *douts, x, x_prev, m, maa, dx, dm, part, N, T, D, N * D, n_blocks, n_progs,

@@ -23,9 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import INTERPRET
-from kernels._common import check_tensor, new_empty, num_sms
-from kernels.ddlerp.ddlerp import _blocks, _cdiv
+from kernels._common import check_tensor, new_empty
+from kernels.ddlerp.ddlerp import _blocks, _cdiv, _cols, _rows, _tile, persistent_grid
 from reference.decay_exp import check_args
 
 __all__ = ["decay_exp"]
@@ -36,10 +35,8 @@ TUNING = {"fwd_tile": 4096, "bwd_tile": 2048, "bwd_per_sm": 4}
 @triton.jit
 def _decay_exp_fwd_kernel(p_base, p_d, p_lw, N, D, BR: tl.constexpr, BD: tl.constexpr):
     # p_base: [D]; p_d, p_lw: [N, D]
-    o_r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR).to(tl.int64)
-    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
-    m_c = o_c < D
-    m = (o_r < N)[:, None] & m_c[None, :]
+    o_r, o_c, m_r, m_c = _tile(N, D, BR, BD)
+    m = m_r[:, None] & m_c[None, :]
     offs = o_r[:, None] * D + o_c[None, :]
     b_w = tl.load(p_d + offs, mask=m, other=0.).to(tl.float32) + \
         tl.load(p_base + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
@@ -50,14 +47,12 @@ def _decay_exp_fwd_kernel(p_base, p_d, p_lw, N, D, BR: tl.constexpr, BD: tl.cons
 def _decay_exp_bwd_kernel(p_dlw, p_base, p_d, p_dd, p_part, N, D, n_blocks, n_progs,
                           BR: tl.constexpr, BD: tl.constexpr):
     # p_dlw, p_d, p_dd: [N, D]; p_base: [D]; p_part: [n_progs, D] fp32 partial rows of dbase
-    pid = tl.program_id(0)
-    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
-    m_c = o_c < D
+    pid, o_c, m_c = _cols(D, BD)
     b_base = tl.load(p_base + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
     b_acc = tl.zeros([BD], dtype=tl.float32)
     for blk in range(pid, n_blocks, n_progs):
-        o_r = blk * BR + tl.arange(0, BR).to(tl.int64)
-        m = (o_r < N)[:, None] & m_c[None, :]
+        o_r, m_r = _rows(blk, N, BR)
+        m = m_r[:, None] & m_c[None, :]
         offs = o_r[:, None] * D + o_c[None, :]
         b_d = tl.load(p_d + offs, mask=m, other=0.).to(tl.float32)
         b_dlw = tl.load(p_dlw + offs, mask=m, other=0.).to(tl.float32)
@@ -84,10 +79,7 @@ def _bwd_impl(dlw, base, d):
     dd = new_empty(d.shape, d.dtype, dev)
     if N == 0:
         return dd, torch.zeros_like(base)
-    BR, BD = _blocks(N, D, TUNING["bwd_tile"])
-    n_blocks, n_cb = _cdiv(N, BR), _cdiv(D, BD)
-    n_progs = 2 if INTERPRET else max(1, num_sms(dev) * TUNING["bwd_per_sm"] // n_cb)
-    n_progs = min(n_progs, n_blocks)
+    BR, BD, n_blocks, n_progs, n_cb = persistent_grid(N, D, TUNING["bwd_tile"], TUNING["bwd_per_sm"], dev)
     part = new_empty((n_progs, D), torch.float32, dev)
     _decay_exp_bwd_kernel[(n_progs, n_cb)](dlw, base, d, dd, part, N, D, n_blocks, n_progs, BR=BR, BD=BD,
                                            num_warps=4)

@@ -33,9 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import INTERPRET
-from kernels._common import check_tensor, new_empty, num_sms
-from kernels.ddlerp.ddlerp import _blocks, _cdiv, _shifted
+from kernels._common import check_tensor, new_empty
+from kernels.ddlerp.ddlerp import _blocks, _cdiv, _cols, _rows, _tile, _x_and_shift, persistent_grid
 from reference.shift_lerp import check_args
 
 __all__ = ["shift_lerp"]
@@ -50,14 +49,8 @@ TUNING = {"fwd_tile": 4096, "bwd_tile": 2048, "bwd_per_sm": 4}
 def _shift_lerp_fwd_kernel(p_x, p_prev, p_mu, p_y, N, T, D,
                            HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     # p_x, p_y: [N, D]; p_prev: [B, D]; p_mu: [D]
-    o_r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR).to(tl.int64)
-    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
-    m_r = o_r < N
-    m_c = o_c < D
-    m = m_r[:, None] & m_c[None, :]
-    offs = o_r[:, None] * D + o_c[None, :]
-    b_x = tl.load(p_x + offs, mask=m, other=0.).to(tl.float32)
-    b_xx = _shifted(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV) - b_x
+    o_r, o_c, m_r, m_c = _tile(N, D, BR, BD)
+    offs, m, b_x, b_xx = _x_and_shift(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV)
     b_mu = tl.load(p_mu + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
     tl.store(p_y + offs, (b_x + b_xx * b_mu).to(p_y.dtype.element_ty), mask=m)
 
@@ -66,19 +59,13 @@ def _shift_lerp_fwd_kernel(p_x, p_prev, p_mu, p_y, N, T, D,
 def _shift_lerp_bwd_kernel(p_dy, p_x, p_prev, p_mu, p_dx, p_part, N, T, D, n_blocks, n_progs,
                            HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     # p_dy, p_x, p_dx: [N, D]; p_prev: [B, D]; p_mu: [D]; p_part: [n_progs, D] fp32 partial rows of dmu
-    pid = tl.program_id(0)
-    o_c = tl.program_id(1) * BD + tl.arange(0, BD)
-    m_c = o_c < D
+    pid, o_c, m_c = _cols(D, BD)
     b_mu = tl.load(p_mu + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
     b_acc = tl.zeros([BD], dtype=tl.float32)
     for blk in range(pid, n_blocks, n_progs):
-        o_r = blk * BR + tl.arange(0, BR).to(tl.int64)
-        m_r = o_r < N
-        m = m_r[:, None] & m_c[None, :]
+        o_r, m_r = _rows(blk, N, BR)
         m_next = (m_r & ((o_r % T) + 1 < T))[:, None] & m_c[None, :]
-        offs = o_r[:, None] * D + o_c[None, :]
-        b_x = tl.load(p_x + offs, mask=m, other=0.).to(tl.float32)
-        b_xx = _shifted(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV) - b_x
+        offs, m, b_x, b_xx = _x_and_shift(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV)
         b_dy = tl.load(p_dy + offs, mask=m, other=0.).to(tl.float32)
         b_dy_n = tl.load(p_dy + offs + D, mask=m_next, other=0.).to(tl.float32)
         b_acc += tl.sum(b_dy * b_xx, axis=0)
@@ -107,10 +94,7 @@ def _bwd_impl(dy, x, mu, x_prev):
     dx = new_empty(x.shape, x.dtype, dev)
     if N == 0 or D == 0:
         return dx, torch.zeros_like(mu)
-    BR, BD = _blocks(N, D, TUNING["bwd_tile"])
-    n_blocks, n_cb = _cdiv(N, BR), _cdiv(D, BD)
-    n_progs = 2 if INTERPRET else max(1, num_sms(dev) * TUNING["bwd_per_sm"] // n_cb)
-    n_progs = min(n_progs, n_blocks)
+    BR, BD, n_blocks, n_progs, n_cb = persistent_grid(N, D, TUNING["bwd_tile"], TUNING["bwd_per_sm"], dev)
     part = new_empty((n_progs, D), torch.float32, dev)
     _shift_lerp_bwd_kernel[(n_progs, n_cb)](dy, x, x_prev, mu, dx, part, N, T, D, n_blocks, n_progs,
                                             HAS_PREV=x_prev is not None, BR=BR, BD=BD, num_warps=4)
