@@ -34,6 +34,18 @@ def _clamp_w(b_w):
 
 
 @triton.jit
+def _load_rows(p_ptr, bos, r0, L, i_h, o_t, o_c, m_c, H: tl.constexpr, C: tl.constexpr, ROWS: tl.constexpr,
+               SHIFT: tl.constexpr):
+    """The tile every wkv6 kernel starts from: rows r0 + t + SHIFT (t < ROWS) of one head of a [B·T, H, C] tensor
+    (token bos + row, columns o_c), as fp32 [ROWS, BC]. Rows outside [r0, r0 + ROWS) (SHIFT = ±1: the neighbour
+    block's) or past the sequence length L read 0."""
+    rows = r0 + o_t + SHIFT
+    m_t = (rows < L) & (o_t + SHIFT >= 0) & (o_t + SHIFT < ROWS)
+    p = p_ptr + ((bos + rows) * H + i_h)[:, None] * C + o_c[None, :]
+    return tl.load(p, mask=m_t[:, None] & m_c[None, :], other=0.).to(tl.float32)
+
+
+@triton.jit
 def _seq_bounds(cu_ptr, i_n, T, VARLEN):
     if VARLEN:
         bos = tl.load(cu_ptr + i_n).to(tl.int64)
