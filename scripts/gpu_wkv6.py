@@ -281,12 +281,6 @@ def resources():
 
 def main():
     log(device_name(), "torch", torch.__version__, "triton", triton.__version__)
-    try:
-        if os.environ.get("WKV6_CHECKS", "1") == "1":
-            check("chunk", kw.wkv6, *(CHECKS[0] if not SMOKE else CHECKS[-1][:1] + ((1, 20, 1, 16, 16),) + CHECKS[-1][2:]))
-    except Exception as ex:  # noqa: BLE001
-        log(f"chunk with SEG={kc.SEG} failed ({type(ex).__name__}: {str(ex)[:300]}): SEG=0 from here on")
-        kc.SEG = 0
     oks = []
     checks = CHECKS
     if SMOKE:   # tiny shapes, fp32 / fp16 only (bf16 dots are garbage in the interpreter)

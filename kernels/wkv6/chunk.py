@@ -31,7 +31,8 @@ dA = M_m ⊙ B:
 and the cancellation-free dw (only pairs that span j contribute to dw_j): a level-m pair (t, s) spans j iff j is
 in t's segment before t or in s's segment after s, so
     dw += segmented-reverse-exclusive-cumsum(q̂ ⊙ (dA k̂)) + segmented-exclusive-cumsum(k̂ ⊙ (dAᵀ q̂)),
-plus the block-crossing terms of ``common._state_bwd`` (through S_m and D_m). du: per-program partial rows
+plus the block-crossing terms of ``common._cross_bwd`` (through S_m and D_m, computed first so that the two
+[K, V] states are dead before the level dots). du: per-program partial rows
 summed once (deterministic, no atomics).
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty, num_sms
 from kernels.wkv6.common import (_chunk_loc, _clamp_w, _dims, _load_rows, _make_ops, _nh_bucket, _prec, _run,
-                                 _seq_bounds, _state_bwd)
+                                 _seq_bounds, _cross_bwd)
 from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states
@@ -218,16 +219,15 @@ def _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_
 
 
 @triton.jit
-def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, o_t, SB: tl.constexpr, BK: tl.constexpr, LOG: tl.constexpr,
+def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constexpr, LOG: tl.constexpr,
               PREC: tl.constexpr):
     """The block's own pairs (s < t, no bonus): A, and their parts of dq, dk, dw (cancellation-free, see the
-    module docstring), given B = do vᵀ [SB, SB]. Returns (A, dq, dk, dw), fp32."""
+    module docstring) added to b_dq, b_dk, b_dw, given B = do vᵀ [SB, SB]. Returns (A, dq, dk, dw), fp32."""
     m_lv = _level_mask(o_t, 1)
     b_A = tl.where(m_lv, tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
     b_dA = tl.where(m_lv, b_B, 0.)
-    b_dq = tl.dot(b_dA, b_k, input_precision=PREC)
-    b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC)
-    b_dw = tl.zeros([SB, BK], dtype=tl.float32)
+    b_dq += tl.dot(b_dA, b_k, input_precision=PREC)
+    b_dk += tl.dot(tl.trans(b_dA), b_q, input_precision=PREC)
     for m in tl.static_range(1, LOG):
         b_ep, b_er = _level(b_em1, b_ep1, o_t, 2 ** m, SB)
         b_qh = b_q * b_ep
@@ -279,16 +279,16 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     for j in range(0, BT // SB - 1 - i_m):
         b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + (BT // SB - 1 - j) * SB, L, i_h, scale, o_t,
                                 o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
-    # ---- the block's own pairs, then the block-crossing terms
+    # ---- the block-crossing terms first (S_m and D_m die there), then the block's own pairs
     b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
     b_A, b_dq, b_dk, b_dw = _diag_bwd(b_q, b_k, b_em1, b_ep1, tl.dot(b_do, tl.trans(b_v), input_precision=PREC),
-                                      o_t, SB, BK, LOG, PREC)
+                                      b_dq, b_dk, b_dw, o_t, SB, LOG, PREC)
     b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
-    b_dq, b_dk, b_dv, b_dw, b_egp, b_gl = _state_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, b_A, b_dq,
-                                                     b_dk, b_dw, PREC)
+    b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
     # ---- bonus u
     b_vd = tl.sum(b_v * b_do, axis=1)
     b_dq += b_u[None, :] * b_k * b_vd[:, None]
