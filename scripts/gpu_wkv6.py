@@ -37,7 +37,7 @@ import triton  # noqa: E402
 import kernels  # noqa: E402,F401
 import kernels.wkv6 as kw  # noqa: E402
 import kernels.wkv6.chunk as kc  # noqa: E402
-from groundthink.harness import compare  # noqa: E402
+from groundthink.harness import compare, rel_err  # noqa: E402
 from reference.wkv6 import wkv6_chunked  # noqa: E402
 
 SHAPES = [(8, 4096, 32, 64, 64), (4, 2048, 16, 64, 64), (64, 256, 2, 64, 64), (1, 16384, 32, 64, 64),
@@ -66,18 +66,27 @@ def bench(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def _chunk_mode(seq):
+def _chunk_mode(seq, name=None, **consts):
+    """kernels.wkv6.wkv6 forced to one forward mode (seq: the sequential walk), with module constants of chunk.py
+    overridden (SEG, LOG: LOG = 1 drops the decayed levels, wrong results, timing experiments only)."""
     def f(*a, **k):
-        old, kc._use_seq = kc._use_seq, (lambda *_: seq)
+        old = {n: getattr(kc, n) for n in ("_use_seq", *consts)}
+        kc._use_seq = lambda *_: seq
+        for n, x in consts.items():
+            setattr(kc, n, x)
         try:
             return kw.wkv6(*a, **k)
         finally:
-            kc._use_seq = old
-    f.__name__ = f"chunk_{'seq' if seq else 'par'}"
+            for n, x in old.items():
+                setattr(kc, n, x)
+    f.__name__ = name or f"chunk_{'seq' if seq else 'par'}"
     return f
 
 
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False),
+         "chunk_par_seg0": _chunk_mode(False, "chunk_par_seg0", SEG=0),
+         "chunk_seq_seg0": _chunk_mode(True, "chunk_seq_seg0", SEG=0),
+         "chunk_par_lvl1": _chunk_mode(False, "chunk_par_lvl1", LOG=1),
          "parallel": kw.wkv6_parallel, "fused": kw.wkv6_fused}
 ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", ",".join(ALGOS)).split(",")}
 
@@ -125,8 +134,24 @@ def check(name, fn, label, shape, dtype, decay, bound, cu):
     worst = max(errs.values())
     ok = worst <= bound
     log(f"check {name:9s} {label:15s} {'OK ' if ok else 'BAD'} worst {worst:.2e} "
-        + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
+        + " ".join(f"{k}={v:.1e}" for k, v in errs.items()) + du_floor(d, dtype))
     return ok
+
+
+def du_floor(d, dtype):
+    """The error of du that rounding the exact du to the input dtype alone gives (du = Σ q k (v·do) has only H·K
+    entries; the kernels return it in u's dtype): same inputs and cotangents as ``compare`` (seed 0)."""
+    if dtype == torch.float32:
+        return ""
+    x = {n: v.detach().double().requires_grad_(n == "u") if torch.is_tensor(v) and n != "cu_seqlens" else v
+         for n, v in d.items()}
+    o, s = wkv6_chunked(**x, chunk_size=64)
+    gen = torch.Generator().manual_seed(0)
+    cots = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(dt).double().to(t.device)
+            for t, dt in ((o, dtype), (s, torch.float32))]
+    torch.autograd.backward([o], cots[:1])         # the final state does not depend on u
+    du = x["u"].grad
+    return f" | du rounding alone {rel_err(du.to(dtype), du):.2e}"
 
 
 def determinism(fn):
@@ -287,7 +312,7 @@ def main():
         checks = [("fp32 extreme", (1, 70, 2, 16, 16), torch.float32, "extreme", 1e-5, None),
                   ("fp16 varlen", (1, 70, 2, 16, 16), torch.float16, "strong", 2e-3, [0, 5, 64, 70])]
     for name, fn in (ALGOS.items() if os.environ.get("WKV6_CHECKS", "1") == "1" else ()):
-        if name.startswith("chunk_"):
+        if name.startswith("chunk_") and "lvl" not in name:
             for c in (checks if name == "chunk_seq" or SMOKE else [checks[i] for i in (0, 5, 8)]):
                 try:
                     oks.append(check(name, fn, *c))
