@@ -7,6 +7,7 @@ chunk_rwkv6, in one command on one GPU machine; prints a compact table last.
 
 Checks: ‖x − ref‖/‖ref‖ of o, final state and every gradient (dr, dk, dv, dw, du, dh0) against the float64
 chunked reference with the same dtype-rounded cotangents on both sides (``groundthink.harness.compare``).
+WKV6_FLA_SHAPES (indices into SHAPES) limits fla's warm-up and timing (its autotuning costs ~40 s a shape).
 Timings: ``triton.testing.do_bench`` medians (ms) of the forward (no grad) and forward+backward, bf16, K=V=64,
 mild decay ``logsigmoid(randn)`` (the benchmark's inputs), scale 1; extra peak memory of one fwd+bwd (GiB, the
 four input gradients included). Env: WKV6_ALGOS (comma list of the names in ALGOS), WKV6_BUDGET_S, WKV6_SHAPES
@@ -42,6 +43,8 @@ from reference.wkv6 import wkv6_chunked  # noqa: E402
 
 SHAPES = [(8, 4096, 32, 64, 64), (4, 2048, 16, 64, 64), (64, 256, 2, 64, 64), (1, 16384, 32, 64, 64),
           (64, 256, 4, 32, 32), (16, 1024, 8, 64, 64)]   # 4, 5: the small and large models' wkv6
+FLA_SHAPES = [SHAPES[int(i)] for i in os.environ.get("WKV6_FLA_SHAPES", ",".join(map(str, range(len(SHAPES))))
+                                                    ).split(",")]      # fla timed (and warmed) only there
 DEV = "cpu" if SMOKE else "cuda"
 if SMOKE:
     SHAPES = [(1, 70, 2, 16, 16), (2, 40, 1, 16, 16), (1, 64, 1, 16, 16), (1, 130, 1, 16, 16)]
@@ -213,7 +216,7 @@ def fla():
 
 def warm_fla():
     f = fla()
-    for sh in SHAPES:
+    for sh in FLA_SHAPES:
         t = time.time()
         xs = [x.requires_grad_(True) for x in bench_inputs(*sh)]
         f(*xs).sum().backward()
@@ -297,6 +300,8 @@ def resources():
     print("\n==== compiled wkv6 kernels: module kernel warps stages regs spills shared pick")
     for r in compiled_kernels():
         print(" ".join(str(x) for x in r))
+    if os.environ.get("WKV6_NOTIME") == "1":      # e.g. while fla warms up in the background: report only
+        return
     res = {}
     for sh in SHAPES:
         for n, f in impls.items():
@@ -333,6 +338,8 @@ def main():
     res = {}
     for sh in SHAPES:
         for n, f in impls.items():
+            if n == "fla" and sh not in FLA_SHAPES:
+                continue
             try:
                 res[n, sh] = time_impl(f, sh)
                 log(f"time {n:9s} {sh}: fwd {res[n, sh][0]:.3f} fwd+bwd {res[n, sh][1]:.3f} mem {res[n, sh][2]:.3f}")
