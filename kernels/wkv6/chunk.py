@@ -194,8 +194,7 @@ def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
-                                           triton.Config({}, num_warps=4, num_stages=1, maxnreg=128)]),
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1)]),
                  key=["K", "V", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
@@ -274,10 +273,8 @@ def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constex
     return b_A, b_dq, b_dk, b_dw
 
 
-# maxnreg: at 254 registers (8 warps, H100, K = V = 64) one program fits an SM; capped, two or four do (latency)
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=8, num_stages=1),
-                                           triton.Config({}, num_warps=8, num_stages=1, maxnreg=128),
-                                           triton.Config({}, num_warps=4, num_stages=1, maxnreg=128)]),
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
+                                           triton.Config({}, num_warps=8, num_stages=1)]),
                  key=["K", "V", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
@@ -344,10 +341,10 @@ def _bk(K: int) -> int:
 
 
 def _use_seq(N: int, H: int, V: int, device) -> bool:
-    """The sequential walk when (sequence·head, 32-wide V-block) programs fill every SM (H100, run 4: it won the
-    forward at B8 T4096 H32, B16 T1024 H8, B64 T256 H2/H4; the state pass + chunk-parallel output won at
-    B4 T2048 H16 and B1 T16384 H32)."""
-    return N * H * triton.cdiv(V, 32) >= num_sms(device)
+    """The sequential walk when (sequence·head, 32-wide V-block) programs fill the GPU twice over (B8 H32 on an
+    H100: 512 programs), else the state pass + chunk-parallel output. Provisional: scripts/gpu_wkv6.py times both
+    modes at every benchmark shape."""
+    return N * H * triton.cdiv(V, 32) >= 2 * num_sms(device)
 
 
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, seq=None):
