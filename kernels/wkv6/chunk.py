@@ -341,10 +341,10 @@ def _bk(K: int) -> int:
 
 
 def _use_seq(N: int, H: int, V: int, device) -> bool:
-    """The sequential walk when (sequence·head, 32-wide V-block) programs fill the GPU twice over (B8 H32 on an
-    H100: 512 programs), else the state pass + chunk-parallel output. Provisional: scripts/gpu_wkv6.py times both
-    modes at every benchmark shape."""
-    return N * H * triton.cdiv(V, 32) >= 2 * num_sms(device)
+    """The sequential walk when (sequence·head, 32-wide V-block) programs fill every SM; else the state pass +
+    chunk-parallel output. H100, run 4 (profiles/.../run4-2026-11-27/wkv6_chunk16_*): the walk won the forward at
+    B8 T4096 H32, B16 T1024 H8, B64 T256 H2 and H4 (K32), the state pass at B4 T2048 H16 and B1 T16384 H32."""
+    return N * H * triton.cdiv(V, 32) >= num_sms(device)
 
 
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, seq=None):
