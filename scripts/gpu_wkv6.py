@@ -71,7 +71,7 @@ def bench(fn):
 
 def _chunk_mode(seq, name=None, **consts):
     """kernels.wkv6.wkv6 forced to one forward mode (seq: the sequential walk), with module constants of chunk.py
-    overridden (SEG, LOG: LOG = 1 drops the decayed levels, wrong results, timing experiments only)."""
+    overridden (LOG = 1 drops the decayed levels, wrong results, timing experiments only)."""
     def f(*a, **k):
         old = {n: getattr(kc, n) for n in ("_use_seq", *consts)}
         kc._use_seq = lambda *_: seq
@@ -87,8 +87,6 @@ def _chunk_mode(seq, name=None, **consts):
 
 
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False),
-         "chunk_par_seg0": _chunk_mode(False, "chunk_par_seg0", SEG=0),
-         "chunk_seq_seg0": _chunk_mode(True, "chunk_seq_seg0", SEG=0),
          "chunk_par_lvl1": _chunk_mode(False, "chunk_par_lvl1", LOG=1),
          "parallel": kw.wkv6_parallel, "fused": kw.wkv6_fused}
 ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", ",".join(ALGOS)).split(",")}

@@ -42,63 +42,40 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty, num_sms
-from kernels.wkv6.common import (_chunk_loc, _clamp_w, _dims, _load_rows, _make_ops, _nh_bucket, _prec, _run,
-                                 _seq_bounds, _cross_bwd)
+from kernels.wkv6.common import (_chunk_loc, _clamp_w, _cross_bwd, _dims, _kv_ranges, _load_rows, _make_ops,
+                                 _nh_bucket, _prec, _run, _seq_bounds)
 from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states
 SB = 16           # block length
 LOG = 4           # log2(SB): number of pair levels
 NB = BT // SB     # blocks per chunk
-SEG = 1           # segmented scans: 1 reshape + scan of the middle axis, 0 flagged associative scan
 
 
 @triton.jit
-def _seg_add(a, fa, b, fb):
-    """Segmented-sum combine: (a, fa) then (b, fb) -> b restarts the sum where it opens a segment (fb != 0)."""
-    return tl.where(fb != 0, b, a + b), fa | fb
-
-
-@triton.jit
-def _seg_mul(a, fa, b, fb):
-    """Segmented-product combine (as ``_seg_add``)."""
-    return tl.where(fb != 0, b, a * b), fa | fb
-
-
-@triton.jit
-def _seg_scan(b_x, o_t, S: tl.constexpr, SB: tl.constexpr, REVERSE: tl.constexpr, PROD: tl.constexpr,
-              SEG: tl.constexpr):
-    """Inclusive cumsum (PROD: cumprod) of b_x [SB, BK] along the rows, restarted at every S-row segment.
-    SEG = 1: reshape to [SB/S, S, BK] and scan the middle axis; 0: a flagged associative scan in place."""
+def _seg_scan(b_x, S: tl.constexpr, SB: tl.constexpr, REVERSE: tl.constexpr, PROD: tl.constexpr):
+    """Inclusive cumsum (PROD: cumprod) of b_x [SB, BK] along the rows, restarted at every S-row segment: reshape to
+    [SB/S, S, BK] and scan the middle axis (a flagged associative scan in place measured 1.2–1.3× slower on the
+    H100, run 4)."""
     if S == SB:
         if PROD:
             return tl.cumprod(b_x, axis=0, reverse=REVERSE)
         return tl.cumsum(b_x, axis=0, reverse=REVERSE)
-    if SEG == 1:
-        b_z = tl.reshape(b_x, (SB // S, S, b_x.shape[1]))
-        if PROD:
-            b_z = tl.cumprod(b_z, axis=1, reverse=REVERSE)
-        else:
-            b_z = tl.cumsum(b_z, axis=1, reverse=REVERSE)
-        return tl.reshape(b_z, (SB, b_x.shape[1]))
-    if REVERSE:
-        b_f = (o_t % S == S - 1).to(tl.int32)[:, None] + tl.zeros_like(b_x).to(tl.int32)
-    else:
-        b_f = (o_t % S == 0).to(tl.int32)[:, None] + tl.zeros_like(b_x).to(tl.int32)
+    b_z = tl.reshape(b_x, (SB // S, S, b_x.shape[1]))
     if PROD:
-        b_y, _ = tl.associative_scan((b_x, b_f), 0, _seg_mul, reverse=REVERSE)
+        b_z = tl.cumprod(b_z, axis=1, reverse=REVERSE)
     else:
-        b_y, _ = tl.associative_scan((b_x, b_f), 0, _seg_add, reverse=REVERSE)
-    return b_y
+        b_z = tl.cumsum(b_z, axis=1, reverse=REVERSE)
+    return tl.reshape(b_z, (SB, b_x.shape[1]))
 
 
 @triton.jit
-def _level(b_em1, b_ep1, o_t, S: tl.constexpr, SB: tl.constexpr, SEG: tl.constexpr):
+def _level(b_em1, b_ep1, o_t, S: tl.constexpr, SB: tl.constexpr):
     """exp(P) and exp(R) [SB, BK] of the S-row segments: P_t = Σ w from t's segment start to t−1, R_s = Σ w from
     s+1 to s's segment end, as segmented products of the per-step decays (every factor ≤ 1). b_em1 / b_ep1 hold
     exp(w_{t−1}) / exp(w_{t+1}) in row t."""
-    b_ep = _seg_scan(tl.where((o_t % S == 0)[:, None], 1., b_em1), o_t, S, SB, False, True, SEG)
-    b_er = _seg_scan(tl.where((o_t % S == S - 1)[:, None], 1., b_ep1), o_t, S, SB, True, True, SEG)
+    b_ep = _seg_scan(tl.where((o_t % S == 0)[:, None], 1., b_em1), S, SB, False, True)
+    b_er = _seg_scan(tl.where((o_t % S == S - 1)[:, None], 1., b_ep1), S, SB, True, True)
     return b_ep, b_er
 
 
@@ -122,12 +99,11 @@ def _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H: tl
 
 
 @triton.jit
-def _diag_scores(b_q, b_k, b_u, b_em1, b_ep1, o_t, SB: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr,
-                 SEG: tl.constexpr):
+def _diag_scores(b_q, b_k, b_u, b_em1, b_ep1, o_t, SB: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr):
     """A [SB, SB] of one block: s < t by level (one masked dot each) plus the bonus diagonal Σ_k q u k."""
     b_A = tl.where(_level_mask(o_t, 1), tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
     for m in tl.static_range(1, LOG):
-        b_ep, b_er = _level(b_em1, b_ep1, o_t, 2 ** m, SB, SEG)
+        b_ep, b_er = _level(b_em1, b_ep1, o_t, 2 ** m, SB)
         b_s = tl.dot(b_q * b_ep, tl.trans(b_k * b_er), input_precision=PREC)
         b_A += tl.where(_level_mask(o_t, 2 ** m), b_s, 0.)
     return b_A + tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
@@ -136,12 +112,12 @@ def _diag_scores(b_q, b_k, b_u, b_em1, b_ep1, o_t, SB: tl.constexpr, LOG: tl.con
 @triton.jit
 def _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, LOG: tl.constexpr,
-               PREC: tl.constexpr, SEG: tl.constexpr):
+               PREC: tl.constexpr):
     """Output rows r0..r0+SB from the state at the block start b_h [BK, BV]; returns the state at its end."""
     b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_A = _diag_scores(b_q, b_k, b_u, b_em1, b_ep1, o_t, SB, LOG, PREC, SEG)
-    b_egp, b_egs = _level(b_em1, b_ep1, o_t, SB, SB, SEG)
+    b_A = _diag_scores(b_q, b_k, b_u, b_em1, b_ep1, o_t, SB, LOG, PREC)
+    b_egp, b_egs = _level(b_em1, b_ep1, o_t, SB, SB)
     b_o = tl.dot(b_q * b_egp, b_h, input_precision=PREC) + tl.dot(b_A, b_v, input_precision=PREC)
     rows = r0 + o_t
     p_o = o_ptr + ((bos + rows) * H + i_h)[:, None] * V + o_v[None, :]
@@ -160,7 +136,7 @@ def _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, r0, i_h, sca
 def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T, NT,
                     NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                     SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
-                    VARLEN: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, SEG: tl.constexpr):
+                    VARLEN: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr):
     """Grid (V-blocks, N·H). Walks the SB-row blocks of one (sequence, head, V-block) with the state in registers.
     q/k/w [B·T, H, K], v/o [B·T, H, V], u [H, K], h0/ht [N, H, K, V] fp32, hs [slots, H, K, V] fp32 (the state at
     every BT-row chunk start when SAVE; slot of chunk i: n·NT + i, or cu[n]//BT + n + i with VARLEN),
@@ -170,12 +146,7 @@ def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
     L = eos - bos
     o_t = tl.arange(0, SB)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    o_kv = o_k[:, None] * V + o_v[None, :]
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
     if USE_H0:
         b_h = tl.load(h0_ptr + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.).to(tl.float32)
@@ -190,7 +161,7 @@ def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs
             tl.store(hs_ptr + ((slot0 + i_b // (BT // SB)) * H + i_h) * K * V + o_kv, b_h,
                      mask=m_kv & (o_k[:, None] * 0 + i_b % (BT // SB) == 0))
         b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_b * SB, i_h, scale, o_t, o_k, o_v,
-                         m_k, m_v, H, K, V, SB, LOG, PREC, SEG)
+                         m_k, m_v, H, K, V, SB, LOG, PREC)
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
@@ -200,23 +171,20 @@ def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs
 def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr,
-                    PREC: tl.constexpr, SEG: tl.constexpr):
+                    PREC: tl.constexpr):
     """Grid (chunk slots, V-blocks, H): the BT // SB blocks of one chunk from its start state hs [slots, H, K, V]
     fp32 (the state pass's); cmap [slots] int32 = the sequence of each slot (VARLEN). Other layouts as
     ``_fwd_seq_kernel``."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, SB)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    b_h = tl.load(hs_ptr + (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
-                  mask=m_k[:, None] & m_v[None, :] & (o_k[:, None] * 0 + i_c * BT < L), other=0.)
+    b_h = tl.load(hs_ptr + (i_s.to(tl.int64) * H + i_h) * K * V + o_kv, mask=m_kv & (o_kv * 0 + i_c * BT < L),
+                  other=0.)
     for i_b in range(0, BT // SB):
         b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_c * BT + i_b * SB, i_h, scale, o_t,
-                         o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC, SEG)
+                         o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -246,7 +214,7 @@ def _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_
 
 @triton.jit
 def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constexpr, LOG: tl.constexpr,
-              PREC: tl.constexpr, SEG: tl.constexpr):
+              PREC: tl.constexpr):
     """The block's own pairs (s < t, no bonus): A, and their parts of dq, dk, dw (cancellation-free, see the
     module docstring) added to b_dq, b_dk, b_dw, given B = do vᵀ [SB, SB]. Returns (A, dq, dk, dw), fp32."""
     m_lv = _level_mask(o_t, 1)
@@ -255,7 +223,7 @@ def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constex
     b_dq += tl.dot(b_dA, b_k, input_precision=PREC)
     b_dk += tl.dot(tl.trans(b_dA), b_q, input_precision=PREC)
     for m in tl.static_range(1, LOG):
-        b_ep, b_er = _level(b_em1, b_ep1, o_t, 2 ** m, SB, SEG)
+        b_ep, b_er = _level(b_em1, b_ep1, o_t, 2 ** m, SB)
         b_qh = b_q * b_ep
         b_kh = b_k * b_er
         m_lv = _level_mask(o_t, 2 ** m)
@@ -268,8 +236,8 @@ def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constex
         # dw_j: queries t > j of j's segment (reverse exclusive), keys s < j of j's segment (exclusive)
         b_a = b_qh * b_dqh
         b_b = b_kh * b_dkh
-        b_dw += (_seg_scan(b_a, o_t, 2 ** m, SB, True, False, SEG) - b_a
-                 + _seg_scan(b_b, o_t, 2 ** m, SB, False, False, SEG) - b_b)
+        b_dw += (_seg_scan(b_a, 2 ** m, SB, True, False) - b_a
+                 + _seg_scan(b_b, 2 ** m, SB, False, False) - b_b)
     return b_A, b_dq, b_dk, b_dw
 
 
@@ -280,7 +248,7 @@ def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constex
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
                 cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr,
-                VARLEN: tl.constexpr, PREC: tl.constexpr, SEG: tl.constexpr):
+                VARLEN: tl.constexpr, PREC: tl.constexpr):
     """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V). hs / hd [slots, H, K, V] fp32: the
     state at each chunk start / dL/dS at each chunk end; do/dv [B·T, H, V], dq/dk/dw [B·T, H, K] (input dtypes),
     du [slots · BT/SB, H, K] fp32 partial rows. Other layouts as ``_fwd_par_kernel``."""
@@ -291,13 +259,10 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     c0 = i_c * BT
     r0 = c0 + i_m * SB
     o_t = tl.arange(0, SB)
-    o_k = tl.arange(0, BK)
-    o_v = tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
     # ---- S at the block start, dL/dS at the block end
-    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
-    m_kv = m_k[:, None] & m_v[None, :] & (o_k[:, None] * 0 + c0 < L)
+    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
+    m_kv = m_kv & (o_kv * 0 + c0 < L)
     b_h = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
     b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
     for j in range(0, i_m):
@@ -313,7 +278,7 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
     b_A, b_dq, b_dk, b_dw = _diag_bwd(b_q, b_k, b_em1, b_ep1, tl.dot(b_do, tl.trans(b_v), input_precision=PREC),
-                                      b_dq, b_dk, b_dw, o_t, SB, LOG, PREC, SEG)
+                                      b_dq, b_dk, b_dw, o_t, SB, LOG, PREC)
     b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
     b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
     # ---- bonus u
@@ -365,13 +330,12 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, seq=None):
         grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
         _fwd_seq_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht, hs if save else ht, cu, scale, T,
                               NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=BT, SB=SB, BK=BK, LOG=LOG,
-                              USE_H0=h0 is not None, VARLEN=varlen, SAVE=save, PREC=prec, SEG=SEG)
+                              USE_H0=h0 is not None, VARLEN=varlen, SAVE=save, PREC=prec)
         return o, ht, hs
     buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd")
     BV = max(16, min(64, triton.next_power_of_2(V)))
     _fwd_par_kernel[(S, triton.cdiv(V, BV), H)](r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=BT,
-                                                 SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, PREC=prec,
-                                                 SEG=SEG)
+                                                 SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, PREC=prec)
     return o, ht, (buf[0] if save else buf.new_empty((0,)))
 
 
@@ -392,7 +356,7 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None):
     du_part = new_empty((S * NB, H, K), torch.float32, dev)
     _bwd_kernel[(S * NB, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K,
                              V=V, BT=BT, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
-                             PREC=_prec(r.dtype, bwd=True), SEG=SEG)
+                             PREC=_prec(r.dtype, bwd=True))
     du = du_part.sum(0).to(u.dtype)
     return dr, dk, dv, dw, du, (dh0 if h0 is not None else None)
 

@@ -34,6 +34,17 @@ def _clamp_w(b_w):
 
 
 @triton.jit
+def _kv_ranges(i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Offsets and masks every wkv6 kernel starts from, for the K columns and the i_v-th BV-wide block of V:
+    (o_k [BK], o_v [BV], m_k, m_v, o_kv [BK, BV] offsets in a [K, V] state, m_kv [BK, BV])."""
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    return o_k, o_v, m_k, m_v, o_k[:, None] * V + o_v[None, :], m_k[:, None] & m_v[None, :]
+
+
+@triton.jit
 def _load_rows(p_ptr, bos, r0, L, i_h, o_t, o_c, m_c, H: tl.constexpr, C: tl.constexpr, ROWS: tl.constexpr,
                SHIFT: tl.constexpr):
     """The tile every wkv6 kernel starts from: rows r0 + t + SHIFT (t < ROWS) of one head of a [B·T, H, C] tensor
