@@ -350,8 +350,8 @@ def main():
         cells = [("{:.3f} / {:.3f} / {:.2f}".format(*res[n, sh]) if (n, sh) in res else "-") for n in impls]
         print(f"| B{sh[0]} T{sh[1]} H{sh[2]} | " + " | ".join(cells) + " |")
     sms = 4 if SMOKE else torch.cuda.get_device_properties(0).multi_processor_count
-    print(f"checks: {sum(oks)}/{len(oks)} OK; the default wkv6 takes chunk_seq where N·H·cdiv(V, 32) >= 2·SMs "
-          f"({2 * sms}), else chunk_par")
+    print(f"checks: {sum(oks)}/{len(oks)} OK; the default wkv6 takes chunk_seq where N·H·cdiv(V, 32) >= SMs "
+          f"({sms}), else chunk_par")
 
 
 if __name__ == "__main__":
