@@ -182,7 +182,7 @@ def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cm
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
     b_h = tl.load(hs_ptr + (i_s.to(tl.int64) * H + i_h) * K * V + o_kv, mask=m_kv & (o_kv * 0 + i_c * BT < L),
                   other=0.)
-    for i_b in range(0, BT // SB):
+    for i_b in range(0, tl.minimum(tl.cdiv(L - i_c * BT, SB), BT // SB)):     # the blocks that hold rows
         b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_c * BT + i_b * SB, i_h, scale, o_t,
                          o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
 
@@ -265,12 +265,13 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     m_kv = m_kv & (o_kv * 0 + c0 < L)
     b_h = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
     b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
-    for j in range(0, i_m):
+    nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows (the rest: no-ops)
+    for j in range(0, tl.minimum(i_m, nb)):
         b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K,
                                 V, SB, PREC)
-    for j in range(0, BT // SB - 1 - i_m):
-        b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + (BT // SB - 1 - j) * SB, L, i_h, scale, o_t,
-                                o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+    for j in range(0, nb - 1 - i_m):
+        b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + (nb - 1 - j) * SB, L, i_h, scale, o_t, o_k,
+                                o_v, m_k, m_v, H, K, V, SB, PREC)
     # ---- the block-crossing terms first (S_m and D_m die there), then the block's own pairs
     b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
