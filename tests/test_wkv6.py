@@ -46,7 +46,8 @@ def make_inputs(B, T, H, K, V, dtype=torch.float32, decay="mixed", h0=False, N=N
 
 # every algorithm: the tensor-core chunk default, the chunk-parallel and the sequential (fused) one; the
 # chunk-parallel one (a retirement candidate, unchanged since its GPU run) in fewer tests: extreme decay, NaN, bad
-# input, and against the other two in fp32 (test_wkv6_algorithms_agree, varlen included)
+# input, and against the other two in fp32 (test_wkv6_algorithms_agree, varlen included); not in the fuzz test
+# (the 16-row chunk kernels cost the interpreter ~2.5× the old chunk's time: CPU budget)
 ALGOS = [wkv6, wkv6_parallel, wkv6_fused]
 FNS_ALL = pytest.mark.parametrize("fn", ALGOS, ids=["chunk", "parallel", "fused"])
 FNS = pytest.mark.parametrize("fn", [wkv6, wkv6_fused], ids=["chunk", "fused"])
@@ -239,7 +240,7 @@ try:
 
     @given(B=st.integers(1, 2), T=st.integers(1, 40), H=st.integers(1, 2), K=st.sampled_from([4, 12, 16, 20, 33]),
            V=st.sampled_from([3, 16, 24, 40]), h0=st.booleans(), decay=st.sampled_from(["mild", "strong", "mixed"]),
-           scale=st.sampled_from([None, 1.0]), fn=st.sampled_from(ALGOS))
+           scale=st.sampled_from([None, 1.0]), fn=st.sampled_from([wkv6, wkv6_fused]))
     def test_wkv6_fuzz(B, T, H, K, V, h0, decay, scale, fn):
         d = make_inputs(B, T, H, K, V, decay=decay, h0=h0, scale=scale)
         _check(d, context=f"B{B} T{T} H{H} K{K} V{V} h0={h0} {decay}", fn=fn)

@@ -10,8 +10,9 @@ entries act as 0 with zero gradient; NaN propagates to the outputs), ``scale`` m
 CUDA graph is captured or torch.compile traces). Differentiable in r, k, v, w, u and initial_state (and through
 the final state). Deterministic (no atomics); without cu_seqlens CUDA-graph capturable once autotuned.
 
-* ``wkv6`` (default, also ``wkv6_chunk``): the tensor-core chunk algorithm (``chunk.py``: intra-chunk pairs by
-  level as masked dots of decayed operands, see its docstring), custom ops ``groundthink::wkv6_fwd`` / ``_bwd``;
+* ``wkv6`` (default, also ``wkv6_chunk``): the tensor-core chunk algorithm (``chunk.py``: 16-row blocks, the pairs
+  inside a block by level as masked dots of decayed operands, states carried every 16 rows; see its docstring),
+  custom ops ``groundthink::wkv6_fwd`` / ``_bwd``;
 * ``wkv6_parallel``: the chunk-parallel algorithm with exact per-key loops (``parallel.py``), custom ops
   ``groundthink::wkv6_parallel_fwd`` / ``_bwd``;
 * ``wkv6_fused``: the sequential chunked algorithm (``fused.py``; one program walks a whole sequence), custom ops

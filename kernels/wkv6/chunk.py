@@ -1,37 +1,39 @@
-"""Tensor-core chunk algorithm (``wkv6``, the default): 64-token chunks whose intra-chunk scores are ``tl.dot``s
-that stay exact under any decay (custom ops ``groundthink::wkv6_fwd`` / ``wkv6_bwd``).
+"""Tensor-core chunk algorithm (``wkv6``, the default): 16-row blocks whose scores are ``tl.dot``s that stay exact
+under any decay, states carried every 16 rows (custom ops ``groundthink::wkv6_fwd`` / ``wkv6_bwd``).
 
-Intra-chunk pairs by level. Inside a chunk of BT = 2^LOG rows, every pair (query t, key s < t) has a level
-m = the highest bit in which t and s differ: t lies in the upper and s in the lower half of one 2^(m+1)-row
-segment. With S = 2^m, the pair's decay splits at the boundary between the halves:
+Every program holds only [16, K] / [16, V] / [16, 16] tiles plus one or two [K, BV] fp32 states (no [64, 64]
+operands: the previous 64-row level version spilled 236–920 registers per thread on the H100).
 
-    E_ts = exp(Σ_{s<x<t} w_x) = exp(P^m_t) · exp(R^m_s),
-    P^m_t = Σ_{x from the start of t's S-segment to t−1} w_x,   R^m_s = Σ_{x from s+1 to the end of s's S-segment} w_x
+Blocks. The sequence is cut into blocks of SB = 16 rows. Within a block, with w the clamped log-decay:
+    P_t = Σ_{block start ≤ x < t} w_x   (exclusive prefix),   R_s = Σ_{s < x ≤ block end} w_x   (exclusive suffix),
+    W = Σ_block w                        (every one a sum of terms of one sign; exp(P), exp(R) ≤ 1)
+and with S the state at the block start (K×V, fp32):
+    o = (q ⊙ exp(P)) S + A v,      S ← diag(exp(W)) S + (k ⊙ exp(R))ᵀ v.
 
-(segment-local exclusive prefix / suffix sums of w, both ≤ 0; exp(P), exp(R) are computed as segmented products
-of the per-step decays exp(w) ≤ 1: no overflow, no difference of long prefix sums). So the level-m scores are one dot of decayed operands, masked to the level's pairs:
+Diagonal scores A [16, 16] by level: a pair (query t, key s < t) has the level m = highest bit in which t and s
+differ (t in the upper, s in the lower 2^m-half of one 2^(m+1)-row segment), and its decay splits exactly at that
+boundary: E_ts = exp(Σ_{s<x<t} w_x) = exp(P^m_t) · exp(R^m_s) with P^m, R^m the segment-local exclusive prefix /
+suffix sums (both ≤ 0). So level m is one masked dot of decayed operands:
+    A = Σ_{m<4} M_m ⊙ ((q ⊙ exp(P^m)) (k ⊙ exp(R^m))ᵀ) + diag(Σ_k q u k)      (level 0: adjacent rows, no decay)
+exp(P^m), exp(R^m) are segmented cumprods of exp(w) shifted by one row (w_{t−1}, w_{t+1} loaded as tiles): every
+factor ≤ 1, no difference of prefix sums, safe at w = −60 per step (the products underflow to the correct 0).
 
-    A = Σ_m M_m ⊙ ((q ⊙ exp(P^m)) (k ⊙ exp(R^m))ᵀ) + diag(Σ_k q u k)      (level 0: P = R = 0, no decay)
+Forward. ``SEQ`` mode (grid V-blocks × sequence·heads): one program walks its sequence block by block with S in
+registers (and stores S at every 64-row chunk start when the backward will need it). Otherwise the chunk-state
+pass of ``states.py`` gives S at every 64-row chunk start and one program per (chunk, V-block, head) walks the
+chunk's four blocks.
 
-with every exponent ≤ 0, so the products are safe for any decay (w = −60 per step underflows to the correct 0).
-LOG dots of [BT, K] × [K, BT] per chunk, fp32 operands (tf32 tensor cores for half inputs, never cast to bf16).
-The factors come from segmented cumprods of exp(w) shifted by one row (w_{t−1}, w_{t+1} loaded as tiles).
-
-Forward per chunk (state S ∈ R^{K×V} at the chunk start, fp32; Gp / Gs = the chunk-level P / R, G_L = Σ w):
-    o = (q ⊙ exp(Gp)) S + A v,      S ← diag(exp(G_L)) S + (k ⊙ exp(Gs))ᵀ v.
-Two launch modes: ``SEQ`` (grid V-blocks × sequence·heads, each program walks its sequence's chunks with S in
-registers, and stores S at every chunk start when the backward will need it) when that gives enough programs to
-fill the GPU; otherwise the state pass of ``states.py`` (per-chunk ΔS in parallel + a short scan) and then
-one program per (chunk, V-block, head).
-
-Backward per chunk (one program per (chunk, head), all of V; S_c from the forward, D_c = dL/dS at the chunk end
-from the reverse state pass of ``states.py``): B = do vᵀ; per level dA = M_m ⊙ B,
-    dq += exp(P^m) ⊙ (dA k̂),  dk += exp(R^m) ⊙ (dAᵀ q̂),  q̂ = q ⊙ exp(P^m), k̂ = k ⊙ exp(R^m),
+Backward (grid chunk·4 blocks × heads, all of V per program). S_c (chunk start, from the forward) and D_c
+(dL/dS at the chunk end, reverse state pass of ``states.py``) are moved to the block: S_m by the earlier blocks'
+updates, D_m by the later blocks' (D ← diag(exp(W)) D + (q ⊙ exp(P))ᵀ do). Then, with B = do vᵀ, per level
+dA = M_m ⊙ B:
+    dq += exp(P^m) ⊙ (dA k̂),  dk += exp(R^m) ⊙ (dAᵀ q̂),   q̂ = q ⊙ exp(P^m), k̂ = k ⊙ exp(R^m),
 and the cancellation-free dw (only pairs that span j contribute to dw_j): a level-m pair (t, s) spans j iff j is
-in t's S-segment before t (query side) or in s's S-segment after s (key side), so
+in t's segment before t or in s's segment after s, so
     dw += segmented-reverse-exclusive-cumsum(q̂ ⊙ (dA k̂)) + segmented-exclusive-cumsum(k̂ ⊙ (dAᵀ q̂)),
-plus the state-crossing terms of ``common._state_bwd`` (dq, dk, dv, dw through S_c and D_c). du: per-program
-partial rows summed once (deterministic, no atomics).
+plus the block-crossing terms of ``common._cross_bwd`` (through S_m and D_m, computed first so that the two
+[K, V] states are dead before the level dots). du: per-program partial rows
+summed once (deterministic, no atomics).
 """
 from __future__ import annotations
 
@@ -40,61 +42,40 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty, num_sms
-from kernels.wkv6.common import (_chunk_loc, _clamp_w, _dims, _make_ops, _nh_bucket, _prec, _run, _seq_bounds,
-                                 _state_bwd)
+from kernels.wkv6.common import (_chunk_loc, _clamp_w, _cross_bwd, _dims, _kv_ranges, _load_rows, _make_ops,
+                                 _nh_bucket, _prec, _run, _seq_bounds)
 from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
 
-BT = BT_PAR       # chunk length (the state pass's, so its per-chunk buffers serve this algorithm too)
-LOG = 6           # log2(BT): number of pair levels
-SEG = 1           # segmented scans: 1 reshape + scan along the middle axis, 0 associative scan (_seg_scan)
+BT = BT_PAR       # chunk length of the state pass and of the saved states
+SB = 16           # block length
+LOG = 4           # log2(SB): number of pair levels
+NB = BT // SB     # blocks per chunk
 
 
 @triton.jit
-def _seg_add(a, fa, b, fb):
-    """Segmented-sum combine: (a, fa) then (b, fb) -> b restarts the sum where it opens a segment (fb != 0)."""
-    return tl.where(fb != 0, b, a + b), fa | fb
-
-
-@triton.jit
-def _seg_mul(a, fa, b, fb):
-    """Segmented-product combine (as ``_seg_add``)."""
-    return tl.where(fb != 0, b, a * b), fa | fb
-
-
-@triton.jit
-def _seg_scan(b_x, o_t, S: tl.constexpr, BT: tl.constexpr, REVERSE: tl.constexpr, PROD: tl.constexpr,
-              SEG: tl.constexpr):
-    """Inclusive cumsum (PROD: cumprod) of b_x [BT, BK] along the rows, restarted at every S-row segment (S divides
-    BT). SEG = 1: reshape to [BT/S, S, BK] and scan the middle axis; 0: a segmented associative scan."""
-    if S == BT:
+def _seg_scan(b_x, S: tl.constexpr, SB: tl.constexpr, REVERSE: tl.constexpr, PROD: tl.constexpr):
+    """Inclusive cumsum (PROD: cumprod) of b_x [SB, BK] along the rows, restarted at every S-row segment: reshape to
+    [SB/S, S, BK] and scan the middle axis (a flagged associative scan in place measured 1.2–1.3× slower on the
+    H100, run 4)."""
+    if S == SB:
         if PROD:
             return tl.cumprod(b_x, axis=0, reverse=REVERSE)
         return tl.cumsum(b_x, axis=0, reverse=REVERSE)
-    if SEG == 1:
-        b_z = tl.reshape(b_x, (BT // S, S, b_x.shape[1]))
-        if PROD:
-            b_z = tl.cumprod(b_z, axis=1, reverse=REVERSE)
-        else:
-            b_z = tl.cumsum(b_z, axis=1, reverse=REVERSE)
-        return tl.reshape(b_z, (BT, b_x.shape[1]))
-    if REVERSE:
-        b_f = (o_t % S == S - 1).to(tl.int32)[:, None] + tl.zeros_like(b_x).to(tl.int32)
-    else:
-        b_f = (o_t % S == 0).to(tl.int32)[:, None] + tl.zeros_like(b_x).to(tl.int32)
+    b_z = tl.reshape(b_x, (SB // S, S, b_x.shape[1]))
     if PROD:
-        b_y, _ = tl.associative_scan((b_x, b_f), 0, _seg_mul, reverse=REVERSE)
+        b_z = tl.cumprod(b_z, axis=1, reverse=REVERSE)
     else:
-        b_y, _ = tl.associative_scan((b_x, b_f), 0, _seg_add, reverse=REVERSE)
-    return b_y
+        b_z = tl.cumsum(b_z, axis=1, reverse=REVERSE)
+    return tl.reshape(b_z, (SB, b_x.shape[1]))
 
 
 @triton.jit
-def _level(b_em1, b_ep1, o_t, S: tl.constexpr, BT: tl.constexpr, SEG: tl.constexpr):
-    """exp(P) and exp(R) [BT, BK] of the S-row segments (see the module docstring): P_t = Σ w from t's segment
-    start to t−1, R_s = Σ w from s+1 to s's segment end, as segmented products of the per-step decays (every
-    factor ≤ 1: no overflow, no cancellation). b_em1 / b_ep1 hold exp(w_{t−1}) / exp(w_{t+1}) in row t."""
-    b_ep = _seg_scan(tl.where((o_t % S == 0)[:, None], 1., b_em1), o_t, S, BT, False, True, SEG)
-    b_er = _seg_scan(tl.where((o_t % S == S - 1)[:, None], 1., b_ep1), o_t, S, BT, True, True, SEG)
+def _level(b_em1, b_ep1, o_t, S: tl.constexpr, SB: tl.constexpr):
+    """exp(P) and exp(R) [SB, BK] of the S-row segments: P_t = Σ w from t's segment start to t−1, R_s = Σ w from
+    s+1 to s's segment end, as segmented products of the per-step decays (every factor ≤ 1). b_em1 / b_ep1 hold
+    exp(w_{t−1}) / exp(w_{t+1}) in row t."""
+    b_ep = _seg_scan(tl.where((o_t % S == 0)[:, None], 1., b_em1), S, SB, False, True)
+    b_er = _seg_scan(tl.where((o_t % S == S - 1)[:, None], 1., b_ep1), S, SB, True, True)
     return b_ep, b_er
 
 
@@ -105,47 +86,43 @@ def _level_mask(o_t, S: tl.constexpr):
 
 
 @triton.jit
-def _load_chunk_k(p_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
-                  SHIFT: tl.constexpr):
-    """Rows r0 + t + SHIFT (t < BT) of a [*, H, K] tensor, fp32; rows outside [r0, r0 + BT) ∩ [0, L) read 0."""
-    rows = r0 + o_t + SHIFT
-    m_t = (rows < L) & (o_t + SHIFT >= 0) & (o_t + SHIFT < BT)
-    p = p_ptr + ((bos + rows) * H + i_h)[:, None] * K + o_k[None, :]
-    return tl.load(p, mask=m_t[:, None] & m_k[None, :], other=0.).to(tl.float32)
+def _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H: tl.constexpr, K: tl.constexpr,
+               SB: tl.constexpr):
+    """q (scaled), k, raw w, exp(w_{t−1}), exp(w_{t+1}) [SB, BK] fp32 of the block starting at row r0 (w clamped
+    to ≤ 0 in the shifted copies; 0 outside the block, i.e. exp = 1, unused there)."""
+    b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
+    b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_wr = _load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_em1 = tl.exp(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, -1)))
+    b_ep1 = tl.exp(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 1)))
+    return b_q, b_k, b_wr, b_em1, b_ep1
 
 
 @triton.jit
-def _intra_scores(b_q, b_k, b_em1, b_ep1, o_t, BT: tl.constexpr, BK: tl.constexpr, LOG: tl.constexpr,
-                  PREC: tl.constexpr, SEG: tl.constexpr):
-    """A [BT, BT] (s < t, without the bonus diagonal): one masked dot per level."""
+def _diag_scores(b_q, b_k, b_u, b_em1, b_ep1, o_t, SB: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr):
+    """A [SB, SB] of one block: s < t by level (one masked dot each) plus the bonus diagonal Σ_k q u k."""
     b_A = tl.where(_level_mask(o_t, 1), tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
     for m in tl.static_range(1, LOG):
-        b_ep, b_er = _level(b_em1, b_ep1, o_t, 2 ** m, BT, SEG)
+        b_ep, b_er = _level(b_em1, b_ep1, o_t, 2 ** m, SB)
         b_s = tl.dot(b_q * b_ep, tl.trans(b_k * b_er), input_precision=PREC)
         b_A += tl.where(_level_mask(o_t, 2 ** m), b_s, 0.)
-    return b_A
+    return b_A + tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
 
 
 @triton.jit
-def _fwd_chunk(q_ptr, k_ptr, v_ptr, w_ptr, b_u, o_ptr, b_h, bos, L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v,
-               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-               LOG: tl.constexpr, PREC: tl.constexpr, SEG: tl.constexpr):
-    """Output rows r0..r0+BT of one chunk from the state at its start b_h [BK, BV]; returns the state at its end."""
-    b_q = _load_chunk_k(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 0) * scale
-    b_k = _load_chunk_k(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 0)
-    b_w = _clamp_w(_load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 0))
-    b_em1 = tl.exp(_clamp_w(_load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, -1)))
-    b_ep1 = tl.exp(_clamp_w(_load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 1)))
-    rows = r0 + o_t
-    m_tv = (rows < L)[:, None] & m_v[None, :]
-    p_v = ((bos + rows) * H + i_h)[:, None] * V + o_v[None, :]
-    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-    b_A = _intra_scores(b_q, b_k, b_em1, b_ep1, o_t, BT, BK, LOG, PREC, SEG)
-    b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
-    b_egp, b_egs = _level(b_em1, b_ep1, o_t, BT, BT, SEG)
+def _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v,
+               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, LOG: tl.constexpr,
+               PREC: tl.constexpr):
+    """Output rows r0..r0+SB from the state at the block start b_h [BK, BV]; returns the state at its end."""
+    b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_A = _diag_scores(b_q, b_k, b_u, b_em1, b_ep1, o_t, SB, LOG, PREC)
+    b_egp, b_egs = _level(b_em1, b_ep1, o_t, SB, SB)
     b_o = tl.dot(b_q * b_egp, b_h, input_precision=PREC) + tl.dot(b_A, b_v, input_precision=PREC)
-    tl.store(o_ptr + p_v, b_o.to(o_ptr.dtype.element_ty), mask=m_tv)
-    b_gl = tl.sum(b_w, axis=0)
+    rows = r0 + o_t
+    p_o = o_ptr + ((bos + rows) * H + i_h)[:, None] * V + o_v[None, :]
+    tl.store(p_o, b_o.to(o_ptr.dtype.element_ty), mask=(rows < L)[:, None] & m_v[None, :])
+    b_gl = tl.sum(_clamp_w(b_wr), axis=0)
     return b_h * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_k * b_egs), b_v, input_precision=PREC)
 
 
@@ -158,22 +135,18 @@ def _fwd_chunk(q_ptr, k_ptr, v_ptr, w_ptr, b_u, o_ptr, b_h, bos, L, r0, i_h, sca
 @triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
 def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T, NT,
                     NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                    BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
-                    VARLEN: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, SEG: tl.constexpr):
-    """Grid (V-blocks, N·H). Walks the chunks of one (sequence, head, V-block) with the state in registers.
-    q/k/w [B·T, H, K], v/o [B·T, H, V], u [H, K], h0/ht [N, H, K, V] fp32, hs [slots, H, K, V] fp32 (chunk-start
-    states when SAVE; slot of chunk i: n·NT + i, or cu[n]//BT + n + i with VARLEN), cu [N+1] int32."""
+                    SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
+                    VARLEN: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr):
+    """Grid (V-blocks, N·H). Walks the SB-row blocks of one (sequence, head, V-block) with the state in registers.
+    q/k/w [B·T, H, K], v/o [B·T, H, V], u [H, K], h0/ht [N, H, K, V] fp32, hs [slots, H, K, V] fp32 (the state at
+    every BT-row chunk start when SAVE; slot of chunk i: n·NT + i, or cu[n]//BT + n + i with VARLEN),
+    cu [N+1] int32."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
     L = eos - bos
-    o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    o_kv = o_k[:, None] * V + o_v[None, :]
+    o_t = tl.arange(0, SB)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
     if USE_H0:
         b_h = tl.load(h0_ptr + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.).to(tl.float32)
@@ -183,11 +156,12 @@ def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs
         slot0 = bos // BT + i_n
     else:
         slot0 = i_n.to(tl.int64) * NT
-    for i_c in range(0, tl.cdiv(L, BT)):
+    for i_b in range(0, tl.cdiv(L, SB)):
         if SAVE:
-            tl.store(hs_ptr + ((slot0 + i_c) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
-        b_h = _fwd_chunk(q_ptr, k_ptr, v_ptr, w_ptr, b_u, o_ptr, b_h, bos, L, i_c * BT, i_h, scale, o_t, o_k, o_v,
-                         m_k, m_v, H, K, V, BT, BK, LOG, PREC, SEG)
+            tl.store(hs_ptr + ((slot0 + i_b // (BT // SB)) * H + i_h) * K * V + o_kv, b_h,
+                     mask=m_kv & (o_k[:, None] * 0 + i_b % (BT // SB) == 0))
+        b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_b * SB, i_h, scale, o_t, o_k, o_v,
+                         m_k, m_v, H, K, V, SB, LOG, PREC)
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
@@ -195,72 +169,61 @@ def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs
                  key=["K", "V", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
-                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                    BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
-                    SEG: tl.constexpr):
-    """Grid (chunk slots, V-blocks, H): one chunk's output from its start state hs [slots, H, K, V] fp32 (the state
-    pass's); cmap [slots] int32 = the sequence of each slot (VARLEN). Other layouts as ``_fwd_seq_kernel``."""
+                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
+                    BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr,
+                    PREC: tl.constexpr):
+    """Grid (chunk slots, V-blocks, H): the BT // SB blocks of one chunk from its start state hs [slots, H, K, V]
+    fp32 (the state pass's); cmap [slots] int32 = the sequence of each slot (VARLEN). Other layouts as
+    ``_fwd_seq_kernel``."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
-    o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
+    o_t = tl.arange(0, SB)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    b_h = tl.load(hs_ptr + (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
-                  mask=m_k[:, None] & m_v[None, :] & (o_k[:, None] * 0 + i_c * BT < L), other=0.)
-    _fwd_chunk(q_ptr, k_ptr, v_ptr, w_ptr, b_u, o_ptr, b_h, bos, L, i_c * BT, i_h, scale, o_t, o_k, o_v, m_k, m_v,
-               H, K, V, BT, BK, LOG, PREC, SEG)
+    b_h = tl.load(hs_ptr + (i_s.to(tl.int64) * H + i_h) * K * V + o_kv, mask=m_kv & (o_kv * 0 + i_c * BT < L),
+                  other=0.)
+    for i_b in range(0, tl.minimum(tl.cdiv(L - i_c * BT, SB), BT // SB)):     # the blocks that hold rows
+        b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_c * BT + i_b * SB, i_h, scale, o_t,
+                         o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # backward
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=8, num_stages=1),
-                                           triton.Config({}, num_warps=4, num_stages=1)]),
-                 key=["K", "V", "BK", "BV", "PREC"])
-@triton.jit(do_not_specialize=['T', 'NT'])
-def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
-                cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr,
-                PREC: tl.constexpr, SEG: tl.constexpr):
-    """Grid (chunk slots, H), all of V per program (BV >= V). hs / hd [slots, H, K, V] fp32: the state at each
-    chunk start / dL/dS at each chunk end; do/dv [B·T, H, V], dq/dk/dw [B·T, H, K] (input dtypes),
-    du [slots, H, K] fp32 partial rows. Other layouts as ``_fwd_par_kernel``."""
-    i_s, i_h = tl.program_id(0), tl.program_id(1)
-    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
-    r0 = i_c * BT
-    o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    rows = r0 + o_t
-    m_t = rows < L
-    tok = (bos + rows) * H + i_h
-    p_k = tok[:, None] * K + o_k[None, :]
-    p_v = tok[:, None] * V + o_v[None, :]
-    m_tk = m_t[:, None] & m_k[None, :]
-    m_tv = m_t[:, None] & m_v[None, :]
-    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    b_q = _load_chunk_k(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 0) * scale
-    b_k = _load_chunk_k(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 0)
-    b_wr = _load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 0)
-    b_em1 = tl.exp(_clamp_w(_load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, -1)))
-    b_ep1 = tl.exp(_clamp_w(_load_chunk_k(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, BT, 1)))
-    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-    b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-    b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
-    # ---- intra-chunk pairs, level by level (level 0: adjacent rows, no decay, no dw)
+@triton.jit
+def _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr,
+                      K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
+    """S at the end of the block starting at r0 from S at its start: diag(exp(W)) S + (k ⊙ exp(R))ᵀ v."""
+    b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
+    return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+
+
+@triton.jit
+def _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v,
+                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
+    """dL/dS before the block starting at r0 from dL/dS after it: diag(exp(W)) D + (q ⊙ exp(P))ᵀ do."""
+    b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
+    b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_qd = b_q * tl.exp(tl.cumsum(b_w, axis=0) - b_w)
+    return b_dh * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_qd), b_do, input_precision=PREC)
+
+
+@triton.jit
+def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constexpr, LOG: tl.constexpr,
+              PREC: tl.constexpr):
+    """The block's own pairs (s < t, no bonus): A, and their parts of dq, dk, dw (cancellation-free, see the
+    module docstring) added to b_dq, b_dk, b_dw, given B = do vᵀ [SB, SB]. Returns (A, dq, dk, dw), fp32."""
     m_lv = _level_mask(o_t, 1)
     b_A = tl.where(m_lv, tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
     b_dA = tl.where(m_lv, b_B, 0.)
-    b_dq = tl.dot(b_dA, b_k, input_precision=PREC)
-    b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC)
-    b_dw = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dq += tl.dot(b_dA, b_k, input_precision=PREC)
+    b_dk += tl.dot(tl.trans(b_dA), b_q, input_precision=PREC)
     for m in tl.static_range(1, LOG):
-        b_ep, b_er = _level(b_em1, b_ep1, o_t, 2 ** m, BT, SEG)
+        b_ep, b_er = _level(b_em1, b_ep1, o_t, 2 ** m, SB)
         b_qh = b_q * b_ep
         b_kh = b_k * b_er
         m_lv = _level_mask(o_t, 2 ** m)
@@ -273,28 +236,67 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
         # dw_j: queries t > j of j's segment (reverse exclusive), keys s < j of j's segment (exclusive)
         b_a = b_qh * b_dqh
         b_b = b_kh * b_dkh
-        b_dw += (_seg_scan(b_a, o_t, 2 ** m, BT, True, False, SEG) - b_a
-                  + _seg_scan(b_b, o_t, 2 ** m, BT, False, False, SEG) - b_b)
-    b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
-    # ---- state-crossing terms
-    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
-    m_kv = m_k[:, None] & m_v[None, :] & (o_k[:, None] * 0 + r0 < L)
+        b_dw += (_seg_scan(b_a, 2 ** m, SB, True, False) - b_a
+                 + _seg_scan(b_b, 2 ** m, SB, False, False) - b_b)
+    return b_A, b_dq, b_dk, b_dw
+
+
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
+                                           triton.Config({}, num_warps=8, num_stages=1)]),
+                 key=["K", "V", "BK", "BV", "PREC"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
+                cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr,
+                VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V). hs / hd [slots, H, K, V] fp32: the
+    state at each chunk start / dL/dS at each chunk end; do/dv [B·T, H, V], dq/dk/dw [B·T, H, K] (input dtypes),
+    du [slots · BT/SB, H, K] fp32 partial rows. Other layouts as ``_fwd_par_kernel``."""
+    pid, i_h = tl.program_id(0), tl.program_id(1)
+    i_s = pid // (BT // SB)
+    i_m = pid % (BT // SB)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    c0 = i_c * BT
+    r0 = c0 + i_m * SB
+    o_t = tl.arange(0, SB)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
+    # ---- S at the block start, dL/dS at the block end
+    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
+    m_kv = m_kv & (o_kv * 0 + c0 < L)
     b_h = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
     b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
-    b_w = _clamp_w(b_wr)
-    b_dq, b_dk, b_dv, b_dw, b_egp, b_gl = _state_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, b_A, b_dq, b_dk, b_dw,
-                                                     PREC)
-    tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
+    nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows (the rest: no-ops)
+    for j in range(0, tl.minimum(i_m, nb)):
+        b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K,
+                                V, SB, PREC)
+    for j in range(0, nb - 1 - i_m):
+        b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + (nb - 1 - j) * SB, L, i_h, scale, o_t, o_k,
+                                o_v, m_k, m_v, H, K, V, SB, PREC)
+    # ---- the block-crossing terms first (S_m and D_m die there), then the block's own pairs
+    b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_A, b_dq, b_dk, b_dw = _diag_bwd(b_q, b_k, b_em1, b_ep1, tl.dot(b_do, tl.trans(b_v), input_precision=PREC),
+                                      b_dq, b_dk, b_dw, o_t, SB, LOG, PREC)
+    b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
+    b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
     # ---- bonus u
     b_vd = tl.sum(b_v * b_do, axis=1)
-    b_du = tl.sum(b_q * b_k * b_vd[:, None], axis=0)
     b_dq += b_u[None, :] * b_k * b_vd[:, None]
     b_dk += b_u[None, :] * b_q * b_vd[:, None]
     b_dw = tl.where(b_wr > 0, 0., b_dw)
+    rows = r0 + o_t
+    tok = (bos + rows) * H + i_h
+    p_k = tok[:, None] * K + o_k[None, :]
+    m_tk = (rows < L)[:, None] & m_k[None, :]
+    m_tv = (rows < L)[:, None] & m_v[None, :]
+    tl.store(dv_ptr + tok[:, None] * V + o_v[None, :], b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
     tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
     tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
     tl.store(dw_ptr + p_k, b_dw.to(dw_ptr.dtype.element_ty), mask=m_tk)
-    tl.store(du_ptr + (i_s.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
+    tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, tl.sum(b_q * b_k * b_vd[:, None], axis=0), mask=m_k)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -305,10 +307,10 @@ def _bk(K: int) -> int:
 
 
 def _use_seq(N: int, H: int, V: int, device) -> bool:
-    """The sequential walk when (sequence·head, 32-wide V-block) programs fill the GPU twice over (B8 H32 on an
-    H100: 512 programs), else the state pass + chunk-parallel output. Provisional: scripts/gpu_wkv6.py times both
-    modes at every benchmark shape."""
-    return N * H * triton.cdiv(V, 32) >= 2 * num_sms(device)
+    """The sequential walk when (sequence·head, 32-wide V-block) programs fill every SM; else the state pass +
+    chunk-parallel output. H100, run 4 (profiles/.../run4-2026-11-27/wkv6_chunk16_*): the walk won the forward at
+    B8 T4096 H32, B16 T1024 H8, B64 T256 H2 and H4 (K32), the state pass at B4 T2048 H16 and B1 T16384 H32."""
+    return N * H * triton.cdiv(V, 32) >= num_sms(device)
 
 
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, seq=None):
@@ -328,13 +330,13 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, seq=None):
         cu = cu_seqlens.to(torch.int32) if varlen else cmap
         grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
         _fwd_seq_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht, hs if save else ht, cu, scale, T,
-                              NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=BT, BK=BK, LOG=LOG, USE_H0=h0 is not None,
-                              VARLEN=varlen, SAVE=save, PREC=prec, SEG=SEG)
+                              NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=BT, SB=SB, BK=BK, LOG=LOG,
+                              USE_H0=h0 is not None, VARLEN=varlen, SAVE=save, PREC=prec)
         return o, ht, hs
     buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd")
     BV = max(16, min(64, triton.next_power_of_2(V)))
     _fwd_par_kernel[(S, triton.cdiv(V, BV), H)](r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=BT,
-                                                 BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, PREC=prec, SEG=SEG)
+                                                 SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, PREC=prec)
     return o, ht, (buf[0] if save else buf.new_empty((0,)))
 
 
@@ -352,10 +354,10 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None):
     dk = new_empty(k.shape, k.dtype, dev)
     dv = new_empty(v.shape, v.dtype, dev)
     dw = new_empty(w.shape, w.dtype, dev)
-    du_part = new_empty((S, H, K), torch.float32, dev)
-    _bwd_kernel[(S, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K, V=V,
-                        BT=BT, BK=_bk(K), BV=max(16, triton.next_power_of_2(V)), LOG=LOG,
-                        VARLEN=cu_seqlens is not None, PREC=_prec(r.dtype, bwd=True), SEG=SEG)
+    du_part = new_empty((S * NB, H, K), torch.float32, dev)
+    _bwd_kernel[(S * NB, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K,
+                             V=V, BT=BT, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
+                             PREC=_prec(r.dtype, bwd=True))
     du = du_part.sum(0).to(u.dtype)
     return dr, dk, dv, dw, du, (dh0 if h0 is not None else None)
 

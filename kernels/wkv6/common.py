@@ -34,6 +34,29 @@ def _clamp_w(b_w):
 
 
 @triton.jit
+def _kv_ranges(i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Offsets and masks every wkv6 kernel starts from, for the K columns and the i_v-th BV-wide block of V:
+    (o_k [BK], o_v [BV], m_k, m_v, o_kv [BK, BV] offsets in a [K, V] state, m_kv [BK, BV])."""
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    return o_k, o_v, m_k, m_v, o_k[:, None] * V + o_v[None, :], m_k[:, None] & m_v[None, :]
+
+
+@triton.jit
+def _load_rows(p_ptr, bos, r0, L, i_h, o_t, o_c, m_c, H: tl.constexpr, C: tl.constexpr, ROWS: tl.constexpr,
+               SHIFT: tl.constexpr):
+    """The tile every wkv6 kernel starts from: rows r0 + t + SHIFT (t < ROWS) of one head of a [B·T, H, C] tensor
+    (token bos + row, columns o_c), as fp32 [ROWS, BC]. Rows outside [r0, r0 + ROWS) (SHIFT = ±1: the neighbour
+    block's) or past the sequence length L read 0."""
+    rows = r0 + o_t + SHIFT
+    m_t = (rows < L) & (o_t + SHIFT >= 0) & (o_t + SHIFT < ROWS)
+    p = p_ptr + ((bos + rows) * H + i_h)[:, None] * C + o_c[None, :]
+    return tl.load(p, mask=m_t[:, None] & m_c[None, :], other=0.).to(tl.float32)
+
+
+@triton.jit
 def _seq_bounds(cu_ptr, i_n, T, VARLEN):
     if VARLEN:
         bos = tl.load(cu_ptr + i_n).to(tl.int64)
@@ -77,25 +100,32 @@ def _intra_bwd(k_ptr, p_row, row0, L, b_q, b_wt, b_B, o_t, o_k, m_k, H: tl.const
 
 
 @triton.jit
-def _state_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, b_A, b_dq, b_dk, b_dw, PREC: tl.constexpr):
-    """The state-crossing terms of one block's backward, shared by both algorithms, given S at the block start
-    (b_h, K×V) and dL/dS at its end (b_dh): dq^s_t += exp(Gp_t) (S0 do_t), dk^s_t += exp(G_L − G_t) (D v_t)
-    (G_L − G_t as a suffix sum), dv_t = (k_t ⊙ exp(G_L − G_t)) D + Σ_t' A[t', t] do_t', and dw over the pairs
-    crossing the block boundary: queries here vs earlier keys, keys here vs later queries, and earlier keys vs
-    later queries (exp(G_L) S0 : D). Returns (dq, dk, dv, dw, exp(Gp), G_L)."""
-    b_gp = tl.cumsum(b_w, axis=0) - b_w
-    b_gl = tl.sum(b_w, axis=0)
-    b_egp = tl.exp(b_gp)
+def _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC: tl.constexpr):
+    """The block-crossing terms of one block's backward, given S at the block start (b_h, K×V) and dL/dS at its end
+    (b_dh), with b_w the clamped log-decay: dq^s_t = exp(Gp_t) (S0 do_t), dk^s_t = exp(G_L − G_t) (D v_t)
+    (G_L − G_t as a suffix sum), dv^s_t = (k_t ⊙ exp(G_L − G_t)) D, and dw over the pairs crossing the block
+    boundary: queries here vs earlier keys, keys here vs later queries, and earlier keys vs later queries
+    (exp(G_L) S0 : D). Returns (dq^s, dk^s, dv^s, dw^s) fp32; b_h and b_dh are dead afterwards."""
+    b_egp = tl.exp(tl.cumsum(b_w, axis=0) - b_w)
     b_egl = tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
+    b_dwx = (tl.exp(tl.sum(b_w, axis=0)) * tl.sum(b_h * b_dh, axis=1))[None, :]
     b_dqx = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
     b_dkx = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
-    b_dv = tl.dot(b_k * b_egl, b_dh, input_precision=PREC) + tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+    b_dvx = tl.dot(b_k * b_egl, b_dh, input_precision=PREC)
     b_a = b_q * b_dqx
     b_b = b_k * b_dkx
-    b_dw += tl.cumsum(b_a, axis=0, reverse=True) - b_a + tl.cumsum(b_b, axis=0) - b_b
-    b_dw += (tl.exp(b_gl) * tl.sum(b_h * b_dh, axis=1))[None, :]
-    return b_dq + b_dqx, b_dk + b_dkx, b_dv, b_dw, b_egp, b_gl
+    b_dwx += tl.cumsum(b_a, axis=0, reverse=True) - b_a + tl.cumsum(b_b, axis=0) - b_b
+    return b_dqx, b_dkx, b_dvx, b_dwx
 
+
+@triton.jit
+def _state_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, b_A, b_dq, b_dk, b_dw, PREC: tl.constexpr):
+    """``_cross_bwd`` added to a block's intra parts (b_A the block's scores, dv gets Aᵀ do).
+    Returns (dq, dk, dv, dw, exp(Gp), G_L)."""
+    b_dqx, b_dkx, b_dvx, b_dwx = _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC)
+    b_dv = b_dvx + tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+    return (b_dq + b_dqx, b_dk + b_dkx, b_dv, b_dw + b_dwx, tl.exp(tl.cumsum(b_w, axis=0) - b_w),
+            tl.sum(b_w, axis=0))
 
 
 @triton.jit

@@ -2,8 +2,12 @@
 (``kernels/wkv6/chunk.py``, the public ``kernels.wkv6.wkv6``), the sequential fused-chunk kernel (``fused.py``) and
 the chunk-parallel kernel with exact per-key loops (``parallel.py``); all three are CUDA-graph safe without
 ``cu_seqlens`` (with it, one small device-to-host copy checks the offsets). fla's chunk and fused-recurrent
-kernels are the peers. The order is provisional: the new chunk kernel passed its bf16 checks on an H100 but has
-not been timed yet (notes/wkv6.md); re-order by the benchmark.
+kernels are the peers. Order by the H100 timings of run 4 (profiles/nvidia-h100-80gb-hbm3/run4-2026-11-27/
+wkv6_chunk16_call{1,2}_*.log; bf16, do_bench ms fwd+bwd, each comparison within one call): chunk first
+(B8 T4096 H32 10.4 vs fused 12.7; B4 T2048 H16 1.66 vs parallel 2.07, fused 3.75; B1 T16384 H32 7.6 vs 9.5,
+29.9; large model B16 T1024 H8 1.83 vs fused 2.65; small model B64 T256 H4 K32 1.33 vs fused 1.30, a tie, fwd
+0.17 vs 0.30), fused second (B64 T256 H2: 1.03 vs chunk 1.37), parallel last (it won only B64 T256 H2 in the
+other call: 1.40 vs chunk 1.62, fused 1.61). The B64 T256 shapes are host-bound: ±50 % between calls.
 
 Benchmarks: bf16 inputs; shapes (B, T, H, K=V): B8 T4096 H32 64, B4 T2048 H16 64, B64 T256 H2 64,
 B1 T16384 H32 64, and the models' own (small: B64 T256 H4 32; large: B16 T1024 H8 64). Errors vs float64 on the

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import _blocks, _clamp_w, _chunk_loc, _cu, _dims, _prec, _seq_bounds
+from kernels.wkv6.common import _blocks, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges, _prec, _seq_bounds
 
 BT_PAR = 64       # chunk length of the state pass
 
@@ -25,11 +25,7 @@ def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_p
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     rows = i_c * BT + o_t
     m_t = rows < L
     tok = (bos + rows) * H + i_h
@@ -39,7 +35,7 @@ def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_p
     m_tv = m_t[:, None] & m_v[None, :]
     b_w = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
     b_gl = tl.sum(b_w, axis=0)
-    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
+    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
     tl.store(gl_ptr + (i_s.to(tl.int64) * H + i_h) * K + o_k, b_gl, mask=m_k & (o_k * 0 + i_v == 0))
     if MODE % 2 == 1:
         b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
@@ -76,12 +72,7 @@ def _chunk_scan_kernel(hs_ptr, gl_ptr, init0_ptr, init1_ptr, fin0_ptr, fin1_ptr,
         base = bos // BT + i_n
     else:
         base = i_n.to(tl.int64) * NT
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    o_kv = o_k[:, None] * V + o_v[None, :]
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     p_nh = i_nh.to(tl.int64) * K * V + o_kv
     if rev == 0:
         b_h = tl.load(init0_ptr + p_nh, mask=m_kv & (o_k[:, None] * 0 + USE0 != 0), other=0.).to(tl.float32)
