@@ -102,6 +102,30 @@ def test_grad_bucket_views_norms_and_clip():
     assert all(float(p.grad.abs().sum()) == 0 for p in model.parameters())
 
 
+def test_bf16_weights_once_per_step_equal_autocast_casts():
+    """bf16 autocast (CPU): the weights that autocast casts are found (linear weights and biases, the head; not the
+    embedding or the gate), refreshed once per step into one bf16 buffer, and the step's losses, norms and
+    parameters equal those of the per-use autocast casts (flat_weights=False) exactly."""
+    runs = {}
+    for flat in (True, False):
+        model, opt, _ = make(clip=0.05)
+        step = TrainStep(model, opt, batch_size=B, seq_len=T, device="cpu", grad_clip=0.05,
+                         amp_dtype=torch.bfloat16, flat_weights=flat)
+        rows = [step(x, y, [1e-2] * 3).tolist() for x, y in batches(3)]
+        runs[flat] = rows, [p.detach().clone() for p in model.parameters()], step
+    step = runs[True][2]
+    low = {n for n, p in zip(step.names, step.bucket.params[:step.bucket.k_low])}
+    assert low == {"rwkv.weight", "rwkv.bias", "mamba.weight", "mamba.bias", "head.weight"}
+    assert step.bucket.low.dtype == torch.bfloat16 and step.bucket.low.numel() == step.bucket.n_low
+    assert runs[True][0] == runs[False][0]
+    for p, q in zip(runs[True][1], runs[False][1]):
+        assert torch.equal(p, q)
+    step.bucket.check()
+    step.model.head.weight.data = step.model.head.weight.data.clone()
+    with pytest.raises(RuntimeError, match="flat parameter buffer was replaced"):
+        step(*batches(1)[0], [1e-2] * 3)
+
+
 def test_lr_tensors_are_updated_in_place():
     _, opt, step = make()
     ptrs = [g["lr"].data_ptr() for g in opt.param_groups]
