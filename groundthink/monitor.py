@@ -66,10 +66,34 @@ def rms(t) -> torch.Tensor | None:
     return torch.linalg.vector_norm(t.detach(), dtype=torch.float32) / math.sqrt(max(t.numel(), 1))
 
 
-def layer_mean(values: list) -> torch.Tensor | None:
-    """Mean over the layers of per-layer 0-d probes (None entries skipped; None if there are none)."""
-    vs = [v for v in values if v is not None]
-    return torch.stack(vs).mean() if vs else None
+def branch_rms(*branches: list) -> list[torch.Tensor | None]:
+    """For each list of per-layer branch outputs: the mean over its layers of their RMS (0-d fp32; None for a list
+    of Nones). All lists in ONE multi-tensor norm (two kernels on a GPU, where a norm per tensor is ~2 launches)."""
+    lists = [[t.detach() for t in b if t is not None] for b in branches]
+    flat = [t for ts in lists for t in ts]
+    norms = iter(torch._foreach_norm(flat, 2, dtype=torch.float32)) if flat else iter(())
+    out = []
+    for ts in lists:
+        got = [next(norms) for _ in ts]
+        if not ts:
+            out.append(None)
+        elif len({t.numel() for t in ts}) == 1:
+            out.append(torch.stack(got).mean() / math.sqrt(max(ts[0].numel(), 1)))
+        else:
+            out.append(torch.stack([v / math.sqrt(max(t.numel(), 1)) for v, t in zip(got, ts)]).mean())
+    return out
+
+
+def gate_mean(gates: list) -> torch.Tensor | None:
+    """Mean RWKV weight over the layers from per-layer ``(kind, tensor)`` gate probes (``fused.variants``): kind
+    "logit" → mean of sigmoid(tensor), "weight" → mean of the tensor; one stack for all layers. None entries are
+    skipped (None when there are none). Layers of one model have equal gate shapes: the mean of the per-layer
+    means is the mean of everything."""
+    gs = [g for g in gates if g is not None]
+    if not gs:
+        return None
+    t = torch.stack([g[1] for g in gs]).float()
+    return (torch.sigmoid(t) if gs[0][0] == "logit" else t).mean()
 
 
 # ----------------------------------------------------------------------------------------------- ring

@@ -59,23 +59,33 @@ N_TAIL = 1 + len(monitor.PROBES)          # loss and probes, averaged over ranks
 # ----------------------------------------------------------------------------------------------- which weights
 
 class _CastWatch(TorchDispatchMode):
-    """Records, per parameter, whether every op that reads it is a cast to ``dtype`` (autocast's weight cast)."""
+    """Records, per parameter, whether every op that reads it (or a view of it) is a cast to ``dtype``
+    (autocast's weight cast). Views of a parameter are followed, not counted as uses."""
 
     def __init__(self, params, dtype):
         super().__init__()
         self.ids = {id(p): i for i, p in enumerate(params)}
         self.only_cast = [None] * len(params)       # None: unused; True: only cast to dtype; False: other use
         self.dtype = dtype
+        self.keep = []                              # the views followed (their ids must stay unique)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        hits = [self.ids[id(a)] for a in torch.utils._pytree.tree_leaves((args, kwargs)) if id(a) in self.ids]
+        if not hits:
+            return out
+        rets = func._schema.returns
+        if rets and all(r.alias_info is not None and not r.alias_info.is_write for r in rets):
+            for t in torch.utils._pytree.tree_leaves(out):
+                self.ids[id(t)] = hits[0]
+                self.keep.append(t)
+            return out
         cast = func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == self.dtype and set(kwargs) <= {
             "dtype", "layout", "device", "pin_memory", "non_blocking", "memory_format"}
-        for a in torch.utils._pytree.tree_leaves((args, kwargs)):
-            i = self.ids.get(id(a))
-            if i is not None:
-                self.only_cast[i] = cast and self.only_cast[i] is not False
-        return func(*args, **kwargs)
+        for i in hits:
+            self.only_cast[i] = cast and self.only_cast[i] is not False
+        return out
 
 
 def autocast_weights(model, params, run_forward, device_type: str, dtype) -> list[bool]:

@@ -213,7 +213,9 @@ def test_triton_ops_match_reference(name, ref_ops):
     m.zero_grad()
     m.set_ops(ops)
     logits, loss = m(idx, tgt)
+    assert ops.impls()["cross_entropy"] == "triton"       # the model's loss through the registry: the fused CE
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     loss.backward()
     for n, p in m.named_parameters():
         if n in ref_grads:

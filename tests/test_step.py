@@ -126,6 +126,31 @@ def test_bf16_weights_once_per_step_equal_autocast_casts():
         step(*batches(1)[0], [1e-2] * 3)
 
 
+def test_hybrid_model_low_weights_and_equal_steps():
+    """The hybrid (tiny, one layer, reference ops, bf16 autocast on CPU): the weights found for the bf16 copy are
+    exactly the matmul weights (views such as rkvg.transpose followed; the conv's too here: its reference is
+    F.conv1d, which autocast casts; norms, lerp and decay vectors stay fp32), and two steps equal the per-use casts
+    exactly."""
+    import fused
+    from groundthink.registry import resolve
+    runs = {}
+    for flat in (True, False):
+        torch.manual_seed(0)
+        model = fused.get_model("GF-MH", "tiny", vocab_size=V, ops=resolve("reference"), n_layer=1)
+        opt = torch.optim.AdamW([{"params": ps} for ps in group_params(model).values()], lr=1e-2, fused=True,
+                                capturable=True)
+        step = TrainStep(model, opt, batch_size=2, seq_len=T, device="cpu", amp_dtype=torch.bfloat16,
+                         flat_weights=flat)
+        runs[flat] = [step(x[:2], y[:2], [1e-2] * 3).tolist() for x, y in batches(2)], step
+    step = runs[True][1]
+    low = {n.removeprefix("blocks.0.") for n in step.names[:step.bucket.k_low]}
+    assert low == {"tmix.time_maa_w1", "tmix.time_maa_w2", "tmix.time_decay_w1", "tmix.time_decay_w2", "tmix.rkvg",
+                   "tmix.output.weight", "mamba.in_proj.weight", "mamba.out_proj.weight", "fusion.gate_proj.weight",
+                   "fusion.gate_proj.bias", "ffn.up.weight", "ffn.down.weight", "head.weight",
+                   "mamba.conv1d.weight", "mamba.conv1d.bias"}, low
+    assert runs[True][0] == runs[False][0]
+
+
 def test_lr_tensors_are_updated_in_place():
     _, opt, step = make()
     ptrs = [g["lr"].data_ptr() for g in opt.param_groups]
@@ -179,6 +204,24 @@ def test_metrics_ring_rows_and_stats():
     d = monitor.unpack(rows[-1], step.has)
     assert set(monitor.STATS) <= set(d) and d["grad_ratio"] == pytest.approx(d["grad_norm_rwkv"] / d["grad_norm_mamba"])
     assert 0 < d["gate_mean"] < 1 and d["state_norm"] == pytest.approx((d["rms_rwkv"] + d["rms_mamba"]) / 2)
+
+
+def test_batched_probes_equal_per_layer_ones():
+    """monitor.branch_rms / gate_mean (all layers at once) = the per-layer RMS and gate means, averaged."""
+    g = torch.Generator().manual_seed(0)
+    a = [torch.randn(2, 5, 8, generator=g).bfloat16() for _ in range(3)]
+    b = [torch.randn(2, 5, 8, generator=g) * (i + 1) for i in range(3)]
+    ra, rb, none = monitor.branch_rms(a, b, [None, None])
+    torch.testing.assert_close(ra, torch.stack([monitor.rms(t) for t in a]).mean())
+    torch.testing.assert_close(rb, torch.stack([monitor.rms(t) for t in b]).mean())
+    assert none is None and monitor.gate_mean([None]) is None
+    (r_odd,) = monitor.branch_rms([a[0], b[0][:, :3]])
+    torch.testing.assert_close(r_odd, (monitor.rms(a[0]) + monitor.rms(b[0][:, :3])) / 2)
+    logits = [torch.randn(2, 5, 1, generator=g).bfloat16() for _ in range(3)]
+    want = torch.stack([torch.sigmoid(t.float()).mean() for t in logits]).mean()
+    torch.testing.assert_close(monitor.gate_mean([("logit", t) for t in logits]), want)
+    w = [torch.tensor(0.25), torch.tensor(0.75)]
+    torch.testing.assert_close(monitor.gate_mean([("weight", t) for t in w]), torch.tensor(0.5))
 
 
 def test_unpack_absent_branch_and_gate():
