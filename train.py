@@ -510,7 +510,7 @@ def profile_hook(run: Run, done: int):
     elif done == first + n and run.profiler is not None:
         torch.cuda.synchronize()
         run.profiler.stop()
-        run.profile = monitor.summarize_profiler(run.profiler, n)
+        run.profile = monitor.summarize_profiler(run.profiler, n, top=80)   # the run log keeps 80 kernels
         run.profile_span = (first, done)
         run.profiler = None
         run.ring.snapshot()

@@ -197,8 +197,9 @@ def summarize_trace(events: list[dict], steps: int, top: int = 25) -> dict:
             "breakdown": breakdown}
 
 
-def summarize_profiler(prof, steps: int) -> dict:
-    """A finished torch.profiler session of ``steps`` steps → ``summarize_trace`` of its kernels and copies."""
+def summarize_profiler(prof, steps: int, top: int = 25) -> dict:
+    """A finished torch.profiler session of ``steps`` steps → ``summarize_trace`` of its kernels and copies (the
+    ``top`` kernels by GPU time, the rest summed in one row)."""
     fd, path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     try:
@@ -207,7 +208,7 @@ def summarize_profiler(prof, steps: int) -> dict:
             events = json.load(f).get("traceEvents", [])
     finally:
         os.unlink(path)
-    return summarize_trace(events, steps)
+    return summarize_trace(events, steps, top)
 
 
 def profile_steps(run_step, steps: int) -> dict:
