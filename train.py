@@ -494,13 +494,27 @@ def save_checkpoint(run: Run, path: Path, step: int) -> Path:
 
 # ----------------------------------------------------------------------------------------------- where the time goes
 
+def profile_window(args, start: int, stop: int, n: int) -> int | None:
+    """The step after which the --profile-steps window starts: the first metrics window done (autotuning and
+    capture behind), and no eval or checkpoint inside the window (their kernels would count as the step's);
+    None when the run is too short."""
+    first = start + max(args.log_interval, 5)
+    while first + n <= stop:
+        if not any(d % args.eval_interval == 0 or d % args.ckpt_interval == 0 for d in range(first, first + n)):
+            return first
+        first += 1
+    return None
+
+
 def profile_hook(run: Run, done: int):
-    """Profile --profile-steps steps, starting after the first metrics window (autotuning and capture done)."""
+    """Profile --profile-steps steps (``profile_window``)."""
     n = run.args.profile_steps
     if n is None:
         n = 5 if run.device.type == "cuda" else 0
-    first = run.start + max(run.args.log_interval, 5)
-    if n <= 0 or run.device.type != "cuda" or first + n > run.stop:
+    if n <= 0 or run.device.type != "cuda":
+        return
+    first = profile_window(run.args, run.start, run.stop, n)
+    if first is None:
         return
     if done == first:
         from torch.profiler import ProfilerActivity, profile

@@ -324,3 +324,12 @@ def test_validity_compares_logged_losses(tmp_path):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     rows, worst = compare_losses(tmp_path / "a.jsonl", tmp_path / "b.jsonl")
     assert [r[0] for r in rows] == [10, 20] and worst == pytest.approx(0.005) and rows[1][3] == 0.0
+
+
+def test_profile_window_avoids_evals_and_checkpoints():
+    from types import SimpleNamespace as NS
+    a = NS(log_interval=10, eval_interval=7, ckpt_interval=1000)
+    first = train.profile_window(a, 0, 30, 5)
+    assert first == 15 and not any(d % 7 == 0 for d in range(first, first + 5))   # 14 is an eval: 15..19
+    assert train.profile_window(a, 0, 19, 5) is None
+    assert train.profile_window(NS(log_interval=50, eval_interval=300, ckpt_interval=500), 0, 300, 5) == 50
