@@ -128,8 +128,8 @@ def test_bf16_weights_once_per_step_equal_autocast_casts():
 
 def test_hybrid_model_low_weights_and_equal_steps():
     """The hybrid (tiny, one layer, reference ops, bf16 autocast on CPU): the weights found for the bf16 copy are
-    exactly the matmul weights (views such as rkvg.transpose followed; the conv's too here: its reference is
-    F.conv1d, which autocast casts; norms, lerp and decay vectors stay fp32), and two steps equal the per-use casts
+    exactly the matmul weights (views followed: the conv weight's squeeze; the conv's weights are cast here: its
+    reference is F.conv1d, which autocast casts; norms, lerp and decay vectors stay fp32), and two steps equal the per-use casts
     exactly."""
     import fused
     from groundthink.registry import resolve
