@@ -556,7 +556,8 @@ def summary(run: Run) -> dict:
         run.log({"type": "profile", "step": run.profile_span[1], "steps": run.profile_span[1] - run.profile_span[0],
                  **{k: v for k, v in p.items()}})
         top = ", ".join(f"{r['name'][:40]} {r['pct']:.0f}%" for r in p["breakdown"][:4])
-        line += f"\n  top GPU time: {top} (per-op breakdown in the run log)"
+        ops = ", ".join(f"{op} {us / 1e3:.2f} ms ({pct:.0f}%)" for op, us, pct in monitor.by_op(p["breakdown"]))
+        line += (f"\n  GPU time per step by op: {ops}\n  top kernels: {top} (per-kernel breakdown in the run log)")
     elif run.device.type == "cuda":
         line += "; no profile (--profile-steps 0 or too few steps)"
     write(run, line)

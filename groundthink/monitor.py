@@ -197,6 +197,44 @@ def summarize_trace(events: list[dict], steps: int, top: int = 25) -> dict:
             "breakdown": breakdown}
 
 
+# kernel name → the op it belongs to: the lab's wkv6 kernels by exact name (their names are generic), then
+# substrings of mamba-ssm's, causal-conv1d's, the glue kernels', cuBLAS's and PyTorch's; anything else is "other"
+WKV6_KERNELS = {"_bwd_kernel", "_chunk_bwd_kernel", "_chunk_fwd_out_kernel", "_chunk_scan_kernel",
+                "_chunk_state_kernel", "_fwd_par_kernel", "_fwd_seq_kernel"}
+OP_OF_KERNEL = (
+    ("mamba2 (mamba-ssm)", ("_chunk_cumsum", "_chunk_state_", "_state_passing", "_bmm_chunk", "_chunk_scan_")),
+    ("causal_conv1d", ("causal_conv1d",)),
+    ("glue kernels", ("_ddlerp", "_shift_lerp", "_decay_exp", "_norm_gate", "_gnr_", "_ce_")),
+    ("wkv6", ("_wkv6_",)),
+    ("matmul (cuBLAS)", ("nvjet", "gemm", "cutlass", "splitKreduce", "cublas")),
+    ("AdamW + norms", ("FusedOptimizer", "LpNorm", "multi_tensor_apply")),
+    ("reductions", ("reduce_kernel",)),
+    ("copies, casts, cat", ("copy", "Cat", "gpu_memcpy", "gpu_memset")),
+    ("embedding", ("embedding", "radix_sort", "RadixSort")),
+    ("elementwise", ("elementwise_kernel", "Functor")),
+)
+
+
+def op_of(kernel: str) -> str:
+    if kernel in WKV6_KERNELS:
+        return "wkv6"
+    for op, keys in OP_OF_KERNEL:
+        if any(k in kernel for k in keys):
+            return op
+    return "other"
+
+
+def by_op(breakdown: list[dict]) -> list[tuple[str, float, float]]:
+    """The per-kernel breakdown grouped by op: (op, µs per step, % of GPU time), largest first (the summed
+    "(N other kernels)" row counts as "other")."""
+    acc: dict[str, list[float]] = {}
+    for r in breakdown:
+        a = acc.setdefault(op_of(r["name"]) if not r["name"].startswith("(") else "other", [0.0, 0.0])
+        a[0] += r["us_per_step"]
+        a[1] += r["pct"]
+    return sorted(((op, us, pct) for op, (us, pct) in acc.items()), key=lambda t: -t[1])
+
+
 def summarize_profiler(prof, steps: int, top: int = 25) -> dict:
     """A finished torch.profiler session of ``steps`` steps → ``summarize_trace`` of its kernels and copies (the
     ``top`` kernels by GPU time, the rest summed in one row)."""

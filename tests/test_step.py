@@ -243,6 +243,17 @@ def test_summarize_trace_counts_launches_and_busy_time():
     assert s["breakdown"][0]["name"] == "gemm" and s["breakdown"][0]["us_per_step"] == 10
 
 
+def test_gpu_time_by_op():
+    rows = [{"name": "_bwd_kernel", "us_per_step": 30.0, "pct": 30.0},
+            {"name": "_ddlerp_bwd_kernel", "us_per_step": 10.0, "pct": 10.0},
+            {"name": "_state_passing_bwd_kernel", "us_per_step": 5.0, "pct": 5.0},
+            {"name": "nvjet_sm90_tst_128x128_64x6_1x2_h_bz_TNT", "us_per_step": 20.0, "pct": 20.0},
+            {"name": "void cublasLt::splitKreduce_kernel<32, 16>", "us_per_step": 5.0, "pct": 5.0},
+            {"name": "(12 other kernels)", "us_per_step": 30.0, "pct": 30.0}]
+    assert monitor.by_op(rows) == [("wkv6", 30.0, 30.0), ("other", 30.0, 30.0), ("matmul (cuBLAS)", 25.0, 25.0),
+                                   ("glue kernels", 10.0, 10.0), ("mamba2 (mamba-ssm)", 5.0, 5.0)]
+
+
 # ----------------------------------------------------------------------------------------------- two ranks
 
 def _free_port() -> int:
