@@ -267,11 +267,13 @@ def _train(args, device, rank, world, master, say) -> dict:
     run.last_ckpt = resumed_from
     try:
         train_loop(run)
+        return finish(run)
     except BaseException:
         run.bar.close()
         run.log.close()
         raise
-    return finish(run)
+    finally:
+        run.step.release()   # before destroy_process_group (a live graph with NCCL work hangs it)
 
 
 def load_resume(args, say):

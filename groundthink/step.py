@@ -344,3 +344,10 @@ class TrainStep:
             self.skip.fill_(0.0)   # a failed capture leaves an eager step that updates
         self.graph = graph
         return self
+
+    def release(self):
+        """Drop the captured graph (later calls run eagerly). Call before ``dist.destroy_process_group``: a live
+        graph holding NCCL work makes the communicator's destruction hang (pytorch issue 115388)."""
+        if self.graph is not None:
+            self.graph.reset()
+            self.graph = None

@@ -317,6 +317,8 @@ def test_captured_step_replays_like_eager():
             step.capture()
         rows[mode] = [step(x, y, [1e-2] * 3).tolist() for x, y in data]
         rows[mode + "_params"] = [p.detach().clone() for p in model.parameters()]
+        step.release()
+        assert step.graph is None
     assert sum(rows["eager"], []) == pytest.approx(sum(rows["graph"], []), rel=1e-6)
     for p, q in zip(rows["eager_params"], rows["graph_params"]):
         torch.testing.assert_close(p, q)
