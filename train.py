@@ -267,11 +267,13 @@ def _train(args, device, rank, world, master, say) -> dict:
     run.last_ckpt = resumed_from
     try:
         train_loop(run)
+        return finish(run)
     except BaseException:
         run.bar.close()
         run.log.close()
         raise
-    return finish(run)
+    finally:
+        run.step.release()   # before destroy_process_group (a live graph with NCCL work hangs it)
 
 
 def load_resume(args, say):
@@ -497,13 +499,27 @@ def save_checkpoint(run: Run, path: Path, step: int) -> Path:
 
 # ----------------------------------------------------------------------------------------------- where the time goes
 
+def profile_window(args, start: int, stop: int, n: int) -> int | None:
+    """The step after which the --profile-steps window starts: the first metrics window done (autotuning and
+    capture behind), and no eval or checkpoint inside the window (their kernels would count as the step's);
+    None when the run is too short."""
+    first = start + max(args.log_interval, 5)
+    while first + n <= stop:
+        if not any(d % args.eval_interval == 0 or d % args.ckpt_interval == 0 for d in range(first, first + n)):
+            return first
+        first += 1
+    return None
+
+
 def profile_hook(run: Run, done: int):
-    """Profile --profile-steps steps, starting after the first metrics window (autotuning and capture done)."""
+    """Profile --profile-steps steps (``profile_window``)."""
     n = run.args.profile_steps
     if n is None:
         n = 5 if run.device.type == "cuda" else 0
-    first = run.start + max(run.args.log_interval, 5)
-    if n <= 0 or run.device.type != "cuda" or first + n > run.stop:
+    if n <= 0 or run.device.type != "cuda":
+        return
+    first = profile_window(run.args, run.start, run.stop, n)
+    if first is None:
         return
     if done == first:
         from torch.profiler import ProfilerActivity, profile
@@ -513,7 +529,7 @@ def profile_hook(run: Run, done: int):
     elif done == first + n and run.profiler is not None:
         torch.cuda.synchronize()
         run.profiler.stop()
-        run.profile = monitor.summarize_profiler(run.profiler, n)
+        run.profile = monitor.summarize_profiler(run.profiler, n, top=80)   # the run log keeps 80 kernels
         run.profile_span = (first, done)
         run.profiler = None
         run.ring.snapshot()
@@ -545,7 +561,8 @@ def summary(run: Run) -> dict:
         run.log({"type": "profile", "step": run.profile_span[1], "steps": run.profile_span[1] - run.profile_span[0],
                  **{k: v for k, v in p.items()}})
         top = ", ".join(f"{r['name'][:40]} {r['pct']:.0f}%" for r in p["breakdown"][:4])
-        line += f"\n  top GPU time: {top} (per-op breakdown in the run log)"
+        ops = ", ".join(f"{op} {us / 1e3:.2f} ms ({pct:.0f}%)" for op, us, pct in monitor.by_op(p["breakdown"]))
+        line += (f"\n  GPU time per step by op: {ops}\n  top kernels: {top} (per-kernel breakdown in the run log)")
     elif run.device.type == "cuda":
         line += "; no profile (--profile-steps 0 or too few steps)"
     write(run, line)

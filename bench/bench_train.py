@@ -346,7 +346,31 @@ def main(argv=None) -> int:
         return 2
     res = run_validity(a.steps, a.model, a.size, kernels=tuple(a.kernels.split(",")), out=a.out,
                        ref_steps=a.ref_steps or None)
-    return 0 if res and all(isinstance(v, dict) for v in res.values()) else 1
+    ok = bool(res) and all(isinstance(v, dict) for v in res.values())
+    if ok and len(res) == 2:
+        rows, worst = compare_losses(*(Path(v["log"]) for v in res.values()))
+        names = list(res)
+        print(f"step  {names[0]:>10}  {names[1]:>10}  rel diff")
+        for s, l0, l1, rel in rows:
+            print(f"{s:>4}  {l0:>10.5f}  {l1:>10.5f}  {100 * rel:.3f} %")
+        print(f"validity: training losses within 1 % at every logged step: {bool(rows) and worst <= 0.01} "
+              f"(worst {100 * worst:.3f} % over {len(rows)} logged steps)")
+        ok = bool(rows) and worst <= 0.01
+    return 0 if ok else 1
+
+
+def compare_losses(log_a: Path, log_b: Path) -> tuple[list, float]:
+    """Training losses of two run logs at their common logged steps: rows (step, loss a, loss b, |b − a| / |a|)
+    and the worst relative difference."""
+    import json
+
+    def losses(p):
+        return {r["step"]: r["loss"] for r in map(json.loads, p.read_text().splitlines())
+                if r.get("type") == "train"}
+
+    la, lb = losses(log_a), losses(log_b)
+    rows = [(s, la[s], lb[s], abs(lb[s] - la[s]) / abs(la[s])) for s in sorted(set(la) & set(lb))]
+    return rows, max((r[3] for r in rows), default=0.0)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ class RWKV6TimeMix(nn.Module):
 
     ddlerp token shift: xx = shift(x) − x; five data-dependent lerps x + xx ⊙ (maa_* + lora_*(x + xx ⊙ maa_x))
     (ops.shift_lerp for x + xx ⊙ maa_x, ops.ddlerp for the five lerps);
-    r, k, v projections, g = silu(W_g x_g); decay w = time_decay + tanh(x_w W1) W2, log-decay lw = −exp(w);
+    r, k, v and the gate pre-activation: ONE batched matmul of the stacked lerps [x_r, x_k, x_v, x_g] with
+    ``rkvg`` [4, D_in, D_out] (W_rᵀ, W_kᵀ, W_vᵀ, W_gᵀ: transposed nn.Linear weights, so that the weight gradient
+    comes out contiguous; one launch forward and two backward instead of four and eight), g = silu(W_g x_g); decay w = time_decay + tanh(x_w W1) W2, log-decay lw = −exp(w);
     o = wkv6(r, k, v, lw, u, scale=1); out = W_o(GroupNorm(o) ⊙ g) (per-head GroupNorm and gate: ops.norm_gate).
     State: (last input row [B, D], wkv state [B, H, K, V] fp32).
     """
@@ -71,10 +73,7 @@ class RWKV6TimeMix(nn.Module):
         self.time_decay_w2 = nn.Parameter(torch.empty(cfg.decay_lora, D).uniform_(-1e-2, 1e-2))
         zigzag = ((n + 1) % 3 - 1) * 0.1
         self.time_faaaa = nn.Parameter((r01 * (1 - n / max(D - 1, 1)) + zigzag).view(H, K))   # u
-        self.receptance = nn.Linear(D, D, bias=False)
-        self.key = nn.Linear(D, D, bias=False)
-        self.value = nn.Linear(D, D, bias=False)
-        self.gate = nn.Linear(D, D, bias=False)
+        self.rkvg = nn.Parameter(torch.empty(4, D, D))                    # W_rᵀ, W_kᵀ, W_vᵀ, W_gᵀ (HybridLM inits)
         self.output = nn.Linear(D, D, bias=False)
         self.ln_x = nn.GroupNorm(H, D, eps=64e-5)
 
@@ -88,10 +87,8 @@ class RWKV6TimeMix(nn.Module):
         m = torch.bmm(m, self.time_maa_w2).view(5, B, T, D)
         maa = torch.stack([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
         xw, xk, xv, xr, xg = ops.ddlerp(x, m, maa, x_prev)               # the five lerps, one fused op
-        r = self.receptance(xr)
-        k = self.key(xk)
-        v = self.value(xv)
-        gp = self.gate(xg)                                                 # gate pre-activation: g = silu(gp)
+        r, k, v, gp = torch.bmm(torch.stack([xr, xk, xv, xg]).view(4, B * T, D),
+                                self.rkvg).view(4, B, T, D).unbind(0)     # gp: the gate's pre-activation
         d = torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
         lw = ops.decay_exp(self.time_decay, d, r.dtype)                    # −exp(time_decay + d) ≤ 0, fp32 math
         r, k, v, lw = (t.view(B, T, H, K) for t in (r, k, v, lw))
@@ -111,6 +108,13 @@ class RWKV6TimeMix(nn.Module):
         sdt = torch.float64 if dtype == torch.float64 else torch.float32
         return (torch.zeros(batch_size, self.D, device=device, dtype=dtype),
                 torch.zeros(batch_size, self.H, self.K, self.K, device=device, dtype=sdt))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints from before ``rkvg``: their four Linear weights [out, in] are stacked (transposed) into it."""
+        old = [f"{prefix}{n}.weight" for n in ("receptance", "key", "value", "gate")]
+        if f"{prefix}rkvg" not in state_dict and all(k in state_dict for k in old):
+            state_dict[f"{prefix}rkvg"] = torch.stack([state_dict.pop(k).t() for k in old])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------- Mamba-2

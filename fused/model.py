@@ -4,13 +4,14 @@
     per layer:  a = RWKV6TimeMix(y),  b = Mamba2Mixer(y)                 (RF: b = Mamba2Mixer(y + a))
                 h, y = ops.gate_norm_residual(h, a, b, gate, mode=variant)  blend + residual + norm, one call
                 h, y = ops.gate_norm_residual(h, FFN(y), mode="add")
-    logits = head(y)
+    logits = head(y);  loss = ops.cross_entropy(logits, targets)    (mean token CE; the fused op never makes fp32 logits)
 
 API (train.py and the benchmarks rely on it):
     model(idx, targets=None) -> (logits, loss)
     model(idx, targets, with_stats=True) -> (logits, loss, probes): probes = {"gate_mean", "rms_rwkv",
         "rms_mamba"} as 0-d fp32 device tensors, means over the layers (None when the variant has no gate / no
-        such branch); computed in the forward, nothing is stored on the modules (groundthink/monitor.py)
+        such branch); reduced for all layers at once at the end of the forward (a few kernels, not a few per
+        layer), nothing is stored on the modules (groundthink/monitor.py)
     model.param_groups() -> {"rwkv": [...], "mamba": [...], "other": [...]}   (each parameter once)
     model.init_state(B), model.step(idx_t, state) -> (logits [B, V], state), model.generate(...)
     model.ops / model.set_ops(opset), model.config, model.num_params(), model.describe()
@@ -21,7 +22,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fused.blocks import FFN, Mamba2Mixer, NormWeight, RWKV6TimeMix, rms_norm
 from fused.configs import ModelConfig
@@ -43,7 +43,8 @@ class HybridBlock(nn.Module):
         self.cfg = cfg
 
     def forward(self, h, y, ops, state=None, probes: list | None = None):
-        """(h, y, new_state); with ``probes`` (a list) appends this layer's (gate_mean, rms_a, rms_b)."""
+        """(h, y, new_state); with ``probes`` (a list) appends this layer's (gate probe, a, b) (detached; the
+        model reduces all layers' probes at once)."""
         st_a = st_b = None
         a = b = None
         if self.tmix is not None:
@@ -51,9 +52,9 @@ class HybridBlock(nn.Module):
         if self.mamba is not None:
             xin = y + a if self.sequential else y
             b, st_b = self.mamba(xin, ops, None if state is None else state["mamba"])
-        h, y2, gate_mean = self.fusion(h, a, b, y, ops, self.norm1, self.cfg, probes is not None)
+        h, y2, gate = self.fusion(h, a, b, y, ops, self.norm1, self.cfg, probes is not None)
         if probes is not None:
-            probes.append((gate_mean, monitor.rms(a), monitor.rms(b)))
+            probes.append((gate, None if a is None else a.detach(), None if b is None else b.detach()))
         f = self.ffn(y2)
         h, y3 = ops.gate_norm_residual(h, f, weight=self.norm2.weight, bias=self.norm2.bias, mode="add",
                                        norm=self.cfg.norm, eps=self.cfg.norm_eps,
@@ -90,9 +91,8 @@ class HybridLM(nn.Module):
                 # RWKV-LM scales (orthogonal gains r 1, k 0.1, v 1, g 0.1) as normal stds over sqrt(D); the gate
                 # at gain 1 rather than 0.1 so that both branches start with comparable output and gradient
                 d = cfg.d_model ** -0.5
-                for lin, gain in ((blk.tmix.receptance, 1.0), (blk.tmix.key, 0.1), (blk.tmix.value, 1.0),
-                                  (blk.tmix.gate, 1.0)):
-                    nn.init.normal_(lin.weight, std=gain * d)
+                for w, gain in zip(blk.tmix.rkvg, (1.0, 0.1, 1.0, 1.0)):      # r, k, v, g
+                    nn.init.normal_(w, std=gain * d)
                 nn.init.normal_(blk.tmix.output.weight, std=out_std)
             if blk.mamba is not None:
                 nn.init.normal_(blk.mamba.in_proj.weight, std=std)
@@ -120,12 +120,12 @@ class HybridLM(nn.Module):
         logits, _ = self._run(idx, probes=probes)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+            loss = self.ops.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         if not with_stats:
             return logits, loss
         gates, ra, rb = zip(*probes)
-        return logits, loss, {"gate_mean": monitor.layer_mean(gates), "rms_rwkv": monitor.layer_mean(ra),
-                              "rms_mamba": monitor.layer_mean(rb)}
+        rms_a, rms_b = monitor.branch_rms(ra, rb)
+        return logits, loss, {"gate_mean": monitor.gate_mean(gates), "rms_rwkv": rms_a, "rms_mamba": rms_b}
 
     def forward_with_state(self, idx, state):
         """Parallel forward continued from ``state`` (prefill); returns (logits [B, T, V], new state)."""

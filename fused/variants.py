@@ -78,11 +78,11 @@ class Fusion(nn.Module):
 
     def forward(self, h, a, b, xn, ops, norm, cfg: ModelConfig, collect: bool):
         """h: residual in; a, b: branch outputs (either may be None for baselines); xn: normalized input.
-        Returns (h, y, gate_mean): gate_mean is the mean RWKV weight as a 0-d fp32 tensor when ``collect`` and
-        the variant has a gate, else None."""
+        Returns (h, y, gate): when ``collect`` and the variant has a gate, ``gate`` is its probe for
+        ``groundthink.monitor.gate_mean`` — ("logit", detached logits) or ("weight", w_a) — else None."""
         kw = dict(weight=norm.weight, bias=norm.bias, norm=cfg.norm, eps=cfg.norm_eps,
                   residual_fp32=cfg.residual_fp32)
-        gate_mean = None
+        gate = None
         if self.kind is None:          # baselines and RF: mode add
             c = a if b is None else (b if a is None else a + b)
             out = ops.gate_norm_residual(h, c, weight=kw.pop("weight"), mode="add", **kw)
@@ -92,12 +92,12 @@ class Fusion(nn.Module):
         elif self.kind == "weights":
             wts = torch.softmax(self.weight_logits.float(), 0)
             if collect:
-                gate_mean = wts[0].detach()
+                gate = ("weight", wts[0].detach())
             out = ops.gate_norm_residual(h, a, b, wts, weight=kw.pop("weight"), mode="weights", **kw)
         else:
             logits = self.gate_logit if self.kind == "vector" else self.gate_proj(xn)
             if collect:
-                gate_mean = torch.sigmoid(logits.detach().float()).mean()
+                gate = ("logit", logits.detach())
             out = ops.gate_norm_residual(h, a, b, logits, weight=kw.pop("weight"), mode=self.mode,
                                          gate_logits=True, **kw)
-        return (*out, gate_mean)
+        return (*out, gate)

@@ -66,10 +66,34 @@ def rms(t) -> torch.Tensor | None:
     return torch.linalg.vector_norm(t.detach(), dtype=torch.float32) / math.sqrt(max(t.numel(), 1))
 
 
-def layer_mean(values: list) -> torch.Tensor | None:
-    """Mean over the layers of per-layer 0-d probes (None entries skipped; None if there are none)."""
-    vs = [v for v in values if v is not None]
-    return torch.stack(vs).mean() if vs else None
+def branch_rms(*branches: list) -> list[torch.Tensor | None]:
+    """For each list of per-layer branch outputs: the mean over its layers of their RMS (0-d fp32; None for a list
+    of Nones). All lists in ONE multi-tensor norm (two kernels on a GPU, where a norm per tensor is ~2 launches)."""
+    lists = [[t.detach() for t in b if t is not None] for b in branches]
+    flat = [t for ts in lists for t in ts]
+    norms = iter(torch._foreach_norm(flat, 2, dtype=torch.float32)) if flat else iter(())
+    out = []
+    for ts in lists:
+        got = [next(norms) for _ in ts]
+        if not ts:
+            out.append(None)
+        elif len({t.numel() for t in ts}) == 1:
+            out.append(torch.stack(got).mean() / math.sqrt(max(ts[0].numel(), 1)))
+        else:
+            out.append(torch.stack([v / math.sqrt(max(t.numel(), 1)) for v, t in zip(got, ts)]).mean())
+    return out
+
+
+def gate_mean(gates: list) -> torch.Tensor | None:
+    """Mean RWKV weight over the layers from per-layer ``(kind, tensor)`` gate probes (``fused.variants``): kind
+    "logit" → mean of sigmoid(tensor), "weight" → mean of the tensor; one stack for all layers. None entries are
+    skipped (None when there are none). Layers of one model have equal gate shapes: the mean of the per-layer
+    means is the mean of everything."""
+    gs = [g for g in gates if g is not None]
+    if not gs:
+        return None
+    t = torch.stack([g[1] for g in gs]).float()
+    return (torch.sigmoid(t) if gs[0][0] == "logit" else t).mean()
 
 
 # ----------------------------------------------------------------------------------------------- ring
@@ -173,8 +197,47 @@ def summarize_trace(events: list[dict], steps: int, top: int = 25) -> dict:
             "breakdown": breakdown}
 
 
-def summarize_profiler(prof, steps: int) -> dict:
-    """A finished torch.profiler session of ``steps`` steps → ``summarize_trace`` of its kernels and copies."""
+# kernel name → the op it belongs to: the lab's wkv6 kernels by exact name (their names are generic), then
+# substrings of mamba-ssm's, causal-conv1d's, the glue kernels', cuBLAS's and PyTorch's; anything else is "other"
+WKV6_KERNELS = {"_bwd_kernel", "_chunk_bwd_kernel", "_chunk_fwd_out_kernel", "_chunk_scan_kernel",
+                "_chunk_state_kernel", "_fwd_par_kernel", "_fwd_seq_kernel"}
+OP_OF_KERNEL = (
+    ("mamba2 (mamba-ssm)", ("_chunk_cumsum", "_chunk_state_", "_state_passing", "_bmm_chunk", "_chunk_scan_")),
+    ("causal_conv1d", ("causal_conv1d",)),
+    ("glue kernels", ("_ddlerp", "_shift_lerp", "_decay_exp", "_norm_gate", "_gnr_", "_ce_")),
+    ("wkv6", ("_wkv6_",)),
+    ("matmul (cuBLAS)", ("nvjet", "gemm", "cutlass", "splitKreduce", "cublas")),
+    ("AdamW + norms", ("FusedOptimizer", "LpNorm", "multi_tensor_apply")),
+    ("reductions", ("reduce_kernel",)),
+    ("copies, casts, cat", ("copy", "Cat", "gpu_memcpy", "gpu_memset")),
+    ("embedding", ("embedding", "radix_sort", "RadixSort")),
+    ("elementwise", ("elementwise_kernel", "Functor")),
+)
+
+
+def op_of(kernel: str) -> str:
+    if kernel in WKV6_KERNELS:
+        return "wkv6"
+    for op, keys in OP_OF_KERNEL:
+        if any(k in kernel for k in keys):
+            return op
+    return "other"
+
+
+def by_op(breakdown: list[dict]) -> list[tuple[str, float, float]]:
+    """The per-kernel breakdown grouped by op: (op, µs per step, % of GPU time), largest first (the summed
+    "(N other kernels)" row counts as "other")."""
+    acc: dict[str, list[float]] = {}
+    for r in breakdown:
+        a = acc.setdefault(op_of(r["name"]) if not r["name"].startswith("(") else "other", [0.0, 0.0])
+        a[0] += r["us_per_step"]
+        a[1] += r["pct"]
+    return sorted(((op, us, pct) for op, (us, pct) in acc.items()), key=lambda t: -t[1])
+
+
+def summarize_profiler(prof, steps: int, top: int = 25) -> dict:
+    """A finished torch.profiler session of ``steps`` steps → ``summarize_trace`` of its kernels and copies (the
+    ``top`` kernels by GPU time, the rest summed in one row)."""
     fd, path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     try:
@@ -183,7 +246,7 @@ def summarize_profiler(prof, steps: int) -> dict:
             events = json.load(f).get("traceEvents", [])
     finally:
         os.unlink(path)
-    return summarize_trace(events, steps)
+    return summarize_trace(events, steps, top)
 
 
 def profile_steps(run_step, steps: int) -> dict:

@@ -6,23 +6,40 @@ buffers, run eagerly (CPU, debugging) or replayed as ONE CUDA graph. Both paths 
     row = step(x, y, lrs)             # copies the batch into the static buffers, sets the lrs, runs; returns
                                       # the stats row (groundthink.monitor.STATS) as a device tensor
 
-Pieces (all exercised on CPU except ``torch.cuda.graph`` itself):
+Flat parameters and gradients (``FlatParams``): every trainable parameter is a view of one fp32 *master* buffer
+and its ``.grad`` a view of one fp32 gradient buffer ``flat`` of the same layout, followed by a few slots for
+the values the ranks average with the gradient (loss, probes). The layout is (kind, component)-major::
 
-* ``GradBucket``: every trainable parameter's ``.grad`` is a view of one flat fp32 buffer, ordered
-  rwkv | mamba | other, followed by a few slots for the values the ranks average with the gradient (loss,
-  probes). Zeroing, the all-reduce, per-component norms and clipping are one kernel (or one foreach launch)
-  each; the grads stay allocated (never set to None), so their addresses are the graph's.
+    master / flat:  [ low: rwkv | mamba | other ][ fp32: rwkv | mamba | other ][ tail (flat only) ]
+
+*low* holds the parameters that bf16 autocast would cast before every use (matmul weights: found once by running
+the forward under autocast and watching which parameters only ever enter ``aten._to_copy(dtype=bf16)``);
+their bf16 copy ``low`` is refreshed by ONE copy kernel at the start of each step, so the forward runs no
+per-weight casts. The forward sees the parameters through ``_Compute`` (``torch.func.functional_call``):
+low parameters as bf16 views of ``low``, the others as themselves. Its backward writes the gradients straight
+into ``flat`` (one concatenation per kind: no per-parameter accumulation kernel, no zeroing). The values are
+the ones autocast produces: the same bf16 rounding of the same fp32 weights, the same bf16 weight gradients
+widened to fp32.
+
+Around it (all exercised on CPU except ``torch.cuda.graph`` itself):
+
 * learning rates are 0-d device tensors (``param_group["lr"]``), set in place before each step from the
   schedule (one non-blocking copy from pinned memory): AdamW(fused=True, capturable=True) reads them on device.
+* norms: one ``torch._foreach_norm`` over the six segments gives per-component and global norms; clipping
+  multiplies ``flat`` by min(1, max_norm / (norm + 1e-6)) on device.
 * the guarded update: ``opt.found_inf`` (a device flag, read by the fused AdamW kernel) is 1 when the global
   grad norm or the loss is non-finite, so such a step leaves parameters and optimizer state (step counts
   included) unchanged. The warm-up iterations before capture run with the flag forced to 1: they change nothing.
 * no host sync anywhere in ``_body``: the loss, grad norms and probes go into ``self.row`` (read later by
-  ``monitor.MetricsRing``); clipping uses the norm tensor.
+  ``monitor.MetricsRing``).
 
-Multi-GPU: no DDP wrapper. After backward the bucket is summed with one ``dist.all_reduce`` (NCCL inside the
+Multi-GPU: no DDP wrapper. After backward ``flat`` is summed with one ``dist.all_reduce`` (NCCL inside the
 graph on GPU, gloo on CPU) and divided by the world size; every rank then computes the same norm, the same
-guard and the same update.
+guard and the same update. The warm-up iterations before capture run the all-reduce too, so NCCL's
+communicator exists before the graph records it.
+
+Invariant: the parameters stay views of ``master`` (``model.to``, ``load_state_dict(assign=True)`` or a new
+``p.data`` would break it): the step checks this before every eager run and before capture.
 """
 from __future__ import annotations
 
@@ -30,37 +47,116 @@ import contextlib
 
 import torch
 import torch.distributed as dist
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from groundthink import monitor
 
 COMPONENTS = ("rwkv", "mamba", "other")
+KINDS = ("low", "fp32")
 N_TAIL = 1 + len(monitor.PROBES)          # loss and probes, averaged over ranks with the gradient
 
 
-class GradBucket:
-    """Flat gradient storage: ``p.grad`` of each parameter is a view into ``self.flat``."""
+# ----------------------------------------------------------------------------------------------- which weights
 
-    def __init__(self, groups: dict[str, list[torch.nn.Parameter]], device: torch.device):
-        self.segments: dict[str, tuple[int, int]] = {}
-        self.params: list[torch.nn.Parameter] = []
-        offset = 0
+class _CastWatch(TorchDispatchMode):
+    """Records, per parameter, whether every op that reads it (or a view of it) is a cast to ``dtype``
+    (autocast's weight cast). Views of a parameter are followed, not counted as uses."""
+
+    def __init__(self, params, dtype):
+        super().__init__()
+        self.ids = {id(p): i for i, p in enumerate(params)}
+        self.only_cast = [None] * len(params)       # None: unused; True: only cast to dtype; False: other use
+        self.dtype = dtype
+        self.keep = []                              # the views followed (their ids must stay unique)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        hits = [self.ids[id(a)] for a in torch.utils._pytree.tree_leaves((args, kwargs)) if id(a) in self.ids]
+        if not hits:
+            return out
+        rets = func._schema.returns
+        if rets and all(r.alias_info is not None and not r.alias_info.is_write for r in rets):
+            for t in torch.utils._pytree.tree_leaves(out):
+                self.ids[id(t)] = hits[0]
+                self.keep.append(t)
+            return out
+        cast = func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == self.dtype and set(kwargs) <= {
+            "dtype", "layout", "device", "pin_memory", "non_blocking", "memory_format"}
+        for i in hits:
+            self.only_cast[i] = cast and self.only_cast[i] is not False
+        return out
+
+
+def autocast_weights(model, params, run_forward, device_type: str, dtype) -> list[bool]:
+    """For each of ``params``: True when one forward (``run_forward()``, under autocast to ``dtype``) reads it
+    only through casts to ``dtype`` — the weights whose low-precision copy can be made once per step."""
+    watch = _CastWatch(params, dtype)
+    with torch.no_grad(), torch.autocast(device_type, dtype=dtype, cache_enabled=False), watch:
+        run_forward()
+    return [bool(c) for c in watch.only_cast]
+
+
+# ----------------------------------------------------------------------------------------------- flat buffers
+
+class FlatParams:
+    """The master / gradient / low-precision buffers (see the module docstring)."""
+
+    def __init__(self, groups: dict[str, list[torch.nn.Parameter]], device: torch.device,
+                 low: set[int] = frozenset(), low_dtype: torch.dtype | None = None):
+        comp_of = {}
         for comp in COMPONENTS:
-            ps = [p for p in groups.get(comp, []) if p.requires_grad]
-            start = offset
-            for p in ps:
-                if p.dtype != torch.float32 or not p.is_contiguous():
-                    raise ValueError(f"the training step keeps fp32 contiguous parameters; got {p.dtype} "
-                                     f"shape {tuple(p.shape)} contiguous={p.is_contiguous()}")
-                offset += p.numel()
-            self.params += ps
-            self.segments[comp] = (start, offset)
-        self.n = offset
-        self.flat = torch.zeros(offset + N_TAIL, dtype=torch.float32, device=device)
+            for p in groups.get(comp, []):
+                if p.requires_grad:
+                    if p.dtype != torch.float32:
+                        raise ValueError(f"the training step keeps fp32 parameters; got {p.dtype} shape "
+                                         f"{tuple(p.shape)}")
+                    comp_of.setdefault(id(p), (comp, p))
+        self.params: list[torch.nn.Parameter] = []
+        self.spans: list[tuple[int, int]] = []        # (start, end) per (kind, component), KINDS × COMPONENTS
+        offset = 0
+        for kind in KINDS:
+            for comp in COMPONENTS:
+                start = offset
+                for c, p in comp_of.values():
+                    if c == comp and (id(p) in low) == (kind == "low"):
+                        self.params.append(p)
+                        offset += p.numel()
+                self.spans.append((start, offset))
+        self.n, self.n_low = offset, self.spans[len(COMPONENTS) - 1][1]
+        self.k_low = sum(1 for p in self.params if id(p) in low)
+        self.master = torch.empty(self.n, dtype=torch.float32, device=device)
+        self.flat = torch.zeros(self.n + N_TAIL, dtype=torch.float32, device=device)
+        self.low = torch.empty(self.n_low, dtype=low_dtype or torch.bfloat16, device=device)
+        self.views = []                               # (start, end, shape) of each parameter
         pos = 0
-        for p in self.params:
-            p.grad = self.flat[pos:pos + p.numel()].view_as(p)
-            pos += p.numel()
-        self.tail = self.flat[offset:]
+        with torch.no_grad():
+            for p in self.params:
+                m = self.master[pos:pos + p.numel()].view_as(p)
+                m.copy_(p)
+                p.data = m
+                p.grad = self.flat[pos:pos + p.numel()].view_as(p)
+                self.views.append((pos, pos + p.numel(), p.shape))
+                pos += p.numel()
+        self.tail = self.flat[self.n:]
+        self._zero = torch.zeros((), device=device)
+
+    def check(self):
+        """Raise if a parameter no longer lives in ``master`` (see the module docstring)."""
+        for p, (a, _, _) in zip(self.params, self.views):
+            if p.data_ptr() != self.master.data_ptr() + 4 * a or p.grad is None or \
+                    p.grad.data_ptr() != self.flat.data_ptr() + 4 * a:
+                raise RuntimeError("the training step's flat parameter buffer was replaced (model.to() or a new "
+                                   ".data/.grad after TrainStep was built); build the TrainStep again")
+
+    def refresh_low(self):
+        """The bf16 copy of the low-precision weights from the masters: one kernel."""
+        if self.n_low:
+            self.low.copy_(self.master[:self.n_low])
+
+    def compute_params(self) -> tuple[torch.Tensor, ...]:
+        """What the forward uses for each parameter (``_Compute``): differentiable, gradients into ``flat``."""
+        return _Compute.apply(self, self.low, *self.params)
 
     def zero_(self):
         self.flat.zero_()
@@ -72,17 +168,39 @@ class GradBucket:
 
     def norms(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-component norms [3] in COMPONENTS order, global norm), fp32 device tensors; no sync."""
-        segs = [self.flat[a:b] for a, b in self.segments.values()]
-        nonempty = [s for s in segs if s.numel() > 0]
-        got = iter(torch._foreach_norm(nonempty)) if nonempty else iter(())
-        zero = self.flat.new_zeros(())
-        per = torch.stack([next(got) if s.numel() > 0 else zero for s in segs])
+        segs = [self.flat[a:b] for a, b in self.spans]
+        got = iter(torch._foreach_norm([s for s in segs if s.numel()]))
+        each = torch.stack([next(got) if s.numel() else self._zero for s in segs])
+        per = each.square().view(len(KINDS), len(COMPONENTS)).sum(0).sqrt()
         return per, torch.linalg.vector_norm(per)
 
     def clip_(self, total: torch.Tensor, max_norm: float):
         """Scale every gradient by min(1, max_norm / (total + 1e-6)) (clip_grad_norm_'s rule), on device."""
         if max_norm > 0:
             self.flat[:self.n].mul_(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+
+
+GradBucket = FlatParams      # the earlier name
+
+
+class _Compute(torch.autograd.Function):
+    """Parameters → the tensors the forward computes with (bf16 views of ``low`` for the first ``k_low``, the
+    parameters themselves after); backward writes every gradient into ``flat`` and returns none."""
+
+    @staticmethod
+    def forward(ctx, fp: FlatParams, low, *params):
+        ctx.fp = fp
+        outs = [low[a:b].view(shape) for a, b, shape in fp.views[:fp.k_low]]
+        return tuple(outs + [p.view_as(p) for p in params[fp.k_low:]])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        fp = ctx.fp
+        if fp.k_low:
+            fp.flat[:fp.n_low].copy_(torch.cat([g.reshape(-1) for g in grads[:fp.k_low]]))
+        if fp.k_low < len(grads):
+            torch.cat([g.reshape(-1) for g in grads[fp.k_low:]], out=fp.flat[fp.n_low:fp.n])
+        return (None, None) + (None,) * len(grads)
 
 
 def group_params(model) -> dict[str, list[torch.nn.Parameter]]:
@@ -103,18 +221,28 @@ def lr_tensors(opt, device: torch.device) -> torch.Tensor:
 
 
 class TrainStep:
-    """One optimizer step over static batch buffers (see the module docstring)."""
+    """One optimizer step over static batch buffers (see the module docstring). ``flat_weights=False`` keeps
+    autocast's per-use weight casts (the earlier path; same values)."""
 
     def __init__(self, model, opt, *, batch_size: int, seq_len: int, device: torch.device, grad_clip: float = 1.0,
-                 world: int = 1, amp_dtype: torch.dtype | None = None, probes: bool = True):
+                 world: int = 1, amp_dtype: torch.dtype | None = None, probes: bool = True,
+                 flat_weights: bool = True):
         self.model, self.opt, self.device = model, opt, torch.device(device)
         self.grad_clip, self.world, self.probes = grad_clip, world, probes
         self.amp_dtype = amp_dtype if amp_dtype is not None else (
             torch.bfloat16 if self.device.type == "cuda" else None)
         self.groups = group_params(model)
-        self.bucket = GradBucket(self.groups, self.device)
         self.x = torch.zeros(batch_size, seq_len, dtype=torch.long, device=self.device)
         self.y = torch.zeros_like(self.x)
+        low = set()
+        if self.amp_dtype is not None:
+            ps = [p for g in self.groups.values() for p in g if p.requires_grad]
+            low = {id(p) for p, c in zip(ps, autocast_weights(model, ps, self._call_model, self.device.type,
+                                                              self.amp_dtype)) if c}
+        self.bucket = FlatParams(self.groups, self.device, low, self.amp_dtype)
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.names = [names[id(p)] for p in self.bucket.params]
+        self.flat_weights = flat_weights
         self.lrs = lr_tensors(opt, self.device)
         self.skip = torch.zeros((), device=self.device)
         opt.found_inf = torch.zeros((), device=self.device)    # read by the fused AdamW kernel (GradScaler's hook)
@@ -128,22 +256,34 @@ class TrainStep:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=False)
 
+    def _call_model(self, params: dict | None = None):
+        kw = {"with_stats": True} if self.probes else {}
+        if params is None:
+            return self.model(self.x, self.y, **kw)
+        return torch.func.functional_call(self.model, params, (self.x, self.y), kw)
+
     def _forward(self):
         """(loss, probes dict) of the model on the static batch."""
-        if self.probes:
-            _, loss, probes = self.model(self.x, self.y, with_stats=True)
-        else:
-            _, loss = self.model(self.x, self.y)
-            probes = {}
-        return loss, probes
+        b = self.bucket
+        params = None
+        if self.flat_weights:
+            b.refresh_low()
+            params = dict(zip(self.names, b.compute_params()))
+        with self._amp():
+            out = self._call_model(params)
+        return out[1], (out[2] if self.probes else {})
 
     def _body(self):
-        """Zero grads, forward, backward, all-reduce, norms, guard, clip, AdamW, stats row. No host sync."""
-        b = self.bucket
-        b.zero_()
-        with self._amp():
-            loss, probes = self._forward()
+        """Forward, backward (gradients written into the flat buffer), then ``_update``. No host sync."""
+        if not self.flat_weights:
+            self.bucket.zero_()
+        loss, probes = self._forward()
         loss.backward()
+        self._update(loss, probes)
+
+    def _update(self, loss, probes):
+        """All-reduce, norms, guard, clip, AdamW, stats row."""
+        b = self.bucket
         if self.has is None:
             self.has = monitor.present(probes, self.groups)
         zero = loss.new_zeros((), dtype=torch.float32)
@@ -175,14 +315,17 @@ class TrainStep:
         if self.graph is not None:
             self.graph.replay()
         else:
+            self.bucket.check()
             self._body()
         return self.row
 
     def capture(self, warmup: int = 3):
-        """Warm up on a side stream with the update disabled (Triton autotuning, cuBLAS workspaces, NCCL),
-        then capture ``_body`` as one CUDA graph. The static batch must hold a real batch (``load_batch``)."""
+        """Warm up on a side stream with the update disabled (Triton autotuning, cuBLAS workspaces, NCCL's
+        communicator), then capture ``_body`` as one CUDA graph. The static batch must hold a real batch
+        (``load_batch``)."""
         if self.device.type != "cuda":
             raise RuntimeError("CUDA graph capture needs a CUDA device")
+        self.bucket.check()
         self.skip.fill_(1.0)
         try:
             side = torch.cuda.Stream()
@@ -192,6 +335,8 @@ class TrainStep:
                     self._body()
             torch.cuda.current_stream().wait_stream(side)
             torch.cuda.synchronize()
+            if self.world > 1:
+                dist.barrier()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._body()
@@ -199,3 +344,10 @@ class TrainStep:
             self.skip.fill_(0.0)   # a failed capture leaves an eager step that updates
         self.graph = graph
         return self
+
+    def release(self):
+        """Drop the captured graph (later calls run eagerly). Call before ``dist.destroy_process_group``: a live
+        graph holding NCCL work makes the communicator's destruction hang (pytorch issue 115388)."""
+        if self.graph is not None:
+            self.graph.reset()
+            self.graph = None

@@ -1,16 +1,26 @@
-"""Count the ops of one training step (forward + backward) on CPU: a proxy for GPU kernel launches.
+"""Count the kernel launches of one whole training step on CPU: forward, backward and update (the
+``groundthink.step.TrainStep`` body that train.py replays as a CUDA graph), as a proxy for a GPU's launches.
 
-Every aten op that does work is counted once (views and bare allocations are free on a GPU and not counted);
-every Triton kernel launch (interpreter) counts once and the host-side tensor work the interpreter does for it is
-not counted. The Mamba-2 scan runs on its PyTorch reference here (mamba-ssm is GPU-only): its ops are the same
-before and after the glue fusions and not what the GPU runs (mamba-ssm's fused Triton scan), so they are not
-counted: each scan call counts as one op ("mamba2-scan") forward and one backward. AdamW (fused on GPU) is not
-counted. Usage: PYTHONPATH=. python scripts/count_step_ops.py [--variant GF-MH] [--kernels triton|reference]
+What counts as one launch: every aten op that does work (views, bare allocations and metadata ops are free on a
+GPU and not counted); every Triton kernel launch (interpreter; the host-side tensor work the interpreter does for
+it is not counted); one fused AdamW call per parameter group (``_fused_adamw_``; on a GPU its multi-tensor apply
+launches one kernel per ~100 tensors of a group). The Mamba-2 scan runs on its PyTorch reference here (mamba-ssm
+is GPU-only): each scan call counts as ``--scan-fwd`` launches forward and ``--scan-bwd`` backward (estimates of mamba-ssm 2.3's
+mamba_chunk_scan_combined: 5 Triton kernels forward; its backward recomputes the forward's states and runs ~10 more
+kernels and a few torch reductions: 20), its own ops not counted; the reference conv (pad + conv + SiLU) stands where causal-conv1d launches one kernel each way.
+Not modelled: cuBLAS's split-K reduction kernels (a second launch for some weight-gradient GEMMs on a GPU), the
+NCCL all-reduce (one rank here). So the GPU count is higher by roughly those; the profile window of train.py on a
+GPU is the measurement.
+
+Usage: PYTHONPATH=. python scripts/count_step_ops.py [--variant GF-MH] [--kernels triton|reference] [--autocast]
+[--flat-weights on|off] [--batch 2 --seq 64]. ``--autocast`` (as on a GPU): bf16 autocast on CPU, with the
+weights' bf16 copy made once per step (``--flat-weights on``, the default) or cast per use (off: the earlier step).
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -29,9 +39,9 @@ class OpCounter(TorchDispatchMode):
         self.paused = 0
         self.active = False     # set while the measured step runs (launches outside it are not counted)
 
-    def add(self, name):
+    def add(self, name, n: int = 1):
         if self.active and not self.paused:
-            self.counts[(self.tag, name)] += 1
+            self.counts[(self.tag, name)] += n
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.namespace == "groundthink":   # the lab's custom ops: count what their implementation launches
@@ -63,8 +73,9 @@ def _patch_triton(counter: OpCounter):
     interpreter.GridExecutor.__call__ = call
 
 
-def _opaque_scan(counter: OpCounter, ref):
-    """The reference Mamba-2 scan as one counted op forward and one backward (its own ops not counted)."""
+def _opaque_scan(counter: OpCounter, ref, n_fwd: int, n_bwd: int):
+    """The reference Mamba-2 scan counted as ``n_fwd`` launches forward and ``n_bwd`` backward (its own ops not
+    counted)."""
 
     class Scan(torch.autograd.Function):
         @staticmethod
@@ -76,7 +87,7 @@ def _opaque_scan(counter: OpCounter, ref):
                     y = ref(*leaves[:5], chunk_size, D=leaves[5], dt_bias=leaves[6], dt_softplus=True)
             finally:
                 counter.paused -= 1
-            counter.add("mamba2-scan")
+            counter.add("mamba2-scan", n_fwd)
             ctx.graph = (y, leaves)
             return y.detach()
 
@@ -88,7 +99,7 @@ def _opaque_scan(counter: OpCounter, ref):
                 grads = torch.autograd.grad(y, leaves, dy)
             finally:
                 counter.paused -= 1
-            counter.add("mamba2-scan")
+            counter.add("mamba2-scan", n_bwd)
             return (*grads, None)
 
     def scan(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False, **kw):
@@ -105,49 +116,56 @@ def main():
     ap.add_argument("--kernels", default="triton")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=64)
-    ap.add_argument("--autocast", action="store_true", help="bf16 autocast (as on GPU: counts its casts too)")
+    ap.add_argument("--autocast", action="store_true", help="bf16 autocast (as on GPU)")
+    ap.add_argument("--flat-weights", choices=["on", "off", "absent"], default="on")
+    ap.add_argument("--scan-fwd", type=int, default=5)
+    ap.add_argument("--scan-bwd", type=int, default=20)
     args = ap.parse_args()
     from fused import get_model
     from groundthink.registry import resolve
+    from groundthink.step import TrainStep
     torch.manual_seed(0)
     ops = resolve(args.kernels)
     counter = OpCounter()
     _patch_triton(counter)
-    ops.choices["mamba2"].fn = _opaque_scan(counter, ops.choices["mamba2"].fn)
+    ops.choices["mamba2"].fn = _opaque_scan(counter, ops.choices["mamba2"].fn, args.scan_fwd, args.scan_bwd)
     m = get_model(args.variant, args.size, vocab_size=97, ops=ops)
-    m.collect_stats = False
-    idx = torch.randint(0, 97, (args.batch, args.seq + 1))
+    tag = (lambda t: lambda *_: setattr(counter, "tag", t))
     for blk in m.blocks:
         for name in ("tmix", "mamba", "ffn", "fusion"):
             mod = getattr(blk, name, None)
-            if mod is None:
-                continue
-            mod.register_forward_pre_hook(lambda *_, n=name: setattr(counter, "tag", "fwd:" + n))
-            mod.register_forward_hook(lambda *_: setattr(counter, "tag", "fwd:other"))
-    import contextlib
-    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.autocast else contextlib.nullcontext
-    with amp():
-        m(idx[:, :-1], idx[:, 1:])   # warm-up (lazy init, caches)
-    m.zero_grad(set_to_none=True)
+            if mod is not None:
+                mod.register_forward_pre_hook(tag("fwd:" + name))
+                mod.register_forward_hook(tag("fwd:other"))
+    m.register_forward_hook(tag("bwd"))
+    import train
+    from types import SimpleNamespace as NS
+    opt = train.make_optimizer(m, NS(lr=1e-3, weight_decay=0.1, lr_mult_rwkv=1.0, lr_mult_mamba=1.0,
+                                     lr_mult_other=1.0))
+    flat = {} if args.flat_weights == "absent" else {"flat_weights": args.flat_weights == "on"}   # absent: older step
+    step = TrainStep(m, opt, batch_size=args.batch, seq_len=args.seq, device="cpu",
+                     amp_dtype=torch.bfloat16 if args.autocast else None, **flat)
+    update = step._update
+    step._update = lambda *a: (tag("update")(), update(*a))[1]
+    idx = torch.randint(0, 97, (args.batch, args.seq + 1))
+    step.load_batch(idx[:, :-1], idx[:, 1:])
+    step._body()          # uncounted: AdamW's lazy state (zeros on the first step), caches
     with counter:
         counter.active = True
         counter.tag = "fwd:other"
-        with amp():
-            _, loss = m(idx[:, :-1], idx[:, 1:])
-        counter.tag = "bwd"
-        loss.backward()
+        step._body()
     by_tag = collections.Counter()
-    for (tag, _), n in counter.counts.items():
-        by_tag[tag] += n
+    for (t, _), n in counter.counts.items():
+        by_tag[t] += n
     total = sum(by_tag.values())
     print(f"{args.variant}/{args.size} B{args.batch} T{args.seq}{' bf16 autocast' if args.autocast else ''}, "
-          f"ops {ops.impls()}")
-    print(f"ops per step (forward + backward): {total}")
-    for tag, n in sorted(by_tag.items()):
-        print(f"  {tag:<12} {n}")
+          f"flat weights {args.flat_weights}, ops {ops.impls()}")
+    print(f"launches per training step (forward + backward + update): {total}")
+    for t, n in sorted(by_tag.items()):
+        print(f"  {t:<12} {n}")
     print("top ops:")
-    for (tag, name), n in counter.counts.most_common(int(__import__("os").environ.get("TOP", "25"))):
-        print(f"  {n:5d}  {tag:<12} {name}")
+    for (t, name), n in counter.counts.most_common(int(os.environ.get("TOP", "25"))):
+        print(f"  {n:5d}  {t:<12} {name}")
 
 
 if __name__ == "__main__":

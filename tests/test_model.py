@@ -207,7 +207,9 @@ def test_triton_ops_match_reference(name, ref_ops):
     m.zero_grad()
     m.set_ops(ops)
     logits, loss = m(idx, tgt)
+    assert ops.impls()["cross_entropy"] == "triton"       # the model's loss through the registry: the fused CE
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     loss.backward()
     for n, p in m.named_parameters():
         if n in ref_grads:
@@ -250,3 +252,15 @@ def test_step_matches_parallel_fp32(ref_ops):
         full, _ = m(idx)
         stepped = _step_logits(m, idx)
     torch.testing.assert_close(stepped, full, rtol=1e-4, atol=1e-4)
+
+
+def test_old_checkpoint_rkvg_from_four_linears(ref_ops):
+    """A state dict from before rkvg (receptance/key/value/gate Linear weights [out, in]) loads: stacked, transposed."""
+    m = _model("GF-MH", ref_ops, n_layer=1)
+    sd = m.state_dict()
+    w = sd.pop("blocks.0.tmix.rkvg")
+    for i, n in enumerate(("receptance", "key", "value", "gate")):
+        sd[f"blocks.0.tmix.{n}.weight"] = w[i].t().clone()
+    fresh = _model("GF-MH", ref_ops, seed=1, n_layer=1)
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh.blocks[0].tmix.rkvg, w)

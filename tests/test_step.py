@@ -102,6 +102,55 @@ def test_grad_bucket_views_norms_and_clip():
     assert all(float(p.grad.abs().sum()) == 0 for p in model.parameters())
 
 
+def test_bf16_weights_once_per_step_equal_autocast_casts():
+    """bf16 autocast (CPU): the weights that autocast casts are found (linear weights and biases, the head; not the
+    embedding or the gate), refreshed once per step into one bf16 buffer, and the step's losses, norms and
+    parameters equal those of the per-use autocast casts (flat_weights=False) exactly."""
+    runs = {}
+    for flat in (True, False):
+        model, opt, _ = make(clip=0.05)
+        step = TrainStep(model, opt, batch_size=B, seq_len=T, device="cpu", grad_clip=0.05,
+                         amp_dtype=torch.bfloat16, flat_weights=flat)
+        rows = [step(x, y, [1e-2] * 3).tolist() for x, y in batches(3)]
+        runs[flat] = rows, [p.detach().clone() for p in model.parameters()], step
+    step = runs[True][2]
+    low = {n for n, p in zip(step.names, step.bucket.params[:step.bucket.k_low])}
+    assert low == {"rwkv.weight", "rwkv.bias", "mamba.weight", "mamba.bias", "head.weight"}
+    assert step.bucket.low.dtype == torch.bfloat16 and step.bucket.low.numel() == step.bucket.n_low
+    assert runs[True][0] == runs[False][0]
+    for p, q in zip(runs[True][1], runs[False][1]):
+        assert torch.equal(p, q)
+    step.bucket.check()
+    step.model.head.weight.data = step.model.head.weight.data.clone()
+    with pytest.raises(RuntimeError, match="flat parameter buffer was replaced"):
+        step(*batches(1)[0], [1e-2] * 3)
+
+
+def test_hybrid_model_low_weights_and_equal_steps():
+    """The hybrid (tiny, one layer, reference ops, bf16 autocast on CPU): the weights found for the bf16 copy are
+    exactly the matmul weights (views followed: the conv weight's squeeze; the conv's weights are cast here: its
+    reference is F.conv1d, which autocast casts; norms, lerp and decay vectors stay fp32), and two steps equal the per-use casts
+    exactly."""
+    import fused
+    from groundthink.registry import resolve
+    runs = {}
+    for flat in (True, False):
+        torch.manual_seed(0)
+        model = fused.get_model("GF-MH", "tiny", vocab_size=V, ops=resolve("reference"), n_layer=1)
+        opt = torch.optim.AdamW([{"params": ps} for ps in group_params(model).values()], lr=1e-2, fused=True,
+                                capturable=True)
+        step = TrainStep(model, opt, batch_size=2, seq_len=T, device="cpu", amp_dtype=torch.bfloat16,
+                         flat_weights=flat)
+        runs[flat] = [step(x[:2], y[:2], [1e-2] * 3).tolist() for x, y in batches(2)], step
+    step = runs[True][1]
+    low = {n.removeprefix("blocks.0.") for n in step.names[:step.bucket.k_low]}
+    assert low == {"tmix.time_maa_w1", "tmix.time_maa_w2", "tmix.time_decay_w1", "tmix.time_decay_w2", "tmix.rkvg",
+                   "tmix.output.weight", "mamba.in_proj.weight", "mamba.out_proj.weight", "fusion.gate_proj.weight",
+                   "fusion.gate_proj.bias", "ffn.up.weight", "ffn.down.weight", "head.weight",
+                   "mamba.conv1d.weight", "mamba.conv1d.bias"}, low
+    assert runs[True][0] == runs[False][0]
+
+
 def test_lr_tensors_are_updated_in_place():
     _, opt, step = make()
     ptrs = [g["lr"].data_ptr() for g in opt.param_groups]
@@ -157,6 +206,24 @@ def test_metrics_ring_rows_and_stats():
     assert 0 < d["gate_mean"] < 1 and d["state_norm"] == pytest.approx((d["rms_rwkv"] + d["rms_mamba"]) / 2)
 
 
+def test_batched_probes_equal_per_layer_ones():
+    """monitor.branch_rms / gate_mean (all layers at once) = the per-layer RMS and gate means, averaged."""
+    g = torch.Generator().manual_seed(0)
+    a = [torch.randn(2, 5, 8, generator=g).bfloat16() for _ in range(3)]
+    b = [torch.randn(2, 5, 8, generator=g) * (i + 1) for i in range(3)]
+    ra, rb, none = monitor.branch_rms(a, b, [None, None])
+    torch.testing.assert_close(ra, torch.stack([monitor.rms(t) for t in a]).mean())
+    torch.testing.assert_close(rb, torch.stack([monitor.rms(t) for t in b]).mean())
+    assert none is None and monitor.gate_mean([None]) is None
+    (r_odd,) = monitor.branch_rms([a[0], b[0][:, :3]])
+    torch.testing.assert_close(r_odd, (monitor.rms(a[0]) + monitor.rms(b[0][:, :3])) / 2)
+    logits = [torch.randn(2, 5, 1, generator=g).bfloat16() for _ in range(3)]
+    want = torch.stack([torch.sigmoid(t.float()).mean() for t in logits]).mean()
+    torch.testing.assert_close(monitor.gate_mean([("logit", t) for t in logits]), want)
+    w = [torch.tensor(0.25), torch.tensor(0.75)]
+    torch.testing.assert_close(monitor.gate_mean([("weight", t) for t in w]), torch.tensor(0.5))
+
+
 def test_unpack_absent_branch_and_gate():
     has = monitor.present({"gate_mean": None, "rms_rwkv": torch.ones(()), "rms_mamba": None}, {"rwkv": [1]})
     d = monitor.unpack([1.0, 2.0, 3.0, 0.0, 0.0, 0.5, 0.0], has)
@@ -174,6 +241,17 @@ def test_summarize_trace_counts_launches_and_busy_time():
     assert s["launches_per_step"] == 1.5 and s["copies_per_step"] == 0.5
     assert s["gpu_busy_ms_per_step"] == pytest.approx(21 / 2 / 1e3)
     assert s["breakdown"][0]["name"] == "gemm" and s["breakdown"][0]["us_per_step"] == 10
+
+
+def test_gpu_time_by_op():
+    rows = [{"name": "_bwd_kernel", "us_per_step": 30.0, "pct": 30.0},
+            {"name": "_ddlerp_bwd_kernel", "us_per_step": 10.0, "pct": 10.0},
+            {"name": "_state_passing_bwd_kernel", "us_per_step": 5.0, "pct": 5.0},
+            {"name": "nvjet_sm90_tst_128x128_64x6_1x2_h_bz_TNT", "us_per_step": 20.0, "pct": 20.0},
+            {"name": "void cublasLt::splitKreduce_kernel<32, 16>", "us_per_step": 5.0, "pct": 5.0},
+            {"name": "(12 other kernels)", "us_per_step": 30.0, "pct": 30.0}]
+    assert monitor.by_op(rows) == [("wkv6", 30.0, 30.0), ("other", 30.0, 30.0), ("matmul (cuBLAS)", 25.0, 25.0),
+                                   ("glue kernels", 10.0, 10.0), ("mamba2 (mamba-ssm)", 5.0, 5.0)]
 
 
 # ----------------------------------------------------------------------------------------------- two ranks
@@ -239,6 +317,8 @@ def test_captured_step_replays_like_eager():
             step.capture()
         rows[mode] = [step(x, y, [1e-2] * 3).tolist() for x, y in data]
         rows[mode + "_params"] = [p.detach().clone() for p in model.parameters()]
+        step.release()
+        assert step.graph is None
     assert sum(rows["eager"], []) == pytest.approx(sum(rows["graph"], []), rel=1e-6)
     for p, q in zip(rows["eager_params"], rows["graph_params"]):
         torch.testing.assert_close(p, q)

@@ -313,3 +313,23 @@ def test_old_optimizer_state_loads_fused_and_guarded():
     step = TrainStep(model, opt, batch_size=2, seq_len=5, device="cpu")
     row = step(x, x, [1e-2] * len(opt.param_groups))
     assert torch.isfinite(row).all() and all(float(s["step"]) == 2 for s in opt.state.values())
+
+
+def test_validity_compares_logged_losses(tmp_path):
+    """bench_train.compare_losses: the relative loss difference of two run logs at their common logged steps."""
+    import json
+    from bench.bench_train import compare_losses
+    for name, losses in (("a", {10: 2.0, 20: 1.5, 30: 1.2}), ("b", {10: 2.01, 20: 1.5})):
+        recs = [{"type": "config", "step": 0}] + [{"type": "train", "step": s, "loss": v} for s, v in losses.items()]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rows, worst = compare_losses(tmp_path / "a.jsonl", tmp_path / "b.jsonl")
+    assert [r[0] for r in rows] == [10, 20] and worst == pytest.approx(0.005) and rows[1][3] == 0.0
+
+
+def test_profile_window_avoids_evals_and_checkpoints():
+    from types import SimpleNamespace as NS
+    a = NS(log_interval=10, eval_interval=7, ckpt_interval=1000)
+    first = train.profile_window(a, 0, 30, 5)
+    assert first == 15 and not any(d % 7 == 0 for d in range(first, first + 5))   # 14 is an eval: 15..19
+    assert train.profile_window(a, 0, 19, 5) is None
+    assert train.profile_window(NS(log_interval=50, eval_interval=300, ckpt_interval=500), 0, 300, 5) == 50

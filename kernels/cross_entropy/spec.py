@@ -1,5 +1,7 @@
-"""Declaration of the ``cross_entropy`` op (groundthink.spec format). Not yet called by the model (its loss is
-still ``F.cross_entropy(logits.float(), targets)``): the one-line switch waits for a GPU measurement.
+"""Declaration of the ``cross_entropy`` op (groundthink.spec format). The model's loss calls it through the registry
+(``ops.cross_entropy(logits [B·T, V], targets [B·T])`` in fused/model.py): the reference is
+``F.cross_entropy(logits.float(), targets)`` (the model's earlier loss, unchanged), the lab kernel never makes fp32
+logits. Graph-safe: no host syncs, no autotuning.
 
 Benchmarks: the models' logits (N = B·T = 16384 rows, char vocabulary V97) and a GPT-2-sized vocabulary
 (N4096 × V50304, where fp32 copies dominate memory). Bytes: fwd reads the logits once; fwd+bwd 4 passes over N·V.
@@ -26,5 +28,6 @@ SPEC = OpSpec(
     bench=Bench(shapes=lambda: [(16384, 97), (4096, 50304)], cpu_shapes=[(16, 40)],
                 shape_str=lambda N, V: f"N{N} V{V}", make_inputs=make_inputs,
                 err_shape=lambda N, V: (min(N, 2048), V),
-                nbytes=lambda N, V, pass_, es=2: N * V * es * (1 if pass_ == "fwd" else 4)),
+                nbytes=lambda N, V, pass_, es=2: N * V * es * (1 if pass_ == "fwd" else 4),
+                model_shape=lambda cfg, batch, seq_len: (batch * seq_len, cfg.vocab_size)),
 )

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Two GPUs (issue 10): the large GF-MH step with the same global batch (16 × 1024 tokens) on one GPU and on two
+# (torchrun, NCCL, the CUDA-graph step with its explicit all-reduce inside the graph: groundthink/step.py).
+# Prints both losses at every logged step and whether they agree within 1 %, tok/s of each run (train.py's
+# steady-state summary) and the scaling efficiency tok/s(2 GPUs) / (2 × tok/s(1 GPU)); writes ddp.csv, both
+# JSONL logs and both console logs into $OUT/ddp (or .gt-out/ddp).
+# Needs a machine with 2 GPUs (device kind nvidia-h100-x2, carry [".gpu-wheels"]); 4-7 minutes on a cold
+# machine: wheels, then Triton compilation and mamba-ssm autotuning in the first run (over 130 s cold at large in
+# run 4; capped at ONE_S=240), the second run reuses their caches (TWO_S=150).
+# Knobs: STEPS (default 100), ONE_S / TWO_S (time caps in seconds of each run), KERNELS (default triton).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+R=${OUT:-.gt-out}/ddp; mkdir -p "$R"
+if [ -d .gpu-wheels ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target .gt-site \
+    .gpu-wheels/mamba*.whl .gpu-wheels/causal*.whl .gpu-wheels/selective*.whl 2>&1 | grep -v "as the 'root'"
+fi
+export PYTHONPATH=.gt-site:. PYTHONUNBUFFERED=1 TRITON_CACHE_AUTOTUNING=1 PYTHONWARNINGS=ignore::UserWarning
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+STEPS=${STEPS:-100}
+COMMON=(--model GF-MH --size large --seq-len 1024 --kernels "${KERNELS:-triton}" --steps "$STEPS" --log-interval 10
+        --eval-interval "$STEPS" --eval-iters 2 --ckpt-interval 1000000 --sample-tokens 0 --no-progress
+        --profile-steps 0 --graph auto)
+echo "== 1 GPU, batch 16 × 1024"
+timeout "${ONE_S:-240}" torchrun --standalone --nproc_per_node 1 train.py "${COMMON[@]}" --batch-size 16 \
+  --log "$R/one_gpu.jsonl" --out-dir .ck-ddp1 > "$R/one_gpu.log" 2>&1; echo "exit $?"; tail -4 "$R/one_gpu.log"
+echo "== 2 GPUs, batch 8 × 1024 each (same global batch)"
+timeout "${TWO_S:-150}" torchrun --standalone --nproc_per_node 2 train.py "${COMMON[@]}" --batch-size 8 \
+  --log "$R/two_gpu.jsonl" --out-dir .ck-ddp2 > "$R/two_gpu.log" 2>&1; echo "exit $?"; tail -4 "$R/two_gpu.log"
+rm -rf .ck-ddp1 .ck-ddp2
+python3 - "$R" <<'EOF'
+import csv, json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+
+def read(name):
+    recs = [json.loads(l) for l in (out / name).read_text().splitlines() if l.strip()] if (out / name).exists() else []
+    train = {r["step"]: r["loss"] for r in recs if r.get("type") == "train"}
+    final = next((r for r in recs if r.get("type") == "final"), {})
+    cfg = next((r for r in recs if r.get("type") == "config"), {})
+    return train, final, cfg
+
+one, f1, c1 = read("one_gpu.jsonl")
+two, f2, c2 = read("two_gpu.jsonl")
+rows, worst = [], 0.0
+for s in sorted(set(one) & set(two)):
+    rel = abs(two[s] - one[s]) / abs(one[s])
+    worst = max(worst, rel)
+    rows.append({"step": s, "loss_1gpu": one[s], "loss_2gpu": two[s], "rel_diff": rel})
+t1, t2 = f1.get("tok_s"), f2.get("tok_s")
+eff = t2 / (2 * t1) if t1 and t2 else None
+with open(out / "ddp.csv", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=["step", "loss_1gpu", "loss_2gpu", "rel_diff", "tok_s_1gpu", "tok_s_2gpu",
+                                      "ms_per_step_1gpu", "ms_per_step_2gpu", "scaling_efficiency",
+                                      "graph_1gpu", "graph_2gpu"])
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "tok_s_1gpu": t1, "tok_s_2gpu": t2, "ms_per_step_1gpu": f1.get("ms_per_step"),
+                    "ms_per_step_2gpu": f2.get("ms_per_step"), "scaling_efficiency": eff,
+                    "graph_1gpu": f1.get("graph"), "graph_2gpu": f2.get("graph")})
+print("step   loss 1 GPU   loss 2 GPUs   rel diff")
+for r in rows:
+    print(f"{r['step']:>5}   {r['loss_1gpu']:.5f}      {r['loss_2gpu']:.5f}       {100 * r['rel_diff']:.3f} %")
+print(f"worlds: {c1.get('world')} / {c2.get('world')}; CUDA graph (after capture) {f1.get('graph')} / "
+      f"{f2.get('graph')} ({f2.get('graph_reason')})")
+print(f"losses within 1 % at every logged step: {bool(rows) and worst <= 0.01} (worst {100 * worst:.3f} %, "
+      f"{len(rows)} steps)")
+fmt = lambda v: "n/a" if v is None else f"{v:,.0f}"  # noqa: E731
+print(f"tok/s: 1 GPU {fmt(t1)} ({f1.get('ms_per_step') or 0:.2f} ms/step), 2 GPUs {fmt(t2)} "
+      f"({f2.get('ms_per_step') or 0:.2f} ms/step); scaling efficiency "
+      f"{'n/a' if eff is None else f'{100 * eff:.1f} %'} (target >= 90 %)")
+EOF
