@@ -757,6 +757,8 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
                 timing[op] = "eager"
                 rows.append(measure(spec, impl.name, fn, shp, device, "eager"))
         spent.setdefault(op, {})[impl.name] = time.monotonic() - t1
+        if not progress:   # no bar: one line per item, so a run cut short still shows where its time went
+            say(f"gate: {op}/{impl.name} measured in {spent[op][impl.name]:.1f} s")
         if impl is not spec.reference:
             first.setdefault(op, spent[op][impl.name])
     bar.close()
