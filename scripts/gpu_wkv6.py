@@ -88,7 +88,7 @@ def _chunk_mode(seq, name=None, **consts):
 
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False),
          "chunk_par_lvl1": _chunk_mode(False, "chunk_par_lvl1", LOG=1),
-         "parallel": kw.wkv6_parallel, "fused": kw.wkv6_fused}
+         "fused": kw.wkv6_fused}
 ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", ",".join(ALGOS)).split(",")}
 
 
@@ -253,7 +253,7 @@ def compiled_kernels():
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
     rows = []
-    for mod in ("chunk", "fused", "parallel", "states", "recurrent"):
+    for mod in ("chunk", "fused", "states", "recurrent"):
         for name, obj in vars(importlib.import_module(f"kernels.wkv6.{mod}")).items():
             fn, pick = obj, getattr(obj, "best_config", None) if isinstance(obj, Autotuner) else None
             while not isinstance(fn, JITFunction) and hasattr(fn, "fn"):

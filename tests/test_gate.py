@@ -263,7 +263,7 @@ def test_a_further_candidate_starts_only_if_the_first_ones_time_still_fits(tmp_p
     gate.qualify({"wkv6": get("wkv6").bench.cpu_shapes[0], "norm_gate": get("norm_gate").bench.cpu_shapes[0]},
                  cuda=False, path=tmp_path / "g.json", say=said.append, progress=False, budget_s=0.5)
     skipped = next(s for s in said if "time budget" in s)
-    assert "wkv6/triton_fused" in skipped and "wkv6/triton_parallel" in skipped and "norm_gate" not in skipped
+    assert "wkv6/triton_fused" in skipped and "norm_gate" not in skipped
 
 
 def test_model_shapes_come_from_the_specs():
@@ -285,7 +285,7 @@ def test_qualify_plan_measures_every_first_choice_before_second_ones(tmp_path):
     shapes = {"wkv6": get("wkv6").bench.cpu_shapes[0], "norm_gate": get("norm_gate").bench.cpu_shapes[0]}
     plan, _ = gate._plan(shapes, False, gate.Verdicts([tmp_path / "none.json"]), force=False)
     assert _order(plan) == [("wkv6", "reference"), ("wkv6", "triton"), ("norm_gate", "reference"),
-                            ("norm_gate", "triton"), ("wkv6", "triton_fused"), ("wkv6", "triton_parallel")]
+                            ("norm_gate", "triton"), ("wkv6", "triton_fused")]
 
 
 @pytest.fixture
@@ -309,8 +309,7 @@ def test_plan_puts_the_first_peer_of_an_op_without_lab_kernels_first(tmp_path, p
     shapes = {"peeronly": (16, 40), "wkv6": get("wkv6").bench.cpu_shapes[0]}
     plan, left = gate._plan(shapes, True, gate.Verdicts([tmp_path / "none.json"]), force=False)
     assert _order(plan) == [("wkv6", "reference"), ("wkv6", "triton"), ("peeronly", "reference"),
-                            ("peeronly", "safe"), ("peeronly", "eager_only"), ("wkv6", "triton_fused"),
-                            ("wkv6", "triton_parallel")]
+                            ("peeronly", "safe"), ("peeronly", "eager_only"), ("wkv6", "triton_fused")]
     # the step will be captured: implementations that are not graph-safe are neither candidates nor timed
     plan, left = gate._plan(shapes, True, gate.Verdicts([tmp_path / "none.json"]), force=False, graph=True)
     assert ("peeronly", "eager_only") not in _order(plan) and ("norm_gate", "mamba_ssm") not in _order(plan)
@@ -489,7 +488,7 @@ def _wkv_manifest(tmp_path, runs):
 
 
 def test_choose_takes_the_fastest_allowed_lab_kernel_at_the_models_shape(tmp_path):
-    path = _wkv_manifest(tmp_path, [("graph", {"triton": 1.0, "triton_fused": 0.6, "triton_parallel": 20.0})])
+    path = _wkv_manifest(tmp_path, [("graph", {"triton": 1.0, "triton_fused": 0.6})])
     spec = registry.SPECS[WKV]
     impl, why = gate.Verdicts([path], shapes={WKV: (1, 40, 2, 16, 16)}, graph=True).choose(spec, lambda n: True)
     assert impl == "triton_fused" and "fastest allowed at B1 T40 H2 K16 V16 (graph: 0.6 ms of 2)" in why

@@ -15,7 +15,7 @@ def test_every_op_is_declared_once_by_its_spec():
     for op, spec in specs().items():
         assert spec.name == op and spec.reference.name == "reference"
         assert registry.IMPLS[op] == {i.name: i.target for i in spec.impls}
-    assert registry.LAB_KERNEL["wkv6"] == ("triton", "triton_fused", "triton_parallel")
+    assert registry.LAB_KERNEL["wkv6"] == ("triton", "triton_fused")
 
 
 def test_spec_validation_is_a_clear_error():

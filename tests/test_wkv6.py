@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import kernels  # noqa: F401
 from groundthink.harness import assert_close_all, check_op, compare, rel_err
-from kernels.wkv6 import wkv6, wkv6_fused, wkv6_parallel, wkv6_recurrent
+from kernels.wkv6 import wkv6, wkv6_fused, wkv6_recurrent
 from reference.wkv6 import wkv6 as ref_loop
 from reference.wkv6 import wkv6_chunked as ref_chunked
 
@@ -48,8 +48,8 @@ def make_inputs(B, T, H, K, V, dtype=torch.float32, decay="mixed", h0=False, N=N
 # chunk-parallel one (a retirement candidate, unchanged since its GPU run) in fewer tests: extreme decay, NaN, bad
 # input, and against the other two in fp32 (test_wkv6_algorithms_agree, varlen included); not in the fuzz test
 # (the 16-row chunk kernels cost the interpreter ~2.5× the old chunk's time: CPU budget)
-ALGOS = [wkv6, wkv6_parallel, wkv6_fused]
-FNS_ALL = pytest.mark.parametrize("fn", ALGOS, ids=["chunk", "parallel", "fused"])
+ALGOS = [wkv6, wkv6_fused]
+FNS_ALL = pytest.mark.parametrize("fn", ALGOS, ids=["chunk", "fused"])
 FNS = pytest.mark.parametrize("fn", [wkv6, wkv6_fused], ids=["chunk", "fused"])
 
 
@@ -337,8 +337,8 @@ def test_wkv6_opcheck():
                 d["initial_state"], None, 0.25, st_)
         torch.library.opcheck(torch.ops.groundthink.wkv6_bwd.default, args,
                               test_utils=("test_schema", "test_faketensor"))
-    # the other algorithms' ops (same factory): one forward each, states saved
-    for op in (torch.ops.groundthink.wkv6_fused_fwd, torch.ops.groundthink.wkv6_parallel_fwd):
+    # the other algorithm's ops (same factory): one forward, states saved
+    for op in (torch.ops.groundthink.wkv6_fused_fwd,):
         args = (d["r"], d["k"], d["v"], d["w"], d["u"], 0.25, d["initial_state"], None, True)
         torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_faketensor"))
 
@@ -369,7 +369,7 @@ def test_wkv6_chunk_modes(seq, shape, cu):
 
 
 def test_wkv6_algorithms_agree():
-    """The three algorithms give the same o, final state and gradients (fp32: all exact to ~1e-7)."""
+    """The two algorithms give the same o, final state and gradients (fp32: all exact to ~1e-7)."""
     for shape, cu in [((1, 130, 1, 20, 24), None), ((1, 140, 1, 16, 16), [0, 3, 70, 140])]:
         d = make_inputs(*shape, decay="mixed", h0=True, N=None if cu is None else len(cu) - 1)
         if cu is not None:
@@ -423,14 +423,12 @@ def test_wkv6_all_tuning_configs():
         kw._wkv6_bwd_main_kernel.cache.clear()
 
 
-@pytest.mark.parametrize("algo", ["chunk", "parallel", "fused"])
+@pytest.mark.parametrize("algo", ["chunk", "fused"])
 def test_wkv6_backward_without_saved_states(algo):
     """The backward recomputes the chunk states when the forward did not save them: same gradients."""
     import kernels.wkv6.chunk as kc
     import kernels.wkv6.fused as kf
-    import kernels.wkv6.parallel as kp
-    fwd, bwd = {"chunk": (kc._chunk_fwd_impl, kc._chunk_bwd_impl), "parallel": (kp._par_fwd_impl, kp._par_bwd_impl),
-                "fused": (kf._fwd_impl, kf._bwd_impl)}[algo]
+    fwd, bwd = {"chunk": (kc._chunk_fwd_impl, kc._chunk_bwd_impl), "fused": (kf._fwd_impl, kf._bwd_impl)}[algo]
     d = make_inputs(1, 100, 2, 16, 24, decay="strong", h0=True, grad=False)
     r, k, v, w, u, h0 = (d[n] for n in ("r", "k", "v", "w", "u", "initial_state"))
     o, ht, hs = fwd(r, k, v, w, u, 0.3, h0, None, save=True)

@@ -1,4 +1,4 @@
-"""RWKV-6 wkv in hand-written Triton: three chunked algorithms (forward + backward), recurrent decode path, custom ops.
+"""RWKV-6 wkv in hand-written Triton: two chunked algorithms (forward + backward), recurrent decode path, custom ops.
 
     wkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None)
         -> (o [B, T, H, V] in r's dtype, final_state [N, H, K, V] fp32 or None)
@@ -13,13 +13,12 @@ the final state). Deterministic (no atomics); without cu_seqlens CUDA-graph capt
 * ``wkv6`` (default, also ``wkv6_chunk``): the tensor-core chunk algorithm (``chunk.py``: 16-row blocks, the pairs
   inside a block by level as masked dots of decayed operands, states carried every 16 rows; see its docstring),
   custom ops ``groundthink::wkv6_fwd`` / ``_bwd``;
-* ``wkv6_parallel``: the chunk-parallel algorithm with exact per-key loops (``parallel.py``), custom ops
-  ``groundthink::wkv6_parallel_fwd`` / ``_bwd``;
 * ``wkv6_fused``: the sequential chunked algorithm (``fused.py``; one program walks a whole sequence), custom ops
   ``groundthink::wkv6_fused_fwd`` / ``_bwd``;
 * ``wkv6_recurrent``: token by token, forward only (decode; ``recurrent.py``).
 Shared @triton.jit helpers, launch helpers and the custom-op factory: ``common.py``; the chunk-state pass of the
-chunk-parallel algorithms: ``states.py``.
+chunk algorithm: ``states.py``. (The earlier chunk-parallel algorithm with exact per-key loops, ``parallel.py``,
+was retired in run 4: the 16-row chunk algorithm has its structure and was as fast or faster at every shape timed.)
 
 Math (per sequence and head; state S ∈ R^{K×V}; log-decay w_t ≤ 0 per key channel; bonus u ∈ R^K;
 q_t = scale · r_t):
@@ -30,27 +29,6 @@ q_t = scale · r_t):
 Layouts (fla style): r, k, w ``[B, T, H, K]``; v ``[B, T, H, V]``; u ``[H, K]``; initial/final state
 ``[N, H, K, V]`` fp32 (N = B, or the number of packed sequences with ``cu_seqlens`` and B = 1). All inputs are
 made contiguous; a token is row ``bos + t`` of the flattened ``[B·T, H, *]`` tensors.
-
-Chunk-parallel algorithm (``wkv6_parallel``; chunks of BT_PAR = 64 tokens, exact 16-row sub-blocks; chunks
-never straddle sequences: with ``cu_seqlens`` sequence n owns chunk slots cu[n]//64 + n + i, i < cdiv(len_n, 64),
-the slot → sequence map is computed on the device by searchsorted, no host sync):
-  forward  1. ``_chunk_state_kernel`` (grid chunks × V-blocks × heads): G_L and ΔS_c = (k ⊙ exp(G_L − G))ᵀ v
-              (G_L − G as a suffix sum: exponents ≤ 0 and no long-prefix-sum cancellation);
-           2. ``_chunk_scan_kernel`` (grid V-blocks × sequence·heads, sequential over chunks, in place):
-              S_c (state at each chunk start) ← S, S ← diag(exp(G_L)) S + ΔS_c; final state;
-           3. ``_chunk_fwd_out_kernel`` (grid chunks·4 sub-blocks × V-blocks × heads): the state at the sub-block
-              start S_m = S_c advanced over the m earlier sub-blocks (16-row state updates, exponents ≤ 0), then the
-              exact 16-row output of the sequential kernel (below) from S_m.
-  backward (states S_c saved by the forward when a gradient is needed, else recomputed):
-           1. ``_chunk_state_kernel`` (MODE 2, or 3 to recompute S): ΔD_c = (q ⊙ exp(Gp))ᵀ do per chunk;
-           2. ``_chunk_scan_kernel`` reversed: D_c = dL/dS at each chunk end (D ← diag(exp(G_L)) D + ΔD_c from
-              dS_final), dh0 = D at the start;
-           3. ``_chunk_bwd_kernel`` (grid chunks·4 sub-blocks × heads, all of V per program): S_m from S_c and the
-              earlier sub-blocks, D_m (dL/dS after the sub-block) from D_c and the later sub-blocks
-              (D ← diag(exp(gl)) D + (q ⊙ exp(gp))ᵀ do), then the exact 16-row backward of the sequential kernel
-              (dq, dk, dv, the cancellation-free dw below, per-program du rows summed once: deterministic).
-  Everything the sequential kernel computes per 16-row chunk from (S at its start, D at its end) is computed
-  here per sub-block from (S_m, D_m): the same exact formulas, so the same errors.
 
 Sequential chunked algorithm (``wkv6_fused``; chunk BT = 16 tokens, one program per (V-block, sequence·head) walking
 its sequence chunk by chunk with the K×BV state in registers, fp32). Inside a chunk, G_t = Σ_{j≤t} w_j
@@ -101,9 +79,8 @@ Positive log-decay: w is clamped to ≤ 0 (decay ≤ 1) inside the kernels and d
 """
 from kernels.wkv6.chunk import wkv6_chunk
 from kernels.wkv6.fused import wkv6_fused
-from kernels.wkv6.parallel import wkv6_parallel
 from kernels.wkv6.recurrent import wkv6_recurrent
 
 wkv6 = wkv6_chunk
 
-__all__ = ["wkv6", "wkv6_chunk", "wkv6_fused", "wkv6_parallel", "wkv6_recurrent"]
+__all__ = ["wkv6", "wkv6_chunk", "wkv6_fused", "wkv6_recurrent"]

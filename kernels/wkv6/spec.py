@@ -1,13 +1,14 @@
 """wkv6: the RWKV-6 recurrence. Lab candidates in preference order: the tensor-core chunk kernel
-(``kernels/wkv6/chunk.py``, the public ``kernels.wkv6.wkv6``), the sequential fused-chunk kernel (``fused.py``) and
-the chunk-parallel kernel with exact per-key loops (``parallel.py``); all three are CUDA-graph safe without
+(``kernels/wkv6/chunk.py``, the public ``kernels.wkv6.wkv6``) and the sequential fused-chunk kernel (``fused.py``); both are CUDA-graph safe without
 ``cu_seqlens`` (with it, one small device-to-host copy checks the offsets). fla's chunk and fused-recurrent
 kernels are the peers. Order by the H100 timings of run 4 (profiles/nvidia-h100-80gb-hbm3/run4-2026-11-27/
 wkv6_chunk16_call{1,2}_*.log; bf16, do_bench ms fwd+bwd, each comparison within one call): chunk first
 (B8 T4096 H32 10.4 vs fused 12.7; B4 T2048 H16 1.66 vs parallel 2.07, fused 3.75; B1 T16384 H32 7.6 vs 9.5,
 29.9; large model B16 T1024 H8 1.83 vs fused 2.65; small model B64 T256 H4 K32 1.33 vs fused 1.30, a tie, fwd
-0.17 vs 0.30), fused second (B64 T256 H2: 1.03 vs chunk 1.37), parallel last (it won only B64 T256 H2 in the
-other call: 1.40 vs chunk 1.62, fused 1.61). The B64 T256 shapes are host-bound: ±50 % between calls.
+0.17 vs 0.30), fused second (B64 T256 H2: 1.03 vs chunk 1.37). The chunk-parallel kernel with exact per-key loops
+(``parallel.py``) is retired: its one win (B64 T256 H2 in the other call: 1.40 vs chunk 1.62, fused 1.61) is within
+the host-bound shapes' ±50 % between calls, and the chunk algorithm has its structure. Run 4's benchmark (bench.csv):
+chunk 1.93 / 9.48 ms at B8 T4096 H32, 1.375 ms fwd+bwd at the large model's shape, 1.22 at the small one's.
 
 Benchmarks: bf16 inputs; shapes (B, T, H, K=V): B8 T4096 H32 64, B4 T2048 H16 64, B64 T256 H2 64,
 B1 T16384 H32 64, and the models' own (small: B64 T256 H4 32; large: B16 T1024 H8 64). Errors vs float64 on the
@@ -59,7 +60,6 @@ SPEC = OpSpec(
         Impl("reference", "reference.wkv6:wkv6_chunked", role="reference", graph_safe=True),
         Impl("triton", "kernels.wkv6.chunk:wkv6_chunk", role="lab", graph_safe=True),
         Impl("triton_fused", "kernels.wkv6.fused:wkv6_fused", role="lab", graph_safe=True),
-        Impl("triton_parallel", "kernels.wkv6.parallel:wkv6_parallel", role="lab", graph_safe=True),
         Impl("fla_chunk", "fla.ops.rwkv6:chunk_rwkv6", role="peer", needs="cuda"),
         Impl("fla_recurrent", "fla.ops.rwkv6:fused_recurrent_rwkv6", role="peer", needs="cuda"),
     ),
