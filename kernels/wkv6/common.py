@@ -45,6 +45,16 @@ def _kv_ranges(i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.c
 
 
 @triton.jit
+def _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr):
+    """Offsets and masks of rows r0 + t (t < len(o_t)) of one head: (m_t [BT] rows inside the sequence length L,
+    p_k [BT, BK] into a [B·T, H, K] tensor, p_v [BT, BV] into a [B·T, H, V] tensor, m_tk, m_tv their masks)."""
+    m_t = r0 + o_t < L
+    tok = (bos + r0 + o_t) * H + i_h
+    return (m_t, tok[:, None] * K + o_k[None, :], tok[:, None] * V + o_v[None, :], m_t[:, None] & m_k[None, :],
+            m_t[:, None] & m_v[None, :])
+
+
+@triton.jit
 def _load_rows(p_ptr, bos, r0, L, i_h, o_t, o_c, m_c, H: tl.constexpr, C: tl.constexpr, ROWS: tl.constexpr,
                SHIFT: tl.constexpr):
     """The tile every wkv6 kernel starts from: rows r0 + t + SHIFT (t < ROWS) of one head of a [B·T, H, C] tensor

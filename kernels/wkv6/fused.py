@@ -7,8 +7,8 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import (_blocks, _clamp_w, _cu, _dims, _intra_bwd, _make_ops, _nh_bucket, _prec, _run,
-                                 _seq_bounds, _state_bwd, _warp_configs)
+from kernels.wkv6.common import (_blocks, _clamp_w, _cu, _dims, _intra_bwd, _make_ops, _nh_bucket, _prec, _row_offsets,
+                                 _run, _seq_bounds, _state_bwd, _warp_configs)
 
 BT_CHUNK = 16
 CKPT = 4          # backward: chunk states checkpointed every CKPT chunks, the others recomputed into L2 scratch
@@ -51,13 +51,7 @@ def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, h
             if i_c % CK == 0:
                 tl.store(hs_ptr + ((c0 + i_c // CK) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :], b_h,
                          mask=m_kv)
-        rows = i_c * BT + o_t
-        m_t = rows < L
-        tok = (bos + rows) * H + i_h
-        p_k = tok[:, None] * K + o_k[None, :]
-        p_v = tok[:, None] * V + o_v[None, :]
-        m_tk = m_t[:, None] & m_k[None, :]
-        m_tv = m_t[:, None] & m_v[None, :]
+        m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, i_c * BT, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
         b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
         # exact intra-chunk scores A[t, j] = sum_k q_tk k_jk E[t, j, k], E[t, j] = prod_{j<i<t} exp(w_i) (s < t):
         # keys walked downwards, the decay column P = E[:, j] updated by products (no exponent, all factors <= 1)
@@ -117,15 +111,10 @@ def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
     for i_c in range(0, tl.cdiv(L, BT)):
         if i_c % CK == 0:
             tl.store(hs_ptr + ((c0 + i_c // CK) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
-        rows = i_c * BT + o_t
-        m_t = rows < L
-        tok = (bos + rows) * H + i_h
-        p_k = tok[:, None] * K + o_k[None, :]
-        p_v = tok[:, None] * V + o_v[None, :]
-        m_tk = m_t[:, None] & m_k[None, :]
+        m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, i_c * BT, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
         b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
         b_w = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
-        b_v = tl.load(v_ptr + p_v, mask=m_t[:, None] & m_v[None, :], other=0.).to(tl.float32)
+        b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         b_g = tl.cumsum(b_w, axis=0)
         b_gl = tl.sum(b_w, axis=0)
         b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)  # G_L - G_t as a suffix sum
@@ -191,13 +180,7 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
                 b_s = b_s * tl.exp(b_glg)[:, None] + tl.dot(tl.trans(b_kdg), b_vg, input_precision=PREC)
                 tl.store(p_sc + (i_g - g0 + 1) * BK * BV, b_s)
             tl.debug_barrier()
-        rows = i_c * BT + o_t
-        m_t = rows < L
-        tok = (bos + rows) * H + i_h
-        p_k = tok[:, None] * K + o_k[None, :]
-        p_v = tok[:, None] * V + o_v[None, :]
-        m_tk = m_t[:, None] & m_k[None, :]
-        m_tv = m_t[:, None] & m_v[None, :]
+        m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, i_c * BT, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
         b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
         b_wt = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
         b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
@@ -261,13 +244,7 @@ def _wkv6_bwd_combine_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, 
     b_du = tl.zeros([BK], dtype=tl.float32)
     part_stride = NTOK * H * K
     for i_c in range(0, tl.cdiv(L, BT)):
-        rows = i_c * BT + o_t
-        m_t = rows < L
-        tok = (bos + rows) * H + i_h
-        p_k = tok[:, None] * K + o_k[None, :]
-        p_v = tok[:, None] * V + o_v[None, :]
-        m_tk = m_t[:, None] & m_k[None, :]
-        m_tv = m_t[:, None] & m_v[None, :]
+        m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, i_c * BT, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
         b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
         b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
         b_w = tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)

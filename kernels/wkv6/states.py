@@ -7,7 +7,8 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import _blocks, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges, _prec, _seq_bounds
+from kernels.wkv6.common import (_blocks, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges, _prec, _row_offsets,
+                                 _seq_bounds)
 
 BT_PAR = 64       # chunk length of the state pass
 
@@ -26,13 +27,7 @@ def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_p
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, BT)
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
-    rows = i_c * BT + o_t
-    m_t = rows < L
-    tok = (bos + rows) * H + i_h
-    p_k = tok[:, None] * K + o_k[None, :]
-    p_v = tok[:, None] * V + o_v[None, :]
-    m_tk = m_t[:, None] & m_k[None, :]
-    m_tv = m_t[:, None] & m_v[None, :]
+    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, i_c * BT, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
     b_w = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
     b_gl = tl.sum(b_w, axis=0)
     p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
