@@ -69,26 +69,16 @@ def bench(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def _chunk_mode(seq, name=None, **consts):
-    """kernels.wkv6.wkv6 forced to one forward mode (seq: the sequential walk), with module constants of chunk.py
-    overridden (LOG = 1 drops the decayed levels, wrong results, timing experiments only)."""
+def _chunk_mode(seq):
+    """kernels.wkv6.wkv6 forced to one forward mode (seq: the sequential walk)."""
     def f(*a, **k):
-        old = {n: getattr(kc, n) for n in ("_use_seq", *consts)}
-        kc._use_seq = lambda *_: seq
-        for n, x in consts.items():
-            setattr(kc, n, x)
-        try:
+        with kc.forward_mode(seq):
             return kw.wkv6(*a, **k)
-        finally:
-            for n, x in old.items():
-                setattr(kc, n, x)
-    f.__name__ = name or f"chunk_{'seq' if seq else 'par'}"
+    f.__name__ = f"chunk_{'seq' if seq else 'par'}"
     return f
 
 
-ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False),
-         "chunk_par_lvl1": _chunk_mode(False, "chunk_par_lvl1", LOG=1),
-         "fused": kw.wkv6_fused}
+ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused}
 ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", ",".join(ALGOS)).split(",")}
 
 

@@ -348,11 +348,8 @@ def _chunk_mode(seq):
     import kernels.wkv6.chunk as kc
 
     def fn(*a, **k):
-        old, kc._use_seq = kc._use_seq, (lambda *_: seq)
-        try:
+        with kc.forward_mode(seq):
             return wkv6(*a, **k)
-        finally:
-            kc._use_seq = old
     fn.__name__ = f"wkv6[{'seq' if seq else 'par'}]"
     return fn
 

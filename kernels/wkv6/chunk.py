@@ -37,6 +37,8 @@ summed once (deterministic, no atomics).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -48,7 +50,7 @@ from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_state
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states
 SB = 16           # block length
-LOG = 4           # log2(SB): number of pair levels
+LOG = SB.bit_length() - 1   # log2(SB): number of pair levels
 NB = BT // SB     # blocks per chunk
 
 
@@ -313,6 +315,22 @@ def _use_seq(N: int, H: int, V: int, device) -> bool:
     return N * H * triton.cdiv(V, 32) >= num_sms(device)
 
 
+_FORCED_SEQ: bool | None = None   # set only by forward_mode
+
+
+@contextlib.contextmanager
+def forward_mode(seq: bool):
+    """Force the forward's launch mode inside the block (True: the sequential walk, False: the state pass +
+    chunk-parallel output) instead of ``_use_seq``'s choice — for the tests and the dev harness that check and time
+    both modes. Not thread-safe."""
+    global _FORCED_SEQ
+    old, _FORCED_SEQ = _FORCED_SEQ, seq
+    try:
+        yield
+    finally:
+        _FORCED_SEQ = old
+
+
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, seq=None):
     """o, final state and (if save) the chunk-start states for the backward (else an empty tensor)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
@@ -321,7 +339,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, seq=None):
     prec = _prec(r.dtype)
     varlen = cu_seqlens is not None
     if seq is None:
-        seq = _use_seq(N, H, V, dev)
+        seq = _use_seq(N, H, V, dev) if _FORCED_SEQ is None else _FORCED_SEQ
     o = new_empty((B, T, H, V), r.dtype, dev)
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev)
     if seq:
