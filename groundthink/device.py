@@ -1,4 +1,5 @@
-"""Facts about the machine: which GPU, its slug for profiles/<slug>/, library versions."""
+"""Facts about the machine (which GPU, its slug for profiles/<slug>/, library versions) and the side-stream warm-up
+that precedes every CUDA-graph capture (the training step's and the gate's)."""
 from __future__ import annotations
 
 import re
@@ -30,3 +31,14 @@ def versions() -> dict[str, str]:
         except Exception:  # noqa: BLE001 - optional peers: absent or broken both mean "not here"
             pass
     return out
+
+
+def warm_on_side_stream(fn, n: int = 1) -> None:
+    """Run ``fn`` ``n`` times on a side stream, then make the current stream wait for it: what a CUDA-graph
+    capture needs first (compilation, autotuning, lazy initialisation and workspaces kept out of the graph)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(n):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)

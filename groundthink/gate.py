@@ -78,7 +78,7 @@ from typing import Callable
 
 import torch
 
-from groundthink.device import gpu_name, gpu_slug, versions
+from groundthink.device import gpu_name, gpu_slug, versions, warm_on_side_stream
 from groundthink.spec import ROOT, OpSpec, get, specs
 
 TIMINGS = ("eager", "graph")   # timing modes (module docstring); rows of other or no mode deny
@@ -570,11 +570,7 @@ def _capture(run: Callable, leaves: list[torch.Tensor], cuda: bool) -> tuple[Cal
     step's one graph, where an op is a few nodes among thousands. The first replay (the upload) is untimed."""
     if not cuda:
         raise RuntimeError("CUDA-graph timing needs a CUDA device")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        run()
-    torch.cuda.current_stream().wait_stream(side)
+    warm_on_side_stream(run)
     graph, peak = _record(run, leaves, 1, cuda)
     one = _once_ms(graph.replay, cuda)
     copies = 1

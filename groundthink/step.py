@@ -50,6 +50,7 @@ import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from groundthink import monitor
+from groundthink.device import warm_on_side_stream
 
 COMPONENTS = ("rwkv", "mamba", "other")
 KINDS = ("low", "fp32")
@@ -328,12 +329,7 @@ class TrainStep:
         self.bucket.check()
         self.skip.fill_(1.0)
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(warmup):
-                    self._body()
-            torch.cuda.current_stream().wait_stream(side)
+            warm_on_side_stream(self._body, warmup)
             torch.cuda.synchronize()
             if self.world > 1:
                 dist.barrier()
