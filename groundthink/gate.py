@@ -817,9 +817,3 @@ def model_shapes(cfg, batch_size: int, seq_len: int) -> dict[str, tuple]:
     """{op: shape} of every op with a ``model_shape`` in its spec, for a model of config ``cfg``."""
     return {op: s.bench.model_shape(cfg, batch_size, seq_len) for op, s in specs().items()
             if s.bench is not None and s.bench.model_shape is not None}
-
-
-def qualify_model(cfg, batch_size: int, seq_len: int, **kw) -> dict:
-    """``qualify`` at the shapes of a model of config ``cfg`` (fused.configs.ModelConfig) with this batch."""
-    return qualify(model_shapes(cfg, batch_size, seq_len), **kw)
-

@@ -181,9 +181,6 @@ class FlatParams:
             self.flat[:self.n].mul_(torch.clamp(max_norm / (total + 1e-6), max=1.0))
 
 
-GradBucket = FlatParams      # the earlier name
-
-
 class _Compute(torch.autograd.Function):
     """Parameters → the tensors the forward computes with (bf16 views of ``low`` for the first ``k_low``, the
     parameters themselves after); backward writes every gradient into ``flat`` and returns none."""

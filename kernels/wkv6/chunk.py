@@ -331,15 +331,14 @@ def forward_mode(seq: bool):
         _FORCED_SEQ = old
 
 
-def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, seq=None):
+def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
     """o, final state and (if save) the chunk-start states for the backward (else an empty tensor)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     BK = _bk(K)
     dev = r.device
     prec = _prec(r.dtype)
     varlen = cu_seqlens is not None
-    if seq is None:
-        seq = _use_seq(N, H, V, dev) if _FORCED_SEQ is None else _FORCED_SEQ
+    seq = _use_seq(N, H, V, dev) if _FORCED_SEQ is None else _FORCED_SEQ
     o = new_empty((B, T, H, V), r.dtype, dev)
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev)
     if seq:
