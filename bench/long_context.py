@@ -151,7 +151,7 @@ def run_one(a, variant: str, context: int, ckpt_root: Path, log) -> list[dict]:
     fresh_cuda()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tok, state = load_model(final, a.kernels, device)
-    per_pos = position_losses(model, val_split(state, tok).to(device), context, a.eval_windows,
+    per_pos = position_losses(model, val_split(state, tok), context, a.eval_windows,
                               max(1, min(batch, a.eval_windows)), a.seed, device)
     kern = ",".join(f"{k}={v}" for k, v in model.ops.impls().items())
     del model

@@ -243,7 +243,7 @@ def get_batch(data: torch.Tensor, batch_size: int, seq_len: int, seed: int, step
     idx = starts[:, None] + torch.arange(seq_len + 1)[None, :]
     chunk = data[idx]
     x, y = chunk[:, :-1], chunk[:, 1:]
-    if torch.device(device).type == "cuda":
+    if torch.device(device).type == "cuda" and chunk.is_cpu:      # a host split: pinned, copied asynchronously
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
 

@@ -30,21 +30,24 @@ def _at(folder: Path) -> str:
 
 # what counts as a machine path (--check): this checkout's location, the lab's folders beside it (the shared
 # folder, the main checkout, the engineers' worktrees; not everything beside it: a clone may sit in the temp
-# folder), the temp folder's fixed names, the scripts' mktemp site folder, this user's home, other users' homes
+# folder), the temp folder's fixed names, the scripts' mktemp site folders and Python's mkdtemp folders, this user's home, other users' homes
 PATTERNS = [
     re.compile(_at(ROOT) + r"\b"),
     re.compile(_at(ROOT.parent) + r"/(?:shared|main|wt)\b"),
     re.compile(_at(TMP) + r"/(?:site|wkv6_aux)\b"),
     re.compile(r"/groundthink-site\.(?!X{6})\w+"),
+    re.compile(_at(TMP) + r"/(?:tmp\w{8}|gt-site\.(?!X{6})\w+)\b"),
     re.compile(_at(HOME) + r"/[\w.-]+"),
 ] + ([re.compile(_at(HOME.parent) + r"/[\w.-]+")] if HOME.parent != HOME.parent.parent else [])
-# how --fix rewrites them, in order: the checkout prefix goes, the pip --target folders become <site>, the
+# how --fix rewrites them, in order: the checkout prefix goes, the pip --target folders become <site>, mkdtemp folders <tmpdir>, the
 # device tool's output folder (under the home folder there) becomes $OUT
 FIXES = [
     (re.compile(_at(ROOT.parent) + r"/(?:main|wt/[\w.+-]+)/"), ""),
     (re.compile(_at(TMP) + r"/site\b"), "<site>"),
     (re.compile(r"[\w./-]*/groundthink-site\.(?!X{6})\w+"), "<site>"),
     (re.compile(_at(HOME) + r"/out\b"), "$OUT"),
+    (re.compile(_at(TMP) + r"/gt-site\.(?!X{6})\w+"), "<site>"),
+    (re.compile(_at(TMP) + r"/tmp\w{8}\b"), "<tmpdir>"),
 ]
 
 
