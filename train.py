@@ -43,6 +43,8 @@ from groundthink import data as gdata
 from groundthink.cli import DEVICE_DEFAULTS, build_parser, cpu_threads, fill_device_defaults, parse_args  # noqa: F401
 from groundthink.errors import InputError
 from groundthink.precompile import parallel_autotune
+
+_T0 = time.monotonic()   # the process's start, for the time to the first step
 from groundthink import monitor
 from groundthink.registry import resolve
 from groundthink.step import TrainStep, group_params
@@ -398,6 +400,9 @@ def train_loop(run: Run):
             if step == run.start and run.graph[0]:
                 capture(run, x, y)
             run.ring.push(run.step(x, y, lr_values(run.opt, a, step)), step + 1)
+        if step == run.start:
+            write(run, f"first step launched {time.monotonic() - _T0:.1f} s after the start (imports, data, "
+                       "qualification, compilation, autotuning and capture included)")
         run.bar.update(1)
         profile_hook(run, step + 1)
         at_boundary(run, step + 1)

@@ -103,12 +103,14 @@ def _interpreting() -> bool:
 @contextlib.contextmanager
 def parallel_autotune(workers: int | None = None, enabled: bool = True):
     """Inside: every autotuned Triton kernel compiles all its configs for a new key in parallel before it
-    benchmarks them (module docstring). ``enabled=False`` or no usable Triton: a no-op. Re-entrant (an inner
-    use does nothing)."""
+    benchmarks them (module docstring). ``enabled=False``, ``GROUNDTHINK_PARALLEL_COMPILE=0`` or no usable
+    Triton: a no-op (Triton compiles one config after another). Re-entrant (an inner use does nothing)."""
     try:
         import triton.runtime._async_compile  # noqa: F401 - Triton ≥ 3.4
         from triton.runtime.autotuner import Autotuner
     except Exception:  # noqa: BLE001 - an older or absent Triton: its normal path
+        enabled = False
+    if os.environ.get("GROUNDTHINK_PARALLEL_COMPILE", "1") == "0":
         enabled = False
     if not enabled or _interpreting() or getattr(Autotuner.run, "_parallel_autotune", False):
         yield STATS
