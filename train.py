@@ -356,8 +356,9 @@ def build_run(args, device, rank, world, master, say, ops, state) -> Run:
         load_optimizer(opt, state["optimizer"])
         start, gate0 = state["step"], state.get("gate0")
         ckpt.set_rng_state(state["rng"])
-    step = TrainStep(model, opt, batch_size=args.batch_size, seq_len=args.seq_len, device=device,
-                     grad_clip=args.grad_clip, world=world)
+    with parallel_autotune():   # its one forward (which weights autocast reads) is the first call of the kernels
+        step = TrainStep(model, opt, batch_size=args.batch_size, seq_len=args.seq_len, device=device,
+                         grad_clip=args.grad_clip, world=world)
     graph = choose_graph(args, device, ops)
     say(f"model {args.model}/{args.size}: {model.num_params():,} parameters; world size {world}; "
         f"{'bf16 autocast' if device.type == 'cuda' else f'fp32, {torch.get_num_threads()} CPU threads'}; "

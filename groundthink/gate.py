@@ -790,17 +790,27 @@ def _failed_row(spec: OpSpec, impl, shp, timing: str, err: Exception, device) ->
             "note": f"not importable: {type(err).__name__}: {err}"}
 
 
+def _used_anyway(plan: list, path: Path) -> set[str]:
+    """The planned peers of ops without a lab kernel that another manifest (not ``path``, the one being
+    written) already allows: training takes such a peer whether or not it is measured now."""
+    others = Verdicts([p for p in (machine_path(), manifest_path()) if p != path])
+    return {f"{spec.name}/{impl.name}" for spec, impl, _, _ in plan if impl.role == "peer" and
+            not spec.role("lab") and others.verdict(spec.name, impl.name)[0]}
+
+
 def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float,
-              history: dict | None = None, deferred_before: set | None = None):
+              history: dict | None = None, deferred_before: set | None = None, used_anyway: set | None = None):
     """Measure the plan's items in order (``timing``: op -> mode, switched to eager where the reference cannot
     be captured) within ``deadline`` (time.monotonic()). An item starts only if its expected time
     (``expected_s``; for a further candidate of an op, at least what its first candidate took) fits before the
     deadline; otherwise it is deferred to the next run, and so is the rest of its op when its reference is.
-    Starvation guard: an item the previous qualification deferred runs now whatever its estimate (waiting makes
-    it no cheaper; the plan has put the cheap items before it). Returns (rows, [(item, why)] deferred,
-    {op: {impl: seconds}})."""
+    Not deferred whatever its estimate (the plan has put the cheap items before them): an item the previous
+    qualification deferred (waiting makes it no cheaper), and one in ``used_anyway`` — the peer that training
+    uses anyway on another manifest's verdict (run 5: mamba-ssm, deferred here, then compiled in the training
+    step's first forward and capture instead; measured here, the step reuses its compiled and tuned kernels).
+    Returns (rows, [(item, why)] deferred, {op: {impl: seconds}})."""
     from tqdm import tqdm
-    history, deferred_before = history or {}, deferred_before or set()
+    history, deferred_before, used_anyway = history or {}, deferred_before or set(), used_anyway or set()
     rows, deferred, spent, first, dropped = [], [], {}, {}, set()
     bar = tqdm(plan, desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
     for spec, impl, fn, shp in bar:
@@ -812,14 +822,17 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         if op in dropped:
             deferred.append((name, f"{op}/reference deferred"))
             continue
-        if exp > left and name not in deferred_before:
+        anyway = ("the last run deferred it" if name in deferred_before else
+                  "training uses it anyway: its compilation would move into the first step" if name in used_anyway
+                  else None)
+        if exp > left and anyway is None:
             deferred.append((name, f"expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left"))
             if impl is spec.reference:
                 dropped.add(op)
             continue
         if exp > left:
             say(f"gate: {name} expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left; "
-                "measured anyway: the last run deferred it")
+                f"measured anyway: {anyway}")
         bar.set_postfix_str(name, refresh=True)
         t1 = time.monotonic()
         if isinstance(fn, Exception):
@@ -880,7 +893,7 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     from groundthink.precompile import parallel_autotune
     with parallel_autotune(enabled=parallel) as compiled:
         rows, deferred, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s, history,
-                                          deferred_before)
+                                          deferred_before, _used_anyway(plan, path))
     for name, why in deferred:
         say(f"gate: {name} deferred to the next run: {why}")
     if compiled["keys"] or compiled["errors"]:

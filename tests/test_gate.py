@@ -308,6 +308,16 @@ def test_an_item_expected_to_overrun_is_deferred_and_train_says_what_is_used_ins
     assert gate.deferred_notes(ops, path) == [
         "gate: peeronly uses reference this run (no qualified implementation); peeronly/safe deferred, measured "
         "by the next run"]
+    # a peer that training takes anyway on the published verdict is measured now: deferring it would only move
+    # its compilation into the training step's first call
+    published = tmp_path / "published.json"
+    gate.write(gate.evidence([_row("reference", 3.0, op="peeronly", shape="N16 D40", timing="eager"),
+                              _row("safe", 1.0, op="peeronly", shape="N16 D40", timing="eager")]), published)
+    monkeypatch.setenv("GROUNDTHINK_MANIFEST", str(published))
+    measured.clear()
+    gate.qualify(shapes, cuda=True, path=tmp_path / "fresh.json", say=said.append, progress=False, budget_s=30,
+                 graph=True)
+    assert "peeronly/safe" in measured and any("measured anyway: training uses it anyway" in s for s in said)
 
 
 def test_model_shapes_come_from_the_specs():
