@@ -17,7 +17,7 @@ from triton.runtime.autotuner import Autotuner
 
 from groundthink import precompile
 
-COMPILE_S = 0.2
+COMPILE_S = 0.1
 MS = {2: 3.0, 4: 1.0, 8: 2.0, 16: 5.0}     # fake benchmark time per num_warps: 4 warps wins
 
 
