@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+_T0 = time.monotonic()   # before torch and the kernels are imported: the start, for the time to the first step
+
 import kernels  # noqa: F401  (on a CPU-only machine: Triton interpreter, before any kernel module is imported)
 import torch
 import torch.distributed as dist
@@ -43,8 +45,6 @@ from groundthink import data as gdata
 from groundthink.cli import DEVICE_DEFAULTS, build_parser, cpu_threads, fill_device_defaults, parse_args  # noqa: F401
 from groundthink.errors import InputError
 from groundthink.precompile import parallel_autotune
-
-_T0 = time.monotonic()   # the process's start, for the time to the first step
 from groundthink import monitor
 from groundthink.registry import resolve
 from groundthink.step import TrainStep, group_params
