@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+_T0 = time.monotonic()   # before torch and the kernels are imported: the start, for the time to the first step
+
 import kernels  # noqa: F401  (on a CPU-only machine: Triton interpreter, before any kernel module is imported)
 import torch
 import torch.distributed as dist
@@ -42,6 +44,7 @@ from groundthink import checkpoint as ckpt
 from groundthink import data as gdata
 from groundthink.cli import DEVICE_DEFAULTS, build_parser, cpu_threads, fill_device_defaults, parse_args  # noqa: F401
 from groundthink.errors import InputError
+from groundthink.precompile import parallel_autotune
 from groundthink import monitor
 from groundthink.registry import resolve
 from groundthink.step import TrainStep, group_params
@@ -335,6 +338,8 @@ def qualify_kernels(args, model, ops, device, master, world, say):
     ops = resolve(args.kernels, verdicts=gate.Verdicts(shapes=shapes, graph=graph))
     model.set_ops(ops)
     say("kernels after qualification:\n" + ops.table())
+    for line in gate.deferred_notes(ops) if master else ():
+        say(line)
     return ops
 
 
@@ -351,8 +356,9 @@ def build_run(args, device, rank, world, master, say, ops, state) -> Run:
         load_optimizer(opt, state["optimizer"])
         start, gate0 = state["step"], state.get("gate0")
         ckpt.set_rng_state(state["rng"])
-    step = TrainStep(model, opt, batch_size=args.batch_size, seq_len=args.seq_len, device=device,
-                     grad_clip=args.grad_clip, world=world)
+    with parallel_autotune():   # its one forward (which weights autocast reads) is the first call of the kernels
+        step = TrainStep(model, opt, batch_size=args.batch_size, seq_len=args.seq_len, device=device,
+                         grad_clip=args.grad_clip, world=world)
     graph = choose_graph(args, device, ops)
     say(f"model {args.model}/{args.size}: {model.num_params():,} parameters; world size {world}; "
         f"{'bf16 autocast' if device.type == 'cuda' else f'fp32, {torch.get_num_threads()} CPU threads'}; "
@@ -390,9 +396,14 @@ def train_loop(run: Run):
     for step in range(run.start, run.stop):
         x, y = gdata.get_batch(run.train_ids, a.batch_size, a.seq_len, a.seed, step, run.rank, run.world,
                                run.device)
-        if step == run.start and run.graph[0]:
-            capture(run, x, y)
-        run.ring.push(run.step(x, y, lr_values(run.opt, a, step)), step + 1)
+        # the first call (and its capture) compiles: every autotuned kernel compiles its configs in parallel
+        with parallel_autotune() if step == run.start else contextlib.nullcontext():
+            if step == run.start and run.graph[0]:
+                capture(run, x, y)
+            run.ring.push(run.step(x, y, lr_values(run.opt, a, step)), step + 1)
+        if step == run.start:
+            write(run, f"first step launched {time.monotonic() - _T0:.1f} s after the start (imports, data, "
+                       "qualification, compilation, autotuning and capture included)")
         run.bar.update(1)
         profile_hook(run, step + 1)
         at_boundary(run, step + 1)
@@ -602,7 +613,9 @@ def sample(run: Run) -> str:
     torch.manual_seed(run.args.seed)
     prompt = torch.tensor([run.tok.encode("\n")], dtype=torch.long, device=run.device)
     with torch.no_grad():
-        out = run.model.generate(prompt, run.args.sample_tokens, temperature=0.8, top_k=None)
+        # the references: the training kernels were compiled for B×T bf16, sampling is B1 T1 fp32 (model.generate)
+        out = run.model.generate(prompt, run.args.sample_tokens, temperature=0.8, top_k=None,
+                                 ops=resolve("reference"))
     text = run.tok.decode(out[0, prompt.shape[1]:].tolist())
     write(run, "sample:\n" + text)
     return text

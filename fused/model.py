@@ -146,9 +146,19 @@ class HybridLM(nn.Module):
         return logits[:, 0], state
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None):
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None, ops=None):
         """Sample ``max_new_tokens`` after the prompt ``idx`` [B, T]: the prompt is prefilled in parallel from a
-        zero state (``forward_with_state``), then every new token goes through ``step``. temperature 0 = greedy."""
+        zero state (``forward_with_state``), then every new token goes through ``step``. temperature 0 = greedy.
+        ``ops``: the implementations to generate with (default the model's own), e.g. the references after
+        training on a GPU: generation runs at B = 1, T = 1 in fp32, a shape and dtype family the training
+        step's Triton kernels were never compiled or autotuned for (run 5: still in ptxas 200 s later), while the
+        references compile nothing and cost little at one token."""
+        if ops is not None:
+            own = self.ops
+            try:
+                return self.set_ops(ops).generate(idx, max_new_tokens, temperature, top_k)
+            finally:
+                self.set_ops(own)
         state = self.init_state(idx.shape[0])
         logits, state = self.forward_with_state(idx, state)     # prefill: parallel path continued with state
         logits = logits[:, -1]

@@ -305,17 +305,24 @@ def _same_machine(m: dict, now: dict) -> list[str]:
     return problems
 
 
-def write(ops: dict, path: Path | None = None, source: str = "bench") -> Path:
+def write(ops: dict, path: Path | None = None, source: str = "bench", history: dict | None = None) -> Path:
     """Write the manifest atomically. Entries already in the file are kept when they were measured on this GPU
-    with these torch/triton versions (each carries its own source hash, so it goes stale on its own)."""
+    with these torch/triton versions (each carries its own source hash, so it goes stale on its own), and so is
+    the qualification's ``history`` (``{"seconds": {"op/impl": s}, "deferred": ["op/impl"]}``; new seconds
+    update it, ``deferred`` is replaced)."""
     path = path or manifest_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     current = {"meta": meta(source), "ops": {}}
     old, status = load(path)
     if old is not None and not _same_machine(old.get("meta") or {}, current["meta"]):
         current["ops"] = {op: dict(impls) for op, impls in (old.get("ops") or {}).items() if isinstance(impls, dict)}
+        if isinstance(old.get("history"), dict):
+            current["history"] = old["history"]
     for op, impls in ops.items():
         current["ops"].setdefault(op, {}).update(impls)
+    if history is not None:
+        seconds = dict(_history(current)[0], **history.get("seconds", {}))
+        current["history"] = {"seconds": seconds, "deferred": sorted(history.get("deferred", []))}
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
@@ -689,16 +696,72 @@ def _timing(spec: OpSpec, graph: bool) -> str:
     return "graph" if graph and spec.reference.graph_safe else "eager"
 
 
-def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = False) -> tuple[list, list]:
+# What measuring one implementation costs on a cold machine, where the per-machine manifest has no figure yet
+# (its ``history`` of seconds, written by every qualification, takes over from the next run on). Measured on the
+# H100 (run 5, cold Triton cache, compiles one after another): the wkv6 reference is a Python loop over chunks
+# captured as a CUDA graph; mamba-ssm's first use compiles and autotunes ≈15 kernels.
+FIRST_USE_S = {"wkv6/reference": 12.2, "wkv6/triton": 17.3, "mamba2/mamba_ssm": 99.5}
+REFERENCE_S = 0.5         # a PyTorch reference otherwise: nothing to compile
+BASE_S, CONFIG_S = 1.5, 0.2   # a kernel otherwise: 1.5 s + 0.2 s per autotune config in its package (run 5 with
+                              # parallel compile: glue kernels without autotuning 0.9-2.4 s, gate_norm_residual's
+                              # 8 configs 2.8 s)
+
+
+def _history(data) -> tuple[dict, set]:
+    """(seconds per "op/impl" measured by earlier qualifications here, the items the last one deferred) of a
+    loaded manifest; empty when it has none or it is malformed."""
+    h = data.get("history") if isinstance(data, dict) else None
+    if not isinstance(h, dict):
+        return {}, set()
+    seconds = {k: v for k, v in (h.get("seconds") or {}).items() if isinstance(k, str) and _num(v, positive=True)} \
+        if isinstance(h.get("seconds"), dict) else {}
+    deferred = {x for x in h.get("deferred") or [] if isinstance(x, str)} if isinstance(h.get("deferred"), list) \
+        else set()
+    return seconds, deferred
+
+
+def _autotune_configs(module: str) -> int:
+    """Autotune configs of every ``@triton.autotune`` kernel in the (imported) package of ``module``."""
+    import sys
+    try:
+        from triton.runtime.autotuner import Autotuner
+    except Exception:  # noqa: BLE001
+        return 0
+    mod = sys.modules.get(module)
+    pkg = module if mod is not None and hasattr(mod, "__path__") else module.rpartition(".")[0] or module
+    return sum(len(v.configs) for name, m in list(sys.modules.items()) if m is not None and
+               (name == pkg or name.startswith(pkg + ".")) for v in list(vars(m).values()) if isinstance(v, Autotuner))
+
+
+def expected_s(spec: OpSpec, impl, history: dict) -> tuple[float, str]:
+    """(seconds that measuring ``impl`` is expected to take here, where that figure comes from): the last
+    qualification's measurement on this machine, else the known first use (``FIRST_USE_S``), else a PyTorch
+    reference's ``REFERENCE_S``, else the number of autotune configs of the kernel's package."""
+    key = f"{spec.name}/{impl.name}"
+    if key in history:
+        return history[key], "measured here by an earlier run"
+    if key in FIRST_USE_S:
+        return FIRST_USE_S[key], "its first use on a cold H100"
+    if impl.role == "reference":
+        return REFERENCE_S, "a PyTorch reference"
+    n = _autotune_configs(impl.module)
+    return BASE_S + CONFIG_S * n, f"{n} autotune configs to compile"
+
+
+def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = False,
+          history: dict | None = None) -> tuple[list, list]:
     """([(spec, impl, fn or the import error, shape)] to measure, [what is left out and why]).
 
     An op is qualified when one of its gated candidates (lab kernels, or for an op without any, its peers) has
     no valid verdict at that shape and timing mode in the per-machine manifest (``force``: always); then its
     reference, those candidates and its peers without one are measured (a peer that has one is not re-timed).
-    Ordered so that a spent time budget costs the least: every op's reference and first choice (its first lab
-    kernel; then, for the ops without one, their first peer: a third-party kernel's first use may autotune for
-    a minute, the lab's compile for seconds), then the second candidates rank by rank, then the peers."""
-    heads, peer_heads, tails, peers, out = [], [], [], [], []
+    Ordered so that a spent time budget costs the least: first every op's decisive pair (its reference and first
+    choice: the first lab kernel, or for an op without one its first peer), cheapest pair first by
+    ``expected_s`` (``history``: seconds measured here before) — so that an op with one cheap candidate, such
+    as causal_conv1d, is never starved by a peer that autotunes for a minute; then the second candidates rank
+    by rank; then the remaining peers."""
+    history = history or {}
+    pairs, out = [], []      # (expected s of the pair, spec order, the pair, further candidates, other peers)
     for op, shp in shapes.items():
         spec = get(op)
         if spec.bench is None:
@@ -712,12 +775,13 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = 
         if not gated:
             continue
         out += left
-        (heads if role == "lab" else peer_heads).extend([(spec, spec.reference, spec.reference.load(), shp)]
-                                                        + gated[:1])
-        tails.append(gated[1:])
-        peers += [t for t in todo if t[1].role != role]
-    seconds = [item for rank in itertools.zip_longest(*tails) for item in rank if item is not None]
-    return heads + peer_heads + seconds + peers, out
+        pair = [(spec, spec.reference, spec.reference.load(), shp)] + gated[:1]
+        pairs.append((sum(expected_s(spec, it[1], history)[0] for it in pair), len(pairs), pair, gated[1:],
+                      [t for t in todo if t[1].role != role]))
+    pairs.sort(key=lambda p: p[:2])
+    heads = [item for p in pairs for item in p[2]]
+    seconds = [item for rank in itertools.zip_longest(*(p[3] for p in pairs)) for item in rank if item is not None]
+    return heads + seconds + [item for p in pairs for item in p[4]], out
 
 
 def _failed_row(spec: OpSpec, impl, shp, timing: str, err: Exception, device) -> dict:
@@ -727,21 +791,50 @@ def _failed_row(spec: OpSpec, impl, shp, timing: str, err: Exception, device) ->
             "note": f"not importable: {type(err).__name__}: {err}"}
 
 
-def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float):
+def _used_anyway(plan: list, path: Path) -> set[str]:
+    """The planned peers of ops without a lab kernel that another manifest (not ``path``, the one being
+    written) already allows: training takes such a peer whether or not it is measured now."""
+    others = Verdicts([p for p in (machine_path(), manifest_path()) if p != path])
+    return {f"{spec.name}/{impl.name}" for spec, impl, _, _ in plan if impl.role == "peer" and
+            not spec.role("lab") and others.verdict(spec.name, impl.name)[0]}
+
+
+def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float,
+              history: dict | None = None, deferred_before: set | None = None, used_anyway: set | None = None):
     """Measure the plan's items in order (``timing``: op -> mode, switched to eager where the reference cannot
-    be captured) until ``deadline`` (time.monotonic()): a reference or an op's first candidate starts while
-    the deadline is ahead, a further candidate only if the op's first candidate's time still fits before it
-    (its compile and autotune cost the like). Returns (rows, the items skipped, {op: {impl: seconds}})."""
+    be captured) within ``deadline`` (time.monotonic()). An item starts only if its expected time
+    (``expected_s``; for a further candidate of an op, at least what its first candidate took) fits before the
+    deadline; otherwise it is deferred to the next run, and so is the rest of its op when its reference is.
+    Not deferred whatever its estimate (the plan has put the cheap items before them): an item the previous
+    qualification deferred (waiting makes it no cheaper), and one in ``used_anyway`` — the peer that training
+    uses anyway on another manifest's verdict (run 5: mamba-ssm, deferred here, then compiled in the training
+    step's first forward and capture instead; measured here, the step reuses its compiled and tuned kernels).
+    Returns (rows, [(item, why)] deferred, {op: {impl: seconds}})."""
     from tqdm import tqdm
-    rows, skipped, spent, first = [], [], {}, {}
+    history, deferred_before, used_anyway = history or {}, deferred_before or set(), used_anyway or set()
+    rows, deferred, spent, first, dropped = [], [], {}, {}, set()
     bar = tqdm(plan, desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
     for spec, impl, fn, shp in bar:
-        op = spec.name
-        later = impl is not spec.reference and op in first
-        if time.monotonic() + (first[op] if later else 0.0) > deadline:
-            skipped.append(f"{op}/{impl.name}")
+        op, name = spec.name, f"{spec.name}/{impl.name}"
+        exp, source = expected_s(spec, impl, history)
+        if impl is not spec.reference and op in first and name not in history:
+            exp, source = max(exp, first[op]), "what its first candidate took"
+        left = deadline - time.monotonic()
+        if op in dropped:
+            deferred.append((name, f"{op}/reference deferred"))
             continue
-        bar.set_postfix_str(f"{op}/{impl.name}", refresh=True)
+        anyway = ("the last run deferred it" if name in deferred_before else
+                  "training uses it anyway: its compilation would move into the first step" if name in used_anyway
+                  else None)
+        if exp > left and anyway is None:
+            deferred.append((name, f"expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left"))
+            if impl is spec.reference:
+                dropped.add(op)
+            continue
+        if exp > left:
+            say(f"gate: {name} expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left; "
+                f"measured anyway: {anyway}")
+        bar.set_postfix_str(name, refresh=True)
         t1 = time.monotonic()
         if isinstance(fn, Exception):
             rows.append(_failed_row(spec, impl, shp, timing[op], fn, device))
@@ -754,16 +847,16 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
                 rows.append(measure(spec, impl.name, fn, shp, device, "eager"))
         spent.setdefault(op, {})[impl.name] = time.monotonic() - t1
         if not progress:   # no bar: one line per item, so a run cut short still shows where its time went
-            say(f"gate: {op}/{impl.name} measured in {spent[op][impl.name]:.1f} s")
+            say(f"gate: {name} measured in {spent[op][impl.name]:.1f} s (expected {exp:.1f} s: {source})")
         if impl is not spec.reference:
             first.setdefault(op, spent[op][impl.name])
     bar.close()
-    return rows, skipped, spent
+    return rows, deferred, spent
 
 
 def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | None = None, device=None,
             say: Callable[[str], None] = print, progress: bool = True, force: bool = False,
-            budget_s: float = 60.0, graph: bool = False) -> dict:
+            budget_s: float = 60.0, graph: bool = False, parallel: bool = True) -> dict:
     """Gate on first use: for every op in ``shapes`` (op -> the spec's shape tuple, e.g. ``model_shapes``)
     whose lab candidates (or, for an op without lab kernels, its installed peers) have no valid verdict at that
     shape in the per-machine manifest (``force``: all of them), measure the reference, those candidates and the
@@ -772,9 +865,12 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     implementations only), decide with ``rule`` and write the per-machine manifest (``machine_path()``;
     ``path`` overrides).
 
-    Budget: ``budget_s`` (60 s) for all ops together. Nothing is started after it is spent, and no further
-    candidate of an op whose first candidate's time would not fit (``_run_plan``); what is skipped is said and
-    qualified by the next run (only what lacks a verdict is measured then). To stay in it: timing
+    Budget: ``budget_s`` (60 s) for all ops together. The cheapest decisive pairs go first (``_plan``); an item
+    whose expected time (``expected_s``: measured here before, a known first use, or its autotune configs) does
+    not fit what is left is deferred, said with the reason and measured by the next run, which runs it whatever
+    its estimate (``_run_plan``); the op keeps its current choice meanwhile (train.py says which, in one line).
+    Every autotuned kernel compiles all its configs in parallel before it benchmarks them
+    (``groundthink.precompile``; ``parallel=False``: one after another, as Triton alone). To stay in it: timing
     reps sized to the op (``_time_ms``: about ``TIME_BOX_MS`` of timed work, one call for a slow reference),
     the memory figure taken from a timed call, every op's first choice before any second candidate, peers with a
     verdict not re-timed, implementations that cannot be used in the step (not graph-safe while it is captured)
@@ -786,7 +882,8 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = path or machine_path()
     t0 = time.monotonic()                       # the budget counts the imports of the candidates too
-    plan, left = _plan(shapes, cuda, Verdicts([path]), force, graph)
+    history, deferred_before = _history(load(path)[0])
+    plan, left = _plan(shapes, cuda, Verdicts([path]), force, graph, history)
     if not plan:
         return {}
     timing = {spec.name: _timing(spec, graph) for spec, *_ in plan}
@@ -794,9 +891,16 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
         f"{'CUDA-graph' if graph else 'eager'} fwd+bwd time vs the reference and installed peers, "
         f"≤ {budget_s:g} s) -> {path}" + (f"; not timed: {', '.join(left)}" if left else ""))
     imports = time.monotonic() - t0
-    rows, skipped, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s)
-    if skipped:
-        say(f"gate: time budget of {budget_s:g} s spent; not measured (next run): {', '.join(skipped)}")
+    from groundthink.precompile import parallel_autotune
+    with parallel_autotune(enabled=parallel) as compiled:
+        rows, deferred, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s, history,
+                                          deferred_before, _used_anyway(plan, path))
+    for name, why in deferred:
+        say(f"gate: {name} deferred to the next run: {why}")
+    if compiled["keys"] or compiled["errors"]:
+        say(f"gate: parallel compile: {compiled['configs']} configs of {compiled['keys']} autotuned kernels in "
+            f"{compiled['seconds']:.1f} s" + (f"; {compiled['errors']} fell back to Triton's path"
+                                               if compiled["errors"] else ""))
     say(f"gate: seconds per op: imports {imports:.1f}; " + "; ".join(
         f"{op} {sum(v.values()):.1f} ({', '.join(f'{i} {t:.1f}' for i, t in v.items())})"
         for op, v in spent.items()) + f"; total {time.monotonic() - t0:.1f} s of ≤ {budget_s:g} s")
@@ -808,9 +912,28 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
                 e["failed"].append(notes[(op, impl)])
                 e["allowed"], e["reason"] = rule(e)
             say(f"gate {op}/{impl}: {e['reason']}")
-    write(ops, path, source="qualify")
+    write(ops, path, source="qualify", history={
+        "seconds": {f"{op}/{i}": t for op, v in spent.items() for i, t in v.items()},
+        "deferred": [name for name, _ in deferred]})
     say(f"gate: per-machine manifest -> {path}")
     return ops
+
+
+def deferred_notes(ops, path: Path | None = None) -> list[str]:
+    """One line per op whose qualification the last run deferred: which implementation it uses instead (``ops``:
+    the ``OpSet`` resolved after the qualification) and why."""
+    path = path or machine_path()
+    _, deferred = _history(load(path)[0])
+    known = Verdicts([path])
+    by_op: dict[str, list[str]] = {}
+    for name in sorted(deferred):
+        op, _, impl = name.partition("/")
+        if impl != "reference" and known.has(op, impl):     # measured since
+            continue
+        by_op.setdefault(name.partition("/")[0], []).append(name)
+    return [f"gate: {op} uses {ops.choices[op].impl} this run ({ops.choices[op].reason.removeprefix('gate: ')}); "
+            f"{', '.join(names)} deferred, measured by the next run" for op, names in by_op.items()
+            if op in ops.choices]
 
 
 def model_shapes(cfg, batch_size: int, seq_len: int) -> dict[str, tuple]:

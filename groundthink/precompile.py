@@ -1,0 +1,134 @@
+"""Parallel compilation of autotuned Triton kernels on first use (``parallel_autotune``, a context manager).
+
+Why. On a fresh machine the first call of an ``@triton.autotune`` kernel compiles every config one after the
+other, then benchmarks them. mamba-ssm's first use at the model's shape took 99.5 s on the H100 (run 5, ≈15
+autotuned kernels × several configs), the lab's wkv6 kernels 17 s: most of it compilation (the Triton frontend,
+MLIR passes, LLVM and ``ptxas``), which does not need the GPU.
+
+What. Inside ``parallel_autotune()``, when an ``Autotuner`` (any: the lab's, mamba-ssm's, causal-conv1d's,
+fla's) meets a tuning key it has not tuned yet, the configs it is about to benchmark (after its own pruning) are
+first compiled concurrently — each as ``fn.warmup(...)`` with the call's own arguments, so with exactly the
+specialisation the benchmark will use — under Triton's ``AsyncCompileMode`` (Triton ≥ 3.4; 3.6 and 3.9 have
+it) on a thread pool. Then Triton's own ``Autotuner.run`` proceeds unchanged: it finds the kernels compiled,
+benchmarks every config as before and keeps the fastest. Nothing about the choice or the computation changes:
+only when the compile happens. Compilation releases the GIL while ``ptxas`` runs (a subprocess) and in the
+native passes that do; how much this buys is measured on the GPU (notes/gate.md).
+
+Skipped (Triton's path as is): one config after pruning; a key already tuned; a tuning result already in
+Triton's autotune disk cache (``TRITON_CACHE_AUTOTUNING=1``: only the winner would be compiled); the
+interpreter (one config, nothing to compile). Fail safe: any error in the helper — an API that drifted, a config
+that does not compile (``OutOfResources``), a nested ``AsyncCompileMode`` — is swallowed, counted in
+``STATS["errors"]``, and Triton's normal path runs (it compiles whatever is missing itself and reports a bad
+config as it always does). Not thread-safe for other threads launching kernels while the patch is in place
+(the training driver and the gate run on one thread).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+STATS = {"keys": 0, "configs": 0, "seconds": 0.0, "errors": 0}   # what the helper did in this process
+
+
+def _workers() -> int:
+    return max(1, min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()))
+
+
+def _tuning_key(tuner, args: tuple, kwargs: dict) -> tuple:
+    """The key ``Autotuner.run`` tunes under (the ``key`` arguments' values, then every tensor's dtype)."""
+    named = {**dict(zip(tuner.arg_names, args)), **kwargs}
+    named = {k: v for k, v in named.items() if k in tuner.arg_names}
+    key = [named[k] for k in tuner.keys if k in named]
+    key += [str(v.dtype) for v in named.values() if hasattr(v, "dtype")]
+    return tuple(key)
+
+
+def _disk_cached(tuner, key: tuple, configs: list) -> bool:
+    """Whether Triton's autotune disk cache already holds the result for ``key`` (then Triton benchmarks
+    nothing and compiles only the winner: precompiling every config would be waste). Mirrors
+    ``Autotuner.check_disk_cache``'s file name; False whenever that cannot be told."""
+    if not getattr(tuner, "cache_results", False) or any(c.pre_hook for c in configs):
+        return False
+    import hashlib
+
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.cache import get_cache_manager, triton_key
+    from triton.runtime.driver import driver
+    from triton.runtime.jit import JITFunction
+    from triton._C.libtriton import get_cache_invalidating_env_vars
+    fn = tuner.fn
+    while not isinstance(fn, JITFunction):
+        fn = fn.fn
+    parts = [triton_key(), make_backend(driver.active.get_current_target()).hash(), fn.cache_key,
+             str(sorted(get_cache_invalidating_env_vars().items())), str(key)] + [str(c) for c in configs]
+    cache = get_cache_manager(hashlib.sha256("-".join(parts).encode("utf-8")).hexdigest())
+    return cache.get_file(f"{fn.__name__[:150]}.autotune.json") is not None
+
+
+def _precompile(tuner, args: tuple, kwargs: dict, pool) -> None:
+    """Compile every config ``tuner`` will benchmark for this call, concurrently; returns when all are done."""
+    from triton.runtime._async_compile import AsyncCompileMode, active_mode
+    if len(tuner.configs) <= 1 or active_mode.get() is not None:
+        return
+    key = _tuning_key(tuner, args, kwargs)
+    if key in tuner.cache:
+        return
+    meta = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
+    tuner.nargs = dict(zip(tuner.arg_names, args))
+    try:
+        configs = tuner.prune_configs(meta)
+    finally:
+        tuner.nargs = None
+    if len(configs) <= 1 or _disk_cached(tuner, key, configs):
+        return
+    t0 = time.monotonic()
+    try:
+        with AsyncCompileMode(pool, ignore_errors=True):
+            for cfg in configs:
+                tuner.fn.warmup(*args, grid=(1,), **meta, **cfg.all_kwargs())
+    finally:
+        active_mode.set(None)      # Triton 3.6 leaves the mode set when a compile raised during its exit
+        STATS["keys"] += 1
+        STATS["configs"] += len(configs)
+        STATS["seconds"] += time.monotonic() - t0
+
+
+def _interpreting() -> bool:
+    from kernels import INTERPRET
+    return INTERPRET
+
+
+@contextlib.contextmanager
+def parallel_autotune(workers: int | None = None, enabled: bool = True):
+    """Inside: every autotuned Triton kernel compiles all its configs for a new key in parallel before it
+    benchmarks them (module docstring). ``enabled=False``, ``GROUNDTHINK_PARALLEL_COMPILE=0`` or no usable
+    Triton: a no-op (Triton compiles one config after another). Re-entrant (an inner use does nothing)."""
+    try:
+        import triton.runtime._async_compile  # noqa: F401 - Triton ≥ 3.4
+        from triton.runtime.autotuner import Autotuner
+    except Exception:  # noqa: BLE001 - an older or absent Triton: its normal path
+        enabled = False
+    if os.environ.get("GROUNDTHINK_PARALLEL_COMPILE", "1") == "0":
+        enabled = False
+    if not enabled or _interpreting() or getattr(Autotuner.run, "_parallel_autotune", False):
+        yield STATS
+        return
+    original = Autotuner.run
+    pool = ThreadPoolExecutor(workers or _workers(), thread_name_prefix="precompile")
+
+    def run(self, *args, **kwargs):
+        try:
+            _precompile(self, args, kwargs, pool)
+        except Exception:  # noqa: BLE001 - fail safe: Triton's own path compiles what is missing
+            STATS["errors"] += 1
+        return original(self, *args, **kwargs)
+
+    run._parallel_autotune = True
+    Autotuner.run = run
+    try:
+        yield STATS
+    finally:
+        Autotuner.run = original
+        pool.shutdown(wait=True)

@@ -1,0 +1,135 @@
+"""groundthink.precompile: an autotuner meeting a new key compiles all its configs in parallel first, then
+benchmarks and chooses exactly as Triton does alone; anything going wrong falls back to Triton's path.
+
+No GPU here: Triton's real ``Autotuner`` drives a fake JIT function whose "compile" sleeps (and goes through
+Triton's ``AsyncCompileMode`` exactly as ``JITFunction._do_compile`` does) and whose benchmark time depends on the
+config only."""
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+
+import pytest
+import triton
+from triton.runtime._async_compile import active_mode
+from triton.runtime.autotuner import Autotuner
+
+from groundthink import precompile
+
+COMPILE_S = 0.1
+MS = {2: 3.0, 4: 1.0, 8: 2.0, 16: 5.0}     # fake benchmark time per num_warps: 4 warps wins
+
+
+class FakeJIT:
+    """Compiles (sleeps) once per config, in the calling thread or, under AsyncCompileMode, in its executor."""
+
+    def __init__(self, fail_warps=()):
+        self.fn = lambda x, N: None        # the Autotuner looks for the Python function under .fn
+        self.arg_names = ["x", "N"]
+        self.compiled, self.threads, self.fail_warps = {}, [], set(fail_warps)
+        self.lock = threading.Lock()
+
+    def _compile(self, warps):
+        time.sleep(COMPILE_S)
+        if warps in self.fail_warps:
+            raise RuntimeError("out of resources")
+        with self.lock:
+            self.threads.append(threading.current_thread().name)
+        return f"kernel{warps}"
+
+    def run(self, *args, grid=None, warmup=False, num_warps=4, **kw):
+        mode = active_mode.get()
+        if num_warps not in self.compiled:
+            if mode is not None:
+                def finalize(kernel, w=num_warps):
+                    self.compiled[w] = kernel
+                extra = [lambda fk: None] if len(inspect.signature(mode.submit).parameters) == 4 else []
+                return mode.submit(("k", num_warps), lambda: self._compile(num_warps), finalize, *extra)
+            self.compiled[num_warps] = self._compile(num_warps)
+        return self.compiled[num_warps]
+
+    def warmup(self, *args, grid, **kwargs):
+        return self.run(*args, grid=grid, warmup=True, **kwargs)
+
+
+def _tuner(fn):
+    configs = [triton.Config({}, num_warps=w) for w in MS]
+    return Autotuner(fn, fn.arg_names, configs, ["N"], None, None, do_bench=_bench)
+
+
+def _bench(call, quantiles):
+    call()
+    return [MS[_warps(call)]] * len(quantiles)
+
+
+def _warps(call):
+    """The config's num_warps from the autotuner's kernel_call closure (its `current` dict)."""
+    for cell in call.__closure__:
+        if isinstance(cell.cell_contents, dict) and "num_warps" in cell.cell_contents:
+            return cell.cell_contents["num_warps"]
+    raise AssertionError("no config in the kernel call")
+
+
+@pytest.fixture
+def on_gpu(monkeypatch):
+    """Pretend not to run under the interpreter (the helper is a no-op there)."""
+    monkeypatch.setattr(precompile, "_interpreting", lambda: False)
+    monkeypatch.setattr(precompile, "STATS", {"keys": 0, "configs": 0, "seconds": 0.0, "errors": 0})
+
+
+def _call(tuner, n=64):
+    return tuner.run("x", n, grid=(1,), warmup=False)
+
+
+def test_all_configs_compile_in_parallel_and_the_same_config_wins(on_gpu):
+    serial_fn, par_fn = FakeJIT(), FakeJIT()
+    serial, par = _tuner(serial_fn), _tuner(par_fn)
+    t0 = time.monotonic()
+    _call(serial)
+    t_serial = time.monotonic() - t0
+    with precompile.parallel_autotune(workers=4) as stats:
+        t0 = time.monotonic()
+        _call(par)
+        t_par = time.monotonic() - t0
+    assert serial.best_config.num_warps == par.best_config.num_warps == 4
+    assert serial.configs_timings.keys() == par.configs_timings.keys()
+    assert t_serial >= len(MS) * COMPILE_S and t_par < t_serial / 2, (t_serial, t_par)
+    assert all(t.startswith("precompile") for t in par_fn.threads) and len(par_fn.threads) == len(MS)
+    assert stats["keys"] == 1 and stats["configs"] == len(MS) and stats["errors"] == 0
+    with precompile.parallel_autotune(workers=4):
+        _call(par)                       # a key already tuned: nothing compiled again
+    assert len(par_fn.threads) == len(MS) and precompile.STATS["keys"] == 1
+
+
+def test_a_config_that_fails_to_compile_falls_back_to_tritons_path(on_gpu):
+    """A config that does not compile in the pool is compiled again by Triton's own benchmark loop (which
+    raises or reports it as always); the helper itself never raises and leaves no compile mode active."""
+    fn = FakeJIT(fail_warps={16})
+    with precompile.parallel_autotune(workers=4):
+        with pytest.raises(RuntimeError, match="out of resources"):
+            _call(_tuner(fn))
+    assert active_mode.get() is None
+    assert set(fn.compiled) == {2, 4, 8}
+
+
+def test_any_error_in_the_helper_falls_back_and_is_counted(on_gpu, monkeypatch):
+    def broken(*a, **k):
+        raise AttributeError("Triton's API drifted")
+
+    monkeypatch.setattr(precompile, "_tuning_key", broken)
+    fn = FakeJIT()
+    with precompile.parallel_autotune(workers=4) as stats:
+        tuner = _tuner(fn)
+        _call(tuner)
+    assert tuner.best_config.num_warps == 4 and stats["errors"] == 1
+    assert not any(t.startswith("precompile") for t in fn.threads)
+
+
+def test_the_patch_is_removed_and_is_a_no_op_under_the_interpreter():
+    original = Autotuner.run
+    with precompile.parallel_autotune():
+        assert Autotuner.run is original           # this CPU machine runs the interpreter
+    with precompile.parallel_autotune(enabled=False):
+        assert Autotuner.run is original
+    assert Autotuner.run is original
