@@ -106,6 +106,20 @@ def pytest_collection_modifyitems(config, items):
     items[:] = [next(it_order) if _in_bench(it) else it for it in items]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _parallel_compile(request):
+    """Under ``--benchmark``: every autotuned kernel met for the first time (the lab's and the peers' alike:
+    fla's minutes of first-use tuning) compiles its configs in parallel before Triton benchmarks them
+    (``groundthink.precompile``); which config wins is Triton's choice as always. Each row's ``warmup_s`` is
+    then the first-call cost with parallel compilation. ``GROUNDTHINK_PARALLEL_COMPILE=0``: one at a time."""
+    if not request.config.getoption("--benchmark"):
+        yield
+        return
+    from groundthink.precompile import parallel_autotune
+    with parallel_autotune():
+        yield
+
+
 @pytest.fixture(scope="session")
 def copy_gbps(request):
     """Device-to-device copy bandwidth of this GPU, measured once per run (None on CPU)."""
