@@ -18,8 +18,7 @@ script, measures nothing). Run the first call's measurement with a fresh TRITON_
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; named in WKV6_ALGOS only, forward: the
 sequential walk): chunk_bv32 (32 V columns per backward program, fp32 partial sums), chunk_nosave (states
 recomputed in the backward instead of saved), chunk_lowmem (recomputed, batch pieces of <= 128 MiB of fp32 buffers,
-narrow scan blocks). ``--resources`` with WKV6_CHECKS=1 also checks each of them against float64 (bf16 strong,
-and the default's fp32 extreme).
+narrow scan blocks). ``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
 """
 from __future__ import annotations
 
@@ -303,11 +302,6 @@ def resources():
     print("\n==== compiled wkv6 kernels: module kernel warps stages regs spills shared pick")
     for r in compiled_kernels():
         print(" ".join(str(x) for x in r))
-    if os.environ.get("WKV6_CHECKS", "0") == "1" and not SMOKE:    # (the interpreter's bf16 is not checkable)
-        for n, f in ALGOS.items():
-            for c in CHECKS[:1] + (CHECKS[8:9] if n == "chunk_seq" else []):
-                with variant(n):
-                    check(n, f, *c)
     if os.environ.get("WKV6_NOTIME") == "1":      # e.g. while fla warms up in the background: report only
         return
     res = {}
@@ -321,6 +315,11 @@ def resources():
     for sh in SHAPES:
         print(f"| B{sh[0]} T{sh[1]} H{sh[2]} K{sh[3]} | " + " | ".join(
             "{:.3f} / {:.3f} / {:.2f}".format(*res[n, sh]) for n in impls) + " |")
+    if os.environ.get("WKV6_CHECKS", "0") == "1" and not SMOKE:    # (the interpreter's bf16 is not checkable)
+        for n, f in ALGOS.items():
+            for c in CHECKS[:1]:        # bf16 strong: the timed kernels' specializations (fp32: the GPU tests)
+                with variant(n):
+                    check(n, f, *c)
 
 
 def main():

@@ -23,7 +23,7 @@ registers (and stores S at every 64-row chunk start when the backward will need 
 pass of ``states.py`` gives S at every 64-row chunk start and one program per (chunk, V-block, head) walks the
 chunk's four blocks.
 
-Backward (grid chunk·4 blocks × heads, all of V per program). S_c (chunk start, from the forward) and D_c
+Backward (grid chunk·4 blocks × heads × V-blocks of BV columns; BV = all of V by default, ``TUNING``). S_c (chunk start, from the forward) and D_c
 (dL/dS at the chunk end, reverse state pass of ``states.py``) are moved to the block: S_m by the earlier blocks'
 updates, D_m by the later blocks' (D ← diag(exp(W)) D + (q ⊙ exp(P))ᵀ do). Then, with B = do vᵀ, per level
 dA = M_m ⊙ B:
@@ -32,8 +32,16 @@ and the cancellation-free dw (only pairs that span j contribute to dw_j): a leve
 in t's segment before t or in s's segment after s, so
     dw += segmented-reverse-exclusive-cumsum(q̂ ⊙ (dA k̂)) + segmented-exclusive-cumsum(k̂ ⊙ (dAᵀ q̂)),
 plus the block-crossing terms of ``common._cross_bwd`` (through S_m and D_m, computed first so that the two
-[K, V] states are dead before the level dots). du: per-program partial rows
-summed once (deterministic, no atomics).
+[K, V] states are dead before the level dots). du: per-program fp32 partial rows summed once in fp32
+(deterministic, no atomics) and rounded to u's dtype once: du = Σ q k (v·do) has only H·K entries, so in bf16 its
+own rounding is ~1.65e-3 (median over draws) and above 2e-3 on rare draws — a floor no implementation can beat
+(the GPU tests bound du by max(2e-3, 1.1 × that floor) for half-precision u; an fp32 u gets du in fp32, 2e-3).
+
+V split (``TUNING["bwd_bv"]`` < V): every column of the states evolves independently, so a program holds [K, BV]
+states and the V-sums of the gradients (B = do vᵀ, S·do, D·v, S : D, v·do) are partial: dq, dk, dw, du go to
+fp32 [NV, ...] buffers added up once (dv is complete per V-block; A is recomputed per V-block). Memory
+(``save_states``, ``piece_bytes``): the forward may skip saving S_c (the backward's state pass recomputes it with
+D_c) and the backward may run batch slices one after another, so its transient fp32 buffers stay bounded.
 """
 from __future__ import annotations
 
