@@ -16,9 +16,9 @@ WKV6_SMOKE=1 runs the whole flow on CPU (interpreter, tiny shapes, one timed cal
 script, measures nothing). Run the first call's measurement with a fresh TRITON_CACHE_DIR.
 
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; named in WKV6_ALGOS only, forward: the
-sequential walk): chunk_bv32 (32 V columns per backward program, fp32 partial sums), chunk_nosave (states
-recomputed in the backward instead of saved), chunk_lowmem (recomputed, batch pieces of <= 128 MiB of fp32 buffers,
-narrow scan blocks). ``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
+sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem (``LOWMEM``:
+recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``). Run 5 also
+timed chunk_bv32 (32 V columns per backward program, fp32 partial sums): it lost and was removed. ``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
 """
 from __future__ import annotations
 
@@ -83,8 +83,7 @@ def _chunk_mode(seq):
     return f
 
 
-VARIANTS = {"chunk_bv32": dict(bwd_bv=32), "chunk_nosave": dict(save_states=False),
-            "chunk_lowmem": dict(save_states=False, piece_bytes=2**27, scan_fill=True)}
+VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}}
 ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", "chunk,chunk_seq,chunk_par,fused").split(",")}

@@ -420,7 +420,7 @@ def test_wkv6_all_tuning_configs():
         kw._wkv6_bwd_main_kernel.cache.clear()
 
 
-@pytest.mark.parametrize("algo", ["chunk", "fused"])
+@pytest.mark.parametrize("algo", ["fused"])     # chunk: test_wkv6_chunk_memory_knobs[recomputed] (vs fp64)
 def test_wkv6_backward_without_saved_states(algo):
     """The backward recomputes the chunk states when the forward did not save them: same gradients."""
     import kernels.wkv6.chunk as kc
@@ -437,15 +437,26 @@ def test_wkv6_backward_without_saved_states(algo):
         assert rel_err(a, b) < 1e-6
 
 
-@pytest.mark.parametrize("knobs", [dict(bwd_bv=16, piece_bytes=1),
-                                   dict(save_states=False, piece_bytes=1, scan_fill=True)], ids=["bv16", "nosave"])
-def test_wkv6_chunk_bwd_variants(knobs):
-    """The chunk backward's variants (``chunk.TUNING``: V split into fp32 per-V-block partial sums, one batch
-    element per piece, states recomputed instead of saved, narrow scan blocks) vs fp64: V = 24 is 2 V-blocks of 16,
-    B = 2 two pieces."""
+@pytest.mark.parametrize("knobs", [dict(piece_bytes=1), dict(save_states=False, piece_bytes=1, scan_fill=True)],
+                         ids=["saved", "recomputed"])
+def test_wkv6_chunk_memory_knobs(knobs):
+    """The chunk algorithm's memory knobs (``chunk.TUNING``: one batch element per backward piece, with the forward's
+    states sliced per piece or recomputed there, narrow scan blocks) vs fp64; B = 2: two pieces."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs):         # forward and backward (compare runs both inside)
         _check(make_inputs(2, 40, 2, 16, 24, decay="strong", h0=True), context=str(knobs))
+
+
+def test_wkv6_chunk_lowmem():
+    """``wkv6_chunk_lowmem`` (its own custom ops, knobs bound to them): vs fp64, and nothing saved for the
+    backward."""
+    import kernels.wkv6.chunk as kc
+    from kernels.wkv6 import wkv6_chunk_lowmem
+    d = make_inputs(1, 40, 2, 16, 16, decay="strong", h0=True)
+    _check(d, fn=wkv6_chunk_lowmem)
+    x = {n: t.detach() for n, t in d.items() if torch.is_tensor(t)}
+    _, _, hs = kc._wkv6_lowmem_fwd_op(x["r"], x["k"], x["v"], x["w"], x["u"], 0.25, None, None, True)
+    assert hs.numel() == 0
 
 
 # ------------------------------------------------------------------------------------------------ GPU

@@ -23,7 +23,7 @@ registers (and stores S at every 64-row chunk start when the backward will need 
 pass of ``states.py`` gives S at every 64-row chunk start and one program per (chunk, V-block, head) walks the
 chunk's four blocks.
 
-Backward (grid chunk·4 blocks × heads × V-blocks of BV columns; BV = all of V by default, ``TUNING``). S_c (chunk start, from the forward) and D_c
+Backward (grid chunk·4 blocks × heads, all of V per program). S_c (chunk start, from the forward) and D_c
 (dL/dS at the chunk end, reverse state pass of ``states.py``) are moved to the block: S_m by the earlier blocks'
 updates, D_m by the later blocks' (D ← diag(exp(W)) D + (q ⊙ exp(P))ᵀ do). Then, with B = do vᵀ, per level
 dA = M_m ⊙ B:
@@ -37,11 +37,11 @@ plus the block-crossing terms of ``common._cross_bwd`` (through S_m and D_m, com
 own rounding is ~1.65e-3 (median over draws) and above 2e-3 on rare draws — a floor no implementation can beat
 (the GPU tests bound du by max(2e-3, 1.1 × that floor) for half-precision u; an fp32 u gets du in fp32, 2e-3).
 
-V split (``TUNING["bwd_bv"]`` < V): every column of the states evolves independently, so a program holds [K, BV]
-states and the V-sums of the gradients (B = do vᵀ, S·do, D·v, S : D, v·do) are partial: dq, dk, dw, du go to
-fp32 [NV, ...] buffers added up once (dv is complete per V-block; A is recomputed per V-block). Memory
-(``save_states``, ``piece_bytes``): the forward may skip saving S_c (the backward's state pass recomputes it with
-D_c) and the backward may run batch slices one after another, so its transient fp32 buffers stay bounded.
+Memory (``TUNING``; ``wkv6_chunk_lowmem``): the forward may skip saving S_c (the backward's state pass then
+recomputes it with D_c) and the backward may run batch slices one after another, so that its transient fp32
+state buffers stay bounded: at B8 T4096 H32 the extra peak of fwd+bwd drops from 1.43 to 0.76 GiB for 10.1 → 12.8
+ms (H100, run 5: the reverse scan is latency-bound and runs once per slice). Splitting V across backward programs
+([K, 32] states, fp32 partial sums) was measured too and lost (bwd kernel 6.7 → 12.4 ms: still 255 registers).
 """
 from __future__ import annotations
 
@@ -252,29 +252,24 @@ def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constex
 
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
-                                           triton.Config({}, num_warps=8, num_stages=1),
-                                           # two 8-warp programs per SM (254 registers at BV = 64: one)
-                                           triton.Config({}, num_warps=8, num_stages=1, maxnreg=128)]),
-                 key=["K", "V", "BK", "BV", "PREC", "PARTIAL"])
-@triton.jit(do_not_specialize=['T', 'NT', 'NTOK'])
+                                           triton.Config({}, num_warps=8, num_stages=1)]),
+                 key=["K", "V", "BK", "BV", "PREC"])
+@triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
-                cu_ptr, cmap_ptr, scale, T, NT, NTOK, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr,
-                VARLEN: tl.constexpr, PARTIAL: tl.constexpr, PREC: tl.constexpr):
-    """Grid (chunk slots · BT/SB blocks, H, NV = cdiv(V, BV) V-blocks). hs / hd [slots, H, K, V] fp32: the state
-    at each chunk start / dL/dS at each chunk end (a program reads their [K, BV] columns); do/dv [B·T, H, V]
-    (input dtype; dv is complete per V-block). dq/dk/dw: [B·T, H, K] in the input dtype when PARTIAL = 0
-    (NV = 1), else [NV, NTOK = B·T, H, K] fp32 per-V-block partial sums (they sum over V: B = do vᵀ, S·do, D·v, S:D;
-    the caller adds them up, no atomics). du [NV · slots · BT/SB, H, K] fp32 partial rows. Other layouts as
-    ``_fwd_par_kernel``."""
-    pid, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+                VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V). hs / hd [slots, H, K, V] fp32: the
+    state at each chunk start / dL/dS at each chunk end; do/dv [B·T, H, V], dq/dk/dw [B·T, H, K] (input dtypes),
+    du [slots · BT/SB, H, K] fp32 partial rows. Other layouts as ``_fwd_par_kernel``."""
+    pid, i_h = tl.program_id(0), tl.program_id(1)
     i_s = pid // (BT // SB)
     i_m = pid % (BT // SB)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     c0 = i_c * BT
     r0 = c0 + i_m * SB
     o_t = tl.arange(0, SB)
-    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
     # ---- S at the block start, dL/dS at the block end
     p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
     m_kv = m_kv & (o_kv * 0 + c0 < L)
@@ -304,17 +299,14 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     b_dw = tl.where(b_wr > 0, 0., b_dw)
     rows = r0 + o_t
     tok = (bos + rows) * H + i_h
+    p_k = tok[:, None] * K + o_k[None, :]
     m_tk = (rows < L)[:, None] & m_k[None, :]
     m_tv = (rows < L)[:, None] & m_v[None, :]
     tl.store(dv_ptr + tok[:, None] * V + o_v[None, :], b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
-    p_k = tok[:, None] * K + o_k[None, :]
-    if PARTIAL:
-        p_k += i_v.to(tl.int64) * NTOK * H * K     # V-block i_v's slice of [NV, B·T, H, K]
     tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
     tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
     tl.store(dw_ptr + p_k, b_dw.to(dw_ptr.dtype.element_ty), mask=m_tk)
-    p_du = ((i_v * tl.num_programs(0) + pid).to(tl.int64) * H + i_h) * K + o_k
-    tl.store(du_ptr + p_du, tl.sum(b_q * b_k * b_vd[:, None], axis=0), mask=m_k)
+    tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, tl.sum(b_q * b_k * b_vd[:, None], axis=0), mask=m_k)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -374,18 +366,18 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
     return o, ht, (buf[0] if save else buf.new_empty((0,)))
 
 
-# Backward knobs, measured against each other on the H100 (scripts/gpu_wkv6.py variants; see notes/wkv6.md) and
-# overridden only through ``tuning`` (tests, dev harness):
-#   bwd_bv       V columns per backward program (None: all of V in one program; 32: [K, 32] states per program,
-#                twice the programs, dq/dk/dw as fp32 per-V-block partial sums added up once);
+# Memory knobs of the chunk algorithm, measured on the H100 (scripts/gpu_wkv6.py variants, notes/wkv6.md run 5);
+# the defaults are the fastest; ``LOWMEM`` (``wkv6_chunk_lowmem``) the smallest; ``tuning`` overrides them (tests,
+# dev harness):
 #   save_states  the forward keeps the fp32 chunk-start states for the backward (False: the backward recomputes
 #                them in its state pass: one more dot per chunk, 4·K·V bytes per 64 tokens and head less held
 #                between the passes);
-#   piece_bytes  the backward runs batch slices one after another so that its transient fp32 buffers (states,
-#                partial sums) stay under this many bytes (None: one piece; varlen: always one piece);
+#   piece_bytes  the backward runs batch slices one after another so that its transient fp32 state buffers stay
+#                under this many bytes (None: one piece; varlen: always one piece);
 #   scan_fill    the backward's reverse state scan uses narrower V-blocks (down to 16) until it has >= #SMs
 #                programs (a piece of one or two batch elements has few (sequence, head) pairs).
-TUNING = {"bwd_bv": None, "save_states": True, "piece_bytes": None, "scan_fill": False}
+TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False}
+LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True}
 
 
 @contextlib.contextmanager
@@ -409,17 +401,17 @@ def _state_shape(B, T, H, K, V, N, varlen):
     return _par_state_shape(B, T, H, K, V, N, varlen) if TUNING["save_states"] else (0,)
 
 
-def _bwd_pieces(B, T, H, K, V, NV, recompute, varlen):
+def _bwd_pieces(B, T, H, K, V, recompute, varlen):
     """Batch ranges [b0, b1) the backward runs one after another (``piece_bytes``)."""
     limit = TUNING["piece_bytes"]
     if varlen or limit is None:
         return [(0, B)]
-    per_b = triton.cdiv(T, BT) * H * K * V * 4 * (2 if recompute else 1) + (3 * NV * T * H * K * 4 if NV > 1 else 0)
+    per_b = triton.cdiv(T, BT) * H * K * V * 4 * (2 if recompute else 1)
     nb = max(1, min(B, limit // per_b))
     return [(b0, min(B, b0 + nb)) for b0 in range(0, B, nb)]
 
 
-def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, BV):
+def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs):
     """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_kernel``, writing into the
     gradient views ``outs`` = (dr, dk, dv, dw). Returns (du [H, K] fp32, dh0 or None)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
@@ -432,16 +424,11 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, BV):
     mode = "bwd" if hs is None else "bwd_d"
     buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv)
     hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
-    NV = triton.cdiv(V, BV)
     dr, dk, dv, dw = outs
-    parts = [new_empty((NV, *r.shape), torch.float32, dev) for _ in range(3)] if NV > 1 else [dr, dk, dw]
-    du_part = new_empty((NV * S * NB, H, K), torch.float32, dev)
-    _bwd_kernel[(S * NB, H, NV)](r, k, v, w, u, do, hs, hd, parts[0], parts[1], dv, parts[2], du_part, cu, cmap,
-                                 scale, T, NT, B * T, H=H, K=K, V=V, BT=BT, SB=SB, BK=_bk(K), BV=BV, LOG=LOG,
-                                 VARLEN=cu_seqlens is not None, PARTIAL=NV > 1, PREC=_prec(r.dtype, bwd=True))
-    if NV > 1:
-        for g, p in zip((dr, dk, dw), parts):
-            g.copy_(p.sum(0))
+    du_part = new_empty((S * NB, H, K), torch.float32, dev)
+    _bwd_kernel[(S * NB, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K,
+                             V=V, BT=BT, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
+                             PREC=_prec(r.dtype, bwd=True))
     return du_part.sum(0), dh0
 
 
@@ -451,15 +438,14 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None):
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     saved = states is not None and states.numel() > 0
     outs = [new_empty(x.shape, x.dtype, r.device) for x in (r, k, v, w)]
-    BV = _bk(V) if TUNING["bwd_bv"] is None else min(TUNING["bwd_bv"], _bk(V))
     NT = triton.cdiv(T, BT)
-    pieces = _bwd_pieces(B, T, H, K, V, triton.cdiv(V, BV), not saved, cu_seqlens is not None)
+    pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None)
     dus, dh0s = [], []
     for b0, b1 in pieces:
         cut = lambda x: x if x is None or len(pieces) == 1 else x[b0:b1]  # noqa: E731
         hs = None if not saved else states if len(pieces) == 1 else states[b0 * NT:b1 * NT]
         du, dh0 = _bwd_piece(cut(r), cut(k), cut(v), cut(w), u, cut(do), cut(dht), cut(h0), cu_seqlens, scale, hs,
-                             [cut(g) for g in outs], BV)
+                             [cut(g) for g in outs])
         dus.append(du)
         dh0s.append(dh0)
     du = (dus[0] if len(dus) == 1 else torch.stack(dus).sum(0)).to(u.dtype)
@@ -467,18 +453,39 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None):
     return (*outs, du, dh0)
 
 
+def _with_knobs(impl, knobs):
+    """``impl`` run under ``tuning(**knobs)`` (an op whose forward and backward both use them)."""
+    def run(*args):
+        with tuning(**knobs):
+            return impl(*args)
+    return run
+
+
 _wkv6_chunk_fwd_op = _make_ops("wkv6", _chunk_fwd_impl, _chunk_bwd_impl, _state_shape)
+_wkv6_lowmem_fwd_op = _make_ops("wkv6_lowmem", _with_knobs(_chunk_fwd_impl, LOWMEM),
+                                _with_knobs(_chunk_bwd_impl, LOWMEM), lambda *shape: (0,))
 
 
 MAX_BKV = 160     # BK + BV above this: the backward's fp32 tiles exceed the H100's shared memory (K=V=128 needs
 #                   256 KiB; K=32 V=96 ran on the H100)
 
 
+def _chunk_entry(op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens):
+    if r.dim() == 4 and v.dim() == 4 and _bk(r.shape[-1]) + _bk(v.shape[-1]) > MAX_BKV:
+        from kernels.wkv6.fused import wkv6_fused
+        return wkv6_fused(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
+    return _run(op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
+
+
 def wkv6_chunk(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
     """RWKV-6 wkv, tensor-core chunk algorithm (the default behind ``kernels.wkv6.wkv6``). Where
     pow2(K) + pow2(V) > 160 (e.g. K = V = 128; not supported by its backward yet) it runs the sequential
     ``wkv6_fused`` instead (same results)."""
-    if r.dim() == 4 and v.dim() == 4 and _bk(r.shape[-1]) + _bk(v.shape[-1]) > MAX_BKV:
-        from kernels.wkv6.fused import wkv6_fused
-        return wkv6_fused(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
-    return _run(_wkv6_chunk_fwd_op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
+    return _chunk_entry(_wkv6_chunk_fwd_op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
+
+
+def wkv6_chunk_lowmem(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
+    """``wkv6_chunk`` with the ``LOWMEM`` knobs (custom ops ``groundthink::wkv6_lowmem_*``): nothing saved between
+    forward and backward but the inputs, the backward's fp32 state buffers ≤ 128 MiB per batch slice. Same results;
+    H100 run 5 at B8 T4096 H32: extra peak of fwd+bwd 0.76 GiB (default 1.43), fwd+bwd 12.8 ms (default 10.1)."""
+    return _chunk_entry(_wkv6_lowmem_fwd_op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
