@@ -444,16 +444,17 @@ def test_wkv6_chunk_memory_knobs(knobs):
     states sliced per piece or recomputed there, narrow scan blocks) vs fp64; B = 2: two pieces."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs):         # forward and backward (compare runs both inside)
-        _check(make_inputs(2, 40, 2, 16, 24, decay="strong", h0=True), context=str(knobs))
+        _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))
 
 
 def test_wkv6_chunk_lowmem():
-    """``wkv6_chunk_lowmem`` (its own custom ops, knobs bound to them): vs fp64, and nothing saved for the
+    """``wkv6_chunk_lowmem`` (its own custom ops, knobs bound to them): vs fp64 (varlen), nothing saved for the
     backward."""
     import kernels.wkv6.chunk as kc
     from kernels.wkv6 import wkv6_chunk_lowmem
-    d = make_inputs(1, 40, 2, 16, 16, decay="strong", h0=True)
-    _check(d, fn=wkv6_chunk_lowmem)
+    d = make_inputs(1, 70, 1, 16, 16, decay="strong", h0=True, N=2)
+    d["cu_seqlens"] = torch.tensor([0, 5, 70], dtype=torch.int32)     # varlen: one piece, states recomputed
+    _check(d, context="varlen", fn=wkv6_chunk_lowmem)
     x = {n: t.detach() for n, t in d.items() if torch.is_tensor(t)}
     _, _, hs = kc._wkv6_lowmem_fwd_op(x["r"], x["k"], x["v"], x["w"], x["u"], 0.25, None, None, True)
     assert hs.numel() == 0
