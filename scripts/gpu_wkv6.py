@@ -14,6 +14,11 @@ four input gradients included). Env: WKV6_ALGOS (comma list of the names in ALGO
 (indices into SHAPES, e.g. 0,2), WKV6_CHECKS=0 (timings only: the tests check correctness);
 WKV6_SMOKE=1 runs the whole flow on CPU (interpreter, tiny shapes, one timed call instead of do_bench: checks the
 script, measures nothing). Run the first call's measurement with a fresh TRITON_CACHE_DIR.
+
+Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; named in WKV6_ALGOS only, forward: the
+sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem (``LOWMEM``:
+recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``). Run 5 also
+timed chunk_bv32 (32 V columns per backward program, fp32 partial sums): it lost and was removed. ``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
 """
 from __future__ import annotations
 
@@ -78,8 +83,15 @@ def _chunk_mode(seq):
     return f
 
 
-ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused}
-ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", ",".join(ALGOS)).split(",")}
+VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
+ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
+         **{n: _chunk_mode(True) for n in VARIANTS}}
+ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", "chunk,chunk_seq,chunk_par,fused").split(",")}
+
+
+def variant(name):
+    """The TUNING knobs of a backward variant, for a forward and its backward (the default's for the others)."""
+    return kc.tuning(**VARIANTS.get(name, {}))
 
 
 def log(*a):
@@ -259,7 +271,7 @@ def compiled_kernels():
                         pass
                     md = ck.metadata
                     rows.append((mod, name, md.num_warps, md.num_stages, getattr(ck, "n_regs", "?"),
-                                 getattr(ck, "n_spills", "?"), md.shared, pick.kwargs if pick else ""))
+                                 getattr(ck, "n_spills", "?"), md.shared, str(pick) if pick else ""))
     return rows
 
 
@@ -273,12 +285,13 @@ def resources():
         xs = [x.requires_grad_(True) for x in bench_inputs(*sh)]
         for n, f in impls.items():
             t = time.time()
-            f(*xs).sum().backward()
+            with variant(n):
+                f(*xs).sum().backward()
             sync()
             log(f"first fwd+bwd {n} {sh}: {time.time() - t:.1f} s")
             if SMOKE:
                 continue
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            with profile(activities=[ProfilerActivity.CUDA]) as prof, variant(n):
                 for _ in range(3):
                     f(*xs).sum().backward()
                 sync()
@@ -293,8 +306,19 @@ def resources():
     res = {}
     for sh in SHAPES:
         for n, f in impls.items():
-            res[n, sh] = time_impl(f, sh)
-            log(f"time {n:9s} {sh}: fwd {res[n, sh][0]:.3f} fwd+bwd {res[n, sh][1]:.3f} mem {res[n, sh][2]:.3f}")
+            with variant(n):
+                res[n, sh] = time_impl(f, sh)
+            log(f"time {n:12s} {sh}: fwd {res[n, sh][0]:.3f} fwd+bwd {res[n, sh][1]:.3f} mem {res[n, sh][2]:.3f}")
+    print(f"\n==== wkv6 {device_name()} bf16: ms (do_bench median) fwd / fwd+bwd / extra peak GiB of fwd+bwd")
+    print("| shape | " + " | ".join(impls) + " |")
+    for sh in SHAPES:
+        print(f"| B{sh[0]} T{sh[1]} H{sh[2]} K{sh[3]} | " + " | ".join(
+            "{:.3f} / {:.3f} / {:.2f}".format(*res[n, sh]) for n in impls) + " |")
+    if os.environ.get("WKV6_CHECKS", "0") == "1" and not SMOKE:    # (the interpreter's bf16 is not checkable)
+        for n, f in ALGOS.items():
+            for c in CHECKS[:1]:        # bf16 strong: the timed kernels' specializations (fp32: the GPU tests)
+                with variant(n):
+                    check(n, f, *c)
 
 
 def main():
@@ -308,7 +332,8 @@ def main():
         if name.startswith("chunk_") and "lvl" not in name:
             for c in (checks if name == "chunk_seq" or SMOKE else [checks[i] for i in (0, 5, 8)]):
                 try:
-                    oks.append(check(name, fn, *c))
+                    with variant(name):
+                        oks.append(check(name, fn, *c))
                 except Exception as ex:  # noqa: BLE001
                     log(f"check {name} {c[0]} ERROR {type(ex).__name__}: {str(ex)[:300]}")
                     oks.append(False)
@@ -329,7 +354,8 @@ def main():
             if n == "fla" and sh not in FLA_SHAPES:
                 continue
             try:
-                res[n, sh] = time_impl(f, sh)
+                with variant(n):
+                    res[n, sh] = time_impl(f, sh)
                 log(f"time {n:9s} {sh}: fwd {res[n, sh][0]:.3f} fwd+bwd {res[n, sh][1]:.3f} mem {res[n, sh][2]:.3f}")
             except Exception as ex:  # noqa: BLE001
                 log(f"time {n} {sh} ERROR {type(ex).__name__}: {str(ex)[:300]}")

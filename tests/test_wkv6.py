@@ -420,7 +420,7 @@ def test_wkv6_all_tuning_configs():
         kw._wkv6_bwd_main_kernel.cache.clear()
 
 
-@pytest.mark.parametrize("algo", ["chunk", "fused"])
+@pytest.mark.parametrize("algo", ["fused"])     # chunk: test_wkv6_chunk_memory_knobs[recomputed] (vs fp64)
 def test_wkv6_backward_without_saved_states(algo):
     """The backward recomputes the chunk states when the forward did not save them: same gradients."""
     import kernels.wkv6.chunk as kc
@@ -437,12 +437,61 @@ def test_wkv6_backward_without_saved_states(algo):
         assert rel_err(a, b) < 1e-6
 
 
+@pytest.mark.parametrize("knobs", [dict(piece_bytes=1), dict(save_states=False, piece_bytes=1, scan_fill=True)],
+                         ids=["saved", "recomputed"])
+def test_wkv6_chunk_memory_knobs(knobs):
+    """The chunk algorithm's memory knobs (``chunk.TUNING``: one batch element per backward piece, with the forward's
+    states sliced per piece or recomputed there, narrow scan blocks) vs fp64; B = 2: two pieces."""
+    import kernels.wkv6.chunk as kc
+    with kc.tuning(**knobs):         # forward and backward (compare runs both inside)
+        _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))
+
+
+def test_wkv6_chunk_lowmem():
+    """``wkv6_chunk_lowmem`` (its own custom ops, knobs bound to them): vs fp64 (varlen), nothing saved for the
+    backward."""
+    import kernels.wkv6.chunk as kc
+    from kernels.wkv6 import wkv6_chunk_lowmem
+    d = make_inputs(1, 70, 1, 16, 16, decay="strong", h0=True, N=2)
+    d["cu_seqlens"] = torch.tensor([0, 5, 70], dtype=torch.int32)     # varlen: one piece, states recomputed
+    _check(d, context="varlen", fn=wkv6_chunk_lowmem)
+    x = {n: t.detach() for n, t in d.items() if torch.is_tensor(t)}
+    _, _, hs = kc._wkv6_lowmem_fwd_op(x["r"], x["k"], x["v"], x["w"], x["u"], 0.25, None, None, True)
+    assert hs.numel() == 0
+
+
 # ------------------------------------------------------------------------------------------------ GPU
-def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6):
-    """Kernel vs the fp64 chunked reference (run on the GPU), same cotangents on both sides."""
+def _du_floor(d, dtype, seed=0):
+    """The error of du that rounding the *exact* float64 du to u's dtype alone gives, on this draw and with the
+    cotangents ``compare`` draws (same generator, seed and order: o, then the final state; only o's reaches du).
+    du = Σ q k (v·do) has only H·K entries: rounded to bf16 its error alone is ~1.65e-3 median and above 2e-3 on
+    rare draws (notes/wkv6.md), so for half-precision u the bound is this floor, not the kernel's accuracy."""
+    x = {n: v.detach().double().requires_grad_(n == "u") if torch.is_tensor(v) else v for n, v in d.items()}
+    o, s = ref_chunked(**x, chunk_size=64)
+    gen = torch.Generator().manual_seed(seed)
+    cot = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(dtype).double()
+    torch.autograd.backward([o], [cot.to(o.device)])
+    du = x["u"].grad
+    return rel_err(du.to(dtype), du)
+
+
+def _assert_du(errs, bound, du_dtype, floor, context):
+    """Every error but du within ``bound``; du (returned in u's dtype, accumulated in fp32 inside the kernel) within
+    ``bound`` when u is fp32, else within max(bound, 1.1 × floor), floor = the error of the exact du rounded to u's
+    dtype on the same draw (a rounding floor no implementation can beat, not a loosened tolerance)."""
+    rest = {n: e for n, e in errs.items() if n != "du"}
+    assert_close_all(rest, bound, context)
+    du_bound = bound if du_dtype == torch.float32 else max(bound, 1.1 * floor())
+    assert errs["du"] <= du_bound, f"{context}: du error {errs['du']:.3g} > {du_bound:.3g} (bound {bound:g})"
+
+
+def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6, u_dtype=None):
+    """Kernel vs the fp64 chunked reference (run on the GPU), same cotangents on both sides (du: ``_assert_du``)."""
     d = make_inputs(B, T, H, K, V, dtype=dtype, decay=decay, h0=h0, device="cuda")
+    if u_dtype is not None:
+        d["u"] = d["u"].detach().to(u_dtype).requires_grad_(True)
     errs = compare(fn, lambda **kw: ref_chunked(**kw, chunk_size=64), d)
-    assert_close_all(errs, bound, f"B{B} T{T} H{H} K{K} V{V} {dtype}")
+    _assert_du(errs, bound, d["u"].dtype, lambda: _du_floor(d, dtype), f"B{B} T{T} H{H} K{K} V{V} {dtype}")
     return errs
 
 
@@ -452,6 +501,13 @@ def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6):
 @pytest.mark.parametrize("shape", [(2, 1000, 4, 128, 128), (1, 300, 3, 60, 100), (4, 256, 2, 64, 64)])
 def test_wkv6_gpu(shape, dtype, bound, fn):
     _gpu_check(*shape, dtype, bound, fn=fn)
+
+
+@pytest.mark.gpu
+@FNS
+def test_wkv6_gpu_bf16_fp32_u(fn):
+    """bf16 r, k, v, w with an fp32 u: du comes back in fp32 and meets the 2e-3 bound like every other gradient."""
+    _gpu_check(2, 300, 3, 64, 64, torch.bfloat16, 2e-3, fn=fn, u_dtype=torch.float32)
 
 
 @pytest.mark.gpu
@@ -481,5 +537,6 @@ def test_wkv6_gpu_large_bf16(fn):
     o3, s3 = fn(**z)
     torch.autograd.backward([o3, s3], [go[:2, :, :4].contiguous(), gs[:2, :4].contiguous()])
     errs["du"] = rel_err(z["u"].grad, y["u"].grad)
-    assert_close_all(errs, 2e-3, "B8 T4096 H32 bf16 (2×4 heads checked)")
+    _assert_du(errs, 2e-3, z["u"].dtype, lambda: rel_err(y["u"].grad.to(torch.bfloat16), y["u"].grad),
+               "B8 T4096 H32 bf16 (2×4 heads checked)")
 

@@ -32,8 +32,16 @@ and the cancellation-free dw (only pairs that span j contribute to dw_j): a leve
 in t's segment before t or in s's segment after s, so
     dw += segmented-reverse-exclusive-cumsum(q̂ ⊙ (dA k̂)) + segmented-exclusive-cumsum(k̂ ⊙ (dAᵀ q̂)),
 plus the block-crossing terms of ``common._cross_bwd`` (through S_m and D_m, computed first so that the two
-[K, V] states are dead before the level dots). du: per-program partial rows
-summed once (deterministic, no atomics).
+[K, V] states are dead before the level dots). du: per-program fp32 partial rows summed once in fp32
+(deterministic, no atomics) and rounded to u's dtype once: du = Σ q k (v·do) has only H·K entries, so in bf16 its
+own rounding is ~1.65e-3 (median over draws) and above 2e-3 on rare draws — a floor no implementation can beat
+(the GPU tests bound du by max(2e-3, 1.1 × that floor) for half-precision u; an fp32 u gets du in fp32, 2e-3).
+
+Memory (``TUNING``; ``wkv6_chunk_lowmem``): the forward may skip saving S_c (the backward's state pass then
+recomputes it with D_c) and the backward may run batch slices one after another, so that its transient fp32
+state buffers stay bounded: at B8 T4096 H32 the extra peak of fwd+bwd drops from 1.43 to 0.76 GiB for 10.1 → 12.8
+ms (H100, run 5: the reverse scan is latency-bound and runs once per slice). Splitting V across backward programs
+([K, 32] states, fp32 partial sums) was measured too and lost (bwd kernel 6.7 → 12.4 ms: still 255 registers).
 """
 from __future__ import annotations
 
@@ -339,6 +347,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
     prec = _prec(r.dtype)
     varlen = cu_seqlens is not None
     seq = _use_seq(N, H, V, dev) if _FORCED_SEQ is None else _FORCED_SEQ
+    save = save and TUNING["save_states"]
     o = new_empty((B, T, H, V), r.dtype, dev)
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev)
     if seq:
@@ -357,40 +366,126 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
     return o, ht, (buf[0] if save else buf.new_empty((0,)))
 
 
-def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None):
-    """Gradients (dr, dk, dv, dw, du, dh0 or None). ``states``: the forward's chunk-start states (else recomputed)."""
+# Memory knobs of the chunk algorithm, measured on the H100 (scripts/gpu_wkv6.py variants, notes/wkv6.md run 5);
+# the defaults are the fastest; ``LOWMEM`` (``wkv6_chunk_lowmem``) the smallest; ``tuning`` overrides them (tests,
+# dev harness):
+#   save_states  the forward keeps the fp32 chunk-start states for the backward (False: the backward recomputes
+#                them in its state pass: one more dot per chunk, 4·K·V bytes per 64 tokens and head less held
+#                between the passes);
+#   piece_bytes  the backward runs batch slices one after another so that its transient fp32 state buffers stay
+#                under this many bytes (None: one piece; varlen: always one piece);
+#   scan_fill    the backward's reverse state scan uses narrower V-blocks (down to 16) until it has >= #SMs
+#                programs (a piece of one or two batch elements has few (sequence, head) pairs).
+TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False}
+LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True}
+
+
+@contextlib.contextmanager
+def tuning(**knobs):
+    """Override ``TUNING`` inside the block (tests and the dev harness). Not thread-safe; ``save_states`` must not
+    change between a forward and its backward."""
+    bad = set(knobs) - set(TUNING)
+    if bad:
+        raise ValueError(f"unknown wkv6 chunk knobs {sorted(bad)}; known: {sorted(TUNING)}")
+    old = dict(TUNING)
+    TUNING.update(knobs)
+    try:
+        yield
+    finally:
+        TUNING.clear()
+        TUNING.update(old)
+
+
+def _state_shape(B, T, H, K, V, N, varlen):
+    """Shape of the states the forward saves (empty when ``save_states`` is off)."""
+    return _par_state_shape(B, T, H, K, V, N, varlen) if TUNING["save_states"] else (0,)
+
+
+def _bwd_pieces(B, T, H, K, V, recompute, varlen):
+    """Batch ranges [b0, b1) the backward runs one after another (``piece_bytes``)."""
+    limit = TUNING["piece_bytes"]
+    if varlen or limit is None:
+        return [(0, B)]
+    per_b = triton.cdiv(T, BT) * H * K * V * 4 * (2 if recompute else 1)
+    nb = max(1, min(B, limit // per_b))
+    return [(b0, min(B, b0 + nb)) for b0 in range(0, B, nb)]
+
+
+def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs):
+    """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_kernel``, writing into the
+    gradient views ``outs`` = (dr, dk, dv, dw). Returns (du [H, K] fp32, dh0 or None)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
-    if states is None or states.numel() == 0:
-        buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, "bwd")
-        hs, hd = buf[0], buf[1]
-    else:
-        buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, "bwd_d")
-        hs, hd = states, buf[0]
-    dr = new_empty(r.shape, r.dtype, dev)
-    dk = new_empty(k.shape, k.dtype, dev)
-    dv = new_empty(v.shape, v.dtype, dev)
-    dw = new_empty(w.shape, w.dtype, dev)
+    scan_bv = None
+    if TUNING["scan_fill"]:
+        scan_bv = 64
+        while scan_bv > 16 and N * H * triton.cdiv(V, scan_bv) < num_sms(dev):
+            scan_bv //= 2
+    mode = "bwd" if hs is None else "bwd_d"
+    buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv)
+    hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
+    dr, dk, dv, dw = outs
     du_part = new_empty((S * NB, H, K), torch.float32, dev)
     _bwd_kernel[(S * NB, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K,
                              V=V, BT=BT, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
                              PREC=_prec(r.dtype, bwd=True))
-    du = du_part.sum(0).to(u.dtype)
-    return dr, dk, dv, dw, du, (dh0 if h0 is not None else None)
+    return du_part.sum(0), dh0
 
 
-_wkv6_chunk_fwd_op = _make_ops("wkv6", _chunk_fwd_impl, _chunk_bwd_impl, _par_state_shape)
+def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None):
+    """Gradients (dr, dk, dv, dw, du, dh0 or None). ``states``: the forward's chunk-start states (else recomputed).
+    du is summed in fp32 and rounded to u's dtype once."""
+    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+    saved = states is not None and states.numel() > 0
+    outs = [new_empty(x.shape, x.dtype, r.device) for x in (r, k, v, w)]
+    NT = triton.cdiv(T, BT)
+    pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None)
+    dus, dh0s = [], []
+    for b0, b1 in pieces:
+        cut = lambda x: x if x is None or len(pieces) == 1 else x[b0:b1]  # noqa: E731
+        hs = None if not saved else states if len(pieces) == 1 else states[b0 * NT:b1 * NT]
+        du, dh0 = _bwd_piece(cut(r), cut(k), cut(v), cut(w), u, cut(do), cut(dht), cut(h0), cu_seqlens, scale, hs,
+                             [cut(g) for g in outs])
+        dus.append(du)
+        dh0s.append(dh0)
+    du = (dus[0] if len(dus) == 1 else torch.stack(dus).sum(0)).to(u.dtype)
+    dh0 = None if h0 is None else dh0s[0] if len(dh0s) == 1 else torch.cat(dh0s)
+    return (*outs, du, dh0)
+
+
+def _with_knobs(impl, knobs):
+    """``impl`` run under ``tuning(**knobs)`` (an op whose forward and backward both use them)."""
+    def run(*args):
+        with tuning(**knobs):
+            return impl(*args)
+    return run
+
+
+_wkv6_chunk_fwd_op = _make_ops("wkv6", _chunk_fwd_impl, _chunk_bwd_impl, _state_shape)
+_wkv6_lowmem_fwd_op = _make_ops("wkv6_lowmem", _with_knobs(_chunk_fwd_impl, LOWMEM),
+                                _with_knobs(_chunk_bwd_impl, LOWMEM), lambda *shape: (0,))
 
 
 MAX_BKV = 160     # BK + BV above this: the backward's fp32 tiles exceed the H100's shared memory (K=V=128 needs
 #                   256 KiB; K=32 V=96 ran on the H100)
 
 
+def _chunk_entry(op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens):
+    if r.dim() == 4 and v.dim() == 4 and _bk(r.shape[-1]) + _bk(v.shape[-1]) > MAX_BKV:
+        from kernels.wkv6.fused import wkv6_fused
+        return wkv6_fused(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
+    return _run(op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
+
+
 def wkv6_chunk(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
     """RWKV-6 wkv, tensor-core chunk algorithm (the default behind ``kernels.wkv6.wkv6``). Where
     pow2(K) + pow2(V) > 160 (e.g. K = V = 128; not supported by its backward yet) it runs the sequential
     ``wkv6_fused`` instead (same results)."""
-    if r.dim() == 4 and v.dim() == 4 and _bk(r.shape[-1]) + _bk(v.shape[-1]) > MAX_BKV:
-        from kernels.wkv6.fused import wkv6_fused
-        return wkv6_fused(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
-    return _run(_wkv6_chunk_fwd_op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
+    return _chunk_entry(_wkv6_chunk_fwd_op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
+
+
+def wkv6_chunk_lowmem(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
+    """``wkv6_chunk`` with the ``LOWMEM`` knobs (custom ops ``groundthink::wkv6_lowmem_*``): nothing saved between
+    forward and backward but the inputs, the backward's fp32 state buffers ≤ 128 MiB per batch slice. Same results;
+    H100 run 5 at B8 T4096 H32: extra peak of fwd+bwd 0.76 GiB (default 1.43), fwd+bwd 12.8 ms (default 10.1)."""
+    return _chunk_entry(_wkv6_lowmem_fwd_op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)

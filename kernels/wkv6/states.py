@@ -101,11 +101,12 @@ def _par_slots(B, T, N, cu_seqlens, device):
     return S, NT, cmap.clamp_(min=0).to(torch.int32)
 
 
-def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode):
+def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None):
     """Per-chunk states (parallel state kernel + sequential scan over chunks).
 
     mode "fwd": S_c (state at each chunk start, [S, H, K, V] fp32) and the final state;
     "bwd": S_c and D_c (dL/dS at each chunk end) and dh0; "bwd_d" (S_c saved by the forward): D_c and dh0 only.
+    scan_bv: the scan's V-block width (None: the state kernel's; narrower gives the scan more programs).
     Returns (buf [1 or 2, S, H, K, V]: S_c then D_c, ht or None, dh0 or None, S, NT, cmap, cu)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     BK, BV = _blocks(K, V)
@@ -124,10 +125,11 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode):
     ht = new_empty((N, H, K, V), torch.float32, dev) if mode != "bwd_d" else None
     dh0 = new_empty((N, H, K, V), torch.float32, dev) if mode != "fwd" else None
     any_ = ht if ht is not None else dh0
-    _chunk_scan_kernel[(N * H, NV, 2 if mode == "bwd" else 1)](
+    SBV = BV if scan_bv is None else min(scan_bv, BV)
+    _chunk_scan_kernel[(N * H, triton.cdiv(V, SBV), 2 if mode == "bwd" else 1)](
         buf, gl, h0 if h0 is not None else any_, dht if dht is not None else any_, any_ if ht is None else ht,
         any_ if dh0 is None else dh0, cu, T, NT, S, int(h0 is not None), int(dht is not None),
-        int(mode == "bwd_d"), H=H, K=K, V=V, BT=BT_PAR, BK=BK, BV=BV, VARLEN=varlen, num_warps=4)
+        int(mode == "bwd_d"), H=H, K=K, V=V, BT=BT_PAR, BK=BK, BV=SBV, VARLEN=varlen, num_warps=4)
     return buf, ht, dh0, S, NT, cmap, cu
 
 
