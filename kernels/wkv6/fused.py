@@ -7,8 +7,8 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import (_blocks, _clamp_w, _cu, _dims, _intra_bwd, _make_ops, _nh_bucket, _prec, _row_offsets,
-                                 _run, _seq_bounds, _state_bwd, _warp_configs)
+from kernels.wkv6.common import (_blocks, _clamp_w, _cu, _dims, _intra_bwd, _kv_ranges, _make_ops, _nh_bucket,
+                                 _prec, _row_offsets, _run, _seq_bounds, _state_bwd, _warp_configs)
 
 BT_CHUNK = 16
 CKPT = 4          # backward: chunk states checkpointed every CKPT chunks, the others recomputed into L2 scratch
@@ -33,14 +33,10 @@ def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, h
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
     L = eos - bos
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     m_eq = o_t[:, None] == o_t[None, :]
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    p_hs = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+    p_hs = i_nh.to(tl.int64) * K * V + o_kv
     if USE_H0:
         b_h = tl.load(h0_ptr + p_hs, mask=m_kv, other=0.).to(tl.float32)
     else:
@@ -49,8 +45,7 @@ def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, h
     for i_c in range(0, tl.cdiv(L, BT)):
         if SAVE:
             if i_c % CK == 0:
-                tl.store(hs_ptr + ((c0 + i_c // CK) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :], b_h,
-                         mask=m_kv)
+                tl.store(hs_ptr + ((c0 + i_c // CK) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
         m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, i_c * BT, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
         b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
         # exact intra-chunk scores A[t, j] = sum_k q_tk k_jk E[t, j, k], E[t, j] = prod_{j<i<t} exp(w_i) (s < t):
@@ -98,12 +93,7 @@ def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
     L = eos - bos
     c0 = bos // (BT * CK) + i_n     # first checkpoint slot of this sequence (slots never overlap, see _bwd_impl)
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    o_kv = o_k[:, None] * V + o_v[None, :]
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     if USE_H0:
         b_h = tl.load(h0_ptr + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.).to(tl.float32)
     else:
@@ -119,6 +109,23 @@ def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
         b_gl = tl.sum(b_w, axis=0)
         b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)  # G_L - G_t as a suffix sum
         b_h = b_h * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+
+
+@triton.jit
+def _bonus_store(b_q, b_k, b_wr, b_v, b_do, b_u, b_dq, b_dk, b_dw, b_du, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk,
+                 scale):
+    """One chunk's last step of dq, dk, dw [BT, BK] (fp32): add the bonus terms u·k·(v·do) and u·q·(v·do), zero
+    dw where the raw w > 0 (the clamp passes no gradient), store all three in their dtypes (dq times ``scale``);
+    returns du [BK] plus this chunk's Σ_t q·k·(v·do). ``b_q`` is already scaled; ``b_wr`` is the unclamped w."""
+    b_vd = tl.sum(b_v * b_do, axis=1)
+    b_du += tl.sum(b_q * b_k * b_vd[:, None], axis=0)
+    b_dq += b_u[None, :] * b_k * b_vd[:, None]
+    b_dk += b_u[None, :] * b_q * b_vd[:, None]
+    b_dw = tl.where(b_wr > 0, 0., b_dw)
+    tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(dw_ptr + p_k, b_dw.to(dw_ptr.dtype.element_ty), mask=m_tk)
+    return b_du
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -142,12 +149,7 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
     NT = tl.cdiv(L, BT)
     c0 = bos // (BT * CK) + i_n
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    o_kv = o_k[:, None] * V + o_v[None, :]
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     m_eq = o_t[:, None] == o_t[None, :]
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
     if USE_DHT:
@@ -203,14 +205,8 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
                                                          b_dw, PREC)
         tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
         if DIRECT:
-            b_vd = tl.sum(b_v * b_do, axis=1)
-            b_du += tl.sum(b_q * b_k * b_vd[:, None], axis=0)
-            b_dq += b_u[None, :] * b_k * b_vd[:, None]
-            b_dk += b_u[None, :] * b_q * b_vd[:, None]
-            b_dw = tl.where(b_wr > 0, 0., b_dw)
-            tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
-            tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
-            tl.store(dw_ptr + p_k, b_dw.to(dw_ptr.dtype.element_ty), mask=m_tk)
+            b_du = _bonus_store(b_q, b_k, b_wr, b_v, b_do, b_u, b_dq, b_dk, b_dw, b_du, dq_ptr, dk_ptr, dw_ptr,
+                                p_k, m_tk, scale)
         else:
             tl.store(dq_ptr + part + p_k, b_dq, mask=m_tk)
             tl.store(dk_ptr + part + p_k, b_dk, mask=m_tk)
@@ -261,14 +257,8 @@ def _wkv6_bwd_combine_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, 
             p_pq += part_stride
             p_pk += part_stride
             p_pw += part_stride
-        b_vd = tl.sum(b_v * b_do, axis=1)
-        b_du += tl.sum(b_q * b_k * b_vd[:, None], axis=0)
-        b_dq += b_u[None, :] * b_k * b_vd[:, None]
-        b_dk += b_u[None, :] * b_q * b_vd[:, None]
-        b_dw = tl.where(b_w > 0, 0., b_dw)
-        tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
-        tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
-        tl.store(dw_ptr + p_k, b_dw.to(dw_ptr.dtype.element_ty), mask=m_tk)
+        b_du = _bonus_store(b_q, b_k, b_w, b_v, b_do, b_u, b_dq, b_dk, b_dw, b_du, dq_ptr, dk_ptr, dw_ptr,
+                            p_k, m_tk, scale)
     tl.store(du_ptr + i_nh.to(tl.int64) * K + o_k, b_du, mask=m_k)
 
 

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import new_empty
-from kernels.wkv6.common import _clamp_w, _validate
+from kernels.wkv6.common import _clamp_w, _kv_ranges, _validate
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -18,13 +18,9 @@ def _wkv6_recurrent_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_
                            BV: tl.constexpr, USE_H0: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    p_hs = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+    p_hs = i_nh.to(tl.int64) * K * V + o_kv
     if USE_H0:
         b_h = tl.load(h0_ptr + p_hs, mask=m_kv, other=0.).to(tl.float32)
     else:
