@@ -20,8 +20,9 @@ Kernels:
 * forward: a 2-D grid (row blocks, column blocks), one tile each: reads x, the previous rows, the five m_i, writes
   the five outputs.
 * backward: a persistent grid (P programs per column block, striding over row blocks) that writes dx, dm and one
-  fp32 partial row of dmaa per program ([P, 5, D]); one torch ``sum(0)`` finishes dmaa. No atomics:
-  bit-identical run to run. No host syncs, no autotuning (CUDA-graph capturable).
+  fp32 partial row of dmaa per program ([P, 5, D]); the last program of each column block to finish sums the P
+  partial rows in a fixed order and stores dmaa (``kernels._colsum``: no second launch, no atomics on data,
+  bit-identical run to run). No host syncs, no autotuning (CUDA-graph capturable).
 
 Numerics: fp32 arithmetic, outputs rounded once on store, int64 offsets. Dtypes: x, m fp32/fp16/bf16 (may
 differ), maa any float dtype; outputs in x's dtype; dx, dm, dmaa in their inputs' dtypes.
@@ -38,6 +39,7 @@ import triton
 import triton.language as tl
 
 from kernels import INTERPRET
+from kernels._colsum import arrive_last, counters, finish_columns, finish_rows
 from kernels._common import check_tensor, new_empty, num_sms
 from reference.ddlerp import N_MIX, check_args
 
@@ -129,11 +131,11 @@ def _mix_bwd(p_do, p_m, p_dm, p_maa, i, ND, D, offs, m, m_next, o_c, m_c, b_xx, 
 
 
 @triton.jit
-def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_maa, p_dx, p_dm, p_part,
-                       N, T, D, ND, n_blocks, n_progs,
-                       HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
-    # p_do*, p_x, p_dx: [N, D]; p_prev: [B, D]; p_m, p_dm: [5, N, D]; p_maa: [5, D];
-    # p_part: [n_progs, 5, D] fp32 partial rows of dmaa
+def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_maa, p_dx, p_dm, p_part, p_dmaa,
+                       p_count, N, T, D, ND, n_blocks, n_progs,
+                       HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr):
+    # p_do*, p_x, p_dx: [N, D]; p_prev: [B, D]; p_m, p_dm: [5, N, D]; p_maa, p_dmaa: [5, D];
+    # p_part: [n_progs, 5, D] fp32 partial rows of dmaa; p_count: [column blocks] int32 arrival counters
     pid, o_c, m_c = _cols(D, BD)
     b_a0 = tl.zeros([BD], dtype=tl.float32)
     b_a1 = tl.zeros([BD], dtype=tl.float32)
@@ -166,7 +168,10 @@ def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_ma
     tl.store(p_row + 2 * D, b_a2, mask=m_c)
     tl.store(p_row + 3 * D, b_a3, mask=m_c)
     tl.store(p_row + 4 * D, b_a4, mask=m_c)
-
+    c0 = tl.program_id(1) * BD
+    if arrive_last(p_count + tl.program_id(1), n_progs):
+        for i in range(5):
+            finish_columns(p_part + i * D, 5 * D, n_progs, p_dmaa + i * D, c0, tl.minimum(c0 + BD, D), BP, BD)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -220,10 +225,11 @@ def _bwd_impl(douts, x, m, maa, x_prev):
         return dx, dm, torch.zeros_like(maa)
     BR, BD, n_blocks, n_progs, n_cb = persistent_grid(N, D, TUNING["bwd_tile"], TUNING["bwd_per_sm"], dev)
     part = new_empty((n_progs, N_MIX, D), torch.float32, dev)
+    dmaa = new_empty(maa.shape, maa.dtype, dev)
     _ddlerp_bwd_kernel[(n_progs, n_cb)](
-        *douts, x, x_prev, m, maa, dx, dm, part, N, T, D, N * D, n_blocks, n_progs,
-        HAS_PREV=x_prev is not None, BR=BR, BD=BD, num_warps=4)
-    return dx, dm, part.sum(0).to(maa.dtype)   # one fixed-order fp32 sum: deterministic
+        *douts, x, x_prev, m, maa, dx, dm, part, dmaa, counters(dev, n_cb), N, T, D, N * D, n_blocks, n_progs,
+        HAS_PREV=x_prev is not None, BR=BR, BD=BD, BP=finish_rows(BD), num_warps=4)
+    return dx, dm, dmaa
 
 
 # ----------------------------------------------------------------------------------------------------------
