@@ -19,7 +19,8 @@ Backward (dy on y, dh_in on h, both may arrive; c₁ = mean(x̂⊙W⊙dy), c₂ 
 Layouts: every row tensor is viewed as a contiguous [N, D] matrix (N = product of the leading dims; a
 non-contiguous input is copied once). Row gate → [N], element gate → [N, D], vector gate / W / bias → [D],
 weights gate → [2]. Saved for backward: h (its output dtype) and stats [1, N] fp32 (rstd) or [2, N] (rstd, μ
-for LayerNorm); x̂ is recomputed from h (exact when h is fp32, within one bf16/fp16 rounding otherwise).
+for LayerNorm); x̂ is recomputed from h (exact when h is fp32, within one bf16/fp16 rounding otherwise); a and b
+only where the gate gradients read them (mode "add" keeps no branch alive: the FFN output, at large 16 MB a layer).
 
 Kernels:
 * forward: a [BR, BD] tile per program (BD = next power of two ≥ D, the whole row in registers; BR rows per
@@ -181,7 +182,7 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
     p_dhin   [N, D]   incoming gradient on h; None unless HAS_DH
     p_dy     [N, D]   incoming gradient on y (zeros when y got none)
     p_h      [N, D]   saved h (x̂ is recomputed from it and the stats)
-    p_a      [N, D]   first branch (read for the gate gradients; not read in MODE 0)
+    p_a      [N, D]   first branch (read for the gate gradients; MODE 0: a 0-element stand-in, never read)
     p_b      [N, D]   second branch; None in MODE 0
     p_g      gate as in the forward ([D], [N], [N, D] or [2]); None in MODE 0
     p_w      [D]      norm weight
@@ -468,6 +469,8 @@ def _(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits, x_dty
 def _setup_context(ctx, inputs, output):
     x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32 = inputs
     h, _, stats = output
+    if mode == "add":          # the backward reads only a's dtype: keep a 0-element stand-in, not the branch
+        a = a.new_empty((0,))
     ctx.save_for_backward(h, a, b, gate, weight, bias, stats)
     ctx.cfg = (mode, norm, gate_logits, x.dtype)
 
