@@ -469,6 +469,7 @@ def _(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits, x_dty
 def _setup_context(ctx, inputs, output):
     x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32 = inputs
     h, _, stats = output
+    ctx.set_materialize_grads(False)   # no zero tensors for unused outputs (stats; the last block's h)
     if mode == "add":          # the backward reads only a's dtype: keep a 0-element stand-in, not the branch
         a = a.new_empty((0,))
     ctx.save_for_backward(h, a, b, gate, weight, bias, stats)
