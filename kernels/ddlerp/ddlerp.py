@@ -28,7 +28,9 @@ Numerics: fp32 arithmetic, outputs rounded once on store, int64 offsets. Dtypes:
 differ), maa any float dtype; outputs in x's dtype; dx, dm, dmaa in their inputs' dtypes.
 
 torch.library: ``groundthink::ddlerp_fwd`` / ``groundthink::ddlerp_bwd`` custom ops with fake implementations and
-one registered autograd formula (the only path).
+one registered autograd formula (the only path); ``groundthink::ddlerp_grouped_fwd`` is the same forward kernel
+writing the outputs grouped by ``order`` (one [B, T, D] tensor and one [4, B, T, D] stack: the model's batched r/k/v/g
+projection reads the stack without a copy), with the same backward kernel reading the stack's gradient slices.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ import triton.language as tl
 from kernels import INTERPRET
 from kernels._colsum import arrive_last, counters, finish_columns, finish_rows
 from kernels._common import check_tensor, new_empty, num_sms
-from reference.ddlerp import N_MIX, check_args
+from reference.ddlerp import N_MIX, check_args, check_order
 
 __all__ = ["ddlerp"]
 
@@ -202,10 +204,12 @@ def persistent_grid(N: int, D: int, tile: int, per_sm: int, dev):
     return BR, BD, n_blocks, min(n_progs, n_blocks), n_cb
 
 
-def _fwd_impl(x, m, maa, x_prev):
+def _fwd_impl(x, m, maa, x_prev, outs=None):
+    """The five outputs in mix order (into ``outs`` when given: five [B, T, D] tensors, e.g. views of one buffer)."""
     B, T, D = x.shape
     N = B * T
-    outs = [new_empty(x.shape, x.dtype, x.device) for _ in range(N_MIX)]
+    if outs is None:
+        outs = [new_empty(x.shape, x.dtype, x.device) for _ in range(N_MIX)]
     if N == 0 or D == 0:
         return outs
     BR, BD = _blocks(N, D, TUNING["fwd_tile"])
@@ -246,6 +250,22 @@ def _(x, m, maa, x_prev):
     return tuple(torch.empty_like(x) for _ in range(N_MIX))
 
 
+@torch.library.custom_op("groundthink::ddlerp_grouped_fwd", mutates_args=())
+def _grouped_op(x: torch.Tensor, m: torch.Tensor, maa: torch.Tensor, x_prev: Optional[torch.Tensor],
+                order: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    first = new_empty(x.shape, x.dtype, x.device)
+    rest = new_empty((N_MIX - 1, *x.shape), x.dtype, x.device)
+    slots = [first, *rest.unbind(0)]
+    outs = [slots[order.index(i)] for i in range(N_MIX)]      # mix i is written to slot order.index(i)
+    _fwd_impl(x, m, maa, x_prev, outs)
+    return first, rest
+
+
+@_grouped_op.register_fake
+def _(x, m, maa, x_prev, order):
+    return torch.empty_like(x), x.new_empty((N_MIX - 1, *x.shape))
+
+
 @torch.library.custom_op("groundthink::ddlerp_bwd", mutates_args=())
 def _bwd_op(do0: torch.Tensor, do1: torch.Tensor, do2: torch.Tensor, do3: torch.Tensor, do4: torch.Tensor,
             x: torch.Tensor, m: torch.Tensor, maa: torch.Tensor, x_prev: Optional[torch.Tensor]
@@ -273,17 +293,41 @@ def _backward(ctx, *douts):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _grouped_setup_context(ctx, inputs, output):
+    x, m, maa, x_prev, order = inputs
+    ctx.save_for_backward(x, m, maa, x_prev)
+    ctx.order = list(order)
+    ctx.set_materialize_grads(False)
+
+
+def _grouped_backward(ctx, d_first, d_rest):
+    x, m, maa, x_prev = ctx.saved_tensors
+    if d_rest is None:
+        d_rest = x.new_zeros((N_MIX - 1, *x.shape))
+    slots = [torch.zeros_like(x) if d_first is None else d_first.contiguous(), *d_rest.contiguous().unbind(0)]
+    dx, dm, dmaa = _bwd_op(*(slots[ctx.order.index(i)] for i in range(N_MIX)), x, m, maa, x_prev)
+    return dx, dm, dmaa, None, None
+
+
+_grouped_op.register_autograd(_grouped_backward, setup_context=_grouped_setup_context)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------------------
-def ddlerp(x, m, maa, x_prev=None):
+def ddlerp(x, m, maa, x_prev=None, order=None):
     """(xw, xk, xv, xr, xg) = x + (shift(x) − x) ⊙ (maa_i + m_i); x [B, T, D], m [5, B, T, D], maa [5, D],
-    x_prev [B, D] or None. See the module docstring."""
+    x_prev [B, D] or None. With ``order`` (a permutation of 0…4): (out[order[0]], the other four stacked
+    [4, B, T, D] in order[1:]), written in place by the kernel (no stack copy; its backward reads the stack's
+    gradient in place). See the module docstring."""
     check_tensor("x", x, ndim=3)
     check_tensor("m", m, device=x.device)
     check_tensor("maa", maa, device=x.device)
     if x_prev is not None:
         check_tensor("x_prev", x_prev, device=x.device)
     check_args(x, m, maa, x_prev)
+    order = check_order(order)
     c = lambda t: t if t is None or t.is_contiguous() else t.contiguous()  # noqa: E731
+    if order is not None:
+        return _grouped_op(c(x), c(m), c(maa), c(x_prev), list(order))
     return _fwd_op(c(x), c(m), c(maa), c(x_prev))
