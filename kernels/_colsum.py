@@ -2,24 +2,29 @@
 
 A persistent backward program accumulates its share of a column reduction (dW = Σ_rows …) in fp32 registers and
 stores it as one partial row of a workspace ``part [P, W]`` (P programs). Instead of a separate ``part.sum(0)``
-launch (plus a cast or copy per gradient), the program that finishes LAST sums the P partial rows and stores the
-gradient in its final dtype:
+launch (plus a cast or copy per gradient), the sum is finished inside the same kernel, in two levels so that no
+program sums more than ~2·√P rows (P ≈ 500 at a few programs per SM; one program summing all P rows of a
+512-wide row would be a long serial tail):
 
-    every program:   store its partial row;  barrier;  n = atomic_add(count, 1)        (release + acquire, gpu)
-    the last one:    (n == P − 1)  count ← 0;  out[c] = Σ_{i = 0 … P−1} part[i, c]     (fixed order, fp32)
+    every program:   store its partial row; arrive at its group's counter (groups of GS consecutive programs)
+    a group's last:  row g·GS ← Σ of the group's rows (fixed order);  arrive at the column block's counter
+    the last group:  out[c] = Σ_g row[g·GS, c]  (fixed order, fp32), stored in the gradient's dtype
 
-The sum runs over the rows in index order in fixed [BP, BC] tiles, so the result does not depend on which program
-arrives last or on timing: bit-identical run to run, no atomics on data. The counter resets itself, so a captured
-CUDA graph can replay the kernel; the counters are one cached zero-initialised int32 buffer per device
-(``counters``), shared by the kernels of a stream (launches on one stream never overlap). Two grids over the same
-counters must not run concurrently on different streams.
+"Arrive" is a CTA barrier and one ``atomic_add(count, 1)`` (acq_rel, gpu scope); the program that sees count =
+n − 1 is the last of n and resets the counter to 0. Every sum runs over rows in index order in fixed [BP, BC]
+tiles, so results do not depend on which program arrives last: bit-identical run to run, no atomics on data.
+The counters reset themselves, so a captured CUDA graph can replay the kernel; they are one cached
+zero-initialised int32 buffer per device (``counters``), shared by the kernels of a stream (launches on one stream
+never overlap). Two grids using them must not run concurrently on different streams.
 
-Memory ordering (the pattern of Inductor's cooperative reductions): the CTA barrier orders the program's partial
-stores before its release atomic; the acquire in the last program orders its loads after every release; the
-partials are loaded with ``.cg`` (L2, not a stale L1 line). Under the interpreter programs run one after another
-and barriers are no-ops: the last program is the last one run.
+Memory ordering (the pattern of Inductor's cooperative reductions): the CTA barrier orders the program's stores
+before its release atomic; the acquire in the last program orders its loads after every release (transitively
+through the group level); partial rows are loaded with ``.cg`` (L2, not a stale L1 line). Under the interpreter
+programs run one after another and barriers are no-ops: the last program is the last one run.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -27,17 +32,26 @@ import triton.language as tl
 
 from kernels import INTERPRET
 
-__all__ = ["counters", "finish_rows", "arrive_last", "finish_columns", "N_COUNTERS"]
+__all__ = ["tree", "counters", "finish_rows", "arrive_last", "arrive_tree", "finish_columns", "N_COUNTERS"]
 
-N_COUNTERS = 1024            # column blocks of one grid (a grid uses counters[0 : its column blocks])
+N_COUNTERS = 8192            # a grid uses counters[0 : column blocks · (1 + groups)]
 _CACHE: dict[torch.device, torch.Tensor] = {}
 
 
-def counters(device: torch.device, n: int = 1) -> torch.Tensor:
-    """The device's arrival counters (int32 zeros between launches); at least ``n`` of them."""
+def tree(n_progs: int) -> tuple[int, int]:
+    """(GS, NG): programs per group (~√P) and the number of groups for ``n_progs`` programs."""
+    gs = max(1, math.isqrt(n_progs))
+    return gs, -(-n_progs // gs)
+
+
+def counters(device: torch.device, n_blocks: int, n_groups: int) -> torch.Tensor:
+    """The device's arrival counters (int32 zeros between launches) for a grid of ``n_blocks`` column blocks of
+    ``n_groups`` groups each: block j uses [j·(1 + NG), (j + 1)·(1 + NG)) (its own counter, then its groups')."""
     device = torch.device(device)
+    n = n_blocks * (1 + n_groups)
     if n > N_COUNTERS:
-        raise ValueError(f"a grid with {n} column blocks needs more than the {N_COUNTERS} arrival counters")
+        raise ValueError(f"a grid of {n_blocks} column blocks × {n_groups} groups needs more than the "
+                         f"{N_COUNTERS} arrival counters")
     buf = _CACHE.get(device)
     if buf is None:
         buf = _CACHE[device] = torch.zeros(N_COUNTERS, dtype=torch.int32, device=device)
@@ -77,3 +91,23 @@ def finish_columns(p_part, stride, n_rows, p_out, c0, c1, BP: tl.constexpr, BC: 
             b_acc += tl.load(p_part + o_p.to(tl.int64)[:, None] * stride + o_c[None, :], mask=m, other=0.,
                              cache_modifier=".cg")
         tl.store(p_out + o_c, tl.sum(b_acc, axis=0).to(p_out.dtype.element_ty), mask=m_c)
+
+
+@triton.jit
+def arrive_tree(p_part, W, p_count, pid, n_progs, GS, NG, c0, c1, n_seg, seg_stride,
+                BP: tl.constexpr, BC: tl.constexpr):
+    """Call in every program after its partial row ``pid`` of ``p_part`` (rows W elements apart) is stored. The last
+    program of each group of GS sums the group's rows into its first row (columns [c0, c1) of each of ``n_seg``
+    segments ``seg_stride`` apart); True in exactly one program, the last group's last, which then finishes from
+    rows 0, GS, 2·GS, … (NG of them: ``finish_columns(p_part + segment, GS·W, NG, …)``). ``p_count``: this column
+    block's 1 + NG counters."""
+    g = pid // GS
+    g0 = g * GS
+    n = tl.minimum(GS, n_progs - g0)
+    last = pid < 0
+    if arrive_last(p_count + 1 + g, n):
+        for s in range(n_seg):
+            p_row = p_part + g0.to(tl.int64) * W + s * seg_stride
+            finish_columns(p_row, W, n, p_row, c0, c1, BP, BC)
+        last = arrive_last(p_count, NG)
+    return last

@@ -6,14 +6,45 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import kernels  # noqa: F401
-from kernels._colsum import counters
+from kernels._colsum import arrive_tree, counters, finish_columns, tree
 from kernels.ddlerp import ddlerp
 from kernels.decay_exp import decay_exp
 from kernels.gate_norm_residual import gate_norm_residual
 from kernels.norm_gate import norm_gate
 from kernels.shift_lerp import shift_lerp
+
+
+@triton.jit
+def _tree_sum_kernel(p_rows, p_part, p_out, p_count, W, n_progs, GS, NG, BP: tl.constexpr, BC: tl.constexpr):
+    # p_rows, p_part: [n_progs, W] fp32 (rows in, workspace); p_out: [W]; every program stores its row, then the
+    # two-level finish
+    pid = tl.program_id(0)
+    o = tl.arange(0, BC)
+    for c in range(0, W, BC):
+        m = c + o < W
+        tl.store(p_part + pid * W + c + o, tl.load(p_rows + pid * W + c + o, mask=m), mask=m)
+    if arrive_tree(p_part, W, p_count, pid, n_progs, GS, NG, 0, W, 1, 0, BP, BC):
+        finish_columns(p_part, GS * W, NG, p_out, 0, W, BP, BC)
+
+
+@pytest.mark.parametrize("n_progs", [1, 7, 10])
+def test_two_level_sum(n_progs):
+    """Groups of ⌊√P⌋ (a partial last group at P = 7, 10): the column sums equal a float64 sum within fp32
+    rounding, and the counters are back at zero."""
+    W = 37
+    rows = torch.randn(n_progs, W, generator=torch.Generator().manual_seed(n_progs))
+    out = torch.full((W,), float("nan"))
+    GS, NG = tree(n_progs)
+    assert GS * NG >= n_progs and (NG - 1) * GS < n_progs
+    cnt = counters(torch.device("cpu"), 1, NG)
+    _tree_sum_kernel[(n_progs,)](rows, torch.full_like(rows, float("nan")), out, cnt, W, n_progs, GS, NG, BP=2,
+                                 BC=16)
+    torch.testing.assert_close(out.double(), rows.double().sum(0), rtol=1e-6, atol=1e-6)
+    assert not cnt.any()
 
 
 def _cases(gen):
@@ -43,7 +74,7 @@ def test_counters_reset_and_reruns_bit_identical():
             out = fn(params)
             dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)) if dy is None else dy
             grads.append(torch.autograd.grad(out, params, dy))
-            assert not counters(torch.device("cpu")).any(), f"{name}: arrival counters not reset"
+            assert not counters(torch.device("cpu"), 1, 1).any(), f"{name}: arrival counters not reset"
         for g0, g1 in zip(*grads):
             assert torch.isfinite(g0).all() and torch.equal(g0, g1), name
 
@@ -83,4 +114,4 @@ def test_gpu_finish_under_load_and_graph_replay():
         g.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, first)
-    assert not counters(dev).any()
+    assert not counters(dev, 1, 1).any()

@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from kernels import INTERPRET
-from kernels._colsum import arrive_last, counters, finish_columns, finish_rows
+from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import check_tensor, new_empty, num_sms
 from reference.ddlerp import N_MIX, check_args, check_order
 
@@ -134,10 +134,11 @@ def _mix_bwd(p_do, p_m, p_dm, p_maa, i, ND, D, offs, m, m_next, o_c, m_c, b_xx, 
 
 @triton.jit
 def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_maa, p_dx, p_dm, p_part, p_dmaa,
-                       p_count, N, T, D, ND, n_blocks, n_progs,
+                       p_count, N, T, D, ND, n_blocks, n_progs, GS, NG,
                        HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr):
     # p_do*, p_x, p_dx: [N, D]; p_prev: [B, D]; p_m, p_dm: [5, N, D]; p_maa, p_dmaa: [5, D];
-    # p_part: [n_progs, 5, D] fp32 partial rows of dmaa; p_count: [column blocks] int32 arrival counters
+    # p_part: [n_progs, 5, D] fp32 partial rows of dmaa; p_count: [column blocks, 1 + NG] int32 arrival counters;
+    # GS, NG: kernels._colsum.tree
     pid, o_c, m_c = _cols(D, BD)
     b_a0 = tl.zeros([BD], dtype=tl.float32)
     b_a1 = tl.zeros([BD], dtype=tl.float32)
@@ -171,9 +172,11 @@ def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_ma
     tl.store(p_row + 3 * D, b_a3, mask=m_c)
     tl.store(p_row + 4 * D, b_a4, mask=m_c)
     c0 = tl.program_id(1) * BD
-    if arrive_last(p_count + tl.program_id(1), n_progs):
+    c1 = tl.minimum(c0 + BD, D)
+    if arrive_tree(p_part, 5 * D, p_count + tl.program_id(1) * (1 + NG), pid, n_progs, GS, NG, c0, c1, 5, D, BP,
+                   BD):
         for i in range(5):
-            finish_columns(p_part + i * D, 5 * D, n_progs, p_dmaa + i * D, c0, tl.minimum(c0 + BD, D), BP, BD)
+            finish_columns(p_part + i * D, GS * 5 * D, NG, p_dmaa + i * D, c0, c1, BP, BD)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -230,9 +233,10 @@ def _bwd_impl(douts, x, m, maa, x_prev):
     BR, BD, n_blocks, n_progs, n_cb = persistent_grid(N, D, TUNING["bwd_tile"], TUNING["bwd_per_sm"], dev)
     part = new_empty((n_progs, N_MIX, D), torch.float32, dev)
     dmaa = new_empty(maa.shape, maa.dtype, dev)
+    GS, NG = tree(n_progs)
     _ddlerp_bwd_kernel[(n_progs, n_cb)](
-        *douts, x, x_prev, m, maa, dx, dm, part, dmaa, counters(dev, n_cb), N, T, D, N * D, n_blocks, n_progs,
-        HAS_PREV=x_prev is not None, BR=BR, BD=BD, BP=finish_rows(BD), num_warps=4)
+        *douts, x, x_prev, m, maa, dx, dm, part, dmaa, counters(dev, n_cb, NG), N, T, D, N * D, n_blocks, n_progs,
+        GS, NG, HAS_PREV=x_prev is not None, BR=BR, BD=BD, BP=finish_rows(BD), num_warps=4)
     return dx, dm, dmaa
 
 

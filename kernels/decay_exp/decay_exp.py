@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._colsum import arrive_last, counters, finish_columns, finish_rows
+from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import check_tensor, new_empty
 from kernels.ddlerp.ddlerp import _blocks, _cdiv, _cols, _rows, _tile, persistent_grid
 from reference.decay_exp import check_args
@@ -46,10 +46,10 @@ def _decay_exp_fwd_kernel(p_base, p_d, p_lw, N, D, BR: tl.constexpr, BD: tl.cons
 
 
 @triton.jit
-def _decay_exp_bwd_kernel(p_dlw, p_base, p_d, p_dd, p_part, p_dbase, p_count, N, D, n_blocks, n_progs,
+def _decay_exp_bwd_kernel(p_dlw, p_base, p_d, p_dd, p_part, p_dbase, p_count, N, D, n_blocks, n_progs, GS, NG,
                           BR: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr):
     # p_dlw, p_d, p_dd: [N, D]; p_base, p_dbase: [D]; p_part: [n_progs, D] fp32 partial rows of dbase;
-    # p_count: [column blocks] int32 arrival counters
+    # p_count: [column blocks, 1 + NG] int32 arrival counters; GS, NG: kernels._colsum.tree
     pid, o_c, m_c = _cols(D, BD)
     b_base = tl.load(p_base + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
     b_acc = tl.zeros([BD], dtype=tl.float32)
@@ -64,8 +64,9 @@ def _decay_exp_bwd_kernel(p_dlw, p_base, p_d, p_dd, p_part, p_dbase, p_count, N,
         tl.store(p_dd + offs, b_dd.to(p_dd.dtype.element_ty), mask=m)
     tl.store(p_part + pid.to(tl.int64) * D + o_c, b_acc, mask=m_c)
     c0 = tl.program_id(1) * BD
-    if arrive_last(p_count + tl.program_id(1), n_progs):
-        finish_columns(p_part, D, n_progs, p_dbase, c0, tl.minimum(c0 + BD, D), BP, BD)
+    c1 = tl.minimum(c0 + BD, D)
+    if arrive_tree(p_part, D, p_count + tl.program_id(1) * (1 + NG), pid, n_progs, GS, NG, c0, c1, 1, 0, BP, BD):
+        finish_columns(p_part, GS * D, NG, p_dbase, c0, c1, BP, BD)
 
 
 def _fwd_impl(base, d, dtype):
@@ -88,8 +89,9 @@ def _bwd_impl(dlw, base, d):
     BR, BD, n_blocks, n_progs, n_cb = persistent_grid(N, D, TUNING["bwd_tile"], TUNING["bwd_per_sm"], dev)
     part = new_empty((n_progs, D), torch.float32, dev)
     dbase = new_empty(base.shape, base.dtype, dev)
-    _decay_exp_bwd_kernel[(n_progs, n_cb)](dlw, base, d, dd, part, dbase, counters(dev, n_cb), N, D, n_blocks,
-                                           n_progs, BR=BR, BD=BD, BP=finish_rows(BD), num_warps=4)
+    GS, NG = tree(n_progs)
+    _decay_exp_bwd_kernel[(n_progs, n_cb)](dlw, base, d, dd, part, dbase, counters(dev, n_cb, NG), N, D, n_blocks,
+                                           n_progs, GS, NG, BR=BR, BD=BD, BP=finish_rows(BD), num_warps=4)
     return dd, dbase
 
 

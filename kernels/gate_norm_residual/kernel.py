@@ -58,7 +58,7 @@ import triton
 import triton.language as tl
 
 from kernels import INTERPRET
-from kernels._colsum import arrive_last, counters, finish_columns, finish_rows
+from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import autotune_configs, check_tensor, new_empty, num_sms
 from reference.gate_norm_residual import check_args
 
@@ -172,7 +172,7 @@ def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_stats, N, D, ep
 @triton.jit
 def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
                     p_dx, p_da, p_db, p_dg, p_part, p_dw, p_dbias, p_count,
-                    N, D, n_blocks, n_progs,
+                    N, D, n_blocks, n_progs, GS, NG,
                     MODE: tl.constexpr, LAYER: tl.constexpr, GATE_LOGITS: tl.constexpr,
                     HAS_DH: tl.constexpr, HAS_BIAS: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
                     BP: tl.constexpr):
@@ -195,8 +195,8 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
     p_part   [n_progs, 3·D + 2] fp32 workspace: per program dW | dbias | vector-gate grad | the 2 weights-gate grads
     p_dw     [D]      out: dW (the weight's dtype), the fixed-order sum of the partial rows
     p_dbias  [D]      out: dbias; None unless HAS_BIAS
-    p_count  [1]      int32 arrival counter (zero between launches; kernels._colsum)
-    N, D     rows, features; n_blocks = ⌈N / BR⌉ row blocks; n_progs programs
+    p_count  [1 + NG] int32 arrival counters (zero between launches; kernels._colsum)
+    N, D     rows, features; n_blocks = ⌈N / BR⌉ row blocks; n_progs programs in NG groups of GS (the final sums)
     MODE, LAYER, GATE_LOGITS as in the forward; HAS_DH: p_dhin is given; HAS_BIAS: the norm has a bias;
     BR, BD: rows per block, row width; BP: partial rows per step of the final sum
     """
@@ -287,14 +287,22 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
     if MODE == 4:
         tl.store(p_row + 3 * D, tl.sum(b_acc_g0, axis=0))
         tl.store(p_row + 3 * D + 1, tl.sum(b_acc_g1, axis=0))
-    if arrive_last(p_count, n_progs):
-        finish_columns(p_part, 3 * D + 2, n_progs, p_dw, 0, D, BP, BD)
+    W = 3 * D + 2
+    c1 = D                          # the partial columns this launch filled: dW [| dbias] [| vector | weights]
+    if HAS_BIAS:
+        c1 = 2 * D
+    if MODE == 1:
+        c1 = 3 * D
+    if MODE == 4:
+        c1 = W
+    if arrive_tree(p_part, W, p_count, pid, n_progs, GS, NG, 0, c1, 1, 0, BP, BD):
+        finish_columns(p_part, GS * W, NG, p_dw, 0, D, BP, BD)
         if HAS_BIAS:
-            finish_columns(p_part + D, 3 * D + 2, n_progs, p_dbias, 0, D, BP, BD)
+            finish_columns(p_part + D, GS * W, NG, p_dbias, 0, D, BP, BD)
         if MODE == 1:
-            finish_columns(p_part + 2 * D, 3 * D + 2, n_progs, p_dg, 0, D, BP, BD)
+            finish_columns(p_part + 2 * D, GS * W, NG, p_dg, 0, D, BP, BD)
         if MODE == 4:
-            finish_columns(p_part + 3 * D, 3 * D + 2, n_progs, p_dg, 0, 2, BP, BD)
+            finish_columns(p_part + 3 * D, GS * W, NG, p_dg, 0, 2, BP, BD)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -418,8 +426,9 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logit
         key = ("b", D, BR, dy.dtype, h.dtype, a.dtype, None if gate is None else gate.dtype, weight.dtype,
                None if bias is None else bias.dtype, x_dtype, mode_id, layer, logits, dh is not None,
                None if dh is None else dh.dtype, N % 16 == 0)
+        GS, NG = tree(n_progs)
         _launch_bwd((n_progs,), key, dh, dy, h, a, b, gate, weight, stats, dx, da, db, dg, part, dw, dbias,
-                    counters(dev), N, D, n_blocks, n_progs,
+                    counters(dev, 1, NG), N, D, n_blocks, n_progs, GS, NG,
                     MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_DH=dh is not None,
                     HAS_BIAS=bias is not None, BR=BR, BD=BD, BP=finish_rows(BD))
     return dx, da, db, dg, dw, dbias

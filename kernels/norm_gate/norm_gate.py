@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 
 from kernels import INTERPRET
-from kernels._colsum import arrive_last, counters, finish_columns, finish_rows
+from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import check_tensor, new_empty, num_sms
 from reference.norm_gate import check_args
 
@@ -117,12 +117,12 @@ def _norm_gate_fwd_kernel(p_x, p_z, p_w, p_b, p_y, N, D, S, G, sx, sz, eps,
 
 @triton.jit
 def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, p_dw, p_db, p_count, N, D, S, G, sx,
-                          sz, eps, n_blocks, n_progs, LAYER: tl.constexpr, BEFORE: tl.constexpr,
+                          sz, eps, n_blocks, n_progs, GS, NG, LAYER: tl.constexpr, BEFORE: tl.constexpr,
                           HAS_BIAS: tl.constexpr, BR: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr,
                           BP: tl.constexpr, BC: tl.constexpr):
     # p_x, p_z: [N, D] rows sx / sz elements apart; p_dy, p_dx, p_dz: [N, D] contiguous; p_w, p_b, p_dw, p_db:
-    # [D] (p_db: None unless HAS_BIAS); p_part: [n_progs, 2·D] fp32 partial rows dW | dbias; p_count: [1] int32
-    # arrival counter; BP × BC: the tile of the final sum
+    # [D] (p_db: None unless HAS_BIAS); p_part: [n_progs, 2·D] fp32 partial rows dW | dbias; p_count: [1 + NG]
+    # int32 arrival counters, GS, NG: kernels._colsum.tree; BP × BC: the tile of the final sums
     pid = tl.program_id(0)
     o_r0, o_c0, m0, o_c, m_c = _tile(0, N, S, G, BR, BG, BS)   # (only the column offsets are used here)
     b_w = tl.load(p_w + o_c, mask=m_c, other=0.).to(tl.float32)[None, :, :]
@@ -166,10 +166,13 @@ def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, p_dw, p_
     tl.store(p_row + o_c, b_acc_dw, mask=m_c)
     if HAS_BIAS:
         tl.store(p_row + D + o_c, b_acc_db, mask=m_c)
-    if arrive_last(p_count, n_progs):
-        finish_columns(p_part, 2 * D, n_progs, p_dw, 0, D, BP, BC)
+    c1 = D
+    if HAS_BIAS:
+        c1 = 2 * D
+    if arrive_tree(p_part, 2 * D, p_count, pid, n_progs, GS, NG, 0, c1, 1, 0, BP, BC):
+        finish_columns(p_part, GS * 2 * D, NG, p_dw, 0, D, BP, BC)
         if HAS_BIAS:
-            finish_columns(p_part + D, 2 * D, n_progs, p_db, 0, D, BP, BC)
+            finish_columns(p_part + D, GS * 2 * D, NG, p_db, 0, D, BP, BC)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -254,9 +257,10 @@ def _bwd_impl(dy, x, z, weight, bias, group_size, eps, norm, norm_before_gate):
     n_progs = max(1, min(n_progs, n_blocks))
     part = new_empty((n_progs, 2 * D), torch.float32, dev)
     BC = min(_pow2(D), 256)
+    GS, NG = tree(n_progs)
     _norm_gate_bwd_kernel[(n_progs,)](
-        dy, x, z, weight, bias, dx, dz, part, dw, db if bias is not None else None, counters(dev), N, D, S, G,
-        _row_stride(x), _row_stride(z), eps, n_blocks, n_progs,
+        dy, x, z, weight, bias, dx, dz, part, dw, db if bias is not None else None, counters(dev, 1, NG), N, D, S,
+        G, _row_stride(x), _row_stride(z), eps, n_blocks, n_progs, GS, NG,
         LAYER=norm == "layer", BEFORE=norm_before_gate, HAS_BIAS=bias is not None, BR=BR, BG=BG, BS=BS,
         BP=finish_rows(BC), BC=BC, num_warps=_warps(BR * BG * BS))
     return dx, dz, dw, db
