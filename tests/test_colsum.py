@@ -1,7 +1,8 @@
 """kernels._colsum: the glue ops' parameter gradients finished inside their backward kernels by the last program
-to arrive. Correctness against float64 is in each op's own tests; here: the arrival counters are back at zero
-after every backward (a replayed CUDA graph relies on it) and reruns give bit-identical parameter gradients, for
-grids with several programs and several column blocks (interpreter: 2 programs, 32-wide column blocks)."""
+to arrive. Correctness against float64 and run-to-run determinism are in each op's own tests; here: the two-level
+sum itself (partial groups), and the arrival counters back at zero after every backward (a replayed CUDA graph
+relies on it), for grids with several programs and column blocks (interpreter: 2 programs, 32-wide column
+blocks). GPU: the finish under load and under CUDA-graph replay."""
 from __future__ import annotations
 
 import pytest
@@ -64,19 +65,16 @@ def _cases(gen):
         [rnd(D), rnd(D), rnd(D)]
 
 
-def test_counters_reset_and_reruns_bit_identical():
+def test_counters_reset_after_each_backward():
+    """Every glue backward leaves the arrival counters at zero (its gradients' correctness and run-to-run
+    determinism are tested in each op's own tests)."""
     gen = torch.Generator().manual_seed(0)
     for name, fn, params in _cases(gen):
         params = [p.requires_grad_() for p in params]
-        dy = None
-        grads = []
-        for _ in range(2):
-            out = fn(params)
-            dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)) if dy is None else dy
-            grads.append(torch.autograd.grad(out, params, dy))
-            assert not counters(torch.device("cpu"), 1, 1).any(), f"{name}: arrival counters not reset"
-        for g0, g1 in zip(*grads):
-            assert torch.isfinite(g0).all() and torch.equal(g0, g1), name
+        out = fn(params)
+        grads = torch.autograd.grad(out, params, torch.randn(out.shape, generator=gen))
+        assert all(torch.isfinite(g).all() for g in grads), name
+        assert not counters(torch.device("cpu"), 1, 1).any(), f"{name}: arrival counters not reset"
 
 
 @pytest.mark.gpu
