@@ -48,6 +48,8 @@ def counters(device: torch.device, n_blocks: int, n_groups: int) -> torch.Tensor
     """The device's arrival counters (int32 zeros between launches) for a grid of ``n_blocks`` column blocks of
     ``n_groups`` groups each: block j uses [j·(1 + NG), (j + 1)·(1 + NG)) (its own counter, then its groups')."""
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     n = n_blocks * (1 + n_groups)
     if n > N_COUNTERS:
         raise ValueError(f"a grid of {n_blocks} column blocks × {n_groups} groups needs more than the "
