@@ -42,7 +42,8 @@ class RWKV6TimeMix(nn.Module):
 
     ddlerp token shift: xx = shift(x) − x; five data-dependent lerps x + xx ⊙ (maa_* + lora_*(x + xx ⊙ maa_x))
     (ops.shift_lerp for x + xx ⊙ maa_x, ops.ddlerp for the five lerps);
-    r, k, v and the gate pre-activation: ONE batched matmul of the stacked lerps [x_r, x_k, x_v, x_g] with
+    r, k, v and the gate pre-activation: ONE batched matmul of the stacked lerps [x_r, x_k, x_v, x_g] (written as
+    one stack by ops.ddlerp(..., order=…): no copy) with
     ``rkvg`` [4, D_in, D_out] (W_rᵀ, W_kᵀ, W_vᵀ, W_gᵀ: transposed nn.Linear weights, so that the weight gradient
     comes out contiguous; one launch forward and two backward instead of four and eight), g = silu(W_g x_g); decay w = time_decay + tanh(x_w W1) W2, log-decay lw = −exp(w);
     o = wkv6(r, k, v, lw, u, scale=1); out = W_o(GroupNorm(o) ⊙ g) (per-head GroupNorm and gate: ops.norm_gate).
@@ -86,9 +87,10 @@ class RWKV6TimeMix(nn.Module):
         m = torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5, R).transpose(0, 1)
         m = torch.bmm(m, self.time_maa_w2).view(5, B, T, D)
         maa = torch.stack([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
-        xw, xk, xv, xr, xg = ops.ddlerp(x, m, maa, x_prev)               # the five lerps, one fused op
-        r, k, v, gp = torch.bmm(torch.stack([xr, xk, xv, xg]).view(4, B * T, D),
-                                self.rkvg).view(4, B, T, D).unbind(0)     # gp: the gate's pre-activation
+        # the five lerps, one fused op: x_w alone, x_r, x_k, x_v, x_g written as one stack [4, B, T, D] (mixes
+        # w, k, v, r, g = 0 … 4 in m and maa; order r, k, v, g as in rkvg): the batched projection reads it as is
+        xw, xrkvg = ops.ddlerp(x, m, maa, x_prev, order=(0, 3, 1, 2, 4))
+        r, k, v, gp = torch.bmm(xrkvg.view(4, B * T, D), self.rkvg).view(4, B, T, D).unbind(0)   # gp: gate pre-act.
         d = torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
         lw = ops.decay_exp(self.time_decay, d, r.dtype)                    # −exp(time_decay + d) ≤ 0, fp32 math
         r, k, v, lw = (t.view(B, T, H, K) for t in (r, k, v, lw))

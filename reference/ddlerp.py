@@ -8,6 +8,9 @@ the static mixes maa ``[5, D]`` (time_maa_w, _k, _v, _r, _g):
 
 ``x_prev`` ``[B, D]`` is the last row of the previous segment (recurrent state; not differentiated). Math in
 float32 (float64 for float64 inputs); the outputs come back in x's dtype.
+
+``order`` (a permutation of 0…4) groups the outputs for a batched projection: (out[order[0]] ``[B, T, D]``, the
+other four stacked ``[4, B, T, D]`` in the order order[1:]) — the model feeds the stack to ONE batched matmul.
 """
 from __future__ import annotations
 
@@ -36,17 +39,33 @@ def check_args(x, m, maa, x_prev):
         raise ValueError(f"maa must have shape {(N_MIX, D)} ([5, D]); got {None if maa is None else tuple(maa.shape)}")
 
 
+def check_order(order):
+    """None or a permutation of 0…4 (returned as a tuple of ints)."""
+    if order is None:
+        return None
+    try:
+        got = tuple(int(i) for i in order)
+    except (TypeError, ValueError):
+        got = None
+    if got is None or sorted(got) != list(range(N_MIX)):
+        raise ValueError(f"order must be a permutation of 0..{N_MIX - 1}; got {order!r}")
+    return got
+
+
 def token_shift_diff(x, x_prev=None):
     """xx = shift(x) − x in x's dtype (x_prev or zeros before the first token)."""
     first = torch.zeros_like(x[:, :1]) if x_prev is None else x_prev[:, None].to(x.dtype)
     return torch.cat([first, x[:, :-1]], 1) - x
 
 
-def ddlerp(x, m, maa, x_prev=None):
-    """(xw, xk, xv, xr, xg); see the module docstring."""
+def ddlerp(x, m, maa, x_prev=None, order=None):
+    """(xw, xk, xv, xr, xg), or grouped by ``order``; see the module docstring."""
     check_args(x, m, maa, x_prev)
+    order = check_order(order)
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     xf = x.to(cdt)
     xx = token_shift_diff(xf, None if x_prev is None else x_prev.to(cdt))
-    out = xf + xx * (maa.to(cdt)[:, None, None, :] + m.to(cdt))
-    return tuple(o.to(x.dtype) for o in out.unbind(0))
+    out = (xf + xx * (maa.to(cdt)[:, None, None, :] + m.to(cdt))).to(x.dtype)
+    if order is None:
+        return tuple(out.unbind(0))
+    return out[order[0]], out[list(order[1:])]

@@ -14,26 +14,33 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 NG, DL, SL, DE, CE = (importlib.import_module(f"kernels.{m}.{m}")
                       for m in ("norm_gate", "ddlerp", "shift_lerp", "decay_exp", "cross_entropy"))
+GNR = importlib.import_module("kernels.gate_norm_residual.kernel")
 tgt = GPUTarget("cuda", 90, 32)
 def sig(fn, types, consts):
     names = fn.arg_names
     s = {}
     for n in names:
         if n in consts: s[n] = "constexpr"
+        elif n == "p_count": s[n] = "*i32"
         elif n.startswith("p_"): s[n] = types.get(n, "*bf16")
+        elif n in types: s[n] = types[n]
         elif n == "eps": s[n] = "fp32"
         else: s[n] = "i32"
     return s
 cases = [
  (NG._norm_gate_fwd_kernel, {"p_w": "*fp32", "p_b": "*fp32"}, dict(LAYER=True, BEFORE=True, HAS_BIAS=True, BR=8, BG=4, BS=32)),
- (NG._norm_gate_bwd_kernel, {"p_w": "*fp32", "p_b": "*fp32", "p_part": "*fp32"}, dict(LAYER=True, BEFORE=True, HAS_BIAS=True, BR=8, BG=4, BS=32)),
- (NG._norm_gate_bwd_kernel, {"p_w": "*fp32", "p_b": "*fp32", "p_part": "*fp32"}, dict(LAYER=False, BEFORE=False, HAS_BIAS=False, BR=8, BG=1, BS=256)),
+ (NG._norm_gate_bwd_kernel, {"p_w": "*fp32", "p_b": "*fp32", "p_part": "*fp32", "p_dw": "*fp32", "p_db": "*fp32"}, dict(LAYER=True, BEFORE=True, HAS_BIAS=True, BR=8, BG=4, BS=32, BP=32, BC=128)),
+ (NG._norm_gate_bwd_kernel, {"p_w": "*fp32", "p_b": "*fp32", "p_part": "*fp32", "p_dw": "*fp32", "p_db": "*fp32"}, dict(LAYER=False, BEFORE=False, HAS_BIAS=False, BR=8, BG=1, BS=256, BP=16, BC=256)),
  (DL._ddlerp_fwd_kernel, {"p_maa": "*fp32"}, dict(HAS_PREV=True, BR=16, BD=128)),
- (DL._ddlerp_bwd_kernel, {"p_maa": "*fp32", "p_part": "*fp32"}, dict(HAS_PREV=False, BR=8, BD=128)),
+ (DL._ddlerp_bwd_kernel, {"p_maa": "*fp32", "p_part": "*fp32", "p_dmaa": "*fp32"}, dict(HAS_PREV=False, BR=8, BD=128, BP=32)),
  (SL._shift_lerp_fwd_kernel, {"p_mu": "*fp32"}, dict(HAS_PREV=False, BR=16, BD=128)),
- (SL._shift_lerp_bwd_kernel, {"p_mu": "*fp32", "p_part": "*fp32"}, dict(HAS_PREV=True, BR=16, BD=128)),
+ (SL._shift_lerp_bwd_kernel, {"p_mu": "*fp32", "p_part": "*fp32", "p_dmu": "*fp32"}, dict(HAS_PREV=True, BR=16, BD=128, BP=32)),
  (DE._decay_exp_fwd_kernel, {"p_base": "*fp32"}, dict(BR=16, BD=128)),
- (DE._decay_exp_bwd_kernel, {"p_base": "*fp32", "p_part": "*fp32"}, dict(BR=16, BD=128)),
+ (DE._decay_exp_bwd_kernel, {"p_base": "*fp32", "p_part": "*fp32", "p_dbase": "*fp32"}, dict(BR=16, BD=128, BP=32)),
+ (GNR._gnr_bwd_kernel.fn, {"p_h": "*fp32", "p_g": "*fp32", "p_w": "*fp32", "p_stats": "*fp32", "p_dx": "*fp32", "p_dg": "*fp32", "p_part": "*fp32", "p_dw": "*fp32", "p_dbias": "*fp32"},
+  dict(MODE=1, LAYER=True, GATE_LOGITS=True, HAS_DH=True, HAS_BIAS=True, BR=16, BD=128, BP=32)),
+ (GNR._gnr_bwd_kernel.fn, {"p_h": "*fp32", "p_g": "*bf16", "p_w": "*fp32", "p_stats": "*fp32", "p_dx": "*fp32", "p_dg": "*bf16", "p_part": "*fp32", "p_dw": "*fp32", "p_dbias": "*fp32"},
+  dict(MODE=2, LAYER=False, GATE_LOGITS=True, HAS_DH=True, HAS_BIAS=False, BR=16, BD=128, BP=32)),
  (CE._ce_fwd_kernel, {"p_t": "*i64", "p_stats": "*fp32"}, dict(GRAD=True, BV=128)),
  (CE._ce_fwd_kernel, {"p_t": "*i64", "p_stats": "*fp32"}, dict(GRAD=False, BV=4096)),
 ]

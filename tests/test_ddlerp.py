@@ -59,6 +59,14 @@ def test_ddlerp(shape, dtype):
         check_op(ddlerp, RD.ddlerp, make_inputs(*shape, dtype=dtype, prev=prev), context=f"{shape} prev={prev}")
 
 
+@pytest.mark.parametrize("order", [(0, 3, 1, 2, 4), (4, 3, 2, 1, 0)])
+def test_ddlerp_grouped(order):
+    """order=…: (out[order[0]], the other four as one stack [4, B, T, D]) written in place by the kernel, output
+    and every gradient vs float64 (several column blocks, a carried x_prev); the reference groups the same way."""
+    check_op(lambda **k: ddlerp(**k, order=order), lambda **k: RD.ddlerp(**k, order=order),
+             make_inputs(2, 5, 37, prev=True), context=f"order={order}")
+
+
 def test_gradient_through_some_outputs_only():
     """Unused outputs give no gradient (None): their share is zero."""
     inp = make_inputs(2, 5, 20)
@@ -85,6 +93,8 @@ def test_opcheck():
     from torch.library import opcheck
     inp = make_inputs(2, 3, 8, prev=True)
     opcheck(torch.ops.groundthink.ddlerp_fwd.default, (inp["x"], inp["m"], inp["maa"], inp["x_prev"]))
+    opcheck(torch.ops.groundthink.ddlerp_grouped_fwd.default,
+            (inp["x"], inp["m"], inp["maa"], inp["x_prev"], [0, 3, 1, 2, 4]))
 
 
 @pytest.mark.parametrize("case,match", [
@@ -93,6 +103,7 @@ def test_opcheck():
     ("maa_shape", "maa must have shape"),
     ("prev_shape", "x_prev must have shape"),
     ("prev_grad", "not differentiated"),
+    ("order", "order must be a permutation of 0..4"),
 ])
 def test_bad_input(case, match):
     inp = make_inputs(2, 3, 8, prev=True, grad=False)
@@ -106,6 +117,8 @@ def test_bad_input(case, match):
         inp["x_prev"] = inp["x_prev"][:1]
     elif case == "prev_grad":
         inp["x_prev"].requires_grad_()
+    elif case == "order":
+        inp["order"] = (0, 1, 2, 3, 3)
     with pytest.raises(ValueError, match=match):
         ddlerp(**inp)
 

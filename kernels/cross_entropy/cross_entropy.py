@@ -100,9 +100,12 @@ def _setup_context(ctx, inputs, output):
     _, g, tot = output
     ctx.save_for_backward(g, tot)
     ctx.shape = logits.shape
+    ctx.set_materialize_grads(False)   # g and tot never get a gradient: no zero tensors made for them
 
 
 def _backward(ctx, dloss, _dg, _dtot):
+    if dloss is None:
+        return None, None, None, None
     g, tot = ctx.saved_tensors
     if g.numel() == 0 and ctx.shape[0] * ctx.shape[1] != 0:
         raise RuntimeError("cross_entropy: the forward ran without a gradient buffer (need_grad=False)")

@@ -20,14 +20,17 @@ Kernels:
 * forward: a 2-D grid (row blocks, column blocks), one tile each: reads x, the previous rows, the five m_i, writes
   the five outputs.
 * backward: a persistent grid (P programs per column block, striding over row blocks) that writes dx, dm and one
-  fp32 partial row of dmaa per program ([P, 5, D]); one torch ``sum(0)`` finishes dmaa. No atomics:
-  bit-identical run to run. No host syncs, no autotuning (CUDA-graph capturable).
+  fp32 partial row of dmaa per program ([P, 5, D]); the last program of each column block to finish sums the P
+  partial rows in a fixed order and stores dmaa (``kernels._colsum``: no second launch, no atomics on data,
+  bit-identical run to run). No host syncs, no autotuning (CUDA-graph capturable).
 
 Numerics: fp32 arithmetic, outputs rounded once on store, int64 offsets. Dtypes: x, m fp32/fp16/bf16 (may
 differ), maa any float dtype; outputs in x's dtype; dx, dm, dmaa in their inputs' dtypes.
 
 torch.library: ``groundthink::ddlerp_fwd`` / ``groundthink::ddlerp_bwd`` custom ops with fake implementations and
-one registered autograd formula (the only path).
+one registered autograd formula (the only path); ``groundthink::ddlerp_grouped_fwd`` is the same forward kernel
+writing the outputs grouped by ``order`` (one [B, T, D] tensor and one [4, B, T, D] stack: the model's batched r/k/v/g
+projection reads the stack without a copy), with the same backward kernel reading the stack's gradient slices.
 """
 from __future__ import annotations
 
@@ -38,8 +41,9 @@ import triton
 import triton.language as tl
 
 from kernels import INTERPRET
+from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import check_tensor, new_empty, num_sms
-from reference.ddlerp import N_MIX, check_args
+from reference.ddlerp import N_MIX, check_args, check_order
 
 __all__ = ["ddlerp"]
 
@@ -129,11 +133,12 @@ def _mix_bwd(p_do, p_m, p_dm, p_maa, i, ND, D, offs, m, m_next, o_c, m_c, b_xx, 
 
 
 @triton.jit
-def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_maa, p_dx, p_dm, p_part,
-                       N, T, D, ND, n_blocks, n_progs,
-                       HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
-    # p_do*, p_x, p_dx: [N, D]; p_prev: [B, D]; p_m, p_dm: [5, N, D]; p_maa: [5, D];
-    # p_part: [n_progs, 5, D] fp32 partial rows of dmaa
+def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_maa, p_dx, p_dm, p_part, p_dmaa,
+                       p_count, N, T, D, ND, n_blocks, n_progs, GS, NG,
+                       HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr):
+    # p_do*, p_x, p_dx: [N, D]; p_prev: [B, D]; p_m, p_dm: [5, N, D]; p_maa, p_dmaa: [5, D];
+    # p_part: [n_progs, 5, D] fp32 partial rows of dmaa; p_count: [column blocks, 1 + NG] int32 arrival counters;
+    # GS, NG: kernels._colsum.tree
     pid, o_c, m_c = _cols(D, BD)
     b_a0 = tl.zeros([BD], dtype=tl.float32)
     b_a1 = tl.zeros([BD], dtype=tl.float32)
@@ -166,7 +171,12 @@ def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_ma
     tl.store(p_row + 2 * D, b_a2, mask=m_c)
     tl.store(p_row + 3 * D, b_a3, mask=m_c)
     tl.store(p_row + 4 * D, b_a4, mask=m_c)
-
+    c0 = tl.program_id(1) * BD
+    c1 = tl.minimum(c0 + BD, D)
+    if arrive_tree(p_part, 5 * D, p_count + tl.program_id(1) * (1 + NG), pid, n_progs, GS, NG, c0, c1, 5, D, BP,
+                   BD):
+        for i in range(5):
+            finish_columns(p_part + i * D, GS * 5 * D, NG, p_dmaa + i * D, c0, c1, BP, BD)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -197,10 +207,12 @@ def persistent_grid(N: int, D: int, tile: int, per_sm: int, dev):
     return BR, BD, n_blocks, min(n_progs, n_blocks), n_cb
 
 
-def _fwd_impl(x, m, maa, x_prev):
+def _fwd_impl(x, m, maa, x_prev, outs=None):
+    """The five outputs in mix order (into ``outs`` when given: five [B, T, D] tensors, e.g. views of one buffer)."""
     B, T, D = x.shape
     N = B * T
-    outs = [new_empty(x.shape, x.dtype, x.device) for _ in range(N_MIX)]
+    if outs is None:
+        outs = [new_empty(x.shape, x.dtype, x.device) for _ in range(N_MIX)]
     if N == 0 or D == 0:
         return outs
     BR, BD = _blocks(N, D, TUNING["fwd_tile"])
@@ -220,10 +232,12 @@ def _bwd_impl(douts, x, m, maa, x_prev):
         return dx, dm, torch.zeros_like(maa)
     BR, BD, n_blocks, n_progs, n_cb = persistent_grid(N, D, TUNING["bwd_tile"], TUNING["bwd_per_sm"], dev)
     part = new_empty((n_progs, N_MIX, D), torch.float32, dev)
+    dmaa = new_empty(maa.shape, maa.dtype, dev)
+    GS, NG = tree(n_progs)
     _ddlerp_bwd_kernel[(n_progs, n_cb)](
-        *douts, x, x_prev, m, maa, dx, dm, part, N, T, D, N * D, n_blocks, n_progs,
-        HAS_PREV=x_prev is not None, BR=BR, BD=BD, num_warps=4)
-    return dx, dm, part.sum(0).to(maa.dtype)   # one fixed-order fp32 sum: deterministic
+        *douts, x, x_prev, m, maa, dx, dm, part, dmaa, counters(dev, n_cb, NG), N, T, D, N * D, n_blocks, n_progs,
+        GS, NG, HAS_PREV=x_prev is not None, BR=BR, BD=BD, BP=finish_rows(BD), num_warps=4)
+    return dx, dm, dmaa
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -238,6 +252,22 @@ def _fwd_op(x: torch.Tensor, m: torch.Tensor, maa: torch.Tensor, x_prev: Optiona
 @_fwd_op.register_fake
 def _(x, m, maa, x_prev):
     return tuple(torch.empty_like(x) for _ in range(N_MIX))
+
+
+@torch.library.custom_op("groundthink::ddlerp_grouped_fwd", mutates_args=())
+def _grouped_op(x: torch.Tensor, m: torch.Tensor, maa: torch.Tensor, x_prev: Optional[torch.Tensor],
+                order: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    first = new_empty(x.shape, x.dtype, x.device)
+    rest = new_empty((N_MIX - 1, *x.shape), x.dtype, x.device)
+    slots = [first, *rest.unbind(0)]
+    outs = [slots[order.index(i)] for i in range(N_MIX)]      # mix i is written to slot order.index(i)
+    _fwd_impl(x, m, maa, x_prev, outs)
+    return first, rest
+
+
+@_grouped_op.register_fake
+def _(x, m, maa, x_prev, order):
+    return torch.empty_like(x), x.new_empty((N_MIX - 1, *x.shape))
 
 
 @torch.library.custom_op("groundthink::ddlerp_bwd", mutates_args=())
@@ -267,17 +297,41 @@ def _backward(ctx, *douts):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _grouped_setup_context(ctx, inputs, output):
+    x, m, maa, x_prev, order = inputs
+    ctx.save_for_backward(x, m, maa, x_prev)
+    ctx.order = list(order)
+    ctx.set_materialize_grads(False)
+
+
+def _grouped_backward(ctx, d_first, d_rest):
+    x, m, maa, x_prev = ctx.saved_tensors
+    if d_rest is None:
+        d_rest = x.new_zeros((N_MIX - 1, *x.shape))
+    slots = [torch.zeros_like(x) if d_first is None else d_first.contiguous(), *d_rest.contiguous().unbind(0)]
+    dx, dm, dmaa = _bwd_op(*(slots[ctx.order.index(i)] for i in range(N_MIX)), x, m, maa, x_prev)
+    return dx, dm, dmaa, None, None
+
+
+_grouped_op.register_autograd(_grouped_backward, setup_context=_grouped_setup_context)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------------------
-def ddlerp(x, m, maa, x_prev=None):
+def ddlerp(x, m, maa, x_prev=None, order=None):
     """(xw, xk, xv, xr, xg) = x + (shift(x) − x) ⊙ (maa_i + m_i); x [B, T, D], m [5, B, T, D], maa [5, D],
-    x_prev [B, D] or None. See the module docstring."""
+    x_prev [B, D] or None. With ``order`` (a permutation of 0…4): (out[order[0]], the other four stacked
+    [4, B, T, D] in order[1:]), written in place by the kernel (no stack copy; its backward reads the stack's
+    gradient in place). See the module docstring."""
     check_tensor("x", x, ndim=3)
     check_tensor("m", m, device=x.device)
     check_tensor("maa", maa, device=x.device)
     if x_prev is not None:
         check_tensor("x_prev", x_prev, device=x.device)
     check_args(x, m, maa, x_prev)
+    order = check_order(order)
     c = lambda t: t if t is None or t.is_contiguous() else t.contiguous()  # noqa: E731
+    if order is not None:
+        return _grouped_op(c(x), c(m), c(maa), c(x_prev), list(order))
     return _fwd_op(c(x), c(m), c(maa), c(x_prev))

@@ -9,7 +9,8 @@ The exponential is recomputed in the backward from the inputs (no fp32 activatio
 
 Layouts: d, lw [..., D] contiguous, viewed as [N, D]; base [D]. Forward: a 2-D grid of [BR, BD] tiles. Backward:
 a persistent grid (P programs per column block striding over row blocks) writing dd and one fp32 partial row of
-dbase per program ([P, D]); one torch ``sum(0)`` finishes. No atomics, no host syncs, no autotuning.
+dbase per program ([P, D]); the last program of each column block sums them in a fixed order and stores dbase
+(``kernels._colsum``). No atomics on data, no host syncs, no autotuning.
 
 Dtypes: d fp32/fp16/bf16, base any float dtype, lw in the requested dtype (default d's); dd in d's dtype, dbase in
 base's.
@@ -23,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import check_tensor, new_empty
 from kernels.ddlerp.ddlerp import _blocks, _cdiv, _cols, _rows, _tile, persistent_grid
 from reference.decay_exp import check_args
@@ -44,9 +46,10 @@ def _decay_exp_fwd_kernel(p_base, p_d, p_lw, N, D, BR: tl.constexpr, BD: tl.cons
 
 
 @triton.jit
-def _decay_exp_bwd_kernel(p_dlw, p_base, p_d, p_dd, p_part, N, D, n_blocks, n_progs,
-                          BR: tl.constexpr, BD: tl.constexpr):
-    # p_dlw, p_d, p_dd: [N, D]; p_base: [D]; p_part: [n_progs, D] fp32 partial rows of dbase
+def _decay_exp_bwd_kernel(p_dlw, p_base, p_d, p_dd, p_part, p_dbase, p_count, N, D, n_blocks, n_progs, GS, NG,
+                          BR: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr):
+    # p_dlw, p_d, p_dd: [N, D]; p_base, p_dbase: [D]; p_part: [n_progs, D] fp32 partial rows of dbase;
+    # p_count: [column blocks, 1 + NG] int32 arrival counters; GS, NG: kernels._colsum.tree
     pid, o_c, m_c = _cols(D, BD)
     b_base = tl.load(p_base + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
     b_acc = tl.zeros([BD], dtype=tl.float32)
@@ -60,6 +63,10 @@ def _decay_exp_bwd_kernel(p_dlw, p_base, p_d, p_dd, p_part, N, D, n_blocks, n_pr
         b_acc += tl.sum(b_dd, axis=0)
         tl.store(p_dd + offs, b_dd.to(p_dd.dtype.element_ty), mask=m)
     tl.store(p_part + pid.to(tl.int64) * D + o_c, b_acc, mask=m_c)
+    c0 = tl.program_id(1) * BD
+    c1 = tl.minimum(c0 + BD, D)
+    if arrive_tree(p_part, D, p_count + tl.program_id(1) * (1 + NG), pid, n_progs, GS, NG, c0, c1, 1, 0, BP, BD):
+        finish_columns(p_part, GS * D, NG, p_dbase, c0, c1, BP, BD)
 
 
 def _fwd_impl(base, d, dtype):
@@ -81,9 +88,11 @@ def _bwd_impl(dlw, base, d):
         return dd, torch.zeros_like(base)
     BR, BD, n_blocks, n_progs, n_cb = persistent_grid(N, D, TUNING["bwd_tile"], TUNING["bwd_per_sm"], dev)
     part = new_empty((n_progs, D), torch.float32, dev)
-    _decay_exp_bwd_kernel[(n_progs, n_cb)](dlw, base, d, dd, part, N, D, n_blocks, n_progs, BR=BR, BD=BD,
-                                           num_warps=4)
-    return dd, part.sum(0).to(base.dtype)   # one fixed-order fp32 sum: deterministic
+    dbase = new_empty(base.shape, base.dtype, dev)
+    GS, NG = tree(n_progs)
+    _decay_exp_bwd_kernel[(n_progs, n_cb)](dlw, base, d, dd, part, dbase, counters(dev, n_cb, NG), N, D, n_blocks,
+                                           n_progs, GS, NG, BR=BR, BD=BD, BP=finish_rows(BD), num_warps=4)
+    return dd, dbase
 
 
 @torch.library.custom_op("groundthink::decay_exp_fwd", mutates_args=())

@@ -19,7 +19,8 @@ Backward (dy on y, dh_in on h, both may arrive; c₁ = mean(x̂⊙W⊙dy), c₂ 
 Layouts: every row tensor is viewed as a contiguous [N, D] matrix (N = product of the leading dims; a
 non-contiguous input is copied once). Row gate → [N], element gate → [N, D], vector gate / W / bias → [D],
 weights gate → [2]. Saved for backward: h (its output dtype) and stats [1, N] fp32 (rstd) or [2, N] (rstd, μ
-for LayerNorm); x̂ is recomputed from h (exact when h is fp32, within one bf16/fp16 rounding otherwise).
+for LayerNorm); x̂ is recomputed from h (exact when h is fp32, within one bf16/fp16 rounding otherwise); a and b
+only where the gate gradients read them (mode "add" keeps no branch alive: the FFN output, at large 16 MB a layer).
 
 Kernels:
 * forward: a [BR, BD] tile per program (BD = next power of two ≥ D, the whole row in registers; BR rows per
@@ -27,7 +28,9 @@ Kernels:
 * backward: a persistent grid of G programs (a few per SM, never more than the row blocks), each striding over
   row blocks and accumulating the column reductions (dW, dbias, vector-gate grad, weights-gate grads) in fp32
   registers; each program writes one fp32 partial row ([G, 3·D + 2]: dW | dbias | vector-gate | weights-gate)
-  and one torch ``sum(0)`` over the G partials finishes. No atomics: results are bit-identical run to run.
+  and the last program to finish sums the G partial rows in a fixed order and stores dW, dbias and the vector /
+  weights gate gradient in their dtypes (``kernels._colsum``: no second launch, no atomics on data, results
+  bit-identical run to run).
 * launches: ``@triton.autotune`` over num_warps (two candidates per tile size; one config under the
   interpreter); once a key is tuned, each kernel's ``_Launcher`` calls the JIT function with the cached config
   directly (the autotuner's per-call dispatch is measurable host time at small sizes).
@@ -55,6 +58,7 @@ import triton
 import triton.language as tl
 
 from kernels import INTERPRET
+from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import autotune_configs, check_tensor, new_empty, num_sms
 from reference.gate_norm_residual import check_args
 
@@ -167,17 +171,18 @@ def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_stats, N, D, ep
 )
 @triton.jit
 def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
-                    p_dx, p_da, p_db, p_dg, p_part,
-                    N, D, n_blocks, n_progs,
+                    p_dx, p_da, p_db, p_dg, p_part, p_dw, p_dbias, p_count,
+                    N, D, n_blocks, n_progs, GS, NG,
                     MODE: tl.constexpr, LAYER: tl.constexpr, GATE_LOGITS: tl.constexpr,
-                    HAS_DH: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+                    HAS_DH: tl.constexpr, HAS_BIAS: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
+                    BP: tl.constexpr):
     """A persistent program: row blocks pid, pid + n_progs, … of the row gradients, and one partial row of the
     column reductions.
 
     p_dhin   [N, D]   incoming gradient on h; None unless HAS_DH
     p_dy     [N, D]   incoming gradient on y (zeros when y got none)
     p_h      [N, D]   saved h (x̂ is recomputed from it and the stats)
-    p_a      [N, D]   first branch (read for the gate gradients; not read in MODE 0)
+    p_a      [N, D]   first branch (read for the gate gradients; MODE 0: a 0-element stand-in, never read)
     p_b      [N, D]   second branch; None in MODE 0
     p_g      gate as in the forward ([D], [N], [N, D] or [2]); None in MODE 0
     p_w      [D]      norm weight
@@ -185,11 +190,15 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
     p_dx     [N, D]   out: dx (x's dtype)
     p_da     [N, D]   out: da
     p_db     [N, D]   out: db; None in MODE 0
-    p_dg     out: row gate grad [N] (MODE 2) or element gate grad [N, D] (MODE 3); None otherwise (the vector
-             and weights gate grads are column reductions, in p_part)
-    p_part   [n_progs, 3·D + 2] fp32 out: per program dW | dbias | vector-gate grad | the 2 weights-gate grads
-    N, D     rows, features; n_blocks = ⌈N / BR⌉ row blocks; n_progs programs
-    MODE, LAYER, GATE_LOGITS as in the forward; HAS_DH: p_dhin is given; BR, BD: rows per block, row width
+    p_dg     out: gate grad, the gate's shape: row [N] (MODE 2), element [N, D] (MODE 3), vector [D] (MODE 1) or
+             weights [2] (MODE 4; the last two are column reductions, finished from p_part); None in MODE 0
+    p_part   [n_progs, 3·D + 2] fp32 workspace: per program dW | dbias | vector-gate grad | the 2 weights-gate grads
+    p_dw     [D]      out: dW (the weight's dtype), the fixed-order sum of the partial rows
+    p_dbias  [D]      out: dbias; None unless HAS_BIAS
+    p_count  [1 + NG] int32 arrival counters (zero between launches; kernels._colsum)
+    N, D     rows, features; n_blocks = ⌈N / BR⌉ row blocks; n_progs programs in NG groups of GS (the final sums)
+    MODE, LAYER, GATE_LOGITS as in the forward; HAS_DH: p_dhin is given; HAS_BIAS: the norm has a bias;
+    BR, BD: rows per block, row width; BP: partial rows per step of the final sum
     """
     pid = tl.program_id(0)
     o_c = tl.arange(0, BD)
@@ -231,7 +240,8 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
         if HAS_DH:
             b_dh += tl.load(p_dhin + offs, mask=m, other=0.).to(tl.float32)
         b_acc_dw += tl.sum(b_dy * b_xh, axis=0)
-        b_acc_db += tl.sum(b_dy, axis=0)
+        if HAS_BIAS:
+            b_acc_db += tl.sum(b_dy, axis=0)
 
         tl.store(p_dx + offs, b_dh.to(p_dx.dtype.element_ty), mask=m)
         if MODE == 0:
@@ -268,7 +278,8 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
 
     p_row = p_part + pid.to(tl.int64) * (3 * D + 2)
     tl.store(p_row + o_c, b_acc_dw, mask=m_c)
-    tl.store(p_row + D + o_c, b_acc_db, mask=m_c)
+    if HAS_BIAS:
+        tl.store(p_row + D + o_c, b_acc_db, mask=m_c)
     if MODE == 1:
         if GATE_LOGITS:
             b_acc_g0 = b_acc_g0 * tl.sum(b_gv * (1. - b_gv), axis=0)
@@ -276,6 +287,22 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
     if MODE == 4:
         tl.store(p_row + 3 * D, tl.sum(b_acc_g0, axis=0))
         tl.store(p_row + 3 * D + 1, tl.sum(b_acc_g1, axis=0))
+    W = 3 * D + 2
+    c1 = D                          # the partial columns this launch filled: dW [| dbias] [| vector | weights]
+    if HAS_BIAS:
+        c1 = 2 * D
+    if MODE == 1:
+        c1 = 3 * D
+    if MODE == 4:
+        c1 = W
+    if arrive_tree(p_part, W, p_count, pid, n_progs, GS, NG, 0, c1, 1, 0, BP, BD):
+        finish_columns(p_part, GS * W, NG, p_dw, 0, D, BP, BD)
+        if HAS_BIAS:
+            finish_columns(p_part + D, GS * W, NG, p_dbias, 0, D, BP, BD)
+        if MODE == 1:
+            finish_columns(p_part + 2 * D, GS * W, NG, p_dg, 0, D, BP, BD)
+        if MODE == 4:
+            finish_columns(p_part + 3 * D, GS * W, NG, p_dg, 0, 2, BP, BD)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -374,12 +401,13 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logit
     dx = new_empty(h.shape, x_dtype, dev)
     da = new_empty(h.shape, a.dtype, dev)
     db = new_empty(h.shape, a.dtype, dev) if b is not None else None
-    dg = new_empty(gate.shape, gate.dtype, dev) if mode_id in (2, 3) else None
+    dg = new_empty(gate.shape, gate.dtype, dev) if gate is not None else None
+    dw = new_empty(weight.shape, weight.dtype, dev)
+    dbias = new_empty(bias.shape, bias.dtype, dev) if bias is not None else None
     if N == 0:
-        for t in (db, dg):
+        for t in (db, dg, dw, dbias):
             if t is not None:
                 t.zero_()
-        part = torch.zeros((1, 3 * D + 2), dtype=torch.float32, device=dev)
     else:
         dy = dy if dy.is_contiguous() else dy.contiguous()
         dh = dh if dh is None or dh.is_contiguous() else dh.contiguous()
@@ -396,25 +424,13 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logit
         part = new_empty((n_progs, 3 * D + 2), torch.float32, dev)
         logits = gate_logits and mode_id in (1, 2, 3)
         key = ("b", D, BR, dy.dtype, h.dtype, a.dtype, None if gate is None else gate.dtype, weight.dtype,
-               x_dtype, mode_id, layer, logits, dh is not None, None if dh is None else dh.dtype, N % 16 == 0)
-        _launch_bwd((n_progs,), key, dh, dy, h, a, b, gate, weight, stats, dx, da, db, dg, part,
-                    N, D, n_blocks, n_progs,
-                    MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_DH=dh is not None, BR=BR, BD=BD)
-    # one fixed-order fp32 sum over the program partials: deterministic
-    tot = part.sum(0)
-
-    def fin(lo, hi, dtype):
-        t = tot[lo:hi]
-        if t.dtype != dtype:
-            return t.to(dtype)
-        return t.clone()
-
-    dw = fin(0, D, weight.dtype)
-    dbias = fin(D, 2 * D, bias.dtype) if bias is not None else None
-    if mode_id == 1:
-        dg = fin(2 * D, 3 * D, gate.dtype)
-    elif mode_id == 4:
-        dg = fin(3 * D, 3 * D + 2, gate.dtype)
+               None if bias is None else bias.dtype, x_dtype, mode_id, layer, logits, dh is not None,
+               None if dh is None else dh.dtype, N % 16 == 0)
+        GS, NG = tree(n_progs)
+        _launch_bwd((n_progs,), key, dh, dy, h, a, b, gate, weight, stats, dx, da, db, dg, part, dw, dbias,
+                    counters(dev, 1, NG), N, D, n_blocks, n_progs, GS, NG,
+                    MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_DH=dh is not None,
+                    HAS_BIAS=bias is not None, BR=BR, BD=BD, BP=finish_rows(BD))
     return dx, da, db, dg, dw, dbias
 
 
@@ -462,6 +478,9 @@ def _(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits, x_dty
 def _setup_context(ctx, inputs, output):
     x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32 = inputs
     h, _, stats = output
+    ctx.set_materialize_grads(False)   # no zero tensors for unused outputs (stats; the last block's h)
+    if mode == "add":          # the backward reads only a's dtype: keep a 0-element stand-in, not the branch
+        a = a.new_empty((0,))
     ctx.save_for_backward(h, a, b, gate, weight, bias, stats)
     ctx.cfg = (mode, norm, gate_logits, x.dtype)
 

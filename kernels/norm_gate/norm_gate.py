@@ -28,8 +28,9 @@ Kernels:
 * forward: one [BR, BG, BS] tile per program, BR chosen for ~4K elements per tile (fewer rows when the grid
   would not fill the GPU).
 * backward: a persistent grid of P programs (a few per SM, never more than the row blocks) striding over row
-  blocks; each accumulates dW and dbias in fp32 registers and writes one partial row of [P, 2·D] fp32; one
-  torch ``sum(0)`` over the partials finishes. No atomics: bit-identical run to run.
+  blocks; each accumulates dW and dbias in fp32 registers and writes one partial row of [P, 2·D] fp32; the last
+  program to finish sums the P partial rows in a fixed order and stores dW and dbias in their dtypes
+  (``kernels._colsum``: no second launch, no atomics on data, bit-identical run to run).
 * launches use fixed warp counts by tile size (no autotuner: nothing to tune before CUDA-graph capture) and no
   host syncs.
 
@@ -50,6 +51,7 @@ import triton
 import triton.language as tl
 
 from kernels import INTERPRET
+from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import check_tensor, new_empty, num_sms
 from reference.norm_gate import check_args
 
@@ -114,11 +116,13 @@ def _norm_gate_fwd_kernel(p_x, p_z, p_w, p_b, p_y, N, D, S, G, sx, sz, eps,
 
 
 @triton.jit
-def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, N, D, S, G, sx, sz, eps, n_blocks,
-                          n_progs, LAYER: tl.constexpr, BEFORE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                          BR: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr):
-    # p_x, p_z: [N, D] rows sx / sz elements apart; p_dy, p_dx, p_dz: [N, D] contiguous; p_w, p_b: [D];
-    # p_part: [n_progs, 2·D] fp32 partial rows dW | dbias
+def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, p_dw, p_db, p_count, N, D, S, G, sx,
+                          sz, eps, n_blocks, n_progs, GS, NG, LAYER: tl.constexpr, BEFORE: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, BR: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr,
+                          BP: tl.constexpr, BC: tl.constexpr):
+    # p_x, p_z: [N, D] rows sx / sz elements apart; p_dy, p_dx, p_dz: [N, D] contiguous; p_w, p_b, p_dw, p_db:
+    # [D] (p_db: None unless HAS_BIAS); p_part: [n_progs, 2·D] fp32 partial rows dW | dbias; p_count: [1 + NG]
+    # int32 arrival counters, GS, NG: kernels._colsum.tree; BP × BC: the tile of the final sums
     pid = tl.program_id(0)
     o_r0, o_c0, m0, o_c, m_c = _tile(0, N, S, G, BR, BG, BS)   # (only the column offsets are used here)
     b_w = tl.load(p_w + o_c, mask=m_c, other=0.).to(tl.float32)[None, :, :]
@@ -139,7 +143,8 @@ def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, N, D, S,
         else:
             b_dq = b_dy
         b_acc_dw += tl.sum(b_dq * b_xh, axis=0)
-        b_acc_db += tl.sum(b_dq, axis=0)
+        if HAS_BIAS:
+            b_acc_db += tl.sum(b_dq, axis=0)
         b_dxh = b_dq * b_w
         b_c1 = tl.sum(b_dxh * b_xh, axis=2) / S
         b_dh = b_dxh - b_xh * b_c1[:, :, None]
@@ -159,7 +164,15 @@ def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, N, D, S,
         tl.store(p_dz + offs, b_dz.to(p_dz.dtype.element_ty), mask=m)
     p_row = p_part + pid.to(tl.int64) * 2 * D
     tl.store(p_row + o_c, b_acc_dw, mask=m_c)
-    tl.store(p_row + D + o_c, b_acc_db, mask=m_c)
+    if HAS_BIAS:
+        tl.store(p_row + D + o_c, b_acc_db, mask=m_c)
+    c1 = D
+    if HAS_BIAS:
+        c1 = 2 * D
+    if arrive_tree(p_part, 2 * D, p_count, pid, n_progs, GS, NG, 0, c1, 1, 0, BP, BC):
+        finish_columns(p_part, GS * 2 * D, NG, p_dw, 0, D, BP, BC)
+        if HAS_BIAS:
+            finish_columns(p_part + D, GS * 2 * D, NG, p_db, 0, D, BP, BC)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -232,24 +245,24 @@ def _bwd_impl(dy, x, z, weight, bias, group_size, eps, norm, norm_before_gate):
     dx = new_empty(x.shape, x.dtype, dev)
     dz = new_empty(z.shape, z.dtype, dev)
     if N == 0:
-        part = torch.zeros((1, 2 * D), dtype=torch.float32, device=dev)
+        return dx, dz, torch.zeros_like(weight), (torch.zeros_like(bias) if bias is not None else x.new_empty((0,)))
+    dw = new_empty(weight.shape, weight.dtype, dev)
+    db = new_empty(bias.shape, bias.dtype, dev) if bias is not None else x.new_empty((0,))
+    if INTERPRET:
+        BR, n_progs = min(4, _pow2(N)), 2
     else:
-        if INTERPRET:
-            BR, n_progs = min(4, _pow2(N)), 2
-        else:
-            n_progs = num_sms(dev) * TUNING["bwd_per_sm"]
-            BR = _rows(N, BG * BS, TUNING["bwd_tile"], n_progs)
-        n_blocks = _cdiv(N, BR)
-        n_progs = max(1, min(n_progs, n_blocks))
-        part = new_empty((n_progs, 2 * D), torch.float32, dev)
-        _norm_gate_bwd_kernel[(n_progs,)](
-            dy, x, z, weight, bias, dx, dz, part, N, D, S, G, _row_stride(x), _row_stride(z), eps, n_blocks,
-            n_progs,
-            LAYER=norm == "layer", BEFORE=norm_before_gate, HAS_BIAS=bias is not None, BR=BR, BG=BG, BS=BS,
-            num_warps=_warps(BR * BG * BS))
-    # fixed-order fp32 sums over the program partials: deterministic (separate tensors: op outputs never alias)
-    dw = part[:, :D].sum(0).to(weight.dtype)
-    db = part[:, D:].sum(0).to(bias.dtype) if bias is not None else x.new_empty((0,))
+        n_progs = num_sms(dev) * TUNING["bwd_per_sm"]
+        BR = _rows(N, BG * BS, TUNING["bwd_tile"], n_progs)
+    n_blocks = _cdiv(N, BR)
+    n_progs = max(1, min(n_progs, n_blocks))
+    part = new_empty((n_progs, 2 * D), torch.float32, dev)
+    BC = min(_pow2(D), 256)
+    GS, NG = tree(n_progs)
+    _norm_gate_bwd_kernel[(n_progs,)](
+        dy, x, z, weight, bias, dx, dz, part, dw, db if bias is not None else None, counters(dev, 1, NG), N, D, S,
+        G, _row_stride(x), _row_stride(z), eps, n_blocks, n_progs, GS, NG,
+        LAYER=norm == "layer", BEFORE=norm_before_gate, HAS_BIAS=bias is not None, BR=BR, BG=BG, BS=BS,
+        BP=finish_rows(BC), BC=BC, num_warps=_warps(BR * BG * BS))
     return dx, dz, dw, db
 
 

@@ -16,8 +16,9 @@ Layouts: x, y [B, T, D] contiguous, viewed as [N = B·T, D]; mu [D]; x_prev [B, 
 differentiated). Tiles of [BR rows, BD columns]; the kernels share ``kernels.ddlerp``'s shifted-row helper.
 
 Kernels: forward a 2-D grid of tiles; backward a persistent grid (P programs per column block striding over
-row blocks) writing dx and one fp32 partial row of dmu per program ([P, D]), one torch ``sum(0)`` finishing dmu.
-No atomics (bit-identical run to run), no host syncs, no autotuning (CUDA-graph capturable).
+row blocks) writing dx and one fp32 partial row of dmu per program ([P, D]); the last program of each column
+block to finish sums the P partial rows in a fixed order and stores dmu (``kernels._colsum``: one launch, no
+atomics on data, bit-identical run to run), no host syncs, no autotuning (CUDA-graph capturable).
 
 Numerics: fp32 arithmetic, one rounding on store, int64 offsets. Dtypes: x fp32/fp16/bf16, mu any float dtype;
 y and dx in x's dtype, dmu in mu's.
@@ -33,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import check_tensor, new_empty
 from kernels.ddlerp.ddlerp import _blocks, _cdiv, _cols, _rows, _tile, _x_and_shift, persistent_grid
 from reference.shift_lerp import check_args
@@ -56,9 +58,10 @@ def _shift_lerp_fwd_kernel(p_x, p_prev, p_mu, p_y, N, T, D,
 
 
 @triton.jit
-def _shift_lerp_bwd_kernel(p_dy, p_x, p_prev, p_mu, p_dx, p_part, N, T, D, n_blocks, n_progs,
-                           HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
-    # p_dy, p_x, p_dx: [N, D]; p_prev: [B, D]; p_mu: [D]; p_part: [n_progs, D] fp32 partial rows of dmu
+def _shift_lerp_bwd_kernel(p_dy, p_x, p_prev, p_mu, p_dx, p_part, p_dmu, p_count, N, T, D, n_blocks, n_progs,
+                           GS, NG, HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr):
+    # p_dy, p_x, p_dx: [N, D]; p_prev: [B, D]; p_mu, p_dmu: [D]; p_part: [n_progs, D] fp32 partial rows of dmu;
+    # p_count: [column blocks, 1 + NG] int32 arrival counters (zero between launches); GS, NG: kernels._colsum.tree
     pid, o_c, m_c = _cols(D, BD)
     b_mu = tl.load(p_mu + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
     b_acc = tl.zeros([BD], dtype=tl.float32)
@@ -71,6 +74,10 @@ def _shift_lerp_bwd_kernel(p_dy, p_x, p_prev, p_mu, p_dx, p_part, N, T, D, n_blo
         b_acc += tl.sum(b_dy * b_xx, axis=0)
         tl.store(p_dx + offs, (b_dy * (1. - b_mu) + b_dy_n * b_mu).to(p_dx.dtype.element_ty), mask=m)
     tl.store(p_part + pid.to(tl.int64) * D + o_c, b_acc, mask=m_c)
+    c0 = tl.program_id(1) * BD
+    c1 = tl.minimum(c0 + BD, D)
+    if arrive_tree(p_part, D, p_count + tl.program_id(1) * (1 + NG), pid, n_progs, GS, NG, c0, c1, 1, 0, BP, BD):
+        finish_columns(p_part, GS * D, NG, p_dmu, c0, c1, BP, BD)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -96,9 +103,12 @@ def _bwd_impl(dy, x, mu, x_prev):
         return dx, torch.zeros_like(mu)
     BR, BD, n_blocks, n_progs, n_cb = persistent_grid(N, D, TUNING["bwd_tile"], TUNING["bwd_per_sm"], dev)
     part = new_empty((n_progs, D), torch.float32, dev)
-    _shift_lerp_bwd_kernel[(n_progs, n_cb)](dy, x, x_prev, mu, dx, part, N, T, D, n_blocks, n_progs,
-                                            HAS_PREV=x_prev is not None, BR=BR, BD=BD, num_warps=4)
-    return dx, part.sum(0).to(mu.dtype)   # one fixed-order fp32 sum: deterministic
+    dmu = new_empty(mu.shape, mu.dtype, dev)
+    GS, NG = tree(n_progs)
+    _shift_lerp_bwd_kernel[(n_progs, n_cb)](dy, x, x_prev, mu, dx, part, dmu, counters(dev, n_cb, NG), N, T, D,
+                                            n_blocks, n_progs, GS, NG, HAS_PREV=x_prev is not None, BR=BR, BD=BD,
+                                            BP=finish_rows(BD), num_warps=4)
+    return dx, dmu
 
 
 # ----------------------------------------------------------------------------------------------------------
