@@ -79,6 +79,7 @@ from typing import Callable
 import torch
 
 from groundthink.device import gpu_name, gpu_slug, versions, warm_on_side_stream
+from groundthink.precompile import STATS as COMPILE_STATS
 from groundthink.spec import ROOT, OpSpec, get, specs
 
 TIMINGS = ("eager", "graph")   # timing modes (module docstring); rows of other or no mode deny
@@ -835,7 +836,9 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
             say(f"gate: {name} expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left; "
                 f"measured anyway: {anyway}")
         bar.set_postfix_str(name, refresh=True)
-        t1 = time.monotonic()
+        if not progress and exp >= 20:   # a long item: say so before it starts, so a run cut inside it shows which
+            say(f"gate: {name} started (expected {exp:.1f} s: {source})")
+        t1, c1 = time.monotonic(), dict(COMPILE_STATS)
         if isinstance(fn, Exception):
             rows.append(_failed_row(spec, impl, shp, timing[op], fn, device))
         else:
@@ -847,11 +850,21 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
                 rows.append(measure(spec, impl.name, fn, shp, device, "eager"))
         spent.setdefault(op, {})[impl.name] = time.monotonic() - t1
         if not progress:   # no bar: one line per item, so a run cut short still shows where its time went
-            say(f"gate: {name} measured in {spent[op][impl.name]:.1f} s (expected {exp:.1f} s: {source})")
+            say(f"gate: {name} measured in {spent[op][impl.name]:.1f} s (expected {exp:.1f} s: {source})"
+                + _compiled_since(c1))
         if impl is not spec.reference:
             first.setdefault(op, spent[op][impl.name])
     bar.close()
     return rows, deferred, spent
+
+
+def _compiled_since(before: dict) -> str:
+    """What the parallel compile did since ``before`` (a copy of ``COMPILE_STATS``), for the per-item line."""
+    d = {k: COMPILE_STATS[k] - before[k] for k in COMPILE_STATS}
+    if not (d["keys"] or d["errors"]):
+        return ""
+    return (f"; {d['configs']} configs of {d['keys']} autotuned kernels compiled in parallel in {d['seconds']:.1f} s"
+            + (f", {d['errors']} fell back to Triton's own path" if d["errors"] else ""))
 
 
 def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | None = None, device=None,

@@ -41,8 +41,9 @@
 #
 # Device tool: carry [".gpu-wheels"] (fla, mamba-ssm, causal-conv1d, the selective_scan_cuda stand-in; test/:
 # pytest, pytest-benchmark, hypothesis); the wheels go into a temporary site folder. Everything the parts wrote
-# comes back as ONE archive $OUT/<parts>.tgz (the results folder with logs/); the last lines printed are a
-# short table. Before committing logs: python scripts/scrub_paths.py --fix <files>.
+# comes back as ONE archive $OUT/<parts>.tgz (the results folder with logs/; while the parts run, a snapshot
+# $OUT/<parts>.partial.tgz every 20 s, so a lease cut short still returns what was written); the last lines
+# printed are a short table. Before committing logs: python scripts/scrub_paths.py --fix <files>.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -71,6 +72,11 @@ echo "== gpu_reports $* -> $RUN (smoke=$SMOKE)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 $PY -c "from groundthink.device import versions; print('versions:', versions())"
 FAILED=()
+NAME=$(IFS=-; echo "$*")
+if [ -n "${OUT:-}" ]; then   # a snapshot of the results folder every 20 s: a lease cut short still returns what was written
+  ( while sleep 20; do tar -czf "$OUT/$NAME.partial.tgz" -C "$(dirname "$RUN")" "$(basename "$RUN")" 2>/dev/null; done ) &
+  SNAP=$!
+fi
 
 # the tiny model of the smoke mode (a CPU runs each variant in seconds)
 TINY=(--size tiny --override n_layer=2 --override d_model=32 --override head_size=16 --override headdim=16
@@ -139,7 +145,7 @@ case " $* " in *" report "*) ;; *)    # the report part prints it already
 
 # ------------------------------------------------------------------------------------------------ results
 if [ -n "${OUT:-}" ]; then
-  NAME=$(IFS=-; echo "$*")
+  kill "$SNAP" 2>/dev/null; wait "$SNAP" 2>/dev/null; rm -f "$OUT/$NAME.partial.tgz"
   tar -czf "$OUT/$NAME.tgz" -C "$(dirname "$RUN")" "$(basename "$RUN")" && echo "== results: \$OUT/$NAME.tgz"
 fi
 echo "== done in $(( $(date +%s) - T0 )) s; results in $RUN${FAILED[*]:+; FAILED: ${FAILED[*]}}"

@@ -638,3 +638,16 @@ def test_sampling_with_the_references_gives_the_kernels_tokens_and_restores_the_
     with torch.no_grad():
         logits, _ = m(ref[:, :-1])
     assert torch.equal(logits[:, 2:].argmax(-1), ref[:, 3:])
+
+
+def test_per_item_line_says_what_the_parallel_compile_did():
+    from groundthink import gate
+    before = dict(gate.COMPILE_STATS)
+    assert gate._compiled_since(before) == ""
+    try:
+        gate.COMPILE_STATS.update(keys=before["keys"] + 2, configs=before["configs"] + 17,
+                                  seconds=before["seconds"] + 4.25, errors=before["errors"] + 1)
+        line = gate._compiled_since(before)
+    finally:
+        gate.COMPILE_STATS.update(before)
+    assert line == "; 17 configs of 2 autotuned kernels compiled in parallel in 4.2 s, 1 fell back to Triton's own path"
