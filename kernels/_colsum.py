@@ -113,3 +113,17 @@ def arrive_tree(p_part, W, p_count, pid, n_progs, GS, NG, c0, c1, n_seg, seg_str
             finish_columns(p_row, W, n, p_row, c0, c1, BP, BC)
         last = arrive_last(p_count, NG)
     return last
+
+
+@triton.jit
+def store_and_finish(p_part, b_acc, pid, n_progs, D, o_c, m_c, p_count, GS, NG, p_out, BP: tl.constexpr,
+                     BD: tl.constexpr):
+    """The whole finish of ONE [D] parameter gradient whose columns the grid's second axis blocks by BD: store
+    this program's fp32 partial row ``b_acc`` [BD] (row ``pid``, columns ``o_c``, mask ``m_c``), arrive, and in
+    the one program that arrives last sum every row into ``p_out`` (``p_count``: the 1 + NG counters per column
+    block)."""
+    tl.store(p_part + pid.to(tl.int64) * D + o_c, b_acc, mask=m_c)
+    c0 = tl.program_id(1) * BD
+    c1 = tl.minimum(c0 + BD, D)
+    if arrive_tree(p_part, D, p_count + tl.program_id(1) * (1 + NG), pid, n_progs, GS, NG, c0, c1, 1, 0, BP, BD):
+        finish_columns(p_part, GS * D, NG, p_out, c0, c1, BP, BD)

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
+from kernels._colsum import counters, finish_rows, store_and_finish, tree
 from kernels._common import check_tensor, new_empty
 from kernels.ddlerp.ddlerp import _blocks, _cdiv, _cols, _rows, _tile, persistent_grid
 from reference.decay_exp import check_args
@@ -62,11 +62,7 @@ def _decay_exp_bwd_kernel(p_dlw, p_base, p_d, p_dd, p_part, p_dbase, p_count, N,
         b_dd = tl.where(m, -b_dlw * tl.exp(b_base + b_d), 0.)
         b_acc += tl.sum(b_dd, axis=0)
         tl.store(p_dd + offs, b_dd.to(p_dd.dtype.element_ty), mask=m)
-    tl.store(p_part + pid.to(tl.int64) * D + o_c, b_acc, mask=m_c)
-    c0 = tl.program_id(1) * BD
-    c1 = tl.minimum(c0 + BD, D)
-    if arrive_tree(p_part, D, p_count + tl.program_id(1) * (1 + NG), pid, n_progs, GS, NG, c0, c1, 1, 0, BP, BD):
-        finish_columns(p_part, GS * D, NG, p_dbase, c0, c1, BP, BD)
+    store_and_finish(p_part, b_acc, pid, n_progs, D, o_c, m_c, p_count, GS, NG, p_dbase, BP, BD)
 
 
 def _fwd_impl(base, d, dtype):

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
+from kernels._colsum import counters, finish_rows, store_and_finish, tree
 from kernels._common import check_tensor, new_empty
 from kernels.ddlerp.ddlerp import _blocks, _cdiv, _cols, _rows, _tile, _x_and_shift, persistent_grid
 from reference.shift_lerp import check_args
@@ -73,11 +73,7 @@ def _shift_lerp_bwd_kernel(p_dy, p_x, p_prev, p_mu, p_dx, p_part, p_dmu, p_count
         b_dy_n = tl.load(p_dy + offs + D, mask=m_next, other=0.).to(tl.float32)
         b_acc += tl.sum(b_dy * b_xx, axis=0)
         tl.store(p_dx + offs, (b_dy * (1. - b_mu) + b_dy_n * b_mu).to(p_dx.dtype.element_ty), mask=m)
-    tl.store(p_part + pid.to(tl.int64) * D + o_c, b_acc, mask=m_c)
-    c0 = tl.program_id(1) * BD
-    c1 = tl.minimum(c0 + BD, D)
-    if arrive_tree(p_part, D, p_count + tl.program_id(1) * (1 + NG), pid, n_progs, GS, NG, c0, c1, 1, 0, BP, BD):
-        finish_columns(p_part, GS * D, NG, p_dmu, c0, c1, BP, BD)
+    store_and_finish(p_part, b_acc, pid, n_progs, D, o_c, m_c, p_count, GS, NG, p_dmu, BP, BD)
 
 
 # ----------------------------------------------------------------------------------------------------------
