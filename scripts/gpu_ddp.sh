@@ -7,15 +7,17 @@
 # Needs a machine with 2 GPUs (device kind nvidia-h100-x2, carry [".gpu-wheels"]); 4-7 minutes on a cold
 # machine: wheels, then Triton compilation and mamba-ssm autotuning in the first run (over 130 s cold at large in
 # run 4; capped at ONE_S=240), the second run reuses their caches (TWO_S=150).
-# Knobs: STEPS (default 100), ONE_S / TWO_S (time caps in seconds of each run), KERNELS (default triton).
+# Knobs: STEPS (default 100), ONE_S / TWO_S (time caps in seconds of each run), KERNELS (default triton),
+# GT_DDP_OUT (results folder), GT_SITE (wheels already installed there: `bash scripts/gpu_reports.sh ddp` sets both).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-R=${OUT:-.gt-out}/ddp; mkdir -p "$R"
-if [ -d .gpu-wheels ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target .gt-site \
+R=${GT_DDP_OUT:-${OUT:-.gt-out}/ddp}; mkdir -p "$R"
+SITE=${GT_SITE:-.gt-site}
+if [ -z "${GT_SITE:-}" ] && [ -d .gpu-wheels ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" \
     .gpu-wheels/mamba*.whl .gpu-wheels/causal*.whl .gpu-wheels/selective*.whl 2>&1 | grep -v "as the 'root'"
 fi
-export PYTHONPATH=.gt-site:. PYTHONUNBUFFERED=1 TRITON_CACHE_AUTOTUNING=1 PYTHONWARNINGS=ignore::UserWarning
+export PYTHONPATH=$SITE:. PYTHONUNBUFFERED=1 TRITON_CACHE_AUTOTUNING=1 PYTHONWARNINGS=ignore::UserWarning
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 STEPS=${STEPS:-100}
 COMMON=(--model GF-MH --size large --seq-len 1024 --kernels "${KERNELS:-triton}" --steps "$STEPS" --log-interval 10

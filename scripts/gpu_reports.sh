@@ -1,86 +1,126 @@
 #!/usr/bin/env bash
-# Issue 12's runs, in parts that fit a ≤ 10-minute GPU call each, all writing into ONE results folder $RUN
-# (default profiles/<gpu>/run4-<UTC date>/; GT_RUN sets it, relative to the repository):
+# THE GPU entry point of the lab (issues 12 and 13): thin parts over tests/, train.py, bench/ and the two dev
+# scripts, each under its own time cap, all writing into ONE results folder $RUN as they go
+# (default profiles/<gpu>/run-<UTC date>-<HHMM>/; GT_RUN names one, relative to the repository):
 #
-#   bash scripts/gpu_reports.sh bench            # call 1 (≤ 9.5 min): pytest bench/ --benchmark with the peers
-#   bash scripts/gpu_reports.sh study validity   # call 2 (≤ 9.5 min): variant study + long context + validity
-#   bash scripts/gpu_reports.sh report           # anywhere, CPU is enough: report.md, plots, CSVs from $RUN
+#   bash scripts/gpu_reports.sh first-use step bench   # a short lease: a newcomer's first run, the step, the bench
+#   bash scripts/gpu_reports.sh tests wkv6             # the GPU tests; wkv6's compile report and per-kernel times
+#   bash scripts/gpu_reports.sh study validity         # variant study + long context, kernels vs references
+#   bash scripts/gpu_reports.sh ddp                    # two GPUs (device kind nvidia-h100-x2)
+#   GT_RUN=profiles/<gpu>/run-... bash scripts/gpu_reports.sh report   # anywhere, a CPU is enough
 #
-# Parts (any number, run in the order given):
-#   bench     pytest bench/ --benchmark (kernels vs the reference, fla, mamba-ssm, causal-conv1d, torch.compile;
-#             training rows; the gate manifest $RUN/gates.json; pytest-benchmark's $RUN/bench.json).
-#             TO FIT ≤ 10 MIN ON A COLD MACHINE IT SKIPS (said again when it starts):
-#               * wkv6 at B1 T16384 H32, B4 T2048 H16 and B64 T256 H2 (the PyTorch reference loops in Python:
-#                 ~20-40 s a row); kept: B8 T4096 H32 (the headline) and the models' own B64 T256 H4 K32 and
-#                 B16 T1024 H8 (every lab kernel, fla chunk and fla recurrent)
-#               * gate_norm_residual's add / vector / weights / res32 modes and D768 / D4096 rows; kept: N32768
-#                 D2048 row and element, the models' N16384 D128 and D512 rows (peers at the row shapes)
-#               * training rows other than GF-MH small (ours eager, ours CUDA graph, the reference) and the peer
-#                 model at small — the variant study measures every variant's speed
-#               * whatever the soft budget GT_BENCH_BUDGET_S (default 420 s) has not started: rows run in
-#                 the order of bench/conftest.py (every op's reference and first lab kernel; the peers; the
-#                 other lab kernels; wkv6 first within each; then training) and a skipped row says so; the
-#                 hard cap BENCH_S (default 530 s) interrupts pytest, which still writes bench.csv (rewritten
-#                 after every row) and the manifest
-#             Raise it: GT_BENCH_K="" (no shape/row filter), GT_BENCH_BUDGET_S=0 (no soft budget), BENCH_S=3000,
-#             GT_BENCH_QUICK=0 (every variant, shape and peer, more repetitions). fla's first call autotunes
-#             for ~3 min (later shapes ~40 s); its cost is in each row's warmup_s column.
-#   study     python -m bench.variants --quick --kernels triton (every variant, 200 steps at small, ≤ VARIANTS_S
-#             = 250 s: --budget-s starts no variant after VARIANTS_S − 40 s; re-running resumes with the rest),
-#             then python -m bench.long_context --quick --kernels triton (GF-MH, rwkv6, mamba2 at 8192 and
-#             1024 characters, ≤ LONGCTX_S = 160 s, no new run after 100 s, same resume rule)
-#   validity  bench.bench_train.run_validity: train.py GF-MH small, --kernels triton vs --kernels reference,
-#             same seed, data and schedule, VALIDITY_STEPS = 30 steps of VALIDITY_BATCH = 4 × 256 characters (the
-#             PyTorch reference wkv6 loops over sequences and chunks in Python: ~2 s a step at batch 4), loss
-#             logged every step; ≤ VALIDITY_S = 120 s
-#   report    python -m bench.report --dir $RUN: report.md with every kernel beside its peers, the variant
-#             ranking, long context, validity, pytest-benchmark's table; plots and CSVs next to it
+# Parts (any subset, run in the order given; caps in seconds, each an environment knob):
+#   tests      pytest tests -m gpu (GT_TESTS: files, default tests; GT_TESTS_K: -k filter) ≤ TESTS_S = 150;
+#              $RUN/tests.xml (JUnit). Needs CUDA.
+#   first-use  a newcomer's `python3 train.py --no-progress` on this machine: a fresh, empty GROUNDTHINK_CACHE, so
+#              the gate qualifies the lab kernels first (its per-item lines), then "first step launched" and the
+#              summary; FIRST_USE_STEPS = 100 steps, ≤ FIRST_USE_S = 240. fla stays off its path (as for a user
+#              without the peers: its minutes of autotuning would be the gate's; GT_FIRST_USE_FLA=1 puts it on).
+#              $RUN/first_use.jsonl, $RUN/first_use_gates.json (the verdicts it wrote).
+#   step       train.py --kernels triton, CUDA graph, profile window, at small (64 × 256) and large (16 × 1024):
+#              summary line (tok/s, ms/step, peak, busy %, launches) and GPU time per step by op; STEP_STEPS =
+#              100 steps each, ≤ STEP_S = 150 per size; $RUN/step_<size>.jsonl. STEP_TABLE="ours peer" adds
+#              python -m bench.bench_train --step-table (eager vs graph, the fla ∥ mamba-ssm peer model) ≤
+#              STEP_TABLE_S = 300 each: $RUN/train_step.csv, $RUN/step_profile.csv.
+#   wkv6       scripts/gpu_wkv6.py --resources: compile report (registers, spills, shared memory), per-kernel GPU
+#              time and do_bench table of WKV6_ALGOS (default chunk_seq,chunk_par = the default chunk algorithm's
+#              two forward modes, plus chunk_split when gpu_wkv6.py declares it) at WKV6_SHAPES (default 0,4,5:
+#              B8 T4096 H32 and the small and large models' shapes), WKV6_CHECKS = 1 (fp64 checks of each);
+#              ≤ WKV6_S = 300. Without CUDA: its WKV6_SMOKE mode (interpreter, tiny shapes).
+#   ddp        scripts/gpu_ddp.sh (large GF-MH step on 1 and 2 GPUs, same global batch: losses, scaling)
+#              ≤ DDP_S = 480 -> $RUN/ddp/. Needs 2 GPUs: says so and skips otherwise.
+#   bench      pytest bench/ --benchmark (kernels vs the reference, fla, mamba-ssm, causal-conv1d, torch.compile;
+#              training rows; the gate manifest $RUN/gates.json; pytest-benchmark's $RUN/bench.json).
+#              TO FIT ≤ 10 MIN ON A COLD MACHINE IT SKIPS (said again when it starts):
+#                * wkv6 at B1 T16384 H32, B4 T2048 H16 and B64 T256 H2 (the PyTorch reference loops in Python:
+#                  ~20-40 s a row); kept: B8 T4096 H32 (the headline) and the models' own B64 T256 H4 K32 and
+#                  B16 T1024 H8 (every lab kernel, fla chunk and fla recurrent)
+#                * gate_norm_residual's add / vector / weights / res32 modes and D768 / D4096 rows; kept: N32768
+#                  D2048 row and element, the models' N16384 D128 and D512 rows (peers at the row shapes)
+#                * training rows other than GF-MH small (ours eager, ours CUDA graph, the reference) and the peer
+#                  model at small — the variant study measures every variant's speed
+#                * whatever the soft budget GT_BENCH_BUDGET_S (default 420 s) has not started: rows run in
+#                  the order of bench/conftest.py (every op's reference and first lab kernel; the peers; the
+#                  other lab kernels; wkv6 first within each; then training) and a skipped row says so; the
+#                  hard cap BENCH_S (default 530 s) interrupts pytest, which still writes bench.csv (rewritten
+#                  after every row) and the manifest
+#              Raise it: GT_BENCH_K="" (no shape/row filter), GT_BENCH_BUDGET_S=0 (no soft budget), BENCH_S=3000,
+#              GT_BENCH_QUICK=0 (every variant, shape and peer, more repetitions). fla's first call autotunes
+#              for ~3 min (later shapes ~40 s); its cost is in each row's warmup_s column.
+#   study      python -m bench.variants --quick --kernels triton (every variant, 200 steps at small, ≤ VARIANTS_S
+#              = 250 s: --budget-s starts no variant after VARIANTS_S − 40 s; re-running with the same GT_RUN
+#              resumes with the rest), then python -m bench.long_context --quick --kernels triton (GF-MH, rwkv6,
+#              mamba2 at 8192 and 1024 characters, ≤ LONGCTX_S = 160 s, no new run after 100 s, same resume rule)
+#   validity   bench.bench_train.run_validity: train.py GF-MH small, --kernels triton vs --kernels reference,
+#              same seed, data and schedule, VALIDITY_STEPS = 30 steps of VALIDITY_BATCH = 4 × 256 characters (the
+#              PyTorch reference wkv6 loops over sequences and chunks in Python: ~2 s a step at batch 4), loss
+#              logged every step; ≤ VALIDITY_S = 120 s
+#   report     python -m bench.report --dir $RUN: report.md with every kernel beside its peers, the variant
+#              ranking, long context, validity, pytest-benchmark's table; plots and CSVs next to it
 #
-# Smoke mode (GT_SMOKE=1, or automatically without CUDA): the same commands at tiny sizes on a CPU, to check
-# the plumbing (results in profiles/cpu/..., git-ignored; every figure labelled NOT A PERFORMANCE MEASUREMENT).
+# Every part logs to $RUN/logs/<part>.log while it runs and writes its results into $RUN; machine paths are
+# scrubbed from $RUN's text files after each part (scripts/scrub_paths.py --fix). Smoke mode (GT_SMOKE=1, or
+# automatically without CUDA): the same commands at tiny sizes on a CPU, to check the plumbing (results in
+# profiles/cpu/..., git-ignored; every figure labelled NOT A PERFORMANCE MEASUREMENT; tests and ddp say what
+# they need and skip).
 #
 # Device tool: carry [".gpu-wheels"] (fla, mamba-ssm, causal-conv1d, the selective_scan_cuda stand-in; test/:
-# pytest, pytest-benchmark, hypothesis); the wheels go into a temporary site folder. Everything the parts wrote
-# comes back as ONE archive $OUT/<parts>.tgz (the results folder with logs/; while the parts run, a snapshot
-# $OUT/<parts>.partial.tgz every 20 s, so a lease cut short still returns what was written); the last lines
-# printed are a short table. Before committing logs: python scripts/scrub_paths.py --fix <files>.
+# pytest, pytest-benchmark, hypothesis); the wheels go into a temporary site folder (fla into one of its own).
+# Everything the parts wrote comes back as ONE archive $OUT/<parts>.tgz (the results folder with logs/; while
+# the parts run, a snapshot $OUT/<parts>.partial.tgz every 20 s and after every part, so a lease cut short —
+# the device limit can shrink below the requested timeout — still returns what was written); the last lines
+# printed are a short table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 T0=$(date +%s)
-[ $# -gt 0 ] || { echo "usage: bash scripts/gpu_reports.sh bench|study|validity|report ..." >&2; exit 2; }
+PARTS="tests first-use step wkv6 ddp bench study validity report"
+[ $# -gt 0 ] || { echo "usage: bash scripts/gpu_reports.sh PART ... (parts: ${PARTS// /, })" >&2; exit 2; }
 for p in "$@"; do
-  case "$p" in bench|study|validity|report) ;; *)
-    echo "error: unknown part '$p'; accepted: bench, study, validity, report" >&2; exit 2;; esac
+  case " $PARTS " in *" $p "*) ;; *) echo "error: unknown part '$p'; accepted: ${PARTS// /, }" >&2; exit 2;; esac
 done
 
 # ------------------------------------------------------------------------------------------------ set-up
 SITE=${GT_SITE:-$(mktemp -d "${TMPDIR:-/tmp}/gt-site.XXXXXX")}
+SITE_FLA="$SITE/fla-site"          # fla apart: on the path of the parts that time it, off a newcomer's first use
 WHEELS=${GT_WHEELS:-.gpu-wheels}
+PIP=($PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir)
 if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl \
-    "$WHEELS"/test/*.whl 2>&1 | grep -v "as the 'root'"
+  OTHER=(); for w in "$WHEELS"/*.whl; do case "${w##*/}" in fla*|flash*) ;; *) OTHER+=("$w");; esac; done
+  "${PIP[@]}" --target "$SITE" "${OTHER[@]}" "$WHEELS"/test/*.whl 2>&1 | grep -v "as the 'root'"
+  ls "$WHEELS"/fla*.whl "$WHEELS"/flash*.whl >/dev/null 2>&1 &&
+    "${PIP[@]}" --target "$SITE_FLA" "$WHEELS"/fla*.whl "$WHEELS"/flash*.whl 2>&1 | grep -v "as the 'root'"
 fi
-export PYTHONPATH="$SITE:.${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+BASE_PATH="$SITE:.${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$SITE_FLA:$BASE_PATH" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
   TRITON_CACHE_AUTOTUNING=1 PYTHONWARNINGS=ignore::UserWarning GROUNDTHINK_CACHE=${GROUNDTHINK_CACHE:-.gt-cache}
 SMOKE=${GT_SMOKE:-$($PY -c "import torch; print(0 if torch.cuda.is_available() else 1)")}
 SLUG=$($PY -c "from groundthink.device import gpu_slug; print(gpu_slug())")
-RUN=${GT_RUN:-profiles/$SLUG/run4-$(date -u +%F)}
-mkdir -p "$RUN/logs"
+RUN=${GT_RUN:-profiles/$SLUG/run-$(date -u +%F-%H%M)}
+SCRATCH=.gt-scratch   # checkpoints and caches that are no result (relative: no machine path in the logs)
+rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$RUN/logs"
 export GT_BENCH_OUT="$RUN"
 echo "== gpu_reports $* -> $RUN (smoke=$SMOKE)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 $PY -c "from groundthink.device import versions; print('versions:', versions())"
-FAILED=()
+FAILED=() TABLE=()
 NAME=$(IFS=-; echo "$*")
-if [ -n "${OUT:-}" ]; then   # a snapshot of the results folder every 20 s: a lease cut short still returns what was written
-  ( while sleep 20; do tar -czf "$OUT/$NAME.partial.tgz" -C "$(dirname "$RUN")" "$(basename "$RUN")" 2>/dev/null; done ) &
+
+snapshot() {   # the results folder into $OUT (written aside, then renamed: a cut never leaves half an archive)
+  [ -n "${OUT:-}" ] || return 0
+  tar -czf "$OUT/$NAME.partial.tgz.tmp" -C "$(dirname "$RUN")" "$(basename "$RUN")" 2>/dev/null &&
+    mv -f "$OUT/$NAME.partial.tgz.tmp" "$OUT/$NAME.partial.tgz"
+}
+if [ -n "${OUT:-}" ]; then   # every 20 s: a lease cut short still returns what was written
+  ( while sleep 20; do snapshot; done ) &
   SNAP=$!
 fi
 
 # the tiny model of the smoke mode (a CPU runs each variant in seconds)
 TINY=(--size tiny --override n_layer=2 --override d_model=32 --override head_size=16 --override headdim=16
       --override mix_lora=4 --override decay_lora=8 --override d_state=8 --override chunk_size=16)
+# train.py without checkpoints, samples or progress bar (the parts read its summary and its JSONL log)
+QUIET=(--no-progress --ckpt-interval 1000000 --sample-tokens 0)
 
 run_part() {   # NAME CAP_S CMD...: the command under a hard cap, its output in $RUN/logs/NAME.log
   local name=$1 cap=$2; shift 2
@@ -89,10 +129,69 @@ run_part() {   # NAME CAP_S CMD...: the command under a hard cap, its output in 
   timeout -s INT -k 10 "$cap" "$@" 2>&1 | tee "$RUN/logs/$name.log"
   local rc=${PIPESTATUS[0]}
   echo "== $name: exit $rc after $(( $(date +%s) - t )) s"
+  TABLE+=("$(printf '%-16s exit %-4s %5s s' "$name" "$rc" "$(( $(date +%s) - t ))")")
   [ "$rc" = 0 ] || FAILED+=("$name($rc)")
+  find "$RUN" -type f \( -name '*.log' -o -name '*.jsonl' -o -name '*.json' -o -name '*.csv' -o -name '*.md' \
+    -o -name '*.xml' \) -exec $PY scripts/scrub_paths.py --fix {} + >/dev/null
+  snapshot
+}
+
+skip_part() {  # NAME WHY: a part that cannot run here says so (in its log too)
+  echo "== $1: skipped: $2" | tee "$RUN/logs/$1.log"
+  TABLE+=("$(printf '%-16s skipped: %s' "$1" "$2")")
 }
 
 # ------------------------------------------------------------------------------------------------ parts
+part_tests() {
+  [ "$SMOKE" = 0 ] || { skip_part tests "needs CUDA (the GPU tests are @pytest.mark.gpu)"; return; }
+  # shellcheck disable=SC2086   # GT_TESTS is a list of files
+  run_part tests "${TESTS_S:-150}" $PY -m pytest ${GT_TESTS:-tests} -m gpu -q -rs -p no:cacheprovider \
+    --durations=8 --junitxml "$RUN/tests.xml" ${GT_TESTS_K:+-k "$GT_TESTS_K"}
+}
+
+part_first-use() {
+  local cache=$SCRATCH/first-use-cache args=(--steps "${FIRST_USE_STEPS:-100}" --eval-iters 2)
+  [ "$SMOKE" = 1 ] && args=(--steps 3 --batch-size 2 --seq-len 16 --eval-interval 3 --eval-iters 1 "${TINY[@]}")
+  local path=$BASE_PATH
+  [ "${GT_FIRST_USE_FLA:-0}" = 1 ] && path=$PYTHONPATH
+  echo "== first-use: empty GROUNDTHINK_CACHE; fla on the path: ${GT_FIRST_USE_FLA:-0} (GT_FIRST_USE_FLA)"
+  run_part first-use "${FIRST_USE_S:-240}" env PYTHONPATH="$path" GROUNDTHINK_CACHE="$cache" $PY train.py \
+    "${QUIET[@]}" "${args[@]}" --out-dir "$SCRATCH/ck-first-use" --log "$RUN/first_use.jsonl"
+  cp "$cache"/*/gates.json "$RUN/first_use_gates.json" 2>/dev/null || echo "(first-use wrote no gate verdicts)"
+}
+
+part_step() {
+  local size shape steps=${STEP_STEPS:-100}
+  for size in small large; do
+    if [ "$SMOKE" = 1 ]; then   # the interpreter runs a training step in ~20 s: the references, tiny model
+      shape=(--kernels reference --steps 3 --batch-size 2 --seq-len 16 --eval-interval 3 --eval-iters 1 "${TINY[@]}")
+    elif [ $size = small ]; then shape=(--kernels triton --size small --batch-size 64 --seq-len 256)
+    else shape=(--kernels triton --size large --batch-size 16 --seq-len 1024); fi
+    [ "$SMOKE" = 1 ] || shape+=(--steps "$steps" --eval-interval "$steps" --eval-iters 2 --log-interval 10)
+    run_part "step-$size" "${STEP_S:-150}" $PY train.py "${QUIET[@]}" "${shape[@]}" \
+      --out-dir "$SCRATCH/ck-step-$size" --log "$RUN/step_$size.jsonl"
+  done
+  [ -z "${STEP_TABLE:-}" ] || [ "$SMOKE" = 0 ] || { skip_part step-table "STEP_TABLE needs CUDA"; return; }
+  for who in ${STEP_TABLE:-}; do
+    run_part "step-table-$who" "${STEP_TABLE_S:-300}" $PY -m bench.bench_train --step-table "$who" --out "$RUN"
+  done
+}
+
+part_wkv6() {   # WKV6_ALGOS from the environment wins; the default takes chunk_split once gpu_wkv6.py has it
+  local algos=chunk_seq,chunk_par shapes=0,4,5
+  grep -q '"chunk_split"' scripts/gpu_wkv6.py && algos+=,chunk_split
+  [ "$SMOKE" = 1 ] && shapes=0    # its smoke shapes: one tiny one
+  run_part wkv6 "${WKV6_S:-300}" env WKV6_ALGOS="${WKV6_ALGOS:-$algos}" WKV6_SHAPES="${WKV6_SHAPES-$shapes}" \
+    WKV6_CHECKS="${WKV6_CHECKS:-1}" WKV6_SMOKE="$SMOKE" $PY scripts/gpu_wkv6.py --resources
+}
+
+part_ddp() {
+  local n
+  n=$($PY -c "import torch; print(torch.cuda.device_count())")
+  [ "$SMOKE" = 0 ] && [ "$n" -ge 2 ] || { skip_part ddp "needs 2 GPUs, this machine has $n"; return; }
+  run_part ddp "${DDP_S:-480}" env GT_DDP_OUT="$RUN/ddp" GT_SITE="$SITE" bash scripts/gpu_ddp.sh
+}
+
 part_bench() {
   local k=${GT_BENCH_K-"not T16384 and not B4_T2048 and not B64_T256_H2_ and not (test_gate_norm_residual and (_add \
 or vector or weights or res32 or D768 or D4096)) and (not test_train or GF-MH-small or GF-MH-tiny or peer-small)"}
@@ -140,13 +239,23 @@ part_report() {
 }
 
 for p in "$@"; do "part_$p"; done
-case " $* " in *" report "*) ;; *)    # the report part prints it already
-  echo "== summary"; $PY -c "from bench.report import summary; print(summary('$RUN'))" 2>&1 | tail -40;; esac
+case " $* " in *" report "*|*" bench "*|*" study "*|*" validity "*)
+  case " $* " in *" report "*) ;; *)    # the report part prints it already
+    echo "== summary"; $PY -c "from bench.report import summary; print(summary('$RUN'))" 2>&1 | tail -40;; esac;;
+esac
 
 # ------------------------------------------------------------------------------------------------ results
 if [ -n "${OUT:-}" ]; then
-  kill "$SNAP" 2>/dev/null; wait "$SNAP" 2>/dev/null; rm -f "$OUT/$NAME.partial.tgz"
+  kill "$SNAP" 2>/dev/null; wait "$SNAP" 2>/dev/null; rm -f "$OUT/$NAME.partial.tgz" "$OUT/$NAME.partial.tgz.tmp"
   tar -czf "$OUT/$NAME.tgz" -C "$(dirname "$RUN")" "$(basename "$RUN")" && echo "== results: \$OUT/$NAME.tgz"
 fi
+rm -rf "$SCRATCH"
+echo "== headlines"
+for f in "$RUN"/logs/{tests,first-use,step-small,step-large}.log; do
+  [ -f "$f" ] && grep -e "first step launched" -e "^summary:" -e "GPU time per step by op" -e " passed\| failed" \
+    "$f" | sed "s/^/$(basename "$f" .log): /" | cut -c1-220
+done
+echo "== parts"
+printf '%s\n' "${TABLE[@]}"
 echo "== done in $(( $(date +%s) - T0 )) s; results in $RUN${FAILED[*]:+; FAILED: ${FAILED[*]}}"
 [ "${#FAILED[@]}" = 0 ]

@@ -39,10 +39,11 @@ PATTERNS = [
     re.compile(_at(TMP) + r"/(?:tmp\w{8}|gt-site\.(?!X{6})\w+)\b"),
     re.compile(_at(HOME) + r"/[\w.-]+"),
 ] + ([re.compile(_at(HOME.parent) + r"/[\w.-]+")] if HOME.parent != HOME.parent.parent else [])
-# how --fix rewrites them, in order: the checkout prefix goes, the pip --target folders become <site>, mkdtemp folders <tmpdir>, the
-# device tool's output folder (under the home folder there) becomes $OUT
+# how --fix rewrites them, in order: the checkout prefix goes (the lab's and this one's), the pip --target folders
+# become <site>, mkdtemp folders <tmpdir>, the device tool's output folder (under the home folder there) becomes $OUT
 FIXES = [
     (re.compile(_at(ROOT.parent) + r"/(?:main|wt/[\w.+-]+)/"), ""),
+    (re.compile(_at(ROOT) + r"/"), ""),       # this checkout wherever it is (a device machine's copy)
     (re.compile(_at(TMP) + r"/site\b"), "<site>"),
     (re.compile(r"[\w./-]*/groundthink-site\.(?!X{6})\w+"), "<site>"),
     (re.compile(_at(HOME) + r"/out\b"), "$OUT"),
