@@ -2,7 +2,7 @@
 
 Run (GPU machine, no network needed; installs the peer wheels from .gpu-wheels/ into $GT_SITE):
 
-    bash scripts/gpu_bench.sh                 # = pytest bench/ --benchmark --benchmark-json ... + python -m bench.report
+    bash scripts/gpu_reports.sh bench report  # = pytest bench/ --benchmark --benchmark-json ... + python -m bench.report
 
 or by hand:
 

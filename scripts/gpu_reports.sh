@@ -19,9 +19,9 @@
 #              $RUN/first_use.jsonl, $RUN/first_use_gates.json (the verdicts it wrote).
 #   step       train.py --kernels triton, CUDA graph, profile window, at small (64 × 256) and large (16 × 1024):
 #              summary line (tok/s, ms/step, peak, busy %, launches) and GPU time per step by op; STEP_STEPS =
-#              100 steps each, ≤ STEP_S = 150 per size; $RUN/step_<size>.jsonl. STEP_TABLE="ours peer" adds
-#              python -m bench.bench_train --step-table (eager vs graph, the fla ∥ mamba-ssm peer model) ≤
-#              STEP_TABLE_S = 300 each: $RUN/train_step.csv, $RUN/step_profile.csv.
+#              100 steps each, ≤ STEP_SMALL_S = 150 and STEP_LARGE_S = 240; $RUN/step_<size>.jsonl.
+#              STEP_TABLE="ours peer" adds python -m bench.bench_train --step-table (eager vs graph, the fla ∥
+#              mamba-ssm peer model) ≤ STEP_TABLE_S = 300 each: $RUN/train_step.csv, $RUN/step_profile.csv.
 #   wkv6       scripts/gpu_wkv6.py --resources: compile report (registers, spills, shared memory), per-kernel GPU
 #              time and do_bench table of WKV6_ALGOS (default chunk_seq,chunk_par = the default chunk algorithm's
 #              two forward modes, plus chunk_split when gpu_wkv6.py declares it) at WKV6_SHAPES (default 0,4,5:
@@ -161,14 +161,15 @@ part_first-use() {
 }
 
 part_step() {
-  local size shape steps=${STEP_STEPS:-100}
+  local size shape cap steps=${STEP_STEPS:-100}
   for size in small large; do
     if [ "$SMOKE" = 1 ]; then   # the interpreter runs a training step in ~20 s: the references, tiny model
       shape=(--kernels reference --steps 3 --batch-size 2 --seq-len 16 --eval-interval 3 --eval-iters 1 "${TINY[@]}")
     elif [ $size = small ]; then shape=(--kernels triton --size small --batch-size 64 --seq-len 256)
     else shape=(--kernels triton --size large --batch-size 16 --seq-len 1024); fi
     [ "$SMOKE" = 1 ] || shape+=(--steps "$steps" --eval-interval "$steps" --eval-iters 2 --log-interval 10)
-    run_part "step-$size" "${STEP_S:-150}" $PY train.py "${QUIET[@]}" "${shape[@]}" \
+    cap=${STEP_SMALL_S:-150}; [ $size = large ] && cap=${STEP_LARGE_S:-240}   # large: cold compiles at its shapes
+    run_part "step-$size" "$cap" $PY train.py "${QUIET[@]}" "${shape[@]}" \
       --out-dir "$SCRATCH/ck-step-$size" --log "$RUN/step_$size.jsonl"
   done
   [ -z "${STEP_TABLE:-}" ] || [ "$SMOKE" = 0 ] || { skip_part step-table "STEP_TABLE needs CUDA"; return; }
@@ -188,7 +189,8 @@ part_wkv6() {   # WKV6_ALGOS from the environment wins; the default takes chunk_
 part_ddp() {
   local n
   n=$($PY -c "import torch; print(torch.cuda.device_count())")
-  [ "$SMOKE" = 0 ] && [ "$n" -ge 2 ] || { skip_part ddp "needs 2 GPUs, this machine has $n"; return; }
+  [ "$SMOKE" = 0 ] || { skip_part ddp "needs 2 GPUs (smoke mode)"; return; }
+  [ "$n" -ge 2 ] || { skip_part ddp "needs 2 GPUs, this machine has $n"; return; }
   run_part ddp "${DDP_S:-480}" env GT_DDP_OUT="$RUN/ddp" GT_SITE="$SITE" bash scripts/gpu_ddp.sh
 }
 
