@@ -112,7 +112,7 @@ snapshot() {   # the results folder into $OUT (written aside, then renamed: a cu
     mv -f "$OUT/$NAME.partial.tgz.tmp" "$OUT/$NAME.partial.tgz"
 }
 if [ -n "${OUT:-}" ]; then   # every 20 s: a lease cut short still returns what was written
-  ( while sleep 20; do snapshot; done ) &
+  ( while sleep 20 && kill -0 $$ 2>/dev/null; do snapshot; done ) &   # ends with this script, however it ends
   SNAP=$!
 fi
 
