@@ -53,7 +53,7 @@ import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty, num_sms
 from kernels.wkv6.common import (_chunk_loc, _clamp_w, _cross_bwd, _dims, _kv_ranges, _load_rows, _make_ops,
-                                 _nh_bucket, _prec, _run, _seq_bounds)
+                                 _nh_bucket, _prec, _row_offsets, _run, _seq_bounds)
 from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states
@@ -251,6 +251,35 @@ def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constex
     return b_A, b_dq, b_dk, b_dw
 
 
+@triton.jit
+def _bwd_finish(b_q, b_k, b_wr, b_em1, b_ep1, b_v, b_do, b_dq, b_dk, b_dv, b_dw, u_ptr, dq_ptr, dk_ptr, dv_ptr,
+                dw_ptr, du_ptr, pid, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr,
+                K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr):
+    """The block's own pairs (``_diag_bwd``) and bonus u terms added to the other pairs' parts b_dq, b_dk, b_dv,
+    b_dw [SB, BK | BV] fp32; stores the block's rows of dq (× scale), dk, dv, dw (0 where w > 0: the clamp) and its
+    du partial row du[pid, i_h] [K] fp32."""
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_A, b_dq, b_dk, b_dw = _diag_bwd(b_q, b_k, b_em1, b_ep1, tl.dot(b_do, tl.trans(b_v), input_precision=PREC),
+                                      b_dq, b_dk, b_dw, o_t, SB, LOG, PREC)
+    b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
+    b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+    # ---- bonus u
+    b_vd = tl.sum(b_v * b_do, axis=1)
+    b_dq += b_u[None, :] * b_k * b_vd[:, None]
+    b_dk += b_u[None, :] * b_q * b_vd[:, None]
+    b_dw = tl.where(b_wr > 0, 0., b_dw)
+    rows = r0 + o_t
+    tok = (bos + rows) * H + i_h
+    p_k = tok[:, None] * K + o_k[None, :]
+    m_tk = (rows < L)[:, None] & m_k[None, :]
+    m_tv = (rows < L)[:, None] & m_v[None, :]
+    tl.store(dv_ptr + tok[:, None] * V + o_v[None, :], b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
+    tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(dw_ptr + p_k, b_dw.to(dw_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, tl.sum(b_q * b_k * b_vd[:, None], axis=0), mask=m_k)
+
+
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
                                            triton.Config({}, num_warps=8, num_stages=1)]),
                  key=["K", "V", "BK", "BV", "PREC"])
@@ -287,26 +316,140 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
-    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    b_A, b_dq, b_dk, b_dw = _diag_bwd(b_q, b_k, b_em1, b_ep1, tl.dot(b_do, tl.trans(b_v), input_precision=PREC),
-                                      b_dq, b_dk, b_dw, o_t, SB, LOG, PREC)
-    b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
-    b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
-    # ---- bonus u
-    b_vd = tl.sum(b_v * b_do, axis=1)
-    b_dq += b_u[None, :] * b_k * b_vd[:, None]
-    b_dk += b_u[None, :] * b_q * b_vd[:, None]
-    b_dw = tl.where(b_wr > 0, 0., b_dw)
-    rows = r0 + o_t
-    tok = (bos + rows) * H + i_h
-    p_k = tok[:, None] * K + o_k[None, :]
-    m_tk = (rows < L)[:, None] & m_k[None, :]
-    m_tv = (rows < L)[:, None] & m_v[None, :]
-    tl.store(dv_ptr + tok[:, None] * V + o_v[None, :], b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
-    tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
-    tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
-    tl.store(dw_ptr + p_k, b_dw.to(dw_ptr.dtype.element_ty), mask=m_tk)
-    tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, tl.sum(b_q * b_k * b_vd[:, None], axis=0), mask=m_k)
+    _bwd_finish(b_q, b_k, b_wr, b_em1, b_ep1, b_v, b_do, b_dq, b_dk, b_dv, b_dw, u_ptr, dq_ptr, dk_ptr, dv_ptr,
+                dw_ptr, du_ptr, pid, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
+
+
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
+                                           triton.Config({}, num_warps=8, num_stages=1)]),
+                 key=["K", "V", "BK", "BV", "PREC"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _split_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, xq_ptr, xk_ptr, xw_ptr, xv_ptr, cu_ptr,
+                        cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                        BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Split backward, kernel 1. Grid (chunk slots, H), all of K and V per program: the chunk-crossing terms of
+    all BT rows of one chunk at once (``_cross_bwd`` with the chunk as the block: through S_c and D_c, decays
+    relative to the chunk start / end, every exponent ≤ 0). xq / xk / xw [B·T, H, K] fp32: the dq (of the scaled
+    q), dk, dw partials; xv [B·T, H, V] fp32: the dv partial. Other layouts as ``_bwd_kernel``."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    c0 = i_c * BT
+    o_t = tl.arange(0, BT)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
+    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
+    m_kv = m_kv & (o_kv * 0 + c0 < L)
+    b_h = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
+    b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
+    b_q = _load_rows(q_ptr, bos, c0, L, i_h, o_t, o_k, m_k, H, K, BT, 0) * scale
+    b_k = _load_rows(k_ptr, bos, c0, L, i_h, o_t, o_k, m_k, H, K, BT, 0)
+    b_w = _clamp_w(_load_rows(w_ptr, bos, c0, L, i_h, o_t, o_k, m_k, H, K, BT, 0))
+    b_v = _load_rows(v_ptr, bos, c0, L, i_h, o_t, o_v, m_v, H, V, BT, 0)
+    b_do = _load_rows(do_ptr, bos, c0, L, i_h, o_t, o_v, m_v, H, V, BT, 0)
+    b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC)
+    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, c0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
+    tl.store(xq_ptr + p_k, b_dq, mask=m_tk)
+    tl.store(xk_ptr + p_k, b_dk, mask=m_tk)
+    tl.store(xw_ptr + p_k, b_dw, mask=m_tk)
+    tl.store(xv_ptr + p_v, b_dv, mask=m_tv)
+
+
+@triton.jit
+def _decayed_rows(x_ptr, w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H: tl.constexpr, K: tl.constexpr,
+                  SB: tl.constexpr, SUFFIX: tl.constexpr):
+    """x ⊙ exp(R) (SUFFIX: R_s = Σ w from s+1 to the block end) or x ⊙ exp(P) (P_t = Σ w from the block start to
+    t−1) [SB, BK] fp32 of the block at r0, and exp(W) [BK] (W = Σ w over the block). Exponents ≤ 0."""
+    b_x = _load_rows(x_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+    b_e = tl.exp(tl.cumsum(b_w, axis=0, reverse=SUFFIX) - b_w)
+    return b_x * b_e, tl.exp(tl.sum(b_w, axis=0))
+
+
+@triton.jit
+def _earlier_keys(b_do, k_ptr, v_ptr, w_ptr, bos, c0, j_end, L, i_h, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr,
+                  K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """Σ over the blocks j < j_end of the chunk at c0 of (b_do v_jᵀ) k̃_j [SB, BK], k̃_s = k_s ⊙ exp(Σ w from s+1 to
+    the start of block j_end) (= exp(R_s) times the exp(W) of the blocks between, every factor ≤ 1): the decayed
+    keys seen from the start of block j_end by the queries of b_do's rows."""
+    b_x = tl.zeros([SB, BK], dtype=tl.float32)
+    b_g = tl.full([BK], 1., dtype=tl.float32)
+    for jj in range(0, j_end):
+        r_j = c0 + (j_end - 1 - jj) * SB
+        b_kj, b_gj = _decayed_rows(k_ptr, w_ptr, bos, r_j, L, i_h, o_t, o_k, m_k, H, K, SB, True)
+        b_vj = _load_rows(v_ptr, bos, r_j, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+        b_B = tl.dot(b_do, tl.trans(b_vj), input_precision=PREC)
+        b_x += tl.dot(b_B, b_kj * b_g[None, :], input_precision=PREC)
+        b_g *= b_gj
+    return b_x
+
+
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
+                                           triton.Config({}, num_warps=8, num_stages=1)]),
+                 key=["K", "V", "BK", "BV", "PREC"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _split_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, xq_ptr, xk_ptr, xw_ptr, xv_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
+                        du_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                        BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr,
+                        VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Split backward, kernel 2. Grid (chunk slots · BT/SB blocks, H), no [K, V] state: every pair of the block's
+    chunk that touches the block. With block i at r0, block j < i, block l > i of the same chunk, g_(a,b) the
+    product of exp(W) of the blocks strictly between a and b (≤ 1):
+      queries here, keys in j:   X = Σ_j (do v_jᵀ)(k_j ⊙ exp(R) ⊙ g_(j,i)),  dq += exp(P) ⊙ X,
+                                 dw += reverse-exclusive-cumsum(q ⊙ exp(P) ⊙ X)          (x in i before t);
+      keys here, queries in l:   q̃_l = q_l ⊙ exp(P) ⊙ g_(i,l),  Y = Σ_l (v do_lᵀ) q̃_l,
+                                 dk += exp(R) ⊙ Y,  dv += Σ_l ((k ⊙ exp(R)) q̃_lᵀ) do_l,
+                                 dw += exclusive-cumsum(k ⊙ exp(R) ⊙ Y)                  (x in i after s);
+      keys in j, queries in l:   dw += exp(W_i) ⊙ Σ_l colsum(q̃_l ⊙ Σ_j (do_l v_jᵀ)(k_j ⊙ exp(R) ⊙ g_(j,i)))
+                                 (the pair spans the whole block);
+    then the block's own pairs and u (``_bwd_finish``), plus kernel 1's partials xq / xk / xw [B·T, H, K] and
+    xv [B·T, H, V] fp32. Other layouts as ``_bwd_kernel``."""
+    pid, i_h = tl.program_id(0), tl.program_id(1)
+    i_s = pid // (BT // SB)
+    i_m = pid % (BT // SB)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    c0 = i_c * BT
+    r0 = c0 + i_m * SB
+    o_t = tl.arange(0, SB)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
+    nb = tl.maximum(tl.minimum(tl.cdiv(L - c0, SB), BT // SB), 0)     # blocks of this chunk that hold rows
+    b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_ep, b_er = _level(b_em1, b_ep1, o_t, SB, SB)
+    j_end = tl.minimum(i_m, nb)
+    # ---- queries here, keys in the earlier blocks of the chunk
+    b_x = _earlier_keys(b_do, k_ptr, v_ptr, w_ptr, bos, c0, j_end, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V, SB,
+                        BK, PREC)
+    b_dq = b_ep * b_x
+    b_a = b_q * b_dq
+    b_dw = tl.cumsum(b_a, axis=0, reverse=True) - b_a
+    # ---- keys here, queries in the later blocks (and the pairs that span this block)
+    b_kh = b_k * b_er
+    b_y = tl.zeros([SB, BK], dtype=tl.float32)
+    b_dv = tl.zeros([SB, BV], dtype=tl.float32)
+    b_span = tl.zeros([BK], dtype=tl.float32)
+    b_g = tl.full([BK], 1., dtype=tl.float32)
+    for l in range(i_m + 1, nb):
+        r_l = c0 + l * SB
+        b_ql, b_gl = _decayed_rows(q_ptr, w_ptr, bos, r_l, L, i_h, o_t, o_k, m_k, H, K, SB, False)
+        b_ql *= scale * b_g[None, :]
+        b_dol = _load_rows(do_ptr, bos, r_l, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+        b_y += tl.dot(tl.dot(b_v, tl.trans(b_dol), input_precision=PREC), b_ql, input_precision=PREC)
+        b_dv += tl.dot(tl.dot(b_kh, tl.trans(b_ql), input_precision=PREC), b_dol, input_precision=PREC)
+        b_z = _earlier_keys(b_dol, k_ptr, v_ptr, w_ptr, bos, c0, j_end, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V,
+                            SB, BK, PREC)
+        b_span += tl.sum(b_ql * b_z, axis=0)
+        b_g *= b_gl
+    b_dk = b_er * b_y
+    b_b = b_kh * b_y
+    b_dw += tl.cumsum(b_b, axis=0) - b_b + (tl.exp(tl.sum(_clamp_w(b_wr), axis=0)) * b_span)[None, :]
+    # ---- kernel 1's chunk-crossing partials
+    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
+    b_dq += tl.load(xq_ptr + p_k, mask=m_tk, other=0.)
+    b_dk += tl.load(xk_ptr + p_k, mask=m_tk, other=0.)
+    b_dw += tl.load(xw_ptr + p_k, mask=m_tk, other=0.)
+    b_dv += tl.load(xv_ptr + p_v, mask=m_tv, other=0.)
+    _bwd_finish(b_q, b_k, b_wr, b_em1, b_ep1, b_v, b_do, b_dq, b_dk, b_dv, b_dw, u_ptr, dq_ptr, dk_ptr, dv_ptr,
+                dw_ptr, du_ptr, pid, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -376,7 +519,10 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
 #                under this many bytes (None: one piece; varlen: always one piece);
 #   scan_fill    the backward's reverse state scan uses narrower V-blocks (down to 16) until it has >= #SMs
 #                programs (a piece of one or two batch elements has few (sequence, head) pairs).
-TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False}
+#   split_bwd    the backward as two kernels (``_split_cross_kernel``: the chunk-crossing terms of 64 rows at once;
+#                ``_split_intra_kernel``: the pairs inside the chunk, no [K, V] state), joined through fp32 partials
+#                (3·K + V floats per token and head more); not yet timed on a GPU.
+TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False, "split_bwd": False}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True}
 
 
@@ -426,9 +572,17 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs):
     hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
     dr, dk, dv, dw = outs
     du_part = new_empty((S * NB, H, K), torch.float32, dev)
-    _bwd_kernel[(S * NB, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K,
-                             V=V, BT=BT, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
-                             PREC=_prec(r.dtype, bwd=True))
+    meta = dict(H=H, K=K, V=V, BT=BT, BK=_bk(K), BV=_bk(V), VARLEN=cu_seqlens is not None,
+                PREC=_prec(r.dtype, bwd=True))
+    if TUNING["split_bwd"]:
+        xq, xk, xw = new_empty((3, B, T, H, K), torch.float32, dev).unbind(0)
+        xv = new_empty((B, T, H, V), torch.float32, dev)
+        _split_cross_kernel[(S, H)](r, k, v, w, do, hs, hd, xq, xk, xw, xv, cu, cmap, scale, T, NT, **meta)
+        _split_intra_kernel[(S * NB, H)](r, k, v, w, u, do, xq, xk, xw, xv, dr, dk, dv, dw, du_part, cu, cmap, scale,
+                                         T, NT, SB=SB, LOG=LOG, **meta)
+    else:
+        _bwd_kernel[(S * NB, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, SB=SB,
+                                 LOG=LOG, **meta)
     return du_part.sum(0), dh0
 
 
