@@ -470,7 +470,7 @@ def test_wkv6_chunk_split_bwd(case):
     import kernels.wkv6.chunk as kc
     knobs = dict(split_bwd=True)
     if case == "mild":
-        d = make_inputs(2, 70, 1, 16, 24, decay="mild", h0=True)
+        d = make_inputs(2, 70, 1, 40, 24, decay="mild", h0=True)     # K = 40: two K-blocks
         knobs["piece_bytes"] = 1
     elif case == "strong_varlen":
         d = make_inputs(1, 140, 1, 16, 24, decay="strong", h0=True, N=4)

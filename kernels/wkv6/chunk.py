@@ -60,6 +60,7 @@ BT = BT_PAR       # chunk length of the state pass and of the saved states
 SB = 16           # block length
 LOG = SB.bit_length() - 1   # log2(SB): number of pair levels
 NB = BT // SB     # blocks per chunk
+SPLIT_BK = 32     # K columns per program of the split backward's chunk-crossing kernel (``split_bwd``)
 
 
 @triton.jit
@@ -325,17 +326,24 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
                  key=["K", "V", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _split_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, xq_ptr, xk_ptr, xw_ptr, xv_ptr, cu_ptr,
-                        cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                        BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
-    """Split backward, kernel 1. Grid (chunk slots, H), all of K and V per program: the chunk-crossing terms of
-    all BT rows of one chunk at once (``_cross_bwd`` with the chunk as the block: through S_c and D_c, decays
-    relative to the chunk start / end, every exponent ≤ 0). xq / xk / xw [B·T, H, K] fp32: the dq (of the scaled
-    q), dk, dw partials; xv [B·T, H, V] fp32: the dv partial. Other layouts as ``_bwd_kernel``."""
-    i_s, i_h = tl.program_id(0), tl.program_id(1)
+                        cmap_ptr, scale, T, NT, XV_STRIDE, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr,
+                        PREC: tl.constexpr):
+    """Split backward, kernel 1. Grid (chunk slots, K-blocks of BK columns, H), all of V per program: the
+    chunk-crossing terms of all BT rows of one chunk at once (``_cross_bwd`` with the chunk as the block: through
+    S_c and D_c, decays relative to the chunk start / end, every exponent ≤ 0). Every term but dv is local to its K
+    columns. xq / xk / xw [B·T, H, K] fp32: the dq (of the scaled q), dk, dw partials; xv [K-blocks, B·T, H, V]
+    fp32 (XV_STRIDE = B·T·H·V apart): the dv partial of each K-block. Other layouts as ``_bwd_kernel``."""
+    i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     c0 = i_c * BT
     o_t = tl.arange(0, BT)
-    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
     p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
     m_kv = m_kv & (o_kv * 0 + c0 < L)
     b_h = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
@@ -350,7 +358,7 @@ def _split_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, xq_p
     tl.store(xq_ptr + p_k, b_dq, mask=m_tk)
     tl.store(xk_ptr + p_k, b_dk, mask=m_tk)
     tl.store(xw_ptr + p_k, b_dw, mask=m_tk)
-    tl.store(xv_ptr + p_v, b_dv, mask=m_tv)
+    tl.store(xv_ptr + i_k.to(tl.int64) * XV_STRIDE + p_v, b_dv, mask=m_tv)
 
 
 @triton.jit
@@ -386,10 +394,11 @@ def _earlier_keys(b_do, k_ptr, v_ptr, w_ptr, bos, c0, j_end, L, i_h, o_t, o_k, o
                                            triton.Config({}, num_warps=8, num_stages=1)]),
                  key=["K", "V", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
-def _split_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, xq_ptr, xk_ptr, xw_ptr, xv_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
-                        du_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                        BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr,
-                        VARLEN: tl.constexpr, PREC: tl.constexpr):
+def _split_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, xq_ptr, xk_ptr, xw_ptr, xv_ptr, dq_ptr, dk_ptr,
+                        dv_ptr, dw_ptr, du_ptr, cu_ptr, cmap_ptr, scale, T, NT, XV_STRIDE, H: tl.constexpr,
+                        K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr,
+                        BV: tl.constexpr, LOG: tl.constexpr, NKX: tl.constexpr, VARLEN: tl.constexpr,
+                        PREC: tl.constexpr):
     """Split backward, kernel 2. Grid (chunk slots · BT/SB blocks, H), no [K, V] state: every pair of the block's
     chunk that touches the block. With block i at r0, block j < i, block l > i of the same chunk, g_(a,b) the
     product of exp(W) of the blocks strictly between a and b (≤ 1):
@@ -401,7 +410,7 @@ def _split_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, xq_ptr, xk_pt
       keys in j, queries in l:   dw += exp(W_i) ⊙ Σ_l colsum(q̃_l ⊙ Σ_j (do_l v_jᵀ)(k_j ⊙ exp(R) ⊙ g_(j,i)))
                                  (the pair spans the whole block);
     then the block's own pairs and u (``_bwd_finish``), plus kernel 1's partials xq / xk / xw [B·T, H, K] and
-    xv [B·T, H, V] fp32. Other layouts as ``_bwd_kernel``."""
+    xv [NKX, B·T, H, V] fp32 (its NKX K-blocks' dv, XV_STRIDE = B·T·H·V apart). Other layouts as ``_bwd_kernel``."""
     pid, i_h = tl.program_id(0), tl.program_id(1)
     i_s = pid // (BT // SB)
     i_m = pid % (BT // SB)
@@ -447,7 +456,8 @@ def _split_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, xq_ptr, xk_pt
     b_dq += tl.load(xq_ptr + p_k, mask=m_tk, other=0.)
     b_dk += tl.load(xk_ptr + p_k, mask=m_tk, other=0.)
     b_dw += tl.load(xw_ptr + p_k, mask=m_tk, other=0.)
-    b_dv += tl.load(xv_ptr + p_v, mask=m_tv, other=0.)
+    for i_k in tl.static_range(NKX):
+        b_dv += tl.load(xv_ptr + i_k * XV_STRIDE + p_v, mask=m_tv, other=0.)
     _bwd_finish(b_q, b_k, b_wr, b_em1, b_ep1, b_v, b_do, b_dq, b_dk, b_dv, b_dw, u_ptr, dq_ptr, dk_ptr, dv_ptr,
                 dw_ptr, du_ptr, pid, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
 
@@ -575,11 +585,14 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs):
     meta = dict(H=H, K=K, V=V, BT=BT, BK=_bk(K), BV=_bk(V), VARLEN=cu_seqlens is not None,
                 PREC=_prec(r.dtype, bwd=True))
     if TUNING["split_bwd"]:
+        bkx = min(SPLIT_BK, _bk(K))
+        nkx = triton.cdiv(K, bkx)
         xq, xk, xw = new_empty((3, B, T, H, K), torch.float32, dev).unbind(0)
-        xv = new_empty((B, T, H, V), torch.float32, dev)
-        _split_cross_kernel[(S, H)](r, k, v, w, do, hs, hd, xq, xk, xw, xv, cu, cmap, scale, T, NT, **meta)
+        xv = new_empty((nkx, B, T, H, V), torch.float32, dev)
+        _split_cross_kernel[(S, nkx, H)](r, k, v, w, do, hs, hd, xq, xk, xw, xv, cu, cmap, scale, T, NT, xv[0].numel(),
+                                         **{**meta, "BK": bkx})
         _split_intra_kernel[(S * NB, H)](r, k, v, w, u, do, xq, xk, xw, xv, dr, dk, dv, dw, du_part, cu, cmap, scale,
-                                         T, NT, SB=SB, LOG=LOG, **meta)
+                                         T, NT, xv[0].numel(), SB=SB, LOG=LOG, NKX=nkx, **meta)
     else:
         _bwd_kernel[(S * NB, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, SB=SB,
                                  LOG=LOG, **meta)
