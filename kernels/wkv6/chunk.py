@@ -253,32 +253,31 @@ def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constex
 
 
 @triton.jit
-def _bwd_finish(b_q, b_k, b_wr, b_em1, b_ep1, b_v, b_do, b_dq, b_dk, b_dv, b_dw, u_ptr, dq_ptr, dk_ptr, dv_ptr,
-                dw_ptr, du_ptr, pid, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr,
-                K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr):
-    """The block's own pairs (``_diag_bwd``) and bonus u terms added to the other pairs' parts b_dq, b_dk, b_dv,
-    b_dw [SB, BK | BV] fp32; stores the block's rows of dq (× scale), dk, dv, dw (0 where w > 0: the clamp) and its
-    du partial row du[pid, i_h] [K] fp32."""
-    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+def _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_u, b_dq, b_dk, b_dv, b_dw, o_t, SB: tl.constexpr,
+             LOG: tl.constexpr, PREC: tl.constexpr):
+    """The block's own pairs (``_diag_bwd``) and bonus u terms added to b_dq, b_dk, b_dv, b_dw [SB, BK | BV]
+    fp32. Returns (dq, dk, dv, dw, du row [BK])."""
     b_A, b_dq, b_dk, b_dw = _diag_bwd(b_q, b_k, b_em1, b_ep1, tl.dot(b_do, tl.trans(b_v), input_precision=PREC),
                                       b_dq, b_dk, b_dw, o_t, SB, LOG, PREC)
     b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
     b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
-    # ---- bonus u
     b_vd = tl.sum(b_v * b_do, axis=1)
     b_dq += b_u[None, :] * b_k * b_vd[:, None]
     b_dk += b_u[None, :] * b_q * b_vd[:, None]
-    b_dw = tl.where(b_wr > 0, 0., b_dw)
-    rows = r0 + o_t
-    tok = (bos + rows) * H + i_h
-    p_k = tok[:, None] * K + o_k[None, :]
-    m_tk = (rows < L)[:, None] & m_k[None, :]
-    m_tv = (rows < L)[:, None] & m_v[None, :]
-    tl.store(dv_ptr + tok[:, None] * V + o_v[None, :], b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
+    return b_dq, b_dk, b_dv, b_dw, tl.sum(b_q * b_k * b_vd[:, None], axis=0)
+
+
+@triton.jit
+def _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos, r0, L, i_h,
+                 scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr):
+    """Stores the block's rows of dq (× scale), dk, dv, dw (0 where the raw w > 0: the clamp) in the gradients'
+    dtypes and its du partial row du[pid, i_h] [K] fp32."""
+    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
+    tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
     tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
     tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
-    tl.store(dw_ptr + p_k, b_dw.to(dw_ptr.dtype.element_ty), mask=m_tk)
-    tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, tl.sum(b_q * b_k * b_vd[:, None], axis=0), mask=m_k)
+    tl.store(dw_ptr + p_k, tl.where(b_wr > 0, 0., b_dw).to(dw_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
 
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
@@ -317,8 +316,11 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
-    _bwd_finish(b_q, b_k, b_wr, b_em1, b_ep1, b_v, b_do, b_dq, b_dk, b_dv, b_dw, u_ptr, dq_ptr, dk_ptr, dv_ptr,
-                dw_ptr, du_ptr, pid, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_dq, b_dk, b_dv, b_dw, b_du = _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_u, b_dq, b_dk, b_dv, b_dw, o_t, SB,
+                                            LOG, PREC)
+    _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos, r0, L, i_h,
+                 scale, o_t, o_k, o_v, m_k, m_v, H, K, V)
 
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
@@ -409,7 +411,7 @@ def _split_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, xq_ptr, xk_pt
                                  dw += exclusive-cumsum(k ⊙ exp(R) ⊙ Y)                  (x in i after s);
       keys in j, queries in l:   dw += exp(W_i) ⊙ Σ_l colsum(q̃_l ⊙ Σ_j (do_l v_jᵀ)(k_j ⊙ exp(R) ⊙ g_(j,i)))
                                  (the pair spans the whole block);
-    then the block's own pairs and u (``_bwd_finish``), plus kernel 1's partials xq / xk / xw [B·T, H, K] and
+    with the block's own pairs and u (``_own_bwd``, first), plus kernel 1's partials xq / xk / xw [B·T, H, K] and
     xv [NKX, B·T, H, V] fp32 (its NKX K-blocks' dv, XV_STRIDE = B·T·H·V apart). Other layouts as ``_bwd_kernel``."""
     pid, i_h = tl.program_id(0), tl.program_id(1)
     i_s = pid // (BT // SB)
@@ -423,18 +425,29 @@ def _split_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, xq_ptr, xk_pt
     b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    # ---- the block's own pairs and u first (their level operands die there)
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_dq = tl.zeros([SB, BK], dtype=tl.float32)
+    b_dk = tl.zeros([SB, BK], dtype=tl.float32)
+    b_dv = tl.zeros([SB, BV], dtype=tl.float32)
+    b_dw = tl.zeros([SB, BK], dtype=tl.float32)
+    b_dq, b_dk, b_dv, b_dw, b_du = _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_u, b_dq, b_dk, b_dv, b_dw, o_t, SB,
+                                            LOG, PREC)
+    tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
     b_ep, b_er = _level(b_em1, b_ep1, o_t, SB, SB)
+    b_ewi = tl.exp(tl.sum(_clamp_w(b_wr), axis=0))
+    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
     j_end = tl.minimum(i_m, nb)
-    # ---- queries here, keys in the earlier blocks of the chunk
-    b_x = _earlier_keys(b_do, k_ptr, v_ptr, w_ptr, bos, c0, j_end, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V, SB,
-                        BK, PREC)
-    b_dq = b_ep * b_x
-    b_a = b_q * b_dq
-    b_dw = tl.cumsum(b_a, axis=0, reverse=True) - b_a
+    # ---- queries here, keys in the earlier blocks of the chunk; dq is complete then (stored: fewer live tiles)
+    b_x = b_ep * _earlier_keys(b_do, k_ptr, v_ptr, w_ptr, bos, c0, j_end, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V,
+                               SB, BK, PREC)
+    b_a = b_q * b_x
+    b_dw += tl.cumsum(b_a, axis=0, reverse=True) - b_a
+    b_dq += b_x + tl.load(xq_ptr + p_k, mask=m_tk, other=0.)
+    tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
     # ---- keys here, queries in the later blocks (and the pairs that span this block)
     b_kh = b_k * b_er
     b_y = tl.zeros([SB, BK], dtype=tl.float32)
-    b_dv = tl.zeros([SB, BV], dtype=tl.float32)
     b_span = tl.zeros([BK], dtype=tl.float32)
     b_g = tl.full([BK], 1., dtype=tl.float32)
     for l in range(i_m + 1, nb):
@@ -448,18 +461,16 @@ def _split_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, xq_ptr, xk_pt
                             SB, BK, PREC)
         b_span += tl.sum(b_ql * b_z, axis=0)
         b_g *= b_gl
-    b_dk = b_er * b_y
-    b_b = b_kh * b_y
-    b_dw += tl.cumsum(b_b, axis=0) - b_b + (tl.exp(tl.sum(_clamp_w(b_wr), axis=0)) * b_span)[None, :]
-    # ---- kernel 1's chunk-crossing partials
-    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
-    b_dq += tl.load(xq_ptr + p_k, mask=m_tk, other=0.)
-    b_dk += tl.load(xk_ptr + p_k, mask=m_tk, other=0.)
-    b_dw += tl.load(xw_ptr + p_k, mask=m_tk, other=0.)
+    # ---- plus kernel 1's chunk-crossing partials
     for i_k in tl.static_range(NKX):
         b_dv += tl.load(xv_ptr + i_k * XV_STRIDE + p_v, mask=m_tv, other=0.)
-    _bwd_finish(b_q, b_k, b_wr, b_em1, b_ep1, b_v, b_do, b_dq, b_dk, b_dv, b_dw, u_ptr, dq_ptr, dk_ptr, dv_ptr,
-                dw_ptr, du_ptr, pid, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
+    tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
+    b_dk += b_er * b_y + tl.load(xk_ptr + p_k, mask=m_tk, other=0.)
+    tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
+    b_b = b_kh * b_y
+    b_dw += tl.cumsum(b_b, axis=0) - b_b + (b_ewi * b_span)[None, :] + tl.load(xw_ptr + p_k, mask=m_tk, other=0.)
+    b_wr = tl.load(w_ptr + p_k, mask=m_tk, other=0.)       # reloaded: the clamp's mask (dw = 0 where w > 0)
+    tl.store(dw_ptr + p_k, tl.where(b_wr > 0, 0., b_dw).to(dw_ptr.dtype.element_ty), mask=m_tk)
 
 
 # ----------------------------------------------------------------------------------------------------------------
