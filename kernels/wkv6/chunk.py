@@ -37,6 +37,16 @@ plus the block-crossing terms of ``common._cross_bwd`` (through S_m and D_m, com
 own rounding is ~1.65e-3 (median over draws) and above 2e-3 on rare draws — a floor no implementation can beat
 (the GPU tests bound du by max(2e-3, 1.1 × that floor) for half-precision u; an fp32 u gets du in fp32, 2e-3).
 
+Split backward (``TUNING["split_bwd"]``, opt-in, not yet timed on a GPU): two kernels so that no program holds a
+[K, V] state beside the level work. ``_split_cross_kernel`` (grid chunk slots × 32-column K-blocks × heads): the
+terms through S_c and D_c for all 64 rows of a chunk at once, ``_cross_bwd`` with the chunk as the block (decays
+from the chunk start / to the chunk end, exponents ≤ 0), written as fp32 partials (dq, dk, dw; dv per K-block).
+``_split_intra_kernel`` (grid chunk·4 blocks × heads): the block's own pairs and u (``_own_bwd``), then the pairs
+with the other blocks of its chunk, 16×16 at a time through E_ts = exp(P_t) · Π exp(W between) · exp(R_s) (every
+factor ≤ 1; the pairs that span the whole block go to its dw), plus the partials; same outputs and du partial rows
+as ``_bwd_kernel``. Offline sm_90 compile (Triton 3.9, K = V = 64, 8 warps): cross kernel 205 registers, no
+spill; intra kernel 255 + 112 B stack (``_bwd_kernel``: 255 + 40).
+
 Memory (``TUNING``; ``wkv6_chunk_lowmem``): the forward may skip saving S_c (the backward's state pass then
 recomputes it with D_c) and the backward may run batch slices one after another, so that its transient fp32
 state buffers stay bounded: at B8 T4096 H32 the extra peak of fwd+bwd drops from 1.43 to 0.76 GiB for 10.1 → 12.8
@@ -542,7 +552,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
 #                programs (a piece of one or two batch elements has few (sequence, head) pairs).
 #   split_bwd    the backward as two kernels (``_split_cross_kernel``: the chunk-crossing terms of 64 rows at once;
 #                ``_split_intra_kernel``: the pairs inside the chunk, no [K, V] state), joined through fp32 partials
-#                (3·K + V floats per token and head more); not yet timed on a GPU.
+#                (3·K + 2·V floats per token and head at K = 64: 1.25 GiB more at B8 T4096 H32); not yet timed on a GPU.
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False, "split_bwd": False}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True}
 
