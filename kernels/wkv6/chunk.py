@@ -263,6 +263,18 @@ def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constex
 
 
 @triton.jit
+def _block_loc(cu_ptr, cmap_ptr, T, NT, BT: tl.constexpr, SB: tl.constexpr, VARLEN: tl.constexpr):
+    """Where a backward program of grid (chunk slots · BT/SB blocks, H) works: (pid, head, chunk slot, block index
+    in the chunk, bos, sequence length, chunk start row, block start row)."""
+    pid, i_h = tl.program_id(0), tl.program_id(1)
+    i_s = pid // (BT // SB)
+    i_m = pid % (BT // SB)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    c0 = i_c * BT
+    return pid, i_h, i_s, i_m, bos, L, c0, c0 + i_m * SB
+
+
+@triton.jit
 def _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_u, b_dq, b_dk, b_dv, b_dw, o_t, SB: tl.constexpr,
              LOG: tl.constexpr, PREC: tl.constexpr):
     """The block's own pairs (``_diag_bwd``) and bonus u terms added to b_dq, b_dk, b_dv, b_dw [SB, BK | BV]
@@ -301,12 +313,7 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V). hs / hd [slots, H, K, V] fp32: the
     state at each chunk start / dL/dS at each chunk end; do/dv [B·T, H, V], dq/dk/dw [B·T, H, K] (input dtypes),
     du [slots · BT/SB, H, K] fp32 partial rows. Other layouts as ``_fwd_par_kernel``."""
-    pid, i_h = tl.program_id(0), tl.program_id(1)
-    i_s = pid // (BT // SB)
-    i_m = pid % (BT // SB)
-    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
-    c0 = i_c * BT
-    r0 = c0 + i_m * SB
+    pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
     o_t = tl.arange(0, SB)
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
     # ---- S at the block start, dL/dS at the block end
@@ -423,12 +430,7 @@ def _split_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, xq_ptr, xk_pt
                                  (the pair spans the whole block);
     with the block's own pairs and u (``_own_bwd``, first), plus kernel 1's partials xq / xk / xw [B·T, H, K] and
     xv [NKX, B·T, H, V] fp32 (its NKX K-blocks' dv, XV_STRIDE = B·T·H·V apart). Other layouts as ``_bwd_kernel``."""
-    pid, i_h = tl.program_id(0), tl.program_id(1)
-    i_s = pid // (BT // SB)
-    i_m = pid % (BT // SB)
-    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
-    c0 = i_c * BT
-    r0 = c0 + i_m * SB
+    pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
     o_t = tl.arange(0, SB)
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
     nb = tl.maximum(tl.minimum(tl.cdiv(L - c0, SB), BT // SB), 0)     # blocks of this chunk that hold rows
