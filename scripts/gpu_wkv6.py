@@ -18,7 +18,8 @@ script, measures nothing). Run the first call's measurement with a fresh TRITON_
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; named in WKV6_ALGOS only, forward: the
 sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem (``LOWMEM``:
 recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``), chunk_split
-(``split_bwd``: the backward as a chunk-crossing kernel + an intra-chunk kernel without [K, V] state). Run 5 also
+(``split_bwd="chunk"``: the backward as a chunk-crossing kernel + an intra-chunk kernel without [K, V] state),
+chunk_split_blk (``split_bwd="block"``: the block kernel's state part and its levels as two kernels). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums): it lost and was removed. ``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
 """
 from __future__ import annotations
@@ -84,7 +85,8 @@ def _chunk_mode(seq):
     return f
 
 
-VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM, "chunk_split": dict(split_bwd=True)}
+VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM, "chunk_split": dict(split_bwd="chunk"),
+            "chunk_split_blk": dict(split_bwd="block")}
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}}
 ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", "chunk,chunk_seq,chunk_par,fused").split(",")}
@@ -338,7 +340,7 @@ def main():
                 except Exception as ex:  # noqa: BLE001
                     log(f"check {name} {c[0]} ERROR {type(ex).__name__}: {str(ex)[:300]}")
                     oks.append(False)
-    for name in ("chunk_seq", "chunk_par", "chunk_split"):
+    for name in ("chunk_seq", "chunk_par", "chunk_split", "chunk_split_blk"):
         if name in ALGOS:
             with variant(name):
                 log(f"determinism {name}: {'OK' if determinism(ALGOS[name]) else 'BAD'}")

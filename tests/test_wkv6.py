@@ -461,16 +461,18 @@ def test_wkv6_chunk_lowmem():
 
 
 
-@pytest.mark.parametrize("case", ["mild", "strong_varlen", "extreme"])
-def test_wkv6_chunk_split_bwd(case):
-    """The split backward (``chunk.TUNING["split_bwd"]``: chunk-crossing kernel + intra-chunk kernel, no [K, V]
-    state in the second) vs fp64, h0/dh0 and K != V throughout: mild decay (pairs spanning whole blocks and chunks
-    matter; B = 2 in two backward pieces, partial last chunk), strong decay with varlen (empty and 3-row sequences,
-    chunk-aligned starts), extreme decay (-40 / -60 beside near-1 channels: the cancellation-free dw)."""
+@pytest.mark.parametrize("split,case", [("chunk", "mild"), ("chunk", "strong_varlen"), ("chunk", "extreme"),
+                                        ("block", "mild"), ("block", "strong_varlen")])
+def test_wkv6_chunk_split_bwd(split, case):
+    """The split backwards (``chunk.TUNING["split_bwd"]``; "chunk": chunk-crossing kernel + intra-chunk kernel with
+    no [K, V] state; "block": the block kernel's state part + its levels) vs fp64, h0/dh0 and K != V throughout:
+    mild decay (pairs spanning whole blocks and chunks matter; K = 40: two K-blocks; B = 2 in two backward pieces,
+    partial last chunk), strong decay with varlen (empty and 3-row sequences, chunk-aligned starts), extreme decay
+    (-40 / -60 beside near-1 channels: the cancellation-free dw)."""
     import kernels.wkv6.chunk as kc
-    knobs = dict(split_bwd=True)
+    knobs = dict(split_bwd=split)
     if case == "mild":
-        d = make_inputs(2, 70, 1, 40, 24, decay="mild", h0=True)     # K = 40: two K-blocks
+        d = make_inputs(2, 70, 1, 40, 24, decay="mild", h0=True)
         knobs["piece_bytes"] = 1
     elif case == "strong_varlen":
         d = make_inputs(1, 140, 1, 16, 24, decay="strong", h0=True, N=4)
