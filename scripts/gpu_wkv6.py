@@ -13,11 +13,14 @@ mild decay ``logsigmoid(randn)`` (the benchmark's inputs), scale 1; extra peak m
 four input gradients included). Env: WKV6_ALGOS (comma list of the names in ALGOS), WKV6_BUDGET_S, WKV6_SHAPES
 (indices into SHAPES, e.g. 0,2), WKV6_CHECKS=0 (timings only: the tests check correctness);
 WKV6_SMOKE=1 runs the whole flow on CPU (interpreter, tiny shapes, one timed call instead of do_bench: checks the
-script, measures nothing). Run the first call's measurement with a fresh TRITON_CACHE_DIR.
+script, measures nothing). Run the first call's measurement with a fresh TRITON_CACHE_DIR. ``--regs``
+(no GPU needed): registers and spill stack of the backward kernels as compiled for sm_90 on this machine.
 
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; named in WKV6_ALGOS only, forward: the
 sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem (``LOWMEM``:
-recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``). Run 5 also
+recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``), chunk_split
+(``split_bwd="chunk"``: the backward as a chunk-crossing kernel + an intra-chunk kernel without [K, V] state),
+chunk_split_blk (``split_bwd="block"``: the block kernel's state part and its levels as two kernels). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums): it lost and was removed. ``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
 """
 from __future__ import annotations
@@ -35,6 +38,8 @@ DONE = os.path.join(tempfile.gettempdir(), "wkv6_fla_warm.done")
 SMOKE = os.environ.get("WKV6_SMOKE", "0") == "1"
 if SMOKE:
     os.environ["TRITON_INTERPRET"] = "1"
+if MODE == "--regs":    # compiles for sm_90 without a GPU: real JIT functions, not the interpreter
+    os.environ["TRITON_INTERPRET"] = "0"
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -83,7 +88,8 @@ def _chunk_mode(seq):
     return f
 
 
-VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
+VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM, "chunk_split": dict(split_bwd="chunk"),
+            "chunk_split_blk": dict(split_bwd="block")}
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}}
 ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", "chunk,chunk_seq,chunk_par,fused").split(",")}
@@ -337,9 +343,10 @@ def main():
                 except Exception as ex:  # noqa: BLE001
                     log(f"check {name} {c[0]} ERROR {type(ex).__name__}: {str(ex)[:300]}")
                     oks.append(False)
-    for name in ("chunk_seq", "chunk_par"):
+    for name in ("chunk_seq", "chunk_par", "chunk_split", "chunk_split_blk"):
         if name in ALGOS:
-            log(f"determinism {name}: {'OK' if determinism(ALGOS[name]) else 'BAD'}")
+            with variant(name):
+                log(f"determinism {name}: {'OK' if determinism(ALGOS[name]) else 'BAD'}")
     while not SMOKE and not os.path.exists(DONE) and time.time() - T0 < BUDGET:
         time.sleep(2)
     impls = {n: ours(f) for n, f in ALGOS.items() if n != "chunk"}
@@ -370,6 +377,46 @@ def main():
           f"({sms}), else chunk_par")
 
 
+def regs():
+    """Registers and spill stack (bytes per thread) of the chunk backward kernels, compiled for the H100 (sm_90)
+    by Triton on this machine (no GPU needed: ``triton.compile`` + ``cuobjdump -res-usage``), bf16 inputs,
+    K = V = 64 (WKV6_REGS_KV), 4 and 8 warps. A compile report, not a timing."""
+    import re
+    import subprocess
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    kv = int(os.environ.get("WKV6_REGS_KV", "64"))
+    half = {"q_ptr", "k_ptr", "v_ptr", "w_ptr", "u_ptr", "do_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "dw_ptr"}
+    base = dict(H=32, K=kv, V=kv, BT=kc.BT, BV=kv, VARLEN=False, PREC="tf32")
+    blk = dict(base, SB=kc.SB, BK=kv, LOG=kc.LOG)
+    bkx = min(kc.SPLIT_BK, kv)
+    cases = [("default", "_bwd_kernel", blk),
+             ("chunk", "_split_cross_kernel", dict(base, BK=bkx)),
+             ("chunk", "_split_intra_kernel", dict(blk, NKX=-(-kv // bkx), PAIRS=True)),
+             ("block", "_split_state_kernel", dict(base, SB=kc.SB, BK=kv)),
+             ("block", "_split_intra_kernel", dict(blk, NKX=1, PAIRS=False))]
+    print(f"==== wkv6 backward kernels, sm_90 compile (Triton {triton.__version__}), bf16, K = V = {kv}: "
+          "split_bwd kernel warps registers spill-stack-bytes")
+    for split, name, consts in cases:
+        fn = getattr(kc, name)
+        while not isinstance(fn, JITFunction):
+            fn = fn.fn
+        types = {n: "constexpr" if n in consts else "*bf16" if n in half else "*i32" if n in ("cu_ptr", "cmap_ptr")
+                 else "*fp32" if n.endswith("_ptr") else "fp32" if n == "scale" else "i32" for n in fn.arg_names}
+        for nw in (4, 8):
+            src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+            cubin = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                   options={"num_warps": nw, "num_stages": 1}).asm["cubin"]
+            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                f.write(cubin)
+                f.flush()
+                out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+            m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+            print(split, name, nw, m.group(1), m.group(2), flush=True)
+
+
 if __name__ == "__main__":
     {"main": main, "--warm-fla": warm_fla, "--first-call": first_call, "--quick": quick,
-     "--resources": resources}[MODE]()
+     "--resources": resources, "--regs": regs}[MODE]()
