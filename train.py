@@ -396,18 +396,25 @@ def train_loop(run: Run):
     for step in range(run.start, run.stop):
         x, y = gdata.get_batch(run.train_ids, a.batch_size, a.seq_len, a.seed, step, run.rank, run.world,
                                run.device)
-        # the first call (and its capture) compiles: every autotuned kernel compiles its configs in parallel
-        with parallel_autotune() if step == run.start else contextlib.nullcontext():
-            if step == run.start and run.graph[0]:
-                capture(run, x, y)
-            run.ring.push(run.step(x, y, lr_values(run.opt, a, step)), step + 1)
         if step == run.start:
-            write(run, f"first step launched {time.monotonic() - _T0:.1f} s after the start (imports, data, "
-                       "qualification, compilation, autotuning and capture included)")
+            first_step(run, x, y, step)
+        else:
+            run.ring.push(run.step(x, y, lr_values(run.opt, a, step)), step + 1)
         run.bar.update(1)
         profile_hook(run, step + 1)
         at_boundary(run, step + 1)
     run.bar.close()
+
+
+def first_step(run: Run, x, y, step: int):
+    """The run's first step: its first call compiles (every autotuned kernel compiles its configs in parallel,
+    ``groundthink.precompile``) and, with the graph on, is captured; says how long after the start it launched."""
+    with parallel_autotune():
+        if run.graph[0]:
+            capture(run, x, y)
+        run.ring.push(run.step(x, y, lr_values(run.opt, run.args, step)), step + 1)
+    write(run, f"first step launched {time.monotonic() - _T0:.1f} s after the start (imports, data, "
+               "qualification, compilation, autotuning and capture included)")
 
 
 def capture(run: Run, x, y):

@@ -905,15 +905,14 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
         f"≤ {budget_s:g} s) -> {path}" + (f"; not timed: {', '.join(left)}" if left else ""))
     imports = time.monotonic() - t0
     from groundthink.precompile import parallel_autotune
-    with parallel_autotune(enabled=parallel) as compiled:
+    c0 = dict(COMPILE_STATS)
+    with parallel_autotune(enabled=parallel):
         rows, deferred, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s, history,
                                           deferred_before, _used_anyway(plan, path))
     for name, why in deferred:
         say(f"gate: {name} deferred to the next run: {why}")
-    if compiled["keys"] or compiled["errors"]:
-        say(f"gate: parallel compile: {compiled['configs']} configs of {compiled['keys']} autotuned kernels in "
-            f"{compiled['seconds']:.1f} s" + (f"; {compiled['errors']} fell back to Triton's path"
-                                               if compiled["errors"] else ""))
+    if _compiled_since(c0):
+        say(f"gate: qualification{_compiled_since(c0)}")
     say(f"gate: seconds per op: imports {imports:.1f}; " + "; ".join(
         f"{op} {sum(v.values()):.1f} ({', '.join(f'{i} {t:.1f}' for i, t in v.items())})"
         for op, v in spent.items()) + f"; total {time.monotonic() - t0:.1f} s of ≤ {budget_s:g} s")
@@ -943,7 +942,7 @@ def deferred_notes(ops, path: Path | None = None) -> list[str]:
         op, _, impl = name.partition("/")
         if impl != "reference" and known.has(op, impl):     # measured since
             continue
-        by_op.setdefault(name.partition("/")[0], []).append(name)
+        by_op.setdefault(op, []).append(name)
     return [f"gate: {op} uses {ops.choices[op].impl} this run ({ops.choices[op].reason.removeprefix('gate: ')}); "
             f"{', '.join(names)} deferred, measured by the next run" for op, names in by_op.items()
             if op in ops.choices]

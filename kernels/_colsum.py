@@ -32,7 +32,8 @@ import triton.language as tl
 
 from kernels import INTERPRET
 
-__all__ = ["tree", "counters", "finish_rows", "arrive_last", "arrive_tree", "finish_columns", "N_COUNTERS"]
+__all__ = ["tree", "counters", "finish_rows", "arrive_last", "arrive_tree", "finish_columns", "store_and_finish",
+           "N_COUNTERS"]
 
 N_COUNTERS = 8192            # a grid uses counters[0 : column blocks · (1 + groups)]
 _CACHE: dict[torch.device, torch.Tensor] = {}
