@@ -68,4 +68,6 @@ def ddlerp(x, m, maa, x_prev=None, order=None):
     out = (xf + xx * (maa.to(cdt)[:, None, None, :] + m.to(cdt))).to(x.dtype)
     if order is None:
         return tuple(out.unbind(0))
-    return out[order[0]], out[list(order[1:])]
+    # a stack of selects, not out[list]: a list index is built on the host and copied to the device, which a
+    # CUDA-graph capture refuses (run 6)
+    return out[order[0]], torch.stack([out[i] for i in order[1:]])
