@@ -25,8 +25,10 @@ tok/s, ms/step, peak memory, kernel launches and GPU busy % per step (``train_st
 breakdown (``step_profile.csv``).
 
 ``python -m bench.bench_train --validity [--steps N]`` runs the end-to-end validity check instead: ``train.py``
-(GF-MH, small, same seed) with ``--kernels triton`` and ``--kernels reference``, logging JSONL to
-``profiles/<gpu>/validity/`` (plotted by ``python -m bench.report``).
+(GF-MH, small, same seed) with ``--kernels triton``, ``--kernels reference`` and the noise floor (the reference
+path with its Mamba-2 scan summed in another order: ``validity_argv``), logging JSONL to
+``profiles/<gpu>/validity/`` (plotted by ``python -m bench.report``, judged by ``report.validity_verdict``:
+lab vs reference at every logged step ≤ max(1 %, the floor)).
 """
 from __future__ import annotations
 
@@ -220,12 +222,34 @@ def validity_dir() -> Path:
     return common.out_dir() / "validity"
 
 
+FLOOR = "reference-reordered"     # the noise-floor run: the reference path summing the same scan in another order
+
+
+def _chunk_size(model: str, size: str, extra: list[str]) -> int:
+    """The model's Mamba-2 chunk length (the last ``--override chunk_size=`` in ``extra`` wins, as in train.py)."""
+    import fused
+    given = [a.split("=", 1)[1] for a in extra if a.startswith("chunk_size=")]
+    return int(given[-1]) if given else fused.make_config(model, size).chunk_size
+
+
+def validity_argv(kind: str, model: str, size: str, extra: list[str]) -> list[str]:
+    """train.py flags of one validity run: ``triton`` and ``reference`` are ``--kernels``; ``FLOOR`` is the
+    reference path with the Mamba-2 scan summed in chunks twice as long (the chunked SSD is exact at any
+    chunk length: same function, same parameters, another fp32 summation order, so other bf16 roundings of its
+    output). Its distance from the reference run is what numerics alone do to the loss curve."""
+    if kind == FLOOR:
+        return ["--kernels", "reference", "--override", f"chunk_size={2 * _chunk_size(model, size, extra)}"]
+    return ["--kernels", kind]
+
+
 def run_validity(steps: int = 300, model: str = "GF-MH", size: str = "small", seed: int = 1234,
-                 kernels=("triton", "reference"), out: Path | None = None, extra: list[str] | None = None,
+                 kernels=("triton", "reference", FLOOR), out: Path | None = None, extra: list[str] | None = None,
                  ref_steps: int | None = None) -> dict:
-    """Short ``train.py`` runs with each kernel set, same seed, data and LR schedule: their loss curves must
-    agree. The reference (slow) may stop early: ``ref_steps`` < ``steps`` adds ``--stop-at ref_steps`` (same
-    schedule, fewer steps). Returns {kernels: summary or an error string}; {} when train.py is absent."""
+    """Short ``train.py`` runs of each kind (``validity_argv``), same seed, data and LR schedule: the lab's
+    loss curve must stay within max(1 %, the noise floor) of the reference's (``report.validity_verdict``). The
+    reference runs may stop early: ``ref_steps`` < ``steps`` adds ``--stop-at ref_steps`` (same schedule, fewer
+    steps). No profile window (``--profile-steps 0``: the step part measures that). Returns {kind: summary or
+    an error string}; {} when train.py is absent."""
     sys.path.insert(0, str(common.ROOT))
     try:
         import train
@@ -234,16 +258,18 @@ def run_validity(steps: int = 300, model: str = "GF-MH", size: str = "small", se
         return {}
     out = Path(out) if out else validity_dir()
     out.mkdir(parents=True, exist_ok=True)
+    extra = list(extra or [])
     results = {}
     for k in kernels:
         log = out / f"{model}_{size}_{k}.jsonl"
         with tempfile.TemporaryDirectory() as ckdir:
-            argv = ["--model", model, "--size", size, "--kernels", k, "--steps", str(steps), "--seed", str(seed),
+            argv = ["--model", model, "--size", size, "--steps", str(steps), "--seed", str(seed),
                     "--log", str(log), "--out-dir", ckdir, "--no-progress", "--sample-tokens", "0",
-                    "--eval-interval", str(max(steps // 4, 1)), "--eval-iters", "4", "--log-interval", "10"]
-            if k == "reference" and ref_steps and ref_steps < steps:
+                    "--eval-interval", str(max(steps // 4, 1)), "--eval-iters", "4", "--log-interval", "10",
+                    "--profile-steps", "0"]
+            if k != "triton" and ref_steps and ref_steps < steps:
                 argv += ["--stop-at", str(ref_steps)]
-            argv += list(extra or [])
+            argv += extra + validity_argv(k, model, size, extra)
             t0 = time.perf_counter()
             try:
                 res = train.main(argv)
@@ -251,7 +277,7 @@ def run_validity(steps: int = 300, model: str = "GF-MH", size: str = "small", se
                               "seconds": time.perf_counter() - t0, "log": str(log)}
             except Exception as e:  # noqa: BLE001 - report and go on with the other kernel set
                 results[k] = f"{type(e).__name__}: {e}"
-        print(f"validity {model} {size} --kernels {k}: {results[k]}")
+        print(f"validity {model} {size} {' '.join(validity_argv(k, model, size, extra))}: {results[k]}", flush=True)
     return results
 
 
@@ -334,29 +360,26 @@ def main(argv=None) -> int:
                    help="the reference run stops here (--stop-at; same LR schedule); 0 = all steps")
     p.add_argument("--model", default="GF-MH")
     p.add_argument("--size", default="small")
-    p.add_argument("--kernels", default="triton,reference")
+    p.add_argument("--kernels", default=f"triton,reference,{FLOOR}",
+                   help=f"--validity: the runs (triton, reference, {FLOOR} = the noise floor)")
+    p.add_argument("--extra", default="", help="--validity: more train.py flags for every run (one string)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     if a.step_table:
-        kernels = a.kernels if a.kernels != "triton,reference" else "triton"
+        kernels = a.kernels if "," not in a.kernels else "triton"
         step_table(Path(a.out) if a.out else common.out_dir(), a.step_table, a.model, kernels, a.timed_steps)
         return 0
     if not a.validity:
         p.print_help()
         return 2
     res = run_validity(a.steps, a.model, a.size, kernels=tuple(a.kernels.split(",")), out=a.out,
-                       ref_steps=a.ref_steps or None)
+                       ref_steps=a.ref_steps or None, extra=a.extra.split() if a.extra else None)
     ok = bool(res) and all(isinstance(v, dict) for v in res.values())
-    if ok and len(res) == 2:
-        rows, worst = compare_losses(*(Path(v["log"]) for v in res.values()))
-        names = list(res)
-        print(f"step  {names[0]:>10}  {names[1]:>10}  rel diff")
-        for s, l0, l1, rel in rows:
-            print(f"{s:>4}  {l0:>10.5f}  {l1:>10.5f}  {100 * rel:.3f} %")
-        print(f"validity: training losses within 1 % at every logged step: {bool(rows) and worst <= 0.01} "
-              f"(worst {100 * worst:.3f} % over {len(rows)} logged steps)")
-        ok = bool(rows) and worst <= 0.01
-    return 0 if ok else 1
+    from bench.report import validity_lines, validity_verdict
+    d = (Path(a.out) if a.out else validity_dir()).parent
+    print("\n".join(validity_lines(d)))
+    v = validity_verdict(d)
+    return 0 if ok and v is not None and v["pass"] else 1
 
 
 def compare_losses(log_a: Path, log_b: Path) -> tuple[list, float]:

@@ -257,7 +257,9 @@ def validity_section(d: Path) -> list[str]:
         out += [md_table(pd.DataFrame(rows), {"last train loss": "g", "val loss": "g"}), ""]
         agree = validity_agreement(d)
         if not agree.empty:
-            out += [md_table(agree, {"max rel diff": "e", "at last common step": "e", "common steps": "int"}), ""]
+            out += [md_table(agree, {"max rel diff": "e", "at last common step": "e", "common steps": "int",
+                                     "at step": "int"}), ""]
+        out += validity_lines(d) + [""]
         out += [f"![{img}]({img})", ""]
     else:
         plt.close(fig)
@@ -354,24 +356,73 @@ def pytest_benchmark_section(d: Path) -> list[str]:
             ""]
 
 
-def validity_agreement(d: Path) -> pd.DataFrame:
-    """Per validity run: the largest relative difference of its train loss from the reference run's at the steps
-    both logged (the kernels must not change learning)."""
+VALIDITY_TOL = 0.01          # issue 10: the lab's training loss within 1 % of the reference's at every logged step
+FLOOR_SUFFIX = "_reference-reordered"   # bench_train.FLOOR: the reference summing the same scan in another order
+
+
+def _validity_runs(d: Path) -> dict[str, dict[int, float]]:
     runs = {}
     for p in sorted((d / "validity").glob("*.jsonl")):
         runs[p.stem] = {r["step"]: r["loss"] for r in read_jsonl(p) if r.get("type", "train") == "train"
                         and "step" in r and r.get("loss") is not None}
+    return runs
+
+
+def validity_agreement(d: Path) -> pd.DataFrame:
+    """Per validity run: the largest relative difference of its train loss from the reference run's at the steps
+    both logged (the kernels must not change learning) and the step where it occurs; the ``*_reference-reordered``
+    run's row is the noise floor."""
+    runs = _validity_runs(d)
     ref = next((k for k in runs if k.endswith("_reference")), None)
     rows = []
     for name, pts in runs.items():
         if ref is None or name == ref:
             continue
-        common = sorted(set(pts) & set(runs[ref]))
-        rel = [abs(pts[s] - runs[ref][s]) / abs(runs[ref][s]) for s in common if runs[ref][s]]
+        common = [s for s in sorted(set(pts) & set(runs[ref])) if runs[ref][s]]
+        rel = [abs(pts[s] - runs[ref][s]) / abs(runs[ref][s]) for s in common]
+        worst = max(range(len(rel)), key=rel.__getitem__) if rel else None
         rows.append({"run": name, "vs": ref, "common steps": len(common),
-                     "max rel diff": max(rel) if rel else None,
+                     "max rel diff": rel[worst] if rel else None,
+                     "at step": common[worst] if rel else None,
                      "at last common step": rel[-1] if rel else None})
-    return pd.DataFrame(rows, columns=["run", "vs", "common steps", "max rel diff", "at last common step"])
+    return pd.DataFrame(rows, columns=["run", "vs", "common steps", "max rel diff", "at step",
+                                       "at last common step"])
+
+
+def validity_verdict(d: Path) -> dict | None:
+    """The criterion: the lab run's relative train-loss difference from the reference at every logged step ≤
+    max(1 %, floor), floor = the largest difference of the reordered reference (numerics alone) from the
+    reference over the steps both logged. None without a lab run compared with a reference run. Keys: lab,
+    worst, at_step, steps, floor (None: not measured), floor_steps, threshold, decided_by, pass."""
+    a = validity_agreement(d)
+    if a.empty:
+        return None
+    floor_rows = a[a["run"].str.endswith(FLOOR_SUFFIX) & (a["common steps"] > 0)]
+    labs = a[~a["run"].str.endswith(FLOOR_SUFFIX) & (a["common steps"] > 0)]
+    if labs.empty:
+        return None
+    lab = labs.loc[labs["max rel diff"].idxmax()]
+    floor = float(floor_rows["max rel diff"].max()) if not floor_rows.empty else None
+    threshold = max(VALIDITY_TOL, floor or 0.0)
+    return {"lab": lab["run"], "worst": float(lab["max rel diff"]), "at_step": int(lab["at step"]),
+            "steps": int(lab["common steps"]), "floor": floor,
+            "floor_steps": int(floor_rows["common steps"].max()) if floor is not None else 0,
+            "threshold": threshold, "decided_by": "the noise floor" if floor and floor > VALIDITY_TOL else "1 %",
+            "pass": float(lab["max rel diff"]) <= threshold}
+
+
+def validity_lines(d: Path) -> list[str]:
+    """The verdict in words (report, summary and ``bench_train --validity``)."""
+    v = validity_verdict(d)
+    if v is None:
+        return ["Validity: no lab run compared with a reference run at a common step."]
+    floor = (f"noise floor (the reference with its Mamba-2 scan summed in another order vs the reference) "
+             f"{_fmt(v['floor'], 'e')} over {v['floor_steps']} steps" if v["floor"] is not None
+             else "noise floor not measured (no *_reference-reordered run)")
+    return [f"Validity ({v['lab']} vs the reference, train loss at every logged step): worst relative difference "
+            f"{_fmt(v['worst'], 'e')} at step {v['at_step']} over {v['steps']} common steps; {floor}; criterion "
+            f"≤ max(1 %, floor) = {_fmt(v['threshold'], 'e')}, decided by {v['decided_by']}: "
+            f"{'PASS' if v['pass'] else 'FAIL'}."]
 
 
 def _ranked_variants(d: Path) -> pd.DataFrame | None:
@@ -427,7 +478,8 @@ def headline(df: pd.DataFrame, d: Path) -> list[str]:
         out.append("- **Do the kernels change learning?** " + "; ".join(
             f"{r['run']} vs {r['vs']}: max relative train-loss difference {_fmt(r['max rel diff'], 'e')} over "
             f"{r['common steps']} common steps" if r["common steps"] else
-            f"{r['run']} vs {r['vs']}: no step logged by both runs" for _, r in a.iterrows()) + ".")
+            f"{r['run']} vs {r['vs']}: no step logged by both runs" for _, r in a.iterrows()) + ". "
+            + validity_lines(d)[0])
     return ["## Answers of this run", ""] + out + [""] if out else []
 
 

@@ -51,10 +51,13 @@
 #              = 250 s: --budget-s starts no variant after VARIANTS_S − 40 s; re-running with the same GT_RUN
 #              resumes with the rest), then python -m bench.long_context --quick --kernels triton (GF-MH, rwkv6,
 #              mamba2 at 8192 and 1024 characters, ≤ LONGCTX_S = 160 s, no new run after 100 s, same resume rule)
-#   validity   bench.bench_train.run_validity: train.py GF-MH small, --kernels triton vs --kernels reference,
-#              same seed, data and schedule, VALIDITY_STEPS = 30 steps of VALIDITY_BATCH = 4 × 256 characters (the
-#              PyTorch reference wkv6 loops over sequences and chunks in Python: ~2 s a step at batch 4), loss
-#              logged every step; ≤ VALIDITY_S = 120 s
+#   validity   python -m bench.bench_train --validity: train.py GF-MH small, same seed, data and schedule, three
+#              runs: --kernels triton, --kernels reference, and the noise floor (the reference with its Mamba-2
+#              scan summed in chunks of 128 instead of 64: same function, other roundings); VALIDITY_STEPS = 30
+#              steps of VALIDITY_BATCH = 4 × 256 characters, loss logged every step, no profile window. Prints the
+#              verdict: lab vs reference at every logged step ≤ max(1 %, floor), and which one decided. The
+#              reference steps run as CUDA graphs (~0.1-0.3 s a step expected, ~2.4 s eager): ~80 s in all
+#              expected, ≤ VALIDITY_S = 210 (room for both reference runs eager if a capture fails)
 #   report     python -m bench.report --dir $RUN: report.md with every kernel beside its peers, the variant
 #              ranking, long context, validity, pytest-benchmark's table; plots and CSVs next to it
 #
@@ -225,15 +228,14 @@ part_study() {
   run_part long_context "$ls" $PY -m bench.long_context "${l[@]}" --budget-s $(( ls > 120 ? ls - 60 : ls / 2 ))
 }
 
-part_validity() {   # bench_train.run_validity at a batch the PyTorch reference (a Python loop per sequence) can afford
+part_validity() {   # bench_train --validity: the lab, the reference and the noise floor (the reference reordered)
   local steps=${VALIDITY_STEPS:-30} size=small
-  local extra="--batch-size ${VALIDITY_BATCH:-4} --seq-len 256 --eval-iters 2 --log-interval 1"
+  local extra="--batch-size ${VALIDITY_BATCH:-4} --seq-len 256 --eval-iters 2 --log-interval 1 --eval-interval $steps"
   if [ "$SMOKE" = 1 ]; then
-    steps=3; size=tiny; extra="--batch-size 2 --seq-len 16 --eval-iters 1 --log-interval 1 ${TINY[*]:2}"
+    steps=3; size=tiny; extra="--batch-size 2 --seq-len 16 --eval-iters 1 --log-interval 1 --eval-interval 3 ${TINY[*]:2}"
   fi
-  run_part validity "${VALIDITY_S:-120}" $PY -c "from bench.bench_train import run_validity as r
-res = r($steps, 'GF-MH', '$size', out='$RUN/validity', extra='--eval-interval $steps $extra'.split())
-raise SystemExit(0 if res and all(isinstance(v, dict) for v in res.values()) else 1)"
+  run_part validity "${VALIDITY_S:-210}" $PY -m bench.bench_train --validity --steps $steps --ref-steps 0 \
+    --model GF-MH --size $size --out "$RUN/validity" --extra "$extra"
 }
 
 part_report() {

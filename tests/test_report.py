@@ -78,6 +78,26 @@ def test_report_sections_csv_and_plots(run_dir):
     assert (a["run"], a["common steps"]) == ("GF-MH_small_triton", 3)
     assert a["max rel diff"] == pytest.approx(0.002 / 3.8)
     assert "GF-MH_small_triton vs GF-MH_small_reference: max relative train-loss difference 5.26e-04" in text
+    assert "criterion ≤ max(1 %, floor) = 1.00e-02, decided by 1 %: PASS" in text and "not measured" in text
+
+
+def test_validity_verdict_takes_the_larger_of_1_percent_and_the_noise_floor(tmp_path):
+    (tmp_path / "validity").mkdir()
+
+    def write(kind, losses):
+        recs = [{"type": "train", "step": s, "loss": v} for s, v in enumerate(losses, 1)]
+        (tmp_path / "validity" / f"GF-MH_small_{kind}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    write("reference", [4.0, 3.0, 2.0])
+    write("triton", [4.0, 3.03, 2.03])                                             # 1.5 % at step 3
+    write("reference-reordered", [4.0, 2.94, 2.0])                                 # floor 2 % at step 2
+    v = report.validity_verdict(tmp_path)
+    assert (v["lab"], v["at_step"], v["decided_by"], v["pass"]) == ("GF-MH_small_triton", 3, "the noise floor", True)
+    assert v["worst"] == pytest.approx(0.015) and v["threshold"] == pytest.approx(0.02)
+    write("reference-reordered", [4.0, 3.0, 2.004])                                # floor 0.2 %: 1 % decides
+    v = report.validity_verdict(tmp_path)
+    assert (v["decided_by"], v["pass"], v["floor_steps"]) == ("1 %", False, 3)
+    assert "decided by 1 %: FAIL" in report.validity_lines(tmp_path)[0]
 
 
 def test_summary_is_the_answers_and_the_peer_table(run_dir, tmp_path):

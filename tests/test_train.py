@@ -326,6 +326,14 @@ def test_validity_compares_logged_losses(tmp_path):
     assert [r[0] for r in rows] == [10, 20] and worst == pytest.approx(0.005) and rows[1][3] == 0.0
 
 
+def test_validity_floor_run_is_the_reference_with_another_chunk_length():
+    from bench.bench_train import FLOOR, validity_argv
+    assert validity_argv("triton", "GF-MH", "small", []) == ["--kernels", "triton"]
+    assert validity_argv(FLOOR, "GF-MH", "small", []) == ["--kernels", "reference", "--override", "chunk_size=128"]
+    tiny = ["--override", "chunk_size=8", "--override", "chunk_size=16"]                  # the last one wins
+    assert validity_argv(FLOOR, "GF-MH", "tiny", tiny)[-1] == "chunk_size=32"
+
+
 def test_profile_window_avoids_evals_and_checkpoints():
     from types import SimpleNamespace as NS
     a = NS(log_interval=10, eval_interval=7, ckpt_interval=1000)
