@@ -222,7 +222,8 @@ def validity_dir() -> Path:
     return common.out_dir() / "validity"
 
 
-FLOOR = "reference-reordered"     # the noise-floor run: the reference path summing the same scan in another order
+REORDERED = "-reordered"     # a noise-floor run: "<kernels>-reordered" sums the same Mamba-2 scan in another order
+FLOORS = ("reference" + REORDERED, "triton" + REORDERED)
 
 
 def _chunk_size(model: str, size: str, extra: list[str]) -> int:
@@ -233,17 +234,19 @@ def _chunk_size(model: str, size: str, extra: list[str]) -> int:
 
 
 def validity_argv(kind: str, model: str, size: str, extra: list[str]) -> list[str]:
-    """train.py flags of one validity run: ``triton`` and ``reference`` are ``--kernels``; ``FLOOR`` is the
-    reference path with the Mamba-2 scan summed in chunks twice as long (the chunked SSD is exact at any
-    chunk length: same function, same parameters, another fp32 summation order, so other bf16 roundings of its
-    output). Its distance from the reference run is what numerics alone do to the loss curve."""
-    if kind == FLOOR:
-        return ["--kernels", "reference", "--override", f"chunk_size={2 * _chunk_size(model, size, extra)}"]
+    """train.py flags of one validity run: ``triton`` and ``reference`` are ``--kernels``; ``<kernels>-reordered``
+    (a noise-floor run) is that path with the Mamba-2 scan summed in chunks twice as long (the chunked SSD is exact
+    at any chunk length and the parameters do not depend on it: the same function with other summation orders,
+    so other roundings of the scan's output — the reference's fp32 scan rounded to bf16, mamba-ssm's bf16
+    kernels in the lab path). Its distance from its own path's run is what numerics alone do to the loss curve."""
+    if kind.endswith(REORDERED):
+        base = kind.removesuffix(REORDERED)
+        return ["--kernels", base, "--override", f"chunk_size={2 * _chunk_size(model, size, extra)}"]
     return ["--kernels", kind]
 
 
 def run_validity(steps: int = 300, model: str = "GF-MH", size: str = "small", seed: int = 1234,
-                 kernels=("triton", "reference", FLOOR), out: Path | None = None, extra: list[str] | None = None,
+                 kernels=("triton", "reference", *FLOORS), out: Path | None = None, extra: list[str] | None = None,
                  ref_steps: int | None = None) -> dict:
     """Short ``train.py`` runs of each kind (``validity_argv``), same seed, data and LR schedule: the lab's
     loss curve must stay within max(1 %, the noise floor) of the reference's (``report.validity_verdict``). The
@@ -267,7 +270,7 @@ def run_validity(steps: int = 300, model: str = "GF-MH", size: str = "small", se
                     "--log", str(log), "--out-dir", ckdir, "--no-progress", "--sample-tokens", "0",
                     "--eval-interval", str(max(steps // 4, 1)), "--eval-iters", "4", "--log-interval", "10",
                     "--profile-steps", "0"]
-            if k != "triton" and ref_steps and ref_steps < steps:
+            if k.startswith("reference") and ref_steps and ref_steps < steps:
                 argv += ["--stop-at", str(ref_steps)]
             argv += extra + validity_argv(k, model, size, extra)
             t0 = time.perf_counter()
@@ -360,8 +363,8 @@ def main(argv=None) -> int:
                    help="the reference run stops here (--stop-at; same LR schedule); 0 = all steps")
     p.add_argument("--model", default="GF-MH")
     p.add_argument("--size", default="small")
-    p.add_argument("--kernels", default=f"triton,reference,{FLOOR}",
-                   help=f"--validity: the runs (triton, reference, {FLOOR} = the noise floor)")
+    p.add_argument("--kernels", default=",".join(("triton", "reference") + FLOORS),
+                   help="--validity: the runs (triton, reference; <kernels>-reordered: the noise floor)")
     p.add_argument("--extra", default="", help="--validity: more train.py flags for every run (one string)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)

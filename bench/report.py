@@ -230,8 +230,9 @@ def validity_section(d: Path) -> list[str]:
     if not logs:
         return []
     out = ["## End-to-end validity (loss curves)", ""]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
     rows = []
+    _plot_validity_diffs(ax2, d)
     for p in logs:
         recs = read_jsonl(p)
         pts = [(r["step"], r["loss"]) for r in recs if "step" in r and "loss" in r
@@ -251,14 +252,14 @@ def validity_section(d: Path) -> list[str]:
     ax.set_ylabel("train loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("validity run: same seed and data, different kernels")
+    ax.set_title("validity runs: same seed and data, different kernels / summation orders")
     if rows:
         img = _save(fig, d / "validity_loss.png")
         out += [md_table(pd.DataFrame(rows), {"last train loss": "g", "val loss": "g"}), ""]
         agree = validity_agreement(d)
         if not agree.empty:
             out += [md_table(agree, {"max rel diff": "e", "at last common step": "e", "common steps": "int",
-                                     "at step": "int"}), ""]
+                                     "at step": "int", "at first common step": "e"}), ""]
         out += validity_lines(d) + [""]
         out += [f"![{img}]({img})", ""]
     else:
@@ -357,7 +358,7 @@ def pytest_benchmark_section(d: Path) -> list[str]:
 
 
 VALIDITY_TOL = 0.01          # issue 10: the lab's training loss within 1 % of the reference's at every logged step
-FLOOR_SUFFIX = "_reference-reordered"   # bench_train.FLOOR: the reference summing the same scan in another order
+REORDERED = "-reordered"     # bench_train.REORDERED: a noise-floor run, its path with the scan in another order
 
 
 def _validity_runs(d: Path) -> dict[str, dict[int, float]]:
@@ -368,45 +369,71 @@ def _validity_runs(d: Path) -> dict[str, dict[int, float]]:
     return runs
 
 
+def _plot_validity_diffs(ax, d: Path) -> None:
+    """Relative train-loss difference per step of every compared run from its base (log scale), with 1 %."""
+    runs = _validity_runs(d)
+    for _, r in validity_agreement(d).iterrows():
+        base, pts = runs[r["vs"]], runs[r["run"]]
+        xs = [s for s in sorted(set(pts) & set(base)) if base[s]]
+        ys = [max(abs(pts[s] - base[s]) / abs(base[s]), 1e-9) for s in xs]
+        if xs:
+            ax.plot(xs, ys, lw=1.2, ls=":" if r["run"].endswith(REORDERED) else "-",
+                    label=f"{r['run']} vs {r['vs']}" + (" (noise floor)" if r["run"].endswith(REORDERED) else ""))
+    ax.axhline(VALIDITY_TOL, color="red", lw=0.8, ls="--", label="1 %")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("|loss − base loss| / base loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("relative train-loss difference (floor: dotted)")
+
+
 def validity_agreement(d: Path) -> pd.DataFrame:
-    """Per validity run: the largest relative difference of its train loss from the reference run's at the steps
-    both logged (the kernels must not change learning) and the step where it occurs; the ``*_reference-reordered``
-    run's row is the noise floor."""
+    """Per validity run: the largest relative difference of its train loss from its base run's at the steps both
+    logged, the step where it occurs, the difference at the first common step (the size of the perturbation
+    before training amplifies it) and at the last. The base is the reference run for the lab run (the kernels
+    must not change learning) and the same path for a ``*-reordered`` run (a noise floor)."""
     runs = _validity_runs(d)
     ref = next((k for k in runs if k.endswith("_reference")), None)
     rows = []
     for name, pts in runs.items():
-        if ref is None or name == ref:
+        base = name.removesuffix(REORDERED) if name.endswith(REORDERED) else ref
+        if base is None or name == ref or base not in runs:
             continue
-        common = [s for s in sorted(set(pts) & set(runs[ref])) if runs[ref][s]]
-        rel = [abs(pts[s] - runs[ref][s]) / abs(runs[ref][s]) for s in common]
+        common = [s for s in sorted(set(pts) & set(runs[base])) if runs[base][s]]
+        rel = [abs(pts[s] - runs[base][s]) / abs(runs[base][s]) for s in common]
         worst = max(range(len(rel)), key=rel.__getitem__) if rel else None
-        rows.append({"run": name, "vs": ref, "common steps": len(common),
+        rows.append({"run": name, "vs": base, "common steps": len(common),
                      "max rel diff": rel[worst] if rel else None,
                      "at step": common[worst] if rel else None,
+                     "at first common step": rel[0] if rel else None,
                      "at last common step": rel[-1] if rel else None})
     return pd.DataFrame(rows, columns=["run", "vs", "common steps", "max rel diff", "at step",
-                                       "at last common step"])
+                                       "at first common step", "at last common step"])
 
 
 def validity_verdict(d: Path) -> dict | None:
     """The criterion: the lab run's relative train-loss difference from the reference at every logged step ≤
-    max(1 %, floor), floor = the largest difference of the reordered reference (numerics alone) from the
-    reference over the steps both logged. None without a lab run compared with a reference run. Keys: lab,
-    worst, at_step, steps, floor (None: not measured), floor_steps, threshold, decided_by, pass."""
+    max(1 %, floor), floor = the largest difference of a ``*-reordered`` run (numerics alone) from its own path's
+    run over the steps both logged. None without a lab run compared with a reference run. Keys: lab, worst,
+    at_step, steps, floor (None: not measured), floor_run, floor_steps, threshold, decided_by, pass."""
     a = validity_agreement(d)
     if a.empty:
         return None
-    floor_rows = a[a["run"].str.endswith(FLOOR_SUFFIX) & (a["common steps"] > 0)]
-    labs = a[~a["run"].str.endswith(FLOOR_SUFFIX) & (a["common steps"] > 0)]
+    a = a[a["common steps"] > 0]
+    is_floor = a["run"].str.endswith(REORDERED)
+    floors, labs = a[is_floor], a[~is_floor]
     if labs.empty:
         return None
     lab = labs.loc[labs["max rel diff"].idxmax()]
-    floor = float(floor_rows["max rel diff"].max()) if not floor_rows.empty else None
+    fl = floors.loc[floors["max rel diff"].idxmax()] if not floors.empty else None
+    floor = None if fl is None else float(fl["max rel diff"])
     threshold = max(VALIDITY_TOL, floor or 0.0)
     return {"lab": lab["run"], "worst": float(lab["max rel diff"]), "at_step": int(lab["at step"]),
-            "steps": int(lab["common steps"]), "floor": floor,
-            "floor_steps": int(floor_rows["common steps"].max()) if floor is not None else 0,
+            "steps": int(lab["common steps"]), "first": float(lab["at first common step"]), "floor": floor,
+            "floor_run": None if fl is None else f"{fl['run']} vs {fl['vs']}",
+            "floor_steps": 0 if fl is None else int(fl["common steps"]),
+            "floor_first": None if fl is None else float(fl["at first common step"]),
             "threshold": threshold, "decided_by": "the noise floor" if floor and floor > VALIDITY_TOL else "1 %",
             "pass": float(lab["max rel diff"]) <= threshold}
 
@@ -416,13 +443,13 @@ def validity_lines(d: Path) -> list[str]:
     v = validity_verdict(d)
     if v is None:
         return ["Validity: no lab run compared with a reference run at a common step."]
-    floor = (f"noise floor (the reference with its Mamba-2 scan summed in another order vs the reference) "
-             f"{_fmt(v['floor'], 'e')} over {v['floor_steps']} steps" if v["floor"] is not None
-             else "noise floor not measured (no *_reference-reordered run)")
+    floor = (f"noise floor {_fmt(v['floor'], 'e')} ({v['floor_run']}: the same path with its Mamba-2 scan summed "
+             f"in another order; {v['floor_steps']} steps, {_fmt(v['floor_first'], 'e')} at the first)"
+             if v["floor"] is not None else "noise floor not measured (no *-reordered run)")
     return [f"Validity ({v['lab']} vs the reference, train loss at every logged step): worst relative difference "
-            f"{_fmt(v['worst'], 'e')} at step {v['at_step']} over {v['steps']} common steps; {floor}; criterion "
-            f"≤ max(1 %, floor) = {_fmt(v['threshold'], 'e')}, decided by {v['decided_by']}: "
-            f"{'PASS' if v['pass'] else 'FAIL'}."]
+            f"{_fmt(v['worst'], 'e')} at step {v['at_step']} over {v['steps']} common steps "
+            f"({_fmt(v['first'], 'e')} at the first); {floor}; criterion ≤ max(1 %, floor) = "
+            f"{_fmt(v['threshold'], 'e')}, decided by {v['decided_by']}: {'PASS' if v['pass'] else 'FAIL'}."]
 
 
 def _ranked_variants(d: Path) -> pd.DataFrame | None:

@@ -326,12 +326,13 @@ def test_validity_compares_logged_losses(tmp_path):
     assert [r[0] for r in rows] == [10, 20] and worst == pytest.approx(0.005) and rows[1][3] == 0.0
 
 
-def test_validity_floor_run_is_the_reference_with_another_chunk_length():
-    from bench.bench_train import FLOOR, validity_argv
+def test_validity_floor_runs_are_a_path_with_another_chunk_length():
+    from bench.bench_train import FLOORS, validity_argv
     assert validity_argv("triton", "GF-MH", "small", []) == ["--kernels", "triton"]
-    assert validity_argv(FLOOR, "GF-MH", "small", []) == ["--kernels", "reference", "--override", "chunk_size=128"]
+    assert [validity_argv(f, "GF-MH", "small", []) for f in FLOORS] == [
+        ["--kernels", k, "--override", "chunk_size=128"] for k in ("reference", "triton")]
     tiny = ["--override", "chunk_size=8", "--override", "chunk_size=16"]                  # the last one wins
-    assert validity_argv(FLOOR, "GF-MH", "tiny", tiny)[-1] == "chunk_size=32"
+    assert validity_argv(FLOORS[0], "GF-MH", "tiny", tiny)[-1] == "chunk_size=32"
 
 
 def test_profile_window_avoids_evals_and_checkpoints():
