@@ -11,6 +11,9 @@ where a host→device copy still shows as an operation whose inputs mix ``cpu`` 
   tensors excepted: CUDA reads them as scalars, no copy).
 * the model's forward and backward run under it (autograd's backward ops are reached through the Python calls of
   the forward's autograd Functions and C++ formulas that stay on the device).
+* host syncs, the other thing a capture refuses, fail on the meta device by themselves (``.item()``, ``bool``,
+  ``nonzero``, ``.tolist()``, ``.cpu()`` raise there), so the same run guards them.
+A Python dispatch mode alone would miss the list index: PyTorch builds it below the Python dispatch key.
 """
 from __future__ import annotations
 
