@@ -72,7 +72,7 @@ class _HostCopies(TorchFunctionMode):
 
 def _reference_step_on_meta(variant: str):
     torch.manual_seed(0)
-    model = fused.get_model(variant, "tiny", vocab_size=97, ops=resolve("reference")).to("meta")
+    model = fused.get_model(variant, "tiny", vocab_size=97, ops=resolve("reference"), n_layer=1).to("meta")
     idx = torch.randint(0, 97, (2, 32)).to("meta")
     with _HostCopies() as mode:
         out = model(idx, idx, with_stats=True)
