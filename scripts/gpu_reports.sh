@@ -56,9 +56,9 @@
 #              triton-reordered (each path again with its Mamba-2 scan summed in chunks of 128 instead of 64: same
 #              function, other roundings); VALIDITY_STEPS = 30 steps of VALIDITY_BATCH = 4 × 256 characters, loss
 #              logged every step, no profile window. Prints the verdict: lab vs reference at every logged step
-#              ≤ max(1 %, floor), and which one decided. The reference steps run as CUDA graphs (~0.1-0.3 s a
-#              step expected; ~2.4 s eager): ~90 s in all expected, ≤ VALIDITY_S = 240 (room for both
-#              reference runs eager if a capture fails)
+#              ≤ max(1 %, floor), and which one decided (exit 1 when it fails or a run failed). The reference
+#              steps run as CUDA graphs (~0.1-0.3 s a step expected; ~2.4 s eager): ~90 s in all expected,
+#              ≤ VALIDITY_S = 240 (room for both reference runs eager if a capture fails)
 #   report     python -m bench.report --dir $RUN: report.md with every kernel beside its peers, the variant
 #              ranking, long context, validity, pytest-benchmark's table; plots and CSVs next to it
 #
