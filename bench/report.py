@@ -237,7 +237,8 @@ def validity_section(d: Path) -> list[str]:
         recs = read_jsonl(p)
         pts = [(r["step"], r["loss"]) for r in recs if "step" in r and "loss" in r
                and r.get("type", "train") == "train" and r["loss"] is not None]
-        kern = next((r.get("ops") for r in recs if r.get("type") == "config" and r.get("ops")), None)
+        cfg = next((r for r in recs if r.get("type") == "config"), {})
+        kern = cfg.get("ops")
         if not pts:
             continue
         xs, ys = zip(*pts)
@@ -247,7 +248,9 @@ def validity_section(d: Path) -> list[str]:
             ax.plot(*zip(*ev), ls="--", marker="o", ms=3, color=line.get_color(), label=f"{p.stem} (val)")
         final = next((r for r in reversed(recs) if r.get("type") == "final"), {})
         rows.append({"run": p.stem, "steps": xs[-1], "last train loss": ys[-1],
-                     "val loss": final.get("val_loss"), "kernels": json.dumps(kern) if kern else ""})
+                     "val loss": final.get("val_loss"), "graph": final.get("graph_reason") or cfg.get("graph_reason", ""),
+                     "overrides": " ".join((cfg.get("args") or {}).get("override") or []),
+                     "kernels": json.dumps(kern) if kern else ""})
     ax.set_xlabel("step")
     ax.set_ylabel("train loss")
     ax.grid(alpha=0.3)
