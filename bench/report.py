@@ -247,8 +247,9 @@ def validity_section(d: Path) -> list[str]:
         if ev:
             ax.plot(*zip(*ev), ls="--", marker="o", ms=3, color=line.get_color(), label=f"{p.stem} (val)")
         final = next((r for r in reversed(recs) if r.get("type") == "final"), {})
+        graph = final.get("graph_reason") or cfg.get("graph_reason", "")   # the final record's: after capture
         rows.append({"run": p.stem, "steps": xs[-1], "last train loss": ys[-1],
-                     "val loss": final.get("val_loss"), "graph": final.get("graph_reason") or cfg.get("graph_reason", ""),
+                     "val loss": final.get("val_loss"), "graph": graph,
                      "overrides": " ".join((cfg.get("args") or {}).get("override") or []),
                      "kernels": json.dumps(kern) if kern else ""})
     ax.set_xlabel("step")
