@@ -33,6 +33,7 @@ lab vs reference at every logged step ≤ max(1 %, the floor)).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -223,7 +224,35 @@ def validity_dir() -> Path:
 
 
 REORDERED = "-reordered"     # a noise-floor run: "<kernels>-reordered" sums the same Mamba-2 scan in another order
-FLOORS = ("reference" + REORDERED, "triton" + REORDERED)
+BF16INIT = "-bf16init"       # a noise-floor run: "<kernels>-bf16init" starts from weights rounded to bf16 precision
+FLOORS = ("reference" + REORDERED, "reference" + BF16INIT)
+
+
+def floor_base(kind: str) -> str | None:
+    """The path a noise-floor run perturbs (None: not a floor run)."""
+    return next((kind.removesuffix(s) for s in (REORDERED, BF16INIT) if kind.endswith(s)), None)
+
+
+@contextlib.contextmanager
+def bf16_init(train):
+    """While active, ``train.build_model`` rounds every fp32 parameter of the seeded model to bf16 precision and
+    back: weights equal to the unperturbed run's at bf16 precision (autocast's matmuls see the same bf16 weights;
+    the embedding, decays, mixes and norms move by less than half a bf16 ulp)."""
+    build = train.build_model
+
+    def rounded(*args, **kwargs):
+        m = build(*args, **kwargs)
+        with torch.no_grad():
+            for p in m.parameters():
+                if p.dtype == torch.float32:
+                    p.copy_(p.to(torch.bfloat16).to(torch.float32))
+        return m
+
+    train.build_model = rounded
+    try:
+        yield
+    finally:
+        train.build_model = build
 
 
 def _chunk_size(model: str, size: str, extra: list[str]) -> int:
@@ -238,11 +267,12 @@ def validity_argv(kind: str, model: str, size: str, extra: list[str]) -> list[st
     (a noise-floor run) is that path with the Mamba-2 scan summed in chunks twice as long (the chunked SSD is exact
     at any chunk length and the parameters do not depend on it: the same function with other summation orders,
     so other roundings of the scan's output — the reference's fp32 scan rounded to bf16, mamba-ssm's bf16
-    kernels in the lab path). Its distance from its own path's run is what numerics alone do to the loss curve."""
+    kernels in the lab path); ``<kernels>-bf16init`` is that path from weights rounded to bf16 precision
+    (``bf16_init``). A floor run's distance from its own path's run is what numerics alone do to the loss curve."""
+    base = floor_base(kind)
     if kind.endswith(REORDERED):
-        base = kind.removesuffix(REORDERED)
         return ["--kernels", base, "--override", f"chunk_size={2 * _chunk_size(model, size, extra)}"]
-    return ["--kernels", kind]
+    return ["--kernels", base or kind]
 
 
 def run_validity(steps: int = 300, model: str = "GF-MH", size: str = "small", seed: int = 1234,
@@ -275,12 +305,14 @@ def run_validity(steps: int = 300, model: str = "GF-MH", size: str = "small", se
             argv += extra + validity_argv(k, model, size, extra)
             t0 = time.perf_counter()
             try:
-                res = train.main(argv)
+                with bf16_init(train) if k.endswith(BF16INIT) else contextlib.nullcontext():
+                    res = train.main(argv)
                 results[k] = {"final_loss": res.get("final_loss") if isinstance(res, dict) else None,
                               "seconds": time.perf_counter() - t0, "log": str(log)}
             except Exception as e:  # noqa: BLE001 - report and go on with the other kernel set
                 results[k] = f"{type(e).__name__}: {e}"
-        print(f"validity {model} {size} {' '.join(validity_argv(k, model, size, extra))}: {results[k]}", flush=True)
+        print(f"validity {model} {size} {k} ({' '.join(validity_argv(k, model, size, extra))}): {results[k]}",
+              flush=True)
     return results
 
 
@@ -364,7 +396,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="GF-MH")
     p.add_argument("--size", default="small")
     p.add_argument("--kernels", default=",".join(("triton", "reference") + FLOORS),
-                   help="--validity: the runs (triton, reference; <kernels>-reordered: the noise floor)")
+                   help="--validity: the runs (triton, reference; <kernels>-reordered, <kernels>-bf16init: noise "
+                        "floors)")
     p.add_argument("--extra", default="", help="--validity: more train.py flags for every run (one string)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)

@@ -362,7 +362,7 @@ def pytest_benchmark_section(d: Path) -> list[str]:
 
 
 VALIDITY_TOL = 0.01          # issue 10: the lab's training loss within 1 % of the reference's at every logged step
-REORDERED = "-reordered"     # bench_train.REORDERED: a noise-floor run, its path with the scan in another order
+FLOOR_SUFFIXES = ("-reordered", "-bf16init")   # bench_train's noise-floor runs: a path perturbed by numerics only
 
 
 def _validity_runs(d: Path) -> dict[str, dict[int, float]]:
@@ -381,8 +381,9 @@ def _plot_validity_diffs(ax, d: Path) -> None:
         xs = [s for s in sorted(set(pts) & set(base)) if base[s]]
         ys = [max(abs(pts[s] - base[s]) / abs(base[s]), 1e-9) for s in xs]
         if xs:
-            ax.plot(xs, ys, lw=1.2, ls=":" if r["run"].endswith(REORDERED) else "-",
-                    label=f"{r['run']} vs {r['vs']}" + (" (noise floor)" if r["run"].endswith(REORDERED) else ""))
+            floor = r["run"].endswith(FLOOR_SUFFIXES)
+            ax.plot(xs, ys, lw=1.2, ls=":" if floor else "-",
+                    label=f"{r['run']} vs {r['vs']}" + (" (noise floor)" if floor else ""))
     ax.axhline(VALIDITY_TOL, color="red", lw=0.8, ls="--", label="1 %")
     ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -396,12 +397,12 @@ def validity_agreement(d: Path) -> pd.DataFrame:
     """Per validity run: the largest relative difference of its train loss from its base run's at the steps both
     logged, the step where it occurs, the difference at the first common step (the size of the perturbation
     before training amplifies it) and at the last. The base is the reference run for the lab run (the kernels
-    must not change learning) and the same path for a ``*-reordered`` run (a noise floor)."""
+    must not change learning) and the same path for a noise-floor run (``FLOOR_SUFFIXES``)."""
     runs = _validity_runs(d)
     ref = next((k for k in runs if k.endswith("_reference")), None)
     rows = []
     for name, pts in runs.items():
-        base = name.removesuffix(REORDERED) if name.endswith(REORDERED) else ref
+        base = next((name.removesuffix(x) for x in FLOOR_SUFFIXES if name.endswith(x)), ref)
         if base is None or name == ref or base not in runs:
             continue
         common = [s for s in sorted(set(pts) & set(runs[base])) if runs[base][s]]
@@ -418,14 +419,14 @@ def validity_agreement(d: Path) -> pd.DataFrame:
 
 def validity_verdict(d: Path) -> dict | None:
     """The criterion: the lab run's relative train-loss difference from the reference at every logged step ≤
-    max(1 %, floor), floor = the largest difference of a ``*-reordered`` run (numerics alone) from its own path's
-    run over the steps both logged. None without a lab run compared with a reference run. Keys: lab, worst,
+    max(1 %, floor), floor = the largest difference of a noise-floor run (numerics alone) from its own path's run
+    over the steps both logged. None without a lab run compared with a reference run. Keys: lab, worst,
     at_step, steps, floor (None: not measured), floor_run, floor_steps, threshold, decided_by, pass."""
     a = validity_agreement(d)
     if a.empty:
         return None
     a = a[a["common steps"] > 0]
-    is_floor = a["run"].str.endswith(REORDERED)
+    is_floor = a["run"].str.endswith(FLOOR_SUFFIXES)
     floors, labs = a[is_floor], a[~is_floor]
     if labs.empty:
         return None
@@ -442,14 +443,18 @@ def validity_verdict(d: Path) -> dict | None:
             "pass": float(lab["max rel diff"]) <= threshold}
 
 
+FLOOR_TEXT = ("-reordered = the same path with its Mamba-2 scan summed in another order, -bf16init = the same path "
+              "from weights rounded to bf16 precision")
+
+
 def validity_lines(d: Path) -> list[str]:
     """The verdict in words (report, summary and ``bench_train --validity``)."""
     v = validity_verdict(d)
     if v is None:
         return ["Validity: no lab run compared with a reference run at a common step."]
-    floor = (f"noise floor {_fmt(v['floor'], 'e')} ({v['floor_run']}: the same path with its Mamba-2 scan summed "
-             f"in another order; {v['floor_steps']} steps, {_fmt(v['floor_first'], 'e')} at the first)"
-             if v["floor"] is not None else "noise floor not measured (no *-reordered run)")
+    floor = (f"noise floor {_fmt(v['floor'], 'e')} ({v['floor_run']}, the largest of the floor runs: {FLOOR_TEXT}; "
+             f"{v['floor_steps']} steps, {_fmt(v['floor_first'], 'e')} at the first)"
+             if v["floor"] is not None else "noise floor not measured (no floor run)")
     return [f"Validity ({v['lab']} vs the reference, train loss at every logged step): worst relative difference "
             f"{_fmt(v['worst'], 'e')} at step {v['at_step']} over {v['steps']} common steps "
             f"({_fmt(v['first'], 'e')} at the first); {floor}; criterion ≤ max(1 %, floor) = "
@@ -510,7 +515,7 @@ def headline(df: pd.DataFrame, d: Path) -> list[str]:
             f"{r['run']} vs {r['vs']}: max relative train-loss difference {_fmt(r['max rel diff'], 'e')} over "
             f"{r['common steps']} common steps" if r["common steps"] else
             f"{r['run']} vs {r['vs']}: no step logged by both runs" for _, r in a.iterrows()
-            if not r["run"].endswith(REORDERED)) + ". "
+            if not r["run"].endswith(FLOOR_SUFFIXES)) + ". "
             + validity_lines(d)[0])
     return ["## Answers of this run", ""] + out + [""] if out else []
 

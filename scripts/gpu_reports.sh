@@ -52,13 +52,14 @@
 #              resumes with the rest), then python -m bench.long_context --quick --kernels triton (GF-MH, rwkv6,
 #              mamba2 at 8192 and 1024 characters, ≤ LONGCTX_S = 160 s, no new run after 100 s, same resume rule)
 #   validity   python -m bench.bench_train --validity: train.py GF-MH small, same seed, data and schedule, four
-#              runs: --kernels triton, --kernels reference, and two noise floors, reference-reordered and
-#              triton-reordered (each path again with its Mamba-2 scan summed in chunks of 128 instead of 64: same
-#              function, other roundings); VALIDITY_STEPS = 30 steps of VALIDITY_BATCH = 4 × 256 characters, loss
-#              logged every step, no profile window. Prints the verdict: lab vs reference at every logged step
-#              ≤ max(1 %, floor), and which one decided (exit 1 when it fails or a run failed). The reference
-#              steps run as CUDA graphs (~0.1-0.3 s a step expected; ~2.4 s eager): ~90 s in all expected,
-#              ≤ VALIDITY_S = 240 (room for both reference runs eager if a capture fails)
+#              runs: --kernels triton, --kernels reference, and two noise floors of the reference path:
+#              reference-reordered (its Mamba-2 scan summed in chunks of 128 instead of 64: same function, other
+#              roundings) and reference-bf16init (its seeded weights rounded to bf16 precision); VALIDITY_STEPS =
+#              30 steps of VALIDITY_BATCH = 4 × 256 characters, loss logged every step, no profile window.
+#              Prints the verdict: lab vs reference at every logged step ≤ max(1 %, floor), and which one
+#              decided (exit 1 when it fails or a run failed). The reference steps run as CUDA graphs (~0.1-0.2 s
+#              a step expected; ~2.4 s eager): ~90 s in all expected, ≤ VALIDITY_S = 240 (a floor run may be
+#              cut if the captures fall back to eager; the verdict then uses the steps it logged)
 #   report     python -m bench.report --dir $RUN: report.md with every kernel beside its peers, the variant
 #              ranking, long context, validity, pytest-benchmark's table; plots and CSVs next to it
 #
@@ -229,11 +230,11 @@ part_study() {
   run_part long_context "$ls" $PY -m bench.long_context "${l[@]}" --budget-s $(( ls > 120 ? ls - 60 : ls / 2 ))
 }
 
-part_validity() {   # bench_train --validity: the lab, the reference and the noise floors (both paths reordered)
-  local steps=${VALIDITY_STEPS:-30} size=small kinds=triton,reference,reference-reordered,triton-reordered
+part_validity() {   # bench_train --validity: the lab, the reference and two noise floors of the reference
+  local steps=${VALIDITY_STEPS:-30} size=small kinds=triton,reference,reference-reordered,reference-bf16init
   local extra="--batch-size ${VALIDITY_BATCH:-4} --seq-len 256 --eval-iters 2 --log-interval 1 --eval-interval $steps"
-  if [ "$SMOKE" = 1 ]; then   # one interpreter run of the lab kernels is enough for the plumbing (~1-2 min)
-    steps=3; size=tiny; kinds=triton,reference,reference-reordered
+  if [ "$SMOKE" = 1 ]; then   # one interpreter run of the lab kernels (~1-2 min), the references in seconds
+    steps=3; size=tiny
     extra="--batch-size 2 --seq-len 16 --eval-iters 1 --log-interval 1 --eval-interval 3 ${TINY[*]:2}"
   fi
   run_part validity "${VALIDITY_S:-240}" $PY -m bench.bench_train --validity --steps $steps --ref-steps 0 \

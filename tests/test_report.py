@@ -91,7 +91,7 @@ def test_validity_verdict_takes_the_larger_of_1_percent_and_the_noise_floor(tmp_
     write("reference", [4.0, 3.0, 2.0])
     write("triton", [4.0, 3.03, 2.03])                                             # 1.5 % at step 3
     write("reference-reordered", [4.0, 2.94, 2.0])                                 # floor 2 % at step 2
-    write("triton-reordered", [4.0, 3.03, 2.04015])                                # vs triton: 0.5 % at step 3
+    write("triton-bf16init", [4.0, 3.03, 2.04015])                                 # vs triton: 0.5 % at step 3
     v = report.validity_verdict(tmp_path)
     assert (v["lab"], v["at_step"], v["decided_by"], v["pass"]) == ("GF-MH_small_triton", 3, "the noise floor", True)
     assert v["worst"] == pytest.approx(0.015) and v["threshold"] == pytest.approx(0.02)

@@ -326,13 +326,27 @@ def test_validity_compares_logged_losses(tmp_path):
     assert [r[0] for r in rows] == [10, 20] and worst == pytest.approx(0.005) and rows[1][3] == 0.0
 
 
-def test_validity_floor_runs_are_a_path_with_another_chunk_length():
-    from bench.bench_train import FLOORS, validity_argv
+def test_validity_floor_runs_perturb_a_path_by_numerics_only():
+    from types import SimpleNamespace as NS
+
+    from bench.bench_train import FLOORS, bf16_init, validity_argv
     assert validity_argv("triton", "GF-MH", "small", []) == ["--kernels", "triton"]
     assert [validity_argv(f, "GF-MH", "small", []) for f in FLOORS] == [
-        ["--kernels", k, "--override", "chunk_size=128"] for k in ("reference", "triton")]
+        ["--kernels", "reference", "--override", "chunk_size=128"], ["--kernels", "reference"]]
+    assert validity_argv("triton-reordered", "GF-MH", "small", [])[1] == "triton"
     tiny = ["--override", "chunk_size=8", "--override", "chunk_size=16"]                  # the last one wins
     assert validity_argv(FLOORS[0], "GF-MH", "tiny", tiny)[-1] == "chunk_size=32"
+    # -bf16init: the seeded model's fp32 weights rounded to bf16 precision, then train.build_model restored
+    fake = NS(build_model=lambda: torch.nn.Linear(7, 5))
+    build = fake.build_model
+    with bf16_init(fake):
+        torch.manual_seed(0)
+        w = fake.build_model().weight
+    torch.manual_seed(0)
+    w0 = build().weight
+    assert fake.build_model is build and w.dtype == torch.float32
+    assert torch.equal(w, w.bfloat16().float()) and not torch.equal(w, w0)
+    assert ((w - w0).abs() <= w0.abs() * 2 ** -8).all()                                # under half an ulp
 
 
 def test_profile_window_avoids_evals_and_checkpoints():
