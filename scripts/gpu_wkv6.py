@@ -18,10 +18,9 @@ script, measures nothing). Run the first call's measurement with a fresh TRITON_
 
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; named in WKV6_ALGOS only, forward: the
 sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem (``LOWMEM``:
-recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``), chunk_split
-(``split_bwd="chunk"``: the backward as a chunk-crossing kernel + an intra-chunk kernel without [K, V] state),
-chunk_split_blk (``split_bwd="block"``: the block kernel's state part and its levels as two kernels). Run 5 also
-timed chunk_bv32 (32 V columns per backward program, fp32 partial sums): it lost and was removed. ``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
+recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``). Run 5 also
+timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 6 two split backwards (chunk_split,
+chunk_split_blk: two kernels joined through fp32 partials): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
 """
 from __future__ import annotations
 
@@ -88,8 +87,7 @@ def _chunk_mode(seq):
     return f
 
 
-VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM, "chunk_split": dict(split_bwd="chunk"),
-            "chunk_split_blk": dict(split_bwd="block")}
+VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}}
 ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", "chunk,chunk_seq,chunk_par,fused").split(",")}
@@ -343,7 +341,7 @@ def main():
                 except Exception as ex:  # noqa: BLE001
                     log(f"check {name} {c[0]} ERROR {type(ex).__name__}: {str(ex)[:300]}")
                     oks.append(False)
-    for name in ("chunk_seq", "chunk_par", "chunk_split", "chunk_split_blk"):
+    for name in ("chunk_seq", "chunk_par"):
         if name in ALGOS:
             with variant(name):
                 log(f"determinism {name}: {'OK' if determinism(ALGOS[name]) else 'BAD'}")
@@ -378,8 +376,8 @@ def main():
 
 
 def regs():
-    """Registers and spill stack (bytes per thread) of the chunk backward kernels, compiled for the H100 (sm_90)
-    by Triton on this machine (no GPU needed: ``triton.compile`` + ``cuobjdump -res-usage``), bf16 inputs,
+    """Registers, spill stack (bytes per thread) and SASS instruction count of the chunk kernels, compiled for the
+    H100 (sm_90) by Triton on this machine (no GPU needed: ``triton.compile`` + ``cuobjdump``), bf16 inputs,
     K = V = 64 (WKV6_REGS_KV), 4 and 8 warps. A compile report, not a timing."""
     import re
     import subprocess
@@ -388,18 +386,13 @@ def regs():
     from triton.runtime.jit import JITFunction
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     kv = int(os.environ.get("WKV6_REGS_KV", "64"))
-    half = {"q_ptr", "k_ptr", "v_ptr", "w_ptr", "u_ptr", "do_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "dw_ptr"}
-    base = dict(H=32, K=kv, V=kv, BT=kc.BT, BV=kv, VARLEN=False, PREC="tf32")
-    blk = dict(base, SB=kc.SB, BK=kv, LOG=kc.LOG)
-    bkx = min(kc.SPLIT_BK, kv)
-    cases = [("default", "_bwd_kernel", blk),
-             ("chunk", "_split_cross_kernel", dict(base, BK=bkx)),
-             ("chunk", "_split_intra_kernel", dict(blk, NKX=-(-kv // bkx), PAIRS=True)),
-             ("block", "_split_state_kernel", dict(base, SB=kc.SB, BK=kv)),
-             ("block", "_split_intra_kernel", dict(blk, NKX=1, PAIRS=False))]
-    print(f"==== wkv6 backward kernels, sm_90 compile (Triton {triton.__version__}), bf16, K = V = {kv}: "
-          "split_bwd kernel warps registers spill-stack-bytes")
-    for split, name, consts in cases:
+    half = {"q_ptr", "k_ptr", "v_ptr", "w_ptr", "u_ptr", "do_ptr", "o_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "dw_ptr"}
+    blk = dict(H=32, K=kv, V=kv, BT=kc.BT, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False, PREC="tf32")
+    cases = [("_bwd_kernel", blk),
+             ("_fwd_seq_kernel", dict(blk, USE_H0=False, SAVE=True))]
+    print(f"==== wkv6 chunk kernels, sm_90 compile (Triton {triton.__version__}), bf16, K = V = {kv}: "
+          "kernel warps registers spill-stack-bytes sass-instructions")
+    for name, consts in cases:
         fn = getattr(kc, name)
         while not isinstance(fn, JITFunction):
             fn = fn.fn
@@ -413,8 +406,10 @@ def regs():
                 f.write(cubin)
                 f.flush()
                 out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+                sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
             m = re.search(r"REG:(\d+) STACK:(\d+)", out)
-            print(split, name, nw, m.group(1), m.group(2), flush=True)
+            n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4}\*/", sass, flags=re.M))
+            print(name, nw, m.group(1), m.group(2), n_ins, flush=True)
 
 
 if __name__ == "__main__":

@@ -461,33 +461,6 @@ def test_wkv6_chunk_lowmem():
 
 
 
-@pytest.mark.parametrize("split,case", [("chunk", "mild"), ("chunk", "strong_varlen"), ("chunk", "extreme"),
-                                        ("block", "mild"), ("block", "strong_varlen")])
-def test_wkv6_chunk_split_bwd(split, case):
-    """The split backwards (``chunk.TUNING["split_bwd"]``; "chunk": chunk-crossing kernel + intra-chunk kernel with
-    no [K, V] state; "block": the block kernel's state part + its levels) vs fp64, h0/dh0 and K != V throughout:
-    mild decay (pairs spanning whole blocks and chunks matter; K = 40: two K-blocks; B = 2 in two backward pieces,
-    partial last chunk), strong decay with varlen (empty and 3-row sequences, chunk-aligned starts), extreme decay
-    (-40 / -60 beside near-1 channels: the cancellation-free dw)."""
-    import kernels.wkv6.chunk as kc
-    knobs = dict(split_bwd=split)
-    if case == "mild":
-        d = make_inputs(2, 70, 1, 40, 24, decay="mild", h0=True)
-        knobs["piece_bytes"] = 1
-    elif case == "strong_varlen":
-        d = make_inputs(1, 140, 1, 16, 24, decay="strong", h0=True, N=4)
-        d["cu_seqlens"] = torch.tensor([0, 3, 64, 64, 140])
-    else:
-        d = make_inputs(1, 130, 1, 16, 16, h0=True)
-        with torch.no_grad():
-            d["w"][:, :, :, :4] = -40.0
-            d["w"][:, ::3, :, 4:10] = -60.0
-            d["w"][:, 1::3, :, 4:10] = -1e-4
-            d["w"][:, :, :, 10:] = -1e-4
-    with kc.tuning(**knobs):         # forward and backward (compare runs both inside)
-        _check(d, context=f"split backward {case}")
-
-
 # ------------------------------------------------------------------------------------------------ GPU
 def _du_floor(d, dtype, seed=0):
     """The error of du that rounding the *exact* float64 du to u's dtype alone gives, on this draw and with the
