@@ -39,6 +39,8 @@ if SMOKE:
     os.environ["TRITON_INTERPRET"] = "1"
 if MODE == "--regs":    # compiles for sm_90 without a GPU: real JIT functions, not the interpreter
     os.environ["TRITON_INTERPRET"] = "0"
+if MODE == "--host":    # the Python path on the CPU, kernel launches stubbed (interpreter functions)
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -70,12 +72,14 @@ def device_name():
     return "cpu (WKV6_SMOKE: interpreter, nothing measured)" if SMOKE else torch.cuda.get_device_name()
 
 
-def bench(fn):
+def bench(fn, grad_to_none=None):
+    """do_bench median (ms); ``grad_to_none``: leaves whose .grad is cleared before every call (else the timed loop
+    also runs autograd's .grad accumulation: 0.53 ms of elementwise adds at B8 T4096 H32, run 6)."""
     if SMOKE:
         t = time.perf_counter()
         fn()
         return (time.perf_counter() - t) * 1e3
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
 
 
 def _chunk_mode(seq):
@@ -133,23 +137,29 @@ CHECKS = [  # (label, shape, dtype, decay, bound, cu_seqlens)
 
 
 def check(name, fn, label, shape, dtype, decay, bound, cu):
+    """OK when every error is within ``bound``, du (returned in u's dtype) within max(bound, 1.1 × floor) for a
+    half-precision u, floor = the error of the exact du rounded to that dtype on the same draw (the GPU tests' rule,
+    tests/test_wkv6.py ``_assert_du``)."""
     N = None if cu is None else len(cu) - 1
     d = inputs(*shape, dtype, decay=decay, N=N, seed=1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu, dtype=torch.int32, device=DEV)
     errs = compare(fn, lambda **k: wkv6_chunked(**k, chunk_size=64), d)
-    worst = max(errs.values())
-    ok = worst <= bound
-    log(f"check {name:9s} {label:15s} {'OK ' if ok else 'BAD'} worst {worst:.2e} "
-        + " ".join(f"{k}={v:.1e}" for k, v in errs.items()) + du_floor(d, dtype))
+    floor = du_floor(d, dtype)
+    du_bound = bound if floor is None else max(bound, 1.1 * floor)
+    ok = all(e <= (du_bound if n == "du" else bound) for n, e in errs.items())
+    log(f"check {name:9s} {label:15s} {'OK ' if ok else 'BAD'} worst {max(errs.values()):.2e} "
+        + " ".join(f"{k}={v:.1e}" for k, v in errs.items())
+        + ("" if floor is None else f" | du rounding alone {floor:.2e}, du bound {du_bound:.2e}"))
     return ok
 
 
 def du_floor(d, dtype):
     """The error of du that rounding the exact du to the input dtype alone gives (du = Σ q k (v·do) has only H·K
-    entries; the kernels return it in u's dtype): same inputs and cotangents as ``compare`` (seed 0)."""
+    entries; the kernels return it in u's dtype): same inputs and cotangents as ``compare`` (seed 0). None for
+    fp32."""
     if dtype == torch.float32:
-        return ""
+        return None
     x = {n: v.detach().double().requires_grad_(n == "u") if torch.is_tensor(v) and n != "cu_seqlens" else v
          for n, v in d.items()}
     o, s = wkv6_chunked(**x, chunk_size=64)
@@ -158,7 +168,7 @@ def du_floor(d, dtype):
             for t, dt in ((o, dtype), (s, torch.float32))]
     torch.autograd.backward([o], cots[:1])         # the final state does not depend on u
     du = x["u"].grad
-    return f" | du rounding alone {rel_err(du.to(dtype), du):.2e}"
+    return rel_err(du.to(dtype), du)
 
 
 def determinism(fn):
@@ -195,7 +205,7 @@ def time_impl(f, shape):
     do = torch.randn_like(fwd())
     t_f = bench(fwd)
     fwdbwd()
-    t_fb = bench(fwdbwd)
+    t_fb = bench(fwdbwd, args)
     for a in args:
         a.grad = None
     if SMOKE:
@@ -290,14 +300,19 @@ def resources():
         for n, f in impls.items():
             t = time.time()
             with variant(n):
-                f(*xs).sum().backward()
+                o = f(*xs)
+                do = torch.randn_like(o)      # a contiguous cotangent (o.sum()'s would cost a reduce + a copy)
+                o.backward(do)
             sync()
             log(f"first fwd+bwd {n} {sh}: {time.time() - t:.1f} s")
             if SMOKE:
                 continue
+            # the op's own kernels only: grads cleared before each call (no .grad accumulation adds)
             with profile(activities=[ProfilerActivity.CUDA]) as prof, variant(n):
                 for _ in range(3):
-                    f(*xs).sum().backward()
+                    for x in xs:
+                        x.grad = None
+                    f(*xs).backward(do)
                 sync()
             ev = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:8]
             log(f"split {n} {sh} (us per fwd+bwd): " + "; ".join(
@@ -412,6 +427,59 @@ def regs():
             print(name, nw, m.group(1), m.group(2), n_ins, flush=True)
 
 
+def host():
+    """Host (Python) time of the public ``wkv6`` per call on this CPU with every Triton launch replaced by a no-op:
+    what the eager call costs besides the launches themselves (validation, allocations, autograd, custom-op or
+    Function dispatch, torch ops). bf16 tensors of a tiny shape (B2 T32 H2 K=V=16: the CPU's torch ops cost little
+    compute there; the small model's B64 T256 H4 K32 takes the same path on the H100: the sequential forward, one
+    backward piece). Prints the launches and aten ops of one fwd+bwd, then min / median µs over 15 rounds of 200
+    calls (the machine is shared: the min is the figure)."""
+    import collections
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from triton.runtime.interpreter import InterpretedFunction
+    launches = collections.Counter()
+    InterpretedFunction.run = lambda self, *a, **k: launches.update([self.fn.__name__])
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n[str(func)] += 1
+            return func(*args, **(kwargs or {}))
+
+    B, T, H, K = 2, 32, 2, 16
+    g = torch.Generator().manual_seed(0)
+    r, k, v, w = [torch.randn(B, T, H, K, generator=g).to(torch.bfloat16).requires_grad_(True) for _ in range(4)]
+    u = torch.randn(H, K, generator=g).to(torch.bfloat16).requires_grad_(True)
+    do = torch.randn(B, T, H, K, generator=g).to(torch.bfloat16)
+
+    def fwdbwd():
+        for x in (r, k, v, w, u):
+            x.grad = None
+        torch.autograd.backward([kw.wkv6(r, k, v, w, u, scale=1.0)[0]], [do])
+
+    def fwd():
+        with torch.no_grad():
+            kw.wkv6(r, k, v, w, u, scale=1.0)
+
+    fwdbwd()
+    launches.clear()
+    with Ops() as ops:
+        fwdbwd()
+    log(f"launches per fwd+bwd: {dict(launches)}; aten ops: {dict(ops.n)}")
+    for name, f in (("fwd+bwd", fwdbwd), ("fwd (no grad)", fwd)):
+        ts = []
+        for _ in range(15):
+            t = time.perf_counter()
+            for _ in range(200):
+                f()
+            ts.append((time.perf_counter() - t) / 200 * 1e6)
+        ts.sort()
+        log(f"HOST {name}: min {ts[0]:.0f} us, median {ts[7]:.0f} us per call (launches stubbed)")
+
+
 if __name__ == "__main__":
     {"main": main, "--warm-fla": warm_fla, "--first-call": first_call, "--quick": quick,
-     "--resources": resources, "--regs": regs}[MODE]()
+     "--resources": resources, "--regs": regs, "--host": host}[MODE]()

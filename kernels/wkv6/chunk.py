@@ -56,8 +56,8 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty, num_sms
-from kernels.wkv6.common import (_chunk_loc, _clamp_w, _cross_bwd, _dims, _kv_ranges, _load_rows, _make_ops,
-                                 _nh_bucket, _prec, _row_offsets, _run, _seq_bounds)
+from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _dims, _kv_ranges, _load_rows,
+                                 _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run, _seq_bounds)
 from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states
@@ -347,14 +347,14 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
 # launchers
 # ----------------------------------------------------------------------------------------------------------------
 def _bk(K: int) -> int:
-    return max(16, triton.next_power_of_2(K))
+    return max(16, _pow2(K))
 
 
 def _use_seq(N: int, H: int, V: int, device) -> bool:
     """The sequential walk when (sequence·head, 32-wide V-block) programs fill every SM; else the state pass +
     chunk-parallel output. H100, run 4 (profiles/.../run4-2026-11-27/wkv6_chunk16_*): the walk won the forward at
     B8 T4096 H32, B16 T1024 H8, B64 T256 H2 and H4 (K32), the state pass at B4 T2048 H16 and B1 T16384 H32."""
-    return N * H * triton.cdiv(V, 32) >= num_sms(device)
+    return N * H * _cdiv(V, 32) >= num_sms(device)
 
 
 _FORCED_SEQ: bool | None = None   # set only by forward_mode
@@ -388,14 +388,14 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
         ht = new_empty((N, H, K, V), torch.float32, dev)
         hs = new_empty((S, H, K, V) if save else (0,), torch.float32, dev)
         cu = cu_seqlens.to(torch.int32) if varlen else cmap
-        grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
+        grid = lambda meta: (_cdiv(V, meta["BV"]), N * H)  # noqa: E731
         _fwd_seq_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht, hs if save else ht, cu, scale, T,
                               NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=BT, SB=SB, BK=BK, LOG=LOG,
                               USE_H0=h0 is not None, VARLEN=varlen, SAVE=save, PREC=prec)
         return o, ht, hs
     buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd")
-    BV = max(16, min(64, triton.next_power_of_2(V)))
-    _fwd_par_kernel[(S, triton.cdiv(V, BV), H)](r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=BT,
+    BV = max(16, min(64, _pow2(V)))
+    _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=BT,
                                                  SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, PREC=prec)
     return o, ht, (buf[0] if save else buf.new_empty((0,)))
 
@@ -440,7 +440,7 @@ def _bwd_pieces(B, T, H, K, V, recompute, varlen):
     limit = TUNING["piece_bytes"]
     if varlen or limit is None:
         return [(0, B)]
-    per_b = triton.cdiv(T, BT) * H * K * V * 4 * (2 if recompute else 1)
+    per_b = _cdiv(T, BT) * H * K * V * 4 * (2 if recompute else 1)
     nb = max(1, min(B, limit // per_b))
     return [(b0, min(B, b0 + nb)) for b0 in range(0, B, nb)]
 
@@ -453,7 +453,7 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs):
     scan_bv = None
     if TUNING["scan_fill"]:
         scan_bv = 64
-        while scan_bv > 16 and N * H * triton.cdiv(V, scan_bv) < num_sms(dev):
+        while scan_bv > 16 and N * H * _cdiv(V, scan_bv) < num_sms(dev):
             scan_bv //= 2
     mode = "bwd" if hs is None else "bwd_d"
     buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv)
@@ -473,7 +473,7 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None):
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     saved = states is not None and states.numel() > 0
     outs = [new_empty(x.shape, x.dtype, r.device) for x in (r, k, v, w)]
-    NT = triton.cdiv(T, BT)
+    NT = _cdiv(T, BT)
     pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None)
     dus, dh0s = [], []
     for b0, b1 in pieces:
