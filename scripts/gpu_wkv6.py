@@ -391,9 +391,10 @@ def main():
 
 
 def regs():
-    """Registers, spill stack (bytes per thread) and SASS instruction count of the chunk kernels, compiled for the
-    H100 (sm_90) by Triton on this machine (no GPU needed: ``triton.compile`` + ``cuobjdump``), bf16 inputs,
-    K = V = 64 (WKV6_REGS_KV), 4 and 8 warps. A compile report, not a timing."""
+    """Registers, spill stack (bytes per thread) and SASS instruction count of the chunk kernels (backward, forward
+    walk, state scan), compiled for the H100 (sm_90) by Triton on this machine (no GPU needed: ``triton.compile`` +
+    ``cuobjdump``), bf16 inputs, K = V = 64 (WKV6_REGS_KV), 4 and 8 warps (WKV6_REGS_ONLY: a comma list of kernel
+    names). A compile report, not a timing."""
     import re
     import subprocess
     from triton.backends.compiler import GPUTarget
@@ -403,12 +404,16 @@ def regs():
     kv = int(os.environ.get("WKV6_REGS_KV", "64"))
     half = {"q_ptr", "k_ptr", "v_ptr", "w_ptr", "u_ptr", "do_ptr", "o_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "dw_ptr"}
     blk = dict(H=32, K=kv, V=kv, BT=kc.BT, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False, PREC="tf32")
-    cases = [("_bwd_kernel", blk),
-             ("_fwd_seq_kernel", dict(blk, USE_H0=False, SAVE=True))]
+    import kernels.wkv6.states as ks
+    cases = [(kc, "_bwd_kernel", blk),
+             (kc, "_fwd_seq_kernel", dict(blk, USE_H0=False, SAVE=True)),
+             (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv))]
+    only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_kernel: one kernel (each compile takes ~10 s)
+    cases = [c for c in cases if not only or c[1] in only.split(",")]
     print(f"==== wkv6 chunk kernels, sm_90 compile (Triton {triton.__version__}), bf16, K = V = {kv}: "
           "kernel warps registers spill-stack-bytes sass-instructions")
-    for name, consts in cases:
-        fn = getattr(kc, name)
+    for mod, name, consts in cases:
+        fn = getattr(mod, name)
         while not isinstance(fn, JITFunction):
             fn = fn.fn
         types = {n: "constexpr" if n in consts else "*bf16" if n in half else "*i32" if n in ("cu_ptr", "cmap_ptr")
