@@ -281,6 +281,34 @@ def test_wkv6_bad_input(fn, mutate, name):
         fn(**d)
 
 
+def test_wkv6_offsets_checked_every_call():
+    """Shapes/dtypes are validated once per argument signature; the values of cu_seqlens on every call."""
+    d = make_inputs(1, 4, 1, 16, 16, grad=False)
+    d["cu_seqlens"] = torch.tensor([0, 1, 4])
+    wkv6(**d)
+    d["cu_seqlens"] = torch.tensor([0, 5, 4])            # same signature, bad values
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        wkv6(**d)
+
+
+def test_wkv6_eager_path_matches_custom_ops():
+    """Eager calls run the impls through a plain autograd.Function (the custom ops only under torch.compile): both
+    give bit-identical outputs and gradients (h0 and the final state included)."""
+    import kernels.wkv6.chunk as kc
+    d = make_inputs(1, 20, 1, 16, 16, h0=True)
+    names = ("r", "k", "v", "w", "u", "initial_state")
+    res = []
+    for path in ("eager", "op"):
+        x = {n: d[n].detach().clone().requires_grad_(True) for n in names}
+        if path == "eager":
+            o, s = wkv6(**x, scale=0.5, output_final_state=True)
+        else:
+            o, s, _ = kc._wkv6_chunk_fwd_op(*(x[n] for n in names[:5]), 0.5, x["initial_state"], None, True)
+        torch.autograd.backward([o, s], [torch.ones_like(o), torch.ones_like(s)])
+        res.append([o, s] + [x[n].grad for n in names])
+    assert all(torch.equal(a, b) for a, b in zip(*res))
+
+
 @FNS_ALL
 def test_wkv6_nan_decay_propagates(fn):
     """A NaN log-decay is not clamped away: it reaches the later outputs and the final state (earlier chunks stay
