@@ -405,7 +405,8 @@ def regs():
     half = {"q_ptr", "k_ptr", "v_ptr", "w_ptr", "u_ptr", "do_ptr", "o_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "dw_ptr"}
     blk = dict(H=32, K=kv, V=kv, BT=kc.BT, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False, PREC="tf32")
     import kernels.wkv6.states as ks
-    cases = [(kc, "_bwd_kernel", blk),
+    cases = [(kc, "_bwd_kernel", dict(blk, HALF_B=True)),     # what bf16 inputs get on the GPU
+             (kc, "_bwd_kernel", dict(blk, HALF_B=False)),    # B = do vᵀ in tf32 on fp32 copies (until run 6)
              (kc, "_fwd_seq_kernel", dict(blk, USE_H0=False, SAVE=True)),
              (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv))]
     only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_kernel: one kernel (each compile takes ~10 s)
@@ -429,7 +430,8 @@ def regs():
                 sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
             m = re.search(r"REG:(\d+) STACK:(\d+)", out)
             n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4}\*/", sass, flags=re.M))
-            print(name, nw, m.group(1), m.group(2), n_ins, flush=True)
+            print(name + ("" if "HALF_B" not in consts else f"[HALF_B={consts['HALF_B']}]"), nw, m.group(1),
+                  m.group(2), n_ins, flush=True)
 
 
 def host():
@@ -437,8 +439,9 @@ def host():
     what the eager call costs besides the launches themselves (validation, allocations, autograd, custom-op or
     Function dispatch, torch ops). bf16 tensors of a tiny shape (B2 T32 H2 K=V=16: the CPU's torch ops cost little
     compute there; the small model's B64 T256 H4 K32 takes the same path on the H100: the sequential forward, one
-    backward piece). Prints the launches and aten ops of one fwd+bwd, then min / median µs over 15 rounds of 200
-    calls (the machine is shared: the min is the figure)."""
+    backward piece). Prints the launches and aten ops of one fwd+bwd, then min / median CPU µs of this process
+    (``time.process_time``: time waiting for a core on a shared machine does not count) over 15 rounds of 200
+    calls."""
     import collections
     from torch.utils._python_dispatch import TorchDispatchMode
     from triton.runtime.interpreter import InterpretedFunction
@@ -477,12 +480,12 @@ def host():
     for name, f in (("fwd+bwd", fwdbwd), ("fwd (no grad)", fwd)):
         ts = []
         for _ in range(15):
-            t = time.perf_counter()
+            t = time.process_time()
             for _ in range(200):
                 f()
-            ts.append((time.perf_counter() - t) / 200 * 1e6)
+            ts.append((time.process_time() - t) / 200 * 1e6)
         ts.sort()
-        log(f"HOST {name}: min {ts[0]:.0f} us, median {ts[7]:.0f} us per call (launches stubbed)")
+        log(f"HOST {name}: min {ts[0]:.0f} us, median {ts[7]:.0f} us CPU time per call (launches stubbed)")
 
 
 if __name__ == "__main__":

@@ -56,8 +56,8 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty, num_sms
-from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _dims, _kv_ranges, _load_rows,
-                                 _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run, _seq_bounds)
+from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _dims, _half_dot, _kv_ranges,
+                                 _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run, _seq_bounds)
 from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states
@@ -288,12 +288,11 @@ def _block_loc(cu_ptr, cmap_ptr, T, NT, BT: tl.constexpr, SB: tl.constexpr, VARL
 
 
 @triton.jit
-def _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_u, b_dq, b_dk, b_dv, b_dw, o_t, SB: tl.constexpr,
+def _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_B, b_u, b_dq, b_dk, b_dv, b_dw, o_t, SB: tl.constexpr,
              LOG: tl.constexpr, PREC: tl.constexpr):
-    """The block's own pairs (``_diag_bwd``) and bonus u terms added to b_dq, b_dk, b_dv, b_dw [SB, BK | BV]
-    fp32. Returns (dq, dk, dv, dw, du row [BK])."""
-    b_A, b_dq, b_dk, b_dw = _diag_bwd(b_q, b_k, b_em1, b_ep1, tl.dot(b_do, tl.trans(b_v), input_precision=PREC),
-                                      b_dq, b_dk, b_dw, o_t, SB, LOG, PREC)
+    """The block's own pairs (``_diag_bwd``, given B = do vᵀ [SB, SB]) and bonus u terms added to b_dq, b_dk, b_dv,
+    b_dw [SB, BK | BV] fp32. Returns (dq, dk, dv, dw, du row [BK])."""
+    b_A, b_dq, b_dk, b_dw = _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB, LOG, PREC)
     b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
     b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
     b_vd = tl.sum(b_v * b_do, axis=1)
@@ -317,15 +316,16 @@ def _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
                                            triton.Config({}, num_warps=8, num_stages=1)]),
-                 key=["K", "V", "BK", "BV", "PREC"])
+                 key=["K", "V", "BK", "BV", "PREC", "HALF_B"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
                 cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr,
-                VARLEN: tl.constexpr, PREC: tl.constexpr):
+                VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
     """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V). hs / hd [slots, H, K, V] fp32: the
     state at each chunk start / dL/dS at each chunk end; do/dv [B·T, H, V], dq/dk/dw [B·T, H, K] (input dtypes),
-    du [slots · BT/SB, H, K] fp32 partial rows. Other layouts as ``_fwd_par_kernel``."""
+    du [slots · BT/SB, H, K] fp32 partial rows. Other layouts as ``_fwd_par_kernel``. HALF_B (half inputs): the
+    dot B = do vᵀ runs on do and v in their own dtype (``common._half_dot``)."""
     pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
     o_t = tl.arange(0, SB)
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
@@ -337,8 +337,12 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    b_dq, b_dk, b_dv, b_dw, b_du = _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_u, b_dq, b_dk, b_dv, b_dw, o_t, SB,
-                                            LOG, PREC)
+    if HALF_B:      # exact: products of two half values fit the fp32 accumulator
+        b_B = tl.dot(b_do.to(do_ptr.dtype.element_ty), tl.trans(b_v.to(v_ptr.dtype.element_ty)))
+    else:
+        b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+    b_dq, b_dk, b_dv, b_dw, b_du = _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_B, b_u, b_dq, b_dk, b_dv, b_dw,
+                                            o_t, SB, LOG, PREC)
     _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos, r0, L, i_h,
                  scale, o_t, o_k, o_v, m_k, m_v, H, K, V)
 
@@ -461,7 +465,7 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs):
     dr, dk, dv, dw = outs
     du_part = new_empty((S * NB, H, K), torch.float32, dev)
     meta = dict(H=H, K=K, V=V, BT=BT, BK=_bk(K), BV=_bk(V), VARLEN=cu_seqlens is not None,
-                PREC=_prec(r.dtype, bwd=True))
+                PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype))
     _bwd_kernel[(S * NB, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, SB=SB,
                              LOG=LOG, **meta)
     return du_part.sum(0), dh0
