@@ -25,7 +25,8 @@ chunk's four blocks.
 
 Backward (grid chunk·4 blocks × heads, all of V per program). S_c (chunk start, from the forward) and D_c
 (dL/dS at the chunk end, reverse state pass of ``states.py``) are moved to the block: S_m by the earlier blocks'
-updates, D_m by the later blocks' (D ← diag(exp(W)) D + (q ⊙ exp(P))ᵀ do). Then, with B = do vᵀ, per level
+updates, D_m by the later blocks' (D ← diag(exp(W)) D + (q ⊙ exp(P))ᵀ do). Then, with B = do vᵀ (a dot of the
+half inputs themselves when they are bf16/fp16: exact, ``HALF_B``), per level
 dA = M_m ⊙ B:
     dq += exp(P^m) ⊙ (dA k̂),  dk += exp(R^m) ⊙ (dAᵀ q̂),   q̂ = q ⊙ exp(P^m), k̂ = k ⊙ exp(R^m),
 and the cancellation-free dw (only pairs that span j contribute to dw_j): a level-m pair (t, s) spans j iff j is
