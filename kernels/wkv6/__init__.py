@@ -74,7 +74,13 @@ step only acts through the final state. This needs S0_c in the reverse walk, hen
 Numerics: state, cumsums and every accumulation in fp32. ``tl.dot`` runs on fp32 operands with
 ``input_precision`` = "ieee" for fp32 inputs (≤ 1e-5 vs fp64) and "tf32" for bf16/fp16 inputs (relative
 error ~1e-4, far below the bf16 rounding of o and the gradients, which is the ~1.6e-3 floor);
-``FWD_PRECISION`` / ``BWD_PRECISION`` override the choice for half inputs (e.g. "ieee" or "tf32x3").
+``FWD_PRECISION`` / ``BWD_PRECISION`` override the choice for half inputs (e.g. "ieee" or "tf32x3"). One dot of the
+chunk backward, B = do vᵀ, multiplies two input values: with half inputs it runs on them in their own dtype (exact:
+a product of two bf16/fp16 values fits the fp32 accumulator; fewer live fp32 copies, ``common._half_dot``).
+
+Host path: eager calls run the impls through a plain ``torch.autograd.Function`` (the custom ops only while
+torch.compile traces; a call that needs no gradient runs the forward impl alone); shapes, dtypes and devices are
+validated once per argument signature (the values of ``cu_seqlens`` on every call).
 
 Positive log-decay: w is clamped to ≤ 0 (decay ≤ 1) inside the kernels and dw is 0 where w > 0 (the gradient of
 ``min(w, 0)``), i.e. the op computes exactly ``reference(min(w, 0))``. The clamp keeps NaN (``tl.where``, not

@@ -25,7 +25,8 @@ chunk's four blocks.
 
 Backward (grid chunk·4 blocks × heads, all of V per program). S_c (chunk start, from the forward) and D_c
 (dL/dS at the chunk end, reverse state pass of ``states.py``) are moved to the block: S_m by the earlier blocks'
-updates, D_m by the later blocks' (D ← diag(exp(W)) D + (q ⊙ exp(P))ᵀ do). Then, with B = do vᵀ, per level
+updates, D_m by the later blocks' (D ← diag(exp(W)) D + (q ⊙ exp(P))ᵀ do). Then, with B = do vᵀ (a dot of the
+half inputs themselves when they are bf16/fp16: exact, ``HALF_B``), per level
 dA = M_m ⊙ B:
     dq += exp(P^m) ⊙ (dA k̂),  dk += exp(R^m) ⊙ (dAᵀ q̂),   q̂ = q ⊙ exp(P^m), k̂ = k ⊙ exp(R^m),
 and the cancellation-free dw (only pairs that span j contribute to dw_j): a level-m pair (t, s) spans j iff j is
@@ -37,17 +38,9 @@ plus the block-crossing terms of ``common._cross_bwd`` (through S_m and D_m, com
 own rounding is ~1.65e-3 (median over draws) and above 2e-3 on rare draws — a floor no implementation can beat
 (the GPU tests bound du by max(2e-3, 1.1 × that floor) for half-precision u; an fp32 u gets du in fp32, 2e-3).
 
-Split backward (``TUNING["split_bwd"]``, opt-in, not yet timed on a GPU): two kernels each, so that no program
-holds [K, V] states beside the level work. "chunk": ``_split_cross_kernel`` (grid chunk slots × 32-column K-blocks
-× heads): the terms through S_c and D_c for all 64 rows of a chunk at once, ``_cross_bwd`` with the chunk as the
-block (decays from the chunk start / to the chunk end, exponents ≤ 0), written as fp32 partials (dq, dk, dw; dv
-per K-block); ``_split_intra_kernel`` (grid chunk·4 blocks × heads): the block's own pairs and u (``_own_bwd``),
-then the pairs with the other blocks of its chunk, 16×16 at a time through E_ts = exp(P_t) · Π exp(W between) ·
-exp(R_s) (every factor ≤ 1; the pairs that span the whole block go to its dw), plus the partials; same outputs and
-du partial rows as ``_bwd_kernel``. "block": ``_split_state_kernel`` = ``_bwd_kernel``'s state part (S_m / D_m
-walks + ``_cross_bwd``) to fp32 partials, then ``_split_intra_kernel`` with its own pairs only. Offline sm_90
-compile (Triton 3.9, K = V = 64, registers + spill stack at 8 warps): ``_bwd_kernel`` 255 + 40 B; "chunk": cross
-205, intra 255 + 128 B; "block": state 128, intra (levels) 211, no spills.
+Split backwards (two kernels joined through fp32 partials, so that no program holds [K, V] states beside the level
+work: a chunk-crossing + intra-chunk pair, and the block kernel's state part + its levels) were built and measured
+on the H100 (run 6, B8 T4096 H32: fwd+bwd 13.4 and 10.3 ms vs 9.3 for ``_bwd_kernel``) and removed: they lost.
 
 Memory (``TUNING``; ``wkv6_chunk_lowmem``): the forward may skip saving S_c (the backward's state pass then
 recomputes it with D_c) and the backward may run batch slices one after another, so that its transient fp32
@@ -64,15 +57,14 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty, num_sms
-from kernels.wkv6.common import (_chunk_loc, _clamp_w, _cross_bwd, _dims, _kv_ranges, _load_rows, _make_ops,
-                                 _nh_bucket, _prec, _row_offsets, _run, _seq_bounds)
+from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _dims, _half_dot, _kv_ranges,
+                                 _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run, _seq_bounds)
 from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states
 SB = 16           # block length
 LOG = SB.bit_length() - 1   # log2(SB): number of pair levels
 NB = BT // SB     # blocks per chunk
-SPLIT_BK = 32     # K columns per program of the split backward's chunk-crossing kernel (``split_bwd``)
 
 
 @triton.jit
@@ -297,12 +289,11 @@ def _block_loc(cu_ptr, cmap_ptr, T, NT, BT: tl.constexpr, SB: tl.constexpr, VARL
 
 
 @triton.jit
-def _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_u, b_dq, b_dk, b_dv, b_dw, o_t, SB: tl.constexpr,
+def _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_B, b_u, b_dq, b_dk, b_dv, b_dw, o_t, SB: tl.constexpr,
              LOG: tl.constexpr, PREC: tl.constexpr):
-    """The block's own pairs (``_diag_bwd``) and bonus u terms added to b_dq, b_dk, b_dv, b_dw [SB, BK | BV]
-    fp32. Returns (dq, dk, dv, dw, du row [BK])."""
-    b_A, b_dq, b_dk, b_dw = _diag_bwd(b_q, b_k, b_em1, b_ep1, tl.dot(b_do, tl.trans(b_v), input_precision=PREC),
-                                      b_dq, b_dk, b_dw, o_t, SB, LOG, PREC)
+    """The block's own pairs (``_diag_bwd``, given B = do vᵀ [SB, SB]) and bonus u terms added to b_dq, b_dk, b_dv,
+    b_dw [SB, BK | BV] fp32. Returns (dq, dk, dv, dw, du row [BK])."""
+    b_A, b_dq, b_dk, b_dw = _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB, LOG, PREC)
     b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
     b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
     b_vd = tl.sum(b_v * b_do, axis=1)
@@ -326,15 +317,16 @@ def _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
                                            triton.Config({}, num_warps=8, num_stages=1)]),
-                 key=["K", "V", "BK", "BV", "PREC"])
+                 key=["K", "V", "BK", "BV", "PREC", "HALF_B"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
                 cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr,
-                VARLEN: tl.constexpr, PREC: tl.constexpr):
+                VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
     """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V). hs / hd [slots, H, K, V] fp32: the
     state at each chunk start / dL/dS at each chunk end; do/dv [B·T, H, V], dq/dk/dw [B·T, H, K] (input dtypes),
-    du [slots · BT/SB, H, K] fp32 partial rows. Other layouts as ``_fwd_par_kernel``."""
+    du [slots · BT/SB, H, K] fp32 partial rows. Other layouts as ``_fwd_par_kernel``. HALF_B (half inputs): the
+    dot B = do vᵀ runs on do and v in their own dtype (``common._half_dot``)."""
     pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
     o_t = tl.arange(0, SB)
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
@@ -346,207 +338,28 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    b_dq, b_dk, b_dv, b_dw, b_du = _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_u, b_dq, b_dk, b_dv, b_dw, o_t, SB,
-                                            LOG, PREC)
+    if HALF_B:      # exact: products of two half values fit the fp32 accumulator
+        b_B = tl.dot(b_do.to(do_ptr.dtype.element_ty), tl.trans(b_v.to(v_ptr.dtype.element_ty)))
+    else:
+        b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+    b_dq, b_dk, b_dv, b_dw, b_du = _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_B, b_u, b_dq, b_dk, b_dv, b_dw,
+                                            o_t, SB, LOG, PREC)
     _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos, r0, L, i_h,
                  scale, o_t, o_k, o_v, m_k, m_v, H, K, V)
-
-
-@triton.jit
-def _cross_partials(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, b_h, b_dh, xq_ptr, xk_ptr, xw_ptr, xv_ptr, bos, r0, L, i_h,
-                    scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                    ROWS: tl.constexpr, PREC: tl.constexpr):
-    """The split backward's kernel 1 work on ROWS rows from r0 given S at their start (b_h) and dL/dS at their end
-    (b_dh): ``_cross_bwd``, stored as fp32 partials xq / xk / xw [B·T, H, K] (columns o_k), xv [B·T, H, V]."""
-    b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, ROWS, 0) * scale
-    b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, ROWS, 0)
-    b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, ROWS, 0))
-    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, ROWS, 0)
-    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, ROWS, 0)
-    b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC)
-    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
-    tl.store(xq_ptr + p_k, b_dq, mask=m_tk)
-    tl.store(xk_ptr + p_k, b_dk, mask=m_tk)
-    tl.store(xw_ptr + p_k, b_dw, mask=m_tk)
-    tl.store(xv_ptr + p_v, b_dv, mask=m_tv)
-
-
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
-                                           triton.Config({}, num_warps=8, num_stages=1)]),
-                 key=["K", "V", "BK", "BV", "PREC"])
-@triton.jit(do_not_specialize=['T', 'NT'])
-def _split_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, xq_ptr, xk_ptr, xw_ptr, xv_ptr, cu_ptr,
-                        cmap_ptr, scale, T, NT, XV_STRIDE, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr,
-                        PREC: tl.constexpr):
-    """Split backward, kernel 1. Grid (chunk slots, K-blocks of BK columns, H), all of V per program: the
-    chunk-crossing terms of all BT rows of one chunk at once (``_cross_bwd`` with the chunk as the block: through
-    S_c and D_c, decays relative to the chunk start / end, every exponent ≤ 0). Every term but dv is local to its K
-    columns. xq / xk / xw [B·T, H, K] fp32: the dq (of the scaled q), dk, dw partials; xv [K-blocks, B·T, H, V]
-    fp32 (XV_STRIDE = B·T·H·V apart): the dv partial of each K-block. Other layouts as ``_bwd_kernel``."""
-    i_s, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
-    c0 = i_c * BT
-    o_t = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    o_kv = o_k[:, None] * V + o_v[None, :]
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
-    m_kv = m_kv & (o_kv * 0 + c0 < L)
-    b_h = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
-    b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
-    _cross_partials(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, b_h, b_dh, xq_ptr, xk_ptr, xw_ptr,
-                    xv_ptr + i_k.to(tl.int64) * XV_STRIDE, bos, c0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V,
-                    BT, PREC)
-
-
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
-                                           triton.Config({}, num_warps=8, num_stages=1)]),
-                 key=["K", "V", "BK", "BV", "PREC"])
-@triton.jit(do_not_specialize=['T', 'NT'])
-def _split_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, xq_ptr, xk_ptr, xw_ptr, xv_ptr, cu_ptr,
-                        cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                        SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr,
-                        PREC: tl.constexpr):
-    """Split backward ``"block"``, kernel 1: ``_bwd_kernel``'s state part alone. Grid (chunk slots · BT/SB blocks,
-    H), all of K and V per program: S_m / D_m of the block, then its block-crossing terms (``_cross_bwd``) as fp32
-    partials xq / xk / xw [B·T, H, K], xv [B·T, H, V]. Other layouts as ``_bwd_kernel``."""
-    pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
-    o_t = tl.arange(0, SB)
-    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-    b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale,
-                              o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
-    _cross_partials(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, b_h, b_dh, xq_ptr, xk_ptr, xw_ptr, xv_ptr, bos, r0, L, i_h,
-                    scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
-
-
-@triton.jit
-def _decayed_rows(x_ptr, w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H: tl.constexpr, K: tl.constexpr,
-                  SB: tl.constexpr, SUFFIX: tl.constexpr):
-    """x ⊙ exp(R) (SUFFIX: R_s = Σ w from s+1 to the block end) or x ⊙ exp(P) (P_t = Σ w from the block start to
-    t−1) [SB, BK] fp32 of the block at r0, and exp(W) [BK] (W = Σ w over the block). Exponents ≤ 0."""
-    b_x = _load_rows(x_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
-    b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
-    b_e = tl.exp(tl.cumsum(b_w, axis=0, reverse=SUFFIX) - b_w)
-    return b_x * b_e, tl.exp(tl.sum(b_w, axis=0))
-
-
-@triton.jit
-def _earlier_keys(b_do, k_ptr, v_ptr, w_ptr, bos, c0, j_end, L, i_h, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr,
-                  K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """Σ over the blocks j < j_end of the chunk at c0 of (b_do v_jᵀ) k̃_j [SB, BK], k̃_s = k_s ⊙ exp(Σ w from s+1 to
-    the start of block j_end) (= exp(R_s) times the exp(W) of the blocks between, every factor ≤ 1): the decayed
-    keys seen from the start of block j_end by the queries of b_do's rows."""
-    b_x = tl.zeros([SB, BK], dtype=tl.float32)
-    b_g = tl.full([BK], 1., dtype=tl.float32)
-    for jj in range(0, j_end):
-        r_j = c0 + (j_end - 1 - jj) * SB
-        b_kj, b_gj = _decayed_rows(k_ptr, w_ptr, bos, r_j, L, i_h, o_t, o_k, m_k, H, K, SB, True)
-        b_vj = _load_rows(v_ptr, bos, r_j, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-        b_B = tl.dot(b_do, tl.trans(b_vj), input_precision=PREC)
-        b_x += tl.dot(b_B, b_kj * b_g[None, :], input_precision=PREC)
-        b_g *= b_gj
-    return b_x
-
-
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
-                                           triton.Config({}, num_warps=8, num_stages=1)]),
-                 key=["K", "V", "BK", "BV", "PREC"])
-@triton.jit(do_not_specialize=['T', 'NT'])
-def _split_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, xq_ptr, xk_ptr, xw_ptr, xv_ptr, dq_ptr, dk_ptr,
-                        dv_ptr, dw_ptr, du_ptr, cu_ptr, cmap_ptr, scale, T, NT, XV_STRIDE, H: tl.constexpr,
-                        K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr,
-                        BV: tl.constexpr, LOG: tl.constexpr, NKX: tl.constexpr, PAIRS: tl.constexpr,
-                        VARLEN: tl.constexpr, PREC: tl.constexpr):
-    """Split backward, kernel 2. Grid (chunk slots · BT/SB blocks, H), no [K, V] state: every pair of the block's
-    chunk that touches the block (PAIRS; else only its own pairs: ``"block"``, whose kernel 1 did the others).
-    With block i at r0, block j < i, block l > i of the same chunk, g_(a,b) the
-    product of exp(W) of the blocks strictly between a and b (≤ 1):
-      queries here, keys in j:   X = Σ_j (do v_jᵀ)(k_j ⊙ exp(R) ⊙ g_(j,i)),  dq += exp(P) ⊙ X,
-                                 dw += reverse-exclusive-cumsum(q ⊙ exp(P) ⊙ X)          (x in i before t);
-      keys here, queries in l:   q̃_l = q_l ⊙ exp(P) ⊙ g_(i,l),  Y = Σ_l (v do_lᵀ) q̃_l,
-                                 dk += exp(R) ⊙ Y,  dv += Σ_l ((k ⊙ exp(R)) q̃_lᵀ) do_l,
-                                 dw += exclusive-cumsum(k ⊙ exp(R) ⊙ Y)                  (x in i after s);
-      keys in j, queries in l:   dw += exp(W_i) ⊙ Σ_l colsum(q̃_l ⊙ Σ_j (do_l v_jᵀ)(k_j ⊙ exp(R) ⊙ g_(j,i)))
-                                 (the pair spans the whole block);
-    with the block's own pairs and u (``_own_bwd``, first), plus kernel 1's partials xq / xk / xw [B·T, H, K] and
-    xv [NKX, B·T, H, V] fp32 (its NKX K-blocks' dv, XV_STRIDE = B·T·H·V apart). Other layouts as ``_bwd_kernel``."""
-    pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
-    o_t = tl.arange(0, SB)
-    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-    nb = tl.maximum(tl.minimum(tl.cdiv(L - c0, SB), BT // SB), 0)     # blocks of this chunk that hold rows
-    b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
-    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    # ---- the block's own pairs and u first (their level operands die there)
-    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    b_dq = tl.zeros([SB, BK], dtype=tl.float32)
-    b_dk = tl.zeros([SB, BK], dtype=tl.float32)
-    b_dv = tl.zeros([SB, BV], dtype=tl.float32)
-    b_dw = tl.zeros([SB, BK], dtype=tl.float32)
-    b_dq, b_dk, b_dv, b_dw, b_du = _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_u, b_dq, b_dk, b_dv, b_dw, o_t, SB,
-                                            LOG, PREC)
-    tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
-    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
-    if PAIRS:
-        b_ep, b_er = _level(b_em1, b_ep1, o_t, SB, SB)
-        j_end = tl.minimum(i_m, nb)
-        # ---- queries here, keys in the earlier blocks of the chunk
-        b_x = b_ep * _earlier_keys(b_do, k_ptr, v_ptr, w_ptr, bos, c0, j_end, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K,
-                                   V, SB, BK, PREC)
-        b_a = b_q * b_x
-        b_dw += tl.cumsum(b_a, axis=0, reverse=True) - b_a
-        b_dq += b_x
-    # dq is complete here (stored at once: fewer live tiles)
-    b_dq += tl.load(xq_ptr + p_k, mask=m_tk, other=0.)
-    tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
-    if PAIRS:
-        # ---- keys here, queries in the later blocks (and the pairs that span this block)
-        b_ewi = tl.exp(tl.sum(_clamp_w(b_wr), axis=0))
-        b_kh = b_k * b_er
-        b_y = tl.zeros([SB, BK], dtype=tl.float32)
-        b_span = tl.zeros([BK], dtype=tl.float32)
-        b_g = tl.full([BK], 1., dtype=tl.float32)
-        for l in range(i_m + 1, nb):
-            r_l = c0 + l * SB
-            b_ql, b_gl = _decayed_rows(q_ptr, w_ptr, bos, r_l, L, i_h, o_t, o_k, m_k, H, K, SB, False)
-            b_ql *= scale * b_g[None, :]
-            b_dol = _load_rows(do_ptr, bos, r_l, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-            b_y += tl.dot(tl.dot(b_v, tl.trans(b_dol), input_precision=PREC), b_ql, input_precision=PREC)
-            b_dv += tl.dot(tl.dot(b_kh, tl.trans(b_ql), input_precision=PREC), b_dol, input_precision=PREC)
-            b_z = _earlier_keys(b_dol, k_ptr, v_ptr, w_ptr, bos, c0, j_end, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K,
-                                V, SB, BK, PREC)
-            b_span += tl.sum(b_ql * b_z, axis=0)
-            b_g *= b_gl
-        b_dk += b_er * b_y
-        b_b = b_kh * b_y
-        b_dw += tl.cumsum(b_b, axis=0) - b_b + (b_ewi * b_span)[None, :]
-    # ---- plus kernel 1's partials
-    for i_k in tl.static_range(NKX):
-        b_dv += tl.load(xv_ptr + i_k * XV_STRIDE + p_v, mask=m_tv, other=0.)
-    tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
-    b_dk += tl.load(xk_ptr + p_k, mask=m_tk, other=0.)
-    tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
-    b_dw += tl.load(xw_ptr + p_k, mask=m_tk, other=0.)
-    b_wr = tl.load(w_ptr + p_k, mask=m_tk, other=0.)       # reloaded: the clamp's mask (dw = 0 where w > 0)
-    tl.store(dw_ptr + p_k, tl.where(b_wr > 0, 0., b_dw).to(dw_ptr.dtype.element_ty), mask=m_tk)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------------------------
 def _bk(K: int) -> int:
-    return max(16, triton.next_power_of_2(K))
+    return max(16, _pow2(K))
 
 
 def _use_seq(N: int, H: int, V: int, device) -> bool:
     """The sequential walk when (sequence·head, 32-wide V-block) programs fill every SM; else the state pass +
     chunk-parallel output. H100, run 4 (profiles/.../run4-2026-11-27/wkv6_chunk16_*): the walk won the forward at
     B8 T4096 H32, B16 T1024 H8, B64 T256 H2 and H4 (K32), the state pass at B4 T2048 H16 and B1 T16384 H32."""
-    return N * H * triton.cdiv(V, 32) >= num_sms(device)
+    return N * H * _cdiv(V, 32) >= num_sms(device)
 
 
 _FORCED_SEQ: bool | None = None   # set only by forward_mode
@@ -580,14 +393,14 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
         ht = new_empty((N, H, K, V), torch.float32, dev)
         hs = new_empty((S, H, K, V) if save else (0,), torch.float32, dev)
         cu = cu_seqlens.to(torch.int32) if varlen else cmap
-        grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
+        grid = lambda meta: (_cdiv(V, meta["BV"]), N * H)  # noqa: E731
         _fwd_seq_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht, hs if save else ht, cu, scale, T,
                               NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=BT, SB=SB, BK=BK, LOG=LOG,
                               USE_H0=h0 is not None, VARLEN=varlen, SAVE=save, PREC=prec)
         return o, ht, hs
     buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd")
-    BV = max(16, min(64, triton.next_power_of_2(V)))
-    _fwd_par_kernel[(S, triton.cdiv(V, BV), H)](r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=BT,
+    BV = max(16, min(64, _pow2(V)))
+    _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=BT,
                                                  SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, PREC=prec)
     return o, ht, (buf[0] if save else buf.new_empty((0,)))
 
@@ -602,12 +415,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
 #                under this many bytes (None: one piece; varlen: always one piece);
 #   scan_fill    the backward's reverse state scan uses narrower V-blocks (down to 16) until it has >= #SMs
 #                programs (a piece of one or two batch elements has few (sequence, head) pairs).
-#   split_bwd    None: one backward kernel; "chunk": ``_split_cross_kernel`` (the chunk-crossing terms of 64 rows
-#                at once) + ``_split_intra_kernel`` (the pairs inside the chunk, no [K, V] state); "block":
-#                ``_split_state_kernel`` (``_bwd_kernel``'s state part: S_m / D_m and the block-crossing terms) +
-#                ``_split_intra_kernel`` (the levels only). Both join through fp32 partials (3·K + V floats per token
-#                and head, + V per extra K-block: 1.25 GiB more at B8 T4096 H32 for "chunk"); not yet timed on a GPU.
-TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False, "split_bwd": None}
+TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True}
 
 
@@ -618,8 +426,6 @@ def tuning(**knobs):
     bad = set(knobs) - set(TUNING)
     if bad:
         raise ValueError(f"unknown wkv6 chunk knobs {sorted(bad)}; known: {sorted(TUNING)}")
-    if knobs.get("split_bwd") not in (None, "chunk", "block"):
-        raise ValueError(f"split_bwd must be None, 'chunk' or 'block'; got {knobs['split_bwd']!r}")
     old = dict(TUNING)
     TUNING.update(knobs)
     try:
@@ -639,7 +445,7 @@ def _bwd_pieces(B, T, H, K, V, recompute, varlen):
     limit = TUNING["piece_bytes"]
     if varlen or limit is None:
         return [(0, B)]
-    per_b = triton.cdiv(T, BT) * H * K * V * 4 * (2 if recompute else 1)
+    per_b = _cdiv(T, BT) * H * K * V * 4 * (2 if recompute else 1)
     nb = max(1, min(B, limit // per_b))
     return [(b0, min(B, b0 + nb)) for b0 in range(0, B, nb)]
 
@@ -652,7 +458,7 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs):
     scan_bv = None
     if TUNING["scan_fill"]:
         scan_bv = 64
-        while scan_bv > 16 and N * H * triton.cdiv(V, scan_bv) < num_sms(dev):
+        while scan_bv > 16 and N * H * _cdiv(V, scan_bv) < num_sms(dev):
             scan_bv //= 2
     mode = "bwd" if hs is None else "bwd_d"
     buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv)
@@ -660,25 +466,9 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs):
     dr, dk, dv, dw = outs
     du_part = new_empty((S * NB, H, K), torch.float32, dev)
     meta = dict(H=H, K=K, V=V, BT=BT, BK=_bk(K), BV=_bk(V), VARLEN=cu_seqlens is not None,
-                PREC=_prec(r.dtype, bwd=True))
-    split = TUNING["split_bwd"]
-    if split:
-        pairs = split == "chunk"
-        bkx = min(SPLIT_BK, _bk(K)) if pairs else _bk(K)
-        nkx = triton.cdiv(K, bkx)
-        xq, xk, xw = new_empty((3, B, T, H, K), torch.float32, dev).unbind(0)
-        xv = new_empty((nkx, B, T, H, V), torch.float32, dev)
-        if pairs:
-            _split_cross_kernel[(S, nkx, H)](r, k, v, w, do, hs, hd, xq, xk, xw, xv, cu, cmap, scale, T, NT,
-                                             xv[0].numel(), **{**meta, "BK": bkx})
-        else:
-            _split_state_kernel[(S * NB, H)](r, k, v, w, do, hs, hd, xq, xk, xw, xv, cu, cmap, scale, T, NT, SB=SB,
-                                             **meta)
-        _split_intra_kernel[(S * NB, H)](r, k, v, w, u, do, xq, xk, xw, xv, dr, dk, dv, dw, du_part, cu, cmap, scale,
-                                         T, NT, xv[0].numel(), SB=SB, LOG=LOG, NKX=nkx, PAIRS=pairs, **meta)
-    else:
-        _bwd_kernel[(S * NB, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, SB=SB,
-                                 LOG=LOG, **meta)
+                PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype))
+    _bwd_kernel[(S * NB, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, SB=SB,
+                             LOG=LOG, **meta)
     return du_part.sum(0), dh0
 
 
@@ -688,7 +478,7 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None):
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     saved = states is not None and states.numel() > 0
     outs = [new_empty(x.shape, x.dtype, r.device) for x in (r, k, v, w)]
-    NT = triton.cdiv(T, BT)
+    NT = _cdiv(T, BT)
     pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None)
     dus, dh0s = [], []
     for b0, b1 in pieces:

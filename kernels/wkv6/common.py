@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import INTERPRET
 from kernels._common import autotune_configs, check_same_dtype, check_tensor
 
 # dot precision for half (bf16/fp16) inputs, forward and backward; fp32 inputs always use "ieee"
@@ -20,6 +21,14 @@ def _prec(dtype: torch.dtype, bwd: bool = False) -> str:
     if dtype == torch.float32:
         return "ieee"
     return BWD_PRECISION if bwd else FWD_PRECISION
+
+
+def _half_dot(dtype: torch.dtype) -> bool:
+    """Whether a dot of two input values (e.g. B = do vᵀ) runs on them in their own half dtype: exact (a product of
+    two bf16 or fp16 values fits the fp32 accumulator), and the kernel keeps fewer fp32 operand copies live (H100
+    compile of ``_bwd_kernel``, 8 warps: 255 registers + 40 B spill stack -> 194, no spills). Not for bf16 under
+    the interpreter (its bf16 dots are wrong on the CPU; fp16 ones are right and tested there)."""
+    return dtype == torch.float16 or (dtype == torch.bfloat16 and not INTERPRET)
 
 
 def _warp_configs():
@@ -158,16 +167,39 @@ def _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT: tl.constexpr, VARLEN):
 
 
 
+# host-side integer helpers: plain Python (Triton 3.9's cdiv / next_power_of_2 are constexpr functions that cost
+# microseconds per host call)
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of 2 >= n (n >= 1)."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def _blocks(K, V):
-    BK = max(16, triton.next_power_of_2(K))
-    BV = max(16, min(64, triton.next_power_of_2(V)))
-    return BK, BV
+    return max(16, _pow2(K)), max(16, min(64, _pow2(V)))
+
+
+_PLACEHOLDERS: dict = {}
+
+
+def _placeholder(device) -> torch.Tensor:
+    """An int32 [1] tensor that kernels get for a pointer they do not read (cu_seqlens or the slot map of fixed-length
+    batches): one per device, made once (not while a CUDA graph is captured: then a fresh one)."""
+    t = _PLACEHOLDERS.get(device)
+    if t is None:
+        t = torch.empty(1, dtype=torch.int32, device=device)
+        if not (t.is_cuda and torch.cuda.is_current_stream_capturing()):
+            _PLACEHOLDERS[device] = t
+    return t
 
 
 def _cu(cu_seqlens, device):
     """cu_seqlens as int32, or an unread int32 placeholder (one kernel specialization for both cases)."""
     if cu_seqlens is None:
-        return torch.empty(1, dtype=torch.int32, device=device)
+        return _placeholder(device)
     return cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
 
 
@@ -181,7 +213,7 @@ def _dims(r, v, cu_seqlens):
 def _nh_bucket(nh: int) -> int:
     """Autotune key for the forward: the number of (sequence, head) programs, coarsely. Few programs (e.g. B1 H32)
     need a smaller BV (more V-blocks) to fill the GPU; many want BV = 64. Unused by the kernel body."""
-    return min(triton.next_power_of_2(nh), 1024)
+    return min(_pow2(nh), 1024)
 
 
 
@@ -242,6 +274,31 @@ def _make_ops(name: str, fwd_impl, bwd_impl, state_shape):
         return dr, dk, dv, dw, du, None, (dh0 if ctx.has_h0 else None), None, None
 
     fwd_op.register_autograd(backward, setup_context=setup_context)
+
+    class Eager(torch.autograd.Function):
+        """The custom ops' forward and backward as a plain autograd.Function for eager calls: the same impls without
+        the custom-op dispatch layers (``_run`` takes the ops while torch.compile traces)."""
+
+        @staticmethod
+        def forward(ctx, r, k, v, w, u, scale, initial_state, cu_seqlens, save_states):
+            o, ht, hs = fwd_impl(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states)
+            ctx.set_materialize_grads(False)
+            ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens, hs)
+            ctx.scale = scale
+            return o, ht
+
+        @staticmethod
+        def backward(ctx, do, dht):
+            r, k, v, w, u, initial_state, cu_seqlens, states = ctx.saved_tensors
+            if do is None:
+                do = torch.zeros((*r.shape[:3], v.shape[-1]), dtype=r.dtype, device=r.device)
+            dr, dk, dv, dw, du, dh0 = bwd_impl(r, k, v, w, u, do.contiguous(),
+                                               dht.contiguous() if dht is not None else None, initial_state,
+                                               cu_seqlens, ctx.scale, states)
+            return dr, dk, dv, dw, du, None, dh0, None, None
+
+    fwd_op.gt_eager = Eager.apply
+    fwd_op.gt_impl = fwd_impl
     return fwd_op
 
 
@@ -261,7 +318,27 @@ def _check_offsets(cu_seqlens, T):
         raise ValueError(f"cu_seqlens must start at 0, end at T = {T} and never decrease; got {shown}")
 
 
+_VALID: set = set()     # argument signatures that passed _validate (shapes, dtypes, devices)
+
+
+def _signature(*ts):
+    return tuple((t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else t is None for t in ts)
+
+
 def _validate(r, k, v, w, u, initial_state, cu_seqlens):
+    """Shape, dtype and device checks, run once per argument signature (a set lookup afterwards); the values of
+    cu_seqlens are checked on every call (``_check_offsets``)."""
+    sig = _signature(r, k, v, w, u, initial_state, cu_seqlens)
+    if sig not in _VALID:
+        _validate_signature(r, k, v, w, u, initial_state, cu_seqlens)
+        if len(_VALID) > 256:
+            _VALID.clear()
+        _VALID.add(sig)
+    if cu_seqlens is not None:
+        _check_offsets(cu_seqlens, r.shape[1])
+
+
+def _validate_signature(r, k, v, w, u, initial_state, cu_seqlens):
     check_tensor("r", r, ndim=4)
     dev = r.device
     check_tensor("k", k, ndim=4, device=dev)
@@ -279,7 +356,6 @@ def _validate(r, k, v, w, u, initial_state, cu_seqlens):
             raise ValueError(f"cu_seqlens packs sequences into B = 1; got r with B = {B}")
         if cu_seqlens.shape[0] < 2:
             raise ValueError("cu_seqlens must hold at least 2 offsets [0, ..., T]")
-        _check_offsets(cu_seqlens, T)
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     if initial_state is not None:
         check_tensor("initial_state", initial_state, ndim=4, device=dev, shape=(N, H, K, v.shape[-1]))
@@ -295,6 +371,12 @@ def _run(fwd_op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seq
     scale = float(r.shape[-1] ** -0.5 if scale is None else scale)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (r, k, v, w, u, h0))
-    o, ht, _ = fwd_op(r.contiguous(), k.contiguous(), v.contiguous(), w.contiguous(), u.contiguous(), scale, h0,
-                      cu_seqlens.contiguous() if cu_seqlens is not None else None, save)
+    args = (r.contiguous(), k.contiguous(), v.contiguous(), w.contiguous(), u.contiguous(), scale, h0,
+            cu_seqlens.contiguous() if cu_seqlens is not None else None, save)
+    if torch.compiler.is_compiling():
+        o, ht, _ = fwd_op(*args)                # the custom ops: what torch.compile traces
+    elif save:
+        o, ht = fwd_op.gt_eager(*args)          # the same impls through a plain autograd.Function
+    else:
+        o, ht, _ = fwd_op.gt_impl(*args)        # no gradient: the forward impl alone
     return o, (ht if output_final_state else None)

@@ -7,8 +7,8 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import (_blocks, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges, _prec, _row_offsets,
-                                 _seq_bounds)
+from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges, _placeholder,
+                                 _prec, _row_offsets, _seq_bounds)
 
 BT_PAR = 64       # chunk length of the state pass
 
@@ -91,9 +91,9 @@ def _chunk_scan_kernel(hs_ptr, gl_ptr, init0_ptr, init1_ptr, fin0_ptr, fin1_ptr,
 
 def _par_slots(B, T, N, cu_seqlens, device):
     """Number of chunk slots and the int32 slot -> sequence map (varlen; else an unread placeholder)."""
-    NT = triton.cdiv(T, BT_PAR)
+    NT = _cdiv(T, BT_PAR)
     if cu_seqlens is None:
-        return B * NT, NT, torch.empty(1, dtype=torch.int32, device=device)
+        return B * NT, NT, _placeholder(device)
     S = NT + N        # sequence n: slots cu[n]//BT + n + i, i < cdiv(len_n, BT) (disjoint, see _bwd_impl)
     cu = cu_seqlens.to(torch.int64)
     starts = cu[:-1] // BT_PAR + torch.arange(N, device=device)
@@ -110,7 +110,7 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None):
     Returns (buf [1 or 2, S, H, K, V]: S_c then D_c, ht or None, dh0 or None, S, NT, cmap, cu)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     BK, BV = _blocks(K, V)
-    NV = triton.cdiv(V, BV)
+    NV = _cdiv(V, BV)
     dev = r.device
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev)
     cu = _cu(cu_seqlens, dev)
@@ -126,7 +126,7 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None):
     dh0 = new_empty((N, H, K, V), torch.float32, dev) if mode != "fwd" else None
     any_ = ht if ht is not None else dh0
     SBV = BV if scan_bv is None else min(scan_bv, BV)
-    _chunk_scan_kernel[(N * H, triton.cdiv(V, SBV), 2 if mode == "bwd" else 1)](
+    _chunk_scan_kernel[(N * H, _cdiv(V, SBV), 2 if mode == "bwd" else 1)](
         buf, gl, h0 if h0 is not None else any_, dht if dht is not None else any_, any_ if ht is None else ht,
         any_ if dh0 is None else dh0, cu, T, NT, S, int(h0 is not None), int(dht is not None),
         int(mode == "bwd_d"), H=H, K=K, V=V, BT=BT_PAR, BK=BK, BV=SBV, VARLEN=varlen, num_warps=4)
@@ -134,6 +134,6 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None):
 
 
 def _par_state_shape(B, T, H, K, V, N, varlen):
-    NT = triton.cdiv(T, BT_PAR)
+    NT = _cdiv(T, BT_PAR)
     return ((NT + N) if varlen else B * NT, H, K, V)
 
