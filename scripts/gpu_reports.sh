@@ -24,7 +24,7 @@
 #              mamba-ssm peer model) ≤ STEP_TABLE_S = 300 each: $RUN/train_step.csv, $RUN/step_profile.csv.
 #   wkv6       scripts/gpu_wkv6.py --resources: compile report (registers, spills, shared memory), per-kernel GPU
 #              time and do_bench table of WKV6_ALGOS (default chunk_seq,chunk_par = the default chunk algorithm's
-#              two forward modes, plus chunk_split when gpu_wkv6.py declares it) at WKV6_SHAPES (default 0,4,5:
+#              two forward modes) at WKV6_SHAPES (default 0,4,5:
 #              B8 T4096 H32 and the small and large models' shapes), WKV6_CHECKS = 1 (fp64 checks of each);
 #              ≤ WKV6_S = 300. Without CUDA: its WKV6_SMOKE mode (interpreter, tiny shapes).
 #   ddp        scripts/gpu_ddp.sh (large GF-MH step on 1 and 2 GPUs, same global batch: losses, scaling)
@@ -183,9 +183,8 @@ part_step() {
   done
 }
 
-part_wkv6() {   # WKV6_ALGOS from the environment wins; the default takes chunk_split once gpu_wkv6.py has it
+part_wkv6() {   # WKV6_ALGOS from the environment wins
   local algos=chunk_seq,chunk_par shapes=0,4,5
-  grep -q '"chunk_split"' scripts/gpu_wkv6.py && algos+=,chunk_split
   [ "$SMOKE" = 1 ] && shapes=0    # its smoke shapes: one tiny one
   run_part wkv6 "${WKV6_S:-300}" env WKV6_ALGOS="${WKV6_ALGOS:-$algos}" WKV6_SHAPES="${WKV6_SHAPES-$shapes}" \
     WKV6_CHECKS="${WKV6_CHECKS:-1}" WKV6_SMOKE="$SMOKE" $PY scripts/gpu_wkv6.py --resources
