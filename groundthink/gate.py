@@ -171,7 +171,11 @@ def _at(s: dict) -> str:
 
 
 def rule(entry: dict) -> tuple[bool, str]:
-    """Apply the gate rule to one implementation's recorded evidence (see the module docstring)."""
+    """Apply the gate rule to one implementation's recorded evidence for one step mode (``entry["mode"]``: every
+    timing row must be timed in that mode; see the module docstring)."""
+    mode = entry.get("mode")
+    if mode not in TIMINGS:
+        return False, f"denied: the verdict names no known step mode ({'|'.join(TIMINGS)})"
     errors, bound = entry.get("errors") or {}, entry.get("bound")
     failed = entry.get("failed") or []
     if not errors:
@@ -187,6 +191,9 @@ def rule(entry: dict) -> tuple[bool, str]:
     unknown = [s["shape"] for s in shapes if s.get("timing_mode") not in TIMINGS]
     if unknown:
         return False, f"denied: no known timing mode ({'|'.join(TIMINGS)}) at {', '.join(unknown)}"
+    other = [_at(s) for s in shapes if s["timing_mode"] != mode]
+    if other:
+        return False, f"denied: timed in another mode than its {mode} verdict at {', '.join(other)}"
     slower = [_at(s) for s in shapes if not s["ms"] < s["ref_ms"]]
     if slower:
         return False, f"denied: not faster than the reference at {', '.join(slower)}"
@@ -201,9 +208,8 @@ def rule(entry: dict) -> tuple[bool, str]:
         if beaten:
             return False, "denied: slower than peer " + ", ".join(beaten)
     worst = min(s["ref_ms"] / s["ms"] for s in shapes)
-    modes = "/".join(sorted({s["timing_mode"] for s in shapes}))
     vs = f", no slower than {', '.join(peers)}" if peers and entry.get("role") == "lab" else ""
-    return True, f"allowed: correct, ≥{worst:.1f}× the reference ({modes}), no more memory{vs}"
+    return True, f"allowed: correct, ≥{worst:.1f}× the reference ({mode}), no more memory{vs}"
 
 
 # --------------------------------------------------------------------------------------------- evidence
@@ -218,7 +224,8 @@ def _key(r: dict) -> tuple:
     return r["shape"], r["pass"], r.get("timing_mode")
 
 
-def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict]) -> dict:
+def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict], mode: str) -> dict:
+    """The ``mode`` verdict of ``impl`` from its rows ``mine`` and the op's other ``rows`` (all of that mode)."""
     hashes = sorted({r.get("source_hash") or "" for r in mine})
     dtype = mine[0]["dtype"]
     bound = spec.bound(getattr(torch, dtype, torch.bfloat16))
@@ -231,7 +238,7 @@ def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict]) -> dict:
         failed.append("rows measured by different versions of the sources")
     same = [r for r in rows if r["op"] == spec.name and (r.get("source_hash") or "") == hashes[0] and r.get("ms")]
     refs = {_key(r): r for r in same if r["impl"] == spec.reference.name}
-    peer_names = {i.name for i in spec.role("peer")} - {impl}
+    peer_names = {i.name for i in spec.role("peer") if mode == "eager" or i.graph_safe} - {impl}
     shapes = []
     for r in mine:
         rr = refs.get(_key(r))
@@ -243,23 +250,49 @@ def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict]) -> dict:
                        "ref_ms": rr["ms"],
                        "speedup": rr["ms"] / r["ms"], "peak_mb": r.get("peak_mb"),
                        "ref_peak_mb": rr.get("peak_mb"), "peer_ms": peer_ms})
-    entry = {"role": spec.impl(impl).role, "dtype": dtype, "bound": bound, "errors": errors, "failed": failed,
+    entry = {"mode": mode, "role": spec.impl(impl).role, "dtype": dtype, "bound": bound, "errors": errors, "failed": failed,
              "shapes": shapes, "source_hash": hashes[0] or None, "sources": op_sources(spec.name)}
     entry["allowed"], entry["reason"] = rule(entry)
     return entry
 
 
+GRAPH_FAILED = "graph capture failed"   # a benchmark row's note when a graph-safe implementation did not capture
+
+
+def mode_rows(rows: list[dict]) -> list[dict]:
+    """One timing row per mode: a benchmark row times eagerly (``ms``) and, for a graph-safe implementation, as
+    CUDA-graph replays (``ms_graph``): it becomes an eager row and a graph row (``ms`` = its ``ms_graph``; a
+    failed capture, said in its note, a graph row without a time: the graph verdict denies). The memory figure
+    of both is the row's ``peak_mb``. Rows already of one mode without ``ms_graph`` (``qualify``'s) pass."""
+    out = []
+    for r in rows:
+        out.append(r)
+        if r.get("timing_mode") != "eager" or r.get("op") not in specs():
+            continue
+        if r.get("ms_graph") is not None:
+            out.append(dict(r, ms=r["ms_graph"], ms_graph=None, timing_mode="graph"))
+        elif GRAPH_FAILED in (r.get("note") or ""):
+            out.append(dict(r, ms=None, ms_graph=None, timing_mode="graph"))
+    return out
+
+
 def evidence(rows: list[dict]) -> dict:
-    """Per op and non-reference implementation: the manifest entry (evidence + verdict) built from result rows
-    (the benchmarks' or ``qualify``'s). Rows of ops without a spec (training) are ignored."""
+    """Per op, non-reference implementation and step mode (``TIMINGS``): the manifest entry (evidence + verdict)
+    built from result rows (the benchmarks' or ``qualify``'s), ``{op: {impl: {mode: entry}}}``. A mode's
+    verdict rests on the rows timed in that mode only (``mode_rows``); the graph verdict of an implementation
+    that is not graph-safe is never built. Rows of ops without a spec (training) are ignored."""
     known = specs()
     ops: dict = {}
-    for op, impl in sorted({(r["op"], r["impl"]) for r in rows if r["op"] in known}):
+    rows = mode_rows(rows)
+    for op, impl, mode in sorted({(r["op"], r["impl"], r.get("timing_mode")) for r in rows if r["op"] in known}):
         spec = known[op]
-        if impl == spec.reference.name or impl not in {i.name for i in spec.impls}:
+        if impl == spec.reference.name or impl not in {i.name for i in spec.impls} or mode not in TIMINGS:
             continue
-        mine = [r for r in rows if r["op"] == op and r["impl"] == impl]
-        ops.setdefault(op, {})[impl] = _entry(spec, impl, mine, rows)
+        if mode == "graph" and not spec.impl(impl).graph_safe:
+            continue
+        same = [r for r in rows if r["op"] == op and r.get("timing_mode") == mode]
+        mine = [r for r in same if r["impl"] == impl]
+        ops.setdefault(op, {}).setdefault(impl, {})[mode] = _entry(spec, impl, mine, same, mode)
     return ops
 
 
@@ -316,11 +349,13 @@ def write(ops: dict, path: Path | None = None, source: str = "bench", history: d
     current = {"meta": meta(source), "ops": {}}
     old, status = load(path)
     if old is not None and not _same_machine(old.get("meta") or {}, current["meta"]):
-        current["ops"] = {op: dict(impls) for op, impls in (old.get("ops") or {}).items() if isinstance(impls, dict)}
+        current["ops"] = {op: {impl: _modes_of(e) for impl, e in impls.items()}
+                          for op, impls in (old.get("ops") or {}).items() if isinstance(impls, dict)}
         if isinstance(old.get("history"), dict):
             current["history"] = old["history"]
     for op, impls in ops.items():
-        current["ops"].setdefault(op, {}).update(impls)
+        for impl, modes in impls.items():
+            current["ops"].setdefault(op, {}).setdefault(impl, {}).update(modes)
     if history is not None:
         seconds = dict(_history(current)[0], **history.get("seconds", {}))
         current["history"] = {"seconds": seconds, "deferred": sorted(history.get("deferred", []))}
@@ -328,6 +363,11 @@ def write(ops: dict, path: Path | None = None, source: str = "bench", history: d
     tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def _modes_of(entry) -> dict:
+    """The per-mode verdicts of an implementation's manifest value (entries of an older format are dropped)."""
+    return {m: e for m, e in entry.items() if m in TIMINGS} if isinstance(entry, dict) else {}
 
 
 def _show(path: Path) -> str:
@@ -386,8 +426,22 @@ def _check_entry(entry) -> str | None:
     return None
 
 
-def verdict_of(data: dict | None, status: str, op: str, impl: str, root: Path = ROOT) -> tuple[bool, str]:
-    """Whether one manifest lets ``impl`` of ``op`` into training here, and why (fails closed)."""
+def _mode_entry(data: dict, op: str, impl: str, mode: str):
+    """(the recorded ``mode`` verdict of ``op``/``impl`` or None, what is wrong with the value around it or None)."""
+    impls = data["ops"].get(op)
+    value = impls.get(impl) if isinstance(impls, dict) else None
+    if value is None:
+        return None, None
+    if not isinstance(value, dict) or "reason" in value or set(value) - set(TIMINGS):
+        return None, (f"not one verdict per step mode ({'|'.join(TIMINGS)}) — a manifest of an older format; "
+                      "re-run the benchmarks or the qualification")
+    return value.get(mode), None
+
+
+def verdict_of(data: dict | None, status: str, op: str, impl: str, root: Path = ROOT,
+               mode: str = "eager") -> tuple[bool, str]:
+    """Whether one manifest lets ``impl`` of ``op`` into a training step run in ``mode`` (``TIMINGS``: "graph"
+    for the CUDA-graph-captured step, "eager" for ``--graph off``) here, and why (fails closed)."""
     if data is None or status != "ok":
         return False, status
     try:
@@ -395,9 +449,17 @@ def verdict_of(data: dict | None, status: str, op: str, impl: str, root: Path = 
         role = spec.impl(impl).role
     except KeyError as e:
         return False, str(e).strip("'\"")
-    entry = (data["ops"].get(op) or {}).get(impl) if isinstance(data["ops"].get(op), dict) else None
+    if mode not in TIMINGS:
+        return False, f"unknown step mode {mode!r}; known: {'|'.join(TIMINGS)}"
+    entry, bad = _mode_entry(data, op, impl, mode)
+    if bad:
+        return False, f"malformed verdict for {op}/{impl}: {bad}"
     if entry is None:
-        return False, f"no verdict for {op}/{impl}"
+        return False, f"no verdict for {op}/{impl} ({mode})"
+    if mode == "graph" and not spec.impl(impl).graph_safe:
+        return False, f"malformed verdict for {op}/{impl}: a graph verdict for an implementation that is not graph-safe"
+    if isinstance(entry, dict) and entry.get("mode") != mode:
+        return False, f"malformed verdict for {op}/{impl}: filed under {mode}, records mode {entry.get('mode')!r}"
     bad = _check_entry(entry)
     if bad:
         return False, f"malformed verdict for {op}/{impl}: {bad}"
@@ -429,8 +491,9 @@ class Verdicts:
     (a malformed or inconsistent one decides too: not allowed); missing, stale and unreadable ones defer.
 
     ``shapes`` ({op: the spec's shape tuple or its ``shape_str``}, e.g. ``model_shapes``): where ``choose``
-    compares speeds; ``graph``: the training step will be captured (graph-timed evidence preferred,
-    implementations that are not graph-safe never chosen)."""
+    compares speeds; ``graph``: the training step will be captured, so the verdicts for the graph mode are read
+    (CUDA-graph timing against graph-safe competitors; implementations that are not graph-safe never chosen),
+    else the eager ones (``--graph off``). ``mode`` is that step mode."""
 
     def __init__(self, paths: list[Path] | None = None, *, shapes: dict | None = None, graph: bool = False):
         self.paths = paths if paths is not None else [machine_path(), manifest_path()]
@@ -438,52 +501,53 @@ class Verdicts:
         self.shapes = {op: shp if isinstance(shp, str) else get(op).bench.shape_str(*shp)
                        for op, shp in (shapes or {}).items()}
         self.graph = graph
+        self.mode = "graph" if graph else "eager"
 
-    def _decide(self, op: str, impl: str) -> tuple[bool, str, dict | None]:
-        """(allowed, why, the valid entry or None)."""
-        whys = []
+    def _decide(self, op: str, impl: str, mode: str | None = None) -> tuple[bool, str, dict | None]:
+        """(allowed, why, the valid entry or None) of the verdict for ``mode`` (default: this step's)."""
+        mode, whys = mode or self.mode, []
         for path, data, status in self.loaded:
-            ok, why = verdict_of(data, status, op, impl)
+            ok, why = verdict_of(data, status, op, impl, mode=mode)
             if ok or not why.startswith(_UNDECIDED):
                 valid = ok or why.startswith("denied")
-                return ok, f"{why} [{_show(path)}]", data["ops"][op][impl] if valid else None
+                return ok, f"{why} [{_show(path)}]", data["ops"][op][impl][mode] if valid else None
             whys.append(why)
         return False, "; ".join(dict.fromkeys(whys)) or "no manifest", None
 
     def verdict(self, op: str, impl: str) -> tuple[bool, str]:
+        """(allowed, why) of ``impl`` for this step mode."""
         ok, why, _ = self._decide(op, impl)
         return ok, why
 
     def has(self, op: str, impl: str, shape: str | None = None, timing: str | None = None) -> bool:
-        """A valid verdict (allowed or denied) exists; with ``shape`` (a spec's ``shape_str``), one measured at
-        that shape (a failure there counts), with ``timing`` too, timed in that mode there."""
-        _, _, entry = self._decide(op, impl)
+        """A valid verdict (allowed or denied) for the step mode ``timing`` (default: this step's) exists; with
+        ``shape`` (a spec's ``shape_str``), one measured at that shape (a failure there counts)."""
+        _, _, entry = self._decide(op, impl, timing)
         if entry is None or shape is None:
             return entry is not None
-        return any(s["shape"].startswith(shape + " ") and timing in (None, s["timing_mode"])
-                   for s in entry["shapes"]) or any(x.startswith(shape + " ") for x in entry.get("failed", []))
+        return any(s["shape"].startswith(shape + " ") for s in entry["shapes"]) or \
+            any(x.startswith(shape + " ") for x in entry.get("failed", []))
 
-    def ms_at(self, op: str, impl: str, timing: str) -> float | None:
-        """The fwd+bwd (else fwd) time of ``impl`` at ``op``'s model shape in ``timing`` mode, from its valid
-        verdict; None without one."""
+    def ms_at(self, op: str, impl: str) -> float | None:
+        """The fwd+bwd (else fwd) time of ``impl`` at ``op``'s model shape, from its valid verdict for this step
+        mode; None without one."""
         _, _, entry = self._decide(op, impl)
         shape = self.shapes.get(op)
         if entry is None or shape is None:
             return None
         for pass_ in ("fwdbwd", "fwd"):
             for s in entry["shapes"]:
-                if s["shape"] == f"{shape} {pass_}" and s["timing_mode"] == timing:
+                if s["shape"] == f"{shape} {pass_}":
                     return s["ms"]
         return None
 
     def _fastest(self, op: str, names: list[str]) -> tuple[str, float | None, str]:
-        """(name, ms, timing) of the fastest of ``names`` at the op's model shape — the step's timing mode
-        first, then the other; without any timing there: (the first name, None, "")."""
-        for timing in sorted(TIMINGS, key=lambda t: t != ("graph" if self.graph else "eager")):
-            timed = [(ms, i, n) for i, n in enumerate(names) if (ms := self.ms_at(op, n, timing)) is not None]
-            if timed:
-                ms, _, name = min(timed)
-                return name, ms, timing
+        """(name, ms, mode) of the fastest of ``names`` at the op's model shape in this step mode; without any
+        timing there: (the first name, None, "")."""
+        timed = [(ms, i, n) for i, n in enumerate(names) if (ms := self.ms_at(op, n)) is not None]
+        if timed:
+            ms, _, name = min(timed)
+            return name, ms, self.mode
         return names[0], None, ""
 
     def choose(self, spec: OpSpec, usable: Callable[[str], bool]) -> tuple[str, str]:
@@ -607,6 +671,24 @@ def _record(run: Callable, leaves: list[torch.Tensor], copies: int, cuda: bool):
     return graph, peak
 
 
+def _clearing(step: Callable, leaves: list[torch.Tensor]) -> Callable:
+    """``step`` preceded by clearing ``leaves``' gradients (each call computes them afresh)."""
+    def run():
+        for t in leaves:
+            t.grad = None
+        step()
+    return run
+
+
+def graph_ms(step: Callable, leaves: list[torch.Tensor], cuda: bool = True) -> tuple[float, float | None, int]:
+    """CUDA-graph timing of ``step`` (a forward, or a fwd+bwd whose ``leaves``' gradients are cleared first):
+    (ms per step over replays of its graph, the extra peak MB of the capture, steps timed) — ``_capture``, then
+    ``_time_ms`` of the replays. What the gate's "graph" rows and the benchmarks' ``ms_graph`` are."""
+    replay, peak, copies = _capture(_clearing(step, leaves), leaves, cuda)
+    ms, reps = _time_ms(replay, cuda)
+    return ms / copies, peak, reps * copies
+
+
 def _grad_outputs(res) -> list[torch.Tensor]:
     return [o for o in (res if isinstance(res, (tuple, list)) else (res,))
             if isinstance(o, torch.Tensor) and o.requires_grad]
@@ -650,23 +732,15 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, device, timing: s
             ref = spec.reference.load()
             row["errors"] = compare(fn, ref, b.make_inputs(*err, True, dtype=dtype, seed=1, device=device))
         step, leaves = fwd_bwd_step(fn, b.make_inputs(*shp, True, dtype=dtype, device=device))
-
-        def run():
-            for t in leaves:
-                t.grad = None
-            step()
-
-        copies, first = 1, None
         if timing == "graph":
-            target, row["peak_mb"], copies = _capture(run, leaves, cuda)
+            row["ms"], row["peak_mb"], row["reps"] = graph_ms(step, leaves, cuda)
         else:
+            run = _clearing(step, leaves)
             run()                               # autotuning / compilation outside the memory and time figures
             for t in leaves:
                 t.grad = None
-            target = run
             row["peak_mb"], first = _peak_mb(run, cuda)
-        ms, reps = _time_ms(target, cuda, first)
-        row["ms"], row["reps"] = ms / copies, reps * copies
+            row["ms"], row["reps"] = _time_ms(run, cuda, first)
     except Exception as e:  # noqa: BLE001 - recorded: the rule denies a kernel that fails to run
         row["note"] = f"{type(e).__name__}: {str(e)[:200]}"
         row["ms"] = None
@@ -792,10 +866,10 @@ def _failed_row(spec: OpSpec, impl, shp, timing: str, err: Exception, device) ->
             "note": f"not importable: {type(err).__name__}: {err}"}
 
 
-def _used_anyway(plan: list, path: Path) -> set[str]:
+def _used_anyway(plan: list, path: Path, graph: bool) -> set[str]:
     """The planned peers of ops without a lab kernel that another manifest (not ``path``, the one being
-    written) already allows: training takes such a peer whether or not it is measured now."""
-    others = Verdicts([p for p in (machine_path(), manifest_path()) if p != path])
+    written) already allows for this step mode: training takes such a peer whether or not it is measured now."""
+    others = Verdicts([p for p in (machine_path(), manifest_path()) if p != path], graph=graph)
     return {f"{spec.name}/{impl.name}" for spec, impl, _, _ in plan if impl.role == "peer" and
             not spec.role("lab") and others.verdict(spec.name, impl.name)[0]}
 
@@ -908,7 +982,7 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     c0 = dict(COMPILE_STATS)
     with parallel_autotune(enabled=parallel):
         rows, deferred, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s, history,
-                                          deferred_before, _used_anyway(plan, path))
+                                          deferred_before, _used_anyway(plan, path, graph))
     for name, why in deferred:
         say(f"gate: {name} deferred to the next run: {why}")
     if _compiled_since(c0):
@@ -917,13 +991,14 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
         f"{op} {sum(v.values()):.1f} ({', '.join(f'{i} {t:.1f}' for i, t in v.items())})"
         for op, v in spent.items()) + f"; total {time.monotonic() - t0:.1f} s of ≤ {budget_s:g} s")
     ops = evidence([dict(r, errors=json.dumps(r["errors"])) for r in rows])
-    notes = {(r["op"], r["impl"]): r["note"] for r in rows if r.get("note")}
+    notes = {(r["op"], r["impl"], r["timing_mode"]): r["note"] for r in rows if r.get("note")}
     for op, impls in ops.items():
-        for impl, e in impls.items():
-            if (op, impl) in notes:
-                e["failed"].append(notes[(op, impl)])
-                e["allowed"], e["reason"] = rule(e)
-            say(f"gate {op}/{impl}: {e['reason']}")
+        for impl, modes in impls.items():
+            for mode, e in modes.items():
+                if (op, impl, mode) in notes:
+                    e["failed"].append(notes[(op, impl, mode)])
+                    e["allowed"], e["reason"] = rule(e)
+                say(f"gate {op}/{impl} ({mode} step): {e['reason']}")
     write(ops, path, source="qualify", history={
         "seconds": {f"{op}/{i}": t for op, v in spent.items() for i, t in v.items()},
         "deferred": [name for name, _ in deferred]})
@@ -932,15 +1007,16 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
 
 
 def deferred_notes(ops, path: Path | None = None) -> list[str]:
-    """One line per op whose qualification the last run deferred: which implementation it uses instead (``ops``:
-    the ``OpSet`` resolved after the qualification) and why."""
+    """One line per op whose qualification the last run deferred and that has no verdict since (in either step
+    mode): which implementation it uses instead (``ops``: the ``OpSet`` resolved after the qualification) and
+    why."""
     path = path or machine_path()
     _, deferred = _history(load(path)[0])
     known = Verdicts([path])
     by_op: dict[str, list[str]] = {}
     for name in sorted(deferred):
         op, _, impl = name.partition("/")
-        if impl != "reference" and known.has(op, impl):     # measured since
+        if impl != "reference" and any(known.has(op, impl, timing=m) for m in TIMINGS):     # measured since
             continue
         by_op.setdefault(op, []).append(name)
     return [f"gate: {op} uses {ops.choices[op].impl} this run ({ops.choices[op].reason.removeprefix('gate: ')}); "

@@ -21,13 +21,13 @@ OP = "gate_norm_residual"
 SHAPE = (16, 32, "row", False)
 
 
-def _row(impl, ms, op=OP, shape="N16 D32 row", timing="graph", err=1e-3):
+def _row(impl, ms, op=OP, shape="N16 D32 row", timing="eager", err=1e-3):
     return {"op": op, "impl": impl, "shape": shape, "pass": "fwdbwd", "dtype": "bfloat16", "ms": ms,
             "peak_mb": 1.0, "errors": json.dumps({"out0": err}), "source_hash": gate.op_hash(op),
             "timing_mode": timing}
 
 
-def _rows(tri_ms=1.0, ref_ms=3.0, peer_ms=None, err=1e-3, timing="graph"):
+def _rows(tri_ms=1.0, ref_ms=3.0, peer_ms=None, err=1e-3, timing="eager"):
     """Evidence rows of one op measured by the current sources: reference, triton and (optionally) a peer."""
     return [_row(impl, ms, err=err, timing=timing) for impl, ms in
             (("reference", ref_ms), ("triton", tri_ms), ("compile", peer_ms)) if ms is not None]
@@ -39,9 +39,9 @@ def _manifest(tmp_path, rows=None):
     return path
 
 
-def _edit(path, fn):
+def _edit(path, fn, mode="eager"):
     data = json.loads(path.read_text())
-    fn(data["ops"][OP]["triton"])
+    fn(data["ops"][OP]["triton"][mode])
     path.write_text(json.dumps(data))
 
 
@@ -150,13 +150,13 @@ def test_verdict_covers_every_source_file(repo_copy, op):
         assert "kernels/gate_norm_residual/kernel.py" in files
     if op == "decay_exp":
         assert "reference/ddlerp.py" in files                   # a reference helper it imports
-    entry = {"allowed": True, "role": "lab", "errors": {"out0": 1e-3}, "dtype": "bfloat16",
+    entry = {"mode": "eager", "allowed": True, "role": "lab", "errors": {"out0": 1e-3}, "dtype": "bfloat16",
              "bound": get(op).bound(torch.bfloat16), "failed": [],
              "shapes": [{"shape": "s fwd", "timing_mode": "eager", "ms": 1.0, "ref_ms": 2.0, "speedup": 2.0}],
              "source_hash": gate.op_hash(op, root)}
     entry["reason"] = gate.rule(entry)[1]
     impl = next(i.name for i in get(op).impls if i.role != "reference")
-    data = {"meta": gate.meta(), "ops": {op: {impl: entry}}}
+    data = {"meta": gate.meta(), "ops": {op: {impl: {"eager": entry}}}}
     assert gate.verdict_of(data, "ok", op, impl, root)[0]
     for rel in files:
         f = root / rel
@@ -195,7 +195,7 @@ def test_qualify_refuses_a_wrong_kernel_and_says_why(tmp_path, monkeypatch, no_c
     said = []
     path = tmp_path / "cache" / "gates.json"
     ops = gate.qualify({OP: SHAPE}, cuda=True, path=path, say=said.append, progress=False)
-    e = ops[OP]["triton"]
+    e = ops[OP]["triton"]["eager"]
     assert e["allowed"] is False and "fails correctness" in e["reason"] and "out1" in e["reason"]
     assert any(str(path) in s for s in said) and any("fails correctness" in s for s in said)
     ok, why = gate.Verdicts([path]).verdict(OP, "triton")
@@ -206,9 +206,10 @@ def test_qualify_refuses_a_lab_kernel_that_does_not_import(tmp_path, monkeypatch
     import kernels.gate_norm_residual as K
     monkeypatch.delattr(K, "gate_norm_residual")
     said = []
-    e = gate.qualify({OP: SHAPE}, cuda=True, path=tmp_path / "g.json", say=said.append, progress=False)[OP]["triton"]
+    ops = gate.qualify({OP: SHAPE}, cuda=True, path=tmp_path / "g.json", say=said.append, progress=False)
+    e = ops[OP]["triton"]["eager"]
     assert e["allowed"] is False and "not importable: AttributeError" in e["reason"]
-    assert any("gate gate_norm_residual/triton: denied" in s for s in said)
+    assert any("gate gate_norm_residual/triton (eager step): denied" in s for s in said)
 
 
 def test_qualify_on_first_use_then_auto_uses_the_kernel(tmp_path, monkeypatch, no_compile_peer):
@@ -231,7 +232,7 @@ def test_qualify_on_first_use_then_auto_uses_the_kernel(tmp_path, monkeypatch, n
     t0 = time.monotonic()
     new = gate.qualify({OP: SHAPE}, cuda=True, say=said.append, progress=False)
     assert time.monotonic() - t0 < 60
-    e = new[OP]["triton"]
+    e = new[OP]["triton"]["eager"]
     assert e["allowed"] is True, e["reason"]
     assert set(e["errors"]) >= {"out0", "out1", "dx", "da", "db", "dgate", "dweight"}
     assert gate.machine_path().is_file() and gate.machine_path().is_relative_to(tmp_path / "cache")
@@ -255,7 +256,7 @@ def test_qualify_keeps_to_its_time_budget_and_the_next_run_measures_what_it_defe
     assert deferred == {f"{OP}/reference", f"{OP}/triton"} and history == {}
     said.clear()
     ops = gate.qualify({OP: SHAPE}, cuda=True, path=path, say=said.append, progress=False, budget_s=0.0)
-    assert ops[OP]["triton"]["errors"] and any("measured anyway: the last run deferred it" in s for s in said)
+    assert ops[OP]["triton"]["eager"]["errors"] and any("measured anyway: the last run deferred it" in s for s in said)
     history, deferred = gate._history(gate.load(path)[0])
     assert set(history) == {f"{OP}/reference", f"{OP}/triton"} and not deferred
     assert gate.expected_s(get(OP), get(OP).impl("triton"), history) == (history[f"{OP}/triton"],
@@ -311,8 +312,8 @@ def test_an_item_expected_to_overrun_is_deferred_and_train_says_what_is_used_ins
     # a peer that training takes anyway on the published verdict is measured now: deferring it would only move
     # its compilation into the training step's first call
     published = tmp_path / "published.json"
-    gate.write(gate.evidence([_row("reference", 3.0, op="peeronly", shape="N16 D40", timing="eager"),
-                              _row("safe", 1.0, op="peeronly", shape="N16 D40", timing="eager")]), published)
+    gate.write(gate.evidence([_row("reference", 3.0, op="peeronly", shape="N16 D40", timing="graph"),
+                              _row("safe", 1.0, op="peeronly", shape="N16 D40", timing="graph")]), published)
     monkeypatch.setenv("GROUNDTHINK_MANIFEST", str(published))
     measured.clear()
     gate.qualify(shapes, cuda=True, path=tmp_path / "fresh.json", say=said.append, progress=False, budget_s=30,
@@ -388,27 +389,64 @@ def test_plan_needs_a_verdict_in_the_steps_timing_mode_and_retimes_no_peer_that_
 
 # ------------------------------------------------------------------------------------------ timing modes
 
-def test_rule_compares_like_with_like():
-    """A row is compared only with the reference's and the peers' rows of the same shape, pass and mode."""
-    ev = gate.evidence(_rows(tri_ms=1.0, ref_ms=3.0, timing="graph")
-                       + [_row("reference", 0.5, timing="eager"), _row("compile", 0.1, timing="eager")])
-    e = ev[OP]["triton"]
-    assert e["allowed"] is True, e["reason"]
-    assert [(s["timing_mode"], s["ref_ms"], s["peer_ms"]) for s in e["shapes"]] == [("graph", 3.0, {})]
-    assert "(graph)" in e["reason"]
+def test_one_verdict_per_step_mode_each_from_its_own_timings():
+    """A verdict is for one step mode and rests on the rows timed in that mode only: the graph verdict (the
+    captured step) on CUDA-graph times against the graph-safe competitors, the eager one (--graph off) on eager
+    times against every installed peer."""
+    ev = gate.evidence(_rows(tri_ms=1.0, ref_ms=3.0, peer_ms=0.5, timing="graph")
+                       + _rows(tri_ms=1.0, ref_ms=0.5, peer_ms=0.1, timing="eager"))
+    g, e = ev[OP]["triton"]["graph"], ev[OP]["triton"]["eager"]
+    assert g["allowed"] is True and g["mode"] == "graph" and "(graph)" in g["reason"], g["reason"]
+    # compile (torch.compile) is not graph-safe: no competitor of the captured step, even with a graph row
+    assert [(s["timing_mode"], s["ref_ms"], s["peer_ms"]) for s in g["shapes"]] == [("graph", 3.0, {})]
+    assert e["allowed"] is False and "not faster than the reference at N16 D32 row fwdbwd (eager)" in e["reason"]
+    assert set(ev[OP]["compile"]) == {"eager"}             # no graph verdict for what cannot be captured
     # a graph-timed kernel with only an eager reference has nothing to be compared with
-    e = gate.evidence([_row("reference", 3.0, timing="eager"), _row("triton", 1.0, timing="graph")])[OP]["triton"]
-    assert e["allowed"] is False and "no timing evidence" in e["reason"]
-    # a peer timed in the same mode still counts
-    e = gate.evidence(_rows(tri_ms=1.0, peer_ms=0.5, timing="graph"))[OP]["triton"]
-    assert e["allowed"] is False and "slower than peer compile at N16 D32 row fwdbwd (graph)" in e["reason"]
+    ev = gate.evidence([_row("reference", 3.0, timing="eager"), _row("triton", 1.0, timing="graph")])
+    assert set(ev[OP]["triton"]) == {"graph"} and "no timing evidence" in ev[OP]["triton"]["graph"]["reason"]
+    # an eager peer that wins denies the eager verdict only
+    e = gate.evidence(_rows(tri_ms=1.0, peer_ms=0.5, timing="eager"))[OP]["triton"]["eager"]
+    assert e["allowed"] is False and "slower than peer compile at N16 D32 row fwdbwd (eager)" in e["reason"]
+
+
+def test_the_step_reads_the_verdict_for_its_own_mode(tmp_path):
+    """train.py's captured step reads graph verdicts, --graph off eager ones: an eager verdict never admits a
+    kernel into the captured step (and the other way round)."""
+    path = _manifest(tmp_path, _rows(timing="eager"))
+    assert gate.Verdicts([path]).verdict(OP, "triton")[0] is True
+    ok, why = gate.Verdicts([path], graph=True).verdict(OP, "triton")
+    assert not ok and "no verdict for gate_norm_residual/triton (graph)" in why
+    assert registry.resolve("auto", cuda=True, verdicts=gate.Verdicts([path], graph=True)).impls()[OP] == "reference"
+    assert registry.resolve("auto", cuda=True, verdicts=gate.Verdicts([path])).impls()[OP] == "triton"
+
+
+def _graph_verdict_of(impl, tamper):
+    data = {"meta": gate.meta(), "ops": {OP: {impl: gate.evidence(_rows(timing="eager"))[OP]["triton"]}}}
+    tamper(data["ops"][OP][impl])
+    return gate.verdict_of(data, "ok", OP, impl, mode="graph")
+
+
+@pytest.mark.parametrize("impl,tamper,words", [
+    ("triton", lambda v: v.update(graph=v.pop("eager")), "filed under graph, records mode 'eager'"),
+    ("triton", lambda v: v.update(graph=dict(v.pop("eager"), mode="graph")), "inconsistent"),   # eager rows
+    ("triton", lambda v: v.update(graph=dict(v["eager"], mode=None)), "records mode None"),
+    ("triton", lambda v: v.update(fast=v["eager"]), "older format"),
+    ("triton", lambda v: v.update(v.pop("eager")), "older format"),                 # one entry, no modes
+    ("compile", lambda v: v.update(graph=dict(v.pop("eager"), mode="graph", role="peer")), "not graph-safe"),
+])
+def test_a_graph_verdict_fails_closed(impl, tamper, words):
+    ok, why = _graph_verdict_of(impl, tamper)
+    assert not ok and words in why and "\n" not in why, why
 
 
 @pytest.mark.parametrize("timing", [None, "", "fast"])
 def test_rows_without_a_known_timing_mode_are_denied(timing):
-    """Fail closed: rows (e.g. an old bench.csv read back) without a known mode never allow a kernel."""
-    e = gate.evidence(_rows(timing=timing))[OP]["triton"]
-    assert e["allowed"] is False and "no known timing mode" in e["reason"]
+    """Fail closed: rows (e.g. an old bench.csv read back) without a known mode make no verdict; an entry whose
+    rows name none is refused."""
+    assert gate.evidence(_rows(timing=timing)) == {}
+    e = dict(gate.evidence(_rows())[OP]["triton"]["eager"])
+    e["shapes"] = [dict(s, timing_mode=timing) for s in e["shapes"]]
+    assert gate.rule(e)[0] is False and "no known timing mode" in gate.rule(e)[1]
 
 
 def test_time_is_sized_to_the_op():
@@ -441,13 +479,14 @@ def test_qualify_times_as_cuda_graph_replays_when_the_step_is_captured(tmp_path,
     said = []
     path = tmp_path / "gates.json"
     ops = gate.qualify({OP: SHAPE}, cuda=True, path=path, say=said.append, progress=False, graph=True)
-    assert len(captured) == 2 and set(ops[OP]) == {"triton"}
-    e = ops[OP]["triton"]
+    assert len(captured) == 2 and set(ops[OP]) == {"triton"} and set(ops[OP]["triton"]) == {"graph"}
+    e = ops[OP]["triton"]["graph"]
     assert e["allowed"] is True and [s["timing_mode"] for s in e["shapes"]] == ["graph"], e["reason"]
     assert "not graph-safe" in said[0] and "CUDA-graph" in said[0]
     assert any(s.startswith("gate: seconds per op: imports") and "gate_norm_residual" in s for s in said)
     v = gate.Verdicts([path], shapes={OP: SHAPE}, graph=True)
-    assert v.has(OP, "triton", "N16 D32 row", "graph") and v.ms_at(OP, "triton", "graph") == e["shapes"][0]["ms"]
+    assert v.has(OP, "triton", "N16 D32 row") and v.ms_at(OP, "triton") == e["shapes"][0]["ms"]
+    assert not gate.Verdicts([path], shapes={OP: SHAPE}).has(OP, "triton")      # no eager verdict
 
 
 def test_a_graph_of_several_steps_is_timed_per_step(monkeypatch):
@@ -553,10 +592,10 @@ def test_choose_takes_the_fastest_allowed_lab_kernel_at_the_models_shape(tmp_pat
     # no timing at the model's shape: the spec's order
     impl, why = gate.Verdicts([path], shapes={WKV: (2, 40, 2, 16, 16)}, graph=True).choose(spec, lambda n: True)
     assert impl == "triton" and "the spec's order" in why
-    impl, _ = gate.Verdicts([path]).choose(spec, lambda n: True)
+    impl, _ = gate.Verdicts([path], graph=True).choose(spec, lambda n: True)
     assert impl == "triton"
     # the fastest must also run here
-    impl, _ = gate.Verdicts([path], shapes={WKV: WSHAPE}).choose(spec, lambda n: n != "triton_fused")
+    impl, _ = gate.Verdicts([path], shapes={WKV: WSHAPE}, graph=True).choose(spec, lambda n: n != "triton_fused")
     assert impl == "triton"
 
 
