@@ -330,7 +330,7 @@ def qualify_kernels(args, model, ops, device, master, world, say):
         return ops
     from groundthink import gate
     graph = args.graph != "off"
-    shapes = gate.model_shapes(model.config, args.batch_size, args.seq_len)
+    shapes = gate.model_shapes(model.config, args.batch_size, args.seq_len, gate.ops_used(model))
     if master:
         gate.qualify(shapes, graph=graph, say=say, progress=not args.no_progress)
     if world > 1:

@@ -1024,7 +1024,37 @@ def deferred_notes(ops, path: Path | None = None) -> list[str]:
             if op in ops.choices]
 
 
-def model_shapes(cfg, batch_size: int, seq_len: int) -> dict[str, tuple]:
-    """{op: shape} of every op with a ``model_shape`` in its spec, for a model of config ``cfg``."""
+def model_shapes(cfg, batch_size: int, seq_len: int, ops=None) -> dict[str, tuple]:
+    """{op: shape} of every op with a ``model_shape`` in its spec, for a model of config ``cfg``; ``ops``: only
+    these (``ops_used``: what the model's training step calls — a pure RWKV-6 model never calls mamba2)."""
     return {op: s.bench.model_shape(cfg, batch_size, seq_len) for op, s in specs().items()
-            if s.bench is not None and s.bench.model_shape is not None}
+            if s.bench is not None and s.bench.model_shape is not None and (ops is None or op in ops)}
+
+
+class _Recorder:
+    """Stands in for an ``OpSet``: hands out each op's reference and records which ops were asked for."""
+
+    def __init__(self):
+        self.used: set[str] = set()
+
+    def __getattr__(self, op: str):
+        if op.startswith("_") or op not in specs():
+            raise AttributeError(op)
+        self.used.add(op)
+        return get(op).reference.load()
+
+
+def ops_used(model, tokens: int = 16) -> set[str]:
+    """The ops the model's training step calls: one forward with targets of ``tokens`` tokens through recording
+    references (no gradients; the backward of an op runs inside its own call), its ops restored after. What the
+    qualification needs to measure — nothing that training cannot use."""
+    recorder, ops = _Recorder(), model.ops
+    device = next(model.parameters()).device
+    idx = torch.zeros(1, tokens, dtype=torch.long, device=device)
+    model.set_ops(recorder)
+    try:
+        with torch.no_grad():
+            model(idx, idx)
+    finally:
+        model.set_ops(ops)
+    return recorder.used

@@ -330,6 +330,18 @@ def test_model_shapes_come_from_the_specs():
     assert shapes["mamba2"][:2] == (4, 32)
 
 
+def test_only_what_the_model_calls_is_qualified():
+    """A pure RWKV-6 model never calls mamba2 or causal_conv1d (mamba-ssm's first use: 52 s in run 6): the
+    qualification does not measure them; the model's own ops are restored after the recording forward."""
+    import fused
+    model = fused.get_model("rwkv6", size="tiny", vocab_size=32, ops=registry.resolve("reference"))
+    ops = model.ops
+    used = gate.ops_used(model)
+    assert model.ops is ops and used == {"wkv6", "ddlerp", "decay_exp", "shift_lerp", "norm_gate",
+                                         "gate_norm_residual", "cross_entropy"}
+    assert set(gate.model_shapes(model.config, 4, 32, used)) == used
+
+
 def _order(plan):
     return [(spec.name, impl.name) for spec, impl, _, _ in plan]
 
@@ -649,12 +661,14 @@ def test_train_qualifies_in_the_steps_timing_mode_at_the_models_shapes(monkeypat
     from fused.configs import ModelConfig
     seen = {}
     monkeypatch.setattr(gate, "qualify", lambda shapes, **kw: seen.update(shapes=shapes, **kw) or {})
+    monkeypatch.setattr(gate, "ops_used", lambda model: {"wkv6", "gate_norm_residual"})
     monkeypatch.setattr(train, "resolve", lambda mode, verdicts: seen.update(verdicts=verdicts) or
                         registry.resolve("reference"))
     model = SimpleNamespace(config=ModelConfig(name="GF-MH"), set_ops=lambda ops: None)
     args = SimpleNamespace(kernels="auto", graph=graph_flag, batch_size=4, seq_len=32, no_progress=True)
     train.qualify_kernels(args, model, None, torch.device("cuda"), True, 1, lambda *a: None)
-    assert seen["graph"] is graph and seen["shapes"] == gate.model_shapes(model.config, 4, 32)
+    assert seen["graph"] is graph and seen["shapes"] == gate.model_shapes(model.config, 4, 32,
+                                                                          {"wkv6", "gate_norm_residual"})
     assert seen["progress"] is False                                       # --no-progress
     assert seen["verdicts"].graph is graph and seen["verdicts"].shapes["wkv6"] == "B4 T32 H4 K32 V32"
 
