@@ -402,21 +402,27 @@ def load_impl(op: str, impl: str, extra: dict | None = None) -> Callable:
 def run_case(bench, *, op: str, impl: str, fn: Callable, ref64: Callable, shape: str, pass_: str,
              make_inputs: Callable[[bool], dict], make_err_inputs: Callable[[bool], dict], err_shape: str,
              nbytes: float | None, flops: float | None, dtype: str = "bfloat16") -> dict:
-    """Check ``fn`` against the float64 reference (``make_err_inputs``), then time it and measure its extra peak
-    memory at the benchmarked shape (``make_inputs``), and record the row.
+    """Time ``fn`` and measure its extra peak memory at the benchmarked shape (``make_inputs``; its first call
+    there — autotuning, compilation — is ``warmup_s``, and an autotuner whose key ignores the batch tunes at this
+    shape, not at the error shape), then check it against the float64 reference (``make_err_inputs``), and
+    record the row.
 
     A failure of the lab's kernel or the reference fails the test (the row says so, the manifest denies); a
     failing peer is recorded and skipped."""
     from groundthink.harness import compare
     grad = pass_ == "fwdbwd"
     notes: list[str] = []
-    errors: dict = {}
     common_kw = dict(op=op, impl=impl, shape=shape, pass_=pass_, dtype=dtype, err_shape=err_shape)
-    try:
-        errors = compare(fn, ref64, make_err_inputs(grad), backward=grad)
-    except Exception as e:  # noqa: BLE001 - recorded: the manifest denies an unchecked kernel
-        notes.append(f"error check failed: {type(e).__name__}: {str(e)[:200]}")
-    sync()
+
+    def check() -> dict:
+        try:
+            return compare(fn, ref64, make_err_inputs(grad), backward=grad)
+        except Exception as e:  # noqa: BLE001 - recorded: the manifest denies an unchecked kernel
+            notes.insert(0, f"error check failed: {type(e).__name__}: {str(e)[:200]}")
+            return {}
+        finally:
+            sync()
+
     try:
         inputs = make_inputs(grad)
         t0 = time.perf_counter()
@@ -438,11 +444,14 @@ def run_case(bench, *, op: str, impl: str, fn: Callable, ref64: Callable, shape:
         inputs = step = leaves = None  # noqa: F841 - free before the next row
         if ON_GPU:
             torch.cuda.empty_cache()
+        errors = check()
         row = record(bench, ms=None, errors=errors, note="; ".join(notes + [msg]), **common_kw)
         if must_pass(op, impl) and not oom:
             pytest.fail(f"{op}/{impl} {shape} {pass_}: {msg}")
         pytest.skip(f"{op}/{impl} {shape} {pass_}: {msg}")
         return row
+    inputs = step = leaves = None  # noqa: F841 - free before the check
+    errors = check()
     row = record(bench, ms=ms, nbytes=nbytes, flops=flops, peak_mb=peak, errors=errors, timer=timer, reps=reps,
                  warmup_s=warmup_s, ms_graph=ms_graph, note="; ".join(notes), **common_kw)
     if notes and must_pass(op, impl):      # a failed check, or a capture failed: the spec's graph_safe is wrong
