@@ -14,6 +14,14 @@ benchmarks every config as before and keeps the fastest. Nothing about the choic
 only when the compile happens. Compilation releases the GIL while ``ptxas`` runs (a subprocess) and in the
 native passes that do; how much this buys is measured on the GPU (notes/gate.md).
 
+Shorter benchmarks. Triton benchmarks each config with ``do_bench(warmup=25, rep=100)``: ≥ 125 ms a config, ~15
+s for mamba-ssm's 116 configs at its first use (run 6: 52.0 s in all, 25.1 s of it the parallel compile).
+Inside the helper a tuner that uses Triton's default benchmarker gets the same benchmarker with ``BENCH_MS``
+(warm-up 5 ms, repetitions 25 ms: still the median of hundreds of runs for a µs kernel, each after an L2 flush);
+its own ``do_bench`` (a caller's choice) is left alone, and the default comes back on exit.
+``GROUNDTHINK_AUTOTUNE_BENCH_MS="25,100"`` restores Triton's figures. Configs within the noise of each other
+may then swap places; which config is fastest by a clear margin does not change.
+
 Skipped (Triton's path as is): one config after pruning; a key already tuned; a tuning result already in
 Triton's autotune disk cache (``TRITON_CACHE_AUTOTUNING=1``: only the winner would be compiled); the
 interpreter (one config, nothing to compile). Fail safe: any error in the helper — an API that drifted, a config
@@ -25,11 +33,39 @@ config as it always does). Not thread-safe for other threads launching kernels w
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 STATS = {"keys": 0, "configs": 0, "seconds": 0.0, "errors": 0}   # what the helper did in this process
+BENCH_MS = (5, 25)    # warm-up and repetition ms of each config's benchmark inside the helper (Triton: 25, 100)
+
+
+def _bench_ms() -> tuple[int, int]:
+    raw = os.environ.get("GROUNDTHINK_AUTOTUNE_BENCH_MS", "")
+    try:
+        warmup, rep = (int(x) for x in raw.split(","))
+        return (warmup, rep) if warmup >= 0 and rep > 0 else BENCH_MS
+    except ValueError:
+        return BENCH_MS
+
+
+def _benchmarker():
+    """Triton's default benchmarker for the active backend (``do_bench`` on NVIDIA)."""
+    from triton.runtime.driver import driver
+    return driver.active.get_benchmarker()
+
+
+def _short_bench(tuner, patched: list) -> None:
+    """Give ``tuner`` Triton's default benchmarker with ``BENCH_MS`` for the helper's duration (``patched``
+    collects it for the restore), unless it has a benchmarker of its own. ``do_bench`` is a cached property of
+    ``Autotuner``: the instance attribute takes its place."""
+    if getattr(tuner, "_do_bench", False) is not None or "do_bench" in vars(tuner):
+        return
+    warmup, rep = _bench_ms()
+    vars(tuner)["do_bench"] = functools.partial(_benchmarker(), warmup=warmup, rep=rep)
+    patched.append(tuner)
 
 
 def _workers() -> int:
@@ -117,10 +153,12 @@ def parallel_autotune(workers: int | None = None, enabled: bool = True):
         return
     original = Autotuner.run
     pool = ThreadPoolExecutor(workers or _workers(), thread_name_prefix="precompile")
+    patched: list = []
 
     def run(self, *args, **kwargs):
         try:
             _precompile(self, args, kwargs, pool)
+            _short_bench(self, patched)
         except Exception:  # noqa: BLE001 - fail safe: Triton's own path compiles what is missing
             STATS["errors"] += 1
         return original(self, *args, **kwargs)
@@ -131,4 +169,6 @@ def parallel_autotune(workers: int | None = None, enabled: bool = True):
         yield STATS
     finally:
         Autotuner.run = original
+        for tuner in patched:
+            vars(tuner).pop("do_bench", None)
         pool.shutdown(wait=True)
