@@ -321,6 +321,38 @@ def test_an_item_expected_to_overrun_is_deferred_and_train_says_what_is_used_ins
     assert "peeronly/safe" in measured and any("measured anyway: training uses it anyway" in s for s in said)
 
 
+def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_path, monkeypatch):
+    """An item expected to take ≥ BACKGROUND_S compiles in a subprocess from the start; the main process waits
+    for it right before measuring that item, says so, and counts it as less of the budget."""
+    events = []
+
+    class FakeBackground:
+        def names(self):
+            return ["decay_exp/triton"]
+
+        def wait(self, op, impl):
+            events.append(f"wait {op}/{impl}")
+            return 1.5
+
+        def close(self):
+            events.append("close")
+
+    def fake_measure(spec, impl, fn, shp, device, timing="eager"):
+        events.append(f"measure {spec.name}/{impl}")
+        return {"op": spec.name, "impl": impl, "shape": spec.bench.shape_str(*shp), "pass": "fwdbwd",
+                "dtype": "float32", "timing_mode": timing, "ms": 1.0, "errors": {}, "source_hash": "", "note": ""}
+
+    monkeypatch.setattr(gate, "measure", fake_measure)
+    monkeypatch.setattr(gate, "_background", lambda plan, cuda, parallel, history: FakeBackground())
+    monkeypatch.setattr(gate, "FIRST_USE_S", {"decay_exp/triton": 40.0})
+    said = []
+    gate.qualify({"decay_exp": get("decay_exp").bench.cpu_shapes[0]}, cuda=True, path=tmp_path / "g.json",
+                 say=said.append, progress=False, budget_s=45)
+    assert events == ["measure decay_exp/reference", "wait decay_exp/triton", "measure decay_exp/triton", "close"]
+    assert any("decay_exp/triton: waited 1.5 s for its background compile" in s for s in said)
+    assert any("compiling in the background for" in s for s in said)
+
+
 def test_model_shapes_come_from_the_specs():
     from fused.configs import ModelConfig
     cfg = ModelConfig(name="GF-MH")

@@ -154,3 +154,30 @@ def test_the_patch_is_removed_and_is_a_no_op_under_the_interpreter():
     with precompile.parallel_autotune(enabled=False):
         assert Autotuner.run is original
     assert Autotuner.run is original
+
+
+def test_compile_only_compiles_every_config_and_launches_none(on_gpu):
+    """The background subprocess's mode: every config of a new key compiled in parallel, no benchmark, no
+    launch (the first config is compiled for the call with warmup=True)."""
+    benched, launched = [], []
+
+    def bench(call, quantiles):
+        benched.append(call)
+        return [1.0] * len(quantiles)
+
+    fn = FakeJIT()
+    real_run = fn.run
+
+    def run(*args, warmup=False, **kw):
+        if not warmup:
+            launched.append(kw.get("num_warps"))
+        return real_run(*args, warmup=warmup, **kw)
+
+    fn.run = run
+    tuner = Autotuner(fn, fn.arg_names, [triton.Config({}, num_warps=w) for w in MS], ["N"], None, None,
+                      do_bench=bench)
+    with precompile.compile_only(workers=4):
+        _call(tuner)
+    assert set(fn.compiled) == set(MS) and not benched and not launched
+    assert sum(t.startswith("precompile") for t in fn.threads) == len(MS)
+    assert Autotuner.run is not None and "compile_only" not in repr(Autotuner.run)
