@@ -3,7 +3,17 @@ verdict and the manifest file, in one place. The benchmarks (``pytest bench/ --b
 qualification on first use (``qualify``) both produce evidence rows; ``evidence`` turns rows into manifest
 entries; ``rule`` decides; ``Verdicts`` reads the manifests back, re-checks everything and ``choose``s.
 
-Rule (``rule``), per implementation, on its recorded evidence:
+One verdict per step mode. A verdict is for one mode of the training step (``TIMINGS``): ``"graph"`` for use
+inside the CUDA-graph-captured step (train.py's default on a GPU), ``"eager"`` for ``--graph off``. It rests
+only on rows timed in that mode: the graph verdict judges a graph-safe implementation by CUDA-graph timing
+against the reference and the graph-safe peers (an implementation that is not graph-safe has none: it cannot be
+in the captured step), the eager verdict by eager timing against every installed peer. The manifest keeps both
+(``ops[op][impl][mode]``, each entry recording its ``mode``) and ``Verdicts(graph=...)`` reads the one for the
+mode the step runs in. Run 6 showed why: the benchmarks' eager rows denied every glue kernel and wkv6/triton at
+the model's small shapes (host overhead; fla_recurrent, not graph-safe, "won"), while the graph-timed first use
+allowed them all.
+
+Rule (``rule``), per implementation and mode, on its recorded evidence:
 * correct: every output's and gradient's relative error vs float64 checked and within the op's bound
   (``OpSpec.bound``), at every shape checked, and no run failed; a wrong kernel is denied whatever its speed;
 * faster than the reference at every timed shape, with no more extra peak memory;
@@ -11,13 +21,13 @@ Rule (``rule``), per implementation, on its recorded evidence:
   ``NOISE``); where a peer wins, the lab kernel is denied and ``choose`` takes the peer, saying so.
 Every comparison is like with like: each timing row records its ``timing_mode`` (``TIMINGS``), and a row is
 compared only with the reference's and the peers' rows of the same shape, pass and mode. A shape row without a
-known mode denies (fail closed).
+known mode, or of another mode than its verdict's, denies (fail closed).
 
 Timing modes. ``"eager"``: CUDA events around ordinary calls (host overhead included: what an eager step
-pays; the benchmarks' mode). ``"graph"``: the fwd+bwd is warmed up on a side stream, captured once as a CUDA
+pays; the benchmarks' ``ms``). ``"graph"``: the fwd+bwd is warmed up on a side stream, captured once as a CUDA
 graph and its replays are timed (no host time: what a CUDA-graph-captured training step pays; a step shorter
 than ``GRAPH_MIN_MS`` is captured several times into one graph, so that the graph's own launch is spread as in
-the step's one graph, and the time is per step). The
+the step's one graph, and the time is per step; ``graph_ms``, also the benchmarks' ``ms_graph``). The
 qualification uses ``"graph"`` when the training step will be captured (train.py: ``--graph`` auto/on on a GPU)
 — eager timing there had denied µs-sized kernels for launch overhead that the captured step does not have (run
 3: gate_norm_residual and decay_exp). Decision for implementations that are not graph-safe (spec
@@ -26,10 +36,11 @@ the graph off for the whole step (run 3, small model: 126 ms eager vs 15 ms capt
 back, and timing it eagerly against graph-timed lab kernels would compare host overhead with none. So a
 graph-timed lab kernel is compared with the graph-safe peers only (graph-timed in the same run); the verdict
 names no eager peer, and ``choose`` (``Verdicts(graph=True)``) skips non-graph-safe implementations, saying so.
-If the reference itself cannot be captured, the op is timed eagerly (every row of it ``"eager"``).
+If the reference itself cannot be captured, the op is timed eagerly (every row of it ``"eager"``): it gets an
+eager verdict only, and the captured step keeps its reference.
 
 ``choose`` takes the fastest allowed lab candidate at the model's own shape (``Verdicts(shapes=...)``; fwd+bwd
-time in the step's timing mode, else the other mode); an allowed peer is taken only where it beats every allowed
+time in the step's mode); an allowed peer is taken only where it beats every allowed
 lab kernel there by more than ``NOISE`` (or no lab kernel is allowed), and the reason says so. Candidates
 without a timing at that shape rank after those with one, in the spec's order (with no shapes: the spec's
 order, the first allowed lab candidate, else the first allowed peer, else the reference).
@@ -38,7 +49,9 @@ Fail closed (``Verdicts.verdict``): a missing, unreadable or malformed manifest,
 (or a peer's package version), an entry whose ``allowed`` is not exactly ``true``, whose reason or recorded
 decision disagrees with the rule re-applied to its evidence, whose error bound is not the op's bound for the
 recorded dtype now (a loosened bound would agree with itself), whose ``source_hash`` is absent or differs from
-the op's current sources, or whose timing rows lack a known mode, all mean "not allowed", with a one-line reason.
+the op's current sources, or whose timing rows lack a known mode; a value not keyed by step mode (a manifest of
+the older format), an entry filed under another mode than it records, or a graph verdict of an implementation
+that is not graph-safe: all mean "not allowed", with a one-line reason.
 
 Gate on first use (``qualify``, from train.py ``--kernels auto`` on a GPU): what lacks a valid verdict at the
 model's shapes in the step's timing mode is measured and decided in ≤ 60 s for all ops together; the order,
@@ -57,10 +70,11 @@ Files: the published evidence ``profiles/<gpu-slug>/gates.json`` (written by the
 
     {"meta": {"gpu", "slug", "versions": {"torch", "triton", "cuda", <peer packages>}, "kernel_hash",
               "op_hashes": {op: hash}, "created", "source": "bench" | "qualify"},
-     "ops": {op: {impl: {"allowed": bool, "reason": str, "role": str, "dtype": str, "bound": float,
-                         "errors": {name: err}, "failed": [str], "source_hash": str, "sources": [path],
-                         "shapes": [{"shape", "timing_mode", "ms", "ref_ms", "speedup", "peak_mb",
-                                     "ref_peak_mb", "peer_ms": {peer: ms}}]}}}}
+     "ops": {op: {impl: {mode: {"mode": "graph" | "eager", "allowed": bool, "reason": str, "role": str,
+                                "dtype": str, "bound": float, "errors": {name: err}, "failed": [str],
+                                "source_hash": str, "sources": [path],
+                                "shapes": [{"shape", "timing_mode", "ms", "ref_ms", "speedup", "peak_mb",
+                                            "ref_peak_mb", "peer_ms": {peer: ms}}]}}}}}
 """
 from __future__ import annotations
 
