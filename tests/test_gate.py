@@ -220,7 +220,7 @@ def test_qualify_on_first_use_then_auto_uses_the_kernel(tmp_path, monkeypatch, n
     real = R.gate_norm_residual
 
     def slow_reference(*a, **k):
-        time.sleep(0.3)
+        time.sleep(0.6)     # the interpreted kernel takes ~0.3 s on 2 busy cores
         return real(*a, **k)
 
     monkeypatch.setattr(R, "gate_norm_residual", slow_reference)
@@ -508,7 +508,7 @@ def test_qualify_times_as_cuda_graph_replays_when_the_step_is_captured(tmp_path,
     real = R.gate_norm_residual
 
     def slow_reference(*a, **k):
-        time.sleep(0.3)
+        time.sleep(0.6)     # the interpreted kernel takes ~0.3 s on 2 busy cores
         return real(*a, **k)
 
     captured = []
