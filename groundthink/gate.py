@@ -264,8 +264,8 @@ def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict], mode: st
                        "ref_ms": rr["ms"],
                        "speedup": rr["ms"] / r["ms"], "peak_mb": r.get("peak_mb"),
                        "ref_peak_mb": rr.get("peak_mb"), "peer_ms": peer_ms})
-    entry = {"mode": mode, "role": spec.impl(impl).role, "dtype": dtype, "bound": bound, "errors": errors, "failed": failed,
-             "shapes": shapes, "source_hash": hashes[0] or None, "sources": op_sources(spec.name)}
+    entry = {"mode": mode, "role": spec.impl(impl).role, "dtype": dtype, "bound": bound, "errors": errors,
+             "failed": failed, "shapes": shapes, "source_hash": hashes[0] or None, "sources": op_sources(spec.name)}
     entry["allowed"], entry["reason"] = rule(entry)
     return entry
 
