@@ -178,6 +178,24 @@ def test_ms_graph_gives_the_verdict_for_the_captured_step(tmp_path):
     assert not graph["allowed"] and "failed: B64 T256 fwdbwd" in graph["reason"]
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("op,impl,ok", [("decay_exp", "reference", True), ("decay_exp", "triton", True),
+                                        ("gate_norm_residual", "compile", False)])
+def test_bench_times_graph_safe_implementations_as_graph_replays(op, impl, ok):
+    """``ms_graph`` on a GPU: a CUDA-graph time for graph-safe implementations, none for the others."""
+    spec = gate.get(op)
+    shp = spec.bench.cpu_shapes[0]
+    try:
+        fn = spec.impl(impl).load()
+    except ImportError as e:
+        pytest.skip(f"{op}/{impl} not installed: {e}")
+    step, leaves = common.make_backward(fn, spec.bench.make_inputs(*shp, True, dtype=spec.bench.dtype,
+                                                                   device=common.DEVICE))
+    step()
+    ms, note = common.time_graph(op, impl, step, leaves)
+    assert (ms is not None and ms > 0 and not note) if ok else (ms is None and not note), note
+
+
 def test_csv_columns_and_report(tmp_path):
     from bench import report
     rows = common.finalize(fake_rows())

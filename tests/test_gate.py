@@ -679,7 +679,8 @@ def test_qualify_on_a_gpu_records_graph_rows(tmp_path):
     ops = gate.qualify(shapes, path=tmp_path / "g.json", say=said.append, progress=False, graph=True)
     print("\n".join(said))
     for op in shapes:
-        e = ops[op]["triton"]
+        assert set(ops[op]["triton"]) == {"graph"}
+        e = ops[op]["triton"]["graph"]
         assert not e["failed"] and [s["timing_mode"] for s in e["shapes"]] == ["graph"], e["reason"]
 
 
