@@ -264,7 +264,7 @@ def _train(args, device, rank, world, master, say) -> dict:
     if chosen and state is None:
         say(f"device {device.type}: " + ", ".join(f"{k}={getattr(args, k)}" for k in chosen)
             + " (chosen by device; flags override)")
-    ops = resolve(args.kernels)  # one implementation per op, and why
+    ops = resolve(args.kernels, graph=args.graph != "off")  # one implementation per op, and why
     say(f"kernels (--kernels {args.kernels}):\n" + ops.table())
     run = build_run(args, device, rank, world, master, say, ops, state)
     run.last_ckpt = resumed_from
@@ -330,7 +330,7 @@ def qualify_kernels(args, model, ops, device, master, world, say):
         return ops
     from groundthink import gate
     graph = args.graph != "off"
-    shapes = gate.model_shapes(model.config, args.batch_size, args.seq_len)
+    shapes = gate.model_shapes(model.config, args.batch_size, args.seq_len, gate.ops_used(model))
     if master:
         gate.qualify(shapes, graph=graph, say=say, progress=not args.no_progress)
     if world > 1:

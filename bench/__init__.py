@@ -19,5 +19,5 @@ order, session-end writers: CSV, JSON, the gate manifest through ``groundthink.g
 spec declares a benchmark: ``test_<op> = common.spec_test(op)``), ``bench_train``, ``peer_model`` (fla RWKV6Attention ∥
 mamba-ssm Mamba2), ``report``.
 Environment: GT_BENCH_QUICK (1 default: bounded grid), GT_BENCH_BUDGET_S (soft budget, 400 s quick),
-GT_BENCH_CUDAGRAPH=1 (CUDA-graph timings of µs forward rows), GT_BENCH_OUT.
+GT_BENCH_GRAPH=0 (skip the CUDA-graph timings ``ms_graph`` of graph-safe implementations), GT_BENCH_OUT.
 """

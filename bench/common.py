@@ -5,7 +5,12 @@ How a figure is measured (GPU):
   return_mode="median")`` (it flushes L2 between calls; launch overhead is included, as in training). A function
   slower than ``SLOW_MS`` per call (the PyTorch references at big shapes) gets a time-boxed loop of a few
   CUDA-event-timed calls instead, so that no row takes minutes. ``timer`` in the row says which.
-  ``GT_BENCH_CUDAGRAPH=1`` also records ``ms_graph`` (``do_bench_cudagraph``) for forward rows under 100 µs.
+* CUDA-graph time (``ms_graph``, GPU, every graph-safe implementation — spec ``graph_safe``, the reference
+  included): the call is captured as a CUDA graph and its replays are timed (``groundthink.gate.graph_ms``, the
+  same code as the qualification's graph rows: a step shorter than 1 ms is captured several times into one
+  graph; no host time). That is what the op costs inside the captured training step; ``ms`` is what it costs
+  in an eager step (``--graph off``), host overhead included. A failed capture is said in the note
+  (``gate.GRAPH_FAILED``). ``GT_BENCH_GRAPH=0`` skips it (then no graph verdicts are written).
 * warm-up: the first call of every function is untimed (Triton autotuning of the lab's kernels and the peers,
   torch.compile) and its wall time is recorded as ``warmup_s``.
 * bandwidth: ``gbps`` = the op's minimal bytes (inputs read once, outputs written once; see each module) / time;
@@ -20,8 +25,9 @@ On a CPU machine the same code runs tiny shapes (Triton interpreter, host clock)
 ``NOT_A_MEASUREMENT`` and no gate manifest is written.
 
 Every row carries ``source_hash``: the hash of the op's sources that measured it (``groundthink.gate.op_hash``),
-so that the gate builds a verdict only from rows of one version of the code, and ``timing_mode`` ("eager" here:
-the gate compares a row only with rows of the same mode; a row read back without one is denied).
+so that the gate builds a verdict only from rows of one version of the code, and ``timing_mode`` ("eager": how
+``ms`` was timed). The gate builds two verdicts from the rows (``gate.mode_rows``): for the eager step from
+``ms``, for the CUDA-graph-captured step from ``ms_graph`` against the graph-safe competitors only.
 
 What to benchmark comes from the ops' specs (``kernels/<op>/spec.py``: implementations, roles, shapes, inputs,
 bytes, FLOPs; ``spec_cases`` / ``run_spec_case``). Results accumulate in ``RESULTS`` (one dict per row);
@@ -187,15 +193,18 @@ def time_fn(fn: Callable, grad_to_none=None, first_ms: float | None = None) -> t
     return float(ms), "do_bench median (cuda events)", reps
 
 
-def time_cudagraph(fn: Callable) -> float | None:
-    """Optional (GT_BENCH_CUDAGRAPH=1): CUDA-graph median of a forward call, launch overhead removed."""
-    if not ON_GPU or os.environ.get("GT_BENCH_CUDAGRAPH", "0") != "1":
-        return None
-    import triton.testing
+def time_graph(op: str, impl: str, step: Callable, leaves) -> tuple[float | None, str]:
+    """(``ms_graph``: ms per call over CUDA-graph replays of ``step`` — ``gate.graph_ms`` — or None, a note):
+    for graph-safe implementations on a GPU (``GT_BENCH_GRAPH=0``: none). A capture that fails is said in the
+    note (the graph verdict then denies)."""
+    if not ON_GPU or os.environ.get("GT_BENCH_GRAPH", "1") == "0" or not get(op).impl(impl).graph_safe:
+        return None, ""
     try:
-        return float(triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median"))
-    except Exception:  # noqa: BLE001 - not capturable (host syncs, allocator): no figure
-        return None
+        return gate.graph_ms(step, list(leaves or []))[0], ""
+    except Exception as e:  # noqa: BLE001 - recorded: the graph verdict denies
+        return None, f"{gate.GRAPH_FAILED}: {type(e).__name__}: {str(e)[:160]}"
+    finally:
+        torch.cuda.synchronize()
 
 
 def copy_bandwidth_gbps(nbytes: int = 1 << 30) -> float | None:
@@ -227,7 +236,7 @@ def record(benchmark, *, op: str, impl: str, shape: str, pass_: str, dtype: str,
            warmup_s: float | None = None, variant: str = "", tok_s: float | None = None,
            ms_graph: float | None = None, note: str = "", timing_mode: str = "eager") -> dict:
     """Append one result row (and mirror it into ``benchmark.extra_info``). ``timing_mode``: how ``ms`` was
-    timed (``groundthink.gate.TIMINGS``; the benchmarks time eagerly, ``ms_graph`` is an extra column)."""
+    timed (``groundthink.gate.TIMINGS``; the benchmarks time eagerly); ``ms_graph``: the CUDA-graph time."""
     copy_gbps = SESSION.get("copy_gbps")
     gbps = nbytes / (ms * 1e-3) / 1e9 if (nbytes and ms) else None
     finite_errs = {k: float(v) for k, v in (errors or {}).items()}
@@ -393,21 +402,27 @@ def load_impl(op: str, impl: str, extra: dict | None = None) -> Callable:
 def run_case(bench, *, op: str, impl: str, fn: Callable, ref64: Callable, shape: str, pass_: str,
              make_inputs: Callable[[bool], dict], make_err_inputs: Callable[[bool], dict], err_shape: str,
              nbytes: float | None, flops: float | None, dtype: str = "bfloat16") -> dict:
-    """Check ``fn`` against the float64 reference (``make_err_inputs``), then time it and measure its extra peak
-    memory at the benchmarked shape (``make_inputs``), and record the row.
+    """Time ``fn`` and measure its extra peak memory at the benchmarked shape (``make_inputs``; its first call
+    there — autotuning, compilation — is ``warmup_s``, and an autotuner whose key ignores the batch tunes at this
+    shape, not at the error shape), then check it against the float64 reference (``make_err_inputs``), and
+    record the row.
 
     A failure of the lab's kernel or the reference fails the test (the row says so, the manifest denies); a
     failing peer is recorded and skipped."""
     from groundthink.harness import compare
     grad = pass_ == "fwdbwd"
     notes: list[str] = []
-    errors: dict = {}
     common_kw = dict(op=op, impl=impl, shape=shape, pass_=pass_, dtype=dtype, err_shape=err_shape)
-    try:
-        errors = compare(fn, ref64, make_err_inputs(grad), backward=grad)
-    except Exception as e:  # noqa: BLE001 - recorded: the manifest denies an unchecked kernel
-        notes.append(f"error check failed: {type(e).__name__}: {str(e)[:200]}")
-    sync()
+
+    def check() -> dict:
+        try:
+            return compare(fn, ref64, make_err_inputs(grad), backward=grad)
+        except Exception as e:  # noqa: BLE001 - recorded: the manifest denies an unchecked kernel
+            notes.insert(0, f"error check failed: {type(e).__name__}: {str(e)[:200]}")
+            return {}
+        finally:
+            sync()
+
     try:
         inputs = make_inputs(grad)
         t0 = time.perf_counter()
@@ -420,22 +435,26 @@ def run_case(bench, *, op: str, impl: str, fn: Callable, ref64: Callable, shape:
         warmup_s = time.perf_counter() - t0 + warm_up(step, leaves)
         peak, first_ms = peak_extra_mb(step, leaves)
         ms, timer, reps = time_fn(step, leaves, first_ms)
-        ms_graph = time_cudagraph(step) if (not grad and ms < 0.1) else None
         host_benchmark(bench, step, leaves, slow=ms > SLOW_MS)
+        ms_graph, graph_note = time_graph(op, impl, step, leaves)
+        notes += [graph_note] if graph_note else []
     except Exception as e:  # noqa: BLE001
         oom = isinstance(e, torch.cuda.OutOfMemoryError)
         msg = f"{'out of memory' if oom else 'failed'}: {type(e).__name__}: {str(e)[:200]}"
         inputs = step = leaves = None  # noqa: F841 - free before the next row
         if ON_GPU:
             torch.cuda.empty_cache()
+        errors = check()
         row = record(bench, ms=None, errors=errors, note="; ".join(notes + [msg]), **common_kw)
         if must_pass(op, impl) and not oom:
             pytest.fail(f"{op}/{impl} {shape} {pass_}: {msg}")
         pytest.skip(f"{op}/{impl} {shape} {pass_}: {msg}")
         return row
+    inputs = step = leaves = None  # noqa: F841 - free before the check
+    errors = check()
     row = record(bench, ms=ms, nbytes=nbytes, flops=flops, peak_mb=peak, errors=errors, timer=timer, reps=reps,
                  warmup_s=warmup_s, ms_graph=ms_graph, note="; ".join(notes), **common_kw)
-    if notes and must_pass(op, impl):
+    if notes and must_pass(op, impl):      # a failed check, or a capture failed: the spec's graph_safe is wrong
         pytest.fail(f"{op}/{impl} {shape} {pass_}: {notes[0]}")
     return row
 

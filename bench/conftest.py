@@ -10,7 +10,8 @@
 * At session end (before pytest-benchmark writes its JSON): speedups are filled in, the flat CSV
   ``<out>/bench.csv`` and ``<out>/bench_rows.json`` are written, and on a GPU the gate manifest
   ``profiles/<gpu-slug>/gates.json`` (``groundthink.gate``: evidence from the rows, the rule, the file) — one
-  run, one manifest. On a CPU machine no
+  run, one manifest, with one verdict per step mode: "graph" (CUDA-graph times, graph-safe competitors only:
+  what train.py's captured step reads) and "eager" (``--graph off``). On a CPU machine no
   manifest is written: interpreter timings are not evidence, and the registry never reads a manifest without CUDA.
 """
 from __future__ import annotations
@@ -196,6 +197,7 @@ def pytest_sessionfinish(session, exitstatus):
     if ops:
         path = gate.write(ops, None if "GT_BENCH_OUT" not in os.environ else common.out_dir() / "gates.json")
         for op, impls in ops.items():
-            for impl, entry in impls.items():
-                say(f"gate {op}/{impl}: {entry['reason']}")
+            for impl, modes in impls.items():
+                for mode, entry in modes.items():
+                    say(f"gate {op}/{impl} ({mode} step): {entry['reason']}")
         say(f"groundthink bench: gate manifest -> {_show(path)}")

@@ -526,11 +526,16 @@ def gates_section(d: Path) -> list[str]:
         return []
     data = json.loads(p.read_text())
     m = data.get("meta", {})
-    rows = [{"op": op, "impl": impl, "allowed": e.get("allowed"), "reason": e.get("reason", "")}
-            for op, impls in data.get("ops", {}).items() for impl, e in impls.items()]
+    rows = [{"op": op, "impl": impl, "step mode": mode, "allowed": e.get("allowed"), "reason": e.get("reason", "")}
+            for op, impls in data.get("ops", {}).items() for impl, modes in impls.items()
+            for mode, e in (modes.items() if isinstance(modes, dict) and "reason" not in modes else [("?", modes)])
+            if isinstance(e, dict)]
     out = ["## Gate manifest (gates.json)", "",
            f"GPU {m.get('gpu')}, versions {m.get('versions')}, kernel hash {m.get('kernel_hash')}, "
-           f"created {m.get('created')}", ""]
+           f"created {m.get('created')}", "",
+           "One verdict per step mode: *graph* is for the CUDA-graph-captured training step (CUDA-graph times "
+           "against graph-safe competitors), *eager* for `--graph off` (eager times, host overhead included); "
+           "train.py reads the one for the mode it runs in.", ""]
     if rows:
         out += [md_table(pd.DataFrame(rows)), ""]
     return out

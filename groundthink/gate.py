@@ -3,7 +3,17 @@ verdict and the manifest file, in one place. The benchmarks (``pytest bench/ --b
 qualification on first use (``qualify``) both produce evidence rows; ``evidence`` turns rows into manifest
 entries; ``rule`` decides; ``Verdicts`` reads the manifests back, re-checks everything and ``choose``s.
 
-Rule (``rule``), per implementation, on its recorded evidence:
+One verdict per step mode. A verdict is for one mode of the training step (``TIMINGS``): ``"graph"`` for use
+inside the CUDA-graph-captured step (train.py's default on a GPU), ``"eager"`` for ``--graph off``. It rests
+only on rows timed in that mode: the graph verdict judges a graph-safe implementation by CUDA-graph timing
+against the reference and the graph-safe peers (an implementation that is not graph-safe has none: it cannot be
+in the captured step), the eager verdict by eager timing against every installed peer. The manifest keeps both
+(``ops[op][impl][mode]``, each entry recording its ``mode``) and ``Verdicts(graph=...)`` reads the one for the
+mode the step runs in. Run 6 showed why: the benchmarks' eager rows denied every glue kernel and wkv6/triton at
+the model's small shapes (host overhead; fla_recurrent, not graph-safe, "won"), while the graph-timed first use
+allowed them all.
+
+Rule (``rule``), per implementation and mode, on its recorded evidence:
 * correct: every output's and gradient's relative error vs float64 checked and within the op's bound
   (``OpSpec.bound``), at every shape checked, and no run failed; a wrong kernel is denied whatever its speed;
 * faster than the reference at every timed shape, with no more extra peak memory;
@@ -11,13 +21,13 @@ Rule (``rule``), per implementation, on its recorded evidence:
   ``NOISE``); where a peer wins, the lab kernel is denied and ``choose`` takes the peer, saying so.
 Every comparison is like with like: each timing row records its ``timing_mode`` (``TIMINGS``), and a row is
 compared only with the reference's and the peers' rows of the same shape, pass and mode. A shape row without a
-known mode denies (fail closed).
+known mode, or of another mode than its verdict's, denies (fail closed).
 
 Timing modes. ``"eager"``: CUDA events around ordinary calls (host overhead included: what an eager step
-pays; the benchmarks' mode). ``"graph"``: the fwd+bwd is warmed up on a side stream, captured once as a CUDA
+pays; the benchmarks' ``ms``). ``"graph"``: the fwd+bwd is warmed up on a side stream, captured once as a CUDA
 graph and its replays are timed (no host time: what a CUDA-graph-captured training step pays; a step shorter
 than ``GRAPH_MIN_MS`` is captured several times into one graph, so that the graph's own launch is spread as in
-the step's one graph, and the time is per step). The
+the step's one graph, and the time is per step; ``graph_ms``, also the benchmarks' ``ms_graph``). The
 qualification uses ``"graph"`` when the training step will be captured (train.py: ``--graph`` auto/on on a GPU)
 — eager timing there had denied µs-sized kernels for launch overhead that the captured step does not have (run
 3: gate_norm_residual and decay_exp). Decision for implementations that are not graph-safe (spec
@@ -26,10 +36,11 @@ the graph off for the whole step (run 3, small model: 126 ms eager vs 15 ms capt
 back, and timing it eagerly against graph-timed lab kernels would compare host overhead with none. So a
 graph-timed lab kernel is compared with the graph-safe peers only (graph-timed in the same run); the verdict
 names no eager peer, and ``choose`` (``Verdicts(graph=True)``) skips non-graph-safe implementations, saying so.
-If the reference itself cannot be captured, the op is timed eagerly (every row of it ``"eager"``).
+If the reference itself cannot be captured, the op is timed eagerly (every row of it ``"eager"``): it gets an
+eager verdict only, and the captured step keeps its reference.
 
 ``choose`` takes the fastest allowed lab candidate at the model's own shape (``Verdicts(shapes=...)``; fwd+bwd
-time in the step's timing mode, else the other mode); an allowed peer is taken only where it beats every allowed
+time in the step's mode); an allowed peer is taken only where it beats every allowed
 lab kernel there by more than ``NOISE`` (or no lab kernel is allowed), and the reason says so. Candidates
 without a timing at that shape rank after those with one, in the spec's order (with no shapes: the spec's
 order, the first allowed lab candidate, else the first allowed peer, else the reference).
@@ -38,7 +49,9 @@ Fail closed (``Verdicts.verdict``): a missing, unreadable or malformed manifest,
 (or a peer's package version), an entry whose ``allowed`` is not exactly ``true``, whose reason or recorded
 decision disagrees with the rule re-applied to its evidence, whose error bound is not the op's bound for the
 recorded dtype now (a loosened bound would agree with itself), whose ``source_hash`` is absent or differs from
-the op's current sources, or whose timing rows lack a known mode, all mean "not allowed", with a one-line reason.
+the op's current sources, or whose timing rows lack a known mode; a value not keyed by step mode (a manifest of
+the older format), an entry filed under another mode than it records, or a graph verdict of an implementation
+that is not graph-safe: all mean "not allowed", with a one-line reason.
 
 Gate on first use (``qualify``, from train.py ``--kernels auto`` on a GPU): what lacks a valid verdict at the
 model's shapes in the step's timing mode is measured and decided in ≤ 60 s for all ops together; the order,
@@ -57,10 +70,11 @@ Files: the published evidence ``profiles/<gpu-slug>/gates.json`` (written by the
 
     {"meta": {"gpu", "slug", "versions": {"torch", "triton", "cuda", <peer packages>}, "kernel_hash",
               "op_hashes": {op: hash}, "created", "source": "bench" | "qualify"},
-     "ops": {op: {impl: {"allowed": bool, "reason": str, "role": str, "dtype": str, "bound": float,
-                         "errors": {name: err}, "failed": [str], "source_hash": str, "sources": [path],
-                         "shapes": [{"shape", "timing_mode", "ms", "ref_ms", "speedup", "peak_mb",
-                                     "ref_peak_mb", "peer_ms": {peer: ms}}]}}}}
+     "ops": {op: {impl: {mode: {"mode": "graph" | "eager", "allowed": bool, "reason": str, "role": str,
+                                "dtype": str, "bound": float, "errors": {name: err}, "failed": [str],
+                                "source_hash": str, "sources": [path],
+                                "shapes": [{"shape", "timing_mode", "ms", "ref_ms", "speedup", "peak_mb",
+                                            "ref_peak_mb", "peer_ms": {peer: ms}}]}}}}}
 """
 from __future__ import annotations
 
@@ -171,7 +185,11 @@ def _at(s: dict) -> str:
 
 
 def rule(entry: dict) -> tuple[bool, str]:
-    """Apply the gate rule to one implementation's recorded evidence (see the module docstring)."""
+    """Apply the gate rule to one implementation's recorded evidence for one step mode (``entry["mode"]``: every
+    timing row must be timed in that mode; see the module docstring)."""
+    mode = entry.get("mode")
+    if mode not in TIMINGS:
+        return False, f"denied: the verdict names no known step mode ({'|'.join(TIMINGS)})"
     errors, bound = entry.get("errors") or {}, entry.get("bound")
     failed = entry.get("failed") or []
     if not errors:
@@ -187,6 +205,9 @@ def rule(entry: dict) -> tuple[bool, str]:
     unknown = [s["shape"] for s in shapes if s.get("timing_mode") not in TIMINGS]
     if unknown:
         return False, f"denied: no known timing mode ({'|'.join(TIMINGS)}) at {', '.join(unknown)}"
+    other = [_at(s) for s in shapes if s["timing_mode"] != mode]
+    if other:
+        return False, f"denied: timed in another mode than its {mode} verdict at {', '.join(other)}"
     slower = [_at(s) for s in shapes if not s["ms"] < s["ref_ms"]]
     if slower:
         return False, f"denied: not faster than the reference at {', '.join(slower)}"
@@ -201,9 +222,8 @@ def rule(entry: dict) -> tuple[bool, str]:
         if beaten:
             return False, "denied: slower than peer " + ", ".join(beaten)
     worst = min(s["ref_ms"] / s["ms"] for s in shapes)
-    modes = "/".join(sorted({s["timing_mode"] for s in shapes}))
     vs = f", no slower than {', '.join(peers)}" if peers and entry.get("role") == "lab" else ""
-    return True, f"allowed: correct, ≥{worst:.1f}× the reference ({modes}), no more memory{vs}"
+    return True, f"allowed: correct, ≥{worst:.1f}× the reference ({mode}), no more memory{vs}"
 
 
 # --------------------------------------------------------------------------------------------- evidence
@@ -218,7 +238,8 @@ def _key(r: dict) -> tuple:
     return r["shape"], r["pass"], r.get("timing_mode")
 
 
-def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict]) -> dict:
+def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict], mode: str) -> dict:
+    """The ``mode`` verdict of ``impl`` from its rows ``mine`` and the op's other ``rows`` (all of that mode)."""
     hashes = sorted({r.get("source_hash") or "" for r in mine})
     dtype = mine[0]["dtype"]
     bound = spec.bound(getattr(torch, dtype, torch.bfloat16))
@@ -231,7 +252,7 @@ def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict]) -> dict:
         failed.append("rows measured by different versions of the sources")
     same = [r for r in rows if r["op"] == spec.name and (r.get("source_hash") or "") == hashes[0] and r.get("ms")]
     refs = {_key(r): r for r in same if r["impl"] == spec.reference.name}
-    peer_names = {i.name for i in spec.role("peer")} - {impl}
+    peer_names = {i.name for i in spec.role("peer") if mode == "eager" or i.graph_safe} - {impl}
     shapes = []
     for r in mine:
         rr = refs.get(_key(r))
@@ -243,23 +264,49 @@ def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict]) -> dict:
                        "ref_ms": rr["ms"],
                        "speedup": rr["ms"] / r["ms"], "peak_mb": r.get("peak_mb"),
                        "ref_peak_mb": rr.get("peak_mb"), "peer_ms": peer_ms})
-    entry = {"role": spec.impl(impl).role, "dtype": dtype, "bound": bound, "errors": errors, "failed": failed,
-             "shapes": shapes, "source_hash": hashes[0] or None, "sources": op_sources(spec.name)}
+    entry = {"mode": mode, "role": spec.impl(impl).role, "dtype": dtype, "bound": bound, "errors": errors,
+             "failed": failed, "shapes": shapes, "source_hash": hashes[0] or None, "sources": op_sources(spec.name)}
     entry["allowed"], entry["reason"] = rule(entry)
     return entry
 
 
+GRAPH_FAILED = "graph capture failed"   # a benchmark row's note when a graph-safe implementation did not capture
+
+
+def mode_rows(rows: list[dict]) -> list[dict]:
+    """One timing row per mode: a benchmark row times eagerly (``ms``) and, for a graph-safe implementation, as
+    CUDA-graph replays (``ms_graph``): it becomes an eager row and a graph row (``ms`` = its ``ms_graph``; a
+    failed capture, said in its note, a graph row without a time: the graph verdict denies). The memory figure
+    of both is the row's ``peak_mb``. Rows already of one mode without ``ms_graph`` (``qualify``'s) pass."""
+    out = []
+    for r in rows:
+        out.append(r)
+        if r.get("timing_mode") != "eager" or r.get("op") not in specs():
+            continue
+        if r.get("ms_graph") is not None:
+            out.append(dict(r, ms=r["ms_graph"], ms_graph=None, timing_mode="graph"))
+        elif GRAPH_FAILED in (r.get("note") or ""):
+            out.append(dict(r, ms=None, ms_graph=None, timing_mode="graph"))
+    return out
+
+
 def evidence(rows: list[dict]) -> dict:
-    """Per op and non-reference implementation: the manifest entry (evidence + verdict) built from result rows
-    (the benchmarks' or ``qualify``'s). Rows of ops without a spec (training) are ignored."""
+    """Per op, non-reference implementation and step mode (``TIMINGS``): the manifest entry (evidence + verdict)
+    built from result rows (the benchmarks' or ``qualify``'s), ``{op: {impl: {mode: entry}}}``. A mode's
+    verdict rests on the rows timed in that mode only (``mode_rows``); the graph verdict of an implementation
+    that is not graph-safe is never built. Rows of ops without a spec (training) are ignored."""
     known = specs()
     ops: dict = {}
-    for op, impl in sorted({(r["op"], r["impl"]) for r in rows if r["op"] in known}):
+    rows = mode_rows(rows)
+    for op, impl, mode in sorted({(r["op"], r["impl"], r.get("timing_mode")) for r in rows if r["op"] in known}):
         spec = known[op]
-        if impl == spec.reference.name or impl not in {i.name for i in spec.impls}:
+        if impl == spec.reference.name or impl not in {i.name for i in spec.impls} or mode not in TIMINGS:
             continue
-        mine = [r for r in rows if r["op"] == op and r["impl"] == impl]
-        ops.setdefault(op, {})[impl] = _entry(spec, impl, mine, rows)
+        if mode == "graph" and not spec.impl(impl).graph_safe:
+            continue
+        same = [r for r in rows if r["op"] == op and r.get("timing_mode") == mode]
+        mine = [r for r in same if r["impl"] == impl]
+        ops.setdefault(op, {}).setdefault(impl, {})[mode] = _entry(spec, impl, mine, same, mode)
     return ops
 
 
@@ -316,11 +363,13 @@ def write(ops: dict, path: Path | None = None, source: str = "bench", history: d
     current = {"meta": meta(source), "ops": {}}
     old, status = load(path)
     if old is not None and not _same_machine(old.get("meta") or {}, current["meta"]):
-        current["ops"] = {op: dict(impls) for op, impls in (old.get("ops") or {}).items() if isinstance(impls, dict)}
+        current["ops"] = {op: {impl: _modes_of(e) for impl, e in impls.items()}
+                          for op, impls in (old.get("ops") or {}).items() if isinstance(impls, dict)}
         if isinstance(old.get("history"), dict):
             current["history"] = old["history"]
     for op, impls in ops.items():
-        current["ops"].setdefault(op, {}).update(impls)
+        for impl, modes in impls.items():
+            current["ops"].setdefault(op, {}).setdefault(impl, {}).update(modes)
     if history is not None:
         seconds = dict(_history(current)[0], **history.get("seconds", {}))
         current["history"] = {"seconds": seconds, "deferred": sorted(history.get("deferred", []))}
@@ -328,6 +377,11 @@ def write(ops: dict, path: Path | None = None, source: str = "bench", history: d
     tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def _modes_of(entry) -> dict:
+    """The per-mode verdicts of an implementation's manifest value (entries of an older format are dropped)."""
+    return {m: e for m, e in entry.items() if m in TIMINGS} if isinstance(entry, dict) else {}
 
 
 def _show(path: Path) -> str:
@@ -386,8 +440,22 @@ def _check_entry(entry) -> str | None:
     return None
 
 
-def verdict_of(data: dict | None, status: str, op: str, impl: str, root: Path = ROOT) -> tuple[bool, str]:
-    """Whether one manifest lets ``impl`` of ``op`` into training here, and why (fails closed)."""
+def _mode_entry(data: dict, op: str, impl: str, mode: str):
+    """(the recorded ``mode`` verdict of ``op``/``impl`` or None, what is wrong with the value around it or None)."""
+    impls = data["ops"].get(op)
+    value = impls.get(impl) if isinstance(impls, dict) else None
+    if value is None:
+        return None, None
+    if not isinstance(value, dict) or "reason" in value or set(value) - set(TIMINGS):
+        return None, (f"not one verdict per step mode ({'|'.join(TIMINGS)}) — a manifest of an older format; "
+                      "re-run the benchmarks or the qualification")
+    return value.get(mode), None
+
+
+def verdict_of(data: dict | None, status: str, op: str, impl: str, root: Path = ROOT,
+               mode: str = "eager") -> tuple[bool, str]:
+    """Whether one manifest lets ``impl`` of ``op`` into a training step run in ``mode`` (``TIMINGS``: "graph"
+    for the CUDA-graph-captured step, "eager" for ``--graph off``) here, and why (fails closed)."""
     if data is None or status != "ok":
         return False, status
     try:
@@ -395,9 +463,17 @@ def verdict_of(data: dict | None, status: str, op: str, impl: str, root: Path = 
         role = spec.impl(impl).role
     except KeyError as e:
         return False, str(e).strip("'\"")
-    entry = (data["ops"].get(op) or {}).get(impl) if isinstance(data["ops"].get(op), dict) else None
+    if mode not in TIMINGS:
+        return False, f"unknown step mode {mode!r}; known: {'|'.join(TIMINGS)}"
+    entry, bad = _mode_entry(data, op, impl, mode)
+    if bad:
+        return False, f"malformed verdict for {op}/{impl}: {bad}"
     if entry is None:
-        return False, f"no verdict for {op}/{impl}"
+        return False, f"no verdict for {op}/{impl} ({mode})"
+    if mode == "graph" and not spec.impl(impl).graph_safe:
+        return False, f"malformed verdict for {op}/{impl}: a graph verdict for an implementation that is not graph-safe"
+    if isinstance(entry, dict) and entry.get("mode") != mode:
+        return False, f"malformed verdict for {op}/{impl}: filed under {mode}, records mode {entry.get('mode')!r}"
     bad = _check_entry(entry)
     if bad:
         return False, f"malformed verdict for {op}/{impl}: {bad}"
@@ -429,8 +505,9 @@ class Verdicts:
     (a malformed or inconsistent one decides too: not allowed); missing, stale and unreadable ones defer.
 
     ``shapes`` ({op: the spec's shape tuple or its ``shape_str``}, e.g. ``model_shapes``): where ``choose``
-    compares speeds; ``graph``: the training step will be captured (graph-timed evidence preferred,
-    implementations that are not graph-safe never chosen)."""
+    compares speeds; ``graph``: the training step will be captured, so the verdicts for the graph mode are read
+    (CUDA-graph timing against graph-safe competitors; implementations that are not graph-safe never chosen),
+    else the eager ones (``--graph off``). ``mode`` is that step mode."""
 
     def __init__(self, paths: list[Path] | None = None, *, shapes: dict | None = None, graph: bool = False):
         self.paths = paths if paths is not None else [machine_path(), manifest_path()]
@@ -438,52 +515,53 @@ class Verdicts:
         self.shapes = {op: shp if isinstance(shp, str) else get(op).bench.shape_str(*shp)
                        for op, shp in (shapes or {}).items()}
         self.graph = graph
+        self.mode = "graph" if graph else "eager"
 
-    def _decide(self, op: str, impl: str) -> tuple[bool, str, dict | None]:
-        """(allowed, why, the valid entry or None)."""
-        whys = []
+    def _decide(self, op: str, impl: str, mode: str | None = None) -> tuple[bool, str, dict | None]:
+        """(allowed, why, the valid entry or None) of the verdict for ``mode`` (default: this step's)."""
+        mode, whys = mode or self.mode, []
         for path, data, status in self.loaded:
-            ok, why = verdict_of(data, status, op, impl)
+            ok, why = verdict_of(data, status, op, impl, mode=mode)
             if ok or not why.startswith(_UNDECIDED):
                 valid = ok or why.startswith("denied")
-                return ok, f"{why} [{_show(path)}]", data["ops"][op][impl] if valid else None
+                return ok, f"{why} [{_show(path)}]", data["ops"][op][impl][mode] if valid else None
             whys.append(why)
         return False, "; ".join(dict.fromkeys(whys)) or "no manifest", None
 
     def verdict(self, op: str, impl: str) -> tuple[bool, str]:
+        """(allowed, why) of ``impl`` for this step mode."""
         ok, why, _ = self._decide(op, impl)
         return ok, why
 
     def has(self, op: str, impl: str, shape: str | None = None, timing: str | None = None) -> bool:
-        """A valid verdict (allowed or denied) exists; with ``shape`` (a spec's ``shape_str``), one measured at
-        that shape (a failure there counts), with ``timing`` too, timed in that mode there."""
-        _, _, entry = self._decide(op, impl)
+        """A valid verdict (allowed or denied) for the step mode ``timing`` (default: this step's) exists; with
+        ``shape`` (a spec's ``shape_str``), one measured at that shape (a failure there counts)."""
+        _, _, entry = self._decide(op, impl, timing)
         if entry is None or shape is None:
             return entry is not None
-        return any(s["shape"].startswith(shape + " ") and timing in (None, s["timing_mode"])
-                   for s in entry["shapes"]) or any(x.startswith(shape + " ") for x in entry.get("failed", []))
+        return any(s["shape"].startswith(shape + " ") for s in entry["shapes"]) or \
+            any(x.startswith(shape + " ") for x in entry.get("failed", []))
 
-    def ms_at(self, op: str, impl: str, timing: str) -> float | None:
-        """The fwd+bwd (else fwd) time of ``impl`` at ``op``'s model shape in ``timing`` mode, from its valid
-        verdict; None without one."""
+    def ms_at(self, op: str, impl: str) -> float | None:
+        """The fwd+bwd (else fwd) time of ``impl`` at ``op``'s model shape, from its valid verdict for this step
+        mode; None without one."""
         _, _, entry = self._decide(op, impl)
         shape = self.shapes.get(op)
         if entry is None or shape is None:
             return None
         for pass_ in ("fwdbwd", "fwd"):
             for s in entry["shapes"]:
-                if s["shape"] == f"{shape} {pass_}" and s["timing_mode"] == timing:
+                if s["shape"] == f"{shape} {pass_}":
                     return s["ms"]
         return None
 
     def _fastest(self, op: str, names: list[str]) -> tuple[str, float | None, str]:
-        """(name, ms, timing) of the fastest of ``names`` at the op's model shape — the step's timing mode
-        first, then the other; without any timing there: (the first name, None, "")."""
-        for timing in sorted(TIMINGS, key=lambda t: t != ("graph" if self.graph else "eager")):
-            timed = [(ms, i, n) for i, n in enumerate(names) if (ms := self.ms_at(op, n, timing)) is not None]
-            if timed:
-                ms, _, name = min(timed)
-                return name, ms, timing
+        """(name, ms, mode) of the fastest of ``names`` at the op's model shape in this step mode; without any
+        timing there: (the first name, None, "")."""
+        timed = [(ms, i, n) for i, n in enumerate(names) if (ms := self.ms_at(op, n)) is not None]
+        if timed:
+            ms, _, name = min(timed)
+            return name, ms, self.mode
         return names[0], None, ""
 
     def choose(self, spec: OpSpec, usable: Callable[[str], bool]) -> tuple[str, str]:
@@ -607,6 +685,24 @@ def _record(run: Callable, leaves: list[torch.Tensor], copies: int, cuda: bool):
     return graph, peak
 
 
+def _clearing(step: Callable, leaves: list[torch.Tensor]) -> Callable:
+    """``step`` preceded by clearing ``leaves``' gradients (each call computes them afresh)."""
+    def run():
+        for t in leaves:
+            t.grad = None
+        step()
+    return run
+
+
+def graph_ms(step: Callable, leaves: list[torch.Tensor], cuda: bool = True) -> tuple[float, float | None, int]:
+    """CUDA-graph timing of ``step`` (a forward, or a fwd+bwd whose ``leaves``' gradients are cleared first):
+    (ms per step over replays of its graph, the extra peak MB of the capture, steps timed) — ``_capture``, then
+    ``_time_ms`` of the replays. What the gate's "graph" rows and the benchmarks' ``ms_graph`` are."""
+    replay, peak, copies = _capture(_clearing(step, leaves), leaves, cuda)
+    ms, reps = _time_ms(replay, cuda)
+    return ms / copies, peak, reps * copies
+
+
 def _grad_outputs(res) -> list[torch.Tensor]:
     return [o for o in (res if isinstance(res, (tuple, list)) else (res,))
             if isinstance(o, torch.Tensor) and o.requires_grad]
@@ -631,10 +727,12 @@ def fwd_bwd_step(fn: Callable, inputs: dict, seed: int = 0) -> tuple[Callable, l
 
 
 def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, device, timing: str = "eager") -> dict:
-    """One evidence row of ``impl`` at shape ``shp``, fwd+bwd: errors of the output and every gradient vs the
-    float64 reference (at the spec's error shape), time and extra peak memory (at ``shp``), timed in ``timing``
-    mode (``TIMINGS``; "graph": CUDA-graph replays, ``_capture``). On a CUDA device in the spec's dtype with
-    CUDA events; elsewhere (the interpreter) in float32 by the host clock."""
+    """One evidence row of ``impl`` at shape ``shp``, fwd+bwd: time and extra peak memory (at ``shp``), timed in
+    ``timing`` mode (``TIMINGS``; "graph": CUDA-graph replays, ``graph_ms``), then errors of the output and every
+    gradient vs the float64 reference (at the spec's error shape). Timing first: an autotuned kernel tunes at its
+    first call, and whose key ignores the batch (mamba-ssm's) would otherwise be tuned at the error shape (B ≤ 2)
+    and train with that choice. On a CUDA device in the spec's dtype with CUDA events; elsewhere (the
+    interpreter) in float32 by the host clock."""
     from groundthink.harness import compare
     b = spec.bench
     cuda = torch.device(device).type == "cuda"
@@ -645,28 +743,21 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, device, timing: s
     try:
         if timing not in TIMINGS:
             raise ValueError(f"timing must be one of {TIMINGS}; got {timing!r}")
-        if impl != spec.reference.name:
-            err = b.err_shape(*shp) if b.err_shape else shp
-            ref = spec.reference.load()
-            row["errors"] = compare(fn, ref, b.make_inputs(*err, True, dtype=dtype, seed=1, device=device))
         step, leaves = fwd_bwd_step(fn, b.make_inputs(*shp, True, dtype=dtype, device=device))
-
-        def run():
-            for t in leaves:
-                t.grad = None
-            step()
-
-        copies, first = 1, None
         if timing == "graph":
-            target, row["peak_mb"], copies = _capture(run, leaves, cuda)
+            row["ms"], row["peak_mb"], row["reps"] = graph_ms(step, leaves, cuda)
         else:
+            run = _clearing(step, leaves)
             run()                               # autotuning / compilation outside the memory and time figures
             for t in leaves:
                 t.grad = None
-            target = run
             row["peak_mb"], first = _peak_mb(run, cuda)
-        ms, reps = _time_ms(target, cuda, first)
-        row["ms"], row["reps"] = ms / copies, reps * copies
+            row["ms"], row["reps"] = _time_ms(run, cuda, first)
+        del step, leaves
+        if impl != spec.reference.name:         # after the timing: the kernels' first call (autotuning) was at
+            err = b.err_shape(*shp) if b.err_shape else shp          # the model's shape, which training reuses
+            ref = spec.reference.load()
+            row["errors"] = compare(fn, ref, b.make_inputs(*err, True, dtype=dtype, seed=1, device=device))
     except Exception as e:  # noqa: BLE001 - recorded: the rule denies a kernel that fails to run
         row["note"] = f"{type(e).__name__}: {str(e)[:200]}"
         row["ms"] = None
@@ -701,7 +792,11 @@ def _timing(spec: OpSpec, graph: bool) -> str:
 # (its ``history`` of seconds, written by every qualification, takes over from the next run on). Measured on the
 # H100 (run 5, cold Triton cache, compiles one after another): the wkv6 reference is a Python loop over chunks
 # captured as a CUDA graph; mamba-ssm's first use compiles and autotunes ≈15 kernels.
-FIRST_USE_S = {"wkv6/reference": 12.2, "wkv6/triton": 17.3, "mamba2/mamba_ssm": 99.5}
+FIRST_USE_S = {"wkv6/triton": 11.2, "mamba2/mamba_ssm": 52.0}   # run 6, parallel compile (run 5 serial: 17.3,
+                                                                  # 99.5; the wkv6 reference's 12.4 s was its
+                                                                  # per-sequence loop, batched since)
+BACKGROUND_S = 20.0       # an item expected to take this long compiles in a subprocess from the start (precompile)
+BACKGROUND_REST = 0.4     # what is left of such an item's expected time at most after its background compile
 REFERENCE_S = 0.5         # a PyTorch reference otherwise: nothing to compile
 BASE_S, CONFIG_S = 1.5, 0.2   # a kernel otherwise: 1.5 s + 0.2 s per autotune config in its package (run 5 with
                               # parallel compile: glue kernels without autotuning 0.9-2.4 s, gate_norm_residual's
@@ -792,16 +887,28 @@ def _failed_row(spec: OpSpec, impl, shp, timing: str, err: Exception, device) ->
             "note": f"not importable: {type(err).__name__}: {err}"}
 
 
-def _used_anyway(plan: list, path: Path) -> set[str]:
+def _used_anyway(plan: list, path: Path, graph: bool) -> set[str]:
     """The planned peers of ops without a lab kernel that another manifest (not ``path``, the one being
-    written) already allows: training takes such a peer whether or not it is measured now."""
-    others = Verdicts([p for p in (machine_path(), manifest_path()) if p != path])
+    written) already allows for this step mode: training takes such a peer whether or not it is measured now."""
+    others = Verdicts([p for p in (machine_path(), manifest_path()) if p != path], graph=graph)
     return {f"{spec.name}/{impl.name}" for spec, impl, _, _ in plan if impl.role == "peer" and
             not spec.role("lab") and others.verdict(spec.name, impl.name)[0]}
 
 
+def _background(plan: list, cuda: bool, parallel: bool, history: dict):
+    """``precompile.Background`` compiling the plan's items expected to take ``BACKGROUND_S`` or more (not the
+    first item: it starts now anyway), or None (no GPU, no parallel compile, nothing that long)."""
+    from groundthink.precompile import Background, _interpreting
+    if not (cuda and parallel) or _interpreting() or os.environ.get("GROUNDTHINK_PARALLEL_COMPILE", "1") == "0":
+        return None
+    items = [(spec.name, impl.name, shp) for spec, impl, fn, shp in plan[1:] if impl is not spec.reference
+             and not isinstance(fn, Exception) and expected_s(spec, impl, history)[0] >= BACKGROUND_S]
+    return Background(items) if items else None
+
+
 def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float,
-              history: dict | None = None, deferred_before: set | None = None, used_anyway: set | None = None):
+              history: dict | None = None, deferred_before: set | None = None, used_anyway: set | None = None,
+              background=None):
     """Measure the plan's items in order (``timing``: op -> mode, switched to eager where the reference cannot
     be captured) within ``deadline`` (time.monotonic()). An item starts only if its expected time
     (``expected_s``; for a further candidate of an op, at least what its first candidate took) fits before the
@@ -810,16 +917,22 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     qualification deferred (waiting makes it no cheaper), and one in ``used_anyway`` — the peer that training
     uses anyway on another manifest's verdict (run 5: mamba-ssm, deferred here, then compiled in the training
     step's first forward and capture instead; measured here, the step reuses its compiled and tuned kernels).
+    An item compiling in ``background`` since ``t0`` is expected to take what is left of its time after that
+    compile (at least ``BACKGROUND_REST`` of it), and is measured after the subprocess has finished.
     Returns (rows, [(item, why)] deferred, {op: {impl: seconds}})."""
     from tqdm import tqdm
     history, deferred_before, used_anyway = history or {}, deferred_before or set(), used_anyway or set()
     rows, deferred, spent, first, dropped = [], [], {}, {}, set()
+    in_background, t0 = set(background.names()) if background else set(), time.monotonic()
     bar = tqdm(plan, desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
     for spec, impl, fn, shp in bar:
         op, name = spec.name, f"{spec.name}/{impl.name}"
         exp, source = expected_s(spec, impl, history)
         if impl is not spec.reference and op in first and name not in history:
             exp, source = max(exp, first[op]), "what its first candidate took"
+        if name in in_background:
+            exp = max(exp * BACKGROUND_REST, exp - (time.monotonic() - t0))
+            source += f", compiling in the background for {time.monotonic() - t0:.0f} s"
         left = deadline - time.monotonic()
         if op in dropped:
             deferred.append((name, f"{op}/reference deferred"))
@@ -839,6 +952,8 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         if not progress and exp >= 20:   # a long item: say so before it starts, so a run cut inside it shows which
             say(f"gate: {name} started (expected {exp:.1f} s: {source})")
         t1, c1 = time.monotonic(), dict(COMPILE_STATS)
+        if name in in_background:
+            say(f"gate: {name}: waited {background.wait(op, impl.name):.1f} s for its background compile")
         if isinstance(fn, Exception):
             rows.append(_failed_row(spec, impl, shp, timing[op], fn, device))
         else:
@@ -906,9 +1021,16 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     imports = time.monotonic() - t0
     from groundthink.precompile import parallel_autotune
     c0 = dict(COMPILE_STATS)
-    with parallel_autotune(enabled=parallel):
-        rows, deferred, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s, history,
-                                          deferred_before, _used_anyway(plan, path))
+    background = _background(plan, cuda, parallel, history)
+    if background:
+        say(f"gate: compiling {', '.join(background.names())} in the background meanwhile")
+    try:
+        with parallel_autotune(enabled=parallel):
+            rows, deferred, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s, history,
+                                              deferred_before, _used_anyway(plan, path, graph), background)
+    finally:
+        if background:
+            background.close()
     for name, why in deferred:
         say(f"gate: {name} deferred to the next run: {why}")
     if _compiled_since(c0):
@@ -917,13 +1039,14 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
         f"{op} {sum(v.values()):.1f} ({', '.join(f'{i} {t:.1f}' for i, t in v.items())})"
         for op, v in spent.items()) + f"; total {time.monotonic() - t0:.1f} s of ≤ {budget_s:g} s")
     ops = evidence([dict(r, errors=json.dumps(r["errors"])) for r in rows])
-    notes = {(r["op"], r["impl"]): r["note"] for r in rows if r.get("note")}
+    notes = {(r["op"], r["impl"], r["timing_mode"]): r["note"] for r in rows if r.get("note")}
     for op, impls in ops.items():
-        for impl, e in impls.items():
-            if (op, impl) in notes:
-                e["failed"].append(notes[(op, impl)])
-                e["allowed"], e["reason"] = rule(e)
-            say(f"gate {op}/{impl}: {e['reason']}")
+        for impl, modes in impls.items():
+            for mode, e in modes.items():
+                if (op, impl, mode) in notes:
+                    e["failed"].append(notes[(op, impl, mode)])
+                    e["allowed"], e["reason"] = rule(e)
+                say(f"gate {op}/{impl} ({mode} step): {e['reason']}")
     write(ops, path, source="qualify", history={
         "seconds": {f"{op}/{i}": t for op, v in spent.items() for i, t in v.items()},
         "deferred": [name for name, _ in deferred]})
@@ -932,15 +1055,16 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
 
 
 def deferred_notes(ops, path: Path | None = None) -> list[str]:
-    """One line per op whose qualification the last run deferred: which implementation it uses instead (``ops``:
-    the ``OpSet`` resolved after the qualification) and why."""
+    """One line per op whose qualification the last run deferred and that has no verdict since (in either step
+    mode): which implementation it uses instead (``ops``: the ``OpSet`` resolved after the qualification) and
+    why."""
     path = path or machine_path()
     _, deferred = _history(load(path)[0])
     known = Verdicts([path])
     by_op: dict[str, list[str]] = {}
     for name in sorted(deferred):
         op, _, impl = name.partition("/")
-        if impl != "reference" and known.has(op, impl):     # measured since
+        if impl != "reference" and any(known.has(op, impl, timing=m) for m in TIMINGS):     # measured since
             continue
         by_op.setdefault(op, []).append(name)
     return [f"gate: {op} uses {ops.choices[op].impl} this run ({ops.choices[op].reason.removeprefix('gate: ')}); "
@@ -948,7 +1072,37 @@ def deferred_notes(ops, path: Path | None = None) -> list[str]:
             if op in ops.choices]
 
 
-def model_shapes(cfg, batch_size: int, seq_len: int) -> dict[str, tuple]:
-    """{op: shape} of every op with a ``model_shape`` in its spec, for a model of config ``cfg``."""
+def model_shapes(cfg, batch_size: int, seq_len: int, ops=None) -> dict[str, tuple]:
+    """{op: shape} of every op with a ``model_shape`` in its spec, for a model of config ``cfg``; ``ops``: only
+    these (``ops_used``: what the model's training step calls — a pure RWKV-6 model never calls mamba2)."""
     return {op: s.bench.model_shape(cfg, batch_size, seq_len) for op, s in specs().items()
-            if s.bench is not None and s.bench.model_shape is not None}
+            if s.bench is not None and s.bench.model_shape is not None and (ops is None or op in ops)}
+
+
+class _Recorder:
+    """Stands in for an ``OpSet``: hands out each op's reference and records which ops were asked for."""
+
+    def __init__(self):
+        self.used: set[str] = set()
+
+    def __getattr__(self, op: str):
+        if op.startswith("_") or op not in specs():
+            raise AttributeError(op)
+        self.used.add(op)
+        return get(op).reference.load()
+
+
+def ops_used(model, tokens: int = 16) -> set[str]:
+    """The ops the model's training step calls: one forward with targets of ``tokens`` tokens through recording
+    references (no gradients; the backward of an op runs inside its own call), its ops restored after. What the
+    qualification needs to measure — nothing that training cannot use."""
+    recorder, ops = _Recorder(), model.ops
+    device = next(model.parameters()).device
+    idx = torch.zeros(1, tokens, dtype=torch.long, device=device)
+    model.set_ops(recorder)
+    try:
+        with torch.no_grad():
+            model(idx, idx)
+    finally:
+        model.set_ops(ops)
+    return recorder.used

@@ -14,7 +14,8 @@ per op (``ops.wkv6(...)``, ``ops.gate_norm_residual(...)``, ``ops.mamba2(...)``,
                  qualification, then the published one): the fastest allowed lab candidate at the model's shape
                  (``Verdicts(shapes=...)``; the spec's order where no timing there exists), a peer only where
                  it beats every allowed lab kernel, else the reference — each with the gate's reason; on CPU,
-                 the references.
+                 the references. ``graph``: the step will be captured as a CUDA graph, so the verdicts for that
+                 mode are read (``--graph off``: the eager ones).
 """
 from __future__ import annotations
 
@@ -123,9 +124,9 @@ def _triton_choice(op: str, cuda: bool) -> Choice:
 
 
 def resolve(mode: str = "auto", overrides: dict[str, str] | None = None, *, cuda: bool | None = None,
-            verdicts=None) -> OpSet:
+            verdicts=None, graph: bool = False) -> OpSet:
     """Choose one implementation per op (see the module docstring). ``overrides`` pins op -> impl; ``cuda`` and
-    ``verdicts`` (a ``groundthink.gate.Verdicts``) may be injected (tests)."""
+    ``verdicts`` (a ``groundthink.gate.Verdicts``; else one for ``graph``) may be injected (tests)."""
     if mode not in MODES:
         raise ValueError(f"kernels mode must be auto, triton or reference; got {mode!r}")
     overrides = overrides or {}
@@ -135,7 +136,7 @@ def resolve(mode: str = "auto", overrides: dict[str, str] | None = None, *, cuda
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if mode == "auto" and cuda and verdicts is None:
         from groundthink.gate import Verdicts
-        verdicts = Verdicts()
+        verdicts = Verdicts(graph=graph)
     choices = {}
     for op in OPS:
         if op in overrides:

@@ -61,7 +61,8 @@ def fake_rows():
 
 def _evidence(errors, shapes, role="lab", failed=()):
     shapes = [dict(s, timing_mode=s.get("timing_mode", "eager")) for s in shapes]
-    return {"errors": errors, "bound": 5e-3, "failed": list(failed), "shapes": shapes, "role": role}
+    return {"mode": "eager", "errors": errors, "bound": 5e-3, "failed": list(failed), "shapes": shapes,
+            "role": role}
 
 
 def test_rule():
@@ -104,20 +105,20 @@ def test_finalize_speedups():
 
 def test_manifest_from_rows_write_load_stale(tmp_path, monkeypatch):
     ops = gate.evidence(common.finalize(fake_rows()))
-    tri = ops["wkv6"]["triton"]
+    tri = ops["wkv6"]["triton"]["eager"]
     assert tri["allowed"] is True and "no slower than fla_chunk" in tri["reason"]
     assert len(tri["shapes"]) == 4                                          # 2 shapes × fwd, fwdbwd
     assert tri["errors"]["dw"] == pytest.approx(3e-3)
     assert set(tri["shapes"][0]["peer_ms"]) == {"fla_chunk"}                 # fla_recurrent is wrong: no peer
     assert tri["source_hash"] == gate.op_hash("wkv6") and "kernels/wkv6/__init__.py" in tri["sources"]
-    assert ops["wkv6"]["fla_chunk"]["allowed"] is True
-    assert ops["wkv6"]["fla_recurrent"]["allowed"] is False                 # fast enough, but dw is wrong
-    assert "dw" in ops["wkv6"]["fla_recurrent"]["reason"]
-    assert ops["gate_norm_residual"]["triton"]["allowed"] is False          # slower than the reference
-    assert "not faster" in ops["gate_norm_residual"]["triton"]["reason"]
-    assert ops["gate_norm_residual"]["compile"]["allowed"] is False         # more memory
-    assert "memory" in ops["gate_norm_residual"]["compile"]["reason"]
-    assert ops["mamba2"]["mamba_ssm"]["allowed"] is False                   # failed to run somewhere
+    assert ops["wkv6"]["fla_chunk"]["eager"]["allowed"] is True
+    assert ops["wkv6"]["fla_recurrent"]["eager"]["allowed"] is False                 # fast enough, but dw is wrong
+    assert "dw" in ops["wkv6"]["fla_recurrent"]["eager"]["reason"]
+    assert ops["gate_norm_residual"]["triton"]["eager"]["allowed"] is False          # slower than the reference
+    assert "not faster" in ops["gate_norm_residual"]["triton"]["eager"]["reason"]
+    assert ops["gate_norm_residual"]["compile"]["eager"]["allowed"] is False         # more memory
+    assert "memory" in ops["gate_norm_residual"]["compile"]["eager"]["reason"]
+    assert ops["mamba2"]["mamba_ssm"]["eager"]["allowed"] is False                   # failed to run somewhere
     assert "reference" not in ops["wkv6"]
     assert "train" not in ops
 
@@ -129,7 +130,7 @@ def test_manifest_from_rows_write_load_stale(tmp_path, monkeypatch):
     assert gate.verdict_of(data, status, "wkv6", "triton")[0] is True
     assert gate.verdict_of(data, status, "gate_norm_residual", "triton")[0] is False
     # stale: one entry's source hash differs from the op's sources now -> only that verdict is void
-    data["ops"]["wkv6"]["triton"]["source_hash"] = "0" * 16
+    data["ops"]["wkv6"]["triton"]["eager"]["source_hash"] = "0" * 16
     path.write_text(json.dumps(data))
     data2, status2 = gate.load(path)
     assert status2 == "ok"
@@ -137,7 +138,7 @@ def test_manifest_from_rows_write_load_stale(tmp_path, monkeypatch):
     assert not ok and why.startswith("stale") and "kernels/wkv6/__init__.py" in why
     assert gate.verdict_of(data2, status2, "wkv6", "fla_chunk")[0] is True
     # an older manifest without per-entry hashes allows nothing
-    del data["ops"]["wkv6"]["fla_chunk"]["source_hash"]
+    del data["ops"]["wkv6"]["fla_chunk"]["eager"]["source_hash"]
     path.write_text(json.dumps(data))
     ok, why = gate.verdict_of(*gate.load(path), "wkv6", "fla_chunk")
     assert not ok and "no source hash" in why
@@ -149,6 +150,50 @@ def test_manifest_from_rows_write_load_stale(tmp_path, monkeypatch):
     # missing
     d4, s4 = gate.load(tmp_path / "nope.json")
     assert d4 is None and "no manifest" in s4
+
+
+def test_ms_graph_gives_the_verdict_for_the_captured_step(tmp_path):
+    """Run 6's contradiction: eager timings at the model's small shape are host overhead, and fla (not
+    graph-safe) won there, so the eager verdict denied wkv6/triton while the captured step could not use fla at
+    all. A benchmark row's ``ms_graph`` (graph-safe implementations only) makes the graph verdict: CUDA-graph
+    times against the graph-safe competitors. It survives the CSV; a failed capture denies the graph verdict."""
+    ok = {"out0": 1e-3}
+    rows = [dict(_row("wkv6", "reference", "B64 T256", "fwdbwd", 30.0, errors=ok), ms_graph=20.0),
+            dict(_row("wkv6", "triton", "B64 T256", "fwdbwd", 1.65, peak=50.0, errors=ok), ms_graph=0.30),
+            _row("wkv6", "fla_recurrent", "B64 T256", "fwdbwd", 1.12, peak=50.0, errors=ok)]
+    rows = common.read_csv_rows(common.write_csv(common.finalize(rows), tmp_path / "bench.csv"))
+    ops = gate.evidence(rows)
+    eager, graph = ops["wkv6"]["triton"]["eager"], ops["wkv6"]["triton"]["graph"]
+    assert not eager["allowed"] and "slower than peer fla_recurrent at B64 T256 fwdbwd (eager)" in eager["reason"]
+    assert graph["allowed"] and graph["mode"] == "graph" and graph["shapes"][0]["ms"] == pytest.approx(0.30)
+    assert graph["shapes"][0]["peer_ms"] == {} and "(graph)" in graph["reason"]
+    assert set(ops["wkv6"]["fla_recurrent"]) == {"eager"}
+    path = gate.write(ops, tmp_path / "gates.json")
+    assert gate.Verdicts([path], shapes={"wkv6": "B64 T256"}, graph=True).choose(
+        gate.get("wkv6"), lambda n: True)[0] == "triton"
+    assert gate.Verdicts([path], shapes={"wkv6": "B64 T256"}).choose(gate.get("wkv6"), lambda n: True)[0] == \
+        "fla_recurrent"
+    rows[1].update(ms_graph=None, note=f"{gate.GRAPH_FAILED}: RuntimeError: capture")
+    graph = gate.evidence(rows)["wkv6"]["triton"]["graph"]
+    assert not graph["allowed"] and "failed: B64 T256 fwdbwd" in graph["reason"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op,impl,ok", [("decay_exp", "reference", True), ("decay_exp", "triton", True),
+                                        ("gate_norm_residual", "compile", False)])
+def test_bench_times_graph_safe_implementations_as_graph_replays(op, impl, ok):
+    """``ms_graph`` on a GPU: a CUDA-graph time for graph-safe implementations, none for the others."""
+    spec = gate.get(op)
+    shp = spec.bench.cpu_shapes[0]
+    try:
+        fn = spec.impl(impl).load()
+    except ImportError as e:
+        pytest.skip(f"{op}/{impl} not installed: {e}")
+    step, leaves = common.make_backward(fn, spec.bench.make_inputs(*shp, True, dtype=spec.bench.dtype,
+                                                                   device=common.DEVICE))
+    step()
+    ms, note = common.time_graph(op, impl, step, leaves)
+    assert (ms is not None and ms > 0 and not note) if ok else (ms is None and not note), note
 
 
 def test_csv_columns_and_report(tmp_path):
@@ -234,15 +279,14 @@ def test_rows_read_back_keep_their_timing_mode_and_old_ones_allow_nothing(tmp_pa
     path = common.write_csv(common.finalize(fake_rows()), tmp_path / "bench.csv")
     back = common.read_csv_rows(path)
     assert {r["timing_mode"] for r in back} == {"eager"}
-    assert gate.evidence(back)["wkv6"]["triton"]["allowed"] is True
+    assert gate.evidence(back)["wkv6"]["triton"]["eager"]["allowed"] is True
     with open(path, newline="") as f:
         old = [{k: v for k, v in r.items() if k != "timing_mode"} for r in csv.DictReader(f)]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(old[0]))
         w.writeheader()
         w.writerows(old)
-    e = gate.evidence(common.read_csv_rows(path))["wkv6"]["triton"]
-    assert e["allowed"] is False and "no known timing mode" in e["reason"]
+    assert gate.evidence(common.read_csv_rows(path)) == {}                  # no mode, no verdict
 
 
 def test_merge_partial_rerun(tmp_path, monkeypatch):
@@ -263,15 +307,16 @@ def test_merge_partial_rerun(tmp_path, monkeypatch):
     assert len(tri) == 1 and tri[0]["ms"] == pytest.approx(0.5)
     assert tri[0]["speedup_vs_ref"] == pytest.approx(200.0)                 # vs the kept reference row
     ops = gate.evidence(common.all_rows())
-    assert ops["wkv6"]["triton"]["allowed"] is True
+    assert ops["wkv6"]["triton"]["eager"]["allowed"] is True
     # rows kept from a run of other sources keep their hash: a verdict never mixes them, nor gets the new hash
     old_code = [dict(r, source_hash="0" * 16) for r in old]
     common.write_csv(old_code, tmp_path / "bench.csv")
     monkeypatch.setattr(common, "SESSION", {"start": time.monotonic(), "copy_gbps": None})
     common.checkpoint()
     ops = gate.evidence(common.all_rows())
-    assert ops["wkv6"]["triton"]["allowed"] is False and "different versions" in ops["wkv6"]["triton"]["reason"]
-    assert ops["wkv6"]["fla_chunk"]["source_hash"] == "0" * 16
+    tri = ops["wkv6"]["triton"]["eager"]
+    assert tri["allowed"] is False and "different versions" in tri["reason"]
+    assert ops["wkv6"]["fla_chunk"]["eager"]["source_hash"] == "0" * 16
     path = gate.write(ops, tmp_path / "gates.json")
     ok, why = gate.verdict_of(*gate.load(path), "wkv6", "fla_chunk")
     assert not ok and why.startswith("stale")

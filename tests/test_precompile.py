@@ -126,6 +126,27 @@ def test_any_error_in_the_helper_falls_back_and_is_counted(on_gpu, monkeypatch):
     assert not any(t.startswith("precompile") for t in fn.threads)
 
 
+def test_default_benchmarks_are_shorter_inside_the_helper_and_restored_after(on_gpu, monkeypatch):
+    """A tuner on Triton's default benchmarker benchmarks each config with ``BENCH_MS`` inside the helper (the
+    same winner here), gets the default back on exit; a tuner with its own benchmarker keeps it."""
+    seen = []
+
+    def default_bench(call, quantiles, warmup=25, rep=100):
+        seen.append((warmup, rep))
+        return _bench(call, quantiles)
+
+    monkeypatch.setattr(precompile, "_benchmarker", lambda: default_bench)
+    fn = FakeJIT()
+    tuner = Autotuner(fn, fn.arg_names, [triton.Config({}, num_warps=w) for w in MS], ["N"], None, None)
+    own = _tuner(FakeJIT())
+    with precompile.parallel_autotune(workers=4):
+        _call(tuner)
+        _call(own)
+    assert tuner.best_config.num_warps == own.best_config.num_warps == 4
+    assert seen == [precompile.BENCH_MS] * len(MS) and "do_bench" not in vars(tuner)
+    assert own.do_bench is _bench
+
+
 def test_the_patch_is_removed_and_is_a_no_op_under_the_interpreter():
     original = Autotuner.run
     with precompile.parallel_autotune():
@@ -133,3 +154,30 @@ def test_the_patch_is_removed_and_is_a_no_op_under_the_interpreter():
     with precompile.parallel_autotune(enabled=False):
         assert Autotuner.run is original
     assert Autotuner.run is original
+
+
+def test_compile_only_compiles_every_config_and_launches_none(on_gpu):
+    """The background subprocess's mode: every config of a new key compiled in parallel, no benchmark, no
+    launch (the first config is compiled for the call with warmup=True)."""
+    benched, launched = [], []
+
+    def bench(call, quantiles):
+        benched.append(call)
+        return [1.0] * len(quantiles)
+
+    fn = FakeJIT()
+    real_run = fn.run
+
+    def run(*args, warmup=False, **kw):
+        if not warmup:
+            launched.append(kw.get("num_warps"))
+        return real_run(*args, warmup=warmup, **kw)
+
+    fn.run = run
+    tuner = Autotuner(fn, fn.arg_names, [triton.Config({}, num_warps=w) for w in MS], ["N"], None, None,
+                      do_bench=bench)
+    with precompile.compile_only(workers=4):
+        _call(tuner)
+    assert set(fn.compiled) == set(MS) and not benched and not launched
+    assert sum(t.startswith("precompile") for t in fn.threads) == len(MS)
+    assert Autotuner.run is not None and "compile_only" not in repr(Autotuner.run)

@@ -74,7 +74,7 @@ def test_unknown_impl_is_a_clear_error():
 
 class _Fixed:
     """A stand-in for gate.Verdicts: allowed where the test says, no timings (the spec's order decides)."""
-    graph, shapes = False, {}
+    graph, mode, shapes = False, "eager", {}
 
     def __init__(self, allowed):
         self.allowed = allowed
@@ -82,7 +82,7 @@ class _Fixed:
     def verdict(self, op, impl):
         return ((True, f"allowed: test {impl}") if (op, impl) in self.allowed else (False, f"denied: test {impl}"))
 
-    def ms_at(self, op, impl, timing):
+    def ms_at(self, op, impl):
         return None
 
     _fastest = gate.Verdicts._fastest
