@@ -98,6 +98,57 @@ def autocast_weights(model, params, run_forward, device_type: str, dtype) -> lis
     return [bool(c) for c in watch.only_cast]
 
 
+class GemmWatch(TorchDispatchMode):
+    """Records the operands of every matrix product (``mm``, ``addmm``, ``bmm``, ``baddbmm``) as cuBLAS would
+    see them, and which of them are *misaligned*: cuBLAS picks its fast kernels (sm90: ``nvjet``, TMA) only when
+    every matrix has a 16-byte aligned base pointer and a 16-byte multiple leading dimension; otherwise it falls
+    back to CUTLASS ``align1``/``align2`` kernels (run 6: 7.2 ms of a 43.4 ms step at large). A matrix of the
+    product [M, K] @ [K, N] → [M, N] counts as misaligned when its pointer % 16 ≠ 0, its leading dimension
+    (the stride that is not 1) × element size % 16 ≠ 0, a batch stride is not 16-byte aligned, or when N or
+    K is below 8 (a vector-shaped GEMM: ``[M, D] @ [D, 1]`` or the K = 1 outer product of its backward run on
+    align1 kernels too). ``skip`` names callables (e.g. an op's reference) whose inner products are not
+    recorded. ``records``: (op, [(shape, strides, pointer % 16)] per operand and the output, problems)."""
+
+    OPS = {"mm": (0, 1), "addmm": (1, 2), "bmm": (0, 1), "baddbmm": (1, 2)}
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[tuple[str, list, list[str]]] = []
+        self.paused = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name in self.OPS and not self.paused:
+            ia, ib = self.OPS[name]
+            mats = [args[ia], args[ib], out]
+            self.records.append((name, [(tuple(t.shape), t.stride(), t.data_ptr() % 16) for t in mats],
+                                 self.problems(*mats)))
+        return out
+
+    @staticmethod
+    def problems(a, b, out) -> list[str]:
+        bad = []
+        if min(b.shape[-1], a.shape[-1]) < 8:
+            bad.append(f"vector-shaped (N {b.shape[-1]}, K {a.shape[-1]})")
+        for what, t in (("A", a), ("B", b), ("C", out)):
+            esize = t.element_size()
+            *batch, sr, sc = t.stride()
+            ld = sr if sc == 1 else sc
+            if t.data_ptr() % 16:
+                bad.append(f"{what} pointer % 16 = {t.data_ptr() % 16}")
+            if (ld * esize) % 16 and min(t.shape[-2:]) > 1:
+                bad.append(f"{what} leading dimension {ld}")
+            if batch and (batch[0] * esize) % 16:
+                bad.append(f"{what} batch stride {batch[0]}")
+        return bad
+
+    def misaligned(self) -> list[str]:
+        """One line per misaligned product."""
+        return [f"{op} {' @ '.join(str(s) for s, _, _ in mats[:2])} -> {mats[2][0]}: {', '.join(bad)}"
+                for op, mats, bad in self.records if bad]
+
+
 # ----------------------------------------------------------------------------------------------- flat buffers
 
 class FlatParams:
