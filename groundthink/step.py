@@ -114,8 +114,8 @@ class GemmWatch(TorchDispatchMode):
     every matrix has a 16-byte aligned base pointer and a 16-byte multiple leading dimension; otherwise it falls
     back to CUTLASS ``align1``/``align2`` kernels (run 6: 7.2 ms of a 43.4 ms step at large). A matrix of the
     product [M, K] @ [K, N] → [M, N] counts as misaligned when its pointer % 16 ≠ 0, its leading dimension
-    (the stride that is not 1) × element size % 16 ≠ 0, a batch stride is not 16-byte aligned, or when N or
-    K is below 8 (a vector-shaped GEMM: ``[M, D] @ [D, 1]`` or the K = 1 outer product of its backward run on
+    (the stride that is not 1) × element size % 16 ≠ 0, a batch stride is not 16-byte aligned, or when M, N
+    or K is below 8 (a vector-shaped GEMM: ``[M, D] @ [D, 1]`` or the K = 1 outer product of its backward run on
     align1 kernels too). ``opaque(opset)`` stops recording inside the registry's ops (their references'
     products are not the model's). ``records``: (op, [(shape, strides, pointer % 16)] per operand and the output, problems)."""
 
@@ -139,8 +139,8 @@ class GemmWatch(TorchDispatchMode):
     @staticmethod
     def problems(a, b, out) -> list[str]:
         bad = []
-        if min(b.shape[-1], a.shape[-1]) < 8:
-            bad.append(f"vector-shaped (N {b.shape[-1]}, K {a.shape[-1]})")
+        if min(a.shape[-2], b.shape[-1], a.shape[-1]) < 8:
+            bad.append(f"vector-shaped (M {a.shape[-2]}, N {b.shape[-1]}, K {a.shape[-1]})")
         for what, t in (("A", a), ("B", b), ("C", out)):
             esize = t.element_size()
             *batch, sr, sc = t.stride()
