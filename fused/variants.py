@@ -80,10 +80,11 @@ class Fusion(nn.Module):
         """The gate projection of xn. Row mode (D → 1) as a matrix-vector product: as a GEMM ([N, D] @ [D, 1],
         and K = 1 for its input gradient) cuBLAS runs it on slow CUTLASS align1 kernels (run 6, large: 5.5 ms a
         step); ``mv`` runs a gemv, its backward one outer-product multiply and a gemv. Same parameters, same
-        math (the bias is added in fp32 instead of after a bf16 rounding under autocast)."""
+        math; the logits keep the product's dtype (bf16 under autocast, as the Linear's)."""
         if self.mode != "row":
             return self.gate_proj(xn)
-        return torch.matmul(xn, self.gate_proj.weight[0]).unsqueeze(-1) + self.gate_proj.bias
+        logits = torch.matmul(xn, self.gate_proj.weight[0])
+        return (logits + self.gate_proj.bias.to(logits.dtype)).unsqueeze(-1)
 
     def forward(self, h, a, b, xn, ops, norm, cfg: ModelConfig, collect: bool):
         """h: residual in; a, b: branch outputs (either may be None for baselines); xn: normalized input.
