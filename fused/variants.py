@@ -83,7 +83,7 @@ class Fusion(nn.Module):
         math; the logits keep the product's dtype (bf16 under autocast, as the Linear's)."""
         if self.mode != "row":
             return self.gate_proj(xn)
-        logits = torch.matmul(xn, self.gate_proj.weight[0])
+        logits = torch.matmul(xn, self.gate_proj.weight.view(-1))
         return (logits + self.gate_proj.bias.to(logits.dtype)).unsqueeze(-1)
 
     def forward(self, h, a, b, xn, ops, norm, cfg: ModelConfig, collect: bool):

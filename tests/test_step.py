@@ -184,7 +184,7 @@ def test_every_matmul_operand_of_a_hybrid_step_is_aligned():
 
 
 def test_row_gate_matrix_vector_product_equals_the_linear():
-    """GF's D → 1 gate projection as ``matmul(xn, w[0]) + b`` gives nn.Linear's value and gradients (fp64)."""
+    """GF's D → 1 gate projection as ``matmul(xn, w.view(-1)) + b`` gives nn.Linear's value and gradients (fp64)."""
     import fused
     from groundthink.registry import resolve
     torch.manual_seed(0)
