@@ -155,27 +155,26 @@ def test_hybrid_model_low_weights_and_equal_steps():
 def test_every_matmul_operand_of_a_hybrid_step_is_aligned():
     """cuBLAS runs a GEMM on its fast kernels only when every operand is 16-byte aligned (pointer and leading
     dimension) and not vector-shaped. One bf16 training step of GF-MH (the 1-element gate bias in the bf16 weight
-    buffer; the D → 1 row gate) and of HGF (a D → D gate): no matmul the model issues is misaligned (before
+    buffer; the D → 1 row gate): no matmul the model issues is misaligned (before
     the aligned buffer and the row gate's matrix-vector product, 5cf3965: the FFN weights after a gate bias
     were 2–14 bytes off 16 and the gate ran N = 1 and K = 1 GEMMs). The watch itself flags an offset weight
     and an N = 1 product."""
     import fused
     from groundthink.registry import resolve
     from groundthink.step import GemmWatch
-    for name in ("GF-MH", "HGF"):
-        ops = resolve("reference")
-        watch = GemmWatch()
-        watch.opaque(ops)
-        torch.manual_seed(0)
-        model = fused.get_model(name, "tiny", vocab_size=104, ops=ops, n_layer=2)
-        opt = torch.optim.AdamW([{"params": ps} for ps in group_params(model).values()], lr=1e-2, fused=True,
-                                capturable=True)
-        step = TrainStep(model, opt, batch_size=1, seq_len=16, device="cpu", amp_dtype=torch.bfloat16)
-        x, y = batches(1, batch=1)[0]
-        step.load_batch(torch.cat([x, x], 1), torch.cat([y, y], 1))
-        with watch:
-            step._body()
-        assert len(watch.records) > 20 and watch.misaligned() == [], (name, watch.misaligned())
+    ops = resolve("reference")
+    watch = GemmWatch()
+    watch.opaque(ops)
+    torch.manual_seed(0)
+    model = fused.get_model("GF-MH", "tiny", vocab_size=104, ops=ops, n_layer=1)
+    opt = torch.optim.AdamW([{"params": ps} for ps in group_params(model).values()], lr=1e-2, fused=True,
+                            capturable=True)
+    step = TrainStep(model, opt, batch_size=1, seq_len=16, device="cpu", amp_dtype=torch.bfloat16)
+    x, y = batches(1, batch=1)[0]
+    step.load_batch(torch.cat([x, x], 1), torch.cat([y, y], 1))
+    with watch:
+        step._body()
+    assert len(watch.records) > 10 and watch.misaligned() == [], watch.misaligned()
     w = torch.zeros(80)
     with GemmWatch() as watch:
         torch.ones(8, 8) @ w[1:65].view(8, 8).t()
