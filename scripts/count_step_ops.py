@@ -15,6 +15,8 @@ GPU is the measurement.
 Usage: PYTHONPATH=. python scripts/count_step_ops.py [--variant GF-MH] [--kernels triton|reference] [--autocast]
 [--flat-weights on|off] [--batch 2 --seq 64]. ``--autocast`` (as on a GPU): bf16 autocast on CPU, with the
 weights' bf16 copy made once per step (``--flat-weights on``, the default) or cast per use (off: the earlier step).
+``--gemms [--size large --vocab 104 --kernels reference]``: instead of counting, list the step's matrix products
+that cuBLAS would run on its slow misaligned kernels (``groundthink.step.GemmWatch``; ~1 min with the references).
 """
 from __future__ import annotations
 
