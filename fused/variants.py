@@ -76,6 +76,16 @@ class Fusion(nn.Module):
         elif self.kind == "weights":
             self.weight_logits = nn.Parameter(torch.zeros(2))
 
+    def _gate_logits(self, xn):
+        """The gate projection of xn. Row mode (D → 1) as a matrix-vector product: as a GEMM ([N, D] @ [D, 1],
+        and K = 1 for its input gradient) cuBLAS runs it on slow CUTLASS align1 kernels (run 6, large: 5.5 ms a
+        step); ``mv`` runs a gemv, its backward one outer-product multiply and a gemv. Same parameters, same
+        math; the logits keep the product's dtype (bf16 under autocast, as the Linear's)."""
+        if self.mode != "row":
+            return self.gate_proj(xn)
+        logits = torch.matmul(xn, self.gate_proj.weight.view(-1))
+        return (logits + self.gate_proj.bias.to(logits.dtype)).unsqueeze(-1)
+
     def forward(self, h, a, b, xn, ops, norm, cfg: ModelConfig, collect: bool):
         """h: residual in; a, b: branch outputs (either may be None for baselines); xn: normalized input.
         Returns (h, y, gate): when ``collect`` and the variant has a gate, ``gate`` is its probe for
@@ -95,7 +105,7 @@ class Fusion(nn.Module):
                 gate = ("weight", wts[0].detach())
             out = ops.gate_norm_residual(h, a, b, wts, weight=kw.pop("weight"), mode="weights", **kw)
         else:
-            logits = self.gate_logit if self.kind == "vector" else self.gate_proj(xn)
+            logits = self.gate_logit if self.kind == "vector" else self._gate_logits(xn)
             if collect:
                 gate = ("logit", logits.detach())
             out = ops.gate_norm_residual(h, a, b, logits, weight=kw.pop("weight"), mode=self.mode,

@@ -12,6 +12,11 @@ the values the ranks average with the gradient (loss, probes). The layout is (ki
 
     master / flat:  [ low: rwkv | mamba | other ][ fp32: rwkv | mamba | other ][ tail (flat only) ]
 
+Every parameter starts at a multiple of ``ALIGN`` = 64 elements, the gaps hold zeros: the bf16 views of ``low``
+that the matmuls read as weights are 128-byte aligned (packed, a 1-element bias such as GF's gate bias shifted
+every later weight off 16 bytes, and cuBLAS ran those GEMMs on its slow CUTLASS align1/align2 kernels:
+``GemmWatch`` finds such operands).
+
 *low* holds the parameters that bf16 autocast would cast before every use (matmul weights: found once by running
 the forward under autocast and watching which parameters only ever enter ``aten._to_copy(dtype=bf16)``);
 their bf16 copy ``low`` is refreshed by ONE copy kernel at the start of each step, so the forward runs no
@@ -55,6 +60,11 @@ from groundthink.device import warm_on_side_stream
 COMPONENTS = ("rwkv", "mamba", "other")
 KINDS = ("low", "fp32")
 N_TAIL = 1 + len(monitor.PROBES)          # loss and probes, averaged over ranks with the gradient
+ALIGN = 64                                # every parameter starts at a multiple of 64 elements in the buffers
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
 
 
 # ----------------------------------------------------------------------------------------------- which weights
@@ -98,6 +108,102 @@ def autocast_weights(model, params, run_forward, device_type: str, dtype) -> lis
     return [bool(c) for c in watch.only_cast]
 
 
+class GemmWatch(TorchDispatchMode):
+    """Records the operands of every matrix product (``mm``, ``addmm``, ``bmm``, ``baddbmm``) as cuBLAS would
+    see them, and which of them are *misaligned*: cuBLAS picks its fast kernels (sm90: ``nvjet``, TMA) only when
+    every matrix has a 16-byte aligned base pointer and a 16-byte multiple leading dimension; otherwise it falls
+    back to CUTLASS ``align1``/``align2`` kernels (run 6: 7.2 ms of a 43.4 ms step at large). A matrix of the
+    product [M, K] @ [K, N] → [M, N] counts as misaligned when its pointer % 16 ≠ 0, its leading dimension
+    (the stride that is not 1) × element size % 16 ≠ 0, a batch stride is not 16-byte aligned, or when M, N
+    or K is below 8 (a vector-shaped GEMM: ``[M, D] @ [D, 1]`` or the K = 1 outer product of its backward run on
+    align1 kernels too). ``opaque(opset)`` stops recording inside the registry's ops (their references'
+    products are not the model's). ``records``: (op, [(shape, strides, pointer % 16)] per operand and the output, problems)."""
+
+    OPS = {"mm": (0, 1), "addmm": (1, 2), "bmm": (0, 1), "baddbmm": (1, 2)}
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[tuple[str, list, list[str]]] = []
+        self.paused = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name in self.OPS and not self.paused:
+            ia, ib = self.OPS[name]
+            mats = [args[ia], args[ib], out]
+            self.records.append((name, [(tuple(t.shape), t.stride(), t.data_ptr() % 16) for t in mats],
+                                 self.problems(*mats)))
+        return out
+
+    @staticmethod
+    def problems(a, b, out) -> list[str]:
+        bad = []
+        if min(a.shape[-2], b.shape[-1], a.shape[-1]) < 8:
+            bad.append(f"vector-shaped (M {a.shape[-2]}, N {b.shape[-1]}, K {a.shape[-1]})")
+        for what, t in (("A", a), ("B", b), ("C", out)):
+            esize = t.element_size()
+            *batch, sr, sc = t.stride()
+            ld = sr if sc == 1 else sc
+            if t.data_ptr() % 16:
+                bad.append(f"{what} pointer % 16 = {t.data_ptr() % 16}")
+            if (ld * esize) % 16 and min(t.shape[-2:]) > 1:
+                bad.append(f"{what} leading dimension {ld}")
+            if batch and (batch[0] * esize) % 16:
+                bad.append(f"{what} batch stride {batch[0]}")
+        return bad
+
+    def opaque(self, opset):
+        """Record nothing inside the ops of ``opset`` (a ``groundthink.registry.OpSet``)."""
+        for c in opset.choices.values():
+            c.fn = self._paused(c.fn)
+
+    def _paused(self, fn):
+        """``fn`` with nothing recorded in its forward or its backward (an autograd Function around it)."""
+        watch, out_spec = self, [None]
+
+        class Opaque(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, spec, n, *flat):
+                leaves = [t.detach().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+                          for t in flat]
+                args = torch.utils._pytree.tree_unflatten(leaves, spec)
+                watch.paused += 1
+                try:
+                    with torch.enable_grad():
+                        outs, out_spec[0] = torch.utils._pytree.tree_flatten(fn(*args[:n], **args[n]))
+                finally:
+                    watch.paused -= 1
+                ctx.graph = (outs, leaves)
+                return tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in outs)
+
+            @staticmethod
+            def backward(ctx, *grads):
+                outs, leaves = ctx.graph
+                pairs = [(o, g) for o, g in zip(outs, grads)
+                         if isinstance(o, torch.Tensor) and o.requires_grad and g is not None]
+                need = [t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
+                watch.paused += 1
+                try:
+                    got = iter(torch.autograd.grad([o for o, _ in pairs], need, [g for _, g in pairs],
+                                                   allow_unused=True) if pairs else [None] * len(need))
+                finally:
+                    watch.paused -= 1
+                return (None, None, *(next(got) if isinstance(t, torch.Tensor) and t.requires_grad else None
+                                      for t in leaves))
+
+        def call(*a, **k):
+            flat, spec = torch.utils._pytree.tree_flatten((*a, k))
+            outs = Opaque.apply(spec, len(a), *flat)
+            return torch.utils._pytree.tree_unflatten(list(outs), out_spec[0])
+        return call
+
+    def misaligned(self) -> list[str]:
+        """One line per misaligned product."""
+        return [f"{op} {' @ '.join(str(s) for s, _, _ in mats[:2])} -> {mats[2][0]}: {', '.join(bad)}"
+                for op, mats, bad in self.records if bad]
+
+
 # ----------------------------------------------------------------------------------------------- flat buffers
 
 class FlatParams:
@@ -115,6 +221,7 @@ class FlatParams:
                     comp_of.setdefault(id(p), (comp, p))
         self.params: list[torch.nn.Parameter] = []
         self.spans: list[tuple[int, int]] = []        # (start, end) per (kind, component), KINDS × COMPONENTS
+        self.views = []                               # (start, end, shape) of each parameter
         offset = 0
         for kind in KINDS:
             for comp in COMPONENTS:
@@ -122,25 +229,35 @@ class FlatParams:
                 for c, p in comp_of.values():
                     if c == comp and (id(p) in low) == (kind == "low"):
                         self.params.append(p)
-                        offset += p.numel()
+                        self.views.append((offset, offset + p.numel(), p.shape))
+                        offset = _aligned(offset + p.numel())
                 self.spans.append((start, offset))
         self.n, self.n_low = offset, self.spans[len(COMPONENTS) - 1][1]
         self.k_low = sum(1 for p in self.params if id(p) in low)
-        self.master = torch.empty(self.n, dtype=torch.float32, device=device)
+        # the zeros after each parameter up to the next aligned offset (the gaps stay zero in every buffer)
+        self.gaps = [b - a for (_, a, _), (b, _, _) in zip(self.views, self.views[1:] + [(self.n, 0, 0)])]
+        self.master = torch.zeros(self.n, dtype=torch.float32, device=device)
         self.flat = torch.zeros(self.n + N_TAIL, dtype=torch.float32, device=device)
-        self.low = torch.empty(self.n_low, dtype=low_dtype or torch.bfloat16, device=device)
-        self.views = []                               # (start, end, shape) of each parameter
-        pos = 0
+        self.low = torch.zeros(self.n_low, dtype=low_dtype or torch.bfloat16, device=device)
+        self.zeros = {dt: torch.zeros(ALIGN, dtype=dt, device=device) for dt in (self.low.dtype, torch.float32)}
         with torch.no_grad():
-            for p in self.params:
-                m = self.master[pos:pos + p.numel()].view_as(p)
+            for p, (a, b, _) in zip(self.params, self.views):
+                m = self.master[a:b].view_as(p)
                 m.copy_(p)
                 p.data = m
-                p.grad = self.flat[pos:pos + p.numel()].view_as(p)
-                self.views.append((pos, pos + p.numel(), p.shape))
-                pos += p.numel()
+                p.grad = self.flat[a:b].view_as(p)
         self.tail = self.flat[self.n:]
         self._zero = torch.zeros((), device=device)
+
+    def with_gaps(self, grads, lo: int, hi: int, dtype) -> list[torch.Tensor]:
+        """Gradients ``lo:hi`` flattened, each followed by the zeros of its gap: the pieces of one concatenation
+        that fills that part of ``flat``."""
+        out = []
+        for g, gap in zip(grads[lo:hi], self.gaps[lo:hi]):
+            out.append(g.reshape(-1))
+            if gap:
+                out.append(self.zeros[dtype][:gap])
+        return out
 
     def check(self):
         """Raise if a parameter no longer lives in ``master`` (see the module docstring)."""
@@ -195,9 +312,9 @@ class _Compute(torch.autograd.Function):
     def backward(ctx, *grads):
         fp = ctx.fp
         if fp.k_low:
-            fp.flat[:fp.n_low].copy_(torch.cat([g.reshape(-1) for g in grads[:fp.k_low]]))
+            fp.flat[:fp.n_low].copy_(torch.cat(fp.with_gaps(grads, 0, fp.k_low, fp.low.dtype)))
         if fp.k_low < len(grads):
-            torch.cat([g.reshape(-1) for g in grads[fp.k_low:]], out=fp.flat[fp.n_low:fp.n])
+            torch.cat(fp.with_gaps(grads, fp.k_low, len(grads), torch.float32), out=fp.flat[fp.n_low:fp.n])
         return (None, None) + (None,) * len(grads)
 
 

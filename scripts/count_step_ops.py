@@ -15,6 +15,8 @@ GPU is the measurement.
 Usage: PYTHONPATH=. python scripts/count_step_ops.py [--variant GF-MH] [--kernels triton|reference] [--autocast]
 [--flat-weights on|off] [--batch 2 --seq 64]. ``--autocast`` (as on a GPU): bf16 autocast on CPU, with the
 weights' bf16 copy made once per step (``--flat-weights on``, the default) or cast per use (off: the earlier step).
+``--gemms [--size large --vocab 104 --kernels reference]``: instead of counting, list the step's matrix products
+that cuBLAS would run on its slow misaligned kernels (``groundthink.step.GemmWatch``; ~1 min with the references).
 """
 from __future__ import annotations
 
@@ -109,18 +111,58 @@ def _opaque_scan(counter: OpCounter, ref, n_fwd: int, n_bwd: int):
     return scan
 
 
+def _make_step(args, ops):
+    import train
+    from types import SimpleNamespace as NS
+    from fused import get_model
+    from groundthink.step import TrainStep
+    torch.manual_seed(0)
+    m = get_model(args.variant, args.size, vocab_size=args.vocab, ops=ops)
+    opt = train.make_optimizer(m, NS(lr=1e-3, weight_decay=0.1, lr_mult_rwkv=1.0, lr_mult_mamba=1.0,
+                                     lr_mult_other=1.0))
+    step = TrainStep(m, opt, batch_size=args.batch, seq_len=args.seq, device="cpu",
+                     amp_dtype=torch.bfloat16 if args.autocast else None, flat_weights=args.flat_weights == "on")
+    idx = torch.randint(0, args.vocab, (args.batch, args.seq + 1))
+    step.load_batch(idx[:, :-1], idx[:, 1:])
+    return m, step
+
+
+def gemm_report(args):
+    """One training step under ``GemmWatch``: every matmul the model itself issues, the misaligned ones listed
+    (inside the ops of the registry nothing is recorded: on a GPU they are the lab's or a peer's own kernels)."""
+    from groundthink.registry import resolve
+    from groundthink.step import GemmWatch
+    ops = resolve(args.kernels)
+    watch = GemmWatch()
+    watch.opaque(ops)
+    m, step = _make_step(args, ops)
+    with watch:
+        step._body()
+    bad = watch.misaligned()
+    print(f"{args.variant}/{args.size} B{args.batch} T{args.seq} vocab {args.vocab}"
+          f"{' bf16 autocast' if args.autocast else ''}: {len(watch.records)} matrix products per step, "
+          f"{len(bad)} misaligned")
+    for line, n in collections.Counter(bad).most_common():
+        print(f"  {n:3d} x {line}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--variant", default="GF-MH")
     ap.add_argument("--size", default="small")
     ap.add_argument("--kernels", default="triton")
+    ap.add_argument("--vocab", type=int, default=97)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast (as on GPU)")
     ap.add_argument("--flat-weights", choices=["on", "off", "absent"], default="on")
     ap.add_argument("--scan-fwd", type=int, default=5)
     ap.add_argument("--scan-bwd", type=int, default=20)
+    ap.add_argument("--gemms", action="store_true", help="list the step's matrix products and the misaligned "
+                    "ones (groundthink.step.GemmWatch) instead of counting launches")
     args = ap.parse_args()
+    if args.gemms:
+        return gemm_report(args)
     from fused import get_model
     from groundthink.registry import resolve
     from groundthink.step import TrainStep

@@ -87,7 +87,8 @@ def test_grad_bucket_views_norms_and_clip():
     b = step.bucket
     x, y = batches(1)[0]
     with torch.no_grad():
-        b.flat.normal_()
+        for p in model.parameters():
+            p.grad.normal_()
     for p in model.parameters():
         assert p.grad.data_ptr() >= b.flat.data_ptr() and p.grad.shape == p.shape
     per, total = b.norms()
@@ -149,6 +150,52 @@ def test_hybrid_model_low_weights_and_equal_steps():
                    "fusion.gate_proj.bias", "ffn.up.weight", "ffn.down.weight", "head.weight",
                    "mamba.conv1d.weight", "mamba.conv1d.bias"}, low
     assert runs[True][0] == runs[False][0]
+
+
+def test_every_matmul_operand_of_a_hybrid_step_is_aligned():
+    """cuBLAS runs a GEMM on its fast kernels only when every operand is 16-byte aligned (pointer and leading
+    dimension) and not vector-shaped. One bf16 training step of GF-MH (the 1-element gate bias in the bf16 weight
+    buffer; the D → 1 row gate): no matmul the model issues is misaligned (before
+    the aligned buffer and the row gate's matrix-vector product, 5cf3965: the FFN weights after a gate bias
+    were 2–14 bytes off 16 and the gate ran N = 1 and K = 1 GEMMs). The watch itself flags an offset weight
+    and an N = 1 product."""
+    import fused
+    from groundthink.registry import resolve
+    from groundthink.step import GemmWatch
+    ops = resolve("reference")
+    watch = GemmWatch()
+    watch.opaque(ops)
+    torch.manual_seed(0)
+    model = fused.get_model("GF-MH", "tiny", vocab_size=104, ops=ops, n_layer=1)
+    opt = torch.optim.AdamW([{"params": ps} for ps in group_params(model).values()], lr=1e-2, fused=True,
+                            capturable=True)
+    step = TrainStep(model, opt, batch_size=1, seq_len=16, device="cpu", amp_dtype=torch.bfloat16)
+    x, y = batches(1, batch=1)[0]
+    step.load_batch(torch.cat([x, x], 1), torch.cat([y, y], 1))
+    with watch:
+        step._body()
+    assert len(watch.records) > 10 and watch.misaligned() == [], watch.misaligned()
+    w = torch.zeros(80)
+    with GemmWatch() as watch:
+        torch.ones(8, 8) @ w[1:65].view(8, 8).t()
+        torch.ones(8, 8) @ w[:64].view(8, 8)[:, :1]
+    assert [bad for _, _, bad in watch.records] == [["B pointer % 16 = 4"], ["vector-shaped (M 8, N 1, K 8)"]]
+
+
+def test_row_gate_matrix_vector_product_equals_the_linear():
+    """GF's D → 1 gate projection as ``matmul(xn, w.view(-1)) + b`` gives nn.Linear's value and gradients (fp64)."""
+    import fused
+    from groundthink.registry import resolve
+    torch.manual_seed(0)
+    fusion = fused.get_model("GF", "tiny", vocab_size=V, ops=resolve("reference")).blocks[0].fusion.double()
+    xn = torch.randn(2, 5, 64, dtype=torch.float64, requires_grad=True)
+    got = fusion._gate_logits(xn)
+    want = fusion.gate_proj(xn)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    g = torch.randn_like(want)
+    for p in (xn, fusion.gate_proj.weight, fusion.gate_proj.bias):
+        torch.testing.assert_close(torch.autograd.grad(got, p, g, retain_graph=True)[0],
+                                   torch.autograd.grad(want, p, g, retain_graph=True)[0], rtol=1e-12, atol=1e-14)
 
 
 def test_lr_tensors_are_updated_in_place():
