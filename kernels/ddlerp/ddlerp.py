@@ -28,7 +28,7 @@ Numerics: fp32 arithmetic, outputs rounded once on store, int64 offsets. Dtypes:
 differ), maa any float dtype; outputs in x's dtype; dx, dm, dmaa in their inputs' dtypes.
 
 torch.library: ``groundthink::ddlerp_fwd`` / ``groundthink::ddlerp_bwd`` custom ops with fake implementations and
-one registered autograd formula (the only path); ``groundthink::ddlerp_grouped_fwd`` is the same forward kernel
+one registered autograd formula (eager calls run the same implementations and formula through ``kernels._eager``); ``groundthink::ddlerp_grouped_fwd`` is the same forward kernel
 writing the outputs grouped by ``order`` (one [B, T, D] tensor and one [4, B, T, D] stack: the model's batched r/k/v/g
 projection reads the stack without a copy), with the same backward kernel reading the stack's gradient slices.
 """
@@ -43,6 +43,7 @@ import triton.language as tl
 from kernels import INTERPRET
 from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import check_tensor, new_empty, num_sms
+from kernels._eager import EagerOp, pick
 from reference.ddlerp import N_MIX, check_args, check_order
 
 __all__ = ["ddlerp"]
@@ -241,7 +242,7 @@ def _bwd_impl(douts, x, m, maa, x_prev):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# torch.library custom ops + autograd (the one path)
+# torch.library custom ops + autograd (eager: the same formula through kernels._eager)
 # ----------------------------------------------------------------------------------------------------------
 @torch.library.custom_op("groundthink::ddlerp_fwd", mutates_args=())
 def _fwd_op(x: torch.Tensor, m: torch.Tensor, maa: torch.Tensor, x_prev: Optional[torch.Tensor]
@@ -257,6 +258,10 @@ def _(x, m, maa, x_prev):
 @torch.library.custom_op("groundthink::ddlerp_grouped_fwd", mutates_args=())
 def _grouped_op(x: torch.Tensor, m: torch.Tensor, maa: torch.Tensor, x_prev: Optional[torch.Tensor],
                 order: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _grouped_impl(x, m, maa, x_prev, order)
+
+
+def _grouped_impl(x, m, maa, x_prev, order):
     first = new_empty(x.shape, x.dtype, x.device)
     rest = new_empty((N_MIX - 1, *x.shape), x.dtype, x.device)
     slots = [first, *rest.unbind(0)]
@@ -271,14 +276,13 @@ def _(x, m, maa, x_prev, order):
 
 
 @torch.library.custom_op("groundthink::ddlerp_bwd", mutates_args=())
-def _bwd_op(do0: torch.Tensor, do1: torch.Tensor, do2: torch.Tensor, do3: torch.Tensor, do4: torch.Tensor,
-            x: torch.Tensor, m: torch.Tensor, maa: torch.Tensor, x_prev: Optional[torch.Tensor]
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _bwd_impl((do0, do1, do2, do3, do4), x, m, maa, x_prev)
+def _bwd_op(douts: list[torch.Tensor], x: torch.Tensor, m: torch.Tensor, maa: torch.Tensor,
+            x_prev: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bwd_impl(douts, x, m, maa, x_prev)
 
 
 @_bwd_op.register_fake
-def _(do0, do1, do2, do3, do4, x, m, maa, x_prev):
+def _(douts, x, m, maa, x_prev):
     return torch.empty_like(x), torch.empty_like(m), torch.empty_like(maa)
 
 
@@ -290,11 +294,12 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, *douts):
     x, m, maa, x_prev = ctx.saved_tensors
     douts = [torch.zeros_like(x) if d is None else d.contiguous() for d in douts]
-    dx, dm, dmaa = _bwd_op(*douts, x, m, maa, x_prev)
+    dx, dm, dmaa = pick(_bwd_op, _bwd_impl, douts[0])(douts, x, m, maa, x_prev)
     return dx, dm, dmaa, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_ddlerp = EagerOp("Ddlerp", _fwd_op, _fwd_impl, _setup_context, _backward)
 
 
 def _grouped_setup_context(ctx, inputs, output):
@@ -309,11 +314,13 @@ def _grouped_backward(ctx, d_first, d_rest):
     if d_rest is None:
         d_rest = x.new_zeros((N_MIX - 1, *x.shape))
     slots = [torch.zeros_like(x) if d_first is None else d_first.contiguous(), *d_rest.contiguous().unbind(0)]
-    dx, dm, dmaa = _bwd_op(*(slots[ctx.order.index(i)] for i in range(N_MIX)), x, m, maa, x_prev)
+    dx, dm, dmaa = pick(_bwd_op, _bwd_impl, slots[0])([slots[ctx.order.index(i)] for i in range(N_MIX)], x, m, maa,
+                                                      x_prev)
     return dx, dm, dmaa, None, None
 
 
 _grouped_op.register_autograd(_grouped_backward, setup_context=_grouped_setup_context)
+_ddlerp_grouped = EagerOp("DdlerpGrouped", _grouped_op, _grouped_impl, _grouped_setup_context, _grouped_backward)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -333,5 +340,5 @@ def ddlerp(x, m, maa, x_prev=None, order=None):
     order = check_order(order)
     c = lambda t: t if t is None or t.is_contiguous() else t.contiguous()  # noqa: E731
     if order is not None:
-        return _grouped_op(c(x), c(m), c(maa), c(x_prev), list(order))
-    return _fwd_op(c(x), c(m), c(maa), c(x_prev))
+        return _ddlerp_grouped(c(x), c(m), c(maa), c(x_prev), list(order))
+    return _ddlerp(c(x), c(m), c(maa), c(x_prev))

@@ -39,8 +39,8 @@ Dtypes: x, z one of fp32/fp16/bf16 (they may differ); weight, bias any of those;
 in its input's dtype.
 
 torch.library: ``groundthink::norm_gate_fwd`` / ``groundthink::norm_gate_bwd`` custom ops with fake
-implementations and one registered autograd formula: the public function always goes through them (eager,
-torch.compile and CUDA-graph capture share one path).
+implementations and one registered autograd formula, what torch.compile traces; eager calls (and CUDA-graph
+capture of eager code) run the same implementations and formula through ``kernels._eager`` (no dispatcher).
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ import triton.language as tl
 from kernels import INTERPRET
 from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import check_tensor, new_empty, num_sms
+from kernels._eager import EagerOp, pick
 from reference.norm_gate import check_args
 
 __all__ = ["norm_gate"]
@@ -267,7 +268,7 @@ def _bwd_impl(dy, x, z, weight, bias, group_size, eps, norm, norm_before_gate):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# torch.library custom ops + autograd (the one path)
+# torch.library custom ops + autograd (eager: the same formula through kernels._eager)
 # ----------------------------------------------------------------------------------------------------------
 @torch.library.custom_op("groundthink::norm_gate_fwd", mutates_args=())
 def _fwd_op(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -301,11 +302,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy):
     x, z, weight, bias = ctx.saved_tensors
-    dx, dz, dw, db = _bwd_op(dy.contiguous(), x, z, weight, bias, *ctx.cfg)
+    dx, dz, dw, db = pick(_bwd_op, _bwd_impl, dy)(dy.contiguous(), x, z, weight, bias, *ctx.cfg)
     return dx, dz, dw, (db if bias is not None else None), None, None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_norm_gate = EagerOp("NormGate", _fwd_op, _fwd_impl, _setup_context, _backward)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -330,4 +332,5 @@ def norm_gate(x, z, weight, bias=None, *, group_size=None, eps: float = 1e-5, no
     ``group_size`` features (default: the whole row); ``norm`` "layer" or "rms". See the module docstring."""
     gs = _validate(x, z, weight, bias, group_size, norm, eps)
     c = lambda t: t if t is None or t.is_contiguous() else t.contiguous()  # noqa: E731
-    return _fwd_op(_rows_view(x), _rows_view(z), c(weight), c(bias), gs, float(eps), norm, bool(norm_before_gate))
+    return _norm_gate(_rows_view(x), _rows_view(z), c(weight), c(bias), gs, float(eps), norm,
+                      bool(norm_before_gate))
