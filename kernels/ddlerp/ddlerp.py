@@ -48,8 +48,12 @@ from reference.ddlerp import N_MIX, check_args, check_order
 
 __all__ = ["ddlerp"]
 
-# elements per forward / backward tile (GPU), persistent backward programs per SM (over all column blocks)
-TUNING = {"fwd_tile": 2048, "bwd_tile": 1024, "bwd_per_sm": 4, "max_bd": 128}
+# elements per forward / backward tile (GPU), persistent backward programs per SM (over all column blocks).
+# Backward: BR 4 × BD 128 at 4 warps compiles (sm_90, Triton 3.9) to 143 registers, no spills (3 programs per SM
+# fit); the former 1024-element tile took 255 registers and spilled 144 B per thread. 12 programs per SM: whole
+# waves whether 2, 3, 4 or 6 fit (a register count differs between Triton versions). scripts/glue_bwd_sweep.py
+# times the alternatives on a GPU.
+TUNING = {"fwd_tile": 2048, "bwd_tile": 512, "bwd_per_sm": 12, "max_bd": 128}
 
 
 # ----------------------------------------------------------------------------------------------------------
