@@ -8,7 +8,10 @@ Why: the persistent backward kernels run at 25–56 % of copy bandwidth in the c
 step_large.jsonl) while the forwards reach ~87 %. Offline sm_90 compiles (Triton 3.9, cuobjdump) show the ddlerp
 backward at BR 8 × BD 128, 4 warps using 255 registers with 144 B of spills per thread (2 programs per SM fit,
 4 launched); BR 4 uses 143, no spills. Which setting is fastest on the H100 is what this measures.
-Bytes (bf16, E = N·D·2): ddlerp 17E (do×5, x, m×5 in; dx, dm×5 out), shift_lerp and decay_exp 3E, norm_gate 5E
+gnr (gate_norm_residual, row gate, RMSNorm, h and y both with a gradient): its per-SM program count, 4 committed
+(run 2's sweep: 1 → 0.93, 2 → 0.695, 4 → 0.610, 8 → 0.626 ms fwd+bwd) while its backward at BR 1 × BD 2048 now
+compiles to 79 registers at 8 warps (3 programs per SM fit: 4 launched run as 3 + 1) or 55 at 16 (2 fit).
+Bytes (bf16, E = N·D·2): gnr 8E (h, dy, dh, a, b in; dx, da, db out), ddlerp 17E (do×5, x, m×5 in; dx, dm×5 out), shift_lerp and decay_exp 3E, norm_gate 5E
 (dy, x, z in; dx, dz out); the fp32 partial rows of the column sums are < 1 % and not counted.
 """
 from __future__ import annotations
@@ -41,7 +44,16 @@ def cases(dev, smoke=False):
                                                for t, p in pairs]
     dl_settings = alt(((1024, 4), (512, 4), (512, 6), (256, 12), (1024, 12)))   # (1024, 4): before this commit
     per = alt(((2048, 8), (1024, 4), (1024, 12), (4096, 4)))
+    importlib.import_module("kernels.gate_norm_residual")
+    gn = sys.modules["kernels.gate_norm_residual.kernel"]
+    NR, DR = (32768, 2048) if not smoke else (8, 64)
+    xg, ag, bg, dyg, dhg = (torch.randn(NR, DR, **bf) for _ in range(5))
+    gate, wg = torch.randn(NR, 1, **bf), torch.randn(DR, device=dev)
+    h, _, stats = gn._fwd_impl(xg, ag, bg, gate, wg, None, "row", "rms", 1e-5, True, False)
+    gnr_settings = [("committed", {})] + [(f"per_sm {p}", dict(bwd_per_sm=p)) for p in (4, 6, 8, 12)]
     return [
+        ("gnr row N32768 D2048", gn, 8 * NR * DR * 2, gnr_settings,
+         lambda: gn._bwd_impl(dhg, dyg, h, ag, bg, gate, wg, None, stats, "row", "rms", True, bf["dtype"])),
         ("ddlerp B16 T1024 D512", dl, 17 * E, dl_settings, lambda: dl._bwd_impl(douts, x, m, maa, None)),
         ("shift_lerp B16 T1024 D512", sl, 3 * E, per, lambda: sl._bwd_impl(dy, x, mu, None)),
         ("decay_exp N16384 D512", de, 3 * E, per, lambda: de._bwd_impl(dyn, mu, xn)),
