@@ -53,7 +53,12 @@ __all__ = ["ddlerp"]
 # fit); the former 1024-element tile took 255 registers and spilled 144 B per thread. 12 programs per SM: whole
 # waves whether 2, 3, 4 or 6 fit (a register count differs between Triton versions). scripts/glue_bwd_sweep.py
 # times the alternatives on a GPU.
-TUNING = {"fwd_tile": 2048, "bwd_tile": 512, "bwd_per_sm": 12, "max_bd": 128}
+# bwd_rows: the row-walking backward (``_ddlerp_bwd_rows_kernel``, rows_bd columns per program at rows_bd / 64
+# warps, rows_per_sm programs per SM over all column blocks) instead of the tiled one; both kept until a GPU run
+# has timed them (scripts/glue_bwd_sweep.py). Rows at BD 128, 2 warps: 140 registers, no spills, 7 programs per
+# SM fit (sm_90, Triton 3.9): 14 per SM run as two whole waves; partial rows 3 % of the kernel's bytes at D512.
+TUNING = {"fwd_tile": 2048, "bwd_tile": 512, "bwd_per_sm": 12, "max_bd": 128,
+          "bwd_rows": True, "rows_bd": 128, "rows_per_sm": 14}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -170,6 +175,14 @@ def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_ma
                                           b_xx, b_a4)
         b_dx, b_dxx, b_dxx_n = b_dx + b_do, b_dxx + b_t, b_dxx_n + b_t_n
         tl.store(p_dx + offs, (b_dx - b_dxx + b_dxx_n).to(p_dx.dtype.element_ty), mask=m)
+    _finish_dmaa(p_part, b_a0, b_a1, b_a2, b_a3, b_a4, pid, n_progs, D, o_c, m_c, p_count, GS, NG, p_dmaa, BP, BD)
+
+
+@triton.jit
+def _finish_dmaa(p_part, b_a0, b_a1, b_a2, b_a3, b_a4, pid, n_progs, D, o_c, m_c, p_count, GS, NG, p_dmaa,
+                 BP: tl.constexpr, BD: tl.constexpr):
+    """Store this program's five partial rows of dmaa (row ``pid`` of p_part [n_progs, 5, D]); the last program
+    of the column block sums them into dmaa [5, D] (kernels._colsum)."""
     p_row = p_part + pid.to(tl.int64) * 5 * D + o_c
     tl.store(p_row, b_a0, mask=m_c)
     tl.store(p_row + D, b_a1, mask=m_c)
@@ -182,6 +195,81 @@ def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_ma
                    BD):
         for i in range(5):
             finish_columns(p_part + i * D, GS * 5 * D, NG, p_dmaa + i * D, c0, c1, BP, BD)
+
+
+@triton.jit
+def _mix_row(p_do, p_m, p_dm, b_maa, i, ND, offs, m_c, b_xx, b_acc, b_sdo, b_dxx):
+    """One mix on one row (``offs``: the row's column offsets): stores dm_i, returns the row sums carried by
+    ``_ddlerp_bwd_rows_kernel`` (dmaa_i partial + do_i ⊙ xx, Σ do_i + do_i, dxx + do_i ⊙ a_i)."""
+    b_do = tl.load(p_do + offs, mask=m_c, other=0.).to(tl.float32)
+    b_m = tl.load(p_m + i * ND + offs, mask=m_c, other=0.).to(tl.float32)
+    b_dm = b_do * b_xx
+    tl.store(p_dm + i * ND + offs, b_dm.to(p_dm.dtype.element_ty), mask=m_c)
+    return b_acc + b_dm, b_sdo + b_do, b_dxx + b_do * (b_maa + b_m)
+
+
+@triton.jit
+def _dxx_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_m, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, ND, offs, m):
+    """dxx = Σ_i do_i ⊙ (maa_i + m_i) on one row (0 where ``m`` is false)."""
+    b = tl.load(p_do0 + offs, mask=m, other=0.).to(tl.float32) * \
+        (b_maa0 + tl.load(p_m + offs, mask=m, other=0.).to(tl.float32))
+    b += tl.load(p_do1 + offs, mask=m, other=0.).to(tl.float32) * \
+        (b_maa1 + tl.load(p_m + ND + offs, mask=m, other=0.).to(tl.float32))
+    b += tl.load(p_do2 + offs, mask=m, other=0.).to(tl.float32) * \
+        (b_maa2 + tl.load(p_m + 2 * ND + offs, mask=m, other=0.).to(tl.float32))
+    b += tl.load(p_do3 + offs, mask=m, other=0.).to(tl.float32) * \
+        (b_maa3 + tl.load(p_m + 3 * ND + offs, mask=m, other=0.).to(tl.float32))
+    b += tl.load(p_do4 + offs, mask=m, other=0.).to(tl.float32) * \
+        (b_maa4 + tl.load(p_m + 4 * ND + offs, mask=m, other=0.).to(tl.float32))
+    return tl.where(m, b, 0.)
+
+
+@triton.jit
+def _ddlerp_bwd_rows_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_maa, p_dx, p_dm, p_part,
+                            p_dmaa, p_count, N, T, D, ND, L, n_progs, GS, NG,
+                            HAS_PREV: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr):
+    """The backward walking rows: program (pid, column block) takes rows [pid·L, pid·L + L) ∩ [0, N) from the last
+    to the first, one row of BD columns per step, and carries dxx of the row after (dx[t] needs dxx[t+1]): every
+    element is loaded once (x twice: as x[t] and as shift(x) of row t+1, the second from cache), no halo tiles, no
+    cross-warp reduction in the loop (the dmaa partial sums are per column, in the thread that owns it).
+    Pointers and shapes as in ``_ddlerp_bwd_kernel``; L: rows per program."""
+    pid, o_c, m_c = _cols(D, BD)
+    b_maa0 = tl.load(p_maa + o_c, mask=m_c, other=0.).to(tl.float32)
+    b_maa1 = tl.load(p_maa + D + o_c, mask=m_c, other=0.).to(tl.float32)
+    b_maa2 = tl.load(p_maa + 2 * D + o_c, mask=m_c, other=0.).to(tl.float32)
+    b_maa3 = tl.load(p_maa + 3 * D + o_c, mask=m_c, other=0.).to(tl.float32)
+    b_maa4 = tl.load(p_maa + 4 * D + o_c, mask=m_c, other=0.).to(tl.float32)
+    r_lo = pid.to(tl.int64) * L
+    r_hi = tl.minimum(r_lo + L, N)
+    z_c = o_c.to(tl.int64) * 0          # row indices are kept as [BD] blocks (masks stay block-shaped)
+    # dxx of row r_hi when it continues the sequence of row r_hi − 1 (else 0)
+    r = r_hi + z_c
+    b_next = _dxx_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_m, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, ND,
+                      r * D + o_c, m_c & (r < N) & (r % T != 0))
+    b_a0 = tl.zeros([BD], dtype=tl.float32)
+    b_a1 = tl.zeros([BD], dtype=tl.float32)
+    b_a2 = tl.zeros([BD], dtype=tl.float32)
+    b_a3 = tl.zeros([BD], dtype=tl.float32)
+    b_a4 = tl.zeros([BD], dtype=tl.float32)
+    for k in range(0, (r_hi - r_lo).to(tl.int32)):
+        r = r_hi - 1 - k + z_c
+        t = r % T
+        offs = r * D + o_c
+        b_x = tl.load(p_x + offs, mask=m_c, other=0.).to(tl.float32)
+        b_xs = tl.load(p_x + offs - D, mask=m_c & (t > 0), other=0.).to(tl.float32)
+        if HAS_PREV:
+            b_xs += tl.load(p_prev + (r // T) * D + o_c, mask=m_c & (t == 0), other=0.).to(tl.float32)
+        b_xx = b_xs - b_x
+        b_sdo = tl.zeros([BD], dtype=tl.float32)
+        b_dxx = tl.zeros([BD], dtype=tl.float32)
+        b_a0, b_sdo, b_dxx = _mix_row(p_do0, p_m, p_dm, b_maa0, 0, ND, offs, m_c, b_xx, b_a0, b_sdo, b_dxx)
+        b_a1, b_sdo, b_dxx = _mix_row(p_do1, p_m, p_dm, b_maa1, 1, ND, offs, m_c, b_xx, b_a1, b_sdo, b_dxx)
+        b_a2, b_sdo, b_dxx = _mix_row(p_do2, p_m, p_dm, b_maa2, 2, ND, offs, m_c, b_xx, b_a2, b_sdo, b_dxx)
+        b_a3, b_sdo, b_dxx = _mix_row(p_do3, p_m, p_dm, b_maa3, 3, ND, offs, m_c, b_xx, b_a3, b_sdo, b_dxx)
+        b_a4, b_sdo, b_dxx = _mix_row(p_do4, p_m, p_dm, b_maa4, 4, ND, offs, m_c, b_xx, b_a4, b_sdo, b_dxx)
+        tl.store(p_dx + offs, (b_sdo - b_dxx + b_next).to(p_dx.dtype.element_ty), mask=m_c)
+        b_next = tl.where(t > 0, b_dxx, 0.)      # row r − 1 is in the same sequence iff t > 0
+    _finish_dmaa(p_part, b_a0, b_a1, b_a2, b_a3, b_a4, pid, n_progs, D, o_c, m_c, p_count, GS, NG, p_dmaa, BP, BD)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -235,9 +323,21 @@ def _bwd_impl(douts, x, m, maa, x_prev):
     dm = new_empty(m.shape, m.dtype, dev)
     if N == 0 or D == 0:
         return dx, dm, torch.zeros_like(maa)
+    dmaa = new_empty(maa.shape, maa.dtype, dev)
+    if TUNING["bwd_rows"]:
+        BD = min(_pow2(D), 32 if INTERPRET else TUNING["rows_bd"])
+        n_cb = _cdiv(D, BD)
+        n_progs = min(3, N) if INTERPRET else max(1, min(_cdiv(N, 4), num_sms(dev) * TUNING["rows_per_sm"] // n_cb))
+        L = _cdiv(N, n_progs)
+        n_progs = _cdiv(N, L)
+        part = new_empty((n_progs, N_MIX, D), torch.float32, dev)
+        GS, NG = tree(n_progs)
+        _ddlerp_bwd_rows_kernel[(n_progs, n_cb)](
+            *douts, x, x_prev, m, maa, dx, dm, part, dmaa, counters(dev, n_cb, NG), N, T, D, N * D, L, n_progs, GS,
+            NG, HAS_PREV=x_prev is not None, BD=BD, BP=finish_rows(BD), num_warps=max(1, min(8, BD // 64)))
+        return dx, dm, dmaa
     BR, BD, n_blocks, n_progs, n_cb = persistent_grid(N, D, TUNING["bwd_tile"], TUNING["bwd_per_sm"], dev)
     part = new_empty((n_progs, N_MIX, D), torch.float32, dev)
-    dmaa = new_empty(maa.shape, maa.dtype, dev)
     GS, NG = tree(n_progs)
     _ddlerp_bwd_kernel[(n_progs, n_cb)](
         *douts, x, x_prev, m, maa, dx, dm, part, dmaa, counters(dev, n_cb, NG), N, T, D, N * D, n_blocks, n_progs,
