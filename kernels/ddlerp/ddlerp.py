@@ -55,8 +55,9 @@ __all__ = ["ddlerp"]
 # times the alternatives on a GPU.
 # bwd_rows: the row-walking backward (``_ddlerp_bwd_rows_kernel``, rows_bd columns per program at rows_bd / 64
 # warps, rows_per_sm programs per SM over all column blocks) instead of the tiled one; both kept until a GPU run
-# has timed them (scripts/glue_bwd_sweep.py). Rows at BD 128, 2 warps: 140 registers, no spills, 7 programs per
-# SM fit (sm_90, Triton 3.9): 14 per SM run as two whole waves; partial rows 3 % of the kernel's bytes at D512.
+# has timed them (scripts/glue_bwd_sweep.py). Rows at BD 128, 2 warps, finish tile [8, 128]: 140 registers, no
+# spills, 7 programs per SM fit (sm_90, Triton 3.9; a [32, 128] finish tile took 198, 5 per SM): 14 per SM run as
+# two whole waves; partial rows 3 % of the kernel's bytes at D512.
 TUNING = {"fwd_tile": 2048, "bwd_tile": 512, "bwd_per_sm": 12, "max_bd": 128,
           "bwd_rows": True, "rows_bd": 128, "rows_per_sm": 14}
 
@@ -332,9 +333,10 @@ def _bwd_impl(douts, x, m, maa, x_prev):
         n_progs = _cdiv(N, L)
         part = new_empty((n_progs, N_MIX, D), torch.float32, dev)
         GS, NG = tree(n_progs)
+        warps = max(1, min(8, BD // 64))     # the finish's [BP, BD] tile at ~16 fp32 per thread (it sets registers)
         _ddlerp_bwd_rows_kernel[(n_progs, n_cb)](
             *douts, x, x_prev, m, maa, dx, dm, part, dmaa, counters(dev, n_cb, NG), N, T, D, N * D, L, n_progs, GS,
-            NG, HAS_PREV=x_prev is not None, BD=BD, BP=finish_rows(BD), num_warps=max(1, min(8, BD // 64)))
+            NG, HAS_PREV=x_prev is not None, BD=BD, BP=finish_rows(BD, 512 * warps), num_warps=warps)
         return dx, dm, dmaa
     BR, BD, n_blocks, n_progs, n_cb = persistent_grid(N, D, TUNING["bwd_tile"], TUNING["bwd_per_sm"], dev)
     part = new_empty((n_progs, N_MIX, D), torch.float32, dev)
