@@ -45,17 +45,16 @@ def cases(dev, smoke=False):
                                                for t, p in pairs]
     tiles = dict(bwd_rows=False)
     dl_settings = [("committed", {})] + [                      # tiles 1024 / 4 per SM: the run-6 kernel
-        (f"rows BD {b} per_sm {p}", dict(bwd_rows=True, rows_bd=b, rows_per_sm=p))
-        for b, p in ((128, 7), (128, 28), (256, 6), (256, 12), (512, 4))] + [
-        (f"tiles {t} per_sm {p}", dict(tiles, bwd_tile=t, bwd_per_sm=p)) for t, p in ((1024, 4), (512, 12), (512, 6))]
-    per = alt(((2048, 8), (1024, 4), (1024, 12), (4096, 4)))
+        (f"rows BD {b} per_sm {p}", dict(bwd_rows=True, rows_bd=b, rows_per_sm=p)) for b, p in ((128, 28), (256, 12))
+    ] + [(f"tiles {t} per_sm {p}", dict(tiles, bwd_tile=t, bwd_per_sm=p)) for t, p in ((1024, 4), (512, 12))]
+    per = alt(((2048, 8), (1024, 12)))
     importlib.import_module("kernels.gate_norm_residual")
     gn = sys.modules["kernels.gate_norm_residual.kernel"]
     NR, DR = (32768, 2048) if not smoke else (8, 64)
     xg, ag, bg, dyg, dhg = (torch.randn(NR, DR, **bf) for _ in range(5))
     gate, wg = torch.randn(NR, 1, **bf), torch.randn(DR, device=dev)
     h, _, stats = gn._fwd_impl(xg, ag, bg, gate, wg, None, "row", "rms", 1e-5, True, False)
-    gnr_settings = [("committed", {})] + [(f"per_sm {p}", dict(bwd_per_sm=p)) for p in (4, 6, 8, 12)]
+    gnr_settings = [("committed", {})] + [(f"per_sm {p}", dict(bwd_per_sm=p)) for p in (6, 12)]
     return [
         ("gnr row N32768 D2048", gn, 8 * NR * DR * 2, gnr_settings,
          lambda: gn._bwd_impl(dhg, dyg, h, ag, bg, gate, wg, None, stats, "row", "rms", True, bf["dtype"])),
@@ -95,9 +94,13 @@ def main() -> None:
         for label, upd in settings:
             mod.TUNING.update(committed)
             mod.TUNING.update(upd)
-            call()
-            torch.cuda.synchronize()
-            ms = triton.testing.do_bench_cudagraph(call, rep=50, return_mode="median")
+            try:
+                call()
+                torch.cuda.synchronize()
+                ms = triton.testing.do_bench_cudagraph(call, rep=50, return_mode="median")
+            except Exception as e:  # noqa: BLE001 - one setting failing must not hide the others
+                print(f"{name:32s} {label:22s} FAIL {type(e).__name__}: {str(e).splitlines()[:1]}", flush=True)
+                continue
             gbps = nbytes / ms / 1e6
             rows.append(dict(op=name, setting=label, tuning=dict(mod.TUNING), ms=ms, gbps=gbps,
                              pct_copy=100 * gbps / copy_gbps))
