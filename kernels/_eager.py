@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = ["EagerOp", "pick", "traced"]
 
@@ -49,8 +50,8 @@ class EagerOp:
             return out
 
         self.fwd_op, self.fwd_impl = fwd_op, fwd_impl
-        self.function = type(name, (torch.autograd.Function,), {
-            "forward": staticmethod(forward), "backward": staticmethod(backward)})
+        self.function = type(name, (torch.autograd.Function,), {   # no double backward (the ops have none either)
+            "forward": staticmethod(forward), "backward": staticmethod(once_differentiable(backward))})
 
     def __call__(self, *args):
         if traced(args[0]):
