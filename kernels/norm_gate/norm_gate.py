@@ -34,6 +34,11 @@ Kernels:
 * launches use fixed warp counts by tile size (no autotuner: nothing to tune before CUDA-graph capture) and no
   host syncs.
 
+Byte floor (E = N·D·elem): forward x, z in + y out = 3E; backward dy, x, z in + dx, dz out = 5E (dW, dbias
+partial rows < 1 %). bf16 at the large model (N16384): RWKV D512 84 MB → 28 µs, Mamba D1024 168 MB → 56 µs at
+2996 GB/s; run 6's captured step averaged 83 µs per backward over the two (16 calls, 1326 µs): ~50 %. Offline
+sm_90 registers at the RWKV shape (BR 4 × 8 × 64, 4 warps): 254 → 2 programs per SM of the 4 launched.
+
 Numerics: loads upcast to fp32, every reduction in fp32, outputs rounded once on store; int64 row offsets.
 Dtypes: x, z one of fp32/fp16/bf16 (they may differ); weight, bias any of those; y in x's dtype, every gradient
 in its input's dtype.
