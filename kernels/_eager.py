@@ -4,8 +4,8 @@ Every glue op is a ``torch.library.custom_op`` pair (forward, backward) with fak
 registered autograd formula (``setup_context`` + ``backward``): what torch.compile traces (opaque nodes) and
 opcheck tests. Called eagerly, an op pays host time that its kernel does not: the dispatcher, the autograd
 wrapper's redispatch, the dynamo-disable wrapper around the implementation, then all of it again for the
-backward op (CPU, launches stubbed, decay_exp N4 D8: 86 µs forward, 377 µs forward + backward against 16 / 102 µs
-for the PyTorch reference). On the GPU machine's slower host that was ~0.5 ms per fwd+bwd: the lab glue kernels
+backward op (CPU, launches stubbed, decay_exp N4 D8, scripts/glue_host_us.py: 48–50 µs forward, 222–272 µs
+forward + backward against 19–20 / 103–108 µs for the PyTorch reference; through this module 17–18 / 135–141). On the GPU machine's slower host that was ~0.5 ms per fwd+bwd: the lab glue kernels
 lost to the reference in the eager benchmark although their GPU time is a fraction of it.
 
 ``EagerOp(fwd_op, fwd_impl, setup_context, backward)`` is called like the forward op. When nothing is being
