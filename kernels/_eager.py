@@ -5,10 +5,11 @@ registered autograd formula (``setup_context`` + ``backward``): what torch.compi
 opcheck tests. Called eagerly, an op pays host time that its kernel does not: the dispatcher, the autograd
 wrapper's redispatch, the dynamo-disable wrapper around the implementation, then all of it again for the
 backward op (CPU, launches stubbed, decay_exp N4 D8, scripts/glue_host_us.py: 48–50 µs forward, 222–272 µs
-forward + backward against 19–20 / 103–108 µs for the PyTorch reference; through this module 17–18 / 135–141). On the GPU machine's slower host that was ~0.5 ms per fwd+bwd: the lab glue kernels
-lost to the reference in the eager benchmark although their GPU time is a fraction of it.
+forward + backward against 19–20 / 103–108 µs for the PyTorch reference; through this module 17–18 / 135–141).
+On the GPU machine's slower host that was ~0.5 ms per fwd+bwd: the lab glue kernels lost to the reference in
+the eager benchmark although their GPU time is a fraction of it.
 
-``EagerOp(fwd_op, fwd_impl, setup_context, backward)`` is called like the forward op. When nothing is being
+``EagerOp(name, fwd_op, fwd_impl, setup_context, backward)`` is called like the forward op. When nothing is being
 traced (``traced``: no torch.compile / dynamo, plain tensors, not FakeTensor or functional tensors) it runs
 ``fwd_impl`` (the forward op's body) through an ``autograd.Function`` built from the same ``setup_context`` and
 ``backward``, or bare when no gradient is needed; the formula calls ``pick(bwd_op, bwd_impl, grad)`` for the
