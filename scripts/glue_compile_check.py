@@ -1,6 +1,8 @@
 """Compile the glue ops' Triton kernels for an H100 (sm_90) on a machine without a GPU: the Triton front end and
 ptxas catch what the interpreter lets through (e.g. a loop-carried variable that changes type). Prints "ok" or
-"FAIL" per kernel and exits 1 on any failure. Run with TRITON_INTERPRET=0:
+"FAIL" per kernel (with its registers per thread and spill bytes from cuobjdump, where Triton ships it: a kernel
+whose registers × threads leave fewer programs per SM than its persistent grid assumes, or that spills, is slow on
+the GPU) and exits 1 on any failure. Run with TRITON_INTERPRET=0:
     TRITON_INTERPRET=0 PYTHONPATH=. python scripts/glue_compile_check.py
 """
 import importlib
@@ -32,7 +34,8 @@ cases = [
  (NG._norm_gate_bwd_kernel, {"p_w": "*fp32", "p_b": "*fp32", "p_part": "*fp32", "p_dw": "*fp32", "p_db": "*fp32"}, dict(LAYER=True, BEFORE=True, HAS_BIAS=True, BR=8, BG=4, BS=32, BP=32, BC=128)),
  (NG._norm_gate_bwd_kernel, {"p_w": "*fp32", "p_b": "*fp32", "p_part": "*fp32", "p_dw": "*fp32", "p_db": "*fp32"}, dict(LAYER=False, BEFORE=False, HAS_BIAS=False, BR=8, BG=1, BS=256, BP=16, BC=256)),
  (DL._ddlerp_fwd_kernel, {"p_maa": "*fp32"}, dict(HAS_PREV=True, BR=16, BD=128)),
- (DL._ddlerp_bwd_kernel, {"p_maa": "*fp32", "p_part": "*fp32", "p_dmaa": "*fp32"}, dict(HAS_PREV=False, BR=8, BD=128, BP=32)),
+ (DL._ddlerp_bwd_kernel, {"p_maa": "*fp32", "p_part": "*fp32", "p_dmaa": "*fp32"}, dict(HAS_PREV=False, BR=4, BD=128, BP=32)),
+ (DL._ddlerp_bwd_rows_kernel, {"p_maa": "*fp32", "p_part": "*fp32", "p_dmaa": "*fp32"}, dict(HAS_PREV=True, BD=128, BP=8)),
  (SL._shift_lerp_fwd_kernel, {"p_mu": "*fp32"}, dict(HAS_PREV=False, BR=16, BD=128)),
  (SL._shift_lerp_bwd_kernel, {"p_mu": "*fp32", "p_part": "*fp32", "p_dmu": "*fp32"}, dict(HAS_PREV=True, BR=16, BD=128, BP=32)),
  (DE._decay_exp_fwd_kernel, {"p_base": "*fp32"}, dict(BR=16, BD=128)),
@@ -44,12 +47,24 @@ cases = [
  (CE._ce_fwd_kernel, {"p_t": "*i64", "p_stats": "*fp32"}, dict(GRAD=True, BV=128)),
  (CE._ce_fwd_kernel, {"p_t": "*i64", "p_stats": "*fp32"}, dict(GRAD=False, BV=4096)),
 ]
+def usage(cubin):
+    """'regs=R spill=S' of a compiled kernel (cuobjdump --dump-resource-usage), '' without cuobjdump."""
+    import re, subprocess, tempfile
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return ""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return f"regs={m.group(1)} spill={m.group(2)}" if m else ""
 failed = False
 for fn, types, consts in cases:
     src = ASTSource(fn, sig(fn, types, consts), constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
     try:
         k = triton.compile(src, target=tgt)
-        print("ok", fn.__name__, consts)
+        print("ok", fn.__name__, consts, usage(k.asm["cubin"]))
     except Exception as e:
         msg = str(e).splitlines()
         print("FAIL", fn.__name__, type(e).__name__, [l for l in msg if l.strip()][-3:])

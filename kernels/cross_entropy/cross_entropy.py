@@ -18,7 +18,8 @@ place); targets [N] int64/int32. One program per row (BV = min(next pow2 ≥ V, 
 autotuning. Out-of-range targets (other than ignore_index) give NaN-free garbage, as in any fused CE: validated
 by the reference, not checked on device.
 
-torch.library: ``groundthink::cross_entropy_fwd`` custom op (fake impl) with a registered autograd formula.
+torch.library: ``groundthink::cross_entropy_fwd`` custom op (fake impl) with a registered autograd formula; eager
+calls run the same implementation and formula through ``kernels._eager`` (no dispatcher on the way).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._common import check_tensor, new_empty
+from kernels._eager import EagerOp, pick
 from reference.cross_entropy import check_args
 
 __all__ = ["cross_entropy"]
@@ -114,6 +116,7 @@ def _backward(ctx, dloss, _dg, _dtot):
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_cross_entropy = EagerOp("CrossEntropy", _fwd_op, _fwd_impl, _setup_context, _backward)
 
 
 def cross_entropy(logits, targets, ignore_index: int = -100):
@@ -125,5 +128,5 @@ def cross_entropy(logits, targets, ignore_index: int = -100):
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     need_grad = torch.is_grad_enabled() and logits.requires_grad
-    loss, _, _ = _fwd_op(logits, targets.contiguous(), int(ignore_index), bool(need_grad))
+    loss, _, _ = _cross_entropy(logits, targets.contiguous(), int(ignore_index), bool(need_grad))
     return loss

@@ -19,16 +19,22 @@ x_prev [B, D] (the carried state, not differentiated). Tiles of [BR rows, BD col
 Kernels:
 * forward: a 2-D grid (row blocks, column blocks), one tile each: reads x, the previous rows, the five m_i, writes
   the five outputs.
-* backward: a persistent grid (P programs per column block, striding over row blocks) that writes dx, dm and one
-  fp32 partial row of dmaa per program ([P, 5, D]); the last program of each column block to finish sums the P
-  partial rows in a fixed order and stores dmaa (``kernels._colsum``: no second launch, no atomics on data,
-  bit-identical run to run). No host syncs, no autotuning (CUDA-graph capturable).
+* backward (default, ``_ddlerp_bwd_rows_kernel``): P programs per column block, each walking a chunk of rows
+  from the last to the first, one [BD] row per step, carrying dxx of the row after; every element is loaded once
+  (no halo tiles), the dmaa partial sums stay per column in registers. It writes dx, dm and one fp32 partial row
+  of dmaa per program ([P, 5, D]); the last program of each column block to finish sums the P partial rows in a
+  fixed order and stores dmaa (``kernels._colsum``: no second launch, no atomics on data, bit-identical run to
+  run). ``TUNING["bwd_rows"] = False``: the tiled persistent backward (row blocks strided over P programs, the
+  next row's do_i and m_i as one-row-shifted halo tiles). No host syncs, no autotuning (CUDA-graph capturable).
+
+Byte floor (bf16, E = N·D·2): forward x, m_0..4 in + 5 outputs = 11E; backward do_0..4, x, m_0..4 in + dx, dm_0..4
+out = 17E (B16 T1024 D512: 285 MB, 95 µs at 2996 GB/s); the dmaa partial rows add ~3 %.
 
 Numerics: fp32 arithmetic, outputs rounded once on store, int64 offsets. Dtypes: x, m fp32/fp16/bf16 (may
 differ), maa any float dtype; outputs in x's dtype; dx, dm, dmaa in their inputs' dtypes.
 
 torch.library: ``groundthink::ddlerp_fwd`` / ``groundthink::ddlerp_bwd`` custom ops with fake implementations and
-one registered autograd formula (the only path); ``groundthink::ddlerp_grouped_fwd`` is the same forward kernel
+one registered autograd formula (eager calls run the same implementations and formula through ``kernels._eager``); ``groundthink::ddlerp_grouped_fwd`` is the same forward kernel
 writing the outputs grouped by ``order`` (one [B, T, D] tensor and one [4, B, T, D] stack: the model's batched r/k/v/g
 projection reads the stack without a copy), with the same backward kernel reading the stack's gradient slices.
 """
@@ -43,12 +49,23 @@ import triton.language as tl
 from kernels import INTERPRET
 from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import check_tensor, new_empty, num_sms
+from kernels._eager import EagerOp, pick
 from reference.ddlerp import N_MIX, check_args, check_order
 
 __all__ = ["ddlerp"]
 
-# elements per forward / backward tile (GPU), persistent backward programs per SM (over all column blocks)
-TUNING = {"fwd_tile": 2048, "bwd_tile": 1024, "bwd_per_sm": 4, "max_bd": 128}
+# elements per forward / backward tile (GPU), persistent backward programs per SM (over all column blocks).
+# Backward: BR 4 × BD 128 at 4 warps compiles (sm_90, Triton 3.9) to 143 registers, no spills (3 programs per SM
+# fit); the former 1024-element tile took 255 registers and spilled 144 B per thread. 12 programs per SM: whole
+# waves whether 2, 3, 4 or 6 fit (a register count differs between Triton versions). scripts/glue_bwd_sweep.py
+# times the alternatives on a GPU.
+# bwd_rows: the row-walking backward (``_ddlerp_bwd_rows_kernel``, rows_bd columns per program at rows_bd / 64
+# warps, rows_per_sm programs per SM over all column blocks) instead of the tiled one; both kept until a GPU run
+# has timed them (scripts/glue_bwd_sweep.py). Rows at BD 128, 2 warps, finish tile [8, 128]: 140 registers, no
+# spills, 7 programs per SM fit (sm_90, Triton 3.9; a [32, 128] finish tile took 198, 5 per SM): 14 per SM run as
+# two whole waves; partial rows 3 % of the kernel's bytes at D512.
+TUNING = {"fwd_tile": 2048, "bwd_tile": 512, "bwd_per_sm": 12, "max_bd": 128,
+          "bwd_rows": True, "rows_bd": 128, "rows_per_sm": 14}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,6 +182,14 @@ def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_ma
                                           b_xx, b_a4)
         b_dx, b_dxx, b_dxx_n = b_dx + b_do, b_dxx + b_t, b_dxx_n + b_t_n
         tl.store(p_dx + offs, (b_dx - b_dxx + b_dxx_n).to(p_dx.dtype.element_ty), mask=m)
+    _finish_dmaa(p_part, b_a0, b_a1, b_a2, b_a3, b_a4, pid, n_progs, D, o_c, m_c, p_count, GS, NG, p_dmaa, BP, BD)
+
+
+@triton.jit
+def _finish_dmaa(p_part, b_a0, b_a1, b_a2, b_a3, b_a4, pid, n_progs, D, o_c, m_c, p_count, GS, NG, p_dmaa,
+                 BP: tl.constexpr, BD: tl.constexpr):
+    """Store this program's five partial rows of dmaa (row ``pid`` of p_part [n_progs, 5, D]); the last program
+    of the column block sums them into dmaa [5, D] (kernels._colsum)."""
     p_row = p_part + pid.to(tl.int64) * 5 * D + o_c
     tl.store(p_row, b_a0, mask=m_c)
     tl.store(p_row + D, b_a1, mask=m_c)
@@ -177,6 +202,81 @@ def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_ma
                    BD):
         for i in range(5):
             finish_columns(p_part + i * D, GS * 5 * D, NG, p_dmaa + i * D, c0, c1, BP, BD)
+
+
+@triton.jit
+def _mix_row(p_do, p_m, p_dm, b_maa, i, ND, offs, m_c, b_xx, b_acc, b_sdo, b_dxx):
+    """One mix on one row (``offs``: the row's column offsets): stores dm_i, returns the row sums carried by
+    ``_ddlerp_bwd_rows_kernel`` (dmaa_i partial + do_i ⊙ xx, Σ do_i + do_i, dxx + do_i ⊙ a_i)."""
+    b_do = tl.load(p_do + offs, mask=m_c, other=0.).to(tl.float32)
+    b_m = tl.load(p_m + i * ND + offs, mask=m_c, other=0.).to(tl.float32)
+    b_dm = b_do * b_xx
+    tl.store(p_dm + i * ND + offs, b_dm.to(p_dm.dtype.element_ty), mask=m_c)
+    return b_acc + b_dm, b_sdo + b_do, b_dxx + b_do * (b_maa + b_m)
+
+
+@triton.jit
+def _dxx_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_m, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, ND, offs, m):
+    """dxx = Σ_i do_i ⊙ (maa_i + m_i) on one row (0 where ``m`` is false)."""
+    b = tl.load(p_do0 + offs, mask=m, other=0.).to(tl.float32) * \
+        (b_maa0 + tl.load(p_m + offs, mask=m, other=0.).to(tl.float32))
+    b += tl.load(p_do1 + offs, mask=m, other=0.).to(tl.float32) * \
+        (b_maa1 + tl.load(p_m + ND + offs, mask=m, other=0.).to(tl.float32))
+    b += tl.load(p_do2 + offs, mask=m, other=0.).to(tl.float32) * \
+        (b_maa2 + tl.load(p_m + 2 * ND + offs, mask=m, other=0.).to(tl.float32))
+    b += tl.load(p_do3 + offs, mask=m, other=0.).to(tl.float32) * \
+        (b_maa3 + tl.load(p_m + 3 * ND + offs, mask=m, other=0.).to(tl.float32))
+    b += tl.load(p_do4 + offs, mask=m, other=0.).to(tl.float32) * \
+        (b_maa4 + tl.load(p_m + 4 * ND + offs, mask=m, other=0.).to(tl.float32))
+    return tl.where(m, b, 0.)
+
+
+@triton.jit
+def _ddlerp_bwd_rows_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_maa, p_dx, p_dm, p_part,
+                            p_dmaa, p_count, N, T, D, ND, L, n_progs, GS, NG,
+                            HAS_PREV: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr):
+    """The backward walking rows: program (pid, column block) takes rows [pid·L, pid·L + L) ∩ [0, N) from the last
+    to the first, one row of BD columns per step, and carries dxx of the row after (dx[t] needs dxx[t+1]): every
+    element is loaded once (x twice: as x[t] and as shift(x) of row t+1, the second from cache), no halo tiles, no
+    cross-warp reduction in the loop (the dmaa partial sums are per column, in the thread that owns it).
+    Pointers and shapes as in ``_ddlerp_bwd_kernel``; L: rows per program."""
+    pid, o_c, m_c = _cols(D, BD)
+    b_maa0 = tl.load(p_maa + o_c, mask=m_c, other=0.).to(tl.float32)
+    b_maa1 = tl.load(p_maa + D + o_c, mask=m_c, other=0.).to(tl.float32)
+    b_maa2 = tl.load(p_maa + 2 * D + o_c, mask=m_c, other=0.).to(tl.float32)
+    b_maa3 = tl.load(p_maa + 3 * D + o_c, mask=m_c, other=0.).to(tl.float32)
+    b_maa4 = tl.load(p_maa + 4 * D + o_c, mask=m_c, other=0.).to(tl.float32)
+    r_lo = pid.to(tl.int64) * L
+    r_hi = tl.minimum(r_lo + L, N)
+    z_c = o_c.to(tl.int64) * 0          # row indices are kept as [BD] blocks (masks stay block-shaped)
+    # dxx of row r_hi when it continues the sequence of row r_hi − 1 (else 0)
+    r = r_hi + z_c
+    b_next = _dxx_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_m, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, ND,
+                      r * D + o_c, m_c & (r < N) & (r % T != 0))
+    b_a0 = tl.zeros([BD], dtype=tl.float32)
+    b_a1 = tl.zeros([BD], dtype=tl.float32)
+    b_a2 = tl.zeros([BD], dtype=tl.float32)
+    b_a3 = tl.zeros([BD], dtype=tl.float32)
+    b_a4 = tl.zeros([BD], dtype=tl.float32)
+    for k in range(0, (r_hi - r_lo).to(tl.int32)):
+        r = r_hi - 1 - k + z_c
+        t = r % T
+        offs = r * D + o_c
+        b_x = tl.load(p_x + offs, mask=m_c, other=0.).to(tl.float32)
+        b_xs = tl.load(p_x + offs - D, mask=m_c & (t > 0), other=0.).to(tl.float32)
+        if HAS_PREV:
+            b_xs += tl.load(p_prev + (r // T) * D + o_c, mask=m_c & (t == 0), other=0.).to(tl.float32)
+        b_xx = b_xs - b_x
+        b_sdo = tl.zeros([BD], dtype=tl.float32)
+        b_dxx = tl.zeros([BD], dtype=tl.float32)
+        b_a0, b_sdo, b_dxx = _mix_row(p_do0, p_m, p_dm, b_maa0, 0, ND, offs, m_c, b_xx, b_a0, b_sdo, b_dxx)
+        b_a1, b_sdo, b_dxx = _mix_row(p_do1, p_m, p_dm, b_maa1, 1, ND, offs, m_c, b_xx, b_a1, b_sdo, b_dxx)
+        b_a2, b_sdo, b_dxx = _mix_row(p_do2, p_m, p_dm, b_maa2, 2, ND, offs, m_c, b_xx, b_a2, b_sdo, b_dxx)
+        b_a3, b_sdo, b_dxx = _mix_row(p_do3, p_m, p_dm, b_maa3, 3, ND, offs, m_c, b_xx, b_a3, b_sdo, b_dxx)
+        b_a4, b_sdo, b_dxx = _mix_row(p_do4, p_m, p_dm, b_maa4, 4, ND, offs, m_c, b_xx, b_a4, b_sdo, b_dxx)
+        tl.store(p_dx + offs, (b_sdo - b_dxx + b_next).to(p_dx.dtype.element_ty), mask=m_c)
+        b_next = tl.where(t > 0, b_dxx, 0.)      # row r − 1 is in the same sequence iff t > 0
+    _finish_dmaa(p_part, b_a0, b_a1, b_a2, b_a3, b_a4, pid, n_progs, D, o_c, m_c, p_count, GS, NG, p_dmaa, BP, BD)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -230,9 +330,22 @@ def _bwd_impl(douts, x, m, maa, x_prev):
     dm = new_empty(m.shape, m.dtype, dev)
     if N == 0 or D == 0:
         return dx, dm, torch.zeros_like(maa)
+    dmaa = new_empty(maa.shape, maa.dtype, dev)
+    if TUNING["bwd_rows"]:
+        BD = min(_pow2(D), 32 if INTERPRET else TUNING["rows_bd"])
+        n_cb = _cdiv(D, BD)
+        n_progs = min(3, N) if INTERPRET else max(1, min(_cdiv(N, 4), num_sms(dev) * TUNING["rows_per_sm"] // n_cb))
+        L = _cdiv(N, n_progs)
+        n_progs = _cdiv(N, L)
+        part = new_empty((n_progs, N_MIX, D), torch.float32, dev)
+        GS, NG = tree(n_progs)
+        warps = max(1, min(8, BD // 64))     # the finish's [BP, BD] tile at ~16 fp32 per thread (it sets registers)
+        _ddlerp_bwd_rows_kernel[(n_progs, n_cb)](
+            *douts, x, x_prev, m, maa, dx, dm, part, dmaa, counters(dev, n_cb, NG), N, T, D, N * D, L, n_progs, GS,
+            NG, HAS_PREV=x_prev is not None, BD=BD, BP=finish_rows(BD, 512 * warps), num_warps=warps)
+        return dx, dm, dmaa
     BR, BD, n_blocks, n_progs, n_cb = persistent_grid(N, D, TUNING["bwd_tile"], TUNING["bwd_per_sm"], dev)
     part = new_empty((n_progs, N_MIX, D), torch.float32, dev)
-    dmaa = new_empty(maa.shape, maa.dtype, dev)
     GS, NG = tree(n_progs)
     _ddlerp_bwd_kernel[(n_progs, n_cb)](
         *douts, x, x_prev, m, maa, dx, dm, part, dmaa, counters(dev, n_cb, NG), N, T, D, N * D, n_blocks, n_progs,
@@ -241,7 +354,7 @@ def _bwd_impl(douts, x, m, maa, x_prev):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# torch.library custom ops + autograd (the one path)
+# torch.library custom ops + autograd (eager: the same formula through kernels._eager)
 # ----------------------------------------------------------------------------------------------------------
 @torch.library.custom_op("groundthink::ddlerp_fwd", mutates_args=())
 def _fwd_op(x: torch.Tensor, m: torch.Tensor, maa: torch.Tensor, x_prev: Optional[torch.Tensor]
@@ -257,6 +370,10 @@ def _(x, m, maa, x_prev):
 @torch.library.custom_op("groundthink::ddlerp_grouped_fwd", mutates_args=())
 def _grouped_op(x: torch.Tensor, m: torch.Tensor, maa: torch.Tensor, x_prev: Optional[torch.Tensor],
                 order: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _grouped_impl(x, m, maa, x_prev, order)
+
+
+def _grouped_impl(x, m, maa, x_prev, order):
     first = new_empty(x.shape, x.dtype, x.device)
     rest = new_empty((N_MIX - 1, *x.shape), x.dtype, x.device)
     slots = [first, *rest.unbind(0)]
@@ -271,14 +388,13 @@ def _(x, m, maa, x_prev, order):
 
 
 @torch.library.custom_op("groundthink::ddlerp_bwd", mutates_args=())
-def _bwd_op(do0: torch.Tensor, do1: torch.Tensor, do2: torch.Tensor, do3: torch.Tensor, do4: torch.Tensor,
-            x: torch.Tensor, m: torch.Tensor, maa: torch.Tensor, x_prev: Optional[torch.Tensor]
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _bwd_impl((do0, do1, do2, do3, do4), x, m, maa, x_prev)
+def _bwd_op(douts: list[torch.Tensor], x: torch.Tensor, m: torch.Tensor, maa: torch.Tensor,
+            x_prev: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bwd_impl(douts, x, m, maa, x_prev)
 
 
 @_bwd_op.register_fake
-def _(do0, do1, do2, do3, do4, x, m, maa, x_prev):
+def _(douts, x, m, maa, x_prev):
     return torch.empty_like(x), torch.empty_like(m), torch.empty_like(maa)
 
 
@@ -290,11 +406,12 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, *douts):
     x, m, maa, x_prev = ctx.saved_tensors
     douts = [torch.zeros_like(x) if d is None else d.contiguous() for d in douts]
-    dx, dm, dmaa = _bwd_op(*douts, x, m, maa, x_prev)
+    dx, dm, dmaa = pick(_bwd_op, _bwd_impl, douts[0])(douts, x, m, maa, x_prev)
     return dx, dm, dmaa, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_ddlerp = EagerOp("Ddlerp", _fwd_op, _fwd_impl, _setup_context, _backward)
 
 
 def _grouped_setup_context(ctx, inputs, output):
@@ -309,11 +426,13 @@ def _grouped_backward(ctx, d_first, d_rest):
     if d_rest is None:
         d_rest = x.new_zeros((N_MIX - 1, *x.shape))
     slots = [torch.zeros_like(x) if d_first is None else d_first.contiguous(), *d_rest.contiguous().unbind(0)]
-    dx, dm, dmaa = _bwd_op(*(slots[ctx.order.index(i)] for i in range(N_MIX)), x, m, maa, x_prev)
+    dx, dm, dmaa = pick(_bwd_op, _bwd_impl, slots[0])([slots[ctx.order.index(i)] for i in range(N_MIX)], x, m, maa,
+                                                      x_prev)
     return dx, dm, dmaa, None, None
 
 
 _grouped_op.register_autograd(_grouped_backward, setup_context=_grouped_setup_context)
+_ddlerp_grouped = EagerOp("DdlerpGrouped", _grouped_op, _grouped_impl, _grouped_setup_context, _grouped_backward)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -333,5 +452,5 @@ def ddlerp(x, m, maa, x_prev=None, order=None):
     order = check_order(order)
     c = lambda t: t if t is None or t.is_contiguous() else t.contiguous()  # noqa: E731
     if order is not None:
-        return _grouped_op(c(x), c(m), c(maa), c(x_prev), list(order))
-    return _fwd_op(c(x), c(m), c(maa), c(x_prev))
+        return _ddlerp_grouped(c(x), c(m), c(maa), c(x_prev), list(order))
+    return _ddlerp(c(x), c(m), c(maa), c(x_prev))

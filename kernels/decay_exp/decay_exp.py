@@ -16,7 +16,8 @@ Dtypes: d fp32/fp16/bf16, base any float dtype, lw in the requested dtype (defau
 base's.
 
 torch.library: ``groundthink::decay_exp_fwd`` / ``groundthink::decay_exp_bwd`` custom ops with fake
-implementations and one registered autograd formula (the only path).
+implementations and one registered autograd formula; eager calls run the same implementations and formula
+through ``kernels._eager`` (no dispatcher on the way).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import triton.language as tl
 
 from kernels._colsum import counters, finish_rows, store_and_finish, tree
 from kernels._common import check_tensor, new_empty
+from kernels._eager import EagerOp, pick
 from kernels.ddlerp.ddlerp import _blocks, _cdiv, _cols, _rows, _tile, persistent_grid
 from reference.decay_exp import check_args
 
@@ -118,11 +120,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dlw):
     base, d = ctx.saved_tensors
-    dd, dbase = _bwd_op(dlw.contiguous(), base, d)
+    dd, dbase = pick(_bwd_op, _bwd_impl, dlw)(dlw.contiguous(), base, d)
     return dbase, dd, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_decay_exp = EagerOp("DecayExp", _fwd_op, _fwd_impl, _setup_context, _backward)
 
 
 def decay_exp(base, d, dtype=None):
@@ -134,4 +137,4 @@ def decay_exp(base, d, dtype=None):
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"dtype must be float32, float16 or bfloat16; got {dtype}")
     c = lambda t: t if t.is_contiguous() else t.contiguous()  # noqa: E731
-    return _fwd_op(c(base), c(d), dtype)
+    return _decay_exp(c(base), c(d), dtype)

@@ -24,7 +24,8 @@ Numerics: fp32 arithmetic, one rounding on store, int64 offsets. Dtypes: x fp32/
 y and dx in x's dtype, dmu in mu's.
 
 torch.library: ``groundthink::shift_lerp_fwd`` / ``groundthink::shift_lerp_bwd`` custom ops with fake
-implementations and one registered autograd formula (the only path).
+implementations and one registered autograd formula; eager calls run the same implementations and formula
+through ``kernels._eager`` (no dispatcher on the way).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ import triton.language as tl
 
 from kernels._colsum import counters, finish_rows, store_and_finish, tree
 from kernels._common import check_tensor, new_empty
+from kernels._eager import EagerOp, pick
 from kernels.ddlerp.ddlerp import _blocks, _cdiv, _cols, _rows, _tile, _x_and_shift, persistent_grid
 from reference.shift_lerp import check_args
 
@@ -108,7 +110,7 @@ def _bwd_impl(dy, x, mu, x_prev):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# torch.library custom ops + autograd (the one path)
+# torch.library custom ops + autograd (eager: the same formula through kernels._eager)
 # ----------------------------------------------------------------------------------------------------------
 @torch.library.custom_op("groundthink::shift_lerp_fwd", mutates_args=())
 def _fwd_op(x: torch.Tensor, mu: torch.Tensor, x_prev: Optional[torch.Tensor]) -> torch.Tensor:
@@ -137,11 +139,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy):
     x, mu, x_prev = ctx.saved_tensors
-    dx, dmu = _bwd_op(dy.contiguous(), x, mu, x_prev)
+    dx, dmu = pick(_bwd_op, _bwd_impl, dy)(dy.contiguous(), x, mu, x_prev)
     return dx, dmu, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_shift_lerp = EagerOp("ShiftLerp", _fwd_op, _fwd_impl, _setup_context, _backward)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -155,4 +158,4 @@ def shift_lerp(x, mu, x_prev=None):
         check_tensor("x_prev", x_prev, device=x.device)
     check_args(x, mu, x_prev)
     c = lambda t: t if t is None or t.is_contiguous() else t.contiguous()  # noqa: E731
-    return _fwd_op(c(x), c(mu), c(x_prev))
+    return _shift_lerp(c(x), c(mu), c(x_prev))
