@@ -4,7 +4,7 @@ replay median (no host time), GB/s of the kernel's bytes, % of the copy bandwidt
 
     PYTHONPATH=. python scripts/glue_bwd_sweep.py [--csv PATH]
 
-ddlerp: the row-walking backward (committed) beside the tiled one (run 6's setting and the session-4 retile).
+ddlerp: the tiled backward at run 6's setting (committed) beside the row-walking one and the session-4 retile.
 Why: the persistent backward kernels run at 25–56 % of copy bandwidth in the captured training step (run 6,
 step_large.jsonl) while the forwards reach ~87 %. Offline sm_90 compiles (Triton 3.9, cuobjdump) show the ddlerp
 backward at BR 8 × BD 128, 4 warps using 255 registers with 144 B of spills per thread (2 programs per SM fit,
@@ -44,9 +44,10 @@ def cases(dev, smoke=False):
     alt = lambda pairs: [("committed", {})] + [(f"tile {t} per_sm {p}", dict(bwd_tile=t, bwd_per_sm=p))  # noqa: E731
                                                for t, p in pairs]
     tiles = dict(bwd_rows=False)
-    dl_settings = [("committed", {})] + [                      # tiles 1024 / 4 per SM: the run-6 kernel
-        (f"rows BD {b} per_sm {p}", dict(bwd_rows=True, rows_bd=b, rows_per_sm=p)) for b, p in ((128, 28), (256, 12))
-    ] + [(f"tiles {t} per_sm {p}", dict(tiles, bwd_tile=t, bwd_per_sm=p)) for t, p in ((1024, 4), (512, 12))]
+    dl_settings = [("committed", {})] + [                      # committed = tiles 1024 / 4 per SM: the run-6 kernel
+        (f"rows BD {b} per_sm {p}", dict(bwd_rows=True, rows_bd=b, rows_per_sm=p))
+        for b, p in ((128, 14), (128, 28), (256, 12))
+    ] + [(f"tiles {t} per_sm {p}", dict(tiles, bwd_tile=t, bwd_per_sm=p)) for t, p in ((512, 12),)]
     per = alt(((2048, 8), (1024, 12)))
     importlib.import_module("kernels.gate_norm_residual")
     gn = sys.modules["kernels.gate_norm_residual.kernel"]

@@ -19,13 +19,15 @@ x_prev [B, D] (the carried state, not differentiated). Tiles of [BR rows, BD col
 Kernels:
 * forward: a 2-D grid (row blocks, column blocks), one tile each: reads x, the previous rows, the five m_i, writes
   the five outputs.
-* backward (default, ``_ddlerp_bwd_rows_kernel``): P programs per column block, each walking a chunk of rows
-  from the last to the first, one [BD] row per step, carrying dxx of the row after; every element is loaded once
-  (no halo tiles), the dmaa partial sums stay per column in registers. It writes dx, dm and one fp32 partial row
-  of dmaa per program ([P, 5, D]); the last program of each column block to finish sums the P partial rows in a
-  fixed order and stores dmaa (``kernels._colsum``: no second launch, no atomics on data, bit-identical run to
-  run). ``TUNING["bwd_rows"] = False``: the tiled persistent backward (row blocks strided over P programs, the
-  next row's do_i and m_i as one-row-shifted halo tiles). No host syncs, no autotuning (CUDA-graph capturable).
+* backward, default (``TUNING["bwd_rows"]`` False; the kernel measured in run 6): the tiled persistent backward,
+  row blocks strided over P programs, the next row's do_i and m_i as one-row-shifted halo tiles.
+* backward, row-walking (``TUNING["bwd_rows"] = True``; not yet timed on a GPU: ``_ddlerp_bwd_rows_kernel``): P
+  programs per column block, each walking a chunk of rows from the last to the first, one [BD] row per step,
+  carrying dxx of the row after; every element is loaded once (no halo tiles), the dmaa partial sums stay per
+  column in registers.
+Both write dx, dm and one fp32 partial row of dmaa per program ([P, 5, D]); the last program of each column block
+to finish sums the P partial rows in a fixed order and stores dmaa (``kernels._colsum``: no second launch, no
+atomics on data, bit-identical run to run). No host syncs, no autotuning (CUDA-graph capturable).
 
 Byte floor (bf16, E = N·D·2): forward x, m_0..4 in + 5 outputs = 11E; backward do_0..4, x, m_0..4 in + dx, dm_0..4
 out = 17E (B16 T1024 D512: 285 MB, 95 µs at 2996 GB/s); the dmaa partial rows add ~3 %.
@@ -55,17 +57,17 @@ from reference.ddlerp import N_MIX, check_args, check_order
 __all__ = ["ddlerp"]
 
 # elements per forward / backward tile (GPU), persistent backward programs per SM (over all column blocks).
-# Backward: BR 4 × BD 128 at 4 warps compiles (sm_90, Triton 3.9) to 143 registers, no spills (3 programs per SM
-# fit); the former 1024-element tile took 255 registers and spilled 144 B per thread. 12 programs per SM: whole
-# waves whether 2, 3, 4 or 6 fit (a register count differs between Triton versions). scripts/glue_bwd_sweep.py
-# times the alternatives on a GPU.
-# bwd_rows: the row-walking backward (``_ddlerp_bwd_rows_kernel``, rows_bd columns per program at rows_bd / 64
-# warps, rows_per_sm programs per SM over all column blocks) instead of the tiled one; both kept until a GPU run
-# has timed them (scripts/glue_bwd_sweep.py). Rows at BD 128, 2 warps, finish tile [8, 128]: 140 registers, no
-# spills, 7 programs per SM fit (sm_90, Triton 3.9; a [32, 128] finish tile took 198, 5 per SM): 14 per SM run as
-# two whole waves; partial rows 3 % of the kernel's bytes at D512.
-TUNING = {"fwd_tile": 2048, "bwd_tile": 512, "bwd_per_sm": 12, "max_bd": 128,
-          "bwd_rows": True, "rows_bd": 128, "rows_per_sm": 14}
+# Backward defaults = the kernel measured on the H100 in run 6: tiled, 1024-element tiles, 4 programs per SM
+# (offline sm_90 compile, Triton 3.9: 255 registers, 144 B of spills per thread). Two alternatives compile without
+# spills but have not run on a GPU yet; scripts/glue_bwd_sweep.py times them beside the default — switch only after:
+# * bwd_tile 512, bwd_per_sm 12: BR 4 × BD 128 at 4 warps, 143 registers (3 programs per SM fit; 12 launched run as
+#   whole waves whether 2, 3, 4 or 6 fit — register counts differ between Triton versions);
+# * bwd_rows: the row-walking backward (``_ddlerp_bwd_rows_kernel``, rows_bd columns per program at rows_bd / 64
+#   warps, rows_per_sm programs per SM over all column blocks). At BD 128, 2 warps, finish tile [8, 128]: 140
+#   registers, 7 programs per SM fit (a [32, 128] finish tile took 198, 5 per SM): 14 per SM run as two whole
+#   waves; partial rows 3 % of the kernel's bytes at D512.
+TUNING = {"fwd_tile": 2048, "bwd_tile": 1024, "bwd_per_sm": 4, "max_bd": 128,
+          "bwd_rows": False, "rows_bd": 128, "rows_per_sm": 14}
 
 
 # ----------------------------------------------------------------------------------------------------------
