@@ -292,8 +292,8 @@ def test_wkv6_offsets_checked_every_call():
 
 
 def test_wkv6_eager_path_matches_custom_ops():
-    """Eager calls run the impls through a plain autograd.Function (the custom ops only under torch.compile): both
-    give bit-identical outputs and gradients (h0 and the final state included)."""
+    """Eager calls run the impls through a plain autograd.Function (``kernels._eager.EagerOp``; the custom ops only
+    under torch.compile): both give bit-identical outputs and gradients (h0 and the final state included)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(1, 20, 1, 16, 16, h0=True)
     names = ("r", "k", "v", "w", "u", "initial_state")
@@ -303,7 +303,7 @@ def test_wkv6_eager_path_matches_custom_ops():
         if path == "eager":
             o, s = wkv6(**x, scale=0.5, output_final_state=True)
         else:
-            o, s, _ = kc._wkv6_chunk_fwd_op(*(x[n] for n in names[:5]), 0.5, x["initial_state"], None, True)
+            o, s, _ = kc._wkv6_chunk_fwd_op.fwd_op(*(x[n] for n in names[:5]), 0.5, x["initial_state"], None, True)
         torch.autograd.backward([o, s], [torch.ones_like(o), torch.ones_like(s)])
         res.append([o, s] + [x[n].grad for n in names])
     assert all(torch.equal(a, b) for a, b in zip(*res))

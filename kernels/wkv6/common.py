@@ -12,6 +12,7 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._common import autotune_configs, check_same_dtype, check_tensor
+from kernels._eager import EagerOp, pick
 
 # dot precision for half (bf16/fp16) inputs, forward and backward; fp32 inputs always use "ieee"
 FWD_PRECISION = "tf32"
@@ -222,8 +223,10 @@ def _nh_bucket(nh: int) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 def _make_ops(name: str, fwd_impl, bwd_impl, state_shape):
     """Register ``groundthink::{name}_fwd`` / ``{name}_bwd`` for one algorithm, with fake (meta) kernels and the
-    autograd formula; return the forward op. ``state_shape(B, T, H, K, V, N, varlen)`` is the shape of the fp32
-    chunk states the forward saves for the backward when ``save_states``."""
+    autograd formula; return the forward op wrapped in ``kernels._eager.EagerOp`` (the custom ops while torch.compile
+    traces; eager calls run the same impls and formula through a plain autograd.Function, or the forward impl alone
+    when no gradient is needed). ``state_shape(B, T, H, K, V, N, varlen)`` is the shape of the fp32 chunk states the
+    forward saves for the backward when ``save_states``."""
 
     @torch.library.custom_op(f"groundthink::{name}_fwd", mutates_args=())
     def fwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
@@ -268,38 +271,13 @@ def _make_ops(name: str, fwd_impl, bwd_impl, state_shape):
         r, k, v, w, u, initial_state, cu_seqlens, states = ctx.saved_tensors
         if do is None:
             do = torch.zeros((*r.shape[:3], v.shape[-1]), dtype=r.dtype, device=r.device)
-        dr, dk, dv, dw, du, dh0 = bwd_op(r, k, v, w, u, do.contiguous(),
-                                         dht.contiguous() if dht is not None else None,
-                                         initial_state, cu_seqlens, ctx.scale, states)
+        dr, dk, dv, dw, du, dh0 = pick(bwd_op, bwd_impl, do)(r, k, v, w, u, do.contiguous(),
+                                                             dht.contiguous() if dht is not None else None,
+                                                             initial_state, cu_seqlens, ctx.scale, states)
         return dr, dk, dv, dw, du, None, (dh0 if ctx.has_h0 else None), None, None
 
     fwd_op.register_autograd(backward, setup_context=setup_context)
-
-    class Eager(torch.autograd.Function):
-        """The custom ops' forward and backward as a plain autograd.Function for eager calls: the same impls without
-        the custom-op dispatch layers (``_run`` takes the ops while torch.compile traces)."""
-
-        @staticmethod
-        def forward(ctx, r, k, v, w, u, scale, initial_state, cu_seqlens, save_states):
-            o, ht, hs = fwd_impl(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states)
-            ctx.set_materialize_grads(False)
-            ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens, hs)
-            ctx.scale = scale
-            return o, ht
-
-        @staticmethod
-        def backward(ctx, do, dht):
-            r, k, v, w, u, initial_state, cu_seqlens, states = ctx.saved_tensors
-            if do is None:
-                do = torch.zeros((*r.shape[:3], v.shape[-1]), dtype=r.dtype, device=r.device)
-            dr, dk, dv, dw, du, dh0 = bwd_impl(r, k, v, w, u, do.contiguous(),
-                                               dht.contiguous() if dht is not None else None, initial_state,
-                                               cu_seqlens, ctx.scale, states)
-            return dr, dk, dv, dw, du, None, dh0, None, None
-
-    fwd_op.gt_eager = Eager.apply
-    fwd_op.gt_impl = fwd_impl
-    return fwd_op
+    return EagerOp(name, fwd_op, fwd_impl, setup_context, backward)
 
 
 
@@ -373,10 +351,5 @@ def _run(fwd_op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seq
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (r, k, v, w, u, h0))
     args = (r.contiguous(), k.contiguous(), v.contiguous(), w.contiguous(), u.contiguous(), scale, h0,
             cu_seqlens.contiguous() if cu_seqlens is not None else None, save)
-    if torch.compiler.is_compiling():
-        o, ht, _ = fwd_op(*args)                # the custom ops: what torch.compile traces
-    elif save:
-        o, ht = fwd_op.gt_eager(*args)          # the same impls through a plain autograd.Function
-    else:
-        o, ht, _ = fwd_op.gt_impl(*args)        # no gradient: the forward impl alone
+    o, ht, _ = fwd_op(*args)    # kernels._eager.EagerOp: the custom ops under torch.compile, else the same impls
     return o, (ht if output_final_state else None)
