@@ -953,7 +953,8 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
             say(f"gate: {name} started (expected {exp:.1f} s: {source})")
         t1, c1 = time.monotonic(), dict(COMPILE_STATS)
         if name in in_background:
-            say(f"gate: {name}: waited {background.wait(op, impl.name):.1f} s for its background compile")
+            waited, what = background.wait(op, impl.name)
+            say(f"gate: {name}: waited {waited:.1f} s for its background compile ({what})")
         if isinstance(fn, Exception):
             rows.append(_failed_row(spec, impl, shp, timing[op], fn, device))
         else:

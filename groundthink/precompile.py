@@ -46,13 +46,16 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-STATS = {"keys": 0, "configs": 0, "seconds": 0.0, "errors": 0}   # what the helper did in this process
+STATS = {"keys": 0, "configs": 0, "seconds": 0.0, "errors": 0, "jit": 0}   # what the helpers did in this process
+# ("jit": kernels without an autotuner compiled by compile_only)
 BENCH_MS = (5, 25)    # warm-up and repetition ms of each config's benchmark inside the helper (Triton: 25, 100)
 
 
@@ -210,6 +213,7 @@ def compile_only(workers: int | None = None):
         return self.fn.run(*args, **dict(kwargs, warmup=True), **config.all_kwargs())
 
     def jit_run(self, *args, grid, warmup=False, **kwargs):
+        STATS["jit"] += 1
         return run_jit(self, *args, grid=grid, warmup=True, **kwargs)
 
     Autotuner.run, JITFunction.run = tuner_run, jit_run
@@ -220,9 +224,11 @@ def compile_only(workers: int | None = None):
         pool.shutdown(wait=True)
 
 
-def _compile_op(op: str, impl: str, shape: list) -> None:
-    """One forward + backward of ``op``/``impl`` at ``shape`` on the GPU under ``compile_only``."""
+def _compile_op(op: str, impl: str, shape: list) -> dict:
+    """One forward + backward of ``op``/``impl`` at ``shape`` on the GPU under ``compile_only``; returns what it
+    compiled (``STATS`` plus "jit": the other kernels' warm-ups, and the seconds)."""
     import torch
+    t0 = time.monotonic()
 
     from groundthink.gate import fwd_bwd_step
     from groundthink.spec import get
@@ -233,52 +239,74 @@ def _compile_op(op: str, impl: str, shape: list) -> None:
         step, _ = fwd_bwd_step(fn, inputs)
         step()
     torch.cuda.synchronize()
+    return dict(STATS, seconds=round(time.monotonic() - t0, 1))
 
 
 class Background:
     """Subprocesses compiling items of the qualification while the main process times others (module
     docstring): ``Background([(op, impl, shape), ...])`` starts them, ``wait(op, impl)`` before the item is
-    measured (seconds waited, at most until ``timeout_s`` after the start, then it is ended and the main process
-    compiles what is missing; 0.0 if none runs for it), ``close()`` ends what is left."""
+    measured returns (seconds waited, what the subprocess says it did), waiting at most until ``timeout_s`` after
+    the start (then it is ended and the main process compiles what is missing; (0.0, "") if none runs for it);
+    ``close()`` ends what is left. Each subprocess writes into a log in its own temporary folder: its last line is
+    a JSON summary of what it compiled; the log is removed after a success and kept (its path said) otherwise."""
 
     def __init__(self, items, timeout_s: float = 60.0):
-        self.procs: dict[str, tuple[subprocess.Popen, float]] = {}
+        self.procs: dict[str, tuple[subprocess.Popen, float, Path]] = {}
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         for op, impl, shape in items:
+            log = Path(tempfile.mkdtemp()) / "precompile.log"    # tmpXXXXXXXX: scrub_paths.py knows it
             try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "groundthink.precompile", op, impl, json.dumps(list(shape))],
-                    cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL)
+                with open(log, "w") as out:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "groundthink.precompile", op, impl, json.dumps(list(shape))],
+                        cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
             except OSError:
+                shutil.rmtree(log.parent, ignore_errors=True)
                 continue
-            self.procs[f"{op}/{impl}"] = (proc, time.monotonic() + timeout_s)
+            self.procs[f"{op}/{impl}"] = (proc, time.monotonic() + timeout_s, log)
 
     def names(self) -> list[str]:
         return list(self.procs)
 
-    def wait(self, op: str, impl: str) -> float:
-        proc, deadline = self.procs.pop(f"{op}/{impl}", (None, 0.0))
+    def wait(self, op: str, impl: str) -> tuple[float, str]:
+        proc, deadline, log = self.procs.pop(f"{op}/{impl}", (None, 0.0, None))
         if proc is None:
-            return 0.0
-        t0 = time.monotonic()
+            return 0.0, ""
+        t0, ended = time.monotonic(), ""
         try:
             proc.wait(timeout=max(0.0, deadline - t0))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        return time.monotonic() - t0
+            ended = "ended at its time limit; "
+        return time.monotonic() - t0, ended + _summary(proc.returncode, log)
 
     def close(self) -> None:
-        for proc, _ in self.procs.values():
+        for proc, _, log in self.procs.values():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            shutil.rmtree(log.parent, ignore_errors=True)
         self.procs.clear()
+
+
+def _summary(returncode: int, log: Path) -> str:
+    """One line on a finished subprocess: what it compiled (its JSON last line) or why it failed (its last line)."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
+    if returncode == 0 and lines:
+        try:
+            done = json.loads(lines[-1])
+            shutil.rmtree(log.parent, ignore_errors=True)
+            return (f"exit 0 after {done['seconds']:.1f} s: {done['configs']} configs of {done['keys']} autotuned "
+                    f"kernels and {done.get('jit', 0)} other kernels compiled, {done['errors']} errors")
+        except (ValueError, KeyError, TypeError):
+            pass
+    last = lines[-1][:200] if lines else "no output"
+    return f"exit {returncode}: {last} (log {log})"
 
 
 if __name__ == "__main__":      # python -m groundthink.precompile OP IMPL SHAPE-JSON (Background's subprocess)
     os.nice(10)                 # the main process's timing comes first
     import kernels  # noqa: F401 - the Triton interpreter switch, before any kernel is defined
-    _compile_op(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))
+    print(json.dumps(_compile_op(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))), flush=True)

@@ -7,8 +7,10 @@ config only."""
 from __future__ import annotations
 
 import inspect
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import triton
@@ -181,3 +183,20 @@ def test_compile_only_compiles_every_config_and_launches_none(on_gpu):
     assert set(fn.compiled) == set(MS) and not benched and not launched
     assert sum(t.startswith("precompile") for t in fn.threads) == len(MS)
     assert Autotuner.run is not None and "compile_only" not in repr(Autotuner.run)
+
+
+def test_background_says_why_its_subprocess_failed_and_what_a_success_compiled(tmp_path):
+    """A failed background compile reports its exit code and last line (its log kept, path said); a success
+    reports its JSON summary (its log removed). On this CPU machine the subprocess fails: no CUDA device."""
+    bg = precompile.Background([("decay_exp", "triton", [4, 8])], timeout_s=120)
+    waited, what = bg.wait("decay_exp", "triton")
+    assert waited >= 0 and what.startswith("exit 1: ") and "(log " in what
+    log = Path(what.rsplit("(log ", 1)[1].rstrip(")"))
+    assert log.exists()
+    shutil.rmtree(log.parent)
+    assert bg.wait("decay_exp", "triton") == (0.0, "")
+    ok = tmp_path / "one" / "precompile.log"
+    ok.parent.mkdir()
+    ok.write_text('warming up\n{"keys": 2, "configs": 6, "seconds": 3.31, "errors": 0, "jit": 4}\n')
+    assert precompile._summary(0, ok) == ("exit 0 after 3.3 s: 6 configs of 2 autotuned kernels and 4 other kernels "
+                                          "compiled, 0 errors") and not ok.exists()
