@@ -418,19 +418,5 @@ def main(argv=None) -> int:
     return 0 if ok and v is not None and v["pass"] else 1
 
 
-def compare_losses(log_a: Path, log_b: Path) -> tuple[list, float]:
-    """Training losses of two run logs at their common logged steps: rows (step, loss a, loss b, |b − a| / |a|)
-    and the worst relative difference."""
-    import json
-
-    def losses(p):
-        return {r["step"]: r["loss"] for r in map(json.loads, p.read_text().splitlines())
-                if r.get("type") == "train"}
-
-    la, lb = losses(log_a), losses(log_b)
-    rows = [(s, la[s], lb[s], abs(lb[s] - la[s]) / abs(la[s])) for s in sorted(set(la) & set(lb))]
-    return rows, max((r[3] for r in rows), default=0.0)
-
-
 if __name__ == "__main__":
     raise SystemExit(main())

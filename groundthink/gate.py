@@ -298,7 +298,8 @@ def evidence(rows: list[dict]) -> dict:
     known = specs()
     ops: dict = {}
     rows = mode_rows(rows)
-    for op, impl, mode in sorted({(r["op"], r["impl"], r.get("timing_mode")) for r in rows if r["op"] in known}):
+    for op, impl, mode in sorted({(r["op"], r["impl"], r.get("timing_mode") or "") for r in rows
+                                  if r["op"] in known}):
         spec = known[op]
         if impl == spec.reference.name or impl not in {i.name for i in spec.impls} or mode not in TIMINGS:
             continue
@@ -555,14 +556,14 @@ class Verdicts:
                     return s["ms"]
         return None
 
-    def _fastest(self, op: str, names: list[str]) -> tuple[str, float | None, str]:
-        """(name, ms, mode) of the fastest of ``names`` at the op's model shape in this step mode; without any
-        timing there: (the first name, None, "")."""
+    def _fastest(self, op: str, names: list[str]) -> tuple[str, float | None]:
+        """(name, ms) of the fastest of ``names`` at the op's model shape in this step mode; without any timing
+        there: (the first name, None)."""
         timed = [(ms, i, n) for i, n in enumerate(names) if (ms := self.ms_at(op, n)) is not None]
         if timed:
             ms, _, name = min(timed)
-            return name, ms, self.mode
-        return names[0], None, ""
+            return name, ms
+        return names[0], None
 
     def choose(self, spec: OpSpec, usable: Callable[[str], bool]) -> tuple[str, str]:
         """(implementation, why): the best proven implementation of ``spec``'s op (module docstring);
@@ -582,16 +583,16 @@ class Verdicts:
                 whys.append(f"{impl.name}: {why}, but it does not import here" if ok else f"{impl.name} {why}")
         lab = self._fastest(op, allowed["lab"]) if allowed["lab"] else None
         peer = self._fastest(op, allowed["peer"]) if allowed["peer"] else None
-        if peer is not None and (lab is None or (peer[1] is not None and lab[2] == peer[2] and
+        if peer is not None and (lab is None or (peer[1] is not None and lab[1] is not None and
                                                  peer[1] * (1 + NOISE) < lab[1])):
-            vs = (f" — beats every allowed lab kernel at {shape} ({peer[2]}: {peer[1]:.4g} vs {lab[0]} "
+            vs = (f" — beats every allowed lab kernel at {shape} ({self.mode}: {peer[1]:.4g} vs {lab[0]} "
                   f"{lab[1]:.4g} ms)" if lab else f" (lab: {'; '.join(whys)})" if spec.role("lab") else
                   " (no lab kernel)")
             return peer[0], f"gate: peer {peer[0]} {self.verdict(op, peer[0])[1]}{vs}"
         if lab is not None:
             why = self.verdict(op, lab[0])[1]
             if len(allowed["lab"]) > 1:
-                why += (f"; fastest allowed at {shape} ({lab[2]}: {lab[1]:.4g} ms of {len(allowed['lab'])})"
+                why += (f"; fastest allowed at {shape} ({self.mode}: {lab[1]:.4g} ms of {len(allowed['lab'])})"
                         if lab[1] is not None else "; no timing at the model's shape: the spec's order")
             return lab[0], f"gate: {why}"
         return spec.reference.name, "gate: " + ("; ".join(whys) if whys else "no qualified implementation")
@@ -790,11 +791,9 @@ def _timing(spec: OpSpec, graph: bool) -> str:
 
 # What measuring one implementation costs on a cold machine, where the per-machine manifest has no figure yet
 # (its ``history`` of seconds, written by every qualification, takes over from the next run on). Measured on the
-# H100 (run 5, cold Triton cache, compiles one after another): the wkv6 reference is a Python loop over chunks
-# captured as a CUDA graph; mamba-ssm's first use compiles and autotunes ≈15 kernels.
-FIRST_USE_S = {"wkv6/triton": 11.2, "mamba2/mamba_ssm": 52.0}   # run 6, parallel compile (run 5 serial: 17.3,
-                                                                  # 99.5; the wkv6 reference's 12.4 s was its
-                                                                  # per-sequence loop, batched since)
+# H100 in run 6 (cold Triton cache, parallel compile; run 5, serial: 17.3 and 99.5 s); mamba-ssm's first use
+# compiles and autotunes ≈15 kernels. (Run 6's wkv6 reference took 12.4 s as a per-sequence loop; batched since.)
+FIRST_USE_S = {"wkv6/triton": 11.2, "mamba2/mamba_ssm": 52.0}
 BACKGROUND_S = 20.0       # an item expected to take this long compiles in a subprocess from the start (precompile)
 BACKGROUND_REST = 0.4     # what is left of such an item's expected time at most after its background compile
 REFERENCE_S = 0.5         # a PyTorch reference otherwise: nothing to compile
@@ -898,8 +897,8 @@ def _used_anyway(plan: list, path: Path, graph: bool) -> set[str]:
 def _background(plan: list, cuda: bool, parallel: bool, history: dict):
     """``precompile.Background`` compiling the plan's items expected to take ``BACKGROUND_S`` or more (not the
     first item: it starts now anyway), or None (no GPU, no parallel compile, nothing that long)."""
-    from groundthink.precompile import Background, _interpreting
-    if not (cuda and parallel) or _interpreting() or os.environ.get("GROUNDTHINK_PARALLEL_COMPILE", "1") == "0":
+    from groundthink.precompile import Background, switched_on
+    if not (cuda and switched_on(parallel)):
         return None
     items = [(spec.name, impl.name, shp) for spec, impl, fn, shp in plan[1:] if impl is not spec.reference
              and not isinstance(fn, Exception) and expected_s(spec, impl, history)[0] >= BACKGROUND_S]

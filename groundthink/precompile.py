@@ -153,6 +153,12 @@ def _interpreting() -> bool:
     return INTERPRET
 
 
+def switched_on(enabled: bool = True) -> bool:
+    """Whether parallel and background compilation may run: asked for, not off by
+    ``GROUNDTHINK_PARALLEL_COMPILE=0``, not the interpreter (nothing to compile)."""
+    return enabled and os.environ.get("GROUNDTHINK_PARALLEL_COMPILE", "1") != "0" and not _interpreting()
+
+
 @contextlib.contextmanager
 def parallel_autotune(workers: int | None = None, enabled: bool = True):
     """Inside: every autotuned Triton kernel compiles all its configs for a new key in parallel before it
@@ -163,9 +169,7 @@ def parallel_autotune(workers: int | None = None, enabled: bool = True):
         from triton.runtime.autotuner import Autotuner
     except Exception:  # noqa: BLE001 - an older or absent Triton: its normal path
         enabled = False
-    if os.environ.get("GROUNDTHINK_PARALLEL_COMPILE", "1") == "0":
-        enabled = False
-    if not enabled or _interpreting() or getattr(Autotuner.run, "_parallel_autotune", False):
+    if not switched_on(enabled) or getattr(Autotuner.run, "_parallel_autotune", False):
         yield STATS
         return
     original = Autotuner.run
@@ -205,8 +209,10 @@ def compile_only(workers: int | None = None):
     pool = ThreadPoolExecutor(workers or _workers(), thread_name_prefix="precompile")
 
     def tuner_run(self, *args, **kwargs):
-        with contextlib.suppress(Exception):       # fail safe: the call below compiles what is missing
+        try:
             _precompile(self, args, kwargs, pool)
+        except Exception:  # noqa: BLE001 - fail safe: the call below compiles what is missing
+            STATS["errors"] += 1
         self.nargs = dict(zip(self.arg_names, args))
         config = self.prune_configs(kwargs)[0]
         self.nargs = None
@@ -226,7 +232,7 @@ def compile_only(workers: int | None = None):
 
 def _compile_op(op: str, impl: str, shape: list) -> dict:
     """One forward + backward of ``op``/``impl`` at ``shape`` on the GPU under ``compile_only``; returns what it
-    compiled (``STATS`` plus "jit": the other kernels' warm-ups, and the seconds)."""
+    compiled: ``STATS`` (its "jit": the other kernels' warm-ups), "seconds" = the whole call's."""
     import torch
     t0 = time.monotonic()
 

@@ -230,14 +230,14 @@ part_study() {
 }
 
 part_validity() {   # bench_train --validity: the lab, the reference and two noise floors of the reference
-  local steps=${VALIDITY_STEPS:-30} size=small kinds=triton,reference,reference-reordered,reference-bf16init
+  local steps=${VALIDITY_STEPS:-30} size=small
   local extra="--batch-size ${VALIDITY_BATCH:-4} --seq-len 256 --eval-iters 2 --log-interval 1 --eval-interval $steps"
   if [ "$SMOKE" = 1 ]; then   # one interpreter run of the lab kernels (~1-2 min), the references in seconds
     steps=3; size=tiny
     extra="--batch-size 2 --seq-len 16 --eval-iters 1 --log-interval 1 --eval-interval 3 ${TINY[*]:2}"
   fi
   run_part validity "${VALIDITY_S:-240}" $PY -m bench.bench_train --validity --steps $steps --ref-steps 0 \
-    --model GF-MH --size $size --kernels $kinds --out "$RUN/validity" --extra "$extra"
+    --model GF-MH --size $size --out "$RUN/validity" --extra "$extra"
 }
 
 part_report() {

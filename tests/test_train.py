@@ -315,17 +315,6 @@ def test_old_optimizer_state_loads_fused_and_guarded():
     assert torch.isfinite(row).all() and all(float(s["step"]) == 2 for s in opt.state.values())
 
 
-def test_validity_compares_logged_losses(tmp_path):
-    """bench_train.compare_losses: the relative loss difference of two run logs at their common logged steps."""
-    import json
-    from bench.bench_train import compare_losses
-    for name, losses in (("a", {10: 2.0, 20: 1.5, 30: 1.2}), ("b", {10: 2.01, 20: 1.5})):
-        recs = [{"type": "config", "step": 0}] + [{"type": "train", "step": s, "loss": v} for s, v in losses.items()]
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    rows, worst = compare_losses(tmp_path / "a.jsonl", tmp_path / "b.jsonl")
-    assert [r[0] for r in rows] == [10, 20] and worst == pytest.approx(0.005) and rows[1][3] == 0.0
-
-
 def test_validity_floor_runs_perturb_a_path_by_numerics_only():
     from types import SimpleNamespace as NS
 
