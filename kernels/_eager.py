@@ -9,7 +9,8 @@ forward + backward against 19–20 / 103–108 µs for the PyTorch reference; th
 On the GPU machine's slower host that was ~0.5 ms per fwd+bwd: the lab glue kernels lost to the reference in
 the eager benchmark although their GPU time is a fraction of it.
 
-``EagerOp(name, fwd_op, fwd_impl, setup_context, backward)`` is called like the forward op. When nothing is being
+``EagerOp(name, fwd_op, fwd_impl, setup_context, backward)`` registers the formula on ``fwd_op`` (the custom op's
+autograd) and is called like the forward op. When nothing is being
 traced (``traced``: no torch.compile / dynamo, plain tensors, not FakeTensor or functional tensors) it runs
 ``fwd_impl`` (the forward op's body) through an ``autograd.Function`` built from the same ``setup_context`` and
 ``backward``, or bare when no gradient is needed; the formula calls ``pick(bwd_op, bwd_impl, grad)`` for the
@@ -50,6 +51,7 @@ class EagerOp:
             setup_context(ctx, args, out)
             return out
 
+        fwd_op.register_autograd(backward, setup_context=setup_context)   # the formula torch.compile traces
         self.fwd_op, self.fwd_impl = fwd_op, fwd_impl
         self.function = type(name, (torch.autograd.Function,), {   # no double backward (the ops have none either)
             "forward": staticmethod(forward), "backward": staticmethod(once_differentiable(backward))})

@@ -1,5 +1,5 @@
 """GPU time of the glue ops' backward kernels at the large model's shapes under a few launch settings (TUNING),
-the committed setting and its predecessor measured in the same run. Prints one line per (op, setting): CUDA-graph
+the committed setting beside alternatives, measured in the same run. Prints one line per (op, setting): CUDA-graph
 replay median (no host time), GB/s of the kernel's bytes, % of the copy bandwidth measured in the same run.
 
     PYTHONPATH=. python scripts/glue_bwd_sweep.py [--csv PATH]
@@ -43,11 +43,10 @@ def cases(dev, smoke=False):
     dl, sl, de, ng = _mod("ddlerp"), _mod("shift_lerp"), _mod("decay_exp"), _mod("norm_gate")
     alt = lambda pairs: [("committed", {})] + [(f"tile {t} per_sm {p}", dict(bwd_tile=t, bwd_per_sm=p))  # noqa: E731
                                                for t, p in pairs]
-    tiles = dict(bwd_rows=False)
     dl_settings = [("committed", {})] + [                      # committed = tiles 1024 / 4 per SM: the run-6 kernel
         (f"rows BD {b} per_sm {p}", dict(bwd_rows=True, rows_bd=b, rows_per_sm=p))
         for b, p in ((128, 14), (128, 28), (256, 12))
-    ] + [(f"tiles {t} per_sm {p}", dict(tiles, bwd_tile=t, bwd_per_sm=p)) for t, p in ((512, 12),)]
+    ] + [(f"tiles {t} per_sm {p}", dict(bwd_tile=t, bwd_per_sm=p)) for t, p in ((512, 12),)]
     per = alt(((2048, 8), (1024, 12)))
     importlib.import_module("kernels.gate_norm_residual")
     gn = sys.modules["kernels.gate_norm_residual.kernel"]

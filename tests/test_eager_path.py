@@ -74,8 +74,11 @@ def test_eager_path_matches_custom_op(name):
     assert len(eager) == len(op)
     for e, o in zip(eager, op):
         assert torch.equal(e, o)
-    with torch.no_grad():                                  # no autograd node when no gradient is needed
-        assert all(t.grad_fn is None for t in (fn(**inputs),) if isinstance(t, torch.Tensor))
+    def no_apply(*args):
+        raise AssertionError("the autograd.Function ran although no gradient is needed")
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:   # no gradient needed: the implementation, bare
+        mp.setattr(eager_op.function, "apply", no_apply)
+        fn(**inputs)
 
 
 def test_compile_traces_the_custom_op():

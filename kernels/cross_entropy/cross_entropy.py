@@ -115,7 +115,6 @@ def _backward(ctx, dloss, _dg, _dtot):
     return g.view(ctx.shape) * scale, None, None, None
 
 
-_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 _cross_entropy = EagerOp("CrossEntropy", _fwd_op, _fwd_impl, _setup_context, _backward)
 
 

@@ -25,8 +25,8 @@ Kernels:
   programs per column block, each walking a chunk of rows from the last to the first, one [BD] row per step,
   carrying dxx of the row after; every element is loaded once (no halo tiles), the dmaa partial sums stay per
   column in registers.
-Both write dx, dm and one fp32 partial row of dmaa per program ([P, 5, D]); the last program of each column block
-to finish sums the P partial rows in a fixed order and stores dmaa (``kernels._colsum``: no second launch, no
+Both write dx, dm and one fp32 partial row of dmaa per program ([P, 5, D]), summed inside the kernel in two
+fixed-order levels (groups of ~√P programs, then the group sums) and stored as dmaa (``kernels._colsum``: no second launch, no
 atomics on data, bit-identical run to run). No host syncs, no autotuning (CUDA-graph capturable).
 
 Byte floor (bf16, E = N·D·2): forward x, m_0..4 in + 5 outputs = 11E; backward do_0..4, x, m_0..4 in + dx, dm_0..4
@@ -412,7 +412,6 @@ def _backward(ctx, *douts):
     return dx, dm, dmaa, None
 
 
-_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 _ddlerp = EagerOp("Ddlerp", _fwd_op, _fwd_impl, _setup_context, _backward)
 
 
@@ -433,7 +432,6 @@ def _grouped_backward(ctx, d_first, d_rest):
     return dx, dm, dmaa, None, None
 
 
-_grouped_op.register_autograd(_grouped_backward, setup_context=_grouped_setup_context)
 _ddlerp_grouped = EagerOp("DdlerpGrouped", _grouped_op, _grouped_impl, _grouped_setup_context, _grouped_backward)
 
 

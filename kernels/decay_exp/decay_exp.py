@@ -9,8 +9,8 @@ The exponential is recomputed in the backward from the inputs (no fp32 activatio
 
 Layouts: d, lw [..., D] contiguous, viewed as [N, D]; base [D]. Forward: a 2-D grid of [BR, BD] tiles. Backward:
 a persistent grid (P programs per column block striding over row blocks) writing dd and one fp32 partial row of
-dbase per program ([P, D]); the last program of each column block sums them in a fixed order and stores dbase
-(``kernels._colsum``). No atomics on data, no host syncs, no autotuning.
+dbase per program ([P, D]), summed inside the kernel in two fixed-order levels (groups of ~√P programs, then the
+group sums) and stored as dbase (``kernels._colsum``). No atomics on data, no host syncs, no autotuning.
 
 Dtypes: d fp32/fp16/bf16, base any float dtype, lw in the requested dtype (default d's); dd in d's dtype, dbase in
 base's.
@@ -124,7 +124,6 @@ def _backward(ctx, dlw):
     return dbase, dd, None
 
 
-_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 _decay_exp = EagerOp("DecayExp", _fwd_op, _fwd_impl, _setup_context, _backward)
 
 

@@ -28,8 +28,8 @@ Kernels:
 * backward: a persistent grid of G programs (a few per SM, never more than the row blocks), each striding over
   row blocks and accumulating the column reductions (dW, dbias, vector-gate grad, weights-gate grads) in fp32
   registers; each program writes one fp32 partial row ([G, 3·D + 2]: dW | dbias | vector-gate | weights-gate)
-  and the last program to finish sums the G partial rows in a fixed order and stores dW, dbias and the vector /
-  weights gate gradient in their dtypes (``kernels._colsum``: no second launch, no atomics on data, results
+  summed inside the kernel in two fixed-order levels (groups of ~√G programs, then the group sums) and stored as
+  dW, dbias and the vector / weights gate gradient in their dtypes (``kernels._colsum``: no second launch, no atomics on data, results
   bit-identical run to run).
 * launches: ``@triton.autotune`` over num_warps (two candidates per tile size; one config under the
   interpreter); once a key is tuned, each kernel's ``_Launcher`` calls the JIT function with the cached config
@@ -61,7 +61,7 @@ import triton.language as tl
 from kernels import INTERPRET
 from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import autotune_configs, check_tensor, new_empty, num_sms
-from kernels._eager import EagerOp, traced
+from kernels._eager import EagerOp, pick
 from reference.gate_norm_residual import check_args
 
 __all__ = ["gate_norm_residual"]
@@ -492,13 +492,12 @@ def _backward(ctx, dh, dy, _dstats):
     mode, norm, gate_logits, x_dtype = ctx.cfg
     if dy is None:
         dy = torch.zeros_like(h, dtype=a.dtype)
-    bwd = torch.ops.groundthink.gnr_bwd if traced(dy) else _bwd_impl
+    bwd = pick(_gnr_bwd_op, _bwd_impl, dy)
     dx, da, db, dg, dw, dbias = bwd(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits, x_dtype)
     return (dx, da, db if b is not None else None, dg if gate is not None else None, dw,
             dbias if bias is not None else None, None, None, None, None, None)
 
 
-_gnr_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 _gnr = EagerOp("GateNormResidual", _gnr_fwd_op, _fwd_impl, _setup_context, _backward)
 
 

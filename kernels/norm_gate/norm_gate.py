@@ -28,9 +28,9 @@ Kernels:
 * forward: one [BR, BG, BS] tile per program, BR chosen for ~4K elements per tile (fewer rows when the grid
   would not fill the GPU).
 * backward: a persistent grid of P programs (a few per SM, never more than the row blocks) striding over row
-  blocks; each accumulates dW and dbias in fp32 registers and writes one partial row of [P, 2·D] fp32; the last
-  program to finish sums the P partial rows in a fixed order and stores dW and dbias in their dtypes
-  (``kernels._colsum``: no second launch, no atomics on data, bit-identical run to run).
+  blocks; each accumulates dW and dbias in fp32 registers and writes one partial row of [P, 2·D] fp32, summed
+  inside the kernel in two fixed-order levels (groups of ~√P programs, then the group sums) and stored as dW and
+  dbias in their dtypes (``kernels._colsum``: no second launch, no atomics on data, bit-identical run to run).
 * launches use fixed warp counts by tile size (no autotuner: nothing to tune before CUDA-graph capture) and no
   host syncs.
 
@@ -311,7 +311,6 @@ def _backward(ctx, dy):
     return dx, dz, dw, (db if bias is not None else None), None, None, None, None
 
 
-_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 _norm_gate = EagerOp("NormGate", _fwd_op, _fwd_impl, _setup_context, _backward)
 
 

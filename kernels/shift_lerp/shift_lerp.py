@@ -16,9 +16,9 @@ Layouts: x, y [B, T, D] contiguous, viewed as [N = B·T, D]; mu [D]; x_prev [B, 
 differentiated). Tiles of [BR rows, BD columns]; the kernels share ``kernels.ddlerp``'s shifted-row helper.
 
 Kernels: forward a 2-D grid of tiles; backward a persistent grid (P programs per column block striding over
-row blocks) writing dx and one fp32 partial row of dmu per program ([P, D]); the last program of each column
-block to finish sums the P partial rows in a fixed order and stores dmu (``kernels._colsum``: one launch, no
-atomics on data, bit-identical run to run), no host syncs, no autotuning (CUDA-graph capturable).
+row blocks) writing dx and one fp32 partial row of dmu per program ([P, D]), summed inside the kernel in two
+fixed-order levels (groups of ~√P programs, then the group sums) and stored as dmu (``kernels._colsum``: one
+launch, no atomics on data, bit-identical run to run), no host syncs, no autotuning (CUDA-graph capturable).
 
 Numerics: fp32 arithmetic, one rounding on store, int64 offsets. Dtypes: x fp32/fp16/bf16, mu any float dtype;
 y and dx in x's dtype, dmu in mu's.
@@ -143,7 +143,6 @@ def _backward(ctx, dy):
     return dx, dmu, None
 
 
-_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 _shift_lerp = EagerOp("ShiftLerp", _fwd_op, _fwd_impl, _setup_context, _backward)
 
 

@@ -276,7 +276,6 @@ def _make_ops(name: str, fwd_impl, bwd_impl, state_shape):
                                                              initial_state, cu_seqlens, ctx.scale, states)
         return dr, dk, dv, dw, du, None, (dh0 if ctx.has_h0 else None), None, None
 
-    fwd_op.register_autograd(backward, setup_context=setup_context)
     return EagerOp(name, fwd_op, fwd_impl, setup_context, backward)
 
 
