@@ -75,3 +75,14 @@ def num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 4
+
+
+# host-side integer helpers: plain Python (recent Triton's cdiv / next_power_of_2 are constexpr functions that cost
+# microseconds per host call)
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def pow2(n: int) -> int:
+    """The smallest power of 2 >= n (n >= 1)."""
+    return 1 << max(n - 1, 0).bit_length()

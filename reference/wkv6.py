@@ -49,7 +49,7 @@ def _prepare(r, k, v, w, u, scale, initial_state, cu_seqlens, compute_dtype):
         spans = None                     # the whole batch at once
     else:
         bounds = [int(x) for x in cu_seqlens.tolist()]
-        spans = [(0, bounds[n], bounds[n + 1]) for n in range(N)]
+        spans = [(bounds[n], bounds[n + 1]) for n in range(N)]   # B = 1 with cu_seqlens
     return compute_dtype, scale, spans
 
 
@@ -64,10 +64,10 @@ def _run(step_fn, r, k, v, w, u, scale, initial_state, output_final_state, cu_se
         o, S = step_fn(*(x.to(cdt) for x in (r, k, v, w)), u.to(cdt), scale, S)
         return o.to(r.dtype), (S if output_final_state else None)
     outs, finals = [], []
-    for n, (b, t0, t1) in enumerate(spans):
+    for n, (t0, t1) in enumerate(spans):
         S = (initial_state[n].to(cdt) if initial_state is not None
              else torch.zeros(H, K, V, dtype=cdt, device=r.device))
-        o, S = step_fn(*(x[b, t0:t1].to(cdt) for x in (r, k, v, w)), u.to(cdt), scale, S)
+        o, S = step_fn(*(x[0, t0:t1].to(cdt) for x in (r, k, v, w)), u.to(cdt), scale, S)
         outs.append(o)
         finals.append(S)
     o = torch.cat(outs, 0).unsqueeze(0)
@@ -127,6 +127,19 @@ def wkv6_chunked(r, k, v, w, u, scale=None, initial_state=None, output_final_sta
     """Same function as ``wkv6`` through the chunked formulation. Returns ``(o, final_state or None)``."""
     return _run(_make_chunked(chunk_size), r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens,
                 compute_dtype)
+
+
+def exact_du(inputs: dict, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """The float64 du of ``inputs`` (wkv6's keyword arguments) under the cotangent of o that the harness's
+    ``compare`` draws (a float64 ``randn`` of o's shape from ``seed``, rounded to ``dtype``; the final state's does
+    not reach du). Rounded to u's dtype, it gives the floor no implementation can beat: du = Σ q k (v·do) has only
+    H·K entries (in bf16 ~1.65e-3 median, above 2e-3 on rare draws)."""
+    x = {n: t.detach().double().requires_grad_(n == "u") if torch.is_tensor(t) and n != "cu_seqlens" else t
+         for n, t in inputs.items()}
+    o, _ = wkv6_chunked(**x, chunk_size=64)
+    cot = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    torch.autograd.backward([o], [cot.to(dtype).double().to(o.device)])
+    return x["u"].grad
 
 
 def wkv6_recurrent_step(r, k, v, w, u, state, scale=None):

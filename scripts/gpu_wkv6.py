@@ -14,7 +14,9 @@ four input gradients included). Env: WKV6_ALGOS (comma list of the names in ALGO
 (indices into SHAPES, e.g. 0,2), WKV6_CHECKS=0 (timings only: the tests check correctness);
 WKV6_SMOKE=1 runs the whole flow on CPU (interpreter, tiny shapes, one timed call instead of do_bench: checks the
 script, measures nothing). Run the first call's measurement with a fresh TRITON_CACHE_DIR. ``--regs``
-(no GPU needed): registers and spill stack of the backward kernels as compiled for sm_90 on this machine.
+(no GPU needed): registers, spill stack and SASS instructions of ``_bwd_kernel``, ``_fwd_seq_kernel`` and the state
+scan as compiled for sm_90 on this machine (WKV6_REGS_ONLY picks kernels); ``--host`` (CPU): host µs per call with
+every Triton launch stubbed.
 
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; named in WKV6_ALGOS only, forward: the
 sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem (``LOWMEM``:
@@ -50,7 +52,7 @@ import kernels  # noqa: E402,F401
 import kernels.wkv6 as kw  # noqa: E402
 import kernels.wkv6.chunk as kc  # noqa: E402
 from groundthink.harness import compare, rel_err  # noqa: E402
-from reference.wkv6 import wkv6_chunked  # noqa: E402
+from reference.wkv6 import exact_du, wkv6_chunked  # noqa: E402
 
 SHAPES = [(8, 4096, 32, 64, 64), (4, 2048, 16, 64, 64), (64, 256, 2, 64, 64), (1, 16384, 32, 64, 64),
           (64, 256, 4, 32, 32), (16, 1024, 8, 64, 64)]   # 4, 5: the small and large models' wkv6
@@ -160,14 +162,7 @@ def du_floor(d, dtype):
     fp32."""
     if dtype == torch.float32:
         return None
-    x = {n: v.detach().double().requires_grad_(n == "u") if torch.is_tensor(v) and n != "cu_seqlens" else v
-         for n, v in d.items()}
-    o, s = wkv6_chunked(**x, chunk_size=64)
-    gen = torch.Generator().manual_seed(0)
-    cots = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(dt).double().to(t.device)
-            for t, dt in ((o, dtype), (s, torch.float32))]
-    torch.autograd.backward([o], cots[:1])         # the final state does not depend on u
-    du = x["u"].grad
+    du = exact_du(d, dtype)
     return rel_err(du.to(dtype), du)
 
 
@@ -291,7 +286,8 @@ def compiled_kernels():
 
 def resources():
     """Compile report (registers, spills, shared memory) and the per-kernel GPU time of one fwd+bwd of every
-    algorithm in WKV6_ALGOS at every shape in WKV6_SHAPES, then the timing table (no fla, no checks)."""
+    algorithm in WKV6_ALGOS at every shape in WKV6_SHAPES, then the timing table (no fla; WKV6_CHECKS=1 adds the
+    bf16 strong-decay check per algorithm)."""
     from torch.profiler import ProfilerActivity, profile
     log(device_name(), "torch", torch.__version__, "triton", triton.__version__)
     impls = {n: ours(f) for n, f in ALGOS.items() if n != "chunk"}
@@ -348,7 +344,7 @@ def main():
         checks = [("fp32 extreme", (1, 70, 2, 16, 16), torch.float32, "extreme", 1e-5, None),
                   ("fp16 varlen", (1, 70, 2, 16, 16), torch.float16, "strong", 2e-3, [0, 5, 64, 70])]
     for name, fn in (ALGOS.items() if os.environ.get("WKV6_CHECKS", "1") == "1" else ()):
-        if name.startswith("chunk_") and "lvl" not in name:
+        if name.startswith("chunk_"):
             for c in (checks if name == "chunk_seq" or SMOKE else [checks[i] for i in (0, 5, 8)]):
                 try:
                     with variant(name):

@@ -50,7 +50,7 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
-from kernels._common import check_tensor, new_empty, num_sms
+from kernels._common import cdiv as _cdiv, check_tensor, new_empty, num_sms, pow2 as _pow2
 from kernels._eager import EagerOp, pick
 from reference.ddlerp import N_MIX, check_args, check_order
 
@@ -284,14 +284,6 @@ def _ddlerp_bwd_rows_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m,
 # ----------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def _blocks(N: int, D: int, tile: int):
     """(BR, BD): column block ≤ max_bd (the interpreter: 32, so that tests cross column blocks), ~tile elements."""
     BD = min(_pow2(D), 32 if INTERPRET else TUNING["max_bd"])

@@ -26,9 +26,9 @@ import triton
 import triton.language as tl
 
 from kernels._colsum import counters, finish_rows, store_and_finish, tree
-from kernels._common import check_tensor, new_empty
+from kernels._common import cdiv as _cdiv, check_tensor, new_empty
 from kernels._eager import EagerOp, pick
-from kernels.ddlerp.ddlerp import _blocks, _cdiv, _cols, _rows, _tile, persistent_grid
+from kernels.ddlerp.ddlerp import _blocks, _cols, _rows, _tile, persistent_grid
 from reference.decay_exp import check_args
 
 __all__ = ["decay_exp"]

@@ -60,7 +60,7 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
-from kernels._common import autotune_configs, check_tensor, new_empty, num_sms
+from kernels._common import autotune_configs, cdiv as _cdiv, check_tensor, new_empty, num_sms, pow2 as _pow2
 from kernels._eager import EagerOp, pick
 from reference.gate_norm_residual import check_args
 
@@ -310,14 +310,6 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
 # ----------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
-def _cdiv(a: int, b: int) -> int:  # plain ints: triton.cdiv is a (slow) constexpr_function in recent Triton
-    return -(-a // b)
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def _block_d(D: int) -> int:
     return _pow2(D)
 

@@ -57,7 +57,7 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
-from kernels._common import check_tensor, new_empty, num_sms
+from kernels._common import cdiv as _cdiv, check_tensor, new_empty, num_sms, pow2 as _pow2
 from kernels._eager import EagerOp, pick
 from reference.norm_gate import check_args
 
@@ -184,14 +184,6 @@ def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, p_dw, p_
 # ----------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def _rows(N: int, row_elems: int, tile: int, min_programs: int) -> int:
     """Rows per program: a tile of ~``tile`` elements, fewer when the grid would have < ``min_programs``."""
     BR = max(1, tile // row_elems)

@@ -36,9 +36,9 @@ import triton
 import triton.language as tl
 
 from kernels._colsum import counters, finish_rows, store_and_finish, tree
-from kernels._common import check_tensor, new_empty
+from kernels._common import cdiv as _cdiv, check_tensor, new_empty
 from kernels._eager import EagerOp, pick
-from kernels.ddlerp.ddlerp import _blocks, _cdiv, _cols, _rows, _tile, _x_and_shift, persistent_grid
+from kernels.ddlerp.ddlerp import _blocks, _cols, _rows, _tile, _x_and_shift, persistent_grid
 from reference.shift_lerp import check_args
 
 __all__ = ["shift_lerp"]

@@ -44,8 +44,9 @@ on the H100 (run 6, B8 T4096 H32: fwd+bwd 13.4 and 10.3 ms vs 9.3 for ``_bwd_ker
 
 Memory (``TUNING``; ``wkv6_chunk_lowmem``): the forward may skip saving S_c (the backward's state pass then
 recomputes it with D_c) and the backward may run batch slices one after another, so that its transient fp32
-state buffers stay bounded: at B8 T4096 H32 the extra peak of fwd+bwd drops from 1.43 to 0.76 GiB for 10.1 → 12.8
-ms (H100, run 5: the reverse scan is latency-bound and runs once per slice). Splitting V across backward programs
+state buffers stay bounded: at B8 T4096 H32 lowmem's extra peak of fwd+bwd is 0.76 GiB for 12.8 ms (H100 run 5, whose
+harness also timed ~0.5 ms of .grad accumulation; not re-timed) against the default's 1.18 GiB and 8.86 ms (run 7):
+the reverse scan is latency-bound and runs once per slice. Splitting V across backward programs
 ([K, 32] states, fp32 partial sums) was measured too and lost (bwd kernel 6.7 → 12.4 ms: still 255 registers).
 """
 from __future__ import annotations
@@ -465,10 +466,9 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs):
     hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
     dr, dk, dv, dw = outs
     du_part = new_empty((S * NB, H, K), torch.float32, dev)
-    meta = dict(H=H, K=K, V=V, BT=BT, BK=_bk(K), BV=_bk(V), VARLEN=cu_seqlens is not None,
-                PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype))
-    _bwd_kernel[(S * NB, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, SB=SB,
-                             LOG=LOG, **meta)
+    _bwd_kernel[(S * NB, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K,
+                             V=V, BT=BT, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
+                             PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype))
     return du_part.sum(0), dh0
 
 
@@ -527,5 +527,6 @@ def wkv6_chunk(r, k, v, w, u, scale=None, initial_state=None, output_final_state
 def wkv6_chunk_lowmem(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
     """``wkv6_chunk`` with the ``LOWMEM`` knobs (custom ops ``groundthink::wkv6_lowmem_*``): nothing saved between
     forward and backward but the inputs, the backward's fp32 state buffers ≤ 128 MiB per batch slice. Same results;
-    H100 run 5 at B8 T4096 H32: extra peak of fwd+bwd 0.76 GiB (default 1.43), fwd+bwd 12.8 ms (default 10.1)."""
+    H100 at B8 T4096 H32: extra peak of fwd+bwd 0.76 GiB (run 5) vs the default's 1.18 (run 7); fwd+bwd 12.8 ms (run
+    5, its harness included ~0.5 ms of .grad accumulation) vs 8.86 (run 7)."""
     return _chunk_entry(_wkv6_lowmem_fwd_op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
