@@ -120,8 +120,9 @@ def _make_step(args, ops):
     m = get_model(args.variant, args.size, vocab_size=args.vocab, ops=ops)
     opt = train.make_optimizer(m, NS(lr=1e-3, weight_decay=0.1, lr_mult_rwkv=1.0, lr_mult_mamba=1.0,
                                      lr_mult_other=1.0))
+    flat = {} if args.flat_weights == "absent" else {"flat_weights": args.flat_weights == "on"}   # absent: older step
     step = TrainStep(m, opt, batch_size=args.batch, seq_len=args.seq, device="cpu",
-                     amp_dtype=torch.bfloat16 if args.autocast else None, flat_weights=args.flat_weights == "on")
+                     amp_dtype=torch.bfloat16 if args.autocast else None, **flat)
     idx = torch.randint(0, args.vocab, (args.batch, args.seq + 1))
     step.load_batch(idx[:, :-1], idx[:, 1:])
     return m, step
@@ -135,7 +136,7 @@ def gemm_report(args):
     ops = resolve(args.kernels)
     watch = GemmWatch()
     watch.opaque(ops)
-    m, step = _make_step(args, ops)
+    _, step = _make_step(args, ops)
     with watch:
         step._body()
     bad = watch.misaligned()
@@ -163,15 +164,12 @@ def main():
     args = ap.parse_args()
     if args.gemms:
         return gemm_report(args)
-    from fused import get_model
     from groundthink.registry import resolve
-    from groundthink.step import TrainStep
-    torch.manual_seed(0)
     ops = resolve(args.kernels)
     counter = OpCounter()
     _patch_triton(counter)
     ops.choices["mamba2"].fn = _opaque_scan(counter, ops.choices["mamba2"].fn, args.scan_fwd, args.scan_bwd)
-    m = get_model(args.variant, args.size, vocab_size=97, ops=ops)
+    m, step = _make_step(args, ops)
     tag = (lambda t: lambda *_: setattr(counter, "tag", t))
     for blk in m.blocks:
         for name in ("tmix", "mamba", "ffn", "fusion"):
@@ -180,17 +178,8 @@ def main():
                 mod.register_forward_pre_hook(tag("fwd:" + name))
                 mod.register_forward_hook(tag("fwd:other"))
     m.register_forward_hook(tag("bwd"))
-    import train
-    from types import SimpleNamespace as NS
-    opt = train.make_optimizer(m, NS(lr=1e-3, weight_decay=0.1, lr_mult_rwkv=1.0, lr_mult_mamba=1.0,
-                                     lr_mult_other=1.0))
-    flat = {} if args.flat_weights == "absent" else {"flat_weights": args.flat_weights == "on"}   # absent: older step
-    step = TrainStep(m, opt, batch_size=args.batch, seq_len=args.seq, device="cpu",
-                     amp_dtype=torch.bfloat16 if args.autocast else None, **flat)
     update = step._update
     step._update = lambda *a: (tag("update")(), update(*a))[1]
-    idx = torch.randint(0, 97, (args.batch, args.seq + 1))
-    step.load_batch(idx[:, :-1], idx[:, 1:])
     step._body()          # uncounted: AdamW's lazy state (zeros on the first step), caches
     with counter:
         counter.active = True
