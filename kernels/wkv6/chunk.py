@@ -52,6 +52,7 @@ the reverse scan is latency-bound and runs once per slice. Splitting V across ba
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import triton
@@ -379,15 +380,16 @@ def forward_mode(seq: bool):
         _FORCED_SEQ = old
 
 
-def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
-    """o, final state and (if save) the chunk-start states for the backward (else an empty tensor)."""
+def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None):
+    """o, final state and (if save) the chunk-start states for the backward (else an empty tensor). ``knobs``:
+    the memory knobs (default ``TUNING``; ``wkv6_chunk_lowmem`` passes ``LOWMEM``)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     BK = _bk(K)
     dev = r.device
     prec = _prec(r.dtype)
     varlen = cu_seqlens is not None
     seq = _use_seq(N, H, V, dev) if _FORCED_SEQ is None else _FORCED_SEQ
-    save = save and TUNING["save_states"]
+    save = save and (knobs or TUNING)["save_states"]
     o = new_empty((B, T, H, V), r.dtype, dev)
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev)
     if seq:
@@ -422,8 +424,8 @@ LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True}
 
 @contextlib.contextmanager
 def tuning(**knobs):
-    """Override ``TUNING`` inside the block (tests and the dev harness). Not thread-safe; ``save_states`` must not
-    change between a forward and its backward."""
+    """Override ``TUNING`` inside the block (tests and the dev harness). Not thread-safe; ``save_states`` must be the
+    same while torch.compile traces the op (its fake states' shape) and when it runs."""
     bad = set(knobs) - set(TUNING)
     if bad:
         raise ValueError(f"unknown wkv6 chunk knobs {sorted(bad)}; known: {sorted(TUNING)}")
@@ -441,9 +443,8 @@ def _state_shape(B, T, H, K, V, N, varlen):
     return _par_state_shape(B, T, H, K, V, N, varlen) if TUNING["save_states"] else (0,)
 
 
-def _bwd_pieces(B, T, H, K, V, recompute, varlen):
-    """Batch ranges [b0, b1) the backward runs one after another (``piece_bytes``)."""
-    limit = TUNING["piece_bytes"]
+def _bwd_pieces(B, T, H, K, V, recompute, varlen, limit):
+    """Batch ranges [b0, b1) the backward runs one after another (``limit``: the ``piece_bytes`` knob)."""
     if varlen or limit is None:
         return [(0, B)]
     per_b = _cdiv(T, BT) * H * K * V * 4 * (2 if recompute else 1)
@@ -451,13 +452,13 @@ def _bwd_pieces(B, T, H, K, V, recompute, varlen):
     return [(b0, min(B, b0 + nb)) for b0 in range(0, B, nb)]
 
 
-def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs):
+def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, scan_fill):
     """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_kernel``, writing into the
     gradient views ``outs`` = (dr, dk, dv, dw). Returns (du [H, K] fp32, dh0 or None)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
     scan_bv = None
-    if TUNING["scan_fill"]:
+    if scan_fill:
         scan_bv = 64
         while scan_bv > 16 and N * H * _cdiv(V, scan_bv) < num_sms(dev):
             scan_bv //= 2
@@ -472,20 +473,21 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs):
     return du_part.sum(0), dh0
 
 
-def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None):
+def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None, knobs=None):
     """Gradients (dr, dk, dv, dw, du, dh0 or None). ``states``: the forward's chunk-start states (else recomputed).
-    du is summed in fp32 and rounded to u's dtype once."""
+    du is summed in fp32 and rounded to u's dtype once. ``knobs`` as in ``_chunk_fwd_impl``."""
+    kn = knobs or TUNING
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     saved = states is not None and states.numel() > 0
     outs = [new_empty(x.shape, x.dtype, r.device) for x in (r, k, v, w)]
     NT = _cdiv(T, BT)
-    pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None)
+    pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None, kn["piece_bytes"])
     dus, dh0s = [], []
     for b0, b1 in pieces:
         cut = lambda x: x if x is None or len(pieces) == 1 else x[b0:b1]  # noqa: E731
         hs = None if not saved else states if len(pieces) == 1 else states[b0 * NT:b1 * NT]
         du, dh0 = _bwd_piece(cut(r), cut(k), cut(v), cut(w), u, cut(do), cut(dht), cut(h0), cu_seqlens, scale, hs,
-                             [cut(g) for g in outs])
+                             [cut(g) for g in outs], kn["scan_fill"])
         dus.append(du)
         dh0s.append(dh0)
     du = (dus[0] if len(dus) == 1 else torch.stack(dus).sum(0)).to(u.dtype)
@@ -493,17 +495,9 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None):
     return (*outs, du, dh0)
 
 
-def _with_knobs(impl, knobs):
-    """``impl`` run under ``tuning(**knobs)`` (an op whose forward and backward both use them)."""
-    def run(*args):
-        with tuning(**knobs):
-            return impl(*args)
-    return run
-
-
 _wkv6_chunk_fwd_op = _make_ops("wkv6", _chunk_fwd_impl, _chunk_bwd_impl, _state_shape)
-_wkv6_lowmem_fwd_op = _make_ops("wkv6_lowmem", _with_knobs(_chunk_fwd_impl, LOWMEM),
-                                _with_knobs(_chunk_bwd_impl, LOWMEM), lambda *shape: (0,))
+_wkv6_lowmem_fwd_op = _make_ops("wkv6_lowmem", functools.partial(_chunk_fwd_impl, knobs=LOWMEM),
+                                functools.partial(_chunk_bwd_impl, knobs=LOWMEM), lambda *shape: (0,))
 
 
 MAX_BKV = 160     # BK + BV above this: the backward's fp32 tiles exceed the H100's shared memory (K=V=128 needs
