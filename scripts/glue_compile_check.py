@@ -34,8 +34,6 @@ cases = [
  (NG._norm_gate_bwd_kernel, {"p_w": "*fp32", "p_b": "*fp32", "p_part": "*fp32", "p_dw": "*fp32", "p_db": "*fp32"}, dict(LAYER=True, BEFORE=True, HAS_BIAS=True, BR=8, BG=4, BS=32, BP=32, BC=128)),
  (NG._norm_gate_bwd_kernel, {"p_w": "*fp32", "p_b": "*fp32", "p_part": "*fp32", "p_dw": "*fp32", "p_db": "*fp32"}, dict(LAYER=False, BEFORE=False, HAS_BIAS=False, BR=8, BG=1, BS=256, BP=16, BC=256)),
  (DL._ddlerp_fwd_kernel, {"p_maa": "*fp32"}, dict(HAS_PREV=True, BR=16, BD=128)),
- (DL._ddlerp_bwd_kernel, {"p_maa": "*fp32", "p_part": "*fp32", "p_dmaa": "*fp32"}, dict(HAS_PREV=False, BR=8, BD=128, BP=32)),  # default
- (DL._ddlerp_bwd_kernel, {"p_maa": "*fp32", "p_part": "*fp32", "p_dmaa": "*fp32"}, dict(HAS_PREV=False, BR=4, BD=128, BP=32)),  # retile
  (DL._ddlerp_bwd_rows_kernel, {"p_maa": "*fp32", "p_part": "*fp32", "p_dmaa": "*fp32"}, dict(HAS_PREV=True, BD=128, BP=8)),
  (SL._shift_lerp_fwd_kernel, {"p_mu": "*fp32"}, dict(HAS_PREV=False, BR=16, BD=128)),
  (SL._shift_lerp_bwd_kernel, {"p_mu": "*fp32", "p_part": "*fp32", "p_dmu": "*fp32"}, dict(HAS_PREV=True, BR=16, BD=128, BP=32)),

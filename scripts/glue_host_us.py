@@ -37,7 +37,7 @@ class _NoLaunch:
 def stub_launches() -> None:
     for mod, names in (("kernels.decay_exp.decay_exp", ["_decay_exp_fwd_kernel", "_decay_exp_bwd_kernel"]),
                        ("kernels.shift_lerp.shift_lerp", ["_shift_lerp_fwd_kernel", "_shift_lerp_bwd_kernel"]),
-                       ("kernels.ddlerp.ddlerp", ["_ddlerp_fwd_kernel", "_ddlerp_bwd_kernel", "_ddlerp_bwd_rows_kernel"]),
+                       ("kernels.ddlerp.ddlerp", ["_ddlerp_fwd_kernel", "_ddlerp_bwd_rows_kernel"]),
                        ("kernels.norm_gate.norm_gate", ["_norm_gate_fwd_kernel", "_norm_gate_bwd_kernel"]),
                        ("kernels.cross_entropy.cross_entropy", ["_ce_fwd_kernel"])):
         for name in names:

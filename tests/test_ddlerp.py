@@ -59,14 +59,6 @@ def test_ddlerp(shape, dtype):
         check_op(ddlerp, RD.ddlerp, make_inputs(*shape, dtype=dtype, prev=prev), context=f"{shape} prev={prev}")
 
 
-def test_ddlerp_rows_backward(monkeypatch):
-    """The row-walking backward (TUNING bwd_rows=True; opt-in until a GPU run has timed it beside the default tiled
-    one): every gradient vs float64, several column blocks, a carried x_prev."""
-    import sys
-    monkeypatch.setitem(sys.modules["kernels.ddlerp.ddlerp"].TUNING, "bwd_rows", True)
-    check_op(ddlerp, RD.ddlerp, make_inputs(2, 5, 37, prev=True), context="row-walking backward")
-
-
 @pytest.mark.parametrize("order", [(0, 3, 1, 2, 4), (4, 3, 2, 1, 0)])
 def test_ddlerp_grouped(order):
     """order=…: (out[order[0]], the other four as one stack [4, B, T, D]) written in place by the kernel, output

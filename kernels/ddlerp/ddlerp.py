@@ -19,13 +19,13 @@ x_prev [B, D] (the carried state, not differentiated). Tiles of [BR rows, BD col
 Kernels:
 * forward: a 2-D grid (row blocks, column blocks), one tile each: reads x, the previous rows, the five m_i, writes
   the five outputs.
-* backward, default (``TUNING["bwd_rows"]`` False; the kernel measured in run 6): the tiled persistent backward,
-  row blocks strided over P programs, the next row's do_i and m_i as one-row-shifted halo tiles.
-* backward, row-walking (``TUNING["bwd_rows"] = True``; not yet timed on a GPU: ``_ddlerp_bwd_rows_kernel``): P
-  programs per column block, each walking a chunk of rows from the last to the first, one [BD] row per step,
-  carrying dxx of the row after; every element is loaded once (no halo tiles), the dmaa partial sums stay per
-  column in registers.
-Both write dx, dm and one fp32 partial row of dmaa per program ([P, 5, D]), summed inside the kernel in two
+* backward: the row-walking kernel ``_ddlerp_bwd_rows_kernel``: P programs per column block, each walking a chunk
+  of rows from the last to the first, one [BD] row per step, carrying dxx of the row after; every element is loaded
+  once (no halo tiles), the dmaa partial sums stay per column in registers. H100, run 8 (glue_bwd_sweep, B16 T1024
+  D512, CUDA-graph replay): 150.7 µs = 78 % of the copy bandwidth at BD 128, 14 programs per SM, against 272.8 µs
+  (43 %) for the tiled persistent backward it replaced (row blocks strided over programs with one-row halo tiles;
+  512-element retile 280.8 µs; BD 128 × 28 per SM 161.4, BD 256 × 12 171.7).
+It writes dx, dm and one fp32 partial row of dmaa per program ([P, 5, D]), summed inside the kernel in two
 fixed-order levels (groups of ~√P programs, then the group sums) and stored as dmaa (``kernels._colsum``: no second launch, no
 atomics on data, bit-identical run to run). No host syncs, no autotuning (CUDA-graph capturable).
 
@@ -56,18 +56,11 @@ from reference.ddlerp import N_MIX, check_args, check_order
 
 __all__ = ["ddlerp"]
 
-# elements per forward / backward tile (GPU), persistent backward programs per SM (over all column blocks).
-# Backward defaults = the kernel measured on the H100 in run 6: tiled, 1024-element tiles, 4 programs per SM
-# (offline sm_90 compile, Triton 3.9: 255 registers, 144 B of spills per thread). Two alternatives compile without
-# spills but have not run on a GPU yet; scripts/glue_bwd_sweep.py times them beside the default — switch only after:
-# * bwd_tile 512, bwd_per_sm 12: BR 4 × BD 128 at 4 warps, 143 registers (3 programs per SM fit; 12 launched run as
-#   whole waves whether 2, 3, 4 or 6 fit — register counts differ between Triton versions);
-# * bwd_rows: the row-walking backward (``_ddlerp_bwd_rows_kernel``, rows_bd columns per program at rows_bd / 64
-#   warps, rows_per_sm programs per SM over all column blocks). At BD 128, 2 warps, finish tile [8, 128]: 140
-#   registers, 7 programs per SM fit (a [32, 128] finish tile took 198, 5 per SM): 14 per SM run as two whole
-#   waves; partial rows 3 % of the kernel's bytes at D512.
-TUNING = {"fwd_tile": 2048, "bwd_tile": 1024, "bwd_per_sm": 4, "max_bd": 128,
-          "bwd_rows": False, "rows_bd": 128, "rows_per_sm": 14}
+# elements per forward tile (GPU); the backward's columns per program (rows_bd, at rows_bd / 64 warps) and programs
+# per SM over all column blocks (rows_per_sm): run 8's fastest (see the module docstring). At BD 128, 2 warps,
+# finish tile [8, 128]: 140 registers (offline sm_90 compile, Triton 3.9), 7 programs per SM fit: 14 per SM run as
+# two whole waves; the partial rows are 3 % of the kernel's bytes at D512. max_bd: the forward's column block.
+TUNING = {"fwd_tile": 2048, "max_bd": 128, "rows_bd": 128, "rows_per_sm": 14}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -138,56 +131,6 @@ def _ddlerp_fwd_kernel(p_x, p_prev, p_m, p_maa, p_o0, p_o1, p_o2, p_o3, p_o4, N,
 
 
 @triton.jit
-def _mix_bwd(p_do, p_m, p_dm, p_maa, i, ND, D, offs, m, m_next, o_c, m_c, b_xx, b_acc):
-    """One mix's share of the backward on a tile: stores dm_i, adds this tile's Σ_rows do_i ⊙ xx to the partial
-    row of dmaa_i (``b_acc``), returns (do_i, do_i ⊙ a_i, next row's do_i ⊙ a_i)."""
-    b_maa = tl.load(p_maa + i * D + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
-    b_do = tl.load(p_do + offs, mask=m, other=0.).to(tl.float32)
-    b_m = tl.load(p_m + i * ND + offs, mask=m, other=0.).to(tl.float32)
-    b_do_n = tl.load(p_do + offs + D, mask=m_next, other=0.).to(tl.float32)
-    b_m_n = tl.load(p_m + i * ND + offs + D, mask=m_next, other=0.).to(tl.float32)
-    b_dm = b_do * b_xx
-    tl.store(p_dm + i * ND + offs, b_dm.to(p_dm.dtype.element_ty), mask=m)
-    return b_do, b_do * (b_maa + b_m), b_do_n * (b_maa + b_m_n), b_acc + tl.sum(b_dm, axis=0)
-
-
-@triton.jit
-def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_maa, p_dx, p_dm, p_part, p_dmaa,
-                       p_count, N, T, D, ND, n_blocks, n_progs, GS, NG,
-                       HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr):
-    # p_do*, p_x, p_dx: [N, D]; p_prev: [B, D]; p_m, p_dm: [5, N, D]; p_maa, p_dmaa: [5, D];
-    # p_part: [n_progs, 5, D] fp32 partial rows of dmaa; p_count: [column blocks, 1 + NG] int32 arrival counters;
-    # GS, NG: kernels._colsum.tree
-    pid, o_c, m_c = _cols(D, BD)
-    b_a0 = tl.zeros([BD], dtype=tl.float32)
-    b_a1 = tl.zeros([BD], dtype=tl.float32)
-    b_a2 = tl.zeros([BD], dtype=tl.float32)
-    b_a3 = tl.zeros([BD], dtype=tl.float32)
-    b_a4 = tl.zeros([BD], dtype=tl.float32)
-    for blk in range(pid, n_blocks, n_progs):
-        o_r, m_r = _rows(blk, N, BR)
-        m_next = (m_r & ((o_r % T) + 1 < T))[:, None] & m_c[None, :]
-        offs, m, b_x, b_xx = _x_and_shift(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV)
-        b_do, b_dxx, b_dxx_n, b_a0 = _mix_bwd(p_do0, p_m, p_dm, p_maa, 0, ND, D, offs, m, m_next, o_c, m_c,
-                                              b_xx, b_a0)
-        b_dx = b_do
-        b_do, b_t, b_t_n, b_a1 = _mix_bwd(p_do1, p_m, p_dm, p_maa, 1, ND, D, offs, m, m_next, o_c, m_c,
-                                          b_xx, b_a1)
-        b_dx, b_dxx, b_dxx_n = b_dx + b_do, b_dxx + b_t, b_dxx_n + b_t_n
-        b_do, b_t, b_t_n, b_a2 = _mix_bwd(p_do2, p_m, p_dm, p_maa, 2, ND, D, offs, m, m_next, o_c, m_c,
-                                          b_xx, b_a2)
-        b_dx, b_dxx, b_dxx_n = b_dx + b_do, b_dxx + b_t, b_dxx_n + b_t_n
-        b_do, b_t, b_t_n, b_a3 = _mix_bwd(p_do3, p_m, p_dm, p_maa, 3, ND, D, offs, m, m_next, o_c, m_c,
-                                          b_xx, b_a3)
-        b_dx, b_dxx, b_dxx_n = b_dx + b_do, b_dxx + b_t, b_dxx_n + b_t_n
-        b_do, b_t, b_t_n, b_a4 = _mix_bwd(p_do4, p_m, p_dm, p_maa, 4, ND, D, offs, m, m_next, o_c, m_c,
-                                          b_xx, b_a4)
-        b_dx, b_dxx, b_dxx_n = b_dx + b_do, b_dxx + b_t, b_dxx_n + b_t_n
-        tl.store(p_dx + offs, (b_dx - b_dxx + b_dxx_n).to(p_dx.dtype.element_ty), mask=m)
-    _finish_dmaa(p_part, b_a0, b_a1, b_a2, b_a3, b_a4, pid, n_progs, D, o_c, m_c, p_count, GS, NG, p_dmaa, BP, BD)
-
-
-@triton.jit
 def _finish_dmaa(p_part, b_a0, b_a1, b_a2, b_a3, b_a4, pid, n_progs, D, o_c, m_c, p_count, GS, NG, p_dmaa,
                  BP: tl.constexpr, BD: tl.constexpr):
     """Store this program's five partial rows of dmaa (row ``pid`` of p_part [n_progs, 5, D]); the last program
@@ -241,7 +184,9 @@ def _ddlerp_bwd_rows_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m,
     to the first, one row of BD columns per step, and carries dxx of the row after (dx[t] needs dxx[t+1]): every
     element is loaded once (x twice: as x[t] and as shift(x) of row t+1, the second from cache), no halo tiles, no
     cross-warp reduction in the loop (the dmaa partial sums are per column, in the thread that owns it).
-    Pointers and shapes as in ``_ddlerp_bwd_kernel``; L: rows per program."""
+    p_do*, p_x, p_dx: [N, D]; p_prev: [B, D]; p_m, p_dm: [5, N, D]; p_maa, p_dmaa: [5, D]; p_part: [n_progs, 5, D]
+    fp32 partial rows of dmaa; p_count: [column blocks, 1 + NG] int32 arrival counters; GS, NG: kernels._colsum.tree;
+    L: rows per program."""
     pid, o_c, m_c = _cols(D, BD)
     b_maa0 = tl.load(p_maa + o_c, mask=m_c, other=0.).to(tl.float32)
     b_maa1 = tl.load(p_maa + D + o_c, mask=m_c, other=0.).to(tl.float32)
@@ -325,25 +270,17 @@ def _bwd_impl(douts, x, m, maa, x_prev):
     if N == 0 or D == 0:
         return dx, dm, torch.zeros_like(maa)
     dmaa = new_empty(maa.shape, maa.dtype, dev)
-    if TUNING["bwd_rows"]:
-        BD = min(_pow2(D), 32 if INTERPRET else TUNING["rows_bd"])
-        n_cb = _cdiv(D, BD)
-        n_progs = min(3, N) if INTERPRET else max(1, min(_cdiv(N, 4), num_sms(dev) * TUNING["rows_per_sm"] // n_cb))
-        L = _cdiv(N, n_progs)
-        n_progs = _cdiv(N, L)
-        part = new_empty((n_progs, N_MIX, D), torch.float32, dev)
-        GS, NG = tree(n_progs)
-        warps = max(1, min(8, BD // 64))     # the finish's [BP, BD] tile at ~16 fp32 per thread (it sets registers)
-        _ddlerp_bwd_rows_kernel[(n_progs, n_cb)](
-            *douts, x, x_prev, m, maa, dx, dm, part, dmaa, counters(dev, n_cb, NG), N, T, D, N * D, L, n_progs, GS,
-            NG, HAS_PREV=x_prev is not None, BD=BD, BP=finish_rows(BD, 512 * warps), num_warps=warps)
-        return dx, dm, dmaa
-    BR, BD, n_blocks, n_progs, n_cb = persistent_grid(N, D, TUNING["bwd_tile"], TUNING["bwd_per_sm"], dev)
+    BD = min(_pow2(D), 32 if INTERPRET else TUNING["rows_bd"])
+    n_cb = _cdiv(D, BD)
+    n_progs = min(3, N) if INTERPRET else max(1, min(_cdiv(N, 4), num_sms(dev) * TUNING["rows_per_sm"] // n_cb))
+    L = _cdiv(N, n_progs)
+    n_progs = _cdiv(N, L)
     part = new_empty((n_progs, N_MIX, D), torch.float32, dev)
     GS, NG = tree(n_progs)
-    _ddlerp_bwd_kernel[(n_progs, n_cb)](
-        *douts, x, x_prev, m, maa, dx, dm, part, dmaa, counters(dev, n_cb, NG), N, T, D, N * D, n_blocks, n_progs,
-        GS, NG, HAS_PREV=x_prev is not None, BR=BR, BD=BD, BP=finish_rows(BD), num_warps=4)
+    warps = max(1, min(8, BD // 64))     # the finish's [BP, BD] tile at ~16 fp32 per thread (it sets registers)
+    _ddlerp_bwd_rows_kernel[(n_progs, n_cb)](
+        *douts, x, x_prev, m, maa, dx, dm, part, dmaa, counters(dev, n_cb, NG), N, T, D, N * D, L, n_progs, GS, NG,
+        HAS_PREV=x_prev is not None, BD=BD, BP=finish_rows(BD, 512 * warps), num_warps=warps)
     return dx, dm, dmaa
 
 
