@@ -94,7 +94,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--stop-at", type=int, help="stop after this step (checkpoint saved) without changing the schedule; "
                                     "continue later with --resume")
     add("--kernels", default="auto", choices=["auto", "triton", "reference"])
-    add("--log", help="JSONL run log (default: in the run's folder, log_MODEL.jsonl)")
+    add("--log-file", "--log", dest="log", help="JSONL run log (default: in the run's folder, log_MODEL.jsonl); "
+                                           "under torchrun write --log-file (torchrun reads --log as its own --log-dir)")
     add("--sample-tokens", type=int, default=200, help="tokens sampled at the end (0: none)")
     add("--threads", type=int, default=0, help="CPU threads for torch (0: auto = the cores this process may run "
                                                "on, less those busy right now; oversubscribed cores slow training "

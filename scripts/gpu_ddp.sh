@@ -25,10 +25,10 @@ COMMON=(--model GF-MH --size large --seq-len 1024 --kernels "${KERNELS:-triton}"
         --profile-steps 0 --graph auto)
 echo "== 1 GPU, batch 16 × 1024"
 timeout "${ONE_S:-240}" torchrun --standalone --nproc_per_node 1 train.py "${COMMON[@]}" --batch-size 16 \
-  --log "$R/one_gpu.jsonl" --out-dir .ck-ddp1 > "$R/one_gpu.log" 2>&1; echo "exit $?"; tail -4 "$R/one_gpu.log"
+  --log-file "$R/one_gpu.jsonl" --out-dir .ck-ddp1 > "$R/one_gpu.log" 2>&1; echo "exit $?"; tail -4 "$R/one_gpu.log"
 echo "== 2 GPUs, batch 8 × 1024 each (same global batch)"
 timeout "${TWO_S:-150}" torchrun --standalone --nproc_per_node 2 train.py "${COMMON[@]}" --batch-size 8 \
-  --log "$R/two_gpu.jsonl" --out-dir .ck-ddp2 > "$R/two_gpu.log" 2>&1; echo "exit $?"; tail -4 "$R/two_gpu.log"
+  --log-file "$R/two_gpu.jsonl" --out-dir .ck-ddp2 > "$R/two_gpu.log" 2>&1; echo "exit $?"; tail -4 "$R/two_gpu.log"
 rm -rf .ck-ddp1 .ck-ddp2
 python3 - "$R" <<'EOF'
 import csv, json, sys
