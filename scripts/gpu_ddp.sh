@@ -25,7 +25,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 STEPS=${STEPS:-100}
 COMMON=(--model GF-MH --size large --seq-len 1024 --kernels "${KERNELS:-triton}" --steps "$STEPS" --log-interval 10
         --eval-interval "$STEPS" --eval-iters 2 --ckpt-interval 1000000 --sample-tokens 0 --no-progress
-        --profile-steps 0 --graph auto)
+        --graph auto)     # the default 5-step profile window: GPU time by op per rank (NCCL included), summary
 echo "== 1 GPU, batch 16 × 1024"
 timeout "${ONE_S:-240}" torchrun --standalone --nproc_per_node 1 train.py "${COMMON[@]}" --batch-size 16 \
   --log-file "$R/one_gpu.jsonl" --out-dir .ck-ddp1 > "$R/one_gpu.log" 2>&1; echo "exit $?"; tail -4 "$R/one_gpu.log"
