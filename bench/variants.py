@@ -79,9 +79,10 @@ PRIORITY = ("GF-MH", "rwkv6", "mamba2", "HY", "GF", "CP", "HGF", "WS", "RF", "GF
 KEYS, CURVE_KEYS = ("variant", "size", "tokens"), ("variant", "size", "budget")
 COLUMNS = ("variant", "size", "tokens", "passes", "steps", "batch_size", "seq_len", "params", "val_loss",
            "best_val_loss", "best_step", "overfit", "bpc", "train_loss", "tok_s", "ms_step", "peak_mb", "grad_ratio_rm",
-           "gate_mean", "gate_drift", "rms_rwkv", "rms_mamba", "state_rms_rwkv", "state_rms_mamba", "state_growth_rwkv", "state_growth_mamba",
-           "state_var_rwkv", "state_var_mamba", "state_var_ratio", "state_signal_rwkv", "state_signal_mamba",
-           "state_finite", "state_note", "train_s", "wall_s", "graph", "kernels", "device", "seed", "status")
+           "gate_mean", "gate_drift", "rms_rwkv", "rms_mamba", "state_rms_rwkv", "state_rms_mamba",
+           "state_growth_rwkv", "state_growth_mamba", "state_var_rwkv", "state_var_mamba", "state_var_ratio",
+           "state_signal_rwkv", "state_signal_mamba", "state_finite", "state_note", "train_s", "wall_s", "graph",
+           "kernels", "device", "seed", "status")
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -447,7 +448,8 @@ def final_table(path: Path, variants: list[str], size: str) -> str:
     df = pd.read_csv(path)
     df = df[df["variant"].isin(variants) & (df["size"] == size)]
     cols = [c for c in ("variant", "tokens", "passes", "best_val_loss", "best_step", "overfit", "val_loss", "bpc",
-                        "tok_s", "ms_step", "peak_mb", "grad_ratio_rm", "gate_mean", "gate_drift", "state_var_ratio", "status") if c in df]
+                        "tok_s", "ms_step", "peak_mb", "grad_ratio_rm", "gate_mean", "gate_drift", "state_var_ratio",
+                        "status") if c in df]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         return df.sort_values("best_val_loss" if "best_val_loss" in df else "val_loss")[cols].to_string(index=False)
 
