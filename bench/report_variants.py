@@ -269,10 +269,11 @@ def long_context_section(d: Path) -> list[str]:
     if cpu:
         out += [CPU_NOTE, ""]
     r0 = df.iloc[0]
-    out += [f"Each variant trained at each context length with the same token budget ({int(r0['tokens']):,} tokens, "
-            f"size {r0['size']}; batch = tokens per step / context), then evaluated on validation windows of that "
-            f"length: mean next-token loss per log2 position bucket. Lower loss late in the window = distant "
-            f"context used. Device {r0['device']}.", ""]
+    passes = f" = {r0['passes']:.2f} passes over the training split" if pd.notna(r0.get("passes")) else ""
+    out += [f"Each variant trained at each context length with the same token budget ({int(r0['tokens']):,} tokens"
+            f"{passes}, size {r0['size']}; batch = tokens per step / context), then evaluated on validation "
+            f"windows of that length: mean next-token loss per log2 position bucket. Lower loss late in the window = "
+            f"distant context used. Device {r0['device']}.", ""]
     piv = df.pivot_table(index=["variant", "context"], columns="position_bucket", values="loss", aggfunc="first")
     piv = piv.sort_index(axis=1)
     first = df.sort_values("position_bucket").groupby(["variant", "context"])["loss"].first()
