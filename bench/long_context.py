@@ -13,9 +13,10 @@ that uses distant context has a lower loss in the late buckets than in the early
 The budget fits the data by bench.variants' rule (``fit_batch``, at most ``MAX_PASSES`` passes over the training
 split, which train.py's own data path measures): without ``--tokens-per-step`` it is the largest of the default
 (16,384 on a GPU) and its halves that still holds one window of the longest context and stays within the cap; when
-even that window exceeds it and ``--steps`` is not given, the steps are lowered to fit (the full study's 1,000
-steps at 8,192 tokens would be 18 passes over the embedded corpus: a memorised model's loss by position says
-little). Explicit values are kept, with a warning above the cap. The passes go into the CSV. With ``--ckpt-dir`` the
+the budget still exceeds the cap (one window a step is already too much, or an explicit ``--tokens-per-step``) and
+``--steps`` is not given, the steps are lowered to fit (the full study's 1,000 steps at 8,192 tokens would be 18
+passes over the embedded corpus: a memorised model's loss by position says little). Explicit values are kept,
+with a warning above the cap. The passes go into the CSV. With ``--ckpt-dir`` the
 checkpoints are kept there and a final checkpoint found there is loaded instead of trained again.
 
 Writes ``<out>/long_context.csv`` — variant, context, position_bucket (first position of the bucket), loss, plus

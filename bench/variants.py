@@ -355,8 +355,7 @@ def run_variant(a, variant: str, work: Path, log: Path) -> tuple[dict, list[dict
         raise                        # the user's mistake (e.g. a too-long --seq-len): stop the study
     except Exception as e:  # noqa: BLE001 - a diverged / crashed variant must not end the study
         return {"variant": variant, "size": a.size, "tokens": a.tokens, "passes": a.passes, "steps": a.steps,
-                "batch_size": a.batch_size,
-                "seq_len": a.seq_len, "seed": a.seed,
+                "batch_size": a.batch_size, "seq_len": a.seq_len, "seed": a.seed,
                 "status": f"{type(e).__name__}: {str(e)[:160]}", "wall_s": time.perf_counter() - t0}, []
     cfg = _config_record(res["log"])["args"]
     row = summarize(a, variant, res, cfg["batch_size"], cfg["seq_len"])
