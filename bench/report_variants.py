@@ -134,9 +134,14 @@ def balance(rows: pd.DataFrame, order: list[str]) -> pd.DataFrame:
 COLORS = list(plt.get_cmap("tab10").colors) + ["black", "olive", "navy", "maroon"]
 
 
-def plot_curves(table: pd.DataFrame, curves: pd.DataFrame, path: Path, cpu: bool) -> str:
-    """Validation curves against tokens and seconds, in the ranking's order (``table``), each best eval starred."""
+def plot_curves(table: pd.DataFrame, curves: pd.DataFrame, path: Path, cpu: bool, split_tokens=None) -> str:
+    """Validation curves against tokens (and passes over the ``split_tokens`` of the training split, when known) and
+    seconds, in the ranking's order (``table``), each best eval starred."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    if split_tokens:
+        top = axes[0].secondary_xaxis("top", functions=(lambda m: m * 1e6 / split_tokens,
+                                                        lambda p: p * split_tokens / 1e6))
+        top.set_xlabel("passes over the training split")
     for i, v in enumerate(table["variant"]):
         c = curves[curves["variant"] == v].sort_values("step")
         if c.empty:
@@ -228,7 +233,8 @@ def variants_section(d: Path) -> list[str]:
                     "square; state_growth_*: state RMS over the second half of a 4-window input / over the first "
                     "half (≈ 1: bounded).", ""]
         sfx = "" if gi == 0 else f"_{size}_{int(tokens)}"
-        imgs = [plot_curves(table, c, d / f"variants_val_curves{sfx}.png", cpu) if not c.empty else None,
+        split = r0["tokens"] / r0["passes"] if pd.notna(r0.get("passes")) and r0["passes"] > 0 else None
+        imgs = [plot_curves(table, c, d / f"variants_val_curves{sfx}.png", cpu, split) if not c.empty else None,
                 plot_speed_loss(table, d / f"variants_speed_loss{sfx}.png", cpu)]
         out += [f"![{i}]({i})" for i in imgs if i] + [""]
     bad = df[df["status"] != "ok"] if "status" in df else df.iloc[0:0]
