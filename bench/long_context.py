@@ -8,11 +8,19 @@ For every (variant, context length T) the model is trained by ``train.main`` on 
 seed and the same token budget (``--steps`` × ``--tokens-per-step``: batch = tokens_per_step / T), then its final
 checkpoint is evaluated on ``--eval-windows`` validation windows of T characters: the next-token loss at every
 position, averaged over the windows and grouped in log2 buckets [0, 8), [8, 16), [16, 32), …, [T/2, T). A model
-that uses distant context has a lower loss in the late buckets than in the early ones. With ``--ckpt-dir`` the
+that uses distant context has a lower loss in the late buckets than in the early ones.
+
+The budget fits the data by bench.variants' rule (``fit_batch``, at most ``MAX_PASSES`` passes over the training
+split, which train.py's own data path measures): without ``--tokens-per-step`` it is the largest of the default
+(16,384 on a GPU) and its halves that still holds one window of the longest context and stays within the cap; when
+the budget still exceeds the cap (one window a step is already too much, or an explicit ``--tokens-per-step``) and
+``--steps`` is not given, the steps are lowered to fit (the full study's 1,000 steps at 8,192 tokens would be 18
+passes over the embedded corpus: a memorised model's loss by position says little). Explicit values are kept,
+with a warning above the cap. The passes go into the CSV. With ``--ckpt-dir`` the
 checkpoints are kept there and a final checkpoint found there is loaded instead of trained again.
 
 Writes ``<out>/long_context.csv`` — variant, context, position_bucket (first position of the bucket), loss, plus
-bucket_end, bpc (loss / ln 2), n (predictions averaged), size, steps, tokens, kernels, device — resumable: a
+bucket_end, bpc (loss / ln 2), n (predictions averaged), size, steps, tokens, passes, kernels, device — resumable: a
 (variant, size, context, tokens) already in it is skipped unless ``--force``. ``bench.report_variants`` plots it.
 
 The recurrent-state probe ``state_health`` (also a column group of bench/variants.py) is in ``bench.state_probe``.
@@ -101,18 +109,43 @@ def parse_args(argv=None):
     a.variants = a.variants or list(mode["variants"])
     a.contexts = a.contexts or list(mode["contexts"])
     a.eval_windows = a.eval_windows or mode["eval_windows"]
+    a.steps_given = a.steps is not None
     check_common(a, mode["steps"])
-    if a.tokens_per_step is None:       # CPU: the smallest budget that holds one window of the longest context
-        a.tokens_per_step = 16384 if torch.cuda.is_available() else max(1024, max(a.contexts))
+    if a.tokens_per_step is not None:
+        check_contexts(a)
+    if a.eval_windows < 1:
+        from groundthink.cli import fail
+        fail(f"--eval-windows {a.eval_windows}: out of range; accepted: an integer ≥ 1")
+    return a
+
+
+def check_contexts(a) -> None:
+    """Every context ≥ 2 and a divisor of the tokens per step, or one line and exit 2."""
     bad = [c for c in a.contexts if c < 2 or a.tokens_per_step % c]
     if bad:
         from groundthink.cli import fail
         fail(f"--contexts {bad}: each context must be ≥ 2 and divide --tokens-per-step {a.tokens_per_step}; "
              f"accepted: e.g. 512 2048 8192 with 16384")
-    if a.eval_windows < 1:
-        from groundthink.cli import fail
-        fail(f"--eval-windows {a.eval_windows}: out of range; accepted: an integer ≥ 1")
-    return a
+
+
+def fit_budget(a) -> str:
+    """Fix ``a.tokens_per_step`` and ``a.steps`` to bench.variants' rule (module docstring), ``a.split_tokens``
+    and ``a.passes``; the lines to print (data, budget)."""
+    from bench.variants import MAX_PASSES, budget_line, fit_batch, train_split
+    longest = max(a.contexts)
+    a.split_tokens, data_line = train_split(a, longest)
+    how = "tokens per step from --tokens-per-step"
+    if a.tokens_per_step is None:       # CPU: the smallest default that holds one window of the longest context
+        default = 16384 if torch.cuda.is_available() else max(1024, longest)
+        a.tokens_per_step = fit_batch(a.steps, max(1, default // longest), longest, a.split_tokens) * longest
+        how = (f"{a.tokens_per_step:,} tokens per step: the largest of {default:,} and its halves within {MAX_PASSES} "
+               f"passes, at least one window of {longest:,}")
+        check_contexts(a)
+    if not a.steps_given and a.steps * a.tokens_per_step > MAX_PASSES * a.split_tokens:
+        a.steps = max(1, MAX_PASSES * a.split_tokens // a.tokens_per_step)
+        how += f"; steps lowered to {a.steps} to stay within {MAX_PASSES} passes"
+    a.passes = a.steps * a.tokens_per_step / a.split_tokens
+    return f"{data_line}\n{budget_line(a.steps, a.tokens_per_step // longest, longest, a.split_tokens, how)}"
 
 
 def check_kernels(a) -> None:
@@ -158,7 +191,7 @@ def run_one(a, variant: str, context: int, ckpt_root: Path, log) -> list[dict]:
     rows = []
     for r in bucket_rows(per_pos, a.eval_windows):
         rows.append({"variant": variant, "size": a.size, "context": context, **r, "steps": a.steps,
-                     "tokens": a.steps * a.tokens_per_step, "batch_size": batch, "kernels": kern,
+                     "tokens": a.steps * a.tokens_per_step, "passes": a.passes, "batch_size": batch, "kernels": kern,
                      "device": "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device), "how": how})
     return rows
 
@@ -169,6 +202,10 @@ def main(argv=None) -> int:
     from groundthink.errors import InputError
     a = parse_args(argv)
     check_kernels(a)
+    try:
+        print(fit_budget(a), flush=True)
+    except InputError as e:               # e.g. a context longer than the training or validation split
+        fail(str(e))
     out = Path(a.out) if a.out else default_out()
     out.mkdir(parents=True, exist_ok=True)
     path = out / CSV_NAME

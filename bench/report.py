@@ -490,15 +490,19 @@ def headline(df: pd.DataFrame, d: Path) -> list[str]:
     v = _ranked_variants(d)
     if v is not None:
         first = v.iloc[0]
-        per_s = v.sort_values("val@equal time").iloc[0] if "val@equal time" in v and \
-            v["val@equal time"].notna().any() else None
+        per_s = v.sort_values("best@equal time").iloc[0] if "best@equal time" in v and \
+            v["best@equal time"].notna().any() else None
         fastest = v.loc[v["tok_s"].idxmax()] if v["tok_s"].notna().any() else None
-        out.append(f"- **Best variant per token:** {first['variant']} (val loss {first['val_loss']:.4f}, "
-                   f"{first['bpc']:.3f} bits/char) of {len(v)}" +
-                   (f"; **per second:** {per_s['variant']} (val {per_s['val@equal time']:.4f} at equal training "
-                    f"time)" if per_s is not None else "") +
+        at = f" at step {first['best_step']:.0f}" if pd.notna(first["best_step"]) else ""
+        n_over = int((v["overfit"] == True).sum())  # noqa: E712 - object column: True, False or NaN
+        out.append(f"- **Best variant per token:** {first['variant']} (best val loss {first['best_val_loss']:.4f}"
+                   f"{at}, {first['best bpc']:.3f} bits/char) of {len(v)}" +
+                   (f"; **per second:** {per_s['variant']} (best val {per_s['best@equal time']:.4f} within equal "
+                    f"training time)" if per_s is not None else "") +
                    (f"; fastest: {fastest['variant']} ({fastest['tok_s']:,.0f} tok/s)" if fastest is not None
-                    else "") + ".")
+                    else "") +
+                   (f"; {n_over} of {len(v)} runs overfit (final val > best by more than 2 %: ranked by their best "
+                    f"eval)" if n_over else "") + ".")
     t = lab_vs_peers(df)
     if not t.empty:
         parts = []

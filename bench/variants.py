@@ -6,10 +6,30 @@
 Every variant of ``fused.list_models()`` — the fusion variants and the pure ``rwkv6`` / ``mamba2`` baselines — is
 trained by ``train.main`` on the embedded corpus (or ``--data``) with the same seed, the same batches and the same
 token budget (steps × batch × sequence length), one after the other in this process (CUDA caches emptied and the
-peak-memory counter reset between variants) or, with ``--isolate``, each in its own subprocess. Per variant:
+peak-memory counter reset between variants) or, with ``--isolate``, each in its own subprocess.
 
-    val_loss, best_val_loss, bpc       final / best validation loss (nats per token); bits per character = loss/ln 2
+The token budget fits the data. Without ``--batch-size`` the study takes the largest of train.py's device default
+batch, its half, its quarter, … (≥ 1) whose budget is at most ``MAX_PASSES`` passes over the training split (its
+tokens computed by train.py's own data path: tokenizer, ``--val-frac``); the steps stay (1,000 for the full study).
+An explicit ``--batch-size`` is kept, with a warning above ``MAX_PASSES``. The start of the study prints the split,
+the batch and the passes. Why 5 passes: run 8 (H100, 1,000 steps × 64 × 256 = 36.5 passes over the embedded
+corpus's 448,518-token split) had every model's validation loss still falling at its first eval (3.7 passes),
+lowest at 7.3 passes (step 200; pure RWKV-6 at 14.6) and rising from 11 passes on to 2.36–2.49 while train loss
+fell to 0.09: past ~7 passes the models memorise. A smaller batch takes more optimizer updates per pass, so the
+cap sits below that minimum, at 5: the embedded corpus gives the full study batch 8 (1,000 × 8 × 256 = 2.05M
+tokens = 4.6 passes) and the quick one batch 32 (200 × 32 × 256 = 3.7 passes). The corpus is the running
+Python's own pydoc text: 448,518 training tokens under Python 3.12 (the H100's), 418,473 under 3.11 (4.9 and 3.9
+passes). The ranking still guards against memorisation: it uses each variant's best validation loss and flags a
+run that ended above it (``overfit``).
+
+Per variant:
+
+    val_loss, bpc                      final validation loss (nats per token); bits per character = loss/ln 2
                                        (char tokenizer)
+    best_val_loss, best_step, overfit  the lowest validation loss of the evals and its step (what the report ranks
+                                       by: learning, not memorisation); overfit: the final loss is more than
+                                       OVERFIT_TOL (2 %) above it
+    passes                             the token budget / the training split's tokens
     tok_s, ms_step, peak_mb            steady-state training throughput (train.py's summary: CUDA-graph replays
                                        when --graph auto captures), peak memory (GPU: max_memory_allocated)
     grad_ratio_rm                      median over the evals of ‖∇ RWKV‖ / ‖∇ Mamba‖ (before clipping)
@@ -51,15 +71,18 @@ QUICK = dict(steps=200, eval_interval=50, eval_iters=5)
 FULL = dict(steps=1000, eval_interval=100, eval_iters=20)
 CSV_NAME, CURVES_NAME = "variants.csv", "variants_curves.csv"
 CHILD_ENV = "GT_VARIANTS_CHILD"      # set in --isolate subprocesses: the parent prints the final table
+MAX_PASSES = 5            # the default token budget's cap in passes over the training split (docstring: why 5)
+OVERFIT_TOL = 0.02        # overfit: final validation loss above the best eval's by more than this fraction
 # the default order: the default variant and the two baselines first, so that a study cut short by --budget-s
 # (and resumed later) has the comparisons that matter most; variants not listed here follow in list_models() order
 PRIORITY = ("GF-MH", "rwkv6", "mamba2", "HY", "GF", "CP", "HGF", "WS", "RF", "GF-RH", "HGF-MH", "HGF-RH")
 KEYS, CURVE_KEYS = ("variant", "size", "tokens"), ("variant", "size", "budget")
-COLUMNS = ("variant", "size", "tokens", "steps", "batch_size", "seq_len", "params", "val_loss", "best_val_loss", "bpc",
-           "train_loss", "tok_s", "ms_step", "peak_mb", "grad_ratio_rm", "gate_mean", "gate_drift", "rms_rwkv",
-           "rms_mamba", "state_rms_rwkv", "state_rms_mamba", "state_growth_rwkv", "state_growth_mamba",
-           "state_var_rwkv", "state_var_mamba", "state_var_ratio", "state_signal_rwkv", "state_signal_mamba",
-           "state_finite", "state_note", "train_s", "wall_s", "graph", "kernels", "device", "seed", "status")
+COLUMNS = ("variant", "size", "tokens", "passes", "steps", "batch_size", "seq_len", "params", "val_loss",
+           "best_val_loss", "best_step", "overfit", "bpc", "train_loss", "tok_s", "ms_step", "peak_mb", "grad_ratio_rm",
+           "gate_mean", "gate_drift", "rms_rwkv", "rms_mamba", "state_rms_rwkv", "state_rms_mamba",
+           "state_growth_rwkv", "state_growth_mamba", "state_var_rwkv", "state_var_mamba", "state_var_ratio",
+           "state_signal_rwkv", "state_signal_mamba", "state_finite", "state_note", "train_s", "wall_s", "graph",
+           "kernels", "device", "seed", "status")
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -123,7 +146,8 @@ def check_common(a, default_steps: int) -> None:
 def parse_args(argv=None):
     p = ArgumentParser(prog="python -m bench.variants", description=__doc__.split("\n\n")[0])
     common_flags(p)
-    p.add_argument("--batch-size", type=int, help="sequences per step (default: train.py's by device)")
+    p.add_argument("--batch-size", type=int, help=f"sequences per step (default: train.py's by device, halved until "
+                                                  f"the budget is at most {MAX_PASSES} passes over the training split)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default: train.py's by device)")
     p.add_argument("--isolate", action="store_true", help="each variant in its own subprocess")
     a = p.parse_args(argv)
@@ -133,10 +157,57 @@ def parse_args(argv=None):
     a.eval_iters = a.eval_iters or mode["eval_iters"]
     from groundthink.cli import DEVICE_DEFAULTS
     dev = DEVICE_DEFAULTS["cuda" if torch.cuda.is_available() else "cpu"]
-    a.batch_size = a.batch_size or dev["batch_size"]     # fixed here: the token budget is known before any run
+    a.default_batch = dev["batch_size"]  # halved by fit_budget (which knows the split) unless --batch-size is given
     a.seq_len = a.seq_len or dev["seq_len"]
-    a.tokens = a.steps * a.batch_size * a.seq_len
     return a
+
+
+# ----------------------------------------------------------------------------------------------- the token budget
+
+def train_split(a, seq_len: int) -> tuple[int, str]:
+    """(tokens of the training split, train.py's data line) for the study's data, computed by train.py's own data
+    path (its flag defaults: tokenizer, --val-frac; ``train.prepare_data``), so it is the split every run trains on.
+    A corpus too short for ``seq_len`` raises train.py's one-line ``DataError``."""
+    import train
+    from groundthink.cli import parse_args as train_args
+    said = []
+    with tempfile.TemporaryDirectory(prefix="gt-split-") as tmp:
+        args = train_args(train_argv(a, a.variants[0], Path(tmp), batch_size=1, seq_len=seq_len))
+        split = train.prepare_data(args, None, True, 1, said.append)[2]
+    return len(split), said[-1]
+
+
+def fit_batch(steps: int, batch: int, seq_len: int, split_tokens: int, max_passes: float = MAX_PASSES) -> int:
+    """The largest of ``batch``, its half, its quarter, … (≥ 1) whose budget steps × batch × seq_len is at most
+    ``max_passes`` passes over ``split_tokens`` (1 when none is)."""
+    while batch > 1 and steps * batch * seq_len > max_passes * split_tokens:
+        batch //= 2
+    return max(batch, 1)
+
+
+def budget_line(steps: int, batch: int, seq_len: int, split_tokens: int, how: str) -> str:
+    """The printed budget: tokens, passes, how the batch was chosen (``how``), a warning above ``MAX_PASSES``."""
+    tokens = steps * batch * seq_len
+    out = (f"token budget: {steps} steps × {batch} × {seq_len} tokens = {tokens:,} tokens = "
+           f"{tokens / split_tokens:.2f} passes over the {split_tokens:,}-token training split; {how}")
+    if tokens > MAX_PASSES * split_tokens:
+        out += (f"\nwarning: {tokens / split_tokens:.1f} passes > {MAX_PASSES}: the models will memorise the training "
+                f"split (validation loss rises); a smaller budget or a larger --data measures learning")
+    return out
+
+
+def fit_budget(a) -> str:
+    """Fix ``a.batch_size`` (``fit_batch`` unless given), ``a.tokens``, ``a.split_tokens`` and ``a.passes``; the
+    lines to print (data, budget)."""
+    a.split_tokens, data_line = train_split(a, a.seq_len)
+    if a.batch_size is None:
+        a.batch_size = fit_batch(a.steps, a.default_batch, a.seq_len, a.split_tokens)
+        how = f"batch {a.batch_size}: the largest of {a.default_batch}, its halves, … within {MAX_PASSES} passes"
+    else:
+        how = f"batch {a.batch_size} from --batch-size"
+    a.tokens = a.steps * a.batch_size * a.seq_len
+    a.passes = a.tokens / a.split_tokens
+    return f"{data_line}\n{budget_line(a.steps, a.batch_size, a.seq_len, a.split_tokens, how)}"
 
 
 def show(path: Path) -> str:
@@ -226,9 +297,11 @@ def summarize(a, variant: str, res: dict, batch: int, seq: int) -> dict:
     s = res["summary"]
     val = res["final_val_loss"]
     ms = s.get("ms_per_step")
-    return {"variant": variant, "size": a.size, "tokens": a.steps * batch * seq, "steps": a.steps,
-            "batch_size": batch, "seq_len": seq, "params": cfg.get("num_params"), "val_loss": val,
-            "best_val_loss": min((e["val_loss"] for e in evals), default=None),
+    best = min(evals, key=lambda e: e["val_loss"], default={})
+    return {"variant": variant, "size": a.size, "tokens": a.steps * batch * seq,
+            "passes": a.steps * batch * seq / a.split_tokens, "steps": a.steps, "batch_size": batch, "seq_len": seq,
+            "params": cfg.get("num_params"), "val_loss": val, "best_val_loss": best.get("val_loss"),
+            "best_step": best.get("step"), "overfit": is_overfit(val, best.get("val_loss")),
             "bpc": val / math.log(2) if val is not None else None, "train_loss": res["final_train_loss"],
             "tok_s": s.get("tok_s"), "ms_step": ms, "peak_mb": s.get("peak_mem_mb"),
             "grad_ratio_rm": _median(e.get("grad_ratio") for e in evals), "gate_mean": last.get("gate_mean"),
@@ -239,11 +312,19 @@ def summarize(a, variant: str, res: dict, batch: int, seq: int) -> dict:
             "status": "ok"}
 
 
+def is_overfit(final, best) -> bool | None:
+    """Did the run end more than ``OVERFIT_TOL`` above its best eval? (None when either is unknown)"""
+    if final is None or best is None or not (math.isfinite(final) and math.isfinite(best)):
+        return None
+    return bool(final > best * (1 + OVERFIT_TOL))
+
+
 def curve_rows(row: dict, res: dict) -> list[dict]:
     per_step = row["batch_size"] * row["seq_len"]
     ms = row["ms_step"]
     return [{"variant": row["variant"], "size": row["size"], "budget": row["tokens"], "step": e["step"],
-             "tokens": e["step"] * per_step, "train_s": e["step"] * ms / 1e3 if ms else None,
+             "tokens": e["step"] * per_step, "passes": e["step"] * per_step * row["passes"] / row["tokens"],
+             "train_s": e["step"] * ms / 1e3 if ms else None,
              "train_loss": e["train_loss"], "val_loss": e["val_loss"], "bpc": e["val_loss"] / math.log(2)}
             for e in res["evals"]]
 
@@ -273,8 +354,8 @@ def run_variant(a, variant: str, work: Path, log: Path) -> tuple[dict, list[dict
     except InputError:
         raise                        # the user's mistake (e.g. a too-long --seq-len): stop the study
     except Exception as e:  # noqa: BLE001 - a diverged / crashed variant must not end the study
-        return {"variant": variant, "size": a.size, "tokens": a.tokens, "steps": a.steps, "batch_size": a.batch_size,
-                "seq_len": a.seq_len, "seed": a.seed,
+        return {"variant": variant, "size": a.size, "tokens": a.tokens, "passes": a.passes, "steps": a.steps,
+                "batch_size": a.batch_size, "seq_len": a.seq_len, "seed": a.seed,
                 "status": f"{type(e).__name__}: {str(e)[:160]}", "wall_s": time.perf_counter() - t0}, []
     cfg = _config_record(res["log"])["args"]
     row = summarize(a, variant, res, cfg["batch_size"], cfg["seq_len"])
@@ -352,7 +433,8 @@ def line(row: dict) -> str:
     if row.get("status") != "ok":
         return f"{row['variant']}: {row.get('status')}"
     f = (lambda v, fmt: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt))  # noqa
-    return (f"{row['variant']}: val {f(row['val_loss'], '.4f')} ({f(row['bpc'], '.3f')} bpc), "
+    return (f"{row['variant']}: best val {f(row['best_val_loss'], '.4f')} at step {row['best_step']}, final "
+            f"{f(row['val_loss'], '.4f')} ({f(row['bpc'], '.3f')} bpc){', overfit' if row['overfit'] else ''}, "
             f"{f(row['tok_s'], ',.0f')} tok/s, {f(row['ms_step'], '.2f')} ms/step, "
             f"peak {f(row['peak_mb'], ',.0f')} MB, "
             f"rwkv/mamba grad {f(row['grad_ratio_rm'], '.3g')}, gate {f(row['gate_mean'], '.3f')} "
@@ -364,16 +446,20 @@ def final_table(path: Path, variants: list[str], size: str) -> str:
     import pandas as pd
     df = pd.read_csv(path)
     df = df[df["variant"].isin(variants) & (df["size"] == size)]
-    cols = [c for c in ("variant", "tokens", "val_loss", "bpc", "tok_s", "ms_step", "peak_mb", "grad_ratio_rm",
-                        "gate_mean", "gate_drift", "state_var_ratio", "status") if c in df]
+    cols = [c for c in ("variant", "tokens", "passes", "best_val_loss", "best_step", "overfit", "val_loss", "bpc",
+                        "tok_s", "ms_step", "peak_mb", "grad_ratio_rm", "gate_mean", "gate_drift", "state_var_ratio",
+                        "status") if c in df]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
-        return df.sort_values("val_loss")[cols].to_string(index=False)
+        return df.sort_values("best_val_loss" if "best_val_loss" in df else "val_loss")[cols].to_string(index=False)
 
 
 def main(argv=None) -> int:
     from groundthink.errors import InputError
     a = parse_args(argv)
     try:
+        budget = fit_budget(a)
+        if not os.environ.get(CHILD_ENV):      # an --isolate child: the parent said it
+            print(budget, flush=True)
         with cpu_threads():
             return study(a)
     except InputError as e:                   # e.g. a --seq-len longer than the validation split

@@ -1,6 +1,7 @@
 """bench.variants, bench.long_context and bench.report_variants end to end on CPU at a tiny size: every code path
 the GPU study takes (in-process runs, --isolate subprocesses, resume and --force, a failed variant, checkpoint
-reuse, the report's tables and plots), plus one-line errors for bad arguments.
+reuse, the report's tables and plots), plus one-line errors for bad arguments; the token budget's rule (at most
+MAX_PASSES passes over train.py's training split) and the ranking by best validation loss, old CSVs included.
 """
 from __future__ import annotations
 
@@ -35,9 +36,13 @@ def study(tmp_path_factory):
 
 
 def test_study_writes_rows_curves_and_state_columns(study):
+    from groundthink.data import default_corpus
     df = pd.read_csv(study / "variants.csv")
     assert list(df["variant"]) == ["GF-MH", "rwkv6"] and set(REQUIRED) <= set(df.columns)
     assert (df["status"] == "ok").all() and (df["tokens"] == 3 * 4 * 32).all() and (df["device"] == "cpu").all()
+    split = int(len(default_corpus()) * 0.9)                          # char tokens, train.py's --val-frac 0.1
+    assert df["passes"].tolist() == pytest.approx([384 / split] * 2) and set(df["best_step"]) <= {2, 3}
+    assert (df["overfit"] == (df["val_loss"] > 1.02 * df["best_val_loss"])).all()
     for _, r in df.iterrows():
         assert math.isclose(r["bpc"], r["val_loss"] / math.log(2))
         assert r["tok_s"] > 0 and r["ms_step"] > 0 and r["peak_mb"] > 0 and r["params"] > 0
@@ -91,6 +96,41 @@ def test_a_failed_variant_is_recorded_and_retried(tmp_path, monkeypatch, capsys)
     assert (df["status"] == "ok").all() and len(df) == 2
 
 
+# ----------------------------------------------------------------------------------------------- the token budget
+
+@pytest.fixture
+def small_corpus(tmp_path):
+    """10,000 characters: train.py's split keeps 9,000 for training (5 passes = 45,000 tokens)."""
+    path = tmp_path / "small.txt"
+    path.write_text(("the quick brown fox jumps over the lazy dog\n" * 300)[:10_000])
+    return str(path)
+
+
+def test_fit_batch_halves_the_default_to_fit_max_passes():
+    assert bv.MAX_PASSES == 5
+    assert bv.fit_batch(1000, 64, 256, 448_518) == 8           # run 8's corpus (H100): 4.57 passes, full study
+    assert bv.fit_batch(200, 64, 256, 448_518) == 32           # --quick: 3.65 passes
+    assert bv.fit_batch(10, 64, 256, 10**9) == 64              # a large corpus keeps the default
+    assert bv.fit_batch(1000, 64, 256, 1000) == 1              # never below 1
+    assert "warning: 5.7 passes > 5" in bv.budget_line(1000, 1, 256, 45_000, "batch 1")
+    assert "warning" not in bv.budget_line(1000, 8, 256, 448_518, "batch 8")
+
+
+def test_budget_from_train_py_split(small_corpus, capsys):
+    a = bv.parse_args(["--data", small_corpus, "--steps", "100", "--seq-len", "64", "--variants", "HY"])
+    text = bv.fit_budget(a)                   # CPU default batch 8: 51,200 tokens > 45,000 -> 4
+    assert (a.split_tokens, a.batch_size, a.tokens) == (9000, 4, 25_600) and a.passes == pytest.approx(25600 / 9000)
+    assert "9,000 train" in text and "2.84 passes" in text and "batch 4: the largest of 8" in text
+    a = bv.parse_args(["--data", small_corpus, "--steps", "100", "--seq-len", "64", "--batch-size", "16"])
+    text = bv.fit_budget(a)                   # explicit: kept, with a warning
+    assert a.batch_size == 16 and "batch 16 from --batch-size" in text and "warning: 11.4 passes > 5" in text
+    a = lc.parse_args(["--data", small_corpus, "--contexts", "16", "64"])
+    text = lc.fit_budget(a)                   # one window of 64 a step, 1,000 steps -> lowered to 703
+    assert (a.tokens_per_step, a.steps) == (64, 703) and a.passes <= 5 and "steps lowered to 703" in text
+    a = lc.parse_args(["--data", small_corpus, "--contexts", "64", "--steps", "1000", "--tokens-per-step", "128"])
+    assert "warning: 14.2 passes" in lc.fit_budget(a) and (a.tokens_per_step, a.steps) == (128, 1000)
+
+
 def test_train_py_rejecting_a_flag_is_one_line(tmp_path, capsys):
     """A value only train.py checks (--lr 100): its one-line error is repeated, the study stops."""
     with pytest.raises(SystemExit) as e:
@@ -115,7 +155,7 @@ def test_isolate_runs_each_variant_in_a_subprocess(tmp_path, capfd):
     df = pd.read_csv(tmp_path / "variants.csv")
     assert list(df["variant"]) == ["mamba2"] and df["status"].iloc[0] == "ok"
     out = capfd.readouterr().out
-    assert "[1/1] mamba2: val" in out and out.count("variants ->") == 1   # the child's line; one final table
+    assert "[1/1] mamba2: best val" in out and out.count("variants ->") == 1   # the child's line; one final table
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -173,10 +213,12 @@ def test_long_context_csv_resume_and_checkpoint_reuse(tmp_path, capsys):
     df2 = pd.read_csv(out / "long_context.csv")
     assert set(df2[df2["context"] == 16]["how"]) == {"loaded"} and len(df2) == len(df)
     assert df2[df2["context"] == 16]["loss"].tolist() == pytest.approx(df[df["context"] == 16]["loss"].tolist())
-    # a kept checkpoint of another budget is not reused: retrained
-    assert lc.main([*LC, "--out", str(tmp_path / "out3"), "--ckpt-dir", str(ck), "--contexts", "64",
-                    "--steps", "3"]) == 0
-    assert set(pd.read_csv(tmp_path / "out3" / "long_context.csv")["how"]) == {"trained"}
+    # a kept checkpoint of another budget is not reused (retrained): checked on the kept state, no third training
+    import groundthink.checkpoint as ckpt
+    state = ckpt.load(ckpt.final_path(ck / "ctx64", "GF-MH", size="tiny"))
+    a = lc.parse_args([*LC, "--steps", "3"])
+    assert lc.same_budget(state, lc.parse_args(LC), 2) and not lc.same_budget(state, a, 2)
+    assert not lc.same_budget(state, lc.parse_args(LC), 4)
     lines = rv.long_context_section(out)
     assert lines[0].startswith("## Long context") and (out / "long_context_loss.png").stat().st_size > 0
     assert any(ln.startswith("| GF-MH | 64 |") for ln in lines)
@@ -199,24 +241,51 @@ def test_long_context_arguments(tmp_path, capsys, monkeypatch):
 # ----------------------------------------------------------------------------------------------- report
 
 def test_report_sections_tables_and_plots(study):
-    lines = rv.sections(study)
-    text = "\n".join(lines)
-    assert lines[0] == "## Fusion variants: which learns best per token and per second"
+    assert rv.main(["--dir", str(study)]) == 0                  # sections() written to variants.md, plots beside it
+    text = (study / "variants.md").read_text()
+    lines = text.splitlines()
+    assert text.startswith("# Variant study") and lines[2].startswith("## Fusion variants: which learns best per")
     assert "NOT A PERFORMANCE MEASUREMENT" in text and "### size tiny, 384 tokens per variant" in text
     rows = [ln for ln in lines if ln.startswith("| 1 |") or ln.startswith("| 2 |")]
-    df = pd.read_csv(study / "variants.csv").sort_values("val_loss")
-    assert [r.split("|")[2].strip() for r in rows] == list(df["variant"])      # ranked by validation loss
+    df = pd.read_csv(study / "variants.csv").sort_values(["best_val_loss", "val_loss"])
+    assert [r.split("|")[2].strip() for r in rows] == list(df["variant"])      # ranked by best validation loss
     for png in ("variants_val_curves.png", "variants_speed_loss.png"):
         assert (study / png).stat().st_size > 0 and f"![{png}]({png})" in text
-    assert rv.main(["--dir", str(study)]) == 0 and (study / "variants.md").read_text().startswith("# Variant study")
 
 
 def test_equal_time_loss_interpolates_on_each_curve():
-    curves = pd.DataFrame({"variant": ["a", "a", "b", "b"], "train_s": [1.0, 2.0, 3.0, 6.0],
-                           "val_loss": [3.0, 2.0, 2.5, 1.0]})
+    curves = pd.DataFrame({"variant": ["a", "a", "a", "b", "b"], "train_s": [1.0, 2.0, 3.0, 3.0, 6.0],
+                           "val_loss": [3.0, 2.0, 2.6, 2.5, 1.0]})
     at = rv.equal_time_loss(curves, 1.5)
     assert at["a"] == pytest.approx(2.5) and math.isnan(at["b"])     # b had not reached its first eval yet
     assert rv.equal_time_loss(curves, 4.5)["b"] == pytest.approx(1.75)
+    assert rv.equal_time_loss(curves, 2.5)["a"] == pytest.approx(2.0)  # the best reached by then, not the last
+
+
+def _old_study(d, with_curves: bool):
+    """A variants.csv of run 8's columns minus best_val_loss (and older ones): b ends lower, a learnt more."""
+    rows = pd.DataFrame({"variant": ["a", "b"], "size": "small", "tokens": 300, "steps": 3, "batch_size": 4,
+                         "seq_len": 25, "val_loss": [2.0, 1.5], "bpc": [2.0 / math.log(2), 1.5 / math.log(2)],
+                         "tok_s": [100.0, 50.0], "ms_step": [1.0, 2.0], "peak_mb": 1.0, "train_s": [0.003, 0.006],
+                         "params": 10, "kernels": "x", "graph": False, "device": "cpu", "seed": 1, "status": "ok"})
+    rows.to_csv(d / "variants.csv", index=False)
+    if with_curves:
+        pd.DataFrame({"variant": ["a"] * 3 + ["b"] * 3, "size": "small", "budget": 300, "step": [1, 2, 3] * 2,
+                      "tokens": [100, 200, 300] * 2, "train_s": [0.001, 0.002, 0.003, 0.002, 0.004, 0.006],
+                      "val_loss": [1.8, 1.2, 2.0, 1.9, 1.7, 1.5]}).to_csv(d / "variants_curves.csv", index=False)
+
+
+def test_ranking_by_best_val_loss_old_csv_with_and_without_curves(tmp_path):
+    _old_study(tmp_path, with_curves=True)
+    lines = rv.variants_section(tmp_path)
+    rows = [ln.split("|") for ln in lines if ln.startswith("| 1 |") or ln.startswith("| 2 |")][:2]
+    assert [(r[2].strip(), r[3].strip(), r[5].strip(), r[8].strip()) for r in rows] == [
+        ("a", "1.2000", "2", "True"), ("b", "1.5000", "3", "False")]     # best val, best step, overfit
+    assert "(1 of 2 runs" in "\n".join(lines) and (tmp_path / "variants_speed_loss.png").stat().st_size > 0
+    (tmp_path / "variants_curves.csv").unlink()
+    table, _ = rv.ranked(pd.read_csv(tmp_path / "variants.csv"), pd.DataFrame())
+    assert list(table["variant"]) == ["b", "a"] and list(table["best_step"]) == [3, 3]   # no curves: the final
+    assert not table["overfit"].any()
 
 
 def test_report_of_an_empty_folder(tmp_path, capsys):
