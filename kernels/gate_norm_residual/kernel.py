@@ -28,7 +28,7 @@ Kernels:
 * backward: a persistent grid of G programs (a few per SM, never more than the row blocks), each striding over
   row blocks and accumulating the column reductions (dW, dbias, vector-gate grad, weights-gate grads) in fp32
   registers; each program writes one fp32 partial row of only the columns the launch needs ([G, W]:
-  dW | dbias when there is a bias | the vector gate's D or the weights gate's 2 columns; ``_part_columns``),
+  dW | dbias when there is a bias | the vector gate's D or the weights gate's 2 columns; ``_part_width``),
   summed inside the kernel in two fixed-order levels (groups of ~√G programs, then the group sums) and stored as
   dW, dbias and the vector / weights gate gradient in their dtypes (``kernels._colsum``: no second launch, no atomics on data, results
   bit-identical run to run).
@@ -175,7 +175,7 @@ def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_stats, N, D, ep
 @triton.jit
 def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
                     p_dx, p_da, p_db, p_dg, p_part, p_dw, p_dbias, p_count,
-                    N, D, n_blocks, n_progs, GS, NG, C_G, W,
+                    N, D, n_blocks, n_progs, GS, NG,
                     MODE: tl.constexpr, LAYER: tl.constexpr, GATE_LOGITS: tl.constexpr,
                     HAS_DH: tl.constexpr, HAS_BIAS: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
                     BP: tl.constexpr):
@@ -197,11 +197,11 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
              weights [2] (MODE 4; the last two are column reductions, finished from p_part); None in MODE 0
     p_part   [n_progs, W] fp32 workspace, one row per program: dW [D] | dbias [D] (HAS_BIAS) | the gate's column
              reductions from column C_G: vector [D] (MODE 1) or weights [2] (MODE 4); W = C_G + their width
+             (derived here from D and the constexprs, as ``_part_width`` does for the allocation)
     p_dw     [D]      out: dW (the weight's dtype), the fixed-order sum of the partial rows
     p_dbias  [D]      out: dbias; None unless HAS_BIAS
     p_count  [1 + NG] int32 arrival counters (zero between launches; kernels._colsum)
     N, D     rows, features; n_blocks = ⌈N / BR⌉ row blocks; n_progs programs in NG groups of GS (the final sums)
-    C_G, W   the gate columns' offset in a partial row and the row's width (``_part_columns``)
     MODE, LAYER, GATE_LOGITS as in the forward; HAS_DH: p_dhin is given; HAS_BIAS: the norm has a bias;
     BR, BD: rows per block, row width; BP: partial rows per step of the final sum
     """
@@ -281,6 +281,14 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
                     b_dg = b_dg * b_g * (1. - b_g)
                 tl.store(p_dg + offs, b_dg.to(p_dg.dtype.element_ty), mask=m)
 
+    C_G = D                            # the partial row's layout (``_part_width``)
+    if HAS_BIAS:
+        C_G = 2 * D
+    W = C_G
+    if MODE == 1:
+        W = C_G + D
+    if MODE == 4:
+        W = C_G + 2
     p_row = p_part + pid.to(tl.int64) * W
     tl.store(p_row + o_c, b_acc_dw, mask=m_c)
     if HAS_BIAS:
@@ -309,12 +317,12 @@ def _block_d(D: int) -> int:
     return _pow2(D)
 
 
-def _part_columns(D: int, mode_id: int, has_bias: bool) -> tuple[int, int]:
-    """(C_G, W): where the gate's column reductions start in a backward partial row and the row's width. A row
-    holds only what the launch sums: dW [D], dbias [D] with a bias, then the vector gate's D or the weights gate's
-    2 columns."""
-    c_g = 2 * D if has_bias else D
-    return c_g, c_g + {1: D, 4: 2}.get(mode_id, 0)
+def _part_width(D: int, mode_id: int, has_bias: bool) -> int:
+    """W, the width of a backward partial row: only what the launch sums, dW [D], dbias [D] with a bias, then
+    (from column C_G = D or 2·D) the vector gate's D or the weights gate's 2 columns. The kernel derives the same
+    layout from D and its constexprs: C_G and W passed as arguments cost registers (sm_90, Triton 3.9, mode add
+    D2048 at 8 warps: 64 → 74, 3 programs per SM fit instead of 4)."""
+    return (2 * D if has_bias else D) + {1: D, 4: 2}.get(mode_id, 0)
 
 
 def _rows_per_program(N: int, BD: int, tile: int, min_programs: int) -> int:
@@ -418,15 +426,14 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logit
             n_progs = sms * per_sm
         n_blocks = _cdiv(N, BR)
         n_progs = max(1, min(n_progs, n_blocks))
-        c_g, W = _part_columns(D, mode_id, bias is not None)
-        part = new_empty((n_progs, W), torch.float32, dev)
+        part = new_empty((n_progs, _part_width(D, mode_id, bias is not None)), torch.float32, dev)
         logits = gate_logits and mode_id in (1, 2, 3)
         key = ("b", D, BR, dy.dtype, h.dtype, a.dtype, None if gate is None else gate.dtype, weight.dtype,
                None if bias is None else bias.dtype, x_dtype, mode_id, layer, logits, dh is not None,
                None if dh is None else dh.dtype, N % 16 == 0)
         GS, NG = tree(n_progs)
         _launch_bwd((n_progs,), key, dh, dy, h, None if mode_id == 0 else a, b, gate, weight, stats, dx, da, db,
-                    dg, part, dw, dbias, counters(dev, 1, NG), N, D, n_blocks, n_progs, GS, NG, c_g, W,
+                    dg, part, dw, dbias, counters(dev, 1, NG), N, D, n_blocks, n_progs, GS, NG,
                     MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_DH=dh is not None,
                     HAS_BIAS=bias is not None, BR=BR, BD=BD, BP=finish_rows(BD))
     return dx, da, db, dg, dw, dbias
