@@ -138,10 +138,9 @@ def _ddlerp_fwd_kernel(p_x, p_prev, p_m, p_maa, p_o0, p_o1, p_o2, p_o3, p_o4, N,
 
 
 @triton.jit
-def _mix_bwd(p_do, p_m, p_dm, p_maa, i, ND, D, offs, m, m_next, o_c, m_c, b_xx, b_acc, b_dx, b_dxx, b_dxx_n):
+def _mix_bwd(p_do, p_m, p_dm, p_maa, i, ND, D, offs, m, m_next, o_c, m_c, b_xx, b_acc):
     """One mix's share of the backward on a tile: stores dm_i, adds this tile's Σ_rows do_i ⊙ xx to the partial
-    row of dmaa_i (``b_acc``) and do_i, do_i ⊙ a_i and the next row's do_i ⊙ a_i to the running sums of dx, dxx
-    and the next row's dxx; returns (dx, dxx, next row's dxx, dmaa_i partial)."""
+    row of dmaa_i (``b_acc``), returns (do_i, do_i ⊙ a_i, next row's do_i ⊙ a_i)."""
     b_maa = tl.load(p_maa + i * D + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
     b_do = tl.load(p_do + offs, mask=m, other=0.).to(tl.float32)
     b_m = tl.load(p_m + i * ND + offs, mask=m, other=0.).to(tl.float32)
@@ -149,8 +148,7 @@ def _mix_bwd(p_do, p_m, p_dm, p_maa, i, ND, D, offs, m, m_next, o_c, m_c, b_xx, 
     b_m_n = tl.load(p_m + i * ND + offs + D, mask=m_next, other=0.).to(tl.float32)
     b_dm = b_do * b_xx
     tl.store(p_dm + i * ND + offs, b_dm.to(p_dm.dtype.element_ty), mask=m)
-    return (b_dx + b_do, b_dxx + b_do * (b_maa + b_m), b_dxx_n + b_do_n * (b_maa + b_m_n),
-            b_acc + tl.sum(b_dm, axis=0))
+    return b_do, b_do * (b_maa + b_m), b_do_n * (b_maa + b_m_n), b_acc + tl.sum(b_dm, axis=0)
 
 
 @triton.jit
@@ -170,19 +168,21 @@ def _ddlerp_bwd_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_ma
         o_r, m_r = _rows(blk, N, BR)
         m_next = (m_r & ((o_r % T) + 1 < T))[:, None] & m_c[None, :]
         offs, m, b_x, b_xx = _x_and_shift(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV)
-        # the sums start at −0.0: −0.0 + t == t bit for bit, so the first mix's terms enter unchanged
-        b_dx = tl.full([BR, BD], -0.0, tl.float32)
-        b_dxx, b_dxx_n = b_dx, b_dx
-        b_dx, b_dxx, b_dxx_n, b_a0 = _mix_bwd(p_do0, p_m, p_dm, p_maa, 0, ND, D, offs, m, m_next, o_c, m_c, b_xx,
-                                              b_a0, b_dx, b_dxx, b_dxx_n)
-        b_dx, b_dxx, b_dxx_n, b_a1 = _mix_bwd(p_do1, p_m, p_dm, p_maa, 1, ND, D, offs, m, m_next, o_c, m_c, b_xx,
-                                              b_a1, b_dx, b_dxx, b_dxx_n)
-        b_dx, b_dxx, b_dxx_n, b_a2 = _mix_bwd(p_do2, p_m, p_dm, p_maa, 2, ND, D, offs, m, m_next, o_c, m_c, b_xx,
-                                              b_a2, b_dx, b_dxx, b_dxx_n)
-        b_dx, b_dxx, b_dxx_n, b_a3 = _mix_bwd(p_do3, p_m, p_dm, p_maa, 3, ND, D, offs, m, m_next, o_c, m_c, b_xx,
-                                              b_a3, b_dx, b_dxx, b_dxx_n)
-        b_dx, b_dxx, b_dxx_n, b_a4 = _mix_bwd(p_do4, p_m, p_dm, p_maa, 4, ND, D, offs, m, m_next, o_c, m_c, b_xx,
-                                              b_a4, b_dx, b_dxx, b_dxx_n)
+        b_do, b_dxx, b_dxx_n, b_a0 = _mix_bwd(p_do0, p_m, p_dm, p_maa, 0, ND, D, offs, m, m_next, o_c, m_c,
+                                              b_xx, b_a0)
+        b_dx = b_do
+        b_do, b_t, b_t_n, b_a1 = _mix_bwd(p_do1, p_m, p_dm, p_maa, 1, ND, D, offs, m, m_next, o_c, m_c,
+                                          b_xx, b_a1)
+        b_dx, b_dxx, b_dxx_n = b_dx + b_do, b_dxx + b_t, b_dxx_n + b_t_n
+        b_do, b_t, b_t_n, b_a2 = _mix_bwd(p_do2, p_m, p_dm, p_maa, 2, ND, D, offs, m, m_next, o_c, m_c,
+                                          b_xx, b_a2)
+        b_dx, b_dxx, b_dxx_n = b_dx + b_do, b_dxx + b_t, b_dxx_n + b_t_n
+        b_do, b_t, b_t_n, b_a3 = _mix_bwd(p_do3, p_m, p_dm, p_maa, 3, ND, D, offs, m, m_next, o_c, m_c,
+                                          b_xx, b_a3)
+        b_dx, b_dxx, b_dxx_n = b_dx + b_do, b_dxx + b_t, b_dxx_n + b_t_n
+        b_do, b_t, b_t_n, b_a4 = _mix_bwd(p_do4, p_m, p_dm, p_maa, 4, ND, D, offs, m, m_next, o_c, m_c,
+                                          b_xx, b_a4)
+        b_dx, b_dxx, b_dxx_n = b_dx + b_do, b_dxx + b_t, b_dxx_n + b_t_n
         tl.store(p_dx + offs, (b_dx - b_dxx + b_dxx_n).to(p_dx.dtype.element_ty), mask=m)
     _finish_dmaa(p_part, b_a0, b_a1, b_a2, b_a3, b_a4, pid, n_progs, D, o_c, m_c, p_count, GS, NG, p_dmaa, BP, BD)
 
