@@ -55,6 +55,7 @@ import pytest
 import torch
 
 from groundthink import gate
+from groundthink.device import gpu_slug
 from groundthink.spec import get, specs
 
 ON_GPU = torch.cuda.is_available()
@@ -99,11 +100,6 @@ def require_budget(what: str, need_s: float = 0.0) -> None:
     if left <= need_s:
         pytest.skip(f"time budget GT_BENCH_BUDGET_S={budget_s():g}s spent ({left:.0f}s left): {what} not run "
                     "(GT_BENCH_BUDGET_S=0 for no limit)")
-
-
-def gpu_slug() -> str:
-    from groundthink.device import gpu_slug as _slug
-    return _slug()
 
 
 def out_dir() -> Path:

@@ -102,8 +102,9 @@ def arrive_tree(p_part, W, p_count, pid, n_progs, GS, NG, c0, c1, n_seg, seg_str
     """Call in every program after its partial row ``pid`` of ``p_part`` (rows W elements apart) is stored. The last
     program of each group of GS sums the group's rows into its first row (columns [c0, c1) of each of ``n_seg``
     segments ``seg_stride`` apart); True in exactly one program, the last group's last, which then finishes from
-    rows 0, GS, 2·GS, … (NG of them: ``finish_columns(p_part + segment, GS·W, NG, …)``). ``p_count``: this column
-    block's 1 + NG counters."""
+    rows 0, GS, 2·GS, … (NG of them: ``finish_columns(p_part + segment, GS·W, NG, …)``). ``p_count``: the grid's
+    counters (``counters``); column block ``tl.program_id(1)`` (0 in a 1-D grid) uses its own 1 + NG of them."""
+    p_count += tl.program_id(1) * (1 + NG)
     g = pid // GS
     g0 = g * GS
     n = tl.minimum(GS, n_progs - g0)
@@ -121,10 +122,9 @@ def store_and_finish(p_part, b_acc, pid, n_progs, D, o_c, m_c, p_count, GS, NG, 
                      BD: tl.constexpr):
     """The whole finish of ONE [D] parameter gradient whose columns the grid's second axis blocks by BD: store
     this program's fp32 partial row ``b_acc`` [BD] (row ``pid``, columns ``o_c``, mask ``m_c``), arrive, and in
-    the one program that arrives last sum every row into ``p_out`` (``p_count``: the 1 + NG counters per column
-    block)."""
+    the one program that arrives last sum every row into ``p_out`` (``p_count``: the grid's counters)."""
     tl.store(p_part + pid.to(tl.int64) * D + o_c, b_acc, mask=m_c)
     c0 = tl.program_id(1) * BD
     c1 = tl.minimum(c0 + BD, D)
-    if arrive_tree(p_part, D, p_count + tl.program_id(1) * (1 + NG), pid, n_progs, GS, NG, c0, c1, 1, 0, BP, BD):
+    if arrive_tree(p_part, D, p_count, pid, n_progs, GS, NG, c0, c1, 1, 0, BP, BD):
         finish_columns(p_part, GS * D, NG, p_out, c0, c1, BP, BD)

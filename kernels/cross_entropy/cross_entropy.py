@@ -38,7 +38,8 @@ __all__ = ["cross_entropy"]
 @triton.jit
 def _ce_fwd_kernel(p_x, p_t, p_g, p_stats, N, V, sx, ignore_index,
                    GRAD: tl.constexpr, BV: tl.constexpr):
-    # p_x: [N, V] rows sx apart; p_t: [N]; p_g: [N, V] contiguous (GRAD); p_stats: [2, N] fp32 (loss_n, valid_n)
+    # p_x: [N, V] rows sx apart; p_t: [N]; p_g: [N, V] contiguous (None unless GRAD); p_stats: [2, N] fp32
+    # (loss_n, valid_n)
     row = tl.program_id(0).to(tl.int64)
     p_row = p_x + row * sx
     o_v = tl.arange(0, BV)
@@ -78,8 +79,8 @@ def _fwd_impl(logits, targets, ignore_index, need_grad):
     stats = new_empty((2, N), torch.float32, dev)
     if N:
         BV = min(triton.next_power_of_2(V), 32 if INTERPRET else 4096)
-        _ce_fwd_kernel[(N,)](logits, targets, g, stats, N, V, _row_stride(logits), ignore_index, GRAD=need_grad,
-                             BV=BV, num_warps=4 if BV <= 1024 else 8)
+        _ce_fwd_kernel[(N,)](logits, targets, g if need_grad else None, stats, N, V, _row_stride(logits),
+                             ignore_index, GRAD=need_grad, BV=BV, num_warps=4 if BV <= 1024 else 8)
     tot = stats.sum(1)                      # [Σ loss_n, Σ valid_n], fixed-order fp32 sums
     return tot[0] / tot[1], g, tot
 

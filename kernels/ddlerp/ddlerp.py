@@ -143,8 +143,7 @@ def _finish_dmaa(p_part, b_a0, b_a1, b_a2, b_a3, b_a4, pid, n_progs, D, o_c, m_c
     tl.store(p_row + 4 * D, b_a4, mask=m_c)
     c0 = tl.program_id(1) * BD
     c1 = tl.minimum(c0 + BD, D)
-    if arrive_tree(p_part, 5 * D, p_count + tl.program_id(1) * (1 + NG), pid, n_progs, GS, NG, c0, c1, 5, D, BP,
-                   BD):
+    if arrive_tree(p_part, 5 * D, p_count, pid, n_progs, GS, NG, c0, c1, 5, D, BP, BD):
         for i in range(5):
             finish_columns(p_part + i * D, GS * 5 * D, NG, p_dmaa + i * D, c0, c1, BP, BD)
 

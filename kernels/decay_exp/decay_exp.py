@@ -15,9 +15,8 @@ group sums) and stored as dbase (``kernels._colsum``). No atomics on data, no ho
 Dtypes: d fp32/fp16/bf16, base any float dtype, lw in the requested dtype (default d's); dd in d's dtype, dbase in
 base's.
 
-torch.library: ``groundthink::decay_exp_fwd`` / ``groundthink::decay_exp_bwd`` custom ops with fake
-implementations and one registered autograd formula; eager calls run the same implementations and formula
-through ``kernels._eager`` (no dispatcher on the way).
+Custom ops ``groundthink::decay_exp_fwd`` / ``_bwd`` (fake implementations, one registered autograd formula),
+run eagerly without the dispatcher through ``kernels._eager``, as every glue op.
 """
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ Kernels:
   program so that small D still moves a useful tile, shrunk when N is small so that the grid fills the GPU).
 * backward: a persistent grid of G programs (a few per SM, never more than the row blocks), each striding over
   row blocks and accumulating the column reductions (dW, dbias, vector-gate grad, weights-gate grads) in fp32
-  registers; each program writes one fp32 partial row ([G, 3·D + 2]: dW | dbias | vector-gate | weights-gate)
+  registers; each program writes one fp32 partial row of only the columns the launch needs ([G, W]:
+  dW | dbias when there is a bias | the vector gate's D or the weights gate's 2 columns; ``_part_width``),
   summed inside the kernel in two fixed-order levels (groups of ~√G programs, then the group sums) and stored as
   dW, dbias and the vector / weights gate gradient in their dtypes (``kernels._colsum``: no second launch, no atomics on data, results
   bit-identical run to run).
@@ -184,7 +185,7 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
     p_dhin   [N, D]   incoming gradient on h; None unless HAS_DH
     p_dy     [N, D]   incoming gradient on y (zeros when y got none)
     p_h      [N, D]   saved h (x̂ is recomputed from it and the stats)
-    p_a      [N, D]   first branch (read for the gate gradients; MODE 0: a 0-element stand-in, never read)
+    p_a      [N, D]   first branch (read for the gate gradients); None in MODE 0
     p_b      [N, D]   second branch; None in MODE 0
     p_g      gate as in the forward ([D], [N], [N, D] or [2]); None in MODE 0
     p_w      [D]      norm weight
@@ -194,7 +195,9 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
     p_db     [N, D]   out: db; None in MODE 0
     p_dg     out: gate grad, the gate's shape: row [N] (MODE 2), element [N, D] (MODE 3), vector [D] (MODE 1) or
              weights [2] (MODE 4; the last two are column reductions, finished from p_part); None in MODE 0
-    p_part   [n_progs, 3·D + 2] fp32 workspace: per program dW | dbias | vector-gate grad | the 2 weights-gate grads
+    p_part   [n_progs, W] fp32 workspace, one row per program: dW [D] | dbias [D] (HAS_BIAS) | the gate's column
+             reductions from column C_G: vector [D] (MODE 1) or weights [2] (MODE 4); W = C_G + their width
+             (derived here from D and the constexprs, as ``_part_width`` does for the allocation)
     p_dw     [D]      out: dW (the weight's dtype), the fixed-order sum of the partial rows
     p_dbias  [D]      out: dbias; None unless HAS_BIAS
     p_count  [1 + NG] int32 arrival counters (zero between launches; kernels._colsum)
@@ -278,33 +281,33 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
                     b_dg = b_dg * b_g * (1. - b_g)
                 tl.store(p_dg + offs, b_dg.to(p_dg.dtype.element_ty), mask=m)
 
-    p_row = p_part + pid.to(tl.int64) * (3 * D + 2)
+    C_G = D                            # the partial row's layout (``_part_width``)
+    if HAS_BIAS:
+        C_G = 2 * D
+    W = C_G
+    if MODE == 1:
+        W = C_G + D
+    if MODE == 4:
+        W = C_G + 2
+    p_row = p_part + pid.to(tl.int64) * W
     tl.store(p_row + o_c, b_acc_dw, mask=m_c)
     if HAS_BIAS:
         tl.store(p_row + D + o_c, b_acc_db, mask=m_c)
     if MODE == 1:
         if GATE_LOGITS:
             b_acc_g0 = b_acc_g0 * tl.sum(b_gv * (1. - b_gv), axis=0)
-        tl.store(p_row + 2 * D + o_c, b_acc_g0, mask=m_c)
+        tl.store(p_row + C_G + o_c, b_acc_g0, mask=m_c)
     if MODE == 4:
-        tl.store(p_row + 3 * D, tl.sum(b_acc_g0, axis=0))
-        tl.store(p_row + 3 * D + 1, tl.sum(b_acc_g1, axis=0))
-    W = 3 * D + 2
-    c1 = D                          # the partial columns this launch filled: dW [| dbias] [| vector | weights]
-    if HAS_BIAS:
-        c1 = 2 * D
-    if MODE == 1:
-        c1 = 3 * D
-    if MODE == 4:
-        c1 = W
-    if arrive_tree(p_part, W, p_count, pid, n_progs, GS, NG, 0, c1, 1, 0, BP, BD):
+        tl.store(p_row + C_G, tl.sum(b_acc_g0, axis=0))
+        tl.store(p_row + C_G + 1, tl.sum(b_acc_g1, axis=0))
+    if arrive_tree(p_part, W, p_count, pid, n_progs, GS, NG, 0, W, 1, 0, BP, BD):
         finish_columns(p_part, GS * W, NG, p_dw, 0, D, BP, BD)
         if HAS_BIAS:
             finish_columns(p_part + D, GS * W, NG, p_dbias, 0, D, BP, BD)
         if MODE == 1:
-            finish_columns(p_part + 2 * D, GS * W, NG, p_dg, 0, D, BP, BD)
+            finish_columns(p_part + C_G, GS * W, NG, p_dg, 0, D, BP, BD)
         if MODE == 4:
-            finish_columns(p_part + 3 * D, GS * W, NG, p_dg, 0, 2, BP, BD)
+            finish_columns(p_part + C_G, GS * W, NG, p_dg, 0, 2, BP, BD)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -312,6 +315,14 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
 # ----------------------------------------------------------------------------------------------------------
 def _block_d(D: int) -> int:
     return _pow2(D)
+
+
+def _part_width(D: int, mode_id: int, has_bias: bool) -> int:
+    """W, the width of a backward partial row: only what the launch sums, dW [D], dbias [D] with a bias, then
+    (from column C_G = D or 2·D) the vector gate's D or the weights gate's 2 columns. The kernel derives the same
+    layout from D and its constexprs: C_G and W passed as arguments cost registers (sm_90, Triton 3.9, mode add
+    D2048 at 8 warps: 64 → 74, 3 programs per SM fit instead of 4)."""
+    return (2 * D if has_bias else D) + {1: D, 4: 2}.get(mode_id, 0)
 
 
 def _rows_per_program(N: int, BD: int, tile: int, min_programs: int) -> int:
@@ -415,14 +426,14 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logit
             n_progs = sms * per_sm
         n_blocks = _cdiv(N, BR)
         n_progs = max(1, min(n_progs, n_blocks))
-        part = new_empty((n_progs, 3 * D + 2), torch.float32, dev)
+        part = new_empty((n_progs, _part_width(D, mode_id, bias is not None)), torch.float32, dev)
         logits = gate_logits and mode_id in (1, 2, 3)
         key = ("b", D, BR, dy.dtype, h.dtype, a.dtype, None if gate is None else gate.dtype, weight.dtype,
                None if bias is None else bias.dtype, x_dtype, mode_id, layer, logits, dh is not None,
                None if dh is None else dh.dtype, N % 16 == 0)
         GS, NG = tree(n_progs)
-        _launch_bwd((n_progs,), key, dh, dy, h, a, b, gate, weight, stats, dx, da, db, dg, part, dw, dbias,
-                    counters(dev, 1, NG), N, D, n_blocks, n_progs, GS, NG,
+        _launch_bwd((n_progs,), key, dh, dy, h, None if mode_id == 0 else a, b, gate, weight, stats, dx, da, db,
+                    dg, part, dw, dbias, counters(dev, 1, NG), N, D, n_blocks, n_progs, GS, NG,
                     MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_DH=dh is not None,
                     HAS_BIAS=bias is not None, BR=BR, BD=BD, BP=finish_rows(BD))
     return dx, da, db, dg, dw, dbias
@@ -473,7 +484,8 @@ def _setup_context(ctx, inputs, output):
     x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32 = inputs
     h, _, stats = output
     ctx.set_materialize_grads(False)   # no zero tensors for unused outputs (stats; the last block's h)
-    if mode == "add":          # the backward reads only a's dtype: keep a 0-element stand-in, not the branch
+    if mode == "add":          # the backward reads only a's dtype (da's): keep a 0-element tensor of it, not the
+        # branch (the kernel gets None for it)
         a = a.new_empty((0,))
     ctx.save_for_backward(h, a, b, gate, weight, bias, stats)
     ctx.cfg = (mode, norm, gate_logits, x.dtype)

@@ -7,11 +7,30 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import (_blocks, _clamp_w, _cu, _dims, _intra_bwd, _kv_ranges, _make_ops, _nh_bucket,
-                                 _prec, _row_offsets, _run, _seq_bounds, _state_bwd, _warp_configs)
+from kernels.wkv6.common import (_blocks, _clamp_w, _dims, _intra_bwd, _kv_ranges, _make_ops, _nh_bucket, _prec,
+                                 _row_offsets, _run, _seq_bounds, _state_bwd, _warp_configs)
 
 BT_CHUNK = 16
 CKPT = 4          # backward: chunk states checkpointed every CKPT chunks, the others recomputed into L2 scratch
+
+# Layouts shared by the kernels below (a token is row bos + t of the flattened [B·T, H, *] tensors):
+#   q_ptr, k_ptr, w_ptr [B·T, H, K] (q = r; w the raw log-decay, clamped inside), v_ptr [B·T, H, V], u_ptr [H, K];
+#   a state h0 / ht / dht / dh0 [N, H, K, V] fp32; cu_ptr [N + 1] int32 sequence offsets (None unless VARLEN);
+#   hs_ptr [slots, H, K, V] fp32: the state at every CK-th chunk start, slot c0 + i_c // CK with
+#   c0 = bos // (BT·CK) + n (``_ckpt_shape``); scale multiplies q·k; T the padded length (fixed-length batches).
+# Optional tensors are None with their constexpr flag off (USE_H0, USE_DHT, VARLEN, SAVE).
+
+
+@triton.jit
+def _state_or_zeros(p_state, i_nh, o_kv, m_kv, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                    BV: tl.constexpr, HAS):
+    """The [BK, BV] block (offsets o_kv, mask m_kv) of state i_nh of a [N·H, K, V] tensor in fp32, or zeros when
+    HAS is false (``p_state`` None): the initial state of a walk (or the final state's gradient)."""
+    if HAS:
+        b_s = tl.load(p_state + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.).to(tl.float32)
+    else:
+        b_s = tl.zeros([BK, BV], dtype=tl.float32)
+    return b_s
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -23,11 +42,15 @@ CKPT = 4          # backward: chunk states checkpointed every CKPT chunks, the o
                                            triton.Config({"BV": 32, "UNROLL": 1}, num_warps=4, num_stages=1),
                                            triton.Config({"BV": 16, "UNROLL": 1}, num_warps=4, num_stages=1)]),
                  key=["K", "V", "BK", "PREC", "NH_BUCKET"])
-@triton.jit(do_not_specialize=['T', 'USE_H0', 'VARLEN', 'SAVE', 'NH_BUCKET'])
+@triton.jit(do_not_specialize=['T', 'NH_BUCKET'])
 def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T, NH_BUCKET,
                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                     BV: tl.constexpr, USE_H0, VARLEN, SAVE, PREC: tl.constexpr, CK: tl.constexpr,
-                     UNROLL: tl.constexpr):
+                     BV: tl.constexpr, USE_H0: tl.constexpr, VARLEN: tl.constexpr, SAVE: tl.constexpr,
+                     PREC: tl.constexpr, CK: tl.constexpr, UNROLL: tl.constexpr):
+    """Grid (V-blocks, N·H): one program walks the BT-token chunks of one (sequence, head) for BV columns of V.
+    Writes o_ptr [B·T, H, V] (q's dtype), the final state ht_ptr and, when SAVE, the checkpoints hs_ptr; reads
+    h0_ptr when USE_H0 (layouts above). NH_BUCKET: autotune key only (``_nh_bucket``); UNROLL: the key loop's
+    unroll factor."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -36,11 +59,7 @@ def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, h
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     m_eq = o_t[:, None] == o_t[None, :]
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    p_hs = i_nh.to(tl.int64) * K * V + o_kv
-    if USE_H0:
-        b_h = tl.load(h0_ptr + p_hs, mask=m_kv, other=0.).to(tl.float32)
-    else:
-        b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    b_h = _state_or_zeros(h0_ptr, i_nh, o_kv, m_kv, K, V, BK, BV, USE_H0)
     c0 = bos // (BT * CK) + i_n     # checkpoint slots for the backward (see _bwd_impl)
     for i_c in range(0, tl.cdiv(L, BT)):
         if SAVE:
@@ -75,18 +94,20 @@ def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, h
         tl.store(o_ptr + p_v, b_o.to(o_ptr.dtype.element_ty), mask=m_tv)
         b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)  # G_L - G_t as a suffix sum
         b_h = b_h * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
-    tl.store(ht_ptr + p_hs, b_h, mask=m_kv)
+    tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # backward 1: forward walk storing the chunk-start states S0_c (fp32)
 # ----------------------------------------------------------------------------------------------------------------
 @triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC"])
-@triton.jit(do_not_specialize=['T', 'USE_H0', 'VARLEN'])
+@triton.jit(do_not_specialize=['T'])
 def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                            BK: tl.constexpr, BV: tl.constexpr, USE_H0, VARLEN,
+                            BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, VARLEN: tl.constexpr,
                             PREC: tl.constexpr, CK: tl.constexpr):
+    """Grid (V-blocks, N·H): the forward's state walk without outputs, storing the checkpoints hs_ptr (written
+    here, layouts above) when the forward did not save them."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -94,10 +115,7 @@ def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
     c0 = bos // (BT * CK) + i_n     # first checkpoint slot of this sequence (slots never overlap, see _bwd_impl)
     o_t = tl.arange(0, BT)
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
-    if USE_H0:
-        b_h = tl.load(h0_ptr + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.).to(tl.float32)
-    else:
-        b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    b_h = _state_or_zeros(h0_ptr, i_nh, o_kv, m_kv, K, V, BK, BV, USE_H0)
     for i_c in range(0, tl.cdiv(L, BT)):
         if i_c % CK == 0:
             tl.store(hs_ptr + ((c0 + i_c // CK) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
@@ -135,13 +153,20 @@ def _bonus_store(b_q, b_k, b_wr, b_v, b_do, b_u, b_dq, b_dk, b_dw, b_du, dq_ptr,
                                            triton.Config({"UNROLL": 4}, num_warps=8, num_stages=1),
                                            triton.Config({"UNROLL": 1}, num_warps=4, num_stages=1)]),
                  key=["K", "V", "BK", "BV", "PREC", "DIRECT"])
-@triton.jit(do_not_specialize=['T', 'NTOK', 'USE_H0', 'USE_DHT', 'VARLEN'])
+@triton.jit(do_not_specialize=['T', 'NTOK'])
 def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs_ptr, sc_ptr, dq_ptr, dk_ptr, dw_ptr,
                           dv_ptr, du_ptr, dh0_ptr, cu_ptr, scale, T, NTOK,
                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                          BK: tl.constexpr, BV: tl.constexpr, USE_H0, USE_DHT,
-                          VARLEN, PREC: tl.constexpr, DIRECT: tl.constexpr, CK: tl.constexpr,
+                          BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr,
+                          VARLEN: tl.constexpr, PREC: tl.constexpr, DIRECT: tl.constexpr, CK: tl.constexpr,
                           UNROLL: tl.constexpr):
+    """Grid (V-blocks, N·H): the reverse walk of one (sequence, head) for BV columns of V (layouts above).
+    do_ptr [B·T, H, V] the output's gradient; dht_ptr the final state's (None unless USE_DHT); hs_ptr the
+    checkpoints; sc_ptr [V-blocks·N·H, CK, BK, BV] fp32 scratch (one program's recomputed chunk-start states).
+    Writes dv_ptr [B·T, H, V] (v's dtype) and dh0_ptr (None unless USE_H0). DIRECT (one V-block): dq_ptr, dk_ptr,
+    dw_ptr [B·T, H, K] are the final gradients (input dtypes, bonus terms added) and du_ptr [N, H, K] fp32 the
+    per-sequence du rows; otherwise dq/dk/dw_ptr are fp32 partials [V-blocks, B·T, H, K] (NTOK = B·T rows per
+    block) finished by ``_wkv6_bwd_combine_kernel``, and du_ptr is unused."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -152,10 +177,7 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     m_eq = o_t[:, None] == o_t[None, :]
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    if USE_DHT:
-        b_dh = tl.load(dht_ptr + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.).to(tl.float32)
-    else:
-        b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dh = _state_or_zeros(dht_ptr, i_nh, o_kv, m_kv, K, V, BK, BV, USE_DHT)
     b_du = tl.zeros([BK], dtype=tl.float32)
     part = i_v.to(tl.int64) * NTOK * H * K
     # per-program scratch for the CK chunk-start states of the current checkpoint group (stays in L2)
@@ -222,11 +244,14 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
 # backward 3 (only with several V-blocks): sum the fp32 partials, add the bonus terms, du partial rows
 # ----------------------------------------------------------------------------------------------------------------
 @triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BVF", "NV"])
-@triton.jit(do_not_specialize=['T', 'NTOK', 'VARLEN'])
+@triton.jit(do_not_specialize=['T', 'NTOK'])
 def _wkv6_bwd_combine_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pw_ptr,
                              dq_ptr, dk_ptr, dw_ptr, du_ptr, cu_ptr, scale, T, NTOK,
                              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                             BK: tl.constexpr, BVF: tl.constexpr, NV: tl.constexpr, VARLEN):
+                             BK: tl.constexpr, BVF: tl.constexpr, NV: tl.constexpr, VARLEN: tl.constexpr):
+    """Grid (N·H,): sums the NV fp32 partials pq/pk/pw_ptr [NV, B·T, H, K] (fixed order) of one (sequence, head),
+    adds the bonus terms (``_bonus_store``) and writes dq_ptr, dk_ptr, dw_ptr [B·T, H, K] in the inputs' dtype and
+    du_ptr [N, H, K] fp32 rows (layouts above); BVF ≥ V: all of V in one block."""
     i_nh = tl.program_id(0)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -267,6 +292,11 @@ def _ckpt_shape(B, T, H, K, V, N):
     return (triton.cdiv(B * T, BT_CHUNK * CKPT) + N, H, K, V)
 
 
+def _cu32(cu_seqlens):
+    """cu_seqlens as the kernels read it (int32), or None."""
+    return None if cu_seqlens is None else cu_seqlens.to(torch.int32)
+
+
 def _fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
     """o, final state, and (if save) the fp32 state checkpoints the backward starts from (else an empty tensor)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
@@ -275,10 +305,9 @@ def _fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
     ht = new_empty((N, H, K, V), torch.float32, r.device)
     hs = new_empty(_ckpt_shape(B, T, H, K, V, N) if save else (0,), torch.float32, r.device)
     grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
-    _wkv6_fwd_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht, hs if save else ht,
-                           _cu(cu_seqlens, r.device), scale, T, _nh_bucket(N * H),
-                           H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, USE_H0=int(h0 is not None),
-                           VARLEN=int(cu_seqlens is not None), SAVE=int(save), PREC=_prec(r.dtype), CK=CKPT)
+    _wkv6_fwd_kernel[grid](r, k, v, w, u, h0, o, ht, hs if save else None, _cu32(cu_seqlens), scale, T,
+                           _nh_bucket(N * H), H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, USE_H0=h0 is not None,
+                           VARLEN=cu_seqlens is not None, SAVE=save, PREC=_prec(r.dtype), CK=CKPT)
     return o, ht, hs
 
 
@@ -289,8 +318,8 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs=None):
     dev = r.device
     NTOK = B * T
     prec = _prec(r.dtype, bwd=True)
-    cu = _cu(cu_seqlens, dev)
-    use_h0, use_dht, varlen = int(h0 is not None), int(dht is not None), int(cu_seqlens is not None)
+    cu = _cu32(cu_seqlens)
+    use_h0, varlen = h0 is not None, cu_seqlens is not None
     # checkpointed chunk-start states (every CKPT chunks): sequence n uses slots bos//(BT·CKPT) + n + i_c//CKPT
     # (disjoint: the next sequence starts at slot (bos+len)//(BT·CKPT) + n + 1 >= bos//(BT·CKPT) + n +
     # cdiv(len, BT·CKPT)), at most cdiv(B·T, BT·CKPT) + N slots
@@ -298,7 +327,7 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs=None):
     grid = (NV, N * H)
     if hs is None or hs.numel() == 0:     # checkpoints not saved by the forward: recompute them
         hs = new_empty(_ckpt_shape(B, T, H, K, V, N), torch.float32, dev)
-        _wkv6_bwd_states_kernel[grid](k, v, w, h0 if h0 is not None else hs, hs, cu, T, H=H, K=K, V=V,
+        _wkv6_bwd_states_kernel[grid](k, v, w, h0, hs, cu, T, H=H, K=K, V=V,
                                       BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=use_h0, VARLEN=varlen, PREC=prec, CK=CKPT)
     direct = NV == 1
     dv = new_empty(v.shape, v.dtype, dev)
@@ -311,10 +340,9 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs=None):
         pq, pk, pw = dr, dk, dw
     else:
         pq, pk, pw = (new_empty((NV, B, T, H, K), torch.float32, dev) for _ in range(3))
-    _wkv6_bwd_main_kernel[grid](r, k, v, w, u, do, dht if dht is not None else hs, hs, scratch, pq, pk, pw, dv, du_part,
-                                dh0 if dh0 is not None else hs, cu, scale, T, NTOK, H=H, K=K, V=V, BT=BT_CHUNK,
-                                BK=BK, BV=BV, USE_H0=use_h0, USE_DHT=use_dht, VARLEN=varlen, PREC=prec,
-                                DIRECT=direct, CK=CKPT)
+    _wkv6_bwd_main_kernel[grid](r, k, v, w, u, do, dht, hs, scratch, pq, pk, pw, dv, du_part, dh0, cu, scale, T,
+                                NTOK, H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=use_h0,
+                                USE_DHT=dht is not None, VARLEN=varlen, PREC=prec, DIRECT=direct, CK=CKPT)
     if not direct:
         _wkv6_bwd_combine_kernel[(N * H,)](r, k, v, w, u, do, pq, pk, pw, dr, dk, dw, du_part, cu, scale, T, NTOK,
                                            H=H, K=K, V=V, BT=BT_CHUNK, BK=BK,

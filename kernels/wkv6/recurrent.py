@@ -7,6 +7,7 @@ import triton.language as tl
 
 from kernels._common import new_empty
 from kernels.wkv6.common import _clamp_w, _kv_ranges, _validate
+from kernels.wkv6.fused import _state_or_zeros
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -16,15 +17,16 @@ from kernels.wkv6.common import _clamp_w, _kv_ranges, _validate
 def _wkv6_recurrent_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, scale, T,
                            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                            BV: tl.constexpr, USE_H0: tl.constexpr):
+    """Grid (V-blocks, B·H): one program steps through the T tokens of one (sequence, head) for BV columns of V.
+
+    q_ptr, k_ptr, w_ptr [B, T, H, K] (q = r, w the raw log-decay), v_ptr [B, T, H, V], u_ptr [H, K];
+    h0_ptr [B, H, K, V] fp32 initial state (None unless USE_H0); o_ptr [B, T, H, V] out (q's dtype);
+    ht_ptr [B, H, K, V] fp32 out, the final state; scale multiplies q·k; BK ≥ K, BV the V-block width."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    p_hs = i_nh.to(tl.int64) * K * V + o_kv
-    if USE_H0:
-        b_h = tl.load(h0_ptr + p_hs, mask=m_kv, other=0.).to(tl.float32)
-    else:
-        b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    b_h = _state_or_zeros(h0_ptr, i_nh, o_kv, m_kv, K, V, BK, BV, USE_H0)
     for t in range(0, T):
         tok = (i_n.to(tl.int64) * T + t) * H + i_h
         b_q = tl.load(q_ptr + tok * K + o_k, mask=m_k, other=0.).to(tl.float32) * scale
@@ -35,7 +37,7 @@ def _wkv6_recurrent_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_
         b_o = tl.sum(b_q[:, None] * (b_h + b_u[:, None] * b_kv), axis=0)
         tl.store(o_ptr + tok * V + o_v, b_o.to(o_ptr.dtype.element_ty), mask=m_v)
         b_h = b_h * tl.exp(b_w)[:, None] + b_kv
-    tl.store(ht_ptr + p_hs, b_h, mask=m_kv)
+    tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
 
@@ -55,8 +57,7 @@ def wkv6_recurrent(r, k, v, w, u, scale=None, initial_state=None, output_final_s
         h0 = initial_state.detach().float().contiguous() if initial_state is not None else None
         o = new_empty((B, T, H, V), r.dtype, r.device)
         ht = new_empty((B, H, K, V), torch.float32, r.device)
-        _wkv6_recurrent_kernel[(triton.cdiv(V, BV), B * H)](r, k, v, w, u, h0 if h0 is not None else ht, o, ht,
-                                                             scale, T, H=H, K=K, V=V, BK=BK, BV=BV,
-                                                             USE_H0=h0 is not None, num_warps=4)
+        _wkv6_recurrent_kernel[(triton.cdiv(V, BV), B * H)](r, k, v, w, u, h0, o, ht, scale, T, H=H, K=K, V=V,
+                                                             BK=BK, BV=BV, USE_H0=h0 is not None, num_warps=4)
     return o, (ht if output_final_state else None)
 
