@@ -159,7 +159,9 @@ class Mamba2Mixer(nn.Module):
         out = F.conv1d(full, w, self.conv1d.bias, groups=self.conv_dim)   # [B, C, T]
         return F.silu(out).transpose(1, 2), full[:, :, -(self.d_conv - 1):].detach().clone()
 
-    def forward(self, u, ops, state=None):
+    def forward(self, u, ops, state=None, A=None):
+        """``A`` = −exp(A_log) [nheads] fp32 when the caller computed it (``HybridLM`` does, for all layers at
+        once); else computed here."""
         Bsz, T, _ = u.shape
         h, p, n, g = self.nheads, self.headdim, self.d_state, self.ngroups
         zxbcdt = self.in_proj(u)
@@ -169,7 +171,8 @@ class Mamba2Mixer(nn.Module):
         x = x.reshape(Bsz, T, h, p)
         Bm = Bm.reshape(Bsz, T, g, n)
         Cm = Cm.reshape(Bsz, T, g, n)
-        A = -torch.exp(self.A_log.float())
+        if A is None:
+            A = -torch.exp(self.A_log.float())
         if state is None:
             y = ops.mamba2(x, dt, A, Bm, Cm, self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True)
             new_state = None

@@ -264,3 +264,20 @@ def test_old_checkpoint_rkvg_from_four_linears(ref_ops):
     fresh = _model("GF-MH", ref_ops, seed=1, n_layer=1)
     fresh.load_state_dict(sd)
     assert torch.equal(fresh.blocks[0].tmix.rkvg, w)
+
+
+@pytest.mark.parametrize("name", ["GF-MH", "rwkv6", "mamba2"])
+def test_mamba_A_of_all_layers_at_once_equals_per_layer(name, ref_ops):
+    """HybridLM computes every layer's A = −exp(A_log) in one stack (fewer launches): the same values to the bit
+    as the mixer's own, and the same A_log gradients; None where a layer has no Mamba mixer."""
+    m = _model(name, ref_ops, n_layer=3)
+    got = m._mamba_A()
+    for blk, a in zip(m.blocks, got):
+        if blk.mamba is None:
+            assert a is None
+            continue
+        want = -torch.exp(blk.mamba.A_log.float())
+        assert torch.equal(a, want)
+        g = torch.randn_like(want)
+        assert torch.equal(torch.autograd.grad(a, blk.mamba.A_log, g, retain_graph=True)[0],
+                           torch.autograd.grad(want, blk.mamba.A_log, g)[0])
