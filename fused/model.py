@@ -22,6 +22,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from fused.blocks import FFN, Mamba2Mixer, NormWeight, RWKV6TimeMix, rms_norm
 from fused.configs import ModelConfig
@@ -41,6 +42,8 @@ class HybridBlock(nn.Module):
         self.ffn = FFN(cfg)
         self.norm2 = NormWeight(cfg.d_model, cfg.norm)
         self.cfg = cfg
+        # Mamba's in_proj and a learned gate projection read the same y (not in RF): one GEMM (_in_and_gate_proj)
+        self.fold_gate = self.mamba is not None and not self.sequential and self.fusion.kind == "linear"
 
     def forward(self, h, y, ops, state=None, probes: list | None = None, A=None):
         """(h, y, new_state); with ``probes`` (a list) appends this layer's (gate probe, a, b) (detached; the
@@ -49,10 +52,13 @@ class HybridBlock(nn.Module):
         a = b = None
         if self.tmix is not None:
             a, st_a = self.tmix(y, ops, None if state is None else state["rwkv"])
+        proj = gproj = None
+        if self.fold_gate:
+            *proj, gproj = self._in_and_gate_proj(y)
         if self.mamba is not None:
             xin = y + a if self.sequential else y
-            b, st_b = self.mamba(xin, ops, None if state is None else state["mamba"], A=A)
-        h, y2, gate = self.fusion(h, a, b, y, ops, self.norm1, self.cfg, probes is not None)
+            b, st_b = self.mamba(xin, ops, None if state is None else state["mamba"], A=A, proj=proj)
+        h, y2, gate = self.fusion(h, a, b, y, ops, self.norm1, self.cfg, probes is not None, proj=gproj)
         if probes is not None:
             probes.append((gate, None if a is None else a.detach(), None if b is None else b.detach()))
         f = self.ffn(y2)
@@ -61,6 +67,20 @@ class HybridBlock(nn.Module):
                                        residual_fp32=self.cfg.residual_fp32)
         new_state = None if state is None else {"rwkv": st_a, "mamba": st_b}
         return h, y3, new_state
+
+    def _in_and_gate_proj(self, y):
+        """(z, xBC, dt, gate product) = y [W_in; W_gate; 0]ᵀ split: ONE GEMM for Mamba's in_proj and the gate
+        projection (without its bias), instead of a GEMM and a gemv (row gate) or two GEMMs (HGF), and one
+        y-gradient add fewer in the backward. Zero rows pad the outputs to a multiple of 8 (16-byte aligned rows
+        for cuBLAS and causal_conv1d's channel-last path); their gradient is dropped. Under autocast the weights
+        are cast before the concatenation, so they stay weights of the step's bf16 copy (no cast per step)."""
+        w_in, w_g = self.mamba.in_proj.weight, self.fusion.gate_proj.weight
+        dev = y.device.type
+        if torch.is_autocast_enabled(dev):
+            w_in, w_g = (w.to(torch.get_autocast_dtype(dev)) for w in (w_in, w_g))
+        pad = -(w_in.shape[0] + w_g.shape[0]) % 8
+        out = F.linear(y, torch.cat([w_in, w_g, w_g.new_zeros(pad, w_g.shape[1])]))
+        return torch.split(out, self.mamba.split_sizes() + [w_g.shape[0], pad], dim=-1)[:4]
 
 
 class HybridLM(nn.Module):
