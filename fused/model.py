@@ -77,12 +77,20 @@ class HybridBlock(nn.Module):
         for cuBLAS and causal_conv1d's channel-last path); their gradient is dropped. Under autocast the weights
         are cast before the concatenation, so they stay weights of the step's bf16 copy (no cast per step)."""
         w_in, w_g = self.mamba.in_proj.weight, self.fusion.gate_proj.weight
-        dev = y.device.type
-        if torch.is_autocast_enabled(dev):
-            w_in, w_g = (w.to(torch.get_autocast_dtype(dev)) for w in (w_in, w_g))
+        amp = _autocast_dtype(y.device.type)
+        if amp is not None:
+            w_in, w_g = w_in.to(amp), w_g.to(amp)
         pad = -(w_in.shape[0] + w_g.shape[0]) % 8
         out = F.linear(y, torch.cat([w_in, w_g, w_g.new_zeros(pad, w_g.shape[1])]))
         return torch.split(out, self.mamba.split_sizes() + [w_g.shape[0], pad], dim=-1)[:4]
+
+
+def _autocast_dtype(device_type: str):
+    """The dtype autocast casts matmul inputs to on ``device_type``, None when it is off (or unknown: meta)."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except RuntimeError:
+        return None
 
 
 class HybridLM(nn.Module):
