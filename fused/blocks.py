@@ -41,7 +41,6 @@ class RWKV6TimeMix(nn.Module):
     """RWKV-6 "Finch" time mix (RWKV-LM ``RWKV_Tmix_x060``).
 
     ddlerp token shift: xx = shift(x) − x; five data-dependent lerps x + xx ⊙ (maa_* + lora_*(x + xx ⊙ maa_x))
-    (maa_w, maa_k, maa_v, maa_r, maa_g: the rows of ``time_maa_wkvrg`` [5, D])
     (ops.shift_lerp for x + xx ⊙ maa_x, ops.ddlerp for the five lerps);
     r, k, v and the gate pre-activation: ONE batched matmul of the stacked lerps [x_r, x_k, x_v, x_g] (written as
     one stack by ops.ddlerp(..., order=…): no copy) with
@@ -60,10 +59,11 @@ class RWKV6TimeMix(nn.Module):
         r1a0 = 1.0 - layer_id / L               # 1 → ~0
         ddd = torch.arange(D, dtype=torch.float32) / D
         self.time_maa_x = nn.Parameter(1.0 - ddd.pow(r1a0))
-        # the five static mixes maa_w, maa_k, maa_v, maa_r, maa_g as one [5, D] (ops.ddlerp's maa: no stack per step)
-        self.time_maa_wkvrg = nn.Parameter(torch.stack([
-            1.0 - ddd.pow(r1a0), 1.0 - ddd.pow(r1a0), 1.0 - (ddd.pow(r1a0) + 0.3 * r01),
-            1.0 - ddd.pow(0.5 * r1a0), 1.0 - ddd.pow(0.5 * r1a0)]))
+        self.time_maa_w = nn.Parameter(1.0 - ddd.pow(r1a0))
+        self.time_maa_k = nn.Parameter(1.0 - ddd.pow(r1a0))
+        self.time_maa_v = nn.Parameter(1.0 - (ddd.pow(r1a0) + 0.3 * r01))
+        self.time_maa_r = nn.Parameter(1.0 - ddd.pow(0.5 * r1a0))
+        self.time_maa_g = nn.Parameter(1.0 - ddd.pow(0.5 * r1a0))
         R = cfg.mix_lora
         self.time_maa_w1 = nn.Parameter(torch.empty(D, 5 * R).uniform_(-1e-4, 1e-4))
         self.time_maa_w2 = nn.Parameter(torch.empty(5, R, D).uniform_(-1e-4, 1e-4))
@@ -86,7 +86,7 @@ class RWKV6TimeMix(nn.Module):
         R = self.time_maa_w2.shape[1]
         m = torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5, R).transpose(0, 1)
         m = torch.bmm(m, self.time_maa_w2).view(5, B, T, D)
-        maa = self.time_maa_wkvrg
+        maa = torch.stack([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
         # the five lerps, one fused op: x_w alone, x_r, x_k, x_v, x_g written as one stack [4, B, T, D] (mixes
         # w, k, v, r, g = 0 … 4 in m and maa; order r, k, v, g as in rkvg): the batched projection reads it as is
         xw, xrkvg = ops.ddlerp(x, m, maa, x_prev, order=(0, 3, 1, 2, 4))
@@ -112,19 +112,11 @@ class RWKV6TimeMix(nn.Module):
                 torch.zeros(batch_size, self.H, self.K, self.K, device=device, dtype=sdt))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Older checkpoints: the four Linear weights [out, in] from before ``rkvg`` are stacked (transposed) into
-        it; the five vectors time_maa_w, _k, _v, _r, _g from before ``time_maa_wkvrg`` are stacked into it."""
-        linears = [f"{prefix}{n}.weight" for n in ("receptance", "key", "value", "gate")]
-        _stack_old(state_dict, f"{prefix}rkvg", linears, transpose=True)
-        _stack_old(state_dict, f"{prefix}time_maa_wkvrg", [f"{prefix}time_maa_{n}" for n in "wkvrg"])
+        """Checkpoints from before ``rkvg``: their four Linear weights [out, in] are stacked (transposed) into it."""
+        old = [f"{prefix}{n}.weight" for n in ("receptance", "key", "value", "gate")]
+        if f"{prefix}rkvg" not in state_dict and all(k in state_dict for k in old):
+            state_dict[f"{prefix}rkvg"] = torch.stack([state_dict.pop(k).t() for k in old])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-
-def _stack_old(state_dict, new: str, old: list[str], transpose: bool = False):
-    """state_dict[new] = the stack of the tensors under ``old`` (removed; transposed if asked), when only they are
-    present."""
-    if new not in state_dict and all(k in state_dict for k in old):
-        state_dict[new] = torch.stack([state_dict.pop(k).t() if transpose else state_dict.pop(k) for k in old])
 
 
 # ----------------------------------------------------------------------------------------------- Mamba-2

@@ -255,21 +255,15 @@ def test_step_matches_parallel_fp32(ref_ops):
 
 
 def test_old_checkpoint_rkvg_from_four_linears(ref_ops):
-    """A state dict from before rkvg (receptance/key/value/gate Linear weights [out, in]) and time_maa_wkvrg (five
-    vectors time_maa_w, _k, _v, _r, _g) loads: stacked (rkvg transposed)."""
+    """A state dict from before rkvg (receptance/key/value/gate Linear weights [out, in]) loads: stacked, transposed."""
     m = _model("GF-MH", ref_ops, n_layer=1)
     sd = m.state_dict()
     w = sd.pop("blocks.0.tmix.rkvg")
     for i, n in enumerate(("receptance", "key", "value", "gate")):
         sd[f"blocks.0.tmix.{n}.weight"] = w[i].t().clone()
-    maa = sd.pop("blocks.0.tmix.time_maa_wkvrg")
-    for i, n in enumerate("wkvrg"):
-        sd[f"blocks.0.tmix.time_maa_{n}"] = maa[i].clone()
     fresh = _model("GF-MH", ref_ops, seed=1, n_layer=1)
-    fresh.blocks[0].tmix.time_maa_wkvrg.data.zero_()
     fresh.load_state_dict(sd)
     assert torch.equal(fresh.blocks[0].tmix.rkvg, w)
-    assert torch.equal(fresh.blocks[0].tmix.time_maa_wkvrg, maa)
 
 
 @pytest.mark.parametrize("name", ["GF-MH", "rwkv6", "mamba2"])
