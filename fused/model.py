@@ -2,6 +2,8 @@
 
     h = emb(idx);  y = RMSNorm₀(h)
     per layer:  a = RWKV6TimeMix(y),  b = Mamba2Mixer(y)                 (RF: b = Mamba2Mixer(y + a))
+                (GF/HGF: Mamba's in_proj and the gate projection of y are one GEMM; every layer's Mamba
+                A = −exp(A_log) is computed once per forward for all layers)
                 h, y = ops.gate_norm_residual(h, a, b, gate, mode=variant)  blend + residual + norm, one call
                 h, y = ops.gate_norm_residual(h, FFN(y), mode="add")
     logits = head(y);  loss = ops.cross_entropy(logits, targets)    (mean token CE; the fused op never makes fp32 logits)
