@@ -159,17 +159,24 @@ class Mamba2Mixer(nn.Module):
         out = F.conv1d(full, w, self.conv1d.bias, groups=self.conv_dim)   # [B, C, T]
         return F.silu(out).transpose(1, 2), full[:, :, -(self.d_conv - 1):].detach().clone()
 
-    def forward(self, u, ops, state=None):
+    def split_sizes(self) -> list[int]:
+        """in_proj's output pieces: z, xBC, dt."""
+        return [self.d_inner, self.conv_dim, self.nheads]
+
+    def forward(self, u, ops, state=None, A=None, proj=None):
+        """``A`` = −exp(A_log) [nheads] fp32 when the caller computed it (``HybridLM`` does, for all layers at
+        once); else computed here. ``proj`` = (z, xBC, dt) when the caller ran in_proj (``HybridBlock`` does, in
+        one GEMM with the fusion's gate projection); else in_proj(u) here."""
         Bsz, T, _ = u.shape
         h, p, n, g = self.nheads, self.headdim, self.d_state, self.ngroups
-        zxbcdt = self.in_proj(u)
-        z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, h], dim=-1)
+        z, xBC, dt = proj if proj is not None else torch.split(self.in_proj(u), self.split_sizes(), dim=-1)
         xBC, conv_state = self._conv(xBC, None if state is None else state[0], ops)
         x, Bm, Cm = torch.split(xBC, [self.d_inner, g * n, g * n], dim=-1)
         x = x.reshape(Bsz, T, h, p)
         Bm = Bm.reshape(Bsz, T, g, n)
         Cm = Cm.reshape(Bsz, T, g, n)
-        A = -torch.exp(self.A_log.float())
+        if A is None:
+            A = -torch.exp(self.A_log.float())
         if state is None:
             y = ops.mamba2(x, dt, A, Bm, Cm, self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True)
             new_state = None

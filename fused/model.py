@@ -2,6 +2,8 @@
 
     h = emb(idx);  y = RMSNorm₀(h)
     per layer:  a = RWKV6TimeMix(y),  b = Mamba2Mixer(y)                 (RF: b = Mamba2Mixer(y + a))
+                (GF/HGF: Mamba's in_proj and the gate projection of y are one GEMM; every layer's Mamba
+                A = −exp(A_log) is computed once per forward for all layers)
                 h, y = ops.gate_norm_residual(h, a, b, gate, mode=variant)  blend + residual + norm, one call
                 h, y = ops.gate_norm_residual(h, FFN(y), mode="add")
     logits = head(y);  loss = ops.cross_entropy(logits, targets)    (mean token CE; the fused op never makes fp32 logits)
@@ -22,6 +24,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from fused.blocks import FFN, Mamba2Mixer, NormWeight, RWKV6TimeMix, rms_norm
 from fused.configs import ModelConfig
@@ -41,18 +44,23 @@ class HybridBlock(nn.Module):
         self.ffn = FFN(cfg)
         self.norm2 = NormWeight(cfg.d_model, cfg.norm)
         self.cfg = cfg
+        # Mamba's in_proj and a learned gate projection read the same y (not in RF): one GEMM (_in_and_gate_proj)
+        self.fold_gate = self.mamba is not None and not self.sequential and self.fusion.kind == "linear"
 
-    def forward(self, h, y, ops, state=None, probes: list | None = None):
+    def forward(self, h, y, ops, state=None, probes: list | None = None, A=None):
         """(h, y, new_state); with ``probes`` (a list) appends this layer's (gate probe, a, b) (detached; the
-        model reduces all layers' probes at once)."""
+        model reduces all layers' probes at once). ``A``: the Mamba mixer's −exp(A_log), when computed outside."""
         st_a = st_b = None
         a = b = None
         if self.tmix is not None:
             a, st_a = self.tmix(y, ops, None if state is None else state["rwkv"])
+        proj = gproj = None
+        if self.fold_gate:
+            *proj, gproj = self._in_and_gate_proj(y)
         if self.mamba is not None:
             xin = y + a if self.sequential else y
-            b, st_b = self.mamba(xin, ops, None if state is None else state["mamba"])
-        h, y2, gate = self.fusion(h, a, b, y, ops, self.norm1, self.cfg, probes is not None)
+            b, st_b = self.mamba(xin, ops, None if state is None else state["mamba"], A=A, proj=proj)
+        h, y2, gate = self.fusion(h, a, b, y, ops, self.norm1, self.cfg, probes is not None, proj=gproj)
         if probes is not None:
             probes.append((gate, None if a is None else a.detach(), None if b is None else b.detach()))
         f = self.ffn(y2)
@@ -61,6 +69,28 @@ class HybridBlock(nn.Module):
                                        residual_fp32=self.cfg.residual_fp32)
         new_state = None if state is None else {"rwkv": st_a, "mamba": st_b}
         return h, y3, new_state
+
+    def _in_and_gate_proj(self, y):
+        """(z, xBC, dt, gate product) = y [W_in; W_gate; 0]ᵀ split: ONE GEMM for Mamba's in_proj and the gate
+        projection (without its bias), instead of a GEMM and a gemv (row gate) or two GEMMs (HGF), and one
+        y-gradient add fewer in the backward. Zero rows pad the outputs to a multiple of 8 (16-byte aligned rows
+        for cuBLAS and causal_conv1d's channel-last path); their gradient is dropped. Under autocast the weights
+        are cast before the concatenation, so they stay weights of the step's bf16 copy (no cast per step)."""
+        w_in, w_g = self.mamba.in_proj.weight, self.fusion.gate_proj.weight
+        amp = _autocast_dtype(y.device.type)
+        if amp is not None:
+            w_in, w_g = w_in.to(amp), w_g.to(amp)
+        pad = -(w_in.shape[0] + w_g.shape[0]) % 8
+        out = F.linear(y, torch.cat([w_in, w_g, w_g.new_zeros(pad, w_g.shape[1])]))
+        return torch.split(out, self.mamba.split_sizes() + [w_g.shape[0], pad], dim=-1)[:4]
+
+
+def _autocast_dtype(device_type: str):
+    """The dtype autocast casts matmul inputs to on ``device_type``, None when it is off (or unknown: meta)."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except RuntimeError:
+        return None
 
 
 class HybridLM(nn.Module):
@@ -106,12 +136,22 @@ class HybridLM(nn.Module):
         return self
 
     # ------------------------------------------------------------------ forward
+    def _mamba_A(self) -> list:
+        """Every layer's Mamba A = −exp(A_log) [nheads] in one stack, exp and negation (3 launches forward, 2
+        backward, instead of 2 + 2 per layer; the same elementwise exp of the same values), None per layer
+        without a Mamba mixer."""
+        logs = [blk.mamba.A_log for blk in self.blocks if blk.mamba is not None]
+        if not logs:
+            return [None] * len(self.blocks)
+        got = iter(torch.stack(logs).float().exp().neg().unbind(0))
+        return [None if blk.mamba is None else next(got) for blk in self.blocks]
+
     def _run(self, idx, state=None, probes=None):
         h = self.emb(idx)
         y = rms_norm(h, self.norm0, self.config.norm_eps)
         new_states = []
-        for i, blk in enumerate(self.blocks):
-            h, y, st = blk(h, y, self.ops, None if state is None else state[i], probes)
+        for i, (blk, A) in enumerate(zip(self.blocks, self._mamba_A())):
+            h, y, st = blk(h, y, self.ops, None if state is None else state[i], probes, A=A)
             new_states.append(st)
         return self.head(y), (new_states if state is not None else None)
 

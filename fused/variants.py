@@ -86,8 +86,10 @@ class Fusion(nn.Module):
         logits = torch.matmul(xn, self.gate_proj.weight.view(-1))
         return (logits + self.gate_proj.bias.to(logits.dtype)).unsqueeze(-1)
 
-    def forward(self, h, a, b, xn, ops, norm, cfg: ModelConfig, collect: bool):
-        """h: residual in; a, b: branch outputs (either may be None for baselines); xn: normalized input.
+    def forward(self, h, a, b, xn, ops, norm, cfg: ModelConfig, collect: bool, proj=None):
+        """h: residual in; a, b: branch outputs (either may be None for baselines); xn: normalized input;
+        ``proj``: the gate projection's product xn Wᵀ [..., out] without its bias when the caller computed it
+        (``HybridBlock``: one GEMM with Mamba's in_proj), else it is computed here.
         Returns (h, y, gate): when ``collect`` and the variant has a gate, ``gate`` is its probe for
         ``groundthink.monitor.gate_mean`` — ("logit", detached logits) or ("weight", w_a) — else None."""
         kw = dict(weight=norm.weight, bias=norm.bias, norm=cfg.norm, eps=cfg.norm_eps,
@@ -105,7 +107,12 @@ class Fusion(nn.Module):
                 gate = ("weight", wts[0].detach())
             out = ops.gate_norm_residual(h, a, b, wts, weight=kw.pop("weight"), mode="weights", **kw)
         else:
-            logits = self.gate_logit if self.kind == "vector" else self._gate_logits(xn)
+            if self.kind == "vector":
+                logits = self.gate_logit
+            elif proj is not None:
+                logits = proj + self.gate_proj.bias.to(proj.dtype)
+            else:
+                logits = self._gate_logits(xn)
             if collect:
                 gate = ("logit", logits.detach())
             out = ops.gate_norm_residual(h, a, b, logits, weight=kw.pop("weight"), mode=self.mode,

@@ -264,3 +264,43 @@ def test_old_checkpoint_rkvg_from_four_linears(ref_ops):
     fresh = _model("GF-MH", ref_ops, seed=1, n_layer=1)
     fresh.load_state_dict(sd)
     assert torch.equal(fresh.blocks[0].tmix.rkvg, w)
+
+
+@pytest.mark.parametrize("name", ["GF-MH", "rwkv6", "mamba2"])
+def test_mamba_A_of_all_layers_at_once_equals_per_layer(name, ref_ops):
+    """HybridLM computes every layer's A = −exp(A_log) in one stack (fewer launches): the same values to the bit
+    as the mixer's own, and the same A_log gradients; None where a layer has no Mamba mixer."""
+    m = _model(name, ref_ops, n_layer=3)
+    got = m._mamba_A()
+    for blk, a in zip(m.blocks, got):
+        if blk.mamba is None:
+            assert a is None
+            continue
+        want = -torch.exp(blk.mamba.A_log.float())
+        assert torch.equal(a, want)
+        g = torch.randn_like(want)
+        assert torch.equal(torch.autograd.grad(a, blk.mamba.A_log, g, retain_graph=True)[0],
+                           torch.autograd.grad(want, blk.mamba.A_log, g)[0])
+
+
+@pytest.mark.parametrize("name", ["GF-MH", "HGF"])
+def test_in_proj_and_gate_projection_as_one_gemm_equal_two(name, ref_ops):
+    """GF/HGF blocks run Mamba's in_proj and the gate projection as one GEMM over the stacked weights (zero rows
+    pad the outputs to a multiple of 8): in float64 the logits, the loss and every gradient equal the two
+    separate projections' (gemv for the row gate) to rounding."""
+    runs = []
+    for fold in (True, False):
+        m = _model(name, ref_ops, n_layer=2).double()
+        for blk in m.blocks:
+            assert blk.fold_gate
+            blk.fold_gate = fold
+        idx, tgt = _batch(T=16)
+        logits, loss = m(idx, tgt)
+        loss.backward()
+        runs.append((logits.detach(), loss.detach(), [p.grad.clone() for p in m.parameters()]))
+    (o1, l1, d1), (o2, l2, d2) = runs
+    torch.testing.assert_close(o1, o2, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(l1, l2, rtol=1e-13, atol=0)
+    for a, b in zip(d1, d2):
+        assert float((a - b).norm() / b.norm().clamp_min(1e-300)) < 1e-12
+    assert not _model("RF", ref_ops, n_layer=1).blocks[0].fold_gate
