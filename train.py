@@ -332,12 +332,13 @@ def qualify_kernels(args, model, ops, device, master, world, say):
     graph = args.graph != "off"
     shapes = gate.model_shapes(model.config, args.batch_size, args.seq_len, gate.ops_used(model))
     if master:
+        say(f"gate: {time.monotonic() - _T0:.1f} s after the start (imports, data, model)")
         gate.qualify(shapes, graph=graph, say=say, progress=not args.no_progress)
     if world > 1:
         dist.barrier()
     ops = resolve(args.kernels, verdicts=gate.Verdicts(shapes=shapes, graph=graph))
     model.set_ops(ops)
-    say("kernels after qualification:\n" + ops.table())
+    say(f"kernels after qualification ({time.monotonic() - _T0:.1f} s after the start):\n" + ops.table())
     for line in gate.deferred_notes(ops) if master else ():
         say(line)
     return ops

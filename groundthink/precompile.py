@@ -22,15 +22,27 @@ its own ``do_bench`` (a caller's choice) is left alone, and the default comes ba
 ``GROUNDTHINK_AUTOTUNE_BENCH_MS="25,100"`` restores Triton's figures. Configs within the noise of each other
 may then swap places; which config is fastest by a clear margin does not change.
 
-Compile in the background (``Background``, ``python -m groundthink.precompile OP IMPL SHAPE``): the gate starts
-a subprocess at the beginning of the qualification for an item expected to take long (mamba-ssm's first use),
-so that its compilation — CPU work — overlaps the timing of the other items. The subprocess builds the op's
-inputs at the model's shape and runs one forward + backward in which no Triton kernel is launched
-(``compile_only``: every autotuned kernel compiles all its configs in parallel and benchmarks none, every other
-Triton kernel compiles with ``warmup=True``); only PyTorch's own small ops between them reach the GPU. The
-binaries land in Triton's disk cache, which the main process then reads when it measures the item (after
-waiting for the subprocess). It runs at a lower CPU priority with two cores fewer than the machine has. Any
-failure there costs nothing but the overlap: the main process compiles what is missing, as before.
+Compile in the background (``Background``, ``python -m groundthink.precompile ITEMS-JSON``): at the start of
+the qualification the gate starts a subprocess for an item expected to take long (mamba-ssm's first use) and
+one more for every lab kernel of the plan, in plan order, so that compilation — CPU work — overlaps the timing
+of the items before them. A subprocess dry-runs each item: one forward + backward at the model's shape and at
+the spec's error shape (what ``gate.measure`` runs) inside ``compile_only``, in which no Triton kernel is
+launched: every kernel the call meets is submitted to one thread pool (one ``AsyncCompileMode`` for the whole
+dry run), an autotuned kernel with every config it would benchmark (nothing at a key it has met already: the
+error shape of a kernel whose key ignores the batch), and its ``best_config`` is set, because host code reads it
+after a launch (mamba-ssm's backward; run 7's subprocess died there, at its first backward kernel, so the main
+process compiled mamba-ssm's 116 configs again). Only PyTorch's own small ops reach the GPU. It says one JSON
+line per item as soon as that item's compiles are done and ends with a JSON summary; the binaries land in
+Triton's disk cache, which the main process reads when it measures the item, right after that line. Per item
+the gate says how many Triton kernels the main process compiled itself and how many it found in the disk cache
+(``counting_compiles``). The subprocesses run at a lower CPU priority with two cores fewer than the machine
+has. Any failure there costs nothing but the overlap: the main process compiles what is missing, as before.
+
+Winners at the error shape (``compile_winners``): the fp64 check runs at a smaller batch, where kernels
+specialise anew (an int argument divisible by 16 at B64 is not at B2: two of wkv6's kernels, most of
+mamba-ssm's) and the winners chosen at the model's shape would compile one after another as the check meets
+them. The main process first dry-runs the check's fwd+bwd with each autotuner compiling only its choice, all
+concurrently; the check then finds them compiled.
 
 Skipped (Triton's path as is): one config after pruning; a key already tuned; a tuning result already in
 Triton's autotune disk cache (``TRITON_CACHE_AUTOTUNING=1``: only the winner would be compiled); the
@@ -246,8 +258,12 @@ def _tuner_configs(tuner, args: tuple, kwargs: dict) -> tuple[tuple, dict, list]
         tuner.nargs = None
 
 
+class Untuned(Exception):
+    """A winners-only dry run met an autotuner that has not chosen for this key: the real call would benchmark."""
+
+
 @contextlib.contextmanager
-def compile_only(workers: int | None = None, executor=None, tuned: set | None = None):
+def compile_only(workers: int | None = None, executor=None, tuned: set | None = None, winners: bool = False):
     """Inside: no Triton kernel runs; every kernel a call meets is compiled instead, all of them concurrently
     (one ``AsyncCompileMode`` for the whole block, on ``executor`` or a pool of ``workers`` threads; the block's
     end waits for them). An autotuned kernel meeting a new key compiles every config it would benchmark; one
@@ -256,7 +272,11 @@ def compile_only(workers: int | None = None, executor=None, tuned: set | None = 
     reads it after a launch (mamba-ssm sizes its backward reductions by ``kernel.best_config``; without it the
     dry run stopped at the first backward kernel — run 7). Any other Triton kernel compiles with
     ``warmup=True``. For a subprocess whose only job is to fill Triton's disk cache: the outputs stay unwritten,
-    and ``best_config`` is no benchmark's choice — never use it in a process that goes on to run kernels."""
+    and ``best_config`` is no benchmark's choice — never use it in a process that goes on to run kernels.
+
+    ``winners=True`` (``compile_winners``: safe in a process that runs kernels): an autotuner compiles only the
+    config it has already chosen for the key, and ``best_config`` is that choice (what a real call sets); one
+    that has not chosen raises ``Untuned`` (its real call benchmarks: no dry run can stand in for it)."""
     from triton.runtime._async_compile import AsyncCompileMode, active_mode
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
@@ -267,7 +287,11 @@ def compile_only(workers: int | None = None, executor=None, tuned: set | None = 
 
     def tuner_run(self, *args, **kwargs):
         key, meta, configs = _tuner_configs(self, args, kwargs)
-        todo = [] if (id(self), key) in seen else configs
+        if winners and key not in self.cache:
+            raise Untuned(f"{getattr(self, 'base_fn', self.fn).__name__} has no choice for {key}")
+        if winners:
+            configs = [self.cache[key]]
+        todo = [] if (id(self), key) in seen and not winners else configs
         seen.add((id(self), key))
         in_tuner.append(1)
         try:
@@ -292,6 +316,24 @@ def compile_only(workers: int | None = None, executor=None, tuned: set | None = 
         Autotuner.run, JITFunction.run = run_tuner, run_jit
         if pool:
             pool.shutdown(wait=True)
+
+
+def compile_winners(call) -> None:
+    """Compile every Triton kernel that ``call`` will launch, concurrently, before it runs: a winners-only dry
+    run (``compile_only(winners=True)``). For the error check at the spec's error shape, where the batch differs
+    from the model's: its kernels specialise anew (an int argument divisible by 16 at B64, not at B2) and would
+    otherwise compile one after another as the check meets them (mamba-ssm's ≈15 kernels, 2 of wkv6's).
+    Stops at an autotuner that has not chosen (the check then tunes it as always); any error: counted, nothing
+    else changes (the call compiles what is missing itself). A no-op where ``switched_on`` is False."""
+    if not switched_on():
+        return
+    try:
+        with compile_only(winners=True):
+            call()
+    except Untuned:
+        pass
+    except Exception:  # noqa: BLE001 - fail safe: the real call compiles what is missing
+        STATS["errors"] += 1
 
 
 def _dry_run(op: str, impl: str, shape: list) -> None:

@@ -354,6 +354,25 @@ def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_pat
     assert any("compiling in the background for" in s for s in said)
 
 
+def test_every_lab_kernel_compiles_in_the_background_a_long_item_apart(monkeypatch):
+    """Run 7: the glue's compiles took 19.3 s of the main process. Every lab kernel of the plan now compiles in
+    one background subprocess in plan order; an item expected to take ≥ BACKGROUND_S in a subprocess of its
+    own; references (nothing to compile) stay out."""
+    from groundthink import precompile
+    started = []
+    monkeypatch.setattr(precompile, "switched_on", lambda enabled=True: enabled)
+    monkeypatch.setattr(precompile, "Background", lambda groups: started.append(groups) or "bg")
+    monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton": 40.0})
+    shapes = {op: get(op).bench.cpu_shapes[0] for op in ("decay_exp", "wkv6")}
+    plan, _ = gate._plan(shapes, True, gate.Verdicts([]), True)
+    assert gate._background(plan, True, True, {}) == "bg"
+    (long,), rest = started[0][:-1], started[0][-1]
+    assert [(op, impl) for op, impl, _ in long] == [("wkv6", "triton")]
+    lab = [(s.name, i.name) for s, i, _, _ in plan if i.role == "lab" and (s.name, i.name) != ("wkv6", "triton")]
+    assert [(op, impl) for op, impl, _ in rest] == lab and ("decay_exp", "triton") in lab
+    assert gate._background(plan, True, False, {}) is None
+
+
 def test_model_shapes_come_from_the_specs():
     from fused.configs import ModelConfig
     cfg = ModelConfig(name="GF-MH")

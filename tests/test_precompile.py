@@ -283,3 +283,19 @@ def test_counting_compiles_tells_compiled_from_cached_and_keeps_a_listener():
         assert precompile.COMPILES["compiled"] - before["compiled"] == 1 and heard == [True, False, True]
     finally:
         knobs.compilation.listener = None
+
+
+def test_compile_winners_compiles_only_the_chosen_config_and_stops_at_an_untuned_key(on_gpu):
+    """The main process's dry run before the error check (a new specialisation of kernels already tuned at the
+    model's shape): each autotuner compiles only its choice and reports it as best_config, as a real call does;
+    at a key it has not tuned the dry run stops (the real call benchmarks) without error."""
+    fn = FakeJIT()
+    tuner = _tuner(fn)
+    _call(tuner, 64)                                  # Triton's own path: tuned, 4 warps won
+    fn.compiled.clear()
+    tuner.best_config = None
+    precompile.compile_winners(lambda: _call(tuner, 64))
+    assert list(fn.compiled) == [4] and tuner.best_config.num_warps == 4
+    fn.compiled.clear()
+    precompile.compile_winners(lambda: (_call(tuner, 64), _call(tuner, 32)))
+    assert list(fn.compiled) == [4] and precompile.STATS["errors"] == 0 and active_mode.get() is None
