@@ -801,6 +801,7 @@ def _timing(spec: OpSpec, graph: bool) -> str:
 FIRST_USE_S = {"wkv6/triton": 11.2, "mamba2/mamba_ssm": 52.0}
 BACKGROUND_S = 20.0       # an item expected to take this long compiles in a subprocess from the start (precompile)
 BACKGROUND_REST = 0.4     # what is left of such an item's expected time at most after its background compile
+BACKGROUND_WAIT_S = 20.0  # any other item waits at most this long for its background compile, then compiles itself
 REFERENCE_S = 0.5         # a PyTorch reference otherwise: nothing to compile
 BASE_S, CONFIG_S = 1.5, 0.2   # a kernel otherwise: 1.5 s + 0.2 s per autotune config in its package (run 5 with
                               # parallel compile: glue kernels without autotuning 0.9-2.4 s, gate_norm_residual's
@@ -963,7 +964,8 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
             say(f"gate: {name} started (expected {exp:.1f} s: {source})")
         t1, c1, k1 = time.monotonic(), dict(COMPILE_STATS), dict(COMPILES)
         if name in in_background:
-            waited, what = background.wait(op, impl.name)
+            long = expected_s(spec, impl, history)[0] >= BACKGROUND_S
+            waited, what = background.wait(op, impl.name, None if long else BACKGROUND_WAIT_S)
             say(f"gate: {name}: waited {waited:.1f} s for its background compile ({what})")
         if isinstance(fn, Exception):
             rows.append(_failed_row(spec, impl, shp, timing[op], fn, device))

@@ -67,6 +67,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+_LOADED = time.monotonic()   # the subprocess's start (this module is its first import), for its item lines
 STATS = {"keys": 0, "configs": 0, "seconds": 0.0, "errors": 0, "jit": 0}   # what the helpers did in this process
 # ("jit": kernels without an autotuner compiled by compile_only)
 BENCH_MS = (5, 25)    # warm-up and repetition ms of each config's benchmark inside the helper (Triton: 25, 100)
@@ -377,7 +378,7 @@ def _compile_items(items: list, say=print) -> dict:
                 wait(futures)
                 errors = sum(f.exception() is not None for f in futures)
                 say(json.dumps({"item": name, "kernels": len(futures), "errors": errors,
-                                "failed": failed.get(name, ""), "at": round(time.monotonic() - t0, 1)}))
+                                "failed": failed.get(name, ""), "at": round(time.monotonic() - _LOADED, 1)}))
     finally:
         pool.shutdown(wait=True)
     return dict(STATS, seconds=round(time.monotonic() - t0, 1))
@@ -390,11 +391,12 @@ class Background:
     waited, what the subprocess says it did for that item) as soon as that item's compiles are done, waiting at
     most until ``timeout_s`` after the start (then the subprocess is ended and the main process compiles what is
     missing; (0.0, "") if none runs for it); ``close()`` ends what is left. Each subprocess writes into a log in
-    its own temporary folder: one JSON line per finished item, then a JSON summary; the log is removed after a
-    success and kept (its path said) otherwise."""
+    its own temporary folder: one JSON line per finished item, then a JSON summary; ``close()`` removes the log
+    of a subprocess that succeeded or was ended, and keeps (its path said) that of one that failed."""
 
     def __init__(self, groups, timeout_s: float = 60.0):
-        self.procs: dict[str, tuple[subprocess.Popen, float, Path]] = {}
+        self.procs: dict[str, tuple[subprocess.Popen, float, Path]] = {}     # the items not waited for yet
+        self.started: list[tuple[subprocess.Popen, Path]] = []
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         for items in groups:
@@ -407,41 +409,40 @@ class Background:
             except OSError:
                 shutil.rmtree(log.parent, ignore_errors=True)
                 continue
+            self.started.append((proc, log))
             for op, impl, _ in items:
                 self.procs[f"{op}/{impl}"] = (proc, time.monotonic() + timeout_s, log)
 
     def names(self) -> list[str]:
         return list(self.procs)
 
-    def wait(self, op: str, impl: str) -> tuple[float, str]:
+    def wait(self, op: str, impl: str, at_most: float | None = None) -> tuple[float, str]:
+        """``at_most``: wait no longer than this for the item (its subprocess goes on for the items after it);
+        otherwise until the subprocess's time limit, where it is ended."""
         name = f"{op}/{impl}"
         proc, deadline, log = self.procs.pop(name, (None, 0.0, None))
         if proc is None:
             return 0.0, ""
         t0 = time.monotonic()
-        while (done := _item_line(log, name)) is None and proc.poll() is None and time.monotonic() < deadline:
+        until = deadline if at_most is None else min(deadline, t0 + at_most)
+        while (done := _item_line(log, name)) is None and proc.poll() is None and time.monotonic() < until:
             time.sleep(0.05)
         done = done or _item_line(log, name)
         waited = time.monotonic() - t0
         if done is not None:
-            self._finish(proc, log)
             return waited, _item_summary(done)
+        if proc.poll() is None and time.monotonic() < deadline:
+            return waited, "not done yet: measured without it (its subprocess goes on)"
         ended = ""
         if proc.poll() is None:
             proc.kill()
             proc.wait()
             ended = "ended at its time limit; "
-        return waited, ended + _summary(proc.returncode, log, keep=any(p[0] is proc for p in self.procs.values()))
-
-    def _finish(self, proc, log: Path) -> None:
-        """After an item's line: a subprocess with no item left waited for has its log removed once it ends
-        well (kept, with its path said by ``close``, otherwise)."""
-        if not any(p[0] is proc for p in self.procs.values()) and proc.poll() == 0:
-            shutil.rmtree(log.parent, ignore_errors=True)
+        return waited, ended + _summary(proc.returncode, log)
 
     def close(self) -> None:
-        """End what still runs and remove its log; a failed subprocess keeps its log (its path was said)."""
-        for proc, _, log in set(self.procs.values()):
+        """End what still runs and remove the logs; a failed subprocess keeps its log (its path was said)."""
+        for proc, log in self.started:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
@@ -449,6 +450,7 @@ class Background:
                 continue
             shutil.rmtree(log.parent, ignore_errors=True)
         self.procs.clear()
+        self.started.clear()
 
 
 def _lines(log: Path) -> list[str]:
@@ -473,14 +475,12 @@ def _item_summary(done: dict) -> str:
             f"{done['errors']} failed" + (f"; its dry run stopped early: {done['failed']}" if done["failed"] else ""))
 
 
-def _summary(returncode: int, log: Path, keep: bool = False) -> str:
+def _summary(returncode: int, log: Path) -> str:
     """One line on a finished subprocess: what it compiled (its JSON last line) or why it failed (its last line)."""
     lines = _lines(log)
     if returncode == 0 and lines:
         try:
             done = json.loads(lines[-1])
-            if not keep:
-                shutil.rmtree(log.parent, ignore_errors=True)
             return (f"exit 0 after {done['seconds']:.1f} s: {done['configs']} configs of {done['keys']} autotuned "
                     f"kernels and {done.get('jit', 0)} other kernels compiled, {done['errors']} errors")
         except (ValueError, KeyError, TypeError):

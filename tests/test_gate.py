@@ -330,8 +330,8 @@ def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_pat
         def names(self):
             return ["decay_exp/triton"]
 
-        def wait(self, op, impl):
-            events.append(f"wait {op}/{impl}")
+        def wait(self, op, impl, at_most=None):
+            events.append(f"wait {op}/{impl} at most {at_most}")
             return 1.5, "exit 0 after 1.2 s: 3 configs of 1 autotuned kernels and 2 other kernels compiled, 0 errors"
 
         def close(self):
@@ -348,7 +348,8 @@ def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_pat
     said = []
     gate.qualify({"decay_exp": get("decay_exp").bench.cpu_shapes[0]}, cuda=True, path=tmp_path / "g.json",
                  say=said.append, progress=False, budget_s=45)
-    assert events == ["measure decay_exp/reference", "wait decay_exp/triton", "measure decay_exp/triton", "close"]
+    assert events == ["measure decay_exp/reference", "wait decay_exp/triton at most None", "measure decay_exp/triton",
+                      "close"]
     assert any("decay_exp/triton: waited 1.5 s for its background compile (exit 0 after 1.2 s: 3 configs" in s
                for s in said)
     assert any("compiling in the background for" in s for s in said)

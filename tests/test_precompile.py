@@ -206,7 +206,7 @@ def test_background_says_why_its_subprocess_failed_and_what_a_success_compiled(t
     ok.parent.mkdir()
     ok.write_text('warming up\n{"keys": 2, "configs": 6, "seconds": 3.31, "errors": 0, "jit": 4}\n')
     assert precompile._summary(0, ok) == ("exit 0 after 3.3 s: 6 configs of 2 autotuned kernels and 4 other kernels "
-                                          "compiled, 0 errors") and not ok.exists()
+                                          "compiled, 0 errors")
 
 
 def test_compile_only_sets_best_config_and_compiles_a_met_key_once(on_gpu, monkeypatch):
@@ -266,6 +266,9 @@ def test_background_wait_returns_when_its_item_is_done_not_when_the_subprocess_e
     waited, what = bg.wait("a", "x")
     assert waited < 20 and what == "3 kernel compiles done 1.2 s after the subprocess started, 0 failed"
     assert proc.poll() is None and bg.names() == ["b/y"]
+    waited, what = bg.wait("b", "y", at_most=0.2)          # not done: measured without it, the subprocess goes on
+    assert 0.2 <= waited < 5 and what.startswith("not done yet") and proc.poll() is None
+    bg.started = [(proc, log)]
     bg.close()
     assert proc.poll() is not None and not log.exists() and bg.names() == []
 
