@@ -44,7 +44,7 @@ from groundthink import checkpoint as ckpt
 from groundthink import data as gdata
 from groundthink.cli import DEVICE_DEFAULTS, build_parser, cpu_threads, fill_device_defaults, parse_args  # noqa: F401
 from groundthink.errors import InputError
-from groundthink.precompile import parallel_autotune
+from groundthink.precompile import COMPILES, compiles_since, counting_compiles, parallel_autotune
 from groundthink import monitor
 from groundthink.registry import resolve
 from groundthink.step import TrainStep, group_params
@@ -249,7 +249,8 @@ def main(argv=None) -> dict:
     say = print if master else (lambda *a, **k: None)
     threads = torch.get_num_threads()
     try:
-        return _train(args, device, rank, world, master, say)
+        with counting_compiles():       # the gate's per-item lines and the first step say what compiled where
+            return _train(args, device, rank, world, master, say)
     finally:
         torch.set_num_threads(threads)  # main() may be called in-process (tests): leave the process as found
         if world > 1 and dist.is_initialized():
@@ -357,9 +358,12 @@ def build_run(args, device, rank, world, master, say, ops, state) -> Run:
         load_optimizer(opt, state["optimizer"])
         start, gate0 = state["step"], state.get("gate0")
         ckpt.set_rng_state(state["rng"])
+    k0 = dict(COMPILES)
     with parallel_autotune():   # its one forward (which weights autocast reads) is the first call of the kernels
         step = TrainStep(model, opt, batch_size=args.batch_size, seq_len=args.seq_len, device=device,
                          grad_clip=args.grad_clip, world=world)
+    if device.type == "cuda":
+        say(f"training step built {time.monotonic() - _T0:.1f} s after the start{compiles_since(k0)}")
     graph = choose_graph(args, device, ops)
     say(f"model {args.model}/{args.size}: {model.num_params():,} parameters; world size {world}; "
         f"{'bf16 autocast' if device.type == 'cuda' else f'fp32, {torch.get_num_threads()} CPU threads'}; "
@@ -410,12 +414,13 @@ def train_loop(run: Run):
 def first_step(run: Run, x, y, step: int):
     """The run's first step: its first call compiles (every autotuned kernel compiles its configs in parallel,
     ``groundthink.precompile``) and, with the graph on, is captured; says how long after the start it launched."""
+    k0 = dict(COMPILES)
     with parallel_autotune():
         if run.graph[0]:
             capture(run, x, y)
         run.ring.push(run.step(x, y, lr_values(run.opt, run.args, step)), step + 1)
     write(run, f"first step launched {time.monotonic() - _T0:.1f} s after the start (imports, data, "
-               "qualification, compilation, autotuning and capture included)")
+               "qualification, compilation, autotuning and capture included)" + compiles_since(k0))
 
 
 def capture(run: Run, x, y):

@@ -93,7 +93,7 @@ from typing import Callable
 import torch
 
 from groundthink.device import gpu_name, gpu_slug, versions, warm_on_side_stream
-from groundthink.precompile import COMPILES, STATS as COMPILE_STATS, compile_winners
+from groundthink.precompile import COMPILES, STATS as COMPILE_STATS, compile_winners, compiles_since
 from groundthink.spec import ROOT, OpSpec, get, specs
 
 TIMINGS = ("eager", "graph")   # timing modes (module docstring); rows of other or no mode deny
@@ -979,18 +979,11 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         spent.setdefault(op, {})[impl.name] = time.monotonic() - t1
         if not progress:   # no bar: one line per item, so a run cut short still shows where its time went
             say(f"gate: {name} measured in {spent[op][impl.name]:.1f} s (expected {exp:.1f} s: {source})"
-                + _compiled_since(c1) + _kernels_since(k1))
+                + _compiled_since(c1) + compiles_since(k1))
         if impl is not spec.reference:
             first.setdefault(op, spent[op][impl.name])
     bar.close()
     return rows, deferred, spent
-
-
-def _kernels_since(before: dict) -> str:
-    """Triton compiles since ``before`` (a copy of ``COMPILES``): done here or found in the disk cache."""
-    d = {k: COMPILES[k] - before[k] for k in COMPILES}
-    return f"; Triton kernels: {d['compiled']} compiled here, {d['cached']} from the disk cache" if any(d.values()) \
-        else ""
 
 
 def _compiled_since(before: dict) -> str:

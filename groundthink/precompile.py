@@ -219,6 +219,9 @@ def counting_compiles():
     except Exception:  # noqa: BLE001 - an older Triton: nothing counted
         yield COMPILES
         return
+    if getattr(before, "_counting", False):      # re-entrant: the outer one counts
+        yield COMPILES
+        return
     lock = threading.Lock()
 
     def listener(*, cache_hit: bool, **kwargs):
@@ -227,11 +230,19 @@ def counting_compiles():
         if before is not None:
             before(cache_hit=cache_hit, **kwargs)
 
+    listener._counting = True
     knobs.compilation.listener = listener
     try:
         yield COMPILES
     finally:
         knobs.compilation.listener = before
+
+
+def compiles_since(before: dict) -> str:
+    """"; Triton kernels: N compiled here, M from the disk cache" since ``before`` (a copy of ``COMPILES``), or ""."""
+    d = {k: COMPILES[k] - before[k] for k in COMPILES}
+    return f"; Triton kernels: {d['compiled']} compiled here, {d['cached']} from the disk cache" if any(d.values()) \
+        else ""
 
 
 # ------------------------------------------------------------------------------ compile in the background

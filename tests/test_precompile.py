@@ -279,11 +279,13 @@ def test_counting_compiles_tells_compiled_from_cached_and_keeps_a_listener():
     knobs.compilation.listener = lambda **kw: heard.append(kw["cache_hit"])
     try:
         before = dict(precompile.COMPILES)
-        with precompile.counting_compiles():
+        with precompile.counting_compiles(), precompile.counting_compiles():      # nested: counted once
             for hit in (True, False, True):
                 knobs.compilation.listener(src=None, metadata={}, metadata_group={}, times=None, cache_hit=hit)
+            assert precompile.compiles_since(before) == "; Triton kernels: 1 compiled here, 2 from the disk cache"
         assert precompile.COMPILES["cached"] - before["cached"] == 2
         assert precompile.COMPILES["compiled"] - before["compiled"] == 1 and heard == [True, False, True]
+        assert knobs.compilation.listener is not None and not getattr(knobs.compilation.listener, "_counting", 0)
     finally:
         knobs.compilation.listener = None
 
