@@ -345,12 +345,41 @@ def qualify_kernels(args, model, ops, device, master, world, say):
     return ops
 
 
+def step_background(args, vocab_size: int, device):
+    """--kernels auto on a GPU: a subprocess that compiles, meanwhile, the kernels of one training step at the
+    variants the step calls (precompile._dry_run_step; the qualification meets each op at the bench's dtypes and
+    flags only), so that the training step's construction and capture find them in Triton's disk cache. None
+    when there is nothing to overlap (another mode, no GPU, parallel compile off)."""
+    from groundthink.precompile import STEP, Background, switched_on
+    if args.kernels != "auto" or device.type != "cuda" or not switched_on():
+        return None
+    return Background([[(STEP, "train", dict(clean_args(args), vocab_size=vocab_size))]], timeout_s=600.0)
+
+
+def wait_step_background(background, say) -> None:
+    """Before the training step is built: wait (at most 20 s) for the step's background compile, say what it
+    did, end it."""
+    if background is None:
+        return
+    from groundthink.precompile import STEP
+    waited, what = background.wait(STEP, "train", at_most=20.0)
+    say(f"training step: waited {waited:.1f} s for its background compile ({what})")
+    background.close()
+
+
 def build_run(args, device, rank, world, master, say, ops, state) -> Run:
     """Data, model, optimizer (restored when resuming), the training step, the metrics ring and the run log."""
     tok, corpus, train_ids, val_ids = prepare_data(args, state, master, world, say)
     torch.manual_seed(args.seed)
     model = build_model(args, tok.vocab_size, ops).to(device)
-    ops = qualify_kernels(args, model, ops, device, master, world, say)
+    background = step_background(args, tok.vocab_size, device) if master else None
+    try:
+        ops = qualify_kernels(args, model, ops, device, master, world, say)
+    except BaseException:
+        if background is not None:
+            background.close()
+        raise
+    wait_step_background(background, say)
     opt = make_optimizer(model, args)
     start, gate0 = 0, None
     if state is not None:

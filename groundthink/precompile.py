@@ -363,6 +363,32 @@ def _dry_run(op: str, impl: str, shape: list) -> None:
         step()
 
 
+STEP = "step"      # the op name of a background item that dry-runs train.py's training step (its "shape": the
+                   # run's arguments as a dict, its vocabulary size under "vocab_size")
+
+
+def _dry_run_step(args: dict, device: str = "cuda") -> None:
+    """One training step of train.py's model (``args``: its arguments) with every op on its first Triton
+    choice (``resolve("triton")``: the lab kernels, the peers where an op has none) inside an active
+    ``compile_only``: the kernels at the variants the step itself calls (its dtypes under autocast, its norms
+    and flags), which the per-op qualification does not meet, so that ``TrainStep`` and the capture find
+    them in the disk cache. Its model and optimizer are its own (their values do not matter)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import train
+    from groundthink.registry import resolve
+    from groundthink.step import TrainStep
+    a = SimpleNamespace(**args)
+    dev = torch.device(device)
+    model = train.build_model(a, a.vocab_size, resolve("triton")).to(dev)
+    opt = train.make_optimizer(model, a)
+    step = TrainStep(model, opt, batch_size=a.batch_size, seq_len=a.seq_len, device=dev, grad_clip=a.grad_clip)
+    x = torch.zeros(a.batch_size, a.seq_len, dtype=torch.long, device=dev)
+    step(x, x, train.lr_values(opt, a, 0))
+
+
 def _compile_items(items: list, say=print) -> dict:
     """Dry-run every (op, impl, shape) of ``items`` under one ``compile_only`` (their compiles all run
     concurrently), then say one JSON line per item, in order, as soon as that item's compiles are done
@@ -377,7 +403,7 @@ def _compile_items(items: list, say=print) -> dict:
             for op, impl, shape in items:
                 tagged.tag = f"{op}/{impl}"
                 try:
-                    _dry_run(op, impl, shape)
+                    _dry_run_step(shape) if op == STEP else _dry_run(op, impl, shape)
                 except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
                     failed[tagged.tag] = f"{type(e).__name__}: {str(e)[:160]}"
                     STATS["errors"] += 1
@@ -412,10 +438,11 @@ class Background:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         for items in groups:
             log = Path(tempfile.mkdtemp()) / "precompile.log"    # tmpXXXXXXXX: scrub_paths.py knows it
+            arg = json.dumps([list(i) for i in items], default=str)
             try:
                 with open(log, "w") as out:
                     proc = subprocess.Popen(
-                        [sys.executable, "-m", "groundthink.precompile", json.dumps([list(i) for i in items])],
+                        [sys.executable, "-m", "groundthink.precompile", arg],
                         cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
             except OSError:
                 shutil.rmtree(log.parent, ignore_errors=True)

@@ -727,6 +727,41 @@ def test_train_qualifies_in_the_steps_timing_mode_at_the_models_shapes(monkeypat
     assert seen["verdicts"].graph is graph and seen["verdicts"].shapes["wkv6"] == "B4 T32 H4 K32 V32"
 
 
+def test_train_compiles_its_step_in_the_background_during_the_qualification(monkeypatch):
+    """--kernels auto on a GPU: the training step's own kernel variants (its autocast dtypes and flags, which the
+    per-op qualification does not meet) compile in a subprocess while the gate qualifies; the step is built after
+    waiting for it (at most 20 s); nothing starts for another mode."""
+    from types import SimpleNamespace
+
+    import train
+    from groundthink import precompile
+    events = []
+
+    class FakeBackground:
+        def __init__(self, groups, timeout_s):
+            events.append(groups)
+
+        def wait(self, op, impl, at_most=None):
+            events.append(f"wait {op}/{impl} at most {at_most}")
+            return 2.0, "40 kernel compiles done 30.0 s after the subprocess started, 0 failed"
+
+        def close(self):
+            events.append("close")
+
+    monkeypatch.setattr(precompile, "switched_on", lambda enabled=True: enabled)
+    monkeypatch.setattr(precompile, "Background", FakeBackground)
+    args = SimpleNamespace(kernels="auto", batch_size=4, seq_len=32)
+    bg = train.step_background(args, 104, torch.device("cuda"))
+    assert events == [[[("step", "train", {"kernels": "auto", "batch_size": 4, "seq_len": 32, "vocab_size": 104})]]]
+    said = []
+    train.wait_step_background(bg, said.append)
+    assert events[1:] == ["wait step/train at most 20.0", "close"]
+    assert said == ["training step: waited 2.0 s for its background compile (40 kernel compiles done 30.0 s after "
+                    "the subprocess started, 0 failed)"]
+    assert train.step_background(SimpleNamespace(kernels="triton"), 104, torch.device("cuda")) is None
+    assert train.step_background(args, 104, torch.device("cpu")) is None
+
+
 # ------------------------------------------------------------------------------------ sampling after training
 
 def test_sampling_with_the_references_gives_the_kernels_tokens_and_restores_the_ops():
