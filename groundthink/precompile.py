@@ -528,7 +528,9 @@ def _summary(returncode: int, log: Path) -> str:
 
 
 if __name__ == "__main__":      # python -m groundthink.precompile ITEMS-JSON (Background's subprocess)
-    os.nice(10)                 # the main process's timing comes first
+    ITEMS = json.loads(sys.argv[1])
+    # the main process's timing comes first, then the qualification's compiles, then the training step's
+    os.nice(19 if any(op == STEP for op, _, _ in ITEMS) else 10)
     import kernels  # noqa: F401 - the Triton interpreter switch, before any kernel is defined
-    summary = _compile_items(json.loads(sys.argv[1]), say=lambda line: print(line, flush=True))
+    summary = _compile_items(ITEMS, say=lambda line: print(line, flush=True))
     print(json.dumps(summary), flush=True)
