@@ -275,12 +275,12 @@ class Untuned(Exception):
 
 
 @contextlib.contextmanager
-def compile_only(workers: int | None = None, executor=None, tuned: set | None = None, winners: bool = False):
+def compile_only(workers: int | None = None, executor=None, winners: bool = False):
     """Inside: no Triton kernel runs; every kernel a call meets is compiled instead, all of them concurrently
     (one ``AsyncCompileMode`` for the whole block, on ``executor`` or a pool of ``workers`` threads; the block's
-    end waits for them). An autotuned kernel meeting a new key compiles every config it would benchmark; one
-    whose key is in ``tuned`` (keys already met by this dry run, e.g. at the model's shape) compiles none (the
-    winner is chosen by the main process's benchmark). Its ``best_config`` is set to the first config: host code
+    end waits for them). An autotuned kernel meeting a new key compiles every config it would benchmark; at a
+    key this dry run has met already (the error shape of a kernel whose key ignores the batch) it compiles none
+    (the main process's benchmark chooses the winner, ``compile_winners`` compiles it there). Its ``best_config`` is set to the first config: host code
     reads it after a launch (mamba-ssm sizes its backward reductions by ``kernel.best_config``; without it the
     dry run stopped at the first backward kernel — run 7). Any other Triton kernel compiles with
     ``warmup=True``. For a subprocess whose only job is to fill Triton's disk cache: the outputs stay unwritten,
@@ -294,8 +294,7 @@ def compile_only(workers: int | None = None, executor=None, tuned: set | None = 
     from triton.runtime.jit import JITFunction
     run_tuner, run_jit = Autotuner.run, JITFunction.run
     pool = None if executor else ThreadPoolExecutor(workers or _workers(), thread_name_prefix="precompile")
-    seen = set() if tuned is None else tuned
-    in_tuner = []
+    seen, in_tuner = set(), []
 
     def tuner_run(self, *args, **kwargs):
         key, meta, configs = _tuner_configs(self, args, kwargs)
