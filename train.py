@@ -44,7 +44,7 @@ from groundthink import checkpoint as ckpt
 from groundthink import data as gdata
 from groundthink.cli import DEVICE_DEFAULTS, build_parser, cpu_threads, fill_device_defaults, parse_args  # noqa: F401
 from groundthink.errors import InputError
-from groundthink.precompile import parallel_autotune
+from groundthink.precompile import COMPILES, compiles_since, counting_compiles, parallel_autotune
 from groundthink import monitor
 from groundthink.registry import resolve
 from groundthink.step import TrainStep, group_params
@@ -249,7 +249,8 @@ def main(argv=None) -> dict:
     say = print if master else (lambda *a, **k: None)
     threads = torch.get_num_threads()
     try:
-        return _train(args, device, rank, world, master, say)
+        with counting_compiles():       # the gate's per-item lines and the first step say what compiled where
+            return _train(args, device, rank, world, master, say)
     finally:
         torch.set_num_threads(threads)  # main() may be called in-process (tests): leave the process as found
         if world > 1 and dist.is_initialized():
@@ -332,15 +333,38 @@ def qualify_kernels(args, model, ops, device, master, world, say):
     graph = args.graph != "off"
     shapes = gate.model_shapes(model.config, args.batch_size, args.seq_len, gate.ops_used(model))
     if master:
+        say(f"gate: {time.monotonic() - _T0:.1f} s after the start (imports, data, model)")
         gate.qualify(shapes, graph=graph, say=say, progress=not args.no_progress)
     if world > 1:
         dist.barrier()
     ops = resolve(args.kernels, verdicts=gate.Verdicts(shapes=shapes, graph=graph))
     model.set_ops(ops)
-    say("kernels after qualification:\n" + ops.table())
+    say(f"kernels after qualification ({time.monotonic() - _T0:.1f} s after the start):\n" + ops.table())
     for line in gate.deferred_notes(ops) if master else ():
         say(line)
     return ops
+
+
+def step_background(args, vocab_size: int, device):
+    """--kernels auto on a GPU: a subprocess that compiles, meanwhile, the kernels of one training step at the
+    variants the step calls (precompile._dry_run_step; the qualification meets each op at the bench's dtypes and
+    flags only), so that the training step's construction and capture find them in Triton's disk cache. None
+    when there is nothing to overlap (another mode, no GPU, parallel compile off)."""
+    from groundthink.precompile import STEP, Background, switched_on
+    if args.kernels != "auto" or device.type != "cuda" or not switched_on():
+        return None
+    return Background([[(STEP, "train", dict(clean_args(args), vocab_size=vocab_size))]], timeout_s=600.0)
+
+
+def wait_step_background(background, say) -> None:
+    """Before the training step is built: wait (at most 20 s) for the step's background compile, say what it
+    did, end it."""
+    if background is None:
+        return
+    from groundthink.precompile import STEP
+    waited, what = background.wait(STEP, "train", at_most=20.0)
+    say(f"training step: waited {waited:.1f} s for its background compile ({what})")
+    background.close()
 
 
 def build_run(args, device, rank, world, master, say, ops, state) -> Run:
@@ -348,7 +372,14 @@ def build_run(args, device, rank, world, master, say, ops, state) -> Run:
     tok, corpus, train_ids, val_ids = prepare_data(args, state, master, world, say)
     torch.manual_seed(args.seed)
     model = build_model(args, tok.vocab_size, ops).to(device)
-    ops = qualify_kernels(args, model, ops, device, master, world, say)
+    background = step_background(args, tok.vocab_size, device) if master else None
+    try:
+        ops = qualify_kernels(args, model, ops, device, master, world, say)
+    except BaseException:
+        if background is not None:
+            background.close()
+        raise
+    wait_step_background(background, say)
     opt = make_optimizer(model, args)
     start, gate0 = 0, None
     if state is not None:
@@ -356,9 +387,12 @@ def build_run(args, device, rank, world, master, say, ops, state) -> Run:
         load_optimizer(opt, state["optimizer"])
         start, gate0 = state["step"], state.get("gate0")
         ckpt.set_rng_state(state["rng"])
+    k0 = dict(COMPILES)
     with parallel_autotune():   # its one forward (which weights autocast reads) is the first call of the kernels
         step = TrainStep(model, opt, batch_size=args.batch_size, seq_len=args.seq_len, device=device,
                          grad_clip=args.grad_clip, world=world)
+    if device.type == "cuda":
+        say(f"training step built {time.monotonic() - _T0:.1f} s after the start{compiles_since(k0)}")
     graph = choose_graph(args, device, ops)
     say(f"model {args.model}/{args.size}: {model.num_params():,} parameters; world size {world}; "
         f"{'bf16 autocast' if device.type == 'cuda' else f'fp32, {torch.get_num_threads()} CPU threads'}; "
@@ -409,12 +443,13 @@ def train_loop(run: Run):
 def first_step(run: Run, x, y, step: int):
     """The run's first step: its first call compiles (every autotuned kernel compiles its configs in parallel,
     ``groundthink.precompile``) and, with the graph on, is captured; says how long after the start it launched."""
+    k0 = dict(COMPILES)
     with parallel_autotune():
         if run.graph[0]:
             capture(run, x, y)
         run.ring.push(run.step(x, y, lr_values(run.opt, run.args, step)), step + 1)
     write(run, f"first step launched {time.monotonic() - _T0:.1f} s after the start (imports, data, "
-               "qualification, compilation, autotuning and capture included)")
+               "qualification, compilation, autotuning and capture included)" + compiles_since(k0))
 
 
 def capture(run: Run, x, y):

@@ -93,7 +93,7 @@ from typing import Callable
 import torch
 
 from groundthink.device import gpu_name, gpu_slug, versions, warm_on_side_stream
-from groundthink.precompile import STATS as COMPILE_STATS
+from groundthink.precompile import COMPILES, STATS as COMPILE_STATS, compile_winners, compiles_since
 from groundthink.spec import ROOT, OpSpec, get, specs
 
 TIMINGS = ("eager", "graph")   # timing modes (module docstring); rows of other or no mode deny
@@ -758,7 +758,12 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, device, timing: s
         if impl != spec.reference.name:         # after the timing: the kernels' first call (autotuning) was at
             err = b.err_shape(*shp) if b.err_shape else shp          # the model's shape, which training reuses
             ref = spec.reference.load()
-            row["errors"] = compare(fn, ref, b.make_inputs(*err, True, dtype=dtype, seed=1, device=device))
+
+            def err_inputs():
+                return b.make_inputs(*err, True, dtype=dtype, seed=1, device=device)
+            if cuda and tuple(err) != tuple(shp):   # its kernels specialise anew: compile them all at once first
+                compile_winners(lambda: fwd_bwd_step(fn, err_inputs())[0]())
+            row["errors"] = compare(fn, ref, err_inputs())
     except Exception as e:  # noqa: BLE001 - recorded: the rule denies a kernel that fails to run
         row["note"] = f"{type(e).__name__}: {str(e)[:200]}"
         row["ms"] = None
@@ -796,6 +801,7 @@ def _timing(spec: OpSpec, graph: bool) -> str:
 FIRST_USE_S = {"wkv6/triton": 11.2, "mamba2/mamba_ssm": 52.0}
 BACKGROUND_S = 20.0       # an item expected to take this long compiles in a subprocess from the start (precompile)
 BACKGROUND_REST = 0.4     # what is left of such an item's expected time at most after its background compile
+BACKGROUND_WAIT_S = 20.0  # any other item waits at most this long for its background compile, then compiles itself
 REFERENCE_S = 0.5         # a PyTorch reference otherwise: nothing to compile
 BASE_S, CONFIG_S = 1.5, 0.2   # a kernel otherwise: 1.5 s + 0.2 s per autotune config in its package (run 5 with
                               # parallel compile: glue kernels without autotuning 0.9-2.4 s, gate_norm_residual's
@@ -895,14 +901,20 @@ def _used_anyway(plan: list, path: Path, graph: bool) -> set[str]:
 
 
 def _background(plan: list, cuda: bool, parallel: bool, history: dict):
-    """``precompile.Background`` compiling the plan's items expected to take ``BACKGROUND_S`` or more (not the
-    first item: it starts now anyway), or None (no GPU, no parallel compile, nothing that long)."""
+    """``precompile.Background`` compiling the plan's kernels from the start, so that the main process measures
+    each after its compiles are done instead of compiling it (run 7: the glue's 19.3 s, wkv6/triton's 11.3 s):
+    an item expected to take ``BACKGROUND_S`` or more (mamba-ssm's first use) in a subprocess of its own, every
+    lab kernel in one more subprocess in plan order; None without a GPU or parallel compile, or with nothing to
+    compile (references and peers without a long first use compile no Triton kernel of ours)."""
     from groundthink.precompile import Background, switched_on
     if not (cuda and switched_on(parallel)):
         return None
-    items = [(spec.name, impl.name, shp) for spec, impl, fn, shp in plan[1:] if impl is not spec.reference
-             and not isinstance(fn, Exception) and expected_s(spec, impl, history)[0] >= BACKGROUND_S]
-    return Background(items) if items else None
+    items = [(spec, impl, shp) for spec, impl, fn, shp in plan if impl is not spec.reference
+             and not isinstance(fn, Exception)]
+    long = [(s.name, i.name, shp) for s, i, shp in items if expected_s(s, i, history)[0] >= BACKGROUND_S]
+    rest = [(s.name, i.name, shp) for s, i, shp in items if i.role == "lab" and (s.name, i.name, shp) not in long]
+    groups = [[item] for item in long] + ([rest] if rest else [])
+    return Background(groups) if groups else None
 
 
 def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float,
@@ -950,9 +962,10 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         bar.set_postfix_str(name, refresh=True)
         if not progress and exp >= 20:   # a long item: say so before it starts, so a run cut inside it shows which
             say(f"gate: {name} started (expected {exp:.1f} s: {source})")
-        t1, c1 = time.monotonic(), dict(COMPILE_STATS)
+        t1, c1, k1 = time.monotonic(), dict(COMPILE_STATS), dict(COMPILES)
         if name in in_background:
-            waited, what = background.wait(op, impl.name)
+            long = expected_s(spec, impl, history)[0] >= BACKGROUND_S
+            waited, what = background.wait(op, impl.name, None if long else BACKGROUND_WAIT_S)
             say(f"gate: {name}: waited {waited:.1f} s for its background compile ({what})")
         if isinstance(fn, Exception):
             rows.append(_failed_row(spec, impl, shp, timing[op], fn, device))
@@ -966,7 +979,7 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         spent.setdefault(op, {})[impl.name] = time.monotonic() - t1
         if not progress:   # no bar: one line per item, so a run cut short still shows where its time went
             say(f"gate: {name} measured in {spent[op][impl.name]:.1f} s (expected {exp:.1f} s: {source})"
-                + _compiled_since(c1))
+                + _compiled_since(c1) + compiles_since(k1))
         if impl is not spec.reference:
             first.setdefault(op, spent[op][impl.name])
     bar.close()
@@ -1019,13 +1032,13 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
         f"{'CUDA-graph' if graph else 'eager'} fwd+bwd time vs the reference and installed peers, "
         f"≤ {budget_s:g} s) -> {path}" + (f"; not timed: {', '.join(left)}" if left else ""))
     imports = time.monotonic() - t0
-    from groundthink.precompile import parallel_autotune
+    from groundthink.precompile import counting_compiles, parallel_autotune
     c0 = dict(COMPILE_STATS)
     background = _background(plan, cuda, parallel, history)
     if background:
         say(f"gate: compiling {', '.join(background.names())} in the background meanwhile")
     try:
-        with parallel_autotune(enabled=parallel):
+        with parallel_autotune(enabled=parallel), counting_compiles():
             rows, deferred, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s, history,
                                               deferred_before, _used_anyway(plan, path, graph), background)
     finally:

@@ -22,15 +22,27 @@ its own ``do_bench`` (a caller's choice) is left alone, and the default comes ba
 ``GROUNDTHINK_AUTOTUNE_BENCH_MS="25,100"`` restores Triton's figures. Configs within the noise of each other
 may then swap places; which config is fastest by a clear margin does not change.
 
-Compile in the background (``Background``, ``python -m groundthink.precompile OP IMPL SHAPE``): the gate starts
-a subprocess at the beginning of the qualification for an item expected to take long (mamba-ssm's first use),
-so that its compilation — CPU work — overlaps the timing of the other items. The subprocess builds the op's
-inputs at the model's shape and runs one forward + backward in which no Triton kernel is launched
-(``compile_only``: every autotuned kernel compiles all its configs in parallel and benchmarks none, every other
-Triton kernel compiles with ``warmup=True``); only PyTorch's own small ops between them reach the GPU. The
-binaries land in Triton's disk cache, which the main process then reads when it measures the item (after
-waiting for the subprocess). It runs at a lower CPU priority with two cores fewer than the machine has. Any
-failure there costs nothing but the overlap: the main process compiles what is missing, as before.
+Compile in the background (``Background``, ``python -m groundthink.precompile ITEMS-JSON``): at the start of
+the qualification the gate starts a subprocess for an item expected to take long (mamba-ssm's first use) and
+one more for every lab kernel of the plan, in plan order, so that compilation — CPU work — overlaps the timing
+of the items before them. A subprocess dry-runs each item: one forward + backward at the model's shape and at
+the spec's error shape (what ``gate.measure`` runs) inside ``compile_only``, in which no Triton kernel is
+launched: every kernel the call meets is submitted to one thread pool (one ``AsyncCompileMode`` for the whole
+dry run), an autotuned kernel with every config it would benchmark (nothing at a key it has met already: the
+error shape of a kernel whose key ignores the batch), and its ``best_config`` is set, because host code reads it
+after a launch (mamba-ssm's backward; run 7's subprocess died there, at its first backward kernel, so the main
+process compiled mamba-ssm's 116 configs again). Only PyTorch's own small ops reach the GPU. It says one JSON
+line per item as soon as that item's compiles are done and ends with a JSON summary; the binaries land in
+Triton's disk cache, which the main process reads when it measures the item, right after that line. Per item
+the gate says how many Triton kernels the main process compiled itself and how many it found in the disk cache
+(``counting_compiles``). The subprocesses run at a lower CPU priority with two cores fewer than the machine
+has. Any failure there costs nothing but the overlap: the main process compiles what is missing, as before.
+
+Winners at the error shape (``compile_winners``): the fp64 check runs at a smaller batch, where kernels
+specialise anew (an int argument divisible by 16 at B64 is not at B2: two of wkv6's kernels, most of
+mamba-ssm's) and the winners chosen at the model's shape would compile one after another as the check meets
+them. The main process first dry-runs the check's fwd+bwd with each autotuner compiling only its choice, all
+concurrently; the check then finds them compiled.
 
 Skipped (Triton's path as is): one config after pruning; a key already tuned; a tuning result already in
 Triton's autotune disk cache (``TRITON_CACHE_AUTOTUNING=1``: only the winner would be compiled); the
@@ -50,10 +62,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+_LOADED = time.monotonic()   # the subprocess's start (this module is its first import), for its item lines
 STATS = {"keys": 0, "configs": 0, "seconds": 0.0, "errors": 0, "jit": 0}   # what the helpers did in this process
 # ("jit": kernels without an autotuner compiled by compile_only)
 BENCH_MS = (5, 25)    # warm-up and repetition ms of each config's benchmark inside the helper (Triton: 25, 100)
@@ -128,12 +142,7 @@ def _precompile(tuner, args: tuple, kwargs: dict, pool) -> None:
     key = _tuning_key(tuner, args, kwargs)
     if key in tuner.cache:
         return
-    meta = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
-    tuner.nargs = dict(zip(tuner.arg_names, args))
-    try:
-        configs = tuner.prune_configs(meta)
-    finally:
-        tuner.nargs = None
+    key, meta, configs = _tuner_configs(tuner, args, kwargs)
     if len(configs) <= 1 or _disk_cached(tuner, key, configs):
         return
     t0 = time.monotonic()
@@ -195,115 +204,320 @@ def parallel_autotune(workers: int | None = None, enabled: bool = True):
         pool.shutdown(wait=True)
 
 
-# ------------------------------------------------------------------------------ compile in the background
+COMPILES = {"compiled": 0, "cached": 0}   # Triton compiles in this process inside counting_compiles(): done
+# here, or served by the disk cache (what the background compile left there)
+
 
 @contextlib.contextmanager
-def compile_only(workers: int | None = None):
-    """Inside: no Triton kernel runs. An autotuned kernel meeting a new key compiles every config in parallel
-    (``_precompile``), takes the first without benchmarking and compiles it for the call; any other Triton
-    kernel compiles (``warmup=True``) instead of launching. For a subprocess whose only job is to fill Triton's
-    disk cache; the outputs of the kernels stay unwritten."""
+def counting_compiles():
+    """Inside: every Triton compile of this process is counted in ``COMPILES`` as compiled here or found in the
+    disk cache (Triton's compilation listener; any listener already set still hears every compile). What says,
+    per qualified item, whether the background compile's binaries were reused. A no-op without the knob."""
+    try:
+        from triton import knobs
+        before = knobs.compilation.listener
+    except Exception:  # noqa: BLE001 - an older Triton: nothing counted
+        yield COMPILES
+        return
+    if getattr(before, "_counting", False):      # re-entrant: the outer one counts
+        yield COMPILES
+        return
+    lock = threading.Lock()
+
+    def listener(*, cache_hit: bool, **kwargs):
+        with lock:
+            COMPILES["cached" if cache_hit else "compiled"] += 1
+        if before is not None:
+            before(cache_hit=cache_hit, **kwargs)
+
+    listener._counting = True
+    knobs.compilation.listener = listener
+    try:
+        yield COMPILES
+    finally:
+        knobs.compilation.listener = before
+
+
+def compiles_since(before: dict) -> str:
+    """"; Triton kernels: N compiled here, M from the disk cache" since ``before`` (a copy of ``COMPILES``), or ""."""
+    d = {k: COMPILES[k] - before[k] for k in COMPILES}
+    return f"; Triton kernels: {d['compiled']} compiled here, {d['cached']} from the disk cache" if any(d.values()) \
+        else ""
+
+
+# ------------------------------------------------------------------------------ compile in the background
+
+class _Tagged:
+    """An executor that files every compile it is given under the item being dry-run (``tag``), so that a caller
+    can wait for one item's compiles while the others still run."""
+
+    def __init__(self, pool):
+        self.pool, self.tag, self.futures = pool, None, {}
+
+    def submit(self, fn, *args, **kwargs):
+        future = self.pool.submit(fn, *args, **kwargs)
+        self.futures.setdefault(self.tag, []).append(future)
+        return future
+
+
+def _tuner_configs(tuner, args: tuple, kwargs: dict) -> tuple[tuple, dict, list]:
+    """(tuning key, the call's meta-parameters, the configs ``Autotuner.run`` would benchmark after pruning)."""
+    meta = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
+    tuner.nargs = dict(zip(tuner.arg_names, args))
+    try:
+        return _tuning_key(tuner, args, kwargs), meta, tuner.prune_configs(meta)
+    finally:
+        tuner.nargs = None
+
+
+class Untuned(Exception):
+    """A winners-only dry run met an autotuner that has not chosen for this key: the real call would benchmark."""
+
+
+@contextlib.contextmanager
+def compile_only(workers: int | None = None, executor=None, winners: bool = False):
+    """Inside: no Triton kernel runs; every kernel a call meets is compiled instead, all of them concurrently
+    (one ``AsyncCompileMode`` for the whole block, on ``executor`` or a pool of ``workers`` threads; the block's
+    end waits for them). An autotuned kernel meeting a new key compiles every config it would benchmark; at a
+    key this dry run has met already (the error shape of a kernel whose key ignores the batch) it compiles none
+    (the main process's benchmark chooses the winner, ``compile_winners`` compiles it there). Its ``best_config`` is set to the first config: host code
+    reads it after a launch (mamba-ssm sizes its backward reductions by ``kernel.best_config``; without it the
+    dry run stopped at the first backward kernel — run 7). Any other Triton kernel compiles with
+    ``warmup=True``. For a subprocess whose only job is to fill Triton's disk cache: the outputs stay unwritten,
+    and ``best_config`` is no benchmark's choice — never use it in a process that goes on to run kernels.
+
+    ``winners=True`` (``compile_winners``: safe in a process that runs kernels): an autotuner compiles only the
+    config it has already chosen for the key, and ``best_config`` is that choice (what a real call sets); one
+    that has not chosen raises ``Untuned`` (its real call benchmarks: no dry run can stand in for it)."""
+    from triton.runtime._async_compile import AsyncCompileMode, active_mode
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
     run_tuner, run_jit = Autotuner.run, JITFunction.run
-    pool = ThreadPoolExecutor(workers or _workers(), thread_name_prefix="precompile")
+    pool = None if executor else ThreadPoolExecutor(workers or _workers(), thread_name_prefix="precompile")
+    seen, in_tuner = set(), []
 
     def tuner_run(self, *args, **kwargs):
+        key, meta, configs = _tuner_configs(self, args, kwargs)
+        if winners and key not in self.cache:
+            raise Untuned(f"{getattr(self, 'base_fn', self.fn).__name__} has no choice for {key}")
+        if winners:
+            configs = [self.cache[key]]
+        todo = [] if (id(self), key) in seen and not winners else configs
+        seen.add((id(self), key))
+        in_tuner.append(1)
         try:
-            _precompile(self, args, kwargs, pool)
-        except Exception:  # noqa: BLE001 - fail safe: the call below compiles what is missing
-            STATS["errors"] += 1
-        self.nargs = dict(zip(self.arg_names, args))
-        config = self.prune_configs(kwargs)[0]
-        self.nargs = None
-        return self.fn.run(*args, **dict(kwargs, warmup=True), **config.all_kwargs())
+            for cfg in todo:
+                self.fn.warmup(*args, grid=(1,), **meta, **cfg.all_kwargs())
+        finally:
+            in_tuner.pop()
+        STATS["keys"] += bool(todo)
+        STATS["configs"] += len(todo)
+        self.best_config = configs[0]
 
     def jit_run(self, *args, grid, warmup=False, **kwargs):
-        STATS["jit"] += 1
+        STATS["jit"] += not in_tuner
         return run_jit(self, *args, grid=grid, warmup=True, **kwargs)
 
     Autotuner.run, JITFunction.run = tuner_run, jit_run
     try:
-        yield
+        with AsyncCompileMode(executor or pool, ignore_errors=True):
+            yield
     finally:
+        active_mode.set(None)      # Triton 3.6 leaves the mode set when a compile raised during its exit
         Autotuner.run, JITFunction.run = run_tuner, run_jit
-        pool.shutdown(wait=True)
+        if pool:
+            pool.shutdown(wait=True)
 
 
-def _compile_op(op: str, impl: str, shape: list) -> dict:
-    """One forward + backward of ``op``/``impl`` at ``shape`` on the GPU under ``compile_only``; returns what it
-    compiled: ``STATS`` (its "jit": the other kernels' warm-ups), "seconds" = the whole call's."""
+def compile_winners(call) -> None:
+    """Compile every Triton kernel that ``call`` will launch, concurrently, before it runs: a winners-only dry
+    run (``compile_only(winners=True)``). For the error check at the spec's error shape, where the batch differs
+    from the model's: its kernels specialise anew (an int argument divisible by 16 at B64, not at B2) and would
+    otherwise compile one after another as the check meets them (mamba-ssm's ≈15 kernels, 2 of wkv6's).
+    Stops at an autotuner that has not chosen (the check then tunes it as always); any error: counted, nothing
+    else changes (the call compiles what is missing itself). A no-op where ``switched_on`` is False."""
+    if not switched_on():
+        return
+    try:
+        with compile_only(winners=True):
+            call()
+    except Untuned:
+        pass
+    except Exception:  # noqa: BLE001 - fail safe: the real call compiles what is missing
+        STATS["errors"] += 1
+
+
+def _dry_run(op: str, impl: str, shape: list) -> None:
+    """One forward + backward of ``op``/``impl`` at ``shape`` and at the spec's error shape (what ``gate.measure``
+    runs) inside an active ``compile_only``: the kernels' compiles are submitted, none is waited for."""
     import torch
-    t0 = time.monotonic()
 
     from groundthink.gate import fwd_bwd_step
     from groundthink.spec import get
     spec = get(op)
-    fn = spec.impl(impl).load()
-    inputs = spec.bench.make_inputs(*shape, True, dtype=spec.bench.dtype, device=torch.device("cuda"))
-    with compile_only(max(1, _workers() - 2)):
-        step, _ = fwd_bwd_step(fn, inputs)
+    fn, b = spec.impl(impl).load(), spec.bench
+    err = list(b.err_shape(*shape)) if b.err_shape else shape
+    for shp in [shape] + ([err] if err != list(shape) else []):
+        step, _ = fwd_bwd_step(fn, b.make_inputs(*shp, True, dtype=b.dtype, device=torch.device("cuda")))
         step()
-    torch.cuda.synchronize()
+
+
+STEP = "step"      # the op name of a background item that dry-runs train.py's training step (its "shape": the
+                   # run's arguments as a dict, its vocabulary size under "vocab_size")
+
+
+def _dry_run_step(args: dict, device: str = "cuda") -> None:
+    """One training step of train.py's model (``args``: its arguments) with every op on its first Triton
+    choice (``resolve("triton")``: the lab kernels, the peers where an op has none) inside an active
+    ``compile_only``: the kernels at the variants the step itself calls (its dtypes under autocast, its norms
+    and flags), which the per-op qualification does not meet, so that ``TrainStep`` and the capture find
+    them in the disk cache. Its model and optimizer are its own (their values do not matter)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import train
+    from groundthink.registry import resolve
+    from groundthink.step import TrainStep
+    a = SimpleNamespace(**args)
+    dev = torch.device(device)
+    model = train.build_model(a, a.vocab_size, resolve("triton")).to(dev)
+    opt = train.make_optimizer(model, a)
+    step = TrainStep(model, opt, batch_size=a.batch_size, seq_len=a.seq_len, device=dev, grad_clip=a.grad_clip)
+    x = torch.zeros(a.batch_size, a.seq_len, dtype=torch.long, device=dev)
+    step(x, x, train.lr_values(opt, a, 0))
+
+
+def _compile_items(items: list, say=print) -> dict:
+    """Dry-run every (op, impl, shape) of ``items`` under one ``compile_only`` (their compiles all run
+    concurrently), then say one JSON line per item, in order, as soon as that item's compiles are done
+    (``Background.wait`` reads it), and return the summary ("seconds": the whole call's)."""
+    import torch
+    from concurrent.futures import wait
+    t0 = time.monotonic()
+    pool = ThreadPoolExecutor(max(1, _workers() - 2), thread_name_prefix="precompile")
+    tagged, failed = _Tagged(pool), {}
+    try:
+        with compile_only(executor=tagged):
+            for op, impl, shape in items:
+                tagged.tag = f"{op}/{impl}"
+                try:
+                    _dry_run_step(shape) if op == STEP else _dry_run(op, impl, shape)
+                except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
+                    failed[tagged.tag] = f"{type(e).__name__}: {str(e)[:160]}"
+                    STATS["errors"] += 1
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            for op, impl, _ in items:
+                name = f"{op}/{impl}"
+                futures = tagged.futures.get(name, [])
+                wait(futures)
+                errors = sum(f.exception() is not None for f in futures)
+                say(json.dumps({"item": name, "kernels": len(futures), "errors": errors,
+                                "failed": failed.get(name, ""), "at": round(time.monotonic() - _LOADED, 1)}))
+    finally:
+        pool.shutdown(wait=True)
     return dict(STATS, seconds=round(time.monotonic() - t0, 1))
 
 
 class Background:
     """Subprocesses compiling items of the qualification while the main process times others (module
-    docstring): ``Background([(op, impl, shape), ...])`` starts them, ``wait(op, impl)`` before the item is
-    measured returns (seconds waited, what the subprocess says it did), waiting at most until ``timeout_s`` after
-    the start (then it is ended and the main process compiles what is missing; (0.0, "") if none runs for it);
-    ``close()`` ends what is left. Each subprocess writes into a log in its own temporary folder: its last line is
-    a JSON summary of what it compiled; the log is removed after a success and kept (its path said) otherwise."""
+    docstring): ``Background([[(op, impl, shape), ...], ...])`` starts one subprocess per group (its items
+    compile concurrently, in order of need), ``wait(op, impl)`` before the item is measured returns (seconds
+    waited, what the subprocess says it did for that item) as soon as that item's compiles are done, waiting at
+    most until ``timeout_s`` after the start (then the subprocess is ended and the main process compiles what is
+    missing; (0.0, "") if none runs for it); ``close()`` ends what is left. Each subprocess writes into a log in
+    its own temporary folder: one JSON line per finished item, then a JSON summary; ``close()`` removes the log
+    of a subprocess that succeeded or was ended, and keeps (its path said) that of one that failed."""
 
-    def __init__(self, items, timeout_s: float = 60.0):
-        self.procs: dict[str, tuple[subprocess.Popen, float, Path]] = {}
+    def __init__(self, groups, timeout_s: float = 60.0):
+        self.procs: dict[str, tuple[subprocess.Popen, float, Path]] = {}     # the items not waited for yet
+        self.started: list[tuple[subprocess.Popen, Path]] = []
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-        for op, impl, shape in items:
+        for items in groups:
             log = Path(tempfile.mkdtemp()) / "precompile.log"    # tmpXXXXXXXX: scrub_paths.py knows it
+            arg = json.dumps([list(i) for i in items], default=str)
             try:
                 with open(log, "w") as out:
                     proc = subprocess.Popen(
-                        [sys.executable, "-m", "groundthink.precompile", op, impl, json.dumps(list(shape))],
+                        [sys.executable, "-m", "groundthink.precompile", arg],
                         cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
             except OSError:
                 shutil.rmtree(log.parent, ignore_errors=True)
                 continue
-            self.procs[f"{op}/{impl}"] = (proc, time.monotonic() + timeout_s, log)
+            self.started.append((proc, log))
+            for op, impl, _ in items:
+                self.procs[f"{op}/{impl}"] = (proc, time.monotonic() + timeout_s, log)
 
     def names(self) -> list[str]:
         return list(self.procs)
 
-    def wait(self, op: str, impl: str) -> tuple[float, str]:
-        proc, deadline, log = self.procs.pop(f"{op}/{impl}", (None, 0.0, None))
+    def wait(self, op: str, impl: str, at_most: float | None = None) -> tuple[float, str]:
+        """``at_most``: wait no longer than this for the item (its subprocess goes on for the items after it);
+        otherwise until the subprocess's time limit, where it is ended."""
+        name = f"{op}/{impl}"
+        proc, deadline, log = self.procs.pop(name, (None, 0.0, None))
         if proc is None:
             return 0.0, ""
-        t0, ended = time.monotonic(), ""
-        try:
-            proc.wait(timeout=max(0.0, deadline - t0))
-        except subprocess.TimeoutExpired:
+        t0 = time.monotonic()
+        until = deadline if at_most is None else min(deadline, t0 + at_most)
+        while (done := _item_line(log, name)) is None and proc.poll() is None and time.monotonic() < until:
+            time.sleep(0.05)
+        done = done or _item_line(log, name)
+        waited = time.monotonic() - t0
+        if done is not None:
+            return waited, _item_summary(done)
+        if proc.poll() is None and time.monotonic() < deadline:
+            return waited, "not done yet: measured without it (its subprocess goes on)"
+        ended = ""
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
             ended = "ended at its time limit; "
-        return time.monotonic() - t0, ended + _summary(proc.returncode, log)
+        return waited, ended + _summary(proc.returncode, log)
 
     def close(self) -> None:
-        for proc, _, log in self.procs.values():
+        """End what still runs and remove the logs; a failed subprocess keeps its log (its path was said)."""
+        for proc, log in self.started:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            elif proc.returncode != 0:
+                continue
             shutil.rmtree(log.parent, ignore_errors=True)
         self.procs.clear()
+        self.started.clear()
+
+
+def _lines(log: Path) -> list[str]:
+    return [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
+
+
+def _item_line(log: Path, name: str) -> dict | None:
+    """The JSON line the subprocess wrote when ``name``'s compiles were done, or None (not yet, or never)."""
+    for ln in _lines(log):
+        if ln.startswith('{"item": '):
+            try:
+                done = json.loads(ln)
+            except ValueError:
+                continue
+            if done.get("item") == name:
+                return done
+    return None
+
+
+def _item_summary(done: dict) -> str:
+    return (f"{done['kernels']} kernel compiles done {done['at']:.1f} s after the subprocess started, "
+            f"{done['errors']} failed" + (f"; its dry run stopped early: {done['failed']}" if done["failed"] else ""))
 
 
 def _summary(returncode: int, log: Path) -> str:
     """One line on a finished subprocess: what it compiled (its JSON last line) or why it failed (its last line)."""
-    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
+    lines = _lines(log)
     if returncode == 0 and lines:
         try:
             done = json.loads(lines[-1])
-            shutil.rmtree(log.parent, ignore_errors=True)
             return (f"exit 0 after {done['seconds']:.1f} s: {done['configs']} configs of {done['keys']} autotuned "
                     f"kernels and {done.get('jit', 0)} other kernels compiled, {done['errors']} errors")
         except (ValueError, KeyError, TypeError):
@@ -312,7 +526,10 @@ def _summary(returncode: int, log: Path) -> str:
     return f"exit {returncode}: {last} (log {log})"
 
 
-if __name__ == "__main__":      # python -m groundthink.precompile OP IMPL SHAPE-JSON (Background's subprocess)
-    os.nice(10)                 # the main process's timing comes first
+if __name__ == "__main__":      # python -m groundthink.precompile ITEMS-JSON (Background's subprocess)
+    ITEMS = json.loads(sys.argv[1])
+    # the main process's timing comes first, then the qualification's compiles, then the training step's
+    os.nice(19 if any(op == STEP for op, _, _ in ITEMS) else 10)
     import kernels  # noqa: F401 - the Triton interpreter switch, before any kernel is defined
-    print(json.dumps(_compile_op(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))), flush=True)
+    summary = _compile_items(ITEMS, say=lambda line: print(line, flush=True))
+    print(json.dumps(summary), flush=True)

@@ -330,8 +330,8 @@ def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_pat
         def names(self):
             return ["decay_exp/triton"]
 
-        def wait(self, op, impl):
-            events.append(f"wait {op}/{impl}")
+        def wait(self, op, impl, at_most=None):
+            events.append(f"wait {op}/{impl} at most {at_most}")
             return 1.5, "exit 0 after 1.2 s: 3 configs of 1 autotuned kernels and 2 other kernels compiled, 0 errors"
 
         def close(self):
@@ -348,10 +348,30 @@ def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_pat
     said = []
     gate.qualify({"decay_exp": get("decay_exp").bench.cpu_shapes[0]}, cuda=True, path=tmp_path / "g.json",
                  say=said.append, progress=False, budget_s=45)
-    assert events == ["measure decay_exp/reference", "wait decay_exp/triton", "measure decay_exp/triton", "close"]
+    assert events == ["measure decay_exp/reference", "wait decay_exp/triton at most None", "measure decay_exp/triton",
+                      "close"]
     assert any("decay_exp/triton: waited 1.5 s for its background compile (exit 0 after 1.2 s: 3 configs" in s
                for s in said)
     assert any("compiling in the background for" in s for s in said)
+
+
+def test_every_lab_kernel_compiles_in_the_background_a_long_item_apart(monkeypatch):
+    """Run 7: the glue's compiles took 19.3 s of the main process. Every lab kernel of the plan now compiles in
+    one background subprocess in plan order; an item expected to take ≥ BACKGROUND_S in a subprocess of its
+    own; references (nothing to compile) stay out."""
+    from groundthink import precompile
+    started = []
+    monkeypatch.setattr(precompile, "switched_on", lambda enabled=True: enabled)
+    monkeypatch.setattr(precompile, "Background", lambda groups: started.append(groups) or "bg")
+    monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton": 40.0})
+    shapes = {op: get(op).bench.cpu_shapes[0] for op in ("decay_exp", "wkv6")}
+    plan, _ = gate._plan(shapes, True, gate.Verdicts([]), True)
+    assert gate._background(plan, True, True, {}) == "bg"
+    (long,), rest = started[0][:-1], started[0][-1]
+    assert [(op, impl) for op, impl, _ in long] == [("wkv6", "triton")]
+    lab = [(s.name, i.name) for s, i, _, _ in plan if i.role == "lab" and (s.name, i.name) != ("wkv6", "triton")]
+    assert [(op, impl) for op, impl, _ in rest] == lab and ("decay_exp", "triton") in lab
+    assert gate._background(plan, True, False, {}) is None
 
 
 def test_model_shapes_come_from_the_specs():
@@ -705,6 +725,41 @@ def test_train_qualifies_in_the_steps_timing_mode_at_the_models_shapes(monkeypat
                                                                           {"wkv6", "gate_norm_residual"})
     assert seen["progress"] is False                                       # --no-progress
     assert seen["verdicts"].graph is graph and seen["verdicts"].shapes["wkv6"] == "B4 T32 H4 K32 V32"
+
+
+def test_train_compiles_its_step_in_the_background_during_the_qualification(monkeypatch):
+    """--kernels auto on a GPU: the training step's own kernel variants (its autocast dtypes and flags, which the
+    per-op qualification does not meet) compile in a subprocess while the gate qualifies; the step is built after
+    waiting for it (at most 20 s); nothing starts for another mode."""
+    from types import SimpleNamespace
+
+    import train
+    from groundthink import precompile
+    events = []
+
+    class FakeBackground:
+        def __init__(self, groups, timeout_s):
+            events.append(groups)
+
+        def wait(self, op, impl, at_most=None):
+            events.append(f"wait {op}/{impl} at most {at_most}")
+            return 2.0, "40 kernel compiles done 30.0 s after the subprocess started, 0 failed"
+
+        def close(self):
+            events.append("close")
+
+    monkeypatch.setattr(precompile, "switched_on", lambda enabled=True: enabled)
+    monkeypatch.setattr(precompile, "Background", FakeBackground)
+    args = SimpleNamespace(kernels="auto", batch_size=4, seq_len=32)
+    bg = train.step_background(args, 104, torch.device("cuda"))
+    assert events == [[[("step", "train", {"kernels": "auto", "batch_size": 4, "seq_len": 32, "vocab_size": 104})]]]
+    said = []
+    train.wait_step_background(bg, said.append)
+    assert events[1:] == ["wait step/train at most 20.0", "close"]
+    assert said == ["training step: waited 2.0 s for its background compile (40 kernel compiles done 30.0 s after "
+                    "the subprocess started, 0 failed)"]
+    assert train.step_background(SimpleNamespace(kernels="triton"), 104, torch.device("cuda")) is None
+    assert train.step_background(args, 104, torch.device("cpu")) is None
 
 
 # ------------------------------------------------------------------------------------ sampling after training

@@ -7,7 +7,11 @@ config only."""
 from __future__ import annotations
 
 import inspect
+import json
 import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -47,7 +51,7 @@ class FakeJIT:
                 def finalize(kernel, w=num_warps):
                     self.compiled[w] = kernel
                 extra = [lambda fk: None] if len(inspect.signature(mode.submit).parameters) == 4 else []
-                return mode.submit(("k", num_warps), lambda: self._compile(num_warps), finalize, *extra)
+                return mode.submit(("k", id(self), num_warps), lambda: self._compile(num_warps), finalize, *extra)
             self.compiled[num_warps] = self._compile(num_warps)
         return self.compiled[num_warps]
 
@@ -77,7 +81,7 @@ def _warps(call):
 def on_gpu(monkeypatch):
     """Pretend not to run under the interpreter (the helper is a no-op there)."""
     monkeypatch.setattr(precompile, "_interpreting", lambda: False)
-    monkeypatch.setattr(precompile, "STATS", {"keys": 0, "configs": 0, "seconds": 0.0, "errors": 0})
+    monkeypatch.setattr(precompile, "STATS", {"keys": 0, "configs": 0, "seconds": 0.0, "errors": 0, "jit": 0})
 
 
 def _call(tuner, n=64):
@@ -186,17 +190,121 @@ def test_compile_only_compiles_every_config_and_launches_none(on_gpu):
 
 
 def test_background_says_why_its_subprocess_failed_and_what_a_success_compiled(tmp_path):
-    """A failed background compile reports its exit code and last line (its log kept, path said); a success
-    reports its JSON summary (its log removed). On this CPU machine the subprocess fails: no CUDA device."""
-    bg = precompile.Background([("decay_exp", "triton", [4, 8])], timeout_s=120)
+    """A background item whose dry run failed says why in its line; a subprocess that died says its exit code and
+    last line (its log kept, path said); a success reports its JSON summary (its log removed). On this CPU machine
+    the dry run fails: no CUDA device."""
+    bg = precompile.Background([[("decay_exp", "triton", [4, 8])]], timeout_s=120)
     waited, what = bg.wait("decay_exp", "triton")
-    assert waited >= 0 and what.startswith("exit 1: ") and "(log " in what
-    log = Path(what.rsplit("(log ", 1)[1].rstrip(")"))
-    assert log.exists()
-    shutil.rmtree(log.parent)
+    assert waited >= 0 and what.startswith("0 kernel compiles done ") and "its dry run stopped early: " in what
     assert bg.wait("decay_exp", "triton") == (0.0, "")
+    bg.close()
+    log = tmp_path / "dead" / "precompile.log"
+    log.parent.mkdir()
+    log.write_text("Traceback (most recent call last):\nImportError: no module named torch\n")
+    assert precompile._summary(1, log) == f"exit 1: ImportError: no module named torch (log {log})"
     ok = tmp_path / "one" / "precompile.log"
     ok.parent.mkdir()
     ok.write_text('warming up\n{"keys": 2, "configs": 6, "seconds": 3.31, "errors": 0, "jit": 4}\n')
     assert precompile._summary(0, ok) == ("exit 0 after 3.3 s: 6 configs of 2 autotuned kernels and 4 other kernels "
-                                          "compiled, 0 errors") and not ok.exists()
+                                          "compiled, 0 errors")
+
+
+def test_compile_only_sets_best_config_and_compiles_a_met_key_once(on_gpu, monkeypatch):
+    """Host code that reads ``kernel.best_config`` right after a launch (mamba-ssm's backward sizes its
+    reductions by it) runs through a dry run: run 7's background compile died there, at its first backward
+    kernel, and the main process compiled mamba-ssm's 116 configs again. A key met again (the error shape of a
+    kernel whose key ignores the batch) compiles nothing more; a plain kernel compiles instead of launching."""
+    from triton.runtime.jit import JITFunction
+    warmups = []
+    monkeypatch.setattr(JITFunction, "run", lambda self, *a, grid, warmup=False, **kw: warmups.append(warmup))
+    plain = object.__new__(JITFunction)
+    fn = FakeJIT()
+    tuner = _tuner(fn)
+
+    def wrapper(n):                 # the shape of mamba-ssm's _state_passing_bwd
+        _call(tuner, n)
+        plain.run("x", n, grid=(1,), warmup=False, num_warps=tuner.best_config.num_warps)
+
+    with precompile.compile_only(workers=4):
+        wrapper(64)
+        wrapper(64)
+    assert set(fn.compiled) == set(MS) and precompile.STATS["configs"] == len(MS)
+    assert warmups == [True, True] and precompile.STATS["jit"] == 2
+    assert "compile_only" not in repr(Autotuner.run) and active_mode.get() is None
+
+
+def test_compile_items_says_each_item_as_soon_as_its_compiles_are_done(on_gpu, monkeypatch):
+    """The background subprocess dry-runs every item under one compile_only (all compiles concurrent), then says
+    one line per item in order; an item whose dry run fails says why, and what it compiled still counts."""
+    fns = {"a/x": FakeJIT(), "b/y": FakeJIT()}
+
+    def dry_run(op, impl, shape):
+        _call(_tuner(fns[f"{op}/{impl}"]), shape[0])
+        if op == "b":
+            raise ValueError("bad shape")
+
+    monkeypatch.setattr(precompile, "_dry_run", dry_run)
+    monkeypatch.setattr(precompile, "_workers", lambda: 14)         # as on the H100 host: 12 compile threads
+    monkeypatch.setattr(precompile, "_dry_run_step", lambda args: _call(_tuner(fns["step/train"]), args["n"]))
+    fns["step/train"] = FakeJIT()
+    lines = []
+    summary = precompile._compile_items([["a", "x", [64]], ["b", "y", [32]], ["step", "train", {"n": 16}]],
+                                        say=lines.append)
+    done = [json.loads(ln) for ln in lines]
+    assert [d["item"] for d in done] == ["a/x", "b/y", "step/train"] and [d["kernels"] for d in done] == [len(MS)] * 3
+    assert done[0]["failed"] == "" and done[1]["failed"] == "ValueError: bad shape"
+    assert summary["configs"] == 3 * len(MS) and summary["errors"] == 1
+    assert set(fns["a/x"].compiled) == set(fns["b/y"].compiled) == set(MS)
+
+
+def test_background_wait_returns_when_its_item_is_done_not_when_the_subprocess_ends(tmp_path):
+    """The main process measures an item as soon as the subprocess says its compiles are done; the subprocess
+    still compiling later items is ended by close()."""
+    bg = precompile.Background([])
+    log = Path(tempfile.mkdtemp()) / "precompile.log"
+    line = json.dumps({"item": "a/x", "kernels": 3, "errors": 0, "failed": "", "at": 1.25})
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", f"import time; print({line!r}, flush=True); time.sleep(60)"],
+                                stdout=out)
+    bg.procs = {"a/x": (proc, time.monotonic() + 30, log), "b/y": (proc, time.monotonic() + 30, log)}
+    waited, what = bg.wait("a", "x")
+    assert waited < 20 and what == "3 kernel compiles done 1.2 s after the subprocess started, 0 failed"
+    assert proc.poll() is None and bg.names() == ["b/y"]
+    waited, what = bg.wait("b", "y", at_most=0.2)          # not done: measured without it, the subprocess goes on
+    assert 0.2 <= waited < 5 and what.startswith("not done yet") and proc.poll() is None
+    bg.started = [(proc, log)]
+    bg.close()
+    assert proc.poll() is not None and not log.exists() and bg.names() == []
+
+
+def test_counting_compiles_tells_compiled_from_cached_and_keeps_a_listener():
+    from triton import knobs
+    heard = []
+    knobs.compilation.listener = lambda **kw: heard.append(kw["cache_hit"])
+    try:
+        before = dict(precompile.COMPILES)
+        with precompile.counting_compiles(), precompile.counting_compiles():      # nested: counted once
+            for hit in (True, False, True):
+                knobs.compilation.listener(src=None, metadata={}, metadata_group={}, times=None, cache_hit=hit)
+            assert precompile.compiles_since(before) == "; Triton kernels: 1 compiled here, 2 from the disk cache"
+        assert precompile.COMPILES["cached"] - before["cached"] == 2
+        assert precompile.COMPILES["compiled"] - before["compiled"] == 1 and heard == [True, False, True]
+        assert knobs.compilation.listener is not None and not getattr(knobs.compilation.listener, "_counting", 0)
+    finally:
+        knobs.compilation.listener = None
+
+
+def test_compile_winners_compiles_only_the_chosen_config_and_stops_at_an_untuned_key(on_gpu):
+    """The main process's dry run before the error check (a new specialisation of kernels already tuned at the
+    model's shape): each autotuner compiles only its choice and reports it as best_config, as a real call does;
+    at a key it has not tuned the dry run stops (the real call benchmarks) without error."""
+    fn = FakeJIT()
+    tuner = _tuner(fn)
+    _call(tuner, 64)                                  # Triton's own path: tuned, 4 warps won
+    fn.compiled.clear()
+    tuner.best_config = None
+    precompile.compile_winners(lambda: _call(tuner, 64))
+    assert list(fn.compiled) == [4] and tuner.best_config.num_warps == 4
+    fn.compiled.clear()
+    precompile.compile_winners(lambda: (_call(tuner, 64), _call(tuner, 32)))
+    assert list(fn.compiled) == [4] and precompile.STATS["errors"] == 0 and active_mode.get() is None
