@@ -386,11 +386,16 @@ def _chunk_mode(seq):
 @pytest.mark.parametrize("shape,cu", [((2, 70, 2, 20, 24), None), ((1, 140, 2, 16, 16), [0, 3, 64, 64, 140])],
                          ids=["fixed", "varlen"])
 def test_wkv6_chunk_modes(seq, shape, cu):
-    """Both forward modes of the default algorithm (sequential walk, state pass + parallel chunks) vs fp64."""
+    """Both forward modes of the default algorithm (sequential walk, state pass + parallel chunks) vs fp64, each
+    at the ``state_rows`` knob's 32 and 16 (fixed length in one, varlen in the other; 64, the default, is what every
+    other test runs)."""
+    import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    _check(d, context=f"chunk {shape} cu={cu}", fn=_chunk_mode(seq))
+    rows = 32 if seq == (cu is None) else 16
+    with kc.tuning(state_rows=rows):
+        _check(d, context=f"chunk {shape} cu={cu} state_rows={rows}", fn=_chunk_mode(seq))
 
 
 def test_wkv6_algorithms_agree():
@@ -464,14 +469,29 @@ def test_wkv6_backward_without_saved_states():
         assert rel_err(a, b) < 1e-6
 
 
-@pytest.mark.parametrize("knobs", [dict(piece_bytes=1), dict(save_states=False, piece_bytes=1, scan_fill=True)],
+@pytest.mark.parametrize("knobs", [dict(piece_bytes=1, state_rows=32),
+                                   dict(save_states=False, piece_bytes=1, scan_fill=True)],
                          ids=["saved", "recomputed"])
 def test_wkv6_chunk_memory_knobs(knobs):
     """The chunk algorithm's memory knobs (``chunk.TUNING``: one batch element per backward piece, with the forward's
-    states sliced per piece or recomputed there, narrow scan blocks) vs fp64; B = 2: two pieces."""
+    states (every 32 rows) sliced per piece or recomputed there, narrow scan blocks) vs fp64; B = 2: two pieces."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs):         # forward and backward (compare runs both inside)
         _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))
+
+
+def test_wkv6_chunk_bad_knobs():
+    """A ``state_rows`` value the kernels do not take, or a backward whose ``state_rows`` differs from its forward's
+    (saved states of the wrong spacing), is a one-line error."""
+    import kernels.wkv6.chunk as kc
+    with pytest.raises(ValueError, match="state_rows must be one of"):
+        with kc.tuning(state_rows=48):
+            pass
+    d = make_inputs(1, 20, 1, 16, 16)
+    with kc.tuning(state_rows=16):
+        o, _ = wkv6(d["r"], d["k"], d["v"], d["w"], d["u"])
+    with pytest.raises(ValueError, match="keep the chunk knobs the same"):
+        o.sum().backward()
 
 
 def test_wkv6_chunk_lowmem():

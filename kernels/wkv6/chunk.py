@@ -63,10 +63,9 @@ from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _dims,
                                  _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run, _seq_bounds)
 from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
 
-BT = BT_PAR       # chunk length of the state pass and of the saved states
+BT = BT_PAR       # chunk length of the state pass and of the saved states (default; ``TUNING["state_rows"]``)
 SB = 16           # block length
 LOG = SB.bit_length() - 1   # log2(SB): number of pair levels
-NB = BT // SB     # blocks per chunk
 
 
 @triton.jit
@@ -148,7 +147,7 @@ def _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, r0, i_h, sca
 # ----------------------------------------------------------------------------------------------------------------
 @triton.autotune(configs=autotune_configs([triton.Config({"BV": 64}, num_warps=4, num_stages=1),
                                            triton.Config({"BV": 32}, num_warps=4, num_stages=1)]),
-                 key=["K", "V", "BK", "PREC", "NH_BUCKET"])
+                 key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])
 @triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
 def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T, NT,
                     NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
@@ -183,7 +182,7 @@ def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs
 
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1)]),
-                 key=["K", "V", "BK", "BV", "PREC"])
+                 key=["K", "V", "BT", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
@@ -319,7 +318,7 @@ def _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
                                            triton.Config({}, num_warps=8, num_stages=1)]),
-                 key=["K", "V", "BK", "BV", "PREC", "HALF_B"])
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
                 cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -389,21 +388,22 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     prec = _prec(r.dtype)
     varlen = cu_seqlens is not None
     seq = _use_seq(N, H, V, dev) if _FORCED_SEQ is None else _FORCED_SEQ
-    save = save and (knobs or TUNING)["save_states"]
+    kn = knobs or TUNING
+    save, bt = save and kn["save_states"], kn["state_rows"]
     o = new_empty((B, T, H, V), r.dtype, dev)
-    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev)
+    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
     if seq:
         ht = new_empty((N, H, K, V), torch.float32, dev)
         hs = new_empty((S, H, K, V) if save else (0,), torch.float32, dev)
         cu = cu_seqlens.to(torch.int32) if varlen else cmap
         grid = lambda meta: (_cdiv(V, meta["BV"]), N * H)  # noqa: E731
         _fwd_seq_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht, hs if save else ht, cu, scale, T,
-                              NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=BT, SB=SB, BK=BK, LOG=LOG,
+                              NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG,
                               USE_H0=h0 is not None, VARLEN=varlen, SAVE=save, PREC=prec)
         return o, ht, hs
-    buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd")
+    buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd", bt=bt)
     BV = max(16, min(64, _pow2(V)))
-    _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=BT,
+    _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
                                                  SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, PREC=prec)
     return o, ht, (buf[0] if save else buf.new_empty((0,)))
 
@@ -417,9 +417,15 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   piece_bytes  the backward runs batch slices one after another so that its transient fp32 state buffers stay
 #                under this many bytes (None: one piece; varlen: always one piece);
 #   scan_fill    the backward's reverse state scan uses narrower V-blocks (down to 16) until it has >= #SMs
-#                programs (a piece of one or two batch elements has few (sequence, head) pairs).
-TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False}
-LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True}
+#                programs (a piece of one or two batch elements has few (sequence, head) pairs);
+#   state_rows   rows between the fp32 states of the state pass, the forward's saved states and the backward's
+#                chunks (64, 32 or 16; ``BT`` in the kernels): each backward program (one 16-row block) moves S_c
+#                and D_c over the other blocks of its chunk, 0-3 block updates each at 64 (12 per 64 rows), 0-1 at
+#                32 (4), none at 16; the state buffers and the reverse scan's serial steps grow as 64 / state_rows.
+#                Not yet timed on the GPU (default 64 until it is).
+TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False, "state_rows": BT}
+LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True, "state_rows": BT}
+STATE_ROWS = (16, 32, 64)
 
 
 @contextlib.contextmanager
@@ -429,6 +435,8 @@ def tuning(**knobs):
     bad = set(knobs) - set(TUNING)
     if bad:
         raise ValueError(f"unknown wkv6 chunk knobs {sorted(bad)}; known: {sorted(TUNING)}")
+    if knobs.get("state_rows", BT) not in STATE_ROWS:
+        raise ValueError(f"wkv6 chunk knob state_rows must be one of {STATE_ROWS}; got {knobs['state_rows']!r}")
     old = dict(TUNING)
     TUNING.update(knobs)
     try:
@@ -440,19 +448,20 @@ def tuning(**knobs):
 
 def _state_shape(B, T, H, K, V, N, varlen):
     """Shape of the states the forward saves (empty when ``save_states`` is off)."""
-    return _par_state_shape(B, T, H, K, V, N, varlen) if TUNING["save_states"] else (0,)
+    return _par_state_shape(B, T, H, K, V, N, varlen, TUNING["state_rows"]) if TUNING["save_states"] else (0,)
 
 
-def _bwd_pieces(B, T, H, K, V, recompute, varlen, limit):
-    """Batch ranges [b0, b1) the backward runs one after another (``limit``: the ``piece_bytes`` knob)."""
+def _bwd_pieces(B, T, H, K, V, recompute, varlen, limit, bt):
+    """Batch ranges [b0, b1) the backward runs one after another (``limit``: the ``piece_bytes`` knob; ``bt``: the
+    ``state_rows`` knob)."""
     if varlen or limit is None:
         return [(0, B)]
-    per_b = _cdiv(T, BT) * H * K * V * 4 * (2 if recompute else 1)
+    per_b = _cdiv(T, bt) * H * K * V * 4 * (2 if recompute else 1)
     nb = max(1, min(B, limit // per_b))
     return [(b0, min(B, b0 + nb)) for b0 in range(0, B, nb)]
 
 
-def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, scan_fill):
+def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, scan_fill, bt):
     """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_kernel``, writing into the
     gradient views ``outs`` = (dr, dk, dv, dw). Returns (du [H, K] fp32, dh0 or None)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
@@ -463,12 +472,13 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, scan_fil
         while scan_bv > 16 and N * H * _cdiv(V, scan_bv) < num_sms(dev):
             scan_bv //= 2
     mode = "bwd" if hs is None else "bwd_d"
-    buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv)
+    buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv, bt)
     hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
     dr, dk, dv, dw = outs
-    du_part = new_empty((S * NB, H, K), torch.float32, dev)
-    _bwd_kernel[(S * NB, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K,
-                             V=V, BT=BT, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
+    nb = bt // SB
+    du_part = new_empty((S * nb, H, K), torch.float32, dev)
+    _bwd_kernel[(S * nb, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K,
+                             V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
                              PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype))
     return du_part.sum(0), dh0
 
@@ -480,14 +490,18 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None, 
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     saved = states is not None and states.numel() > 0
     outs = [new_empty(x.shape, x.dtype, r.device) for x in (r, k, v, w)]
-    NT = _cdiv(T, BT)
-    pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None, kn["piece_bytes"])
+    bt = kn["state_rows"]
+    NT = _cdiv(T, bt)
+    if saved and states.shape != _par_state_shape(B, T, H, K, V, N, cu_seqlens is not None, bt):
+        raise ValueError(f"wkv6: the forward saved states of shape {tuple(states.shape)}, not those of state_rows = "
+                         f"{bt}; keep the chunk knobs the same for the forward and its backward")
+    pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None, kn["piece_bytes"], bt)
     dus, dh0s = [], []
     for b0, b1 in pieces:
         cut = lambda x: x if x is None or len(pieces) == 1 else x[b0:b1]  # noqa: E731
         hs = None if not saved else states if len(pieces) == 1 else states[b0 * NT:b1 * NT]
         du, dh0 = _bwd_piece(cut(r), cut(k), cut(v), cut(w), u, cut(do), cut(dht), cut(h0), cu_seqlens, scale, hs,
-                             [cut(g) for g in outs], kn["scan_fill"])
+                             [cut(g) for g in outs], kn["scan_fill"], bt)
         dus.append(du)
         dh0s.append(dh0)
     du = (dus[0] if len(dus) == 1 else torch.stack(dus).sum(0)).to(u.dtype)
