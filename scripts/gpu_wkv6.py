@@ -430,7 +430,7 @@ def regs():
                 sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
             m = re.search(r"REG:(\d+) STACK:(\d+)", out)
             n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4}\*/", sass, flags=re.M))
-            tag = "" if "HALF_B" not in consts else f"[HALF_B={consts['HALF_B']} BT={consts['BT']}]"
+            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT") if c in consts)
             print(name + tag, nw, m.group(1), m.group(2), n_ins, flush=True)
 
 
