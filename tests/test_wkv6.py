@@ -106,7 +106,14 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
     _check(d, context=f"{shape} {decay}", fn=fn)
 
 
-@FNS_ALL
+def _move_dot(*a, **k):
+    """The default algorithm with the backward's ``state_move`` knob at "dot"."""
+    import kernels.wkv6.chunk as kc
+    with kc.tuning(state_move="dot"):
+        return wkv6(*a, **k)
+
+
+@pytest.mark.parametrize("fn", [*ALGOS, _move_dot], ids=["chunk", "fused", "chunk_movedot"])
 def test_wkv6_extreme_decay(fn):
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
@@ -387,15 +394,16 @@ def _chunk_mode(seq):
                          ids=["fixed", "varlen"])
 def test_wkv6_chunk_modes(seq, shape, cu):
     """Both forward modes of the default algorithm (sequential walk, state pass + parallel chunks) vs fp64, each
-    at the ``state_rows`` knob's 32 and 16 (fixed length in one, varlen in the other; 64, the default, is what every
-    other test runs)."""
+    with the backward knobs off their defaults (which every other test runs): ``state_rows`` 32 / 16 and
+    ``state_move`` "dot" at 64 / 32, fixed length and varlen."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    rows = 32 if seq == (cu is None) else 16
-    with kc.tuning(state_rows=rows):
-        _check(d, context=f"chunk {shape} cu={cu} state_rows={rows}", fn=_chunk_mode(seq))
+    knobs = {(True, True): dict(state_rows=32), (True, False): dict(state_move="dot"),
+             (False, True): dict(state_rows=16), (False, False): dict(state_rows=32, state_move="dot")}
+    with kc.tuning(**knobs[seq, cu is None]):
+        _check(d, context=f"chunk {shape} cu={cu} {knobs[seq, cu is None]}", fn=_chunk_mode(seq))
 
 
 def test_wkv6_algorithms_agree():
@@ -481,11 +489,14 @@ def test_wkv6_chunk_memory_knobs(knobs):
 
 
 def test_wkv6_chunk_bad_knobs():
-    """A ``state_rows`` value the kernels do not take, or a backward whose ``state_rows`` differs from its forward's
+    """A ``state_rows`` / ``state_move`` value the kernels do not take, or a backward whose ``state_rows`` differs from its forward's
     (saved states of the wrong spacing), is a one-line error."""
     import kernels.wkv6.chunk as kc
     with pytest.raises(ValueError, match="state_rows must be one of"):
         with kc.tuning(state_rows=48):
+            pass
+    with pytest.raises(ValueError, match="state_move must be one of"):
+        with kc.tuning(state_move="jump"):
             pass
     d = make_inputs(1, 20, 1, 16, 16)
     with kc.tuning(state_rows=16):

@@ -258,22 +258,46 @@ def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constex
 
 
 @triton.jit
+def _moved_by_dot(b_x, a_ptr, b_ptr, w_ptr, bos, c0, L, i_h, scale, o_k, o_v, m_k, m_v, lo, hi, H: tl.constexpr,
+                  K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, EARLIER: tl.constexpr):
+    """A state moved over the chunk rows lo <= x < hi (chunk-local) in one dot, no block-by-block chain:
+    EARLIER (S over earlier rows): diag(exp(Σ w)) S + (a ⊙ exp(R))ᵀ b, R_s = Σ_{s<x<hi} w_x (a = k, b = v);
+    else (D over later rows): diag(exp(Σ w)) D + (a ⊙ exp(P))ᵀ b, P_t = Σ_{lo<=x<t} w_x (a = q·scale, b = do).
+    The [BT, BK] tiles of the whole chunk, rows outside [lo, hi) masked to 0: R, P are sums of terms of one sign (a
+    masked cumsum, as ``_state_over_block``'s), every exponent <= 0."""
+    o_r = tl.arange(0, BT)
+    m_in = ((o_r >= lo) & (o_r < hi))[:, None]
+    b_w = tl.where(m_in, _clamp_w(_load_rows(w_ptr, bos, c0, L, i_h, o_r, o_k, m_k, H, K, BT, 0)), 0.)
+    b_a = _load_rows(a_ptr, bos, c0, L, i_h, o_r, o_k, m_k, H, K, BT, 0) * scale
+    b_b = _load_rows(b_ptr, bos, c0, L, i_h, o_r, o_v, m_v, H, V, BT, 0)
+    b_ad = tl.where(m_in, b_a * tl.exp(tl.cumsum(b_w, axis=0, reverse=EARLIER) - b_w), 0.)
+    return b_x * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_ad), b_b, input_precision=PREC)
+
+
+@triton.jit
 def _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale, o_t, o_k,
                   o_v, m_k, m_v, o_kv, m_kv, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                  SB: tl.constexpr, PREC: tl.constexpr):
+                  SB: tl.constexpr, PREC: tl.constexpr, MOVE_DOT: tl.constexpr):
     """S at the start of block i_m of the chunk at c0 (slot i_s) and dL/dS at its end [BK, BV] fp32: S_c / D_c
-    moved over the chunk's earlier / later blocks."""
+    moved over the chunk's earlier / later blocks (MOVE_DOT: in one masked dot each over the whole chunk, else
+    block by block)."""
     p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
     m_kv = m_kv & (o_kv * 0 + c0 < L)
     b_h = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
-    b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
-    nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows (the rest: no-ops)
-    for j in range(0, tl.minimum(i_m, nb)):
-        b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K,
-                                V, SB, PREC)
-    for j in range(0, nb - 1 - i_m):
-        b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + (nb - 1 - j) * SB, L, i_h, scale, o_t, o_k,
-                                o_v, m_k, m_v, H, K, V, SB, PREC)
+    if MOVE_DOT:        # D_c loaded after S is moved: one [K, V] state fewer live beside the move's [BT, *] tiles
+        b_h = _moved_by_dot(b_h, k_ptr, v_ptr, w_ptr, bos, c0, L, i_h, 1., o_k, o_v, m_k, m_v, 0, i_m * SB, H, K,
+                            V, BT, PREC, True)
+        b_dh = _moved_by_dot(tl.load(hd_ptr + p_s, mask=m_kv, other=0.), q_ptr, do_ptr, w_ptr, bos, c0, L, i_h, scale,
+                             o_k, o_v, m_k, m_v, (i_m + 1) * SB, BT, H, K, V, BT, PREC, False)
+    else:
+        b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
+        nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows (the rest: no-ops)
+        for j in range(0, tl.minimum(i_m, nb)):
+            b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H,
+                                    K, V, SB, PREC)
+        for j in range(0, nb - 1 - i_m):
+            b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + (nb - 1 - j) * SB, L, i_h, scale, o_t,
+                                    o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
     return b_h, b_dh
 
 
@@ -318,21 +342,21 @@ def _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
                                            triton.Config({}, num_warps=8, num_stages=1)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B", "MOVE_DOT"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
                 cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr,
-                VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
+                VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, MOVE_DOT: tl.constexpr):
     """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V). hs / hd [slots, H, K, V] fp32: the
     state at each chunk start / dL/dS at each chunk end; do/dv [B·T, H, V], dq/dk/dw [B·T, H, K] (input dtypes),
     du [slots · BT/SB, H, K] fp32 partial rows. Other layouts as ``_fwd_par_kernel``. HALF_B (half inputs): the
-    dot B = do vᵀ runs on do and v in their own dtype (``common._half_dot``)."""
+    dot B = do vᵀ runs on do and v in their own dtype (``common._half_dot``). MOVE_DOT: the ``state_move`` knob."""
     pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
     o_t = tl.arange(0, SB)
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
     b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale,
-                              o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
+                              o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC, MOVE_DOT)
     # ---- the block-crossing terms first (S_m and D_m die there), then the block's own pairs
     b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
@@ -422,10 +446,14 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                chunks (64, 32 or 16; ``BT`` in the kernels): each backward program (one 16-row block) moves S_c
 #                and D_c over the other blocks of its chunk, 0-3 block updates each at 64 (12 per 64 rows), 0-1 at
 #                32 (4), none at 16; the state buffers and the reverse scan's serial steps grow as 64 / state_rows.
-#                Not yet timed on the GPU (default 64 until it is).
-TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False, "state_rows": BT}
-LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True, "state_rows": BT}
+#                Not yet timed on the GPU (default 64 until it is);
+#   state_move   how a backward program moves S_c / D_c to its block: "walk" (block by block, a chain of 16-row
+#                updates) or "dot" (one masked [K, BT] x [BT, V] dot each over the chunk's earlier / later rows: no
+#                chain, 4x the flops of the longest walk). Not yet timed on the GPU (default "walk" until it is).
+TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False, "state_rows": BT, "state_move": "walk"}
+LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True, "state_rows": BT, "state_move": "walk"}
 STATE_ROWS = (16, 32, 64)
+STATE_MOVES = ("walk", "dot")
 
 
 @contextlib.contextmanager
@@ -437,6 +465,8 @@ def tuning(**knobs):
         raise ValueError(f"unknown wkv6 chunk knobs {sorted(bad)}; known: {sorted(TUNING)}")
     if knobs.get("state_rows", BT) not in STATE_ROWS:
         raise ValueError(f"wkv6 chunk knob state_rows must be one of {STATE_ROWS}; got {knobs['state_rows']!r}")
+    if knobs.get("state_move", "walk") not in STATE_MOVES:
+        raise ValueError(f"wkv6 chunk knob state_move must be one of {STATE_MOVES}; got {knobs['state_move']!r}")
     old = dict(TUNING)
     TUNING.update(knobs)
     try:
@@ -461,13 +491,14 @@ def _bwd_pieces(B, T, H, K, V, recompute, varlen, limit, bt):
     return [(b0, min(B, b0 + nb)) for b0 in range(0, B, nb)]
 
 
-def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, scan_fill, bt):
+def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn):
     """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_kernel``, writing into the
     gradient views ``outs`` = (dr, dk, dv, dw). Returns (du [H, K] fp32, dh0 or None)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
     scan_bv = None
-    if scan_fill:
+    bt = kn["state_rows"]
+    if kn["scan_fill"]:
         scan_bv = 64
         while scan_bv > 16 and N * H * _cdiv(V, scan_bv) < num_sms(dev):
             scan_bv //= 2
@@ -479,7 +510,8 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, scan_fil
     du_part = new_empty((S * nb, H, K), torch.float32, dev)
     _bwd_kernel[(S * nb, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K,
                              V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
-                             PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype))
+                             PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype),
+                             MOVE_DOT=kn["state_move"] == "dot")
     return du_part.sum(0), dh0
 
 
@@ -501,7 +533,7 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None, 
         cut = lambda x: x if x is None or len(pieces) == 1 else x[b0:b1]  # noqa: E731
         hs = None if not saved else states if len(pieces) == 1 else states[b0 * NT:b1 * NT]
         du, dh0 = _bwd_piece(cut(r), cut(k), cut(v), cut(w), u, cut(do), cut(dht), cut(h0), cu_seqlens, scale, hs,
-                             [cut(g) for g in outs], kn["scan_fill"], bt)
+                             [cut(g) for g in outs], kn)
         dus.append(du)
         dh0s.append(dh0)
     du = (dus[0] if len(dus) == 1 else torch.stack(dus).sum(0)).to(u.dtype)
