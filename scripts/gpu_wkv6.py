@@ -15,9 +15,9 @@ four input gradients included). Env: WKV6_ALGOS (comma list of the names in ALGO
 WKV6_SMOKE=1 runs the whole flow on CPU (interpreter, tiny shapes, one timed call instead of do_bench: checks the
 script, measures nothing). Run the first call's measurement with a fresh TRITON_CACHE_DIR. ``--regs``
 (no GPU needed): registers, spill stack and SASS instructions of ``_bwd_kernel``, ``_fwd_seq_kernel`` and the state
-scan as compiled for sm_90 on this machine (WKV6_REGS_ONLY picks kernels;
-WKV6_REGS_BT / WKV6_REGS_MOVE: comma lists of the backward's ``state_rows`` / ``state_move`` knobs to compile); ``--host`` (CPU): host µs per call with
-every Triton launch stubbed.
+scan as compiled for sm_90 on this machine (WKV6_REGS_ONLY picks kernels; WKV6_REGS_BT / WKV6_REGS_MOVE: comma
+lists of the backward's ``state_rows`` / ``state_move`` knob values to compile); ``--host`` (CPU): host µs per call
+with every Triton launch stubbed.
 
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; named in WKV6_ALGOS only, forward: the
 sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem (``LOWMEM``:

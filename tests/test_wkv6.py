@@ -489,8 +489,8 @@ def test_wkv6_chunk_memory_knobs(knobs):
 
 
 def test_wkv6_chunk_bad_knobs():
-    """A ``state_rows`` / ``state_move`` value the kernels do not take, or a backward whose ``state_rows`` differs from its forward's
-    (saved states of the wrong spacing), is a one-line error."""
+    """A ``state_rows`` / ``state_move`` value the kernels do not take, or a backward whose ``state_rows`` differs
+    from its forward's (saved states of the wrong spacing), is a one-line error."""
     import kernels.wkv6.chunk as kc
     with pytest.raises(ValueError, match="state_rows must be one of"):
         with kc.tuning(state_rows=48):

@@ -48,6 +48,14 @@ state buffers stay bounded: at B8 T4096 H32 lowmem's extra peak of fwd+bwd is 0.
 harness also timed ~0.5 ms of .grad accumulation; not re-timed) against the default's 1.18 GiB and 8.86 ms (run 7):
 the reverse scan is latency-bound and runs once per slice. Splitting V across backward programs
 ([K, 32] states, fp32 partial sums) was measured too and lost (bwd kernel 6.7 → 12.4 ms: still 255 registers).
+
+Backward state knobs (``TUNING``; not yet timed on the GPU, defaults = the run-7 kernels): ``state_rows`` (the
+chunk length BT of the state pass, the saved states and the backward grid: 64, 32 or 16) — a block program moves
+S_c / D_c over 0–3 other blocks at 64 (12 block updates per 64 rows), 0–1 at 32 (4), none at 16, for 64 / BT times
+the fp32 state memory and the reverse scan's serial steps; ``state_move`` "dot" — S_m and D_m in one masked dot each
+over the chunk's earlier / later rows, S_m = diag(exp(Σ w)) S_c + (k ⊙ exp(R))ᵀ v with R_s = Σ_{s<x<block start} w_x
+and D_m likewise with P_t = Σ_{block end<=x<t} w_x (masked cumsums over the chunk: same-sign sums, every
+exponent ≤ 0) — no chain of block updates and one load wait, for [BT, K] tiles of the whole chunk.
 """
 from __future__ import annotations
 
@@ -59,8 +67,9 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty, num_sms
-from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _dims, _half_dot, _kv_ranges,
-                                 _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run, _seq_bounds)
+from kernels.wkv6.common import (_bonus_bwd, _cdiv, _chunk_loc, _clamp_w, _cross_bwd, _dims, _half_dot, _kv_ranges,
+                                 _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run, _seq_bounds,
+                                 _store_dqkw)
 from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states (default; ``TUNING["state_rows"]``)
@@ -321,10 +330,8 @@ def _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_B, b_u, b_dq, b_dk, b_dv, b_dw
     b_A, b_dq, b_dk, b_dw = _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB, LOG, PREC)
     b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
     b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
-    b_vd = tl.sum(b_v * b_do, axis=1)
-    b_dq += b_u[None, :] * b_k * b_vd[:, None]
-    b_dk += b_u[None, :] * b_q * b_vd[:, None]
-    return b_dq, b_dk, b_dv, b_dw, tl.sum(b_q * b_k * b_vd[:, None], axis=0)
+    b_dq, b_dk, b_du = _bonus_bwd(b_q, b_k, b_v, b_do, b_u, b_dq, b_dk)
+    return b_dq, b_dk, b_dv, b_dw, b_du
 
 
 @triton.jit
@@ -334,9 +341,7 @@ def _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_
     dtypes and its du partial row du[pid, i_h] [K] fp32."""
     m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
     tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
-    tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
-    tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
-    tl.store(dw_ptr + p_k, tl.where(b_wr > 0, 0., b_dw).to(dw_ptr.dtype.element_ty), mask=m_tk)
+    _store_dqkw(b_dq, b_dk, b_dw, b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
     tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
 
 

@@ -150,6 +150,25 @@ def _state_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, b_A, b_dq, b_dk, b_dw, PREC:
 
 
 @triton.jit
+def _bonus_bwd(b_q, b_k, b_v, b_do, b_u, b_dq, b_dk):
+    """The bonus term's backward for rows [R, BK] (q already scaled; fp32): dq += u ⊙ k (v·do), dk += u ⊙ q (v·do).
+    Returns (dq, dk, du part [BK] = Σ_t q ⊙ k (v·do))."""
+    b_vd = tl.sum(b_v * b_do, axis=1)
+    b_dq += b_u[None, :] * b_k * b_vd[:, None]
+    b_dk += b_u[None, :] * b_q * b_vd[:, None]
+    return b_dq, b_dk, tl.sum(b_q * b_k * b_vd[:, None], axis=0)
+
+
+@triton.jit
+def _store_dqkw(b_dq, b_dk, b_dw, b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale):
+    """Stores rows of dq (× scale), dk and dw (0 where the raw w > 0: the clamp passes no gradient) in the
+    gradients' dtypes; p_k / m_tk: offsets and mask [R, BK] of the rows."""
+    tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(dw_ptr + p_k, tl.where(b_wr > 0, 0., b_dw).to(dw_ptr.dtype.element_ty), mask=m_tk)
+
+
+@triton.jit
 def _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT: tl.constexpr, VARLEN):
     """Chunk slot i_s -> (sequence n, chunk index in the sequence, bos, sequence length). Slots of a sequence:
     n·NT + i (fixed length) or bos//BT + n + i (varlen; cmap[slot] = n, host-computed; unused slots get a chunk
