@@ -558,6 +558,19 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("knobs", [dict(state_rows=32), dict(state_rows=16), dict(state_move="dot"),
+                                   dict(state_rows=32, state_move="dot")],
+                         ids=["rows32", "rows16", "movedot", "rows32_movedot"])
+@pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
+def test_wkv6_gpu_chunk_knobs(knobs, dtype, bound):
+    """The chunk backward's ``state_rows`` / ``state_move`` knobs compiled for the GPU (bf16 through HALF_B), vs
+    fp64: T = 300 (a partial last chunk at every state_rows), K = V = 64, strong decay, h0."""
+    import kernels.wkv6.chunk as kc
+    with kc.tuning(**knobs):
+        _gpu_check(2, 300, 3, 64, 64, dtype, bound)
+
+
+@pytest.mark.gpu
 @FNS
 def test_wkv6_gpu_bf16_fp32_u(fn):
     """bf16 r, k, v, w with an fp32 u: du comes back in fp32 and meets the 2e-3 bound like every other gradient."""
