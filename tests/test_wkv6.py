@@ -499,7 +499,7 @@ def test_wkv6_chunk_bad_knobs():
         with kc.tuning(state_move="jump"):
             pass
     d = make_inputs(1, 20, 1, 16, 16)
-    with kc.tuning(state_rows=16):
+    with kc.tuning(state_rows=16), kc.forward_mode(True):     # the walk keeps states (the state pass: none)
         o, _ = wkv6(d["r"], d["k"], d["v"], d["w"], d["u"])
     with pytest.raises(ValueError, match="keep the chunk knobs the same"):
         o.sum().backward()

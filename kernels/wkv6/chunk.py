@@ -408,6 +408,15 @@ def forward_mode(seq: bool):
         _FORCED_SEQ = old
 
 
+def _fwd_plan(N, H, V, device, knobs):
+    """(sequential walk?, whether the forward keeps its chunk-start states for the backward). The state-pass
+    forward always runs at 64-row chunks (its scan is latency-bound: shorter chunks would add serial steps to the
+    forward) and keeps them only when the backward wants 64-row states; else the backward's state pass recomputes
+    S_c beside D_c (its two scan directions run side by side)."""
+    seq = _use_seq(N, H, V, device) if _FORCED_SEQ is None else _FORCED_SEQ
+    return seq, knobs["save_states"] and (seq or knobs["state_rows"] == BT)
+
+
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None):
     """o, final state and (if save) the chunk-start states for the backward (else an empty tensor). ``knobs``:
     the memory knobs (default ``TUNING``; ``wkv6_chunk_lowmem`` passes ``LOWMEM``)."""
@@ -416,9 +425,9 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     dev = r.device
     prec = _prec(r.dtype)
     varlen = cu_seqlens is not None
-    seq = _use_seq(N, H, V, dev) if _FORCED_SEQ is None else _FORCED_SEQ
     kn = knobs or TUNING
-    save, bt = save and kn["save_states"], kn["state_rows"]
+    seq, keep = _fwd_plan(N, H, V, dev, kn)
+    save, bt = save and keep, (kn["state_rows"] if seq else BT)
     o = new_empty((B, T, H, V), r.dtype, dev)
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
     if seq:
@@ -451,6 +460,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                chunks (64, 32 or 16; ``BT`` in the kernels): each backward program (one 16-row block) moves S_c
 #                and D_c over the other blocks of its chunk, 0-3 block updates each at 64 (12 per 64 rows), 0-1 at
 #                32 (4), none at 16; the state buffers and the reverse scan's serial steps grow as 64 / state_rows.
+#                The state-pass forward (few programs) stays at 64 and keeps no states then (``_fwd_plan``).
 #                Not yet timed on the GPU (default 64 until it is);
 #   state_move   how a backward program moves S_c / D_c to its block: "walk" (block by block, a chain of 16-row
 #                updates) or "dot" (one masked [K, BT] x [BT, V] dot each over the chunk's earlier / later rows: no
@@ -481,9 +491,10 @@ def tuning(**knobs):
         TUNING.update(old)
 
 
-def _state_shape(B, T, H, K, V, N, varlen):
-    """Shape of the states the forward saves (empty when ``save_states`` is off)."""
-    return _par_state_shape(B, T, H, K, V, N, varlen, TUNING["state_rows"]) if TUNING["save_states"] else (0,)
+def _state_shape(B, T, H, K, V, N, varlen, device):
+    """Shape of the states the forward saves (empty when it keeps none: ``_fwd_plan``)."""
+    keep = _fwd_plan(N, H, V, device, TUNING)[1]
+    return _par_state_shape(B, T, H, K, V, N, varlen, TUNING["state_rows"]) if keep else (0,)
 
 
 def _bwd_pieces(B, T, H, K, V, recompute, varlen, limit, bt):

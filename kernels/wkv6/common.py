@@ -234,7 +234,7 @@ def _make_ops(name: str, fwd_impl, bwd_impl, state_shape):
     """Register ``groundthink::{name}_fwd`` / ``{name}_bwd`` for one algorithm, with fake (meta) kernels and the
     autograd formula; return the forward op wrapped in ``kernels._eager.EagerOp`` (the custom ops while torch.compile
     traces; eager calls run the same impls and formula through a plain autograd.Function, or the forward impl alone
-    when no gradient is needed). ``state_shape(B, T, H, K, V, N, varlen)`` is the shape of the fp32 chunk states the
+    when no gradient is needed). ``state_shape(B, T, H, K, V, N, varlen, device)`` is the shape of the fp32 chunk states the
     forward saves for the backward when ``save_states``."""
 
     @torch.library.custom_op(f"groundthink::{name}_fwd", mutates_args=())
@@ -246,7 +246,7 @@ def _make_ops(name: str, fwd_impl, bwd_impl, state_shape):
     @fwd_op.register_fake
     def _(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states=False):
         B, T, H, K, V, N = _dims(r, v, cu_seqlens)
-        hs = r.new_empty(state_shape(B, T, H, K, V, N, cu_seqlens is not None) if save_states else (0,),
+        hs = r.new_empty(state_shape(B, T, H, K, V, N, cu_seqlens is not None, r.device) if save_states else (0,),
                          dtype=torch.float32)
         return r.new_empty((B, T, H, V)), r.new_empty((N, H, K, V), dtype=torch.float32), hs
 

@@ -321,7 +321,7 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs=None):
 
 
 _wkv6_fused_fwd_op = _make_ops("wkv6_fused", _fwd_impl, _bwd_impl,
-                         lambda B, T, H, K, V, N, varlen: _ckpt_shape(B, T, H, K, V, N))
+                         lambda B, T, H, K, V, N, varlen, device: _ckpt_shape(B, T, H, K, V, N))
 
 
 def wkv6_fused(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
