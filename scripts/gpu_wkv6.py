@@ -25,7 +25,8 @@ recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``
 chunk_rows32 / chunk_rows16 (``state_rows``: fp32 states every 32 / 16 rows instead of 64, so that a backward
 program moves S and D over 0-1 / no other blocks instead of 0-3; twice / four times the state memory),
 chunk_movedot / chunk_rows32_movedot (``state_move`` "dot": S and D moved to the block by one masked dot each over
-the chunk's other rows instead of a chain of 16-row updates). Run 5 also
+the chunk's other rows instead of a chain of 16-row updates); these four keep the default's forward mode (the
+walk where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 6 two split backwards (chunk_split,
 chunk_split_blk: two kernels joined through fp32 partials): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
 """
@@ -98,11 +99,12 @@ def _chunk_mode(seq):
     return f
 
 
-VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM,
-            "chunk_rows32": dict(state_rows=32), "chunk_rows16": dict(state_rows=16),
-            "chunk_movedot": dict(state_move="dot"), "chunk_rows32_movedot": dict(state_rows=32, state_move="dot")}
+VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
+KNOBS = {"chunk_rows32": dict(state_rows=32), "chunk_rows16": dict(state_rows=16),      # forward mode: the default's
+         "chunk_movedot": dict(state_move="dot"), "chunk_rows32_movedot": dict(state_rows=32, state_move="dot")}
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
-         **{n: _chunk_mode(True) for n in VARIANTS}}
+         **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS}}
+VARIANTS.update(KNOBS)
 ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", "chunk,chunk_seq,chunk_par,fused").split(",")}
 
 
