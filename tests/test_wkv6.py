@@ -482,9 +482,10 @@ def test_wkv6_backward_without_saved_states():
                          ids=["saved", "recomputed"])
 def test_wkv6_chunk_memory_knobs(knobs):
     """The chunk algorithm's memory knobs (``chunk.TUNING``: one batch element per backward piece, with the forward's
-    states (every 32 rows) sliced per piece or recomputed there, narrow scan blocks) vs fp64; B = 2: two pieces."""
+    states (every 32 rows: the walk keeps them) sliced per piece or recomputed there, narrow scan blocks) vs fp64;
+    B = 2: two pieces."""
     import kernels.wkv6.chunk as kc
-    with kc.tuning(**knobs):         # forward and backward (compare runs both inside)
+    with kc.tuning(**knobs), kc.forward_mode(knobs.get("save_states", True)):   # forward and backward inside
         _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))
 
 
