@@ -25,8 +25,10 @@ recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``
 chunk_rows32 / chunk_rows16 (``state_rows``: fp32 states every 32 / 16 rows instead of 64, so that a backward
 program moves S and D over 0-1 / no other blocks instead of 0-3; twice / four times the state memory),
 chunk_movedot / chunk_rows32_movedot (``state_move`` "dot": S and D moved to the block by one masked dot each over
-the chunk's other rows instead of a chain of 16-row updates); these four keep the default's forward mode (the
-walk where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 5 also
+the chunk's other rows instead of a chain of 16-row updates), chunk_carry (``state_move`` "carry": the forward walk
+keeps S every 16 rows, one backward program per chunk walks its blocks downwards carrying D: 3 block updates per
+64 rows, no redundant ones); these keep the default's forward mode (the walk where chunk_seq runs, the state pass
+where chunk_par does: compare with that one). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 6 two split backwards (chunk_split,
 chunk_split_blk: two kernels joined through fp32 partials): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
 """
@@ -101,7 +103,8 @@ def _chunk_mode(seq):
 
 VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
 KNOBS = {"chunk_rows32": dict(state_rows=32), "chunk_rows16": dict(state_rows=16),      # forward mode: the default's
-         "chunk_movedot": dict(state_move="dot"), "chunk_rows32_movedot": dict(state_rows=32, state_move="dot")}
+         "chunk_movedot": dict(state_move="dot"), "chunk_rows32_movedot": dict(state_rows=32, state_move="dot"),
+         "chunk_carry": dict(state_move="carry")}
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS}}
 VARIANTS.update(KNOBS)
@@ -412,12 +415,14 @@ def regs():
     import kernels.wkv6.states as ks
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", str(kc.BT)).split(",")]   # state_rows knob values
     moves = os.environ.get("WKV6_REGS_MOVE", "walk").split(",")                       # state_move knob values
-    cases = [(kc, "_bwd_kernel", dict(blk, BT=bt, HALF_B=True, MOVE_DOT=mv == "dot"))  # what bf16 inputs get
+    cases = [(kc, "_bwd_carry_kernel" if mv == "carry" else "_bwd_kernel",       # what bf16 inputs get
+              dict(blk, BT=bt, HALF_B=True, **({} if mv == "carry" else dict(MOVE_DOT=mv == "dot"))))
              for mv in moves for bt in bts]
     cases += [(kc, "_bwd_kernel", dict(blk, HALF_B=False, MOVE_DOT=False)),   # B = do vᵀ in tf32 (until run 6)
               (kc, "_fwd_seq_kernel", dict(blk, USE_H0=False, SAVE=True)),
               (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv))]
     only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_kernel: one kernel (each compile takes ~10 s)
+    only = only and only.replace("_bwd_kernel", "_bwd_kernel,_bwd_carry_kernel")
     cases = [c for c in cases if not only or c[1] in only.split(",")]
     print(f"==== wkv6 chunk kernels, sm_90 compile (Triton {triton.__version__}), bf16, K = V = {kv}: "
           "kernel warps registers spill-stack-bytes sass-instructions")

@@ -106,21 +106,19 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
     _check(d, context=f"{shape} {decay}", fn=fn)
 
 
-def _move_dot(*a, **k):
-    """The default algorithm with the backward's ``state_move`` knob at "dot"."""
+@pytest.mark.parametrize("fn,move", [(wkv6, None), (wkv6_fused, None), (wkv6, "dot"), (wkv6, "carry")],
+                         ids=["chunk", "fused", "chunk_movedot", "chunk_carry"])
+def test_wkv6_extreme_decay(fn, move):
+    """Extreme decays; the chunk backward's ``state_move`` knobs too (forward and backward inside the knob; the walk
+    forward, which keeps the states "carry" needs)."""
     import kernels.wkv6.chunk as kc
-    with kc.tuning(state_move="dot"):
-        return wkv6(*a, **k)
-
-
-@pytest.mark.parametrize("fn", [*ALGOS, _move_dot], ids=["chunk", "fused", "chunk_movedot"])
-def test_wkv6_extreme_decay(fn):
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
         d["w"][:, :, :, :8] = -40.0                      # all strong
         d["w"][:, ::3, :, 8:] = -60.0                    # beyond -40
         d["w"][:, 1::3, :, 8:] = -1e-4
-    _check(d, context="extreme decay", fn=fn)
+    with kc.tuning(state_move=move or kc.TUNING["state_move"]), kc.forward_mode(True if move else kc._FORCED_SEQ):
+        _check(d, context=f"extreme decay {move}", fn=fn)
 
 
 @FNS
@@ -394,13 +392,13 @@ def _chunk_mode(seq):
                          ids=["fixed", "varlen"])
 def test_wkv6_chunk_modes(seq, shape, cu):
     """Both forward modes of the default algorithm (sequential walk, state pass + parallel chunks) vs fp64, each
-    with the backward knobs off their defaults (which every other test runs): ``state_rows`` 32 / 16 and
-    ``state_move`` "dot" at 64 / 32, fixed length and varlen."""
+    with the backward knobs off their defaults (which every other test runs): ``state_move`` "carry" at 64 / 32
+    (the walk keeps S every 16 rows), ``state_rows`` 16 and "dot" at 32 (the state pass: S recomputed)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    knobs = {(True, True): dict(state_rows=32), (True, False): dict(state_move="dot"),
+    knobs = {(True, True): dict(state_move="carry"), (True, False): dict(state_move="carry", state_rows=32),
              (False, True): dict(state_rows=16), (False, False): dict(state_rows=32, state_move="dot")}
     with kc.tuning(**knobs[seq, cu is None]):
         _check(d, context=f"chunk {shape} cu={cu} {knobs[seq, cu is None]}", fn=_chunk_mode(seq))
@@ -560,14 +558,15 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("knobs", [dict(state_rows=32), dict(state_rows=16), dict(state_move="dot"),
-                                   dict(state_rows=32, state_move="dot")],
-                         ids=["rows32", "rows16", "movedot", "rows32_movedot"])
+                                   dict(state_rows=32, state_move="dot"), dict(state_move="carry")],
+                         ids=["rows32", "rows16", "movedot", "rows32_movedot", "carry"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
 def test_wkv6_gpu_chunk_knobs(knobs, dtype, bound):
     """The chunk backward's ``state_rows`` / ``state_move`` knobs compiled for the GPU (bf16 through HALF_B), vs
-    fp64: T = 300 (a partial last chunk at every state_rows), K = V = 64, strong decay, h0."""
+    fp64: T = 300 (a partial last chunk at every state_rows), K = V = 64, strong decay, h0; the walk forward (it
+    keeps the states those knobs ask for; this shape would take the state pass)."""
     import kernels.wkv6.chunk as kc
-    with kc.tuning(**knobs):
+    with kc.tuning(**knobs), kc.forward_mode(True):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)
 
 

@@ -345,6 +345,27 @@ def _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_
     tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
 
 
+@triton.jit
+def _block_bwd(b_h, b_dh, q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos,
+               L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+               SB: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
+    """One block's gradients from S at its start (b_h) and dL/dS at its end (b_dh), stored (du: row pid)."""
+    # ---- the block-crossing terms first (S_m and D_m die there), then the block's own pairs
+    b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    if HALF_B:      # exact: products of two half values fit the fp32 accumulator
+        b_B = tl.dot(b_do.to(do_ptr.dtype.element_ty), tl.trans(b_v.to(v_ptr.dtype.element_ty)))
+    else:
+        b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+    b_dq, b_dk, b_dv, b_dw, b_du = _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_B, b_u, b_dq, b_dk, b_dv, b_dw,
+                                            o_t, SB, LOG, PREC)
+    _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos, r0, L, i_h,
+                 scale, o_t, o_k, o_v, m_k, m_v, H, K, V)
+
+
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
                                            triton.Config({}, num_warps=8, num_stages=1)]),
                  key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B", "MOVE_DOT"])
@@ -362,20 +383,48 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
     b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale,
                               o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC, MOVE_DOT)
-    # ---- the block-crossing terms first (S_m and D_m die there), then the block's own pairs
-    b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
-    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
-    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    if HALF_B:      # exact: products of two half values fit the fp32 accumulator
-        b_B = tl.dot(b_do.to(do_ptr.dtype.element_ty), tl.trans(b_v.to(v_ptr.dtype.element_ty)))
+    _block_bwd(b_h, b_dh, q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos,
+               L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC, HALF_B)
+
+
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
+                                           triton.Config({}, num_warps=8, num_stages=1)]),
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"], restore_value=["hd_ptr"])
+@triton.jit(do_not_specialize=['T', 'NT', 'NT_S'])
+def _bwd_carry_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
+                      du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NT_S, H: tl.constexpr, K: tl.constexpr,
+                      V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      LOG: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
+    """``state_move`` "carry": grid (chunk slots, H); one program walks the BT // SB blocks of its chunk downwards
+    with dL/dS carried in its own slot of hd (overwritten in place: L2-resident, no [K, V] state live beside the
+    levels; restored around autotuning; one block update per block, none redundant) and S at each block start
+    loaded from hs [block slots, H, K, V] fp32 (the forward walk's, every SB rows: slot of block j of sequence n
+    n·NT_S + j, or cu[n]//SB + n + j with VARLEN). hd: dL/dS at each chunk end [slots, H, K, V]; other layouts as
+    ``_bwd_kernel`` (du rows: slot · BT/SB + block). Blocks past the sequence end are no-ops (masked)."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    c0 = i_c * BT
+    o_t = tl.arange(0, SB)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
+    if VARLEN:
+        s0 = bos // SB + i_n + i_c * (BT // SB)
     else:
-        b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
-    b_dq, b_dk, b_dv, b_dw, b_du = _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_B, b_u, b_dq, b_dk, b_dv, b_dw,
-                                            o_t, SB, LOG, PREC)
-    _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos, r0, L, i_h,
-                 scale, o_t, o_k, o_v, m_k, m_v, H, K, V)
+        s0 = i_n * NT_S + i_c * (BT // SB)
+    p_d = hd_ptr + (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
+    m_d = m_kv & (o_kv * 0 + c0 < L)
+    for j in range(0, BT // SB):
+        i_m = BT // SB - 1 - j
+        r0 = c0 + i_m * SB
+        b_h = tl.load(hs_ptr + ((s0 + i_m) * H + i_h) * K * V + o_kv, mask=m_kv & (o_kv * 0 + r0 < L), other=0.)
+        _block_bwd(b_h, tl.load(p_d, mask=m_d, other=0.), q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dq_ptr, dk_ptr,
+                   dv_ptr, dw_ptr, du_ptr, i_s * (BT // SB) + i_m, bos, L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v, H,
+                   K, V, SB, LOG, PREC, HALF_B)
+        # D carried through its own slot of hd (L2), not registers: no [K, V] state live beside the levels
+        b_dh = _grad_over_block(tl.load(p_d, mask=m_d, other=0.), q_ptr, do_ptr, w_ptr, bos, r0, L, i_h, scale, o_t,
+                                o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+        tl.debug_barrier()      # every thread has read D before it is overwritten ...
+        tl.store(p_d, b_dh, mask=m_d)
+        tl.debug_barrier()      # ... and the next block reads the new one
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -408,13 +457,19 @@ def forward_mode(seq: bool):
         _FORCED_SEQ = old
 
 
+def _saved_rows(knobs) -> int:
+    """Rows between the states the forward keeps for the backward: every block (SB) for ``state_move`` "carry",
+    else ``state_rows``."""
+    return SB if knobs["state_move"] == "carry" else knobs["state_rows"]
+
+
 def _fwd_plan(N, H, V, device, knobs):
-    """(sequential walk?, whether the forward keeps its chunk-start states for the backward). The state-pass
-    forward always runs at 64-row chunks (its scan is latency-bound: shorter chunks would add serial steps to the
-    forward) and keeps them only when the backward wants 64-row states; else the backward's state pass recomputes
-    S_c beside D_c (its two scan directions run side by side)."""
+    """(sequential walk?, whether the forward keeps its states for the backward). The state-pass forward always
+    runs at 64-row chunks (its scan is latency-bound: shorter chunks would add serial steps to the forward) and
+    keeps them only when the backward wants 64-row states; else the backward's state pass recomputes S_c beside D_c
+    (its two scan directions run side by side)."""
     seq = _use_seq(N, H, V, device) if _FORCED_SEQ is None else _FORCED_SEQ
-    return seq, knobs["save_states"] and (seq or knobs["state_rows"] == BT)
+    return seq, knobs["save_states"] and (seq or _saved_rows(knobs) == BT)
 
 
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None):
@@ -427,7 +482,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     varlen = cu_seqlens is not None
     kn = knobs or TUNING
     seq, keep = _fwd_plan(N, H, V, dev, kn)
-    save, bt = save and keep, (kn["state_rows"] if seq else BT)
+    save, bt = save and keep, (_saved_rows(kn) if seq else BT)
     o = new_empty((B, T, H, V), r.dtype, dev)
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
     if seq:
@@ -464,11 +519,14 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                Not yet timed on the GPU (default 64 until it is);
 #   state_move   how a backward program moves S_c / D_c to its block: "walk" (block by block, a chain of 16-row
 #                updates) or "dot" (one masked [K, BT] x [BT, V] dot each over the chunk's earlier / later rows: no
-#                chain, 4x the flops of the longest walk). Not yet timed on the GPU (default "walk" until it is).
+#                chain, 4x the flops of the longest walk) or "carry" (the forward walk keeps S every 16 rows; one
+#                program per chunk walks its blocks downwards with D carried: one block update per block, none
+#                redundant; the state-pass forward keeps nothing, its backward then runs "walk"). Not yet timed on
+#                the GPU (default "walk" until it is).
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False, "state_rows": BT, "state_move": "walk"}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True, "state_rows": BT, "state_move": "walk"}
 STATE_ROWS = (16, 32, 64)
-STATE_MOVES = ("walk", "dot")
+STATE_MOVES = ("walk", "dot", "carry")
 
 
 @contextlib.contextmanager
@@ -494,7 +552,7 @@ def tuning(**knobs):
 def _state_shape(B, T, H, K, V, N, varlen, device):
     """Shape of the states the forward saves (empty when it keeps none: ``_fwd_plan``)."""
     keep = _fwd_plan(N, H, V, device, TUNING)[1]
-    return _par_state_shape(B, T, H, K, V, N, varlen, TUNING["state_rows"]) if keep else (0,)
+    return _par_state_shape(B, T, H, K, V, N, varlen, _saved_rows(TUNING)) if keep else (0,)
 
 
 def _bwd_pieces(B, T, H, K, V, recompute, varlen, limit, bt):
@@ -524,10 +582,13 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn):
     dr, dk, dv, dw = outs
     nb = bt // SB
     du_part = new_empty((S * nb, H, K), torch.float32, dev)
-    _bwd_kernel[(S * nb, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K,
-                             V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
-                             PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype),
-                             MOVE_DOT=kn["state_move"] == "dot")
+    meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
+                PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype))
+    args = (r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT)
+    if kn["state_move"] == "carry" and mode == "bwd_d":      # hs: the forward walk's states every SB rows
+        _bwd_carry_kernel[(S, H)](*args, _cdiv(T, SB), **meta)
+    else:
+        _bwd_kernel[(S * nb, H)](*args, **meta, MOVE_DOT=kn["state_move"] == "dot")
     return du_part.sum(0), dh0
 
 
@@ -538,12 +599,14 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None, 
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     saved = states is not None and states.numel() > 0
     outs = [new_empty(x.shape, x.dtype, r.device) for x in (r, k, v, w)]
-    bt = kn["state_rows"]
-    NT = _cdiv(T, bt)
-    if saved and states.shape != _par_state_shape(B, T, H, K, V, N, cu_seqlens is not None, bt):
+    rows = _saved_rows(kn)
+    NT = _cdiv(T, rows)
+    if saved and states.shape != _par_state_shape(B, T, H, K, V, N, cu_seqlens is not None, rows):
         raise ValueError(f"wkv6: the forward saved states of shape {tuple(states.shape)}, not those of state_rows = "
-                         f"{bt}; keep the chunk knobs the same for the forward and its backward")
-    pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None, kn["piece_bytes"], bt)
+                         f"{kn['state_rows']}, state_move = {kn['state_move']!r}; keep the chunk knobs the same for "
+                         "the forward and its backward")
+    pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None, kn["piece_bytes"],
+                         rows if saved else kn["state_rows"])
     dus, dh0s = [], []
     for b0, b1 in pieces:
         cut = lambda x: x if x is None or len(pieces) == 1 else x[b0:b1]  # noqa: E731
