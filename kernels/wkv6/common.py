@@ -234,8 +234,8 @@ def _make_ops(name: str, fwd_impl, bwd_impl, state_shape):
     """Register ``groundthink::{name}_fwd`` / ``{name}_bwd`` for one algorithm, with fake (meta) kernels and the
     autograd formula; return the forward op wrapped in ``kernels._eager.EagerOp`` (the custom ops while torch.compile
     traces; eager calls run the same impls and formula through a plain autograd.Function, or the forward impl alone
-    when no gradient is needed). ``state_shape(B, T, H, K, V, N, varlen, device)`` is the shape of the fp32 chunk states the
-    forward saves for the backward when ``save_states``."""
+    when no gradient is needed). ``state_shape(B, T, H, K, V, N, varlen, device)`` is the shape of the fp32 chunk
+    states the forward saves for the backward when ``save_states``."""
 
     @torch.library.custom_op(f"groundthink::{name}_fwd", mutates_args=())
     def fwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
