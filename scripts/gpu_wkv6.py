@@ -15,12 +15,20 @@ four input gradients included). Env: WKV6_ALGOS (comma list of the names in ALGO
 WKV6_SMOKE=1 runs the whole flow on CPU (interpreter, tiny shapes, one timed call instead of do_bench: checks the
 script, measures nothing). Run the first call's measurement with a fresh TRITON_CACHE_DIR. ``--regs``
 (no GPU needed): registers, spill stack and SASS instructions of ``_bwd_kernel``, ``_fwd_seq_kernel`` and the state
-scan as compiled for sm_90 on this machine (WKV6_REGS_ONLY picks kernels); ``--host`` (CPU): host µs per call with
-every Triton launch stubbed.
+scan as compiled for sm_90 on this machine (WKV6_REGS_ONLY picks kernels; WKV6_REGS_BT / WKV6_REGS_MOVE: comma
+lists of the backward's ``state_rows`` / ``state_move`` knob values to compile); ``--host`` (CPU): host µs per call
+with every Triton launch stubbed.
 
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; named in WKV6_ALGOS only, forward: the
 sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem (``LOWMEM``:
-recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``). Run 5 also
+recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``),
+chunk_rows32 / chunk_rows16 (``state_rows``: fp32 states every 32 / 16 rows instead of 64, so that a backward
+program moves S and D over 0-1 / no other blocks instead of 0-3; twice / four times the state memory),
+chunk_movedot / chunk_rows32_movedot (``state_move`` "dot": S and D moved to the block by one masked dot each over
+the chunk's other rows instead of a chain of 16-row updates), chunk_carry (``state_move`` "carry": the forward walk
+keeps S every 16 rows, one backward program per chunk walks its blocks downwards carrying D: 3 block updates per
+64 rows, no redundant ones); these keep the default's forward mode (the walk where chunk_seq runs, the state pass
+where chunk_par does: compare with that one). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 6 two split backwards (chunk_split,
 chunk_split_blk: two kernels joined through fp32 partials): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
 """
@@ -94,8 +102,12 @@ def _chunk_mode(seq):
 
 
 VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
+KNOBS = {"chunk_rows32": dict(state_rows=32), "chunk_rows16": dict(state_rows=16),      # forward mode: the default's
+         "chunk_movedot": dict(state_move="dot"), "chunk_rows32_movedot": dict(state_rows=32, state_move="dot"),
+         "chunk_carry": dict(state_move="carry")}
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
-         **{n: _chunk_mode(True) for n in VARIANTS}}
+         **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS}}
+VARIANTS.update(KNOBS)
 ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", "chunk,chunk_seq,chunk_par,fused").split(",")}
 
 
@@ -401,11 +413,16 @@ def regs():
     half = {"q_ptr", "k_ptr", "v_ptr", "w_ptr", "u_ptr", "do_ptr", "o_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "dw_ptr"}
     blk = dict(H=32, K=kv, V=kv, BT=kc.BT, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False, PREC="tf32")
     import kernels.wkv6.states as ks
-    cases = [(kc, "_bwd_kernel", dict(blk, HALF_B=True)),     # what bf16 inputs get on the GPU
-             (kc, "_bwd_kernel", dict(blk, HALF_B=False)),    # B = do vᵀ in tf32 on fp32 copies (until run 6)
-             (kc, "_fwd_seq_kernel", dict(blk, USE_H0=False, SAVE=True)),
-             (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv))]
+    bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", str(kc.BT)).split(",")]   # state_rows knob values
+    moves = os.environ.get("WKV6_REGS_MOVE", "walk").split(",")                       # state_move knob values
+    cases = [(kc, "_bwd_carry_kernel" if mv == "carry" else "_bwd_kernel",       # what bf16 inputs get
+              dict(blk, BT=bt, HALF_B=True, **({} if mv == "carry" else dict(MOVE_DOT=mv == "dot"))))
+             for mv in moves for bt in bts]
+    cases += [(kc, "_bwd_kernel", dict(blk, HALF_B=False, MOVE_DOT=False)),   # B = do vᵀ in tf32 (until run 6)
+              (kc, "_fwd_seq_kernel", dict(blk, USE_H0=False, SAVE=True)),
+              (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv))]
     only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_kernel: one kernel (each compile takes ~10 s)
+    only = only and only.replace("_bwd_kernel", "_bwd_kernel,_bwd_carry_kernel")
     cases = [c for c in cases if not only or c[1] in only.split(",")]
     print(f"==== wkv6 chunk kernels, sm_90 compile (Triton {triton.__version__}), bf16, K = V = {kv}: "
           "kernel warps registers spill-stack-bytes sass-instructions")
@@ -425,9 +442,9 @@ def regs():
                 out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
                 sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
             m = re.search(r"REG:(\d+) STACK:(\d+)", out)
-            n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4}\*/", sass, flags=re.M))
-            print(name + ("" if "HALF_B" not in consts else f"[HALF_B={consts['HALF_B']}]"), nw, m.group(1),
-                  m.group(2), n_ins, flush=True)
+            n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
+            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "MOVE_DOT") if c in consts)
+            print(name + tag, nw, m.group(1), m.group(2), n_ins, flush=True)
 
 
 def host():

@@ -106,14 +106,19 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
     _check(d, context=f"{shape} {decay}", fn=fn)
 
 
-@FNS_ALL
-def test_wkv6_extreme_decay(fn):
+@pytest.mark.parametrize("fn,move", [(wkv6, None), (wkv6_fused, None), (wkv6, "dot"), (wkv6, "carry")],
+                         ids=["chunk", "fused", "chunk_movedot", "chunk_carry"])
+def test_wkv6_extreme_decay(fn, move):
+    """Extreme decays; the chunk backward's ``state_move`` knobs too (forward and backward inside the knob; the walk
+    forward, which keeps the states "carry" needs)."""
+    import kernels.wkv6.chunk as kc
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
         d["w"][:, :, :, :8] = -40.0                      # all strong
         d["w"][:, ::3, :, 8:] = -60.0                    # beyond -40
         d["w"][:, 1::3, :, 8:] = -1e-4
-    _check(d, context="extreme decay", fn=fn)
+    with kc.tuning(state_move=move or kc.TUNING["state_move"]), kc.forward_mode(True if move else kc._FORCED_SEQ):
+        _check(d, context=f"extreme decay {move}", fn=fn)
 
 
 @FNS
@@ -386,11 +391,17 @@ def _chunk_mode(seq):
 @pytest.mark.parametrize("shape,cu", [((2, 70, 2, 20, 24), None), ((1, 140, 2, 16, 16), [0, 3, 64, 64, 140])],
                          ids=["fixed", "varlen"])
 def test_wkv6_chunk_modes(seq, shape, cu):
-    """Both forward modes of the default algorithm (sequential walk, state pass + parallel chunks) vs fp64."""
+    """Both forward modes of the default algorithm (sequential walk, state pass + parallel chunks) vs fp64, each
+    with the backward knobs off their defaults (which every other test runs): ``state_move`` "carry" at 64 / 32
+    (the walk keeps S every 16 rows), ``state_rows`` 16 and "dot" at 32 (the state pass: S recomputed)."""
+    import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    _check(d, context=f"chunk {shape} cu={cu}", fn=_chunk_mode(seq))
+    knobs = {(True, True): dict(state_move="carry"), (True, False): dict(state_move="carry", state_rows=32),
+             (False, True): dict(state_rows=16), (False, False): dict(state_rows=32, state_move="dot")}
+    with kc.tuning(**knobs[seq, cu is None]):
+        _check(d, context=f"chunk {shape} cu={cu} {knobs[seq, cu is None]}", fn=_chunk_mode(seq))
 
 
 def test_wkv6_algorithms_agree():
@@ -465,14 +476,33 @@ def test_wkv6_backward_without_saved_states():
         assert rel_err(a, b) < 1e-6
 
 
-@pytest.mark.parametrize("knobs", [dict(piece_bytes=1), dict(save_states=False, piece_bytes=1, scan_fill=True)],
+@pytest.mark.parametrize("knobs", [dict(piece_bytes=1, state_rows=32),
+                                   dict(save_states=False, piece_bytes=1, scan_fill=True)],
                          ids=["saved", "recomputed"])
 def test_wkv6_chunk_memory_knobs(knobs):
     """The chunk algorithm's memory knobs (``chunk.TUNING``: one batch element per backward piece, with the forward's
-    states sliced per piece or recomputed there, narrow scan blocks) vs fp64; B = 2: two pieces."""
+    states (every 32 rows: the walk keeps them) sliced per piece or recomputed there, narrow scan blocks) vs fp64;
+    B = 2: two pieces."""
     import kernels.wkv6.chunk as kc
-    with kc.tuning(**knobs):         # forward and backward (compare runs both inside)
+    with kc.tuning(**knobs), kc.forward_mode(knobs.get("save_states", True)):   # forward and backward inside
         _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))
+
+
+def test_wkv6_chunk_bad_knobs():
+    """A ``state_rows`` / ``state_move`` value the kernels do not take, or a backward whose ``state_rows`` differs
+    from its forward's (saved states of the wrong spacing), is a one-line error."""
+    import kernels.wkv6.chunk as kc
+    with pytest.raises(ValueError, match="state_rows must be one of"):
+        with kc.tuning(state_rows=48):
+            pass
+    with pytest.raises(ValueError, match="state_move must be one of"):
+        with kc.tuning(state_move="jump"):
+            pass
+    d = make_inputs(1, 20, 1, 16, 16)
+    with kc.tuning(state_rows=16), kc.forward_mode(True):     # the walk keeps states (the state pass: none)
+        o, _ = wkv6(d["r"], d["k"], d["v"], d["w"], d["u"])
+    with pytest.raises(ValueError, match="keep the chunk knobs the same"):
+        o.sum().backward()
 
 
 def test_wkv6_chunk_lowmem():
@@ -525,6 +555,20 @@ def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6, u_
 @pytest.mark.parametrize("shape", [(2, 1000, 4, 128, 128), (1, 300, 3, 60, 100), (4, 256, 2, 64, 64)])
 def test_wkv6_gpu(shape, dtype, bound, fn):
     _gpu_check(*shape, dtype, bound, fn=fn)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("knobs", [dict(state_rows=32), dict(state_rows=16), dict(state_move="dot"),
+                                   dict(state_rows=32, state_move="dot"), dict(state_move="carry")],
+                         ids=["rows32", "rows16", "movedot", "rows32_movedot", "carry"])
+@pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
+def test_wkv6_gpu_chunk_knobs(knobs, dtype, bound):
+    """The chunk backward's ``state_rows`` / ``state_move`` knobs compiled for the GPU (bf16 through HALF_B), vs
+    fp64: T = 300 (a partial last chunk at every state_rows), K = V = 64, strong decay, h0; the walk forward (it
+    keeps the states those knobs ask for; this shape would take the state pass)."""
+    import kernels.wkv6.chunk as kc
+    with kc.tuning(**knobs), kc.forward_mode(True):
+        _gpu_check(2, 300, 3, 64, 64, dtype, bound)
 
 
 @pytest.mark.gpu

@@ -48,6 +48,14 @@ state buffers stay bounded: at B8 T4096 H32 lowmem's extra peak of fwd+bwd is 0.
 harness also timed ~0.5 ms of .grad accumulation; not re-timed) against the default's 1.18 GiB and 8.86 ms (run 7):
 the reverse scan is latency-bound and runs once per slice. Splitting V across backward programs
 ([K, 32] states, fp32 partial sums) was measured too and lost (bwd kernel 6.7 → 12.4 ms: still 255 registers).
+
+Backward state knobs (``TUNING``; not yet timed on the GPU, defaults = the run-7 kernels): ``state_rows`` (the
+chunk length BT of the state pass, the saved states and the backward grid: 64, 32 or 16) — a block program moves
+S_c / D_c over 0–3 other blocks at 64 (12 block updates per 64 rows), 0–1 at 32 (4), none at 16, for 64 / BT times
+the fp32 state memory and the reverse scan's serial steps; ``state_move`` "dot" — S_m and D_m in one masked dot each
+over the chunk's earlier / later rows, S_m = diag(exp(Σ w)) S_c + (k ⊙ exp(R))ᵀ v with R_s = Σ_{s<x<block start} w_x
+and D_m likewise with P_t = Σ_{block end<=x<t} w_x (masked cumsums over the chunk: same-sign sums, every
+exponent ≤ 0) — no chain of block updates and one load wait, for [BT, K] tiles of the whole chunk.
 """
 from __future__ import annotations
 
@@ -59,14 +67,14 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty, num_sms
-from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _dims, _half_dot, _kv_ranges,
-                                 _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run, _seq_bounds)
+from kernels.wkv6.common import (_bonus_bwd, _cdiv, _chunk_loc, _clamp_w, _cross_bwd, _dims, _half_dot, _kv_ranges,
+                                 _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run, _seq_bounds,
+                                 _store_dqkw)
 from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
 
-BT = BT_PAR       # chunk length of the state pass and of the saved states
+BT = BT_PAR       # chunk length of the state pass and of the saved states (default; ``TUNING["state_rows"]``)
 SB = 16           # block length
 LOG = SB.bit_length() - 1   # log2(SB): number of pair levels
-NB = BT // SB     # blocks per chunk
 
 
 @triton.jit
@@ -148,7 +156,7 @@ def _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, r0, i_h, sca
 # ----------------------------------------------------------------------------------------------------------------
 @triton.autotune(configs=autotune_configs([triton.Config({"BV": 64}, num_warps=4, num_stages=1),
                                            triton.Config({"BV": 32}, num_warps=4, num_stages=1)]),
-                 key=["K", "V", "BK", "PREC", "NH_BUCKET"])
+                 key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])
 @triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
 def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T, NT,
                     NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
@@ -183,7 +191,7 @@ def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs
 
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1)]),
-                 key=["K", "V", "BK", "BV", "PREC"])
+                 key=["K", "V", "BT", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
@@ -259,22 +267,46 @@ def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constex
 
 
 @triton.jit
+def _moved_by_dot(b_x, a_ptr, b_ptr, w_ptr, bos, c0, L, i_h, scale, o_k, o_v, m_k, m_v, lo, hi, H: tl.constexpr,
+                  K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, EARLIER: tl.constexpr):
+    """A state moved over the chunk rows lo <= x < hi (chunk-local) in one dot, no block-by-block chain:
+    EARLIER (S over earlier rows): diag(exp(Σ w)) S + (a ⊙ exp(R))ᵀ b, R_s = Σ_{s<x<hi} w_x (a = k, b = v);
+    else (D over later rows): diag(exp(Σ w)) D + (a ⊙ exp(P))ᵀ b, P_t = Σ_{lo<=x<t} w_x (a = q·scale, b = do).
+    The [BT, BK] tiles of the whole chunk, rows outside [lo, hi) masked to 0: R, P are sums of terms of one sign (a
+    masked cumsum, as ``_state_over_block``'s), every exponent <= 0."""
+    o_r = tl.arange(0, BT)
+    m_in = ((o_r >= lo) & (o_r < hi))[:, None]
+    b_w = tl.where(m_in, _clamp_w(_load_rows(w_ptr, bos, c0, L, i_h, o_r, o_k, m_k, H, K, BT, 0)), 0.)
+    b_a = _load_rows(a_ptr, bos, c0, L, i_h, o_r, o_k, m_k, H, K, BT, 0) * scale
+    b_b = _load_rows(b_ptr, bos, c0, L, i_h, o_r, o_v, m_v, H, V, BT, 0)
+    b_ad = tl.where(m_in, b_a * tl.exp(tl.cumsum(b_w, axis=0, reverse=EARLIER) - b_w), 0.)
+    return b_x * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_ad), b_b, input_precision=PREC)
+
+
+@triton.jit
 def _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale, o_t, o_k,
                   o_v, m_k, m_v, o_kv, m_kv, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                  SB: tl.constexpr, PREC: tl.constexpr):
+                  SB: tl.constexpr, PREC: tl.constexpr, MOVE_DOT: tl.constexpr):
     """S at the start of block i_m of the chunk at c0 (slot i_s) and dL/dS at its end [BK, BV] fp32: S_c / D_c
-    moved over the chunk's earlier / later blocks."""
+    moved over the chunk's earlier / later blocks (MOVE_DOT: in one masked dot each over the whole chunk, else
+    block by block)."""
     p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
     m_kv = m_kv & (o_kv * 0 + c0 < L)
     b_h = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
-    b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
-    nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows (the rest: no-ops)
-    for j in range(0, tl.minimum(i_m, nb)):
-        b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K,
-                                V, SB, PREC)
-    for j in range(0, nb - 1 - i_m):
-        b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + (nb - 1 - j) * SB, L, i_h, scale, o_t, o_k,
-                                o_v, m_k, m_v, H, K, V, SB, PREC)
+    if MOVE_DOT:        # D_c loaded after S is moved: one [K, V] state fewer live beside the move's [BT, *] tiles
+        b_h = _moved_by_dot(b_h, k_ptr, v_ptr, w_ptr, bos, c0, L, i_h, 1., o_k, o_v, m_k, m_v, 0, i_m * SB, H, K,
+                            V, BT, PREC, True)
+        b_dh = _moved_by_dot(tl.load(hd_ptr + p_s, mask=m_kv, other=0.), q_ptr, do_ptr, w_ptr, bos, c0, L, i_h, scale,
+                             o_k, o_v, m_k, m_v, (i_m + 1) * SB, BT, H, K, V, BT, PREC, False)
+    else:
+        b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
+        nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows (the rest: no-ops)
+        for j in range(0, tl.minimum(i_m, nb)):
+            b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H,
+                                    K, V, SB, PREC)
+        for j in range(0, nb - 1 - i_m):
+            b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + (nb - 1 - j) * SB, L, i_h, scale, o_t,
+                                    o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
     return b_h, b_dh
 
 
@@ -298,10 +330,8 @@ def _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_B, b_u, b_dq, b_dk, b_dv, b_dw
     b_A, b_dq, b_dk, b_dw = _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB, LOG, PREC)
     b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
     b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
-    b_vd = tl.sum(b_v * b_do, axis=1)
-    b_dq += b_u[None, :] * b_k * b_vd[:, None]
-    b_dk += b_u[None, :] * b_q * b_vd[:, None]
-    return b_dq, b_dk, b_dv, b_dw, tl.sum(b_q * b_k * b_vd[:, None], axis=0)
+    b_dq, b_dk, b_du = _bonus_bwd(b_q, b_k, b_v, b_do, b_u, b_dq, b_dk)
+    return b_dq, b_dk, b_dv, b_dw, b_du
 
 
 @triton.jit
@@ -311,29 +341,15 @@ def _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_
     dtypes and its du partial row du[pid, i_h] [K] fp32."""
     m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
     tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
-    tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
-    tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
-    tl.store(dw_ptr + p_k, tl.where(b_wr > 0, 0., b_dw).to(dw_ptr.dtype.element_ty), mask=m_tk)
+    _store_dqkw(b_dq, b_dk, b_dw, b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
     tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
 
 
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
-                                           triton.Config({}, num_warps=8, num_stages=1)]),
-                 key=["K", "V", "BK", "BV", "PREC", "HALF_B"])
-@triton.jit(do_not_specialize=['T', 'NT'])
-def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
-                cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr,
-                VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
-    """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V). hs / hd [slots, H, K, V] fp32: the
-    state at each chunk start / dL/dS at each chunk end; do/dv [B·T, H, V], dq/dk/dw [B·T, H, K] (input dtypes),
-    du [slots · BT/SB, H, K] fp32 partial rows. Other layouts as ``_fwd_par_kernel``. HALF_B (half inputs): the
-    dot B = do vᵀ runs on do and v in their own dtype (``common._half_dot``)."""
-    pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
-    o_t = tl.arange(0, SB)
-    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-    b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale,
-                              o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
+@triton.jit
+def _block_bwd(b_h, b_dh, q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos,
+               L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+               SB: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
+    """One block's gradients from S at its start (b_h) and dL/dS at its end (b_dh), stored (du: row pid)."""
     # ---- the block-crossing terms first (S_m and D_m die there), then the block's own pairs
     b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
@@ -348,6 +364,67 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
                                             o_t, SB, LOG, PREC)
     _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos, r0, L, i_h,
                  scale, o_t, o_k, o_v, m_k, m_v, H, K, V)
+
+
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
+                                           triton.Config({}, num_warps=8, num_stages=1)]),
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B", "MOVE_DOT"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
+                cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr,
+                VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, MOVE_DOT: tl.constexpr):
+    """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V). hs / hd [slots, H, K, V] fp32: the
+    state at each chunk start / dL/dS at each chunk end; do/dv [B·T, H, V], dq/dk/dw [B·T, H, K] (input dtypes),
+    du [slots · BT/SB, H, K] fp32 partial rows. Other layouts as ``_fwd_par_kernel``. HALF_B (half inputs): the
+    dot B = do vᵀ runs on do and v in their own dtype (``common._half_dot``). MOVE_DOT: the ``state_move`` knob."""
+    pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
+    o_t = tl.arange(0, SB)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
+    b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale,
+                              o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC, MOVE_DOT)
+    _block_bwd(b_h, b_dh, q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos,
+               L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC, HALF_B)
+
+
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
+                                           triton.Config({}, num_warps=8, num_stages=1)]),
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"], restore_value=["hd_ptr"])
+@triton.jit(do_not_specialize=['T', 'NT', 'NT_S'])
+def _bwd_carry_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
+                      du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NT_S, H: tl.constexpr, K: tl.constexpr,
+                      V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      LOG: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
+    """``state_move`` "carry": grid (chunk slots, H); one program walks the BT // SB blocks of its chunk downwards
+    with dL/dS carried in its own slot of hd (overwritten in place: L2-resident, no [K, V] state live beside the
+    levels; restored around autotuning; one block update per block, none redundant) and S at each block start
+    loaded from hs [block slots, H, K, V] fp32 (the forward walk's, every SB rows: slot of block j of sequence n
+    n·NT_S + j, or cu[n]//SB + n + j with VARLEN). hd: dL/dS at each chunk end [slots, H, K, V]; other layouts as
+    ``_bwd_kernel`` (du rows: slot · BT/SB + block). Blocks past the sequence end are no-ops (masked)."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    c0 = i_c * BT
+    o_t = tl.arange(0, SB)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
+    if VARLEN:
+        s0 = bos // SB + i_n + i_c * (BT // SB)
+    else:
+        s0 = i_n * NT_S + i_c * (BT // SB)
+    p_d = hd_ptr + (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
+    m_d = m_kv & (o_kv * 0 + c0 < L)
+    for j in range(0, BT // SB):
+        i_m = BT // SB - 1 - j
+        r0 = c0 + i_m * SB
+        b_h = tl.load(hs_ptr + ((s0 + i_m) * H + i_h) * K * V + o_kv, mask=m_kv & (o_kv * 0 + r0 < L), other=0.)
+        _block_bwd(b_h, tl.load(p_d, mask=m_d, other=0.), q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dq_ptr, dk_ptr,
+                   dv_ptr, dw_ptr, du_ptr, i_s * (BT // SB) + i_m, bos, L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v, H,
+                   K, V, SB, LOG, PREC, HALF_B)
+        # D carried through its own slot of hd (L2), not registers: no [K, V] state live beside the levels
+        b_dh = _grad_over_block(tl.load(p_d, mask=m_d, other=0.), q_ptr, do_ptr, w_ptr, bos, r0, L, i_h, scale, o_t,
+                                o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+        tl.debug_barrier()      # every thread has read D before it is overwritten ...
+        tl.store(p_d, b_dh, mask=m_d)
+        tl.debug_barrier()      # ... and the next block reads the new one
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -380,6 +457,21 @@ def forward_mode(seq: bool):
         _FORCED_SEQ = old
 
 
+def _saved_rows(knobs) -> int:
+    """Rows between the states the forward keeps for the backward: every block (SB) for ``state_move`` "carry",
+    else ``state_rows``."""
+    return SB if knobs["state_move"] == "carry" else knobs["state_rows"]
+
+
+def _fwd_plan(N, H, V, device, knobs):
+    """(sequential walk?, whether the forward keeps its states for the backward). The state-pass forward always
+    runs at 64-row chunks (its scan is latency-bound: shorter chunks would add serial steps to the forward) and
+    keeps them only when the backward wants 64-row states; else the backward's state pass recomputes S_c beside D_c
+    (its two scan directions run side by side)."""
+    seq = _use_seq(N, H, V, device) if _FORCED_SEQ is None else _FORCED_SEQ
+    return seq, knobs["save_states"] and (seq or _saved_rows(knobs) == BT)
+
+
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None):
     """o, final state and (if save) the chunk-start states for the backward (else an empty tensor). ``knobs``:
     the memory knobs (default ``TUNING``; ``wkv6_chunk_lowmem`` passes ``LOWMEM``)."""
@@ -388,22 +480,23 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     dev = r.device
     prec = _prec(r.dtype)
     varlen = cu_seqlens is not None
-    seq = _use_seq(N, H, V, dev) if _FORCED_SEQ is None else _FORCED_SEQ
-    save = save and (knobs or TUNING)["save_states"]
+    kn = knobs or TUNING
+    seq, keep = _fwd_plan(N, H, V, dev, kn)
+    save, bt = save and keep, (_saved_rows(kn) if seq else BT)
     o = new_empty((B, T, H, V), r.dtype, dev)
-    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev)
+    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
     if seq:
         ht = new_empty((N, H, K, V), torch.float32, dev)
         hs = new_empty((S, H, K, V) if save else (0,), torch.float32, dev)
         cu = cu_seqlens.to(torch.int32) if varlen else cmap
         grid = lambda meta: (_cdiv(V, meta["BV"]), N * H)  # noqa: E731
         _fwd_seq_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht, hs if save else ht, cu, scale, T,
-                              NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=BT, SB=SB, BK=BK, LOG=LOG,
+                              NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG,
                               USE_H0=h0 is not None, VARLEN=varlen, SAVE=save, PREC=prec)
         return o, ht, hs
-    buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd")
+    buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd", bt=bt)
     BV = max(16, min(64, _pow2(V)))
-    _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=BT,
+    _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
                                                  SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, PREC=prec)
     return o, ht, (buf[0] if save else buf.new_empty((0,)))
 
@@ -417,9 +510,23 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   piece_bytes  the backward runs batch slices one after another so that its transient fp32 state buffers stay
 #                under this many bytes (None: one piece; varlen: always one piece);
 #   scan_fill    the backward's reverse state scan uses narrower V-blocks (down to 16) until it has >= #SMs
-#                programs (a piece of one or two batch elements has few (sequence, head) pairs).
-TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False}
-LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True}
+#                programs (a piece of one or two batch elements has few (sequence, head) pairs);
+#   state_rows   rows between the fp32 states of the state pass, the forward's saved states and the backward's
+#                chunks (64, 32 or 16; ``BT`` in the kernels): each backward program (one 16-row block) moves S_c
+#                and D_c over the other blocks of its chunk, 0-3 block updates each at 64 (12 per 64 rows), 0-1 at
+#                32 (4), none at 16; the state buffers and the reverse scan's serial steps grow as 64 / state_rows.
+#                The state-pass forward (few programs) stays at 64 and keeps no states then (``_fwd_plan``).
+#                Not yet timed on the GPU (default 64 until it is);
+#   state_move   how a backward program moves S_c / D_c to its block: "walk" (block by block, a chain of 16-row
+#                updates) or "dot" (one masked [K, BT] x [BT, V] dot each over the chunk's earlier / later rows: no
+#                chain, 4x the flops of the longest walk) or "carry" (the forward walk keeps S every 16 rows; one
+#                program per chunk walks its blocks downwards with D carried: one block update per block, none
+#                redundant; the state-pass forward keeps nothing, its backward then runs "walk"). Not yet timed on
+#                the GPU (default "walk" until it is).
+TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False, "state_rows": BT, "state_move": "walk"}
+LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True, "state_rows": BT, "state_move": "walk"}
+STATE_ROWS = (16, 32, 64)
+STATE_MOVES = ("walk", "dot", "carry")
 
 
 @contextlib.contextmanager
@@ -429,6 +536,10 @@ def tuning(**knobs):
     bad = set(knobs) - set(TUNING)
     if bad:
         raise ValueError(f"unknown wkv6 chunk knobs {sorted(bad)}; known: {sorted(TUNING)}")
+    if knobs.get("state_rows", BT) not in STATE_ROWS:
+        raise ValueError(f"wkv6 chunk knob state_rows must be one of {STATE_ROWS}; got {knobs['state_rows']!r}")
+    if knobs.get("state_move", "walk") not in STATE_MOVES:
+        raise ValueError(f"wkv6 chunk knob state_move must be one of {STATE_MOVES}; got {knobs['state_move']!r}")
     old = dict(TUNING)
     TUNING.update(knobs)
     try:
@@ -438,38 +549,46 @@ def tuning(**knobs):
         TUNING.update(old)
 
 
-def _state_shape(B, T, H, K, V, N, varlen):
-    """Shape of the states the forward saves (empty when ``save_states`` is off)."""
-    return _par_state_shape(B, T, H, K, V, N, varlen) if TUNING["save_states"] else (0,)
+def _state_shape(B, T, H, K, V, N, varlen, device):
+    """Shape of the states the forward saves (empty when it keeps none: ``_fwd_plan``)."""
+    keep = _fwd_plan(N, H, V, device, TUNING)[1]
+    return _par_state_shape(B, T, H, K, V, N, varlen, _saved_rows(TUNING)) if keep else (0,)
 
 
-def _bwd_pieces(B, T, H, K, V, recompute, varlen, limit):
-    """Batch ranges [b0, b1) the backward runs one after another (``limit``: the ``piece_bytes`` knob)."""
+def _bwd_pieces(B, T, H, K, V, recompute, varlen, limit, bt):
+    """Batch ranges [b0, b1) the backward runs one after another (``limit``: the ``piece_bytes`` knob; ``bt``: the
+    ``state_rows`` knob)."""
     if varlen or limit is None:
         return [(0, B)]
-    per_b = _cdiv(T, BT) * H * K * V * 4 * (2 if recompute else 1)
+    per_b = _cdiv(T, bt) * H * K * V * 4 * (2 if recompute else 1)
     nb = max(1, min(B, limit // per_b))
     return [(b0, min(B, b0 + nb)) for b0 in range(0, B, nb)]
 
 
-def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, scan_fill):
+def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn):
     """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_kernel``, writing into the
     gradient views ``outs`` = (dr, dk, dv, dw). Returns (du [H, K] fp32, dh0 or None)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
     scan_bv = None
-    if scan_fill:
+    bt = kn["state_rows"]
+    if kn["scan_fill"]:
         scan_bv = 64
         while scan_bv > 16 and N * H * _cdiv(V, scan_bv) < num_sms(dev):
             scan_bv //= 2
     mode = "bwd" if hs is None else "bwd_d"
-    buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv)
+    buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv, bt)
     hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
     dr, dk, dv, dw = outs
-    du_part = new_empty((S * NB, H, K), torch.float32, dev)
-    _bwd_kernel[(S * NB, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K,
-                             V=V, BT=BT, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
-                             PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype))
+    nb = bt // SB
+    du_part = new_empty((S * nb, H, K), torch.float32, dev)
+    meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
+                PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype))
+    args = (r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT)
+    if kn["state_move"] == "carry" and mode == "bwd_d":      # hs: the forward walk's states every SB rows
+        _bwd_carry_kernel[(S, H)](*args, _cdiv(T, SB), **meta)
+    else:
+        _bwd_kernel[(S * nb, H)](*args, **meta, MOVE_DOT=kn["state_move"] == "dot")
     return du_part.sum(0), dh0
 
 
@@ -480,14 +599,20 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None, 
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     saved = states is not None and states.numel() > 0
     outs = [new_empty(x.shape, x.dtype, r.device) for x in (r, k, v, w)]
-    NT = _cdiv(T, BT)
-    pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None, kn["piece_bytes"])
+    rows = _saved_rows(kn)
+    NT = _cdiv(T, rows)
+    if saved and states.shape != _par_state_shape(B, T, H, K, V, N, cu_seqlens is not None, rows):
+        raise ValueError(f"wkv6: the forward saved states of shape {tuple(states.shape)}, not those of state_rows = "
+                         f"{kn['state_rows']}, state_move = {kn['state_move']!r}; keep the chunk knobs the same for "
+                         "the forward and its backward")
+    pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None, kn["piece_bytes"],
+                         rows if saved else kn["state_rows"])
     dus, dh0s = [], []
     for b0, b1 in pieces:
         cut = lambda x: x if x is None or len(pieces) == 1 else x[b0:b1]  # noqa: E731
         hs = None if not saved else states if len(pieces) == 1 else states[b0 * NT:b1 * NT]
         du, dh0 = _bwd_piece(cut(r), cut(k), cut(v), cut(w), u, cut(do), cut(dht), cut(h0), cu_seqlens, scale, hs,
-                             [cut(g) for g in outs], kn["scan_fill"])
+                             [cut(g) for g in outs], kn)
         dus.append(du)
         dh0s.append(dh0)
     du = (dus[0] if len(dus) == 1 else torch.stack(dus).sum(0)).to(u.dtype)

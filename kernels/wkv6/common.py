@@ -150,6 +150,25 @@ def _state_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, b_A, b_dq, b_dk, b_dw, PREC:
 
 
 @triton.jit
+def _bonus_bwd(b_q, b_k, b_v, b_do, b_u, b_dq, b_dk):
+    """The bonus term's backward for rows [R, BK] (q already scaled; fp32): dq += u ⊙ k (v·do), dk += u ⊙ q (v·do).
+    Returns (dq, dk, du part [BK] = Σ_t q ⊙ k (v·do))."""
+    b_vd = tl.sum(b_v * b_do, axis=1)
+    b_dq += b_u[None, :] * b_k * b_vd[:, None]
+    b_dk += b_u[None, :] * b_q * b_vd[:, None]
+    return b_dq, b_dk, tl.sum(b_q * b_k * b_vd[:, None], axis=0)
+
+
+@triton.jit
+def _store_dqkw(b_dq, b_dk, b_dw, b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale):
+    """Stores rows of dq (× scale), dk and dw (0 where the raw w > 0: the clamp passes no gradient) in the
+    gradients' dtypes; p_k / m_tk: offsets and mask [R, BK] of the rows."""
+    tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
+    tl.store(dw_ptr + p_k, tl.where(b_wr > 0, 0., b_dw).to(dw_ptr.dtype.element_ty), mask=m_tk)
+
+
+@triton.jit
 def _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT: tl.constexpr, VARLEN):
     """Chunk slot i_s -> (sequence n, chunk index in the sequence, bos, sequence length). Slots of a sequence:
     n·NT + i (fixed length) or bos//BT + n + i (varlen; cmap[slot] = n, host-computed; unused slots get a chunk
@@ -215,8 +234,8 @@ def _make_ops(name: str, fwd_impl, bwd_impl, state_shape):
     """Register ``groundthink::{name}_fwd`` / ``{name}_bwd`` for one algorithm, with fake (meta) kernels and the
     autograd formula; return the forward op wrapped in ``kernels._eager.EagerOp`` (the custom ops while torch.compile
     traces; eager calls run the same impls and formula through a plain autograd.Function, or the forward impl alone
-    when no gradient is needed). ``state_shape(B, T, H, K, V, N, varlen)`` is the shape of the fp32 chunk states the
-    forward saves for the backward when ``save_states``."""
+    when no gradient is needed). ``state_shape(B, T, H, K, V, N, varlen, device)`` is the shape of the fp32 chunk
+    states the forward saves for the backward when ``save_states``."""
 
     @torch.library.custom_op(f"groundthink::{name}_fwd", mutates_args=())
     def fwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
@@ -227,7 +246,7 @@ def _make_ops(name: str, fwd_impl, bwd_impl, state_shape):
     @fwd_op.register_fake
     def _(r, k, v, w, u, scale, initial_state, cu_seqlens, save_states=False):
         B, T, H, K, V, N = _dims(r, v, cu_seqlens)
-        hs = r.new_empty(state_shape(B, T, H, K, V, N, cu_seqlens is not None) if save_states else (0,),
+        hs = r.new_empty(state_shape(B, T, H, K, V, N, cu_seqlens is not None, r.device) if save_states else (0,),
                          dtype=torch.float32)
         return r.new_empty((B, T, H, V)), r.new_empty((N, H, K, V), dtype=torch.float32), hs
 

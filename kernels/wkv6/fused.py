@@ -7,8 +7,9 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import (_blocks, _clamp_w, _dims, _intra_bwd, _kv_ranges, _make_ops, _nh_bucket, _prec,
-                                 _row_offsets, _run, _seq_bounds, _state_bwd, _warp_configs)
+from kernels.wkv6.common import (_blocks, _bonus_bwd, _clamp_w, _dims, _intra_bwd, _kv_ranges, _make_ops,
+                                 _nh_bucket, _prec, _row_offsets, _run, _seq_bounds, _state_bwd, _store_dqkw,
+                                 _warp_configs)
 
 BT_CHUNK = 16
 CKPT = 4          # backward: chunk states checkpointed every CKPT chunks, the others recomputed into L2 scratch
@@ -135,15 +136,9 @@ def _bonus_store(b_q, b_k, b_wr, b_v, b_do, b_u, b_dq, b_dk, b_dw, b_du, dq_ptr,
     """One chunk's last step of dq, dk, dw [BT, BK] (fp32): add the bonus terms u·k·(v·do) and u·q·(v·do), zero
     dw where the raw w > 0 (the clamp passes no gradient), store all three in their dtypes (dq times ``scale``);
     returns du [BK] plus this chunk's Σ_t q·k·(v·do). ``b_q`` is already scaled; ``b_wr`` is the unclamped w."""
-    b_vd = tl.sum(b_v * b_do, axis=1)
-    b_du += tl.sum(b_q * b_k * b_vd[:, None], axis=0)
-    b_dq += b_u[None, :] * b_k * b_vd[:, None]
-    b_dk += b_u[None, :] * b_q * b_vd[:, None]
-    b_dw = tl.where(b_wr > 0, 0., b_dw)
-    tl.store(dq_ptr + p_k, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_tk)
-    tl.store(dk_ptr + p_k, b_dk.to(dk_ptr.dtype.element_ty), mask=m_tk)
-    tl.store(dw_ptr + p_k, b_dw.to(dw_ptr.dtype.element_ty), mask=m_tk)
-    return b_du
+    b_dq, b_dk, b_dur = _bonus_bwd(b_q, b_k, b_v, b_do, b_u, b_dq, b_dk)
+    _store_dqkw(b_dq, b_dk, b_dw, b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
+    return b_du + b_dur
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -354,7 +349,7 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs=None):
 
 
 _wkv6_fused_fwd_op = _make_ops("wkv6_fused", _fwd_impl, _bwd_impl,
-                         lambda B, T, H, K, V, N, varlen: _ckpt_shape(B, T, H, K, V, N))
+                         lambda B, T, H, K, V, N, varlen, device: _ckpt_shape(B, T, H, K, V, N))
 
 
 def wkv6_fused(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):

@@ -16,7 +16,7 @@ BT_PAR = 64       # chunk length of the state pass
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
                                            triton.Config({}, num_warps=8, num_stages=1),
                                            triton.Config({}, num_warps=4, num_stages=3)]),
-                 key=["K", "V", "BK", "BV", "PREC", "MODE"])
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "MODE"])
 @triton.jit(do_not_specialize=['T', 'NT', 'VARLEN'])
 def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_ptr, cu_ptr, cmap_ptr, scale, T, NT,
                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
@@ -89,20 +89,21 @@ def _chunk_scan_kernel(hs_ptr, gl_ptr, init0_ptr, init1_ptr, fin0_ptr, fin1_ptr,
 
 
 
-def _par_slots(B, T, N, cu_seqlens, device):
-    """Number of chunk slots and the int32 slot -> sequence map (varlen; else an unread placeholder)."""
-    NT = _cdiv(T, BT_PAR)
+def _par_slots(B, T, N, cu_seqlens, device, bt=BT_PAR):
+    """Number of chunk slots (chunks of ``bt`` rows) and the int32 slot -> sequence map (varlen; else an unread
+    placeholder)."""
+    NT = _cdiv(T, bt)
     if cu_seqlens is None:
         return B * NT, NT, _placeholder(device)
     S = NT + N        # sequence n: slots cu[n]//BT + n + i, i < cdiv(len_n, BT) (disjoint, see _bwd_impl)
     cu = cu_seqlens.to(torch.int64)
-    starts = cu[:-1] // BT_PAR + torch.arange(N, device=device)
+    starts = cu[:-1] // bt + torch.arange(N, device=device)
     cmap = torch.searchsorted(starts, torch.arange(S, device=device), right=True) - 1
     return S, NT, cmap.clamp_(min=0).to(torch.int32)
 
 
-def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None):
-    """Per-chunk states (parallel state kernel + sequential scan over chunks).
+def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, bt=BT_PAR):
+    """Per-chunk states (parallel state kernel + sequential scan over chunks of ``bt`` rows, a multiple of 16).
 
     mode "fwd": S_c (state at each chunk start, [S, H, K, V] fp32) and the final state;
     "bwd": S_c and D_c (dL/dS at each chunk end) and dh0; "bwd_d" (S_c saved by the forward): D_c and dh0 only.
@@ -112,7 +113,7 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None):
     BK, BV = _blocks(K, V)
     NV = _cdiv(V, BV)
     dev = r.device
-    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev)
+    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
     cu = _cu(cu_seqlens, dev)
     varlen = int(cu_seqlens is not None)
     prec = _prec(r.dtype, mode != "fwd")
@@ -120,7 +121,7 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None):
     buf = new_empty((2 if mode == "bwd" else 1, S, H, K, V), torch.float32, dev)
     gl = new_empty((S, H, K), torch.float32, dev)
     _chunk_state_kernel[(S, NV, H)](r, k, v, w, do if do is not None else v, buf[0], buf[-1], gl, cu, cmap, scale,
-                                    T, NT, H=H, K=K, V=V, BT=BT_PAR, BK=BK, BV=BV, VARLEN=varlen, MODE=kmode,
+                                    T, NT, H=H, K=K, V=V, BT=bt, BK=BK, BV=BV, VARLEN=varlen, MODE=kmode,
                                     PREC=prec)
     ht = new_empty((N, H, K, V), torch.float32, dev) if mode != "bwd_d" else None
     dh0 = new_empty((N, H, K, V), torch.float32, dev) if mode != "fwd" else None
@@ -129,11 +130,11 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None):
     _chunk_scan_kernel[(N * H, _cdiv(V, SBV), 2 if mode == "bwd" else 1)](
         buf, gl, h0 if h0 is not None else any_, dht if dht is not None else any_, any_ if ht is None else ht,
         any_ if dh0 is None else dh0, cu, T, NT, S, int(h0 is not None), int(dht is not None),
-        int(mode == "bwd_d"), H=H, K=K, V=V, BT=BT_PAR, BK=BK, BV=SBV, VARLEN=varlen, num_warps=4)
+        int(mode == "bwd_d"), H=H, K=K, V=V, BT=bt, BK=BK, BV=SBV, VARLEN=varlen, num_warps=4)
     return buf, ht, dh0, S, NT, cmap, cu
 
 
-def _par_state_shape(B, T, H, K, V, N, varlen):
-    NT = _cdiv(T, BT_PAR)
+def _par_state_shape(B, T, H, K, V, N, varlen, bt=BT_PAR):
+    NT = _cdiv(T, bt)
     return ((NT + N) if varlen else B * NT, H, K, V)
 
