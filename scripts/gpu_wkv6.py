@@ -22,14 +22,14 @@ with every Triton launch stubbed.
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; named in WKV6_ALGOS only, forward: the
 sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem (``LOWMEM``:
 recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``),
-chunk_rows32 / chunk_rows16 (``state_rows``: fp32 states every 32 / 16 rows instead of 64, so that a backward
-program moves S and D over 0-1 / no other blocks instead of 0-3; twice / four times the state memory),
-chunk_movedot / chunk_rows32_movedot (``state_move`` "dot": S and D moved to the block by one masked dot each over
-the chunk's other rows instead of a chain of 16-row updates), chunk_carry (``state_move`` "carry": the forward walk
+chunk_rows32 (``state_rows``: fp32 states every 32 rows instead of 64, so that a backward program moves S and D
+over 0-1 other blocks instead of 0-3; twice the state memory; run 8: faster at B8 T4096 H32 and the small model,
+neutral at the large one), chunk_carry (``state_move`` "carry": the forward walk
 keeps S every 16 rows, one backward program per chunk walks its blocks downwards carrying D: 3 block updates per
 64 rows, no redundant ones); these keep the default's forward mode (the walk where chunk_seq runs, the state pass
 where chunk_par does: compare with that one). Run 5 also
-timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 6 two split backwards (chunk_split,
+timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
+(chunk_movedot, chunk_rows32_movedot: S and D moved by one masked dot each), run 6 two split backwards (chunk_split,
 chunk_split_blk: two kernels joined through fp32 partials): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
 """
 from __future__ import annotations
@@ -102,9 +102,7 @@ def _chunk_mode(seq):
 
 
 VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
-KNOBS = {"chunk_rows32": dict(state_rows=32), "chunk_rows16": dict(state_rows=16),      # forward mode: the default's
-         "chunk_movedot": dict(state_move="dot"), "chunk_rows32_movedot": dict(state_rows=32, state_move="dot"),
-         "chunk_carry": dict(state_move="carry")}
+KNOBS = {"chunk_rows32": dict(state_rows=32), "chunk_carry": dict(state_move="carry")}  # forward mode: the default's
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS}}
 VARIANTS.update(KNOBS)
@@ -416,9 +414,9 @@ def regs():
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", str(kc.BT)).split(",")]   # state_rows knob values
     moves = os.environ.get("WKV6_REGS_MOVE", "walk").split(",")                       # state_move knob values
     cases = [(kc, "_bwd_carry_kernel" if mv == "carry" else "_bwd_kernel",       # what bf16 inputs get
-              dict(blk, BT=bt, HALF_B=True, **({} if mv == "carry" else dict(MOVE_DOT=mv == "dot"))))
+              dict(blk, BT=bt, HALF_B=True))
              for mv in moves for bt in bts]
-    cases += [(kc, "_bwd_kernel", dict(blk, HALF_B=False, MOVE_DOT=False)),   # B = do vᵀ in tf32 (until run 6)
+    cases += [(kc, "_bwd_kernel", dict(blk, HALF_B=False)),   # B = do vᵀ in tf32 (until run 6)
               (kc, "_fwd_seq_kernel", dict(blk, USE_H0=False, SAVE=True)),
               (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv))]
     only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_kernel: one kernel (each compile takes ~10 s)
@@ -443,7 +441,7 @@ def regs():
                 sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
             m = re.search(r"REG:(\d+) STACK:(\d+)", out)
             n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
-            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "MOVE_DOT") if c in consts)
+            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT") if c in consts)
             print(name + tag, nw, m.group(1), m.group(2), n_ins, flush=True)
 
 

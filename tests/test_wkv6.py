@@ -106,8 +106,8 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
     _check(d, context=f"{shape} {decay}", fn=fn)
 
 
-@pytest.mark.parametrize("fn,move", [(wkv6, None), (wkv6_fused, None), (wkv6, "dot"), (wkv6, "carry")],
-                         ids=["chunk", "fused", "chunk_movedot", "chunk_carry"])
+@pytest.mark.parametrize("fn,move", [(wkv6, None), (wkv6_fused, None), (wkv6, "carry")],
+                         ids=["chunk", "fused", "chunk_carry"])
 def test_wkv6_extreme_decay(fn, move):
     """Extreme decays; the chunk backward's ``state_move`` knobs too (forward and backward inside the knob; the walk
     forward, which keeps the states "carry" needs)."""
@@ -393,13 +393,13 @@ def _chunk_mode(seq):
 def test_wkv6_chunk_modes(seq, shape, cu):
     """Both forward modes of the default algorithm (sequential walk, state pass + parallel chunks) vs fp64, each
     with the backward knobs off their defaults (which every other test runs): ``state_move`` "carry" at 64 / 32
-    (the walk keeps S every 16 rows), ``state_rows`` 16 and "dot" at 32 (the state pass: S recomputed)."""
+    (the walk keeps S every 16 rows), ``state_rows`` 32 (the state pass: S recomputed beside D)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
     knobs = {(True, True): dict(state_move="carry"), (True, False): dict(state_move="carry", state_rows=32),
-             (False, True): dict(state_rows=16), (False, False): dict(state_rows=32, state_move="dot")}
+             (False, True): dict(state_rows=32), (False, False): dict(state_rows=32, state_move="carry")}
     with kc.tuning(**knobs[seq, cu is None]):
         _check(d, context=f"chunk {shape} cu={cu} {knobs[seq, cu is None]}", fn=_chunk_mode(seq))
 
@@ -498,8 +498,8 @@ def test_wkv6_chunk_bad_knobs():
     with pytest.raises(ValueError, match="state_move must be one of"):
         with kc.tuning(state_move="jump"):
             pass
-    d = make_inputs(1, 20, 1, 16, 16)
-    with kc.tuning(state_rows=16), kc.forward_mode(True):     # the walk keeps states (the state pass: none)
+    d = make_inputs(1, 40, 1, 16, 16)       # two 32-row chunks, one 64-row chunk
+    with kc.tuning(state_rows=32), kc.forward_mode(True):     # the walk keeps states (the state pass: none)
         o, _ = wkv6(d["r"], d["k"], d["v"], d["w"], d["u"])
     with pytest.raises(ValueError, match="keep the chunk knobs the same"):
         o.sum().backward()
@@ -558,9 +558,7 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("knobs", [dict(state_rows=32), dict(state_rows=16), dict(state_move="dot"),
-                                   dict(state_rows=32, state_move="dot"), dict(state_move="carry")],
-                         ids=["rows32", "rows16", "movedot", "rows32_movedot", "carry"])
+@pytest.mark.parametrize("knobs", [dict(state_rows=32), dict(state_move="carry")], ids=["rows32", "carry"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
 def test_wkv6_gpu_chunk_knobs(knobs, dtype, bound):
     """The chunk backward's ``state_rows`` / ``state_move`` knobs compiled for the GPU (bf16 through HALF_B), vs

@@ -49,13 +49,19 @@ harness also timed ~0.5 ms of .grad accumulation; not re-timed) against the defa
 the reverse scan is latency-bound and runs once per slice. Splitting V across backward programs
 ([K, 32] states, fp32 partial sums) was measured too and lost (bwd kernel 6.7 → 12.4 ms: still 255 registers).
 
-Backward state knobs (``TUNING``; not yet timed on the GPU, defaults = the run-7 kernels): ``state_rows`` (the
-chunk length BT of the state pass, the saved states and the backward grid: 64, 32 or 16) — a block program moves
-S_c / D_c over 0–3 other blocks at 64 (12 block updates per 64 rows), 0–1 at 32 (4), none at 16, for 64 / BT times
-the fp32 state memory and the reverse scan's serial steps; ``state_move`` "dot" — S_m and D_m in one masked dot each
-over the chunk's earlier / later rows, S_m = diag(exp(Σ w)) S_c + (k ⊙ exp(R))ᵀ v with R_s = Σ_{s<x<block start} w_x
-and D_m likewise with P_t = Σ_{block end<=x<t} w_x (masked cumsums over the chunk: same-sign sums, every
-exponent ≤ 0) — no chain of block updates and one load wait, for [BT, K] tiles of the whole chunk.
+Backward state knobs (``TUNING``; defaults = the run-7 kernels). ``state_rows`` (the chunk length BT of the state
+pass, the saved states and the backward grid: 64 or 32): a block program moves S_c / D_c over 0–3 other blocks at 64
+(12 block updates per 64 rows), 0–1 at 32 (4), for 64 / BT times the fp32 state memory and the reverse scan's serial
+steps. H100, run 8 (GPU µs per fwd+bwd, profiler; 64 vs 32): B8 T4096 H32 `_bwd_kernel` 6105
+vs 5073 but the scan 529 vs 1056 (fwd+bwd 8.80 vs 8.60 ms, extra peak 1.18 vs 1.68 GiB); B16 T1024 H8 all kernels
+1290 vs 1312 µs; B64 T256 H4 K32 311 vs 282 µs. 16 (no block updates at all) was timed too and removed: slower
+everywhere (the scan ×4: 9.72 ms at B8 T4096 H32, 1578 and 318 µs of GPU time at the models' shapes). The default stays 64: 32 wins
+only where the longer latency-bound scan does not eat the backward's gain, and costs +0.5 GiB. ``state_move``
+"carry": the forward walk keeps S every 16 rows and one program per chunk walks its blocks downwards with D carried
+(3 block updates per 64 rows instead of 12, the scan unchanged) — written after run 8, not yet timed. A third move
+("dot": S_m / D_m by one masked [K, BT] × [BT, V] dot each over the chunk) was timed in run 8 and removed: slower
+in GPU time at every shape (`_bwd_kernel` 7076 vs 6105 µs at B8 T4096 H32; all kernels 1446 vs 1290 µs at B16 T1024
+H8, 356 vs 311 µs at B64 T256 H4 K32; with state_rows 32 as well: 1405 and 334 µs).
 """
 from __future__ import annotations
 
@@ -267,46 +273,22 @@ def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constex
 
 
 @triton.jit
-def _moved_by_dot(b_x, a_ptr, b_ptr, w_ptr, bos, c0, L, i_h, scale, o_k, o_v, m_k, m_v, lo, hi, H: tl.constexpr,
-                  K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, EARLIER: tl.constexpr):
-    """A state moved over the chunk rows lo <= x < hi (chunk-local) in one dot, no block-by-block chain:
-    EARLIER (S over earlier rows): diag(exp(Σ w)) S + (a ⊙ exp(R))ᵀ b, R_s = Σ_{s<x<hi} w_x (a = k, b = v);
-    else (D over later rows): diag(exp(Σ w)) D + (a ⊙ exp(P))ᵀ b, P_t = Σ_{lo<=x<t} w_x (a = q·scale, b = do).
-    The [BT, BK] tiles of the whole chunk, rows outside [lo, hi) masked to 0: R, P are sums of terms of one sign (a
-    masked cumsum, as ``_state_over_block``'s), every exponent <= 0."""
-    o_r = tl.arange(0, BT)
-    m_in = ((o_r >= lo) & (o_r < hi))[:, None]
-    b_w = tl.where(m_in, _clamp_w(_load_rows(w_ptr, bos, c0, L, i_h, o_r, o_k, m_k, H, K, BT, 0)), 0.)
-    b_a = _load_rows(a_ptr, bos, c0, L, i_h, o_r, o_k, m_k, H, K, BT, 0) * scale
-    b_b = _load_rows(b_ptr, bos, c0, L, i_h, o_r, o_v, m_v, H, V, BT, 0)
-    b_ad = tl.where(m_in, b_a * tl.exp(tl.cumsum(b_w, axis=0, reverse=EARLIER) - b_w), 0.)
-    return b_x * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_ad), b_b, input_precision=PREC)
-
-
-@triton.jit
 def _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale, o_t, o_k,
                   o_v, m_k, m_v, o_kv, m_kv, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                  SB: tl.constexpr, PREC: tl.constexpr, MOVE_DOT: tl.constexpr):
+                  SB: tl.constexpr, PREC: tl.constexpr):
     """S at the start of block i_m of the chunk at c0 (slot i_s) and dL/dS at its end [BK, BV] fp32: S_c / D_c
-    moved over the chunk's earlier / later blocks (MOVE_DOT: in one masked dot each over the whole chunk, else
-    block by block)."""
+    moved over the chunk's earlier / later blocks, block by block."""
     p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
     m_kv = m_kv & (o_kv * 0 + c0 < L)
     b_h = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
-    if MOVE_DOT:        # D_c loaded after S is moved: one [K, V] state fewer live beside the move's [BT, *] tiles
-        b_h = _moved_by_dot(b_h, k_ptr, v_ptr, w_ptr, bos, c0, L, i_h, 1., o_k, o_v, m_k, m_v, 0, i_m * SB, H, K,
-                            V, BT, PREC, True)
-        b_dh = _moved_by_dot(tl.load(hd_ptr + p_s, mask=m_kv, other=0.), q_ptr, do_ptr, w_ptr, bos, c0, L, i_h, scale,
-                             o_k, o_v, m_k, m_v, (i_m + 1) * SB, BT, H, K, V, BT, PREC, False)
-    else:
-        b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
-        nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows (the rest: no-ops)
-        for j in range(0, tl.minimum(i_m, nb)):
-            b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H,
-                                    K, V, SB, PREC)
-        for j in range(0, nb - 1 - i_m):
-            b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + (nb - 1 - j) * SB, L, i_h, scale, o_t,
-                                    o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+    b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
+    nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows (the rest: no-ops)
+    for j in range(0, tl.minimum(i_m, nb)):
+        b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K,
+                                V, SB, PREC)
+    for j in range(0, nb - 1 - i_m):
+        b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + (nb - 1 - j) * SB, L, i_h, scale, o_t, o_k,
+                                o_v, m_k, m_v, H, K, V, SB, PREC)
     return b_h, b_dh
 
 
@@ -368,21 +350,21 @@ def _block_bwd(b_h, b_dh, q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dq_ptr, dk_
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
                                            triton.Config({}, num_warps=8, num_stages=1)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B", "MOVE_DOT"])
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
                 cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr,
-                VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, MOVE_DOT: tl.constexpr):
+                VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
     """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V). hs / hd [slots, H, K, V] fp32: the
     state at each chunk start / dL/dS at each chunk end; do/dv [B·T, H, V], dq/dk/dw [B·T, H, K] (input dtypes),
     du [slots · BT/SB, H, K] fp32 partial rows. Other layouts as ``_fwd_par_kernel``. HALF_B (half inputs): the
-    dot B = do vᵀ runs on do and v in their own dtype (``common._half_dot``). MOVE_DOT: the ``state_move`` knob."""
+    dot B = do vᵀ runs on do and v in their own dtype (``common._half_dot``)."""
     pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
     o_t = tl.arange(0, SB)
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
     b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale,
-                              o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC, MOVE_DOT)
+                              o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
     _block_bwd(b_h, b_dh, q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos,
                L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC, HALF_B)
 
@@ -512,21 +494,20 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   scan_fill    the backward's reverse state scan uses narrower V-blocks (down to 16) until it has >= #SMs
 #                programs (a piece of one or two batch elements has few (sequence, head) pairs);
 #   state_rows   rows between the fp32 states of the state pass, the forward's saved states and the backward's
-#                chunks (64, 32 or 16; ``BT`` in the kernels): each backward program (one 16-row block) moves S_c
-#                and D_c over the other blocks of its chunk, 0-3 block updates each at 64 (12 per 64 rows), 0-1 at
-#                32 (4), none at 16; the state buffers and the reverse scan's serial steps grow as 64 / state_rows.
+#                chunks (64 or 32; ``BT`` in the kernels): each backward program (one 16-row block) moves S_c and
+#                D_c over the other blocks of its chunk, 0-3 block updates each at 64 (12 per 64 rows), 0-1 at 32
+#                (4); the state buffers and the reverse scan's serial steps grow as 64 / state_rows.
 #                The state-pass forward (few programs) stays at 64 and keeps no states then (``_fwd_plan``).
-#                Not yet timed on the GPU (default 64 until it is);
+#                Run 8 (H100): 32 is faster at B8 T4096 H32 and the small model, neutral at the large one (the
+#                scan doubles), +0.5 GiB: default 64 (module docstring);
 #   state_move   how a backward program moves S_c / D_c to its block: "walk" (block by block, a chain of 16-row
-#                updates) or "dot" (one masked [K, BT] x [BT, V] dot each over the chunk's earlier / later rows: no
-#                chain, 4x the flops of the longest walk) or "carry" (the forward walk keeps S every 16 rows; one
-#                program per chunk walks its blocks downwards with D carried: one block update per block, none
-#                redundant; the state-pass forward keeps nothing, its backward then runs "walk"). Not yet timed on
-#                the GPU (default "walk" until it is).
+#                updates) or "carry" (the forward walk keeps S every 16 rows; one program per chunk walks its blocks
+#                downwards with D carried: one block update per block, none redundant; the state-pass forward keeps
+#                nothing, its backward then runs "walk"). "carry" not yet timed on the GPU (default "walk").
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False, "state_rows": BT, "state_move": "walk"}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True, "state_rows": BT, "state_move": "walk"}
-STATE_ROWS = (16, 32, 64)
-STATE_MOVES = ("walk", "dot", "carry")
+STATE_ROWS = (32, 64)
+STATE_MOVES = ("walk", "carry")
 
 
 @contextlib.contextmanager
@@ -588,7 +569,7 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn):
     if kn["state_move"] == "carry" and mode == "bwd_d":      # hs: the forward walk's states every SB rows
         _bwd_carry_kernel[(S, H)](*args, _cdiv(T, SB), **meta)
     else:
-        _bwd_kernel[(S * nb, H)](*args, **meta, MOVE_DOT=kn["state_move"] == "dot")
+        _bwd_kernel[(S * nb, H)](*args, **meta)
     return du_part.sum(0), dh0
 
 
