@@ -801,7 +801,6 @@ def _timing(spec: OpSpec, graph: bool) -> str:
 FIRST_USE_S = {"wkv6/triton": 11.2, "mamba2/mamba_ssm": 52.0}
 BACKGROUND_S = 20.0       # an item expected to take this long compiles in a subprocess from the start (precompile)
 BACKGROUND_REST = 0.4     # what is left of such an item's expected time at most after its background compile
-BACKGROUND_WAIT_S = 20.0  # any other item waits at most this long for its background compile, then compiles itself
 REFERENCE_S = 0.5         # a PyTorch reference otherwise: nothing to compile
 BASE_S, CONFIG_S = 1.5, 0.2   # a kernel otherwise: 1.5 s + 0.2 s per autotune config in its package (run 5 with
                               # parallel compile: glue kernels without autotuning 0.9-2.4 s, gate_norm_residual's
@@ -901,20 +900,21 @@ def _used_anyway(plan: list, path: Path, graph: bool) -> set[str]:
 
 
 def _background(plan: list, cuda: bool, parallel: bool, history: dict):
-    """``precompile.Background`` compiling the plan's kernels from the start, so that the main process measures
-    each after its compiles are done instead of compiling it (run 7: the glue's 19.3 s, wkv6/triton's 11.3 s):
-    an item expected to take ``BACKGROUND_S`` or more (mamba-ssm's first use) in a subprocess of its own, every
-    lab kernel in one more subprocess in plan order; None without a GPU or parallel compile, or with nothing to
-    compile (references and peers without a long first use compile no Triton kernel of ours)."""
+    """``precompile.Background`` compiling, from the start, each item expected to take ``BACKGROUND_S`` or more
+    (mamba-ssm's first use) in a subprocess of its own, so that the main process measures it after those compiles
+    instead of doing them; None without a GPU or parallel compile, or with no such item.
+
+    Short items (the lab kernels) compile in the main process, as in run 8 (parallel compile: 0.8-3.4 s each,
+    wkv6/triton 9.3 s). Run 9 compiled them in one more subprocess too: it reported after 26.1 s (its imports,
+    then every lab kernel at once), the first lab item waited its 20 s cap for it and the qualification took 65.5 s
+    against run 8's 53.2 (the long item's own subprocess, fixed in between, measured mamba-ssm with 13 of its 129
+    kernels left to compile)."""
     from groundthink.precompile import Background, switched_on
     if not (cuda and switched_on(parallel)):
         return None
-    items = [(spec, impl, shp) for spec, impl, fn, shp in plan if impl is not spec.reference
-             and not isinstance(fn, Exception)]
-    long = [(s.name, i.name, shp) for s, i, shp in items if expected_s(s, i, history)[0] >= BACKGROUND_S]
-    rest = [(s.name, i.name, shp) for s, i, shp in items if i.role == "lab" and (s.name, i.name, shp) not in long]
-    groups = [[item] for item in long] + ([rest] if rest else [])
-    return Background(groups) if groups else None
+    long = [[(s.name, i.name, shp)] for s, i, fn, shp in plan if i is not s.reference and not isinstance(fn, Exception)
+            and expected_s(s, i, history)[0] >= BACKGROUND_S]
+    return Background(long) if long else None
 
 
 def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float,
@@ -963,9 +963,8 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         if not progress and exp >= 20:   # a long item: say so before it starts, so a run cut inside it shows which
             say(f"gate: {name} started (expected {exp:.1f} s: {source})")
         t1, c1, k1 = time.monotonic(), dict(COMPILE_STATS), dict(COMPILES)
-        if name in in_background:
-            long = expected_s(spec, impl, history)[0] >= BACKGROUND_S
-            waited, what = background.wait(op, impl.name, None if long else BACKGROUND_WAIT_S)
+        if name in in_background:      # a long item: wait for its own subprocess, however long
+            waited, what = background.wait(op, impl.name, None)
             say(f"gate: {name}: waited {waited:.1f} s for its background compile ({what})")
         if isinstance(fn, Exception):
             rows.append(_failed_row(spec, impl, shp, timing[op], fn, device))

@@ -23,9 +23,9 @@ its own ``do_bench`` (a caller's choice) is left alone, and the default comes ba
 may then swap places; which config is fastest by a clear margin does not change.
 
 Compile in the background (``Background``, ``python -m groundthink.precompile ITEMS-JSON``): at the start of
-the qualification the gate starts a subprocess for an item expected to take long (mamba-ssm's first use) and
-one more for every lab kernel of the plan, in plan order, so that compilation — CPU work — overlaps the timing
-of the items before them. A subprocess dry-runs each item: one forward + backward at the model's shape and at
+the qualification the gate starts a subprocess for each item expected to take long (mamba-ssm's first use), so
+that its compilation — CPU work — overlaps the timing of the items before it (run 9 also compiled every lab kernel
+in one more subprocess: slower, see ``gate._background``). A subprocess dry-runs each item: one forward + backward at the model's shape and at
 the spec's error shape (what ``gate.measure`` runs) inside ``compile_only``, in which no Triton kernel is
 launched: every kernel the call meets is submitted to one thread pool (one ``AsyncCompileMode`` for the whole
 dry run), an autotuned kernel with every config it would benchmark (nothing at a key it has met already: the
