@@ -15,8 +15,8 @@ four input gradients included). Env: WKV6_ALGOS (comma list of the names in ALGO
 WKV6_SMOKE=1 runs the whole flow on CPU (interpreter, tiny shapes, one timed call instead of do_bench: checks the
 script, measures nothing). Run the first call's measurement with a fresh TRITON_CACHE_DIR. ``--regs``
 (no GPU needed): registers, spill stack and SASS instructions of ``_bwd_kernel``, ``_fwd_seq_kernel`` and the state
-scan as compiled for sm_90 on this machine (WKV6_REGS_ONLY picks kernels; WKV6_REGS_BT / WKV6_REGS_MOVE: comma
-lists of the backward's ``state_rows`` / ``state_move`` knob values to compile); ``--host`` (CPU): host µs per call
+scan as compiled for sm_90 on this machine (WKV6_REGS_ONLY picks kernels; WKV6_REGS_BT: a comma list of the
+backward's ``state_rows`` knob values to compile); ``--host`` (CPU): host µs per call
 with every Triton launch stubbed.
 
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; named in WKV6_ALGOS only, forward: the
@@ -24,12 +24,11 @@ sequential walk): chunk_nosave (states recomputed in the backward instead of sav
 recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``),
 chunk_rows32 (``state_rows``: fp32 states every 32 rows instead of 64, so that a backward program moves S and D
 over 0-1 other blocks instead of 0-3; twice the state memory; run 8: faster at B8 T4096 H32 and the small model,
-neutral at the large one), chunk_carry (``state_move`` "carry": the forward walk
-keeps S every 16 rows, one backward program per chunk walks its blocks downwards carrying D: 3 block updates per
-64 rows, no redundant ones); these keep the default's forward mode (the walk where chunk_seq runs, the state pass
+neutral at the large one); these keep the default's forward mode (the walk where chunk_seq runs, the state pass
 where chunk_par does: compare with that one). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
-(chunk_movedot, chunk_rows32_movedot: S and D moved by one masked dot each), run 6 two split backwards (chunk_split,
+(chunk_movedot, chunk_rows32_movedot: S and D moved by one masked dot each), run 9 chunk_carry (one program per
+chunk carrying D, S saved every 16 rows), run 6 two split backwards (chunk_split,
 chunk_split_blk: two kernels joined through fp32 partials): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
 """
 from __future__ import annotations
@@ -102,7 +101,7 @@ def _chunk_mode(seq):
 
 
 VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
-KNOBS = {"chunk_rows32": dict(state_rows=32), "chunk_carry": dict(state_move="carry")}  # forward mode: the default's
+KNOBS = {"chunk_rows32": dict(state_rows=32)}  # forward mode: the default's
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS}}
 VARIANTS.update(KNOBS)
@@ -412,15 +411,11 @@ def regs():
     blk = dict(H=32, K=kv, V=kv, BT=kc.BT, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False, PREC="tf32")
     import kernels.wkv6.states as ks
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", str(kc.BT)).split(",")]   # state_rows knob values
-    moves = os.environ.get("WKV6_REGS_MOVE", "walk").split(",")                       # state_move knob values
-    cases = [(kc, "_bwd_carry_kernel" if mv == "carry" else "_bwd_kernel",       # what bf16 inputs get
-              dict(blk, BT=bt, HALF_B=True))
-             for mv in moves for bt in bts]
+    cases = [(kc, "_bwd_kernel", dict(blk, BT=bt, HALF_B=True)) for bt in bts]      # what bf16 inputs get
     cases += [(kc, "_bwd_kernel", dict(blk, HALF_B=False)),   # B = do vᵀ in tf32 (until run 6)
               (kc, "_fwd_seq_kernel", dict(blk, USE_H0=False, SAVE=True)),
               (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv))]
     only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_kernel: one kernel (each compile takes ~10 s)
-    only = only and only.replace("_bwd_kernel", "_bwd_kernel,_bwd_carry_kernel")
     cases = [c for c in cases if not only or c[1] in only.split(",")]
     print(f"==== wkv6 chunk kernels, sm_90 compile (Triton {triton.__version__}), bf16, K = V = {kv}: "
           "kernel warps registers spill-stack-bytes sass-instructions")

@@ -106,19 +106,19 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
     _check(d, context=f"{shape} {decay}", fn=fn)
 
 
-@pytest.mark.parametrize("fn,move", [(wkv6, None), (wkv6_fused, None), (wkv6, "carry")],
-                         ids=["chunk", "fused", "chunk_carry"])
-def test_wkv6_extreme_decay(fn, move):
-    """Extreme decays; the chunk backward's ``state_move`` knobs too (forward and backward inside the knob; the walk
-    forward, which keeps the states "carry" needs)."""
+@pytest.mark.parametrize("fn,knobs", [(wkv6, {}), (wkv6_fused, {}), (wkv6, dict(state_rows=32))],
+                         ids=["chunk", "fused", "chunk_rows32"])
+def test_wkv6_extreme_decay(fn, knobs):
+    """Extreme decays; the chunk backward's ``state_rows`` 32 too (forward and backward inside the knob; the walk
+    forward, which keeps the 32-row states)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
         d["w"][:, :, :, :8] = -40.0                      # all strong
         d["w"][:, ::3, :, 8:] = -60.0                    # beyond -40
         d["w"][:, 1::3, :, 8:] = -1e-4
-    with kc.tuning(state_move=move or kc.TUNING["state_move"]), kc.forward_mode(True if move else kc._FORCED_SEQ):
-        _check(d, context=f"extreme decay {move}", fn=fn)
+    with kc.tuning(**knobs), kc.forward_mode(True if knobs else kc._FORCED_SEQ):
+        _check(d, context=f"extreme decay {knobs}", fn=fn)
 
 
 @FNS
@@ -392,14 +392,14 @@ def _chunk_mode(seq):
                          ids=["fixed", "varlen"])
 def test_wkv6_chunk_modes(seq, shape, cu):
     """Both forward modes of the default algorithm (sequential walk, state pass + parallel chunks) vs fp64, each
-    with the backward knobs off their defaults (which every other test runs): ``state_move`` "carry" at 64 / 32
-    (the walk keeps S every 16 rows), ``state_rows`` 32 (the state pass: S recomputed beside D)."""
+    with the backward's ``state_rows`` at 32 (the walk keeps 32-row states; the state pass keeps none, S recomputed
+    beside D) except the fixed-length state pass (the default, which every other test runs too)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    knobs = {(True, True): dict(state_move="carry"), (True, False): dict(state_move="carry", state_rows=32),
-             (False, True): dict(state_rows=32), (False, False): dict(state_rows=32, state_move="carry")}
+    knobs = {(True, True): dict(state_rows=32), (True, False): dict(state_rows=32), (False, True): {},
+             (False, False): dict(state_rows=32)}
     with kc.tuning(**knobs[seq, cu is None]):
         _check(d, context=f"chunk {shape} cu={cu} {knobs[seq, cu is None]}", fn=_chunk_mode(seq))
 
@@ -489,14 +489,14 @@ def test_wkv6_chunk_memory_knobs(knobs):
 
 
 def test_wkv6_chunk_bad_knobs():
-    """A ``state_rows`` / ``state_move`` value the kernels do not take, or a backward whose ``state_rows`` differs
+    """A ``state_rows`` value the kernels do not take, an unknown knob, or a backward whose ``state_rows`` differs
     from its forward's (saved states of the wrong spacing), is a one-line error."""
     import kernels.wkv6.chunk as kc
     with pytest.raises(ValueError, match="state_rows must be one of"):
         with kc.tuning(state_rows=48):
             pass
-    with pytest.raises(ValueError, match="state_move must be one of"):
-        with kc.tuning(state_move="jump"):
+    with pytest.raises(ValueError, match="unknown wkv6 chunk knobs"):
+        with kc.tuning(state_move="carry"):
             pass
     d = make_inputs(1, 40, 1, 16, 16)       # two 32-row chunks, one 64-row chunk
     with kc.tuning(state_rows=32), kc.forward_mode(True):     # the walk keeps states (the state pass: none)
@@ -558,10 +558,10 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("knobs", [dict(state_rows=32), dict(state_move="carry")], ids=["rows32", "carry"])
+@pytest.mark.parametrize("knobs", [dict(state_rows=32)], ids=["rows32"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
 def test_wkv6_gpu_chunk_knobs(knobs, dtype, bound):
-    """The chunk backward's ``state_rows`` / ``state_move`` knobs compiled for the GPU (bf16 through HALF_B), vs
+    """The chunk backward's ``state_rows`` knob compiled for the GPU (bf16 through HALF_B), vs
     fp64: T = 300 (a partial last chunk at every state_rows), K = V = 64, strong decay, h0; the walk forward (it
     keeps the states those knobs ask for; this shape would take the state pass)."""
     import kernels.wkv6.chunk as kc

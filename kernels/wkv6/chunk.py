@@ -49,19 +49,19 @@ harness also timed ~0.5 ms of .grad accumulation; not re-timed) against the defa
 the reverse scan is latency-bound and runs once per slice. Splitting V across backward programs
 ([K, 32] states, fp32 partial sums) was measured too and lost (bwd kernel 6.7 → 12.4 ms: still 255 registers).
 
-Backward state knobs (``TUNING``; defaults = the run-7 kernels). ``state_rows`` (the chunk length BT of the state
-pass, the saved states and the backward grid: 64 or 32): a block program moves S_c / D_c over 0–3 other blocks at 64
+Backward state knob (``TUNING["state_rows"]``, default 64 = the run-7 kernels): the chunk length BT of the state
+pass, the saved states and the backward grid, 64 or 32. A block program moves S_c / D_c over 0–3 other blocks at 64
 (12 block updates per 64 rows), 0–1 at 32 (4), for 64 / BT times the fp32 state memory and the reverse scan's serial
-steps. H100, run 8 (GPU µs per fwd+bwd, profiler; 64 vs 32): B8 T4096 H32 `_bwd_kernel` 6105
-vs 5073 but the scan 529 vs 1056 (fwd+bwd 8.80 vs 8.60 ms, extra peak 1.18 vs 1.68 GiB); B16 T1024 H8 all kernels
-1290 vs 1312 µs; B64 T256 H4 K32 311 vs 282 µs. 16 (no block updates at all) was timed too and removed: slower
-everywhere (the scan ×4: 9.72 ms at B8 T4096 H32, 1578 and 318 µs of GPU time at the models' shapes). The default stays 64: 32 wins
-only where the longer latency-bound scan does not eat the backward's gain, and costs +0.5 GiB. ``state_move``
-"carry": the forward walk keeps S every 16 rows and one program per chunk walks its blocks downwards with D carried
-(3 block updates per 64 rows instead of 12, the scan unchanged) — written after run 8, not yet timed. A third move
-("dot": S_m / D_m by one masked [K, BT] × [BT, V] dot each over the chunk) was timed in run 8 and removed: slower
-in GPU time at every shape (`_bwd_kernel` 7076 vs 6105 µs at B8 T4096 H32; all kernels 1446 vs 1290 µs at B16 T1024
-H8, 356 vs 311 µs at B64 T256 H4 K32; with state_rows 32 as well: 1405 and 334 µs).
+steps. H100, run 8 (GPU µs per fwd+bwd, profiler; 64 vs 32): B8 T4096 H32 `_bwd_kernel` 6105 vs 5073 but the scan
+529 vs 1056 (fwd+bwd 8.80 vs 8.60 ms, extra peak 1.18 vs 1.68 GiB); B16 T1024 H8 all kernels 1290 vs 1312 µs; B64
+T256 H4 K32 311 vs 282 µs. The default stays 64: 32 wins only where the longer latency-bound scan does not eat the
+backward's gain, and costs +0.5 GiB. Timed and removed (slower at every shape): state_rows 16 (run 8: the scan ×4,
+9.72 ms at B8 T4096 H32, 1578 / 318 µs of GPU time at the models' shapes); S_m / D_m moved by one masked
+[K, BT] × [BT, V] dot each over the chunk ("dot", run 8: `_bwd_kernel` 7076 vs 6105 µs at B8 T4096 H32, 1446 vs 1290
+and 356 vs 311 µs at the models' shapes); one program per chunk walking its blocks downwards with D carried and S
+saved every 16 rows ("carry", run 9: 3 block updates per 64 rows instead of 12, but 255 registers with spills and
+the finer saves: its kernel 8411 vs 6087 µs, fwd+bwd 11.55 vs 8.79 ms at B8 T4096 H32, 1.68 vs 1.29 ms at B16 T1024
+H8, 1.11 vs 0.87 at B64 T256 H4 K32, extra peak 1.93 vs 1.18 GiB).
 """
 from __future__ import annotations
 
@@ -369,46 +369,6 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
                L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC, HALF_B)
 
 
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
-                                           triton.Config({}, num_warps=8, num_stages=1)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"], restore_value=["hd_ptr"])
-@triton.jit(do_not_specialize=['T', 'NT', 'NT_S'])
-def _bwd_carry_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
-                      du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NT_S, H: tl.constexpr, K: tl.constexpr,
-                      V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      LOG: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
-    """``state_move`` "carry": grid (chunk slots, H); one program walks the BT // SB blocks of its chunk downwards
-    with dL/dS carried in its own slot of hd (overwritten in place: L2-resident, no [K, V] state live beside the
-    levels; restored around autotuning; one block update per block, none redundant) and S at each block start
-    loaded from hs [block slots, H, K, V] fp32 (the forward walk's, every SB rows: slot of block j of sequence n
-    n·NT_S + j, or cu[n]//SB + n + j with VARLEN). hd: dL/dS at each chunk end [slots, H, K, V]; other layouts as
-    ``_bwd_kernel`` (du rows: slot · BT/SB + block). Blocks past the sequence end are no-ops (masked)."""
-    i_s, i_h = tl.program_id(0), tl.program_id(1)
-    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
-    c0 = i_c * BT
-    o_t = tl.arange(0, SB)
-    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-    if VARLEN:
-        s0 = bos // SB + i_n + i_c * (BT // SB)
-    else:
-        s0 = i_n * NT_S + i_c * (BT // SB)
-    p_d = hd_ptr + (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
-    m_d = m_kv & (o_kv * 0 + c0 < L)
-    for j in range(0, BT // SB):
-        i_m = BT // SB - 1 - j
-        r0 = c0 + i_m * SB
-        b_h = tl.load(hs_ptr + ((s0 + i_m) * H + i_h) * K * V + o_kv, mask=m_kv & (o_kv * 0 + r0 < L), other=0.)
-        _block_bwd(b_h, tl.load(p_d, mask=m_d, other=0.), q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dq_ptr, dk_ptr,
-                   dv_ptr, dw_ptr, du_ptr, i_s * (BT // SB) + i_m, bos, L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v, H,
-                   K, V, SB, LOG, PREC, HALF_B)
-        # D carried through its own slot of hd (L2), not registers: no [K, V] state live beside the levels
-        b_dh = _grad_over_block(tl.load(p_d, mask=m_d, other=0.), q_ptr, do_ptr, w_ptr, bos, r0, L, i_h, scale, o_t,
-                                o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
-        tl.debug_barrier()      # every thread has read D before it is overwritten ...
-        tl.store(p_d, b_dh, mask=m_d)
-        tl.debug_barrier()      # ... and the next block reads the new one
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------------------------
@@ -439,19 +399,13 @@ def forward_mode(seq: bool):
         _FORCED_SEQ = old
 
 
-def _saved_rows(knobs) -> int:
-    """Rows between the states the forward keeps for the backward: every block (SB) for ``state_move`` "carry",
-    else ``state_rows``."""
-    return SB if knobs["state_move"] == "carry" else knobs["state_rows"]
-
-
 def _fwd_plan(N, H, V, device, knobs):
     """(sequential walk?, whether the forward keeps its states for the backward). The state-pass forward always
     runs at 64-row chunks (its scan is latency-bound: shorter chunks would add serial steps to the forward) and
     keeps them only when the backward wants 64-row states; else the backward's state pass recomputes S_c beside D_c
     (its two scan directions run side by side)."""
     seq = _use_seq(N, H, V, device) if _FORCED_SEQ is None else _FORCED_SEQ
-    return seq, knobs["save_states"] and (seq or _saved_rows(knobs) == BT)
+    return seq, knobs["save_states"] and (seq or knobs["state_rows"] == BT)
 
 
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None):
@@ -464,7 +418,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     varlen = cu_seqlens is not None
     kn = knobs or TUNING
     seq, keep = _fwd_plan(N, H, V, dev, kn)
-    save, bt = save and keep, (_saved_rows(kn) if seq else BT)
+    save, bt = save and keep, (kn["state_rows"] if seq else BT)
     o = new_empty((B, T, H, V), r.dtype, dev)
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
     if seq:
@@ -500,14 +454,9 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                The state-pass forward (few programs) stays at 64 and keeps no states then (``_fwd_plan``).
 #                Run 8 (H100): 32 is faster at B8 T4096 H32 and the small model, neutral at the large one (the
 #                scan doubles), +0.5 GiB: default 64 (module docstring);
-#   state_move   how a backward program moves S_c / D_c to its block: "walk" (block by block, a chain of 16-row
-#                updates) or "carry" (the forward walk keeps S every 16 rows; one program per chunk walks its blocks
-#                downwards with D carried: one block update per block, none redundant; the state-pass forward keeps
-#                nothing, its backward then runs "walk"). "carry" not yet timed on the GPU (default "walk").
-TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False, "state_rows": BT, "state_move": "walk"}
-LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True, "state_rows": BT, "state_move": "walk"}
+TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False, "state_rows": BT}
+LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True, "state_rows": BT}
 STATE_ROWS = (32, 64)
-STATE_MOVES = ("walk", "carry")
 
 
 @contextlib.contextmanager
@@ -519,8 +468,6 @@ def tuning(**knobs):
         raise ValueError(f"unknown wkv6 chunk knobs {sorted(bad)}; known: {sorted(TUNING)}")
     if knobs.get("state_rows", BT) not in STATE_ROWS:
         raise ValueError(f"wkv6 chunk knob state_rows must be one of {STATE_ROWS}; got {knobs['state_rows']!r}")
-    if knobs.get("state_move", "walk") not in STATE_MOVES:
-        raise ValueError(f"wkv6 chunk knob state_move must be one of {STATE_MOVES}; got {knobs['state_move']!r}")
     old = dict(TUNING)
     TUNING.update(knobs)
     try:
@@ -533,7 +480,7 @@ def tuning(**knobs):
 def _state_shape(B, T, H, K, V, N, varlen, device):
     """Shape of the states the forward saves (empty when it keeps none: ``_fwd_plan``)."""
     keep = _fwd_plan(N, H, V, device, TUNING)[1]
-    return _par_state_shape(B, T, H, K, V, N, varlen, _saved_rows(TUNING)) if keep else (0,)
+    return _par_state_shape(B, T, H, K, V, N, varlen, TUNING["state_rows"]) if keep else (0,)
 
 
 def _bwd_pieces(B, T, H, K, V, recompute, varlen, limit, bt):
@@ -566,10 +513,7 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn):
     meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
                 PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype))
     args = (r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT)
-    if kn["state_move"] == "carry" and mode == "bwd_d":      # hs: the forward walk's states every SB rows
-        _bwd_carry_kernel[(S, H)](*args, _cdiv(T, SB), **meta)
-    else:
-        _bwd_kernel[(S * nb, H)](*args, **meta)
+    _bwd_kernel[(S * nb, H)](*args, **meta)
     return du_part.sum(0), dh0
 
 
@@ -580,14 +524,13 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None, 
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     saved = states is not None and states.numel() > 0
     outs = [new_empty(x.shape, x.dtype, r.device) for x in (r, k, v, w)]
-    rows = _saved_rows(kn)
+    rows = kn["state_rows"]
     NT = _cdiv(T, rows)
     if saved and states.shape != _par_state_shape(B, T, H, K, V, N, cu_seqlens is not None, rows):
         raise ValueError(f"wkv6: the forward saved states of shape {tuple(states.shape)}, not those of state_rows = "
-                         f"{kn['state_rows']}, state_move = {kn['state_move']!r}; keep the chunk knobs the same for "
+                         f"{kn['state_rows']}; keep the chunk knobs the same for "
                          "the forward and its backward")
-    pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None, kn["piece_bytes"],
-                         rows if saved else kn["state_rows"])
+    pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None, kn["piece_bytes"], rows)
     dus, dh0s = [], []
     for b0, b1 in pieces:
         cut = lambda x: x if x is None or len(pieces) == 1 else x[b0:b1]  # noqa: E731
