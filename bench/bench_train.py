@@ -45,6 +45,7 @@ import pytest
 import torch
 
 from bench import common
+from bench.floors import BF16INIT, FLOORS, REORDERED, floor_base  # noqa: F401 - FLOORS: the tests' too
 
 VOCAB = 97
 ALL_VARIANTS = ("HY", "GF", "GF-MH", "GF-RH", "HGF", "HGF-MH", "HGF-RH", "CP", "WS", "RF", "rwkv6", "mamba2")
@@ -221,16 +222,6 @@ def test_train(bench, kernels, variant, size):
 
 def validity_dir() -> Path:
     return common.out_dir() / "validity"
-
-
-REORDERED = "-reordered"     # a noise-floor run: "<kernels>-reordered" sums the same Mamba-2 scan in another order
-BF16INIT = "-bf16init"       # a noise-floor run: "<kernels>-bf16init" starts from weights rounded to bf16 precision
-FLOORS = ("reference" + REORDERED, "reference" + BF16INIT)
-
-
-def floor_base(kind: str) -> str | None:
-    """The path a noise-floor run perturbs (None: not a floor run)."""
-    return next((kind.removesuffix(s) for s in (REORDERED, BF16INIT) if kind.endswith(s)), None)
 
 
 @contextlib.contextmanager

@@ -54,7 +54,7 @@ from typing import Callable, Iterable
 import pytest
 import torch
 
-from groundthink import gate
+from groundthink import gate, harness
 from groundthink.device import gpu_slug
 from groundthink.spec import get, specs
 
@@ -223,7 +223,7 @@ def as_tuple(x) -> tuple:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
-make_backward = gate.fwd_bwd_step   # (fn, inputs, seed) -> (fwd+bwd step, leaves to clear)
+make_backward = harness.fwd_bwd_step   # (fn, inputs, seed) -> (fwd+bwd step, leaves to clear)
 
 
 def record(benchmark, *, op: str, impl: str, shape: str, pass_: str, dtype: str, ms: float | None,

@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 
 from groundthink.spec import specs  # noqa: E402
 
+from bench.floors import floor_base  # noqa: E402
 from bench.report_variants import sections as variants_sections
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -364,13 +365,6 @@ def pytest_benchmark_section(d: Path) -> list[str]:
 VALIDITY_TOL = 0.01          # issue 10: the lab's training loss within 1 % of the reference's at every logged step
 
 
-def _floor_base(run: str) -> str | None:
-    """The base run of a noise-floor run (bench_train's: a path perturbed by numerics only), None for the others;
-    bench_train imported here, not at the top: it needs pytest, the report does not."""
-    from bench.bench_train import floor_base
-    return floor_base(run)
-
-
 def _validity_runs(d: Path) -> dict[str, dict[int, float]]:
     runs = {}
     for p in sorted((d / "validity").glob("*.jsonl")):
@@ -387,7 +381,7 @@ def _plot_validity_diffs(ax, d: Path) -> None:
         xs = [s for s in sorted(set(pts) & set(base)) if base[s]]
         ys = [max(abs(pts[s] - base[s]) / abs(base[s]), 1e-9) for s in xs]
         if xs:
-            floor = _floor_base(r["run"]) is not None
+            floor = floor_base(r["run"]) is not None
             ax.plot(xs, ys, lw=1.2, ls=":" if floor else "-",
                     label=f"{r['run']} vs {r['vs']}" + (" (noise floor)" if floor else ""))
     ax.axhline(VALIDITY_TOL, color="red", lw=0.8, ls="--", label="1 %")
@@ -408,7 +402,7 @@ def validity_agreement(d: Path) -> pd.DataFrame:
     ref = next((k for k in runs if k.endswith("_reference")), None)
     rows = []
     for name, pts in runs.items():
-        base = _floor_base(name) or ref
+        base = floor_base(name) or ref
         if base is None or name == ref or base not in runs:
             continue
         common = [s for s in sorted(set(pts) & set(runs[base])) if runs[base][s]]
@@ -432,7 +426,7 @@ def validity_verdict(d: Path) -> dict | None:
     if a.empty:
         return None
     a = a[a["common steps"] > 0]
-    is_floor = a["run"].map(lambda run: _floor_base(run) is not None).astype(bool)
+    is_floor = a["run"].map(lambda run: floor_base(run) is not None).astype(bool)
     floors, labs = a[is_floor], a[~is_floor]
     if labs.empty:
         return None
@@ -525,7 +519,7 @@ def headline(df: pd.DataFrame, d: Path) -> list[str]:
             f"{r['run']} vs {r['vs']}: max relative train-loss difference {_fmt(r['max rel diff'], 'e')} over "
             f"{r['common steps']} common steps" if r["common steps"] else
             f"{r['run']} vs {r['vs']}: no step logged by both runs" for _, r in a.iterrows()
-            if _floor_base(r["run"]) is None) + ". "
+            if floor_base(r["run"]) is None) + ". "
             + validity_lines(d)[0])
     return ["## Answers of this run", ""] + out + [""] if out else []
 

@@ -21,11 +21,14 @@ def gpu_slug(device=None) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+PEER_PACKAGES = ("fla", "mamba_ssm", "causal_conv1d")   # the peers' packages: their versions key a verdict
+
+
 def versions() -> dict[str, str]:
     import triton
     out = {"torch": torch.__version__, "triton": triton.__version__,
            "cuda": torch.version.cuda or "none"}
-    for mod in ("fla", "mamba_ssm", "causal_conv1d"):
+    for mod in PEER_PACKAGES:
         try:
             out[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - optional peers: absent or broken both mean "not here"

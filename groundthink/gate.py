@@ -92,14 +92,14 @@ from typing import Callable
 
 import torch
 
-from groundthink.device import gpu_name, gpu_slug, versions, warm_on_side_stream
+from groundthink.device import PEER_PACKAGES, gpu_name, gpu_slug, versions, warm_on_side_stream
+from groundthink.harness import fwd_bwd_step
 from groundthink.precompile import COMPILES, STATS as COMPILE_STATS, compile_winners, compiles_since
 from groundthink.spec import ROOT, OpSpec, get, specs
 
 TIMINGS = ("eager", "graph")   # timing modes (module docstring); rows of other or no mode deny
 NOISE = 0.03          # a lab kernel counts as "no slower" than a peer up to 3% slower (timing noise)
 MEM_SLACK_MB = 1.0    # extra peak memory allowed over the reference: 0.1% + 1 MB
-PEER_PACKAGES = ("fla", "mamba_ssm", "causal_conv1d")
 _PACKAGES = ("kernels", "reference", "groundthink", "fused")
 
 
@@ -702,29 +702,6 @@ def graph_ms(step: Callable, leaves: list[torch.Tensor], cuda: bool = True) -> t
     replay, peak, copies = _capture(_clearing(step, leaves), leaves, cuda)
     ms, reps = _time_ms(replay, cuda)
     return ms / copies, peak, reps * copies
-
-
-def _grad_outputs(res) -> list[torch.Tensor]:
-    return [o for o in (res if isinstance(res, (tuple, list)) else (res,))
-            if isinstance(o, torch.Tensor) and o.requires_grad]
-
-
-def fwd_bwd_step(fn: Callable, inputs: dict, seed: int = 0) -> tuple[Callable, list[torch.Tensor]]:
-    """A forward + backward of ``fn(**inputs)`` with fixed random cotangents; returns (step, the leaves whose
-    ``.grad`` a caller clears between calls)."""
-    leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
-    outs = _grad_outputs(fn(**inputs))
-    dev = outs[0].device
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    cots = [torch.randn(o.shape, generator=gen, device=dev, dtype=torch.float32).to(o.dtype) for o in outs]
-    del outs
-    for t in leaves:
-        t.grad = None
-
-    def step():
-        torch.autograd.backward(_grad_outputs(fn(**inputs)), cots)
-
-    return step, leaves
 
 
 def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, device, timing: str = "eager") -> dict:

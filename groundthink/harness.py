@@ -7,6 +7,9 @@ one. ``assert_close_all`` turns that into a test with the dtype's bound. NaN or 
 While ``fn`` runs, every kernel output starts NaN-filled (``kernels._common.nan_prefill``), so an element a
 kernel never writes cannot pass.
 
+``fwd_bwd_step(fn, inputs)`` is the forward + backward with fixed random cotangents that the gate, the benchmarks
+and the background compile time or dry-run (one definition: it lives here, below every caller).
+
 Bounds are stated once, here. They are the relative RMS errors a correct kernel with fp32 accumulation reaches
 against float64; an op whose issue sets a tighter bar passes it explicitly.
 """
@@ -120,3 +123,26 @@ def check_op(fn: Callable, ref: Callable, inputs: Mapping[str, object], bound: f
     errs = compare(fn, ref, inputs, **kw)
     assert_close_all(errs, bound, context)
     return errs
+
+
+def _grad_outputs(res) -> list[torch.Tensor]:
+    return [o for o in (res if isinstance(res, (tuple, list)) else (res,))
+            if isinstance(o, torch.Tensor) and o.requires_grad]
+
+
+def fwd_bwd_step(fn: Callable, inputs: dict, seed: int = 0) -> tuple[Callable, list[torch.Tensor]]:
+    """A forward + backward of ``fn(**inputs)`` with fixed random cotangents; returns (step, the leaves whose
+    ``.grad`` a caller clears between calls)."""
+    leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    outs = _grad_outputs(fn(**inputs))
+    dev = outs[0].device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    cots = [torch.randn(o.shape, generator=gen, device=dev, dtype=torch.float32).to(o.dtype) for o in outs]
+    del outs
+    for t in leaves:
+        t.grad = None
+
+    def step():
+        torch.autograd.backward(_grad_outputs(fn(**inputs)), cots)
+
+    return step, leaves

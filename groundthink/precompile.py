@@ -352,7 +352,7 @@ def _dry_run(op: str, impl: str, shape: list) -> None:
     runs) inside an active ``compile_only``: the kernels' compiles are submitted, none is waited for."""
     import torch
 
-    from groundthink.gate import fwd_bwd_step
+    from groundthink.harness import fwd_bwd_step
     from groundthink.spec import get
     spec = get(op)
     fn, b = spec.impl(impl).load(), spec.bench

@@ -59,10 +59,10 @@ import kernels  # noqa: E402,F401
 import kernels.wkv6 as kw  # noqa: E402
 import kernels.wkv6.chunk as kc  # noqa: E402
 from groundthink.harness import compare, rel_err  # noqa: E402
+from groundthink.spec import get  # noqa: E402
 from reference.wkv6 import exact_du, wkv6_chunked  # noqa: E402
 
-SHAPES = [(8, 4096, 32, 64, 64), (4, 2048, 16, 64, 64), (64, 256, 2, 64, 64), (1, 16384, 32, 64, 64),
-          (64, 256, 4, 32, 32), (16, 1024, 8, 64, 64)]   # 4, 5: the small and large models' wkv6
+SHAPES = get("wkv6").bench.shapes()   # the spec's benchmark shapes; 4, 5: the small and large models' wkv6
 FLA_SHAPES = [SHAPES[int(i)] for i in os.environ.get("WKV6_FLA_SHAPES", ",".join(map(str, range(len(SHAPES))))
                                                     ).split(",")]      # fla timed (and warmed) only there
 DEV = "cpu" if SMOKE else "cuda"
