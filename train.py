@@ -347,13 +347,30 @@ def qualify_kernels(args, model, ops, device, master, world, say):
 
 def step_background(args, vocab_size: int, device):
     """--kernels auto on a GPU: a subprocess that compiles, meanwhile, the kernels of one training step at the
-    variants the step calls (precompile._dry_run_step; the qualification meets each op at the bench's dtypes and
+    variants the step calls (``dry_run_step``; the qualification meets each op at the bench's dtypes and
     flags only), so that the training step's construction and capture find them in Triton's disk cache. None
     when there is nothing to overlap (another mode, no GPU, parallel compile off)."""
     from groundthink.precompile import STEP, Background, switched_on
     if args.kernels != "auto" or device.type != "cuda" or not switched_on():
         return None
     return Background([[(STEP, "train", dict(clean_args(args), vocab_size=vocab_size))]], timeout_s=600.0)
+
+
+def dry_run_step(args: dict, device: str = "cuda") -> None:
+    """The step background's work (``precompile``'s STEP item, run in its subprocess under an active
+    ``compile_only``): one training step of this run's model (``args``: its arguments, ``vocab_size`` included)
+    with every op on its first Triton choice (``resolve("triton")``: the lab kernels, the peers where an op has
+    none) — the kernels at the variants the step itself calls (its dtypes under autocast, its norms and flags),
+    which the per-op qualification does not meet, so that ``TrainStep`` and the capture find them in the disk
+    cache. Its model and optimizer are its own (their values do not matter)."""
+    from types import SimpleNamespace
+    a = SimpleNamespace(**args)
+    dev = torch.device(device)
+    model = build_model(a, a.vocab_size, resolve("triton")).to(dev)
+    opt = make_optimizer(model, a)
+    step = TrainStep(model, opt, batch_size=a.batch_size, seq_len=a.seq_len, device=dev, grad_clip=a.grad_clip)
+    x = torch.zeros(a.batch_size, a.seq_len, dtype=torch.long, device=dev)
+    step(x, x, lr_values(opt, a, 0))
 
 
 def wait_step_background(background, say) -> None:

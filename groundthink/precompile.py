@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import json
 import os
 import shutil
@@ -362,30 +363,14 @@ def _dry_run(op: str, impl: str, shape: list) -> None:
         step()
 
 
-STEP = "step"      # the op name of a background item that dry-runs train.py's training step (its "shape": the
-                   # run's arguments as a dict, its vocabulary size under "vocab_size")
+STEP = "step"      # the op name of a background item that dry-runs a training step: its impl names the module whose
+                   # ``dry_run_step(args)`` does it (train.py's: "train"), its "shape" the run's arguments as a dict
 
 
-def _dry_run_step(args: dict, device: str = "cuda") -> None:
-    """One training step of train.py's model (``args``: its arguments) with every op on its first Triton
-    choice (``resolve("triton")``: the lab kernels, the peers where an op has none) inside an active
-    ``compile_only``: the kernels at the variants the step itself calls (its dtypes under autocast, its norms
-    and flags), which the per-op qualification does not meet, so that ``TrainStep`` and the capture find
-    them in the disk cache. Its model and optimizer are its own (their values do not matter)."""
-    from types import SimpleNamespace
-
-    import torch
-
-    import train
-    from groundthink.registry import resolve
-    from groundthink.step import TrainStep
-    a = SimpleNamespace(**args)
-    dev = torch.device(device)
-    model = train.build_model(a, a.vocab_size, resolve("triton")).to(dev)
-    opt = train.make_optimizer(model, a)
-    step = TrainStep(model, opt, batch_size=a.batch_size, seq_len=a.seq_len, device=dev, grad_clip=a.grad_clip)
-    x = torch.zeros(a.batch_size, a.seq_len, dtype=torch.long, device=dev)
-    step(x, x, train.lr_values(opt, a, 0))
+def _dry_run_step(module: str, args: dict) -> None:
+    """``module.dry_run_step(args)`` (train.py's: one training step under the active ``compile_only``), imported by
+    name so that this module imports nothing above it (the driver builds the model through the registry)."""
+    importlib.import_module(module).dry_run_step(args)
 
 
 def _compile_items(items: list, say=print) -> dict:
@@ -402,7 +387,7 @@ def _compile_items(items: list, say=print) -> dict:
             for op, impl, shape in items:
                 tagged.tag = f"{op}/{impl}"
                 try:
-                    _dry_run_step(shape) if op == STEP else _dry_run(op, impl, shape)
+                    _dry_run_step(impl, shape) if op == STEP else _dry_run(op, impl, shape)
                 except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
                     failed[tagged.tag] = f"{type(e).__name__}: {str(e)[:160]}"
                     STATS["errors"] += 1

@@ -245,7 +245,8 @@ def test_compile_items_says_each_item_as_soon_as_its_compiles_are_done(on_gpu, m
 
     monkeypatch.setattr(precompile, "_dry_run", dry_run)
     monkeypatch.setattr(precompile, "_workers", lambda: 14)         # as on the H100 host: 12 compile threads
-    monkeypatch.setattr(precompile, "_dry_run_step", lambda args: _call(_tuner(fns["step/train"]), args["n"]))
+    monkeypatch.setattr(precompile, "_dry_run_step",
+                        lambda module, args: _call(_tuner(fns[f"step/{module}"]), args["n"]))
     fns["step/train"] = FakeJIT()
     lines = []
     summary = precompile._compile_items([["a", "x", [64]], ["b", "y", [32]], ["step", "train", {"n": 16}]],
