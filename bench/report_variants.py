@@ -72,7 +72,15 @@ def _is_cpu(df: pd.DataFrame) -> bool:
 
 # ----------------------------------------------------------------------------------------------- variants
 
-OVERFIT_TOL = 0.02     # bench.variants.OVERFIT_TOL (not imported: this module runs without torch)
+OVERFIT_TOL = 0.02     # overfit: final validation loss above the best eval's by more than this fraction
+
+
+def is_overfit(final, best) -> bool | None:
+    """Did the run end more than ``OVERFIT_TOL`` above its best eval? (None when either is unknown; bench.variants
+    writes it into variants.csv, ``learning_columns`` fills it for older files)"""
+    if final is None or best is None or not (math.isfinite(final) and math.isfinite(best)):
+        return None
+    return bool(final > best * (1 + OVERFIT_TOL))
 
 
 def equal_time_loss(curves: pd.DataFrame, t: float) -> dict[str, float]:
@@ -103,8 +111,9 @@ def learning_columns(rows: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
             df.loc[i, ["best_val_loss", "best_step"]] = [b["val_loss"], b["step"]]
         elif pd.isna(r["best_val_loss"]):
             df.loc[i, ["best_val_loss", "best_step"]] = [r["val_loss"], r.get("steps", np.nan)]
-        if pd.isna(df.loc[i, "overfit"]) and pd.notna(r["val_loss"]) and pd.notna(df.loc[i, "best_val_loss"]):
-            df.loc[i, "overfit"] = bool(r["val_loss"] > df.loc[i, "best_val_loss"] * (1 + OVERFIT_TOL))
+        over = is_overfit(r["val_loss"], df.loc[i, "best_val_loss"])
+        if pd.isna(df.loc[i, "overfit"]) and over is not None:
+            df.loc[i, "overfit"] = over
     return df
 
 

@@ -28,7 +28,7 @@ Per variant:
                                        (char tokenizer)
     best_val_loss, best_step, overfit  the lowest validation loss of the evals and its step (what the report ranks
                                        by: learning, not memorisation); overfit: the final loss is more than
-                                       OVERFIT_TOL (2 %) above it
+                                       ``report_variants.OVERFIT_TOL`` (2 %) above it
     passes                             the token budget / the training split's tokens
     tok_s, ms_step, peak_mb            steady-state training throughput (train.py's summary: CUDA-graph replays
                                        when --graph auto captures), peak memory (GPU: max_memory_allocated)
@@ -72,7 +72,6 @@ FULL = dict(steps=1000, eval_interval=100, eval_iters=20)
 CSV_NAME, CURVES_NAME = "variants.csv", "variants_curves.csv"
 CHILD_ENV = "GT_VARIANTS_CHILD"      # set in --isolate subprocesses: the parent prints the final table
 MAX_PASSES = 5            # the default token budget's cap in passes over the training split (docstring: why 5)
-OVERFIT_TOL = 0.02        # overfit: final validation loss above the best eval's by more than this fraction
 # the default order: the default variant and the two baselines first, so that a study cut short by --budget-s
 # (and resumed later) has the comparisons that matter most; variants not listed here follow in list_models() order
 PRIORITY = ("GF-MH", "rwkv6", "mamba2", "HY", "GF", "CP", "HGF", "WS", "RF", "GF-RH", "HGF-MH", "HGF-RH")
@@ -298,6 +297,7 @@ def summarize(a, variant: str, res: dict, batch: int, seq: int) -> dict:
     val = res["final_val_loss"]
     ms = s.get("ms_per_step")
     best = min(evals, key=lambda e: e["val_loss"], default={})
+    from bench.report_variants import is_overfit     # the rule is the report's (torch-free, read by both)
     return {"variant": variant, "size": a.size, "tokens": a.steps * batch * seq,
             "passes": a.steps * batch * seq / a.split_tokens, "steps": a.steps, "batch_size": batch, "seq_len": seq,
             "params": cfg.get("num_params"), "val_loss": val, "best_val_loss": best.get("val_loss"),
@@ -310,13 +310,6 @@ def summarize(a, variant: str, res: dict, batch: int, seq: int) -> dict:
             "kernels": ",".join(f"{k}={v}" for k, v in res["ops"].items()),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "seed": a.seed,
             "status": "ok"}
-
-
-def is_overfit(final, best) -> bool | None:
-    """Did the run end more than ``OVERFIT_TOL`` above its best eval? (None when either is unknown)"""
-    if final is None or best is None or not (math.isfinite(final) and math.isfinite(best)):
-        return None
-    return bool(final > best * (1 + OVERFIT_TOL))
 
 
 def curve_rows(row: dict, res: dict) -> list[dict]:

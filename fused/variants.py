@@ -76,11 +76,14 @@ class Fusion(nn.Module):
         elif self.kind == "weights":
             self.weight_logits = nn.Parameter(torch.zeros(2))
 
-    def _gate_logits(self, xn):
-        """The gate projection of xn. Row mode (D → 1) as a matrix-vector product: as a GEMM ([N, D] @ [D, 1],
-        and K = 1 for its input gradient) cuBLAS runs it on slow CUTLASS align1 kernels (run 6, large: 5.5 ms a
-        step); ``mv`` runs a gemv, its backward one outer-product multiply and a gemv. Same parameters, same
-        math; the logits keep the product's dtype (bf16 under autocast, as the Linear's)."""
+    def _gate_logits(self, xn, proj=None):
+        """The gate projection of xn; ``proj``: its product xn Wᵀ when the caller computed it (``HybridBlock``: one
+        GEMM with Mamba's in_proj), then only the bias is added. Row mode (D → 1) as a matrix-vector product: as a
+        GEMM ([N, D] @ [D, 1], and K = 1 for its input gradient) cuBLAS runs it on slow CUTLASS align1 kernels (run
+        6, large: 5.5 ms a step); ``mv`` runs a gemv, its backward one outer-product multiply and a gemv. Same
+        parameters, same math; the logits keep the product's dtype (bf16 under autocast, as the Linear's)."""
+        if proj is not None:
+            return proj + self.gate_proj.bias.to(proj.dtype)
         if self.mode != "row":
             return self.gate_proj(xn)
         logits = torch.matmul(xn, self.gate_proj.weight.view(-1))
@@ -107,12 +110,7 @@ class Fusion(nn.Module):
                 gate = ("weight", wts[0].detach())
             out = ops.gate_norm_residual(h, a, b, wts, weight=kw.pop("weight"), mode="weights", **kw)
         else:
-            if self.kind == "vector":
-                logits = self.gate_logit
-            elif proj is not None:
-                logits = proj + self.gate_proj.bias.to(proj.dtype)
-            else:
-                logits = self._gate_logits(xn)
+            logits = self.gate_logit if self.kind == "vector" else self._gate_logits(xn, proj)
             if collect:
                 gate = ("logit", logits.detach())
             out = ops.gate_norm_residual(h, a, b, logits, weight=kw.pop("weight"), mode=self.mode,

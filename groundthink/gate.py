@@ -941,7 +941,7 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
             say(f"gate: {name} started (expected {exp:.1f} s: {source})")
         t1, c1, k1 = time.monotonic(), dict(COMPILE_STATS), dict(COMPILES)
         if name in in_background:      # a long item: wait for its own subprocess, however long
-            waited, what = background.wait(op, impl.name, None)
+            waited, what = background.wait(op, impl.name)
             say(f"gate: {name}: waited {waited:.1f} s for its background compile ({what})")
         if isinstance(fn, Exception):
             rows.append(_failed_row(spec, impl, shp, timing[op], fn, device))

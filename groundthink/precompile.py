@@ -140,8 +140,7 @@ def _precompile(tuner, args: tuple, kwargs: dict, pool) -> None:
     from triton.runtime._async_compile import AsyncCompileMode, active_mode
     if len(tuner.configs) <= 1 or active_mode.get() is not None:
         return
-    key = _tuning_key(tuner, args, kwargs)
-    if key in tuner.cache:
+    if _tuning_key(tuner, args, kwargs) in tuner.cache:     # the common case, before any pruning
         return
     key, meta, configs = _tuner_configs(tuner, args, kwargs)
     if len(configs) <= 1 or _disk_cached(tuner, key, configs):

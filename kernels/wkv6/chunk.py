@@ -327,27 +327,6 @@ def _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_
     tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
 
 
-@triton.jit
-def _block_bwd(b_h, b_dh, q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos,
-               L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-               SB: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
-    """One block's gradients from S at its start (b_h) and dL/dS at its end (b_dh), stored (du: row pid)."""
-    # ---- the block-crossing terms first (S_m and D_m die there), then the block's own pairs
-    b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
-    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
-    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    if HALF_B:      # exact: products of two half values fit the fp32 accumulator
-        b_B = tl.dot(b_do.to(do_ptr.dtype.element_ty), tl.trans(b_v.to(v_ptr.dtype.element_ty)))
-    else:
-        b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
-    b_dq, b_dk, b_dv, b_dw, b_du = _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_B, b_u, b_dq, b_dk, b_dv, b_dw,
-                                            o_t, SB, LOG, PREC)
-    _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos, r0, L, i_h,
-                 scale, o_t, o_k, o_v, m_k, m_v, H, K, V)
-
-
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
                                            triton.Config({}, num_warps=8, num_stages=1)]),
                  key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
@@ -365,8 +344,20 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
     b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale,
                               o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
-    _block_bwd(b_h, b_dh, q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos,
-               L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC, HALF_B)
+    # ---- the block-crossing terms first (S_m and D_m die there), then the block's own pairs
+    b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    if HALF_B:      # exact: products of two half values fit the fp32 accumulator
+        b_B = tl.dot(b_do.to(do_ptr.dtype.element_ty), tl.trans(b_v.to(v_ptr.dtype.element_ty)))
+    else:
+        b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+    b_dq, b_dk, b_dv, b_dw, b_du = _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_B, b_u, b_dq, b_dk, b_dv, b_dw,
+                                            o_t, SB, LOG, PREC)
+    _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos, r0, L, i_h,
+                 scale, o_t, o_k, o_v, m_k, m_v, H, K, V)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -510,10 +501,9 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn):
     dr, dk, dv, dw = outs
     nb = bt // SB
     du_part = new_empty((S * nb, H, K), torch.float32, dev)
-    meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
-                PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype))
-    args = (r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT)
-    _bwd_kernel[(S * nb, H)](*args, **meta)
+    _bwd_kernel[(S * nb, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K,
+                             V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
+                             PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype))
     return du_part.sum(0), dh0
 
 
