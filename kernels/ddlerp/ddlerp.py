@@ -60,7 +60,7 @@ __all__ = ["ddlerp"]
 # per SM over all column blocks (rows_per_sm): run 8's fastest (see the module docstring). At BD 128, 2 warps,
 # finish tile [8, 128]: 140 registers (offline sm_90 compile, Triton 3.9), 7 programs per SM fit: 14 per SM run as
 # two whole waves; the partial rows are 3 % of the kernel's bytes at D512. max_bd: the forward's column block.
-TUNING = {"fwd_tile": 2048, "max_bd": 128, "rows_bd": 128, "rows_per_sm": 14}
+TUNING = {"fwd_tile": 2048, "max_bd": 128, "rows_bd": 128, "rows_per_sm": 14, "rows_warps": None}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -276,7 +276,8 @@ def _bwd_impl(douts, x, m, maa, x_prev):
     n_progs = _cdiv(N, L)
     part = new_empty((n_progs, N_MIX, D), torch.float32, dev)
     GS, NG = tree(n_progs)
-    warps = max(1, min(8, BD // 64))     # the finish's [BP, BD] tile at ~16 fp32 per thread (it sets registers)
+    # warps: by default the finish's [BP, BD] tile at ~16 fp32 per thread (it sets registers)
+    warps = TUNING["rows_warps"] or max(1, min(8, BD // 64))
     _ddlerp_bwd_rows_kernel[(n_progs, n_cb)](
         *douts, x, x_prev, m, maa, dx, dm, part, dmaa, counters(dev, n_cb, NG), N, T, D, N * D, L, n_progs, GS, NG,
         HAS_PREV=x_prev is not None, BD=BD, BP=finish_rows(BD, 512 * warps), num_warps=warps)

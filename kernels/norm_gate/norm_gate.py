@@ -65,7 +65,7 @@ __all__ = ["norm_gate"]
 
 MAX_D = 16384
 # elements per forward / backward tile (GPU), persistent backward programs per SM
-TUNING = {"fwd_tile": 4096, "bwd_tile": 2048, "bwd_per_sm": 4}
+TUNING = {"fwd_tile": 4096, "bwd_tile": 2048, "bwd_per_sm": 4, "bwd_warps": None}   # bwd_warps None: by tile size
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -134,8 +134,8 @@ def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, p_dw, p_
     b_w = tl.load(p_w + o_c, mask=m_c, other=0.).to(tl.float32)[None, :, :]
     if HAS_BIAS:
         b_bias = tl.load(p_b + o_c, mask=m_c, other=0.).to(tl.float32)[None, :, :]
-    b_acc_dw = tl.zeros([BG, BS], dtype=tl.float32)
-    b_acc_db = tl.zeros([BG, BS], dtype=tl.float32)
+    b_acc_dw = tl.zeros([BR, BG, BS], dtype=tl.float32)   # per element: summed over rows once, after the loop
+    b_acc_db = tl.zeros([BR, BG, BS], dtype=tl.float32)
     for blk in range(pid, n_blocks, n_progs):
         o_r, o_c3, m, o_cb, m_cb = _tile(blk * BR, N, S, G, BR, BG, BS)
         offs = o_r * D + o_c3
@@ -148,9 +148,9 @@ def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, p_dw, p_
             b_dq = b_dy * b_s
         else:
             b_dq = b_dy
-        b_acc_dw += tl.sum(b_dq * b_xh, axis=0)
+        b_acc_dw += b_dq * b_xh
         if HAS_BIAS:
-            b_acc_db += tl.sum(b_dq, axis=0)
+            b_acc_db += b_dq
         b_dxh = b_dq * b_w
         b_c1 = tl.sum(b_dxh * b_xh, axis=2) / S
         b_dh = b_dxh - b_xh * b_c1[:, :, None]
@@ -169,9 +169,9 @@ def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, p_dw, p_
         tl.store(p_dx + offs, b_dx.to(p_dx.dtype.element_ty), mask=m)
         tl.store(p_dz + offs, b_dz.to(p_dz.dtype.element_ty), mask=m)
     p_row = p_part + pid.to(tl.int64) * 2 * D
-    tl.store(p_row + o_c, b_acc_dw, mask=m_c)
+    tl.store(p_row + o_c, tl.sum(b_acc_dw, axis=0), mask=m_c)
     if HAS_BIAS:
-        tl.store(p_row + D + o_c, b_acc_db, mask=m_c)
+        tl.store(p_row + D + o_c, tl.sum(b_acc_db, axis=0), mask=m_c)
     c1 = D
     if HAS_BIAS:
         c1 = 2 * D
@@ -256,11 +256,12 @@ def _bwd_impl(dy, x, z, weight, bias, group_size, eps, norm, norm_before_gate):
     part = new_empty((n_progs, 2 * D), torch.float32, dev)
     BC = min(_pow2(D), 256)
     GS, NG = tree(n_progs)
+    warps = TUNING["bwd_warps"] or _warps(BR * BG * BS)
     _norm_gate_bwd_kernel[(n_progs,)](
         dy, x, z, weight, bias, dx, dz, part, dw, db if bias is not None else None, counters(dev, 1, NG), N, D, S,
         G, _row_stride(x), _row_stride(z), eps, n_blocks, n_progs, GS, NG,
         LAYER=norm == "layer", BEFORE=norm_before_gate, HAS_BIAS=bias is not None, BR=BR, BG=BG, BS=BS,
-        BP=finish_rows(BC), BC=BC, num_warps=_warps(BR * BG * BS))
+        BP=finish_rows(BC, 512 * warps), BC=BC, num_warps=warps)
     return dx, dz, dw, db
 
 
