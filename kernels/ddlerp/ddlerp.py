@@ -60,7 +60,7 @@ __all__ = ["ddlerp"]
 # per SM over all column blocks (rows_per_sm): run 8's fastest (see the module docstring). At BD 128, 2 warps,
 # finish tile [8, 128]: 140 registers (offline sm_90 compile, Triton 3.9), 7 programs per SM fit: 14 per SM run as
 # two whole waves; the partial rows are 3 % of the kernel's bytes at D512. max_bd: the forward's column block.
-TUNING = {"fwd_tile": 2048, "max_bd": 128, "rows_bd": 128, "rows_per_sm": 14, "rows_warps": None}
+TUNING = {"fwd_tile": 2048, "max_bd": 128, "rows_bd": 128, "rows_per_sm": 8, "rows_warps": None}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -149,17 +149,6 @@ def _finish_dmaa(p_part, b_a0, b_a1, b_a2, b_a3, b_a4, pid, n_progs, D, o_c, m_c
 
 
 @triton.jit
-def _mix_row(p_do, p_m, p_dm, b_maa, i, ND, offs, m_c, b_xx, b_acc, b_sdo, b_dxx):
-    """One mix on one row (``offs``: the row's column offsets): stores dm_i, returns the row sums carried by
-    ``_ddlerp_bwd_rows_kernel`` (dmaa_i partial + do_i ⊙ xx, Σ do_i + do_i, dxx + do_i ⊙ a_i)."""
-    b_do = tl.load(p_do + offs, mask=m_c, other=0.).to(tl.float32)
-    b_m = tl.load(p_m + i * ND + offs, mask=m_c, other=0.).to(tl.float32)
-    b_dm = b_do * b_xx
-    tl.store(p_dm + i * ND + offs, b_dm.to(p_dm.dtype.element_ty), mask=m_c)
-    return b_acc + b_dm, b_sdo + b_do, b_dxx + b_do * (b_maa + b_m)
-
-
-@triton.jit
 def _dxx_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_m, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, ND, offs, m):
     """dxx = Σ_i do_i ⊙ (maa_i + m_i) on one row (0 where ``m`` is false)."""
     b = tl.load(p_do0 + offs, mask=m, other=0.).to(tl.float32) * \
@@ -176,13 +165,57 @@ def _dxx_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_m, b_maa0, b_maa1, b_maa2, b_m
 
 
 @triton.jit
+def _load_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, r, o_c, m, T, D, ND, HAS_PREV: tl.constexpr):
+    """Every load of one row r ([BD] block of row indices, mask ``m``), fp32: (x, shift(x), do_0..4, m_0..4)."""
+    t = r % T
+    offs = r * D + o_c
+    b_xs = tl.load(p_x + offs - D, mask=m & (t > 0), other=0.).to(tl.float32)
+    if HAS_PREV:
+        b_xs += tl.load(p_prev + (r // T) * D + o_c, mask=m & (t == 0), other=0.).to(tl.float32)
+    return (tl.load(p_x + offs, mask=m, other=0.).to(tl.float32), b_xs,
+            tl.load(p_do0 + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_do1 + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_do2 + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_do3 + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_do4 + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_m + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_m + ND + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_m + 2 * ND + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_m + 3 * ND + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_m + 4 * ND + offs, mask=m, other=0.).to(tl.float32))
+
+
+@triton.jit
+def _row_grads(p_dx, p_dm, r, o_c, m, T, D, ND, b_xx, b_do0, b_do1, b_do2, b_do3, b_do4, b_m0, b_m1, b_m2, b_m3,
+               b_m4, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, b_next):
+    """One row's gradients from its loads (``_load_row``; xx = shift(x) − x): stores dm_i = do_i ⊙ xx and
+    dx = Σ do_i − dxx + dxx(row after) (``b_next``); returns this row's dxx as the next step's ``b_next`` (0 at
+    t = 0: the row before is another sequence's)."""
+    offs = r * D + o_c
+    ty = p_dm.dtype.element_ty
+    tl.store(p_dm + offs, (b_do0 * b_xx).to(ty), mask=m)
+    tl.store(p_dm + ND + offs, (b_do1 * b_xx).to(ty), mask=m)
+    tl.store(p_dm + 2 * ND + offs, (b_do2 * b_xx).to(ty), mask=m)
+    tl.store(p_dm + 3 * ND + offs, (b_do3 * b_xx).to(ty), mask=m)
+    tl.store(p_dm + 4 * ND + offs, (b_do4 * b_xx).to(ty), mask=m)
+    b_dxx = b_do0 * (b_maa0 + b_m0) + b_do1 * (b_maa1 + b_m1) + b_do2 * (b_maa2 + b_m2) + \
+        b_do3 * (b_maa3 + b_m3) + b_do4 * (b_maa4 + b_m4)
+    b_sdo = b_do0 + b_do1 + b_do2 + b_do3 + b_do4
+    tl.store(p_dx + offs, (b_sdo - b_dxx + b_next).to(p_dx.dtype.element_ty), mask=m)
+    return tl.where(r % T > 0, b_dxx, 0.)
+
+
+@triton.jit
 def _ddlerp_bwd_rows_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_maa, p_dx, p_dm, p_part,
                             p_dmaa, p_count, N, T, D, ND, L, n_progs, GS, NG,
                             HAS_PREV: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr):
-    """The backward walking rows: program (pid, column block) takes rows [pid·L, pid·L + L) ∩ [0, N) from the last
-    to the first, one row of BD columns per step, and carries dxx of the row after (dx[t] needs dxx[t+1]): every
-    element is loaded once (x twice: as x[t] and as shift(x) of row t+1, the second from cache), no halo tiles, no
-    cross-warp reduction in the loop (the dmaa partial sums are per column, in the thread that owns it).
+    """The backward walking rows: program (pid, column block) takes rows [pid·L, pid·L + L) ∩ [0, N), split in two
+    halves walked together from their last row to their first, one row of each (BD columns) per step: all loads of
+    both rows are issued before either row's arithmetic (twice the bytes in flight of one walker; stores in
+    between would keep the compiler from hoisting the next row's loads). Each walker carries dxx of the row after
+    (dx[t] needs dxx[t+1]; its first step computes that one-row halo): every element is loaded once (x twice: as
+    x[t] and as shift(x) of row t+1, the second from cache), no halo tiles, no cross-warp reduction in the loop
+    (the dmaa partial sums are per column, in the thread that owns it).
     p_do*, p_x, p_dx: [N, D]; p_prev: [B, D]; p_m, p_dm: [5, N, D]; p_maa, p_dmaa: [5, D]; p_part: [n_progs, 5, D]
     fp32 partial rows of dmaa; p_count: [column blocks, 1 + NG] int32 arrival counters; GS, NG: kernels._colsum.tree;
     L: rows per program."""
@@ -194,34 +227,40 @@ def _ddlerp_bwd_rows_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m,
     b_maa4 = tl.load(p_maa + 4 * D + o_c, mask=m_c, other=0.).to(tl.float32)
     r_lo = pid.to(tl.int64) * L
     r_hi = tl.minimum(r_lo + L, N)
+    n_a = (r_hi - r_lo + 1) // 2                 # walker a: rows [r_lo, r_mid), b: [r_mid, r_hi) (≤ n_a rows)
+    r_mid = r_lo + n_a
     z_c = o_c.to(tl.int64) * 0          # row indices are kept as [BD] blocks (masks stay block-shaped)
-    # dxx of row r_hi when it continues the sequence of row r_hi − 1 (else 0)
+    # each walker's halo: dxx of the row after its last when it continues the same sequence (else 0)
+    r = r_mid + z_c
+    b_next_a = _dxx_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_m, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, ND,
+                        r * D + o_c, m_c & (r < N) & (r % T != 0))
     r = r_hi + z_c
-    b_next = _dxx_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_m, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, ND,
-                      r * D + o_c, m_c & (r < N) & (r % T != 0))
+    b_next_b = _dxx_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_m, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, ND,
+                        r * D + o_c, m_c & (r < N) & (r % T != 0))
     b_a0 = tl.zeros([BD], dtype=tl.float32)
     b_a1 = tl.zeros([BD], dtype=tl.float32)
     b_a2 = tl.zeros([BD], dtype=tl.float32)
     b_a3 = tl.zeros([BD], dtype=tl.float32)
     b_a4 = tl.zeros([BD], dtype=tl.float32)
-    for k in range(0, (r_hi - r_lo).to(tl.int32)):
-        r = r_hi - 1 - k + z_c
-        t = r % T
-        offs = r * D + o_c
-        b_x = tl.load(p_x + offs, mask=m_c, other=0.).to(tl.float32)
-        b_xs = tl.load(p_x + offs - D, mask=m_c & (t > 0), other=0.).to(tl.float32)
-        if HAS_PREV:
-            b_xs += tl.load(p_prev + (r // T) * D + o_c, mask=m_c & (t == 0), other=0.).to(tl.float32)
-        b_xx = b_xs - b_x
-        b_sdo = tl.zeros([BD], dtype=tl.float32)
-        b_dxx = tl.zeros([BD], dtype=tl.float32)
-        b_a0, b_sdo, b_dxx = _mix_row(p_do0, p_m, p_dm, b_maa0, 0, ND, offs, m_c, b_xx, b_a0, b_sdo, b_dxx)
-        b_a1, b_sdo, b_dxx = _mix_row(p_do1, p_m, p_dm, b_maa1, 1, ND, offs, m_c, b_xx, b_a1, b_sdo, b_dxx)
-        b_a2, b_sdo, b_dxx = _mix_row(p_do2, p_m, p_dm, b_maa2, 2, ND, offs, m_c, b_xx, b_a2, b_sdo, b_dxx)
-        b_a3, b_sdo, b_dxx = _mix_row(p_do3, p_m, p_dm, b_maa3, 3, ND, offs, m_c, b_xx, b_a3, b_sdo, b_dxx)
-        b_a4, b_sdo, b_dxx = _mix_row(p_do4, p_m, p_dm, b_maa4, 4, ND, offs, m_c, b_xx, b_a4, b_sdo, b_dxx)
-        tl.store(p_dx + offs, (b_sdo - b_dxx + b_next).to(p_dx.dtype.element_ty), mask=m_c)
-        b_next = tl.where(t > 0, b_dxx, 0.)      # row r − 1 is in the same sequence iff t > 0
+    for k in range(0, n_a.to(tl.int32)):
+        r_a = r_mid - 1 - k + z_c
+        r_b = r_hi - 1 - k + z_c
+        m_b = m_c & (r_b >= r_mid)          # walker b has one row fewer when the chunk's length is odd
+        xa, sa, da0, da1, da2, da3, da4, ma0, ma1, ma2, ma3, ma4 = _load_row(
+            p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, r_a, o_c, m_c, T, D, ND, HAS_PREV)
+        xb, sb, db0, db1, db2, db3, db4, mb0, mb1, mb2, mb3, mb4 = _load_row(
+            p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, r_b, o_c, m_b, T, D, ND, HAS_PREV)
+        xa = sa - xa                         # xx = shift(x) − x
+        xb = sb - xb
+        b_next_a = _row_grads(p_dx, p_dm, r_a, o_c, m_c, T, D, ND, xa, da0, da1, da2, da3, da4, ma0, ma1, ma2, ma3,
+                              ma4, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, b_next_a)
+        b_next_b = _row_grads(p_dx, p_dm, r_b, o_c, m_b, T, D, ND, xb, db0, db1, db2, db3, db4, mb0, mb1, mb2, mb3,
+                              mb4, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, b_next_b)
+        b_a0 += da0 * xa + db0 * xb          # (a masked row of b loads zeros: adds 0)
+        b_a1 += da1 * xa + db1 * xb
+        b_a2 += da2 * xa + db2 * xb
+        b_a3 += da3 * xa + db3 * xb
+        b_a4 += da4 * xa + db4 * xb
     _finish_dmaa(p_part, b_a0, b_a1, b_a2, b_a3, b_a4, pid, n_progs, D, o_c, m_c, p_count, GS, NG, p_dmaa, BP, BD)
 
 

@@ -65,7 +65,7 @@ __all__ = ["norm_gate"]
 
 MAX_D = 16384
 # elements per forward / backward tile (GPU), persistent backward programs per SM
-TUNING = {"fwd_tile": 4096, "bwd_tile": 2048, "bwd_per_sm": 4, "bwd_warps": None}   # bwd_warps None: by tile size
+TUNING = {"fwd_tile": 4096, "bwd_tile": 1024, "bwd_per_sm": 4, "bwd_warps": None}   # None: ~8 elements per thread
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def _bwd_impl(dy, x, z, weight, bias, group_size, eps, norm, norm_before_gate):
     part = new_empty((n_progs, 2 * D), torch.float32, dev)
     BC = min(_pow2(D), 256)
     GS, NG = tree(n_progs)
-    warps = TUNING["bwd_warps"] or _warps(BR * BG * BS)
+    warps = TUNING["bwd_warps"] or max(1, min(16, BR * BG * BS // 256))
     _norm_gate_bwd_kernel[(n_progs,)](
         dy, x, z, weight, bias, dx, dz, part, dw, db if bias is not None else None, counters(dev, 1, NG), N, D, S,
         G, _row_stride(x), _row_stride(z), eps, n_blocks, n_progs, GS, NG,

@@ -43,7 +43,7 @@ from reference.shift_lerp import check_args
 
 __all__ = ["shift_lerp"]
 
-TUNING = {"fwd_tile": 4096, "bwd_tile": 2048, "bwd_per_sm": 4, "bwd_warps": 4}
+TUNING = {"fwd_tile": 4096, "bwd_tile": 1024, "bwd_per_sm": 8, "bwd_warps": 4}
 
 
 # ----------------------------------------------------------------------------------------------------------
