@@ -19,12 +19,13 @@ x_prev [B, D] (the carried state, not differentiated). Tiles of [BR rows, BD col
 Kernels:
 * forward: a 2-D grid (row blocks, column blocks), one tile each: reads x, the previous rows, the five m_i, writes
   the five outputs.
-* backward: the row-walking kernel ``_ddlerp_bwd_rows_kernel``: P programs per column block, each walking a chunk
-  of rows from the last to the first, one [BD] row per step, carrying dxx of the row after; every element is loaded
-  once (no halo tiles), the dmaa partial sums stay per column in registers. H100, run 8 (glue_bwd_sweep, B16 T1024
-  D512, CUDA-graph replay): 150.7 µs = 78 % of the copy bandwidth at BD 128, 14 programs per SM, against 272.8 µs
-  (43 %) for the tiled persistent backward it replaced (row blocks strided over programs with one-row halo tiles;
-  512-element retile 280.8 µs; BD 128 × 28 per SM 161.4, BD 256 × 12 171.7).
+* backward: the row-walking kernel ``_ddlerp_bwd_rows_kernel``: P programs per column block, each taking a chunk
+  of rows in two halves walked together from their last row to their first, one [BD] row of each per step (all
+  loads of both rows issued before either row's arithmetic), each half carrying dxx of the row after; every element
+  is loaded once (no halo tiles), the dmaa partial sums stay per column in registers. H100 (glue_bwd_sweep, B16
+  T1024 D512, CUDA-graph replay, same call): run 10 127.4 µs (BD 128, 2 warps, 16 programs per SM; 92 % of the
+  copy bandwidth measured in the run) against 150.9 µs for one walker per program at run 8's setting (14 per SM;
+  run 8: 150.7 µs against 272.8 for the tiled persistent backward before it).
 It writes dx, dm and one fp32 partial row of dmaa per program ([P, 5, D]), summed inside the kernel in two
 fixed-order levels (groups of ~√P programs, then the group sums) and stored as dmaa (``kernels._colsum``: no second launch, no
 atomics on data, bit-identical run to run). No host syncs, no autotuning (CUDA-graph capturable).
@@ -56,11 +57,12 @@ from reference.ddlerp import N_MIX, check_args, check_order
 
 __all__ = ["ddlerp"]
 
-# elements per forward tile (GPU); the backward's columns per program (rows_bd, at rows_bd / 64 warps) and programs
-# per SM over all column blocks (rows_per_sm): run 8's fastest (see the module docstring). At BD 128, 2 warps,
-# finish tile [8, 128]: 140 registers (offline sm_90 compile, Triton 3.9), 7 programs per SM fit: 14 per SM run as
-# two whole waves; the partial rows are 3 % of the kernel's bytes at D512. max_bd: the forward's column block.
-TUNING = {"fwd_tile": 2048, "max_bd": 128, "rows_bd": 128, "rows_per_sm": 8, "rows_warps": None}
+# elements per forward tile (GPU); the backward's columns per program (rows_bd, at rows_warps warps, None: rows_bd /
+# 64) and programs per SM over all column blocks (rows_per_sm): run 10's fastest (see the module docstring; 4 and 8
+# per SM: 132.5 and 138.2 µs). At BD 128, 2 warps, finish tile [8, 128]: 214 registers (offline sm_90 compile,
+# Triton 3.9; one walker: 140), 4 programs per SM fit; the partial rows are 3 % of the kernel's bytes at D512.
+# max_bd: the forward's column block.
+TUNING = {"fwd_tile": 2048, "max_bd": 128, "rows_bd": 128, "rows_per_sm": 16, "rows_warps": None}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ Kernels:
 * forward: one [BR, BG, BS] tile per program, BR chosen for ~4K elements per tile (fewer rows when the grid
   would not fill the GPU).
 * backward: a persistent grid of P programs (a few per SM, never more than the row blocks) striding over row
-  blocks; each accumulates dW and dbias in fp32 registers and writes one partial row of [P, 2·D] fp32, summed
+  blocks; each accumulates dW and dbias per element of its tile in fp32 registers (no cross-warp sum per row
+  block: the tile's rows are summed once, after the loop) and writes one partial row of [P, 2·D] fp32, summed
   inside the kernel in two fixed-order levels (groups of ~√P programs, then the group sums) and stored as dW and
   dbias in their dtypes (``kernels._colsum``: no second launch, no atomics on data, bit-identical run to run).
 * launches use fixed warp counts by tile size (no autotuner: nothing to tune before CUDA-graph capture) and no
@@ -36,8 +37,9 @@ Kernels:
 
 Byte floor (E = N·D·elem): forward x, z in + y out = 3E; backward dy, x, z in + dx, dz out = 5E (dW, dbias
 partial rows < 1 %). bf16 at the large model (N16384): RWKV D512 84 MB → 28 µs, Mamba D1024 168 MB → 56 µs at
-2996 GB/s; run 6's captured step averaged 83 µs per backward over the two (16 calls, 1326 µs): ~50 %. Offline
-sm_90 registers at the RWKV shape (BR 4 × 8 × 64, 4 warps): 254 → 2 programs per SM of the 4 launched.
+2996 GB/s. H100, run 10 (scripts/glue_bwd_sweep.py, CUDA-graph replay, same call): RWKV 59.8 → 43.7 µs, Mamba
+103.6 → 87.4 µs (79 % of the copy bandwidth measured in the run; the old setting, one cross-warp row sum per
+block at 2048-element tiles, 58 and 66 %); in the large captured step 1,330 µs (run 9) → 1,073 µs for the 16 calls.
 
 Numerics: loads upcast to fp32, every reduction in fp32, outputs rounded once on store; int64 row offsets.
 Dtypes: x, z one of fp32/fp16/bf16 (they may differ); weight, bias any of those; y in x's dtype, every gradient
@@ -65,7 +67,9 @@ __all__ = ["norm_gate"]
 
 MAX_D = 16384
 # elements per forward / backward tile (GPU), persistent backward programs per SM
-TUNING = {"fwd_tile": 4096, "bwd_tile": 1024, "bwd_per_sm": 4, "bwd_warps": None}   # None: ~8 elements per thread
+# (bwd_warps None: ~8 elements per thread; run 10's sweep at both model shapes: 1024-element tiles at 4 warps, 4
+# per SM beat 6 per SM, 2 warps, and 2048-element tiles at 8 warps by 15-25 %)
+TUNING = {"fwd_tile": 4096, "bwd_tile": 1024, "bwd_per_sm": 4, "bwd_warps": None}
 
 
 # ----------------------------------------------------------------------------------------------------------
