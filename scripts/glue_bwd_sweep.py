@@ -51,8 +51,8 @@ def cases(dev, smoke=False):
     dl, sl, de, ng = _mod("ddlerp"), _mod("shift_lerp"), _mod("decay_exp"), _mod("norm_gate")
     importlib.import_module("kernels.gate_norm_residual")
     gn = sys.modules["kernels.gate_norm_residual.kernel"]
-    # norm_gate: (bwd_tile, bwd_warps, bwd_per_sm); rows of 512 (RWKV) and 1024 (Mamba) elements; programs per SM
-    # at about what fits by the offline sm_90 register counts (scripts/glue_compile_check.py) and twice that
+    # norm_gate: (bwd_tile, bwd_warps, bwd_per_sm); rows of 512 (RWKV) and 1024 (Mamba) elements. The settings of
+    # run 10's second call, around its winners (the committed ones); call 1 swept wider (notes/glue.md "Run 10")
     ng_tw = ("bwd_tile", "bwd_warps", "bwd_per_sm")
     ng_rwkv = _settings(((1024, 4, 6), (2048, 8, 3)), ng_tw)
     ng_mamba = _settings(((1024, 4, 6), (1024, 2, 4)), ng_tw)
