@@ -73,7 +73,8 @@ def cases(dev, smoke=False):
         ("gnr row N16384 D512", gn, 11 * E, [("committed", {})],
          lambda: gn._bwd_impl(dhr, dyn, hr, ar, br_, gate, wg, None, stats, "row", "rms", True, torch.float32)),
         ("gnr add N16384 D512", gn, 8 * E, [("committed", {})],
-         lambda: gn._bwd_impl(dhr, dyn, hr, ar.new_empty((0,)), None, None, wg, None, stats, "add", "rms", False, torch.float32)),
+         lambda: gn._bwd_impl(dhr, dyn, hr, ar.new_empty((0,)), None, None, wg, None, stats, "add", "rms", False,
+                              torch.float32)),
     ]
 
 
