@@ -1,17 +1,20 @@
-"""GPU time of the glue ops' backward kernels at the large model's shapes under a few launch settings (TUNING),
-the committed setting beside alternatives, measured in the same run. Prints one line per (op, setting): CUDA-graph
-replay median (no host time), GB/s of the kernel's bytes, % of the copy bandwidth measured in the same run.
+"""GPU time of the glue ops' backward kernels at the large model's shapes (GF-MH D512 × 8, B16 × T1024: N = 16,384
+rows) under a few launch settings (each op's TUNING), the committed setting beside alternatives, measured in the
+same run. Prints one line per (op, setting): CUDA-graph replay median (no host time), the byte floor at the copy
+bandwidth measured in the same run, GB/s of the kernel's bytes and % of that copy bandwidth.
 
-    PYTHONPATH=. python scripts/glue_bwd_sweep.py [--csv PATH]
+    PYTHONPATH=. python scripts/glue_bwd_sweep.py [--csv PATH] [--committed-only] [--ops norm_gate,ddlerp,...]
 
-ddlerp: the row-walking backward at its committed setting (BD 128, 14 programs per SM; run 8 on the H100: 150.7 µs,
-78 % of the copy bandwidth, against 272.8 µs for the tiled backward it replaced) beside other column widths and
-program counts.
-gnr (gate_norm_residual, row gate, RMSNorm, h and y both with a gradient): its per-SM program count, 4 committed
-(run 2's sweep: 1 → 0.93, 2 → 0.695, 4 → 0.610, 8 → 0.626 ms fwd+bwd) while its backward at BR 1 × BD 2048 now
-compiles to 79 registers at 8 warps (3 programs per SM fit: 4 launched run as 3 + 1) or 55 at 16 (2 fit).
-Bytes (bf16, E = N·D·2): gnr 8E (h, dy, dh, a, b in; dx, da, db out), ddlerp 17E (do×5, x, m×5 in; dx, dm×5 out), shift_lerp and decay_exp 3E, norm_gate 5E
-(dy, x, z in; dx, dz out); the fp32 partial rows of the column sums are < 1 % and not counted.
+``--committed-only`` times each op's committed setting only: run it on an older tree (PYTHONPATH at that tree) for
+the "before" column of the same call.
+
+Bytes per call at the model's dtypes (bf16 activations, E = N·D·2; the residual stream h and its gradient are fp32,
+``residual_fp32``): norm_gate 5E (dy, x, z in; dx, dz out; RWKV: D 512, 8 groups of 64, LayerNorm, bias, norm
+before gate; Mamba: D 1024, one group, RMSNorm, gate first), ddlerp 17E (do×5, x, m×5 in; dx, dm×5 out),
+shift_lerp and decay_exp 3E, gate_norm_residual row 22·N·D bytes (dh, h fp32, dy, a, b in; dx fp32, da, db out),
+add 16·N·D (dh, h, dy in; dx, da out). The fp32 partial rows of the column sums (< 3 %) are not counted.
+Run 9's captured large step spent per call: norm_gate 83 µs (both shapes' mean), ddlerp 158, gnr 59, shift_lerp
+37, decay_exp 30 (profiles/nvidia-h100-80gb-hbm3/run9-2026-11-27/step_large.jsonl).
 """
 from __future__ import annotations
 
@@ -28,8 +31,15 @@ def _mod(name):
     return sys.modules[f"kernels.{name}.{name}"]
 
 
+def _settings(pairs, keys):
+    """[("committed", {})] + one labelled TUNING update per tuple of values for ``keys``."""
+    return [("committed", {})] + [(" ".join(f"{k} {v}" for k, v in zip(keys, vals)), dict(zip(keys, vals)))
+                                  for vals in pairs]
+
+
 def cases(dev, smoke=False):
     bf = dict(dtype=torch.bfloat16 if not smoke else torch.float32, device=dev)
+    f32 = dict(dtype=torch.float32, device=dev)
     B, T, D, DM = (16, 1024, 512, 1024) if not smoke else (1, 8, 128, 32)
     N, E = B * T, B * T * D * 2
     x, dy = torch.randn(B, T, D, **bf), torch.randn(B, T, D, **bf)
@@ -39,34 +49,40 @@ def cases(dev, smoke=False):
     xm, zm, dym = (torch.randn(N, DM, **bf) for _ in range(3))
     w, b, wm = torch.randn(D, device=dev), torch.randn(D, device=dev), torch.randn(DM, device=dev)
     dl, sl, de, ng = _mod("ddlerp"), _mod("shift_lerp"), _mod("decay_exp"), _mod("norm_gate")
-    alt = lambda pairs: [("committed", {})] + [(f"tile {t} per_sm {p}", dict(bwd_tile=t, bwd_per_sm=p))  # noqa: E731
-                                               for t, p in pairs]
-    dl_settings = [("committed", {})] + [                      # committed = rows BD 128, 14 per SM (run 8's best)
-        (f"rows BD {b} per_sm {p}", dict(rows_bd=b, rows_per_sm=p)) for b, p in ((128, 28), (256, 12))]
-    per = alt(((2048, 8), (1024, 12)))
     importlib.import_module("kernels.gate_norm_residual")
     gn = sys.modules["kernels.gate_norm_residual.kernel"]
-    NR, DR = (32768, 2048) if not smoke else (8, 64)
-    xg, ag, bg, dyg, dhg = (torch.randn(NR, DR, **bf) for _ in range(5))
-    gate, wg = torch.randn(NR, 1, **bf), torch.randn(DR, device=dev)
-    h, _, stats = gn._fwd_impl(xg, ag, bg, gate, wg, None, "row", "rms", 1e-5, True, False)
-    gnr_settings = [("committed", {})] + [(f"per_sm {p}", dict(bwd_per_sm=p)) for p in (6, 12)]
+    # norm_gate: (bwd_tile, bwd_warps, bwd_per_sm); rows of 512 (RWKV) and 1024 (Mamba) elements. The settings of
+    # run 10's second call, around its winners (the committed ones); call 1 swept wider (notes/glue.md "Run 10")
+    ng_tw = ("bwd_tile", "bwd_warps", "bwd_per_sm")
+    ng_rwkv = _settings(((1024, 4, 6), (2048, 8, 3)), ng_tw)
+    ng_mamba = _settings(((1024, 4, 6), (1024, 2, 4)), ng_tw)
+    flat = _settings(((1024, 4, 16), (512, 2, 16)), ng_tw)
+    dl_settings = _settings(((128, 2, 4), (128, 2, 16), (256, 4, 8)), ("rows_bd", "rows_warps", "rows_per_sm"))
+    gate, wg = torch.randn(N, 1, **bf), torch.randn(D, device=dev)
+    hr, dhr = torch.randn(N, D, **f32), torch.randn(N, D, **f32)
+    ar, br_ = torch.randn(N, D, **bf), torch.randn(N, D, **bf)
+    stats = torch.rand(1, N, **f32) + 0.5
     return [
-        ("gnr row N32768 D2048", gn, 8 * NR * DR * 2, gnr_settings,
-         lambda: gn._bwd_impl(dhg, dyg, h, ag, bg, gate, wg, None, stats, "row", "rms", True, bf["dtype"])),
-        ("ddlerp B16 T1024 D512", dl, 17 * E, dl_settings, lambda: dl._bwd_impl(douts, x, m, maa, None)),
-        ("shift_lerp B16 T1024 D512", sl, 3 * E, per, lambda: sl._bwd_impl(dy, x, mu, None)),
-        ("decay_exp N16384 D512", de, 3 * E, per, lambda: de._bwd_impl(dyn, mu, xn)),
-        ("norm_gate N16384 G8 S64 layer", ng, 5 * E, per,
+        ("norm_gate N16384 G8 S64 layer", ng, 5 * E, ng_rwkv,
          lambda: ng._bwd_impl(dyn, xn, zn, w, b, 64, 64e-5, "layer", True)),
-        ("norm_gate N16384 G1 S1024 rms", ng, 5 * E * 2, per,
+        ("norm_gate N16384 G1 S1024 rms", ng, 5 * E * 2, ng_mamba,
          lambda: ng._bwd_impl(dym, xm, zm, wm, None, DM, 1e-5, "rms", False)),
+        ("ddlerp B16 T1024 D512", dl, 17 * E, dl_settings, lambda: dl._bwd_impl(douts, x, m, maa, None)),
+        ("shift_lerp B16 T1024 D512", sl, 3 * E, flat, lambda: sl._bwd_impl(dy, x, mu, None)),
+        ("decay_exp N16384 D512", de, 3 * E, flat, lambda: de._bwd_impl(dyn, mu, xn)),
+        ("gnr row N16384 D512", gn, 11 * E, [("committed", {})],
+         lambda: gn._bwd_impl(dhr, dyn, hr, ar, br_, gate, wg, None, stats, "row", "rms", True, torch.float32)),
+        ("gnr add N16384 D512", gn, 8 * E, [("committed", {})],
+         lambda: gn._bwd_impl(dhr, dyn, hr, ar.new_empty((0,)), None, None, wg, None, stats, "add", "rms", False,
+                              torch.float32)),
     ]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--csv", default=None)
+    ap.add_argument("--committed-only", action="store_true", help="time each op's committed setting only")
+    ap.add_argument("--ops", default="", help="comma-separated name prefixes (default: every op)")
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter, tiny shapes, host clock: a syntax check")
     args = ap.parse_args()
     import kernels  # noqa: F401
@@ -85,9 +101,12 @@ def main() -> None:
     del src, dst
     rows = []
     print(f"copy bandwidth {copy_gbps:.0f} GB/s ({torch.cuda.get_device_name()})")
+    wanted = [p for p in args.ops.split(",") if p]
     for name, mod, nbytes, settings, call in cases(dev, args.smoke):
+        if wanted and not any(name.startswith(p) for p in wanted):
+            continue
         committed = dict(mod.TUNING)
-        for label, upd in settings:
+        for label, upd in settings[:1] if args.committed_only else settings:
             mod.TUNING.update(committed)
             mod.TUNING.update(upd)
             try:
@@ -95,16 +114,17 @@ def main() -> None:
                 torch.cuda.synchronize()
                 ms = triton.testing.do_bench_cudagraph(call, rep=50, return_mode="median")
             except Exception as e:  # noqa: BLE001 - one setting failing must not hide the others
-                print(f"{name:32s} {label:22s} FAIL {type(e).__name__}: {str(e).splitlines()[:1]}", flush=True)
+                print(f"{name:30s} {label:34s} FAIL {type(e).__name__}: {str(e).splitlines()[:1]}", flush=True)
                 continue
             gbps = nbytes / ms / 1e6
-            rows.append(dict(op=name, setting=label, tuning=dict(mod.TUNING), ms=ms, gbps=gbps,
-                             pct_copy=100 * gbps / copy_gbps))
-            print(f"{name:32s} {label:22s} {ms * 1e3:8.1f} µs {gbps:7.0f} GB/s {100 * gbps / copy_gbps:5.1f} %",
-                  flush=True)
+            floor_us = nbytes / copy_gbps / 1e3
+            rows.append(dict(op=name, setting=label, tuning=dict(mod.TUNING), us=round(ms * 1e3, 2),
+                             floor_us=round(floor_us, 2), gbps=round(gbps), pct_copy=round(100 * gbps / copy_gbps, 1)))
+            print(f"{name:30s} {label:34s} {ms * 1e3:8.1f} µs  floor {floor_us:6.1f} µs {gbps:6.0f} GB/s "
+                  f"{100 * gbps / copy_gbps:5.1f} %", flush=True)
         mod.TUNING.clear()
         mod.TUNING.update(committed)
-    if args.csv:
+    if args.csv and rows:
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()

@@ -19,12 +19,13 @@ x_prev [B, D] (the carried state, not differentiated). Tiles of [BR rows, BD col
 Kernels:
 * forward: a 2-D grid (row blocks, column blocks), one tile each: reads x, the previous rows, the five m_i, writes
   the five outputs.
-* backward: the row-walking kernel ``_ddlerp_bwd_rows_kernel``: P programs per column block, each walking a chunk
-  of rows from the last to the first, one [BD] row per step, carrying dxx of the row after; every element is loaded
-  once (no halo tiles), the dmaa partial sums stay per column in registers. H100, run 8 (glue_bwd_sweep, B16 T1024
-  D512, CUDA-graph replay): 150.7 µs = 78 % of the copy bandwidth at BD 128, 14 programs per SM, against 272.8 µs
-  (43 %) for the tiled persistent backward it replaced (row blocks strided over programs with one-row halo tiles;
-  512-element retile 280.8 µs; BD 128 × 28 per SM 161.4, BD 256 × 12 171.7).
+* backward: the row-walking kernel ``_ddlerp_bwd_rows_kernel``: P programs per column block, each taking a chunk
+  of rows in two halves walked together from their last row to their first, one [BD] row of each per step (all
+  loads of both rows issued before either row's arithmetic), each half carrying dxx of the row after; every element
+  is loaded once (no halo tiles), the dmaa partial sums stay per column in registers. H100 (glue_bwd_sweep, B16
+  T1024 D512, CUDA-graph replay, same call): run 10 127.4 µs (BD 128, 2 warps, 16 programs per SM; 92 % of the
+  copy bandwidth measured in the run) against 150.9 µs for one walker per program at run 8's setting (14 per SM;
+  run 8: 150.7 µs against 272.8 for the tiled persistent backward before it).
 It writes dx, dm and one fp32 partial row of dmaa per program ([P, 5, D]), summed inside the kernel in two
 fixed-order levels (groups of ~√P programs, then the group sums) and stored as dmaa (``kernels._colsum``: no second launch, no
 atomics on data, bit-identical run to run). No host syncs, no autotuning (CUDA-graph capturable).
@@ -56,11 +57,12 @@ from reference.ddlerp import N_MIX, check_args, check_order
 
 __all__ = ["ddlerp"]
 
-# elements per forward tile (GPU); the backward's columns per program (rows_bd, at rows_bd / 64 warps) and programs
-# per SM over all column blocks (rows_per_sm): run 8's fastest (see the module docstring). At BD 128, 2 warps,
-# finish tile [8, 128]: 140 registers (offline sm_90 compile, Triton 3.9), 7 programs per SM fit: 14 per SM run as
-# two whole waves; the partial rows are 3 % of the kernel's bytes at D512. max_bd: the forward's column block.
-TUNING = {"fwd_tile": 2048, "max_bd": 128, "rows_bd": 128, "rows_per_sm": 14}
+# elements per forward tile (GPU); the backward's columns per program (rows_bd, at rows_warps warps, None: rows_bd /
+# 64) and programs per SM over all column blocks (rows_per_sm): run 10's fastest (see the module docstring; 4 and 8
+# per SM: 132.5 and 138.2 µs). At BD 128, 2 warps, finish tile [8, 128]: 214 registers (offline sm_90 compile,
+# Triton 3.9; one walker: 140), 4 programs per SM fit; the partial rows are 3 % of the kernel's bytes at D512.
+# max_bd: the forward's column block.
+TUNING = {"fwd_tile": 2048, "max_bd": 128, "rows_bd": 128, "rows_per_sm": 16, "rows_warps": None}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -149,17 +151,6 @@ def _finish_dmaa(p_part, b_a0, b_a1, b_a2, b_a3, b_a4, pid, n_progs, D, o_c, m_c
 
 
 @triton.jit
-def _mix_row(p_do, p_m, p_dm, b_maa, i, ND, offs, m_c, b_xx, b_acc, b_sdo, b_dxx):
-    """One mix on one row (``offs``: the row's column offsets): stores dm_i, returns the row sums carried by
-    ``_ddlerp_bwd_rows_kernel`` (dmaa_i partial + do_i ⊙ xx, Σ do_i + do_i, dxx + do_i ⊙ a_i)."""
-    b_do = tl.load(p_do + offs, mask=m_c, other=0.).to(tl.float32)
-    b_m = tl.load(p_m + i * ND + offs, mask=m_c, other=0.).to(tl.float32)
-    b_dm = b_do * b_xx
-    tl.store(p_dm + i * ND + offs, b_dm.to(p_dm.dtype.element_ty), mask=m_c)
-    return b_acc + b_dm, b_sdo + b_do, b_dxx + b_do * (b_maa + b_m)
-
-
-@triton.jit
 def _dxx_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_m, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, ND, offs, m):
     """dxx = Σ_i do_i ⊙ (maa_i + m_i) on one row (0 where ``m`` is false)."""
     b = tl.load(p_do0 + offs, mask=m, other=0.).to(tl.float32) * \
@@ -176,13 +167,57 @@ def _dxx_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_m, b_maa0, b_maa1, b_maa2, b_m
 
 
 @triton.jit
+def _load_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, r, o_c, m, T, D, ND, HAS_PREV: tl.constexpr):
+    """Every load of one row r ([BD] block of row indices, mask ``m``), fp32: (x, shift(x), do_0..4, m_0..4)."""
+    t = r % T
+    offs = r * D + o_c
+    b_xs = tl.load(p_x + offs - D, mask=m & (t > 0), other=0.).to(tl.float32)
+    if HAS_PREV:
+        b_xs += tl.load(p_prev + (r // T) * D + o_c, mask=m & (t == 0), other=0.).to(tl.float32)
+    return (tl.load(p_x + offs, mask=m, other=0.).to(tl.float32), b_xs,
+            tl.load(p_do0 + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_do1 + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_do2 + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_do3 + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_do4 + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_m + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_m + ND + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_m + 2 * ND + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_m + 3 * ND + offs, mask=m, other=0.).to(tl.float32),
+            tl.load(p_m + 4 * ND + offs, mask=m, other=0.).to(tl.float32))
+
+
+@triton.jit
+def _row_grads(p_dx, p_dm, r, o_c, m, T, D, ND, b_xx, b_do0, b_do1, b_do2, b_do3, b_do4, b_m0, b_m1, b_m2, b_m3,
+               b_m4, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, b_next):
+    """One row's gradients from its loads (``_load_row``; xx = shift(x) − x): stores dm_i = do_i ⊙ xx and
+    dx = Σ do_i − dxx + dxx(row after) (``b_next``); returns this row's dxx as the next step's ``b_next`` (0 at
+    t = 0: the row before is another sequence's)."""
+    offs = r * D + o_c
+    ty = p_dm.dtype.element_ty
+    tl.store(p_dm + offs, (b_do0 * b_xx).to(ty), mask=m)
+    tl.store(p_dm + ND + offs, (b_do1 * b_xx).to(ty), mask=m)
+    tl.store(p_dm + 2 * ND + offs, (b_do2 * b_xx).to(ty), mask=m)
+    tl.store(p_dm + 3 * ND + offs, (b_do3 * b_xx).to(ty), mask=m)
+    tl.store(p_dm + 4 * ND + offs, (b_do4 * b_xx).to(ty), mask=m)
+    b_dxx = b_do0 * (b_maa0 + b_m0) + b_do1 * (b_maa1 + b_m1) + b_do2 * (b_maa2 + b_m2) + \
+        b_do3 * (b_maa3 + b_m3) + b_do4 * (b_maa4 + b_m4)
+    b_sdo = b_do0 + b_do1 + b_do2 + b_do3 + b_do4
+    tl.store(p_dx + offs, (b_sdo - b_dxx + b_next).to(p_dx.dtype.element_ty), mask=m)
+    return tl.where(r % T > 0, b_dxx, 0.)
+
+
+@triton.jit
 def _ddlerp_bwd_rows_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, p_maa, p_dx, p_dm, p_part,
                             p_dmaa, p_count, N, T, D, ND, L, n_progs, GS, NG,
                             HAS_PREV: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr):
-    """The backward walking rows: program (pid, column block) takes rows [pid·L, pid·L + L) ∩ [0, N) from the last
-    to the first, one row of BD columns per step, and carries dxx of the row after (dx[t] needs dxx[t+1]): every
-    element is loaded once (x twice: as x[t] and as shift(x) of row t+1, the second from cache), no halo tiles, no
-    cross-warp reduction in the loop (the dmaa partial sums are per column, in the thread that owns it).
+    """The backward walking rows: program (pid, column block) takes rows [pid·L, pid·L + L) ∩ [0, N), split in two
+    halves walked together from their last row to their first, one row of each (BD columns) per step: all loads of
+    both rows are issued before either row's arithmetic (twice the bytes in flight of one walker; stores in
+    between would keep the compiler from hoisting the next row's loads). Each walker carries dxx of the row after
+    (dx[t] needs dxx[t+1]; its first step computes that one-row halo): every element is loaded once (x twice: as
+    x[t] and as shift(x) of row t+1, the second from cache), no halo tiles, no cross-warp reduction in the loop
+    (the dmaa partial sums are per column, in the thread that owns it).
     p_do*, p_x, p_dx: [N, D]; p_prev: [B, D]; p_m, p_dm: [5, N, D]; p_maa, p_dmaa: [5, D]; p_part: [n_progs, 5, D]
     fp32 partial rows of dmaa; p_count: [column blocks, 1 + NG] int32 arrival counters; GS, NG: kernels._colsum.tree;
     L: rows per program."""
@@ -194,34 +229,40 @@ def _ddlerp_bwd_rows_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m,
     b_maa4 = tl.load(p_maa + 4 * D + o_c, mask=m_c, other=0.).to(tl.float32)
     r_lo = pid.to(tl.int64) * L
     r_hi = tl.minimum(r_lo + L, N)
+    n_a = (r_hi - r_lo + 1) // 2                 # walker a: rows [r_lo, r_mid), b: [r_mid, r_hi) (≤ n_a rows)
+    r_mid = r_lo + n_a
     z_c = o_c.to(tl.int64) * 0          # row indices are kept as [BD] blocks (masks stay block-shaped)
-    # dxx of row r_hi when it continues the sequence of row r_hi − 1 (else 0)
+    # each walker's halo: dxx of the row after its last when it continues the same sequence (else 0)
+    r = r_mid + z_c
+    b_next_a = _dxx_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_m, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, ND,
+                        r * D + o_c, m_c & (r < N) & (r % T != 0))
     r = r_hi + z_c
-    b_next = _dxx_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_m, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, ND,
-                      r * D + o_c, m_c & (r < N) & (r % T != 0))
+    b_next_b = _dxx_row(p_do0, p_do1, p_do2, p_do3, p_do4, p_m, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, ND,
+                        r * D + o_c, m_c & (r < N) & (r % T != 0))
     b_a0 = tl.zeros([BD], dtype=tl.float32)
     b_a1 = tl.zeros([BD], dtype=tl.float32)
     b_a2 = tl.zeros([BD], dtype=tl.float32)
     b_a3 = tl.zeros([BD], dtype=tl.float32)
     b_a4 = tl.zeros([BD], dtype=tl.float32)
-    for k in range(0, (r_hi - r_lo).to(tl.int32)):
-        r = r_hi - 1 - k + z_c
-        t = r % T
-        offs = r * D + o_c
-        b_x = tl.load(p_x + offs, mask=m_c, other=0.).to(tl.float32)
-        b_xs = tl.load(p_x + offs - D, mask=m_c & (t > 0), other=0.).to(tl.float32)
-        if HAS_PREV:
-            b_xs += tl.load(p_prev + (r // T) * D + o_c, mask=m_c & (t == 0), other=0.).to(tl.float32)
-        b_xx = b_xs - b_x
-        b_sdo = tl.zeros([BD], dtype=tl.float32)
-        b_dxx = tl.zeros([BD], dtype=tl.float32)
-        b_a0, b_sdo, b_dxx = _mix_row(p_do0, p_m, p_dm, b_maa0, 0, ND, offs, m_c, b_xx, b_a0, b_sdo, b_dxx)
-        b_a1, b_sdo, b_dxx = _mix_row(p_do1, p_m, p_dm, b_maa1, 1, ND, offs, m_c, b_xx, b_a1, b_sdo, b_dxx)
-        b_a2, b_sdo, b_dxx = _mix_row(p_do2, p_m, p_dm, b_maa2, 2, ND, offs, m_c, b_xx, b_a2, b_sdo, b_dxx)
-        b_a3, b_sdo, b_dxx = _mix_row(p_do3, p_m, p_dm, b_maa3, 3, ND, offs, m_c, b_xx, b_a3, b_sdo, b_dxx)
-        b_a4, b_sdo, b_dxx = _mix_row(p_do4, p_m, p_dm, b_maa4, 4, ND, offs, m_c, b_xx, b_a4, b_sdo, b_dxx)
-        tl.store(p_dx + offs, (b_sdo - b_dxx + b_next).to(p_dx.dtype.element_ty), mask=m_c)
-        b_next = tl.where(t > 0, b_dxx, 0.)      # row r − 1 is in the same sequence iff t > 0
+    for k in range(0, n_a.to(tl.int32)):
+        r_a = r_mid - 1 - k + z_c
+        r_b = r_hi - 1 - k + z_c
+        m_b = m_c & (r_b >= r_mid)          # walker b has one row fewer when the chunk's length is odd
+        xa, sa, da0, da1, da2, da3, da4, ma0, ma1, ma2, ma3, ma4 = _load_row(
+            p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, r_a, o_c, m_c, T, D, ND, HAS_PREV)
+        xb, sb, db0, db1, db2, db3, db4, mb0, mb1, mb2, mb3, mb4 = _load_row(
+            p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m, r_b, o_c, m_b, T, D, ND, HAS_PREV)
+        xa = sa - xa                         # xx = shift(x) − x
+        xb = sb - xb
+        b_next_a = _row_grads(p_dx, p_dm, r_a, o_c, m_c, T, D, ND, xa, da0, da1, da2, da3, da4, ma0, ma1, ma2, ma3,
+                              ma4, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, b_next_a)
+        b_next_b = _row_grads(p_dx, p_dm, r_b, o_c, m_b, T, D, ND, xb, db0, db1, db2, db3, db4, mb0, mb1, mb2, mb3,
+                              mb4, b_maa0, b_maa1, b_maa2, b_maa3, b_maa4, b_next_b)
+        b_a0 += da0 * xa + db0 * xb          # (a masked row of b loads zeros: adds 0)
+        b_a1 += da1 * xa + db1 * xb
+        b_a2 += da2 * xa + db2 * xb
+        b_a3 += da3 * xa + db3 * xb
+        b_a4 += da4 * xa + db4 * xb
     _finish_dmaa(p_part, b_a0, b_a1, b_a2, b_a3, b_a4, pid, n_progs, D, o_c, m_c, p_count, GS, NG, p_dmaa, BP, BD)
 
 
@@ -276,7 +317,8 @@ def _bwd_impl(douts, x, m, maa, x_prev):
     n_progs = _cdiv(N, L)
     part = new_empty((n_progs, N_MIX, D), torch.float32, dev)
     GS, NG = tree(n_progs)
-    warps = max(1, min(8, BD // 64))     # the finish's [BP, BD] tile at ~16 fp32 per thread (it sets registers)
+    # warps: by default the finish's [BP, BD] tile at ~16 fp32 per thread (it sets registers)
+    warps = TUNING["rows_warps"] or max(1, min(8, BD // 64))
     _ddlerp_bwd_rows_kernel[(n_progs, n_cb)](
         *douts, x, x_prev, m, maa, dx, dm, part, dmaa, counters(dev, n_cb, NG), N, T, D, N * D, L, n_progs, GS, NG,
         HAS_PREV=x_prev is not None, BD=BD, BP=finish_rows(BD, 512 * warps), num_warps=warps)

@@ -28,7 +28,8 @@ Kernels:
 * forward: one [BR, BG, BS] tile per program, BR chosen for ~4K elements per tile (fewer rows when the grid
   would not fill the GPU).
 * backward: a persistent grid of P programs (a few per SM, never more than the row blocks) striding over row
-  blocks; each accumulates dW and dbias in fp32 registers and writes one partial row of [P, 2·D] fp32, summed
+  blocks; each accumulates dW and dbias per element of its tile in fp32 registers (no cross-warp sum per row
+  block: the tile's rows are summed once, after the loop) and writes one partial row of [P, 2·D] fp32, summed
   inside the kernel in two fixed-order levels (groups of ~√P programs, then the group sums) and stored as dW and
   dbias in their dtypes (``kernels._colsum``: no second launch, no atomics on data, bit-identical run to run).
 * launches use fixed warp counts by tile size (no autotuner: nothing to tune before CUDA-graph capture) and no
@@ -36,8 +37,9 @@ Kernels:
 
 Byte floor (E = N·D·elem): forward x, z in + y out = 3E; backward dy, x, z in + dx, dz out = 5E (dW, dbias
 partial rows < 1 %). bf16 at the large model (N16384): RWKV D512 84 MB → 28 µs, Mamba D1024 168 MB → 56 µs at
-2996 GB/s; run 6's captured step averaged 83 µs per backward over the two (16 calls, 1326 µs): ~50 %. Offline
-sm_90 registers at the RWKV shape (BR 4 × 8 × 64, 4 warps): 254 → 2 programs per SM of the 4 launched.
+2996 GB/s. H100, run 10 (scripts/glue_bwd_sweep.py, CUDA-graph replay, same call): RWKV 59.8 → 43.7 µs, Mamba
+103.6 → 87.4 µs (79 % of the copy bandwidth measured in the run; the old setting, one cross-warp row sum per
+block at 2048-element tiles, 58 and 66 %); in the large captured step 1,330 µs (run 9) → 1,073 µs for the 16 calls.
 
 Numerics: loads upcast to fp32, every reduction in fp32, outputs rounded once on store; int64 row offsets.
 Dtypes: x, z one of fp32/fp16/bf16 (they may differ); weight, bias any of those; y in x's dtype, every gradient
@@ -65,7 +67,9 @@ __all__ = ["norm_gate"]
 
 MAX_D = 16384
 # elements per forward / backward tile (GPU), persistent backward programs per SM
-TUNING = {"fwd_tile": 4096, "bwd_tile": 2048, "bwd_per_sm": 4}
+# (bwd_warps None: ~8 elements per thread; run 10's sweep at both model shapes: 1024-element tiles at 4 warps, 4
+# per SM beat 6 per SM, 2 warps, and 2048-element tiles at 8 warps by 15-25 %)
+TUNING = {"fwd_tile": 4096, "bwd_tile": 1024, "bwd_per_sm": 4, "bwd_warps": None}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -134,8 +138,8 @@ def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, p_dw, p_
     b_w = tl.load(p_w + o_c, mask=m_c, other=0.).to(tl.float32)[None, :, :]
     if HAS_BIAS:
         b_bias = tl.load(p_b + o_c, mask=m_c, other=0.).to(tl.float32)[None, :, :]
-    b_acc_dw = tl.zeros([BG, BS], dtype=tl.float32)
-    b_acc_db = tl.zeros([BG, BS], dtype=tl.float32)
+    b_acc_dw = tl.zeros([BR, BG, BS], dtype=tl.float32)   # per element: summed over rows once, after the loop
+    b_acc_db = tl.zeros([BR, BG, BS], dtype=tl.float32)
     for blk in range(pid, n_blocks, n_progs):
         o_r, o_c3, m, o_cb, m_cb = _tile(blk * BR, N, S, G, BR, BG, BS)
         offs = o_r * D + o_c3
@@ -148,9 +152,9 @@ def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, p_dw, p_
             b_dq = b_dy * b_s
         else:
             b_dq = b_dy
-        b_acc_dw += tl.sum(b_dq * b_xh, axis=0)
+        b_acc_dw += b_dq * b_xh
         if HAS_BIAS:
-            b_acc_db += tl.sum(b_dq, axis=0)
+            b_acc_db += b_dq
         b_dxh = b_dq * b_w
         b_c1 = tl.sum(b_dxh * b_xh, axis=2) / S
         b_dh = b_dxh - b_xh * b_c1[:, :, None]
@@ -169,9 +173,9 @@ def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, p_dw, p_
         tl.store(p_dx + offs, b_dx.to(p_dx.dtype.element_ty), mask=m)
         tl.store(p_dz + offs, b_dz.to(p_dz.dtype.element_ty), mask=m)
     p_row = p_part + pid.to(tl.int64) * 2 * D
-    tl.store(p_row + o_c, b_acc_dw, mask=m_c)
+    tl.store(p_row + o_c, tl.sum(b_acc_dw, axis=0), mask=m_c)
     if HAS_BIAS:
-        tl.store(p_row + D + o_c, b_acc_db, mask=m_c)
+        tl.store(p_row + D + o_c, tl.sum(b_acc_db, axis=0), mask=m_c)
     c1 = D
     if HAS_BIAS:
         c1 = 2 * D
@@ -256,11 +260,12 @@ def _bwd_impl(dy, x, z, weight, bias, group_size, eps, norm, norm_before_gate):
     part = new_empty((n_progs, 2 * D), torch.float32, dev)
     BC = min(_pow2(D), 256)
     GS, NG = tree(n_progs)
+    warps = TUNING["bwd_warps"] or max(1, min(16, BR * BG * BS // 256))
     _norm_gate_bwd_kernel[(n_progs,)](
         dy, x, z, weight, bias, dx, dz, part, dw, db if bias is not None else None, counters(dev, 1, NG), N, D, S,
         G, _row_stride(x), _row_stride(z), eps, n_blocks, n_progs, GS, NG,
         LAYER=norm == "layer", BEFORE=norm_before_gate, HAS_BIAS=bias is not None, BR=BR, BG=BG, BS=BS,
-        BP=finish_rows(BC), BC=BC, num_warps=_warps(BR * BG * BS))
+        BP=finish_rows(BC, 512 * warps), BC=BC, num_warps=warps)
     return dx, dz, dw, db
 
 
