@@ -101,9 +101,18 @@ def _chunk_mode(seq):
 
 
 VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
-KNOBS = {"chunk_rows32": dict(state_rows=32)}  # forward mode: the default's
+KNOBS = {"chunk_rows32": dict(state_rows=32), "chunk_pipe": dict(scan_pipe=True),       # forward mode: the default's
+         "chunk_pipe8": dict(scan_pipe=True, scan_warps=8), "chunk_fill2": dict(scan_fill=2),
+         "chunk_fill2_pipe": dict(scan_fill=2, scan_pipe=True),
+         "chunk_rows32_pipe": dict(state_rows=32, scan_pipe=True),
+         "chunk_rows32_pipe8": dict(state_rows=32, scan_pipe=True, scan_warps=8),
+         "chunk_rows32_fill2_pipe": dict(state_rows=32, scan_fill=2, scan_pipe=True)}
+PAR_KNOBS = {"chunk_par_pipe": dict(scan_pipe=True), "chunk_par_pipe8": dict(scan_pipe=True, scan_warps=8),
+             "chunk_par_fill2_pipe": dict(scan_fill=2, scan_pipe=True)}   # the state-pass forward
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
-         **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS}}
+         **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS},
+         **{n: _chunk_mode(False) for n in PAR_KNOBS}}
+KNOBS.update(PAR_KNOBS)
 VARIANTS.update(KNOBS)
 ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", "chunk,chunk_seq,chunk_par,fused").split(",")}
 
@@ -414,7 +423,9 @@ def regs():
     cases = [(kc, "_bwd_kernel", dict(blk, BT=bt, HALF_B=True)) for bt in bts]      # what bf16 inputs get
     cases += [(kc, "_bwd_kernel", dict(blk, HALF_B=False)),   # B = do vᵀ in tf32 (until run 6)
               (kc, "_fwd_seq_kernel", dict(blk, USE_H0=False, SAVE=True)),
-              (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv))]
+              (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, PIPE=False)),
+              (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, PIPE=True))]
+    STAGES = [int(x) for x in os.environ.get("WKV6_REGS_STAGES", "1").split(",")]   # num_stages values
     only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_kernel: one kernel (each compile takes ~10 s)
     cases = [c for c in cases if not only or c[1] in only.split(",")]
     print(f"==== wkv6 chunk kernels, sm_90 compile (Triton {triton.__version__}), bf16, K = V = {kv}: "
@@ -425,10 +436,10 @@ def regs():
             fn = fn.fn
         types = {n: "constexpr" if n in consts else "*bf16" if n in half else "*i32" if n in ("cu_ptr", "cmap_ptr")
                  else "*fp32" if n.endswith("_ptr") else "fp32" if n == "scale" else "i32" for n in fn.arg_names}
-        for nw in (4, 8):
+        for nw, ns in [(w, s) for w in (4, 8) for s in STAGES]:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
             cubin = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                   options={"num_warps": nw, "num_stages": 1}).asm["cubin"]
+                                   options={"num_warps": nw, "num_stages": ns}).asm["cubin"]
             with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
                 f.write(cubin)
                 f.flush()
@@ -436,8 +447,8 @@ def regs():
                 sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
             m = re.search(r"REG:(\d+) STACK:(\d+)", out)
             n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
-            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT") if c in consts)
-            print(name + tag, nw, m.group(1), m.group(2), n_ins, flush=True)
+            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "PIPE") if c in consts)
+            print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), m.group(1), m.group(2), n_ins, flush=True)
 
 
 def host():

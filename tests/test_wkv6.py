@@ -398,8 +398,8 @@ def test_wkv6_chunk_modes(seq, shape, cu):
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    knobs = {(True, True): dict(state_rows=32), (True, False): dict(state_rows=32), (False, True): {},
-             (False, False): dict(state_rows=32)}
+    knobs = {(True, True): dict(state_rows=32), (True, False): dict(state_rows=32, scan_pipe=True), (False, True): {},
+             (False, False): dict(state_rows=32, scan_pipe=True, scan_fill=2)}
     with kc.tuning(**knobs[seq, cu is None]):
         _check(d, context=f"chunk {shape} cu={cu} {knobs[seq, cu is None]}", fn=_chunk_mode(seq))
 
@@ -476,8 +476,8 @@ def test_wkv6_backward_without_saved_states():
         assert rel_err(a, b) < 1e-6
 
 
-@pytest.mark.parametrize("knobs", [dict(piece_bytes=1, state_rows=32),
-                                   dict(save_states=False, piece_bytes=1, scan_fill=True)],
+@pytest.mark.parametrize("knobs", [dict(piece_bytes=1, state_rows=32, scan_pipe=True),
+                                   dict(save_states=False, piece_bytes=1, scan_fill=True, scan_pipe=True)],
                          ids=["saved", "recomputed"])
 def test_wkv6_chunk_memory_knobs(knobs):
     """The chunk algorithm's memory knobs (``chunk.TUNING``: one batch element per backward piece, with the forward's

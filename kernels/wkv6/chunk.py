@@ -421,7 +421,8 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
                               NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG,
                               USE_H0=h0 is not None, VARLEN=varlen, SAVE=save, PREC=prec)
         return o, ht, hs
-    buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd", bt=bt)
+    buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
+                                              _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"], kn["scan_warps"])
     BV = max(16, min(64, _pow2(V)))
     _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
                                                  SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, PREC=prec)
@@ -436,8 +437,10 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                between the passes);
 #   piece_bytes  the backward runs batch slices one after another so that its transient fp32 state buffers stay
 #                under this many bytes (None: one piece; varlen: always one piece);
-#   scan_fill    the backward's reverse state scan uses narrower V-blocks (down to 16) until it has >= #SMs
-#                programs (a piece of one or two batch elements has few (sequence, head) pairs);
+#   scan_fill    the state scans use narrower V-blocks (down to 16) until they have >= scan_fill × #SMs
+#                programs (a piece of one or two batch elements has few (sequence, head) pairs; 0 / False: off);
+#   scan_pipe    the state scans load one chunk ahead (``states._chunk_scan_kernel``'s PIPE);
+#   scan_warps   num_warps of the state scans;
 #   state_rows   rows between the fp32 states of the state pass, the forward's saved states and the backward's
 #                chunks (64 or 32; ``BT`` in the kernels): each backward program (one 16-row block) moves S_c and
 #                D_c over the other blocks of its chunk, 0-3 block updates each at 64 (12 per 64 rows), 0-1 at 32
@@ -445,8 +448,10 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                The state-pass forward (few programs) stays at 64 and keeps no states then (``_fwd_plan``).
 #                Run 8 (H100): 32 is faster at B8 T4096 H32 and the small model, neutral at the large one (the
 #                scan doubles), +0.5 GiB: default 64 (module docstring);
-TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False, "state_rows": BT}
-LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True, "state_rows": BT}
+TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": False, "scan_warps": 4,
+          "state_rows": BT}
+LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": False, "scan_warps": 4,
+          "state_rows": BT}
 STATE_ROWS = (32, 64)
 
 
@@ -484,19 +489,26 @@ def _bwd_pieces(B, T, H, K, V, recompute, varlen, limit, bt):
     return [(b0, min(B, b0 + nb)) for b0 in range(0, B, nb)]
 
 
+def _scan_bv(N, H, V, device, kn):
+    """The state scan's V-block width: None (the state kernel's) unless ``scan_fill``, then narrowed (down to 16)
+    until the scan has >= scan_fill × #SMs programs."""
+    if not kn["scan_fill"]:
+        return None
+    scan_bv = 64
+    while scan_bv > 16 and N * H * _cdiv(V, scan_bv) < kn["scan_fill"] * num_sms(device):
+        scan_bv //= 2
+    return scan_bv
+
+
 def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn):
     """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_kernel``, writing into the
     gradient views ``outs`` = (dr, dk, dv, dw). Returns (du [H, K] fp32, dh0 or None)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
-    scan_bv = None
     bt = kn["state_rows"]
-    if kn["scan_fill"]:
-        scan_bv = 64
-        while scan_bv > 16 and N * H * _cdiv(V, scan_bv) < num_sms(dev):
-            scan_bv //= 2
     mode = "bwd" if hs is None else "bwd_d"
-    buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv, bt)
+    buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode,
+                                               _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"], kn["scan_warps"])
     hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
     dr, dk, dv, dw = outs
     nb = bt // SB
