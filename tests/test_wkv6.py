@@ -558,14 +558,17 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("knobs", [dict(state_rows=32)], ids=["rows32"])
+@pytest.mark.parametrize("knobs,seq", [(dict(state_rows=32), True),
+                                       (dict(state_rows=32, scan_fill=2, scan_pipe=True), True),
+                                       (dict(scan_fill=2, scan_pipe=True), False)],
+                         ids=["rows32", "rows32_fill2_pipe", "par_fill2_pipe"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
-def test_wkv6_gpu_chunk_knobs(knobs, dtype, bound):
-    """The chunk backward's ``state_rows`` knob compiled for the GPU (bf16 through HALF_B), vs
-    fp64: T = 300 (a partial last chunk at every state_rows), K = V = 64, strong decay, h0; the walk forward (it
-    keeps the states those knobs ask for; this shape would take the state pass)."""
+def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
+    """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
+    chunk at every state_rows), K = V = 64, strong decay, h0; the walk forward (it keeps the states those knobs ask
+    for; this shape would take the state pass) or the state pass (seq False)."""
     import kernels.wkv6.chunk as kc
-    with kc.tuning(**knobs), kc.forward_mode(True):
+    with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)
 
 
