@@ -22,10 +22,12 @@ with every Triton launch stubbed.
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; named in WKV6_ALGOS only, forward: the
 sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem (``LOWMEM``:
 recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``),
-chunk_rows32 (``state_rows``: fp32 states every 32 rows instead of 64, so that a backward program moves S and D
-over 0-1 other blocks instead of 0-3; twice the state memory; run 8: faster at B8 T4096 H32 and the small model,
-neutral at the large one); these keep the default's forward mode (the walk where chunk_seq runs, the state pass
-where chunk_par does: compare with that one). Run 5 also
+chunk_run9 (run 9's default: state_rows 64, scan_pipe off), chunk_rows64 / chunk_rows32 (``state_rows`` forced:
+fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64 with the state pass),
+chunk_nopipe (the state scans without PIPE), chunk_fill2 (narrow scan blocks until 2 × #SMs programs), chunk_pipe8
+(8-warp scans), chunk_par_fill2 (the state-pass forward, fill2); these keep the default's forward mode (the walk
+where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed the scan
+knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
 (chunk_movedot, chunk_rows32_movedot: S and D moved by one masked dot each), run 9 chunk_carry (one program per
 chunk carrying D, S saved every 16 rows), run 6 two split backwards (chunk_split,
@@ -101,14 +103,10 @@ def _chunk_mode(seq):
 
 
 VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
-KNOBS = {"chunk_rows32": dict(state_rows=32), "chunk_pipe": dict(scan_pipe=True),       # forward mode: the default's
-         "chunk_pipe8": dict(scan_pipe=True, scan_warps=8), "chunk_fill2": dict(scan_fill=2),
-         "chunk_fill2_pipe": dict(scan_fill=2, scan_pipe=True),
-         "chunk_rows32_pipe": dict(state_rows=32, scan_pipe=True),
-         "chunk_rows32_pipe8": dict(state_rows=32, scan_pipe=True, scan_warps=8),
-         "chunk_rows32_fill2_pipe": dict(state_rows=32, scan_fill=2, scan_pipe=True)}
-PAR_KNOBS = {"chunk_par_pipe": dict(scan_pipe=True), "chunk_par_pipe8": dict(scan_pipe=True, scan_warps=8),
-             "chunk_par_fill2_pipe": dict(scan_fill=2, scan_pipe=True)}   # the state-pass forward
+KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False),      # forward mode: the default's; run 9's default
+         "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),
+         "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2), "chunk_pipe8": dict(scan_warps=8)}
+PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2)}   # the state-pass forward
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS},
          **{n: _chunk_mode(False) for n in PAR_KNOBS}}

@@ -501,7 +501,7 @@ def test_wkv6_chunk_bad_knobs():
     d = make_inputs(1, 40, 1, 16, 16)       # two 32-row chunks, one 64-row chunk
     with kc.tuning(state_rows=32), kc.forward_mode(True):     # the walk keeps states (the state pass: none)
         o, _ = wkv6(d["r"], d["k"], d["v"], d["w"], d["u"])
-    with pytest.raises(ValueError, match="keep the chunk knobs the same"):
+    with pytest.raises(ValueError, match="keep the chunk knobs the same"), kc.tuning(state_rows=64):
         o.sum().backward()
 
 
@@ -558,15 +558,16 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("knobs,seq", [(dict(state_rows=32), True),
-                                       (dict(state_rows=32, scan_fill=2, scan_pipe=True), True),
-                                       (dict(scan_fill=2, scan_pipe=True), False)],
-                         ids=["rows32", "rows32_fill2_pipe", "par_fill2_pipe"])
+@pytest.mark.parametrize("knobs,seq", [({}, True), (dict(state_rows=64, scan_pipe=False), True),
+                                       (dict(state_rows=32, scan_fill=2), False)],
+                         ids=["seq", "run9", "par_rows32_fill2"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
     chunk at every state_rows), K = V = 64, strong decay, h0; the walk forward (it keeps the states those knobs ask
-    for; this shape would take the state pass) or the state pass (seq False)."""
+    for; this shape would take the state pass) or the state pass (seq False). "seq": the default knobs as the
+    large shapes run them (walk forward, state_rows 32, pipelined scan); "run9": run 9's default (64, no PIPE);
+    the state pass with 32-row backward states (recomputed beside D) and narrow scan blocks."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)

@@ -391,12 +391,14 @@ def forward_mode(seq: bool):
 
 
 def _fwd_plan(N, H, V, device, knobs):
-    """(sequential walk?, whether the forward keeps its states for the backward). The state-pass forward always
-    runs at 64-row chunks (its scan is latency-bound: shorter chunks would add serial steps to the forward) and
-    keeps them only when the backward wants 64-row states; else the backward's state pass recomputes S_c beside D_c
-    (its two scan directions run side by side)."""
+    """(sequential walk?, whether the forward keeps its states for the backward, the backward's ``state_rows``).
+    ``state_rows`` None (the default) is 32 with the walk forward, 64 with the state pass (H100 run 10). The
+    state-pass forward always runs at 64-row chunks (its scan is latency-bound: shorter chunks would add serial
+    steps to the forward) and keeps them only when the backward wants 64-row states; else the backward's state
+    pass recomputes S_c beside D_c (its two scan directions run side by side)."""
     seq = _use_seq(N, H, V, device) if _FORCED_SEQ is None else _FORCED_SEQ
-    return seq, knobs["save_states"] and (seq or knobs["state_rows"] == BT)
+    rows = knobs["state_rows"] or (32 if seq else BT)
+    return seq, knobs["save_states"] and (seq or rows == BT), rows
 
 
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None):
@@ -408,8 +410,8 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     prec = _prec(r.dtype)
     varlen = cu_seqlens is not None
     kn = knobs or TUNING
-    seq, keep = _fwd_plan(N, H, V, dev, kn)
-    save, bt = save and keep, (kn["state_rows"] if seq else BT)
+    seq, keep, rows = _fwd_plan(N, H, V, dev, kn)
+    save, bt = save and keep, (rows if seq else BT)
     o = new_empty((B, T, H, V), r.dtype, dev)
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
     if seq:
@@ -439,20 +441,23 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                under this many bytes (None: one piece; varlen: always one piece);
 #   scan_fill    the state scans use narrower V-blocks (down to 16) until they have >= scan_fill × #SMs
 #                programs (a piece of one or two batch elements has few (sequence, head) pairs; 0 / False: off);
-#   scan_pipe    the state scans load one chunk ahead (``states._chunk_scan_kernel``'s PIPE);
+#   scan_pipe    the state scans load one chunk ahead (``states._chunk_scan_kernel``'s PIPE; H100 run 10: the
+#                reverse scan 538 -> 186 us at B8 T4096 H32, 78 -> 21 at B16 T1024 H8; no memory cost);
 #   scan_warps   num_warps of the state scans;
 #   state_rows   rows between the fp32 states of the state pass, the forward's saved states and the backward's
-#                chunks (64 or 32; ``BT`` in the kernels): each backward program (one 16-row block) moves S_c and
-#                D_c over the other blocks of its chunk, 0-3 block updates each at 64 (12 per 64 rows), 0-1 at 32
-#                (4); the state buffers and the reverse scan's serial steps grow as 64 / state_rows.
-#                The state-pass forward (few programs) stays at 64 and keeps no states then (``_fwd_plan``).
-#                Run 8 (H100): 32 is faster at B8 T4096 H32 and the small model, neutral at the large one (the
-#                scan doubles), +0.5 GiB: default 64 (module docstring);
-TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": False, "scan_warps": 4,
+#                chunks (64 or 32; ``BT`` in the kernels; None: 32 with the walk forward, 64 with the state
+#                pass): each backward program (one 16-row block) moves S_c and D_c over the other blocks of its
+#                chunk, 0-3 block updates each at 64 (12 per 64 rows), 0-1 at 32 (4); the state buffers and the
+#                reverse scan's serial steps grow as 64 / state_rows. The state-pass forward (few programs) stays
+#                at 64 and keeps no states at 32 (``_fwd_plan``). H100 run 10 (with scan_pipe; GPU us per
+#                fwd+bwd): 32 wins where the walk runs (B8 T4096 H32 8026 vs 8628, B16 T1024 H8 1175 vs 1233,
+#                B64 T256 H4 K32 286 vs 313; +0.5 GiB at B8 T4096 H32), 64 where the state pass does (B4 T2048
+#                H16 1211 vs 1241): hence None;
+TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True, "scan_warps": 4,
+          "state_rows": None}
+LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True, "scan_warps": 4,
           "state_rows": BT}
-LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": False, "scan_warps": 4,
-          "state_rows": BT}
-STATE_ROWS = (32, 64)
+STATE_ROWS = (None, 32, 64)
 
 
 @contextlib.contextmanager
@@ -462,7 +467,7 @@ def tuning(**knobs):
     bad = set(knobs) - set(TUNING)
     if bad:
         raise ValueError(f"unknown wkv6 chunk knobs {sorted(bad)}; known: {sorted(TUNING)}")
-    if knobs.get("state_rows", BT) not in STATE_ROWS:
+    if knobs.get("state_rows") not in STATE_ROWS:
         raise ValueError(f"wkv6 chunk knob state_rows must be one of {STATE_ROWS}; got {knobs['state_rows']!r}")
     old = dict(TUNING)
     TUNING.update(knobs)
@@ -475,8 +480,8 @@ def tuning(**knobs):
 
 def _state_shape(B, T, H, K, V, N, varlen, device):
     """Shape of the states the forward saves (empty when it keeps none: ``_fwd_plan``)."""
-    keep = _fwd_plan(N, H, V, device, TUNING)[1]
-    return _par_state_shape(B, T, H, K, V, N, varlen, TUNING["state_rows"]) if keep else (0,)
+    _, keep, rows = _fwd_plan(N, H, V, device, TUNING)
+    return _par_state_shape(B, T, H, K, V, N, varlen, rows) if keep else (0,)
 
 
 def _bwd_pieces(B, T, H, K, V, recompute, varlen, limit, bt):
@@ -500,12 +505,11 @@ def _scan_bv(N, H, V, device, kn):
     return scan_bv
 
 
-def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn):
+def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
     """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_kernel``, writing into the
-    gradient views ``outs`` = (dr, dk, dv, dw). Returns (du [H, K] fp32, dh0 or None)."""
+    gradient views ``outs`` = (dr, dk, dv, dw); ``bt``: the state rows. Returns (du [H, K] fp32, dh0 or None)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
-    bt = kn["state_rows"]
     mode = "bwd" if hs is None else "bwd_d"
     buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode,
                                                _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"], kn["scan_warps"])
@@ -519,6 +523,22 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn):
     return du_part.sum(0), dh0
 
 
+def _bwd_rows(B, T, H, K, V, N, cu_seqlens, device, kn, states):
+    """The backward's ``state_rows``: the forward's rule (``_fwd_plan``); with the default (None), the spacing of the
+    saved ``states`` when they have the other one's shape (e.g. a forward forced to the other mode). A saved shape
+    that fits neither is a one-line error."""
+    rows = _fwd_plan(N, H, V, device, kn)[2]
+    if states is None:
+        return rows
+    varlen = cu_seqlens is not None
+    fits = [b for b in ((rows,) if kn["state_rows"] else (rows, 96 - rows))
+            if states.shape == _par_state_shape(B, T, H, K, V, N, varlen, b)]
+    if not fits:
+        raise ValueError(f"wkv6: the forward saved states of shape {tuple(states.shape)}, not those of state_rows = "
+                         f"{rows}; keep the chunk knobs the same for the forward and its backward")
+    return fits[0]
+
+
 def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None, knobs=None):
     """Gradients (dr, dk, dv, dw, du, dh0 or None). ``states``: the forward's chunk-start states (else recomputed).
     du is summed in fp32 and rounded to u's dtype once. ``knobs`` as in ``_chunk_fwd_impl``."""
@@ -526,19 +546,15 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None, 
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     saved = states is not None and states.numel() > 0
     outs = [new_empty(x.shape, x.dtype, r.device) for x in (r, k, v, w)]
-    rows = kn["state_rows"]
+    rows = _bwd_rows(B, T, H, K, V, N, cu_seqlens, r.device, kn, states if saved else None)
     NT = _cdiv(T, rows)
-    if saved and states.shape != _par_state_shape(B, T, H, K, V, N, cu_seqlens is not None, rows):
-        raise ValueError(f"wkv6: the forward saved states of shape {tuple(states.shape)}, not those of state_rows = "
-                         f"{kn['state_rows']}; keep the chunk knobs the same for "
-                         "the forward and its backward")
     pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None, kn["piece_bytes"], rows)
     dus, dh0s = [], []
     for b0, b1 in pieces:
         cut = lambda x: x if x is None or len(pieces) == 1 else x[b0:b1]  # noqa: E731
         hs = None if not saved else states if len(pieces) == 1 else states[b0 * NT:b1 * NT]
         du, dh0 = _bwd_piece(cut(r), cut(k), cut(v), cut(w), u, cut(do), cut(dht), cut(h0), cu_seqlens, scale, hs,
-                             [cut(g) for g in outs], kn)
+                             [cut(g) for g in outs], kn, rows)
         dus.append(du)
         dh0s.append(dh0)
     du = (dus[0] if len(dus) == 1 else torch.stack(dus).sum(0)).to(u.dtype)
