@@ -19,9 +19,9 @@ exp(P^m), exp(R^m) are segmented cumprods of exp(w) shifted by one row (w_{t−1
 factor ≤ 1, no difference of prefix sums, safe at w = −60 per step (the products underflow to the correct 0).
 
 Forward. ``SEQ`` mode (grid V-blocks × sequence·heads): one program walks its sequence block by block with S in
-registers (and stores S at every 64-row chunk start when the backward will need it). Otherwise the chunk-state
-pass of ``states.py`` gives S at every 64-row chunk start and one program per (chunk, V-block, head) walks the
-chunk's four blocks.
+registers (and stores S at every ``state_rows``-row chunk start when the backward will need it; 4 or 8 warps,
+BV 64 or 32: the autotuner's pick). Otherwise the chunk-state pass of ``states.py`` gives S at every 64-row chunk
+start and one program per (chunk, V-block, head) walks the chunk's four blocks.
 
 Backward (grid chunk·4 blocks × heads, all of V per program). S_c (chunk start, from the forward) and D_c
 (dL/dS at the chunk end, reverse state pass of ``states.py``) are moved to the block: S_m by the earlier blocks'
@@ -49,19 +49,23 @@ harness also timed ~0.5 ms of .grad accumulation; not re-timed) against the defa
 the reverse scan is latency-bound and runs once per slice. Splitting V across backward programs
 ([K, 32] states, fp32 partial sums) was measured too and lost (bwd kernel 6.7 → 12.4 ms: still 255 registers).
 
-Backward state knob (``TUNING["state_rows"]``, default 64 = the run-7 kernels): the chunk length BT of the state
-pass, the saved states and the backward grid, 64 or 32. A block program moves S_c / D_c over 0–3 other blocks at 64
-(12 block updates per 64 rows), 0–1 at 32 (4), for 64 / BT times the fp32 state memory and the reverse scan's serial
-steps. H100, run 8 (GPU µs per fwd+bwd, profiler; 64 vs 32): B8 T4096 H32 `_bwd_kernel` 6105 vs 5073 but the scan
-529 vs 1056 (fwd+bwd 8.80 vs 8.60 ms, extra peak 1.18 vs 1.68 GiB); B16 T1024 H8 all kernels 1290 vs 1312 µs; B64
-T256 H4 K32 311 vs 282 µs. The default stays 64: 32 wins only where the longer latency-bound scan does not eat the
-backward's gain, and costs +0.5 GiB. Timed and removed (slower at every shape): state_rows 16 (run 8: the scan ×4,
-9.72 ms at B8 T4096 H32, 1578 / 318 µs of GPU time at the models' shapes); S_m / D_m moved by one masked
-[K, BT] × [BT, V] dot each over the chunk ("dot", run 8: `_bwd_kernel` 7076 vs 6105 µs at B8 T4096 H32, 1446 vs 1290
-and 356 vs 311 µs at the models' shapes); one program per chunk walking its blocks downwards with D carried and S
-saved every 16 rows ("carry", run 9: 3 block updates per 64 rows instead of 12, but 255 registers with spills and
-the finer saves: its kernel 8411 vs 6087 µs, fwd+bwd 11.55 vs 8.79 ms at B8 T4096 H32, 1.68 vs 1.29 ms at B16 T1024
-H8, 1.11 vs 0.87 at B64 T256 H4 K32, extra peak 1.93 vs 1.18 GiB).
+Backward state knob (``TUNING["state_rows"]``; default None = 32 with the walk forward, 64 with the state pass):
+the chunk length BT of the state pass, the saved states and the backward grid, 64 or 32. A block program moves
+S_c / D_c over 0–3 other blocks at 64 (12 block updates per 64 rows), 0–1 at 32 (4), for 64 / BT times the fp32
+state memory and the reverse scan's serial steps. The scans load one chunk ahead (``TUNING["scan_pipe"]``, the
+scan kernel's PIPE): two loads in flight per program instead of a load wait per step, which is what made the
+scan latency-bound. H100, run 10 (GPU µs per fwd+bwd, profiler, bf16; run 9's default = 64 without PIPE → 64 with
+PIPE → the default): B8 T4096 H32 8947 → 8628 → 8026 (reverse scan 538 → 186 µs at 64, 377 at 32;
+``_bwd_kernel`` 6077 → 5179 at 32; extra peak 1.18 → 1.68 GiB), B16 T1024 H8 1287 → 1233 → 1175, B64 T256 H4 K32
+308 → 313 → 286; with the state-pass forward (B4 T2048 H16) 1503 → 1211 at 64, 1241 at 32 (there the forward
+keeps 64-row states and a 32-row backward recomputes S beside D): hence 32 only with the walk. Run 8 (without PIPE)
+had 32 neutral at the large model because its scan doubled. Timed and removed (slower at every shape):
+state_rows 16 (run 8: the scan ×4, 9.72 ms at B8 T4096 H32, 1578 / 318 µs of GPU time at the models' shapes); S_m
+/ D_m moved by one masked [K, BT] × [BT, V] dot each over the chunk ("dot", run 8: `_bwd_kernel` 7076 vs 6105 µs at
+B8 T4096 H32, 1446 vs 1290 and 356 vs 311 µs at the models' shapes); one program per chunk walking its blocks
+downwards with D carried and S saved every 16 rows ("carry", run 9: 3 block updates per 64 rows instead of 12, but
+255 registers with spills and the finer saves: its kernel 8411 vs 6087 µs, fwd+bwd 11.55 vs 8.79 ms at B8 T4096
+H32, 1.68 vs 1.29 ms at B16 T1024 H8, 1.11 vs 0.87 at B64 T256 H4 K32, extra peak 1.93 vs 1.18 GiB).
 """
 from __future__ import annotations
 
@@ -75,7 +79,7 @@ import triton.language as tl
 from kernels._common import autotune_configs, new_empty, num_sms
 from kernels.wkv6.common import (_bonus_bwd, _cdiv, _chunk_loc, _clamp_w, _cross_bwd, _dims, _half_dot, _kv_ranges,
                                  _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run, _seq_bounds,
-                                 _store_dqkw)
+                                 _store_dqkw, _warp_configs)
 from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states (default; ``TUNING["state_rows"]``)
@@ -161,7 +165,8 @@ def _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, r0, i_h, sca
 # forward
 # ----------------------------------------------------------------------------------------------------------------
 @triton.autotune(configs=autotune_configs([triton.Config({"BV": 64}, num_warps=4, num_stages=1),
-                                           triton.Config({"BV": 32}, num_warps=4, num_stages=1)]),
+                                           triton.Config({"BV": 32}, num_warps=4, num_stages=1),
+                                           triton.Config({"BV": 64}, num_warps=8, num_stages=1)]),
                  key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])
 @triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
 def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T, NT,
@@ -196,8 +201,7 @@ def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC"])
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BT", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
@@ -327,9 +331,7 @@ def _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_
     tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
 
 
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
-                                           triton.Config({}, num_warps=8, num_stages=1)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
                 cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
