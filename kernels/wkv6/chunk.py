@@ -54,10 +54,10 @@ the chunk length BT of the state pass, the saved states and the backward grid, 6
 S_c / D_c over 0–3 other blocks at 64 (12 block updates per 64 rows), 0–1 at 32 (4), for 64 / BT times the fp32
 state memory and the reverse scan's serial steps. The scans load one chunk ahead (``TUNING["scan_pipe"]``, the
 scan kernel's PIPE): two loads in flight per program instead of a load wait per step, which is what made the
-scan latency-bound. H100, run 10 (GPU µs per fwd+bwd, profiler, bf16; run 9's default = 64 without PIPE → 64 with
-PIPE → the default): B8 T4096 H32 8947 → 8628 → 8026 (reverse scan 538 → 186 µs at 64, 377 at 32;
-``_bwd_kernel`` 6077 → 5179 at 32; extra peak 1.18 → 1.68 GiB), B16 T1024 H8 1287 → 1233 → 1175, B64 T256 H4 K32
-308 → 313 → 286; with the state-pass forward (B4 T2048 H16) 1503 → 1211 at 64, 1241 at 32 (there the forward
+scan latency-bound. H100, run 10 (GPU µs per fwd+bwd, all kernels, profiler, bf16; run 9's default = 64 without
+PIPE → 64 with PIPE → the default): B8 T4096 H32 8949 → 8630 → 8028 (reverse scan 538 → 186 µs at 64, 377 at 32;
+``_bwd_kernel`` 6077 → 5179 at 32; extra peak 1.18 → 1.68 GiB), B16 T1024 H8 1289 → 1235 → 1177, B64 T256 H4 K32
+310 → 315 → 288; with the state-pass forward (B4 T2048 H16) 1504 → 1212 at 64, 1242 at 32 (there the forward
 keeps 64-row states and a 32-row backward recomputes S beside D): hence 32 only with the walk. Run 8 (without PIPE)
 had 32 neutral at the large model because its scan doubled. Timed and removed (slower at every shape):
 state_rows 16 (run 8: the scan ×4, 9.72 ms at B8 T4096 H32, 1578 / 318 µs of GPU time at the models' shapes); S_m
@@ -452,9 +452,9 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                chunk, 0-3 block updates each at 64 (12 per 64 rows), 0-1 at 32 (4); the state buffers and the
 #                reverse scan's serial steps grow as 64 / state_rows. The state-pass forward (few programs) stays
 #                at 64 and keeps no states at 32 (``_fwd_plan``). H100 run 10 (with scan_pipe; GPU us per
-#                fwd+bwd): 32 wins where the walk runs (B8 T4096 H32 8026 vs 8628, B16 T1024 H8 1175 vs 1233,
-#                B64 T256 H4 K32 286 vs 313; +0.5 GiB at B8 T4096 H32), 64 where the state pass does (B4 T2048
-#                H16 1211 vs 1241): hence None;
+#                fwd+bwd): 32 wins where the walk runs (B8 T4096 H32 8028 vs 8630, B16 T1024 H8 1177 vs 1235,
+#                B64 T256 H4 K32 288 vs 315; +0.5 GiB at B8 T4096 H32), 64 where the state pass does (B4 T2048
+#                H16 1212 vs 1242): hence None;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True, "scan_warps": 4,
           "state_rows": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True, "scan_warps": 4,
