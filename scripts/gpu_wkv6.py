@@ -25,7 +25,8 @@ recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``
 chunk_run9 (run 9's default: state_rows 64, scan_pipe off), chunk_rows64 / chunk_rows32 (``state_rows`` forced:
 fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64 with the state pass),
 chunk_nopipe (the state scans without PIPE), chunk_fill2 (narrow scan blocks until 2 × #SMs programs), chunk_pipe8
-(8-warp scans), chunk_par_fill2 (the state-pass forward, fill2); these keep the default's forward mode (the walk
+(8-warp scans), chunk_split (the walk forward in two kernels: ``fwd_split``), chunk_par_fill2 (the state-pass
+forward, fill2); these keep the default's forward mode (the walk
 where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed the scan
 knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
@@ -105,7 +106,8 @@ def _chunk_mode(seq):
 VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
 KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False),      # forward mode: the default's; run 9's default
          "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),
-         "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2), "chunk_pipe8": dict(scan_warps=8)}
+         "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2), "chunk_pipe8": dict(scan_warps=8),
+         "chunk_split": dict(fwd_split=True)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2)}   # the state-pass forward
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS},
@@ -420,7 +422,10 @@ def regs():
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", str(kc.BT)).split(",")]   # state_rows knob values
     cases = [(kc, "_bwd_kernel", dict(blk, BT=bt, HALF_B=True)) for bt in bts]      # what bf16 inputs get
     cases += [(kc, "_bwd_kernel", dict(blk, HALF_B=False)),   # B = do vᵀ in tf32 (until run 6)
-              (kc, "_fwd_seq_kernel", dict(blk, USE_H0=False, SAVE=True)),
+              (kc, "_fwd_seq_kernel", dict(blk, USE_H0=False, SAVE=True, SPLIT=False)),
+              (kc, "_fwd_split_kernel", dict(blk, USE_H0=False, SAVE=True, SPLIT=True)),
+              (kc, "_fwd_intra_kernel", dict(H=32, K=kv, V=kv, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False,
+                                             PREC="tf32")),
               (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, PIPE=False)),
               (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, PIPE=True))]
     STAGES = [int(x) for x in os.environ.get("WKV6_REGS_STAGES", "1").split(",")]   # num_stages values

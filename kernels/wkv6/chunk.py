@@ -77,9 +77,9 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty, num_sms
-from kernels.wkv6.common import (_bonus_bwd, _cdiv, _chunk_loc, _clamp_w, _cross_bwd, _dims, _half_dot, _kv_ranges,
-                                 _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run, _seq_bounds,
-                                 _store_dqkw, _warp_configs)
+from kernels.wkv6.common import (_bonus_bwd, _cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _half_dot,
+                                 _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run,
+                                 _seq_bounds, _store_dqkw, _warp_configs)
 from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states (default; ``TUNING["state_rows"]``)
@@ -154,29 +154,73 @@ def _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, r0, i_h, sca
     b_A = _diag_scores(b_q, b_k, b_u, b_em1, b_ep1, o_t, SB, LOG, PREC)
     b_egp, b_egs = _level(b_em1, b_ep1, o_t, SB, SB)
     b_o = tl.dot(b_q * b_egp, b_h, input_precision=PREC) + tl.dot(b_A, b_v, input_precision=PREC)
+    _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H, V)
+    b_gl = tl.sum(_clamp_w(b_wr), axis=0)
+    return b_h * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_k * b_egs), b_v, input_precision=PREC)
+
+
+@triton.jit
+def _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H: tl.constexpr, V: tl.constexpr):
+    """Rows r0..r0+SB of o [B·T, H, V] (o's dtype; rows past the sequence length L masked)."""
     rows = r0 + o_t
     p_o = o_ptr + ((bos + rows) * H + i_h)[:, None] * V + o_v[None, :]
     tl.store(p_o, b_o.to(o_ptr.dtype.element_ty), mask=(rows < L)[:, None] & m_v[None, :])
-    b_gl = tl.sum(_clamp_w(b_wr), axis=0)
-    return b_h * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_k * b_egs), b_v, input_precision=PREC)
+
+
+@triton.jit
+def _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, r0, i_h, o_t, o_k, o_v, m_k, m_v,
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
+    """``_fwd_block`` from the block's precomputed q̂ = q ⊙ exp(P), k̂ = k ⊙ exp(R) and A v (``_fwd_intra_kernel``,
+    fp32): the same dots on the same values, so the same results; only the state-dependent work stays."""
+    b_qh = _load_rows(qh_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_kh = _load_rows(kh_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_o = tl.dot(b_qh, b_h, input_precision=PREC) + _load_rows(oi_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H, V)
+    return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_kh), b_v, input_precision=PREC)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=autotune_configs([triton.Config({"BV": 64}, num_warps=4, num_stages=1),
-                                           triton.Config({"BV": 32}, num_warps=4, num_stages=1),
-                                           triton.Config({"BV": 64}, num_warps=8, num_stages=1)]),
-                 key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _fwd_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, cu_ptr, cmap_ptr, scale, T, NT,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (SB-row block slots, V-blocks, H): the state-free part of ``_fwd_block`` for every block at once (the
+    split forward, ``TUNING["fwd_split"]``): A v -> oi [B·T, H, V] fp32, and (first V-block) q̂ = q ⊙ exp(P) and
+    k̂ = k ⊙ exp(R) (block-level P, R) -> qh / kh [B·T, H, K] fp32. Slots as ``_chunk_loc``'s with BT = SB (cmap
+    [slots] int32: the sequence of each slot, VARLEN). Other layouts as ``_fwd_seq_kernel``."""
+    i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, SB, VARLEN)
+    r0 = i_c * SB
+    o_t = tl.arange(0, SB)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_A = _diag_scores(b_q, b_k, b_u, b_em1, b_ep1, o_t, SB, LOG, PREC)
+    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
+    tl.store(oi_ptr + p_v, tl.dot(b_A, b_v, input_precision=PREC), mask=m_tv)
+    b_egp, b_egs = _level(b_em1, b_ep1, o_t, SB, SB)
+    m_tk = m_tk & (o_k[None, :] * 0 + i_v == 0)
+    tl.store(qh_ptr + p_k, b_q * b_egp, mask=m_tk)
+    tl.store(kh_ptr + p_k, b_k * b_egs, mask=m_tk)
+
+
 @triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
-def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T, NT,
-                    NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                    SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
-                    VARLEN: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr):
+def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr,
+              scale, T, NT, NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+              SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
+              VARLEN: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
     """Grid (V-blocks, N·H). Walks the SB-row blocks of one (sequence, head, V-block) with the state in registers.
     q/k/w [B·T, H, K], v/o [B·T, H, V], u [H, K], h0/ht [N, H, K, V] fp32, hs [slots, H, K, V] fp32 (the state at
     every BT-row chunk start when SAVE; slot of chunk i: n·NT + i, or cu[n]//BT + n + i with VARLEN),
-    cu [N+1] int32."""
+    cu [N+1] int32. SPLIT: the blocks' state-free parts come from ``_fwd_intra_kernel`` (qh, kh [B·T, H, K] and oi
+    [B·T, H, V] fp32; q, k, u unread), else they are computed here (qh, kh, oi: None). Autotuned as
+    ``_fwd_seq_kernel`` and ``_fwd_split_kernel``."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -196,9 +240,26 @@ def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs
         if SAVE:
             tl.store(hs_ptr + ((slot0 + i_b // (BT // SB)) * H + i_h) * K * V + o_kv, b_h,
                      mask=m_kv & (o_k[:, None] * 0 + i_b % (BT // SB) == 0))
-        b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_b * SB, i_h, scale, o_t, o_k, o_v,
-                         m_k, m_v, H, K, V, SB, LOG, PREC)
+        if SPLIT:
+            b_h = _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_k,
+                              o_v, m_k, m_v, H, K, V, SB, PREC)
+        else:
+            b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_b * SB, i_h, scale, o_t, o_k,
+                             o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
+
+
+def _walk_configs(bvs):
+    return autotune_configs([triton.Config({"BV": bv}, num_warps=4, num_stages=1) for bv in bvs]
+                            + [triton.Config({"BV": 64}, num_warps=8, num_stages=1)])
+
+
+# the walk of the one-kernel forward (4 or 8 warps, BV 64 or 32) and of the split one (its blocks' state-free work
+# done before: narrow V-blocks cost little more, so down to 16 for more programs)
+_fwd_seq_kernel = triton.autotune(configs=_walk_configs((64, 32)), key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(
+    _fwd_walk)
+_fwd_split_kernel = triton.autotune(configs=_walk_configs((64, 32, 16)),
+                                    key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
 
 
 @triton.autotune(configs=_warp_configs(), key=["K", "V", "BT", "BK", "BV", "PREC"])
@@ -403,6 +464,20 @@ def _fwd_plan(N, H, V, device, knobs):
     return seq, knobs["save_states"] and (seq or rows == BT), rows
 
 
+def _fwd_split(r, k, v, w, u, scale, cu_seqlens, prec):
+    """The split forward's first pass (``_fwd_intra_kernel``): (qh, kh, oi) fp32, one program per SB-row block."""
+    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+    dev = r.device
+    qh, kh = (new_empty(r.shape, torch.float32, dev) for _ in range(2))
+    oi = new_empty((B, T, H, V), torch.float32, dev)
+    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, SB)
+    BV = max(16, min(64, _pow2(V)))
+    _fwd_intra_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, qh, kh, oi, _cu(cu_seqlens, dev), cmap, scale, T, NT, H=H,
+                                            K=K, V=V, SB=SB, BK=_bk(K), BV=BV, LOG=LOG,
+                                            VARLEN=cu_seqlens is not None, PREC=prec)
+    return qh, kh, oi
+
+
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None):
     """o, final state and (if save) the chunk-start states for the backward (else an empty tensor). ``knobs``:
     the memory knobs (default ``TUNING``; ``wkv6_chunk_lowmem`` passes ``LOWMEM``)."""
@@ -421,9 +496,11 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         hs = new_empty((S, H, K, V) if save else (0,), torch.float32, dev)
         cu = cu_seqlens.to(torch.int32) if varlen else cmap
         grid = lambda meta: (_cdiv(V, meta["BV"]), N * H)  # noqa: E731
-        _fwd_seq_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht, hs if save else ht, cu, scale, T,
-                              NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG,
-                              USE_H0=h0 is not None, VARLEN=varlen, SAVE=save, PREC=prec)
+        split = _fwd_split(r, k, v, w, u, scale, cu_seqlens, prec) if kn["fwd_split"] else (None, None, None)
+        kernel = _fwd_split_kernel if kn["fwd_split"] else _fwd_seq_kernel
+        kernel[grid](r, k, v, w, u, *split, h0 if h0 is not None else ht, o, ht, hs if save else ht, cu, scale, T, NT,
+                     _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
+                     VARLEN=varlen, SAVE=save, SPLIT=kn["fwd_split"], PREC=prec)
         return o, ht, hs
     buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
                                               _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"], kn["scan_warps"])
@@ -446,6 +523,9 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   scan_pipe    the state scans load one chunk ahead (``states._chunk_scan_kernel``'s PIPE; H100 run 10: the
 #                reverse scan 538 -> 186 us at B8 T4096 H32, 78 -> 21 at B16 T1024 H8; no memory cost);
 #   scan_warps   num_warps of the state scans;
+#   fwd_split    the walk forward in two kernels (untimed; default off): every block's state-free work (levels, A v,
+#                q̂, k̂) in one parallel pass writing fp32 intermediates (3 × 4 bytes per token, head and column:
+#                0.75 GiB transient at B8 T4096 H32 K=V=64), then the walk with two dots per block;
 #   state_rows   rows between the fp32 states of the state pass, the forward's saved states and the backward's
 #                chunks (64 or 32; ``BT`` in the kernels; None: 32 with the walk forward, 64 with the state
 #                pass): each backward program (one 16-row block) moves S_c and D_c over the other blocks of its
@@ -456,9 +536,9 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                B64 T256 H4 K32 288 vs 315; +0.5 GiB at B8 T4096 H32), 64 where the state pass does (B4 T2048
 #                H16 1212 vs 1242): hence None;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True, "scan_warps": 4,
-          "state_rows": None}
+          "state_rows": None, "fwd_split": False}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True, "scan_warps": 4,
-          "state_rows": BT}
+          "state_rows": BT, "fwd_split": False}
 STATE_ROWS = (None, 32, 64)
 
 
