@@ -22,10 +22,13 @@ with every Triton launch stubbed.
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; named in WKV6_ALGOS only, forward: the
 sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem (``LOWMEM``:
 recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``),
-chunk_rows32 (``state_rows``: fp32 states every 32 rows instead of 64, so that a backward program moves S and D
-over 0-1 other blocks instead of 0-3; twice the state memory; run 8: faster at B8 T4096 H32 and the small model,
-neutral at the large one); these keep the default's forward mode (the walk where chunk_seq runs, the state pass
-where chunk_par does: compare with that one). Run 5 also
+chunk_run9 (run 9's default: state_rows 64, scan_pipe off), chunk_rows64 / chunk_rows32 (``state_rows`` forced:
+fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64 with the state pass),
+chunk_nopipe (the state scans without PIPE), chunk_fill2 (narrow scan blocks until 2 × #SMs programs), chunk_pipe8
+(8-warp scans), chunk_split (the walk forward in two kernels: ``fwd_split``), chunk_par_fill2 (the state-pass
+forward, fill2); these keep the default's forward mode (the walk
+where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed the scan
+knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
 (chunk_movedot, chunk_rows32_movedot: S and D moved by one masked dot each), run 9 chunk_carry (one program per
 chunk carrying D, S saved every 16 rows), run 6 two split backwards (chunk_split,
@@ -101,9 +104,15 @@ def _chunk_mode(seq):
 
 
 VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
-KNOBS = {"chunk_rows32": dict(state_rows=32)}  # forward mode: the default's
+KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False),      # forward mode: the default's; run 9's default
+         "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),
+         "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2), "chunk_pipe8": dict(scan_warps=8),
+         "chunk_split": dict(fwd_split=True)}
+PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2)}   # the state-pass forward
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
-         **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS}}
+         **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS},
+         **{n: _chunk_mode(False) for n in PAR_KNOBS}}
+KNOBS.update(PAR_KNOBS)
 VARIANTS.update(KNOBS)
 ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", "chunk,chunk_seq,chunk_par,fused").split(",")}
 
@@ -413,8 +422,13 @@ def regs():
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", str(kc.BT)).split(",")]   # state_rows knob values
     cases = [(kc, "_bwd_kernel", dict(blk, BT=bt, HALF_B=True)) for bt in bts]      # what bf16 inputs get
     cases += [(kc, "_bwd_kernel", dict(blk, HALF_B=False)),   # B = do vᵀ in tf32 (until run 6)
-              (kc, "_fwd_seq_kernel", dict(blk, USE_H0=False, SAVE=True)),
-              (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv))]
+              (kc, "_fwd_seq_kernel", dict(blk, USE_H0=False, SAVE=True, SPLIT=False)),
+              (kc, "_fwd_split_kernel", dict(blk, USE_H0=False, SAVE=True, SPLIT=True)),
+              (kc, "_fwd_intra_kernel", dict(H=32, K=kv, V=kv, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False,
+                                             PREC="tf32")),
+              (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, PIPE=False)),
+              (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, PIPE=True))]
+    STAGES = [int(x) for x in os.environ.get("WKV6_REGS_STAGES", "1").split(",")]   # num_stages values
     only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_kernel: one kernel (each compile takes ~10 s)
     cases = [c for c in cases if not only or c[1] in only.split(",")]
     print(f"==== wkv6 chunk kernels, sm_90 compile (Triton {triton.__version__}), bf16, K = V = {kv}: "
@@ -425,10 +439,10 @@ def regs():
             fn = fn.fn
         types = {n: "constexpr" if n in consts else "*bf16" if n in half else "*i32" if n in ("cu_ptr", "cmap_ptr")
                  else "*fp32" if n.endswith("_ptr") else "fp32" if n == "scale" else "i32" for n in fn.arg_names}
-        for nw in (4, 8):
+        for nw, ns in [(w, s) for w in (4, 8) for s in STAGES]:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
             cubin = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                   options={"num_warps": nw, "num_stages": 1}).asm["cubin"]
+                                   options={"num_warps": nw, "num_stages": ns}).asm["cubin"]
             with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
                 f.write(cubin)
                 f.flush()
@@ -436,8 +450,8 @@ def regs():
                 sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
             m = re.search(r"REG:(\d+) STACK:(\d+)", out)
             n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
-            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT") if c in consts)
-            print(name + tag, nw, m.group(1), m.group(2), n_ins, flush=True)
+            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "PIPE") if c in consts)
+            print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), m.group(1), m.group(2), n_ins, flush=True)
 
 
 def host():

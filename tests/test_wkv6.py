@@ -391,15 +391,15 @@ def _chunk_mode(seq):
 @pytest.mark.parametrize("shape,cu", [((2, 70, 2, 20, 24), None), ((1, 140, 2, 16, 16), [0, 3, 64, 64, 140])],
                          ids=["fixed", "varlen"])
 def test_wkv6_chunk_modes(seq, shape, cu):
-    """Both forward modes of the default algorithm (sequential walk, state pass + parallel chunks) vs fp64, each
-    with the backward's ``state_rows`` at 32 (the walk keeps 32-row states; the state pass keeps none, S recomputed
-    beside D) except the fixed-length state pass (the default, which every other test runs too)."""
+    """Both forward modes of the default algorithm (sequential walk, state pass + parallel chunks) vs fp64: the walk
+    split in two kernels (``fwd_split``) keeping 32- or 64-row states, the state pass at the default (64) or with the
+    backward's ``state_rows`` at 32 (it keeps no states then, S recomputed beside D) and narrow scan blocks."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    knobs = {(True, True): dict(state_rows=32), (True, False): dict(state_rows=32), (False, True): {},
-             (False, False): dict(state_rows=32)}
+    knobs = {(True, True): dict(state_rows=32, fwd_split=True), (True, False): dict(state_rows=64, fwd_split=True),
+             (False, True): {}, (False, False): dict(state_rows=32, scan_fill=2)}
     with kc.tuning(**knobs[seq, cu is None]):
         _check(d, context=f"chunk {shape} cu={cu} {knobs[seq, cu is None]}", fn=_chunk_mode(seq))
 
@@ -476,8 +476,8 @@ def test_wkv6_backward_without_saved_states():
         assert rel_err(a, b) < 1e-6
 
 
-@pytest.mark.parametrize("knobs", [dict(piece_bytes=1, state_rows=32),
-                                   dict(save_states=False, piece_bytes=1, scan_fill=True)],
+@pytest.mark.parametrize("knobs", [dict(piece_bytes=1, state_rows=32, scan_pipe=True),
+                                   dict(save_states=False, piece_bytes=1, scan_fill=True, scan_pipe=True)],
                          ids=["saved", "recomputed"])
 def test_wkv6_chunk_memory_knobs(knobs):
     """The chunk algorithm's memory knobs (``chunk.TUNING``: one batch element per backward piece, with the forward's
@@ -501,7 +501,7 @@ def test_wkv6_chunk_bad_knobs():
     d = make_inputs(1, 40, 1, 16, 16)       # two 32-row chunks, one 64-row chunk
     with kc.tuning(state_rows=32), kc.forward_mode(True):     # the walk keeps states (the state pass: none)
         o, _ = wkv6(d["r"], d["k"], d["v"], d["w"], d["u"])
-    with pytest.raises(ValueError, match="keep the chunk knobs the same"):
+    with pytest.raises(ValueError, match="keep the chunk knobs the same"), kc.tuning(state_rows=64):
         o.sum().backward()
 
 
@@ -558,14 +558,18 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("knobs", [dict(state_rows=32)], ids=["rows32"])
+@pytest.mark.parametrize("knobs,seq", [({}, True), (dict(state_rows=64, scan_pipe=False), True),
+                                       (dict(state_rows=32, scan_fill=2), False), (dict(fwd_split=True), True)],
+                         ids=["seq", "run9", "par_rows32_fill2", "split"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
-def test_wkv6_gpu_chunk_knobs(knobs, dtype, bound):
-    """The chunk backward's ``state_rows`` knob compiled for the GPU (bf16 through HALF_B), vs
-    fp64: T = 300 (a partial last chunk at every state_rows), K = V = 64, strong decay, h0; the walk forward (it
-    keeps the states those knobs ask for; this shape would take the state pass)."""
+def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
+    """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
+    chunk at every state_rows), K = V = 64, strong decay, h0; the walk forward (it keeps the states those knobs ask
+    for; this shape would take the state pass) or the state pass (seq False). "seq": the default knobs as the
+    large shapes run them (walk forward, state_rows 32, pipelined scan); "run9": run 9's default (64, no PIPE);
+    the state pass with 32-row backward states (recomputed beside D) and narrow scan blocks; the split forward."""
     import kernels.wkv6.chunk as kc
-    with kc.tuning(**knobs), kc.forward_mode(True):
+    with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)
 
 

@@ -19,9 +19,9 @@ exp(P^m), exp(R^m) are segmented cumprods of exp(w) shifted by one row (w_{t−1
 factor ≤ 1, no difference of prefix sums, safe at w = −60 per step (the products underflow to the correct 0).
 
 Forward. ``SEQ`` mode (grid V-blocks × sequence·heads): one program walks its sequence block by block with S in
-registers (and stores S at every 64-row chunk start when the backward will need it). Otherwise the chunk-state
-pass of ``states.py`` gives S at every 64-row chunk start and one program per (chunk, V-block, head) walks the
-chunk's four blocks.
+registers (and stores S at every ``state_rows``-row chunk start when the backward will need it; 4 or 8 warps,
+BV 64 or 32: the autotuner's pick). Otherwise the chunk-state pass of ``states.py`` gives S at every 64-row chunk
+start and one program per (chunk, V-block, head) walks the chunk's four blocks.
 
 Backward (grid chunk·4 blocks × heads, all of V per program). S_c (chunk start, from the forward) and D_c
 (dL/dS at the chunk end, reverse state pass of ``states.py``) are moved to the block: S_m by the earlier blocks'
@@ -49,19 +49,23 @@ harness also timed ~0.5 ms of .grad accumulation; not re-timed) against the defa
 the reverse scan is latency-bound and runs once per slice. Splitting V across backward programs
 ([K, 32] states, fp32 partial sums) was measured too and lost (bwd kernel 6.7 → 12.4 ms: still 255 registers).
 
-Backward state knob (``TUNING["state_rows"]``, default 64 = the run-7 kernels): the chunk length BT of the state
-pass, the saved states and the backward grid, 64 or 32. A block program moves S_c / D_c over 0–3 other blocks at 64
-(12 block updates per 64 rows), 0–1 at 32 (4), for 64 / BT times the fp32 state memory and the reverse scan's serial
-steps. H100, run 8 (GPU µs per fwd+bwd, profiler; 64 vs 32): B8 T4096 H32 `_bwd_kernel` 6105 vs 5073 but the scan
-529 vs 1056 (fwd+bwd 8.80 vs 8.60 ms, extra peak 1.18 vs 1.68 GiB); B16 T1024 H8 all kernels 1290 vs 1312 µs; B64
-T256 H4 K32 311 vs 282 µs. The default stays 64: 32 wins only where the longer latency-bound scan does not eat the
-backward's gain, and costs +0.5 GiB. Timed and removed (slower at every shape): state_rows 16 (run 8: the scan ×4,
-9.72 ms at B8 T4096 H32, 1578 / 318 µs of GPU time at the models' shapes); S_m / D_m moved by one masked
-[K, BT] × [BT, V] dot each over the chunk ("dot", run 8: `_bwd_kernel` 7076 vs 6105 µs at B8 T4096 H32, 1446 vs 1290
-and 356 vs 311 µs at the models' shapes); one program per chunk walking its blocks downwards with D carried and S
-saved every 16 rows ("carry", run 9: 3 block updates per 64 rows instead of 12, but 255 registers with spills and
-the finer saves: its kernel 8411 vs 6087 µs, fwd+bwd 11.55 vs 8.79 ms at B8 T4096 H32, 1.68 vs 1.29 ms at B16 T1024
-H8, 1.11 vs 0.87 at B64 T256 H4 K32, extra peak 1.93 vs 1.18 GiB).
+Backward state knob (``TUNING["state_rows"]``; default None = 32 with the walk forward, 64 with the state pass):
+the chunk length BT of the state pass, the saved states and the backward grid, 64 or 32. A block program moves
+S_c / D_c over 0–3 other blocks at 64 (12 block updates per 64 rows), 0–1 at 32 (4), for 64 / BT times the fp32
+state memory and the reverse scan's serial steps. The scans load one chunk ahead (``TUNING["scan_pipe"]``, the
+scan kernel's PIPE): two loads in flight per program instead of a load wait per step, which is what made the
+scan latency-bound. H100, run 10 (GPU µs per fwd+bwd, all kernels, profiler, bf16; run 9's default = 64 without
+PIPE → 64 with PIPE → the default): B8 T4096 H32 8949 → 8630 → 8028 (reverse scan 538 → 186 µs at 64, 377 at 32;
+``_bwd_kernel`` 6077 → 5179 at 32; extra peak 1.18 → 1.68 GiB), B16 T1024 H8 1289 → 1235 → 1177, B64 T256 H4 K32
+310 → 315 → 288; with the state-pass forward (B4 T2048 H16) 1504 → 1212 at 64, 1242 at 32 (there the forward
+keeps 64-row states and a 32-row backward recomputes S beside D): hence 32 only with the walk. Run 8 (without PIPE)
+had 32 neutral at the large model because its scan doubled. Timed and removed (slower at every shape):
+state_rows 16 (run 8: the scan ×4, 9.72 ms at B8 T4096 H32, 1578 / 318 µs of GPU time at the models' shapes); S_m
+/ D_m moved by one masked [K, BT] × [BT, V] dot each over the chunk ("dot", run 8: `_bwd_kernel` 7076 vs 6105 µs at
+B8 T4096 H32, 1446 vs 1290 and 356 vs 311 µs at the models' shapes); one program per chunk walking its blocks
+downwards with D carried and S saved every 16 rows ("carry", run 9: 3 block updates per 64 rows instead of 12, but
+255 registers with spills and the finer saves: its kernel 8411 vs 6087 µs, fwd+bwd 11.55 vs 8.79 ms at B8 T4096
+H32, 1.68 vs 1.29 ms at B16 T1024 H8, 1.11 vs 0.87 at B64 T256 H4 K32, extra peak 1.93 vs 1.18 GiB).
 """
 from __future__ import annotations
 
@@ -73,9 +77,9 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty, num_sms
-from kernels.wkv6.common import (_bonus_bwd, _cdiv, _chunk_loc, _clamp_w, _cross_bwd, _dims, _half_dot, _kv_ranges,
-                                 _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run, _seq_bounds,
-                                 _store_dqkw)
+from kernels.wkv6.common import (_bonus_bwd, _cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _half_dot,
+                                 _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run,
+                                 _seq_bounds, _store_dqkw, _warp_configs)
 from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states (default; ``TUNING["state_rows"]``)
@@ -150,28 +154,73 @@ def _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, r0, i_h, sca
     b_A = _diag_scores(b_q, b_k, b_u, b_em1, b_ep1, o_t, SB, LOG, PREC)
     b_egp, b_egs = _level(b_em1, b_ep1, o_t, SB, SB)
     b_o = tl.dot(b_q * b_egp, b_h, input_precision=PREC) + tl.dot(b_A, b_v, input_precision=PREC)
+    _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H, V)
+    b_gl = tl.sum(_clamp_w(b_wr), axis=0)
+    return b_h * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_k * b_egs), b_v, input_precision=PREC)
+
+
+@triton.jit
+def _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H: tl.constexpr, V: tl.constexpr):
+    """Rows r0..r0+SB of o [B·T, H, V] (o's dtype; rows past the sequence length L masked)."""
     rows = r0 + o_t
     p_o = o_ptr + ((bos + rows) * H + i_h)[:, None] * V + o_v[None, :]
     tl.store(p_o, b_o.to(o_ptr.dtype.element_ty), mask=(rows < L)[:, None] & m_v[None, :])
-    b_gl = tl.sum(_clamp_w(b_wr), axis=0)
-    return b_h * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_k * b_egs), b_v, input_precision=PREC)
+
+
+@triton.jit
+def _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, r0, i_h, o_t, o_k, o_v, m_k, m_v,
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
+    """``_fwd_block`` from the block's precomputed q̂ = q ⊙ exp(P), k̂ = k ⊙ exp(R) and A v (``_fwd_intra_kernel``,
+    fp32): the same dots on the same values, so the same results; only the state-dependent work stays."""
+    b_qh = _load_rows(qh_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_kh = _load_rows(kh_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_o = tl.dot(b_qh, b_h, input_precision=PREC) + _load_rows(oi_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H, V)
+    return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_kh), b_v, input_precision=PREC)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=autotune_configs([triton.Config({"BV": 64}, num_warps=4, num_stages=1),
-                                           triton.Config({"BV": 32}, num_warps=4, num_stages=1)]),
-                 key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _fwd_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, cu_ptr, cmap_ptr, scale, T, NT,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (SB-row block slots, V-blocks, H): the state-free part of ``_fwd_block`` for every block at once (the
+    split forward, ``TUNING["fwd_split"]``): A v -> oi [B·T, H, V] fp32, and (first V-block) q̂ = q ⊙ exp(P) and
+    k̂ = k ⊙ exp(R) (block-level P, R) -> qh / kh [B·T, H, K] fp32. Slots as ``_chunk_loc``'s with BT = SB (cmap
+    [slots] int32: the sequence of each slot, VARLEN). Other layouts as ``_fwd_seq_kernel``."""
+    i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, SB, VARLEN)
+    r0 = i_c * SB
+    o_t = tl.arange(0, SB)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_A = _diag_scores(b_q, b_k, b_u, b_em1, b_ep1, o_t, SB, LOG, PREC)
+    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
+    tl.store(oi_ptr + p_v, tl.dot(b_A, b_v, input_precision=PREC), mask=m_tv)
+    b_egp, b_egs = _level(b_em1, b_ep1, o_t, SB, SB)
+    m_tk = m_tk & (o_k[None, :] * 0 + i_v == 0)
+    tl.store(qh_ptr + p_k, b_q * b_egp, mask=m_tk)
+    tl.store(kh_ptr + p_k, b_k * b_egs, mask=m_tk)
+
+
 @triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
-def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T, NT,
-                    NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                    SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
-                    VARLEN: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr):
+def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr,
+              scale, T, NT, NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+              SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
+              VARLEN: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
     """Grid (V-blocks, N·H). Walks the SB-row blocks of one (sequence, head, V-block) with the state in registers.
     q/k/w [B·T, H, K], v/o [B·T, H, V], u [H, K], h0/ht [N, H, K, V] fp32, hs [slots, H, K, V] fp32 (the state at
     every BT-row chunk start when SAVE; slot of chunk i: n·NT + i, or cu[n]//BT + n + i with VARLEN),
-    cu [N+1] int32."""
+    cu [N+1] int32. SPLIT: the blocks' state-free parts come from ``_fwd_intra_kernel`` (qh, kh [B·T, H, K] and oi
+    [B·T, H, V] fp32; q, k, u unread), else they are computed here (qh, kh, oi: None). Autotuned as
+    ``_fwd_seq_kernel`` and ``_fwd_split_kernel``."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -191,13 +240,29 @@ def _fwd_seq_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, hs
         if SAVE:
             tl.store(hs_ptr + ((slot0 + i_b // (BT // SB)) * H + i_h) * K * V + o_kv, b_h,
                      mask=m_kv & (o_k[:, None] * 0 + i_b % (BT // SB) == 0))
-        b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_b * SB, i_h, scale, o_t, o_k, o_v,
-                         m_k, m_v, H, K, V, SB, LOG, PREC)
+        if SPLIT:
+            b_h = _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_k,
+                              o_v, m_k, m_v, H, K, V, SB, PREC)
+        else:
+            b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_b * SB, i_h, scale, o_t, o_k,
+                             o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC"])
+def _walk_configs(bvs):
+    return autotune_configs([triton.Config({"BV": bv}, num_warps=4, num_stages=1) for bv in bvs]
+                            + [triton.Config({"BV": 64}, num_warps=8, num_stages=1)])
+
+
+# the walk of the one-kernel forward (4 or 8 warps, BV 64 or 32) and of the split one (its blocks' state-free work
+# done before: narrow V-blocks cost little more, so down to 16 for more programs)
+_fwd_seq_kernel = triton.autotune(configs=_walk_configs((64, 32)), key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(
+    _fwd_walk)
+_fwd_split_kernel = triton.autotune(configs=_walk_configs((64, 32, 16)),
+                                    key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
+
+
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BT", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
@@ -327,9 +392,7 @@ def _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_
     tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
 
 
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
-                                           triton.Config({}, num_warps=8, num_stages=1)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
                 cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -391,12 +454,28 @@ def forward_mode(seq: bool):
 
 
 def _fwd_plan(N, H, V, device, knobs):
-    """(sequential walk?, whether the forward keeps its states for the backward). The state-pass forward always
-    runs at 64-row chunks (its scan is latency-bound: shorter chunks would add serial steps to the forward) and
-    keeps them only when the backward wants 64-row states; else the backward's state pass recomputes S_c beside D_c
-    (its two scan directions run side by side)."""
+    """(sequential walk?, whether the forward keeps its states for the backward, the backward's ``state_rows``).
+    ``state_rows`` None (the default) is 32 with the walk forward, 64 with the state pass (H100 run 10). The
+    state-pass forward always runs at 64-row chunks (its scan is latency-bound: shorter chunks would add serial
+    steps to the forward) and keeps them only when the backward wants 64-row states; else the backward's state
+    pass recomputes S_c beside D_c (its two scan directions run side by side)."""
     seq = _use_seq(N, H, V, device) if _FORCED_SEQ is None else _FORCED_SEQ
-    return seq, knobs["save_states"] and (seq or knobs["state_rows"] == BT)
+    rows = knobs["state_rows"] or (32 if seq else BT)
+    return seq, knobs["save_states"] and (seq or rows == BT), rows
+
+
+def _fwd_split(r, k, v, w, u, scale, cu_seqlens, prec):
+    """The split forward's first pass (``_fwd_intra_kernel``): (qh, kh, oi) fp32, one program per SB-row block."""
+    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+    dev = r.device
+    qh, kh = (new_empty(r.shape, torch.float32, dev) for _ in range(2))
+    oi = new_empty((B, T, H, V), torch.float32, dev)
+    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, SB)
+    BV = max(16, min(64, _pow2(V)))
+    _fwd_intra_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, qh, kh, oi, _cu(cu_seqlens, dev), cmap, scale, T, NT, H=H,
+                                            K=K, V=V, SB=SB, BK=_bk(K), BV=BV, LOG=LOG,
+                                            VARLEN=cu_seqlens is not None, PREC=prec)
+    return qh, kh, oi
 
 
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None):
@@ -408,8 +487,8 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     prec = _prec(r.dtype)
     varlen = cu_seqlens is not None
     kn = knobs or TUNING
-    seq, keep = _fwd_plan(N, H, V, dev, kn)
-    save, bt = save and keep, (kn["state_rows"] if seq else BT)
+    seq, keep, rows = _fwd_plan(N, H, V, dev, kn)
+    save, bt = save and keep, (rows if seq else BT)
     o = new_empty((B, T, H, V), r.dtype, dev)
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
     if seq:
@@ -417,11 +496,14 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         hs = new_empty((S, H, K, V) if save else (0,), torch.float32, dev)
         cu = cu_seqlens.to(torch.int32) if varlen else cmap
         grid = lambda meta: (_cdiv(V, meta["BV"]), N * H)  # noqa: E731
-        _fwd_seq_kernel[grid](r, k, v, w, u, h0 if h0 is not None else ht, o, ht, hs if save else ht, cu, scale, T,
-                              NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG,
-                              USE_H0=h0 is not None, VARLEN=varlen, SAVE=save, PREC=prec)
+        split = _fwd_split(r, k, v, w, u, scale, cu_seqlens, prec) if kn["fwd_split"] else (None, None, None)
+        kernel = _fwd_split_kernel if kn["fwd_split"] else _fwd_seq_kernel
+        kernel[grid](r, k, v, w, u, *split, h0 if h0 is not None else ht, o, ht, hs if save else ht, cu, scale, T, NT,
+                     _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
+                     VARLEN=varlen, SAVE=save, SPLIT=kn["fwd_split"], PREC=prec)
         return o, ht, hs
-    buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd", bt=bt)
+    buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
+                                              _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"], kn["scan_warps"])
     BV = max(16, min(64, _pow2(V)))
     _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
                                                  SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, PREC=prec)
@@ -436,18 +518,28 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                between the passes);
 #   piece_bytes  the backward runs batch slices one after another so that its transient fp32 state buffers stay
 #                under this many bytes (None: one piece; varlen: always one piece);
-#   scan_fill    the backward's reverse state scan uses narrower V-blocks (down to 16) until it has >= #SMs
-#                programs (a piece of one or two batch elements has few (sequence, head) pairs);
+#   scan_fill    the state scans use narrower V-blocks (down to 16) until they have >= scan_fill × #SMs
+#                programs (a piece of one or two batch elements has few (sequence, head) pairs; 0 / False: off);
+#   scan_pipe    the state scans load one chunk ahead (``states._chunk_scan_kernel``'s PIPE; H100 run 10: the
+#                reverse scan 538 -> 186 us at B8 T4096 H32, 78 -> 21 at B16 T1024 H8; no memory cost);
+#   scan_warps   num_warps of the state scans;
+#   fwd_split    the walk forward in two kernels (untimed; default off): every block's state-free work (levels, A v,
+#                q̂, k̂) in one parallel pass writing fp32 intermediates (3 × 4 bytes per token, head and column:
+#                0.75 GiB transient at B8 T4096 H32 K=V=64), then the walk with two dots per block;
 #   state_rows   rows between the fp32 states of the state pass, the forward's saved states and the backward's
-#                chunks (64 or 32; ``BT`` in the kernels): each backward program (one 16-row block) moves S_c and
-#                D_c over the other blocks of its chunk, 0-3 block updates each at 64 (12 per 64 rows), 0-1 at 32
-#                (4); the state buffers and the reverse scan's serial steps grow as 64 / state_rows.
-#                The state-pass forward (few programs) stays at 64 and keeps no states then (``_fwd_plan``).
-#                Run 8 (H100): 32 is faster at B8 T4096 H32 and the small model, neutral at the large one (the
-#                scan doubles), +0.5 GiB: default 64 (module docstring);
-TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": False, "state_rows": BT}
-LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": True, "state_rows": BT}
-STATE_ROWS = (32, 64)
+#                chunks (64 or 32; ``BT`` in the kernels; None: 32 with the walk forward, 64 with the state
+#                pass): each backward program (one 16-row block) moves S_c and D_c over the other blocks of its
+#                chunk, 0-3 block updates each at 64 (12 per 64 rows), 0-1 at 32 (4); the state buffers and the
+#                reverse scan's serial steps grow as 64 / state_rows. The state-pass forward (few programs) stays
+#                at 64 and keeps no states at 32 (``_fwd_plan``). H100 run 10 (with scan_pipe; GPU us per
+#                fwd+bwd): 32 wins where the walk runs (B8 T4096 H32 8028 vs 8630, B16 T1024 H8 1177 vs 1235,
+#                B64 T256 H4 K32 288 vs 315; +0.5 GiB at B8 T4096 H32), 64 where the state pass does (B4 T2048
+#                H16 1212 vs 1242): hence None;
+TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True, "scan_warps": 4,
+          "state_rows": None, "fwd_split": False}
+LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True, "scan_warps": 4,
+          "state_rows": BT, "fwd_split": False}
+STATE_ROWS = (None, 32, 64)
 
 
 @contextlib.contextmanager
@@ -457,7 +549,7 @@ def tuning(**knobs):
     bad = set(knobs) - set(TUNING)
     if bad:
         raise ValueError(f"unknown wkv6 chunk knobs {sorted(bad)}; known: {sorted(TUNING)}")
-    if knobs.get("state_rows", BT) not in STATE_ROWS:
+    if knobs.get("state_rows") not in STATE_ROWS:
         raise ValueError(f"wkv6 chunk knob state_rows must be one of {STATE_ROWS}; got {knobs['state_rows']!r}")
     old = dict(TUNING)
     TUNING.update(knobs)
@@ -470,8 +562,8 @@ def tuning(**knobs):
 
 def _state_shape(B, T, H, K, V, N, varlen, device):
     """Shape of the states the forward saves (empty when it keeps none: ``_fwd_plan``)."""
-    keep = _fwd_plan(N, H, V, device, TUNING)[1]
-    return _par_state_shape(B, T, H, K, V, N, varlen, TUNING["state_rows"]) if keep else (0,)
+    _, keep, rows = _fwd_plan(N, H, V, device, TUNING)
+    return _par_state_shape(B, T, H, K, V, N, varlen, rows) if keep else (0,)
 
 
 def _bwd_pieces(B, T, H, K, V, recompute, varlen, limit, bt):
@@ -484,19 +576,25 @@ def _bwd_pieces(B, T, H, K, V, recompute, varlen, limit, bt):
     return [(b0, min(B, b0 + nb)) for b0 in range(0, B, nb)]
 
 
-def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn):
+def _scan_bv(N, H, V, device, kn):
+    """The state scan's V-block width: None (the state kernel's) unless ``scan_fill``, then narrowed (down to 16)
+    until the scan has >= scan_fill × #SMs programs."""
+    if not kn["scan_fill"]:
+        return None
+    scan_bv = 64
+    while scan_bv > 16 and N * H * _cdiv(V, scan_bv) < kn["scan_fill"] * num_sms(device):
+        scan_bv //= 2
+    return scan_bv
+
+
+def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
     """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_kernel``, writing into the
-    gradient views ``outs`` = (dr, dk, dv, dw). Returns (du [H, K] fp32, dh0 or None)."""
+    gradient views ``outs`` = (dr, dk, dv, dw); ``bt``: the state rows. Returns (du [H, K] fp32, dh0 or None)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
-    scan_bv = None
-    bt = kn["state_rows"]
-    if kn["scan_fill"]:
-        scan_bv = 64
-        while scan_bv > 16 and N * H * _cdiv(V, scan_bv) < num_sms(dev):
-            scan_bv //= 2
     mode = "bwd" if hs is None else "bwd_d"
-    buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv, bt)
+    buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode,
+                                               _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"], kn["scan_warps"])
     hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
     dr, dk, dv, dw = outs
     nb = bt // SB
@@ -507,6 +605,22 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn):
     return du_part.sum(0), dh0
 
 
+def _bwd_rows(B, T, H, K, V, N, cu_seqlens, device, kn, states):
+    """The backward's ``state_rows``: the forward's rule (``_fwd_plan``); with the default (None), the spacing of the
+    saved ``states`` when they have the other one's shape (e.g. a forward forced to the other mode). A saved shape
+    that fits neither is a one-line error."""
+    rows = _fwd_plan(N, H, V, device, kn)[2]
+    if states is None:
+        return rows
+    varlen = cu_seqlens is not None
+    fits = [b for b in ((rows,) if kn["state_rows"] else (rows, 96 - rows))
+            if states.shape == _par_state_shape(B, T, H, K, V, N, varlen, b)]
+    if not fits:
+        raise ValueError(f"wkv6: the forward saved states of shape {tuple(states.shape)}, not those of state_rows = "
+                         f"{rows}; keep the chunk knobs the same for the forward and its backward")
+    return fits[0]
+
+
 def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None, knobs=None):
     """Gradients (dr, dk, dv, dw, du, dh0 or None). ``states``: the forward's chunk-start states (else recomputed).
     du is summed in fp32 and rounded to u's dtype once. ``knobs`` as in ``_chunk_fwd_impl``."""
@@ -514,19 +628,15 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None, 
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     saved = states is not None and states.numel() > 0
     outs = [new_empty(x.shape, x.dtype, r.device) for x in (r, k, v, w)]
-    rows = kn["state_rows"]
+    rows = _bwd_rows(B, T, H, K, V, N, cu_seqlens, r.device, kn, states if saved else None)
     NT = _cdiv(T, rows)
-    if saved and states.shape != _par_state_shape(B, T, H, K, V, N, cu_seqlens is not None, rows):
-        raise ValueError(f"wkv6: the forward saved states of shape {tuple(states.shape)}, not those of state_rows = "
-                         f"{kn['state_rows']}; keep the chunk knobs the same for "
-                         "the forward and its backward")
     pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None, kn["piece_bytes"], rows)
     dus, dh0s = [], []
     for b0, b1 in pieces:
         cut = lambda x: x if x is None or len(pieces) == 1 else x[b0:b1]  # noqa: E731
         hs = None if not saved else states if len(pieces) == 1 else states[b0 * NT:b1 * NT]
         du, dh0 = _bwd_piece(cut(r), cut(k), cut(v), cut(w), u, cut(do), cut(dht), cut(h0), cu_seqlens, scale, hs,
-                             [cut(g) for g in outs], kn)
+                             [cut(g) for g in outs], kn, rows)
         dus.append(du)
         dh0s.append(dh0)
     du = (dus[0] if len(dus) == 1 else torch.stack(dus).sum(0)).to(u.dtype)

@@ -50,13 +50,15 @@ def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_p
 @triton.jit(do_not_specialize=['T', 'NT', 'SLOTS', 'USE0', 'USE1', 'REV0', 'VARLEN'])
 def _chunk_scan_kernel(hs_ptr, gl_ptr, init0_ptr, init1_ptr, fin0_ptr, fin1_ptr, cu_ptr, T, NT, SLOTS, USE0, USE1,
                        REV0, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                       BV: tl.constexpr, VARLEN):
+                       BV: tl.constexpr, VARLEN, PIPE: tl.constexpr):
     """Grid (sequence·heads, V-blocks, directions). Sequential over the chunks of one (sequence, head, V-block),
     in place on the per-chunk buffer:
     direction 0 (program_id 2 = 0): X_c = ΔS_c -> S_c (state at chunk start), carry S ← diag(exp(G_L)) S + ΔS_c,
     start init0 (h0), end fin0 (final state). Direction 1: X_c = ΔD_c -> D_c (dL/dS at chunk end), walked
     backwards, D ← diag(exp(G_L)) D + ΔD_c, start init1 (dht), end fin1 (dh0). Same recursion, mirrored.
-    Direction = program_id(2) + REV0 (REV0 = 1: the reverse walk alone); buffer = hs + program_id(2)·SLOTS."""
+    Direction = program_id(2) + REV0 (REV0 = 1: the reverse walk alone); buffer = hs + program_id(2)·SLOTS.
+    PIPE: the next chunk's X_c and G_L are loaded before this chunk's store and update (two loads in flight per
+    program instead of one load wait per step)."""
     i_nh, i_v, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rev = i_dir + REV0
     i_n, i_h = i_nh // H, i_nh % H
@@ -74,19 +76,32 @@ def _chunk_scan_kernel(hs_ptr, gl_ptr, init0_ptr, init1_ptr, fin0_ptr, fin1_ptr,
     else:
         b_h = tl.load(init1_ptr + p_nh, mask=m_kv & (o_k[:, None] * 0 + USE1 != 0), other=0.).to(tl.float32)
     buf = hs_ptr + i_dir.to(tl.int64) * SLOTS * H * K * V
+    if PIPE:
+        b_x, b_g = _scan_step_load(buf, gl_ptr, base, 0, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
     for i in range(0, nt):
-        i_c = i + rev * (nt - 1 - 2 * i)          # i (forward) or nt-1-i (reverse)
-        slot = (base + i_c).to(tl.int64)
-        p = buf + (slot * H + i_h) * K * V + o_kv
-        b_x = tl.load(p, mask=m_kv, other=0.)
-        tl.store(p, b_h, mask=m_kv)
-        b_e = tl.exp(tl.load(gl_ptr + (slot * H + i_h) * K + o_k, mask=m_k, other=0.))
-        b_h = b_h * b_e[:, None] + b_x
+        slot = (base + i + rev * (nt - 1 - 2 * i)).to(tl.int64)      # chunk i (forward) or nt-1-i (reverse)
+        if PIPE:
+            b_xn, b_gn = _scan_step_load(buf, gl_ptr, base, i + 1, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
+        else:
+            b_x, b_g = _scan_step_load(buf, gl_ptr, base, i, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
+        tl.store(buf + (slot * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
+        b_h = b_h * tl.exp(b_g)[:, None] + b_x
+        if PIPE:
+            b_x, b_g = b_xn, b_gn
     if rev == 0:
         tl.store(fin0_ptr + p_nh, b_h, mask=m_kv)
     else:
         tl.store(fin1_ptr + p_nh, b_h, mask=m_kv)
 
+
+@triton.jit
+def _scan_step_load(buf, gl_ptr, base, i, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H: tl.constexpr, K: tl.constexpr,
+                    V: tl.constexpr):
+    """X_c [BK, BV] and G_L [BK] of the scan's i-th chunk (i ≥ nt: zeros)."""
+    slot = (base + i + rev * (nt - 1 - 2 * i)).to(tl.int64)
+    b_x = tl.load(buf + (slot * H + i_h) * K * V + o_kv, mask=m_kv & (o_kv * 0 + i < nt), other=0.)
+    b_g = tl.load(gl_ptr + (slot * H + i_h) * K + o_k, mask=m_k & (o_k * 0 + i < nt), other=0.)
+    return b_x, b_g
 
 
 def _par_slots(B, T, N, cu_seqlens, device, bt=BT_PAR):
@@ -102,12 +117,13 @@ def _par_slots(B, T, N, cu_seqlens, device, bt=BT_PAR):
     return S, NT, cmap.clamp_(min=0).to(torch.int32)
 
 
-def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, bt=BT_PAR):
+def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, bt=BT_PAR, pipe=False, warps=4):
     """Per-chunk states (parallel state kernel + sequential scan over chunks of ``bt`` rows, a multiple of 16).
 
     mode "fwd": S_c (state at each chunk start, [S, H, K, V] fp32) and the final state;
     "bwd": S_c and D_c (dL/dS at each chunk end) and dh0; "bwd_d" (S_c saved by the forward): D_c and dh0 only.
-    scan_bv: the scan's V-block width (None: the state kernel's; narrower gives the scan more programs).
+    scan_bv: the scan's V-block width (None: the state kernel's; narrower gives the scan more programs); pipe: the
+    scan loads a chunk ahead (``_chunk_scan_kernel``'s PIPE); warps: the scan's num_warps.
     Returns (buf [1 or 2, S, H, K, V]: S_c then D_c, ht or None, dh0 or None, S, NT, cmap, cu)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     BK, BV = _blocks(K, V)
@@ -130,7 +146,7 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, 
     _chunk_scan_kernel[(N * H, _cdiv(V, SBV), 2 if mode == "bwd" else 1)](
         buf, gl, h0 if h0 is not None else any_, dht if dht is not None else any_, any_ if ht is None else ht,
         any_ if dh0 is None else dh0, cu, T, NT, S, int(h0 is not None), int(dht is not None),
-        int(mode == "bwd_d"), H=H, K=K, V=V, BT=bt, BK=BK, BV=SBV, VARLEN=varlen, num_warps=4)
+        int(mode == "bwd_d"), H=H, K=K, V=V, BT=bt, BK=BK, BV=SBV, VARLEN=varlen, PIPE=pipe, num_warps=warps)
     return buf, ht, dh0, S, NT, cmap, cu
 
 
