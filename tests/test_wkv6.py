@@ -392,13 +392,14 @@ def _chunk_mode(seq):
                          ids=["fixed", "varlen"])
 def test_wkv6_chunk_modes(seq, shape, cu):
     """Both forward modes of the default algorithm (sequential walk, state pass + parallel chunks) vs fp64: the walk
-    split in two kernels (``fwd_split``) keeping 32- or 64-row states, the state pass at the default (64) or with the
+    in two kernels keeping 32-row states and in one keeping 64-row states (``fwd_split``; the default splits at these
+    tiny sizes: ≤ one sequence·head per SM), the state pass at the default (64) or with the
     backward's ``state_rows`` at 32 (it keeps no states then, S recomputed beside D) and narrow scan blocks."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    knobs = {(True, True): dict(state_rows=32, fwd_split=True), (True, False): dict(state_rows=64, fwd_split=True),
+    knobs = {(True, True): dict(state_rows=32, fwd_split=True), (True, False): dict(state_rows=64, fwd_split=False),
              (False, True): {}, (False, False): dict(state_rows=32, scan_fill=2)}
     with kc.tuning(**knobs[seq, cu is None]):
         _check(d, context=f"chunk {shape} cu={cu} {knobs[seq, cu is None]}", fn=_chunk_mode(seq))
@@ -558,7 +559,8 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("knobs,seq", [({}, True), (dict(state_rows=64, scan_pipe=False), True),
+@pytest.mark.parametrize("knobs,seq", [(dict(fwd_split=False), True),
+                                       (dict(state_rows=64, scan_pipe=False, fwd_split=False), True),
                                        (dict(state_rows=32, scan_fill=2), False), (dict(fwd_split=True), True)],
                          ids=["seq", "run9", "par_rows32_fill2", "split"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
@@ -566,7 +568,8 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
     chunk at every state_rows), K = V = 64, strong decay, h0; the walk forward (it keeps the states those knobs ask
     for; this shape would take the state pass) or the state pass (seq False). "seq": the default knobs as the
-    large shapes run them (walk forward, state_rows 32, pipelined scan); "run9": run 9's default (64, no PIPE);
+    B8 T4096 H32 shape runs them (walk forward in one kernel, state_rows 32, pipelined scan; at this shape the default
+    would split it); "run9": run 9's default (64, no PIPE);
     the state pass with 32-row backward states (recomputed beside D) and narrow scan blocks; the split forward."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):

@@ -464,6 +464,16 @@ def _fwd_plan(N, H, V, device, knobs):
     return seq, knobs["save_states"] and (seq or rows == BT), rows
 
 
+def _use_split(N: int, H: int, device, knobs) -> bool:
+    """The walk forward in two kernels (``fwd_split``; None: when the walk has at most one sequence·head per SM,
+    where its per-block latency chain is the whole forward). H100 run 10 call 2 (GPU us per fwd+bwd, split vs one
+    walk kernel; profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/call2/logs/wkv6.log): B16 T1024 H8 (N·H 128) 1071
+    vs 1171, the large model's training step 33.63 vs 34.63 ms; B8 T4096 H32 (256) 7907 vs 7819; B64 T256 H4 K32
+    (256) 285 vs 276."""
+    split = knobs["fwd_split"]
+    return N * H <= num_sms(device) if split is None else bool(split)
+
+
 def _fwd_split(r, k, v, w, u, scale, cu_seqlens, prec):
     """The split forward's first pass (``_fwd_intra_kernel``): (qh, kh, oi) fp32, one program per SB-row block."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
@@ -496,11 +506,12 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         hs = new_empty((S, H, K, V) if save else (0,), torch.float32, dev)
         cu = cu_seqlens.to(torch.int32) if varlen else cmap
         grid = lambda meta: (_cdiv(V, meta["BV"]), N * H)  # noqa: E731
-        split = _fwd_split(r, k, v, w, u, scale, cu_seqlens, prec) if kn["fwd_split"] else (None, None, None)
-        kernel = _fwd_split_kernel if kn["fwd_split"] else _fwd_seq_kernel
+        use_split = _use_split(N, H, dev, kn)
+        split = _fwd_split(r, k, v, w, u, scale, cu_seqlens, prec) if use_split else (None, None, None)
+        kernel = _fwd_split_kernel if use_split else _fwd_seq_kernel
         kernel[grid](r, k, v, w, u, *split, h0 if h0 is not None else ht, o, ht, hs if save else ht, cu, scale, T, NT,
                      _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
-                     VARLEN=varlen, SAVE=save, SPLIT=kn["fwd_split"], PREC=prec)
+                     VARLEN=varlen, SAVE=save, SPLIT=use_split, PREC=prec)
         return o, ht, hs
     buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
                                               _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"], kn["scan_warps"])
@@ -523,9 +534,11 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   scan_pipe    the state scans load one chunk ahead (``states._chunk_scan_kernel``'s PIPE; H100 run 10: the
 #                reverse scan 538 -> 186 us at B8 T4096 H32, 78 -> 21 at B16 T1024 H8; no memory cost);
 #   scan_warps   num_warps of the state scans;
-#   fwd_split    the walk forward in two kernels (untimed; default off): every block's state-free work (levels, A v,
-#                q̂, k̂) in one parallel pass writing fp32 intermediates (3 × 4 bytes per token, head and column:
-#                0.75 GiB transient at B8 T4096 H32 K=V=64), then the walk with two dots per block;
+#   fwd_split    the walk forward in two kernels: every block's state-free work (levels, A v, q̂, k̂) in one
+#                parallel pass writing fp32 intermediates (3 × 4 bytes per token, head and column: 0.75 GiB
+#                transient at B8 T4096 H32 K=V=64, 0.1 GiB at the large model), then the walk with two dots per
+#                block; None (default): where the walk has at most one sequence·head per SM (``_use_split``; H100
+#                run 10: wins at the large model, loses 1–3 % at 256 sequence·heads);
 #   state_rows   rows between the fp32 states of the state pass, the forward's saved states and the backward's
 #                chunks (64 or 32; ``BT`` in the kernels; None: 32 with the walk forward, 64 with the state
 #                pass): each backward program (one 16-row block) moves S_c and D_c over the other blocks of its
@@ -536,7 +549,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                B64 T256 H4 K32 288 vs 315; +0.5 GiB at B8 T4096 H32), 64 where the state pass does (B4 T2048
 #                H16 1212 vs 1242): hence None;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True, "scan_warps": 4,
-          "state_rows": None, "fwd_split": False}
+          "state_rows": None, "fwd_split": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True, "scan_warps": 4,
           "state_rows": BT, "fwd_split": False}
 STATE_ROWS = (None, 32, 64)
