@@ -414,3 +414,16 @@ def test_warmup_iterations_change_nothing():
         assert torch.equal(p, q)
     with pytest.raises(RuntimeError, match="needs a CUDA device"):
         step.capture()
+
+
+def test_profile_breakdown_names_every_wkv6_kernel():
+    """The step's per-op breakdown counts every Triton kernel of kernels/wkv6 (a ``@triton.jit`` function that is
+    launched: ``*_kernel``, the walk) as wkv6 (run 10: the renamed walk kernel fell into "other" for a GPU call)."""
+    import ast
+    from pathlib import Path
+
+    from groundthink.monitor import op_of
+    names = {f.name for path in Path("kernels/wkv6").glob("*.py") for f in ast.parse(path.read_text()).body
+             if isinstance(f, ast.FunctionDef) and f.name.endswith(("_kernel", "_walk"))
+             and any("jit" in ast.unparse(d) for d in f.decorator_list)}
+    assert len(names) >= 8 and {n for n in names if op_of(n) != "wkv6"} == set()
