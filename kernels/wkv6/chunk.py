@@ -467,9 +467,9 @@ def _fwd_plan(N, H, V, device, knobs):
 def _use_split(N: int, H: int, device, knobs) -> bool:
     """The walk forward in two kernels (``fwd_split``; None: when the walk has at most one sequence·head per SM,
     where its per-block latency chain is the whole forward). H100 run 10 call 2 (GPU us per fwd+bwd, split vs one
-    walk kernel; profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/call2/logs/wkv6.log): B16 T1024 H8 (N·H 128) 1071
-    vs 1171, the large model's training step 33.63 vs 34.63 ms; B8 T4096 H32 (256) 7907 vs 7819; B64 T256 H4 K32
-    (256) 285 vs 276."""
+    walk kernel; profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/call2/logs/wkv6.log): B16 T1024 H8 (N·H 128) 1083
+    vs 1183, the large model's training step 33.63 vs 34.63 ms; B8 T4096 H32 (256) 7924 vs 7836; B64 T256 H4 K32
+    (256) 297 vs 287 (all kernels of one fwd+bwd)."""
     split = knobs["fwd_split"]
     return N * H <= num_sms(device) if split is None else bool(split)
 
