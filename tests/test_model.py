@@ -3,8 +3,8 @@
 G1  forward finite with the right shapes for every variant; every size builds with a parameter count within
     ±10% of fused.PARAMS_APPROX (xl is only constructed).
 G2  initial loss within ±15% of ln(vocab).
-G3  loss falls over 30 AdamW steps on a tiny batch, gradient norms stay finite; the batch is overfit
-    (final loss < 60% of the initial one).
+G3  loss falls over 15 AdamW steps on a tiny batch, gradient norms stay finite; the batch is overfit
+    (final loss < 60% of the initial one: 33-36% at step 15 for every variant, 5-6% at step 30).
 G4  both branches receive gradient at init: 1e-3 < grad_ratio (rwkv/mamba) < 1e3 for every hybrid variant.
 Plus: recurrent generation (``step``) matches the parallel forward (float64), prefill with a state matches,
 param_groups cover each parameter exactly once, the Triton ops (interpreter) match the reference ops.
@@ -121,7 +121,7 @@ def test_g3_loss_falls_and_overfits(name, ref_ops):
     idx, tgt = _batch(B=2, T=24, seed=1)
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.0)
     losses = []
-    for _ in range(30):
+    for _ in range(15):
         opt.zero_grad()
         loss = m(idx, tgt)[1]
         loss.backward()
