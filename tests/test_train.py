@@ -295,8 +295,6 @@ def test_triton_interpreter_matches_reference(tmp_path):
     One layer and two steps (the interpreter's cost is per kernel program): step 1's loss checks the lab kernels'
     forwards, step 2's their gradients (every input gradient, through the update), the final eval the no-grad
     forwards; a second layer or step would run the same kernels again."""
-    pytest.importorskip("kernels.wkv6")
-    pytest.importorskip("kernels.gate_norm_residual")
     common = ["--steps", "2", "--batch-size", "2", "--seq-len", "16", "--eval-interval", "2", "--eval-iters", "1",
               "--log-interval", "1", "--ckpt-interval", "100", "--sample-tokens", "0", "--no-progress", "--threads", "1",
               *TINY, "--override", "n_layer=1"]
