@@ -55,7 +55,7 @@ import pytest
 import torch
 
 from groundthink import gate, harness
-from groundthink.device import gpu_slug
+from groundthink.device import gpu_slug, profiles_dir
 from groundthink.spec import get, specs
 
 ON_GPU = torch.cuda.is_available()
@@ -104,7 +104,7 @@ def require_budget(what: str, need_s: float = 0.0) -> None:
 
 def out_dir() -> Path:
     env = os.environ.get("GT_BENCH_OUT")
-    return Path(env) if env else ROOT / "profiles" / gpu_slug()
+    return Path(env) if env else profiles_dir()
 
 
 def measurement_label() -> str:
