@@ -22,9 +22,6 @@ V = 97
 HYBRIDS = [n for n in list_models() if n not in ("rwkv6", "mamba2")]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
-
-
 @pytest.fixture(scope="module")
 def ref_ops():
     return resolve("reference")
