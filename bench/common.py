@@ -55,7 +55,7 @@ import pytest
 import torch
 
 from groundthink import gate, harness
-from groundthink.device import gpu_slug
+from groundthink.device import gpu_slug, profiles_dir
 from groundthink.spec import get, specs
 
 ON_GPU = torch.cuda.is_available()
@@ -104,7 +104,7 @@ def require_budget(what: str, need_s: float = 0.0) -> None:
 
 def out_dir() -> Path:
     env = os.environ.get("GT_BENCH_OUT")
-    return Path(env) if env else ROOT / "profiles" / gpu_slug()
+    return Path(env) if env else profiles_dir()
 
 
 def measurement_label() -> str:
@@ -165,8 +165,10 @@ def peak_extra_mb(fn: Callable, grad_to_none=None) -> tuple[float | None, float]
     return peak / 2**20, ms
 
 
-def time_fn(fn: Callable, grad_to_none=None, first_ms: float | None = None) -> tuple[float, str, int]:
-    """(median ms, timer description, reps). ``first_ms``: a timing already taken (e.g. by the memory call)."""
+def time_fn(fn: Callable, grad_to_none=None, first_ms: float | None = None,
+            warm_rep: tuple[int, int] | None = None) -> tuple[float, str, int]:
+    """(median ms, timer description, reps). ``first_ms``: a timing already taken (e.g. by the memory call);
+    ``warm_rep``: do_bench's warm-up and repetition ms (default: the grid's, 10 / 60 quick, 25 / 200 full)."""
     q = quick()
     if not ON_GPU:
         times = [first_ms] if first_ms is not None else []
@@ -182,7 +184,7 @@ def time_fn(fn: Callable, grad_to_none=None, first_ms: float | None = None) -> t
             times.append(_event_ms(fn, grad_to_none))
         return statistics.median(times), "cuda events (slow fn, time-boxed)", len(times)
     import triton.testing
-    warm, rep = (10, 60) if q else (25, 200)
+    warm, rep = warm_rep or ((10, 60) if q else (25, 200))
     ms = triton.testing.do_bench(fn, warmup=warm, rep=rep, grad_to_none=list(grad_to_none or []) or None,
                                  return_mode="median")
     reps = max(1, int(rep / max(first_ms, 1e-3)))
@@ -224,6 +226,24 @@ def as_tuple(x) -> tuple:
 
 
 make_backward = harness.fwd_bwd_step   # (fn, inputs, seed) -> (fwd+bwd step, leaves to clear)
+
+
+def measure(fn: Callable, inputs: dict, grad: bool, warm_rep: tuple[int, int] | None = None) -> dict:
+    """One implementation at one shape: ``fn(**inputs)`` (``grad``: forward + backward with fixed random
+    cotangents, ``make_backward``). Its first call, untimed (autotuning, compilation: ``warmup_s`` in s), the extra
+    peak memory of one call (``peak_mb``, None on CPU), the median time (``time_fn``: ``ms``, ``timer``, ``reps``;
+    ``warm_rep`` passed on), and the ``step`` and its ``leaves`` (the graph timing, pytest-benchmark's entry)."""
+    t0 = time.perf_counter()
+    if grad:
+        step, leaves = make_backward(fn, inputs)
+    else:
+        def step():
+            return fn(**inputs)
+        leaves = None
+    warmup_s = time.perf_counter() - t0 + warm_up(step, leaves)
+    peak, first_ms = peak_extra_mb(step, leaves)
+    ms, timer, reps = time_fn(step, leaves, first_ms, warm_rep)
+    return dict(ms=ms, timer=timer, reps=reps, warmup_s=warmup_s, peak_mb=peak, step=step, leaves=leaves)
 
 
 def record(benchmark, *, op: str, impl: str, shape: str, pass_: str, dtype: str, ms: float | None,
@@ -420,24 +440,16 @@ def run_case(bench, *, op: str, impl: str, fn: Callable, ref64: Callable, shape:
             sync()
 
     try:
-        inputs = make_inputs(grad)
-        t0 = time.perf_counter()
-        if grad:
-            step, leaves = make_backward(fn, inputs)
-        else:
-            def step():
-                return fn(**inputs)
-            leaves = None
-        warmup_s = time.perf_counter() - t0 + warm_up(step, leaves)
-        peak, first_ms = peak_extra_mb(step, leaves)
-        ms, timer, reps = time_fn(step, leaves, first_ms)
-        host_benchmark(bench, step, leaves, slow=ms > SLOW_MS)
-        ms_graph, graph_note = time_graph(op, impl, step, leaves)
+        m = measure(fn, make_inputs(grad), grad)
+        ms = m["ms"]
+        host_benchmark(bench, m["step"], m["leaves"], slow=ms > SLOW_MS)
+        ms_graph, graph_note = time_graph(op, impl, m["step"], m["leaves"])
         notes += [graph_note] if graph_note else []
     except Exception as e:  # noqa: BLE001
         oom = isinstance(e, torch.cuda.OutOfMemoryError)
         msg = f"{'out of memory' if oom else 'failed'}: {type(e).__name__}: {str(e)[:200]}"
-        inputs = step = leaves = None  # noqa: F841 - free before the next row
+        m = None
+    if m is None:          # (out of the except clause: its traceback no longer holds the inputs)
         if ON_GPU:
             torch.cuda.empty_cache()
         errors = check()
@@ -446,7 +458,8 @@ def run_case(bench, *, op: str, impl: str, fn: Callable, ref64: Callable, shape:
             pytest.fail(f"{op}/{impl} {shape} {pass_}: {msg}")
         pytest.skip(f"{op}/{impl} {shape} {pass_}: {msg}")
         return row
-    inputs = step = leaves = None  # noqa: F841 - free before the check
+    peak, timer, reps, warmup_s = m["peak_mb"], m["timer"], m["reps"], m["warmup_s"]
+    m = None  # free the inputs and the step before the check
     errors = check()
     row = record(bench, ms=ms, nbytes=nbytes, flops=flops, peak_mb=peak, errors=errors, timer=timer, reps=reps,
                  warmup_s=warmup_s, ms_graph=ms_graph, note="; ".join(notes), **common_kw)

@@ -197,8 +197,9 @@ def run_one(a, variant: str, context: int, ckpt_root: Path, log) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from bench.variants import cpu_threads, default_out, done_keys, merge_csv, over_budget, show
+    from bench.variants import cpu_threads, done_keys, merge_csv, over_budget, show
     from groundthink.cli import fail
+    from groundthink.device import profiles_dir
     from groundthink.errors import InputError
     a = parse_args(argv)
     check_kernels(a)
@@ -206,7 +207,7 @@ def main(argv=None) -> int:
         print(fit_budget(a), flush=True)
     except InputError as e:               # e.g. a context longer than the training or validation split
         fail(str(e))
-    out = Path(a.out) if a.out else default_out()
+    out = Path(a.out) if a.out else profiles_dir()
     out.mkdir(parents=True, exist_ok=True)
     path = out / CSV_NAME
     done = set() if a.force else done_keys(path, KEYS)

@@ -25,7 +25,6 @@ from groundthink.spec import specs  # noqa: E402
 from bench.floors import floor_base  # noqa: E402
 from bench.report_variants import sections as variants_sections
 
-ROOT = Path(__file__).resolve().parent.parent
 # the ops with a benchmark, and the implementations in the order reference, lab kernels, peers (from the specs)
 KERNEL_OPS = tuple(op for op, s in specs().items() if s.bench is not None)
 LAB = {op: tuple(i.name for i in s.role("lab")) for op, s in specs().items()}
@@ -71,15 +70,15 @@ def _impl_key(impl: str) -> int:
 def find_dir(gpu: str | None = None, directory: str | None = None) -> Path:
     if directory:
         return Path(directory)
+    from groundthink.device import PROFILES, profiles_dir
     if gpu:
-        return ROOT / "profiles" / gpu
-    from groundthink.device import gpu_slug
-    here = ROOT / "profiles" / gpu_slug()
+        return profiles_dir(gpu)
+    here = profiles_dir()
     if (here / "bench.csv").exists():
         return here
     if (here / "validity").exists():
         return here
-    found = sorted((ROOT / "profiles").glob("*/bench.csv"), key=lambda p: p.stat().st_mtime)
+    found = sorted(PROFILES.glob("*/bench.csv"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise SystemExit("no profiles/*/bench.csv: run pytest bench/ --benchmark first (or pass --dir)")
     return found[-1].parent

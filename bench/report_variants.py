@@ -318,8 +318,8 @@ def main(argv=None) -> int:
     if a.dir:
         d = Path(a.dir)
     else:
-        from bench.variants import default_out
-        d = default_out()
+        from groundthink.device import profiles_dir
+        d = profiles_dir()
     lines = sections(d)
     if not lines:
         print(f"error: no variants.csv or long_context.csv in {d}; accepted: a folder written by python -m "

@@ -65,6 +65,7 @@ from pathlib import Path
 import torch
 
 from groundthink.cli import ArgumentParser, fail
+from groundthink.device import profiles_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = dict(steps=200, eval_interval=50, eval_iters=5)
@@ -215,11 +216,6 @@ def show(path: Path) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
-
-
-def default_out() -> Path:
-    from groundthink.device import gpu_slug
-    return ROOT / "profiles" / gpu_slug()
 
 
 # ----------------------------------------------------------------------------------------------- one training run
@@ -473,7 +469,7 @@ def cpu_threads():
 
 
 def study(a) -> int:
-    out = Path(a.out) if a.out else default_out()
+    out = Path(a.out) if a.out else profiles_dir()
     out.mkdir(parents=True, exist_ok=True)
     path, curves = out / CSV_NAME, out / CURVES_NAME
     steps_tokens = f"{a.steps} steps, eval every {a.eval_interval} ({a.eval_iters} batches)"

@@ -3,8 +3,11 @@ that precedes every CUDA-graph capture (the training step's and the gate's)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
+
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"   # the checkout's results folders, one per machine
 
 
 def gpu_name(device=None) -> str | None:
@@ -19,6 +22,12 @@ def gpu_slug(device=None) -> str:
     if name is None:
         return "cpu"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def profiles_dir(slug: str | None = None) -> Path:
+    """profiles/<slug>/ (default: this machine's, ``gpu_slug()``): where the benchmarks, the studies and the
+    reports write and read by default."""
+    return PROFILES / (slug or gpu_slug())
 
 
 PEER_PACKAGES = ("fla", "mamba_ssm", "causal_conv1d")   # the peers' packages: their versions key a verdict

@@ -8,9 +8,10 @@ chunk_rwkv6, in one command on one GPU machine; prints a compact table last.
 Checks: ‖x − ref‖/‖ref‖ of o, final state and every gradient (dr, dk, dv, dw, du, dh0) against the float64
 chunked reference with the same dtype-rounded cotangents on both sides (``groundthink.harness.compare``).
 WKV6_FLA_SHAPES (indices into SHAPES) limits fla's warm-up and timing (its autotuning costs ~40 s a shape).
-Timings: ``triton.testing.do_bench`` medians (ms) of the forward (no grad) and forward+backward, bf16, K=V=64,
-mild decay ``logsigmoid(randn)`` (the benchmark's inputs), scale 1; extra peak memory of one fwd+bwd (GiB, the
-four input gradients included). Env: WKV6_ALGOS (comma list of the names in ALGOS), WKV6_BUDGET_S, WKV6_SHAPES
+Timings: the benchmarks' measurement (``bench.common.measure``: one untimed first call, then
+``triton.testing.do_bench`` medians, warm-up 25 ms, 100 ms of repetitions) in ms of the forward (no grad) and
+forward+backward (fixed random cotangent), on the benchmark's inputs (``kernels/wkv6/spec.py``: bf16, mild decay
+``logsigmoid(randn)``, seed 0), scale 1; extra peak memory of one fwd+bwd (GiB, the input gradients included). Env: WKV6_ALGOS (comma list of the names in ALGOS), WKV6_BUDGET_S, WKV6_SHAPES
 (indices into SHAPES, e.g. 0,2), WKV6_CHECKS=0 (timings only: the tests check correctness);
 WKV6_SMOKE=1 runs the whole flow on CPU (interpreter, tiny shapes, one timed call instead of do_bench: checks the
 script, measures nothing). Run the first call's measurement with a fresh TRITON_CACHE_DIR. ``--regs``
@@ -62,11 +63,13 @@ import triton  # noqa: E402
 import kernels  # noqa: E402,F401
 import kernels.wkv6 as kw  # noqa: E402
 import kernels.wkv6.chunk as kc  # noqa: E402
+from bench.common import measure  # noqa: E402
 from groundthink.harness import compare, rel_err  # noqa: E402
 from groundthink.spec import get  # noqa: E402
 from reference.wkv6 import exact_du, wkv6_chunked  # noqa: E402
 
-SHAPES = get("wkv6").bench.shapes()   # the spec's benchmark shapes; 4, 5: the small and large models' wkv6
+SPEC = get("wkv6")
+SHAPES = SPEC.bench.shapes()   # the spec's benchmark shapes; 4, 5: the small and large models' wkv6
 FLA_SHAPES = [SHAPES[int(i)] for i in os.environ.get("WKV6_FLA_SHAPES", ",".join(map(str, range(len(SHAPES))))
                                                     ).split(",")]      # fla timed (and warmed) only there
 DEV = "cpu" if SMOKE else "cuda"
@@ -83,16 +86,6 @@ def sync():
 
 def device_name():
     return "cpu (WKV6_SMOKE: interpreter, nothing measured)" if SMOKE else torch.cuda.get_device_name()
-
-
-def bench(fn, grad_to_none=None):
-    """do_bench median (ms); ``grad_to_none``: leaves whose .grad is cleared before every call (else the timed loop
-    also runs autograd's .grad accumulation: 0.53 ms of elementwise adds at B8 T4096 H32, run 6)."""
-    if SMOKE:
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-    return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
 
 
 def _chunk_mode(seq):
@@ -197,57 +190,29 @@ def determinism(fn):
 
 
 # ------------------------------------------------------------------------------------------------ timings
-def bench_inputs(B, T, H, K, V):
-    g = torch.Generator(device=DEV).manual_seed(0)
-    rn = lambda *s: torch.randn(*s, generator=g, device=DEV)  # noqa: E731
-    d = dict(r=rn(B, T, H, K), k=rn(B, T, H, K), v=rn(B, T, H, V), w=F.logsigmoid(rn(B, T, H, K)),
-             u=rn(H, K) * 0.5)
-    return [d[n].to(torch.bfloat16) for n in "rkvwu"]
+def bench_inputs(shape, grad=False):
+    """The benchmark's inputs at ``shape`` (the spec's maker, bf16, seed 0) with scale 1."""
+    return {**SPEC.bench.make_inputs(*shape, grad, dtype=torch.bfloat16, device=DEV), "scale": 1.0}
 
 
 def time_impl(f, shape):
-    xs = bench_inputs(*shape)
-    args = [x.detach().requires_grad_(True) for x in xs]
-
-    def fwd():
-        with torch.no_grad():
-            return f(*xs)
-
-    def fwdbwd():
-        f(*args).backward(do)
-
-    do = torch.randn_like(fwd())
-    t_f = bench(fwd)
-    fwdbwd()
-    t_fb = bench(fwdbwd, args)
-    for a in args:
-        a.grad = None
-    if SMOKE:
-        return t_f, t_fb, 0.0
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fwdbwd()
-    torch.cuda.synchronize()
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**30
-    return t_f, t_fb, peak
-
-
-def ours(fn):
-    return lambda r, k, v, w, u: fn(r, k, v, w, u, scale=1.0)[0]
+    """(fwd ms, fwd+bwd ms, extra peak GiB of one fwd+bwd) of ``f(**inputs)``: ``bench.common.measure`` (the
+    grads of the leaves are cleared before every call: no .grad accumulation in the timed loop; on the CPU two
+    host-clock calls, no memory)."""
+    fwd_ms = measure(f, bench_inputs(shape), False, warm_rep=(25, 100))["ms"]
+    m = measure(f, bench_inputs(shape, grad=True), True, warm_rep=(25, 100))
+    return fwd_ms, m["ms"], (m["peak_mb"] or 0.0) / 1024
 
 
 def fla():
-    from fla.ops.rwkv6 import chunk_rwkv6
-    return lambda r, k, v, w, u: chunk_rwkv6(r, k, v, w, u, scale=1.0)[0]
+    return SPEC.impl("fla_chunk").load()
 
 
 def warm_fla():
     f = fla()
     for sh in FLA_SHAPES:
         t = time.time()
-        xs = [x.requires_grad_(True) for x in bench_inputs(*sh)]
-        f(*xs).sum().backward()
+        f(**bench_inputs(sh, grad=True))[0].sum().backward()
         sync()
         log(f"fla warm {sh}: {time.time() - t:.1f}s")
     open(DONE, "w").write("ok")
@@ -255,9 +220,9 @@ def warm_fla():
 
 def first_call():
     """Compile + autotune + one fwd+bwd of the default wkv6 at B8 T4096 H32, in this (cold) process."""
-    xs = [x.requires_grad_(True) for x in bench_inputs(*SHAPES[0])]
+    xs = bench_inputs(SHAPES[0], grad=True)
     t = time.time()
-    kw.wkv6(*xs, scale=1.0)[0].sum().backward()
+    kw.wkv6(**xs)[0].sum().backward()
     sync()
     log(f"FIRST CALL wkv6 fwd+bwd B8 T4096 H32 (compile + autotune, cold cache): {time.time() - t:.1f} s")
 
@@ -266,13 +231,11 @@ def quick():
     """The new algorithm alone, both forward modes, at B8 T4096 H32 and B1 T16384 H32 (little device time)."""
     log(device_name(), "torch", torch.__version__, "triton", triton.__version__)
     t = time.time()
-    f = ours(ALGOS["chunk_seq"])
-    xs = [x.requires_grad_(True) for x in bench_inputs(*SHAPES[0])]
-    f(*xs).sum().backward()
+    ALGOS["chunk_seq"](**bench_inputs(SHAPES[0], grad=True))[0].sum().backward()
     sync()
     log(f"first call chunk_seq fwd+bwd B8 T4096 H32 (compile + autotune): {time.time() - t:.1f} s")
     for name, sh in (("chunk_seq", SHAPES[0]), ("chunk_par", SHAPES[3]), ("chunk_seq", SHAPES[1])):
-        r = time_impl(ours(ALGOS[name]), sh)
+        r = time_impl(ALGOS[name], sh)
         log(f"QUICK {name} {sh}: fwd {r[0]:.3f} ms fwd+bwd {r[1]:.3f} ms extra peak {r[2]:.3f} GiB")
 
 
@@ -309,13 +272,14 @@ def resources():
     bf16 strong-decay check per algorithm)."""
     from torch.profiler import ProfilerActivity, profile
     log(device_name(), "torch", torch.__version__, "triton", triton.__version__)
-    impls = {n: ours(f) for n, f in ALGOS.items() if n != "chunk"}
+    impls = {n: f for n, f in ALGOS.items() if n != "chunk"}
     for sh in SHAPES:
-        xs = [x.requires_grad_(True) for x in bench_inputs(*sh)]
+        xs = bench_inputs(sh, grad=True)
+        leaves = [xs[n] for n in "rkvwu"]
         for n, f in impls.items():
             t = time.time()
             with variant(n):
-                o = f(*xs)
+                o = f(**xs)[0]
                 do = torch.randn_like(o)      # a contiguous cotangent (o.sum()'s would cost a reduce + a copy)
                 o.backward(do)
             sync()
@@ -325,9 +289,9 @@ def resources():
             # the op's own kernels only: grads cleared before each call (no .grad accumulation adds)
             with profile(activities=[ProfilerActivity.CUDA]) as prof, variant(n):
                 for _ in range(3):
-                    for x in xs:
+                    for x in leaves:
                         x.grad = None
-                    f(*xs).backward(do)
+                    f(**xs)[0].backward(do)
                 sync()
             ev = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:8]
             log(f"split {n} {sh} (us per fwd+bwd): " + "; ".join(
@@ -377,7 +341,7 @@ def main():
                 log(f"determinism {name}: {'OK' if determinism(ALGOS[name]) else 'BAD'}")
     while not SMOKE and not os.path.exists(DONE) and time.time() - T0 < BUDGET:
         time.sleep(2)
-    impls = {n: ours(f) for n, f in ALGOS.items() if n != "chunk"}
+    impls = {n: f for n, f in ALGOS.items() if n != "chunk"}
     if os.path.exists(DONE):
         impls = {**{n: f for n, f in impls.items() if n.startswith("chunk_")}, "fla": fla(),
                  **{n: f for n, f in impls.items() if not n.startswith("chunk_")}}

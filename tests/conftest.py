@@ -4,6 +4,9 @@
   module defines a ``@triton.jit`` function.
 * ``@pytest.mark.gpu`` tests are skipped without CUDA.
 * hypothesis: a bounded profile (few examples, no deadline: interpreted kernels are slow and first calls compile).
+* one torch thread for the whole session (``one_thread``): the tensors are tiny, and oversubscribed threads on a
+  shared 2-core machine run torch-bound tests up to ~50x slower (tests/test_step.py: 16-45 s with the default
+  threads on a loaded machine, 6 s with one).
 """
 import pytest
 import torch
@@ -36,10 +39,10 @@ def device():
     return torch.device("cuda" if CUDA else "cpu")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """One torch thread for a module of tiny tensors (oversubscribed threads on the shared 2-core machine run up to
-    ~50× slower). A module takes it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    """One torch thread for every test (tiny tensors; see the module docstring); the old count restored at the
+    end."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

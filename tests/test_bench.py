@@ -4,9 +4,6 @@ speedups, the report from a small fake results CSV, and ``pytest bench/`` itself
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -227,19 +224,26 @@ def test_csv_columns_and_report(tmp_path):
     assert "NOT A PERFORMANCE MEASUREMENT" in report.build_report(d2).read_text()
 
 
-def _pytest(args, env_extra, timeout):
-    env = dict(os.environ, **env_extra)
-    env.pop("PYTEST_ADDOPTS", None)
+def _pytest(args, env_extra, monkeypatch, capsys):
+    """``pytest ARGS`` in this process (the benchmarks' conftest, collector and session hooks as in a run of their
+    own, without a second start of Python, torch and Triton): (exit code, its output, seconds). The benchmarks'
+    result list and session state start empty and are restored afterwards."""
+    for k, v in env_extra.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+    monkeypatch.setattr(common, "RESULTS", [])
+    monkeypatch.setattr(common, "SESSION", {"start": time.monotonic(), "copy_gbps": None})
+    monkeypatch.chdir(ROOT)
+    capsys.readouterr()
     t0 = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider"], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=timeout)
-    return p, time.monotonic() - t0
+    rc = pytest.main([*args, "-q", "-p", "no:cacheprovider"])
+    out = capsys.readouterr()
+    return int(rc), out.out + out.err, time.monotonic() - t0
 
 
-def test_pytest_bench_without_flag_skips_fast(tmp_path):
-    p, dt = _pytest(["bench/"], {"GT_BENCH_OUT": str(tmp_path)}, timeout=60)
-    out = p.stdout + p.stderr
-    assert p.returncode == 0, out[-3000:]
+def test_pytest_bench_without_flag_skips_fast(tmp_path, monkeypatch, capsys):
+    rc, out, dt = _pytest(["bench/"], {"GT_BENCH_OUT": str(tmp_path)}, monkeypatch, capsys)
+    assert rc == 0, out[-3000:]
     assert "skipped" in out and " passed" not in out, out[-2000:]
     assert "run with pytest bench/ --benchmark" in out
     assert not (tmp_path / "bench.csv").exists()
@@ -247,16 +251,15 @@ def test_pytest_bench_without_flag_skips_fast(tmp_path):
 
 
 @pytest.mark.skipif(common.ON_GPU, reason="the CPU path (interpreter shapes) is what this checks")
-def test_pytest_bench_cpu_run(tmp_path):
+def test_pytest_bench_cpu_run(tmp_path, monkeypatch, capsys):
     gates = tmp_path / "gates_should_not_exist.json"
     # the lab's gate_norm_residual kernel through the interpreter, the wkv6 and mamba2 references (the wkv6
     # kernel's own tests cover it; this checks the plumbing)
-    p, dt = _pytest(["bench/bench_gate_norm_residual.py", "bench/bench_wkv6.py", "bench/bench_mamba2.py",
-                     "--benchmark", "-k", "(gate_norm and (reference or triton) and row and not res32) or "
-                                         "((wkv6 or mamba2) and reference)"],
-                    {"GT_BENCH_OUT": str(tmp_path), "GROUNDTHINK_MANIFEST": str(gates)}, timeout=150)
-    out = p.stdout + p.stderr
-    assert p.returncode == 0, out[-4000:]
+    rc, out, dt = _pytest(["bench/bench_gate_norm_residual.py", "bench/bench_wkv6.py", "bench/bench_mamba2.py",
+                           "--benchmark", "-k", "(gate_norm and (reference or triton) and row and not res32) or "
+                                                "((wkv6 or mamba2) and reference)"],
+                          {"GT_BENCH_OUT": str(tmp_path), "GROUNDTHINK_MANIFEST": str(gates)}, monkeypatch, capsys)
+    assert rc == 0, out[-4000:]
     assert "NOT A PERFORMANCE MEASUREMENT" in out
     assert "no gate manifest written on CPU" in out
     assert not gates.exists()

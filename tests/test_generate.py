@@ -2,10 +2,7 @@
 here), one-line errors for bad input."""
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +13,6 @@ from groundthink import generate as gen
 from groundthink.data import CharTokenizer
 from groundthink.registry import resolve
 
-ROOT = Path(__file__).resolve().parent.parent
 TEXT = "the quick brown fox jumps over the lazy dog.\n" * 4
 SMALL = dict(n_layer=2, d_model=32, head_size=16, headdim=16, mix_lora=4, decay_lora=8, d_state=8, chunk_size=16)
 
@@ -97,8 +93,16 @@ def test_bad_checkpoints_refused(tmp_path, capsys):
         assert "no CUDA device here" in capsys.readouterr().err
 
 
-def test_as_a_module(checkpoint):
-    r = subprocess.run([sys.executable, "-m", "groundthink.generate", "--ckpt", str(checkpoint), "--prompt", "dog",
-                        "--tokens", "5", "--temperature", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert r.returncode == 0 and r.stdout.startswith("dog") and len(r.stdout) == 3 + 5 + 1, r.stderr[-2000:]
+def test_as_a_module(checkpoint, capsys, monkeypatch):
+    """``python -m groundthink.generate`` (its ``__main__`` block, run here by runpy as ``-m`` runs it: no second
+    start of Python and torch) prints the sample and exits 0."""
+    import runpy
+    import warnings
+    monkeypatch.setattr(sys, "argv", ["generate", "--ckpt", str(checkpoint), "--prompt", "dog", "--tokens", "5",
+                                      "--temperature", "0"])
+    capsys.readouterr()
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as e:
+        warnings.simplefilter("ignore", RuntimeWarning)     # "found in sys.modules ... prior to execution"
+        runpy.run_module("groundthink.generate", run_name="__main__", alter_sys=True)
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("dog") and len(out) == 3 + 5 + 1, out

@@ -11,9 +11,6 @@ from reference.mamba2 import mamba_chunk_scan, ssd_recurrence
 F64 = torch.float64
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
-
-
 def _inputs(b=2, l=37, h=4, p=3, g=2, n=5, seed=0, dtype=F64, strong=False):
     gen = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731

@@ -3,8 +3,8 @@
 G1  forward finite with the right shapes for every variant; every size builds with a parameter count within
     ±10% of fused.PARAMS_APPROX (xl is only constructed).
 G2  initial loss within ±15% of ln(vocab).
-G3  loss falls over 30 AdamW steps on a tiny batch, gradient norms stay finite; the batch is overfit
-    (final loss < 60% of the initial one).
+G3  loss falls over 15 AdamW steps on a tiny batch, gradient norms stay finite; the batch is overfit
+    (final loss < 60% of the initial one: 33-36% at step 15 for every variant, 5-6% at step 30).
 G4  both branches receive gradient at init: 1e-3 < grad_ratio (rwkv/mamba) < 1e3 for every hybrid variant.
 Plus: recurrent generation (``step``) matches the parallel forward (float64), prefill with a state matches,
 param_groups cover each parameter exactly once, the Triton ops (interpreter) match the reference ops.
@@ -20,9 +20,6 @@ from groundthink.registry import resolve
 
 V = 97
 HYBRIDS = [n for n in list_models() if n not in ("rwkv6", "mamba2")]
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +118,7 @@ def test_g3_loss_falls_and_overfits(name, ref_ops):
     idx, tgt = _batch(B=2, T=24, seed=1)
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.0)
     losses = []
-    for _ in range(30):
+    for _ in range(15):
         opt.zero_grad()
         loss = m(idx, tgt)[1]
         loss.backward()
@@ -195,9 +192,13 @@ def _triton_ops():
     return ops
 
 
-@pytest.mark.parametrize("name", ["HY", "GF", "HGF", "WS", "CP"])
+@pytest.mark.parametrize("name", ["GF", "HY", "HGF", "WS", "CP"])
 def test_triton_ops_match_reference(name, ref_ops):
-    ops = _triton_ops()
+    """The model on the Triton ops (interpreter) vs the reference ops: logits, loss and every gradient. GF runs
+    every lab kernel; the other variants differ from it only in their fusion, gate_norm_residual's mode (HY
+    vector, HGF element, WS weights, CP add; GF row), so they run that op on its kernel and the others on the
+    references (the branches' ops see the same code and shapes in every variant: GF covers them)."""
+    ops = _triton_ops() if name == "GF" else resolve("reference", {"gate_norm_residual": "triton"})
     torch.manual_seed(0)
     m = get_model(name, "tiny", vocab_size=V, ops=ref_ops, n_layer=1, d_model=32, head_size=16, headdim=16)
     idx, tgt = _batch(B=1, T=16)
@@ -207,7 +208,9 @@ def test_triton_ops_match_reference(name, ref_ops):
     m.zero_grad()
     m.set_ops(ops)
     logits, loss = m(idx, tgt)
-    assert ops.impls()["cross_entropy"] == "triton"       # the model's loss through the registry: the fused CE
+    assert ops.impls()["gate_norm_residual"] == "triton"
+    if name == "GF":
+        assert ops.impls()["cross_entropy"] == "triton"   # the model's loss through the registry: the fused CE
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     loss.backward()

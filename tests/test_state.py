@@ -15,9 +15,6 @@ TINY = dict(n_layer=2, d_model=32, head_size=16, headdim=16, mix_lora=4, decay_l
 VOCAB = 50
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
-
-
 def tiny(name: str, seed: int = 0):
     torch.manual_seed(seed)
     return fused.get_model(name, "tiny", vocab_size=VOCAB, ops=resolve("reference"), **TINY).eval()

@@ -25,9 +25,6 @@ REQUIRED = ("variant", "size", "tokens", "val_loss", "bpc", "tok_s", "ms_step", 
             "gate_mean", "gate_drift")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("variants")
