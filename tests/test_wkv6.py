@@ -240,9 +240,10 @@ def test_wkv6_recurrent_matches_chunked():
 
 # ------------------------------------------------------------------------------------------------ property fuzzing
 try:
-    from hypothesis import given
+    from hypothesis import given, settings
     from hypothesis import strategies as st
 
+    @settings(max_examples=5)    # the lab profile's 8 cost 23-31 s under the interpreter (CI budget, session 7)
     @given(B=st.integers(1, 2), T=st.integers(1, 40), H=st.integers(1, 2), K=st.sampled_from([4, 12, 16, 20, 33]),
            V=st.sampled_from([3, 16, 24, 40]), h0=st.booleans(), decay=st.sampled_from(["mild", "strong", "mixed"]),
            scale=st.sampled_from([None, 1.0]), fn=st.sampled_from([wkv6, wkv6_fused]))
@@ -407,7 +408,7 @@ def test_wkv6_chunk_modes(seq, shape, cu):
 
 def test_wkv6_algorithms_agree():
     """The two algorithms give the same o, final state and gradients (fp32: all exact to ~1e-7)."""
-    for shape, cu in [((1, 130, 1, 20, 24), None), ((1, 140, 1, 16, 16), [0, 3, 70, 140])]:
+    for shape, cu in [((1, 70, 1, 20, 24), None), ((1, 70, 1, 16, 16), [0, 3, 40, 70])]:   # 2 chunks, partial
         d = make_inputs(*shape, decay="mixed", h0=True, N=None if cu is None else len(cu) - 1)
         if cu is not None:
             d["cu_seqlens"] = torch.tensor(cu)
@@ -428,7 +429,7 @@ def test_wkv6_all_tuning_configs():
     """Every autotune config the GPU may pick (only the first runs under the interpreter): same results."""
     import triton
     import kernels.wkv6.fused as kw
-    d = make_inputs(1, 100, 2, 20, 40, decay="strong", h0=True, grad=False)
+    d = make_inputs(1, 70, 2, 20, 40, decay="strong", h0=True, grad=False)    # two checkpoint slots, one partial
     r, k, v, w, u, h0 = (d[n] for n in ("r", "k", "v", "w", "u", "initial_state"))
     o_ref, ht_ref, hs_ref = kw._fwd_impl(r, k, v, w, u, 0.3, h0, None, save=True)
     B, T, H, K = r.shape
@@ -446,9 +447,11 @@ def test_wkv6_all_tuning_configs():
         used = triton.cdiv(triton.cdiv(T, kw.BT_CHUNK), kw.CKPT)          # checkpoint slots of the one sequence
         assert rel_err(o, o_ref) < 1e-6 and rel_err(ht, ht_ref) < 1e-6, cfg
         assert rel_err(hs[:used], hs_ref[:used]) < 1e-6, cfg
+    old = kw._wkv6_bwd_main_kernel.configs
+    if len(old) == 1:       # the interpreter's one config: nothing to compare the backward with
+        return
     do, dht = torch.randn_like(o_ref), torch.randn_like(ht_ref)
     g_ref = kw._bwd_impl(r, k, v, w, u, do, dht, h0, None, 0.3, hs_ref)
-    old = kw._wkv6_bwd_main_kernel.configs
     try:
         for cfg in old[1:]:
             kw._wkv6_bwd_main_kernel.configs = [cfg]
@@ -466,7 +469,7 @@ def test_wkv6_backward_without_saved_states():
     algorithm: test_wkv6_chunk_memory_knobs[recomputed], vs fp64)."""
     import kernels.wkv6.fused as kf
     fwd, bwd = kf._fwd_impl, kf._bwd_impl
-    d = make_inputs(1, 100, 2, 16, 24, decay="strong", h0=True, grad=False)
+    d = make_inputs(1, 70, 2, 16, 24, decay="strong", h0=True, grad=False)
     r, k, v, w, u, h0 = (d[n] for n in ("r", "k", "v", "w", "u", "initial_state"))
     o, ht, hs = fwd(r, k, v, w, u, 0.3, h0, None, save=True)
     assert hs.numel() > 0
