@@ -348,18 +348,24 @@ def compile_winners(call) -> None:
 
 
 def _dry_run(op: str, impl: str, shape: list) -> None:
-    """One forward + backward of ``op``/``impl`` at ``shape`` and at the spec's error shape (what ``gate.measure``
-    runs) inside an active ``compile_only``: the kernels' compiles are submitted, none is waited for."""
+    """One forward + backward of ``op``/``impl`` in each of the step's calls (``shape``: their
+    ``groundthink.calls.Call.payload()``s, or one spec shape) at its shape and at the spec's error shape (what
+    ``gate.measure`` runs) inside an active ``compile_only``: the kernels' compiles are submitted, none is waited
+    for."""
     import torch
 
+    from groundthink.calls import Call, from_payload, inputs
     from groundthink.harness import fwd_bwd_step
     from groundthink.spec import get
     spec = get(op)
     fn, b = spec.impl(impl).load(), spec.bench
-    err = list(b.err_shape(*shape)) if b.err_shape else shape
-    for shp in [shape] + ([err] if err != list(shape) else []):
-        step, _ = fwd_bwd_step(fn, b.make_inputs(*shp, True, dtype=b.dtype, device=torch.device("cuda")))
-        step()
+    calls = [from_payload(op, c) for c in shape] if shape and isinstance(shape[0], dict) else [Call(op, tuple(shape))]
+    for call in calls:
+        err = tuple(b.err_shape(*call.shape)) if b.err_shape else call.shape
+        for shp in [call.shape] + ([err] if err != call.shape else []):
+            kw = inputs(spec, shp, call.variant, True, b.dtype, device=torch.device("cuda"))
+            step, _ = fwd_bwd_step(fn, kw)
+            step()
 
 
 STEP = "step"      # the op name of a background item that dry-runs a training step: its impl names the module whose

@@ -268,7 +268,7 @@ def test_a_further_candidate_starts_only_if_the_first_ones_time_still_fits(tmp_p
     autotune cost the like), while norm_gate's cheap pair, planned first, was measured."""
     def fake_measure(spec, impl, fn, shp, device, timing):
         time.sleep({"reference": 0.0, "triton": 0.3}.get(impl, 0.0))
-        return {"op": spec.name, "impl": impl, "shape": spec.bench.shape_str(*shp), "pass": "fwdbwd",
+        return {"op": spec.name, "impl": impl, "shape": shp.label, "pass": "fwdbwd",
                 "dtype": "float32", "timing_mode": timing, "ms": None, "errors": {}, "source_hash": "", "note": ""}
 
     monkeypatch.setattr(gate, "measure", fake_measure)
@@ -293,7 +293,7 @@ def test_an_item_expected_to_overrun_is_deferred_and_train_says_what_is_used_ins
 
     def fake_measure(spec, impl, fn, shp, device, timing):
         measured.append(f"{spec.name}/{impl}")
-        return {"op": spec.name, "impl": impl, "shape": spec.bench.shape_str(*shp), "pass": "fwdbwd",
+        return {"op": spec.name, "impl": impl, "shape": shp.label, "pass": "fwdbwd",
                 "dtype": "float32", "timing_mode": timing, "ms": 1.0, "errors": {}, "source_hash": "", "note": ""}
 
     monkeypatch.setattr(gate, "measure", fake_measure)
@@ -339,7 +339,7 @@ def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_pat
 
     def fake_measure(spec, impl, fn, shp, device, timing="eager"):
         events.append(f"measure {spec.name}/{impl}")
-        return {"op": spec.name, "impl": impl, "shape": spec.bench.shape_str(*shp), "pass": "fwdbwd",
+        return {"op": spec.name, "impl": impl, "shape": shp.label, "pass": "fwdbwd",
                 "dtype": "float32", "timing_mode": timing, "ms": 1.0, "errors": {}, "source_hash": "", "note": ""}
 
     monkeypatch.setattr(gate, "measure", fake_measure)
@@ -374,25 +374,47 @@ def test_only_long_items_compile_in_the_background(monkeypatch):
     assert gate._background(plan, True, False, {}) is None
 
 
-def test_model_shapes_come_from_the_specs():
-    from fused.configs import ModelConfig
-    cfg = ModelConfig(name="GF-MH")
-    shapes = gate.model_shapes(cfg, 4, 32)
-    assert shapes["wkv6"] == (4, 32, cfg.n_head, cfg.head_size, cfg.head_size)
-    assert shapes[OP] == (128, cfg.d_model, "row", cfg.residual_fp32)
-    assert shapes["mamba2"][:2] == (4, 32)
-
-
-def test_only_what_the_model_calls_is_qualified():
-    """A pure RWKV-6 model never calls mamba2 or causal_conv1d (mamba-ssm's first use: 52 s in run 6): the
-    qualification does not measure them; the model's own ops are restored after the recording forward."""
+def _rwkv6_calls():
+    """The calls of a tiny pure RWKV-6 model's step under bf16 autocast (CPU's standing in for CUDA's; no
+    conv: bf16 conv1d is slow on a CPU), at batch 4 × 32, and the model."""
     import fused
     model = fused.get_model("rwkv6", size="tiny", vocab_size=32, ops=registry.resolve("reference"))
-    ops = model.ops
-    used = gate.ops_used(model)
-    assert model.ops is ops and used == {"wkv6", "ddlerp", "decay_exp", "shift_lerp", "norm_gate",
-                                         "gate_norm_residual", "cross_entropy"}
-    assert set(gate.model_shapes(model.config, 4, 32, used)) == used
+    return gate.step_calls(model, 4, 32, amp=torch.bfloat16), model
+
+
+def test_the_steps_calls_are_read_off_the_model():
+    """Every distinct (op, variant) one step calls, recorded from the model (its ops restored after): a pure
+    RWKV-6 model never calls mamba2 or causal_conv1d (mamba-ssm's first use: 52 s in run 6); the first layer's
+    token shift reads fp32 activations, the others bf16; wkv6 gets an fp32 u and scale 1; gate_norm_residual
+    runs "add" with fp32 weights. Each call rebuilt by ``calls.inputs`` at the recording's shape is the call."""
+    from groundthink import calls as C
+    got, model = _rwkv6_calls()
+    assert set(got) == {"wkv6", "ddlerp", "decay_exp", "shift_lerp", "norm_gate", "gate_norm_residual",
+                        "cross_entropy"}
+    assert model.ops.impls()["wkv6"] == "reference"           # restored
+    n = model.config.n_layer
+    assert {(c.label, c.count) for c in got["shift_lerp"]} == {("B4 T32 D64 [x float32]", 1), ("B4 T32 D64", n - 1)}
+    assert [c.label for c in got["wkv6"]] == ["B4 T32 H2 K32 V32 [scale=1.0; u float32]"]
+    assert [(c.label, c.count) for c in got[OP]] == [("N128 D64 add res32 [weight float32]", 2 * n)]
+    for op, call in C.record(model, torch.bfloat16):
+        spec = get(op)
+        i, variant = C._match(spec, model.config, call)
+        tiny = C.model_shapes(spec, model.config, *C.TOKENS)[i]
+        assert C._diff(C._bound(spec, (), C.inputs(spec, tiny, variant, True, spec.bench.dtype)), call) == ()
+        assert (C.model_shapes(spec, model.config, 4, 32)[i], variant) in {(c.shape, c.variant) for c in got[op]}
+
+
+@pytest.mark.parametrize("name,size", [(n, "tiny") for n in ("HY", "GF", "HGF", "CP", "WS", "RF", "mamba2")]
+                         + [("GF-MH", "medium")])
+def test_the_specs_describe_every_call_of_every_model(name, size):
+    """No drift: every call of every fusion variant's step (the blend modes, the branch layouts) and of another
+    size matches one of its spec's model shapes (an unmatched call would leave its op on the reference)."""
+    import fused
+    model = fused.get_model(name, size=size, vocab_size=32, ops=registry.resolve("reference"))
+    got = gate.step_calls(model, 4, 32)
+    bad = [c.label for cs in got.values() for c in cs if c.shape is None]
+    assert not bad, bad
+    assert len(got["norm_gate"]) == (1 if name == "mamba2" else 2)      # the RWKV and the Mamba side
 
 
 def _order(plan):
@@ -653,12 +675,14 @@ def test_choose_takes_the_fastest_allowed_lab_kernel_at_the_models_shape(tmp_pat
     path = _wkv_manifest(tmp_path, [("graph", {"triton": 1.0, "triton_fused": 0.6})])
     spec = registry.SPECS[WKV]
     impl, why = gate.Verdicts([path], shapes={WKV: (1, 40, 2, 16, 16)}, graph=True).choose(spec, lambda n: True)
-    assert impl == "triton_fused" and "fastest allowed at B1 T40 H2 K16 V16 (graph: 0.6 ms of 2)" in why
-    # no timing at the model's shape: the spec's order
-    impl, why = gate.Verdicts([path], shapes={WKV: (2, 40, 2, 16, 16)}, graph=True).choose(spec, lambda n: True)
+    assert impl == "triton_fused" and "fastest allowed at B1 T40 H2 K16 V16 (graph: 0.6 ms per step of 2)" in why
+    # no verdict covers the step's call (another shape, or another variant of it): not allowed there
+    for shp in [(2, 40, 2, 16, 16), [gate.Call(WKV, (1, 40, 2, 16, 16), (("u", "dtype", "float32"),))]]:
+        impl, why = gate.Verdicts([path], shapes={WKV: shp}, graph=True).choose(spec, lambda n: True)
+        assert impl == "reference" and "not qualified for the step's call B" in why
+    # no step calls given: the spec's order
+    impl, why = gate.Verdicts([path], graph=True).choose(spec, lambda n: True)
     assert impl == "triton" and "the spec's order" in why
-    impl, _ = gate.Verdicts([path], graph=True).choose(spec, lambda n: True)
-    assert impl == "triton"
     # the fastest must also run here
     impl, _ = gate.Verdicts([path], shapes={WKV: WSHAPE}, graph=True).choose(spec, lambda n: n != "triton_fused")
     assert impl == "triton"
@@ -715,16 +739,17 @@ def test_train_qualifies_in_the_steps_timing_mode_at_the_models_shapes(monkeypat
     from fused.configs import ModelConfig
     seen = {}
     monkeypatch.setattr(gate, "qualify", lambda shapes, **kw: seen.update(shapes=shapes, **kw) or {})
-    monkeypatch.setattr(gate, "ops_used", lambda model: {"wkv6", "gate_norm_residual"})
+    calls = {"wkv6": [gate.Call("wkv6", (4, 32, 4, 32, 32), (("u", "dtype", "float32"),), 8)]}
+    monkeypatch.setattr(gate, "step_calls", lambda model, batch, seq_len: calls if (batch, seq_len) == (4, 32)
+                        else None)
     monkeypatch.setattr(train, "resolve", lambda mode, verdicts: seen.update(verdicts=verdicts) or
                         registry.resolve("reference"))
     model = SimpleNamespace(config=ModelConfig(name="GF-MH"), set_ops=lambda ops: None)
     args = SimpleNamespace(kernels="auto", graph=graph_flag, batch_size=4, seq_len=32, no_progress=True)
     train.qualify_kernels(args, model, None, torch.device("cuda"), True, 1, lambda *a: None)
-    assert seen["graph"] is graph and seen["shapes"] == gate.model_shapes(model.config, 4, 32,
-                                                                          {"wkv6", "gate_norm_residual"})
+    assert seen["graph"] is graph and seen["shapes"] is calls
     assert seen["progress"] is False                                       # --no-progress
-    assert seen["verdicts"].graph is graph and seen["verdicts"].shapes["wkv6"] == "B4 T32 H4 K32 V32"
+    assert seen["verdicts"].graph is graph and seen["verdicts"].shapes["wkv6"] == [("B4 T32 H4 K32 V32 [u float32]", 8)]
 
 
 def test_train_compiles_its_step_in_the_background_during_the_qualification(monkeypatch):
