@@ -6,13 +6,15 @@ calls other variants: fp32 activations (the first layer's token shift, the resid
 Mamba side, gate_norm_residual's "add" mode after the FFN. A verdict then allowed kernel paths that never passed a
 check. Here the step's calls are recorded from the model, so the qualification cannot drift from it.
 
-How (``step_calls``). One forward (no backward: the backward of an op runs inside its own call) of the model at
+How (``step_calls``). One forward and backward of the model at
 ``TOKENS`` (batch 2 × 16 tokens) through recording references, under the step's autocast (bf16 on CUDA, as
 ``TrainStep``), with gradients on. Each call's arguments are bound to the reference's signature (defaults
 filled in). Each is matched to one of its spec's ``model_shape`` entries (the calls the spec declares, at the same
 tiny batch and length): the same arguments given or None, every tensor of the same number of elements and last
 dimension. What the call passes that ``make_inputs`` at that shape (in the spec's dtype) does not is its
-**variant**: a tensor's dtype or ``requires_grad``, a non-tensor argument's value. The step's call at the run's
+**variant**: a tensor's dtype or ``requires_grad``, a non-tensor argument's value — and, from the backward,
+an output that gets no gradient (the last layer's residual h: its backward kernel runs without ``dh``,
+``unused_outputs``). The step's call at the run's
 batch and length is then ``Call(op, shape = model_shape(cfg, batch, seq_len)[i], variant, count)``; ``inputs``
 rebuilds it (``make_inputs``, then the variant) at any shape of the op, e.g. the spec's error shape.
 
@@ -75,7 +77,8 @@ def as_calls(op: str, value) -> list[Call]:
 
 def _show(v: tuple) -> str:
     name, kind, text = v
-    return f"{name} {text}" if kind == "dtype" else f"{name} grad={text}" if kind == "grad" else f"{name}={text}"
+    return {"dtype": f"{name} {text}", "grad": f"{name} grad={text}", "unused": f"{name} unused"}.get(
+        kind, f"{name}={text}")
 
 
 # ------------------------------------------------------------------------------------------ the inputs
@@ -102,6 +105,19 @@ def inputs(spec, shape: tuple, variant: tuple, grad: bool, dtype: torch.dtype, s
         elif kind == "value":
             kw[name] = _value(text, exact)
     return kw
+
+
+def unused_outputs(fn, variant: tuple):
+    """``fn`` with the outputs the step gives no gradient (``variant``'s "unused": the last layer's residual h)
+    detached, so that a fwd+bwd runs the backward the step runs."""
+    unused = {int(name[3:]) for name, kind, _ in variant if kind == "unused"}
+    if not unused:
+        return fn
+
+    def run(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        return tuple(o.detach() if i in unused and isinstance(o, torch.Tensor) else o for i, o in enumerate(out))
+    return run
 
 
 def row_dtype(kw: dict) -> torch.dtype:
@@ -163,10 +179,11 @@ def model_shapes(spec, cfg, batch: int, seq_len: int) -> list[tuple]:
 
 
 class _Recorder:
-    """Stands in for an ``OpSet``: every op runs its reference, each call's arguments are kept."""
+    """Stands in for an ``OpSet``: every op runs its reference; each call's arguments are kept, and which of its
+    outputs that require a gradient receive one in the backward."""
 
     def __init__(self):
-        self.calls: list[tuple[str, dict]] = []
+        self.calls: list[tuple[str, dict, set]] = []
 
     def __getattr__(self, op: str):
         if op.startswith("_") or op not in specs():
@@ -175,25 +192,39 @@ class _Recorder:
         ref = spec.reference.load()
 
         def call(*args, **kwargs):
-            self.calls.append((op, _bound(spec, args, kwargs)))
-            return ref(*args, **kwargs)
+            needs, got = set(), set()
+            self.calls.append((op, _bound(spec, args, kwargs), needs, got))
+            out = ref(*args, **kwargs)
+            many = isinstance(out, (tuple, list))
+            outs = list(out) if many else [out]
+            for i, o in enumerate(outs):
+                if isinstance(o, torch.Tensor) and o.requires_grad:
+                    needs.add(i)            # an alias: a gradient reaches it only from outside the op (not via y(h))
+                    outs[i] = o.view_as(o)
+                    outs[i].register_hook(lambda g, i=i: got.add(i))
+            return type(out)(outs) if many else outs[0]
         return call
 
 
-def record(model, amp: torch.dtype | None = None) -> list[tuple[str, dict]]:
-    """(op, bound arguments) of every op call of one forward of ``model`` at ``TOKENS`` under autocast to
-    ``amp`` (None: none); the model's ops are restored after."""
+def record(model, amp: torch.dtype | None = None) -> list[tuple[str, dict, tuple]]:
+    """(op, bound arguments, outputs that receive no gradient) of every op call of one forward + backward of
+    ``model`` at ``TOKENS`` under autocast to ``amp`` (None: none); the model's ops and its parameters'
+    gradients are restored after."""
     recorder, ops = _Recorder(), model.ops
-    device = next(model.parameters()).device
-    idx = torch.zeros(*TOKENS, dtype=torch.long, device=device)
+    params = list(model.parameters())
+    grads = [p.grad for p in params]
+    idx = torch.zeros(*TOKENS, dtype=torch.long, device=params[0].device)
     model.set_ops(recorder)
     try:
-        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None,
+        with torch.autocast(idx.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None,
                             cache_enabled=False):
-            model(idx, idx)
+            loss = model(idx, idx)[1]
+        loss.backward()
     finally:
         model.set_ops(ops)
-    return recorder.calls
+        for p, g in zip(params, grads):
+            p.grad = g
+    return [(op, call, tuple(sorted(needs - got))) for op, call, needs, got in recorder.calls]
 
 
 def _describe(call: dict) -> str:
@@ -208,12 +239,14 @@ def step_calls(model, batch: int, seq_len: int, amp: torch.dtype | None = None) 
     if amp is None and device.type == "cuda":
         amp = torch.bfloat16
     cfg, found, counts, matched = model.config, {}, {}, {}
-    for op, call in record(model, amp):
+    for op, call, unused in record(model, amp):
         spec, desc = get(op), _describe(call)
         if (op, desc) not in matched:          # one match per distinct signature (a layer repeats its calls)
             matched[op, desc] = _match(spec, cfg, call) if spec.bench is not None and spec.bench.model_shape \
                 else None
         m = matched[op, desc]
+        if m is not None and unused:           # an output without a gradient: its backward specialises anew
+            m = (m[0], tuple(sorted(m[1] + tuple((f"out{i}", "unused", "") for i in unused))))
         key = (op, m) if m is not None else (op, desc)
         counts[key] = counts.get(key, 0) + 1
         found.setdefault(key, (model_shapes(spec, cfg, batch, seq_len)[m[0]], m[1], "") if m is not None

@@ -92,7 +92,7 @@ from typing import Callable
 
 import torch
 
-from groundthink.calls import Call, as_calls, inputs as call_inputs, row_dtype, step_calls  # noqa: F401
+from groundthink.calls import Call, as_calls, inputs as call_inputs, row_dtype, step_calls, unused_outputs  # noqa: F401
 from groundthink.device import PEER_PACKAGES, gpu_name, gpu_slug, versions, warm_on_side_stream
 from groundthink.harness import fwd_bwd_step
 from groundthink.precompile import COMPILES, STATS as COMPILE_STATS, compile_winners, compiles_since
@@ -764,7 +764,7 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp, device, timing: str = "e
     try:
         if timing not in TIMINGS:
             raise ValueError(f"timing must be one of {TIMINGS}; got {timing!r}")
-        kw = make(call.shape)
+        kw, fn = make(call.shape), unused_outputs(fn, call.variant)
         row["dtype"] = str(row_dtype(kw))[6:]
         step, leaves = fwd_bwd_step(fn, kw)
         if timing == "graph":
@@ -781,7 +781,7 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp, device, timing: str = "e
             err = tuple(b.err_shape(*call.shape)) if b.err_shape else call.shape   # the step's shape
             if cuda and err != tuple(call.shape):   # its kernels specialise anew: compile them all at once first
                 compile_winners(lambda: fwd_bwd_step(fn, make(err, 1))[0]())
-            row["errors"] = compare(fn, _oracle(spec.reference.load()), make(err, 1))
+            row["errors"] = compare(fn, unused_outputs(_oracle(spec.reference.load()), call.variant), make(err, 1))
     except Exception as e:  # noqa: BLE001 - recorded: the rule denies a kernel that fails to run
         row["note"] = f"{type(e).__name__}: {str(e)[:200]}"
         row["ms"] = None

@@ -245,6 +245,45 @@ def compiles_since(before: dict) -> str:
         else ""
 
 
+def _spec_key(value, constexpr: bool):
+    """What Triton specialises a kernel argument on (so a new value of it is a new compile): a tensor's dtype and
+    16-byte alignment, an int's being 1 or a multiple of 16 (and its width), a constexpr's value."""
+    if constexpr or value is None or isinstance(value, (bool, str)):
+        return repr(value)
+    if hasattr(value, "data_ptr"):
+        return f"*{str(value.dtype).removeprefix('torch.')}{':16' if value.data_ptr() % 16 == 0 else ''}"
+    if isinstance(value, int):
+        return "1" if value == 1 else ("i64" if abs(value) >= 2**31 else "i32") + (":16" if value % 16 == 0 else "")
+    return type(value).__name__
+
+
+@contextlib.contextmanager
+def launched_specialisations(run: bool = True):
+    """Inside, under the Triton interpreter (a CPU): every Triton kernel launch is recorded as (kernel name, its
+    specialisation: ``_spec_key`` of each argument, the launch's meta-parameters) in the yielded set — on a GPU
+    each distinct one is a compile. ``run=False``: the launches do nothing (counting only; the outputs stay
+    unwritten). How the step's compiles and the qualification's are counted on a CPU (tests/test_gate.py)."""
+    import inspect as _inspect
+
+    from triton.runtime.interpreter import InterpretedFunction
+    seen: set = set()
+    original = InterpretedFunction.run
+
+    def record(self, *args, grid, warmup, **kwargs):
+        params = _inspect.signature(self.fn).parameters
+        named = {**dict(zip(self.arg_names, args)), **kwargs}
+        key = tuple((k, _spec_key(v, "constexpr" in str(getattr(params.get(k), "annotation", ""))))
+                    for k, v in named.items())
+        seen.add((self.fn.__name__, key))
+        return original(self, *args, grid=grid, warmup=warmup, **kwargs) if run else None
+
+    InterpretedFunction.run = record
+    try:
+        yield seen
+    finally:
+        InterpretedFunction.run = original
+
+
 # ------------------------------------------------------------------------------ compile in the background
 
 class _Tagged:
@@ -354,7 +393,7 @@ def _dry_run(op: str, impl: str, shape: list) -> None:
     for."""
     import torch
 
-    from groundthink.calls import Call, from_payload, inputs
+    from groundthink.calls import Call, from_payload, inputs, unused_outputs
     from groundthink.harness import fwd_bwd_step
     from groundthink.spec import get
     spec = get(op)
@@ -364,7 +403,7 @@ def _dry_run(op: str, impl: str, shape: list) -> None:
         err = tuple(b.err_shape(*call.shape)) if b.err_shape else call.shape
         for shp in [call.shape] + ([err] if err != call.shape else []):
             kw = inputs(spec, shp, call.variant, True, b.dtype, device=torch.device("cuda"))
-            step, _ = fwd_bwd_step(fn, kw)
+            step, _ = fwd_bwd_step(unused_outputs(fn, call.variant), kw)
             step()
 
 

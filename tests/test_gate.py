@@ -386,7 +386,8 @@ def test_the_steps_calls_are_read_off_the_model():
     """Every distinct (op, variant) one step calls, recorded from the model (its ops restored after): a pure
     RWKV-6 model never calls mamba2 or causal_conv1d (mamba-ssm's first use: 52 s in run 6); the first layer's
     token shift reads fp32 activations, the others bf16; wkv6 gets an fp32 u and scale 1; gate_norm_residual
-    runs "add" with fp32 weights. Each call rebuilt by ``calls.inputs`` at the recording's shape is the call."""
+    runs "add" with fp32 weights, and in the last layer without a gradient for h (its backward without dh). Each
+    call rebuilt by ``calls.inputs`` at the recording's shape is the call."""
     from groundthink import calls as C
     got, model = _rwkv6_calls()
     assert set(got) == {"wkv6", "ddlerp", "decay_exp", "shift_lerp", "norm_gate", "gate_norm_residual",
@@ -395,26 +396,74 @@ def test_the_steps_calls_are_read_off_the_model():
     n = model.config.n_layer
     assert {(c.label, c.count) for c in got["shift_lerp"]} == {("B4 T32 D64 [x float32]", 1), ("B4 T32 D64", n - 1)}
     assert [c.label for c in got["wkv6"]] == ["B4 T32 H2 K32 V32 [scale=1.0; u float32]"]
-    assert [(c.label, c.count) for c in got[OP]] == [("N128 D64 add res32 [weight float32]", 2 * n)]
-    for op, call in C.record(model, torch.bfloat16):
+    assert [(c.label, c.count) for c in got[OP]] == [("N128 D64 add res32 [weight float32]", 2 * n - 1),
+                                                      ("N128 D64 add res32 [out0 unused; weight float32]", 1)]
+    for op, call, unused in C.record(model, torch.bfloat16):
         spec = get(op)
         i, variant = C._match(spec, model.config, call)
+        variant = tuple(sorted(variant + tuple((f"out{j}", "unused", "") for j in unused)))
         tiny = C.model_shapes(spec, model.config, *C.TOKENS)[i]
         assert C._diff(C._bound(spec, (), C.inputs(spec, tiny, variant, True, spec.bench.dtype)), call) == ()
         assert (C.model_shapes(spec, model.config, 4, 32)[i], variant) in {(c.shape, c.variant) for c in got[op]}
 
 
-@pytest.mark.parametrize("name,size", [(n, "tiny") for n in ("HY", "GF", "HGF", "CP", "WS", "RF", "mamba2")]
-                         + [("GF-MH", "medium")])
-def test_the_specs_describe_every_call_of_every_model(name, size):
-    """No drift: every call of every fusion variant's step (the blend modes, the branch layouts) and of another
-    size matches one of its spec's model shapes (an unmatched call would leave its op on the reference)."""
+@pytest.mark.parametrize("name", ["HY", "HGF", "CP", "WS", "RF", "mamba2"])
+def test_the_specs_describe_every_call_of_every_model(name):
+    """No drift: every call of every fusion variant's step (the blend modes, the branch layouts; rwkv6 and
+    GF-MH in the tests next to this) matches one of its spec's model shapes (an unmatched call would leave its op
+    on the reference)."""
     import fused
-    model = fused.get_model(name, size=size, vocab_size=32, ops=registry.resolve("reference"))
+    model = fused.get_model(name, size="tiny", vocab_size=32, ops=registry.resolve("reference"))
     got = gate.step_calls(model, 4, 32)
     bad = [c.label for cs in got.values() for c in cs if c.shape is None]
     assert not bad, bad
     assert len(got["norm_gate"]) == (1 if name == "mamba2" else 2)      # the RWKV and the Mamba side
+
+
+def test_a_verdict_covers_the_calls_it_has_rows_for_and_an_older_one_is_qualified_again(tmp_path, no_compile_peer):
+    """A kernel is allowed for the run only where its verdict covers every call the step makes: a manifest
+    measured at the spec's inputs (the benchmarks', an older qualification's: no variant) does not cover the
+    step's fp32 call, so the plan measures the op again and ``choose`` keeps the reference until then; once a
+    verdict has a row for each call, the kernel is chosen and the op is not planned again."""
+    plain, fp32 = gate.Call(OP, SHAPE), gate.Call(OP, SHAPE, (("a", "dtype", "float32"),), 8)
+    step = {OP: [plain, fp32]}
+    old = _manifest(tmp_path)                                    # rows at "N16 D32 row" only
+    spec = registry.SPECS[OP]
+    impl, why = gate.Verdicts([old], shapes=step).choose(spec, lambda n: True)
+    assert impl == "reference" and f"not qualified for the step's call {fp32.label}" in why
+    plan, _ = gate._plan(step, True, gate.Verdicts([old]), force=False)
+    assert (OP, "triton") in _order(plan) and [c.label for c in plan[0][3]] == ["N16 D32 row", "N16 D32 row [a float32]"]
+    new = tmp_path / "new.json"
+    gate.write(gate.evidence([_row(i, ms, shape=label) for i, ms in (("reference", 3.0), ("triton", 1.0))
+                              for label in (plain.label, fp32.label)]), new)
+    v = gate.Verdicts([new], shapes=step)
+    assert v.choose(spec, lambda n: True)[0] == "triton" and v.ms_at(OP, "triton") == 1.0 + 8 * 1.0
+    assert gate._plan(step, True, gate.Verdicts([new]), force=False)[0] == []
+    # an unmatched call (the spec does not describe it) is covered by no verdict: the reference runs it
+    odd = {OP: [plain, gate.Call(OP, None, why="x (3,) float64")]}
+    assert gate.Verdicts([new], shapes=odd).choose(spec, lambda n: True)[0] == "reference"
+
+
+def test_each_call_is_held_to_the_bound_of_its_own_dtype(tmp_path):
+    """A step's fp32 call (the first layer's token shift) is checked against the fp32 bound even where the
+    verdict's other calls are bf16; a loosened bound recorded for one call makes the verdict stale."""
+    def rows(err32):
+        out = [dict(_row(i, ms, shape=label, err=err), dtype=dt) for i, ms in (("reference", 3.0), ("triton", 1.0))
+               for label, dt, err in (("N16 D32 row", "bfloat16", 1e-3), ("N16 D32 row [x float32]", "float32", err32))]
+        return out
+    ok = gate.evidence(rows(1e-7))[OP]["triton"]["eager"]
+    assert ok["allowed"] and ok["bound"] == get(OP).bound(torch.bfloat16)
+    bad = gate.evidence(rows(1e-4))[OP]["triton"]["eager"]
+    assert not bad["allowed"] and "out0 at N16 D32 row [x float32] fwdbwd" in bad["reason"]
+    def loosen(e):
+        for s in e["shapes"]:
+            s["bound"] = 1.0 if s["dtype"] == "float32" else s["bound"]
+        e.update(allowed=True, reason="allowed: tampered")
+
+    path = _manifest(tmp_path, rows(1e-4))
+    _edit(path, loosen)
+    ok, why = gate.Verdicts([path]).verdict(OP, "triton")
+    assert not ok and "the error bound of gate_norm_residual for float32 is 1e-05" in why
 
 
 def _order(plan):
@@ -846,3 +895,54 @@ def test_the_wkv6_reference_runs_the_batch_at_once_and_equals_it_sequence_by_seq
         for i, a in enumerate(whole):     # o and the final state by sequence; gradients add up over the parts
             b = torch.cat([p[i] for p in parts]) if i < 2 else sum(p[i] for p in parts)
             assert (a - b).norm() / b.norm() < 1e-12, (fn.__name__, i)
+
+
+# ------------------------------------------------------------------------------------- compile counts
+
+def compile_counts(name: str = "GF-MH", size: str = "tiny", batch: int | None = None,
+                   seq_len: int | None = None) -> dict:
+    """Kernel specialisations (a GPU compiles each once), counted on the CPU with the launches stubbed
+    (``precompile.launched_specialisations``): ``step``, one forward + backward of the model on the first lab
+    kernels under bf16 autocast (CPU's for CUDA's) at the step's batch and length; what the qualification
+    compiles — each call of each op's first lab kernel at the step's shape and at the error shape — ``before``
+    (the spec's inputs, one call per op: the gate until this change) and ``after`` (the step's calls with their
+    variants); and how many of the step's are new after each."""
+    import fused
+    from groundthink import calls as C
+    from groundthink.harness import fwd_bwd_step
+    from groundthink.precompile import launched_specialisations
+    model = fused.get_model(name, size=size, vocab_size=97, ops=registry.resolve("reference"))
+    batch, seq_len = batch or model.config.batch_size, seq_len or model.config.seq_len
+    calls = gate.step_calls(model, batch, seq_len, amp=torch.bfloat16)
+
+    def qualification(by_op):
+        with launched_specialisations(run=False) as seen:
+            for op, cs in by_op.items():
+                spec, labs = get(op), get(op).role("lab")
+                for c in cs if labs else ():
+                    err = tuple(spec.bench.err_shape(*c.shape)) if spec.bench.err_shape else tuple(c.shape)
+                    for shp in dict.fromkeys([tuple(c.shape), err]):
+                        fwd_bwd_step(C.unused_outputs(labs[0].load(), c.variant),
+                                     C.inputs(spec, shp, c.variant, True, spec.bench.dtype))[0]()
+        return seen
+
+    after = qualification(calls)
+    before = qualification({op: [gate.Call(op, C.model_shapes(get(op), model.config, batch, seq_len)[0])]
+                            for op in calls})
+    model.set_ops(registry.resolve("triton", cuda=False))
+    x = torch.zeros(batch, seq_len, dtype=torch.long)
+    with launched_specialisations(run=False) as step:
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+            loss = model(x, x)[1]
+        loss.float().backward()
+    return {"step": len(step), "before": len(before), "new_before": len(step - before), "after": len(after),
+            "new_after": len(step - after), "left": sorted(k[0] for k in step - after)}
+
+
+def test_the_qualification_compiles_every_specialisation_the_step_launches():
+    """Counted on the CPU (launches stubbed): qualifying the step's own calls meets every kernel specialisation
+    one training step launches (so the step compiles nothing after the qualification), where qualifying the
+    spec's inputs left most of them to the step (13 of 24 for GF-MH)."""
+    got = compile_counts("GF-MH", "tiny", 4, 32)
+    assert got["new_after"] == 0, got["left"]
+    assert got["new_before"] > 0 and got["step"] > got["before"] - got["new_before"]
