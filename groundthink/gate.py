@@ -53,9 +53,17 @@ the op's current sources, or whose timing rows lack a known mode; a value not ke
 the older format), an entry filed under another mode than it records, or a graph verdict of an implementation
 that is not graph-safe: all mean "not allowed", with a one-line reason.
 
-Gate on first use (``qualify``, from train.py ``--kernels auto`` on a GPU): what lacks a valid verdict at the
-model's shapes in the step's timing mode is measured and decided in ≤ 60 s for all ops together; the order,
+Gate on first use (``qualify``, from train.py ``--kernels auto`` on a GPU): what lacks a valid verdict covering
+the step's calls in the step's timing mode is measured and decided in ≤ 60 s for all ops together; the order,
 what is skipped to stay in the budget and what is never cut are in ``qualify``'s docstring.
+
+The step's calls (``groundthink.calls.step_calls``): every distinct (op, variant) one training step makes —
+dtypes, flags, modes, outputs without a gradient — recorded from the model itself, at the step's shape (the
+spec's ``model_shape`` entry it matches). Each is measured as its own row (labelled by the shape string and the
+variant, "B64 T256 D128 [x float32]"), checked against the bound of its own least precise dtype; a verdict
+covers the calls it has rows for, and ``Verdicts(shapes=calls)`` lets an implementation into the step only where
+its verdict covers every call (rows measured at the spec's inputs — the benchmarks', an older qualification's —
+cover only a call that passes exactly those: the first use measures the others).
 
 Sources (``op_sources``): every repository file the op's implementations and its reference execute — found by
 following their imports inside the repository (package ``__init__``s and reference helpers included).
@@ -74,7 +82,12 @@ Files: the published evidence ``profiles/<gpu-slug>/gates.json`` (written by the
                                 "dtype": str, "bound": float, "errors": {name: err}, "failed": [str],
                                 "source_hash": str, "sources": [path],
                                 "shapes": [{"shape", "timing_mode", "ms", "ref_ms", "speedup", "peak_mb",
-                                            "ref_peak_mb", "peer_ms": {peer: ms}}]}}}}}
+                                            "ref_peak_mb", "peer_ms": {peer: ms},
+                                            "dtype", "bound", "errors": {name: err}}]}}}}}
+
+    (a row's ``shape`` is a call's label and the pass; its dtype, bound and errors are that call's — the entry's
+    ``dtype``/``bound`` are its least precise row's, its ``errors`` the largest of all rows; entries written
+    before rows carried them are checked on the entry's alone)
 """
 from __future__ import annotations
 
@@ -851,19 +864,21 @@ def _autotune_configs(module: str) -> int:
                (name == pkg or name.startswith(pkg + ".")) for v in list(vars(m).values()) if isinstance(v, Autotuner))
 
 
-def expected_s(spec: OpSpec, impl, history: dict) -> tuple[float, str]:
-    """(seconds that measuring ``impl`` is expected to take here, where that figure comes from): the last
-    qualification's measurement on this machine, else the known first use (``FIRST_USE_S``), else a PyTorch
-    reference's ``REFERENCE_S``, else the number of autotune configs of the kernel's package."""
+def expected_s(spec: OpSpec, impl, history: dict, calls: int = 1) -> tuple[float, str]:
+    """(seconds that measuring ``impl`` in the step's ``calls`` calls is expected to take here, where that figure
+    comes from): the last qualification's measurement on this machine, else the known first use
+    (``FIRST_USE_S``), else a PyTorch reference's ``REFERENCE_S`` per call, else the number of autotune configs of
+    the kernel's package and ``BASE_S`` per call (each call's variant is a specialisation of its own)."""
     key = f"{spec.name}/{impl.name}"
     if key in history:
         return history[key], "measured here by an earlier run"
     if key in FIRST_USE_S:
         return FIRST_USE_S[key], "its first use on a cold H100"
     if impl.role == "reference":
-        return REFERENCE_S, "a PyTorch reference"
+        return REFERENCE_S * calls, "a PyTorch reference" + (f", {calls} calls" if calls > 1 else "")
     n = _autotune_configs(impl.module)
-    return BASE_S + CONFIG_S * n, f"{n} autotune configs to compile"
+    return BASE_S * calls + CONFIG_S * n, f"{n} autotune configs to compile" + (f", {calls} calls" if calls > 1
+                                                                                 else "")
 
 
 def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = False,
@@ -897,7 +912,8 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = 
             continue
         out += left
         pair = [(spec, spec.reference, spec.reference.load(), calls)] + gated[:1]
-        pairs.append((sum(expected_s(spec, it[1], history)[0] for it in pair), len(pairs), pair, gated[1:],
+        pairs.append((sum(expected_s(spec, it[1], history, len(calls))[0] for it in pair), len(pairs), pair,
+                      gated[1:],
                       [t for t in todo if t[1].role != role]))
     pairs.sort(key=lambda p: p[:2])
     heads = [item for p in pairs for item in p[2]]
@@ -934,7 +950,7 @@ def _background(plan: list, cuda: bool, parallel: bool, history: dict):
     if not (cuda and switched_on(parallel)):
         return None
     long = [[(s.name, i.name, [c.payload() for c in calls])] for s, i, fn, calls in plan if i is not s.reference and not isinstance(fn, Exception)
-            and expected_s(s, i, history)[0] >= BACKGROUND_S]
+            and expected_s(s, i, history, len(calls))[0] >= BACKGROUND_S]
     return Background(long) if long else None
 
 
@@ -959,7 +975,7 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     bar = tqdm(plan, desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
     for spec, impl, fn, shp in bar:
         op, name = spec.name, f"{spec.name}/{impl.name}"
-        exp, source = expected_s(spec, impl, history)
+        exp, source = expected_s(spec, impl, history, len(shp))
         if impl is not spec.reference and op in first and name not in history:
             exp, source = max(exp, first[op]), "what its first candidate took"
         if name in in_background:

@@ -254,8 +254,6 @@ def state_overrides():
 
 def test_triton_interpreter_matches_reference(tmp_path):
     """Same seed, --kernels triton (interpreter on CPU) vs --kernels reference: losses within 1% at every step."""
-    pytest.importorskip("kernels.wkv6")
-    pytest.importorskip("kernels.gate_norm_residual")
     common = ["--steps", "3", "--batch-size", "2", "--seq-len", "16", "--eval-interval", "3", "--eval-iters", "1",
               "--log-interval", "1", "--ckpt-interval", "100", "--sample-tokens", "0", "--no-progress", "--threads", "1",
               *TINY]
