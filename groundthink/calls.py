@@ -6,16 +6,14 @@ calls other variants: fp32 activations (the first layer's token shift, the resid
 Mamba side, gate_norm_residual's "add" mode after the FFN. A verdict then allowed kernel paths that never passed a
 check. Here the step's calls are recorded from the model, so the qualification cannot drift from it.
 
-How (``step_calls``). One forward and backward of the model at
-``TOKENS`` (batch 2 × 16 tokens) through recording references, under the step's autocast (bf16 on CUDA, as
-``TrainStep``), with gradients on. Each call's arguments are bound to the reference's signature (defaults
-filled in). Each is matched to one of its spec's ``model_shape`` entries (the calls the spec declares, at the same
+How (``step_calls``). One forward and backward of the model at ``TOKENS`` (batch 2 × 16 tokens) through
+recording references, under the step's autocast (bf16 on CUDA, as ``TrainStep``). Each call's arguments are bound
+to the reference's signature (defaults filled in). Each is matched to one of its spec's ``model_shape`` entries (the calls the spec declares, at the same
 tiny batch and length): the same arguments given or None, every tensor of the same number of elements and last
 dimension. What the call passes that ``make_inputs`` at that shape (in the spec's dtype) does not is its
 **variant**: a tensor's dtype or ``requires_grad``, a non-tensor argument's value — and, from the backward,
 an output that gets no gradient (the last layer's residual h: its backward kernel runs without ``dh``,
-``unused_outputs``). The step's call at the run's
-batch and length is then ``Call(op, shape = model_shape(cfg, batch, seq_len)[i], variant, count)``; ``inputs``
+``unused_outputs``). The step's call at the run's batch and length is then ``Call(op, shape = model_shape(cfg, batch, seq_len)[i], variant, count)``; ``inputs``
 rebuilds it (``make_inputs``, then the variant) at any shape of the op, e.g. the spec's error shape.
 
 A call that matches no entry is ``unmatched`` (its spec does not describe it): no verdict can cover it, so its
@@ -44,8 +42,8 @@ TOKENS = (2, 16)   # batch and length of the recording forward
 @dataclass(frozen=True)
 class Call:
     """One distinct call of the training step: ``shape`` (the spec's shape tuple, None if unmatched),
-    ``variant`` (sorted (argument, "dtype" | "grad" | "value", text) overrides of ``make_inputs``), ``count``
-    (calls of it per forward)."""
+    ``variant`` (sorted (argument, "dtype" | "grad" | "value", text) overrides of ``make_inputs``, and
+    ("out<i>", "unused", "") for an output without a gradient), ``count`` (calls of it per step)."""
     op: str
     shape: tuple | None
     variant: tuple = ()
@@ -136,10 +134,6 @@ def _bound(spec, args: tuple, kwargs: dict) -> dict:
     return dict(b.arguments)
 
 
-def _text(v) -> str:
-    return repr(v)
-
-
 def _diff(made: dict, call: dict) -> tuple | None:
     """The variant turning ``made`` (make_inputs' arguments) into ``call``'s, or None when they do not match
     (another argument given or None, a tensor of another size)."""
@@ -156,7 +150,7 @@ def _diff(made: dict, call: dict) -> tuple | None:
             if a.requires_grad != b.requires_grad:
                 out.append((name, "grad", str(b.requires_grad)))
         elif a != b or type(a) is not type(b):
-            out.append((name, "value", _text(b)))
+            out.append((name, "value", repr(b)))
     return tuple(out)
 
 
