@@ -8,13 +8,14 @@ check. Here the step's calls are recorded from the model, so the qualification c
 
 How (``step_calls``). One forward and backward of the model at ``TOKENS`` (batch 2 × 16 tokens) through
 recording references, under the step's autocast (bf16 on CUDA, as ``TrainStep``). Each call's arguments are bound
-to the reference's signature (defaults filled in). Each is matched to one of its spec's ``model_shape`` entries (the calls the spec declares, at the same
-tiny batch and length): the same arguments given or None, every tensor of the same number of elements and last
-dimension. What the call passes that ``make_inputs`` at that shape (in the spec's dtype) does not is its
-**variant**: a tensor's dtype or ``requires_grad``, a non-tensor argument's value — and, from the backward,
-an output that gets no gradient (the last layer's residual h: its backward kernel runs without ``dh``,
-``unused_outputs``). The step's call at the run's batch and length is then ``Call(op, shape = model_shape(cfg, batch, seq_len)[i], variant, count)``; ``inputs``
-rebuilds it (``make_inputs``, then the variant) at any shape of the op, e.g. the spec's error shape.
+to the reference's signature (defaults filled in). Each is matched to one of its spec's ``model_shape`` entries
+(the calls the spec declares, at the same tiny batch and length): the same arguments given or None, every tensor
+of the same number of elements and last dimension. What the call passes that ``make_inputs`` at that shape (in
+the spec's dtype) does not is its **variant**: a tensor's dtype or ``requires_grad``, a non-tensor argument's
+value — and, from the backward, an output that gets no gradient (the last layer's residual h: its backward kernel
+runs without ``dh``, ``unused_outputs``). The step's call at the run's batch and length is then
+``Call(op, shape = model_shape(cfg, batch, seq_len)[i], variant, count)``; ``inputs`` rebuilds it
+(``make_inputs``, then the variant) at any shape of the op, e.g. the spec's error shape.
 
 A call that matches no entry is ``unmatched`` (its spec does not describe it): no verdict can cover it, so its
 op runs its reference, and the qualification says why (fail closed).

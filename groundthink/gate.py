@@ -536,9 +536,9 @@ class Verdicts:
     ``shapes`` ({op: the step's ``Call``s (``step_calls``), or one spec shape tuple or ``shape_str``}): the
     calls the step makes — an implementation is chosen only where its verdict covers every one of them (a row
     at each call's label: its variant was qualified), and ``choose`` compares the time per step (each call's
-    fwd+bwd time × how often the step makes it); ``graph``: the training step will be captured, so the verdicts for the graph mode are read
-    (CUDA-graph timing against graph-safe competitors; implementations that are not graph-safe never chosen),
-    else the eager ones (``--graph off``). ``mode`` is that step mode."""
+    fwd+bwd time × how often the step makes it); ``graph``: the training step will be captured, so the verdicts
+    for the graph mode are read (CUDA-graph timing against graph-safe competitors; implementations that are not
+    graph-safe never chosen), else the eager ones (``--graph off``). ``mode`` is that step mode."""
 
     def __init__(self, paths: list[Path] | None = None, *, shapes: dict | None = None, graph: bool = False):
         self.paths = paths if paths is not None else [machine_path(), manifest_path()]
@@ -949,7 +949,8 @@ def _background(plan: list, cuda: bool, parallel: bool, history: dict):
     from groundthink.precompile import Background, switched_on
     if not (cuda and switched_on(parallel)):
         return None
-    long = [[(s.name, i.name, [c.payload() for c in calls])] for s, i, fn, calls in plan if i is not s.reference and not isinstance(fn, Exception)
+    long = [[(s.name, i.name, [c.payload() for c in calls])] for s, i, fn, calls in plan
+            if i is not s.reference and not isinstance(fn, Exception)
             and expected_s(s, i, history, len(calls))[0] >= BACKGROUND_S]
     return Background(long) if long else None
 

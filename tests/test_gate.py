@@ -435,7 +435,8 @@ def test_a_verdict_covers_the_calls_it_has_rows_for_and_an_older_one_is_qualifie
     impl, why = gate.Verdicts([old], shapes=step).choose(spec, lambda n: True)
     assert impl == "reference" and f"not qualified for the step's call {fp32.label}" in why
     plan, _ = gate._plan(step, True, gate.Verdicts([old]), force=False)
-    assert (OP, "triton") in _order(plan) and [c.label for c in plan[0][3]] == ["N16 D32 row", "N16 D32 row [a float32]"]
+    assert (OP, "triton") in _order(plan)
+    assert [c.label for c in plan[0][3]] == ["N16 D32 row", "N16 D32 row [a float32]"]
     new = tmp_path / "new.json"
     gate.write(gate.evidence([_row(i, ms, shape=label) for i, ms in (("reference", 3.0), ("triton", 1.0))
                               for label in (plain.label, fp32.label)]), new)
