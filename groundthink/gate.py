@@ -615,7 +615,7 @@ class Verdicts:
                 whys.append(f"{impl.name}: not graph-safe (the step is captured)")
                 continue
             ok, why = self.verdict(op, impl.name)
-            missing = self.uncovered(op, impl.name) if ok else []
+            missing = self.uncovered(op, impl.name) if ok and labels else []
             if missing:
                 ok, why = False, (f"not qualified for the step's call {missing[0]}"
                                   + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
