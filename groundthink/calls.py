@@ -11,11 +11,12 @@ recording references, under the step's autocast (bf16 on CUDA, as ``TrainStep``)
 to the reference's signature (defaults filled in). Each is matched to one of its spec's ``model_shape`` entries
 (the calls the spec declares, at the same tiny batch and length): the same arguments given or None, every tensor
 of the same number of elements and last dimension. What the call passes that ``make_inputs`` at that shape (in
-the spec's dtype) does not is its **variant**: a tensor's dtype or ``requires_grad``, a non-tensor argument's
-value — and, from the backward, an output that gets no gradient (the last layer's residual h: its backward kernel
-runs without ``dh``, ``unused_outputs``). The step's call at the run's batch and length is then
-``Call(op, shape = model_shape(cfg, batch, seq_len)[i], variant, count)``; ``inputs`` rebuilds it
-(``make_inputs``, then the variant) at any shape of the op, e.g. the spec's error shape.
+the spec's dtype) does not is its **variant**: a tensor's dtype, ``requires_grad`` or padded rows (a column slice
+of a wider GEMM output, by its row stride), a non-tensor argument's value — and, from the backward, an output that
+gets no gradient (the last layer's residual h: its backward kernel runs without ``dh``, ``unused_outputs``). The
+step's call at the run's batch and length is then ``Call(op, shape = model_shape(cfg, batch, seq_len)[i],
+variant, count)``; ``inputs`` rebuilds it (``make_inputs``, then the variant) at any shape of the op, e.g. the
+spec's error shape.
 
 A call that matches no entry is ``unmatched`` (its spec does not describe it): no verdict can cover it, so its
 op runs its reference, and the qualification says why (fail closed).
@@ -24,8 +25,8 @@ Labels. ``Call.label`` = the spec's shape string, then the variant in brackets (
 rows and verdicts are keyed by it, so a verdict covers the variants it has rows for, and a benchmark row (no
 variant) covers a step call only where the step passes exactly what ``make_inputs`` makes.
 
-Not part of a variant: strides (mamba2's x, B, C and norm_gate's z are views in the step, contiguous in
-``make_inputs``); the kernels' specialisation on them is not qualified separately.
+Not part of a variant: other strides (mamba2's x, B, C are transposed views in the step, contiguous in
+``make_inputs``; mamba-ssm's kernels, a peer's, are not qualified in that layout).
 """
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def as_calls(op: str, value) -> list[Call]:
 
 def _show(v: tuple) -> str:
     name, kind, text = v
-    return {"dtype": f"{name} {text}", "grad": f"{name} grad={text}", "unused": f"{name} unused"}.get(
+    return {"dtype": f"{name} {text}", "grad": f"{name} grad={text}", "unused": f"{name} unused",
+            "rows": f"{name} rows {text}"}.get(
         kind, f"{name}={text}")
 
 
@@ -103,6 +105,9 @@ def inputs(spec, shape: tuple, variant: tuple, grad: bool, dtype: torch.dtype, s
             kw[name] = t.detach().requires_grad_(grad and text == "True")
         elif kind == "value":
             kw[name] = _value(text, exact)
+        elif kind == "rows":           # the same values in the columns of a wider buffer
+            buf = t.new_empty(*t.shape[:-1], int(text))
+            kw[name] = buf[..., :t.shape[-1]].copy_(t.detach()).requires_grad_(t.requires_grad)
     return kw
 
 
@@ -135,6 +140,12 @@ def _bound(spec, args: tuple, kwargs: dict) -> dict:
     return dict(b.arguments)
 
 
+def _padded_rows(t: torch.Tensor) -> bool:
+    """A view whose rows are further apart than their length (a column slice of a wider tensor: the step's z and
+    gate logits, split off one GEMM's output): kernels that take the row stride specialise on it."""
+    return t.dim() >= 2 and t.shape[-2] > 1 and t.stride(-1) == 1 and t.stride(-2) > t.shape[-1]
+
+
 def _diff(made: dict, call: dict) -> tuple | None:
     """The variant turning ``made`` (make_inputs' arguments) into ``call``'s, or None when they do not match
     (another argument given or None, a tensor of another size)."""
@@ -150,6 +161,8 @@ def _diff(made: dict, call: dict) -> tuple | None:
                 out.append((name, "dtype", str(b.dtype).removeprefix("torch.")))
             if a.requires_grad != b.requires_grad:
                 out.append((name, "grad", str(b.requires_grad)))
+            if _padded_rows(b) and a.is_contiguous():
+                out.append((name, "rows", str(b.stride(-2))))
         elif a != b or type(a) is not type(b):
             out.append((name, "value", repr(b)))
     return tuple(out)
