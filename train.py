@@ -324,14 +324,15 @@ def prepare_data(args, state, master, world, say):
 
 def qualify_kernels(args, model, ops, device, master, world, say):
     """--kernels auto on a GPU: the gate on first use qualifies every lab kernel that has no valid verdict for
-    this GPU at the model's shapes (≤ 60 s, per-machine manifest) — timed as CUDA-graph replays when the step
-    will be captured (--graph auto/on) — then the ops are chosen again: the fastest proven at the model's shapes.
+    this GPU covering each call the training step makes (``gate.step_calls``: every distinct op variant —
+    dtypes, flags, modes — at the step's shape; ≤ 60 s, per-machine manifest) — timed as CUDA-graph replays when
+    the step will be captured (--graph auto/on) — then the ops are chosen again: the fastest proven in those calls.
     Before any capture: the step must see the final kernels."""
     if args.kernels != "auto" or device.type != "cuda":
         return ops
     from groundthink import gate
     graph = args.graph != "off"
-    shapes = gate.model_shapes(model.config, args.batch_size, args.seq_len, gate.ops_used(model))
+    shapes = gate.step_calls(model, args.batch_size, args.seq_len)     # every (op, variant) the step calls
     if master:
         say(f"gate: {time.monotonic() - _T0:.1f} s after the start (imports, data, model)")
         gate.qualify(shapes, graph=graph, say=say, progress=not args.no_progress)

@@ -53,9 +53,17 @@ the op's current sources, or whose timing rows lack a known mode; a value not ke
 the older format), an entry filed under another mode than it records, or a graph verdict of an implementation
 that is not graph-safe: all mean "not allowed", with a one-line reason.
 
-Gate on first use (``qualify``, from train.py ``--kernels auto`` on a GPU): what lacks a valid verdict at the
-model's shapes in the step's timing mode is measured and decided in ≤ 60 s for all ops together; the order,
+Gate on first use (``qualify``, from train.py ``--kernels auto`` on a GPU): what lacks a valid verdict covering
+the step's calls in the step's timing mode is measured and decided in ≤ 60 s for all ops together; the order,
 what is skipped to stay in the budget and what is never cut are in ``qualify``'s docstring.
+
+The step's calls (``groundthink.calls.step_calls``): every distinct (op, variant) one training step makes —
+dtypes, flags, modes, outputs without a gradient — recorded from the model itself, at the step's shape (the
+spec's ``model_shape`` entry it matches). Each is measured as its own row (labelled by the shape string and the
+variant, "B64 T256 D128 [x float32]"), checked against the bound of its own least precise dtype; a verdict
+covers the calls it has rows for, and ``Verdicts(shapes=calls)`` lets an implementation into the step only where
+its verdict covers every call (rows measured at the spec's inputs — the benchmarks', an older qualification's —
+cover only a call that passes exactly those: the first use measures the others).
 
 Sources (``op_sources``): every repository file the op's implementations and its reference execute — found by
 following their imports inside the repository (package ``__init__``s and reference helpers included).
@@ -74,7 +82,12 @@ Files: the published evidence ``profiles/<gpu-slug>/gates.json`` (written by the
                                 "dtype": str, "bound": float, "errors": {name: err}, "failed": [str],
                                 "source_hash": str, "sources": [path],
                                 "shapes": [{"shape", "timing_mode", "ms", "ref_ms", "speedup", "peak_mb",
-                                            "ref_peak_mb", "peer_ms": {peer: ms}}]}}}}}
+                                            "ref_peak_mb", "peer_ms": {peer: ms},
+                                            "dtype", "bound", "errors": {name: err}}]}}}}}
+
+    (a row's ``shape`` is a call's label and the pass; its dtype, bound and errors are that call's — the entry's
+    ``dtype``/``bound`` are its least precise row's, its ``errors`` the largest of all rows; entries written
+    before rows carried them are checked on the entry's alone)
 """
 from __future__ import annotations
 
@@ -92,6 +105,7 @@ from typing import Callable
 
 import torch
 
+from groundthink.calls import Call, as_calls, inputs as call_inputs, row_dtype, step_calls, unused_outputs  # noqa: F401
 from groundthink.device import PEER_PACKAGES, gpu_name, gpu_slug, versions, warm_on_side_stream
 from groundthink.harness import fwd_bwd_step
 from groundthink.precompile import COMPILES, STATS as COMPILE_STATS, compile_winners, compiles_since
@@ -200,6 +214,10 @@ def rule(entry: dict) -> tuple[bool, str]:
                 ([f"failed: {'; '.join(failed)}"] if failed else [])
         return False, "denied: fails correctness (" + "; ".join(notes) + ")"
     shapes = entry.get("shapes") or []
+    wrong = [f"{', '.join(sorted(k for k, v in s['errors'].items() if not v <= s.get('bound')))} at {s['shape']}"
+             for s in shapes if any(not v <= s.get("bound") for v in (s.get("errors") or {}).values())]
+    if wrong:
+        return False, f"denied: fails correctness (relative error above its call's bound in {'; '.join(wrong)})"
     if not shapes:
         return False, "denied: no timing evidence"
     unknown = [s["shape"] for s in shapes if s.get("timing_mode") not in TIMINGS]
@@ -241,7 +259,7 @@ def _key(r: dict) -> tuple:
 def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict], mode: str) -> dict:
     """The ``mode`` verdict of ``impl`` from its rows ``mine`` and the op's other ``rows`` (all of that mode)."""
     hashes = sorted({r.get("source_hash") or "" for r in mine})
-    dtype = mine[0]["dtype"]
+    dtype = max((r["dtype"] for r in mine), key=lambda d: spec.bound(getattr(torch, d, torch.bfloat16)))
     bound = spec.bound(getattr(torch, dtype, torch.bfloat16))
     errors: dict[str, float] = {}
     failed = [f"{r['shape']} {r['pass']}" for r in mine if not r.get("ms")]
@@ -263,7 +281,8 @@ def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict], mode: st
         shapes.append({"shape": f"{r['shape']} {r['pass']}", "timing_mode": r.get("timing_mode"), "ms": r["ms"],
                        "ref_ms": rr["ms"],
                        "speedup": rr["ms"] / r["ms"], "peak_mb": r.get("peak_mb"),
-                       "ref_peak_mb": rr.get("peak_mb"), "peer_ms": peer_ms})
+                       "ref_peak_mb": rr.get("peak_mb"), "peer_ms": peer_ms, "dtype": r["dtype"],
+                       "bound": spec.bound(getattr(torch, r["dtype"], torch.bfloat16)), "errors": _row_errors(r)})
     entry = {"mode": mode, "role": spec.impl(impl).role, "dtype": dtype, "bound": bound, "errors": errors,
              "failed": failed, "shapes": shapes, "source_hash": hashes[0] or None, "sources": op_sources(spec.name)}
     entry["allowed"], entry["reason"] = rule(entry)
@@ -438,6 +457,9 @@ def _check_entry(entry) -> str | None:
             return "peak_mb / ref_peak_mb must be numbers"
         if s.get("timing_mode") not in TIMINGS:
             return f"a shape row has no known timing_mode ({'|'.join(TIMINGS)})"
+        if "errors" in s and not (isinstance(s["errors"], dict) and all(_num(v) for v in s["errors"].values())
+                                  and _num(s.get("bound")) and isinstance(s.get("dtype"), str)):
+            return "a shape row's errors, bound and dtype must be numbers, a number and a string"
     return None
 
 
@@ -487,6 +509,12 @@ def verdict_of(data: dict | None, status: str, op: str, impl: str, root: Path = 
         return False, (f"stale: the error bound of {op} for {entry['dtype']} is "
                        f"{spec.bound(dtype) if isinstance(dtype, torch.dtype) else 'unknown'}, the verdict used "
                        f"{entry['bound']:g}")
+    for s in entry["shapes"]:
+        dt = getattr(torch, s.get("dtype") or "", None)
+        if "errors" in s and (not isinstance(dt, torch.dtype) or s["bound"] != spec.bound(dt)):
+            return False, (f"stale: the error bound of {op} for {s['dtype']} is "
+                           f"{spec.bound(dt) if isinstance(dt, torch.dtype) else 'unknown'}, the verdict used "
+                           f"{s['bound']:g} at {s['shape']}")
     pkg = spec.impl(impl).module.split(".")[0]
     if pkg in PEER_PACKAGES and _recorded_versions(data["meta"]).get(pkg) != versions().get(pkg):
         return False, f"stale: {pkg} {_recorded_versions(data['meta']).get(pkg)} → {versions().get(pkg)}"
@@ -505,15 +533,17 @@ class Verdicts:
     shapes) first, the published one second. The first manifest with a verdict for an implementation decides
     (a malformed or inconsistent one decides too: not allowed); missing, stale and unreadable ones defer.
 
-    ``shapes`` ({op: the spec's shape tuple or its ``shape_str``}, e.g. ``model_shapes``): where ``choose``
-    compares speeds; ``graph``: the training step will be captured, so the verdicts for the graph mode are read
-    (CUDA-graph timing against graph-safe competitors; implementations that are not graph-safe never chosen),
-    else the eager ones (``--graph off``). ``mode`` is that step mode."""
+    ``shapes`` ({op: the step's ``Call``s (``step_calls``), or one spec shape tuple or ``shape_str``}): the
+    calls the step makes — an implementation is chosen only where its verdict covers every one of them (a row
+    at each call's label: its variant was qualified), and ``choose`` compares the time per step (each call's
+    fwd+bwd time × how often the step makes it); ``graph``: the training step will be captured, so the verdicts
+    for the graph mode are read (CUDA-graph timing against graph-safe competitors; implementations that are not
+    graph-safe never chosen), else the eager ones (``--graph off``). ``mode`` is that step mode."""
 
     def __init__(self, paths: list[Path] | None = None, *, shapes: dict | None = None, graph: bool = False):
         self.paths = paths if paths is not None else [machine_path(), manifest_path()]
         self.loaded = [(p, *load(p)) for p in self.paths]
-        self.shapes = {op: shp if isinstance(shp, str) else get(op).bench.shape_str(*shp)
+        self.shapes = {op: [(shp, 1)] if isinstance(shp, str) else [(c.label, c.count) for c in as_calls(op, shp)]
                        for op, shp in (shapes or {}).items()}
         self.graph = graph
         self.mode = "graph" if graph else "eager"
@@ -536,25 +566,32 @@ class Verdicts:
 
     def has(self, op: str, impl: str, shape: str | None = None, timing: str | None = None) -> bool:
         """A valid verdict (allowed or denied) for the step mode ``timing`` (default: this step's) exists; with
-        ``shape`` (a spec's ``shape_str``), one measured at that shape (a failure there counts)."""
+        ``shape`` (a call's label: a spec's ``shape_str`` and its variant), one measured at exactly that call (a
+        failure there counts)."""
         _, _, entry = self._decide(op, impl, timing)
         if entry is None or shape is None:
             return entry is not None
-        return any(s["shape"].startswith(shape + " ") for s in entry["shapes"]) or \
-            any(x.startswith(shape + " ") for x in entry.get("failed", []))
+        return any(x.rsplit(" ", 1)[0] == shape for x in [s["shape"] for s in entry["shapes"]] +
+                   entry.get("failed", []))
+
+    def uncovered(self, op: str, impl: str) -> list[str]:
+        """The step's calls of ``op`` (``shapes``) that the verdict of ``impl`` has no row for."""
+        return [label for label, _ in self.shapes.get(op, []) if not self.has(op, impl, label)]
 
     def ms_at(self, op: str, impl: str) -> float | None:
-        """The fwd+bwd (else fwd) time of ``impl`` at ``op``'s model shape, from its valid verdict for this step
-        mode; None without one."""
+        """The time of ``impl`` per step in ``op``'s calls (``shapes``: each call's fwd+bwd, else fwd, time × its
+        count), from its valid verdict for this step mode; None without one or without a row for every call."""
         _, _, entry = self._decide(op, impl)
-        shape = self.shapes.get(op)
-        if entry is None or shape is None:
+        if entry is None or not self.shapes.get(op):
             return None
-        for pass_ in ("fwdbwd", "fwd"):
-            for s in entry["shapes"]:
-                if s["shape"] == f"{shape} {pass_}":
-                    return s["ms"]
-        return None
+        ms = {s["shape"]: s["ms"] for s in entry["shapes"]}
+        total = 0.0
+        for label, count in self.shapes[op]:
+            row = ms.get(f"{label} fwdbwd", ms.get(f"{label} fwd"))
+            if row is None:
+                return None
+            total += count * row
+        return total
 
     def _fastest(self, op: str, names: list[str]) -> tuple[str, float | None]:
         """(name, ms) of the fastest of ``names`` at the op's model shape in this step mode; without any timing
@@ -568,7 +605,8 @@ class Verdicts:
     def choose(self, spec: OpSpec, usable: Callable[[str], bool]) -> tuple[str, str]:
         """(implementation, why): the best proven implementation of ``spec``'s op (module docstring);
         ``usable(impl)``: imports and runs here."""
-        op, shape = spec.name, self.shapes.get(spec.name)
+        op, labels = spec.name, self.shapes.get(spec.name, [])
+        shape = labels[0][0] if len(labels) == 1 else f"the step's {len(labels)} calls"
         whys, allowed = [], {"lab": [], "peer": []}
         for impl in spec.impls:
             if impl.role == "reference":
@@ -577,6 +615,11 @@ class Verdicts:
                 whys.append(f"{impl.name}: not graph-safe (the step is captured)")
                 continue
             ok, why = self.verdict(op, impl.name)
+            missing = self.uncovered(op, impl.name) if ok and labels else []
+            if missing:
+                ok, why = False, (f"not qualified for the step's call {missing[0]}"
+                                  + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                                  + " (its verdict covers other calls)")
             if ok and usable(impl.name):
                 allowed[impl.role].append(impl.name)
             elif impl.role == "lab":
@@ -586,13 +629,14 @@ class Verdicts:
         if peer is not None and (lab is None or (peer[1] is not None and lab[1] is not None and
                                                  peer[1] * (1 + NOISE) < lab[1])):
             vs = (f" — beats every allowed lab kernel at {shape} ({self.mode}: {peer[1]:.4g} vs {lab[0]} "
-                  f"{lab[1]:.4g} ms)" if lab else f" (lab: {'; '.join(whys)})" if spec.role("lab") else
+                  f"{lab[1]:.4g} ms per step)" if lab else f" (lab: {'; '.join(whys)})" if spec.role("lab") else
                   " (no lab kernel)")
             return peer[0], f"gate: peer {peer[0]} {self.verdict(op, peer[0])[1]}{vs}"
         if lab is not None:
             why = self.verdict(op, lab[0])[1]
             if len(allowed["lab"]) > 1:
-                why += (f"; fastest allowed at {shape} ({self.mode}: {lab[1]:.4g} ms of {len(allowed['lab'])})"
+                why += (f"; fastest allowed at {shape} ({self.mode}: {lab[1]:.4g} ms per step of "
+                        f"{len(allowed['lab'])})"
                         if lab[1] is not None else "; no timing at the model's shape: the spec's order")
             return lab[0], f"gate: {why}"
         return spec.reference.name, "gate: " + ("; ".join(whys) if whys else "no qualified implementation")
@@ -704,24 +748,38 @@ def graph_ms(step: Callable, leaves: list[torch.Tensor], cuda: bool = True) -> t
     return ms / copies, peak, reps * copies
 
 
-def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, device, timing: str = "eager") -> dict:
-    """One evidence row of ``impl`` at shape ``shp``, fwd+bwd: time and extra peak memory (at ``shp``), timed in
+def _oracle(ref: Callable) -> Callable:
+    """The reference as the float64 oracle: an output-dtype argument (decay_exp's ``dtype``) becomes float64 too."""
+    def run(**kw):
+        return ref(**{k: torch.float64 if isinstance(v, torch.dtype) else v for k, v in kw.items()})
+    return run
+
+
+def measure(spec: OpSpec, impl: str, fn: Callable, shp, device, timing: str = "eager") -> dict:
+    """One evidence row of ``impl`` in one call of the step (``shp``: a ``Call`` — the spec's shape and the
+    step's variant —, or a spec shape tuple), fwd+bwd: time and extra peak memory (at the call's shape), timed in
     ``timing`` mode (``TIMINGS``; "graph": CUDA-graph replays, ``graph_ms``), then errors of the output and every
-    gradient vs the float64 reference (at the spec's error shape). Timing first: an autotuned kernel tunes at its
-    first call, and whose key ignores the batch (mamba-ssm's) would otherwise be tuned at the error shape (B ≤ 2)
-    and train with that choice. On a CUDA device in the spec's dtype with CUDA events; elsewhere (the
-    interpreter) in float32 by the host clock."""
+    gradient vs the float64 reference (at the spec's error shape, the same variant). Timing first: an autotuned
+    kernel tunes at its first call, and whose key ignores the batch (mamba-ssm's) would otherwise be tuned at the
+    error shape (B ≤ 2) and train with that choice. On a CUDA device in the spec's dtype with the variant's
+    dtypes, with CUDA events; elsewhere (the interpreter) all in float32 by the host clock. The row's ``dtype``
+    is the call's least precise one (its error bound)."""
     from groundthink.harness import compare
-    b = spec.bench
+    b, call = spec.bench, as_calls(spec.name, shp)[0] if not isinstance(shp, Call) else shp
     cuda = torch.device(device).type == "cuda"
-    dtype = b.dtype if cuda else torch.float32
-    row = {"op": spec.name, "impl": impl, "shape": b.shape_str(*shp), "pass": "fwdbwd", "dtype": str(dtype)[6:],
+    base = b.dtype if cuda else torch.float32
+
+    def make(at, seed=0):
+        return call_inputs(spec, at, call.variant, True, base, seed=seed, device=device, exact=cuda)
+    row = {"op": spec.name, "impl": impl, "shape": call.label, "pass": "fwdbwd", "dtype": str(base)[6:],
            "timing_mode": timing, "ms": None, "reps": 0, "peak_mb": None, "errors": {},
            "source_hash": op_hash(spec.name), "note": ""}
     try:
         if timing not in TIMINGS:
             raise ValueError(f"timing must be one of {TIMINGS}; got {timing!r}")
-        step, leaves = fwd_bwd_step(fn, b.make_inputs(*shp, True, dtype=dtype, device=device))
+        kw, fn = make(call.shape), unused_outputs(fn, call.variant)
+        row["dtype"] = str(row_dtype(kw))[6:]
+        step, leaves = fwd_bwd_step(fn, kw)
         if timing == "graph":
             row["ms"], row["peak_mb"], row["reps"] = graph_ms(step, leaves, cuda)
         else:
@@ -731,16 +789,12 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp: tuple, device, timing: s
                 t.grad = None
             row["peak_mb"], first = _peak_mb(run, cuda)
             row["ms"], row["reps"] = _time_ms(run, cuda, first)
-        del step, leaves
+        del step, leaves, kw
         if impl != spec.reference.name:         # after the timing: the kernels' first call (autotuning) was at
-            err = b.err_shape(*shp) if b.err_shape else shp          # the model's shape, which training reuses
-            ref = spec.reference.load()
-
-            def err_inputs():
-                return b.make_inputs(*err, True, dtype=dtype, seed=1, device=device)
-            if cuda and tuple(err) != tuple(shp):   # its kernels specialise anew: compile them all at once first
-                compile_winners(lambda: fwd_bwd_step(fn, err_inputs())[0]())
-            row["errors"] = compare(fn, ref, err_inputs())
+            err = tuple(b.err_shape(*call.shape)) if b.err_shape else call.shape   # the step's shape
+            if cuda and err != tuple(call.shape):   # its kernels specialise anew: compile them all at once first
+                compile_winners(lambda: fwd_bwd_step(fn, make(err, 1))[0]())
+            row["errors"] = compare(fn, unused_outputs(_oracle(spec.reference.load()), call.variant), make(err, 1))
     except Exception as e:  # noqa: BLE001 - recorded: the rule denies a kernel that fails to run
         row["note"] = f"{type(e).__name__}: {str(e)[:200]}"
         row["ms"] = None
@@ -810,28 +864,32 @@ def _autotune_configs(module: str) -> int:
                (name == pkg or name.startswith(pkg + ".")) for v in list(vars(m).values()) if isinstance(v, Autotuner))
 
 
-def expected_s(spec: OpSpec, impl, history: dict) -> tuple[float, str]:
-    """(seconds that measuring ``impl`` is expected to take here, where that figure comes from): the last
-    qualification's measurement on this machine, else the known first use (``FIRST_USE_S``), else a PyTorch
-    reference's ``REFERENCE_S``, else the number of autotune configs of the kernel's package."""
+def expected_s(spec: OpSpec, impl, history: dict, calls: int = 1) -> tuple[float, str]:
+    """(seconds that measuring ``impl`` in the step's ``calls`` calls is expected to take here, where that figure
+    comes from): the last qualification's measurement on this machine, else the known first use
+    (``FIRST_USE_S``), else a PyTorch reference's ``REFERENCE_S`` per call, else the number of autotune configs of
+    the kernel's package and ``BASE_S`` per call (each call's variant is a specialisation of its own)."""
     key = f"{spec.name}/{impl.name}"
     if key in history:
         return history[key], "measured here by an earlier run"
     if key in FIRST_USE_S:
         return FIRST_USE_S[key], "its first use on a cold H100"
     if impl.role == "reference":
-        return REFERENCE_S, "a PyTorch reference"
+        return REFERENCE_S * calls, "a PyTorch reference" + (f", {calls} calls" if calls > 1 else "")
     n = _autotune_configs(impl.module)
-    return BASE_S + CONFIG_S * n, f"{n} autotune configs to compile"
+    return BASE_S * calls + CONFIG_S * n, f"{n} autotune configs to compile" + (f", {calls} calls" if calls > 1
+                                                                                 else "")
 
 
 def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = False,
           history: dict | None = None) -> tuple[list, list]:
-    """([(spec, impl, fn or the import error, shape)] to measure, [what is left out and why]).
+    """([(spec, impl, fn or the import error, [Call])] to measure, [what is left out and why]).
 
-    An op is qualified when one of its gated candidates (lab kernels, or for an op without any, its peers) has
-    no valid verdict at that shape and timing mode in the per-machine manifest (``force``: always); then its
-    reference, those candidates and its peers without one are measured (a peer that has one is not re-timed).
+    ``shapes``: {op: the step's ``Call``s (``step_calls``) or one spec shape tuple}. An op is qualified when one
+    of its gated candidates (lab kernels, or for an op without any, its peers) has no valid verdict covering
+    every call (a row at each call's label) in that timing mode in the per-machine manifest (``force``: always);
+    then its reference, those candidates and its peers without one are measured in every call (a peer that has
+    one is not re-timed).
     Ordered so that a spent time budget costs the least: first every op's decisive pair (its reference and first
     choice: the first lab kernel, or for an op without one its first peer), cheapest pair first by
     ``expected_s`` (``history``: seconds measured here before) — so that an op with one cheap candidate, such
@@ -839,21 +897,23 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = 
     by rank; then the remaining peers."""
     history = history or {}
     pairs, out = [], []      # (expected s of the pair, spec order, the pair, further candidates, other peers)
-    for op, shp in shapes.items():
+    for op, value in shapes.items():
         spec = get(op)
-        if spec.bench is None:
+        calls = [c for c in as_calls(op, value) if c.shape is not None]    # an unmatched call: never allowed
+        if spec.bench is None or not calls:
             continue
-        shape = spec.bench.shape_str(*shp)
         cands, left = _candidates(spec, cuda, graph)
         role = "lab" if any(i.role == "lab" for i, _ in cands) else "peer"
         timing = _timing(spec, graph)
-        todo = [(spec, i, fn, shp) for i, fn in cands if force or not known.has(op, i.name, shape, timing)]
+        todo = [(spec, i, fn, calls) for i, fn in cands
+                if force or not all(known.has(op, i.name, c.label, timing) for c in calls)]
         gated = [t for t in todo if t[1].role == role]
         if not gated:
             continue
         out += left
-        pair = [(spec, spec.reference, spec.reference.load(), shp)] + gated[:1]
-        pairs.append((sum(expected_s(spec, it[1], history)[0] for it in pair), len(pairs), pair, gated[1:],
+        pair = [(spec, spec.reference, spec.reference.load(), calls)] + gated[:1]
+        pairs.append((sum(expected_s(spec, it[1], history, len(calls))[0] for it in pair), len(pairs), pair,
+                      gated[1:],
                       [t for t in todo if t[1].role != role]))
     pairs.sort(key=lambda p: p[:2])
     heads = [item for p in pairs for item in p[2]]
@@ -861,9 +921,9 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = 
     return heads + seconds + [item for p in pairs for item in p[4]], out
 
 
-def _failed_row(spec: OpSpec, impl, shp, timing: str, err: Exception, device) -> dict:
+def _failed_row(spec: OpSpec, impl, call: Call, timing: str, err: Exception, device) -> dict:
     dtype = spec.bench.dtype if torch.device(device).type == "cuda" else torch.float32
-    return {"op": spec.name, "impl": impl.name, "shape": spec.bench.shape_str(*shp), "pass": "fwdbwd",
+    return {"op": spec.name, "impl": impl.name, "shape": call.label, "pass": "fwdbwd",
             "dtype": str(dtype)[6:], "timing_mode": timing, "ms": None, "errors": {}, "source_hash": op_hash(spec.name),
             "note": f"not importable: {type(err).__name__}: {err}"}
 
@@ -889,8 +949,9 @@ def _background(plan: list, cuda: bool, parallel: bool, history: dict):
     from groundthink.precompile import Background, switched_on
     if not (cuda and switched_on(parallel)):
         return None
-    long = [[(s.name, i.name, shp)] for s, i, fn, shp in plan if i is not s.reference and not isinstance(fn, Exception)
-            and expected_s(s, i, history)[0] >= BACKGROUND_S]
+    long = [[(s.name, i.name, [c.payload() for c in calls])] for s, i, fn, calls in plan
+            if i is not s.reference and not isinstance(fn, Exception)
+            and expected_s(s, i, history, len(calls))[0] >= BACKGROUND_S]
     return Background(long) if long else None
 
 
@@ -915,7 +976,7 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     bar = tqdm(plan, desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
     for spec, impl, fn, shp in bar:
         op, name = spec.name, f"{spec.name}/{impl.name}"
-        exp, source = expected_s(spec, impl, history)
+        exp, source = expected_s(spec, impl, history, len(shp))
         if impl is not spec.reference and op in first and name not in history:
             exp, source = max(exp, first[op]), "what its first candidate took"
         if name in in_background:
@@ -944,14 +1005,16 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
             waited, what = background.wait(op, impl.name)
             say(f"gate: {name}: waited {waited:.1f} s for its background compile ({what})")
         if isinstance(fn, Exception):
-            rows.append(_failed_row(spec, impl, shp, timing[op], fn, device))
+            rows += [_failed_row(spec, impl, c, timing[op], fn, device) for c in shp]
         else:
-            rows.append(measure(spec, impl.name, fn, shp, device, timing[op]))
-            if impl is spec.reference and rows[-1]["ms"] is None and timing[op] == "graph":
-                say(f"gate {op}: the reference could not be captured ({rows[-1]['note'][:120]}); timing "
+            got = [measure(spec, impl.name, fn, c, device, timing[op]) for c in shp]
+            rows += got
+            bad = [r for r in got if r["ms"] is None]
+            if impl is spec.reference and bad and timing[op] == "graph":
+                say(f"gate {op}: the reference could not be captured ({bad[0]['note'][:120]}); timing "
                     f"{op} eagerly")
                 timing[op] = "eager"
-                rows.append(measure(spec, impl.name, fn, shp, device, "eager"))
+                rows += [measure(spec, impl.name, fn, c, device, "eager") for c in shp]
         spent.setdefault(op, {})[impl.name] = time.monotonic() - t1
         if not progress:   # no bar: one line per item, so a run cut short still shows where its time went
             say(f"gate: {name} measured in {spent[op][impl.name]:.1f} s (expected {exp:.1f} s: {source})"
@@ -974,10 +1037,11 @@ def _compiled_since(before: dict) -> str:
 def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | None = None, device=None,
             say: Callable[[str], None] = print, progress: bool = True, force: bool = False,
             budget_s: float = 60.0, graph: bool = False, parallel: bool = True) -> dict:
-    """Gate on first use: for every op in ``shapes`` (op -> the spec's shape tuple, e.g. ``model_shapes``)
-    whose lab candidates (or, for an op without lab kernels, its installed peers) have no valid verdict at that
-    shape in the per-machine manifest (``force``: all of them), measure the reference, those candidates and the
-    installed peers at that shape (``measure``: errors of the output and every gradient vs float64, fwd+bwd
+    """Gate on first use: for every op in ``shapes`` (op -> the step's ``Call``s, ``step_calls``: each distinct
+    variant the training step calls at its shape; or one spec shape tuple) whose lab candidates (or, for an op
+    without lab kernels, its installed peers) have no valid verdict covering every call in the per-machine
+    manifest (``force``: all of them), measure the reference, those candidates and the installed peers in each
+    call (``measure``: errors of the output and every gradient vs float64, fwd+bwd
     time, extra peak memory; ``graph``: the training step will be captured, so CUDA-graph timing and graph-safe
     implementations only), decide with ``rule`` and write the per-machine manifest (``machine_path()``;
     ``path`` overrides).
@@ -999,6 +1063,11 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = path or machine_path()
     t0 = time.monotonic()                       # the budget counts the imports of the candidates too
+    for op, value in shapes.items():
+        for c in as_calls(op, value):
+            if c.shape is None:
+                say(f"gate: {op}: the step makes a call that kernels/{op}/spec.py's model_shape does not describe "
+                    f"({c.why}); only the reference may run it")
     history, deferred_before = _history(load(path)[0])
     plan, left = _plan(shapes, cuda, Verdicts([path]), force, graph, history)
     if not plan:
@@ -1059,39 +1128,3 @@ def deferred_notes(ops, path: Path | None = None) -> list[str]:
     return [f"gate: {op} uses {ops.choices[op].impl} this run ({ops.choices[op].reason.removeprefix('gate: ')}); "
             f"{', '.join(names)} deferred, measured by the next run" for op, names in by_op.items()
             if op in ops.choices]
-
-
-def model_shapes(cfg, batch_size: int, seq_len: int, ops=None) -> dict[str, tuple]:
-    """{op: shape} of every op with a ``model_shape`` in its spec, for a model of config ``cfg``; ``ops``: only
-    these (``ops_used``: what the model's training step calls — a pure RWKV-6 model never calls mamba2)."""
-    return {op: s.bench.model_shape(cfg, batch_size, seq_len) for op, s in specs().items()
-            if s.bench is not None and s.bench.model_shape is not None and (ops is None or op in ops)}
-
-
-class _Recorder:
-    """Stands in for an ``OpSet``: hands out each op's reference and records which ops were asked for."""
-
-    def __init__(self):
-        self.used: set[str] = set()
-
-    def __getattr__(self, op: str):
-        if op.startswith("_") or op not in specs():
-            raise AttributeError(op)
-        self.used.add(op)
-        return get(op).reference.load()
-
-
-def ops_used(model, tokens: int = 16) -> set[str]:
-    """The ops the model's training step calls: one forward with targets of ``tokens`` tokens through recording
-    references (no gradients; the backward of an op runs inside its own call), its ops restored after. What the
-    qualification needs to measure — nothing that training cannot use."""
-    recorder, ops = _Recorder(), model.ops
-    device = next(model.parameters()).device
-    idx = torch.zeros(1, tokens, dtype=torch.long, device=device)
-    model.set_ops(recorder)
-    try:
-        with torch.no_grad():
-            model(idx, idx)
-    finally:
-        model.set_ops(ops)
-    return recorder.used

@@ -245,6 +245,45 @@ def compiles_since(before: dict) -> str:
         else ""
 
 
+def _spec_key(value, constexpr: bool):
+    """What Triton specialises a kernel argument on (so a new value of it is a new compile): a tensor's dtype and
+    16-byte alignment, an int's being 1 or a multiple of 16 (and its width), a constexpr's value."""
+    if constexpr or value is None or isinstance(value, (bool, str)):
+        return repr(value)
+    if hasattr(value, "data_ptr"):
+        return f"*{str(value.dtype).removeprefix('torch.')}{':16' if value.data_ptr() % 16 == 0 else ''}"
+    if isinstance(value, int):
+        return "1" if value == 1 else ("i64" if abs(value) >= 2**31 else "i32") + (":16" if value % 16 == 0 else "")
+    return type(value).__name__
+
+
+@contextlib.contextmanager
+def launched_specialisations(run: bool = True):
+    """Inside, under the Triton interpreter (a CPU): every Triton kernel launch is recorded as (kernel name, its
+    specialisation: ``_spec_key`` of each argument, the launch's meta-parameters) in the yielded set — on a GPU
+    each distinct one is a compile. ``run=False``: the launches do nothing (counting only; the outputs stay
+    unwritten). How the step's compiles and the qualification's are counted on a CPU (tests/test_gate.py)."""
+    import inspect as _inspect
+
+    from triton.runtime.interpreter import InterpretedFunction
+    seen: set = set()
+    original = InterpretedFunction.run
+
+    def record(self, *args, grid, warmup, **kwargs):
+        params = _inspect.signature(self.fn).parameters
+        named = {**dict(zip(self.arg_names, args)), **kwargs}
+        key = tuple((k, _spec_key(v, "constexpr" in str(getattr(params.get(k), "annotation", ""))))
+                    for k, v in named.items())
+        seen.add((self.fn.__name__, key))
+        return original(self, *args, grid=grid, warmup=warmup, **kwargs) if run else None
+
+    InterpretedFunction.run = record
+    try:
+        yield seen
+    finally:
+        InterpretedFunction.run = original
+
+
 # ------------------------------------------------------------------------------ compile in the background
 
 class _Tagged:
@@ -348,18 +387,24 @@ def compile_winners(call) -> None:
 
 
 def _dry_run(op: str, impl: str, shape: list) -> None:
-    """One forward + backward of ``op``/``impl`` at ``shape`` and at the spec's error shape (what ``gate.measure``
-    runs) inside an active ``compile_only``: the kernels' compiles are submitted, none is waited for."""
+    """One forward + backward of ``op``/``impl`` in each of the step's calls (``shape``: their
+    ``groundthink.calls.Call.payload()``s, or one spec shape) at its shape and at the spec's error shape (what
+    ``gate.measure`` runs) inside an active ``compile_only``: the kernels' compiles are submitted, none is waited
+    for."""
     import torch
 
+    from groundthink.calls import Call, from_payload, inputs, unused_outputs
     from groundthink.harness import fwd_bwd_step
     from groundthink.spec import get
     spec = get(op)
     fn, b = spec.impl(impl).load(), spec.bench
-    err = list(b.err_shape(*shape)) if b.err_shape else shape
-    for shp in [shape] + ([err] if err != list(shape) else []):
-        step, _ = fwd_bwd_step(fn, b.make_inputs(*shp, True, dtype=b.dtype, device=torch.device("cuda")))
-        step()
+    calls = [from_payload(op, c) for c in shape] if shape and isinstance(shape[0], dict) else [Call(op, tuple(shape))]
+    for call in calls:
+        err = tuple(b.err_shape(*call.shape)) if b.err_shape else call.shape
+        for shp in [call.shape] + ([err] if err != call.shape else []):
+            kw = inputs(spec, shp, call.variant, True, b.dtype, device=torch.device("cuda"))
+            step, _ = fwd_bwd_step(unused_outputs(fn, call.variant), kw)
+            step()
 
 
 STEP = "step"      # the op name of a background item that dry-runs a training step: its impl names the module whose

@@ -45,7 +45,9 @@ Optional fields of ``OpSpec`` (an op without ``bench`` is simply not benchmarked
     dtype           the benchmarked input dtype (torch.bfloat16 by default)
     quick_peer      (*shp) -> whether the peers are timed at this shape in the quick grid (default: always)
     model_shape     (cfg, batch, seq_len) -> the shape tuple of the op inside a model of config ``cfg``
-                    (fused.configs.ModelConfig): what the gate qualifies a kernel at (gate on first use)
+                    (fused.configs.ModelConfig), or a list of them: one per kind of call the model makes
+                    (norm_gate's RWKV and Mamba sides). The gate records the step's calls and matches each to
+                    one of these (``groundthink.calls``): what it qualifies a kernel at (gate on first use)
 
 Discovery: ``specs()`` reads every ``kernels/*/spec.py`` by path (no kernel module is imported: the spec files
 import only torch and this module), ordered by ``ORDER`` then by name. Adding an op or an algorithm touches

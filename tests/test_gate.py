@@ -268,7 +268,7 @@ def test_a_further_candidate_starts_only_if_the_first_ones_time_still_fits(tmp_p
     autotune cost the like), while norm_gate's cheap pair, planned first, was measured."""
     def fake_measure(spec, impl, fn, shp, device, timing):
         time.sleep({"reference": 0.0, "triton": 0.3}.get(impl, 0.0))
-        return {"op": spec.name, "impl": impl, "shape": spec.bench.shape_str(*shp), "pass": "fwdbwd",
+        return {"op": spec.name, "impl": impl, "shape": shp.label, "pass": "fwdbwd",
                 "dtype": "float32", "timing_mode": timing, "ms": None, "errors": {}, "source_hash": "", "note": ""}
 
     monkeypatch.setattr(gate, "measure", fake_measure)
@@ -293,7 +293,7 @@ def test_an_item_expected_to_overrun_is_deferred_and_train_says_what_is_used_ins
 
     def fake_measure(spec, impl, fn, shp, device, timing):
         measured.append(f"{spec.name}/{impl}")
-        return {"op": spec.name, "impl": impl, "shape": spec.bench.shape_str(*shp), "pass": "fwdbwd",
+        return {"op": spec.name, "impl": impl, "shape": shp.label, "pass": "fwdbwd",
                 "dtype": "float32", "timing_mode": timing, "ms": 1.0, "errors": {}, "source_hash": "", "note": ""}
 
     monkeypatch.setattr(gate, "measure", fake_measure)
@@ -339,7 +339,7 @@ def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_pat
 
     def fake_measure(spec, impl, fn, shp, device, timing="eager"):
         events.append(f"measure {spec.name}/{impl}")
-        return {"op": spec.name, "impl": impl, "shape": spec.bench.shape_str(*shp), "pass": "fwdbwd",
+        return {"op": spec.name, "impl": impl, "shape": shp.label, "pass": "fwdbwd",
                 "dtype": "float32", "timing_mode": timing, "ms": 1.0, "errors": {}, "source_hash": "", "note": ""}
 
     monkeypatch.setattr(gate, "measure", fake_measure)
@@ -374,25 +374,100 @@ def test_only_long_items_compile_in_the_background(monkeypatch):
     assert gate._background(plan, True, False, {}) is None
 
 
-def test_model_shapes_come_from_the_specs():
-    from fused.configs import ModelConfig
-    cfg = ModelConfig(name="GF-MH")
-    shapes = gate.model_shapes(cfg, 4, 32)
-    assert shapes["wkv6"] == (4, 32, cfg.n_head, cfg.head_size, cfg.head_size)
-    assert shapes[OP] == (128, cfg.d_model, "row", cfg.residual_fp32)
-    assert shapes["mamba2"][:2] == (4, 32)
-
-
-def test_only_what_the_model_calls_is_qualified():
-    """A pure RWKV-6 model never calls mamba2 or causal_conv1d (mamba-ssm's first use: 52 s in run 6): the
-    qualification does not measure them; the model's own ops are restored after the recording forward."""
+def _rwkv6_calls():
+    """The calls of a tiny pure RWKV-6 model's step under bf16 autocast (CPU's standing in for CUDA's; no
+    conv: bf16 conv1d is slow on a CPU), at batch 4 × 32, and the model."""
     import fused
     model = fused.get_model("rwkv6", size="tiny", vocab_size=32, ops=registry.resolve("reference"))
-    ops = model.ops
-    used = gate.ops_used(model)
-    assert model.ops is ops and used == {"wkv6", "ddlerp", "decay_exp", "shift_lerp", "norm_gate",
-                                         "gate_norm_residual", "cross_entropy"}
-    assert set(gate.model_shapes(model.config, 4, 32, used)) == used
+    return gate.step_calls(model, 4, 32, amp=torch.bfloat16), model
+
+
+def test_the_steps_calls_are_read_off_the_model(one_thread):
+    """Every distinct (op, variant) one step calls, recorded from the model (its ops restored after): a pure
+    RWKV-6 model never calls mamba2 or causal_conv1d (mamba-ssm's first use: 52 s in run 6); the first layer's
+    token shift reads fp32 activations, the others bf16; wkv6 gets an fp32 u and scale 1; gate_norm_residual
+    runs "add" with fp32 weights, and in the last layer without a gradient for h (its backward without dh). Each
+    call rebuilt by ``calls.inputs`` at the recording's shape is the call."""
+    from groundthink import calls as C
+    got, model = _rwkv6_calls()
+    assert set(got) == {"wkv6", "ddlerp", "decay_exp", "shift_lerp", "norm_gate", "gate_norm_residual",
+                        "cross_entropy"}
+    assert model.ops.impls()["wkv6"] == "reference"           # restored
+    n = model.config.n_layer
+    assert {(c.label, c.count) for c in got["shift_lerp"]} == {("B4 T32 D64 [x float32]", 1), ("B4 T32 D64", n - 1)}
+    assert [c.label for c in got["wkv6"]] == ["B4 T32 H2 K32 V32 [scale=1.0; u float32]"]
+    assert [(c.label, c.count) for c in got[OP]] == [("N128 D64 add res32 [weight float32]", 2 * n - 1),
+                                                      ("N128 D64 add res32 [out0 unused; weight float32]", 1)]
+    for op, call, unused in C.record(model, torch.bfloat16):
+        spec = get(op)
+        i, variant = C._match(spec, model.config, call)
+        variant = tuple(sorted(variant + tuple((f"out{j}", "unused", "") for j in unused)))
+        tiny = C.model_shapes(spec, model.config, *C.TOKENS)[i]
+        assert C._diff(C._bound(spec, (), C.inputs(spec, tiny, variant, True, spec.bench.dtype)), call) == ()
+        assert (C.model_shapes(spec, model.config, 4, 32)[i], variant) in {(c.shape, c.variant) for c in got[op]}
+    for op, cs in got.items():      # what a background compile's subprocess is given
+        assert all(C.from_payload(op, json.loads(json.dumps(c.payload()))) == C.Call(op, c.shape, c.variant)
+                   for c in cs)
+
+
+@pytest.mark.parametrize("name", ["HY", "HGF", "WS", "mamba2"])
+def test_the_specs_describe_every_call_of_every_model(name, one_thread):
+    """No drift: every call of the step matches one of its spec's model shapes (an unmatched call would leave its
+    op on the reference) — for every blend mode (vector, element, weights here; row in GF-MH and add in rwkv6, the
+    tests next to this; CP and RF blend by "add" too) and branch layout (pure Mamba-2 here)."""
+    import fused
+    model = fused.get_model(name, size="tiny", vocab_size=32, ops=registry.resolve("reference"))
+    got = gate.step_calls(model, 4, 32)
+    bad = [c.label for cs in got.values() for c in cs if c.shape is None]
+    assert not bad, bad
+    assert len(got["norm_gate"]) == (1 if name == "mamba2" else 2)      # the RWKV and the Mamba side
+
+
+def test_a_verdict_covers_the_calls_it_has_rows_for_and_an_older_one_is_qualified_again(tmp_path, no_compile_peer):
+    """A kernel is allowed for the run only where its verdict covers every call the step makes: a manifest
+    measured at the spec's inputs (the benchmarks', an older qualification's: no variant) does not cover the
+    step's fp32 call, so the plan measures the op again and ``choose`` keeps the reference until then; once a
+    verdict has a row for each call, the kernel is chosen and the op is not planned again."""
+    plain, fp32 = gate.Call(OP, SHAPE), gate.Call(OP, SHAPE, (("a", "dtype", "float32"),), 8)
+    step = {OP: [plain, fp32]}
+    old = _manifest(tmp_path)                                    # rows at "N16 D32 row" only
+    spec = registry.SPECS[OP]
+    impl, why = gate.Verdicts([old], shapes=step).choose(spec, lambda n: True)
+    assert impl == "reference" and f"not qualified for the step's call {fp32.label}" in why
+    plan, _ = gate._plan(step, True, gate.Verdicts([old]), force=False)
+    assert (OP, "triton") in _order(plan)
+    assert [c.label for c in plan[0][3]] == ["N16 D32 row", "N16 D32 row [a float32]"]
+    new = tmp_path / "new.json"
+    gate.write(gate.evidence([_row(i, ms, shape=label) for i, ms in (("reference", 3.0), ("triton", 1.0))
+                              for label in (plain.label, fp32.label)]), new)
+    v = gate.Verdicts([new], shapes=step)
+    assert v.choose(spec, lambda n: True)[0] == "triton" and v.ms_at(OP, "triton") == 1.0 + 8 * 1.0
+    assert gate._plan(step, True, gate.Verdicts([new]), force=False)[0] == []
+    # an unmatched call (the spec does not describe it) is covered by no verdict: the reference runs it
+    odd = {OP: [plain, gate.Call(OP, None, why="x (3,) float64")]}
+    assert gate.Verdicts([new], shapes=odd).choose(spec, lambda n: True)[0] == "reference"
+
+
+def test_each_call_is_held_to_the_bound_of_its_own_dtype(tmp_path):
+    """A step's fp32 call (the first layer's token shift) is checked against the fp32 bound even where the
+    verdict's other calls are bf16; a loosened bound recorded for one call makes the verdict stale."""
+    def rows(err32):
+        out = [dict(_row(i, ms, shape=label, err=err), dtype=dt) for i, ms in (("reference", 3.0), ("triton", 1.0))
+               for label, dt, err in (("N16 D32 row", "bfloat16", 1e-3), ("N16 D32 row [x float32]", "float32", err32))]
+        return out
+    ok = gate.evidence(rows(1e-7))[OP]["triton"]["eager"]
+    assert ok["allowed"] and ok["bound"] == get(OP).bound(torch.bfloat16)
+    bad = gate.evidence(rows(1e-4))[OP]["triton"]["eager"]
+    assert not bad["allowed"] and "out0 at N16 D32 row [x float32] fwdbwd" in bad["reason"]
+    def loosen(e):
+        for s in e["shapes"]:
+            s["bound"] = 1.0 if s["dtype"] == "float32" else s["bound"]
+        e.update(allowed=True, reason="allowed: tampered")
+
+    path = _manifest(tmp_path, rows(1e-4))
+    _edit(path, loosen)
+    ok, why = gate.Verdicts([path]).verdict(OP, "triton")
+    assert not ok and "the error bound of gate_norm_residual for float32 is 1e-05" in why
 
 
 def _order(plan):
@@ -653,12 +728,14 @@ def test_choose_takes_the_fastest_allowed_lab_kernel_at_the_models_shape(tmp_pat
     path = _wkv_manifest(tmp_path, [("graph", {"triton": 1.0, "triton_fused": 0.6})])
     spec = registry.SPECS[WKV]
     impl, why = gate.Verdicts([path], shapes={WKV: (1, 40, 2, 16, 16)}, graph=True).choose(spec, lambda n: True)
-    assert impl == "triton_fused" and "fastest allowed at B1 T40 H2 K16 V16 (graph: 0.6 ms of 2)" in why
-    # no timing at the model's shape: the spec's order
-    impl, why = gate.Verdicts([path], shapes={WKV: (2, 40, 2, 16, 16)}, graph=True).choose(spec, lambda n: True)
+    assert impl == "triton_fused" and "fastest allowed at B1 T40 H2 K16 V16 (graph: 0.6 ms per step of 2)" in why
+    # no verdict covers the step's call (another shape, or another variant of it): not allowed there
+    for shp in [(2, 40, 2, 16, 16), [gate.Call(WKV, (1, 40, 2, 16, 16), (("u", "dtype", "float32"),))]]:
+        impl, why = gate.Verdicts([path], shapes={WKV: shp}, graph=True).choose(spec, lambda n: True)
+        assert impl == "reference" and "not qualified for the step's call B" in why
+    # no step calls given: the spec's order
+    impl, why = gate.Verdicts([path], graph=True).choose(spec, lambda n: True)
     assert impl == "triton" and "the spec's order" in why
-    impl, _ = gate.Verdicts([path], graph=True).choose(spec, lambda n: True)
-    assert impl == "triton"
     # the fastest must also run here
     impl, _ = gate.Verdicts([path], shapes={WKV: WSHAPE}, graph=True).choose(spec, lambda n: n != "triton_fused")
     assert impl == "triton"
@@ -715,16 +792,17 @@ def test_train_qualifies_in_the_steps_timing_mode_at_the_models_shapes(monkeypat
     from fused.configs import ModelConfig
     seen = {}
     monkeypatch.setattr(gate, "qualify", lambda shapes, **kw: seen.update(shapes=shapes, **kw) or {})
-    monkeypatch.setattr(gate, "ops_used", lambda model: {"wkv6", "gate_norm_residual"})
+    calls = {"wkv6": [gate.Call("wkv6", (4, 32, 4, 32, 32), (("u", "dtype", "float32"),), 8)]}
+    monkeypatch.setattr(gate, "step_calls", lambda model, batch, seq_len: calls if (batch, seq_len) == (4, 32)
+                        else None)
     monkeypatch.setattr(train, "resolve", lambda mode, verdicts: seen.update(verdicts=verdicts) or
                         registry.resolve("reference"))
     model = SimpleNamespace(config=ModelConfig(name="GF-MH"), set_ops=lambda ops: None)
     args = SimpleNamespace(kernels="auto", graph=graph_flag, batch_size=4, seq_len=32, no_progress=True)
     train.qualify_kernels(args, model, None, torch.device("cuda"), True, 1, lambda *a: None)
-    assert seen["graph"] is graph and seen["shapes"] == gate.model_shapes(model.config, 4, 32,
-                                                                          {"wkv6", "gate_norm_residual"})
+    assert seen["graph"] is graph and seen["shapes"] is calls
     assert seen["progress"] is False                                       # --no-progress
-    assert seen["verdicts"].graph is graph and seen["verdicts"].shapes["wkv6"] == "B4 T32 H4 K32 V32"
+    assert seen["verdicts"].graph is graph and seen["verdicts"].shapes["wkv6"] == [("B4 T32 H4 K32 V32 [u float32]", 8)]
 
 
 def test_train_compiles_its_step_in_the_background_during_the_qualification(monkeypatch):
@@ -821,3 +899,75 @@ def test_the_wkv6_reference_runs_the_batch_at_once_and_equals_it_sequence_by_seq
         for i, a in enumerate(whole):     # o and the final state by sequence; gradients add up over the parts
             b = torch.cat([p[i] for p in parts]) if i < 2 else sum(p[i] for p in parts)
             assert (a - b).norm() / b.norm() < 1e-12, (fn.__name__, i)
+
+
+# ------------------------------------------------------------------------------------- compile counts
+
+def _sum0(*ts):
+    return sum(t.float().sum() * 0 for t in ts)
+
+
+@pytest.fixture
+def cheap_conv_and_scan(monkeypatch):
+    """The references of the ops without a lab kernel (no Triton kernel runs in them on a CPU) as cheap
+    stand-ins with their signatures, outputs and gradient paths: bf16 conv1d crawls on a CPU."""
+    import functools
+
+    import reference.causal_conv1d as RC
+    import reference.mamba2 as RM
+    monkeypatch.setattr(RC, "causal_conv1d", functools.wraps(RC.causal_conv1d)(
+        lambda x, weight, bias=None, activation=None: x + _sum0(weight, bias).to(x.dtype)))
+    monkeypatch.setattr(RM, "mamba_chunk_scan", functools.wraps(RM.mamba_chunk_scan)(
+        lambda x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False, **_:
+        x + _sum0(dt, A, B, C, D, dt_bias).to(x.dtype)))
+
+
+def compile_counts(name: str = "GF-MH", size: str = "tiny", batch: int | None = None,
+                   seq_len: int | None = None) -> dict:
+    """Kernel specialisations (a GPU compiles each once), counted on the CPU with the launches stubbed
+    (``precompile.launched_specialisations``): ``step``, one forward + backward of the model on the first lab
+    kernels under bf16 autocast (CPU's for CUDA's) at the step's batch and length; what the qualification
+    compiles — each call of each op's first lab kernel at the step's shape and at the error shape — ``before``
+    (the spec's inputs, one call per op: the gate until this change) and ``after`` (the step's calls with their
+    variants); and how many of the step's are new after each. Faster with ``cheap_conv_and_scan``."""
+    import fused
+    from groundthink import calls as C
+    from groundthink.harness import fwd_bwd_step
+    from groundthink.precompile import launched_specialisations
+    model = fused.get_model(name, size=size, vocab_size=97, ops=registry.resolve("reference"))
+    batch, seq_len = batch or model.config.batch_size, seq_len or model.config.seq_len
+    calls = gate.step_calls(model, batch, seq_len, amp=torch.bfloat16)
+
+    def qualification(by_op):
+        with launched_specialisations(run=False) as seen:
+            for op, cs in by_op.items():
+                spec, labs = get(op), get(op).role("lab")
+                for c in cs if labs else ():
+                    err = tuple(spec.bench.err_shape(*c.shape)) if spec.bench.err_shape else tuple(c.shape)
+                    for shp in dict.fromkeys([tuple(c.shape), err]):
+                        fwd_bwd_step(C.unused_outputs(labs[0].load(), c.variant),
+                                     C.inputs(spec, shp, c.variant, True, spec.bench.dtype))[0]()
+        return seen
+
+    after = qualification(calls)
+    before = qualification({op: [gate.Call(op, C.model_shapes(get(op), model.config, batch, seq_len)[0])]
+                            for op in calls})
+    model.set_ops(registry.resolve("triton", cuda=False))
+    x = torch.zeros(batch, seq_len, dtype=torch.long)
+    with launched_specialisations(run=False) as step:
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+            loss = model(x, x)[1]
+        loss.float().backward()
+    return {"step": len(step), "before": len(before), "new_before": len(step - before), "after": len(after),
+            "new_after": len(step - after), "left": sorted(k[0] for k in step - after)}
+
+
+def test_the_qualification_compiles_every_specialisation_the_step_launches(cheap_conv_and_scan, one_thread):
+    """Counted on the CPU (launches stubbed): qualifying the step's own calls meets every kernel specialisation
+    one training step launches (so the step compiles nothing after the qualification), where qualifying the
+    spec's inputs left most of them to the step (13 of 24). HGF: its Mamba-side norm_gate reads z as a column
+    slice whose row stride (360) is no multiple of 16 — a specialisation of its own, met only with the "rows"
+    variant."""
+    got = compile_counts("HGF", "tiny", 4, 32)
+    assert got["new_after"] == 0, got["left"]
+    assert got["new_before"] > 0 and got["step"] > got["before"] - got["new_before"]

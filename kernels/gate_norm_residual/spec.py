@@ -62,10 +62,12 @@ def nbytes(N, D, mode, res32, pass_, es=2) -> float:
     return fwd + bwd
 
 
-def model_shape(cfg, batch: int, seq_len: int):
-    """The mixer sublayer's call in a model: rows B·T of d_model, the variant's blend mode."""
+def model_shape(cfg, batch: int, seq_len: int) -> list[tuple]:
+    """The model's calls: the mixer sublayer's (rows B·T of d_model, the variant's blend mode), then the FFN
+    sublayer's ("add")."""
     from fused.variants import VARIANTS
-    return (batch * seq_len, cfg.d_model, VARIANTS[cfg.name]["mode"], bool(cfg.residual_fp32))
+    n, res32 = batch * seq_len, bool(cfg.residual_fp32)
+    return [(n, cfg.d_model, VARIANTS[cfg.name]["mode"], res32), (n, cfg.d_model, "add", res32)]
 
 
 SPEC = OpSpec(

@@ -19,6 +19,14 @@ def make_inputs(N, G, S, norm, before, grad: bool, dtype=torch.bfloat16, seed: i
 def shape_str(N, G, S, norm, before) -> str:
     return f"N{N} G{G} S{S} {norm}" + (" norm-then-gate" if before else " gate-then-norm")
 
+def model_shape(cfg, batch: int, seq_len: int) -> list[tuple]:
+    """The model's two calls: the RWKV-6 output side (per-head GroupNorm with bias, then the gate) and the Mamba-2
+    side (gated RMSNorm without bias per group of d_inner / ngroups channels, gate first)."""
+    n = batch * seq_len
+    return [(n, cfg.n_head, cfg.head_size, "layer", True),
+            (n, cfg.ngroups, cfg.d_inner // cfg.ngroups, "rms", False)]
+
+
 SPEC = OpSpec(
     name="norm_gate",
     doc="per-group LayerNorm/RMSNorm and SiLU gate: norm_gate(x, z, weight, bias=None, *, group_size, eps, norm, "
@@ -28,12 +36,10 @@ SPEC = OpSpec(
         Impl("triton", "kernels.norm_gate:norm_gate", role="lab", graph_safe=True),
         Impl("mamba_ssm", "kernels.norm_gate.peer:mamba_ssm_norm_gate", role="peer", needs="cuda"),
     ),
-    # the model's shape is the RWKV-6 output side (per-head GroupNorm, then the gate)
     bench=Bench(shapes=lambda: [(16384, 4, 32, "layer", True), (16384, 8, 64, "layer", True),
                                 (16384, 1, 256, "rms", False), (16384, 1, 1024, "rms", False)],
                 cpu_shapes=[(16, 2, 16, "layer", True), (16, 1, 32, "rms", False)], shape_str=shape_str,
                 make_inputs=make_inputs, err_shape=lambda N, *rest: (min(N, 4096), *rest),
                 nbytes=lambda N, G, S, norm, before, pass_, es=2: N * G * S * es * (3 if pass_ == "fwd" else 8),
-                model_shape=lambda cfg, batch, seq_len: (batch * seq_len, cfg.n_head, cfg.head_size, "layer",
-                                                         True)),
+                model_shape=model_shape),
 )
