@@ -106,7 +106,7 @@ from typing import Callable
 import torch
 
 from groundthink.calls import Call, as_calls, inputs as call_inputs, row_dtype, step_calls, unused_outputs  # noqa: F401
-from groundthink.device import PEER_PACKAGES, gpu_name, gpu_slug, versions, warm_on_side_stream
+from groundthink.device import PEER_PACKAGES, gpu_name, gpu_slug, profiles_dir, versions, warm_on_side_stream
 from groundthink.harness import fwd_bwd_step
 from groundthink.precompile import COMPILES, STATS as COMPILE_STATS, compile_winners, compiles_since
 from groundthink.spec import ROOT, OpSpec, get, specs
@@ -335,7 +335,7 @@ def evidence(rows: list[dict]) -> dict:
 def manifest_path(slug: str | None = None) -> Path:
     """The published evidence of this GPU: profiles/<slug>/gates.json (GROUNDTHINK_MANIFEST overrides)."""
     override = os.environ.get("GROUNDTHINK_MANIFEST")
-    return Path(override) if override else ROOT / "profiles" / (slug or gpu_slug()) / "gates.json"
+    return Path(override) if override else profiles_dir(slug) / "gates.json"
 
 
 def machine_path(slug: str | None = None) -> Path:
