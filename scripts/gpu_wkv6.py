@@ -26,7 +26,7 @@ recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``
 chunk_run9 (run 9's default: state_rows 64, scan_pipe off, one walk kernel), chunk_rows64 / chunk_rows32
 (``state_rows`` forced: fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64 with
 the state pass), chunk_nopipe (the state scans without PIPE), chunk_fill2 (narrow scan blocks until 2 × #SMs
-programs), chunk_pipe8 (8-warp scans), chunk_split / chunk_walk1 (the walk forward in two kernels / in one:
+programs), chunk_split / chunk_walk1 (the walk forward in two kernels / in one:
 ``fwd_split`` True / False; the default, None, splits at ≤ one sequence·head per SM), chunk_par_fill2 (the
 state-pass forward, fill2); these keep the default's forward mode (the walk
 where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed the scan
@@ -100,7 +100,7 @@ def _chunk_mode(seq):
 VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
 KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False),   # run 9's default
          "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),
-         "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2), "chunk_pipe8": dict(scan_warps=8),
+         "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2),
          "chunk_split": dict(fwd_split=True), "chunk_walk1": dict(fwd_split=False)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2)}   # the state-pass forward
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,

@@ -19,8 +19,8 @@ exp(P^m), exp(R^m) are segmented cumprods of exp(w) shifted by one row (w_{t−1
 factor ≤ 1, no difference of prefix sums, safe at w = −60 per step (the products underflow to the correct 0).
 
 Forward. ``SEQ`` mode (grid V-blocks × sequence·heads): one program walks its sequence block by block with S in
-registers (and stores S at every ``state_rows``-row chunk start when the backward will need it; 4 or 8 warps,
-BV 64 or 32: the autotuner's pick). Where the walk has at most one sequence·head per SM (``TUNING["fwd_split"]``
+registers (and stores S at every ``state_rows``-row chunk start when the backward will need it; BV 64 or 32: the
+autotuner's pick). Where the walk has at most one sequence·head per SM (``TUNING["fwd_split"]``
 None; the large model) it is split in two: ``_fwd_intra_kernel``, one program per block, does the blocks'
 state-free work first (the levels, A v, q̂ = q ⊙ exp(P), k̂ = k ⊙ exp(R), fp32), and the walk keeps two dots per
 block (H100 run 10: 309 vs 397 µs of forward at B16 T1024 H8). Otherwise the chunk-state pass of ``states.py`` gives
@@ -187,7 +187,12 @@ def _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, r0, i_
 # ----------------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC"])
+def _four_warps():
+    """The forward kernels' one config (H100 run 10 offered 8 warps too: the autotuner kept 4 at every shape)."""
+    return autotune_configs([triton.Config({}, num_warps=4, num_stages=1)])
+
+
+@triton.autotune(configs=_four_warps(), key=["K", "V", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _fwd_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, cu_ptr, cmap_ptr, scale, T, NT,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr,
@@ -253,19 +258,20 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, h0_ptr,
 
 
 def _walk_configs(bvs):
-    return autotune_configs([triton.Config({"BV": bv}, num_warps=4, num_stages=1) for bv in bvs]
-                            + [triton.Config({"BV": 64}, num_warps=8, num_stages=1)])
+    """The walks' configs: BV in ``bvs`` at 4 warps (see ``_four_warps``)."""
+    return autotune_configs([triton.Config({"BV": bv}, num_warps=4, num_stages=1) for bv in bvs])
 
 
-# the walk of the one-kernel forward (4 or 8 warps, BV 64 or 32) and of the split one (its blocks' state-free work
-# done before: narrow V-blocks cost little more, so down to 16 for more programs)
+# the walk of the one-kernel forward (BV 64 or 32) and of the split one (its blocks' state-free work done before:
+# narrow V-blocks cost little more, so down to 16 for more programs). 4 warps: H100 run 10 offered 8 too and the
+# autotuner kept 4 at every shape and kernel (call 2's compile report), so 8 only cost first-use compiles
 _fwd_seq_kernel = triton.autotune(configs=_walk_configs((64, 32)), key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(
     _fwd_walk)
 _fwd_split_kernel = triton.autotune(configs=_walk_configs((64, 32, 16)),
                                     key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
 
 
-@triton.autotune(configs=_warp_configs(), key=["K", "V", "BT", "BK", "BV", "PREC"])
+@triton.autotune(configs=_four_warps(), key=["K", "V", "BT", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
@@ -517,7 +523,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
                      VARLEN=varlen, SAVE=save, SPLIT=use_split, PREC=prec)
         return o, ht, hs
     buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
-                                              _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"], kn["scan_warps"])
+                                              _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
     BV = max(16, min(64, _pow2(V)))
     _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
                                                  SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, PREC=prec)
@@ -536,7 +542,6 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                programs (a piece of one or two batch elements has few (sequence, head) pairs; 0 / False: off);
 #   scan_pipe    the state scans load one chunk ahead (``states._chunk_scan_kernel``'s PIPE; H100 run 10: the
 #                reverse scan 538 -> 186 us at B8 T4096 H32, 78 -> 21 at B16 T1024 H8; no memory cost);
-#   scan_warps   num_warps of the state scans;
 #   fwd_split    the walk forward in two kernels: every block's state-free work (levels, A v, q̂, k̂) in one
 #                parallel pass writing fp32 intermediates (3 × 4 bytes per token, head and column: 0.75 GiB
 #                transient at B8 T4096 H32 K=V=64, 0.1 GiB at the large model), then the walk with two dots per
@@ -551,9 +556,9 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                fwd+bwd): 32 wins where the walk runs (B8 T4096 H32 8028 vs 8630, B16 T1024 H8 1177 vs 1235,
 #                B64 T256 H4 K32 288 vs 315; +0.5 GiB at B8 T4096 H32), 64 where the state pass does (B4 T2048
 #                H16 1212 vs 1242): hence None;
-TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True, "scan_warps": 4,
+TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None}
-LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True, "scan_warps": 4,
+LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False}
 STATE_ROWS = (None, 32, 64)
 
@@ -610,7 +615,7 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
     dev = r.device
     mode = "bwd" if hs is None else "bwd_d"
     buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode,
-                                               _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"], kn["scan_warps"])
+                                               _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
     hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
     dr, dk, dv, dw = outs
     nb = bt // SB

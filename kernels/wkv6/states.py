@@ -117,13 +117,13 @@ def _par_slots(B, T, N, cu_seqlens, device, bt=BT_PAR):
     return S, NT, cmap.clamp_(min=0).to(torch.int32)
 
 
-def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, bt=BT_PAR, pipe=False, warps=4):
+def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, bt=BT_PAR, pipe=False):
     """Per-chunk states (parallel state kernel + sequential scan over chunks of ``bt`` rows, a multiple of 16).
 
     mode "fwd": S_c (state at each chunk start, [S, H, K, V] fp32) and the final state;
     "bwd": S_c and D_c (dL/dS at each chunk end) and dh0; "bwd_d" (S_c saved by the forward): D_c and dh0 only.
     scan_bv: the scan's V-block width (None: the state kernel's; narrower gives the scan more programs); pipe: the
-    scan loads a chunk ahead (``_chunk_scan_kernel``'s PIPE); warps: the scan's num_warps.
+    scan loads a chunk ahead (``_chunk_scan_kernel``'s PIPE).
     Returns (buf [1 or 2, S, H, K, V]: S_c then D_c, ht or None, dh0 or None, S, NT, cmap, cu)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     BK, BV = _blocks(K, V)
@@ -146,7 +146,7 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, 
     _chunk_scan_kernel[(N * H, _cdiv(V, SBV), 2 if mode == "bwd" else 1)](
         buf, gl, h0 if h0 is not None else any_, dht if dht is not None else any_, any_ if ht is None else ht,
         any_ if dh0 is None else dh0, cu, T, NT, S, int(h0 is not None), int(dht is not None),
-        int(mode == "bwd_d"), H=H, K=K, V=V, BT=bt, BK=BK, BV=SBV, VARLEN=varlen, PIPE=pipe, num_warps=warps)
+        int(mode == "bwd_d"), H=H, K=K, V=V, BT=bt, BK=BK, BV=SBV, VARLEN=varlen, PIPE=pipe, num_warps=4)
     return buf, ht, dh0, S, NT, cmap, cu
 
 
