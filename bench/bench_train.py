@@ -45,7 +45,7 @@ import pytest
 import torch
 
 from bench import common
-from bench.floors import BF16INIT, FLOORS, REORDERED, floor_base  # noqa: F401 - FLOORS: the tests' too
+from bench.floors import BF16INIT, FLOORS, REORDERED, floor_base
 
 VOCAB = 97
 ALL_VARIANTS = ("HY", "GF", "GF-MH", "GF-RH", "HGF", "HGF-MH", "HGF-RH", "CP", "WS", "RF", "rwkv6", "mamba2")

@@ -56,8 +56,8 @@ def cases(dev, smoke=False):
     ng_tw = ("bwd_tile", "bwd_warps", "bwd_per_sm")
     ng_rwkv = _settings(((1024, 4, 6), (2048, 8, 3)), ng_tw)
     ng_mamba = _settings(((1024, 4, 6), (1024, 2, 4)), ng_tw)
-    flat = _settings(((1024, 4, 16), (512, 2, 16)), ng_tw)
-    dl_settings = _settings(((128, 2, 4), (128, 2, 16), (256, 4, 8)), ("rows_bd", "rows_warps", "rows_per_sm"))
+    flat = _settings(((1024, 4, 16),), ng_tw)        # beside the committed (512, 2, 16), which its own row times
+    dl_settings = _settings(((128, 2, 4), (256, 4, 8)), ("rows_bd", "rows_warps", "rows_per_sm"))   # ditto (128, 2, 16)
     gate, wg = torch.randn(N, 1, **bf), torch.randn(D, device=dev)
     hr, dhr = torch.randn(N, D, **f32), torch.randn(N, D, **f32)
     ar, br_ = torch.randn(N, D, **bf), torch.randn(N, D, **bf)

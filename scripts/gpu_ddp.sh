@@ -33,9 +33,9 @@ echo "== 2 GPUs, batch 8 × 1024 each (same global batch)"
 timeout "${TWO_S:-150}" torchrun --standalone --nproc_per_node 2 train.py "${COMMON[@]}" --batch-size 8 \
   --log-file "$R/two_gpu.jsonl" --out-dir .ck-ddp2 > "$R/two_gpu.log" 2>&1; echo "exit $?"; tail -4 "$R/two_gpu.log"
 echo "== noise floor: 1 GPU, batch 16 × 1024, the Mamba-2 scan summed in chunks twice as long (same function, other roundings)"
-CS=$(python3 -c "import fused; print(2 * fused.make_config('GF-MH', 'large').chunk_size)")
+FLOOR=($(python3 -c "from bench.bench_train import validity_argv as v; print(*v('${KERNELS:-triton}-reordered', 'GF-MH', 'large', []))"))
 timeout "${FLOOR_S:-150}" torchrun --standalone --nproc_per_node 1 train.py "${COMMON[@]}" --batch-size 16 \
-  --override "chunk_size=$CS" --log-file "$R/one_gpu_reordered.jsonl" --out-dir .ck-ddp3 > "$R/one_gpu_reordered.log" 2>&1
+  "${FLOOR[@]}" --log-file "$R/one_gpu_reordered.jsonl" --out-dir .ck-ddp3 > "$R/one_gpu_reordered.log" 2>&1
 echo "exit $?"; tail -2 "$R/one_gpu_reordered.log"
 rm -rf .ck-ddp1 .ck-ddp2 .ck-ddp3
 python3 - "$R" <<'EOF'

@@ -14,14 +14,16 @@ def ddp_flags() -> set[str]:
     common = text[text.index("COMMON=("):]
     common = common[:common.index(")")]
     runs = [ln.split("train.py", 1)[1] for ln in text.splitlines() if "train.py" in ln and "torchrun" in ln]
-    runs += [ln for ln in text.splitlines() if ln.lstrip().startswith("--log")]
+    runs += [ln for ln in text.splitlines() if ln.lstrip().startswith("--")]     # continuation lines
+    from bench.bench_train import validity_argv      # the noise-floor run's flags ("${FLOOR[@]}")
+    runs += validity_argv("triton-reordered", "GF-MH", "large", [])
     return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", common + " ".join(runs)))
 
 
 def test_torchrun_passes_every_ddp_flag_to_train():
     run = pytest.importorskip("torch.distributed.run")
     flags = ddp_flags()
-    assert {"--log-file", "--batch-size", "--model", "--graph"} <= flags, flags
+    assert {"--log-file", "--batch-size", "--model", "--graph", "--override"} <= flags, flags
     for flag in sorted(flags):
         args = run.get_args_parser().parse_args(["--standalone", "--nproc_per_node", "2", "train.py", flag, "x"])
         assert args.training_script_args == [flag, "x"], flag

@@ -382,7 +382,7 @@ def _rwkv6_calls():
     return gate.step_calls(model, 4, 32, amp=torch.bfloat16), model
 
 
-def test_the_steps_calls_are_read_off_the_model(one_thread):
+def test_the_steps_calls_are_read_off_the_model():
     """Every distinct (op, variant) one step calls, recorded from the model (its ops restored after): a pure
     RWKV-6 model never calls mamba2 or causal_conv1d (mamba-ssm's first use: 52 s in run 6); the first layer's
     token shift reads fp32 activations, the others bf16; wkv6 gets an fp32 u and scale 1; gate_norm_residual
@@ -411,7 +411,7 @@ def test_the_steps_calls_are_read_off_the_model(one_thread):
 
 
 @pytest.mark.parametrize("name", ["HY", "HGF", "WS", "mamba2"])
-def test_the_specs_describe_every_call_of_every_model(name, one_thread):
+def test_the_specs_describe_every_call_of_every_model(name):
     """No drift: every call of the step matches one of its spec's model shapes (an unmatched call would leave its
     op on the reference) — for every blend mode (vector, element, weights here; row in GF-MH and add in rwkv6, the
     tests next to this; CP and RF blend by "add" too) and branch layout (pure Mamba-2 here)."""
@@ -962,7 +962,7 @@ def compile_counts(name: str = "GF-MH", size: str = "tiny", batch: int | None = 
             "new_after": len(step - after), "left": sorted(k[0] for k in step - after)}
 
 
-def test_the_qualification_compiles_every_specialisation_the_step_launches(cheap_conv_and_scan, one_thread):
+def test_the_qualification_compiles_every_specialisation_the_step_launches(cheap_conv_and_scan):
     """Counted on the CPU (launches stubbed): qualifying the step's own calls meets every kernel specialisation
     one training step launches (so the step compiles nothing after the qualification), where qualifying the
     spec's inputs left most of them to the step (13 of 24). HGF: its Mamba-side norm_gate reads z as a column

@@ -426,7 +426,8 @@ def test_profile_breakdown_names_every_wkv6_kernel():
     from pathlib import Path
 
     from groundthink.monitor import op_of
-    names = {f.name for path in Path("kernels/wkv6").glob("*.py") for f in ast.parse(path.read_text()).body
+    root = Path(__file__).resolve().parent.parent / "kernels" / "wkv6"
+    names = {f.name for path in root.glob("*.py") for f in ast.parse(path.read_text()).body
              if isinstance(f, ast.FunctionDef) and f.name.endswith(("_kernel", "_walk"))
              and any("jit" in ast.unparse(d) for d in f.decorator_list)}
     assert len(names) >= 8 and {n for n in names if op_of(n) != "wkv6"} == set()
