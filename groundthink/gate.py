@@ -256,11 +256,16 @@ def _key(r: dict) -> tuple:
     return r["shape"], r["pass"], r.get("timing_mode")
 
 
+def _bound_of(spec: OpSpec, dtype: str) -> float:
+    """The spec's error bound for a row's dtype name ("bfloat16", ...; unknown: bf16's)."""
+    return spec.bound(getattr(torch, dtype, torch.bfloat16))
+
+
 def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict], mode: str) -> dict:
     """The ``mode`` verdict of ``impl`` from its rows ``mine`` and the op's other ``rows`` (all of that mode)."""
     hashes = sorted({r.get("source_hash") or "" for r in mine})
-    dtype = max((r["dtype"] for r in mine), key=lambda d: spec.bound(getattr(torch, d, torch.bfloat16)))
-    bound = spec.bound(getattr(torch, dtype, torch.bfloat16))
+    dtype = max((r["dtype"] for r in mine), key=lambda d: _bound_of(spec, d))
+    bound = _bound_of(spec, dtype)
     errors: dict[str, float] = {}
     failed = [f"{r['shape']} {r['pass']}" for r in mine if not r.get("ms")]
     for r in mine:
@@ -276,13 +281,14 @@ def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict], mode: st
         rr = refs.get(_key(r))
         if not r.get("ms") or rr is None:
             continue
+        rb = _bound_of(spec, r["dtype"])          # the row's own bound: a peer competes where it meets it
         peer_ms = {p["impl"]: p["ms"] for p in same if p["impl"] in peer_names and _key(p) == _key(r) and
-                   all(v <= bound for v in _row_errors(p).values()) and _row_errors(p)}
+                   all(v <= rb for v in _row_errors(p).values()) and _row_errors(p)}
         shapes.append({"shape": f"{r['shape']} {r['pass']}", "timing_mode": r.get("timing_mode"), "ms": r["ms"],
                        "ref_ms": rr["ms"],
                        "speedup": rr["ms"] / r["ms"], "peak_mb": r.get("peak_mb"),
                        "ref_peak_mb": rr.get("peak_mb"), "peer_ms": peer_ms, "dtype": r["dtype"],
-                       "bound": spec.bound(getattr(torch, r["dtype"], torch.bfloat16)), "errors": _row_errors(r)})
+                       "bound": rb, "errors": _row_errors(r)})
     entry = {"mode": mode, "role": spec.impl(impl).role, "dtype": dtype, "bound": bound, "errors": errors,
              "failed": failed, "shapes": shapes, "source_hash": hashes[0] or None, "sources": op_sources(spec.name)}
     entry["allowed"], entry["reason"] = rule(entry)

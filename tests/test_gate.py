@@ -547,6 +547,13 @@ def test_one_verdict_per_step_mode_each_from_its_own_timings():
     # an eager peer that wins denies the eager verdict only
     e = gate.evidence(_rows(tri_ms=1.0, peer_ms=0.5, timing="eager"))[OP]["triton"]["eager"]
     assert e["allowed"] is False and "slower than peer compile at N16 D32 row fwdbwd (eager)" in e["reason"]
+    # a peer competes on a row only where it meets that row's own bound: an fp32 row holds it to 1e-5, even beside
+    # a bf16 row whose looser bound the peer meets
+    fp32 = [dict(r, shape="N16 D32 row [x float32]", dtype="float32",
+                 errors=json.dumps({"out0": 1e-7 if r["impl"] != "compile" else 1e-3}))
+            for r in _rows(tri_ms=1.0, peer_ms=0.5)]
+    e = gate.evidence(_rows(tri_ms=1.0, peer_ms=2.0) + fp32)[OP]["triton"]["eager"]
+    assert [s["peer_ms"] for s in e["shapes"]] == [{"compile": 2.0}, {}] and e["allowed"] is True, e
 
 
 def test_the_step_reads_the_verdict_for_its_own_mode(tmp_path):
