@@ -347,10 +347,13 @@ def qualify_kernels(args, model, ops, device, master, world, say):
 
 
 def step_background(args, vocab_size: int, device):
-    """--kernels auto on a GPU: a subprocess that compiles, meanwhile, the kernels of one training step at the
-    variants the step calls (``dry_run_step``; the qualification meets each op at the bench's dtypes and
-    flags only), so that the training step's construction and capture find them in Triton's disk cache. None
-    when there is nothing to overlap (another mode, no GPU, parallel compile off)."""
+    """--kernels auto on a GPU: a subprocess that compiles, meanwhile, the kernels of one training step
+    (``dry_run_step``), so that the training step's construction and capture find them in Triton's disk cache.
+    Since the qualification runs the step's own calls (``groundthink.calls``) the lab kernels' step variants are
+    compiled there as well; what is left to this subprocess is what a call's variant does not describe — the
+    peers' kernels at the step's strides (mamba-ssm's transposed x, B, C) and the kernels of ops no gate
+    qualifies. Whether it still pays for its CPU share is for a GPU first-use run to say (notes/gate.md). None when
+    there is nothing to overlap (another mode, no GPU, parallel compile off)."""
     from groundthink.precompile import STEP, Background, switched_on
     if args.kernels != "auto" or device.type != "cuda" or not switched_on():
         return None
@@ -361,9 +364,8 @@ def dry_run_step(args: dict, device: str = "cuda") -> None:
     """The step background's work (``precompile``'s STEP item, run in its subprocess under an active
     ``compile_only``): one training step of this run's model (``args``: its arguments, ``vocab_size`` included)
     with every op on its first Triton choice (``resolve("triton")``: the lab kernels, the peers where an op has
-    none) — the kernels at the variants the step itself calls (its dtypes under autocast, its norms and flags),
-    which the per-op qualification does not meet, so that ``TrainStep`` and the capture find them in the disk
-    cache. Its model and optimizer are its own (their values do not matter)."""
+    none) — every kernel the step launches, at the step's own strides and flags (``step_background``), so that
+    ``TrainStep`` and the capture find them in the disk cache. Its model and optimizer are its own (their values do not matter)."""
     from types import SimpleNamespace
     a = SimpleNamespace(**args)
     dev = torch.device(device)

@@ -813,8 +813,8 @@ def test_train_qualifies_in_the_steps_timing_mode_at_the_models_shapes(monkeypat
 
 
 def test_train_compiles_its_step_in_the_background_during_the_qualification(monkeypatch):
-    """--kernels auto on a GPU: the training step's own kernel variants (its autocast dtypes and flags, which the
-    per-op qualification does not meet) compile in a subprocess while the gate qualifies; the step is built after
+    """--kernels auto on a GPU: the training step's kernels (what the qualification's calls do not describe: the
+    peers' strides, unqualified ops) compile in a subprocess while the gate qualifies; the step is built after
     waiting for it (at most 20 s); nothing starts for another mode."""
     from types import SimpleNamespace
 
