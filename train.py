@@ -365,7 +365,8 @@ def dry_run_step(args: dict, device: str = "cuda") -> None:
     ``compile_only``): one training step of this run's model (``args``: its arguments, ``vocab_size`` included)
     with every op on its first Triton choice (``resolve("triton")``: the lab kernels, the peers where an op has
     none) — every kernel the step launches, at the step's own strides and flags (``step_background``), so that
-    ``TrainStep`` and the capture find them in the disk cache. Its model and optimizer are its own (their values do not matter)."""
+    ``TrainStep`` and the capture find them in the disk cache. Its model and optimizer are its own (their values
+    do not matter)."""
     from types import SimpleNamespace
     a = SimpleNamespace(**args)
     dev = torch.device(device)
