@@ -754,13 +754,6 @@ def graph_ms(step: Callable, leaves: list[torch.Tensor], cuda: bool = True) -> t
     return ms / copies, peak, reps * copies
 
 
-def _oracle(ref: Callable) -> Callable:
-    """The reference as the float64 oracle: an output-dtype argument (decay_exp's ``dtype``) becomes float64 too."""
-    def run(**kw):
-        return ref(**{k: torch.float64 if isinstance(v, torch.dtype) else v for k, v in kw.items()})
-    return run
-
-
 def measure(spec: OpSpec, impl: str, fn: Callable, shp, device, timing: str = "eager") -> dict:
     """One evidence row of ``impl`` in one call of the step (``shp``: a ``Call`` — the spec's shape and the
     step's variant —, or a spec shape tuple), fwd+bwd: time and extra peak memory (at the call's shape), timed in
@@ -800,7 +793,7 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp, device, timing: str = "e
             err = tuple(b.err_shape(*call.shape)) if b.err_shape else call.shape   # the step's shape
             if cuda and err != tuple(call.shape):   # its kernels specialise anew: compile them all at once first
                 compile_winners(lambda: fwd_bwd_step(fn, make(err, 1))[0]())
-            row["errors"] = compare(fn, unused_outputs(_oracle(spec.reference.load()), call.variant), make(err, 1))
+            row["errors"] = compare(fn, unused_outputs(spec.reference.load(), call.variant), make(err, 1))
     except Exception as e:  # noqa: BLE001 - recorded: the rule denies a kernel that fails to run
         row["note"] = f"{type(e).__name__}: {str(e)[:200]}"
         row["ms"] = None

@@ -55,6 +55,8 @@ def _as_tuple(x):
 
 
 def _clone_inputs(inputs: Mapping[str, object], dtype: torch.dtype | None, device=None) -> dict:
+    """Detached copies of the inputs (gradient flags kept); with ``dtype`` their floating tensors in it, and an
+    output-dtype argument (decay_exp's ``dtype``) becomes it too (the float64 oracle computes in float64)."""
     out = {}
     for name, v in inputs.items():
         if isinstance(v, torch.Tensor):
@@ -64,6 +66,8 @@ def _clone_inputs(inputs: Mapping[str, object], dtype: torch.dtype | None, devic
             if device is not None:
                 t = t.to(device)
             out[name] = t.requires_grad_(v.requires_grad)
+        elif dtype is not None and isinstance(v, torch.dtype):
+            out[name] = dtype
         else:
             out[name] = v
     return out

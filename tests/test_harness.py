@@ -37,3 +37,16 @@ def test_compare_catches_wrong_gradient():
     assert errs["out0"] < 1e-12 and errs["dx"] > 0.4
     with pytest.raises(AssertionError, match="dx"):
         assert_close_all(errs, 1e-5)
+
+
+def test_compare_runs_the_oracle_in_float64_output_dtype_included():
+    """An output-dtype argument (decay_exp's ``dtype``) is float64 in the oracle's call, the caller's in the
+    implementation's: the oracle is never rounded to the implementation's output dtype."""
+    seen = []
+
+    def fn(x, dtype):
+        seen.append(dtype)
+        return (x * 3).to(dtype)
+
+    errs = compare(fn, fn, {"x": torch.randn(64, requires_grad=True), "dtype": torch.float16})
+    assert seen == [torch.float16, torch.float64] and 1e-5 < errs["out0"] < 1e-3, (seen, errs)
