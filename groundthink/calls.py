@@ -111,6 +111,12 @@ def inputs(spec, shape: tuple, variant: tuple, grad: bool, dtype: torch.dtype, s
     return kw
 
 
+def run_shapes(spec, call: Call) -> list[tuple]:
+    """Where a qualification runs ``call``: the step's shape, then the spec's error shape (when it differs)."""
+    err = tuple(spec.bench.err_shape(*call.shape)) if spec.bench.err_shape else tuple(call.shape)
+    return list(dict.fromkeys([tuple(call.shape), err]))
+
+
 def unused_outputs(fn, variant: tuple):
     """``fn`` with the outputs the step gives no gradient (``variant``'s "unused": the last layer's residual h)
     detached, so that a fwd+bwd runs the backward the step runs."""

@@ -105,7 +105,8 @@ from typing import Callable
 
 import torch
 
-from groundthink.calls import Call, as_calls, inputs as call_inputs, row_dtype, step_calls, unused_outputs  # noqa: F401
+from groundthink.calls import (Call, as_calls, inputs as call_inputs, row_dtype, run_shapes, step_calls,  # noqa: F401
+                              unused_outputs)
 from groundthink.device import PEER_PACKAGES, gpu_name, gpu_slug, profiles_dir, versions, warm_on_side_stream
 from groundthink.harness import fwd_bwd_step
 from groundthink.precompile import COMPILES, STATS as COMPILE_STATS, compile_winners, compiles_since
@@ -790,7 +791,7 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp, device, timing: str = "e
             row["ms"], row["reps"] = _time_ms(run, cuda, first)
         del step, leaves, kw
         if impl != spec.reference.name:         # after the timing: the kernels' first call (autotuning) was at
-            err = tuple(b.err_shape(*call.shape)) if b.err_shape else call.shape   # the step's shape
+            err = run_shapes(spec, call)[-1]     # the step's shape
             if cuda and err != tuple(call.shape):   # its kernels specialise anew: compile them all at once first
                 compile_winners(lambda: fwd_bwd_step(fn, make(err, 1))[0]())
             row["errors"] = compare(fn, unused_outputs(spec.reference.load(), call.variant), make(err, 1))
