@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 from groundthink.spec import specs  # noqa: E402
 
 from bench.floors import floor_base  # noqa: E402
+from bench.overfit import OVERFIT_TOL, overfit_mask  # noqa: E402
 from bench.report_variants import sections as variants_sections
 
 # the ops with a benchmark, and the implementations in the order reference, lab kernels, peers (from the specs)
@@ -487,15 +488,15 @@ def headline(df: pd.DataFrame, d: Path) -> list[str]:
             v["best@equal time"].notna().any() else None
         fastest = v.loc[v["tok_s"].idxmax()] if v["tok_s"].notna().any() else None
         at = f" at step {first['best_step']:.0f}" if pd.notna(first["best_step"]) else ""
-        n_over = int((v["overfit"] == True).sum())  # noqa: E712 - object column: True, False or NaN
+        n_over = int(overfit_mask(v).sum())
         out.append(f"- **Best variant per token:** {first['variant']} (best val loss {first['best_val_loss']:.4f}"
                    f"{at}, {first['best bpc']:.3f} bits/char) of {len(v)}" +
                    (f"; **per second:** {per_s['variant']} (best val {per_s['best@equal time']:.4f} within equal "
                     f"training time)" if per_s is not None else "") +
                    (f"; fastest: {fastest['variant']} ({fastest['tok_s']:,.0f} tok/s)" if fastest is not None
                     else "") +
-                   (f"; {n_over} of {len(v)} runs overfit (final val > best by more than 2 %: ranked by their best "
-                    f"eval)" if n_over else "") + ".")
+                   (f"; {n_over} of {len(v)} runs overfit (final val > best by more than {OVERFIT_TOL:.0%}: ranked by "
+                    f"their best eval)" if n_over else "") + ".")
     t = lab_vs_peers(df)
     if not t.empty:
         parts = []

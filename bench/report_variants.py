@@ -33,6 +33,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench.overfit import OVERFIT_TOL, is_overfit, overfit_mask  # noqa: E402
+
 CPU_NOTE = ("> **NOT A PERFORMANCE MEASUREMENT** — these rows were measured on a CPU (eager PyTorch references, tiny "
             "shapes): only the plumbing means anything.")
 
@@ -72,15 +74,6 @@ def _is_cpu(df: pd.DataFrame) -> bool:
 
 # ----------------------------------------------------------------------------------------------- variants
 
-OVERFIT_TOL = 0.02     # overfit: final validation loss above the best eval's by more than this fraction
-
-
-def is_overfit(final, best) -> bool | None:
-    """Did the run end more than ``OVERFIT_TOL`` above its best eval? (None when either is unknown; bench.variants
-    writes it into variants.csv, ``learning_columns`` fills it for older files)"""
-    if final is None or best is None or not (math.isfinite(final) and math.isfinite(best)):
-        return None
-    return bool(final > best * (1 + OVERFIT_TOL))
 
 
 def equal_time_loss(curves: pd.DataFrame, t: float) -> dict[str, float]:
@@ -183,7 +176,7 @@ def plot_speed_loss(table: pd.DataFrame, path: Path, cpu: bool) -> str:
     axes[0].barh(ys, df["tok_s"].fillna(0) / 1e3, color="tab:blue")
     axes[0].set_xlabel("training tok/s (thousands)")
     axes[1].barh(ys, df["best_val_loss"], color="tab:orange", label="best eval")
-    over = (df["overfit"] == True).to_numpy()  # noqa: E712 - object column: True, False or NaN
+    over = overfit_mask(df).to_numpy()
     if over.any():
         axes[1].plot(df["val_loss"].to_numpy()[over], ys[over], "x", color="black", label="final (overfit)")
         axes[1].legend(fontsize=7, loc="lower right")
@@ -227,7 +220,7 @@ def variants_section(d: Path) -> list[str]:
         out += md_table(table, {"val_loss": "loss", "best_val_loss": "loss", "best bpc": "x", "Δ best": "pm",
                                 "best@equal time": "loss", "tok_s": "int", "ms_step": "ms", "peak_mb": "int",
                                 "train_s": "s", "params": "int", "rank/s": "int", "rank": "int", "best_step": "int"})
-        n_over = int((table["overfit"] == True).sum())  # noqa: E712 - object column: True, False or NaN
+        n_over = int(overfit_mask(table).sum())
         out += ["", "best_val_loss: the lowest validation loss of the evals (nats per character; best bpc = it / "
                     "ln 2), reached at best_step — the ranking (learning per token); val_loss: the final one; "
                     f"overfit: final above best by more than {OVERFIT_TOL:.0%} ({n_over} of {len(table)} runs: "

@@ -28,7 +28,7 @@ Per variant:
                                        (char tokenizer)
     best_val_loss, best_step, overfit  the lowest validation loss of the evals and its step (what the report ranks
                                        by: learning, not memorisation); overfit: the final loss is more than
-                                       ``report_variants.OVERFIT_TOL`` (2 %) above it
+                                       ``bench.overfit.OVERFIT_TOL`` (2 %) above it
     passes                             the token budget / the training split's tokens
     tok_s, ms_step, peak_mb            steady-state training throughput (train.py's summary: CUDA-graph replays
                                        when --graph auto captures), peak memory (GPU: max_memory_allocated)
@@ -293,7 +293,7 @@ def summarize(a, variant: str, res: dict, batch: int, seq: int) -> dict:
     val = res["final_val_loss"]
     ms = s.get("ms_per_step")
     best = min(evals, key=lambda e: e["val_loss"], default={})
-    from bench.report_variants import is_overfit     # the rule is the report's (torch-free, read by both)
+    from bench.overfit import is_overfit
     return {"variant": variant, "size": a.size, "tokens": a.steps * batch * seq,
             "passes": a.steps * batch * seq / a.split_tokens, "steps": a.steps, "batch_size": batch, "seq_len": seq,
             "params": cfg.get("num_params"), "val_loss": val, "best_val_loss": best.get("val_loss"),
