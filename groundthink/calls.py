@@ -91,18 +91,18 @@ def _value(text: str, exact: bool):
     return ast.literal_eval(text)
 
 
-def inputs(spec, shape: tuple, variant: tuple, grad: bool, dtype: torch.dtype, seed: int = 0, device="cpu",
+def inputs(spec, shape: tuple, variant: tuple, dtype: torch.dtype, seed: int = 0, device="cpu",
            exact: bool = True) -> dict:
     """The keyword arguments of one call of ``spec``'s op at ``shape`` with ``variant`` applied to
-    ``make_inputs``. ``exact=False`` (the CPU interpreter, where everything runs in ``dtype`` = float32): dtype
+    ``make_inputs`` (inputs that take gradients, as a fwd+bwd needs; the variant's "grad" entries switch some off). ``exact=False`` (the CPU interpreter, where everything runs in ``dtype`` = float32): dtype
     overrides are left out, a dtype argument becomes float32."""
-    kw = spec.bench.make_inputs(*shape, grad, dtype=dtype, seed=seed, device=device)
+    kw = spec.bench.make_inputs(*shape, True, dtype=dtype, seed=seed, device=device)
     for name, kind, text in variant:
         t = kw.get(name)
         if kind == "dtype" and exact:
             kw[name] = t.detach().to(getattr(torch, text)).requires_grad_(t.requires_grad)
         elif kind == "grad":
-            kw[name] = t.detach().requires_grad_(grad and text == "True")
+            kw[name] = t.detach().requires_grad_(text == "True")
         elif kind == "value":
             kw[name] = _value(text, exact)
         elif kind == "rows":           # the same values in the columns of a wider buffer

@@ -770,7 +770,7 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp, device, timing: str = "e
     base = b.dtype if cuda else torch.float32
 
     def make(at, seed=0):
-        return call_inputs(spec, at, call.variant, True, base, seed=seed, device=device, exact=cuda)
+        return call_inputs(spec, at, call.variant, base, seed=seed, device=device, exact=cuda)
     row = {"op": spec.name, "impl": impl, "shape": call.label, "pass": "fwdbwd", "dtype": str(base)[6:],
            "timing_mode": timing, "ms": None, "reps": 0, "peak_mb": None, "errors": {},
            "source_hash": op_hash(spec.name), "note": ""}

@@ -388,20 +388,19 @@ def compile_winners(call) -> None:
 
 def _dry_run(op: str, impl: str, shape: list, device: str = "cuda") -> None:
     """One forward + backward of ``op``/``impl`` in each of the step's calls (``shape``: their
-    ``groundthink.calls.Call.payload()``s, or one spec shape) at its shape and at the spec's error shape (what
+    ``groundthink.calls.Call.payload()``s) at its shape and at the spec's error shape (what
     ``gate.measure`` runs) inside an active ``compile_only``: the kernels' compiles are submitted, none is waited
     for."""
     import torch
 
-    from groundthink.calls import Call, from_payload, inputs, run_shapes, unused_outputs
+    from groundthink.calls import from_payload, inputs, run_shapes, unused_outputs
     from groundthink.harness import fwd_bwd_step
     from groundthink.spec import get
     spec = get(op)
     fn, b = spec.impl(impl).load(), spec.bench
-    calls = [from_payload(op, c) for c in shape] if shape and isinstance(shape[0], dict) else [Call(op, tuple(shape))]
-    for call in calls:
+    for call in (from_payload(op, c) for c in shape):
         for shp in run_shapes(spec, call):
-            kw = inputs(spec, shp, call.variant, True, b.dtype, device=torch.device(device))
+            kw = inputs(spec, shp, call.variant, b.dtype, device=torch.device(device))
             step, _ = fwd_bwd_step(unused_outputs(fn, call.variant), kw)
             step()
 

@@ -403,7 +403,7 @@ def test_the_steps_calls_are_read_off_the_model():
         i, variant = C._match(spec, model.config, call)
         variant = tuple(sorted(variant + tuple((f"out{j}", "unused", "") for j in unused)))
         tiny = C.model_shapes(spec, model.config, *C.TOKENS)[i]
-        assert C._diff(C._bound(spec, (), C.inputs(spec, tiny, variant, True, spec.bench.dtype)), call) == ()
+        assert C._diff(C._bound(spec, (), C.inputs(spec, tiny, variant, spec.bench.dtype)), call) == ()
         assert (C.model_shapes(spec, model.config, 4, 32)[i], variant) in {(c.shape, c.variant) for c in got[op]}
     for op, cs in got.items():      # what a background compile's subprocess is given
         assert all(C.from_payload(op, json.loads(json.dumps(c.payload()))) == C.Call(op, c.shape, c.variant)

@@ -193,7 +193,7 @@ def test_background_says_why_its_subprocess_failed_and_what_a_success_compiled(t
     """A background item whose dry run failed says why in its line; a subprocess that died says its exit code and
     last line (its log kept, path said); a success reports its JSON summary (its log removed). On this CPU machine
     the dry run fails: no CUDA device."""
-    bg = precompile.Background([[("decay_exp", "triton", [4, 8])]], timeout_s=120)
+    bg = precompile.Background([[("decay_exp", "triton", [{"shape": [4, 8]}])]], timeout_s=120)
     waited, what = bg.wait("decay_exp", "triton")
     assert waited >= 0 and what.startswith("0 kernel compiles done ") and "its dry run stopped early: " in what
     assert bg.wait("decay_exp", "triton") == (0.0, "")
