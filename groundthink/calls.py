@@ -263,8 +263,9 @@ def step_calls(model, batch: int, seq_len: int, amp: torch.dtype | None = None) 
             m = (m[0], tuple(sorted(m[1] + tuple((f"out{i}", "unused", "") for i in unused))))
         key = (op, m) if m is not None else (op, desc)
         counts[key] = counts.get(key, 0) + 1
-        found.setdefault(key, (model_shapes(spec, cfg, batch, seq_len)[m[0]], m[1], "") if m is not None
-                         else (None, (), desc))
+        if key not in found:
+            found[key] = (model_shapes(spec, cfg, batch, seq_len)[m[0]], m[1], "") if m is not None else \
+                (None, (), desc)
     out: dict[str, list[Call]] = {}
     for key, (shape, variant, why) in found.items():
         out.setdefault(key[0], []).append(Call(key[0], shape, variant, counts[key], why))

@@ -765,7 +765,7 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp, device, timing: str = "e
     dtypes, with CUDA events; elsewhere (the interpreter) all in float32 by the host clock. The row's ``dtype``
     is the call's least precise one (its error bound)."""
     from groundthink.harness import compare
-    b, call = spec.bench, as_calls(spec.name, shp)[0] if not isinstance(shp, Call) else shp
+    b, call = spec.bench, as_calls(spec.name, shp)[0]
     cuda = torch.device(device).type == "cuda"
     base = b.dtype if cuda else torch.float32
 
