@@ -315,14 +315,10 @@ class _Compute(torch.autograd.Function):
 def _write_grads(dst: list[torch.Tensor], grads) -> None:
     """``dst[i] = grads[i]`` (1-D fp32 slices of ``flat``; bf16 or fp32 gradients, one dtype per call): one
     multi-tensor copy that widens as it copies (``_foreach_copy_``: on a GPU one kernel per ~110 tensors, reading
-    each gradient once; it needs equal sizes and strides, hence the flat views of the contiguous gradients), a
-    plain copy for a gradient autograd hands over non-contiguous (none in the models here)."""
-    pairs = [(d, g.view(-1)) for d, g in zip(dst, grads) if g.is_contiguous()]
-    for d, g in zip(dst, grads):
-        if not g.is_contiguous():
-            d.view(g.shape).copy_(g)
-    if pairs:
-        torch._foreach_copy_(*map(list, zip(*pairs)))
+    each gradient once; it needs equal sizes and strides, hence flat gradients: views of contiguous ones, a copy
+    of one autograd hands over non-contiguous, none in the models here)."""
+    if grads:
+        torch._foreach_copy_(list(dst), [g.reshape(-1) for g in grads])
 
 
 def group_params(model) -> dict[str, list[torch.nn.Parameter]]:

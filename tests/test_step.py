@@ -431,3 +431,12 @@ def test_profile_breakdown_names_every_wkv6_kernel():
              if isinstance(f, ast.FunctionDef) and f.name.endswith(("_kernel", "_walk"))
              and any("jit" in ast.unparse(d) for d in f.decorator_list)}
     assert len(names) >= 8 and {n for n in names if op_of(n) != "wkv6"} == set()
+
+
+def test_write_grads_widens_and_takes_non_contiguous_gradients():
+    """``_write_grads``: bf16 gradients into fp32 slices of one flat buffer, a transposed (non-contiguous) one too."""
+    from groundthink.step import _write_grads
+    flat = torch.full((12,), float("nan"))
+    g = [torch.arange(6.).reshape(2, 3).to(torch.bfloat16), torch.arange(6., 12.).reshape(3, 2).t().to(torch.bfloat16)]
+    _write_grads([flat[:6], flat[6:]], g)
+    assert torch.equal(flat, torch.cat([g[0].float().reshape(-1), g[1].float().reshape(-1)]))
