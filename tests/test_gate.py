@@ -410,6 +410,31 @@ def test_the_steps_calls_are_read_off_the_model():
                    for c in cs)
 
 
+def test_every_reference_runs_every_call_of_the_step_as_the_gate_measures_it():
+    """The gate times each call's reference outside autocast with the call's own dtypes (CUDA's path; here on the
+    CPU in bf16): every reference must run every call of the step there, fwd+bwd, and stay within the call's
+    bound vs float64 — call1 of run 11 found the conv's reference refusing a bf16 x with fp32 weight and bias, so
+    the peer was denied "no timing evidence" and the step ran the reference conv. GF-MH calls every op but
+    decay_exp's plain variant; the fp32 token shift and the rows of z included."""
+    import fused
+    from groundthink import calls as C
+    from groundthink.harness import compare, fwd_bwd_step
+    model = fused.get_model("GF-MH", size="tiny", vocab_size=32, ops=registry.resolve("reference"))
+    got = gate.step_calls(model, 2, 16, amp=torch.bfloat16)
+    assert {"causal_conv1d", "mamba2", "wkv6", "norm_gate", "gate_norm_residual"} <= set(got)
+    for op, cs in got.items():
+        spec, ran = get(op), []
+        for call in cs:
+            kw = C.inputs(spec, C.run_shapes(spec, call)[-1], call.variant, spec.bench.dtype)
+            fn = C.unused_outputs(spec.reference.load(), call.variant)
+            fwd_bwd_step(fn, kw)[0]()
+            errs = compare(fn, fn, kw)           # fn's inputs in float64 on the reference side
+            bound = spec.bound(C.row_dtype(kw))
+            assert errs and all(v <= bound for v in errs.values()), (call.label, errs, bound)
+            ran.append(call.label)
+        assert ran, op
+
+
 @pytest.mark.parametrize("name", ["HY", "HGF", "WS", "mamba2"])
 def test_the_specs_describe_every_call_of_every_model(name):
     """No drift: every call of the step matches one of its spec's model shapes (an unmatched call would leave its
