@@ -632,13 +632,6 @@ def test_time_is_sized_to_the_op():
 def test_qualify_times_as_cuda_graph_replays_when_the_step_is_captured(tmp_path, monkeypatch):
     """graph=True: every row is captured and replayed (``_capture``; faked here, there is no GPU) and recorded
     as "graph"; the peers that are not graph-safe are not timed and the header says so."""
-    import reference.gate_norm_residual as R
-    real = R.gate_norm_residual
-
-    def slow_reference(*a, **k):
-        time.sleep(0.6)     # the interpreted kernel takes ~0.3 s on 2 busy cores
-        return real(*a, **k)
-
     captured = []
 
     def fake_capture(run, leaves, cuda):
@@ -646,7 +639,7 @@ def test_qualify_times_as_cuda_graph_replays_when_the_step_is_captured(tmp_path,
         captured.append(run)
         return run, None, 1
 
-    monkeypatch.setattr(R, "gate_norm_residual", slow_reference)
+    _slow_reference(monkeypatch)
     monkeypatch.setattr(gate, "_capture", fake_capture)
     said = []
     path = tmp_path / "gates.json"
@@ -723,21 +716,66 @@ def test_capture_spreads_a_short_step_over_several_copies(monkeypatch):
         assert replay == graphs[-1].replay
 
 
-def test_a_reference_that_cannot_be_captured_times_the_op_eagerly(tmp_path, monkeypatch, no_compile_peer):
-    def no_capture(run, leaves, cuda):
-        raise RuntimeError("operation not permitted when stream is capturing")
+def _slow_reference(monkeypatch, fails=lambda kw: False):
+    """gate_norm_residual's reference, 0.6 s slower (the interpreted kernel takes ~0.3 s on 2 busy cores), raising
+    where ``fails(its arguments)``."""
+    import reference.gate_norm_residual as R
+    real = R.gate_norm_residual
 
-    monkeypatch.setattr(gate, "_capture", no_capture)
-    said = []
-    rows = []
-    real_measure = gate.measure
-    monkeypatch.setattr(gate, "measure", lambda *a: rows.append(real_measure(*a)) or rows[-1])
-    monkeypatch.setattr(gate, "FIRST_USE_S", {f"{OP}/triton": 100.0})     # the kernel is not needed here
-    gate.qualify({OP: SHAPE}, cuda=True, path=tmp_path / "g.json", say=said.append, progress=False, graph=True,
-                 budget_s=30)
-    assert [(r["impl"], r["timing_mode"], r["ms"] is None) for r in rows][:2] == [
-        ("reference", "graph", True), ("reference", "eager", False)]
-    assert any("could not be captured" in s for s in said)
+    def slow(*a, **k):
+        if fails(k):
+            raise RuntimeError("Input type (float) and bias type (double) should be the same")
+        time.sleep(0.6)
+        return real(*a, **k)
+
+    monkeypatch.setattr(R, "gate_norm_residual", slow)
+
+
+def test_a_reference_that_cannot_be_captured_is_timed_eagerly_against_graph_timed_candidates(tmp_path, monkeypatch,
+                                                                                             no_compile_peer):
+    """The reference's capture fails: its eager time stands in for it, the kernel is still timed as CUDA-graph
+    replays and gets the graph verdict the captured step reads (the step could not hold the reference anyway),
+    saying so — before, the op was timed eagerly and the captured step kept the reference."""
+    measuring = []
+
+    def fake_capture(run, leaves, cuda):
+        if measuring[-1] == "reference":
+            raise RuntimeError("operation not permitted when stream is capturing")
+        run()
+        return run, None, 1
+
+    _slow_reference(monkeypatch)
+    monkeypatch.setattr(gate, "_capture", fake_capture)
+    real_measure, rows = gate.measure, []
+    monkeypatch.setattr(gate, "measure", lambda spec, impl, *a: measuring.append(impl) or
+                        rows.append(real_measure(spec, impl, *a)) or rows[-1])
+    said, path = [], tmp_path / "g.json"
+    ops = gate.qualify({OP: SHAPE}, cuda=True, path=path, say=said.append, progress=False, graph=True)
+    assert [(r["impl"], r["timing_mode"], r["ms"] is None) for r in rows] == [
+        ("reference", "graph", True), ("reference", "eager", False), ("triton", "graph", False)]
+    assert any("could not be captured" in s and "eager time stands in" in s for s in said)
+    e = ops[OP]["triton"]["graph"]
+    assert e["allowed"] and "the reference timed eagerly" in e["reason"], e["reason"]
+    assert e["shapes"][0]["ref_timing_mode"] == "eager"
+    assert gate.Verdicts([path], shapes={OP: SHAPE}, graph=True).verdict(OP, "triton")[0]
+
+
+def test_a_reference_that_fails_the_call_denies_with_the_reason_in_one_line(tmp_path, monkeypatch, no_compile_peer):
+    """Run 11's first use: the conv's reference refused the step's mixed dtypes, so the peer got "denied: no timing
+    evidence" and nothing said why. Now one line names the call and the error, and so does every verdict of the
+    op (the float64 check still runs: the reference fails on the call's dtypes only)."""
+    _slow_reference(monkeypatch, fails=lambda kw: kw["x"].dtype != torch.float64)
+    monkeypatch.setattr(gate, "_capture", lambda run, leaves, cuda: (run(), (run, None, 1))[1])
+    said, path = [], tmp_path / "g.json"
+    ops = gate.qualify({OP: SHAPE}, cuda=True, path=path, say=said.append, progress=False, graph=True)
+    line = [s for s in said if "the reference fails in the step's call" in s]
+    assert len(line) == 1 and "N16 D32 row" in line[0] and "RuntimeError: Input type" in line[0], said
+    assert "reference/gate_norm_residual.py" in line[0]
+    e = ops[OP]["triton"]["graph"]
+    assert not e["allowed"] and e["reason"].startswith("denied: no timing evidence (the reference fails at N16 D32 "
+                                                       "row fwdbwd: RuntimeError: Input type"), e["reason"]
+    ok, why = gate.Verdicts([path], graph=True).verdict(OP, "triton")
+    assert not ok and "the reference fails at" in why
 
 
 # ------------------------------------------------------------------------------- the best proven choice
