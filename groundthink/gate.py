@@ -576,10 +576,18 @@ class Verdicts:
                        for op, shp in (shapes or {}).items()}
         self.graph = graph
         self.mode = "graph" if graph else "eager"
+        self._decided: dict = {}      # (op, impl, mode) -> _decide's answer: the sources are hashed once per object
 
     def _decide(self, op: str, impl: str, mode: str | None = None) -> tuple[bool, str, dict | None]:
-        """(allowed, why, the valid entry or None) of the verdict for ``mode`` (default: this step's)."""
-        mode, whys = mode or self.mode, []
+        """(allowed, why, the valid entry or None) of the verdict for ``mode`` (default: this step's), decided
+        once per object (``has`` asks per call and implementation; each decision hashes the op's sources)."""
+        key = (op, impl, mode or self.mode)
+        if key not in self._decided:
+            self._decided[key] = self._decide_now(*key)
+        return self._decided[key]
+
+    def _decide_now(self, op: str, impl: str, mode: str) -> tuple[bool, str, dict | None]:
+        whys = []
         for path, data, status in self.loaded:
             ok, why = verdict_of(data, status, op, impl, mode=mode)
             if ok or not why.startswith(_UNDECIDED):
@@ -974,7 +982,21 @@ def _background(plan: list, cuda: bool, parallel: bool, history: dict):
     long = [[(s.name, i.name, [c.payload() for c in calls])] for s, i, fn, calls in plan
             if i is not s.reference and not isinstance(fn, Exception)
             and expected_s(s, i, history, len(calls))[0] >= BACKGROUND_S]
-    return Background(long) if long else None
+    return Background(long, timeout_s=90.0) if long else None   # killed, its compiles would be redone here
+
+
+def early_background(shapes: dict, graph: bool, path: Path | None = None):
+    """The background compile of the qualification's long items (``_background``: mamba-ssm's first use), started
+    before the qualification itself — train.py starts it before data and model, from the calls of a CPU copy of
+    the model (``step_calls``). Run 11: that subprocess needed 55 s and started 12.6 s after the start; the
+    mamba2 item waited 16.6 s for it at the end of the qualification (69.7 s). ``shapes``: {op: the step's
+    calls}; only the items that ``qualify`` would measure (no valid verdict in ``path``, the per-machine
+    manifest) and that are expected to take ``BACKGROUND_S`` or more. Pass the result to ``qualify``
+    (``background=``); None when there is nothing to start (no GPU, parallel compile off, no long item)."""
+    path = path or machine_path()
+    history, _ = _history(load(path)[0])
+    plan, _ = _plan(shapes, True, Verdicts([path]), False, graph, history)
+    return _background(plan, True, True, history)
 
 
 def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float,
@@ -994,7 +1016,8 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     from tqdm import tqdm
     history, deferred_before, used_anyway = history or {}, deferred_before or set(), used_anyway or set()
     rows, deferred, spent, first, dropped = [], [], {}, {}, set()
-    in_background, t0 = set(background.names()) if background else set(), time.monotonic()
+    in_background = set(background.names()) if background else set()
+    t0 = getattr(background, "t0", time.monotonic())      # the background's start (early: before the gate)
     bar = tqdm(plan, desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
     for spec, impl, fn, shp in bar:
         op, name = spec.name, f"{spec.name}/{impl.name}"
@@ -1076,7 +1099,7 @@ def _compiled_since(before: dict) -> str:
 
 def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | None = None, device=None,
             say: Callable[[str], None] = print, progress: bool = True, force: bool = False,
-            budget_s: float = 60.0, graph: bool = False, parallel: bool = True) -> dict:
+            budget_s: float = 60.0, graph: bool = False, parallel: bool = True, background=None) -> dict:
     """Gate on first use: for every op in ``shapes`` (op -> the step's ``Call``s, ``step_calls``: each distinct
     variant the training step calls at its shape; or one spec shape tuple) whose lab candidates (or, for an op
     without lab kernels, its installed peers) have no valid verdict covering every call in the per-machine
@@ -1098,7 +1121,8 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     not timed. Not cut: the errors vs float64 (at the spec's ``err_shape``), the warm-up (compilation,
     autotuning) of every candidate. A progress bar shows the implementation being measured; the time of each op
     is said at the end. Returns the new entries ({op: {impl: entry}}). ``cuda`` and ``device`` may be injected
-    (tests: the interpreter on CPU)."""
+    (tests: the interpreter on CPU). ``background``: the long items' compile already started
+    (``early_background``; closed here); None: started here (``_background``)."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = path or machine_path()
@@ -1111,6 +1135,8 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     history, deferred_before = _history(load(path)[0])
     plan, left = _plan(shapes, cuda, Verdicts([path]), force, graph, history)
     if not plan:
+        if background:
+            background.close()
         return {}
     timing = {spec.name: _timing(spec, graph) for spec, *_ in plan}
     say(f"gate: qualifying {', '.join(sorted(timing))} on this machine (errors vs float64, "
@@ -1119,9 +1145,11 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     imports = time.monotonic() - t0
     from groundthink.precompile import counting_compiles, parallel_autotune
     c0 = dict(COMPILE_STATS)
-    background = _background(plan, cuda, parallel, history)
+    early = background is not None
+    background = background or _background(plan, cuda, parallel, history)
     if background:
-        say(f"gate: compiling {', '.join(background.names())} in the background meanwhile")
+        say(f"gate: compiling {', '.join(background.names())} in the background "
+            + ("since the start" if early else "meanwhile"))
     try:
         with parallel_autotune(enabled=parallel), counting_compiles():
             rows, deferred, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s, history,

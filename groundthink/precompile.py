@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import json
 import os
 import shutil
@@ -405,16 +404,6 @@ def _dry_run(op: str, impl: str, shape: list, device: str = "cuda") -> None:
             step()
 
 
-STEP = "step"      # the op name of a background item that dry-runs a training step: its impl names the module whose
-                   # ``dry_run_step(args)`` does it (train.py's: "train"), its "shape" the run's arguments as a dict
-
-
-def _dry_run_step(module: str, args: dict) -> None:
-    """``module.dry_run_step(args)`` (train.py's: one training step under the active ``compile_only``), imported by
-    name so that this module imports nothing above it (the driver builds the model through the registry)."""
-    importlib.import_module(module).dry_run_step(args)
-
-
 def _compile_items(items: list, say=print) -> dict:
     """Dry-run every (op, impl, shape) of ``items`` under one ``compile_only`` (their compiles all run
     concurrently), then say one JSON line per item, in order, as soon as that item's compiles are done
@@ -429,7 +418,7 @@ def _compile_items(items: list, say=print) -> dict:
             for op, impl, shape in items:
                 tagged.tag = f"{op}/{impl}"
                 try:
-                    _dry_run_step(impl, shape) if op == STEP else _dry_run(op, impl, shape)
+                    _dry_run(op, impl, shape)
                 except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
                     failed[tagged.tag] = f"{type(e).__name__}: {str(e)[:160]}"
                     STATS["errors"] += 1
@@ -460,6 +449,7 @@ class Background:
     def __init__(self, groups, timeout_s: float = 60.0):
         self.procs: dict[str, tuple[subprocess.Popen, float, Path]] = {}     # the items not waited for yet
         self.started: list[tuple[subprocess.Popen, Path]] = []
+        self.t0 = time.monotonic()       # the start of its compiles
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         for items in groups:
@@ -555,10 +545,8 @@ def _summary(returncode: int, log: Path) -> str:
 
 if __name__ == "__main__":      # python -m groundthink.precompile ITEMS-JSON (Background's subprocess)
     ITEMS = json.loads(sys.argv[1])
-    # the qualification's long item (mamba-ssm) at the main process's priority: at nice 10 it got the CPU only when
-    # the main's own compiles paused and was the critical path (run 10: 55.9 s for 42 compiles, the item waited
-    # 30.8 s; run 8, all in the main process: 12.4 s); the training step's compiles last (nice 19)
-    os.nice(19 if any(op == STEP for op, _, _ in ITEMS) else 0)
+    # at the main process's priority: at nice 10 the long item (mamba-ssm) got the CPU only when the main's own
+    # compiles paused and was the critical path (run 10: 55.9 s for 42 compiles, the item waited 30.8 s)
     import kernels  # noqa: F401 - the Triton interpreter switch, before any kernel is defined
     summary = _compile_items(ITEMS, say=lambda line: print(line, flush=True))
     print(json.dumps(summary), flush=True)

@@ -355,7 +355,7 @@ def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_pat
     assert any("compiling in the background for" in s for s in said)
 
 
-def test_only_long_items_compile_in_the_background(monkeypatch):
+def test_only_long_items_compile_in_the_background(monkeypatch, tmp_path):
     """Run 9 put every lab kernel into one more background subprocess: it reported after 26 s, the first lab item
     waited 20 s for it and the qualification took 65.5 s (run 8, the lab kernels compiled in the main process:
     53.2 s). Only an item expected to take ≥ BACKGROUND_S compiles in the background, in a subprocess of its own;
@@ -363,12 +363,14 @@ def test_only_long_items_compile_in_the_background(monkeypatch):
     from groundthink import precompile
     started = []
     monkeypatch.setattr(precompile, "switched_on", lambda enabled=True: enabled)
-    monkeypatch.setattr(precompile, "Background", lambda groups: started.append(groups) or "bg")
+    monkeypatch.setattr(precompile, "Background", lambda groups, timeout_s: started.append(groups) or "bg")
     monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton": 40.0})
     shapes = {op: get(op).bench.cpu_shapes[0] for op in ("decay_exp", "wkv6")}
     plan, _ = gate._plan(shapes, True, gate.Verdicts([]), True)
     assert gate._background(plan, True, True, {}) == "bg"
     assert [[(op, impl) for op, impl, _ in g] for g in started[0]] == [[("wkv6", "triton")]]
+    assert gate.early_background(shapes, graph=False, path=tmp_path / "g.json") == "bg"     # train.py's early start
+    assert started[1] == started[0]
     monkeypatch.setattr(gate, "FIRST_USE_S", {})
     assert gate._background(plan, True, True, {}) is None          # nothing long: no subprocess
     assert gate._background(plan, True, False, {}) is None
@@ -875,39 +877,27 @@ def test_train_qualifies_in_the_steps_timing_mode_at_the_models_shapes(monkeypat
     assert seen["verdicts"].graph is graph and seen["verdicts"].shapes["wkv6"] == [("B4 T32 H4 K32 V32 [u float32]", 8)]
 
 
-def test_train_compiles_its_step_in_the_background_during_the_qualification(monkeypatch):
-    """--kernels auto on a GPU: the training step's kernels (what the qualification's calls do not describe: the
-    peers' strides, unqualified ops) compile in a subprocess while the gate qualifies; the step is built after
-    waiting for it (at most 20 s); nothing starts for another mode."""
+@pytest.mark.parametrize("name,ops", [("GF-MH", {"mamba2", "causal_conv1d", "wkv6"}), ("rwkv6", {"wkv6"})])
+def test_train_starts_the_long_compile_before_data_and_model(monkeypatch, name, ops):
+    """--kernels auto on a GPU, rank 0: the qualification's long compile (mamba-ssm) starts from the calls of a CPU
+    copy of the model before data and model (run 11: 12.6 s after the start, the qualification's critical path);
+    the run's random stream is untouched; nothing starts for another mode, device or rank. (The step's own
+    background compile is gone: it repeated the qualification's compiles — run 11: 2 kernels from the disk cache.)"""
     from types import SimpleNamespace
 
     import train
-    from groundthink import precompile
-    events = []
-
-    class FakeBackground:
-        def __init__(self, groups, timeout_s):
-            events.append(groups)
-
-        def wait(self, op, impl, at_most=None):
-            events.append(f"wait {op}/{impl} at most {at_most}")
-            return 2.0, "40 kernel compiles done 30.0 s after the subprocess started, 0 failed"
-
-        def close(self):
-            events.append("close")
-
-    monkeypatch.setattr(precompile, "switched_on", lambda enabled=True: enabled)
-    monkeypatch.setattr(precompile, "Background", FakeBackground)
-    args = SimpleNamespace(kernels="auto", batch_size=4, seq_len=32)
-    bg = train.step_background(args, 104, torch.device("cuda"))
-    assert events == [[[("step", "train", {"kernels": "auto", "batch_size": 4, "seq_len": 32, "vocab_size": 104})]]]
-    said = []
-    train.wait_step_background(bg, said.append)
-    assert events[1:] == ["wait step/train at most 20.0", "close"]
-    assert said == ["training step: waited 2.0 s for its background compile (40 kernel compiles done 30.0 s after "
-                    "the subprocess started, 0 failed)"]
-    assert train.step_background(SimpleNamespace(kernels="triton"), 104, torch.device("cuda")) is None
-    assert train.step_background(args, 104, torch.device("cpu")) is None
+    seen = {}
+    monkeypatch.setattr(gate, "early_background", lambda calls, graph: seen.update(calls=calls, graph=graph) or "bg")
+    args = SimpleNamespace(kernels="auto", model=name, size="tiny", override=None, batch_size=4, seq_len=32,
+                           graph="auto")
+    state = torch.random.get_rng_state()
+    assert train.early_background(args, torch.device("cuda"), True) == "bg"
+    assert torch.equal(state, torch.random.get_rng_state()) and seen["graph"] is True
+    assert ops <= set(seen["calls"]) and ("mamba2" in seen["calls"]) == ("mamba2" in ops)
+    assert all(c.shape[:2] == (4, 32) for c in seen["calls"]["wkv6"])
+    assert train.early_background(SimpleNamespace(kernels="triton"), torch.device("cuda"), True) is None
+    assert train.early_background(args, torch.device("cpu"), True) is None
+    assert train.early_background(args, torch.device("cuda"), False) is None
 
 
 # ------------------------------------------------------------------------------------ sampling after training
