@@ -979,7 +979,7 @@ def _background(plan: list, cuda: bool, parallel: bool, history: dict):
     from groundthink.precompile import Background, switched_on
     if not (cuda and switched_on(parallel)):
         return None
-    long = [[(s.name, i.name, [c.payload() for c in calls])] for s, i, fn, calls in plan
+    long = [(s.name, i.name, [c.payload() for c in calls]) for s, i, fn, calls in plan
             if i is not s.reference and not isinstance(fn, Exception)
             and expected_s(s, i, history, len(calls))[0] >= BACKGROUND_S]
     return Background(long, timeout_s=90.0) if long else None   # killed, its compiles would be redone here

@@ -363,12 +363,12 @@ def test_only_long_items_compile_in_the_background(monkeypatch, tmp_path):
     from groundthink import precompile
     started = []
     monkeypatch.setattr(precompile, "switched_on", lambda enabled=True: enabled)
-    monkeypatch.setattr(precompile, "Background", lambda groups, timeout_s: started.append(groups) or "bg")
+    monkeypatch.setattr(precompile, "Background", lambda items, timeout_s: started.append(items) or "bg")
     monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton": 40.0})
     shapes = {op: get(op).bench.cpu_shapes[0] for op in ("decay_exp", "wkv6")}
     plan, _ = gate._plan(shapes, True, gate.Verdicts([]), True)
     assert gate._background(plan, True, True, {}) == "bg"
-    assert [[(op, impl) for op, impl, _ in g] for g in started[0]] == [[("wkv6", "triton")]]
+    assert [(op, impl) for op, impl, _ in started[0]] == [("wkv6", "triton")]
     assert gate.early_background(shapes, graph=False, path=tmp_path / "g.json") == "bg"     # train.py's early start
     assert started[1] == started[0]
     monkeypatch.setattr(gate, "FIRST_USE_S", {})

@@ -193,7 +193,7 @@ def test_background_says_why_its_subprocess_failed_and_what_a_success_compiled(t
     """A background item whose dry run failed says why in its line; a subprocess that died says its exit code and
     last line (its log kept, path said); a success reports its JSON summary (its log removed). On this CPU machine
     the dry run fails: no CUDA device."""
-    bg = precompile.Background([[("decay_exp", "triton", [{"shape": [4, 8]}])]], timeout_s=120)
+    bg = precompile.Background([("decay_exp", "triton", [{"shape": [4, 8]}])], timeout_s=120)
     waited, what = bg.wait("decay_exp", "triton")
     assert waited >= 0 and what.startswith("0 kernel compiles done ") and "its dry run stopped early: " in what
     assert bg.wait("decay_exp", "triton") == (0.0, "")
@@ -233,9 +233,9 @@ def test_compile_only_sets_best_config_and_compiles_a_met_key_once(on_gpu, monke
     assert "compile_only" not in repr(Autotuner.run) and active_mode.get() is None
 
 
-def test_compile_items_says_each_item_as_soon_as_its_compiles_are_done(on_gpu, monkeypatch):
-    """The background subprocess dry-runs every item under one compile_only (all compiles concurrent), then says
-    one line per item in order; an item whose dry run fails says why, and what it compiled still counts."""
+def test_compile_item_says_when_its_compiles_are_done(on_gpu, monkeypatch):
+    """The background subprocess dry-runs its item under one compile_only (all compiles concurrent), then says one
+    line; an item whose dry run fails says why, and what it compiled still counts."""
     fns = {"a/x": FakeJIT(), "b/y": FakeJIT()}
 
     def dry_run(op, impl, shape):
@@ -246,7 +246,8 @@ def test_compile_items_says_each_item_as_soon_as_its_compiles_are_done(on_gpu, m
     monkeypatch.setattr(precompile, "_dry_run", dry_run)
     monkeypatch.setattr(precompile, "_workers", lambda: 14)         # as on the H100 host: 12 compile threads
     lines = []
-    summary = precompile._compile_items([["a", "x", [64]], ["b", "y", [32]]], say=lines.append)
+    precompile._compile_item("a", "x", [64], say=lines.append)
+    summary = precompile._compile_item("b", "y", [32], say=lines.append)
     done = [json.loads(ln) for ln in lines]
     assert [d["item"] for d in done] == ["a/x", "b/y"] and [d["kernels"] for d in done] == [len(MS)] * 2
     assert done[0]["failed"] == "" and done[1]["failed"] == "ValueError: bad shape"
