@@ -59,13 +59,18 @@ class NonFiniteLoss(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------- pieces
 
-def build_model(args, vocab_size: int, ops):
-    import fused
+def model_overrides(args) -> dict:
+    """--override KEY=VALUE ... as a dict (each value read as YAML)."""
     overrides = {}
     for item in args.override or []:
         key, _, value = item.partition("=")
         overrides[key.strip()] = yaml.safe_load(value)
-    return fused.get_model(args.model, size=args.size, vocab_size=vocab_size, ops=ops, **overrides)
+    return overrides
+
+
+def build_model(args, vocab_size: int, ops):
+    import fused
+    return fused.get_model(args.model, size=args.size, vocab_size=vocab_size, ops=ops, **model_overrides(args))
 
 
 def make_optimizer(model, args):
@@ -351,18 +356,24 @@ def qualify_kernels(args, model, ops, device, master, world, say, background=Non
     return ops
 
 
+MAMBA_OPS = ("mamba2", "causal_conv1d")    # the Mamba-2 mixer's ops (fused/blocks.py), absent from a pure RWKV-6 model
+
+
 def early_background(args, device, master):
     """--kernels auto on a GPU (rank 0): start the qualification's long compile (mamba-ssm's first use:
-    ``gate.early_background``) now, before data and model, from the calls of a CPU copy of the model (its
-    initialisation on a forked RNG: the run's random stream is untouched). Run 11 started it 12.6 s after the
-    start and its 55 s were the qualification's critical path. None when there is nothing to start."""
-    if args.kernels != "auto" or device.type != "cuda" or not master:
+    ``gate.early_background``) now, before data and model — run 11 started it 12.6 s after the start and its 55 s
+    were the qualification's critical path. The subprocess records the step's calls itself (its own copy of the
+    model on the GPU: mamba2's dt is a column slice, ``[dt rows 592]`` at GF-MH small; recording them here on the
+    CPU first took 5-30 s on a 2-core machine); ``step_calls`` and the qualification follow after the model.
+    None when there is nothing to start (another mode or device, another rank, no Mamba-2 branch)."""
+    import fused
+    if args.kernels != "auto" or device.type != "cuda" or not master or \
+            fused.VARIANTS[fused.canonical_name(args.model)]["branches"] == "rwkv":
         return None
     from groundthink import gate
-    with torch.random.fork_rng(devices=[]):
-        model = build_model(args, 256, resolve("reference", cuda=False))   # the vocabulary: a stand-in
-        calls = gate.step_calls(model, args.batch_size, args.seq_len, amp=torch.bfloat16)
-    return gate.early_background(calls, graph=args.graph != "off")
+    model = {"name": args.model, "size": args.size, "overrides": model_overrides(args), "batch_size": args.batch_size,
+             "seq_len": args.seq_len}
+    return gate.early_background(MAMBA_OPS, graph=args.graph != "off", model=model)
 
 
 def build_run(args, device, rank, world, master, say, ops, state, background=None) -> Run:

@@ -271,8 +271,8 @@ def _bound_of(spec: OpSpec, dtype: str) -> float:
 def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict], mode: str) -> dict:
     """The ``mode`` verdict of ``impl`` from its rows ``mine`` and the op's other ``rows`` (of that mode, and the
     reference's of every mode). A graph row whose reference could not be captured (its graph row failed) is
-    compared with the reference's eager time (``ref_timing_mode``: the reference cannot be in a captured step at all, so the
-    alternative to a capturable kernel is no graph); a call where the reference fails in every mode has no
+    compared with the reference's eager time (``ref_timing_mode``: the reference cannot be in a captured step at
+    all, so the alternative to a capturable kernel is no graph); a call where the reference fails in every mode has no
     timing (``ref_failed`` says why)."""
     hashes = sorted({r.get("source_hash") or "" for r in mine})
     dtype = max((r["dtype"] for r in mine), key=lambda d: _bound_of(spec, d))
@@ -985,18 +985,34 @@ def _background(plan: list, cuda: bool, parallel: bool, history: dict):
     return Background(long, timeout_s=90.0) if long else None   # killed, its compiles would be redone here
 
 
-def early_background(shapes: dict, graph: bool, path: Path | None = None):
-    """The background compile of the qualification's long items (``_background``: mamba-ssm's first use), started
-    before the qualification itself — train.py starts it before data and model, from the calls of a CPU copy of
-    the model (``step_calls``). Run 11: that subprocess needed 55 s and started 12.6 s after the start; the
-    mamba2 item waited 16.6 s for it at the end of the qualification (69.7 s). ``shapes``: {op: the step's
-    calls}; only the items that ``qualify`` would measure (no valid verdict in ``path``, the per-machine
-    manifest) and that are expected to take ``BACKGROUND_S`` or more. Pass the result to ``qualify``
-    (``background=``); None when there is nothing to start (no GPU, parallel compile off, no long item)."""
+def early_background(ops, graph: bool, model: dict, path: Path | None = None):
+    """The background compile of the qualification's long items (mamba-ssm's first use), started before the
+    qualification itself: train.py starts it before data and model. Run 11: that subprocess needed 55 s and
+    started 12.6 s after the start; the mamba2 item waited 16.6 s for it at the end of the qualification (69.7 s).
+    An item per first gated candidate of ``ops`` (as ``_plan``'s) that is installed, has no verdict at all for the
+    step's mode in ``path`` (the per-machine manifest; a verdict for other calls: the qualification's own
+    background covers the new ones) and is expected to take ``BACKGROUND_S`` or more; nothing is imported here.
+    Its calls are recorded in the subprocess (``model``: the run's model arguments, ``precompile.model_calls``),
+    the step's own strides included (mamba2's dt is a column slice: ``[dt rows 592]`` at GF-MH small). Pass the
+    result to ``qualify`` (``background=``); None when there is nothing to start."""
+    import importlib.util
+
+    from groundthink.precompile import Background, switched_on
+    if not switched_on():
+        return None
     path = path or machine_path()
     history, _ = _history(load(path)[0])
-    plan, _ = _plan(shapes, True, Verdicts([path]), False, graph, history)
-    return _background(plan, True, True, history)
+    known, items = Verdicts([path]), []
+    for op in ops:
+        spec = get(op)
+        cands = [i for i in spec.impls if i.role != "reference" and not (graph and not i.graph_safe)
+                 and importlib.util.find_spec(i.module.split(".")[0]) is not None]
+        role = "lab" if any(i.role == "lab" for i in cands) else "peer"
+        first = next((i for i in cands if i.role == role), None)
+        if first is not None and not known.has(op, first.name, timing=_timing(spec, graph)) and \
+                expected_s(spec, first, history)[0] >= BACKGROUND_S:
+            items.append((op, first.name, {"model": model}))
+    return Background(items, timeout_s=90.0) if items else None
 
 
 def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float,

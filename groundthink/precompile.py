@@ -36,7 +36,8 @@ line for its item as soon as the item's compiles are done and ends with a JSON s
 Triton's disk cache, which the main process reads when it measures the item, right after that line. Per item
 the gate says how many Triton kernels the main process compiled itself and how many it found in the disk cache
 (``counting_compiles``). A subprocess runs at the main process's priority with two cores fewer than the machine
-has (train.py starts it before data and model: ``gate.early_background``). Any failure there costs nothing but the overlap: the main process compiles what is missing, as before.
+has (train.py starts it before data and model: ``gate.early_background``). Any failure there costs nothing but
+the overlap: the main process compiles what is missing, as before.
 
 Winners at the error shape (``compile_winners``): the fp64 check runs at a smaller batch, where kernels
 specialise anew (an int argument divisible by 16 at B64 is not at B2: two of wkv6's kernels, most of
@@ -384,11 +385,26 @@ def compile_winners(call) -> None:
         STATS["errors"] += 1
 
 
-def _dry_run(op: str, impl: str, shape: list, device: str = "cuda") -> None:
+def model_calls(model: dict, device: str = "cuda") -> dict:
+    """``groundthink.calls.step_calls`` of the model that ``model`` describes ("name", "size", "overrides",
+    "batch_size", "seq_len"; any vocabulary), built on ``device`` with the references (under the step's autocast
+    on CUDA: the calls the main process records after it has built its own model)."""
+    import torch
+
+    import fused
+    from groundthink.calls import step_calls
+    from groundthink.registry import resolve
+    dev = torch.device(device)
+    net = fused.get_model(model["name"], size=model["size"], vocab_size=256,
+                          ops=resolve("reference", cuda=dev.type == "cuda"), **model.get("overrides", {})).to(dev)
+    return step_calls(net, model["batch_size"], model["seq_len"])
+
+
+def _dry_run(op: str, impl: str, shape, device: str = "cuda") -> None:
     """One forward + backward of ``op``/``impl`` in each of the step's calls (``shape``: their
-    ``groundthink.calls.Call.payload()``s) at its shape and at the spec's error shape (what
-    ``gate.measure`` runs) inside an active ``compile_only``: the kernels' compiles are submitted, none is waited
-    for."""
+    ``groundthink.calls.Call.payload()``s, or {"model": ...}: those of the run's model, ``model_calls``) at its
+    shape and at the spec's error shape (what ``gate.measure`` runs) inside an active ``compile_only``: the
+    kernels' compiles are submitted, none is waited for."""
     import torch
 
     from groundthink.calls import from_payload, inputs, run_shapes, unused_outputs
@@ -396,6 +412,8 @@ def _dry_run(op: str, impl: str, shape: list, device: str = "cuda") -> None:
     from groundthink.spec import get
     spec = get(op)
     fn, b = spec.impl(impl).load(), spec.bench
+    if isinstance(shape, dict):         # the run's model: its step's calls of op (``gate.early_background``)
+        shape = [c.payload() for c in model_calls(shape["model"], device).get(op, []) if c.shape is not None]
     for call in (from_payload(op, c) for c in shape):
         for shp in run_shapes(spec, call):
             kw = inputs(spec, shp, call.variant, b.dtype, device=torch.device(device))
@@ -434,8 +452,9 @@ class Background:
     before the item is measured returns (seconds waited, what the subprocess says it did) as soon as the item's
     compiles are done, waiting at most until ``timeout_s`` after the start (then the subprocess is ended and the
     main process compiles what is missing; (0.0, "") if none runs for it); ``close()`` ends what is left. Each
-    subprocess writes into a log in its own temporary folder: its item's JSON line, then a JSON summary; ``close()`` removes the log
-    of a subprocess that succeeded or was ended, and keeps (its path said) that of one that failed."""
+    subprocess writes into a log in its own temporary folder: its item's JSON line, then a JSON summary;
+    ``close()`` removes the log of a subprocess that succeeded or was ended, and keeps (its path said) that of one
+    that failed."""
 
     def __init__(self, items, timeout_s: float = 60.0):
         self.procs: dict[str, tuple[subprocess.Popen, float, Path]] = {}     # the items not waited for yet

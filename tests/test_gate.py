@@ -369,8 +369,16 @@ def test_only_long_items_compile_in_the_background(monkeypatch, tmp_path):
     plan, _ = gate._plan(shapes, True, gate.Verdicts([]), True)
     assert gate._background(plan, True, True, {}) == "bg"
     assert [(op, impl) for op, impl, _ in started[0]] == [("wkv6", "triton")]
-    assert gate.early_background(shapes, graph=False, path=tmp_path / "g.json") == "bg"     # train.py's early start
-    assert started[1] == started[0]
+    # train.py's early start: the long item, its calls recorded in the subprocess from the run's model; none
+    # once the per-machine manifest has a verdict for it in the step's mode
+    model = {"name": "rwkv6", "size": "tiny", "batch_size": 4, "seq_len": 32}
+    assert gate.early_background(["decay_exp", "wkv6"], graph=False, model=model, path=tmp_path / "g.json") == "bg"
+    assert started[1] == [("wkv6", "triton", {"model": model})]
+    path = tmp_path / "g.json"
+    gate.write(gate.evidence([_row("reference", 3.0, op="wkv6", shape="B1 T40 H2 K16 V16"),
+                              _row("triton", 1.0, op="wkv6", shape="B1 T40 H2 K16 V16")]), path)
+    assert gate.early_background(["wkv6"], graph=False, model=model, path=path) is None
+    assert gate.early_background(["wkv6"], graph=True, model=model, path=path) == "bg"     # no graph verdict
     monkeypatch.setattr(gate, "FIRST_USE_S", {})
     assert gate._background(plan, True, True, {}) is None          # nothing long: no subprocess
     assert gate._background(plan, True, False, {}) is None
@@ -877,25 +885,25 @@ def test_train_qualifies_in_the_steps_timing_mode_at_the_models_shapes(monkeypat
     assert seen["verdicts"].graph is graph and seen["verdicts"].shapes["wkv6"] == [("B4 T32 H4 K32 V32 [u float32]", 8)]
 
 
-@pytest.mark.parametrize("name,ops", [("GF-MH", {"mamba2", "causal_conv1d", "wkv6"}), ("rwkv6", {"wkv6"})])
-def test_train_starts_the_long_compile_before_data_and_model(monkeypatch, name, ops):
-    """--kernels auto on a GPU, rank 0: the qualification's long compile (mamba-ssm) starts from the calls of a CPU
-    copy of the model before data and model (run 11: 12.6 s after the start, the qualification's critical path);
-    the run's random stream is untouched; nothing starts for another mode, device or rank. (The step's own
-    background compile is gone: it repeated the qualification's compiles — run 11: 2 kernels from the disk cache.)"""
+def test_train_starts_the_long_compile_before_data_and_model(monkeypatch):
+    """--kernels auto on a GPU, rank 0: the qualification's long compile (mamba-ssm) starts before data and model
+    (run 11: 12.6 s after the start, the qualification's critical path), on the calls the step makes of mamba2
+    (the spec's inputs at the model's shape: what step_calls records); nothing starts for another mode, device or
+    rank, nor for a model without a Mamba-2 branch. (The step's own background compile is gone: it repeated the
+    qualification's compiles — run 11: 2 kernels from the disk cache.)"""
     from types import SimpleNamespace
 
     import train
     seen = {}
-    monkeypatch.setattr(gate, "early_background", lambda calls, graph: seen.update(calls=calls, graph=graph) or "bg")
-    args = SimpleNamespace(kernels="auto", model=name, size="tiny", override=None, batch_size=4, seq_len=32,
-                           graph="auto")
-    state = torch.random.get_rng_state()
+    monkeypatch.setattr(gate, "early_background", lambda ops, graph, model: seen.update(ops=ops, graph=graph,
+                                                                                        model=model) or "bg")
+    args = SimpleNamespace(kernels="auto", model="GF-MH", size="tiny", override=["d_state=16"], batch_size=4,
+                           seq_len=32, graph="auto")
     assert train.early_background(args, torch.device("cuda"), True) == "bg"
-    assert torch.equal(state, torch.random.get_rng_state()) and seen["graph"] is True
-    assert ops <= set(seen["calls"]) and ("mamba2" in seen["calls"]) == ("mamba2" in ops)
-    assert all(c.shape[:2] == (4, 32) for c in seen["calls"]["wkv6"])
-    assert train.early_background(SimpleNamespace(kernels="triton"), torch.device("cuda"), True) is None
+    assert seen == {"ops": ("mamba2", "causal_conv1d"), "graph": True, "model": {
+        "name": "GF-MH", "size": "tiny", "overrides": {"d_state": 16}, "batch_size": 4, "seq_len": 32}}
+    for other in ({"model": "rwkv6"}, {"kernels": "triton"}):
+        assert train.early_background(SimpleNamespace(**{**vars(args), **other}), torch.device("cuda"), True) is None
     assert train.early_background(args, torch.device("cpu"), True) is None
     assert train.early_background(args, torch.device("cuda"), False) is None
 
