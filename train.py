@@ -59,13 +59,18 @@ class NonFiniteLoss(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------- pieces
 
-def build_model(args, vocab_size: int, ops):
-    import fused
+def model_overrides(args) -> dict:
+    """--override KEY=VALUE ... as a dict (each value read as YAML)."""
     overrides = {}
     for item in args.override or []:
         key, _, value = item.partition("=")
         overrides[key.strip()] = yaml.safe_load(value)
-    return fused.get_model(args.model, size=args.size, vocab_size=vocab_size, ops=ops, **overrides)
+    return overrides
+
+
+def build_model(args, vocab_size: int, ops):
+    import fused
+    return fused.get_model(args.model, size=args.size, vocab_size=vocab_size, ops=ops, **model_overrides(args))
 
 
 def make_optimizer(model, args):
@@ -267,7 +272,12 @@ def _train(args, device, rank, world, master, say) -> dict:
             + " (chosen by device; flags override)")
     ops = resolve(args.kernels, graph=args.graph != "off")  # one implementation per op, and why
     say(f"kernels (--kernels {args.kernels}):\n" + ops.table())
-    run = build_run(args, device, rank, world, master, say, ops, state)
+    background = early_background(args, device, master)
+    try:
+        run = build_run(args, device, rank, world, master, say, ops, state, background)
+    finally:
+        if background is not None:
+            background.close()
     run.last_ckpt = resumed_from
     try:
         train_loop(run)
@@ -322,7 +332,7 @@ def prepare_data(args, state, master, world, say):
     return tok, {"name": corpus_name, "hash": gdata.text_hash(text)}, train_ids, val_ids
 
 
-def qualify_kernels(args, model, ops, device, master, world, say):
+def qualify_kernels(args, model, ops, device, master, world, say, background=None):
     """--kernels auto on a GPU: the gate on first use qualifies every lab kernel that has no valid verdict for
     this GPU covering each call the training step makes (``gate.step_calls``: every distinct op variant —
     dtypes, flags, modes — at the step's shape; ≤ 60 s, per-machine manifest) — timed as CUDA-graph replays when
@@ -335,7 +345,7 @@ def qualify_kernels(args, model, ops, device, master, world, say):
     shapes = gate.step_calls(model, args.batch_size, args.seq_len)     # every (op, variant) the step calls
     if master:
         say(f"gate: {time.monotonic() - _T0:.1f} s after the start (imports, data, model)")
-        gate.qualify(shapes, graph=graph, say=say, progress=not args.no_progress)
+        gate.qualify(shapes, graph=graph, say=say, progress=not args.no_progress, background=background)
     if world > 1:
         dist.barrier()
     ops = resolve(args.kernels, verdicts=gate.Verdicts(shapes=shapes, graph=graph))
@@ -346,61 +356,33 @@ def qualify_kernels(args, model, ops, device, master, world, say):
     return ops
 
 
-def step_background(args, vocab_size: int, device):
-    """--kernels auto on a GPU: a subprocess that compiles, meanwhile, the kernels of one training step
-    (``dry_run_step``), so that the training step's construction and capture find them in Triton's disk cache.
-    Since the qualification runs the step's own calls (``groundthink.calls``) the lab kernels' step variants are
-    compiled there as well; what is left to this subprocess is what a call's variant does not describe — the
-    peers' kernels at the step's strides (mamba-ssm's transposed x, B, C) and the kernels of ops no gate
-    qualifies. Whether it still pays for its CPU share is for a GPU first-use run to say (notes/gate.md). None when
-    there is nothing to overlap (another mode, no GPU, parallel compile off)."""
-    from groundthink.precompile import STEP, Background, switched_on
-    if args.kernels != "auto" or device.type != "cuda" or not switched_on():
+MAMBA_OPS = ("mamba2", "causal_conv1d")    # the Mamba-2 mixer's ops (fused/blocks.py), absent from a pure RWKV-6 model
+
+
+def early_background(args, device, master):
+    """--kernels auto on a GPU (rank 0): start the qualification's long compile (mamba-ssm's first use:
+    ``gate.early_background``) now, before data and model — run 11 started it 12.6 s after the start and its 55 s
+    were the qualification's critical path. The subprocess records the step's calls itself (its own copy of the
+    model on the GPU: mamba2's dt is a column slice, ``[dt rows 592]`` at GF-MH small; recording them here on the
+    CPU first took 5-30 s on a 2-core machine); ``step_calls`` and the qualification follow after the model.
+    None when there is nothing to start (another mode or device, another rank, no Mamba-2 branch)."""
+    import fused
+    if args.kernels != "auto" or device.type != "cuda" or not master or \
+            fused.VARIANTS[fused.canonical_name(args.model)]["branches"] == "rwkv":
         return None
-    return Background([[(STEP, "train", dict(clean_args(args), vocab_size=vocab_size))]], timeout_s=600.0)
+    from groundthink import gate
+    model = {"name": args.model, "size": args.size, "overrides": model_overrides(args), "batch_size": args.batch_size,
+             "seq_len": args.seq_len}
+    return gate.early_background(MAMBA_OPS, graph=args.graph != "off", model=model)
 
 
-def dry_run_step(args: dict, device: str = "cuda") -> None:
-    """The step background's work (``precompile``'s STEP item, run in its subprocess under an active
-    ``compile_only``): one training step of this run's model (``args``: its arguments, ``vocab_size`` included)
-    with every op on its first Triton choice (``resolve("triton")``: the lab kernels, the peers where an op has
-    none) — every kernel the step launches, at the step's own strides and flags (``step_background``), so that
-    ``TrainStep`` and the capture find them in the disk cache. Its model and optimizer are its own (their values
-    do not matter)."""
-    from types import SimpleNamespace
-    a = SimpleNamespace(**args)
-    dev = torch.device(device)
-    model = build_model(a, a.vocab_size, resolve("triton")).to(dev)
-    opt = make_optimizer(model, a)
-    step = TrainStep(model, opt, batch_size=a.batch_size, seq_len=a.seq_len, device=dev, grad_clip=a.grad_clip)
-    x = torch.zeros(a.batch_size, a.seq_len, dtype=torch.long, device=dev)
-    step(x, x, lr_values(opt, a, 0))
-
-
-def wait_step_background(background, say) -> None:
-    """Before the training step is built: wait (at most 20 s) for the step's background compile, say what it
-    did, end it."""
-    if background is None:
-        return
-    from groundthink.precompile import STEP
-    waited, what = background.wait(STEP, "train", at_most=20.0)
-    say(f"training step: waited {waited:.1f} s for its background compile ({what})")
-    background.close()
-
-
-def build_run(args, device, rank, world, master, say, ops, state) -> Run:
-    """Data, model, optimizer (restored when resuming), the training step, the metrics ring and the run log."""
+def build_run(args, device, rank, world, master, say, ops, state, background=None) -> Run:
+    """Data, model, optimizer (restored when resuming), the training step, the metrics ring and the run log
+    (``background``: the qualification's long compile, ``early_background``)."""
     tok, corpus, train_ids, val_ids = prepare_data(args, state, master, world, say)
     torch.manual_seed(args.seed)
     model = build_model(args, tok.vocab_size, ops).to(device)
-    background = step_background(args, tok.vocab_size, device) if master else None
-    try:
-        ops = qualify_kernels(args, model, ops, device, master, world, say)
-    except BaseException:
-        if background is not None:
-            background.close()
-        raise
-    wait_step_background(background, say)
+    ops = qualify_kernels(args, model, ops, device, master, world, say, background)
     opt = make_optimizer(model, args)
     start, gate0 = 0, None
     if state is not None:

@@ -36,8 +36,10 @@ the graph off for the whole step (run 3, small model: 126 ms eager vs 15 ms capt
 back, and timing it eagerly against graph-timed lab kernels would compare host overhead with none. So a
 graph-timed lab kernel is compared with the graph-safe peers only (graph-timed in the same run); the verdict
 names no eager peer, and ``choose`` (``Verdicts(graph=True)``) skips non-graph-safe implementations, saying so.
-If the reference itself cannot be captured, the op is timed eagerly (every row of it ``"eager"``): it gets an
-eager verdict only, and the captured step keeps its reference.
+If the reference itself cannot be captured, it is timed eagerly and that time stands in for it in the graph
+verdicts (``ref_timing_mode``; the candidates stay graph-timed: the captured step cannot hold the reference, so a
+capturable kernel competes with no graph); where it fails to run a call at all, nothing is timed against it there,
+and a line and the verdicts' reason say so ("no timing evidence (the reference fails at …)").
 
 ``choose`` takes the fastest allowed lab candidate at the model's own shape (``Verdicts(shapes=...)``; fwd+bwd
 time in the step's mode); an allowed peer is taken only where it beats every allowed
@@ -220,7 +222,8 @@ def rule(entry: dict) -> tuple[bool, str]:
     if wrong:
         return False, f"denied: fails correctness (relative error above its call's bound in {'; '.join(wrong)})"
     if not shapes:
-        return False, "denied: no timing evidence"
+        broken = entry.get("ref_failed") or []
+        return False, "denied: no timing evidence" + (f" (the reference fails at {broken[0]})" if broken else "")
     unknown = [s["shape"] for s in shapes if s.get("timing_mode") not in TIMINGS]
     if unknown:
         return False, f"denied: no known timing mode ({'|'.join(TIMINGS)}) at {', '.join(unknown)}"
@@ -242,7 +245,10 @@ def rule(entry: dict) -> tuple[bool, str]:
             return False, "denied: slower than peer " + ", ".join(beaten)
     worst = min(s["ref_ms"] / s["ms"] for s in shapes)
     vs = f", no slower than {', '.join(peers)}" if peers and entry.get("role") == "lab" else ""
-    return True, f"allowed: correct, ≥{worst:.1f}× the reference ({mode}), no more memory{vs}"
+    eager = any(s.get("ref_timing_mode", mode) != mode for s in shapes)
+    return True, (f"allowed: correct, ≥{worst:.1f}× the reference ({mode}"
+                  + ("; the reference timed eagerly: it cannot be captured" if eager else "")
+                  + f"), no more memory{vs}")
 
 
 # --------------------------------------------------------------------------------------------- evidence
@@ -263,7 +269,11 @@ def _bound_of(spec: OpSpec, dtype: str) -> float:
 
 
 def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict], mode: str) -> dict:
-    """The ``mode`` verdict of ``impl`` from its rows ``mine`` and the op's other ``rows`` (all of that mode)."""
+    """The ``mode`` verdict of ``impl`` from its rows ``mine`` and the op's other ``rows`` (of that mode, and the
+    reference's of every mode). A graph row whose reference could not be captured (its graph row failed) is
+    compared with the reference's eager time (``ref_timing_mode``: the reference cannot be in a captured step at
+    all, so the alternative to a capturable kernel is no graph); a call where the reference fails in every mode has no
+    timing (``ref_failed`` says why)."""
     hashes = sorted({r.get("source_hash") or "" for r in mine})
     dtype = max((r["dtype"] for r in mine), key=lambda d: _bound_of(spec, d))
     bound = _bound_of(spec, dtype)
@@ -274,12 +284,20 @@ def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict], mode: st
             errors[k] = max(errors.get(k, 0.0), float(v))
     if len(hashes) > 1:
         failed.append("rows measured by different versions of the sources")
-    same = [r for r in rows if r["op"] == spec.name and (r.get("source_hash") or "") == hashes[0] and r.get("ms")]
+    ours = [r for r in rows if r["op"] == spec.name and (r.get("source_hash") or "") == hashes[0]]
+    same = [r for r in ours if r.get("ms")]
     refs = {_key(r): r for r in same if r["impl"] == spec.reference.name}
+    labels = {(r["shape"], r["pass"]) for r in mine}
+    ref_failed = sorted({f"{r['shape']} {r['pass']}: {(r.get('note') or 'no time')[:120]}" for r in ours
+                         if r["impl"] == spec.reference.name and not r.get("ms") and (r["shape"], r["pass"]) in labels
+                         and not any(k[:2] == (r["shape"], r["pass"]) for k in refs)})
+    uncaptured = {(r["shape"], r["pass"]) for r in ours if r["impl"] == spec.reference.name and not r.get("ms")
+                  and r.get("timing_mode") == "graph"}
     peer_names = {i.name for i in spec.role("peer") if mode == "eager" or i.graph_safe} - {impl}
     shapes = []
     for r in mine:
-        rr = refs.get(_key(r))
+        rr = refs.get(_key(r)) or (refs.get((r["shape"], r["pass"], "eager")) if mode == "graph" and
+                                   (r["shape"], r["pass"]) in uncaptured else None)
         if not r.get("ms") or rr is None:
             continue
         rb = _bound_of(spec, r["dtype"])          # the row's own bound: a peer competes where it meets it
@@ -290,8 +308,12 @@ def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict], mode: st
                        "speedup": rr["ms"] / r["ms"], "peak_mb": r.get("peak_mb"),
                        "ref_peak_mb": rr.get("peak_mb"), "peer_ms": peer_ms, "dtype": r["dtype"],
                        "bound": rb, "errors": _row_errors(r)})
+        if rr.get("timing_mode") != mode:
+            shapes[-1]["ref_timing_mode"] = rr.get("timing_mode")
     entry = {"mode": mode, "role": spec.impl(impl).role, "dtype": dtype, "bound": bound, "errors": errors,
              "failed": failed, "shapes": shapes, "source_hash": hashes[0] or None, "sources": op_sources(spec.name)}
+    if ref_failed:
+        entry["ref_failed"] = ref_failed
     entry["allowed"], entry["reason"] = rule(entry)
     return entry
 
@@ -331,8 +353,8 @@ def evidence(rows: list[dict]) -> dict:
             continue
         if mode == "graph" and not spec.impl(impl).graph_safe:
             continue
-        same = [r for r in rows if r["op"] == op and r.get("timing_mode") == mode]
-        mine = [r for r in same if r["impl"] == impl]
+        same = [r for r in rows if r["op"] == op and (r.get("timing_mode") == mode or r["impl"] == spec.reference.name)]
+        mine = [r for r in same if r["impl"] == impl and r.get("timing_mode") == mode]
         ops.setdefault(op, {}).setdefault(impl, {})[mode] = _entry(spec, impl, mine, same, mode)
     return ops
 
@@ -554,10 +576,18 @@ class Verdicts:
                        for op, shp in (shapes or {}).items()}
         self.graph = graph
         self.mode = "graph" if graph else "eager"
+        self._decided: dict = {}      # (op, impl, mode) -> _decide's answer: the sources are hashed once per object
 
     def _decide(self, op: str, impl: str, mode: str | None = None) -> tuple[bool, str, dict | None]:
-        """(allowed, why, the valid entry or None) of the verdict for ``mode`` (default: this step's)."""
-        mode, whys = mode or self.mode, []
+        """(allowed, why, the valid entry or None) of the verdict for ``mode`` (default: this step's), decided
+        once per object (``has`` asks per call and implementation; each decision hashes the op's sources)."""
+        key = (op, impl, mode or self.mode)
+        if key not in self._decided:
+            self._decided[key] = self._decide_now(*key)
+        return self._decided[key]
+
+    def _decide_now(self, op: str, impl: str, mode: str) -> tuple[bool, str, dict | None]:
+        whys = []
         for path, data, status in self.loaded:
             ok, why = verdict_of(data, status, op, impl, mode=mode)
             if ok or not why.startswith(_UNDECIDED):
@@ -949,17 +979,47 @@ def _background(plan: list, cuda: bool, parallel: bool, history: dict):
     from groundthink.precompile import Background, switched_on
     if not (cuda and switched_on(parallel)):
         return None
-    long = [[(s.name, i.name, [c.payload() for c in calls])] for s, i, fn, calls in plan
+    long = [(s.name, i.name, [c.payload() for c in calls]) for s, i, fn, calls in plan
             if i is not s.reference and not isinstance(fn, Exception)
             and expected_s(s, i, history, len(calls))[0] >= BACKGROUND_S]
-    return Background(long) if long else None
+    return Background(long, timeout_s=90.0) if long else None   # killed, its compiles would be redone here
+
+
+def early_background(ops, graph: bool, model: dict, path: Path | None = None):
+    """The background compile of the qualification's long items (mamba-ssm's first use), started before the
+    qualification itself: train.py starts it before data and model. Run 11: that subprocess needed 55 s and
+    started 12.6 s after the start; the mamba2 item waited 16.6 s for it at the end of the qualification (69.7 s).
+    An item per first gated candidate of ``ops`` (as ``_plan``'s) that is installed, has no verdict at all for the
+    step's mode in ``path`` (the per-machine manifest; a verdict for other calls: the qualification's own
+    background covers the new ones) and is expected to take ``BACKGROUND_S`` or more; nothing is imported here.
+    Its calls are recorded in the subprocess (``model``: the run's model arguments, ``precompile.model_calls``),
+    the step's own strides included (mamba2's dt is a column slice: ``[dt rows 592]`` at GF-MH small). Pass the
+    result to ``qualify`` (``background=``); None when there is nothing to start."""
+    import importlib.util
+
+    from groundthink.precompile import Background, switched_on
+    if not switched_on():
+        return None
+    path = path or machine_path()
+    history, _ = _history(load(path)[0])
+    known, items = Verdicts([path]), []
+    for op in ops:
+        spec = get(op)
+        cands = [i for i in spec.impls if i.role != "reference" and not (graph and not i.graph_safe)
+                 and importlib.util.find_spec(i.module.split(".")[0]) is not None]
+        role = "lab" if any(i.role == "lab" for i in cands) else "peer"
+        first = next((i for i in cands if i.role == role), None)
+        if first is not None and not known.has(op, first.name, timing=_timing(spec, graph)) and \
+                expected_s(spec, first, history)[0] >= BACKGROUND_S:
+            items.append((op, first.name, {"model": model}))
+    return Background(items, timeout_s=90.0) if items else None
 
 
 def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float,
               history: dict | None = None, deferred_before: set | None = None, used_anyway: set | None = None,
               background=None):
-    """Measure the plan's items in order (``timing``: op -> mode, switched to eager where the reference cannot
-    be captured) within ``deadline`` (time.monotonic()). An item starts only if its expected time
+    """Measure the plan's items in order (``timing``: op -> mode; a reference that fails: ``_reference_fallback``)
+    within ``deadline`` (time.monotonic()). An item starts only if its expected time
     (``expected_s``; for a further candidate of an op, at least what its first candidate took) fits before the
     deadline; otherwise it is deferred to the next run, and so is the rest of its op when its reference is.
     Not deferred whatever its estimate (the plan has put the cheap items before them): an item the previous
@@ -972,7 +1032,8 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     from tqdm import tqdm
     history, deferred_before, used_anyway = history or {}, deferred_before or set(), used_anyway or set()
     rows, deferred, spent, first, dropped = [], [], {}, {}, set()
-    in_background, t0 = set(background.names()) if background else set(), time.monotonic()
+    in_background = set(background.names()) if background else set()
+    t0 = getattr(background, "t0", time.monotonic())      # the background's start (early: before the gate)
     bar = tqdm(plan, desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
     for spec, impl, fn, shp in bar:
         op, name = spec.name, f"{spec.name}/{impl.name}"
@@ -1009,12 +1070,8 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         else:
             got = [measure(spec, impl.name, fn, c, device, timing[op]) for c in shp]
             rows += got
-            bad = [r for r in got if r["ms"] is None]
-            if impl is spec.reference and bad and timing[op] == "graph":
-                say(f"gate {op}: the reference could not be captured ({bad[0]['note'][:120]}); timing "
-                    f"{op} eagerly")
-                timing[op] = "eager"
-                rows += [measure(spec, impl.name, fn, c, device, "eager") for c in shp]
+            if impl is spec.reference:
+                rows += _reference_fallback(spec, fn, shp, got, timing[op], device, say)
         spent.setdefault(op, {})[impl.name] = time.monotonic() - t1
         if not progress:   # no bar: one line per item, so a run cut short still shows where its time went
             say(f"gate: {name} measured in {spent[op][impl.name]:.1f} s (expected {exp:.1f} s: {source})"
@@ -1023,6 +1080,28 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
             first.setdefault(op, spent[op][impl.name])
     bar.close()
     return rows, deferred, spent
+
+
+def _reference_fallback(spec: OpSpec, fn, calls: list, got: list[dict], timing: str, device, say) -> list[dict]:
+    """The reference's rows ``got`` (in ``timing``) have failed calls: where the graph capture failed, the
+    reference is timed eagerly and that time stands in for it (``_entry``: the candidates stay timed as
+    CUDA-graph replays, the captured step could not hold the reference anyway); where it fails eagerly as well,
+    nothing can be timed against it in that call: one line says so (the verdicts then say "no timing evidence
+    (the reference fails at …)"). Returns the extra rows."""
+    bad = [c for c, r in zip(calls, got) if r["ms"] is None]
+    if not bad:
+        return []
+    op, note = spec.name, got[calls.index(bad[0])]["note"][:120]
+    extra = [measure(spec, spec.reference.name, fn, c, device, "eager") for c in bad] if timing == "graph" else []
+    broken = [r for r in extra if r["ms"] is None] if extra else [r for r in got if r["ms"] is None]
+    if broken:
+        say(f"gate {op}: the reference fails in the step's call {broken[0]['shape']} ({broken[0]['note'][:120]}): "
+            f"no {op} implementation can be timed against it there, none is allowed; the step keeps the "
+            f"reference (fix {spec.reference.module.replace('.', '/')}.py to accept this call)")
+    else:
+        say(f"gate {op}: the reference could not be captured ({note}); its eager time stands in for it (the "
+            f"candidates are still timed as CUDA-graph replays)")
+    return extra
 
 
 def _compiled_since(before: dict) -> str:
@@ -1036,7 +1115,7 @@ def _compiled_since(before: dict) -> str:
 
 def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | None = None, device=None,
             say: Callable[[str], None] = print, progress: bool = True, force: bool = False,
-            budget_s: float = 60.0, graph: bool = False, parallel: bool = True) -> dict:
+            budget_s: float = 60.0, graph: bool = False, parallel: bool = True, background=None) -> dict:
     """Gate on first use: for every op in ``shapes`` (op -> the step's ``Call``s, ``step_calls``: each distinct
     variant the training step calls at its shape; or one spec shape tuple) whose lab candidates (or, for an op
     without lab kernels, its installed peers) have no valid verdict covering every call in the per-machine
@@ -1058,7 +1137,8 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     not timed. Not cut: the errors vs float64 (at the spec's ``err_shape``), the warm-up (compilation,
     autotuning) of every candidate. A progress bar shows the implementation being measured; the time of each op
     is said at the end. Returns the new entries ({op: {impl: entry}}). ``cuda`` and ``device`` may be injected
-    (tests: the interpreter on CPU)."""
+    (tests: the interpreter on CPU). ``background``: the long items' compile already started
+    (``early_background``; closed here); None: started here (``_background``)."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = path or machine_path()
@@ -1071,6 +1151,8 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     history, deferred_before = _history(load(path)[0])
     plan, left = _plan(shapes, cuda, Verdicts([path]), force, graph, history)
     if not plan:
+        if background:
+            background.close()
         return {}
     timing = {spec.name: _timing(spec, graph) for spec, *_ in plan}
     say(f"gate: qualifying {', '.join(sorted(timing))} on this machine (errors vs float64, "
@@ -1079,9 +1161,11 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     imports = time.monotonic() - t0
     from groundthink.precompile import counting_compiles, parallel_autotune
     c0 = dict(COMPILE_STATS)
-    background = _background(plan, cuda, parallel, history)
+    early = background is not None
+    background = background or _background(plan, cuda, parallel, history)
     if background:
-        say(f"gate: compiling {', '.join(background.names())} in the background meanwhile")
+        say(f"gate: compiling {', '.join(background.names())} in the background "
+            + ("since the start" if early else "meanwhile"))
     try:
         with parallel_autotune(enabled=parallel), counting_compiles():
             rows, deferred, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s, history,

@@ -22,7 +22,7 @@ its own ``do_bench`` (a caller's choice) is left alone, and the default comes ba
 ``GROUNDTHINK_AUTOTUNE_BENCH_MS="25,100"`` restores Triton's figures. Configs within the noise of each other
 may then swap places; which config is fastest by a clear margin does not change.
 
-Compile in the background (``Background``, ``python -m groundthink.precompile ITEMS-JSON``): at the start of
+Compile in the background (``Background``, ``python -m groundthink.precompile ITEM-JSON``): at the start of
 the qualification the gate starts a subprocess for each item expected to take long (mamba-ssm's first use), so
 that its compilation — CPU work — overlaps the timing of the items before it (run 9 also compiled every lab kernel
 in one more subprocess: slower, see ``gate._background``). A subprocess dry-runs each item: one forward + backward at the model's shape and at
@@ -32,11 +32,12 @@ dry run), an autotuned kernel with every config it would benchmark (nothing at a
 error shape of a kernel whose key ignores the batch), and its ``best_config`` is set, because host code reads it
 after a launch (mamba-ssm's backward; run 7's subprocess died there, at its first backward kernel, so the main
 process compiled mamba-ssm's 116 configs again). Only PyTorch's own small ops reach the GPU. It says one JSON
-line per item as soon as that item's compiles are done and ends with a JSON summary; the binaries land in
+line for its item as soon as the item's compiles are done and ends with a JSON summary; the binaries land in
 Triton's disk cache, which the main process reads when it measures the item, right after that line. Per item
 the gate says how many Triton kernels the main process compiled itself and how many it found in the disk cache
-(``counting_compiles``). The subprocesses run at a lower CPU priority with two cores fewer than the machine
-has. Any failure there costs nothing but the overlap: the main process compiles what is missing, as before.
+(``counting_compiles``). A subprocess runs at the main process's priority with two cores fewer than the machine
+has (train.py starts it before data and model: ``gate.early_background``). Any failure there costs nothing but
+the overlap: the main process compiles what is missing, as before.
 
 Winners at the error shape (``compile_winners``): the fp64 check runs at a smaller batch, where kernels
 specialise anew (an int argument divisible by 16 at B64 is not at B2: two of wkv6's kernels, most of
@@ -56,7 +57,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import json
 import os
 import shutil
@@ -286,16 +286,15 @@ def launched_specialisations(run: bool = True):
 
 # ------------------------------------------------------------------------------ compile in the background
 
-class _Tagged:
-    """An executor that files every compile it is given under the item being dry-run (``tag``), so that a caller
-    can wait for one item's compiles while the others still run."""
+class _Recording:
+    """An executor that keeps every compile future it is given (the item's line counts them and their errors)."""
 
     def __init__(self, pool):
-        self.pool, self.tag, self.futures = pool, None, {}
+        self.pool, self.futures = pool, []
 
     def submit(self, fn, *args, **kwargs):
         future = self.pool.submit(fn, *args, **kwargs)
-        self.futures.setdefault(self.tag, []).append(future)
+        self.futures.append(future)
         return future
 
 
@@ -386,11 +385,26 @@ def compile_winners(call) -> None:
         STATS["errors"] += 1
 
 
-def _dry_run(op: str, impl: str, shape: list, device: str = "cuda") -> None:
+def model_calls(model: dict, device: str = "cuda") -> dict:
+    """``groundthink.calls.step_calls`` of the model that ``model`` describes ("name", "size", "overrides",
+    "batch_size", "seq_len"; any vocabulary), built on ``device`` with the references (under the step's autocast
+    on CUDA: the calls the main process records after it has built its own model)."""
+    import torch
+
+    import fused
+    from groundthink.calls import step_calls
+    from groundthink.registry import resolve
+    dev = torch.device(device)
+    net = fused.get_model(model["name"], size=model["size"], vocab_size=256,
+                          ops=resolve("reference", cuda=dev.type == "cuda"), **model.get("overrides", {})).to(dev)
+    return step_calls(net, model["batch_size"], model["seq_len"])
+
+
+def _dry_run(op: str, impl: str, shape, device: str = "cuda") -> None:
     """One forward + backward of ``op``/``impl`` in each of the step's calls (``shape``: their
-    ``groundthink.calls.Call.payload()``s) at its shape and at the spec's error shape (what
-    ``gate.measure`` runs) inside an active ``compile_only``: the kernels' compiles are submitted, none is waited
-    for."""
+    ``groundthink.calls.Call.payload()``s, or {"model": ...}: those of the run's model, ``model_calls``) at its
+    shape and at the spec's error shape (what ``gate.measure`` runs) inside an active ``compile_only``: the
+    kernels' compiles are submitted, none is waited for."""
     import torch
 
     from groundthink.calls import from_payload, inputs, run_shapes, unused_outputs
@@ -398,6 +412,8 @@ def _dry_run(op: str, impl: str, shape: list, device: str = "cuda") -> None:
     from groundthink.spec import get
     spec = get(op)
     fn, b = spec.impl(impl).load(), spec.bench
+    if isinstance(shape, dict):         # the run's model: its step's calls of op (``gate.early_background``)
+        shape = [c.payload() for c in model_calls(shape["model"], device).get(op, []) if c.shape is not None]
     for call in (from_payload(op, c) for c in shape):
         for shp in run_shapes(spec, call):
             kw = inputs(spec, shp, call.variant, b.dtype, device=torch.device(device))
@@ -405,43 +421,26 @@ def _dry_run(op: str, impl: str, shape: list, device: str = "cuda") -> None:
             step()
 
 
-STEP = "step"      # the op name of a background item that dry-runs a training step: its impl names the module whose
-                   # ``dry_run_step(args)`` does it (train.py's: "train"), its "shape" the run's arguments as a dict
-
-
-def _dry_run_step(module: str, args: dict) -> None:
-    """``module.dry_run_step(args)`` (train.py's: one training step under the active ``compile_only``), imported by
-    name so that this module imports nothing above it (the driver builds the model through the registry)."""
-    importlib.import_module(module).dry_run_step(args)
-
-
-def _compile_items(items: list, say=print) -> dict:
-    """Dry-run every (op, impl, shape) of ``items`` under one ``compile_only`` (their compiles all run
-    concurrently), then say one JSON line per item, in order, as soon as that item's compiles are done
-    (``Background.wait`` reads it), and return the summary ("seconds": the whole call's)."""
+def _compile_item(op: str, impl: str, shape: list, say=print) -> dict:
+    """Dry-run one item (``_dry_run``) under ``compile_only`` (its compiles all concurrent), then say one JSON line
+    when they are done (``Background.wait`` reads it) and return the summary ("seconds": the whole call's)."""
     import torch
-    from concurrent.futures import wait
     t0 = time.monotonic()
     pool = ThreadPoolExecutor(max(1, _workers() - 2), thread_name_prefix="precompile")
-    tagged, failed = _Tagged(pool), {}
+    recording, failed = _Recording(pool), ""
     try:
-        with compile_only(executor=tagged):
-            for op, impl, shape in items:
-                tagged.tag = f"{op}/{impl}"
-                try:
-                    _dry_run_step(impl, shape) if op == STEP else _dry_run(op, impl, shape)
-                except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
-                    failed[tagged.tag] = f"{type(e).__name__}: {str(e)[:160]}"
-                    STATS["errors"] += 1
+        with compile_only(executor=recording):
+            try:
+                _dry_run(op, impl, shape)
+            except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
+                failed = f"{type(e).__name__}: {str(e)[:160]}"
+                STATS["errors"] += 1
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            for op, impl, _ in items:
-                name = f"{op}/{impl}"
-                futures = tagged.futures.get(name, [])
-                wait(futures)
-                errors = sum(f.exception() is not None for f in futures)
-                say(json.dumps({"item": name, "kernels": len(futures), "errors": errors,
-                                "failed": failed.get(name, ""), "at": round(time.monotonic() - _LOADED, 1)}))
+        futures = recording.futures            # compile_only's exit has waited for them
+        say(json.dumps({"item": f"{op}/{impl}", "kernels": len(futures),
+                        "errors": sum(f.exception() is not None for f in futures), "failed": failed,
+                        "at": round(time.monotonic() - _LOADED, 1)}))
     finally:
         pool.shutdown(wait=True)
     return dict(STATS, seconds=round(time.monotonic() - t0, 1))
@@ -449,22 +448,23 @@ def _compile_items(items: list, say=print) -> dict:
 
 class Background:
     """Subprocesses compiling items of the qualification while the main process times others (module
-    docstring): ``Background([[(op, impl, shape), ...], ...])`` starts one subprocess per group (its items
-    compile concurrently, in order of need), ``wait(op, impl)`` before the item is measured returns (seconds
-    waited, what the subprocess says it did for that item) as soon as that item's compiles are done, waiting at
-    most until ``timeout_s`` after the start (then the subprocess is ended and the main process compiles what is
-    missing; (0.0, "") if none runs for it); ``close()`` ends what is left. Each subprocess writes into a log in
-    its own temporary folder: one JSON line per finished item, then a JSON summary; ``close()`` removes the log
-    of a subprocess that succeeded or was ended, and keeps (its path said) that of one that failed."""
+    docstring): ``Background([(op, impl, shape), ...])`` starts one subprocess per item, ``wait(op, impl)``
+    before the item is measured returns (seconds waited, what the subprocess says it did) as soon as the item's
+    compiles are done, waiting at most until ``timeout_s`` after the start (then the subprocess is ended and the
+    main process compiles what is missing; (0.0, "") if none runs for it); ``close()`` ends what is left. Each
+    subprocess writes into a log in its own temporary folder: its item's JSON line, then a JSON summary;
+    ``close()`` removes the log of a subprocess that succeeded or was ended, and keeps (its path said) that of one
+    that failed."""
 
-    def __init__(self, groups, timeout_s: float = 60.0):
+    def __init__(self, items, timeout_s: float = 60.0):
         self.procs: dict[str, tuple[subprocess.Popen, float, Path]] = {}     # the items not waited for yet
         self.started: list[tuple[subprocess.Popen, Path]] = []
+        self.t0 = time.monotonic()       # the start of its compiles
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-        for items in groups:
+        for op, impl, shape in items:
             log = Path(tempfile.mkdtemp()) / "precompile.log"    # tmpXXXXXXXX: scrub_paths.py knows it
-            arg = json.dumps([list(i) for i in items], default=str)
+            arg = json.dumps([op, impl, shape], default=str)
             try:
                 with open(log, "w") as out:
                     proc = subprocess.Popen(
@@ -474,8 +474,7 @@ class Background:
                 shutil.rmtree(log.parent, ignore_errors=True)
                 continue
             self.started.append((proc, log))
-            for op, impl, _ in items:
-                self.procs[f"{op}/{impl}"] = (proc, time.monotonic() + timeout_s, log)
+            self.procs[f"{op}/{impl}"] = (proc, time.monotonic() + timeout_s, log)
 
     def names(self) -> list[str]:
         return list(self.procs)
@@ -553,12 +552,10 @@ def _summary(returncode: int, log: Path) -> str:
     return f"exit {returncode}: {last} (log {log})"
 
 
-if __name__ == "__main__":      # python -m groundthink.precompile ITEMS-JSON (Background's subprocess)
-    ITEMS = json.loads(sys.argv[1])
-    # the qualification's long item (mamba-ssm) at the main process's priority: at nice 10 it got the CPU only when
-    # the main's own compiles paused and was the critical path (run 10: 55.9 s for 42 compiles, the item waited
-    # 30.8 s; run 8, all in the main process: 12.4 s); the training step's compiles last (nice 19)
-    os.nice(19 if any(op == STEP for op, _, _ in ITEMS) else 0)
+if __name__ == "__main__":      # python -m groundthink.precompile ITEM-JSON (Background's subprocess)
+    OP, IMPL, SHAPE = json.loads(sys.argv[1])
+    # at the main process's priority: at nice 10 the long item (mamba-ssm) got the CPU only when the main's own
+    # compiles paused and was the critical path (run 10: 55.9 s for 42 compiles, the item waited 30.8 s)
     import kernels  # noqa: F401 - the Triton interpreter switch, before any kernel is defined
-    summary = _compile_items(ITEMS, say=lambda line: print(line, flush=True))
+    summary = _compile_item(OP, IMPL, SHAPE, say=lambda line: print(line, flush=True))
     print(json.dumps(summary), flush=True)

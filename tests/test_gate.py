@@ -355,7 +355,7 @@ def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_pat
     assert any("compiling in the background for" in s for s in said)
 
 
-def test_only_long_items_compile_in_the_background(monkeypatch):
+def test_only_long_items_compile_in_the_background(monkeypatch, tmp_path):
     """Run 9 put every lab kernel into one more background subprocess: it reported after 26 s, the first lab item
     waited 20 s for it and the qualification took 65.5 s (run 8, the lab kernels compiled in the main process:
     53.2 s). Only an item expected to take ≥ BACKGROUND_S compiles in the background, in a subprocess of its own;
@@ -363,12 +363,22 @@ def test_only_long_items_compile_in_the_background(monkeypatch):
     from groundthink import precompile
     started = []
     monkeypatch.setattr(precompile, "switched_on", lambda enabled=True: enabled)
-    monkeypatch.setattr(precompile, "Background", lambda groups: started.append(groups) or "bg")
+    monkeypatch.setattr(precompile, "Background", lambda items, timeout_s: started.append(items) or "bg")
     monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton": 40.0})
     shapes = {op: get(op).bench.cpu_shapes[0] for op in ("decay_exp", "wkv6")}
     plan, _ = gate._plan(shapes, True, gate.Verdicts([]), True)
     assert gate._background(plan, True, True, {}) == "bg"
-    assert [[(op, impl) for op, impl, _ in g] for g in started[0]] == [[("wkv6", "triton")]]
+    assert [(op, impl) for op, impl, _ in started[0]] == [("wkv6", "triton")]
+    # train.py's early start: the long item, its calls recorded in the subprocess from the run's model; none
+    # once the per-machine manifest has a verdict for it in the step's mode
+    model = {"name": "rwkv6", "size": "tiny", "batch_size": 4, "seq_len": 32}
+    assert gate.early_background(["decay_exp", "wkv6"], graph=False, model=model, path=tmp_path / "g.json") == "bg"
+    assert started[1] == [("wkv6", "triton", {"model": model})]
+    path = tmp_path / "g.json"
+    gate.write(gate.evidence([_row("reference", 3.0, op="wkv6", shape="B1 T40 H2 K16 V16"),
+                              _row("triton", 1.0, op="wkv6", shape="B1 T40 H2 K16 V16")]), path)
+    assert gate.early_background(["wkv6"], graph=False, model=model, path=path) is None
+    assert gate.early_background(["wkv6"], graph=True, model=model, path=path) == "bg"     # no graph verdict
     monkeypatch.setattr(gate, "FIRST_USE_S", {})
     assert gate._background(plan, True, True, {}) is None          # nothing long: no subprocess
     assert gate._background(plan, True, False, {}) is None
@@ -408,6 +418,31 @@ def test_the_steps_calls_are_read_off_the_model():
     for op, cs in got.items():      # what a background compile's subprocess is given
         assert all(C.from_payload(op, json.loads(json.dumps(c.payload()))) == C.Call(op, c.shape, c.variant)
                    for c in cs)
+
+
+def test_every_reference_runs_every_call_of_the_step_as_the_gate_measures_it():
+    """The gate times each call's reference outside autocast with the call's own dtypes (CUDA's path; here on the
+    CPU in bf16): every reference must run every call of the step there, fwd+bwd, and stay within the call's
+    bound vs float64 — call1 of run 11 found the conv's reference refusing a bf16 x with fp32 weight and bias, so
+    the peer was denied "no timing evidence" and the step ran the reference conv. GF-MH calls every op but
+    decay_exp's plain variant; the fp32 token shift and the rows of z included."""
+    import fused
+    from groundthink import calls as C
+    from groundthink.harness import compare, fwd_bwd_step
+    model = fused.get_model("GF-MH", size="tiny", vocab_size=32, ops=registry.resolve("reference"))
+    got = gate.step_calls(model, 2, 16, amp=torch.bfloat16)
+    assert {"causal_conv1d", "mamba2", "wkv6", "norm_gate", "gate_norm_residual"} <= set(got)
+    for op, cs in got.items():
+        spec, ran = get(op), []
+        for call in cs:
+            kw = C.inputs(spec, C.run_shapes(spec, call)[-1], call.variant, spec.bench.dtype)
+            fn = C.unused_outputs(spec.reference.load(), call.variant)
+            fwd_bwd_step(fn, kw)[0]()
+            errs = compare(fn, fn, kw)           # fn's inputs in float64 on the reference side
+            bound = spec.bound(C.row_dtype(kw))
+            assert errs and all(v <= bound for v in errs.values()), (call.label, errs, bound)
+            ran.append(call.label)
+        assert ran, op
 
 
 @pytest.mark.parametrize("name", ["HY", "HGF", "WS", "mamba2"])
@@ -607,13 +642,6 @@ def test_time_is_sized_to_the_op():
 def test_qualify_times_as_cuda_graph_replays_when_the_step_is_captured(tmp_path, monkeypatch):
     """graph=True: every row is captured and replayed (``_capture``; faked here, there is no GPU) and recorded
     as "graph"; the peers that are not graph-safe are not timed and the header says so."""
-    import reference.gate_norm_residual as R
-    real = R.gate_norm_residual
-
-    def slow_reference(*a, **k):
-        time.sleep(0.6)     # the interpreted kernel takes ~0.3 s on 2 busy cores
-        return real(*a, **k)
-
     captured = []
 
     def fake_capture(run, leaves, cuda):
@@ -621,7 +649,7 @@ def test_qualify_times_as_cuda_graph_replays_when_the_step_is_captured(tmp_path,
         captured.append(run)
         return run, None, 1
 
-    monkeypatch.setattr(R, "gate_norm_residual", slow_reference)
+    _slow_reference(monkeypatch)
     monkeypatch.setattr(gate, "_capture", fake_capture)
     said = []
     path = tmp_path / "gates.json"
@@ -698,21 +726,68 @@ def test_capture_spreads_a_short_step_over_several_copies(monkeypatch):
         assert replay == graphs[-1].replay
 
 
-def test_a_reference_that_cannot_be_captured_times_the_op_eagerly(tmp_path, monkeypatch, no_compile_peer):
-    def no_capture(run, leaves, cuda):
-        raise RuntimeError("operation not permitted when stream is capturing")
+def _slow_reference(monkeypatch, fails=lambda kw: False):
+    """gate_norm_residual's reference, 0.6 s slower (the interpreted kernel takes ~0.3 s on 2 busy cores), raising
+    where ``fails(its arguments)``."""
+    import reference.gate_norm_residual as R
+    real = R.gate_norm_residual
 
-    monkeypatch.setattr(gate, "_capture", no_capture)
-    said = []
-    rows = []
-    real_measure = gate.measure
-    monkeypatch.setattr(gate, "measure", lambda *a: rows.append(real_measure(*a)) or rows[-1])
-    monkeypatch.setattr(gate, "FIRST_USE_S", {f"{OP}/triton": 100.0})     # the kernel is not needed here
-    gate.qualify({OP: SHAPE}, cuda=True, path=tmp_path / "g.json", say=said.append, progress=False, graph=True,
-                 budget_s=30)
-    assert [(r["impl"], r["timing_mode"], r["ms"] is None) for r in rows][:2] == [
-        ("reference", "graph", True), ("reference", "eager", False)]
-    assert any("could not be captured" in s for s in said)
+    def slow(*a, **k):
+        if fails(k):
+            raise RuntimeError("Input type (float) and bias type (double) should be the same")
+        time.sleep(0.6)
+        return real(*a, **k)
+
+    monkeypatch.setattr(R, "gate_norm_residual", slow)
+
+
+def test_a_reference_that_cannot_be_captured_is_timed_eagerly_against_graph_timed_candidates(tmp_path, monkeypatch,
+                                                                                             no_compile_peer):
+    """The reference's capture fails: its eager time stands in for it, the kernel is still timed as CUDA-graph
+    replays and gets the graph verdict the captured step reads (the step could not hold the reference anyway),
+    saying so — before, the op was timed eagerly and the captured step kept the reference."""
+    measuring = []
+
+    def fake_capture(run, leaves, cuda):
+        if measuring[-1] == "reference":
+            raise RuntimeError("operation not permitted when stream is capturing")
+        run()
+        return run, None, 1
+
+    monkeypatch.setattr(gate, "_capture", fake_capture)
+    real_measure, rows = gate.measure, []
+    monkeypatch.setattr(gate, "measure", lambda spec, impl, *a: measuring.append(impl) or
+                        rows.append(real_measure(spec, impl, *a)) or rows[-1])
+    said, path = [], tmp_path / "g.json"
+    ops = gate.qualify({OP: SHAPE}, cuda=True, path=path, say=said.append, progress=False, graph=True)
+    assert [(r["impl"], r["timing_mode"], r["ms"] is None) for r in rows] == [
+        ("reference", "graph", True), ("reference", "eager", False), ("triton", "graph", False)]
+    assert any("could not be captured" in s and "eager time stands in" in s for s in said)
+    e = ops[OP]["triton"]["graph"]          # timed against the eager reference (the interpreter is the slower)
+    assert e["shapes"][0]["ref_timing_mode"] == "eager" and e["shapes"][0]["ref_ms"] == rows[1]["ms"]
+    ok, why = gate.Verdicts([path], graph=True).verdict(OP, "triton")      # the rule re-applied agrees
+    assert ok is e["allowed"] and why.startswith(e["reason"])
+    faster = dict(e, shapes=[dict(e["shapes"][0], ms=e["shapes"][0]["ref_ms"] / 2)])
+    assert gate.rule(faster) == (True, "allowed: correct, ≥2.0× the reference (graph; the reference timed eagerly: "
+                                       "it cannot be captured), no more memory")
+
+
+def test_a_reference_that_fails_the_call_denies_with_the_reason_in_one_line(tmp_path, monkeypatch, no_compile_peer):
+    """Run 11's first use: the conv's reference refused the step's mixed dtypes, so the peer got "denied: no timing
+    evidence" and nothing said why. Now one line names the call and the error, and so does every verdict of the
+    op (the float64 check still runs: the reference fails on the call's dtypes only)."""
+    _slow_reference(monkeypatch, fails=lambda kw: kw["x"].dtype != torch.float64)
+    monkeypatch.setattr(gate, "_capture", lambda run, leaves, cuda: (run(), (run, None, 1))[1])
+    said, path = [], tmp_path / "g.json"
+    ops = gate.qualify({OP: SHAPE}, cuda=True, path=path, say=said.append, progress=False, graph=True)
+    line = [s for s in said if "the reference fails in the step's call" in s]
+    assert len(line) == 1 and "N16 D32 row" in line[0] and "RuntimeError: Input type" in line[0], said
+    assert "reference/gate_norm_residual.py" in line[0]
+    e = ops[OP]["triton"]["graph"]
+    assert not e["allowed"] and e["reason"].startswith("denied: no timing evidence (the reference fails at N16 D32 "
+                                                       "row fwdbwd: RuntimeError: Input type"), e["reason"]
+    ok, why = gate.Verdicts([path], graph=True).verdict(OP, "triton")
+    assert not ok and "the reference fails at" in why
 
 
 # ------------------------------------------------------------------------------- the best proven choice
@@ -812,39 +887,27 @@ def test_train_qualifies_in_the_steps_timing_mode_at_the_models_shapes(monkeypat
     assert seen["verdicts"].graph is graph and seen["verdicts"].shapes["wkv6"] == [("B4 T32 H4 K32 V32 [u float32]", 8)]
 
 
-def test_train_compiles_its_step_in_the_background_during_the_qualification(monkeypatch):
-    """--kernels auto on a GPU: the training step's kernels (what the qualification's calls do not describe: the
-    peers' strides, unqualified ops) compile in a subprocess while the gate qualifies; the step is built after
-    waiting for it (at most 20 s); nothing starts for another mode."""
+def test_train_starts_the_long_compile_before_data_and_model(monkeypatch):
+    """--kernels auto on a GPU, rank 0: the qualification's long compile (mamba-ssm) starts before data and model
+    (run 11: 12.6 s after the start, the qualification's critical path), on the calls the step makes of mamba2
+    (the spec's inputs at the model's shape: what step_calls records); nothing starts for another mode, device or
+    rank, nor for a model without a Mamba-2 branch. (The step's own background compile is gone: it repeated the
+    qualification's compiles — run 11: 2 kernels from the disk cache.)"""
     from types import SimpleNamespace
 
     import train
-    from groundthink import precompile
-    events = []
-
-    class FakeBackground:
-        def __init__(self, groups, timeout_s):
-            events.append(groups)
-
-        def wait(self, op, impl, at_most=None):
-            events.append(f"wait {op}/{impl} at most {at_most}")
-            return 2.0, "40 kernel compiles done 30.0 s after the subprocess started, 0 failed"
-
-        def close(self):
-            events.append("close")
-
-    monkeypatch.setattr(precompile, "switched_on", lambda enabled=True: enabled)
-    monkeypatch.setattr(precompile, "Background", FakeBackground)
-    args = SimpleNamespace(kernels="auto", batch_size=4, seq_len=32)
-    bg = train.step_background(args, 104, torch.device("cuda"))
-    assert events == [[[("step", "train", {"kernels": "auto", "batch_size": 4, "seq_len": 32, "vocab_size": 104})]]]
-    said = []
-    train.wait_step_background(bg, said.append)
-    assert events[1:] == ["wait step/train at most 20.0", "close"]
-    assert said == ["training step: waited 2.0 s for its background compile (40 kernel compiles done 30.0 s after "
-                    "the subprocess started, 0 failed)"]
-    assert train.step_background(SimpleNamespace(kernels="triton"), 104, torch.device("cuda")) is None
-    assert train.step_background(args, 104, torch.device("cpu")) is None
+    seen = {}
+    monkeypatch.setattr(gate, "early_background", lambda ops, graph, model: seen.update(ops=ops, graph=graph,
+                                                                                        model=model) or "bg")
+    args = SimpleNamespace(kernels="auto", model="GF-MH", size="tiny", override=["d_state=16"], batch_size=4,
+                           seq_len=32, graph="auto")
+    assert train.early_background(args, torch.device("cuda"), True) == "bg"
+    assert seen == {"ops": ("mamba2", "causal_conv1d"), "graph": True, "model": {
+        "name": "GF-MH", "size": "tiny", "overrides": {"d_state": 16}, "batch_size": 4, "seq_len": 32}}
+    for other in ({"model": "rwkv6"}, {"kernels": "triton"}):
+        assert train.early_background(SimpleNamespace(**{**vars(args), **other}), torch.device("cuda"), True) is None
+    assert train.early_background(args, torch.device("cpu"), True) is None
+    assert train.early_background(args, torch.device("cuda"), False) is None
 
 
 # ------------------------------------------------------------------------------------ sampling after training

@@ -193,7 +193,7 @@ def test_background_says_why_its_subprocess_failed_and_what_a_success_compiled(t
     """A background item whose dry run failed says why in its line; a subprocess that died says its exit code and
     last line (its log kept, path said); a success reports its JSON summary (its log removed). On this CPU machine
     the dry run fails: no CUDA device."""
-    bg = precompile.Background([[("decay_exp", "triton", [{"shape": [4, 8]}])]], timeout_s=120)
+    bg = precompile.Background([("decay_exp", "triton", [{"shape": [4, 8]}])], timeout_s=120)
     waited, what = bg.wait("decay_exp", "triton")
     assert waited >= 0 and what.startswith("0 kernel compiles done ") and "its dry run stopped early: " in what
     assert bg.wait("decay_exp", "triton") == (0.0, "")
@@ -233,9 +233,9 @@ def test_compile_only_sets_best_config_and_compiles_a_met_key_once(on_gpu, monke
     assert "compile_only" not in repr(Autotuner.run) and active_mode.get() is None
 
 
-def test_compile_items_says_each_item_as_soon_as_its_compiles_are_done(on_gpu, monkeypatch):
-    """The background subprocess dry-runs every item under one compile_only (all compiles concurrent), then says
-    one line per item in order; an item whose dry run fails says why, and what it compiled still counts."""
+def test_compile_item_says_when_its_compiles_are_done(on_gpu, monkeypatch):
+    """The background subprocess dry-runs its item under one compile_only (all compiles concurrent), then says one
+    line; an item whose dry run fails says why, and what it compiled still counts."""
     fns = {"a/x": FakeJIT(), "b/y": FakeJIT()}
 
     def dry_run(op, impl, shape):
@@ -245,17 +245,36 @@ def test_compile_items_says_each_item_as_soon_as_its_compiles_are_done(on_gpu, m
 
     monkeypatch.setattr(precompile, "_dry_run", dry_run)
     monkeypatch.setattr(precompile, "_workers", lambda: 14)         # as on the H100 host: 12 compile threads
-    monkeypatch.setattr(precompile, "_dry_run_step",
-                        lambda module, args: _call(_tuner(fns[f"step/{module}"]), args["n"]))
-    fns["step/train"] = FakeJIT()
     lines = []
-    summary = precompile._compile_items([["a", "x", [64]], ["b", "y", [32]], ["step", "train", {"n": 16}]],
-                                        say=lines.append)
+    precompile._compile_item("a", "x", [64], say=lines.append)
+    summary = precompile._compile_item("b", "y", [32], say=lines.append)
     done = [json.loads(ln) for ln in lines]
-    assert [d["item"] for d in done] == ["a/x", "b/y", "step/train"] and [d["kernels"] for d in done] == [len(MS)] * 3
+    assert [d["item"] for d in done] == ["a/x", "b/y"] and [d["kernels"] for d in done] == [len(MS)] * 2
     assert done[0]["failed"] == "" and done[1]["failed"] == "ValueError: bad shape"
-    assert summary["configs"] == 3 * len(MS) and summary["errors"] == 1
+    assert summary["configs"] == 2 * len(MS) and summary["errors"] == 1
     assert set(fns["a/x"].compiled) == set(fns["b/y"].compiled) == set(MS)
+
+
+def test_a_model_item_dry_runs_the_calls_its_model_makes(monkeypatch):
+    """``gate.early_background``'s item: {"model": the run's model arguments}; the subprocess records that model's
+    step calls (``model_calls``: step_calls of the model it builds) and dry-runs the op's calls among them."""
+    from groundthink import calls as C
+    from groundthink import registry
+    from groundthink.spec import get
+
+    import fused
+    model = {"name": "rwkv6", "size": "tiny", "batch_size": 4, "seq_len": 32}
+    got = precompile.model_calls(model, device="cpu")
+    net = fused.get_model("rwkv6", size="tiny", vocab_size=256, ops=registry.resolve("reference"))   # its vocab
+    assert {op: [(c.shape, c.variant) for c in cs] for op, cs in got.items()} == {
+        op: [(c.shape, c.variant) for c in cs] for op, cs in C.step_calls(net, 4, 32).items()}
+    call = C.Call("decay_exp", get("decay_exp").bench.cpu_shapes[0])
+    monkeypatch.setattr(precompile, "model_calls", lambda m, device: {"decay_exp": [call]} if m == model else {})
+    with precompile.launched_specialisations(run=False) as seen:
+        precompile._dry_run("decay_exp", "triton", {"model": model}, device="cpu")
+    with precompile.launched_specialisations(run=False) as want:
+        precompile._dry_run("decay_exp", "triton", [call.payload()], device="cpu")
+    assert seen and seen == want
 
 
 def test_background_wait_returns_when_its_item_is_done_not_when_the_subprocess_ends(tmp_path):
