@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fused.configs import ModelConfig
+from fused.projections import stacked_proj
 
 
 
@@ -45,7 +46,9 @@ class RWKV6TimeMix(nn.Module):
     r, k, v and the gate pre-activation: ONE batched matmul of the stacked lerps [x_r, x_k, x_v, x_g] (written as
     one stack by ops.ddlerp(..., order=…): no copy) with
     ``rkvg`` [4, D_in, D_out] (W_rᵀ, W_kᵀ, W_vᵀ, W_gᵀ: transposed nn.Linear weights, so that the weight gradient
-    comes out contiguous; one launch forward and two backward instead of four and eight), g = silu(W_g x_g); decay w = time_decay + tanh(x_w W1) W2, log-decay lw = −exp(w);
+    comes out contiguous; one launch forward; a backward of eight per-slice GEMMs writing into one [4, …] gradient
+    stack each instead of stacking dr, dk, dv, dgp first: ``fused.projections.stacked_proj``), g = silu(W_g x_g);
+    decay w = time_decay + tanh(x_w W1) W2, log-decay lw = −exp(w);
     o = wkv6(r, k, v, lw, u, scale=1); out = W_o(GroupNorm(o) ⊙ g) (per-head GroupNorm and gate: ops.norm_gate).
     State: (last input row [B, D], wkv state [B, H, K, V] fp32).
     """
@@ -90,7 +93,9 @@ class RWKV6TimeMix(nn.Module):
         # the five lerps, one fused op: x_w alone, x_r, x_k, x_v, x_g written as one stack [4, B, T, D] (mixes
         # w, k, v, r, g = 0 … 4 in m and maa; order r, k, v, g as in rkvg): the batched projection reads it as is
         xw, xrkvg = ops.ddlerp(x, m, maa, x_prev, order=(0, 3, 1, 2, 4))
-        r, k, v, gp = torch.bmm(xrkvg.view(4, B * T, D), self.rkvg).view(4, B, T, D).unbind(0)   # gp: gate pre-act.
+        # gp: the gate pre-activation; the backward writes the four input gradients into one [4, B·T, D] (which
+        # ddlerp's backward reads as is) without stacking dr, dk, dv, dgp first (fused.projections)
+        r, k, v, gp = (t.view(B, T, D) for t in stacked_proj(xrkvg.view(4, B * T, D), self.rkvg))
         d = torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
         lw = ops.decay_exp(self.time_decay, d, r.dtype)                    # −exp(time_decay + d) ≤ 0, fp32 math
         r, k, v, lw = (t.view(B, T, H, K) for t in (r, k, v, lw))
