@@ -34,6 +34,7 @@ import torch
 PIECE_GRADS = os.environ.get("GROUNDTHINK_PIECE_GRADS", "1") != "0"
 WIDE = 64                     # a piece at least this wide (and 8-aligned) gets GEMMs of its own in the backward
 _ZEROS: dict = {}             # (shape, dtype, device) -> a zero tensor, made once (never written)
+_empty_like = torch.empty_like  # the backwards' gradient buffers (tests make them NaN-filled)
 
 
 def autocast_dtype(device_type: str):
@@ -90,7 +91,7 @@ class _LinearPieces(torch.autograd.Function):
         x, w8 = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[2:])
         dx = None
-        dw = torch.empty_like(w8) if need_w else None
+        dw = _empty_like(w8) if need_w else None
         for a, b, members in _groups(ctx.sizes, w8.shape[0]):
             g = _group_grad(grads, members, ctx.sizes, x, b - a)
             if g is None:
@@ -158,8 +159,8 @@ class _StackedProj(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         xs, w = ctx.saved_tensors
-        dxs = torch.empty_like(xs) if ctx.needs_input_grad[0] else None
-        dw = torch.empty_like(w) if ctx.needs_input_grad[1] else None
+        dxs = _empty_like(xs) if ctx.needs_input_grad[0] else None
+        dw = _empty_like(w) if ctx.needs_input_grad[1] else None
         for i, g in enumerate(grads):
             if dxs is not None:
                 _mm_or_zero(g, w[i].t(), dxs[i])
