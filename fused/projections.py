@@ -46,6 +46,10 @@ def autocast_dtype(device_type: str):
 
 
 def _zeros(shape, like: torch.Tensor) -> torch.Tensor:
+    """Zeros of ``shape`` in ``like``'s dtype and device, made once per process (eagerly; freshly when traced
+    by torch.compile, which allows no cache and folds the fill)."""
+    if torch.compiler.is_compiling():
+        return like.new_zeros(shape)
     key = (tuple(shape), like.dtype, like.device)
     if key not in _ZEROS:
         with torch.inference_mode(False), torch.no_grad():
