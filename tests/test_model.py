@@ -393,9 +393,11 @@ def test_linear_pieces_bf16_chain_costs_little(monkeypatch):
 
 def test_piece_grads_keep_the_bf16_model_within_its_noise(monkeypatch, ref_ops):
     """GF-MH (two layers, bf16 autocast on CPU) with the projections' per-piece backwards vs autograd's
-    (GROUNDTHINK_PIECE_GRADS=0): the same loss to the bit (same forward), and every parameter gradient's error vs
-    the float64 model within 1.25× of autograd's path's (measured ≤ 1.09×: the extra bf16 roundings of the
-    chained in_proj x-gradient)."""
+    (GROUNDTHINK_PIECE_GRADS=0): the same loss to the bit (same forward); the gradients' errors vs the float64
+    model: geometric mean over the parameters of the ratio (piece / autograd) ≤ 1.1 (measured 0.97–1.06 over five
+    seeds: the extra bf16 roundings of the chained in_proj x-gradient), each parameter ≤ 1.25× (measured ≤ 1.18)
+    except block 0's row-gate bias: its gradient, a sum over the tokens with cancellations, is off by 3–11 % in
+    both paths and the ratio swings from 1.1 to 35 with the seed."""
     import copy
     import fused.projections as P
     m = _model("GF-MH", ref_ops, n_layer=2)
@@ -411,8 +413,9 @@ def test_piece_grads_keep_the_bf16_model_within_its_noise(monkeypatch, ref_ops):
     _, ref = run(True, torch.float64)
     (l_new, new), (l_old, old) = run(True, torch.float32), run(False, torch.float32)
     assert torch.equal(l_new, l_old) and new.keys() == old.keys() == ref.keys()
-    for n in ref:
-        assert _rel(new[n], ref[n]) <= 1.25 * _rel(old[n], ref[n]), n
+    ratios = {n: _rel(new[n], ref[n]) / _rel(old[n], ref[n]) for n in ref if _rel(old[n], ref[n]) > 0}
+    assert math.exp(sum(math.log(max(r, 1e-30)) for r in ratios.values()) / len(ratios)) <= 1.1
+    assert all(r <= 1.25 for n, r in ratios.items() if n != "blocks.0.fusion.gate_proj.bias"), ratios
 
 
 def test_projections_trace_under_torch_compile():
@@ -430,3 +433,31 @@ def test_projections_trace_under_torch_compile():
     torch.testing.assert_close(got, want)
     for a, b in zip(torch.autograd.grad(got, args), torch.autograd.grad(want, args)):
         torch.testing.assert_close(a, b)
+
+
+def test_first_block_reads_y_in_the_autocast_dtype(monkeypatch, ref_ops):
+    """Under autocast block 0 gets y cast once to bf16 (as blocks 1… get theirs from gate_norm_residual) instead of
+    fp32 cast by each consumer; GROUNDTHINK_CAST_Y0=0 (CAST_Y0 False) keeps the fp32 y. Numerics are bf16 noise:
+    the loss within 1e-4 relative of the float64 model's either way, and the geometric mean over the parameters of
+    the gradient error ratio (cast / fp32 y, each vs float64) ≤ 1.25 (measured 0.95–1.21 over five seeds, 1.0 at
+    this one)."""
+    import copy
+    import fused.model as FM
+    m = _model("GF-MH", ref_ops, n_layer=2)
+    idx, tgt = _batch(T=32)
+    seen = []
+    m.blocks[0].tmix.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
+
+    def run(cast, dtype):
+        monkeypatch.setattr(FM, "CAST_Y0", cast)
+        mm = copy.deepcopy(m).to(dtype)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.float32):
+            loss = mm(idx, tgt)[1]
+        loss.backward()
+        return loss.detach().double(), {n: p.grad.double() for n, p in mm.named_parameters() if p.grad is not None}
+    l64, ref = run(True, torch.float64)
+    (l_cast, cast), (l_fp32, fp32) = run(True, torch.float32), run(False, torch.float32)
+    assert seen == [torch.float64, torch.bfloat16, torch.float32]
+    assert abs(l_cast - l64) / l64 < 1e-4 and abs(l_fp32 - l64) / l64 < 1e-4
+    ratios = [_rel(cast[n], ref[n]) / _rel(fp32[n], ref[n]) for n in ref if _rel(fp32[n], ref[n]) > 0]
+    assert math.exp(sum(math.log(max(r, 1e-30)) for r in ratios) / len(ratios)) <= 1.25
