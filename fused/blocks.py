@@ -24,8 +24,7 @@ def rms_norm(x, weight, eps):
     """RMSNorm x / √(mean(x²) + eps) ⊙ weight in float32 (float64 for float64 inputs); returns x's dtype.
     torch's ``F.rms_norm``: on CUDA one fused kernel each way (``aten._fused_rms_norm``; the element-wise
     formula was ~8 kernels forward and ~10 backward over [B, T, D] fp32: an estimated 0.2–0.3 ms of the large
-    step), elsewhere
-    its composite, the element-wise formula to the bit."""
+    step), elsewhere its composite, the element-wise formula to the bit."""
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     return F.rms_norm(x.to(cdt), (x.shape[-1],), weight.to(cdt), eps).to(x.dtype)
 
