@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fused.configs import ModelConfig
-from fused.projections import stacked_proj
+from fused.projections import linear_pieces, stacked_proj
 
 
 
@@ -175,7 +175,9 @@ class Mamba2Mixer(nn.Module):
         one GEMM with the fusion's gate projection); else in_proj(u) here."""
         Bsz, T, _ = u.shape
         h, p, n, g = self.nheads, self.headdim, self.d_state, self.ngroups
-        z, xBC, dt = proj if proj is not None else torch.split(self.in_proj(u), self.split_sizes(), dim=-1)
+        # in_proj's pieces as column views of one GEMM (padded to 8 columns) whose backward reads their gradients
+        # in place (fused.projections.linear_pieces) instead of concatenating them
+        z, xBC, dt = proj if proj is not None else linear_pieces(u, [self.in_proj.weight], self.split_sizes())
         xBC, conv_state = self._conv(xBC, None if state is None else state[0], ops)
         x, Bm, Cm = torch.split(xBC, [self.d_inner, g * n, g * n], dim=-1)
         x = x.reshape(Bsz, T, h, p)
