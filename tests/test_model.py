@@ -391,6 +391,31 @@ def test_linear_pieces_bf16_chain_costs_little(monkeypatch):
     assert new[1:] == pytest.approx(old[1:], rel=1e-6)
 
 
+def _knob_runs(monkeypatch, module, knob, m, *batch):
+    """``run(value, dtype)`` → (loss, {name: gradient in float64}) of a copy of ``m`` in ``dtype`` with
+    ``module.knob`` = value: float32 under CPU bf16 autocast, float64 without."""
+    import copy
+
+    def run(value, dtype):
+        monkeypatch.setattr(module, knob, value)
+        mm = copy.deepcopy(m).to(dtype)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.float32):
+            loss = mm(*batch)[1]
+        loss.backward()
+        return loss.detach().double(), {n: p.grad.double() for n, p in mm.named_parameters() if p.grad is not None}
+    return run
+
+
+def _error_ratios(new, old, ref) -> dict:
+    """Per parameter: the relative error vs ``ref`` of ``new`` over that of ``old`` (where old's is not 0)."""
+    return {n: _rel(new[n], ref[n]) / _rel(old[n], ref[n]) for n in ref if _rel(old[n], ref[n]) > 0}
+
+
+def _geomean(xs) -> float:
+    xs = list(xs)
+    return math.exp(sum(math.log(max(x, 1e-30)) for x in xs) / len(xs))
+
+
 def test_piece_grads_keep_the_bf16_model_within_its_noise(monkeypatch, ref_ops):
     """GF-MH (two layers, bf16 autocast on CPU) with the projections' per-piece backwards vs autograd's
     (GROUNDTHINK_PIECE_GRADS=0): the same loss to the bit (same forward); the gradients' errors vs the float64
@@ -398,23 +423,13 @@ def test_piece_grads_keep_the_bf16_model_within_its_noise(monkeypatch, ref_ops):
     seeds: the extra bf16 roundings of the chained in_proj x-gradient), each parameter ≤ 1.25× (measured ≤ 1.18)
     except block 0's row-gate bias: its gradient, a sum over the tokens with cancellations, is off by 3–11 % in
     both paths and the ratio swings from 1.1 to 35 with the seed."""
-    import copy
     import fused.projections as P
-    m = _model("GF-MH", ref_ops, n_layer=2)
-    idx, tgt = _batch(T=32)
-
-    def run(piece, dtype):
-        monkeypatch.setattr(P, "PIECE_GRADS", piece)
-        mm = copy.deepcopy(m).to(dtype)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.float32):
-            loss = mm(idx, tgt)[1]
-        loss.backward()
-        return loss.detach(), {n: p.grad.double() for n, p in mm.named_parameters() if p.grad is not None}
+    run = _knob_runs(monkeypatch, P, "PIECE_GRADS", _model("GF-MH", ref_ops, n_layer=2), *_batch(T=32))
     _, ref = run(True, torch.float64)
     (l_new, new), (l_old, old) = run(True, torch.float32), run(False, torch.float32)
     assert torch.equal(l_new, l_old) and new.keys() == old.keys() == ref.keys()
-    ratios = {n: _rel(new[n], ref[n]) / _rel(old[n], ref[n]) for n in ref if _rel(old[n], ref[n]) > 0}
-    assert math.exp(sum(math.log(max(r, 1e-30)) for r in ratios.values()) / len(ratios)) <= 1.1
+    ratios = _error_ratios(new, old, ref)
+    assert _geomean(ratios.values()) <= 1.1
     assert all(r <= 1.25 for n, r in ratios.items() if n != "blocks.0.fusion.gate_proj.bias"), ratios
 
 
@@ -424,23 +439,13 @@ def test_first_block_reads_y_in_the_autocast_dtype(monkeypatch, ref_ops):
     the loss within 1e-4 relative of the float64 model's either way, and the geometric mean over the parameters of
     the gradient error ratio (cast / fp32 y, each vs float64) ≤ 1.25 (measured 0.95–1.21 over five seeds, 1.0 at
     this one)."""
-    import copy
     import fused.model as FM
     m = _model("GF-MH", ref_ops, n_layer=2)
-    idx, tgt = _batch(T=32)
     seen = []
     m.blocks[0].tmix.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
-
-    def run(cast, dtype):
-        monkeypatch.setattr(FM, "CAST_Y0", cast)
-        mm = copy.deepcopy(m).to(dtype)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.float32):
-            loss = mm(idx, tgt)[1]
-        loss.backward()
-        return loss.detach().double(), {n: p.grad.double() for n, p in mm.named_parameters() if p.grad is not None}
+    run = _knob_runs(monkeypatch, FM, "CAST_Y0", m, *_batch(T=32))
     l64, ref = run(True, torch.float64)
     (l_cast, cast), (l_fp32, fp32) = run(True, torch.float32), run(False, torch.float32)
     assert seen == [torch.float64, torch.bfloat16, torch.float32]
     assert abs(l_cast - l64) / l64 < 1e-4 and abs(l_fp32 - l64) / l64 < 1e-4
-    ratios = [_rel(cast[n], ref[n]) / _rel(fp32[n], ref[n]) for n in ref if _rel(fp32[n], ref[n]) > 0]
-    assert math.exp(sum(math.log(max(r, 1e-30)) for r in ratios) / len(ratios)) <= 1.25
+    assert _geomean(_error_ratios(cast, fp32, ref).values()) <= 1.25
