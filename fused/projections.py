@@ -60,7 +60,7 @@ def _zeros(shape, like: torch.Tensor) -> torch.Tensor:
 def _groups(sizes: list[int], n8: int) -> list[tuple[int, int, list[int]]]:
     """(start, end, piece indices) of the backward's GEMM groups over the columns [0, n8) (see the module
     docstring); the pad columns [Σ sizes, n8) belong to the last narrow group (index len(sizes): no piece)."""
-    out, start, narrow = [], 0, []
+    out, narrow = [], []
     edges = [(s, sum(sizes[:j]), j) for j, s in enumerate(sizes)] + [(n8 - sum(sizes), sum(sizes), len(sizes))]
     for width, a, j in edges:
         if width >= WIDE and a % 8 == 0 and width % 8 == 0:
@@ -122,9 +122,13 @@ def _group_grad(grads, members, sizes, x, width):
         return None
     if len(members) == 1:
         return grads[members[0]]
-    parts = [grads[j] if j < len(sizes) and grads[j] is not None else
-             _zeros((x.shape[0], width - sum(sizes[i] for i in members if i < len(sizes))) if j == len(sizes)
-                    else (x.shape[0], sizes[j]), x) for j in members]
+    m, pad = x.shape[0], width - sum(sizes[j] for j in members if j < len(sizes))
+    parts = []
+    for j in members:
+        if j == len(sizes):
+            parts.append(_zeros((m, pad), x))
+        else:
+            parts.append(grads[j] if grads[j] is not None else _zeros((m, sizes[j]), x))
     return torch.cat(parts, 1)
 
 
