@@ -16,15 +16,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fused.configs import ModelConfig
+from fused.projections import linear_pieces, stacked_proj
 
 
 
 def rms_norm(x, weight, eps):
-    """Plain RMSNorm in float32 (float64 for float64 inputs); returns x's dtype."""
+    """RMSNorm x / √(mean(x²) + eps) ⊙ weight in float32 (float64 for float64 inputs); returns x's dtype.
+    torch's ``F.rms_norm``: on CUDA one fused kernel each way (``aten._fused_rms_norm``; the element-wise
+    formula was ~8 kernels forward and ~10 backward over [B, T, D] fp32: an estimated 0.2–0.3 ms of the large
+    step), elsewhere its composite, the element-wise formula to the bit."""
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xf = x.to(cdt)
-    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.to(cdt)
-    return y.to(x.dtype)
+    return F.rms_norm(x.to(cdt), (x.shape[-1],), weight.to(cdt), eps).to(x.dtype)
 
 
 class NormWeight(nn.Module):
@@ -45,7 +47,9 @@ class RWKV6TimeMix(nn.Module):
     r, k, v and the gate pre-activation: ONE batched matmul of the stacked lerps [x_r, x_k, x_v, x_g] (written as
     one stack by ops.ddlerp(..., order=…): no copy) with
     ``rkvg`` [4, D_in, D_out] (W_rᵀ, W_kᵀ, W_vᵀ, W_gᵀ: transposed nn.Linear weights, so that the weight gradient
-    comes out contiguous; one launch forward and two backward instead of four and eight), g = silu(W_g x_g); decay w = time_decay + tanh(x_w W1) W2, log-decay lw = −exp(w);
+    comes out contiguous; one launch forward; a backward of eight per-slice GEMMs writing into one [4, …] gradient
+    stack each instead of stacking dr, dk, dv, dgp first: ``fused.projections.stacked_proj``), g = silu(W_g x_g);
+    decay w = time_decay + tanh(x_w W1) W2, log-decay lw = −exp(w);
     o = wkv6(r, k, v, lw, u, scale=1); out = W_o(GroupNorm(o) ⊙ g) (per-head GroupNorm and gate: ops.norm_gate).
     State: (last input row [B, D], wkv state [B, H, K, V] fp32).
     """
@@ -90,7 +94,9 @@ class RWKV6TimeMix(nn.Module):
         # the five lerps, one fused op: x_w alone, x_r, x_k, x_v, x_g written as one stack [4, B, T, D] (mixes
         # w, k, v, r, g = 0 … 4 in m and maa; order r, k, v, g as in rkvg): the batched projection reads it as is
         xw, xrkvg = ops.ddlerp(x, m, maa, x_prev, order=(0, 3, 1, 2, 4))
-        r, k, v, gp = torch.bmm(xrkvg.view(4, B * T, D), self.rkvg).view(4, B, T, D).unbind(0)   # gp: gate pre-act.
+        # gp: the gate pre-activation; the backward writes the four input gradients into one [4, B·T, D] (which
+        # ddlerp's backward reads as is) without stacking dr, dk, dv, dgp first (fused.projections)
+        r, k, v, gp = (t.view(B, T, D) for t in stacked_proj(xrkvg.view(4, B * T, D), self.rkvg))
         d = torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
         lw = ops.decay_exp(self.time_decay, d, r.dtype)                    # −exp(time_decay + d) ≤ 0, fp32 math
         r, k, v, lw = (t.view(B, T, H, K) for t in (r, k, v, lw))
@@ -169,7 +175,9 @@ class Mamba2Mixer(nn.Module):
         one GEMM with the fusion's gate projection); else in_proj(u) here."""
         Bsz, T, _ = u.shape
         h, p, n, g = self.nheads, self.headdim, self.d_state, self.ngroups
-        z, xBC, dt = proj if proj is not None else torch.split(self.in_proj(u), self.split_sizes(), dim=-1)
+        # in_proj's pieces as column views of one GEMM (padded to 8 columns) whose backward reads their gradients
+        # in place (fused.projections.linear_pieces) instead of concatenating them
+        z, xBC, dt = proj if proj is not None else linear_pieces(u, [self.in_proj.weight], self.split_sizes())
         xBC, conv_state = self._conv(xBC, None if state is None else state[0], ops)
         x, Bm, Cm = torch.split(xBC, [self.d_inner, g * n, g * n], dim=-1)
         x = x.reshape(Bsz, T, h, p)

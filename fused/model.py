@@ -21,15 +21,20 @@ API (train.py and the benchmarks rely on it):
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fused.blocks import FFN, Mamba2Mixer, NormWeight, RWKV6TimeMix, rms_norm
 from fused.configs import ModelConfig
+from fused.projections import autocast_dtype, linear_pieces
 from fused.variants import VARIANTS, Fusion
 from groundthink import monitor
+
+# GROUNDTHINK_CAST_Y0=0: the first block's input y stays fp32 under autocast (each consumer casts it: the earlier
+# path, to time the two in one GPU call); read at import
+CAST_Y0 = os.environ.get("GROUNDTHINK_CAST_Y0", "1") != "0"
 
 
 class HybridBlock(nn.Module):
@@ -71,26 +76,14 @@ class HybridBlock(nn.Module):
         return h, y3, new_state
 
     def _in_and_gate_proj(self, y):
-        """(z, xBC, dt, gate product) = y [W_in; W_gate; 0]ᵀ split: ONE GEMM for Mamba's in_proj and the gate
+        """(z, xBC, dt, gate product) = y [W_in; W_gate]ᵀ split: ONE GEMM for Mamba's in_proj and the gate
         projection (without its bias), instead of a GEMM and a gemv (row gate) or two GEMMs (HGF), and one
-        y-gradient add fewer in the backward. Zero rows pad the outputs to a multiple of 8 (16-byte aligned rows
-        for cuBLAS and causal_conv1d's channel-last path); their gradient is dropped. Under autocast the weights
-        are cast before the concatenation, so they stay weights of the step's bf16 copy (no cast per step)."""
+        y-gradient add fewer in the backward (``fused.projections.linear_pieces``: zero rows pad the product to a
+        multiple of 8 columns — 16-byte aligned rows for cuBLAS and causal_conv1d's channel-last path — and the
+        backward reads each piece's gradient in place instead of concatenating them). Under autocast the weights
+        are cast before the product, so they stay weights of the step's bf16 copy (no cast per step)."""
         w_in, w_g = self.mamba.in_proj.weight, self.fusion.gate_proj.weight
-        amp = _autocast_dtype(y.device.type)
-        if amp is not None:
-            w_in, w_g = w_in.to(amp), w_g.to(amp)
-        pad = -(w_in.shape[0] + w_g.shape[0]) % 8
-        out = F.linear(y, torch.cat([w_in, w_g, w_g.new_zeros(pad, w_g.shape[1])]))
-        return torch.split(out, self.mamba.split_sizes() + [w_g.shape[0], pad], dim=-1)[:4]
-
-
-def _autocast_dtype(device_type: str):
-    """The dtype autocast casts matmul inputs to on ``device_type``, None when it is off (or unknown: meta)."""
-    try:
-        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-    except RuntimeError:
-        return None
+        return linear_pieces(y, [w_in, w_g], self.mamba.split_sizes() + [w_g.shape[0]])
 
 
 class HybridLM(nn.Module):
@@ -149,6 +142,12 @@ class HybridLM(nn.Module):
     def _run(self, idx, state=None, probes=None):
         h = self.emb(idx)
         y = rms_norm(h, self.norm0, self.config.norm_eps)
+        amp = autocast_dtype(y.device.type)
+        if amp is not None and CAST_Y0:
+            # the first block reads y in the matmul dtype, as every later block does (gate_norm_residual gives
+            # them y in the branches' dtype): one cast here instead of one per consumer (the r/k/v/g stack, the
+            # low-rank mixes, in_proj: 4 casts and 4 widening gradient copies in the backward, ≈ 0.3 ms at large)
+            y = y.to(amp)
         new_states = []
         for i, (blk, A) in enumerate(zip(self.blocks, self._mamba_A())):
             h, y, st = blk(h, y, self.ops, None if state is None else state[i], probes, A=A)

@@ -1,0 +1,202 @@
+"""Projections whose one product is used as several pieces, with backwards that never concatenate the pieces'
+gradients (issue 10: at the large model autograd's concatenations cost ~1.1 ms of a 33.6 ms step).
+
+    pieces = linear_pieces(x, weights, sizes)
+        x [..., K]; weights: [n_j, K] matrices, the row blocks of one W [N, K] (N = Σ n_j); sizes: the widths of
+        the output pieces (Σ = N). Forward: ONE GEMM  P = x [W; 0]ᵀ  [..., N8], N8 = N rounded up to 8 (zero rows:
+        P's rows stay 16-byte aligned for cuBLAS and channel-last consumers); the pieces are column views of P.
+        Backward, per *group* of pieces (a piece that starts and ends at multiples of 8 and is ≥ 64 wide is a
+        group alone; consecutive other pieces and the pad form one group, their gradients concatenated — at the
+        models' shapes ≤ 24 columns: Mamba's dt and the row gate):
+            dW[group rows] = dP_groupᵀ x          (torch.mm(..., out=) into the group's rows of one dW buffer)
+            dx = Σ_groups dP_group W_group        (mm, then addmm with beta = 1 into the same buffer)
+    outs = stacked_proj(xs, w)
+        xs [G, M, K], w [G, K, N] → G products xs_i w_i [M, N] (views of one bmm's [G, M, N]). Backward: for each
+        i, dxs[i] = dY_i w_iᵀ and dw[i] = xs_iᵀ dY_i, 2·G GEMMs into slices of a [G, M, K] and a [G, K, N]
+        buffer (autograd's unbind backward stacks the G gradients into [G, M, N] first: at large 64 MB read and
+        written per layer).
+
+Numerics: every GEMM accumulates in fp32 and rounds once into its output's dtype; linear_pieces' dx rounds after
+each GEMM of its chain (bf16 under autocast: one rounding per group, as autograd rounds when it adds the
+gradients of a tensor used several times); fp64 inputs give fp64 results equal to autograd's (tests/test_model.py).
+Pieces whose gradient is None (unused) cost nothing in a group of their own (their dW rows are zeroed) and read
+cached zeros in a shared group. CUDA-graph safe: no host syncs, every allocation's size fixed by the shapes.
+
+Knob: ``GROUNDTHINK_PIECE_GRADS=0`` (read at import) makes both fall back to autograd's path (one GEMM or bmm,
+then ``torch.split`` / ``unbind``: the concatenating backward) — to time the two in one GPU call.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+PIECE_GRADS = os.environ.get("GROUNDTHINK_PIECE_GRADS", "1") != "0"
+WIDE = 64                     # a piece at least this wide (and 8-aligned) gets GEMMs of its own in the backward
+_ZEROS: dict = {}             # (shape, dtype, device) -> a zero tensor, made once (never written)
+_empty_like = torch.empty_like  # the backwards' gradient buffers (tests make them NaN-filled)
+
+
+def autocast_dtype(device_type: str):
+    """The dtype autocast casts matmul inputs to on ``device_type``, None when it is off (or unknown: meta)."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except RuntimeError:
+        return None
+
+
+def _zeros(shape, like: torch.Tensor) -> torch.Tensor:
+    """Zeros of ``shape`` in ``like``'s dtype and device, made once per process (eagerly; freshly when traced
+    by torch.compile, which allows no cache and folds the fill)."""
+    if torch.compiler.is_compiling():
+        return like.new_zeros(shape)
+    key = (tuple(shape), like.dtype, like.device)
+    if key not in _ZEROS:
+        with torch.inference_mode(False), torch.no_grad():
+            _ZEROS[key] = torch.zeros(shape, dtype=like.dtype, device=like.device)
+    return _ZEROS[key]
+
+
+def _groups(sizes: list[int], n8: int) -> list[tuple[int, int, list[int]]]:
+    """(start, end, piece indices) of the backward's GEMM groups over the columns [0, n8) (see the module
+    docstring); the pad columns [Σ sizes, n8) belong to the last narrow group (index len(sizes): no piece)."""
+    out, narrow = [], []
+    edges = [(s, sum(sizes[:j]), j) for j, s in enumerate(sizes)] + [(n8 - sum(sizes), sum(sizes), len(sizes))]
+    for width, a, j in edges:
+        if width >= WIDE and a % 8 == 0 and width % 8 == 0:
+            if narrow:
+                out.append((narrow[0][0], a, [i for _, i in narrow]))
+                narrow = []
+            out.append((a, a + width, [j]))
+        elif width:
+            narrow.append((a, j))
+    if narrow:
+        out.append((narrow[0][0], n8, [i for _, i in narrow]))
+    return out
+
+
+class _LinearPieces(torch.autograd.Function):
+    """x [M, K], weights [n_j, K] → the pieces of x [W; 0]ᵀ (see ``linear_pieces``)."""
+
+    @staticmethod
+    def forward(ctx, x, sizes, *weights):
+        n = sum(w.shape[0] for w in weights)
+        n8 = -(-n // 8) * 8
+        w8 = torch.cat([*weights, _zeros((n8 - n, x.shape[1]), x)]) if n8 > n else torch.cat(weights)
+        p = torch.mm(x, w8.t())
+        ctx.save_for_backward(x, w8)
+        ctx.sizes, ctx.rows = list(sizes), [w.shape[0] for w in weights]
+        ctx.set_materialize_grads(False)
+        bounds = [sum(sizes[:j]) for j in range(len(sizes) + 1)]
+        return tuple(p[:, a:b] for a, b in zip(bounds, bounds[1:]))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, w8 = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[2:])
+        dx = None
+        dw = _empty_like(w8) if need_w else None
+        for a, b, members in _groups(ctx.sizes, w8.shape[0]):
+            g = _group_grad(grads, members, ctx.sizes, x, b - a)
+            if g is None:
+                if need_w:
+                    dw[a:b].zero_()
+                continue
+            if need_w:
+                torch.mm(g.t(), x, out=dw[a:b])
+            if need_x:
+                dx = torch.mm(g, w8[a:b]) if dx is None else dx.addmm_(g, w8[a:b])
+        if need_x and dx is None:
+            dx = torch.zeros_like(x)
+        rows = [sum(ctx.rows[:j]) for j in range(len(ctx.rows) + 1)]
+        dws = [dw[a:b] if need_w and ctx.needs_input_grad[2 + j] else None
+               for j, (a, b) in enumerate(zip(rows, rows[1:]))]
+        return (dx, None, *dws)
+
+
+def _group_grad(grads, members, sizes, x, width):
+    """The gradient of one backward group's columns as an [M, width] matrix, or None when none of its pieces has
+    one: a piece's own gradient for a group of one, else the concatenation (cached zeros for the pad and for
+    pieces without a gradient)."""
+    if all(j == len(sizes) or grads[j] is None for j in members):
+        return None
+    if len(members) == 1:
+        return grads[members[0]]
+    m, pad = x.shape[0], width - sum(sizes[j] for j in members if j < len(sizes))
+    parts = []
+    for j in members:
+        if j == len(sizes):
+            parts.append(_zeros((m, pad), x))
+        else:
+            parts.append(grads[j] if grads[j] is not None else _zeros((m, sizes[j]), x))
+    return torch.cat(parts, 1)
+
+
+def linear_pieces(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    """The pieces (widths ``sizes``, along the last dimension) of x Wᵀ with W the row concatenation of
+    ``weights`` (each [n_j, K]; no bias): ONE GEMM forward, and a backward that reads each piece's gradient where
+    it lies (module docstring). Under autocast x and the weights are cast first (as F.linear would: the
+    weights' casts stay the only ops reading them, so the training step keeps them in its bf16 copy)."""
+    k = x.shape[-1]
+    if any(w.dim() != 2 or w.shape[1] != k for w in weights) or sum(w.shape[0] for w in weights) != sum(sizes):
+        raise ValueError(f"linear_pieces: weights must be [n_j, {k}] with Σ n_j = Σ sizes = {sum(sizes)}; got "
+                         f"{[tuple(w.shape) for w in weights]}")
+    amp = autocast_dtype(x.device.type)
+    if amp is not None:
+        x, weights = x.to(amp), [w.to(amp) for w in weights]
+    lead = x.shape[:-1]
+    if not PIECE_GRADS:
+        n = sum(sizes)
+        pad = -n % 8
+        w = torch.cat([*weights, weights[0].new_zeros(pad, k)]) if pad else torch.cat(weights)
+        out = torch.nn.functional.linear(x, w)
+        return torch.split(out, list(sizes) + [pad], dim=-1)[:len(sizes)]
+    pieces = _LinearPieces.apply(x.reshape(-1, k), list(sizes), *weights)
+    return tuple(p.view(*lead, p.shape[-1]) for p in pieces)
+
+
+class _StackedProj(torch.autograd.Function):
+    """xs [G, M, K], w [G, K, N] → the G products xs_i w_i [M, N] (see ``stacked_proj``)."""
+
+    @staticmethod
+    def forward(ctx, xs, w):
+        ctx.save_for_backward(xs, w)
+        ctx.set_materialize_grads(False)
+        return torch.bmm(xs, w).unbind(0)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        xs, w = ctx.saved_tensors
+        dxs = _empty_like(xs) if ctx.needs_input_grad[0] else None
+        dw = _empty_like(w) if ctx.needs_input_grad[1] else None
+        for i, g in enumerate(grads):
+            if dxs is not None:
+                _mm_or_zero(g, w[i].t(), dxs[i])
+            if dw is not None:
+                _mm_or_zero(g, xs[i].t(), dw[i], left=True)
+        return dxs, dw
+
+
+def _mm_or_zero(g, other, out, left: bool = False):
+    """out = g @ other (``left``: other @ g), or zeros when g is None."""
+    if g is None:
+        out.zero_()
+    elif left:
+        torch.mm(other, g, out=out)
+    else:
+        torch.mm(g, other, out=out)
+
+
+def stacked_proj(xs: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The G products xs[i] @ w[i] (xs [G, M, K], w [G, K, N]) as G tensors [M, N]: one bmm forward, a backward
+    of per-slice GEMMs that never stacks the G gradients (module docstring). Under autocast both are cast first
+    (as bmm would)."""
+    if xs.dim() != 3 or w.dim() != 3 or xs.shape[0] != w.shape[0] or xs.shape[2] != w.shape[1]:
+        raise ValueError(f"stacked_proj: xs [G, M, K] and w [G, K, N] expected; got {tuple(xs.shape)} and "
+                         f"{tuple(w.shape)}")
+    amp = autocast_dtype(xs.device.type)
+    if amp is not None:
+        xs, w = xs.to(amp), w.to(amp)
+    if not PIECE_GRADS:
+        return torch.bmm(xs, w).unbind(0)
+    return _StackedProj.apply(xs, w)
