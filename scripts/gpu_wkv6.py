@@ -101,7 +101,9 @@ VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
 KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False),   # run 9's default
          "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),
          "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2),
-         "chunk_split": dict(fwd_split=True), "chunk_walk1": dict(fwd_split=False)}
+         "chunk_split": dict(fwd_split=True), "chunk_walk1": dict(fwd_split=False),
+         "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
+         "chunk_nreg168": dict(bwd_maxnreg=168), "chunk_nreg128": dict(bwd_maxnreg=128)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2)}   # the state-pass forward
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS},

@@ -401,7 +401,10 @@ def _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_
     tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
 
 
-@triton.autotune(configs=_warp_configs(), key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
+_BWD_KEY = ["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"]
+
+
+@triton.autotune(configs=_warp_configs(), key=_BWD_KEY)
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
                 cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -430,6 +433,24 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
                                             o_t, SB, LOG, PREC)
     _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos, r0, L, i_h,
                  scale, o_t, o_k, o_v, m_k, m_v, H, K, V)
+
+
+BWD_MAXNREG = (None, 168, 128)     # the ``bwd_maxnreg`` knob's values
+
+
+def _capped_configs(cap):
+    """``_bwd_kernel`` with at most ``cap`` registers per thread (Triton's ``maxnreg``; the rest spills to local
+    memory): 4 warps (168: 3 programs per SM, 128: 4, against 2 at the default's 255), and at 128 also 8 warps (2
+    programs). The default (255 registers, 2 four-warp programs per SM) is offered beside them, so the autotuner
+    can keep it."""
+    warps = (4, 8) if cap <= 128 else (4,)
+    return autotune_configs([triton.Config({}, num_warps=w, num_stages=1, maxnreg=cap) for w in warps]
+                            + _warp_configs())
+
+
+# ``_bwd_kernel`` per ``bwd_maxnreg`` value: the same jitted body (same name in the profiler), own autotuners
+_BWD_KERNELS = {None: _bwd_kernel, **{cap: triton.autotune(configs=_capped_configs(cap), key=_BWD_KEY)(
+    _bwd_kernel.fn) for cap in BWD_MAXNREG[1:]}}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -556,10 +577,14 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                fwd+bwd): 32 wins where the walk runs (B8 T4096 H32 8028 vs 8630, B16 T1024 H8 1177 vs 1235,
 #                B64 T256 H4 K32 288 vs 315; +0.5 GiB at B8 T4096 H32), 64 where the state pass does (B4 T2048
 #                H16 1212 vs 1242): hence None;
+#   bwd_maxnreg  a register cap for ``_bwd_kernel`` (``BWD_MAXNREG``: None = the compiler's 255 at 4 warps, 2
+#                programs per SM; 168 / 128: 3 / 4 programs per SM, spilling; ``_capped_configs``): the kernel is a
+#                latency chain (~20 us per 16-row program at 2 programs per SM, H100 run 10), so more programs per
+#                SM may hide more of it than the spills cost;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
-          "state_rows": None, "fwd_split": None}
+          "state_rows": None, "fwd_split": None, "bwd_maxnreg": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
-          "state_rows": BT, "fwd_split": False}
+          "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None}
 STATE_ROWS = (None, 32, 64)
 
 
@@ -572,6 +597,8 @@ def tuning(**knobs):
         raise ValueError(f"unknown wkv6 chunk knobs {sorted(bad)}; known: {sorted(TUNING)}")
     if knobs.get("state_rows") not in STATE_ROWS:
         raise ValueError(f"wkv6 chunk knob state_rows must be one of {STATE_ROWS}; got {knobs['state_rows']!r}")
+    if knobs.get("bwd_maxnreg") not in BWD_MAXNREG:
+        raise ValueError(f"wkv6 chunk knob bwd_maxnreg must be one of {BWD_MAXNREG}; got {knobs['bwd_maxnreg']!r}")
     old = dict(TUNING)
     TUNING.update(knobs)
     try:
@@ -620,9 +647,10 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
     dr, dk, dv, dw = outs
     nb = bt // SB
     du_part = new_empty((S * nb, H, K), torch.float32, dev)
-    _bwd_kernel[(S * nb, H)](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K,
-                             V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
-                             PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype))
+    _BWD_KERNELS[kn["bwd_maxnreg"]][(S * nb, H)](
+        r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt, SB=SB,
+        BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None, PREC=_prec(r.dtype, bwd=True),
+        HALF_B=_half_dot(r.dtype))
     return du_part.sum(0), dh0
 
 
