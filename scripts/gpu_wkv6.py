@@ -17,7 +17,8 @@ WKV6_SMOKE=1 runs the whole flow on CPU (interpreter, tiny shapes, one timed cal
 script, measures nothing). Run the first call's measurement with a fresh TRITON_CACHE_DIR. ``--regs``
 (no GPU needed): registers, spill stack and SASS instructions of ``_bwd_kernel``, ``_fwd_seq_kernel`` and the state
 scan as compiled for sm_90 on this machine (WKV6_REGS_ONLY picks kernels; WKV6_REGS_BT: a comma list of the
-backward's ``state_rows`` knob values to compile); ``--host`` (CPU): host µs per call
+backward's ``state_rows`` knob values to compile; WKV6_REGS_MAXNREG: a comma list of register caps, 0 = none);
+``--host`` (CPU): host µs per call
 with every Triton launch stubbed.
 
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; named in WKV6_ALGOS only, forward: the
@@ -27,8 +28,10 @@ chunk_run9 (run 9's default: state_rows 64, scan_pipe off, one walk kernel), chu
 (``state_rows`` forced: fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64 with
 the state pass), chunk_nopipe (the state scans without PIPE), chunk_fill2 (narrow scan blocks until 2 × #SMs
 programs), chunk_split / chunk_walk1 (the walk forward in two kernels / in one:
-``fwd_split`` True / False; the default, None, splits at ≤ one sequence·head per SM), chunk_par_fill2 (the
-state-pass forward, fill2); these keep the default's forward mode (the walk
+``fwd_split`` True / False; the default, None, splits at ≤ one sequence·head per SM), chunk_nreg168 /
+chunk_nreg128 (``bwd_maxnreg``: ``_bwd_kernel`` autotuned with that register cap beside the default configs; the
+compile report prints each cap's pick per key), chunk_auto (the default knobs: time a knob beside it),
+chunk_par_fill2 (the state-pass forward, fill2); these keep the default's forward mode (the walk
 where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed the scan
 knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
@@ -301,6 +304,9 @@ def resources():
     print("\n==== compiled wkv6 kernels: module kernel warps stages regs spills shared pick")
     for r in compiled_kernels():
         print(" ".join(str(x) for x in r))
+    for cap, tuner in kc._BWD_KERNELS.items():      # the bwd_maxnreg knob's autotuners: their pick per key
+        for key, cfg in getattr(tuner, "cache", {}).items():
+            print(f"_bwd_kernel bwd_maxnreg={cap} key {key[:7]}: {cfg}")
     if os.environ.get("WKV6_NOTIME") == "1":      # e.g. while fla warms up in the background: report only
         return
     res = {}
@@ -396,6 +402,7 @@ def regs():
               (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, PIPE=False)),
               (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, PIPE=True))]
     STAGES = [int(x) for x in os.environ.get("WKV6_REGS_STAGES", "1").split(",")]   # num_stages values
+    CAPS = [int(x) for x in os.environ.get("WKV6_REGS_MAXNREG", "0").split(",")]    # register caps (0: none)
     only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_kernel: one kernel (each compile takes ~10 s)
     cases = [c for c in cases if not only or c[1] in only.split(",")]
     print(f"==== wkv6 chunk kernels, sm_90 compile (Triton {triton.__version__}), bf16, K = V = {kv}: "
@@ -406,10 +413,10 @@ def regs():
             fn = fn.fn
         types = {n: "constexpr" if n in consts else "*bf16" if n in half else "*i32" if n in ("cu_ptr", "cmap_ptr")
                  else "*fp32" if n.endswith("_ptr") else "fp32" if n == "scale" else "i32" for n in fn.arg_names}
-        for nw, ns in [(w, s) for w in (4, 8) for s in STAGES]:
+        for nw, ns, cap in [(w, s, c) for w in (4, 8) for s in STAGES for c in CAPS]:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-            cubin = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                   options={"num_warps": nw, "num_stages": ns}).asm["cubin"]
+            cubin = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={
+                "num_warps": nw, "num_stages": ns, **({"maxnreg": cap} if cap else {})}).asm["cubin"]
             with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
                 f.write(cubin)
                 f.flush()
@@ -418,7 +425,8 @@ def regs():
             m = re.search(r"REG:(\d+) STACK:(\d+)", out)
             n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
             tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "PIPE") if c in consts)
-            print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), m.group(1), m.group(2), n_ins, flush=True)
+            print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), *(("maxnreg", cap) if cap else ()),
+                  m.group(1), m.group(2), n_ins, flush=True)
 
 
 def host():

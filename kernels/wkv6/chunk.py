@@ -578,9 +578,13 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                B64 T256 H4 K32 288 vs 315; +0.5 GiB at B8 T4096 H32), 64 where the state pass does (B4 T2048
 #                H16 1212 vs 1242): hence None;
 #   bwd_maxnreg  a register cap for ``_bwd_kernel`` (``BWD_MAXNREG``: None = the compiler's 255 at 4 warps, 2
-#                programs per SM; 168 / 128: 3 / 4 programs per SM, spilling; ``_capped_configs``): the kernel is a
-#                latency chain (~20 us per 16-row program at 2 programs per SM, H100 run 10), so more programs per
-#                SM may hide more of it than the spills cost;
+#                programs per SM; 168 / 128: 3 / 4 programs per SM, spilling; ``_capped_configs``, the uncapped
+#                configs autotuned beside them): the kernel is a latency chain (~20 us per 16-row program at 2
+#                programs per SM). H100 run 11 (wkv6g; GPU us of ``_bwd_kernel`` per fwd+bwd, default / 168 /
+#                128): K = 32 (191 registers uncapped, 4 B spill at 168) B64 T256 H4 186 / 152 / 152; K = 64 (112 B
+#                spill at 168) the autotuner kept the uncapped config at B8 T4096 H32 and B16 T1024 H8 (same
+#                kernel: 5176 / 5034 / 5030 and 665 / 667 / 667, run-to-run noise), B4 T2048 H16 (state rows 64)
+#                752 / 736 / 753. Default None: no gain at the large model (notes/wkv6.md, run 11);
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "bwd_maxnreg": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
