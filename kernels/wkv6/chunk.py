@@ -82,7 +82,7 @@ import triton.language as tl
 from kernels._common import autotune_configs, new_empty, num_sms
 from kernels.wkv6.common import (_bonus_bwd, _cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _half_dot,
                                  _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run,
-                                 _seq_bounds, _store_dqkw, _warp_configs)
+                                 _seq_bounds, _state_or_zeros, _store_dqkw, _warp_configs)
 from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states (default; ``TUNING["state_rows"]``)
@@ -187,6 +187,18 @@ def _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, r0, i_
 # ----------------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------------
+# Layouts shared by the kernels of this module (a token is row bos + t of the flattened [B·T, H, *] tensors):
+#   q_ptr, k_ptr, w_ptr [B·T, H, K] (q = r; w the raw log-decay, clamped inside), v_ptr, o_ptr, do_ptr [B·T, H, V],
+#   u_ptr [H, K] (all in the inputs' dtype; dq_ptr, dk_ptr, dw_ptr, dv_ptr: the gradients, same layouts and dtypes);
+#   h0_ptr / ht_ptr [N, H, K, V] fp32 initial / final state; hs_ptr / hd_ptr [slots, H, K, V] fp32 the state at
+#   each BT-row chunk start / dL/dS at each chunk end, slot n·NT + i (fixed length) or cu[n]//BT + n + i (VARLEN;
+#   ``states._par_slots``); cu_ptr [N + 1] int32 sequence offsets, cmap_ptr [slots] int32 the sequence of each slot
+#   (both None unless VARLEN); scale multiplies q·k; T the padded length (fixed-length batches), NT = cdiv(T, BT)
+#   chunks per sequence.
+# Constexprs: H heads; K, V head sizes; BK = max(16, pow2(K)), BV the V tile width; SB = 16 block rows, LOG =
+#   log2(SB) pair levels; BT the chunk rows (``state_rows``: 32 or 64; SB where the slots are blocks); PREC the dots'
+#   input precision ("ieee" for fp32, "tf32"); VARLEN: cu_seqlens given. Optional tensors are None with their
+#   constexpr flag off (USE_H0, SAVE, SPLIT, VARLEN).
 def _four_warps():
     """The forward kernels' one config (H100 run 10 offered 8 warps too: the autotuner kept 4 at every shape)."""
     return autotune_configs([triton.Config({}, num_warps=4, num_stages=1)])
@@ -198,9 +210,9 @@ def _fwd_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
     """Grid (SB-row block slots, V-blocks, H): the state-free part of ``_fwd_block`` for every block at once (the
-    split forward, ``TUNING["fwd_split"]``): A v -> oi [B·T, H, V] fp32, and (first V-block) q̂ = q ⊙ exp(P) and
-    k̂ = k ⊙ exp(R) (block-level P, R) -> qh / kh [B·T, H, K] fp32. Slots as ``_chunk_loc``'s with BT = SB (cmap
-    [slots] int32: the sequence of each slot, VARLEN). Other layouts as ``_fwd_seq_kernel``."""
+    split forward, ``TUNING["fwd_split"]``): A v -> oi_ptr [B·T, H, V] fp32, and (first V-block) q̂ = q ⊙ exp(P)
+    and k̂ = k ⊙ exp(R) (block-level P, R) -> qh_ptr / kh_ptr [B·T, H, K] fp32. Slots, NT and cmap_ptr as
+    ``_chunk_loc``'s with BT = SB (cu_ptr, cmap_ptr None unless VARLEN). Other layouts above."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, SB, VARLEN)
     r0 = i_c * SB
@@ -223,12 +235,12 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, h0_ptr,
               scale, T, NT, NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
               SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
               VARLEN: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
-    """Grid (V-blocks, N·H). Walks the SB-row blocks of one (sequence, head, V-block) with the state in registers.
-    q/k/w [B·T, H, K], v/o [B·T, H, V], u [H, K], h0/ht [N, H, K, V] fp32, hs [slots, H, K, V] fp32 (the state at
-    every BT-row chunk start when SAVE; slot of chunk i: n·NT + i, or cu[n]//BT + n + i with VARLEN),
-    cu [N+1] int32. SPLIT: the blocks' state-free parts come from ``_fwd_intra_kernel`` (qh, kh [B·T, H, K] and oi
-    [B·T, H, V] fp32; q, k, u unread), else they are computed here (qh, kh, oi: None). Autotuned as
-    ``_fwd_seq_kernel`` and ``_fwd_split_kernel``."""
+    """Grid (V-blocks, N·H). Walks the SB-row blocks of one (sequence, head, V-block) with the state in registers:
+    writes o_ptr and the final state ht_ptr, starts from h0_ptr (USE_H0; else None and zeros), and stores the state
+    at every BT-row chunk start into hs_ptr when SAVE (else None; layouts above; cmap_ptr unused: a sequence's slots
+    follow from cu). SPLIT: the blocks' state-free parts come from ``_fwd_intra_kernel`` (qh_ptr, kh_ptr
+    [B·T, H, K] and oi_ptr [B·T, H, V] fp32; q, k, u unread), else they are computed here (qh, kh, oi: None).
+    NH_BUCKET: autotune key only (``_nh_bucket``). Autotuned as ``_fwd_seq_kernel`` and ``_fwd_split_kernel``."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -236,10 +248,7 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, h0_ptr,
     o_t = tl.arange(0, SB)
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    if USE_H0:
-        b_h = tl.load(h0_ptr + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.).to(tl.float32)
-    else:
-        b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    b_h = _state_or_zeros(h0_ptr, i_nh, o_kv, m_kv, K, V, BK, BV, USE_H0)
     if VARLEN:
         slot0 = bos // BT + i_n
     else:
@@ -277,9 +286,8 @@ def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cm
                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr,
                     PREC: tl.constexpr):
-    """Grid (chunk slots, V-blocks, H): the BT // SB blocks of one chunk from its start state hs [slots, H, K, V]
-    fp32 (the state pass's); cmap [slots] int32 = the sequence of each slot (VARLEN). Other layouts as
-    ``_fwd_seq_kernel``."""
+    """Grid (chunk slots, V-blocks, H): writes o_ptr for the BT // SB blocks of one chunk from its start state
+    hs_ptr [slots, H, K, V] fp32 (the state pass's, ``states._par_states``; layouts above)."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, SB)
@@ -410,10 +418,11 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
                 cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr,
                 VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
-    """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V). hs / hd [slots, H, K, V] fp32: the
-    state at each chunk start / dL/dS at each chunk end; do/dv [B·T, H, V], dq/dk/dw [B·T, H, K] (input dtypes),
-    du [slots · BT/SB, H, K] fp32 partial rows. Other layouts as ``_fwd_par_kernel``. HALF_B (half inputs): the
-    dot B = do vᵀ runs on do and v in their own dtype (``common._half_dot``)."""
+    """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V): one SB-row block's gradients. Reads
+    hs_ptr / hd_ptr (the state at each chunk start / dL/dS at each chunk end) and do_ptr; writes dq_ptr, dk_ptr,
+    dw_ptr, dv_ptr (layouts above) and du_ptr [slots · BT/SB, H, K] fp32 partial rows (one per program, summed by
+    the launcher). HALF_B (half inputs): the dot B = do vᵀ runs on do and v in their own dtype
+    (``common._half_dot``)."""
     pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
     o_t = tl.arange(0, SB)
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
@@ -512,9 +521,9 @@ def _fwd_split(r, k, v, w, u, scale, cu_seqlens, prec):
     oi = new_empty((B, T, H, V), torch.float32, dev)
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, SB)
     BV = max(16, min(64, _pow2(V)))
-    _fwd_intra_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, qh, kh, oi, _cu(cu_seqlens, dev), cmap, scale, T, NT, H=H,
-                                            K=K, V=V, SB=SB, BK=_bk(K), BV=BV, LOG=LOG,
-                                            VARLEN=cu_seqlens is not None, PREC=prec)
+    _fwd_intra_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, qh, kh, oi, _cu(cu_seqlens), cmap, scale, T, NT, H=H, K=K,
+                                            V=V, SB=SB, BK=_bk(K), BV=BV, LOG=LOG, VARLEN=cu_seqlens is not None,
+                                            PREC=prec)
     return qh, kh, oi
 
 
@@ -530,16 +539,15 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     seq, keep, rows = _fwd_plan(N, H, V, dev, kn)
     save, bt = save and keep, (rows if seq else BT)
     o = new_empty((B, T, H, V), r.dtype, dev)
-    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
     if seq:
+        NT = _cdiv(T, bt)
         ht = new_empty((N, H, K, V), torch.float32, dev)
-        hs = new_empty((S, H, K, V) if save else (0,), torch.float32, dev)
-        cu = cu_seqlens.to(torch.int32) if varlen else cmap
+        hs = new_empty(_par_state_shape(B, T, H, K, V, N, varlen, bt) if save else (0,), torch.float32, dev)
         grid = lambda meta: (_cdiv(V, meta["BV"]), N * H)  # noqa: E731
         use_split = _use_split(N, H, dev, kn)
         split = _fwd_split(r, k, v, w, u, scale, cu_seqlens, prec) if use_split else (None, None, None)
         kernel = _fwd_split_kernel if use_split else _fwd_seq_kernel
-        kernel[grid](r, k, v, w, u, *split, h0 if h0 is not None else ht, o, ht, hs if save else ht, cu, scale, T, NT,
+        kernel[grid](r, k, v, w, u, *split, h0, o, ht, hs if save else None, _cu(cu_seqlens), scale, T, NT,
                      _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
                      VARLEN=varlen, SAVE=save, SPLIT=use_split, PREC=prec)
         return o, ht, hs
