@@ -17,7 +17,8 @@ WKV6_SMOKE=1 runs the whole flow on CPU (interpreter, tiny shapes, one timed cal
 script, measures nothing). Run the first call's measurement with a fresh TRITON_CACHE_DIR. ``--regs``
 (no GPU needed): registers, spill stack and SASS instructions of ``_bwd_kernel``, ``_fwd_seq_kernel`` and the state
 scan as compiled for sm_90 on this machine (WKV6_REGS_ONLY picks kernels; WKV6_REGS_BT: a comma list of the
-backward's ``state_rows`` knob values to compile); ``--host`` (CPU): host µs per call
+backward's ``state_rows`` knob values to compile; WKV6_REGS_MAXNREG: a comma list of register caps, 0 = none);
+``--host`` (CPU): host µs per call
 with every Triton launch stubbed.
 
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; named in WKV6_ALGOS only, forward: the
@@ -27,8 +28,12 @@ chunk_run9 (run 9's default: state_rows 64, scan_pipe off, one walk kernel), chu
 (``state_rows`` forced: fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64 with
 the state pass), chunk_nopipe (the state scans without PIPE), chunk_fill2 (narrow scan blocks until 2 × #SMs
 programs), chunk_split / chunk_walk1 (the walk forward in two kernels / in one:
-``fwd_split`` True / False; the default, None, splits at ≤ one sequence·head per SM), chunk_par_fill2 (the
-state-pass forward, fill2); these keep the default's forward mode (the walk
+``fwd_split`` True / False; the default, None, splits at ≤ one sequence·head per SM), chunk_nreg168 /
+chunk_nreg128 (``bwd_maxnreg``: ``_bwd_kernel`` autotuned with that register cap beside the default configs; the
+compile report prints each cap's pick per key), chunk_bsplit (``bwd_split``: the backward's own pairs and its
+state part in two kernels joined through fp32 partials, the second with a 168-register cap offered; a prototype),
+chunk_auto (the default knobs: time a knob beside it),
+chunk_par_fill2 (the state-pass forward, fill2); these keep the default's forward mode (the walk
 where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed the scan
 knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
@@ -101,7 +106,10 @@ VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
 KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False),   # run 9's default
          "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),
          "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2),
-         "chunk_split": dict(fwd_split=True), "chunk_walk1": dict(fwd_split=False)}
+         "chunk_split": dict(fwd_split=True), "chunk_walk1": dict(fwd_split=False),
+         "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
+         "chunk_nreg168": dict(bwd_maxnreg=168), "chunk_nreg128": dict(bwd_maxnreg=128),
+         "chunk_bsplit": dict(bwd_split=True)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2)}   # the state-pass forward
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS},
@@ -299,6 +307,9 @@ def resources():
     print("\n==== compiled wkv6 kernels: module kernel warps stages regs spills shared pick")
     for r in compiled_kernels():
         print(" ".join(str(x) for x in r))
+    for cap, tuner in kc._BWD_KERNELS.items():      # the bwd_maxnreg knob's autotuners: their pick per key
+        for key, cfg in getattr(tuner, "cache", {}).items():
+            print(f"_bwd_kernel bwd_maxnreg={cap} key {key[:7]}: {cfg}")
     if os.environ.get("WKV6_NOTIME") == "1":      # e.g. while fla warms up in the background: report only
         return
     res = {}
@@ -382,18 +393,24 @@ def regs():
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     kv = int(os.environ.get("WKV6_REGS_KV", "64"))
     half = {"q_ptr", "k_ptr", "v_ptr", "w_ptr", "u_ptr", "do_ptr", "o_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "dw_ptr"}
-    blk = dict(H=32, K=kv, V=kv, BT=kc.BT, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False, PREC="tf32")
+    none = dict(cu_ptr=None, cmap_ptr=None)       # absent tensors: None constexprs, as the launchers pass them
+    blk = dict(H=32, K=kv, V=kv, BT=kc.BT, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False, PREC="tf32", **none)
     import kernels.wkv6.states as ks
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", str(kc.BT)).split(",")]   # state_rows knob values
-    cases = [(kc, "_bwd_kernel", dict(blk, BT=bt, HALF_B=True)) for bt in bts]      # what bf16 inputs get
+    cases = [(kc, name, dict(blk, BT=bt, HALF_B=True)) for bt in bts                  # what bf16 inputs get
+             for name in ("_bwd_kernel", "_bwd_own_kernel", "_bwd_cross_kernel")]   # the last two: bwd_split
+    walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None)
+    scan = dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, MODE=2, USE_H0=False, USE_DHT=False, VARLEN=False,
+                h0_ptr=None, dht_ptr=None, ht_ptr=None, cu_ptr=None)    # the backward's reverse scan
     cases += [(kc, "_bwd_kernel", dict(blk, HALF_B=False)),   # B = do vᵀ in tf32 (until run 6)
-              (kc, "_fwd_seq_kernel", dict(blk, USE_H0=False, SAVE=True, SPLIT=False)),
-              (kc, "_fwd_split_kernel", dict(blk, USE_H0=False, SAVE=True, SPLIT=True)),
+              (kc, "_fwd_seq_kernel", dict(walk, SPLIT=False, qh_ptr=None, kh_ptr=None, oi_ptr=None)),
+              (kc, "_fwd_split_kernel", dict(walk, SPLIT=True)),
               (kc, "_fwd_intra_kernel", dict(H=32, K=kv, V=kv, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False,
-                                             PREC="tf32")),
-              (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, PIPE=False)),
-              (ks, "_chunk_scan_kernel", dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, PIPE=True))]
+                                             PREC="tf32", **none)),
+              (ks, "_chunk_scan_kernel", dict(scan, PIPE=False)),
+              (ks, "_chunk_scan_kernel", dict(scan, PIPE=True))]
     STAGES = [int(x) for x in os.environ.get("WKV6_REGS_STAGES", "1").split(",")]   # num_stages values
+    CAPS = [int(x) for x in os.environ.get("WKV6_REGS_MAXNREG", "0").split(",")]    # register caps (0: none)
     only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_kernel: one kernel (each compile takes ~10 s)
     cases = [c for c in cases if not only or c[1] in only.split(",")]
     print(f"==== wkv6 chunk kernels, sm_90 compile (Triton {triton.__version__}), bf16, K = V = {kv}: "
@@ -404,10 +421,10 @@ def regs():
             fn = fn.fn
         types = {n: "constexpr" if n in consts else "*bf16" if n in half else "*i32" if n in ("cu_ptr", "cmap_ptr")
                  else "*fp32" if n.endswith("_ptr") else "fp32" if n == "scale" else "i32" for n in fn.arg_names}
-        for nw, ns in [(w, s) for w in (4, 8) for s in STAGES]:
+        for nw, ns, cap in [(w, s, c) for w in (4, 8) for s in STAGES for c in CAPS]:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-            cubin = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                   options={"num_warps": nw, "num_stages": ns}).asm["cubin"]
+            cubin = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={
+                "num_warps": nw, "num_stages": ns, **({"maxnreg": cap} if cap else {})}).asm["cubin"]
             with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
                 f.write(cubin)
                 f.flush()
@@ -416,7 +433,8 @@ def regs():
             m = re.search(r"REG:(\d+) STACK:(\d+)", out)
             n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
             tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "PIPE") if c in consts)
-            print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), m.group(1), m.group(2), n_ins, flush=True)
+            print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), *(("maxnreg", cap) if cap else ()),
+                  m.group(1), m.group(2), n_ins, flush=True)
 
 
 def host():

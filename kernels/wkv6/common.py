@@ -45,6 +45,18 @@ def _clamp_w(b_w):
 
 
 @triton.jit
+def _state_or_zeros(p_state, i_nh, o_kv, m_kv, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                    BV: tl.constexpr, HAS):
+    """The [BK, BV] block (offsets o_kv, mask m_kv) of state i_nh of a [N·H, K, V] tensor in fp32, or zeros when
+    HAS is false (``p_state`` None): the initial state of a walk (or the final state's gradient)."""
+    if HAS:
+        b_s = tl.load(p_state + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.).to(tl.float32)
+    else:
+        b_s = tl.zeros([BK, BV], dtype=tl.float32)
+    return b_s
+
+
+@triton.jit
 def _kv_ranges(i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     """Offsets and masks every wkv6 kernel starts from, for the K columns and the i_v-th BV-wide block of V:
     (o_k [BK], o_v [BV], m_k, m_v, o_kv [BK, BV] offsets in a [K, V] state, m_kv [BK, BV])."""
@@ -79,6 +91,8 @@ def _load_rows(p_ptr, bos, r0, L, i_h, o_t, o_c, m_c, H: tl.constexpr, C: tl.con
 
 @triton.jit
 def _seq_bounds(cu_ptr, i_n, T, VARLEN):
+    """(bos, eos) int64 of sequence i_n: from cu_ptr [N + 1] int32 when VARLEN (constexpr; cu_ptr None otherwise),
+    else i_n·T and i_n·T + T."""
     if VARLEN:
         bos = tl.load(cu_ptr + i_n).to(tl.int64)
         eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
@@ -171,8 +185,9 @@ def _store_dqkw(b_dq, b_dk, b_dw, b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale
 @triton.jit
 def _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT: tl.constexpr, VARLEN):
     """Chunk slot i_s -> (sequence n, chunk index in the sequence, bos, sequence length). Slots of a sequence:
-    n·NT + i (fixed length) or bos//BT + n + i (varlen; cmap[slot] = n, host-computed; unused slots get a chunk
-    index past the sequence end, i.e. every row masked)."""
+    n·NT + i (fixed length) or bos//BT + n + i (varlen; cmap_ptr [slots] int32: cmap[slot] = n, host-computed;
+    unused slots get a chunk index past the sequence end, i.e. every row masked). VARLEN (constexpr) off: cu_ptr and
+    cmap_ptr are None."""
     i_s64 = i_s.to(tl.int64)
     if VARLEN:
         i_n = tl.load(cmap_ptr + i_s).to(tl.int64)
@@ -192,24 +207,10 @@ def _blocks(K, V):
     return max(16, _pow2(K)), max(16, min(64, _pow2(V)))
 
 
-_PLACEHOLDERS: dict = {}
-
-
-def _placeholder(device) -> torch.Tensor:
-    """An int32 [1] tensor that kernels get for a pointer they do not read (cu_seqlens or the slot map of fixed-length
-    batches): one per device, made once (not while a CUDA graph is captured: then a fresh one)."""
-    t = _PLACEHOLDERS.get(device)
-    if t is None:
-        t = torch.empty(1, dtype=torch.int32, device=device)
-        if not (t.is_cuda and torch.cuda.is_current_stream_capturing()):
-            _PLACEHOLDERS[device] = t
-    return t
-
-
-def _cu(cu_seqlens, device):
-    """cu_seqlens as int32, or an unread int32 placeholder (one kernel specialization for both cases)."""
+def _cu(cu_seqlens):
+    """cu_seqlens as int32 for the kernels' cu_ptr, or None (fixed-length batches: the kernels' VARLEN off)."""
     if cu_seqlens is None:
-        return _placeholder(device)
+        return None
     return cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
 
 

@@ -8,8 +8,8 @@ import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
 from kernels.wkv6.common import (_blocks, _bonus_bwd, _clamp_w, _dims, _intra_bwd, _kv_ranges, _make_ops,
-                                 _nh_bucket, _prec, _row_offsets, _run, _seq_bounds, _state_bwd, _store_dqkw,
-                                 _warp_configs)
+                                 _nh_bucket, _prec, _row_offsets, _run, _seq_bounds, _state_bwd, _state_or_zeros,
+                                 _store_dqkw, _warp_configs)
 
 BT_CHUNK = 16
 CKPT = 4          # backward: chunk states checkpointed every CKPT chunks, the others recomputed into L2 scratch
@@ -20,18 +20,6 @@ CKPT = 4          # backward: chunk states checkpointed every CKPT chunks, the o
 #   hs_ptr [slots, H, K, V] fp32: the state at every CK-th chunk start, slot c0 + i_c // CK with
 #   c0 = bos // (BT·CK) + n (``_ckpt_shape``); scale multiplies q·k; T the padded length (fixed-length batches).
 # Optional tensors are None with their constexpr flag off (USE_H0, USE_DHT, VARLEN, SAVE).
-
-
-@triton.jit
-def _state_or_zeros(p_state, i_nh, o_kv, m_kv, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
-                    BV: tl.constexpr, HAS):
-    """The [BK, BV] block (offsets o_kv, mask m_kv) of state i_nh of a [N·H, K, V] tensor in fp32, or zeros when
-    HAS is false (``p_state`` None): the initial state of a walk (or the final state's gradient)."""
-    if HAS:
-        b_s = tl.load(p_state + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.).to(tl.float32)
-    else:
-        b_s = tl.zeros([BK, BV], dtype=tl.float32)
-    return b_s
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -6,8 +6,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import new_empty
-from kernels.wkv6.common import _clamp_w, _kv_ranges, _validate
-from kernels.wkv6.fused import _state_or_zeros
+from kernels.wkv6.common import _clamp_w, _kv_ranges, _state_or_zeros, _validate
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -7,22 +7,36 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges, _placeholder,
-                                 _prec, _row_offsets, _seq_bounds)
+from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges, _prec,
+                                 _row_offsets, _seq_bounds, _state_or_zeros)
 
 BT_PAR = 64       # chunk length of the state pass
+
+
+# Layouts of the two kernels below (a token is row bos + t of the flattened [B·T, H, *] tensors; chunks of BT rows):
+#   q_ptr, k_ptr, w_ptr [B·T, H, K] (q = r; w the raw log-decay, clamped inside), v_ptr / do_ptr [B·T, H, V];
+#   hs_ptr / hd_ptr [slots, H, K, V] fp32 per-chunk states (ΔS_c then S_c, ΔD_c then D_c), gl_ptr [slots, H, K]
+#   fp32 the chunks' decay sums G_L; a chunk's slot: n·NT + i (fixed length) or cu[n]//BT + n + i (VARLEN,
+#   ``_par_slots``); cu_ptr [N + 1] int32 sequence offsets and cmap_ptr [slots] int32 the sequence of each slot
+#   (both None unless VARLEN); h0 / ht / dht / dh0 [N, H, K, V] fp32; scale multiplies q·k; T the padded length
+#   (fixed-length batches), NT = cdiv(T, BT); K, V the head sizes, BK ≥ K and BV the tile widths.
+# MODE (constexpr): 1 the forward's S direction ("fwd"), 2 the backward's D direction alone ("bwd_d": S_c saved by
+# the forward), 3 both ("bwd"). Optional tensors are None with their constexpr flag off (MODE's bits, USE_H0,
+# USE_DHT, VARLEN).
 
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
                                            triton.Config({}, num_warps=8, num_stages=1),
                                            triton.Config({}, num_warps=4, num_stages=3)]),
                  key=["K", "V", "BT", "BK", "BV", "PREC", "MODE"])
-@triton.jit(do_not_specialize=['T', 'NT', 'VARLEN'])
+@triton.jit(do_not_specialize=['T', 'NT'])
 def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_ptr, cu_ptr, cmap_ptr, scale, T, NT,
                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                        BV: tl.constexpr, VARLEN, MODE: tl.constexpr, PREC: tl.constexpr):
-    """Per chunk (parallel): the chunk decay G_L and (MODE & 1) ΔS = (k ⊙ exp(G_L − G))ᵀ v, (MODE & 2, backward)
-    ΔD = (q ⊙ exp(Gp))ᵀ do (the chunk's own contribution to dL/dS at its start). Every exponent ≤ 0."""
+                        BV: tl.constexpr, VARLEN: tl.constexpr, MODE: tl.constexpr, PREC: tl.constexpr):
+    """Grid (chunk slots, V-blocks, H), per chunk (parallel): the chunk decay G_L -> gl_ptr and (MODE & 1)
+    ΔS = (k ⊙ exp(G_L − G))ᵀ v -> hs_ptr, (MODE & 2, backward) ΔD = (q ⊙ exp(Gp))ᵀ do -> hd_ptr (the chunk's own
+    contribution to dL/dS at its start). Every exponent ≤ 0. Reads k, v when MODE & 1 and q, do when MODE & 2;
+    hs_ptr is None without MODE & 1, hd_ptr and do_ptr None without MODE & 2 (layouts above)."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, BT)
@@ -47,20 +61,25 @@ def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_p
         tl.store(hd_ptr + p_s, b_dd, mask=m_kv)
 
 
-@triton.jit(do_not_specialize=['T', 'NT', 'SLOTS', 'USE0', 'USE1', 'REV0', 'VARLEN'])
-def _chunk_scan_kernel(hs_ptr, gl_ptr, init0_ptr, init1_ptr, fin0_ptr, fin1_ptr, cu_ptr, T, NT, SLOTS, USE0, USE1,
-                       REV0, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                       BV: tl.constexpr, VARLEN, PIPE: tl.constexpr):
+@triton.jit(do_not_specialize=['T', 'NT', 'SLOTS'])
+def _chunk_scan_kernel(hs_ptr, gl_ptr, h0_ptr, dht_ptr, ht_ptr, dh0_ptr, cu_ptr, T, NT, SLOTS, H: tl.constexpr,
+                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       MODE: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr, VARLEN: tl.constexpr,
+                       PIPE: tl.constexpr):
     """Grid (sequence·heads, V-blocks, directions). Sequential over the chunks of one (sequence, head, V-block),
-    in place on the per-chunk buffer:
-    direction 0 (program_id 2 = 0): X_c = ΔS_c -> S_c (state at chunk start), carry S ← diag(exp(G_L)) S + ΔS_c,
-    start init0 (h0), end fin0 (final state). Direction 1: X_c = ΔD_c -> D_c (dL/dS at chunk end), walked
-    backwards, D ← diag(exp(G_L)) D + ΔD_c, start init1 (dht), end fin1 (dh0). Same recursion, mirrored.
-    Direction = program_id(2) + REV0 (REV0 = 1: the reverse walk alone); buffer = hs + program_id(2)·SLOTS.
-    PIPE: the next chunk's X_c and G_L are loaded before this chunk's store and update (two loads in flight per
-    program instead of one load wait per step)."""
+    in place on the per-chunk buffer hs_ptr [directions, SLOTS, H, K, V] fp32 (SLOTS chunk slots per direction;
+    ``_chunk_state_kernel``'s hs then hd), with gl_ptr [SLOTS, H, K] fp32 the chunks' decay sums (layouts above):
+    direction 0 (MODE & 1): X_c = ΔS_c -> S_c (state at chunk start), carry S ← diag(exp(G_L)) S + ΔS_c, start
+    h0_ptr (USE_H0; else zeros), end ht_ptr (the final state; MODE 1 only, else None). Direction 1 (MODE & 2):
+    X_c = ΔD_c -> D_c (dL/dS at chunk end), walked backwards, D ← diag(exp(G_L)) D + ΔD_c, start dht_ptr
+    (USE_DHT; else zeros), end dh0_ptr (MODE & 2, else None). Same recursion, mirrored. Direction =
+    program_id(2) + (MODE == 2); buffer = hs + program_id(2)·SLOTS. PIPE: the next chunk's X_c and G_L are loaded
+    before this chunk's store and update (two loads in flight per program instead of one load wait per step)."""
     i_nh, i_v, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    rev = i_dir + REV0
+    if MODE == 2:
+        rev = i_dir + 1
+    else:
+        rev = i_dir
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
     L = eos - bos
@@ -70,11 +89,10 @@ def _chunk_scan_kernel(hs_ptr, gl_ptr, init0_ptr, init1_ptr, fin0_ptr, fin1_ptr,
     else:
         base = i_n.to(tl.int64) * NT
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
-    p_nh = i_nh.to(tl.int64) * K * V + o_kv
     if rev == 0:
-        b_h = tl.load(init0_ptr + p_nh, mask=m_kv & (o_k[:, None] * 0 + USE0 != 0), other=0.).to(tl.float32)
+        b_h = _state_or_zeros(h0_ptr, i_nh, o_kv, m_kv, K, V, BK, BV, USE_H0)
     else:
-        b_h = tl.load(init1_ptr + p_nh, mask=m_kv & (o_k[:, None] * 0 + USE1 != 0), other=0.).to(tl.float32)
+        b_h = _state_or_zeros(dht_ptr, i_nh, o_kv, m_kv, K, V, BK, BV, USE_DHT)
     buf = hs_ptr + i_dir.to(tl.int64) * SLOTS * H * K * V
     if PIPE:
         b_x, b_g = _scan_step_load(buf, gl_ptr, base, 0, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
@@ -88,10 +106,13 @@ def _chunk_scan_kernel(hs_ptr, gl_ptr, init0_ptr, init1_ptr, fin0_ptr, fin1_ptr,
         b_h = b_h * tl.exp(b_g)[:, None] + b_x
         if PIPE:
             b_x, b_g = b_xn, b_gn
+    p_nh = i_nh.to(tl.int64) * K * V + o_kv
     if rev == 0:
-        tl.store(fin0_ptr + p_nh, b_h, mask=m_kv)
+        if MODE == 1:
+            tl.store(ht_ptr + p_nh, b_h, mask=m_kv)
     else:
-        tl.store(fin1_ptr + p_nh, b_h, mask=m_kv)
+        if MODE >= 2:
+            tl.store(dh0_ptr + p_nh, b_h, mask=m_kv)
 
 
 @triton.jit
@@ -105,11 +126,10 @@ def _scan_step_load(buf, gl_ptr, base, i, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H:
 
 
 def _par_slots(B, T, N, cu_seqlens, device, bt=BT_PAR):
-    """Number of chunk slots (chunks of ``bt`` rows) and the int32 slot -> sequence map (varlen; else an unread
-    placeholder)."""
+    """Number of chunk slots (chunks of ``bt`` rows), NT and the int32 slot -> sequence map (varlen; else None)."""
     NT = _cdiv(T, bt)
     if cu_seqlens is None:
-        return B * NT, NT, _placeholder(device)
+        return B * NT, NT, None
     S = NT + N        # sequence n: slots cu[n]//BT + n + i, i < cdiv(len_n, BT) (disjoint, see _bwd_impl)
     cu = cu_seqlens.to(torch.int64)
     starts = cu[:-1] // bt + torch.arange(N, device=device)
@@ -122,31 +142,32 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, 
 
     mode "fwd": S_c (state at each chunk start, [S, H, K, V] fp32) and the final state;
     "bwd": S_c and D_c (dL/dS at each chunk end) and dh0; "bwd_d" (S_c saved by the forward): D_c and dh0 only.
+    do / h0 / dht / cu_seqlens: None when absent.
     scan_bv: the scan's V-block width (None: the state kernel's; narrower gives the scan more programs); pipe: the
     scan loads a chunk ahead (``_chunk_scan_kernel``'s PIPE).
-    Returns (buf [1 or 2, S, H, K, V]: S_c then D_c, ht or None, dh0 or None, S, NT, cmap, cu)."""
+    Returns (buf [1 or 2, S, H, K, V]: S_c then D_c, ht ("fwd") or None, dh0 (backward) or None, S, NT,
+    cmap, cu (both None unless varlen))."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     BK, BV = _blocks(K, V)
     NV = _cdiv(V, BV)
     dev = r.device
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
-    cu = _cu(cu_seqlens, dev)
-    varlen = int(cu_seqlens is not None)
+    cu = _cu(cu_seqlens)
+    varlen = cu_seqlens is not None
     prec = _prec(r.dtype, mode != "fwd")
     kmode = {"fwd": 1, "bwd": 3, "bwd_d": 2}[mode]
     buf = new_empty((2 if mode == "bwd" else 1, S, H, K, V), torch.float32, dev)
     gl = new_empty((S, H, K), torch.float32, dev)
-    _chunk_state_kernel[(S, NV, H)](r, k, v, w, do if do is not None else v, buf[0], buf[-1], gl, cu, cmap, scale,
-                                    T, NT, H=H, K=K, V=V, BT=bt, BK=BK, BV=BV, VARLEN=varlen, MODE=kmode,
-                                    PREC=prec)
-    ht = new_empty((N, H, K, V), torch.float32, dev) if mode != "bwd_d" else None
+    _chunk_state_kernel[(S, NV, H)](r, k, v, w, do, buf[0] if kmode & 1 else None, buf[-1] if kmode & 2 else None,
+                                    gl, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt, BK=BK, BV=BV, VARLEN=varlen,
+                                    MODE=kmode, PREC=prec)
+    ht = new_empty((N, H, K, V), torch.float32, dev) if mode == "fwd" else None
     dh0 = new_empty((N, H, K, V), torch.float32, dev) if mode != "fwd" else None
-    any_ = ht if ht is not None else dh0
+    h0 = h0 if kmode & 1 else None          # each direction reads its own start (one kernel variant per use)
     SBV = BV if scan_bv is None else min(scan_bv, BV)
     _chunk_scan_kernel[(N * H, _cdiv(V, SBV), 2 if mode == "bwd" else 1)](
-        buf, gl, h0 if h0 is not None else any_, dht if dht is not None else any_, any_ if ht is None else ht,
-        any_ if dh0 is None else dh0, cu, T, NT, S, int(h0 is not None), int(dht is not None),
-        int(mode == "bwd_d"), H=H, K=K, V=V, BT=bt, BK=BK, BV=SBV, VARLEN=varlen, PIPE=pipe, num_warps=4)
+        buf, gl, h0, dht, ht, dh0, cu, T, NT, S, H=H, K=K, V=V, BT=bt, BK=BK, BV=SBV, MODE=kmode,
+        USE_H0=h0 is not None, USE_DHT=dht is not None, VARLEN=varlen, PIPE=pipe, num_warps=4)
     return buf, ht, dh0, S, NT, cmap, cu
 
 
