@@ -108,7 +108,7 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False),   
          "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2),
          "chunk_split": dict(fwd_split=True), "chunk_walk1": dict(fwd_split=False),
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
-         "chunk_nreg168": dict(bwd_maxnreg=168), "chunk_nreg128": dict(bwd_maxnreg=128),
+         "chunk_nreg0": dict(bwd_maxnreg=0), "chunk_nreg168": dict(bwd_maxnreg=168), "chunk_nreg128": dict(bwd_maxnreg=128),
          "chunk_bsplit": dict(bwd_split=True)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2)}   # the state-pass forward
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,

@@ -454,7 +454,7 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
                  scale, o_t, o_k, o_v, m_k, m_v, H, K, V)
 
 
-BWD_MAXNREG = (None, 168, 128)     # the ``bwd_maxnreg`` knob's values
+BWD_MAXNREG = (None, 0, 168, 128)  # the ``bwd_maxnreg`` knob's values (None: ``_bwd_cap``'s choice, 0: no cap)
 
 
 def _capped_configs(cap):
@@ -468,8 +468,15 @@ def _capped_configs(cap):
 
 
 # ``_bwd_kernel`` per ``bwd_maxnreg`` value: the same jitted body (same name in the profiler), own autotuners
-_BWD_KERNELS = {None: _bwd_kernel, **{cap: triton.autotune(configs=_capped_configs(cap), key=_BWD_KEY)(
-    _bwd_kernel.fn) for cap in BWD_MAXNREG[1:]}}
+_BWD_KERNELS = {0: _bwd_kernel, **{cap: triton.autotune(configs=_capped_configs(cap), key=_BWD_KEY)(
+    _bwd_kernel.fn) for cap in BWD_MAXNREG[2:]}}
+
+
+def _bwd_cap(K: int, knob) -> int:
+    """The register cap ``_bwd_kernel`` runs with: the knob's value, or (None) 168 at K <= 32 — H100 run 11
+    (wkv6g): B64 T256 H4 K32 186 -> 152 us, 191 registers uncapped, 4 B spill at 168 — and none above (at K = 64
+    the capped autotuner kept the uncapped config: no gain)."""
+    return knob if knob is not None else (168 if _bk(K) <= 32 else 0)
 
 
 # ---- the split backward (``TUNING["bwd_split"]``, a prototype, default off): ``_bwd_kernel``'s work in two kernels
@@ -654,14 +661,14 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                fwd+bwd): 32 wins where the walk runs (B8 T4096 H32 8028 vs 8630, B16 T1024 H8 1177 vs 1235,
 #                B64 T256 H4 K32 288 vs 315; +0.5 GiB at B8 T4096 H32), 64 where the state pass does (B4 T2048
 #                H16 1212 vs 1242): hence None;
-#   bwd_maxnreg  a register cap for ``_bwd_kernel`` (``BWD_MAXNREG``: None = the compiler's 255 at 4 warps, 2
+#   bwd_maxnreg  a register cap for ``_bwd_kernel`` (``BWD_MAXNREG``: 0 = the compiler's 255 at 4 warps, 2
 #                programs per SM; 168 / 128: 3 / 4 programs per SM, spilling; ``_capped_configs``, the uncapped
 #                configs autotuned beside them): the kernel is a latency chain (~20 us per 16-row program at 2
 #                programs per SM). H100 run 11 (wkv6g; GPU us of ``_bwd_kernel`` per fwd+bwd, default / 168 /
 #                128): K = 32 (191 registers uncapped, 4 B spill at 168) B64 T256 H4 186 / 152 / 152; K = 64 (112 B
 #                spill at 168) the autotuner kept the uncapped config at B8 T4096 H32 and B16 T1024 H8 (same
 #                kernel: 5176 / 5034 / 5030 and 665 / 667 / 667, run-to-run noise), B4 T2048 H16 (state rows 64)
-#                752 / 736 / 753. Default None: no gain at the large model (notes/wkv6.md, run 11);
+#                752 / 736 / 753. Default None = ``_bwd_cap``: 168 at K <= 32, no cap above (0 forces none);
 #   bwd_split    (prototype, untimed) ``_bwd_kernel``'s work in two kernels of its grid: ``_bwd_own_kernel`` (the
 #                block's own pairs, no state: levels, bonus) writes fp32 partials of dq, dk, dv, dw (4 bytes per
 #                token, head and column of q, k, v, w: 1 GiB transient at B8 T4096 H32 K=V=64), then
@@ -741,7 +748,7 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
         _bwd_own_kernel[grid](r, k, v, w, u, do, *parts, du_part, *tail, **meta)
         _bwd_cross_kernel[grid](r, k, v, w, do, hs, hd, *parts, dr, dk, dv, dw, *tail, **meta)
     else:
-        _BWD_KERNELS[kn["bwd_maxnreg"]][grid](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, *tail, **meta)
+        _BWD_KERNELS[_bwd_cap(K, kn["bwd_maxnreg"])][grid](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, *tail, **meta)
     return du_part.sum(0), dh0
 
 
