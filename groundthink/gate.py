@@ -1164,8 +1164,9 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     early = background is not None
     background = background or _background(plan, cuda, parallel, history)
     if background:
+        shards = getattr(background, "shards", 1)     # processes per item (precompile.shard_count)
         say(f"gate: compiling {', '.join(background.names())} in the background "
-            + ("since the start" if early else "meanwhile"))
+            + ("since the start" if early else "meanwhile") + (f" ({shards} processes each)" if shards > 1 else ""))
     try:
         with parallel_autotune(enabled=parallel), counting_compiles():
             rows, deferred, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s, history,

@@ -35,9 +35,20 @@ process compiled mamba-ssm's 116 configs again). Only PyTorch's own small ops re
 line for its item as soon as the item's compiles are done and ends with a JSON summary; the binaries land in
 Triton's disk cache, which the main process reads when it measures the item, right after that line. Per item
 the gate says how many Triton kernels the main process compiled itself and how many it found in the disk cache
-(``counting_compiles``). A subprocess runs at the main process's priority with two cores fewer than the machine
-has (train.py starts it before data and model: ``gate.early_background``). Any failure there costs nothing but
-the overlap: the main process compiles what is missing, as before.
+(``counting_compiles``). The subprocesses run at the main process's priority (train.py starts them before data
+and model: ``gate.early_background``). Any failure there costs nothing but the overlap: the main process
+compiles what is missing, as before.
+
+Shards (``--shard I/N``, ``shard_count``). Triton's Python frontend passes hold the GIL, so one subprocess's
+thread pool compiles little in parallel (run 11: mamba-ssm's 42 compiles took 50.9 s on a 14-thread pool, and
+were the qualification's critical path). An item is therefore compiled by N subprocesses (6 on the GPU host's 16
+cores, 1 on a 2-core machine; ``GROUNDTHINK_PRECOMPILE_SHARDS=1``: one, run 11's way): each runs the same dry
+run — every autotuner's ``best_config`` set, every kernel met — but of the compile jobs, in the order the dry
+run submits them (Triton submits each distinct compile once; the order does not depend on what compiled), it
+compiles only job I, I + N, ... (``_Recording``); the others get a future that failed (``_Skipped``), which the
+dry run drops as it drops a config that does not compile. The N shards together compile each job exactly once,
+all into Triton's shared disk cache; the item is ready when every shard has said its line. A shard that dies
+costs its share of the overlap only (the main process compiles that share).
 
 Winners at the error shape (``compile_winners``): the fp64 check runs at a smaller batch, where kernels
 specialise anew (an int argument divisible by 16 at B64 is not at B2: two of wkv6's kernels, most of
@@ -65,7 +76,7 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 _LOADED = time.monotonic()   # the subprocess's start (this module is its first import), for its item lines
@@ -287,15 +298,30 @@ def launched_specialisations(run: bool = True):
 # ------------------------------------------------------------------------------ compile in the background
 
 class _Recording:
-    """An executor that keeps every compile future it is given (the item's line counts them and their errors)."""
+    """An executor that keeps every compile future it is given (the item's line counts them and their errors).
+    ``shard=(i, n)``: of the compile jobs met, in the order the dry run meets them (``jobs`` counts them), only
+    those whose index is i modulo n are compiled; any other gets a future that failed with ``_Skipped`` (what a
+    config that does not compile gets: ``compile_only``'s ignore_errors drops it, Triton's placeholder removed).
+    Triton's ``AsyncCompileMode`` submits each distinct compile once, and the dry run's order does not depend on
+    what compiled, so every shard meets the same jobs in the same order: the n shards split them exactly."""
 
-    def __init__(self, pool):
-        self.pool, self.futures = pool, []
+    def __init__(self, pool, shard: tuple[int, int] = (0, 1)):
+        self.pool, self.futures, self.shard, self.jobs = pool, [], shard, 0
 
     def submit(self, fn, *args, **kwargs):
+        index, (i, n) = self.jobs, self.shard
+        self.jobs += 1
+        if index % n != i:
+            skipped = Future()
+            skipped.set_exception(_Skipped(f"compile job {index}: shard {index % n}/{n}'s"))
+            return skipped
         future = self.pool.submit(fn, *args, **kwargs)
         self.futures.append(future)
         return future
+
+
+class _Skipped(Exception):
+    """A compile job another shard does (``_Recording``)."""
 
 
 def _tuner_configs(tuner, args: tuple, kwargs: dict) -> tuple[tuple, dict, list]:
@@ -421,13 +447,34 @@ def _dry_run(op: str, impl: str, shape, device: str = "cuda") -> None:
             step()
 
 
-def _compile_item(op: str, impl: str, shape: list, say=print) -> dict:
-    """Dry-run one item (``_dry_run``) under ``compile_only`` (its compiles all concurrent), then say one JSON line
-    when they are done (``Background.wait`` reads it) and return the summary ("seconds": the whole call's)."""
+SHARD_CORES = 2      # cores per shard subprocess: its Python frontend (holding its GIL) beside ptxas / native passes
+MAIN_CORES = 4       # cores left to the main process (its own items' parallel compiles, its timing) and the OS
+MAX_SHARDS = 6
+
+
+def shard_count() -> int:
+    """How many subprocesses compile one background item (``Background``), each a share of its compile jobs.
+
+    Run 11 (H100 host, 16 cores): mamba-ssm's item, one subprocess with a 14-thread pool, needed 50.9 s for its 42
+    compiles — Triton's Python frontend passes hold the GIL, so the threads gave little; the main process waited
+    15.2 s for it. Processes do not share a GIL: ``(cores − MAIN_CORES) // SHARD_CORES``, at most ``MAX_SHARDS``,
+    at least 1 — 6 on the 16-core host (12 cores, 7 compiles each), 1 on a 2-core machine (as before), 2 at 8.
+    Every shard also repeats the item's set-up (imports, the model's step calls: a few seconds, in parallel).
+    ``GROUNDTHINK_PRECOMPILE_SHARDS=N`` overrides (1: one subprocess per item, run 11's way: the opt-out)."""
+    raw = os.environ.get("GROUNDTHINK_PRECOMPILE_SHARDS", "")
+    if raw.strip().isdigit() and int(raw) >= 1:
+        return min(int(raw), 64)
+    return max(1, min(MAX_SHARDS, (_workers() - MAIN_CORES) // SHARD_CORES))
+
+
+def _compile_item(op: str, impl: str, shape: list, say=print, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Dry-run one item (``_dry_run``) under ``compile_only`` (its compiles all concurrent; ``shard=(i, n)``: only
+    job i, i + n, ... of them, ``_Recording``), then say one JSON line when they are done (``Background.wait`` reads
+    it) and return the summary ("seconds": the whole call's)."""
     import torch
     t0 = time.monotonic()
-    pool = ThreadPoolExecutor(max(1, _workers() - 2), thread_name_prefix="precompile")
-    recording, failed = _Recording(pool), ""
+    pool = ThreadPoolExecutor(max(1, (_workers() - 2) // shard[1]), thread_name_prefix="precompile")
+    recording, failed = _Recording(pool, shard), ""
     try:
         with compile_only(executor=recording):
             try:
@@ -438,9 +485,9 @@ def _compile_item(op: str, impl: str, shape: list, say=print) -> dict:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
         futures = recording.futures            # compile_only's exit has waited for them
-        say(json.dumps({"item": f"{op}/{impl}", "kernels": len(futures),
-                        "errors": sum(f.exception() is not None for f in futures), "failed": failed,
-                        "at": round(time.monotonic() - _LOADED, 1)}))
+        say(json.dumps({"item": f"{op}/{impl}", "shard": f"{shard[0]}/{shard[1]}", "kernels": len(futures),
+                        "jobs": recording.jobs, "errors": sum(f.exception() is not None for f in futures),
+                        "failed": failed, "at": round(time.monotonic() - _LOADED, 1)}))
     finally:
         pool.shutdown(wait=True)
     return dict(STATS, seconds=round(time.monotonic() - t0, 1))
@@ -448,60 +495,65 @@ def _compile_item(op: str, impl: str, shape: list, say=print) -> dict:
 
 class Background:
     """Subprocesses compiling items of the qualification while the main process times others (module
-    docstring): ``Background([(op, impl, shape), ...])`` starts one subprocess per item, ``wait(op, impl)``
-    before the item is measured returns (seconds waited, what the subprocess says it did) as soon as the item's
-    compiles are done, waiting at most until ``timeout_s`` after the start (then the subprocess is ended and the
-    main process compiles what is missing; (0.0, "") if none runs for it); ``close()`` ends what is left. Each
-    subprocess writes into a log in its own temporary folder: its item's JSON line, then a JSON summary;
-    ``close()`` removes the log of a subprocess that succeeded or was ended, and keeps (its path said) that of one
-    that failed."""
+    docstring): ``Background([(op, impl, shape), ...])`` starts ``shards`` subprocesses per item (``shard_count``),
+    each compiling its share of the item's compile jobs; ``wait(op, impl)`` before the item is measured returns
+    (seconds waited, what the subprocesses say they did) as soon as every shard's compiles are done, waiting at
+    most until ``timeout_s`` after the start (then what still runs is ended and the main process compiles what is
+    missing; (0.0, "") if none runs for it). A shard that died costs only its share of the overlap: the item waits
+    for the others, the main process compiles that share itself. ``close()`` ends what is left. Each subprocess
+    writes into a log in its own temporary folder: its item's JSON line, then a JSON summary; ``close()`` removes
+    the log of a subprocess that succeeded or was ended, and keeps (its path said) that of one that failed."""
 
-    def __init__(self, items, timeout_s: float = 60.0):
-        self.procs: dict[str, tuple[subprocess.Popen, float, Path]] = {}     # the items not waited for yet
+    def __init__(self, items, timeout_s: float = 60.0, shards: int | None = None):
+        self.shards = shards or shard_count()
+        self.procs: dict[str, tuple[float, list[tuple[subprocess.Popen, Path]]]] = {}   # items not waited for yet
         self.started: list[tuple[subprocess.Popen, Path]] = []
         self.t0 = time.monotonic()       # the start of its compiles
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         for op, impl, shape in items:
-            log = Path(tempfile.mkdtemp()) / "precompile.log"    # tmpXXXXXXXX: scrub_paths.py knows it
-            arg = json.dumps([op, impl, shape], default=str)
-            try:
-                with open(log, "w") as out:
-                    proc = subprocess.Popen(
-                        [sys.executable, "-m", "groundthink.precompile", arg],
-                        cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-            except OSError:
-                shutil.rmtree(log.parent, ignore_errors=True)
-                continue
-            self.started.append((proc, log))
-            self.procs[f"{op}/{impl}"] = (proc, time.monotonic() + timeout_s, log)
+            arg, procs = json.dumps([op, impl, shape], default=str), []
+            for i in range(self.shards):
+                log = Path(tempfile.mkdtemp()) / "precompile.log"    # tmpXXXXXXXX: scrub_paths.py knows it
+                try:
+                    with open(log, "w") as out:
+                        proc = subprocess.Popen(
+                            [sys.executable, "-m", "groundthink.precompile", arg, "--shard", f"{i}/{self.shards}"],
+                            cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                except OSError:
+                    shutil.rmtree(log.parent, ignore_errors=True)
+                    continue
+                procs.append((proc, log))
+            self.started += procs
+            if procs:
+                self.procs[f"{op}/{impl}"] = (time.monotonic() + timeout_s, procs)
 
     def names(self) -> list[str]:
         return list(self.procs)
 
     def wait(self, op: str, impl: str, at_most: float | None = None) -> tuple[float, str]:
-        """``at_most``: wait no longer than this for the item (its subprocess goes on for the items after it);
-        otherwise until the subprocess's time limit, where it is ended."""
+        """``at_most``: wait no longer than this for the item (its subprocesses go on for the items after it);
+        otherwise until the time limit, where what still runs is ended."""
         name = f"{op}/{impl}"
-        proc, deadline, log = self.procs.pop(name, (None, 0.0, None))
-        if proc is None:
+        deadline, procs = self.procs.pop(name, (0.0, []))
+        if not procs:
             return 0.0, ""
         t0 = time.monotonic()
         until = deadline if at_most is None else min(deadline, t0 + at_most)
-        while (done := _item_line(log, name)) is None and proc.poll() is None and time.monotonic() < until:
+
+        def pending():      # the shards still compiling: no line yet, still alive
+            return [(p, log) for p, log in procs if _item_line(log, name) is None and p.poll() is None]
+
+        while pending() and time.monotonic() < until:
             time.sleep(0.05)
-        done = done or _item_line(log, name)
         waited = time.monotonic() - t0
-        if done is not None:
-            return waited, _item_summary(done)
-        if proc.poll() is None and time.monotonic() < deadline:
-            return waited, "not done yet: measured without it (its subprocess goes on)"
-        ended = ""
-        if proc.poll() is None:
+        if pending() and time.monotonic() < deadline:
+            return waited, "not done yet: measured without it (its subprocesses go on)"
+        ended = pending()                    # past the time limit
+        for proc, _ in ended:
             proc.kill()
             proc.wait()
-            ended = "ended at its time limit; "
-        return waited, ended + _summary(proc.returncode, log)
+        return waited, _shards_summary(name, procs, {id(p) for p, _ in ended})
 
     def close(self) -> None:
         """End what still runs and remove the logs; a failed subprocess keeps its log (its path was said)."""
@@ -514,6 +566,28 @@ class Background:
             shutil.rmtree(log.parent, ignore_errors=True)
         self.procs.clear()
         self.started.clear()
+
+
+def _shards_summary(name: str, procs: list, ended: set = frozenset()) -> str:
+    """One line on an item's shards: their lines added up (``_item_summary``), then each shard without a line
+    (``ended``: the ids of those ended at the time limit; or died: ``_summary``): the main process compiles their
+    share itself."""
+    lines = [_item_line(log, name) for _, log in procs]
+    done = [d for d in lines if d is not None]
+    parts = []
+    if done:
+        jobs = {d.get("jobs") for d in done}
+        parts.append(_item_summary({"kernels": sum(d["kernels"] for d in done),
+                                    "errors": sum(d["errors"] for d in done),
+                                    "at": max(d["at"] for d in done),
+                                    "failed": next((d["failed"] for d in done if d["failed"]), "")},
+                                   by=f" by {len(done)} of {len(procs)} subprocesses" if len(procs) > 1 else "")
+                     + (f"; the shards met different jobs: {sorted(jobs, key=str)}" if len(jobs) > 1 else ""))
+    for i, ((proc, log), d) in enumerate(zip(procs, lines)):
+        if d is None:
+            parts.append((f"shard {i}/{len(procs)}: " if len(procs) > 1 else "")
+                         + ("ended at its time limit; " if id(proc) in ended else "") + _summary(proc.returncode, log))
+    return "; ".join(parts)
 
 
 def _lines(log: Path) -> list[str]:
@@ -533,8 +607,8 @@ def _item_line(log: Path, name: str) -> dict | None:
     return None
 
 
-def _item_summary(done: dict) -> str:
-    return (f"{done['kernels']} kernel compiles done {done['at']:.1f} s after the subprocess started, "
+def _item_summary(done: dict, by: str = "") -> str:
+    return (f"{done['kernels']} kernel compiles{by} done {done['at']:.1f} s after the subprocess started, "
             f"{done['errors']} failed" + (f"; its dry run stopped early: {done['failed']}" if done["failed"] else ""))
 
 
@@ -552,10 +626,11 @@ def _summary(returncode: int, log: Path) -> str:
     return f"exit {returncode}: {last} (log {log})"
 
 
-if __name__ == "__main__":      # python -m groundthink.precompile ITEM-JSON (Background's subprocess)
+if __name__ == "__main__":      # python -m groundthink.precompile ITEM-JSON [--shard I/N] (Background's shards)
     OP, IMPL, SHAPE = json.loads(sys.argv[1])
+    I, N = (int(x) for x in (sys.argv[3] if sys.argv[2:3] == ["--shard"] else "0/1").split("/"))
     # at the main process's priority: at nice 10 the long item (mamba-ssm) got the CPU only when the main's own
     # compiles paused and was the critical path (run 10: 55.9 s for 42 compiles, the item waited 30.8 s)
     import kernels  # noqa: F401 - the Triton interpreter switch, before any kernel is defined
-    summary = _compile_item(OP, IMPL, SHAPE, say=lambda line: print(line, flush=True))
+    summary = _compile_item(OP, IMPL, SHAPE, say=lambda line: print(line, flush=True), shard=(I, N))
     print(json.dumps(summary), flush=True)

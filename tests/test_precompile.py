@@ -193,7 +193,7 @@ def test_background_says_why_its_subprocess_failed_and_what_a_success_compiled(t
     """A background item whose dry run failed says why in its line; a subprocess that died says its exit code and
     last line (its log kept, path said); a success reports its JSON summary (its log removed). On this CPU machine
     the dry run fails: no CUDA device."""
-    bg = precompile.Background([("decay_exp", "triton", [{"shape": [4, 8]}])], timeout_s=120)
+    bg = precompile.Background([("decay_exp", "triton", [{"shape": [4, 8]}])], timeout_s=120, shards=1)
     waited, what = bg.wait("decay_exp", "triton")
     assert waited >= 0 and what.startswith("0 kernel compiles done ") and "its dry run stopped early: " in what
     assert bg.wait("decay_exp", "triton") == (0.0, "")
@@ -286,7 +286,7 @@ def test_background_wait_returns_when_its_item_is_done_not_when_the_subprocess_e
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-c", f"import time; print({line!r}, flush=True); time.sleep(60)"],
                                 stdout=out)
-    bg.procs = {"a/x": (proc, time.monotonic() + 30, log), "b/y": (proc, time.monotonic() + 30, log)}
+    bg.procs = {"a/x": (time.monotonic() + 30, [(proc, log)]), "b/y": (time.monotonic() + 30, [(proc, log)])}
     waited, what = bg.wait("a", "x")
     assert waited < 20 and what == "3 kernel compiles done 1.2 s after the subprocess started, 0 failed"
     assert proc.poll() is None and bg.names() == ["b/y"]
@@ -295,6 +295,81 @@ def test_background_wait_returns_when_its_item_is_done_not_when_the_subprocess_e
     bg.started = [(proc, log)]
     bg.close()
     assert proc.poll() is not None and not log.exists() and bg.names() == []
+
+
+def test_shards_split_the_compile_jobs_exactly_once_and_each_sets_best_config(on_gpu, monkeypatch):
+    """``--shard i/n``: every shard dry-runs the whole item (each autotuner's ``best_config`` set: host code reads
+    it) but compiles only jobs i, i + n, ... in the order the dry run meets them; together the n shards compile
+    every job exactly once, and a skipped job is no error."""
+    n, got = 3, []
+    monkeypatch.setattr(precompile, "_workers", lambda: 14)         # 4 compile threads a shard
+    for i in range(n):                      # one "process" per shard: fresh kernels
+        fns = [FakeJIT(), FakeJIT()]
+        tuners = [_tuner(fn) for fn in fns]
+
+        def dry_run(op, impl, shape, tuners=tuners):
+            for t in tuners + tuners[:1]:        # the first met again: no job
+                _call(t, shape[0])
+
+        monkeypatch.setattr(precompile, "_dry_run", dry_run)
+        lines = []
+        precompile._compile_item("a", "x", [64], say=lines.append, shard=(i, n))
+        got.append((json.loads(lines[0]), {(k, w) for k, fn in enumerate(fns) for w in fn.compiled}))
+        assert all(t.best_config is not None for t in tuners)
+    done, compiled = zip(*got)
+    assert [d["shard"] for d in done] == ["0/3", "1/3", "2/3"] and {d["jobs"] for d in done} == {2 * len(MS)}
+    assert [d["kernels"] for d in done] == [len(c) for c in compiled] == [3, 3, 2]
+    assert set().union(*compiled) == {(k, w) for k in range(2) for w in MS} and sum(map(len, compiled)) == 8
+    assert all(d["errors"] == 0 and d["failed"] == "" for d in done)
+
+
+def test_shard_count_leaves_the_main_process_cores_and_has_an_opt_out(monkeypatch):
+    monkeypatch.delenv("GROUNDTHINK_PRECOMPILE_SHARDS", raising=False)
+    for cores, shards in [(2, 1), (4, 1), (8, 2), (16, 6), (64, 6)]:
+        monkeypatch.setattr(precompile, "_workers", lambda c=cores: c)
+        assert precompile.shard_count() == shards
+    for raw, shards in [("1", 1), ("3", 3), ("0", 6), ("many", 6)]:
+        monkeypatch.setenv("GROUNDTHINK_PRECOMPILE_SHARDS", raw)
+        assert precompile.shard_count() == shards
+
+
+def _shard(log: Path, script: str) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_background_waits_for_every_shard_and_a_dead_shard_costs_only_its_share(tmp_path):
+    """An item's wait returns when every live shard has said its line (their counts added up); a shard that died
+    is said (exit code, last line, log) and not waited for; one still silent at the time limit is ended."""
+    def line(kernels, at):
+        return json.dumps({"item": "a/x", "shard": "", "kernels": kernels, "jobs": 9, "errors": 0, "failed": "",
+                           "at": at})
+    logs = [tmp_path / f"s{i}" / "precompile.log" for i in range(4)]      # a folder each, as Background's
+    for log in logs:
+        log.parent.mkdir()
+    procs = [_shard(logs[0], f"import time; print({line(3, 0.5)!r}, flush=True); time.sleep(60)"),
+             _shard(logs[1], f"import time; time.sleep(1.0); print({line(4, 2.5)!r}, flush=True); time.sleep(60)"),
+             _shard(logs[2], "import sys; print('ImportError: no module named torch'); sys.exit(1)")]
+    bg = precompile.Background([])
+    bg.procs = {"a/x": (time.monotonic() + 30, list(zip(procs, logs)))}
+    bg.started = list(zip(procs, logs))
+    waited, what = bg.wait("a", "x", at_most=0.1)
+    assert what.startswith("not done yet") and all(p.poll() is None for p in procs[:2])
+    bg.procs = {"a/x": (time.monotonic() + 30, list(zip(procs, logs)))}
+    waited, what = bg.wait("a", "x")
+    assert 0.5 <= waited < 20 and what == (
+        "7 kernel compiles by 2 of 3 subprocesses done 2.5 s after the subprocess started, 0 failed; "
+        f"shard 2/3: exit 1: ImportError: no module named torch (log {logs[2]})")
+    silent = _shard(logs[3], "import time; time.sleep(60)")
+    bg.procs = {"a/x": (time.monotonic() + 0.3, [(procs[0], logs[0]), (silent, logs[3])])}
+    waited, what = bg.wait("a", "x")
+    assert what.startswith("3 kernel compiles by 1 of 2 subprocesses done 0.5 s after the subprocess started, 0 ")
+    assert "; shard 1/2: ended at its time limit; exit -9: no output" in what and silent.poll() is not None
+    logs[3].write_text(line(2, 0.7).replace('"jobs": 9', '"jobs": 8') + "\n")     # a dry run not deterministic
+    assert precompile._shards_summary("a/x", list(zip(procs[:1] + [silent], logs[:1] + logs[3:]))).endswith(
+        "; the shards met different jobs: [8, 9]")
+    bg.close()
+    assert all(p.poll() is not None for p in procs) and logs[2].exists() and not logs[0].exists()
 
 
 def test_counting_compiles_tells_compiled_from_cached_and_keeps_a_listener():
