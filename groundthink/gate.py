@@ -831,10 +831,13 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp, device, timing: str = "e
     return row
 
 
-def _candidates(spec: OpSpec, cuda: bool, graph: bool) -> tuple[list, list[str]]:
+def _candidates(spec: OpSpec, cuda: bool, graph: bool, load: bool = True) -> tuple[list, list[str]]:
     """([(impl, fn or its import error)] that may run in this step, [why others are left out]): implementations
     that run here, graph-safe ones only when the step is captured; an absent peer is no candidate, an absent
-    lab kernel is (it fails)."""
+    lab kernel is (it fails). ``load=False``: nothing is imported (``early_background``): fn is None for an
+    installed implementation (its top-level package found by ``importlib.util.find_spec``), a
+    ``ModuleNotFoundError`` for an absent one."""
+    import importlib.util
     cands, out = [], []
     for impl in spec.impls:
         if impl.role == "reference" or not impl.runs_here(cuda):
@@ -842,12 +845,22 @@ def _candidates(spec: OpSpec, cuda: bool, graph: bool) -> tuple[list, list[str]]
         if graph and not impl.graph_safe:
             out.append(f"{spec.name}/{impl.name} (not graph-safe: the step is captured)")
             continue
-        try:
-            cands.append((impl, impl.load()))
-        except Exception as e:  # noqa: BLE001
-            if impl.role == "lab":
-                cands.append((impl, e))
+        if load:
+            try:
+                fn = impl.load()
+            except Exception as e:  # noqa: BLE001
+                fn = e
+        else:
+            package = impl.module.split(".")[0]
+            fn = None if importlib.util.find_spec(package) else ModuleNotFoundError(f"{package} is not installed")
+        if impl.role == "lab" or not isinstance(fn, Exception):
+            cands.append((impl, fn))
     return cands, out
+
+
+def _gated_role(impls) -> str:
+    """The role whose implementations an op's gate decides on: "lab" when it has a lab candidate, else "peer"."""
+    return "lab" if any(i.role == "lab" for i in impls) else "peer"
 
 
 def _timing(spec: OpSpec, graph: bool) -> str:
@@ -933,7 +946,7 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = 
         if spec.bench is None or not calls:
             continue
         cands, left = _candidates(spec, cuda, graph)
-        role = "lab" if any(i.role == "lab" for i, _ in cands) else "peer"
+        role = _gated_role(i for i, _ in cands)
         timing = _timing(spec, graph)
         todo = [(spec, i, fn, calls) for i, fn in cands
                 if force or not all(known.has(op, i.name, c.label, timing) for c in calls)]
@@ -995,8 +1008,6 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
     Its calls are recorded in the subprocess (``model``: the run's model arguments, ``precompile.model_calls``),
     the step's own strides included (mamba2's dt is a column slice: ``[dt rows 592]`` at GF-MH small). Pass the
     result to ``qualify`` (``background=``); None when there is nothing to start."""
-    import importlib.util
-
     from groundthink.precompile import Background, switched_on
     if not switched_on():
         return None
@@ -1005,9 +1016,8 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
     known, items = Verdicts([path]), []
     for op in ops:
         spec = get(op)
-        cands = [i for i in spec.impls if i.role != "reference" and not (graph and not i.graph_safe)
-                 and importlib.util.find_spec(i.module.split(".")[0]) is not None]
-        role = "lab" if any(i.role == "lab" for i in cands) else "peer"
+        cands = [i for i, _ in _candidates(spec, True, graph, load=False)[0]]     # train.py: on a GPU only
+        role = _gated_role(cands)
         first = next((i for i in cands if i.role == role), None)
         if first is not None and not known.has(op, first.name, timing=_timing(spec, graph)) and \
                 expected_s(spec, first, history)[0] >= BACKGROUND_S:
