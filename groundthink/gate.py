@@ -1007,7 +1007,8 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
     background covers the new ones) and is expected to take ``BACKGROUND_S`` or more; nothing is imported here.
     Its calls are recorded in the subprocess (``model``: the run's model arguments, ``precompile.model_calls``),
     the step's own strides included (mamba2's dt is a column slice: ``[dt rows 592]`` at GF-MH small). Pass the
-    result to ``qualify`` (``background=``); None when there is nothing to start."""
+    result to ``qualify`` (``background=``) and end it (``close()``) once qualify returns; None when there is
+    nothing to start."""
     from groundthink.precompile import Background, switched_on
     if not switched_on():
         return None
@@ -1036,14 +1037,13 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     qualification deferred (waiting makes it no cheaper), and one in ``used_anyway`` — the peer that training
     uses anyway on another manifest's verdict (run 5: mamba-ssm, deferred here, then compiled in the training
     step's first forward and capture instead; measured here, the step reuses its compiled and tuned kernels).
-    An item compiling in ``background`` since ``t0`` is expected to take what is left of its time after that
+    An item compiling in ``background`` since its ``t0`` is expected to take what is left of its time after that
     compile (at least ``BACKGROUND_REST`` of it), and is measured after the subprocess has finished.
     Returns (rows, [(item, why)] deferred, {op: {impl: seconds}})."""
     from tqdm import tqdm
     history, deferred_before, used_anyway = history or {}, deferred_before or set(), used_anyway or set()
     rows, deferred, spent, first, dropped = [], [], {}, {}, set()
     in_background = set(background.names()) if background else set()
-    t0 = getattr(background, "t0", time.monotonic())      # the background's start (early: before the gate)
     bar = tqdm(plan, desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
     for spec, impl, fn, shp in bar:
         op, name = spec.name, f"{spec.name}/{impl.name}"
@@ -1051,8 +1051,9 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         if impl is not spec.reference and op in first and name not in history:
             exp, source = max(exp, first[op]), "what its first candidate took"
         if name in in_background:
-            exp = max(exp * BACKGROUND_REST, exp - (time.monotonic() - t0))
-            source += f", compiling in the background for {time.monotonic() - t0:.0f} s"
+            since = time.monotonic() - background.t0     # since the background's start (early: before the gate)
+            exp = max(exp * BACKGROUND_REST, exp - since)
+            source += f", compiling in the background for {since:.0f} s"
         left = deadline - time.monotonic()
         if op in dropped:
             deferred.append((name, f"{op}/reference deferred"))
@@ -1148,7 +1149,8 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     autotuning) of every candidate. A progress bar shows the implementation being measured; the time of each op
     is said at the end. Returns the new entries ({op: {impl: entry}}). ``cuda`` and ``device`` may be injected
     (tests: the interpreter on CPU). ``background``: the long items' compile already started
-    (``early_background``; closed here); None: started here (``_background``)."""
+    (``early_background``; its caller ends it: train.py's ``build_run``); None: started here (``_background``)
+    and ended here."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = path or machine_path()
@@ -1161,8 +1163,6 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     history, deferred_before = _history(load(path)[0])
     plan, left = _plan(shapes, cuda, Verdicts([path]), force, graph, history)
     if not plan:
-        if background:
-            background.close()
         return {}
     timing = {spec.name: _timing(spec, graph) for spec, *_ in plan}
     say(f"gate: qualifying {', '.join(sorted(timing))} on this machine (errors vs float64, "
@@ -1181,7 +1181,7 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
             rows, deferred, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s, history,
                                               deferred_before, _used_anyway(plan, path, graph), background)
     finally:
-        if background:
+        if background and not early:    # only the one started here: an early one is its caller's to end
             background.close()
     for name, why in deferred:
         say(f"gate: {name} deferred to the next run: {why}")
