@@ -288,11 +288,12 @@ def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict], mode: st
     same = [r for r in ours if r.get("ms")]
     refs = {_key(r): r for r in same if r["impl"] == spec.reference.name}
     labels = {(r["shape"], r["pass"]) for r in mine}
-    ref_failed = sorted({f"{r['shape']} {r['pass']}: {(r.get('note') or 'no time')[:120]}" for r in ours
-                         if r["impl"] == spec.reference.name and not r.get("ms") and (r["shape"], r["pass"]) in labels
-                         and not any(k[:2] == (r["shape"], r["pass"]) for k in refs)})
-    uncaptured = {(r["shape"], r["pass"]) for r in ours if r["impl"] == spec.reference.name and not r.get("ms")
-                  and r.get("timing_mode") == "graph"}
+    # the reference's rows without a time, by (shape, pass, timing mode): the mode tells an uncaptured reference
+    untimed = {_key(r): r for r in ours if r["impl"] == spec.reference.name and not r.get("ms")}
+    timed = {k[:2] for k in refs}
+    ref_failed = sorted({f"{s} {p}: {(r.get('note') or 'no time')[:120]}" for (s, p, _), r in untimed.items()
+                         if (s, p) in labels and (s, p) not in timed})
+    uncaptured = {k[:2] for k in untimed if k[2] == "graph"}
     peer_names = {i.name for i in spec.role("peer") if mode == "eager" or i.graph_safe} - {impl}
     shapes = []
     for r in mine:
@@ -1099,12 +1100,13 @@ def _reference_fallback(spec: OpSpec, fn, calls: list, got: list[dict], timing: 
     CUDA-graph replays, the captured step could not hold the reference anyway); where it fails eagerly as well,
     nothing can be timed against it in that call: one line says so (the verdicts then say "no timing evidence
     (the reference fails at …)"). Returns the extra rows."""
-    bad = [c for c, r in zip(calls, got) if r["ms"] is None]
-    if not bad:
+    bad_rows = [r for r in got if r["ms"] is None]
+    if not bad_rows:
         return []
-    op, note = spec.name, got[calls.index(bad[0])]["note"][:120]
-    extra = [measure(spec, spec.reference.name, fn, c, device, "eager") for c in bad] if timing == "graph" else []
-    broken = [r for r in extra if r["ms"] is None] if extra else [r for r in got if r["ms"] is None]
+    op, note = spec.name, bad_rows[0]["note"][:120]
+    extra = [measure(spec, spec.reference.name, fn, c, device, "eager") for c, r in zip(calls, got)
+             if r["ms"] is None] if timing == "graph" else []
+    broken = [r for r in (extra or bad_rows) if r["ms"] is None]     # extra: in graph timing, bad_rows' eager times
     if broken:
         say(f"gate {op}: the reference fails in the step's call {broken[0]['shape']} ({broken[0]['note'][:120]}): "
             f"no {op} implementation can be timed against it there, none is allowed; the step keeps the "
