@@ -273,11 +273,7 @@ def _train(args, device, rank, world, master, say) -> dict:
     ops = resolve(args.kernels, graph=args.graph != "off")  # one implementation per op, and why
     say(f"kernels (--kernels {args.kernels}):\n" + ops.table())
     background = early_background(args, device, master)
-    try:
-        run = build_run(args, device, rank, world, master, say, ops, state, background)
-    finally:
-        if background is not None:
-            background.close()
+    run = build_run(args, device, rank, world, master, say, ops, state, background)
     run.last_ckpt = resumed_from
     try:
         train_loop(run)
@@ -378,11 +374,16 @@ def early_background(args, device, master):
 
 def build_run(args, device, rank, world, master, say, ops, state, background=None) -> Run:
     """Data, model, optimizer (restored when resuming), the training step, the metrics ring and the run log
-    (``background``: the qualification's long compile, ``early_background``)."""
-    tok, corpus, train_ids, val_ids = prepare_data(args, state, master, world, say)
-    torch.manual_seed(args.seed)
-    model = build_model(args, tok.vocab_size, ops).to(device)
-    ops = qualify_kernels(args, model, ops, device, master, world, say, background)
+    (``background``: the qualification's long compile, ``early_background``: ended here once the gate is done,
+    its one owner — ``gate.qualify`` ends only a background it started itself)."""
+    try:
+        tok, corpus, train_ids, val_ids = prepare_data(args, state, master, world, say)
+        torch.manual_seed(args.seed)
+        model = build_model(args, tok.vocab_size, ops).to(device)
+        ops = qualify_kernels(args, model, ops, device, master, world, say, background)
+    finally:
+        if background is not None:     # a compile the gate left running (its item deferred) ends before the step
+            background.close()
     opt = make_optimizer(model, args)
     start, gate0 = 0, None
     if state is not None:

@@ -288,11 +288,12 @@ def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict], mode: st
     same = [r for r in ours if r.get("ms")]
     refs = {_key(r): r for r in same if r["impl"] == spec.reference.name}
     labels = {(r["shape"], r["pass"]) for r in mine}
-    ref_failed = sorted({f"{r['shape']} {r['pass']}: {(r.get('note') or 'no time')[:120]}" for r in ours
-                         if r["impl"] == spec.reference.name and not r.get("ms") and (r["shape"], r["pass"]) in labels
-                         and not any(k[:2] == (r["shape"], r["pass"]) for k in refs)})
-    uncaptured = {(r["shape"], r["pass"]) for r in ours if r["impl"] == spec.reference.name and not r.get("ms")
-                  and r.get("timing_mode") == "graph"}
+    # the reference's rows without a time, by (shape, pass, timing mode): the mode tells an uncaptured reference
+    untimed = {_key(r): r for r in ours if r["impl"] == spec.reference.name and not r.get("ms")}
+    timed = {k[:2] for k in refs}
+    ref_failed = sorted({f"{s} {p}: {(r.get('note') or 'no time')[:120]}" for (s, p, _), r in untimed.items()
+                         if (s, p) in labels and (s, p) not in timed})
+    uncaptured = {k[:2] for k in untimed if k[2] == "graph"}
     peer_names = {i.name for i in spec.role("peer") if mode == "eager" or i.graph_safe} - {impl}
     shapes = []
     for r in mine:
@@ -831,10 +832,13 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp, device, timing: str = "e
     return row
 
 
-def _candidates(spec: OpSpec, cuda: bool, graph: bool) -> tuple[list, list[str]]:
+def _candidates(spec: OpSpec, cuda: bool, graph: bool, load: bool = True) -> tuple[list, list[str]]:
     """([(impl, fn or its import error)] that may run in this step, [why others are left out]): implementations
     that run here, graph-safe ones only when the step is captured; an absent peer is no candidate, an absent
-    lab kernel is (it fails)."""
+    lab kernel is (it fails). ``load=False``: nothing is imported (``early_background``): fn is None for an
+    installed implementation (its top-level package found by ``importlib.util.find_spec``), a
+    ``ModuleNotFoundError`` for an absent one."""
+    import importlib.util
     cands, out = [], []
     for impl in spec.impls:
         if impl.role == "reference" or not impl.runs_here(cuda):
@@ -842,12 +846,22 @@ def _candidates(spec: OpSpec, cuda: bool, graph: bool) -> tuple[list, list[str]]
         if graph and not impl.graph_safe:
             out.append(f"{spec.name}/{impl.name} (not graph-safe: the step is captured)")
             continue
-        try:
-            cands.append((impl, impl.load()))
-        except Exception as e:  # noqa: BLE001
-            if impl.role == "lab":
-                cands.append((impl, e))
+        if load:
+            try:
+                fn = impl.load()
+            except Exception as e:  # noqa: BLE001
+                fn = e
+        else:
+            package = impl.module.split(".")[0]
+            fn = None if importlib.util.find_spec(package) else ModuleNotFoundError(f"{package} is not installed")
+        if impl.role == "lab" or not isinstance(fn, Exception):
+            cands.append((impl, fn))
     return cands, out
+
+
+def _gated_role(impls) -> str:
+    """The role whose implementations an op's gate decides on: "lab" when it has a lab candidate, else "peer"."""
+    return "lab" if any(i.role == "lab" for i in impls) else "peer"
 
 
 def _timing(spec: OpSpec, graph: bool) -> str:
@@ -933,7 +947,7 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = 
         if spec.bench is None or not calls:
             continue
         cands, left = _candidates(spec, cuda, graph)
-        role = "lab" if any(i.role == "lab" for i, _ in cands) else "peer"
+        role = _gated_role(i for i, _ in cands)
         timing = _timing(spec, graph)
         todo = [(spec, i, fn, calls) for i, fn in cands
                 if force or not all(known.has(op, i.name, c.label, timing) for c in calls)]
@@ -994,9 +1008,8 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
     background covers the new ones) and is expected to take ``BACKGROUND_S`` or more; nothing is imported here.
     Its calls are recorded in the subprocess (``model``: the run's model arguments, ``precompile.model_calls``),
     the step's own strides included (mamba2's dt is a column slice: ``[dt rows 592]`` at GF-MH small). Pass the
-    result to ``qualify`` (``background=``); None when there is nothing to start."""
-    import importlib.util
-
+    result to ``qualify`` (``background=``) and end it (``close()``) once qualify returns; None when there is
+    nothing to start."""
     from groundthink.precompile import Background, switched_on
     if not switched_on():
         return None
@@ -1005,9 +1018,8 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
     known, items = Verdicts([path]), []
     for op in ops:
         spec = get(op)
-        cands = [i for i in spec.impls if i.role != "reference" and not (graph and not i.graph_safe)
-                 and importlib.util.find_spec(i.module.split(".")[0]) is not None]
-        role = "lab" if any(i.role == "lab" for i in cands) else "peer"
+        cands = [i for i, _ in _candidates(spec, True, graph, load=False)[0]]     # train.py: on a GPU only
+        role = _gated_role(cands)
         first = next((i for i in cands if i.role == role), None)
         if first is not None and not known.has(op, first.name, timing=_timing(spec, graph)) and \
                 expected_s(spec, first, history)[0] >= BACKGROUND_S:
@@ -1026,14 +1038,13 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     qualification deferred (waiting makes it no cheaper), and one in ``used_anyway`` — the peer that training
     uses anyway on another manifest's verdict (run 5: mamba-ssm, deferred here, then compiled in the training
     step's first forward and capture instead; measured here, the step reuses its compiled and tuned kernels).
-    An item compiling in ``background`` since ``t0`` is expected to take what is left of its time after that
+    An item compiling in ``background`` since its ``t0`` is expected to take what is left of its time after that
     compile (at least ``BACKGROUND_REST`` of it), and is measured after the subprocess has finished.
     Returns (rows, [(item, why)] deferred, {op: {impl: seconds}})."""
     from tqdm import tqdm
     history, deferred_before, used_anyway = history or {}, deferred_before or set(), used_anyway or set()
     rows, deferred, spent, first, dropped = [], [], {}, {}, set()
     in_background = set(background.names()) if background else set()
-    t0 = getattr(background, "t0", time.monotonic())      # the background's start (early: before the gate)
     bar = tqdm(plan, desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
     for spec, impl, fn, shp in bar:
         op, name = spec.name, f"{spec.name}/{impl.name}"
@@ -1041,8 +1052,9 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         if impl is not spec.reference and op in first and name not in history:
             exp, source = max(exp, first[op]), "what its first candidate took"
         if name in in_background:
-            exp = max(exp * BACKGROUND_REST, exp - (time.monotonic() - t0))
-            source += f", compiling in the background for {time.monotonic() - t0:.0f} s"
+            since = time.monotonic() - background.t0     # since the background's start (early: before the gate)
+            exp = max(exp * BACKGROUND_REST, exp - since)
+            source += f", compiling in the background for {since:.0f} s"
         left = deadline - time.monotonic()
         if op in dropped:
             deferred.append((name, f"{op}/reference deferred"))
@@ -1088,12 +1100,13 @@ def _reference_fallback(spec: OpSpec, fn, calls: list, got: list[dict], timing: 
     CUDA-graph replays, the captured step could not hold the reference anyway); where it fails eagerly as well,
     nothing can be timed against it in that call: one line says so (the verdicts then say "no timing evidence
     (the reference fails at …)"). Returns the extra rows."""
-    bad = [c for c, r in zip(calls, got) if r["ms"] is None]
-    if not bad:
+    bad_rows = [r for r in got if r["ms"] is None]
+    if not bad_rows:
         return []
-    op, note = spec.name, got[calls.index(bad[0])]["note"][:120]
-    extra = [measure(spec, spec.reference.name, fn, c, device, "eager") for c in bad] if timing == "graph" else []
-    broken = [r for r in extra if r["ms"] is None] if extra else [r for r in got if r["ms"] is None]
+    op, note = spec.name, bad_rows[0]["note"][:120]
+    extra = [measure(spec, spec.reference.name, fn, c, device, "eager") for c, r in zip(calls, got)
+             if r["ms"] is None] if timing == "graph" else []
+    broken = [r for r in (extra or bad_rows) if r["ms"] is None]     # extra: in graph timing, bad_rows' eager times
     if broken:
         say(f"gate {op}: the reference fails in the step's call {broken[0]['shape']} ({broken[0]['note'][:120]}): "
             f"no {op} implementation can be timed against it there, none is allowed; the step keeps the "
@@ -1138,7 +1151,8 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     autotuning) of every candidate. A progress bar shows the implementation being measured; the time of each op
     is said at the end. Returns the new entries ({op: {impl: entry}}). ``cuda`` and ``device`` may be injected
     (tests: the interpreter on CPU). ``background``: the long items' compile already started
-    (``early_background``; closed here); None: started here (``_background``)."""
+    (``early_background``; its caller ends it: train.py's ``build_run``); None: started here (``_background``)
+    and ended here."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = path or machine_path()
@@ -1151,8 +1165,6 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     history, deferred_before = _history(load(path)[0])
     plan, left = _plan(shapes, cuda, Verdicts([path]), force, graph, history)
     if not plan:
-        if background:
-            background.close()
         return {}
     timing = {spec.name: _timing(spec, graph) for spec, *_ in plan}
     say(f"gate: qualifying {', '.join(sorted(timing))} on this machine (errors vs float64, "
@@ -1172,7 +1184,7 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
             rows, deferred, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s, history,
                                               deferred_before, _used_anyway(plan, path, graph), background)
     finally:
-        if background:
+        if background and not early:    # only the one started here: an early one is its caller's to end
             background.close()
     for name, why in deferred:
         say(f"gate: {name} deferred to the next run: {why}")

@@ -426,11 +426,19 @@ def model_calls(model: dict, device: str = "cuda") -> dict:
     return step_calls(net, model["batch_size"], model["seq_len"])
 
 
-def _dry_run(op: str, impl: str, shape, device: str = "cuda") -> None:
+def _payloads(op: str, shape, device: str = "cuda") -> list:
+    """An item's calls of ``op``: ``shape`` itself (``groundthink.calls.Call.payload()``s), or for {"model": ...}
+    (``gate.early_background``'s item) those the run's model makes (``model_calls``)."""
+    if isinstance(shape, dict):
+        return [c.payload() for c in model_calls(shape["model"], device).get(op, []) if c.shape is not None]
+    return shape
+
+
+def _dry_run(op: str, impl: str, shape: list, device: str = "cuda") -> None:
     """One forward + backward of ``op``/``impl`` in each of the step's calls (``shape``: their
-    ``groundthink.calls.Call.payload()``s, or {"model": ...}: those of the run's model, ``model_calls``) at its
-    shape and at the spec's error shape (what ``gate.measure`` runs) inside an active ``compile_only``: the
-    kernels' compiles are submitted, none is waited for."""
+    ``groundthink.calls.Call.payload()``s, ``_payloads``) at its shape and at the spec's error shape (what
+    ``gate.measure`` runs) inside an active ``compile_only``: the kernels' compiles are submitted, none is waited
+    for."""
     import torch
 
     from groundthink.calls import from_payload, inputs, run_shapes, unused_outputs
@@ -438,8 +446,6 @@ def _dry_run(op: str, impl: str, shape, device: str = "cuda") -> None:
     from groundthink.spec import get
     spec = get(op)
     fn, b = spec.impl(impl).load(), spec.bench
-    if isinstance(shape, dict):         # the run's model: its step's calls of op (``gate.early_background``)
-        shape = [c.payload() for c in model_calls(shape["model"], device).get(op, []) if c.shape is not None]
     for call in (from_payload(op, c) for c in shape):
         for shp in run_shapes(spec, call):
             kw = inputs(spec, shp, call.variant, b.dtype, device=torch.device(device))
@@ -467,10 +473,11 @@ def shard_count() -> int:
     return max(1, min(MAX_SHARDS, (_workers() - MAIN_CORES) // SHARD_CORES))
 
 
-def _compile_item(op: str, impl: str, shape: list, say=print, shard: tuple[int, int] = (0, 1)) -> dict:
-    """Dry-run one item (``_dry_run``) under ``compile_only`` (its compiles all concurrent; ``shard=(i, n)``: only
-    job i, i + n, ... of them, ``_Recording``), then say one JSON line when they are done (``Background.wait`` reads
-    it) and return the summary ("seconds": the whole call's)."""
+def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Dry-run one item (``_dry_run``; ``shape``: its calls or its model, ``_payloads``) under ``compile_only``
+    (its compiles all concurrent; ``shard=(i, n)``: only job i, i + n, ... of them, ``_Recording``), then say one
+    JSON line when they are done (``Background.wait`` reads it) and return the summary ("seconds": the whole
+    call's)."""
     import torch
     t0 = time.monotonic()
     pool = ThreadPoolExecutor(max(1, (_workers() - 2) // shard[1]), thread_name_prefix="precompile")
@@ -478,7 +485,7 @@ def _compile_item(op: str, impl: str, shape: list, say=print, shard: tuple[int, 
     try:
         with compile_only(executor=recording):
             try:
-                _dry_run(op, impl, shape)
+                _dry_run(op, impl, _payloads(op, shape))   # a model whose calls fail to record: the item fails
             except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
                 failed = f"{type(e).__name__}: {str(e)[:160]}"
                 STATS["errors"] += 1

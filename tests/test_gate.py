@@ -327,6 +327,8 @@ def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_pat
     events = []
 
     class FakeBackground:
+        t0 = time.monotonic()       # its start
+
         def names(self):
             return ["decay_exp/triton"]
 
@@ -350,6 +352,13 @@ def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_pat
                  say=said.append, progress=False, budget_s=45)
     assert events == ["measure decay_exp/reference", "wait decay_exp/triton at most None", "measure decay_exp/triton",
                       "close"]
+    # an early background (train.py's) is its caller's to end: not closed here, even with nothing to measure
+    gate.qualify({"decay_exp": get("decay_exp").bench.cpu_shapes[0]}, cuda=True, path=tmp_path / "g.json",
+                 say=said.append, progress=False, budget_s=45, force=True, background=FakeBackground())
+    assert events[4:] == ["measure decay_exp/reference", "wait decay_exp/triton at most None",
+                          "measure decay_exp/triton"]
+    assert gate.qualify({}, cuda=True, path=tmp_path / "g.json", say=said.append, background=FakeBackground()) == {}
+    assert len(events) == 7
     assert any("decay_exp/triton: waited 1.5 s for its background compile (exit 0 after 1.2 s: 3 configs" in s
                for s in said)
     assert any("compiling in the background for" in s for s in said)

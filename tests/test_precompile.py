@@ -257,7 +257,8 @@ def test_compile_item_says_when_its_compiles_are_done(on_gpu, monkeypatch):
 
 def test_a_model_item_dry_runs_the_calls_its_model_makes(monkeypatch):
     """``gate.early_background``'s item: {"model": the run's model arguments}; the subprocess records that model's
-    step calls (``model_calls``: step_calls of the model it builds) and dry-runs the op's calls among them."""
+    step calls (``model_calls``: step_calls of the model it builds) and dry-runs the op's calls among them
+    (``_payloads``)."""
     from groundthink import calls as C
     from groundthink import registry
     from groundthink.spec import get
@@ -270,11 +271,8 @@ def test_a_model_item_dry_runs_the_calls_its_model_makes(monkeypatch):
         op: [(c.shape, c.variant) for c in cs] for op, cs in C.step_calls(net, 4, 32).items()}
     call = C.Call("decay_exp", get("decay_exp").bench.cpu_shapes[0])
     monkeypatch.setattr(precompile, "model_calls", lambda m, device: {"decay_exp": [call]} if m == model else {})
-    with precompile.launched_specialisations(run=False) as seen:
-        precompile._dry_run("decay_exp", "triton", {"model": model}, device="cpu")
-    with precompile.launched_specialisations(run=False) as want:
-        precompile._dry_run("decay_exp", "triton", [call.payload()], device="cpu")
-    assert seen and seen == want
+    assert precompile._payloads("decay_exp", {"model": model}, device="cpu") == [call.payload()]
+    assert precompile._payloads("decay_exp", [call.payload()]) == [call.payload()]
 
 
 def test_background_wait_returns_when_its_item_is_done_not_when_the_subprocess_ends(tmp_path):
