@@ -996,7 +996,7 @@ def _background(plan: list, cuda: bool, parallel: bool, history: dict):
     long = [(s.name, i.name, [c.payload() for c in calls]) for s, i, fn, calls in plan
             if i is not s.reference and not isinstance(fn, Exception)
             and expected_s(s, i, history, len(calls))[0] >= BACKGROUND_S]
-    return Background(long, timeout_s=90.0) if long else None   # killed, its compiles would be redone here
+    return Background(long) if long else None   # ended at its time limit, its compiles would be redone here
 
 
 def early_background(ops, graph: bool, model: dict, path: Path | None = None):
@@ -1024,7 +1024,7 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
         if first is not None and not known.has(op, first.name, timing=_timing(spec, graph)) and \
                 expected_s(spec, first, history)[0] >= BACKGROUND_S:
             items.append((op, first.name, {"model": model}))
-    return Background(items, timeout_s=90.0) if items else None
+    return Background(items) if items else None
 
 
 def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float,

@@ -511,7 +511,7 @@ class Background:
     writes into a log in its own temporary folder: its item's JSON line, then a JSON summary; ``close()`` removes
     the log of a subprocess that succeeded or was ended, and keeps (its path said) that of one that failed."""
 
-    def __init__(self, items, timeout_s: float = 60.0, shards: int | None = None):
+    def __init__(self, items, timeout_s: float = 90.0, shards: int | None = None):
         self.shards = shards or shard_count()
         self.procs: dict[str, tuple[float, list[tuple[subprocess.Popen, Path]]]] = {}   # items not waited for yet
         self.started: list[tuple[subprocess.Popen, Path]] = []
@@ -538,24 +538,21 @@ class Background:
     def names(self) -> list[str]:
         return list(self.procs)
 
-    def wait(self, op: str, impl: str, at_most: float | None = None) -> tuple[float, str]:
-        """``at_most``: wait no longer than this for the item (its subprocesses go on for the items after it);
-        otherwise until the time limit, where what still runs is ended."""
+    def wait(self, op: str, impl: str) -> tuple[float, str]:
+        """Wait until every shard of the item has said its line or died, at most until the time limit, where what
+        still runs is ended."""
         name = f"{op}/{impl}"
         deadline, procs = self.procs.pop(name, (0.0, []))
         if not procs:
             return 0.0, ""
         t0 = time.monotonic()
-        until = deadline if at_most is None else min(deadline, t0 + at_most)
 
         def pending():      # the shards still compiling: no line yet, still alive
             return [(p, log) for p, log in procs if _item_line(log, name) is None and p.poll() is None]
 
-        while pending() and time.monotonic() < until:
+        while pending() and time.monotonic() < deadline:
             time.sleep(0.05)
         waited = time.monotonic() - t0
-        if pending() and time.monotonic() < deadline:
-            return waited, "not done yet: measured without it (its subprocesses go on)"
         ended = pending()                    # past the time limit
         for proc, _ in ended:
             proc.kill()

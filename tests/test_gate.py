@@ -332,8 +332,8 @@ def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_pat
         def names(self):
             return ["decay_exp/triton"]
 
-        def wait(self, op, impl, at_most=None):
-            events.append(f"wait {op}/{impl} at most {at_most}")
+        def wait(self, op, impl):
+            events.append(f"wait {op}/{impl}")
             return 1.5, "exit 0 after 1.2 s: 3 configs of 1 autotuned kernels and 2 other kernels compiled, 0 errors"
 
         def close(self):
@@ -350,12 +350,12 @@ def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_pat
     said = []
     gate.qualify({"decay_exp": get("decay_exp").bench.cpu_shapes[0]}, cuda=True, path=tmp_path / "g.json",
                  say=said.append, progress=False, budget_s=45)
-    assert events == ["measure decay_exp/reference", "wait decay_exp/triton at most None", "measure decay_exp/triton",
+    assert events == ["measure decay_exp/reference", "wait decay_exp/triton", "measure decay_exp/triton",
                       "close"]
     # an early background (train.py's) is its caller's to end: not closed here, even with nothing to measure
     gate.qualify({"decay_exp": get("decay_exp").bench.cpu_shapes[0]}, cuda=True, path=tmp_path / "g.json",
                  say=said.append, progress=False, budget_s=45, force=True, background=FakeBackground())
-    assert events[4:] == ["measure decay_exp/reference", "wait decay_exp/triton at most None",
+    assert events[4:] == ["measure decay_exp/reference", "wait decay_exp/triton",
                           "measure decay_exp/triton"]
     assert gate.qualify({}, cuda=True, path=tmp_path / "g.json", say=said.append, background=FakeBackground()) == {}
     assert len(events) == 7
@@ -372,7 +372,7 @@ def test_only_long_items_compile_in_the_background(monkeypatch, tmp_path):
     from groundthink import precompile
     started = []
     monkeypatch.setattr(precompile, "switched_on", lambda enabled=True: enabled)
-    monkeypatch.setattr(precompile, "Background", lambda items, timeout_s: started.append(items) or "bg")
+    monkeypatch.setattr(precompile, "Background", lambda items: started.append(items) or "bg")
     monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton": 40.0})
     shapes = {op: get(op).bench.cpu_shapes[0] for op in ("decay_exp", "wkv6")}
     plan, _ = gate._plan(shapes, True, gate.Verdicts([]), True)
