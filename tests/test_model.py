@@ -330,26 +330,46 @@ def _pieces_grads(outs, inputs, drop, seed=1):
     return torch.autograd.grad([outs[i] for i in keep], inputs, [gs[i] for i in keep])
 
 
+@pytest.mark.parametrize("rows, sizes, groups", [
+    ((100, 43), [72, 64, 5, 2], [(0, 72, [0]), (72, 136, [1]), (136, 144, [2, 3, 4])]),
+    ((144,), [72, 64, 5, 3], [(0, 72, [0]), (72, 136, [1]), (136, 144, [2, 3])])])
 @pytest.mark.parametrize("drop", [(), (0,), (2,), (1, 3)])
-def test_linear_pieces_equal_autograd_float64(drop, nan_buffers):
+def test_linear_pieces_equal_autograd_float64(drop, rows, sizes, groups, nan_buffers):
     """linear_pieces (one GEMM, pieces as views, per-group backward) vs autograd's GEMM + split in float64: the
-    pieces and the gradients of x and of both weights, with pieces that get no gradient (``drop``: a wide one
-    alone, a narrow one in the padded group) and a non-contiguous gradient; groups: two wide pieces alone, the
-    two narrow ones with the pad."""
+    pieces and the gradients of x and of the weights, with pieces that get no gradient (``drop``: a wide one
+    alone, a narrow one in the last group) and a non-contiguous gradient; groups: two wide pieces alone, the
+    two narrow ones (with the pad for two weights of 143 rows; one weight of 144 rows: no pad, the weight is
+    saved as is, not copied)."""
     from fused.projections import _groups, linear_pieces
-    sizes = [72, 64, 5, 2]
-    assert _groups(sizes, 144) == [(0, 72, [0]), (72, 136, [1]), (136, 144, [2, 3, 4])]
+    assert _groups(sizes, 144) == groups
     torch.manual_seed(0)
     x = torch.randn(2, 7, 24, dtype=torch.float64, requires_grad=True)
-    ws = [torch.randn(n, 24, dtype=torch.float64, requires_grad=True) for n in (100, 43)]
+    ws = [torch.randn(n, 24, dtype=torch.float64, requires_grad=True) for n in rows]
     got = linear_pieces(x, ws, sizes)
     want = torch.split(x @ torch.cat(ws).t(), sizes, -1)
     for o, r in zip(got, want):
         assert o.shape == r.shape and _rel(o, r) < 1e-14
+    if len(ws) == 1:
+        node = got[0].grad_fn.next_functions[0][0]          # the pieces are views of _LinearPieces' outputs
+        assert node.saved_tensors[1].data_ptr() == ws[0].data_ptr()
     for a, b in zip(_pieces_grads(got, [x, *ws], drop), _pieces_grads(want, [x, *ws], drop)):
         assert _rel(a, b) < 1e-14
     with pytest.raises(ValueError, match="linear_pieces: weights must be"):
         linear_pieces(x, ws, [72, 64])
+
+
+def test_linear_pieces_backward_runs_without_piece_gradients():
+    """A Function downstream may give None for every piece: autograd still runs linear_pieces' backward (with
+    set_materialize_grads(False) every gradient is None) and x's and the weight's gradients are zeros."""
+    from fused.projections import linear_pieces
+
+    class _NoGrad(torch.autograd.Function):
+        forward = staticmethod(lambda ctx, t: t * 2)
+        backward = staticmethod(lambda ctx, g: None)
+    x = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(10, 16, dtype=torch.float64, requires_grad=True)
+    dx, dw = torch.autograd.grad([_NoGrad.apply(p).sum() for p in linear_pieces(x, [w], [4, 6])], [x, w])
+    assert torch.equal(dx, torch.zeros_like(x)) and torch.equal(dw, torch.zeros_like(w))
 
 
 @pytest.mark.parametrize("drop", [(), (2,)])
