@@ -22,18 +22,13 @@ each GEMM of its chain (bf16 under autocast: one rounding per group, as autograd
 gradients of a tensor used several times); fp64 inputs give fp64 results equal to autograd's (tests/test_model.py).
 Pieces whose gradient is None (unused) cost nothing in a group of their own (their dW rows are zeroed) and read
 cached zeros in a shared group. CUDA-graph safe: no host syncs, every allocation's size fixed by the shapes.
-
-Knob: ``GROUNDTHINK_PIECE_GRADS=0`` (read at import) makes both fall back to autograd's path (one GEMM or bmm,
-then ``torch.split`` / ``unbind``: the concatenating backward) — to time the two in one GPU call.
 """
 from __future__ import annotations
 
-import os
 from itertools import accumulate
 
 import torch
 
-PIECE_GRADS = os.environ.get("GROUNDTHINK_PIECE_GRADS", "1") != "0"
 WIDE = 64                     # a piece at least this wide (and 8-aligned) gets GEMMs of its own in the backward
 _ZEROS: dict = {}             # (shape, dtype, device) -> a zero tensor, made once (never written)
 _empty_like = torch.empty_like  # the backwards' gradient buffers (tests make them NaN-filled)
@@ -151,12 +146,6 @@ def linear_pieces(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int]
     if amp is not None:
         x, weights = x.to(amp), [w.to(amp) for w in weights]
     lead = x.shape[:-1]
-    if not PIECE_GRADS:
-        n = sum(sizes)
-        pad = -n % 8
-        w = torch.cat([*weights, weights[0].new_zeros(pad, k)]) if pad else torch.cat(weights)
-        out = torch.nn.functional.linear(x, w)
-        return torch.split(out, list(sizes) + [pad], dim=-1)[:len(sizes)]
     pieces = _LinearPieces.apply(x.reshape(-1, k), list(sizes), *weights)
     return tuple(p.view(*lead, p.shape[-1]) for p in pieces)
 
@@ -198,6 +187,4 @@ def stacked_proj(xs: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
     amp = autocast_dtype(xs.device.type)
     if amp is not None:
         xs, w = xs.to(amp), w.to(amp)
-    if not PIECE_GRADS:
-        return torch.bmm(xs, w).unbind(0)
     return _StackedProj.apply(xs, w)
