@@ -21,7 +21,6 @@ API (train.py and the benchmarks rely on it):
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn as nn
@@ -31,10 +30,6 @@ from fused.configs import ModelConfig
 from fused.projections import autocast_dtype, linear_pieces
 from fused.variants import VARIANTS, Fusion
 from groundthink import monitor
-
-# GROUNDTHINK_CAST_Y0=0: the first block's input y stays fp32 under autocast (each consumer casts it: the earlier
-# path, to time the two in one GPU call); read at import
-CAST_Y0 = os.environ.get("GROUNDTHINK_CAST_Y0", "1") != "0"
 
 
 class HybridBlock(nn.Module):
@@ -143,7 +138,7 @@ class HybridLM(nn.Module):
         h = self.emb(idx)
         y = rms_norm(h, self.norm0, self.config.norm_eps)
         amp = autocast_dtype(y.device.type)
-        if amp is not None and CAST_Y0:
+        if amp is not None:
             # the first block reads y in the matmul dtype, as every later block does (gate_norm_residual gives
             # them y in the branches' dtype): one cast here instead of one per consumer (the r/k/v/g stack, the
             # low-rank mixes, in_proj: 4 casts and 4 widening gradient copies in the backward, ≈ 0.3 ms at large)

@@ -5,6 +5,7 @@ gradients (issue 10: at the large model autograd's concatenations cost ~1.1 ms o
         x [..., K]; weights: [n_j, K] matrices, the row blocks of one W [N, K] (N = Σ n_j); sizes: the widths of
         the output pieces (Σ = N). Forward: ONE GEMM  P = x [W; 0]ᵀ  [..., N8], N8 = N rounded up to 8 (zero rows:
         P's rows stay 16-byte aligned for cuBLAS and channel-last consumers); the pieces are column views of P.
+        [W; 0] is concatenated (and saved) only when it must be: one weight with N a multiple of 8 is used as is.
         Backward, per *group* of pieces (a piece that starts and ends at multiples of 8 and is ≥ 64 wide is a
         group alone; consecutive other pieces and the pad form one group, their gradients concatenated — at the
         models' shapes ≤ 24 columns: Mamba's dt and the row gate):
@@ -21,17 +22,13 @@ each GEMM of its chain (bf16 under autocast: one rounding per group, as autograd
 gradients of a tensor used several times); fp64 inputs give fp64 results equal to autograd's (tests/test_model.py).
 Pieces whose gradient is None (unused) cost nothing in a group of their own (their dW rows are zeroed) and read
 cached zeros in a shared group. CUDA-graph safe: no host syncs, every allocation's size fixed by the shapes.
-
-Knob: ``GROUNDTHINK_PIECE_GRADS=0`` (read at import) makes both fall back to autograd's path (one GEMM or bmm,
-then ``torch.split`` / ``unbind``: the concatenating backward) — to time the two in one GPU call.
 """
 from __future__ import annotations
 
-import os
+from itertools import accumulate
 
 import torch
 
-PIECE_GRADS = os.environ.get("GROUNDTHINK_PIECE_GRADS", "1") != "0"
 WIDE = 64                     # a piece at least this wide (and 8-aligned) gets GEMMs of its own in the backward
 _ZEROS: dict = {}             # (shape, dtype, device) -> a zero tensor, made once (never written)
 _empty_like = torch.empty_like  # the backwards' gradient buffers (tests make them NaN-filled)
@@ -61,7 +58,8 @@ def _groups(sizes: list[int], n8: int) -> list[tuple[int, int, list[int]]]:
     """(start, end, piece indices) of the backward's GEMM groups over the columns [0, n8) (see the module
     docstring); the pad columns [Σ sizes, n8) belong to the last narrow group (index len(sizes): no piece)."""
     out, narrow = [], []
-    edges = [(s, sum(sizes[:j]), j) for j, s in enumerate(sizes)] + [(n8 - sum(sizes), sum(sizes), len(sizes))]
+    starts = list(accumulate(sizes, initial=0))
+    edges = [(s, a, j) for j, (s, a) in enumerate(zip(sizes, starts))] + [(n8 - starts[-1], starts[-1], len(sizes))]
     for width, a, j in edges:
         if width >= WIDE and a % 8 == 0 and width % 8 == 0:
             if narrow:
@@ -82,12 +80,16 @@ class _LinearPieces(torch.autograd.Function):
     def forward(ctx, x, sizes, *weights):
         n = sum(w.shape[0] for w in weights)
         n8 = -(-n // 8) * 8
-        w8 = torch.cat([*weights, _zeros((n8 - n, x.shape[1]), x)]) if n8 > n else torch.cat(weights)
+        if n8 > n:
+            w8 = torch.cat([*weights, _zeros((n8 - n, x.shape[1]), x)])
+        else:   # no pad: one weight is used (and saved) as is, not copied every forward
+            w8 = weights[0] if len(weights) == 1 else torch.cat(weights)
         p = torch.mm(x, w8.t())
         ctx.save_for_backward(x, w8)
-        ctx.sizes, ctx.rows = list(sizes), [w.shape[0] for w in weights]
+        ctx.sizes, ctx.groups = list(sizes), _groups(sizes, n8)
+        ctx.rows = list(accumulate((w.shape[0] for w in weights), initial=0))
         ctx.set_materialize_grads(False)
-        bounds = [sum(sizes[:j]) for j in range(len(sizes) + 1)]
+        bounds = list(accumulate(sizes, initial=0))
         return tuple(p[:, a:b] for a, b in zip(bounds, bounds[1:]))
 
     @staticmethod
@@ -96,7 +98,7 @@ class _LinearPieces(torch.autograd.Function):
         need_x, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[2:])
         dx = None
         dw = _empty_like(w8) if need_w else None
-        for a, b, members in _groups(ctx.sizes, w8.shape[0]):
+        for a, b, members in ctx.groups:
             g = _group_grad(grads, members, ctx.sizes, x, b - a)
             if g is None:
                 if need_w:
@@ -106,11 +108,10 @@ class _LinearPieces(torch.autograd.Function):
                 torch.mm(g.t(), x, out=dw[a:b])
             if need_x:
                 dx = torch.mm(g, w8[a:b]) if dx is None else dx.addmm_(g, w8[a:b])
-        if need_x and dx is None:
+        if need_x and dx is None:   # every piece's gradient None: reached (a Function downstream returned None)
             dx = torch.zeros_like(x)
-        rows = [sum(ctx.rows[:j]) for j in range(len(ctx.rows) + 1)]
         dws = [dw[a:b] if need_w and ctx.needs_input_grad[2 + j] else None
-               for j, (a, b) in enumerate(zip(rows, rows[1:]))]
+               for j, (a, b) in enumerate(zip(ctx.rows, ctx.rows[1:]))]
         return (dx, None, *dws)
 
 
@@ -145,12 +146,6 @@ def linear_pieces(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int]
     if amp is not None:
         x, weights = x.to(amp), [w.to(amp) for w in weights]
     lead = x.shape[:-1]
-    if not PIECE_GRADS:
-        n = sum(sizes)
-        pad = -n % 8
-        w = torch.cat([*weights, weights[0].new_zeros(pad, k)]) if pad else torch.cat(weights)
-        out = torch.nn.functional.linear(x, w)
-        return torch.split(out, list(sizes) + [pad], dim=-1)[:len(sizes)]
     pieces = _LinearPieces.apply(x.reshape(-1, k), list(sizes), *weights)
     return tuple(p.view(*lead, p.shape[-1]) for p in pieces)
 
@@ -170,21 +165,16 @@ class _StackedProj(torch.autograd.Function):
         dxs = _empty_like(xs) if ctx.needs_input_grad[0] else None
         dw = _empty_like(w) if ctx.needs_input_grad[1] else None
         for i, g in enumerate(grads):
-            if dxs is not None:
-                _mm_or_zero(g, w[i].t(), dxs[i])
-            if dw is not None:
-                _mm_or_zero(g, xs[i].t(), dw[i], left=True)
+            if g is None:
+                for buf in (dxs, dw):
+                    if buf is not None:
+                        buf[i].zero_()
+            else:
+                if dxs is not None:
+                    torch.mm(g, w[i].t(), out=dxs[i])
+                if dw is not None:
+                    torch.mm(xs[i].t(), g, out=dw[i])
         return dxs, dw
-
-
-def _mm_or_zero(g, other, out, left: bool = False):
-    """out = g @ other (``left``: other @ g), or zeros when g is None."""
-    if g is None:
-        out.zero_()
-    elif left:
-        torch.mm(other, g, out=out)
-    else:
-        torch.mm(g, other, out=out)
 
 
 def stacked_proj(xs: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -197,6 +187,4 @@ def stacked_proj(xs: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
     amp = autocast_dtype(xs.device.type)
     if amp is not None:
         xs, w = xs.to(amp), w.to(amp)
-    if not PIECE_GRADS:
-        return torch.bmm(xs, w).unbind(0)
     return _StackedProj.apply(xs, w)

@@ -15,6 +15,8 @@ accumulation). Under autocast ``F.conv1d`` runs in the autocast dtype whatever t
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -26,10 +28,7 @@ def causal_conv1d(x, weight, bias=None, activation=None):
     out[:, c, t] = Σ_k weight[c, k] · x[:, c, t − (w − 1) + k] (+ bias[c]), x = 0 before the start."""
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None or 'silu'; got {activation!r}")
-    dtype = x.dtype
-    for t in (weight, bias):
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in (x, weight, bias) if t is not None))
     w = weight.shape[-1]
     out = F.conv1d(F.pad(x.to(dtype), (w - 1, 0)), weight.to(dtype).unsqueeze(1),
                    None if bias is None else bias.to(dtype), groups=x.shape[1])

@@ -330,26 +330,46 @@ def _pieces_grads(outs, inputs, drop, seed=1):
     return torch.autograd.grad([outs[i] for i in keep], inputs, [gs[i] for i in keep])
 
 
+@pytest.mark.parametrize("rows, sizes, groups", [
+    ((100, 43), [72, 64, 5, 2], [(0, 72, [0]), (72, 136, [1]), (136, 144, [2, 3, 4])]),
+    ((144,), [72, 64, 5, 3], [(0, 72, [0]), (72, 136, [1]), (136, 144, [2, 3])])])
 @pytest.mark.parametrize("drop", [(), (0,), (2,), (1, 3)])
-def test_linear_pieces_equal_autograd_float64(drop, nan_buffers):
+def test_linear_pieces_equal_autograd_float64(drop, rows, sizes, groups, nan_buffers):
     """linear_pieces (one GEMM, pieces as views, per-group backward) vs autograd's GEMM + split in float64: the
-    pieces and the gradients of x and of both weights, with pieces that get no gradient (``drop``: a wide one
-    alone, a narrow one in the padded group) and a non-contiguous gradient; groups: two wide pieces alone, the
-    two narrow ones with the pad."""
+    pieces and the gradients of x and of the weights, with pieces that get no gradient (``drop``: a wide one
+    alone, a narrow one in the last group) and a non-contiguous gradient; groups: two wide pieces alone, the
+    two narrow ones (with the pad for two weights of 143 rows; one weight of 144 rows: no pad, the weight is
+    saved as is, not copied)."""
     from fused.projections import _groups, linear_pieces
-    sizes = [72, 64, 5, 2]
-    assert _groups(sizes, 144) == [(0, 72, [0]), (72, 136, [1]), (136, 144, [2, 3, 4])]
+    assert _groups(sizes, 144) == groups
     torch.manual_seed(0)
     x = torch.randn(2, 7, 24, dtype=torch.float64, requires_grad=True)
-    ws = [torch.randn(n, 24, dtype=torch.float64, requires_grad=True) for n in (100, 43)]
+    ws = [torch.randn(n, 24, dtype=torch.float64, requires_grad=True) for n in rows]
     got = linear_pieces(x, ws, sizes)
     want = torch.split(x @ torch.cat(ws).t(), sizes, -1)
     for o, r in zip(got, want):
         assert o.shape == r.shape and _rel(o, r) < 1e-14
+    if len(ws) == 1:
+        node = got[0].grad_fn.next_functions[0][0]          # the pieces are views of _LinearPieces' outputs
+        assert node.saved_tensors[1].data_ptr() == ws[0].data_ptr()
     for a, b in zip(_pieces_grads(got, [x, *ws], drop), _pieces_grads(want, [x, *ws], drop)):
         assert _rel(a, b) < 1e-14
     with pytest.raises(ValueError, match="linear_pieces: weights must be"):
         linear_pieces(x, ws, [72, 64])
+
+
+def test_linear_pieces_backward_runs_without_piece_gradients():
+    """A Function downstream may give None for every piece: autograd still runs linear_pieces' backward (with
+    set_materialize_grads(False) every gradient is None) and x's and the weight's gradients are zeros."""
+    from fused.projections import linear_pieces
+
+    class _NoGrad(torch.autograd.Function):
+        forward = staticmethod(lambda ctx, t: t * 2)
+        backward = staticmethod(lambda ctx, g: None)
+    x = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(10, 16, dtype=torch.float64, requires_grad=True)
+    dx, dw = torch.autograd.grad([_NoGrad.apply(p).sum() for p in linear_pieces(x, [w], [4, 6])], [x, w])
+    assert torch.equal(dx, torch.zeros_like(x)) and torch.equal(dw, torch.zeros_like(w))
 
 
 @pytest.mark.parametrize("drop", [(), (2,)])
@@ -369,39 +389,58 @@ def test_stacked_proj_equals_autograd_float64(drop, nan_buffers):
         stacked_proj(xs, w[:, :5])
 
 
-def test_linear_pieces_bf16_chain_costs_little(monkeypatch):
+def _split_oracle(x, weights, sizes):
+    """linear_pieces' oracle: autograd's GEMM over the concatenated weights (zero rows pad it to 8 columns, as in
+    linear_pieces), then ``torch.split``: a backward that concatenates the pieces' gradients. Under autocast the
+    inputs are cast first, as linear_pieces casts them."""
+    from fused.projections import autocast_dtype
+    amp = autocast_dtype(x.device.type)
+    if amp is not None:
+        x, weights = x.to(amp), [w.to(amp) for w in weights]
+    pad = -sum(sizes) % 8
+    w = torch.cat([*weights, weights[0].new_zeros(pad, x.shape[-1])])
+    return torch.split(torch.nn.functional.linear(x, w), [*sizes, pad], -1)[:len(sizes)]
+
+
+def _unbind_oracle(xs, w):
+    """stacked_proj's oracle: bmm, then ``unbind`` (a backward that stacks the G gradients; autocast casts)."""
+    return torch.bmm(xs, w).unbind(0)
+
+
+def test_linear_pieces_bf16_chain_costs_little():
     """In bf16 the x-gradient rounds after each group's GEMM (three here, as in the models: z, xBC, dt + gate):
     its error vs float64 is ≈ 1.2× that of autograd's one GEMM over the concatenated gradient (measured 3.5e-3
     vs 2.9e-3 relative; bf16's unit roundoff 3.9e-3); the weight gradients are the same GEMMs, the same error."""
-    import fused.projections as P
+    from fused.projections import linear_pieces
     torch.manual_seed(0)
     sizes = [256, 320, 8, 1]
     x = torch.randn(512, 128, dtype=torch.float64)
     ws = [torch.randn(584, 128, dtype=torch.float64) * 0.05, torch.randn(1, 128, dtype=torch.float64) * 0.05]
     gs = [torch.randn(512, n, dtype=torch.float64) for n in sizes]
 
-    def grads(piece, dt):
-        monkeypatch.setattr(P, "PIECE_GRADS", piece)
+    def grads(fn, dt):
         xx, ww = x.to(dt).requires_grad_(), [w.to(dt).requires_grad_() for w in ws]
-        return torch.autograd.grad(P.linear_pieces(xx, ww, sizes), [xx, *ww], [g.to(dt) for g in gs])
-    ref = grads(True, torch.float64)
-    new = [_rel(a.double(), r) for a, r in zip(grads(True, torch.bfloat16), ref)]
-    old = [_rel(a.double(), r) for a, r in zip(grads(False, torch.bfloat16), ref)]
+        return torch.autograd.grad(fn(xx, ww, sizes), [xx, *ww], [g.to(dt) for g in gs])
+    ref = grads(linear_pieces, torch.float64)
+    new = [_rel(a.double(), r) for a, r in zip(grads(linear_pieces, torch.bfloat16), ref)]
+    old = [_rel(a.double(), r) for a, r in zip(grads(_split_oracle, torch.bfloat16), ref)]
     assert new[0] < 1.5 * old[0] < 6e-3
     assert new[1:] == pytest.approx(old[1:], rel=1e-6)
 
 
-def _knob_runs(monkeypatch, module, knob, m, *batch):
-    """``run(value, dtype)`` → (loss, {name: gradient in float64}) of a copy of ``m`` in ``dtype`` with
-    ``module.knob`` = value: float32 under CPU bf16 autocast, float64 without."""
+def _model_runs(m, *batch):
+    """``run(dtype, patches=())`` → (loss, {name: gradient in float64}) of a copy of ``m`` in ``dtype`` (float32
+    under CPU bf16 autocast, float64 without), with each (module, name, value) of ``patches`` set for that run."""
     import copy
 
-    def run(value, dtype):
-        monkeypatch.setattr(module, knob, value)
-        mm = copy.deepcopy(m).to(dtype)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.float32):
-            loss = mm(*batch)[1]
-        loss.backward()
+    def run(dtype, patches=()):
+        with pytest.MonkeyPatch.context() as mp:
+            for module, name, value in patches:
+                mp.setattr(module, name, value)
+            mm = copy.deepcopy(m).to(dtype)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.float32):
+                loss = mm(*batch)[1]
+            loss.backward()
         return loss.detach().double(), {n: p.grad.double() for n, p in mm.named_parameters() if p.grad is not None}
     return run
 
@@ -416,26 +455,32 @@ def _geomean(xs) -> float:
     return math.exp(sum(math.log(max(x, 1e-30)) for x in xs) / len(xs))
 
 
-def test_piece_grads_keep_the_bf16_model_within_its_noise(monkeypatch, ref_ops):
+def test_piece_grads_keep_the_bf16_model_within_its_noise(ref_ops):
     """GF-MH (two layers, bf16 autocast on CPU) with the projections' per-piece backwards vs autograd's
-    (GROUNDTHINK_PIECE_GRADS=0): the same loss to the bit (same forward); the gradients' errors vs the float64
+    (``_split_oracle`` and ``_unbind_oracle`` in their place): the same loss to the bit (same forward), gradients
+    not all equal (the chained x-gradient rounds per group); the gradients' errors vs the float64
     model: geometric mean over the parameters of the ratio (piece / autograd) ≤ 1.1 (measured 0.97–1.06 over five
     seeds: the extra bf16 roundings of the chained in_proj x-gradient), each parameter ≤ 1.25× (measured ≤ 1.18)
     except block 0's row-gate bias: its gradient, a sum over the tokens with cancellations, is off by 3–11 % in
     both paths and the ratio swings from 1.1 to 35 with the seed."""
-    import fused.projections as P
-    run = _knob_runs(monkeypatch, P, "PIECE_GRADS", _model("GF-MH", ref_ops, n_layer=2), *_batch(T=32))
-    _, ref = run(True, torch.float64)
-    (l_new, new), (l_old, old) = run(True, torch.float32), run(False, torch.float32)
+    import fused.blocks as FB
+    import fused.model as FM
+    oracles = [(FB, "linear_pieces", _split_oracle), (FM, "linear_pieces", _split_oracle),
+               (FB, "stacked_proj", _unbind_oracle)]
+    run = _model_runs(_model("GF-MH", ref_ops, n_layer=2), *_batch(T=32))
+    _, ref = run(torch.float64)
+    (l_new, new), (l_old, old) = run(torch.float32), run(torch.float32, oracles)
     assert torch.equal(l_new, l_old) and new.keys() == old.keys() == ref.keys()
+    assert not all(torch.equal(new[n], old[n]) for n in new)
     ratios = _error_ratios(new, old, ref)
     assert _geomean(ratios.values()) <= 1.1
     assert all(r <= 1.25 for n, r in ratios.items() if n != "blocks.0.fusion.gate_proj.bias"), ratios
 
 
-def test_first_block_reads_y_in_the_autocast_dtype(monkeypatch, ref_ops):
+def test_first_block_reads_y_in_the_autocast_dtype(ref_ops):
     """Under autocast block 0 gets y cast once to bf16 (as blocks 1… get theirs from gate_norm_residual) instead of
-    fp32 cast by each consumer; GROUNDTHINK_CAST_Y0=0 (CAST_Y0 False) keeps the fp32 y. Numerics are bf16 noise:
+    fp32 cast by each consumer (the earlier path, the oracle here: ``fused.model.autocast_dtype`` patched to say
+    autocast is off, so ``HybridLM._run`` keeps the fp32 y; the consumers still cast). Numerics are bf16 noise:
     the loss within 1e-4 relative of the float64 model's either way, and the geometric mean over the parameters of
     the gradient error ratio (cast / fp32 y, each vs float64) ≤ 1.25 (measured 0.95–1.21 over five seeds, 1.0 at
     this one)."""
@@ -443,9 +488,9 @@ def test_first_block_reads_y_in_the_autocast_dtype(monkeypatch, ref_ops):
     m = _model("GF-MH", ref_ops, n_layer=2)
     seen = []
     m.blocks[0].tmix.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
-    run = _knob_runs(monkeypatch, FM, "CAST_Y0", m, *_batch(T=32))
-    l64, ref = run(True, torch.float64)
-    (l_cast, cast), (l_fp32, fp32) = run(True, torch.float32), run(False, torch.float32)
+    run = _model_runs(m, *_batch(T=32))
+    l64, ref = run(torch.float64)
+    (l_cast, cast), (l_fp32, fp32) = run(torch.float32), run(torch.float32, [(FM, "autocast_dtype", lambda d: None)])
     assert seen == [torch.float64, torch.bfloat16, torch.float32]
     assert abs(l_cast - l64) / l64 < 1e-4 and abs(l_fp32 - l64) / l64 < 1e-4
     assert _geomean(_error_ratios(cast, fp32, ref).values()) <= 1.25
