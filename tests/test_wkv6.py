@@ -482,14 +482,12 @@ def test_wkv6_backward_without_saved_states():
 
 
 @pytest.mark.parametrize("knobs", [dict(piece_bytes=1, state_rows=32, scan_pipe=True),
-                                   dict(save_states=False, piece_bytes=1, scan_fill=True, scan_pipe=True,
-                                        bwd_split=True)],
-                         ids=["saved", "recomputed_bwd_split"])
+                                   dict(save_states=False, piece_bytes=1, scan_fill=True, scan_pipe=True)],
+                         ids=["saved", "recomputed"])
 def test_wkv6_chunk_memory_knobs(knobs):
     """The chunk algorithm's memory knobs (``chunk.TUNING``: one batch element per backward piece, with the forward's
     states (every 32 rows: the walk keeps them) sliced per piece or recomputed there, narrow scan blocks) vs fp64;
-    B = 2: two pieces. The recomputing case runs the split backward (``bwd_split``: the block's own pairs and its
-    state part in two kernels joined through fp32 partials, per piece)."""
+    B = 2: two pieces."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(knobs.get("save_states", True)):   # forward and backward inside
         _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))
@@ -571,8 +569,8 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 @pytest.mark.parametrize("knobs,seq", [(dict(fwd_split=False), True),
                                        (dict(state_rows=64, scan_pipe=False, fwd_split=False), True),
                                        (dict(state_rows=32, scan_fill=2), False), (dict(fwd_split=True), True),
-                                       (dict(bwd_maxnreg=168), True), (dict(bwd_split=True), True)],
-                         ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "bsplit"])
+                                       (dict(bwd_maxnreg=168), True)],
+                         ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
@@ -582,7 +580,7 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     would split it); "run9": run 9's default (64, no PIPE);
     the state pass with 32-row backward states (recomputed beside D) and narrow scan blocks; the split forward;
     the backward's register cap 168 (``bwd_maxnreg``; 128 passed in run 11's wkv6g call, tests.log; left out to
-    keep the GPU test time down); the split backward (``bwd_split``, a prototype)."""
+    keep the GPU test time down)."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)
