@@ -447,29 +447,24 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
                  scale, o_t, o_k, o_v, m_k, m_v, H, K, V)
 
 
-BWD_MAXNREG = (None, 0, 168, 128)  # the ``bwd_maxnreg`` knob's values (None: ``_bwd_cap``'s choice, 0: no cap)
-
-
 def _capped_configs(cap):
     """``_bwd_kernel`` with at most ``cap`` registers per thread (Triton's ``maxnreg``; the rest spills to local
-    memory): 4 warps (168: 3 programs per SM, 128: 4, against 2 at the default's 255), and at 128 also 8 warps (2
-    programs). The default (255 registers, 2 four-warp programs per SM) is offered beside them, so the autotuner
-    can keep it."""
-    warps = (4, 8) if cap <= 128 else (4,)
-    return autotune_configs([triton.Config({}, num_warps=w, num_stages=1, maxnreg=cap) for w in warps]
-                            + _warp_configs())
+    memory) at 4 warps (168: 3 programs per SM, against 2 at the default's 255). The uncapped configs are offered
+    beside it, so the autotuner can keep them."""
+    return autotune_configs([triton.Config({}, num_warps=4, num_stages=1, maxnreg=cap)] + _warp_configs())
 
 
-# ``_bwd_kernel`` per ``bwd_maxnreg`` value: the same jitted body (same name in the profiler), own autotuners
-_BWD_KERNELS = {0: _bwd_kernel, **{cap: triton.autotune(configs=_capped_configs(cap), key=_BWD_KEY)(
-    _bwd_kernel.fn) for cap in BWD_MAXNREG[2:]}}
+# ``_bwd_kernel`` per ``bwd_maxnreg`` value (0: no cap): the same jitted body (same name in the profiler), own
+# autotuners
+_BWD_KERNELS = {0: _bwd_kernel, 168: triton.autotune(configs=_capped_configs(168), key=_BWD_KEY)(_bwd_kernel.fn)}
+BWD_MAXNREG = (None, *_BWD_KERNELS)  # the ``bwd_maxnreg`` knob's values (None: ``_bwd_cap``'s choice)
 
 
 def _bwd_cap(K: int, knob) -> int:
     """The register cap ``_bwd_kernel`` runs with: the knob's value, or (None) 168 at K <= 32 — H100 run 11
     (wkv6g): B64 T256 H4 K32 186 -> 152 us, 191 registers uncapped, 4 B spill at 168 — and none above (at K = 64
     the capped autotuner kept the uncapped config: no gain)."""
-    return knob if knob is not None else (168 if _bk(K) <= 32 else 0)
+    return knob if knob is not None else (168 if K <= 32 else 0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -595,14 +590,15 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                fwd+bwd): 32 wins where the walk runs (B8 T4096 H32 8028 vs 8630, B16 T1024 H8 1177 vs 1235,
 #                B64 T256 H4 K32 288 vs 315; +0.5 GiB at B8 T4096 H32), 64 where the state pass does (B4 T2048
 #                H16 1212 vs 1242): hence None;
-#   bwd_maxnreg  a register cap for ``_bwd_kernel`` (``BWD_MAXNREG``: 0 = the compiler's 255 at 4 warps, 2
-#                programs per SM; 168 / 128: 3 / 4 programs per SM, spilling; ``_capped_configs``, the uncapped
-#                configs autotuned beside them): the kernel is a latency chain (~20 us per 16-row program at 2
-#                programs per SM). H100 run 11 (wkv6g; GPU us of ``_bwd_kernel`` per fwd+bwd, default / 168 /
-#                128): K = 32 (191 registers uncapped, 4 B spill at 168) B64 T256 H4 186 / 152 / 152; K = 64 (112 B
-#                spill at 168) the autotuner kept the uncapped config at B8 T4096 H32 and B16 T1024 H8 (same
-#                kernel: 5176 / 5034 / 5030 and 665 / 667 / 667, run-to-run noise), B4 T2048 H16 (state rows 64)
-#                752 / 736 / 753. Default None = ``_bwd_cap``: 168 at K <= 32, no cap above (0 forces none);
+#   bwd_maxnreg  a register cap for ``_bwd_kernel`` (``BWD_MAXNREG``: 0 = none, the compiler's 255 at 4 warps, 2
+#                programs per SM; 168: 3 programs per SM, spilling; ``_capped_configs``, the uncapped configs
+#                autotuned beside it): the kernel is a latency chain (~20 us per 16-row program at 2 programs per
+#                SM). H100 run 11 (wkv6g; GPU us of ``_bwd_kernel`` per fwd+bwd, uncapped / 168 / 128, the last
+#                a cap since removed: never better than 168): K = 32 (191 registers uncapped, 4 B spill at 168)
+#                B64 T256 H4 186 / 152 / 152; K = 64 (112 B spill at 168) the autotuner kept the uncapped config
+#                at B8 T4096 H32 and B16 T1024 H8 (same kernel: 5176 / 5034 / 5030 and 665 / 667 / 667,
+#                run-to-run noise), B4 T2048 H16 (state rows 64) 752 / 736 / 753. Default None = ``_bwd_cap``:
+#                168 at K <= 32, no cap above (0 forces none);
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "bwd_maxnreg": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
