@@ -518,17 +518,17 @@ def _use_split(N: int, H: int, device, knobs) -> bool:
     return N * H <= num_sms(device) if split is None else bool(split)
 
 
-def _fwd_split(r, k, v, w, u, scale, cu_seqlens, prec):
-    """The split forward's first pass (``_fwd_intra_kernel``): (qh, kh, oi) fp32, one program per SB-row block."""
-    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+def _fwd_split(r, k, v, w, u, scale, cu, prec):
+    """The split forward's first pass (``_fwd_intra_kernel``): (qh, kh, oi) fp32, one program per SB-row block.
+    ``cu``: cu_seqlens as the kernels take it (``common._cu``: int32, or None)."""
+    B, T, H, K, V, N = _dims(r, v, cu)
     dev = r.device
     qh, kh = (new_empty(r.shape, torch.float32, dev) for _ in range(2))
     oi = new_empty((B, T, H, V), torch.float32, dev)
-    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, SB)
+    S, NT, cmap = _par_slots(B, T, N, cu, dev, SB)
     BV = max(16, min(64, _pow2(V)))
-    _fwd_intra_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, qh, kh, oi, _cu(cu_seqlens), cmap, scale, T, NT, H=H, K=K,
-                                            V=V, SB=SB, BK=_bk(K), BV=BV, LOG=LOG, VARLEN=cu_seqlens is not None,
-                                            PREC=prec)
+    _fwd_intra_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, qh, kh, oi, cu, cmap, scale, T, NT, H=H, K=K, V=V, SB=SB,
+                                            BK=_bk(K), BV=BV, LOG=LOG, VARLEN=cu is not None, PREC=prec)
     return qh, kh, oi
 
 
@@ -549,10 +549,11 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         ht = new_empty((N, H, K, V), torch.float32, dev)
         hs = new_empty(_par_state_shape(B, T, H, K, V, N, varlen, bt) if save else (0,), torch.float32, dev)
         grid = lambda meta: (_cdiv(V, meta["BV"]), N * H)  # noqa: E731
+        cu = _cu(cu_seqlens)
         use_split = _use_split(N, H, dev, kn)
-        split = _fwd_split(r, k, v, w, u, scale, cu_seqlens, prec) if use_split else (None, None, None)
+        split = _fwd_split(r, k, v, w, u, scale, cu, prec) if use_split else (None, None, None)
         kernel = _fwd_split_kernel if use_split else _fwd_seq_kernel
-        kernel[grid](r, k, v, w, u, *split, h0, o, ht, hs if save else None, _cu(cu_seqlens), scale, T, NT,
+        kernel[grid](r, k, v, w, u, *split, h0, o, ht, hs if save else None, cu, scale, T, NT,
                      _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
                      VARLEN=varlen, SAVE=save, SPLIT=use_split, PREC=prec)
         return o, ht, hs
