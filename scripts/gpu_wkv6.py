@@ -28,18 +28,19 @@ chunk_run9 (run 9's default: state_rows 64, scan_pipe off, one walk kernel), chu
 (``state_rows`` forced: fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64 with
 the state pass), chunk_nopipe (the state scans without PIPE), chunk_fill2 (narrow scan blocks until 2 × #SMs
 programs), chunk_split / chunk_walk1 (the walk forward in two kernels / in one:
-``fwd_split`` True / False; the default, None, splits at ≤ one sequence·head per SM), chunk_nreg168 /
-chunk_nreg128 (``bwd_maxnreg``: ``_bwd_kernel`` autotuned with that register cap beside the default configs; the
-compile report prints each cap's pick per key), chunk_bsplit (``bwd_split``: the backward's own pairs and its
-state part in two kernels joined through fp32 partials, the second with a 168-register cap offered; a prototype),
-chunk_auto (the default knobs: time a knob beside it),
+``fwd_split`` True / False; the default, None, splits at ≤ one sequence·head per SM), chunk_nreg0 / chunk_nreg168
+(``bwd_maxnreg``: ``_bwd_kernel`` uncapped / autotuned with a 168-register cap beside the uncapped configs; the
+default, None, caps at K ≤ 32 only; the compile report prints each autotuner's pick per key), chunk_auto (the
+default knobs: time a knob beside it),
 chunk_par_fill2 (the state-pass forward, fill2); these keep the default's forward mode (the walk
 where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed the scan
 knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
 (chunk_movedot, chunk_rows32_movedot: S and D moved by one masked dot each), run 9 chunk_carry (one program per
 chunk carrying D, S saved every 16 rows), run 6 two split backwards (chunk_split,
-chunk_split_blk: two kernels joined through fp32 partials): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
+chunk_split_blk: two kernels joined through fp32 partials), run 11 chunk_nreg128 (a 128-register cap: never
+better than 168) and chunk_bsplit (the block kernel's split again, call 6): they lost and were removed.
+``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
 """
 from __future__ import annotations
 
@@ -108,8 +109,7 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False),   
          "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2),
          "chunk_split": dict(fwd_split=True), "chunk_walk1": dict(fwd_split=False),
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
-         "chunk_nreg0": dict(bwd_maxnreg=0), "chunk_nreg168": dict(bwd_maxnreg=168), "chunk_nreg128": dict(bwd_maxnreg=128),
-         "chunk_bsplit": dict(bwd_split=True)}
+         "chunk_nreg0": dict(bwd_maxnreg=0), "chunk_nreg168": dict(bwd_maxnreg=168)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2)}   # the state-pass forward
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS},
@@ -397,9 +397,9 @@ def regs():
     blk = dict(H=32, K=kv, V=kv, BT=kc.BT, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False, PREC="tf32", **none)
     import kernels.wkv6.states as ks
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", str(kc.BT)).split(",")]   # state_rows knob values
-    cases = [(kc, name, dict(blk, BT=bt, HALF_B=True)) for bt in bts                  # what bf16 inputs get
-             for name in ("_bwd_kernel", "_bwd_own_kernel", "_bwd_cross_kernel")]   # the last two: bwd_split
+    cases = [(kc, "_bwd_kernel", dict(blk, BT=bt, HALF_B=True)) for bt in bts]      # what bf16 inputs get
     walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None)
+    del walk["cmap_ptr"]        # the walks take no slot map (one program per sequence·head)
     scan = dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, MODE=2, USE_H0=False, USE_DHT=False, VARLEN=False,
                 h0_ptr=None, dht_ptr=None, ht_ptr=None, cu_ptr=None)    # the backward's reverse scan
     cases += [(kc, "_bwd_kernel", dict(blk, HALF_B=False)),   # B = do vᵀ in tf32 (until run 6)

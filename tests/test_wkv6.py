@@ -395,13 +395,14 @@ def test_wkv6_chunk_modes(seq, shape, cu):
     """Both forward modes of the default algorithm (sequential walk, state pass + parallel chunks) vs fp64: the walk
     in two kernels keeping 32-row states and in one keeping 64-row states (``fwd_split``; the default splits at these
     tiny sizes: ≤ one sequence·head per SM), the state pass at the default (64) or with the
-    backward's ``state_rows`` at 32 (it keeps no states then, S recomputed beside D) and narrow scan blocks."""
+    backward's ``state_rows`` at 32 (it keeps no states then, S recomputed beside D) and narrow scan blocks. The
+    one-kernel walk's backward runs uncapped (``bwd_maxnreg`` 0; K <= 32 takes the 168 cap by default)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
     knobs = {(True, True): dict(state_rows=32, fwd_split=True),
-             (True, False): dict(state_rows=64, fwd_split=False, bwd_maxnreg=128),
+             (True, False): dict(state_rows=64, fwd_split=False, bwd_maxnreg=0),
              (False, True): {}, (False, False): dict(state_rows=32, scan_fill=2)}
     with kc.tuning(**knobs[seq, cu is None]):
         _check(d, context=f"chunk {shape} cu={cu} {knobs[seq, cu is None]}", fn=_chunk_mode(seq))
@@ -482,22 +483,20 @@ def test_wkv6_backward_without_saved_states():
 
 
 @pytest.mark.parametrize("knobs", [dict(piece_bytes=1, state_rows=32, scan_pipe=True),
-                                   dict(save_states=False, piece_bytes=1, scan_fill=True, scan_pipe=True,
-                                        bwd_split=True)],
-                         ids=["saved", "recomputed_bwd_split"])
+                                   dict(save_states=False, piece_bytes=1, scan_fill=True, scan_pipe=True)],
+                         ids=["saved", "recomputed"])
 def test_wkv6_chunk_memory_knobs(knobs):
     """The chunk algorithm's memory knobs (``chunk.TUNING``: one batch element per backward piece, with the forward's
     states (every 32 rows: the walk keeps them) sliced per piece or recomputed there, narrow scan blocks) vs fp64;
-    B = 2: two pieces. The recomputing case runs the split backward (``bwd_split``: the block's own pairs and its
-    state part in two kernels joined through fp32 partials, per piece)."""
+    B = 2: two pieces."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(knobs.get("save_states", True)):   # forward and backward inside
         _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))
 
 
 def test_wkv6_chunk_bad_knobs():
-    """A ``state_rows`` or ``bwd_maxnreg`` value the kernels do not take, an unknown knob, or a backward whose ``state_rows`` differs
-    from its forward's (saved states of the wrong spacing), is a one-line error."""
+    """A ``state_rows`` or ``bwd_maxnreg`` value the kernels do not take, an unknown knob, or a backward whose
+    ``state_rows`` differs from its forward's (saved states of the wrong spacing), is a one-line error."""
     import kernels.wkv6.chunk as kc
     with pytest.raises(ValueError, match="state_rows must be one of"):
         with kc.tuning(state_rows=48):
@@ -571,8 +570,8 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 @pytest.mark.parametrize("knobs,seq", [(dict(fwd_split=False), True),
                                        (dict(state_rows=64, scan_pipe=False, fwd_split=False), True),
                                        (dict(state_rows=32, scan_fill=2), False), (dict(fwd_split=True), True),
-                                       (dict(bwd_maxnreg=168), True), (dict(bwd_split=True), True)],
-                         ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "bsplit"])
+                                       (dict(bwd_maxnreg=168), True)],
+                         ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
@@ -581,8 +580,7 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     B8 T4096 H32 shape runs them (walk forward in one kernel, state_rows 32, pipelined scan; at this shape the default
     would split it); "run9": run 9's default (64, no PIPE);
     the state pass with 32-row backward states (recomputed beside D) and narrow scan blocks; the split forward;
-    the backward's register cap 168 (``bwd_maxnreg``; 128 passed in run 11's wkv6g call, tests.log; left out to
-    keep the GPU test time down); the split backward (``bwd_split``, a prototype)."""
+    the backward's register cap 168 (``bwd_maxnreg``; K = 64 runs uncapped by default)."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)

@@ -44,9 +44,9 @@ own rounding is ~1.65e-3 (median over draws) and above 2e-3 on rare draws — a 
 Split backwards (two kernels joined through fp32 partials, so that no program holds [K, V] states beside the level
 work: a chunk-crossing + intra-chunk pair, and the block kernel's state part + its levels) were built and measured
 on the H100 (run 6, B8 T4096 H32: fwd+bwd 13.4 and 10.3 ms vs 9.3 for ``_bwd_kernel``) and removed: they lost.
-Since run 11 showed ``_bwd_kernel`` latency-bound at 2 programs per SM, the block kernel's split is back as an
-untimed prototype behind ``TUNING["bwd_split"]`` (default off): ``_bwd_own_kernel`` (state-free) then
-``_bwd_cross_kernel`` (states and crossing terms, offered a 168-register cap), joined through fp32 partials.
+The block kernel's split, rebuilt for run 11 (commit dbe0dbd), lost again (H100 run 11 call 6, GPU µs of its two
+kernels vs ``_bwd_kernel``: large model 380 + 322 vs 666, B8 T4096 H32 2841 + 2442 vs 5162, small model 100 + 85 vs
+154) and was removed.
 
 Memory (``TUNING``; ``wkv6_chunk_lowmem``): the forward may skip saving S_c (the backward's state pass then
 recomputes it with D_c) and the backward may run batch slices one after another, so that its transient fp32
@@ -412,17 +412,6 @@ def _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_
     tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
 
 
-@triton.jit
-def _do_vt(b_do, b_v, do_ptr, v_ptr, PREC: tl.constexpr, HALF_B: tl.constexpr):
-    """B = do vᵀ [SB, SB] fp32; HALF_B: a dot of do and v in their own half dtype (exact: products of two half
-    values fit the fp32 accumulator; ``common._half_dot``)."""
-    if HALF_B:
-        b_B = tl.dot(b_do.to(do_ptr.dtype.element_ty), tl.trans(b_v.to(v_ptr.dtype.element_ty)))
-    else:
-        b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
-    return b_B
-
-
 _BWD_KEY = ["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"]
 
 
@@ -448,94 +437,34 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
     b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    b_dq, b_dk, b_dv, b_dw, b_du = _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, _do_vt(b_do, b_v, do_ptr, v_ptr, PREC,
-                                            HALF_B), b_u, b_dq, b_dk, b_dv, b_dw, o_t, SB, LOG, PREC)
+    if HALF_B:      # exact: products of two half values fit the fp32 accumulator
+        b_B = tl.dot(b_do.to(do_ptr.dtype.element_ty), tl.trans(b_v.to(v_ptr.dtype.element_ty)))
+    else:
+        b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+    b_dq, b_dk, b_dv, b_dw, b_du = _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_B, b_u, b_dq, b_dk, b_dv, b_dw,
+                                            o_t, SB, LOG, PREC)
     _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos, r0, L, i_h,
                  scale, o_t, o_k, o_v, m_k, m_v, H, K, V)
 
 
-BWD_MAXNREG = (None, 0, 168, 128)  # the ``bwd_maxnreg`` knob's values (None: ``_bwd_cap``'s choice, 0: no cap)
-
-
 def _capped_configs(cap):
     """``_bwd_kernel`` with at most ``cap`` registers per thread (Triton's ``maxnreg``; the rest spills to local
-    memory): 4 warps (168: 3 programs per SM, 128: 4, against 2 at the default's 255), and at 128 also 8 warps (2
-    programs). The default (255 registers, 2 four-warp programs per SM) is offered beside them, so the autotuner
-    can keep it."""
-    warps = (4, 8) if cap <= 128 else (4,)
-    return autotune_configs([triton.Config({}, num_warps=w, num_stages=1, maxnreg=cap) for w in warps]
-                            + _warp_configs())
+    memory) at 4 warps (168: 3 programs per SM, against 2 at the default's 255). The uncapped configs are offered
+    beside it, so the autotuner can keep them."""
+    return autotune_configs([triton.Config({}, num_warps=4, num_stages=1, maxnreg=cap)] + _warp_configs())
 
 
-# ``_bwd_kernel`` per ``bwd_maxnreg`` value: the same jitted body (same name in the profiler), own autotuners
-_BWD_KERNELS = {0: _bwd_kernel, **{cap: triton.autotune(configs=_capped_configs(cap), key=_BWD_KEY)(
-    _bwd_kernel.fn) for cap in BWD_MAXNREG[2:]}}
+# ``_bwd_kernel`` per ``bwd_maxnreg`` value (0: no cap): the same jitted body (same name in the profiler), own
+# autotuners
+_BWD_KERNELS = {0: _bwd_kernel, 168: triton.autotune(configs=_capped_configs(168), key=_BWD_KEY)(_bwd_kernel.fn)}
+BWD_MAXNREG = (None, *_BWD_KERNELS)  # the ``bwd_maxnreg`` knob's values (None: ``_bwd_cap``'s choice)
 
 
 def _bwd_cap(K: int, knob) -> int:
     """The register cap ``_bwd_kernel`` runs with: the knob's value, or (None) 168 at K <= 32 — H100 run 11
     (wkv6g): B64 T256 H4 K32 186 -> 152 us, 191 registers uncapped, 4 B spill at 168 — and none above (at K = 64
     the capped autotuner kept the uncapped config: no gain)."""
-    return knob if knob is not None else (168 if _bk(K) <= 32 else 0)
-
-
-# ---- the split backward (``TUNING["bwd_split"]``, a prototype, default off): ``_bwd_kernel``'s work in two kernels
-# of the same grid, so that no program holds the [K, V] states beside the level work: the state-free own pairs
-# first (fp32 partials), then a lean kernel (states and block-crossing terms) that adds them and stores.
-@triton.autotune(configs=_warp_configs(), key=_BWD_KEY)
-@triton.jit(do_not_specialize=['T', 'NT'])
-def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, du_ptr, cu_ptr,
-                    cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                    SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr,
-                    PREC: tl.constexpr, HALF_B: tl.constexpr):
-    """Grid as ``_bwd_kernel``'s, no state read: one block's own pairs and bonus terms (``_own_bwd``) -> fp32
-    partials pq_ptr, pk_ptr, pw_ptr [B·T, H, K] (dq unscaled, dw before the clamp's mask), pv_ptr [B·T, H, V],
-    and du_ptr [slots · BT/SB, H, K] fp32 partial rows (layouts above)."""
-    pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
-    o_t = tl.arange(0, SB)
-    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-    b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
-    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    b_zk = tl.zeros([SB, BK], dtype=tl.float32)
-    b_dq, b_dk, b_dv, b_dw, b_du = _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, _do_vt(b_do, b_v, do_ptr, v_ptr, PREC,
-                                            HALF_B), b_u, b_zk, b_zk, tl.zeros([SB, BV], dtype=tl.float32), b_zk,
-                                            o_t, SB, LOG, PREC)
-    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
-    tl.store(pq_ptr + p_k, b_dq, mask=m_tk)
-    tl.store(pk_ptr + p_k, b_dk, mask=m_tk)
-    tl.store(pw_ptr + p_k, b_dw, mask=m_tk)
-    tl.store(pv_ptr + p_v, b_dv, mask=m_tv)
-    tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
-
-
-@triton.autotune(configs=_capped_configs(168), key=_BWD_KEY)
-@triton.jit(do_not_specialize=['T', 'NT'])
-def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr,
-                      dk_ptr, dv_ptr, dw_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr,
-                      V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      LOG: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
-    """Grid as ``_bwd_kernel``'s, the lean half of the split backward: S_m, D_m (``_block_states``) and the
-    block-crossing terms (``common._cross_bwd``) plus ``_bwd_own_kernel``'s fp32 partials (pq/pk/pw_ptr, pv_ptr)
-    -> dq_ptr, dk_ptr, dv_ptr, dw_ptr in the inputs' dtypes (layouts above). Autotuned with a 168-register cap at 4
-    warps (3 programs per SM) beside the uncapped 4 / 8 warps. LOG, HALF_B: unused (one key with the own kernel)."""
-    pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
-    o_t = tl.arange(0, SB)
-    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-    b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale,
-                              o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
-    b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
-    b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
-    b_wr = _load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
-    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
-    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
-    b_dv += tl.load(pv_ptr + p_v, mask=m_tv, other=0.)
-    tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
-    _store_dqkw(b_dq + tl.load(pq_ptr + p_k, mask=m_tk, other=0.), b_dk + tl.load(pk_ptr + p_k, mask=m_tk, other=0.),
-                b_dw + tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
+    return knob if knob is not None else (168 if K <= 32 else 0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -589,17 +518,17 @@ def _use_split(N: int, H: int, device, knobs) -> bool:
     return N * H <= num_sms(device) if split is None else bool(split)
 
 
-def _fwd_split(r, k, v, w, u, scale, cu_seqlens, prec):
-    """The split forward's first pass (``_fwd_intra_kernel``): (qh, kh, oi) fp32, one program per SB-row block."""
-    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+def _fwd_split(r, k, v, w, u, scale, cu, prec):
+    """The split forward's first pass (``_fwd_intra_kernel``): (qh, kh, oi) fp32, one program per SB-row block.
+    ``cu``: cu_seqlens as the kernels take it (``common._cu``: int32, or None)."""
+    B, T, H, K, V, N = _dims(r, v, cu)
     dev = r.device
     qh, kh = (new_empty(r.shape, torch.float32, dev) for _ in range(2))
     oi = new_empty((B, T, H, V), torch.float32, dev)
-    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, SB)
+    S, NT, cmap = _par_slots(B, T, N, cu, dev, SB)
     BV = max(16, min(64, _pow2(V)))
-    _fwd_intra_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, qh, kh, oi, _cu(cu_seqlens), cmap, scale, T, NT, H=H, K=K,
-                                            V=V, SB=SB, BK=_bk(K), BV=BV, LOG=LOG, VARLEN=cu_seqlens is not None,
-                                            PREC=prec)
+    _fwd_intra_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, qh, kh, oi, cu, cmap, scale, T, NT, H=H, K=K, V=V, SB=SB,
+                                            BK=_bk(K), BV=BV, LOG=LOG, VARLEN=cu is not None, PREC=prec)
     return qh, kh, oi
 
 
@@ -620,10 +549,11 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         ht = new_empty((N, H, K, V), torch.float32, dev)
         hs = new_empty(_par_state_shape(B, T, H, K, V, N, varlen, bt) if save else (0,), torch.float32, dev)
         grid = lambda meta: (_cdiv(V, meta["BV"]), N * H)  # noqa: E731
+        cu = _cu(cu_seqlens)
         use_split = _use_split(N, H, dev, kn)
-        split = _fwd_split(r, k, v, w, u, scale, cu_seqlens, prec) if use_split else (None, None, None)
+        split = _fwd_split(r, k, v, w, u, scale, cu, prec) if use_split else (None, None, None)
         kernel = _fwd_split_kernel if use_split else _fwd_seq_kernel
-        kernel[grid](r, k, v, w, u, *split, h0, o, ht, hs if save else None, _cu(cu_seqlens), scale, T, NT,
+        kernel[grid](r, k, v, w, u, *split, h0, o, ht, hs if save else None, cu, scale, T, NT,
                      _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
                      VARLEN=varlen, SAVE=save, SPLIT=use_split, PREC=prec)
         return o, ht, hs
@@ -661,23 +591,19 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                fwd+bwd): 32 wins where the walk runs (B8 T4096 H32 8028 vs 8630, B16 T1024 H8 1177 vs 1235,
 #                B64 T256 H4 K32 288 vs 315; +0.5 GiB at B8 T4096 H32), 64 where the state pass does (B4 T2048
 #                H16 1212 vs 1242): hence None;
-#   bwd_maxnreg  a register cap for ``_bwd_kernel`` (``BWD_MAXNREG``: 0 = the compiler's 255 at 4 warps, 2
-#                programs per SM; 168 / 128: 3 / 4 programs per SM, spilling; ``_capped_configs``, the uncapped
-#                configs autotuned beside them): the kernel is a latency chain (~20 us per 16-row program at 2
-#                programs per SM). H100 run 11 (wkv6g; GPU us of ``_bwd_kernel`` per fwd+bwd, default / 168 /
-#                128): K = 32 (191 registers uncapped, 4 B spill at 168) B64 T256 H4 186 / 152 / 152; K = 64 (112 B
-#                spill at 168) the autotuner kept the uncapped config at B8 T4096 H32 and B16 T1024 H8 (same
-#                kernel: 5176 / 5034 / 5030 and 665 / 667 / 667, run-to-run noise), B4 T2048 H16 (state rows 64)
-#                752 / 736 / 753. Default None = ``_bwd_cap``: 168 at K <= 32, no cap above (0 forces none);
-#   bwd_split    (prototype, untimed) ``_bwd_kernel``'s work in two kernels of its grid: ``_bwd_own_kernel`` (the
-#                block's own pairs, no state: levels, bonus) writes fp32 partials of dq, dk, dv, dw (4 bytes per
-#                token, head and column of q, k, v, w: 1 GiB transient at B8 T4096 H32 K=V=64), then
-#                ``_bwd_cross_kernel`` (S_m, D_m and the block-crossing terms only, a 168-register cap offered)
-#                adds them and stores; ``bwd_maxnreg`` is ignored then. Not timed on a GPU yet (notes/wkv6.md);
+#   bwd_maxnreg  a register cap for ``_bwd_kernel`` (``BWD_MAXNREG``: 0 = none, the compiler's 255 at 4 warps, 2
+#                programs per SM; 168: 3 programs per SM, spilling; ``_capped_configs``, the uncapped configs
+#                autotuned beside it): the kernel is a latency chain (~20 us per 16-row program at 2 programs per
+#                SM). H100 run 11 (wkv6g; GPU us of ``_bwd_kernel`` per fwd+bwd, uncapped / 168 / 128, the last
+#                a cap since removed: never better than 168): K = 32 (191 registers uncapped, 4 B spill at 168)
+#                B64 T256 H4 186 / 152 / 152; K = 64 (112 B spill at 168) the autotuner kept the uncapped config
+#                at B8 T4096 H32 and B16 T1024 H8 (same kernel: 5176 / 5034 / 5030 and 665 / 667 / 667,
+#                run-to-run noise), B4 T2048 H16 (state rows 64) 752 / 736 / 753. Default None = ``_bwd_cap``:
+#                168 at K <= 32, no cap above (0 forces none);
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
-          "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "bwd_split": False}
+          "state_rows": None, "fwd_split": None, "bwd_maxnreg": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
-          "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "bwd_split": False}
+          "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None}
 STATE_ROWS = (None, 32, 64)
 
 
@@ -740,15 +666,10 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
     dr, dk, dv, dw = outs
     nb = bt // SB
     du_part = new_empty((S * nb, H, K), torch.float32, dev)
-    grid, tail = (S * nb, H), (cu, cmap, scale, T, NT)
-    meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None,
-                PREC=_prec(r.dtype, bwd=True), HALF_B=_half_dot(r.dtype))
-    if kn["bwd_split"]:
-        parts = [new_empty(g.shape, torch.float32, dev) for g in outs]      # fp32 dq, dk, dv, dw of the own pairs
-        _bwd_own_kernel[grid](r, k, v, w, u, do, *parts, du_part, *tail, **meta)
-        _bwd_cross_kernel[grid](r, k, v, w, do, hs, hd, *parts, dr, dk, dv, dw, *tail, **meta)
-    else:
-        _BWD_KERNELS[_bwd_cap(K, kn["bwd_maxnreg"])][grid](r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, *tail, **meta)
+    _BWD_KERNELS[_bwd_cap(K, kn["bwd_maxnreg"])][(S * nb, H)](
+        r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt, SB=SB,
+        BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None, PREC=_prec(r.dtype, bwd=True),
+        HALF_B=_half_dot(r.dtype))
     return du_part.sum(0), dh0
 
 

@@ -209,9 +209,7 @@ def _blocks(K, V):
 
 def _cu(cu_seqlens):
     """cu_seqlens as int32 for the kernels' cu_ptr, or None (fixed-length batches: the kernels' VARLEN off)."""
-    if cu_seqlens is None:
-        return None
-    return cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
+    return None if cu_seqlens is None else cu_seqlens.to(torch.int32)
 
 
 def _dims(r, v, cu_seqlens):

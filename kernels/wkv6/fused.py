@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import (_blocks, _bonus_bwd, _clamp_w, _dims, _intra_bwd, _kv_ranges, _make_ops,
+from kernels.wkv6.common import (_blocks, _bonus_bwd, _clamp_w, _cu, _dims, _intra_bwd, _kv_ranges, _make_ops,
                                  _nh_bucket, _prec, _row_offsets, _run, _seq_bounds, _state_bwd, _state_or_zeros,
                                  _store_dqkw, _warp_configs)
 
@@ -275,11 +275,6 @@ def _ckpt_shape(B, T, H, K, V, N):
     return (triton.cdiv(B * T, BT_CHUNK * CKPT) + N, H, K, V)
 
 
-def _cu32(cu_seqlens):
-    """cu_seqlens as the kernels read it (int32), or None."""
-    return None if cu_seqlens is None else cu_seqlens.to(torch.int32)
-
-
 def _fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
     """o, final state, and (if save) the fp32 state checkpoints the backward starts from (else an empty tensor)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
@@ -288,7 +283,7 @@ def _fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
     ht = new_empty((N, H, K, V), torch.float32, r.device)
     hs = new_empty(_ckpt_shape(B, T, H, K, V, N) if save else (0,), torch.float32, r.device)
     grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
-    _wkv6_fwd_kernel[grid](r, k, v, w, u, h0, o, ht, hs if save else None, _cu32(cu_seqlens), scale, T,
+    _wkv6_fwd_kernel[grid](r, k, v, w, u, h0, o, ht, hs if save else None, _cu(cu_seqlens), scale, T,
                            _nh_bucket(N * H), H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, USE_H0=h0 is not None,
                            VARLEN=cu_seqlens is not None, SAVE=save, PREC=_prec(r.dtype), CK=CKPT)
     return o, ht, hs
@@ -301,7 +296,7 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs=None):
     dev = r.device
     NTOK = B * T
     prec = _prec(r.dtype, bwd=True)
-    cu = _cu32(cu_seqlens)
+    cu = _cu(cu_seqlens)
     use_h0, varlen = h0 is not None, cu_seqlens is not None
     # checkpointed chunk-start states (every CKPT chunks): sequence n uses slots bos//(BT·CKPT) + n + i_c//CKPT
     # (disjoint: the next sequence starts at slot (bos+len)//(BT·CKPT) + n + 1 >= bos//(BT·CKPT) + n +
