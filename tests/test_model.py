@@ -91,8 +91,8 @@ def test_g4_both_branches_get_gradient(name, ref_ops):
     from groundthink.step import group_params
     groups = group_params(m)
     norm = lambda ps: math.sqrt(sum(float(p.grad.pow(2).sum()) for p in ps if p.grad is not None))  # noqa: E731
-    row = [float(loss), 0.0, norm(groups["rwkv"]), norm(groups["mamba"])] + [
-        0.0 if probes[k] is None else float(probes[k]) for k in monitor.PROBES]
+    row = [float(loss.detach()), 0.0, norm(groups["rwkv"]), norm(groups["mamba"])] + [
+        0.0 if probes[k] is None else float(probes[k].detach()) for k in monitor.PROBES]
     st = monitor.unpack(row, monitor.present(probes, groups))
     for k in ("grad_norm_rwkv", "grad_norm_mamba", "grad_ratio", "gate_mean", "state_norm"):
         assert k in st
