@@ -980,10 +980,11 @@ def _used_anyway(plan: list, path: Path, graph: bool) -> set[str]:
             not spec.role("lab") and others.verdict(spec.name, impl.name)[0]}
 
 
-def _background(plan: list, cuda: bool, parallel: bool, history: dict):
+def _background(plan: list, cuda: bool, parallel: bool, history: dict, into=None):
     """``precompile.Background`` compiling, from the start, each item expected to take ``BACKGROUND_S`` or more
-    (mamba-ssm's first use) in a subprocess of its own, so that the main process measures it after those compiles
-    instead of doing them; None without a GPU or parallel compile, or with no such item.
+    (mamba-ssm's first use) in subprocesses of its own, so that the main process measures it after those compiles
+    instead of doing them. ``into``: an early background (``early_background``) — the items it does not cover yet
+    start in it. Returns ``into`` (or None) without a GPU or parallel compile, or with no such item.
 
     Short items (the lab kernels) compile in the main process, as in run 8 (parallel compile: 0.8-3.4 s each,
     wkv6/triton 9.3 s). Run 9 compiled them in one more subprocess too: it reported after 26.1 s (its imports,
@@ -992,11 +993,17 @@ def _background(plan: list, cuda: bool, parallel: bool, history: dict):
     kernels left to compile)."""
     from groundthink.precompile import Background, switched_on
     if not (cuda and switched_on(parallel)):
-        return None
+        return into
+    have = set(into.names()) if into else set()
     long = [(s.name, i.name, [c.payload() for c in calls]) for s, i, fn, calls in plan
-            if i is not s.reference and not isinstance(fn, Exception)
+            if i is not s.reference and not isinstance(fn, Exception) and f"{s.name}/{i.name}" not in have
             and expected_s(s, i, history, len(calls))[0] >= BACKGROUND_S]
-    return Background(long) if long else None   # ended at its time limit, its compiles would be redone here
+    if not long:
+        return into
+    if into is None:
+        return Background(long)   # ended at its time limit, its compiles would be redone here
+    into.start(long)
+    return into
 
 
 def early_background(ops, graph: bool, model: dict, path: Path | None = None):
@@ -1052,7 +1059,7 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         if impl is not spec.reference and op in first and name not in history:
             exp, source = max(exp, first[op]), "what its first candidate took"
         if name in in_background:
-            since = time.monotonic() - background.t0     # since the background's start (early: before the gate)
+            since = background.since(name)     # since its subprocesses started (early: before the gate)
             exp = max(exp * BACKGROUND_REST, exp - since)
             source += f", compiling in the background for {since:.0f} s"
         left = deadline - time.monotonic()
@@ -1174,7 +1181,7 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     from groundthink.precompile import counting_compiles, parallel_autotune
     c0 = dict(COMPILE_STATS)
     early = background is not None
-    background = background or _background(plan, cuda, parallel, history)
+    background = _background(plan, cuda, parallel, history, into=background)
     if background:
         shards = getattr(background, "shards", 1)     # processes per item (precompile.shard_count)
         say(f"gate: compiling {', '.join(background.names())} in the background "

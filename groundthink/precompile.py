@@ -513,9 +513,15 @@ class Background:
 
     def __init__(self, items, timeout_s: float = 90.0, shards: int | None = None):
         self.shards = shards or shard_count()
+        self.timeout_s = timeout_s
         self.procs: dict[str, tuple[float, list[tuple[subprocess.Popen, Path]]]] = {}   # items not waited for yet
         self.started: list[tuple[subprocess.Popen, Path]] = []
-        self.t0 = time.monotonic()       # the start of its compiles
+        self.t0: dict[str, float] = {}   # each item's start
+        self.start(items)
+
+    def start(self, items) -> None:
+        """Start the subprocesses of more items (their time limit counted from now): the gate's own long items
+        beside an early background's (``gate._background``)."""
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         for op, impl, shape in items:
@@ -533,7 +539,12 @@ class Background:
                 procs.append((proc, log))
             self.started += procs
             if procs:
-                self.procs[f"{op}/{impl}"] = (time.monotonic() + timeout_s, procs)
+                self.t0[f"{op}/{impl}"] = time.monotonic()
+                self.procs[f"{op}/{impl}"] = (time.monotonic() + self.timeout_s, procs)
+
+    def since(self, name: str) -> float:
+        """Seconds since the item's subprocesses started (early: before the gate)."""
+        return time.monotonic() - self.t0[name]
 
     def names(self) -> list[str]:
         return list(self.procs)

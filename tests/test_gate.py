@@ -329,6 +329,9 @@ def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_pat
     class FakeBackground:
         t0 = time.monotonic()       # its start
 
+        def since(self, name):
+            return time.monotonic() - self.t0
+
         def names(self):
             return ["decay_exp/triton"]
 
@@ -345,7 +348,7 @@ def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_pat
                 "dtype": "float32", "timing_mode": timing, "ms": 1.0, "errors": {}, "source_hash": "", "note": ""}
 
     monkeypatch.setattr(gate, "measure", fake_measure)
-    monkeypatch.setattr(gate, "_background", lambda plan, cuda, parallel, history: FakeBackground())
+    monkeypatch.setattr(gate, "_background", lambda plan, cuda, parallel, history, into=None: into or FakeBackground())
     monkeypatch.setattr(gate, "FIRST_USE_S", {"decay_exp/triton": 40.0})
     said = []
     gate.qualify({"decay_exp": get("decay_exp").bench.cpu_shapes[0]}, cuda=True, path=tmp_path / "g.json",
@@ -388,6 +391,21 @@ def test_only_long_items_compile_in_the_background(monkeypatch, tmp_path):
                               _row("triton", 1.0, op="wkv6", shape="B1 T40 H2 K16 V16")]), path)
     assert gate.early_background(["wkv6"], graph=False, model=model, path=path) is None
     assert gate.early_background(["wkv6"], graph=True, model=model, path=path) == "bg"     # no graph verdict
+
+    class Early:     # an early background covering another item: the gate's long items start in it
+        def __init__(self, names):
+            self.items = list(names)
+
+        def names(self):
+            return list(self.items)
+
+        def start(self, items):
+            self.items += [f"{op}/{impl}" for op, impl, _ in items]
+
+    early = Early(["mamba2/mamba_ssm"])
+    assert gate._background(plan, True, True, {}, into=early) is early
+    assert early.names() == ["mamba2/mamba_ssm", "wkv6/triton"]
+    assert gate._background(plan, True, True, {}, into=early).names() == early.names()   # nothing started twice
     monkeypatch.setattr(gate, "FIRST_USE_S", {})
     assert gate._background(plan, True, True, {}) is None          # nothing long: no subprocess
     assert gate._background(plan, True, False, {}) is None
