@@ -11,7 +11,8 @@ WKV6_FLA_SHAPES (indices into SHAPES) limits fla's warm-up and timing (its autot
 Timings: the benchmarks' measurement (``bench.common.measure``: one untimed first call, then
 ``triton.testing.do_bench`` medians, warm-up 25 ms, 100 ms of repetitions) in ms of the forward (no grad) and
 forward+backward (fixed random cotangent), on the benchmark's inputs (``kernels/wkv6/spec.py``: bf16, mild decay
-``logsigmoid(randn)``, seed 0), scale 1; extra peak memory of one fwd+bwd (GiB, the input gradients included). Env: WKV6_ALGOS (comma list of the names in ALGOS), WKV6_BUDGET_S, WKV6_SHAPES
+``logsigmoid(randn)``, seed 0), scale 1; extra peak memory of one fwd+bwd (GiB, the input gradients included).
+Env: WKV6_ALGOS (comma list of the names in ALGOS), WKV6_BUDGET_S, WKV6_SHAPES
 (indices into SHAPES, e.g. 0,2), WKV6_CHECKS=0 (timings only: the tests check correctness);
 WKV6_SMOKE=1 runs the whole flow on CPU (interpreter, tiny shapes, one timed call instead of do_bench: checks the
 script, measures nothing). Run the first call's measurement with a fresh TRITON_CACHE_DIR. ``--regs``

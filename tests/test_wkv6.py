@@ -37,7 +37,8 @@ def make_inputs(B, T, H, K, V, dtype=torch.float32, decay="mixed", h0=False, N=N
     d = dict(r=r, k=k, v=v, w=w, u=u)
     if h0:
         d["initial_state"] = rnd(N or B, H, K, V)
-    d = {n: x.to(device=device, dtype=dtype if n != "initial_state" or dtype == torch.float64 else torch.float32).requires_grad_(grad)
+    d = {n: x.to(device=device, dtype=dtype if n != "initial_state" or dtype == torch.float64 else torch.float32)
+         .requires_grad_(grad)
          for n, x in d.items()}
     d["scale"] = scale
     d["output_final_state"] = final
