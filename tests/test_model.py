@@ -311,7 +311,7 @@ def test_in_proj_and_gate_projection_as_one_gemm_equal_two(name, ref_ops):
 
 # ----------------------------------------------------------------------------------------------- fused.projections
 def _rel(a, b):
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+    return float(((a - b).norm() / b.norm().clamp_min(1e-300)).detach())
 
 
 @pytest.fixture
