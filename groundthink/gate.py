@@ -1045,8 +1045,9 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     qualification deferred (waiting makes it no cheaper), and one in ``used_anyway`` — the peer that training
     uses anyway on another manifest's verdict (run 5: mamba-ssm, deferred here, then compiled in the training
     step's first forward and capture instead; measured here, the step reuses its compiled and tuned kernels).
-    An item compiling in ``background`` since its ``t0`` is expected to take what is left of its time after that
-    compile (at least ``BACKGROUND_REST`` of it), and is measured after the subprocess has finished.
+    An item compiling in ``background`` (for ``background.since(name)`` seconds) is expected to take what is left
+    of its time after that compile (at least ``BACKGROUND_REST`` of it), and is measured after its subprocesses
+    have finished.
     Returns (rows, [(item, why)] deferred, {op: {impl: seconds}})."""
     from tqdm import tqdm
     history, deferred_before, used_anyway = history or {}, deferred_before or set(), used_anyway or set()
