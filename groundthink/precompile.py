@@ -303,10 +303,12 @@ class _Recording:
     those whose index is i modulo n are compiled; any other gets a future that failed with ``_Skipped`` (what a
     config that does not compile gets: ``compile_only``'s ignore_errors drops it, Triton's placeholder removed).
     Triton's ``AsyncCompileMode`` submits each distinct compile once, and the dry run's order does not depend on
-    what compiled, so every shard meets the same jobs in the same order: the n shards split them exactly."""
+    what compiled, so every shard meets the same jobs in the same order: the n shards split them exactly.
+    ``start``: the jobs its process met in the items before (job indices run on across a subprocess's items, so
+    that an item of fewer jobs than shards does not always fall to the first shards)."""
 
-    def __init__(self, pool, shard: tuple[int, int] = (0, 1)):
-        self.pool, self.futures, self.shard, self.jobs = pool, [], shard, 0
+    def __init__(self, pool, shard: tuple[int, int] = (0, 1), start: int = 0):
+        self.pool, self.futures, self.shard, self.start, self.jobs = pool, [], shard, start, start
 
     def submit(self, fn, *args, **kwargs):
         index, (i, n) = self.jobs, self.shard
@@ -426,11 +428,16 @@ def model_calls(model: dict, device: str = "cuda") -> dict:
     return step_calls(net, model["batch_size"], model["seq_len"])
 
 
-def _payloads(op: str, shape, device: str = "cuda") -> list:
+def _payloads(op: str, shape, device: str = "cuda", recorded: dict | None = None) -> list:
     """An item's calls of ``op``: ``shape`` itself (``groundthink.calls.Call.payload()``s), or for {"model": ...}
-    (``gate.early_background``'s item) those the run's model makes (``model_calls``)."""
+    (``gate.early_background``'s items) those the run's model makes (``model_calls``; ``recorded``: a cache of
+    them by model, so that a subprocess compiling several items records its model once)."""
     if isinstance(shape, dict):
-        return [c.payload() for c in model_calls(shape["model"], device).get(op, []) if c.shape is not None]
+        key = json.dumps(shape["model"], sort_keys=True, default=str)
+        recorded = {} if recorded is None else recorded
+        if key not in recorded:
+            recorded[key] = model_calls(shape["model"], device)
+        return [c.payload() for c in recorded[key].get(op, []) if c.shape is not None]
     return shape
 
 
@@ -473,19 +480,20 @@ def shard_count() -> int:
     return max(1, min(MAX_SHARDS, (_workers() - MAIN_CORES) // SHARD_CORES))
 
 
-def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] = (0, 1)) -> dict:
+def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] = (0, 1), start: int = 0,
+                  recorded: dict | None = None) -> dict:
     """Dry-run one item (``_dry_run``; ``shape``: its calls or its model, ``_payloads``) under ``compile_only``
-    (its compiles all concurrent; ``shard=(i, n)``: only job i, i + n, ... of them, ``_Recording``), then say one
-    JSON line when they are done (``Background.wait`` reads it) and return the summary ("seconds": the whole
-    call's)."""
+    (its compiles all concurrent; ``shard=(i, n)``: only job i, i + n, ... of them counted from ``start``,
+    ``_Recording``), then say one JSON line when they are done (``Background.wait`` reads it; "jobs": the item's
+    own) and return the summary ("seconds": the whole call's; "jobs_met": ``start`` + the item's jobs)."""
     import torch
     t0 = time.monotonic()
     pool = ThreadPoolExecutor(max(1, (_workers() - 2) // shard[1]), thread_name_prefix="precompile")
-    recording, failed = _Recording(pool, shard), ""
+    recording, failed = _Recording(pool, shard, start), ""
     try:
         with compile_only(executor=recording):
-            try:
-                _dry_run(op, impl, _payloads(op, shape))   # a model whose calls fail to record: the item fails
+            try:      # a model whose calls fail to record: the item fails
+                _dry_run(op, impl, _payloads(op, shape, recorded=recorded))
             except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
                 failed = f"{type(e).__name__}: {str(e)[:160]}"
                 STATS["errors"] += 1
@@ -493,54 +501,76 @@ def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] =
                 torch.cuda.synchronize()
         futures = recording.futures            # compile_only's exit has waited for them
         say(json.dumps({"item": f"{op}/{impl}", "shard": f"{shard[0]}/{shard[1]}", "kernels": len(futures),
-                        "jobs": recording.jobs, "errors": sum(f.exception() is not None for f in futures),
+                        "jobs": recording.jobs - start, "errors": sum(f.exception() is not None for f in futures),
                         "failed": failed, "at": round(time.monotonic() - _LOADED, 1)}))
     finally:
         pool.shutdown(wait=True)
-    return dict(STATS, seconds=round(time.monotonic() - t0, 1))
+    return dict(STATS, seconds=round(time.monotonic() - t0, 1), jobs_met=recording.jobs)
+
+
+def _compile_items(items: list, say=print, shard: tuple[int, int] = (0, 1)) -> dict:
+    """``_compile_item`` of each item in turn (a ``Background`` subprocess: its imports, CUDA context and the
+    model's step calls paid once for all of them), the job indices running on across them; each item's line is
+    said as soon as its compiles are done. Returns the last summary ("seconds": all items')."""
+    t0, start, recorded, summary = time.monotonic(), 0, {}, dict(STATS, seconds=0.0)
+    for op, impl, shape in items:
+        summary = _compile_item(op, impl, shape, say, shard, start, recorded)
+        start = summary.pop("jobs_met")
+    return dict(summary, seconds=round(time.monotonic() - t0, 1))
 
 
 class Background:
     """Subprocesses compiling items of the qualification while the main process times others (module
-    docstring): ``Background([(op, impl, shape), ...])`` starts ``shards`` subprocesses per item (``shard_count``),
-    each compiling its share of the item's compile jobs; ``wait(op, impl)`` before the item is measured returns
-    (seconds waited, what the subprocesses say they did) as soon as every shard's compiles are done, waiting at
-    most until ``timeout_s`` after the start (then what still runs is ended and the main process compiles what is
-    missing; (0.0, "") if none runs for it). A shard that died costs only its share of the overlap: the item waits
-    for the others, the main process compiles that share itself. ``close()`` ends what is left. Each subprocess
-    writes into a log in its own temporary folder: its item's JSON line, then a JSON summary; ``close()`` removes
-    the log of a subprocess that succeeded or was ended, and keeps (its path said) that of one that failed."""
+    docstring): ``Background([(op, impl, shape), ...])`` starts ``shards`` subprocesses (``shard_count``) that
+    compile the items one after another in the order given, each its share of every item's compile jobs, and say
+    each item's line as soon as its compiles are done (their imports, CUDA context and the model's step calls paid
+    once for all items); ``done(name)`` asks without waiting whether an item's compiles are done (``state`` says
+    how far its shards are, ``ahead`` which items they compile before it); ``wait(op, impl)`` before the item is
+    measured returns (seconds waited, what the subprocesses say they did) as soon as every shard has said the
+    item's line, waiting at most until ``timeout_s`` after the start (then what still runs is ended and the main
+    process compiles what is missing; (0.0, "") if none runs for it). A shard that died costs only its share of the
+    overlap: the item waits for the others, the main process compiles that share itself. ``close()`` ends what is
+    left. Each subprocess writes into a log in its own temporary folder: its items' JSON lines, then a JSON
+    summary; ``close()`` removes the log of a subprocess that succeeded or was ended, and keeps (its path said)
+    that of one that failed."""
 
     def __init__(self, items, timeout_s: float = 90.0, shards: int | None = None):
         self.shards = shards or shard_count()
         self.timeout_s = timeout_s
         self.procs: dict[str, tuple[float, list[tuple[subprocess.Popen, Path]]]] = {}   # items not waited for yet
         self.started: list[tuple[subprocess.Popen, Path]] = []
-        self.t0: dict[str, float] = {}   # each item's start
+        self.t0: dict[str, float] = {}   # each item's start (its subprocesses')
+        self.groups: dict[str, list[str]] = {}   # each item: the items its subprocesses compile, in their order
         self.start(items)
 
     def start(self, items) -> None:
-        """Start the subprocesses of more items (their time limit counted from now): the gate's own long items
-        beside an early background's (``gate._background``)."""
+        """Start the subprocesses of more items (one group of ``shards`` for all of them, their time limit counted
+        from now): the gate's own long items beside an early background's (``gate._background``)."""
+        items = list(items)
+        if not items:
+            return
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-        for op, impl, shape in items:
-            arg, procs = json.dumps([op, impl, shape], default=str), []
-            for i in range(self.shards):
-                log = Path(tempfile.mkdtemp()) / "precompile.log"    # tmpXXXXXXXX: scrub_paths.py knows it
-                try:
-                    with open(log, "w") as out:
-                        proc = subprocess.Popen(
-                            [sys.executable, "-m", "groundthink.precompile", arg, "--shard", f"{i}/{self.shards}"],
-                            cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-                except OSError:
-                    shutil.rmtree(log.parent, ignore_errors=True)
-                    continue
-                procs.append((proc, log))
-            self.started += procs
-            if procs:
-                self.t0[f"{op}/{impl}"] = time.monotonic()
-                self.procs[f"{op}/{impl}"] = (time.monotonic() + self.timeout_s, procs)
+        arg, procs = json.dumps([list(item) for item in items], default=str), []
+        for i in range(self.shards):
+            log = Path(tempfile.mkdtemp()) / "precompile.log"    # tmpXXXXXXXX: scrub_paths.py knows it
+            try:
+                with open(log, "w") as out:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "groundthink.precompile", arg, "--shard", f"{i}/{self.shards}"],
+                        cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            except OSError:
+                shutil.rmtree(log.parent, ignore_errors=True)
+                continue
+            procs.append((proc, log))
+        if not procs:
+            return
+        self.started += procs
+        names = [f"{op}/{impl}" for op, impl, _ in items]
+        for name in names:
+            self.t0[name] = time.monotonic()
+            self.groups[name] = names
+            self.procs[name] = (time.monotonic() + self.timeout_s, procs)
 
     def since(self, name: str) -> float:
         """Seconds since the item's subprocesses started (early: before the gate)."""
@@ -549,25 +579,53 @@ class Background:
     def names(self) -> list[str]:
         return list(self.procs)
 
+    def ahead(self, name: str) -> list[str]:
+        """The items the subprocesses of ``name`` compile up to it (itself last), in their order."""
+        group = self.groups.get(name, [name])
+        return group[: group.index(name) + 1]
+
+    def order(self, name: str) -> tuple[float, int]:
+        """When the item's compiles will be done relative to the others': its subprocesses' start, its place."""
+        return self.t0[name], len(self.ahead(name))
+
+    def _pending(self, name: str) -> list:
+        """The item's shards still compiling it: no line for it yet, still alive."""
+        return [(p, log) for p, log in self.procs.get(name, (0.0, []))[1]
+                if _item_line(log, name) is None and p.poll() is None]
+
+    def done(self, name: str) -> bool:
+        """Whether the item's compiles are done (every shard has said its line or died), without waiting; True
+        for an item not (or no longer) compiling here."""
+        return not self._pending(name)
+
+    def state(self, name: str) -> str:
+        """One phrase on how far the item's subprocesses are, for the line that defers it."""
+        procs = self.procs.get(name, (0.0, []))[1]
+        if not procs:
+            return "no background compile"
+        said = sum(_item_line(log, name) is not None for _, log in procs)
+        dead = sum(_item_line(log, name) is None and p.poll() is not None for p, log in procs)
+        ahead = self.ahead(name)[:-1]
+        return (f"its background compile: {said} of {len(procs)} subprocesses done, {len(self._pending(name))} still "
+                f"compiling" + (f", {dead} died" if dead else "") + f", {self.since(name):.0f} s after their start"
+                + (f" (they compile {', '.join(ahead)} before it)" if ahead else ""))
+
     def wait(self, op: str, impl: str) -> tuple[float, str]:
         """Wait until every shard of the item has said its line or died, at most until the time limit, where what
         still runs is ended."""
         name = f"{op}/{impl}"
-        deadline, procs = self.procs.pop(name, (0.0, []))
+        deadline, procs = self.procs.get(name, (0.0, []))
         if not procs:
             return 0.0, ""
         t0 = time.monotonic()
-
-        def pending():      # the shards still compiling: no line yet, still alive
-            return [(p, log) for p, log in procs if _item_line(log, name) is None and p.poll() is None]
-
-        while pending() and time.monotonic() < deadline:
+        while self._pending(name) and time.monotonic() < deadline:
             time.sleep(0.05)
         waited = time.monotonic() - t0
-        ended = pending()                    # past the time limit
+        ended = self._pending(name)          # past the time limit
         for proc, _ in ended:
             proc.kill()
             proc.wait()
+        del self.procs[name]
         return waited, _shards_summary(name, procs, {id(p) for p, _ in ended})
 
     def close(self) -> None:
@@ -641,11 +699,12 @@ def _summary(returncode: int, log: Path) -> str:
     return f"exit {returncode}: {last} (log {log})"
 
 
-if __name__ == "__main__":      # python -m groundthink.precompile ITEM-JSON [--shard I/N] (Background's shards)
-    OP, IMPL, SHAPE = json.loads(sys.argv[1])
+if __name__ == "__main__":      # python -m groundthink.precompile ITEMS-JSON [--shard I/N] (Background's shards)
+    ITEMS = json.loads(sys.argv[1])        # [[op, impl, shape], ...] (or one [op, impl, shape])
+    ITEMS = [ITEMS] if isinstance(ITEMS[0], str) else ITEMS
     I, N = (int(x) for x in (sys.argv[3] if sys.argv[2:3] == ["--shard"] else "0/1").split("/"))
     # at the main process's priority: at nice 10 the long item (mamba-ssm) got the CPU only when the main's own
     # compiles paused and was the critical path (run 10: 55.9 s for 42 compiles, the item waited 30.8 s)
     import kernels  # noqa: F401 - the Triton interpreter switch, before any kernel is defined
-    summary = _compile_item(OP, IMPL, SHAPE, say=lambda line: print(line, flush=True), shard=(I, N))
+    summary = _compile_items(ITEMS, say=lambda line: print(line, flush=True), shard=(I, N))
     print(json.dumps(summary), flush=True)
