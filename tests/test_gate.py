@@ -1146,3 +1146,33 @@ def test_the_qualification_compiles_every_specialisation_the_step_launches(cheap
     got = compile_counts("HGF", "tiny", 4, 32)
     assert got["new_after"] == 0, got["left"]
     assert got["new_before"] > 0 and got["step"] > got["before"] - got["new_before"]
+
+
+
+def test_the_background_dry_run_compiles_every_specialisation_the_measuring_launches(cheap_conv_and_scan,
+                                                                                     monkeypatch):
+    """What the main process launches when it measures a background item (``measure``: the timing at the step's
+    shape, the float64 check at the error shape) is what the item's dry run compiled (``precompile._dry_run``, the
+    subprocesses' job): otherwise the main process compiles it again and the background gains nothing. Counted on
+    the CPU with the launches stubbed, for every lab kernel of GF-MH's step, the measurement's inputs made as on a
+    GPU (the spec's dtype and the call's dtypes: on a CPU it would run in float32, another specialisation)."""
+    import fused
+    from groundthink.calls import inputs
+    from groundthink.precompile import _dry_run, launched_specialisations
+    monkeypatch.setattr(gate, "call_inputs", lambda spec, at, variant, dtype, seed=0, device="cpu", exact=True:
+                        inputs(spec, at, variant, spec.bench.dtype, seed=seed, device=device, exact=True))
+    model = fused.get_model("GF-MH", size="tiny", vocab_size=97, ops=registry.resolve("reference"))
+    calls = gate.step_calls(model, 4, 32, amp=torch.bfloat16)
+    checked = []
+    for op, cs in calls.items():
+        spec = get(op)
+        for impl in spec.role("lab"):
+            with launched_specialisations(run=False) as dry:
+                _dry_run(op, impl.name, [c.payload() for c in cs], device="cpu")
+            with launched_specialisations(run=False) as measured:
+                rows = [gate.measure(spec, impl.name, impl.load(), c, "cpu") for c in cs]
+            assert all(r["note"] == "" for r in rows), rows
+            assert measured and measured <= dry, (op, impl.name, measured - dry)
+            checked.append(f"{op}/{impl.name}")
+    assert {"wkv6/triton", "wkv6/triton_fused", "gate_norm_residual/triton", "norm_gate/triton", "ddlerp/triton",
+            "shift_lerp/triton"} <= set(checked)
