@@ -1214,8 +1214,10 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     not fit what is left is deferred, said with the reason and measured by the next run, which runs it whatever
     its estimate (``_run_plan``); the op keeps its current choice meanwhile (train.py says which, in one line).
     Every autotuned kernel compiles all its configs in parallel before it benchmarks them
-    (``groundthink.precompile``; ``parallel=False``: one after another, as Triton alone). To stay in it: timing
-    reps sized to the op (``_time_ms``: about ``TIME_BOX_MS`` of timed work, one call for a slow reference),
+    (``groundthink.precompile``; ``parallel=False``: one after another, as Triton alone); the items whose compiles
+    dominate (expected ≥ ``BACKGROUND_S``) compile in background subprocesses from the start and are measured
+    after the cheap ones, as they become ready (``_ready_order``; expected: ``background_expected``). To stay in
+    it: timing reps sized to the op (``_time_ms``: about ``TIME_BOX_MS`` of timed work, one call for a slow reference),
     the memory figure taken from a timed call, every op's first choice before any second candidate, peers with a
     verdict not re-timed, implementations that cannot be used in the step (not graph-safe while it is captured)
     not timed. Not cut: the errors vs float64 (at the spec's ``err_shape``), the warm-up (compilation,

@@ -22,22 +22,24 @@ its own ``do_bench`` (a caller's choice) is left alone, and the default comes ba
 ``GROUNDTHINK_AUTOTUNE_BENCH_MS="25,100"`` restores Triton's figures. Configs within the noise of each other
 may then swap places; which config is fastest by a clear margin does not change.
 
-Compile in the background (``Background``, ``python -m groundthink.precompile ITEM-JSON``): at the start of
-the qualification the gate starts a subprocess for each item expected to take long (mamba-ssm's first use), so
-that its compilation — CPU work — overlaps the timing of the items before it (run 9 also compiled every lab kernel
-in one more subprocess: slower, see ``gate._background``). A subprocess dry-runs each item: one forward + backward at the model's shape and at
-the spec's error shape (what ``gate.measure`` runs) inside ``compile_only``, in which no Triton kernel is
-launched: every kernel the call meets is submitted to one thread pool (one ``AsyncCompileMode`` for the whole
-dry run), an autotuned kernel with every config it would benchmark (nothing at a key it has met already: the
-error shape of a kernel whose key ignores the batch), and its ``best_config`` is set, because host code reads it
-after a launch (mamba-ssm's backward; run 7's subprocess died there, at its first backward kernel, so the main
-process compiled mamba-ssm's 116 configs again). Only PyTorch's own small ops reach the GPU. It says one JSON
-line for its item as soon as the item's compiles are done and ends with a JSON summary; the binaries land in
-Triton's disk cache, which the main process reads when it measures the item, right after that line. Per item
-the gate says how many Triton kernels the main process compiled itself and how many it found in the disk cache
-(``counting_compiles``). The subprocesses run at the main process's priority (train.py starts them before data
-and model: ``gate.early_background``). Any failure there costs nothing but the overlap: the main process
-compiles what is missing, as before.
+Compile in the background (``Background``, ``python -m groundthink.precompile ITEMS-JSON``): before data and model
+(train.py, ``gate.early_background``) one group of subprocesses starts for the items expected to take long
+(mamba-ssm's first use and the lab kernels whose compiles dominate their time: ``gate.BACKGROUND_S``), so that
+their compilation — CPU work — overlaps the timing of the cheap items; they compile the items one after another
+(the longest first), saying each item's line as soon as its compiles are done, and the gate measures each item as
+it becomes ready (``Background.done`` asks without waiting). A subprocess dry-runs each item: one forward +
+backward at the model's shape and at the spec's error shape (what ``gate.measure`` runs) inside ``compile_only``,
+in which no Triton kernel is launched: every kernel the call meets is submitted to one thread pool (one
+``AsyncCompileMode`` for the whole dry run), an autotuned kernel with every config it would benchmark (nothing at a
+key it has met already: the error shape of a kernel whose key ignores the batch), and its ``best_config`` is set,
+because host code reads it after a launch (mamba-ssm's backward; run 7's subprocess died there, at its first
+backward kernel, so the main process compiled mamba-ssm's 116 configs again). Only PyTorch's own small ops reach
+the GPU. It says one JSON line per item as soon as the item's compiles are done and ends with a JSON summary; the
+binaries land in Triton's disk cache, which the main process reads when it measures the item, right after that
+line. Per item the gate says how many Triton kernels the main process compiled itself and how many it found in the
+disk cache (``counting_compiles``). The subprocesses run at the main process's priority (train.py starts them
+before data and model: ``gate.early_background``). Any failure there costs nothing but the overlap: the main
+process compiles what is missing, as before.
 
 Shards (``--shard I/N``, ``shard_count``). Triton's Python frontend passes hold the GIL, so one subprocess's
 thread pool compiles little in parallel (run 11: mamba-ssm's 42 compiles took 50.9 s on a 14-thread pool, and
@@ -304,11 +306,11 @@ class _Recording:
     config that does not compile gets: ``compile_only``'s ignore_errors drops it, Triton's placeholder removed).
     Triton's ``AsyncCompileMode`` submits each distinct compile once, and the dry run's order does not depend on
     what compiled, so every shard meets the same jobs in the same order: the n shards split them exactly.
-    ``start``: the jobs its process met in the items before (job indices run on across a subprocess's items, so
-    that an item of fewer jobs than shards does not always fall to the first shards)."""
+    One for all the items of a subprocess (``_compile_items``): the job indices run on across them, so that an item
+    of fewer jobs than shards does not always fall to the first shards."""
 
-    def __init__(self, pool, shard: tuple[int, int] = (0, 1), start: int = 0):
-        self.pool, self.futures, self.shard, self.start, self.jobs = pool, [], shard, start, start
+    def __init__(self, pool, shard: tuple[int, int] = (0, 1)):
+        self.pool, self.futures, self.shard, self.jobs = pool, [], shard, 0
 
     def submit(self, fn, *args, **kwargs):
         index, (i, n) = self.jobs, self.shard
@@ -480,43 +482,45 @@ def shard_count() -> int:
     return max(1, min(MAX_SHARDS, (_workers() - MAIN_CORES) // SHARD_CORES))
 
 
-def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] = (0, 1), start: int = 0,
-                  recorded: dict | None = None) -> dict:
-    """Dry-run one item (``_dry_run``; ``shape``: its calls or its model, ``_payloads``) under ``compile_only``
-    (its compiles all concurrent; ``shard=(i, n)``: only job i, i + n, ... of them counted from ``start``,
-    ``_Recording``), then say one JSON line when they are done (``Background.wait`` reads it; "jobs": the item's
-    own) and return the summary ("seconds": the whole call's; "jobs_met": ``start`` + the item's jobs)."""
-    import torch
-    t0 = time.monotonic()
-    pool = ThreadPoolExecutor(max(1, (_workers() - 2) // shard[1]), thread_name_prefix="precompile")
-    recording, failed = _Recording(pool, shard, start), ""
-    try:
-        with compile_only(executor=recording):
-            try:      # a model whose calls fail to record: the item fails
-                _dry_run(op, impl, _payloads(op, shape, recorded=recorded))
-            except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
-                failed = f"{type(e).__name__}: {str(e)[:160]}"
-                STATS["errors"] += 1
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-        futures = recording.futures            # compile_only's exit has waited for them
-        say(json.dumps({"item": f"{op}/{impl}", "shard": f"{shard[0]}/{shard[1]}", "kernels": len(futures),
-                        "jobs": recording.jobs - start, "errors": sum(f.exception() is not None for f in futures),
-                        "failed": failed, "at": round(time.monotonic() - _LOADED, 1)}))
-    finally:
-        pool.shutdown(wait=True)
-    return dict(STATS, seconds=round(time.monotonic() - t0, 1), jobs_met=recording.jobs)
+def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] = (0, 1)) -> dict:
+    """``_compile_items`` of one item."""
+    return _compile_items([(op, impl, shape)], say, shard)
 
 
 def _compile_items(items: list, say=print, shard: tuple[int, int] = (0, 1)) -> dict:
-    """``_compile_item`` of each item in turn (a ``Background`` subprocess: its imports, CUDA context and the
-    model's step calls paid once for all of them), the job indices running on across them; each item's line is
-    said as soon as its compiles are done. Returns the last summary ("seconds": all items')."""
-    t0, start, recorded, summary = time.monotonic(), 0, {}, dict(STATS, seconds=0.0)
-    for op, impl, shape in items:
-        summary = _compile_item(op, impl, shape, say, shard, start, recorded)
-        start = summary.pop("jobs_met")
-    return dict(summary, seconds=round(time.monotonic() - t0, 1))
+    """Dry-run each item in turn (``_dry_run``; its shape: its calls or its model, ``_payloads``, a model's calls
+    recorded once) under one ``compile_only`` (every compile concurrent; ``shard=(i, n)``: only job i, i + n, ...
+    of them, ``_Recording``), and say each item's JSON line as soon as its own compiles are done
+    (``Background.wait`` reads it; "jobs": the item's). One ``compile_only`` for all items — not one each — so
+    that a kernel met again in a later item is no new job in any shard (Triton's ``AsyncCompileMode`` submits each
+    compile once; a fresh mode would resubmit, in the shards that skipped it, what one shard compiled: their job
+    orders would part). Returns the summary ("seconds": all items')."""
+    import concurrent.futures
+
+    import torch
+    t0 = time.monotonic()
+    pool = ThreadPoolExecutor(max(1, (_workers() - 2) // shard[1]), thread_name_prefix="precompile")
+    recording, recorded = _Recording(pool, shard), {}
+    try:
+        with compile_only(executor=recording):
+            for op, impl, shape in items:
+                futures0, jobs0, failed = len(recording.futures), recording.jobs, ""
+                try:      # a model whose calls fail to record: the item fails
+                    _dry_run(op, impl, _payloads(op, shape, recorded=recorded))
+                except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
+                    failed = f"{type(e).__name__}: {str(e)[:160]}"
+                    STATS["errors"] += 1
+                futures = recording.futures[futures0:]
+                concurrent.futures.wait(futures)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                errors = sum(f.exception() is not None for f in futures)
+                say(json.dumps({"item": f"{op}/{impl}", "shard": f"{shard[0]}/{shard[1]}", "kernels": len(futures),
+                                "jobs": recording.jobs - jobs0, "errors": errors, "failed": failed,
+                                "at": round(time.monotonic() - _LOADED, 1)}))
+    finally:
+        pool.shutdown(wait=True)
+    return dict(STATS, seconds=round(time.monotonic() - t0, 1))
 
 
 class Background:

@@ -329,10 +329,12 @@ def test_a_subprocess_compiles_its_items_in_turn_and_the_shards_split_each_exact
     monkeypatch.setattr(precompile, "model_calls", lambda model, device: models.append(model) or {})
     for i in range(n):                      # one "process" per shard: fresh kernels
         fns = {"a/x": FakeJIT(), "b/y": FakeJIT()}
+        tuners = {k: _tuner(fn) for k, fn in fns.items()}
 
-        def dry_run(op, impl, shape, fns=fns):
-            if f"{op}/{impl}" in fns:               # c/z: an op the model does not call
-                _call(_tuner(fns[f"{op}/{impl}"]), 64)
+        def dry_run(op, impl, shape, tuners=tuners):
+            if f"{op}/{impl}" in tuners:            # c/z: an op the model does not call
+                _call(tuners[f"{op}/{impl}"], 64)
+            _call(tuners["a/x"], 64)                # met again in a later item: no new job in any shard
 
         monkeypatch.setattr(precompile, "_dry_run", dry_run)
         lines = []
