@@ -192,11 +192,14 @@ def test_compile_only_compiles_every_config_and_launches_none(on_gpu):
 def test_background_says_why_its_subprocess_failed_and_what_a_success_compiled(tmp_path):
     """A background item whose dry run failed says why in its line; a subprocess that died says its exit code and
     last line (its log kept, path said); a success reports its JSON summary (its log removed). On this CPU machine
-    the dry run fails: no CUDA device."""
-    bg = precompile.Background([("decay_exp", "triton", [{"shape": [4, 8]}])], timeout_s=120, shards=1)
-    waited, what = bg.wait("decay_exp", "triton")
-    assert waited >= 0 and what.startswith("0 kernel compiles done ") and "its dry run stopped early: " in what
-    assert bg.wait("decay_exp", "triton") == (0.0, "")
+    the dry run fails: no CUDA device. One subprocess compiles both items, one after the other, a line each."""
+    bg = precompile.Background([("ddlerp", "triton", [{"shape": [4, 8]}]),
+                                ("decay_exp", "triton", [{"shape": [4, 8]}])], timeout_s=120, shards=1)
+    assert len(bg.started) == 1 and bg.ahead("decay_exp/triton") == ["ddlerp/triton", "decay_exp/triton"]
+    for op in ("ddlerp", "decay_exp"):
+        waited, what = bg.wait(op, "triton")
+        assert waited >= 0 and what.startswith("0 kernel compiles done ") and "its dry run stopped early: " in what
+    assert bg.done("decay_exp/triton") and bg.wait("decay_exp", "triton") == (0.0, "")
     bg.close()
     log = tmp_path / "dead" / "precompile.log"
     log.parent.mkdir()
