@@ -958,11 +958,17 @@ def background_expected(spec: OpSpec, impl, history: dict, calls: int, backgroun
     """(seconds, where from) that an item compiling in ``background`` is expected to take from now: once its
     compiles are done (``background.done``, asked without waiting), only its measuring (``_rest_s``); before,
     also what is left of the compile — the items its subprocesses compile up to it (``background.ahead``), each
-    ``_compile_s`` split over the shards, after ``BACKGROUND_SETUP_S``, less the time since they started."""
+    ``_compile_s`` split over the shards, after ``BACKGROUND_SETUP_S``, less the time since they started; where
+    subprocesses died before the item's line (``background.said``), their share of its compile, done here."""
     name = f"{spec.name}/{impl.name}"
     rest, since = _rest_s(spec, impl, history, calls), background.since(name)
     if background.done(name):
-        return rest, f"its measuring only: its background compile is done ({since:.0f} s after its start)"
+        said, total = background.said(name)
+        if said == total:
+            return rest, f"its measuring only: its background compile is done ({since:.0f} s after its start)"
+        here = _compile_s(name, history) * (total - said) / max(total, 1)    # the share of the dead subprocesses
+        return here + rest, (f"{total - said} of its {total} background subprocesses died: their share compiles "
+                             f"here, {here:.1f} s, + {rest:.1f} s of measuring")
     shards = max(1, getattr(background, "shards", 1))
     compile_s = BACKGROUND_SETUP_S + sum(_compile_s(n, history) for n in background.ahead(name)) / shards
     left = max(0.0, compile_s - since)

@@ -602,15 +602,19 @@ class Background:
         for an item not (or no longer) compiling here."""
         return not self._pending(name)
 
+    def said(self, name: str) -> tuple[int, int]:
+        """(how many of the item's subprocesses have said its line, how many it has)."""
+        procs = self.procs.get(name, (0.0, []))[1]
+        return sum(_item_line(log, name) is not None for _, log in procs), len(procs)
+
     def state(self, name: str) -> str:
         """One phrase on how far the item's subprocesses are, for the line that defers it."""
-        procs = self.procs.get(name, (0.0, []))[1]
-        if not procs:
+        said, total = self.said(name)
+        if not total:
             return "no background compile"
-        said = sum(_item_line(log, name) is not None for _, log in procs)
-        dead = sum(_item_line(log, name) is None and p.poll() is not None for p, log in procs)
+        dead = total - said - len(self._pending(name))
         ahead = self.ahead(name)[:-1]
-        return (f"its background compile: {said} of {len(procs)} subprocesses done, {len(self._pending(name))} still "
+        return (f"its background compile: {said} of {total} subprocesses done, {len(self._pending(name))} still "
                 f"compiling" + (f", {dead} died" if dead else "") + f", {self.since(name):.0f} s after their start"
                 + (f" (they compile {', '.join(ahead)} before it)" if ahead else ""))
 

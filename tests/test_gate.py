@@ -325,8 +325,9 @@ class FakeBackground:
     """``precompile.Background`` as the gate sees it: items compiling since ``t0`` (``ahead``: in this order in
     its subprocesses), ``done`` as given, ``wait`` recorded in ``events``."""
 
-    def __init__(self, items=("decay_exp/triton",), done=(), events=None, shards=1, ago=0.0):
+    def __init__(self, items=("decay_exp/triton",), done=(), events=None, shards=1, ago=0.0, dead=()):
         self.items, self.finished, self.events, self.shards = list(items), set(done), events, shards
+        self.dead = set(dead)      # its one subprocess died before the item's line
         self.t0 = time.monotonic() - ago
 
     def since(self, name):
@@ -342,7 +343,10 @@ class FakeBackground:
         return self.t0, self.items.index(name)
 
     def done(self, name):
-        return name in self.finished
+        return name in self.finished or name in self.dead
+
+    def said(self, name):
+        return (1 if name in self.finished else 0), 1
 
     def state(self, name):
         return f"its background compile: {'done' if self.done(name) else 'still compiling'} (fake)"
@@ -417,6 +421,9 @@ def test_a_finished_background_compile_is_not_deferred_a_running_one_is_expected
     assert why.startswith("13.6 s left of its background compile (≈18 s with 6 processes, 4 s since their start) "
                           "+ 12.2 s of measuring")
     assert gate.background_expected(spec, impl, {}, 1, FakeBackground(ago=60))[0] == pytest.approx(12.2)
+    # its subprocess died before its line: the main process compiles it all itself
+    exp, why = gate.background_expected(spec, impl, {}, 1, FakeBackground(dead={"decay_exp/triton"}))
+    assert exp == pytest.approx(52.0) and why.startswith("1 of its 1 background subprocesses died: their share")
     # an item without REST_S: BACKGROUND_REST of its expected time
     assert gate.background_expected(get("ddlerp"), get("ddlerp").impl("triton"), {}, 1,
                                     FakeBackground(["ddlerp/triton"], done={"ddlerp/triton"}))[0] == 4.0
