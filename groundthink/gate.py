@@ -1258,7 +1258,8 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     if background:
         shards = getattr(background, "shards", 1)     # processes (precompile.shard_count), one item after another
         say(f"gate: compiling {', '.join(background.names())} in the background "
-            + ("since the start" if early else "meanwhile") + (f" ({shards} processes, item by item)" if shards > 1 else ""))
+            + ("since the start" if early else "meanwhile")
+            + (f" ({shards} processes, item by item)" if shards > 1 else ""))
     try:
         with parallel_autotune(enabled=parallel), counting_compiles():
             rows, deferred, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s, history,
