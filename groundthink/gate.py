@@ -884,6 +884,10 @@ FIRST_USE_S = {"mamba2/mamba_ssm": 52.0, "wkv6/triton": 15.4, "wkv6/triton_fused
 # (2.3 s in all) the main process has ≈ 6 s of work of its own while the subprocesses start (imports, CUDA, the
 # model's calls: seconds), so moving these too would gain nothing.
 BACKGROUND_S = 2.5
+# ... where the background has one process only (``precompile.shard_count``: fewer than 8 cores, or
+# GROUNDTHINK_PRECOMPILE_SHARDS=1): GIL-bound (run 11: 50.9 s for mamba-ssm's 42 compiles), it would compile the lab
+# items only after mamba-ssm's, too late; they compile in the main process's parallel pool instead, as before.
+BACKGROUND_ALONE_S = 20.0
 BACKGROUND_SETUP_S = 10.0   # a background subprocess's start before its first compile (estimate, not measured)
 # What measuring an item takes once its background compile is done (its kernels read from the disk cache, the
 # autotune configs benchmarked, the winners at the error shape compiled, the timing and the float64 check).
@@ -1042,6 +1046,13 @@ def _used_anyway(plan: list, path: Path, graph: bool) -> set[str]:
             not spec.role("lab") and others.verdict(spec.name, impl.name)[0]}
 
 
+def _background_s() -> float:
+    """The expected seconds from which an item compiles in the background (``BACKGROUND_S``; with one background
+    process, ``BACKGROUND_ALONE_S``)."""
+    from groundthink.precompile import shard_count
+    return BACKGROUND_S if shard_count() > 1 else BACKGROUND_ALONE_S
+
+
 def _by_cost(items: list, history: dict) -> list:
     """Background items ``(op, impl, shape)`` in the order their subprocesses compile them: the longest first (its
     compile the largest share and its measuring the longest: mamba-ssm's; the lab items are compiled while the main
@@ -1050,7 +1061,7 @@ def _by_cost(items: list, history: dict) -> list:
 
 
 def _background(plan: list, cuda: bool, parallel: bool, history: dict, into=None):
-    """``precompile.Background`` compiling, from the start, each item expected to take ``BACKGROUND_S`` or more
+    """``precompile.Background`` compiling, from the start, each item expected to take ``_background_s()`` or more
     (mamba-ssm's first use, the lab kernels whose compiles dominate their time) in subprocesses (one group of
     ``shard_count`` for all of them, ``_by_cost``), so that the main process measures it after those compiles
     instead of doing them. ``into``: an early background (``early_background``) — the items it does not cover yet
@@ -1066,7 +1077,7 @@ def _background(plan: list, cuda: bool, parallel: bool, history: dict, into=None
     have = set(into.names()) if into else set()
     long = [(s.name, i.name, [c.payload() for c in calls]) for s, i, fn, calls in plan
             if i is not s.reference and not isinstance(fn, Exception) and f"{s.name}/{i.name}" not in have
-            and expected_s(s, i, history, len(calls))[0] >= BACKGROUND_S]
+            and expected_s(s, i, history, len(calls))[0] >= _background_s()]
     if not long:
         return into
     if into is None:
@@ -1082,7 +1093,7 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
     at the end of the qualification, 69.7 s). An item per gated candidate of ``ops`` (as ``_plan``'s: the lab
     kernels, or for an op without any its peers) that is installed, has no verdict at all for the step's mode in
     ``path`` (the per-machine manifest; a verdict for other calls: the qualification's own background covers the
-    new ones) and is expected to take ``BACKGROUND_S`` or more; nothing is imported here. Their calls are recorded
+    new ones) and is expected to take ``_background_s()`` or more; nothing is imported here. Their calls are recorded
     in the subprocesses (``model``: the run's model arguments, ``precompile.model_calls``; an op the model does not
     call compiles nothing), the step's own strides included (mamba2's dt is a column slice: ``[dt rows 592]`` at
     GF-MH small). Pass the result to ``qualify`` (``background=``) and end it (``close()``) once qualify returns;
@@ -1100,7 +1111,7 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
         role = _gated_role(cands)
         items += [(op, i.name, {"model": model}) for i in cands if i.role == role and
                   not known.has(op, i.name, timing=_timing(spec, graph)) and
-                  expected_s(spec, i, history)[0] >= BACKGROUND_S]
+                  expected_s(spec, i, history)[0] >= _background_s()]
     return Background(_by_cost(items, history)) if items else None
 
 

@@ -458,6 +458,7 @@ def test_only_long_items_compile_in_the_background(monkeypatch, tmp_path):
     started = []
     monkeypatch.setattr(precompile, "switched_on", lambda enabled=True: enabled)
     monkeypatch.setattr(precompile, "Background", lambda items: started.append(items) or "bg")
+    monkeypatch.setattr(precompile, "shard_count", lambda: 6)      # the H100 host's 16 cores
     monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton_fused": 5.8, "wkv6/triton": 40.0,
                                               "decay_exp/triton": 1.9})
     assert gate.BACKGROUND_S == 2.5
@@ -465,11 +466,16 @@ def test_only_long_items_compile_in_the_background(monkeypatch, tmp_path):
     plan, _ = gate._plan(shapes, True, gate.Verdicts([]), True)
     assert gate._background(plan, True, True, {}) == "bg"
     assert [(op, impl) for op, impl, _ in started[0]] == [("wkv6", "triton"), ("wkv6", "triton_fused")]
+    # one background process (few cores, GROUNDTHINK_PRECOMPILE_SHARDS=1): the long items only, as before
+    monkeypatch.setattr(precompile, "shard_count", lambda: 1)
+    assert gate._background(plan, True, True, {}) == "bg" and [x[:2] for x in started[-1]] == [("wkv6", "triton")]
+    monkeypatch.setattr(precompile, "shard_count", lambda: 6)
+    started.clear()
     # train.py's early start: the long items, their calls recorded in the subprocesses from the run's model; none
     # once the per-machine manifest has a verdict for it in the step's mode
     model = {"name": "rwkv6", "size": "tiny", "batch_size": 4, "seq_len": 32}
     assert gate.early_background(["decay_exp", "wkv6"], graph=False, model=model, path=tmp_path / "g.json") == "bg"
-    assert started[1] == [("wkv6", "triton", {"model": model}), ("wkv6", "triton_fused", {"model": model})]
+    assert started[-1] == [("wkv6", "triton", {"model": model}), ("wkv6", "triton_fused", {"model": model})]
     monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton": 40.0, "wkv6/triton_fused": 1.0})
     path = tmp_path / "g.json"
     gate.write(gate.evidence([_row("reference", 3.0, op="wkv6", shape="B1 T40 H2 K16 V16"),
