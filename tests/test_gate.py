@@ -1174,6 +1174,7 @@ def test_the_background_dry_run_compiles_every_specialisation_the_measuring_laun
     from groundthink.precompile import _dry_run, launched_specialisations
     monkeypatch.setattr(gate, "call_inputs", lambda spec, at, variant, dtype, seed=0, device="cpu", exact=True:
                         inputs(spec, at, variant, spec.bench.dtype, seed=seed, device=device, exact=True))
+    monkeypatch.setattr(gate, "_time_ms", lambda fn, cuda, first_ms=None: (1.0, 1))    # launches the same kernels
     model = fused.get_model("GF-MH", size="tiny", vocab_size=97, ops=registry.resolve("reference"))
     calls = gate.step_calls(model, 4, 32, amp=torch.bfloat16)
     checked = []
