@@ -356,20 +356,23 @@ MAMBA_OPS = ("mamba2", "causal_conv1d")    # the Mamba-2 mixer's ops (fused/bloc
 
 
 def early_background(args, device, master):
-    """--kernels auto on a GPU (rank 0): start the qualification's long compile (mamba-ssm's first use:
-    ``gate.early_background``) now, before data and model — run 11 started it 12.6 s after the start and its 55 s
-    were the qualification's critical path. The subprocess records the step's calls itself (its own copy of the
-    model on the GPU: mamba2's dt is a column slice, ``[dt rows 592]`` at GF-MH small; recording them here on the
-    CPU first took 5-30 s on a 2-core machine); ``step_calls`` and the qualification follow after the model.
-    None when there is nothing to start (another mode or device, another rank, no Mamba-2 branch)."""
+    """--kernels auto on a GPU (rank 0): start the qualification's long compiles (mamba-ssm's first use, the lab
+    kernels': ``gate.early_background``) now, before data and model — run 11 started mamba-ssm's 12.6 s after the
+    start and its 55 s were the qualification's critical path. The subprocesses record the step's calls themselves
+    (their own copy of the model on the GPU: mamba2's dt is a column slice, ``[dt rows 592]`` at GF-MH small;
+    recording them here on the CPU first took 5-30 s on a 2-core machine); ``step_calls`` and the qualification
+    follow after the model. None when there is nothing to start (another mode or device, another rank); a model
+    without a Mamba-2 branch asks for none of its ops."""
     import fused
-    if args.kernels != "auto" or device.type != "cuda" or not master or \
-            fused.VARIANTS[fused.canonical_name(args.model)]["branches"] == "rwkv":
+    if args.kernels != "auto" or device.type != "cuda" or not master:
         return None
     from groundthink import gate
+    from groundthink.spec import specs
+    rwkv_only = fused.VARIANTS[fused.canonical_name(args.model)]["branches"] == "rwkv"
     model = {"name": args.model, "size": args.size, "overrides": model_overrides(args), "batch_size": args.batch_size,
              "seq_len": args.seq_len}
-    return gate.early_background(MAMBA_OPS, graph=args.graph != "off", model=model)
+    return gate.early_background(tuple(op for op in specs() if not (rwkv_only and op in MAMBA_OPS)),
+                                 graph=args.graph != "off", model=model)
 
 
 def build_run(args, device, rank, world, master, say, ops, state, background=None) -> Run:

@@ -870,12 +870,31 @@ def _timing(spec: OpSpec, graph: bool) -> str:
 
 
 # What measuring one implementation costs on a cold machine, where the per-machine manifest has no figure yet
-# (its ``history`` of seconds, written by every qualification, takes over from the next run on). Measured on the
-# H100 in run 6 (cold Triton cache, parallel compile; run 5, serial: 17.3 and 99.5 s); mamba-ssm's first use
-# compiles and autotunes ≈15 kernels. (Run 6's wkv6 reference took 12.4 s as a per-sequence loop; batched since.)
-FIRST_USE_S = {"wkv6/triton": 11.2, "mamba2/mamba_ssm": 52.0}
-BACKGROUND_S = 20.0       # an item expected to take this long compiles in a subprocess from the start (precompile)
-BACKGROUND_REST = 0.4     # what is left of such an item's expected time at most after its background compile
+# (its ``history`` of seconds, written by every qualification, takes over from the next run on). The lab kernels:
+# run 12 call 1 (fresh H100, GF-MH small's calls, every compile in the main process: parallel configs, the plain
+# kernels one after another; run12-2026-11-27/call1/shards-auto/logs/first-use.log); mamba-ssm: run 6 (its whole
+# first use in the main process with parallel compile; run 5, serial: 99.5 s), ≈15 autotuned kernels.
+FIRST_USE_S = {"mamba2/mamba_ssm": 52.0, "wkv6/triton": 15.4, "wkv6/triton_fused": 5.8,
+               "gate_norm_residual/triton": 9.8, "norm_gate/triton": 5.5, "ddlerp/triton": 4.6,
+               "shift_lerp/triton": 3.1, "decay_exp/triton": 1.9, "cross_entropy/triton": 0.8}
+# An item expected to take this long compiles in background subprocesses from the start (``early_background``,
+# ``_background``); the main process then only loads its kernels from the disk cache and measures. Run 12 call 1:
+# above it every lab item's time was mostly its compiles (shift_lerp: 3 kernels, 3.1 s; the items over it: 44 s of
+# the 50 s qualification); below it (decay_exp 1.9, cross_entropy 0.8, causal_conv1d 0.6) and the references
+# (2.3 s in all) the main process has ≈ 6 s of work of its own while the subprocesses start (imports, CUDA, the
+# model's calls: seconds), so moving these too would gain nothing.
+BACKGROUND_S = 2.5
+# ... where the background has one process only (``precompile.shard_count``: fewer than 8 cores, or
+# GROUNDTHINK_PRECOMPILE_SHARDS=1): GIL-bound (run 11: 50.9 s for mamba-ssm's 42 compiles), it would compile the lab
+# items only after mamba-ssm's, too late; they compile in the main process's parallel pool instead, as before.
+BACKGROUND_ALONE_S = 20.0
+BACKGROUND_SETUP_S = 10.0   # a background subprocess's start before its first compile (estimate, not measured)
+# What measuring an item takes once its background compile is done (its kernels read from the disk cache, the
+# autotune configs benchmarked, the winners at the error shape compiled, the timing and the float64 check).
+# mamba-ssm: run 11 call 3, 27.4 s of which 15.2 s waiting (14 kernels compiled there, 116 from the disk cache, 140
+# configs benchmarked); others: BACKGROUND_REST of their expected time (not measured yet).
+REST_S = {"mamba2/mamba_ssm": 12.2}
+BACKGROUND_REST = 0.4
 REFERENCE_S = 0.5         # a PyTorch reference otherwise: nothing to compile
 BASE_S, CONFIG_S = 1.5, 0.2   # a kernel otherwise: 1.5 s + 0.2 s per autotune config in its package (run 5 with
                               # parallel compile: glue kernels without autotuning 0.9-2.4 s, gate_norm_residual's
@@ -923,6 +942,53 @@ def expected_s(spec: OpSpec, impl, history: dict, calls: int = 1) -> tuple[float
     n = _autotune_configs(impl.module)
     return BASE_S * calls + CONFIG_S * n, f"{n} autotune configs to compile" + (f", {calls} calls" if calls > 1
                                                                                  else "")
+
+
+def _rest_s(spec: OpSpec, impl, history: dict, calls: int = 1) -> float:
+    """What measuring ``impl`` takes once its background compile is done (``REST_S``, else ``BACKGROUND_REST`` of
+    its expected time)."""
+    name = f"{spec.name}/{impl.name}"
+    return REST_S.get(name, BACKGROUND_REST * expected_s(spec, impl, history, calls)[0])
+
+
+def _compile_s(name: str, history: dict) -> float:
+    """What compiling item ``name`` ("op/impl") takes in one process: its expected time less its measuring."""
+    op, _, impl = name.partition("/")
+    spec = get(op)
+    return max(0.0, expected_s(spec, spec.impl(impl), history)[0] - _rest_s(spec, spec.impl(impl), history))
+
+
+def background_expected(spec: OpSpec, impl, history: dict, calls: int, background) -> tuple[float, str]:
+    """(seconds, where from) that an item compiling in ``background`` is expected to take from now: once its
+    compiles are done (``background.done``, asked without waiting), only its measuring (``_rest_s``); before,
+    also what is left of the compile — the items its subprocesses compile up to it (``background.ahead``), each
+    ``_compile_s`` split over the shards, after ``BACKGROUND_SETUP_S``, less the time since they started; where
+    subprocesses died before the item's line (``background.said``), their share of its compile, done here."""
+    name = f"{spec.name}/{impl.name}"
+    rest, since = _rest_s(spec, impl, history, calls), background.since(name)
+    if background.done(name):
+        said, total = background.said(name)
+        if said == total:
+            return rest, f"its measuring only: its background compile is done ({since:.0f} s after its start)"
+        here = _compile_s(name, history) * (total - said) / max(total, 1)    # the share of the dead subprocesses
+        return here + rest, (f"{total - said} of its {total} background subprocesses died: their share compiles "
+                             f"here, {here:.1f} s, + {rest:.1f} s of measuring")
+    shards = max(1, getattr(background, "shards", 1))
+    compile_s = BACKGROUND_SETUP_S + sum(_compile_s(n, history) for n in background.ahead(name)) / shards
+    left = max(0.0, compile_s - since)
+    return left + rest, (f"{left:.1f} s left of its background compile (≈{compile_s:.0f} s with {shards} "
+                         f"processes, {since:.0f} s since their start) + {rest:.1f} s of measuring")
+
+
+def _ready_order(plan: list, background) -> list:
+    """The plan with the items compiling in ``background`` moved after the others, in the order their compiles
+    will be done (their subprocesses' start, then their place in them: ``background.order``)."""
+    if not background:
+        return plan
+    names = set(background.names())
+    named = [(f"{it[0].name}/{it[1].name}", it) for it in plan]
+    return [it for n, it in named if n not in names] + [it for n, it in sorted(
+        ((n, it) for n, it in named if n in names), key=lambda x: background.order(x[0]))]
 
 
 def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = False,
@@ -980,43 +1046,58 @@ def _used_anyway(plan: list, path: Path, graph: bool) -> set[str]:
             not spec.role("lab") and others.verdict(spec.name, impl.name)[0]}
 
 
+def _background_s() -> float:
+    """The expected seconds from which an item compiles in the background (``BACKGROUND_S``; with one background
+    process, ``BACKGROUND_ALONE_S``)."""
+    from groundthink.precompile import shard_count
+    return BACKGROUND_S if shard_count() > 1 else BACKGROUND_ALONE_S
+
+
+def _by_cost(items: list, history: dict) -> list:
+    """Background items ``(op, impl, shape)`` in the order their subprocesses compile them: the longest first (its
+    compile the largest share and its measuring the longest: mamba-ssm's; the lab items are compiled while the main
+    process measures it)."""
+    return sorted(items, key=lambda it: -expected_s(get(it[0]), get(it[0]).impl(it[1]), history)[0])
+
+
 def _background(plan: list, cuda: bool, parallel: bool, history: dict, into=None):
-    """``precompile.Background`` compiling, from the start, each item expected to take ``BACKGROUND_S`` or more
-    (mamba-ssm's first use) in subprocesses of its own, so that the main process measures it after those compiles
+    """``precompile.Background`` compiling, from the start, each item expected to take ``_background_s()`` or more
+    (mamba-ssm's first use, the lab kernels whose compiles dominate their time) in subprocesses (one group of
+    ``shard_count`` for all of them, ``_by_cost``), so that the main process measures it after those compiles
     instead of doing them. ``into``: an early background (``early_background``) — the items it does not cover yet
     start in it. Returns ``into`` (or None) without a GPU or parallel compile, or with no such item.
 
-    Short items (the lab kernels) compile in the main process, as in run 8 (parallel compile: 0.8-3.4 s each,
-    wkv6/triton 9.3 s). Run 9 compiled them in one more subprocess too: it reported after 26.1 s (its imports,
-    then every lab kernel at once), the first lab item waited its 20 s cap for it and the qualification took 65.5 s
-    against run 8's 53.2 (the long item's own subprocess, fixed in between, measured mamba-ssm with 13 of its 129
-    kernels left to compile)."""
+    Run 9 compiled every lab kernel in one subprocess that reported once, after 26.1 s (its imports, then all at
+    once): the first lab item waited its 20 s cap for it (65.5 s against run 8's 53.2). Now each item's line comes
+    as soon as its own compiles are done, the cheap items (below ``BACKGROUND_S``) and the references are measured
+    first, and the background items after them in the order they will be ready (``_ready_order``)."""
     from groundthink.precompile import Background, switched_on
     if not (cuda and switched_on(parallel)):
         return into
     have = set(into.names()) if into else set()
     long = [(s.name, i.name, [c.payload() for c in calls]) for s, i, fn, calls in plan
             if i is not s.reference and not isinstance(fn, Exception) and f"{s.name}/{i.name}" not in have
-            and expected_s(s, i, history, len(calls))[0] >= BACKGROUND_S]
+            and expected_s(s, i, history, len(calls))[0] >= _background_s()]
     if not long:
         return into
     if into is None:
-        return Background(long)   # ended at its time limit, its compiles would be redone here
-    into.start(long)
+        return Background(_by_cost(long, history))   # ended at its time limit, its compiles would be redone here
+    into.start(_by_cost(long, history))
     return into
 
 
 def early_background(ops, graph: bool, model: dict, path: Path | None = None):
-    """The background compile of the qualification's long items (mamba-ssm's first use), started before the
-    qualification itself: train.py starts it before data and model. Run 11: that subprocess needed 55 s and
-    started 12.6 s after the start; the mamba2 item waited 16.6 s for it at the end of the qualification (69.7 s).
-    An item per first gated candidate of ``ops`` (as ``_plan``'s) that is installed, has no verdict at all for the
-    step's mode in ``path`` (the per-machine manifest; a verdict for other calls: the qualification's own
-    background covers the new ones) and is expected to take ``BACKGROUND_S`` or more; nothing is imported here.
-    Its calls are recorded in the subprocess (``model``: the run's model arguments, ``precompile.model_calls``),
-    the step's own strides included (mamba2's dt is a column slice: ``[dt rows 592]`` at GF-MH small). Pass the
-    result to ``qualify`` (``background=``) and end it (``close()``) once qualify returns; None when there is
-    nothing to start."""
+    """The background compile of the qualification's long items (mamba-ssm's first use, the lab kernels whose
+    compiles dominate), started before the qualification itself: train.py starts it before data and model (run
+    11: mamba-ssm's subprocess needed 55 s and started 12.6 s after the start; the mamba2 item waited 16.6 s for it
+    at the end of the qualification, 69.7 s). An item per gated candidate of ``ops`` (as ``_plan``'s: the lab
+    kernels, or for an op without any its peers) that is installed, has no verdict at all for the step's mode in
+    ``path`` (the per-machine manifest; a verdict for other calls: the qualification's own background covers the
+    new ones) and is expected to take ``_background_s()`` or more; nothing is imported here. Their calls are recorded
+    in the subprocesses (``model``: the run's model arguments, ``precompile.model_calls``; an op the model does not
+    call compiles nothing), the step's own strides included (mamba2's dt is a column slice: ``[dt rows 592]`` at
+    GF-MH small). Pass the result to ``qualify`` (``background=``) and end it (``close()``) once qualify returns;
+    None when there is nothing to start."""
     from groundthink.precompile import Background, switched_on
     if not switched_on():
         return None
@@ -1025,13 +1106,13 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
     known, items = Verdicts([path]), []
     for op in ops:
         spec = get(op)
-        cands = [i for i, _ in _candidates(spec, True, graph, load=False)[0]]     # train.py: on a GPU only
+        cands = [i for i, fn in _candidates(spec, True, graph, load=False)[0]      # train.py: on a GPU only
+                 if not isinstance(fn, Exception)]
         role = _gated_role(cands)
-        first = next((i for i in cands if i.role == role), None)
-        if first is not None and not known.has(op, first.name, timing=_timing(spec, graph)) and \
-                expected_s(spec, first, history)[0] >= BACKGROUND_S:
-            items.append((op, first.name, {"model": model}))
-    return Background(items) if items else None
+        items += [(op, i.name, {"model": model}) for i in cands if i.role == role and
+                  not known.has(op, i.name, timing=_timing(spec, graph)) and
+                  expected_s(spec, i, history)[0] >= _background_s()]
+    return Background(_by_cost(items, history)) if items else None
 
 
 def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float,
@@ -1045,9 +1126,9 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     qualification deferred (waiting makes it no cheaper), and one in ``used_anyway`` — the peer that training
     uses anyway on another manifest's verdict (run 5: mamba-ssm, deferred here, then compiled in the training
     step's first forward and capture instead; measured here, the step reuses its compiled and tuned kernels).
-    An item compiling in ``background`` (for ``background.since(name)`` seconds) is expected to take what is left
-    of its time after that compile (at least ``BACKGROUND_REST`` of it), and is measured after its subprocesses
-    have finished.
+    An item compiling in ``background`` is expected to take what is left of that compile (nothing once it is
+    done) and its measuring (``background_expected``), and is measured after its subprocesses have finished it;
+    one deferred says how far they are (``background.state``).
     Returns (rows, [(item, why)] deferred, {op: {impl: seconds}})."""
     from tqdm import tqdm
     history, deferred_before, used_anyway = history or {}, deferred_before or set(), used_anyway or set()
@@ -1057,12 +1138,10 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     for spec, impl, fn, shp in bar:
         op, name = spec.name, f"{spec.name}/{impl.name}"
         exp, source = expected_s(spec, impl, history, len(shp))
-        if impl is not spec.reference and op in first and name not in history:
-            exp, source = max(exp, first[op]), "what its first candidate took"
         if name in in_background:
-            since = background.since(name)     # since its subprocesses started (early: before the gate)
-            exp = max(exp * BACKGROUND_REST, exp - since)
-            source += f", compiling in the background for {since:.0f} s"
+            exp, source = background_expected(spec, impl, history, len(shp), background)
+        elif impl is not spec.reference and op in first and name not in history:
+            exp, source = max(exp, first[op]), "what its first candidate took"
         left = deadline - time.monotonic()
         if op in dropped:
             deferred.append((name, f"{op}/reference deferred"))
@@ -1071,7 +1150,8 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
                   "training uses it anyway: its compilation would move into the first step" if name in used_anyway
                   else None)
         if exp > left and anyway is None:
-            deferred.append((name, f"expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left"))
+            deferred.append((name, f"expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left"
+                             + (f"; {background.state(name)}" if name in in_background else "")))
             if impl is spec.reference:
                 dropped.add(op)
             continue
@@ -1081,8 +1161,8 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         bar.set_postfix_str(name, refresh=True)
         if not progress and exp >= 20:   # a long item: say so before it starts, so a run cut inside it shows which
             say(f"gate: {name} started (expected {exp:.1f} s: {source})")
-        t1, c1, k1 = time.monotonic(), dict(COMPILE_STATS), dict(COMPILES)
-        if name in in_background:      # a long item: wait for its own subprocess, however long
+        t1, c1, k1, waited = time.monotonic(), dict(COMPILE_STATS), dict(COMPILES), 0.0
+        if name in in_background:      # wait for its own subprocesses, however long
             waited, what = background.wait(op, impl.name)
             say(f"gate: {name}: waited {waited:.1f} s for its background compile ({what})")
         if isinstance(fn, Exception):
@@ -1097,7 +1177,7 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
             say(f"gate: {name} measured in {spent[op][impl.name]:.1f} s (expected {exp:.1f} s: {source})"
                 + _compiled_since(c1) + compiles_since(k1))
         if impl is not spec.reference:
-            first.setdefault(op, spent[op][impl.name])
+            first.setdefault(op, spent[op][impl.name] - waited)
     bar.close()
     return rows, deferred, spent
 
@@ -1151,8 +1231,10 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     not fit what is left is deferred, said with the reason and measured by the next run, which runs it whatever
     its estimate (``_run_plan``); the op keeps its current choice meanwhile (train.py says which, in one line).
     Every autotuned kernel compiles all its configs in parallel before it benchmarks them
-    (``groundthink.precompile``; ``parallel=False``: one after another, as Triton alone). To stay in it: timing
-    reps sized to the op (``_time_ms``: about ``TIME_BOX_MS`` of timed work, one call for a slow reference),
+    (``groundthink.precompile``; ``parallel=False``: one after another, as Triton alone); the items whose compiles
+    dominate (expected ≥ ``BACKGROUND_S``) compile in background subprocesses from the start and are measured
+    after the cheap ones, as they become ready (``_ready_order``; expected: ``background_expected``). To stay in
+    it: timing reps sized to the op (``_time_ms``: about ``TIME_BOX_MS`` of timed work, one call for a slow reference),
     the memory figure taken from a timed call, every op's first choice before any second candidate, peers with a
     verdict not re-timed, implementations that cannot be used in the step (not graph-safe while it is captured)
     not timed. Not cut: the errors vs float64 (at the spec's ``err_shape``), the warm-up (compilation,
@@ -1183,10 +1265,12 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     c0 = dict(COMPILE_STATS)
     early = background is not None
     background = _background(plan, cuda, parallel, history, into=background)
+    plan = _ready_order(plan, background)
     if background:
-        shards = getattr(background, "shards", 1)     # processes per item (precompile.shard_count)
+        shards = getattr(background, "shards", 1)     # processes (precompile.shard_count), one item after another
         say(f"gate: compiling {', '.join(background.names())} in the background "
-            + ("since the start" if early else "meanwhile") + (f" ({shards} processes each)" if shards > 1 else ""))
+            + ("since the start" if early else "meanwhile")
+            + (f" ({shards} processes, item by item)" if shards > 1 else ""))
     try:
         with parallel_autotune(enabled=parallel), counting_compiles():
             rows, deferred, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s, history,

@@ -22,22 +22,24 @@ its own ``do_bench`` (a caller's choice) is left alone, and the default comes ba
 ``GROUNDTHINK_AUTOTUNE_BENCH_MS="25,100"`` restores Triton's figures. Configs within the noise of each other
 may then swap places; which config is fastest by a clear margin does not change.
 
-Compile in the background (``Background``, ``python -m groundthink.precompile ITEM-JSON``): at the start of
-the qualification the gate starts a subprocess for each item expected to take long (mamba-ssm's first use), so
-that its compilation — CPU work — overlaps the timing of the items before it (run 9 also compiled every lab kernel
-in one more subprocess: slower, see ``gate._background``). A subprocess dry-runs each item: one forward + backward at the model's shape and at
-the spec's error shape (what ``gate.measure`` runs) inside ``compile_only``, in which no Triton kernel is
-launched: every kernel the call meets is submitted to one thread pool (one ``AsyncCompileMode`` for the whole
-dry run), an autotuned kernel with every config it would benchmark (nothing at a key it has met already: the
-error shape of a kernel whose key ignores the batch), and its ``best_config`` is set, because host code reads it
-after a launch (mamba-ssm's backward; run 7's subprocess died there, at its first backward kernel, so the main
-process compiled mamba-ssm's 116 configs again). Only PyTorch's own small ops reach the GPU. It says one JSON
-line for its item as soon as the item's compiles are done and ends with a JSON summary; the binaries land in
-Triton's disk cache, which the main process reads when it measures the item, right after that line. Per item
-the gate says how many Triton kernels the main process compiled itself and how many it found in the disk cache
-(``counting_compiles``). The subprocesses run at the main process's priority (train.py starts them before data
-and model: ``gate.early_background``). Any failure there costs nothing but the overlap: the main process
-compiles what is missing, as before.
+Compile in the background (``Background``, ``python -m groundthink.precompile ITEMS-JSON``): before data and model
+(train.py, ``gate.early_background``) one group of subprocesses starts for the items expected to take long
+(mamba-ssm's first use and the lab kernels whose compiles dominate their time: ``gate.BACKGROUND_S``), so that
+their compilation — CPU work — overlaps the timing of the cheap items; they compile the items one after another
+(the longest first), saying each item's line as soon as its compiles are done, and the gate measures each item as
+it becomes ready (``Background.done`` asks without waiting). A subprocess dry-runs each item: one forward +
+backward at the model's shape and at the spec's error shape (what ``gate.measure`` runs) inside ``compile_only``,
+in which no Triton kernel is launched: every kernel the call meets is submitted to one thread pool (one
+``AsyncCompileMode`` for the whole dry run), an autotuned kernel with every config it would benchmark (nothing at a
+key it has met already: the error shape of a kernel whose key ignores the batch), and its ``best_config`` is set,
+because host code reads it after a launch (mamba-ssm's backward; run 7's subprocess died there, at its first
+backward kernel, so the main process compiled mamba-ssm's 116 configs again). Only PyTorch's own small ops reach
+the GPU. It says one JSON line per item as soon as the item's compiles are done and ends with a JSON summary; the
+binaries land in Triton's disk cache, which the main process reads when it measures the item, right after that
+line. Per item the gate says how many Triton kernels the main process compiled itself and how many it found in the
+disk cache (``counting_compiles``). The subprocesses run at the main process's priority (train.py starts them
+before data and model: ``gate.early_background``). Any failure there costs nothing but the overlap: the main
+process compiles what is missing, as before.
 
 Shards (``--shard I/N``, ``shard_count``). Triton's Python frontend passes hold the GIL, so one subprocess's
 thread pool compiles little in parallel (run 11: mamba-ssm's 42 compiles took 50.9 s on a 14-thread pool, and
@@ -303,7 +305,9 @@ class _Recording:
     those whose index is i modulo n are compiled; any other gets a future that failed with ``_Skipped`` (what a
     config that does not compile gets: ``compile_only``'s ignore_errors drops it, Triton's placeholder removed).
     Triton's ``AsyncCompileMode`` submits each distinct compile once, and the dry run's order does not depend on
-    what compiled, so every shard meets the same jobs in the same order: the n shards split them exactly."""
+    what compiled, so every shard meets the same jobs in the same order: the n shards split them exactly.
+    One for all the items of a subprocess (``_compile_items``): the job indices run on across them, so that an item
+    of fewer jobs than shards does not always fall to the first shards."""
 
     def __init__(self, pool, shard: tuple[int, int] = (0, 1)):
         self.pool, self.futures, self.shard, self.jobs = pool, [], shard, 0
@@ -426,11 +430,16 @@ def model_calls(model: dict, device: str = "cuda") -> dict:
     return step_calls(net, model["batch_size"], model["seq_len"])
 
 
-def _payloads(op: str, shape, device: str = "cuda") -> list:
+def _payloads(op: str, shape, device: str = "cuda", recorded: dict | None = None) -> list:
     """An item's calls of ``op``: ``shape`` itself (``groundthink.calls.Call.payload()``s), or for {"model": ...}
-    (``gate.early_background``'s item) those the run's model makes (``model_calls``)."""
+    (``gate.early_background``'s items) those the run's model makes (``model_calls``; ``recorded``: a cache of
+    them by model, so that a subprocess compiling several items records its model once)."""
     if isinstance(shape, dict):
-        return [c.payload() for c in model_calls(shape["model"], device).get(op, []) if c.shape is not None]
+        key = json.dumps(shape["model"], sort_keys=True, default=str)
+        recorded = {} if recorded is None else recorded
+        if key not in recorded:
+            recorded[key] = model_calls(shape["model"], device)
+        return [c.payload() for c in recorded[key].get(op, []) if c.shape is not None]
     return shape
 
 
@@ -474,27 +483,41 @@ def shard_count() -> int:
 
 
 def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] = (0, 1)) -> dict:
-    """Dry-run one item (``_dry_run``; ``shape``: its calls or its model, ``_payloads``) under ``compile_only``
-    (its compiles all concurrent; ``shard=(i, n)``: only job i, i + n, ... of them, ``_Recording``), then say one
-    JSON line when they are done (``Background.wait`` reads it) and return the summary ("seconds": the whole
-    call's)."""
+    """``_compile_items`` of one item."""
+    return _compile_items([(op, impl, shape)], say, shard)
+
+
+def _compile_items(items: list, say=print, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Dry-run each item in turn (``_dry_run``; its shape: its calls or its model, ``_payloads``, a model's calls
+    recorded once) under one ``compile_only`` (every compile concurrent; ``shard=(i, n)``: only job i, i + n, ...
+    of them, ``_Recording``), and say each item's JSON line as soon as its own compiles are done
+    (``Background.wait`` reads it; "jobs": the item's). One ``compile_only`` for all items — not one each — so
+    that a kernel met again in a later item is no new job in any shard (Triton's ``AsyncCompileMode`` submits each
+    compile once; a fresh mode would resubmit, in the shards that skipped it, what one shard compiled: their job
+    orders would part). Returns the summary ("seconds": all items')."""
+    import concurrent.futures
+
     import torch
     t0 = time.monotonic()
     pool = ThreadPoolExecutor(max(1, (_workers() - 2) // shard[1]), thread_name_prefix="precompile")
-    recording, failed = _Recording(pool, shard), ""
+    recording, recorded = _Recording(pool, shard), {}
     try:
         with compile_only(executor=recording):
-            try:
-                _dry_run(op, impl, _payloads(op, shape))   # a model whose calls fail to record: the item fails
-            except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
-                failed = f"{type(e).__name__}: {str(e)[:160]}"
-                STATS["errors"] += 1
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-        futures = recording.futures            # compile_only's exit has waited for them
-        say(json.dumps({"item": f"{op}/{impl}", "shard": f"{shard[0]}/{shard[1]}", "kernels": len(futures),
-                        "jobs": recording.jobs, "errors": sum(f.exception() is not None for f in futures),
-                        "failed": failed, "at": round(time.monotonic() - _LOADED, 1)}))
+            for op, impl, shape in items:
+                futures0, jobs0, failed = len(recording.futures), recording.jobs, ""
+                try:      # a model whose calls fail to record: the item fails
+                    _dry_run(op, impl, _payloads(op, shape, recorded=recorded))
+                except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
+                    failed = f"{type(e).__name__}: {str(e)[:160]}"
+                    STATS["errors"] += 1
+                futures = recording.futures[futures0:]
+                concurrent.futures.wait(futures)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                errors = sum(f.exception() is not None for f in futures)
+                say(json.dumps({"item": f"{op}/{impl}", "shard": f"{shard[0]}/{shard[1]}", "kernels": len(futures),
+                                "jobs": recording.jobs - jobs0, "errors": errors, "failed": failed,
+                                "at": round(time.monotonic() - _LOADED, 1)}))
     finally:
         pool.shutdown(wait=True)
     return dict(STATS, seconds=round(time.monotonic() - t0, 1))
@@ -502,45 +525,56 @@ def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] =
 
 class Background:
     """Subprocesses compiling items of the qualification while the main process times others (module
-    docstring): ``Background([(op, impl, shape), ...])`` starts ``shards`` subprocesses per item (``shard_count``),
-    each compiling its share of the item's compile jobs; ``wait(op, impl)`` before the item is measured returns
-    (seconds waited, what the subprocesses say they did) as soon as every shard's compiles are done, waiting at
-    most until ``timeout_s`` after the start (then what still runs is ended and the main process compiles what is
-    missing; (0.0, "") if none runs for it). A shard that died costs only its share of the overlap: the item waits
-    for the others, the main process compiles that share itself. ``close()`` ends what is left. Each subprocess
-    writes into a log in its own temporary folder: its item's JSON line, then a JSON summary; ``close()`` removes
-    the log of a subprocess that succeeded or was ended, and keeps (its path said) that of one that failed."""
+    docstring): ``Background([(op, impl, shape), ...])`` starts ``shards`` subprocesses (``shard_count``) that
+    compile the items one after another in the order given, each its share of every item's compile jobs, and say
+    each item's line as soon as its compiles are done (their imports, CUDA context and the model's step calls paid
+    once for all items); ``done(name)`` asks without waiting whether an item's compiles are done (``state`` says
+    how far its shards are, ``ahead`` which items they compile before it); ``wait(op, impl)`` before the item is
+    measured returns (seconds waited, what the subprocesses say they did) as soon as every shard has said the
+    item's line, waiting at most until ``timeout_s`` after the start (then what still runs is ended and the main
+    process compiles what is missing; (0.0, "") if none runs for it). A shard that died costs only its share of the
+    overlap: the item waits for the others, the main process compiles that share itself. ``close()`` ends what is
+    left. Each subprocess writes into a log in its own temporary folder: its items' JSON lines, then a JSON
+    summary; ``close()`` removes the log of a subprocess that succeeded or was ended, and keeps (its path said)
+    that of one that failed."""
 
     def __init__(self, items, timeout_s: float = 90.0, shards: int | None = None):
         self.shards = shards or shard_count()
         self.timeout_s = timeout_s
         self.procs: dict[str, tuple[float, list[tuple[subprocess.Popen, Path]]]] = {}   # items not waited for yet
         self.started: list[tuple[subprocess.Popen, Path]] = []
-        self.t0: dict[str, float] = {}   # each item's start
+        self.t0: dict[str, float] = {}   # each item's start (its subprocesses')
+        self.groups: dict[str, list[str]] = {}   # each item: the items its subprocesses compile, in their order
         self.start(items)
 
     def start(self, items) -> None:
-        """Start the subprocesses of more items (their time limit counted from now): the gate's own long items
-        beside an early background's (``gate._background``)."""
+        """Start the subprocesses of more items (one group of ``shards`` for all of them, their time limit counted
+        from now): the gate's own long items beside an early background's (``gate._background``)."""
+        items = list(items)
+        if not items:
+            return
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-        for op, impl, shape in items:
-            arg, procs = json.dumps([op, impl, shape], default=str), []
-            for i in range(self.shards):
-                log = Path(tempfile.mkdtemp()) / "precompile.log"    # tmpXXXXXXXX: scrub_paths.py knows it
-                try:
-                    with open(log, "w") as out:
-                        proc = subprocess.Popen(
-                            [sys.executable, "-m", "groundthink.precompile", arg, "--shard", f"{i}/{self.shards}"],
-                            cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-                except OSError:
-                    shutil.rmtree(log.parent, ignore_errors=True)
-                    continue
-                procs.append((proc, log))
-            self.started += procs
-            if procs:
-                self.t0[f"{op}/{impl}"] = time.monotonic()
-                self.procs[f"{op}/{impl}"] = (time.monotonic() + self.timeout_s, procs)
+        arg, procs = json.dumps([list(item) for item in items], default=str), []
+        for i in range(self.shards):
+            log = Path(tempfile.mkdtemp()) / "precompile.log"    # tmpXXXXXXXX: scrub_paths.py knows it
+            try:
+                with open(log, "w") as out:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "groundthink.precompile", arg, "--shard", f"{i}/{self.shards}"],
+                        cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            except OSError:
+                shutil.rmtree(log.parent, ignore_errors=True)
+                continue
+            procs.append((proc, log))
+        if not procs:
+            return
+        self.started += procs
+        names = [f"{op}/{impl}" for op, impl, _ in items]
+        for name in names:
+            self.t0[name] = time.monotonic()
+            self.groups[name] = names
+            self.procs[name] = (time.monotonic() + self.timeout_s, procs)
 
     def since(self, name: str) -> float:
         """Seconds since the item's subprocesses started (early: before the gate)."""
@@ -549,25 +583,57 @@ class Background:
     def names(self) -> list[str]:
         return list(self.procs)
 
+    def ahead(self, name: str) -> list[str]:
+        """The items the subprocesses of ``name`` compile up to it (itself last), in their order."""
+        group = self.groups.get(name, [name])
+        return group[: group.index(name) + 1]
+
+    def order(self, name: str) -> tuple[float, int]:
+        """When the item's compiles will be done relative to the others': its subprocesses' start, its place."""
+        return self.t0[name], len(self.ahead(name))
+
+    def _pending(self, name: str) -> list:
+        """The item's shards still compiling it: no line for it yet, still alive."""
+        return [(p, log) for p, log in self.procs.get(name, (0.0, []))[1]
+                if _item_line(log, name) is None and p.poll() is None]
+
+    def done(self, name: str) -> bool:
+        """Whether the item's compiles are done (every shard has said its line or died), without waiting; True
+        for an item not (or no longer) compiling here."""
+        return not self._pending(name)
+
+    def said(self, name: str) -> tuple[int, int]:
+        """(how many of the item's subprocesses have said its line, how many it has)."""
+        procs = self.procs.get(name, (0.0, []))[1]
+        return sum(_item_line(log, name) is not None for _, log in procs), len(procs)
+
+    def state(self, name: str) -> str:
+        """One phrase on how far the item's subprocesses are, for the line that defers it."""
+        said, total = self.said(name)
+        if not total:
+            return "no background compile"
+        dead = total - said - len(self._pending(name))
+        ahead = self.ahead(name)[:-1]
+        return (f"its background compile: {said} of {total} subprocesses done, {len(self._pending(name))} still "
+                f"compiling" + (f", {dead} died" if dead else "") + f", {self.since(name):.0f} s after their start"
+                + (f" (they compile {', '.join(ahead)} before it)" if ahead else ""))
+
     def wait(self, op: str, impl: str) -> tuple[float, str]:
         """Wait until every shard of the item has said its line or died, at most until the time limit, where what
         still runs is ended."""
         name = f"{op}/{impl}"
-        deadline, procs = self.procs.pop(name, (0.0, []))
+        deadline, procs = self.procs.get(name, (0.0, []))
         if not procs:
             return 0.0, ""
         t0 = time.monotonic()
-
-        def pending():      # the shards still compiling: no line yet, still alive
-            return [(p, log) for p, log in procs if _item_line(log, name) is None and p.poll() is None]
-
-        while pending() and time.monotonic() < deadline:
+        while self._pending(name) and time.monotonic() < deadline:
             time.sleep(0.05)
         waited = time.monotonic() - t0
-        ended = pending()                    # past the time limit
+        ended = self._pending(name)          # past the time limit
         for proc, _ in ended:
             proc.kill()
             proc.wait()
+        del self.procs[name]
         return waited, _shards_summary(name, procs, {id(p) for p, _ in ended})
 
     def close(self) -> None:
@@ -641,11 +707,12 @@ def _summary(returncode: int, log: Path) -> str:
     return f"exit {returncode}: {last} (log {log})"
 
 
-if __name__ == "__main__":      # python -m groundthink.precompile ITEM-JSON [--shard I/N] (Background's shards)
-    OP, IMPL, SHAPE = json.loads(sys.argv[1])
+if __name__ == "__main__":      # python -m groundthink.precompile ITEMS-JSON [--shard I/N] (Background's shards)
+    ITEMS = json.loads(sys.argv[1])        # [[op, impl, shape], ...] (or one [op, impl, shape])
+    ITEMS = [ITEMS] if isinstance(ITEMS[0], str) else ITEMS
     I, N = (int(x) for x in (sys.argv[3] if sys.argv[2:3] == ["--shard"] else "0/1").split("/"))
     # at the main process's priority: at nice 10 the long item (mamba-ssm) got the CPU only when the main's own
     # compiles paused and was the critical path (run 10: 55.9 s for 42 compiles, the item waited 30.8 s)
     import kernels  # noqa: F401 - the Triton interpreter switch, before any kernel is defined
-    summary = _compile_item(OP, IMPL, SHAPE, say=lambda line: print(line, flush=True), shard=(I, N))
+    summary = _compile_items(ITEMS, say=lambda line: print(line, flush=True), shard=(I, N))
     print(json.dumps(summary), flush=True)

@@ -321,71 +321,162 @@ def test_an_item_expected_to_overrun_is_deferred_and_train_says_what_is_used_ins
     assert "peeronly/safe" in measured and any("measured anyway: training uses it anyway" in s for s in said)
 
 
-def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_path, monkeypatch):
-    """An item expected to take ≥ BACKGROUND_S compiles in a subprocess from the start; the main process waits
-    for it right before measuring that item, says so, and counts it as less of the budget."""
-    events = []
+class FakeBackground:
+    """``precompile.Background`` as the gate sees it: items compiling since ``t0`` (``ahead``: in this order in
+    its subprocesses), ``done`` as given, ``wait`` recorded in ``events``."""
 
-    class FakeBackground:
-        t0 = time.monotonic()       # its start
+    def __init__(self, items=("decay_exp/triton",), done=(), events=None, shards=1, ago=0.0, dead=()):
+        self.items, self.finished, self.events, self.shards = list(items), set(done), events, shards
+        self.dead = set(dead)      # its one subprocess died before the item's line
+        self.t0 = time.monotonic() - ago
 
-        def since(self, name):
-            return time.monotonic() - self.t0
+    def since(self, name):
+        return time.monotonic() - self.t0
 
-        def names(self):
-            return ["decay_exp/triton"]
+    def names(self):
+        return list(self.items)
 
-        def wait(self, op, impl):
-            events.append(f"wait {op}/{impl}")
-            return 1.5, "exit 0 after 1.2 s: 3 configs of 1 autotuned kernels and 2 other kernels compiled, 0 errors"
+    def ahead(self, name):
+        return self.items[: self.items.index(name) + 1]
 
-        def close(self):
-            events.append("close")
+    def order(self, name):
+        return self.t0, self.items.index(name)
 
+    def done(self, name):
+        return name in self.finished or name in self.dead
+
+    def said(self, name):
+        return (1 if name in self.finished else 0), 1
+
+    def state(self, name):
+        return f"its background compile: {'done' if self.done(name) else 'still compiling'} (fake)"
+
+    def wait(self, op, impl):
+        self.events.append(f"wait {op}/{impl}")
+        self.items.remove(f"{op}/{impl}")
+        return 1.5, "exit 0 after 1.2 s: 3 configs of 1 autotuned kernels and 2 other kernels compiled, 0 errors"
+
+    def close(self):
+        self.events.append("close")
+
+
+def _measured(events):
     def fake_measure(spec, impl, fn, shp, device, timing="eager"):
         events.append(f"measure {spec.name}/{impl}")
         return {"op": spec.name, "impl": impl, "shape": shp.label, "pass": "fwdbwd",
                 "dtype": "float32", "timing_mode": timing, "ms": 1.0, "errors": {}, "source_hash": "", "note": ""}
+    return fake_measure
 
-    monkeypatch.setattr(gate, "measure", fake_measure)
-    monkeypatch.setattr(gate, "_background", lambda plan, cuda, parallel, history, into=None: into or FakeBackground())
+
+def test_a_long_item_compiles_in_the_background_and_is_measured_after_it(tmp_path, monkeypatch):
+    """An item expected to take ≥ BACKGROUND_S compiles in a subprocess from the start; the main process waits
+    for it right before measuring that item, says so, and counts it as less of the budget."""
+    events = []
+    monkeypatch.setattr(gate, "measure", _measured(events))
+    monkeypatch.setattr(gate, "_background", lambda plan, cuda, parallel, history, into=None:
+                        into or FakeBackground(events=events))
     monkeypatch.setattr(gate, "FIRST_USE_S", {"decay_exp/triton": 40.0})
     said = []
     gate.qualify({"decay_exp": get("decay_exp").bench.cpu_shapes[0]}, cuda=True, path=tmp_path / "g.json",
-                 say=said.append, progress=False, budget_s=45)
+                 say=said.append, progress=False, budget_s=60)
     assert events == ["measure decay_exp/reference", "wait decay_exp/triton", "measure decay_exp/triton",
                       "close"]
     # an early background (train.py's) is its caller's to end: not closed here, even with nothing to measure
     gate.qualify({"decay_exp": get("decay_exp").bench.cpu_shapes[0]}, cuda=True, path=tmp_path / "g.json",
-                 say=said.append, progress=False, budget_s=45, force=True, background=FakeBackground())
+                 say=said.append, progress=False, budget_s=60, force=True, background=FakeBackground(events=events))
     assert events[4:] == ["measure decay_exp/reference", "wait decay_exp/triton",
                           "measure decay_exp/triton"]
-    assert gate.qualify({}, cuda=True, path=tmp_path / "g.json", say=said.append, background=FakeBackground()) == {}
+    assert gate.qualify({}, cuda=True, path=tmp_path / "g.json", say=said.append,
+                        background=FakeBackground(events=events)) == {}
     assert len(events) == 7
     assert any("decay_exp/triton: waited 1.5 s for its background compile (exit 0 after 1.2 s: 3 configs" in s
                for s in said)
-    assert any("compiling in the background for" in s for s in said)
+    assert any("left of its background compile" in s for s in said)
+
+
+def test_a_finished_background_compile_is_not_deferred_a_running_one_is_expected_by_what_is_left(tmp_path,
+                                                                                                 monkeypatch):
+    """Run 12 call 1: mamba-ssm's compile (6 processes) had run for 46 s, yet the item was expected to take
+    max(0.4 × 52, 52 − 46) = 20.8 s with 15.7 s left and deferred: the first-use step ran the reference Mamba-2.
+    Now a finished compile leaves only the measuring (REST_S: run 11 call 3's 12.2 s); one still running is
+    expected to take what is left of it (its processes' items up to it, each its compile over the shards, after
+    their set-up) plus that, and a deferral says how far the background is."""
+    events, said = [], []
+    monkeypatch.setattr(gate, "measure", _measured(events))
+    monkeypatch.setattr(gate, "FIRST_USE_S", {"decay_exp/triton": 52.0, "ddlerp/triton": 10.0})
+    monkeypatch.setattr(gate, "REST_S", {"decay_exp/triton": 12.2})
+    shapes = {"decay_exp": get("decay_exp").bench.cpu_shapes[0]}
+    done = FakeBackground(done={"decay_exp/triton"}, events=events, shards=6, ago=46)
+    gate.qualify(shapes, cuda=True, path=tmp_path / "g.json", say=said.append, progress=False, budget_s=15.7,
+                 background=done)
+    assert events == ["measure decay_exp/reference", "wait decay_exp/triton", "measure decay_exp/triton"]
+    assert any("decay_exp/triton measured in" in s and "(expected 12.2 s: its measuring only: its background "
+               "compile is done (46 s after its start))" in s for s in said), said
+    spec, impl = get("decay_exp"), get("decay_exp").impl("triton")
+    # still compiling, 4 s after its 6 processes started, behind ddlerp's compile: set-up 10 s, then
+    # (ddlerp's 10 − 4 + decay_exp's 52 − 12.2) / 6 ≈ 7.6 s of compiles, 13.6 s left, then 12.2 s of measuring
+    running = FakeBackground(items=["ddlerp/triton", "decay_exp/triton"], events=events, shards=6, ago=4)
+    exp, why = gate.background_expected(spec, impl, {}, 1, running)
+    assert exp == pytest.approx(10 + (6.0 + 39.8) / 6 - 4 + 12.2, abs=0.1)
+    assert why.startswith("13.6 s left of its background compile (≈18 s with 6 processes, 4 s since their start) "
+                          "+ 12.2 s of measuring")
+    assert gate.background_expected(spec, impl, {}, 1, FakeBackground(ago=60))[0] == pytest.approx(12.2)
+    # its subprocess died before its line: the main process compiles it all itself
+    exp, why = gate.background_expected(spec, impl, {}, 1, FakeBackground(dead={"decay_exp/triton"}))
+    assert exp == pytest.approx(52.0) and why.startswith("1 of its 1 background subprocesses died: their share")
+    # an item without REST_S: BACKGROUND_REST of its expected time
+    assert gate.background_expected(get("ddlerp"), get("ddlerp").impl("triton"), {}, 1,
+                                    FakeBackground(["ddlerp/triton"], done={"ddlerp/triton"}))[0] == 4.0
+    events.clear()
+    gate.qualify(shapes, cuda=True, path=tmp_path / "h.json", say=said.append, progress=False, budget_s=15.7,
+                 background=FakeBackground(events=events, shards=6, ago=2))
+    assert events == ["measure decay_exp/reference"]
+    assert any("decay_exp/triton deferred to the next run: expected " in s and "left of its background compile"
+               in s and s.endswith("; its background compile: still compiling (fake)") for s in said), said
+
+
+def test_cheap_items_go_first_then_the_background_ones_in_the_order_they_will_be_ready(tmp_path):
+    """The main process measures what it compiles itself while the subprocesses compile; then the background
+    items in their subprocesses' order (an earlier group first)."""
+    shapes = {op: get(op).bench.cpu_shapes[0] for op in ("decay_exp", "ddlerp", "shift_lerp")}
+    plan, _ = gate._plan(shapes, True, gate.Verdicts([]), True)
+    bg = FakeBackground(items=["shift_lerp/triton", "decay_exp/triton"])
+    order = [f"{s.name}/{i.name}" for s, i, *_ in gate._ready_order(plan, bg)]
+    assert order[-2:] == ["shift_lerp/triton", "decay_exp/triton"]
+    assert set(order[:-2]) == {"decay_exp/reference", "ddlerp/reference", "ddlerp/triton", "shift_lerp/reference"}
+    assert gate._ready_order(plan, None) == plan
 
 
 def test_only_long_items_compile_in_the_background(monkeypatch, tmp_path):
     """Run 9 put every lab kernel into one more background subprocess: it reported after 26 s, the first lab item
     waited 20 s for it and the qualification took 65.5 s (run 8, the lab kernels compiled in the main process:
-    53.2 s). Only an item expected to take ≥ BACKGROUND_S compiles in the background, in a subprocess of its own;
-    short lab kernels and references stay in the main process."""
+    53.2 s). Only an item expected to take ≥ BACKGROUND_S compiles in the background (its subprocesses say each
+    item as soon as it is done, the longest compiled first); short lab kernels and references stay in the main
+    process (run 12 call 1: decay_exp 1.9 s, cross_entropy 0.8, the references 2.3 in all: the main's work while
+    the subprocesses start)."""
     from groundthink import precompile
     started = []
     monkeypatch.setattr(precompile, "switched_on", lambda enabled=True: enabled)
     monkeypatch.setattr(precompile, "Background", lambda items: started.append(items) or "bg")
-    monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton": 40.0})
+    monkeypatch.setattr(precompile, "shard_count", lambda: 6)      # the H100 host's 16 cores
+    monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton_fused": 5.8, "wkv6/triton": 40.0,
+                                              "decay_exp/triton": 1.9})
+    assert gate.BACKGROUND_S == 2.5
     shapes = {op: get(op).bench.cpu_shapes[0] for op in ("decay_exp", "wkv6")}
     plan, _ = gate._plan(shapes, True, gate.Verdicts([]), True)
     assert gate._background(plan, True, True, {}) == "bg"
-    assert [(op, impl) for op, impl, _ in started[0]] == [("wkv6", "triton")]
-    # train.py's early start: the long item, its calls recorded in the subprocess from the run's model; none
+    assert [(op, impl) for op, impl, _ in started[0]] == [("wkv6", "triton"), ("wkv6", "triton_fused")]
+    # one background process (few cores, GROUNDTHINK_PRECOMPILE_SHARDS=1): the long items only, as before
+    monkeypatch.setattr(precompile, "shard_count", lambda: 1)
+    assert gate._background(plan, True, True, {}) == "bg" and [x[:2] for x in started[-1]] == [("wkv6", "triton")]
+    monkeypatch.setattr(precompile, "shard_count", lambda: 6)
+    started.clear()
+    # train.py's early start: the long items, their calls recorded in the subprocesses from the run's model; none
     # once the per-machine manifest has a verdict for it in the step's mode
     model = {"name": "rwkv6", "size": "tiny", "batch_size": 4, "seq_len": 32}
     assert gate.early_background(["decay_exp", "wkv6"], graph=False, model=model, path=tmp_path / "g.json") == "bg"
-    assert started[1] == [("wkv6", "triton", {"model": model})]
+    assert started[-1] == [("wkv6", "triton", {"model": model}), ("wkv6", "triton_fused", {"model": model})]
+    monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton": 40.0, "wkv6/triton_fused": 1.0})
     path = tmp_path / "g.json"
     gate.write(gate.evidence([_row("reference", 3.0, op="wkv6", shape="B1 T40 H2 K16 V16"),
                               _row("triton", 1.0, op="wkv6", shape="B1 T40 H2 K16 V16")]), path)
@@ -406,7 +497,7 @@ def test_only_long_items_compile_in_the_background(monkeypatch, tmp_path):
     assert gate._background(plan, True, True, {}, into=early) is early
     assert early.names() == ["mamba2/mamba_ssm", "wkv6/triton"]
     assert gate._background(plan, True, True, {}, into=early).names() == early.names()   # nothing started twice
-    monkeypatch.setattr(gate, "FIRST_USE_S", {})
+    monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton": 1.0, "wkv6/triton_fused": 1.0})
     assert gate._background(plan, True, True, {}) is None          # nothing long: no subprocess
     assert gate._background(plan, True, False, {}) is None
 
@@ -915,11 +1006,12 @@ def test_train_qualifies_in_the_steps_timing_mode_at_the_models_shapes(monkeypat
 
 
 def test_train_starts_the_long_compile_before_data_and_model(monkeypatch):
-    """--kernels auto on a GPU, rank 0: the qualification's long compile (mamba-ssm) starts before data and model
-    (run 11: 12.6 s after the start, the qualification's critical path), on the calls the step makes of mamba2
-    (the spec's inputs at the model's shape: what step_calls records); nothing starts for another mode, device or
-    rank, nor for a model without a Mamba-2 branch. (The step's own background compile is gone: it repeated the
-    qualification's compiles — run 11: 2 kernels from the disk cache.)"""
+    """--kernels auto on a GPU, rank 0: the qualification's long compiles (mamba-ssm, the lab kernels) start
+    before data and model (run 11: 12.6 s after the start, the qualification's critical path), on the calls the
+    step makes (the spec's inputs at the model's shape: what step_calls records); nothing starts for another
+    mode, device or rank; a model without a Mamba-2 branch asks for none of the mixer's ops. (The step's own
+    background compile is gone: it repeated the qualification's compiles — run 11: 2 kernels from the disk
+    cache.)"""
     from types import SimpleNamespace
 
     import train
@@ -929,10 +1021,13 @@ def test_train_starts_the_long_compile_before_data_and_model(monkeypatch):
     args = SimpleNamespace(kernels="auto", model="GF-MH", size="tiny", override=["d_state=16"], batch_size=4,
                            seq_len=32, graph="auto")
     assert train.early_background(args, torch.device("cuda"), True) == "bg"
-    assert seen == {"ops": ("mamba2", "causal_conv1d"), "graph": True, "model": {
+    assert seen == {"ops": tuple(specs()), "graph": True, "model": {
         "name": "GF-MH", "size": "tiny", "overrides": {"d_state": 16}, "batch_size": 4, "seq_len": 32}}
-    for other in ({"model": "rwkv6"}, {"kernels": "triton"}):
-        assert train.early_background(SimpleNamespace(**{**vars(args), **other}), torch.device("cuda"), True) is None
+    # a pure RWKV-6 model: its lab kernels' compiles, none of the Mamba-2 mixer's ops
+    assert train.early_background(SimpleNamespace(**{**vars(args), "model": "rwkv6"}), torch.device("cuda"), True)
+    assert "wkv6" in seen["ops"] and not {"mamba2", "causal_conv1d"} & set(seen["ops"])
+    assert train.early_background(SimpleNamespace(**{**vars(args), "kernels": "triton"}), torch.device("cuda"),
+                                  True) is None
     assert train.early_background(args, torch.device("cpu"), True) is None
     assert train.early_background(args, torch.device("cuda"), False) is None
 
@@ -1064,3 +1159,34 @@ def test_the_qualification_compiles_every_specialisation_the_step_launches(cheap
     got = compile_counts("HGF", "tiny", 4, 32)
     assert got["new_after"] == 0, got["left"]
     assert got["new_before"] > 0 and got["step"] > got["before"] - got["new_before"]
+
+
+
+def test_the_background_dry_run_compiles_every_specialisation_the_measuring_launches(cheap_conv_and_scan,
+                                                                                     monkeypatch):
+    """What the main process launches when it measures a background item (``measure``: the timing at the step's
+    shape, the float64 check at the error shape) is what the item's dry run compiled (``precompile._dry_run``, the
+    subprocesses' job): otherwise the main process compiles it again and the background gains nothing. Counted on
+    the CPU with the launches stubbed, for every lab kernel of GF-MH's step, the measurement's inputs made as on a
+    GPU (the spec's dtype and the call's dtypes: on a CPU it would run in float32, another specialisation)."""
+    import fused
+    from groundthink.calls import inputs
+    from groundthink.precompile import _dry_run, launched_specialisations
+    monkeypatch.setattr(gate, "call_inputs", lambda spec, at, variant, dtype, seed=0, device="cpu", exact=True:
+                        inputs(spec, at, variant, spec.bench.dtype, seed=seed, device=device, exact=True))
+    monkeypatch.setattr(gate, "_time_ms", lambda fn, cuda, first_ms=None: (1.0, 1))    # launches the same kernels
+    model = fused.get_model("GF-MH", size="tiny", vocab_size=97, ops=registry.resolve("reference"))
+    calls = gate.step_calls(model, 4, 32, amp=torch.bfloat16)
+    checked = []
+    for op, cs in calls.items():
+        spec = get(op)
+        for impl in spec.role("lab"):
+            with launched_specialisations(run=False) as dry:
+                _dry_run(op, impl.name, [c.payload() for c in cs], device="cpu")
+            with launched_specialisations(run=False) as measured:
+                rows = [gate.measure(spec, impl.name, impl.load(), c, "cpu") for c in cs]
+            assert all(r["note"] == "" for r in rows), rows
+            assert measured and measured <= dry, (op, impl.name, measured - dry)
+            checked.append(f"{op}/{impl.name}")
+    assert {"wkv6/triton", "wkv6/triton_fused", "gate_norm_residual/triton", "norm_gate/triton", "ddlerp/triton",
+            "shift_lerp/triton"} <= set(checked)

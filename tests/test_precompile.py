@@ -192,11 +192,14 @@ def test_compile_only_compiles_every_config_and_launches_none(on_gpu):
 def test_background_says_why_its_subprocess_failed_and_what_a_success_compiled(tmp_path):
     """A background item whose dry run failed says why in its line; a subprocess that died says its exit code and
     last line (its log kept, path said); a success reports its JSON summary (its log removed). On this CPU machine
-    the dry run fails: no CUDA device."""
-    bg = precompile.Background([("decay_exp", "triton", [{"shape": [4, 8]}])], timeout_s=120, shards=1)
-    waited, what = bg.wait("decay_exp", "triton")
-    assert waited >= 0 and what.startswith("0 kernel compiles done ") and "its dry run stopped early: " in what
-    assert bg.wait("decay_exp", "triton") == (0.0, "")
+    the dry run fails: no CUDA device. One subprocess compiles both items, one after the other, a line each."""
+    bg = precompile.Background([("ddlerp", "triton", [{"shape": [4, 8]}]),
+                                ("decay_exp", "triton", [{"shape": [4, 8]}])], timeout_s=120, shards=1)
+    assert len(bg.started) == 1 and bg.ahead("decay_exp/triton") == ["ddlerp/triton", "decay_exp/triton"]
+    for op in ("ddlerp", "decay_exp"):
+        waited, what = bg.wait(op, "triton")
+        assert waited >= 0 and what.startswith("0 kernel compiles done ") and "its dry run stopped early: " in what
+    assert bg.done("decay_exp/triton") and bg.wait("decay_exp", "triton") == (0.0, "")
     bg.close()
     log = tmp_path / "dead" / "precompile.log"
     log.parent.mkdir()
@@ -317,6 +320,68 @@ def test_shards_split_the_compile_jobs_exactly_once_and_each_sets_best_config(on
     assert [d["kernels"] for d in done] == [len(c) for c in compiled] == [3, 3, 2]
     assert set().union(*compiled) == {(k, w) for k in range(2) for w in MS} and sum(map(len, compiled)) == 8
     assert all(d["errors"] == 0 and d["failed"] == "" for d in done)
+
+
+def test_a_subprocess_compiles_its_items_in_turn_and_the_shards_split_each_exactly_once(on_gpu, monkeypatch):
+    """A background subprocess compiles several items one after another (its imports and the model's calls paid
+    once: ``recorded``), saying each item's line as soon as that item is done; the job indices run on across the
+    items, so the n shards together still compile every job of every item exactly once, and an item of few jobs
+    does not always fall to the first shards."""
+    n, got, models = 3, [], []
+    monkeypatch.setattr(precompile, "_workers", lambda: 14)
+    monkeypatch.setattr(precompile, "model_calls", lambda model, device: models.append(model) or {})
+    for i in range(n):                      # one "process" per shard: fresh kernels
+        fns = {"a/x": FakeJIT(), "b/y": FakeJIT()}
+        tuners = {k: _tuner(fn) for k, fn in fns.items()}
+
+        def dry_run(op, impl, shape, tuners=tuners):
+            if f"{op}/{impl}" in tuners:            # c/z: an op the model does not call
+                _call(tuners[f"{op}/{impl}"], 64)
+            _call(tuners["a/x"], 64)                # met again in a later item: no new job in any shard
+
+        monkeypatch.setattr(precompile, "_dry_run", dry_run)
+        lines = []
+        summary = precompile._compile_items([("a", "x", [64]), ("b", "y", {"model": {"name": "m"}}),
+                                             ("c", "z", {"model": {"name": "m"}})], say=lines.append, shard=(i, n))
+        got.append(([json.loads(ln) for ln in lines], {(k, w) for k, fn in fns.items() for w in fn.compiled}))
+        assert summary["seconds"] >= 0 and "jobs_met" not in summary
+    assert models == [{"name": "m"}] * n          # each shard records its model once for its two model items
+    for lines, _ in got:
+        assert [d["item"] for d in lines] == ["a/x", "b/y", "c/z"] and [d["jobs"] for d in lines] == [4, 4, 0]
+        assert not any(d["failed"] for d in lines)
+    compiled = [c for _, c in got]
+    assert sorted(map(len, compiled)) == [2, 3, 3]          # jobs 0-3 of a/x, 4-7 of b/y over 3 shards
+    assert set().union(*compiled) == {(k, w) for k in ("a/x", "b/y") for w in MS} and sum(map(len, compiled)) == 8
+
+
+def test_background_says_without_waiting_whether_an_item_is_done_and_how_far_its_shards_are(tmp_path):
+    """``done`` asks the shards' logs without waiting (the gate then expects only the item's measuring); ``state``
+    is the phrase a deferral says; ``ahead`` the items the shards compile up to it; a shard that died counts as
+    done (the main process compiles its share)."""
+    line = json.dumps({"item": "a/x", "shard": "", "kernels": 1, "jobs": 2, "errors": 0, "failed": "", "at": 0.1})
+    logs = [tmp_path / f"s{i}" / "precompile.log" for i in range(3)]
+    for log in logs:
+        log.parent.mkdir()
+    procs = [_shard(logs[0], f"import time; print({line!r}, flush=True); time.sleep(60)"),
+             _shard(logs[1], "import time; time.sleep(60)"),
+             _shard(logs[2], "import sys; sys.exit(1)")]
+    bg = precompile.Background([])
+    bg.started = list(zip(procs, logs))
+    for name in ("a/x", "b/y"):
+        bg.procs[name] = (time.monotonic() + 30, list(zip(procs, logs)))
+        bg.t0[name], bg.groups[name] = time.monotonic() - 5, ["a/x", "b/y"]
+    deadline = time.monotonic() + 20
+    while (not logs[0].read_text() or procs[2].poll() is None) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not bg.done("a/x") and bg.done("c/z") and bg.ahead("b/y") == ["a/x", "b/y"]
+    assert bg.order("a/x") < bg.order("b/y")
+    assert bg.state("b/y") == ("its background compile: 0 of 3 subprocesses done, 2 still compiling, 1 died, 5 s "
+                               "after their start (they compile a/x before it)")
+    assert bg.state("a/x").startswith("its background compile: 1 of 3 subprocesses done, 1 still compiling, 1 died")
+    procs[1].kill()
+    procs[1].wait()
+    assert bg.done("a/x") and not bg.done("b/y")       # shard 0 is still on b/y
+    bg.close()
 
 
 def test_shard_count_leaves_the_main_process_cores_and_has_an_opt_out(monkeypatch):
