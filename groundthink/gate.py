@@ -1013,7 +1013,7 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
     An item per first gated candidate of ``ops`` (as ``_plan``'s) that is installed, has no verdict at all for the
     step's mode in ``path`` (the per-machine manifest; a verdict for other calls: the qualification's own
     background covers the new ones) and is expected to take ``BACKGROUND_S`` or more; nothing is imported here.
-    Its calls are recorded in the subprocess (``model``: the run's model arguments, ``precompile.model_calls``),
+    Its calls are recorded in the subprocess (``model``: the run's model arguments, ``compile_item.model_calls``),
     the step's own strides included (mamba2's dt is a column slice: ``[dt rows 592]`` at GF-MH small). Pass the
     result to ``qualify`` (``background=``) and end it (``close()``) once qualify returns; None when there is
     nothing to start."""

@@ -22,7 +22,7 @@ its own ``do_bench`` (a caller's choice) is left alone, and the default comes ba
 ``GROUNDTHINK_AUTOTUNE_BENCH_MS="25,100"`` restores Triton's figures. Configs within the noise of each other
 may then swap places; which config is fastest by a clear margin does not change.
 
-Compile in the background (``Background``, ``python -m groundthink.precompile ITEM-JSON``): at the start of
+Compile in the background (``Background``, ``python -m groundthink.compile_item ITEM-JSON``): at the start of
 the qualification the gate starts a subprocess for each item expected to take long (mamba-ssm's first use), so
 that its compilation — CPU work — overlaps the timing of the items before it (run 9 also compiled every lab kernel
 in one more subprocess: slower, see ``gate._background``). A subprocess dry-runs each item: one forward + backward at the model's shape and at
@@ -411,32 +411,9 @@ def compile_winners(call) -> None:
         STATS["errors"] += 1
 
 
-def model_calls(model: dict, device: str = "cuda") -> dict:
-    """``groundthink.calls.step_calls`` of the model that ``model`` describes ("name", "size", "overrides",
-    "batch_size", "seq_len"; any vocabulary), built on ``device`` with the references (under the step's autocast
-    on CUDA: the calls the main process records after it has built its own model)."""
-    import torch
-
-    import fused
-    from groundthink.calls import step_calls
-    from groundthink.registry import resolve
-    dev = torch.device(device)
-    net = fused.get_model(model["name"], size=model["size"], vocab_size=256,
-                          ops=resolve("reference", cuda=dev.type == "cuda"), **model.get("overrides", {})).to(dev)
-    return step_calls(net, model["batch_size"], model["seq_len"])
-
-
-def _payloads(op: str, shape, device: str = "cuda") -> list:
-    """An item's calls of ``op``: ``shape`` itself (``groundthink.calls.Call.payload()``s), or for {"model": ...}
-    (``gate.early_background``'s item) those the run's model makes (``model_calls``)."""
-    if isinstance(shape, dict):
-        return [c.payload() for c in model_calls(shape["model"], device).get(op, []) if c.shape is not None]
-    return shape
-
-
 def _dry_run(op: str, impl: str, shape: list, device: str = "cuda") -> None:
     """One forward + backward of ``op``/``impl`` in each of the step's calls (``shape``: their
-    ``groundthink.calls.Call.payload()``s, ``_payloads``) at its shape and at the spec's error shape (what
+    ``groundthink.calls.Call.payload()``s) at its shape and at the spec's error shape (what
     ``gate.measure`` runs) inside an active ``compile_only``: the kernels' compiles are submitted, none is waited
     for."""
     import torch
@@ -473,11 +450,11 @@ def shard_count() -> int:
     return max(1, min(MAX_SHARDS, (_workers() - MAIN_CORES) // SHARD_CORES))
 
 
-def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] = (0, 1)) -> dict:
-    """Dry-run one item (``_dry_run``; ``shape``: its calls or its model, ``_payloads``) under ``compile_only``
-    (its compiles all concurrent; ``shard=(i, n)``: only job i, i + n, ... of them, ``_Recording``), then say one
-    JSON line when they are done (``Background.wait`` reads it) and return the summary ("seconds": the whole
-    call's)."""
+def _compile_item(op: str, impl: str, calls, say=print, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Dry-run one item (``_dry_run``; ``calls``: its calls' payloads, or a function that records them,
+    ``groundthink.compile_item.payloads``) under ``compile_only`` (its compiles all concurrent; ``shard=(i, n)``:
+    only job i, i + n, ... of them, ``_Recording``), then say one JSON line when they are done (``Background.wait``
+    reads it) and return the summary ("seconds": the whole call's)."""
     import torch
     t0 = time.monotonic()
     pool = ThreadPoolExecutor(max(1, (_workers() - 2) // shard[1]), thread_name_prefix="precompile")
@@ -485,7 +462,8 @@ def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] =
     try:
         with compile_only(executor=recording):
             try:
-                _dry_run(op, impl, _payloads(op, shape))   # a model whose calls fail to record: the item fails
+                # (calls recorded here: a model whose calls fail to record fails the item)
+                _dry_run(op, impl, calls() if callable(calls) else calls)
             except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
                 failed = f"{type(e).__name__}: {str(e)[:160]}"
                 STATS["errors"] += 1
@@ -531,7 +509,7 @@ class Background:
                 try:
                     with open(log, "w") as out:
                         proc = subprocess.Popen(
-                            [sys.executable, "-m", "groundthink.precompile", arg, "--shard", f"{i}/{self.shards}"],
+                            [sys.executable, "-m", "groundthink.compile_item", arg, "--shard", f"{i}/{self.shards}"],
                             cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
                 except OSError:
                     shutil.rmtree(log.parent, ignore_errors=True)
@@ -639,13 +617,3 @@ def _summary(returncode: int, log: Path) -> str:
             pass
     last = lines[-1][:200] if lines else "no output"
     return f"exit {returncode}: {last} (log {log})"
-
-
-if __name__ == "__main__":      # python -m groundthink.precompile ITEM-JSON [--shard I/N] (Background's shards)
-    OP, IMPL, SHAPE = json.loads(sys.argv[1])
-    I, N = (int(x) for x in (sys.argv[3] if sys.argv[2:3] == ["--shard"] else "0/1").split("/"))
-    # at the main process's priority: at nice 10 the long item (mamba-ssm) got the CPU only when the main's own
-    # compiles paused and was the critical path (run 10: 55.9 s for 42 compiles, the item waited 30.8 s)
-    import kernels  # noqa: F401 - the Triton interpreter switch, before any kernel is defined
-    summary = _compile_item(OP, IMPL, SHAPE, say=lambda line: print(line, flush=True), shard=(I, N))
-    print(json.dumps(summary), flush=True)

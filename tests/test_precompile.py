@@ -256,23 +256,24 @@ def test_compile_item_says_when_its_compiles_are_done(on_gpu, monkeypatch):
 
 
 def test_a_model_item_dry_runs_the_calls_its_model_makes(monkeypatch):
-    """``gate.early_background``'s item: {"model": the run's model arguments}; the subprocess records that model's
-    step calls (``model_calls``: step_calls of the model it builds) and dry-runs the op's calls among them
-    (``_payloads``)."""
+    """``gate.early_background``'s item: {"model": the run's model arguments}; the subprocess
+    (``groundthink.compile_item``) records that model's step calls (``model_calls``: step_calls of the model it
+    builds) and dry-runs the op's calls among them (``payloads``)."""
     from groundthink import calls as C
+    from groundthink import compile_item
     from groundthink import registry
     from groundthink.spec import get
 
     import fused
     model = {"name": "rwkv6", "size": "tiny", "batch_size": 4, "seq_len": 32}
-    got = precompile.model_calls(model, device="cpu")
+    got = compile_item.model_calls(model, device="cpu")
     net = fused.get_model("rwkv6", size="tiny", vocab_size=256, ops=registry.resolve("reference"))   # its vocab
     assert {op: [(c.shape, c.variant) for c in cs] for op, cs in got.items()} == {
         op: [(c.shape, c.variant) for c in cs] for op, cs in C.step_calls(net, 4, 32).items()}
     call = C.Call("decay_exp", get("decay_exp").bench.cpu_shapes[0])
-    monkeypatch.setattr(precompile, "model_calls", lambda m, device: {"decay_exp": [call]} if m == model else {})
-    assert precompile._payloads("decay_exp", {"model": model}, device="cpu") == [call.payload()]
-    assert precompile._payloads("decay_exp", [call.payload()]) == [call.payload()]
+    monkeypatch.setattr(compile_item, "model_calls", lambda m, device: {"decay_exp": [call]} if m == model else {})
+    assert compile_item.payloads("decay_exp", {"model": model}, device="cpu") == [call.payload()]
+    assert compile_item.payloads("decay_exp", [call.payload()]) == [call.payload()]
 
 
 def test_background_wait_returns_when_its_item_is_done_not_when_the_subprocess_ends(tmp_path):
