@@ -352,9 +352,6 @@ def qualify_kernels(args, model, ops, device, master, world, say, background=Non
     return ops
 
 
-MAMBA_OPS = ("mamba2", "causal_conv1d")    # the Mamba-2 mixer's ops (fused/blocks.py), absent from a pure RWKV-6 model
-
-
 def early_background(args, device, master):
     """--kernels auto on a GPU (rank 0): start the qualification's long compile (mamba-ssm's first use:
     ``gate.early_background``) now, before data and model — run 11 started it 12.6 s after the start and its 55 s
@@ -369,7 +366,7 @@ def early_background(args, device, master):
     from groundthink import gate
     model = {"name": args.model, "size": args.size, "overrides": model_overrides(args), "batch_size": args.batch_size,
              "seq_len": args.seq_len}
-    return gate.early_background(MAMBA_OPS, graph=args.graph != "off", model=model)
+    return gate.early_background(fused.MAMBA_OPS, graph=args.graph != "off", model=model)
 
 
 def build_run(args, device, rank, world, master, say, ops, state, background=None) -> Run:

@@ -498,6 +498,7 @@ def test_the_specs_describe_every_call_of_every_model(name):
     bad = [c.label for cs in got.values() for c in cs if c.shape is None]
     assert not bad, bad
     assert len(got["norm_gate"]) == (1 if name == "mamba2" else 2)      # the RWKV and the Mamba side
+    assert set(fused.MAMBA_OPS) <= set(got)             # the ops train.py's early background compiles are called
 
 
 def test_a_verdict_covers_the_calls_it_has_rows_for_and_an_older_one_is_qualified_again(tmp_path, no_compile_peer):
@@ -944,7 +945,7 @@ def test_train_starts_the_long_compile_before_data_and_model(monkeypatch):
     args = SimpleNamespace(kernels="auto", model="GF-MH", size="tiny", override=["d_state=16"], batch_size=4,
                            seq_len=32, graph="auto")
     assert train.early_background(args, torch.device("cuda"), True) == "bg"
-    assert seen == {"ops": ("mamba2", "causal_conv1d"), "graph": True, "model": {
+    assert seen == {"ops": ("mamba2", "causal_conv1d"), "graph": True, "model": {     # fused.MAMBA_OPS
         "name": "GF-MH", "size": "tiny", "overrides": {"d_state": 16}, "batch_size": 4, "seq_len": 32}}
     for other in ({"model": "rwkv6"}, {"kernels": "triton"}):
         assert train.early_background(SimpleNamespace(**{**vars(args), **other}), torch.device("cuda"), True) is None
