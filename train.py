@@ -352,9 +352,6 @@ def qualify_kernels(args, model, ops, device, master, world, say, background=Non
     return ops
 
 
-MAMBA_OPS = ("mamba2", "causal_conv1d")    # the Mamba-2 mixer's ops (fused/blocks.py), absent from a pure RWKV-6 model
-
-
 def early_background(args, device, master):
     """--kernels auto on a GPU (rank 0): start the qualification's long compiles (mamba-ssm's first use, the lab
     kernels': ``gate.early_background``) now, before data and model — run 11 started mamba-ssm's 12.6 s after the
@@ -371,7 +368,7 @@ def early_background(args, device, master):
     rwkv_only = fused.VARIANTS[fused.canonical_name(args.model)]["branches"] == "rwkv"
     model = {"name": args.model, "size": args.size, "overrides": model_overrides(args), "batch_size": args.batch_size,
              "seq_len": args.seq_len}
-    return gate.early_background(tuple(op for op in specs() if not (rwkv_only and op in MAMBA_OPS)),
+    return gate.early_background(tuple(op for op in specs() if not (rwkv_only and op in fused.MAMBA_OPS)),
                                  graph=args.graph != "off", model=model)
 
 

@@ -9,12 +9,13 @@ fused/variants.py. Sizes: tiny, small, medium, large, xl — see fused/configs.p
 """
 from __future__ import annotations
 
+from fused.blocks import MAMBA_OPS
 from fused.configs import PARAMS_APPROX, SIZES, ModelConfig, make_config
 from fused.model import HybridLM
 from fused.variants import VARIANTS, canonical_name
 
 __all__ = ["get_model", "list_models", "list_sizes", "size_table", "param_count", "DESCRIPTIONS", "SIZES", "PARAMS_APPROX", "VARIANTS", "ModelConfig",
-           "HybridLM", "make_config"]
+           "HybridLM", "make_config", "MAMBA_OPS"]
 
 
 # one line per variant (fused/variants.py has the full table); --list-models prints them

@@ -126,6 +126,9 @@ class RWKV6TimeMix(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- Mamba-2
+MAMBA_OPS = ("mamba2", "causal_conv1d")    # the registry ops that only the Mamba-2 mixer calls (norm_gate is shared)
+
+
 class Mamba2Mixer(nn.Module):
     """Mamba-2 mixer, mamba-ssm ``Mamba2`` parameterisation (ngroups groups, no conv/in/out bias flags beyond
     mamba-ssm's defaults: conv bias on, projection biases off).

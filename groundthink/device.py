@@ -30,14 +30,14 @@ def profiles_dir(slug: str | None = None) -> Path:
     return PROFILES / (slug or gpu_slug())
 
 
-PEER_PACKAGES = ("fla", "mamba_ssm", "causal_conv1d")   # the peers' packages: their versions key a verdict
-
-
 def versions() -> dict[str, str]:
+    """torch, triton, CUDA and every installed peer package (``groundthink.spec.peer_packages``)."""
     import triton
+
+    from groundthink.spec import peer_packages
     out = {"torch": torch.__version__, "triton": triton.__version__,
            "cuda": torch.version.cuda or "none"}
-    for mod in PEER_PACKAGES:
+    for mod in peer_packages():
         try:
             out[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - optional peers: absent or broken both mean "not here"

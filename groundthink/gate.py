@@ -109,10 +109,10 @@ import torch
 
 from groundthink.calls import (Call, as_calls, inputs as call_inputs, row_dtype, run_shapes, step_calls,  # noqa: F401
                               unused_outputs)
-from groundthink.device import PEER_PACKAGES, gpu_name, gpu_slug, profiles_dir, versions, warm_on_side_stream
+from groundthink.device import gpu_name, gpu_slug, profiles_dir, versions, warm_on_side_stream
 from groundthink.harness import fwd_bwd_step
 from groundthink.precompile import COMPILES, STATS as COMPILE_STATS, compile_winners, compiles_since
-from groundthink.spec import ROOT, OpSpec, get, specs
+from groundthink.spec import ROOT, OpSpec, get, peer_packages, specs
 
 TIMINGS = ("eager", "graph")   # timing modes (module docstring); rows of other or no mode deny
 NOISE = 0.03          # a lab kernel counts as "no slower" than a peer up to 3% slower (timing noise)
@@ -377,7 +377,7 @@ def machine_path(slug: str | None = None) -> Path:
 
 def _versions() -> dict:
     v = versions()
-    return {k: v[k] for k in ("torch", "triton", "cuda", *PEER_PACKAGES) if k in v}
+    return {k: v[k] for k in ("torch", "triton", "cuda", *peer_packages()) if k in v}
 
 
 def meta(source: str = "bench") -> dict:
@@ -545,8 +545,8 @@ def verdict_of(data: dict | None, status: str, op: str, impl: str, root: Path = 
             return False, (f"stale: the error bound of {op} for {s['dtype']} is "
                            f"{spec.bound(dt) if isinstance(dt, torch.dtype) else 'unknown'}, the verdict used "
                            f"{s['bound']:g} at {s['shape']}")
-    pkg = spec.impl(impl).module.split(".")[0]
-    if pkg in PEER_PACKAGES and _recorded_versions(data["meta"]).get(pkg) != versions().get(pkg):
+    pkg = spec.impl(impl).package
+    if pkg in peer_packages() and _recorded_versions(data["meta"]).get(pkg) != versions().get(pkg):
         return False, f"stale: {pkg} {_recorded_versions(data['meta']).get(pkg)} → {versions().get(pkg)}"
     ok, why = rule(dict(entry, role=role))
     if entry.get("allowed") is not ok or not entry["reason"].startswith("allowed" if ok else "denied"):
@@ -852,7 +852,7 @@ def _candidates(spec: OpSpec, cuda: bool, graph: bool, load: bool = True) -> tup
             except Exception as e:  # noqa: BLE001
                 fn = e
         else:
-            package = impl.module.split(".")[0]
+            package = impl.package
             fn = None if importlib.util.find_spec(package) else ModuleNotFoundError(f"{package} is not installed")
         if impl.role == "lab" or not isinstance(fn, Exception):
             cands.append((impl, fn))
@@ -1094,7 +1094,7 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
     kernels, or for an op without any its peers) that is installed, has no verdict at all for the step's mode in
     ``path`` (the per-machine manifest; a verdict for other calls: the qualification's own background covers the
     new ones) and is expected to take ``_background_s()`` or more; nothing is imported here. Their calls are recorded
-    in the subprocesses (``model``: the run's model arguments, ``precompile.model_calls``; an op the model does not
+    in the subprocesses (``model``: the run's model arguments, ``compile_item.model_calls``; an op the model does not
     call compiles nothing), the step's own strides included (mamba2's dt is a column slice: ``[dt rows 592]`` at
     GF-MH small). Pass the result to ``qualify`` (``background=``) and end it (``close()``) once qualify returns;
     None when there is nothing to start."""

@@ -22,7 +22,7 @@ its own ``do_bench`` (a caller's choice) is left alone, and the default comes ba
 ``GROUNDTHINK_AUTOTUNE_BENCH_MS="25,100"`` restores Triton's figures. Configs within the noise of each other
 may then swap places; which config is fastest by a clear margin does not change.
 
-Compile in the background (``Background``, ``python -m groundthink.precompile ITEMS-JSON``): before data and model
+Compile in the background (``Background``, ``python -m groundthink.compile_item ITEMS-JSON``): before data and model
 (train.py, ``gate.early_background``) one group of subprocesses starts for the items expected to take long
 (mamba-ssm's first use and the lab kernels whose compiles dominate their time: ``gate.BACKGROUND_S``), so that
 their compilation — CPU work — overlaps the timing of the cheap items; they compile the items one after another
@@ -415,37 +415,9 @@ def compile_winners(call) -> None:
         STATS["errors"] += 1
 
 
-def model_calls(model: dict, device: str = "cuda") -> dict:
-    """``groundthink.calls.step_calls`` of the model that ``model`` describes ("name", "size", "overrides",
-    "batch_size", "seq_len"; any vocabulary), built on ``device`` with the references (under the step's autocast
-    on CUDA: the calls the main process records after it has built its own model)."""
-    import torch
-
-    import fused
-    from groundthink.calls import step_calls
-    from groundthink.registry import resolve
-    dev = torch.device(device)
-    net = fused.get_model(model["name"], size=model["size"], vocab_size=256,
-                          ops=resolve("reference", cuda=dev.type == "cuda"), **model.get("overrides", {})).to(dev)
-    return step_calls(net, model["batch_size"], model["seq_len"])
-
-
-def _payloads(op: str, shape, device: str = "cuda", recorded: dict | None = None) -> list:
-    """An item's calls of ``op``: ``shape`` itself (``groundthink.calls.Call.payload()``s), or for {"model": ...}
-    (``gate.early_background``'s items) those the run's model makes (``model_calls``; ``recorded``: a cache of
-    them by model, so that a subprocess compiling several items records its model once)."""
-    if isinstance(shape, dict):
-        key = json.dumps(shape["model"], sort_keys=True, default=str)
-        recorded = {} if recorded is None else recorded
-        if key not in recorded:
-            recorded[key] = model_calls(shape["model"], device)
-        return [c.payload() for c in recorded[key].get(op, []) if c.shape is not None]
-    return shape
-
-
 def _dry_run(op: str, impl: str, shape: list, device: str = "cuda") -> None:
     """One forward + backward of ``op``/``impl`` in each of the step's calls (``shape``: their
-    ``groundthink.calls.Call.payload()``s, ``_payloads``) at its shape and at the spec's error shape (what
+    ``groundthink.calls.Call.payload()``s) at its shape and at the spec's error shape (what
     ``gate.measure`` runs) inside an active ``compile_only``: the kernels' compiles are submitted, none is waited
     for."""
     import torch
@@ -482,14 +454,14 @@ def shard_count() -> int:
     return max(1, min(MAX_SHARDS, (_workers() - MAIN_CORES) // SHARD_CORES))
 
 
-def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] = (0, 1)) -> dict:
+def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] = (0, 1), payloads=None) -> dict:
     """``_compile_items`` of one item."""
-    return _compile_items([(op, impl, shape)], say, shard)
+    return _compile_items([(op, impl, shape)], say, shard, payloads)
 
 
-def _compile_items(items: list, say=print, shard: tuple[int, int] = (0, 1)) -> dict:
-    """Dry-run each item in turn (``_dry_run``; its shape: its calls or its model, ``_payloads``, a model's calls
-    recorded once) under one ``compile_only`` (every compile concurrent; ``shard=(i, n)``: only job i, i + n, ...
+def _compile_items(items: list, say=print, shard: tuple[int, int] = (0, 1), payloads=None) -> dict:
+    """Dry-run each item in turn (``_dry_run``; its calls: ``payloads(op, shape)`` — ``compile_item.payloads``,
+    which records a model's calls once —, or ``shape`` itself when None) under one ``compile_only`` (every compile concurrent; ``shard=(i, n)``: only job i, i + n, ...
     of them, ``_Recording``), and say each item's JSON line as soon as its own compiles are done
     (``Background.wait`` reads it; "jobs": the item's). One ``compile_only`` for all items — not one each — so
     that a kernel met again in a later item is no new job in any shard (Triton's ``AsyncCompileMode`` submits each
@@ -500,13 +472,13 @@ def _compile_items(items: list, say=print, shard: tuple[int, int] = (0, 1)) -> d
     import torch
     t0 = time.monotonic()
     pool = ThreadPoolExecutor(max(1, (_workers() - 2) // shard[1]), thread_name_prefix="precompile")
-    recording, recorded = _Recording(pool, shard), {}
+    recording = _Recording(pool, shard)
     try:
         with compile_only(executor=recording):
             for op, impl, shape in items:
                 futures0, jobs0, failed = len(recording.futures), recording.jobs, ""
                 try:      # a model whose calls fail to record: the item fails
-                    _dry_run(op, impl, _payloads(op, shape, recorded=recorded))
+                    _dry_run(op, impl, payloads(op, shape) if payloads is not None else shape)
                 except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
                     failed = f"{type(e).__name__}: {str(e)[:160]}"
                     STATS["errors"] += 1
@@ -561,7 +533,7 @@ class Background:
             try:
                 with open(log, "w") as out:
                     proc = subprocess.Popen(
-                        [sys.executable, "-m", "groundthink.precompile", arg, "--shard", f"{i}/{self.shards}"],
+                        [sys.executable, "-m", "groundthink.compile_item", arg, "--shard", f"{i}/{self.shards}"],
                         cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
             except OSError:
                 shutil.rmtree(log.parent, ignore_errors=True)
@@ -705,14 +677,3 @@ def _summary(returncode: int, log: Path) -> str:
             pass
     last = lines[-1][:200] if lines else "no output"
     return f"exit {returncode}: {last} (log {log})"
-
-
-if __name__ == "__main__":      # python -m groundthink.precompile ITEMS-JSON [--shard I/N] (Background's shards)
-    ITEMS = json.loads(sys.argv[1])        # [[op, impl, shape], ...] (or one [op, impl, shape])
-    ITEMS = [ITEMS] if isinstance(ITEMS[0], str) else ITEMS
-    I, N = (int(x) for x in (sys.argv[3] if sys.argv[2:3] == ["--shard"] else "0/1").split("/"))
-    # at the main process's priority: at nice 10 the long item (mamba-ssm) got the CPU only when the main's own
-    # compiles paused and was the critical path (run 10: 55.9 s for 42 compiles, the item waited 30.8 s)
-    import kernels  # noqa: F401 - the Triton interpreter switch, before any kernel is defined
-    summary = _compile_items(ITEMS, say=lambda line: print(line, flush=True), shard=(I, N))
-    print(json.dumps(summary), flush=True)

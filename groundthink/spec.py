@@ -28,6 +28,9 @@ Minimal spec (valid on its own: the op is registered, resolvable and benchmark-f
     factory     target is a zero-argument function returning the callable (e.g. a ``torch.compile`` wrapper)
     priority    benchmark run order (lower first; default 1 for the reference and the first lab candidate,
                 2 for the other lab candidates, 3 for peers): a spent time budget cuts the highest first
+    package     the installed package the implementation comes from (default: the target's top-level module);
+                name it for a peer behind a wrapper in the op's folder (``package="fla"``): the versions of the
+                peers' packages key a verdict (``peer_packages``)
 
 Optional fields of ``OpSpec`` (an op without ``bench`` is simply not benchmarked):
     bench       ``Bench``: how to benchmark and qualify the op (below)
@@ -79,8 +82,11 @@ class Impl:
     graph_safe: bool = False
     factory: bool = False
     priority: int | None = None
+    package: str | None = None
 
     def __post_init__(self):
+        if self.package is None:
+            object.__setattr__(self, "package", self.target.split(":")[0].split(".")[0])
         if self.role not in ROLES:
             raise ValueError(f"Impl {self.name!r}: role must be one of {ROLES}; got {self.role!r}")
         if self.needs not in NEEDS:
@@ -188,6 +194,13 @@ def specs() -> dict[str, OpSpec]:
         for name in sorted(found, key=lambda n: (rank.get(n, len(ORDER)), n)):
             _SPECS[name] = found[name]
     return _SPECS
+
+
+def peer_packages() -> tuple[str, ...]:
+    """The installed packages the peers come from (``Impl.package``), whose versions key a verdict: neither the
+    repository's own packages nor torch (its version keys the whole manifest)."""
+    found = {i.package for s in specs().values() for i in s.role("peer")}
+    return tuple(sorted(p for p in found if p != "torch" and not (ROOT / p / "__init__.py").exists()))
 
 
 def get(op: str) -> OpSpec:

@@ -224,6 +224,26 @@ def test_csv_columns_and_report(tmp_path):
     assert "NOT A PERFORMANCE MEASUREMENT" in report.build_report(d2).read_text()
 
 
+def test_the_bench_writes_the_same_manifest_and_csv_fields(tmp_path):
+    """The files' contract (issue 13: "the bench still writes the same manifest fields"): the manifest's keys at
+    every level and the CSV's columns, as run 11's qualification manifest and run 6's bench.csv have them. A change
+    here is a format change: the readers (gate.load, bench.report, the studies) must follow it."""
+    rows = common.finalize(fake_rows())
+    data = json.loads(gate.write(gate.evidence(rows), tmp_path / "gates.json").read_text())
+    assert set(data) == {"meta", "ops"}
+    assert set(data["meta"]) == {"created", "gpu", "kernel_hash", "op_hashes", "slug", "source", "versions"}
+    entries = [e for impls in data["ops"].values() for modes in impls.values() for e in modes.values()]
+    assert entries and all(set(e) == {"allowed", "bound", "dtype", "errors", "failed", "mode", "reason", "role",
+                                      "shapes", "source_hash", "sources"} for e in entries)
+    assert all(set(s) == {"bound", "dtype", "errors", "ms", "peak_mb", "peer_ms", "ref_ms", "ref_peak_mb", "shape",
+                          "speedup", "timing_mode"} for e in entries for s in e["shapes"])
+    header = common.write_csv(rows, tmp_path / "bench.csv").read_text().splitlines()[0].split(",")
+    assert header == ["op", "impl", "shape", "pass", "dtype", "ms", "gbps", "pct_bw", "tflops", "peak_mb",
+                      "speedup_vs_ref", "speedup_vs_best_peer", "max_rel_err", "variant", "tok_s", "timer", "reps",
+                      "warmup_s", "err_shape", "errors", "copy_gbps", "ms_graph", "measurement", "note",
+                      "source_hash", "timing_mode"]
+
+
 def _pytest(args, env_extra, monkeypatch, capsys):
     """``pytest ARGS`` in this process (the benchmarks' conftest, collector and session hooks as in a run of their
     own, without a second start of Python, torch and Triton): (exit code, its output, seconds). The benchmarks'

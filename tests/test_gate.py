@@ -15,7 +15,7 @@ import torch
 
 import kernels  # noqa: F401
 from groundthink import gate, registry
-from groundthink.spec import ROOT, get, specs
+from groundthink.spec import ROOT, get, peer_packages, specs
 
 OP = "gate_norm_residual"
 SHAPE = (16, 32, "row", False)
@@ -124,6 +124,21 @@ def test_a_peer_that_wins_is_used_and_said(tmp_path):
     assert not ok and "slower than peer compile" in why
     impl, why = v.choose(registry.SPECS[OP], lambda name: True)
     assert impl == "compile" and "peer compile" in why and "triton" in why
+
+
+def test_a_peer_verdict_goes_stale_with_its_packages_version_also_behind_a_wrapper(tmp_path, monkeypatch):
+    """The versions of the peers' packages key their verdicts (``spec.peer_packages``, from each ``Impl.package``),
+    also for a peer wrapped in the op's folder (fla_rmsnorm: kernels/gate_norm_residual/peers.py calls fla); the
+    lab kernel's verdict does not depend on them."""
+    assert {"fla", "mamba_ssm", "causal_conv1d"} == set(peer_packages())
+    installed = dict(gate.versions(), fla="0.6.0")
+    monkeypatch.setattr(gate, "versions", lambda: dict(installed))
+    path = _manifest(tmp_path, _rows() + [_row("fla_rmsnorm", 2.0)])
+    assert gate.Verdicts([path]).verdict(OP, "fla_rmsnorm")[0] is True         # 2.0 vs the reference's 3.0 ms
+    installed["fla"] = "0.7.0"
+    ok, why = gate.Verdicts([path]).verdict(OP, "fla_rmsnorm")
+    assert not ok and why == "stale: fla 0.6.0 → 0.7.0"
+    assert gate.Verdicts([path]).verdict(OP, "triton")[0] is True
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -574,6 +589,7 @@ def test_the_specs_describe_every_call_of_every_model(name):
     bad = [c.label for cs in got.values() for c in cs if c.shape is None]
     assert not bad, bad
     assert len(got["norm_gate"]) == (1 if name == "mamba2" else 2)      # the RWKV and the Mamba side
+    assert set(fused.MAMBA_OPS) <= set(got)             # the ops train.py's early background compiles are called
 
 
 def test_a_verdict_covers_the_calls_it_has_rows_for_and_an_older_one_is_qualified_again(tmp_path, no_compile_peer):

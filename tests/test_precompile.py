@@ -259,23 +259,24 @@ def test_compile_item_says_when_its_compiles_are_done(on_gpu, monkeypatch):
 
 
 def test_a_model_item_dry_runs_the_calls_its_model_makes(monkeypatch):
-    """``gate.early_background``'s item: {"model": the run's model arguments}; the subprocess records that model's
-    step calls (``model_calls``: step_calls of the model it builds) and dry-runs the op's calls among them
-    (``_payloads``)."""
+    """``gate.early_background``'s item: {"model": the run's model arguments}; the subprocess
+    (``groundthink.compile_item``) records that model's step calls (``model_calls``: step_calls of the model it
+    builds) and dry-runs the op's calls among them (``payloads``)."""
     from groundthink import calls as C
+    from groundthink import compile_item
     from groundthink import registry
     from groundthink.spec import get
 
     import fused
     model = {"name": "rwkv6", "size": "tiny", "batch_size": 4, "seq_len": 32}
-    got = precompile.model_calls(model, device="cpu")
+    got = compile_item.model_calls(model, device="cpu")
     net = fused.get_model("rwkv6", size="tiny", vocab_size=256, ops=registry.resolve("reference"))   # its vocab
     assert {op: [(c.shape, c.variant) for c in cs] for op, cs in got.items()} == {
         op: [(c.shape, c.variant) for c in cs] for op, cs in C.step_calls(net, 4, 32).items()}
     call = C.Call("decay_exp", get("decay_exp").bench.cpu_shapes[0])
-    monkeypatch.setattr(precompile, "model_calls", lambda m, device: {"decay_exp": [call]} if m == model else {})
-    assert precompile._payloads("decay_exp", {"model": model}, device="cpu") == [call.payload()]
-    assert precompile._payloads("decay_exp", [call.payload()]) == [call.payload()]
+    monkeypatch.setattr(compile_item, "model_calls", lambda m, device: {"decay_exp": [call]} if m == model else {})
+    assert compile_item.payloads("decay_exp", {"model": model}, device="cpu") == [call.payload()]
+    assert compile_item.payloads("decay_exp", [call.payload()]) == [call.payload()]
 
 
 def test_background_wait_returns_when_its_item_is_done_not_when_the_subprocess_ends(tmp_path):
@@ -329,7 +330,8 @@ def test_a_subprocess_compiles_its_items_in_turn_and_the_shards_split_each_exact
     does not always fall to the first shards."""
     n, got, models = 3, [], []
     monkeypatch.setattr(precompile, "_workers", lambda: 14)
-    monkeypatch.setattr(precompile, "model_calls", lambda model, device: models.append(model) or {})
+    from groundthink import compile_item
+    monkeypatch.setattr(compile_item, "model_calls", lambda model, device: models.append(model) or {})
     for i in range(n):                      # one "process" per shard: fresh kernels
         fns = {"a/x": FakeJIT(), "b/y": FakeJIT()}
         tuners = {k: _tuner(fn) for k, fn in fns.items()}
@@ -341,8 +343,11 @@ def test_a_subprocess_compiles_its_items_in_turn_and_the_shards_split_each_exact
 
         monkeypatch.setattr(precompile, "_dry_run", dry_run)
         lines = []
+        recorded: dict = {}                 # as compile_item.main passes it: the model's calls recorded once
         summary = precompile._compile_items([("a", "x", [64]), ("b", "y", {"model": {"name": "m"}}),
-                                             ("c", "z", {"model": {"name": "m"}})], say=lines.append, shard=(i, n))
+                                             ("c", "z", {"model": {"name": "m"}})], say=lines.append, shard=(i, n),
+                                            payloads=lambda op, shape: compile_item.payloads(op, shape,
+                                                                                             recorded=recorded))
         got.append(([json.loads(ln) for ln in lines], {(k, w) for k, fn in fns.items() for w in fn.compiled}))
         assert summary["seconds"] >= 0 and "jobs_met" not in summary
     assert models == [{"name": "m"}] * n          # each shard records its model once for its two model items

@@ -122,7 +122,8 @@ def _mix_out(p_o, p_m, p_maa, i, ND, D, offs, m, o_c, m_c, b_x, b_xx):
 @triton.jit
 def _ddlerp_fwd_kernel(p_x, p_prev, p_m, p_maa, p_o0, p_o1, p_o2, p_o3, p_o4, N, T, D, ND,
                        HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
-    # p_x, p_o*: [N, D]; p_prev: [B, D]; p_m: [5, N, D] (ND = N·D); p_maa: [5, D]
+    # p_x, p_o*: [N, D]; p_prev: [B, D], None unless HAS_PREV; p_m: [5, N, D] (ND = N·D); p_maa: [5, D];
+    # T: rows per sequence (N = B·T); BR × BD: the tile
     o_r, o_c, m_r, m_c = _tile(N, D, BR, BD)
     offs, m, b_x, b_xx = _x_and_shift(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV)
     _mix_out(p_o0, p_m, p_maa, 0, ND, D, offs, m, o_c, m_c, b_x, b_xx)
@@ -218,9 +219,10 @@ def _ddlerp_bwd_rows_kernel(p_do0, p_do1, p_do2, p_do3, p_do4, p_x, p_prev, p_m,
     (dx[t] needs dxx[t+1]; its first step computes that one-row halo): every element is loaded once (x twice: as
     x[t] and as shift(x) of row t+1, the second from cache), no halo tiles, no cross-warp reduction in the loop
     (the dmaa partial sums are per column, in the thread that owns it).
-    p_do*, p_x, p_dx: [N, D]; p_prev: [B, D]; p_m, p_dm: [5, N, D]; p_maa, p_dmaa: [5, D]; p_part: [n_progs, 5, D]
-    fp32 partial rows of dmaa; p_count: [column blocks, 1 + NG] int32 arrival counters; GS, NG: kernels._colsum.tree;
-    L: rows per program."""
+    p_do*, p_x, p_dx: [N, D]; p_prev: [B, D], None unless HAS_PREV; p_m, p_dm: [5, N, D] (ND = N·D); p_maa, p_dmaa:
+    [5, D]; p_part: [n_progs, 5, D] fp32 partial rows of dmaa; p_count: [column blocks, 1 + NG] int32 arrival
+    counters; GS, NG: kernels._colsum.tree; T: rows per sequence (N = B·T); L: rows per program; BD: columns per
+    program; BP: partial rows summed per step of the final sums (kernels._colsum.finish_rows)."""
     pid, o_c, m_c = _cols(D, BD)
     b_maa0 = tl.load(p_maa + o_c, mask=m_c, other=0.).to(tl.float32)
     b_maa1 = tl.load(p_maa + D + o_c, mask=m_c, other=0.).to(tl.float32)

@@ -55,7 +55,9 @@ def _decay_exp_fwd_kernel(p_base, p_d, p_lw, N, D, BR: tl.constexpr, BD: tl.cons
 def _decay_exp_bwd_kernel(p_dlw, p_base, p_d, p_dd, p_part, p_dbase, p_count, N, D, n_blocks, n_progs, GS, NG,
                           BR: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr):
     # p_dlw, p_d, p_dd: [N, D]; p_base, p_dbase: [D]; p_part: [n_progs, D] fp32 partial rows of dbase;
-    # p_count: [column blocks, 1 + NG] int32 arrival counters; GS, NG: kernels._colsum.tree
+    # p_count: [column blocks, 1 + NG] int32 arrival counters; GS, NG: kernels._colsum.tree; n_blocks: row blocks of
+    # BR rows, strided over by the n_progs programs of a column block (BD columns); BP: partial rows summed per step
+    # of the final sums (kernels._colsum.finish_rows)
     pid, o_c, m_c = _cols(D, BD)
     b_base = tl.load(p_base + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
     b_acc = tl.zeros([BR, BD], dtype=tl.float32)     # per element: summed over rows once, after the loop

@@ -110,8 +110,9 @@ def _normalize(b_x, b_z, m, S, eps, LAYER: tl.constexpr, BEFORE: tl.constexpr):
 def _norm_gate_fwd_kernel(p_x, p_z, p_w, p_b, p_y, N, D, S, G, sx, sz, eps,
                           LAYER: tl.constexpr, BEFORE: tl.constexpr, HAS_BIAS: tl.constexpr,
                           BR: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr):
-    # p_x, p_z: [N, D] rows sx / sz elements apart (unit column stride); p_y: [N, D] contiguous; p_w, p_b: [D];
-    # D = G·S
+    # p_x, p_z: [N, D] rows sx / sz elements apart (unit column stride); p_y: [N, D] contiguous; p_w, p_b: [D]
+    # (p_b: None unless HAS_BIAS); D = G·S; LAYER: LayerNorm (else RMSNorm); BEFORE: norm then gate (else gate
+    # then norm); BR rows × BG groups × BS channels: the tile
     pid = tl.program_id(0).to(tl.int64)
     o_r, o_c3, m, o_c, m_c = _tile(pid * BR, N, S, G, BR, BG, BS)
     b_x = tl.load(p_x + o_r * sx + o_c3, mask=m, other=0.).to(tl.float32)
@@ -132,7 +133,8 @@ def _norm_gate_bwd_kernel(p_dy, p_x, p_z, p_w, p_b, p_dx, p_dz, p_part, p_dw, p_
                           BP: tl.constexpr, BC: tl.constexpr):
     # p_x, p_z: [N, D] rows sx / sz elements apart; p_dy, p_dx, p_dz: [N, D] contiguous; p_w, p_b, p_dw, p_db:
     # [D] (p_db: None unless HAS_BIAS); p_part: [n_progs, 2·D] fp32 partial rows dW | dbias; p_count: [1 + NG]
-    # int32 arrival counters, GS, NG: kernels._colsum.tree; BP × BC: the tile of the final sums
+    # int32 arrival counters, GS, NG: kernels._colsum.tree; BP × BC: the tile of the final sums; n_blocks: row
+    # blocks of BR rows, strided over by the n_progs programs; LAYER, BEFORE, HAS_BIAS, BG, BS: as in the forward
     pid = tl.program_id(0)
     o_r0, o_c0, m0, o_c, m_c = _tile(0, N, S, G, BR, BG, BS)   # (only the column offsets are used here)
     b_w = tl.load(p_w + o_c, mask=m_c, other=0.).to(tl.float32)[None, :, :]

@@ -57,7 +57,8 @@ TUNING = {"fwd_tile": 4096, "bwd_tile": 512, "bwd_per_sm": 16, "bwd_warps": 2}
 @triton.jit
 def _shift_lerp_fwd_kernel(p_x, p_prev, p_mu, p_y, N, T, D,
                            HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
-    # p_x, p_y: [N, D]; p_prev: [B, D]; p_mu: [D]
+    # p_x, p_y: [N, D]; p_prev: [B, D], None unless HAS_PREV; p_mu: [D]; T: rows per sequence (N = B·T);
+    # BR × BD: the tile
     o_r, o_c, m_r, m_c = _tile(N, D, BR, BD)
     offs, m, b_x, b_xx = _x_and_shift(p_x, p_prev, o_r, o_c, m_r, m_c, T, D, HAS_PREV)
     b_mu = tl.load(p_mu + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
@@ -68,7 +69,9 @@ def _shift_lerp_fwd_kernel(p_x, p_prev, p_mu, p_y, N, T, D,
 def _shift_lerp_bwd_kernel(p_dy, p_x, p_prev, p_mu, p_dx, p_part, p_dmu, p_count, N, T, D, n_blocks, n_progs,
                            GS, NG, HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr):
     # p_dy, p_x, p_dx: [N, D]; p_prev: [B, D]; p_mu, p_dmu: [D]; p_part: [n_progs, D] fp32 partial rows of dmu;
-    # p_count: [column blocks, 1 + NG] int32 arrival counters (zero between launches); GS, NG: kernels._colsum.tree
+    # p_count: [column blocks, 1 + NG] int32 arrival counters (zero between launches); GS, NG: kernels._colsum.tree;
+    # p_prev: None unless HAS_PREV; n_blocks: row blocks of BR rows, strided over by the n_progs programs of a
+    # column block (BD columns); BP: partial rows summed per step of the final sums (kernels._colsum.finish_rows)
     pid, o_c, m_c = _cols(D, BD)
     b_mu = tl.load(p_mu + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
     b_acc = tl.zeros([BR, BD], dtype=tl.float32)     # per element: summed over rows once, after the loop
