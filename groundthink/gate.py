@@ -883,7 +883,11 @@ FIRST_USE_S = {"mamba2/mamba_ssm": 52.0, "wkv6/triton": 15.4, "wkv6/triton_fused
 # the 50 s qualification); below it (decay_exp 1.9, cross_entropy 0.8, causal_conv1d 0.6) and the references
 # (2.3 s in all) the main process has ≈ 6 s of work of its own while the subprocesses start (imports, CUDA, the
 # model's calls: seconds), so moving these too would gain nothing.
-BACKGROUND_S = 2.5
+# Run 12 call 5 (fresh H100, this threshold at 2.5 s: six lab items queued in the 6 shards behind mamba-ssm, whose
+# compile took 56.8 s there — no faster than one subprocess's 50.9 s in run 11): every lab item was deferred and the
+# newcomer's step ran on the references (98.95 ms). So only mamba-ssm compiles in the background by default;
+# GROUNDTHINK_BACKGROUND_S=<seconds> sets the threshold (``_background_s``) for experiments.
+BACKGROUND_S = 20.0
 # ... where the background has one process only (``precompile.shard_count``: fewer than 8 cores, or
 # GROUNDTHINK_PRECOMPILE_SHARDS=1): GIL-bound (run 11: 50.9 s for mamba-ssm's 42 compiles), it would compile the lab
 # items only after mamba-ssm's, too late; they compile in the main process's parallel pool instead, as before.
@@ -1049,8 +1053,14 @@ def _used_anyway(plan: list, path: Path, graph: bool) -> set[str]:
 def _background_s() -> float:
     """The expected seconds from which an item compiles in the background (``BACKGROUND_S``; with one background
     process, ``BACKGROUND_ALONE_S``)."""
+    import os
+
     from groundthink.precompile import shard_count
-    return BACKGROUND_S if shard_count() > 1 else BACKGROUND_ALONE_S
+    env = os.environ.get("GROUNDTHINK_BACKGROUND_S", "").strip()
+    try:
+        return float(env) if env else (BACKGROUND_S if shard_count() > 1 else BACKGROUND_ALONE_S)
+    except ValueError:
+        raise SystemExit(f"GROUNDTHINK_BACKGROUND_S must be a number of seconds; got {env!r}") from None
 
 
 def _by_cost(items: list, history: dict) -> list:
@@ -1123,7 +1133,9 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     (``expected_s``; for a further candidate of an op, at least what its first candidate took) fits before the
     deadline; otherwise it is deferred to the next run, and so is the rest of its op when its reference is.
     Not deferred whatever its estimate (the plan has put the cheap items before them): an item the previous
-    qualification deferred (waiting makes it no cheaper), and one in ``used_anyway`` — the peer that training
+    qualification deferred (waiting makes it no cheaper), an item compiling in ``background`` (its compile is paid
+    for; run 12 call 1 deferred mamba-ssm with its compile done and trained on the reference Mamba-2 at 2.4× the
+    step time), and one in ``used_anyway`` — the peer that training
     uses anyway on another manifest's verdict (run 5: mamba-ssm, deferred here, then compiled in the training
     step's first forward and capture instead; measured here, the step reuses its compiled and tuned kernels).
     An item compiling in ``background`` is expected to take what is left of that compile (nothing once it is
@@ -1148,6 +1160,8 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
             continue
         anyway = ("the last run deferred it" if name in deferred_before else
                   "training uses it anyway: its compilation would move into the first step" if name in used_anyway
+                  else "its compile is under way in the background: waiting for it costs less than training on "
+                  "the reference" if name in in_background
                   else None)
         if exp > left and anyway is None:
             deferred.append((name, f"expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left"
