@@ -82,6 +82,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import INTERPRET
 from kernels._common import autotune_configs, new_empty, num_sms
 from kernels.wkv6.common import (_bonus_bwd, _cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _half_dot,
                                  _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run,
@@ -187,6 +188,25 @@ def _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, r0, i_
     return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_kh), b_v, input_precision=PREC)
 
 
+@triton.jit
+def _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v,
+                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
+    """``_fwd_block`` with the block's scores A [SB, SB] read from a_ptr (``_fwd_scores_kernel``): only the
+    block-level decays here, exp(P) and exp(R) from cumsums of the shifted w tiles (exclusive sums of terms of one
+    sign, no difference)."""
+    b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
+    b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+    b_ep = tl.exp(tl.cumsum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, -1)), axis=0))
+    b_er = tl.exp(tl.cumsum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 1)), axis=0,
+                            reverse=True))
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_a = _load_rows(a_ptr, bos, r0, L, i_h, o_t, o_t, o_t < SB, H, SB, SB, 0)
+    b_o = tl.dot(b_q * b_ep, b_h, input_precision=PREC) + tl.dot(b_a, b_v, input_precision=PREC)
+    _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H, V)
+    return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_k * b_er), b_v, input_precision=PREC)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------------
@@ -233,16 +253,95 @@ def _fwd_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr,
     tl.store(kh_ptr + p_k, b_k * b_egs, mask=m_tk)
 
 
+W_FLOOR = tl.constexpr(-1e4)     # the scores kernel's floor for w (its span sums are dots: 0 · −inf would be NaN; exp(−1e4) = 0)
+
+
+@triton.jit
+def _span_sums(b_w, o_t, S: tl.constexpr, LOWER: tl.constexpr):
+    """Segment-local sums of the log-decay as one dot with a 0/1 [SB, SB] matrix (``b_w`` [SB, BK] in the inputs'
+    dtype: bf16 / fp16 values times 0 or 1 are exact, the sums accumulate in fp32 like a cumsum; fp32 runs the dot
+    in "ieee"). Row r gets Σ w_x over x in r's S-row segment with x < r (r in the upper S-half of its 2S-row
+    segment: P, the query side of level log2(S)) or x > r (r in the lower half, or LOWER: every row; R, the key
+    side). S = SB with LOWER False: the block-level exclusive prefix for every row. Every sum has terms of one sign
+    (no cancellation) and is ≤ 0."""
+    r = o_t[:, None]
+    x = o_t[None, :]
+    if LOWER:
+        pre = r < 0
+    else:
+        pre = (r // S) % 2 == 1
+    m = ((r // S) == (x // S)) & tl.where(pre | (S == o_t.shape[0] and not LOWER), x < r, x > r)
+    return tl.dot(tl.where(m, 1., 0.).to(b_w.dtype), b_w, input_precision="ieee")
+
+
+@triton.jit
+def _exp_ftz(x, FAST: tl.constexpr):
+    """exp(x) for x ≤ 0 as one ex2.approx.ftz (FAST; results below 2^-126 flush to 0) instead of tl.exp's
+    denormal-safe sequence (two more instructions per element on sm_90); tl.exp under the interpreter."""
+    if FAST:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x * 1.4426950408889634],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.exp(x)
+
+
+@triton.jit
+def _block_scores(q_ptr, k_ptr, w_ptr, b_u, a_ptr, bos, r0, L, i_h, o_t, o_k, m_k, scale, H: tl.constexpr,
+                  K: tl.constexpr, SB: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
+    """A [SB, SB] of the block at row r0 (``_fwd_scores_kernel``) -> a_ptr rows r0..r0+SB (rows ≥ L masked)."""
+    rows = r0 + o_t
+    m_tk = (rows < L)[:, None] & m_k[None, :]
+    p_k = ((bos + r0) * H + i_h) * K + (o_t * H * K)[:, None] + o_k[None, :]
+    b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+    b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+    b_w = tl.load(w_ptr + p_k, mask=m_tk, other=0.)
+    b_w = tl.where(b_w > 0, 0., tl.where(b_w < W_FLOOR, W_FLOOR, b_w)).to(w_ptr.dtype.element_ty)
+    b_A = tl.where(_level_mask(o_t, 1), tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
+    for m in tl.static_range(1, LOG):
+        b_e = _exp_ftz(_span_sums(b_w, o_t, 2 ** m, False), FAST)
+        b_s = tl.dot(b_q * b_e, tl.trans(b_k * b_e), input_precision=PREC)
+        b_A += tl.where(_level_mask(o_t, 2 ** m), b_s, 0.)
+    b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
+    p_a = ((bos + r0) * H + i_h) * SB + (o_t * H * SB)[:, None] + o_t[None, :]
+    tl.store(a_ptr + p_a, b_A * scale, mask=(rows < L)[:, None])
+
+
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=1, num_stages=1),
+                                           triton.Config({}, num_warps=2, num_stages=1)]),
+                 key=["K", "BK", "BT", "PREC"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _fwd_scores_kernel(q_ptr, k_ptr, w_ptr, u_ptr, a_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr,
+                       K: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, LOG: tl.constexpr,
+                       VARLEN: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
+    """Grid (BT-row chunk slots, H): for each SB-row block of the chunk its scores A [SB, SB] (pairs s < t by level,
+    the bonus diagonal, zero above; × scale) -> a_ptr [B·T, H, SB] fp32 (the block's row t at token t). Level m's
+    decays come from ``_span_sums`` (one dot each; one exp tile per level, its query and key rows being disjoint),
+    not from cumprods. Slots, NT and cmap_ptr as ``_chunk_loc``'s (cu_ptr, cmap_ptr None unless VARLEN). FAST:
+    ``_exp_ftz``'s ex2.approx.ftz (GPU). Other layouts above."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    o_t = tl.arange(0, SB)
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    L32 = (L - i_c * BT).to(tl.int32)      # rows left from the chunk start (row masks in int32)
+    for i_b in range(0, tl.minimum(tl.cdiv(L32, SB), BT // SB)):
+        _block_scores(q_ptr, k_ptr, w_ptr, b_u, a_ptr, bos + i_c * BT, i_b * SB, L32, i_h, o_t, o_k, m_k, scale, H, K,
+                      SB, LOG, PREC, FAST)
+
+
 @triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
-def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr,
-              scale, T, NT, NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr,
+              cu_ptr, scale, T, NT, NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
               SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
-              VARLEN: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
+              VARLEN: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, SCORES: tl.constexpr,
+              PREC: tl.constexpr):
     """Grid (V-blocks, N·H). Walks the SB-row blocks of one (sequence, head, V-block) with the state in registers:
     writes o_ptr and the final state ht_ptr, starts from h0_ptr (USE_H0; else None and zeros), and stores the state
     at every BT-row chunk start into hs_ptr when SAVE (else None; layouts above; cmap_ptr unused: a sequence's slots
     follow from cu). SPLIT: the blocks' state-free parts come from ``_fwd_intra_kernel`` (qh_ptr, kh_ptr
     [B·T, H, K] and oi_ptr [B·T, H, V] fp32; q, k, u unread), else they are computed here (qh, kh, oi: None).
+    SCORES: the blocks' scores come from ``_fwd_scores_kernel`` (a_ptr [B·T, H, SB] fp32, else None; u unread).
     NH_BUCKET: autotune key only (``_nh_bucket``). Autotuned as ``_fwd_seq_kernel`` and ``_fwd_split_kernel``."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -263,6 +362,9 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, h0_ptr,
         if SPLIT:
             b_h = _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_k,
                               o_v, m_k, m_v, H, K, V, SB, PREC)
+        elif SCORES:
+            b_h = _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, scale, o_t,
+                                o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
         else:
             b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_b * SB, i_h, scale, o_t, o_k,
                              o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
@@ -281,16 +383,19 @@ _fwd_seq_kernel = triton.autotune(configs=_walk_configs((64, 32)), key=["K", "V"
     _fwd_walk)
 _fwd_split_kernel = triton.autotune(configs=_walk_configs((64, 32, 16)),
                                     key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
+# the walk with the blocks' scores precomputed (``fwd_scores``): light blocks, so narrow V-blocks cost little more
+_fwd_scored_kernel = triton.autotune(configs=_walk_configs((64, 32, 16)),
+                                     key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
 
 
-@triton.autotune(configs=_four_warps(), key=["K", "V", "BT", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
-def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
+def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, a_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr,
-                    PREC: tl.constexpr):
+                    SCORES: tl.constexpr, PREC: tl.constexpr):
     """Grid (chunk slots, V-blocks, H): writes o_ptr for the BT // SB blocks of one chunk from its start state
-    hs_ptr [slots, H, K, V] fp32 (the state pass's, ``states._par_states``; layouts above)."""
+    hs_ptr [slots, H, K, V] fp32 (the state pass's, ``states._par_states``; layouts above). SCORES: the blocks'
+    scores come from ``_fwd_scores_kernel`` (a_ptr [B·T, H, SB] fp32, else None; u unread)."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, SB)
@@ -299,8 +404,17 @@ def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cm
     b_h = tl.load(hs_ptr + (i_s.to(tl.int64) * H + i_h) * K * V + o_kv, mask=m_kv & (o_kv * 0 + i_c * BT < L),
                   other=0.)
     for i_b in range(0, tl.minimum(tl.cdiv(L - i_c * BT, SB), BT // SB)):     # the blocks that hold rows
-        b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_c * BT + i_b * SB, i_h, scale, o_t,
-                         o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
+        if SCORES:
+            b_h = _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, i_c * BT + i_b * SB, i_h,
+                                scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+        else:
+            b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_c * BT + i_b * SB, i_h, scale,
+                             o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
+
+
+_PAR_KEY = ["K", "V", "BT", "BK", "BV", "PREC"]
+_fwd_par_scored_kernel = triton.autotune(configs=_warp_configs(), key=_PAR_KEY)(_fwd_par_kernel)
+_fwd_par_kernel = triton.autotune(configs=_four_warps(), key=_PAR_KEY)(_fwd_par_kernel)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -532,6 +646,18 @@ def _fwd_split(r, k, v, w, u, scale, cu, prec):
     return qh, kh, oi
 
 
+def _fwd_scores(r, k, w, u, scale, cu, prec):
+    """Every block's scores A (``_fwd_scores_kernel``): [B, T, H, SB] fp32, one program per 64-row chunk and head.
+    ``cu``: cu_seqlens as the kernels take it (``common._cu``: int32, or None)."""
+    B, T, H, K = r.shape
+    N = B if cu is None else cu.shape[0] - 1
+    a = new_empty((B, T, H, SB), torch.float32, r.device)
+    S, NT, cmap = _par_slots(B, T, N, cu, r.device, BT)
+    _fwd_scores_kernel[(S, H)](r, k, w, u, a, cu, cmap, scale, T, NT, H=H, K=K, BT=BT, SB=SB, BK=_bk(K), LOG=LOG,
+                               VARLEN=cu is not None, PREC=prec, FAST=not INTERPRET)
+    return a
+
+
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None):
     """o, final state and (if save) the chunk-start states for the backward (else an empty tensor). ``knobs``:
     the memory knobs (default ``TUNING``; ``wkv6_chunk_lowmem`` passes ``LOWMEM``)."""
@@ -543,6 +669,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     kn = knobs or TUNING
     seq, keep, rows = _fwd_plan(N, H, V, dev, kn)
     save, bt = save and keep, (rows if seq else BT)
+    scores = bool(kn["fwd_scores"])
     o = new_empty((B, T, H, V), r.dtype, dev)
     if seq:
         NT = _cdiv(T, bt)
@@ -550,18 +677,21 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         hs = new_empty(_par_state_shape(B, T, H, K, V, N, varlen, bt) if save else (0,), torch.float32, dev)
         grid = lambda meta: (_cdiv(V, meta["BV"]), N * H)  # noqa: E731
         cu = _cu(cu_seqlens)
-        use_split = _use_split(N, H, dev, kn)
+        use_split = not scores and _use_split(N, H, dev, kn)
         split = _fwd_split(r, k, v, w, u, scale, cu, prec) if use_split else (None, None, None)
-        kernel = _fwd_split_kernel if use_split else _fwd_seq_kernel
-        kernel[grid](r, k, v, w, u, *split, h0, o, ht, hs if save else None, cu, scale, T, NT,
+        a = _fwd_scores(r, k, w, u, scale, cu, prec) if scores else None
+        kernel = _fwd_split_kernel if use_split else _fwd_scored_kernel if scores else _fwd_seq_kernel
+        kernel[grid](r, k, v, w, u, *split, a, h0, o, ht, hs if save else None, cu, scale, T, NT,
                      _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
-                     VARLEN=varlen, SAVE=save, SPLIT=use_split, PREC=prec)
+                     VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec)
         return o, ht, hs
     buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
                                               _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
+    a = _fwd_scores(r, k, w, u, scale, cu, prec) if scores else None
     BV = max(16, min(64, _pow2(V)))
-    _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
-                                                 SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, PREC=prec)
+    kernel = _fwd_par_scored_kernel if scores else _fwd_par_kernel
+    kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, a, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt, SB=SB,
+                                 BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, SCORES=scores, PREC=prec)
     return o, ht, (buf[0] if save else buf.new_empty((0,)))
 
 
@@ -601,9 +731,9 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                run-to-run noise), B4 T2048 H16 (state rows 64) 752 / 736 / 753. Default None = ``_bwd_cap``:
 #                168 at K <= 32, no cap above (0 forces none);
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
-          "state_rows": None, "fwd_split": None, "bwd_maxnreg": None}
+          "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": False}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
-          "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None}
+          "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "fwd_scores": False}
 STATE_ROWS = (None, 32, 64)
 
 
