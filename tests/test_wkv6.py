@@ -107,11 +107,12 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
     _check(d, context=f"{shape} {decay}", fn=fn)
 
 
-@pytest.mark.parametrize("fn,knobs", [(wkv6, {}), (wkv6_fused, {}), (wkv6, dict(state_rows=32))],
-                         ids=["chunk", "fused", "chunk_rows32"])
+@pytest.mark.parametrize("fn,knobs", [(wkv6, {}), (wkv6_fused, {}), (wkv6, dict(state_rows=32)),
+                                      (wkv6, dict(fwd_scores=True))],
+                         ids=["chunk", "fused", "chunk_rows32", "chunk_scores"])
 def test_wkv6_extreme_decay(fn, knobs):
     """Extreme decays; the chunk backward's ``state_rows`` 32 too (forward and backward inside the knob; the walk
-    forward, which keeps the 32-row states)."""
+    forward, which keeps the 32-row states), and the walk with the scores kernel (``fwd_scores``)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
@@ -407,6 +408,25 @@ def test_wkv6_chunk_modes(seq, shape, cu):
              (False, True): {}, (False, False): dict(state_rows=32, scan_fill=2)}
     with kc.tuning(**knobs[seq, cu is None]):
         _check(d, context=f"chunk {shape} cu={cu} {knobs[seq, cu is None]}", fn=_chunk_mode(seq))
+
+
+@pytest.mark.parametrize("seq,shape,cu", [(True, (2, 70, 2, 20, 24), None),
+                                          (False, (1, 140, 2, 16, 16), [0, 3, 64, 64, 140])], ids=["seq", "par"])
+def test_wkv6_chunk_scores(seq, shape, cu):
+    """The forward with the blocks' scores from ``_fwd_scores_kernel`` (``fwd_scores``) in both modes vs fp64
+    (the walk on a fixed-length batch, the state pass on a varlen one), o and every gradient; a NaN decay still
+    reaches the later outputs (the span-sum dots spread it over its 16-row block's column, no earlier block)."""
+    import kernels.wkv6.chunk as kc
+    d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
+    if cu is not None:
+        d["cu_seqlens"] = torch.tensor(cu)
+    with kc.tuning(fwd_scores=True):
+        _check(d, context=f"scores {shape} cu={cu}", fn=_chunk_mode(seq))
+        x = {n: v.detach() if torch.is_tensor(v) else v for n, v in d.items()}
+        x["w"] = x["w"].clone()
+        x["w"][0, 20, 0, 3] = float("nan")
+        o, s = _chunk_mode(seq)(**x)
+    assert torch.isfinite(o[:, :16]).all() and torch.isnan(o[:, 21:]).any() and torch.isnan(s).any()
 
 
 def test_wkv6_algorithms_agree():

@@ -87,7 +87,7 @@ from kernels._common import autotune_configs, new_empty, num_sms
 from kernels.wkv6.common import (_bonus_bwd, _cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _half_dot,
                                  _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run,
                                  _seq_bounds, _state_or_zeros, _store_dqkw, _warp_configs)
-from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
+from kernels.wkv6.states import BT_PAR, _fwd_states, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states (default; ``TUNING["state_rows"]``)
 SB = 16           # block length
@@ -618,8 +618,9 @@ def _fwd_plan(N, H, V, device, knobs):
     steps to the forward) and keeps them only when the backward wants 64-row states; else the backward's state
     pass recomputes S_c beside D_c (its two scan directions run side by side)."""
     seq = _use_seq(N, H, V, device) if _FORCED_SEQ is None else _FORCED_SEQ
-    rows = knobs["state_rows"] or (32 if seq else BT)
-    return seq, knobs["save_states"] and (seq or rows == BT), rows
+    own = seq or knobs["fwd_scores"]    # a forward that can save states at any spacing (the walk; the state kernel)
+    rows = knobs["state_rows"] or (32 if own else BT)
+    return seq, knobs["save_states"] and (own or rows == BT), rows
 
 
 def _use_split(N: int, H: int, device, knobs) -> bool:
@@ -685,13 +686,19 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
                      _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
                      VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec)
         return o, ht, hs
+    BV = max(16, min(64, _pow2(V)))
+    if scores:      # one state kernel at the backward's spacing (or 64 rows when nothing is saved), the scores
+        bt = rows if save else BT
+        hs, ht, S, NT, cmap, cu = _fwd_states(r, k, v, w, h0, cu_seqlens, bt)
+        a = _fwd_scores(r, k, w, u, scale, cu, prec)
+        _fwd_par_scored_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, a, hs, o, cu, cmap, scale, T, NT, H=H, K=K, V=V,
+                                                     BT=bt, SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, SCORES=True,
+                                                     PREC=prec)
+        return o, ht, (hs if save else hs.new_empty((0,)))
     buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
                                               _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
-    a = _fwd_scores(r, k, w, u, scale, cu, prec) if scores else None
-    BV = max(16, min(64, _pow2(V)))
-    kernel = _fwd_par_scored_kernel if scores else _fwd_par_kernel
-    kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, a, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt, SB=SB,
-                                 BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, SCORES=scores, PREC=prec)
+    _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, None, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
+                                          SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, SCORES=False, PREC=prec)
     return o, ht, (buf[0] if save else buf.new_empty((0,)))
 
 
