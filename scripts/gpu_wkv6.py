@@ -33,7 +33,8 @@ programs), chunk_split / chunk_walk1 (the walk forward in two kernels / in one:
 (``bwd_maxnreg``: ``_bwd_kernel`` uncapped / autotuned with a 168-register cap beside the uncapped configs; the
 default, None, caps at K ≤ 32 only; the compile report prints each autotuner's pick per key), chunk_auto (the
 default knobs: time a knob beside it),
-chunk_par_fill2 (the state-pass forward, fill2); these keep the default's forward mode (the walk
+chunk_par_fill2 (the state-pass forward, fill2), chunk_seq_scores / chunk_par_scores (``fwd_scores``: the blocks'
+scores from ``_fwd_scores_kernel``, the walk / the one-kernel state pass + the chunk-parallel output); the others keep the default's forward mode (the walk
 where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed the scan
 knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
@@ -41,7 +42,9 @@ timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 c
 chunk carrying D, S saved every 16 rows), run 6 two split backwards (chunk_split,
 chunk_split_blk: two kernels joined through fp32 partials), run 11 chunk_nreg128 (a 128-register cap: never
 better than 168) and chunk_bsplit (the block kernel's split again, call 6): they lost and were removed.
-``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
+``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong; WKV6_CHECK_LABELS: a
+comma list of CHECKS labels instead). WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64",
+the large model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
 from __future__ import annotations
 
@@ -82,6 +85,8 @@ FLA_SHAPES = [SHAPES[int(i)] for i in os.environ.get("WKV6_FLA_SHAPES", ",".join
 DEV = "cpu" if SMOKE else "cuda"
 if SMOKE:
     SHAPES = [(1, 70, 2, 16, 16), (2, 40, 1, 16, 16), (1, 64, 1, 16, 16), (1, 130, 1, 16, 16)]
+EXTRA = [tuple(int(x) for x in e.split(",")) for e in os.environ.get("WKV6_EXTRA", "").split(";") if e]
+SHAPES = SHAPES + EXTRA        # WKV6_EXTRA: shapes "B,T,H,K,V;..." after the spec's (indices 6, 7, ...)
 if os.environ.get("WKV6_SHAPES"):   # a subset of SHAPES by index, e.g. "0,2" (little device time)
     SHAPES = [SHAPES[int(i)] for i in os.environ["WKV6_SHAPES"].split(",")]
 
@@ -111,11 +116,14 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False),   
          "chunk_split": dict(fwd_split=True), "chunk_walk1": dict(fwd_split=False),
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
          "chunk_nreg0": dict(bwd_maxnreg=0), "chunk_nreg168": dict(bwd_maxnreg=168)}
-PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2)}   # the state-pass forward
+PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
+             "chunk_par_scores": dict(fwd_scores=True)}
+SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True)}     # the walk forward
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS},
-         **{n: _chunk_mode(False) for n in PAR_KNOBS}}
+         **{n: _chunk_mode(False) for n in PAR_KNOBS}, **{n: _chunk_mode(True) for n in SEQ_KNOBS}}
 KNOBS.update(PAR_KNOBS)
+KNOBS.update(SEQ_KNOBS)
 VARIANTS.update(KNOBS)
 ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", "chunk,chunk_seq,chunk_par,fused").split(",")}
 
@@ -311,6 +319,12 @@ def resources():
     for cap, tuner in kc._BWD_KERNELS.items():      # the bwd_maxnreg knob's autotuners: their pick per key
         for key, cfg in getattr(tuner, "cache", {}).items():
             print(f"_bwd_kernel bwd_maxnreg={cap} key {key[:7]}: {cfg}")
+    import kernels.wkv6.states as ks
+    for name, tuner in [("_fwd_scores_kernel", kc._fwd_scores_kernel), ("_fwd_scored_kernel", kc._fwd_scored_kernel),
+                        ("_fwd_par_scored_kernel", kc._fwd_par_scored_kernel),
+                        ("_fwd_states_kernel", ks._fwd_states_kernel)]:    # fwd_scores' autotuners: pick per key
+        for key, cfg in getattr(tuner, "cache", {}).items():
+            print(f"{name} key {key[:7]}: {cfg}")
     if os.environ.get("WKV6_NOTIME") == "1":      # e.g. while fla warms up in the background: report only
         return
     res = {}
@@ -325,8 +339,9 @@ def resources():
         print(f"| B{sh[0]} T{sh[1]} H{sh[2]} K{sh[3]} | " + " | ".join(
             "{:.3f} / {:.3f} / {:.2f}".format(*res[n, sh]) for n in impls) + " |")
     if os.environ.get("WKV6_CHECKS", "0") == "1" and not SMOKE:    # (the interpreter's bf16 is not checkable)
-        for n, f in ALGOS.items():
-            for c in CHECKS[:1]:        # bf16 strong: the timed kernels' specializations (fp32: the GPU tests)
+        labels = os.environ.get("WKV6_CHECK_LABELS", CHECKS[0][0]).split(",")   # default: bf16 strong, the timed
+        for n, f in ALGOS.items():                                               # kernels' specializations
+            for c in [c for c in CHECKS if c[0] in labels]:
                 with variant(n):
                     check(n, f, *c)
 

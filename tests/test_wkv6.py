@@ -591,8 +591,9 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 @pytest.mark.parametrize("knobs,seq", [(dict(fwd_split=False), True),
                                        (dict(state_rows=64, scan_pipe=False, fwd_split=False), True),
                                        (dict(state_rows=32, scan_fill=2), False), (dict(fwd_split=True), True),
-                                       (dict(bwd_maxnreg=168), True)],
-                         ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168"])
+                                       (dict(bwd_maxnreg=168), True), (dict(fwd_scores=True), True),
+                                       (dict(fwd_scores=True), False)],
+                         ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "scores_seq", "scores_par"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
@@ -601,7 +602,9 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     B8 T4096 H32 shape runs them (walk forward in one kernel, state_rows 32, pipelined scan; at this shape the default
     would split it); "run9": run 9's default (64, no PIPE);
     the state pass with 32-row backward states (recomputed beside D) and narrow scan blocks; the split forward;
-    the backward's register cap 168 (``bwd_maxnreg``; K = 64 runs uncapped by default)."""
+    the backward's register cap 168 (``bwd_maxnreg``; K = 64 runs uncapped by default); the scores kernel
+    (``fwd_scores``: its span-sum dots in the inputs' dtype, "ieee" for fp32) with the walk and with the one-kernel
+    state pass."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)

@@ -384,8 +384,9 @@ _fwd_seq_kernel = triton.autotune(configs=_walk_configs((64, 32)), key=["K", "V"
 _fwd_split_kernel = triton.autotune(configs=_walk_configs((64, 32, 16)),
                                     key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
 # the walk with the blocks' scores precomputed (``fwd_scores``): light blocks, so narrow V-blocks cost little more
-_fwd_scored_kernel = triton.autotune(configs=_walk_configs((64, 32, 16)),
-                                     key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
+_fwd_scored_kernel = triton.autotune(
+    configs=_walk_configs((64, 32, 16)) + autotune_configs([triton.Config({"BV": 64}, num_warps=8, num_stages=1)]),
+    key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
 
 
 @triton.jit(do_not_specialize=['T', 'NT'])
@@ -412,9 +413,12 @@ def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, a_ptr, hs_ptr, o_ptr, cu_
                              o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
 
 
-_PAR_KEY = ["K", "V", "BT", "BK", "BV", "PREC"]
-_fwd_par_scored_kernel = triton.autotune(configs=_warp_configs(), key=_PAR_KEY)(_fwd_par_kernel)
-_fwd_par_kernel = triton.autotune(configs=_four_warps(), key=_PAR_KEY)(_fwd_par_kernel)
+# with the scores precomputed (``fwd_scores``) the blocks are light: narrower V-blocks and 8 warps are offered too
+_fwd_par_scored_kernel = triton.autotune(
+    configs=autotune_configs([triton.Config({"BV": bv}, num_warps=nw, num_stages=1)
+                              for bv, nw in ((64, 4), (64, 8), (32, 4))]),
+    key=["K", "V", "BT", "BK", "PREC"])(_fwd_par_kernel)
+_fwd_par_kernel = triton.autotune(configs=_four_warps(), key=["K", "V", "BT", "BK", "BV", "PREC"])(_fwd_par_kernel)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -691,9 +695,9 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         bt = rows if save else BT
         hs, ht, S, NT, cmap, cu = _fwd_states(r, k, v, w, h0, cu_seqlens, bt)
         a = _fwd_scores(r, k, w, u, scale, cu, prec)
-        _fwd_par_scored_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, a, hs, o, cu, cmap, scale, T, NT, H=H, K=K, V=V,
-                                                     BT=bt, SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, SCORES=True,
-                                                     PREC=prec)
+        _fwd_par_scored_kernel[lambda meta: (S, _cdiv(V, meta["BV"]), H)](
+            r, k, v, w, u, a, hs, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG,
+            VARLEN=varlen, SCORES=True, PREC=prec)
         return o, ht, (hs if save else hs.new_empty((0,)))
     buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
                                               _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
