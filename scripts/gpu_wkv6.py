@@ -34,7 +34,9 @@ programs), chunk_split / chunk_walk1 (the walk forward in two kernels / in one:
 default, None, caps at K ≤ 32 only; the compile report prints each autotuner's pick per key), chunk_auto (the
 default knobs: time a knob beside it),
 chunk_par_fill2 (the state-pass forward, fill2), chunk_seq_scores / chunk_par_scores (``fwd_scores``: the blocks'
-scores from ``_fwd_scores_kernel``, the walk / the one-kernel state pass + the chunk-parallel output); the others keep the default's forward mode (the walk
+scores from ``_fwd_scores_kernel``, the walk / the one-kernel state pass + the chunk-parallel output),
+chunk_par_inline (``fwd_scores`` "inline": the same scores computed inside the chunk-parallel output kernel); the
+others keep the default's forward mode (the walk
 where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed the scan
 knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
@@ -117,7 +119,7 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False),   
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
          "chunk_nreg0": dict(bwd_maxnreg=0), "chunk_nreg168": dict(bwd_maxnreg=168)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
-             "chunk_par_scores": dict(fwd_scores=True)}
+             "chunk_par_scores": dict(fwd_scores=True), "chunk_par_inline": dict(fwd_scores="inline")}
 SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True)}     # the walk forward
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS},
@@ -414,7 +416,7 @@ def regs():
     import kernels.wkv6.states as ks
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", str(kc.BT)).split(",")]   # state_rows knob values
     cases = [(kc, "_bwd_kernel", dict(blk, BT=bt, HALF_B=True)) for bt in bts]      # what bf16 inputs get
-    walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None)
+    walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None, SCORES=0, a_ptr=None, FAST=False)
     del walk["cmap_ptr"]        # the walks take no slot map (one program per sequence·head)
     scan = dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, MODE=2, USE_H0=False, USE_DHT=False, VARLEN=False,
                 h0_ptr=None, dht_ptr=None, ht_ptr=None, cu_ptr=None)    # the backward's reverse scan
@@ -424,7 +426,15 @@ def regs():
               (kc, "_fwd_intra_kernel", dict(H=32, K=kv, V=kv, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False,
                                              PREC="tf32", **none)),
               (ks, "_chunk_scan_kernel", dict(scan, PIPE=False)),
-              (ks, "_chunk_scan_kernel", dict(scan, PIPE=True))]
+              (ks, "_chunk_scan_kernel", dict(scan, PIPE=True)),
+              (kc, "_fwd_scores_kernel", dict(H=32, K=kv, BT=64, SB=kc.SB, BK=kv, LOG=kc.LOG, VARLEN=False,
+                                              PREC="tf32", FAST=True, **none)),
+              (kc, "_fwd_scored_kernel", dict(walk, SPLIT=False, SCORES=1, FAST=True, BV=32, qh_ptr=None,
+                                              kh_ptr=None, oi_ptr=None, a_ptr="*fp32")),
+              (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=1, FAST=True, a_ptr="*fp32")),
+              (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=2, FAST=True, a_ptr=None)),
+              (ks, "_fwd_states_kernel", dict(H=32, K=kv, V=kv, BT=32, BKS=32, BVS=32, USE_H0=False, VARLEN=False,
+                                              PREC="tf32", h0_ptr=None, cu_ptr=None))]
     STAGES = [int(x) for x in os.environ.get("WKV6_REGS_STAGES", "1").split(",")]   # num_stages values
     CAPS = [int(x) for x in os.environ.get("WKV6_REGS_MAXNREG", "0").split(",")]    # register caps (0: none)
     only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_kernel: one kernel (each compile takes ~10 s)
@@ -435,7 +445,8 @@ def regs():
         fn = getattr(mod, name)
         while not isinstance(fn, JITFunction):
             fn = fn.fn
-        types = {n: "constexpr" if n in consts else "*bf16" if n in half else "*i32" if n in ("cu_ptr", "cmap_ptr")
+        ptrs = {n: consts.pop(n) for n in [n for n, c in consts.items() if isinstance(c, str) and c[:1] == "*"]}
+        types = {n: ptrs[n] if n in ptrs else "constexpr" if n in consts else "*bf16" if n in half else "*i32" if n in ("cu_ptr", "cmap_ptr")
                  else "*fp32" if n.endswith("_ptr") else "fp32" if n == "scale" else "i32" for n in fn.arg_names}
         for nw, ns, cap in [(w, s, c) for w in (4, 8) for s in STAGES for c in CAPS]:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
@@ -448,7 +459,7 @@ def regs():
                 sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
             m = re.search(r"REG:(\d+) STACK:(\d+)", out)
             n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
-            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "PIPE") if c in consts)
+            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "PIPE", "SCORES") if c in consts)
             print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), *(("maxnreg", cap) if cap else ()),
                   m.group(1), m.group(2), n_ins, flush=True)
 

@@ -189,11 +189,12 @@ def _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, r0, i_
 
 
 @triton.jit
-def _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v,
-                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
-    """``_fwd_block`` with the block's scores A [SB, SB] read from a_ptr (``_fwd_scores_kernel``): only the
-    block-level decays here, exp(P) and exp(R) from cumsums of the shifted w tiles (exclusive sums of terms of one
-    sign, no difference)."""
+def _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_u, b_h, bos, L, r0, i_h, scale, o_t, o_k, o_v, m_k,
+                  m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, LOG: tl.constexpr,
+                  PREC: tl.constexpr, INLINE: tl.constexpr, FAST: tl.constexpr):
+    """``_fwd_block`` with the block's scores A [SB, SB] read from a_ptr (``_fwd_scores_kernel``), or (INLINE)
+    computed here by ``_scores_tile``: the block-level decays exp(P) and exp(R) from cumsums of the shifted w tiles
+    (exclusive sums of terms of one sign, no difference)."""
     b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
     b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
     b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
@@ -201,7 +202,11 @@ def _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h
     b_er = tl.exp(tl.cumsum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 1)), axis=0,
                             reverse=True))
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_a = _load_rows(a_ptr, bos, r0, L, i_h, o_t, o_t, o_t < SB, H, SB, SB, 0)
+    if INLINE:
+        b_a = _scores_tile(b_q, b_k, _load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0).to(
+            w_ptr.dtype.element_ty), b_u, o_t, LOG, PREC, FAST)
+    else:
+        b_a = _load_rows(a_ptr, bos, r0, L, i_h, o_t, o_t, o_t < SB, H, SB, SB, 0)
     b_o = tl.dot(b_q * b_ep, b_h, input_precision=PREC) + tl.dot(b_a, b_v, input_precision=PREC)
     _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H, V)
     return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_k * b_er), b_v, input_precision=PREC)
@@ -294,16 +299,22 @@ def _block_scores(q_ptr, k_ptr, w_ptr, b_u, a_ptr, bos, r0, L, i_h, o_t, o_k, m_
     p_k = ((bos + r0) * H + i_h) * K + (o_t * H * K)[:, None] + o_k[None, :]
     b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
     b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
-    b_w = tl.load(w_ptr + p_k, mask=m_tk, other=0.)
-    b_w = tl.where(b_w > 0, 0., tl.where(b_w < W_FLOOR, W_FLOOR, b_w)).to(w_ptr.dtype.element_ty)
+    b_A = _scores_tile(b_q, b_k, tl.load(w_ptr + p_k, mask=m_tk, other=0.), b_u, o_t, LOG, PREC, FAST)
+    p_a = ((bos + r0) * H + i_h) * SB + (o_t * H * SB)[:, None] + o_t[None, :]
+    tl.store(a_ptr + p_a, b_A * scale, mask=(rows < L)[:, None])
+
+
+@triton.jit
+def _scores_tile(b_q, b_k, b_w, b_u, o_t, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
+    """A [SB, SB] / scale of one block from its q, k [SB, BK] fp32 and raw w [SB, BK] in the inputs' dtype: pairs
+    s < t by level (``_span_sums``), the bonus diagonal, zero above."""
+    b_w = tl.where(b_w > 0, 0., tl.where(b_w < W_FLOOR, W_FLOOR, b_w)).to(b_w.dtype)
     b_A = tl.where(_level_mask(o_t, 1), tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
     for m in tl.static_range(1, LOG):
         b_e = _exp_ftz(_span_sums(b_w, o_t, 2 ** m, False), FAST)
         b_s = tl.dot(b_q * b_e, tl.trans(b_k * b_e), input_precision=PREC)
         b_A += tl.where(_level_mask(o_t, 2 ** m), b_s, 0.)
-    b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
-    p_a = ((bos + r0) * H + i_h) * SB + (o_t * H * SB)[:, None] + o_t[None, :]
-    tl.store(a_ptr + p_a, b_A * scale, mask=(rows < L)[:, None])
+    return b_A + tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
 
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=1, num_stages=1),
@@ -335,13 +346,14 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
               cu_ptr, scale, T, NT, NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
               SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
               VARLEN: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, SCORES: tl.constexpr,
-              PREC: tl.constexpr):
+              PREC: tl.constexpr, FAST: tl.constexpr):
     """Grid (V-blocks, N·H). Walks the SB-row blocks of one (sequence, head, V-block) with the state in registers:
     writes o_ptr and the final state ht_ptr, starts from h0_ptr (USE_H0; else None and zeros), and stores the state
     at every BT-row chunk start into hs_ptr when SAVE (else None; layouts above; cmap_ptr unused: a sequence's slots
     follow from cu). SPLIT: the blocks' state-free parts come from ``_fwd_intra_kernel`` (qh_ptr, kh_ptr
     [B·T, H, K] and oi_ptr [B·T, H, V] fp32; q, k, u unread), else they are computed here (qh, kh, oi: None).
-    SCORES: the blocks' scores come from ``_fwd_scores_kernel`` (a_ptr [B·T, H, SB] fp32, else None; u unread).
+    SCORES 1: the blocks' scores come from ``_fwd_scores_kernel`` (a_ptr [B·T, H, SB] fp32, else None; u
+    unread); 2: computed here by ``_scores_tile``; FAST: ``_exp_ftz``'s fast exp (GPU).
     NH_BUCKET: autotune key only (``_nh_bucket``). Autotuned as ``_fwd_seq_kernel`` and ``_fwd_split_kernel``."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -363,8 +375,8 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
             b_h = _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_k,
                               o_v, m_k, m_v, H, K, V, SB, PREC)
         elif SCORES:
-            b_h = _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, scale, o_t,
-                                o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+            b_h = _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_u, b_h, bos, L, i_b * SB, i_h, scale,
+                                o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC, SCORES == 2, FAST)
         else:
             b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_b * SB, i_h, scale, o_t, o_k,
                              o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
@@ -385,18 +397,19 @@ _fwd_split_kernel = triton.autotune(configs=_walk_configs((64, 32, 16)),
                                     key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
 # the walk with the blocks' scores precomputed (``fwd_scores``): light blocks, so narrow V-blocks cost little more
 _fwd_scored_kernel = triton.autotune(
-    configs=_walk_configs((64, 32, 16)) + autotune_configs([triton.Config({"BV": 64}, num_warps=8, num_stages=1)]),
-    key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
+    configs=autotune_configs([triton.Config({"BV": bv}, num_warps=nw, num_stages=1)
+                              for bv, nw in ((64, 4), (32, 4), (16, 4), (64, 8))]),
+    key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET", "SCORES"])(_fwd_walk)
 
 
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, a_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr,
-                    SCORES: tl.constexpr, PREC: tl.constexpr):
+                    SCORES: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
     """Grid (chunk slots, V-blocks, H): writes o_ptr for the BT // SB blocks of one chunk from its start state
-    hs_ptr [slots, H, K, V] fp32 (the state pass's, ``states._par_states``; layouts above). SCORES: the blocks'
-    scores come from ``_fwd_scores_kernel`` (a_ptr [B·T, H, SB] fp32, else None; u unread)."""
+    hs_ptr [slots, H, K, V] fp32 (the state pass's, ``states._par_states``; layouts above). SCORES and FAST as in
+    ``_fwd_walk``."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, SB)
@@ -406,18 +419,20 @@ def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, a_ptr, hs_ptr, o_ptr, cu_
                   other=0.)
     for i_b in range(0, tl.minimum(tl.cdiv(L - i_c * BT, SB), BT // SB)):     # the blocks that hold rows
         if SCORES:
-            b_h = _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, i_c * BT + i_b * SB, i_h,
-                                scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+            b_h = _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_u, b_h, bos, L, i_c * BT + i_b * SB,
+                                i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC, SCORES == 2, FAST)
         else:
             b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_c * BT + i_b * SB, i_h, scale,
                              o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
 
 
-# with the scores precomputed (``fwd_scores``) the blocks are light: narrower V-blocks and 8 warps are offered too
+# with the scores precomputed (``fwd_scores``) the blocks are light: narrower V-blocks, 2 and 8 warps are offered
+# too (offline sm_90 compile, bf16, K = V = 64, registers / spill B / SASS: BV 64 at 2 warps 255 / 24 / 2032, 4
+# warps 196 / 0 / 1272, 8 warps 128 / 0 / 904; BV 32 at 2 warps 204 / 0 / 1680, at 4 warps 159 / 0 / 1088)
 _fwd_par_scored_kernel = triton.autotune(
     configs=autotune_configs([triton.Config({"BV": bv}, num_warps=nw, num_stages=1)
-                              for bv, nw in ((64, 4), (64, 8), (32, 4))]),
-    key=["K", "V", "BT", "BK", "PREC"])(_fwd_par_kernel)
+                              for bv, nw in ((64, 4), (64, 8), (32, 4), (64, 2), (32, 2))]),
+    key=["K", "V", "BT", "BK", "PREC", "SCORES"])(_fwd_par_kernel)
 _fwd_par_kernel = triton.autotune(configs=_four_warps(), key=["K", "V", "BT", "BK", "BV", "PREC"])(_fwd_par_kernel)
 
 
@@ -674,7 +689,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     kn = knobs or TUNING
     seq, keep, rows = _fwd_plan(N, H, V, dev, kn)
     save, bt = save and keep, (rows if seq else BT)
-    scores = bool(kn["fwd_scores"])
+    scores = {False: 0, True: 1, "inline": 2}[kn["fwd_scores"]]
     o = new_empty((B, T, H, V), r.dtype, dev)
     if seq:
         NT = _cdiv(T, bt)
@@ -684,25 +699,26 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         cu = _cu(cu_seqlens)
         use_split = not scores and _use_split(N, H, dev, kn)
         split = _fwd_split(r, k, v, w, u, scale, cu, prec) if use_split else (None, None, None)
-        a = _fwd_scores(r, k, w, u, scale, cu, prec) if scores else None
+        a = _fwd_scores(r, k, w, u, scale, cu, prec) if scores == 1 else None
         kernel = _fwd_split_kernel if use_split else _fwd_scored_kernel if scores else _fwd_seq_kernel
         kernel[grid](r, k, v, w, u, *split, a, h0, o, ht, hs if save else None, cu, scale, T, NT,
                      _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
-                     VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec)
+                     VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec, FAST=not INTERPRET)
         return o, ht, hs
     BV = max(16, min(64, _pow2(V)))
     if scores:      # one state kernel at the backward's spacing (or 64 rows when nothing is saved), the scores
         bt = rows if save else BT
         hs, ht, S, NT, cmap, cu = _fwd_states(r, k, v, w, h0, cu_seqlens, bt)
-        a = _fwd_scores(r, k, w, u, scale, cu, prec)
+        a = _fwd_scores(r, k, w, u, scale, cu, prec) if scores == 1 else None
         _fwd_par_scored_kernel[lambda meta: (S, _cdiv(V, meta["BV"]), H)](
             r, k, v, w, u, a, hs, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG,
-            VARLEN=varlen, SCORES=True, PREC=prec)
+            VARLEN=varlen, SCORES=scores, PREC=prec, FAST=not INTERPRET)
         return o, ht, (hs if save else hs.new_empty((0,)))
     buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
                                               _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
     _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, None, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
-                                          SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, SCORES=False, PREC=prec)
+                                          SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, SCORES=0, PREC=prec,
+                                          FAST=False)
     return o, ht, (buf[0] if save else buf.new_empty((0,)))
 
 
@@ -741,11 +757,21 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                at B8 T4096 H32 and B16 T1024 H8 (same kernel: 5176 / 5034 / 5030 and 665 / 667 / 667,
 #                run-to-run noise), B4 T2048 H16 (state rows 64) 752 / 736 / 753. Default None = ``_bwd_cap``:
 #                168 at K <= 32, no cap above (0 forces none);
+#   fwd_scores   the blocks' scores A (the level work) from ``_fwd_scores_kernel``: one small program per 64-row
+#                chunk (1 or 2 warps: on [16, K] tiles the compiler's 4-warp code repeats work; offline sm_90
+#                compile, bf16 K = 64: ~2,000 SASS instructions per block at 1 warp against ~8,000 warp-instructions
+#                of the 4-warp level code), the decays by span-sum dots (``_span_sums``) instead of cumprods; the
+#                walk or the chunk-parallel output kernel then reads A (64 bytes per token and head) and keeps only
+#                the block-level decays and three dots; the state-pass forward takes the one-kernel state pass
+#                (``states._fwd_states_kernel``) and saves states at the backward's spacing. "inline": the scores
+#                computed inside the output kernel instead (no A round trip). False: the level code of
+#                ``_fwd_block``;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": False}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "fwd_scores": False}
 STATE_ROWS = (None, 32, 64)
+FWD_SCORES = (False, True, "inline")
 
 
 @contextlib.contextmanager
@@ -757,6 +783,8 @@ def tuning(**knobs):
         raise ValueError(f"unknown wkv6 chunk knobs {sorted(bad)}; known: {sorted(TUNING)}")
     if knobs.get("state_rows") not in STATE_ROWS:
         raise ValueError(f"wkv6 chunk knob state_rows must be one of {STATE_ROWS}; got {knobs['state_rows']!r}")
+    if knobs.get("fwd_scores", False) not in FWD_SCORES:
+        raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
     if knobs.get("bwd_maxnreg") not in BWD_MAXNREG:
         raise ValueError(f"wkv6 chunk knob bwd_maxnreg must be one of {BWD_MAXNREG}; got {knobs['bwd_maxnreg']!r}")
     old = dict(TUNING)
