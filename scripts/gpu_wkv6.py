@@ -35,8 +35,8 @@ default, None, caps at K ≤ 32 only; the compile report prints each autotuner's
 default knobs: time a knob beside it),
 chunk_par_fill2 (the state-pass forward, fill2), chunk_seq_scores / chunk_par_scores (``fwd_scores``: the blocks'
 scores from ``_fwd_scores_kernel``, the walk / the one-kernel state pass + the chunk-parallel output),
-chunk_par_inline (``fwd_scores`` "inline": the same scores computed inside the chunk-parallel output kernel); the
-others keep the default's forward mode (the walk
+chunk_seq_levels / chunk_par_levels (``fwd_scores`` False: the level code in the walk / state-pass output, the
+default until run 12); the others keep the default's forward mode (the walk
 where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed the scan
 knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
@@ -119,8 +119,8 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False),   
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
          "chunk_nreg0": dict(bwd_maxnreg=0), "chunk_nreg168": dict(bwd_maxnreg=168)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
-             "chunk_par_scores": dict(fwd_scores=True), "chunk_par_inline": dict(fwd_scores="inline")}
-SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True)}     # the walk forward
+             "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False)}
+SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True), "chunk_seq_levels": dict(fwd_scores=False)}   # the walk
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS},
          **{n: _chunk_mode(False) for n in PAR_KNOBS}, **{n: _chunk_mode(True) for n in SEQ_KNOBS}}
@@ -416,7 +416,7 @@ def regs():
     import kernels.wkv6.states as ks
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", str(kc.BT)).split(",")]   # state_rows knob values
     cases = [(kc, "_bwd_kernel", dict(blk, BT=bt, HALF_B=True)) for bt in bts]      # what bf16 inputs get
-    walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None, SCORES=0, a_ptr=None, FAST=False)
+    walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None, SCORES=False, a_ptr=None)
     del walk["cmap_ptr"]        # the walks take no slot map (one program per sequence·head)
     scan = dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, MODE=2, USE_H0=False, USE_DHT=False, VARLEN=False,
                 h0_ptr=None, dht_ptr=None, ht_ptr=None, cu_ptr=None)    # the backward's reverse scan
@@ -429,10 +429,9 @@ def regs():
               (ks, "_chunk_scan_kernel", dict(scan, PIPE=True)),
               (kc, "_fwd_scores_kernel", dict(H=32, K=kv, BT=64, SB=kc.SB, BK=kv, LOG=kc.LOG, VARLEN=False,
                                               PREC="tf32", FAST=True, **none)),
-              (kc, "_fwd_scored_kernel", dict(walk, SPLIT=False, SCORES=1, FAST=True, BV=32, qh_ptr=None,
-                                              kh_ptr=None, oi_ptr=None, a_ptr="*fp32")),
-              (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=1, FAST=True, a_ptr="*fp32")),
-              (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=2, FAST=True, a_ptr=None)),
+              (kc, "_fwd_scored_kernel", dict(walk, SPLIT=False, SCORES=True, BV=32, qh_ptr=None, kh_ptr=None,
+                                              oi_ptr=None, a_ptr="*fp32")),
+              (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=True, a_ptr="*fp32")),
               (ks, "_fwd_states_kernel", dict(H=32, K=kv, V=kv, BT=32, BKS=32, BVS=32, USE_H0=False, VARLEN=False,
                                               PREC="tf32", h0_ptr=None, cu_ptr=None))]
     STAGES = [int(x) for x in os.environ.get("WKV6_REGS_STAGES", "1").split(",")]   # num_stages values
@@ -446,8 +445,9 @@ def regs():
         while not isinstance(fn, JITFunction):
             fn = fn.fn
         ptrs = {n: consts.pop(n) for n in [n for n, c in consts.items() if isinstance(c, str) and c[:1] == "*"]}
-        types = {n: ptrs[n] if n in ptrs else "constexpr" if n in consts else "*bf16" if n in half else "*i32" if n in ("cu_ptr", "cmap_ptr")
-                 else "*fp32" if n.endswith("_ptr") else "fp32" if n == "scale" else "i32" for n in fn.arg_names}
+        types = {n: ptrs[n] if n in ptrs else "constexpr" if n in consts else "*bf16" if n in half
+                 else "*i32" if n in ("cu_ptr", "cmap_ptr") else "*fp32" if n.endswith("_ptr")
+                 else "fp32" if n == "scale" else "i32" for n in fn.arg_names}
         for nw, ns, cap in [(w, s, c) for w in (4, 8) for s in STAGES for c in CAPS]:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
             cubin = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={

@@ -108,11 +108,12 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
 
 
 @pytest.mark.parametrize("fn,knobs", [(wkv6, {}), (wkv6_fused, {}), (wkv6, dict(state_rows=32)),
-                                      (wkv6, dict(fwd_scores=True))],
-                         ids=["chunk", "fused", "chunk_rows32", "chunk_scores"])
+                                      (wkv6, dict(fwd_scores=False))],
+                         ids=["chunk", "fused", "chunk_rows32", "chunk_levels"])
 def test_wkv6_extreme_decay(fn, knobs):
     """Extreme decays; the chunk backward's ``state_rows`` 32 too (forward and backward inside the knob; the walk
-    forward, which keeps the 32-row states), and the walk with the scores kernel (``fwd_scores``)."""
+    forward with the scores kernel, which keeps the 32-row states), and the walk's own level code (``fwd_scores``
+    False: the forward of sequences longer than 4096)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
@@ -391,31 +392,34 @@ def _chunk_mode(seq):
 
 
 @pytest.mark.parametrize("seq", [True, False], ids=["seq", "par"])
-@pytest.mark.parametrize("shape,cu", [((2, 70, 2, 20, 24), None), ((1, 140, 2, 16, 16), [0, 3, 64, 64, 140])],
+@pytest.mark.parametrize("shape,cu", [((2, 70, 2, 20, 24), None), ((1, 140, 1, 16, 16), [0, 3, 64, 64, 140])],
                          ids=["fixed", "varlen"])
 def test_wkv6_chunk_modes(seq, shape, cu):
-    """Both forward modes of the default algorithm (sequential walk, state pass + parallel chunks) vs fp64: the walk
-    in two kernels keeping 32-row states and in one keeping 64-row states (``fwd_split``; the default splits at these
-    tiny sizes: ≤ one sequence·head per SM), the state pass at the default (64) or with the
+    """Both forward modes of the default algorithm with their own level code (``fwd_scores`` False: sequences
+    longer than 4096; the scores kernel: test_wkv6_chunk_scores) (sequential walk, state pass + parallel chunks)
+    vs fp64: the walk in two kernels keeping 32-row states and in one keeping 64-row states (``fwd_split``; the
+    default splits at these tiny sizes: ≤ one sequence·head per SM), the state pass at the default (64) or with the
     backward's ``state_rows`` at 32 (it keeps no states then, S recomputed beside D) and narrow scan blocks. The
     one-kernel walk's backward runs uncapped (``bwd_maxnreg`` 0; K <= 32 takes the 168 cap by default)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    knobs = {(True, True): dict(state_rows=32, fwd_split=True),
-             (True, False): dict(state_rows=64, fwd_split=False, bwd_maxnreg=0),
-             (False, True): {}, (False, False): dict(state_rows=32, scan_fill=2)}
+    knobs = {(True, True): dict(state_rows=32, fwd_split=True, fwd_scores=False),
+             (True, False): dict(state_rows=64, fwd_split=False, bwd_maxnreg=0, fwd_scores=False),
+             (False, True): dict(fwd_scores=False),
+             (False, False): dict(state_rows=32, scan_fill=2, fwd_scores=False)}
     with kc.tuning(**knobs[seq, cu is None]):
         _check(d, context=f"chunk {shape} cu={cu} {knobs[seq, cu is None]}", fn=_chunk_mode(seq))
 
 
-@pytest.mark.parametrize("seq,shape,cu", [(True, (2, 70, 2, 20, 24), None),
-                                          (False, (1, 140, 2, 16, 16), [0, 3, 64, 64, 140])], ids=["seq", "par"])
+@pytest.mark.parametrize("seq,shape,cu", [(True, (1, 70, 2, 20, 24), None),
+                                          (False, (1, 100, 1, 16, 16), [0, 3, 64, 64, 100])], ids=["seq", "par"])
 def test_wkv6_chunk_scores(seq, shape, cu):
-    """The forward with the blocks' scores from ``_fwd_scores_kernel`` (``fwd_scores``) in both modes vs fp64
-    (the walk on a fixed-length batch, the state pass on a varlen one), o and every gradient; a NaN decay still
-    reaches the later outputs (the span-sum dots spread it over its 16-row block's column, no earlier block)."""
+    """The forward with the blocks' scores from ``_fwd_scores_kernel`` (``fwd_scores``, on by default up to
+    T = 4096) in both modes vs fp64 (the walk on a fixed-length batch, the one-kernel state pass on a varlen one), o
+    and every gradient; a NaN decay still reaches the later outputs (the span-sum dots spread it over its 16-row
+    block's column, no earlier block)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
