@@ -593,8 +593,9 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("knobs,seq", [(dict(fwd_split=False), True),
-                                       (dict(state_rows=64, scan_pipe=False, fwd_split=False), True),
-                                       (dict(state_rows=32, scan_fill=2), False), (dict(fwd_split=True), True),
+                                       (dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False), True),
+                                       (dict(state_rows=32, scan_fill=2, fwd_scores=False), False),
+                                       (dict(fwd_split=True, fwd_scores=False), True),
                                        (dict(bwd_maxnreg=168), True), (dict(fwd_scores=True), True),
                                        (dict(fwd_scores=True), False)],
                          ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "scores_seq", "scores_par"])
@@ -603,9 +604,10 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
     chunk at every state_rows), K = V = 64, strong decay, h0; the walk forward (it keeps the states those knobs ask
     for; this shape would take the state pass) or the state pass (seq False). "seq": the default knobs as the
-    B8 T4096 H32 shape runs them (walk forward in one kernel, state_rows 32, pipelined scan; at this shape the default
-    would split it); "run9": run 9's default (64, no PIPE);
-    the state pass with 32-row backward states (recomputed beside D) and narrow scan blocks; the split forward;
+    B8 T4096 H32 shape runs them (the scores kernel + the walk, state_rows 32, pipelined scan); "run9": run 9's
+    default (64, no PIPE, the walk's own level code); the two-kernel state pass with 32-row backward states
+    (recomputed beside D) and narrow scan blocks; the split forward (both without the scores kernel: ``fwd_scores``
+    False, as sequences longer than 4096 run);
     the backward's register cap 168 (``bwd_maxnreg``; K = 64 runs uncapped by default); the scores kernel
     (``fwd_scores``: its span-sum dots in the inputs' dtype, "ieee" for fp32) with the walk and with the one-kernel
     state pass."""
