@@ -417,14 +417,14 @@ def test_wkv6_chunk_modes(seq, shape, cu):
                                           (False, (1, 100, 1, 16, 16), [0, 3, 64, 64, 100])], ids=["seq", "par"])
 def test_wkv6_chunk_scores(seq, shape, cu):
     """The forward with the blocks' scores from ``_fwd_scores_kernel`` (``fwd_scores``, on by default up to
-    T = 4096) in both modes vs fp64 (the walk on a fixed-length batch, the one-kernel state pass on a varlen one), o
-    and every gradient; a NaN decay still reaches the later outputs (the span-sum dots spread it over its 16-row
+    T = 4096) in both modes vs fp64 (the walk with ``fwd_pipe`` on a fixed-length batch, the one-kernel state pass
+    on a varlen one), o and every gradient; a NaN decay still reaches the later outputs (the span-sum dots spread it over its 16-row
     block's column, no earlier block)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    with kc.tuning(fwd_scores=True):
+    with kc.tuning(fwd_scores=True, fwd_pipe=seq):
         _check(d, context=f"scores {shape} cu={cu}", fn=_chunk_mode(seq))
         x = {n: v.detach() if torch.is_tensor(v) else v for n, v in d.items()}
         x["w"] = x["w"].clone()

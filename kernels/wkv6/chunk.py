@@ -216,9 +216,40 @@ def _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h
                             reverse=True))
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_a = _load_rows(a_ptr, bos, r0, L, i_h, o_t, o_t, o_t < SB, H, SB, SB, 0)
+    return _scored_out(b_q, b_k, b_w, b_ep, b_er, b_v, b_a, o_ptr, b_h, bos, L, r0, i_h, o_t, o_v, m_v, H, V, PREC)
+
+
+@triton.jit
+def _scored_out(b_q, b_k, b_w, b_ep, b_er, b_v, b_a, o_ptr, b_h, bos, L, r0, i_h, o_t, o_v, m_v, H: tl.constexpr,
+                V: tl.constexpr, PREC: tl.constexpr):
+    """The block's three dots: o rows r0..r0+SB (stored) and the state after the block (returned)."""
     b_o = tl.dot(b_q * b_ep, b_h, input_precision=PREC) + tl.dot(b_a, b_v, input_precision=PREC)
     _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H, V)
     return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_k * b_er), b_v, input_precision=PREC)
+
+
+@triton.jit
+def _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v,
+                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr):
+    """The tiles ``_scored_step`` takes for the block at r0 (fp32): q (scaled), k [SB, BK], the clamped w and w
+    shifted by −1 and +1 rows [SB, BK] (0 outside the block), v [SB, BV], A [SB, SB]; rows past L read 0."""
+    b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
+    b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+    b_wm = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, -1))
+    b_wp = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 1))
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_a = _load_rows(a_ptr, bos, r0, L, i_h, o_t, o_t, o_t < SB, H, SB, SB, 0)
+    return b_q, b_k, b_w, b_wm, b_wp, b_v, b_a
+
+
+@triton.jit
+def _scored_step(b_q, b_k, b_w, b_wm, b_wp, b_v, b_a, o_ptr, b_h, bos, L, r0, i_h, o_t, o_v, m_v, H: tl.constexpr,
+                 V: tl.constexpr, PREC: tl.constexpr):
+    """o rows r0..r0+SB and the state after the block from the state before it b_h [BK, BV] and the block's
+    ``_scored_tiles``."""
+    return _scored_out(b_q, b_k, b_w, tl.exp(tl.cumsum(b_wm, axis=0)), tl.exp(tl.cumsum(b_wp, axis=0, reverse=True)),
+                       b_v, b_a, o_ptr, b_h, bos, L, r0, i_h, o_t, o_v, m_v, H, V, PREC)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -350,13 +381,14 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
               cu_ptr, scale, T, NT, NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
               SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
               VARLEN: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, SCORES: tl.constexpr,
-              PREC: tl.constexpr):
+              PREC: tl.constexpr, PIPE: tl.constexpr = False):
     """Grid (V-blocks, N·H). Walks the SB-row blocks of one (sequence, head, V-block) with the state in registers:
     writes o_ptr and the final state ht_ptr, starts from h0_ptr (USE_H0; else None and zeros), and stores the state
     at every BT-row chunk start into hs_ptr when SAVE (else None; layouts above; cmap_ptr unused: a sequence's slots
     follow from cu). SPLIT: the blocks' state-free parts come from ``_fwd_intra_kernel`` (qh_ptr, kh_ptr
     [B·T, H, K] and oi_ptr [B·T, H, V] fp32; q, k, u unread), else they are computed here (qh, kh, oi: None).
-    SCORES: the blocks' scores come from ``_fwd_scores_kernel`` (a_ptr [B·T, H, SB] fp32, else None; u unread).
+    SCORES: the blocks' scores come from ``_fwd_scores_kernel`` (a_ptr [B·T, H, SB] fp32, else None; u unread);
+    with PIPE the next block's tiles are loaded before this block's dots (``fwd_pipe``: untimed).
     NH_BUCKET: autotune key only (``_nh_bucket``). Autotuned as ``_fwd_seq_kernel`` and ``_fwd_split_kernel``."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -370,11 +402,21 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
         slot0 = bos // BT + i_n
     else:
         slot0 = i_n.to(tl.int64) * NT
+    if PIPE:
+        t_q, t_k, t_w, t_wm, t_wp, t_v, t_a = _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L, 0, i_h, scale,
+                                                            o_t, o_k, o_v, m_k, m_v, H, K, V, SB)
     for i_b in range(0, tl.cdiv(L, SB)):
         if SAVE:
             tl.store(hs_ptr + ((slot0 + i_b // (BT // SB)) * H + i_h) * K * V + o_kv, b_h,
                      mask=m_kv & (o_k[:, None] * 0 + i_b % (BT // SB) == 0))
-        if SPLIT:
+        if PIPE:    # the next block's loads in flight during this block's dots (past the end: masked, unused)
+            n_q, n_k, n_w, n_wm, n_wp, n_v, n_a = _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L,
+                                                                (i_b + 1) * SB, i_h, scale, o_t, o_k, o_v, m_k,
+                                                                m_v, H, K, V, SB)
+            b_h = _scored_step(t_q, t_k, t_w, t_wm, t_wp, t_v, t_a, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_v,
+                               m_v, H, V, PREC)
+            t_q, t_k, t_w, t_wm, t_wp, t_v, t_a = n_q, n_k, n_w, n_wm, n_wp, n_v, n_a
+        elif SPLIT:
             b_h = _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_k,
                               o_v, m_k, m_v, H, K, V, SB, PREC)
         elif SCORES:
@@ -718,7 +760,8 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         kernel = _fwd_split_kernel if use_split else _fwd_scored_kernel if scores else _fwd_seq_kernel
         kernel[grid](r, k, v, w, u, *split, a, h0, o, ht, hs if save else None, cu, scale, T, NT,
                      _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
-                     VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec)
+                     VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec,
+                     PIPE=scores and kn["fwd_pipe"])
         return o, ht, hs
     BV = max(16, min(64, _pow2(V)))
     if scores:      # one state kernel at the backward's spacing (or 64 rows when nothing is saved), the scores
@@ -781,10 +824,15 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                (default): on where T <= 4096 (``_use_scores``), the walk where N·H >= #SMs (``_fwd_plan``).
 #                H100 run 12 (wkv6i; GPU us per fwd+bwd, old default -> new: B8 T4096 H32 8068 -> 7517, forward
 #                2068 -> 1702; B16 T1024 H8 1092 -> 1051, forward 317 -> 277; B8 T1024 H8 597 -> 563);
+#   fwd_pipe     the scored walk loads the next block's tiles before this block's dots (``_fwd_walk``'s PIPE; the
+#                walk is a latency chain: 5.3 us per block at B8 T4096 H32, run 12). Built after run 12: untimed,
+#                off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
-          "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None}
+          "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None,
+          "fwd_pipe": False}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
-          "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "fwd_scores": False}
+          "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "fwd_scores": False,
+          "fwd_pipe": False}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 
