@@ -597,8 +597,9 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
                                        (dict(state_rows=32, scan_fill=2, fwd_scores=False), False),
                                        (dict(fwd_split=True, fwd_scores=False), True),
                                        (dict(bwd_maxnreg=168), True), (dict(fwd_scores=True), True),
-                                       (dict(fwd_scores=True), False)],
-                         ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "scores_seq", "scores_par"])
+                                       (dict(fwd_scores=True), False), (dict(fwd_scores=True, fwd_pipe=True), True)],
+                         ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "scores_seq", "scores_par",
+                              "scores_pipe"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
@@ -609,8 +610,8 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     (recomputed beside D) and narrow scan blocks; the split forward (both without the scores kernel: ``fwd_scores``
     False, as sequences longer than 4096 run);
     the backward's register cap 168 (``bwd_maxnreg``; K = 64 runs uncapped by default); the scores kernel
-    (``fwd_scores``: its span-sum dots in the inputs' dtype, "ieee" for fp32) with the walk and with the one-kernel
-    state pass."""
+    (``fwd_scores``: its span-sum dots in the inputs' dtype, "ieee" for fp32) with the walk (also with ``fwd_pipe``)
+    and with the one-kernel state pass."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)
