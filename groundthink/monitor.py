@@ -201,7 +201,7 @@ def summarize_trace(events: list[dict], steps: int, top: int = 25) -> dict:
 # substrings of mamba-ssm's, causal-conv1d's, the glue kernels', cuBLAS's and PyTorch's; anything else is "other"
 # (tests/test_step.py checks that it names every Triton kernel of kernels/wkv6 that ``_wkv6_`` does not catch)
 WKV6_KERNELS = {"_bwd_kernel", "_chunk_scan_kernel", "_chunk_state_kernel", "_fwd_intra_kernel", "_fwd_par_kernel",
-                "_fwd_walk"}
+                "_fwd_walk", "_fwd_scores_kernel", "_fwd_states_kernel"}
 OP_OF_KERNEL = (
     ("mamba2 (mamba-ssm)", ("_chunk_cumsum", "_chunk_state_", "_state_passing", "_bmm_chunk", "_chunk_scan_")),
     ("causal_conv1d", ("causal_conv1d",)),

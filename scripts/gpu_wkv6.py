@@ -33,7 +33,11 @@ programs), chunk_split / chunk_walk1 (the walk forward in two kernels / in one:
 (``bwd_maxnreg``: ``_bwd_kernel`` uncapped / autotuned with a 168-register cap beside the uncapped configs; the
 default, None, caps at K ≤ 32 only; the compile report prints each autotuner's pick per key), chunk_auto (the
 default knobs: time a knob beside it),
-chunk_par_fill2 (the state-pass forward, fill2); these keep the default's forward mode (the walk
+chunk_par_fill2 (the state-pass forward, fill2), chunk_seq_scores / chunk_par_scores (``fwd_scores``: the blocks'
+scores from ``_fwd_scores_kernel``, the walk / the one-kernel state pass + the chunk-parallel output),
+chunk_seq_levels / chunk_par_levels (``fwd_scores`` False: the level code in the walk / state-pass output, the
+default until run 12; chunk_run9, chunk_split and chunk_walk1 run without the scores kernel too), chunk_seq_pipe
+(the scored walk with ``fwd_pipe``: the next block's loads in flight); the others keep the default's forward mode (the walk
 where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed the scan
 knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also
 timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
@@ -41,7 +45,9 @@ timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 c
 chunk carrying D, S saved every 16 rows), run 6 two split backwards (chunk_split,
 chunk_split_blk: two kernels joined through fp32 partials), run 11 chunk_nreg128 (a 128-register cap: never
 better than 168) and chunk_bsplit (the block kernel's split again, call 6): they lost and were removed.
-``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong).
+``--resources`` with WKV6_CHECKS=1 also checks each algorithm against float64 (bf16 strong; WKV6_CHECK_LABELS: a
+comma list of CHECKS labels instead). WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64",
+the large model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
 from __future__ import annotations
 
@@ -82,6 +88,8 @@ FLA_SHAPES = [SHAPES[int(i)] for i in os.environ.get("WKV6_FLA_SHAPES", ",".join
 DEV = "cpu" if SMOKE else "cuda"
 if SMOKE:
     SHAPES = [(1, 70, 2, 16, 16), (2, 40, 1, 16, 16), (1, 64, 1, 16, 16), (1, 130, 1, 16, 16)]
+EXTRA = [tuple(int(x) for x in e.split(",")) for e in os.environ.get("WKV6_EXTRA", "").split(";") if e]
+SHAPES = SHAPES + EXTRA        # WKV6_EXTRA: shapes "B,T,H,K,V;..." after the spec's (indices 6, 7, ...)
 if os.environ.get("WKV6_SHAPES"):   # a subset of SHAPES by index, e.g. "0,2" (little device time)
     SHAPES = [SHAPES[int(i)] for i in os.environ["WKV6_SHAPES"].split(",")]
 
@@ -105,17 +113,21 @@ def _chunk_mode(seq):
 
 
 VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
-KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False),   # run 9's default
+KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False),   # run 9's default
          "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),
          "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2),
-         "chunk_split": dict(fwd_split=True), "chunk_walk1": dict(fwd_split=False),
+         "chunk_split": dict(fwd_split=True, fwd_scores=False), "chunk_walk1": dict(fwd_split=False, fwd_scores=False),
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
          "chunk_nreg0": dict(bwd_maxnreg=0), "chunk_nreg168": dict(bwd_maxnreg=168)}
-PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2)}   # the state-pass forward
+PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
+             "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False)}
+SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True), "chunk_seq_levels": dict(fwd_scores=False),   # the walk
+             "chunk_seq_pipe": dict(fwd_scores=True, fwd_pipe=True)}
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": _chunk_mode(True), "chunk_par": _chunk_mode(False), "fused": kw.wkv6_fused,
          **{n: _chunk_mode(True) for n in VARIANTS}, **{n: kw.wkv6 for n in KNOBS},
-         **{n: _chunk_mode(False) for n in PAR_KNOBS}}
+         **{n: _chunk_mode(False) for n in PAR_KNOBS}, **{n: _chunk_mode(True) for n in SEQ_KNOBS}}
 KNOBS.update(PAR_KNOBS)
+KNOBS.update(SEQ_KNOBS)
 VARIANTS.update(KNOBS)
 ALGOS = {n: ALGOS[n] for n in os.environ.get("WKV6_ALGOS", "chunk,chunk_seq,chunk_par,fused").split(",")}
 
@@ -311,6 +323,12 @@ def resources():
     for cap, tuner in kc._BWD_KERNELS.items():      # the bwd_maxnreg knob's autotuners: their pick per key
         for key, cfg in getattr(tuner, "cache", {}).items():
             print(f"_bwd_kernel bwd_maxnreg={cap} key {key[:7]}: {cfg}")
+    import kernels.wkv6.states as ks
+    for name, tuner in [("_fwd_scores_kernel", kc._fwd_scores_kernel), ("_fwd_scored_kernel", kc._fwd_scored_kernel),
+                        ("_fwd_par_scored_kernel", kc._fwd_par_scored_kernel),
+                        ("_fwd_states_kernel", ks._fwd_states_kernel)]:    # fwd_scores' autotuners: pick per key
+        for key, cfg in getattr(tuner, "cache", {}).items():
+            print(f"{name} key {key[:7]}: {cfg}")
     if os.environ.get("WKV6_NOTIME") == "1":      # e.g. while fla warms up in the background: report only
         return
     res = {}
@@ -325,8 +343,9 @@ def resources():
         print(f"| B{sh[0]} T{sh[1]} H{sh[2]} K{sh[3]} | " + " | ".join(
             "{:.3f} / {:.3f} / {:.2f}".format(*res[n, sh]) for n in impls) + " |")
     if os.environ.get("WKV6_CHECKS", "0") == "1" and not SMOKE:    # (the interpreter's bf16 is not checkable)
-        for n, f in ALGOS.items():
-            for c in CHECKS[:1]:        # bf16 strong: the timed kernels' specializations (fp32: the GPU tests)
+        labels = os.environ.get("WKV6_CHECK_LABELS", CHECKS[0][0]).split(",")   # default: bf16 strong, the timed
+        for n, f in ALGOS.items():                                               # kernels' specializations
+            for c in [c for c in CHECKS if c[0] in labels]:
                 with variant(n):
                     check(n, f, *c)
 
@@ -399,7 +418,7 @@ def regs():
     import kernels.wkv6.states as ks
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", str(kc.BT)).split(",")]   # state_rows knob values
     cases = [(kc, "_bwd_kernel", dict(blk, BT=bt, HALF_B=True)) for bt in bts]      # what bf16 inputs get
-    walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None)
+    walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None, SCORES=False, a_ptr=None)
     del walk["cmap_ptr"]        # the walks take no slot map (one program per sequence·head)
     scan = dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, MODE=2, USE_H0=False, USE_DHT=False, VARLEN=False,
                 h0_ptr=None, dht_ptr=None, ht_ptr=None, cu_ptr=None)    # the backward's reverse scan
@@ -409,7 +428,14 @@ def regs():
               (kc, "_fwd_intra_kernel", dict(H=32, K=kv, V=kv, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False,
                                              PREC="tf32", **none)),
               (ks, "_chunk_scan_kernel", dict(scan, PIPE=False)),
-              (ks, "_chunk_scan_kernel", dict(scan, PIPE=True))]
+              (ks, "_chunk_scan_kernel", dict(scan, PIPE=True)),
+              (kc, "_fwd_scores_kernel", dict(H=32, K=kv, BT=64, SB=kc.SB, BK=kv, LOG=kc.LOG, VARLEN=False,
+                                              PREC="tf32", FAST=True, **none)),
+              (kc, "_fwd_scored_kernel", dict(walk, SPLIT=False, SCORES=True, BV=32, qh_ptr=None, kh_ptr=None,
+                                              oi_ptr=None, a_ptr="*fp32")),
+              (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=True, a_ptr="*fp32")),
+              (ks, "_fwd_states_kernel", dict(H=32, K=kv, V=kv, BT=32, BKS=32, BVS=32, USE_H0=False, VARLEN=False,
+                                              PREC="tf32", h0_ptr=None, cu_ptr=None))]
     STAGES = [int(x) for x in os.environ.get("WKV6_REGS_STAGES", "1").split(",")]   # num_stages values
     CAPS = [int(x) for x in os.environ.get("WKV6_REGS_MAXNREG", "0").split(",")]    # register caps (0: none)
     only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_kernel: one kernel (each compile takes ~10 s)
@@ -420,8 +446,10 @@ def regs():
         fn = getattr(mod, name)
         while not isinstance(fn, JITFunction):
             fn = fn.fn
-        types = {n: "constexpr" if n in consts else "*bf16" if n in half else "*i32" if n in ("cu_ptr", "cmap_ptr")
-                 else "*fp32" if n.endswith("_ptr") else "fp32" if n == "scale" else "i32" for n in fn.arg_names}
+        ptrs = {n: consts.pop(n) for n in [n for n, c in consts.items() if isinstance(c, str) and c[:1] == "*"]}
+        types = {n: ptrs[n] if n in ptrs else "constexpr" if n in consts else "*bf16" if n in half
+                 else "*i32" if n in ("cu_ptr", "cmap_ptr") else "*fp32" if n.endswith("_ptr")
+                 else "fp32" if n == "scale" else "i32" for n in fn.arg_names}
         for nw, ns, cap in [(w, s, c) for w in (4, 8) for s in STAGES for c in CAPS]:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
             cubin = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={
@@ -433,7 +461,7 @@ def regs():
                 sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
             m = re.search(r"REG:(\d+) STACK:(\d+)", out)
             n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
-            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "PIPE") if c in consts)
+            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "PIPE", "SCORES") if c in consts)
             print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), *(("maxnreg", cap) if cap else ()),
                   m.group(1), m.group(2), n_ins, flush=True)
 

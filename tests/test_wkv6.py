@@ -107,11 +107,13 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
     _check(d, context=f"{shape} {decay}", fn=fn)
 
 
-@pytest.mark.parametrize("fn,knobs", [(wkv6, {}), (wkv6_fused, {}), (wkv6, dict(state_rows=32))],
-                         ids=["chunk", "fused", "chunk_rows32"])
+@pytest.mark.parametrize("fn,knobs", [(wkv6, {}), (wkv6_fused, {}), (wkv6, dict(state_rows=32)),
+                                      (wkv6, dict(fwd_scores=False))],
+                         ids=["chunk", "fused", "chunk_rows32", "chunk_levels"])
 def test_wkv6_extreme_decay(fn, knobs):
     """Extreme decays; the chunk backward's ``state_rows`` 32 too (forward and backward inside the knob; the walk
-    forward, which keeps the 32-row states)."""
+    forward with the scores kernel, which keeps the 32-row states), and the walk's own level code (``fwd_scores``
+    False: the forward of sequences longer than 4096)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
@@ -390,23 +392,45 @@ def _chunk_mode(seq):
 
 
 @pytest.mark.parametrize("seq", [True, False], ids=["seq", "par"])
-@pytest.mark.parametrize("shape,cu", [((2, 70, 2, 20, 24), None), ((1, 140, 2, 16, 16), [0, 3, 64, 64, 140])],
+@pytest.mark.parametrize("shape,cu", [((2, 70, 2, 20, 24), None), ((1, 140, 1, 16, 16), [0, 3, 64, 64, 140])],
                          ids=["fixed", "varlen"])
 def test_wkv6_chunk_modes(seq, shape, cu):
-    """Both forward modes of the default algorithm (sequential walk, state pass + parallel chunks) vs fp64: the walk
-    in two kernels keeping 32-row states and in one keeping 64-row states (``fwd_split``; the default splits at these
-    tiny sizes: ≤ one sequence·head per SM), the state pass at the default (64) or with the
+    """Both forward modes of the default algorithm with their own level code (``fwd_scores`` False: sequences
+    longer than 4096; the scores kernel: test_wkv6_chunk_scores) (sequential walk, state pass + parallel chunks)
+    vs fp64: the walk in two kernels keeping 32-row states and in one keeping 64-row states (``fwd_split``; the
+    default splits at these tiny sizes: ≤ one sequence·head per SM), the state pass at the default (64) or with the
     backward's ``state_rows`` at 32 (it keeps no states then, S recomputed beside D) and narrow scan blocks. The
     one-kernel walk's backward runs uncapped (``bwd_maxnreg`` 0; K <= 32 takes the 168 cap by default)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    knobs = {(True, True): dict(state_rows=32, fwd_split=True),
-             (True, False): dict(state_rows=64, fwd_split=False, bwd_maxnreg=0),
-             (False, True): {}, (False, False): dict(state_rows=32, scan_fill=2)}
+    knobs = {(True, True): dict(state_rows=32, fwd_split=True, fwd_scores=False),
+             (True, False): dict(state_rows=64, fwd_split=False, bwd_maxnreg=0, fwd_scores=False),
+             (False, True): dict(fwd_scores=False),
+             (False, False): dict(state_rows=32, scan_fill=2, fwd_scores=False)}
     with kc.tuning(**knobs[seq, cu is None]):
         _check(d, context=f"chunk {shape} cu={cu} {knobs[seq, cu is None]}", fn=_chunk_mode(seq))
+
+
+@pytest.mark.parametrize("seq,shape,cu", [(True, (1, 70, 2, 20, 24), None),
+                                          (False, (1, 100, 1, 16, 16), [0, 3, 64, 64, 100])], ids=["seq", "par"])
+def test_wkv6_chunk_scores(seq, shape, cu):
+    """The forward with the blocks' scores from ``_fwd_scores_kernel`` (``fwd_scores``, on by default up to
+    T = 4096) in both modes vs fp64 (the walk with ``fwd_pipe`` on a fixed-length batch, the one-kernel state pass
+    on a varlen one), o and every gradient; a NaN decay still reaches the later outputs (the span-sum dots spread it over its 16-row
+    block's column, no earlier block)."""
+    import kernels.wkv6.chunk as kc
+    d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
+    if cu is not None:
+        d["cu_seqlens"] = torch.tensor(cu)
+    with kc.tuning(fwd_scores=True, fwd_pipe=seq):
+        _check(d, context=f"scores {shape} cu={cu}", fn=_chunk_mode(seq))
+        x = {n: v.detach() if torch.is_tensor(v) else v for n, v in d.items()}
+        x["w"] = x["w"].clone()
+        x["w"][0, 20, 0, 3] = float("nan")
+        o, s = _chunk_mode(seq)(**x)
+    assert torch.isfinite(o[:, :16]).all() and torch.isnan(o[:, 21:]).any() and torch.isnan(s).any()
 
 
 def test_wkv6_algorithms_agree():
@@ -569,19 +593,25 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("knobs,seq", [(dict(fwd_split=False), True),
-                                       (dict(state_rows=64, scan_pipe=False, fwd_split=False), True),
-                                       (dict(state_rows=32, scan_fill=2), False), (dict(fwd_split=True), True),
-                                       (dict(bwd_maxnreg=168), True)],
-                         ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168"])
+                                       (dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False), True),
+                                       (dict(state_rows=32, scan_fill=2, fwd_scores=False), False),
+                                       (dict(fwd_split=True, fwd_scores=False), True),
+                                       (dict(bwd_maxnreg=168), True), (dict(fwd_scores=True), True),
+                                       (dict(fwd_scores=True), False), (dict(fwd_scores=True, fwd_pipe=True), True)],
+                         ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "scores_seq", "scores_par",
+                              "scores_pipe"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
     chunk at every state_rows), K = V = 64, strong decay, h0; the walk forward (it keeps the states those knobs ask
     for; this shape would take the state pass) or the state pass (seq False). "seq": the default knobs as the
-    B8 T4096 H32 shape runs them (walk forward in one kernel, state_rows 32, pipelined scan; at this shape the default
-    would split it); "run9": run 9's default (64, no PIPE);
-    the state pass with 32-row backward states (recomputed beside D) and narrow scan blocks; the split forward;
-    the backward's register cap 168 (``bwd_maxnreg``; K = 64 runs uncapped by default)."""
+    B8 T4096 H32 shape runs them (the scores kernel + the walk, state_rows 32, pipelined scan); "run9": run 9's
+    default (64, no PIPE, the walk's own level code); the two-kernel state pass with 32-row backward states
+    (recomputed beside D) and narrow scan blocks; the split forward (both without the scores kernel: ``fwd_scores``
+    False, as sequences longer than 4096 run);
+    the backward's register cap 168 (``bwd_maxnreg``; K = 64 runs uncapped by default); the scores kernel
+    (``fwd_scores``: its span-sum dots in the inputs' dtype, "ieee" for fp32) with the walk (also with ``fwd_pipe``)
+    and with the one-kernel state pass."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)

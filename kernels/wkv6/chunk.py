@@ -26,6 +26,19 @@ state-free work first (the levels, A v, q̂ = q ⊙ exp(P), k̂ = k ⊙ exp(R), 
 block (H100 run 10: 309 vs 397 µs of forward at B16 T1024 H8). Otherwise the chunk-state pass of ``states.py`` gives
 S at every 64-row chunk start and one program per (chunk, V-block, head) walks the chunk's four blocks.
 
+Forward with the scores kernel (``TUNING["fwd_scores"]``; default None: T ≤ 4096). The level work above costs the
+forward most of its time (4-warp programs on [16, K] tiles repeat it across warps and convert layouts through
+shared memory). ``_fwd_scores_kernel`` (one 1-warp program per 64-row chunk) computes every block's A [16, 16]
+(× scale, bonus included) into an fp32 buffer [B, T, H, 16]: level m's exponents P^m (query rows) and R^m (key
+rows, disjoint from the query rows, so one tile per level) are sums of w over segments, taken as one dot each of
+a constant 0/1 [16, 16] matrix with w in the inputs' dtype (``_span_sums``: bf16 / fp16 values times 0 or 1 are
+exact, the sums accumulate in fp32 like a cumsum, every sum has terms of one sign; fp32 inputs run the dot in
+"ieee"); exp by one ex2.approx.ftz on the GPU. Then the walk (N·H ≥ #SMs) or the one-kernel state pass
+(``states._fwd_states_kernel``: S at every chunk start, at the backward's 32-row spacing when it saves them) + the
+chunk-parallel output kernel read A and keep the block-level decays (cumsums of the shifted w tiles) and three
+dots per block. H100 run 12 (wkv6i; GPU µs per fwd+bwd, forward in parentheses): B8 T4096 H32 8068 (2068) →
+7517 (1702), B16 T1024 H8 1092 (317) → 1051 (277), B8 T1024 H8 597 → 563 (171).
+
 Backward (grid chunk·4 blocks × heads, all of V per program). S_c (chunk start, from the forward) and D_c
 (dL/dS at the chunk end, reverse state pass of ``states.py``) are moved to the block: S_m by the earlier blocks'
 updates, D_m by the later blocks' (D ← diag(exp(W)) D + (q ⊙ exp(P))ᵀ do). Then, with B = do vᵀ (a dot of the
@@ -82,11 +95,12 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import INTERPRET
 from kernels._common import autotune_configs, new_empty, num_sms
 from kernels.wkv6.common import (_bonus_bwd, _cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _half_dot,
                                  _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run,
                                  _seq_bounds, _state_or_zeros, _store_dqkw, _warp_configs)
-from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states
+from kernels.wkv6.states import BT_PAR, _fwd_states, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states (default; ``TUNING["state_rows"]``)
 SB = 16           # block length
@@ -187,6 +201,57 @@ def _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, r0, i_
     return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_kh), b_v, input_precision=PREC)
 
 
+@triton.jit
+def _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v,
+                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
+    """``_fwd_block`` with the block's scores A [SB, SB] read from a_ptr (``_fwd_scores_kernel``): only the
+    block-level decays here, exp(P) and exp(R) from cumsums of the shifted w tiles (exclusive sums of terms of one
+    sign, no difference). (The scores computed here instead, no A round trip, lost at every shape: H100 run 12,
+    GPU us of the forward at B8 T4096 H32 2178 vs 1743, B16 T1024 H8 324 vs 277, B8 T1024 H8 196 vs 171.)"""
+    b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
+    b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+    b_ep = tl.exp(tl.cumsum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, -1)), axis=0))
+    b_er = tl.exp(tl.cumsum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 1)), axis=0,
+                            reverse=True))
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_a = _load_rows(a_ptr, bos, r0, L, i_h, o_t, o_t, o_t < SB, H, SB, SB, 0)
+    return _scored_out(b_q, b_k, b_w, b_ep, b_er, b_v, b_a, o_ptr, b_h, bos, L, r0, i_h, o_t, o_v, m_v, H, V, PREC)
+
+
+@triton.jit
+def _scored_out(b_q, b_k, b_w, b_ep, b_er, b_v, b_a, o_ptr, b_h, bos, L, r0, i_h, o_t, o_v, m_v, H: tl.constexpr,
+                V: tl.constexpr, PREC: tl.constexpr):
+    """The block's three dots: o rows r0..r0+SB (stored) and the state after the block (returned)."""
+    b_o = tl.dot(b_q * b_ep, b_h, input_precision=PREC) + tl.dot(b_a, b_v, input_precision=PREC)
+    _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H, V)
+    return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_k * b_er), b_v, input_precision=PREC)
+
+
+@triton.jit
+def _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v,
+                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr):
+    """The tiles ``_scored_step`` takes for the block at r0 (fp32): q (scaled), k [SB, BK], the clamped w and w
+    shifted by −1 and +1 rows [SB, BK] (0 outside the block), v [SB, BV], A [SB, SB]; rows past L read 0."""
+    b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
+    b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+    b_wm = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, -1))
+    b_wp = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 1))
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_a = _load_rows(a_ptr, bos, r0, L, i_h, o_t, o_t, o_t < SB, H, SB, SB, 0)
+    return b_q, b_k, b_w, b_wm, b_wp, b_v, b_a
+
+
+@triton.jit
+def _scored_step(b_q, b_k, b_w, b_wm, b_wp, b_v, b_a, o_ptr, b_h, bos, L, r0, i_h, o_t, o_v, m_v, H: tl.constexpr,
+                 V: tl.constexpr, PREC: tl.constexpr):
+    """o rows r0..r0+SB and the state after the block from the state before it b_h [BK, BV] and the block's
+    ``_scored_tiles``."""
+    return _scored_out(b_q, b_k, b_w, tl.exp(tl.cumsum(b_wm, axis=0)), tl.exp(tl.cumsum(b_wp, axis=0, reverse=True)),
+                       b_v, b_a, o_ptr, b_h, bos, L, r0, i_h, o_t, o_v, m_v, H, V, PREC)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------------
@@ -233,16 +298,97 @@ def _fwd_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr,
     tl.store(kh_ptr + p_k, b_k * b_egs, mask=m_tk)
 
 
+# the scores kernel's floor for w (its span sums are dots: 0 · −inf would be NaN; exp(−1e4) = 0 like exp(−inf))
+W_FLOOR = tl.constexpr(-1e4)
+
+
+@triton.jit
+def _span_sums(b_w, o_t, S: tl.constexpr):
+    """Segment-local sums of the log-decay as one dot with a 0/1 [SB, SB] matrix (``b_w`` [SB, BK] in the inputs'
+    dtype: bf16 / fp16 values times 0 or 1 are exact, the sums accumulate in fp32 like a cumsum; fp32 runs the dot
+    in "ieee"). Row r gets Σ w_x over x in r's S-row segment with x < r if r is in the upper S-half of its 2S-row
+    segment (P: the query side of level log2(S)), else with x > r (R: the key side). Every sum has terms of one sign
+    (no cancellation) and is ≤ 0."""
+    r = o_t[:, None]
+    x = o_t[None, :]
+    m = ((r // S) == (x // S)) & tl.where((r // S) % 2 == 1, x < r, x > r)
+    return tl.dot(tl.where(m, 1., 0.).to(b_w.dtype), b_w, input_precision="ieee")
+
+
+@triton.jit
+def _exp_ftz(x, FAST: tl.constexpr):
+    """exp(x) for x ≤ 0 as one ex2.approx.ftz (FAST; results below 2^-126 flush to 0) instead of tl.exp's
+    denormal-safe sequence (two more instructions per element on sm_90); tl.exp under the interpreter."""
+    if FAST:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x * 1.4426950408889634],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.exp(x)
+
+
+@triton.jit
+def _block_scores(q_ptr, k_ptr, w_ptr, b_u, a_ptr, bos, r0, L, i_h, o_t, o_k, m_k, scale, H: tl.constexpr,
+                  K: tl.constexpr, SB: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
+    """A [SB, SB] of the block at row r0 (``_fwd_scores_kernel``) -> a_ptr rows r0..r0+SB (rows ≥ L masked)."""
+    rows = r0 + o_t
+    m_tk = (rows < L)[:, None] & m_k[None, :]
+    p_k = ((bos + r0) * H + i_h) * K + (o_t * H * K)[:, None] + o_k[None, :]
+    b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+    b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+    b_A = _scores_tile(b_q, b_k, tl.load(w_ptr + p_k, mask=m_tk, other=0.), b_u, o_t, LOG, PREC, FAST)
+    p_a = ((bos + r0) * H + i_h) * SB + (o_t * H * SB)[:, None] + o_t[None, :]
+    tl.store(a_ptr + p_a, b_A * scale, mask=(rows < L)[:, None])
+
+
+@triton.jit
+def _scores_tile(b_q, b_k, b_w, b_u, o_t, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
+    """A [SB, SB] / scale of one block from its q, k [SB, BK] fp32 and raw w [SB, BK] in the inputs' dtype: pairs
+    s < t by level (``_span_sums``), the bonus diagonal, zero above."""
+    b_w = tl.where(b_w > 0, 0., tl.where(b_w < W_FLOOR, W_FLOOR, b_w)).to(b_w.dtype)
+    b_A = tl.where(_level_mask(o_t, 1), tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
+    for m in tl.static_range(1, LOG):
+        b_e = _exp_ftz(_span_sums(b_w, o_t, 2 ** m), FAST)
+        b_s = tl.dot(b_q * b_e, tl.trans(b_k * b_e), input_precision=PREC)
+        b_A += tl.where(_level_mask(o_t, 2 ** m), b_s, 0.)
+    return b_A + tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
+
+
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=1, num_stages=1)]),
+                 key=["K", "BK", "BT", "PREC"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _fwd_scores_kernel(q_ptr, k_ptr, w_ptr, u_ptr, a_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr,
+                       K: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, LOG: tl.constexpr,
+                       VARLEN: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
+    """Grid (BT-row chunk slots, H): for each SB-row block of the chunk its scores A [SB, SB] (pairs s < t by level,
+    the bonus diagonal, zero above; × scale) -> a_ptr [B·T, H, SB] fp32 (the block's row t at token t). Level m's
+    decays come from ``_span_sums`` (one dot each; one exp tile per level, its query and key rows being disjoint),
+    not from cumprods. Slots, NT and cmap_ptr as ``_chunk_loc``'s (cu_ptr, cmap_ptr None unless VARLEN). FAST:
+    ``_exp_ftz``'s ex2.approx.ftz (GPU). Other layouts above."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    o_t = tl.arange(0, SB)
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    L32 = (L - i_c * BT).to(tl.int32)      # rows left from the chunk start (row masks in int32)
+    for i_b in range(0, tl.minimum(tl.cdiv(L32, SB), BT // SB)):
+        _block_scores(q_ptr, k_ptr, w_ptr, b_u, a_ptr, bos + i_c * BT, i_b * SB, L32, i_h, o_t, o_k, m_k, scale, H, K,
+                      SB, LOG, PREC, FAST)
+
+
 @triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
-def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr,
-              scale, T, NT, NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr,
+              cu_ptr, scale, T, NT, NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
               SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
-              VARLEN: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr):
+              VARLEN: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, SCORES: tl.constexpr,
+              PREC: tl.constexpr, PIPE: tl.constexpr = False):
     """Grid (V-blocks, N·H). Walks the SB-row blocks of one (sequence, head, V-block) with the state in registers:
     writes o_ptr and the final state ht_ptr, starts from h0_ptr (USE_H0; else None and zeros), and stores the state
     at every BT-row chunk start into hs_ptr when SAVE (else None; layouts above; cmap_ptr unused: a sequence's slots
     follow from cu). SPLIT: the blocks' state-free parts come from ``_fwd_intra_kernel`` (qh_ptr, kh_ptr
     [B·T, H, K] and oi_ptr [B·T, H, V] fp32; q, k, u unread), else they are computed here (qh, kh, oi: None).
+    SCORES: the blocks' scores come from ``_fwd_scores_kernel`` (a_ptr [B·T, H, SB] fp32, else None; u unread);
+    with PIPE the next block's tiles are loaded before this block's dots (``fwd_pipe``: untimed).
     NH_BUCKET: autotune key only (``_nh_bucket``). Autotuned as ``_fwd_seq_kernel`` and ``_fwd_split_kernel``."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -256,13 +402,26 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, h0_ptr,
         slot0 = bos // BT + i_n
     else:
         slot0 = i_n.to(tl.int64) * NT
+    if PIPE:
+        t_q, t_k, t_w, t_wm, t_wp, t_v, t_a = _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L, 0, i_h, scale,
+                                                            o_t, o_k, o_v, m_k, m_v, H, K, V, SB)
     for i_b in range(0, tl.cdiv(L, SB)):
         if SAVE:
             tl.store(hs_ptr + ((slot0 + i_b // (BT // SB)) * H + i_h) * K * V + o_kv, b_h,
                      mask=m_kv & (o_k[:, None] * 0 + i_b % (BT // SB) == 0))
-        if SPLIT:
+        if PIPE:    # the next block's loads in flight during this block's dots (past the end: masked, unused)
+            n_q, n_k, n_w, n_wm, n_wp, n_v, n_a = _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L,
+                                                                (i_b + 1) * SB, i_h, scale, o_t, o_k, o_v, m_k,
+                                                                m_v, H, K, V, SB)
+            b_h = _scored_step(t_q, t_k, t_w, t_wm, t_wp, t_v, t_a, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_v,
+                               m_v, H, V, PREC)
+            t_q, t_k, t_w, t_wm, t_wp, t_v, t_a = n_q, n_k, n_w, n_wm, n_wp, n_v, n_a
+        elif SPLIT:
             b_h = _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_k,
                               o_v, m_k, m_v, H, K, V, SB, PREC)
+        elif SCORES:
+            b_h = _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, scale, o_t,
+                                o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
         else:
             b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_b * SB, i_h, scale, o_t, o_k,
                              o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
@@ -281,16 +440,20 @@ _fwd_seq_kernel = triton.autotune(configs=_walk_configs((64, 32)), key=["K", "V"
     _fwd_walk)
 _fwd_split_kernel = triton.autotune(configs=_walk_configs((64, 32, 16)),
                                     key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
+# the walk with the blocks' scores precomputed (``fwd_scores``): light blocks, so narrow V-blocks cost little more
+_fwd_scored_kernel = triton.autotune(
+    configs=autotune_configs([triton.Config({"BV": bv}, num_warps=4, num_stages=1) for bv in (64, 32)]),
+    key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
 
 
-@triton.autotune(configs=_four_warps(), key=["K", "V", "BT", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
-def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
+def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, a_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr,
-                    PREC: tl.constexpr):
+                    SCORES: tl.constexpr, PREC: tl.constexpr):
     """Grid (chunk slots, V-blocks, H): writes o_ptr for the BT // SB blocks of one chunk from its start state
-    hs_ptr [slots, H, K, V] fp32 (the state pass's, ``states._par_states``; layouts above)."""
+    hs_ptr [slots, H, K, V] fp32 (the state pass's, ``states._par_states`` or ``states._fwd_states``; layouts
+    above). SCORES as in ``_fwd_walk``."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, SB)
@@ -299,8 +462,22 @@ def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, hs_ptr, o_ptr, cu_ptr, cm
     b_h = tl.load(hs_ptr + (i_s.to(tl.int64) * H + i_h) * K * V + o_kv, mask=m_kv & (o_kv * 0 + i_c * BT < L),
                   other=0.)
     for i_b in range(0, tl.minimum(tl.cdiv(L - i_c * BT, SB), BT // SB)):     # the blocks that hold rows
-        b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_c * BT + i_b * SB, i_h, scale, o_t,
-                         o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
+        if SCORES:
+            b_h = _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, i_c * BT + i_b * SB, i_h,
+                                scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+        else:
+            b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_c * BT + i_b * SB, i_h, scale,
+                             o_t, o_k, o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
+
+
+# with the scores precomputed (``fwd_scores``) the blocks are light: narrower V-blocks, 2 and 8 warps are offered
+# too (offline sm_90 compile, bf16, K = V = 64, registers / spill B / SASS: BV 64 at 2 warps 255 / 24 / 2032, 4
+# warps 196 / 0 / 1272, 8 warps 128 / 0 / 904; BV 32 at 2 warps 204 / 0 / 1680, at 4 warps 159 / 0 / 1088)
+_fwd_par_scored_kernel = triton.autotune(
+    configs=autotune_configs([triton.Config({"BV": bv}, num_warps=nw, num_stages=1)
+                              for bv, nw in ((64, 2), (64, 4))]),
+    key=["K", "V", "BT", "BK", "PREC"])(_fwd_par_kernel)
+_fwd_par_kernel = triton.autotune(configs=_four_warps(), key=["K", "V", "BT", "BK", "BV", "PREC"])(_fwd_par_kernel)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -497,15 +674,30 @@ def forward_mode(seq: bool):
         _FORCED_SEQ = old
 
 
-def _fwd_plan(N, H, V, device, knobs):
-    """(sequential walk?, whether the forward keeps its states for the backward, the backward's ``state_rows``).
-    ``state_rows`` None (the default) is 32 with the walk forward, 64 with the state pass (H100 run 10). The
-    state-pass forward always runs at 64-row chunks (its scan is latency-bound: shorter chunks would add serial
-    steps to the forward) and keeps them only when the backward wants 64-row states; else the backward's state
-    pass recomputes S_c beside D_c (its two scan directions run side by side)."""
-    seq = _use_seq(N, H, V, device) if _FORCED_SEQ is None else _FORCED_SEQ
-    rows = knobs["state_rows"] or (32 if seq else BT)
-    return seq, knobs["save_states"] and (seq or rows == BT), rows
+def _use_scores(T: int, knobs) -> bool:
+    """``fwd_scores``; None: on where T <= ``SCORES_MAX_T`` (the one-kernel state pass walks T / 32 chunks in
+    series: measured up to T = 4096, H100 run 12 (wkv6i); longer sequences keep the two-kernel state pass)."""
+    return T <= SCORES_MAX_T if knobs["fwd_scores"] is None else bool(knobs["fwd_scores"])
+
+
+SCORES_MAX_T = 4096
+
+
+def _fwd_plan(N, H, V, T, device, knobs):
+    """(sequential walk?, whether the forward keeps its states for the backward, the backward's ``state_rows``,
+    scores kernel?). With ``fwd_scores`` (``_use_scores``) the walk runs where N·H >= #SMs, else the one-kernel
+    state pass + chunk-parallel output (H100 run 12, wkv6i: GPU us per fwd+bwd, walk / state pass: B8 T4096 H32
+    7517 / 7582, B16 T1024 H8 1089 / 1051, B8 T1024 H8 656 / 563); both save states at any spacing, so
+    ``state_rows`` None is 32. Without it (``_use_seq``) ``state_rows`` None is 32 with the walk forward, 64 with
+    the two-kernel state pass (H100 run 10), which always runs at 64-row chunks (its scan is latency-bound: shorter
+    chunks would add serial steps to the forward) and keeps them only when the backward wants 64-row states; else
+    the backward's state pass recomputes S_c beside D_c (its two scan directions run side by side)."""
+    scores = _use_scores(T, knobs)
+    auto = N * H >= num_sms(device) if scores else _use_seq(N, H, V, device)
+    seq = auto if _FORCED_SEQ is None else _FORCED_SEQ
+    own = seq or scores     # a forward that can save states at any spacing (the walk; the one-kernel state pass)
+    rows = knobs["state_rows"] or (32 if own else BT)
+    return seq, knobs["save_states"] and (own or rows == BT), rows, scores
 
 
 def _use_split(N: int, H: int, device, knobs) -> bool:
@@ -532,6 +724,18 @@ def _fwd_split(r, k, v, w, u, scale, cu, prec):
     return qh, kh, oi
 
 
+def _fwd_scores(r, k, w, u, scale, cu, prec):
+    """Every block's scores A (``_fwd_scores_kernel``): [B, T, H, SB] fp32, one program per 64-row chunk and head.
+    ``cu``: cu_seqlens as the kernels take it (``common._cu``: int32, or None)."""
+    B, T, H, K = r.shape
+    N = B if cu is None else cu.shape[0] - 1
+    a = new_empty((B, T, H, SB), torch.float32, r.device)
+    S, NT, cmap = _par_slots(B, T, N, cu, r.device, BT)
+    _fwd_scores_kernel[(S, H)](r, k, w, u, a, cu, cmap, scale, T, NT, H=H, K=K, BT=BT, SB=SB, BK=_bk(K), LOG=LOG,
+                               VARLEN=cu is not None, PREC=prec, FAST=not INTERPRET)
+    return a
+
+
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None):
     """o, final state and (if save) the chunk-start states for the backward (else an empty tensor). ``knobs``:
     the memory knobs (default ``TUNING``; ``wkv6_chunk_lowmem`` passes ``LOWMEM``)."""
@@ -541,7 +745,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     prec = _prec(r.dtype)
     varlen = cu_seqlens is not None
     kn = knobs or TUNING
-    seq, keep, rows = _fwd_plan(N, H, V, dev, kn)
+    seq, keep, rows, scores = _fwd_plan(N, H, V, T, dev, kn)
     save, bt = save and keep, (rows if seq else BT)
     o = new_empty((B, T, H, V), r.dtype, dev)
     if seq:
@@ -550,18 +754,28 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         hs = new_empty(_par_state_shape(B, T, H, K, V, N, varlen, bt) if save else (0,), torch.float32, dev)
         grid = lambda meta: (_cdiv(V, meta["BV"]), N * H)  # noqa: E731
         cu = _cu(cu_seqlens)
-        use_split = _use_split(N, H, dev, kn)
+        use_split = not scores and _use_split(N, H, dev, kn)
         split = _fwd_split(r, k, v, w, u, scale, cu, prec) if use_split else (None, None, None)
-        kernel = _fwd_split_kernel if use_split else _fwd_seq_kernel
-        kernel[grid](r, k, v, w, u, *split, h0, o, ht, hs if save else None, cu, scale, T, NT,
+        a = _fwd_scores(r, k, w, u, scale, cu, prec) if scores else None
+        kernel = _fwd_split_kernel if use_split else _fwd_scored_kernel if scores else _fwd_seq_kernel
+        kernel[grid](r, k, v, w, u, *split, a, h0, o, ht, hs if save else None, cu, scale, T, NT,
                      _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
-                     VARLEN=varlen, SAVE=save, SPLIT=use_split, PREC=prec)
+                     VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec,
+                     PIPE=scores and kn["fwd_pipe"])
         return o, ht, hs
+    BV = max(16, min(64, _pow2(V)))
+    if scores:      # one state kernel at the backward's spacing (or 64 rows when nothing is saved), the scores
+        bt = rows if save else BT
+        hs, ht, S, NT, cmap, cu = _fwd_states(r, k, v, w, h0, cu_seqlens, bt)
+        a = _fwd_scores(r, k, w, u, scale, cu, prec)
+        _fwd_par_scored_kernel[lambda meta: (S, _cdiv(V, meta["BV"]), H)](
+            r, k, v, w, u, a, hs, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG,
+            VARLEN=varlen, SCORES=True, PREC=prec)
+        return o, ht, (hs if save else hs.new_empty((0,)))
     buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
                                               _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
-    BV = max(16, min(64, _pow2(V)))
-    _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
-                                                 SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, PREC=prec)
+    _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, None, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
+                                          SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, SCORES=False, PREC=prec)
     return o, ht, (buf[0] if save else buf.new_empty((0,)))
 
 
@@ -600,11 +814,27 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                at B8 T4096 H32 and B16 T1024 H8 (same kernel: 5176 / 5034 / 5030 and 665 / 667 / 667,
 #                run-to-run noise), B4 T2048 H16 (state rows 64) 752 / 736 / 753. Default None = ``_bwd_cap``:
 #                168 at K <= 32, no cap above (0 forces none);
+#   fwd_scores   the blocks' scores A (the level work) from ``_fwd_scores_kernel``: one 1-warp program per 64-row
+#                chunk (on [16, K] tiles the compiler's 4-warp code repeats work: offline sm_90 compile, bf16
+#                K = 64, ~2,000 SASS instructions per block at 1 warp against ~8,000 warp-instructions of the
+#                4-warp level code), the decays by span-sum dots (``_span_sums``) instead of cumprods; the walk or
+#                the chunk-parallel output kernel then reads A (64 bytes per token and head) and keeps only the
+#                block-level decays and three dots; the state-pass forward becomes the one-kernel state pass
+#                (``states._fwd_states_kernel``) saving states at the backward's spacing (32 rows). None
+#                (default): on where T <= 4096 (``_use_scores``), the walk where N·H >= #SMs (``_fwd_plan``).
+#                H100 run 12 (wkv6i; GPU us per fwd+bwd, old default -> new: B8 T4096 H32 8068 -> 7517, forward
+#                2068 -> 1702; B16 T1024 H8 1092 -> 1051, forward 317 -> 277; B8 T1024 H8 597 -> 563);
+#   fwd_pipe     the scored walk loads the next block's tiles before this block's dots (``_fwd_walk``'s PIPE; the
+#                walk is a latency chain: 5.3 us per block at B8 T4096 H32, run 12). Built after run 12: untimed,
+#                off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
-          "state_rows": None, "fwd_split": None, "bwd_maxnreg": None}
+          "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None,
+          "fwd_pipe": False}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
-          "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None}
+          "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "fwd_scores": False,
+          "fwd_pipe": False}
 STATE_ROWS = (None, 32, 64)
+FWD_SCORES = (None, False, True)
 
 
 @contextlib.contextmanager
@@ -616,6 +846,8 @@ def tuning(**knobs):
         raise ValueError(f"unknown wkv6 chunk knobs {sorted(bad)}; known: {sorted(TUNING)}")
     if knobs.get("state_rows") not in STATE_ROWS:
         raise ValueError(f"wkv6 chunk knob state_rows must be one of {STATE_ROWS}; got {knobs['state_rows']!r}")
+    if knobs.get("fwd_scores") not in FWD_SCORES:
+        raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
     if knobs.get("bwd_maxnreg") not in BWD_MAXNREG:
         raise ValueError(f"wkv6 chunk knob bwd_maxnreg must be one of {BWD_MAXNREG}; got {knobs['bwd_maxnreg']!r}")
     old = dict(TUNING)
@@ -629,7 +861,7 @@ def tuning(**knobs):
 
 def _state_shape(B, T, H, K, V, N, varlen, device):
     """Shape of the states the forward saves (empty when it keeps none: ``_fwd_plan``)."""
-    _, keep, rows = _fwd_plan(N, H, V, device, TUNING)
+    _, keep, rows, _ = _fwd_plan(N, H, V, T, device, TUNING)
     return _par_state_shape(B, T, H, K, V, N, varlen, rows) if keep else (0,)
 
 
@@ -677,7 +909,7 @@ def _bwd_rows(B, T, H, K, V, N, cu_seqlens, device, kn, states):
     """The backward's ``state_rows``: the forward's rule (``_fwd_plan``); with the default (None), the spacing of the
     saved ``states`` when they have the other one's shape (e.g. a forward forced to the other mode). A saved shape
     that fits neither is a one-line error."""
-    rows = _fwd_plan(N, H, V, device, kn)[2]
+    rows = _fwd_plan(N, H, V, T, device, kn)[2]
     if states is None:
         return rows
     varlen = cu_seqlens is not None

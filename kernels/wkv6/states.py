@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges, _prec,
+from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges, _pow2, _prec,
                                  _row_offsets, _seq_bounds, _state_or_zeros)
 
 BT_PAR = 64       # chunk length of the state pass
@@ -123,6 +123,68 @@ def _scan_step_load(buf, gl_ptr, base, i, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H:
     b_x = tl.load(buf + (slot * H + i_h) * K * V + o_kv, mask=m_kv & (o_kv * 0 + i < nt), other=0.)
     b_g = tl.load(gl_ptr + (slot * H + i_h) * K + o_k, mask=m_k & (o_k * 0 + i < nt), other=0.)
     return b_x, b_g
+
+
+# H100 run 12 (wkv6i) picked 64 × 64 at 256 and 128 sequence·heads, 64 × 32 at 64 (a 2-warp 32 × 32 config, since
+# removed, never won); 32 × 32 stays for fewer sequence·heads (more programs)
+@triton.autotune(configs=autotune_configs([triton.Config({"BKS": 32, "BVS": 32}, num_warps=4, num_stages=2),
+                                           triton.Config({"BKS": 64, "BVS": 32}, num_warps=4, num_stages=2),
+                                           triton.Config({"BKS": 64, "BVS": 64}, num_warps=4, num_stages=2)]),
+                 key=["K", "V", "BT", "PREC", "NH_BUCKET"])
+@triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
+def _fwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, ht_ptr, cu_ptr, T, NT, NH_BUCKET, H: tl.constexpr,
+                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
+                       USE_H0: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (V-blocks, K-blocks, N·H): the forward's state pass in one kernel (no per-chunk ΔS round trip): walks
+    the BT-row chunks of one (sequence, head, K-block, V-block), stores S at each chunk start -> hs_ptr (layouts
+    above; every slot of the sequence written) and the final state -> ht_ptr, S ← diag(exp(G_L)) S +
+    (k ⊙ exp(G_L − G))ᵀ v (the suffix as a reverse cumsum, every exponent ≤ 0; rows of a K-block decay
+    independently). Starts from h0_ptr (USE_H0; else None and zeros). NH_BUCKET: autotune key only."""
+    i_v, i_kb, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
+    L = eos - bos
+    if VARLEN:
+        slot0 = bos // BT + i_n
+    else:
+        slot0 = i_n.to(tl.int64) * NT
+    o_t = tl.arange(0, BT)
+    o_k = i_kb * BKS + tl.arange(0, BKS)
+    o_v = i_v * BVS + tl.arange(0, BVS)
+    m_k = o_k < K
+    m_v = o_v < V
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
+    b_h = _state_or_zeros(h0_ptr, i_nh, o_kv, m_kv, K, V, BKS, BVS, USE_H0)
+    for i_c in tl.range(0, tl.cdiv(L, BT)):
+        tl.store(hs_ptr + ((slot0 + i_c) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
+        rows = i_c * BT + o_t
+        tok = (bos + rows) * H + i_h
+        m_t = rows < L
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_k = tl.load(k_ptr + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.).to(tl.float32)
+        b_w = _clamp_w(tl.load(w_ptr + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.).to(tl.float32))
+        b_v = tl.load(v_ptr + tok[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.)
+        b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
+        b_h = b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_kd), b_v.to(tl.float32),
+                                                                 input_precision=PREC)
+    tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
+
+
+def _fwd_states(r, k, v, w, h0, cu_seqlens, bt):
+    """The forward's chunk-start states (``_fwd_states_kernel``, chunks of ``bt`` rows): (hs [slots, H, K, V] fp32,
+    ht [N, H, K, V] fp32, slots, NT, cmap, cu (both None unless varlen)). Slots of a varlen batch that hold no
+    chunk stay unwritten (no kernel reads them)."""
+    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
+    dev = r.device
+    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
+    cu = _cu(cu_seqlens)
+    hs = new_empty((S, H, K, V), torch.float32, dev)
+    ht = new_empty((N, H, K, V), torch.float32, dev)
+    grid = lambda meta: (_cdiv(V, meta["BVS"]), _cdiv(K, meta["BKS"]), N * H)  # noqa: E731
+    _fwd_states_kernel[grid](k, v, w, h0, hs, ht, cu, T, NT, min(_pow2(N * H), 1024), H=H, K=K, V=V, BT=bt,
+                             USE_H0=h0 is not None, VARLEN=cu is not None, PREC=_prec(r.dtype))
+    return hs, ht, S, NT, cmap, cu
 
 
 def _par_slots(B, T, N, cu_seqlens, device, bt=BT_PAR):
