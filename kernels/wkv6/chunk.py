@@ -26,18 +26,18 @@ state-free work first (the levels, A v, q̂ = q ⊙ exp(P), k̂ = k ⊙ exp(R), 
 block (H100 run 10: 309 vs 397 µs of forward at B16 T1024 H8). Otherwise the chunk-state pass of ``states.py`` gives
 S at every 64-row chunk start and one program per (chunk, V-block, head) walks the chunk's four blocks.
 
-Forward with the scores kernel (``TUNING["fwd_scores"]``; default None: T ≤ 4096). The level work above costs the
-forward most of its time (4-warp programs on [16, K] tiles repeat it across warps and convert layouts through
-shared memory). ``_fwd_scores_kernel`` (one 1-warp program per 64-row chunk) computes every block's A [16, 16]
-(× scale, bonus included) into an fp32 buffer [B, T, H, 16]: level m's exponents P^m (query rows) and R^m (key
-rows, disjoint from the query rows, so one tile per level) are sums of w over segments, taken as one dot each of
-a constant 0/1 [16, 16] matrix with w in the inputs' dtype (``_span_sums``: bf16 / fp16 values times 0 or 1 are
-exact, the sums accumulate in fp32 like a cumsum, every sum has terms of one sign; fp32 inputs run the dot in
-"ieee"); exp by one ex2.approx.ftz on the GPU. Then the walk (N·H ≥ #SMs) or the one-kernel state pass
+Forward with the scores kernel (``TUNING["fwd_scores"]``; default None: 1024 ≤ T ≤ 4096, where it was timed). The
+level work above costs the forward most of its time (4-warp programs on [16, K] tiles repeat it across warps and
+convert layouts through shared memory). ``_fwd_scores_kernel`` (one 1-warp program per 64-row chunk) computes every
+block's A [16, 16] (× scale, bonus included) into an fp32 buffer [B, T, H, 16]: level m's exponents P^m (query rows)
+and R^m (key rows, disjoint from the query rows, so one tile per level) are sums of w over segments, taken as one
+dot each of a constant 0/1 [16, 16] matrix with w in the inputs' dtype (``_span_sums``: bf16 / fp16 values times 0
+or 1 are exact, the sums accumulate in fp32 like a cumsum, every sum has terms of one sign; fp32 inputs run the dot
+in "ieee"); exp by one ex2.approx.ftz on the GPU. Then the walk (N·H ≥ #SMs) or the one-kernel state pass
 (``states._fwd_states_kernel``: S at every chunk start, at the backward's 32-row spacing when it saves them) + the
-chunk-parallel output kernel read A and keep the block-level decays (cumsums of the shifted w tiles) and three
-dots per block. H100 run 12 (wkv6i; GPU µs per fwd+bwd, forward in parentheses): B8 T4096 H32 8068 (2068) →
-7517 (1702), B16 T1024 H8 1092 (317) → 1051 (277), B8 T1024 H8 597 → 563 (171).
+chunk-parallel output kernel read A and keep the block-level decays (cumsums of the shifted w tiles) and three dots
+per block. H100 run 12 (wkv6i; GPU µs per fwd+bwd, forward in parentheses): B8 T4096 H32 8068 (2068) → 7517 (1702),
+B16 T1024 H8 1092 (317) → 1051 (277), B8 T1024 H8 597 → 563 (171).
 
 Backward (grid chunk·4 blocks × heads, all of V per program). S_c (chunk start, from the forward) and D_c
 (dL/dS at the chunk end, reverse state pass of ``states.py``) are moved to the block: S_m by the earlier blocks'
@@ -675,12 +675,16 @@ def forward_mode(seq: bool):
 
 
 def _use_scores(T: int, knobs) -> bool:
-    """``fwd_scores``; None: on where T <= ``SCORES_MAX_T`` (the one-kernel state pass walks T / 32 chunks in
-    series: measured up to T = 4096, H100 run 12 (wkv6i); longer sequences keep the two-kernel state pass)."""
-    return T <= SCORES_MAX_T if knobs["fwd_scores"] is None else bool(knobs["fwd_scores"])
+    """``fwd_scores``; None: on where ``SCORES_MIN_T`` <= T <= ``SCORES_MAX_T`` — the sequence lengths where it
+    was timed and won (H100 run 12, wkv6i: T = 1024 and 4096). Longer sequences keep the two-kernel state pass (the
+    one-kernel state pass walks T / 32 chunks in series); shorter ones (the small model's T = 256, B64 T256 H2)
+    keep the level forward until a GPU call has timed the scores there."""
+    if knobs["fwd_scores"] is None:
+        return SCORES_MIN_T <= T <= SCORES_MAX_T
+    return bool(knobs["fwd_scores"])
 
 
-SCORES_MAX_T = 4096
+SCORES_MIN_T, SCORES_MAX_T = 1024, 4096
 
 
 def _fwd_plan(N, H, V, T, device, knobs):
@@ -821,7 +825,8 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                the chunk-parallel output kernel then reads A (64 bytes per token and head) and keeps only the
 #                block-level decays and three dots; the state-pass forward becomes the one-kernel state pass
 #                (``states._fwd_states_kernel``) saving states at the backward's spacing (32 rows). None
-#                (default): on where T <= 4096 (``_use_scores``), the walk where N·H >= #SMs (``_fwd_plan``).
+#                (default): on where 1024 <= T <= 4096 (``_use_scores``: where it was timed), the walk where
+#                N·H >= #SMs (``_fwd_plan``).
 #                H100 run 12 (wkv6i; GPU us per fwd+bwd, old default -> new: B8 T4096 H32 8068 -> 7517, forward
 #                2068 -> 1702; B16 T1024 H8 1092 -> 1051, forward 317 -> 277; B8 T1024 H8 597 -> 563);
 #   fwd_pipe     the scored walk loads the next block's tiles before this block's dots (``_fwd_walk``'s PIPE; the
