@@ -292,8 +292,9 @@ def test_a_further_candidate_starts_only_if_the_first_ones_time_still_fits(tmp_p
     monkeypatch.setattr(gate, "BASE_S", 0.0)
     monkeypatch.setattr(gate, "REFERENCE_S", 0.0)
     said = []
-    gate.qualify({"wkv6": get("wkv6").bench.cpu_shapes[0], "norm_gate": get("norm_gate").bench.cpu_shapes[0]},
-                 cuda=False, path=tmp_path / "g.json", say=said.append, progress=False, budget_s=0.8)
+    shapes = {"wkv6": get("wkv6").bench.cpu_shapes[0], "norm_gate": get("norm_gate").bench.cpu_shapes[0]}
+    gate._plan(shapes, False, gate.Verdicts([]), True)   # the candidates' imports, outside the 0.8 s (a loaded CI)
+    gate.qualify(shapes, cuda=False, path=tmp_path / "g.json", say=said.append, progress=False, budget_s=0.8)
     assert any("gate: wkv6/triton_fused deferred to the next run: expected 0.3 s (what its first candidate took)"
                in s for s in said), said
     assert not any("norm_gate" in s and "deferred" in s for s in said)
@@ -422,6 +423,7 @@ def test_a_finished_background_compile_is_not_deferred_a_running_one_is_expected
     monkeypatch.setattr(gate, "REST_S", {"decay_exp/triton": 12.2})
     shapes = {"decay_exp": get("decay_exp").bench.cpu_shapes[0]}
     done = FakeBackground(done={"decay_exp/triton"}, events=events, shards=6, ago=46)
+    gate._plan(shapes, True, gate.Verdicts([]), True)    # the candidates' imports, outside the budget (a loaded CI)
     gate.qualify(shapes, cuda=True, path=tmp_path / "g.json", say=said.append, progress=False, budget_s=15.7,
                  background=done)
     assert events == ["measure decay_exp/reference", "wait decay_exp/triton", "measure decay_exp/triton"]
