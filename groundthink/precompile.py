@@ -454,6 +454,29 @@ def shard_count() -> int:
     return max(1, min(MAX_SHARDS, (_workers() - MAIN_CORES) // SHARD_CORES))
 
 
+LAB_MIN_CORES = 12   # fewer cores: no lab group (CI's 2, an 8-core host): the lab items compile in the main's pool
+LAB_MAX_SHARDS = 3   # processes of the lab group at most (beside mamba-ssm's ``shard_count`` and the main's 4 cores)
+
+
+def lab_knob() -> bool:
+    """``GROUNDTHINK_LAB_BACKGROUND=1``: the lab group and the early imports (``gate.preload``) on."""
+    return os.environ.get("GROUNDTHINK_LAB_BACKGROUND", "0").strip() == "1"
+
+
+def lab_shard_count() -> int:
+    """Processes of the lab group (module docstring), 0 when it is off: ``GROUNDTHINK_LAB_BACKGROUND=1`` switches
+    it on (default off until timed on a GPU), then ``(cores − MAIN_CORES) // 4`` at most ``LAB_MAX_SHARDS`` — 3 on
+    the 16-core GPU host — and none below ``LAB_MIN_CORES`` cores (the lab items compile in the main process's
+    pool, today's way); ``GROUNDTHINK_LAB_SHARDS=N`` (N ≥ 1) forces N while the knob is on."""
+    if not lab_knob():
+        return 0
+    raw = os.environ.get("GROUNDTHINK_LAB_SHARDS", "").strip()
+    if raw.isdigit() and int(raw) >= 1:
+        return min(int(raw), 64)
+    cores = _workers()
+    return 0 if cores < LAB_MIN_CORES else max(1, min(LAB_MAX_SHARDS, (cores - MAIN_CORES) // 4))
+
+
 def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] = (0, 1), payloads=None) -> dict:
     """``_compile_items`` of one item."""
     return _compile_items([(op, impl, shape)], say, shard, payloads)
@@ -519,21 +542,23 @@ class Background:
         self.groups: dict[str, list[str]] = {}   # each item: the items its subprocesses compile, in their order
         self.start(items)
 
-    def start(self, items) -> None:
-        """Start the subprocesses of more items (one group of ``shards`` for all of them, their time limit counted
-        from now): the gate's own long items beside an early background's (``gate._background``)."""
+    def start(self, items, shards: int | None = None) -> None:
+        """Start the subprocesses of more items: a group of their own, ``shards`` processes (default
+        ``self.shards``) for all of them, their time limit counted from now — the gate's own long items beside an
+        early background's (``gate._background``), the lab group beside mamba-ssm's (``lab_shard_count``)."""
         items = list(items)
         if not items:
             return
+        shards = shards or self.shards
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         arg, procs = json.dumps([list(item) for item in items], default=str), []
-        for i in range(self.shards):
+        for i in range(shards):
             log = Path(tempfile.mkdtemp()) / "precompile.log"    # tmpXXXXXXXX: scrub_paths.py knows it
             try:
                 with open(log, "w") as out:
                     proc = subprocess.Popen(
-                        [sys.executable, "-m", "groundthink.compile_item", arg, "--shard", f"{i}/{self.shards}"],
+                        [sys.executable, "-m", "groundthink.compile_item", arg, "--shard", f"{i}/{shards}"],
                         cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
             except OSError:
                 shutil.rmtree(log.parent, ignore_errors=True)
@@ -547,6 +572,28 @@ class Background:
             self.t0[name] = time.monotonic()
             self.groups[name] = names
             self.procs[name] = (time.monotonic() + self.timeout_s, procs)
+
+    def shards_for(self, name: str) -> int:
+        """How many subprocesses compile the item (its group's; 1 for one not compiling here)."""
+        return len(self.procs.get(name, (0.0, [None]))[1]) or 1
+
+    def group(self, name: str) -> list[str]:
+        """The items of the item's group, in their subprocesses' order."""
+        return self.groups.get(name, [name])
+
+    def wait_any(self, names) -> str:
+        """The first of ``names`` whose compiles are done (``done``), waiting for one at most until the earliest of
+        their time limits (then the item whose limit it is: its ``wait`` ends what still runs). What lets the gate
+        measure each item as soon as it is ready, whichever group compiles it."""
+        names = list(names)
+        while True:
+            for name in names:
+                if self.done(name):
+                    return name
+            late = [name for name in names if self.procs[name][0] <= time.monotonic()]
+            if late:
+                return late[0]
+            time.sleep(0.05)
 
     def since(self, name: str) -> float:
         """Seconds since the item's subprocesses started (early: before the gate)."""
