@@ -59,6 +59,17 @@ Gate on first use (``qualify``, from train.py ``--kernels auto`` on a GPU): what
 the step's calls in the step's timing mode is measured and decided in ≤ 60 s for all ops together; the order,
 what is skipped to stay in the budget and what is never cut are in ``qualify``'s docstring.
 
+Background compiles (``early_background``, ``_background``; ``groundthink.precompile.Background``): the items
+whose compiles dominate their time compile in subprocesses while the main process measures the cheap ones, and
+each is measured as soon as its compiles are done (``_ready_order``, ``_next``). Default: one group, mamba-ssm's
+first use (expected ≥ ``BACKGROUND_S``, ``GROUNDTHINK_BACKGROUND_S``), ``precompile.shard_count`` processes.
+``GROUNDTHINK_LAB_BACKGROUND=1`` (off by default until timed on a GPU): a second group of its own
+(``precompile.lab_shard_count``: 3 processes on the 16-core GPU host, ``GROUNDTHINK_LAB_SHARDS=N``; none below 12
+cores — CI's 2: today's way) for the lab items expected ≥ ``LAB_BACKGROUND_S`` (wkv6, gate_norm_residual,
+norm_gate, ddlerp, shift_lerp), the shortest first, never queued behind mamba-ssm's (run 12 call 5), and the
+candidates' imports on a thread beside data and model (``preload``). The seconds line says the gate's total as
+imports + measuring + waiting for background compiles.
+
 The step's calls (``groundthink.calls.step_calls``): every distinct (op, variant) one training step makes —
 dtypes, flags, modes, outputs without a gradient — recorded from the model itself, at the step's shape (the
 spec's ``model_shape`` entry it matches). Each is measured as its own row (labelled by the shape string and the

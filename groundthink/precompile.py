@@ -41,6 +41,13 @@ disk cache (``counting_compiles``). The subprocesses run at the main process's p
 before data and model: ``gate.early_background``). Any failure there costs nothing but the overlap: the main
 process compiles what is missing, as before.
 
+Two groups (``GROUNDTHINK_LAB_BACKGROUND=1``, ``lab_shard_count``; off by default until timed). Run 12 call 5
+queued the lab items in mamba-ssm's shards, behind its 57 s compile: every one was deferred. With the knob the
+lab items start as a group of processes of their own (``Background.start(items, shards=)``: 3 on the 16-core
+host, none below ``LAB_MIN_CORES``), beside mamba-ssm's group, compiling the shortest first; an item's shards are
+its group's (``shards_for``), and ``wait_any`` returns whichever item of either group is done first, so that the
+gate measures each as soon as it is ready.
+
 Shards (``--shard I/N``, ``shard_count``). Triton's Python frontend passes hold the GIL, so one subprocess's
 thread pool compiles little in parallel (run 11: mamba-ssm's 42 compiles took 50.9 s on a 14-thread pool, and
 were the qualification's critical path). An item is therefore compiled by N subprocesses (6 on the GPU host's 16
