@@ -1037,17 +1037,20 @@ def _groups_line(background, since: str) -> str:
     return f"gate: compiling {'; beside it '.join(groups)} in the background {since}"
 
 
-def _next(todo: list, background, skip: set) -> tuple[int, float]:
+def _next(todo: list, background, skip: set, say: Callable | None = None) -> tuple[int, float]:
     """(index of the item of ``todo`` to measure next, seconds waited to choose it): the first, unless it compiles
     in ``background`` and is not done yet — then whichever background item is done first
     (``Background.wait_any``; ``skip``: ops whose reference was deferred), so that a lab item is measured as soon
-    as its group has compiled it, never kept behind mamba-ssm's longer compile (run 12 call 5)."""
+    as its group has compiled it, never kept behind mamba-ssm's longer compile (run 12 call 5). ``say``: a line
+    before waiting (no progress bar: a run cut inside the wait shows what it waited for)."""
     names = [f"{s.name}/{i.name}" for s, i, *_ in todo]
     if not background or names[0] not in background.names() or background.done(names[0]):
         return 0, 0.0
     waiting = [n for n in names if n in background.names() and n.partition("/")[0] not in skip]
     if not waiting:
         return 0, 0.0
+    if say is not None:
+        say(f"gate: waiting for the first of {', '.join(waiting)} to finish compiling in the background")
     t0 = time.monotonic()
     return names.index(background.wait_any(waiting)), time.monotonic() - t0
 
@@ -1269,7 +1272,7 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     bar = tqdm(total=len(plan), desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
     todo = list(plan)
     while todo:
-        k, chose = _next(todo, background, dropped)     # a background item: the first one ready
+        k, chose = _next(todo, background, dropped, None if progress else say)   # a background item: the first ready
         spec, impl, fn, shp = todo.pop(k)
         bar.update(1)
         op, name = spec.name, f"{spec.name}/{impl.name}"
