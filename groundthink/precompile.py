@@ -507,8 +507,10 @@ def _compile_items(items: list, say=print, shard: tuple[int, int] = (0, 1), payl
         with compile_only(executor=recording):
             for op, impl, shape in items:
                 futures0, jobs0, failed = len(recording.futures), recording.jobs, ""
+                began, submitted = time.monotonic() - _LOADED, None
                 try:      # a model whose calls fail to record: the item fails
                     _dry_run(op, impl, payloads(op, shape) if payloads is not None else shape)
+                    submitted = time.monotonic() - _LOADED
                 except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
                     failed = f"{type(e).__name__}: {str(e)[:160]}"
                     STATS["errors"] += 1
@@ -519,6 +521,7 @@ def _compile_items(items: list, say=print, shard: tuple[int, int] = (0, 1), payl
                 errors = sum(f.exception() is not None for f in futures)
                 say(json.dumps({"item": f"{op}/{impl}", "shard": f"{shard[0]}/{shard[1]}", "kernels": len(futures),
                                 "jobs": recording.jobs - jobs0, "errors": errors, "failed": failed,
+                                "began": round(began, 1), "submitted": submitted and round(submitted, 1),
                                 "at": round(time.monotonic() - _LOADED, 1)}))
     finally:
         pool.shutdown(wait=True)
@@ -687,6 +690,8 @@ def _shards_summary(name: str, procs: list, ended: set = frozenset()) -> str:
         parts.append(_item_summary({"kernels": sum(d["kernels"] for d in done),
                                     "errors": sum(d["errors"] for d in done),
                                     "at": max(d["at"] for d in done),
+                                    "began": max((d.get("began") or 0.0 for d in done), default=0.0),
+                                    "submitted": max((d.get("submitted") or 0.0 for d in done), default=0.0),
                                     "failed": next((d["failed"] for d in done if d["failed"]), "")},
                                    by=f" by {len(done)} of {len(procs)} subprocesses" if len(procs) > 1 else "")
                      + (f"; the shards met different jobs: {sorted(jobs, key=str)}" if len(jobs) > 1 else ""))
@@ -715,7 +720,12 @@ def _item_line(log: Path, name: str) -> dict | None:
 
 
 def _item_summary(done: dict, by: str = "") -> str:
-    return (f"{done['kernels']} kernel compiles{by} done {done['at']:.1f} s after the subprocess started, "
+    """The item's line: its compiles, when they were done, and (where its subprocesses said so: "began",
+    "submitted", the latest shard's) when its dry run began — the set-up and the items before it until then —
+    and when it had submitted every compile: what of the wait was set-up, dry run or compiling."""
+    when = (f" (its dry run began {done['began']:.1f} s after their start, every compile submitted by "
+            f"{done['submitted']:.1f} s)" if done.get("submitted") else "")
+    return (f"{done['kernels']} kernel compiles{by} done {done['at']:.1f} s after the subprocess started{when}, "
             f"{done['errors']} failed" + (f"; its dry run stopped early: {done['failed']}" if done["failed"] else ""))
 
 

@@ -254,6 +254,10 @@ def test_compile_item_says_when_its_compiles_are_done(on_gpu, monkeypatch):
     done = [json.loads(ln) for ln in lines]
     assert [d["item"] for d in done] == ["a/x", "b/y"] and [d["kernels"] for d in done] == [len(MS)] * 2
     assert done[0]["failed"] == "" and done[1]["failed"] == "ValueError: bad shape"
+    assert 0 <= done[0]["began"] <= done[0]["submitted"] <= done[0]["at"] and done[1]["submitted"] is None
+    assert precompile._item_summary(dict(done[0], kernels=42, at=55.1, began=9.8, submitted=21.0)) == (
+        "42 kernel compiles done 55.1 s after the subprocess started (its dry run began 9.8 s after their start, "
+        "every compile submitted by 21.0 s), 0 failed")
     assert summary["configs"] == 2 * len(MS) and summary["errors"] == 1
     assert set(fns["a/x"].compiled) == set(fns["b/y"].compiled) == set(MS)
 
