@@ -359,17 +359,23 @@ def early_background(args, device, master):
     (their own copy of the model on the GPU: mamba2's dt is a column slice, ``[dt rows 592]`` at GF-MH small;
     recording them here on the CPU first took 5-30 s on a 2-core machine); ``step_calls`` and the qualification
     follow after the model. None when there is nothing to start (another mode or device, another rank); a model
-    without a Mamba-2 branch asks for none of its ops."""
+    without a Mamba-2 branch asks for none of its ops. With ``GROUNDTHINK_LAB_BACKGROUND=1`` the lab items compile
+    in a group of their own beside mamba-ssm's and the gate's candidates are imported on a thread meanwhile
+    (``gate.preload``)."""
     import fused
     if args.kernels != "auto" or device.type != "cuda" or not master:
         return None
     from groundthink import gate
+    from groundthink.precompile import lab_knob
     from groundthink.spec import specs
     rwkv_only = fused.VARIANTS[fused.canonical_name(args.model)]["branches"] == "rwkv"
     model = {"name": args.model, "size": args.size, "overrides": model_overrides(args), "batch_size": args.batch_size,
              "seq_len": args.seq_len}
-    return gate.early_background(tuple(op for op in specs() if not (rwkv_only and op in fused.MAMBA_OPS)),
-                                 graph=args.graph != "off", model=model)
+    ops = tuple(op for op in specs() if not (rwkv_only and op in fused.MAMBA_OPS))
+    background = gate.early_background(ops, graph=args.graph != "off", model=model)
+    if background is not None and lab_knob():       # GROUNDTHINK_LAB_BACKGROUND=1: the gate's imports start now
+        gate.preload(ops, graph=args.graph != "off")
+    return background
 
 
 def build_run(args, device, rank, world, master, say, ops, state, background=None) -> Run:

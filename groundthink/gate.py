@@ -59,6 +59,17 @@ Gate on first use (``qualify``, from train.py ``--kernels auto`` on a GPU): what
 the step's calls in the step's timing mode is measured and decided in ≤ 60 s for all ops together; the order,
 what is skipped to stay in the budget and what is never cut are in ``qualify``'s docstring.
 
+Background compiles (``early_background``, ``_background``; ``groundthink.precompile.Background``): the items
+whose compiles dominate their time compile in subprocesses while the main process measures the cheap ones, and
+each is measured as soon as its compiles are done (``_ready_order``, ``_next``). Default: one group, mamba-ssm's
+first use (expected ≥ ``BACKGROUND_S``, ``GROUNDTHINK_BACKGROUND_S``), ``precompile.shard_count`` processes.
+``GROUNDTHINK_LAB_BACKGROUND=1`` (off by default until timed on a GPU): a second group of its own
+(``precompile.lab_shard_count``: 3 processes on the 16-core GPU host, ``GROUNDTHINK_LAB_SHARDS=N``; none below 12
+cores — CI's 2: today's way) for the lab items expected ≥ ``LAB_BACKGROUND_S`` (wkv6, gate_norm_residual,
+norm_gate, ddlerp, shift_lerp), the shortest first, never queued behind mamba-ssm's (run 12 call 5), and the
+candidates' imports on a thread beside data and model (``preload``). The seconds line says the gate's total as
+imports + measuring + waiting for background compiles.
+
 The step's calls (``groundthink.calls.step_calls``): every distinct (op, variant) one training step makes —
 dtypes, flags, modes, outputs without a gradient — recorded from the model itself, at the step's shape (the
 spec's ``model_shape`` entry it matches). Each is measured as its own row (labelled by the shape string and the
@@ -892,7 +903,18 @@ BACKGROUND_S = 20.0
 # GROUNDTHINK_PRECOMPILE_SHARDS=1): GIL-bound (run 11: 50.9 s for mamba-ssm's 42 compiles), it would compile the lab
 # items only after mamba-ssm's, too late; they compile in the main process's parallel pool instead, as before.
 BACKGROUND_ALONE_S = 20.0
+# The lab group (``GROUNDTHINK_LAB_BACKGROUND=1``, ``precompile.lab_shard_count``: off by default until timed): the
+# lab items expected to take this long (and less than ``_background_s()``) compile in a group of subprocesses of
+# their own, started beside mamba-ssm's — never queued behind it (run 12 call 5) — the shortest first, so that the
+# main process measures each as soon as it is ready (``_next``). Run 12 call 1: above 2.5 s an item's time was
+# mostly its compiles (shift_lerp 3.1 … wkv6/triton 15.4: 44 s of the 50 s qualification); below it the main has ≈ 6
+# s of cheap work of its own while the subprocesses start.
+LAB_BACKGROUND_S = 2.5
 BACKGROUND_SETUP_S = 10.0   # a background subprocess's start before its first compile (estimate, not measured)
+# Measured: seconds from its group's start until an item's background compile was done, whatever the processes —
+# mamba-ssm: 56.8 s (run 12 call 5, 6 shards, the main idle), 55.1 (call 6, 6 shards), 54.5 (call 6, one process);
+# the estimate from its compile seconds over the shards said 17 s. ``_group_compile_s`` takes the larger.
+BACKGROUND_DONE_S = {"mamba2/mamba_ssm": 55.0}
 # What measuring an item takes once its background compile is done (its kernels read from the disk cache, the
 # autotune configs benchmarked, the winners at the error shape compiled, the timing and the float64 check).
 # mamba-ssm: run 11 call 3, 27.4 s of which 15.2 s waiting (14 kernels compiled there, 116 from the disk cache, 140
@@ -977,22 +999,66 @@ def background_expected(spec: OpSpec, impl, history: dict, calls: int, backgroun
         here = _compile_s(name, history) * (total - said) / max(total, 1)    # the share of the dead subprocesses
         return here + rest, (f"{total - said} of its {total} background subprocesses died: their share compiles "
                              f"here, {here:.1f} s, + {rest:.1f} s of measuring")
-    shards = max(1, getattr(background, "shards", 1))
-    compile_s = BACKGROUND_SETUP_S + sum(_compile_s(n, history) for n in background.ahead(name)) / shards
+    shards = background.shards_for(name)
+    compile_s = _group_compile_s(name, background, history)
     left = max(0.0, compile_s - since)
     return left + rest, (f"{left:.1f} s left of its background compile (≈{compile_s:.0f} s with {shards} "
                          f"processes, {since:.0f} s since their start) + {rest:.1f} s of measuring")
 
 
-def _ready_order(plan: list, background) -> list:
+def _group_compile_s(name: str, background, history: dict) -> float:
+    """Seconds after its group's start that item ``name``'s background compile is expected done:
+    ``BACKGROUND_SETUP_S`` + the items its subprocesses compile up to it (``background.ahead``), each
+    ``_compile_s`` split over the group's processes (``background.shards_for``); at least its measured
+    ``BACKGROUND_DONE_S``."""
+    shards = max(1, background.shards_for(name))
+    return max(BACKGROUND_DONE_S.get(name, 0.0),
+               BACKGROUND_SETUP_S + sum(_compile_s(n, history) for n in background.ahead(name)) / shards)
+
+
+def _ready_order(plan: list, background, history: dict | None = None) -> list:
     """The plan with the items compiling in ``background`` moved after the others, in the order their compiles
-    will be done (their subprocesses' start, then their place in them: ``background.order``)."""
+    are expected done (``_group_compile_s`` after their group's start), whichever group compiles them: the lab
+    group's short items before mamba-ssm's. ``_next`` then takes whichever is ready first."""
     if not background:
         return plan
-    names = set(background.names())
+    names, history = set(background.names()), history or {}
     named = [(f"{it[0].name}/{it[1].name}", it) for it in plan]
     return [it for n, it in named if n not in names] + [it for n, it in sorted(
-        ((n, it) for n, it in named if n in names), key=lambda x: background.order(x[0]))]
+        ((n, it) for n, it in named if n in names),
+        key=lambda x: (_group_compile_s(x[0], background, history) - background.since(x[0]),
+                       background.order(x[0])))]
+
+
+def _groups_line(background, since: str) -> str:
+    """"gate: compiling A, B in the background <since> (N processes, item by item)", a part per group of
+    processes (mamba-ssm's, the lab group's) in the order they compile their items."""
+    groups, seen = [], set()
+    for name in background.names():
+        if name not in seen:
+            group = [n for n in background.group(name) if n in background.names()]
+            seen.update(group)
+            groups.append(f"{', '.join(group)} ({background.shards_for(name)} processes, item by item)"
+                          if background.shards_for(name) > 1 else ", ".join(group))
+    return f"gate: compiling {'; beside it '.join(groups)} in the background {since}"
+
+
+def _next(todo: list, background, skip: set, say: Callable | None = None) -> tuple[int, float]:
+    """(index of the item of ``todo`` to measure next, seconds waited to choose it): the first, unless it compiles
+    in ``background`` and is not done yet — then whichever background item is done first
+    (``Background.wait_any``; ``skip``: ops whose reference was deferred), so that a lab item is measured as soon
+    as its group has compiled it, never kept behind mamba-ssm's longer compile (run 12 call 5). ``say``: a line
+    before waiting (no progress bar: a run cut inside the wait shows what it waited for)."""
+    names = [f"{s.name}/{i.name}" for s, i, *_ in todo]
+    if not background or names[0] not in background.names() or background.done(names[0]):
+        return 0, 0.0
+    waiting = [n for n in names if n in background.names() and n.partition("/")[0] not in skip]
+    if not waiting:
+        return 0, 0.0
+    if say is not None:
+        say(f"gate: waiting for the first of {', '.join(waiting)} to finish compiling in the background")
+    t0 = time.monotonic()
+    return names.index(background.wait_any(waiting)), time.monotonic() - t0
 
 
 def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = False,
@@ -1070,30 +1136,58 @@ def _by_cost(items: list, history: dict) -> list:
     return sorted(items, key=lambda it: -expected_s(get(it[0]), get(it[0]).impl(it[1]), history)[0])
 
 
+def _groups(items: list, history: dict) -> tuple[list, list]:
+    """The background items ``(op, impl, shape)`` of ``items`` split into (mamba-ssm's group: expected ≥
+    ``_background_s()``, the longest first, ``_by_cost``; the lab group: lab kernels expected ≥
+    ``LAB_BACKGROUND_S`` and less, the shortest first — none while ``precompile.lab_shard_count()`` is 0: the knob
+    off or few cores, today's way)."""
+    from groundthink.precompile import lab_shard_count
+
+    def exp(it):
+        spec = get(it[0])
+        return expected_s(spec, spec.impl(it[1]), history, len(it[2]) if isinstance(it[2], list) else 1)[0]
+    long = [it for it in items if exp(it) >= _background_s()]
+    lab = [it for it in items if it not in long and exp(it) >= LAB_BACKGROUND_S
+           and get(it[0]).impl(it[1]).role == "lab"] if lab_shard_count() else []
+    return _by_cost(long, history), sorted(lab, key=exp)
+
+
+def _start(into, long: list, lab: list):
+    """Start ``_groups``' two groups: ``long`` in ``into`` (a new ``precompile.Background`` when None), ``lab`` in a
+    group of ``lab_shard_count()`` processes of its own beside it. Returns the background (``into``, or None when
+    nothing starts)."""
+    from groundthink.precompile import Background, lab_shard_count
+    if not (long or lab):
+        return into
+    if into is None:
+        into = Background(long)     # ended at its time limit, its compiles would be redone here
+    else:
+        into.start(long)
+    if lab:
+        into.start(lab, shards=lab_shard_count())
+    return into
+
+
 def _background(plan: list, cuda: bool, parallel: bool, history: dict, into=None):
     """``precompile.Background`` compiling, from the start, each item expected to take ``_background_s()`` or more
-    (mamba-ssm's first use, the lab kernels whose compiles dominate their time) in subprocesses (one group of
-    ``shard_count`` for all of them, ``_by_cost``), so that the main process measures it after those compiles
-    instead of doing them. ``into``: an early background (``early_background``) — the items it does not cover yet
-    start in it. Returns ``into`` (or None) without a GPU or parallel compile, or with no such item.
+    (mamba-ssm's first use) in subprocesses (one group of ``shard_count``, ``_by_cost``) and, with the lab group on
+    (``GROUNDTHINK_LAB_BACKGROUND=1``), the lab items whose compiles dominate their time in a group of their own
+    (``_groups``), so that the main process measures each after its compiles instead of doing them. ``into``: an
+    early background (``early_background``) — the items it does not cover yet start in it. Returns ``into`` (or
+    None) without a GPU or parallel compile, or with no such item.
 
     Run 9 compiled every lab kernel in one subprocess that reported once, after 26.1 s (its imports, then all at
-    once): the first lab item waited its 20 s cap for it (65.5 s against run 8's 53.2). Now each item's line comes
-    as soon as its own compiles are done, the cheap items (below ``BACKGROUND_S``) and the references are measured
-    first, and the background items after them in the order they will be ready (``_ready_order``)."""
-    from groundthink.precompile import Background, switched_on
+    once): the first lab item waited its 20 s cap for it (65.5 s against run 8's 53.2); run 12 call 5 queued them
+    behind mamba-ssm's 57 s in one group: all deferred. Now each item's line comes as soon as its own compiles are
+    done, the lab items have processes of their own, the cheap items and the references are measured first, and
+    the background items after them as they become ready (``_ready_order``, ``_next``)."""
+    from groundthink.precompile import switched_on
     if not (cuda and switched_on(parallel)):
         return into
     have = set(into.names()) if into else set()
-    long = [(s.name, i.name, [c.payload() for c in calls]) for s, i, fn, calls in plan
-            if i is not s.reference and not isinstance(fn, Exception) and f"{s.name}/{i.name}" not in have
-            and expected_s(s, i, history, len(calls))[0] >= _background_s()]
-    if not long:
-        return into
-    if into is None:
-        return Background(_by_cost(long, history))   # ended at its time limit, its compiles would be redone here
-    into.start(_by_cost(long, history))
-    return into
+    items = [(s.name, i.name, [c.payload() for c in calls]) for s, i, fn, calls in plan
+             if i is not s.reference and not isinstance(fn, Exception) and f"{s.name}/{i.name}" not in have]
+    return _start(into, *_groups(items, history))
 
 
 def early_background(ops, graph: bool, model: dict, path: Path | None = None):
@@ -1107,8 +1201,9 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
     in the subprocesses (``model``: the run's model arguments, ``compile_item.model_calls``; an op the model does not
     call compiles nothing), the step's own strides included (mamba2's dt is a column slice: ``[dt rows 592]`` at
     GF-MH small). Pass the result to ``qualify`` (``background=``) and end it (``close()``) once qualify returns;
-    None when there is nothing to start."""
-    from groundthink.precompile import Background, switched_on
+    None when there is nothing to start. With the lab group on (``GROUNDTHINK_LAB_BACKGROUND=1``) the lab items
+    above ``LAB_BACKGROUND_S`` start too, in processes of their own (``_groups``)."""
+    from groundthink.precompile import switched_on
     if not switched_on():
         return None
     path = path or machine_path()
@@ -1120,14 +1215,48 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
                  if not isinstance(fn, Exception)]
         role = _gated_role(cands)
         items += [(op, i.name, {"model": model}) for i in cands if i.role == role and
-                  not known.has(op, i.name, timing=_timing(spec, graph)) and
-                  expected_s(spec, i, history)[0] >= _background_s()]
-    return Background(_by_cost(items, history)) if items else None
+                  not known.has(op, i.name, timing=_timing(spec, graph))]
+    return _start(None, *_groups(items, history))
+
+
+PRELOADS: list = []   # ``preload``'s threads not yet joined by ``qualify`` ([thread, seconds it took or None])
+
+
+def preload(ops, graph: bool) -> None:
+    """Import the qualification's candidates of ``ops`` (``_candidates``: the lab kernels and installed peers,
+    mamba-ssm's and fla's package imports among them) on a thread now, beside data and model, instead of inside
+    the gate's clock (run 12 call 6: "imports 8.5" of its 66.2 s). ``qualify`` joins it first and says both
+    figures (what the thread took, what was left to wait for). With ``GROUNDTHINK_LAB_BACKGROUND=1`` only
+    (train.py's ``early_background``; untimed). An import that fails here fails again, said, in ``qualify``."""
+    import threading
+
+    def run():
+        t0 = time.monotonic()
+        for op in ops:
+            try:
+                _candidates(get(op), True, graph)
+            except Exception:  # noqa: BLE001 - the main thread's own import says what is wrong
+                pass
+        entry[1] = time.monotonic() - t0
+
+    entry = [threading.Thread(target=run, name="gate-preload", daemon=True), None]
+    PRELOADS.append(entry)
+    entry[0].start()
+
+
+def _join_preloads() -> str:
+    """Wait for ``preload``'s threads; "" or " (after N s of imports on a thread beside data and model)"."""
+    took = []
+    while PRELOADS:
+        thread, _ = entry = PRELOADS.pop()
+        thread.join()
+        took.append(entry[1] or 0.0)
+    return f" (after {sum(took):.1f} s of imports on a thread beside data and model)" if took else ""
 
 
 def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float,
               history: dict | None = None, deferred_before: set | None = None, used_anyway: set | None = None,
-              background=None):
+              background=None, waits: dict | None = None):
     """Measure the plan's items in order (``timing``: op -> mode; a reference that fails: ``_reference_fallback``)
     within ``deadline`` (time.monotonic()). An item starts only if its expected time
     (``expected_s``; for a further candidate of an op, at least what its first candidate took) fits before the
@@ -1146,8 +1275,12 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     history, deferred_before, used_anyway = history or {}, deferred_before or set(), used_anyway or set()
     rows, deferred, spent, first, dropped = [], [], {}, {}, set()
     in_background = set(background.names()) if background else set()
-    bar = tqdm(plan, desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
-    for spec, impl, fn, shp in bar:
+    bar = tqdm(total=len(plan), desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
+    todo = list(plan)
+    while todo:
+        k, chose = _next(todo, background, dropped, None if progress else say)   # a background item: the first ready
+        spec, impl, fn, shp = todo.pop(k)
+        bar.update(1)
         op, name = spec.name, f"{spec.name}/{impl.name}"
         exp, source = expected_s(spec, impl, history, len(shp))
         if name in in_background:
@@ -1178,6 +1311,9 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         t1, c1, k1, waited = time.monotonic(), dict(COMPILE_STATS), dict(COMPILES), 0.0
         if name in in_background:      # wait for its own subprocesses, however long
             waited, what = background.wait(op, impl.name)
+            waited += chose
+            if waits is not None:
+                waits[name] = waited
             say(f"gate: {name}: waited {waited:.1f} s for its background compile ({what})")
         if isinstance(fn, Exception):
             rows += [_failed_row(spec, impl, c, timing[op], fn, device) for c in shp]
@@ -1186,7 +1322,7 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
             rows += got
             if impl is spec.reference:
                 rows += _reference_fallback(spec, fn, shp, got, timing[op], device, say)
-        spent.setdefault(op, {})[impl.name] = time.monotonic() - t1
+        spent.setdefault(op, {})[impl.name] = time.monotonic() - t1 + chose
         if not progress:   # no bar: one line per item, so a run cut short still shows where its time went
             say(f"gate: {name} measured in {spent[op][impl.name]:.1f} s (expected {exp:.1f} s: {source})"
                 + _compiled_since(c1) + compiles_since(k1))
@@ -1261,6 +1397,7 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = path or machine_path()
     t0 = time.monotonic()                       # the budget counts the imports of the candidates too
+    preloaded = _join_preloads()
     for op, value in shapes.items():
         for c in as_calls(op, value):
             if c.shape is None:
@@ -1279,16 +1416,13 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     c0 = dict(COMPILE_STATS)
     early = background is not None
     background = _background(plan, cuda, parallel, history, into=background)
-    plan = _ready_order(plan, background)
+    plan, waits = _ready_order(plan, background, history), {}
     if background:
-        shards = getattr(background, "shards", 1)     # processes (precompile.shard_count), one item after another
-        say(f"gate: compiling {', '.join(background.names())} in the background "
-            + ("since the start" if early else "meanwhile")
-            + (f" ({shards} processes, item by item)" if shards > 1 else ""))
+        say(_groups_line(background, "since the start" if early else "meanwhile"))
     try:
         with parallel_autotune(enabled=parallel), counting_compiles():
             rows, deferred, spent = _run_plan(plan, timing, device, say, progress, t0 + budget_s, history,
-                                              deferred_before, _used_anyway(plan, path, graph), background)
+                                              deferred_before, _used_anyway(plan, path, graph), background, waits)
     finally:
         if background and not early:    # only the one started here: an early one is its caller's to end
             background.close()
@@ -1296,9 +1430,11 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
         say(f"gate: {name} deferred to the next run: {why}")
     if _compiled_since(c0):
         say(f"gate: qualification{_compiled_since(c0)}")
-    say(f"gate: seconds per op: imports {imports:.1f}; " + "; ".join(
+    total, waited = time.monotonic() - t0, sum(waits.values())
+    say(f"gate: seconds per op: imports {imports:.1f}{preloaded}; " + "; ".join(
         f"{op} {sum(v.values()):.1f} ({', '.join(f'{i} {t:.1f}' for i, t in v.items())})"
-        for op, v in spent.items()) + f"; total {time.monotonic() - t0:.1f} s of ≤ {budget_s:g} s")
+        for op, v in spent.items()) + f"; total {total:.1f} s of ≤ {budget_s:g} s = imports {imports:.1f} + "
+        f"measuring {total - imports - waited:.1f} + waiting for background compiles {waited:.1f}")
     ops = evidence([dict(r, errors=json.dumps(r["errors"])) for r in rows])
     notes = {(r["op"], r["impl"], r["timing_mode"]): r["note"] for r in rows if r.get("note")}
     for op, impls in ops.items():

@@ -41,6 +41,13 @@ disk cache (``counting_compiles``). The subprocesses run at the main process's p
 before data and model: ``gate.early_background``). Any failure there costs nothing but the overlap: the main
 process compiles what is missing, as before.
 
+Two groups (``GROUNDTHINK_LAB_BACKGROUND=1``, ``lab_shard_count``; off by default until timed). Run 12 call 5
+queued the lab items in mamba-ssm's shards, behind its 57 s compile: every one was deferred. With the knob the
+lab items start as a group of processes of their own (``Background.start(items, shards=)``: 3 on the 16-core
+host, none below ``LAB_MIN_CORES``), beside mamba-ssm's group, compiling the shortest first; an item's shards are
+its group's (``shards_for``), and ``wait_any`` returns whichever item of either group is done first, so that the
+gate measures each as soon as it is ready.
+
 Shards (``--shard I/N``, ``shard_count``). Triton's Python frontend passes hold the GIL, so one subprocess's
 thread pool compiles little in parallel (run 11: mamba-ssm's 42 compiles took 50.9 s on a 14-thread pool, and
 were the qualification's critical path). An item is therefore compiled by N subprocesses (6 on the GPU host's 16
@@ -454,6 +461,29 @@ def shard_count() -> int:
     return max(1, min(MAX_SHARDS, (_workers() - MAIN_CORES) // SHARD_CORES))
 
 
+LAB_MIN_CORES = 12   # fewer cores: no lab group (CI's 2, an 8-core host): the lab items compile in the main's pool
+LAB_MAX_SHARDS = 3   # processes of the lab group at most (beside mamba-ssm's ``shard_count`` and the main's 4 cores)
+
+
+def lab_knob() -> bool:
+    """``GROUNDTHINK_LAB_BACKGROUND=1``: the lab group and the early imports (``gate.preload``) on."""
+    return os.environ.get("GROUNDTHINK_LAB_BACKGROUND", "0").strip() == "1"
+
+
+def lab_shard_count() -> int:
+    """Processes of the lab group (module docstring), 0 when it is off: ``GROUNDTHINK_LAB_BACKGROUND=1`` switches
+    it on (default off until timed on a GPU), then ``(cores − MAIN_CORES) // 4`` at most ``LAB_MAX_SHARDS`` — 3 on
+    the 16-core GPU host — and none below ``LAB_MIN_CORES`` cores (the lab items compile in the main process's
+    pool, today's way); ``GROUNDTHINK_LAB_SHARDS=N`` (N ≥ 1) forces N while the knob is on."""
+    if not lab_knob():
+        return 0
+    raw = os.environ.get("GROUNDTHINK_LAB_SHARDS", "").strip()
+    if raw.isdigit() and int(raw) >= 1:
+        return min(int(raw), 64)
+    cores = _workers()
+    return 0 if cores < LAB_MIN_CORES else max(1, min(LAB_MAX_SHARDS, (cores - MAIN_CORES) // 4))
+
+
 def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] = (0, 1), payloads=None) -> dict:
     """``_compile_items`` of one item."""
     return _compile_items([(op, impl, shape)], say, shard, payloads)
@@ -477,8 +507,10 @@ def _compile_items(items: list, say=print, shard: tuple[int, int] = (0, 1), payl
         with compile_only(executor=recording):
             for op, impl, shape in items:
                 futures0, jobs0, failed = len(recording.futures), recording.jobs, ""
+                began, submitted = time.monotonic() - _LOADED, None
                 try:      # a model whose calls fail to record: the item fails
                     _dry_run(op, impl, payloads(op, shape) if payloads is not None else shape)
+                    submitted = time.monotonic() - _LOADED
                 except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
                     failed = f"{type(e).__name__}: {str(e)[:160]}"
                     STATS["errors"] += 1
@@ -489,6 +521,7 @@ def _compile_items(items: list, say=print, shard: tuple[int, int] = (0, 1), payl
                 errors = sum(f.exception() is not None for f in futures)
                 say(json.dumps({"item": f"{op}/{impl}", "shard": f"{shard[0]}/{shard[1]}", "kernels": len(futures),
                                 "jobs": recording.jobs - jobs0, "errors": errors, "failed": failed,
+                                "began": round(began, 1), "submitted": submitted and round(submitted, 1),
                                 "at": round(time.monotonic() - _LOADED, 1)}))
     finally:
         pool.shutdown(wait=True)
@@ -519,21 +552,23 @@ class Background:
         self.groups: dict[str, list[str]] = {}   # each item: the items its subprocesses compile, in their order
         self.start(items)
 
-    def start(self, items) -> None:
-        """Start the subprocesses of more items (one group of ``shards`` for all of them, their time limit counted
-        from now): the gate's own long items beside an early background's (``gate._background``)."""
+    def start(self, items, shards: int | None = None) -> None:
+        """Start the subprocesses of more items: a group of their own, ``shards`` processes (default
+        ``self.shards``) for all of them, their time limit counted from now — the gate's own long items beside an
+        early background's (``gate._background``), the lab group beside mamba-ssm's (``lab_shard_count``)."""
         items = list(items)
         if not items:
             return
+        shards = shards or self.shards
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         arg, procs = json.dumps([list(item) for item in items], default=str), []
-        for i in range(self.shards):
+        for i in range(shards):
             log = Path(tempfile.mkdtemp()) / "precompile.log"    # tmpXXXXXXXX: scrub_paths.py knows it
             try:
                 with open(log, "w") as out:
                     proc = subprocess.Popen(
-                        [sys.executable, "-m", "groundthink.compile_item", arg, "--shard", f"{i}/{self.shards}"],
+                        [sys.executable, "-m", "groundthink.compile_item", arg, "--shard", f"{i}/{shards}"],
                         cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
             except OSError:
                 shutil.rmtree(log.parent, ignore_errors=True)
@@ -547,6 +582,28 @@ class Background:
             self.t0[name] = time.monotonic()
             self.groups[name] = names
             self.procs[name] = (time.monotonic() + self.timeout_s, procs)
+
+    def shards_for(self, name: str) -> int:
+        """How many subprocesses compile the item (its group's; 1 for one not compiling here)."""
+        return len(self.procs.get(name, (0.0, [None]))[1]) or 1
+
+    def group(self, name: str) -> list[str]:
+        """The items of the item's group, in their subprocesses' order."""
+        return self.groups.get(name, [name])
+
+    def wait_any(self, names) -> str:
+        """The first of ``names`` whose compiles are done (``done``), waiting for one at most until the earliest of
+        their time limits (then the item whose limit it is: its ``wait`` ends what still runs). What lets the gate
+        measure each item as soon as it is ready, whichever group compiles it."""
+        names = list(names)
+        while True:
+            for name in names:
+                if self.done(name):
+                    return name
+            late = [name for name in names if self.procs[name][0] <= time.monotonic()]
+            if late:
+                return late[0]
+            time.sleep(0.05)
 
     def since(self, name: str) -> float:
         """Seconds since the item's subprocesses started (early: before the gate)."""
@@ -633,6 +690,8 @@ def _shards_summary(name: str, procs: list, ended: set = frozenset()) -> str:
         parts.append(_item_summary({"kernels": sum(d["kernels"] for d in done),
                                     "errors": sum(d["errors"] for d in done),
                                     "at": max(d["at"] for d in done),
+                                    "began": max((d.get("began") or 0.0 for d in done), default=0.0),
+                                    "submitted": max((d.get("submitted") or 0.0 for d in done), default=0.0),
                                     "failed": next((d["failed"] for d in done if d["failed"]), "")},
                                    by=f" by {len(done)} of {len(procs)} subprocesses" if len(procs) > 1 else "")
                      + (f"; the shards met different jobs: {sorted(jobs, key=str)}" if len(jobs) > 1 else ""))
@@ -661,7 +720,12 @@ def _item_line(log: Path, name: str) -> dict | None:
 
 
 def _item_summary(done: dict, by: str = "") -> str:
-    return (f"{done['kernels']} kernel compiles{by} done {done['at']:.1f} s after the subprocess started, "
+    """The item's line: its compiles, when they were done, and (where its subprocesses said so: "began",
+    "submitted", the latest shard's) when its dry run began — the set-up and the items before it until then —
+    and when it had submitted every compile: what of the wait was set-up, dry run or compiling."""
+    when = (f" (its dry run began {done['began']:.1f} s after their start, every compile submitted by "
+            f"{done['submitted']:.1f} s)" if done.get("submitted") else "")
+    return (f"{done['kernels']} kernel compiles{by} done {done['at']:.1f} s after the subprocess started{when}, "
             f"{done['errors']} failed" + (f"; its dry run stopped early: {done['failed']}" if done["failed"] else ""))
 
 

@@ -355,6 +355,15 @@ class FakeBackground:
     def ahead(self, name):
         return self.items[: self.items.index(name) + 1]
 
+    def group(self, name):
+        return list(self.items)
+
+    def shards_for(self, name):
+        return self.shards
+
+    def wait_any(self, names):
+        return next((n for n in names if self.done(n)), names[0])
+
     def order(self, name):
         return self.t0, self.items.index(name)
 
@@ -529,6 +538,109 @@ def test_only_long_items_compile_in_the_background(monkeypatch, tmp_path):
     monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton": 1.0, "wkv6/triton_fused": 1.0})
     assert gate._background(plan, True, True, {}) is None          # nothing long: no subprocess
     assert gate._background(plan, True, False, {}) is None
+
+
+def test_the_lab_items_compile_in_a_group_of_their_own_beside_the_long_ones(monkeypatch, tmp_path):
+    """Run 12 call 5 queued the lab items behind mamba-ssm's 57 s compile in its shards: all deferred. With
+    GROUNDTHINK_LAB_BACKGROUND=1 on the 16-core host the lab items above LAB_BACKGROUND_S start in processes of
+    their own (3), the shortest first, beside the long items' group; the knob off, or a machine of few cores:
+    today's behaviour (the long items only)."""
+    from groundthink import precompile
+    started = []
+
+    class Recording:
+        def __init__(self, items):
+            started.append(([x[:2] for x in items], None))
+
+        def start(self, items, shards=None):
+            started.append(([x[:2] for x in items], shards))
+
+    monkeypatch.setattr(precompile, "Background", Recording)
+    monkeypatch.setattr(precompile, "switched_on", lambda enabled=True: enabled)
+    monkeypatch.setattr(precompile, "shard_count", lambda: 6)
+    monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton": 40.0, "wkv6/triton_fused": 5.8, "ddlerp/triton": 4.6,
+                                              "shift_lerp/triton": 3.1, "decay_exp/triton": 1.9})
+    model = {"name": "rwkv6", "size": "tiny", "batch_size": 4, "seq_len": 32}
+    ops = ["decay_exp", "wkv6", "ddlerp", "shift_lerp"]
+    for cores, knob, lab_shards in [(16, "1", 3), (16, "0", 0), (2, "1", 0), (8, "1", 0)]:
+        monkeypatch.setattr(precompile, "_workers", lambda c=cores: c)
+        monkeypatch.setenv("GROUNDTHINK_LAB_BACKGROUND", knob)
+        assert precompile.lab_shard_count() == lab_shards
+        started.clear()
+        assert isinstance(gate.early_background(ops, graph=False, model=model, path=tmp_path / "g.json"), Recording)
+        lab = [([("shift_lerp", "triton"), ("ddlerp", "triton"), ("wkv6", "triton_fused")], 3)] if lab_shards else []
+        assert started == [([("wkv6", "triton")], None)] + lab, (cores, knob)
+    monkeypatch.setenv("GROUNDTHINK_LAB_SHARDS", "2")      # forced while the knob is on, whatever the cores
+    assert precompile.lab_shard_count() == 2
+    monkeypatch.setenv("GROUNDTHINK_LAB_BACKGROUND", "0")
+    assert precompile.lab_shard_count() == 0
+    # the qualification's own background (no early one): the same two groups
+    monkeypatch.setenv("GROUNDTHINK_LAB_BACKGROUND", "1")
+    monkeypatch.setattr(precompile, "_workers", lambda: 16)
+    started.clear()
+    plan, _ = gate._plan({op: get(op).bench.cpu_shapes[0] for op in ops}, True, gate.Verdicts([]), True)
+    gate._background(plan, True, True, {})
+    assert started == [([("wkv6", "triton")], None),
+                       ([("shift_lerp", "triton"), ("ddlerp", "triton"), ("wkv6", "triton_fused")], 2)]
+
+
+class TwoGroups(FakeBackground):
+    """A background of two groups of processes (``groups``, ``shards`` each), ``wait_any`` recorded."""
+
+    def __init__(self, groups, shards, **kw):
+        super().__init__(items=[n for g in groups for n in g], **kw)
+        self.groups, self.counts = groups, shards
+
+    def group(self, name):
+        return next(g for g in self.groups if name in g)
+
+    def ahead(self, name):
+        g = self.group(name)
+        return g[: g.index(name) + 1]
+
+    def shards_for(self, name):
+        return self.counts[self.groups.index(self.group(name))]
+
+    def wait_any(self, names):
+        self.events.append(f"wait_any {', '.join(names)}")
+        return super().wait_any(names)
+
+
+def test_each_background_item_is_measured_as_soon_as_ready_whichever_group(tmp_path, monkeypatch):
+    """The cheap items first, then the background items as their groups finish them: a lab item already compiled
+    is measured before a long item still compiling (run 12 call 5: the lab items waited behind mamba-ssm), the
+    long one last; nothing deferred; the seconds line says imports, measuring and waiting apart."""
+    events, said = [], []
+    monkeypatch.setattr(gate, "measure", _measured(events))
+    monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton": 13.0, "shift_lerp/triton": 3.1, "ddlerp/triton": 4.6})
+    bg = TwoGroups([["wkv6/triton"], ["shift_lerp/triton", "ddlerp/triton"]], [6, 3], events=events,
+                   done={"shift_lerp/triton", "ddlerp/triton"})
+    # expected done: shift_lerp 10 + 1.86 / 3 s, wkv6 10 + 7.8 / 6, ddlerp 10 + 4.62 / 3 after their start
+    shapes = {op: get(op).bench.cpu_shapes[0] for op in ("decay_exp", "shift_lerp", "ddlerp", "wkv6")}
+    plan, _ = gate._plan(shapes, True, gate.Verdicts([]), True)
+    assert [f"{s.name}/{i.name}" for s, i, *_ in gate._ready_order(plan, bg)][-3:] == [
+        "shift_lerp/triton", "wkv6/triton", "ddlerp/triton"]
+    gate.qualify(shapes, cuda=True, path=tmp_path / "g.json", say=said.append, progress=False, budget_s=5,
+                 background=bg)
+    assert [e for e in events if "reference" not in e] == [
+        "measure decay_exp/triton", "measure wkv6/triton_fused", "wait shift_lerp/triton", "measure shift_lerp/triton",
+        "wait_any wkv6/triton, ddlerp/triton", "wait ddlerp/triton", "measure ddlerp/triton",
+        "wait_any wkv6/triton", "wait wkv6/triton", "measure wkv6/triton"]
+    assert not any("deferred to the next run" in s for s in said), said
+    assert "gate: waiting for the first of wkv6/triton, ddlerp/triton to finish compiling in the background" in said
+    # mamba-ssm's background took 55 s whatever its processes (run 12 calls 5, 6): expected so, not 10 + 39.8 / 6
+    mamba = FakeBackground(items=["mamba2/mamba_ssm"], shards=6)
+    assert gate._group_compile_s("mamba2/mamba_ssm", mamba, {}) == 55.0
+    assert any(s.startswith("gate: compiling wkv6/triton (6 processes, item by item); beside it shift_lerp/triton, "
+                            "ddlerp/triton (3 processes, item by item) in the background since the start")
+               for s in said), said
+    line = next(s for s in said if s.startswith("gate: seconds per op: imports"))
+    assert "+ waiting for background compiles 4.5" in line and " = imports " in line and "+ measuring " in line
+
+
+def test_preload_imports_the_candidates_on_a_thread_and_the_gate_says_it():
+    gate.preload(["decay_exp"], graph=False)
+    assert gate._join_preloads().startswith(" (after ") and gate.PRELOADS == [] and gate._join_preloads() == ""
 
 
 def _rwkv6_calls():
@@ -1050,9 +1162,14 @@ def test_train_starts_the_long_compile_before_data_and_model(monkeypatch):
                                                                                         model=model) or "bg")
     args = SimpleNamespace(kernels="auto", model="GF-MH", size="tiny", override=["d_state=16"], batch_size=4,
                            seq_len=32, graph="auto")
+    monkeypatch.setattr(gate, "preload", lambda ops, graph: seen.update(preload=ops))
+    monkeypatch.delenv("GROUNDTHINK_LAB_BACKGROUND", raising=False)
     assert train.early_background(args, torch.device("cuda"), True) == "bg"
     assert seen == {"ops": tuple(specs()), "graph": True, "model": {
         "name": "GF-MH", "size": "tiny", "overrides": {"d_state": 16}, "batch_size": 4, "seq_len": 32}}
+    monkeypatch.setenv("GROUNDTHINK_LAB_BACKGROUND", "1")     # the knob: the gate's imports start too
+    assert train.early_background(args, torch.device("cuda"), True) == "bg" and seen.pop("preload") == seen["ops"]
+    monkeypatch.delenv("GROUNDTHINK_LAB_BACKGROUND")
     # a pure RWKV-6 model: its lab kernels' compiles, none of the Mamba-2 mixer's ops
     assert train.early_background(SimpleNamespace(**{**vars(args), "model": "rwkv6"}), torch.device("cuda"), True)
     assert "wkv6" in seen["ops"] and not {"mamba2", "causal_conv1d"} & set(seen["ops"])

@@ -254,6 +254,10 @@ def test_compile_item_says_when_its_compiles_are_done(on_gpu, monkeypatch):
     done = [json.loads(ln) for ln in lines]
     assert [d["item"] for d in done] == ["a/x", "b/y"] and [d["kernels"] for d in done] == [len(MS)] * 2
     assert done[0]["failed"] == "" and done[1]["failed"] == "ValueError: bad shape"
+    assert 0 <= done[0]["began"] <= done[0]["submitted"] <= done[0]["at"] and done[1]["submitted"] is None
+    assert precompile._item_summary(dict(done[0], kernels=42, at=55.1, began=9.8, submitted=21.0)) == (
+        "42 kernel compiles done 55.1 s after the subprocess started (its dry run began 9.8 s after their start, "
+        "every compile submitted by 21.0 s), 0 failed")
     assert summary["configs"] == 2 * len(MS) and summary["errors"] == 1
     assert set(fns["a/x"].compiled) == set(fns["b/y"].compiled) == set(MS)
 
@@ -387,6 +391,47 @@ def test_background_says_without_waiting_whether_an_item_is_done_and_how_far_its
     procs[1].wait()
     assert bg.done("a/x") and not bg.done("b/y")       # shard 0 is still on b/y
     bg.close()
+
+
+def test_two_groups_of_processes_and_the_first_item_ready_whichever_group(monkeypatch):
+    """The lab group (``start(items, shards=)``) runs processes of its own beside the long items' group; an item's
+    shards are its group's; ``wait_any`` returns the first item done in either group, without waiting for the
+    other (stand-in subprocesses: nothing is compiled)."""
+    argv = []
+
+    class Proc:
+        returncode = None
+
+        def __init__(self, args, **kw):
+            argv.append(args[-3:])
+
+        def poll(self):
+            return self.returncode
+
+        def kill(self):
+            self.returncode = -9
+
+        def wait(self):
+            return self.returncode
+
+    monkeypatch.setattr(precompile.subprocess, "Popen", Proc)
+    bg = precompile.Background([("mamba2", "mamba_ssm", [])], shards=2)
+    bg.start([("shift_lerp", "triton", []), ("ddlerp", "triton", [])], shards=3)
+    assert [a[-1] for a in argv] == ["0/2", "1/2", "0/3", "1/3", "2/3"]
+    assert json.loads(argv[2][0]) == [["shift_lerp", "triton", []], ["ddlerp", "triton", []]]
+    assert [bg.shards_for(n) for n in bg.names()] == [2, 3, 3] and bg.group("ddlerp/triton") == [
+        "shift_lerp/triton", "ddlerp/triton"] and bg.ahead("ddlerp/triton") == bg.group("ddlerp/triton")
+    line = {"item": "shift_lerp/triton", "shard": "", "kernels": 1, "jobs": 3, "errors": 0, "failed": "", "at": 1.0}
+    for _, log in bg.procs["shift_lerp/triton"][1]:
+        log.write_text(json.dumps(line) + "\n")
+    t0 = time.monotonic()
+    assert bg.wait_any(["mamba2/mamba_ssm", "ddlerp/triton", "shift_lerp/triton"]) == "shift_lerp/triton"
+    assert time.monotonic() - t0 < 1 and not bg.done("mamba2/mamba_ssm")
+    bg.procs["mamba2/mamba_ssm"] = (time.monotonic() - 1, bg.procs["mamba2/mamba_ssm"][1])   # past its time limit
+    assert bg.wait_any(["ddlerp/triton", "mamba2/mamba_ssm"]) == "mamba2/mamba_ssm"
+    procs = [proc for proc, _ in bg.started]
+    bg.close()
+    assert len(procs) == 5 and all(proc.returncode == -9 for proc in procs)     # every group's ended
 
 
 def test_shard_count_leaves_the_main_process_cores_and_has_an_opt_out(monkeypatch):
