@@ -7,11 +7,11 @@ timings are the benchmarks' measurement on the spec's inputs.
     python3 scripts/gpu_wkv6.py 2>&1 | tee $OUT/wkv6.log                  # GPU tests, waits for the warm-up, times
     python3 scripts/gpu_wkv6.py --first-call 2>&1 | tee -a $OUT/wkv6.log  # cold process: compile + autotune time
 
-Checks (WKV6_CHECKS, default 1 in the main mode, 0 with ``--resources``): ``pytest tests/test_wkv6.py -m gpu``
-(WKV6_TESTS_K: its -k filter, default all), i.e. ‖x − ref‖/‖ref‖ of o, final state and every gradient against the
-float64 reference with the same dtype-rounded cotangents on both sides, for every algorithm, forward mode and knob
-the tests list (bf16 / fp16 / fp32, mild / strong / extreme decay, varlen, odd K and V, B8 T4096 H32), and
-determinism; the exit status of the script is pytest's.
+Checks (WKV6_CHECKS, default 1 in the main mode, 0 with ``--resources``): ``pytest tests/test_wkv6.py -m
+gpu`` (WKV6_TESTS_K: its -k filter, default all), i.e. ‖x − ref‖/‖ref‖ of o, final state and every gradient
+against the float64 reference with the same dtype-rounded cotangents on both sides, for every algorithm, forward
+mode and knob the tests list (bf16 / fp16 / fp32, mild / strong / extreme decay, varlen, odd K and V, B8 T4096
+H32), and determinism; the exit status of the script is pytest's.
 WKV6_FLA_SHAPES (indices into SHAPES) limits fla's warm-up and timing (its autotuning costs ~40 s a shape).
 Timings: the benchmarks' measurement (``bench.common.measure``: one untimed first call, then
 ``triton.testing.do_bench`` medians, warm-up 25 ms, 100 ms of repetitions) in ms of the forward (no grad) and
@@ -27,31 +27,30 @@ backward's ``state_rows`` knob values to compile; WKV6_REGS_MAXNREG: a comma lis
 ``--host`` (CPU): host µs per call
 with every Triton launch stubbed.
 
-Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; forward modes in SEQ; named in WKV6_ALGOS
-only, forward: the sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem (``LOWMEM``:
-recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``),
+Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; forward modes in SEQ; named in WKV6_ALGOS only,
+forward: the sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem
+(``LOWMEM``: recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``),
 chunk_run9 (run 9's default: state_rows 64, scan_pipe off, one walk kernel), chunk_rows64 / chunk_rows32
-(``state_rows`` forced: fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64 with
-the state pass), chunk_nopipe (the state scans without PIPE), chunk_fill2 (narrow scan blocks until 2 × #SMs
-programs), chunk_split / chunk_walk1 (the walk forward in two kernels / in one:
-``fwd_split`` True / False; the default, None, splits at ≤ one sequence·head per SM), chunk_nreg0 / chunk_nreg168
-(``bwd_maxnreg``: ``_bwd_kernel`` uncapped / autotuned with a 168-register cap beside the uncapped configs; the
-default, None, caps at K ≤ 32 only; the compile report prints each autotuner's pick per key), chunk_auto (the
-default knobs: time a knob beside it),
+(``state_rows`` forced: fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64
+with the state pass), chunk_nopipe (the state scans without PIPE), chunk_fill2 (narrow scan blocks until 2 × #SMs
+programs), chunk_split / chunk_walk1 (the walk forward in two kernels / in one: ``fwd_split`` True / False; the
+default, None, splits at ≤ one sequence·head per SM), chunk_nreg0 / chunk_nreg168 (``bwd_maxnreg``: ``_bwd_kernel``
+uncapped / autotuned with a 168-register cap beside the uncapped configs; the default, None, caps at K ≤ 32 only;
+the compile report prints each autotuner's pick per key), chunk_auto (the default knobs: time a knob beside it),
 chunk_par_fill2 (the state-pass forward, fill2), chunk_seq_scores / chunk_par_scores (``fwd_scores``: the blocks'
 scores from ``_fwd_scores_kernel``, the walk / the one-kernel state pass + the chunk-parallel output),
 chunk_seq_levels / chunk_par_levels (``fwd_scores`` False: the level code in the walk / state-pass output, the
 default until run 12; chunk_run9, chunk_split and chunk_walk1 run without the scores kernel too), chunk_seq_pipe
-(the scored walk with ``fwd_pipe``: the next block's loads in flight); the others keep the default's forward mode (the walk
-where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed the scan
-knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also
-timed chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
+(the scored walk with ``fwd_pipe``: the next block's loads in flight); the others keep the default's forward mode
+(the walk where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed
+the scan knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also timed
+chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
 (chunk_movedot, chunk_rows32_movedot: S and D moved by one masked dot each), run 9 chunk_carry (one program per
-chunk carrying D, S saved every 16 rows), run 6 two split backwards (chunk_split,
-chunk_split_blk: two kernels joined through fp32 partials), run 11 chunk_nreg128 (a 128-register cap: never
-better than 168) and chunk_bsplit (the block kernel's split again, call 6): they lost and were removed.
-``--resources`` with WKV6_CHECKS=1 runs the GPU tests after its timings. WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64",
-the large model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
+chunk carrying D, S saved every 16 rows), run 6 two split backwards (chunk_split, chunk_split_blk: two kernels
+joined through fp32 partials), run 11 chunk_nreg128 (a 128-register cap: never better than 168) and chunk_bsplit
+(the block kernel's split again, call 6): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 runs the
+GPU tests after its timings. WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
+model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
 from __future__ import annotations
 
