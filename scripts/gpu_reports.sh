@@ -25,8 +25,10 @@
 #   wkv6       scripts/gpu_wkv6.py --resources: compile report (registers, spills, shared memory), per-kernel GPU
 #              time and do_bench table of WKV6_ALGOS (default chunk_seq,chunk_par = the default chunk algorithm's
 #              two forward modes) at WKV6_SHAPES (default 0,4,5:
-#              B8 T4096 H32 and the small and large models' shapes), WKV6_CHECKS = 1 (fp64 checks of each);
-#              ≤ WKV6_S = 300. Without CUDA: its WKV6_SMOKE mode (interpreter, tiny shapes).
+#              B8 T4096 H32 and the small and large models' shapes), then WKV6_CHECKS = 1: the wkv6 GPU tests
+#              selected by WKV6_TESTS_K (default "gpu_cases and bf16_strong": both forward modes vs fp64, bf16;
+#              "" = all of tests/test_wkv6.py -m gpu, as the tests part runs them); ≤ WKV6_S = 300. Without CUDA:
+#              its WKV6_SMOKE mode (interpreter, tiny shapes; the GPU tests skip).
 #   ddp        scripts/gpu_ddp.sh (large GF-MH step on 1 and 2 GPUs, same global batch: losses, scaling)
 #              ≤ DDP_S = 480 -> $RUN/ddp/. Needs 2 GPUs: says so and skips otherwise.
 #   bench      pytest bench/ --benchmark (kernels vs the reference, fla, mamba-ssm, causal-conv1d, torch.compile;
@@ -187,7 +189,8 @@ part_wkv6() {   # WKV6_ALGOS from the environment wins
   local algos=chunk_seq,chunk_par shapes=0,4,5
   [ "$SMOKE" = 1 ] && shapes=0    # its smoke shapes: one tiny one
   run_part wkv6 "${WKV6_S:-300}" env WKV6_ALGOS="${WKV6_ALGOS:-$algos}" WKV6_SHAPES="${WKV6_SHAPES-$shapes}" \
-    WKV6_CHECKS="${WKV6_CHECKS:-1}" WKV6_SMOKE="$SMOKE" $PY scripts/gpu_wkv6.py --resources
+    WKV6_CHECKS="${WKV6_CHECKS:-1}" WKV6_TESTS_K="${WKV6_TESTS_K-gpu_cases and bf16_strong}" WKV6_SMOKE="$SMOKE" \
+    $PY scripts/gpu_wkv6.py --resources
 }
 
 part_ddp() {

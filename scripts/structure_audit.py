@@ -2,7 +2,7 @@
 train.py's function lengths; tests/test_bench.py the manifest's fields). notes/structure.md has the results.
 
     PYTHONPATH=. python scripts/structure_audit.py names     # every implementation: declared in its spec only?
-    PYTHONPATH=. python scripts/structure_audit.py params    # kernel parameters their docs/comments do not name
+    PYTHONPATH=. python scripts/structure_audit.py params    # kernel parameters undocumented / pointers without shape
     PYTHONPATH=. python scripts/structure_audit.py dump OUT  # lab kernels' outputs + gradients (bit-identity)
     python scripts/structure_audit.py compare A B            # which cases of two dumps differ (torch.equal)
 
@@ -56,27 +56,57 @@ def _documented(fn: ast.FunctionDef, lines: list[str], comments: dict) -> str:
     return doc + " " + " ".join(comments.get(i, "") for i in range(fn.lineno, k + 1))
 
 
+def _launched(trees) -> set[str]:
+    """Names launched as ``f[grid](...)`` (also ``mod.f[grid]``) or wrapped as ``triton.autotune(...)(f)``."""
+    out = set()
+    for n in (n for t in trees for n in ast.walk(t) if isinstance(n, ast.Call)):
+        if isinstance(n.func, ast.Subscript):
+            v = n.func.value
+            out.add(v.id if isinstance(v, ast.Name) else getattr(v, "attr", ""))
+        elif isinstance(n.func, ast.Call) and "autotune" in ast.unparse(n.func.func):
+            out.update(a.id for a in n.args if isinstance(a, ast.Name))
+    return out
+
+
+def _has_shape(name: str, text: str) -> bool:
+    """Some mention of ``name`` has a shape "[...]" in its clause (before a ";" and within 90 characters: "q_ptr,
+    k_ptr, w_ptr [B·T, H, K]"), or a "*" name covering it does ("p_o* [...]")."""
+    stems = [name] + [g for g in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\*", text)
+                      if name.startswith(g) and name[len(g):].isdigit()]
+    return any(re.search(_word(st) + r"\*?[^;\[]{0,90}\[", text) for st in stems)
+
+
 def params() -> None:
-    """Parameters of every ``@triton.jit`` kernel under kernels/ that neither its own docstring/comments nor the
-    module's docstring and top-level comments (layout blocks) name ("p_o*" names p_o0 ... p_o4)."""
-    count = 0
-    for path in sorted((ROOT / "kernels").rglob("*.py")):
-        src = path.read_text()
-        lines, tree, comments = src.splitlines(), ast.parse(src), _comments(src)
-        fns = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and ("kernel" in n.name or n.name ==
-               "_fwd_walk") and any("jit" in ast.unparse(d) for d in n.decorator_list)]
+    """Every ``@triton.jit`` kernel under kernels/ (a jit function that is launched or autotuned: decorated, or
+    ``f[grid](...)`` / ``triton.autotune(...)(f)`` anywhere in kernels/): parameters that neither its own
+    docstring/comments nor the module's docstring and top-level comments (layout blocks) name ("p_o*" names
+    p_o0 ... p_o4), and pointer parameters (``*_ptr``) named without a shape ``[...]`` in the same clause."""
+    paths = sorted((ROOT / "kernels").rglob("*.py"))
+    srcs = {p: p.read_text() for p in paths}
+    trees = {p: ast.parse(s) for p, s in srcs.items()}
+    launched = _launched(trees.values())
+    count = n_kernels = 0
+    for path in paths:
+        src, tree = srcs[path], trees[path]
+        lines, comments = src.splitlines(), _comments(src)
+        fns = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
+               and any("jit" in ast.unparse(d) for d in n.decorator_list)
+               and (n.name in launched or any("autotune" in ast.unparse(d) for d in n.decorator_list))]
         inside = {i for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
                   for i in range(n.lineno, n.end_lineno + 1)}
         module = (ast.get_docstring(tree) or "") + " ".join(c for i, c in comments.items() if i not in inside)
         for fn in fns:
+            n_kernels += 1
             text = _documented(fn, lines, comments) + " " + module
             globs = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\*", text)
             missing = [a.arg for a in fn.args.args if not re.search(_word(a.arg), text)
                        and not any(a.arg.startswith(g) and a.arg[len(g):].isdigit() for g in globs)]
-            count += bool(missing)
-            if missing:
-                print(f"{path.relative_to(ROOT)}:{fn.lineno} {fn.name}: {missing}")
-    print(f"{count} kernels with a parameter their docs do not name")
+            shapeless = [a.arg for a in fn.args.args if a.arg.endswith("_ptr") and a.arg not in missing
+                         and not _has_shape(a.arg, text)]
+            count += bool(missing or shapeless)
+            if missing or shapeless:
+                print(f"{path.relative_to(ROOT)}:{fn.lineno} {fn.name}: unnamed {missing}, no shape {shapeless}")
+    print(f"{count} of {n_kernels} kernels with a parameter their docs do not name or a pointer without a shape")
 
 
 def dump(out: str) -> None:

@@ -31,6 +31,8 @@ def make_inputs(B, T, H, K, V, dtype=torch.float32, decay="mixed", h0=False, N=N
         w = -torch.exp(rnd(B, T, H, K) * 0.5 - 2.0)                 # ≈ [-0.4, -0.01]
     elif decay == "strong":
         w = F.logsigmoid(rnd(B, T, H, K)) / 0.1                     # fla's test decay, down to ≈ -40 and below
+    elif decay == "extreme":                                        # every step -60 (past the clamp) or ≈ 0
+        w = torch.where(rnd(B, T, H, K) > 0, -60.0, -1e-4)
     else:                                                           # per-channel spread reaching -40
         w = -torch.exp(rnd(B, T, H, K) * 1.5).clamp(max=40.0)
     u = rnd(H, K)
@@ -206,19 +208,23 @@ def test_wkv6_noncontiguous_inputs(fn):
     assert rel_err(o1, o2) < 1e-5 and rel_err(s1, s2) < 1e-5
 
 
+def _fwd_bwd(fn, d):
+    """o, the final state and the input gradients of one fwd+bwd of ``fn`` on fresh leaves copied from ``d``
+    (cotangents: a linspace over o, 0.1 on the state)."""
+    x = {n: v.detach().clone().requires_grad_(True) if torch.is_tensor(v) and n != "cu_seqlens" else v
+         for n, v in d.items()}
+    o, s = fn(**x)
+    g = torch.linspace(-1, 1, o.numel(), device=o.device).reshape(o.shape)
+    torch.autograd.backward([o, s], [g, torch.ones_like(s) * 0.1])
+    return [o, s] + [x[n].grad for n in ("r", "k", "v", "w", "u", "initial_state")]
+
+
 @FNS
 def test_wkv6_deterministic(fn):
     d = make_inputs(1, 40, 2, 16, 40, decay="strong", h0=True)   # V = 40: 1 V-block; also run a 2-block case
     d2 = make_inputs(1, 20, 1, 16, 80, h0=True)
     for inp in (d, d2):
-        res = []
-        for _ in range(2):
-            x = {n: v.detach().clone().requires_grad_(True) if torch.is_tensor(v) else v for n, v in inp.items()}
-            o, s = fn(**x)
-            g = torch.linspace(-1, 1, o.numel()).reshape(o.shape)
-            torch.autograd.backward([o, s], [g, torch.ones_like(s) * 0.1])
-            res.append([o, s] + [x[n].grad for n in ("r", "k", "v", "w", "u", "initial_state")])
-        for a, b in zip(*res):
+        for a, b in zip(_fwd_bwd(fn, inp), _fwd_bwd(fn, inp)):
             assert torch.equal(a, b)
 
 
@@ -439,14 +445,7 @@ def test_wkv6_algorithms_agree():
         d = make_inputs(*shape, decay="mixed", h0=True, N=None if cu is None else len(cu) - 1)
         if cu is not None:
             d["cu_seqlens"] = torch.tensor(cu)
-        res = []
-        for fn in ALGOS:
-            x = {n: v.detach().clone().requires_grad_(True) if torch.is_tensor(v) and n != "cu_seqlens" else v
-                 for n, v in d.items()}
-            o, s = fn(**x)
-            g = torch.linspace(-1, 1, o.numel()).reshape(o.shape)
-            torch.autograd.backward([o, s], [g, torch.ones_like(s) * 0.1])
-            res.append([o, s] + [x[n].grad for n in ("r", "k", "v", "w", "u", "initial_state")])
+        res = [_fwd_bwd(fn, d) for fn in ALGOS]
         for other in res[1:]:
             for a, b in zip(res[0], other):
                 assert rel_err(a, b) < 2e-6
@@ -573,13 +572,18 @@ def _assert_du(errs, bound, du_dtype, floor, context):
     assert errs["du"] <= du_bound, f"{context}: du error {errs['du']:.3g} > {du_bound:.3g} (bound {bound:g})"
 
 
-def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6, u_dtype=None):
-    """Kernel vs the fp64 chunked reference (run on the GPU), same cotangents on both sides (du: ``_assert_du``)."""
-    d = make_inputs(B, T, H, K, V, dtype=dtype, decay=decay, h0=h0, device="cuda")
+def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6, u_dtype=None, cu=None):
+    """Kernel vs the fp64 chunked reference (run on the GPU), same cotangents on both sides (du: ``_assert_du``);
+    cu: the cu_seqlens list of a varlen batch (B = 1, one h0 per sequence)."""
+    d = make_inputs(B, T, H, K, V, dtype=dtype, decay=decay, h0=h0, device="cuda",
+                    N=None if cu is None else len(cu) - 1)
+    if cu is not None:
+        d["cu_seqlens"] = torch.tensor(cu, dtype=torch.int32, device="cuda")
     if u_dtype is not None:
         d["u"] = d["u"].detach().to(u_dtype).requires_grad_(True)
     errs = compare(fn, lambda **kw: ref_chunked(**kw, chunk_size=64), d)
-    _assert_du(errs, bound, d["u"].dtype, lambda: _du_floor(d, dtype), f"B{B} T{T} H{H} K{K} V{V} {dtype}")
+    _assert_du(errs, bound, d["u"].dtype, lambda: _du_floor(d, dtype),
+               f"B{B} T{T} H{H} K{K} V{V} {dtype} {decay} cu={cu} [{fn.__name__}]")
     return errs
 
 
@@ -615,6 +619,40 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)
+
+
+# decays, head sizes and varlen batches beyond test_wkv6_gpu's (the fp64 table scripts/gpu_wkv6.py kept until
+# session 13), each in both forward modes of the chunk algorithm: (shape, dtype, decay, bound, cu_seqlens)
+GPU_CASES = {
+    "bf16_strong": ((2, 300, 3, 64, 64), torch.bfloat16, "strong", 2e-3, None),
+    "bf16_mild": ((2, 300, 3, 64, 64), torch.bfloat16, "mild", 2e-3, None),
+    "bf16_extreme": ((2, 300, 3, 64, 64), torch.bfloat16, "extreme", 2e-3, None),
+    "bf16_K128_V128": ((1, 200, 2, 128, 128), torch.bfloat16, "strong", 2e-3, None),
+    "bf16_K32_V96": ((2, 150, 2, 32, 96), torch.bfloat16, "strong", 2e-3, None),
+    "bf16_varlen": ((1, 1000, 4, 64, 64), torch.bfloat16, "strong", 2e-3, [0, 100, 101, 777, 1000]),
+    "fp16_strong": ((2, 300, 3, 64, 64), torch.float16, "strong", 2e-3, None),
+    "fp32_K60_V100": ((2, 300, 3, 60, 100), torch.float32, "strong", 1e-5, None),
+    "fp32_extreme": ((2, 300, 3, 64, 64), torch.float32, "extreme", 1e-5, None),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("seq", [True, False], ids=["seq", "par"])
+@pytest.mark.parametrize("case", list(GPU_CASES))
+def test_wkv6_gpu_cases(case, seq):
+    """The chunk algorithm in each forward mode (the walk / the state pass, default knobs) vs fp64 on GPU_CASES."""
+    shape, dtype, decay, bound, cu = GPU_CASES[case]
+    _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(seq), cu=cu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fn", [_chunk_mode(True), _chunk_mode(False), wkv6_fused], ids=["seq", "par", "fused"])
+def test_wkv6_gpu_deterministic(fn):
+    """Two fwd+bwd runs at a compiled size (bf16 B2 T2048 H8 K=V=64, h0; the walk takes the scores kernel there)
+    give bit-identical outputs and gradients (fp32 partial sums in a fixed order, no atomics)."""
+    d = make_inputs(2, 2048, 8, 64, 64, dtype=torch.bfloat16, decay="strong", h0=True, device="cuda")
+    for a, b in zip(_fwd_bwd(fn, d), _fwd_bwd(fn, d)):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.gpu

@@ -261,12 +261,17 @@ def _scored_step(b_q, b_k, b_w, b_wm, b_wp, b_v, b_a, o_ptr, b_h, bos, L, r0, i_
 #   h0_ptr / ht_ptr [N, H, K, V] fp32 initial / final state; hs_ptr / hd_ptr [slots, H, K, V] fp32 the state at
 #   each BT-row chunk start / dL/dS at each chunk end, slot n·NT + i (fixed length) or cu[n]//BT + n + i (VARLEN;
 #   ``states._par_slots``); cu_ptr [N + 1] int32 sequence offsets, cmap_ptr [slots] int32 the sequence of each slot
-#   (both None unless VARLEN); scale multiplies q·k; T the padded length (fixed-length batches), NT = cdiv(T, BT)
-#   chunks per sequence.
+#   (both None unless VARLEN); a_ptr [B·T, H, SB] fp32 the blocks' scores (``_fwd_scores_kernel``: a block's row t
+#   at token t); qh_ptr, kh_ptr [B·T, H, K] and oi_ptr [B·T, H, V] fp32 the split forward's intermediates
+#   (``_fwd_intra_kernel``); du_ptr [slots · BT/SB, H, K] fp32 per-program du rows (``_bwd_kernel``); scale (float)
+#   multiplies q·k; T the padded length (fixed-length batches), NT = cdiv(T, BT) chunks per sequence; NH_BUCKET =
+#   min(pow2(N·H), 1024), an autotune key only (``_nh_bucket``: unused by the kernel body).
 # Constexprs: H heads; K, V head sizes; BK = max(16, pow2(K)), BV the V tile width; SB = 16 block rows, LOG =
 #   log2(SB) pair levels; BT the chunk rows (``state_rows``: 32 or 64; SB where the slots are blocks); PREC the dots'
-#   input precision ("ieee" for fp32, "tf32"); VARLEN: cu_seqlens given. Optional tensors are None with their
-#   constexpr flag off (USE_H0, SAVE, SPLIT, VARLEN).
+#   input precision ("ieee" for fp32, "tf32"); VARLEN: cu_seqlens given; SPLIT / SCORES: the blocks' state-free
+#   work / scores read from the intermediates above; PIPE: the walk loads the next block ahead; FAST: exp by
+#   ex2.approx.ftz (GPU); HALF_B: B = do vᵀ in the half inputs' dtype. Optional tensors are None with their
+#   constexpr flag off (USE_H0, SAVE, SPLIT, SCORES, VARLEN).
 def _four_warps():
     """The forward kernels' one config (H100 run 10 offered 8 warps too: the autotuner kept 4 at every shape)."""
     return autotune_configs([triton.Config({}, num_warps=4, num_stages=1)])
@@ -453,7 +458,7 @@ def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, a_ptr, hs_ptr, o_ptr, cu_
                     SCORES: tl.constexpr, PREC: tl.constexpr):
     """Grid (chunk slots, V-blocks, H): writes o_ptr for the BT // SB blocks of one chunk from its start state
     hs_ptr [slots, H, K, V] fp32 (the state pass's, ``states._par_states`` or ``states._fwd_states``; layouts
-    above). SCORES as in ``_fwd_walk``."""
+    above). SCORES as in ``_fwd_walk``: the blocks' scores from a_ptr [B·T, H, SB] fp32 (else None; u unread)."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, SB)

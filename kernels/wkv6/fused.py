@@ -14,12 +14,24 @@ from kernels.wkv6.common import (_blocks, _bonus_bwd, _clamp_w, _cu, _dims, _int
 BT_CHUNK = 16
 CKPT = 4          # backward: chunk states checkpointed every CKPT chunks, the others recomputed into L2 scratch
 
-# Layouts shared by the kernels below (a token is row bos + t of the flattened [B·T, H, *] tensors):
-#   q_ptr, k_ptr, w_ptr [B·T, H, K] (q = r; w the raw log-decay, clamped inside), v_ptr [B·T, H, V], u_ptr [H, K];
-#   a state h0 / ht / dht / dh0 [N, H, K, V] fp32; cu_ptr [N + 1] int32 sequence offsets (None unless VARLEN);
-#   hs_ptr [slots, H, K, V] fp32: the state at every CK-th chunk start, slot c0 + i_c // CK with
-#   c0 = bos // (BT·CK) + n (``_ckpt_shape``); scale multiplies q·k; T the padded length (fixed-length batches).
-# Optional tensors are None with their constexpr flag off (USE_H0, USE_DHT, VARLEN, SAVE).
+# Layouts shared by the kernels below (a token is row bos + t of the flattened [B·T, H, *] tensors; N sequences: B,
+# or len(cu) − 1 with VARLEN, where B = 1):
+#   q_ptr, k_ptr, w_ptr [B·T, H, K] (q = r; w the raw log-decay, clamped inside), v_ptr, o_ptr, do_ptr [B·T, H, V],
+#   u_ptr [H, K] (all in the inputs' dtype; o = the output, do its gradient); dq_ptr, dk_ptr, dw_ptr [B·T, H, K] and
+#   dv_ptr [B·T, H, V] the input gradients in the inputs' dtypes (``_wkv6_bwd_main_kernel`` without DIRECT: dq_ptr,
+#   dk_ptr, dw_ptr are fp32 partials [NV, B·T, H, K], read back as pq_ptr, pk_ptr, pw_ptr [NV, B·T, H, K] by
+#   ``_wkv6_bwd_combine_kernel``); du_ptr [N, H, K] fp32 per-sequence du rows (summed over N by the launcher);
+#   h0_ptr / ht_ptr [N, H, K, V] fp32 the initial / final state, dht_ptr / dh0_ptr [N, H, K, V] fp32 their
+#   gradients; hs_ptr [slots, H, K, V] fp32: the state at every CK-th chunk start, slot c0 + i_c // CK with
+#   c0 = bos // (BT·CK) + n (``_ckpt_shape``); sc_ptr [NV·N·H, CK, BK, BV] fp32 per-program scratch; cu_ptr [N + 1]
+#   int32 sequence offsets (None unless VARLEN); scale (float) multiplies q·k; T the padded length (fixed-length
+#   batches); NTOK = B·T, the rows of one partial; NH_BUCKET = min(pow2(N·H), 1024), an autotune key only
+#   (``_nh_bucket``: unused by the kernel body).
+# Constexprs: H heads; K, V head sizes; BT = 16 chunk rows (``BT_CHUNK``); BK = max(16, pow2(K)) ≥ K and BV (≤ 64)
+#   the V-block width (``_blocks``; the forward autotunes BV), BVF ≥ V: all of V in one block; NV = cdiv(V, BV)
+#   V-blocks; CK chunks per checkpoint (``CKPT``); PREC the dots' input precision ("ieee" for fp32, else "tf32";
+#   ``common._prec``); UNROLL the key loop's unroll factor (autotuned); DIRECT: one V-block, gradients written
+#   final. Optional tensors are None with their constexpr flag off (USE_H0, USE_DHT, VARLEN, SAVE).
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -232,9 +244,10 @@ def _wkv6_bwd_combine_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, 
                              dq_ptr, dk_ptr, dw_ptr, du_ptr, cu_ptr, scale, T, NTOK,
                              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                              BK: tl.constexpr, BVF: tl.constexpr, NV: tl.constexpr, VARLEN: tl.constexpr):
-    """Grid (N·H,): sums the NV fp32 partials pq/pk/pw_ptr [NV, B·T, H, K] (fixed order) of one (sequence, head),
-    adds the bonus terms (``_bonus_store``) and writes dq_ptr, dk_ptr, dw_ptr [B·T, H, K] in the inputs' dtype and
-    du_ptr [N, H, K] fp32 rows (layouts above); BVF ≥ V: all of V in one block."""
+    """Grid (N·H,): sums the NV fp32 partials pq_ptr, pk_ptr, pw_ptr [NV, B·T, H, K] (fixed order; NTOK = B·T rows
+    each) of one (sequence, head), adds the bonus terms (``_bonus_store``: q, k, u, v and do_ptr [B·T, H, V]) and
+    writes dq_ptr, dk_ptr, dw_ptr [B·T, H, K] in the inputs' dtype and du_ptr [N, H, K] fp32 rows (layouts above);
+    BVF ≥ V: all of V in one block."""
     i_nh = tl.program_id(0)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)

@@ -13,13 +13,21 @@ from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _clamp_w, _cu, _dim
 BT_PAR = 64       # chunk length of the state pass
 
 
-# Layouts of the two kernels below (a token is row bos + t of the flattened [B·T, H, *] tensors; chunks of BT rows):
-#   q_ptr, k_ptr, w_ptr [B·T, H, K] (q = r; w the raw log-decay, clamped inside), v_ptr / do_ptr [B·T, H, V];
-#   hs_ptr / hd_ptr [slots, H, K, V] fp32 per-chunk states (ΔS_c then S_c, ΔD_c then D_c), gl_ptr [slots, H, K]
-#   fp32 the chunks' decay sums G_L; a chunk's slot: n·NT + i (fixed length) or cu[n]//BT + n + i (VARLEN,
-#   ``_par_slots``); cu_ptr [N + 1] int32 sequence offsets and cmap_ptr [slots] int32 the sequence of each slot
-#   (both None unless VARLEN); h0 / ht / dht / dh0 [N, H, K, V] fp32; scale multiplies q·k; T the padded length
-#   (fixed-length batches), NT = cdiv(T, BT); K, V the head sizes, BK ≥ K and BV the tile widths.
+# Layouts of the kernels below (a token is row bos + t of the flattened [B·T, H, *] tensors; chunks of BT rows; N
+# sequences: B, or len(cu) − 1 with VARLEN, where B = 1):
+#   q_ptr, k_ptr, w_ptr [B·T, H, K] (q = r; w the raw log-decay, clamped inside), v_ptr / do_ptr [B·T, H, V] (the
+#   inputs' dtype; do the output's gradient); hs_ptr / hd_ptr [slots, H, K, V] fp32 per-chunk states (ΔS_c then
+#   S_c, ΔD_c then D_c; ``_chunk_scan_kernel``: hs_ptr [directions, SLOTS, H, K, V], both directions in one
+#   buffer), gl_ptr [slots, H, K] fp32 the chunks' decay sums G_L; a chunk's slot: n·NT + i (fixed length) or
+#   cu[n]//BT + n + i (VARLEN, ``_par_slots``); cu_ptr [N + 1] int32 sequence offsets and cmap_ptr [slots] int32
+#   the sequence of each slot (both None unless VARLEN); h0_ptr / ht_ptr [N, H, K, V] fp32 the initial / final
+#   state, dht_ptr / dh0_ptr [N, H, K, V] fp32 their gradients; scale (float) multiplies q·k; T the padded length
+#   (fixed-length batches), NT = cdiv(T, BT), SLOTS the slots per direction; NH_BUCKET = min(pow2(N·H), 1024), an
+#   autotune key only (unused by the kernel body).
+# Constexprs: H heads; K, V head sizes; BT the chunk rows (64, ``BT_PAR``, or the ``state_rows`` knob's 32); BK =
+#   max(16, pow2(K)) ≥ K and BV (≤ 64) the tile widths (``_blocks``; the scan may take a narrower BV), BKS / BVS
+#   the K- and V-block widths of ``_fwd_states_kernel`` (autotuned, 32 or 64); PREC the dots' input precision
+#   ("ieee" for fp32 inputs, else "tf32"; ``common._prec``); PIPE: the scan loads one chunk ahead.
 # MODE (constexpr): 1 the forward's S direction ("fwd"), 2 the backward's D direction alone ("bwd_d": S_c saved by
 # the forward), 3 both ("bwd"). Optional tensors are None with their constexpr flag off (MODE's bits, USE_H0,
 # USE_DHT, VARLEN).
