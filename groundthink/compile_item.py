@@ -3,10 +3,10 @@ started by ``groundthink.precompile.Background`` (that module's docstring says w
 
 ITEMS-JSON is ``[[op, impl, shape], ...]`` (or one ``[op, impl, shape]``): ``shape`` is the item's calls
 (``groundthink.calls.Call.payload()``s) or, for ``gate.early_background``'s items, ``{"model": the run's model
-arguments}``, whose step calls this process records itself, once per model (``model_calls``: its own copy of the model, the step's strides included: mamba2's dt is a column slice,
-``[dt rows 592]`` at GF-MH small). Recording them builds the model through the registry, which sits above the
-gate; this entry point therefore lives here, above both, and ``groundthink.precompile`` imports nothing above it
-(no registry -> gate -> precompile -> registry cycle).
+arguments}``, whose step calls this process records itself, once per model (``model_calls``: its own copy of the
+model, the step's strides included: mamba2's dt is a column slice, ``[dt rows 592]`` at GF-MH small). Recording them
+builds the model through the registry, which sits above the gate; this entry point therefore lives here, above both,
+and ``groundthink.precompile`` imports nothing above it (no registry -> gate -> precompile -> registry cycle).
 """
 from __future__ import annotations
 

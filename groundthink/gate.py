@@ -889,20 +889,12 @@ FIRST_USE_S = {"mamba2/mamba_ssm": 52.0, "wkv6/triton": 15.4, "wkv6/triton_fused
                "gate_norm_residual/triton": 9.8, "norm_gate/triton": 5.5, "ddlerp/triton": 4.6,
                "shift_lerp/triton": 3.1, "decay_exp/triton": 1.9, "cross_entropy/triton": 0.8}
 # An item expected to take this long compiles in background subprocesses from the start (``early_background``,
-# ``_background``); the main process then only loads its kernels from the disk cache and measures. Run 12 call 1:
-# above it every lab item's time was mostly its compiles (shift_lerp: 3 kernels, 3.1 s; the items over it: 44 s of
-# the 50 s qualification); below it (decay_exp 1.9, cross_entropy 0.8, causal_conv1d 0.6) and the references
-# (2.3 s in all) the main process has ≈ 6 s of work of its own while the subprocesses start (imports, CUDA, the
-# model's calls: seconds), so moving these too would gain nothing.
-# Run 12 call 5 (fresh H100, this threshold at 2.5 s: six lab items queued in the 6 shards behind mamba-ssm, whose
-# compile took 56.8 s there — no faster than one subprocess's 50.9 s in run 11): every lab item was deferred and the
-# newcomer's step ran on the references (98.95 ms). So only mamba-ssm compiles in the background by default;
-# GROUNDTHINK_BACKGROUND_S=<seconds> sets the threshold (``_background_s``) for experiments.
+# ``_background``); the main process then only loads its kernels from the disk cache and measures. 20 s: mamba-ssm
+# alone. Run 12 call 5 tried 2.5 s (the lab items too, in the same shards): they queued behind mamba-ssm, whose
+# compile took 56.8 s there (no faster than one subprocess's 50.9 s in run 11), every lab item was deferred and the
+# newcomer's step ran on the references (98.95 ms). GROUNDTHINK_BACKGROUND_S=<seconds> sets it (``_background_s``);
+# the lab items' own group is ``LAB_BACKGROUND_S`` below.
 BACKGROUND_S = 20.0
-# ... where the background has one process only (``precompile.shard_count``: fewer than 8 cores, or
-# GROUNDTHINK_PRECOMPILE_SHARDS=1): GIL-bound (run 11: 50.9 s for mamba-ssm's 42 compiles), it would compile the lab
-# items only after mamba-ssm's, too late; they compile in the main process's parallel pool instead, as before.
-BACKGROUND_ALONE_S = 20.0
 # The lab group (``GROUNDTHINK_LAB_BACKGROUND=1``, ``precompile.lab_shard_count``: off by default until timed): the
 # lab items expected to take this long (and less than ``_background_s()``) compile in a group of subprocesses of
 # their own, started beside mamba-ssm's — never queued behind it (run 12 call 5) — the shortest first, so that the
@@ -1117,14 +1109,12 @@ def _used_anyway(plan: list, path: Path, graph: bool) -> set[str]:
 
 
 def _background_s() -> float:
-    """The expected seconds from which an item compiles in the background (``BACKGROUND_S``; with one background
-    process, ``BACKGROUND_ALONE_S``)."""
+    """The expected seconds from which an item compiles in the background: GROUNDTHINK_BACKGROUND_S, else
+    ``BACKGROUND_S``."""
     import os
-
-    from groundthink.precompile import shard_count
     env = os.environ.get("GROUNDTHINK_BACKGROUND_S", "").strip()
     try:
-        return float(env) if env else (BACKGROUND_S if shard_count() > 1 else BACKGROUND_ALONE_S)
+        return float(env) if env else BACKGROUND_S
     except ValueError:
         raise SystemExit(f"GROUNDTHINK_BACKGROUND_S must be a number of seconds; got {env!r}") from None
 

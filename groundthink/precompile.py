@@ -24,22 +24,23 @@ may then swap places; which config is fastest by a clear margin does not change.
 
 Compile in the background (``Background``, ``python -m groundthink.compile_item ITEMS-JSON``): before data and model
 (train.py, ``gate.early_background``) one group of subprocesses starts for the items expected to take long
-(mamba-ssm's first use and the lab kernels whose compiles dominate their time: ``gate.BACKGROUND_S``), so that
-their compilation — CPU work — overlaps the timing of the cheap items; they compile the items one after another
-(the longest first), saying each item's line as soon as its compiles are done, and the gate measures each item as
-it becomes ready (``Background.done`` asks without waiting). A subprocess dry-runs each item: one forward +
-backward at the model's shape and at the spec's error shape (what ``gate.measure`` runs) inside ``compile_only``,
-in which no Triton kernel is launched: every kernel the call meets is submitted to one thread pool (one
-``AsyncCompileMode`` for the whole dry run), an autotuned kernel with every config it would benchmark (nothing at a
-key it has met already: the error shape of a kernel whose key ignores the batch), and its ``best_config`` is set,
-because host code reads it after a launch (mamba-ssm's backward; run 7's subprocess died there, at its first
-backward kernel, so the main process compiled mamba-ssm's 116 configs again). Only PyTorch's own small ops reach
-the GPU. It says one JSON line per item as soon as the item's compiles are done and ends with a JSON summary; the
-binaries land in Triton's disk cache, which the main process reads when it measures the item, right after that
-line. Per item the gate says how many Triton kernels the main process compiled itself and how many it found in the
-disk cache (``counting_compiles``). The subprocesses run at the main process's priority (train.py starts them
-before data and model: ``gate.early_background``). Any failure there costs nothing but the overlap: the main
-process compiles what is missing, as before.
+(``gate.BACKGROUND_S``: by default mamba-ssm's first use alone; with ``GROUNDTHINK_LAB_BACKGROUND=1`` the lab
+kernels get a group of their own beside it), so that their compilation — CPU work — overlaps the timing of the cheap
+items; a group compiles its items one after another, saying each item's line as soon as its compiles are done, and
+the gate measures an item once its line is there (``Background.done`` asks without waiting). Run 12: 6 shards did
+not shorten mamba-ssm's item (56.8 / 55.1 s vs 54.5 s in one process): its dry run, not its compiles, sets the time.
+A subprocess dry-runs each item: one forward + backward at the model's shape and at the spec's error shape (what
+``gate.measure`` runs) inside ``compile_only``, in which no Triton kernel is launched: every kernel the call meets
+is submitted to one thread pool (one ``AsyncCompileMode`` for the whole dry run), an autotuned kernel with every
+config it would benchmark (nothing at a key it has met already: the error shape of a kernel whose key ignores the
+batch), and its ``best_config`` is set, because host code reads it after a launch (mamba-ssm's backward; run 7's
+subprocess died there, at its first backward kernel, so the main process compiled mamba-ssm's 116 configs again).
+Only PyTorch's own small ops reach the GPU. It says one JSON line per item as soon as the item's compiles are done
+and ends with a JSON summary; the binaries land in Triton's disk cache, which the main process reads when it
+measures the item, right after that line. Per item the gate says how many Triton kernels the main process compiled
+itself and how many it found in the disk cache (``counting_compiles``). The subprocesses run at the main process's
+priority (train.py starts them before data and model: ``gate.early_background``). Any failure there costs nothing
+but the overlap: the main process compiles what is missing, as before.
 
 Two groups (``GROUNDTHINK_LAB_BACKGROUND=1``, ``lab_shard_count``; off by default until timed). Run 12 call 5
 queued the lab items in mamba-ssm's shards, behind its 57 s compile: every one was deferred. With the knob the
@@ -352,14 +353,15 @@ class Untuned(Exception):
 @contextlib.contextmanager
 def compile_only(workers: int | None = None, executor=None, winners: bool = False):
     """Inside: no Triton kernel runs; every kernel a call meets is compiled instead, all of them concurrently
-    (one ``AsyncCompileMode`` for the whole block, on ``executor`` or a pool of ``workers`` threads; the block's
-    end waits for them). An autotuned kernel meeting a new key compiles every config it would benchmark; at a
-    key this dry run has met already (the error shape of a kernel whose key ignores the batch) it compiles none
-    (the main process's benchmark chooses the winner, ``compile_winners`` compiles it there). Its ``best_config`` is set to the first config: host code
-    reads it after a launch (mamba-ssm sizes its backward reductions by ``kernel.best_config``; without it the
-    dry run stopped at the first backward kernel — run 7). Any other Triton kernel compiles with
-    ``warmup=True``. For a subprocess whose only job is to fill Triton's disk cache: the outputs stay unwritten,
-    and ``best_config`` is no benchmark's choice — never use it in a process that goes on to run kernels.
+    (one ``AsyncCompileMode`` for the whole block, on ``executor`` or a pool of ``workers`` threads; the block's end
+    waits for them). An autotuned kernel meeting a new key compiles every config it would benchmark; at a key this
+    dry run has met already (the error shape of a kernel whose key ignores the batch) it compiles none (the main
+    process's benchmark chooses the winner, ``compile_winners`` compiles it there). Its ``best_config`` is set to
+    the first config: host code reads it after a launch (mamba-ssm sizes its backward reductions by
+    ``kernel.best_config``; without it the dry run stopped at the first backward kernel — run 7). Any other Triton
+    kernel compiles with ``warmup=True``. For a subprocess whose only job is to fill Triton's disk cache: the
+    outputs stay unwritten, and ``best_config`` is no benchmark's choice — never use it in a process that goes on to
+    run kernels.
 
     ``winners=True`` (``compile_winners``: safe in a process that runs kernels): an autotuner compiles only the
     config it has already chosen for the key, and ``best_config`` is that choice (what a real call sets); one
@@ -447,14 +449,15 @@ MAX_SHARDS = 6
 
 
 def shard_count() -> int:
-    """How many subprocesses compile one background item (``Background``), each a share of its compile jobs.
+    """How many subprocesses a background group has (``Background``): each compiles its share of every item's
+    compile jobs. (Run 12 calls 5-6: 6 shards did not shorten mamba-ssm's item — 56.8 / 55.1 s vs 54.5 s in one.)
 
     Run 11 (H100 host, 16 cores): mamba-ssm's item, one subprocess with a 14-thread pool, needed 50.9 s for its 42
     compiles — Triton's Python frontend passes hold the GIL, so the threads gave little; the main process waited
     15.2 s for it. Processes do not share a GIL: ``(cores − MAIN_CORES) // SHARD_CORES``, at most ``MAX_SHARDS``,
     at least 1 — 6 on the 16-core host (12 cores, 7 compiles each), 1 on a 2-core machine (as before), 2 at 8.
     Every shard also repeats the item's set-up (imports, the model's step calls: a few seconds, in parallel).
-    ``GROUNDTHINK_PRECOMPILE_SHARDS=N`` overrides (1: one subprocess per item, run 11's way: the opt-out)."""
+    ``GROUNDTHINK_PRECOMPILE_SHARDS=N`` overrides (1: one subprocess, run 11's way: the opt-out)."""
     raw = os.environ.get("GROUNDTHINK_PRECOMPILE_SHARDS", "")
     if raw.strip().isdigit() and int(raw) >= 1:
         return min(int(raw), 64)
@@ -491,12 +494,12 @@ def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] =
 
 def _compile_items(items: list, say=print, shard: tuple[int, int] = (0, 1), payloads=None) -> dict:
     """Dry-run each item in turn (``_dry_run``; its calls: ``payloads(op, shape)`` — ``compile_item.payloads``,
-    which records a model's calls once —, or ``shape`` itself when None) under one ``compile_only`` (every compile concurrent; ``shard=(i, n)``: only job i, i + n, ...
-    of them, ``_Recording``), and say each item's JSON line as soon as its own compiles are done
-    (``Background.wait`` reads it; "jobs": the item's). One ``compile_only`` for all items — not one each — so
-    that a kernel met again in a later item is no new job in any shard (Triton's ``AsyncCompileMode`` submits each
-    compile once; a fresh mode would resubmit, in the shards that skipped it, what one shard compiled: their job
-    orders would part). Returns the summary ("seconds": all items')."""
+    which records a model's calls once —, or ``shape`` itself when None) under one ``compile_only`` (every compile
+    concurrent; ``shard=(i, n)``: only job i, i + n, ... of them, ``_Recording``), and say each item's JSON line as
+    soon as its own compiles are done (``Background.wait`` reads it; "jobs": the item's). One ``compile_only`` for
+    all items — not one each — so that a kernel met again in a later item is no new job in any shard (Triton's
+    ``AsyncCompileMode`` submits each compile once; a fresh mode would resubmit, in the shards that skipped it, what
+    one shard compiled: their job orders would part). Returns the summary ("seconds": all items')."""
     import concurrent.futures
 
     import torch
@@ -548,6 +551,7 @@ class Background:
         self.timeout_s = timeout_s
         self.procs: dict[str, tuple[float, list[tuple[subprocess.Popen, Path]]]] = {}   # items not waited for yet
         self.started: list[tuple[subprocess.Popen, Path]] = []
+        self.ended: set[int] = set()     # ids of the subprocesses ``wait`` ended at their time limit
         self.t0: dict[str, float] = {}   # each item's start (its subprocesses')
         self.groups: dict[str, list[str]] = {}   # each item: the items its subprocesses compile, in their order
         self.start(items)
@@ -662,20 +666,23 @@ class Background:
         for proc, _ in ended:
             proc.kill()
             proc.wait()
+            self.ended.add(id(proc))
         del self.procs[name]
         return waited, _shards_summary(name, procs, {id(p) for p, _ in ended})
 
     def close(self) -> None:
-        """End what still runs and remove the logs; a failed subprocess keeps its log (its path was said)."""
+        """End what still runs and remove the logs; a failed subprocess keeps its log (its path was said), one that
+        was ended here or by ``wait`` at its time limit does not."""
         for proc, log in self.started:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            elif proc.returncode != 0:
+            elif proc.returncode != 0 and id(proc) not in self.ended:
                 continue
             shutil.rmtree(log.parent, ignore_errors=True)
         self.procs.clear()
         self.started.clear()
+        self.ended.clear()
 
 
 def _shards_summary(name: str, procs: list, ended: set = frozenset()) -> str:

@@ -8,12 +8,14 @@
 # each run (train.py's steady-state summary) and the scaling efficiency tok/s(2 GPUs) / (2 × tok/s(1 GPU)) twice:
 # strong (the same global batch, 8 × 1024 per GPU: bounded by how well the half-batch step runs — run 12 call 1,
 # one H100: 19.41 ms at 8 × 1024 vs 32.78 at 16 × 1024, 84.4 % before any communication) and weak (a fourth run,
-# 2 GPUs at 16 × 1024 each: the same work per GPU as the 1-GPU run; what data parallelism costs). Writes ddp.csv, the JSONL logs and console logs into $OUT/ddp (or .gt-out/ddp).
-# Needs a machine with 2 GPUs (device kind nvidia-h100-x2, carry [".gpu-wheels"]); 4-7 minutes on a cold
-# machine: wheels, then Triton compilation and mamba-ssm autotuning in the first run (over 130 s cold at large in
-# run 4; capped at ONE_S=240), the second run reuses their caches (TWO_S=150).
-# Knobs: STEPS (default 100), ONE_S / TWO_S / WEAK_S / FLOOR_S (time caps in seconds of each run), KERNELS (default triton),
-# GT_DDP_OUT (results folder), GT_SITE (wheels already installed there: `bash scripts/gpu_reports.sh ddp` sets both).
+# 2 GPUs at 16 × 1024 each: the same work per GPU as the 1-GPU run; what data parallelism costs). Writes ddp.csv,
+# the JSONL logs and console logs into $OUT/ddp (or .gt-out/ddp).
+# Needs a machine with 2 GPUs (device kind nvidia-h100-x2, carry [".gpu-wheels"]); 4-8 minutes on a cold
+# machine (run 12, STEPS=60: 202 s): wheels, then Triton compilation and mamba-ssm autotuning in the first run (over
+# 130 s cold at large in run 4; capped at ONE_S=240), the later runs reuse their caches (TWO_S=150, WEAK_S=120).
+# Knobs: STEPS (default 100), ONE_S / TWO_S / WEAK_S / FLOOR_S (time caps in seconds of each run), KERNELS
+# (default triton), GT_DDP_OUT (results folder), GT_SITE (wheels already installed there: `bash
+# scripts/gpu_reports.sh ddp` sets both).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 R=${GT_DDP_OUT:-${OUT:-.gt-out}/ddp}; mkdir -p "$R"
@@ -38,8 +40,10 @@ echo "== 2 GPUs, batch 16 × 1024 each (global 32 × 1024): the same work per GP
 timeout "${WEAK_S:-120}" torchrun --standalone --nproc_per_node 2 train.py "${COMMON[@]}" --batch-size 16 \
   --log-file "$R/two_gpu_b16each.jsonl" --out-dir .ck-ddp4 > "$R/two_gpu_b16each.log" 2>&1; echo "exit $?"
 tail -3 "$R/two_gpu_b16each.log"
-echo "== noise floor: 1 GPU, batch 16 × 1024, the Mamba-2 scan summed in chunks twice as long (same function, other roundings)"
-FLOOR=($(python3 -c "from bench.bench_train import validity_argv as v; print(*v('${KERNELS:-triton}-reordered', 'GF-MH', 'large', []))"))
+echo "== noise floor: 1 GPU, batch 16 × 1024, the Mamba-2 scan summed in chunks twice as long" \
+     "(same function, other roundings)"
+FLOOR=($(python3 -c "from bench.bench_train import validity_argv as v
+print(*v('${KERNELS:-triton}-reordered', 'GF-MH', 'large', []))"))
 timeout "${FLOOR_S:-150}" torchrun --standalone --nproc_per_node 1 train.py "${COMMON[@]}" --batch-size 16 \
   "${FLOOR[@]}" --log-file "$R/one_gpu_reordered.jsonl" --out-dir .ck-ddp3 > "$R/one_gpu_reordered.log" 2>&1
 echo "exit $?"; tail -2 "$R/one_gpu_reordered.log"

@@ -492,6 +492,7 @@ def test_only_long_items_compile_in_the_background(monkeypatch, tmp_path):
     monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton_fused": 5.8, "wkv6/triton": 40.0,
                                               "decay_exp/triton": 1.9})
     # the default since run 12 call 5 is 20 s (mamba-ssm alone); GROUNDTHINK_BACKGROUND_S sets it
+    monkeypatch.delenv("GROUNDTHINK_BACKGROUND_S", raising=False)
     assert gate.BACKGROUND_S == 20.0 and gate._background_s() == 20.0
     monkeypatch.setenv("GROUNDTHINK_BACKGROUND_S", "2.5")
     assert gate._background_s() == 2.5
@@ -504,10 +505,6 @@ def test_only_long_items_compile_in_the_background(monkeypatch, tmp_path):
     plan, _ = gate._plan(shapes, True, gate.Verdicts([]), True)
     assert gate._background(plan, True, True, {}) == "bg"
     assert [(op, impl) for op, impl, _ in started[0]] == [("wkv6", "triton"), ("wkv6", "triton_fused")]
-    # one background process (few cores, GROUNDTHINK_PRECOMPILE_SHARDS=1): the long items only, as before
-    monkeypatch.setattr(precompile, "shard_count", lambda: 1)
-    assert gate._background(plan, True, True, {}) == "bg" and [x[:2] for x in started[-1]] == [("wkv6", "triton")]
-    monkeypatch.setattr(precompile, "shard_count", lambda: 6)
     started.clear()
     # train.py's early start: the long items, their calls recorded in the subprocesses from the run's model; none
     # once the per-machine manifest has a verdict for it in the step's mode
@@ -653,10 +650,10 @@ def _rwkv6_calls():
 
 def test_the_steps_calls_are_read_off_the_model():
     """Every distinct (op, variant) one step calls, recorded from the model (its ops restored after): a pure
-    RWKV-6 model never calls mamba2 or causal_conv1d (mamba-ssm's first use: 52 s in run 6); every layer's
-    token shift reads bf16 activations (the model casts the first block's y once); wkv6 gets an fp32 u and scale 1; gate_norm_residual
-    runs "add" with fp32 weights, and in the last layer without a gradient for h (its backward without dh). Each
-    call rebuilt by ``calls.inputs`` at the recording's shape is the call."""
+    RWKV-6 model never calls mamba2 or causal_conv1d (mamba-ssm's first use: 52 s in run 6); every layer's token
+    shift reads bf16 activations (the model casts the first block's y once); wkv6 gets an fp32 u and scale 1;
+    gate_norm_residual runs "add" with fp32 weights, and in the last layer without a gradient for h (its backward
+    without dh). Each call rebuilt by ``calls.inputs`` at the recording's shape is the call."""
     from groundthink import calls as C
     got, model = _rwkv6_calls()
     assert set(got) == {"wkv6", "ddlerp", "decay_exp", "shift_lerp", "norm_gate", "gate_norm_residual",

@@ -376,21 +376,23 @@ def test_background_says_without_waiting_whether_an_item_is_done_and_how_far_its
              _shard(logs[2], "import sys; sys.exit(1)")]
     bg = precompile.Background([])
     bg.started = list(zip(procs, logs))
-    for name in ("a/x", "b/y"):
-        bg.procs[name] = (time.monotonic() + 30, list(zip(procs, logs)))
-        bg.t0[name], bg.groups[name] = time.monotonic() - 5, ["a/x", "b/y"]
     deadline = time.monotonic() + 20
     while (not logs[0].read_text() or procs[2].poll() is None) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not bg.done("a/x") and bg.done("c/z") and bg.ahead("b/y") == ["a/x", "b/y"]
-    assert bg.order("a/x") < bg.order("b/y")
-    assert bg.state("b/y") == ("its background compile: 0 of 3 subprocesses done, 2 still compiling, 1 died, 5 s "
-                               "after their start (they compile a/x before it)")
-    assert bg.state("a/x").startswith("its background compile: 1 of 3 subprocesses done, 1 still compiling, 1 died")
-    procs[1].kill()
-    procs[1].wait()
-    assert bg.done("a/x") and not bg.done("b/y")       # shard 0 is still on b/y
-    bg.close()
+    for name in ("a/x", "b/y"):     # their start 5 s ago, set after the wait (a loaded CI: "5 s" stays 5 s)
+        bg.procs[name] = (time.monotonic() + 30, list(zip(procs, logs)))
+        bg.t0[name], bg.groups[name] = time.monotonic() - 5, ["a/x", "b/y"]
+    try:
+        assert not bg.done("a/x") and bg.done("c/z") and bg.ahead("b/y") == ["a/x", "b/y"]
+        assert bg.order("a/x") < bg.order("b/y")
+        assert bg.state("b/y") == ("its background compile: 0 of 3 subprocesses done, 2 still compiling, 1 died, 5 s "
+                                   "after their start (they compile a/x before it)")
+        assert bg.state("a/x").startswith("its background compile: 1 of 3 subprocesses done, 1 still compiling, 1 died")
+        procs[1].kill()
+        procs[1].wait()
+        assert bg.done("a/x") and not bg.done("b/y")       # shard 0 is still on b/y
+    finally:                 # a failed assert must not leave the sleeping stand-ins behind
+        bg.close()
 
 
 def test_two_groups_of_processes_and_the_first_item_ready_whichever_group(monkeypatch):
