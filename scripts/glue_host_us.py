@@ -40,10 +40,10 @@ def _t(*shape, grad=True):
 
 
 def calls(name: str):
-    """(lab, reference, inputs maker) of one case: the public calls with the case's keyword arguments."""
+    """(lab, reference, inputs maker) of one case: the public functions; the inputs with the case's other keyword
+    arguments."""
     spec, case = CASES[name]
-    lab, ref = spec.impl(case.impl).load(), spec.reference.load()
-    return (lambda **k: lab(**k, **case.call)), (lambda **k: ref(**k, **case.call)), (lambda: case.inputs(_t))
+    return spec.impl(case.impl).load(), spec.reference.load(), (lambda: {**case.inputs(_t), **case.call})
 
 
 def _outs(r):
@@ -81,6 +81,9 @@ def best_us(calls, rounds: int = 40, n: int = 50) -> list[float]:
 
 
 def main(ops) -> None:
+    unknown = [n for n in ops if n not in CASES]
+    if unknown:
+        sys.exit(f"glue_host_us: unknown case {', '.join(unknown)}; accepted: {', '.join(CASES)}")
     torch.set_num_threads(1)
     stub_launches()
     print(f"host µs per call, launches stubbed (torch {torch.__version__}); lab / reference")
