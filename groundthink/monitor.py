@@ -18,6 +18,8 @@ returns kernel launches per step, GPU-busy time per step and a per-kernel GPU-ti
 """
 from __future__ import annotations
 
+import fnmatch
+import functools
 import json
 import math
 import os
@@ -197,16 +199,11 @@ def summarize_trace(events: list[dict], steps: int, top: int = 25) -> dict:
             "breakdown": breakdown}
 
 
-# kernel name → the op it belongs to: the lab's wkv6 kernels by exact name (their names are generic), then
-# substrings of mamba-ssm's, causal-conv1d's, the glue kernels', cuBLAS's and PyTorch's; anything else is "other"
-# (tests/test_step.py checks that it names every Triton kernel of kernels/wkv6 that ``_wkv6_`` does not catch)
-WKV6_KERNELS = {"_bwd_kernel", "_chunk_scan_kernel", "_chunk_state_kernel", "_fwd_intra_kernel", "_fwd_par_kernel",
-                "_fwd_walk", "_fwd_scores_kernel", "_fwd_states_kernel"}
-OP_OF_KERNEL = (
-    ("mamba2 (mamba-ssm)", ("_chunk_cumsum", "_chunk_state_", "_state_passing", "_bmm_chunk", "_chunk_scan_")),
-    ("causal_conv1d", ("causal_conv1d",)),
-    ("glue kernels", ("_ddlerp", "_shift_lerp", "_decay_exp", "_norm_gate", "_gnr_", "_ce_")),
-    ("wkv6", ("_wkv6_",)),
+# kernel name → the op it belongs to: the ops' own kernel names and patterns (``OpSpec.kernels``, labelled by
+# ``OpSpec.kernels_group``: exact names first, then patterns in the specs' order), then substrings of cuBLAS's and
+# PyTorch's kernels; anything else is "other" (tests/test_step.py checks that wkv6's spec names every Triton kernel
+# of kernels/wkv6)
+OTHER_KERNELS = (
     ("matmul (cuBLAS)", ("nvjet", "gemm", "cutlass", "splitKreduce", "cublas")),
     ("AdamW + norms", ("FusedOptimizer", "LpNorm", "multi_tensor_apply")),
     ("reductions", ("reduce_kernel",)),
@@ -216,12 +213,32 @@ OP_OF_KERNEL = (
 )
 
 
+@functools.cache
+def _op_kernels() -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
+    """({exact kernel name: label}, ((pattern, label), ...)) from every op's spec."""
+    from groundthink.spec import specs
+    exact, patterns = {}, []
+    for op, s in specs().items():
+        label = s.kernels_group or op
+        for k in s.kernels:
+            if any(c in k for c in "*?["):
+                patterns.append((k, label))
+            else:
+                exact[k] = label
+    return exact, tuple(patterns)
+
+
 def op_of(kernel: str) -> str:
-    if kernel in WKV6_KERNELS:
-        return "wkv6"
-    for op, keys in OP_OF_KERNEL:
+    """The op (its ``kernels_group``) or other group a profiled GPU kernel's time counts to."""
+    exact, patterns = _op_kernels()
+    if kernel in exact:
+        return exact[kernel]
+    for pattern, label in patterns:
+        if fnmatch.fnmatchcase(kernel, pattern):
+            return label
+    for group, keys in OTHER_KERNELS:
         if any(k in kernel for k in keys):
-            return op
+            return group
     return "other"
 
 

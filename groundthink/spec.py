@@ -35,6 +35,13 @@ Minimal spec (valid on its own: the op is registered, resolvable and benchmark-f
 Optional fields of ``OpSpec`` (an op without ``bench`` is simply not benchmarked):
     bench       ``Bench``: how to benchmark and qualify the op (below)
     tolerance   {dtype: bound} overriding ``groundthink.harness.BOUNDS`` for this op (relative error vs fp64)
+    kernels     the GPU kernel names its implementations launch, as the profiler shows them, for the training
+                step's "GPU time by op" (``groundthink.monitor.op_of``): ``fnmatch`` patterns ("_bwd_kernel" the
+                exact name, "*_wkv6_*" any name containing it); exact names are matched before any pattern
+    kernels_group   the label of those kernels in that table (default: the op's name; the small fused ops share
+                "glue kernels")
+    eager       ``EagerCase``s: the op's public call on ``kernels._eager.EagerOp`` (below), checked bit for bit
+                against its custom op by tests/test_eager_path.py and timed on the host by scripts/glue_host_us.py
 
 ``Bench`` fields (every callable takes the op's shape tuple ``*shp``):
     shapes          () -> list of shape tuples benchmarked on a GPU
@@ -51,6 +58,14 @@ Optional fields of ``OpSpec`` (an op without ``bench`` is simply not benchmarked
                     (fused.configs.ModelConfig), or a list of them: one per kind of call the model makes
                     (norm_gate's RWKV and Mamba sides). The gate records the step's calls and matches each to
                     one of these (``groundthink.calls``): what it qualifies a kernel at (gate on first use)
+
+``EagerCase`` fields (tiny CPU inputs; ``t(*shape, grad=True)`` is the caller's random-tensor maker):
+    eager_op    "module:attribute" of the op's ``EagerOp``
+    inputs      (t) -> the tensor keyword arguments of the public call
+    op_args     (inputs) -> the custom op's positional arguments for those inputs
+    call        other keyword arguments of the public call (default none)
+    impl        the implementation whose public function is called (default "triton")
+    name        the case's name (default: the op's; a second case of one op needs its own)
 
 Discovery: ``specs()`` reads every ``kernels/*/spec.py`` by path (no kernel module is imported: the spec files
 import only torch and this module), ordered by ``ORDER`` then by name. Adding an op or an algorithm touches
@@ -71,6 +86,12 @@ KERNELS = ROOT / "kernels"
 ROLES = ("reference", "lab", "peer")
 NEEDS = ("any", "cuda")
 ORDER = ("wkv6", "gate_norm_residual", "mamba2")   # the model's main ops first, the rest by name
+
+
+def load(target: str):
+    """The object named by "module:attribute", imported now."""
+    mod, attr = target.split(":")
+    return getattr(importlib.import_module(mod), attr)
 
 
 @dataclass(frozen=True)
@@ -100,8 +121,7 @@ class Impl:
 
     def load(self) -> Callable:
         """Import and return the callable (ImportError when it is not installed here)."""
-        mod, attr = self.target.split(":")
-        fn = getattr(importlib.import_module(mod), attr)
+        fn = load(self.target)
         return fn() if self.factory else fn
 
     def runs_here(self, cuda: bool) -> bool:
@@ -124,12 +144,25 @@ class Bench:
 
 
 @dataclass(frozen=True)
+class EagerCase:
+    eager_op: str
+    inputs: Callable[[Callable], dict]
+    op_args: Callable[[dict], tuple]
+    call: dict = field(default_factory=dict)
+    impl: str = "triton"
+    name: str | None = None
+
+
+@dataclass(frozen=True)
 class OpSpec:
     name: str
     doc: str
     impls: tuple[Impl, ...]
     bench: Bench | None = None
     tolerance: dict = field(default_factory=dict)
+    kernels: tuple[str, ...] = ()
+    kernels_group: str | None = None
+    eager: tuple[EagerCase, ...] = ()
 
     def __post_init__(self):
         names = [i.name for i in self.impls]
@@ -138,6 +171,13 @@ class OpSpec:
         refs = [i for i in self.impls if i.role == "reference"]
         if len(refs) != 1 or refs[0].needs != "any":
             raise ValueError(f"op {self.name}: exactly one reference implementation that runs anywhere is needed")
+        if isinstance(self.kernels, str):
+            raise ValueError(f"op {self.name}: kernels must be a tuple of kernel names or patterns; got a string")
+        for c in self.eager:
+            self.impl(c.impl)                     # KeyError naming the known implementations
+        cases = [c.name or self.name for c in self.eager]
+        if len(set(cases)) != len(cases):
+            raise ValueError(f"op {self.name}: eager case names repeat: {cases} (name the second case)")
 
     def impl(self, name: str) -> Impl:
         for i in self.impls:
@@ -208,3 +248,8 @@ def get(op: str) -> OpSpec:
         return specs()[op]
     except KeyError:
         raise KeyError(f"unknown op {op!r}; known: {list(specs())}") from None
+
+
+def eager_cases() -> dict[str, tuple[OpSpec, EagerCase]]:
+    """Every op's ``EagerCase`` by its name (the op's, or the case's own), with its op's spec."""
+    return {c.name or s.name: (s, c) for s in specs().values() for c in s.eager}

@@ -1,6 +1,9 @@
 """Host time per call of the glue ops (CPU machine, Triton launches stubbed to no-ops) beside their PyTorch references.
 
-    PYTHONPATH=. python scripts/glue_host_us.py [op ...]
+    PYTHONPATH=. python scripts/glue_host_us.py [case ...]
+
+The cases are the ops' ``EagerCase``s (``eager`` in kernels/<op>/spec.py, the inputs tests/test_eager_path.py
+checks): every op on ``kernels._eager.EagerOp``, by the case's name (the op's; ddlerp_grouped).
 
 What it isolates: everything an eager call costs on the host except the kernel launch itself (argument checks,
 allocations, the autograd node, the custom-op dispatch, the backward's bookkeeping). Tiny CPU tensors (the
@@ -17,56 +20,30 @@ import time
 import torch
 
 import kernels  # noqa: F401  (the interpreter on a machine without CUDA)
-import kernels.cross_entropy  # noqa: F401
-import kernels.ddlerp  # noqa: F401
-import kernels.decay_exp  # noqa: F401
-import kernels.gate_norm_residual  # noqa: F401
-import kernels.norm_gate  # noqa: F401
-import kernels.shift_lerp  # noqa: F401
-from reference import cross_entropy as r_ce, ddlerp as r_dd, decay_exp as r_de, gate_norm_residual as r_gnr, \
-    norm_gate as r_ng, shift_lerp as r_sl
+from groundthink.spec import eager_cases
 
-M = sys.modules
+CASES = eager_cases()   # the glue ops on kernels._eager.EagerOp, each op's EagerCase (kernels/<op>/spec.py)
 
 
-class _NoLaunch:
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
+def _no_launch(*args, **kwargs):
+    return None
 
 
 def stub_launches() -> None:
-    for mod, names in (("kernels.decay_exp.decay_exp", ["_decay_exp_fwd_kernel", "_decay_exp_bwd_kernel"]),
-                       ("kernels.shift_lerp.shift_lerp", ["_shift_lerp_fwd_kernel", "_shift_lerp_bwd_kernel"]),
-                       ("kernels.ddlerp.ddlerp", ["_ddlerp_fwd_kernel", "_ddlerp_bwd_rows_kernel"]),
-                       ("kernels.norm_gate.norm_gate", ["_norm_gate_fwd_kernel", "_norm_gate_bwd_kernel"]),
-                       ("kernels.cross_entropy.cross_entropy", ["_ce_fwd_kernel"])):
-        for name in names:
-            if hasattr(M[mod], name):
-                setattr(M[mod], name, _NoLaunch())
-    gnr = M["kernels.gate_norm_residual.kernel"]
-    gnr._launch_fwd.kernel = gnr._launch_bwd.kernel = _NoLaunch()
+    """Every Triton launch ``kernel[grid](...)`` (a JIT function's or an autotuner's) becomes a no-op."""
+    from triton.runtime.jit import KernelInterface
+    KernelInterface.__getitem__ = lambda self, grid: _no_launch
 
 
 def _t(*shape, grad=True):
     return torch.randn(*shape).requires_grad_(grad)
 
 
-CASES = {
-    "decay_exp": (lambda: M["kernels.decay_exp.decay_exp"].decay_exp, r_de.decay_exp,
-                  lambda: dict(base=_t(8), d=_t(4, 8))),
-    "shift_lerp": (lambda: M["kernels.shift_lerp.shift_lerp"].shift_lerp, r_sl.shift_lerp,
-                   lambda: dict(x=_t(2, 4, 8), mu=_t(8))),
-    "ddlerp": (lambda: M["kernels.ddlerp.ddlerp"].ddlerp, r_dd.ddlerp,
-               lambda: dict(x=_t(2, 4, 8), m=_t(5, 2, 4, 8), maa=_t(5, 8))),
-    "norm_gate": (lambda: M["kernels.norm_gate.norm_gate"].norm_gate, r_ng.norm_gate,
-                  lambda: dict(x=_t(8, 8), z=_t(8, 8), weight=_t(8), bias=_t(8), group_size=4)),
-    "cross_entropy": (lambda: M["kernels.cross_entropy.cross_entropy"].cross_entropy, r_ce.cross_entropy,
-                      lambda: dict(logits=_t(8, 11), targets=torch.randint(0, 11, (8,)))),
-    "gate_norm_residual": (lambda: M["kernels.gate_norm_residual.kernel"].gate_norm_residual,
-                           r_gnr.gate_norm_residual,
-                           lambda: dict(x=_t(4, 8), a=_t(4, 8), b=_t(4, 8), gate=_t(4, 1), weight=_t(8), mode="row",
-                                        gate_logits=True)),
-}
+def calls(name: str):
+    """(lab, reference, inputs maker) of one case: the public functions; the inputs with the case's other keyword
+    arguments."""
+    spec, case = CASES[name]
+    return spec.impl(case.impl).load(), spec.reference.load(), (lambda: {**case.inputs(_t), **case.call})
 
 
 def _outs(r):
@@ -104,13 +81,16 @@ def best_us(calls, rounds: int = 40, n: int = 50) -> list[float]:
 
 
 def main(ops) -> None:
+    unknown = [n for n in ops if n not in CASES]
+    if unknown:
+        sys.exit(f"glue_host_us: unknown case {', '.join(unknown)}; accepted: {', '.join(CASES)}")
     torch.set_num_threads(1)
     stub_launches()
     print(f"host µs per call, launches stubbed (torch {torch.__version__}); lab / reference")
     print(f"{'op':20s} {'fwd':>15s} {'fwd+bwd':>17s}")
     for name in ops:
-        lab, ref, make = CASES[name]
-        lf, lfb = steps(lab(), make())
+        lab, ref, make = calls(name)
+        lf, lfb = steps(lab, make())
         rf, rfb = steps(ref, make())
         a, b, c, d = best_us([lf, lfb, rf, rfb])
         print(f"{name:20s} {a:6.1f} / {c:6.1f}   {b:6.1f} / {d:6.1f}", flush=True)

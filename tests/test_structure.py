@@ -1,8 +1,11 @@
 """Issue 13's structure checks, kept: the import graph of the repository's modules (imports at any level, function
-bodies included) has no cycle, and no function in train.py is longer than 60 lines."""
+bodies included) has no cycle, no function in train.py is longer than 60 lines, and the shared places that read
+the ops' specs (bench/, the step's GPU time by op, the eager-path cases) name no op: a new op touches its own
+folder (W1)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,3 +75,53 @@ def test_no_function_in_train_py_is_over_60_lines():
     long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60]
     assert not long, long
+
+
+# where an op's name would be a per-op declaration outside kernels/<op>/ (these read the specs instead)
+SPEC_READERS = ("bench/*.py", "groundthink/monitor.py", "tests/test_eager_path.py", "scripts/glue_host_us.py")
+# (file, op) spelled there for another reason
+NOT_DECLARATIONS = {
+    ("bench/bench_train.py", "mamba2"): "the pure Mamba-2 model variant",
+    ("bench/variants.py", "mamba2"): "the pure Mamba-2 model variant",
+    ("bench/report_variants.py", "mamba2"): "the pure Mamba-2 model variant",
+    ("bench/long_context.py", "mamba2"): "the pure Mamba-2 model variant",
+    ("bench/long_context.py", "wkv6"): "the study refuses a wkv6 that resolves to the reference at long context",
+}
+
+
+def _docstrings(tree) -> set[int]:
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    return {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, kinds) and n.body
+            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+
+
+def op_names_in(path: Path, ops) -> set[str]:
+    """The ops ``path`` names outside its docstrings: in a string literal (as a word) or by importing
+    ``kernels.<op>`` / ``reference.<op>``."""
+    word = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(sorted(ops, key=len, reverse=True)) + r")(?![A-Za-z0-9_])")
+    tree = ast.parse(path.read_text())
+    docs, found = _docstrings(tree), set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs:
+            found.update(word.findall(n.value))
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            mods = [a.name for a in n.names] if isinstance(n, ast.Import) else \
+                [n.module or ""] + [f"{n.module}.{a.name}" for a in n.names]
+            found.update(m.split(".")[1] for m in mods
+                         if m.split(".")[0] in ("kernels", "reference") and len(m.split(".")) > 1)
+    return found & set(ops)
+
+
+def test_a_new_op_touches_its_own_folder_only(tmp_path):
+    """No op is named where the specs are read (its benchmark module, its GPU kernels, its eager-path case all come
+    from kernels/<op>/spec.py), and bench/ holds no bench_<op>.py: bench/conftest.py collects those from the specs."""
+    from groundthink.spec import specs
+    ops = list(specs())
+    named = {(p.relative_to(ROOT).as_posix(), op) for pattern in SPEC_READERS for p in sorted(ROOT.glob(pattern))
+             for op in op_names_in(p, ops)}
+    assert named - set(NOT_DECLARATIONS) == set(), sorted(named - set(NOT_DECLARATIONS))
+    assert set(NOT_DECLARATIONS) <= named, sorted(set(NOT_DECLARATIONS) - named)      # no stale exception
+    assert [p.name for p in (ROOT / "bench").glob("bench_*.py") if p.stem.removeprefix("bench_") in ops] == []
+    probe = tmp_path / "probe.py"                                                       # the check itself
+    probe.write_text('"""decay_exp here is prose."""\nimport kernels.ddlerp\nCASES = {"wkv6": 1, "x": "mamba2_step"}\n')
+    assert op_names_in(probe, ops) == {"ddlerp", "wkv6", "mamba2_step"}

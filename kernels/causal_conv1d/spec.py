@@ -46,4 +46,5 @@ SPEC = OpSpec(
                 shape_str=shape_str, make_inputs=make_inputs,
                 err_shape=lambda B, T, C, W: (min(B, 2), min(T, 512), C, W), nbytes=nbytes,
                 model_shape=model_shape),
+    kernels=("*causal_conv1d*",),
 )

@@ -8,7 +8,7 @@ Benchmarks: the models' logits (N = B·T = 16384 rows, char vocabulary V97) and 
 """
 import torch
 
-from groundthink.spec import Bench, Impl, OpSpec
+from groundthink.spec import Bench, EagerCase, Impl, OpSpec
 
 
 def make_inputs(N, V, grad: bool, dtype=torch.bfloat16, seed: int = 0, device="cpu") -> dict:
@@ -30,4 +30,9 @@ SPEC = OpSpec(
                 err_shape=lambda N, V: (min(N, 2048), V),
                 nbytes=lambda N, V, pass_, es=2: N * V * es * (1 if pass_ == "fwd" else 4),
                 model_shape=lambda cfg, batch, seq_len: (batch * seq_len, cfg.vocab_size)),
+    kernels=("*_ce_*",),
+    kernels_group="glue kernels",
+    eager=(EagerCase("kernels.cross_entropy.cross_entropy:_cross_entropy",
+                     inputs=lambda t: dict(logits=t(7, 11), targets=torch.tensor([0, 3, -100, 10, 5, 5, 1])),
+                     op_args=lambda k: (k["logits"], k["targets"], -100, True)),),
 )

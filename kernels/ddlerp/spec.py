@@ -1,7 +1,7 @@
 """Declaration of the ``ddlerp`` op (groundthink.spec format)."""
 import torch
 
-from groundthink.spec import Bench, Impl, OpSpec
+from groundthink.spec import Bench, EagerCase, Impl, OpSpec
 
 
 def make_inputs(B, T, D, grad: bool, dtype=torch.bfloat16, seed: int = 0, device="cpu") -> dict:
@@ -10,6 +10,11 @@ def make_inputs(B, T, D, grad: bool, dtype=torch.bfloat16, seed: int = 0, device
            "m": (0.1 * torch.randn(5, B, T, D, generator=g, device=device)).to(dtype),
            "maa": torch.rand(5, D, generator=g, device=device)}
     return {k: v.requires_grad_(grad) for k, v in out.items()}
+
+
+def _eager_inputs(t) -> dict:
+    return dict(x=t(1, 5, 5), m=t(5, 1, 5, 5), maa=t(5, 5))
+
 
 SPEC = OpSpec(
     name="ddlerp",
@@ -24,4 +29,11 @@ SPEC = OpSpec(
                 err_shape=lambda B, T, D: (min(B, 4), T, D),
                 nbytes=lambda B, T, D, pass_, es=2: B * T * D * es * (11 if pass_ == "fwd" else 28),
                 model_shape=lambda cfg, batch, seq_len: (batch, seq_len, cfg.d_model)),
+    kernels=("*_ddlerp*",),
+    kernels_group="glue kernels",
+    eager=(EagerCase("kernels.ddlerp.ddlerp:_ddlerp", inputs=_eager_inputs,
+                     op_args=lambda k: (k["x"], k["m"], k["maa"], None)),
+           EagerCase("kernels.ddlerp.ddlerp:_ddlerp_grouped", inputs=_eager_inputs, name="ddlerp_grouped",
+                     op_args=lambda k: (k["x"], k["m"], k["maa"], None, [2, 0, 1, 3, 4]),
+                     call=dict(order=(2, 0, 1, 3, 4)))),
 )

@@ -1,7 +1,7 @@
 """Declaration of the ``decay_exp`` op (groundthink.spec format)."""
 import torch
 
-from groundthink.spec import Bench, Impl, OpSpec
+from groundthink.spec import Bench, EagerCase, Impl, OpSpec
 
 
 def make_inputs(N, D, grad: bool, dtype=torch.bfloat16, seed: int = 0, device="cpu") -> dict:
@@ -22,4 +22,8 @@ SPEC = OpSpec(
                 err_shape=lambda N, D: (min(N, 4096), D),
                 nbytes=lambda N, D, pass_, es=2: N * D * es * (2 if pass_ == "fwd" else 5),
                 model_shape=lambda cfg, batch, seq_len: (batch * seq_len, cfg.d_model)),
+    kernels=("*_decay_exp*",),
+    kernels_group="glue kernels",
+    eager=(EagerCase("kernels.decay_exp.decay_exp:_decay_exp", inputs=lambda t: dict(base=t(9), d=t(2, 3, 9)),
+                     op_args=lambda k: (k["base"], k["d"], torch.float32)),),
 )

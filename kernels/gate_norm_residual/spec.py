@@ -13,7 +13,7 @@ TFLOP/s: memory-bound.
 """
 import torch
 
-from groundthink.spec import Bench, Impl, OpSpec
+from groundthink.spec import Bench, EagerCase, Impl, OpSpec
 
 MODES = ("add", "vector", "row", "element", "weights")
 QUICK_PEER_SHAPES = {(32768, 2048, "row", False), (16384, 128, "row", False), (16384, 512, "row", False)}
@@ -86,4 +86,10 @@ SPEC = OpSpec(
                 shape_str=shape_str, make_inputs=make_inputs,
                 err_shape=lambda N, D, mode, res32: (min(N, 4096), D, mode, res32),
                 nbytes=nbytes, quick_peer=lambda *shp: shp in QUICK_PEER_SHAPES, model_shape=model_shape),
+    kernels=("*_gnr_*",),
+    kernels_group="glue kernels",
+    eager=(EagerCase("kernels.gate_norm_residual.kernel:_gnr", call=dict(mode="row", gate_logits=True),
+                     inputs=lambda t: dict(x=t(5, 9), a=t(5, 9), b=t(5, 9), gate=t(5, 1), weight=t(9)),
+                     op_args=lambda k: (k["x"], k["a"], k["b"], k["gate"], k["weight"], None, "row", "rms", 1e-5,
+                                        True, False)),),
 )

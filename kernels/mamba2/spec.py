@@ -74,4 +74,6 @@ SPEC = OpSpec(
                 cpu_shapes=[(1, 40, 2, 8, 1, 8, 16)], shape_str=shape_str, make_inputs=make_inputs,
                 err_shape=lambda B, T, *rest: (min(B, 2), min(T, 512), *rest),
                 nbytes=nbytes, flops=flops, model_shape=model_shape),
+    kernels=("*_chunk_cumsum*", "*_chunk_state_*", "*_state_passing*", "*_bmm_chunk*", "*_chunk_scan_*"),
+    kernels_group="mamba2 (mamba-ssm)",
 )

@@ -1,7 +1,7 @@
 """Declaration of the ``norm_gate`` op (groundthink.spec format)."""
 import torch
 
-from groundthink.spec import Bench, Impl, OpSpec
+from groundthink.spec import Bench, EagerCase, Impl, OpSpec
 
 
 def make_inputs(N, G, S, norm, before, grad: bool, dtype=torch.bfloat16, seed: int = 0, device="cpu") -> dict:
@@ -43,4 +43,9 @@ SPEC = OpSpec(
                 make_inputs=make_inputs, err_shape=lambda N, *rest: (min(N, 4096), *rest),
                 nbytes=lambda N, G, S, norm, before, pass_, es=2: N * G * S * es * (3 if pass_ == "fwd" else 8),
                 model_shape=model_shape),
+    kernels=("*_norm_gate*",),
+    kernels_group="glue kernels",
+    eager=(EagerCase("kernels.norm_gate.norm_gate:_norm_gate", call=dict(group_size=3),
+                     inputs=lambda t: dict(x=t(5, 9), z=t(5, 9), weight=t(9), bias=t(9)),
+                     op_args=lambda k: (k["x"], k["z"], k["weight"], k["bias"], 3, 1e-5, "layer", True)),),
 )

@@ -1,7 +1,7 @@
 """Declaration of the ``shift_lerp`` op (groundthink.spec format)."""
 import torch
 
-from groundthink.spec import Bench, Impl, OpSpec
+from groundthink.spec import Bench, EagerCase, Impl, OpSpec
 
 
 def make_inputs(B, T, D, grad: bool, dtype=torch.bfloat16, seed: int = 0, device="cpu") -> dict:
@@ -22,4 +22,8 @@ SPEC = OpSpec(
                 err_shape=lambda B, T, D: (min(B, 4), T, D),
                 nbytes=lambda B, T, D, pass_, es=2: B * T * D * es * (2 if pass_ == "fwd" else 5),
                 model_shape=lambda cfg, batch, seq_len: (batch, seq_len, cfg.d_model)),
+    kernels=("*_shift_lerp*",),
+    kernels_group="glue kernels",
+    eager=(EagerCase("kernels.shift_lerp.shift_lerp:_shift_lerp", inputs=lambda t: dict(x=t(2, 5, 9), mu=t(9)),
+                     op_args=lambda k: (k["x"], k["mu"], None)),),
 )
