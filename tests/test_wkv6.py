@@ -109,20 +109,22 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
     _check(d, context=f"{shape} {decay}", fn=fn)
 
 
-@pytest.mark.parametrize("fn,knobs", [(wkv6, {}), (wkv6_fused, {}), (wkv6, dict(state_rows=32)),
-                                      (wkv6, dict(fwd_scores=False))],
-                         ids=["chunk", "fused", "chunk_rows32", "chunk_levels"])
-def test_wkv6_extreme_decay(fn, knobs):
-    """Extreme decays; the chunk backward's ``state_rows`` 32 too (forward and backward inside the knob; the walk
-    forward with the scores kernel, which keeps the 32-row states), and the walk's own level code (``fwd_scores``
-    False: the forward of sequences longer than 4096)."""
+@pytest.mark.parametrize("fn,knobs,seq", [(wkv6, {}, None), (wkv6_fused, {}, None),
+                                          (wkv6, dict(state_rows=32, fwd_scores=True), True),
+                                          (wkv6, dict(fwd_scores=True), False),
+                                          (wkv6, dict(fwd_scores=False), True)],
+                         ids=["chunk", "fused", "chunk_scores_walk", "chunk_scores_states", "chunk_levels"])
+def test_wkv6_extreme_decay(fn, knobs, seq):
+    """Extreme decays: the default (at this T = 35 the level forward: the scores are on at 1024 ≤ T ≤ 4096), the
+    scores kernel with the walk (the chunk backward's ``state_rows`` 32: the walk keeps the 32-row states) and with
+    the one-kernel state pass, and the walk's own level code (``fwd_scores`` False)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
         d["w"][:, :, :, :8] = -40.0                      # all strong
         d["w"][:, ::3, :, 8:] = -60.0                    # beyond -40
         d["w"][:, 1::3, :, 8:] = -1e-4
-    with kc.tuning(**knobs), kc.forward_mode(True if knobs else kc._FORCED_SEQ):
+    with kc.tuning(**knobs), kc.forward_mode(kc._FORCED_SEQ if seq is None else seq):
         _check(d, context=f"extreme decay {knobs}", fn=fn)
 
 
@@ -402,7 +404,7 @@ def _chunk_mode(seq):
                          ids=["fixed", "varlen"])
 def test_wkv6_chunk_modes(seq, shape, cu):
     """Both forward modes of the default algorithm with their own level code (``fwd_scores`` False: sequences
-    longer than 4096; the scores kernel: test_wkv6_chunk_scores) (sequential walk, state pass + parallel chunks)
+    outside 1024..4096; the scores kernel: test_wkv6_chunk_scores) (sequential walk, state pass + parallel chunks)
     vs fp64: the walk in two kernels keeping 32-row states and in one keeping 64-row states (``fwd_split``; the
     default splits at these tiny sizes: ≤ one sequence·head per SM), the state pass at the default (64) or with the
     backward's ``state_rows`` at 32 (it keeps no states then, S recomputed beside D) and narrow scan blocks. The
@@ -419,24 +421,35 @@ def test_wkv6_chunk_modes(seq, shape, cu):
         _check(d, context=f"chunk {shape} cu={cu} {knobs[seq, cu is None]}", fn=_chunk_mode(seq))
 
 
-@pytest.mark.parametrize("seq,shape,cu", [(True, (1, 70, 2, 20, 24), None),
-                                          (False, (1, 100, 1, 16, 16), [0, 3, 64, 64, 100])], ids=["seq", "par"])
-def test_wkv6_chunk_scores(seq, shape, cu):
-    """The forward with the blocks' scores from ``_fwd_scores_kernel`` (``fwd_scores``, on by default up to
-    T = 4096) in both modes vs fp64 (the walk with ``fwd_pipe`` on a fixed-length batch, the one-kernel state pass
-    on a varlen one), o and every gradient; a NaN decay still reaches the later outputs (the span-sum dots spread it over its 16-row
-    block's column, no earlier block)."""
+@pytest.mark.parametrize("seq,pipe,shape,cu", [(True, False, (1, 70, 2, 20, 24), None),
+                                               (True, True, (1, 70, 2, 20, 24), None),
+                                               (False, False, (1, 100, 1, 16, 16), [0, 3, 64, 64, 100])],
+                         ids=["seq", "seq_pipe", "par"])
+def test_wkv6_chunk_scores(seq, pipe, shape, cu):
+    """The forward with the blocks' scores from ``_fwd_scores_kernel`` (``fwd_scores``, on by default at 1024 ≤ T ≤
+    4096) in both modes vs fp64 (the walk on a fixed-length batch, with and without ``fwd_pipe``; the one-kernel
+    state pass on a varlen one), o and every gradient; a NaN decay at row 20 reaches the outputs from row 21 on and
+    the final state, and no output before it (the span sums read a NaN w as 0)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    with kc.tuning(fwd_scores=True, fwd_pipe=seq):
-        _check(d, context=f"scores {shape} cu={cu}", fn=_chunk_mode(seq))
+    with kc.tuning(fwd_scores=True, fwd_pipe=pipe):
+        _check(d, context=f"scores {shape} cu={cu} pipe={pipe}", fn=_chunk_mode(seq))
         x = {n: v.detach() if torch.is_tensor(v) else v for n, v in d.items()}
         x["w"] = x["w"].clone()
         x["w"][0, 20, 0, 3] = float("nan")
         o, s = _chunk_mode(seq)(**x)
-    assert torch.isfinite(o[:, :16]).all() and torch.isnan(o[:, 21:]).any() and torch.isnan(s).any()
+    assert torch.isfinite(o[:, :21]).all() and torch.isnan(o[:, 21:]).any() and torch.isnan(s).any()
+
+
+@pytest.mark.parametrize("T,on", [(1023, False), (1024, True), (4096, True), (4097, False)])
+def test_wkv6_scores_default_lengths(T, on):
+    """``fwd_scores`` None: on exactly at SCORES_MIN_T ≤ T ≤ SCORES_MAX_T (where H100 run 12 timed it)."""
+    import kernels.wkv6.chunk as kc
+    assert kc._use_scores(T, {**kc.TUNING, "fwd_scores": None}) is on
+    assert kc._use_scores(T, {**kc.TUNING, "fwd_scores": True}) and not kc._use_scores(T, {**kc.TUNING,
+                                                                                            "fwd_scores": False})
 
 
 def test_wkv6_algorithms_agree():
@@ -608,11 +621,12 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
     chunk at every state_rows), K = V = 64, strong decay, h0; the walk forward (it keeps the states those knobs ask
-    for; this shape would take the state pass) or the state pass (seq False). "seq": the default knobs as the
-    B8 T4096 H32 shape runs them (the scores kernel + the walk, state_rows 32, pipelined scan); "run9": run 9's
+    for; this shape would take the state pass) or the state pass (seq False). "seq": the default knobs at this
+    T = 300 (the level walk: the scores kernel is on at 1024 ≤ T ≤ 4096 — "scores_seq" is the path the B8 T4096 H32
+    shape takes), state_rows 32, pipelined scan; "run9": run 9's
     default (64, no PIPE, the walk's own level code); the two-kernel state pass with 32-row backward states
     (recomputed beside D) and narrow scan blocks; the split forward (both without the scores kernel: ``fwd_scores``
-    False, as sequences longer than 4096 run);
+    False, as sequences outside 1024..4096 run);
     the backward's register cap 168 (``bwd_maxnreg``; K = 64 runs uncapped by default); the scores kernel
     (``fwd_scores``: its span-sum dots in the inputs' dtype, "ieee" for fp32) with the walk (also with ``fwd_pipe``)
     and with the one-kernel state pass."""

@@ -349,7 +349,9 @@ def _block_scores(q_ptr, k_ptr, w_ptr, b_u, a_ptr, bos, r0, L, i_h, o_t, o_k, m_
 def _scores_tile(b_q, b_k, b_w, b_u, o_t, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
     """A [SB, SB] / scale of one block from its q, k [SB, BK] fp32 and raw w [SB, BK] in the inputs' dtype: pairs
     s < t by level (``_span_sums``), the bonus diagonal, zero above."""
-    b_w = tl.where(b_w > 0, 0., tl.where(b_w < W_FLOOR, W_FLOOR, b_w)).to(b_w.dtype)
+    # w > 0 and NaN -> 0 (a NaN reaches the outputs after its row through the output kernel's own cumsum and the
+    # state, as in the reference; in the span sums 0 · NaN would spread it over its whole block, rows before it too)
+    b_w = tl.where(b_w < 0, tl.where(b_w < W_FLOOR, W_FLOOR, b_w), 0.).to(b_w.dtype)
     b_A = tl.where(_level_mask(o_t, 1), tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
     for m in tl.static_range(1, LOG):
         b_e = _exp_ftz(_span_sums(b_w, o_t, 2 ** m), FAST)
@@ -445,10 +447,10 @@ _fwd_seq_kernel = triton.autotune(configs=_walk_configs((64, 32)), key=["K", "V"
     _fwd_walk)
 _fwd_split_kernel = triton.autotune(configs=_walk_configs((64, 32, 16)),
                                     key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
-# the walk with the blocks' scores precomputed (``fwd_scores``): light blocks, so narrow V-blocks cost little more
-_fwd_scored_kernel = triton.autotune(
-    configs=autotune_configs([triton.Config({"BV": bv}, num_warps=4, num_stages=1) for bv in (64, 32)]),
-    key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
+# the walk with the blocks' scores precomputed (``fwd_scores``), BV 64 or 32; ``PIPE`` in its key, so that the
+# pipelined walk (``fwd_pipe``) is tuned on its own
+_fwd_scored_kernel = triton.autotune(configs=_walk_configs((64, 32)),
+                                     key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET", "PIPE"])(_fwd_walk)
 
 
 @triton.jit(do_not_specialize=['T', 'NT'])
@@ -681,9 +683,10 @@ def forward_mode(seq: bool):
 
 def _use_scores(T: int, knobs) -> bool:
     """``fwd_scores``; None: on where ``SCORES_MIN_T`` <= T <= ``SCORES_MAX_T`` — the sequence lengths where it
-    was timed and won (H100 run 12, wkv6i: T = 1024 and 4096). Longer sequences keep the two-kernel state pass (the
-    one-kernel state pass walks T / 32 chunks in series); shorter ones (the small model's T = 256, B64 T256 H2)
-    keep the level forward until a GPU call has timed the scores there."""
+    was timed and won (H100 run 12, wkv6i: T = 1024 and 4096). Outside them the level forward (``_use_seq``'s walk
+    or the two-kernel state pass: the one-kernel state pass walks T / 32 chunks in series; the small model's T = 256
+    and B64 T256 H2 until a GPU call has timed the scores there). T is the padded length, for varlen the packed
+    total (a per-sequence rule would need the offsets on the host: a sync)."""
     if knobs["fwd_scores"] is None:
         return SCORES_MIN_T <= T <= SCORES_MAX_T
     return bool(knobs["fwd_scores"])
@@ -738,6 +741,8 @@ def _fwd_scores(r, k, w, u, scale, cu, prec):
     ``cu``: cu_seqlens as the kernels take it (``common._cu``: int32, or None)."""
     B, T, H, K = r.shape
     N = B if cu is None else cu.shape[0] - 1
+    if w.dtype != torch.float32 and not _half_dot(w.dtype):
+        w = w.float()     # bf16 under the interpreter: its bf16 dots are wrong on the CPU (the span sums are dots)
     a = new_empty((B, T, H, SB), torch.float32, r.device)
     S, NT, cmap = _par_slots(B, T, N, cu, r.device, BT)
     _fwd_scores_kernel[(S, H)](r, k, w, u, a, cu, cmap, scale, T, NT, H=H, K=K, BT=BT, SB=SB, BK=_bk(K), LOG=LOG,

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges, _pow2, _prec,
+from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges, _nh_bucket, _prec,
                                  _row_offsets, _seq_bounds, _state_or_zeros)
 
 BT_PAR = 64       # chunk length of the state pass
@@ -190,7 +190,7 @@ def _fwd_states(r, k, v, w, h0, cu_seqlens, bt):
     hs = new_empty((S, H, K, V), torch.float32, dev)
     ht = new_empty((N, H, K, V), torch.float32, dev)
     grid = lambda meta: (_cdiv(V, meta["BVS"]), _cdiv(K, meta["BKS"]), N * H)  # noqa: E731
-    _fwd_states_kernel[grid](k, v, w, h0, hs, ht, cu, T, NT, min(_pow2(N * H), 1024), H=H, K=K, V=V, BT=bt,
+    _fwd_states_kernel[grid](k, v, w, h0, hs, ht, cu, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt,
                              USE_H0=h0 is not None, VARLEN=cu is not None, PREC=_prec(r.dtype))
     return hs, ht, S, NT, cmap, cu
 
