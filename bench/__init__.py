@@ -15,9 +15,9 @@ Without ``--benchmark`` every benchmark is skipped (``pytest bench/`` takes abou
 pass, rewritten after every row), ``bench_rows.json``, ``gates.json`` (GPU only), ``report.md`` + PNGs + pivots.
 
 Modules: ``common`` (timing, bandwidth, memory, rows, cases from the op specs), ``conftest`` (the flag, run
-order, session-end writers: CSV, JSON, the gate manifest through ``groundthink.gate``; the ops' benchmarks, no file
-per op: ``bench/bench_<op>.py::test_<op>`` = ``common.spec_test(op)`` for every spec with a ``bench``),
-``bench_train``, ``peer_model`` (fla RWKV6Attention ∥ mamba-ssm Mamba2), ``report``.
+order, session-end writers: CSV, JSON, the gate manifest through ``groundthink.gate``), ``bench_<op>`` (one per op whose
+spec declares a benchmark: ``test_<op> = common.spec_test(op)``), ``bench_train``, ``peer_model`` (fla RWKV6Attention ∥
+mamba-ssm Mamba2), ``report``.
 Environment: GT_BENCH_QUICK (1 default: bounded grid), GT_BENCH_BUDGET_S (soft budget, 400 s quick),
 GT_BENCH_GRAPH=0 (skip the CUDA-graph timings ``ms_graph`` of graph-safe implementations), GT_BENCH_OUT.
 """

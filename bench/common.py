@@ -513,8 +513,7 @@ def spec_cases(ops=None) -> list:
 
 
 def spec_test(op: str):
-    """The benchmark of one op declared in its spec, ``test_<op>`` (bench/conftest.py collects it for every spec with
-    a ``bench`` as ``bench/bench_<op>.py::test_<op>``, a module with no file).
+    """The benchmark of one op declared in its spec: ``bench/bench_<op>.py`` is ``test_<op> = spec_test(op)``.
     Every implementation (reference, lab kernels, installed peers), forward and forward+backward, checked against
     the float64 reference and timed (``run_spec_case``)."""
     cases = [pytest.param(*p.values[1:], id=p.id[len(op) + 1:], marks=p.marks) for p in spec_cases([op])]

@@ -3,9 +3,6 @@
 * ``--benchmark`` (added here; pytest-benchmark has no such flag): without it every test under bench/ is skipped,
   so ``pytest bench/`` is fast. ``--benchmark-json`` / ``--benchmark-compare`` (pytest-benchmark) keep working:
   each row's figures are in ``extra_info``.
-* The ops' benchmarks come from their specs (``SpecModule``): ``bench/bench_<op>.py::test_<op>[impl-shape-pass]``
-  for every ``kernels/<op>/spec.py`` with a ``bench``, with no file per op (node ids, ``-k`` and pytest-benchmark
-  names as if there were one); bench_train.py is a real file.
 * Order (``_run_order``): tests carry ``@pytest.mark.bench_priority(n)``: the references and first lab
   candidates of every op first, then the peers, then the other lab candidates (ops in the specs' order, wkv6
   first, within each), then the training rows, so a spent time budget (``GT_BENCH_BUDGET_S``) cuts the least
@@ -20,7 +17,6 @@
 from __future__ import annotations
 
 import os
-import types
 from pathlib import Path
 
 import pytest
@@ -37,38 +33,13 @@ def pytest_addoption(parser):
                          "profiles/<gpu>/bench.csv and, on a GPU, the gate manifest gates.json")
 
 
-class SpecModule(pytest.Module):
-    """The benchmark of one op declared in ``kernels/<op>/spec.py``, collected as ``bench/bench_<op>.py`` (node
-    ids, ``-k`` and pytest-benchmark names as if the file held ``test_<op> = spec_test(op)``) with no such file:
-    its module object is built here instead of imported."""
-
-    @property
-    def op(self) -> str:
-        return self.path.stem.removeprefix("bench_")
-
-    def _getobj(self):
-        from bench.common import spec_test
-        mod = types.ModuleType(f"bench.{self.path.stem}", f"``{self.op}`` benchmark rows (kernels/{self.op}/spec.py)")
-        setattr(mod, f"test_{self.op}", spec_test(self.op))
-        return mod
-
-
-@pytest.hookimpl(wrapper=True)
 def pytest_collect_file(file_path, parent):
-    """Collect bench/bench_*.py (pytest's default pattern is test_*.py; a file named on the command line is collected
-    by pytest's python plugin already) and, where bench/conftest.py is met, one ``SpecModule`` per op whose spec has
-    a ``bench``: a new op needs no file here. (Items are put in file-name order in
-    ``pytest_collection_modifyitems``.)"""
-    cols = yield
-    if file_path.suffix != ".py" or file_path.resolve().parent != _HERE:
-        return cols
-    if file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
-        return [*cols, pytest.Module.from_parent(parent, path=file_path)]
-    if file_path.name == "conftest.py":
-        from groundthink.spec import specs
-        return [*cols, *(SpecModule.from_parent(parent, path=_HERE / f"bench_{op}.py")
-                         for op, s in specs().items() if s.bench is not None)]
-    return cols
+    """Collect bench/bench_*.py (pytest's default pattern is test_*.py)."""
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and \
+            file_path.resolve().parent == _HERE and not parent.session.isinitpath(file_path):
+        # (a file named on the command line is collected by pytest's python plugin already)
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
 
 
 def pytest_sessionstart(session):
@@ -124,16 +95,14 @@ def pytest_collection_modifyitems(config, items):
     bench_items = [it for it in items if _in_bench(it)]
     if not bench_items:
         return
-    # file-name order first (the specs' modules are collected at conftest.py's place), then, under --benchmark, a
-    # stable sort by priority, then by the specs' op order (wkv6 first: its peer rows must not be the ones a spent
-    # budget cuts), training last; other items keep their places
-    order = sorted(bench_items, key=lambda it: it.path.name)
     if not config.getoption("--benchmark"):
         skip = pytest.mark.skip(reason="benchmark: run with pytest bench/ --benchmark")
         for it in bench_items:
             it.add_marker(skip)
-    else:
-        order.sort(key=_run_order)
+        return
+    # stable sort of the bench items by priority, then by the specs' op order (wkv6 first: its peer rows must not
+    # be the ones a spent budget cuts), training last; other items keep their places
+    order = sorted(bench_items, key=_run_order)
     it_order = iter(order)
     items[:] = [next(it_order) if _in_bench(it) else it for it in items]
 

@@ -275,9 +275,9 @@ def test_pytest_bench_cpu_run(tmp_path, monkeypatch, capsys):
     gates = tmp_path / "gates_should_not_exist.json"
     # the lab's gate_norm_residual kernel through the interpreter, the wkv6 and mamba2 references (the wkv6
     # kernel's own tests cover it; this checks the plumbing)
-    # (the ops' benchmarks have no file of their own: bench/conftest.py collects them from the specs)
-    rc, out, dt = _pytest(["bench/", "--benchmark", "-k", "(gate_norm and (reference or triton) and row and not res32) "
-                                                          "or ((wkv6 or mamba2) and reference and not step)"],
+    rc, out, dt = _pytest(["bench/bench_gate_norm_residual.py", "bench/bench_wkv6.py", "bench/bench_mamba2.py",
+                           "--benchmark", "-k", "(gate_norm and (reference or triton) and row and not res32) or "
+                                                "((wkv6 or mamba2) and reference)"],
                           {"GT_BENCH_OUT": str(tmp_path), "GROUNDTHINK_MANIFEST": str(gates)}, monkeypatch, capsys)
     assert rc == 0, out[-4000:]
     assert "NOT A PERFORMANCE MEASUREMENT" in out

@@ -1,0 +1,5 @@
+"""``ddlerp`` benchmark rows: every implementation declared in ``kernels/ddlerp/spec.py`` (shapes, inputs,
+bytes and FLOPs there) vs the float64 reference and the installed peers."""
+from bench.common import spec_test
+
+test_ddlerp = spec_test("ddlerp")

@@ -1,0 +1,5 @@
+"""``mamba2`` benchmark rows: every implementation declared in ``kernels/mamba2/spec.py`` (shapes, inputs,
+bytes and FLOPs there) vs the float64 reference and the installed peers."""
+from bench.common import spec_test
+
+test_mamba2 = spec_test("mamba2")
