@@ -1259,7 +1259,7 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     step's first forward and capture instead; measured here, the step reuses its compiled and tuned kernels).
     An item compiling in ``background`` is expected to take what is left of that compile (nothing once it is
     done) and its measuring (``background_expected``), and is measured after its subprocesses have finished it;
-    one deferred says how far they are (``background.state``).
+    the line that says it is waited for past the budget says how far they are (``background.state``).
     Returns (rows, [(item, why)] deferred, {op: {impl: seconds}})."""
     from tqdm import tqdm
     history, deferred_before, used_anyway = history or {}, deferred_before or set(), used_anyway or set()
@@ -1287,14 +1287,13 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
                   "the reference" if name in in_background
                   else None)
         if exp > left and anyway is None:
-            deferred.append((name, f"expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left"
-                             + (f"; {background.state(name)}" if name in in_background else "")))
+            deferred.append((name, f"expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left"))
             if impl is spec.reference:
                 dropped.add(op)
             continue
         if exp > left:
             say(f"gate: {name} expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left; "
-                f"measured anyway: {anyway}")
+                f"measured anyway: {anyway}" + (f"; {background.state(name)}" if name in in_background else ""))
         bar.set_postfix_str(name, refresh=True)
         if not progress and exp >= 20:   # a long item: say so before it starts, so a run cut inside it shows which
             say(f"gate: {name} started (expected {exp:.1f} s: {source})")

@@ -641,7 +641,8 @@ class Background:
         return sum(_item_line(log, name) is not None for _, log in procs), len(procs)
 
     def state(self, name: str) -> str:
-        """One phrase on how far the item's subprocesses are, for the line that defers it."""
+        """One phrase on how far the item's subprocesses are, for the line that says the gate waits for it past its
+        budget."""
         said, total = self.said(name)
         if not total:
             return "no background compile"

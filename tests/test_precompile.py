@@ -365,8 +365,8 @@ def test_a_subprocess_compiles_its_items_in_turn_and_the_shards_split_each_exact
 
 def test_background_says_without_waiting_whether_an_item_is_done_and_how_far_its_shards_are(tmp_path):
     """``done`` asks the shards' logs without waiting (the gate then expects only the item's measuring); ``state``
-    is the phrase a deferral says; ``ahead`` the items the shards compile up to it; a shard that died counts as
-    done (the main process compiles its share)."""
+    is the phrase the gate's over-budget line says; ``ahead`` the items the shards compile up to it; a shard that
+    died counts as done (the main process compiles its share)."""
     line = json.dumps({"item": "a/x", "shard": "", "kernels": 1, "jobs": 2, "errors": 0, "failed": "", "at": 0.1})
     logs = [tmp_path / f"s{i}" / "precompile.log" for i in range(3)]
     for log in logs:
