@@ -251,5 +251,13 @@ def get(op: str) -> OpSpec:
 
 
 def eager_cases() -> dict[str, tuple[OpSpec, EagerCase]]:
-    """Every op's ``EagerCase`` by its name (the op's, or the case's own), with its op's spec."""
-    return {c.name or s.name: (s, c) for s in specs().values() for c in s.eager}
+    """Every op's ``EagerCase`` by its name (the op's, or the case's own), with its op's spec; a name two ops
+    give is an error (one case would silently replace the other)."""
+    out: dict[str, tuple[OpSpec, EagerCase]] = {}
+    for s in specs().values():
+        for c in s.eager:
+            name = c.name or s.name
+            if name in out:
+                raise ValueError(f"eager case {name!r} of op {s.name} repeats op {out[name][0].name}'s")
+            out[name] = (s, c)
+    return out

@@ -26,9 +26,11 @@
 #              time and do_bench table of WKV6_ALGOS (default chunk_seq,chunk_par = the default chunk algorithm's
 #              two forward modes) at WKV6_SHAPES (default 0,4,5:
 #              B8 T4096 H32 and the small and large models' shapes), then WKV6_CHECKS = 1: the wkv6 GPU tests
-#              selected by WKV6_TESTS_K (default "gpu_cases and bf16_strong": both forward modes vs fp64, bf16;
-#              "" = all of tests/test_wkv6.py -m gpu, as the tests part runs them); ≤ WKV6_S = 300. Without CUDA:
-#              its WKV6_SMOKE mode (interpreter, tiny shapes; the GPU tests skip).
+#              selected by WKV6_TESTS_K (default "gpu_cases and bf16_strong": the default knobs' two forward modes
+#              vs fp64, bf16 — a knob variant named in WKV6_ALGOS is timed, not checked, unless WKV6_TESTS_K adds
+#              e.g. "or chunk_knobs and bfloat16"; "" = all of tests/test_wkv6.py -m gpu, which the tests part runs
+#              anyway: with tests in the same call, WKV6_CHECKS=0 saves the repeat); ≤ WKV6_S = 300. Without CUDA:
+#              its WKV6_SMOKE mode (interpreter, tiny shapes; no checks).
 #   ddp        scripts/gpu_ddp.sh (large GF-MH step on 1 and 2 GPUs, same global batch: losses, scaling)
 #              ≤ DDP_S = 480 -> $RUN/ddp/. Needs 2 GPUs: says so and skips otherwise.
 #   bench      pytest bench/ --benchmark (kernels vs the reference, fla, mamba-ssm, causal-conv1d, torch.compile;
