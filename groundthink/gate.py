@@ -896,11 +896,11 @@ FIRST_USE_S = {"mamba2/mamba_ssm": 52.0, "wkv6/triton": 15.4, "wkv6/triton_fused
 # the lab items' own group is ``LAB_BACKGROUND_S`` below.
 BACKGROUND_S = 20.0
 # The lab group (``GROUNDTHINK_LAB_BACKGROUND=1``, ``precompile.lab_shard_count``: off by default until timed): the
-# lab items expected to take this long (and less than ``_background_s()``) compile in a group of subprocesses of
-# their own, started beside mamba-ssm's — never queued behind it (run 12 call 5) — the shortest first, so that the
-# main process measures each as soon as it is ready (``_next``). Run 12 call 1: above 2.5 s an item's time was
-# mostly its compiles (shift_lerp 3.1 … wkv6/triton 15.4: 44 s of the 50 s qualification); below it the main has ≈ 6
-# s of cheap work of its own while the subprocesses start.
+# lab items expected to take this long compile in a group of subprocesses of their own, started beside mamba-ssm's —
+# never queued behind it (run 12 call 5) — the shortest first, so that the main process measures each as soon as it
+# is ready (``_next``). Run 12 call 1: above 2.5 s an item's time was mostly its compiles (shift_lerp 3.1 …
+# wkv6/triton 15.4: 44 s of the 50 s qualification); below it the main has ≈ 6 s of cheap work of its own while the
+# subprocesses start.
 LAB_BACKGROUND_S = 2.5
 BACKGROUND_SETUP_S = 10.0   # a background subprocess's start before its first compile (estimate, not measured)
 # Measured: seconds from its group's start until an item's background compile was done, whatever the processes —
@@ -1129,16 +1129,19 @@ def _by_cost(items: list, history: dict) -> list:
 def _groups(items: list, history: dict) -> tuple[list, list]:
     """The background items ``(op, impl, shape)`` of ``items`` split into (mamba-ssm's group: expected ≥
     ``_background_s()``, the longest first, ``_by_cost``; the lab group: lab kernels expected ≥
-    ``LAB_BACKGROUND_S`` and less, the shortest first — none while ``precompile.lab_shard_count()`` is 0: the knob
+    ``LAB_BACKGROUND_S``, however long, the shortest first — none while ``precompile.lab_shard_count()`` is 0: the knob
     off or few cores, today's way)."""
     from groundthink.precompile import lab_shard_count
 
     def exp(it):
         spec = get(it[0])
         return expected_s(spec, spec.impl(it[1]), history, len(it[2]) if isinstance(it[2], list) else 1)[0]
-    long = [it for it in items if exp(it) >= _background_s()]
-    lab = [it for it in items if it not in long and exp(it) >= LAB_BACKGROUND_S
-           and get(it[0]).impl(it[1]).role == "lab"] if lab_shard_count() else []
+    lab_on = lab_shard_count() > 0
+
+    def in_lab(it):      # with the lab group on, a lab item never queues behind mamba-ssm, whatever its history
+        return lab_on and get(it[0]).impl(it[1]).role == "lab"
+    long = [it for it in items if not in_lab(it) and exp(it) >= _background_s()]
+    lab = [it for it in items if in_lab(it) and exp(it) >= LAB_BACKGROUND_S]
     return _by_cost(long, history), sorted(lab, key=exp)
 
 

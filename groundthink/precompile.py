@@ -510,9 +510,11 @@ def _compile_items(items: list, say=print, shard: tuple[int, int] = (0, 1), payl
         with compile_only(executor=recording):
             for op, impl, shape in items:
                 futures0, jobs0, failed = len(recording.futures), recording.jobs, ""
-                began, submitted = time.monotonic() - _LOADED, None
+                began = submitted = None
                 try:      # a model whose calls fail to record: the item fails
-                    _dry_run(op, impl, payloads(op, shape) if payloads is not None else shape)
+                    calls = payloads(op, shape) if payloads is not None else shape   # may build the model: set-up
+                    began = time.monotonic() - _LOADED
+                    _dry_run(op, impl, calls)
                     submitted = time.monotonic() - _LOADED
                 except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
                     failed = f"{type(e).__name__}: {str(e)[:160]}"
@@ -524,7 +526,7 @@ def _compile_items(items: list, say=print, shard: tuple[int, int] = (0, 1), payl
                 errors = sum(f.exception() is not None for f in futures)
                 say(json.dumps({"item": f"{op}/{impl}", "shard": f"{shard[0]}/{shard[1]}", "kernels": len(futures),
                                 "jobs": recording.jobs - jobs0, "errors": errors, "failed": failed,
-                                "began": round(began, 1), "submitted": submitted and round(submitted, 1),
+                                "began": began and round(began, 1), "submitted": submitted and round(submitted, 1),
                                 "at": round(time.monotonic() - _LOADED, 1)}))
     finally:
         pool.shutdown(wait=True)
