@@ -90,6 +90,8 @@ def test_report_sections_csv_and_plots(run_dir):
         "gate_norm_residual: compile." in text
     assert "**Training step small B64xT256:** GF-MH --kernels triton 15 ms vs the peer model's 146 ms (9.73×)" in text
     assert pd.read_csv(run_dir / "report_peers.csv").shape == (5, 9)
+    # the op's own table: the best peer's time over the row's, CUDA-graph and eager
+    assert "| × best peer (graph) | × best peer (eager) |" in text and "| 750.00× | 0.67× | 1.67× |" in text
     assert (run_dir / "peers_speedup.png").stat().st_size > 1000
     # pytest-benchmark's entries beside the rows' own figures
     assert "| test_wkv6[triton-B8_T4096-fwdbwd] | 12.5 | 3 | 12 | 1.04 |" in text
