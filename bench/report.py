@@ -4,8 +4,9 @@ Reads ``<dir>/bench.csv`` (written by ``pytest bench/ --benchmark``; dir = profi
 machine's GPU, else the only/newest profiles/*/bench.csv), ``<dir>/gates.json`` if present and the validity run
 logs ``<dir>/validity/*.jsonl`` (JSONL records with step and loss; ``python -m bench.bench_train --validity``).
 Writes ``<dir>/report.md`` with tables, per-op pivot CSVs (``report_<op>_ms.csv``) and PNG plots (matplotlib, Agg):
-kernel time vs shape per implementation, % of copy bandwidth, speedup over the reference; training tok/s and peak
-memory per fusion variant; loss curves of the validity run.
+kernel time vs shape per implementation, % of copy bandwidth, speedup over the reference; the lab kernels against
+the peers per timing mode (``lab_vs_peers``: CUDA-graph time first, then eager; ``report_peers.csv``,
+``peers_speedup.png``); training tok/s and peak memory per fusion variant; loss curves of the validity run.
 """
 from __future__ import annotations
 
