@@ -4,8 +4,9 @@ Reads ``<dir>/bench.csv`` (written by ``pytest bench/ --benchmark``; dir = profi
 machine's GPU, else the only/newest profiles/*/bench.csv), ``<dir>/gates.json`` if present and the validity run
 logs ``<dir>/validity/*.jsonl`` (JSONL records with step and loss; ``python -m bench.bench_train --validity``).
 Writes ``<dir>/report.md`` with tables, per-op pivot CSVs (``report_<op>_ms.csv``) and PNG plots (matplotlib, Agg):
-kernel time vs shape per implementation, % of copy bandwidth, speedup over the reference; training tok/s and peak
-memory per fusion variant; loss curves of the validity run.
+kernel time vs shape per implementation, % of copy bandwidth, speedup over the reference; the lab kernels against
+the peers per timing mode (``lab_vs_peers``: CUDA-graph time first, then eager; ``report_peers.csv``,
+``peers_speedup.png``); training tok/s and peak memory per fusion variant; loss curves of the validity run.
 """
 from __future__ import annotations
 
@@ -143,12 +144,17 @@ def kernel_section(df: pd.DataFrame, op: str, d: Path) -> list[str]:
     sub["_o"] = sub["impl"].map(_impl_key)
     sub = sub.sort_values(["pass", "shape", "_o"], kind="stable")
     out = [f"## {op}", ""]
-    cols = ["shape", "pass", "impl", "ms", "gbps", "pct_bw", "tflops", "peak_mb", "speedup_vs_ref",
-            "speedup_vs_best_peer", "max_rel_err", "warmup_s", "note"]
-    t = sub[[c for c in cols if c in sub]].copy()
+    if "ms_graph" in sub:    # the best peer's CUDA-graph time over this row's (speedup_vs_best_peer: the eager one)
+        best = sub[sub["impl"].isin(PEER.get(op, ()))].groupby("case")["ms_graph"].min()
+        sub["× best peer (graph)"] = sub["case"].map(best) / sub["ms_graph"]
+    cols = ["shape", "pass", "impl", "ms", "ms_graph", "gbps", "pct_bw", "tflops", "peak_mb", "speedup_vs_ref",
+            "× best peer (graph)", "speedup_vs_best_peer", "max_rel_err", "warmup_s", "note"]
+    t = sub[[c for c in cols if c in sub]].rename(columns={"speedup_vs_best_peer": "× best peer (eager)"})
     t["note"] = t["note"].str.slice(0, 80)
-    out += [md_table(t, {"ms": "ms", "gbps": "int", "pct_bw": "pct", "speedup_vs_ref": "x",
-                         "speedup_vs_best_peer": "x", "max_rel_err": "e", "peak_mb": "int", "warmup_s": "g"}), "",
+    out += [md_table(t, {"ms": "ms", "ms_graph": "ms", "gbps": "int", "pct_bw": "pct", "speedup_vs_ref": "x",
+                         "× best peer (graph)": "x", "× best peer (eager)": "x", "max_rel_err": "e",
+                         "peak_mb": "int", "warmup_s": "g"}), "",
+            "ms: eager (host included); ms_graph: CUDA-graph replays (GPU time only, the captured step). "
             "warmup_s: wall time of the untimed first call (compilation, autotuning: fla's is minutes when cold).", ""]
     pivot = sub.pivot_table(index="case", columns="impl", values="ms", aggfunc="first")
     pivot = pivot[sorted(pivot.columns, key=_impl_key)]
@@ -273,64 +279,115 @@ def validity_section(d: Path) -> list[str]:
     return out
 
 
+# the timing modes of the lab-vs-peer comparison, graph first: (mode, the bench.csv column, what it is)
+PEER_MODES = (("graph", "ms_graph", "CUDA-graph replays, GPU time only: what the captured training step pays"),
+              ("eager", "ms", "ordinary calls, host time included: what a --graph off step pays"))
+PEER_COLUMNS = ["op", "shape", "pass", "mode", "best lab", "lab ms", "peers ms", "best peer", "× vs best peer"]
+
+
 def lab_vs_peers(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (op, shape, pass) that has a lab kernel and a peer measured in this run: the fastest lab
-    kernel, every peer's time, the fastest peer and the lab kernel's speedup over it (> 1: the lab wins)."""
+    """One row per (op, shape, pass, timing mode) where a lab kernel and a peer were timed in that mode in this
+    run (``PEER_MODES``: "graph" from ``ms_graph``, then "eager" from ``ms``): the fastest lab kernel, every
+    peer's time, the fastest peer and the lab kernel's speedup over it (> 1: the lab wins). A peer without a
+    graph time (not graph-safe, or its capture failed: its note says so) is in the eager row only."""
     rows = []
-    timed = df[df["ms"].notna() & (df["op"] != "train")]
-    for (op, shape, pass_), g in timed.groupby(["op", "shape", "pass"], sort=False):
-        lab = g[g["impl"].isin(LAB.get(op, ()))]
-        peers = g[g["impl"].isin(PEER.get(op, ()))]
-        if lab.empty or peers.empty:
+    kernels = df[df["op"] != "train"]
+    for (op, shape, pass_), g in kernels.groupby(["op", "shape", "pass"], sort=False):
+        for mode, col, _ in PEER_MODES:
+            timed = g[g[col].notna()] if col in g else g.iloc[:0]
+            lab = timed[timed["impl"].isin(LAB.get(op, ()))]
+            peers = timed[timed["impl"].isin(PEER.get(op, ()))]
+            if lab.empty or peers.empty:
+                continue
+            best_lab, best_peer = lab.loc[lab[col].idxmin()], peers.loc[peers[col].idxmin()]
+            rows.append({"op": op, "shape": shape, "pass": pass_, "mode": mode, "best lab": best_lab["impl"],
+                         "lab ms": best_lab[col],
+                         "peers ms": ", ".join(f"{r['impl']} {r[col]:.4g}" for _, r in peers.iterrows()),
+                         "best peer": best_peer["impl"], "× vs best peer": best_peer[col] / best_lab[col]})
+    return pd.DataFrame(rows, columns=PEER_COLUMNS)
+
+
+def peer_answer(t: pd.DataFrame) -> list[str]:
+    """The "Lab kernels vs the best peer" answer lines: per timing mode (graph first), per op the range of the
+    speedups over the best peer and in how many cases the lab kernel is no slower."""
+    out = []
+    for mode, _, what in PEER_MODES:
+        m = t[t["mode"] == mode]
+        if m.empty:
             continue
-        best_lab, best_peer = lab.loc[lab["ms"].idxmin()], peers.loc[peers["ms"].idxmin()]
-        rows.append({"op": op, "shape": shape, "pass": pass_, "best lab": best_lab["impl"],
-                     "lab ms": best_lab["ms"],
-                     "peers ms": ", ".join(f"{r['impl']} {r['ms']:.4g}" for _, r in peers.iterrows()),
-                     "best peer": best_peer["impl"], "× vs best peer": best_peer["ms"] / best_lab["ms"]})
-    return pd.DataFrame(rows, columns=["op", "shape", "pass", "best lab", "lab ms", "peers ms", "best peer",
-                                       "× vs best peer"])
+        parts = []
+        for op, g in m.groupby("op", sort=False):
+            x = g["× vs best peer"]
+            parts.append(f"{op} {x.min():.2f}–{x.max():.2f}× (no slower in {int((x >= 1).sum())} of {len(x)} cases)")
+        out.append(f"- **Lab kernels vs the best peer, {mode}** ({what}; fastest lab kernel, same run): "
+                   + "; ".join(parts) + ".")
+    return out
+
+
+def _untimed_peers(df: pd.DataFrame, col: str) -> dict[str, list[str]]:
+    """{op: its peers declared in the specs without a ``col`` figure in this run} (ops of the run only)."""
+    out = {}
+    for op in KERNEL_OPS:
+        if not (df["op"] == op).any():
+            continue
+        timed = set(df[(df["op"] == op) & df[col].notna()]["impl"]) if col in df else set()
+        missing = [p for p in PEER.get(op, ()) if p not in timed]
+        if missing:
+            out[op] = missing
+    return out
 
 
 def unmeasured_peers(df: pd.DataFrame) -> list[str]:
     """Peers declared in the specs that have no timed row in this run (not installed, skipped by the time
     budget or a -k filter, or failed: the run's log says which)."""
+    return [f"{op}: {', '.join(ps)}" for op, ps in _untimed_peers(df, "ms").items()]
+
+
+def eager_only_peers(df: pd.DataFrame) -> list[str]:
+    """Peers timed in this run but without a CUDA-graph time anywhere (not graph-safe in their spec, or every
+    capture failed: the row's note says why): the graph rows of the peer table lack them."""
+    untimed = _untimed_peers(df, "ms")
     out = []
-    for op in KERNEL_OPS:
-        if not (df["op"] == op).any():
-            continue
-        timed = set(df[(df["op"] == op) & df["ms"].notna()]["impl"])
-        missing = [p for p in PEER.get(op, ()) if p not in timed]
-        if missing:
-            out.append(f"{op}: {', '.join(missing)}")
+    for op, ps in _untimed_peers(df, "ms_graph").items():
+        ps = [p for p in ps if p not in untimed.get(op, ())]
+        if ps:
+            out.append(f"{op}: {', '.join(ps)}")
     return out
+
+
+def _peer_plot(t: pd.DataFrame, d: Path) -> str:
+    """Grouped bars per case: the lab kernel's speedup over the best peer in each timing mode (log scale)."""
+    t = t.assign(case=t["op"] + " " + t["shape"] + " " + t["pass"])
+    piv = t.pivot_table(index="case", columns="mode", values="× vs best peer", aggfunc="first", sort=False)
+    piv = piv[[m for m, _, _ in PEER_MODES if m in piv.columns]]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(piv) + 3), 4.2))
+    _bar(ax, piv, "best lab kernel vs best peer (×, log)", log=True)
+    ax.axhline(1, color="k", lw=0.8, ls="--")
+    ax.set_title("lab kernels vs peers, same run (> 1: the lab kernel is faster); graph: GPU time, eager: host "
+                 "included", fontsize=9)
+    return _save(fig, d / "peers_speedup.png")
 
 
 def peers_section(df: pd.DataFrame, d: Path) -> list[str]:
     t = lab_vs_peers(df)
-    missing = unmeasured_peers(df)
+    missing, eager_only = unmeasured_peers(df), eager_only_peers(df)
     if t.empty and not missing:
         return []
     out = ["## Lab kernels vs peers (same run)", "",
-           "Per op, shape and pass: the fastest lab kernel against every peer timed in the same run; "
-           "× > 1: the lab kernel is faster than the best peer.", ""]
+           "Per op, shape, pass and timing mode: the fastest lab kernel against every peer timed in the same run; "
+           "× > 1: the lab kernel is faster than the best peer. *graph*: "
+           f"{PEER_MODES[0][2]} (`ms_graph`); *eager*: {PEER_MODES[1][2]} (`ms`; at µs shapes mostly the host's "
+           "launch cost).", ""]
     if not t.empty:
         t.to_csv(d / "report_peers.csv", index=False)
         out += [md_table(t, {"lab ms": "ms", "× vs best peer": "x"}), "", "Table: `report_peers.csv`", ""]
-        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(t) + 3), 4.2))
-        labels = [f"{r['op']} {r['shape']} {r['pass']}" for _, r in t.iterrows()]
-        vals = t["× vs best peer"].tolist()
-        ax.bar(range(len(t)), vals, color=["tab:green" if v >= 1 else "tab:red" for v in vals])
-        ax.axhline(1, color="k", lw=0.8, ls="--")
-        ax.set_yscale("log")
-        ax.set_xticks(range(len(t)))
-        ax.set_xticklabels(labels, rotation=40, ha="right", fontsize=6)
-        ax.set_ylabel("best lab kernel vs best peer (×, log)")
-        ax.set_title("lab kernels vs peers, same run (> 1: the lab kernel is faster)")
-        img = _save(fig, d / "peers_speedup.png")
+        img = _peer_plot(t, d)
         out += [f"![{img}]({img})", ""]
     if missing:
         out += ["Peers with no timing in this run: " + "; ".join(missing) + ".", ""]
+    if eager_only:
+        out += ["Peers without a CUDA-graph time in this run (not graph-safe, or the capture failed: the row's "
+                "note): " + "; ".join(eager_only) + ".", ""]
     return out
 
 
@@ -497,14 +554,7 @@ def headline(df: pd.DataFrame, d: Path) -> list[str]:
                     else "") +
                    (f"; {n_over} of {len(v)} runs overfit (final val > best by more than {OVERFIT_TOL:.0%}: ranked by "
                     f"their best eval)" if n_over else "") + ".")
-    t = lab_vs_peers(df)
-    if not t.empty:
-        parts = []
-        for op, g in t.groupby("op", sort=False):
-            x = g["× vs best peer"]
-            wins = int((x >= 1).sum())
-            parts.append(f"{op} {x.min():.2f}–{x.max():.2f}× (no slower in {wins} of {len(x)} cases)")
-        out.append("- **Lab kernels vs the best peer** (fastest lab kernel, same run): " + "; ".join(parts) + ".")
+    out += peer_answer(lab_vs_peers(df))
     tr = df[(df["op"] == "train") & df["ms"].notna()]
     for shape, g in tr.groupby("shape", sort=False):
         ours, peer = g[g["impl"].str.startswith("triton")], g[g["impl"] == "peer"]

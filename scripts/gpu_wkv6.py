@@ -1,4 +1,4 @@
-"""GPU dev run of kernels.wkv6: do_bench timings of every algorithm, knob variant and fla's chunk_rwkv6, the
+"""GPU dev run of kernels.wkv6: timings of every algorithm, knob variant and fla's chunk_rwkv6, the
 compile report and per-kernel GPU times, in one command on one GPU machine; prints a compact table last. A thin
 caller: correctness is the GPU tests' (tests/test_wkv6.py, ``@pytest.mark.gpu``), run here in a subprocess; the
 timings are the benchmarks' measurement on the spec's inputs.
@@ -14,7 +14,7 @@ mode and knob the tests list (bf16 / fp16 / fp32, mild / strong / extreme decay,
 H32), and determinism; the exit status of the script is pytest's.
 WKV6_FLA_SHAPES (indices into SHAPES) limits fla's warm-up and timing (its autotuning costs ~40 s a shape).
 Timings: the benchmarks' measurement (``bench.common.measure``: one untimed first call, then
-``triton.testing.do_bench`` medians, warm-up 25 ms, 100 ms of repetitions) in ms of the forward (no grad) and
+``time_fn``: the median of 5 batches of back-to-back calls, 125 ms in all) in ms of the forward (no grad) and
 forward+backward (fixed random cotangent), on the benchmark's inputs (``kernels/wkv6/spec.py``: bf16, mild decay
 ``logsigmoid(randn)``, seed 0), scale 1; extra peak memory of one fwd+bwd (GiB, the input gradients included).
 Env: WKV6_ALGOS (comma list of the names in ALGOS), WKV6_BUDGET_S, WKV6_SHAPES
@@ -288,7 +288,7 @@ def resources():
             with variant(n):
                 res[n, sh] = time_impl(f, sh)
             log(f"time {n:12s} {sh}: fwd {res[n, sh][0]:.3f} fwd+bwd {res[n, sh][1]:.3f} mem {res[n, sh][2]:.3f}")
-    print(f"\n==== wkv6 {device_name()} bf16: ms (do_bench median) fwd / fwd+bwd / extra peak GiB of fwd+bwd")
+    print(f"\n==== wkv6 {device_name()} bf16: ms (bench median) fwd / fwd+bwd / extra peak GiB of fwd+bwd")
     print("| shape | " + " | ".join(impls) + " |")
     for sh in SHAPES:
         print(f"| B{sh[0]} T{sh[1]} H{sh[2]} K{sh[3]} | " + " | ".join(
@@ -319,7 +319,7 @@ def main():
                 log(f"time {n:9s} {sh}: fwd {res[n, sh][0]:.3f} fwd+bwd {res[n, sh][1]:.3f} mem {res[n, sh][2]:.3f}")
             except Exception as ex:  # noqa: BLE001
                 log(f"time {n} {sh} ERROR {type(ex).__name__}: {str(ex)[:300]}")
-    print(f"\n==== wkv6 {device_name()} bf16 K=V=64: ms (do_bench median) fwd / fwd+bwd / "
+    print(f"\n==== wkv6 {device_name()} bf16 K=V=64: ms (bench median) fwd / fwd+bwd / "
           "extra peak GiB of fwd+bwd (grads incl.)")
     print("| shape | " + " | ".join(impls) + " |")
     for sh in SHAPES:

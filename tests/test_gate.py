@@ -798,6 +798,17 @@ def peer_only_op(monkeypatch):
     return spec
 
 
+@pytest.fixture
+def eager_only_peers(monkeypatch):
+    """gate_norm_residual's and wkv6's peers as if they were not graph-safe (the specs mark them graph-safe since
+    issue 12's peers4 change): the rules for implementations that cannot be in the captured step."""
+    from dataclasses import replace
+    for op in (OP, "wkv6"):
+        spec = get(op)
+        monkeypatch.setitem(specs(), op, replace(spec, impls=tuple(
+            replace(i, graph_safe=False) if i.role == "peer" else i for i in spec.impls)))
+
+
 def test_plan_puts_the_first_peer_of_an_op_without_lab_kernels_first(tmp_path, peer_only_op):
     """Run 3: mamba2's and causal_conv1d's peers came after every second wkv6 candidate, were cut by the
     budget, and the step ran their references. An op without a lab kernel has its first peer as its first
@@ -827,7 +838,7 @@ def test_plan_needs_a_verdict_in_the_steps_timing_mode_and_retimes_no_peer_that_
 
 # ------------------------------------------------------------------------------------------ timing modes
 
-def test_one_verdict_per_step_mode_each_from_its_own_timings():
+def test_one_verdict_per_step_mode_each_from_its_own_timings(eager_only_peers):
     """A verdict is for one step mode and rests on the rows timed in that mode only: the graph verdict (the
     captured step) on CUDA-graph times against the graph-safe competitors, the eager one (--graph off) on eager
     times against every installed peer."""
@@ -879,7 +890,7 @@ def _graph_verdict_of(impl, tamper):
     ("triton", lambda v: v.update(v.pop("eager")), "older format"),                 # one entry, no modes
     ("compile", lambda v: v.update(graph=dict(v.pop("eager"), mode="graph", role="peer")), "not graph-safe"),
 ])
-def test_a_graph_verdict_fails_closed(impl, tamper, words):
+def test_a_graph_verdict_fails_closed(impl, tamper, words, eager_only_peers):
     ok, why = _graph_verdict_of(impl, tamper)
     assert not ok and words in why and "\n" not in why, why
 
@@ -902,7 +913,7 @@ def test_time_is_sized_to_the_op():
     assert n == len(calls) == gate.MAX_SAMPLES * gate.MAX_BATCH and ms < 1.0
 
 
-def test_qualify_times_as_cuda_graph_replays_when_the_step_is_captured(tmp_path, monkeypatch):
+def test_qualify_times_as_cuda_graph_replays_when_the_step_is_captured(tmp_path, monkeypatch, eager_only_peers):
     """graph=True: every row is captured and replayed (``_capture``; faked here, there is no GPU) and recorded
     as "graph"; the peers that are not graph-safe are not timed and the header says so."""
     captured = []
@@ -1086,7 +1097,7 @@ def test_choose_takes_the_fastest_allowed_lab_kernel_at_the_models_shape(tmp_pat
     assert impl == "triton"
 
 
-def test_a_peer_is_chosen_only_where_it_beats_every_allowed_lab_kernel(tmp_path):
+def test_a_peer_is_chosen_only_where_it_beats_every_allowed_lab_kernel(tmp_path, eager_only_peers):
     spec = registry.SPECS[WKV]
     path = _wkv_manifest(tmp_path, [("eager", {"triton": 1.0, "triton_fused": 0.8}), ("eager", {"fla_chunk": 0.5})])
     v = gate.Verdicts([path], shapes={WKV: WSHAPE})

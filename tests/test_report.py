@@ -11,17 +11,24 @@ import pytest
 from bench import common, report
 
 
-def _row(op, impl, shape, pass_, ms, variant=""):
+def _row(op, impl, shape, pass_, ms, variant="", ms_graph=None):
     return {"op": op, "impl": impl, "shape": shape, "pass": pass_, "dtype": "bfloat16", "ms": ms, "variant": variant,
-            "measurement": "fake-gpu", "note": "", "copy_gbps": 3000.0}
+            "measurement": "fake-gpu", "note": "", "copy_gbps": 3000.0, "ms_graph": ms_graph}
+
+
+# (shape, eager ms and CUDA-graph ms of triton, triton_fused, fla_chunk, fla_recurrent): the peer wins both modes at
+# B8 T4096; at B64 T256 the lab kernel wins eagerly (host time) and fla_recurrent in GPU time; fla_recurrent has no
+# graph time at B8 T4096 (its capture failed there, say)
+WKV = (("B8 T4096", (12.0, 11.5), (9.0, 8.5), (8.0, 7.5), (20.0, None)),
+       ("B64 T256", (1.2, 0.3), (1.0, 0.35), (2.0, 0.5), (4.0, 0.2)))
 
 
 def fake_rows():
     rows = []
-    for shape, lab, fused, chunk, rec in (("B8 T4096", 12.0, 9.0, 8.0, 20.0), ("B64 T256", 1.2, 1.0, 2.0, 4.0)):
-        rows += [_row("wkv6", "reference", shape, "fwdbwd", 900.0), _row("wkv6", "triton", shape, "fwdbwd", lab),
-                 _row("wkv6", "triton_fused", shape, "fwdbwd", fused),
-                 _row("wkv6", "fla_chunk", shape, "fwdbwd", chunk), _row("wkv6", "fla_recurrent", shape, "fwdbwd", rec)]
+    for shape, *times in WKV:
+        rows += [_row("wkv6", "reference", shape, "fwdbwd", 900.0, ms_graph=800.0)]
+        rows += [_row("wkv6", impl, shape, "fwdbwd", ms, ms_graph=g)
+                 for impl, (ms, g) in zip(("triton", "triton_fused", "fla_chunk", "fla_recurrent"), times)]
     rows += [_row("gate_norm_residual", "reference", "N16384 D128 row", "fwd", 0.3),
              _row("gate_norm_residual", "triton", "N16384 D128 row", "fwd", 0.1),
              _row("gate_norm_residual", "compile", "N16384 D128 row", "fwd", 0.15)]   # fla_rmsnorm not timed
@@ -38,9 +45,15 @@ def run_dir(tmp_path):
 
 def test_lab_vs_peers_takes_the_fastest_of_each_side(run_dir):
     t = report.lab_vs_peers(report.load_rows(run_dir))
-    assert list(t.columns) == ["op", "shape", "pass", "best lab", "lab ms", "peers ms", "best peer",
+    assert list(t.columns) == ["op", "shape", "pass", "mode", "best lab", "lab ms", "peers ms", "best peer",
                                "× vs best peer"]
-    w = t[t["op"] == "wkv6"].set_index("shape")
+    assert list(t["mode"]) == ["graph", "eager"] * 2 + ["eager"]                  # graph first; compile: eager only
+    g = t[(t["op"] == "wkv6") & (t["mode"] == "graph")].set_index("shape")
+    assert (g.loc["B8 T4096", "best lab"], g.loc["B8 T4096", "peers ms"]) == ("triton_fused", "fla_chunk 7.5")
+    assert g.loc["B8 T4096", "× vs best peer"] == pytest.approx(7.5 / 8.5)
+    assert (g.loc["B64 T256", "best lab"], g.loc["B64 T256", "best peer"]) == ("triton", "fla_recurrent")
+    assert g.loc["B64 T256", "× vs best peer"] == pytest.approx(0.2 / 0.3)       # the eager winner loses on the GPU
+    w = t[(t["op"] == "wkv6") & (t["mode"] == "eager")].set_index("shape")
     assert w.loc["B8 T4096", "best lab"] == "triton_fused" and w.loc["B8 T4096", "best peer"] == "fla_chunk"
     assert w.loc["B8 T4096", "× vs best peer"] == pytest.approx(8.0 / 9.0)          # the peer wins here
     assert w.loc["B64 T256", "× vs best peer"] == pytest.approx(2.0)
@@ -49,6 +62,7 @@ def test_lab_vs_peers_takes_the_fastest_of_each_side(run_dir):
     assert (g["best peer"], g["× vs best peer"]) == ("compile", pytest.approx(1.5))
     assert "train" not in set(t["op"])                                              # training has its own table
     assert report.unmeasured_peers(report.load_rows(run_dir)) == ["gate_norm_residual: fla_rmsnorm"]
+    assert report.eager_only_peers(report.load_rows(run_dir)) == ["gate_norm_residual: compile"]
 
 
 def test_report_sections_csv_and_plots(run_dir):
@@ -65,11 +79,19 @@ def test_report_sections_csv_and_plots(run_dir):
         (run_dir / "validity" / f"GF-MH_small_{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     text = report.build_report(run_dir).read_text()
     assert text.index("## Answers of this run") < text.index("## Lab kernels vs peers") < text.index("## wkv6")
-    assert "wkv6 0.89–2.00× (no slower in 1 of 2 cases)" in text
-    assert "gate_norm_residual 1.50–1.50× (no slower in 1 of 1 cases)" in text
+    graph, eager = (next(ln for ln in text.splitlines() if ln.startswith(f"- **Lab kernels vs the best peer, {m}**"))
+                    for m in ("graph", "eager"))
+    assert text.index(graph) < text.index(eager) and "GPU time only" in graph and "host time included" in eager
+    assert "wkv6 0.67–0.88× (no slower in 0 of 2 cases)." in graph and "gate_norm_residual" not in graph
+    assert "wkv6 0.89–2.00× (no slower in 1 of 2 cases)" in eager
+    assert "gate_norm_residual 1.50–1.50× (no slower in 1 of 1 cases)" in eager
     assert "Peers with no timing in this run: gate_norm_residual: fla_rmsnorm." in text
+    assert "Peers without a CUDA-graph time in this run (not graph-safe, or the capture failed: the row's note): " \
+        "gate_norm_residual: compile." in text
     assert "**Training step small B64xT256:** GF-MH --kernels triton 15 ms vs the peer model's 146 ms (9.73×)" in text
-    assert pd.read_csv(run_dir / "report_peers.csv").shape == (3, 8)
+    assert pd.read_csv(run_dir / "report_peers.csv").shape == (5, 9)
+    # the op's own table: the best peer's time over the row's, CUDA-graph and eager
+    assert "| × best peer (graph) | × best peer (eager) |" in text and "| 750.00× | 0.67× | 1.67× |" in text
     assert (run_dir / "peers_speedup.png").stat().st_size > 1000
     # pytest-benchmark's entries beside the rows' own figures
     assert "| test_wkv6[triton-B8_T4096-fwdbwd] | 12.5 | 3 | 12 | 1.04 |" in text

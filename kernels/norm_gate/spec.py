@@ -35,7 +35,7 @@ SPEC = OpSpec(
         Impl("reference", "reference.norm_gate:norm_gate", role="reference", graph_safe=True),
         Impl("triton", "kernels.norm_gate:norm_gate", role="lab", graph_safe=True),
         Impl("mamba_ssm", "kernels.norm_gate.peer:mamba_ssm_norm_gate", role="peer", needs="cuda",
-             package="mamba_ssm"),
+             package="mamba_ssm", graph_safe=True),
     ),
     bench=Bench(shapes=lambda: [(16384, 4, 32, "layer", True), (16384, 8, 64, "layer", True),
                                 (16384, 1, 256, "rms", False), (16384, 1, 1024, "rms", False)],
