@@ -61,14 +61,14 @@ what is skipped to stay in the budget and what is never cut are in ``qualify``'s
 
 Background compiles (``early_background``, ``_background``; ``groundthink.precompile.Background``): the items
 whose compiles dominate their time compile in subprocesses while the main process measures the cheap ones, and
-each is measured as soon as its compiles are done (``_ready_order``, ``_next``). Default: one group, mamba-ssm's
-first use (expected ≥ ``BACKGROUND_S``, ``GROUNDTHINK_BACKGROUND_S``), ``precompile.shard_count`` processes.
-By default (``GROUNDTHINK_LAB_BACKGROUND=0``: off, run 12 call 6's way) a second group of its own
+each is measured as soon as its compiles are done (``_ready_order``, ``_next``). One group for mamba-ssm's first
+use (expected ≥ ``BACKGROUND_S``, ``GROUNDTHINK_BACKGROUND_S``), ``precompile.shard_count`` processes; by default
+(``GROUNDTHINK_LAB_BACKGROUND=0``: off, run 12 call 6's way) a second group of its own
 (``precompile.lab_shard_count``: 3 processes on the 16-core GPU host, ``GROUNDTHINK_LAB_SHARDS=N``; none below 12
 cores — CI's 2: today's way) for the lab items expected ≥ ``LAB_BACKGROUND_S`` (wkv6, gate_norm_residual,
-norm_gate, ddlerp, shift_lerp), the shortest first, never queued behind mamba-ssm's (run 12 call 5), and the
-candidates' imports on a thread beside data and model (``preload``). The seconds line says the gate's total as
-imports + measuring + waiting for background compiles.
+norm_gate, ddlerp, shift_lerp), the shortest first, never queued behind mamba-ssm's (run 12 call 5).
+``GROUNDTHINK_PRELOAD=1``: the candidates' imports on a thread beside data and model (``preload``). The seconds
+line says the gate's total as imports + measuring + waiting for background compiles.
 
 The step's calls (``groundthink.calls.step_calls``): every distinct (op, variant) one training step makes —
 dtypes, flags, modes, outputs without a gradient — recorded from the model itself, at the step's shape (the
@@ -1219,8 +1219,9 @@ def preload(ops, graph: bool) -> None:
     """Import the qualification's candidates of ``ops`` (``_candidates``: the lab kernels and installed peers,
     mamba-ssm's and fla's package imports among them) on a thread now, beside data and model, instead of inside
     the gate's clock (run 12 call 6: "imports 8.5" of its 66.2 s). ``qualify`` joins it first and says both
-    figures (what the thread took, what was left to wait for). Only with the lab group's knob on (the
-    default; train.py's ``early_background``). An import that fails here fails again, said, in ``qualify``."""
+    figures (what the thread took, what was left to wait for). Only with ``GROUNDTHINK_PRELOAD=1`` (train.py's
+    ``early_background``; ``precompile.preload_knob`` says why not by default). An import that fails here fails
+    again, said, in ``qualify``."""
     import threading
 
     def run():

@@ -478,10 +478,17 @@ LAB_MAX_SHARDS = 3   # processes of the lab group at most (beside mamba-ssm's ``
 
 
 def lab_knob() -> bool:
-    """The lab group and the early imports (``gate.preload``): on by default since session 10 (the ≤ 60 s needs the
-    lab compiles off the main's path: notes/gate.md); ``GROUNDTHINK_LAB_BACKGROUND=0`` switches both off (run 12
-    call 6's way: the lab items compile in the main process's pool)."""
+    """The lab group: on by default since session 10 (the ≤ 60 s needs the lab compiles off the main's path:
+    notes/gate.md); ``GROUNDTHINK_LAB_BACKGROUND=0`` switches it off (run 12 call 6's way: the lab items compile in
+    the main process's pool)."""
     return os.environ.get("GROUNDTHINK_LAB_BACKGROUND", "1").strip() != "0"
+
+
+def preload_knob() -> bool:
+    """``GROUNDTHINK_PRELOAD=1``: the gate's imports on a thread beside data and model (``gate.preload``); off by
+    default: two threads importing at once can meet a circular import in opposite orders (Python then raises in
+    one of them, possibly the main's), for an overlap the GIL makes small (the main's data and model: ≈ 5 s)."""
+    return os.environ.get("GROUNDTHINK_PRELOAD", "0").strip() == "1"
 
 
 def lab_shard_count() -> int:
