@@ -905,12 +905,15 @@ LAB_BACKGROUND_S = 2.5
 BACKGROUND_SETUP_S = 10.0   # a background subprocess's start before its first compile (estimate, not measured)
 # Measured: seconds from its group's start until an item's background compile was done, whatever the processes —
 # mamba-ssm: 56.8 s (run 12 call 5, 6 shards, the main idle), 55.1 (call 6, 6 shards), 54.5 (call 6, one process);
-# the estimate from its compile seconds over the shards said 17 s. ``_group_compile_s`` takes the larger.
+# the estimate from its compile seconds over the shards said 17 s. ``_group_compile_s`` takes the larger. Measured
+# before session 10's fix (``precompile.compile_only``: the backward's compiles ran outside the shards' split, one
+# after another): a floor kept until a timed run gives the new figure (expected ≈ 20-30 s); it orders, never defers.
 BACKGROUND_DONE_S = {"mamba2/mamba_ssm": 55.0}
 # What measuring an item takes once its background compile is done (its kernels read from the disk cache, the
 # autotune configs benchmarked, the winners at the error shape compiled, the timing and the float64 check).
 # mamba-ssm: run 11 call 3, 27.4 s of which 15.2 s waiting (14 kernels compiled there, 116 from the disk cache, 140
-# configs benchmarked); others: BACKGROUND_REST of their expected time (not measured yet).
+# configs benchmarked: the 14 compiled one after another — the check's backward ran on autograd's device thread,
+# outside ``compile_winners``' concurrent mode, until session 10); others: BACKGROUND_REST of their expected time.
 REST_S = {"mamba2/mamba_ssm": 12.2}
 BACKGROUND_REST = 0.4
 REFERENCE_S = 0.5         # a PyTorch reference otherwise: nothing to compile
