@@ -359,21 +359,21 @@ def early_background(args, device, master):
     the step's calls themselves (their own copy of the model on the GPU: mamba2's dt is a column slice, ``[dt rows
     592]`` at GF-MH small; recording them here on the CPU first took 5-30 s on a 2-core machine); ``step_calls`` and
     the qualification follow after the model. None when there is nothing to start (another mode or device, another
-    rank); a model without a Mamba-2 branch asks for none of its ops. With ``GROUNDTHINK_LAB_BACKGROUND=1`` the lab
-    items compile in a group of their own beside mamba-ssm's and the gate's candidates are imported on a thread
-    meanwhile (``gate.preload``)."""
+    rank); a model without a Mamba-2 branch asks for none of its ops. By default (``GROUNDTHINK_LAB_BACKGROUND=0``:
+    not) the lab items compile in a group of their own beside mamba-ssm's; with ``GROUNDTHINK_PRELOAD=1`` the
+    gate's candidates are imported on a thread meanwhile (``gate.preload``)."""
     import fused
     if args.kernels != "auto" or device.type != "cuda" or not master:
         return None
     from groundthink import gate
-    from groundthink.precompile import lab_knob
+    from groundthink.precompile import preload_knob
     from groundthink.spec import specs
     rwkv_only = fused.VARIANTS[fused.canonical_name(args.model)]["branches"] == "rwkv"
     model = {"name": args.model, "size": args.size, "overrides": model_overrides(args), "batch_size": args.batch_size,
              "seq_len": args.seq_len}
     ops = tuple(op for op in specs() if not (rwkv_only and op in fused.MAMBA_OPS))
     background = gate.early_background(ops, graph=args.graph != "off", model=model)
-    if background is not None and lab_knob():       # GROUNDTHINK_LAB_BACKGROUND=1: the gate's imports start now
+    if background is not None and preload_knob():       # GROUNDTHINK_PRELOAD=1: the gate's imports start now
         gate.preload(ops, graph=args.graph != "off")
     return background
 

@@ -61,14 +61,14 @@ what is skipped to stay in the budget and what is never cut are in ``qualify``'s
 
 Background compiles (``early_background``, ``_background``; ``groundthink.precompile.Background``): the items
 whose compiles dominate their time compile in subprocesses while the main process measures the cheap ones, and
-each is measured as soon as its compiles are done (``_ready_order``, ``_next``). Default: one group, mamba-ssm's
-first use (expected ≥ ``BACKGROUND_S``, ``GROUNDTHINK_BACKGROUND_S``), ``precompile.shard_count`` processes.
-``GROUNDTHINK_LAB_BACKGROUND=1`` (off by default until timed on a GPU): a second group of its own
+each is measured as soon as its compiles are done (``_ready_order``, ``_next``). One group for mamba-ssm's first
+use (expected ≥ ``BACKGROUND_S``, ``GROUNDTHINK_BACKGROUND_S``), ``precompile.shard_count`` processes; by default
+(``GROUNDTHINK_LAB_BACKGROUND=0``: off, run 12 call 6's way) a second group of its own
 (``precompile.lab_shard_count``: 3 processes on the 16-core GPU host, ``GROUNDTHINK_LAB_SHARDS=N``; none below 12
 cores — CI's 2: today's way) for the lab items expected ≥ ``LAB_BACKGROUND_S`` (wkv6, gate_norm_residual,
-norm_gate, ddlerp, shift_lerp), the shortest first, never queued behind mamba-ssm's (run 12 call 5), and the
-candidates' imports on a thread beside data and model (``preload``). The seconds line says the gate's total as
-imports + measuring + waiting for background compiles.
+norm_gate, ddlerp, shift_lerp), the shortest first, never queued behind mamba-ssm's (run 12 call 5).
+``GROUNDTHINK_PRELOAD=1``: the candidates' imports on a thread beside data and model (``preload``). The seconds
+line says the gate's total as imports + measuring + waiting for background compiles.
 
 The step's calls (``groundthink.calls.step_calls``): every distinct (op, variant) one training step makes —
 dtypes, flags, modes, outputs without a gradient — recorded from the model itself, at the step's shape (the
@@ -895,7 +895,7 @@ FIRST_USE_S = {"mamba2/mamba_ssm": 52.0, "wkv6/triton": 15.4, "wkv6/triton_fused
 # newcomer's step ran on the references (98.95 ms). GROUNDTHINK_BACKGROUND_S=<seconds> sets it (``_background_s``);
 # the lab items' own group is ``LAB_BACKGROUND_S`` below.
 BACKGROUND_S = 20.0
-# The lab group (``GROUNDTHINK_LAB_BACKGROUND=1``, ``precompile.lab_shard_count``: off by default until timed): the
+# The lab group (``precompile.lab_shard_count``: on by default, ``GROUNDTHINK_LAB_BACKGROUND=0`` off): the
 # lab items expected to take this long compile in a group of subprocesses of their own, started beside mamba-ssm's —
 # never queued behind it (run 12 call 5) — the shortest first, so that the main process measures each as soon as it
 # is ready (``_next``). Run 12 call 1: above 2.5 s an item's time was mostly its compiles (shift_lerp 3.1 …
@@ -905,12 +905,15 @@ LAB_BACKGROUND_S = 2.5
 BACKGROUND_SETUP_S = 10.0   # a background subprocess's start before its first compile (estimate, not measured)
 # Measured: seconds from its group's start until an item's background compile was done, whatever the processes —
 # mamba-ssm: 56.8 s (run 12 call 5, 6 shards, the main idle), 55.1 (call 6, 6 shards), 54.5 (call 6, one process);
-# the estimate from its compile seconds over the shards said 17 s. ``_group_compile_s`` takes the larger.
+# the estimate from its compile seconds over the shards said 17 s. ``_group_compile_s`` takes the larger. Measured
+# before session 10's fix (``precompile.compile_only``: the backward's compiles ran outside the shards' split, one
+# after another): a floor kept until a timed run gives the new figure (expected ≈ 20-30 s); it orders, never defers.
 BACKGROUND_DONE_S = {"mamba2/mamba_ssm": 55.0}
 # What measuring an item takes once its background compile is done (its kernels read from the disk cache, the
 # autotune configs benchmarked, the winners at the error shape compiled, the timing and the float64 check).
 # mamba-ssm: run 11 call 3, 27.4 s of which 15.2 s waiting (14 kernels compiled there, 116 from the disk cache, 140
-# configs benchmarked); others: BACKGROUND_REST of their expected time (not measured yet).
+# configs benchmarked: the 14 compiled one after another — the check's backward ran on autograd's device thread,
+# outside ``compile_winners``' concurrent mode, until session 10); others: BACKGROUND_REST of their expected time.
 REST_S = {"mamba2/mamba_ssm": 12.2}
 BACKGROUND_REST = 0.4
 REFERENCE_S = 0.5         # a PyTorch reference otherwise: nothing to compile
@@ -1164,7 +1167,7 @@ def _start(into, long: list, lab: list):
 def _background(plan: list, cuda: bool, parallel: bool, history: dict, into=None):
     """``precompile.Background`` compiling, from the start, each item expected to take ``_background_s()`` or more
     (mamba-ssm's first use) in subprocesses (one group of ``shard_count``, ``_by_cost``) and, with the lab group on
-    (``GROUNDTHINK_LAB_BACKGROUND=1``), the lab items whose compiles dominate their time in a group of their own
+    (on by default), the lab items whose compiles dominate their time in a group of their own
     (``_groups``), so that the main process measures each after its compiles instead of doing them. ``into``: an
     early background (``early_background``) — the items it does not cover yet start in it. Returns ``into`` (or
     None) without a GPU or parallel compile, or with no such item.
@@ -1194,7 +1197,7 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
     in the subprocesses (``model``: the run's model arguments, ``compile_item.model_calls``; an op the model does not
     call compiles nothing), the step's own strides included (mamba2's dt is a column slice: ``[dt rows 592]`` at
     GF-MH small). Pass the result to ``qualify`` (``background=``) and end it (``close()``) once qualify returns;
-    None when there is nothing to start. With the lab group on (``GROUNDTHINK_LAB_BACKGROUND=1``) the lab items
+    None when there is nothing to start. With the lab group on (the default) the lab items
     above ``LAB_BACKGROUND_S`` start too, in processes of their own (``_groups``)."""
     from groundthink.precompile import switched_on
     if not switched_on():
@@ -1219,8 +1222,9 @@ def preload(ops, graph: bool) -> None:
     """Import the qualification's candidates of ``ops`` (``_candidates``: the lab kernels and installed peers,
     mamba-ssm's and fla's package imports among them) on a thread now, beside data and model, instead of inside
     the gate's clock (run 12 call 6: "imports 8.5" of its 66.2 s). ``qualify`` joins it first and says both
-    figures (what the thread took, what was left to wait for). With ``GROUNDTHINK_LAB_BACKGROUND=1`` only
-    (train.py's ``early_background``; untimed). An import that fails here fails again, said, in ``qualify``."""
+    figures (what the thread took, what was left to wait for). Only with ``GROUNDTHINK_PRELOAD=1`` (train.py's
+    ``early_background``; ``precompile.preload_knob`` says why not by default). An import that fails here fails
+    again, said, in ``qualify``."""
     import threading
 
     def run():

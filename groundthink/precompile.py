@@ -24,11 +24,15 @@ may then swap places; which config is fastest by a clear margin does not change.
 
 Compile in the background (``Background``, ``python -m groundthink.compile_item ITEMS-JSON``): before data and model
 (train.py, ``gate.early_background``) one group of subprocesses starts for the items expected to take long
-(``gate.BACKGROUND_S``: by default mamba-ssm's first use alone; with ``GROUNDTHINK_LAB_BACKGROUND=1`` the lab
+(``gate.BACKGROUND_S``: mamba-ssm's first use; by default (``GROUNDTHINK_LAB_BACKGROUND=0``: not) the lab
 kernels get a group of their own beside it), so that their compilation — CPU work — overlaps the timing of the cheap
 items; a group compiles its items one after another, saying each item's line as soon as its compiles are done, and
 the gate measures an item once its line is there (``Background.done`` asks without waiting). Run 12: 6 shards did
-not shorten mamba-ssm's item (56.8 / 55.1 s vs 54.5 s in one process): its dry run, not its compiles, sets the time.
+not shorten mamba-ssm's item (56.8 / 55.1 s vs 54.5 s in one process). Why (session 10, from the sources): on a GPU
+autograd runs a backward on its device thread, where Triton's ``AsyncCompileMode`` (a ``ContextVar`` of the calling
+thread) is unset, so the backward's configs were compiled one after another, in every shard, outside the split:
+the item line counted 42 jobs, the main then found 116 kernels in the disk cache (so ≈ 74 compiled outside the
+jobs). ``compile_only`` now keeps the backward on its own thread (``torch.autograd.set_multithreading_enabled``).
 A subprocess dry-runs each item: one forward + backward at the model's shape and at the spec's error shape (what
 ``gate.measure`` runs) inside ``compile_only``, in which no Triton kernel is launched: every kernel the call meets
 is submitted to one thread pool (one ``AsyncCompileMode`` for the whole dry run), an autotuned kernel with every
@@ -42,7 +46,7 @@ itself and how many it found in the disk cache (``counting_compiles``). The subp
 priority (train.py starts them before data and model: ``gate.early_background``). Any failure there costs nothing
 but the overlap: the main process compiles what is missing, as before.
 
-Two groups (``GROUNDTHINK_LAB_BACKGROUND=1``, ``lab_shard_count``; off by default until timed). Run 12 call 5
+Two groups (``lab_shard_count``; on by default, ``GROUNDTHINK_LAB_BACKGROUND=0`` off). Run 12 call 5
 queued the lab items in mamba-ssm's shards, behind its 57 s compile: every one was deferred. With the knob the
 lab items start as a group of processes of their own (``Background.start(items, shards=)``: 3 on the 16-core
 host, none below ``LAB_MIN_CORES``), beside mamba-ssm's group, compiling the shortest first; an item's shards are
@@ -359,13 +363,16 @@ def compile_only(workers: int | None = None, executor=None, winners: bool = Fals
     process's benchmark chooses the winner, ``compile_winners`` compiles it there). Its ``best_config`` is set to
     the first config: host code reads it after a launch (mamba-ssm sizes its backward reductions by
     ``kernel.best_config``; without it the dry run stopped at the first backward kernel — run 7). Any other Triton
-    kernel compiles with ``warmup=True``. For a subprocess whose only job is to fill Triton's disk cache: the
-    outputs stay unwritten, and ``best_config`` is no benchmark's choice — never use it in a process that goes on to
-    run kernels.
+    kernel compiles with ``warmup=True``. A backward inside runs on the calling thread
+    (``torch.autograd.set_multithreading_enabled(False)``): Triton's ``AsyncCompileMode`` is a ``ContextVar``, unset
+    on the autograd engine's device thread, where every backward kernel compiled synchronously, outside the shards'
+    split. For a subprocess whose only job is to fill Triton's disk cache: the outputs stay unwritten, and
+    ``best_config`` is no benchmark's choice — never use it in a process that goes on to run kernels.
 
     ``winners=True`` (``compile_winners``: safe in a process that runs kernels): an autotuner compiles only the
     config it has already chosen for the key, and ``best_config`` is that choice (what a real call sets); one
     that has not chosen raises ``Untuned`` (its real call benchmarks: no dry run can stand in for it)."""
+    import torch
     from triton.runtime._async_compile import AsyncCompileMode, active_mode
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
@@ -397,7 +404,9 @@ def compile_only(workers: int | None = None, executor=None, winners: bool = Fals
 
     Autotuner.run, JITFunction.run = tuner_run, jit_run
     try:
-        with AsyncCompileMode(executor or pool, ignore_errors=True):
+        # the backward on this thread: on a GPU autograd runs it on a device thread, where the mode (a ContextVar)
+        # is unset, so every backward kernel compiled one after another in each shard (module docstring)
+        with torch.autograd.set_multithreading_enabled(False), AsyncCompileMode(executor or pool, ignore_errors=True):
             yield
     finally:
         active_mode.set(None)      # Triton 3.6 leaves the mode set when a compile raised during its exit
@@ -469,13 +478,22 @@ LAB_MAX_SHARDS = 3   # processes of the lab group at most (beside mamba-ssm's ``
 
 
 def lab_knob() -> bool:
-    """``GROUNDTHINK_LAB_BACKGROUND=1``: the lab group and the early imports (``gate.preload``) on."""
-    return os.environ.get("GROUNDTHINK_LAB_BACKGROUND", "0").strip() == "1"
+    """The lab group: on by default since session 10 (the ≤ 60 s needs the lab compiles off the main's path:
+    notes/gate.md); ``GROUNDTHINK_LAB_BACKGROUND=0`` switches it off (run 12 call 6's way: the lab items compile in
+    the main process's pool)."""
+    return os.environ.get("GROUNDTHINK_LAB_BACKGROUND", "1").strip() != "0"
+
+
+def preload_knob() -> bool:
+    """``GROUNDTHINK_PRELOAD=1``: the gate's imports on a thread beside data and model (``gate.preload``); off by
+    default: two threads importing at once can meet a circular import in opposite orders (Python then raises in
+    one of them, possibly the main's), for an overlap the GIL makes small (the main's data and model: ≈ 5 s)."""
+    return os.environ.get("GROUNDTHINK_PRELOAD", "0").strip() == "1"
 
 
 def lab_shard_count() -> int:
-    """Processes of the lab group (module docstring), 0 when it is off: ``GROUNDTHINK_LAB_BACKGROUND=1`` switches
-    it on (default off until timed on a GPU), then ``(cores − MAIN_CORES) // 4`` at most ``LAB_MAX_SHARDS`` — 3 on
+    """Processes of the lab group (module docstring), 0 when it is off (``GROUNDTHINK_LAB_BACKGROUND=0``;
+    on by default), then ``(cores − MAIN_CORES) // 4`` at most ``LAB_MAX_SHARDS`` — 3 on
     the 16-core GPU host — and none below ``LAB_MIN_CORES`` cores (the lab items compile in the main process's
     pool, today's way); ``GROUNDTHINK_LAB_SHARDS=N`` (N ≥ 1) forces N while the knob is on."""
     if not lab_knob():

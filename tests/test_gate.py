@@ -1177,13 +1177,13 @@ def test_train_starts_the_long_compile_before_data_and_model(monkeypatch):
     args = SimpleNamespace(kernels="auto", model="GF-MH", size="tiny", override=["d_state=16"], batch_size=4,
                            seq_len=32, graph="auto")
     monkeypatch.setattr(gate, "preload", lambda ops, graph: seen.update(preload=ops))
-    monkeypatch.delenv("GROUNDTHINK_LAB_BACKGROUND", raising=False)
+    monkeypatch.delenv("GROUNDTHINK_PRELOAD", raising=False)     # the default: no early imports
     assert train.early_background(args, torch.device("cuda"), True) == "bg"
     assert seen == {"ops": tuple(specs()), "graph": True, "model": {
         "name": "GF-MH", "size": "tiny", "overrides": {"d_state": 16}, "batch_size": 4, "seq_len": 32}}
-    monkeypatch.setenv("GROUNDTHINK_LAB_BACKGROUND", "1")     # the knob: the gate's imports start too
+    monkeypatch.setenv("GROUNDTHINK_PRELOAD", "1")     # the knob: the gate's imports start too
     assert train.early_background(args, torch.device("cuda"), True) == "bg" and seen.pop("preload") == seen["ops"]
-    monkeypatch.delenv("GROUNDTHINK_LAB_BACKGROUND")
+    monkeypatch.delenv("GROUNDTHINK_PRELOAD")
     # a pure RWKV-6 model: its lab kernels' compiles, none of the Mamba-2 mixer's ops
     assert train.early_background(SimpleNamespace(**{**vars(args), "model": "rwkv6"}), torch.device("cuda"), True)
     assert "wkv6" in seen["ops"] and not {"mamba2", "causal_conv1d"} & set(seen["ops"])

@@ -189,6 +189,33 @@ def test_compile_only_compiles_every_config_and_launches_none(on_gpu):
     assert Autotuner.run is not None and "compile_only" not in repr(Autotuner.run)
 
 
+def test_a_backward_inside_compile_only_compiles_through_its_mode_on_the_calling_thread(on_gpu):
+    """On a GPU autograd runs a backward on its device thread, where Triton's AsyncCompileMode (a ContextVar of
+    the calling thread) is unset: the background's backward kernels compiled one after another, in every shard,
+    outside the split (run 12: mamba-ssm's item ≈ 55 s whatever the shard count). Inside compile_only the backward
+    stays on the calling thread (multithreaded backward off, restored after): its compiles are pool jobs."""
+    import torch
+    fn, seen = FakeJIT(), []
+    tuner = _tuner(fn)
+
+    class Op(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append((torch._C._is_multithreading_enabled(), active_mode.get() is None))
+            _call(tuner)
+            return g * 2
+
+    with precompile.compile_only(workers=4):
+        Op.apply(torch.ones(3, requires_grad=True)).sum().backward()
+    assert seen == [(False, False)] and set(fn.compiled) == set(MS)
+    assert sum(t.startswith("precompile") for t in fn.threads) == len(MS)
+    assert torch._C._is_multithreading_enabled() and active_mode.get() is None
+
+
 def test_background_says_why_its_subprocess_failed_and_what_a_success_compiled(tmp_path):
     """A background item whose dry run failed says why in its line; a subprocess that died says its exit code and
     last line (its log kept, path said); a success reports its JSON summary (its log removed). On this CPU machine
