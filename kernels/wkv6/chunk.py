@@ -314,10 +314,16 @@ def _span_sums(b_w, o_t, S: tl.constexpr):
     in "ieee"). Row r gets Σ w_x over x in r's S-row segment with x < r if r is in the upper S-half of its 2S-row
     segment (P: the query side of level log2(S)), else with x > r (R: the key side). Every sum has terms of one sign
     (no cancellation) and is ≤ 0."""
-    r = o_t[:, None]
-    x = o_t[None, :]
-    m = ((r // S) == (x // S)) & tl.where((r // S) % 2 == 1, x < r, x > r)
+    m = _span_mask(o_t[:, None], o_t[None, :], S)
     return tl.dot(tl.where(m, 1., 0.).to(b_w.dtype), b_w, input_precision="ieee")
+
+
+@triton.jit
+def _span_mask(r, x, S: tl.constexpr):
+    """``_span_sums``' 0/1 pattern: x in r's S-row segment and before r (r in the upper S-half of its 2S-row
+    segment) or after r (lower half). With r and x swapped it gives the rows j whose dw a level-log2(S) pair term
+    at row x feeds (the pairs spanning j: the backward's ``_own_block``)."""
+    return ((r // S) == (x // S)) & tl.where((r // S) % 2 == 1, x < r, x > r)
 
 
 @triton.jit
@@ -651,6 +657,115 @@ def _bwd_cap(K: int, knob) -> int:
     return knob if knob is not None else (168 if K <= 32 else 0)
 
 
+# ---- the split backward (``TUNING["bwd_split"]``): ``_bwd_kernel``'s work in two kernels. The blocks' own pairs
+# first, in 1-warp programs (the forward's lesson, run 12: level work on [16, K] tiles at 4 warps repeats every exp
+# and layout change across warps), their decays by span-sum dots and one ex2 per element, into fp32 partials; then
+# the lean 4-warp state kernel (S_m, D_m, the block-crossing terms) adds the partials and stores the gradients.
+@triton.jit
+def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, b_u, bos, r0, L, i_h, scale,
+               o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, LOG: tl.constexpr,
+               PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr, DWP: tl.constexpr):
+    """The own pairs and bonus terms of the SB-row block at row r0 (``_bwd_own_kernel``): fp32 partials of dq (for
+    the scaled q), dk, dw (before the clamp's mask) -> pq/pk/pw_ptr, of dv -> pv_ptr; returns the du row [BK].
+    Level m's pairs (t, s): exp(P^m_t) on the query rows, exp(R^m_s) on the key rows, one tile e (``_span_sums``,
+    disjoint rows); with dA = M_m ⊙ (do vᵀ), dq += e ⊙ (dA k̂), dk += e ⊙ (dAᵀ q̂), and the pairs spanning j give
+    dw_j = Σ_{x in j's segment, after j (j a query row) or before j (a key row)} c_x, c = q̂ ⊙ (dA k̂) + k̂ ⊙ (dAᵀ q̂)
+    (the two terms live on disjoint rows): one dot of the transposed span pattern with c (DWP: "tf32x3", or
+    "ieee" for fp32 inputs; terms of one sign per row, no cancellation)."""
+    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
+    b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
+    b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
+    b_w = tl.load(w_ptr + p_k, mask=m_tk, other=0.)
+    b_w = tl.where(b_w < 0, tl.where(b_w < W_FLOOR, W_FLOOR, b_w), 0.).to(b_w.dtype)   # as ``_scores_tile``
+    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.)
+    b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.)
+    if HALF_B:      # exact: products of two half values fit the fp32 accumulator
+        b_B = tl.dot(b_do, tl.trans(b_v))
+    else:
+        b_B = tl.dot(b_do.to(tl.float32), tl.trans(b_v.to(tl.float32)), input_precision=PREC)
+    b_vd = tl.sum(b_v.to(tl.float32) * b_do.to(tl.float32), axis=1)
+    m_lv = _level_mask(o_t, 1)                    # level 0: adjacent rows, no decay
+    b_A = tl.where(m_lv, tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
+    b_dA = tl.where(m_lv, b_B, 0.)
+    b_dq = tl.dot(b_dA, b_k, input_precision=PREC) + b_u[None, :] * b_k * b_vd[:, None]
+    b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC) + b_u[None, :] * b_q * b_vd[:, None]
+    b_dw = tl.zeros_like(b_dq)
+    for m in tl.static_range(1, LOG):
+        b_e = _exp_ftz(_span_sums(b_w, o_t, 2 ** m), FAST)
+        b_qh = b_q * b_e
+        b_kh = b_k * b_e
+        m_lv = _level_mask(o_t, 2 ** m)
+        b_A += tl.where(m_lv, tl.dot(b_qh, tl.trans(b_kh), input_precision=PREC), 0.)
+        b_dA = tl.where(m_lv, b_B, 0.)
+        b_dqh = tl.dot(b_dA, b_kh, input_precision=PREC)
+        b_dkh = tl.dot(tl.trans(b_dA), b_qh, input_precision=PREC)
+        b_dq += b_e * b_dqh
+        b_dk += b_e * b_dkh
+        b_span = tl.where(_span_mask(o_t[None, :], o_t[:, None], 2 ** m), 1., 0.)
+        b_dw += tl.dot(b_span, b_qh * b_dqh + b_kh * b_dkh, input_precision=DWP)
+    b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
+    tl.store(pv_ptr + p_v, tl.dot(tl.trans(b_A), b_do.to(tl.float32), input_precision=PREC), mask=m_tv)
+    tl.store(pq_ptr + p_k, b_dq, mask=m_tk)
+    tl.store(pk_ptr + p_k, b_dk, mask=m_tk)
+    tl.store(pw_ptr + p_k, b_dw, mask=m_tk)
+    return tl.sum(b_q * b_k * b_vd[:, None], axis=0)
+
+
+# 1 warp (the scores kernel's lesson) or 2 (fewer registers per thread if 1 spills)
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=1, num_stages=1),
+                                           triton.Config({}, num_warps=2, num_stages=1)]),
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, du_ptr, cu_ptr,
+                    cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                    SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr,
+                    PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr, DWP: tl.constexpr):
+    """Grid (chunk slots, H), no state read: the own pairs and bonus terms of the BT // SB blocks of one chunk
+    (``_own_block``) -> fp32 partials pq_ptr, pk_ptr, pw_ptr [B·T, H, K] (dq for the scaled q, dw before the clamp's
+    mask), pv_ptr [B·T, H, V], and du_ptr [slots, H, K] fp32 partial rows (one per program). w_ptr in the inputs'
+    dtype (fp32 under the interpreter for bf16: its bf16 dots are wrong there). FAST: ``_exp_ftz``; DWP: the dw
+    span dots' precision. Other layouts above."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    o_t = tl.arange(0, SB)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
+    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_du = tl.zeros([BK], dtype=tl.float32)
+    for i_b in range(0, tl.minimum(tl.cdiv(L - i_c * BT, SB), BT // SB)):     # the blocks that hold rows
+        b_du += _own_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, b_u, bos,
+                           i_c * BT + i_b * SB, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, LOG, PREC, HALF_B,
+                           FAST, DWP)
+    tl.store(du_ptr + (i_s.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
+
+
+@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr,
+                      dk_ptr, dv_ptr, dw_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr,
+                      V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Grid as ``_bwd_kernel``'s, the state half of the split backward: S_m, D_m (``_block_states``) and the
+    block-crossing terms (``common._cross_bwd``) plus ``_bwd_own_kernel``'s fp32 partials (pq/pk/pw_ptr, pv_ptr)
+    -> dq_ptr, dk_ptr, dv_ptr, dw_ptr in the inputs' dtypes (layouts above). Offered a 168-register cap at 4 warps
+    (3 programs per SM) beside the uncapped 4 / 8 warps (offline sm_90, run 11: 158 registers, no spill, at 4)."""
+    pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
+    o_t = tl.arange(0, SB)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
+    b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale,
+                              o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
+    b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
+    b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_wr = _load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
+    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
+    b_dv += tl.load(pv_ptr + p_v, mask=m_tv, other=0.)
+    tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
+    _store_dqkw(b_dq + tl.load(pq_ptr + p_k, mask=m_tk, other=0.), b_dk + tl.load(pk_ptr + p_k, mask=m_tk, other=0.),
+                b_dw + tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------------------------
@@ -842,12 +957,17 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   fwd_pipe     the scored walk loads the next block's tiles before this block's dots (``_fwd_walk``'s PIPE; the
 #                walk is a latency chain: 5.3 us per block at B8 T4096 H32, run 12). Built after run 12: untimed,
 #                off;
+#   bwd_split    the backward in two kernels (``_bwd_own_kernel`` then ``_bwd_cross_kernel``): the blocks' own
+#                pairs in 1-warp programs, one per chunk (span-sum decays, one ex2 per element), into fp32 partials
+#                of dq, dk, dv, dw (4 bytes × (3K + V) per token and head, transient: 1 GiB at B8 T4096 H32 K = V =
+#                64), then the 4-warp state kernel (S_m, D_m, block-crossing terms) that adds them. Run 11's split
+#                (both halves at 4 warps) lost: own 2,841 + cross 2,442 vs 5,162 us at B8 T4096 H32. Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None,
-          "fwd_pipe": False}
+          "fwd_pipe": False, "bwd_split": False}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "fwd_scores": False,
-          "fwd_pipe": False}
+          "fwd_pipe": False, "bwd_split": False}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 
@@ -912,11 +1032,22 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
     hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
     dr, dk, dv, dw = outs
     nb = bt // SB
+    prec, varlen = _prec(r.dtype, bwd=True), cu_seqlens is not None
+    if kn["bwd_split"]:
+        parts = [new_empty(g.shape, torch.float32, dev) for g in outs]      # fp32 dq, dk, dv, dw of the own pairs
+        du_part = new_empty((S, H, K), torch.float32, dev)
+        ww = w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()   # bf16 under the interpreter
+        _bwd_own_kernel[(S, H)](r, k, v, ww, u, do, *parts, du_part, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
+                                SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=varlen, PREC=prec,
+                                HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
+                                DWP="ieee" if prec == "ieee" else "tf32x3")
+        _bwd_cross_kernel[(S * nb, H)](r, k, v, w, do, hs, hd, *parts, dr, dk, dv, dw, cu, cmap, scale, T, NT, H=H,
+                                       K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=varlen, PREC=prec)
+        return du_part.sum(0), dh0
     du_part = new_empty((S * nb, H, K), torch.float32, dev)
     _BWD_KERNELS[_bwd_cap(K, kn["bwd_maxnreg"])][(S * nb, H)](
         r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt, SB=SB,
-        BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None, PREC=_prec(r.dtype, bwd=True),
-        HALF_B=_half_dot(r.dtype))
+        BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=varlen, PREC=prec, HALF_B=_half_dot(r.dtype))
     return du_part.sum(0), dh0
 
 
