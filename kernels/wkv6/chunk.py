@@ -662,33 +662,27 @@ def _bwd_cap(K: int, knob) -> int:
 # and layout change across warps), their decays by span-sum dots and one ex2 per element, into fp32 partials; then
 # the lean 4-warp state kernel (S_m, D_m, the block-crossing terms) adds the partials and stores the gradients.
 @triton.jit
-def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, b_u, bos, r0, L, i_h, scale,
-               o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, LOG: tl.constexpr,
-               PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr, DWP: tl.constexpr):
-    """The own pairs and bonus terms of the SB-row block at row r0 (``_bwd_own_kernel``): fp32 partials of dq (for
-    the scaled q), dk, dw (before the clamp's mask) -> pq/pk/pw_ptr, of dv -> pv_ptr; returns the du row [BK].
-    Level m's pairs (t, s): exp(P^m_t) on the query rows, exp(R^m_s) on the key rows, one tile e (``_span_sums``,
-    disjoint rows); with dA = M_m ⊙ (do vᵀ), dq += e ⊙ (dA k̂), dk += e ⊙ (dAᵀ q̂), and the pairs spanning j give
-    dw_j = Σ_{x in j's segment, after j (j a query row) or before j (a key row)} c_x, c = q̂ ⊙ (dA k̂) + k̂ ⊙ (dAᵀ q̂)
-    (the two terms live on disjoint rows): one dot of the transposed span pattern with c (DWP: "tf32x3", or
-    "ieee" for fp32 inputs; terms of one sign per row, no cancellation)."""
-    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
-    b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
-    b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
-    b_w = tl.load(w_ptr + p_k, mask=m_tk, other=0.)
+def _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t, o_c, i_h,
+              scale, H: tl.constexpr, K: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+              DWP: tl.constexpr):
+    """``_own_block``'s work on the key columns o_c [BKC] of one block (rows tok [SB], m_t): stores their partials
+    of dq, dk, dw and their du row entries (du_ptr: the block's row); returns b_A [SB, SB] plus these columns' part
+    of the scores (levels and bonus)."""
+    m_c = o_c < K
+    m_tc = m_t[:, None] & m_c[None, :]
+    p_c = tok[:, None] * K + o_c[None, :]
+    b_u = tl.load(u_ptr + i_h * K + o_c, mask=m_c, other=0.).to(tl.float32)
+    b_q = tl.load(q_ptr + p_c, mask=m_tc, other=0.).to(tl.float32) * scale
+    b_k = tl.load(k_ptr + p_c, mask=m_tc, other=0.).to(tl.float32)
+    b_w = tl.load(w_ptr + p_c, mask=m_tc, other=0.)
     b_w = tl.where(b_w < 0, tl.where(b_w < W_FLOOR, W_FLOOR, b_w), 0.).to(b_w.dtype)   # as ``_scores_tile``
-    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.)
-    b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.)
-    if HALF_B:      # exact: products of two half values fit the fp32 accumulator
-        b_B = tl.dot(b_do, tl.trans(b_v))
-    else:
-        b_B = tl.dot(b_do.to(tl.float32), tl.trans(b_v.to(tl.float32)), input_precision=PREC)
-    b_vd = tl.sum(b_v.to(tl.float32) * b_do.to(tl.float32), axis=1)
     m_lv = _level_mask(o_t, 1)                    # level 0: adjacent rows, no decay
-    b_A = tl.where(m_lv, tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
+    b_A += tl.where(m_lv, tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
+    b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
     b_dA = tl.where(m_lv, b_B, 0.)
     b_dq = tl.dot(b_dA, b_k, input_precision=PREC) + b_u[None, :] * b_k * b_vd[:, None]
     b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC) + b_u[None, :] * b_q * b_vd[:, None]
+    tl.store(du_ptr + o_c, tl.sum(b_q * b_k * b_vd[:, None], axis=0), mask=m_c)
     b_dw = tl.zeros_like(b_dq)
     for m in tl.static_range(1, LOG):
         b_e = _exp_ftz(_span_sums(b_w, o_t, 2 ** m), FAST)
@@ -703,39 +697,78 @@ def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_pt
         b_dk += b_e * b_dkh
         b_span = tl.where(_span_mask(o_t[None, :], o_t[:, None], 2 ** m), 1., 0.)
         b_dw += tl.dot(b_span, b_qh * b_dqh + b_kh * b_dkh, input_precision=DWP)
-    b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
-    tl.store(pv_ptr + p_v, tl.dot(tl.trans(b_A), b_do.to(tl.float32), input_precision=PREC), mask=m_tv)
-    tl.store(pq_ptr + p_k, b_dq, mask=m_tk)
-    tl.store(pk_ptr + p_k, b_dk, mask=m_tk)
-    tl.store(pw_ptr + p_k, b_dw, mask=m_tk)
-    return tl.sum(b_q * b_k * b_vd[:, None], axis=0)
+    tl.store(pq_ptr + p_c, b_dq, mask=m_tc)
+    tl.store(pk_ptr + p_c, b_dk, mask=m_tc)
+    tl.store(pw_ptr + p_c, b_dw, mask=m_tc)
+    return b_A
 
 
-# 1 warp (the scores kernel's lesson) or 2 (fewer registers per thread if 1 spills)
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=1, num_stages=1),
-                                           triton.Config({}, num_warps=2, num_stages=1)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
+@triton.jit
+def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, du_ptr, bos, r0, L, i_h,
+               scale, o_t, o_v, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+               BKC: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
+               DWP: tl.constexpr):
+    """The own pairs and bonus terms of the SB-row block at row r0 (``_bwd_own_kernel``): fp32 partials of dq (for
+    the scaled q), dk, dw (before the clamp's mask) -> pq/pk/pw_ptr, of dv -> pv_ptr, the du row -> du_ptr [K].
+    The key columns in BKC-wide slices (``_own_cols``: fewer live registers; only A needs all of K). Level m's pairs
+    (t, s): exp(P^m_t) on the query rows, exp(R^m_s) on the key rows, one tile e (``_span_sums``, disjoint rows);
+    with dA = M_m ⊙ (do vᵀ), dq += e ⊙ (dA k̂), dk += e ⊙ (dAᵀ q̂), and the pairs spanning j give
+    dw_j = Σ_{x in j's segment, after j (j a query row) or before j (a key row)} c_x, c = q̂ ⊙ (dA k̂) + k̂ ⊙ (dAᵀ q̂)
+    (the two terms live on disjoint rows): one dot of the transposed span pattern with c (DWP: "tf32x3", or
+    "ieee" for fp32 inputs; terms of one sign per row, no cancellation)."""
+    rows = r0 + o_t
+    m_t = rows < L
+    tok = (bos + rows) * H + i_h
+    m_tv = m_t[:, None] & m_v[None, :]
+    p_v = tok[:, None] * V + o_v[None, :]
+    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.)
+    b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.)
+    if HALF_B:      # exact: products of two half values fit the fp32 accumulator
+        b_B = tl.dot(b_do, tl.trans(b_v))
+    else:
+        b_B = tl.dot(b_do.to(tl.float32), tl.trans(b_v.to(tl.float32)), input_precision=PREC)
+    b_vd = tl.sum(b_v.to(tl.float32) * b_do.to(tl.float32), axis=1)
+    b_A = tl.zeros([o_t.shape[0], o_t.shape[0]], dtype=tl.float32)
+    for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):    # not unrolled: one slice's tiles live at a time
+        b_A = _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t,
+                        i_c * BKC + tl.arange(0, BKC), i_h, scale, H, K, LOG, PREC, FAST, DWP)
+    b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)      # reloaded (L1): fewer live registers
+    tl.store(pv_ptr + p_v, tl.dot(tl.trans(b_A), b_do, input_precision=PREC), mask=m_tv)
+
+
+def _own_prune(configs, nargs, **kw):
+    """The own kernel's configs whose key slice BKC fits BK."""
+    bk = kw["BK"] if "BK" in kw else nargs["BK"]
+    return [c for c in configs if c.kwargs["BKC"] <= bk]
+
+
+# 1 warp (the scores kernel's lesson) or 2, key slices of 16 or 32 columns (offline sm_90 compile, bf16, K = V = 64,
+# registers / spill B / SASS of the loop bodies: BKC 16 at 1 warp 255 / 376 / 3680, at 2 255 / 184 / 3008; BKC 32
+# at 1 warp 255 / 1048 / 5912, at 2 255 / 248 / 3440)
+@triton.autotune(configs=autotune_configs([triton.Config({"BKC": bkc}, num_warps=nw, num_stages=1)
+                                           for bkc in (16, 32) for nw in (1, 2)]),
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"], prune_configs_by={"early_config_prune": _own_prune})
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, du_ptr, cu_ptr,
                     cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                    SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr,
-                    PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr, DWP: tl.constexpr):
+                    SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKC: tl.constexpr, LOG: tl.constexpr,
+                    VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
+                    DWP: tl.constexpr):
     """Grid (chunk slots, H), no state read: the own pairs and bonus terms of the BT // SB blocks of one chunk
-    (``_own_block``) -> fp32 partials pq_ptr, pk_ptr, pw_ptr [B·T, H, K] (dq for the scaled q, dw before the clamp's
-    mask), pv_ptr [B·T, H, V], and du_ptr [slots, H, K] fp32 partial rows (one per program). w_ptr in the inputs'
+    (``_own_block``, key columns BKC at a time) -> fp32 partials pq_ptr, pk_ptr, pw_ptr [B·T, H, K] (dq for the
+    scaled q, dw before the clamp's mask), pv_ptr [B·T, H, V], and du_ptr [slots · BT/SB, H, K] fp32 partial rows
+    (one per block; every block of the chunk writes its row, rows past the sequence zeros). w_ptr in the inputs'
     dtype (fp32 under the interpreter for bf16: its bf16 dots are wrong there). FAST: ``_exp_ftz``; DWP: the dw
     span dots' precision. Other layouts above."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, SB)
-    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    b_du = tl.zeros([BK], dtype=tl.float32)
-    for i_b in range(0, tl.minimum(tl.cdiv(L - i_c * BT, SB), BT // SB)):     # the blocks that hold rows
-        b_du += _own_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, b_u, bos,
-                           i_c * BT + i_b * SB, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, LOG, PREC, HALF_B,
-                           FAST, DWP)
-    tl.store(du_ptr + (i_s.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
+    o_v = tl.arange(0, BV)
+    m_v = o_v < V
+    for i_b in tl.range(0, BT // SB, loop_unroll_factor=1):
+        p_du = du_ptr + ((i_s.to(tl.int64) * (BT // SB) + i_b) * H + i_h) * K
+        _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, p_du, bos,
+                   i_c * BT + i_b * SB, L, i_h, scale, o_t, o_v, m_v, H, K, V, BK, BKC, LOG, PREC, HALF_B, FAST, DWP)
 
 
 @triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC"])
@@ -1035,7 +1068,7 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
     prec, varlen = _prec(r.dtype, bwd=True), cu_seqlens is not None
     if kn["bwd_split"]:
         parts = [new_empty(g.shape, torch.float32, dev) for g in outs]      # fp32 dq, dk, dv, dw of the own pairs
-        du_part = new_empty((S, H, K), torch.float32, dev)
+        du_part = new_empty((S * nb, H, K), torch.float32, dev)
         ww = w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()   # bf16 under the interpreter
         _bwd_own_kernel[(S, H)](r, k, v, ww, u, do, *parts, du_part, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
                                 SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=varlen, PREC=prec,
