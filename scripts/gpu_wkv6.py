@@ -280,7 +280,8 @@ def resources():
     import kernels.wkv6.states as ks
     for name, tuner in [("_fwd_scores_kernel", kc._fwd_scores_kernel), ("_fwd_scored_kernel", kc._fwd_scored_kernel),
                         ("_fwd_par_scored_kernel", kc._fwd_par_scored_kernel),
-                        ("_fwd_states_kernel", ks._fwd_states_kernel)]:    # fwd_scores' autotuners: pick per key
+                        ("_fwd_states_kernel", ks._fwd_states_kernel), ("_bwd_own_kernel", kc._bwd_own_kernel),
+                        ("_bwd_cross_kernel", kc._bwd_cross_kernel)]:   # fwd_scores', bwd_split's: pick per key
         for key, cfg in getattr(tuner, "cache", {}).items():
             print(f"{name} key {key[:7]}: {cfg}")
     if os.environ.get("WKV6_NOTIME") == "1":      # e.g. while fla warms up in the background: report only
