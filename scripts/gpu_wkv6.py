@@ -42,7 +42,9 @@ scores from ``_fwd_scores_kernel``, the walk / the one-kernel state pass + the c
 chunk_seq_levels / chunk_par_levels (``fwd_scores`` False: the level code in the walk / state-pass output, the
 default until run 12; chunk_run9, chunk_split and chunk_walk1 run without the scores kernel too), chunk_seq_pipe
 (the scored walk with ``fwd_pipe``: the next block's loads in flight), chunk_bsplit / chunk_bsplit64
-(``bwd_split``: the backward's own pairs in 1-warp programs, then the state kernel; the latter at 64-row states);
+(``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
+the latter at 64-row states), chunk_bsplitc / chunk_bsplitc64 (``bwd_split`` "chunk": the state kernel one
+program per chunk);
 the others keep the default's forward mode
 (the walk where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed
 the scan knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also timed
@@ -115,7 +117,8 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_split": dict(fwd_split=True, fwd_scores=False), "chunk_walk1": dict(fwd_split=False, fwd_scores=False),
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
          "chunk_nreg0": dict(bwd_maxnreg=0), "chunk_nreg168": dict(bwd_maxnreg=168),
-         "chunk_bsplit": dict(bwd_split=True), "chunk_bsplit64": dict(bwd_split=True, state_rows=64)}
+         "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
+         "chunk_bsplitc": dict(bwd_split="chunk"), "chunk_bsplitc64": dict(bwd_split="chunk", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False)}
 SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True), "chunk_seq_levels": dict(fwd_scores=False),   # the walk
@@ -281,7 +284,8 @@ def resources():
     for name, tuner in [("_fwd_scores_kernel", kc._fwd_scores_kernel), ("_fwd_scored_kernel", kc._fwd_scored_kernel),
                         ("_fwd_par_scored_kernel", kc._fwd_par_scored_kernel),
                         ("_fwd_states_kernel", ks._fwd_states_kernel), ("_bwd_own_kernel", kc._bwd_own_kernel),
-                        ("_bwd_cross_kernel", kc._bwd_cross_kernel)]:   # fwd_scores', bwd_split's: pick per key
+                        ("_bwd_cross_kernel", kc._bwd_cross_kernel),
+                        ("_bwd_cross_chunk_kernel", kc._bwd_cross_chunk_kernel)]:   # fwd_scores', bwd_split's: pick per key
         for key, cfg in getattr(tuner, "cache", {}).items():
             print(f"{name} key {key[:7]}: {cfg}")
     if os.environ.get("WKV6_NOTIME") == "1":      # e.g. while fla warms up in the background: report only
@@ -371,6 +375,8 @@ def regs():
               (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True, FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"))),
               (kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
                                               PREC="tf32", **none)),
+              (kc, "_bwd_cross_chunk_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
+                                                    PREC="tf32", **none)),
               (ks, "_fwd_states_kernel", dict(H=32, K=kv, V=kv, BT=32, BKS=32, BVS=32, USE_H0=False, VARLEN=False,
                                               PREC="tf32", h0_ptr=None, cu_ptr=None))]
     STAGES = [int(x) for x in os.environ.get("WKV6_REGS_STAGES", "1").split(",")]   # num_stages values

@@ -110,7 +110,7 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
 
 
 @pytest.mark.parametrize("fn,knobs,seq", [(wkv6, {}, None), (wkv6_fused, {}, None),
-                                          (wkv6, dict(state_rows=32, fwd_scores=True, bwd_split=True), True),
+                                          (wkv6, dict(state_rows=32, fwd_scores=True, bwd_split="block"), True),
                                           (wkv6, dict(fwd_scores=True), False),
                                           (wkv6, dict(fwd_scores=False), True)],
                          ids=["chunk", "fused", "chunk_scores_walk", "chunk_scores_states", "chunk_levels"])
@@ -522,12 +522,13 @@ def test_wkv6_backward_without_saved_states():
 
 @pytest.mark.parametrize("knobs", [dict(piece_bytes=1, state_rows=32, scan_pipe=True),
                                    dict(save_states=False, piece_bytes=1, scan_fill=True, scan_pipe=True,
-                                        bwd_split=True)],
+                                        bwd_split="chunk")],
                          ids=["saved", "recomputed_bwd_split"])
 def test_wkv6_chunk_memory_knobs(knobs):
     """The chunk algorithm's memory knobs (``chunk.TUNING``: one batch element per backward piece, with the forward's
     states (every 32 rows: the walk keeps them) sliced per piece or recomputed there, narrow scan blocks; the
-    latter with the split backward, ``bwd_split``: K = 16, V = 24) vs fp64; B = 2: two pieces."""
+    latter with the split backward's chunk form, ``bwd_split`` "chunk", at the state pass's 64-row states: K = 16,
+    V = 24) vs fp64; B = 2: two pieces."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(knobs.get("save_states", True)):   # forward and backward inside
         _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))
@@ -617,10 +618,11 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
                                        (dict(fwd_split=True, fwd_scores=False), True),
                                        (dict(bwd_maxnreg=168), True), (dict(fwd_scores=True), True),
                                        (dict(fwd_scores=True), False), (dict(fwd_scores=True, fwd_pipe=True), True),
-                                       (dict(fwd_scores=True, bwd_split=True), True),
-                                       (dict(fwd_scores=True, bwd_split=True, state_rows=64), False)],
+                                       (dict(fwd_scores=True, bwd_split="block"), True),
+                                       (dict(fwd_scores=True, bwd_split="chunk"), True),
+                                       (dict(fwd_scores=True, bwd_split="chunk", state_rows=64), False)],
                          ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "scores_seq", "scores_par",
-                              "scores_pipe", "bsplit_seq", "bsplit_par64"])
+                              "scores_pipe", "bsplit_seq", "bsplitc_seq", "bsplitc_par64"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
@@ -633,7 +635,7 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     False, as sequences outside 1024..4096 run);
     the backward's register cap 168 (``bwd_maxnreg``; K = 64 runs uncapped by default); the scores kernel
     (``fwd_scores``: its span-sum dots in the inputs' dtype, "ieee" for fp32) with the walk (also with ``fwd_pipe``)
-    and with the one-kernel state pass; the split backward (``bwd_split``) with the walk and with 64-row states."""
+    and with the one-kernel state pass; the split backward (``bwd_split``: "block" and "chunk" with the walk, "chunk" with 64-row states)."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)

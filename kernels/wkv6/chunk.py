@@ -771,21 +771,12 @@ def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, p
                    i_c * BT + i_b * SB, L, i_h, scale, o_t, o_v, m_v, H, K, V, BK, BKC, LOG, PREC, HALF_B, FAST, DWP)
 
 
-@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC"])
-@triton.jit(do_not_specialize=['T', 'NT'])
-def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr,
-                      dk_ptr, dv_ptr, dw_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr,
-                      V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      VARLEN: tl.constexpr, PREC: tl.constexpr):
-    """Grid as ``_bwd_kernel``'s, the state half of the split backward: S_m, D_m (``_block_states``) and the
-    block-crossing terms (``common._cross_bwd``) plus ``_bwd_own_kernel``'s fp32 partials (pq/pk/pw_ptr, pv_ptr)
-    -> dq_ptr, dk_ptr, dv_ptr, dw_ptr in the inputs' dtypes (layouts above). Offered a 168-register cap at 4 warps
-    (3 programs per SM) beside the uncapped 4 / 8 warps (offline sm_90, run 11: 158 registers, no spill, at 4)."""
-    pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
-    o_t = tl.arange(0, SB)
-    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-    b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale,
-                              o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
+@triton.jit
+def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
+                 b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr,
+                 V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
+    """The block at row r0 given S at its start (b_h) and dL/dS at its end (b_dh): its block-crossing terms
+    (``common._cross_bwd``) plus ``_bwd_own_kernel``'s fp32 partials -> the gradients in the inputs' dtypes."""
     b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
     b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
     b_wr = _load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
@@ -797,6 +788,57 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
     tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
     _store_dqkw(b_dq + tl.load(pq_ptr + p_k, mask=m_tk, other=0.), b_dk + tl.load(pk_ptr + p_k, mask=m_tk, other=0.),
                 b_dw + tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
+
+
+@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr,
+                      dk_ptr, dv_ptr, dw_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr,
+                      V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Grid as ``_bwd_kernel``'s (``bwd_split`` "block"), the state half of the split backward: S_m, D_m
+    (``_block_states``) and ``_cross_block`` -> dq_ptr, dk_ptr, dv_ptr, dw_ptr (layouts above). Offered a
+    168-register cap at 4 warps beside the uncapped 4 / 8 warps (H100 run 13: the cap picked)."""
+    pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
+    o_t = tl.arange(0, SB)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
+    b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale,
+                              o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
+    _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
+                 b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+
+
+@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _bwd_cross_chunk_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr,
+                            dq_ptr, dk_ptr, dv_ptr, dw_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr,
+                            K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr,
+                            BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (chunk slots, H) (``bwd_split`` "chunk"): ``_bwd_cross_kernel``'s work for all blocks of one chunk,
+    S_c and D_c loaded once (not once per block): the blocks from the last down, D carried downwards (one move
+    per block), S_i recomputed from S_c over the blocks before i (0 / 1 move per block at 32 rows, 0-3 at 64);
+    three [BK, BV] states live (layouts above)."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    c0 = i_c * BT
+    o_t = tl.arange(0, SB)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
+    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
+    m_kv = m_kv & (o_kv * 0 + c0 < L)
+    b_hc = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
+    b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
+    nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows
+    for jj in range(0, nb):
+        i = nb - 1 - jj
+        b_h = b_hc
+        for j in range(0, i):
+            b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H,
+                                    K, V, SB, PREC)
+        _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
+                     dw_ptr, b_h, b_dh, bos, c0 + i * SB, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+        if i > 0:
+            b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + i * SB, L, i_h, scale, o_t, o_k, o_v, m_k,
+                                    m_v, H, K, V, SB, PREC)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -990,11 +1032,16 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   fwd_pipe     the scored walk loads the next block's tiles before this block's dots (``_fwd_walk``'s PIPE; the
 #                walk is a latency chain: 5.3 us per block at B8 T4096 H32, run 12). Built after run 12: untimed,
 #                off;
-#   bwd_split    the backward in two kernels (``_bwd_own_kernel`` then ``_bwd_cross_kernel``): the blocks' own
-#                pairs in 1-warp programs, one per chunk (span-sum decays, one ex2 per element), into fp32 partials
-#                of dq, dk, dv, dw (4 bytes × (3K + V) per token and head, transient: 1 GiB at B8 T4096 H32 K = V =
-#                64), then the 4-warp state kernel (S_m, D_m, block-crossing terms) that adds them. Run 11's split
-#                (both halves at 4 warps) lost: own 2,841 + cross 2,442 vs 5,162 us at B8 T4096 H32. Untimed, off;
+#   bwd_split    False, "block" or "chunk": the backward in two kernels (``_bwd_own_kernel`` then the state
+#                kernel): the blocks' own pairs in 1-warp programs, one per chunk (span-sum decays, one ex2 per
+#                element), into fp32 partials of dq, dk, dv, dw (4 bytes × (3K + V) per token and head, transient:
+#                1 GiB at B8 T4096 H32 K = V = 64), then the 4-warp state kernel (S_m, D_m, block-crossing terms)
+#                that adds them: one program per block ("block", ``_bwd_cross_kernel``) or per chunk ("chunk",
+#                ``_bwd_cross_chunk_kernel``: S_c and D_c loaded once). Run 11's split (both halves at 4 warps)
+#                lost: own 2,841 + cross 2,442 vs 5,162 us at B8 T4096 H32. H100 run 13 (wkv6j call A; GPU us per
+#                fwd+bwd, ``_bwd_kernel`` vs own + cross, "block"): B8 T4096 H32 5210 vs 1340 + 2412 (do_bench
+#                fwd+bwd 7.539 -> 6.230 ms, extra peak 1.68 -> 2.68 GiB), B16 T1024 H8 672 vs 178 + 323, B64 T256
+#                H4 K32 154 vs 46 + 85;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None,
           "fwd_pipe": False, "bwd_split": False}
@@ -1003,6 +1050,7 @@ LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe
           "fwd_pipe": False, "bwd_split": False}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
+BWD_SPLIT = (False, "block", "chunk")
 
 
 @contextlib.contextmanager
@@ -1016,6 +1064,8 @@ def tuning(**knobs):
         raise ValueError(f"wkv6 chunk knob state_rows must be one of {STATE_ROWS}; got {knobs['state_rows']!r}")
     if knobs.get("fwd_scores") not in FWD_SCORES:
         raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
+    if knobs.get("bwd_split", False) not in BWD_SPLIT:
+        raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
     if knobs.get("bwd_maxnreg") not in BWD_MAXNREG:
         raise ValueError(f"wkv6 chunk knob bwd_maxnreg must be one of {BWD_MAXNREG}; got {knobs['bwd_maxnreg']!r}")
     old = dict(TUNING)
@@ -1074,8 +1124,10 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
                                 SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=varlen, PREC=prec,
                                 HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
                                 DWP="ieee" if prec == "ieee" else "tf32x3")
-        _bwd_cross_kernel[(S * nb, H)](r, k, v, w, do, hs, hd, *parts, dr, dk, dv, dw, cu, cmap, scale, T, NT, H=H,
-                                       K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=varlen, PREC=prec)
+        cross, grid = ((_bwd_cross_chunk_kernel, (S, H)) if kn["bwd_split"] == "chunk"
+                       else (_bwd_cross_kernel, (S * nb, H)))
+        cross[grid](r, k, v, w, do, hs, hd, *parts, dr, dk, dv, dw, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
+                    SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=varlen, PREC=prec)
         return du_part.sum(0), dh0
     du_part = new_empty((S * nb, H, K), torch.float32, dev)
     _BWD_KERNELS[_bwd_cap(K, kn["bwd_maxnreg"])][(S * nb, H)](
