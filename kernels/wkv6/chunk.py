@@ -54,12 +54,17 @@ plus the block-crossing terms of ``common._cross_bwd`` (through S_m and D_m, com
 own rounding is ~1.65e-3 (median over draws) and above 2e-3 on rare draws — a floor no implementation can beat
 (the GPU tests bound du by max(2e-3, 1.1 × that floor) for half-precision u; an fp32 u gets du in fp32, 2e-3).
 
-Split backwards (two kernels joined through fp32 partials, so that no program holds [K, V] states beside the level
-work: a chunk-crossing + intra-chunk pair, and the block kernel's state part + its levels) were built and measured
-on the H100 (run 6, B8 T4096 H32: fwd+bwd 13.4 and 10.3 ms vs 9.3 for ``_bwd_kernel``) and removed: they lost.
-The block kernel's split, rebuilt for run 11 (commit dbe0dbd), lost again (H100 run 11 call 6, GPU µs of its two
-kernels vs ``_bwd_kernel``: large model 380 + 322 vs 666, B8 T4096 H32 2841 + 2442 vs 5162, small model 100 + 85 vs
-154) and was removed.
+The split backward (``TUNING["bwd_split"]``, default "block"): the work above in two kernels joined through fp32
+partials. ``_bwd_own_kernel`` (1-warp programs, one per chunk, the forward scores kernel's lesson: level work on
+[16, K] tiles at 4 warps repeats every exp and layout change across warps) does the blocks' own pairs and bonus
+terms, the level decays from ``_span_sums`` dots and one ex2 per element, the segmented dw sums as one dot of the
+transposed span pattern each ("tf32x3"; "ieee" for fp32), the key columns in 16- or 32-wide slices (autotuned);
+then ``_bwd_cross_kernel`` (4 warps, one program per block: S_m, D_m, the crossing terms) adds the partials and
+stores the gradients ("chunk": ``_bwd_cross_chunk_kernel``, one program per chunk, S_c and D_c loaded once;
+untimed). H100 run 13 (wkv6j; GPU µs per fwd+bwd, ``_bwd_kernel`` vs own + cross): B8 T4096 H32 5210 vs
+1340 + 2412, B16 T1024 H8 672 vs 178 + 323, B64 T256 H4 K32 154 vs 46 + 85; the partials cost 4 bytes × (3K + V)
+per token and head of transient memory (extra peak at B8 T4096 H32 1.68 → 2.68 GiB). Earlier splits with both
+halves at 4 warps lost (run 6: 10.3 vs 9.3 ms at B8 T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
 
 Memory (``TUNING``; ``wkv6_chunk_lowmem``): the forward may skip saving S_c (the backward's state pass then
 recomputes it with D_c) and the backward may run batch slices one after another, so that its transient fp32
@@ -1041,16 +1046,18 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                lost: own 2,841 + cross 2,442 vs 5,162 us at B8 T4096 H32. H100 run 13 (wkv6j call A; GPU us per
 #                fwd+bwd, ``_bwd_kernel`` vs own + cross, "block"): B8 T4096 H32 5210 vs 1340 + 2412 (do_bench
 #                fwd+bwd 7.539 -> 6.230 ms, extra peak 1.68 -> 2.68 GiB), B16 T1024 H8 672 vs 178 + 323, B64 T256
-#                H4 K32 154 vs 46 + 85;
+#                H4 K32 154 vs 46 + 85; the default "block" since (the do_bench fwd+bwd of the large model, host-
+#                bound, read 1.341 vs 1.565 ms in that table, with its unchanged forward at 0.379 vs 0.319); False:
+#                ``_bwd_kernel`` alone (``bwd_maxnreg`` applies to it only; ``LOWMEM`` keeps it: no partials);
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None,
-          "fwd_pipe": False, "bwd_split": False}
+          "fwd_pipe": False, "bwd_split": "block"}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "fwd_scores": False,
           "fwd_pipe": False, "bwd_split": False}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
-BWD_SPLIT = (False, "block", "chunk")
+BWD_SPLIT = (False, "block", "chunk")     # the ``bwd_split`` knob's values
 
 
 @contextlib.contextmanager
