@@ -524,6 +524,16 @@ def _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_
 
 
 @triton.jit
+def _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, S: tl.constexpr, PREC: tl.constexpr):
+    """Level log2(S)'s pairs from the decayed q̂, k̂ [SB, BK] and B = do vᵀ [SB, SB]: (A plus their scores,
+    dA k̂, dAᵀ q̂) with dA = M ⊙ B (the decays' own factors are applied by the caller)."""
+    m_lv = _level_mask(o_t, S)
+    b_A += tl.where(m_lv, tl.dot(b_qh, tl.trans(b_kh), input_precision=PREC), 0.)
+    b_dA = tl.where(m_lv, b_B, 0.)
+    return (b_A, tl.dot(b_dA, b_kh, input_precision=PREC), tl.dot(tl.trans(b_dA), b_qh, input_precision=PREC))
+
+
+@triton.jit
 def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constexpr, LOG: tl.constexpr,
               PREC: tl.constexpr):
     """The block's own pairs (s < t, no bonus): A, and their parts of dq, dk, dw (cancellation-free, see the
@@ -537,11 +547,7 @@ def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constex
         b_ep, b_er = _level(b_em1, b_ep1, o_t, 2 ** m, SB)
         b_qh = b_q * b_ep
         b_kh = b_k * b_er
-        m_lv = _level_mask(o_t, 2 ** m)
-        b_A += tl.where(m_lv, tl.dot(b_qh, tl.trans(b_kh), input_precision=PREC), 0.)
-        b_dA = tl.where(m_lv, b_B, 0.)
-        b_dqh = tl.dot(b_dA, b_kh, input_precision=PREC)
-        b_dkh = tl.dot(tl.trans(b_dA), b_qh, input_precision=PREC)
+        b_A, b_dqh, b_dkh = _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, 2 ** m, PREC)
         b_dq += b_ep * b_dqh
         b_dk += b_er * b_dkh
         # dw_j: queries t > j of j's segment (reverse exclusive), keys s < j of j's segment (exclusive)
@@ -693,11 +699,7 @@ def _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b
         b_e = _exp_ftz(_span_sums(b_w, o_t, 2 ** m), FAST)
         b_qh = b_q * b_e
         b_kh = b_k * b_e
-        m_lv = _level_mask(o_t, 2 ** m)
-        b_A += tl.where(m_lv, tl.dot(b_qh, tl.trans(b_kh), input_precision=PREC), 0.)
-        b_dA = tl.where(m_lv, b_B, 0.)
-        b_dqh = tl.dot(b_dA, b_kh, input_precision=PREC)
-        b_dkh = tl.dot(tl.trans(b_dA), b_qh, input_precision=PREC)
+        b_A, b_dqh, b_dkh = _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, 2 ** m, PREC)
         b_dq += b_e * b_dqh
         b_dk += b_e * b_dkh
         b_span = tl.where(_span_mask(o_t[None, :], o_t[:, None], 2 ** m), 1., 0.)
