@@ -44,7 +44,8 @@ default until run 12; chunk_run9, chunk_split and chunk_walk1 run without the sc
 (the scored walk with ``fwd_pipe``: the next block's loads in flight), chunk_bsplit / chunk_bsplit64
 (``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
 the latter at 64-row states), chunk_bsplitc / chunk_bsplitc64 (``bwd_split`` "chunk": the state kernel one
-program per chunk), chunk_bwd1 (``bwd_split`` False: the one-kernel ``_bwd_kernel``, the default until run 13;
+program per chunk), chunk_bslice (the split backward on batch slices of <= 256 MiB of fp32 partials, ``split_bytes``),
+chunk_bwd1 (``bwd_split`` False: the one-kernel ``_bwd_kernel``, the default until run 13;
 chunk_nreg0 / chunk_nreg168 run it too);
 the others keep the default's forward mode
 (the walk where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed
@@ -118,7 +119,7 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_split": dict(fwd_split=True, fwd_scores=False), "chunk_walk1": dict(fwd_split=False, fwd_scores=False),
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
          "chunk_nreg0": dict(bwd_maxnreg=0, bwd_split=False), "chunk_nreg168": dict(bwd_maxnreg=168, bwd_split=False),
-         "chunk_bwd1": dict(bwd_split=False),
+         "chunk_bwd1": dict(bwd_split=False), "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
          "chunk_bsplitc": dict(bwd_split="chunk"), "chunk_bsplitc64": dict(bwd_split="chunk", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward

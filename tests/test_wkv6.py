@@ -520,15 +520,15 @@ def test_wkv6_backward_without_saved_states():
         assert rel_err(a, b) < 1e-6
 
 
-@pytest.mark.parametrize("knobs", [dict(piece_bytes=1, state_rows=32, scan_pipe=True),
+@pytest.mark.parametrize("knobs", [dict(split_bytes=1, state_rows=32, scan_pipe=True),
                                    dict(save_states=False, piece_bytes=1, scan_fill=True, scan_pipe=True,
                                         bwd_split="chunk")],
-                         ids=["saved", "recomputed_bwd_split"])
+                         ids=["saved_split_slices", "recomputed_bwd_split"])
 def test_wkv6_chunk_memory_knobs(knobs):
-    """The chunk algorithm's memory knobs (``chunk.TUNING``: one batch element per backward piece, with the forward's
-    states (every 32 rows: the walk keeps them) sliced per piece or recomputed there, narrow scan blocks; the
-    latter with the split backward's chunk form, ``bwd_split`` "chunk", at the state pass's 64-row states: K = 16,
-    V = 24) vs fp64; B = 2: two pieces."""
+    """The chunk algorithm's memory knobs (``chunk.TUNING``) vs fp64, B = 2, K = 16, V = 24: the forward's states
+    (every 32 rows: the walk keeps them) sliced per batch element by the split backward's ``split_bytes``; or one
+    batch element per backward piece (``piece_bytes``), the states recomputed there, narrow scan blocks, with the
+    split backward's chunk form (``bwd_split`` "chunk") at the state pass's 64-row states."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(knobs.get("save_states", True)):   # forward and backward inside
         _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))

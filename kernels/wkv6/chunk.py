@@ -1051,12 +1051,15 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                H4 K32 154 vs 46 + 85; the default "block" since (the do_bench fwd+bwd of the large model, host-
 #                bound, read 1.341 vs 1.565 ms in that table, with its unchanged forward at 0.379 vs 0.319); False:
 #                ``_bwd_kernel`` alone (``bwd_maxnreg`` applies to it only; ``LOWMEM`` keeps it: no partials);
+#   split_bytes  with ``bwd_split``, the own and state kernels run on batch slices one after another so that the
+#                fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25 instead of 1 GiB at B8
+#                T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None,
-          "fwd_pipe": False, "bwd_split": "block"}
+          "fwd_pipe": False, "bwd_split": "block", "split_bytes": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "fwd_scores": False,
-          "fwd_pipe": False, "bwd_split": False}
+          "fwd_pipe": False, "bwd_split": False, "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 BWD_SPLIT = (False, "block", "chunk")     # the ``bwd_split`` knob's values
@@ -1114,8 +1117,8 @@ def _scan_bv(N, H, V, device, kn):
 
 
 def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
-    """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_kernel``, writing into the
-    gradient views ``outs`` = (dr, dk, dv, dw); ``bt``: the state rows. Returns (du [H, K] fp32, dh0 or None)."""
+    """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_split`` (``bwd_split``) or
+    ``_bwd_kernel``, writing into the gradient views ``outs`` = (dr, dk, dv, dw); ``bt``: the state rows. Returns (du [H, K] fp32, dh0 or None)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
     mode = "bwd" if hs is None else "bwd_d"
@@ -1126,23 +1129,42 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
     nb = bt // SB
     prec, varlen = _prec(r.dtype, bwd=True), cu_seqlens is not None
     if kn["bwd_split"]:
-        parts = [new_empty(g.shape, torch.float32, dev) for g in outs]      # fp32 dq, dk, dv, dw of the own pairs
-        du_part = new_empty((S * nb, H, K), torch.float32, dev)
-        ww = w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()   # bf16 under the interpreter
-        _bwd_own_kernel[(S, H)](r, k, v, ww, u, do, *parts, du_part, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
-                                SB=SB, BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=varlen, PREC=prec,
-                                HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
-                                DWP="ieee" if prec == "ieee" else "tf32x3")
-        cross, grid = ((_bwd_cross_chunk_kernel, (S, H)) if kn["bwd_split"] == "chunk"
-                       else (_bwd_cross_kernel, (S * nb, H)))
-        cross[grid](r, k, v, w, do, hs, hd, *parts, dr, dk, dv, dw, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
-                    SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=varlen, PREC=prec)
-        return du_part.sum(0), dh0
+        return _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn), dh0
     du_part = new_empty((S * nb, H, K), torch.float32, dev)
     _BWD_KERNELS[_bwd_cap(K, kn["bwd_maxnreg"])][(S * nb, H)](
         r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt, SB=SB,
         BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=varlen, PREC=prec, HALF_B=_half_dot(r.dtype))
     return du_part.sum(0), dh0
+
+
+def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
+    """The split backward (``bwd_split``): ``_bwd_own_kernel`` then the state kernel, into the gradient views
+    ``outs``, given the chunk states hs / hd [S, H, K, V] fp32 (S slots, NT per sequence, ``bt`` rows). With
+    ``split_bytes`` (fixed-length batches) the two kernels run on batch slices one after another, so that the fp32
+    partials stay under that many bytes (one batch element at least). Returns du [H, K] fp32."""
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    nb = bt // SB
+    per_b = T * H * (3 * K + V) * 4
+    step = B if cu is not None or not kn["split_bytes"] else max(1, min(B, kn["split_bytes"] // per_b))
+    parts = [new_empty((step, *g.shape[1:]), torch.float32, r.device) for g in outs]  # own pairs' dq, dk, dv, dw
+    du_part = new_empty((S * nb, H, K), torch.float32, r.device)
+    w_own = w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()    # bf16 under the interpreter
+    prec = _prec(r.dtype, bwd=True)
+    meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
+    cross = _bwd_cross_chunk_kernel if kn["bwd_split"] == "chunk" else _bwd_cross_kernel
+    for b0 in range(0, B, step):
+        b1 = min(B, b0 + step)
+        cut = (lambda x: x) if step == B else (lambda x: x[b0:b1])  # noqa: E731
+        s0, s1 = (0, S) if step == B else (b0 * NT, b1 * NT)        # the slice's slots (fixed length: n·NT + i)
+        ps = [x[:b1 - b0] for x in parts]
+        _bwd_own_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
+                                      cu, cmap, scale, T, NT, LOG=LOG, HALF_B=_half_dot(r.dtype),
+                                      FAST=not INTERPRET, DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
+        grid = (s1 - s0, H) if cross is _bwd_cross_chunk_kernel else ((s1 - s0) * nb, H)
+        cross[grid](cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs], cu,
+                    cmap, scale, T, NT, **meta)
+    return du_part.sum(0)
 
 
 def _bwd_rows(B, T, H, K, V, N, cu_seqlens, device, kn, states):
