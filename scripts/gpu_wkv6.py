@@ -41,14 +41,20 @@ chunk_par_fill2 (the state-pass forward, fill2), chunk_seq_scores / chunk_par_sc
 scores from ``_fwd_scores_kernel``, the walk / the one-kernel state pass + the chunk-parallel output),
 chunk_seq_levels / chunk_par_levels (``fwd_scores`` False: the level code in the walk / state-pass output, the
 default until run 12; chunk_run9, chunk_split and chunk_walk1 run without the scores kernel too), chunk_seq_pipe
-(the scored walk with ``fwd_pipe``: the next block's loads in flight); the others keep the default's forward mode
+(the scored walk with ``fwd_pipe``: the next block's loads in flight), chunk_bsplit / chunk_bsplit64
+(``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
+the latter at 64-row states), chunk_bsplitc / chunk_bsplitc64 (``bwd_split`` "chunk": the state kernel one
+program per chunk), chunk_bslice (the split backward on batch slices of <= 256 MiB of fp32 partials, ``split_bytes``),
+chunk_bwd1 (``bwd_split`` False: the one-kernel ``_bwd_kernel``, the default until run 13;
+chunk_nreg0 / chunk_nreg168 run it too);
+the others keep the default's forward mode
 (the walk where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed
 the scan knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also timed
 chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
 (chunk_movedot, chunk_rows32_movedot: S and D moved by one masked dot each), run 9 chunk_carry (one program per
 chunk carrying D, S saved every 16 rows), run 6 two split backwards (chunk_split, chunk_split_blk: two kernels
-joined through fp32 partials), run 11 chunk_nreg128 (a 128-register cap: never better than 168) and chunk_bsplit
-(the block kernel's split again, call 6): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 runs the
+joined through fp32 partials), run 11 chunk_nreg128 (a 128-register cap: never better than 168) and a chunk_bsplit
+at 4 warps (the block kernel's split again, call 6): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 runs the
 GPU tests after its timings. WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
 model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
@@ -112,7 +118,10 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2),
          "chunk_split": dict(fwd_split=True, fwd_scores=False), "chunk_walk1": dict(fwd_split=False, fwd_scores=False),
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
-         "chunk_nreg0": dict(bwd_maxnreg=0), "chunk_nreg168": dict(bwd_maxnreg=168)}
+         "chunk_nreg0": dict(bwd_maxnreg=0, bwd_split=False), "chunk_nreg168": dict(bwd_maxnreg=168, bwd_split=False),
+         "chunk_bwd1": dict(bwd_split=False), "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
+         "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
+         "chunk_bsplitc": dict(bwd_split="chunk"), "chunk_bsplitc64": dict(bwd_split="chunk", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False)}
 SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True), "chunk_seq_levels": dict(fwd_scores=False),   # the walk
@@ -277,7 +286,9 @@ def resources():
     import kernels.wkv6.states as ks
     for name, tuner in [("_fwd_scores_kernel", kc._fwd_scores_kernel), ("_fwd_scored_kernel", kc._fwd_scored_kernel),
                         ("_fwd_par_scored_kernel", kc._fwd_par_scored_kernel),
-                        ("_fwd_states_kernel", ks._fwd_states_kernel)]:    # fwd_scores' autotuners: pick per key
+                        ("_fwd_states_kernel", ks._fwd_states_kernel), ("_bwd_own_kernel", kc._bwd_own_kernel),
+                        ("_bwd_cross_kernel", kc._bwd_cross_kernel),
+                        ("_bwd_cross_chunk_kernel", kc._bwd_cross_chunk_kernel)]:   # fwd_scores', bwd_split's: pick per key
         for key, cfg in getattr(tuner, "cache", {}).items():
             print(f"{name} key {key[:7]}: {cfg}")
     if os.environ.get("WKV6_NOTIME") == "1":      # e.g. while fla warms up in the background: report only
@@ -364,10 +375,16 @@ def regs():
               (kc, "_fwd_scored_kernel", dict(walk, SPLIT=False, SCORES=True, BV=32, qh_ptr=None, kh_ptr=None,
                                               oi_ptr=None, a_ptr="*fp32")),
               (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=True, a_ptr="*fp32")),
+              (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True, FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"))),
+              (kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
+                                              PREC="tf32", **none)),
+              (kc, "_bwd_cross_chunk_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
+                                                    PREC="tf32", **none)),
               (ks, "_fwd_states_kernel", dict(H=32, K=kv, V=kv, BT=32, BKS=32, BVS=32, USE_H0=False, VARLEN=False,
                                               PREC="tf32", h0_ptr=None, cu_ptr=None))]
     STAGES = [int(x) for x in os.environ.get("WKV6_REGS_STAGES", "1").split(",")]   # num_stages values
     CAPS = [int(x) for x in os.environ.get("WKV6_REGS_MAXNREG", "0").split(",")]    # register caps (0: none)
+    WARPS = [int(x) for x in os.environ.get("WKV6_REGS_WARPS", "4,8").split(",")]   # num_warps values
     only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_kernel: one kernel (each compile takes ~10 s)
     cases = [c for c in cases if not only or c[1] in only.split(",")]
     print(f"==== wkv6 chunk kernels, sm_90 compile (Triton {triton.__version__}), bf16, K = V = {kv}: "
@@ -380,7 +397,7 @@ def regs():
         types = {n: ptrs[n] if n in ptrs else "constexpr" if n in consts else "*bf16" if n in half
                  else "*i32" if n in ("cu_ptr", "cmap_ptr") else "*fp32" if n.endswith("_ptr")
                  else "fp32" if n == "scale" else "i32" for n in fn.arg_names}
-        for nw, ns, cap in [(w, s, c) for w in (4, 8) for s in STAGES for c in CAPS]:
+        for nw, ns, cap in [(w, s, c) for w in WARPS for s in STAGES for c in CAPS]:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
             cubin = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={
                 "num_warps": nw, "num_stages": ns, **({"maxnreg": cap} if cap else {})}).asm["cubin"]

@@ -110,13 +110,14 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
 
 
 @pytest.mark.parametrize("fn,knobs,seq", [(wkv6, {}, None), (wkv6_fused, {}, None),
-                                          (wkv6, dict(state_rows=32, fwd_scores=True), True),
+                                          (wkv6, dict(state_rows=32, fwd_scores=True, bwd_split=False), True),
                                           (wkv6, dict(fwd_scores=True), False),
                                           (wkv6, dict(fwd_scores=False), True)],
                          ids=["chunk", "fused", "chunk_scores_walk", "chunk_scores_states", "chunk_levels"])
 def test_wkv6_extreme_decay(fn, knobs, seq):
     """Extreme decays: the default (at this T = 35 the level forward: the scores are on at 1024 ≤ T ≤ 4096), the
-    scores kernel with the walk (the chunk backward's ``state_rows`` 32: the walk keeps the 32-row states) and with
+    scores kernel with the walk (the chunk backward's ``state_rows`` 32: the walk keeps the 32-row states; the
+    one-kernel backward ``_bwd_kernel``, ``bwd_split`` False; the default is the split one) and with
     the one-kernel state pass, and the walk's own level code (``fwd_scores`` False)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
@@ -519,20 +520,22 @@ def test_wkv6_backward_without_saved_states():
         assert rel_err(a, b) < 1e-6
 
 
-@pytest.mark.parametrize("knobs", [dict(piece_bytes=1, state_rows=32, scan_pipe=True),
-                                   dict(save_states=False, piece_bytes=1, scan_fill=True, scan_pipe=True)],
-                         ids=["saved", "recomputed"])
+@pytest.mark.parametrize("knobs", [dict(split_bytes=1, state_rows=32, scan_pipe=True),
+                                   dict(save_states=False, piece_bytes=1, scan_fill=True, scan_pipe=True,
+                                        bwd_split="chunk")],
+                         ids=["saved_split_slices", "recomputed_bwd_split"])
 def test_wkv6_chunk_memory_knobs(knobs):
-    """The chunk algorithm's memory knobs (``chunk.TUNING``: one batch element per backward piece, with the forward's
-    states (every 32 rows: the walk keeps them) sliced per piece or recomputed there, narrow scan blocks) vs fp64;
-    B = 2: two pieces."""
+    """The chunk algorithm's memory knobs (``chunk.TUNING``) vs fp64, B = 2, K = 16, V = 24: the forward's states
+    (every 32 rows: the walk keeps them) sliced per batch element by the split backward's ``split_bytes``; or one
+    batch element per backward piece (``piece_bytes``), the states recomputed there, narrow scan blocks, with the
+    split backward's chunk form (``bwd_split`` "chunk") at the state pass's 64-row states."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(knobs.get("save_states", True)):   # forward and backward inside
         _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))
 
 
 def test_wkv6_chunk_bad_knobs():
-    """A ``state_rows`` or ``bwd_maxnreg`` value the kernels do not take, an unknown knob, or a backward whose
+    """A ``state_rows``, ``bwd_maxnreg`` or ``bwd_split`` value the kernels do not take, an unknown knob, or a backward whose
     ``state_rows`` differs from its forward's (saved states of the wrong spacing), is a one-line error."""
     import kernels.wkv6.chunk as kc
     with pytest.raises(ValueError, match="state_rows must be one of"):
@@ -543,6 +546,9 @@ def test_wkv6_chunk_bad_knobs():
             pass
     with pytest.raises(ValueError, match="bwd_maxnreg must be one of"):
         with kc.tuning(bwd_maxnreg=100):
+            pass
+    with pytest.raises(ValueError, match="bwd_split must be one of"):
+        with kc.tuning(bwd_split=True):
             pass
     d = make_inputs(1, 40, 1, 16, 16)       # two 32-row chunks, one 64-row chunk
     with kc.tuning(state_rows=32), kc.forward_mode(True):     # the walk keeps states (the state pass: none)
@@ -613,10 +619,13 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
                                        (dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False), True),
                                        (dict(state_rows=32, scan_fill=2, fwd_scores=False), False),
                                        (dict(fwd_split=True, fwd_scores=False), True),
-                                       (dict(bwd_maxnreg=168), True), (dict(fwd_scores=True), True),
-                                       (dict(fwd_scores=True), False), (dict(fwd_scores=True, fwd_pipe=True), True)],
+                                       (dict(bwd_maxnreg=168, bwd_split=False), True), (dict(fwd_scores=True), True),
+                                       (dict(fwd_scores=True), False), (dict(fwd_scores=True, fwd_pipe=True), True),
+                                       (dict(fwd_scores=True, bwd_split=False), True),
+                                       (dict(fwd_scores=True, bwd_split="chunk"), True),
+                                       (dict(fwd_scores=True, bwd_split="chunk", state_rows=64), False)],
                          ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "scores_seq", "scores_par",
-                              "scores_pipe"])
+                              "scores_pipe", "bwd_kernel_seq", "bsplitc_seq", "bsplitc_par64"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
@@ -629,7 +638,8 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     False, as sequences outside 1024..4096 run);
     the backward's register cap 168 (``bwd_maxnreg``; K = 64 runs uncapped by default); the scores kernel
     (``fwd_scores``: its span-sum dots in the inputs' dtype, "ieee" for fp32) with the walk (also with ``fwd_pipe``)
-    and with the one-kernel state pass."""
+    and with the one-kernel state pass; the backward's forms (``bwd_split``: the default "block" everywhere above; False, the one-kernel ``_bwd_kernel``,
+    and "chunk" with the walk, "chunk" with 64-row states)."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)

@@ -54,12 +54,17 @@ plus the block-crossing terms of ``common._cross_bwd`` (through S_m and D_m, com
 own rounding is ~1.65e-3 (median over draws) and above 2e-3 on rare draws — a floor no implementation can beat
 (the GPU tests bound du by max(2e-3, 1.1 × that floor) for half-precision u; an fp32 u gets du in fp32, 2e-3).
 
-Split backwards (two kernels joined through fp32 partials, so that no program holds [K, V] states beside the level
-work: a chunk-crossing + intra-chunk pair, and the block kernel's state part + its levels) were built and measured
-on the H100 (run 6, B8 T4096 H32: fwd+bwd 13.4 and 10.3 ms vs 9.3 for ``_bwd_kernel``) and removed: they lost.
-The block kernel's split, rebuilt for run 11 (commit dbe0dbd), lost again (H100 run 11 call 6, GPU µs of its two
-kernels vs ``_bwd_kernel``: large model 380 + 322 vs 666, B8 T4096 H32 2841 + 2442 vs 5162, small model 100 + 85 vs
-154) and was removed.
+The split backward (``TUNING["bwd_split"]``, default "block"): the work above in two kernels joined through fp32
+partials. ``_bwd_own_kernel`` (1-warp programs, one per chunk, the forward scores kernel's lesson: level work on
+[16, K] tiles at 4 warps repeats every exp and layout change across warps) does the blocks' own pairs and bonus
+terms, the level decays from ``_span_sums`` dots and one ex2 per element, the segmented dw sums as one dot of the
+transposed span pattern each ("tf32x3"; "ieee" for fp32), the key columns in 16- or 32-wide slices (autotuned);
+then ``_bwd_cross_kernel`` (4 warps, one program per block: S_m, D_m, the crossing terms) adds the partials and
+stores the gradients ("chunk": ``_bwd_cross_chunk_kernel``, one program per chunk, S_c and D_c loaded once;
+untimed). H100 run 13 (wkv6j; GPU µs per fwd+bwd, ``_bwd_kernel`` vs own + cross): B8 T4096 H32 5210 vs
+1340 + 2412, B16 T1024 H8 672 vs 178 + 323, B64 T256 H4 K32 154 vs 46 + 85; the partials cost 4 bytes × (3K + V)
+per token and head of transient memory (extra peak at B8 T4096 H32 1.68 → 2.68 GiB). Earlier splits with both
+halves at 4 warps lost (run 6: 10.3 vs 9.3 ms at B8 T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
 
 Memory (``TUNING``; ``wkv6_chunk_lowmem``): the forward may skip saving S_c (the backward's state pass then
 recomputes it with D_c) and the backward may run batch slices one after another, so that its transient fp32
@@ -314,10 +319,16 @@ def _span_sums(b_w, o_t, S: tl.constexpr):
     in "ieee"). Row r gets Σ w_x over x in r's S-row segment with x < r if r is in the upper S-half of its 2S-row
     segment (P: the query side of level log2(S)), else with x > r (R: the key side). Every sum has terms of one sign
     (no cancellation) and is ≤ 0."""
-    r = o_t[:, None]
-    x = o_t[None, :]
-    m = ((r // S) == (x // S)) & tl.where((r // S) % 2 == 1, x < r, x > r)
+    m = _span_mask(o_t[:, None], o_t[None, :], S)
     return tl.dot(tl.where(m, 1., 0.).to(b_w.dtype), b_w, input_precision="ieee")
+
+
+@triton.jit
+def _span_mask(r, x, S: tl.constexpr):
+    """``_span_sums``' 0/1 pattern: x in r's S-row segment and before r (r in the upper S-half of its 2S-row
+    segment) or after r (lower half). With r and x swapped it gives the rows j whose dw a level-log2(S) pair term
+    at row x feeds (the pairs spanning j: the backward's ``_own_block``)."""
+    return ((r // S) == (x // S)) & tl.where((r // S) % 2 == 1, x < r, x > r)
 
 
 @triton.jit
@@ -513,6 +524,16 @@ def _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_
 
 
 @triton.jit
+def _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, S: tl.constexpr, PREC: tl.constexpr):
+    """Level log2(S)'s pairs from the decayed q̂, k̂ [SB, BK] and B = do vᵀ [SB, SB]: (A plus their scores,
+    dA k̂, dAᵀ q̂) with dA = M ⊙ B (the decays' own factors are applied by the caller)."""
+    m_lv = _level_mask(o_t, S)
+    b_A += tl.where(m_lv, tl.dot(b_qh, tl.trans(b_kh), input_precision=PREC), 0.)
+    b_dA = tl.where(m_lv, b_B, 0.)
+    return (b_A, tl.dot(b_dA, b_kh, input_precision=PREC), tl.dot(tl.trans(b_dA), b_qh, input_precision=PREC))
+
+
+@triton.jit
 def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constexpr, LOG: tl.constexpr,
               PREC: tl.constexpr):
     """The block's own pairs (s < t, no bonus): A, and their parts of dq, dk, dw (cancellation-free, see the
@@ -526,11 +547,7 @@ def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constex
         b_ep, b_er = _level(b_em1, b_ep1, o_t, 2 ** m, SB)
         b_qh = b_q * b_ep
         b_kh = b_k * b_er
-        m_lv = _level_mask(o_t, 2 ** m)
-        b_A += tl.where(m_lv, tl.dot(b_qh, tl.trans(b_kh), input_precision=PREC), 0.)
-        b_dA = tl.where(m_lv, b_B, 0.)
-        b_dqh = tl.dot(b_dA, b_kh, input_precision=PREC)
-        b_dkh = tl.dot(tl.trans(b_dA), b_qh, input_precision=PREC)
+        b_A, b_dqh, b_dkh = _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, 2 ** m, PREC)
         b_dq += b_ep * b_dqh
         b_dk += b_er * b_dkh
         # dw_j: queries t > j of j's segment (reverse exclusive), keys s < j of j's segment (exclusive)
@@ -649,6 +666,186 @@ def _bwd_cap(K: int, knob) -> int:
     (wkv6g): B64 T256 H4 K32 186 -> 152 us, 191 registers uncapped, 4 B spill at 168 — and none above (at K = 64
     the capped autotuner kept the uncapped config: no gain)."""
     return knob if knob is not None else (168 if K <= 32 else 0)
+
+
+# ---- the split backward (``TUNING["bwd_split"]``): ``_bwd_kernel``'s work in two kernels. The blocks' own pairs
+# first, in 1-warp programs (the forward's lesson, run 12: level work on [16, K] tiles at 4 warps repeats every exp
+# and layout change across warps), their decays by span-sum dots and one ex2 per element, into fp32 partials; then
+# the lean 4-warp state kernel (S_m, D_m, the block-crossing terms) adds the partials and stores the gradients.
+@triton.jit
+def _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t, o_c, i_h,
+              scale, H: tl.constexpr, K: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+              DWP: tl.constexpr):
+    """``_own_block``'s work on the key columns o_c [BKC] of one block (rows tok [SB], m_t): stores their partials
+    of dq, dk, dw and their du row entries (du_ptr: the block's row); returns b_A [SB, SB] plus these columns' part
+    of the scores (levels and bonus)."""
+    m_c = o_c < K
+    m_tc = m_t[:, None] & m_c[None, :]
+    p_c = tok[:, None] * K + o_c[None, :]
+    b_u = tl.load(u_ptr + i_h * K + o_c, mask=m_c, other=0.).to(tl.float32)
+    b_q = tl.load(q_ptr + p_c, mask=m_tc, other=0.).to(tl.float32) * scale
+    b_k = tl.load(k_ptr + p_c, mask=m_tc, other=0.).to(tl.float32)
+    b_w = tl.load(w_ptr + p_c, mask=m_tc, other=0.)
+    b_w = tl.where(b_w < 0, tl.where(b_w < W_FLOOR, W_FLOOR, b_w), 0.).to(b_w.dtype)   # as ``_scores_tile``
+    m_lv = _level_mask(o_t, 1)                    # level 0: adjacent rows, no decay
+    b_A += tl.where(m_lv, tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
+    b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
+    b_dA = tl.where(m_lv, b_B, 0.)
+    b_dq = tl.dot(b_dA, b_k, input_precision=PREC) + b_u[None, :] * b_k * b_vd[:, None]
+    b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC) + b_u[None, :] * b_q * b_vd[:, None]
+    tl.store(du_ptr + o_c, tl.sum(b_q * b_k * b_vd[:, None], axis=0), mask=m_c)
+    b_dw = tl.zeros_like(b_dq)
+    for m in tl.static_range(1, LOG):
+        b_e = _exp_ftz(_span_sums(b_w, o_t, 2 ** m), FAST)
+        b_qh = b_q * b_e
+        b_kh = b_k * b_e
+        b_A, b_dqh, b_dkh = _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, 2 ** m, PREC)
+        b_dq += b_e * b_dqh
+        b_dk += b_e * b_dkh
+        b_span = tl.where(_span_mask(o_t[None, :], o_t[:, None], 2 ** m), 1., 0.)
+        b_dw += tl.dot(b_span, b_qh * b_dqh + b_kh * b_dkh, input_precision=DWP)
+    tl.store(pq_ptr + p_c, b_dq, mask=m_tc)
+    tl.store(pk_ptr + p_c, b_dk, mask=m_tc)
+    tl.store(pw_ptr + p_c, b_dw, mask=m_tc)
+    return b_A
+
+
+@triton.jit
+def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, du_ptr, bos, r0, L, i_h,
+               scale, o_t, o_v, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+               BKC: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
+               DWP: tl.constexpr):
+    """The own pairs and bonus terms of the SB-row block at row r0 (``_bwd_own_kernel``): fp32 partials of dq (for
+    the scaled q), dk, dw (before the clamp's mask) -> pq/pk/pw_ptr, of dv -> pv_ptr, the du row -> du_ptr [K].
+    The key columns in BKC-wide slices (``_own_cols``: fewer live registers; only A needs all of K). Level m's pairs
+    (t, s): exp(P^m_t) on the query rows, exp(R^m_s) on the key rows, one tile e (``_span_sums``, disjoint rows);
+    with dA = M_m ⊙ (do vᵀ), dq += e ⊙ (dA k̂), dk += e ⊙ (dAᵀ q̂), and the pairs spanning j give
+    dw_j = Σ_{x in j's segment, after j (j a query row) or before j (a key row)} c_x, c = q̂ ⊙ (dA k̂) + k̂ ⊙ (dAᵀ q̂)
+    (the two terms live on disjoint rows): one dot of the transposed span pattern with c (DWP: "tf32x3", or
+    "ieee" for fp32 inputs; terms of one sign per row, no cancellation)."""
+    rows = r0 + o_t
+    m_t = rows < L
+    tok = (bos + rows) * H + i_h
+    m_tv = m_t[:, None] & m_v[None, :]
+    p_v = tok[:, None] * V + o_v[None, :]
+    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.)
+    b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.)
+    if HALF_B:      # exact: products of two half values fit the fp32 accumulator
+        b_B = tl.dot(b_do, tl.trans(b_v))
+    else:
+        b_B = tl.dot(b_do.to(tl.float32), tl.trans(b_v.to(tl.float32)), input_precision=PREC)
+    b_vd = tl.sum(b_v.to(tl.float32) * b_do.to(tl.float32), axis=1)
+    b_A = tl.zeros([o_t.shape[0], o_t.shape[0]], dtype=tl.float32)
+    for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):    # not unrolled: one slice's tiles live at a time
+        b_A = _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t,
+                        i_c * BKC + tl.arange(0, BKC), i_h, scale, H, K, LOG, PREC, FAST, DWP)
+    b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)      # reloaded (L1): fewer live registers
+    tl.store(pv_ptr + p_v, tl.dot(tl.trans(b_A), b_do, input_precision=PREC), mask=m_tv)
+
+
+def _own_prune(configs, nargs, **kw):
+    """The own kernel's configs whose key slice BKC fits BK."""
+    bk = kw["BK"] if "BK" in kw else nargs["BK"]
+    return [c for c in configs if c.kwargs["BKC"] <= bk]
+
+
+# 1 warp (the scores kernel's lesson) or 2, key slices of 16 or 32 columns (offline sm_90 compile, bf16, K = V = 64,
+# registers / spill B / SASS of the loop bodies: BKC 16 at 1 warp 255 / 376 / 3680, at 2 255 / 184 / 3008; BKC 32
+# at 1 warp 255 / 1048 / 5912, at 2 255 / 248 / 3440)
+@triton.autotune(configs=autotune_configs([triton.Config({"BKC": bkc}, num_warps=nw, num_stages=1)
+                                           for bkc in (16, 32) for nw in (1, 2)]),
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"], prune_configs_by={"early_config_prune": _own_prune})
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, du_ptr, cu_ptr,
+                    cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                    SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKC: tl.constexpr, LOG: tl.constexpr,
+                    VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
+                    DWP: tl.constexpr):
+    """Grid (chunk slots, H), no state read: the own pairs and bonus terms of the BT // SB blocks of one chunk
+    (``_own_block``, key columns BKC at a time) -> fp32 partials pq_ptr, pk_ptr, pw_ptr [B·T, H, K] (dq for the
+    scaled q, dw before the clamp's mask), pv_ptr [B·T, H, V], and du_ptr [slots · BT/SB, H, K] fp32 partial rows
+    (one per block; every block of the chunk writes its row, rows past the sequence zeros). w_ptr in the inputs'
+    dtype (fp32 under the interpreter for bf16: its bf16 dots are wrong there). FAST: ``_exp_ftz``; DWP: the dw
+    span dots' precision. Other layouts above."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    o_t = tl.arange(0, SB)
+    o_v = tl.arange(0, BV)
+    m_v = o_v < V
+    for i_b in tl.range(0, BT // SB, loop_unroll_factor=1):
+        p_du = du_ptr + ((i_s.to(tl.int64) * (BT // SB) + i_b) * H + i_h) * K
+        _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, p_du, bos,
+                   i_c * BT + i_b * SB, L, i_h, scale, o_t, o_v, m_v, H, K, V, BK, BKC, LOG, PREC, HALF_B, FAST, DWP)
+
+
+@triton.jit
+def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
+                 b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr,
+                 V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
+    """The block at row r0 given S at its start (b_h) and dL/dS at its end (b_dh): its block-crossing terms
+    (``common._cross_bwd``) plus ``_bwd_own_kernel``'s fp32 partials -> the gradients in the inputs' dtypes."""
+    b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
+    b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_wr = _load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
+    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
+    b_dv += tl.load(pv_ptr + p_v, mask=m_tv, other=0.)
+    tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
+    _store_dqkw(b_dq + tl.load(pq_ptr + p_k, mask=m_tk, other=0.), b_dk + tl.load(pk_ptr + p_k, mask=m_tk, other=0.),
+                b_dw + tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
+
+
+@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr,
+                      dk_ptr, dv_ptr, dw_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr,
+                      V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Grid as ``_bwd_kernel``'s (``bwd_split`` "block"), the state half of the split backward: S_m, D_m
+    (``_block_states``) and ``_cross_block`` -> dq_ptr, dk_ptr, dv_ptr, dw_ptr (layouts above). Offered a
+    168-register cap at 4 warps beside the uncapped 4 / 8 warps (H100 run 13: the cap picked)."""
+    pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
+    o_t = tl.arange(0, SB)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
+    b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale,
+                              o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
+    _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
+                 b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+
+
+@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _bwd_cross_chunk_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr,
+                            dq_ptr, dk_ptr, dv_ptr, dw_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr,
+                            K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr,
+                            BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (chunk slots, H) (``bwd_split`` "chunk"): ``_bwd_cross_kernel``'s work for all blocks of one chunk,
+    S_c and D_c loaded once (not once per block): the blocks from the last down, D carried downwards (one move
+    per block), S_i recomputed from S_c over the blocks before i (0 / 1 move per block at 32 rows, 0-3 at 64);
+    three [BK, BV] states live (layouts above)."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    c0 = i_c * BT
+    o_t = tl.arange(0, SB)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
+    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
+    m_kv = m_kv & (o_kv * 0 + c0 < L)
+    b_hc = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
+    b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
+    nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows
+    for jj in range(0, nb):
+        i = nb - 1 - jj
+        b_h = b_hc
+        for j in range(0, i):
+            b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H,
+                                    K, V, SB, PREC)
+        _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
+                     dw_ptr, b_h, b_dh, bos, c0 + i * SB, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+        if i > 0:
+            b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + i * SB, L, i_h, scale, o_t, o_k, o_v, m_k,
+                                    m_v, H, K, V, SB, PREC)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -842,14 +1039,30 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   fwd_pipe     the scored walk loads the next block's tiles before this block's dots (``_fwd_walk``'s PIPE; the
 #                walk is a latency chain: 5.3 us per block at B8 T4096 H32, run 12). Built after run 12: untimed,
 #                off;
+#   bwd_split    False, "block" or "chunk": the backward in two kernels (``_bwd_own_kernel`` then the state
+#                kernel): the blocks' own pairs in 1-warp programs, one per chunk (span-sum decays, one ex2 per
+#                element), into fp32 partials of dq, dk, dv, dw (4 bytes × (3K + V) per token and head, transient:
+#                1 GiB at B8 T4096 H32 K = V = 64), then the 4-warp state kernel (S_m, D_m, block-crossing terms)
+#                that adds them: one program per block ("block", ``_bwd_cross_kernel``) or per chunk ("chunk",
+#                ``_bwd_cross_chunk_kernel``: S_c and D_c loaded once). Run 11's split (both halves at 4 warps)
+#                lost: own 2,841 + cross 2,442 vs 5,162 us at B8 T4096 H32. H100 run 13 (wkv6j call A; GPU us per
+#                fwd+bwd, ``_bwd_kernel`` vs own + cross, "block"): B8 T4096 H32 5210 vs 1340 + 2412 (do_bench
+#                fwd+bwd 7.539 -> 6.230 ms, extra peak 1.68 -> 2.68 GiB), B16 T1024 H8 672 vs 178 + 323, B64 T256
+#                H4 K32 154 vs 46 + 85; the default "block" since (the do_bench fwd+bwd of the large model, host-
+#                bound, read 1.341 vs 1.565 ms in that table, with its unchanged forward at 0.379 vs 0.319); False:
+#                ``_bwd_kernel`` alone (``bwd_maxnreg`` applies to it only; ``LOWMEM`` keeps it: no partials);
+#   split_bytes  with ``bwd_split``, the own and state kernels run on batch slices one after another so that the
+#                fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25 instead of 1 GiB at B8
+#                T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None,
-          "fwd_pipe": False}
+          "fwd_pipe": False, "bwd_split": "block", "split_bytes": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "fwd_scores": False,
-          "fwd_pipe": False}
+          "fwd_pipe": False, "bwd_split": False, "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
+BWD_SPLIT = (False, "block", "chunk")     # the ``bwd_split`` knob's values
 
 
 @contextlib.contextmanager
@@ -863,6 +1076,8 @@ def tuning(**knobs):
         raise ValueError(f"wkv6 chunk knob state_rows must be one of {STATE_ROWS}; got {knobs['state_rows']!r}")
     if knobs.get("fwd_scores") not in FWD_SCORES:
         raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
+    if knobs.get("bwd_split", False) not in BWD_SPLIT:
+        raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
     if knobs.get("bwd_maxnreg") not in BWD_MAXNREG:
         raise ValueError(f"wkv6 chunk knob bwd_maxnreg must be one of {BWD_MAXNREG}; got {knobs['bwd_maxnreg']!r}")
     old = dict(TUNING)
@@ -902,8 +1117,8 @@ def _scan_bv(N, H, V, device, kn):
 
 
 def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
-    """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_kernel``, writing into the
-    gradient views ``outs`` = (dr, dk, dv, dw); ``bt``: the state rows. Returns (du [H, K] fp32, dh0 or None)."""
+    """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_split`` (``bwd_split``) or
+    ``_bwd_kernel``, writing into the gradient views ``outs`` = (dr, dk, dv, dw); ``bt``: the state rows. Returns (du [H, K] fp32, dh0 or None)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
     mode = "bwd" if hs is None else "bwd_d"
@@ -912,12 +1127,44 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
     hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
     dr, dk, dv, dw = outs
     nb = bt // SB
+    prec, varlen = _prec(r.dtype, bwd=True), cu_seqlens is not None
+    if kn["bwd_split"]:
+        return _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn), dh0
     du_part = new_empty((S * nb, H, K), torch.float32, dev)
     _BWD_KERNELS[_bwd_cap(K, kn["bwd_maxnreg"])][(S * nb, H)](
         r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt, SB=SB,
-        BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=cu_seqlens is not None, PREC=_prec(r.dtype, bwd=True),
-        HALF_B=_half_dot(r.dtype))
+        BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=varlen, PREC=prec, HALF_B=_half_dot(r.dtype))
     return du_part.sum(0), dh0
+
+
+def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
+    """The split backward (``bwd_split``): ``_bwd_own_kernel`` then the state kernel, into the gradient views
+    ``outs``, given the chunk states hs / hd [S, H, K, V] fp32 (S slots, NT per sequence, ``bt`` rows). With
+    ``split_bytes`` (fixed-length batches) the two kernels run on batch slices one after another, so that the fp32
+    partials stay under that many bytes (one batch element at least). Returns du [H, K] fp32."""
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    nb = bt // SB
+    per_b = T * H * (3 * K + V) * 4
+    step = B if cu is not None or not kn["split_bytes"] else max(1, min(B, kn["split_bytes"] // per_b))
+    parts = [new_empty((step, *g.shape[1:]), torch.float32, r.device) for g in outs]  # own pairs' dq, dk, dv, dw
+    du_part = new_empty((S * nb, H, K), torch.float32, r.device)
+    w_own = w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()    # bf16 under the interpreter
+    prec = _prec(r.dtype, bwd=True)
+    meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
+    cross = _bwd_cross_chunk_kernel if kn["bwd_split"] == "chunk" else _bwd_cross_kernel
+    for b0 in range(0, B, step):
+        b1 = min(B, b0 + step)
+        cut = (lambda x: x) if step == B else (lambda x: x[b0:b1])  # noqa: E731
+        s0, s1 = (0, S) if step == B else (b0 * NT, b1 * NT)        # the slice's slots (fixed length: n·NT + i)
+        ps = [x[:b1 - b0] for x in parts]
+        _bwd_own_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
+                                      cu, cmap, scale, T, NT, LOG=LOG, HALF_B=_half_dot(r.dtype),
+                                      FAST=not INTERPRET, DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
+        grid = (s1 - s0, H) if cross is _bwd_cross_chunk_kernel else ((s1 - s0) * nb, H)
+        cross[grid](cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs], cu,
+                    cmap, scale, T, NT, **meta)
+    return du_part.sum(0)
 
 
 def _bwd_rows(B, T, H, K, V, N, cu_seqlens, device, kn, states):
