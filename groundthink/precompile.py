@@ -515,6 +515,37 @@ def lab_shard_count() -> int:
 WHOLE_ITEMS = ("gate_norm_residual/compile",)
 
 
+MATMUL_ENV = "GROUNDTHINK_FP32_MATMUL"   # the main's float32 matmul precision, for the subprocesses
+
+
+def settings_env() -> dict:
+    """The main process's settings that a background subprocess must share: torch's float32 matmul precision
+    (train.py sets "high" on a GPU), part of the key of Inductor's FX graph cache — a subprocess left at "highest"
+    would fill entries that the main never hits (``WHOLE_ITEMS``). {} before torch is imported."""
+    torch = sys.modules.get("torch")
+    return {MATMUL_ENV: torch.get_float32_matmul_precision()} if torch is not None else {}
+
+
+def nice_knob(env=os.environ) -> int:
+    """``GROUNDTHINK_BACKGROUND_NICE=N`` (1-19): the background subprocesses lower their priority by N as they
+    start (``compile_item.main``); 0 (the default) or anything else: the main's priority. Off by default, untimed.
+    Why: run 13's gate imports took 14.8 s (run 12 call 6: 8.5) while 9 subprocesses (6 mamba-ssm + 3 lab, ≈ 24
+    compile threads and their ptxas) set up and compiled on 16 cores; the main — one Python thread, the critical
+    path since nothing waits for the background any more (run 13: waiting 0.0 s) — got a share of a core. Run 10's
+    nice 10 starved mamba-ssm only because the main then compiled the lab items on all cores itself."""
+    raw = env.get("GROUNDTHINK_BACKGROUND_NICE", "").strip()
+    return int(raw) if raw.isdigit() and 1 <= int(raw) <= 19 else 0
+
+
+def apply_settings(env=os.environ) -> None:
+    """In a background subprocess: take the main's settings (``settings_env``) where given."""
+    if nice_knob(env):
+        os.nice(nice_knob(env))
+    if env.get(MATMUL_ENV):
+        import torch
+        torch.set_float32_matmul_precision(env[MATMUL_ENV])
+
+
 def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] = (0, 1), payloads=None) -> dict:
     """``_compile_items`` of one item."""
     return _compile_items([(op, impl, shape)], say, shard, payloads)
@@ -596,7 +627,8 @@ class Background:
             return
         shards = shards or self.shards
         root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+                   **settings_env())
         arg, procs = json.dumps([list(item) for item in items], default=str), []
         for i in range(shards):
             log = Path(tempfile.mkdtemp()) / "precompile.log"    # tmpXXXXXXXX: scrub_paths.py knows it
