@@ -538,15 +538,12 @@ def test_only_long_items_compile_in_the_background(monkeypatch, tmp_path):
     assert gate._background(plan, True, False, {}) is None
 
 
-def test_the_lab_items_compile_in_a_group_of_their_own_beside_the_long_ones(monkeypatch, tmp_path):
-    """Run 12 call 5 queued the lab items behind mamba-ssm's 57 s compile in its shards: all deferred. With
-    GROUNDTHINK_LAB_BACKGROUND=1 on the 16-core host the lab items above LAB_BACKGROUND_S start in processes of
-    their own (3), the shortest first, beside the long items' group; the knob off, or a machine of few cores:
-    today's behaviour (the long items only)."""
-    monkeypatch.delenv("GROUNDTHINK_LAB_SHARDS", raising=False)
-    monkeypatch.delenv("GROUNDTHINK_BACKGROUND_S", raising=False)
+def _recorded_groups(monkeypatch) -> list:
+    """The groups ``gate._start`` starts, recorded ([(op, impl), ...], shards) instead of run: no subprocess."""
     from groundthink import precompile
     started = []
+    monkeypatch.delenv("GROUNDTHINK_LAB_SHARDS", raising=False)
+    monkeypatch.delenv("GROUNDTHINK_BACKGROUND_S", raising=False)
 
     class Recording:
         def __init__(self, items):
@@ -557,6 +554,17 @@ def test_the_lab_items_compile_in_a_group_of_their_own_beside_the_long_ones(monk
 
     monkeypatch.setattr(precompile, "Background", Recording)
     monkeypatch.setattr(precompile, "switched_on", lambda enabled=True: enabled)
+    return started
+
+
+def test_the_lab_items_compile_in_a_group_of_their_own_beside_the_long_ones(monkeypatch, tmp_path):
+    """Run 12 call 5 queued the lab items behind mamba-ssm's 57 s compile in its shards: all deferred. With
+    GROUNDTHINK_LAB_BACKGROUND=1 on the 16-core host the lab items above LAB_BACKGROUND_S start in processes of
+    their own (3), the shortest first, beside the long items' group; the knob off, or a machine of few cores:
+    today's behaviour (the long items only)."""
+    from groundthink import precompile
+    started = _recorded_groups(monkeypatch)
+    Recording = precompile.Background
     monkeypatch.setattr(precompile, "shard_count", lambda: 6)
     monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/triton": 40.0, "wkv6/triton_fused": 5.8, "ddlerp/triton": 4.6,
                                               "shift_lerp/triton": 3.1, "decay_exp/triton": 1.9})
@@ -592,20 +600,8 @@ def test_torch_compiles_peer_compiles_last_in_the_lab_group(monkeypatch, tmp_pat
     a ``precompile.WHOLE_ITEMS`` item: in the lab group whatever its expected time, after the lab items (its dry
     run fills Inductor's caches; the main then loads them); with the group off it stays in the main process."""
     from groundthink import precompile
-    started = []
-
-    class Recording:
-        def __init__(self, items):
-            started.append(([x[:2] for x in items], None))
-
-        def start(self, items, shards=None):
-            started.append(([x[:2] for x in items], shards))
-
-    monkeypatch.setattr(precompile, "Background", Recording)
-    monkeypatch.setattr(precompile, "switched_on", lambda enabled=True: enabled)
+    started = _recorded_groups(monkeypatch)
     monkeypatch.setattr(precompile, "_workers", lambda: 16)
-    monkeypatch.delenv("GROUNDTHINK_LAB_SHARDS", raising=False)
-    monkeypatch.delenv("GROUNDTHINK_BACKGROUND_S", raising=False)
     monkeypatch.setattr(gate, "FIRST_USE_S", {"gate_norm_residual/compile": 1.0, "gate_norm_residual/triton": 9.8,
                                               "shift_lerp/triton": 3.1})
     model = {"name": "rwkv6", "size": "tiny", "batch_size": 4, "seq_len": 32}
