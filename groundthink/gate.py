@@ -66,7 +66,8 @@ use (expected ≥ ``BACKGROUND_S``, ``GROUNDTHINK_BACKGROUND_S``), ``precompile.
 (``GROUNDTHINK_LAB_BACKGROUND=0``: off, run 12 call 6's way) a second group of its own
 (``precompile.lab_shard_count``: 3 processes on the 16-core GPU host, ``GROUNDTHINK_LAB_SHARDS=N``; none below 12
 cores — CI's 2: today's way) for the lab items expected ≥ ``LAB_BACKGROUND_S`` (wkv6, gate_norm_residual,
-norm_gate, ddlerp, shift_lerp), the shortest first, never queued behind mamba-ssm's (run 12 call 5).
+norm_gate, ddlerp, shift_lerp), the shortest first, never queued behind mamba-ssm's (run 12 call 5), then
+torch.compile's peer (``precompile.WHOLE_ITEMS``: one subprocess fills Inductor's on-disk caches, the main loads).
 ``GROUNDTHINK_PRELOAD=1``: the candidates' imports on a thread beside data and model (``preload``). The seconds
 line says the gate's total as imports + measuring + waiting for background compiles.
 
