@@ -15,6 +15,9 @@ import sys
 
 from groundthink import precompile      # first: its load time is the subprocess's start (the item line's "at")
 
+if __name__ == "__main__":
+    precompile.apply_settings()     # before the imports below: GROUNDTHINK_BACKGROUND_NICE, the matmul precision
+
 
 def model_calls(model: dict, device: str = "cuda") -> dict:
     """``groundthink.calls.step_calls`` of the model that ``model`` describes ("name", "size", "overrides",

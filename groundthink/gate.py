@@ -66,7 +66,8 @@ use (expected ≥ ``BACKGROUND_S``, ``GROUNDTHINK_BACKGROUND_S``), ``precompile.
 (``GROUNDTHINK_LAB_BACKGROUND=0``: off, run 12 call 6's way) a second group of its own
 (``precompile.lab_shard_count``: 3 processes on the 16-core GPU host, ``GROUNDTHINK_LAB_SHARDS=N``; none below 12
 cores — CI's 2: today's way) for the lab items expected ≥ ``LAB_BACKGROUND_S`` (wkv6, gate_norm_residual,
-norm_gate, ddlerp, shift_lerp), the shortest first, never queued behind mamba-ssm's (run 12 call 5).
+norm_gate, ddlerp, shift_lerp), the shortest first, never queued behind mamba-ssm's (run 12 call 5), then
+torch.compile's peer (``precompile.WHOLE_ITEMS``: one subprocess fills Inductor's on-disk caches, the main loads).
 ``GROUNDTHINK_PRELOAD=1``: the candidates' imports on a thread beside data and model (``preload``). The seconds
 line says the gate's total as imports + measuring + waiting for background compiles.
 
@@ -887,7 +888,8 @@ def _timing(spec: OpSpec, graph: bool) -> str:
 # first use in the main process with parallel compile; run 5, serial: 99.5 s), ≈15 autotuned kernels.
 FIRST_USE_S = {"mamba2/mamba_ssm": 52.0, "wkv6/triton": 15.4, "wkv6/triton_fused": 5.8,
                "gate_norm_residual/triton": 9.8, "norm_gate/triton": 5.5, "ddlerp/triton": 4.6,
-               "shift_lerp/triton": 3.1, "decay_exp/triton": 1.9, "cross_entropy/triton": 0.8}
+               "shift_lerp/triton": 3.1, "decay_exp/triton": 1.9, "cross_entropy/triton": 0.8,
+               "gate_norm_residual/compile": 13.3}     # run 13 (gate12-default): its Inductor compile, 3 calls
 # An item expected to take this long compiles in background subprocesses from the start (``early_background``,
 # ``_background``); the main process then only loads its kernels from the disk cache and measures. 20 s: mamba-ssm
 # alone. Run 12 call 5 tried 2.5 s (the lab items too, in the same shards): they queued behind mamba-ssm, whose
@@ -905,16 +907,17 @@ LAB_BACKGROUND_S = 2.5
 BACKGROUND_SETUP_S = 10.0   # a background subprocess's start before its first compile (estimate, not measured)
 # Measured: seconds from its group's start until an item's background compile was done, whatever the processes —
 # mamba-ssm: 56.8 s (run 12 call 5, 6 shards, the main idle), 55.1 (call 6, 6 shards), 54.5 (call 6, one process);
-# the estimate from its compile seconds over the shards said 17 s. ``_group_compile_s`` takes the larger. Measured
+# the estimate from its compile seconds over the shards said 17 s. ``_group_compile_s`` takes the larger. Those were
 # before session 10's fix (``precompile.compile_only``: the backward's compiles ran outside the shards' split, one
-# after another): a floor kept until a timed run gives the new figure (expected ≈ 20-30 s); it orders, never defers.
-BACKGROUND_DONE_S = {"mamba2/mamba_ssm": 55.0}
+# after another); run 13 (gate12-default, 6 shards, 116 compiles): 27.6 s. It orders, never defers.
+BACKGROUND_DONE_S = {"mamba2/mamba_ssm": 27.6}
 # What measuring an item takes once its background compile is done (its kernels read from the disk cache, the
 # autotune configs benchmarked, the winners at the error shape compiled, the timing and the float64 check).
 # mamba-ssm: run 11 call 3, 27.4 s of which 15.2 s waiting (14 kernels compiled there, 116 from the disk cache, 140
 # configs benchmarked: the 14 compiled one after another — the check's backward ran on autograd's device thread,
-# outside ``compile_winners``' concurrent mode, until session 10); others: BACKGROUND_REST of their expected time.
-REST_S = {"mamba2/mamba_ssm": 12.2}
+# outside ``compile_winners``' concurrent mode, until session 10); run 13 (after the fix): 12.5 s, 13 kernels
+# compiled there, 116 from the disk cache; others: BACKGROUND_REST of their expected time.
+REST_S = {"mamba2/mamba_ssm": 12.5}
 BACKGROUND_REST = 0.4
 REFERENCE_S = 0.5         # a PyTorch reference otherwise: nothing to compile
 BASE_S, CONFIG_S = 1.5, 0.2   # a kernel otherwise: 1.5 s + 0.2 s per autotune config in its package (run 5 with
@@ -1134,18 +1137,21 @@ def _groups(items: list, history: dict) -> tuple[list, list]:
     ``_background_s()``, the longest first, ``_by_cost``; the lab group: lab kernels expected ≥
     ``LAB_BACKGROUND_S``, however long, the shortest first — none while ``precompile.lab_shard_count()`` is 0: the knob
     off or few cores, today's way)."""
-    from groundthink.precompile import lab_shard_count
+    from groundthink.precompile import WHOLE_ITEMS, lab_shard_count
 
     def exp(it):
         spec = get(it[0])
         return expected_s(spec, spec.impl(it[1]), history, len(it[2]) if isinstance(it[2], list) else 1)[0]
     lab_on = lab_shard_count() > 0
 
+    def whole(it):       # an Inductor compile (``precompile.WHOLE_ITEMS``): in the lab group, last
+        return f"{it[0]}/{it[1]}" in WHOLE_ITEMS
+
     def in_lab(it):      # with the lab group on, a lab item never queues behind mamba-ssm, whatever its history
-        return lab_on and get(it[0]).impl(it[1]).role == "lab"
+        return lab_on and (get(it[0]).impl(it[1]).role == "lab" or whole(it))
     long = [it for it in items if not in_lab(it) and exp(it) >= _background_s()]
-    lab = [it for it in items if in_lab(it) and exp(it) >= LAB_BACKGROUND_S]
-    return _by_cost(long, history), sorted(lab, key=exp)
+    lab = [it for it in items if in_lab(it) and (exp(it) >= LAB_BACKGROUND_S or whole(it))]
+    return _by_cost(long, history), sorted(lab, key=lambda it: (whole(it), exp(it)))
 
 
 def _start(into, long: list, lab: list):
@@ -1196,10 +1202,11 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
     new ones) and is expected to take ``_background_s()`` or more; nothing is imported here. Their calls are recorded
     in the subprocesses (``model``: the run's model arguments, ``compile_item.model_calls``; an op the model does not
     call compiles nothing), the step's own strides included (mamba2's dt is a column slice: ``[dt rows 592]`` at
-    GF-MH small). Pass the result to ``qualify`` (``background=``) and end it (``close()``) once qualify returns;
+    GF-MH small). ``precompile.WHOLE_ITEMS`` (torch.compile's peer: an Inductor compile) start too, last in the lab
+    group: their dry run fills Inductor's on-disk caches, the main process then loads. Pass the result to ``qualify`` (``background=``) and end it (``close()``) once qualify returns;
     None when there is nothing to start. With the lab group on (the default) the lab items
     above ``LAB_BACKGROUND_S`` start too, in processes of their own (``_groups``)."""
-    from groundthink.precompile import switched_on
+    from groundthink.precompile import WHOLE_ITEMS, switched_on
     if not switched_on():
         return None
     path = path or machine_path()
@@ -1210,8 +1217,8 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
         cands = [i for i, fn in _candidates(spec, True, graph, load=False)[0]      # train.py: on a GPU only
                  if not isinstance(fn, Exception)]
         role = _gated_role(cands)
-        items += [(op, i.name, {"model": model}) for i in cands if i.role == role and
-                  not known.has(op, i.name, timing=_timing(spec, graph))]
+        items += [(op, i.name, {"model": model}) for i in cands if (i.role == role or f"{op}/{i.name}" in
+                  WHOLE_ITEMS) and not known.has(op, i.name, timing=_timing(spec, graph))]
     return _start(None, *_groups(items, history))
 
 

@@ -505,6 +505,47 @@ def lab_shard_count() -> int:
     return 0 if cores < LAB_MIN_CORES else max(1, min(LAB_MAX_SHARDS, (cores - MAIN_CORES) // 4))
 
 
+# Items whose first use is an Inductor compile (a ``torch.compile`` peer): Inductor compiles its own kernels (its
+# FX graph and Triton kernels go to its on-disk caches: ``TORCHINDUCTOR_CACHE_DIR``, default /tmp/torchinductor_<user>,
+# and ``TRITON_CACHE_DIR``; both inherited from the main process, which then loads the graph instead of compiling
+# it), no ``JITFunction`` job that ``_Recording`` could split: shard 0 dry-runs such an item whole, the others say
+# its line at once. Its group compiles it last (``gate._groups``), so that no later item's job order differs
+# between the shards. Run 13: gate_norm_residual/compile measured in 13.3 s in the main process (25 Triton kernels
+# compiled there), the gate's longest item after mamba-ssm's.
+WHOLE_ITEMS = ("gate_norm_residual/compile",)
+
+
+MATMUL_ENV = "GROUNDTHINK_FP32_MATMUL"   # the main's float32 matmul precision, for the subprocesses
+
+
+def settings_env() -> dict:
+    """The main process's settings that a background subprocess must share: torch's float32 matmul precision
+    (train.py sets "high" on a GPU), part of the key of Inductor's FX graph cache — a subprocess left at "highest"
+    would fill entries that the main never hits (``WHOLE_ITEMS``). {} before torch is imported."""
+    torch = sys.modules.get("torch")
+    return {MATMUL_ENV: torch.get_float32_matmul_precision()} if torch is not None else {}
+
+
+def nice_knob(env=os.environ) -> int:
+    """``GROUNDTHINK_BACKGROUND_NICE=N`` (1-19): the background subprocesses lower their priority by N as they
+    start (``compile_item.main``); 0 (the default) or anything else: the main's priority. Off by default, untimed.
+    Why: run 13's gate imports took 14.8 s (run 12 call 6: 8.5) while 9 subprocesses (6 mamba-ssm + 3 lab, ≈ 24
+    compile threads and their ptxas) set up and compiled on 16 cores; the main — one Python thread, the critical
+    path since nothing waits for the background any more (run 13: waiting 0.0 s) — got a share of a core. Run 10's
+    nice 10 starved mamba-ssm only because the main then compiled the lab items on all cores itself."""
+    raw = env.get("GROUNDTHINK_BACKGROUND_NICE", "").strip()
+    return int(raw) if raw.isdigit() and 1 <= int(raw) <= 19 else 0
+
+
+def apply_settings(env=os.environ) -> None:
+    """In a background subprocess: take the main's settings (``settings_env``) where given."""
+    if nice_knob(env):
+        os.nice(nice_knob(env))
+    if env.get(MATMUL_ENV):
+        import torch
+        torch.set_float32_matmul_precision(env[MATMUL_ENV])
+
+
 def _compile_item(op: str, impl: str, shape, say=print, shard: tuple[int, int] = (0, 1), payloads=None) -> dict:
     """``_compile_items`` of one item."""
     return _compile_items([(op, impl, shape)], say, shard, payloads)
@@ -530,10 +571,11 @@ def _compile_items(items: list, say=print, shard: tuple[int, int] = (0, 1), payl
                 futures0, jobs0, failed = len(recording.futures), recording.jobs, ""
                 began = submitted = None
                 try:      # a model whose calls fail to record: the item fails
-                    calls = payloads(op, shape) if payloads is not None else shape   # may build the model: set-up
-                    began = time.monotonic() - _LOADED
-                    _dry_run(op, impl, calls)
-                    submitted = time.monotonic() - _LOADED
+                    if shard[0] == 0 or f"{op}/{impl}" not in WHOLE_ITEMS:     # shard 0 dry-runs a whole item
+                        calls = payloads(op, shape) if payloads is not None else shape   # may build the model
+                        began = time.monotonic() - _LOADED
+                        _dry_run(op, impl, calls)
+                        submitted = time.monotonic() - _LOADED
                 except Exception as e:  # noqa: BLE001 - what compiled so far still counts; the main compiles the rest
                     failed = f"{type(e).__name__}: {str(e)[:160]}"
                     STATS["errors"] += 1
@@ -585,7 +627,8 @@ class Background:
             return
         shards = shards or self.shards
         root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+                   **settings_env())
         arg, procs = json.dumps([list(item) for item in items], default=str), []
         for i in range(shards):
             log = Path(tempfile.mkdtemp()) / "precompile.log"    # tmpXXXXXXXX: scrub_paths.py knows it

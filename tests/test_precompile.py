@@ -390,6 +390,42 @@ def test_a_subprocess_compiles_its_items_in_turn_and_the_shards_split_each_exact
     assert set().union(*compiled) == {(k, w) for k in ("a/x", "b/y") for w in MS} and sum(map(len, compiled)) == 8
 
 
+def test_a_whole_item_is_dry_run_by_shard_0_only_and_every_shard_says_its_line(monkeypatch):
+    """An Inductor compile (``WHOLE_ITEMS``) has no Triton jobs to split: shard 0 dry-runs it, the others say its
+    line at once (the item is done when every shard has said it), and other items run in every shard."""
+    monkeypatch.setattr(precompile, "_workers", lambda: 4)
+    name = precompile.WHOLE_ITEMS[0]
+    op, impl = name.split("/")
+    for i in range(2):
+        ran, lines = [], []
+        monkeypatch.setattr(precompile, "_dry_run", lambda op, impl, shape: ran.append(f"{op}/{impl}"))
+        precompile._compile_items([("a", "x", [64]), (op, impl, [64])], say=lines.append, shard=(i, 2))
+        assert ran == (["a/x", name] if i == 0 else ["a/x"])
+        assert [json.loads(ln)["item"] for ln in lines] == ["a/x", name]
+
+
+def test_the_subprocesses_take_the_mains_matmul_precision_part_of_inductors_cache_key(monkeypatch):
+    """train.py sets "high" on a GPU; a subprocess left at "highest" would fill FX graph cache entries the main
+    never hits."""
+    import torch
+    was = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        env = precompile.settings_env()
+        torch.set_float32_matmul_precision("highest")
+        precompile.apply_settings(env)
+        assert torch.get_float32_matmul_precision() == "high"
+        precompile.apply_settings({})          # nothing given: left alone
+        assert torch.get_float32_matmul_precision() == "high"
+        niced = []
+        monkeypatch.setattr(precompile.os, "nice", niced.append)
+        for raw in ("5", "0", "x", "25", ""):
+            precompile.apply_settings({"GROUNDTHINK_BACKGROUND_NICE": raw})
+        assert niced == [5]                    # GROUNDTHINK_BACKGROUND_NICE: 1-19 only, off by default
+    finally:
+        torch.set_float32_matmul_precision(was)
+
+
 def test_background_says_without_waiting_whether_an_item_is_done_and_how_far_its_shards_are(tmp_path):
     """``done`` asks the shards' logs without waiting (the gate then expects only the item's measuring); ``state``
     is the phrase the gate's over-budget line says; ``ahead`` the items the shards compile up to it; a shard that
