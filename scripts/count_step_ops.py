@@ -8,6 +8,10 @@ launches one kernel per ~100 tensors of a group). The Mamba-2 scan runs on its P
 is GPU-only): each scan call counts as ``--scan-fwd`` launches forward and ``--scan-bwd`` backward (estimates of mamba-ssm 2.3's
 mamba_chunk_scan_combined: 5 Triton kernels forward; its backward recomputes the forward's states and runs ~10 more
 kernels and a few torch reductions: 20), its own ops not counted; the reference conv (pad + conv + SiLU) stands where causal-conv1d launches one kernel each way.
+torch's embedding backward (``embedding_dense_backward``, one op on CPU) counts as ``--emb-bwd`` launches (an
+estimate of its CUDA path for more than 3,072 indices: a 64-bit radix sort of the indices — histogram, scan,
+8 one-sweep passes — then ~10 segment kernels and a zero fill: 20); ``fused.projections.embedding``'s one-hot
+GEMM backward (``eq`` + ``mm``) replaces it unless ``GROUNDTHINK_EMB_GEMM=0``.
 Not modelled: cuBLAS's split-K reduction kernels (a second launch for some weight-gradient GEMMs on a GPU), the
 NCCL all-reduce (one rank here). So the GPU count is higher by roughly those; the profile window of train.py on a
 GPU is the measurement.
@@ -15,6 +19,8 @@ GPU is the measurement.
 Usage: PYTHONPATH=. python scripts/count_step_ops.py [--variant GF-MH] [--kernels triton|reference] [--autocast]
 [--flat-weights on|off] [--batch 2 --seq 64]. ``--autocast`` (as on a GPU): bf16 autocast on CPU, with the
 weights' bf16 copy made once per step (``--flat-weights on``, the default) or cast per use (off: the earlier step).
+``--before ENV=VALUE[,ENV=VALUE]``: count twice, with those environment variables set (the earlier path, e.g.
+``GROUNDTHINK_EMB_GEMM=0``) and without, and print the per-op differences.
 ``--gemms [--size large --vocab 104 --kernels reference]``: instead of counting, list the step's matrix products
 that cuBLAS would run on its slow misaligned kernels (``groundthink.step.GemmWatch``; ~1 min with the references).
 """
@@ -34,8 +40,9 @@ FREE = {"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"
 
 
 class OpCounter(TorchDispatchMode):
-    def __init__(self):
+    def __init__(self, weights: dict[str, int] | None = None):
         super().__init__()
+        self.weights = weights or {}    # op name -> the launches one call of it counts as (its GPU path)
         self.counts = collections.Counter()
         self.tag = "other"
         self.paused = 0
@@ -56,7 +63,7 @@ class OpCounter(TorchDispatchMode):
         name = func.overloadpacket.__name__
         is_view = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
         if name not in FREE and not is_view:
-            self.counts[(self.tag, name)] += 1
+            self.counts[(self.tag, name)] += self.weights.get(name, 1)
         return out
 
 
@@ -159,14 +166,36 @@ def main():
     ap.add_argument("--flat-weights", choices=["on", "off", "absent"], default="on")
     ap.add_argument("--scan-fwd", type=int, default=5)
     ap.add_argument("--scan-bwd", type=int, default=20)
+    ap.add_argument("--emb-bwd", type=int, default=20, help="launches of torch's CUDA embedding backward")
+    ap.add_argument("--before", default="", help="ENV=VALUE[,ENV=VALUE]: also count with these set, print the "
+                    "differences")
     ap.add_argument("--gemms", action="store_true", help="list the step's matrix products and the misaligned "
                     "ones (groundthink.step.GemmWatch) instead of counting launches")
     args = ap.parse_args()
     if args.gemms:
         return gemm_report(args)
+    if args.before:
+        env = dict(kv.split("=", 1) for kv in args.before.split(","))
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            before = count(args)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    after = count(args)
+    if args.before:
+        print(f"with {args.before}: {sum(before.values())} launches, without: {sum(after.values())}; by op:")
+        for key in sorted(set(before) | set(after), key=lambda k: after[k] - before[k]):
+            if after[key] != before[key]:
+                print(f"  {before[key]:5d} -> {after[key]:5d}  {key[0]:<12} {key[1]}")
+
+
+def count(args) -> collections.Counter:
+    """One counted training step (after an uncounted one): prints the summary, returns {(tag, op): launches}."""
     from groundthink.registry import resolve
     ops = resolve(args.kernels)
-    counter = OpCounter()
+    counter = OpCounter({"embedding_dense_backward": args.emb_bwd})
     _patch_triton(counter)
     ops.choices["mamba2"].fn = _opaque_scan(counter, ops.choices["mamba2"].fn, args.scan_fwd, args.scan_bwd)
     m, step = _make_step(args, ops)
@@ -185,6 +214,7 @@ def main():
         counter.active = True
         counter.tag = "fwd:other"
         step._body()
+        counter.active = False    # a second count() patches over this one's hooks: they must stay silent
     by_tag = collections.Counter()
     for (t, _), n in counter.counts.items():
         by_tag[t] += n
@@ -197,6 +227,7 @@ def main():
     print("top ops:")
     for (t, name), n in counter.counts.most_common(int(os.environ.get("TOP", "25"))):
         print(f"  {n:5d}  {t:<12} {name}")
+    return collections.Counter(counter.counts)
 
 
 if __name__ == "__main__":
