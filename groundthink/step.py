@@ -404,9 +404,9 @@ class TrainStep:
         b = self.bucket
         if self.has is None:
             self.has = monitor.present(probes, self.groups)
-        zero = loss.new_zeros((), dtype=torch.float32)
-        b.tail.copy_(torch.stack([loss.detach().float()] + [zero if probes.get(k) is None else
-                                                            probes[k].detach().float() for k in monitor.PROBES]))
+        zero = b._zero                           # cached: no fill; the stacks below write in place (no copy)
+        torch.stack([loss.detach().float()] + [zero if probes.get(k) is None else probes[k].detach().float()
+                                               for k in monitor.PROBES], out=b.tail)
         b.all_reduce_mean_(self.world)
         per, total = b.norms()
         loss_avg = b.tail[0]
@@ -416,7 +416,7 @@ class TrainStep:
         self.opt.found_inf.copy_(bad)
         b.clip_(total, self.grad_clip)
         self.opt.step()
-        self.row.copy_(monitor.pack(loss_avg, total, per, dict(zip(monitor.PROBES, b.tail[1:]))))
+        monitor.pack(loss_avg, total, per, dict(zip(monitor.PROBES, b.tail[1:])), out=self.row, zero=zero)
 
     # ------------------------------------------------------------------ driving it
     def load_batch(self, x: torch.Tensor, y: torch.Tensor):

@@ -21,6 +21,10 @@ Usage: PYTHONPATH=. python scripts/count_step_ops.py [--variant GF-MH] [--kernel
 weights' bf16 copy made once per step (``--flat-weights on``, the default) or cast per use (off: the earlier step).
 ``--before ENV=VALUE[,ENV=VALUE]``: count twice, with those environment variables set (the earlier path, e.g.
 ``GROUNDTHINK_EMB_GEMM=0``) and without, and print the per-op differences.
+``--splitk-probe`` (GPU only, ~1 min): for the small step's weight-gradient shapes (K = B·T = 16,384) each
+formulation's CUDA kernels per call (cuBLAS adds a ``splitKreduce`` kernel when it splits K) and µs per call:
+dW = dYᵀX in bf16 (the step's form), the operands swapped (Xᵀ dY, transposed view), an fp32 output
+(``mm(..., out_dtype=float32)``: straight into the fp32 gradient buffer), G = 4 slices as one bmm.
 ``--gemms [--size large --vocab 104 --kernels reference]``: instead of counting, list the step's matrix products
 that cuBLAS would run on its slow misaligned kernels (``groundthink.step.GemmWatch``; ~1 min with the references).
 """
@@ -154,6 +158,54 @@ def gemm_report(args):
         print(f"  {n:3d} x {line}")
 
 
+SPLITK_SHAPES = ((128, 128), (256, 128), (384, 128), (24, 128), (512, 128), (128, 512), (104, 128), (32, 128),
+                 (128, 32))     # weight gradients [M, N] of the small step (r/k/v/g, output, in_proj pieces, FFN, head, LoRA)
+
+
+def _per_call(fn, reps: int = 20) -> tuple[float, float, str]:
+    """(CUDA kernels per call, µs per call, the kernels' short names) of ``fn`` (warm)."""
+    from torch.profiler import ProfilerActivity, profile
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0.record()
+    for _ in range(reps):
+        fn()
+    t1.record()
+    torch.cuda.synchronize()
+    short = sorted({("splitKreduce" if "splitKreduce" in n else n.split("(")[0].split("<")[0][-40:]) for n in names})
+    return len(names) / reps, 1e3 * t0.elapsed_time(t1) / reps, " + ".join(short)
+
+
+def splitk_probe(K: int = 16384):
+    """Print, per weight-gradient shape, each formulation's kernels per call and µs (see the module docstring)."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--splitk-probe needs a CUDA device (it profiles cuBLAS's kernels)")
+    torch.manual_seed(0)
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    print(f"{'M x N':>10} {'formulation':<22} {'kernels':>7} {'us':>8}  kernels")
+    for M, N in SPLITK_SHAPES:
+        dy, x = torch.randn(K, M, **bf), torch.randn(K, N, **bf)
+        dys, xs = torch.randn(4, K, M, **bf), torch.randn(4, K, N, **bf)
+        forms = {"dY^T X bf16": lambda: torch.mm(dy.t(), x),
+                 "(X^T dY)^T bf16": lambda: torch.mm(x.t(), dy).t(),
+                 "dY^T X -> fp32": lambda: torch.mm(dy.t(), x, out_dtype=torch.float32),
+                 "4 x dY^T X (4 mm)": lambda: [torch.mm(dys[i].t(), xs[i]) for i in range(4)],
+                 "4 x as one bmm": lambda: torch.bmm(dys.transpose(1, 2), xs)}
+        for name, fn in forms.items():
+            try:
+                n, us, what = _per_call(fn)
+                print(f"{f'{M}x{N}':>10} {name:<22} {n:7.1f} {us:8.1f}  {what}")
+            except Exception as e:          # an unsupported form (e.g. out_dtype on an older torch)
+                print(f"{f'{M}x{N}':>10} {name:<22} {'-':>7} {'-':>8}  {type(e).__name__}: {str(e)[:60]}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--variant", default="GF-MH")
@@ -171,7 +223,11 @@ def main():
                     "differences")
     ap.add_argument("--gemms", action="store_true", help="list the step's matrix products and the misaligned "
                     "ones (groundthink.step.GemmWatch) instead of counting launches")
+    ap.add_argument("--splitk-probe", action="store_true", help="GPU: kernels per call and µs of weight-gradient "
+                    "GEMM formulations at the small step's shapes")
     args = ap.parse_args()
+    if args.splitk_probe:
+        return splitk_probe()
     if args.gemms:
         return gemm_report(args)
     if args.before:
