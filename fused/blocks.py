@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fused.configs import ModelConfig
-from fused.projections import linear_pieces, stacked_proj
+from fused.projections import linear_pieces, stack, stacked_proj
 
 
 
@@ -90,7 +90,8 @@ class RWKV6TimeMix(nn.Module):
         R = self.time_maa_w2.shape[1]
         m = torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5, R).transpose(0, 1)
         m = torch.bmm(m, self.time_maa_w2).view(5, B, T, D)
-        maa = torch.stack([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
+        # a view, no copy, in the training step (whose flat parameters lay the five end to end)
+        maa = stack([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
         # the five lerps, one fused op: x_w alone, x_r, x_k, x_v, x_g written as one stack [4, B, T, D] (mixes
         # w, k, v, r, g = 0 … 4 in m and maa; order r, k, v, g as in rkvg): the batched projection reads it as is
         xw, xrkvg = ops.ddlerp(x, m, maa, x_prev, order=(0, 3, 1, 2, 4))

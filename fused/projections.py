@@ -16,6 +16,10 @@ gradients (issue 10: at the large model autograd's concatenations cost ~1.1 ms o
         i, dxs[i] = dY_i w_iᵀ and dw[i] = xs_iᵀ dY_i, 2·G GEMMs into slices of a [G, M, K] and a [G, K, N]
         buffer (autograd's unbind backward stacks the G gradients into [G, M, N] first: at large 64 MB read and
         written per layer).
+    s = stack(ts)
+        torch.stack(ts) as a VIEW when the ts are equal contiguous tensors laid end to end in one storage (the
+        training step's flat parameters: RWKV's five maa vectors), with a backward that hands each t its row of
+        the gradient: no copy kernel either way; else torch.stack.
     h = embedding(idx, weight)
         idx [...] int64, weight [V, D] → weight[idx] [..., D] (F.embedding). Backward: dW = onehot(idx)ᵀ dh, ONE
         GEMM [V, N]·[N, D] (N = idx.numel()) after one comparison kernel writing the one-hot [N, V] in dh's dtype.
@@ -243,3 +247,34 @@ def embedding(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if not (weight.requires_grad and torch.is_grad_enabled()) or os.environ.get("GROUNDTHINK_EMB_GEMM") == "0":
         return F.embedding(idx, weight)
     return _Embedding.apply(idx, weight)
+
+
+class _AdjacentStack(torch.autograd.Function):
+    """ts laid end to end in one storage → the [len(ts), *shape] view over them (see ``stack``)."""
+
+    @staticmethod
+    def forward(ctx, *ts):
+        t = ts[0]
+        return t.as_strided((len(ts), *t.shape), (t.numel(), *t.stride()), t.storage_offset())
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.unbind(0)
+
+
+def _end_to_end(ts) -> bool:
+    t0 = ts[0]
+    step = t0.numel() * t0.element_size()
+    base = t0.untyped_storage().data_ptr()
+    return t0.device.type != "meta" and all(
+        t.is_contiguous() and t.shape == t0.shape and t.dtype == t0.dtype and t.device == t0.device
+        and t.untyped_storage().data_ptr() == base and t.data_ptr() == t0.data_ptr() + i * step
+        for i, t in enumerate(ts))
+
+
+def stack(ts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(ts)``, as a view without a copy where the ts lie end to end in one storage (module
+    docstring); under torch.compile always torch.stack (dynamo traces no storage pointers)."""
+    if len(ts) > 1 and not torch.compiler.is_compiling() and _end_to_end(ts):
+        return _AdjacentStack.apply(*ts)
+    return torch.stack(ts)

@@ -522,3 +522,18 @@ def test_embedding_onehot_gemm_equals_autograd_float64(monkeypatch):
         assert torch.equal(P.embedding(idx, w), F.embedding(idx, w))
     with pytest.raises(ValueError, match="embedding: weight"):
         P.embedding(idx.float(), w)
+
+
+def test_stack_of_end_to_end_tensors_is_a_view_float64():
+    """fused.projections.stack: tensors laid end to end in one storage (the step's flat parameters) stack as a
+    view of it, values and gradients equal to torch.stack's; separate tensors take torch.stack."""
+    from fused.projections import stack
+    torch.manual_seed(0)
+    base = torch.randn(5 * 7, dtype=torch.float64, requires_grad=True)
+    ts = [base[7 * i:7 * (i + 1)] for i in range(5)]
+    got, want = stack(ts), torch.stack(ts)
+    assert got.data_ptr() == base.data_ptr() and torch.equal(got, want)
+    g = torch.randn(5, 7, dtype=torch.float64)
+    assert torch.equal(*(torch.autograd.grad(o, base, g)[0] for o in (got, want)))
+    apart = [t.detach().clone() for t in ts]
+    assert stack(apart).data_ptr() not in {t.data_ptr() for t in apart} and torch.equal(stack(apart), want)
