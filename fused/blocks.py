@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fused.configs import ModelConfig
-from fused.projections import linear_pieces, stacked_proj
+from fused.projections import grouped_lora, linear_pieces, stack, stacked_proj
 
 
 
@@ -88,9 +88,10 @@ class RWKV6TimeMix(nn.Module):
         x_prev = None if state is None else state[0].to(x.dtype)       # token-shift state (last row)
         xxx = ops.shift_lerp(x, self.time_maa_x, x_prev)                  # x + (shift(x) − x) ⊙ maa_x
         R = self.time_maa_w2.shape[1]
-        m = torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5, R).transpose(0, 1)
-        m = torch.bmm(m, self.time_maa_w2).view(5, B, T, D)
-        maa = torch.stack([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
+        # the five low-rank mixes [5, B·T, D]: one bmm each way, no copy of the code's gradient (fused.projections)
+        m = grouped_lora(torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5 * R), self.time_maa_w2).view(5, B, T, D)
+        # a view, no copy, in the training step (whose flat parameters lay the five end to end)
+        maa = stack([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
         # the five lerps, one fused op: x_w alone, x_r, x_k, x_v, x_g written as one stack [4, B, T, D] (mixes
         # w, k, v, r, g = 0 … 4 in m and maa; order r, k, v, g as in rkvg): the batched projection reads it as is
         xw, xrkvg = ops.ddlerp(x, m, maa, x_prev, order=(0, 3, 1, 2, 4))

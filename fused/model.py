@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from fused.blocks import FFN, Mamba2Mixer, NormWeight, RWKV6TimeMix, rms_norm
 from fused.configs import ModelConfig
-from fused.projections import autocast_dtype, linear_pieces
+from fused.projections import autocast_dtype, embedding, linear_pieces
 from fused.variants import VARIANTS, Fusion
 from groundthink import monitor
 
@@ -135,7 +135,7 @@ class HybridLM(nn.Module):
         return [None if blk.mamba is None else next(got) for blk in self.blocks]
 
     def _run(self, idx, state=None, probes=None):
-        h = self.emb(idx)
+        h = embedding(idx, self.emb.weight)
         y = rms_norm(h, self.norm0, self.config.norm_eps)
         amp = autocast_dtype(y.device.type)
         if amp is not None:

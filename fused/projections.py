@@ -16,21 +16,43 @@ gradients (issue 10: at the large model autograd's concatenations cost ~1.1 ms o
         i, dxs[i] = dY_i w_iᵀ and dw[i] = xs_iᵀ dY_i, 2·G GEMMs into slices of a [G, M, K] and a [G, K, N]
         buffer (autograd's unbind backward stacks the G gradients into [G, M, N] first: at large 64 MB read and
         written per layer).
+    m = grouped_lora(hid, w2)
+        hid [M, G·R] (G low-rank codes side by side, as one GEMM makes them), w2 [G, R, N] → [G, M, N], the G
+        products hid[:, gR:(g+1)R] w2[g]: one bmm over the strided [G, M, R] view, as before. Backward: one bmm
+        for dw2 and ONE bmm writing d hid straight into its [M, G·R] layout (out= a strided view: cuBLAS takes
+        the row stride G·R); autograd's bmm backward made it [G, M, R] contiguous and the view's backward then
+        copied it (a clone of [M, G·R] per layer: RWKV's five-lerp LoRA).
+    s = stack(ts)
+        torch.stack(ts) as a VIEW when the ts are equal contiguous tensors laid end to end in one storage (the
+        training step's flat parameters: RWKV's five maa vectors), with a backward that hands each t its row of
+        the gradient: no copy kernel either way; else torch.stack.
+    h = embedding(idx, weight)
+        idx [...] int64, weight [V, D] → weight[idx] [..., D] (F.embedding). Backward: dW = onehot(idx)ᵀ dh, ONE
+        GEMM [V, N]·[N, D] (N = idx.numel()) after one comparison kernel writing the one-hot [N, V] in dh's dtype.
+        torch's CUDA embedding backward sorts the N indices instead (a 64-bit radix sort: 8 passes, then ~10
+        segment kernels, a zero fill: ~20 launches a step); ``GROUNDTHINK_EMB_GEMM=0`` restores it.
 
 Numerics: every GEMM accumulates in fp32 and rounds once into its output's dtype; linear_pieces' dx rounds after
 each GEMM of its chain (bf16 under autocast: one rounding per group, as autograd rounds when it adds the
 gradients of a tensor used several times); fp64 inputs give fp64 results equal to autograd's (tests/test_model.py).
 Pieces whose gradient is None (unused) cost nothing in a group of their own (their dW rows are zeroed) and read
 cached zeros in a shared group. CUDA-graph safe: no host syncs, every allocation's size fixed by the shapes.
+The embedding gradient's GEMM runs in dh's dtype at the process's fp32 matmul precision (train.py on a GPU: TF32,
+dh rounded to 10 mantissa bits, sums in fp32; the sort path adds in fp32); the one-hot factor is exact; in
+float64 equal to autograd's up to summation order. Indices outside [0, V) are caught by the forward.
 """
 from __future__ import annotations
 
 from itertools import accumulate
 
+import os
+
 import torch
+import torch.nn.functional as F
 
 WIDE = 64                     # a piece at least this wide (and 8-aligned) gets GEMMs of its own in the backward
 _ZEROS: dict = {}             # (shape, dtype, device) -> a zero tensor, made once (never written)
+_ARANGE: dict = {}            # (n, device) -> arange(n) int64, made once (never written)
 _empty_like = torch.empty_like  # the backwards' gradient buffers (tests make them NaN-filled)
 
 
@@ -188,3 +210,111 @@ def stacked_proj(xs: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
     if amp is not None:
         xs, w = xs.to(amp), w.to(amp)
     return _StackedProj.apply(xs, w)
+
+
+def _arange(n: int, device) -> torch.Tensor:
+    """arange(n) int64 on ``device``, made once per process (freshly when traced by torch.compile)."""
+    if torch.compiler.is_compiling():
+        return torch.arange(n, device=device)
+    key = (n, torch.device(device))
+    if key not in _ARANGE:
+        with torch.inference_mode(False), torch.no_grad():
+            _ARANGE[key] = torch.arange(n, device=device)
+    return _ARANGE[key]
+
+
+class _Embedding(torch.autograd.Function):
+    """idx [...] int64, weight [V, D] → weight[idx] [..., D]; backward one-hot GEMM (see ``embedding``)."""
+
+    @staticmethod
+    def forward(ctx, idx, weight):
+        ctx.save_for_backward(idx)
+        ctx.vocab = weight.shape[0]
+        return F.embedding(idx, weight)
+
+    @staticmethod
+    def backward(ctx, dh):
+        (idx,) = ctx.saved_tensors
+        dh = dh.reshape(-1, dh.shape[-1])
+        onehot = dh.new_empty(dh.shape[0], ctx.vocab)                           # [N, V], every element written
+        torch.eq(idx.reshape(-1, 1), _arange(ctx.vocab, dh.device), out=onehot)  # one kernel, cast included
+        if autocast_dtype(dh.device.type) is None:
+            return None, torch.mm(onehot.t(), dh)                               # [V, D]
+        with torch.autocast(dh.device.type, enabled=False):                    # in dh's dtype, not autocast's
+            return None, torch.mm(onehot.t(), dh)
+
+
+def embedding(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.embedding(idx, weight)`` whose weight gradient is one GEMM of a one-hot matrix (module docstring);
+    torch's own backward with ``GROUNDTHINK_EMB_GEMM=0`` or where no weight gradient is needed."""
+    if weight.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"embedding: weight [V, D] and integer indices expected; got weight "
+                         f"{tuple(weight.shape)}, indices {idx.dtype}")
+    if not (weight.requires_grad and torch.is_grad_enabled()) or os.environ.get("GROUNDTHINK_EMB_GEMM") == "0":
+        return F.embedding(idx, weight)
+    return _Embedding.apply(idx, weight)
+
+
+class _AdjacentStack(torch.autograd.Function):
+    """ts laid end to end in one storage → the [len(ts), *shape] view over them (see ``stack``)."""
+
+    @staticmethod
+    def forward(ctx, *ts):
+        t = ts[0]
+        return t.as_strided((len(ts), *t.shape), (t.numel(), *t.stride()), t.storage_offset())
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.unbind(0)
+
+
+def _end_to_end(ts) -> bool:
+    t0 = ts[0]
+    step = t0.numel() * t0.element_size()
+    base = t0.untyped_storage().data_ptr()
+    return t0.device.type != "meta" and all(
+        t.is_contiguous() and t.shape == t0.shape and t.dtype == t0.dtype and t.device == t0.device
+        and t.untyped_storage().data_ptr() == base and t.data_ptr() == t0.data_ptr() + i * step
+        for i, t in enumerate(ts))
+
+
+def stack(ts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(ts)``, as a view without a copy where the ts lie end to end in one storage (module
+    docstring); under torch.compile always torch.stack (dynamo traces no storage pointers)."""
+    if len(ts) > 1 and not torch.compiler.is_compiling() and _end_to_end(ts):
+        return _AdjacentStack.apply(*ts)
+    return torch.stack(ts)
+
+
+class _GroupedLora(torch.autograd.Function):
+    """hid [M, G·R], w2 [G, R, N] → [G, M, N] (see ``grouped_lora``)."""
+
+    @staticmethod
+    def forward(ctx, hid, w2):
+        ctx.save_for_backward(hid, w2)
+        G, R, _ = w2.shape
+        return torch.bmm(hid.view(-1, G, R).transpose(0, 1), w2)
+
+    @staticmethod
+    def backward(ctx, dout):
+        hid, w2 = ctx.saved_tensors
+        G, R, _ = w2.shape
+        dhid = dw2 = None
+        if ctx.needs_input_grad[0]:
+            dhid = _empty_like(hid)
+            torch.bmm(dout, w2.transpose(1, 2), out=dhid.view(-1, G, R).transpose(0, 1))
+        if ctx.needs_input_grad[1]:
+            dw2 = torch.bmm(hid.view(-1, G, R).permute(1, 2, 0), dout)
+        return dhid, dw2
+
+
+def grouped_lora(hid: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """[G, M, N] = the G products of hid's column groups [M, R] with w2[g] [R, N] (module docstring). Under
+    autocast both are cast first (as bmm would)."""
+    if hid.dim() != 2 or w2.dim() != 3 or hid.shape[1] != w2.shape[0] * w2.shape[1]:
+        raise ValueError(f"grouped_lora: hid [M, G·R] and w2 [G, R, N] expected; got {tuple(hid.shape)} and "
+                         f"{tuple(w2.shape)}")
+    amp = autocast_dtype(hid.device.type)
+    if amp is not None:
+        hid, w2 = hid.to(amp), w2.to(amp)
+    return _GroupedLora.apply(hid.contiguous(), w2)

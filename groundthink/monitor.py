@@ -35,12 +35,15 @@ PROBES = ("gate_mean", "rms_rwkv", "rms_mamba")     # what the model's forward r
 
 # ----------------------------------------------------------------------------------------------- rows
 
-def pack(loss, grad_norm, norms3, probes: dict) -> torch.Tensor:
-    """One row [len(STATS)] fp32 on the loss's device; absent probes are 0 (``present`` tells them apart)."""
-    zero = loss.new_zeros((), dtype=torch.float32)
+def pack(loss, grad_norm, norms3, probes: dict, out=None, zero=None) -> torch.Tensor:
+    """One row [len(STATS)] fp32 on the loss's device; absent probes are 0 (``present`` tells them apart).
+    ``out``: the row written in place (one launch, no copy after); ``zero``: a 0-d fp32 zero to use (else one is
+    made where a probe is absent)."""
+    if zero is None and any(probes.get(k) is None for k in PROBES):
+        zero = loss.new_zeros((), dtype=torch.float32)
     vals = [loss.detach().float(), grad_norm.float(), norms3[0].float(), norms3[1].float()]
     vals += [zero if probes.get(k) is None else probes[k].detach().float() for k in PROBES]
-    return torch.stack(vals)
+    return torch.stack(vals, out=out)
 
 
 def present(probes: dict, groups: dict) -> dict[str, bool]:
@@ -70,10 +73,17 @@ def rms(t) -> torch.Tensor | None:
 
 def branch_rms(*branches: list) -> list[torch.Tensor | None]:
     """For each list of per-layer branch outputs: the mean over its layers of their RMS (0-d fp32; None for a list
-    of Nones). All lists in ONE multi-tensor norm (two kernels on a GPU, where a norm per tensor is ~2 launches)."""
+    of Nones). All lists in ONE multi-tensor norm (two kernels on a GPU, where a norm per tensor is ~2 launches),
+    then, when the lists are equally long and the outputs equally large, one stack, mean and divide for all."""
     lists = [[t.detach() for t in b if t is not None] for b in branches]
     flat = [t for ts in lists for t in ts]
     norms = iter(torch._foreach_norm(flat, 2, dtype=torch.float32)) if flat else iter(())
+    full = [ts for ts in lists if ts]
+    if full and len({len(ts) for ts in full}) == 1 and len({t.numel() for t in flat}) == 1:
+        # the usual case (every branch list as long, every output as large): one stack, one mean, one divide
+        rows = iter((torch.stack(list(norms)).view(len(full), -1).mean(1) / math.sqrt(max(flat[0].numel(), 1)))
+                    .unbind(0))
+        return [next(rows) if ts else None for ts in lists]
     out = []
     for ts in lists:
         got = [next(norms) for _ in ts]

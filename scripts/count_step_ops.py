@@ -8,6 +8,10 @@ launches one kernel per ~100 tensors of a group). The Mamba-2 scan runs on its P
 is GPU-only): each scan call counts as ``--scan-fwd`` launches forward and ``--scan-bwd`` backward (estimates of mamba-ssm 2.3's
 mamba_chunk_scan_combined: 5 Triton kernels forward; its backward recomputes the forward's states and runs ~10 more
 kernels and a few torch reductions: 20), its own ops not counted; the reference conv (pad + conv + SiLU) stands where causal-conv1d launches one kernel each way.
+torch's embedding backward (``embedding_dense_backward``, one op on CPU) counts as ``--emb-bwd`` launches (an
+estimate of its CUDA path for more than 3,072 indices: a 64-bit radix sort of the indices — histogram, scan,
+8 one-sweep passes — then ~10 segment kernels and a zero fill: 20); ``fused.projections.embedding``'s one-hot
+GEMM backward (``eq`` + ``mm``) replaces it unless ``GROUNDTHINK_EMB_GEMM=0``.
 Not modelled: cuBLAS's split-K reduction kernels (a second launch for some weight-gradient GEMMs on a GPU), the
 NCCL all-reduce (one rank here). So the GPU count is higher by roughly those; the profile window of train.py on a
 GPU is the measurement.
@@ -15,6 +19,12 @@ GPU is the measurement.
 Usage: PYTHONPATH=. python scripts/count_step_ops.py [--variant GF-MH] [--kernels triton|reference] [--autocast]
 [--flat-weights on|off] [--batch 2 --seq 64]. ``--autocast`` (as on a GPU): bf16 autocast on CPU, with the
 weights' bf16 copy made once per step (``--flat-weights on``, the default) or cast per use (off: the earlier step).
+``--before ENV=VALUE[,ENV=VALUE]``: count twice, with those environment variables set (the earlier path, e.g.
+``GROUNDTHINK_EMB_GEMM=0``) and without, and print the per-op differences.
+``--splitk-probe`` (GPU only, ~1 min): for the small step's weight-gradient shapes (K = B·T = 16,384) each
+formulation's CUDA kernels per call (cuBLAS adds a ``splitKreduce`` kernel when it splits K) and µs per call:
+dW = dYᵀX in bf16 (the step's form), the operands swapped (Xᵀ dY, transposed view), an fp32 output
+(``mm(..., out_dtype=float32)``: straight into the fp32 gradient buffer), G = 4 slices as one bmm.
 ``--gemms [--size large --vocab 104 --kernels reference]``: instead of counting, list the step's matrix products
 that cuBLAS would run on its slow misaligned kernels (``groundthink.step.GemmWatch``; ~1 min with the references).
 """
@@ -34,8 +44,9 @@ FREE = {"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"
 
 
 class OpCounter(TorchDispatchMode):
-    def __init__(self):
+    def __init__(self, weights: dict[str, int] | None = None):
         super().__init__()
+        self.weights = weights or {}    # op name -> the launches one call of it counts as (its GPU path)
         self.counts = collections.Counter()
         self.tag = "other"
         self.paused = 0
@@ -56,7 +67,7 @@ class OpCounter(TorchDispatchMode):
         name = func.overloadpacket.__name__
         is_view = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
         if name not in FREE and not is_view:
-            self.counts[(self.tag, name)] += 1
+            self.counts[(self.tag, name)] += self.weights.get(name, 1)
         return out
 
 
@@ -147,6 +158,54 @@ def gemm_report(args):
         print(f"  {n:3d} x {line}")
 
 
+SPLITK_SHAPES = ((128, 128), (256, 128), (384, 128), (24, 128), (512, 128), (128, 512), (104, 128), (32, 128),
+                 (128, 32))     # weight gradients [M, N] of the small step (r/k/v/g, output, in_proj pieces, FFN, head, LoRA)
+
+
+def _per_call(fn, reps: int = 20) -> tuple[float, float, str]:
+    """(CUDA kernels per call, µs per call, the kernels' short names) of ``fn`` (warm)."""
+    from torch.profiler import ProfilerActivity, profile
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0.record()
+    for _ in range(reps):
+        fn()
+    t1.record()
+    torch.cuda.synchronize()
+    short = sorted({("splitKreduce" if "splitKreduce" in n else n.split("(")[0].split("<")[0][-40:]) for n in names})
+    return len(names) / reps, 1e3 * t0.elapsed_time(t1) / reps, " + ".join(short)
+
+
+def splitk_probe(K: int = 16384):
+    """Print, per weight-gradient shape, each formulation's kernels per call and µs (see the module docstring)."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--splitk-probe needs a CUDA device (it profiles cuBLAS's kernels)")
+    torch.manual_seed(0)
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    print(f"{'M x N':>10} {'formulation':<22} {'kernels':>7} {'us':>8}  kernels")
+    for M, N in SPLITK_SHAPES:
+        dy, x = torch.randn(K, M, **bf), torch.randn(K, N, **bf)
+        dys, xs = torch.randn(4, K, M, **bf), torch.randn(4, K, N, **bf)
+        forms = {"dY^T X bf16": lambda: torch.mm(dy.t(), x),
+                 "(X^T dY)^T bf16": lambda: torch.mm(x.t(), dy).t(),
+                 "dY^T X -> fp32": lambda: torch.mm(dy.t(), x, out_dtype=torch.float32),
+                 "4 x dY^T X (4 mm)": lambda: [torch.mm(dys[i].t(), xs[i]) for i in range(4)],
+                 "4 x as one bmm": lambda: torch.bmm(dys.transpose(1, 2), xs)}
+        for name, fn in forms.items():
+            try:
+                n, us, what = _per_call(fn)
+                print(f"{f'{M}x{N}':>10} {name:<22} {n:7.1f} {us:8.1f}  {what}")
+            except Exception as e:          # an unsupported form (e.g. out_dtype on an older torch)
+                print(f"{f'{M}x{N}':>10} {name:<22} {'-':>7} {'-':>8}  {type(e).__name__}: {str(e)[:60]}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--variant", default="GF-MH")
@@ -159,14 +218,40 @@ def main():
     ap.add_argument("--flat-weights", choices=["on", "off", "absent"], default="on")
     ap.add_argument("--scan-fwd", type=int, default=5)
     ap.add_argument("--scan-bwd", type=int, default=20)
+    ap.add_argument("--emb-bwd", type=int, default=20, help="launches of torch's CUDA embedding backward")
+    ap.add_argument("--before", default="", help="ENV=VALUE[,ENV=VALUE]: also count with these set, print the "
+                    "differences")
     ap.add_argument("--gemms", action="store_true", help="list the step's matrix products and the misaligned "
                     "ones (groundthink.step.GemmWatch) instead of counting launches")
+    ap.add_argument("--splitk-probe", action="store_true", help="GPU: kernels per call and µs of weight-gradient "
+                    "GEMM formulations at the small step's shapes")
     args = ap.parse_args()
+    if args.splitk_probe:
+        return splitk_probe()
     if args.gemms:
         return gemm_report(args)
+    if args.before:
+        env = dict(kv.split("=", 1) for kv in args.before.split(","))
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            before = count(args)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    after = count(args)
+    if args.before:
+        print(f"with {args.before}: {sum(before.values())} launches, without: {sum(after.values())}; by op:")
+        for key in sorted(set(before) | set(after), key=lambda k: after[k] - before[k]):
+            if after[key] != before[key]:
+                print(f"  {before[key]:5d} -> {after[key]:5d}  {key[0]:<12} {key[1]}")
+
+
+def count(args) -> collections.Counter:
+    """One counted training step (after an uncounted one): prints the summary, returns {(tag, op): launches}."""
     from groundthink.registry import resolve
     ops = resolve(args.kernels)
-    counter = OpCounter()
+    counter = OpCounter({"embedding_dense_backward": args.emb_bwd})
     _patch_triton(counter)
     ops.choices["mamba2"].fn = _opaque_scan(counter, ops.choices["mamba2"].fn, args.scan_fwd, args.scan_bwd)
     m, step = _make_step(args, ops)
@@ -185,6 +270,7 @@ def main():
         counter.active = True
         counter.tag = "fwd:other"
         step._body()
+        counter.active = False    # a second count() patches over this one's hooks: they must stay silent
     by_tag = collections.Counter()
     for (t, _), n in counter.counts.items():
         by_tag[t] += n
@@ -197,6 +283,7 @@ def main():
     print("top ops:")
     for (t, name), n in counter.counts.most_common(int(os.environ.get("TOP", "25"))):
         print(f"  {n:5d}  {t:<12} {name}")
+    return collections.Counter(counter.counts)
 
 
 if __name__ == "__main__":

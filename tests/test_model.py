@@ -494,3 +494,62 @@ def test_first_block_reads_y_in_the_autocast_dtype(ref_ops):
     assert seen == [torch.float64, torch.bfloat16, torch.float32]
     assert abs(l_cast - l64) / l64 < 1e-4 and abs(l_fp32 - l64) / l64 < 1e-4
     assert _geomean(_error_ratios(cast, fp32, ref).values()) <= 1.25
+
+
+def test_embedding_onehot_gemm_equals_autograd_float64(monkeypatch):
+    """fused.projections.embedding (a one-hot GEMM backward) vs F.embedding's autograd in float64: output equal,
+    weight gradient (repeated indices, unused rows, an extra use of the weight as a tied head, a non-contiguous
+    output gradient) to summation order; the knob GROUNDTHINK_EMB_GEMM=0 and no-grad calls take torch's path;
+    bad input gets a one-line error."""
+    import torch.nn.functional as F
+    from fused import projections as P
+    torch.manual_seed(0)
+    idx = torch.randint(0, 11, (3, 7))
+    idx[0, :3] = 4                                      # a repeated row; rows 11..12 of the weight never used
+    w = torch.randn(13, 6, dtype=torch.float64, requires_grad=True)
+    dh = torch.randn(3, 6, 7, dtype=torch.float64).transpose(1, 2)     # non-contiguous [3, 7, 6]
+    seen = []
+    monkeypatch.setattr(P._Embedding, "backward", lambda ctx, g, f=P._Embedding.backward: seen.append(1) or f(ctx, g))
+    for env in ("1", "0"):
+        monkeypatch.setenv("GROUNDTHINK_EMB_GEMM", env)
+        h = P.embedding(idx, w)
+        assert torch.equal(h, F.embedding(idx, w))
+        (got,) = torch.autograd.grad((h * dh).sum() + (w * w).sum(), [w])
+        (want,) = torch.autograd.grad((F.embedding(idx, w) * dh).sum() + (w * w).sum(), [w])
+        assert _rel(got, want) < 1e-14
+    assert seen == [1]                                  # the one-hot path ran once, the knob-off call did not
+    with torch.no_grad():
+        assert torch.equal(P.embedding(idx, w), F.embedding(idx, w))
+    with pytest.raises(ValueError, match="embedding: weight"):
+        P.embedding(idx.float(), w)
+
+
+def test_stack_of_end_to_end_tensors_is_a_view_float64():
+    """fused.projections.stack: tensors laid end to end in one storage (the step's flat parameters) stack as a
+    view of it, values and gradients equal to torch.stack's; separate tensors take torch.stack."""
+    from fused.projections import stack
+    torch.manual_seed(0)
+    base = torch.randn(5 * 7, dtype=torch.float64, requires_grad=True)
+    ts = [base[7 * i:7 * (i + 1)] for i in range(5)]
+    got, want = stack(ts), torch.stack(ts)
+    assert got.data_ptr() == base.data_ptr() and torch.equal(got, want)
+    g = torch.randn(5, 7, dtype=torch.float64)
+    assert torch.equal(*(torch.autograd.grad(o, base, g)[0] for o in (got, want)))
+    apart = [t.detach().clone() for t in ts]
+    assert stack(apart).data_ptr() not in {t.data_ptr() for t in apart} and torch.equal(stack(apart), want)
+
+
+def test_grouped_lora_equals_autograd_float64(nan_buffers):
+    """grouped_lora (d hid written by one bmm into its [M, G·R] layout) vs the view + transpose + bmm it replaces
+    in float64: output and both gradients (a non-contiguous output gradient); bad shapes get a one-line error."""
+    from fused.projections import grouped_lora
+    torch.manual_seed(0)
+    hid = torch.randn(13, 5 * 3, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(5, 3, 7, dtype=torch.float64, requires_grad=True)
+    got, want = grouped_lora(hid, w2), torch.bmm(hid.view(13, 5, 3).transpose(0, 1), w2)
+    assert _rel(got, want) < 1e-14
+    g = torch.randn(7, 13, 5, dtype=torch.float64).permute(2, 1, 0)
+    for a, b in zip(torch.autograd.grad(got, [hid, w2], g), torch.autograd.grad(want, [hid, w2], g)):
+        assert _rel(a, b) < 1e-14
+    with pytest.raises(ValueError, match="grouped_lora: hid"):
+        grouped_lora(hid[:, :14], w2)
