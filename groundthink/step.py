@@ -345,11 +345,6 @@ def adamw_step(opt) -> None:
         opt.step()
         return
     steps = [s["step"] for _, _, st in calls for s in st]
-    with torch.no_grad():                    # as Optimizer.step (differentiable=False) runs it
-        _fused_adamw(calls, steps, fin)
-
-
-def _fused_adamw(calls, steps, fin) -> None:
     torch._foreach_add_(steps, 1)
     for g, ps, st in calls:
         b1, b2 = g["betas"]
