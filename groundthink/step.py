@@ -321,40 +321,6 @@ def _write_grads(dst: list[torch.Tensor], grads) -> None:
         torch._foreach_copy_(list(dst), [g.reshape(-1) for g in grads])
 
 
-def adamw_step(opt) -> None:
-    """``opt.step()`` of a fused AdamW (torch's ``_fused_adam`` with decoupled weight decay: per group one
-    ``_fused_adamw_`` reading the group's lr tensor and ``opt.found_inf``), with the step counts of ALL groups
-    advanced by one multi-tensor add before and rolled back by one multi-tensor subtract of found_inf after
-    (torch runs an add and a subtract per group: 2·(groups − 1) launches more, 10 with the hybrid's 6 groups).
-    Falls back to ``opt.step()`` where that is not what it would run: another optimizer or setting, a parameter
-    without state yet (the first step creates it) or without a gradient, several devices or dtypes."""
-    fin = getattr(opt, "found_inf", None)
-    calls = []
-    for g in opt.param_groups:
-        ps = [p for p in g["params"] if p.grad is not None]
-        st = [opt.state.get(p, {}) for p in ps]
-        if (type(opt) is not torch.optim.AdamW or not g.get("fused") or g.get("amsgrad") or g.get("maximize")
-                or g.get("differentiable") or fin is None or len(ps) != len(g["params"])
-                or any("step" not in s for s in st)):
-            opt.step()
-            return
-        calls.append((g, ps, st))
-    tensors = [t for _, ps, st in calls for t in ps + [s["step"] for s in st]]
-    if len({(t.device, t.dtype) for t in tensors}) > 1 or any(p.grad.dtype != p.dtype for _, ps, _ in calls
-                                                              for p in ps):
-        opt.step()
-        return
-    steps = [s["step"] for _, _, st in calls for s in st]
-    torch._foreach_add_(steps, 1)
-    for g, ps, st in calls:
-        b1, b2 = g["betas"]
-        torch._fused_adamw_(ps, [p.grad for p in ps], [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
-                            [], [s["step"] for s in st], amsgrad=False, lr=g["lr"], beta1=float(b1),
-                            beta2=float(b2), weight_decay=g["weight_decay"], eps=g["eps"], maximize=False,
-                            grad_scale=None, found_inf=fin)
-    torch._foreach_sub_(steps, [fin] * len(steps))
-
-
 def group_params(model) -> dict[str, list[torch.nn.Parameter]]:
     """The model's components (``param_groups()`` when it has one), every trainable parameter once."""
     groups = {k: list(v) for k, v in model.param_groups().items()} if hasattr(model, "param_groups") else {}
@@ -449,7 +415,7 @@ class TrainStep:
         bad = torch.isnan((total + loss_avg) * 0) | (self.skip > 0)
         self.opt.found_inf.copy_(bad)
         b.clip_(total, self.grad_clip)
-        adamw_step(self.opt)
+        self.opt.step()
         monitor.pack(loss_avg, total, per, dict(zip(monitor.PROBES, b.tail[1:])), out=self.row, zero=zero)
 
     # ------------------------------------------------------------------ driving it
