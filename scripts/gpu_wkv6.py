@@ -113,7 +113,8 @@ def device_name():
 
 
 VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
-KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False),   # run 9's default
+KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False,   # run 9's default
+                            bwd_split=False),
          "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),
          "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2),
          "chunk_split": dict(fwd_split=True, fwd_scores=False), "chunk_walk1": dict(fwd_split=False, fwd_scores=False),

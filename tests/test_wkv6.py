@@ -521,12 +521,14 @@ def test_wkv6_backward_without_saved_states():
 
 
 @pytest.mark.parametrize("knobs", [dict(split_bytes=1, state_rows=32, scan_pipe=True),
+                                   dict(piece_bytes=1, state_rows=32, scan_pipe=True),
                                    dict(save_states=False, piece_bytes=1, scan_fill=True, scan_pipe=True,
                                         bwd_split="chunk")],
-                         ids=["saved_split_slices", "recomputed_bwd_split"])
+                         ids=["saved_split_slices", "saved_pieces", "recomputed_bwd_split"])
 def test_wkv6_chunk_memory_knobs(knobs):
     """The chunk algorithm's memory knobs (``chunk.TUNING``) vs fp64, B = 2, K = 16, V = 24: the forward's states
-    (every 32 rows: the walk keeps them) sliced per batch element by the split backward's ``split_bytes``; or one
+    (every 32 rows: the walk keeps them) sliced per batch element by the split backward's ``split_bytes`` or by
+    the backward's pieces (``piece_bytes``: the saved states indexed per piece); or one
     batch element per backward piece (``piece_bytes``), the states recomputed there, narrow scan blocks, with the
     split backward's chunk form (``bwd_split`` "chunk") at the state pass's 64-row states."""
     import kernels.wkv6.chunk as kc
@@ -535,7 +537,7 @@ def test_wkv6_chunk_memory_knobs(knobs):
 
 
 def test_wkv6_chunk_bad_knobs():
-    """A ``state_rows``, ``bwd_maxnreg`` or ``bwd_split`` value the kernels do not take, an unknown knob, or a backward whose
+    """A ``state_rows``, ``bwd_maxnreg``, ``bwd_split`` or ``split_bytes`` value the kernels do not take, an unknown knob, or a backward whose
     ``state_rows`` differs from its forward's (saved states of the wrong spacing), is a one-line error."""
     import kernels.wkv6.chunk as kc
     with pytest.raises(ValueError, match="state_rows must be one of"):
@@ -550,6 +552,10 @@ def test_wkv6_chunk_bad_knobs():
     with pytest.raises(ValueError, match="bwd_split must be one of"):
         with kc.tuning(bwd_split=True):
             pass
+    for bad in (2.0, -1, 0, True):
+        with pytest.raises(ValueError, match="split_bytes must be None or a positive int"):
+            with kc.tuning(split_bytes=bad):
+                pass
     d = make_inputs(1, 40, 1, 16, 16)       # two 32-row chunks, one 64-row chunk
     with kc.tuning(state_rows=32), kc.forward_mode(True):     # the walk keeps states (the state pass: none)
         o, _ = wkv6(d["r"], d["k"], d["v"], d["w"], d["u"])
@@ -623,9 +629,10 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
                                        (dict(fwd_scores=True), False), (dict(fwd_scores=True, fwd_pipe=True), True),
                                        (dict(fwd_scores=True, bwd_split=False), True),
                                        (dict(fwd_scores=True, bwd_split="chunk"), True),
-                                       (dict(fwd_scores=True, bwd_split="chunk", state_rows=64), False)],
+                                       (dict(fwd_scores=True, bwd_split="chunk", state_rows=64), False),
+                                       (dict(state_rows=64, fwd_scores=False, bwd_split=False), False)],
                          ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "scores_seq", "scores_par",
-                              "scores_pipe", "bwd_kernel_seq", "bsplitc_seq", "bsplitc_par64"])
+                              "scores_pipe", "bwd_kernel_seq", "bsplitc_seq", "bsplitc_par64", "bwd_kernel_par64"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
@@ -633,13 +640,14 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     for; this shape would take the state pass) or the state pass (seq False). "seq": the default knobs at this
     T = 300 (the level walk: the scores kernel is on at 1024 ≤ T ≤ 4096 — "scores_seq" is the path the B8 T4096 H32
     shape takes), state_rows 32, pipelined scan; "run9": run 9's
-    default (64, no PIPE, the walk's own level code); the two-kernel state pass with 32-row backward states
+    forward knobs (64, no PIPE, the walk's own level code) with today's backward; the two-kernel state pass with 32-row backward states
     (recomputed beside D) and narrow scan blocks; the split forward (both without the scores kernel: ``fwd_scores``
     False, as sequences outside 1024..4096 run);
     the backward's register cap 168 (``bwd_maxnreg``; K = 64 runs uncapped by default); the scores kernel
     (``fwd_scores``: its span-sum dots in the inputs' dtype, "ieee" for fp32) with the walk (also with ``fwd_pipe``)
     and with the one-kernel state pass; the backward's forms (``bwd_split``: the default "block" everywhere above; False, the one-kernel ``_bwd_kernel``,
-    and "chunk" with the walk, "chunk" with 64-row states)."""
+    and "chunk" with the walk, "chunk" with 64-row states; "bwd_kernel_par64": the one-kernel backward at 64-row
+    states, what ``LOWMEM`` / ``wkv6_chunk_lowmem`` run)."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)

@@ -39,7 +39,11 @@ chunk-parallel output kernel read A and keep the block-level decays (cumsums of 
 per block. H100 run 12 (wkv6i; GPU µs per fwd+bwd, forward in parentheses): B8 T4096 H32 8068 (2068) → 7517 (1702),
 B16 T1024 H8 1092 (317) → 1051 (277), B8 T1024 H8 597 → 563 (171).
 
-Backward (grid chunk·4 blocks × heads, all of V per program). S_c (chunk start, from the forward) and D_c
+Backward. The default (``TUNING["bwd_split"]`` "block", H100 run 13) is the split backward (its paragraph below the
+one-kernel backward's): the blocks' own pairs in 1-warp programs, then a state kernel; the one-kernel backward
+described first (``bwd_split`` False) is what ``LOWMEM`` runs.
+
+One-kernel backward (grid chunk·4 blocks × heads, all of V per program). S_c (chunk start, from the forward) and D_c
 (dL/dS at the chunk end, reverse state pass of ``states.py``) are moved to the block: S_m by the earlier blocks'
 updates, D_m by the later blocks' (D ← diag(exp(W)) D + (q ⊙ exp(P))ᵀ do). Then, with B = do vᵀ (a dot of the
 half inputs themselves when they are bf16/fp16: exact, ``HALF_B``), per level
@@ -1080,6 +1084,10 @@ def tuning(**knobs):
         raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
     if knobs.get("bwd_maxnreg") not in BWD_MAXNREG:
         raise ValueError(f"wkv6 chunk knob bwd_maxnreg must be one of {BWD_MAXNREG}; got {knobs['bwd_maxnreg']!r}")
+    for name in ("split_bytes", "piece_bytes"):
+        val = knobs.get(name)
+        if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val <= 0):
+            raise ValueError(f"wkv6 chunk knob {name} must be None or a positive int (bytes); got {val!r}")
     old = dict(TUNING)
     TUNING.update(knobs)
     try:
