@@ -176,7 +176,8 @@ def peak_extra_mb(fn: Callable, grad_to_none=None) -> tuple[float | None, float]
 
 def batched_ms(fn: Callable, grad_to_none, first_ms: float, box_ms: float) -> tuple[float, int]:
     """(median ms per call over ``BATCHES`` batches of back-to-back calls, calls timed) of a warmed-up ``fn``
-    (each call clears ``grad_to_none``'s gradients first, as in do_bench): ``box_ms`` of timed work in all, at
+    (each call clears ``grad_to_none``'s gradients first, inside the timed batch, as ``gate.measure``'s eager rows
+    do — do_bench clears them outside its events): ``box_ms`` of timed work in all, at
     most ``MAX_BATCH`` calls a batch, at least one. No L2 flush and no sync between the calls of a batch: the
     steady state of a step, where the host's launches overlap the GPU's work (``gate._once_ms`` times a
     batch, as the qualification's eager rows are timed)."""
