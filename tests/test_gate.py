@@ -337,6 +337,34 @@ def test_an_item_expected_to_overrun_is_deferred_and_train_says_what_is_used_ins
     assert "peeronly/safe" in measured and any("measured anyway: training uses it anyway" in s for s in said)
 
 
+def _items(*names):
+    """Plan items ``(spec, impl, fn, [Call])`` of "op/impl" names at the op's first CPU shape (``measure`` faked)."""
+    out = []
+    for name in names:
+        op, _, impl = name.partition("/")
+        spec = get(op)
+        out.append((spec, spec.impl(impl), object(), gate.as_calls(op, spec.bench.cpu_shapes[0])))
+    return out
+
+
+def test_fla_peers_do_not_fit_a_60_s_first_use_and_are_deferred(monkeypatch):
+    """A user with fla installed: the graph-mode qualification plans fla's peers, whose first use takes minutes
+    (run 12 full: fla_chunk 12-26 s per pass and shape). Their FIRST_USE_S figures say so, so with the 60 s budget
+    they are deferred with a line, not run; nor do they join mamba-ssm's background group."""
+    events, said = [], []
+    monkeypatch.setattr(gate, "measure", _measured(events))
+    fla = ["wkv6/fla_chunk", "wkv6/fla_recurrent", "gate_norm_residual/fla_rmsnorm"]
+    plan = _items("wkv6/reference", "gate_norm_residual/reference", *fla)
+    timing = {"wkv6": "graph", "gate_norm_residual": "graph"}
+    # the peers come last in the plan (``_plan``): run 13's lab items and mamba-ssm took 40 of the 60 s before them
+    _, deferred, _ = gate._run_plan(plan, timing, "cpu", said.append, False, time.monotonic() + 60 - 40)
+    assert events == ["measure wkv6/reference", "measure gate_norm_residual/reference"]
+    assert [n for n, _ in deferred] == fla
+    assert all("its first use on a cold H100" in why for _, why in deferred)
+    items = [(n.partition("/")[0], n.partition("/")[2], None) for n in fla]
+    assert gate._groups(items, {}) == ([], [])
+
+
 class FakeBackground:
     """``precompile.Background`` as the gate sees it: items compiling since ``t0`` (``ahead``: in this order in
     its subprocesses), ``done`` as given, ``wait`` recorded in ``events``."""
