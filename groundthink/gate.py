@@ -1272,6 +1272,24 @@ def _join_preloads() -> str:
     return f" (after {sum(took):.1f} s of imports on a thread beside data and model)" if took else ""
 
 
+def _anyway(spec: OpSpec, impl, deferred_before: set, used_anyway: set, in_background: set) -> str | None:
+    """Why item ``impl`` of ``spec`` is measured even where its expected time does not fit (``_run_plan``), or None.
+    A peer of an op with lab kernels (``_lab_peer``: fla's, torch.compile's) is optional — the op trains on its
+    lab kernel meanwhile —, so "the last run deferred it" does not hold for it (fla's minutes would blow a later
+    run's budget); only a compile already paid in the background (``precompile.WHOLE_ITEMS``) is waited for."""
+    name, lab_peer = f"{spec.name}/{impl.name}", _lab_peer(spec, impl)
+    if name in deferred_before and not lab_peer:
+        return "the last run deferred it"
+    if name in used_anyway:
+        return "training uses it anyway: its compilation would move into the first step"
+    if name in in_background:
+        return ("its compile is under way in the background: measuring it now costs less than compiling it again "
+                "in a later run (the op trains on its lab kernel meanwhile)" if lab_peer else
+                "its compile is under way in the background: waiting for it costs less than training on the "
+                "reference")
+    return None
+
+
 def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float,
               history: dict | None = None, deferred_before: set | None = None, used_anyway: set | None = None,
               background=None, waits: dict | None = None):
@@ -1279,9 +1297,9 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     within ``deadline`` (time.monotonic()). An item starts only if its expected time
     (``expected_s``; for a further candidate of an op, at least what its first candidate took) fits before the
     deadline; otherwise it is deferred to the next run, and so is the rest of its op when its reference is.
-    Not deferred whatever its estimate (the plan has put the cheap items before them): an item the previous
-    qualification deferred (waiting makes it no cheaper), an item compiling in ``background`` (its compile is paid
-    for; run 12 call 1 deferred mamba-ssm with its compile done and trained on the reference Mamba-2 at 2.4× the
+    Not deferred whatever its estimate (``_anyway``; the plan has put the cheap items before them): an item the
+    previous qualification deferred (waiting makes it no cheaper; not a peer of an op with lab kernels), an item
+    compiling in ``background`` (its compile is paid for; run 12 call 1 deferred mamba-ssm with its compile done and trained on the reference Mamba-2 at 2.4× the
     step time), and one in ``used_anyway`` — the peer that training
     uses anyway on another manifest's verdict (run 5: mamba-ssm, deferred here, then compiled in the training
     step's first forward and capture instead; measured here, the step reuses its compiled and tuned kernels).
@@ -1309,11 +1327,7 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         if op in dropped:
             deferred.append((name, f"{op}/reference deferred"))
             continue
-        anyway = ("the last run deferred it" if name in deferred_before else
-                  "training uses it anyway: its compilation would move into the first step" if name in used_anyway
-                  else "its compile is under way in the background: waiting for it costs less than training on "
-                  "the reference" if name in in_background
-                  else None)
+        anyway = _anyway(spec, impl, deferred_before, used_anyway, in_background)
         if exp > left and anyway is None:
             deferred.append((name, f"expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left"))
             if impl is spec.reference:

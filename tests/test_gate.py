@@ -361,6 +361,15 @@ def test_fla_peers_do_not_fit_a_60_s_first_use_and_are_deferred(monkeypatch):
     assert events == ["measure wkv6/reference", "measure gate_norm_residual/reference"]
     assert [n for n, _ in deferred] == fla
     assert all("its first use on a cold H100" in why for _, why in deferred)
+    # deferred last time: still optional (the op trains on its lab kernel), never measured "anyway"
+    _, again, _ = gate._run_plan(plan, timing, "cpu", said.append, False, time.monotonic() + 20, {}, set(fla))
+    assert [n for n, _ in again] == fla and not any("measured anyway" in s for s in said)
+    # a compile already paid in the background (torch.compile's peer) is waited for; its alternative: the lab kernel
+    gnr = get("gate_norm_residual")
+    assert gate._anyway(gnr, gnr.impl("compile"), set(), set(), {"gate_norm_residual/compile"}).endswith(
+        "(the op trains on its lab kernel meanwhile)")
+    assert gate._anyway(gnr, gnr.reference, {"gate_norm_residual/reference"}, set(), set()) == \
+        "the last run deferred it"
     items = [(n.partition("/")[0], n.partition("/")[2], None) for n in fla]
     assert gate._groups(items, {}) == ([], [])
 
