@@ -1290,6 +1290,25 @@ def _anyway(spec: OpSpec, impl, deferred_before: set, used_anyway: set, in_backg
     return None
 
 
+def _reserved(todo: list, history: dict, background, dropped: set) -> tuple[dict[str, float], float]:
+    """({item: seconds of its measuring}, seconds until the last of their compiles is done) for the items of
+    ``todo`` (the plan's items still to do) compiling in ``background``, measured whatever their estimate
+    (``_anyway``; each ``background_expected`` = what is left of its compile + its measuring). An item not exempt
+    fits only in what is left once their measuring is kept out of it, or in the time the main process would wait
+    for their compiles anyway: a peer that fits by itself must not eat the time mamba-ssm's and the lab items'
+    measuring needs (their compiles run beside the main process: counting them too would defer the cheap items
+    that run 13 measured meanwhile). ``dropped``: ops whose items are not kept for (deferred references; the op
+    whose reference is being decided: its items need it)."""
+    names = set(background.names()) if background else set()
+    kept, idle = {}, 0.0
+    for s, i, _, shp in todo:
+        if f"{s.name}/{i.name}" in names and s.name not in dropped:
+            total = background_expected(s, i, history, len(shp), background)[0]
+            kept[f"{s.name}/{i.name}"] = rest = min(total, _rest_s(s, i, history, len(shp)))
+            idle = max(idle, total - rest)
+    return kept, idle
+
+
 def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float,
               history: dict | None = None, deferred_before: set | None = None, used_anyway: set | None = None,
               background=None, waits: dict | None = None):
@@ -1305,6 +1324,8 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     step's first forward and capture instead; measured here, the step reuses its compiled and tuned kernels).
     An item compiling in ``background`` is expected to take what is left of that compile (nothing once it is
     done) and its measuring (``background_expected``), and is measured after its subprocesses have finished it;
+    the measuring of the items still to do that compile there is kept out of the budget an item not exempt must
+    fit, unless it ends before their compiles would (``_reserved``);
     the line that says it is waited for past the budget says how far they are (``background.state``).
     Returns (rows, [(item, why)] deferred, {op: {impl: seconds}})."""
     from tqdm import tqdm
@@ -1328,8 +1349,12 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
             deferred.append((name, f"{op}/reference deferred"))
             continue
         anyway = _anyway(spec, impl, deferred_before, used_anyway, in_background)
-        if exp > left and anyway is None:
-            deferred.append((name, f"expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left"))
+        kept, idle = _reserved(todo, history, background, dropped | ({op} if impl is spec.reference else set())) \
+            if anyway is None else ({}, 0.0)
+        if anyway is None and exp > max(idle, left - sum(kept.values())):
+            deferred.append((name, f"expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left"
+                             + (f", {sum(kept.values()):.1f} s of it kept for measuring {', '.join(kept)} (measured "
+                                "anyway)" if kept else "")))
             if impl is spec.reference:
                 dropped.add(op)
             continue

@@ -374,6 +374,28 @@ def test_fla_peers_do_not_fit_a_60_s_first_use_and_are_deferred(monkeypatch):
     assert gate._groups(items, {}) == ([], [])
 
 
+def test_the_budget_is_kept_for_the_background_items_still_to_measure(monkeypatch):
+    """A peer that fits by itself (5 s of 20) placed before a background item that is measured whatever its
+    estimate (decay_exp/triton, compiled: 16 s of measuring) is deferred: it would eat the time the background item
+    needs and push the qualification past its budget. While that compile still runs (≈ 22 s), the peer is
+    measured: the main process would only wait for it."""
+    events, said = [], []
+    monkeypatch.setattr(gate, "measure", _measured(events))
+    monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/fla_recurrent": 5.0, "decay_exp/triton": 40.0})
+    plan, timing = _items("wkv6/fla_recurrent", "decay_exp/triton"), {"wkv6": "graph", "decay_exp": "graph"}
+    background = FakeBackground(events=events, done={"decay_exp/triton"})
+    _, deferred, _ = gate._run_plan(plan, timing, "cpu", said.append, False, time.monotonic() + 20,
+                                    background=background)
+    assert events == ["wait decay_exp/triton", "measure decay_exp/triton"]
+    assert deferred[0][0] == "wkv6/fla_recurrent" and deferred[0][1].endswith(
+        "16.0 s of it kept for measuring decay_exp/triton (measured anyway)")
+    events.clear()
+    monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/fla_recurrent": 5.0, "decay_exp/triton": 20.0})
+    assert gate._run_plan(plan, timing, "cpu", said.append, False, time.monotonic() + 20,
+                          background=FakeBackground(events=events))[1] == []
+    assert events == ["measure wkv6/fla_recurrent", "wait decay_exp/triton", "measure decay_exp/triton"]
+
+
 class FakeBackground:
     """``precompile.Background`` as the gate sees it: items compiling since ``t0`` (``ahead``: in this order in
     its subprocesses), ``done`` as given, ``wait`` recorded in ``events``."""
