@@ -1521,5 +1521,15 @@ def deferred_notes(ops, path: Path | None = None) -> list[str]:
             continue
         by_op.setdefault(op, []).append(name)
     return [f"gate: {op} uses {ops.choices[op].impl} this run ({ops.choices[op].reason.removeprefix('gate: ')}); "
-            f"{', '.join(names)} deferred, measured by the next run" for op, names in by_op.items()
-            if op in ops.choices]
+            f"{_when_measured(op, names, known)}" for op, names in by_op.items() if op in ops.choices]
+
+
+def _when_measured(op: str, names: list[str], known: Verdicts) -> str:
+    """"A, B deferred, measured by the next run" — or, for a peer of an op whose lab kernels all have verdicts (the
+    next run does not qualify the op again, ``_plan``), "measured when the op re-qualifies"."""
+    labs, peers = get(op).role("lab"), {i.name for i in get(op).role("peer")}
+    settled = bool(labs) and all(any(known.has(op, i.name, timing=m) for m in TIMINGS) for i in labs)
+    later = [n for n in names if settled and n.partition("/")[2] in peers]
+    now = [n for n in names if n not in later]
+    return "; ".join(f"{', '.join(group)} deferred, {when}" for group, when in
+                     ((now, "measured by the next run"), (later, f"measured when {op} re-qualifies")) if group)

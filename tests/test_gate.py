@@ -325,6 +325,14 @@ def test_an_item_expected_to_overrun_is_deferred_and_train_says_what_is_used_ins
     assert gate.deferred_notes(ops, path) == [
         "gate: peeronly uses reference this run (no qualified implementation); peeronly/safe deferred, measured "
         "by the next run"]
+    # a deferred peer of an op whose lab kernels all have verdicts: the next run does not qualify the op again
+    gate.write(gate.evidence([_row("reference", 3.0, op=OP, shape="N16 D32 row", timing="graph"),
+                              _row("triton", 1.0, op=OP, shape="N16 D32 row", timing="graph")]), path,
+               history={"seconds": {}, "deferred": [f"{OP}/fla_rmsnorm", f"{OP}/reference"]})
+    ops = registry.OpSet({OP: registry.Choice(OP, "triton", "gate: allowed", None)})
+    assert gate.deferred_notes(ops, path) == [
+        f"gate: {OP} uses triton this run (allowed); {OP}/reference deferred, measured by the next run; "
+        f"{OP}/fla_rmsnorm deferred, measured when {OP} re-qualifies"]
     # a peer that training takes anyway on the published verdict is measured now: deferring it would only move
     # its compilation into the training step's first call
     published = tmp_path / "published.json"
