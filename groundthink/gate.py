@@ -1216,9 +1216,10 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
     new ones) and is expected to take ``_background_s()`` or more; nothing is imported here. Their calls are recorded
     in the subprocesses (``model``: the run's model arguments, ``compile_item.model_calls``; an op the model does not
     call compiles nothing), the step's own strides included (mamba2's dt is a column slice: ``[dt rows 592]`` at
-    GF-MH small). ``precompile.WHOLE_ITEMS`` (torch.compile's peer: an Inductor compile) start too, last in the lab
-    group: their dry run fills Inductor's on-disk caches, the main process then loads. Pass the result to ``qualify`` (``background=``) and end it (``close()``) once qualify returns;
-    None when there is nothing to start. With the lab group on (the default) the lab items
+    GF-MH small). ``precompile.WHOLE_ITEMS`` (torch.compile's peer: an Inductor compile) start too where one of
+    their op's gated candidates does, last in the lab group: their dry run fills Inductor's on-disk caches, the
+    main process then loads. Pass the result to ``qualify`` (``background=``) and end it (``close()``) once
+    qualify returns; None when there is nothing to start. With the lab group on (the default) the lab items
     above ``LAB_BACKGROUND_S`` start too, in processes of their own (``_groups``)."""
     from groundthink.precompile import WHOLE_ITEMS, switched_on
     if not switched_on():
@@ -1231,8 +1232,12 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
         cands = [i for i, fn in _candidates(spec, True, graph, load=False)[0]      # train.py: on a GPU only
                  if not isinstance(fn, Exception)]
         role = _gated_role(cands)
-        items += [(op, i.name, {"model": model}) for i in cands if (i.role == role or f"{op}/{i.name}" in
-                  WHOLE_ITEMS) and not known.has(op, i.name, timing=_timing(spec, graph))]
+        unknown = [i for i in cands if not known.has(op, i.name, timing=_timing(spec, graph))]
+        gated = [i for i in unknown if i.role == role]
+        # torch.compile's dry run only where the op is qualified (a gated candidate without a verdict): else it
+        # would compete with the imports every run for an item the qualification does not plan
+        items += [(op, i.name, {"model": model}) for i in unknown if i in gated or
+                  (gated and f"{op}/{i.name}" in WHOLE_ITEMS)]
     return _start(None, *_groups(items, history))
 
 
@@ -1318,15 +1323,15 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     deadline; otherwise it is deferred to the next run, and so is the rest of its op when its reference is.
     Not deferred whatever its estimate (``_anyway``; the plan has put the cheap items before them): an item the
     previous qualification deferred (waiting makes it no cheaper; not a peer of an op with lab kernels), an item
-    compiling in ``background`` (its compile is paid for; run 12 call 1 deferred mamba-ssm with its compile done and trained on the reference Mamba-2 at 2.4× the
-    step time), and one in ``used_anyway`` — the peer that training
-    uses anyway on another manifest's verdict (run 5: mamba-ssm, deferred here, then compiled in the training
-    step's first forward and capture instead; measured here, the step reuses its compiled and tuned kernels).
-    An item compiling in ``background`` is expected to take what is left of that compile (nothing once it is
-    done) and its measuring (``background_expected``), and is measured after its subprocesses have finished it;
+    compiling in ``background`` (its compile is paid for; run 12 call 1 deferred mamba-ssm with its compile done
+    and trained on the reference Mamba-2 at 2.4× the step time), and one in ``used_anyway`` — the peer that
+    training uses anyway on another manifest's verdict (run 5: mamba-ssm, deferred here, then compiled in the
+    training step's first forward and capture instead; measured here, the step reuses its compiled and tuned
+    kernels). An item compiling in ``background`` is expected to take what is left of that compile (nothing once it
+    is done) and its measuring (``background_expected``), and is measured after its subprocesses have finished it;
     the measuring of the items still to do that compile there is kept out of the budget an item not exempt must
-    fit, unless it ends before their compiles would (``_reserved``);
-    the line that says it is waited for past the budget says how far they are (``background.state``).
+    fit, unless it ends before their compiles would (``_reserved``); the line that says it is waited for past the
+    budget says how far they are (``background.state``).
     Returns (rows, [(item, why)] deferred, {op: {impl: seconds}})."""
     from tqdm import tqdm
     history, deferred_before, used_anyway = history or {}, deferred_before or set(), used_anyway or set()

@@ -680,6 +680,10 @@ def test_torch_compiles_peer_compiles_last_in_the_lab_group(monkeypatch, tmp_pat
     started.clear()
     gate.early_background(["gate_norm_residual"], graph=False, model=model, path=tmp_path / "g.json")
     assert started == []
+    # the op's lab kernel has its verdict: the op is not qualified, so no useless Inductor dry run either
+    monkeypatch.setenv("GROUNDTHINK_LAB_BACKGROUND", "1")
+    gate.early_background(["gate_norm_residual"], graph=False, model=model, path=_manifest(tmp_path, _rows()[:2]))
+    assert started == []
 
 
 class TwoGroups(FakeBackground):
