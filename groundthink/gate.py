@@ -63,7 +63,7 @@ Background compiles (``early_background``, ``_background``; ``groundthink.precom
 whose compiles dominate their time compile in subprocesses while the main process measures the cheap ones, and
 each is measured as soon as its compiles are done (``_ready_order``, ``_next``). One group for mamba-ssm's first
 use (expected ≥ ``BACKGROUND_S``, ``GROUNDTHINK_BACKGROUND_S``), ``precompile.shard_count`` processes; by default
-(``GROUNDTHINK_LAB_BACKGROUND=0``: off, run 12 call 6's way) a second group of its own
+(on; ``GROUNDTHINK_LAB_BACKGROUND=0`` turns it off, run 12 call 6's way) a second group of its own
 (``precompile.lab_shard_count``: 3 processes on the 16-core GPU host, ``GROUNDTHINK_LAB_SHARDS=N``; none below 12
 cores — CI's 2: today's way) for the lab items expected ≥ ``LAB_BACKGROUND_S`` (wkv6, gate_norm_residual,
 norm_gate, ddlerp, shift_lerp), the shortest first, never queued behind mamba-ssm's (run 12 call 5), then
@@ -1147,9 +1147,10 @@ def _lab_peer(spec: OpSpec, impl) -> bool:
 
 def _groups(items: list, history: dict) -> tuple[list, list]:
     """The background items ``(op, impl, shape)`` of ``items`` split into (mamba-ssm's group: expected ≥
-    ``_background_s()``, the longest first, ``_by_cost``; the lab group: lab kernels expected ≥
-    ``LAB_BACKGROUND_S``, however long, the shortest first — none while ``precompile.lab_shard_count()`` is 0: the knob
-    off or few cores, today's way)."""
+    ``_background_s()``, the longest first, ``_by_cost`` — never a peer of an op with lab kernels (``_lab_peer``);
+    the lab group: lab kernels expected ≥ ``LAB_BACKGROUND_S``, however long, the shortest first, then
+    ``precompile.WHOLE_ITEMS`` (torch.compile's peer) whatever their expected time, last — none while
+    ``precompile.lab_shard_count()`` is 0: ``GROUNDTHINK_LAB_BACKGROUND=0`` or few cores)."""
     from groundthink.precompile import WHOLE_ITEMS, lab_shard_count
 
     def exp(it):

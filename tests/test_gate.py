@@ -625,10 +625,10 @@ def _recorded_groups(monkeypatch) -> list:
 
 
 def test_the_lab_items_compile_in_a_group_of_their_own_beside_the_long_ones(monkeypatch, tmp_path):
-    """Run 12 call 5 queued the lab items behind mamba-ssm's 57 s compile in its shards: all deferred. With
-    GROUNDTHINK_LAB_BACKGROUND=1 on the 16-core host the lab items above LAB_BACKGROUND_S start in processes of
-    their own (3), the shortest first, beside the long items' group; the knob off, or a machine of few cores:
-    today's behaviour (the long items only)."""
+    """Run 12 call 5 queued the lab items behind mamba-ssm's 57 s compile in its shards: all deferred. By
+    default (GROUNDTHINK_LAB_BACKGROUND on) on the 16-core host the lab items above LAB_BACKGROUND_S start in
+    processes of their own (3), the shortest first, beside the long items' group; the knob off, or a machine of
+    few cores: today's behaviour (the long items only)."""
     from groundthink import precompile
     started = _recorded_groups(monkeypatch)
     Recording = precompile.Background
