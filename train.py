@@ -354,14 +354,14 @@ def qualify_kernels(args, model, ops, device, master, world, say, background=Non
 
 def early_background(args, device, master):
     """--kernels auto on a GPU (rank 0): start the qualification's long compiles (mamba-ssm's first use; the lab
-    kernels' too with the knob below: ``gate.early_background``) now, before data and model — run 11 started
+    kernels' too, on by default: ``gate.early_background``) now, before data and model — run 11 started
     mamba-ssm's 12.6 s after the start and its 55 s were the qualification's critical path. The subprocesses record
     the step's calls themselves (their own copy of the model on the GPU: mamba2's dt is a column slice, ``[dt rows
     592]`` at GF-MH small; recording them here on the CPU first took 5-30 s on a 2-core machine); ``step_calls`` and
     the qualification follow after the model. None when there is nothing to start (another mode or device, another
-    rank); a model without a Mamba-2 branch asks for none of its ops. By default (``GROUNDTHINK_LAB_BACKGROUND=0``:
-    not) the lab items compile in a group of their own beside mamba-ssm's; with ``GROUNDTHINK_PRELOAD=1`` the
-    gate's candidates are imported on a thread meanwhile (``gate.preload``)."""
+    rank); a model without a Mamba-2 branch asks for none of its ops. By default the lab items compile in a group
+    of their own beside mamba-ssm's (``GROUNDTHINK_LAB_BACKGROUND=0`` turns it off, run 12 call 6's way); with
+    ``GROUNDTHINK_PRELOAD=1`` the gate's candidates are imported on a thread meanwhile (``gate.preload``)."""
     import fused
     if args.kernels != "auto" or device.type != "cuda" or not master:
         return None

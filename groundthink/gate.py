@@ -63,7 +63,7 @@ Background compiles (``early_background``, ``_background``; ``groundthink.precom
 whose compiles dominate their time compile in subprocesses while the main process measures the cheap ones, and
 each is measured as soon as its compiles are done (``_ready_order``, ``_next``). One group for mamba-ssm's first
 use (expected ≥ ``BACKGROUND_S``, ``GROUNDTHINK_BACKGROUND_S``), ``precompile.shard_count`` processes; by default
-(``GROUNDTHINK_LAB_BACKGROUND=0``: off, run 12 call 6's way) a second group of its own
+(on; ``GROUNDTHINK_LAB_BACKGROUND=0`` turns it off, run 12 call 6's way) a second group of its own
 (``precompile.lab_shard_count``: 3 processes on the 16-core GPU host, ``GROUNDTHINK_LAB_SHARDS=N``; none below 12
 cores — CI's 2: today's way) for the lab items expected ≥ ``LAB_BACKGROUND_S`` (wkv6, gate_norm_residual,
 norm_gate, ddlerp, shift_lerp), the shortest first, never queued behind mamba-ssm's (run 12 call 5), then
@@ -889,7 +889,13 @@ def _timing(spec: OpSpec, graph: bool) -> str:
 FIRST_USE_S = {"mamba2/mamba_ssm": 52.0, "wkv6/triton": 15.4, "wkv6/triton_fused": 5.8,
                "gate_norm_residual/triton": 9.8, "norm_gate/triton": 5.5, "ddlerp/triton": 4.6,
                "shift_lerp/triton": 3.1, "decay_exp/triton": 1.9, "cross_entropy/triton": 0.8,
-               "gate_norm_residual/compile": 13.3}     # run 13 (gate12-default): its Inductor compile, 3 calls
+               "gate_norm_residual/compile": 13.3,     # run 13 (gate12-default): its Inductor compile, 3 calls
+               # fla's peers (``_autotune_configs`` undercounts them: fla_chunk's kernels live in fla.ops.common and
+               # fla.ops.gla, fla_rmsnorm's module is the lab's peers module): run 12 full's bench.csv warmup_s, the
+               # sum over what the qualification calls — a cold fwd and bwd at the step's call, then the error
+               # shape's (same H, K, V: a further autotune) — fla_chunk 26.4 + 26.3 + 9.9 + 4.5, fla_recurrent
+               # 1.4 + 18.0 + 0.2 + 2.1, fla_rmsnorm 18.1 + 12.2 + 0.9 + 0.8 (its cold D512 row: 18 s per pass)
+               "wkv6/fla_chunk": 67.1, "wkv6/fla_recurrent": 21.7, "gate_norm_residual/fla_rmsnorm": 32.0}
 # An item expected to take this long compiles in background subprocesses from the start (``early_background``,
 # ``_background``); the main process then only loads its kernels from the disk cache and measures. 20 s: mamba-ssm
 # alone. Run 12 call 5 tried 2.5 s (the lab items too, in the same shards): they queued behind mamba-ssm, whose
@@ -1132,11 +1138,19 @@ def _by_cost(items: list, history: dict) -> list:
     return sorted(items, key=lambda it: -expected_s(get(it[0]), get(it[0]).impl(it[1]), history)[0])
 
 
+def _lab_peer(spec: OpSpec, impl) -> bool:
+    """A peer of an op that has lab kernels: optional (the lab kernel is the alternative), so it never compiles in
+    mamba-ssm's background group (fla_chunk's 67 s would queue before mamba-ssm's) and is deferred where it does
+    not fit (``_run_plan``)."""
+    return impl.role == "peer" and bool(spec.role("lab"))
+
+
 def _groups(items: list, history: dict) -> tuple[list, list]:
     """The background items ``(op, impl, shape)`` of ``items`` split into (mamba-ssm's group: expected ≥
-    ``_background_s()``, the longest first, ``_by_cost``; the lab group: lab kernels expected ≥
-    ``LAB_BACKGROUND_S``, however long, the shortest first — none while ``precompile.lab_shard_count()`` is 0: the knob
-    off or few cores, today's way)."""
+    ``_background_s()``, the longest first, ``_by_cost`` — never a peer of an op with lab kernels (``_lab_peer``);
+    the lab group: lab kernels expected ≥ ``LAB_BACKGROUND_S``, however long, the shortest first, then
+    ``precompile.WHOLE_ITEMS`` (torch.compile's peer) whatever their expected time, last — none while
+    ``precompile.lab_shard_count()`` is 0: ``GROUNDTHINK_LAB_BACKGROUND=0`` or few cores)."""
     from groundthink.precompile import WHOLE_ITEMS, lab_shard_count
 
     def exp(it):
@@ -1149,7 +1163,8 @@ def _groups(items: list, history: dict) -> tuple[list, list]:
 
     def in_lab(it):      # with the lab group on, a lab item never queues behind mamba-ssm, whatever its history
         return lab_on and (get(it[0]).impl(it[1]).role == "lab" or whole(it))
-    long = [it for it in items if not in_lab(it) and exp(it) >= _background_s()]
+    long = [it for it in items if not in_lab(it) and not (_lab_peer(get(it[0]), get(it[0]).impl(it[1])) and
+                                                          not whole(it)) and exp(it) >= _background_s()]
     lab = [it for it in items if in_lab(it) and (exp(it) >= LAB_BACKGROUND_S or whole(it))]
     return _by_cost(long, history), sorted(lab, key=lambda it: (whole(it), exp(it)))
 
@@ -1202,9 +1217,10 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
     new ones) and is expected to take ``_background_s()`` or more; nothing is imported here. Their calls are recorded
     in the subprocesses (``model``: the run's model arguments, ``compile_item.model_calls``; an op the model does not
     call compiles nothing), the step's own strides included (mamba2's dt is a column slice: ``[dt rows 592]`` at
-    GF-MH small). ``precompile.WHOLE_ITEMS`` (torch.compile's peer: an Inductor compile) start too, last in the lab
-    group: their dry run fills Inductor's on-disk caches, the main process then loads. Pass the result to ``qualify`` (``background=``) and end it (``close()``) once qualify returns;
-    None when there is nothing to start. With the lab group on (the default) the lab items
+    GF-MH small). ``precompile.WHOLE_ITEMS`` (torch.compile's peer: an Inductor compile) start too where one of
+    their op's gated candidates does, last in the lab group: their dry run fills Inductor's on-disk caches, the
+    main process then loads. Pass the result to ``qualify`` (``background=``) and end it (``close()``) once
+    qualify returns; None when there is nothing to start. With the lab group on (the default) the lab items
     above ``LAB_BACKGROUND_S`` start too, in processes of their own (``_groups``)."""
     from groundthink.precompile import WHOLE_ITEMS, switched_on
     if not switched_on():
@@ -1217,8 +1233,12 @@ def early_background(ops, graph: bool, model: dict, path: Path | None = None):
         cands = [i for i, fn in _candidates(spec, True, graph, load=False)[0]      # train.py: on a GPU only
                  if not isinstance(fn, Exception)]
         role = _gated_role(cands)
-        items += [(op, i.name, {"model": model}) for i in cands if (i.role == role or f"{op}/{i.name}" in
-                  WHOLE_ITEMS) and not known.has(op, i.name, timing=_timing(spec, graph))]
+        unknown = [i for i in cands if not known.has(op, i.name, timing=_timing(spec, graph))]
+        gated = [i for i in unknown if i.role == role]
+        # torch.compile's dry run only where the op is qualified (a gated candidate without a verdict): else it
+        # would compete with the imports every run for an item the qualification does not plan
+        items += [(op, i.name, {"model": model}) for i in unknown if i in gated or
+                  (gated and f"{op}/{i.name}" in WHOLE_ITEMS)]
     return _start(None, *_groups(items, history))
 
 
@@ -1258,6 +1278,43 @@ def _join_preloads() -> str:
     return f" (after {sum(took):.1f} s of imports on a thread beside data and model)" if took else ""
 
 
+def _anyway(spec: OpSpec, impl, deferred_before: set, used_anyway: set, in_background: set) -> str | None:
+    """Why item ``impl`` of ``spec`` is measured even where its expected time does not fit (``_run_plan``), or None.
+    A peer of an op with lab kernels (``_lab_peer``: fla's, torch.compile's) is optional — the op trains on its
+    lab kernel meanwhile —, so "the last run deferred it" does not hold for it (fla's minutes would blow a later
+    run's budget); only a compile already paid in the background (``precompile.WHOLE_ITEMS``) is waited for."""
+    name, lab_peer = f"{spec.name}/{impl.name}", _lab_peer(spec, impl)
+    if name in deferred_before and not lab_peer:
+        return "the last run deferred it"
+    if name in used_anyway:
+        return "training uses it anyway: its compilation would move into the first step"
+    if name in in_background:
+        return ("its compile is under way in the background: measuring it now costs less than compiling it again "
+                "in a later run (the op trains on its lab kernel meanwhile)" if lab_peer else
+                "its compile is under way in the background: waiting for it costs less than training on the "
+                "reference")
+    return None
+
+
+def _reserved(todo: list, history: dict, background, dropped: set) -> tuple[dict[str, float], float]:
+    """({item: seconds of its measuring}, seconds until the last of their compiles is done) for the items of
+    ``todo`` (the plan's items still to do) compiling in ``background``, measured whatever their estimate
+    (``_anyway``; each ``background_expected`` = what is left of its compile + its measuring). An item not exempt
+    fits only in what is left once their measuring is kept out of it, or in the time the main process would wait
+    for their compiles anyway: a peer that fits by itself must not eat the time mamba-ssm's and the lab items'
+    measuring needs (their compiles run beside the main process: counting them too would defer the cheap items
+    that run 13 measured meanwhile). ``dropped``: ops whose items are not kept for (deferred references; the op
+    whose reference is being decided: its items need it)."""
+    names = set(background.names()) if background else set()
+    kept, idle = {}, 0.0
+    for s, i, _, shp in todo:
+        if f"{s.name}/{i.name}" in names and s.name not in dropped:
+            total = background_expected(s, i, history, len(shp), background)[0]
+            kept[f"{s.name}/{i.name}"] = rest = min(total, _rest_s(s, i, history, len(shp)))
+            idle = max(idle, total - rest)
+    return kept, idle
+
+
 def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, deadline: float,
               history: dict | None = None, deferred_before: set | None = None, used_anyway: set | None = None,
               background=None, waits: dict | None = None):
@@ -1265,15 +1322,17 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     within ``deadline`` (time.monotonic()). An item starts only if its expected time
     (``expected_s``; for a further candidate of an op, at least what its first candidate took) fits before the
     deadline; otherwise it is deferred to the next run, and so is the rest of its op when its reference is.
-    Not deferred whatever its estimate (the plan has put the cheap items before them): an item the previous
-    qualification deferred (waiting makes it no cheaper), an item compiling in ``background`` (its compile is paid
-    for; run 12 call 1 deferred mamba-ssm with its compile done and trained on the reference Mamba-2 at 2.4× the
-    step time), and one in ``used_anyway`` — the peer that training
-    uses anyway on another manifest's verdict (run 5: mamba-ssm, deferred here, then compiled in the training
-    step's first forward and capture instead; measured here, the step reuses its compiled and tuned kernels).
-    An item compiling in ``background`` is expected to take what is left of that compile (nothing once it is
-    done) and its measuring (``background_expected``), and is measured after its subprocesses have finished it;
-    the line that says it is waited for past the budget says how far they are (``background.state``).
+    Not deferred whatever its estimate (``_anyway``; the plan has put the cheap items before them): an item the
+    previous qualification deferred (waiting makes it no cheaper; not a peer of an op with lab kernels), an item
+    compiling in ``background`` (its compile is paid for; run 12 call 1 deferred mamba-ssm with its compile done
+    and trained on the reference Mamba-2 at 2.4× the step time), and one in ``used_anyway`` — the peer that
+    training uses anyway on another manifest's verdict (run 5: mamba-ssm, deferred here, then compiled in the
+    training step's first forward and capture instead; measured here, the step reuses its compiled and tuned
+    kernels). An item compiling in ``background`` is expected to take what is left of that compile (nothing once it
+    is done) and its measuring (``background_expected``), and is measured after its subprocesses have finished it;
+    the measuring of the items still to do that compile there is kept out of the budget an item not exempt must
+    fit, unless it ends before their compiles would (``_reserved``); the line that says it is waited for past the
+    budget says how far they are (``background.state``).
     Returns (rows, [(item, why)] deferred, {op: {impl: seconds}})."""
     from tqdm import tqdm
     history, deferred_before, used_anyway = history or {}, deferred_before or set(), used_anyway or set()
@@ -1295,13 +1354,13 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         if op in dropped:
             deferred.append((name, f"{op}/reference deferred"))
             continue
-        anyway = ("the last run deferred it" if name in deferred_before else
-                  "training uses it anyway: its compilation would move into the first step" if name in used_anyway
-                  else "its compile is under way in the background: waiting for it costs less than training on "
-                  "the reference" if name in in_background
-                  else None)
-        if exp > left and anyway is None:
-            deferred.append((name, f"expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left"))
+        anyway = _anyway(spec, impl, deferred_before, used_anyway, in_background)
+        kept, idle = _reserved(todo, history, background, dropped | ({op} if impl is spec.reference else set())) \
+            if anyway is None else ({}, 0.0)
+        if anyway is None and exp > max(idle, left - sum(kept.values())):
+            deferred.append((name, f"expected {exp:.1f} s ({source}), {max(left, 0):.1f} s of the budget left"
+                             + (f", {sum(kept.values()):.1f} s of it kept for measuring {', '.join(kept)} (measured "
+                                "anyway)" if kept else "")))
             if impl is spec.reference:
                 dropped.add(op)
             continue
@@ -1468,5 +1527,15 @@ def deferred_notes(ops, path: Path | None = None) -> list[str]:
             continue
         by_op.setdefault(op, []).append(name)
     return [f"gate: {op} uses {ops.choices[op].impl} this run ({ops.choices[op].reason.removeprefix('gate: ')}); "
-            f"{', '.join(names)} deferred, measured by the next run" for op, names in by_op.items()
-            if op in ops.choices]
+            f"{_when_measured(op, names, known)}" for op, names in by_op.items() if op in ops.choices]
+
+
+def _when_measured(op: str, names: list[str], known: Verdicts) -> str:
+    """"A, B deferred, measured by the next run" — or, for a peer of an op whose lab kernels all have verdicts (the
+    next run does not qualify the op again, ``_plan``), "measured when the op re-qualifies"."""
+    labs, peers = get(op).role("lab"), {i.name for i in get(op).role("peer")}
+    settled = bool(labs) and all(any(known.has(op, i.name, timing=m) for m in TIMINGS) for i in labs)
+    later = [n for n in names if settled and n.partition("/")[2] in peers]
+    now = [n for n in names if n not in later]
+    return "; ".join(f"{', '.join(group)} deferred, {when}" for group, when in
+                     ((now, "measured by the next run"), (later, f"measured when {op} re-qualifies")) if group)

@@ -24,15 +24,16 @@ may then swap places; which config is fastest by a clear margin does not change.
 
 Compile in the background (``Background``, ``python -m groundthink.compile_item ITEMS-JSON``): before data and model
 (train.py, ``gate.early_background``) one group of subprocesses starts for the items expected to take long
-(``gate.BACKGROUND_S``: mamba-ssm's first use; by default (``GROUNDTHINK_LAB_BACKGROUND=0``: not) the lab
-kernels get a group of their own beside it), so that their compilation — CPU work — overlaps the timing of the cheap
-items; a group compiles its items one after another, saying each item's line as soon as its compiles are done, and
-the gate measures an item once its line is there (``Background.done`` asks without waiting). Run 12: 6 shards did
-not shorten mamba-ssm's item (56.8 / 55.1 s vs 54.5 s in one process). Why (session 10, from the sources): on a GPU
-autograd runs a backward on its device thread, where Triton's ``AsyncCompileMode`` (a ``ContextVar`` of the calling
-thread) is unset, so the backward's configs were compiled one after another, in every shard, outside the split:
+(``gate.BACKGROUND_S``: mamba-ssm's first use; by default the lab kernels get a group of their own beside it,
+``GROUNDTHINK_LAB_BACKGROUND=0`` turns it off: run 12 call 6's way), so that their compilation — CPU work —
+overlaps the timing of the cheap items; a group compiles its items one after another, saying each item's line as
+soon as its compiles are done, and the gate measures an item once its line is there (``Background.done`` asks
+without waiting). Run 12: 6 shards did not shorten mamba-ssm's item (56.8 / 55.1 s vs 54.5 s in one process). Why
+(session 10, from the sources): on a GPU autograd runs a backward on its device thread, where Triton's
+``AsyncCompileMode`` (a ``ContextVar`` of the calling thread) is unset, so the backward's configs were compiled
+one after another, in every shard, outside the split:
 the item line counted 42 jobs, the main then found 116 kernels in the disk cache (so ≈ 74 compiled outside the
-jobs). ``compile_only`` now keeps the backward on its own thread (``torch.autograd.set_multithreading_enabled``).
+jobs). ``compile_only`` now keeps the backward on the calling thread (``torch.autograd.set_multithreading_enabled``).
 A subprocess dry-runs each item: one forward + backward at the model's shape and at the spec's error shape (what
 ``gate.measure`` runs) inside ``compile_only``, in which no Triton kernel is launched: every kernel the call meets
 is submitted to one thread pool (one ``AsyncCompileMode`` for the whole dry run), an autotuned kernel with every

@@ -325,6 +325,14 @@ def test_an_item_expected_to_overrun_is_deferred_and_train_says_what_is_used_ins
     assert gate.deferred_notes(ops, path) == [
         "gate: peeronly uses reference this run (no qualified implementation); peeronly/safe deferred, measured "
         "by the next run"]
+    # a deferred peer of an op whose lab kernels all have verdicts: the next run does not qualify the op again
+    gate.write(gate.evidence([_row("reference", 3.0, op=OP, shape="N16 D32 row", timing="graph"),
+                              _row("triton", 1.0, op=OP, shape="N16 D32 row", timing="graph")]), path,
+               history={"seconds": {}, "deferred": [f"{OP}/fla_rmsnorm", f"{OP}/reference"]})
+    ops = registry.OpSet({OP: registry.Choice(OP, "triton", "gate: allowed", None)})
+    assert gate.deferred_notes(ops, path) == [
+        f"gate: {OP} uses triton this run (allowed); {OP}/reference deferred, measured by the next run; "
+        f"{OP}/fla_rmsnorm deferred, measured when {OP} re-qualifies"]
     # a peer that training takes anyway on the published verdict is measured now: deferring it would only move
     # its compilation into the training step's first call
     published = tmp_path / "published.json"
@@ -335,6 +343,65 @@ def test_an_item_expected_to_overrun_is_deferred_and_train_says_what_is_used_ins
     gate.qualify(shapes, cuda=True, path=tmp_path / "fresh.json", say=said.append, progress=False, budget_s=30,
                  graph=True)
     assert "peeronly/safe" in measured and any("measured anyway: training uses it anyway" in s for s in said)
+
+
+def _items(*names):
+    """Plan items ``(spec, impl, fn, [Call])`` of "op/impl" names at the op's first CPU shape (``measure`` faked)."""
+    out = []
+    for name in names:
+        op, _, impl = name.partition("/")
+        spec = get(op)
+        out.append((spec, spec.impl(impl), object(), gate.as_calls(op, spec.bench.cpu_shapes[0])))
+    return out
+
+
+def test_fla_peers_do_not_fit_a_60_s_first_use_and_are_deferred(monkeypatch):
+    """A user with fla installed: the graph-mode qualification plans fla's peers, whose first use takes minutes
+    (run 12 full: fla_chunk 12-26 s per pass and shape). Their FIRST_USE_S figures say so, so with the 60 s budget
+    they are deferred with a line, not run; nor do they join mamba-ssm's background group."""
+    events, said = [], []
+    monkeypatch.setattr(gate, "measure", _measured(events))
+    fla = ["wkv6/fla_chunk", "wkv6/fla_recurrent", "gate_norm_residual/fla_rmsnorm"]
+    plan = _items("wkv6/reference", "gate_norm_residual/reference", *fla)
+    timing = {"wkv6": "graph", "gate_norm_residual": "graph"}
+    # the peers come last in the plan (``_plan``): run 13's lab items and mamba-ssm took 40 of the 60 s before them
+    _, deferred, _ = gate._run_plan(plan, timing, "cpu", said.append, False, time.monotonic() + 60 - 40)
+    assert events == ["measure wkv6/reference", "measure gate_norm_residual/reference"]
+    assert [n for n, _ in deferred] == fla
+    assert all("its first use on a cold H100" in why for _, why in deferred)
+    # deferred last time: still optional (the op trains on its lab kernel), never measured "anyway"
+    _, again, _ = gate._run_plan(plan, timing, "cpu", said.append, False, time.monotonic() + 20, {}, set(fla))
+    assert [n for n, _ in again] == fla and not any("measured anyway" in s for s in said)
+    # a compile already paid in the background (torch.compile's peer) is waited for; its alternative: the lab kernel
+    gnr = get("gate_norm_residual")
+    assert gate._anyway(gnr, gnr.impl("compile"), set(), set(), {"gate_norm_residual/compile"}).endswith(
+        "(the op trains on its lab kernel meanwhile)")
+    assert gate._anyway(gnr, gnr.reference, {"gate_norm_residual/reference"}, set(), set()) == \
+        "the last run deferred it"
+    items = [(n.partition("/")[0], n.partition("/")[2], None) for n in fla]
+    assert gate._groups(items, {}) == ([], [])
+
+
+def test_the_budget_is_kept_for_the_background_items_still_to_measure(monkeypatch):
+    """A peer that fits by itself (5 s of 20) placed before a background item that is measured whatever its
+    estimate (decay_exp/triton, compiled: 16 s of measuring) is deferred: it would eat the time the background item
+    needs and push the qualification past its budget. While that compile still runs (≈ 22 s), the peer is
+    measured: the main process would only wait for it."""
+    events, said = [], []
+    monkeypatch.setattr(gate, "measure", _measured(events))
+    monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/fla_recurrent": 5.0, "decay_exp/triton": 40.0})
+    plan, timing = _items("wkv6/fla_recurrent", "decay_exp/triton"), {"wkv6": "graph", "decay_exp": "graph"}
+    background = FakeBackground(events=events, done={"decay_exp/triton"})
+    _, deferred, _ = gate._run_plan(plan, timing, "cpu", said.append, False, time.monotonic() + 20,
+                                    background=background)
+    assert events == ["wait decay_exp/triton", "measure decay_exp/triton"]
+    assert deferred[0][0] == "wkv6/fla_recurrent" and deferred[0][1].endswith(
+        "16.0 s of it kept for measuring decay_exp/triton (measured anyway)")
+    events.clear()
+    monkeypatch.setattr(gate, "FIRST_USE_S", {"wkv6/fla_recurrent": 5.0, "decay_exp/triton": 20.0})
+    assert gate._run_plan(plan, timing, "cpu", said.append, False, time.monotonic() + 20,
+                          background=FakeBackground(events=events))[1] == []
+    assert events == ["measure wkv6/fla_recurrent", "wait decay_exp/triton", "measure decay_exp/triton"]
 
 
 class FakeBackground:
@@ -558,10 +625,10 @@ def _recorded_groups(monkeypatch) -> list:
 
 
 def test_the_lab_items_compile_in_a_group_of_their_own_beside_the_long_ones(monkeypatch, tmp_path):
-    """Run 12 call 5 queued the lab items behind mamba-ssm's 57 s compile in its shards: all deferred. With
-    GROUNDTHINK_LAB_BACKGROUND=1 on the 16-core host the lab items above LAB_BACKGROUND_S start in processes of
-    their own (3), the shortest first, beside the long items' group; the knob off, or a machine of few cores:
-    today's behaviour (the long items only)."""
+    """Run 12 call 5 queued the lab items behind mamba-ssm's 57 s compile in its shards: all deferred. By
+    default (GROUNDTHINK_LAB_BACKGROUND on) on the 16-core host the lab items above LAB_BACKGROUND_S start in
+    processes of their own (3), the shortest first, beside the long items' group; the knob off, or a machine of
+    few cores: today's behaviour (the long items only)."""
     from groundthink import precompile
     started = _recorded_groups(monkeypatch)
     Recording = precompile.Background
@@ -612,6 +679,10 @@ def test_torch_compiles_peer_compiles_last_in_the_lab_group(monkeypatch, tmp_pat
     monkeypatch.setenv("GROUNDTHINK_LAB_BACKGROUND", "0")
     started.clear()
     gate.early_background(["gate_norm_residual"], graph=False, model=model, path=tmp_path / "g.json")
+    assert started == []
+    # the op's lab kernel has its verdict: the op is not qualified, so no useless Inductor dry run either
+    monkeypatch.setenv("GROUNDTHINK_LAB_BACKGROUND", "1")
+    gate.early_background(["gate_norm_residual"], graph=False, model=model, path=_manifest(tmp_path, _rows()[:2]))
     assert started == []
 
 

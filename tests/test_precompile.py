@@ -214,6 +214,12 @@ def test_a_backward_inside_compile_only_compiles_through_its_mode_on_the_calling
     assert seen == [(False, False)] and set(fn.compiled) == set(MS)
     assert sum(t.startswith("precompile") for t in fn.threads) == len(MS)
     assert torch._C._is_multithreading_enabled() and active_mode.get() is None
+    # restored also when the dry run raises inside compile_only
+    with pytest.raises(RuntimeError, match="dry run failed"):
+        with precompile.compile_only(workers=4):
+            assert not torch._C._is_multithreading_enabled()
+            raise RuntimeError("dry run failed")
+    assert torch._C._is_multithreading_enabled() and active_mode.get() is None
 
 
 def test_background_says_why_its_subprocess_failed_and_what_a_success_compiled(tmp_path):
