@@ -330,11 +330,17 @@ def test_wkv6_eager_path_matches_custom_ops():
 @FNS_ALL
 def test_wkv6_nan_decay_propagates(fn):
     """A NaN log-decay is not clamped away: it reaches the later outputs and the final state (earlier chunks stay
-    finite)."""
+    finite), and the gradients it touches — dw, and dk / dh0 through the outputs after it — while dr of the rows
+    before its block stays finite (r_t reaches o_t only)."""
     d = make_inputs(1, 40, 1, 16, 16, h0=True, grad=False)
     d["w"][0, 20, 0, 3] = float("nan")
+    for n in ("r", "k", "v", "w", "initial_state"):
+        d[n].requires_grad_(True)
     o, s = fn(**d)
     assert torch.isfinite(o[:, :16]).all() and torch.isnan(o[:, 21:]).any() and torch.isnan(s).any()
+    torch.autograd.backward([o, s], [torch.ones_like(o), torch.ones_like(s)])
+    assert torch.isfinite(d["r"].grad[:, :16]).all()
+    assert all(torch.isnan(d[n].grad).any() for n in ("w", "k", "initial_state"))
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
