@@ -1,9 +1,9 @@
 """Measurement plumbing shared by the benchmark modules.
 
 How a figure is measured (GPU):
-* time (``ms``, the eager step's cost, host included): the median of ``BATCHES`` CUDA-event-timed batches of
-  back-to-back calls (``batched_ms``: up to ``MAX_BATCH`` calls a batch, the batches sized to the grid's do_bench
-  budget) — per call max(its GPU time, its host time), what a step of ordinary calls pays. Before (run 12 and
+* time (``ms``, the eager step's cost, host included): the median of up to ``gate.MAX_SAMPLES`` CUDA-event-timed
+  batches of back-to-back calls (``gate._time_ms``, the qualification's eager timer: up to ``gate.MAX_BATCH`` calls
+  a batch, the batches sized to the grid's do_bench budget) — per call max(its GPU time, its host time), what a step of ordinary calls pays. Before (run 12 and
   earlier) ``triton.testing.do_bench``'s median of single calls, each behind a 256 MB L2 flush: the flush's ~0.1
   ms of GPU work hid up to that much host time, so an op whose host time is near it (torch.compile's guards, a
   Triton launcher at the models' µs shapes) read GPU-bound in one call and host-bound in the next (gnr N16384
@@ -69,8 +69,6 @@ ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 NOT_A_MEASUREMENT = "NOT A PERFORMANCE MEASUREMENT (CPU: Triton interpreter / eager PyTorch, tiny shapes)"
 SLOW_MS = 50.0          # above this per call, time a few calls by hand instead of batches
-BATCHES = 5             # eager time: the median of this many batches of back-to-back calls (``batched_ms``)
-MAX_BATCH = 100         # calls per batch at most
 ROOT = Path(__file__).resolve().parent.parent
 
 CSV_COLUMNS = ["op", "impl", "shape", "pass", "dtype", "ms", "gbps", "pct_bw", "tflops", "peak_mb",
@@ -174,24 +172,13 @@ def peak_extra_mb(fn: Callable, grad_to_none=None) -> tuple[float | None, float]
     return peak / 2**20, ms
 
 
-def batched_ms(fn: Callable, grad_to_none, first_ms: float, box_ms: float) -> tuple[float, int]:
-    """(median ms per call over ``BATCHES`` batches of back-to-back calls, calls timed) of a warmed-up ``fn``
-    (each call clears ``grad_to_none``'s gradients first, inside the timed batch, as ``gate.measure``'s eager rows
-    do — do_bench clears them outside its events): ``box_ms`` of timed work in all, at
-    most ``MAX_BATCH`` calls a batch, at least one. No L2 flush and no sync between the calls of a batch: the
-    steady state of a step, where the host's launches overlap the GPU's work (``gate._once_ms`` times a
-    batch, as the qualification's eager rows are timed)."""
-    n = max(1, min(MAX_BATCH, int(box_ms / BATCHES / max(first_ms, 1e-3))))
-    samples = [gate._once_ms(lambda: _call(fn, grad_to_none), ON_GPU, n) for _ in range(BATCHES)]
-    return statistics.median(samples), n * BATCHES
-
-
 def time_fn(fn: Callable, grad_to_none=None, first_ms: float | None = None,
             warm_rep: tuple[int, int] | None = None) -> tuple[float, str, int]:
     """(median ms, timer description, reps). ``first_ms``: a timing already taken (e.g. by the memory call);
     ``warm_rep``: the warm-up and timed ms (default: the grid's, 10 / 60 quick, 25 / 200 full): do_bench's
-    arguments with ``GT_BENCH_EAGER=do_bench``, else their sum is ``batched_ms``'s box (the warm-up is done:
-    ``measure``'s first call, its memory call)."""
+    arguments with ``GT_BENCH_EAGER=do_bench``, else their sum is the box of ``gate._time_ms`` (the warm-up is
+    done: ``measure``'s first call, its memory call), each call clearing ``grad_to_none``'s gradients inside the
+    timed batch (``gate._clearing``, as the qualification's eager rows)."""
     q = quick()
     if not ON_GPU:
         times = [first_ms] if first_ms is not None else []
@@ -208,8 +195,8 @@ def time_fn(fn: Callable, grad_to_none=None, first_ms: float | None = None,
         return statistics.median(times), "cuda events (slow fn, time-boxed)", len(times)
     warm, rep = warm_rep or ((10, 60) if q else (25, 200))
     if os.environ.get("GT_BENCH_EAGER", "batched") != "do_bench":
-        ms, reps = batched_ms(fn, grad_to_none, first_ms, warm + rep)
-        return ms, f"median of {BATCHES} batches of back-to-back calls (cuda events)", reps
+        ms, reps = gate._time_ms(gate._clearing(fn, list(grad_to_none or [])), ON_GPU, first_ms, box_ms=warm + rep)
+        return ms, "median of batches of back-to-back calls (cuda events)", reps
     import triton.testing
     ms = triton.testing.do_bench(fn, warmup=warm, rep=rep, grad_to_none=list(grad_to_none or []) or None,
                                  return_mode="median")

@@ -718,16 +718,18 @@ def _once_ms(fn: Callable, cuda: bool, n: int = 1) -> float:
     return start.elapsed_time(end) / n
 
 
-def _time_ms(fn: Callable, cuda: bool, first_ms: float | None = None) -> tuple[float, int]:
-    """(median ms per call, calls timed) of a warmed-up ``fn``, the timed work sized to about ``TIME_BOX_MS``:
-    an op slower than the box is timed by one call (``first_ms``, a call already timed, is reused), a µs op by
-    ``MAX_SAMPLES`` batches of up to ``MAX_BATCH`` calls."""
+def _time_ms(fn: Callable, cuda: bool, first_ms: float | None = None,
+             box_ms: float = TIME_BOX_MS) -> tuple[float, int]:
+    """(median ms per call, calls timed) of a warmed-up ``fn``, the timed work sized to about ``box_ms``: an op
+    slower than half the box is timed by one call (``first_ms``, a call already timed, is reused), a µs op by
+    ``MAX_SAMPLES`` batches of up to ``MAX_BATCH`` calls (no sync between the calls of a batch: the steady state
+    of a step, host launches overlapping GPU work; also the benchmarks' eager ``ms``)."""
     if first_ms is None:
         first_ms = _once_ms(fn, cuda)
-    if first_ms >= TIME_BOX_MS / 2:
+    if first_ms >= box_ms / 2:
         return first_ms, 1
-    n = max(1, min(MAX_BATCH, int(TIME_BOX_MS / MAX_SAMPLES / max(first_ms, 1e-4))))
-    samples = max(1, min(MAX_SAMPLES, int(TIME_BOX_MS / (n * max(first_ms, 1e-4)))))
+    n = max(1, min(MAX_BATCH, int(box_ms / MAX_SAMPLES / max(first_ms, 1e-4))))
+    samples = max(1, min(MAX_SAMPLES, int(box_ms / (n * max(first_ms, 1e-4)))))
     return statistics.median(_once_ms(fn, cuda, n) for _ in range(samples)), n * samples
 
 

@@ -207,17 +207,21 @@ def test_graph_verdicts_compare_graph_timed_lab_kernels_with_graph_timed_peers(t
 
 
 def test_batched_eager_timing_clears_gradients_and_sizes_its_batches():
-    """``ms``'s timer (``batched_ms``): ``BATCHES`` batches of back-to-back calls within the box, at most
-    ``MAX_BATCH`` calls a batch, every call after clearing the leaves' gradients."""
+    """``ms``'s timer (``gate._time_ms`` in the bench's box, ``gate._clearing``): ``MAX_SAMPLES`` batches of
+    back-to-back calls within the box, at most ``MAX_BATCH`` calls a batch, every call after clearing the leaves'
+    gradients; a call longer than half the box is its own time."""
     leaf, calls = torch.zeros(1, requires_grad=True), []
 
     def fn():
         calls.append(leaf.grad)
         leaf.grad = torch.ones(1)
-    ms, reps = common.batched_ms(fn, [leaf], first_ms=1e-4, box_ms=60.0)
-    assert reps == len(calls) == common.BATCHES * common.MAX_BATCH and set(calls) == {None} and ms >= 0
+    run = gate._clearing(fn, [leaf])
+    ms, reps = gate._time_ms(run, False, first_ms=1e-4, box_ms=60.0)
+    assert reps == len(calls) == gate.MAX_SAMPLES * gate.MAX_BATCH and set(calls) == {None} and ms >= 0
     calls.clear()
-    assert common.batched_ms(fn, [leaf], first_ms=40.0, box_ms=60.0)[1] == len(calls) == common.BATCHES
+    assert gate._time_ms(run, False, first_ms=10.0, box_ms=60.0)[1] == len(calls) == gate.MAX_SAMPLES
+    calls.clear()
+    assert gate._time_ms(run, False, first_ms=40.0, box_ms=60.0) == (40.0, 1) and not calls
 
 
 @pytest.mark.gpu
