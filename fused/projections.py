@@ -51,8 +51,7 @@ import torch
 import torch.nn.functional as F
 
 WIDE = 64                     # a piece at least this wide (and 8-aligned) gets GEMMs of its own in the backward
-_ZEROS: dict = {}             # (shape, dtype, device) -> a zero tensor, made once (never written)
-_ARANGE: dict = {}            # (n, device) -> arange(n) int64, made once (never written)
+_CONSTANTS: dict = {}         # (kind, shape, dtype, device) -> a constant tensor, made once (never written)
 _empty_like = torch.empty_like  # the backwards' gradient buffers (tests make them NaN-filled)
 
 
@@ -64,16 +63,27 @@ def autocast_dtype(device_type: str):
         return None
 
 
-def _zeros(shape, like: torch.Tensor) -> torch.Tensor:
-    """Zeros of ``shape`` in ``like``'s dtype and device, made once per process (eagerly; freshly when traced
-    by torch.compile, which allows no cache and folds the fill)."""
+def _constant(kind: str, shape, dtype, device, make) -> torch.Tensor:
+    """``make()``, a tensor no one writes, made once per process per (kind, shape, dtype, device) (eagerly; freshly
+    when traced by torch.compile, which allows no cache and folds it)."""
     if torch.compiler.is_compiling():
-        return like.new_zeros(shape)
-    key = (tuple(shape), like.dtype, like.device)
-    if key not in _ZEROS:
+        return make()
+    key = (kind, tuple(shape), dtype, torch.device(device))
+    if key not in _CONSTANTS:
         with torch.inference_mode(False), torch.no_grad():
-            _ZEROS[key] = torch.zeros(shape, dtype=like.dtype, device=like.device)
-    return _ZEROS[key]
+            _CONSTANTS[key] = make()
+    return _CONSTANTS[key]
+
+
+def _zeros(shape, like: torch.Tensor) -> torch.Tensor:
+    """Zeros of ``shape`` in ``like``'s dtype and device (``_constant``)."""
+    return _constant("zeros", shape, like.dtype, like.device,
+                     lambda: torch.zeros(shape, dtype=like.dtype, device=like.device))
+
+
+def _arange(n: int, device) -> torch.Tensor:
+    """arange(n) int64 on ``device`` (``_constant``)."""
+    return _constant("arange", (n,), torch.int64, device, lambda: torch.arange(n, device=device))
 
 
 def _groups(sizes: list[int], n8: int) -> list[tuple[int, int, list[int]]]:
@@ -210,17 +220,6 @@ def stacked_proj(xs: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
     if amp is not None:
         xs, w = xs.to(amp), w.to(amp)
     return _StackedProj.apply(xs, w)
-
-
-def _arange(n: int, device) -> torch.Tensor:
-    """arange(n) int64 on ``device``, made once per process (freshly when traced by torch.compile)."""
-    if torch.compiler.is_compiling():
-        return torch.arange(n, device=device)
-    key = (n, torch.device(device))
-    if key not in _ARANGE:
-        with torch.inference_mode(False), torch.no_grad():
-            _ARANGE[key] = torch.arange(n, device=device)
-    return _ARANGE[key]
 
 
 class _Embedding(torch.autograd.Function):
