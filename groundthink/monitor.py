@@ -35,12 +35,10 @@ PROBES = ("gate_mean", "rms_rwkv", "rms_mamba")     # what the model's forward r
 
 # ----------------------------------------------------------------------------------------------- rows
 
-def pack(loss, grad_norm, norms3, probes: dict, out=None, zero=None) -> torch.Tensor:
+def pack(loss, grad_norm, norms3, probes: dict, out=None) -> torch.Tensor:
     """One row [len(STATS)] fp32 on the loss's device; absent probes are 0 (``present`` tells them apart).
-    ``out``: the row written in place (one launch, no copy after); ``zero``: a 0-d fp32 zero to use (else one is
-    made where a probe is absent)."""
-    if zero is None and any(probes.get(k) is None for k in PROBES):
-        zero = loss.new_zeros((), dtype=torch.float32)
+    ``out``: the row written in place (one launch, no copy after)."""
+    zero = loss.new_zeros((), dtype=torch.float32) if any(probes.get(k) is None for k in PROBES) else None
     vals = [loss.detach().float(), grad_norm.float(), norms3[0].float(), norms3[1].float()]
     vals += [zero if probes.get(k) is None else probes[k].detach().float() for k in PROBES]
     return torch.stack(vals, out=out)

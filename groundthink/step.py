@@ -248,7 +248,7 @@ class FlatParams:
         self.grad_flat = [self.flat[a:b] for a, b, _ in self.views]     # 1-D: what _Compute's backward writes
         self.tail = self.flat[self.n:]
         self.whole = [self.flat[:self.n]]                               # the gradients, gaps included
-        self._zero = torch.zeros((), device=device)
+        self.zero = torch.zeros((), device=device)       # a 0-d fp32 zero made once (never written)
         self._one = torch.ones((), device=device)
 
     def check(self):
@@ -280,7 +280,7 @@ class FlatParams:
         """(per-component norms [3] in COMPONENTS order, global norm), fp32 device tensors; no sync."""
         segs = [self.flat[a:b] for a, b in self.spans]
         got = iter(torch._foreach_norm([s for s in segs if s.numel()]))
-        each = torch.stack([next(got) if s.numel() else self._zero for s in segs])
+        each = torch.stack([next(got) if s.numel() else self.zero for s in segs])
         per = each.square().view(len(KINDS), len(COMPONENTS)).sum(0).sqrt()
         return per, torch.linalg.vector_norm(per)
 
@@ -404,9 +404,8 @@ class TrainStep:
         b = self.bucket
         if self.has is None:
             self.has = monitor.present(probes, self.groups)
-        zero = b._zero                           # cached: no fill; the stacks below write in place (no copy)
-        torch.stack([loss.detach().float()] + [zero if probes.get(k) is None else probes[k].detach().float()
-                                               for k in monitor.PROBES], out=b.tail)
+        torch.stack([loss.detach().float()] + [b.zero if probes.get(k) is None else probes[k].detach().float()
+                                               for k in monitor.PROBES], out=b.tail)    # in place: no fill, no copy
         b.all_reduce_mean_(self.world)
         per, total = b.norms()
         loss_avg = b.tail[0]
@@ -416,7 +415,7 @@ class TrainStep:
         self.opt.found_inf.copy_(bad)
         b.clip_(total, self.grad_clip)
         self.opt.step()
-        monitor.pack(loss_avg, total, per, dict(zip(monitor.PROBES, b.tail[1:])), out=self.row, zero=zero)
+        monitor.pack(loss_avg, total, per, dict(zip(monitor.PROBES, b.tail[1:])), out=self.row)
 
     # ------------------------------------------------------------------ driving it
     def load_batch(self, x: torch.Tensor, y: torch.Tensor):
