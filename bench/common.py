@@ -2,16 +2,16 @@
 
 How a figure is measured (GPU):
 * time (``ms``, the eager step's cost, host included): the median of up to ``gate.MAX_SAMPLES`` CUDA-event-timed
-  batches of back-to-back calls (``gate._time_ms``, the qualification's eager timer: up to ``gate.MAX_BATCH`` calls
-  a batch, the batches sized to the grid's do_bench budget) — per call max(its GPU time, its host time), what a
-  step of ordinary calls pays. Before (run 12 and earlier) ``triton.testing.do_bench``'s median of single calls,
-  each behind a 256 MB L2 flush: the flush's ~0.1 ms of GPU work hid up to that much host time, so an op whose
-  host time is near it (torch.compile's guards, a Triton launcher at the models' µs shapes) read GPU-bound in one call and host-bound in the next (gnr N16384
-  D128 fwd: triton 0.0516 vs compile 0.0123 ms, then 0.0133 vs 0.0621); a batch of back-to-back calls has no such
-  edge and its mean over ≤ 100 calls smooths the host's jitter. ``GT_BENCH_EAGER=do_bench``: the old timer (for
-  comparisons with older runs). A function slower than ``SLOW_MS`` per call (the PyTorch references at big
-  shapes) gets a time-boxed loop of a few CUDA-event-timed calls instead, so that no row takes minutes. ``timer``
-  in the row says which.
+  batches of back-to-back calls (``gate._time_ms``, the qualification's eager timer: up to ``gate.MAX_BATCH`` calls a
+  batch, the batches sized to the grid's do_bench budget) — per call max(its GPU time, its host time), what a step of
+  ordinary calls pays. Before (run 12 and earlier) ``triton.testing.do_bench``'s median of single calls, each behind a
+  256 MB L2 flush: the flush's ~0.1 ms of GPU work hid up to that much host time, so an op whose host time is near it
+  (torch.compile's guards, a Triton launcher at the models' µs shapes) read GPU-bound in one call and host-bound in
+  the next (gnr N16384 D128 fwd: triton 0.0516 vs compile 0.0123 ms, then 0.0133 vs 0.0621); a batch of back-to-back
+  calls has no such edge and its mean over ≤ 100 calls smooths the host's jitter. ``GT_BENCH_EAGER=do_bench``: the old
+  timer (for comparisons with older runs). A function slower than ``SLOW_MS`` per call (the PyTorch references at big
+  shapes) gets a time-boxed loop of a few CUDA-event-timed calls instead, so that no row takes minutes. ``timer`` in
+  the row says which.
 * CUDA-graph time (``ms_graph``, GPU, every graph-safe implementation — spec ``graph_safe``, the reference
   included): the call is captured as a CUDA graph and its replays are timed (``groundthink.gate.graph_ms``, the
   same code as the qualification's graph rows: a step shorter than 1 ms is captured several times into one
