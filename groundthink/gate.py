@@ -699,6 +699,7 @@ MAX_SAMPLES = 5       # samples (batches of back-to-back calls) whose median is 
 MAX_BATCH = 100       # calls per sample at most (µs ops: a batch hides the event's own overhead)
 GRAPH_MIN_MS = 1.0    # a graph replay shorter than this is captured again with several steps in it
 MAX_COPIES = 64       # steps in one graph at most
+RETIME_S = 3.0        # budget left that a re-time of a lab kernel and the peer it lost to needs (``_retime_losses``)
 
 
 def _once_ms(fn: Callable, cuda: bool, n: int = 1) -> float:
@@ -800,6 +801,29 @@ def graph_ms(step: Callable, leaves: list[torch.Tensor], cuda: bool = True) -> t
     return ms / copies, peak, reps * copies
 
 
+def _time_call(fn: Callable, kw: dict, cuda: bool, timing: str) -> tuple[float, float | None, int]:
+    """(ms, extra peak MB, calls timed) of one fwd+bwd of ``fn(**kw)`` in ``timing`` mode (``measure``'s timing)."""
+    step, leaves = fwd_bwd_step(fn, kw)
+    if timing == "graph":
+        return graph_ms(step, leaves, cuda)
+    run = _clearing(step, leaves)
+    run()                               # autotuning / compilation outside the memory and time figures
+    for t in leaves:
+        t.grad = None
+    peak, first = _peak_mb(run, cuda)
+    ms, reps = _time_ms(run, cuda, first)
+    return ms, peak, reps
+
+
+def retime(spec: OpSpec, fn: Callable, shp, device, timing: str) -> float:
+    """A second timing of ``fn`` in one call of the step (``measure``'s inputs and mode, fresh inputs and capture):
+    ms per fwd+bwd."""
+    call, cuda = as_calls(spec.name, shp)[0], torch.device(device).type == "cuda"
+    kw = call_inputs(spec, call.shape, call.variant, spec.bench.dtype if cuda else torch.float32, seed=2,
+                     device=device, exact=cuda)
+    return _time_call(unused_outputs(fn, call.variant), kw, cuda, timing)[0]
+
+
 def measure(spec: OpSpec, impl: str, fn: Callable, shp, device, timing: str = "eager") -> dict:
     """One evidence row of ``impl`` in one call of the step (``shp``: a ``Call`` — the spec's shape and the
     step's variant —, or a spec shape tuple), fwd+bwd: time and extra peak memory (at the call's shape), timed in
@@ -824,17 +848,8 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp, device, timing: str = "e
             raise ValueError(f"timing must be one of {TIMINGS}; got {timing!r}")
         kw, fn = make(call.shape), unused_outputs(fn, call.variant)
         row["dtype"] = str(row_dtype(kw))[6:]
-        step, leaves = fwd_bwd_step(fn, kw)
-        if timing == "graph":
-            row["ms"], row["peak_mb"], row["reps"] = graph_ms(step, leaves, cuda)
-        else:
-            run = _clearing(step, leaves)
-            run()                               # autotuning / compilation outside the memory and time figures
-            for t in leaves:
-                t.grad = None
-            row["peak_mb"], first = _peak_mb(run, cuda)
-            row["ms"], row["reps"] = _time_ms(run, cuda, first)
-        del step, leaves, kw
+        row["ms"], row["peak_mb"], row["reps"] = _time_call(fn, kw, cuda, timing)
+        del kw
         if impl != spec.reference.name:         # after the timing: the kernels' first call (autotuning) was at
             err = run_shapes(spec, call)[-1]     # the step's shape
             if cuda and err != tuple(call.shape):   # its kernels specialise anew: compile them all at once first
@@ -1335,10 +1350,11 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
     the measuring of the items still to do that compile there is kept out of the budget an item not exempt must
     fit, unless it ends before their compiles would (``_reserved``); the line that says it is waited for past the
     budget says how far they are (``background.state``).
+    A lab kernel slower than a peer at a call is then re-timed beside it (``_retime_losses``).
     Returns (rows, [(item, why)] deferred, {op: {impl: seconds}})."""
     from tqdm import tqdm
     history, deferred_before, used_anyway = history or {}, deferred_before or set(), used_anyway or set()
-    rows, deferred, spent, first, dropped = [], [], {}, {}, set()
+    rows, deferred, spent, first, dropped, timed = [], [], {}, {}, set(), {}
     in_background = set(background.names()) if background else set()
     bar = tqdm(total=len(plan), desc="gate", unit="impl", disable=not progress, dynamic_ncols=True)
     todo = list(plan)
@@ -1384,6 +1400,7 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         else:
             got = [measure(spec, impl.name, fn, c, device, timing[op]) for c in shp]
             rows += got
+            timed[(op, impl.name)] = (spec, fn, shp)
             if impl is spec.reference:
                 rows += _reference_fallback(spec, fn, shp, got, timing[op], device, say)
         spent.setdefault(op, {})[impl.name] = time.monotonic() - t1 + chose
@@ -1393,7 +1410,40 @@ def _run_plan(plan: list, timing: dict, device, say: Callable, progress: bool, d
         if impl is not spec.reference:
             first.setdefault(op, spent[op][impl.name] - waited)
     bar.close()
+    _retime_losses(rows, timed, device, say, deadline)
     return rows, deferred, spent
+
+
+def _retime_losses(rows: list[dict], timed: dict, device, say: Callable, deadline: float) -> None:
+    """Where a lab kernel's row is slower than a peer's at the same call by more than ``NOISE``, both are timed
+    once more (``retime``: fresh inputs, a fresh capture) and each row keeps the faster of its two times — so one
+    slow sample (a clock dip, an unlucky graph pool) does not hand the op to the other side, and neither side gets
+    a second chance the other lacks (run 14: gate_norm_residual/triton timed 0.0232 ms in one first use and
+    0.0311 in the next at the same call, beside compile's 0.0297 / 0.0272: the second run trained on compile).
+    ``timed``: (op, impl) -> (spec, fn, calls) of this run's measured items. Only while ``RETIME_S`` of the
+    budget is left; otherwise the line says it was not re-timed."""
+    index = {(r["op"], r["impl"], r["shape"], r["pass"], r["timing_mode"]): r for r in rows if r.get("ms")}
+    for (op, impl, shape, pas, mode), lab in index.items():
+        if (op, impl) not in timed or timed[(op, impl)][0].impl(impl).role != "lab":
+            continue
+        spec = timed[(op, impl)][0]
+        for peer in spec.role("peer"):
+            other = index.get((op, peer.name, shape, pas, mode))
+            if other is None or (op, peer.name) not in timed or not lab["ms"] > other["ms"] * (1 + NOISE):
+                continue
+            was = f"{op}/{impl} slower than {peer.name} at {shape} {pas} ({lab['ms']:.4g} vs {other['ms']:.4g} ms)"
+            if deadline - time.monotonic() < RETIME_S:
+                say(f"gate: {was}: not re-timed, {max(deadline - time.monotonic(), 0):.1f} s of the budget left")
+                continue
+            for row in (lab, other):
+                _, fn, calls = timed[(op, row["impl"])]
+                call = next(c for c in calls if as_calls(op, c)[0].label == shape)
+                try:
+                    row["ms"] = min(row["ms"], retime(spec, fn, call, device, mode))
+                except Exception as e:  # noqa: BLE001 - it ran once already: its first time stands
+                    say(f"gate: {op}/{row['impl']} re-time at {shape} failed ({type(e).__name__}): its first time "
+                        "stands")
+            say(f"gate: {was}: both re-timed, the faster of two each: {lab['ms']:.4g} vs {other['ms']:.4g} ms")
 
 
 def _reference_fallback(spec: OpSpec, fn, calls: list, got: list[dict], timing: str, device, say) -> list[dict]:

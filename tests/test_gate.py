@@ -1445,8 +1445,36 @@ def test_the_background_dry_run_compiles_every_specialisation_the_measuring_laun
                 _dry_run(op, impl.name, [c.payload() for c in cs], device="cpu")
             with launched_specialisations(run=False) as measured:
                 rows = [gate.measure(spec, impl.name, impl.load(), c, "cpu") for c in cs]
-            assert all(r["note"] == "" for r in rows), rows
+            assert all(r["note"] == "" for r in rows), [r["note"] for r in rows]
             assert measured and measured <= dry, (op, impl.name, measured - dry)
             checked.append(f"{op}/{impl.name}")
     assert {"wkv6/triton", "wkv6/triton_fused", "gate_norm_residual/triton", "norm_gate/triton", "ddlerp/triton",
             "shift_lerp/triton"} <= set(checked)
+
+
+def test_a_lab_kernel_that_loses_to_a_peer_is_re_timed_beside_it(monkeypatch):
+    """Run 14: the same call timed 0.0232 ms in one first use and 0.0311 in the next (compile's peer 0.0297 /
+    0.0272): one slow sample handed the op to the peer. A loss beyond NOISE re-times both, each keeping its faster
+    time; a loss that holds stays a loss; without budget left nothing is re-timed and the line says so."""
+    said, times = [], {"triton": 1.5, "compile": 1.0}
+
+    def fake_measure(spec, impl, fn, shp, device, timing="eager"):
+        return {"op": spec.name, "impl": impl, "shape": shp.label, "pass": "fwdbwd", "dtype": "float32",
+                "timing_mode": timing, "ms": times[impl], "errors": {}, "source_hash": "", "note": ""}
+    again = {"triton": 0.9, "compile": 1.1}
+    monkeypatch.setattr(gate, "measure", fake_measure)
+    monkeypatch.setattr(gate, "retime", lambda spec, fn, call, device, mode: again[next(
+        k for k, f in fns.items() if f is fn)])
+    plan = _items("gate_norm_residual/triton", "gate_norm_residual/compile")
+    fns = {"triton": plan[0][2], "compile": plan[1][2]}
+    timing = {"gate_norm_residual": "graph"}
+    rows = gate._run_plan(plan, timing, "cpu", said.append, False, time.monotonic() + 60)[0]
+    assert {r["impl"]: r["ms"] for r in rows} == {"triton": 0.9, "compile": 1.0}
+    assert any("both re-timed, the faster of two each: 0.9 vs 1 ms" in s for s in said)
+    again.update(triton=1.6, compile=0.95)        # a real loss: the re-time confirms it
+    rows = gate._run_plan(plan, timing, "cpu", said.append, False, time.monotonic() + 60)[0]
+    assert {r["impl"]: r["ms"] for r in rows} == {"triton": 1.5, "compile": 0.95}
+    said.clear()
+    monkeypatch.setattr(gate, "RETIME_S", 1e9)
+    rows = gate._run_plan(plan, timing, "cpu", said.append, False, time.monotonic() + 60)[0]
+    assert {r["impl"]: r["ms"] for r in rows} == times and any("not re-timed" in s for s in said)
