@@ -36,7 +36,7 @@ def _dispatch_mode_active() -> bool:
 
 def compiled_reference(backend: str = "inductor"):
     """torch.compile of the reference, compiled afresh (its own code object: see the module docstring); under an
-    active dispatch mode the plain reference. ``backend``: dynamo's (tests: "aot_eager", no C++ build)."""
+    active dispatch mode the plain reference. ``backend``: dynamo's (tests: "eager", no C++ build)."""
     from reference.gate_norm_residual import gate_norm_residual
     compiled = torch.compile(_own_copy(gate_norm_residual), dynamic=False, backend=backend)
 
