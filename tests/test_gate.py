@@ -1455,26 +1455,45 @@ def test_the_background_dry_run_compiles_every_specialisation_the_measuring_laun
 def test_a_lab_kernel_that_loses_to_a_peer_is_re_timed_beside_it(monkeypatch):
     """Run 14: the same call timed 0.0232 ms in one first use and 0.0311 in the next (compile's peer 0.0297 /
     0.0272): one slow sample handed the op to the peer. A loss beyond NOISE re-times both, each keeping its faster
-    time; a loss that holds stays a loss; without budget left nothing is re-timed and the line says so."""
-    said, times = [], {"triton": 1.5, "compile": 1.0}
+    time; a loss that holds stays a loss; a win is not re-timed; a failed re-time leaves both first times; a row
+    is re-timed once however many peers beat it; without budget left nothing is re-timed and the line says so."""
+    said, times, calls = [], {"triton": 1.5, "compile": 1.0, "fla_rmsnorm": 1.2}, []
 
     def fake_measure(spec, impl, fn, shp, device, timing="eager"):
         return {"op": spec.name, "impl": impl, "shape": shp.label, "pass": "fwdbwd", "dtype": "float32",
-                "timing_mode": timing, "ms": times[impl], "errors": {}, "source_hash": "", "note": ""}
-    again = {"triton": 0.9, "compile": 1.1}
+                "timing_mode": timing, "ms": times[impl], "reps": 1, "errors": {"y": 1e-6}, "source_hash": "",
+                "note": ""}
+    again = {"triton": 0.9, "compile": 1.1, "fla_rmsnorm": 1.0}
+
+    def fake_retime(spec, fn, call, device, mode):
+        impl = next(k for k, f in fns.items() if f is fn)
+        calls.append(impl)
+        if again[impl] is None:
+            raise RuntimeError("capture failed")
+        return again[impl], 7
     monkeypatch.setattr(gate, "measure", fake_measure)
-    monkeypatch.setattr(gate, "retime", lambda spec, fn, call, device, mode: again[next(
-        k for k, f in fns.items() if f is fn)])
+    monkeypatch.setattr(gate, "retime", fake_retime)
     plan = _items("gate_norm_residual/triton", "gate_norm_residual/compile")
     fns = {"triton": plan[0][2], "compile": plan[1][2]}
     timing = {"gate_norm_residual": "graph"}
-    rows = gate._run_plan(plan, timing, "cpu", said.append, False, time.monotonic() + 60)[0]
-    assert {r["impl"]: r["ms"] for r in rows} == {"triton": 0.9, "compile": 1.0}
-    assert any("both re-timed, the faster of two each: 0.9 vs 1 ms" in s for s in said)
+
+    def ms(deadline=60):
+        calls.clear()
+        rows = gate._run_plan(plan, timing, "cpu", said.append, False, time.monotonic() + deadline)[0]
+        return {r["impl"]: r["ms"] for r in rows}
+    assert ms() == {"triton": 0.9, "compile": 1.0} and calls == ["triton", "compile"]
+    assert any("both re-timed (0.9 vs 1.1 ms), the faster of two each: 0.9 vs 1 ms" in s for s in said)
     again.update(triton=1.6, compile=0.95)        # a real loss: the re-time confirms it
-    rows = gate._run_plan(plan, timing, "cpu", said.append, False, time.monotonic() + 60)[0]
-    assert {r["impl"]: r["ms"] for r in rows} == {"triton": 1.5, "compile": 0.95}
+    assert ms() == {"triton": 1.5, "compile": 0.95}
+    again.update(triton=0.5, compile=None)        # one side's re-time fails: no one-sided second try
+    assert ms() == {"triton": 1.5, "compile": 1.0}
+    times.update(triton=0.9)                      # a win: nothing re-timed
+    assert ms() == {"triton": 0.9, "compile": 1.0} and calls == []
+    times.update(triton=1.5)
+    again.update(triton=1.4, compile=1.1, fla_rmsnorm=1.0)   # two peers beat it: the lab row is re-timed once
+    plan = _items("gate_norm_residual/triton", "gate_norm_residual/compile", "gate_norm_residual/fla_rmsnorm")
+    fns = {impl: item[2] for impl, item in zip(("triton", "compile", "fla_rmsnorm"), plan)}
+    assert ms() == {"triton": 1.4, "compile": 1.0, "fla_rmsnorm": 1.2} and calls == ["triton", "compile"]
     said.clear()
     monkeypatch.setattr(gate, "RETIME_S", 1e9)
-    rows = gate._run_plan(plan, timing, "cpu", said.append, False, time.monotonic() + 60)[0]
-    assert {r["impl"]: r["ms"] for r in rows} == times and any("not re-timed" in s for s in said)
+    assert ms() == times and calls == [] and any("not re-timed" in s for s in said)

@@ -30,8 +30,10 @@ def _own_copy(fn):
 
 
 def _dispatch_mode_active() -> bool:
-    """A user ``TorchDispatchMode`` is active (dynamo would skip the frame and mark its code skipped for good)."""
-    return not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() > 0
+    """A user (non-infra) ``TorchDispatchMode`` is active: dynamo would skip the frame and mark its code skipped
+    for good."""
+    from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+    return not torch.compiler.is_compiling() and is_in_torch_dispatch_mode(include_infra_modes=False)
 
 
 def compiled_reference(backend: str = "inductor"):
