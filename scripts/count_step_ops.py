@@ -32,7 +32,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import importlib.util
 import os
+import sys
+import types
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -43,18 +47,39 @@ FREE = {"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"
         "_to_copy_noop", "alias", "set_", "resize_", "_unsafe_view"}
 
 
+_SKIP = ("torch", "triton", "einops", "__main__", "contextlib")      # modules whose frames are not call sites
+
+
+def _site() -> str:
+    """The innermost Python frame outside torch, triton, einops and this script (``file:line function``; the
+    file relative to its package root), and the autograd node being run (backward) if any."""
+    f = sys._getframe(2)
+    while f is not None and str(f.f_globals.get("__name__", "")).split(".")[0] in _SKIP:
+        f = f.f_back
+    where = "?"
+    if f is not None:
+        parts = f.f_code.co_filename.split(os.sep)
+        where = f"{os.sep.join(parts[-2:])}:{f.f_lineno} {f.f_code.co_name}"
+    node = torch._C._current_autograd_node()
+    return where + (f"  [{node.name()}]" if node is not None else "")
+
+
 class OpCounter(TorchDispatchMode):
-    def __init__(self, weights: dict[str, int] | None = None):
+    def __init__(self, weights: dict[str, int] | None = None, where: set[str] | None = None):
         super().__init__()
         self.weights = weights or {}    # op name -> the launches one call of it counts as (its GPU path)
         self.counts = collections.Counter()
+        self.where = where or set()     # op names whose call sites are recorded (``--where``)
+        self.sites = collections.Counter()   # (tag, op, dtype, site) -> launches
         self.tag = "other"
         self.paused = 0
         self.active = False     # set while the measured step runs (launches outside it are not counted)
 
-    def add(self, name, n: int = 1):
+    def add(self, name, n: int = 1, dtype: str = "", site: str | None = None):
         if self.active and not self.paused:
             self.counts[(self.tag, name)] += n
+            if name in self.where:
+                self.sites[(self.tag, name, dtype, site or _site())] += n
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.namespace == "groundthink":   # the lab's custom ops: count what their implementation launches
@@ -67,7 +92,12 @@ class OpCounter(TorchDispatchMode):
         name = func.overloadpacket.__name__
         is_view = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
         if name not in FREE and not is_view:
-            self.counts[(self.tag, name)] += self.weights.get(name, 1)
+            n = self.weights.get(name, 1)
+            self.counts[(self.tag, name)] += n
+            if name in self.where and self.active:
+                first = out[0] if isinstance(out, (tuple, list)) and out else out
+                dtype = str(first.dtype).replace("torch.", "") if isinstance(first, torch.Tensor) else ""
+                self.sites[(self.tag, name, dtype, _site())] += n
         return out
 
 
@@ -120,6 +150,75 @@ def _opaque_scan(counter: OpCounter, ref, n_fwd: int, n_bwd: int):
         return Scan.apply(x, dt, A, B, C, D, dt_bias, chunk_size)
 
     return scan
+
+
+def _mamba_ssm_scan():
+    """mamba-ssm's ``mamba_chunk_scan_combined`` run through the Triton interpreter (``--scan mamba_ssm``): its
+    real host code, workspaces, pre-hook zero fills and torch reductions are counted, each Triton kernel as one
+    launch. Needs the mamba_ssm package (and einops) importable; its ``__init__`` (CUDA extensions) is skipped.
+    Every autotuner keeps its first config only (the interpreter cannot benchmark); a config's pre-hook (the
+    ``init_to_zero`` fills) still runs, as it does on a GPU for whichever config wins."""
+    spec = importlib.util.find_spec("mamba_ssm")
+    if spec is None:
+        raise SystemExit("--scan mamba_ssm: the mamba_ssm package is not importable (put mamba-ssm 2.3's files "
+                         "and einops on PYTHONPATH); --scan model counts the modelled launches instead")
+    if "mamba_ssm" not in sys.modules:      # the package without its __init__ (which imports CUDA extensions)
+        pkg = types.ModuleType("mamba_ssm")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["mamba_ssm"] = pkg
+    if not torch.cuda.is_available():       # its host code enters torch.cuda.device(x.device.index) (None on CPU)
+        torch.cuda.device = lambda index: contextlib.nullcontext()      # and sizes splits by an H100's 132 SMs
+        torch.cuda.get_device_properties = lambda device=None: types.SimpleNamespace(multi_processor_count=132)
+    from triton.runtime.autotuner import Autotuner
+    from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_combined, ssd_state_passing
+    for mod in (ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_combined, ssd_state_passing):
+        for obj in vars(mod).values():
+            if isinstance(obj, Autotuner):
+                obj.configs = obj.configs[:1]
+    return ssd_combined.mamba_chunk_scan_combined
+
+
+def _modelled_conv(counter: OpCounter, ref):
+    """The reference causal conv counted as causal-conv1d 1.7 runs on a GPU (``--scan mamba_ssm`` or ``--conv
+    model``): forward one kernel; backward one kernel, the fp32 zero fills of dweight and dbias
+    (``causal_conv1d_bwd_function``'s ``torch.zeros_like(..., dtype=float32)``) and their ``type_as`` casts back
+    to a weight or bias that is not fp32. Its own (reference) ops are not counted."""
+    site = "causal_conv1d/cpp_functions.py causal_conv1d_bwd_function (modelled)"
+
+    class Conv(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias, activation):
+            counter.paused += 1
+            try:
+                leaves = [t.detach().requires_grad_() for t in (x, weight, bias)]
+                with torch.enable_grad():
+                    y = ref(*leaves, activation=activation)
+            finally:
+                counter.paused -= 1
+            counter.add("causal_conv1d")
+            ctx.graph = (y, leaves)
+            return y.detach()
+
+        @staticmethod
+        def backward(ctx, dy):
+            y, leaves = ctx.graph
+            counter.paused += 1
+            try:
+                grads = torch.autograd.grad(y, leaves, dy)
+            finally:
+                counter.paused -= 1
+            counter.add("causal_conv1d")
+            for t in leaves[1:]:
+                counter.add("zeros_like", dtype="float32", site=site)
+                if t.dtype != torch.float32:
+                    counter.add("_to_copy", dtype=str(t.dtype).replace("torch.", ""), site=site)
+            return (*grads, None)
+
+    def conv(x, weight, bias=None, activation=None, **kw):
+        assert bias is not None and not kw, "the counter covers the training path only"
+        return Conv.apply(x, weight, bias, activation)
+
+    return conv
 
 
 def _make_step(args, ops):
@@ -219,6 +318,13 @@ def main():
     ap.add_argument("--scan-fwd", type=int, default=5)
     ap.add_argument("--scan-bwd", type=int, default=20)
     ap.add_argument("--emb-bwd", type=int, default=20, help="launches of torch's CUDA embedding backward")
+    ap.add_argument("--scan", choices=["model", "mamba_ssm"], default="model", help="the Mamba-2 scan: the "
+                    "reference counted as --scan-fwd/--scan-bwd launches (model), or mamba-ssm's own Triton code "
+                    "through the interpreter (mamba_ssm; implies --conv model)")
+    ap.add_argument("--conv", choices=["reference", "model"], default="reference", help="the causal conv: the "
+                    "reference's ops counted (reference) or causal-conv1d's GPU launches modelled (model)")
+    ap.add_argument("--where", default="", help="OP[,OP]: list every call site of these ops (e.g. "
+                    "fill_,zero_,zeros,zeros_like,sum): Python frame outside torch, autograd node")
     ap.add_argument("--before", default="", help="ENV=VALUE[,ENV=VALUE]: also count with these set, print the "
                     "differences")
     ap.add_argument("--gemms", action="store_true", help="list the step's matrix products and the misaligned "
@@ -251,9 +357,14 @@ def count(args) -> collections.Counter:
     """One counted training step (after an uncounted one): prints the summary, returns {(tag, op): launches}."""
     from groundthink.registry import resolve
     ops = resolve(args.kernels)
-    counter = OpCounter({"embedding_dense_backward": args.emb_bwd})
+    counter = OpCounter({"embedding_dense_backward": args.emb_bwd}, where=set(filter(None, args.where.split(","))))
     _patch_triton(counter)
-    ops.choices["mamba2"].fn = _opaque_scan(counter, ops.choices["mamba2"].fn, args.scan_fwd, args.scan_bwd)
+    if args.scan == "mamba_ssm":
+        ops.choices["mamba2"].fn = _mamba_ssm_scan()
+    else:
+        ops.choices["mamba2"].fn = _opaque_scan(counter, ops.choices["mamba2"].fn, args.scan_fwd, args.scan_bwd)
+    if args.scan == "mamba_ssm" or args.conv == "model":
+        ops.choices["causal_conv1d"].fn = _modelled_conv(counter, ops.choices["causal_conv1d"].fn)
     m, step = _make_step(args, ops)
     tag = (lambda t: lambda *_: setattr(counter, "tag", t))
     for blk in m.blocks:
@@ -283,6 +394,10 @@ def count(args) -> collections.Counter:
     print("top ops:")
     for (t, name), n in counter.counts.most_common(int(os.environ.get("TOP", "25"))):
         print(f"  {n:5d}  {t:<12} {name}")
+    if counter.where:
+        print(f"where {','.join(sorted(counter.where))} run (launches, pass, op, dtype, Python site [autograd node]):")
+        for (t, name, dt, site), n in sorted(counter.sites.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"  {n:5d}  {t:<12} {name:<12} {dt:<9} {site}")
     return collections.Counter(counter.counts)
 
 
