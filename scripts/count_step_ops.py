@@ -50,18 +50,24 @@ FREE = {"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"
 _SKIP = ("torch", "triton", "einops", "__main__", "contextlib")      # modules whose frames are not call sites
 
 
-def _site() -> str:
-    """The innermost Python frame outside torch, triton, einops and this script (``file:line function``; the
-    file relative to its package root), and the autograd node being run (backward) if any."""
+def _site() -> tuple[str, str]:
+    """(owner, site) of the op being dispatched: site = the innermost Python frame outside torch, triton, einops
+    and this script (``dir/file:line function``) and the autograd node being run (backward) if any; owner = that
+    frame's top-level package, or ``autograd`` when the frame is only the ``backward()`` call (a built-in node)."""
     f = sys._getframe(2)
     while f is not None and str(f.f_globals.get("__name__", "")).split(".")[0] in _SKIP:
         f = f.f_back
-    where = "?"
+    where, owner = "?", "?"
     if f is not None:
         parts = f.f_code.co_filename.split(os.sep)
         where = f"{os.sep.join(parts[-2:])}:{f.f_lineno} {f.f_code.co_name}"
+        owner = str(f.f_globals.get("__name__", "?")).split(".")[0]
     node = torch._C._current_autograd_node()
-    return where + (f"  [{node.name()}]" if node is not None else "")
+    if node is not None:
+        where += f"  [{node.name()}]"
+        if f is not None and f.f_code.co_name == "_body":     # the frame is TrainStep's loss.backward() itself
+            owner = "autograd"
+    return owner, where
 
 
 class OpCounter(TorchDispatchMode):
@@ -69,17 +75,17 @@ class OpCounter(TorchDispatchMode):
         super().__init__()
         self.weights = weights or {}    # op name -> the launches one call of it counts as (its GPU path)
         self.counts = collections.Counter()
-        self.where = where or set()     # op names whose call sites are recorded (``--where``)
-        self.sites = collections.Counter()   # (tag, op, dtype, site) -> launches
+        self.where = where or set()     # op names whose call sites are recorded (``--where``; "all": every op)
+        self.sites = collections.Counter()   # (tag, op, dtype, owner, site) -> launches
         self.tag = "other"
         self.paused = 0
         self.active = False     # set while the measured step runs (launches outside it are not counted)
 
-    def add(self, name, n: int = 1, dtype: str = "", site: str | None = None):
+    def add(self, name, n: int = 1, dtype: str = "", site: tuple[str, str] | None = None):
         if self.active and not self.paused:
             self.counts[(self.tag, name)] += n
-            if name in self.where:
-                self.sites[(self.tag, name, dtype, site or _site())] += n
+            if self._watched(name):
+                self.sites[(self.tag, name, dtype, *(site or _site()))] += n
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.namespace == "groundthink":   # the lab's custom ops: count what their implementation launches
@@ -94,11 +100,14 @@ class OpCounter(TorchDispatchMode):
         if name not in FREE and not is_view:
             n = self.weights.get(name, 1)
             self.counts[(self.tag, name)] += n
-            if name in self.where and self.active:
+            if self._watched(name) and self.active:
                 first = out[0] if isinstance(out, (tuple, list)) and out else out
                 dtype = str(first.dtype).replace("torch.", "") if isinstance(first, torch.Tensor) else ""
-                self.sites[(self.tag, name, dtype, _site())] += n
+                self.sites[(self.tag, name, dtype, *_site())] += n
         return out
+
+    def _watched(self, name: str) -> bool:
+        return name in self.where or "all" in self.where
 
 
 def _patch_triton(counter: OpCounter):
@@ -130,7 +139,7 @@ def _opaque_scan(counter: OpCounter, ref, n_fwd: int, n_bwd: int):
                     y = ref(*leaves[:5], chunk_size, D=leaves[5], dt_bias=leaves[6], dt_softplus=True)
             finally:
                 counter.paused -= 1
-            counter.add("mamba2-scan", n_fwd)
+            counter.add("mamba2-scan", n_fwd, site=("mamba_ssm", "mamba2 scan forward (modelled)"))
             ctx.graph = (y, leaves)
             return y.detach()
 
@@ -142,7 +151,7 @@ def _opaque_scan(counter: OpCounter, ref, n_fwd: int, n_bwd: int):
                 grads = torch.autograd.grad(y, leaves, dy)
             finally:
                 counter.paused -= 1
-            counter.add("mamba2-scan", n_bwd)
+            counter.add("mamba2-scan", n_bwd, site=("mamba_ssm", "mamba2 scan backward (modelled)"))
             return (*grads, None)
 
     def scan(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False, **kw):
@@ -180,10 +189,14 @@ def _mamba_ssm_scan():
 
 def _modelled_conv(counter: OpCounter, ref):
     """The reference causal conv counted as causal-conv1d 1.7 runs on a GPU (``--scan mamba_ssm`` or ``--conv
-    model``): forward one kernel; backward one kernel, the fp32 zero fills of dweight and dbias
-    (``causal_conv1d_bwd_function``'s ``torch.zeros_like(..., dtype=float32)``) and their ``type_as`` casts back
-    to a weight or bias that is not fp32. Its own (reference) ops are not counted."""
-    site = "causal_conv1d/cpp_functions.py causal_conv1d_bwd_function (modelled)"
+    model``): forward one kernel; backward one kernel and the fp32 zero fills of dweight and dbias
+    (``causal_conv1d_bwd_function``'s ``torch.zeros_like(..., dtype=float32)``; its ``type_as`` casts back are
+    not counted: on a GPU the weight and bias stay fp32 — autocast does not cast for causal_conv1d_fn — while
+    on CPU the reference conv's autocast puts them in the bf16 copy). The output is channel-last in memory, as
+    causal-conv1d's channel-last path returns it (the model passes a transposed [B, T, C] tensor), so that the
+    scan's B and C views keep stride 1 and mamba-ssm copies nothing (with the reference's contiguous output it
+    would clone them: a CPU-only cost). Its own (reference) ops are not counted."""
+    site = ("causal_conv1d", "causal_conv1d/cpp_functions.py (modelled)")
 
     class Conv(torch.autograd.Function):
         @staticmethod
@@ -193,9 +206,10 @@ def _modelled_conv(counter: OpCounter, ref):
                 leaves = [t.detach().requires_grad_() for t in (x, weight, bias)]
                 with torch.enable_grad():
                     y = ref(*leaves, activation=activation)
+                    y = y.transpose(1, 2).contiguous().transpose(1, 2)     # channel-last, as on a GPU
             finally:
                 counter.paused -= 1
-            counter.add("causal_conv1d")
+            counter.add("causal_conv1d", site=site)
             ctx.graph = (y, leaves)
             return y.detach()
 
@@ -207,11 +221,9 @@ def _modelled_conv(counter: OpCounter, ref):
                 grads = torch.autograd.grad(y, leaves, dy)
             finally:
                 counter.paused -= 1
-            counter.add("causal_conv1d")
-            for t in leaves[1:]:
+            counter.add("causal_conv1d", site=site)
+            for _ in leaves[1:]:
                 counter.add("zeros_like", dtype="float32", site=site)
-                if t.dtype != torch.float32:
-                    counter.add("_to_copy", dtype=str(t.dtype).replace("torch.", ""), site=site)
             return (*grads, None)
 
     def conv(x, weight, bias=None, activation=None, **kw):
@@ -395,9 +407,15 @@ def count(args) -> collections.Counter:
     for (t, name), n in counter.counts.most_common(int(os.environ.get("TOP", "25"))):
         print(f"  {n:5d}  {t:<12} {name}")
     if counter.where:
-        print(f"where {','.join(sorted(counter.where))} run (launches, pass, op, dtype, Python site [autograd node]):")
-        for (t, name, dt, site), n in sorted(counter.sites.items(), key=lambda kv: (-kv[1], kv[0])):
-            print(f"  {n:5d}  {t:<12} {name:<12} {dt:<9} {site}")
+        owners = collections.Counter()
+        for (_, _, _, owner, _), n in counter.sites.items():
+            owners[owner] += n
+        print(f"{','.join(sorted(counter.where))}: {sum(owners.values())} launches by owner (the issuing frame's "
+              f"package; autograd = a built-in backward node): "
+              + ", ".join(f"{o} {n}" for o, n in owners.most_common()))
+        print("  launches  pass         op           dtype     owner          site [autograd node]")
+        for (t, name, dt, owner, site), n in sorted(counter.sites.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"  {n:5d}  {t:<12} {name:<12} {dt:<9} {owner:<14} {site}")
     return collections.Counter(counter.counts)
 
 
