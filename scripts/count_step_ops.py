@@ -21,6 +21,16 @@ Usage: PYTHONPATH=. python scripts/count_step_ops.py [--variant GF-MH] [--kernel
 weights' bf16 copy made once per step (``--flat-weights on``, the default) or cast per use (off: the earlier step).
 ``--before ENV=VALUE[,ENV=VALUE]``: count twice, with those environment variables set (the earlier path, e.g.
 ``GROUNDTHINK_EMB_GEMM=0``) and without, and print the per-op differences.
+``--where OP[,OP]`` (or ``all``): also list where each launch of those ops comes from: the issuing Python frame
+(the innermost outside torch, triton, einops and this script), the autograd node running it in the backward, and
+its owner (the frame's top-level package: fused, groundthink, kernels, mamba_ssm, causal_conv1d; ``autograd``
+for a built-in backward node reached from ``loss.backward()``), with a total per owner.
+``--scan mamba_ssm``: instead of the modelled scan, mamba-ssm's own ``mamba_chunk_scan_combined`` (host code,
+workspaces, autotune pre-hook zero fills, torch reductions; each Triton kernel one launch) through the
+interpreter — needs the mamba_ssm package files and einops importable (e.g. the wheel unpacked on PYTHONPATH; its
+``__init__`` is skipped); every autotuner keeps its first config (all of a kernel's configs share one pre-hook).
+With it (or ``--conv model``) the causal conv counts as causal-conv1d 1.7 on a GPU: one kernel each way and its
+backward's two fp32 zero fills (dweight, dbias).
 ``--splitk-probe`` (GPU only, ~1 min): for the small step's weight-gradient shapes (K = B·T = 16,384) each
 formulation's CUDA kernels per call (cuBLAS adds a ``splitKreduce`` kernel when it splits K) and µs per call:
 dW = dYᵀX in bf16 (the step's form), the operands swapped (Xᵀ dY, transposed view), an fp32 output
@@ -125,21 +135,21 @@ def _patch_triton(counter: OpCounter):
     interpreter.GridExecutor.__call__ = call
 
 
-def _opaque_scan(counter: OpCounter, ref, n_fwd: int, n_bwd: int):
-    """The reference Mamba-2 scan counted as ``n_fwd`` launches forward and ``n_bwd`` backward (its own ops not
-    counted)."""
+def _opaque(counter: OpCounter, run, on_fwd, on_bwd):
+    """An autograd Function around ``run(*tensors)`` whose own ops are not counted; ``on_fwd()`` and ``on_bwd()``
+    count the launches it stands for. Returns its ``apply``."""
 
-    class Scan(torch.autograd.Function):
+    class Opaque(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, x, dt, A, B, C, D, dt_bias, chunk_size):
+        def forward(ctx, *ts):
             counter.paused += 1
             try:
-                leaves = [t.detach().requires_grad_() for t in (x, dt, A, B, C, D, dt_bias)]
+                leaves = [t.detach().requires_grad_() for t in ts]
                 with torch.enable_grad():
-                    y = ref(*leaves[:5], chunk_size, D=leaves[5], dt_bias=leaves[6], dt_softplus=True)
+                    y = run(*leaves)
             finally:
                 counter.paused -= 1
-            counter.add("mamba2-scan", n_fwd, site=("mamba_ssm", "mamba2 scan forward (modelled)"))
+            on_fwd()
             ctx.graph = (y, leaves)
             return y.detach()
 
@@ -151,12 +161,23 @@ def _opaque_scan(counter: OpCounter, ref, n_fwd: int, n_bwd: int):
                 grads = torch.autograd.grad(y, leaves, dy)
             finally:
                 counter.paused -= 1
-            counter.add("mamba2-scan", n_bwd, site=("mamba_ssm", "mamba2 scan backward (modelled)"))
-            return (*grads, None)
+            on_bwd()
+            return grads
+
+    return Opaque.apply
+
+
+def _opaque_scan(counter: OpCounter, ref, n_fwd: int, n_bwd: int):
+    """The reference Mamba-2 scan counted as ``n_fwd`` launches forward and ``n_bwd`` backward (its own ops not
+    counted)."""
+    fwd_site, bwd_site = (("mamba_ssm", f"mamba2 scan {p} (modelled)") for p in ("forward", "backward"))
 
     def scan(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False, **kw):
         assert dt_softplus and not kw, "the counter covers the training path only"
-        return Scan.apply(x, dt, A, B, C, D, dt_bias, chunk_size)
+        run = lambda x, dt, A, B, C, D, dt_bias: ref(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias,  # noqa: E731
+                                                     dt_softplus=True)
+        return _opaque(counter, run, lambda: counter.add("mamba2-scan", n_fwd, site=fwd_site),
+                       lambda: counter.add("mamba2-scan", n_bwd, site=bwd_site))(x, dt, A, B, C, D, dt_bias)
 
     return scan
 
@@ -198,37 +219,16 @@ def _modelled_conv(counter: OpCounter, ref):
     would clone them: a CPU-only cost). Its own (reference) ops are not counted."""
     site = ("causal_conv1d", "causal_conv1d/cpp_functions.py (modelled)")
 
-    class Conv(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, weight, bias, activation):
-            counter.paused += 1
-            try:
-                leaves = [t.detach().requires_grad_() for t in (x, weight, bias)]
-                with torch.enable_grad():
-                    y = ref(*leaves, activation=activation)
-                    y = y.transpose(1, 2).contiguous().transpose(1, 2)     # channel-last, as on a GPU
-            finally:
-                counter.paused -= 1
-            counter.add("causal_conv1d", site=site)
-            ctx.graph = (y, leaves)
-            return y.detach()
 
-        @staticmethod
-        def backward(ctx, dy):
-            y, leaves = ctx.graph
-            counter.paused += 1
-            try:
-                grads = torch.autograd.grad(y, leaves, dy)
-            finally:
-                counter.paused -= 1
-            counter.add("causal_conv1d", site=site)
-            for _ in leaves[1:]:
-                counter.add("zeros_like", dtype="float32", site=site)
-            return (*grads, None)
+    def backward_launches():
+        counter.add("causal_conv1d", site=site)
+        counter.add("zeros_like", 2, dtype="float32", site=site)        # dweight, dbias
 
     def conv(x, weight, bias=None, activation=None, **kw):
         assert bias is not None and not kw, "the counter covers the training path only"
-        return Conv.apply(x, weight, bias, activation)
+        run = lambda *ts: ref(*ts, activation=activation).transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731
+        return _opaque(counter, run, lambda: counter.add("causal_conv1d", site=site), backward_launches)(
+            x, weight, bias)      # the output channel-last in memory, as on a GPU
 
     return conv
 
@@ -399,7 +399,10 @@ def count(args) -> collections.Counter:
         by_tag[t] += n
     total = sum(by_tag.values())
     print(f"{args.variant}/{args.size} B{args.batch} T{args.seq}{' bf16 autocast' if args.autocast else ''}, "
-          f"flat weights {args.flat_weights}, ops {ops.impls()}")
+          f"flat weights {args.flat_weights}, ops {ops.impls()}"
+          + ("" if args.scan == "model" and args.conv == "reference" else
+             f" (counted in their place: mamba2 {'mamba-ssm' if args.scan == 'mamba_ssm' else 'modelled'}, "
+             "causal_conv1d modelled)"))
     print(f"launches per training step (forward + backward + update): {total}")
     for t, n in sorted(by_tag.items()):
         print(f"  {t:<12} {n}")

@@ -376,8 +376,8 @@ def test_linear_pieces_backward_runs_without_piece_gradients():
 def test_linear_pieces_tee_folds_the_x_gradient_float64(drop, nan_buffers):
     """``tee=True`` returns x for other consumers and adds their gradient in the first dx GEMM (addmm's C): in
     float64 the pieces, the tee and the gradients of x and the weights equal autograd's (x used twice), also
-    when no piece gets a gradient (dx is then the tee's, the weights' gradients zeros). Under bf16 autocast with an fp32 x the tee is x
-    itself, uncast (no fold)."""
+    when no piece gets a gradient (dx is then the tee's, the weights' gradients zeros). Under bf16 autocast
+    with an fp32 x the tee is x itself, uncast (no fold)."""
     from fused.projections import linear_pieces
     torch.manual_seed(0)
     x = torch.randn(2, 7, 24, dtype=torch.float64, requires_grad=True)
