@@ -11,6 +11,8 @@ gradients (issue 10: at the large model autograd's concatenations cost ~1.1 ms o
         models' shapes ≤ 24 columns: Mamba's dt and the row gate):
             dW[group rows] = dP_groupᵀ x          (torch.mm(..., out=) into the group's rows of one dW buffer)
             dx = Σ_groups dP_group W_group        (mm, then addmm with beta = 1 into the same buffer)
+        ``tee=True`` also returns x (a view) for the caller's other consumers; their gradient d_t is the first dx
+        GEMM's C operand (dx = d_t + dP_0 W_0, addmm) instead of an autograd add of two gradients of x.
     outs = stacked_proj(xs, w)
         xs [G, M, K], w [G, K, N] → G products xs_i w_i [M, N] (views of one bmm's [G, M, N]). Backward: for each
         i, dxs[i] = dY_i w_iᵀ and dw[i] = xs_iᵀ dY_i, 2·G GEMMs into slices of a [G, M, K] and a [G, K, N]
