@@ -91,7 +91,8 @@ class HybridBlock(nn.Module):
         ``tee``: y is returned last, for the time-mix: its gradient enters the backward's first dx GEMM as C
         (``linear_pieces(tee=True)``), one autograd add of y's gradients fewer per layer."""
         w_in, w_g = self.mamba.in_proj.weight, self.fusion.gate_proj.weight
-        return linear_pieces(y, [w_in, w_g], self.mamba.split_sizes() + [w_g.shape[0]], tee=tee)
+        ws, sizes = [w_in, w_g], self.mamba.split_sizes() + [w_g.shape[0]]
+        return linear_pieces(y, ws, sizes, tee=True) if tee else linear_pieces(y, ws, sizes)
 
 
 class HybridLM(nn.Module):
