@@ -21,6 +21,7 @@ API (train.py and the benchmarks rely on it):
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,13 @@ from fused.configs import ModelConfig
 from fused.projections import autocast_dtype, embedding, linear_pieces
 from fused.variants import VARIANTS, Fusion
 from groundthink import monitor
+
+
+def _tee_ygrad() -> bool:
+    """``GROUNDTHINK_TEE_YGRAD=1`` (opt-in, not yet timed on a GPU): GF/HGF blocks hand y to the time-mix through
+    ``linear_pieces(tee=True)``, so the time-mix's y-gradient is added by in_proj's first dx GEMM (C operand)
+    instead of an autograd add: one launch fewer per layer; bf16 rounds once less (fp64: equal to 1e-14)."""
+    return os.environ.get("GROUNDTHINK_TEE_YGRAD") == "1"
 
 
 class HybridBlock(nn.Module):
@@ -52,10 +60,13 @@ class HybridBlock(nn.Module):
         model reduces all layers' probes at once). ``A``: the Mamba mixer's −exp(A_log), when computed outside."""
         st_a = st_b = None
         a = b = None
-        if self.tmix is not None:
-            a, st_a = self.tmix(y, ops, None if state is None else state["rwkv"])
         proj = gproj = None
-        if self.fold_gate:
+        y_t = y
+        if self.fold_gate and self.tmix is not None and _tee_ygrad():   # the y-gradient add folded (opt-in)
+            *proj, gproj, y_t = self._in_and_gate_proj(y, tee=True)
+        if self.tmix is not None:
+            a, st_a = self.tmix(y_t, ops, None if state is None else state["rwkv"])
+        if self.fold_gate and proj is None:
             *proj, gproj = self._in_and_gate_proj(y)
         if self.mamba is not None:
             xin = y + a if self.sequential else y
@@ -70,15 +81,18 @@ class HybridBlock(nn.Module):
         new_state = None if state is None else {"rwkv": st_a, "mamba": st_b}
         return h, y3, new_state
 
-    def _in_and_gate_proj(self, y):
+    def _in_and_gate_proj(self, y, tee: bool = False):
         """(z, xBC, dt, gate product) = y [W_in; W_gate]ᵀ split: ONE GEMM for Mamba's in_proj and the gate
         projection (without its bias), instead of a GEMM and a gemv (row gate) or two GEMMs (HGF), and one
         y-gradient add fewer in the backward (``fused.projections.linear_pieces``: zero rows pad the product to a
         multiple of 8 columns — 16-byte aligned rows for cuBLAS and causal_conv1d's channel-last path — and the
         backward reads each piece's gradient in place instead of concatenating them). Under autocast the weights
-        are cast before the product, so they stay weights of the step's bf16 copy (no cast per step)."""
+        are cast before the product, so they stay weights of the step's bf16 copy (no cast per step).
+        ``tee``: y is returned last, for the time-mix: its gradient enters the backward's first dx GEMM as C
+        (``linear_pieces(tee=True)``), one autograd add of y's gradients fewer per layer."""
         w_in, w_g = self.mamba.in_proj.weight, self.fusion.gate_proj.weight
-        return linear_pieces(y, [w_in, w_g], self.mamba.split_sizes() + [w_g.shape[0]])
+        ws, sizes = [w_in, w_g], self.mamba.split_sizes() + [w_g.shape[0]]
+        return linear_pieces(y, ws, sizes, tee=True) if tee else linear_pieces(y, ws, sizes)
 
 
 class HybridLM(nn.Module):

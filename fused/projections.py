@@ -11,6 +11,8 @@ gradients (issue 10: at the large model autograd's concatenations cost ~1.1 ms o
         models' shapes ≤ 24 columns: Mamba's dt and the row gate):
             dW[group rows] = dP_groupᵀ x          (torch.mm(..., out=) into the group's rows of one dW buffer)
             dx = Σ_groups dP_group W_group        (mm, then addmm with beta = 1 into the same buffer)
+        ``tee=True`` also returns x (a view) for the caller's other consumers; their gradient d_t is the first dx
+        GEMM's C operand (dx = d_t + dP_0 W_0, addmm) instead of an autograd add of two gradients of x.
     outs = stacked_proj(xs, w)
         xs [G, M, K], w [G, K, N] → G products xs_i w_i [M, N] (views of one bmm's [G, M, N]). Backward: for each
         i, dxs[i] = dY_i w_iᵀ and dw[i] = xs_iᵀ dY_i, 2·G GEMMs into slices of a [G, M, K] and a [G, K, N]
@@ -109,7 +111,7 @@ class _LinearPieces(torch.autograd.Function):
     """x [M, K], weights [n_j, K] → the pieces of x [W; 0]ᵀ (see ``linear_pieces``)."""
 
     @staticmethod
-    def forward(ctx, x, sizes, *weights):
+    def forward(ctx, x, sizes, tee, *weights):
         n = sum(w.shape[0] for w in weights)
         n8 = -(-n // 8) * 8
         if n8 > n:
@@ -122,12 +124,17 @@ class _LinearPieces(torch.autograd.Function):
         ctx.rows = list(accumulate((w.shape[0] for w in weights), initial=0))
         ctx.set_materialize_grads(False)
         bounds = list(accumulate(sizes, initial=0))
-        return tuple(p[:, a:b] for a, b in zip(bounds, bounds[1:]))
+        ctx.tee = tee
+        return tuple(p[:, a:b] for a, b in zip(bounds, bounds[1:])) + ((x.view_as(x),) if tee else ())
 
     @staticmethod
     def backward(ctx, *grads):
         x, w8 = ctx.saved_tensors
-        need_x, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[2:])
+        need_x, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[3:])
+        if ctx.tee:
+            *grads, d_tee = grads
+        else:
+            d_tee = None
         dx = None
         dw = _empty_like(w8) if need_w else None
         for a, b, members in ctx.groups:
@@ -138,13 +145,15 @@ class _LinearPieces(torch.autograd.Function):
                 continue
             if need_w:
                 torch.mm(g.t(), x, out=dw[a:b])
-            if need_x:
-                dx = torch.mm(g, w8[a:b]) if dx is None else dx.addmm_(g, w8[a:b])
+            if need_x and dx is None:      # the tee's gradient enters as the first GEMM's C operand (no add)
+                dx = torch.mm(g, w8[a:b]) if d_tee is None else torch.addmm(d_tee, g, w8[a:b])
+            elif need_x:
+                dx.addmm_(g, w8[a:b])
         if need_x and dx is None:   # every piece's gradient None: reached (a Function downstream returned None)
-            dx = torch.zeros_like(x)
-        dws = [dw[a:b] if need_w and ctx.needs_input_grad[2 + j] else None
+            dx = torch.zeros_like(x) if d_tee is None else d_tee
+        dws = [dw[a:b] if need_w and ctx.needs_input_grad[3 + j] else None
                for j, (a, b) in enumerate(zip(ctx.rows, ctx.rows[1:]))]
-        return (dx, None, *dws)
+        return (dx, None, None, *dws)
 
 
 def _group_grad(grads, members, sizes, x, width):
@@ -165,21 +174,28 @@ def _group_grad(grads, members, sizes, x, width):
     return torch.cat(parts, 1)
 
 
-def linear_pieces(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int]) -> tuple[torch.Tensor, ...]:
+def linear_pieces(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int],
+                  tee: bool = False) -> tuple[torch.Tensor, ...]:
     """The pieces (widths ``sizes``, along the last dimension) of x Wᵀ with W the row concatenation of
     ``weights`` (each [n_j, K]; no bias): ONE GEMM forward, and a backward that reads each piece's gradient where
     it lies (module docstring). Under autocast x and the weights are cast first (as F.linear would: the
-    weights' casts stay the only ops reading them, so the training step keeps them in its bf16 copy)."""
+    weights' casts stay the only ops reading them, so the training step keeps them in its bf16 copy).
+    ``tee``: also return x itself (a view, last) for the caller's other consumers of x; its gradient is added by
+    the backward's first dx GEMM (``addmm`` with it as C: one rounding) instead of by an autograd add. When the
+    cast would change x's dtype, the returned x is the uncast one (no fold: autograd adds as without ``tee``)."""
     k = x.shape[-1]
     if any(w.dim() != 2 or w.shape[1] != k for w in weights) or sum(w.shape[0] for w in weights) != sum(sizes):
         raise ValueError(f"linear_pieces: weights must be [n_j, {k}] with Σ n_j = Σ sizes = {sum(sizes)}; got "
                          f"{[tuple(w.shape) for w in weights]}")
     amp = autocast_dtype(x.device.type)
+    x0 = x
     if amp is not None:
         x, weights = x.to(amp), [w.to(amp) for w in weights]
+    fold = tee and x.dtype == x0.dtype
     lead = x.shape[:-1]
-    pieces = _LinearPieces.apply(x.reshape(-1, k), list(sizes), *weights)
-    return tuple(p.view(*lead, p.shape[-1]) for p in pieces)
+    outs = _LinearPieces.apply(x.reshape(-1, k), list(sizes), fold, *weights)
+    outs = tuple(p.view(*lead, p.shape[-1]) for p in outs)
+    return outs + ((x0,) if tee and not fold else ())
 
 
 class _StackedProj(torch.autograd.Function):

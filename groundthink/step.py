@@ -365,6 +365,7 @@ class TrainStep:
         self.skip = torch.zeros((), device=self.device)
         opt.found_inf = torch.zeros((), device=self.device)    # read by the fused AdamW kernel (GradScaler's hook)
         self.row = torch.zeros(len(monitor.STATS), device=self.device)
+        self.seed: torch.Tensor | None = None    # d loss / d loss = 1, made once in the loss's dtype (never written)
         self.has: dict[str, bool] | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
 
@@ -396,7 +397,9 @@ class TrainStep:
         if not self.flat_weights:
             self.bucket.zero_()
         loss, probes = self._forward()
-        loss.backward()
+        if self.seed is None or self.seed.dtype != loss.dtype:
+            self.seed = torch.ones_like(loss)
+        loss.backward(self.seed)        # the seed made once: backward() would fill a fresh ones tensor every step
         self._update(loss, probes)
 
     def _update(self, loss, probes):

@@ -21,6 +21,16 @@ Usage: PYTHONPATH=. python scripts/count_step_ops.py [--variant GF-MH] [--kernel
 weights' bf16 copy made once per step (``--flat-weights on``, the default) or cast per use (off: the earlier step).
 ``--before ENV=VALUE[,ENV=VALUE]``: count twice, with those environment variables set (the earlier path, e.g.
 ``GROUNDTHINK_EMB_GEMM=0``) and without, and print the per-op differences.
+``--where OP[,OP]`` (or ``all``): also list where each launch of those ops comes from: the issuing Python frame
+(the innermost outside torch, triton, einops and this script), the autograd node running it in the backward, and
+its owner (the frame's top-level package: fused, groundthink, kernels, mamba_ssm, causal_conv1d; ``autograd``
+for a built-in backward node reached from ``loss.backward()``), with a total per owner.
+``--scan mamba_ssm``: instead of the modelled scan, mamba-ssm's own ``mamba_chunk_scan_combined`` (host code,
+workspaces, autotune pre-hook zero fills, torch reductions; each Triton kernel one launch) through the
+interpreter — needs the mamba_ssm package files and einops importable (e.g. the wheel unpacked on PYTHONPATH; its
+``__init__`` is skipped); every autotuner keeps its first config (all of a kernel's configs share one pre-hook).
+With it (or ``--conv model``) the causal conv counts as causal-conv1d 1.7 on a GPU: one kernel each way and its
+backward's two fp32 zero fills (dweight, dbias).
 ``--splitk-probe`` (GPU only, ~1 min): for the small step's weight-gradient shapes (K = B·T = 16,384) each
 formulation's CUDA kernels per call (cuBLAS adds a ``splitKreduce`` kernel when it splits K) and µs per call:
 dW = dYᵀX in bf16 (the step's form), the operands swapped (Xᵀ dY, transposed view), an fp32 output
@@ -32,7 +42,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import importlib.util
 import os
+import sys
+import types
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -43,18 +57,45 @@ FREE = {"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"
         "_to_copy_noop", "alias", "set_", "resize_", "_unsafe_view"}
 
 
+_SKIP = ("torch", "triton", "einops", "__main__", "contextlib")      # modules whose frames are not call sites
+
+
+def _site() -> tuple[str, str]:
+    """(owner, site) of the op being dispatched: site = the innermost Python frame outside torch, triton, einops
+    and this script (``dir/file:line function``) and the autograd node being run (backward) if any; owner = that
+    frame's top-level package, or ``autograd`` when the frame is only the ``backward()`` call (a built-in node)."""
+    f = sys._getframe(2)
+    while f is not None and str(f.f_globals.get("__name__", "")).split(".")[0] in _SKIP:
+        f = f.f_back
+    where, owner = "?", "?"
+    if f is not None:
+        parts = f.f_code.co_filename.split(os.sep)
+        where = f"{os.sep.join(parts[-2:])}:{f.f_lineno} {f.f_code.co_name}"
+        owner = str(f.f_globals.get("__name__", "?")).split(".")[0]
+    node = torch._C._current_autograd_node()
+    if node is not None:
+        where += f"  [{node.name()}]"
+        if f is not None and f.f_code.co_name == "_body":     # the frame is TrainStep's loss.backward() itself
+            owner = "autograd"
+    return owner, where
+
+
 class OpCounter(TorchDispatchMode):
-    def __init__(self, weights: dict[str, int] | None = None):
+    def __init__(self, weights: dict[str, int] | None = None, where: set[str] | None = None):
         super().__init__()
         self.weights = weights or {}    # op name -> the launches one call of it counts as (its GPU path)
         self.counts = collections.Counter()
+        self.where = where or set()     # op names whose call sites are recorded (``--where``; "all": every op)
+        self.sites = collections.Counter()   # (tag, op, dtype, owner, site) -> launches
         self.tag = "other"
         self.paused = 0
         self.active = False     # set while the measured step runs (launches outside it are not counted)
 
-    def add(self, name, n: int = 1):
+    def add(self, name, n: int = 1, dtype: str = "", site: tuple[str, str] | None = None):
         if self.active and not self.paused:
             self.counts[(self.tag, name)] += n
+            if self._watched(name):
+                self.sites[(self.tag, name, dtype, *(site or _site()))] += n
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.namespace == "groundthink":   # the lab's custom ops: count what their implementation launches
@@ -67,8 +108,16 @@ class OpCounter(TorchDispatchMode):
         name = func.overloadpacket.__name__
         is_view = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
         if name not in FREE and not is_view:
-            self.counts[(self.tag, name)] += self.weights.get(name, 1)
+            n = self.weights.get(name, 1)
+            self.counts[(self.tag, name)] += n
+            if self._watched(name) and self.active:
+                first = out[0] if isinstance(out, (tuple, list)) and out else out
+                dtype = str(first.dtype).replace("torch.", "") if isinstance(first, torch.Tensor) else ""
+                self.sites[(self.tag, name, dtype, *_site())] += n
         return out
+
+    def _watched(self, name: str) -> bool:
+        return name in self.where or "all" in self.where
 
 
 def _patch_triton(counter: OpCounter):
@@ -86,21 +135,21 @@ def _patch_triton(counter: OpCounter):
     interpreter.GridExecutor.__call__ = call
 
 
-def _opaque_scan(counter: OpCounter, ref, n_fwd: int, n_bwd: int):
-    """The reference Mamba-2 scan counted as ``n_fwd`` launches forward and ``n_bwd`` backward (its own ops not
-    counted)."""
+def _opaque(counter: OpCounter, run, on_fwd, on_bwd):
+    """An autograd Function around ``run(*tensors)`` whose own ops are not counted; ``on_fwd()`` and ``on_bwd()``
+    count the launches it stands for. Returns its ``apply``."""
 
-    class Scan(torch.autograd.Function):
+    class Opaque(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, x, dt, A, B, C, D, dt_bias, chunk_size):
+        def forward(ctx, *ts):
             counter.paused += 1
             try:
-                leaves = [t.detach().requires_grad_() for t in (x, dt, A, B, C, D, dt_bias)]
+                leaves = [t.detach().requires_grad_() for t in ts]
                 with torch.enable_grad():
-                    y = ref(*leaves[:5], chunk_size, D=leaves[5], dt_bias=leaves[6], dt_softplus=True)
+                    y = run(*leaves)
             finally:
                 counter.paused -= 1
-            counter.add("mamba2-scan", n_fwd)
+            on_fwd()
             ctx.graph = (y, leaves)
             return y.detach()
 
@@ -112,14 +161,76 @@ def _opaque_scan(counter: OpCounter, ref, n_fwd: int, n_bwd: int):
                 grads = torch.autograd.grad(y, leaves, dy)
             finally:
                 counter.paused -= 1
-            counter.add("mamba2-scan", n_bwd)
-            return (*grads, None)
+            on_bwd()
+            return grads
+
+    return Opaque.apply
+
+
+def _opaque_scan(counter: OpCounter, ref, n_fwd: int, n_bwd: int):
+    """The reference Mamba-2 scan counted as ``n_fwd`` launches forward and ``n_bwd`` backward (its own ops not
+    counted)."""
+    fwd_site, bwd_site = (("mamba_ssm", f"mamba2 scan {p} (modelled)") for p in ("forward", "backward"))
 
     def scan(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False, **kw):
         assert dt_softplus and not kw, "the counter covers the training path only"
-        return Scan.apply(x, dt, A, B, C, D, dt_bias, chunk_size)
+        run = lambda x, dt, A, B, C, D, dt_bias: ref(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias,  # noqa: E731
+                                                     dt_softplus=True)
+        return _opaque(counter, run, lambda: counter.add("mamba2-scan", n_fwd, site=fwd_site),
+                       lambda: counter.add("mamba2-scan", n_bwd, site=bwd_site))(x, dt, A, B, C, D, dt_bias)
 
     return scan
+
+
+def _mamba_ssm_scan():
+    """mamba-ssm's ``mamba_chunk_scan_combined`` run through the Triton interpreter (``--scan mamba_ssm``): its
+    real host code, workspaces, pre-hook zero fills and torch reductions are counted, each Triton kernel as one
+    launch. Needs the mamba_ssm package (and einops) importable; its ``__init__`` (CUDA extensions) is skipped.
+    Every autotuner keeps its first config only (the interpreter cannot benchmark); a config's pre-hook (the
+    ``init_to_zero`` fills) still runs, as it does on a GPU for whichever config wins."""
+    spec = importlib.util.find_spec("mamba_ssm")
+    if spec is None:
+        raise SystemExit("--scan mamba_ssm: the mamba_ssm package is not importable (put mamba-ssm 2.3's files "
+                         "and einops on PYTHONPATH); --scan model counts the modelled launches instead")
+    if "mamba_ssm" not in sys.modules:      # the package without its __init__ (which imports CUDA extensions)
+        pkg = types.ModuleType("mamba_ssm")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["mamba_ssm"] = pkg
+    if not torch.cuda.is_available():       # its host code enters torch.cuda.device(x.device.index) (None on CPU)
+        torch.cuda.device = lambda index: contextlib.nullcontext()      # and sizes splits by an H100's 132 SMs
+        torch.cuda.get_device_properties = lambda device=None: types.SimpleNamespace(multi_processor_count=132)
+    from triton.runtime.autotuner import Autotuner
+    from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_combined, ssd_state_passing
+    for mod in (ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_combined, ssd_state_passing):
+        for obj in vars(mod).values():
+            if isinstance(obj, Autotuner):
+                obj.configs = obj.configs[:1]
+    return ssd_combined.mamba_chunk_scan_combined
+
+
+def _modelled_conv(counter: OpCounter, ref):
+    """The reference causal conv counted as causal-conv1d 1.7 runs on a GPU (``--scan mamba_ssm`` or ``--conv
+    model``): forward one kernel; backward one kernel and the fp32 zero fills of dweight and dbias
+    (``causal_conv1d_bwd_function``'s ``torch.zeros_like(..., dtype=float32)``; its ``type_as`` casts back are
+    not counted: on a GPU the weight and bias stay fp32 — autocast does not cast for causal_conv1d_fn — while
+    on CPU the reference conv's autocast puts them in the bf16 copy). The output is channel-last in memory, as
+    causal-conv1d's channel-last path returns it (the model passes a transposed [B, T, C] tensor), so that the
+    scan's B and C views keep stride 1 and mamba-ssm copies nothing (with the reference's contiguous output it
+    would clone them: a CPU-only cost). Its own (reference) ops are not counted."""
+    site = ("causal_conv1d", "causal_conv1d/cpp_functions.py (modelled)")
+
+
+    def backward_launches():
+        counter.add("causal_conv1d", site=site)
+        counter.add("zeros_like", 2, dtype="float32", site=site)        # dweight, dbias
+
+    def conv(x, weight, bias=None, activation=None, **kw):
+        assert bias is not None and not kw, "the counter covers the training path only"
+        run = lambda *ts: ref(*ts, activation=activation).transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731
+        return _opaque(counter, run, lambda: counter.add("causal_conv1d", site=site), backward_launches)(
+            x, weight, bias)      # the output channel-last in memory, as on a GPU
+
+    return conv
 
 
 def _make_step(args, ops):
@@ -219,6 +330,13 @@ def main():
     ap.add_argument("--scan-fwd", type=int, default=5)
     ap.add_argument("--scan-bwd", type=int, default=20)
     ap.add_argument("--emb-bwd", type=int, default=20, help="launches of torch's CUDA embedding backward")
+    ap.add_argument("--scan", choices=["model", "mamba_ssm"], default="model", help="the Mamba-2 scan: the "
+                    "reference counted as --scan-fwd/--scan-bwd launches (model), or mamba-ssm's own Triton code "
+                    "through the interpreter (mamba_ssm; implies --conv model)")
+    ap.add_argument("--conv", choices=["reference", "model"], default="reference", help="the causal conv: the "
+                    "reference's ops counted (reference) or causal-conv1d's GPU launches modelled (model)")
+    ap.add_argument("--where", default="", help="OP[,OP]: list every call site of these ops (e.g. "
+                    "fill_,zero_,zeros,zeros_like,sum): Python frame outside torch, autograd node")
     ap.add_argument("--before", default="", help="ENV=VALUE[,ENV=VALUE]: also count with these set, print the "
                     "differences")
     ap.add_argument("--gemms", action="store_true", help="list the step's matrix products and the misaligned "
@@ -251,9 +369,14 @@ def count(args) -> collections.Counter:
     """One counted training step (after an uncounted one): prints the summary, returns {(tag, op): launches}."""
     from groundthink.registry import resolve
     ops = resolve(args.kernels)
-    counter = OpCounter({"embedding_dense_backward": args.emb_bwd})
+    counter = OpCounter({"embedding_dense_backward": args.emb_bwd}, where=set(filter(None, args.where.split(","))))
     _patch_triton(counter)
-    ops.choices["mamba2"].fn = _opaque_scan(counter, ops.choices["mamba2"].fn, args.scan_fwd, args.scan_bwd)
+    if args.scan == "mamba_ssm":
+        ops.choices["mamba2"].fn = _mamba_ssm_scan()
+    else:
+        ops.choices["mamba2"].fn = _opaque_scan(counter, ops.choices["mamba2"].fn, args.scan_fwd, args.scan_bwd)
+    if args.scan == "mamba_ssm" or args.conv == "model":
+        ops.choices["causal_conv1d"].fn = _modelled_conv(counter, ops.choices["causal_conv1d"].fn)
     m, step = _make_step(args, ops)
     tag = (lambda t: lambda *_: setattr(counter, "tag", t))
     for blk in m.blocks:
@@ -276,13 +399,26 @@ def count(args) -> collections.Counter:
         by_tag[t] += n
     total = sum(by_tag.values())
     print(f"{args.variant}/{args.size} B{args.batch} T{args.seq}{' bf16 autocast' if args.autocast else ''}, "
-          f"flat weights {args.flat_weights}, ops {ops.impls()}")
+          f"flat weights {args.flat_weights}, ops {ops.impls()}"
+          + ("" if args.scan == "model" and args.conv == "reference" else
+             f" (counted in their place: mamba2 {'mamba-ssm' if args.scan == 'mamba_ssm' else 'modelled'}, "
+             "causal_conv1d modelled)"))
     print(f"launches per training step (forward + backward + update): {total}")
     for t, n in sorted(by_tag.items()):
         print(f"  {t:<12} {n}")
     print("top ops:")
     for (t, name), n in counter.counts.most_common(int(os.environ.get("TOP", "25"))):
         print(f"  {n:5d}  {t:<12} {name}")
+    if counter.where:
+        owners = collections.Counter()
+        for (_, _, _, owner, _), n in counter.sites.items():
+            owners[owner] += n
+        print(f"{','.join(sorted(counter.where))}: {sum(owners.values())} launches by owner (the issuing frame's "
+              f"package; autograd = a built-in backward node): "
+              + ", ".join(f"{o} {n}" for o, n in owners.most_common()))
+        print("  launches  pass         op           dtype     owner          site [autograd node]")
+        for (t, name, dt, owner, site), n in sorted(counter.sites.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"  {n:5d}  {t:<12} {name:<12} {dt:<9} {owner:<14} {site}")
     return collections.Counter(counter.counts)
 
 

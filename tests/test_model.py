@@ -372,6 +372,50 @@ def test_linear_pieces_backward_runs_without_piece_gradients():
     assert torch.equal(dx, torch.zeros_like(x)) and torch.equal(dw, torch.zeros_like(w))
 
 
+@pytest.mark.parametrize("drop", [(), (0, 1, 2, 3)])
+def test_linear_pieces_tee_folds_the_x_gradient_float64(drop, nan_buffers):
+    """``tee=True`` returns x for other consumers and adds their gradient in the first dx GEMM (addmm's C): in
+    float64 the pieces, the tee and the gradients of x and the weights equal autograd's (x used twice), also
+    when no piece gets a gradient (dx is then the tee's, the weights' gradients zeros). Under bf16 autocast
+    with an fp32 x the tee is x itself, uncast (no fold)."""
+    from fused.projections import linear_pieces
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 24, dtype=torch.float64, requires_grad=True)
+    ws = [torch.randn(n, 24, dtype=torch.float64, requires_grad=True) for n in (100, 43)]
+    sizes, c = [72, 64, 5, 2], torch.randn(24, dtype=torch.float64)
+    *got, xt = linear_pieces(x, ws, sizes, tee=True)
+    want = torch.split(x @ torch.cat(ws).t(), sizes, -1)
+    assert torch.equal(xt, x)
+    gx = torch.randn_like(x)
+    keep = [i for i in range(len(sizes)) if i not in drop]
+    outs = [got[i] for i in keep] + [torch.tanh(xt * c)]
+    refs = [want[i] for i in keep] + [torch.tanh(x * c)]
+    gs = [torch.randn_like(o) for o in outs[:-1]] + [gx]
+    for a, b in zip(torch.autograd.grad(outs, [x, *ws], gs, allow_unused=True),
+                    torch.autograd.grad(refs, [x, *ws], gs, allow_unused=True)):
+        assert torch.equal(a, torch.zeros_like(a)) if b is None else _rel(a, b) < 1e-14   # unused: zeros
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        *_, xt = linear_pieces(x.float(), [w.float() for w in ws], sizes, tee=True)
+    assert xt.dtype == torch.float32
+
+
+def test_tee_ygrad_knob_equals_autograd_add_float64(ref_ops, monkeypatch):
+    """GROUNDTHINK_TEE_YGRAD=1 (the time-mix's y-gradient added by in_proj's dx GEMM): a float64 GF-MH model's
+    loss and every gradient equal the default path's to rounding."""
+    runs = []
+    for knob in ("1", "0"):
+        monkeypatch.setenv("GROUNDTHINK_TEE_YGRAD", knob)
+        m = _model("GF-MH", ref_ops, n_layer=1).double()
+        idx, tgt = _batch(T=16)
+        _, loss = m(idx, tgt)
+        loss.backward()
+        runs.append((loss.detach(), [p.grad.clone() for p in m.parameters()]))
+    (l1, d1), (l2, d2) = runs
+    torch.testing.assert_close(l1, l2, rtol=1e-13, atol=0)
+    for a, b in zip(d1, d2):
+        assert _rel(a, b) < 1e-12
+
+
 @pytest.mark.parametrize("drop", [(), (2,)])
 def test_stacked_proj_equals_autograd_float64(drop, nan_buffers):
     """stacked_proj (one bmm, per-slice GEMMs backward into one stack) vs bmm + unbind in float64: outputs and
