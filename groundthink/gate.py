@@ -902,6 +902,8 @@ def _timing(spec: OpSpec, graph: bool) -> str:
     return "graph" if graph and spec.reference.graph_safe else "eager"
 
 
+BUDGET_S = 60.0      # the first-use budget of all ops together (``qualify``)
+
 # What measuring one implementation costs on a cold machine, where the per-machine manifest has no figure yet
 # (its ``history`` of seconds, written by every qualification, takes over from the next run on). The lab kernels:
 # run 12 call 1 (fresh H100, GF-MH small's calls, every compile in the main process: parallel configs, the plain
@@ -1086,8 +1088,16 @@ def _next(todo: list, background, skip: set, say: Callable | None = None) -> tup
     return names.index(background.wait_any(waiting)), time.monotonic() - t0
 
 
+def _late_peer(spec: OpSpec, impl, history: dict, deferred: set, calls: int = 1, budget_s: float = BUDGET_S) -> bool:
+    """A peer the last qualification deferred that a later run measures even though its op's lab kernels have
+    verdicts (run 14: mamba-ssm's gated norm, 3 s, deferred behind the background items' reserve — never compared
+    otherwise): one expected to fit the first-use budget; fla's (67 s cold) stay with the benchmark."""
+    return impl.role == "peer" and f"{spec.name}/{impl.name}" in deferred and \
+        expected_s(spec, impl, history, calls)[0] < budget_s
+
+
 def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = False,
-          history: dict | None = None) -> tuple[list, list]:
+          history: dict | None = None, deferred: set = frozenset()) -> tuple[list, list]:
     """([(spec, impl, fn or the import error, [Call])] to measure, [what is left out and why]).
 
     ``shapes``: {op: the step's ``Call``s (``step_calls``) or one spec shape tuple}. An op is qualified when one
@@ -1099,7 +1109,8 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = 
     choice: the first lab kernel, or for an op without one its first peer), cheapest pair first by
     ``expected_s`` (``history``: seconds measured here before) — so that an op with one cheap candidate, such
     as causal_conv1d, is never starved by a peer that autotunes for a minute; then the second candidates rank
-    by rank; then the remaining peers."""
+    by rank; then the remaining peers. An op whose gated candidates all have verdicts is planned for its
+    ``deferred`` peers that ``_late_peer`` admits (with its reference: a verdict compares with this run's rows)."""
     history = history or {}
     pairs, out = [], []      # (expected s of the pair, spec order, the pair, further candidates, other peers)
     for op, value in shapes.items():
@@ -1113,13 +1124,14 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = 
         todo = [(spec, i, fn, calls) for i, fn in cands
                 if force or not all(known.has(op, i.name, c.label, timing) for c in calls)]
         gated = [t for t in todo if t[1].role == role]
-        if not gated:
+        others = [t for t in todo if t[1].role != role] if gated else \
+            [t for t in todo if _late_peer(spec, t[1], history, deferred, len(calls))]
+        if not gated and not others:
             continue
         out += left
         pair = [(spec, spec.reference, spec.reference.load(), calls)] + gated[:1]
         pairs.append((sum(expected_s(spec, it[1], history, len(calls))[0] for it in pair), len(pairs), pair,
-                      gated[1:],
-                      [t for t in todo if t[1].role != role]))
+                      gated[1:], others))
     pairs.sort(key=lambda p: p[:2])
     heads = [item for p in pairs for item in p[2]]
     seconds = [item for rank in itertools.zip_longest(*(p[3] for p in pairs)) for item in rank if item is not None]
@@ -1505,7 +1517,7 @@ def _compiled_since(before: dict) -> str:
 
 def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | None = None, device=None,
             say: Callable[[str], None] = print, progress: bool = True, force: bool = False,
-            budget_s: float = 60.0, graph: bool = False, parallel: bool = True, background=None) -> dict:
+            budget_s: float = BUDGET_S, graph: bool = False, parallel: bool = True, background=None) -> dict:
     """Gate on first use: for every op in ``shapes`` (op -> the step's ``Call``s, ``step_calls``: each distinct
     variant the training step calls at its shape; or one spec shape tuple) whose lab candidates (or, for an op
     without lab kernels, its installed peers) have no valid verdict covering every call in the per-machine
@@ -1544,7 +1556,7 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
                 say(f"gate: {op}: the step makes a call that kernels/{op}/spec.py's model_shape does not describe "
                     f"({c.why}); only the reference may run it")
     history, deferred_before = _history(load(path)[0])
-    plan, left = _plan(shapes, cuda, Verdicts([path]), force, graph, history)
+    plan, left = _plan(shapes, cuda, Verdicts([path]), force, graph, history, deferred_before)
     if not plan:
         return {}
     timing = {spec.name: _timing(spec, graph) for spec, *_ in plan}
@@ -1596,7 +1608,7 @@ def deferred_notes(ops, path: Path | None = None) -> list[str]:
     mode): which implementation it uses instead (``ops``: the ``OpSet`` resolved after the qualification) and
     why."""
     path = path or machine_path()
-    _, deferred = _history(load(path)[0])
+    history, deferred = _history(load(path)[0])
     known = Verdicts([path])
     by_op: dict[str, list[str]] = {}
     for name in sorted(deferred):
@@ -1605,15 +1617,20 @@ def deferred_notes(ops, path: Path | None = None) -> list[str]:
             continue
         by_op.setdefault(op, []).append(name)
     return [f"gate: {op} uses {ops.choices[op].impl} this run ({ops.choices[op].reason.removeprefix('gate: ')}); "
-            f"{_when_measured(op, names, known)}" for op, names in by_op.items() if op in ops.choices]
+            f"{_when_measured(op, names, known, history, deferred)}" for op, names in by_op.items()
+            if op in ops.choices]
 
 
-def _when_measured(op: str, names: list[str], known: Verdicts) -> str:
-    """"A, B deferred, measured by the next run" — or, for a peer of an op whose lab kernels all have verdicts (the
-    next run does not qualify the op again, ``_plan``), "measured when the op re-qualifies"."""
-    labs, peers = get(op).role("lab"), {i.name for i in get(op).role("peer")}
+def _when_measured(op: str, names: list[str], known: Verdicts, history: dict | None = None,
+                   deferred: set = frozenset()) -> str:
+    """"A, B deferred, measured by the next run" — or, for a peer of an op whose lab kernels all have verdicts
+    that ``_late_peer`` does not admit (expected beyond the first-use budget), "measured when the op
+    re-qualifies"."""
+    spec, history = get(op), history or {}
+    labs, peers = spec.role("lab"), {i.name for i in spec.role("peer")}
     settled = bool(labs) and all(any(known.has(op, i.name, timing=m) for m in TIMINGS) for i in labs)
-    later = [n for n in names if settled and n.partition("/")[2] in peers]
+    later = [n for n in names if settled and n.partition("/")[2] in peers
+             and not _late_peer(spec, spec.impl(n.partition("/")[2]), history, deferred)]
     now = [n for n in names if n not in later]
     return "; ".join(f"{', '.join(group)} deferred, {when}" for group, when in
                      ((now, "measured by the next run"), (later, f"measured when {op} re-qualifies")) if group)

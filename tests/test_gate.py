@@ -325,14 +325,18 @@ def test_an_item_expected_to_overrun_is_deferred_and_train_says_what_is_used_ins
     assert gate.deferred_notes(ops, path) == [
         "gate: peeronly uses reference this run (no qualified implementation); peeronly/safe deferred, measured "
         "by the next run"]
-    # a deferred peer of an op whose lab kernels all have verdicts: the next run does not qualify the op again
+    # a deferred peer of an op whose lab kernels all have verdicts: the next run measures it if it fits the
+    # budget (``_late_peer``), else only when the op re-qualifies
     gate.write(gate.evidence([_row("reference", 3.0, op=OP, shape="N16 D32 row", timing="graph"),
                               _row("triton", 1.0, op=OP, shape="N16 D32 row", timing="graph")]), path,
-               history={"seconds": {}, "deferred": [f"{OP}/fla_rmsnorm", f"{OP}/reference"]})
+               history={"seconds": {f"{OP}/fla_rmsnorm": 75.0}, "deferred": [f"{OP}/fla_rmsnorm", f"{OP}/reference"]})
     ops = registry.OpSet({OP: registry.Choice(OP, "triton", "gate: allowed", None)})
     assert gate.deferred_notes(ops, path) == [
         f"gate: {OP} uses triton this run (allowed); {OP}/reference deferred, measured by the next run; "
         f"{OP}/fla_rmsnorm deferred, measured when {OP} re-qualifies"]
+    gate.write({}, path, history={"seconds": {f"{OP}/fla_rmsnorm": 5.0}, "deferred": [f"{OP}/fla_rmsnorm"]})
+    assert gate.deferred_notes(ops, path) == [
+        f"gate: {OP} uses triton this run (allowed); {OP}/fla_rmsnorm deferred, measured by the next run"]
     # a peer that training takes anyway on the published verdict is measured now: deferring it would only move
     # its compilation into the training step's first call
     published = tmp_path / "published.json"
@@ -1497,3 +1501,15 @@ def test_a_lab_kernel_that_loses_to_a_peer_is_re_timed_beside_it(monkeypatch):
     said.clear()
     monkeypatch.setattr(gate, "RETIME_S", 1e9)
     assert ms() == times and calls == [] and any("not re-timed" in s for s in said)
+
+
+def test_a_deferred_peer_of_a_settled_op_is_planned_when_it_fits():
+    """Run 14: mamba-ssm's gated norm (3 s) was deferred behind the background items' reserve while norm_gate's
+    lab kernel qualified; the next run has no lab item to plan for that op, yet measures the peer (with the
+    reference) — unless it cannot fit the first-use budget (fla's chunk kernel: 67 s cold)."""
+    spec = get("norm_gate")
+    peer = next(i for i in spec.impls if i.name == "mamba_ssm")
+    assert gate._late_peer(spec, peer, {}, {"norm_gate/mamba_ssm"})
+    assert not gate._late_peer(spec, peer, {}, set())
+    assert not gate._late_peer(spec, peer, {"norm_gate/mamba_ssm": 75.0}, {"norm_gate/mamba_ssm"})
+    assert not gate._late_peer(spec, spec.impl("triton"), {}, {"norm_gate/triton"})   # lab items: _plan's own rule
