@@ -1441,7 +1441,8 @@ def _retime_losses(rows: list[dict], timed: dict, device, say: Callable, deadlin
     and a pair keeps its first times unless both re-times ran); only a lab kernel's loss is re-examined, as the
     ``NOISE`` margin already leans to the lab kernel. It cannot undo a slow config that an autotuner picked and
     cached. ``timed``: (op, impl) -> (spec, fn, calls) of this run's measured items. Only while ``RETIME_S`` of
-    the budget is left; otherwise the line says it was not re-timed. Returns the seconds it took."""
+    the budget is left; otherwise the line says it was not re-timed. Returns the seconds its re-times took (0.0:
+    none; run 14's final first uses printed "re-times 0.0" for a pass that re-timed nothing)."""
     t0, done = time.monotonic(), set()
     index = {(r["op"], r["impl"], r["shape"], r["pass"], r["timing_mode"]): r for r in rows if r.get("ms")}
 
@@ -1480,7 +1481,7 @@ def _retime_losses(rows: list[dict], timed: dict, device, say: Callable, deadlin
                     row["ms"], row["reps"] = ms, reps
             say(f"gate: {was}: both re-timed ({again[0][0]:.4g} vs {again[1][0]:.4g} ms), the faster of two each: "
                 f"{lab['ms']:.4g} vs {other['ms']:.4g} ms")
-    return time.monotonic() - t0
+    return time.monotonic() - t0 if done else 0.0
 
 
 def _reference_fallback(spec: OpSpec, fn, calls: list, got: list[dict], timing: str, device, say) -> list[dict]:
