@@ -54,6 +54,7 @@ class HybridBlock(nn.Module):
         self.cfg = cfg
         # Mamba's in_proj and a learned gate projection read the same y (not in RF): one GEMM (_in_and_gate_proj)
         self.fold_gate = self.mamba is not None and not self.sequential and self.fusion.kind == "linear"
+        self.tee = self.fold_gate and self.tmix is not None and _tee_ygrad()   # read once, at build time
 
     def forward(self, h, y, ops, state=None, probes: list | None = None, A=None):
         """(h, y, new_state); with ``probes`` (a list) appends this layer's (gate probe, a, b) (detached; the
@@ -62,7 +63,7 @@ class HybridBlock(nn.Module):
         a = b = None
         proj = gproj = None
         y_t = y
-        if self.fold_gate and self.tmix is not None and _tee_ygrad():   # the y-gradient add folded (opt-in)
+        if self.tee:                                     # the y-gradient add folded (opt-in)
             *proj, gproj, y_t = self._in_and_gate_proj(y, tee=True)
         if self.tmix is not None:
             a, st_a = self.tmix(y_t, ops, None if state is None else state["rwkv"])
@@ -92,7 +93,7 @@ class HybridBlock(nn.Module):
         (``linear_pieces(tee=True)``), one autograd add of y's gradients fewer per layer."""
         w_in, w_g = self.mamba.in_proj.weight, self.fusion.gate_proj.weight
         ws, sizes = [w_in, w_g], self.mamba.split_sizes() + [w_g.shape[0]]
-        return linear_pieces(y, ws, sizes, tee=True) if tee else linear_pieces(y, ws, sizes)
+        return linear_pieces(y, ws, sizes, tee=tee)
 
 
 class HybridLM(nn.Module):

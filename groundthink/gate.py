@@ -903,6 +903,7 @@ def _timing(spec: OpSpec, graph: bool) -> str:
 
 
 BUDGET_S = 60.0      # the first-use budget of all ops together (``qualify``)
+LATE_PEER_S = 10.0   # a deferred peer of a settled op is measured by a later run up to this long (``_late_peer``)
 
 # What measuring one implementation costs on a cold machine, where the per-machine manifest has no figure yet
 # (its ``history`` of seconds, written by every qualification, takes over from the next run on). The lab kernels:
@@ -1088,12 +1089,13 @@ def _next(todo: list, background, skip: set, say: Callable | None = None) -> tup
     return names.index(background.wait_any(waiting)), time.monotonic() - t0
 
 
-def _late_peer(spec: OpSpec, impl, history: dict, deferred: set, calls: int = 1, budget_s: float = BUDGET_S) -> bool:
+def _late_peer(spec: OpSpec, impl, history: dict, deferred: set, calls: int = 1) -> bool:
     """A peer the last qualification deferred that a later run measures even though its op's lab kernels have
     verdicts (run 14: mamba-ssm's gated norm, 3 s, deferred behind the background items' reserve — never compared
-    otherwise): one expected to fit the first-use budget; fla's (67 s cold) stay with the benchmark."""
+    otherwise): one expected within ``LATE_PEER_S``, so that it fits beside the imports in any later run and is
+    not planned and deferred again run after run; fla's (21–67 s cold) stay with the benchmark."""
     return impl.role == "peer" and f"{spec.name}/{impl.name}" in deferred and \
-        expected_s(spec, impl, history, calls)[0] < budget_s
+        expected_s(spec, impl, history, calls)[0] <= LATE_PEER_S
 
 
 def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = False,
@@ -1110,7 +1112,8 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = 
     ``expected_s`` (``history``: seconds measured here before) — so that an op with one cheap candidate, such
     as causal_conv1d, is never starved by a peer that autotunes for a minute; then the second candidates rank
     by rank; then the remaining peers. An op whose gated candidates all have verdicts is planned for its
-    ``deferred`` peers that ``_late_peer`` admits (with its reference: a verdict compares with this run's rows)."""
+    ``deferred`` peers that ``_late_peer`` admits, with its decisive pair measured again (its reference and first
+    gated candidate: the peer is judged beside them on this run's rows, re-timed on a loss by ``_retime_losses``)."""
     history = history or {}
     pairs, out = [], []      # (expected s of the pair, spec order, the pair, further candidates, other peers)
     for op, value in shapes.items():
@@ -1128,6 +1131,8 @@ def _plan(shapes: dict, cuda: bool, known: Verdicts, force: bool, graph: bool = 
             [t for t in todo if _late_peer(spec, t[1], history, deferred, len(calls))]
         if not gated and not others:
             continue
+        if not gated:            # late peers: the settled first choice measured again beside them
+            gated = [(spec, i, fn, calls) for i, fn in cands if i.role == role][:1]
         out += left
         pair = [(spec, spec.reference, spec.reference.load(), calls)] + gated[:1]
         pairs.append((sum(expected_s(spec, it[1], history, len(calls))[0] for it in pair), len(pairs), pair,
@@ -1540,8 +1545,8 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     the memory figure taken from a timed call, every op's first choice before any second candidate, peers with a
     verdict not measured again, implementations that cannot be used in the step (not graph-safe while it is
     captured) not timed; a lab kernel that lost to a peer is re-timed beside it only while ``RETIME_S`` is left
-    (``_retime_losses``: its seconds are the "re-times" entry of the per-op line). Not cut: the errors vs float64 (at the spec's ``err_shape``), the warm-up (compilation,
-    autotuning) of every candidate. A progress bar shows the implementation being measured; the time of each op
+    (``_retime_losses``: its seconds are the "re-times" entry of the per-op line). Not cut: the errors vs
+    float64 (at the spec's ``err_shape``), the warm-up (compilation, autotuning) of every candidate. A progress bar shows the implementation being measured; the time of each op
     is said at the end. Returns the new entries ({op: {impl: entry}}). ``cuda`` and ``device`` may be injected
     (tests: the interpreter on CPU). ``background``: the long items' compile already started
     (``early_background``; its caller ends it: train.py's ``build_run``); None: started here (``_background``)

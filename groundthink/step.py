@@ -249,7 +249,7 @@ class FlatParams:
         self.tail = self.flat[self.n:]
         self.whole = [self.flat[:self.n]]                               # the gradients, gaps included
         self.zero = torch.zeros((), device=device)       # a 0-d fp32 zero made once (never written)
-        self._one = torch.ones((), device=device)
+        self.one = torch.ones((), device=device)        # a 0-d fp32 one made once (never written)
 
     def check(self):
         """Raise if a parameter no longer lives in ``master`` (see the module docstring)."""
@@ -291,7 +291,7 @@ class FlatParams:
         a 0-d device tensor runs the strided (broadcast) elementwise kernel, not the vectorized one (run 8, large:
         ``elementwise_kernel<128, 2, …MulFunctor<float>>``, 256 µs a step for this and four tiny multiplies)."""
         if max_norm > 0:
-            torch._foreach_mul_(self.whole, torch.fmin(max_norm / (total + 1e-6), self._one))
+            torch._foreach_mul_(self.whole, torch.fmin(max_norm / (total + 1e-6), self.one))
 
 
 class _Compute(torch.autograd.Function):
@@ -365,7 +365,6 @@ class TrainStep:
         self.skip = torch.zeros((), device=self.device)
         opt.found_inf = torch.zeros((), device=self.device)    # read by the fused AdamW kernel (GradScaler's hook)
         self.row = torch.zeros(len(monitor.STATS), device=self.device)
-        self.seed: torch.Tensor | None = None    # d loss / d loss = 1, made once in the loss's dtype (never written)
         self.has: dict[str, bool] | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
 
@@ -397,9 +396,7 @@ class TrainStep:
         if not self.flat_weights:
             self.bucket.zero_()
         loss, probes = self._forward()
-        if self.seed is None or self.seed.dtype != loss.dtype:
-            self.seed = torch.ones_like(loss)
-        loss.backward(self.seed)        # the seed made once: backward() would fill a fresh ones tensor every step
+        loss.backward(self.bucket.one)  # d loss / d loss made once: backward() would fill a fresh one every step
         self._update(loss, probes)
 
     def _update(self, loss, probes):

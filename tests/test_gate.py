@@ -1503,13 +1503,24 @@ def test_a_lab_kernel_that_loses_to_a_peer_is_re_timed_beside_it(monkeypatch):
     assert ms() == times and calls == [] and any("not re-timed" in s for s in said)
 
 
-def test_a_deferred_peer_of_a_settled_op_is_planned_when_it_fits():
+def test_a_deferred_peer_of_a_settled_op_is_planned_when_it_fits(monkeypatch):
     """Run 14: mamba-ssm's gated norm (3 s) was deferred behind the background items' reserve while norm_gate's
-    lab kernel qualified; the next run has no lab item to plan for that op, yet measures the peer (with the
-    reference) — unless it cannot fit the first-use budget (fla's chunk kernel: 67 s cold)."""
+    lab kernel qualified; the next run has no lab item to plan for that op, yet measures the peer beside the
+    op's reference and lab kernel (one run's rows) — unless it is expected beyond LATE_PEER_S (fla's: 21-67 s)."""
     spec = get("norm_gate")
     peer = next(i for i in spec.impls if i.name == "mamba_ssm")
     assert gate._late_peer(spec, peer, {}, {"norm_gate/mamba_ssm"})
     assert not gate._late_peer(spec, peer, {}, set())
     assert not gate._late_peer(spec, peer, {"norm_gate/mamba_ssm": 75.0}, {"norm_gate/mamba_ssm"})
     assert not gate._late_peer(spec, spec.impl("triton"), {}, {"norm_gate/triton"})   # lab items: _plan's own rule
+
+    class Settled:                       # norm_gate's lab kernel has its verdicts, the peer none
+        def has(self, op, impl, label=None, timing=None):
+            return impl == "triton"
+    monkeypatch.setattr(gate, "_candidates", lambda spec, cuda, graph, load=True:
+                        ([(spec.impl("triton"), object()), (peer, object())], []))
+    shapes = {"norm_gate": spec.bench.cpu_shapes[0]}
+    plan, _ = gate._plan(shapes, True, Settled(), False, True, {}, {"norm_gate/mamba_ssm"})
+    assert [f"{s.name}/{i.name}" for s, i, *_ in plan] == ["norm_gate/reference", "norm_gate/triton",
+                                                          "norm_gate/mamba_ssm"]
+    assert gate._plan(shapes, True, Settled(), False, True, {}, set())[0] == []

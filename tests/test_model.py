@@ -402,7 +402,13 @@ def test_linear_pieces_tee_folds_the_x_gradient_float64(drop, nan_buffers):
 def test_tee_ygrad_knob_equals_autograd_add_float64(ref_ops, monkeypatch):
     """GROUNDTHINK_TEE_YGRAD=1 (the time-mix's y-gradient added by in_proj's dx GEMM): a float64 GF-MH model's
     loss and every gradient equal the default path's to rounding."""
-    runs = []
+    import fused.model
+    runs, tees, real = [], [], fused.model.linear_pieces
+
+    def recorded(x, ws, sizes, tee=False):
+        tees.append(tee)
+        return real(x, ws, sizes, tee=tee)
+    monkeypatch.setattr(fused.model, "linear_pieces", recorded)
     for knob in ("1", "0"):
         monkeypatch.setenv("GROUNDTHINK_TEE_YGRAD", knob)
         m = _model("GF-MH", ref_ops, n_layer=1).double()
@@ -410,6 +416,7 @@ def test_tee_ygrad_knob_equals_autograd_add_float64(ref_ops, monkeypatch):
         _, loss = m(idx, tgt)
         loss.backward()
         runs.append((loss.detach(), [p.grad.clone() for p in m.parameters()]))
+    assert tees == [True, False]            # the knob switched the path (one layer a run)
     (l1, d1), (l2, d2) = runs
     torch.testing.assert_close(l1, l2, rtol=1e-13, atol=0)
     for a, b in zip(d1, d2):
@@ -433,17 +440,19 @@ def test_stacked_proj_equals_autograd_float64(drop, nan_buffers):
         stacked_proj(xs, w[:, :5])
 
 
-def _split_oracle(x, weights, sizes):
+def _split_oracle(x, weights, sizes, tee=False):
     """linear_pieces' oracle: autograd's GEMM over the concatenated weights (zero rows pad it to 8 columns, as in
     linear_pieces), then ``torch.split``: a backward that concatenates the pieces' gradients. Under autocast the
-    inputs are cast first, as linear_pieces casts them."""
+    inputs are cast first, as linear_pieces casts them. ``tee``: x is returned last (autograd adds its
+    gradients)."""
     from fused.projections import autocast_dtype
-    amp = autocast_dtype(x.device.type)
+    x0, amp = x, autocast_dtype(x.device.type)
     if amp is not None:
         x, weights = x.to(amp), [w.to(amp) for w in weights]
     pad = -sum(sizes) % 8
     w = torch.cat([*weights, weights[0].new_zeros(pad, x.shape[-1])])
-    return torch.split(torch.nn.functional.linear(x, w), [*sizes, pad], -1)[:len(sizes)]
+    pieces = torch.split(torch.nn.functional.linear(x, w), [*sizes, pad], -1)[:len(sizes)]
+    return (*pieces, x0) if tee else pieces
 
 
 def _unbind_oracle(xs, w):
