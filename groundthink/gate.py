@@ -271,6 +271,13 @@ def _row_errors(r: dict) -> dict:
     return json.loads(e) if isinstance(e, str) else dict(e)
 
 
+def _within(spec_or_bound, r: dict) -> bool:
+    """``r`` has errors and every one is within the bound (a float, or an OpSpec: the bound of ``r``'s dtype)."""
+    bound = spec_or_bound if isinstance(spec_or_bound, float) else _bound_of(spec_or_bound, r["dtype"])
+    errors = _row_errors(r)
+    return bool(errors) and all(v <= bound for v in errors.values())
+
+
 def _key(r: dict) -> tuple:
     """Rows compared with each other: same shape, pass and timing mode (like with like)."""
     return r["shape"], r["pass"], r.get("timing_mode")
@@ -316,7 +323,7 @@ def _entry(spec: OpSpec, impl: str, mine: list[dict], rows: list[dict], mode: st
             continue
         rb = _bound_of(spec, r["dtype"])          # the row's own bound: a peer competes where it meets it
         peer_ms = {p["impl"]: p["ms"] for p in same if p["impl"] in peer_names and _key(p) == _key(r) and
-                   all(v <= rb for v in _row_errors(p).values()) and _row_errors(p)}
+                   _within(rb, p)}
         shapes.append({"shape": f"{r['shape']} {r['pass']}", "timing_mode": r.get("timing_mode"), "ms": r["ms"],
                        "ref_ms": rr["ms"],
                        "speedup": rr["ms"] / r["ms"], "peak_mb": r.get("peak_mb"),
@@ -818,13 +825,20 @@ def _time_call(fn: Callable, kw: dict, cuda: bool, timing: str) -> tuple[float, 
     return ms, peak, reps
 
 
+def _call_inputs(spec: OpSpec, call: Call, at, device, seed: int = 0) -> dict:
+    """The inputs of ``call``'s variant at shape ``at``: on a CUDA device in the spec's dtype with the variant's
+    dtypes (exact), elsewhere all in float32."""
+    cuda = torch.device(device).type == "cuda"
+    return call_inputs(spec, at, call.variant, spec.bench.dtype if cuda else torch.float32, seed=seed,
+                       device=device, exact=cuda)
+
+
 def retime(spec: OpSpec, fn: Callable, shp, device, timing: str) -> tuple[float, int]:
     """A second timing of ``fn`` in one call of the step: ``measure``'s shapes, dtypes and mode, new inputs (seed 2)
     and a new capture. (ms per fwd+bwd, calls timed)."""
-    call, cuda = as_calls(spec.name, shp)[0], torch.device(device).type == "cuda"
-    kw = call_inputs(spec, call.shape, call.variant, spec.bench.dtype if cuda else torch.float32, seed=2,
-                     device=device, exact=cuda)
-    ms, _, reps = _time_call(unused_outputs(fn, call.variant), kw, cuda, timing)
+    call = as_calls(spec.name, shp)[0]
+    ms, _, reps = _time_call(unused_outputs(fn, call.variant), _call_inputs(spec, call, call.shape, device, seed=2),
+                             torch.device(device).type == "cuda", timing)
     return ms, reps
 
 
@@ -838,12 +852,12 @@ def measure(spec: OpSpec, impl: str, fn: Callable, shp, device, timing: str = "e
     dtypes, with CUDA events; elsewhere (the interpreter) all in float32 by the host clock. The row's ``dtype``
     is the call's least precise one (its error bound)."""
     from groundthink.harness import compare
-    b, call = spec.bench, as_calls(spec.name, shp)[0]
+    call = as_calls(spec.name, shp)[0]
     cuda = torch.device(device).type == "cuda"
-    base = b.dtype if cuda else torch.float32
+    base = spec.bench.dtype if cuda else torch.float32
 
     def make(at, seed=0):
-        return call_inputs(spec, at, call.variant, base, seed=seed, device=device, exact=cuda)
+        return _call_inputs(spec, call, at, device, seed)
     row = {"op": spec.name, "impl": impl, "shape": call.label, "pass": "fwdbwd", "dtype": str(base)[6:],
            "timing_mode": timing, "ms": None, "reps": 0, "peak_mb": None, "errors": {},
            "source_hash": op_hash(spec.name), "note": ""}
@@ -1450,10 +1464,6 @@ def _retime_losses(rows: list[dict], timed: dict, device, say: Callable, deadlin
     none; run 14's final first uses printed "re-times 0.0" for a pass that re-timed nothing)."""
     t0, done = time.monotonic(), set()
     index = {(r["op"], r["impl"], r["shape"], r["pass"], r["timing_mode"]): r for r in rows if r.get("ms")}
-
-    def correct(spec, row, dtype):
-        errors = _row_errors(row)
-        return bool(errors) and all(v <= _bound_of(spec, dtype) for v in errors.values())
     for (op, impl, shape, pas, mode), lab in index.items():
         if (op, impl) not in timed or timed[(op, impl)][0].impl(impl).role != "lab":
             continue
@@ -1461,7 +1471,7 @@ def _retime_losses(rows: list[dict], timed: dict, device, say: Callable, deadlin
         for peer in spec.role("peer"):
             other = index.get((op, peer.name, shape, pas, mode))
             if other is None or (op, peer.name) not in timed or not lab["ms"] > other["ms"] * (1 + NOISE) \
-                    or not correct(spec, lab, lab["dtype"]) or not correct(spec, other, lab["dtype"]) \
+                    or not _within(spec, lab) or not _within(_bound_of(spec, lab["dtype"]), other) \
                     or id(lab) in done or id(other) in done:
                 continue
             was = f"{op}/{impl} slower than {peer.name} at {shape} {pas} ({lab['ms']:.4g} vs {other['ms']:.4g} ms)"
@@ -1546,11 +1556,11 @@ def qualify(shapes: dict[str, tuple], *, cuda: bool | None = None, path: Path | 
     verdict not measured again, implementations that cannot be used in the step (not graph-safe while it is
     captured) not timed; a lab kernel that lost to a peer is re-timed beside it only while ``RETIME_S`` is left
     (``_retime_losses``: its seconds are the "re-times" entry of the per-op line). Not cut: the errors vs
-    float64 (at the spec's ``err_shape``), the warm-up (compilation, autotuning) of every candidate. A progress bar shows the implementation being measured; the time of each op
-    is said at the end. Returns the new entries ({op: {impl: entry}}). ``cuda`` and ``device`` may be injected
-    (tests: the interpreter on CPU). ``background``: the long items' compile already started
-    (``early_background``; its caller ends it: train.py's ``build_run``); None: started here (``_background``)
-    and ended here."""
+    float64 (at the spec's ``err_shape``), the warm-up (compilation, autotuning) of every candidate. A progress
+    bar shows the implementation being measured; the time of each op is said at the end. Returns the new entries
+    ({op: {impl: entry}}). ``cuda`` and ``device`` may be injected (tests: the interpreter on CPU).
+    ``background``: the long items' compile already started (``early_background``; its caller ends it: train.py's
+    ``build_run``); None: started here (``_background``) and ended here."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = path or machine_path()
@@ -1630,8 +1640,7 @@ def deferred_notes(ops, path: Path | None = None) -> list[str]:
 def _when_measured(op: str, names: list[str], known: Verdicts, history: dict | None = None,
                    deferred: set = frozenset()) -> str:
     """"A, B deferred, measured by the next run" — or, for a peer of an op whose lab kernels all have verdicts
-    that ``_late_peer`` does not admit (expected beyond the first-use budget), "measured when the op
-    re-qualifies"."""
+    that ``_late_peer`` does not admit (expected beyond ``LATE_PEER_S``), "measured when the op re-qualifies"."""
     spec, history = get(op), history or {}
     labs, peers = spec.role("lab"), {i.name for i in spec.role("peer")}
     settled = bool(labs) and all(any(known.has(op, i.name, timing=m) for m in TIMINGS) for i in labs)

@@ -219,7 +219,6 @@ def _modelled_conv(counter: OpCounter, ref):
     would clone them: a CPU-only cost). Its own (reference) ops are not counted."""
     site = ("causal_conv1d", "causal_conv1d/cpp_functions.py (modelled)")
 
-
     def backward_launches():
         counter.add("causal_conv1d", site=site)
         counter.add("zeros_like", 2, dtype="float32", site=site)        # dweight, dbias
@@ -335,7 +334,7 @@ def main():
                     "through the interpreter (mamba_ssm; implies --conv model)")
     ap.add_argument("--conv", choices=["reference", "model"], default="reference", help="the causal conv: the "
                     "reference's ops counted (reference) or causal-conv1d's GPU launches modelled (model)")
-    ap.add_argument("--where", default="", help="OP[,OP]: list every call site of these ops (e.g. "
+    ap.add_argument("--where", default="", help="OP[,OP] or all: list every call site of these ops (e.g. "
                     "fill_,zero_,zeros,zeros_like,sum): Python frame outside torch, autograd node")
     ap.add_argument("--before", default="", help="ENV=VALUE[,ENV=VALUE]: also count with these set, print the "
                     "differences")
