@@ -53,7 +53,8 @@
 #              for ~3 min (later shapes ~40 s); its cost is in each row's warmup_s column.
 #   study      python -m bench.variants --quick --kernels triton (every variant, 200 steps at small, ≤ VARIANTS_S
 #              = 250 s: --budget-s starts no variant after VARIANTS_S − 40 s; re-running with the same GT_RUN
-#              resumes with the rest), then python -m bench.long_context --quick --kernels triton (GF-MH, rwkv6,
+#              resumes with the rest; STUDY_FULL=1: the full study, 1,000 steps a variant at batch 8, ~300 s on an
+#              H100 — raise VARIANTS_S), then python -m bench.long_context --quick --kernels triton (GF-MH, rwkv6,
 #              mamba2 at 8192 and 1024 characters, ≤ LONGCTX_S = 160 s, no new run after 100 s, same resume rule)
 #   validity   python -m bench.bench_train --validity: train.py GF-MH small, same seed, data and schedule, four
 #              runs: --kernels triton, --kernels reference, and two noise floors of the reference path:
@@ -220,7 +221,8 @@ or vector or weights or res32 or D768 or D4096)) and (not test_train or GF-MH-sm
 }
 
 part_study() {
-  local v=(--quick --out "$RUN") l=(--quick --out "$RUN")
+  local v=(--out "$RUN") l=(--quick --out "$RUN")
+  [ "${STUDY_FULL:-0}" = 1 ] || v+=(--quick)   # STUDY_FULL=1: the full study (1,000 steps a variant, issue 12)
   if [ "$SMOKE" = 0 ]; then
     v+=(--kernels triton); l+=(--kernels triton)
   else           # the interpreter runs a training step in ~20 s: the references (tests cover the kernels there)

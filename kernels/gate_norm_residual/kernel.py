@@ -33,7 +33,8 @@ Kernels:
   dW, dbias and the vector / weights gate gradient in their dtypes (``kernels._colsum``: no second launch, no atomics on data, results
   bit-identical run to run).
 * launches: ``@triton.autotune`` over num_warps (two candidates per tile size; one config under the
-  interpreter); once a key is tuned, each kernel's ``_Launcher`` calls the JIT function with the cached config
+  interpreter), keyed by the tile and every flavour constexpr (MODE, LAYER, GATE_LOGITS, HAS_BIAS, HAS_DH: each
+  flavour is its own compiled kernel and gets its own tuned warps); once a key is tuned, each kernel's ``_Launcher`` calls the JIT function with the cached config
   directly (the autotuner's per-call dispatch is measurable host time at small sizes).
 * optional tensors (b, gate, bias, the incoming dh) are passed as None; the constexprs MODE, HAS_BIAS, HAS_DH
   say which are present, so no branch that reads an absent tensor is compiled.
@@ -102,7 +103,7 @@ _TUNE = dict(prune_configs_by={"early_config_prune": _prune_warps}, warmup=5, re
 
 @triton.autotune(
     configs=autotune_configs([triton.Config({}, num_warps=w) for w in (4, 8, 16, 2)]),
-    key=["D", "BR", "BD"], **_TUNE,
+    key=["D", "BR", "BD", "MODE", "LAYER", "GATE_LOGITS", "HAS_BIAS"], **_TUNE,
 )
 @triton.jit
 def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_stats, N, D, eps,
@@ -170,7 +171,7 @@ def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_stats, N, D, ep
 
 @triton.autotune(
     configs=autotune_configs([triton.Config({}, num_warps=w) for w in (8, 4, 16, 2)]),
-    key=["D", "BR", "BD"], **_TUNE,
+    key=["D", "BR", "BD", "MODE", "LAYER", "GATE_LOGITS", "HAS_DH", "HAS_BIAS"], **_TUNE,
 )
 @triton.jit
 def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
