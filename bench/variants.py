@@ -31,7 +31,11 @@ Per variant:
                                        ``bench.overfit.OVERFIT_TOL`` (2 %) above it
     passes                             the token budget / the training split's tokens
     tok_s, ms_step, peak_mb            steady-state training throughput (train.py's summary: CUDA-graph replays
-                                       when --graph auto captures), peak memory (GPU: max_memory_allocated)
+                                       when --graph auto captures), peak memory (GPU: max_memory_allocated
+                                       during the run minus held_before_mb)
+    held_before_mb                     GPU memory still allocated when the run started (what earlier variants of
+                                       the same process left: run 15's in-process study grew it run by run; it is
+                                       not this variant's, so peak_mb leaves it out; --isolate makes it 0)
     grad_ratio_rm                      median over the evals of ‖∇ RWKV‖ / ‖∇ Mamba‖ (before clipping)
     gate_mean, gate_drift              mean RWKV weight g of the blend at the end, and its change since step 1
     rms_rwkv, rms_mamba                RMS of each branch's output (train.py's state health)
@@ -78,8 +82,8 @@ MAX_PASSES = 5            # the default token budget's cap in passes over the tr
 PRIORITY = ("GF-MH", "rwkv6", "mamba2", "HY", "GF", "CP", "HGF", "WS", "RF", "GF-RH", "HGF-MH", "HGF-RH")
 KEYS, CURVE_KEYS = ("variant", "size", "tokens"), ("variant", "size", "budget")
 COLUMNS = ("variant", "size", "tokens", "passes", "steps", "batch_size", "seq_len", "params", "val_loss",
-           "best_val_loss", "best_step", "overfit", "bpc", "train_loss", "tok_s", "ms_step", "peak_mb", "grad_ratio_rm",
-           "gate_mean", "gate_drift", "rms_rwkv", "rms_mamba", "state_rms_rwkv", "state_rms_mamba",
+           "best_val_loss", "best_step", "overfit", "bpc", "train_loss", "tok_s", "ms_step", "peak_mb", "held_before_mb",
+           "grad_ratio_rm", "gate_mean", "gate_drift", "rms_rwkv", "rms_mamba", "state_rms_rwkv", "state_rms_mamba",
            "state_growth_rwkv", "state_growth_mamba", "state_var_rwkv", "state_var_mamba", "state_var_ratio",
            "state_signal_rwkv", "state_signal_mamba", "state_finite", "state_note", "train_s", "wall_s", "graph",
            "kernels", "device", "seed", "status")
@@ -237,13 +241,16 @@ def train_argv(a, variant: str, out_dir: Path, batch_size=None, seq_len=None) ->
     return argv
 
 
-def fresh_cuda() -> None:
-    """Free what the previous run left (its CUDA graph pool included) and restart the peak-memory counter."""
+def fresh_cuda() -> float:
+    """Free what the previous run left (its CUDA graph pool included), restart the peak-memory counter and
+    return the MB still allocated (0 without CUDA)."""
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    if not torch.cuda.is_available():
+        return 0.0
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated() / 2**20
 
 
 def train_quietly(argv: list[str], log: Path) -> dict:
@@ -252,11 +259,11 @@ def train_quietly(argv: list[str], log: Path) -> dict:
     puts the log's tail on stderr. Each is re-raised."""
     import train
     from groundthink.errors import InputError
-    fresh_cuda()
+    held_mb = fresh_cuda()
     with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         print(f"$ train.py {' '.join(argv)}", flush=True)
         try:
-            return train.main(argv)
+            return {**train.main(argv), "held_before_mb": held_mb}
         except InputError:
             raise
         except BaseException as e:  # noqa: BLE001 - say it where the user sees it, then re-raise
@@ -269,6 +276,10 @@ def train_quietly(argv: list[str], log: Path) -> dict:
     else:
         print("\n".join("  | " + ln for ln in lines[-15:]), file=sys.stderr)
     raise err
+
+
+def _minus(a, b):
+    return None if a is None else a - (b or 0.0)
 
 
 def _median(vals) -> float | None:
@@ -299,7 +310,8 @@ def summarize(a, variant: str, res: dict, batch: int, seq: int) -> dict:
             "params": cfg.get("num_params"), "val_loss": val, "best_val_loss": best.get("val_loss"),
             "best_step": best.get("step"), "overfit": is_overfit(val, best.get("val_loss")),
             "bpc": val / math.log(2) if val is not None else None, "train_loss": res["final_train_loss"],
-            "tok_s": s.get("tok_s"), "ms_step": ms, "peak_mb": s.get("peak_mem_mb"),
+            "tok_s": s.get("tok_s"), "ms_step": ms, "peak_mb": _minus(s.get("peak_mem_mb"), res.get("held_before_mb")),
+            "held_before_mb": res.get("held_before_mb"),
             "grad_ratio_rm": _median(e.get("grad_ratio") for e in evals), "gate_mean": last.get("gate_mean"),
             "gate_drift": last.get("gate_drift"), "rms_rwkv": last.get("rms_rwkv"), "rms_mamba": last.get("rms_mamba"),
             "train_s": a.steps * ms / 1e3 if ms else None, "graph": s.get("graph"),
