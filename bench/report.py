@@ -391,18 +391,30 @@ def peers_section(df: pd.DataFrame, d: Path) -> list[str]:
     return out
 
 
+def bench_json_files(d: Path) -> list[Path]:
+    """pytest-benchmark's files of a results folder, oldest first: ``bench-<n>.json`` (earlier calls, kept aside by
+    ``gpu_reports.sh`` before a merge call; n ascending) then ``bench.json`` (the latest call)."""
+    def order(p: Path):
+        tail = p.stem[len("bench-"):]
+        return (0, int(tail) if tail.isdigit() else 0, p.name) if p.stem != "bench" else (1, 0, p.name)
+    return sorted((p for p in d.glob("bench*.json") if p.stem == "bench" or p.stem.startswith("bench-")), key=order)
+
+
 def pytest_benchmark_section(d: Path) -> list[str]:
     """pytest-benchmark's own entries (``bench.json``): host-clock, synchronized calls of the same functions, beside
     the CUDA-event medians of the CSV (``extra_info``). Every entry must time real work."""
-    p = d / "bench.json"
-    if not p.exists():
+    files = bench_json_files(d)
+    if not files:
         return []
-    try:
-        entries = json.loads(p.read_text()).get("benchmarks", [])
-    except (OSError, ValueError):
-        return ["## pytest-benchmark", "", "(bench.json unreadable)", ""]
+    by_name: dict = {}
+    for p in files:   # a merge call's entries replace the earlier call's of the same test
+        try:
+            entries = json.loads(p.read_text()).get("benchmarks", [])
+        except (OSError, ValueError):
+            return ["## pytest-benchmark", "", f"({p.name} unreadable)", ""]
+        by_name.update({e.get("name", ""): e for e in entries})
     rows = []
-    for e in entries:
+    for e in by_name.values():
         st, ex = e.get("stats", {}), e.get("extra_info", {})
         med = st.get("median")
         rows.append({"test": e.get("name", ""), "pytest-benchmark median ms": None if med is None else med * 1e3,
@@ -412,7 +424,7 @@ def pytest_benchmark_section(d: Path) -> list[str]:
         return []
     t = pd.DataFrame(rows).sort_values("test")
     return ["## pytest-benchmark's table", "",
-            f"{len(t)} entries from `bench.json` (`--benchmark-json`): pytest-benchmark's median of synchronized "
+            f"{len(t)} entries from {', '.join(f'`{p.name}`' for p in files)} (`--benchmark-json`): pytest-benchmark's median of synchronized "
             "host-clock calls of the very function the row times, beside the row's CUDA-event median; ratio ≈ 1 "
             "for long calls, > 1 where launch and host time dominate.", "",
             md_table(t, {"pytest-benchmark median ms": "ms", "row ms": "ms", "rounds": "int", "ratio": "g"}),

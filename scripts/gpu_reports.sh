@@ -217,6 +217,11 @@ or vector or weights or res32 or D768 or D4096)) and (not test_train or GF-MH-sm
   fi
   [ -n "$k" ] && args+=(-k "$k")
   export GT_BENCH_BUDGET_S=${GT_BENCH_BUDGET_S:-420}
+  if [ "${GT_BENCH_MERGE:-0}" = 1 ]; then   # keep the earlier call's pytest-benchmark file and log (the report reads all)
+    local n=1; while [ -e "$RUN/bench-$n.json" ] || [ -e "$RUN/logs/bench-$n.log" ]; do n=$((n + 1)); done
+    [ -e "$RUN/bench.json" ] && mv "$RUN/bench.json" "$RUN/bench-$n.json"
+    [ -e "$RUN/logs/bench.log" ] && mv "$RUN/logs/bench.log" "$RUN/logs/bench-$n.log"
+  fi
   run_part bench "${BENCH_S:-530}" $PY "${args[@]}"
 }
 
