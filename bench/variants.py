@@ -248,6 +248,9 @@ def fresh_cuda() -> float:
     if not torch.cuda.is_available():
         return 0.0
     torch.cuda.synchronize()
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:   # cuBLAS keeps a workspace per (handle, stream): each run's graph capture adds one
+        clear()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     return torch.cuda.memory_allocated() / 2**20
