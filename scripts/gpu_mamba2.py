@@ -12,9 +12,10 @@ timings, launch counts, in one command; prints a short table last.
    ``triton.testing.do_bench``, eager and as a replayed CUDA graph of the same call; extra peak memory of one
    fwd+bwd (MiB beyond the inputs).
 3. launches: GPU kernels (and memsets/copies) per fwd+bwd, counted by torch.profiler, per implementation.
-4. a sweep of the lab kernel's tiles (``ssd.TUNING``: fwd_bt, bwd_bt, bp) under the CUDA graph (MAMBA2_SWEEP=0
+4. a sweep of the lab kernel's tiles (``ssd.TUNING``: fwd_bt, bwd_bt, bp; one with tf32x3 dots) under the CUDA graph (MAMBA2_SWEEP=0
    skips it), and the registers / spills / warps the autotuner picked for each lab kernel.
-Env: MAMBA2_SHAPES (indices, e.g. "0"), MAMBA2_CHECKS, MAMBA2_SWEEP; MAMBA2_SMOKE=1 (no GPU needed) runs the flow on
+Env: MAMBA2_SHAPES (indices, e.g. "0"), MAMBA2_CHECKS, MAMBA2_SWEEP, MAMBA2_BUDGET_S (500: no sweep variant starts
+later, counted from the script's start); MAMBA2_SMOKE=1 (no GPU needed) runs the flow on
 the CPU interpreter at a tiny shape with single timed calls and no graphs (checks the script, measures nothing).
 """
 from __future__ import annotations
@@ -35,9 +36,11 @@ import torch  # noqa: E402
 SMOKE = os.environ.get("MAMBA2_SMOKE", "0") == "1"
 DEV = "cpu" if SMOKE else "cuda"
 SHAPES = [(64, 256, 8, 32, 1, 32, 64), (16, 1024, 16, 64, 1, 64, 256)]
-SWEEP = [dict(fwd_bt=64, bwd_bt=32, bp=None), dict(fwd_bt=32, bwd_bt=32, bp=None), dict(fwd_bt=128, bwd_bt=32, bp=None),
-         dict(fwd_bt=64, bwd_bt=16, bp=None), dict(fwd_bt=64, bwd_bt=64, bp=None), dict(fwd_bt=64, bwd_bt=32, bp=32),
-         dict(fwd_bt=64, bwd_bt=32, bp=16)]
+# each against the default (fwd_bt 64, bwd_bt 32, bp None, prec None: the main table's "triton" row)
+SWEEP = [dict(fwd_bt=128), dict(fwd_bt=32), dict(bwd_bt=16), dict(bwd_bt=64), dict(bp=32), dict(bp=16),
+         dict(prec="tf32x3")]
+BUDGET_S = float(os.environ.get("MAMBA2_BUDGET_S", "500"))   # the sweep stops starting variants after this
+T0 = time.monotonic()
 
 
 def _impls():
@@ -184,24 +187,31 @@ def main() -> int:
             except Exception:   # noqa: BLE001
                 print(f"!! {label} {name} failed:\n" + traceback.format_exc()[-3000:], flush=True)
                 rows.append((label, name, None, None, None, None, None, "-", "-"))
-        if os.environ.get("MAMBA2_SWEEP", "1") == "1":
-            old = dict(ssd.TUNING)
+        del inp
+    # the tile sweep last, within the time budget (each new tile set compiles its kernels)
+    if os.environ.get("MAMBA2_SWEEP", "1") == "1" and "triton" in impls:
+        old = dict(ssd.TUNING)
+        for i in idx:
+            shp = SHAPES[i]
+            label = "B{} T{} H{} P{} G{} N{} Q{}".format(*shp)
+            inp = _inputs(shp)
             for v in SWEEP:
+                if time.monotonic() - T0 > BUDGET_S:
+                    sweep_rows.append((label, str(v) + " (skipped: time budget)", None, None))
+                    continue
                 ssd.TUNING.update(v)
                 try:
                     fwd, fb = _step(impls["triton"], inp)
                     fwd(), fb()
                     gf, gfb = _graph(fwd), _graph(fb)
                     sweep_rows.append((label, str(v), _bench(gf.replay), _bench(gfb.replay)))
+                    print(f"sweep {sweep_rows[-1]}", flush=True)
                     del gf, gfb
                 except Exception as e:   # noqa: BLE001
                     sweep_rows.append((label, str(v) + f" FAILED {type(e).__name__}: {str(e)[:200]}", None, None))
                 ssd.TUNING.clear()
                 ssd.TUNING.update(old)
-            print("\n".join(f"sweep {r}" for r in sweep_rows[-len(SWEEP):]), flush=True)
-        del inp
-        if not SMOKE:
-            torch.cuda.empty_cache()
+            del inp
     if not SMOKE:
         print("\n== lab kernels as compiled:\n" + "\n".join(_kernel_info()))
     f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731

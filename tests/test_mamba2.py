@@ -222,12 +222,12 @@ def test_triton_opcheck():
 
 
 # ------------------------------------------------------------------------------------------------- GPU
-MODEL_SHAPES = {"small": (64, 256, 8, 32, 1, 32), "large": (16, 1024, 16, 64, 1, 64)}
+MODEL_SHAPES = {"small": (64, 256, 8, 32, 1, 32, 64), "large": (16, 1024, 16, 64, 1, 64, 256)}   # (…, chunk)
 
 
-def _model_inputs(B, T, H, P, G, N, dtype, seed=0):
+def _model_inputs(B, T, H, P, G, N, Q, dtype, seed=0):
     from kernels.mamba2.spec import make_inputs
-    d = make_inputs(B, T, H, P, G, N, 64, True, dtype=dtype, seed=seed, device="cuda")
+    d = make_inputs(B, T, H, P, G, N, Q, True, dtype=dtype, seed=seed, device="cuda")
     d["initial_states"] = (torch.randn(B, H, P, N, device="cuda") * 0.5).requires_grad_()
     d["return_final_states"] = True
     return d

@@ -50,7 +50,8 @@ p-blocks, dA, ddt_bias, dD over batch (and time, summed inside each program): th
 sums them in a fixed order and stores every gradient in its input's dtype. Two launches backward.
 
 Numerics: loads upcast to fp32; cumsums, states, every accumulation fp32; ``tl.dot`` on fp32 operands with
-input_precision "ieee" for fp32 inputs and "tf32" for fp16/bf16 inputs (``PRECISION``); outputs rounded once.
+input_precision "ieee" for fp32 inputs and "tf32" for fp16/bf16 inputs (``PRECISION``; ``TUNING["prec"]`` overrides
+the latter, e.g. "tf32x3"); outputs rounded once.
 Softplus as mamba-ssm: identity above 20; log1p evaluated without cancellation for very negative arguments.
 
 Tiles: BT rows (``TUNING["fwd_bt"]``, ``["bwd_bt"]``: the backward holds several [BT, BT] fp32 score tiles and
@@ -77,15 +78,20 @@ from reference.mamba2 import _check
 
 __all__ = ["mamba_chunk_scan_combined", "TUNING"]
 
-# fwd_bt / bwd_bt: rows per chunk of the forward / backward walk; bp: p-block (None: P up to 64);
-# fwd_warps / bwd_warps: None = autotuned over 4 and 8 warps
-TUNING = {"fwd_bt": 64, "bwd_bt": 32, "bp": None, "fwd_warps": None, "bwd_warps": None}
+# fwd_bt / bwd_bt: rows per chunk of the forward / backward walk; bp: p-block (None: P up to 64); prec: the dots'
+# input_precision for fp16/bf16 inputs (None: PRECISION's; fp32 inputs always "ieee"); fwd_warps / bwd_warps: None =
+# autotuned over 4 and 8 warps (read at import)
+TUNING = {"fwd_bt": 64, "bwd_bt": 32, "bp": None, "prec": None, "fwd_warps": None, "bwd_warps": None}
 PRECISION = {torch.float32: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
 
 
-def _configs(warps):
-    ws = [warps] if warps else [4, 8]
-    return autotune_configs([triton.Config({}, num_warps=w, num_stages=s) for w in ws for s in (2, 1)])
+def _prec(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else (TUNING["prec"] or PRECISION[dtype])
+
+
+def _configs(warps, stages):
+    """4 and 8 warps (or ``warps``) at ``stages``: two configs keep the first call's autotuning short."""
+    return autotune_configs([triton.Config({}, num_warps=w, num_stages=stages) for w in ([warps] if warps else [4, 8])])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -125,7 +131,7 @@ def _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, PREC: tl.constexpr):
     return tl.exp(b_cL) * b_S + tl.dot(tl.trans(b_x * b_w[:, None]), b_B, input_precision=PREC)
 
 
-@triton.autotune(configs=_configs(TUNING["fwd_warps"]), key=["BT", "BP", "BN", "HAS_H0", "STORE_HT"])
+@triton.autotune(configs=_configs(TUNING["fwd_warps"], 2), key=["BT", "BP", "BN", "HAS_H0", "STORE_HT"])
 @triton.jit
 def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
                     T, H, P, N, HG,
@@ -185,7 +191,7 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
         tl.store(p_hT + i_bh.to(tl.int64) * P * N + o_pn, b_S, mask=m_pn)
 
 
-@triton.autotune(configs=_configs(TUNING["bwd_warps"]), key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT"])
+@triton.autotune(configs=_configs(TUNING["bwd_warps"], 1), key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT"])
 @triton.jit
 def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_scr,
                     p_dx, p_ddtp, p_dBp, p_dCp, p_par, p_dDp, p_dh0,
@@ -405,7 +411,7 @@ def _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: bool, ret
         T, H, P, N, H // G, *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
         BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
-        STORE_HT=bool(return_final_states), PREC=PRECISION[x.dtype])
+        STORE_HT=bool(return_final_states), PREC=_prec(x.dtype))
     return y, hT
 
 
@@ -447,7 +453,7 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
         T, H, P, N, H // G, NPB, NC, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
         BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
-        HAS_DHT=dhT is not None, PREC=PRECISION[x.dtype])
+        HAS_DHT=dhT is not None, PREC=_prec(x.dtype))
     BL = b * T
     BR = 4 if INTERPRET else max(1, min(64, 4096 // (_pow2(N) * max(1, H * NPB // 8))))
     BR = max(1, min(BR, _pow2(BL)))
