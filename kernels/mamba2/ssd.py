@@ -81,12 +81,22 @@ __all__ = ["mamba_chunk_scan_combined", "TUNING"]
 # fwd_bt / bwd_bt: rows per chunk of the forward / backward walk; bp: p-block (None: P up to 64); prec: the dots'
 # input_precision for fp16/bf16 inputs (None: PRECISION's; fp32 inputs always "ieee"); fwd_warps / bwd_warps: None =
 # autotuned over 4 and 8 warps (read at import)
-TUNING = {"fwd_bt": 64, "bwd_bt": 32, "bp": None, "prec": None, "fwd_warps": None, "bwd_warps": None}
+TUNING = {"fwd_bt": 64, "bwd_bt": 32, "bp": None, "prec": None, "dot": 1, "fwd_warps": None, "bwd_warps": None}
 PRECISION = {torch.float32: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
 
 
 def _prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else (TUNING["prec"] or PRECISION[dtype])
+
+
+def _dot_mode(dtype: torch.dtype) -> int:
+    """DOT of the walk kernels: 0 for fp32 inputs (and bf16 under the interpreter, whose bf16 dots are wrong),
+    else ``TUNING["dot"]``."""
+    return 0 if dtype == torch.float32 or (dtype == torch.bfloat16 and INTERPRET) else TUNING["dot"]
+
+
+def _dot_mode_of(x, B, C) -> int:
+    return _dot_mode(x.dtype) if B.dtype == C.dtype == x.dtype else 0   # (mixed dtypes: fp32 operands)
 
 
 def _configs(warps, stages):
@@ -115,20 +125,30 @@ def _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS: tl.constexpr, SOFTPLUS
 
 @triton.jit
 def _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t, sc_n):
-    """x [BT, BP], B, C [BT, BN] of one chunk, fp32 (0 outside)."""
+    """x [BT, BP], B, C [BT, BN] of one chunk in their dtypes (0 outside)."""
     m_tp = m_t[:, None] & m_p[None, :]
     m_tn = m_t[:, None] & m_n[None, :]
-    b_x = tl.load(p_x + rows[:, None] * sx_t + o_p[None, :] * sx_p, mask=m_tp, other=0.).to(tl.float32)
-    b_B = tl.load(p_B + rows[:, None] * sb_t + o_n[None, :] * sb_n, mask=m_tn, other=0.).to(tl.float32)
-    b_C = tl.load(p_C + rows[:, None] * sc_t + o_n[None, :] * sc_n, mask=m_tn, other=0.).to(tl.float32)
+    b_x = tl.load(p_x + rows[:, None] * sx_t + o_p[None, :] * sx_p, mask=m_tp, other=0.)
+    b_B = tl.load(p_B + rows[:, None] * sb_t + o_n[None, :] * sb_n, mask=m_tn, other=0.)
+    b_C = tl.load(p_C + rows[:, None] * sc_t + o_n[None, :] * sc_n, mask=m_tn, other=0.)
     return b_x, b_B, b_C
 
 
 @triton.jit
-def _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, PREC: tl.constexpr):
+def _mm(a, b, HALF: tl.constexpr, T: tl.constexpr, PREC: tl.constexpr):
+    """a @ b accumulated in fp32: operands in the half dtype T when HALF (exact for two input tiles: a product of
+    two bf16/fp16 values fits the fp32 accumulator; a rounding for computed fp32 operands), else in fp32 at
+    input_precision PREC."""
+    if HALF:
+        return tl.dot(a.to(T), b.to(T))
+    return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
+
+
+@triton.jit
+def _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, HALF: tl.constexpr, T: tl.constexpr, PREC: tl.constexpr):
     """S_L = exp(c_L) S0 + (x ⊙ Δ exp(c_L − c))ᵀ B  ([BP, BN] fp32)."""
     b_w = b_d * tl.exp(b_cL - b_c)
-    return tl.exp(b_cL) * b_S + tl.dot(tl.trans(b_x * b_w[:, None]), b_B, input_precision=PREC)
+    return tl.exp(b_cL) * b_S + _mm(tl.trans(b_x.to(tl.float32) * b_w[:, None]), b_B, HALF, T, PREC)
 
 
 @triton.autotune(configs=_configs(TUNING["fwd_warps"], 2), key=["BT", "BP", "BN", "HAS_H0", "STORE_HT"])
@@ -138,15 +158,17 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
                     sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
                     BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
                     D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                    STORE_HT: tl.constexpr, PREC: tl.constexpr):
+                    STORE_HT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
     # p_x [b, T, H, P] (strides sx_*), p_dt [b, T, H] (sdt_*), p_B, p_C [b, T, G, N] (sb_*, sc_*), G = H / HG;
     # p_A [H] fp32, p_D [H] or [H, P] (D_PER_P; None unless HAS_D), p_bias [H] (None unless HAS_BIAS),
     # p_h0 [b, H, P, N] contiguous (None unless HAS_H0); p_y [b, T, H, P] contiguous; p_hT [b, H, P, N] fp32
     # (written when STORE_HT). Grid (cdiv(P, BP), b·H): program (i_p, i_bh) walks rows 0..T of one head for
-    # columns [i_p·BP, i_p·BP + BP) of P; BT rows per chunk, BN = next pow2 ≥ N.
+    # columns [i_p·BP, i_p·BP + BP) of P; BT rows per chunk, BN = next pow2 ≥ N. DOT: 0 every dot on fp32
+    # operands at PREC, 1 the dots of two input tiles (C Bᵀ, dy xᵀ) in x's dtype, 2 every dot in x's dtype.
     i_p, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     i_g = i_h // HG
+    HT: tl.constexpr = p_x.dtype.element_ty
     o_t = tl.arange(0, BT)
     o_p = i_p * BP + tl.arange(0, BP)
     o_n = tl.arange(0, BN)
@@ -178,15 +200,15 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
         b_cL = tl.sum(b_a, 0)
         b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
                                   sc_n)
-        b_G = tl.dot(b_C, tl.trans(b_B), input_precision=PREC)                      # [BT(t), BT(s)]
+        b_G = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC)                           # [BT(t), BT(s)]
         b_L = tl.exp(tl.where(causal, b_c[:, None] - b_c[None, :], float("-inf")))
-        b_y = tl.dot(b_G * b_L * b_d[None, :], b_x, input_precision=PREC)
-        b_y += tl.exp(b_c)[:, None] * tl.dot(b_C, tl.trans(b_S), input_precision=PREC)
+        b_y = _mm(b_G * b_L * b_d[None, :], b_x, DOT >= 2, HT, PREC)
+        b_y += tl.exp(b_c)[:, None] * _mm(b_C, tl.trans(b_S), DOT >= 2, HT, PREC)
         if HAS_D:
-            b_y += b_x * b_D[None, :]
+            b_y += b_x.to(tl.float32) * b_D[None, :]
         tl.store(p_y + rows.to(tl.int64)[:, None] * H * P + o_p[None, :], b_y.to(p_y.dtype.element_ty),
                  mask=m_t[:, None] & m_p[None, :])
-        b_S = _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, PREC)
+        b_S = _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, DOT >= 2, HT, PREC)
     if STORE_HT:
         tl.store(p_hT + i_bh.to(tl.int64) * P * N + o_pn, b_S, mask=m_pn)
 
@@ -200,7 +222,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
                     sy_b, sy_t, sy_h, sy_p,
                     BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
                     D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                    HAS_DHT: tl.constexpr, PREC: tl.constexpr):
+                    HAS_DHT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
     # inputs as in _ssd_fwd_kernel; p_dy [b, T, H, P] (strides sy_*), p_dhT [b, H, P, N] contiguous (None unless
     # HAS_DHT); p_scr [b·H·NPB, NC, BP, BN] fp32 workspace (the chunk-entry states; NC = cdiv(T, BT));
     # outputs: p_dx [b, T, H, P] contiguous (x's dtype); fp32 partials p_ddtp [b, T, H, NPB], p_dBp, p_dCp
@@ -209,6 +231,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     i_p, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     i_g = i_h // HG
+    HT: tl.constexpr = p_x.dtype.element_ty
     prog = i_bh.to(tl.int64) * NPB + i_p
     o_t = tl.arange(0, BT)
     o_p = i_p * BP + tl.arange(0, BP)
@@ -242,7 +265,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
         b_a = b_d * b_A
         b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
                                   sc_n)
-        b_S = _state_step(b_S, b_x, b_B, b_d, tl.cumsum(b_a, 0), tl.sum(b_a, 0), PREC)
+        b_S = _state_step(b_S, b_x, b_B, b_d, tl.cumsum(b_a, 0), tl.sum(b_a, 0), DOT >= 2, HT, PREC)
     tl.store(p_scr + (NC - 1) * BP * BN + o_sc, b_S)
     tl.debug_barrier()
     # ---- pass 2: reverse, carrying dS = ∂L/∂S at the chunk end
@@ -264,45 +287,48 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
         b_a = b_d * b_A
         b_c = tl.cumsum(b_a, 0)
         b_cL = tl.sum(b_a, 0)
-        b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
-                                  sc_n)
         m_tp = m_t[:, None] & m_p[None, :]
-        b_dy = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_tp, other=0.).to(tl.float32)
-        b_S0 = tl.load(p_scr + ic * BP * BN + o_sc)
+        m_tn = m_t[:, None] & m_n[None, :]
         b_ec = tl.exp(b_c)
         b_e = tl.exp(b_cL - b_c)                                                     # e_s = exp(c_L − c_s) ≤ 1
-        b_G = tl.dot(b_C, tl.trans(b_B), input_precision=PREC)                      # [t, s]
+        b_de = b_d * b_e
+        # (ordered for short live ranges: S0's uses first, then B's, then the [t, s] tiles')
+        b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
+                                  sc_n)
+        b_dyh = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_tp, other=0.)
+        b_dy = b_dyh.to(tl.float32)
+        b_S0 = tl.load(p_scr + ic * BP * BN + o_sc)
+        b_V = _mm(b_C, tl.trans(b_S0), DOT >= 2, HT, PREC)                          # [t, p] (S0 C_t)_p
+        b_eo = b_ec * tl.sum(b_dy * b_V, 1)                                         # [t]
+        b_dC = b_ec[:, None] * _mm(b_dyh, b_S0, DOT >= 2, HT, PREC)
+        b_da = tl.zeros([BT], dtype=tl.float32) + tl.exp(b_cL) * tl.sum(tl.sum(b_S0 * b_dS, 1), 0)
+        b_da += tl.sum(tl.where(causal, b_eo[:, None], 0.), 0)                      # Σ_{t≥j} eo_t
+        b_GL = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC)                          # [t, s]
         b_L = tl.exp(tl.where(causal, b_c[:, None] - b_c[None, :], float("-inf")))
-        b_R = tl.dot(b_dy, tl.trans(b_x), input_precision=PREC)                     # [t, s] dy_t · x_s
-        b_GL = b_G * b_L
-        b_U = tl.dot(b_B, tl.trans(b_dS), input_precision=PREC)                     # [s, p] (dS B_s)_p
-        b_dx = tl.dot(tl.trans(b_GL * b_d[None, :]), b_dy, input_precision=PREC) + (b_d * b_e)[:, None] * b_U
+        b_GL = b_GL * b_L
+        b_R = _mm(b_dyh, tl.trans(b_x), DOT >= 1, HT, PREC)                          # [t, s] dy_t · x_s
+        b_Z = b_R * b_L * b_d[None, :]
+        b_dC += _mm(b_Z, b_B, DOT >= 2, HT, PREC)
+        o_part = ((i_b * T + rows64) * H * NPB + i_h * NPB + i_p)[:, None] * N + o_n[None, :]
+        tl.store(p_dCp + o_part, b_dC, mask=m_tn)
+        b_U = _mm(b_B, tl.trans(b_dS), DOT >= 2, HT, PREC)                          # [s, p] (dS B_s)_p
+        b_dx = _mm(tl.trans(b_GL * b_d[None, :]), b_dyh, DOT >= 2, HT, PREC) + b_de[:, None] * b_U
+        b_xf = b_x.to(tl.float32)
+        b_xu = tl.sum(b_xf * b_U, 1)                                                 # [s] x_s · (dS B_s)
         if HAS_D:
             b_dx += b_dy * b_D[None, :]
-            acc_dD += tl.sum(b_dy * b_x, 0)
+            acc_dD += tl.sum(b_dy * b_xf, 0)
         tl.store(p_dx + (i_b * T + rows64)[:, None] * H * P + i_h * P + o_p[None, :], b_dx.to(p_dx.dtype.element_ty),
                  mask=m_tp)
-        b_Z = b_R * b_L * b_d[None, :]
-        b_dC = tl.dot(b_Z, b_B, input_precision=PREC) + b_ec[:, None] * tl.dot(b_dy, b_S0, input_precision=PREC)
-        b_dB = (tl.dot(tl.trans(b_Z), b_C, input_precision=PREC)
-                + (b_d * b_e)[:, None] * tl.dot(b_x, b_dS, input_precision=PREC))
-        o_part = ((i_b * T + rows64) * H * NPB + i_h * NPB + i_p)[:, None] * N + o_n[None, :]
-        m_tn = m_t[:, None] & m_n[None, :]
+        b_dB = _mm(tl.trans(b_Z), b_C, DOT >= 2, HT, PREC) + b_de[:, None] * _mm(b_x, b_dS, DOT >= 2, HT, PREC)
         tl.store(p_dBp + o_part, b_dB, mask=m_tn)
-        tl.store(p_dCp + o_part, b_dC, mask=m_tn)
         # dΔ: direct terms, then the decay's da_j (every term whose exponent contains a_j)
         b_K = b_GL * b_R                                                            # [t, s]
-        b_xu = tl.sum(b_x * b_U, 1)                                                 # [s] x_s · (dS B_s)
         b_dd = tl.sum(b_K, 0) + b_e * b_xu
         b_K = b_K * b_d[None, :]
         b_Pcs = tl.cumsum(b_K, 1) - b_K                                             # [t, j] Σ_{s<j} K_ts
-        b_da = tl.sum(tl.where(causal, b_Pcs, 0.), 0)                               # Σ_{t≥j}
-        b_V = tl.dot(b_C, tl.trans(b_S0), input_precision=PREC)                     # [t, p] (S0 C_t)_p
-        b_eo = b_ec * tl.sum(b_dy * b_V, 1)                                         # [t]
-        b_da += tl.sum(tl.where(causal, b_eo[:, None], 0.), 0)                      # Σ_{t≥j} eo_t
-        b_vs = b_d * b_e * b_xu                                                     # [s]
-        b_da += tl.sum(tl.where(before, b_vs[:, None], 0.), 0)                      # Σ_{s<j} vs_s
-        b_da += tl.exp(b_cL) * tl.sum(tl.sum(b_S0 * b_dS, 1), 0)
+        b_da += tl.sum(tl.where(causal, b_Pcs, 0.), 0)                              # Σ_{t≥j}
+        b_da += tl.sum(tl.where(before, (b_de * b_xu)[:, None], 0.), 0)             # Σ_{s<j} Δ_s e_s x_s·U_s
         b_da = tl.where(m_t, b_da, 0.)
         acc_dA += b_d * b_da
         b_dd += b_A * b_da
@@ -311,7 +337,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
         b_dd = tl.where(m_t, b_dd, 0.)
         acc_db += b_dd
         tl.store(p_ddtp + ((i_b * T + rows64) * H + i_h) * NPB + i_p, b_dd, mask=m_t)
-        b_dS = tl.exp(b_cL) * b_dS + tl.dot(tl.trans(b_dy * b_ec[:, None]), b_C, input_precision=PREC)
+        b_dS = tl.exp(b_cL) * b_dS + _mm(tl.trans(b_dy * b_ec[:, None]), b_C, DOT >= 2, HT, PREC)
     if HAS_H0:
         tl.store(p_dh0 + i_bh.to(tl.int64) * P * N + o_pn, b_dS, mask=m_pn)
     tl.store(p_par + prog * 2, tl.sum(acc_dA, 0))
@@ -411,7 +437,7 @@ def _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: bool, ret
         T, H, P, N, H // G, *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
         BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
-        STORE_HT=bool(return_final_states), PREC=_prec(x.dtype))
+        STORE_HT=bool(return_final_states), PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C))
     return y, hT
 
 
@@ -447,13 +473,15 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
     par = new_empty((b, H, NPB, 2), torch.float32, dev)
     dDp = new_empty((b, H, P), torch.float32, dev) if D is not None else None
     dhT = dhT.contiguous() if dhT is not None else None
+    if dy.dtype != x.dtype:   # (autograd gives y's dtype; the half dots take dy in x's)
+        dy = dy.to(x.dtype)
     _ssd_bwd_kernel[(NPB, b * H)](
         x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, dx, ddtp, dBp, dCp, par, dDp,
         dh0 if h0 is not None else None,
         T, H, P, N, H // G, NPB, NC, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
         BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
-        HAS_DHT=dhT is not None, PREC=_prec(x.dtype))
+        HAS_DHT=dhT is not None, PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C))
     BL = b * T
     BR = 4 if INTERPRET else max(1, min(64, 4096 // (_pow2(N) * max(1, H * NPB // 8))))
     BR = max(1, min(BR, _pow2(BL)))
