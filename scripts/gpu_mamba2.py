@@ -12,9 +12,9 @@ timings, launch counts, in one command; prints a short table last.
    ``triton.testing.do_bench``, eager and as a replayed CUDA graph of the same call; extra peak memory of one
    fwd+bwd (MiB beyond the inputs).
 3. launches: GPU kernels (and memsets/copies) per fwd+bwd, counted by torch.profiler, per implementation.
-4. a sweep of the lab kernel's tiles (``ssd.TUNING``: fwd_bt, bwd_bt, bp; one with tf32x3 dots) under the CUDA graph (MAMBA2_SWEEP=0
+4. a sweep of the lab kernel's knobs (``ssd.TUNING``: fwd_bt, bwd_bt, bp, dot, prec) under the CUDA graph (MAMBA2_SWEEP=0
    skips it), and the registers / spills / warps the autotuner picked for each lab kernel.
-Env: MAMBA2_SHAPES (indices, e.g. "0"), MAMBA2_CHECKS, MAMBA2_SWEEP, MAMBA2_BUDGET_S (500: no sweep variant starts
+Env: MAMBA2_SHAPES (indices, e.g. "0"), MAMBA2_CHECKS, MAMBA2_SWEEP, MAMBA2_BUDGET_S (480: no sweep variant starts
 later, counted from the script's start); MAMBA2_SMOKE=1 (no GPU needed) runs the flow on
 the CPU interpreter at a tiny shape with single timed calls and no graphs (checks the script, measures nothing).
 """
@@ -36,10 +36,10 @@ import torch  # noqa: E402
 SMOKE = os.environ.get("MAMBA2_SMOKE", "0") == "1"
 DEV = "cpu" if SMOKE else "cuda"
 SHAPES = [(64, 256, 8, 32, 1, 32, 64), (16, 1024, 16, 64, 1, 64, 256)]
-# each against the default (fwd_bt 64, bwd_bt 32, bp None, prec None: the main table's "triton" row)
-SWEEP = [dict(fwd_bt=128), dict(fwd_bt=32), dict(bwd_bt=16), dict(bwd_bt=64), dict(bp=32), dict(bp=16),
-         dict(prec="tf32x3")]
-BUDGET_S = float(os.environ.get("MAMBA2_BUDGET_S", "500"))   # the sweep stops starting variants after this
+# each against the default (fwd_bt None: 64 small / 32 large, bwd_bt 16, bp None, dot 1: the main table's row)
+SWEEP = [dict(fwd_bt=64), dict(fwd_bt=32), dict(fwd_bt=128), dict(bwd_bt=32), dict(bwd_bt=64), dict(bp=32),
+         dict(bp=16), dict(dot=2), dict(dot=0), dict(dot=0, prec="tf32x3")]
+BUDGET_S = float(os.environ.get("MAMBA2_BUDGET_S", "480"))   # the sweep stops starting variants after this
 T0 = time.monotonic()
 
 
@@ -188,14 +188,12 @@ def main() -> int:
                 print(f"!! {label} {name} failed:\n" + traceback.format_exc()[-3000:], flush=True)
                 rows.append((label, name, None, None, None, None, None, "-", "-"))
         del inp
-    # the tile sweep last, within the time budget (each new tile set compiles its kernels)
+    # the knob sweep last, variant by variant at every shape, within the time budget (a new knob value compiles)
     if os.environ.get("MAMBA2_SWEEP", "1") == "1" and "triton" in impls:
         old = dict(ssd.TUNING)
-        for i in idx:
-            shp = SHAPES[i]
-            label = "B{} T{} H{} P{} G{} N{} Q{}".format(*shp)
-            inp = _inputs(shp)
-            for v in SWEEP:
+        cases = [("B{} T{} H{} P{} G{} N{} Q{}".format(*SHAPES[i]), _inputs(SHAPES[i])) for i in idx]
+        for v in SWEEP:
+            for label, inp in cases:
                 if time.monotonic() - T0 > BUDGET_S:
                     sweep_rows.append((label, str(v) + " (skipped: time budget)", None, None))
                     continue
@@ -211,7 +209,7 @@ def main() -> int:
                     sweep_rows.append((label, str(v) + f" FAILED {type(e).__name__}: {str(e)[:200]}", None, None))
                 ssd.TUNING.clear()
                 ssd.TUNING.update(old)
-            del inp
+        del cases
     if not SMOKE:
         print("\n== lab kernels as compiled:\n" + "\n".join(_kernel_info()))
     f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731

@@ -54,8 +54,8 @@ input_precision "ieee" for fp32 inputs and "tf32" for fp16/bf16 inputs (``PRECIS
 the latter, e.g. "tf32x3"); outputs rounded once.
 Softplus as mamba-ssm: identity above 20; log1p evaluated without cancellation for very negative arguments.
 
-Tiles: BT rows (``TUNING["fwd_bt"]``, ``["bwd_bt"]``: the backward holds several [BT, BT] fp32 score tiles and
-takes the smaller), BP = the p-block (``TUNING["bp"]``: None = all of P up to 64; smaller blocks give more
+Tiles: BT rows (``TUNING["fwd_bt"]``, ``["bwd_bt"]``: the backward holds more live tiles and takes 16 rows; see
+TUNING's comment for the register counts), BP = the p-block (``TUNING["bp"]``: None = all of P up to 64; smaller blocks give more
 programs), BN = next pow2 ≥ N (every tile ≥ 16 for the dots). Under the interpreter BT = 16.
 
 torch.library: ``groundthink::mamba2_fwd`` / ``groundthink::mamba2_bwd`` with fake implementations and one
@@ -78,10 +78,16 @@ from reference.mamba2 import _check
 
 __all__ = ["mamba_chunk_scan_combined", "TUNING"]
 
-# fwd_bt / bwd_bt: rows per chunk of the forward / backward walk; bp: p-block (None: P up to 64); prec: the dots'
-# input_precision for fp16/bf16 inputs (None: PRECISION's; fp32 inputs always "ieee"); fwd_warps / bwd_warps: None =
-# autotuned over 4 and 8 warps (read at import)
-TUNING = {"fwd_bt": 64, "bwd_bt": 32, "bp": None, "prec": None, "dot": 1, "fwd_warps": None, "bwd_warps": None}
+# fwd_bt / bwd_bt: rows per chunk of the forward / backward walk (fwd None: 64 for states of ≤ 2048 elements, else
+# 32); bp: p-block (None: P up to 64); prec: the fp32 dots' input_precision for fp16/bf16 inputs (None: PRECISION's;
+# fp32 inputs always "ieee"); dot: DOT of the walk kernels for half inputs (0: every dot on fp32 operands, 1: the
+# dots of two input tiles in the input dtype — exact —, 2: every dot in the input dtype); fwd_warps / bwd_warps:
+# None = autotuned (read at import).
+# Offline sm_90 compile (Triton 3.9, bf16, DOT 1, ptxas registers / spill bytes): P = N = 64: forward BT 64 255/240
+# at 8 warps, BT 32 201/0; backward BT 32 255/728, BT 16 255/40 (8 warps); P = N = 32: forward BT 64 255/0,
+# backward BT 32 255/312, BT 16 255/32. Chained dots keep Triton's mma warps along the rows, so a [BT, 64] fp32 tile
+# costs ~32 registers a thread at any BT ≤ 16·warps: fewer live tiles, not more warps, is what spills less.
+TUNING = {"fwd_bt": None, "bwd_bt": 16, "bp": None, "prec": None, "dot": 1, "fwd_warps": None, "bwd_warps": None}
 PRECISION = {torch.float32: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
 
 
@@ -100,8 +106,10 @@ def _dot_mode_of(x, B, C) -> int:
 
 
 def _configs(warps, stages):
-    """4 and 8 warps (or ``warps``) at ``stages``: two configs keep the first call's autotuning short."""
-    return autotune_configs([triton.Config({}, num_warps=w, num_stages=stages) for w in ([warps] if warps else [4, 8])])
+    """(num_warps, num_stages) pairs (or ``warps`` at the first pair's stages): few configs keep the first call's
+    autotuning short."""
+    pairs = [(warps, stages[0][1])] if warps else stages
+    return autotune_configs([triton.Config({}, num_warps=w, num_stages=s) for w, s in pairs])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -151,7 +159,7 @@ def _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, HALF: tl.constexpr, T: tl.constex
     return tl.exp(b_cL) * b_S + _mm(tl.trans(b_x.to(tl.float32) * b_w[:, None]), b_B, HALF, T, PREC)
 
 
-@triton.autotune(configs=_configs(TUNING["fwd_warps"], 2), key=["BT", "BP", "BN", "HAS_H0", "STORE_HT"])
+@triton.autotune(configs=_configs(TUNING["fwd_warps"], [(4, 2), (8, 2)]), key=["BT", "BP", "BN", "HAS_H0", "STORE_HT"])
 @triton.jit
 def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
                     T, H, P, N, HG,
@@ -213,7 +221,7 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
         tl.store(p_hT + i_bh.to(tl.int64) * P * N + o_pn, b_S, mask=m_pn)
 
 
-@triton.autotune(configs=_configs(TUNING["bwd_warps"], 1), key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT"])
+@triton.autotune(configs=_configs(TUNING["bwd_warps"], [(8, 1), (4, 1), (8, 2)]), key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT"])
 @triton.jit
 def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_scr,
                     p_dx, p_ddtp, p_dBp, p_dCp, p_par, p_dDp, p_dh0,
@@ -274,7 +282,6 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     else:
         b_dS = tl.zeros([BP, BN], dtype=tl.float32)
     causal = o_t[:, None] >= o_t[None, :]             # [t, s] s ≤ t   (also [t, j]: t ≥ j)
-    before = o_t[:, None] < o_t[None, :]              # [s, j] s < j
     acc_dA = tl.zeros([BT], dtype=tl.float32)
     acc_db = tl.zeros([BT], dtype=tl.float32)
     acc_dD = tl.zeros([BP], dtype=tl.float32)
@@ -302,7 +309,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
         b_eo = b_ec * tl.sum(b_dy * b_V, 1)                                         # [t]
         b_dC = b_ec[:, None] * _mm(b_dyh, b_S0, DOT >= 2, HT, PREC)
         b_da = tl.zeros([BT], dtype=tl.float32) + tl.exp(b_cL) * tl.sum(tl.sum(b_S0 * b_dS, 1), 0)
-        b_da += tl.sum(tl.where(causal, b_eo[:, None], 0.), 0)                      # Σ_{t≥j} eo_t
+        b_da += tl.cumsum(b_eo, 0, reverse=True)                                    # Σ_{t≥j} eo_t
         b_GL = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC)                          # [t, s]
         b_L = tl.exp(tl.where(causal, b_c[:, None] - b_c[None, :], float("-inf")))
         b_GL = b_GL * b_L
@@ -328,7 +335,8 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
         b_K = b_K * b_d[None, :]
         b_Pcs = tl.cumsum(b_K, 1) - b_K                                             # [t, j] Σ_{s<j} K_ts
         b_da += tl.sum(tl.where(causal, b_Pcs, 0.), 0)                              # Σ_{t≥j}
-        b_da += tl.sum(tl.where(before, (b_de * b_xu)[:, None], 0.), 0)             # Σ_{s<j} Δ_s e_s x_s·U_s
+        b_vs = b_de * b_xu
+        b_da += tl.cumsum(b_vs, 0) - b_vs                                           # Σ_{s<j} Δ_s e_s x_s·U_s
         b_da = tl.where(m_t, b_da, 0.)
         acc_dA += b_d * b_da
         b_dd += b_A * b_da
@@ -412,9 +420,10 @@ def _ssd_reduce_kernel(p_dBp, p_dCp, p_ddtp, p_par, p_dDp, p_dB, p_dC, p_ddt, p_
 # ----------------------------------------------------------------------------------------------------------
 def _tiles(P: int, N: int, bwd: bool):
     """(BT, BP, BN): rows per chunk, the p-block, the padded state width (every tile ≥ 16 for tl.dot)."""
-    BT = 16 if INTERPRET else TUNING["bwd_bt" if bwd else "fwd_bt"]
     bp = TUNING["bp"] or min(_pow2(P), 64)
-    return BT, max(16, min(_pow2(bp), _pow2(P))), max(16, _pow2(N))
+    BP, BN = max(16, min(_pow2(bp), _pow2(P))), max(16, _pow2(N))
+    BT = TUNING["bwd_bt"] if bwd else (TUNING["fwd_bt"] or (64 if BP * BN <= 2048 else 32))
+    return (16 if INTERPRET else BT), BP, BN
 
 
 def _strides(t, n):
