@@ -12,11 +12,11 @@ timings, launch counts, in one command; prints a short table last.
    ``triton.testing.do_bench``, eager and as a replayed CUDA graph of the same call; extra peak memory of one
    fwd+bwd (MiB beyond the inputs).
 3. launches: GPU kernels (and memsets/copies) per fwd+bwd, counted by torch.profiler, per implementation.
-4. a sweep of the lab kernel's knobs (``ssd.TUNING``: fwd_bt, bwd_bt, bp, dot, prec) under the CUDA graph (MAMBA2_SWEEP=0
-   skips it), and the registers / spills / warps the autotuner picked for each lab kernel.
+4. a sweep of the lab kernel's knobs (``ssd.TUNING``: fwd_bt, bwd_bt, bp, dot, prec, ckpt, ws_bytes) under the CUDA
+   graph (MAMBA2_SWEEP=0 skips it), and the registers / spills / warps the autotuner picked for each lab kernel.
 Env: MAMBA2_SHAPES (indices, e.g. "0"), MAMBA2_CHECKS, MAMBA2_SWEEP, MAMBA2_BUDGET_S (480: no sweep variant starts
-later, counted from the script's start); MAMBA2_SMOKE=1 (no GPU needed) runs the flow on
-the CPU interpreter at a tiny shape with single timed calls and no graphs (checks the script, measures nothing).
+later, counted from the script's start); MAMBA2_SMOKE=1 (no GPU needed) runs the flow on the CPU interpreter at a
+tiny shape with single timed calls and no graphs (checks the script, measures nothing).
 """
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ SMOKE = os.environ.get("MAMBA2_SMOKE", "0") == "1"
 DEV = "cpu" if SMOKE else "cuda"
 SHAPES = [(64, 256, 8, 32, 1, 32, 64), (16, 1024, 16, 64, 1, 64, 256)]
 # each against the default (fwd_bt None: 64 small / 32 large, bwd_bt 16, bp None, dot 1: the main table's row)
-SWEEP = [dict(fwd_bt=64), dict(fwd_bt=32), dict(fwd_bt=128), dict(bwd_bt=32), dict(bwd_bt=64), dict(bp=32),
-         dict(bp=16), dict(dot=2), dict(dot=0), dict(dot=0, prec="tf32x3")]
+# (ws_bytes 1 TiB: every chunk-entry state kept, no re-walk; the default re-walks in groups at the large shape)
+SWEEP = [dict(fwd_bt=64), dict(fwd_bt=32), dict(bwd_bt=32), dict(bp=32), dict(ws_bytes=1 << 40), dict(dot=2),
+         dict(fwd_bt=128), dict(bwd_bt=64), dict(bp=16), dict(ckpt=4), dict(dot=0), dict(dot=0, prec="tf32x3")]
 BUDGET_S = float(os.environ.get("MAMBA2_BUDGET_S", "480"))   # the sweep stops starting variants after this
 T0 = time.monotonic()
 

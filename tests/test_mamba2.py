@@ -159,8 +159,10 @@ def _ref(**kw):
 CASES = {   # name: (inputs, TUNING overrides)
     "groups2_odd": (dict(), {}),
     "Dhp_no_state": (dict(D="hp", init=False, final=False, bias=False, softplus=False, l=21), {}),
-    "strong_decay": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {}),       # A to −16, Δ ~ softplus(N(0, 1))
-    "pblocks_N17": (dict(h=4, g=1, p=20, n=17, l=33, b=2), {"bp": 16}),    # two p-blocks: partial sums
+    "strong_decay": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {"ckpt": 2}),   # A to −16, Δ ~ softplus(N(0, 1));
+    #                                                                        4 chunks: 2 checkpoint groups
+    "pblocks_N17": (dict(h=4, g=1, p=20, n=17, l=33, b=2), {"bp": 16, "ckpt": 2}),   # two p-blocks: partial sums;
+    #                                                                        3 chunks: groups of 2 and 1
     "T1": (dict(l=1), {}),
 }
 

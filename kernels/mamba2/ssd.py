@@ -55,8 +55,8 @@ the latter, e.g. "tf32x3"); outputs rounded once.
 Softplus as mamba-ssm: identity above 20; log1p evaluated without cancellation for very negative arguments.
 
 Tiles: BT rows (``TUNING["fwd_bt"]``, ``["bwd_bt"]``: the backward holds more live tiles and takes 16 rows; see
-TUNING's comment for the register counts), BP = the p-block (``TUNING["bp"]``: None = all of P up to 64; smaller blocks give more
-programs), BN = next pow2 ≥ N (every tile ≥ 16 for the dots). Under the interpreter BT = 16.
+TUNING's comment for the register counts), BP = the p-block (``TUNING["bp"]``: None = all of P up to 64; smaller
+blocks give more programs), BN = next pow2 ≥ N (every tile ≥ 16 for the dots). Under the interpreter BT = 16.
 
 torch.library: ``groundthink::mamba2_fwd`` / ``groundthink::mamba2_bwd`` with fake implementations and one
 autograd formula (torch.compile); eager calls run the same implementations through ``kernels._eager.EagerOp``.
@@ -81,13 +81,17 @@ __all__ = ["mamba_chunk_scan_combined", "TUNING"]
 # fwd_bt / bwd_bt: rows per chunk of the forward / backward walk (fwd None: 64 for states of ≤ 2048 elements, else
 # 32); bp: p-block (None: P up to 64); prec: the fp32 dots' input_precision for fp16/bf16 inputs (None: PRECISION's;
 # fp32 inputs always "ieee"); dot: DOT of the walk kernels for half inputs (0: every dot on fp32 operands, 1: the
-# dots of two input tiles in the input dtype — exact —, 2: every dot in the input dtype); fwd_warps / bwd_warps:
+# dots of two input tiles in the input dtype — exact —, 2: every dot in the input dtype); ckpt: chunks per
+# checkpoint of the backward's state re-walk (None: all of them — one group, each state computed once — while the
+# workspace of every chunk-entry state fits ws_bytes, else ≈ √chunks: NCK + CK states a program, each state
+# computed twice); fwd_warps / bwd_warps:
 # None = autotuned (read at import).
 # Offline sm_90 compile (Triton 3.9, bf16, DOT 1, ptxas registers / spill bytes): P = N = 64: forward BT 64 255/240
 # at 8 warps, BT 32 201/0; backward BT 32 255/728, BT 16 255/40 (8 warps); P = N = 32: forward BT 64 255/0,
 # backward BT 32 255/312, BT 16 255/32. Chained dots keep Triton's mma warps along the rows, so a [BT, 64] fp32 tile
 # costs ~32 registers a thread at any BT ≤ 16·warps: fewer live tiles, not more warps, is what spills less.
-TUNING = {"fwd_bt": None, "bwd_bt": 16, "bp": None, "prec": None, "dot": 1, "fwd_warps": None, "bwd_warps": None}
+TUNING = {"fwd_bt": None, "bwd_bt": 16, "bp": None, "prec": None, "dot": 1, "ckpt": None, "ws_bytes": 128 << 20,
+          "fwd_warps": None, "bwd_warps": None}
 PRECISION = {torch.float32: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
 
 
@@ -159,6 +163,20 @@ def _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, HALF: tl.constexpr, T: tl.constex
     return tl.exp(b_cL) * b_S + _mm(tl.trans(b_x.to(tl.float32) * b_w[:, None]), b_B, HALF, T, PREC)
 
 
+@triton.jit
+def _chunk_state(b_S, ic, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t, sb_t, sb_n,
+                 BT: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HALF: tl.constexpr,
+                 T_: tl.constexpr, PREC: tl.constexpr):
+    """The state after chunk ``ic`` from the state entering it (the backward's forward re-walk; x, B only)."""
+    rows = ic * BT + o_t
+    m_t = rows < T
+    b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
+    b_a = b_d * b_A
+    b_x = tl.load(p_x + rows[:, None] * sx_t + o_p[None, :] * sx_p, mask=m_t[:, None] & m_p[None, :], other=0.)
+    b_B = tl.load(p_B + rows[:, None] * sb_t + o_n[None, :] * sb_n, mask=m_t[:, None] & m_n[None, :], other=0.)
+    return _state_step(b_S, b_x, b_B, b_d, tl.cumsum(b_a, 0), tl.sum(b_a, 0), HALF, T_, PREC)
+
+
 @triton.autotune(configs=_configs(TUNING["fwd_warps"], [(4, 2), (8, 2)]), key=["BT", "BP", "BN", "HAS_H0", "STORE_HT"])
 @triton.jit
 def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
@@ -221,18 +239,20 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
         tl.store(p_hT + i_bh.to(tl.int64) * P * N + o_pn, b_S, mask=m_pn)
 
 
-@triton.autotune(configs=_configs(TUNING["bwd_warps"], [(8, 1), (4, 1), (8, 2)]), key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT"])
+@triton.autotune(configs=_configs(TUNING["bwd_warps"], [(8, 1), (4, 1), (8, 2)]),
+                 key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT"])
 @triton.jit
 def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_scr,
                     p_dx, p_ddtp, p_dBp, p_dCp, p_par, p_dDp, p_dh0,
-                    T, H, P, N, HG, NPB, NC,
+                    T, H, P, N, HG, NPB, NC, CK, NCK,
                     sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
                     sy_b, sy_t, sy_h, sy_p,
                     BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
                     D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
                     HAS_DHT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
     # inputs as in _ssd_fwd_kernel; p_dy [b, T, H, P] (strides sy_*), p_dhT [b, H, P, N] contiguous (None unless
-    # HAS_DHT); p_scr [b·H·NPB, NC, BP, BN] fp32 workspace (the chunk-entry states; NC = cdiv(T, BT));
+    # HAS_DHT); p_scr [b·H·NPB, NCK + CK, BP, BN] fp32 workspace: NCK checkpoints (the state entering chunk
+    # g·CK), then the CK chunk-entry states of the group being walked (NC = cdiv(T, BT) chunks, NCK = cdiv(NC, CK));
     # outputs: p_dx [b, T, H, P] contiguous (x's dtype); fp32 partials p_ddtp [b, T, H, NPB], p_dBp, p_dCp
     # [b, T, H·NPB, N], p_par [b·H·NPB, 2] (dA, ddt_bias of this program), p_dDp [b, H, P] (None unless HAS_D);
     # p_dh0 [b, H, P, N] fp32 (None unless HAS_H0). Grid (NPB, b·H), NPB = cdiv(P, BP).
@@ -253,30 +273,26 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     o_pn = o_p[:, None] * N + o_n[None, :]
     m_pn = m_p[:, None] & m_n[None, :]
     o_sc = tl.arange(0, BP)[:, None] * BN + o_n[None, :]        # a [BP, BN] tile of the workspace
-    p_scr += prog * NC * BP * BN
+    p_scr += prog * (NCK + CK) * BP * BN
+    p_grp = p_scr + NCK * BP * BN
     b_A = tl.load(p_A + i_h).to(tl.float32)
     if HAS_D:
         if D_PER_P:
             b_D = tl.load(p_D + i_h * P + o_p, mask=m_p, other=0.).to(tl.float32)
         else:
             b_D = tl.load(p_D + i_h).to(tl.float32) + tl.zeros([BP], dtype=tl.float32)
-    # ---- pass 1: the chunk-entry states, forward
+    # ---- pass 1: the checkpoints, forward (none but the initial state when NCK = 1)
     if HAS_H0:
         b_S = tl.load(p_h0 + i_bh.to(tl.int64) * P * N + o_pn, mask=m_pn, other=0.).to(tl.float32)
     else:
         b_S = tl.zeros([BP, BN], dtype=tl.float32)
-    for ic in range(0, NC - 1):
-        tl.store(p_scr + ic * BP * BN + o_sc, b_S)
-        rows = ic * BT + o_t
-        m_t = rows < T
-        b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
-        b_a = b_d * b_A
-        b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
-                                  sc_n)
-        b_S = _state_step(b_S, b_x, b_B, b_d, tl.cumsum(b_a, 0), tl.sum(b_a, 0), DOT >= 2, HT, PREC)
-    tl.store(p_scr + (NC - 1) * BP * BN + o_sc, b_S)
-    tl.debug_barrier()
-    # ---- pass 2: reverse, carrying dS = ∂L/∂S at the chunk end
+    tl.store(p_scr + o_sc, b_S)
+    for ic in range(0, (NCK - 1) * CK):
+        b_S = _chunk_state(b_S, ic, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t,
+                           sb_t, sb_n, BT, HAS_BIAS, SOFTPLUS, DOT >= 2, HT, PREC)
+        if (ic + 1) % CK == 0:
+            tl.store(p_scr + ((ic + 1) // CK) * BP * BN + o_sc, b_S)
+    # ---- pass 2: groups of CK chunks in reverse, carrying dS = ∂L/∂S at the chunk end
     if HAS_DHT:
         b_dS = tl.load(p_dhT + i_bh.to(tl.int64) * P * N + o_pn, mask=m_pn, other=0.).to(tl.float32)
     else:
@@ -285,67 +301,79 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     acc_dA = tl.zeros([BT], dtype=tl.float32)
     acc_db = tl.zeros([BT], dtype=tl.float32)
     acc_dD = tl.zeros([BP], dtype=tl.float32)
-    for k in range(0, NC):
-        ic = NC - 1 - k
-        rows = ic * BT + o_t
-        m_t = rows < T
-        rows64 = rows.to(tl.int64)
-        b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
-        b_a = b_d * b_A
-        b_c = tl.cumsum(b_a, 0)
-        b_cL = tl.sum(b_a, 0)
-        m_tp = m_t[:, None] & m_p[None, :]
-        m_tn = m_t[:, None] & m_n[None, :]
-        b_ec = tl.exp(b_c)
-        b_e = tl.exp(b_cL - b_c)                                                     # e_s = exp(c_L − c_s) ≤ 1
-        b_de = b_d * b_e
-        # (ordered for short live ranges: S0's uses first, then B's, then the [t, s] tiles')
-        b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
-                                  sc_n)
-        b_dyh = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_tp, other=0.)
-        b_dy = b_dyh.to(tl.float32)
-        b_S0 = tl.load(p_scr + ic * BP * BN + o_sc)
-        b_V = _mm(b_C, tl.trans(b_S0), DOT >= 2, HT, PREC)                          # [t, p] (S0 C_t)_p
-        b_eo = b_ec * tl.sum(b_dy * b_V, 1)                                         # [t]
-        b_dC = b_ec[:, None] * _mm(b_dyh, b_S0, DOT >= 2, HT, PREC)
-        b_da = tl.zeros([BT], dtype=tl.float32) + tl.exp(b_cL) * tl.sum(tl.sum(b_S0 * b_dS, 1), 0)
-        b_da += tl.cumsum(b_eo, 0, reverse=True)                                    # Σ_{t≥j} eo_t
-        b_GL = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC)                          # [t, s]
-        b_L = tl.exp(tl.where(causal, b_c[:, None] - b_c[None, :], float("-inf")))
-        b_GL = b_GL * b_L
-        b_R = _mm(b_dyh, tl.trans(b_x), DOT >= 1, HT, PREC)                          # [t, s] dy_t · x_s
-        b_Z = b_R * b_L * b_d[None, :]
-        b_dC += _mm(b_Z, b_B, DOT >= 2, HT, PREC)
-        o_part = ((i_b * T + rows64) * H * NPB + i_h * NPB + i_p)[:, None] * N + o_n[None, :]
-        tl.store(p_dCp + o_part, b_dC, mask=m_tn)
-        b_U = _mm(b_B, tl.trans(b_dS), DOT >= 2, HT, PREC)                          # [s, p] (dS B_s)_p
-        b_dx = _mm(tl.trans(b_GL * b_d[None, :]), b_dyh, DOT >= 2, HT, PREC) + b_de[:, None] * b_U
-        b_xf = b_x.to(tl.float32)
-        b_xu = tl.sum(b_xf * b_U, 1)                                                 # [s] x_s · (dS B_s)
-        if HAS_D:
-            b_dx += b_dy * b_D[None, :]
-            acc_dD += tl.sum(b_dy * b_xf, 0)
-        tl.store(p_dx + (i_b * T + rows64)[:, None] * H * P + i_h * P + o_p[None, :], b_dx.to(p_dx.dtype.element_ty),
-                 mask=m_tp)
-        b_dB = _mm(tl.trans(b_Z), b_C, DOT >= 2, HT, PREC) + b_de[:, None] * _mm(b_x, b_dS, DOT >= 2, HT, PREC)
-        tl.store(p_dBp + o_part, b_dB, mask=m_tn)
-        # dΔ: direct terms, then the decay's da_j (every term whose exponent contains a_j)
-        b_K = b_GL * b_R                                                            # [t, s]
-        b_dd = tl.sum(b_K, 0) + b_e * b_xu
-        b_K = b_K * b_d[None, :]
-        b_Pcs = tl.cumsum(b_K, 1) - b_K                                             # [t, j] Σ_{s<j} K_ts
-        b_da += tl.sum(tl.where(causal, b_Pcs, 0.), 0)                              # Σ_{t≥j}
-        b_vs = b_de * b_xu
-        b_da += tl.cumsum(b_vs, 0) - b_vs                                           # Σ_{s<j} Δ_s e_s x_s·U_s
-        b_da = tl.where(m_t, b_da, 0.)
-        acc_dA += b_d * b_da
-        b_dd += b_A * b_da
-        if SOFTPLUS:
-            b_dd = tl.where(b_v <= 20., b_dd / (1. + tl.exp(-b_v)), b_dd)
-        b_dd = tl.where(m_t, b_dd, 0.)
-        acc_db += b_dd
-        tl.store(p_ddtp + ((i_b * T + rows64) * H + i_h) * NPB + i_p, b_dd, mask=m_t)
-        b_dS = tl.exp(b_cL) * b_dS + _mm(tl.trans(b_dy * b_ec[:, None]), b_C, DOT >= 2, HT, PREC)
+    for kg in range(0, NCK):
+        c0 = (NCK - 1 - kg) * CK
+        n_c = tl.minimum(CK, NC - c0)
+        tl.debug_barrier()                            # the checkpoints stored, the previous group's states read
+        b_S = tl.load(p_scr + (NCK - 1 - kg) * BP * BN + o_sc)
+        for j in range(0, n_c - 1):                   # the group's chunk-entry states, forward from its checkpoint
+            tl.store(p_grp + j * BP * BN + o_sc, b_S)
+            b_S = _chunk_state(b_S, c0 + j, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, m_n, T, sx_t,
+                               sx_p, sdt_t, sb_t, sb_n, BT, HAS_BIAS, SOFTPLUS, DOT >= 2, HT, PREC)
+        tl.store(p_grp + (n_c - 1) * BP * BN + o_sc, b_S)
+        tl.debug_barrier()
+        for k in range(0, n_c):
+            j = n_c - 1 - k
+            ic = c0 + j
+            rows = ic * BT + o_t
+            m_t = rows < T
+            rows64 = rows.to(tl.int64)
+            b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
+            b_a = b_d * b_A
+            b_c = tl.cumsum(b_a, 0)
+            b_cL = tl.sum(b_a, 0)
+            m_tp = m_t[:, None] & m_p[None, :]
+            m_tn = m_t[:, None] & m_n[None, :]
+            b_ec = tl.exp(b_c)
+            b_e = tl.exp(b_cL - b_c)                                                     # e_s = exp(c_L − c_s) ≤ 1
+            b_de = b_d * b_e
+            # (ordered for short live ranges: S0's uses first, then B's, then the [t, s] tiles')
+            b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
+                                      sc_n)
+            b_dyh = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_tp, other=0.)
+            b_dy = b_dyh.to(tl.float32)
+            b_S0 = tl.load(p_grp + j * BP * BN + o_sc)
+            b_V = _mm(b_C, tl.trans(b_S0), DOT >= 2, HT, PREC)                          # [t, p] (S0 C_t)_p
+            b_eo = b_ec * tl.sum(b_dy * b_V, 1)                                         # [t]
+            b_dC = b_ec[:, None] * _mm(b_dyh, b_S0, DOT >= 2, HT, PREC)
+            b_da = tl.zeros([BT], dtype=tl.float32) + tl.exp(b_cL) * tl.sum(tl.sum(b_S0 * b_dS, 1), 0)
+            b_da += tl.cumsum(b_eo, 0, reverse=True)                                    # Σ_{t≥j} eo_t
+            b_GL = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC)                          # [t, s]
+            b_L = tl.exp(tl.where(causal, b_c[:, None] - b_c[None, :], float("-inf")))
+            b_GL = b_GL * b_L
+            b_R = _mm(b_dyh, tl.trans(b_x), DOT >= 1, HT, PREC)                          # [t, s] dy_t · x_s
+            b_Z = b_R * b_L * b_d[None, :]
+            b_dC += _mm(b_Z, b_B, DOT >= 2, HT, PREC)
+            o_part = ((i_b * T + rows64) * H * NPB + i_h * NPB + i_p)[:, None] * N + o_n[None, :]
+            tl.store(p_dCp + o_part, b_dC, mask=m_tn)
+            b_U = _mm(b_B, tl.trans(b_dS), DOT >= 2, HT, PREC)                          # [s, p] (dS B_s)_p
+            b_dx = _mm(tl.trans(b_GL * b_d[None, :]), b_dyh, DOT >= 2, HT, PREC) + b_de[:, None] * b_U
+            b_xf = b_x.to(tl.float32)
+            b_xu = tl.sum(b_xf * b_U, 1)                                                 # [s] x_s · (dS B_s)
+            if HAS_D:
+                b_dx += b_dy * b_D[None, :]
+                acc_dD += tl.sum(b_dy * b_xf, 0)
+            tl.store(p_dx + (i_b * T + rows64)[:, None] * H * P + i_h * P + o_p[None, :],
+                     b_dx.to(p_dx.dtype.element_ty), mask=m_tp)
+            b_dB = _mm(tl.trans(b_Z), b_C, DOT >= 2, HT, PREC) + b_de[:, None] * _mm(b_x, b_dS, DOT >= 2, HT, PREC)
+            tl.store(p_dBp + o_part, b_dB, mask=m_tn)
+            # dΔ: direct terms, then the decay's da_j (every term whose exponent contains a_j)
+            b_K = b_GL * b_R                                                            # [t, s]
+            b_dd = tl.sum(b_K, 0) + b_e * b_xu
+            b_K = b_K * b_d[None, :]
+            b_Pcs = tl.cumsum(b_K, 1) - b_K                                             # [t, j] Σ_{s<j} K_ts
+            b_da += tl.sum(tl.where(causal, b_Pcs, 0.), 0)                              # Σ_{t≥j}
+            b_vs = b_de * b_xu
+            b_da += tl.cumsum(b_vs, 0) - b_vs                                           # Σ_{s<j} Δ_s e_s x_s·U_s
+            b_da = tl.where(m_t, b_da, 0.)
+            acc_dA += b_d * b_da
+            b_dd += b_A * b_da
+            if SOFTPLUS:
+                b_dd = tl.where(b_v <= 20., b_dd / (1. + tl.exp(-b_v)), b_dd)
+            b_dd = tl.where(m_t, b_dd, 0.)
+            acc_db += b_dd
+            tl.store(p_ddtp + ((i_b * T + rows64) * H + i_h) * NPB + i_p, b_dd, mask=m_t)
+            b_dS = tl.exp(b_cL) * b_dS + _mm(tl.trans(b_dy * b_ec[:, None]), b_C, DOT >= 2, HT, PREC)
     if HAS_H0:
         tl.store(p_dh0 + i_bh.to(tl.int64) * P * N + o_pn, b_dS, mask=m_pn)
     tl.store(p_par + prog * 2, tl.sum(acc_dA, 0))
@@ -458,6 +486,10 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
     empty = x.new_empty((0,), dtype=torch.float32)
     BT, BP, BN = _tiles(P, N, bwd=True)
     NPB, NC = _cdiv(P, BP), max(1, _cdiv(T, BT))
+    CK = TUNING["ckpt"] or (NC if b * H * NPB * (NC + 1) * BP * BN * 4 <= TUNING["ws_bytes"]
+                            else max(1, round(math.sqrt(NC))))
+    CK = min(CK, NC)
+    NCK = _cdiv(NC, CK)
     dx = new_empty(x.shape, x.dtype, dev)
     ddt = new_empty(dt.shape, dt.dtype, dev)
     dA = new_empty(A.shape, A.dtype, dev)
@@ -475,7 +507,7 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
         if h0 is not None:
             dh0.copy_(dhT if dhT is not None else torch.zeros_like(dh0))
         return dx, ddt, dA, dB, dC, dD, dbias, dh0
-    scr = new_empty((b * H * NPB, NC, BP, BN), torch.float32, dev)
+    scr = new_empty((b * H * NPB, NCK + CK, BP, BN), torch.float32, dev)
     ddtp = new_empty((b, T, H, NPB), torch.float32, dev)
     dBp = new_empty((b, T, H * NPB, N), torch.float32, dev)
     dCp = new_empty((b, T, H * NPB, N), torch.float32, dev)
@@ -487,7 +519,7 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
     _ssd_bwd_kernel[(NPB, b * H)](
         x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, dx, ddtp, dBp, dCp, par, dDp,
         dh0 if h0 is not None else None,
-        T, H, P, N, H // G, NPB, NC, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
+        T, H, P, N, H // G, NPB, NC, CK, NCK, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
         BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
         HAS_DHT=dhT is not None, PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C))
