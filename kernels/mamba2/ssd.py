@@ -29,9 +29,11 @@ Forward (``_ssd_fwd_kernel``): one program per (p-block, batch·head) walks its 
 state. One launch.
 
 Backward (``_ssd_bwd_kernel`` + ``_ssd_reduce_kernel``): nothing is saved by the forward but its inputs. Each
-program first re-walks its sequence forward storing the chunk-entry states S0 (fp32, a transient workspace of
-B·H·P·N·4 bytes per chunk, freed after the backward), then walks in reverse carrying dS = ∂L/∂S at the chunk end
-(dS_final, or 0, at the end). With R = dy xᵀ (the p-block's share), Z = R ⊙ L ⊙ Δ_s, U = B dSᵀ, V = C S0ᵀ:
+program walks its chunks in reverse carrying dS = ∂L/∂S at the chunk end (dS_final, or 0, at the end), in groups
+of CK chunks: a group's chunk-entry states S0 are re-walked forward from a checkpoint into a transient fp32
+workspace first. One group (CK = all chunks: each state computed once, b·H·P·N·4 bytes a chunk) while that fits
+``TUNING["ws_bytes"]``; else checkpoints every CK ≈ √chunks chunks, stored by a first forward pass (each state
+computed twice, NCK + CK states a program). With R = dy xᵀ (the p-block's share), Z = R ⊙ L ⊙ Δ_s, U = B dSᵀ, V = C S0ᵀ:
 
     dx  = ((C Bᵀ ⊙ L) ⊙ Δ_s)ᵀ dy + (Δ e) ⊙ U + D dy                    e_s = exp(c_L − c_s)
     dC  = Z B + exp(c) ⊙ (dy S0)              dB = Zᵀ C + (Δ e) ⊙ (x dS)
@@ -49,9 +51,10 @@ p-blocks, dA, ddt_bias, dD over batch (and time, summed inside each program): th
 (dB, dC ``[b·l, h·NPB, n]``, ddt ``[b·l, h, NPB]``, per-program scalars, dD ``[b, h, p]``), the reduction kernel
 sums them in a fixed order and stores every gradient in its input's dtype. Two launches backward.
 
-Numerics: loads upcast to fp32; cumsums, states, every accumulation fp32; ``tl.dot`` on fp32 operands with
-input_precision "ieee" for fp32 inputs and "tf32" for fp16/bf16 inputs (``PRECISION``; ``TUNING["prec"]`` overrides
-the latter, e.g. "tf32x3"); outputs rounded once.
+Numerics: elementwise math on fp32 upcasts; cumsums, states, every accumulation fp32; ``tl.dot`` with fp32
+accumulation: fp32 inputs on fp32 operands at input_precision "ieee"; fp16/bf16 inputs (``TUNING["dot"]`` 1) the
+two dots of input tiles (C Bᵀ, dy xᵀ) on the inputs themselves (exact products), the others on fp32 operands at
+"tf32" (``PRECISION``; ``TUNING["prec"]`` overrides, e.g. "tf32x3"); outputs rounded once.
 Softplus as mamba-ssm: identity above 20; log1p evaluated without cancellation for very negative arguments.
 
 Tiles: BT rows (``TUNING["fwd_bt"]``, ``["bwd_bt"]``: the backward holds more live tiles and takes 16 rows; see
@@ -84,11 +87,10 @@ __all__ = ["mamba_chunk_scan_combined", "TUNING"]
 # dots of two input tiles in the input dtype — exact —, 2: every dot in the input dtype); ckpt: chunks per
 # checkpoint of the backward's state re-walk (None: all of them — one group, each state computed once — while the
 # workspace of every chunk-entry state fits ws_bytes, else ≈ √chunks: NCK + CK states a program, each state
-# computed twice); fwd_warps / bwd_warps:
-# None = autotuned (read at import).
+# computed twice); fwd_warps / bwd_warps: None = autotuned (read at import).
 # Offline sm_90 compile (Triton 3.9, bf16, DOT 1, ptxas registers / spill bytes): P = N = 64: forward BT 64 255/240
-# at 8 warps, BT 32 201/0; backward BT 32 255/728, BT 16 255/40 (8 warps); P = N = 32: forward BT 64 255/0,
-# backward BT 32 255/312, BT 16 255/32. Chained dots keep Triton's mma warps along the rows, so a [BT, 64] fp32 tile
+# at 8 warps, BT 32 201/0; backward BT 16 255/56 (8 warps, 2 stages; 208 at 1 stage), BT 32 255/928; P = N = 32:
+# forward BT 64 255/0; backward BT 16 255/48 (120), BT 32 255/504. Chained dots keep Triton's mma warps along the rows, so a [BT, 64] fp32 tile
 # costs ~32 registers a thread at any BT ≤ 16·warps: fewer live tiles, not more warps, is what spills less.
 TUNING = {"fwd_bt": None, "bwd_bt": 16, "bp": None, "prec": None, "dot": 1, "ckpt": None, "ws_bytes": 128 << 20,
           "fwd_warps": None, "bwd_warps": None}
