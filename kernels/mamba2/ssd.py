@@ -190,13 +190,13 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
     # p_x [b, T, H, P] (strides sx_*), p_dt [b, T, H] (sdt_*), p_B, p_C [b, T, G, N] (sb_*, sc_*), G = H / HG;
     # p_A [H] fp32, p_D [H] or [H, P] (D_PER_P; None unless HAS_D), p_bias [H] (None unless HAS_BIAS),
     # p_h0 [b, H, P, N] contiguous (None unless HAS_H0); p_y [b, T, H, P] contiguous; p_hT [b, H, P, N] fp32
-    # (written when STORE_HT). Grid (cdiv(P, BP), b·H): program (i_p, i_bh) walks rows 0..T of one head for
+    # (written when STORE_HT). Grid (b·H, cdiv(P, BP)): program (i_bh, i_p) walks rows 0..T of one head for
     # columns [i_p·BP, i_p·BP + BP) of P; BT rows per chunk, BN = next pow2 ≥ N. DOT: 0 every dot on fp32
     # operands at PREC, 1 the dots of two input tiles (C Bᵀ, dy xᵀ) in x's dtype, 2 every dot in x's dtype.
-    i_p, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh, i_p = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     i_g = i_h // HG
-    HT: tl.constexpr = p_x.dtype.element_ty
+    HT = p_x.dtype.element_ty                        # the half dtype of the DOT ≥ 1 dots
     o_t = tl.arange(0, BT)
     o_p = i_p * BP + tl.arange(0, BP)
     o_n = tl.arange(0, BN)
@@ -257,11 +257,11 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     # g·CK), then the CK chunk-entry states of the group being walked (NC = cdiv(T, BT) chunks, NCK = cdiv(NC, CK));
     # outputs: p_dx [b, T, H, P] contiguous (x's dtype); fp32 partials p_ddtp [b, T, H, NPB], p_dBp, p_dCp
     # [b, T, H·NPB, N], p_par [b·H·NPB, 2] (dA, ddt_bias of this program), p_dDp [b, H, P] (None unless HAS_D);
-    # p_dh0 [b, H, P, N] fp32 (None unless HAS_H0). Grid (NPB, b·H), NPB = cdiv(P, BP).
-    i_p, i_bh = tl.program_id(0), tl.program_id(1)
+    # p_dh0 [b, H, P, N] fp32 (None unless HAS_H0). Grid (b·H, NPB), NPB = cdiv(P, BP).
+    i_bh, i_p = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     i_g = i_h // HG
-    HT: tl.constexpr = p_x.dtype.element_ty
+    HT = p_x.dtype.element_ty                        # the half dtype of the DOT ≥ 1 dots
     prog = i_bh.to(tl.int64) * NPB + i_p
     o_t = tl.arange(0, BT)
     o_p = i_p * BP + tl.arange(0, BP)
@@ -470,7 +470,7 @@ def _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: bool, ret
         return y, hT
     BT, BP, BN = _tiles(P, N, bwd=False)
     h0 = initial_states.contiguous() if initial_states is not None else None
-    grid = (_cdiv(P, BP), b * H)
+    grid = (b * H, _cdiv(P, BP))
     _ssd_fwd_kernel[grid](
         x, dt, A, B, C, D, dt_bias, h0, y, hT if return_final_states else None,
         T, H, P, N, H // G, *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
@@ -518,7 +518,7 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
     dhT = dhT.contiguous() if dhT is not None else None
     if dy.dtype != x.dtype:   # (autograd gives y's dtype; the half dots take dy in x's)
         dy = dy.to(x.dtype)
-    _ssd_bwd_kernel[(NPB, b * H)](
+    _ssd_bwd_kernel[(b * H, NPB)](
         x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, dx, ddtp, dBp, dCp, par, dDp,
         dh0 if h0 is not None else None,
         T, H, P, N, H // G, NPB, NC, CK, NCK, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
