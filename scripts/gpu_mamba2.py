@@ -14,6 +14,9 @@ timings, launch counts, in one command; prints a short table last.
 3. launches: GPU kernels (and memsets/copies) per fwd+bwd, counted by torch.profiler, per implementation.
 4. a sweep of the lab kernel's knobs (``ssd.TUNING``: fwd_bt, bwd_bt, bp, dot, prec, ckpt, ws_bytes) under the CUDA
    graph (MAMBA2_SWEEP=0 skips it), and the registers / spills / warps the autotuner picked for each lab kernel.
+``--compile`` (no GPU needed): compiles the lab kernels for sm_90 with this machine's Triton at both model shapes
+(default tiles, every autotune config; MAMBA2_COMPILE_QUICK=1: the small shape's first configs), printing
+registers and spill bytes (cuobjdump); exit 1 on a compile failure (tests/test_mamba2.py runs the quick one).
 Env: MAMBA2_SHAPES (indices, e.g. "0"), MAMBA2_CHECKS, MAMBA2_SWEEP, MAMBA2_BUDGET_S (480: no sweep variant starts
 later, counted from the script's start); MAMBA2_SMOKE=1 (no GPU needed) runs the flow on the CPU interpreter at a
 tiny shape with single timed calls and no graphs (checks the script, measures nothing).
@@ -31,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 import time  # noqa: E402
 
+if sys.argv[1:2] == ["--compile"]:    # real JIT functions, not the interpreter
+    os.environ["TRITON_INTERPRET"] = "0"
 import torch  # noqa: E402
 
 SMOKE = os.environ.get("MAMBA2_SMOKE", "0") == "1"
@@ -153,7 +158,63 @@ def _kernel_info():
     return out
 
 
+def compile_report() -> int:
+    """sm_90 compile of the lab kernels (see the module docstring); 1 on a failure."""
+    import re
+    import tempfile
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+    from kernels.mamba2 import ssd
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    half = {"p_x", "p_dt", "p_B", "p_C", "p_y", "p_dy", "p_dx", "p_ddt", "p_dB", "p_dC"}
+    quick = os.environ.get("MAMBA2_COMPILE_QUICK") == "1"
+    flags = dict(HAS_D=True, D_PER_P=False, HAS_BIAS=True, SOFTPLUS=True, PREC="tf32", DOT=ssd.TUNING["dot"])
+    cases = []
+    for (B, T, H, P, G, N, Q) in SHAPES[:1] if quick else SHAPES:
+        BTF, BP, BN = ssd._tiles(P, N, bwd=False)
+        BTB = ssd._tiles(P, N, bwd=True)[0]
+        fwd_cfgs = [(4, 2), (8, 2)]
+        bwd_cfgs = [(8, 1), (4, 1), (8, 2)]
+        cases += [(ssd._ssd_fwd_kernel, dict(flags, BT=BTF, BP=BP, BN=BN, HAS_H0=False, STORE_HT=False, p_h0=None,
+                                             p_hT=None), fwd_cfgs[:1] if quick else fwd_cfgs),
+                  (ssd._ssd_bwd_kernel, dict(flags, BT=BTB, BP=BP, BN=BN, HAS_H0=False, HAS_DHT=False, p_h0=None,
+                                             p_dhT=None, p_dh0=None), bwd_cfgs[:1] if quick else bwd_cfgs),
+                  (ssd._ssd_reduce_kernel, dict(BR=32, BN=BN, BH=H, BQ=1, BPP=P, HAS_D=True, D_PER_P=False,
+                                                HAS_BIAS=True), [(4, 1)])]
+    failed = False
+    for kern, consts, cfgs in cases:
+        fn = kern
+        while not isinstance(fn, JITFunction):
+            fn = fn.fn
+        types = {n: "constexpr" if n in consts else "*bf16" if n in half else "*fp32" if n.startswith("p_")
+                 else "i32" for n in fn.arg_names}
+        for nw, ns in cfgs:
+            src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+            tag = f"{fn.__name__} BT={consts.get('BT')} BP={consts.get('BP')} BN={consts['BN']} warps={nw} stages={ns}"
+            try:
+                k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": nw, "num_stages": ns})
+            except Exception as e:   # noqa: BLE001
+                print("FAIL", tag, type(e).__name__, [ln for ln in str(e).splitlines() if ln.strip()][-3:])
+                failed = True
+                continue
+            use = ""
+            if os.path.exists(tool):
+                with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                    f.write(k.asm["cubin"])
+                    f.flush()
+                    out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True,
+                                         text=True).stdout
+                m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+                use = f" regs={m.group(1)} spill={m.group(2)}" if m else ""
+            print("ok", tag + use, flush=True)
+    return 1 if failed else 0
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--compile"]:
+        return compile_report()
     rc = 0
     if os.environ.get("MAMBA2_CHECKS", "0" if SMOKE else "1") == "1":
         print("== checks: pytest tests/test_mamba2.py -m gpu -s", flush=True)
