@@ -231,6 +231,29 @@ def test_triton_kernels_compile_for_sm90():
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
 
 
+def test_triton_torch_compile():
+    """The public call traces into one graph (fullgraph: the custom ops, no break) with the eager gradients."""
+    from kernels.mamba2 import mamba_chunk_scan_combined as tri
+    t = _tri_inputs(b=1, l=9, h=2, p=3, g=1, n=4)
+    names = ("x", "dt", "A", "B", "C", "D", "dt_bias", "initial_states")
+
+    def model(x, dt, A, B, C, D, dt_bias, initial_states):
+        y, s = tri(x * 1.0, dt, A, B, C, 16, D=D, dt_bias=dt_bias, dt_softplus=True,
+                   initial_states=initial_states, return_final_states=True)
+        return y.sin().sum() + s.square().sum()
+
+    x1 = {n: t[n].detach().clone().requires_grad_(True) for n in names}
+    x2 = {n: t[n].detach().clone().requires_grad_(True) for n in names}
+    f = torch.compile(model, backend="inductor" if CUDA else "aot_eager", fullgraph=True)
+    l1 = f(**x1)
+    l1.backward()
+    l2 = model(**x2)
+    l2.backward()
+    assert torch.allclose(l1, l2, rtol=1e-5)
+    for n in names:
+        assert torch.allclose(x1[n].grad, x2[n].grad, rtol=1e-4, atol=1e-5), n
+
+
 def test_triton_opcheck():
     """The custom ops (fake implementations, autograd registration) as torch.compile sees them."""
     from torch.library import opcheck
