@@ -212,6 +212,18 @@ def compile_report() -> int:
     return 1 if failed else 0
 
 
+def _table(rows):
+    f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    dev_name = "CPU (smoke)" if SMOKE else torch.cuda.get_device_name()
+    print(f"\n== mamba2 on {dev_name} (bf16, ms, do_bench median; graph = CUDA-graph replay)")
+    print(f"{'shape':<34} {'impl':<10} {'fwd':>8} {'fwd+bwd':>8} {'g.fwd':>8} {'g.fb':>8} {'peakMiB':>8} "
+          f"{'launch f':>8} {'launch fb':>9}")
+    for r in rows:
+        mem = "-" if r[6] is None else f"{r[6]:.0f}"
+        print(f"{r[0]:<34} {r[1]:<10} {f(r[2]):>8} {f(r[3]):>8} {f(r[4]):>8} {f(r[5]):>8} {mem:>8} {r[7]:>8} "
+              f"{r[8]:>9}")
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--compile"]:
         return compile_report()
@@ -250,6 +262,7 @@ def main() -> int:
                 print(f"!! {label} {name} failed:\n" + traceback.format_exc()[-3000:], flush=True)
                 rows.append((label, name, None, None, None, None, None, "-", "-"))
         del inp
+    _table(rows)   # (again at the end, after the sweep: a command cut short keeps this one)
     # the knob sweep last, variant by variant at every shape, within the time budget (a new knob value compiles)
     if os.environ.get("MAMBA2_SWEEP", "1") == "1" and "triton" in impls:
         old = dict(ssd.TUNING)
@@ -274,17 +287,10 @@ def main() -> int:
         del cases
     if not SMOKE:
         print("\n== lab kernels as compiled:\n" + "\n".join(_kernel_info()))
-    f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    dev_name = "CPU (smoke)" if SMOKE else torch.cuda.get_device_name()
-    print(f"\n== mamba2 on {dev_name} (bf16, ms, do_bench median; graph = CUDA-graph replay)")
-    print(f"{'shape':<34} {'impl':<10} {'fwd':>8} {'fwd+bwd':>8} {'g.fwd':>8} {'g.fb':>8} {'peakMiB':>8} "
-          f"{'launch f':>8} {'launch fb':>9}")
-    for r in rows:
-        mem = "-" if r[6] is None else f"{r[6]:.0f}"
-        print(f"{r[0]:<34} {r[1]:<10} {f(r[2]):>8} {f(r[3]):>8} {f(r[4]):>8} {f(r[5]):>8} {mem:>8} {r[7]:>8} "
-              f"{r[8]:>9}")
+    _table(rows)
     if sweep_rows:
-        print("\n== lab tile sweep (graph replay ms: fwd, fwd+bwd)")
+        f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        print("\n== lab knob sweep (graph replay ms: fwd, fwd+bwd; compare with the table's triton g.fwd / g.fb)")
         for r in sweep_rows:
             print(f"{r[0]:<34} {r[1]:<55} {f(r[2]):>8} {f(r[3]):>8}")
     print(f"\n== checks rc={rc}")
