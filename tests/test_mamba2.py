@@ -1,11 +1,19 @@
-"""reference.mamba2: the chunked SSD scan against the step-by-step recurrence (float64), and gradients.
+"""mamba2: reference.mamba2 (the chunked SSD scan against the step-by-step recurrence, float64, and gradients) and
+the lab's Triton kernel kernels.mamba2 (interpreter on CPU, GPU tests marked ``gpu``).
 
 The chunked form (segment sums inside chunks, state passing between chunks) and the direct recurrence are two
 independent algorithms for the same function; they must agree to float64 round-off for every option.
+
+The Triton kernel: output, final state and every gradient (x, dt, A, B, C, D, dt_bias, initial_states) against the
+float64 recurrence, NaN-prefilled outputs (``groundthink.harness.compare``), fp32 bound 1e-5 and fp16 2e-3 on CPU
+(tiny odd shapes: T not a multiple of the kernel's 16-row chunk, G > 1, D [h] and [h, p], strong decay, several
+p-blocks, the model's strided views); bf16 at both model shapes on the GPU (bound 5e-3, errors printed).
 """
 import pytest
 import torch
 
+import kernels  # noqa: F401  (interpreter on CPU)
+from groundthink.harness import BOUNDS, check_op, compare
 from reference.mamba2 import mamba_chunk_scan, ssd_recurrence
 
 F64 = torch.float64
@@ -116,3 +124,202 @@ def test_chunked_gradients_match_recurrence():
     g2 = torch.autograd.grad(ssd_recurrence(**t, dt_softplus=True).pow(2).sum(), list(t.values()))
     for a, b in zip(g1, g2):
         _close(a, b, 1e-9)
+
+
+# ------------------------------------------------------------------------------------------ the Triton kernel
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+
+
+def _tri_inputs(b=1, l=37, h=4, p=5, g=2, n=6, dtype=torch.float32, D="h", bias=True, softplus=True, init=True,
+                final=True, a_max=2.0, dt_scale=0.5, seed=0, device=DEV):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    A = -(torch.rand(h, generator=gen) * (a_max - 0.5) + 0.5)
+    d = dict(x=r(b, l, h, p), dt=r(b, l, h) * dt_scale, A=A, B=r(b, l, g, n), C=r(b, l, g, n))
+    if D:
+        d["D"] = r(h) if D == "h" else r(h, p)
+    if bias:
+        d["dt_bias"] = r(h) * 0.5
+    if not softplus:
+        d["dt"] = torch.nn.functional.softplus(d["dt"])
+    if init:
+        d["initial_states"] = r(b, h, p, n)
+    half = ("x", "dt", "B", "C")
+    d = {k: v.to(device=device, dtype=dtype if k in half else torch.float32).requires_grad_() for k, v in d.items()}
+    d.update(chunk_size=16, dt_softplus=softplus, return_final_states=final)
+    return d
+
+
+def _ref(**kw):
+    kw.pop("chunk_size")
+    return ssd_recurrence(**kw)
+
+
+CASES = {   # name: (inputs, TUNING overrides)
+    "groups2_odd": (dict(), {}),
+    "Dhp_no_state": (dict(D="hp", init=False, final=False, bias=False, softplus=False, l=21), {}),
+    "strong_decay": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {"ckpt": 2}),   # A to −16, Δ ~ softplus(N(0, 1));
+    #                                                                        4 chunks: 2 checkpoint groups
+    "pblocks_N17": (dict(h=4, g=1, p=20, n=17, l=33, b=2), {"bp": 16, "ckpt": 2}),   # two p-blocks: partial sums;
+    #                                                                        3 chunks: groups of 2 and 1
+    "T1": (dict(l=1), {}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_triton_matches_fp64(case):
+    from kernels.mamba2 import mamba_chunk_scan_combined, ssd
+    kw, tuning = CASES[case]
+    old = dict(ssd.TUNING)
+    ssd.TUNING.update(tuning)
+    try:
+        check_op(mamba_chunk_scan_combined, _ref, _tri_inputs(**kw), bound=BOUNDS[torch.float32], context=case)
+    finally:
+        ssd.TUNING.clear()
+        ssd.TUNING.update(old)
+
+
+def test_triton_fp16_and_model_views():
+    """fp16 inputs (the dots' fp16 path on CPU), and x, B, C as the mixer passes them: views of a transposed
+    [b, T, C] projection (T-stride 1), dt a column slice (no copies)."""
+    from kernels.mamba2 import mamba_chunk_scan_combined as tri
+    check_op(tri, _ref, _tri_inputs(dtype=torch.float16, l=40), bound=BOUNDS[torch.float16], context="fp16")
+    b, T, h, p, g, n = 2, 23, 4, 4, 1, 8
+    gen = torch.Generator().manual_seed(5)
+    xBC = torch.randn(b, h * p + 2 * g * n, T, generator=gen).to(DEV).transpose(1, 2)
+    dt = torch.randn(b, T, h + 3, generator=gen).to(DEV)[..., 1:1 + h]
+    x, Bm, Cm = torch.split(xBC, [h * p, g * n, g * n], dim=-1)
+    x, Bm, Cm = x.reshape(b, T, h, p), Bm.reshape(b, T, g, n), Cm.reshape(b, T, g, n)
+    assert x.stride(1) == 1 and dt.stride(2) == 1          # the strided views themselves reach the kernel
+    A, D, bias = -torch.rand(h, generator=gen).to(DEV) * 4, torch.randn(h).to(DEV), torch.randn(h).to(DEV)
+    y = tri(x, dt, A, Bm, Cm, 64, D=D, dt_bias=bias, dt_softplus=True)
+    ref = ssd_recurrence(*(t.double() for t in (x, dt, A, Bm, Cm)), D=D.double(), dt_bias=bias.double(),
+                         dt_softplus=True)
+    assert (y.double() - ref).norm() / ref.norm() < 1e-5
+
+
+def test_triton_bad_input_is_a_clear_error():
+    from kernels.mamba2 import mamba_chunk_scan_combined as tri
+    t = _tri_inputs(l=8, final=False)
+    t = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
+    with pytest.raises(ValueError, match="z .* not supported"):
+        tri(**t, z=torch.zeros_like(t["x"]))
+    with pytest.raises(ValueError, match="seq_idx"):
+        tri(**t, seq_idx=torch.zeros(1, 8, dtype=torch.int32))
+    bad = dict(t, dt=t["dt"][:, :, :2])
+    with pytest.raises(ValueError, match="dt must be"):
+        tri(**bad)
+    with pytest.raises(ValueError, match="groups"):
+        tri(**dict(t, B=torch.randn(1, 8, 3, 6), C=torch.randn(1, 8, 3, 6)))
+
+
+def test_triton_kernels_compile_for_sm90():
+    """The Triton front end and ptxas (no GPU: ``scripts/gpu_mamba2.py --compile``, the small model's tiles) catch
+    what the interpreter lets through."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(root), MAMBA2_COMPILE_QUICK="1")
+    r = subprocess.run([sys.executable, str(root / "scripts" / "gpu_mamba2.py"), "--compile"], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode != 0 and "FAIL" not in r.stdout:
+        pytest.skip(f"no sm_90 toolchain here: {r.stderr.strip().splitlines()[-1:]}")
+    assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+
+
+def test_triton_torch_compile():
+    """The public call traces into one graph (fullgraph: the custom ops, no break) with the eager gradients."""
+    from kernels.mamba2 import mamba_chunk_scan_combined as tri
+    t = _tri_inputs(b=1, l=9, h=2, p=3, g=1, n=4)
+    names = ("x", "dt", "A", "B", "C", "D", "dt_bias", "initial_states")
+
+    def model(x, dt, A, B, C, D, dt_bias, initial_states):
+        y, s = tri(x * 1.0, dt, A, B, C, 16, D=D, dt_bias=dt_bias, dt_softplus=True,
+                   initial_states=initial_states, return_final_states=True)
+        return y.sin().sum() + s.square().sum()
+
+    x1 = {n: t[n].detach().clone().requires_grad_(True) for n in names}
+    x2 = {n: t[n].detach().clone().requires_grad_(True) for n in names}
+    f = torch.compile(model, backend="inductor" if CUDA else "aot_eager", fullgraph=True)
+    l1 = f(**x1)
+    l1.backward()
+    l2 = model(**x2)
+    l2.backward()
+    assert torch.allclose(l1, l2, rtol=1e-5)
+    for n in names:
+        assert torch.allclose(x1[n].grad, x2[n].grad, rtol=1e-4, atol=1e-5), n
+
+
+def test_triton_opcheck():
+    """The custom ops (fake implementations, autograd registration) as torch.compile sees them."""
+    from torch.library import opcheck
+    t = _tri_inputs(b=1, l=5, h=2, p=3, g=1, n=4)
+    args = (t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], t["dt_bias"], t["initial_states"], True, True)
+    opcheck(torch.ops.groundthink.mamba2_fwd.default, args,
+            test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+# ------------------------------------------------------------------------------------------------- GPU
+MODEL_SHAPES = {"small": (64, 256, 8, 32, 1, 32, 64), "large": (16, 1024, 16, 64, 1, 64, 256)}   # (…, chunk)
+
+
+def _model_inputs(B, T, H, P, G, N, Q, dtype, seed=0):
+    from kernels.mamba2.spec import make_inputs
+    d = make_inputs(B, T, H, P, G, N, Q, True, dtype=dtype, seed=seed, device="cuda")
+    d["initial_states"] = (torch.randn(B, H, P, N, device="cuda") * 0.5).requires_grad_()
+    d["return_final_states"] = True
+    return d
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", list(MODEL_SHAPES))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_gpu_model_shapes(shape, dtype):
+    """Output, final state and every gradient vs float64 (the chunked reference on the GPU) at the models' shapes,
+    beside mamba-ssm's errors on the same inputs when it is installed; printed (-s)."""
+    from kernels.mamba2 import mamba_chunk_scan_combined as tri
+    inputs = _model_inputs(*MODEL_SHAPES[shape], dtype)
+    errs = compare(tri, mamba_chunk_scan, inputs)
+    line = f"mamba2 {shape} {str(dtype)[6:]} triton: " + " ".join(f"{k}={v:.2e}" for k, v in errs.items())
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as peer
+        pe = compare(lambda **kw: peer(**kw), mamba_chunk_scan, inputs)
+        line += "\n" + " " * len(f"mamba2 {shape} {str(dtype)[6:]} ") + "mamba_ssm: " + " ".join(
+            f"{k}={v:.2e}" for k, v in pe.items())
+    except ImportError:
+        pass
+    print("\n" + line)
+    bound = BOUNDS[dtype]
+    assert all(v <= bound for v in errs.values()), line
+
+
+@pytest.mark.gpu
+def test_gpu_deterministic_and_graph_capture():
+    """Two runs are bit-identical (no atomics); a captured CUDA graph of fwd+bwd replays to the same values."""
+    from kernels.mamba2 import mamba_chunk_scan_combined as tri
+    inputs = _model_inputs(*MODEL_SHAPES["small"], torch.bfloat16)
+    leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    dy = torch.randn(inputs["x"].shape, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        y, s = tri(**inputs)
+        gs = torch.autograd.grad((y, s), leaves, (dy, torch.ones_like(s)))
+        return [y, s, *gs]
+
+    a, b = step(), step()
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = step()
+    g.replay()
+    torch.cuda.synchronize()
+    assert all(torch.equal(u, v) for u, v in zip(out, a))

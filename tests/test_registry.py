@@ -57,7 +57,8 @@ def test_auto_on_cpu_uses_references_and_says_why():
 def test_triton_mode_takes_the_first_lab_candidate_or_a_peer():
     ops = registry.resolve("triton", cuda=False)
     assert ops.impls()["wkv6"] == "triton" and ops.impls()["gate_norm_residual"] == "triton"
-    assert ops.impls()["mamba2"] == "reference"          # its peer (mamba-ssm) needs a GPU
+    assert ops.impls()["mamba2"] == "triton"             # the lab's kernel (its peer, mamba-ssm, needs a GPU)
+    assert ops.impls()["causal_conv1d"] == "reference"   # no lab kernel; its peer needs a GPU
 
 
 def test_bad_mode_and_overrides_are_clear_errors():

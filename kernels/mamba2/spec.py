@@ -1,5 +1,7 @@
-"""mamba2: the chunked SSD scan. The lab has no kernel of its own: mamba-ssm's Triton
-``mamba_chunk_scan_combined`` is the peer the gate may admit, the PyTorch SSD (reference/mamba2.py) the oracle.
+"""mamba2: the chunked SSD scan. The lab's Triton kernel (``kernels/mamba2/ssd.py``: one walk kernel forward, a
+walk kernel and a reduction kernel backward, custom ops ``groundthink::mamba2_fwd`` / ``_bwd``) is the lab candidate;
+mamba-ssm's Triton ``mamba_chunk_scan_combined`` (5 kernels forward, ~13 Triton kernels and ~24 torch launches
+backward) the peer the gate may prefer when it is faster; the PyTorch SSD (reference/mamba2.py) the oracle.
 
 Benchmarks: bf16 x/dt/B/C with fp32 A, D, dt_bias (as mamba-ssm's ``Mamba2`` calls it: ``dt_softplus=True``).
 Shapes (B, T, H, P, G, N, chunk): the small model's (64, 256, 8, 32, 1, 32, 64), the large model's
@@ -66,6 +68,7 @@ SPEC = OpSpec(
         "dt_bias=None, dt_softplus=False, initial_states=None, return_final_states=False) -> y or (y, final)",
     impls=(
         Impl("reference", "reference.mamba2:mamba_chunk_scan", role="reference", graph_safe=True),
+        Impl("triton", "kernels.mamba2:mamba_chunk_scan_combined", role="lab", graph_safe=True),
         Impl("mamba_ssm", "mamba_ssm.ops.triton.ssd_combined:mamba_chunk_scan_combined", role="peer",
              needs="cuda", priority=1, graph_safe=True),
     ),
@@ -74,6 +77,6 @@ SPEC = OpSpec(
                 cpu_shapes=[(1, 40, 2, 8, 1, 8, 16)], shape_str=shape_str, make_inputs=make_inputs,
                 err_shape=lambda B, T, *rest: (min(B, 2), min(T, 512), *rest),
                 nbytes=nbytes, flops=flops, model_shape=model_shape),
-    kernels=("*_chunk_cumsum*", "*_chunk_state_*", "*_state_passing*", "*_bmm_chunk*", "*_chunk_scan_*"),
-    kernels_group="mamba2 (mamba-ssm)",
+    # the lab's kernels (``_ssd_fwd_kernel``, ``_ssd_bwd_kernel``, ``_ssd_reduce_kernel``) and mamba-ssm's
+    kernels=("*_ssd_*", "*_chunk_cumsum*", "*_chunk_state_*", "*_state_passing*", "*_bmm_chunk*", "*_chunk_scan_*"),
 )

@@ -1,0 +1,627 @@
+"""Mamba-2 SSD chunk scan in Triton: one "walk" kernel forward, one walk kernel + one reduction kernel backward.
+
+    mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
+                              initial_states=None, return_final_states=False) -> y or (y, final_states)
+
+the signature and layouts of ``reference.mamba2.mamba_chunk_scan`` (mamba-ssm's ``mamba_chunk_scan_combined``):
+x ``[b, l, h, p]``, dt ``[b, l, h]``, A ``[h]``, B, C ``[b, l, g, n]``, D ``[h]`` or ``[h, p]``, dt_bias ``[h]``,
+initial/final states ``[b, h, p, n]`` (final states fp32). ``z`` (gating), ``seq_idx``, ``cu_seqlens`` and a
+non-default ``dt_limit`` are not supported (a clear error). Any strides (the model's x, B, C are transposed
+views, dt a column slice: no copy); y and the gradients are contiguous, in their input's dtype.
+
+Math (per sequence b and head h, group g = h // (H/G); Δ_t = softplus(dt_t + dt_bias) or dt_t + dt_bias,
+a_t = Δ_t·A_h ≤ 0; state S ∈ R^{P×N}):
+
+    S_t = exp(a_t) S_{t-1} + Δ_t x_t B_tᵀ,        y_t = S_t C_t + D ⊙ x_t
+
+Chunked over BT rows (the kernel's own tile; ``chunk_size`` is validated and ignored: the result does not depend
+on it mathematically, only the rounding does). Inside a chunk, c_t = Σ_{j≤t} a_j (fp32 cumsum, chunk-local),
+c_L = c of the last row, S0 the state entering the chunk:
+
+    y   = (C Bᵀ ⊙ L)(Δ ⊙ x) + exp(c) ⊙ (C S0ᵀ) + D x,     L_ts = exp(c_t − c_s) for s ≤ t, else 0
+    S_L = exp(c_L) S0 + (x ⊙ Δ exp(c_L − c))ᵀ B
+
+Every exponent is ≤ 0 (differences of a scalar cumsum of non-positive terms inside one chunk), so any decay is
+safe (a_t = −16 per step underflows to the correct 0).
+
+Forward (``_ssd_fwd_kernel``): one program per (p-block, batch·head) walks its sequence chunk by chunk with the
+[BP, N] fp32 state in registers; per chunk three dots (C Bᵀ, the masked scores times x, C S0ᵀ) and one for the
+state. One launch.
+
+Backward (``_ssd_bwd_kernel`` + ``_ssd_reduce_kernel``): nothing is saved by the forward but its inputs. Each
+program walks its chunks in reverse carrying dS = ∂L/∂S at the chunk end (dS_final, or 0, at the end), in groups
+of CK chunks: a group's chunk-entry states S0 are re-walked forward from a checkpoint into a transient fp32
+workspace first. One group (CK = all chunks: each state computed once, b·H·P·N·4 bytes a chunk) while that fits
+``TUNING["ws_bytes"]``; else checkpoints every CK ≈ √chunks chunks, stored by a first forward pass (each state
+computed twice, NCK + CK states a program). With R = dy xᵀ (the p-block's share), Z = R ⊙ L ⊙ Δ_s, U = B dSᵀ, V = C S0ᵀ:
+
+    dx  = ((C Bᵀ ⊙ L) ⊙ Δ_s)ᵀ dy + (Δ e) ⊙ U + D dy                    e_s = exp(c_L − c_s)
+    dC  = Z B + exp(c) ⊙ (dy S0)              dB = Zᵀ C + (Δ e) ⊙ (x dS)
+    dS0 = exp(c_L) dS + (dy ⊙ exp(c))ᵀ C      (carried to the previous chunk; d initial_states at the start)
+    dΔ_s = Σ_t (C Bᵀ ⊙ L ⊙ R)_ts + e_s (x_s · U_s) + A·da_s
+    da_j = Σ_{s<j≤t} K_ts + Σ_{t≥j} exp(c_t)(dy_t · V_t) + Σ_{s<j} Δ_s e_s (x_s · U_s) + exp(c_L)⟨S0, dS⟩
+
+with K = C Bᵀ ⊙ L ⊙ R ⊙ Δ_s: da_j sums exactly the terms whose decay contains a_j (pairs spanning j inside the
+chunk — an exclusive cumsum along s, no rowsum − colsum cancellation —, earlier state read here, state written
+here read later, state passing through). ddt = dΔ ⊙ softplus'(dt + dt_bias), dA = Σ Δ da, ddt_bias = Σ ddt,
+dD = Σ dy ⊙ x.
+
+Reductions, deterministic (no atomics): dB, dC are sums over the heads of a group and over p-blocks, ddt over
+p-blocks, dA, ddt_bias, dD over batch (and time, summed inside each program): the walk kernel writes fp32 partials
+(dB, dC ``[b·l, h·NPB, n]``, ddt ``[b·l, h, NPB]``, per-program scalars, dD ``[b, h, p]``), the reduction kernel
+sums them in a fixed order and stores every gradient in its input's dtype. Two launches backward.
+
+Numerics: elementwise math on fp32 upcasts; cumsums, states, every accumulation fp32; ``tl.dot`` with fp32
+accumulation: fp32 inputs on fp32 operands at input_precision "ieee"; fp16/bf16 inputs (``TUNING["dot"]`` 1) the
+two dots of input tiles (C Bᵀ, dy xᵀ) on the inputs themselves (exact products), the others on fp32 operands at
+"tf32" (``PRECISION``; ``TUNING["prec"]`` overrides, e.g. "tf32x3"); outputs rounded once.
+Softplus as mamba-ssm: identity above 20; log1p evaluated without cancellation for very negative arguments.
+
+Tiles: BT rows (``TUNING["fwd_bt"]``, ``["bwd_bt"]``: the backward holds more live tiles and takes 16 rows; see
+TUNING's comment for the register counts), BP = the p-block (``TUNING["bp"]``: None = all of P up to 64; smaller
+blocks give more programs), BN = next pow2 ≥ N (every tile ≥ 16 for the dots). Under the interpreter BT = 16.
+
+torch.library: ``groundthink::mamba2_fwd`` / ``groundthink::mamba2_bwd`` with fake implementations and one
+autograd formula (torch.compile); eager calls run the same implementations through ``kernels._eager.EagerOp``.
+CUDA-graph safe: no host syncs; outputs and workspaces from ``torch.empty`` (``new_empty``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import INTERPRET
+from kernels._common import autotune_configs, cdiv as _cdiv, check_tensor, new_empty, pow2 as _pow2
+from kernels._eager import EagerOp, pick
+from reference.mamba2 import _check
+
+__all__ = ["mamba_chunk_scan_combined", "TUNING"]
+
+# fwd_bt / bwd_bt: rows per chunk of the forward / backward walk (fwd None: 64 for states of ≤ 2048 elements, else
+# 32); bp: p-block (None: P up to 64); prec: the fp32 dots' input_precision for fp16/bf16 inputs (None: PRECISION's;
+# fp32 inputs always "ieee"); dot: DOT of the walk kernels for half inputs (0: every dot on fp32 operands, 1: the
+# dots of two input tiles in the input dtype — exact —, 2: every dot in the input dtype); ckpt: chunks per
+# checkpoint of the backward's state re-walk (None: all of them — one group, each state computed once — while the
+# workspace of every chunk-entry state fits ws_bytes, else ≈ √chunks: NCK + CK states a program, each state
+# computed twice); fwd_warps / bwd_warps: None = autotuned (read at import).
+# Offline sm_90 compile (Triton 3.9, bf16, DOT 1, ptxas registers / spill bytes): P = N = 64: forward BT 64 255/240
+# at 8 warps, BT 32 201/0; backward BT 16 255/56 (8 warps, 2 stages; 208 at 1 stage), BT 32 255/928; P = N = 32:
+# forward BT 64 255/0; backward BT 16 255/48 (120), BT 32 255/504. Chained dots keep Triton's mma warps along the rows, so a [BT, 64] fp32 tile
+# costs ~32 registers a thread at any BT ≤ 16·warps: fewer live tiles, not more warps, is what spills less.
+TUNING = {"fwd_bt": None, "bwd_bt": 16, "bp": None, "prec": None, "dot": 1, "ckpt": None, "ws_bytes": 128 << 20,
+          "fwd_warps": None, "bwd_warps": None}
+PRECISION = {torch.float32: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
+
+
+def _prec(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else (TUNING["prec"] or PRECISION[dtype])
+
+
+def _dot_mode(dtype: torch.dtype) -> int:
+    """DOT of the walk kernels: 0 for fp32 inputs (and bf16 under the interpreter, whose bf16 dots are wrong),
+    else ``TUNING["dot"]``."""
+    return 0 if dtype == torch.float32 or (dtype == torch.bfloat16 and INTERPRET) else TUNING["dot"]
+
+
+def _dot_mode_of(x, B, C) -> int:
+    return _dot_mode(x.dtype) if B.dtype == C.dtype == x.dtype else 0   # (mixed dtypes: fp32 operands)
+
+
+def _configs(warps, stages):
+    """(num_warps, num_stages) pairs (or ``warps`` at the first pair's stages): few configs keep the first call's
+    autotuning short."""
+    pairs = [(warps, stages[0][1])] if warps else stages
+    return autotune_configs([triton.Config({}, num_warps=w, num_stages=s) for w, s in pairs])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(v = dt + dt_bias, Δ) of BT rows, fp32 [BT]; Δ = 0 on rows past the sequence (``p_dt``: this sequence's
+    and head's dt, rows ``sdt_t`` apart)."""
+    b_v = tl.load(p_dt + rows * sdt_t, mask=m_t, other=0.).to(tl.float32)
+    if HAS_BIAS:
+        b_v += tl.load(p_bias + i_h).to(tl.float32)
+    if SOFTPLUS:
+        b_u = tl.exp(-tl.abs(b_v))                                    # softplus = max(v, 0) + log1p(exp(−|v|))
+        b_l = tl.where(b_u < 1e-4, b_u * (1. - 0.5 * b_u), tl.log(1. + b_u))
+        b_d = tl.where(b_v <= 20., tl.maximum(b_v, 0.) + b_l, b_v)
+    else:
+        b_d = b_v
+    return b_v, tl.where(m_t, b_d, 0.)
+
+
+@triton.jit
+def _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t, sc_n):
+    """x [BT, BP], B, C [BT, BN] of one chunk in their dtypes (0 outside)."""
+    m_tp = m_t[:, None] & m_p[None, :]
+    m_tn = m_t[:, None] & m_n[None, :]
+    b_x = tl.load(p_x + rows[:, None] * sx_t + o_p[None, :] * sx_p, mask=m_tp, other=0.)
+    b_B = tl.load(p_B + rows[:, None] * sb_t + o_n[None, :] * sb_n, mask=m_tn, other=0.)
+    b_C = tl.load(p_C + rows[:, None] * sc_t + o_n[None, :] * sc_n, mask=m_tn, other=0.)
+    return b_x, b_B, b_C
+
+
+@triton.jit
+def _mm(a, b, HALF: tl.constexpr, T: tl.constexpr, PREC: tl.constexpr):
+    """a @ b accumulated in fp32: operands in the half dtype T when HALF (exact for two input tiles: a product of
+    two bf16/fp16 values fits the fp32 accumulator; a rounding for computed fp32 operands), else in fp32 at
+    input_precision PREC."""
+    if HALF:
+        return tl.dot(a.to(T), b.to(T))
+    return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
+
+
+@triton.jit
+def _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, HALF: tl.constexpr, T: tl.constexpr, PREC: tl.constexpr):
+    """S_L = exp(c_L) S0 + (x ⊙ Δ exp(c_L − c))ᵀ B  ([BP, BN] fp32)."""
+    b_w = b_d * tl.exp(b_cL - b_c)
+    return tl.exp(b_cL) * b_S + _mm(tl.trans(b_x.to(tl.float32) * b_w[:, None]), b_B, HALF, T, PREC)
+
+
+@triton.jit
+def _chunk_state(b_S, ic, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t, sb_t, sb_n,
+                 BT: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HALF: tl.constexpr,
+                 T_: tl.constexpr, PREC: tl.constexpr):
+    """The state after chunk ``ic`` from the state entering it (the backward's forward re-walk; x, B only)."""
+    rows = ic * BT + o_t
+    m_t = rows < T
+    b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
+    b_a = b_d * b_A
+    b_x = tl.load(p_x + rows[:, None] * sx_t + o_p[None, :] * sx_p, mask=m_t[:, None] & m_p[None, :], other=0.)
+    b_B = tl.load(p_B + rows[:, None] * sb_t + o_n[None, :] * sb_n, mask=m_t[:, None] & m_n[None, :], other=0.)
+    return _state_step(b_S, b_x, b_B, b_d, tl.cumsum(b_a, 0), tl.sum(b_a, 0), HALF, T_, PREC)
+
+
+@triton.autotune(configs=_configs(TUNING["fwd_warps"], [(4, 2), (8, 2)]), key=["BT", "BP", "BN", "HAS_H0", "STORE_HT"])
+@triton.jit
+def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
+                    T, H, P, N, HG,
+                    sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
+                    BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
+                    D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+                    STORE_HT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+    # p_x [b, T, H, P] (strides sx_*), p_dt [b, T, H] (sdt_*), p_B, p_C [b, T, G, N] (sb_*, sc_*), G = H / HG;
+    # p_A [H] fp32, p_D [H] or [H, P] (D_PER_P; None unless HAS_D), p_bias [H] (None unless HAS_BIAS),
+    # p_h0 [b, H, P, N] contiguous (None unless HAS_H0); p_y [b, T, H, P] contiguous; p_hT [b, H, P, N] fp32
+    # (written when STORE_HT). Grid (b·H, cdiv(P, BP)): program (i_bh, i_p) walks rows 0..T of one head for
+    # columns [i_p·BP, i_p·BP + BP) of P; BT rows per chunk, BN = next pow2 ≥ N. DOT: 0 every dot on fp32
+    # operands at PREC, 1 the dots of two input tiles (C Bᵀ, dy xᵀ) in x's dtype, 2 every dot in x's dtype.
+    i_bh, i_p = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_g = i_h // HG
+    HT = p_x.dtype.element_ty                        # the half dtype of the DOT ≥ 1 dots
+    o_t = tl.arange(0, BT)
+    o_p = i_p * BP + tl.arange(0, BP)
+    o_n = tl.arange(0, BN)
+    m_p, m_n = o_p < P, o_n < N
+    p_x += i_b * sx_b + i_h * sx_h
+    p_dt += i_b * sdt_b + i_h * sdt_h
+    p_B += i_b * sb_b + i_g * sb_g
+    p_C += i_b * sc_b + i_g * sc_g
+    p_y += (i_b * T * H + i_h) * P
+    o_pn = o_p[:, None] * N + o_n[None, :]
+    m_pn = m_p[:, None] & m_n[None, :]
+    b_A = tl.load(p_A + i_h).to(tl.float32)
+    if HAS_D:
+        if D_PER_P:
+            b_D = tl.load(p_D + i_h * P + o_p, mask=m_p, other=0.).to(tl.float32)
+        else:
+            b_D = tl.load(p_D + i_h).to(tl.float32) + tl.zeros([BP], dtype=tl.float32)
+    if HAS_H0:
+        b_S = tl.load(p_h0 + i_bh.to(tl.int64) * P * N + o_pn, mask=m_pn, other=0.).to(tl.float32)
+    else:
+        b_S = tl.zeros([BP, BN], dtype=tl.float32)
+    causal = o_t[:, None] >= o_t[None, :]
+    for r0 in range(0, T, BT):
+        rows = r0 + o_t
+        m_t = rows < T
+        b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
+        b_a = b_d * b_A
+        b_c = tl.cumsum(b_a, 0)
+        b_cL = tl.sum(b_a, 0)
+        b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
+                                  sc_n)
+        b_G = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC)                           # [BT(t), BT(s)]
+        b_L = tl.exp(tl.where(causal, b_c[:, None] - b_c[None, :], float("-inf")))
+        b_y = _mm(b_G * b_L * b_d[None, :], b_x, DOT >= 2, HT, PREC)
+        b_y += tl.exp(b_c)[:, None] * _mm(b_C, tl.trans(b_S), DOT >= 2, HT, PREC)
+        if HAS_D:
+            b_y += b_x.to(tl.float32) * b_D[None, :]
+        tl.store(p_y + rows.to(tl.int64)[:, None] * H * P + o_p[None, :], b_y.to(p_y.dtype.element_ty),
+                 mask=m_t[:, None] & m_p[None, :])
+        b_S = _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, DOT >= 2, HT, PREC)
+    if STORE_HT:
+        tl.store(p_hT + i_bh.to(tl.int64) * P * N + o_pn, b_S, mask=m_pn)
+
+
+@triton.autotune(configs=_configs(TUNING["bwd_warps"], [(8, 1), (4, 1), (8, 2)]),
+                 key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT"])
+@triton.jit
+def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_scr,
+                    p_dx, p_ddtp, p_dBp, p_dCp, p_par, p_dDp, p_dh0,
+                    T, H, P, N, HG, NPB, NC, CK, NCK,
+                    sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
+                    sy_b, sy_t, sy_h, sy_p,
+                    BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
+                    D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+                    HAS_DHT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+    # inputs as in _ssd_fwd_kernel; p_dy [b, T, H, P] (strides sy_*), p_dhT [b, H, P, N] contiguous (None unless
+    # HAS_DHT); p_scr [b·H·NPB, NCK + CK, BP, BN] fp32 workspace: NCK checkpoints (the state entering chunk
+    # g·CK), then the CK chunk-entry states of the group being walked (NC = cdiv(T, BT) chunks, NCK = cdiv(NC, CK));
+    # outputs: p_dx [b, T, H, P] contiguous (x's dtype); fp32 partials p_ddtp [b, T, H, NPB], p_dBp, p_dCp
+    # [b, T, H·NPB, N], p_par [b·H·NPB, 2] (dA, ddt_bias of this program), p_dDp [b, H, P] (None unless HAS_D);
+    # p_dh0 [b, H, P, N] fp32 (None unless HAS_H0). Grid (b·H, NPB), NPB = cdiv(P, BP).
+    i_bh, i_p = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_g = i_h // HG
+    HT = p_x.dtype.element_ty                        # the half dtype of the DOT ≥ 1 dots
+    prog = i_bh.to(tl.int64) * NPB + i_p
+    o_t = tl.arange(0, BT)
+    o_p = i_p * BP + tl.arange(0, BP)
+    o_n = tl.arange(0, BN)
+    m_p, m_n = o_p < P, o_n < N
+    p_x += i_b * sx_b + i_h * sx_h
+    p_dy += i_b * sy_b + i_h * sy_h
+    p_dt += i_b * sdt_b + i_h * sdt_h
+    p_B += i_b * sb_b + i_g * sb_g
+    p_C += i_b * sc_b + i_g * sc_g
+    o_pn = o_p[:, None] * N + o_n[None, :]
+    m_pn = m_p[:, None] & m_n[None, :]
+    o_sc = tl.arange(0, BP)[:, None] * BN + o_n[None, :]        # a [BP, BN] tile of the workspace
+    p_scr += prog * (NCK + CK) * BP * BN
+    p_grp = p_scr + NCK * BP * BN
+    b_A = tl.load(p_A + i_h).to(tl.float32)
+    if HAS_D:
+        if D_PER_P:
+            b_D = tl.load(p_D + i_h * P + o_p, mask=m_p, other=0.).to(tl.float32)
+        else:
+            b_D = tl.load(p_D + i_h).to(tl.float32) + tl.zeros([BP], dtype=tl.float32)
+    # ---- pass 1: the checkpoints, forward (none but the initial state when NCK = 1)
+    if HAS_H0:
+        b_S = tl.load(p_h0 + i_bh.to(tl.int64) * P * N + o_pn, mask=m_pn, other=0.).to(tl.float32)
+    else:
+        b_S = tl.zeros([BP, BN], dtype=tl.float32)
+    tl.store(p_scr + o_sc, b_S)
+    for ic in range(0, (NCK - 1) * CK):
+        b_S = _chunk_state(b_S, ic, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t,
+                           sb_t, sb_n, BT, HAS_BIAS, SOFTPLUS, DOT >= 2, HT, PREC)
+        if (ic + 1) % CK == 0:
+            tl.store(p_scr + ((ic + 1) // CK) * BP * BN + o_sc, b_S)
+    # ---- pass 2: groups of CK chunks in reverse, carrying dS = ∂L/∂S at the chunk end
+    if HAS_DHT:
+        b_dS = tl.load(p_dhT + i_bh.to(tl.int64) * P * N + o_pn, mask=m_pn, other=0.).to(tl.float32)
+    else:
+        b_dS = tl.zeros([BP, BN], dtype=tl.float32)
+    causal = o_t[:, None] >= o_t[None, :]             # [t, s] s ≤ t   (also [t, j]: t ≥ j)
+    acc_dA = tl.zeros([BT], dtype=tl.float32)
+    acc_db = tl.zeros([BT], dtype=tl.float32)
+    acc_dD = tl.zeros([BP], dtype=tl.float32)
+    for kg in range(0, NCK):
+        c0 = (NCK - 1 - kg) * CK
+        n_c = tl.minimum(CK, NC - c0)
+        tl.debug_barrier()                            # the checkpoints stored, the previous group's states read
+        b_S = tl.load(p_scr + (NCK - 1 - kg) * BP * BN + o_sc)
+        for j in range(0, n_c - 1):                   # the group's chunk-entry states, forward from its checkpoint
+            tl.store(p_grp + j * BP * BN + o_sc, b_S)
+            b_S = _chunk_state(b_S, c0 + j, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, m_n, T, sx_t,
+                               sx_p, sdt_t, sb_t, sb_n, BT, HAS_BIAS, SOFTPLUS, DOT >= 2, HT, PREC)
+        tl.store(p_grp + (n_c - 1) * BP * BN + o_sc, b_S)
+        tl.debug_barrier()
+        for k in range(0, n_c):
+            j = n_c - 1 - k
+            ic = c0 + j
+            rows = ic * BT + o_t
+            m_t = rows < T
+            rows64 = rows.to(tl.int64)
+            b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
+            b_a = b_d * b_A
+            b_c = tl.cumsum(b_a, 0)
+            b_cL = tl.sum(b_a, 0)
+            m_tp = m_t[:, None] & m_p[None, :]
+            m_tn = m_t[:, None] & m_n[None, :]
+            b_ec = tl.exp(b_c)
+            b_e = tl.exp(b_cL - b_c)                                                     # e_s = exp(c_L − c_s) ≤ 1
+            b_de = b_d * b_e
+            # (ordered for short live ranges: S0's uses first, then B's, then the [t, s] tiles')
+            b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
+                                      sc_n)
+            b_dyh = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_tp, other=0.)
+            b_dy = b_dyh.to(tl.float32)
+            b_S0 = tl.load(p_grp + j * BP * BN + o_sc)
+            b_V = _mm(b_C, tl.trans(b_S0), DOT >= 2, HT, PREC)                          # [t, p] (S0 C_t)_p
+            b_eo = b_ec * tl.sum(b_dy * b_V, 1)                                         # [t]
+            b_dC = b_ec[:, None] * _mm(b_dyh, b_S0, DOT >= 2, HT, PREC)
+            b_da = tl.zeros([BT], dtype=tl.float32) + tl.exp(b_cL) * tl.sum(tl.sum(b_S0 * b_dS, 1), 0)
+            b_da += tl.cumsum(b_eo, 0, reverse=True)                                    # Σ_{t≥j} eo_t
+            b_GL = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC)                          # [t, s]
+            b_L = tl.exp(tl.where(causal, b_c[:, None] - b_c[None, :], float("-inf")))
+            b_GL = b_GL * b_L
+            b_R = _mm(b_dyh, tl.trans(b_x), DOT >= 1, HT, PREC)                          # [t, s] dy_t · x_s
+            b_Z = b_R * b_L * b_d[None, :]
+            b_dC += _mm(b_Z, b_B, DOT >= 2, HT, PREC)
+            o_part = ((i_b * T + rows64) * H * NPB + i_h * NPB + i_p)[:, None] * N + o_n[None, :]
+            tl.store(p_dCp + o_part, b_dC, mask=m_tn)
+            b_U = _mm(b_B, tl.trans(b_dS), DOT >= 2, HT, PREC)                          # [s, p] (dS B_s)_p
+            b_dx = _mm(tl.trans(b_GL * b_d[None, :]), b_dyh, DOT >= 2, HT, PREC) + b_de[:, None] * b_U
+            b_xf = b_x.to(tl.float32)
+            b_xu = tl.sum(b_xf * b_U, 1)                                                 # [s] x_s · (dS B_s)
+            if HAS_D:
+                b_dx += b_dy * b_D[None, :]
+                acc_dD += tl.sum(b_dy * b_xf, 0)
+            tl.store(p_dx + (i_b * T + rows64)[:, None] * H * P + i_h * P + o_p[None, :],
+                     b_dx.to(p_dx.dtype.element_ty), mask=m_tp)
+            b_dB = _mm(tl.trans(b_Z), b_C, DOT >= 2, HT, PREC) + b_de[:, None] * _mm(b_x, b_dS, DOT >= 2, HT, PREC)
+            tl.store(p_dBp + o_part, b_dB, mask=m_tn)
+            # dΔ: direct terms, then the decay's da_j (every term whose exponent contains a_j)
+            b_K = b_GL * b_R                                                            # [t, s]
+            b_dd = tl.sum(b_K, 0) + b_e * b_xu
+            b_K = b_K * b_d[None, :]
+            b_Pcs = tl.cumsum(b_K, 1) - b_K                                             # [t, j] Σ_{s<j} K_ts
+            b_da += tl.sum(tl.where(causal, b_Pcs, 0.), 0)                              # Σ_{t≥j}
+            b_vs = b_de * b_xu
+            b_da += tl.cumsum(b_vs, 0) - b_vs                                           # Σ_{s<j} Δ_s e_s x_s·U_s
+            b_da = tl.where(m_t, b_da, 0.)
+            acc_dA += b_d * b_da
+            b_dd += b_A * b_da
+            if SOFTPLUS:
+                b_dd = tl.where(b_v <= 20., b_dd / (1. + tl.exp(-b_v)), b_dd)
+            b_dd = tl.where(m_t, b_dd, 0.)
+            acc_db += b_dd
+            tl.store(p_ddtp + ((i_b * T + rows64) * H + i_h) * NPB + i_p, b_dd, mask=m_t)
+            b_dS = tl.exp(b_cL) * b_dS + _mm(tl.trans(b_dy * b_ec[:, None]), b_C, DOT >= 2, HT, PREC)
+    if HAS_H0:
+        tl.store(p_dh0 + i_bh.to(tl.int64) * P * N + o_pn, b_dS, mask=m_pn)
+    tl.store(p_par + prog * 2, tl.sum(acc_dA, 0))
+    tl.store(p_par + prog * 2 + 1, tl.sum(acc_db, 0))
+    if HAS_D:
+        tl.store(p_dDp + i_bh.to(tl.int64) * P + o_p, acc_dD, mask=m_p)
+
+
+@triton.jit
+def _ssd_reduce_kernel(p_dBp, p_dCp, p_ddtp, p_par, p_dDp, p_dB, p_dC, p_ddt, p_dA, p_dbias, p_dD,
+                       BL, NB, H, G, HG, NPB, P, N, n_row_blocks,
+                       BR: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BQ: tl.constexpr, BPP: tl.constexpr,
+                       HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr):
+    # partials of _ssd_bwd_kernel: p_dBp, p_dCp [BL, H·NPB, N], p_ddtp [BL, H, NPB], p_par [NB, H, NPB, 2],
+    # p_dDp [NB, H, P] (BL = b·T rows, NB = b); outputs in their inputs' dtypes: p_dB, p_dC [BL, G, N],
+    # p_ddt [BL, H], p_dA [H], p_dbias [H] (None unless HAS_BIAS), p_dD [H] or [H, P] (D_PER_P; None unless
+    # HAS_D). Programs 0..n_row_blocks-1 sum BR rows each (over the HG·NPB partials of a group, in index order);
+    # the last program sums the parameter partials over the batch (fixed order). BH, BQ, BPP: pow2 ≥ H, NPB, P.
+    pid = tl.program_id(0)
+    if pid < n_row_blocks:
+        o_r = pid.to(tl.int64) * BR + tl.arange(0, BR)
+        m_r = o_r < BL
+        o_n = tl.arange(0, BN)
+        m = m_r[:, None] & (o_n < N)[None, :]
+        W = HG * NPB
+        for g in range(0, G):
+            acc_B = tl.zeros([BR, BN], dtype=tl.float32)
+            acc_C = tl.zeros([BR, BN], dtype=tl.float32)
+            for j in range(0, W):
+                o = (o_r * (H * NPB) + g * W + j)[:, None] * N + o_n[None, :]
+                acc_B += tl.load(p_dBp + o, mask=m, other=0.)
+                acc_C += tl.load(p_dCp + o, mask=m, other=0.)
+            o = (o_r * G + g)[:, None] * N + o_n[None, :]
+            tl.store(p_dB + o, acc_B.to(p_dB.dtype.element_ty), mask=m)
+            tl.store(p_dC + o, acc_C.to(p_dC.dtype.element_ty), mask=m)
+        o_h = tl.arange(0, BH)
+        o_q = tl.arange(0, BQ)
+        m3 = m_r[:, None, None] & (o_h < H)[None, :, None] & (o_q < NPB)[None, None, :]
+        o3 = (o_r[:, None, None] * H + o_h[None, :, None]) * NPB + o_q[None, None, :]
+        b_dt = tl.sum(tl.load(p_ddtp + o3, mask=m3, other=0.), 2)
+        tl.store(p_ddt + o_r[:, None] * H + o_h[None, :], b_dt.to(p_ddt.dtype.element_ty),
+                 mask=m_r[:, None] & (o_h < H)[None, :])
+    else:
+        o_h = tl.arange(0, BH)
+        o_q = tl.arange(0, BQ)
+        m_h = o_h < H
+        m2 = m_h[:, None] & (o_q < NPB)[None, :]
+        o2 = (o_h[:, None] * NPB + o_q[None, :]) * 2
+        acc_A = tl.zeros([BH, BQ], dtype=tl.float32)
+        acc_b = tl.zeros([BH, BQ], dtype=tl.float32)
+        for b in range(0, NB):
+            acc_A += tl.load(p_par + b * H * NPB * 2 + o2, mask=m2, other=0.)
+            acc_b += tl.load(p_par + b * H * NPB * 2 + o2 + 1, mask=m2, other=0.)
+        tl.store(p_dA + o_h, tl.sum(acc_A, 1).to(p_dA.dtype.element_ty), mask=m_h)
+        if HAS_BIAS:
+            tl.store(p_dbias + o_h, tl.sum(acc_b, 1).to(p_dbias.dtype.element_ty), mask=m_h)
+        if HAS_D:
+            o_pp = tl.arange(0, BPP)
+            mD = m_h[:, None] & (o_pp < P)[None, :]
+            oD = o_h[:, None] * P + o_pp[None, :]
+            acc_D = tl.zeros([BH, BPP], dtype=tl.float32)
+            for b in range(0, NB):
+                acc_D += tl.load(p_dDp + b * H * P + oD, mask=mD, other=0.)
+            if D_PER_P:
+                tl.store(p_dD + oD, acc_D.to(p_dD.dtype.element_ty), mask=mD)
+            else:
+                tl.store(p_dD + o_h, tl.sum(acc_D, 1).to(p_dD.dtype.element_ty), mask=m_h)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------
+def _tiles(P: int, N: int, bwd: bool):
+    """(BT, BP, BN): rows per chunk, the p-block, the padded state width (every tile ≥ 16 for tl.dot)."""
+    bp = TUNING["bp"] or min(_pow2(P), 64)
+    BP, BN = max(16, min(_pow2(bp), _pow2(P))), max(16, _pow2(N))
+    BT = TUNING["bwd_bt"] if bwd else (TUNING["fwd_bt"] or (64 if BP * BN <= 2048 else 32))
+    return (16 if INTERPRET else BT), BP, BN
+
+
+def _strides(t, n):
+    return tuple(t.stride()) if t.dim() == n else (0,) * n
+
+
+def _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: bool, return_final_states: bool):
+    b, T, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    dev = x.device
+    y = new_empty((b, T, H, P), x.dtype, dev)
+    hT = new_empty((b, H, P, N), torch.float32, dev) if return_final_states else x.new_empty((0,), dtype=torch.float32)
+    if b * H == 0 or P == 0:
+        return y, hT
+    BT, BP, BN = _tiles(P, N, bwd=False)
+    h0 = initial_states.contiguous() if initial_states is not None else None
+    grid = (b * H, _cdiv(P, BP))
+    _ssd_fwd_kernel[grid](
+        x, dt, A, B, C, D, dt_bias, h0, y, hT if return_final_states else None,
+        T, H, P, N, H // G, *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
+        BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
+        STORE_HT=bool(return_final_states), PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C))
+    return y, hT
+
+
+def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: bool):
+    """(dx, ddt, dA, dB, dC, dD, ddt_bias, d initial_states); absent inputs get an empty gradient."""
+    b, T, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    dev = x.device
+    empty = x.new_empty((0,), dtype=torch.float32)
+    BT, BP, BN = _tiles(P, N, bwd=True)
+    NPB, NC = _cdiv(P, BP), max(1, _cdiv(T, BT))
+    CK = TUNING["ckpt"] or (NC if b * H * NPB * (NC + 1) * BP * BN * 4 <= TUNING["ws_bytes"]
+                            else max(1, round(math.sqrt(NC))))
+    CK = min(CK, NC)
+    NCK = _cdiv(NC, CK)
+    dx = new_empty(x.shape, x.dtype, dev)
+    ddt = new_empty(dt.shape, dt.dtype, dev)
+    dA = new_empty(A.shape, A.dtype, dev)
+    dB = new_empty(B.shape, B.dtype, dev)
+    dC = new_empty(C.shape, C.dtype, dev)
+    dD = new_empty(D.shape, D.dtype, dev) if D is not None else empty
+    dbias = new_empty(dt_bias.shape, dt_bias.dtype, dev) if dt_bias is not None else empty
+    h0 = initial_states.contiguous() if initial_states is not None else None
+    dh0 = new_empty((b, H, P, N), torch.float32, dev) if h0 is not None else empty
+    if b * H * P == 0 or T == 0:   # nothing flows (T = 0: the initial state passes through to the final one)
+        for t in (dx, ddt, dB, dC):
+            t.zero_()
+        for t in (dA, dD, dbias):
+            t.zero_()
+        if h0 is not None:
+            dh0.copy_(dhT if dhT is not None else torch.zeros_like(dh0))
+        return dx, ddt, dA, dB, dC, dD, dbias, dh0
+    scr = new_empty((b * H * NPB, NCK + CK, BP, BN), torch.float32, dev)
+    ddtp = new_empty((b, T, H, NPB), torch.float32, dev)
+    dBp = new_empty((b, T, H * NPB, N), torch.float32, dev)
+    dCp = new_empty((b, T, H * NPB, N), torch.float32, dev)
+    par = new_empty((b, H, NPB, 2), torch.float32, dev)
+    dDp = new_empty((b, H, P), torch.float32, dev) if D is not None else None
+    dhT = dhT.contiguous() if dhT is not None else None
+    if dy.dtype != x.dtype:   # (autograd gives y's dtype; the half dots take dy in x's)
+        dy = dy.to(x.dtype)
+    _ssd_bwd_kernel[(b * H, NPB)](
+        x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, dx, ddtp, dBp, dCp, par, dDp,
+        dh0 if h0 is not None else None,
+        T, H, P, N, H // G, NPB, NC, CK, NCK, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
+        BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
+        HAS_DHT=dhT is not None, PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C))
+    BL = b * T
+    BR = 4 if INTERPRET else max(1, min(64, 4096 // (_pow2(N) * max(1, H * NPB // 8))))
+    BR = max(1, min(BR, _pow2(BL)))
+    n_rb = _cdiv(BL, BR)
+    _ssd_reduce_kernel[(n_rb + 1,)](
+        dBp, dCp, ddtp, par, dDp, dB, dC, ddt, dA, dbias if dt_bias is not None else None,
+        dD if D is not None else None,
+        BL, b, H, G, H // G, NPB, P, N, n_rb,
+        BR=BR, BN=_pow2(N), BH=_pow2(H), BQ=_pow2(NPB), BPP=_pow2(P), HAS_D=D is not None,
+        D_PER_P=D is not None and D.dim() == 2, HAS_BIAS=dt_bias is not None, num_warps=4)
+    return dx, ddt, dA, dB, dC, dD, dbias, dh0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch.library custom ops + autograd (eager: the same formula through kernels._eager)
+# ----------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("groundthink::mamba2_fwd", mutates_args=())
+def _fwd_op(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+            D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], initial_states: Optional[torch.Tensor],
+            dt_softplus: bool, return_final_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, return_final_states)
+
+
+@_fwd_op.register_fake
+def _(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, return_final_states):
+    b, T, H, P = x.shape
+    hT = (x.new_empty((b, H, P, B.shape[3]), dtype=torch.float32) if return_final_states
+          else x.new_empty((0,), dtype=torch.float32))
+    return x.new_empty((b, T, H, P)), hT
+
+
+@torch.library.custom_op("groundthink::mamba2_bwd", mutates_args=())
+def _bwd_op(dy: torch.Tensor, dhT: Optional[torch.Tensor], x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
+            B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
+            initial_states: Optional[torch.Tensor], dt_softplus: bool
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                       torch.Tensor, torch.Tensor]:
+    return _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus)
+
+
+@_bwd_op.register_fake
+def _(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus):
+    e = x.new_empty((0,), dtype=torch.float32)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), dt.new_empty(dt.shape),
+            torch.empty_like(A), B.new_empty(B.shape), C.new_empty(C.shape),
+            D.new_empty(D.shape) if D is not None else e,
+            dt_bias.new_empty(dt_bias.shape) if dt_bias is not None else e,
+            x.new_empty(initial_states.shape, dtype=torch.float32) if initial_states is not None else e)
+
+
+def _setup_context(ctx, inputs, output):
+    x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, return_final_states = inputs
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, initial_states)
+    ctx.softplus = dt_softplus
+    ctx.has = (D is not None, dt_bias is not None, initial_states is not None)
+
+
+def _backward(ctx, dy, dhT):
+    x, dt, A, B, C, D, dt_bias, h0 = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
+    if dhT is not None and dhT.numel() == 0:
+        dhT = None
+    dx, ddt, dA, dB, dC, dD, dbias, dh0 = pick(_bwd_op, _bwd_impl, dy)(dy, dhT, x, dt, A, B, C, D, dt_bias, h0,
+                                                                      ctx.softplus)
+    has_D, has_bias, has_h0 = ctx.has
+    return (dx, ddt, dA, dB, dC, dD if has_D else None, dbias if has_bias else None,
+            dh0.to(h0.dtype) if has_h0 else None, None, None)
+
+
+_mamba2 = EagerOp("Mamba2SSD", _fwd_op, _fwd_impl, _setup_context, _backward)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------------
+def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
+                              initial_states=None, return_final_states=False, *, seq_idx=None, cu_seqlens=None,
+                              dt_limit=(0.0, math.inf)):
+    """The SSD chunk scan (see the module docstring): y ``[b, l, h, p]`` in x's dtype, or ``(y, final_states
+    [b, h, p, n] fp32)`` with ``return_final_states``."""
+    if z is not None:
+        raise ValueError("mamba2 (triton): z (output gating) is not supported; gate outside (the lab's mixer "
+                         "does: ops.norm_gate)")
+    if seq_idx is not None or cu_seqlens is not None:
+        raise ValueError("mamba2 (triton): seq_idx / cu_seqlens are not supported; pass equal-length sequences")
+    if tuple(dt_limit) != (0.0, math.inf):
+        raise ValueError(f"mamba2 (triton): dt_limit must be (0.0, inf); got {dt_limit}")
+    check_tensor("x", x, ndim=4)
+    dev = x.device
+    for name, t in (("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("dt_bias", dt_bias),
+                    ("initial_states", initial_states)):
+        if t is not None:
+            check_tensor(name, t, device=dev)
+    _check(x, dt, A, B, C, D, None, initial_states)
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be ≥ 1; got {chunk_size}")
+    y, hT = _mamba2(x, dt, A, B, C, D, dt_bias, initial_states, bool(dt_softplus), bool(return_final_states))
+    return (y, hT) if return_final_states else y
