@@ -826,9 +826,10 @@ def _bwd_cross_chunk_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, 
                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr,
                             BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
     """Grid (chunk slots, H) (``bwd_split`` "chunk"): ``_bwd_cross_kernel``'s work for all blocks of one chunk,
-    S_c and D_c loaded once (not once per block): the blocks from the last down, D carried downwards (one move
-    per block), S_i recomputed from S_c over the blocks before i (0 / 1 move per block at 32 rows, 0-3 at 64);
-    three [BK, BV] states live (layouts above)."""
+    S_c and D_c read from HBM once (not once per block): the blocks from the last down, D carried downwards (one
+    move per block), S_i recomputed over the blocks before i (0 / 1 move per block at 32 rows, 0-3 at 64) from S_c
+    re-loaded for each block (L1 / L2 hits), so that two [BK, BV] states live, not three (the first version kept
+    S_c in registers: offline sm_90 255 registers / 472 B spill at 4 warps) (layouts above)."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     c0 = i_c * BT
@@ -836,12 +837,11 @@ def _bwd_cross_chunk_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, 
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
     p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
     m_kv = m_kv & (o_kv * 0 + c0 < L)
-    b_hc = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
     b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
     nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows
     for jj in range(0, nb):
         i = nb - 1 - jj
-        b_h = b_hc
+        b_h = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
         for j in range(0, i):
             b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H,
                                     K, V, SB, PREC)
@@ -850,6 +850,116 @@ def _bwd_cross_chunk_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, 
         if i > 0:
             b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + i * SB, L, i_h, scale, o_t, o_k, o_v, m_k,
                                     m_v, H, K, V, SB, PREC)
+
+
+# ---- the fused backward (``bwd_split`` "fused"): the own pairs and the block-crossing terms in one program per chunk,
+# the key columns in BKC-wide slices. Every term but A = q kᵀ (the own dv) and the crossing dv = (k ⊙ exp(R)) D sums
+# over keys is separable in K: a slice of S and D ([BKC, BV] rows of the states) moves over a block with that slice's
+# k, q, w alone (``_state_over_block`` / ``_grad_over_block`` on the slice's columns), and ``_cross_bwd`` on the
+# slice's columns gives that slice's dq, dk, dw and its part of dv. So dq, dk, dw are final per slice (stored once, in
+# the gradients' dtypes) and only A and dv accumulate over the slices: no fp32 partials, S_c and D_c read once per
+# chunk from HBM (a block re-reads its slices: L1 / L2).
+@triton.jit
+def _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dw_ptr, du_ptr, b_B, b_vd,
+                b_A, b_dv, b_v, b_do, p_s, tok, m_t, o_t, o_c, o_v, m_v, bos, c0, i_b, nb, L, i_h, scale,
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, LOG: tl.constexpr,
+                PREC: tl.constexpr, FAST: tl.constexpr, DWP: tl.constexpr):
+    """Key columns o_c [BKC] of block i_b (rows tok [SB], m_t; chunk start c0, nb blocks of the chunk hold rows) in
+    ``_bwd_fused_kernel``: the own pairs and bonus terms (as ``_own_cols``) and the block-crossing terms from this
+    slice of S at the block start and dL/dS at its end (S_c / D_c rows o_c at p_s, moved over the chunk's earlier /
+    later blocks; none when c0 >= L) -> the final dq (× scale), dk, dw of these columns and their du row
+    entries (du_ptr: the block's row). Returns b_A [SB, SB] and b_dv [SB, BV] plus these columns' parts."""
+    m_c = o_c < K
+    m_tc = m_t[:, None] & m_c[None, :]
+    p_c = tok[:, None] * K + o_c[None, :]
+    b_u = tl.load(u_ptr + i_h * K + o_c, mask=m_c, other=0.).to(tl.float32)
+    b_q = tl.load(q_ptr + p_c, mask=m_tc, other=0.).to(tl.float32) * scale
+    b_k = tl.load(k_ptr + p_c, mask=m_tc, other=0.).to(tl.float32)
+    b_wr = tl.load(w_ptr + p_c, mask=m_tc, other=0.)
+    b_w = tl.where(b_wr < 0, tl.where(b_wr < W_FLOOR, W_FLOOR, b_wr), 0.).to(b_wr.dtype)   # as ``_scores_tile``
+    # ---- the own pairs (``_own_cols``)
+    m_lv = _level_mask(o_t, 1)
+    b_A += tl.where(m_lv, tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
+    b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
+    b_dA = tl.where(m_lv, b_B, 0.)
+    b_dq = tl.dot(b_dA, b_k, input_precision=PREC) + b_u[None, :] * b_k * b_vd[:, None]
+    b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC) + b_u[None, :] * b_q * b_vd[:, None]
+    tl.store(du_ptr + o_c, tl.sum(b_q * b_k * b_vd[:, None], axis=0), mask=m_c)
+    b_dw = tl.zeros_like(b_dq)
+    for m in tl.static_range(1, LOG):
+        b_e = _exp_ftz(_span_sums(b_w, o_t, 2 ** m), FAST)
+        b_qh = b_q * b_e
+        b_kh = b_k * b_e
+        b_A, b_dqh, b_dkh = _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, 2 ** m, PREC)
+        b_dq += b_e * b_dqh
+        b_dk += b_e * b_dkh
+        b_span = tl.where(_span_mask(o_t[None, :], o_t[:, None], 2 ** m), 1., 0.)
+        b_dw += tl.dot(b_span, b_qh * b_dqh + b_kh * b_dkh, input_precision=DWP)
+    # ---- this slice of S at the block start and of dL/dS at its end, then the crossing terms (``_cross_bwd``)
+    o_cv = o_c[:, None] * V + o_v[None, :]
+    m_cv = m_c[:, None] & m_v[None, :] & (o_cv * 0 + c0 < L)
+    b_h = tl.load(hs_ptr + p_s + o_cv, mask=m_cv, other=0.)
+    for j in range(0, tl.minimum(i_b, nb)):
+        b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_c, o_v, m_c, m_v, H, K, V,
+                                SB, PREC)
+    b_dh = tl.load(hd_ptr + p_s + o_cv, mask=m_cv, other=0.)
+    for j in range(0, nb - 1 - i_b):
+        b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + (nb - 1 - j) * SB, L, i_h, scale, o_t, o_c, o_v,
+                                m_c, m_v, H, K, V, SB, PREC)
+    b_dqx, b_dkx, b_dvx, b_dwx = _cross_bwd(b_q, b_k, _clamp_w(b_wr.to(tl.float32)), b_v.to(tl.float32),
+                                            b_do.to(tl.float32), b_h, b_dh, PREC)
+    _store_dqkw(b_dq + b_dqx, b_dk + b_dkx, b_dw + b_dwx, b_wr, dq_ptr, dk_ptr, dw_ptr, p_c, m_tc, scale)
+    return b_A, b_dv + b_dvx
+
+
+@triton.autotune(configs=autotune_configs([triton.Config({"BKC": bkc}, num_warps=nw, num_stages=1)
+                                           for bkc in (16, 32) for nw in (2, 4, 1)]),
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"], prune_configs_by={"early_config_prune": _own_prune})
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _bwd_fused_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
+                      du_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                      BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKC: tl.constexpr,
+                      LOG: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr,
+                      FAST: tl.constexpr, DWP: tl.constexpr):
+    """Grid (chunk slots, H), all of V per program (BV >= V) (``bwd_split`` "fused"): every gradient of the BT // SB
+    blocks of one chunk, the block's own pairs and its block-crossing terms together (``_fused_cols``, key columns
+    BKC at a time; not unrolled), from hs_ptr / hd_ptr (the state at each chunk start / dL/dS at each chunk end) ->
+    dq_ptr, dk_ptr, dw_ptr, dv_ptr (layouts above) and du_ptr [slots · BT/SB, H, K] fp32 partial rows (one per block;
+    rows past the sequence zeros). No partials: A [SB, SB] and dv [SB, BV] accumulate over the slices in registers.
+    w_ptr in the inputs' dtype (fp32 under the interpreter for bf16); FAST, DWP as ``_bwd_own_kernel``'s."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    c0 = i_c * BT
+    o_t = tl.arange(0, SB)
+    o_v = tl.arange(0, BV)
+    m_v = o_v < V
+    p_s = (i_s.to(tl.int64) * H + i_h) * K * V
+    nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows (the rest: no-ops)
+    for i_b in tl.range(0, BT // SB, loop_unroll_factor=1):
+        r0 = c0 + i_b * SB
+        rows = r0 + o_t
+        m_t = rows < L
+        tok = (bos + rows) * H + i_h
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_v = tok[:, None] * V + o_v[None, :]
+        b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.)
+        b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.)
+        if HALF_B:      # exact: products of two half values fit the fp32 accumulator
+            b_B = tl.dot(b_do, tl.trans(b_v))
+        else:
+            b_B = tl.dot(b_do.to(tl.float32), tl.trans(b_v.to(tl.float32)), input_precision=PREC)
+        b_vd = tl.sum(b_v.to(tl.float32) * b_do.to(tl.float32), axis=1)
+        b_A = tl.zeros([SB, SB], dtype=tl.float32)
+        b_dv = tl.zeros([SB, BV], dtype=tl.float32)
+        p_du = du_ptr + ((i_s.to(tl.int64) * (BT // SB) + i_b) * H + i_h) * K
+        for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):    # not unrolled: one slice's tiles live at a time
+            b_A, b_dv = _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dw_ptr,
+                                    p_du, b_B, b_vd, b_A, b_dv, b_v, b_do, p_s, tok, m_t, o_t,
+                                    i_c * BKC + tl.arange(0, BKC), o_v, m_v, bos, c0, i_b, nb, L, i_h, scale, H, K,
+                                    V, SB, LOG, PREC, FAST, DWP)
+        b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)      # reloaded (L1): fewer live registers
+        b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+        tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1066,7 +1176,7 @@ LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe
           "fwd_pipe": False, "bwd_split": False, "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
-BWD_SPLIT = (False, "block", "chunk")     # the ``bwd_split`` knob's values
+BWD_SPLIT = (False, "block", "chunk", "fused")     # the ``bwd_split`` knob's values
 
 
 @contextlib.contextmanager
@@ -1155,12 +1265,17 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
     nb = bt // SB
     per_b = T * H * (3 * K + V) * 4
     step = B if cu is not None or not kn["split_bytes"] else max(1, min(B, kn["split_bytes"] // per_b))
-    parts = [new_empty((step, *g.shape[1:]), torch.float32, r.device) for g in outs]  # own pairs' dq, dk, dv, dw
     du_part = new_empty((S * nb, H, K), torch.float32, r.device)
     w_own = w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()    # bf16 under the interpreter
     prec = _prec(r.dtype, bwd=True)
     meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
     cross = _bwd_cross_chunk_kernel if kn["bwd_split"] == "chunk" else _bwd_cross_kernel
+    if kn["bwd_split"] == "fused":     # one kernel, no partials
+        _bwd_fused_kernel[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT, LOG=LOG,
+                                  HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
+                                  DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
+        return du_part.sum(0)
+    parts = [new_empty((step, *g.shape[1:]), torch.float32, r.device) for g in outs]  # own pairs' dq, dk, dv, dw
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
         cut = (lambda x: x) if step == B else (lambda x: x[b0:b1])  # noqa: E731
