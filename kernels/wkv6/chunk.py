@@ -952,10 +952,10 @@ def _bwd_fused_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr,
         b_A = tl.zeros([SB, SB], dtype=tl.float32)
         b_dv = tl.zeros([SB, BV], dtype=tl.float32)
         p_du = du_ptr + ((i_s.to(tl.int64) * (BT // SB) + i_b) * H + i_h) * K
-        for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):    # not unrolled: one slice's tiles live at a time
+        for i_kc in tl.range(0, BK // BKC, loop_unroll_factor=1):   # not unrolled: one slice's tiles live at a time
             b_A, b_dv = _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dw_ptr,
                                     p_du, b_B, b_vd, b_A, b_dv, b_v, b_do, p_s, tok, m_t, o_t,
-                                    i_c * BKC + tl.arange(0, BKC), o_v, m_v, bos, c0, i_b, nb, L, i_h, scale, H, K,
+                                    i_kc * BKC + tl.arange(0, BKC), o_v, m_v, bos, c0, i_b, nb, L, i_h, scale, H, K,
                                     V, SB, LOG, PREC, FAST, DWP)
         b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)      # reloaded (L1): fewer live registers
         b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
