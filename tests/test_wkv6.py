@@ -112,13 +112,16 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
 @pytest.mark.parametrize("fn,knobs,seq", [(wkv6, {}, None), (wkv6_fused, {}, None),
                                           (wkv6, dict(state_rows=32, fwd_scores=True, bwd_split=False), True),
                                           (wkv6, dict(fwd_scores=True), False),
-                                          (wkv6, dict(fwd_scores=False), True)],
-                         ids=["chunk", "fused", "chunk_scores_walk", "chunk_scores_states", "chunk_levels"])
+                                          (wkv6, dict(fwd_scores=False), True),
+                                          (wkv6, dict(bwd_split="fused"), True)],
+                         ids=["chunk", "fused", "chunk_scores_walk", "chunk_scores_states", "chunk_levels",
+                              "chunk_bwd_fused"])
 def test_wkv6_extreme_decay(fn, knobs, seq):
     """Extreme decays: the default (at this T = 35 the level forward: the scores are on at 1024 ≤ T ≤ 4096), the
     scores kernel with the walk (the chunk backward's ``state_rows`` 32: the walk keeps the 32-row states; the
     one-kernel backward ``_bwd_kernel``, ``bwd_split`` False; the default is the split one) and with
-    the one-kernel state pass, and the walk's own level code (``fwd_scores`` False)."""
+    the one-kernel state pass, the walk's own level code (``fwd_scores`` False), and the fused backward
+    (``bwd_split`` "fused")."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
@@ -542,6 +545,23 @@ def test_wkv6_chunk_memory_knobs(knobs):
         _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))
 
 
+@pytest.mark.parametrize("seq,rows,dtype,shape,cu", [(True, 32, torch.float32, (2, 40, 2, 20, 24), None),
+                                                     (False, 64, torch.float32, (1, 100, 1, 16, 16), [0, 3, 64, 64, 100]),
+                                                     (True, 32, torch.float16, (1, 45, 1, 16, 16), None)],
+                         ids=["walk32", "par64_varlen", "fp16"])
+def test_wkv6_bwd_fused(seq, rows, dtype, shape, cu):
+    """The fused backward (``bwd_split`` "fused": own pairs and block-crossing terms per key slice in one program
+    per chunk, no fp32 partials) vs fp64: the walk's saved 32-row states with K = 20 (two key slices, the second
+    partial), the state pass's 64-row states recomputed beside D on a varlen batch (an empty sequence, one of one
+    row), fp16 (B = do vᵀ in fp16: HALF_B) at bound 2e-3."""
+    import kernels.wkv6.chunk as kc
+    d = make_inputs(*shape, dtype=dtype, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
+    if cu is not None:
+        d["cu_seqlens"] = torch.tensor(cu)
+    with kc.tuning(bwd_split="fused", state_rows=rows), kc.forward_mode(seq):
+        _check(d, bound=2e-3 if dtype == torch.float16 else None, context=f"fused {shape} rows {rows} cu={cu}")
+
+
 def test_wkv6_chunk_bad_knobs():
     """A ``state_rows``, ``bwd_maxnreg``, ``bwd_split`` or ``split_bytes`` value the kernels do not take, an unknown knob, or a backward whose
     ``state_rows`` differs from its forward's (saved states of the wrong spacing), is a one-line error."""
@@ -636,9 +656,13 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
                                        (dict(fwd_scores=True, bwd_split=False), True),
                                        (dict(fwd_scores=True, bwd_split="chunk"), True),
                                        (dict(fwd_scores=True, bwd_split="chunk", state_rows=64), False),
-                                       (dict(state_rows=64, fwd_scores=False, bwd_split=False), False)],
+                                       (dict(state_rows=64, fwd_scores=False, bwd_split=False), False),
+                                       (dict(fwd_scores=True, bwd_split="fused"), True),
+                                       (dict(fwd_scores=True, bwd_split="fused", state_rows=64), True),
+                                       (dict(fwd_scores=True, bwd_split="fused", state_rows=64), False)],
                          ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "scores_seq", "scores_par",
-                              "scores_pipe", "bwd_kernel_seq", "bsplitc_seq", "bsplitc_par64", "bwd_kernel_par64"])
+                              "scores_pipe", "bwd_kernel_seq", "bsplitc_seq", "bsplitc_par64", "bwd_kernel_par64",
+                              "bfused_seq", "bfused_seq64", "bfused_par64"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
@@ -653,7 +677,8 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     (``fwd_scores``: its span-sum dots in the inputs' dtype, "ieee" for fp32) with the walk (also with ``fwd_pipe``)
     and with the one-kernel state pass; the backward's forms (``bwd_split``: the default "block" everywhere above; False, the one-kernel ``_bwd_kernel``,
     and "chunk" with the walk, "chunk" with 64-row states; "bwd_kernel_par64": the one-kernel backward at 64-row
-    states, what ``LOWMEM`` / ``wkv6_chunk_lowmem`` run)."""
+    states, what ``LOWMEM`` / ``wkv6_chunk_lowmem`` run; "fused": no partials, with the walk at 32 and 64 rows and
+    with the state pass at 64)."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)
