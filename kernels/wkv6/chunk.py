@@ -861,7 +861,7 @@ def _bwd_cross_chunk_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, 
 # chunk from HBM (a block re-reads its slices: L1 / L2).
 @triton.jit
 def _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dw_ptr, du_ptr, b_B, b_vd,
-                b_A, b_dv, b_v, b_do, p_s, tok, m_t, o_t, o_c, o_v, m_v, bos, c0, i_b, nb, L, i_h, scale,
+                b_A, b_dv, p_v, m_tv, p_s, tok, m_t, o_t, o_c, o_v, m_v, bos, c0, i_b, nb, L, i_h, scale,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, LOG: tl.constexpr,
                 PREC: tl.constexpr, FAST: tl.constexpr, DWP: tl.constexpr):
     """Key columns o_c [BKC] of block i_b (rows tok [SB], m_t; chunk start c0, nb blocks of the chunk hold rows) in
@@ -906,15 +906,19 @@ def _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     for j in range(0, nb - 1 - i_b):
         b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + (nb - 1 - j) * SB, L, i_h, scale, o_t, o_c, o_v,
                                 m_c, m_v, H, K, V, SB, PREC)
-    b_dqx, b_dkx, b_dvx, b_dwx = _cross_bwd(b_q, b_k, _clamp_w(b_wr.to(tl.float32)), b_v.to(tl.float32),
-                                            b_do.to(tl.float32), b_h, b_dh, PREC)
+    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)       # re-read (L1): not live across slices
+    b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+    b_dqx, b_dkx, b_dvx, b_dwx = _cross_bwd(b_q, b_k, _clamp_w(b_wr.to(tl.float32)), b_v, b_do, b_h, b_dh, PREC)
     _store_dqkw(b_dq + b_dqx, b_dk + b_dkx, b_dw + b_dwx, b_wr, dq_ptr, dk_ptr, dw_ptr, p_c, m_tc, scale)
     return b_A, b_dv + b_dvx
 
 
-@triton.autotune(configs=autotune_configs([triton.Config({"BKC": bkc}, num_warps=nw, num_stages=1)
-                                           for bkc in (16, 32) for nw in (2, 4, 1)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"], prune_configs_by={"early_config_prune": _own_prune})
+# key slices of 16 columns at 1, 2, 4 or 8 warps (offline sm_90 compile, Triton 3.9, bf16, K = V = 64, 32-row states:
+# registers / spill-stack B / SASS 255 / 1368 / 6992 at 1 warp, 255 / 504 / 4688 at 2, 255 / 360 / 3520 at 4, 255 /
+# 152 / 2960 at 8; BKC 32: 1256, 864, 456 B at 2, 4, 8 warps, not offered)
+@triton.autotune(configs=autotune_configs([triton.Config({"BKC": 16}, num_warps=nw, num_stages=1)
+                                           for nw in (2, 4, 8, 1)]),
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_fused_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
                       du_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -954,7 +958,7 @@ def _bwd_fused_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr,
         p_du = du_ptr + ((i_s.to(tl.int64) * (BT // SB) + i_b) * H + i_h) * K
         for i_kc in tl.range(0, BK // BKC, loop_unroll_factor=1):   # not unrolled: one slice's tiles live at a time
             b_A, b_dv = _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dw_ptr,
-                                    p_du, b_B, b_vd, b_A, b_dv, b_v, b_do, p_s, tok, m_t, o_t,
+                                    p_du, b_B, b_vd, b_A, b_dv, p_v, m_tv, p_s, tok, m_t, o_t,
                                     i_kc * BKC + tl.arange(0, BKC), o_v, m_v, bos, c0, i_b, nb, L, i_h, scale, H, K,
                                     V, SB, LOG, PREC, FAST, DWP)
         b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)      # reloaded (L1): fewer live registers
