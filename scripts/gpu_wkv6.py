@@ -30,6 +30,7 @@ with every Triton launch stubbed.
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; forward modes in SEQ; named in WKV6_ALGOS only,
 forward: the sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem
 (``LOWMEM``: recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``),
+chunk_lowmem_fused (``LOWMEM`` with the fused backward and the default forward's scores kernel),
 chunk_run9 (run 9's default: state_rows 64, scan_pipe off, one walk kernel), chunk_rows64 / chunk_rows32
 (``state_rows`` forced: fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64
 with the state pass), chunk_nopipe (the state scans without PIPE), chunk_fill2 (narrow scan blocks until 2 × #SMs
@@ -113,7 +114,8 @@ def device_name():
     return "cpu (WKV6_SMOKE: interpreter, nothing measured)" if SMOKE else torch.cuda.get_device_name()
 
 
-VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
+VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM,
+            "chunk_lowmem_fused": {**kc.LOWMEM, "bwd_split": "fused", "fwd_scores": None}}
 KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False,   # run 9's default
                             bwd_split=False),
          "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),

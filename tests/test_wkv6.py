@@ -532,14 +532,16 @@ def test_wkv6_backward_without_saved_states():
 @pytest.mark.parametrize("knobs", [dict(split_bytes=1, state_rows=32, scan_pipe=True),
                                    dict(piece_bytes=1, state_rows=32, scan_pipe=True),
                                    dict(save_states=False, piece_bytes=1, scan_fill=True, scan_pipe=True,
-                                        bwd_split="chunk")],
-                         ids=["saved_split_slices", "saved_pieces", "recomputed_bwd_split"])
+                                        bwd_split="chunk"),
+                                   dict(save_states=False, piece_bytes=1, state_rows=64, bwd_split="fused")],
+                         ids=["saved_split_slices", "saved_pieces", "recomputed_bwd_split", "recomputed_fused"])
 def test_wkv6_chunk_memory_knobs(knobs):
     """The chunk algorithm's memory knobs (``chunk.TUNING``) vs fp64, B = 2, K = 16, V = 24: the forward's states
     (every 32 rows: the walk keeps them) sliced per batch element by the split backward's ``split_bytes`` or by
     the backward's pieces (``piece_bytes``: the saved states indexed per piece); or one
     batch element per backward piece (``piece_bytes``), the states recomputed there, narrow scan blocks, with the
-    split backward's chunk form (``bwd_split`` "chunk") at the state pass's 64-row states."""
+    split backward's chunk form (``bwd_split`` "chunk") at the state pass's 64-row states; the same pieces with the
+    fused backward (``bwd_split`` "fused": ``LOWMEM``'s pieces without partials)."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(knobs.get("save_states", True)):   # forward and backward inside
         _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))
@@ -663,7 +665,8 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
                          ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "scores_seq", "scores_par",
                               "scores_pipe", "bwd_kernel_seq", "bsplitc_seq", "bsplitc_par64", "bwd_kernel_par64",
                               "bfused_seq", "bfused_seq64", "bfused_par64"])
-@pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)],
+                         ids=["bf16", "fp16", "fp32"])
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
     chunk at every state_rows), K = V = 64, strong decay, h0; the walk forward (it keeps the states those knobs ask
@@ -706,6 +709,21 @@ def test_wkv6_gpu_cases(case, seq):
     """The chunk algorithm in each forward mode (the walk / the state pass, default knobs) vs fp64 on GPU_CASES."""
     shape, dtype, decay, bound, cu = GPU_CASES[case]
     _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(seq), cu=cu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case,rows", [("bf16_extreme", 32), ("bf16_extreme", 64), ("bf16_varlen", 32),
+                                       ("bf16_K32_V96", 32), ("fp32_extreme", 32), ("fp32_extreme", 64),
+                                       ("fp32_K60_V100", 32)],
+                         ids=["bf16_extreme", "bf16_extreme_rows64", "bf16_varlen", "bf16_K32_V96", "fp32_extreme",
+                              "fp32_extreme_rows64", "fp32_K60_V100"])
+def test_wkv6_gpu_bwd_fused(case, rows):
+    """The fused backward (``bwd_split`` "fused") on the GPU_CASES that stress it (extreme decay, varlen, other K and
+    V, fp32 at 1e-5), the walk forward keeping 32- or 64-row states."""
+    import kernels.wkv6.chunk as kc
+    shape, dtype, decay, bound, cu = GPU_CASES[case]
+    with kc.tuning(bwd_split="fused", state_rows=rows):
+        _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(True), cu=cu)
 
 
 @pytest.mark.gpu
