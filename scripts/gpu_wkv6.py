@@ -259,6 +259,7 @@ def resources():
     from torch.profiler import ProfilerActivity, profile
     log(device_name(), "torch", torch.__version__, "triton", triton.__version__)
     impls = {n: f for n, f in ALGOS.items() if n != "chunk"}
+    gpu_us = {}     # (name, shape) -> (GPU us of all kernels per fwd+bwd, {kernel: us})
     for sh in SHAPES:
         xs = bench_inputs(sh, grad=True)
         leaves = [xs[n] for n in "rkvwu"]
@@ -279,7 +280,10 @@ def resources():
                         x.grad = None
                     f(**xs)[0].backward(do)
                 sync()
-            ev = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:8]
+            ev = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)
+            gpu_us[n, sh] = (sum(e.self_device_time_total for e in ev) / 3,
+                             {e.key: e.self_device_time_total / 3 for e in ev if e.self_device_time_total > 0})
+            ev = ev[:8]
             log(f"split {n} {sh} (us per fwd+bwd): " + "; ".join(
                 f"{e.key[:40]} {e.self_device_time_total / 3:.0f}" for e in ev))
     print("\n==== compiled wkv6 kernels: module kernel warps stages regs spills shared pick")
@@ -310,8 +314,28 @@ def resources():
     for sh in SHAPES:
         print(f"| B{sh[0]} T{sh[1]} H{sh[2]} K{sh[3]} | " + " | ".join(
             "{:.3f} / {:.3f} / {:.2f}".format(*res[n, sh]) for n in impls) + " |")
-    if os.environ.get("WKV6_CHECKS", "0") == "1":
-        return tests(os.environ.get("WKV6_TESTS_K", ""))
+    rc = tests(os.environ.get("WKV6_TESTS_K", "")) if os.environ.get("WKV6_CHECKS", "0") == "1" else None
+    summary(impls, res, gpu_us, rc)
+    return rc
+
+
+def summary(impls, res, gpu_us, rc):
+    """The last lines of ``--resources``: per shape and algorithm the profiler's GPU us of one fwd+bwd (all kernels;
+    the backward's kernels and the forward's by name, us), the bench ms and the extra peak, and the tests' exit."""
+    print(f"\n==== wkv6 summary, {device_name()}, bf16: GPU us per fwd+bwd (profiler, all kernels) | backward kernels us "
+          "| forward kernels us | ms fwd / fwd+bwd (bench median) | extra peak GiB")
+    for sh in SHAPES:
+        for n in impls:
+            tot, ks = gpu_us.get((n, sh), (float("nan"), {}))
+            bwd = ", ".join(f"{k.split('(')[0][:24]} {v:.0f}" for k, v in sorted(ks.items(), key=lambda kv: -kv[1])
+                            if "bwd" in k or "scan" in k)
+            fwd = ", ".join(f"{k.split('(')[0][:24]} {v:.0f}" for k, v in sorted(ks.items(), key=lambda kv: -kv[1])
+                            if "fwd" in k)
+            f, fb, mem = res.get((n, sh), (float("nan"),) * 3)
+            print(f"B{sh[0]} T{sh[1]} H{sh[2]} K{sh[3]} {n:18s} {tot:7.0f} | {bwd} | {fwd} | {f:.3f} / {fb:.3f} | "
+                  f"{mem:.2f}")
+    print("checks:", "not run" if rc is None else f"GPU tests pytest exit {rc} (WKV6_TESTS_K "
+          f"{os.environ.get('WKV6_TESTS_K', '')!r})")
 
 
 def main():
