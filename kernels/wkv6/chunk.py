@@ -70,6 +70,18 @@ untimed). H100 run 13 (wkv6j; GPU µs per fwd+bwd, ``_bwd_kernel`` vs own + cros
 per token and head of transient memory (extra peak at B8 T4096 H32 1.68 → 2.68 GiB). Earlier splits with both
 halves at 4 warps lost (run 6: 10.3 vs 9.3 ms at B8 T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
 
+The fused backward (``bwd_split`` "fused", ``_bwd_fused_kernel``; untimed, off): the own kernel's program (one per
+chunk, key columns in BKC = 16-wide slices, not unrolled) does the crossing terms too, so nothing goes through
+partials. Every crossing term but dv sums over V only or over nothing, so it is separable in K: a slice of S and D
+(rows o_c of the [K, V] states, [BKC, BV]) moves over a block with that slice's k̂ / q̂ and w alone, and
+``_cross_bwd`` on the slice's columns gives the slice's dq, dk, dw (final: the own pairs' parts are in registers,
+so they are stored once, in the gradients' dtypes) and its share of dv = (k ⊙ exp(R)) D; only A (dv's own part
+Aᵀ do) and dv accumulate across the slices. Block i of a chunk re-reads its slices of S_c and D_c (L1 / L2: the
+chunk's states come from HBM once) and moves them over the i earlier / nb − 1 − i later blocks: 1 move per block
+at 32-row states, 3 at 64. Memory: no partials (at B8 T4096 H32 K = V = 64 the extra peak of fwd+bwd is the
+128 MiB output, 512 MiB of gradients and the fp32 states S, D, 512 MiB each at 32 rows and 256 at 64: ≈ 1.68 /
+1.18 GiB against the split's 2.68; with ``LOWMEM``'s recomputed states in 128 MiB batch pieces ≈ 0.76 GiB).
+
 Memory (``TUNING``; ``wkv6_chunk_lowmem``): the forward may skip saving S_c (the backward's state pass then
 recomputes it with D_c) and the backward may run batch slices one after another, so that its transient fp32
 state buffers stay bounded: at B8 T4096 H32 lowmem's extra peak of fwd+bwd is 0.76 GiB for 12.8 ms (H100 run 5, whose
@@ -1157,7 +1169,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   fwd_pipe     the scored walk loads the next block's tiles before this block's dots (``_fwd_walk``'s PIPE; the
 #                walk is a latency chain: 5.3 us per block at B8 T4096 H32, run 12). Built after run 12: untimed,
 #                off;
-#   bwd_split    False, "block" or "chunk": the backward in two kernels (``_bwd_own_kernel`` then the state
+#   bwd_split    False, "block", "chunk" or "fused": the backward in two kernels (``_bwd_own_kernel`` then the state
 #                kernel): the blocks' own pairs in 1-warp programs, one per chunk (span-sum decays, one ex2 per
 #                element), into fp32 partials of dq, dk, dv, dw (4 bytes × (3K + V) per token and head, transient:
 #                1 GiB at B8 T4096 H32 K = V = 64), then the 4-warp state kernel (S_m, D_m, block-crossing terms)
@@ -1169,7 +1181,10 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                H4 K32 154 vs 46 + 85; the default "block" since (the do_bench fwd+bwd of the large model, host-
 #                bound, read 1.341 vs 1.565 ms in that table, with its unchanged forward at 0.379 vs 0.319); False:
 #                ``_bwd_kernel`` alone (``bwd_maxnreg`` applies to it only; ``LOWMEM`` keeps it: no partials);
-#   split_bytes  with ``bwd_split``, the own and state kernels run on batch slices one after another so that the
+#                "fused": ``_bwd_fused_kernel`` alone, the own kernel's 1-warp-style program per chunk doing the
+#                crossing terms per key slice too (no partials, S_c / D_c from HBM once per chunk; module
+#                docstring). Untimed (built in session 12, wkv6x);
+#   split_bytes  with ``bwd_split`` "block" / "chunk", the own and state kernels run on batch slices one after another so that the
 #                fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25 instead of 1 GiB at B8
 #                T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
