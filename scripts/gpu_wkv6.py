@@ -12,7 +12,8 @@ gpu`` (WKV6_TESTS_K: its -k filter, default all), i.e. ‖x − ref‖/‖ref‖
 against the float64 reference with the same dtype-rounded cotangents on both sides, for every algorithm, forward
 mode and knob the tests list (bf16 / fp16 / fp32, mild / strong / extreme decay, varlen, odd K and V, B8 T4096
 H32), and determinism; the exit status of the script is pytest's.
-WKV6_FLA_SHAPES (indices into SHAPES) limits fla's warm-up and timing (its autotuning costs ~40 s a shape).
+WKV6_DEADLINE_S: the GPU tests' subprocess is stopped that many seconds after the script's start (the summary
+still prints; tests cut say so). WKV6_FLA_SHAPES (indices into SHAPES) limits fla's warm-up and timing (its autotuning costs ~40 s a shape).
 Timings: the benchmarks' measurement (``bench.common.measure``: one untimed first call, then
 ``time_fn``: the median of 5 batches of back-to-back calls, 125 ms in all) in ms of the forward (no grad) and
 forward+backward (fixed random cotangent), on the benchmark's inputs (``kernels/wkv6/spec.py``: bf16, mild decay
@@ -168,7 +169,13 @@ def tests(k):
     cmd = [sys.executable, "-m", "pytest", "tests/test_wkv6.py", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider",
            *(["-k", k] if k else [])]
     log("checks:", " ".join(cmd[1:]))
-    rc = subprocess.run(cmd, cwd=ROOT).returncode
+    deadline = os.environ.get("WKV6_DEADLINE_S")     # seconds after the start by which the tests must end
+    left = None if not deadline else max(10.0, float(deadline) - (time.time() - T0))
+    try:
+        rc = subprocess.run(cmd, cwd=ROOT, timeout=left).returncode
+    except subprocess.TimeoutExpired:
+        log(f"checks: cut after {left:.0f} s (WKV6_DEADLINE_S {deadline}): the tests above this line ran")
+        return "cut"
     log(f"checks: pytest exit {rc}")
     return rc
 
@@ -316,7 +323,7 @@ def resources():
             "{:.3f} / {:.3f} / {:.2f}".format(*res[n, sh]) for n in impls) + " |")
     rc = tests(os.environ.get("WKV6_TESTS_K", "")) if os.environ.get("WKV6_CHECKS", "0") == "1" else None
     summary(impls, res, gpu_us, rc)
-    return rc
+    return rc if rc != "cut" else 1
 
 
 def summary(impls, res, gpu_us, rc):
