@@ -925,11 +925,11 @@ def _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     return b_A, b_dv + b_dvx
 
 
-# key slices of 16 columns at 1, 2, 4 or 8 warps (offline sm_90 compile, Triton 3.9, bf16, K = V = 64, 32-row states:
-# registers / spill-stack B / SASS 255 / 1368 / 6992 at 1 warp, 255 / 504 / 4688 at 2, 255 / 360 / 3520 at 4, 255 /
-# 152 / 2960 at 8; BKC 32: 1256, 864, 456 B at 2, 4, 8 warps, not offered)
+# key slices of 16 columns at 2, 4 or 8 warps (offline sm_90 compile, Triton 3.9, bf16, K = V = 64, 32-row states:
+# registers / spill-stack B / SASS 255 / 504 / 4688 at 2 warps, 255 / 360 / 3520 at 4, 255 / 152 / 2960 at 8; not
+# offered: 1 warp 255 / 1368 / 6992, BKC 32 1256, 864, 456 B of spill at 2, 4, 8 warps)
 @triton.autotune(configs=autotune_configs([triton.Config({"BKC": 16}, num_warps=nw, num_stages=1)
-                                           for nw in (2, 4, 8, 1)]),
+                                           for nw in (4, 2, 8)]),
                  key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_fused_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
@@ -1181,11 +1181,11 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                H4 K32 154 vs 46 + 85; the default "block" since (the do_bench fwd+bwd of the large model, host-
 #                bound, read 1.341 vs 1.565 ms in that table, with its unchanged forward at 0.379 vs 0.319); False:
 #                ``_bwd_kernel`` alone (``bwd_maxnreg`` applies to it only; ``LOWMEM`` keeps it: no partials);
-#                "fused": ``_bwd_fused_kernel`` alone, the own kernel's 1-warp-style program per chunk doing the
-#                crossing terms per key slice too (no partials, S_c / D_c from HBM once per chunk; module
+#                "fused": ``_bwd_fused_kernel`` alone, one program per chunk (2, 4 or 8 warps) doing the own
+#                pairs and the crossing terms per key slice (no partials, S_c / D_c from HBM once per chunk; module
 #                docstring). Untimed (built in session 12, wkv6x);
-#   split_bytes  with ``bwd_split`` "block" / "chunk", the own and state kernels run on batch slices one after another so that the
-#                fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25 instead of 1 GiB at B8
+#   split_bytes  with ``bwd_split`` "block" / "chunk", the own and state kernels run on batch slices one after
+#                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25 instead of 1 GiB at B8
 #                T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None,
