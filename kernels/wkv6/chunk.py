@@ -1185,8 +1185,8 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                pairs and the crossing terms per key slice (no partials, S_c / D_c from HBM once per chunk; module
 #                docstring). Untimed (built in session 12, wkv6x);
 #   split_bytes  with ``bwd_split`` "block" / "chunk", the own and state kernels run on batch slices one after
-#                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25 instead of 1 GiB at B8
-#                T4096 H32; None: one slice; varlen: always one). Untimed, off;
+#                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
+#                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None,
           "fwd_pipe": False, "bwd_split": "block", "split_bytes": None}
