@@ -416,6 +416,8 @@ def regs():
               (kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
                                               PREC="tf32", **none)),
               (kc, "_bwd_fused_kernel", dict(blk, BT=int(os.environ.get("WKV6_REGS_FBT", "32")),
+                                             SB=int(os.environ.get("WKV6_REGS_FSB", "16")),
+                                             LOG=int(os.environ.get("WKV6_REGS_FSB", "16")).bit_length() - 1,
                                              BKC=int(os.environ.get("WKV6_REGS_BKC", "16")), HALF_B=True, FAST=True,
                                              DWP="tf32x3")),
               (kc, "_bwd_cross_chunk_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
@@ -448,7 +450,7 @@ def regs():
                 sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
             m = re.search(r"REG:(\d+) STACK:(\d+)", out)
             n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
-            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "PIPE", "SCORES") if c in consts)
+            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "SB", "PIPE", "SCORES") if c in consts)
             print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), *(("maxnreg", cap) if cap else ()),
                   m.group(1), m.group(2), n_ins, flush=True)
 

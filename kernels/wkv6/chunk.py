@@ -1195,7 +1195,7 @@ LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe
           "fwd_pipe": False, "bwd_split": False, "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
-BWD_SPLIT = (False, "block", "chunk", "fused")     # the ``bwd_split`` knob's values
+BWD_SPLIT = (False, "block", "chunk", "fused", "fused_chunk")     # the ``bwd_split`` knob's values
 
 
 @contextlib.contextmanager
@@ -1289,9 +1289,12 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
     prec = _prec(r.dtype, bwd=True)
     meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
     cross = _bwd_cross_chunk_kernel if kn["bwd_split"] == "chunk" else _bwd_cross_kernel
-    if kn["bwd_split"] == "fused":     # one kernel, no partials
-        _bwd_fused_kernel[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT, LOG=LOG,
-                                  HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
+    if kn["bwd_split"] in ("fused", "fused_chunk"):     # one kernel, no partials
+        if kn["bwd_split"] == "fused_chunk":    # one block per chunk: its own pairs by log2(bt) levels, no moves
+            meta["SB"] = bt
+            du_part = new_empty((S, H, K), torch.float32, r.device)
+        _bwd_fused_kernel[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT,
+                                  LOG=meta["SB"].bit_length() - 1, HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
                                   DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         return du_part.sum(0)
     parts = [new_empty((step, *g.shape[1:]), torch.float32, r.device) for g in outs]  # own pairs' dq, dk, dv, dw
