@@ -47,7 +47,9 @@ default until run 12; chunk_run9, chunk_split and chunk_walk1 run without the sc
 (``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
 the latter at 64-row states), chunk_bsplitc / chunk_bsplitc64 (``bwd_split`` "chunk": the state kernel one
 program per chunk), chunk_bfused / chunk_bfused64 (``bwd_split`` "fused": one kernel per chunk, own pairs and
-crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bslice (the split backward on batch slices of <= 256 MiB of fp32 partials, ``split_bytes``),
+crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bfusedc / chunk_bfusedc64 (``bwd_split``
+"fused_chunk": the same kernel with one block per chunk, its own pairs by log2(state_rows) levels, no state moves),
+chunk_bslice (the split backward on batch slices of <= 256 MiB of fp32 partials, ``split_bytes``),
 chunk_bwd1 (``bwd_split`` False: the one-kernel ``_bwd_kernel``, the default until run 13;
 chunk_nreg0 / chunk_nreg168 run it too);
 the others keep the default's forward mode
@@ -127,7 +129,9 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_bwd1": dict(bwd_split=False), "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
          "chunk_bsplitc": dict(bwd_split="chunk"), "chunk_bsplitc64": dict(bwd_split="chunk", state_rows=64),
-         "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
+         "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64),
+         "chunk_bfusedc": dict(bwd_split="fused_chunk"),
+         "chunk_bfusedc64": dict(bwd_split="fused_chunk", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False)}
 SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True), "chunk_seq_levels": dict(fwd_scores=False),   # the walk

@@ -81,6 +81,9 @@ chunk's states come from HBM once) and moves them over the i earlier / nb − 1 
 at 32-row states, 3 at 64. Memory: no partials (at B8 T4096 H32 K = V = 64 the extra peak of fwd+bwd is the
 128 MiB output, 512 MiB of gradients and the fp32 states S, D, 512 MiB each at 32 rows and 256 at 64: ≈ 1.68 /
 1.18 GiB against the split's 2.68; with ``LOWMEM``'s recomputed states in 128 MiB batch pieces ≈ 0.76 GiB).
+"fused_chunk": the same kernel with one block per chunk (SB = state_rows: A [SB, SB] by log2(SB) levels, every
+exponent still ≤ 0), so that the crossing terms use S_c and D_c as loaded, no moves at all (the levels' dots grow
+to [SB, SB, BKC]; offline sm_90 it spills more: 2.9 KB at SB 32, 4 warps, 5 KB at SB 64; untimed).
 
 Memory (``TUNING``; ``wkv6_chunk_lowmem``): the forward may skip saving S_c (the backward's state pass then
 recomputes it with D_c) and the backward may run batch slices one after another, so that its transient fp32
@@ -930,15 +933,15 @@ def _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
 # offered: 1 warp 255 / 1368 / 6992, BKC 32 1256, 864, 456 B of spill at 2, 4, 8 warps)
 @triton.autotune(configs=autotune_configs([triton.Config({"BKC": 16}, num_warps=nw, num_stages=1)
                                            for nw in (4, 2, 8)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
+                 key=["K", "V", "BT", "SB", "BK", "BV", "PREC", "HALF_B"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_fused_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
                       du_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                       BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKC: tl.constexpr,
                       LOG: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr,
                       FAST: tl.constexpr, DWP: tl.constexpr):
-    """Grid (chunk slots, H), all of V per program (BV >= V) (``bwd_split`` "fused"): every gradient of the BT // SB
-    blocks of one chunk, the block's own pairs and its block-crossing terms together (``_fused_cols``, key columns
+    """Grid (chunk slots, H), all of V per program (BV >= V) (``bwd_split`` "fused"; "fused_chunk": SB = BT, LOG =
+    log2(BT), one block per chunk, no state moves): every gradient of the BT // SB blocks of one chunk, the block's own pairs and its block-crossing terms together (``_fused_cols``, key columns
     BKC at a time; not unrolled), from hs_ptr / hd_ptr (the state at each chunk start / dL/dS at each chunk end) ->
     dq_ptr, dk_ptr, dw_ptr, dv_ptr (layouts above) and du_ptr [slots · BT/SB, H, K] fp32 partial rows (one per block;
     rows past the sequence zeros). No partials: A [SB, SB] and dv [SB, BV] accumulate over the slices in registers.
@@ -1183,7 +1186,8 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                ``_bwd_kernel`` alone (``bwd_maxnreg`` applies to it only; ``LOWMEM`` keeps it: no partials);
 #                "fused": ``_bwd_fused_kernel`` alone, one program per chunk (2, 4 or 8 warps) doing the own
 #                pairs and the crossing terms per key slice (no partials, S_c / D_c from HBM once per chunk; module
-#                docstring). Untimed (built in session 12, wkv6x);
+#                docstring); "fused_chunk": the same with one block per chunk (levels up to state_rows, no state
+#                moves). Both untimed (built in session 12, wkv6x);
 #   split_bytes  with ``bwd_split`` "block" / "chunk", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
