@@ -823,8 +823,9 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
                       V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       VARLEN: tl.constexpr, PREC: tl.constexpr):
     """Grid as ``_bwd_kernel``'s (``bwd_split`` "block"), the state half of the split backward: S_m, D_m
-    (``_block_states``) and ``_cross_block`` -> dq_ptr, dk_ptr, dv_ptr, dw_ptr (layouts above). Offered a
-    168-register cap at 4 warps beside the uncapped 4 / 8 warps (H100 run 13: the cap picked)."""
+    (``_block_states``) and ``_cross_block``, adding ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr
+    [B·T, H, K] and pv_ptr [B·T, H, V] -> dq_ptr, dk_ptr, dw_ptr [B·T, H, K], dv_ptr [B·T, H, V] (other layouts
+    above). Offered a 168-register cap at 4 warps beside the uncapped 4 / 8 warps (H100 run 13: the cap picked)."""
     pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
     o_t = tl.arange(0, SB)
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
@@ -844,7 +845,9 @@ def _bwd_cross_chunk_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, 
     S_c and D_c read from HBM once (not once per block): the blocks from the last down, D carried downwards (one
     move per block), S_i recomputed over the blocks before i (0 / 1 move per block at 32 rows, 0-3 at 64) from S_c
     re-loaded for each block (L1 / L2 hits), so that two [BK, BV] states live, not three (the first version kept
-    S_c in registers: offline sm_90 255 registers / 472 B spill at 4 warps) (layouts above)."""
+    S_c in registers: offline sm_90 255 registers / 472 B spill at 4 warps; now 456 B). Partials pq_ptr, pk_ptr,
+    pw_ptr [B·T, H, K], pv_ptr [B·T, H, V] fp32 in, gradients dq_ptr, dk_ptr, dw_ptr [B·T, H, K], dv_ptr [B·T, H, V]
+    out (other layouts above)."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     c0 = i_c * BT
