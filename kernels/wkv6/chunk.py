@@ -692,20 +692,23 @@ def _bwd_cap(K: int, knob) -> int:
 # and layout change across warps), their decays by span-sum dots and one ex2 per element, into fp32 partials; then
 # the lean 4-warp state kernel (S_m, D_m, the block-crossing terms) adds the partials and stores the gradients.
 @triton.jit
-def _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t, o_c, i_h,
-              scale, H: tl.constexpr, K: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
-              DWP: tl.constexpr):
-    """``_own_block``'s work on the key columns o_c [BKC] of one block (rows tok [SB], m_t): stores their partials
-    of dq, dk, dw and their du row entries (du_ptr: the block's row); returns b_A [SB, SB] plus these columns' part
-    of the scores (levels and bonus)."""
-    m_c = o_c < K
-    m_tc = m_t[:, None] & m_c[None, :]
-    p_c = tok[:, None] * K + o_c[None, :]
+def _slice_qkw(q_ptr, k_ptr, w_ptr, u_ptr, p_c, m_tc, o_c, m_c, i_h, scale, K: tl.constexpr):
+    """The key columns o_c [BKC] (mask m_c) of one block's rows (offsets p_c, mask m_tc [SB, BKC]): u [BKC] and q
+    (scaled), k [SB, BKC] in fp32, the raw w [SB, BKC] in its own dtype."""
     b_u = tl.load(u_ptr + i_h * K + o_c, mask=m_c, other=0.).to(tl.float32)
     b_q = tl.load(q_ptr + p_c, mask=m_tc, other=0.).to(tl.float32) * scale
     b_k = tl.load(k_ptr + p_c, mask=m_tc, other=0.).to(tl.float32)
-    b_w = tl.load(w_ptr + p_c, mask=m_tc, other=0.)
-    b_w = tl.where(b_w < 0, tl.where(b_w < W_FLOOR, W_FLOOR, b_w), 0.).to(b_w.dtype)   # as ``_scores_tile``
+    return b_u, b_q, b_k, tl.load(w_ptr + p_c, mask=m_tc, other=0.)
+
+
+@triton.jit
+def _own_slice(b_q, b_k, b_wr, b_u, b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG: tl.constexpr, PREC: tl.constexpr,
+               FAST: tl.constexpr, DWP: tl.constexpr):
+    """The own pairs and bonus terms of one block on the key columns o_c [BKC] (``_own_block``'s math), given the
+    slice's q (scaled), k [SB, BKC] fp32, raw w (its dtype), u [BKC], B = do vᵀ [SB, SB] and v·do [SB]: stores the
+    du row entries (du_ptr: the block's row), returns (A [SB, SB] plus these columns' part of the scores, and the
+    columns' dq (for the scaled q), dk, dw before the clamp's mask [SB, BKC] fp32)."""
+    b_w = tl.where(b_wr < 0, tl.where(b_wr < W_FLOOR, W_FLOOR, b_wr), 0.).to(b_wr.dtype)   # as ``_scores_tile``
     m_lv = _level_mask(o_t, 1)                    # level 0: adjacent rows, no decay
     b_A += tl.where(m_lv, tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
     b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
@@ -723,6 +726,22 @@ def _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b
         b_dk += b_e * b_dkh
         b_span = tl.where(_span_mask(o_t[None, :], o_t[:, None], 2 ** m), 1., 0.)
         b_dw += tl.dot(b_span, b_qh * b_dqh + b_kh * b_dkh, input_precision=DWP)
+    return b_A, b_dq, b_dk, b_dw
+
+
+@triton.jit
+def _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t, o_c, i_h,
+              scale, H: tl.constexpr, K: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+              DWP: tl.constexpr):
+    """``_own_block``'s work on the key columns o_c [BKC] of one block (rows tok [SB], m_t): stores their partials
+    of dq, dk, dw and their du row entries (du_ptr: the block's row); returns b_A [SB, SB] plus these columns' part
+    of the scores (levels and bonus)."""
+    m_c = o_c < K
+    m_tc = m_t[:, None] & m_c[None, :]
+    p_c = tok[:, None] * K + o_c[None, :]
+    b_u, b_q, b_k, b_wr = _slice_qkw(q_ptr, k_ptr, w_ptr, u_ptr, p_c, m_tc, o_c, m_c, i_h, scale, K)
+    b_A, b_dq, b_dk, b_dw = _own_slice(b_q, b_k, b_wr, b_u, b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG, PREC, FAST,
+                                       DWP)
     tl.store(pq_ptr + p_c, b_dq, mask=m_tc)
     tl.store(pk_ptr + p_c, b_dk, mask=m_tc)
     tl.store(pw_ptr + p_c, b_dw, mask=m_tc)
@@ -890,29 +909,9 @@ def _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     m_c = o_c < K
     m_tc = m_t[:, None] & m_c[None, :]
     p_c = tok[:, None] * K + o_c[None, :]
-    b_u = tl.load(u_ptr + i_h * K + o_c, mask=m_c, other=0.).to(tl.float32)
-    b_q = tl.load(q_ptr + p_c, mask=m_tc, other=0.).to(tl.float32) * scale
-    b_k = tl.load(k_ptr + p_c, mask=m_tc, other=0.).to(tl.float32)
-    b_wr = tl.load(w_ptr + p_c, mask=m_tc, other=0.)
-    b_w = tl.where(b_wr < 0, tl.where(b_wr < W_FLOOR, W_FLOOR, b_wr), 0.).to(b_wr.dtype)   # as ``_scores_tile``
-    # ---- the own pairs (``_own_cols``)
-    m_lv = _level_mask(o_t, 1)
-    b_A += tl.where(m_lv, tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
-    b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
-    b_dA = tl.where(m_lv, b_B, 0.)
-    b_dq = tl.dot(b_dA, b_k, input_precision=PREC) + b_u[None, :] * b_k * b_vd[:, None]
-    b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC) + b_u[None, :] * b_q * b_vd[:, None]
-    tl.store(du_ptr + o_c, tl.sum(b_q * b_k * b_vd[:, None], axis=0), mask=m_c)
-    b_dw = tl.zeros_like(b_dq)
-    for m in tl.static_range(1, LOG):
-        b_e = _exp_ftz(_span_sums(b_w, o_t, 2 ** m), FAST)
-        b_qh = b_q * b_e
-        b_kh = b_k * b_e
-        b_A, b_dqh, b_dkh = _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, 2 ** m, PREC)
-        b_dq += b_e * b_dqh
-        b_dk += b_e * b_dkh
-        b_span = tl.where(_span_mask(o_t[None, :], o_t[:, None], 2 ** m), 1., 0.)
-        b_dw += tl.dot(b_span, b_qh * b_dqh + b_kh * b_dkh, input_precision=DWP)
+    b_u, b_q, b_k, b_wr = _slice_qkw(q_ptr, k_ptr, w_ptr, u_ptr, p_c, m_tc, o_c, m_c, i_h, scale, K)
+    b_A, b_dq, b_dk, b_dw = _own_slice(b_q, b_k, b_wr, b_u, b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG, PREC, FAST,
+                                       DWP)     # the own pairs (``_own_cols``)
     # ---- this slice of S at the block start and of dL/dS at its end, then the crossing terms (``_cross_bwd``)
     o_cv = o_c[:, None] * V + o_v[None, :]
     m_cv = m_c[:, None] & m_v[None, :] & (o_cv * 0 + c0 < L)
