@@ -12,7 +12,8 @@ gpu`` (WKV6_TESTS_K: its -k filter, default all), i.e. ‖x − ref‖/‖ref‖
 against the float64 reference with the same dtype-rounded cotangents on both sides, for every algorithm, forward
 mode and knob the tests list (bf16 / fp16 / fp32, mild / strong / extreme decay, varlen, odd K and V, B8 T4096
 H32), and determinism; the exit status of the script is pytest's.
-WKV6_FLA_SHAPES (indices into SHAPES) limits fla's warm-up and timing (its autotuning costs ~40 s a shape).
+WKV6_DEADLINE_S: the GPU tests' subprocess is stopped that many seconds after the script's start (the summary
+still prints; tests cut say so). WKV6_FLA_SHAPES (indices into SHAPES) limits fla's warm-up and timing (its autotuning costs ~40 s a shape).
 Timings: the benchmarks' measurement (``bench.common.measure``: one untimed first call, then
 ``time_fn``: the median of 5 batches of back-to-back calls, 125 ms in all) in ms of the forward (no grad) and
 forward+backward (fixed random cotangent), on the benchmark's inputs (``kernels/wkv6/spec.py``: bf16, mild decay
@@ -30,6 +31,7 @@ with every Triton launch stubbed.
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; forward modes in SEQ; named in WKV6_ALGOS only,
 forward: the sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem
 (``LOWMEM``: recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``),
+chunk_lowmem_fused (``LOWMEM`` with the fused backward and the default forward's scores kernel),
 chunk_run9 (run 9's default: state_rows 64, scan_pipe off, one walk kernel), chunk_rows64 / chunk_rows32
 (``state_rows`` forced: fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64
 with the state pass), chunk_nopipe (the state scans without PIPE), chunk_fill2 (narrow scan blocks until 2 × #SMs
@@ -44,7 +46,10 @@ default until run 12; chunk_run9, chunk_split and chunk_walk1 run without the sc
 (the scored walk with ``fwd_pipe``: the next block's loads in flight), chunk_bsplit / chunk_bsplit64
 (``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
 the latter at 64-row states), chunk_bsplitc / chunk_bsplitc64 (``bwd_split`` "chunk": the state kernel one
-program per chunk), chunk_bslice (the split backward on batch slices of <= 256 MiB of fp32 partials, ``split_bytes``),
+program per chunk), chunk_bfused / chunk_bfused64 (``bwd_split`` "fused": one kernel per chunk, own pairs and
+crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bfusedc / chunk_bfusedc64 (``bwd_split``
+"fused_chunk": the same kernel with one block per chunk, its own pairs by log2(state_rows) levels, no state moves),
+chunk_bslice (the split backward on batch slices of <= 256 MiB of fp32 partials, ``split_bytes``),
 chunk_bwd1 (``bwd_split`` False: the one-kernel ``_bwd_kernel``, the default until run 13;
 chunk_nreg0 / chunk_nreg168 run it too);
 the others keep the default's forward mode
@@ -112,7 +117,8 @@ def device_name():
     return "cpu (WKV6_SMOKE: interpreter, nothing measured)" if SMOKE else torch.cuda.get_device_name()
 
 
-VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
+VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM,
+            "chunk_lowmem_fused": {**kc.LOWMEM, "bwd_split": "fused", "fwd_scores": None}}
 KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False,   # run 9's default
                             bwd_split=False),
          "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),
@@ -122,7 +128,10 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_nreg0": dict(bwd_maxnreg=0, bwd_split=False), "chunk_nreg168": dict(bwd_maxnreg=168, bwd_split=False),
          "chunk_bwd1": dict(bwd_split=False), "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
-         "chunk_bsplitc": dict(bwd_split="chunk"), "chunk_bsplitc64": dict(bwd_split="chunk", state_rows=64)}
+         "chunk_bsplitc": dict(bwd_split="chunk"), "chunk_bsplitc64": dict(bwd_split="chunk", state_rows=64),
+         "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64),
+         "chunk_bfusedc": dict(bwd_split="fused_chunk"),
+         "chunk_bfusedc64": dict(bwd_split="fused_chunk", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False)}
 SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True), "chunk_seq_levels": dict(fwd_scores=False),   # the walk
@@ -164,7 +173,13 @@ def tests(k):
     cmd = [sys.executable, "-m", "pytest", "tests/test_wkv6.py", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider",
            *(["-k", k] if k else [])]
     log("checks:", " ".join(cmd[1:]))
-    rc = subprocess.run(cmd, cwd=ROOT).returncode
+    deadline = os.environ.get("WKV6_DEADLINE_S")     # seconds after the start by which the tests must end
+    left = None if not deadline else max(10.0, float(deadline) - (time.time() - T0))
+    try:
+        rc = subprocess.run(cmd, cwd=ROOT, timeout=left).returncode
+    except subprocess.TimeoutExpired:
+        log(f"checks: cut after {left:.0f} s (WKV6_DEADLINE_S {deadline}): the tests above this line ran")
+        return "cut"
     log(f"checks: pytest exit {rc}")
     return rc
 
@@ -255,6 +270,7 @@ def resources():
     from torch.profiler import ProfilerActivity, profile
     log(device_name(), "torch", torch.__version__, "triton", triton.__version__)
     impls = {n: f for n, f in ALGOS.items() if n != "chunk"}
+    gpu_us = {}     # (name, shape) -> (GPU us of all kernels per fwd+bwd, {kernel: us})
     for sh in SHAPES:
         xs = bench_inputs(sh, grad=True)
         leaves = [xs[n] for n in "rkvwu"]
@@ -275,7 +291,10 @@ def resources():
                         x.grad = None
                     f(**xs)[0].backward(do)
                 sync()
-            ev = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:8]
+            ev = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)
+            gpu_us[n, sh] = (sum(e.self_device_time_total for e in ev) / 3,
+                             {e.key: e.self_device_time_total / 3 for e in ev if e.self_device_time_total > 0})
+            ev = ev[:8]
             log(f"split {n} {sh} (us per fwd+bwd): " + "; ".join(
                 f"{e.key[:40]} {e.self_device_time_total / 3:.0f}" for e in ev))
     print("\n==== compiled wkv6 kernels: module kernel warps stages regs spills shared pick")
@@ -289,7 +308,8 @@ def resources():
                         ("_fwd_par_scored_kernel", kc._fwd_par_scored_kernel),
                         ("_fwd_states_kernel", ks._fwd_states_kernel), ("_bwd_own_kernel", kc._bwd_own_kernel),
                         ("_bwd_cross_kernel", kc._bwd_cross_kernel),
-                        ("_bwd_cross_chunk_kernel", kc._bwd_cross_chunk_kernel)]:   # fwd_scores', bwd_split's: pick per key
+                        ("_bwd_cross_chunk_kernel", kc._bwd_cross_chunk_kernel),
+                        ("_bwd_fused_kernel", kc._bwd_fused_kernel)]:   # fwd_scores', bwd_split's: pick per key
         for key, cfg in getattr(tuner, "cache", {}).items():
             print(f"{name} key {key[:7]}: {cfg}")
     if os.environ.get("WKV6_NOTIME") == "1":      # e.g. while fla warms up in the background: report only
@@ -305,8 +325,28 @@ def resources():
     for sh in SHAPES:
         print(f"| B{sh[0]} T{sh[1]} H{sh[2]} K{sh[3]} | " + " | ".join(
             "{:.3f} / {:.3f} / {:.2f}".format(*res[n, sh]) for n in impls) + " |")
-    if os.environ.get("WKV6_CHECKS", "0") == "1":
-        return tests(os.environ.get("WKV6_TESTS_K", ""))
+    rc = tests(os.environ.get("WKV6_TESTS_K", "")) if os.environ.get("WKV6_CHECKS", "0") == "1" else None
+    summary(impls, res, gpu_us, rc)
+    return rc if rc != "cut" else 1
+
+
+def summary(impls, res, gpu_us, rc):
+    """The last lines of ``--resources``: per shape and algorithm the profiler's GPU us of one fwd+bwd (all kernels;
+    the backward's kernels and the forward's by name, us), the bench ms and the extra peak, and the tests' exit."""
+    print(f"\n==== wkv6 summary, {device_name()}, bf16: GPU us per fwd+bwd (profiler, all kernels) | backward kernels us "
+          "| forward kernels us | ms fwd / fwd+bwd (bench median) | extra peak GiB")
+    for sh in SHAPES:
+        for n in impls:
+            tot, ks = gpu_us.get((n, sh), (float("nan"), {}))
+            bwd = ", ".join(f"{k.split('(')[0][:24]} {v:.0f}" for k, v in sorted(ks.items(), key=lambda kv: -kv[1])
+                            if "bwd" in k or "scan" in k)
+            fwd = ", ".join(f"{k.split('(')[0][:24]} {v:.0f}" for k, v in sorted(ks.items(), key=lambda kv: -kv[1])
+                            if "fwd" in k)
+            f, fb, mem = res.get((n, sh), (float("nan"),) * 3)
+            print(f"B{sh[0]} T{sh[1]} H{sh[2]} K{sh[3]} {n:18s} {tot:7.0f} | {bwd} | {fwd} | {f:.3f} / {fb:.3f} | "
+                  f"{mem:.2f}")
+    print("checks:", "not run" if rc is None else f"GPU tests pytest exit {rc} (WKV6_TESTS_K "
+          f"{os.environ.get('WKV6_TESTS_K', '')!r})")
 
 
 def main():
@@ -379,6 +419,11 @@ def regs():
               (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True, FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"))),
               (kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
                                               PREC="tf32", **none)),
+              (kc, "_bwd_fused_kernel", dict(blk, BT=int(os.environ.get("WKV6_REGS_FBT", "32")),
+                                             SB=int(os.environ.get("WKV6_REGS_FSB", "16")),
+                                             LOG=int(os.environ.get("WKV6_REGS_FSB", "16")).bit_length() - 1,
+                                             BKC=int(os.environ.get("WKV6_REGS_BKC", "16")), HALF_B=True, FAST=True,
+                                             DWP="tf32x3")),
               (kc, "_bwd_cross_chunk_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
                                                     PREC="tf32", **none)),
               (ks, "_fwd_states_kernel", dict(H=32, K=kv, V=kv, BT=32, BKS=32, BVS=32, USE_H0=False, VARLEN=False,
@@ -409,7 +454,7 @@ def regs():
                 sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
             m = re.search(r"REG:(\d+) STACK:(\d+)", out)
             n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
-            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "PIPE", "SCORES") if c in consts)
+            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "SB", "PIPE", "SCORES") if c in consts)
             print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), *(("maxnreg", cap) if cap else ()),
                   m.group(1), m.group(2), n_ins, flush=True)
 

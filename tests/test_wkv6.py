@@ -112,13 +112,17 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
 @pytest.mark.parametrize("fn,knobs,seq", [(wkv6, {}, None), (wkv6_fused, {}, None),
                                           (wkv6, dict(state_rows=32, fwd_scores=True, bwd_split=False), True),
                                           (wkv6, dict(fwd_scores=True), False),
-                                          (wkv6, dict(fwd_scores=False), True)],
-                         ids=["chunk", "fused", "chunk_scores_walk", "chunk_scores_states", "chunk_levels"])
+                                          (wkv6, dict(fwd_scores=False), True),
+                                          (wkv6, dict(bwd_split="fused"), True),
+                                          (wkv6, dict(bwd_split="fused_chunk", state_rows=64), True)],
+                         ids=["chunk", "fused", "chunk_scores_walk", "chunk_scores_states", "chunk_levels",
+                              "chunk_bwd_fused", "chunk_bwd_fused_chunk64"])
 def test_wkv6_extreme_decay(fn, knobs, seq):
     """Extreme decays: the default (at this T = 35 the level forward: the scores are on at 1024 ≤ T ≤ 4096), the
     scores kernel with the walk (the chunk backward's ``state_rows`` 32: the walk keeps the 32-row states; the
     one-kernel backward ``_bwd_kernel``, ``bwd_split`` False; the default is the split one) and with
-    the one-kernel state pass, and the walk's own level code (``fwd_scores`` False)."""
+    the one-kernel state pass, the walk's own level code (``fwd_scores`` False), and the fused backward
+    (``bwd_split`` "fused", and "fused_chunk" at 64-row states: 6 levels over the chunk)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
@@ -529,17 +533,44 @@ def test_wkv6_backward_without_saved_states():
 @pytest.mark.parametrize("knobs", [dict(split_bytes=1, state_rows=32, scan_pipe=True),
                                    dict(piece_bytes=1, state_rows=32, scan_pipe=True),
                                    dict(save_states=False, piece_bytes=1, scan_fill=True, scan_pipe=True,
-                                        bwd_split="chunk")],
-                         ids=["saved_split_slices", "saved_pieces", "recomputed_bwd_split"])
+                                        bwd_split="chunk"),
+                                   dict(save_states=False, piece_bytes=1, state_rows=64, bwd_split="fused")],
+                         ids=["saved_split_slices", "saved_pieces", "recomputed_bwd_split", "recomputed_fused"])
 def test_wkv6_chunk_memory_knobs(knobs):
     """The chunk algorithm's memory knobs (``chunk.TUNING``) vs fp64, B = 2, K = 16, V = 24: the forward's states
     (every 32 rows: the walk keeps them) sliced per batch element by the split backward's ``split_bytes`` or by
     the backward's pieces (``piece_bytes``: the saved states indexed per piece); or one
     batch element per backward piece (``piece_bytes``), the states recomputed there, narrow scan blocks, with the
-    split backward's chunk form (``bwd_split`` "chunk") at the state pass's 64-row states."""
+    split backward's chunk form (``bwd_split`` "chunk") at the state pass's 64-row states; the same pieces with the
+    fused backward (``bwd_split`` "fused": ``LOWMEM``'s pieces without partials)."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(knobs.get("save_states", True)):   # forward and backward inside
         _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))
+
+
+_VARLEN_CU = [0, 3, 64, 64, 100]
+
+
+@pytest.mark.parametrize("mode,seq,rows,dtype,shape,cu", [
+    ("fused", True, 32, torch.float32, (2, 40, 2, 20, 24), None),
+    ("fused", False, 64, torch.float32, (1, 100, 1, 16, 16), _VARLEN_CU),
+    ("fused", True, 32, torch.float16, (1, 45, 1, 16, 16), None),
+    ("fused_chunk", True, 32, torch.float32, (2, 40, 2, 20, 24), None),
+    ("fused_chunk", False, 64, torch.float32, (1, 100, 1, 16, 16), _VARLEN_CU),
+    ("fused_chunk", True, 64, torch.float16, (1, 75, 1, 16, 16), None)],
+    ids=["walk32", "par64_varlen", "fp16", "chunk_walk32", "chunk_par64_varlen", "chunk_fp16_rows64"])
+def test_wkv6_bwd_fused(mode, seq, rows, dtype, shape, cu):
+    """The fused backward vs fp64 (``bwd_split`` "fused": own pairs and block-crossing terms per key slice in one
+    program per chunk, no fp32 partials; "fused_chunk": the same kernel with one block per chunk, its pairs by
+    log2(state_rows) levels, no state moves): the walk's saved 32-row states with K = 20 (two key slices, the second
+    partial), the state pass's 64-row states recomputed beside D on a varlen batch (an empty sequence, one of one
+    row), fp16 (B = do vᵀ in fp16: HALF_B) at bound 2e-3."""
+    import kernels.wkv6.chunk as kc
+    d = make_inputs(*shape, dtype=dtype, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
+    if cu is not None:
+        d["cu_seqlens"] = torch.tensor(cu)
+    with kc.tuning(bwd_split=mode, state_rows=rows), kc.forward_mode(seq):
+        _check(d, bound=2e-3 if dtype == torch.float16 else None, context=f"{mode} {shape} rows {rows} cu={cu}")
 
 
 def test_wkv6_chunk_bad_knobs():
@@ -636,10 +667,19 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
                                        (dict(fwd_scores=True, bwd_split=False), True),
                                        (dict(fwd_scores=True, bwd_split="chunk"), True),
                                        (dict(fwd_scores=True, bwd_split="chunk", state_rows=64), False),
-                                       (dict(state_rows=64, fwd_scores=False, bwd_split=False), False)],
+                                       (dict(state_rows=64, fwd_scores=False, bwd_split=False), False),
+                                       (dict(fwd_scores=True, bwd_split="fused"), True),
+                                       (dict(fwd_scores=True, bwd_split="fused", state_rows=64), True),
+                                       (dict(fwd_scores=True, bwd_split="fused", state_rows=64), False),
+                                       (dict(fwd_scores=True, bwd_split="fused_chunk"), True),
+                                       (dict(fwd_scores=True, bwd_split="fused_chunk", state_rows=64), True),
+                                       (dict(fwd_scores=True, bwd_split="fused_chunk", state_rows=64), False)],
                          ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "scores_seq", "scores_par",
-                              "scores_pipe", "bwd_kernel_seq", "bsplitc_seq", "bsplitc_par64", "bwd_kernel_par64"])
-@pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)])
+                              "scores_pipe", "bwd_kernel_seq", "bsplitc_seq", "bsplitc_par64", "bwd_kernel_par64",
+                              "bfused_seq", "bfused_seq64", "bfused_par64", "bfusedc_seq", "bfusedc_seq64",
+                              "bfusedc_par64"])
+@pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)],
+                         ids=["bf16", "fp16", "fp32"])
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
     chunk at every state_rows), K = V = 64, strong decay, h0; the walk forward (it keeps the states those knobs ask
@@ -653,7 +693,8 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     (``fwd_scores``: its span-sum dots in the inputs' dtype, "ieee" for fp32) with the walk (also with ``fwd_pipe``)
     and with the one-kernel state pass; the backward's forms (``bwd_split``: the default "block" everywhere above; False, the one-kernel ``_bwd_kernel``,
     and "chunk" with the walk, "chunk" with 64-row states; "bwd_kernel_par64": the one-kernel backward at 64-row
-    states, what ``LOWMEM`` / ``wkv6_chunk_lowmem`` run)."""
+    states, what ``LOWMEM`` / ``wkv6_chunk_lowmem`` run; "fused" and "fused_chunk": no partials, with the walk at 32
+    and 64 rows and with the state pass at 64)."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)
@@ -681,6 +722,22 @@ def test_wkv6_gpu_cases(case, seq):
     """The chunk algorithm in each forward mode (the walk / the state pass, default knobs) vs fp64 on GPU_CASES."""
     shape, dtype, decay, bound, cu = GPU_CASES[case]
     _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(seq), cu=cu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["fused", "fused_chunk"])
+@pytest.mark.parametrize("case,rows", [("bf16_extreme", 32), ("bf16_extreme", 64), ("bf16_varlen", 32),
+                                       ("bf16_K32_V96", 64), ("fp32_extreme", 32), ("fp32_extreme", 64),
+                                       ("fp32_K60_V100", 32)],
+                         ids=["bf16_extreme", "bf16_extreme_rows64", "bf16_varlen", "bf16_K32_V96_rows64",
+                              "fp32_extreme", "fp32_extreme_rows64", "fp32_K60_V100"])
+def test_wkv6_gpu_bwd_fused(case, rows, mode):
+    """The fused backward (``bwd_split`` "fused" / "fused_chunk") on the GPU_CASES that stress it (extreme decay,
+    varlen, other K and V, fp32 at 1e-5), the walk forward keeping 32- or 64-row states."""
+    import kernels.wkv6.chunk as kc
+    shape, dtype, decay, bound, cu = GPU_CASES[case]
+    with kc.tuning(bwd_split=mode, state_rows=rows):
+        _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(True), cu=cu)
 
 
 @pytest.mark.gpu

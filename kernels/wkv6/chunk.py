@@ -70,6 +70,21 @@ untimed). H100 run 13 (wkv6j; GPU µs per fwd+bwd, ``_bwd_kernel`` vs own + cros
 per token and head of transient memory (extra peak at B8 T4096 H32 1.68 → 2.68 GiB). Earlier splits with both
 halves at 4 warps lost (run 6: 10.3 vs 9.3 ms at B8 T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
 
+The fused backward (``bwd_split`` "fused", ``_bwd_fused_kernel``; untimed, off): the own kernel's program (one per
+chunk, key columns in BKC = 16-wide slices, not unrolled) does the crossing terms too, so nothing goes through
+partials. Every crossing term but dv sums over V only or over nothing, so it is separable in K: a slice of S and D
+(rows o_c of the [K, V] states, [BKC, BV]) moves over a block with that slice's k̂ / q̂ and w alone, and
+``_cross_bwd`` on the slice's columns gives the slice's dq, dk, dw (final: the own pairs' parts are in registers,
+so they are stored once, in the gradients' dtypes) and its share of dv = (k ⊙ exp(R)) D; only A (dv's own part
+Aᵀ do) and dv accumulate across the slices. Block i of a chunk re-reads its slices of S_c and D_c (L1 / L2: the
+chunk's states come from HBM once) and moves them over the i earlier / nb − 1 − i later blocks: 1 move per block
+at 32-row states, 3 at 64. Memory: no partials (at B8 T4096 H32 K = V = 64 the extra peak of fwd+bwd is the
+128 MiB output, 512 MiB of gradients and the fp32 states S, D, 512 MiB each at 32 rows and 256 at 64: ≈ 1.68 /
+1.18 GiB against the split's 2.68; with ``LOWMEM``'s recomputed states in 128 MiB batch pieces ≈ 0.76 GiB).
+"fused_chunk": the same kernel with one block per chunk (SB = state_rows: A [SB, SB] by log2(SB) levels, every
+exponent still ≤ 0), so that the crossing terms use S_c and D_c as loaded, no moves at all (the levels' dots grow
+to [SB, SB, BKC]; offline sm_90 it spills more: 2.9 KB at SB 32, 4 warps, 5 KB at SB 64; untimed).
+
 Memory (``TUNING``; ``wkv6_chunk_lowmem``): the forward may skip saving S_c (the backward's state pass then
 recomputes it with D_c) and the backward may run batch slices one after another, so that its transient fp32
 state buffers stay bounded: at B8 T4096 H32 lowmem's extra peak of fwd+bwd is 0.76 GiB for 12.8 ms (H100 run 5, whose
@@ -677,20 +692,23 @@ def _bwd_cap(K: int, knob) -> int:
 # and layout change across warps), their decays by span-sum dots and one ex2 per element, into fp32 partials; then
 # the lean 4-warp state kernel (S_m, D_m, the block-crossing terms) adds the partials and stores the gradients.
 @triton.jit
-def _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t, o_c, i_h,
-              scale, H: tl.constexpr, K: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
-              DWP: tl.constexpr):
-    """``_own_block``'s work on the key columns o_c [BKC] of one block (rows tok [SB], m_t): stores their partials
-    of dq, dk, dw and their du row entries (du_ptr: the block's row); returns b_A [SB, SB] plus these columns' part
-    of the scores (levels and bonus)."""
-    m_c = o_c < K
-    m_tc = m_t[:, None] & m_c[None, :]
-    p_c = tok[:, None] * K + o_c[None, :]
+def _slice_qkw(q_ptr, k_ptr, w_ptr, u_ptr, p_c, m_tc, o_c, m_c, i_h, scale, K: tl.constexpr):
+    """The key columns o_c [BKC] (mask m_c) of one block's rows (offsets p_c, mask m_tc [SB, BKC]): u [BKC] and q
+    (scaled), k [SB, BKC] in fp32, the raw w [SB, BKC] in its own dtype."""
     b_u = tl.load(u_ptr + i_h * K + o_c, mask=m_c, other=0.).to(tl.float32)
     b_q = tl.load(q_ptr + p_c, mask=m_tc, other=0.).to(tl.float32) * scale
     b_k = tl.load(k_ptr + p_c, mask=m_tc, other=0.).to(tl.float32)
-    b_w = tl.load(w_ptr + p_c, mask=m_tc, other=0.)
-    b_w = tl.where(b_w < 0, tl.where(b_w < W_FLOOR, W_FLOOR, b_w), 0.).to(b_w.dtype)   # as ``_scores_tile``
+    return b_u, b_q, b_k, tl.load(w_ptr + p_c, mask=m_tc, other=0.)
+
+
+@triton.jit
+def _own_slice(b_q, b_k, b_wr, b_u, b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG: tl.constexpr, PREC: tl.constexpr,
+               FAST: tl.constexpr, DWP: tl.constexpr):
+    """The own pairs and bonus terms of one block on the key columns o_c [BKC] (``_own_block``'s math), given the
+    slice's q (scaled), k [SB, BKC] fp32, raw w (its dtype), u [BKC], B = do vᵀ [SB, SB] and v·do [SB]: stores the
+    du row entries (du_ptr: the block's row), returns (A [SB, SB] plus these columns' part of the scores, and the
+    columns' dq (for the scaled q), dk, dw before the clamp's mask [SB, BKC] fp32)."""
+    b_w = tl.where(b_wr < 0, tl.where(b_wr < W_FLOOR, W_FLOOR, b_wr), 0.).to(b_wr.dtype)   # as ``_scores_tile``
     m_lv = _level_mask(o_t, 1)                    # level 0: adjacent rows, no decay
     b_A += tl.where(m_lv, tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
     b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
@@ -708,6 +726,22 @@ def _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b
         b_dk += b_e * b_dkh
         b_span = tl.where(_span_mask(o_t[None, :], o_t[:, None], 2 ** m), 1., 0.)
         b_dw += tl.dot(b_span, b_qh * b_dqh + b_kh * b_dkh, input_precision=DWP)
+    return b_A, b_dq, b_dk, b_dw
+
+
+@triton.jit
+def _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t, o_c, i_h,
+              scale, H: tl.constexpr, K: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+              DWP: tl.constexpr):
+    """``_own_block``'s work on the key columns o_c [BKC] of one block (rows tok [SB], m_t): stores their partials
+    of dq, dk, dw and their du row entries (du_ptr: the block's row); returns b_A [SB, SB] plus these columns' part
+    of the scores (levels and bonus)."""
+    m_c = o_c < K
+    m_tc = m_t[:, None] & m_c[None, :]
+    p_c = tok[:, None] * K + o_c[None, :]
+    b_u, b_q, b_k, b_wr = _slice_qkw(q_ptr, k_ptr, w_ptr, u_ptr, p_c, m_tc, o_c, m_c, i_h, scale, K)
+    b_A, b_dq, b_dk, b_dw = _own_slice(b_q, b_k, b_wr, b_u, b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG, PREC, FAST,
+                                       DWP)
     tl.store(pq_ptr + p_c, b_dq, mask=m_tc)
     tl.store(pk_ptr + p_c, b_dk, mask=m_tc)
     tl.store(pw_ptr + p_c, b_dw, mask=m_tc)
@@ -808,8 +842,9 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
                       V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       VARLEN: tl.constexpr, PREC: tl.constexpr):
     """Grid as ``_bwd_kernel``'s (``bwd_split`` "block"), the state half of the split backward: S_m, D_m
-    (``_block_states``) and ``_cross_block`` -> dq_ptr, dk_ptr, dv_ptr, dw_ptr (layouts above). Offered a
-    168-register cap at 4 warps beside the uncapped 4 / 8 warps (H100 run 13: the cap picked)."""
+    (``_block_states``) and ``_cross_block``, adding ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr
+    [B·T, H, K] and pv_ptr [B·T, H, V] -> dq_ptr, dk_ptr, dw_ptr [B·T, H, K], dv_ptr [B·T, H, V] (other layouts
+    above). Offered a 168-register cap at 4 warps beside the uncapped 4 / 8 warps (H100 run 13: the cap picked)."""
     pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
     o_t = tl.arange(0, SB)
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
@@ -826,9 +861,12 @@ def _bwd_cross_chunk_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, 
                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr,
                             BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
     """Grid (chunk slots, H) (``bwd_split`` "chunk"): ``_bwd_cross_kernel``'s work for all blocks of one chunk,
-    S_c and D_c loaded once (not once per block): the blocks from the last down, D carried downwards (one move
-    per block), S_i recomputed from S_c over the blocks before i (0 / 1 move per block at 32 rows, 0-3 at 64);
-    three [BK, BV] states live (layouts above)."""
+    S_c and D_c read from HBM once (not once per block): the blocks from the last down, D carried downwards (one
+    move per block), S_i recomputed over the blocks before i (0 / 1 move per block at 32 rows, 0-3 at 64) from S_c
+    re-loaded for each block (L1 / L2 hits), so that two [BK, BV] states live, not three (the first version kept
+    S_c in registers: offline sm_90 255 registers / 472 B spill at 4 warps; now 456 B). Partials pq_ptr, pk_ptr,
+    pw_ptr [B·T, H, K], pv_ptr [B·T, H, V] fp32 in, gradients dq_ptr, dk_ptr, dw_ptr [B·T, H, K], dv_ptr [B·T, H, V]
+    out (other layouts above)."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     c0 = i_c * BT
@@ -836,12 +874,11 @@ def _bwd_cross_chunk_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, 
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
     p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
     m_kv = m_kv & (o_kv * 0 + c0 < L)
-    b_hc = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
     b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
     nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows
     for jj in range(0, nb):
         i = nb - 1 - jj
-        b_h = b_hc
+        b_h = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
         for j in range(0, i):
             b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H,
                                     K, V, SB, PREC)
@@ -850,6 +887,100 @@ def _bwd_cross_chunk_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, 
         if i > 0:
             b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + i * SB, L, i_h, scale, o_t, o_k, o_v, m_k,
                                     m_v, H, K, V, SB, PREC)
+
+
+# ---- the fused backward (``bwd_split`` "fused"): the own pairs and the block-crossing terms in one program per chunk,
+# the key columns in BKC-wide slices. Every term but A = q kᵀ (the own dv) and the crossing dv = (k ⊙ exp(R)) D sums
+# over keys is separable in K: a slice of S and D ([BKC, BV] rows of the states) moves over a block with that slice's
+# k, q, w alone (``_state_over_block`` / ``_grad_over_block`` on the slice's columns), and ``_cross_bwd`` on the
+# slice's columns gives that slice's dq, dk, dw and its part of dv. So dq, dk, dw are final per slice (stored once, in
+# the gradients' dtypes) and only A and dv accumulate over the slices: no fp32 partials, S_c and D_c read once per
+# chunk from HBM (a block re-reads its slices: L1 / L2).
+@triton.jit
+def _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dw_ptr, du_ptr, b_B, b_vd,
+                b_A, b_dv, p_v, m_tv, p_s, tok, m_t, o_t, o_c, o_v, m_v, bos, c0, i_b, nb, L, i_h, scale,
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, LOG: tl.constexpr,
+                PREC: tl.constexpr, FAST: tl.constexpr, DWP: tl.constexpr):
+    """Key columns o_c [BKC] of block i_b (rows tok [SB], m_t; chunk start c0, nb blocks of the chunk hold rows) in
+    ``_bwd_fused_kernel``: the own pairs and bonus terms (as ``_own_cols``) and the block-crossing terms from this
+    slice of S at the block start and dL/dS at its end (S_c / D_c rows o_c at p_s, moved over the chunk's earlier /
+    later blocks; none when c0 >= L) -> the final dq (× scale), dk, dw of these columns and their du row
+    entries (du_ptr: the block's row). Returns b_A [SB, SB] and b_dv [SB, BV] plus these columns' parts."""
+    m_c = o_c < K
+    m_tc = m_t[:, None] & m_c[None, :]
+    p_c = tok[:, None] * K + o_c[None, :]
+    b_u, b_q, b_k, b_wr = _slice_qkw(q_ptr, k_ptr, w_ptr, u_ptr, p_c, m_tc, o_c, m_c, i_h, scale, K)
+    b_A, b_dq, b_dk, b_dw = _own_slice(b_q, b_k, b_wr, b_u, b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG, PREC, FAST,
+                                       DWP)     # the own pairs (``_own_cols``)
+    # ---- this slice of S at the block start and of dL/dS at its end, then the crossing terms (``_cross_bwd``)
+    o_cv = o_c[:, None] * V + o_v[None, :]
+    m_cv = m_c[:, None] & m_v[None, :] & (o_cv * 0 + c0 < L)
+    b_h = tl.load(hs_ptr + p_s + o_cv, mask=m_cv, other=0.)
+    for j in range(0, tl.minimum(i_b, nb)):
+        b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_c, o_v, m_c, m_v, H, K, V,
+                                SB, PREC)
+    b_dh = tl.load(hd_ptr + p_s + o_cv, mask=m_cv, other=0.)
+    for j in range(0, nb - 1 - i_b):
+        b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + (nb - 1 - j) * SB, L, i_h, scale, o_t, o_c, o_v,
+                                m_c, m_v, H, K, V, SB, PREC)
+    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)       # re-read (L1): not live across slices
+    b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+    b_dqx, b_dkx, b_dvx, b_dwx = _cross_bwd(b_q, b_k, _clamp_w(b_wr.to(tl.float32)), b_v, b_do, b_h, b_dh, PREC)
+    _store_dqkw(b_dq + b_dqx, b_dk + b_dkx, b_dw + b_dwx, b_wr, dq_ptr, dk_ptr, dw_ptr, p_c, m_tc, scale)
+    return b_A, b_dv + b_dvx
+
+
+# key slices of 16 columns at 2, 4 or 8 warps (offline sm_90 compile, Triton 3.9, bf16, K = V = 64, 32-row states:
+# registers / spill-stack B / SASS 255 / 504 / 4688 at 2 warps, 255 / 360 / 3520 at 4, 255 / 152 / 2960 at 8; not
+# offered: 1 warp 255 / 1368 / 6992, BKC 32 1256, 864, 456 B of spill at 2, 4, 8 warps)
+@triton.autotune(configs=autotune_configs([triton.Config({"BKC": 16}, num_warps=nw, num_stages=1)
+                                           for nw in (4, 2, 8)]),
+                 key=["K", "V", "BT", "SB", "BK", "BV", "PREC", "HALF_B"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _bwd_fused_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
+                      du_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                      BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKC: tl.constexpr,
+                      LOG: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr,
+                      FAST: tl.constexpr, DWP: tl.constexpr):
+    """Grid (chunk slots, H), all of V per program (BV >= V) (``bwd_split`` "fused"; "fused_chunk": SB = BT, LOG =
+    log2(BT), one block per chunk, no state moves): every gradient of the BT // SB blocks of one chunk, the block's own pairs and its block-crossing terms together (``_fused_cols``, key columns
+    BKC at a time; not unrolled), from hs_ptr / hd_ptr (the state at each chunk start / dL/dS at each chunk end) ->
+    dq_ptr, dk_ptr, dw_ptr, dv_ptr (layouts above) and du_ptr [slots · BT/SB, H, K] fp32 partial rows (one per block;
+    rows past the sequence zeros). No partials: A [SB, SB] and dv [SB, BV] accumulate over the slices in registers.
+    w_ptr in the inputs' dtype (fp32 under the interpreter for bf16); FAST, DWP as ``_bwd_own_kernel``'s."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    c0 = i_c * BT
+    o_t = tl.arange(0, SB)
+    o_v = tl.arange(0, BV)
+    m_v = o_v < V
+    p_s = (i_s.to(tl.int64) * H + i_h) * K * V
+    nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows (the rest: no-ops)
+    for i_b in tl.range(0, BT // SB, loop_unroll_factor=1):
+        r0 = c0 + i_b * SB
+        rows = r0 + o_t
+        m_t = rows < L
+        tok = (bos + rows) * H + i_h
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_v = tok[:, None] * V + o_v[None, :]
+        b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.)
+        b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.)
+        if HALF_B:      # exact: products of two half values fit the fp32 accumulator
+            b_B = tl.dot(b_do, tl.trans(b_v))
+        else:
+            b_B = tl.dot(b_do.to(tl.float32), tl.trans(b_v.to(tl.float32)), input_precision=PREC)
+        b_vd = tl.sum(b_v.to(tl.float32) * b_do.to(tl.float32), axis=1)
+        b_A = tl.zeros([SB, SB], dtype=tl.float32)
+        b_dv = tl.zeros([SB, BV], dtype=tl.float32)
+        p_du = du_ptr + ((i_s.to(tl.int64) * (BT // SB) + i_b) * H + i_h) * K
+        for i_kc in tl.range(0, BK // BKC, loop_unroll_factor=1):   # not unrolled: one slice's tiles live at a time
+            b_A, b_dv = _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dw_ptr,
+                                    p_du, b_B, b_vd, b_A, b_dv, p_v, m_tv, p_s, tok, m_t, o_t,
+                                    i_kc * BKC + tl.arange(0, BKC), o_v, m_v, bos, c0, i_b, nb, L, i_h, scale, H, K,
+                                    V, SB, LOG, PREC, FAST, DWP)
+        b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)      # reloaded (L1): fewer live registers
+        b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+        tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1043,7 +1174,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   fwd_pipe     the scored walk loads the next block's tiles before this block's dots (``_fwd_walk``'s PIPE; the
 #                walk is a latency chain: 5.3 us per block at B8 T4096 H32, run 12). Built after run 12: untimed,
 #                off;
-#   bwd_split    False, "block" or "chunk": the backward in two kernels (``_bwd_own_kernel`` then the state
+#   bwd_split    False, "block", "chunk" or "fused": the backward in two kernels (``_bwd_own_kernel`` then the state
 #                kernel): the blocks' own pairs in 1-warp programs, one per chunk (span-sum decays, one ex2 per
 #                element), into fp32 partials of dq, dk, dv, dw (4 bytes × (3K + V) per token and head, transient:
 #                1 GiB at B8 T4096 H32 K = V = 64), then the 4-warp state kernel (S_m, D_m, block-crossing terms)
@@ -1055,9 +1186,13 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                H4 K32 154 vs 46 + 85; the default "block" since (the do_bench fwd+bwd of the large model, host-
 #                bound, read 1.341 vs 1.565 ms in that table, with its unchanged forward at 0.379 vs 0.319); False:
 #                ``_bwd_kernel`` alone (``bwd_maxnreg`` applies to it only; ``LOWMEM`` keeps it: no partials);
-#   split_bytes  with ``bwd_split``, the own and state kernels run on batch slices one after another so that the
-#                fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25 instead of 1 GiB at B8
-#                T4096 H32; None: one slice; varlen: always one). Untimed, off;
+#                "fused": ``_bwd_fused_kernel`` alone, one program per chunk (2, 4 or 8 warps) doing the own
+#                pairs and the crossing terms per key slice (no partials, S_c / D_c from HBM once per chunk; module
+#                docstring); "fused_chunk": the same with one block per chunk (levels up to state_rows, no state
+#                moves). Both untimed (built in session 12, wkv6x);
+#   split_bytes  with ``bwd_split`` "block" / "chunk", the own and state kernels run on batch slices one after
+#                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
+#                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None,
           "fwd_pipe": False, "bwd_split": "block", "split_bytes": None}
@@ -1066,7 +1201,7 @@ LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe
           "fwd_pipe": False, "bwd_split": False, "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
-BWD_SPLIT = (False, "block", "chunk")     # the ``bwd_split`` knob's values
+BWD_SPLIT = (False, "block", "chunk", "fused", "fused_chunk")     # the ``bwd_split`` knob's values
 
 
 @contextlib.contextmanager
@@ -1155,12 +1290,20 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
     nb = bt // SB
     per_b = T * H * (3 * K + V) * 4
     step = B if cu is not None or not kn["split_bytes"] else max(1, min(B, kn["split_bytes"] // per_b))
-    parts = [new_empty((step, *g.shape[1:]), torch.float32, r.device) for g in outs]  # own pairs' dq, dk, dv, dw
     du_part = new_empty((S * nb, H, K), torch.float32, r.device)
     w_own = w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()    # bf16 under the interpreter
     prec = _prec(r.dtype, bwd=True)
     meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
     cross = _bwd_cross_chunk_kernel if kn["bwd_split"] == "chunk" else _bwd_cross_kernel
+    if kn["bwd_split"] in ("fused", "fused_chunk"):     # one kernel, no partials
+        if kn["bwd_split"] == "fused_chunk":    # one block per chunk: its own pairs by log2(bt) levels, no moves
+            meta["SB"] = bt
+            du_part = new_empty((S, H, K), torch.float32, r.device)
+        _bwd_fused_kernel[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT,
+                                  LOG=meta["SB"].bit_length() - 1, HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
+                                  DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
+        return du_part.sum(0)
+    parts = [new_empty((step, *g.shape[1:]), torch.float32, r.device) for g in outs]  # own pairs' dq, dk, dv, dw
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
         cut = (lambda x: x) if step == B else (lambda x: x[b0:b1])  # noqa: E731
