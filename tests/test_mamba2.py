@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import kernels  # noqa: F401  (interpreter on CPU)
-from groundthink.harness import BOUNDS, check_op, compare
+from groundthink.harness import BOUNDS, assert_compiled_matches_eager, check_op, compare
 from reference.mamba2 import mamba_chunk_scan, ssd_recurrence
 
 F64 = torch.float64
@@ -242,16 +242,7 @@ def test_triton_torch_compile():
                    initial_states=initial_states, return_final_states=True)
         return y.sin().sum() + s.square().sum()
 
-    x1 = {n: t[n].detach().clone().requires_grad_(True) for n in names}
-    x2 = {n: t[n].detach().clone().requires_grad_(True) for n in names}
-    f = torch.compile(model, backend="inductor" if CUDA else "aot_eager", fullgraph=True)
-    l1 = f(**x1)
-    l1.backward()
-    l2 = model(**x2)
-    l2.backward()
-    assert torch.allclose(l1, l2, rtol=1e-5)
-    for n in names:
-        assert torch.allclose(x1[n].grad, x2[n].grad, rtol=1e-4, atol=1e-5), n
+    assert_compiled_matches_eager(model, t, names)
 
 
 def test_triton_opcheck():

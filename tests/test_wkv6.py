@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels  # noqa: F401
-from groundthink.harness import assert_close_all, check_op, compare, rel_err
+from groundthink.harness import assert_close_all, assert_compiled_matches_eager, check_op, compare, rel_err
 from kernels.wkv6 import wkv6, wkv6_fused, wkv6_recurrent
 from reference.wkv6 import wkv6 as ref_loop
 from reference.wkv6 import exact_du, wkv6_chunked as ref_chunked
@@ -365,17 +365,7 @@ def test_wkv6_torch_compile(fn):
         return o.sin().sum() + s.square().sum()
 
     names = ("r", "k", "v", "w", "u", "initial_state")
-    x1 = {n: d[n].detach().clone().requires_grad_(True) for n in names}
-    x2 = {n: d[n].detach().clone().requires_grad_(True) for n in names}
-    backend = "inductor" if CUDA else "aot_eager"   # CPU: interpreter kernels inside an aot_eager graph
-    f = torch.compile(model, backend=backend, fullgraph=True)
-    l1 = f(**x1)
-    l1.backward()
-    l2 = model(**x2)
-    l2.backward()
-    assert torch.allclose(l1, l2, rtol=1e-5)
-    for n in names:
-        assert torch.allclose(x1[n].grad, x2[n].grad, rtol=1e-4, atol=1e-5), n
+    assert_compiled_matches_eager(model, d, names)
 
 
 def test_wkv6_opcheck():
