@@ -211,7 +211,9 @@ def test_triton_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="dt must be"):
         tri(**bad)
     with pytest.raises(ValueError, match="groups"):
-        tri(**dict(t, B=torch.randn(1, 8, 3, 6), C=torch.randn(1, 8, 3, 6)))
+        tri(**dict(t, B=torch.randn(1, 8, 3, 6, device=DEV), C=torch.randn(1, 8, 3, 6, device=DEV)))
+    with pytest.raises(ValueError, match="dt_bias must have shape"):
+        tri(**dict(t, dt_bias=torch.zeros(1, device=DEV)))
 
 
 def test_triton_kernels_compile_for_sm90():
@@ -243,6 +245,25 @@ def test_triton_torch_compile():
         return y.sin().sum() + s.square().sum()
 
     assert_compiled_matches_eager(model, t, names)
+
+
+def test_triton_strided_parameters_and_absent_optionals():
+    """A, D [h, p] and dt_bias as strided views give the contiguous inputs' y (the kernels index them contiguously:
+    the wrapper makes them so); without D, dt_bias and initial_states the backward op's three empty gradients are
+    distinct tensors (custom-op outputs may not alias), so the call compiles into one graph."""
+    from kernels.mamba2 import mamba_chunk_scan_combined as tri
+    t = _tri_inputs(b=1, l=9, h=2, p=3, g=1, n=4, D="hp", init=False, final=False)
+    t = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
+    views = dict(A=torch.stack([t["A"], t["A"]], 1)[:, 0], D=t["D"].t().contiguous().t(),
+                 dt_bias=torch.stack([t["dt_bias"], t["dt_bias"]], 1)[:, 0])
+    assert not any(v.is_contiguous() for v in views.values())
+    assert torch.equal(tri(**dict(t, **views)), tri(**t))
+    u = {k: t[k] for k in ("x", "dt", "A", "B", "C")}
+
+    def model(x, dt, A, B, C):
+        return tri(x * 1.0, dt, A, B, C, 16).sin().sum()
+
+    assert_compiled_matches_eager(model, u, tuple(u))
 
 
 def test_triton_opcheck():

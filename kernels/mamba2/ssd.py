@@ -31,7 +31,7 @@ state. One launch.
 Backward (``_ssd_bwd_kernel`` + ``_ssd_reduce_kernel``): nothing is saved by the forward but its inputs. Each
 program walks its chunks in reverse carrying dS = ∂L/∂S at the chunk end (dS_final, or 0, at the end), in groups
 of CK chunks: a group's chunk-entry states S0 are re-walked forward from a checkpoint into a transient fp32
-workspace first. One group (CK = all chunks: each state computed once, b·H·P·N·4 bytes a chunk) while that fits
+workspace first. One group (CK = all chunks: each state computed once, b·H·NPB·BP·BN·4 bytes a chunk, BN the padded N) while that fits
 ``TUNING["ws_bytes"]``; else checkpoints every CK ≈ √chunks chunks, stored by a first forward pass (each state
 computed twice, NCK + CK states a program). With R = dy xᵀ (the p-block's share), Z = R ⊙ L ⊙ Δ_s, U = B dSᵀ, V = C S0ᵀ:
 
@@ -55,7 +55,10 @@ Numerics: elementwise math on fp32 upcasts; cumsums, states, every accumulation 
 accumulation: fp32 inputs on fp32 operands at input_precision "ieee"; fp16/bf16 inputs (``TUNING["dot"]`` 1) the
 two dots of input tiles (C Bᵀ, dy xᵀ) on the inputs themselves (exact products), the others on fp32 operands at
 "tf32" (``PRECISION``; ``TUNING["prec"]`` overrides, e.g. "tf32x3"); outputs rounded once.
-Softplus as mamba-ssm: identity above 20; log1p evaluated without cancellation for very negative arguments.
+Softplus as mamba-ssm: identity above 20; log1p(u), u = exp(−|v|), by its series below u = 1e-4 and as
+log(1 + u) above — which loses digits for v in about (−9.2, −5): Δ's relative error up to 5.9e-4 near −9.2,
+6.8e-5 at −7 (dt ≈ 1e-3, the model's dt_min), 9e-6 at −5; mamba-ssm's softplus does the same. Fix (a kernel change,
+to be re-timed): log(w)·u/(w − 1) with w = 1 + u.
 
 Tiles: BT rows (``TUNING["fwd_bt"]``, ``["bwd_bt"]``: the backward holds more live tiles and takes 16 rows; see
 TUNING's comment for the register counts), BP = the p-block (``TUNING["bp"]``: None = all of P up to 64; smaller
@@ -485,7 +488,7 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     dev = x.device
-    empty = x.new_empty((0,), dtype=torch.float32)
+    empty = lambda: x.new_empty((0,), dtype=torch.float32)   # noqa: E731 - one each: outputs may not alias
     BT, BP, BN = _tiles(P, N, bwd=True)
     NPB, NC = _cdiv(P, BP), max(1, _cdiv(T, BT))
     CK = TUNING["ckpt"] or (NC if b * H * NPB * (NC + 1) * BP * BN * 4 <= TUNING["ws_bytes"]
@@ -497,10 +500,10 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
     dA = new_empty(A.shape, A.dtype, dev)
     dB = new_empty(B.shape, B.dtype, dev)
     dC = new_empty(C.shape, C.dtype, dev)
-    dD = new_empty(D.shape, D.dtype, dev) if D is not None else empty
-    dbias = new_empty(dt_bias.shape, dt_bias.dtype, dev) if dt_bias is not None else empty
+    dD = new_empty(D.shape, D.dtype, dev) if D is not None else empty()
+    dbias = new_empty(dt_bias.shape, dt_bias.dtype, dev) if dt_bias is not None else empty()
     h0 = initial_states.contiguous() if initial_states is not None else None
-    dh0 = new_empty((b, H, P, N), torch.float32, dev) if h0 is not None else empty
+    dh0 = new_empty((b, H, P, N), torch.float32, dev) if h0 is not None else empty()
     if b * H * P == 0 or T == 0:   # nothing flows (T = 0: the initial state passes through to the final one)
         for t in (dx, ddt, dB, dC):
             t.zero_()
@@ -567,12 +570,12 @@ def _bwd_op(dy: torch.Tensor, dhT: Optional[torch.Tensor], x: torch.Tensor, dt: 
 
 @_bwd_op.register_fake
 def _(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus):
-    e = x.new_empty((0,), dtype=torch.float32)
+    e = lambda: x.new_empty((0,), dtype=torch.float32)   # noqa: E731 - one each: outputs may not alias
     return (torch.empty_like(x, memory_format=torch.contiguous_format), dt.new_empty(dt.shape),
-            torch.empty_like(A), B.new_empty(B.shape), C.new_empty(C.shape),
-            D.new_empty(D.shape) if D is not None else e,
-            dt_bias.new_empty(dt_bias.shape) if dt_bias is not None else e,
-            x.new_empty(initial_states.shape, dtype=torch.float32) if initial_states is not None else e)
+            A.new_empty(A.shape), B.new_empty(B.shape), C.new_empty(C.shape),
+            D.new_empty(D.shape) if D is not None else e(),
+            dt_bias.new_empty(dt_bias.shape) if dt_bias is not None else e(),
+            x.new_empty(initial_states.shape, dtype=torch.float32) if initial_states is not None else e())
 
 
 def _setup_context(ctx, inputs, output):
@@ -602,6 +605,17 @@ _mamba2 = EagerOp("Mamba2SSD", _fwd_op, _fwd_impl, _setup_context, _backward)
 # ----------------------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------------------
+def _check_offsets(x, dt, B, C) -> None:
+    """The kernels' in-sequence offsets (row · row stride + head · head stride + column) are 32-bit (the batch
+    offset is 64-bit): one sequence of each input, and of the contiguous dy / y, must span < 2^31 elements."""
+    b, T, H, P = x.shape
+    for name, t in (("x", x), ("dt", dt), ("B", B), ("C", C), ("y", None)):
+        span = T * H * P if t is None else 1 + sum((t.shape[d] - 1) * t.stride(d) for d in range(1, t.dim()))
+        if span >= 2**31:
+            raise ValueError(f"mamba2 (triton): one sequence of {name} spans {span:,} elements (T={T}); the "
+                             f"kernels' in-sequence offsets are 32-bit (< 2^31): split the sequence")
+
+
 def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
                               initial_states=None, return_final_states=False, *, seq_idx=None, cu_seqlens=None,
                               dt_limit=(0.0, math.inf)):
@@ -623,5 +637,11 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     _check(x, dt, A, B, C, D, None, initial_states)
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be ≥ 1; got {chunk_size}")
+    b, T, H, P = x.shape
+    if dt_bias is not None and tuple(dt_bias.shape) != (H,):
+        raise ValueError(f"dt_bias must have shape ({H},) (one per head); got {tuple(dt_bias.shape)}")
+    _check_offsets(x, dt, B, C)
+    # the kernels index A, D, dt_bias as contiguous (free when they are; x, dt, B, C go in with their strides)
+    A, D, dt_bias = (t.contiguous() if t is not None else None for t in (A, D, dt_bias))
     y, hT = _mamba2(x, dt, A, B, C, D, dt_bias, initial_states, bool(dt_softplus), bool(return_final_states))
     return (y, hT) if return_final_states else y

@@ -1290,7 +1290,7 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
     nb = bt // SB
     per_b = T * H * (3 * K + V) * 4
     step = B if cu is not None or not kn["split_bytes"] else max(1, min(B, kn["split_bytes"] // per_b))
-    du_part = new_empty((S * nb, H, K), torch.float32, r.device)
+    du_part = new_empty((S if kn["bwd_split"] == "fused_chunk" else S * nb, H, K), torch.float32, r.device)
     w_own = w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()    # bf16 under the interpreter
     prec = _prec(r.dtype, bwd=True)
     meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
@@ -1298,7 +1298,6 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
     if kn["bwd_split"] in ("fused", "fused_chunk"):     # one kernel, no partials
         if kn["bwd_split"] == "fused_chunk":    # one block per chunk: its own pairs by log2(bt) levels, no moves
             meta["SB"] = bt
-            du_part = new_empty((S, H, K), torch.float32, r.device)
         _bwd_fused_kernel[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT,
                                   LOG=meta["SB"].bit_length() - 1, HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
                                   DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
