@@ -55,10 +55,10 @@ Numerics: elementwise math on fp32 upcasts; cumsums, states, every accumulation 
 accumulation: fp32 inputs on fp32 operands at input_precision "ieee"; fp16/bf16 inputs (``TUNING["dot"]`` 1) the
 two dots of input tiles (C Bᵀ, dy xᵀ) on the inputs themselves (exact products), the others on fp32 operands at
 "tf32" (``PRECISION``; ``TUNING["prec"]`` overrides, e.g. "tf32x3"); outputs rounded once.
-Softplus as mamba-ssm: identity above 20; log1p(u), u = exp(−|v|), by its series below u = 1e-4 and as
-log(1 + u) above — which loses digits for v in about (−9.2, −5): Δ's relative error up to 5.9e-4 near −9.2,
-6.8e-5 at −7 (dt ≈ 1e-3, the model's dt_min), 9e-6 at −5; mamba-ssm's softplus does the same. Fix (a kernel change,
-to be re-timed): log(w)·u/(w − 1) with w = 1 + u.
+Softplus as mamba-ssm: identity above 20; max(v, 0) + log1p(u), u = exp(−|v|), with log1p(u) = log(w)·u/(w − 1),
+w = 1 + u rounded (u where w rounds to 1): exact to fp32 rounding at any v. (log(1 + u) lost digits for v in about
+(−9.2, −5): Δ's relative error up to 5.9e-4 near −9.2, 6.8e-5 at −7 — dt ≈ 1e-3, the model's dt_min; mamba-ssm's
+softplus does the same.)
 
 Tiles: BT rows (``TUNING["fwd_bt"]``, ``["bwd_bt"]``: the backward holds more live tiles and takes 16 rows; see
 TUNING's comment for the register counts), BP = the p-block (``TUNING["bp"]``: None = all of P up to 64; smaller
@@ -133,7 +133,8 @@ def _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS: tl.constexpr, SOFTPLUS
         b_v += tl.load(p_bias + i_h).to(tl.float32)
     if SOFTPLUS:
         b_u = tl.exp(-tl.abs(b_v))                                    # softplus = max(v, 0) + log1p(exp(−|v|))
-        b_l = tl.where(b_u < 1e-4, b_u * (1. - 0.5 * b_u), tl.log(1. + b_u))
+        b_w = 1. + b_u                                 # log1p(u) = log(w)·u/(w − 1): the rounding of w cancels
+        b_l = tl.where(b_w == 1., b_u, tl.log(b_w) * (b_u / tl.where(b_w == 1., 1., b_w - 1.)))
         b_d = tl.where(b_v <= 20., tl.maximum(b_v, 0.) + b_l, b_v)
     else:
         b_d = b_v
