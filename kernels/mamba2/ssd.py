@@ -92,8 +92,13 @@ __all__ = ["mamba_chunk_scan_combined", "TUNING"]
 # at 8 warps, BT 32 201/0; backward BT 16 255/56 (8 warps, 2 stages; 208 at 1 stage), BT 32 255/928; P = N = 32:
 # forward BT 64 255/0; backward BT 16 255/48 (120), BT 32 255/504. Chained dots keep Triton's mma warps along the rows, so a [BT, 64] fp32 tile
 # costs ~32 registers a thread at any BT ≤ 16·warps: fewer live tiles, not more warps, is what spills less.
+# seg: the backward's form — None: the walk (one program per sequence·head·p-block over every chunk); rows R (a
+# multiple of bwd_bt; rounded down to one): the segmented form, chunk-parallel over segments of R rows (three
+# launches and the reduction: segment-local states, the state pass between segments, the walk of each segment
+# from its entry state and exit adjoint); seg_bt: rows per tile of its first phase (None: 64, ≤ R);
+# seg_warps: that phase's warps (None: autotuned).
 TUNING = {"fwd_bt": None, "bwd_bt": 16, "bp": None, "prec": None, "dot": 1, "ckpt": None, "ws_bytes": 128 << 20,
-          "fwd_warps": None, "bwd_warps": None}
+          "fwd_warps": None, "bwd_warps": None, "seg": None, "seg_bt": None, "seg_warps": None}
 PRECISION = {torch.float32: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
 
 
@@ -242,27 +247,33 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
 
 
 @triton.autotune(configs=_configs(TUNING["bwd_warps"], [(8, 1), (4, 1), (8, 2)]),
-                 key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT"])
+                 key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT", "SEG"])
 @triton.jit
-def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_scr,
+def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_scr, p_Sg, p_dSg,
                     p_dx, p_ddtp, p_dBp, p_dCp, p_par, p_dDp, p_dh0,
                     T, H, P, N, HG, NPB, NC, CK, NCK,
                     sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
                     sy_b, sy_t, sy_h, sy_p,
                     BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
                     D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                    HAS_DHT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+                    HAS_DHT: tl.constexpr, SEG: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
     # inputs as in _ssd_fwd_kernel; p_dy [b, T, H, P] (strides sy_*), p_dhT [b, H, P, N] contiguous (None unless
     # HAS_DHT); p_scr [b·H·NPB, NCK + CK, BP, BN] fp32 workspace: NCK checkpoints (the state entering chunk
     # g·CK), then the CK chunk-entry states of the group being walked (NC = cdiv(T, BT) chunks, NCK = cdiv(NC, CK));
     # outputs: p_dx [b, T, H, P] contiguous (x's dtype); fp32 partials p_ddtp [b, T, H, NPB], p_dBp, p_dCp
     # [b, T, H·NPB, N], p_par [b·H·NPB, 2] (dA, ddt_bias of this program), p_dDp [b, H, P] (None unless HAS_D);
-    # p_dh0 [b, H, P, N] fp32 (None unless HAS_H0). Grid (b·H, NPB), NPB = cdiv(P, BP).
-    i_bh, i_p = tl.program_id(0), tl.program_id(1)
+    # p_dh0 [b, H, P, N] fp32 (None unless HAS_H0). Grid (b·H, NPB, 1), NPB = cdiv(P, BP).
+    # SEG (the segmented form, grid (b·H, NPB, NS)): program (·, ·, i_s) walks only segment i_s = chunks
+    # [i_s·CK, i_s·CK + CK) (NCK = 1), from the segment-entry state p_Sg and the segment-exit adjoint p_dSg
+    # ([NS, b·H, P, N] fp32, from _ssd_seg_pass_kernel; None unless SEG) instead of h0 / dhT; p_scr
+    # [NS·b·H·NPB, 1 + CK, BP, BN]; p_par [NS, b, H, NPB, 2], p_dDp [NS, b, H, P] (summed over segments too by
+    # the reduction); d initial_states from segment 0.
+    i_bh, i_p, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     i_g = i_h // HG
     HT = p_x.dtype.element_ty                        # the half dtype of the DOT ≥ 1 dots
-    prog = i_bh.to(tl.int64) * NPB + i_p
+    i_sbh = i_s.to(tl.int64) * tl.num_programs(0) + i_bh          # (segment, sequence·head); = i_bh unless SEG
+    prog = i_sbh * NPB + i_p
     o_t = tl.arange(0, BT)
     o_p = i_p * BP + tl.arange(0, BP)
     o_n = tl.arange(0, BN)
@@ -284,7 +295,9 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
         else:
             b_D = tl.load(p_D + i_h).to(tl.float32) + tl.zeros([BP], dtype=tl.float32)
     # ---- pass 1: the checkpoints, forward (none but the initial state when NCK = 1)
-    if HAS_H0:
+    if SEG:
+        b_S = tl.load(p_Sg + i_sbh * P * N + o_pn, mask=m_pn, other=0.)
+    elif HAS_H0:
         b_S = tl.load(p_h0 + i_bh.to(tl.int64) * P * N + o_pn, mask=m_pn, other=0.).to(tl.float32)
     else:
         b_S = tl.zeros([BP, BN], dtype=tl.float32)
@@ -295,7 +308,9 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
         if (ic + 1) % CK == 0:
             tl.store(p_scr + ((ic + 1) // CK) * BP * BN + o_sc, b_S)
     # ---- pass 2: groups of CK chunks in reverse, carrying dS = ∂L/∂S at the chunk end
-    if HAS_DHT:
+    if SEG:
+        b_dS = tl.load(p_dSg + i_sbh * P * N + o_pn, mask=m_pn, other=0.)
+    elif HAS_DHT:
         b_dS = tl.load(p_dhT + i_bh.to(tl.int64) * P * N + o_pn, mask=m_pn, other=0.).to(tl.float32)
     else:
         b_dS = tl.zeros([BP, BN], dtype=tl.float32)
@@ -304,7 +319,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     acc_db = tl.zeros([BT], dtype=tl.float32)
     acc_dD = tl.zeros([BP], dtype=tl.float32)
     for kg in range(0, NCK):
-        c0 = (NCK - 1 - kg) * CK
+        c0 = (NCK - 1 - kg + i_s) * CK                # (i_s = 0 unless SEG; NCK = 1 when SEG)
         n_c = tl.minimum(CK, NC - c0)
         tl.debug_barrier()                            # the checkpoints stored, the previous group's states read
         b_S = tl.load(p_scr + (NCK - 1 - kg) * BP * BN + o_sc)
@@ -377,11 +392,99 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
             tl.store(p_ddtp + ((i_b * T + rows64) * H + i_h) * NPB + i_p, b_dd, mask=m_t)
             b_dS = tl.exp(b_cL) * b_dS + _mm(tl.trans(b_dy * b_ec[:, None]), b_C, DOT >= 2, HT, PREC)
     if HAS_H0:
-        tl.store(p_dh0 + i_bh.to(tl.int64) * P * N + o_pn, b_dS, mask=m_pn)
+        tl.store(p_dh0 + i_bh.to(tl.int64) * P * N + o_pn, b_dS, mask=m_pn & (i_s + 0 * o_pn == 0))
     tl.store(p_par + prog * 2, tl.sum(acc_dA, 0))
     tl.store(p_par + prog * 2 + 1, tl.sum(acc_db, 0))
     if HAS_D:
-        tl.store(p_dDp + i_bh.to(tl.int64) * P + o_p, acc_dD, mask=m_p)
+        tl.store(p_dDp + i_sbh * P + o_p, acc_dD, mask=m_p)
+
+
+@triton.autotune(configs=_configs(TUNING["seg_warps"], [(4, 1), (8, 1)]), key=["BT", "BP", "BN"])
+@triton.jit
+def _ssd_seg_kernel(p_x, p_dt, p_A, p_B, p_C, p_bias, p_dy, p_Sl, p_dSl, p_cL,
+                    T, H, P, N, HG, SEGR,
+                    sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
+                    sy_b, sy_t, sy_h, sy_p,
+                    BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    SOFTPLUS: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+    # Phase 1 of the segmented backward: each segment's own contributions, from a zero state / zero adjoint.
+    # Inputs as in _ssd_bwd_kernel (p_dy [b, T, H, P], strides sy_*); SEGR rows per segment (a multiple of BT).
+    # Outputs (fp32, contiguous): p_Sl [NS, b·H, P, N] the segment's end state from a zero entry state,
+    # Σ_t (x_t Δ_t exp(c_L − c_t)) B_tᵀ; p_dSl [NS, b·H, P, N] its entry adjoint from a zero exit adjoint,
+    # Σ_t exp(c_t) dy_t C_tᵀ; p_cL [NS, b·H] the segment's log decay c_L = Σ a_t (c: the segment-local
+    # cumsum, every exponent ≤ 0). Grid (b·H, NPB, NS); program (i_bh, i_p, i_s) walks the segment's rows in
+    # BT-row tiles for the columns [i_p·BP, i_p·BP + BP) of P.
+    i_bh, i_p, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_g = i_h // HG
+    HT = p_x.dtype.element_ty
+    i_sbh = i_s.to(tl.int64) * tl.num_programs(0) + i_bh
+    o_t = tl.arange(0, BT)
+    o_p = i_p * BP + tl.arange(0, BP)
+    o_n = tl.arange(0, BN)
+    m_p, m_n = o_p < P, o_n < N
+    p_x += i_b * sx_b + i_h * sx_h
+    p_dy += i_b * sy_b + i_h * sy_h
+    p_dt += i_b * sdt_b + i_h * sdt_h
+    p_B += i_b * sb_b + i_g * sb_g
+    p_C += i_b * sc_b + i_g * sc_g
+    b_A = tl.load(p_A + i_h).to(tl.float32)
+    b_S = tl.zeros([BP, BN], dtype=tl.float32)
+    b_dS = tl.zeros([BP, BN], dtype=tl.float32)
+    b_off = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)        # c_L of the tiles before this one (fp32 scalar)
+    r_lo = i_s * SEGR
+    r_hi = tl.minimum(r_lo + SEGR, T)
+    for r0 in range(r_lo, r_hi, BT):
+        rows = r0 + o_t
+        m_t = rows < r_hi                                     # (a tile may pass the segment's end)
+        b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
+        b_a = b_d * b_A
+        b_c = tl.cumsum(b_a, 0)
+        b_cL = tl.sum(b_a, 0)
+        b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
+                                  sc_n)
+        b_dy = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_t[:, None] & m_p[None, :],
+                       other=0.).to(tl.float32)
+        b_S = _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, DOT >= 2, HT, PREC)
+        b_dS += _mm(tl.trans(b_dy * tl.exp(b_off + b_c)[:, None]), b_C, DOT >= 2, HT, PREC)
+        b_off += b_cL
+    o_pn = o_p[:, None] * N + o_n[None, :]
+    m_pn = m_p[:, None] & m_n[None, :]
+    tl.store(p_Sl + i_sbh * P * N + o_pn, b_S, mask=m_pn)
+    tl.store(p_dSl + i_sbh * P * N + o_pn, b_dS, mask=m_pn)
+    if i_p == 0:
+        tl.store(p_cL + i_sbh, b_off)
+
+
+@triton.jit
+def _ssd_seg_pass_kernel(p_Sl, p_dSl, p_cL, p_h0, p_dhT, NBH, PN, NS,
+                         BLK: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr):
+    # Phase 2 of the segmented backward, in place and elementwise over the P·N = PN state entries: p_Sl, p_dSl
+    # [NS, NBH, PN] fp32 (NBH = b·H) hold the segments' own contributions (_ssd_seg_kernel) and leave holding
+    # the state entering each segment (S_0 = h0 or 0, S_{s+1} = exp(cL_s) S_s + Sl_s) and the adjoint leaving
+    # it (dS_{NS−1} = dhT or 0, dS_{s−1} = exp(cL_s) dS_s + dSl_s); p_cL [NS, NBH]; p_h0, p_dhT [NBH, PN]
+    # (None unless HAS_H0 / HAS_DHT). Grid (NBH, cdiv(PN, BLK)).
+    i_bh, i_k = tl.program_id(0), tl.program_id(1)
+    o = i_k * BLK + tl.arange(0, BLK)
+    m = o < PN
+    if HAS_H0:
+        b_S = tl.load(p_h0 + i_bh.to(tl.int64) * PN + o, mask=m, other=0.).to(tl.float32)
+    else:
+        b_S = tl.zeros([BLK], dtype=tl.float32)
+    for s in range(0, NS):
+        i_sbh = s * NBH + i_bh.to(tl.int64)
+        b_l = tl.load(p_Sl + i_sbh * PN + o, mask=m, other=0.)
+        tl.store(p_Sl + i_sbh * PN + o, b_S, mask=m)
+        b_S = tl.exp(tl.load(p_cL + i_sbh)) * b_S + b_l
+    if HAS_DHT:
+        b_dS = tl.load(p_dhT + i_bh.to(tl.int64) * PN + o, mask=m, other=0.).to(tl.float32)
+    else:
+        b_dS = tl.zeros([BLK], dtype=tl.float32)
+    for k in range(0, NS):
+        i_sbh = (NS - 1 - k) * NBH + i_bh.to(tl.int64)
+        b_l = tl.load(p_dSl + i_sbh * PN + o, mask=m, other=0.)
+        tl.store(p_dSl + i_sbh * PN + o, b_dS, mask=m)
+        b_dS = tl.exp(tl.load(p_cL + i_sbh)) * b_dS + b_l
 
 
 @triton.jit
@@ -390,7 +493,7 @@ def _ssd_reduce_kernel(p_dBp, p_dCp, p_ddtp, p_par, p_dDp, p_dB, p_dC, p_ddt, p_
                        BR: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BQ: tl.constexpr, BPP: tl.constexpr,
                        HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr):
     # partials of _ssd_bwd_kernel: p_dBp, p_dCp [BL, H·NPB, N], p_ddtp [BL, H, NPB], p_par [NB, H, NPB, 2],
-    # p_dDp [NB, H, P] (BL = b·T rows, NB = b); outputs in their inputs' dtypes: p_dB, p_dC [BL, G, N],
+    # p_dDp [NB, H, P] (BL = b·T rows, NB = b, or NS·b for the segmented form); outputs in their inputs' dtypes: p_dB, p_dC [BL, G, N],
     # p_ddt [BL, H], p_dA [H], p_dbias [H] (None unless HAS_BIAS), p_dD [H] or [H, P] (D_PER_P; None unless
     # HAS_D). Programs 0..n_row_blocks-1 sum BR rows each (over the HG·NPB partials of a group, in index order);
     # the last program sums the parameter partials over the batch (fixed order). BH, BQ, BPP: pow2 ≥ H, NPB, P.
@@ -488,10 +591,15 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
     empty = x.new_empty((0,), dtype=torch.float32)
     BT, BP, BN = _tiles(P, N, bwd=True)
     NPB, NC = _cdiv(P, BP), max(1, _cdiv(T, BT))
-    CK = TUNING["ckpt"] or (NC if b * H * NPB * (NC + 1) * BP * BN * 4 <= TUNING["ws_bytes"]
-                            else max(1, round(math.sqrt(NC))))
-    CK = min(CK, NC)
-    NCK = _cdiv(NC, CK)
+    seg = TUNING["seg"]
+    if seg:                                             # the segmented form: NS segments of CK chunks, NCK = 1
+        CK = min(max(1, int(seg) // BT), NC)
+        NS, NCK = _cdiv(NC, CK), 1
+    else:
+        CK = TUNING["ckpt"] or (NC if b * H * NPB * (NC + 1) * BP * BN * 4 <= TUNING["ws_bytes"]
+                                else max(1, round(math.sqrt(NC))))
+        CK = min(CK, NC)
+        NS, NCK = 1, _cdiv(NC, CK)
     dx = new_empty(x.shape, x.dtype, dev)
     ddt = new_empty(dt.shape, dt.dtype, dev)
     dA = new_empty(A.shape, A.dtype, dev)
@@ -509,22 +617,37 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
         if h0 is not None:
             dh0.copy_(dhT if dhT is not None else torch.zeros_like(dh0))
         return dx, ddt, dA, dB, dC, dD, dbias, dh0
-    scr = new_empty((b * H * NPB, NCK + CK, BP, BN), torch.float32, dev)
+    scr = new_empty((NS * b * H * NPB, NCK + CK, BP, BN), torch.float32, dev)
     ddtp = new_empty((b, T, H, NPB), torch.float32, dev)
     dBp = new_empty((b, T, H * NPB, N), torch.float32, dev)
     dCp = new_empty((b, T, H * NPB, N), torch.float32, dev)
-    par = new_empty((b, H, NPB, 2), torch.float32, dev)
-    dDp = new_empty((b, H, P), torch.float32, dev) if D is not None else None
+    par = new_empty((NS, b, H, NPB, 2), torch.float32, dev)
+    dDp = new_empty((NS, b, H, P), torch.float32, dev) if D is not None else None
     dhT = dhT.contiguous() if dhT is not None else None
     if dy.dtype != x.dtype:   # (autograd gives y's dtype; the half dots take dy in x's)
         dy = dy.to(x.dtype)
-    _ssd_bwd_kernel[(b * H, NPB)](
-        x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, dx, ddtp, dBp, dCp, par, dDp,
+    prec, dot = _prec(x.dtype), _dot_mode_of(x, B, C)
+    Sg = dSg = None
+    if seg:
+        Sg = new_empty((NS, b * H, P, N), torch.float32, dev)
+        dSg = new_empty((NS, b * H, P, N), torch.float32, dev)
+        cLg = new_empty((NS, b * H), torch.float32, dev)
+        BTS = max(16, min(TUNING["seg_bt"] or (16 if INTERPRET else 64), _pow2(CK * BT)))
+        _ssd_seg_kernel[(b * H, NPB, NS)](
+            x, dt, A, B, C, dt_bias, dy, Sg, dSg, cLg, T, H, P, N, H // G, CK * BT,
+            *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
+            BT=BTS, BP=BP, BN=BN, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), PREC=prec, DOT=dot)
+        BLK = min(1024, _pow2(P * N))
+        _ssd_seg_pass_kernel[(b * H, _cdiv(P * N, BLK))](
+            Sg, dSg, cLg, h0, dhT, b * H, P * N, NS, BLK=BLK, HAS_H0=h0 is not None, HAS_DHT=dhT is not None,
+            num_warps=4)
+    _ssd_bwd_kernel[(b * H, NPB, NS)](
+        x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, Sg, dSg, dx, ddtp, dBp, dCp, par, dDp,
         dh0 if h0 is not None else None,
         T, H, P, N, H // G, NPB, NC, CK, NCK, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
         BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
-        HAS_DHT=dhT is not None, PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C))
+        HAS_DHT=dhT is not None, SEG=bool(seg), PREC=prec, DOT=dot)
     BL = b * T
     BR = 4 if INTERPRET else max(1, min(64, 4096 // (_pow2(N) * max(1, H * NPB // 8))))
     BR = max(1, min(BR, _pow2(BL)))
@@ -532,7 +655,7 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
     _ssd_reduce_kernel[(n_rb + 1,)](
         dBp, dCp, ddtp, par, dDp, dB, dC, ddt, dA, dbias if dt_bias is not None else None,
         dD if D is not None else None,
-        BL, b, H, G, H // G, NPB, P, N, n_rb,
+        BL, NS * b, H, G, H // G, NPB, P, N, n_rb,
         BR=BR, BN=_pow2(N), BH=_pow2(H), BQ=_pow2(NPB), BPP=_pow2(P), HAS_D=D is not None,
         D_PER_P=D is not None and D.dim() == 2, HAS_BIAS=dt_bias is not None, num_warps=4)
     return dx, ddt, dA, dB, dC, dD, dbias, dh0
