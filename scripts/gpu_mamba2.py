@@ -179,10 +179,26 @@ def compile_report() -> int:
         bwd_cfgs = [(8, 1), (4, 1), (8, 2)]
         cases += [(ssd._ssd_fwd_kernel, dict(flags, BT=BTF, BP=BP, BN=BN, HAS_H0=False, STORE_HT=False, p_h0=None,
                                              p_hT=None), fwd_cfgs[:1] if quick else fwd_cfgs),
-                  (ssd._ssd_bwd_kernel, dict(flags, BT=BTB, BP=BP, BN=BN, HAS_H0=False, HAS_DHT=False, p_h0=None,
-                                             p_dhT=None, p_dh0=None), bwd_cfgs[:1] if quick else bwd_cfgs),
+                  (ssd._ssd_bwd_kernel, dict(flags, BT=BTB, BP=BP, BN=BN, HAS_H0=False, HAS_DHT=False, SEG=False,
+                                             p_h0=None, p_dhT=None, p_dh0=None, p_Sg=None, p_dSg=None),
+                   bwd_cfgs[:1] if quick else bwd_cfgs),
                   (ssd._ssd_reduce_kernel, dict(BR=32, BN=BN, BH=H, BQ=1, BPP=P, HAS_D=True, D_PER_P=False,
                                                 HAS_BIAS=True), [(4, 1)])]
+        # the segmented backward (TUNING["seg"]): its first phase, the state pass, the per-segment walk
+        segf = {k: v for k, v in flags.items() if k not in ("HAS_D", "D_PER_P")}
+        for bts in ([64] if quick else [64, 32]):
+            cases.append((ssd._ssd_seg_kernel, dict(segf, BT=bts, BP=BP, BN=BN), [(4, 1)] if quick else [(4, 1), (8, 1)]))
+        cases.append((ssd._ssd_seg_pass_kernel, dict(BLK=1024, HAS_H0=False, HAS_DHT=False, p_h0=None, p_dhT=None),
+                      [(4, 1)]))
+        for btb, cf in ([(BTB, [(4, 1)])] if quick else [(16, [(4, 1), (8, 1)]), (32, [(4, 1), (8, 1)]),
+                                                            (64, [(4, 1), (8, 1)])]):
+            cases.append((ssd._ssd_bwd_kernel, dict(flags, BT=btb, BP=BP, BN=BN, HAS_H0=False, HAS_DHT=False,
+                                                    SEG=True, p_h0=None, p_dhT=None, p_dh0=None), cf))
+        if not quick and BP > 32:   # half p-blocks: twice the programs, half the state registers
+            for btb in (16, 32, 64):
+                cases.append((ssd._ssd_bwd_kernel, dict(flags, BT=btb, BP=32, BN=BN, HAS_H0=False, HAS_DHT=False,
+                                                        SEG=True, p_h0=None, p_dhT=None, p_dh0=None),
+                              [(4, 1), (8, 1)]))
     failed = False
     for kern, consts, cfgs in cases:
         fn = kern
@@ -192,7 +208,8 @@ def compile_report() -> int:
                  else "i32" for n in fn.arg_names}
         for nw, ns in cfgs:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-            tag = f"{fn.__name__} BT={consts.get('BT')} BP={consts.get('BP')} BN={consts['BN']} warps={nw} stages={ns}"
+            tag = (f"{fn.__name__}{' SEG' if consts.get('SEG') else ''} BT={consts.get('BT')} BP={consts.get('BP')} "
+                   f"BN={consts.get('BN')} warps={nw} stages={ns}")
             try:
                 k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": nw, "num_stages": ns})
             except Exception as e:   # noqa: BLE001

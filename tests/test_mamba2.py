@@ -164,6 +164,13 @@ CASES = {   # name: (inputs, TUNING overrides)
     "pblocks_N17": (dict(h=4, g=1, p=20, n=17, l=33, b=2), {"bp": 16, "ckpt": 2}),   # two p-blocks: partial sums;
     #                                                                        3 chunks: groups of 2 and 1
     "T1": (dict(l=1), {}),
+    # the segmented backward (TUNING["seg"]: segment-local states, the state pass, a walk per segment)
+    "seg_strong_decay": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {"seg": 32}),   # 4 chunks: 2 segments of 2
+    "seg_pblocks_N17": (dict(h=4, g=1, p=20, n=17, l=70, b=2), {"bp": 16, "seg": 48, "seg_bt": 64}),
+    #   5 chunks: segments of 3 and 2 (the last one 22 rows), a 64-row first-phase tile past each segment's end
+    "seg_Dhp_no_state": (dict(D="hp", init=False, final=False, bias=False, softplus=False, l=37), {"seg": 16}),
+    #   one chunk a segment (no workspace), the last one partial, G 2
+    "seg1_state": (dict(l=37, a_max=16.0), {"seg": 16}),   # one chunk a segment, initial / final states
 }
 
 
@@ -197,6 +204,19 @@ def test_triton_fp16_and_model_views():
     ref = ssd_recurrence(*(t.double() for t in (x, dt, A, Bm, Cm)), D=D.double(), dt_bias=bias.double(),
                          dt_softplus=True)
     assert (y.double() - ref).norm() / ref.norm() < 1e-5
+
+
+def test_triton_seg_fp16():
+    """The segmented backward with fp16 inputs (its dots on fp16 operands on CPU), D [h, p], odd T."""
+    from kernels.mamba2 import mamba_chunk_scan_combined, ssd
+    old = dict(ssd.TUNING)
+    ssd.TUNING.update(seg=32)
+    try:
+        check_op(mamba_chunk_scan_combined, _ref, _tri_inputs(dtype=torch.float16, l=45, D="hp"),
+                 bound=BOUNDS[torch.float16], context="seg fp16")
+    finally:
+        ssd.TUNING.clear()
+        ssd.TUNING.update(old)
 
 
 def test_triton_bad_input_is_a_clear_error():

@@ -263,11 +263,12 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     # outputs: p_dx [b, T, H, P] contiguous (x's dtype); fp32 partials p_ddtp [b, T, H, NPB], p_dBp, p_dCp
     # [b, T, H·NPB, N], p_par [b·H·NPB, 2] (dA, ddt_bias of this program), p_dDp [b, H, P] (None unless HAS_D);
     # p_dh0 [b, H, P, N] fp32 (None unless HAS_H0). Grid (b·H, NPB, 1), NPB = cdiv(P, BP).
-    # SEG (the segmented form, grid (b·H, NPB, NS)): program (·, ·, i_s) walks only segment i_s = chunks
+    # SEG 1 / 2 (the segmented form, grid (b·H, NPB, NS)): program (·, ·, i_s) walks only segment i_s = chunks
     # [i_s·CK, i_s·CK + CK) (NCK = 1), from the segment-entry state p_Sg and the segment-exit adjoint p_dSg
     # ([NS, b·H, P, N] fp32, from _ssd_seg_pass_kernel; None unless SEG) instead of h0 / dhT; p_scr
-    # [NS·b·H·NPB, 1 + CK, BP, BN]; p_par [NS, b, H, NPB, 2], p_dDp [NS, b, H, P] (summed over segments too by
-    # the reduction); d initial_states from segment 0.
+    # [NS·b·H·NPB, 1 + CK, BP, BN] (SEG 2 = one chunk a segment, CK = 1: no workspace, None, no dS carried);
+    # p_par [NS, b, H, NPB, 2], p_dDp [NS, b, H, P] (summed over segments too by the reduction); d initial_states
+    # is stored by _ssd_seg_pass_kernel (p_dh0 unused).
     i_bh, i_p, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     i_g = i_h // HG
@@ -286,8 +287,9 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     o_pn = o_p[:, None] * N + o_n[None, :]
     m_pn = m_p[:, None] & m_n[None, :]
     o_sc = tl.arange(0, BP)[:, None] * BN + o_n[None, :]        # a [BP, BN] tile of the workspace
-    p_scr += prog * (NCK + CK) * BP * BN
-    p_grp = p_scr + NCK * BP * BN
+    if SEG != 2:
+        p_scr += prog * (NCK + CK) * BP * BN
+        p_grp = p_scr + NCK * BP * BN
     b_A = tl.load(p_A + i_h).to(tl.float32)
     if HAS_D:
         if D_PER_P:
@@ -301,12 +303,14 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
         b_S = tl.load(p_h0 + i_bh.to(tl.int64) * P * N + o_pn, mask=m_pn, other=0.).to(tl.float32)
     else:
         b_S = tl.zeros([BP, BN], dtype=tl.float32)
-    tl.store(p_scr + o_sc, b_S)
-    for ic in range(0, (NCK - 1) * CK):
-        b_S = _chunk_state(b_S, ic, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t,
-                           sb_t, sb_n, BT, HAS_BIAS, SOFTPLUS, DOT >= 2, HT, PREC)
-        if (ic + 1) % CK == 0:
-            tl.store(p_scr + ((ic + 1) // CK) * BP * BN + o_sc, b_S)
+    if SEG != 2:
+        tl.store(p_scr + o_sc, b_S)
+    if SEG == 0:
+        for ic in range(0, (NCK - 1) * CK):
+            b_S = _chunk_state(b_S, ic, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p,
+                               sdt_t, sb_t, sb_n, BT, HAS_BIAS, SOFTPLUS, DOT >= 2, HT, PREC)
+            if (ic + 1) % CK == 0:
+                tl.store(p_scr + ((ic + 1) // CK) * BP * BN + o_sc, b_S)
     # ---- pass 2: groups of CK chunks in reverse, carrying dS = ∂L/∂S at the chunk end
     if SEG:
         b_dS = tl.load(p_dSg + i_sbh * P * N + o_pn, mask=m_pn, other=0.)
@@ -321,14 +325,15 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     for kg in range(0, NCK):
         c0 = (NCK - 1 - kg + i_s) * CK                # (i_s = 0 unless SEG; NCK = 1 when SEG)
         n_c = tl.minimum(CK, NC - c0)
-        tl.debug_barrier()                            # the checkpoints stored, the previous group's states read
-        b_S = tl.load(p_scr + (NCK - 1 - kg) * BP * BN + o_sc)
-        for j in range(0, n_c - 1):                   # the group's chunk-entry states, forward from its checkpoint
-            tl.store(p_grp + j * BP * BN + o_sc, b_S)
-            b_S = _chunk_state(b_S, c0 + j, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, m_n, T, sx_t,
-                               sx_p, sdt_t, sb_t, sb_n, BT, HAS_BIAS, SOFTPLUS, DOT >= 2, HT, PREC)
-        tl.store(p_grp + (n_c - 1) * BP * BN + o_sc, b_S)
-        tl.debug_barrier()
+        if SEG != 2:
+            tl.debug_barrier()                        # the checkpoints stored, the previous group's states read
+            b_S = tl.load(p_scr + (NCK - 1 - kg) * BP * BN + o_sc)
+            for j in range(0, n_c - 1):               # the group's chunk-entry states, forward from its checkpoint
+                tl.store(p_grp + j * BP * BN + o_sc, b_S)
+                b_S = _chunk_state(b_S, c0 + j, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, m_n, T, sx_t,
+                                   sx_p, sdt_t, sb_t, sb_n, BT, HAS_BIAS, SOFTPLUS, DOT >= 2, HT, PREC)
+            tl.store(p_grp + (n_c - 1) * BP * BN + o_sc, b_S)
+            tl.debug_barrier()
         for k in range(0, n_c):
             j = n_c - 1 - k
             ic = c0 + j
@@ -349,7 +354,10 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
                                       sc_n)
             b_dyh = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_tp, other=0.)
             b_dy = b_dyh.to(tl.float32)
-            b_S0 = tl.load(p_grp + j * BP * BN + o_sc)
+            if SEG == 2:
+                b_S0 = b_S                            # (one chunk a segment: its entry state, no workspace)
+            else:
+                b_S0 = tl.load(p_grp + j * BP * BN + o_sc)
             b_V = _mm(b_C, tl.trans(b_S0), DOT >= 2, HT, PREC)                          # [t, p] (S0 C_t)_p
             b_eo = b_ec * tl.sum(b_dy * b_V, 1)                                         # [t]
             b_dC = b_ec[:, None] * _mm(b_dyh, b_S0, DOT >= 2, HT, PREC)
@@ -390,9 +398,11 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
             b_dd = tl.where(m_t, b_dd, 0.)
             acc_db += b_dd
             tl.store(p_ddtp + ((i_b * T + rows64) * H + i_h) * NPB + i_p, b_dd, mask=m_t)
-            b_dS = tl.exp(b_cL) * b_dS + _mm(tl.trans(b_dy * b_ec[:, None]), b_C, DOT >= 2, HT, PREC)
+            if SEG != 2:                              # (one chunk a segment: nothing to carry)
+                b_dS = tl.exp(b_cL) * b_dS + _mm(tl.trans(b_dy * b_ec[:, None]), b_C, DOT >= 2, HT, PREC)
     if HAS_H0:
-        tl.store(p_dh0 + i_bh.to(tl.int64) * P * N + o_pn, b_dS, mask=m_pn & (i_s + 0 * o_pn == 0))
+        if SEG == 0:                                  # (segmented: _ssd_seg_pass_kernel stores it)
+            tl.store(p_dh0 + i_bh.to(tl.int64) * P * N + o_pn, b_dS, mask=m_pn)
     tl.store(p_par + prog * 2, tl.sum(acc_dA, 0))
     tl.store(p_par + prog * 2 + 1, tl.sum(acc_db, 0))
     if HAS_D:
@@ -457,13 +467,14 @@ def _ssd_seg_kernel(p_x, p_dt, p_A, p_B, p_C, p_bias, p_dy, p_Sl, p_dSl, p_cL,
 
 
 @triton.jit
-def _ssd_seg_pass_kernel(p_Sl, p_dSl, p_cL, p_h0, p_dhT, NBH, PN, NS,
+def _ssd_seg_pass_kernel(p_Sl, p_dSl, p_cL, p_h0, p_dhT, p_dh0, NBH, PN, NS,
                          BLK: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr):
     # Phase 2 of the segmented backward, in place and elementwise over the P·N = PN state entries: p_Sl, p_dSl
     # [NS, NBH, PN] fp32 (NBH = b·H) hold the segments' own contributions (_ssd_seg_kernel) and leave holding
     # the state entering each segment (S_0 = h0 or 0, S_{s+1} = exp(cL_s) S_s + Sl_s) and the adjoint leaving
     # it (dS_{NS−1} = dhT or 0, dS_{s−1} = exp(cL_s) dS_s + dSl_s); p_cL [NS, NBH]; p_h0, p_dhT [NBH, PN]
-    # (None unless HAS_H0 / HAS_DHT). Grid (NBH, cdiv(PN, BLK)).
+    # (None unless HAS_H0 / HAS_DHT); p_dh0 [NBH, PN] fp32 (with HAS_H0): the adjoint entering segment 0.
+    # Grid (NBH, cdiv(PN, BLK)).
     i_bh, i_k = tl.program_id(0), tl.program_id(1)
     o = i_k * BLK + tl.arange(0, BLK)
     m = o < PN
@@ -485,6 +496,8 @@ def _ssd_seg_pass_kernel(p_Sl, p_dSl, p_cL, p_h0, p_dhT, NBH, PN, NS,
         b_l = tl.load(p_dSl + i_sbh * PN + o, mask=m, other=0.)
         tl.store(p_dSl + i_sbh * PN + o, b_dS, mask=m)
         b_dS = tl.exp(tl.load(p_cL + i_sbh)) * b_dS + b_l
+    if HAS_H0:
+        tl.store(p_dh0 + i_bh.to(tl.int64) * PN + o, b_dS, mask=m)
 
 
 @triton.jit
@@ -617,7 +630,8 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
         if h0 is not None:
             dh0.copy_(dhT if dhT is not None else torch.zeros_like(dh0))
         return dx, ddt, dA, dB, dC, dD, dbias, dh0
-    scr = new_empty((NS * b * H * NPB, NCK + CK, BP, BN), torch.float32, dev)
+    one = bool(seg) and CK == 1                       # one chunk a segment: no state workspace
+    scr = None if one else new_empty((NS * b * H * NPB, NCK + CK, BP, BN), torch.float32, dev)
     ddtp = new_empty((b, T, H, NPB), torch.float32, dev)
     dBp = new_empty((b, T, H * NPB, N), torch.float32, dev)
     dCp = new_empty((b, T, H * NPB, N), torch.float32, dev)
@@ -639,7 +653,7 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
             BT=BTS, BP=BP, BN=BN, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), PREC=prec, DOT=dot)
         BLK = min(1024, _pow2(P * N))
         _ssd_seg_pass_kernel[(b * H, _cdiv(P * N, BLK))](
-            Sg, dSg, cLg, h0, dhT, b * H, P * N, NS, BLK=BLK, HAS_H0=h0 is not None, HAS_DHT=dhT is not None,
+            Sg, dSg, cLg, h0, dhT, dh0 if h0 is not None else None, b * H, P * N, NS, BLK=BLK, HAS_H0=h0 is not None, HAS_DHT=dhT is not None,
             num_warps=4)
     _ssd_bwd_kernel[(b * H, NPB, NS)](
         x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, Sg, dSg, dx, ddtp, dBp, dCp, par, dDp,
@@ -647,7 +661,7 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
         T, H, P, N, H // G, NPB, NC, CK, NCK, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
         BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
-        HAS_DHT=dhT is not None, SEG=bool(seg), PREC=prec, DOT=dot)
+        HAS_DHT=dhT is not None, SEG=(2 if one else 1) if seg else 0, PREC=prec, DOT=dot)
     BL = b * T
     BR = 4 if INTERPRET else max(1, min(64, 4096 // (_pow2(N) * max(1, H * NPB // 8))))
     BR = max(1, min(BR, _pow2(BL)))
