@@ -17,7 +17,8 @@ timings, launch counts, in one command; prints a short table last.
 ``--compile`` (no GPU needed): compiles the lab kernels for sm_90 with this machine's Triton at both model shapes
 (default tiles, every autotune config; MAMBA2_COMPILE_QUICK=1: the small shape's first configs), printing
 registers and spill bytes (cuobjdump); exit 1 on a compile failure (tests/test_mamba2.py runs the quick one).
-Env: MAMBA2_SHAPES (indices, e.g. "0"), MAMBA2_CHECKS, MAMBA2_SWEEP, MAMBA2_BUDGET_S (480: no sweep variant starts
+Env: MAMBA2_SHAPES (indices, e.g. "0"), MAMBA2_CHECKS (1; "seg": only the segmented backward's GPU tests),
+MAMBA2_SWEEP (1; 0 none; "seg": only SEG_SWEEP, the segmented backward's forms), MAMBA2_BUDGET_S (480: no sweep variant starts
 later, counted from the script's start); MAMBA2_SMOKE=1 (no GPU needed) runs the flow on the CPU interpreter at a
 tiny shape with single timed calls and no graphs (checks the script, measures nothing).
 """
@@ -45,6 +46,12 @@ SHAPES = [(64, 256, 8, 32, 1, 32, 64), (16, 1024, 16, 64, 1, 64, 256)]
 # (ws_bytes 1 TiB: every chunk-entry state kept, no re-walk; the default re-walks in groups at the large shape)
 SWEEP = [dict(fwd_bt=64), dict(fwd_bt=32), dict(bwd_bt=32), dict(bp=32), dict(ws_bytes=1 << 40), dict(dot=2),
          dict(fwd_bt=128), dict(bwd_bt=64), dict(bp=16), dict(ckpt=4), dict(dot=0), dict(dot=0, prec="tf32x3")]
+# the segmented backward (TUNING["seg"]: rows per segment; CK = seg / bwd_bt chunks walked per program;
+# CK = 1: no workspace): MAMBA2_SWEEP=seg sweeps only these (most promising first)
+SEG_SWEEP = [dict(seg=64), dict(seg=128), dict(seg=64, bwd_bt=64), dict(seg=32, bwd_bt=32), dict(seg=64, bp=32),
+             dict(seg=256), dict(seg=128, bp=32), dict(seg=64, bwd_bt=32), dict(seg=64, seg_bt=32),
+             dict(seg=32)]
+SWEEP += SEG_SWEEP
 BUDGET_S = float(os.environ.get("MAMBA2_BUDGET_S", "480"))   # the sweep stops starting variants after this
 T0 = time.monotonic()
 
@@ -144,7 +151,7 @@ def _peak_mib(f):
 def _kernel_info():
     from kernels.mamba2 import ssd
     out = []
-    for k in (ssd._ssd_fwd_kernel, ssd._ssd_bwd_kernel):
+    for k in (ssd._ssd_fwd_kernel, ssd._ssd_bwd_kernel, ssd._ssd_seg_kernel):
         try:
             cfg = k.best_config
             fn = k.fn
@@ -190,15 +197,14 @@ def compile_report() -> int:
             cases.append((ssd._ssd_seg_kernel, dict(segf, BT=bts, BP=BP, BN=BN), [(4, 1)] if quick else [(4, 1), (8, 1)]))
         cases.append((ssd._ssd_seg_pass_kernel, dict(BLK=1024, HAS_H0=False, HAS_DHT=False, p_h0=None, p_dhT=None),
                       [(4, 1)]))
-        for btb, cf in ([(BTB, [(4, 1)])] if quick else [(16, [(4, 1), (8, 1)]), (32, [(4, 1), (8, 1)]),
-                                                            (64, [(4, 1), (8, 1)])]):
-            cases.append((ssd._ssd_bwd_kernel, dict(flags, BT=btb, BP=BP, BN=BN, HAS_H0=False, HAS_DHT=False,
-                                                    SEG=True, p_h0=None, p_dhT=None, p_dh0=None), cf))
-        if not quick and BP > 32:   # half p-blocks: twice the programs, half the state registers
-            for btb in (16, 32, 64):
-                cases.append((ssd._ssd_bwd_kernel, dict(flags, BT=btb, BP=32, BN=BN, HAS_H0=False, HAS_DHT=False,
-                                                        SEG=True, p_h0=None, p_dhT=None, p_dh0=None),
-                              [(4, 1), (8, 1)]))
+        # SEG 1: segments of several BT-row chunks (a workspace); SEG 2: one chunk a segment (none)
+        segw = [(BTB, 1, BP, [(4, 1)])] if quick else [
+            (16, 1, BP, [(4, 1), (8, 1)]), (16, 2, BP, [(4, 1), (8, 1)]), (32, 2, BP, [(4, 1), (8, 1)]),
+            (64, 2, BP, [(4, 1), (8, 1)])] + ([(16, 1, 32, [(4, 1), (8, 1)])] if BP > 32 else [])
+        for btb, mode, bp, cf in segw:
+            cases.append((ssd._ssd_bwd_kernel, dict(flags, BT=btb, BP=bp, BN=BN, HAS_H0=False, HAS_DHT=False,
+                                                    SEG=mode, p_h0=None, p_dhT=None, p_dh0=None,
+                                                    **({"p_scr": None} if mode == 2 else {})), cf))
     failed = False
     for kern, consts, cfgs in cases:
         fn = kern
@@ -208,7 +214,7 @@ def compile_report() -> int:
                  else "i32" for n in fn.arg_names}
         for nw, ns in cfgs:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-            tag = (f"{fn.__name__}{' SEG' if consts.get('SEG') else ''} BT={consts.get('BT')} BP={consts.get('BP')} "
+            tag = (f"{fn.__name__}{' SEG=%d' % consts['SEG'] if consts.get('SEG') else ''} BT={consts.get('BT')} BP={consts.get('BP')} "
                    f"BN={consts.get('BN')} warps={nw} stages={ns}")
             try:
                 k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": nw, "num_stages": ns})
@@ -245,10 +251,12 @@ def main() -> int:
     if sys.argv[1:2] == ["--compile"]:
         return compile_report()
     rc = 0
-    if os.environ.get("MAMBA2_CHECKS", "0" if SMOKE else "1") == "1":
-        print("== checks: pytest tests/test_mamba2.py -m gpu -s", flush=True)
+    checks = os.environ.get("MAMBA2_CHECKS", "0" if SMOKE else "1")
+    if checks in ("1", "seg"):
+        sel = ["-k", "seg"] if checks == "seg" else []
+        print(f"== checks: pytest tests/test_mamba2.py -m gpu -s {' '.join(sel)}", flush=True)
         rc = subprocess.call([sys.executable, "-m", "pytest", "tests/test_mamba2.py", "-m", "gpu", "-s", "-q",
-                              "-p", "no:cacheprovider"], cwd=ROOT)
+                              "-p", "no:cacheprovider", *sel], cwd=ROOT)
         print(f"== checks rc={rc}", flush=True)
     import kernels  # noqa: F401
     from kernels.mamba2 import ssd
@@ -281,10 +289,11 @@ def main() -> int:
         del inp
     _table(rows)   # (again at the end, after the sweep: a command cut short keeps this one)
     # the knob sweep last, variant by variant at every shape, within the time budget (a new knob value compiles)
-    if os.environ.get("MAMBA2_SWEEP", "1") == "1" and "triton" in impls:
+    sweep = os.environ.get("MAMBA2_SWEEP", "1")
+    if sweep in ("1", "seg") and "triton" in impls:
         old = dict(ssd.TUNING)
         cases = [("B{} T{} H{} P{} G{} N{} Q{}".format(*SHAPES[i]), _inputs(SHAPES[i])) for i in idx]
-        for v in SWEEP:
+        for v in (SEG_SWEEP if sweep == "seg" else SWEEP):
             for label, inp in cases:
                 if time.monotonic() - T0 > BUDGET_S:
                     sweep_rows.append((label, str(v) + " (skipped: time budget)", None, None))

@@ -343,3 +343,46 @@ def test_gpu_deterministic_and_graph_capture():
     g.replay()
     torch.cuda.synchronize()
     assert all(torch.equal(u, v) for u, v in zip(out, a))
+
+
+SEG_GPU = {"seg64": {"seg": 64}, "seg64_bt64": {"seg": 64, "bwd_bt": 64}}   # the segmented backward's forms
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", list(MODEL_SHAPES))
+@pytest.mark.parametrize("form", list(SEG_GPU))
+def test_gpu_seg_model_shapes(shape, form):
+    """The segmented backward (TUNING["seg"]) in bf16 at the models' shapes: every gradient vs float64 (printed),
+    bit-identical reruns and CUDA-graph replay."""
+    from kernels.mamba2 import mamba_chunk_scan_combined as tri, ssd
+    old = dict(ssd.TUNING)
+    ssd.TUNING.update(SEG_GPU[form])
+    try:
+        inputs = _model_inputs(*MODEL_SHAPES[shape], torch.bfloat16)
+        errs = compare(tri, mamba_chunk_scan, inputs)
+        line = f"mamba2 {shape} bf16 triton {form}: " + " ".join(f"{k}={v:.2e}" for k, v in errs.items())
+        print("\n" + line)
+        assert all(v <= BOUNDS[torch.bfloat16] for v in errs.values()), line
+        leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+        dy = torch.randn(inputs["x"].shape, device="cuda", dtype=torch.bfloat16)
+
+        def step():
+            y, s = tri(**inputs)
+            return [y, s, *torch.autograd.grad((y, s), leaves, (dy, torch.ones_like(s)))]
+
+        a, b = step(), step()
+        assert all(torch.equal(u, v) for u, v in zip(a, b)), "not deterministic"
+        st = torch.cuda.Stream()
+        st.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(st):
+            step()
+        torch.cuda.current_stream().wait_stream(st)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = step()
+        g.replay()
+        torch.cuda.synchronize()
+        assert all(torch.equal(u, v) for u, v in zip(out, a)), "graph replay differs"
+    finally:
+        ssd.TUNING.clear()
+        ssd.TUNING.update(old)
