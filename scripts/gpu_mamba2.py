@@ -48,9 +48,11 @@ SWEEP = [dict(fwd_bt=64), dict(fwd_bt=32), dict(bwd_bt=32), dict(bp=32), dict(ws
          dict(fwd_bt=128), dict(bwd_bt=64), dict(bp=16), dict(ckpt=4), dict(dot=0), dict(dot=0, prec="tf32x3")]
 # the segmented backward (TUNING["seg"]: rows per segment; CK = seg / bwd_bt chunks walked per program;
 # CK = 1: no workspace): MAMBA2_SWEEP=seg sweeps only these (most promising first)
-SEG_SWEEP = [dict(seg=64), dict(seg=128), dict(seg=64, bwd_bt=64), dict(seg=32, bwd_bt=32), dict(seg=64, bp=32),
-             dict(seg=256), dict(seg=128, bp=32), dict(seg=64, bwd_bt=32), dict(seg=64, seg_bt=32),
-             dict(seg=32)]
+SPL = "split"
+SEG_SWEEP = [dict(seg=64), dict(seg=64, bwd_bt=64, seg_kernel=SPL), dict(seg=32, bwd_bt=32, seg_kernel=SPL),
+             dict(seg=128), dict(seg=16, seg_kernel="chunk"), dict(seg=16), dict(seg=64, bwd_bt=64, seg_kernel="chunk"),
+             dict(seg=64, bp=32), dict(seg=64, bwd_bt=64, seg_kernel=SPL, bp=32), dict(seg=256),
+             dict(seg=32, bwd_bt=32, seg_kernel="chunk"), dict(seg=64, seg_bt=32)]
 SWEEP += SEG_SWEEP
 BUDGET_S = float(os.environ.get("MAMBA2_BUDGET_S", "480"))   # the sweep stops starting variants after this
 T0 = time.monotonic()
@@ -201,12 +203,20 @@ def compile_report() -> int:
         segw = [(BTB, 1, BP, [(4, 1)])] if quick else [
             (16, 1, BP, [(4, 1), (8, 1)]), (16, 2, BP, [(4, 1), (8, 1)]), (32, 2, BP, [(4, 1), (8, 1)]),
             (64, 2, BP, [(4, 1), (8, 1)])] + ([(16, 1, 32, [(4, 1), (8, 1)])] if BP > 32 else [])
+        # its loop-free one-chunk kernel, both programs' work in one (SPLIT False) or split between two
+        for split in (False, True):
+            for btb in ([BTB] if quick else [16, 32, 64]):
+                cases.append((ssd._ssd_chunk_bwd_kernel, dict(flags, BT=btb, BP=BP, BN=BN, SPLIT=split),
+                              [(4, 1)] if quick else [(4, 1), (8, 1)]))
         for btb, mode, bp, cf in segw:
             cases.append((ssd._ssd_bwd_kernel, dict(flags, BT=btb, BP=bp, BN=BN, HAS_H0=False, HAS_DHT=False,
                                                     SEG=mode, p_h0=None, p_dhT=None, p_dh0=None,
                                                     **({"p_scr": None} if mode == 2 else {})), cf))
+    only = os.environ.get("MAMBA2_COMPILE_ONLY")     # (a substring of the kernel names to compile)
     failed = False
     for kern, consts, cfgs in cases:
+        if only and only not in getattr(kern, "__name__", "") + getattr(getattr(kern, "fn", None), "__name__", ""):
+            continue
         fn = kern
         while not isinstance(fn, JITFunction):
             fn = fn.fn
@@ -214,7 +224,8 @@ def compile_report() -> int:
                  else "i32" for n in fn.arg_names}
         for nw, ns in cfgs:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-            tag = (f"{fn.__name__}{' SEG=%d' % consts['SEG'] if consts.get('SEG') else ''} BT={consts.get('BT')} BP={consts.get('BP')} "
+            tag = (f"{fn.__name__}{' SEG=%d' % consts['SEG'] if consts.get('SEG') else ''}"
+                   f"{' SPLIT' if consts.get('SPLIT') else ''} BT={consts.get('BT')} BP={consts.get('BP')} "
                    f"BN={consts.get('BN')} warps={nw} stages={ns}")
             try:
                 k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": nw, "num_stages": ns})

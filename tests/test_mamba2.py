@@ -166,11 +166,14 @@ CASES = {   # name: (inputs, TUNING overrides)
     "T1": (dict(l=1), {}),
     # the segmented backward (TUNING["seg"]: segment-local states, the state pass, a walk per segment)
     "seg_strong_decay": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {"seg": 32}),   # 4 chunks: 2 segments of 2
-    "seg_pblocks_N17": (dict(h=4, g=1, p=20, n=17, l=70, b=2), {"bp": 16, "seg": 48, "seg_bt": 64}),
+    "seg_pblocks_N17": (dict(h=4, g=1, p=20, n=17, l=70, b=1), {"bp": 16, "seg": 48, "seg_bt": 64}),
     #   5 chunks: segments of 3 and 2 (the last one 22 rows), a 64-row first-phase tile past each segment's end
     "seg_Dhp_no_state": (dict(D="hp", init=False, final=False, bias=False, softplus=False, l=37), {"seg": 16}),
     #   one chunk a segment (no workspace), the last one partial, G 2
     "seg1_state": (dict(l=37, a_max=16.0), {"seg": 16}),   # one chunk a segment, initial / final states
+    # the loop-free one-chunk kernel (_ssd_chunk_bwd_kernel), one program or two (split) a chunk
+    "seg_chunk_N17": (dict(h=4, g=1, p=20, n=17, l=33, b=1), {"bp": 16, "seg": 16, "seg_kernel": "chunk"}),
+    "seg_split_state": (dict(l=37, a_max=16.0, D="hp"), {"seg": 16, "seg_kernel": "split"}),
 }
 
 
@@ -210,10 +213,11 @@ def test_triton_seg_fp16():
     """The segmented backward with fp16 inputs (its dots on fp16 operands on CPU), D [h, p], odd T."""
     from kernels.mamba2 import mamba_chunk_scan_combined, ssd
     old = dict(ssd.TUNING)
-    ssd.TUNING.update(seg=32)
     try:
-        check_op(mamba_chunk_scan_combined, _ref, _tri_inputs(dtype=torch.float16, l=45, D="hp"),
-                 bound=BOUNDS[torch.float16], context="seg fp16")
+        for tuning in ({"seg": 32}, {"seg": 16, "seg_kernel": "split"}):
+            ssd.TUNING.update(tuning)
+            check_op(mamba_chunk_scan_combined, _ref, _tri_inputs(dtype=torch.float16, l=45, D="hp"),
+                     bound=BOUNDS[torch.float16], context=f"seg fp16 {tuning}")
     finally:
         ssd.TUNING.clear()
         ssd.TUNING.update(old)
@@ -345,7 +349,8 @@ def test_gpu_deterministic_and_graph_capture():
     assert all(torch.equal(u, v) for u, v in zip(out, a))
 
 
-SEG_GPU = {"seg64": {"seg": 64}, "seg64_bt64": {"seg": 64, "bwd_bt": 64}}   # the segmented backward's forms
+SEG_GPU = {"seg64": {"seg": 64}, "split64": {"seg": 64, "bwd_bt": 64, "seg_kernel": "split"},
+           "chunk16": {"seg": 16, "seg_kernel": "chunk"}}   # the segmented backward's forms
 
 
 @pytest.mark.gpu

@@ -96,9 +96,11 @@ __all__ = ["mamba_chunk_scan_combined", "TUNING"]
 # multiple of bwd_bt; rounded down to one): the segmented form, chunk-parallel over segments of R rows (three
 # launches and the reduction: segment-local states, the state pass between segments, the walk of each segment
 # from its entry state and exit adjoint); seg_bt: rows per tile of its first phase (None: 64, ≤ R);
-# seg_warps: that phase's warps (None: autotuned).
+# seg_warps: that phase's warps (None: autotuned); seg_kernel, for one chunk a segment (seg = bwd_bt): "walk" (the
+# walk kernel's one-chunk mode), "chunk" (_ssd_chunk_bwd_kernel: no loop), "split" (the same with the dx/dΔ and
+# the dB/dC work in separate programs of the one launch: fewer live tiles).
 TUNING = {"fwd_bt": None, "bwd_bt": 16, "bp": None, "prec": None, "dot": 1, "ckpt": None, "ws_bytes": 128 << 20,
-          "fwd_warps": None, "bwd_warps": None, "seg": None, "seg_bt": None, "seg_warps": None}
+          "fwd_warps": None, "bwd_warps": None, "seg": None, "seg_bt": None, "seg_warps": None, "seg_kernel": "walk"}
 PRECISION = {torch.float32: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
 
 
@@ -501,6 +503,160 @@ def _ssd_seg_pass_kernel(p_Sl, p_dSl, p_cL, p_h0, p_dhT, p_dh0, NBH, PN, NS,
 
 
 @triton.jit
+def _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(v, Δ, c, c_L) of one chunk (fp32; c the chunk-local cumsum of a = Δ A)."""
+    b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
+    b_a = b_d * b_A
+    return b_v, b_d, tl.cumsum(b_a, 0), tl.sum(b_a, 0)
+
+
+@triton.jit
+def _chunk_grads_x(p_x, p_dt, p_B, p_C, p_D, p_bias, p_dy, b_S0p, b_dSp, p_dx, p_ddtp, p_par, p_dDp,
+                   b_A, i_b, i_h, i_p, i_sbh, prog, ic, T, H, P, N, NPB, o_t, o_p, m_p, o_n, m_n, o_sc,
+                   sx_t, sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n, sy_t, sy_p,
+                   BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
+                   D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PREC: tl.constexpr,
+                   DOT: tl.constexpr):
+    """dx, the ddt partial and this program's dA, ddt_bias, dD partials of one chunk (the formulas of the
+    module docstring), from its entry state and exit adjoint (pointers b_S0p, b_dSp to [P, N] fp32 tiles)."""
+    HT = p_x.dtype.element_ty
+    rows = ic * BT + o_t
+    m_t = rows < T
+    rows64 = rows.to(tl.int64)
+    m_tp = m_t[:, None] & m_p[None, :]
+    b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
+    b_ec = tl.exp(b_c)
+    b_e = tl.exp(b_cL - b_c)
+    b_de = b_d * b_e
+    causal = o_t[:, None] >= o_t[None, :]
+    b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t, sc_n)
+    b_dyh = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_tp, other=0.)
+    b_dy = b_dyh.to(tl.float32)
+    b_S0 = tl.load(b_S0p + o_sc, mask=m_p[:, None] & m_n[None, :], other=0.)
+    b_dS = tl.load(b_dSp + o_sc, mask=m_p[:, None] & m_n[None, :], other=0.)
+    b_da = tl.zeros([BT], dtype=tl.float32) + tl.exp(b_cL) * tl.sum(tl.sum(b_S0 * b_dS, 1), 0)
+    b_V = _mm(b_C, tl.trans(b_S0), DOT >= 2, HT, PREC)                              # [t, p]
+    b_da += tl.cumsum(b_ec * tl.sum(b_dy * b_V, 1), 0, reverse=True)
+    b_U = _mm(b_B, tl.trans(b_dS), DOT >= 2, HT, PREC)                              # [s, p]
+    b_xf = b_x.to(tl.float32)
+    b_xu = tl.sum(b_xf * b_U, 1)
+    b_L = tl.exp(tl.where(causal, b_c[:, None] - b_c[None, :], float("-inf")))
+    b_GL = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC) * b_L                        # [t, s]
+    b_dx = _mm(tl.trans(b_GL * b_d[None, :]), b_dyh, DOT >= 2, HT, PREC) + b_de[:, None] * b_U
+    if HAS_D:
+        if D_PER_P:
+            b_D = tl.load(p_D + i_h * P + o_p, mask=m_p, other=0.).to(tl.float32)
+        else:
+            b_D = tl.load(p_D + i_h).to(tl.float32) + tl.zeros([BP], dtype=tl.float32)
+        b_dx += b_dy * b_D[None, :]
+        tl.store(p_dDp + i_sbh * P + o_p, tl.sum(b_dy * b_xf, 0), mask=m_p)
+    tl.store(p_dx + (i_b * T + rows64)[:, None] * H * P + i_h * P + o_p[None, :], b_dx.to(p_dx.dtype.element_ty),
+             mask=m_tp)
+    b_K = b_GL * _mm(b_dyh, tl.trans(b_x), DOT >= 1, HT, PREC)                      # [t, s] GL ⊙ R
+    b_dd = tl.sum(b_K, 0) + b_e * b_xu
+    b_K = b_K * b_d[None, :]
+    b_da += tl.sum(tl.where(causal, tl.cumsum(b_K, 1) - b_K, 0.), 0)
+    b_vs = b_de * b_xu
+    b_da += tl.cumsum(b_vs, 0) - b_vs
+    b_da = tl.where(m_t, b_da, 0.)
+    b_dd += b_A * b_da
+    if SOFTPLUS:
+        b_dd = tl.where(b_v <= 20., b_dd / (1. + tl.exp(-b_v)), b_dd)
+    b_dd = tl.where(m_t, b_dd, 0.)
+    tl.store(p_ddtp + ((i_b * T + rows64) * H + i_h) * NPB + i_p, b_dd, mask=m_t)
+    tl.store(p_par + prog * 2, tl.sum(b_d * b_da, 0))
+    tl.store(p_par + prog * 2 + 1, tl.sum(b_dd, 0))
+
+
+@triton.jit
+def _chunk_grads_bc(p_x, p_dt, p_B, p_C, p_bias, p_dy, b_S0p, b_dSp, p_dBp, p_dCp,
+                    b_A, i_b, i_h, i_p, ic, T, H, N, NPB, o_t, o_p, m_p, o_n, m_n, o_sc,
+                    sx_t, sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n, sy_t, sy_p,
+                    BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    SOFTPLUS: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+    """The dB, dC partials of one chunk (this p-block's share) from its entry state and exit adjoint."""
+    HT = p_x.dtype.element_ty
+    rows = ic * BT + o_t
+    m_t = rows < T
+    rows64 = rows.to(tl.int64)
+    m_tp = m_t[:, None] & m_p[None, :]
+    m_tn = m_t[:, None] & m_n[None, :]
+    b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
+    b_de = b_d * tl.exp(b_cL - b_c)
+    causal = o_t[:, None] >= o_t[None, :]
+    b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t, sc_n)
+    b_dyh = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_tp, other=0.)
+    b_L = tl.exp(tl.where(causal, b_c[:, None] - b_c[None, :], float("-inf")))
+    b_Z = _mm(b_dyh, tl.trans(b_x), DOT >= 1, HT, PREC) * b_L * b_d[None, :]        # [t, s] R ⊙ L ⊙ Δ_s
+    o_part = ((i_b * T + rows64) * H * NPB + i_h * NPB + i_p)[:, None] * N + o_n[None, :]
+    b_S0 = tl.load(b_S0p + o_sc, mask=m_p[:, None] & m_n[None, :], other=0.)
+    b_dC = tl.exp(b_c)[:, None] * _mm(b_dyh, b_S0, DOT >= 2, HT, PREC) + _mm(b_Z, b_B, DOT >= 2, HT, PREC)
+    tl.store(p_dCp + o_part, b_dC, mask=m_tn)
+    b_dS = tl.load(b_dSp + o_sc, mask=m_p[:, None] & m_n[None, :], other=0.)
+    b_dB = _mm(tl.trans(b_Z), b_C, DOT >= 2, HT, PREC) + b_de[:, None] * _mm(b_x, b_dS, DOT >= 2, HT, PREC)
+    tl.store(p_dBp + o_part, b_dB, mask=m_tn)
+
+
+@triton.autotune(configs=_configs(TUNING["bwd_warps"], [(4, 1), (8, 1)]), key=["BT", "BP", "BN", "SPLIT"])
+@triton.jit
+def _ssd_chunk_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_dy, p_Sg, p_dSg,
+                          p_dx, p_ddtp, p_dBp, p_dCp, p_par, p_dDp,
+                          T, H, P, N, HG, NPB,
+                          sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
+                          sy_b, sy_t, sy_h, sy_p,
+                          BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
+                          D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                          SPLIT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+    # Phase 3 of the segmented backward with one BT-row chunk a segment (no walk): every gradient of chunk i_s
+    # from its entry state p_Sg and exit adjoint p_dSg ([NS, b·H, P, N] fp32, _ssd_seg_pass_kernel). Inputs and
+    # partial outputs as in _ssd_bwd_kernel (SEG 2). Grid (b·H, NPB·(2 if SPLIT else 1), NS): with SPLIT the
+    # programs of odd axis-1 index compute dB, dC and the even ones dx, ddt and the parameter partials (one
+    # launch, half the live tiles a program); without, one program does both in turn.
+    i_bh, i_q, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if SPLIT:
+        i_p, role = i_q // 2, i_q % 2
+    else:
+        i_p = i_q
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_g = i_h // HG
+    i_sbh = i_s.to(tl.int64) * tl.num_programs(0) + i_bh
+    prog = i_sbh * NPB + i_p
+    o_t = tl.arange(0, BT)
+    o_p = i_p * BP + tl.arange(0, BP)
+    o_n = tl.arange(0, BN)
+    m_p, m_n = o_p < P, o_n < N
+    o_sc = o_p[:, None] * N + o_n[None, :]
+    p_x += i_b * sx_b + i_h * sx_h
+    p_dy += i_b * sy_b + i_h * sy_h
+    p_dt += i_b * sdt_b + i_h * sdt_h
+    p_B += i_b * sb_b + i_g * sb_g
+    p_C += i_b * sc_b + i_g * sc_g
+    b_S0p = p_Sg + i_sbh * P * N
+    b_dSp = p_dSg + i_sbh * P * N
+    b_A = tl.load(p_A + i_h).to(tl.float32)
+    if SPLIT:
+        if role == 0:
+            _chunk_grads_x(p_x, p_dt, p_B, p_C, p_D, p_bias, p_dy, b_S0p, b_dSp, p_dx, p_ddtp, p_par, p_dDp,
+                           b_A, i_b, i_h, i_p, i_sbh, prog, i_s, T, H, P, N, NPB, o_t, o_p, m_p, o_n, m_n, o_sc,
+                           sx_t, sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n, sy_t, sy_p,
+                           BT, BP, BN, HAS_D, D_PER_P, HAS_BIAS, SOFTPLUS, PREC, DOT)
+        else:
+            _chunk_grads_bc(p_x, p_dt, p_B, p_C, p_bias, p_dy, b_S0p, b_dSp, p_dBp, p_dCp,
+                            b_A, i_b, i_h, i_p, i_s, T, H, N, NPB, o_t, o_p, m_p, o_n, m_n, o_sc,
+                            sx_t, sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n, sy_t, sy_p,
+                            BT, BP, BN, HAS_BIAS, SOFTPLUS, PREC, DOT)
+    else:
+        _chunk_grads_x(p_x, p_dt, p_B, p_C, p_D, p_bias, p_dy, b_S0p, b_dSp, p_dx, p_ddtp, p_par, p_dDp,
+                       b_A, i_b, i_h, i_p, i_sbh, prog, i_s, T, H, P, N, NPB, o_t, o_p, m_p, o_n, m_n, o_sc,
+                       sx_t, sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n, sy_t, sy_p,
+                       BT, BP, BN, HAS_D, D_PER_P, HAS_BIAS, SOFTPLUS, PREC, DOT)
+        _chunk_grads_bc(p_x, p_dt, p_B, p_C, p_bias, p_dy, b_S0p, b_dSp, p_dBp, p_dCp,
+                        b_A, i_b, i_h, i_p, i_s, T, H, N, NPB, o_t, o_p, m_p, o_n, m_n, o_sc,
+                        sx_t, sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n, sy_t, sy_p,
+                        BT, BP, BN, HAS_BIAS, SOFTPLUS, PREC, DOT)
+
+
+@triton.jit
 def _ssd_reduce_kernel(p_dBp, p_dCp, p_ddtp, p_par, p_dDp, p_dB, p_dC, p_ddt, p_dA, p_dbias, p_dD,
                        BL, NB, H, G, HG, NPB, P, N, n_row_blocks,
                        BR: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BQ: tl.constexpr, BPP: tl.constexpr,
@@ -655,13 +811,21 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
         _ssd_seg_pass_kernel[(b * H, _cdiv(P * N, BLK))](
             Sg, dSg, cLg, h0, dhT, dh0 if h0 is not None else None, b * H, P * N, NS, BLK=BLK, HAS_H0=h0 is not None, HAS_DHT=dhT is not None,
             num_warps=4)
-    _ssd_bwd_kernel[(b * H, NPB, NS)](
-        x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, Sg, dSg, dx, ddtp, dBp, dCp, par, dDp,
-        dh0 if h0 is not None else None,
-        T, H, P, N, H // G, NPB, NC, CK, NCK, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
-        BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
-        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
-        HAS_DHT=dhT is not None, SEG=(2 if one else 1) if seg else 0, PREC=prec, DOT=dot)
+    chunk = TUNING["seg_kernel"] if one else "walk"
+    if chunk in ("chunk", "split"):
+        _ssd_chunk_bwd_kernel[(b * H, NPB * (2 if chunk == "split" else 1), NS)](
+            x, dt, A, B, C, D, dt_bias, dy, Sg, dSg, dx, ddtp, dBp, dCp, par, dDp,
+            T, H, P, N, H // G, NPB, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
+            BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+            HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), SPLIT=chunk == "split", PREC=prec, DOT=dot)
+    else:
+        _ssd_bwd_kernel[(b * H, NPB, NS)](
+            x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, Sg, dSg, dx, ddtp, dBp, dCp, par, dDp,
+            dh0 if h0 is not None else None,
+            T, H, P, N, H // G, NPB, NC, CK, NCK, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
+            BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+            HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
+            HAS_DHT=dhT is not None, SEG=(2 if one else 1) if seg else 0, PREC=prec, DOT=dot)
     BL = b * T
     BR = 4 if INTERPRET else max(1, min(64, 4096 // (_pow2(N) * max(1, H * NPB // 8))))
     BR = max(1, min(BR, _pow2(BL)))
