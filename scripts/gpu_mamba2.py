@@ -49,8 +49,8 @@ SWEEP = [dict(fwd_bt=64), dict(fwd_bt=32), dict(bwd_bt=32), dict(bp=32), dict(ws
 # the segmented backward (TUNING["seg"]: rows per segment; CK = seg / bwd_bt chunks walked per program;
 # CK = 1: no workspace): MAMBA2_SWEEP=seg sweeps only these (most promising first)
 SPL = "split"
-SEG_SWEEP = [dict(seg=64), dict(seg=64, bwd_bt=64, seg_kernel=SPL), dict(seg=32, bwd_bt=32, seg_kernel=SPL),
-             dict(seg=128), dict(seg=16, seg_kernel="chunk"), dict(seg=16), dict(seg=64, bwd_bt=64, seg_kernel="chunk"),
+SEG_SWEEP = [dict(seg=64, bwd_bt=64, seg_kernel=SPL), dict(seg=64), dict(seg=32, bwd_bt=32, seg_kernel=SPL),
+             dict(seg=128), dict(seg=16), dict(seg=64, bwd_bt=64, seg_kernel="chunk"), dict(seg=16, seg_kernel="chunk"),
              dict(seg=64, bp=32), dict(seg=64, bwd_bt=64, seg_kernel=SPL, bp=32), dict(seg=256),
              dict(seg=32, bwd_bt=32, seg_kernel="chunk"), dict(seg=64, seg_bt=32)]
 SWEEP += SEG_SWEEP
@@ -153,7 +153,7 @@ def _peak_mib(f):
 def _kernel_info():
     from kernels.mamba2 import ssd
     out = []
-    for k in (ssd._ssd_fwd_kernel, ssd._ssd_bwd_kernel, ssd._ssd_seg_kernel):
+    for k in (ssd._ssd_fwd_kernel, ssd._ssd_bwd_kernel, ssd._ssd_seg_kernel, ssd._ssd_chunk_bwd_kernel):
         try:
             cfg = k.best_config
             fn = k.fn
@@ -196,7 +196,7 @@ def compile_report() -> int:
         # the segmented backward (TUNING["seg"]): its first phase, the state pass, the per-segment walk
         segf = {k: v for k, v in flags.items() if k not in ("HAS_D", "D_PER_P")}
         for bts in ([64] if quick else [64, 32]):
-            cases.append((ssd._ssd_seg_kernel, dict(segf, BT=bts, BP=BP, BN=BN), [(4, 1)] if quick else [(4, 1), (8, 1)]))
+            cases.append((ssd._ssd_seg_kernel, dict(segf, BT=bts, BP=BP, BN=BN), [(8, 1)] if quick else [(8, 1), (4, 1)]))
         cases.append((ssd._ssd_seg_pass_kernel, dict(BLK=1024, HAS_H0=False, HAS_DHT=False, p_h0=None, p_dhT=None),
                       [(4, 1)]))
         # SEG 1: segments of several BT-row chunks (a workspace); SEG 2: one chunk a segment (none)
@@ -207,7 +207,7 @@ def compile_report() -> int:
         for split in (False, True):
             for btb in ([BTB] if quick else [16, 32, 64]):
                 cases.append((ssd._ssd_chunk_bwd_kernel, dict(flags, BT=btb, BP=BP, BN=BN, SPLIT=split),
-                              [(4, 1)] if quick else [(4, 1), (8, 1)]))
+                              [(8, 1)] if quick else [(8, 1), (4, 1)]))
         for btb, mode, bp, cf in segw:
             cases.append((ssd._ssd_bwd_kernel, dict(flags, BT=btb, BP=bp, BN=BN, HAS_H0=False, HAS_DHT=False,
                                                     SEG=mode, p_h0=None, p_dhT=None, p_dh0=None,

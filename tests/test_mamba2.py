@@ -349,8 +349,7 @@ def test_gpu_deterministic_and_graph_capture():
     assert all(torch.equal(u, v) for u, v in zip(out, a))
 
 
-SEG_GPU = {"seg64": {"seg": 64}, "split64": {"seg": 64, "bwd_bt": 64, "seg_kernel": "split"},
-           "chunk16": {"seg": 16, "seg_kernel": "chunk"}}   # the segmented backward's forms
+SEG_GPU = {"split64": {"seg": 64, "bwd_bt": 64, "seg_kernel": "split"}, "seg64": {"seg": 64}}   # segmented forms
 
 
 @pytest.mark.gpu

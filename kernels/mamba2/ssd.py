@@ -411,7 +411,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
         tl.store(p_dDp + i_sbh * P + o_p, acc_dD, mask=m_p)
 
 
-@triton.autotune(configs=_configs(TUNING["seg_warps"], [(4, 1), (8, 1)]), key=["BT", "BP", "BN"])
+@triton.autotune(configs=_configs(TUNING["seg_warps"], [(8, 1)]), key=["BT", "BP", "BN"])   # (8: fewer registers)
 @triton.jit
 def _ssd_seg_kernel(p_x, p_dt, p_A, p_B, p_C, p_bias, p_dy, p_Sl, p_dSl, p_cL,
                     T, H, P, N, HG, SEGR,
@@ -597,7 +597,7 @@ def _chunk_grads_bc(p_x, p_dt, p_B, p_C, p_bias, p_dy, b_S0p, b_dSp, p_dBp, p_dC
     tl.store(p_dBp + o_part, b_dB, mask=m_tn)
 
 
-@triton.autotune(configs=_configs(TUNING["bwd_warps"], [(4, 1), (8, 1)]), key=["BT", "BP", "BN", "SPLIT"])
+@triton.autotune(configs=_configs(TUNING["bwd_warps"], [(8, 1)]), key=["BT", "BP", "BN", "SPLIT"])  # (8: spills least)
 @triton.jit
 def _ssd_chunk_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_dy, p_Sg, p_dSg,
                           p_dx, p_ddtp, p_dBp, p_dCp, p_par, p_dDp,
