@@ -484,20 +484,33 @@ def _ssd_seg_pass_kernel(p_Sl, p_dSl, p_cL, p_h0, p_dhT, p_dh0, NBH, PN, NS,
         b_S = tl.load(p_h0 + i_bh.to(tl.int64) * PN + o, mask=m, other=0.).to(tl.float32)
     else:
         b_S = tl.zeros([BLK], dtype=tl.float32)
+    # (each step's contribution and decay are loaded one step ahead: the loads do not wait on the carried state)
+    i_bh64 = i_bh.to(tl.int64)
+    b_l = tl.load(p_Sl + i_bh64 * PN + o, mask=m, other=0.)
+    b_g = tl.load(p_cL + i_bh64)
     for s in range(0, NS):
-        i_sbh = s * NBH + i_bh.to(tl.int64)
-        b_l = tl.load(p_Sl + i_sbh * PN + o, mask=m, other=0.)
+        i_sbh = s * NBH + i_bh64
+        i_nx = tl.minimum(s + 1, NS - 1) * NBH + i_bh64               # (the last step reloads itself: unused)
+        b_ln = tl.load(p_Sl + i_nx * PN + o, mask=m, other=0.)
+        b_gn = tl.load(p_cL + i_nx)
         tl.store(p_Sl + i_sbh * PN + o, b_S, mask=m)
-        b_S = tl.exp(tl.load(p_cL + i_sbh)) * b_S + b_l
+        b_S = tl.exp(b_g) * b_S + b_l
+        b_l, b_g = b_ln, b_gn
     if HAS_DHT:
-        b_dS = tl.load(p_dhT + i_bh.to(tl.int64) * PN + o, mask=m, other=0.).to(tl.float32)
+        b_dS = tl.load(p_dhT + i_bh64 * PN + o, mask=m, other=0.).to(tl.float32)
     else:
         b_dS = tl.zeros([BLK], dtype=tl.float32)
+    i_last = (NS - 1) * NBH + i_bh64
+    b_l = tl.load(p_dSl + i_last * PN + o, mask=m, other=0.)
+    b_g = tl.load(p_cL + i_last)
     for k in range(0, NS):
-        i_sbh = (NS - 1 - k) * NBH + i_bh.to(tl.int64)
-        b_l = tl.load(p_dSl + i_sbh * PN + o, mask=m, other=0.)
+        i_sbh = (NS - 1 - k) * NBH + i_bh64
+        i_nx = tl.maximum(NS - 2 - k, 0) * NBH + i_bh64
+        b_ln = tl.load(p_dSl + i_nx * PN + o, mask=m, other=0.)
+        b_gn = tl.load(p_cL + i_nx)
         tl.store(p_dSl + i_sbh * PN + o, b_dS, mask=m)
-        b_dS = tl.exp(tl.load(p_cL + i_sbh)) * b_dS + b_l
+        b_dS = tl.exp(b_g) * b_dS + b_l
+        b_l, b_g = b_ln, b_gn
     if HAS_H0:
         tl.store(p_dh0 + i_bh.to(tl.int64) * PN + o, b_dS, mask=m)
 
