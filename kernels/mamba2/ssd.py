@@ -1,4 +1,5 @@
-"""Mamba-2 SSD chunk scan in Triton: one "walk" kernel forward, one walk kernel + one reduction kernel backward.
+"""Mamba-2 SSD chunk scan in Triton: one "walk" kernel forward, one walk kernel + one reduction kernel backward
+(or, ``TUNING["seg"]``, a segmented chunk-parallel backward of four launches).
 
     mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
                               initial_states=None, return_final_states=False) -> y or (y, final_states)
@@ -45,6 +46,25 @@ with K = C Bᵀ ⊙ L ⊙ R ⊙ Δ_s: da_j sums exactly the terms whose decay co
 chunk — an exclusive cumsum along s, no rowsum − colsum cancellation —, earlier state read here, state written
 here read later, state passing through). ddt = dΔ ⊙ softplus'(dt + dt_bias), dA = Σ Δ da, ddt_bias = Σ ddt,
 dD = Σ dy ⊙ x.
+
+Segmented backward (``TUNING["seg"]`` = R rows, a multiple of the backward's BT; None = the walk above, the
+default): the long serial chain becomes a short one over segments of R rows, the rest chunk-parallel. With c the
+segment-local cumsum and c_L its total, a segment's own end state (zero entry state) and its own entry adjoint (zero
+exit adjoint) are
+
+    Sl = Σ_t (x_t Δ_t exp(c_L − c_t)) B_tᵀ,     dSl = Σ_t exp(c_t) dy_t C_tᵀ
+
+(1) ``_ssd_seg_kernel``, grid (b·H, NPB, NS): Sl, dSl, c_L of every segment (fp32 [NS, b·H, P, N], [NS, b·H]).
+(2) ``_ssd_seg_pass_kernel``, grid (b·H, P·N / 1024): elementwise over the state, in place,
+S_{s+1} = exp(c_L,s) S_s + Sl_s from h0 (or 0) and dS_{s−1} = exp(c_L,s) dS_s + dSl_s from dS_final (or 0): each
+segment's entry state and exit adjoint; the adjoint entering segment 0 is d initial_states. (3) each segment's
+gradients from those two, as the walk computes them (same formulas, same numerics): ``_ssd_bwd_kernel`` with SEG
+1 (grid (b·H, NPB, NS): the walk over the segment's R / BT chunks, their entry states re-walked into a workspace) or,
+for one chunk a segment (R = BT), SEG 2 (no workspace) or the loop-free ``_ssd_chunk_bwd_kernel``
+(``TUNING["seg_kernel"]`` "chunk"; "split": the dx/dΔ and the dB/dC work in two programs of the launch). (4) the
+reduction (the parameter partials now per segment too). Four launches backward, five per fwd+bwd; deterministic.
+Bytes beyond the walk's: the two state buffers, NS·b·H·P·N·4 each, written by (1), read and rewritten by (2), read
+by (3): at the large model (B16 T1024 H16 P=N=64) 64 MiB each for R = 64 (384 MiB of traffic).
 
 Reductions, deterministic (no atomics): dB, dC are sums over the heads of a group and over p-blocks, ddt over
 p-blocks, dA, ddt_bias, dD over batch (and time, summed inside each program): the walk kernel writes fp32 partials
