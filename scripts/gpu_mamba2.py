@@ -49,9 +49,9 @@ SWEEP = [dict(fwd_bt=64), dict(fwd_bt=32), dict(bwd_bt=32), dict(bp=32), dict(ws
 # the segmented backward (TUNING["seg"]: rows per segment; CK = seg / bwd_bt chunks walked per program;
 # CK = 1: no workspace): MAMBA2_SWEEP=seg sweeps only these (most promising first)
 SPL = "split"
-SEG_SWEEP = [dict(seg=64, bwd_bt=64, seg_kernel=SPL), dict(seg=64), dict(seg=32, bwd_bt=32, seg_kernel=SPL),
-             dict(seg=128), dict(seg=16), dict(seg=64, bwd_bt=64, seg_kernel="chunk"), dict(seg=16, seg_kernel="chunk"),
-             dict(seg=64, bp=32), dict(seg=64, bwd_bt=64, seg_kernel=SPL, bp=32), dict(seg=256),
+SEG_SWEEP = [dict(seg=64, bwd_bt=64, seg_kernel=SPL), dict(seg=64), dict(seg=64, bwd_bt=64, seg_kernel=SPL, bp=32),
+             dict(seg=32, bwd_bt=32, seg_kernel=SPL), dict(seg=128), dict(seg=16), dict(seg=16, seg_kernel="chunk"),
+             dict(seg=64, bwd_bt=64, seg_kernel="chunk"), dict(seg=64, bp=32), dict(seg=256),
              dict(seg=32, bwd_bt=32, seg_kernel="chunk"), dict(seg=64, seg_bt=32)]
 SWEEP += SEG_SWEEP
 BUDGET_S = float(os.environ.get("MAMBA2_BUDGET_S", "480"))   # the sweep stops starting variants after this
@@ -208,6 +208,9 @@ def compile_report() -> int:
             for btb in ([BTB] if quick else [16, 32, 64]):
                 cases.append((ssd._ssd_chunk_bwd_kernel, dict(flags, BT=btb, BP=BP, BN=BN, SPLIT=split),
                               [(8, 1)] if quick else [(8, 1), (4, 1)]))
+        if not quick and BP > 32:   # half p-blocks (the sweep's bp=32)
+            for btb in (32, 64):
+                cases.append((ssd._ssd_chunk_bwd_kernel, dict(flags, BT=btb, BP=32, BN=BN, SPLIT=True), [(8, 1)]))
         for btb, mode, bp, cf in segw:
             cases.append((ssd._ssd_bwd_kernel, dict(flags, BT=btb, BP=bp, BN=BN, HAS_H0=False, HAS_DHT=False,
                                                     SEG=mode, p_h0=None, p_dhT=None, p_dh0=None,
@@ -242,6 +245,7 @@ def compile_report() -> int:
                                          text=True).stdout
                 m = re.search(r"REG:(\d+) STACK:(\d+)", out)
                 use = f" regs={m.group(1)} spill={m.group(2)}" if m else ""
+            use += f" smem={getattr(k.metadata, 'shared', '?')}"
             print("ok", tag + use, flush=True)
     return 1 if failed else 0
 
