@@ -291,11 +291,16 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     # [NS·b·H·NPB, 1 + CK, BP, BN] (SEG 2 = one chunk a segment, CK = 1: no workspace, None, no dS carried);
     # p_par [NS, b, H, NPB, 2], p_dDp [NS, b, H, P] (summed over segments too by the reduction); d initial_states
     # is stored by _ssd_seg_pass_kernel (p_dh0 unused).
-    i_bh, i_p, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_bh, i_p = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     i_g = i_h // HG
     HT = p_x.dtype.element_ty                        # the half dtype of the DOT ≥ 1 dots
-    i_sbh = i_s.to(tl.int64) * tl.num_programs(0) + i_bh          # (segment, sequence·head); = i_bh unless SEG
+    if SEG:
+        i_s = tl.program_id(2)
+        i_sbh = i_s.to(tl.int64) * tl.num_programs(0) + i_bh      # (segment, sequence·head)
+    else:
+        i_s = 0
+        i_sbh = i_bh.to(tl.int64)
     prog = i_sbh * NPB + i_p
     o_t = tl.arange(0, BT)
     o_p = i_p * BP + tl.arange(0, BP)
