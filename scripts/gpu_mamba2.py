@@ -308,21 +308,26 @@ def main() -> int:
     if sweep in ("1", "seg") and "triton" in impls:
         old = dict(ssd.TUNING)
         cases = [("B{} T{} H{} P{} G{} N{} Q{}".format(*SHAPES[i]), _inputs(SHAPES[i])) for i in idx]
+        base = {label: [g.float() for g in _step(impls["triton"], inp)[1]()] for label, inp in cases}   # the walk's
+
+        def _vs_base(label, gs):   # max over the gradients of ‖g − g_walk‖ / ‖g_walk‖ (rounding-level if right)
+            return max(((a.float() - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(gs, base[label]))
         for v in (SEG_SWEEP if sweep == "seg" else SWEEP):
             for label, inp in cases:
                 if time.monotonic() - T0 > BUDGET_S:
-                    sweep_rows.append((label, str(v) + " (skipped: time budget)", None, None))
+                    sweep_rows.append((label, str(v) + " (skipped: time budget)", None, None, None))
                     continue
                 ssd.TUNING.update(v)
                 try:
                     fwd, fb = _step(impls["triton"], inp)
-                    fwd(), fb()
+                    fwd()
+                    dv = _vs_base(label, fb())
                     gf, gfb = _graph(fwd), _graph(fb)
-                    sweep_rows.append((label, str(v), _bench(gf.replay), _bench(gfb.replay)))
+                    sweep_rows.append((label, str(v), _bench(gf.replay), _bench(gfb.replay), dv))
                     print(f"sweep {sweep_rows[-1]}", flush=True)
                     del gf, gfb
                 except Exception as e:   # noqa: BLE001
-                    sweep_rows.append((label, str(v) + f" FAILED {type(e).__name__}: {str(e)[:200]}", None, None))
+                    sweep_rows.append((label, str(v) + f" FAILED {type(e).__name__}: {str(e)[:200]}", None, None, None))
                 ssd.TUNING.clear()
                 ssd.TUNING.update(old)
         del cases
@@ -331,9 +336,10 @@ def main() -> int:
     _table(rows)
     if sweep_rows:
         f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-        print("\n== lab knob sweep (graph replay ms: fwd, fwd+bwd; compare with the table's triton g.fwd / g.fb)")
+        print("\n== lab knob sweep (graph replay ms: fwd, fwd+bwd; compare with the table's triton g.fwd / g.fb; "
+              "vs walk: max rel. difference of the gradients from the default's)")
         for r in sweep_rows:
-            print(f"{r[0]:<34} {r[1]:<55} {f(r[2]):>8} {f(r[3]):>8}")
+            print(f"{r[0]:<34} {r[1]:<55} {f(r[2]):>8} {f(r[3]):>8} {'-' if r[4] is None else f'{r[4]:.1e}':>8}")
     print(f"\n== checks rc={rc}")
     return rc
 
