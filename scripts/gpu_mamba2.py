@@ -17,7 +17,9 @@ timings, launch counts, in one command; prints a short table last.
 ``--compile`` (no GPU needed): compiles the lab kernels for sm_90 with this machine's Triton at both model shapes
 (default tiles, every autotune config; MAMBA2_COMPILE_QUICK=1: the small shape's first configs), printing
 registers and spill bytes (cuobjdump); exit 1 on a compile failure (tests/test_mamba2.py runs the quick one).
-Env: MAMBA2_SHAPES (indices, e.g. "0"), MAMBA2_CHECKS, MAMBA2_CHECKS_S (150: the checks' cap), MAMBA2_SWEEP, MAMBA2_BUDGET_S (480: no sweep variant starts
+Env: MAMBA2_SHAPES (indices, e.g. "0"), MAMBA2_CHECKS (1; "seg": only the segmented backward's GPU tests),
+MAMBA2_CHECKS_S (150: the checks' cap), MAMBA2_SWEEP (1; 0 none; "seg": only SEG_SWEEP, the segmented backward's
+forms), MAMBA2_BUDGET_S (480: no sweep variant starts
 later, counted from the script's start); MAMBA2_SMOKE=1 (no GPU needed) runs the flow on the CPU interpreter at a
 tiny shape with single timed calls and no graphs (checks the script, measures nothing).
 """
@@ -45,6 +47,14 @@ SHAPES = [(64, 256, 8, 32, 1, 32, 64), (16, 1024, 16, 64, 1, 64, 256)]
 # (ws_bytes 1 TiB: every chunk-entry state kept, no re-walk; the default re-walks in groups at the large shape)
 SWEEP = [dict(fwd_bt=64), dict(fwd_bt=32), dict(bwd_bt=32), dict(bp=32), dict(ws_bytes=1 << 40), dict(dot=2),
          dict(fwd_bt=128), dict(bwd_bt=64), dict(bp=16), dict(ckpt=4), dict(dot=0), dict(dot=0, prec="tf32x3")]
+# the segmented backward (TUNING["seg"]: rows per segment; CK = seg / bwd_bt chunks walked per program;
+# CK = 1: no workspace): MAMBA2_SWEEP=seg sweeps only these (most promising first)
+SPL = "split"
+SEG_SWEEP = [dict(seg=64, bwd_bt=64, seg_kernel=SPL), dict(seg=64), dict(seg=64, bwd_bt=64, seg_kernel=SPL, bp=32),
+             dict(seg=32, bwd_bt=32, seg_kernel=SPL), dict(seg=128), dict(seg=16), dict(seg=16, seg_kernel="chunk"),
+             dict(seg=64, bwd_bt=64, seg_kernel="chunk"), dict(seg=64, bp=32), dict(seg=256),
+             dict(seg=32, bwd_bt=32, seg_kernel="chunk"), dict(seg=64, seg_bt=32)]
+SWEEP += SEG_SWEEP
 BUDGET_S = float(os.environ.get("MAMBA2_BUDGET_S", "480"))   # the sweep stops starting variants after this
 T0 = time.monotonic()
 
@@ -144,7 +154,7 @@ def _peak_mib(f):
 def _kernel_info():
     from kernels.mamba2 import ssd
     out = []
-    for k in (ssd._ssd_fwd_kernel, ssd._ssd_bwd_kernel):
+    for k in (ssd._ssd_fwd_kernel, ssd._ssd_bwd_kernel, ssd._ssd_seg_kernel, ssd._ssd_chunk_bwd_kernel):
         try:
             cfg = k.best_config
             fn = k.fn
@@ -179,12 +189,38 @@ def compile_report() -> int:
         bwd_cfgs = [(8, 1), (4, 1), (8, 2)]
         cases += [(ssd._ssd_fwd_kernel, dict(flags, BT=BTF, BP=BP, BN=BN, HAS_H0=False, STORE_HT=False, p_h0=None,
                                              p_hT=None), fwd_cfgs[:1] if quick else fwd_cfgs),
-                  (ssd._ssd_bwd_kernel, dict(flags, BT=BTB, BP=BP, BN=BN, HAS_H0=False, HAS_DHT=False, p_h0=None,
-                                             p_dhT=None, p_dh0=None), bwd_cfgs[:1] if quick else bwd_cfgs),
+                  (ssd._ssd_bwd_kernel, dict(flags, BT=BTB, BP=BP, BN=BN, HAS_H0=False, HAS_DHT=False, SEG=False,
+                                             p_h0=None, p_dhT=None, p_dh0=None, p_Sg=None, p_dSg=None),
+                   bwd_cfgs[:1] if quick else bwd_cfgs),
                   (ssd._ssd_reduce_kernel, dict(BR=32, BN=BN, BH=H, BQ=1, BPP=P, HAS_D=True, D_PER_P=False,
                                                 HAS_BIAS=True), [(4, 1)])]
+        # the segmented backward (TUNING["seg"]): its first phase, the state pass, the per-segment walk
+        segf = {k: v for k, v in flags.items() if k not in ("HAS_D", "D_PER_P")}
+        for bts in ([64] if quick else [64, 32]):
+            cases.append((ssd._ssd_seg_kernel, dict(segf, BT=bts, BP=BP, BN=BN), [(8, 1)] if quick else [(8, 1), (4, 1)]))
+        cases.append((ssd._ssd_seg_pass_kernel, dict(BLK=1024, HAS_H0=False, HAS_DHT=False, p_h0=None, p_dhT=None),
+                      [(4, 1)]))
+        # SEG 1: segments of several BT-row chunks (a workspace); SEG 2: one chunk a segment (none)
+        segw = [(BTB, 1, BP, [(4, 1)])] if quick else [
+            (16, 1, BP, [(4, 1), (8, 1)]), (16, 2, BP, [(4, 1), (8, 1)]), (32, 2, BP, [(4, 1), (8, 1)]),
+            (64, 2, BP, [(4, 1), (8, 1)])] + ([(16, 1, 32, [(4, 1), (8, 1)])] if BP > 32 else [])
+        # its loop-free one-chunk kernel, both programs' work in one (SPLIT False) or split between two
+        for split in (False, True):
+            for btb in ([BTB] if quick else [16, 32, 64]):
+                cases.append((ssd._ssd_chunk_bwd_kernel, dict(flags, BT=btb, BP=BP, BN=BN, SPLIT=split),
+                              [(8, 1)] if quick else [(8, 1), (4, 1)]))
+        if not quick and BP > 32:   # half p-blocks (the sweep's bp=32)
+            for btb in (32, 64):
+                cases.append((ssd._ssd_chunk_bwd_kernel, dict(flags, BT=btb, BP=32, BN=BN, SPLIT=True), [(8, 1)]))
+        for btb, mode, bp, cf in segw:
+            cases.append((ssd._ssd_bwd_kernel, dict(flags, BT=btb, BP=bp, BN=BN, HAS_H0=False, HAS_DHT=False,
+                                                    SEG=mode, p_h0=None, p_dhT=None, p_dh0=None,
+                                                    **({"p_scr": None} if mode == 2 else {})), cf))
+    only = os.environ.get("MAMBA2_COMPILE_ONLY")     # (a substring of the kernel names to compile)
     failed = False
     for kern, consts, cfgs in cases:
+        if only and only not in getattr(kern, "__name__", "") + getattr(getattr(kern, "fn", None), "__name__", ""):
+            continue
         fn = kern
         while not isinstance(fn, JITFunction):
             fn = fn.fn
@@ -192,7 +228,9 @@ def compile_report() -> int:
                  else "i32" for n in fn.arg_names}
         for nw, ns in cfgs:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-            tag = f"{fn.__name__} BT={consts.get('BT')} BP={consts.get('BP')} BN={consts['BN']} warps={nw} stages={ns}"
+            tag = (f"{fn.__name__}{' SEG=%d' % consts['SEG'] if consts.get('SEG') else ''}"
+                   f"{' SPLIT' if consts.get('SPLIT') else ''} BT={consts.get('BT')} BP={consts.get('BP')} "
+                   f"BN={consts.get('BN')} warps={nw} stages={ns}")
             try:
                 k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": nw, "num_stages": ns})
             except Exception as e:   # noqa: BLE001
@@ -208,6 +246,7 @@ def compile_report() -> int:
                                          text=True).stdout
                 m = re.search(r"REG:(\d+) STACK:(\d+)", out)
                 use = f" regs={m.group(1)} spill={m.group(2)}" if m else ""
+            use += f" smem={getattr(k.metadata, 'shared', '?')}"
             print("ok", tag + use, flush=True)
     return 1 if failed else 0
 
@@ -228,12 +267,14 @@ def main() -> int:
     if sys.argv[1:2] == ["--compile"]:
         return compile_report()
     rc = 0
-    if os.environ.get("MAMBA2_CHECKS", "0" if SMOKE else "1") == "1":
-        print("== checks: pytest tests/test_mamba2.py -m gpu -s", flush=True)
+    checks = os.environ.get("MAMBA2_CHECKS", "0" if SMOKE else "1")
+    if checks in ("1", "seg"):
+        sel = ["-k", "seg"] if checks == "seg" else []
+        print(f"== checks: pytest tests/test_mamba2.py -m gpu -s {' '.join(sel)}", flush=True)
         cap = float(os.environ.get("MAMBA2_CHECKS_S", "150"))   # the timings after it must still run
         try:
             rc = subprocess.call([sys.executable, "-m", "pytest", "tests/test_mamba2.py", "-m", "gpu", "-s", "-q",
-                                  "-p", "no:cacheprovider"], cwd=ROOT, timeout=cap)
+                                  "-p", "no:cacheprovider", *sel], cwd=ROOT, timeout=cap)
         except subprocess.TimeoutExpired:
             rc = 124
             print(f"== checks: cut after MAMBA2_CHECKS_S={cap:.0f} s (raise it to run them all)", flush=True)
@@ -269,24 +310,30 @@ def main() -> int:
         del inp
     _table(rows)   # (again at the end, after the sweep: a command cut short keeps this one)
     # the knob sweep last, variant by variant at every shape, within the time budget (a new knob value compiles)
-    if os.environ.get("MAMBA2_SWEEP", "1") == "1" and "triton" in impls:
+    sweep = os.environ.get("MAMBA2_SWEEP", "1")
+    if sweep in ("1", "seg") and "triton" in impls:
         old = dict(ssd.TUNING)
         cases = [("B{} T{} H{} P{} G{} N{} Q{}".format(*SHAPES[i]), _inputs(SHAPES[i])) for i in idx]
-        for v in SWEEP:
+        base = {label: [g.float() for g in _step(impls["triton"], inp)[1]()] for label, inp in cases}   # the walk's
+
+        def _vs_base(label, gs):   # max over the gradients of ‖g − g_walk‖ / ‖g_walk‖ (rounding-level if right)
+            return max(((a.float() - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(gs, base[label]))
+        for v in (SEG_SWEEP if sweep == "seg" else SWEEP):
             for label, inp in cases:
                 if time.monotonic() - T0 > BUDGET_S:
-                    sweep_rows.append((label, str(v) + " (skipped: time budget)", None, None))
+                    sweep_rows.append((label, str(v) + " (skipped: time budget)", None, None, None))
                     continue
                 ssd.TUNING.update(v)
                 try:
                     fwd, fb = _step(impls["triton"], inp)
-                    fwd(), fb()
+                    fwd()
+                    dv = _vs_base(label, fb())
                     gf, gfb = _graph(fwd), _graph(fb)
-                    sweep_rows.append((label, str(v), _bench(gf.replay), _bench(gfb.replay)))
+                    sweep_rows.append((label, str(v), _bench(gf.replay), _bench(gfb.replay), dv))
                     print(f"sweep {sweep_rows[-1]}", flush=True)
                     del gf, gfb
                 except Exception as e:   # noqa: BLE001
-                    sweep_rows.append((label, str(v) + f" FAILED {type(e).__name__}: {str(e)[:200]}", None, None))
+                    sweep_rows.append((label, str(v) + f" FAILED {type(e).__name__}: {str(e)[:200]}", None, None, None))
                 ssd.TUNING.clear()
                 ssd.TUNING.update(old)
         del cases
@@ -295,9 +342,10 @@ def main() -> int:
     _table(rows)
     if sweep_rows:
         f = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-        print("\n== lab knob sweep (graph replay ms: fwd, fwd+bwd; compare with the table's triton g.fwd / g.fb)")
+        print("\n== lab knob sweep (graph replay ms: fwd, fwd+bwd; compare with the table's triton g.fwd / g.fb; "
+              "vs walk: max rel. difference of the gradients from the default's)")
         for r in sweep_rows:
-            print(f"{r[0]:<34} {r[1]:<55} {f(r[2]):>8} {f(r[3]):>8}")
+            print(f"{r[0]:<34} {r[1]:<55} {f(r[2]):>8} {f(r[3]):>8} {'-' if r[4] is None else f'{r[4]:.1e}':>8}")
     print(f"\n== checks rc={rc}")
     return rc
 

@@ -164,6 +164,16 @@ CASES = {   # name: (inputs, TUNING overrides)
     "pblocks_N17": (dict(h=4, g=1, p=20, n=17, l=33, b=2), {"bp": 16, "ckpt": 2}),   # two p-blocks: partial sums;
     #                                                                        3 chunks: groups of 2 and 1
     "T1": (dict(l=1), {}),
+    # the segmented backward (TUNING["seg"]: segment-local states, the state pass, a walk per segment)
+    "seg_strong_decay": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {"seg": 32}),   # 4 chunks: 2 segments of 2
+    "seg_pblocks_N17": (dict(h=4, g=1, p=20, n=17, l=70, b=1), {"bp": 16, "seg": 48, "seg_bt": 64}),
+    #   5 chunks: segments of 3 and 2 (the last one 22 rows), a 64-row first-phase tile past each segment's end
+    "seg_Dhp_no_state": (dict(D="hp", init=False, final=False, bias=False, softplus=False, l=37), {"seg": 16}),
+    #   one chunk a segment (no workspace), the last one partial, G 2
+    "seg1_state": (dict(l=37, a_max=16.0), {"seg": 16}),   # one chunk a segment, initial / final states
+    # the loop-free one-chunk kernel (_ssd_chunk_bwd_kernel), one program or two (split) a chunk
+    "seg_chunk_N17": (dict(h=4, g=1, p=20, n=17, l=33, b=1), {"bp": 16, "seg": 16, "seg_kernel": "chunk"}),
+    "seg_split_state": (dict(l=37, a_max=16.0, D="hp"), {"seg": 16, "seg_kernel": "split"}),
 }
 
 
@@ -214,6 +224,20 @@ def test_triton_softplus_keeps_small_steps_exact():
         y = tri(*args, 16, dt_bias=db.to(DEV), dt_softplus=True)
         ref = ssd_recurrence(*(t.double() for t in (x, dt, A, Bm, Cm)), dt_bias=db.double(), dt_softplus=True)
         assert ((y.double().cpu() - ref).norm() / ref.norm()).item() < 1e-5, bias
+
+
+def test_triton_seg_fp16():
+    """The segmented backward with fp16 inputs (its dots on fp16 operands on CPU), D [h, p], odd T."""
+    from kernels.mamba2 import mamba_chunk_scan_combined, ssd
+    old = dict(ssd.TUNING)
+    try:
+        for tuning in ({"seg": 32}, {"seg": 16, "seg_kernel": "split"}):
+            ssd.TUNING.update(tuning)
+            check_op(mamba_chunk_scan_combined, _ref, _tri_inputs(dtype=torch.float16, l=45, D="hp"),
+                     bound=BOUNDS[torch.float16], context=f"seg fp16 {tuning}")
+    finally:
+        ssd.TUNING.clear()
+        ssd.TUNING.update(old)
 
 
 def test_triton_bad_input_is_a_clear_error():
@@ -352,3 +376,46 @@ def test_gpu_deterministic_and_graph_capture():
     g.replay()
     torch.cuda.synchronize()
     assert all(torch.equal(u, v) for u, v in zip(out, a))
+
+
+SEG_GPU = {"split64": {"seg": 64, "bwd_bt": 64, "seg_kernel": "split"}, "seg64": {"seg": 64}}   # segmented forms
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", list(MODEL_SHAPES))
+@pytest.mark.parametrize("form", list(SEG_GPU))
+def test_gpu_seg_model_shapes(shape, form):
+    """The segmented backward (TUNING["seg"]) in bf16 at the models' shapes: every gradient vs float64 (printed),
+    bit-identical reruns and CUDA-graph replay."""
+    from kernels.mamba2 import mamba_chunk_scan_combined as tri, ssd
+    old = dict(ssd.TUNING)
+    ssd.TUNING.update(SEG_GPU[form])
+    try:
+        inputs = _model_inputs(*MODEL_SHAPES[shape], torch.bfloat16)
+        errs = compare(tri, mamba_chunk_scan, inputs)
+        line = f"mamba2 {shape} bf16 triton {form}: " + " ".join(f"{k}={v:.2e}" for k, v in errs.items())
+        print("\n" + line)
+        assert all(v <= BOUNDS[torch.bfloat16] for v in errs.values()), line
+        leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+        dy = torch.randn(inputs["x"].shape, device="cuda", dtype=torch.bfloat16)
+
+        def step():
+            y, s = tri(**inputs)
+            return [y, s, *torch.autograd.grad((y, s), leaves, (dy, torch.ones_like(s)))]
+
+        a, b = step(), step()
+        assert all(torch.equal(u, v) for u, v in zip(a, b)), "not deterministic"
+        st = torch.cuda.Stream()
+        st.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(st):
+            step()
+        torch.cuda.current_stream().wait_stream(st)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = step()
+        g.replay()
+        torch.cuda.synchronize()
+        assert all(torch.equal(u, v) for u, v in zip(out, a)), "graph replay differs"
+    finally:
+        ssd.TUNING.clear()
+        ssd.TUNING.update(old)
