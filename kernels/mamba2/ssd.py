@@ -180,6 +180,24 @@ def _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb
 
 
 @triton.jit
+def _head_inputs(p_x, p_dt, p_B, p_C, i_bh, H, HG, sx_b, sx_h, sdt_b, sdt_h, sb_b, sb_g, sc_b, sc_g):
+    """Program (sequence·head) i_bh's batch i_b (int64) and head i_h, and its bases of x, dt (its head) and B, C
+    (its group i_h // HG) in their layouts ([b, T, H, P], [b, T, H], [b, T, G, N] at the given strides)."""
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    i_g = i_h // HG
+    return (i_b, i_h, p_x + i_b * sx_b + i_h * sx_h, p_dt + i_b * sdt_b + i_h * sdt_h,
+            p_B + i_b * sb_b + i_g * sb_g, p_C + i_b * sc_b + i_g * sc_g)
+
+
+@triton.jit
+def _cols(i_p, P, N, BP: tl.constexpr, BN: tl.constexpr):
+    """The p-block i_p's columns of P and the padded columns of N, with their masks: (o_p, o_n, m_p, m_n)."""
+    o_p = i_p * BP + tl.arange(0, BP)
+    o_n = tl.arange(0, BN)
+    return o_p, o_n, o_p < P, o_n < N
+
+
+@triton.jit
 def _mm(a, b, HALF: tl.constexpr, T: tl.constexpr, PREC: tl.constexpr):
     """a @ b accumulated in fp32: operands in the half dtype T when HALF (exact for two input tiles: a product of
     two bf16/fp16 values fits the fp32 accumulator; a rounding for computed fp32 operands), else in fp32 at
@@ -225,17 +243,11 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
     # columns [i_p·BP, i_p·BP + BP) of P; BT rows per chunk, BN = next pow2 ≥ N. DOT: 0 every dot on fp32
     # operands at PREC, 1 the dots of two input tiles (C Bᵀ, dy xᵀ) in x's dtype, 2 every dot in x's dtype.
     i_bh, i_p = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_g = i_h // HG
+    i_b, i_h, p_x, p_dt, p_B, p_C = _head_inputs(p_x, p_dt, p_B, p_C, i_bh, H, HG, sx_b, sx_h, sdt_b, sdt_h, sb_b,
+                                                 sb_g, sc_b, sc_g)
     HT = p_x.dtype.element_ty                        # the half dtype of the DOT ≥ 1 dots
     o_t = tl.arange(0, BT)
-    o_p = i_p * BP + tl.arange(0, BP)
-    o_n = tl.arange(0, BN)
-    m_p, m_n = o_p < P, o_n < N
-    p_x += i_b * sx_b + i_h * sx_h
-    p_dt += i_b * sdt_b + i_h * sdt_h
-    p_B += i_b * sb_b + i_g * sb_g
-    p_C += i_b * sc_b + i_g * sc_g
+    o_p, o_n, m_p, m_n = _cols(i_p, P, N, BP, BN)
     p_y += (i_b * T * H + i_h) * P
     o_pn = o_p[:, None] * N + o_n[None, :]
     m_pn = m_p[:, None] & m_n[None, :]
@@ -296,8 +308,8 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     # p_par [NS, b, H, NPB, 2], p_dDp [NS, b, H, P] (summed over segments too by the reduction); d initial_states
     # is stored by _ssd_seg_pass_kernel (p_dh0 unused).
     i_bh, i_p = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_g = i_h // HG
+    i_b, i_h, p_x, p_dt, p_B, p_C = _head_inputs(p_x, p_dt, p_B, p_C, i_bh, H, HG, sx_b, sx_h, sdt_b, sdt_h, sb_b,
+                                                 sb_g, sc_b, sc_g)
     HT = p_x.dtype.element_ty                        # the half dtype of the DOT ≥ 1 dots
     if SEG:
         i_s = tl.program_id(2)
@@ -307,14 +319,8 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
         i_sbh = i_bh.to(tl.int64)
     prog = i_sbh * NPB + i_p
     o_t = tl.arange(0, BT)
-    o_p = i_p * BP + tl.arange(0, BP)
-    o_n = tl.arange(0, BN)
-    m_p, m_n = o_p < P, o_n < N
-    p_x += i_b * sx_b + i_h * sx_h
+    o_p, o_n, m_p, m_n = _cols(i_p, P, N, BP, BN)
     p_dy += i_b * sy_b + i_h * sy_h
-    p_dt += i_b * sdt_b + i_h * sdt_h
-    p_B += i_b * sb_b + i_g * sb_g
-    p_C += i_b * sc_b + i_g * sc_g
     o_pn = o_p[:, None] * N + o_n[None, :]
     m_pn = m_p[:, None] & m_n[None, :]
     o_sc = tl.arange(0, BP)[:, None] * BN + o_n[None, :]        # a [BP, BN] tile of the workspace
@@ -456,19 +462,13 @@ def _ssd_seg_kernel(p_x, p_dt, p_A, p_B, p_C, p_bias, p_dy, p_Sl, p_dSl, p_cL,
     # cumsum, every exponent ≤ 0). Grid (b·H, NPB, NS); program (i_bh, i_p, i_s) walks the segment's rows in
     # BT-row tiles for the columns [i_p·BP, i_p·BP + BP) of P.
     i_bh, i_p, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_g = i_h // HG
+    i_b, i_h, p_x, p_dt, p_B, p_C = _head_inputs(p_x, p_dt, p_B, p_C, i_bh, H, HG, sx_b, sx_h, sdt_b, sdt_h, sb_b,
+                                                 sb_g, sc_b, sc_g)
     HT = p_x.dtype.element_ty
     i_sbh = i_s.to(tl.int64) * tl.num_programs(0) + i_bh
     o_t = tl.arange(0, BT)
-    o_p = i_p * BP + tl.arange(0, BP)
-    o_n = tl.arange(0, BN)
-    m_p, m_n = o_p < P, o_n < N
-    p_x += i_b * sx_b + i_h * sx_h
+    o_p, o_n, m_p, m_n = _cols(i_p, P, N, BP, BN)
     p_dy += i_b * sy_b + i_h * sy_h
-    p_dt += i_b * sdt_b + i_h * sdt_h
-    p_B += i_b * sb_b + i_g * sb_g
-    p_C += i_b * sc_b + i_g * sc_g
     b_A = tl.load(p_A + i_h).to(tl.float32)
     b_S = tl.zeros([BP, BN], dtype=tl.float32)
     b_dS = tl.zeros([BP, BN], dtype=tl.float32)
@@ -659,20 +659,14 @@ def _ssd_chunk_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_dy, p_Sg, p_d
         i_p, role = i_q // 2, i_q % 2
     else:
         i_p = i_q
-    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    i_g = i_h // HG
+    i_b, i_h, p_x, p_dt, p_B, p_C = _head_inputs(p_x, p_dt, p_B, p_C, i_bh, H, HG, sx_b, sx_h, sdt_b, sdt_h, sb_b,
+                                                 sb_g, sc_b, sc_g)
     i_sbh = i_s.to(tl.int64) * tl.num_programs(0) + i_bh
     prog = i_sbh * NPB + i_p
     o_t = tl.arange(0, BT)
-    o_p = i_p * BP + tl.arange(0, BP)
-    o_n = tl.arange(0, BN)
-    m_p, m_n = o_p < P, o_n < N
+    o_p, o_n, m_p, m_n = _cols(i_p, P, N, BP, BN)
     o_sc = o_p[:, None] * N + o_n[None, :]
-    p_x += i_b * sx_b + i_h * sx_h
     p_dy += i_b * sy_b + i_h * sy_h
-    p_dt += i_b * sdt_b + i_h * sdt_h
-    p_B += i_b * sb_b + i_g * sb_g
-    p_C += i_b * sc_b + i_g * sc_g
     b_S0p = p_Sg + i_sbh * P * N
     b_dSp = p_dSg + i_sbh * P * N
     b_A = tl.load(p_A + i_h).to(tl.float32)
