@@ -198,6 +198,16 @@ def _cols(i_p, P, N, BP: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
+def _load_D(p_D, i_h, o_p, m_p, P, BP: tl.constexpr, D_PER_P: tl.constexpr):
+    """Head i_h's skip weights D for the columns o_p, fp32 [BP] (p_D [H, P] when D_PER_P, else [H])."""
+    if D_PER_P:
+        b_D = tl.load(p_D + i_h * P + o_p, mask=m_p, other=0.).to(tl.float32)
+    else:
+        b_D = tl.load(p_D + i_h).to(tl.float32) + tl.zeros([BP], dtype=tl.float32)
+    return b_D
+
+
+@triton.jit
 def _mm(a, b, HALF: tl.constexpr, T: tl.constexpr, PREC: tl.constexpr):
     """a @ b accumulated in fp32: operands in the half dtype T when HALF (exact for two input tiles: a product of
     two bf16/fp16 values fits the fp32 accumulator; a rounding for computed fp32 operands), else in fp32 at
@@ -253,10 +263,7 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
     m_pn = m_p[:, None] & m_n[None, :]
     b_A = tl.load(p_A + i_h).to(tl.float32)
     if HAS_D:
-        if D_PER_P:
-            b_D = tl.load(p_D + i_h * P + o_p, mask=m_p, other=0.).to(tl.float32)
-        else:
-            b_D = tl.load(p_D + i_h).to(tl.float32) + tl.zeros([BP], dtype=tl.float32)
+        b_D = _load_D(p_D, i_h, o_p, m_p, P, BP, D_PER_P)
     if HAS_H0:
         b_S = tl.load(p_h0 + i_bh.to(tl.int64) * P * N + o_pn, mask=m_pn, other=0.).to(tl.float32)
     else:
@@ -329,10 +336,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
         p_grp = p_scr + NCK * BP * BN
     b_A = tl.load(p_A + i_h).to(tl.float32)
     if HAS_D:
-        if D_PER_P:
-            b_D = tl.load(p_D + i_h * P + o_p, mask=m_p, other=0.).to(tl.float32)
-        else:
-            b_D = tl.load(p_D + i_h).to(tl.float32) + tl.zeros([BP], dtype=tl.float32)
+        b_D = _load_D(p_D, i_h, o_p, m_p, P, BP, D_PER_P)
     # ---- pass 1: the checkpoints, forward (none but the initial state when NCK = 1)
     if SEG:
         b_S = tl.load(p_Sg + i_sbh * P * N + o_pn, mask=m_pn, other=0.)
@@ -586,10 +590,7 @@ def _chunk_grads_x(p_x, p_dt, p_B, p_C, p_D, p_bias, p_dy, b_S0p, b_dSp, p_dx, p
     b_GL = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC) * b_L                        # [t, s]
     b_dx = _mm(tl.trans(b_GL * b_d[None, :]), b_dyh, DOT >= 2, HT, PREC) + b_de[:, None] * b_U
     if HAS_D:
-        if D_PER_P:
-            b_D = tl.load(p_D + i_h * P + o_p, mask=m_p, other=0.).to(tl.float32)
-        else:
-            b_D = tl.load(p_D + i_h).to(tl.float32) + tl.zeros([BP], dtype=tl.float32)
+        b_D = _load_D(p_D, i_h, o_p, m_p, P, BP, D_PER_P)
         b_dx += b_dy * b_D[None, :]
         tl.store(p_dDp + i_sbh * P + o_p, tl.sum(b_dy * b_xf, 0), mask=m_p)
     tl.store(p_dx + (i_b * T + rows64)[:, None] * H * P + i_h * P + o_p[None, :], b_dx.to(p_dx.dtype.element_ty),
