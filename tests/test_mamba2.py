@@ -354,28 +354,31 @@ def test_gpu_model_shapes(shape, dtype):
 def test_gpu_deterministic_and_graph_capture():
     """Two runs are bit-identical (no atomics); a captured CUDA graph of fwd+bwd replays to the same values."""
     from kernels.mamba2 import mamba_chunk_scan_combined as tri
-    inputs = _model_inputs(*MODEL_SHAPES["small"], torch.bfloat16)
+    _assert_deterministic_and_replays(tri, _model_inputs(*MODEL_SHAPES["small"], torch.bfloat16))
+
+
+def _assert_deterministic_and_replays(tri, inputs):
+    """fwd+bwd of ``tri`` twice: bit-identical; captured as a CUDA graph: its replay gives the same values."""
     leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
     dy = torch.randn(inputs["x"].shape, device="cuda", dtype=torch.bfloat16)
 
     def step():
         y, s = tri(**inputs)
-        gs = torch.autograd.grad((y, s), leaves, (dy, torch.ones_like(s)))
-        return [y, s, *gs]
+        return [y, s, *torch.autograd.grad((y, s), leaves, (dy, torch.ones_like(s)))]
 
     a, b = step(), step()
-    assert all(torch.equal(u, v) for u, v in zip(a, b))
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
+    assert all(torch.equal(u, v) for u, v in zip(a, b)), "not deterministic"
+    st = torch.cuda.Stream()
+    st.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(st):
         step()
-    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.current_stream().wait_stream(st)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         out = step()
     g.replay()
     torch.cuda.synchronize()
-    assert all(torch.equal(u, v) for u, v in zip(out, a))
+    assert all(torch.equal(u, v) for u, v in zip(out, a)), "graph replay differs"
 
 
 SEG_GPU = {"split64": {"seg": 64, "bwd_bt": 64, "seg_kernel": "split"}, "seg64": {"seg": 64}}   # segmented forms
@@ -396,26 +399,7 @@ def test_gpu_seg_model_shapes(shape, form):
         line = f"mamba2 {shape} bf16 triton {form}: " + " ".join(f"{k}={v:.2e}" for k, v in errs.items())
         print("\n" + line)
         assert all(v <= BOUNDS[torch.bfloat16] for v in errs.values()), line
-        leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
-        dy = torch.randn(inputs["x"].shape, device="cuda", dtype=torch.bfloat16)
-
-        def step():
-            y, s = tri(**inputs)
-            return [y, s, *torch.autograd.grad((y, s), leaves, (dy, torch.ones_like(s)))]
-
-        a, b = step(), step()
-        assert all(torch.equal(u, v) for u, v in zip(a, b)), "not deterministic"
-        st = torch.cuda.Stream()
-        st.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(st):
-            step()
-        torch.cuda.current_stream().wait_stream(st)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            out = step()
-        g.replay()
-        torch.cuda.synchronize()
-        assert all(torch.equal(u, v) for u, v in zip(out, a)), "graph replay differs"
+        _assert_deterministic_and_replays(tri, inputs)
     finally:
         ssd.TUNING.clear()
         ssd.TUNING.update(old)
