@@ -32,8 +32,8 @@ state. One launch.
 Backward (``_ssd_bwd_kernel`` + ``_ssd_reduce_kernel``): nothing is saved by the forward but its inputs. Each
 program walks its chunks in reverse carrying dS = ∂L/∂S at the chunk end (dS_final, or 0, at the end), in groups
 of CK chunks: a group's chunk-entry states S0 are re-walked forward from a checkpoint into a transient fp32
-workspace first. One group (CK = all chunks: each state computed once, b·H·NPB·BP·BN·4 bytes a chunk, BN the padded N) while that fits
-``TUNING["ws_bytes"]``; else checkpoints every CK ≈ √chunks chunks, stored by a first forward pass (each state
+workspace first. One group (CK = all chunks: each state computed once, b·H·NPB·BP·BN·4 bytes a chunk, BN the
+padded N) while that fits ``TUNING["ws_bytes"]``; else checkpoints every CK ≈ √chunks chunks, stored by a first forward pass (each state
 computed twice, NCK + CK states a program). With R = dy xᵀ (the p-block's share), Z = R ⊙ L ⊙ Δ_s, U = B dSᵀ, V = C S0ᵀ:
 
     dx  = ((C Bᵀ ⊙ L) ⊙ Δ_s)ᵀ dy + (Δ e) ⊙ U + D dy                    e_s = exp(c_L − c_s)
@@ -169,6 +169,14 @@ def _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS: tl.constexpr, SOFTPLUS
 
 
 @triton.jit
+def _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(v, Δ, c, c_L) of one chunk (fp32; c the chunk-local cumsum of a = Δ A)."""
+    b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
+    b_a = b_d * b_A
+    return b_v, b_d, tl.cumsum(b_a, 0), tl.sum(b_a, 0)
+
+
+@triton.jit
 def _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t, sc_n):
     """x [BT, BP], B, C [BT, BN] of one chunk in their dtypes (0 outside)."""
     m_tp = m_t[:, None] & m_p[None, :]
@@ -231,11 +239,10 @@ def _chunk_state(b_S, ic, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, 
     """The state after chunk ``ic`` from the state entering it (the backward's forward re-walk; x, B only)."""
     rows = ic * BT + o_t
     m_t = rows < T
-    b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
-    b_a = b_d * b_A
+    b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
     b_x = tl.load(p_x + rows[:, None] * sx_t + o_p[None, :] * sx_p, mask=m_t[:, None] & m_p[None, :], other=0.)
     b_B = tl.load(p_B + rows[:, None] * sb_t + o_n[None, :] * sb_n, mask=m_t[:, None] & m_n[None, :], other=0.)
-    return _state_step(b_S, b_x, b_B, b_d, tl.cumsum(b_a, 0), tl.sum(b_a, 0), HALF, T_, PREC)
+    return _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, HALF, T_, PREC)
 
 
 @triton.autotune(configs=_configs(TUNING["fwd_warps"], [(4, 2), (8, 2)]), key=["BT", "BP", "BN", "HAS_H0", "STORE_HT"])
@@ -272,10 +279,7 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
     for r0 in range(0, T, BT):
         rows = r0 + o_t
         m_t = rows < T
-        b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
-        b_a = b_d * b_A
-        b_c = tl.cumsum(b_a, 0)
-        b_cL = tl.sum(b_a, 0)
+        b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
         b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
                                   sc_n)
         b_G = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC)                           # [BT(t), BT(s)]
@@ -381,10 +385,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
             rows = ic * BT + o_t
             m_t = rows < T
             rows64 = rows.to(tl.int64)
-            b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
-            b_a = b_d * b_A
-            b_c = tl.cumsum(b_a, 0)
-            b_cL = tl.sum(b_a, 0)
+            b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
             m_tp = m_t[:, None] & m_p[None, :]
             m_tn = m_t[:, None] & m_n[None, :]
             b_ec = tl.exp(b_c)
@@ -482,10 +483,7 @@ def _ssd_seg_kernel(p_x, p_dt, p_A, p_B, p_C, p_bias, p_dy, p_Sl, p_dSl, p_cL,
     for r0 in range(r_lo, r_hi, BT):
         rows = r0 + o_t
         m_t = rows < r_hi                                     # (a tile may pass the segment's end)
-        b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
-        b_a = b_d * b_A
-        b_c = tl.cumsum(b_a, 0)
-        b_cL = tl.sum(b_a, 0)
+        b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
         b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
                                   sc_n)
         b_dy = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_t[:, None] & m_p[None, :],
@@ -546,14 +544,6 @@ def _ssd_seg_pass_kernel(p_Sl, p_dSl, p_cL, p_h0, p_dhT, p_dh0, NBH, PN, NS,
         b_l, b_g = b_ln, b_gn
     if HAS_H0:
         tl.store(p_dh0 + i_bh.to(tl.int64) * PN + o, b_dS, mask=m)
-
-
-@triton.jit
-def _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """(v, Δ, c, c_L) of one chunk (fp32; c the chunk-local cumsum of a = Δ A)."""
-    b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
-    b_a = b_d * b_A
-    return b_v, b_d, tl.cumsum(b_a, 0), tl.sum(b_a, 0)
 
 
 @triton.jit
