@@ -192,8 +192,8 @@ def compile_report() -> int:
                   (ssd._ssd_bwd_kernel, dict(flags, BT=BTB, BP=BP, BN=BN, HAS_H0=False, HAS_DHT=False, SEG=False,
                                              p_h0=None, p_dhT=None, p_dh0=None, p_Sg=None, p_dSg=None),
                    bwd_cfgs[:1] if quick else bwd_cfgs),
-                  (ssd._ssd_reduce_kernel, dict(BR=32, BN=BN, BH=H, BQ=1, BPP=P, HAS_D=True, D_PER_P=False,
-                                                HAS_BIAS=True), [(4, 1)])]
+                  (ssd._ssd_reduce_kernel, dict(BR=32, BN=BN, BH=H, BQ=1, BPP=P, BS=max(1, 4096 // (H * P)),
+                                                HAS_D=True, D_PER_P=False, HAS_BIAS=True), [(4, 1)])]
         # the segmented backward (TUNING["seg"]): its first phase, the state pass, the per-segment walk
         segf = {k: v for k, v in flags.items() if k not in ("HAS_D", "D_PER_P")}
         for bts in ([64] if quick else [64, 32]):

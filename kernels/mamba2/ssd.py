@@ -64,7 +64,8 @@ for one chunk a segment (R = BT), SEG 2 (no workspace) or the loop-free ``_ssd_c
 (``TUNING["seg_kernel"]`` "chunk"; "split": the dx/dΔ and the dB/dC work in two programs of the launch). (4) the
 reduction (the parameter partials now per segment too). Four launches backward, five per fwd+bwd; deterministic.
 Bytes beyond the walk's: the two state buffers, NS·b·H·P·N·4 each, written by (1), read and rewritten by (2), read
-by (3): at the large model (B16 T1024 H16 P=N=64) 64 MiB each for R = 64 (384 MiB of traffic).
+by (3): at the large model (B16 T1024 H16 P=N=64) 64 MiB each for R = 64 (512 MiB of traffic; 640 with
+"split", whose two roles both read both). More than 65,535 segments (grid axis 2) fall back to the walk.
 
 Reductions, deterministic (no atomics): dB, dC are sums over the heads of a group and over p-blocks, ddt over
 p-blocks, dA, ddt_bias, dD over batch (and time, summed inside each program): the walk kernel writes fp32 partials
@@ -118,8 +119,9 @@ __all__ = ["mamba_chunk_scan_combined", "TUNING"]
 # seg: the backward's form — None: the walk (one program per sequence·head·p-block over every chunk); rows R (a
 # multiple of bwd_bt; rounded down to one): the segmented form, chunk-parallel over segments of R rows (three
 # launches and the reduction: segment-local states, the state pass between segments, the walk of each segment
-# from its entry state and exit adjoint); seg_bt: rows per tile of its first phase (None: 64, ≤ R);
-# seg_warps: that phase's warps (None: autotuned); seg_kernel, for one chunk a segment (seg = bwd_bt): "walk" (the
+# from its entry state and exit adjoint); seg_bt: rows per tile of its first phase (None: 64, at most R rounded up
+# to a power of two); seg_warps: that phase's warps (None: 8; read at import); seg_kernel, for one chunk a segment
+# (seg = bwd_bt; ignored otherwise, and any other value means "walk"): "walk" (the
 # walk kernel's one-chunk mode), "chunk" (_ssd_chunk_bwd_kernel: no loop), "split" (the same with the dx/dΔ and
 # the dB/dC work in separate programs of the one launch: fewer live tiles).
 TUNING = {"fwd_bt": None, "bwd_bt": 16, "bp": None, "prec": None, "dot": 1, "ckpt": None, "ws_bytes": 128 << 20,
@@ -687,12 +689,13 @@ def _ssd_chunk_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_dy, p_Sg, p_d
 def _ssd_reduce_kernel(p_dBp, p_dCp, p_ddtp, p_par, p_dDp, p_dB, p_dC, p_ddt, p_dA, p_dbias, p_dD,
                        BL, NB, H, G, HG, NPB, P, N, n_row_blocks,
                        BR: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BQ: tl.constexpr, BPP: tl.constexpr,
-                       HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr):
+                       BS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr):
     # partials of _ssd_bwd_kernel: p_dBp, p_dCp [BL, H·NPB, N], p_ddtp [BL, H, NPB], p_par [NB, H, NPB, 2],
     # p_dDp [NB, H, P] (BL = b·T rows, NB = b, or NS·b for the segmented form); outputs in their inputs' dtypes: p_dB, p_dC [BL, G, N],
     # p_ddt [BL, H], p_dA [H], p_dbias [H] (None unless HAS_BIAS), p_dD [H] or [H, P] (D_PER_P; None unless
     # HAS_D). Programs 0..n_row_blocks-1 sum BR rows each (over the HG·NPB partials of a group, in index order);
-    # the last program sums the parameter partials over the batch (fixed order). BH, BQ, BPP: pow2 ≥ H, NPB, P.
+    # the last program sums the parameter partials over the batch (and segments) BS rows a load, in a fixed order
+    # (deterministic). BH, BQ, BPP: pow2 ≥ H, NPB, P.
     pid = tl.program_id(0)
     if pid < n_row_blocks:
         o_r = pid.to(tl.int64) * BR + tl.arange(0, BR)
@@ -723,11 +726,14 @@ def _ssd_reduce_kernel(p_dBp, p_dCp, p_ddtp, p_par, p_dDp, p_dB, p_dC, p_ddt, p_
         m_h = o_h < H
         m2 = m_h[:, None] & (o_q < NPB)[None, :]
         o2 = (o_h[:, None] * NPB + o_q[None, :]) * 2
+        o_s = tl.arange(0, BS)
         acc_A = tl.zeros([BH, BQ], dtype=tl.float32)
         acc_b = tl.zeros([BH, BQ], dtype=tl.float32)
-        for b in range(0, NB):
-            acc_A += tl.load(p_par + b * H * NPB * 2 + o2, mask=m2, other=0.)
-            acc_b += tl.load(p_par + b * H * NPB * 2 + o2 + 1, mask=m2, other=0.)
+        for b0 in range(0, NB, BS):      # BS partial rows a load (NB = NS·b is 256+ for the segmented form)
+            m_s = (b0 + o_s) < NB
+            o = (b0 + o_s)[:, None, None] * (H * NPB * 2) + o2[None, :, :]
+            acc_A += tl.sum(tl.load(p_par + o, mask=m_s[:, None, None] & m2[None, :, :], other=0.), 0)
+            acc_b += tl.sum(tl.load(p_par + o + 1, mask=m_s[:, None, None] & m2[None, :, :], other=0.), 0)
         tl.store(p_dA + o_h, tl.sum(acc_A, 1).to(p_dA.dtype.element_ty), mask=m_h)
         if HAS_BIAS:
             tl.store(p_dbias + o_h, tl.sum(acc_b, 1).to(p_dbias.dtype.element_ty), mask=m_h)
@@ -736,8 +742,10 @@ def _ssd_reduce_kernel(p_dBp, p_dCp, p_ddtp, p_par, p_dDp, p_dB, p_dC, p_ddt, p_
             mD = m_h[:, None] & (o_pp < P)[None, :]
             oD = o_h[:, None] * P + o_pp[None, :]
             acc_D = tl.zeros([BH, BPP], dtype=tl.float32)
-            for b in range(0, NB):
-                acc_D += tl.load(p_dDp + b * H * P + oD, mask=mD, other=0.)
+            for b0 in range(0, NB, BS):
+                m_s = (b0 + o_s) < NB
+                o = (b0 + o_s)[:, None, None] * (H * P) + oD[None, :, :]
+                acc_D += tl.sum(tl.load(p_dDp + o, mask=m_s[:, None, None] & mD[None, :, :], other=0.), 0)
             if D_PER_P:
                 tl.store(p_dD + oD, acc_D.to(p_dD.dtype.element_ty), mask=mD)
             else:
@@ -788,6 +796,8 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
     BT, BP, BN = _tiles(P, N, bwd=True)
     NPB, NC = _cdiv(P, BP), max(1, _cdiv(T, BT))
     seg = TUNING["seg"]
+    if seg and _cdiv(NC, min(max(1, int(seg) // BT), NC)) > 65535:
+        seg = None                                      # segments ride grid axis 2 (≤ 65,535): the walk instead
     if seg:                                             # the segmented form: NS segments of CK chunks, NCK = 1
         CK = min(max(1, int(seg) // BT), NC)
         NS, NCK = _cdiv(NC, CK), 1
@@ -861,7 +871,8 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
         dBp, dCp, ddtp, par, dDp, dB, dC, ddt, dA, dbias if dt_bias is not None else None,
         dD if D is not None else None,
         BL, NS * b, H, G, H // G, NPB, P, N, n_rb,
-        BR=BR, BN=_pow2(N), BH=_pow2(H), BQ=_pow2(NPB), BPP=_pow2(P), HAS_D=D is not None,
+        BR=BR, BN=_pow2(N), BH=_pow2(H), BQ=_pow2(NPB), BPP=_pow2(P),
+        BS=max(1, min(_pow2(NS * b), 4096 // (_pow2(H) * max(_pow2(NPB), _pow2(P))))), HAS_D=D is not None,
         D_PER_P=D is not None and D.dim() == 2, HAS_BIAS=dt_bias is not None, num_warps=4)
     return dx, ddt, dA, dB, dC, dD, dbias, dh0
 
