@@ -227,11 +227,12 @@ def test_triton_softplus_keeps_small_steps_exact():
 
 
 def test_triton_seg_fp16():
-    """The segmented backward with fp16 inputs (its dots on fp16 operands on CPU), D [h, p], odd T."""
+    """The segmented backward with fp16 inputs, D [h, p], odd T: at the default dot mode (the two input-tile dots
+    in fp16) and with every dot on fp16 operands (dot 2)."""
     from kernels.mamba2 import mamba_chunk_scan_combined, ssd
     old = dict(ssd.TUNING)
     try:
-        for tuning in ({"seg": 32}, {"seg": 16, "seg_kernel": "split"}):
+        for tuning in ({"seg": 32}, {"seg": 16, "seg_kernel": "split"}, {"seg": 32, "dot": 2}):
             ssd.TUNING.update(tuning)
             check_op(mamba_chunk_scan_combined, _ref, _tri_inputs(dtype=torch.float16, l=45, D="hp"),
                      bound=BOUNDS[torch.float16], context=f"seg fp16 {tuning}")
