@@ -424,18 +424,23 @@ def test_wkv6_chunk_modes(seq, shape, cu):
 
 @pytest.mark.parametrize("seq,pipe,shape,cu", [(True, False, (1, 70, 2, 20, 24), None),
                                                (True, True, (1, 70, 2, 20, 24), None),
-                                               (False, False, (1, 100, 1, 16, 16), [0, 3, 64, 64, 100])],
-                         ids=["seq", "seq_pipe", "par"])
+                                               (False, False, (1, 100, 1, 16, 16), [0, 3, 64, 64, 100]),
+                                               (True, "step", (1, 70, 2, 20, 24), None),
+                                               (True, "step64", (1, 140, 1, 16, 16), [0, 3, 64, 64, 140])],
+                         ids=["seq", "seq_pipe", "par", "seq_step", "seq_step64"])
 def test_wkv6_chunk_scores(seq, pipe, shape, cu):
     """The forward with the blocks' scores from ``_fwd_scores_kernel`` (``fwd_scores``, on by default at 1024 ≤ T ≤
     4096) in both modes vs fp64 (the walk on a fixed-length batch, with and without ``fwd_pipe``; the one-kernel
     state pass on a varlen one), o and every gradient; a NaN decay at row 20 reaches the outputs from row 21 on and
-    the final state, and no output before it (the span sums read a NaN w as 0)."""
+    the final state, and no output before it (the span sums read a NaN w as 0). "step" / "step64": the walk in
+    32- / 64-row steps (``fwd_step``; 64 with ``state_rows`` 64, on a varlen batch with an empty sequence)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    with kc.tuning(fwd_scores=True, fwd_pipe=pipe):
+    knobs = dict(fwd_pipe=pipe is True, fwd_step=bool(pipe) and pipe is not True,
+                 **({"state_rows": 64} if pipe == "step64" else {}))
+    with kc.tuning(fwd_scores=True, **knobs):
         _check(d, context=f"scores {shape} cu={cu} pipe={pipe}", fn=_chunk_mode(seq))
         x = {n: v.detach() if torch.is_tensor(v) else v for n, v in d.items()}
         x["w"] = x["w"].clone()

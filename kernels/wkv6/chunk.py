@@ -276,6 +276,42 @@ def _scored_step(b_q, b_k, b_w, b_wm, b_wp, b_v, b_a, o_ptr, b_h, bos, L, r0, i_
                        b_v, b_a, o_ptr, b_h, bos, L, r0, i_h, o_t, o_v, m_v, H, V, PREC)
 
 
+@triton.jit
+def _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, scale, o_c, o_k, o_v, m_k, m_v,
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, SB: tl.constexpr,
+                PREC: tl.constexpr, FAST: tl.constexpr):
+    """``_scored_block`` over a whole C-row step (C = 2^j · SB, the walk's ``fwd_step``): o rows r0..r0+C (stored)
+    and the state after them (returned) from the state before them b_h [BK, BV]. The step's scores A [C, C]: the
+    SB-row diagonal blocks read from a_ptr (``_fwd_scores_kernel``, × scale, bonus included), the pairs of two
+    different blocks by the levels log2(SB) .. log2(C) − 1 here, one masked dot each with one exp tile from
+    ``_span_sums`` (the query rows' P and the key rows' R of a level are disjoint; sums of one sign, ≤ 0); the
+    step-level decays exp(P), exp(R) [C, BK] from cumsums of the shifted w tiles, as in ``_scored_block``. o_c =
+    arange(C); rows past L read 0 and are not stored."""
+    rows = r0 + o_c
+    m_r = rows < L
+    b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0) * scale
+    b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0)
+    b_wr = tl.load(w_ptr + ((bos + rows) * H + i_h)[:, None] * K + o_k[None, :], mask=m_r[:, None] & m_k[None, :],
+                   other=0.)      # the inputs' dtype (the span sums' dot operand)
+    b_w = _clamp_w(b_wr.to(tl.float32))
+    b_ep = tl.exp(tl.cumsum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, -1)), axis=0))
+    b_er = tl.exp(tl.cumsum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 1)), axis=0,
+                            reverse=True))
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_c, o_v, m_v, H, V, C, 0)
+    # the diagonal SB-blocks: row t's scores sit at a_ptr's row t, columns s mod SB
+    b_a = tl.load(a_ptr + ((bos + rows) * H + i_h)[:, None] * SB + (o_c % SB)[None, :],
+                  mask=m_r[:, None] & ((o_c[:, None] // SB) == (o_c[None, :] // SB)), other=0.)
+    # w > 0 and NaN -> 0, floored at W_FLOOR, for the span sums (as ``_scores_tile``; a NaN still reaches the
+    # rows after it through exp(P) and the state)
+    b_ws = tl.where(b_wr < 0, tl.where(b_wr < W_FLOOR, W_FLOOR, b_wr), 0.).to(b_wr.dtype)
+    for m in tl.static_range(0, 3):     # levels log2(SB) + m below log2(C): C ≤ 8 · SB
+        if SB * 2 ** m < C:
+            b_e = _exp_ftz(_span_sums(b_ws, o_c, SB * 2 ** m), FAST)
+            b_s = tl.dot(b_q * b_e, tl.trans(b_k * b_e), input_precision=PREC)
+            b_a += tl.where(_level_mask(o_c, SB * 2 ** m), b_s, 0.)
+    return _scored_out(b_q, b_k, b_w, b_ep, b_er, b_v, b_a, o_ptr, b_h, bos, L, r0, i_h, o_c, o_v, m_v, H, V, PREC)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------------
@@ -418,14 +454,18 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
               cu_ptr, scale, T, NT, NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
               SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
               VARLEN: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, SCORES: tl.constexpr,
-              PREC: tl.constexpr, PIPE: tl.constexpr = False):
+              PREC: tl.constexpr, PIPE: tl.constexpr = False, STEP: tl.constexpr = False,
+              FAST: tl.constexpr = False):
     """Grid (V-blocks, N·H). Walks the SB-row blocks of one (sequence, head, V-block) with the state in registers:
     writes o_ptr and the final state ht_ptr, starts from h0_ptr (USE_H0; else None and zeros), and stores the state
     at every BT-row chunk start into hs_ptr when SAVE (else None; layouts above; cmap_ptr unused: a sequence's slots
     follow from cu). SPLIT: the blocks' state-free parts come from ``_fwd_intra_kernel`` (qh_ptr, kh_ptr
     [B·T, H, K] and oi_ptr [B·T, H, V] fp32; q, k, u unread), else they are computed here (qh, kh, oi: None).
     SCORES: the blocks' scores come from ``_fwd_scores_kernel`` (a_ptr [B·T, H, SB] fp32, else None; u unread);
-    with PIPE the next block's tiles are loaded before this block's dots (``fwd_pipe``: untimed).
+    with PIPE the next block's tiles are loaded before this block's dots (``fwd_pipe``: untimed). STEP (with
+    SCORES; ``fwd_step``): one BT-row step per iteration (``_step_block``: the pairs of different blocks by the
+    levels above SB, the state stored at every step start when SAVE) instead of one SB-row block; FAST: its exps
+    by ex2.approx.ftz (GPU).
     NH_BUCKET: autotune key only (``_nh_bucket``). Autotuned as ``_fwd_seq_kernel`` and ``_fwd_split_kernel``."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -439,29 +479,37 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
         slot0 = bos // BT + i_n
     else:
         slot0 = i_n.to(tl.int64) * NT
-    if PIPE:
-        t_q, t_k, t_w, t_wm, t_wp, t_v, t_a = _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L, 0, i_h, scale,
-                                                            o_t, o_k, o_v, m_k, m_v, H, K, V, SB)
-    for i_b in range(0, tl.cdiv(L, SB)):
-        if SAVE:
-            tl.store(hs_ptr + ((slot0 + i_b // (BT // SB)) * H + i_h) * K * V + o_kv, b_h,
-                     mask=m_kv & (o_k[:, None] * 0 + i_b % (BT // SB) == 0))
-        if PIPE:    # the next block's loads in flight during this block's dots (past the end: masked, unused)
-            n_q, n_k, n_w, n_wm, n_wp, n_v, n_a = _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L,
-                                                                (i_b + 1) * SB, i_h, scale, o_t, o_k, o_v, m_k,
-                                                                m_v, H, K, V, SB)
-            b_h = _scored_step(t_q, t_k, t_w, t_wm, t_wp, t_v, t_a, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_v,
-                               m_v, H, V, PREC)
-            t_q, t_k, t_w, t_wm, t_wp, t_v, t_a = n_q, n_k, n_w, n_wm, n_wp, n_v, n_a
-        elif SPLIT:
-            b_h = _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_k,
-                              o_v, m_k, m_v, H, K, V, SB, PREC)
-        elif SCORES:
-            b_h = _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, scale, o_t,
-                                o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
-        else:
-            b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_b * SB, i_h, scale, o_t, o_k,
-                             o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
+    if STEP:    # BT-row steps: half (32) or a quarter (64) of the serial iterations, the state stored every step
+        o_c = tl.arange(0, BT)
+        for i_c in range(0, tl.cdiv(L, BT)):
+            if SAVE:
+                tl.store(hs_ptr + ((slot0 + i_c) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
+            b_h = _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, i_c * BT, i_h, scale, o_c, o_k,
+                              o_v, m_k, m_v, H, K, V, BT, SB, PREC, FAST)
+    else:
+        if PIPE:
+            t_q, t_k, t_w, t_wm, t_wp, t_v, t_a = _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L, 0, i_h,
+                                                                scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB)
+        for i_b in range(0, tl.cdiv(L, SB)):
+            if SAVE:
+                tl.store(hs_ptr + ((slot0 + i_b // (BT // SB)) * H + i_h) * K * V + o_kv, b_h,
+                         mask=m_kv & (o_k[:, None] * 0 + i_b % (BT // SB) == 0))
+            if PIPE:    # the next block's loads in flight during this block's dots (past the end: masked, unused)
+                n_q, n_k, n_w, n_wm, n_wp, n_v, n_a = _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L,
+                                                                    (i_b + 1) * SB, i_h, scale, o_t, o_k, o_v, m_k,
+                                                                    m_v, H, K, V, SB)
+                b_h = _scored_step(t_q, t_k, t_w, t_wm, t_wp, t_v, t_a, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_v,
+                                   m_v, H, V, PREC)
+                t_q, t_k, t_w, t_wm, t_wp, t_v, t_a = n_q, n_k, n_w, n_wm, n_wp, n_v, n_a
+            elif SPLIT:
+                b_h = _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_k,
+                                  o_v, m_k, m_v, H, K, V, SB, PREC)
+            elif SCORES:
+                b_h = _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, scale, o_t,
+                                    o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+            else:
+                b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_b * SB, i_h, scale, o_t, o_k,
+                                 o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
@@ -481,6 +529,11 @@ _fwd_split_kernel = triton.autotune(configs=_walk_configs((64, 32, 16)),
 # pipelined walk (``fwd_pipe``) is tuned on its own
 _fwd_scored_kernel = triton.autotune(configs=_walk_configs((64, 32)),
                                      key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET", "PIPE"])(_fwd_walk)
+# the walk in BT-row steps (``fwd_step``): [BT, K] tiles (BT 32 or 64), so 8 warps are offered too
+_fwd_step_kernel = triton.autotune(
+    configs=autotune_configs([triton.Config({"BV": bv}, num_warps=nw, num_stages=1)
+                              for bv, nw in ((64, 4), (32, 4), (64, 8))]),
+    key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
 
 
 @triton.jit(do_not_specialize=['T', 'NT'])
@@ -1103,11 +1156,15 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         use_split = not scores and _use_split(N, H, dev, kn)
         split = _fwd_split(r, k, v, w, u, scale, cu, prec) if use_split else (None, None, None)
         a = _fwd_scores(r, k, w, u, scale, cu, prec) if scores else None
-        kernel = _fwd_split_kernel if use_split else _fwd_scored_kernel if scores else _fwd_seq_kernel
+        step = scores and bool(kn["fwd_step"])
+        kernel = (_fwd_split_kernel if use_split else _fwd_step_kernel if step else _fwd_scored_kernel if scores
+                  else _fwd_seq_kernel)
+        if step and w.dtype != torch.float32 and not _half_dot(w.dtype):
+            w = w.float()   # bf16 under the interpreter (the step's span sums are dots, as the scores kernel's)
         kernel[grid](r, k, v, w, u, *split, a, h0, o, ht, hs if save else None, cu, scale, T, NT,
                      _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
                      VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec,
-                     PIPE=scores and kn["fwd_pipe"])
+                     PIPE=scores and not step and kn["fwd_pipe"], STEP=step, FAST=step and not INTERPRET)
         return o, ht, hs
     BV = max(16, min(64, _pow2(V)))
     if scores:      # one state kernel at the backward's spacing (or 64 rows when nothing is saved), the scores
@@ -1174,6 +1231,11 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   fwd_pipe     the scored walk loads the next block's tiles before this block's dots (``_fwd_walk``'s PIPE; the
 #                walk is a latency chain: 5.3 us per block at B8 T4096 H32, run 12). Built after run 12: untimed,
 #                off;
+#   fwd_step     the scored walk in ``state_rows``-row steps (``_step_block``: 32 by default, 64 with state_rows 64)
+#                instead of 16-row blocks: half / a quarter of the serial iterations (the walk is a latency chain:
+#                ~1,880 SASS instructions per warp and 24 barriers per 16-row block, offline sm_90; 5.4 us per block
+#                at B8 T4096 H32, run 13), the pairs of different blocks of a step by one or two more levels here,
+#                the state stored at every step start (no masked stores). Session 12 (wkv6f): untimed, off;
 #   bwd_split    False, "block", "chunk" or "fused": the backward in two kernels (``_bwd_own_kernel`` then the state
 #                kernel): the blocks' own pairs in 1-warp programs, one per chunk (span-sum decays, one ex2 per
 #                element), into fp32 partials of dq, dk, dv, dw (4 bytes × (3K + V) per token and head, transient:
@@ -1195,10 +1257,10 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None,
-          "fwd_pipe": False, "bwd_split": "block", "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": False, "bwd_split": "block", "split_bytes": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "fwd_scores": False,
-          "fwd_pipe": False, "bwd_split": False, "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": False, "bwd_split": False, "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 BWD_SPLIT = (False, "block", "chunk", "fused", "fused_chunk")     # the ``bwd_split`` knob's values
