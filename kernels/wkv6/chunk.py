@@ -283,33 +283,34 @@ def _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, 
     """``_scored_block`` over a whole C-row step (C = 2^j · SB, the walk's ``fwd_step``): o rows r0..r0+C (stored)
     and the state after them (returned) from the state before them b_h [BK, BV]. The step's scores A [C, C]: the
     SB-row diagonal blocks read from a_ptr (``_fwd_scores_kernel``, × scale, bonus included), the pairs of two
-    different blocks by the levels log2(SB) .. log2(C) − 1 here, one masked dot each with one exp tile from
-    ``_span_sums`` (the query rows' P and the key rows' R of a level are disjoint; sums of one sign, ≤ 0); the
-    step-level decays exp(P), exp(R) [C, BK] from cumsums of the shifted w tiles, as in ``_scored_block``. o_c =
-    arange(C); rows past L read 0 and are not stored."""
-    rows = r0 + o_c
-    m_r = rows < L
+    different blocks by the levels log2(SB) .. log2(C) − 1 here, one masked dot each with one exp tile: level S's
+    query rows (upper S-half of a 2S-row segment) take exp(P^S), its key rows (lower half) exp(R^S), segmented
+    cumsums of the shifted w tiles restarted every S rows (exclusive sums of terms of one sign, ≤ 0; a NaN w reaches
+    exactly the pairs that span it). The step-level decays exp(P), exp(R) [C, BK] from the same tiles' cumsums over
+    the step, as in ``_scored_block``. o_c = arange(C); rows past L read 0 and are not stored."""
     b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0) * scale
     b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0)
-    b_wr = tl.load(w_ptr + ((bos + rows) * H + i_h)[:, None] * K + o_k[None, :], mask=m_r[:, None] & m_k[None, :],
-                   other=0.)      # the inputs' dtype (the span sums' dot operand)
-    b_w = _clamp_w(b_wr.to(tl.float32))
-    b_ep = tl.exp(tl.cumsum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, -1)), axis=0))
-    b_er = tl.exp(tl.cumsum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 1)), axis=0,
-                            reverse=True))
-    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_c, o_v, m_v, H, V, C, 0)
+    b_gl = tl.sum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0)), axis=0)  # W of the step
+    b_wm = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, -1))     # w_{t−1} (0 at the start)
+    b_wp = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 1))      # w_{t+1} (0 at the end)
     # the diagonal SB-blocks: row t's scores sit at a_ptr's row t, columns s mod SB
+    rows = r0 + o_c
     b_a = tl.load(a_ptr + ((bos + rows) * H + i_h)[:, None] * SB + (o_c % SB)[None, :],
-                  mask=m_r[:, None] & ((o_c[:, None] // SB) == (o_c[None, :] // SB)), other=0.)
-    # w > 0 and NaN -> 0, floored at W_FLOOR, for the span sums (as ``_scores_tile``; a NaN still reaches the
-    # rows after it through exp(P) and the state)
-    b_ws = tl.where(b_wr < 0, tl.where(b_wr < W_FLOOR, W_FLOOR, b_wr), 0.).to(b_wr.dtype)
+                  mask=(rows < L)[:, None] & ((o_c[:, None] // SB) == (o_c[None, :] // SB)), other=0.)
     for m in tl.static_range(0, 3):     # levels log2(SB) + m below log2(C): C ≤ 8 · SB
         if SB * 2 ** m < C:
-            b_e = _exp_ftz(_span_sums(b_ws, o_c, SB * 2 ** m), FAST)
+            b_p = _seg_scan(tl.where((o_c % (SB * 2 ** m) == 0)[:, None], 0., b_wm), SB * 2 ** m, C, False, False)
+            b_r = _seg_scan(tl.where((o_c % (SB * 2 ** m) == SB * 2 ** m - 1)[:, None], 0., b_wp), SB * 2 ** m, C,
+                            True, False)
+            b_e = _exp_ftz(tl.where(((o_c // (SB * 2 ** m)) % 2 == 1)[:, None], b_p, b_r), FAST)
             b_s = tl.dot(b_q * b_e, tl.trans(b_k * b_e), input_precision=PREC)
             b_a += tl.where(_level_mask(o_c, SB * 2 ** m), b_s, 0.)
-    return _scored_out(b_q, b_k, b_w, b_ep, b_er, b_v, b_a, o_ptr, b_h, bos, L, r0, i_h, o_c, o_v, m_v, H, V, PREC)
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_c, o_v, m_v, H, V, C, 0)
+    b_o = tl.dot(b_q * _exp_ftz(tl.cumsum(b_wm, axis=0), FAST), b_h, input_precision=PREC)
+    b_o += tl.dot(b_a, b_v, input_precision=PREC)
+    _store_o(o_ptr, b_o, bos, r0, L, i_h, o_c, o_v, m_v, H, V)
+    b_kd = b_k * _exp_ftz(tl.cumsum(b_wp, axis=0, reverse=True), FAST)
+    return b_h * _exp_ftz(b_gl, FAST)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1159,8 +1160,6 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         step = scores and bool(kn["fwd_step"])
         kernel = (_fwd_split_kernel if use_split else _fwd_step_kernel if step else _fwd_scored_kernel if scores
                   else _fwd_seq_kernel)
-        if step and w.dtype != torch.float32 and not _half_dot(w.dtype):
-            w = w.float()   # bf16 under the interpreter (the step's span sums are dots, as the scores kernel's)
         kernel[grid](r, k, v, w, u, *split, a, h0, o, ht, hs if save else None, cu, scale, T, NT,
                      _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
                      VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec,
