@@ -37,7 +37,10 @@ in "ieee"); exp by one ex2.approx.ftz on the GPU. Then the walk (N·H ≥ #SMs) 
 (``states._fwd_states_kernel``: S at every chunk start, at the backward's 32-row spacing when it saves them) + the
 chunk-parallel output kernel read A and keep the block-level decays (cumsums of the shifted w tiles) and three dots
 per block. H100 run 12 (wkv6i; GPU µs per fwd+bwd, forward in parentheses): B8 T4096 H32 8068 (2068) → 7517 (1702),
-B16 T1024 H8 1092 (317) → 1051 (277), B8 T1024 H8 597 → 563 (171).
+B16 T1024 H8 1092 (317) → 1051 (277), B8 T1024 H8 597 → 563 (171). ``TUNING["fwd_step"]`` (off, untimed): the
+scored walk in ``state_rows``-row steps (``_step_block``): the pairs of a step's different blocks by one (32 rows)
+or two (64) more levels, their factors from segmented cumsums of the shifted w tiles, half / a quarter of the
+walk's serial iterations (the walk is a latency chain, notes/wkv6.md session 12 wkv6f).
 
 Backward. The default (``TUNING["bwd_split"]`` "block", H100 run 13) is the split backward (its paragraph below the
 one-kernel backward's): the blocks' own pairs in 1-warp programs, then a state kernel; the one-kernel backward
