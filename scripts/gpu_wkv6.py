@@ -43,7 +43,9 @@ chunk_par_fill2 (the state-pass forward, fill2), chunk_seq_scores / chunk_par_sc
 scores from ``_fwd_scores_kernel``, the walk / the one-kernel state pass + the chunk-parallel output),
 chunk_seq_levels / chunk_par_levels (``fwd_scores`` False: the level code in the walk / state-pass output, the
 default until run 12; chunk_run9, chunk_split and chunk_walk1 run without the scores kernel too), chunk_seq_pipe
-(the scored walk with ``fwd_pipe``: the next block's loads in flight), chunk_bsplit / chunk_bsplit64
+(the scored walk with ``fwd_pipe``: the next block's loads in flight), chunk_seq_step / chunk_seq_step64 (the
+scored walk in 32- / 64-row steps, ``fwd_step``; the latter with ``state_rows`` 64, its baseline chunk_seq_rows64:
+the 16-row scored walk at state_rows 64), chunk_bsplit / chunk_bsplit64
 (``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
 the latter at 64-row states), chunk_bsplitc / chunk_bsplitc64 (``bwd_split`` "chunk": the state kernel one
 program per chunk), chunk_bfused / chunk_bfused64 (``bwd_split`` "fused": one kernel per chunk, own pairs and
@@ -135,7 +137,10 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False)}
 SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True), "chunk_seq_levels": dict(fwd_scores=False),   # the walk
-             "chunk_seq_pipe": dict(fwd_scores=True, fwd_pipe=True)}
+             "chunk_seq_pipe": dict(fwd_scores=True, fwd_pipe=True),
+             "chunk_seq_step": dict(fwd_scores=True, fwd_step=True),
+             "chunk_seq_step64": dict(fwd_scores=True, fwd_step=True, state_rows=64),
+             "chunk_seq_rows64": dict(fwd_scores=True, state_rows=64)}
 # the forward mode each name forces (``kc.forward_mode``: True the walk, False the state pass; absent: the default's)
 SEQ = {"chunk_seq": True, "chunk_par": False, **{n: True for n in VARIANTS}, **{n: False for n in PAR_KNOBS},
        **{n: True for n in SEQ_KNOBS}}
@@ -400,7 +405,8 @@ def regs():
     import kernels.wkv6.states as ks
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", str(kc.BT)).split(",")]   # state_rows knob values
     cases = [(kc, "_bwd_kernel", dict(blk, BT=bt, HALF_B=True)) for bt in bts]      # what bf16 inputs get
-    walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None, SCORES=False, a_ptr=None)
+    walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None, SCORES=False, a_ptr=None,
+                PIPE=os.environ.get("WKV6_REGS_PIPE", "0") == "1")
     del walk["cmap_ptr"]        # the walks take no slot map (one program per sequence·head)
     scan = dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, MODE=2, USE_H0=False, USE_DHT=False, VARLEN=False,
                 h0_ptr=None, dht_ptr=None, ht_ptr=None, cu_ptr=None)    # the backward's reverse scan

@@ -114,15 +114,17 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
                                           (wkv6, dict(fwd_scores=True), False),
                                           (wkv6, dict(fwd_scores=False), True),
                                           (wkv6, dict(bwd_split="fused"), True),
-                                          (wkv6, dict(bwd_split="fused_chunk", state_rows=64), True)],
+                                          (wkv6, dict(bwd_split="fused_chunk", state_rows=64), True),
+                                          (wkv6, dict(fwd_scores=True, fwd_step=True), True)],
                          ids=["chunk", "fused", "chunk_scores_walk", "chunk_scores_states", "chunk_levels",
-                              "chunk_bwd_fused", "chunk_bwd_fused_chunk64"])
+                              "chunk_bwd_fused", "chunk_bwd_fused_chunk64", "chunk_fwd_step"])
 def test_wkv6_extreme_decay(fn, knobs, seq):
     """Extreme decays: the default (at this T = 35 the level forward: the scores are on at 1024 ≤ T ≤ 4096), the
     scores kernel with the walk (the chunk backward's ``state_rows`` 32: the walk keeps the 32-row states; the
     one-kernel backward ``_bwd_kernel``, ``bwd_split`` False; the default is the split one) and with
     the one-kernel state pass, the walk's own level code (``fwd_scores`` False), and the fused backward
-    (``bwd_split`` "fused", and "fused_chunk" at 64-row states: 6 levels over the chunk)."""
+    (``bwd_split`` "fused", and "fused_chunk" at 64-row states: 6 levels over the chunk), and the walk in 32-row
+    steps (``fwd_step``)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
@@ -424,18 +426,23 @@ def test_wkv6_chunk_modes(seq, shape, cu):
 
 @pytest.mark.parametrize("seq,pipe,shape,cu", [(True, False, (1, 70, 2, 20, 24), None),
                                                (True, True, (1, 70, 2, 20, 24), None),
-                                               (False, False, (1, 100, 1, 16, 16), [0, 3, 64, 64, 100])],
-                         ids=["seq", "seq_pipe", "par"])
+                                               (False, False, (1, 100, 1, 16, 16), [0, 3, 64, 64, 100]),
+                                               (True, "step", (1, 70, 2, 20, 24), None),
+                                               (True, "step64", (1, 140, 1, 16, 16), [0, 3, 64, 64, 140])],
+                         ids=["seq", "seq_pipe", "par", "seq_step", "seq_step64"])
 def test_wkv6_chunk_scores(seq, pipe, shape, cu):
     """The forward with the blocks' scores from ``_fwd_scores_kernel`` (``fwd_scores``, on by default at 1024 ≤ T ≤
     4096) in both modes vs fp64 (the walk on a fixed-length batch, with and without ``fwd_pipe``; the one-kernel
     state pass on a varlen one), o and every gradient; a NaN decay at row 20 reaches the outputs from row 21 on and
-    the final state, and no output before it (the span sums read a NaN w as 0)."""
+    the final state, and no output before it (the span sums read a NaN w as 0). "step" / "step64": the walk in
+    32- / 64-row steps (``fwd_step``; 64 with ``state_rows`` 64, on a varlen batch with an empty sequence)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    with kc.tuning(fwd_scores=True, fwd_pipe=pipe):
+    knobs = dict(fwd_pipe=pipe is True, fwd_step=bool(pipe) and pipe is not True,
+                 **({"state_rows": 64} if pipe == "step64" else {}))
+    with kc.tuning(fwd_scores=True, **knobs):
         _check(d, context=f"scores {shape} cu={cu} pipe={pipe}", fn=_chunk_mode(seq))
         x = {n: v.detach() if torch.is_tensor(v) else v for n, v in d.items()}
         x["w"] = x["w"].clone()
@@ -663,11 +670,13 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
                                        (dict(fwd_scores=True, bwd_split="fused", state_rows=64), False),
                                        (dict(fwd_scores=True, bwd_split="fused_chunk"), True),
                                        (dict(fwd_scores=True, bwd_split="fused_chunk", state_rows=64), True),
-                                       (dict(fwd_scores=True, bwd_split="fused_chunk", state_rows=64), False)],
+                                       (dict(fwd_scores=True, bwd_split="fused_chunk", state_rows=64), False),
+                                       (dict(fwd_scores=True, fwd_step=True), True),
+                                       (dict(fwd_scores=True, fwd_step=True, state_rows=64), True)],
                          ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "scores_seq", "scores_par",
                               "scores_pipe", "bwd_kernel_seq", "bsplitc_seq", "bsplitc_par64", "bwd_kernel_par64",
                               "bfused_seq", "bfused_seq64", "bfused_par64", "bfusedc_seq", "bfusedc_seq64",
-                              "bfusedc_par64"])
+                              "bfusedc_par64", "step_seq", "step_seq64"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)],
                          ids=["bf16", "fp16", "fp32"])
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
@@ -684,7 +693,8 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     and with the one-kernel state pass; the backward's forms (``bwd_split``: the default "block" everywhere above; False, the one-kernel ``_bwd_kernel``,
     and "chunk" with the walk, "chunk" with 64-row states; "bwd_kernel_par64": the one-kernel backward at 64-row
     states, what ``LOWMEM`` / ``wkv6_chunk_lowmem`` run; "fused" and "fused_chunk": no partials, with the walk at 32
-    and 64 rows and with the state pass at 64)."""
+    and 64 rows and with the state pass at 64); "step_seq" / "step_seq64": the scored walk in 32- / 64-row steps
+    (``fwd_step``))."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)
@@ -727,6 +737,21 @@ def test_wkv6_gpu_bwd_fused(case, rows, mode):
     import kernels.wkv6.chunk as kc
     shape, dtype, decay, bound, cu = GPU_CASES[case]
     with kc.tuning(bwd_split=mode, state_rows=rows):
+        _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(True), cu=cu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case,rows", [("bf16_extreme", 32), ("bf16_extreme", 64), ("bf16_varlen", 32),
+                                       ("bf16_K32_V96", 64), ("fp32_extreme", 32), ("fp32_extreme", 64),
+                                       ("fp32_K60_V100", 32)],
+                         ids=["bf16_extreme", "bf16_extreme_rows64", "bf16_varlen", "bf16_K32_V96_rows64",
+                              "fp32_extreme", "fp32_extreme_rows64", "fp32_K60_V100"])
+def test_wkv6_gpu_fwd_step(case, rows):
+    """The scored walk in ``state_rows``-row steps (``fwd_step``: 32 or 64 rows, levels above 16 in the step, its
+    exps by ex2.approx.ftz) on the GPU_CASES that stress it (extreme decay, varlen, other K and V, fp32 at 1e-5)."""
+    import kernels.wkv6.chunk as kc
+    shape, dtype, decay, bound, cu = GPU_CASES[case]
+    with kc.tuning(fwd_scores=True, fwd_step=True, state_rows=rows):
         _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(True), cu=cu)
 
 

@@ -37,7 +37,10 @@ in "ieee"); exp by one ex2.approx.ftz on the GPU. Then the walk (N·H ≥ #SMs) 
 (``states._fwd_states_kernel``: S at every chunk start, at the backward's 32-row spacing when it saves them) + the
 chunk-parallel output kernel read A and keep the block-level decays (cumsums of the shifted w tiles) and three dots
 per block. H100 run 12 (wkv6i; GPU µs per fwd+bwd, forward in parentheses): B8 T4096 H32 8068 (2068) → 7517 (1702),
-B16 T1024 H8 1092 (317) → 1051 (277), B8 T1024 H8 597 → 563 (171).
+B16 T1024 H8 1092 (317) → 1051 (277), B8 T1024 H8 597 → 563 (171). ``TUNING["fwd_step"]`` (off, untimed): the
+scored walk in ``state_rows``-row steps (``_step_block``): the pairs of a step's different blocks by one (32 rows)
+or two (64) more levels, their factors from segmented cumsums of the shifted w tiles, half / a quarter of the
+walk's serial iterations (the walk is a latency chain, notes/wkv6.md session 12 wkv6f).
 
 Backward. The default (``TUNING["bwd_split"]`` "block", H100 run 13) is the split backward (its paragraph below the
 one-kernel backward's): the blocks' own pairs in 1-warp programs, then a state kernel; the one-kernel backward
@@ -276,6 +279,43 @@ def _scored_step(b_q, b_k, b_w, b_wm, b_wp, b_v, b_a, o_ptr, b_h, bos, L, r0, i_
                        b_v, b_a, o_ptr, b_h, bos, L, r0, i_h, o_t, o_v, m_v, H, V, PREC)
 
 
+@triton.jit
+def _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, scale, o_c, o_k, o_v, m_k, m_v,
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, SB: tl.constexpr,
+                PREC: tl.constexpr, FAST: tl.constexpr):
+    """``_scored_block`` over a whole C-row step (C = 2^j · SB, the walk's ``fwd_step``): o rows r0..r0+C (stored)
+    and the state after them (returned) from the state before them b_h [BK, BV]. The step's scores A [C, C]: the
+    SB-row diagonal blocks read from a_ptr (``_fwd_scores_kernel``, × scale, bonus included), the pairs of two
+    different blocks by the levels log2(SB) .. log2(C) − 1 here, one masked dot each with one exp tile: level S's
+    query rows (upper S-half of a 2S-row segment) take exp(P^S), its key rows (lower half) exp(R^S), segmented
+    cumsums of the shifted w tiles restarted every S rows (exclusive sums of terms of one sign, ≤ 0; a NaN w reaches
+    exactly the pairs that span it). The step-level decays exp(P), exp(R) [C, BK] from the same tiles' cumsums over
+    the step, as in ``_scored_block``. o_c = arange(C); rows past L read 0 and are not stored."""
+    b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0) * scale
+    b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0)
+    b_gl = tl.sum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0)), axis=0)  # W of the step
+    b_wm = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, -1))     # w_{t−1} (0 at the start)
+    b_wp = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 1))      # w_{t+1} (0 at the end)
+    # the diagonal SB-blocks: row t's scores sit at a_ptr's row t, columns s mod SB
+    rows = r0 + o_c
+    b_a = tl.load(a_ptr + ((bos + rows) * H + i_h)[:, None] * SB + (o_c % SB)[None, :],
+                  mask=(rows < L)[:, None] & ((o_c[:, None] // SB) == (o_c[None, :] // SB)), other=0.)
+    for m in tl.static_range(0, 3):     # levels log2(SB) + m below log2(C): C ≤ 8 · SB
+        if SB * 2 ** m < C:
+            b_p = _seg_scan(tl.where((o_c % (SB * 2 ** m) == 0)[:, None], 0., b_wm), SB * 2 ** m, C, False, False)
+            b_r = _seg_scan(tl.where((o_c % (SB * 2 ** m) == SB * 2 ** m - 1)[:, None], 0., b_wp), SB * 2 ** m, C,
+                            True, False)
+            b_e = _exp_ftz(tl.where(((o_c // (SB * 2 ** m)) % 2 == 1)[:, None], b_p, b_r), FAST)
+            b_s = tl.dot(b_q * b_e, tl.trans(b_k * b_e), input_precision=PREC)
+            b_a += tl.where(_level_mask(o_c, SB * 2 ** m), b_s, 0.)
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_c, o_v, m_v, H, V, C, 0)
+    b_o = tl.dot(b_q * _exp_ftz(tl.cumsum(b_wm, axis=0), FAST), b_h, input_precision=PREC)
+    b_o += tl.dot(b_a, b_v, input_precision=PREC)
+    _store_o(o_ptr, b_o, bos, r0, L, i_h, o_c, o_v, m_v, H, V)
+    b_kd = b_k * _exp_ftz(tl.cumsum(b_wp, axis=0, reverse=True), FAST)
+    return b_h * _exp_ftz(b_gl, FAST)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------------
@@ -418,14 +458,18 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
               cu_ptr, scale, T, NT, NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
               SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
               VARLEN: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, SCORES: tl.constexpr,
-              PREC: tl.constexpr, PIPE: tl.constexpr = False):
+              PREC: tl.constexpr, PIPE: tl.constexpr = False, STEP: tl.constexpr = False,
+              FAST: tl.constexpr = False):
     """Grid (V-blocks, N·H). Walks the SB-row blocks of one (sequence, head, V-block) with the state in registers:
     writes o_ptr and the final state ht_ptr, starts from h0_ptr (USE_H0; else None and zeros), and stores the state
     at every BT-row chunk start into hs_ptr when SAVE (else None; layouts above; cmap_ptr unused: a sequence's slots
     follow from cu). SPLIT: the blocks' state-free parts come from ``_fwd_intra_kernel`` (qh_ptr, kh_ptr
     [B·T, H, K] and oi_ptr [B·T, H, V] fp32; q, k, u unread), else they are computed here (qh, kh, oi: None).
     SCORES: the blocks' scores come from ``_fwd_scores_kernel`` (a_ptr [B·T, H, SB] fp32, else None; u unread);
-    with PIPE the next block's tiles are loaded before this block's dots (``fwd_pipe``: untimed).
+    with PIPE the next block's tiles are loaded before this block's dots (``fwd_pipe``: untimed). STEP (with
+    SCORES; ``fwd_step``): one BT-row step per iteration (``_step_block``: the pairs of different blocks by the
+    levels above SB, the state stored at every step start when SAVE) instead of one SB-row block; FAST: its exps
+    by ex2.approx.ftz (GPU).
     NH_BUCKET: autotune key only (``_nh_bucket``). Autotuned as ``_fwd_seq_kernel`` and ``_fwd_split_kernel``."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -439,29 +483,37 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
         slot0 = bos // BT + i_n
     else:
         slot0 = i_n.to(tl.int64) * NT
-    if PIPE:
-        t_q, t_k, t_w, t_wm, t_wp, t_v, t_a = _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L, 0, i_h, scale,
-                                                            o_t, o_k, o_v, m_k, m_v, H, K, V, SB)
-    for i_b in range(0, tl.cdiv(L, SB)):
-        if SAVE:
-            tl.store(hs_ptr + ((slot0 + i_b // (BT // SB)) * H + i_h) * K * V + o_kv, b_h,
-                     mask=m_kv & (o_k[:, None] * 0 + i_b % (BT // SB) == 0))
-        if PIPE:    # the next block's loads in flight during this block's dots (past the end: masked, unused)
-            n_q, n_k, n_w, n_wm, n_wp, n_v, n_a = _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L,
-                                                                (i_b + 1) * SB, i_h, scale, o_t, o_k, o_v, m_k,
-                                                                m_v, H, K, V, SB)
-            b_h = _scored_step(t_q, t_k, t_w, t_wm, t_wp, t_v, t_a, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_v,
-                               m_v, H, V, PREC)
-            t_q, t_k, t_w, t_wm, t_wp, t_v, t_a = n_q, n_k, n_w, n_wm, n_wp, n_v, n_a
-        elif SPLIT:
-            b_h = _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_k,
-                              o_v, m_k, m_v, H, K, V, SB, PREC)
-        elif SCORES:
-            b_h = _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, scale, o_t,
-                                o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
-        else:
-            b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_b * SB, i_h, scale, o_t, o_k,
-                             o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
+    if STEP:    # BT-row steps: half (32) or a quarter (64) of the serial iterations, the state stored every step
+        o_c = tl.arange(0, BT)
+        for i_c in range(0, tl.cdiv(L, BT)):
+            if SAVE:
+                tl.store(hs_ptr + ((slot0 + i_c) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
+            b_h = _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, i_c * BT, i_h, scale, o_c, o_k,
+                              o_v, m_k, m_v, H, K, V, BT, SB, PREC, FAST)
+    else:
+        if PIPE:
+            t_q, t_k, t_w, t_wm, t_wp, t_v, t_a = _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L, 0, i_h,
+                                                                scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB)
+        for i_b in range(0, tl.cdiv(L, SB)):
+            if SAVE:
+                tl.store(hs_ptr + ((slot0 + i_b // (BT // SB)) * H + i_h) * K * V + o_kv, b_h,
+                         mask=m_kv & (o_k[:, None] * 0 + i_b % (BT // SB) == 0))
+            if PIPE:    # the next block's loads in flight during this block's dots (past the end: masked, unused)
+                n_q, n_k, n_w, n_wm, n_wp, n_v, n_a = _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L,
+                                                                    (i_b + 1) * SB, i_h, scale, o_t, o_k, o_v, m_k,
+                                                                    m_v, H, K, V, SB)
+                b_h = _scored_step(t_q, t_k, t_w, t_wm, t_wp, t_v, t_a, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_v,
+                                   m_v, H, V, PREC)
+                t_q, t_k, t_w, t_wm, t_wp, t_v, t_a = n_q, n_k, n_w, n_wm, n_wp, n_v, n_a
+            elif SPLIT:
+                b_h = _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_k,
+                                  o_v, m_k, m_v, H, K, V, SB, PREC)
+            elif SCORES:
+                b_h = _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, scale, o_t,
+                                    o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+            else:
+                b_h = _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, i_b * SB, i_h, scale, o_t, o_k,
+                                 o_v, m_k, m_v, H, K, V, SB, LOG, PREC)
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
@@ -481,6 +533,11 @@ _fwd_split_kernel = triton.autotune(configs=_walk_configs((64, 32, 16)),
 # pipelined walk (``fwd_pipe``) is tuned on its own
 _fwd_scored_kernel = triton.autotune(configs=_walk_configs((64, 32)),
                                      key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET", "PIPE"])(_fwd_walk)
+# the walk in BT-row steps (``fwd_step``): [BT, K] tiles (BT 32 or 64), so 8 warps are offered too
+_fwd_step_kernel = triton.autotune(
+    configs=autotune_configs([triton.Config({"BV": bv}, num_warps=nw, num_stages=1)
+                              for bv, nw in ((64, 4), (32, 4), (64, 8))]),
+    key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
 
 
 @triton.jit(do_not_specialize=['T', 'NT'])
@@ -1103,11 +1160,13 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         use_split = not scores and _use_split(N, H, dev, kn)
         split = _fwd_split(r, k, v, w, u, scale, cu, prec) if use_split else (None, None, None)
         a = _fwd_scores(r, k, w, u, scale, cu, prec) if scores else None
-        kernel = _fwd_split_kernel if use_split else _fwd_scored_kernel if scores else _fwd_seq_kernel
+        step = scores and bool(kn["fwd_step"])
+        kernel = (_fwd_split_kernel if use_split else _fwd_step_kernel if step else _fwd_scored_kernel if scores
+                  else _fwd_seq_kernel)
         kernel[grid](r, k, v, w, u, *split, a, h0, o, ht, hs if save else None, cu, scale, T, NT,
                      _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
                      VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec,
-                     PIPE=scores and kn["fwd_pipe"])
+                     PIPE=scores and not step and kn["fwd_pipe"], STEP=step, FAST=step and not INTERPRET)
         return o, ht, hs
     BV = max(16, min(64, _pow2(V)))
     if scores:      # one state kernel at the backward's spacing (or 64 rows when nothing is saved), the scores
@@ -1174,6 +1233,11 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   fwd_pipe     the scored walk loads the next block's tiles before this block's dots (``_fwd_walk``'s PIPE; the
 #                walk is a latency chain: 5.3 us per block at B8 T4096 H32, run 12). Built after run 12: untimed,
 #                off;
+#   fwd_step     the scored walk in ``state_rows``-row steps (``_step_block``: 32 by default, 64 with state_rows 64)
+#                instead of 16-row blocks: half / a quarter of the serial iterations (the walk is a latency chain:
+#                ~1,880 SASS instructions per warp and 24 barriers per 16-row block, offline sm_90; 5.4 us per block
+#                at B8 T4096 H32, run 13), the pairs of different blocks of a step by one or two more levels here,
+#                the state stored at every step start (no masked stores). Session 12 (wkv6f): untimed, off;
 #   bwd_split    False, "block", "chunk" or "fused": the backward in two kernels (``_bwd_own_kernel`` then the state
 #                kernel): the blocks' own pairs in 1-warp programs, one per chunk (span-sum decays, one ex2 per
 #                element), into fp32 partials of dq, dk, dv, dw (4 bytes × (3K + V) per token and head, transient:
@@ -1195,10 +1259,10 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None,
-          "fwd_pipe": False, "bwd_split": "block", "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": False, "bwd_split": "block", "split_bytes": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "fwd_scores": False,
-          "fwd_pipe": False, "bwd_split": False, "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": False, "bwd_split": False, "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 BWD_SPLIT = (False, "block", "chunk", "fused", "fused_chunk")     # the ``bwd_split`` knob's values
