@@ -310,6 +310,7 @@ def resources():
             print(f"_bwd_kernel bwd_maxnreg={cap} key {key[:7]}: {cfg}")
     import kernels.wkv6.states as ks
     for name, tuner in [("_fwd_scores_kernel", kc._fwd_scores_kernel), ("_fwd_scored_kernel", kc._fwd_scored_kernel),
+                        ("_fwd_step_kernel", kc._fwd_step_kernel),
                         ("_fwd_par_scored_kernel", kc._fwd_par_scored_kernel),
                         ("_fwd_states_kernel", ks._fwd_states_kernel), ("_bwd_own_kernel", kc._bwd_own_kernel),
                         ("_bwd_cross_kernel", kc._bwd_cross_kernel),

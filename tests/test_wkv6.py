@@ -449,6 +449,10 @@ def test_wkv6_chunk_scores(seq, pipe, shape, cu):
         x["w"][0, 20, 0, 3] = float("nan")
         o, s = _chunk_mode(seq)(**x)
     assert torch.isfinite(o[:, :21]).all() and torch.isnan(o[:, 21:]).any() and torch.isnan(s).any()
+    if cu is not None:   # the NaN stays in its sequence: the later sequences' rows and every other state are finite
+        j = next(i for i in range(len(cu) - 1) if cu[i] <= 20 < cu[i + 1])
+        assert torch.isfinite(o[:, cu[j + 1]:]).all()
+        assert torch.isfinite(s[[i for i in range(len(cu) - 1) if i != j]]).all()
 
 
 @pytest.mark.parametrize("T,on", [(1023, False), (1024, True), (4096, True), (4097, False)])

@@ -40,7 +40,8 @@ per block. H100 run 12 (wkv6i; GPU µs per fwd+bwd, forward in parentheses): B8 
 B16 T1024 H8 1092 (317) → 1051 (277), B8 T1024 H8 597 → 563 (171). ``TUNING["fwd_step"]`` (off, untimed): the
 scored walk in ``state_rows``-row steps (``_step_block``): the pairs of a step's different blocks by one (32 rows)
 or two (64) more levels, their factors from segmented cumsums of the shifted w tiles, half / a quarter of the
-walk's serial iterations (the walk is a latency chain, notes/wkv6.md session 12 wkv6f).
+walk's serial iterations (the walk is a latency chain, notes/wkv6.md session 12 wkv6f). It applies only where the
+walk runs with the scores kernel (``fwd_scores`` on, or None with 1024 ≤ T ≤ 4096); elsewhere it changes nothing.
 
 Backward. The default (``TUNING["bwd_split"]`` "block", H100 run 13) is the split backward (its paragraph below the
 one-kernel backward's): the blocks' own pairs in 1-warp programs, then a state kernel; the one-kernel backward
@@ -470,7 +471,8 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
     SCORES; ``fwd_step``): one BT-row step per iteration (``_step_block``: the pairs of different blocks by the
     levels above SB, the state stored at every step start when SAVE) instead of one SB-row block; FAST: its exps
     by ex2.approx.ftz (GPU).
-    NH_BUCKET: autotune key only (``_nh_bucket``). Autotuned as ``_fwd_seq_kernel`` and ``_fwd_split_kernel``."""
+    NH_BUCKET: autotune key only (``_nh_bucket``). Autotuned as ``_fwd_seq_kernel``, ``_fwd_split_kernel``,
+    ``_fwd_scored_kernel`` and ``_fwd_step_kernel``."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -1277,6 +1279,9 @@ def tuning(**knobs):
         raise ValueError(f"unknown wkv6 chunk knobs {sorted(bad)}; known: {sorted(TUNING)}")
     if knobs.get("state_rows") not in STATE_ROWS:
         raise ValueError(f"wkv6 chunk knob state_rows must be one of {STATE_ROWS}; got {knobs['state_rows']!r}")
+    if not isinstance(knobs.get("fwd_step", False), bool):
+        raise ValueError(f"wkv6 chunk knob fwd_step must be True or False (the step is state_rows rows: set that "
+                         f"to 32 or 64); got {knobs['fwd_step']!r}")
     if knobs.get("fwd_scores") not in FWD_SCORES:
         raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
     if knobs.get("bwd_split", False) not in BWD_SPLIT:
