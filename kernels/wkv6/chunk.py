@@ -808,18 +808,10 @@ def _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b
 
 
 @triton.jit
-def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, du_ptr, bos, r0, L, i_h,
-               scale, o_t, o_v, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
-               BKC: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
-               DWP: tl.constexpr):
-    """The own pairs and bonus terms of the SB-row block at row r0 (``_bwd_own_kernel``): fp32 partials of dq (for
-    the scaled q), dk, dw (before the clamp's mask) -> pq/pk/pw_ptr, of dv -> pv_ptr, the du row -> du_ptr [K].
-    The key columns in BKC-wide slices (``_own_cols``: fewer live registers; only A needs all of K). Level m's pairs
-    (t, s): exp(P^m_t) on the query rows, exp(R^m_s) on the key rows, one tile e (``_span_sums``, disjoint rows);
-    with dA = M_m ⊙ (do vᵀ), dq += e ⊙ (dA k̂), dk += e ⊙ (dAᵀ q̂), and the pairs spanning j give
-    dw_j = Σ_{x in j's segment, after j (j a query row) or before j (a key row)} c_x, c = q̂ ⊙ (dA k̂) + k̂ ⊙ (dAᵀ q̂)
-    (the two terms live on disjoint rows): one dot of the transposed span pattern with c (DWP: "tf32x3", or
-    "ieee" for fp32 inputs; terms of one sign per row, no cancellation)."""
+def _block_do_v(v_ptr, do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, HALF_B: tl.constexpr, PREC: tl.constexpr):
+    """The backward's per-block start (block rows r0 + o_t of a sequence starting at token bos, L rows long, head
+    i_h; v_ptr, do_ptr [tokens, H, V]): (m_t row mask, tok token·head index, m_tv, p_v offsets of v / do,
+    B = do vᵀ [SB, SB] fp32 (HALF_B: a dot of the half inputs themselves, exact), vd = Σ_v v·do [SB] fp32)."""
     rows = r0 + o_t
     m_t = rows < L
     tok = (bos + rows) * H + i_h
@@ -832,6 +824,23 @@ def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr
     else:
         b_B = tl.dot(b_do.to(tl.float32), tl.trans(b_v.to(tl.float32)), input_precision=PREC)
     b_vd = tl.sum(b_v.to(tl.float32) * b_do.to(tl.float32), axis=1)
+    return m_t, tok, m_tv, p_v, b_B, b_vd
+
+
+@triton.jit
+def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, du_ptr, bos, r0, L, i_h,
+               scale, o_t, o_v, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+               BKC: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
+               DWP: tl.constexpr):
+    """The own pairs and bonus terms of the SB-row block at row r0 (``_bwd_own_kernel``): fp32 partials of dq (for
+    the scaled q), dk, dw (before the clamp's mask) -> pq/pk/pw_ptr, of dv -> pv_ptr, the du row -> du_ptr [K].
+    The key columns in BKC-wide slices (``_own_cols``: fewer live registers; only A needs all of K). Level m's pairs
+    (t, s): exp(P^m_t) on the query rows, exp(R^m_s) on the key rows, one tile e (``_span_sums``, disjoint rows);
+    with dA = M_m ⊙ (do vᵀ), dq += e ⊙ (dA k̂), dk += e ⊙ (dAᵀ q̂), and the pairs spanning j give
+    dw_j = Σ_{x in j's segment, after j (j a query row) or before j (a key row)} c_x, c = q̂ ⊙ (dA k̂) + k̂ ⊙ (dAᵀ q̂)
+    (the two terms live on disjoint rows): one dot of the transposed span pattern with c (DWP: "tf32x3", or
+    "ieee" for fp32 inputs; terms of one sign per row, no cancellation)."""
+    m_t, tok, m_tv, p_v, b_B, b_vd = _block_do_v(v_ptr, do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, HALF_B, PREC)
     b_A = tl.zeros([o_t.shape[0], o_t.shape[0]], dtype=tl.float32)
     for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):    # not unrolled: one slice's tiles live at a time
         b_A = _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t,
@@ -1017,18 +1026,8 @@ def _bwd_fused_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr,
     nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows (the rest: no-ops)
     for i_b in tl.range(0, BT // SB, loop_unroll_factor=1):
         r0 = c0 + i_b * SB
-        rows = r0 + o_t
-        m_t = rows < L
-        tok = (bos + rows) * H + i_h
-        m_tv = m_t[:, None] & m_v[None, :]
-        p_v = tok[:, None] * V + o_v[None, :]
-        b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.)
-        b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.)
-        if HALF_B:      # exact: products of two half values fit the fp32 accumulator
-            b_B = tl.dot(b_do, tl.trans(b_v))
-        else:
-            b_B = tl.dot(b_do.to(tl.float32), tl.trans(b_v.to(tl.float32)), input_precision=PREC)
-        b_vd = tl.sum(b_v.to(tl.float32) * b_do.to(tl.float32), axis=1)
+        m_t, tok, m_tv, p_v, b_B, b_vd = _block_do_v(v_ptr, do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, HALF_B,
+                                                     PREC)
         b_A = tl.zeros([SB, SB], dtype=tl.float32)
         b_dv = tl.zeros([SB, BV], dtype=tl.float32)
         p_du = du_ptr + ((i_s.to(tl.int64) * (BT // SB) + i_b) * H + i_h) * K
