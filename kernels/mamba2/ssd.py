@@ -796,12 +796,12 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
     BT, BP, BN = _tiles(P, N, bwd=True)
     NPB, NC = _cdiv(P, BP), max(1, _cdiv(T, BT))
     seg = TUNING["seg"]
-    if seg and _cdiv(NC, min(max(1, int(seg) // BT), NC)) > 65535:
-        seg = None                                      # segments ride grid axis 2 (≤ 65,535): the walk instead
     if seg:                                             # the segmented form: NS segments of CK chunks, NCK = 1
         CK = min(max(1, int(seg) // BT), NC)
         NS, NCK = _cdiv(NC, CK), 1
-    else:
+        if NS > 65535:                                  # segments ride grid axis 2 (≤ 65,535): the walk instead
+            seg = None
+    if not seg:
         CK = TUNING["ckpt"] or (NC if b * H * NPB * (NC + 1) * BP * BN * 4 <= TUNING["ws_bytes"]
                                 else max(1, round(math.sqrt(NC))))
         CK = min(CK, NC)
