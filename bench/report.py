@@ -394,10 +394,8 @@ def peers_section(df: pd.DataFrame, d: Path) -> list[str]:
 def bench_json_files(d: Path) -> list[Path]:
     """pytest-benchmark's files of a results folder, oldest first: ``bench-<n>.json`` (earlier calls, kept aside by
     ``gpu_reports.sh`` before a merge call; n ascending) then ``bench.json`` (the latest call)."""
-    def order(p: Path):
-        tail = p.stem[len("bench-"):]
-        return (0, int(tail) if tail.isdigit() else 0, p.name) if p.stem != "bench" else (1, 0, p.name)
-    return sorted((p for p in d.glob("bench*.json") if p.stem == "bench" or p.stem.startswith("bench-")), key=order)
+    earlier = sorted(d.glob("bench-*.json"), key=lambda p: int(p.stem[6:]) if p.stem[6:].isdigit() else 0)
+    return earlier + [p for p in (d / "bench.json",) if p.exists()]
 
 
 def pytest_benchmark_section(d: Path) -> list[str]:
@@ -424,9 +422,9 @@ def pytest_benchmark_section(d: Path) -> list[str]:
         return []
     t = pd.DataFrame(rows).sort_values("test")
     return ["## pytest-benchmark's table", "",
-            f"{len(t)} entries from {', '.join(f'`{p.name}`' for p in files)} (`--benchmark-json`): pytest-benchmark's median of synchronized "
-            "host-clock calls of the very function the row times, beside the row's CUDA-event median; ratio ≈ 1 "
-            "for long calls, > 1 where launch and host time dominate.", "",
+            f"{len(t)} entries from {', '.join(f'`{p.name}`' for p in files)} (`--benchmark-json`): "
+            "pytest-benchmark's median of synchronized host-clock calls of the very function the row times, beside "
+            "the row's CUDA-event median; ratio ≈ 1 for long calls, > 1 where launch and host time dominate.", "",
             md_table(t, {"pytest-benchmark median ms": "ms", "row ms": "ms", "rounds": "int", "ratio": "g"}),
             ""]
 
