@@ -51,7 +51,8 @@ walk in 32-row steps, ``fwd_step``: the default's walk since run 16), chunk_seq_
 ``state_rows`` 64: 16-row blocks), chunk_bsplit / chunk_bsplit64
 (``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
 the latter at 64-row states), chunk_bfused / chunk_bfused64 (``bwd_split`` "fused": one kernel per chunk, own pairs
-and crossing terms per key slice, no fp32 partials; 32- / 64-row states),
+and crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bpair (``bwd_split`` "pair": the
+split backward's state kernel one program per 32-row chunk, no state moves, the pairs between its two blocks there),
 chunk_bslice (the split backward on batch slices of <= 256 MiB of fp32 partials, ``split_bytes``),
 chunk_bwd1 (``bwd_split`` False: the one-kernel ``_bwd_kernel``, the default until run 13;
 chunk_nreg0 / chunk_nreg168 run it too);
@@ -135,7 +136,8 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_nreg0": dict(bwd_maxnreg=0, bwd_split=False), "chunk_nreg168": dict(bwd_maxnreg=168, bwd_split=False),
          "chunk_bwd1": dict(bwd_split=False), "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
-         "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
+         "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64),
+         "chunk_bpair": dict(bwd_split="pair")}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False)}
 SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True, fwd_step=False),     # the walk
@@ -315,7 +317,7 @@ def resources():
                         ("_fwd_step_kernel", kc._fwd_step_kernel),
                         ("_fwd_par_scored_kernel", kc._fwd_par_scored_kernel),
                         ("_fwd_states_kernel", ks._fwd_states_kernel), ("_bwd_own_kernel", kc._bwd_own_kernel),
-                        ("_bwd_cross_kernel", kc._bwd_cross_kernel),
+                        ("_bwd_cross_kernel", kc._bwd_cross_kernel), ("_bwd_pair_kernel", kc._bwd_pair_kernel),
                         ("_bwd_fused_kernel", kc._bwd_fused_kernel)]:   # fwd_scores', bwd_split's: pick per key
         for key, cfg in getattr(tuner, "cache", {}).items():
             print(f"{name} key {key[:7]}: {cfg}")
@@ -427,6 +429,8 @@ def regs():
               (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True, FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"))),
               (kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
                                               PREC="tf32", **none)),
+              (kc, "_bwd_pair_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
+                                             PREC="tf32", HALF_B=True, **none)),
               (kc, "_bwd_fused_kernel", dict(blk, BT=int(os.environ.get("WKV6_REGS_FBT", "32")),
                                              BKC=int(os.environ.get("WKV6_REGS_BKC", "16")), HALF_B=True, FAST=True,
                                              DWP="tf32x3")),

@@ -115,16 +115,17 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
                                           (wkv6, dict(fwd_scores=True), False),
                                           (wkv6, dict(fwd_scores=False), True),
                                           (wkv6, dict(bwd_split="fused"), True),
-                                          (wkv6, dict(fwd_scores=True), True)],
+                                          (wkv6, dict(fwd_scores=True), True),
+                                          (wkv6, dict(bwd_split="pair"), True)],
                          ids=["chunk", "fused", "chunk_scores_walk", "chunk_scores_states", "chunk_levels",
-                              "chunk_bwd_fused", "chunk_fwd_step"])
+                              "chunk_bwd_fused", "chunk_fwd_step", "chunk_bwd_pair"])
 def test_wkv6_extreme_decay(fn, knobs, seq):
     """Extreme decays: the default (at this T = 35 the level forward: the scores are on at 1024 ≤ T ≤ 4096), the
     scores kernel with the walk in 16-row blocks (``fwd_step`` False; the chunk backward's ``state_rows`` 32: the
     walk keeps the 32-row states; the one-kernel backward ``_bwd_kernel``, ``bwd_split`` False; the default is the
     split one) and with the one-kernel state pass, the walk's own level code (``fwd_scores`` False), the fused
-    backward (``bwd_split`` "fused"), and the scored walk in 32-row steps (``fwd_step``, the default where the
-    scores are on)."""
+    backward (``bwd_split`` "fused"), the scored walk in 32-row steps (``fwd_step``, the default where the scores
+    are on), and the split backward's "pair" state kernel (``bwd_split`` "pair": 32-row chunks, no state moves)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
@@ -570,6 +571,24 @@ def test_wkv6_bwd_fused(seq, rows, dtype, shape, cu):
         _check(d, bound=2e-3 if dtype == torch.float16 else None, context=f"fused {shape} rows {rows} cu={cu}")
 
 
+@pytest.mark.parametrize("seq,dtype,shape,cu", [(True, torch.float32, (2, 70, 2, 20, 24), None),
+                                                (False, torch.float32, (1, 100, 1, 16, 16), _VARLEN_CU),
+                                                (True, torch.float16, (1, 45, 1, 16, 16), None)],
+                         ids=["walk32", "par32_varlen", "fp16"])
+def test_wkv6_bwd_pair(seq, dtype, shape, cu):
+    """The split backward with its state kernel one program per 32-row chunk (``bwd_split`` "pair": the
+    chunk-crossing terms from S_c / D_c as loaded, the pairs between the chunk's two blocks as one level) vs fp64:
+    the walk's saved 32-row states (T = 70: a partial last chunk, a one-block chunk), the state pass's states
+    recomputed beside D on a varlen batch (an empty sequence, one of 3 rows), fp16 (B = do vᵀ in fp16: HALF_B) at
+    bound 2e-3; at 64-row states "pair" runs "block" (test_wkv6_gpu_chunk_knobs)."""
+    import kernels.wkv6.chunk as kc
+    d = make_inputs(*shape, dtype=dtype, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
+    if cu is not None:
+        d["cu_seqlens"] = torch.tensor(cu)
+    with kc.tuning(bwd_split="pair", state_rows=32), kc.forward_mode(seq):
+        _check(d, bound=2e-3 if dtype == torch.float16 else None, context=f"pair {shape} cu={cu}")
+
+
 def test_wkv6_chunk_bad_knobs():
     """A ``state_rows``, ``bwd_maxnreg``, ``bwd_split``, ``fwd_step`` or ``split_bytes`` value the kernels do not
     take, an unknown knob, or a backward whose ``state_rows`` differs from its forward's (saved states of the wrong
@@ -672,10 +691,12 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
                                        (dict(fwd_scores=True, bwd_split="fused"), True),
                                        (dict(fwd_scores=True, bwd_split="fused", state_rows=64), True),
                                        (dict(fwd_scores=True, bwd_split="fused", state_rows=64), False),
-                                       (dict(fwd_scores=True), True), (dict(fwd_scores=True, state_rows=64), True)],
+                                       (dict(fwd_scores=True), True), (dict(fwd_scores=True, state_rows=64), True),
+                                       (dict(fwd_scores=True, bwd_split="pair"), True),
+                                       (dict(fwd_scores=True, bwd_split="pair"), False)],
                          ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "scores_seq", "scores_par",
                               "scores_pipe", "bwd_kernel_seq", "bwd_kernel_par64", "bfused_seq", "bfused_seq64",
-                              "bfused_par64", "step_seq", "scores_seq64"])
+                              "bfused_par64", "step_seq", "scores_seq64", "bpair_seq", "bpair_par"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)],
                          ids=["bf16", "fp16", "fp32"])
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
@@ -694,7 +715,9 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     "bwd_kernel_par64": the one-kernel backward at 64-row states, what ``LOWMEM`` / ``wkv6_chunk_lowmem`` run;
     "fused": no partials, with the walk at 32 and 64 rows and with the state pass at 64); "step_seq": the scored
     walk in 32-row steps (``fwd_step``, the default where the scores are on: the path B8 T4096 H32 takes);
-    "scores_seq64": at 64-row states the scored walk keeps its 16-row blocks)."""
+    "scores_seq64": at 64-row states the scored walk keeps its 16-row blocks; "bpair_seq" / "bpair_par": the split
+    backward's "pair" state kernel (``bwd_split`` "pair") after the walk's 32-row states / after the state pass
+    (64-row states: "pair" runs "block" there))."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)
@@ -736,6 +759,18 @@ def test_wkv6_gpu_bwd_fused(case, rows):
     import kernels.wkv6.chunk as kc
     shape, dtype, decay, bound, cu = GPU_CASES[case]
     with kc.tuning(bwd_split="fused", state_rows=rows):
+        _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(True), cu=cu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["bf16_extreme", "bf16_varlen", "bf16_K32_V96", "fp32_extreme", "fp32_K60_V100"])
+def test_wkv6_gpu_bwd_pair(case):
+    """The split backward's "pair" state kernel (``bwd_split`` "pair": one program per 32-row chunk, no state moves,
+    the pairs between its two blocks as one level) on the GPU_CASES that stress it, the walk forward keeping
+    32-row states."""
+    import kernels.wkv6.chunk as kc
+    shape, dtype, decay, bound, cu = GPU_CASES[case]
+    with kc.tuning(bwd_split="pair", state_rows=32):
         _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(True), cu=cu)
 
 

@@ -67,11 +67,12 @@ partials. ``_bwd_own_kernel`` (1-warp programs, one per chunk, the forward score
 terms, the level decays from ``_span_sums`` dots and one ex2 per element, the segmented dw sums as one dot of the
 transposed span pattern each ("tf32x3"; "ieee" for fp32), the key columns in 16- or 32-wide slices (autotuned); then
 ``_bwd_cross_kernel`` (4 warps, one program per block: S_m, D_m, the crossing terms) adds the partials and stores
-the gradients (one program per chunk instead lost: run 16, 3565 vs 2469 µs at B8 T4096 H32). H100 run 13 (wkv6j; GPU
-µs per fwd+bwd, ``_bwd_kernel`` vs own + cross): B8 T4096 H32 5210 vs 1340 + 2412, B16 T1024 H8 672 vs 178 + 323,
-B64 T256 H4 K32 154 vs 46 + 85; the partials cost 4 bytes × (3K + V) per token and head of transient memory (extra
-peak at B8 T4096 H32 1.68 → 2.68 GiB). Earlier splits with both halves at 4 warps lost (run 6: 10.3 vs 9.3 ms at B8
-T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
+the gradients (one program per chunk walking its blocks lost: run 16, 3565 vs 2469 µs at B8 T4096 H32; "pair": one
+program per 32-row chunk on [32, K] tiles, no moves, the pairs between its two blocks as one more level, untimed).
+H100 run 13 (wkv6j; GPU µs per fwd+bwd, ``_bwd_kernel`` vs own + cross): B8 T4096 H32 5210 vs 1340 + 2412, B16 T1024
+H8 672 vs 178 + 323, B64 T256 H4 K32 154 vs 46 + 85; the partials cost 4 bytes × (3K + V) per token and head of
+transient memory (extra peak at B8 T4096 H32 1.68 → 2.68 GiB). Earlier splits with both halves at 4 warps lost (run
+6: 10.3 vs 9.3 ms at B8 T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
 
 The fused backward (``bwd_split`` "fused", ``_bwd_fused_kernel``; off: ``LOWMEM``'s candidate): the own kernel's
 program (one per chunk, key columns in BKC = 16-wide slices, not unrolled) does the crossing terms too, so nothing
@@ -918,6 +919,87 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
                  b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
 
 
+# ---- the pair form of the split backward's state kernel (``bwd_split`` "pair", 32-row states only): one program per
+# 32-row chunk on [32, K] tiles, S_c and D_c used as loaded (no moves over the other block): the chunk-crossing terms
+# at chunk level, and the pairs between the chunk's two 16-row blocks (level log2(SB), which "block" carries in its
+# moved S_m / D_m) computed here as one masked pair level, as ``_step_block`` does in the forward.
+@triton.jit
+def _pair_grads(b_q, b_k, b_wm, b_wp, b_w, b_v, b_do, b_B, b_h, b_dh, o_c, SB: tl.constexpr, PREC: tl.constexpr):
+    """The gradients of one 2·SB-row chunk that do not come from its blocks' own pairs (fp32 [2·SB, BK | BV]): the
+    chunk-crossing terms from S at the chunk start (b_h) and dL/dS at its end (b_dh), with the chunk-level decays
+    from cumsums of the shifted w tiles b_wm (w_{t−1}, 0 at row 0) / b_wp (w_{t+1}, 0 at the last row) — exclusive
+    sums of terms of one sign, no difference — and the pairs (query t in the upper block, key s in the lower) with
+    decay exp(P_t) exp(R_s): P, R the block-local exclusive prefix / suffix sums (segmented cumsums of the same
+    tiles). b_w: the clamped w; B = do vᵀ [2·SB, 2·SB] fp32; q scaled. Returns (dq (for the scaled q), dk, dv, dw)."""
+    b_egp = tl.exp(tl.cumsum(b_wm, axis=0))                     # exp(Σ w from the chunk start to t − 1)
+    b_egl = tl.exp(tl.cumsum(b_wp, axis=0, reverse=True))       # exp(Σ w from t + 1 to the chunk end)
+    b_dw = (tl.exp(tl.sum(b_w, axis=0)) * tl.sum(b_h * b_dh, axis=1))[None, :]   # keys before, queries after
+    b_dq = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
+    b_dk = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
+    b_dv = tl.dot(b_k * b_egl, b_dh, input_precision=PREC)
+    b_a = b_q * b_dq
+    b_b = b_k * b_dk
+    b_dw += tl.cumsum(b_a, axis=0, reverse=True) - b_a + tl.cumsum(b_b, axis=0) - b_b
+    # the pairs between the two blocks: one level, one exp tile (upper rows exp(P), lower rows exp(R))
+    b_p = _seg_scan(tl.where((o_c % SB == 0)[:, None], 0., b_wm), SB, 2 * SB, False, False)
+    b_r = _seg_scan(tl.where((o_c % SB == SB - 1)[:, None], 0., b_wp), SB, 2 * SB, True, False)
+    b_e = tl.exp(tl.where((o_c >= SB)[:, None], b_p, b_r))
+    b_qh = b_q * b_e
+    b_kh = b_k * b_e
+    b_A, b_dqh, b_dkh = _level_pairs_bwd(b_qh, b_kh, b_B, tl.zeros_like(b_B), o_c, SB, PREC)
+    b_dq += b_e * b_dqh
+    b_dk += b_e * b_dkh
+    b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+    b_a = b_qh * b_dqh      # zero on the lower rows
+    b_b = b_kh * b_dkh      # zero on the upper rows
+    b_dw += (_seg_scan(b_a, SB, 2 * SB, True, False) - b_a + _seg_scan(b_b, SB, 2 * SB, False, False) - b_b)
+    return b_dq, b_dk, b_dv, b_dw
+
+
+# 8 warps (offline sm_90 compile, Triton 3.9, bf16, K = V = 64, registers / spill-stack B / SASS per warp: 8 warps
+# 255 / 32 / 3544; 4 warps 255 / 888 / 6472; with a 168 cap 1728 B (4 warps) and 528 B (8) of spill. The block
+# kernel for comparison, per 16-row block: 4 warps 158 / 0 / 3296, 8 warps 108 / 0 / 2088)
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=8, num_stages=1)]),
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _bwd_pair_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr,
+                     dk_ptr, dv_ptr, dw_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr,
+                     V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                     VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
+    """Grid (chunk slots, H), BT = 2·SB (``bwd_split`` "pair"): ``_bwd_cross_kernel``'s work for one 32-row chunk
+    without state moves (``_pair_grads``: the chunk-crossing terms from hs_ptr / hd_ptr as loaded, the pairs between
+    its two blocks by one level here), plus ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr [B·T, H, K]
+    and pv_ptr [B·T, H, V] -> dq_ptr, dk_ptr, dw_ptr [B·T, H, K], dv_ptr [B·T, H, V] in the inputs' dtypes (other
+    layouts above). HALF_B: B = do vᵀ as a dot of the half inputs (exact)."""
+    tl.static_assert(BT == 2 * SB, "bwd_split 'pair': 32-row states (BT = 2 SB) only")
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    c0 = i_c * BT
+    o_c = tl.arange(0, BT)
+    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
+    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
+    m_s = m_kv & (o_kv * 0 + c0 < L)
+    b_h = tl.load(hs_ptr + p_s, mask=m_s, other=0.)
+    b_dh = tl.load(hd_ptr + p_s, mask=m_s, other=0.)
+    m_t, tok, m_tv, p_v, b_B, b_vd = _block_do_v(v_ptr, do_ptr, bos, c0, L, i_h, o_c, o_v, m_v, H, V, HALF_B, PREC)
+    b_q = _load_rows(q_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 0) * scale
+    b_k = _load_rows(k_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 0)
+    b_wr = _load_rows(w_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 0)
+    b_wm = _clamp_w(_load_rows(w_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, -1))
+    b_wp = _clamp_w(_load_rows(w_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 1))
+    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+    b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+    b_dq, b_dk, b_dv, b_dw = _pair_grads(b_q, b_k, b_wm, b_wp, _clamp_w(b_wr), b_v, b_do, b_B, b_h, b_dh, o_c, SB,
+                                         PREC)
+    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, c0, L, i_h, o_c, o_k, o_v, m_k, m_v, H, K, V)
+    b_dv += tl.load(pv_ptr + p_v, mask=m_tv, other=0.)
+    tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
+    b_dq += tl.load(pq_ptr + p_k, mask=m_tk, other=0.)
+    b_dk += tl.load(pk_ptr + p_k, mask=m_tk, other=0.)
+    b_dw += tl.load(pw_ptr + p_k, mask=m_tk, other=0.)
+    _store_dqkw(b_dq, b_dk, b_dw, b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
+
+
 # ---- the fused backward (``bwd_split`` "fused"): the own pairs and the block-crossing terms in one program per chunk,
 # the key columns in BKC-wide slices. Every term but A = q kᵀ (the own dv) and the crossing dv = (k ⊙ exp(R)) D sums
 # over keys is separable in K: a slice of S and D ([BKC, BV] rows of the states) moves over a block with that slice's
@@ -1203,7 +1285,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                (session 13; do_bench ms fwd / fwd+bwd at B8 T4096 H32: 1.487 / 6.332 -> 1.341 / 6.197, the walk
 #                1401 -> 1199 GPU us; 64-row steps, since removed: 1.744 / 7.049 and dw 2.07e-3 > 2e-3 at bf16 K32
 #                V96);
-#   bwd_split    False, "block" or "fused": the backward in two kernels (``_bwd_own_kernel`` then the state
+#   bwd_split    False, "block", "pair" or "fused": the backward in two kernels (``_bwd_own_kernel`` then the state
 #                kernel): the blocks' own pairs in 1-warp programs, one per chunk (span-sum decays, one ex2 per
 #                element), into fp32 partials of dq, dk, dv, dw (4 bytes × (3K + V) per token and head, transient:
 #                1 GiB at B8 T4096 H32 K = V = 64), then the 4-warp state kernel (S_m, D_m, block-crossing terms),
@@ -1221,7 +1303,10 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                us; slower at the default's memory, ``LOWMEM``'s candidate (notes/wkv6.md session 13). Timed and
 #                removed in run 16 (slower at every shape): "chunk" (the state kernel one program per chunk, S_c
 #                and D_c loaded once: 3565 vs 2469 us at B8 T4096 H32) and "fused_chunk" (the fused kernel with
-#                one block per chunk, no state moves: 17.7 / 32.1 ms fwd+bwd at 32- / 64-row states);
+#                one block per chunk, no state moves: 17.7 / 32.1 ms fwd+bwd at 32- / 64-row states).
+#                "pair" (session 13, untimed): "block" with the state kernel one program per 32-row chunk on
+#                [32, K] tiles (``_bwd_pair_kernel``): S_c and D_c used as loaded, no moves over the other block,
+#                the pairs between the chunk's two blocks as one level there; at 64-row states it is "block";
 #   split_bytes  with ``bwd_split`` "block", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
@@ -1233,7 +1318,7 @@ LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe
           "fwd_pipe": False, "fwd_step": True, "bwd_split": False, "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
-BWD_SPLIT = (False, "block", "fused")     # the ``bwd_split`` knob's values
+BWD_SPLIT = (False, "block", "pair", "fused")     # the ``bwd_split`` knob's values
 
 
 @contextlib.contextmanager
@@ -1334,6 +1419,7 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
                                   HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
                                   DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         return du_part.sum(0)
+    pair = kn["bwd_split"] == "pair" and bt == 2 * SB      # "pair" at 64-row states: "block"
     parts = [new_empty((step, *g.shape[1:]), torch.float32, r.device) for g in outs]  # own pairs' dq, dk, dv, dw
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
@@ -1343,8 +1429,13 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
         _bwd_own_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
                                       cu, cmap, scale, T, NT, LOG=LOG, HALF_B=_half_dot(r.dtype),
                                       FAST=not INTERPRET, DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
-        _bwd_cross_kernel[((s1 - s0) * nb, H)](cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps,
-                                               *[cut(g) for g in outs], cu, cmap, scale, T, NT, **meta)
+        if pair:    # one program per 32-row chunk, no state moves
+            _bwd_pair_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps,
+                                           *[cut(g) for g in outs], cu, cmap, scale, T, NT, HALF_B=_half_dot(r.dtype),
+                                           **meta)
+        else:
+            _bwd_cross_kernel[((s1 - s0) * nb, H)](cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1],
+                                                   *ps, *[cut(g) for g in outs], cu, cmap, scale, T, NT, **meta)
     return du_part.sum(0)
 
 
