@@ -425,6 +425,8 @@ def regs():
                                               PREC="tf32", FAST=True, **none)),
               (kc, "_fwd_scored_kernel", dict(walk, SPLIT=False, SCORES=True, BV=32, qh_ptr=None, kh_ptr=None,
                                               oi_ptr=None, a_ptr="*fp32")),
+              (kc, "_fwd_step_kernel", dict(walk, BT=32, SPLIT=False, SCORES=True, STEP=True, FAST=True, BV=64,
+                                            qh_ptr=None, kh_ptr=None, oi_ptr=None, a_ptr="*fp32")),
               (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=True, a_ptr="*fp32")),
               (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True, FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"))),
               (kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
@@ -462,7 +464,7 @@ def regs():
                 sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
             m = re.search(r"REG:(\d+) STACK:(\d+)", out)
             n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
-            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "SB", "PIPE", "SCORES") if c in consts)
+            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "SB", "PIPE", "SCORES", "STEP") if c in consts)
             print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), *(("maxnreg", cap) if cap else ()),
                   m.group(1), m.group(2), n_ins, flush=True)
 

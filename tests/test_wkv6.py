@@ -764,18 +764,6 @@ def test_wkv6_gpu_bwd_fused(case, rows):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", ["bf16_extreme", "bf16_varlen", "bf16_K32_V96", "fp32_extreme", "fp32_K60_V100"])
-def test_wkv6_gpu_bwd_pair(case):
-    """The split backward's "pair" state kernel (``bwd_split`` "pair": one program per 32-row chunk, no state moves,
-    the pairs between its two blocks as one level) on the GPU_CASES that stress it, the walk forward keeping
-    32-row states."""
-    import kernels.wkv6.chunk as kc
-    shape, dtype, decay, bound, cu = GPU_CASES[case]
-    with kc.tuning(bwd_split="pair", state_rows=32):
-        _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(True), cu=cu)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", ["bf16_extreme", "bf16_varlen", "bf16_K32_V96", "fp32_extreme", "fp32_K60_V100"])
 def test_wkv6_gpu_fwd_step(case):
     """The scored walk in 32-row steps (``fwd_step``, the default where the scores kernel is on — forced here at
     these short T; one level above 16 in the step, its exps by ex2.approx.ftz) on the GPU_CASES that stress it
@@ -784,6 +772,18 @@ def test_wkv6_gpu_fwd_step(case):
     import kernels.wkv6.chunk as kc
     shape, dtype, decay, bound, cu = GPU_CASES[case]
     with kc.tuning(fwd_scores=True, fwd_step=True):
+        _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(True), cu=cu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["bf16_extreme", "bf16_varlen", "bf16_K32_V96", "fp32_extreme", "fp32_K60_V100"])
+def test_wkv6_gpu_bwd_pair(case):
+    """The split backward's "pair" state kernel (``bwd_split`` "pair": one program per 32-row chunk, no state moves,
+    the pairs between its two blocks as one level) on the GPU_CASES that stress it, the walk forward keeping
+    32-row states."""
+    import kernels.wkv6.chunk as kc
+    shape, dtype, decay, bound, cu = GPU_CASES[case]
+    with kc.tuning(bwd_split="pair", state_rows=32):
         _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(True), cu=cu)
 
 
