@@ -580,7 +580,7 @@ def test_wkv6_bwd_pair(seq, dtype, shape, cu):
     chunk-crossing terms from S_c / D_c as loaded, the pairs between the chunk's two blocks as one level) vs fp64:
     the walk's saved 32-row states (T = 70: a partial last chunk, a one-block chunk), the state pass's states
     recomputed beside D on a varlen batch (an empty sequence, one of 3 rows), fp16 (B = do vᵀ in fp16: HALF_B) at
-    bound 2e-3; at 64-row states "pair" runs "block" (test_wkv6_gpu_chunk_knobs)."""
+    bound 2e-3. (At 64-row states "pair" runs "block": a host-side condition, not tested here.)"""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, dtype=dtype, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
@@ -716,8 +716,8 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     "fused": no partials, with the walk at 32 and 64 rows and with the state pass at 64); "step_seq": the scored
     walk in 32-row steps (``fwd_step``, the default where the scores are on: the path B8 T4096 H32 takes);
     "scores_seq64": at 64-row states the scored walk keeps its 16-row blocks; "bpair_seq" / "bpair_par": the split
-    backward's "pair" state kernel (``bwd_split`` "pair") after the walk's 32-row states / after the state pass
-    (64-row states: "pair" runs "block" there))."""
+    backward's "pair" state kernel (``bwd_split`` "pair") after the walk / the one-kernel state pass, both keeping
+    32-row states)."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)
