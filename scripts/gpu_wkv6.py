@@ -31,7 +31,9 @@ with every Triton launch stubbed.
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; forward modes in SEQ; named in WKV6_ALGOS only,
 forward: the sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem
 (``LOWMEM``: recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``),
-chunk_lowmem_fused (``LOWMEM`` with the fused backward and the default forward's scores kernel),
+chunk_lowmem_fused / chunk_lowmem_fused32 (``LOWMEM`` with the fused backward and the default forward's scores
+kernel, at ``LOWMEM``'s 64-row states / at 32: the 32-row fused kernel and the forward's 32-row steps, the
+recomputed states twice as many per piece: ``LOWMEM``'s candidates, timed beside chunk_lowmem),
 chunk_run9 (run 9's default: state_rows 64, scan_pipe off, one walk kernel), chunk_rows64 / chunk_rows32
 (``state_rows`` forced: fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64
 with the state pass), chunk_nopipe (the state scans without PIPE), chunk_fill2 (narrow scan blocks until 2 × #SMs
@@ -40,17 +42,17 @@ default, None, splits at ≤ one sequence·head per SM), chunk_nreg0 / chunk_nre
 uncapped / autotuned with a 168-register cap beside the uncapped configs; the default, None, caps at K ≤ 32 only;
 the compile report prints each autotuner's pick per key), chunk_auto (the default knobs: time a knob beside it),
 chunk_par_fill2 (the state-pass forward, fill2), chunk_seq_scores / chunk_par_scores (``fwd_scores``: the blocks'
-scores from ``_fwd_scores_kernel``, the walk / the one-kernel state pass + the chunk-parallel output),
+scores from ``_fwd_scores_kernel``, the walk in 16-row blocks (``fwd_step`` False) / the one-kernel state pass +
+the chunk-parallel output),
 chunk_seq_levels / chunk_par_levels (``fwd_scores`` False: the level code in the walk / state-pass output, the
 default until run 12; chunk_run9, chunk_split and chunk_walk1 run without the scores kernel too), chunk_seq_pipe
-(the scored walk with ``fwd_pipe``: the next block's loads in flight), chunk_seq_step / chunk_seq_step64 (the
-scored walk in 32- / 64-row steps, ``fwd_step``; the latter with ``state_rows`` 64, its baseline chunk_seq_rows64:
-the 16-row scored walk at state_rows 64), chunk_bsplit / chunk_bsplit64
+(the scored walk in 16-row blocks with ``fwd_pipe``: the next block's loads in flight), chunk_seq_step (the scored
+walk in 32-row steps, ``fwd_step``: the default's walk since run 16), chunk_seq_rows64 (the scored walk at
+``state_rows`` 64: 16-row blocks), chunk_bsplit / chunk_bsplit64
 (``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
-the latter at 64-row states), chunk_bsplitc / chunk_bsplitc64 (``bwd_split`` "chunk": the state kernel one
-program per chunk), chunk_bfused / chunk_bfused64 (``bwd_split`` "fused": one kernel per chunk, own pairs and
-crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bfusedc / chunk_bfusedc64 (``bwd_split``
-"fused_chunk": the same kernel with one block per chunk, its own pairs by log2(state_rows) levels, no state moves),
+the latter at 64-row states), chunk_bfused / chunk_bfused64 (``bwd_split`` "fused": one kernel per chunk, own pairs
+and crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bpair (``bwd_split`` "pair": the
+split backward's state kernel one program per 32-row chunk, no state moves, the pairs between its two blocks there),
 chunk_bslice (the split backward on batch slices of <= 256 MiB of fp32 partials, ``split_bytes``),
 chunk_bwd1 (``bwd_split`` False: the one-kernel ``_bwd_kernel``, the default until run 13;
 chunk_nreg0 / chunk_nreg168 run it too);
@@ -61,7 +63,10 @@ chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_r
 (chunk_movedot, chunk_rows32_movedot: S and D moved by one masked dot each), run 9 chunk_carry (one program per
 chunk carrying D, S saved every 16 rows), run 6 two split backwards (chunk_split, chunk_split_blk: two kernels
 joined through fp32 partials), run 11 chunk_nreg128 (a 128-register cap: never better than 168) and a chunk_bsplit
-at 4 warps (the block kernel's split again, call 6): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 runs the
+at 4 warps (the block kernel's split again, call 6), run 16 chunk_bsplitc / chunk_bsplitc64 (``bwd_split``
+"chunk": the state kernel one program per chunk), chunk_bfusedc / chunk_bfusedc64 (``bwd_split`` "fused_chunk":
+the fused kernel with one block per chunk, no state moves) and chunk_seq_step64 (64-row steps): they lost and were
+removed. ``--resources`` with WKV6_CHECKS=1 runs the
 GPU tests after its timings. WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
 model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
@@ -120,7 +125,8 @@ def device_name():
 
 
 VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM,
-            "chunk_lowmem_fused": {**kc.LOWMEM, "bwd_split": "fused", "fwd_scores": None}}
+            "chunk_lowmem_fused": {**kc.LOWMEM, "bwd_split": "fused", "fwd_scores": None},   # LOWMEM's candidates
+            "chunk_lowmem_fused32": {**kc.LOWMEM, "bwd_split": "fused", "fwd_scores": None, "state_rows": 32}}
 KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False,   # run 9's default
                             bwd_split=False),
          "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),
@@ -130,16 +136,14 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_nreg0": dict(bwd_maxnreg=0, bwd_split=False), "chunk_nreg168": dict(bwd_maxnreg=168, bwd_split=False),
          "chunk_bwd1": dict(bwd_split=False), "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
-         "chunk_bsplitc": dict(bwd_split="chunk"), "chunk_bsplitc64": dict(bwd_split="chunk", state_rows=64),
          "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64),
-         "chunk_bfusedc": dict(bwd_split="fused_chunk"),
-         "chunk_bfusedc64": dict(bwd_split="fused_chunk", state_rows=64)}
+         "chunk_bpair": dict(bwd_split="pair")}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False)}
-SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True), "chunk_seq_levels": dict(fwd_scores=False),   # the walk
-             "chunk_seq_pipe": dict(fwd_scores=True, fwd_pipe=True),
+SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True, fwd_step=False),     # the walk
+             "chunk_seq_levels": dict(fwd_scores=False),
+             "chunk_seq_pipe": dict(fwd_scores=True, fwd_step=False, fwd_pipe=True),
              "chunk_seq_step": dict(fwd_scores=True, fwd_step=True),
-             "chunk_seq_step64": dict(fwd_scores=True, fwd_step=True, state_rows=64),
              "chunk_seq_rows64": dict(fwd_scores=True, state_rows=64)}
 # the forward mode each name forces (``kc.forward_mode``: True the walk, False the state pass; absent: the default's)
 SEQ = {"chunk_seq": True, "chunk_par": False, **{n: True for n in VARIANTS}, **{n: False for n in PAR_KNOBS},
@@ -313,8 +317,7 @@ def resources():
                         ("_fwd_step_kernel", kc._fwd_step_kernel),
                         ("_fwd_par_scored_kernel", kc._fwd_par_scored_kernel),
                         ("_fwd_states_kernel", ks._fwd_states_kernel), ("_bwd_own_kernel", kc._bwd_own_kernel),
-                        ("_bwd_cross_kernel", kc._bwd_cross_kernel),
-                        ("_bwd_cross_chunk_kernel", kc._bwd_cross_chunk_kernel),
+                        ("_bwd_cross_kernel", kc._bwd_cross_kernel), ("_bwd_pair_kernel", kc._bwd_pair_kernel),
                         ("_bwd_fused_kernel", kc._bwd_fused_kernel)]:   # fwd_scores', bwd_split's: pick per key
         for key, cfg in getattr(tuner, "cache", {}).items():
             print(f"{name} key {key[:7]}: {cfg}")
@@ -406,8 +409,8 @@ def regs():
     import kernels.wkv6.states as ks
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", str(kc.BT)).split(",")]   # state_rows knob values
     cases = [(kc, "_bwd_kernel", dict(blk, BT=bt, HALF_B=True)) for bt in bts]      # what bf16 inputs get
-    walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None, SCORES=False, a_ptr=None,
-                PIPE=os.environ.get("WKV6_REGS_PIPE", "0") == "1")
+    walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None, SCORES=False, a_ptr=None, STEP=False, FAST=False,
+                PIPE=os.environ.get("WKV6_REGS_PIPE", "0") == "1")     # every constexpr given (a missing one is i32)
     del walk["cmap_ptr"]        # the walks take no slot map (one program per sequence·head)
     scan = dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, MODE=2, USE_H0=False, USE_DHT=False, VARLEN=False,
                 h0_ptr=None, dht_ptr=None, ht_ptr=None, cu_ptr=None)    # the backward's reverse scan
@@ -422,17 +425,17 @@ def regs():
                                               PREC="tf32", FAST=True, **none)),
               (kc, "_fwd_scored_kernel", dict(walk, SPLIT=False, SCORES=True, BV=32, qh_ptr=None, kh_ptr=None,
                                               oi_ptr=None, a_ptr="*fp32")),
+              (kc, "_fwd_step_kernel", dict(walk, BT=32, SPLIT=False, SCORES=True, STEP=True, FAST=True, BV=64,
+                                            qh_ptr=None, kh_ptr=None, oi_ptr=None, a_ptr="*fp32")),
               (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=True, a_ptr="*fp32")),
               (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True, FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"))),
               (kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
                                               PREC="tf32", **none)),
+              (kc, "_bwd_pair_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
+                                             PREC="tf32", HALF_B=True, **none)),
               (kc, "_bwd_fused_kernel", dict(blk, BT=int(os.environ.get("WKV6_REGS_FBT", "32")),
-                                             SB=int(os.environ.get("WKV6_REGS_FSB", "16")),
-                                             LOG=int(os.environ.get("WKV6_REGS_FSB", "16")).bit_length() - 1,
                                              BKC=int(os.environ.get("WKV6_REGS_BKC", "16")), HALF_B=True, FAST=True,
                                              DWP="tf32x3")),
-              (kc, "_bwd_cross_chunk_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
-                                                    PREC="tf32", **none)),
               (ks, "_fwd_states_kernel", dict(H=32, K=kv, V=kv, BT=32, BKS=32, BVS=32, USE_H0=False, VARLEN=False,
                                               PREC="tf32", h0_ptr=None, cu_ptr=None))]
     STAGES = [int(x) for x in os.environ.get("WKV6_REGS_STAGES", "1").split(",")]   # num_stages values
@@ -461,7 +464,7 @@ def regs():
                 sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
             m = re.search(r"REG:(\d+) STACK:(\d+)", out)
             n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
-            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "SB", "PIPE", "SCORES") if c in consts)
+            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "SB", "PIPE", "SCORES", "STEP") if c in consts)
             print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), *(("maxnreg", cap) if cap else ()),
                   m.group(1), m.group(2), n_ins, flush=True)
 

@@ -37,11 +37,10 @@ in "ieee"); exp by one ex2.approx.ftz on the GPU. Then the walk (N·H ≥ #SMs) 
 (``states._fwd_states_kernel``: S at every chunk start, at the backward's 32-row spacing when it saves them) + the
 chunk-parallel output kernel read A and keep the block-level decays (cumsums of the shifted w tiles) and three dots
 per block. H100 run 12 (wkv6i; GPU µs per fwd+bwd, forward in parentheses): B8 T4096 H32 8068 (2068) → 7517 (1702),
-B16 T1024 H8 1092 (317) → 1051 (277), B8 T1024 H8 597 → 563 (171). ``TUNING["fwd_step"]`` (off, untimed): the
-scored walk in ``state_rows``-row steps (``_step_block``): the pairs of a step's different blocks by one (32 rows)
-or two (64) more levels, their factors from segmented cumsums of the shifted w tiles, half / a quarter of the
-walk's serial iterations (the walk is a latency chain, notes/wkv6.md session 12 wkv6f). It applies only where the
-walk runs with the scores kernel (``fwd_scores`` on, or None with 1024 ≤ T ≤ 4096); elsewhere it changes nothing.
+B16 T1024 H8 1092 (317) → 1051 (277), B8 T1024 H8 597 → 563 (171). The scored walk goes in 32-row steps
+(``TUNING["fwd_step"]``, default on; ``_step_block``: the pairs of a step's two blocks by one more level, half the
+walk's serial iterations; at 64-row states it keeps 16-row blocks): H100 run 16, B8 T4096 H32 forward 1.487 →
+1.341 ms (the walk 1401 → 1199 µs).
 
 Backward. The default (``TUNING["bwd_split"]`` "block", H100 run 13) is the split backward (its paragraph below the
 one-kernel backward's): the blocks' own pairs in 1-warp programs, then a state kernel; the one-kernel backward
@@ -66,28 +65,28 @@ The split backward (``TUNING["bwd_split"]``, default "block"): the work above in
 partials. ``_bwd_own_kernel`` (1-warp programs, one per chunk, the forward scores kernel's lesson: level work on
 [16, K] tiles at 4 warps repeats every exp and layout change across warps) does the blocks' own pairs and bonus
 terms, the level decays from ``_span_sums`` dots and one ex2 per element, the segmented dw sums as one dot of the
-transposed span pattern each ("tf32x3"; "ieee" for fp32), the key columns in 16- or 32-wide slices (autotuned);
-then ``_bwd_cross_kernel`` (4 warps, one program per block: S_m, D_m, the crossing terms) adds the partials and
-stores the gradients ("chunk": ``_bwd_cross_chunk_kernel``, one program per chunk, S_c and D_c loaded once;
-untimed). H100 run 13 (wkv6j; GPU µs per fwd+bwd, ``_bwd_kernel`` vs own + cross): B8 T4096 H32 5210 vs
-1340 + 2412, B16 T1024 H8 672 vs 178 + 323, B64 T256 H4 K32 154 vs 46 + 85; the partials cost 4 bytes × (3K + V)
-per token and head of transient memory (extra peak at B8 T4096 H32 1.68 → 2.68 GiB). Earlier splits with both
-halves at 4 warps lost (run 6: 10.3 vs 9.3 ms at B8 T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
+transposed span pattern each ("tf32x3"; "ieee" for fp32), the key columns in 16- or 32-wide slices (autotuned); then
+``_bwd_cross_kernel`` (4 warps, one program per block: S_m, D_m, the crossing terms) adds the partials and stores
+the gradients (one program per chunk walking its blocks lost: run 16, 3565 vs 2469 µs at B8 T4096 H32; "pair": one
+program per 32-row chunk on [32, K] tiles, no moves, the pairs between its two blocks as one more level, untimed).
+H100 run 13 (wkv6j; GPU µs per fwd+bwd, ``_bwd_kernel`` vs own + cross): B8 T4096 H32 5210 vs 1340 + 2412, B16 T1024
+H8 672 vs 178 + 323, B64 T256 H4 K32 154 vs 46 + 85; the partials cost 4 bytes × (3K + V) per token and head of
+transient memory (extra peak at B8 T4096 H32 1.68 → 2.68 GiB). Earlier splits with both halves at 4 warps lost (run
+6: 10.3 vs 9.3 ms at B8 T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
 
-The fused backward (``bwd_split`` "fused", ``_bwd_fused_kernel``; untimed, off): the own kernel's program (one per
-chunk, key columns in BKC = 16-wide slices, not unrolled) does the crossing terms too, so nothing goes through
-partials. Every crossing term but dv sums over V only or over nothing, so it is separable in K: a slice of S and D
-(rows o_c of the [K, V] states, [BKC, BV]) moves over a block with that slice's k̂ / q̂ and w alone, and
-``_cross_bwd`` on the slice's columns gives the slice's dq, dk, dw (final: the own pairs' parts are in registers,
-so they are stored once, in the gradients' dtypes) and its share of dv = (k ⊙ exp(R)) D; only A (dv's own part
-Aᵀ do) and dv accumulate across the slices. Block i of a chunk re-reads its slices of S_c and D_c (L1 / L2: the
-chunk's states come from HBM once) and moves them over the i earlier / nb − 1 − i later blocks: 1 move per block
-at 32-row states, 3 at 64. Memory: no partials (at B8 T4096 H32 K = V = 64 the extra peak of fwd+bwd is the
-128 MiB output, 512 MiB of gradients and the fp32 states S, D, 512 MiB each at 32 rows and 256 at 64: ≈ 1.68 /
-1.18 GiB against the split's 2.68; with ``LOWMEM``'s recomputed states in 128 MiB batch pieces ≈ 0.76 GiB).
-"fused_chunk": the same kernel with one block per chunk (SB = state_rows: A [SB, SB] by log2(SB) levels, every
-exponent still ≤ 0), so that the crossing terms use S_c and D_c as loaded, no moves at all (the levels' dots grow
-to [SB, SB, BKC]; offline sm_90 it spills more: 2.9 KB at SB 32, 4 warps, 5 KB at SB 64; untimed).
+The fused backward (``bwd_split`` "fused", ``_bwd_fused_kernel``; off: ``LOWMEM``'s candidate): the own kernel's
+program (one per chunk, key columns in BKC = 16-wide slices, not unrolled) does the crossing terms too, so nothing
+goes through partials. Every crossing term but dv sums over V only or over nothing, so it is separable in K: a slice
+of S and D (rows o_c of the [K, V] states, [BKC, BV]) moves over a block with that slice's k̂ / q̂ and w alone, and
+``_cross_bwd`` on the slice's columns gives the slice's dq, dk, dw (final: the own pairs' parts are in registers, so
+they are stored once, in the gradients' dtypes) and its share of dv = (k ⊙ exp(R)) D; only A (dv's own part Aᵀ do)
+and dv accumulate across the slices. Block i of a chunk re-reads its slices of S_c and D_c (L1 / L2: the chunk's
+states come from HBM once) and moves them over the i earlier / nb − 1 − i later blocks: 1 move per block at 32-row
+states, 3 at 64. Memory: no partials (at B8 T4096 H32 K = V = 64 the extra peak of fwd+bwd is the 128 MiB output,
+512 MiB of gradients and the fp32 states S, D, 512 MiB each at 32 rows and 256 at 64: ≈ 1.68 / 1.18 GiB against the
+split's 2.68; with ``LOWMEM``'s recomputed states in 128 MiB batch pieces ≈ 0.76 GiB). H100 run 16, ms fwd+bwd at B8
+T4096 H32: 7.456 (32-row states), 8.173 (64) against the split's 6.381; with ``LOWMEM`` 9.062. One block per chunk
+(no state moves, levels up to the chunk) lost at 17.7 / 32.1 ms and was removed.
 
 Memory (``TUNING``; ``wkv6_chunk_lowmem``): the forward may skip saving S_c (the backward's state pass then
 recomputes it with D_c) and the backward may run batch slices one after another, so that its transient fp32
@@ -284,14 +283,16 @@ def _scored_step(b_q, b_k, b_w, b_wm, b_wp, b_v, b_a, o_ptr, b_h, bos, L, r0, i_
 def _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, scale, o_c, o_k, o_v, m_k, m_v,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, SB: tl.constexpr,
                 PREC: tl.constexpr, FAST: tl.constexpr):
-    """``_scored_block`` over a whole C-row step (C = 2^j · SB, the walk's ``fwd_step``): o rows r0..r0+C (stored)
-    and the state after them (returned) from the state before them b_h [BK, BV]. The step's scores A [C, C]: the
-    SB-row diagonal blocks read from a_ptr (``_fwd_scores_kernel``, × scale, bonus included), the pairs of two
-    different blocks by the levels log2(SB) .. log2(C) − 1 here, one masked dot each with one exp tile: level S's
-    query rows (upper S-half of a 2S-row segment) take exp(P^S), its key rows (lower half) exp(R^S), segmented
-    cumsums of the shifted w tiles restarted every S rows (exclusive sums of terms of one sign, ≤ 0; a NaN w reaches
-    exactly the pairs that span it). The step-level decays exp(P), exp(R) [C, BK] from the same tiles' cumsums over
-    the step, as in ``_scored_block``. o_c = arange(C); rows past L read 0 and are not stored."""
+    """``_scored_block`` over a whole C = 2·SB-row step (the walk's ``fwd_step``): o rows r0..r0+C (stored) and the
+    state after them (returned) from the state before them b_h [BK, BV]. The step's scores A [C, C]: the two SB-row
+    diagonal blocks read from a_ptr (``_fwd_scores_kernel``, × scale, bonus included), the pairs of the two blocks
+    (query in the upper, key in the lower) by level log2(SB) here, one masked dot with one exp tile: the upper rows
+    take exp(P) (Σ w from the upper block's start to t − 1), the lower rows exp(R) (Σ w from s + 1 to the lower
+    block's end), segmented cumsums of the shifted w tiles restarted every SB rows (exclusive sums of terms of one
+    sign, ≤ 0; a NaN w reaches exactly the pairs that span it). The step-level decays exp(P), exp(R) [C, BK] from
+    the same tiles' cumsums over the step, as in ``_scored_block``. o_c = arange(C); rows past L read 0 and are not
+    stored. (64-row steps, two more levels, lost: H100 run 16, 1.744 vs 1.489 ms forward at B8 T4096 H32.)"""
+    tl.static_assert(C == 2 * SB, "fwd_step: 32-row steps (C = 2 SB) only")
     b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0) * scale
     b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0)
     b_gl = tl.sum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0)), axis=0)  # W of the step
@@ -301,14 +302,11 @@ def _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, 
     rows = r0 + o_c
     b_a = tl.load(a_ptr + ((bos + rows) * H + i_h)[:, None] * SB + (o_c % SB)[None, :],
                   mask=(rows < L)[:, None] & ((o_c[:, None] // SB) == (o_c[None, :] // SB)), other=0.)
-    for m in tl.static_range(0, 3):     # levels log2(SB) + m below log2(C): C ≤ 8 · SB
-        if SB * 2 ** m < C:
-            b_p = _seg_scan(tl.where((o_c % (SB * 2 ** m) == 0)[:, None], 0., b_wm), SB * 2 ** m, C, False, False)
-            b_r = _seg_scan(tl.where((o_c % (SB * 2 ** m) == SB * 2 ** m - 1)[:, None], 0., b_wp), SB * 2 ** m, C,
-                            True, False)
-            b_e = _exp_ftz(tl.where(((o_c // (SB * 2 ** m)) % 2 == 1)[:, None], b_p, b_r), FAST)
-            b_s = tl.dot(b_q * b_e, tl.trans(b_k * b_e), input_precision=PREC)
-            b_a += tl.where(_level_mask(o_c, SB * 2 ** m), b_s, 0.)
+    b_p = _seg_scan(tl.where((o_c % SB == 0)[:, None], 0., b_wm), SB, C, False, False)
+    b_r = _seg_scan(tl.where((o_c % SB == SB - 1)[:, None], 0., b_wp), SB, C, True, False)
+    b_e = _exp_ftz(tl.where((o_c >= SB)[:, None], b_p, b_r), FAST)
+    b_s = tl.dot(b_q * b_e, tl.trans(b_k * b_e), input_precision=PREC)
+    b_a += tl.where(_level_mask(o_c, SB), b_s, 0.)
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_c, o_v, m_v, H, V, C, 0)
     b_o = tl.dot(b_q * _exp_ftz(tl.cumsum(b_wm, axis=0), FAST), b_h, input_precision=PREC)
     b_o += tl.dot(b_a, b_v, input_precision=PREC)
@@ -468,9 +466,9 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
     [B·T, H, K] and oi_ptr [B·T, H, V] fp32; q, k, u unread), else they are computed here (qh, kh, oi: None).
     SCORES: the blocks' scores come from ``_fwd_scores_kernel`` (a_ptr [B·T, H, SB] fp32, else None; u unread);
     with PIPE the next block's tiles are loaded before this block's dots (``fwd_pipe``: untimed). STEP (with
-    SCORES; ``fwd_step``): one BT-row step per iteration (``_step_block``: the pairs of different blocks by the
-    levels above SB, the state stored at every step start when SAVE) instead of one SB-row block; FAST: its exps
-    by ex2.approx.ftz (GPU).
+    SCORES and BT = 2·SB; ``fwd_step``): one BT-row step per iteration (``_step_block``: the pairs of its two
+    blocks by one more level, the state stored at every step start when SAVE) instead of one SB-row block; FAST:
+    its exps by ex2.approx.ftz (GPU).
     NH_BUCKET: autotune key only (``_nh_bucket``). Autotuned as ``_fwd_seq_kernel``, ``_fwd_split_kernel``,
     ``_fwd_scored_kernel`` and ``_fwd_step_kernel``."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -485,7 +483,7 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
         slot0 = bos // BT + i_n
     else:
         slot0 = i_n.to(tl.int64) * NT
-    if STEP:    # BT-row steps: half (32) or a quarter (64) of the serial iterations, the state stored every step
+    if STEP:    # BT = 2·SB-row steps: half the serial iterations, the state stored at every step start
         o_c = tl.arange(0, BT)
         for i_c in range(0, tl.cdiv(L, BT)):
             if SAVE:
@@ -535,11 +533,10 @@ _fwd_split_kernel = triton.autotune(configs=_walk_configs((64, 32, 16)),
 # pipelined walk (``fwd_pipe``) is tuned on its own
 _fwd_scored_kernel = triton.autotune(configs=_walk_configs((64, 32)),
                                      key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET", "PIPE"])(_fwd_walk)
-# the walk in BT-row steps (``fwd_step``): [BT, K] tiles (BT 32 or 64), so 8 warps are offered too
-_fwd_step_kernel = triton.autotune(
-    configs=autotune_configs([triton.Config({"BV": bv}, num_warps=nw, num_stages=1)
-                              for bv, nw in ((64, 4), (32, 4), (64, 8))]),
-    key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
+# the walk in 32-row steps (``fwd_step``), BV 64 or 32 at 4 warps (H100 run 16 offered 8 warps too: picked only for
+# the 64-row steps, since removed)
+_fwd_step_kernel = triton.autotune(configs=_walk_configs((64, 32)),
+                                   key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
 
 
 @triton.jit(do_not_specialize=['T', 'NT'])
@@ -922,39 +919,85 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
                  b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
 
 
-@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC"])
+# ---- the pair form of the split backward's state kernel (``bwd_split`` "pair", 32-row states only): one program per
+# 32-row chunk on [32, K] tiles, S_c and D_c used as loaded (no moves over the other block): the chunk-crossing terms
+# at chunk level, and the pairs between the chunk's two 16-row blocks (level log2(SB), which "block" carries in its
+# moved S_m / D_m) computed here as one masked pair level, as ``_step_block`` does in the forward.
+@triton.jit
+def _pair_grads(b_q, b_k, b_wm, b_wp, b_w, b_v, b_do, b_B, b_h, b_dh, o_c, SB: tl.constexpr, PREC: tl.constexpr):
+    """The gradients of one 2·SB-row chunk that do not come from its blocks' own pairs (fp32 [2·SB, BK | BV]): the
+    chunk-crossing terms from S at the chunk start (b_h) and dL/dS at its end (b_dh), with the chunk-level decays
+    from cumsums of the shifted w tiles b_wm (w_{t−1}, 0 at row 0) / b_wp (w_{t+1}, 0 at the last row) — exclusive
+    sums of terms of one sign, no difference — and the pairs (query t in the upper block, key s in the lower) with
+    decay exp(P_t) exp(R_s): P, R the block-local exclusive prefix / suffix sums (segmented cumsums of the same
+    tiles). b_w: the clamped w; B = do vᵀ [2·SB, 2·SB] fp32; q scaled. Returns (dq (for the scaled q), dk, dv, dw)."""
+    b_egp = tl.exp(tl.cumsum(b_wm, axis=0))                     # exp(Σ w from the chunk start to t − 1)
+    b_egl = tl.exp(tl.cumsum(b_wp, axis=0, reverse=True))       # exp(Σ w from t + 1 to the chunk end)
+    b_dw = (tl.exp(tl.sum(b_w, axis=0)) * tl.sum(b_h * b_dh, axis=1))[None, :]   # keys before, queries after
+    b_dq = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
+    b_dk = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
+    b_dv = tl.dot(b_k * b_egl, b_dh, input_precision=PREC)
+    b_a = b_q * b_dq
+    b_b = b_k * b_dk
+    b_dw += tl.cumsum(b_a, axis=0, reverse=True) - b_a + tl.cumsum(b_b, axis=0) - b_b
+    # the pairs between the two blocks: one level, one exp tile (upper rows exp(P), lower rows exp(R))
+    b_p = _seg_scan(tl.where((o_c % SB == 0)[:, None], 0., b_wm), SB, 2 * SB, False, False)
+    b_r = _seg_scan(tl.where((o_c % SB == SB - 1)[:, None], 0., b_wp), SB, 2 * SB, True, False)
+    b_e = tl.exp(tl.where((o_c >= SB)[:, None], b_p, b_r))
+    b_qh = b_q * b_e
+    b_kh = b_k * b_e
+    b_A, b_dqh, b_dkh = _level_pairs_bwd(b_qh, b_kh, b_B, tl.zeros_like(b_B), o_c, SB, PREC)
+    b_dq += b_e * b_dqh
+    b_dk += b_e * b_dkh
+    b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+    b_a = b_qh * b_dqh      # zero on the lower rows
+    b_b = b_kh * b_dkh      # zero on the upper rows
+    b_dw += (_seg_scan(b_a, SB, 2 * SB, True, False) - b_a + _seg_scan(b_b, SB, 2 * SB, False, False) - b_b)
+    return b_dq, b_dk, b_dv, b_dw
+
+
+# 8 warps (offline sm_90 compile, Triton 3.9, bf16, K = V = 64, registers / spill-stack B / SASS per warp: 8 warps
+# 255 / 32 / 3544; 4 warps 255 / 888 / 6472; with a 168 cap 1728 B (4 warps) and 528 B (8) of spill. The block
+# kernel for comparison, per 16-row block: 4 warps 158 / 0 / 3296, 8 warps 108 / 0 / 2088)
+@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=8, num_stages=1)]),
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
 @triton.jit(do_not_specialize=['T', 'NT'])
-def _bwd_cross_chunk_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr,
-                            dq_ptr, dk_ptr, dv_ptr, dw_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr,
-                            K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr,
-                            BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
-    """Grid (chunk slots, H) (``bwd_split`` "chunk"): ``_bwd_cross_kernel``'s work for all blocks of one chunk,
-    S_c and D_c read from HBM once (not once per block): the blocks from the last down, D carried downwards (one
-    move per block), S_i recomputed over the blocks before i (0 / 1 move per block at 32 rows, 0-3 at 64) from S_c
-    re-loaded for each block (L1 / L2 hits), so that two [BK, BV] states live, not three (the first version kept
-    S_c in registers: offline sm_90 255 registers / 472 B spill at 4 warps; now 456 B). Partials pq_ptr, pk_ptr,
-    pw_ptr [B·T, H, K], pv_ptr [B·T, H, V] fp32 in, gradients dq_ptr, dk_ptr, dw_ptr [B·T, H, K], dv_ptr [B·T, H, V]
-    out (other layouts above)."""
+def _bwd_pair_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr,
+                     dk_ptr, dv_ptr, dw_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr,
+                     V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                     VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
+    """Grid (chunk slots, H), BT = 2·SB (``bwd_split`` "pair"): ``_bwd_cross_kernel``'s work for one 32-row chunk
+    without state moves (``_pair_grads``: the chunk-crossing terms from hs_ptr / hd_ptr as loaded, the pairs between
+    its two blocks by one level here), plus ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr [B·T, H, K]
+    and pv_ptr [B·T, H, V] -> dq_ptr, dk_ptr, dw_ptr [B·T, H, K], dv_ptr [B·T, H, V] in the inputs' dtypes (other
+    layouts above). HALF_B: B = do vᵀ as a dot of the half inputs (exact)."""
+    tl.static_assert(BT == 2 * SB, "bwd_split 'pair': 32-row states (BT = 2 SB) only")
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     c0 = i_c * BT
-    o_t = tl.arange(0, SB)
+    o_c = tl.arange(0, BT)
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
     p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
-    m_kv = m_kv & (o_kv * 0 + c0 < L)
-    b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
-    nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows
-    for jj in range(0, nb):
-        i = nb - 1 - jj
-        b_h = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
-        for j in range(0, i):
-            b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H,
-                                    K, V, SB, PREC)
-        _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
-                     dw_ptr, b_h, b_dh, bos, c0 + i * SB, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
-        if i > 0:
-            b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + i * SB, L, i_h, scale, o_t, o_k, o_v, m_k,
-                                    m_v, H, K, V, SB, PREC)
+    m_s = m_kv & (o_kv * 0 + c0 < L)
+    b_h = tl.load(hs_ptr + p_s, mask=m_s, other=0.)
+    b_dh = tl.load(hd_ptr + p_s, mask=m_s, other=0.)
+    m_t, tok, m_tv, p_v, b_B, b_vd = _block_do_v(v_ptr, do_ptr, bos, c0, L, i_h, o_c, o_v, m_v, H, V, HALF_B, PREC)
+    b_q = _load_rows(q_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 0) * scale
+    b_k = _load_rows(k_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 0)
+    b_wr = _load_rows(w_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 0)
+    b_wm = _clamp_w(_load_rows(w_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, -1))
+    b_wp = _clamp_w(_load_rows(w_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 1))
+    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+    b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
+    b_dq, b_dk, b_dv, b_dw = _pair_grads(b_q, b_k, b_wm, b_wp, _clamp_w(b_wr), b_v, b_do, b_B, b_h, b_dh, o_c, SB,
+                                         PREC)
+    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, c0, L, i_h, o_c, o_k, o_v, m_k, m_v, H, K, V)
+    b_dv += tl.load(pv_ptr + p_v, mask=m_tv, other=0.)
+    tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
+    b_dq += tl.load(pq_ptr + p_k, mask=m_tk, other=0.)
+    b_dk += tl.load(pk_ptr + p_k, mask=m_tk, other=0.)
+    b_dw += tl.load(pw_ptr + p_k, mask=m_tk, other=0.)
+    _store_dqkw(b_dq, b_dk, b_dw, b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
 
 
 # ---- the fused backward (``bwd_split`` "fused"): the own pairs and the block-crossing terms in one program per chunk,
@@ -1003,15 +1046,15 @@ def _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
 # offered: 1 warp 255 / 1368 / 6992, BKC 32 1256, 864, 456 B of spill at 2, 4, 8 warps)
 @triton.autotune(configs=autotune_configs([triton.Config({"BKC": 16}, num_warps=nw, num_stages=1)
                                            for nw in (4, 2, 8)]),
-                 key=["K", "V", "BT", "SB", "BK", "BV", "PREC", "HALF_B"])
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_fused_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
                       du_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                       BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKC: tl.constexpr,
                       LOG: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr,
                       FAST: tl.constexpr, DWP: tl.constexpr):
-    """Grid (chunk slots, H), all of V per program (BV >= V) (``bwd_split`` "fused"; "fused_chunk": SB = BT, LOG =
-    log2(BT), one block per chunk, no state moves): every gradient of the BT // SB blocks of one chunk, the block's own pairs and its block-crossing terms together (``_fused_cols``, key columns
+    """Grid (chunk slots, H), all of V per program (BV >= V) (``bwd_split`` "fused"): every gradient of the BT // SB
+    blocks of one chunk, the block's own pairs and its block-crossing terms together (``_fused_cols``, key columns
     BKC at a time; not unrolled), from hs_ptr / hd_ptr (the state at each chunk start / dL/dS at each chunk end) ->
     dq_ptr, dk_ptr, dw_ptr, dv_ptr (layouts above) and du_ptr [slots · BT/SB, H, K] fp32 partial rows (one per block;
     rows past the sequence zeros). No partials: A [SB, SB] and dv [SB, BV] accumulate over the slices in registers.
@@ -1161,7 +1204,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         use_split = not scores and _use_split(N, H, dev, kn)
         split = _fwd_split(r, k, v, w, u, scale, cu, prec) if use_split else (None, None, None)
         a = _fwd_scores(r, k, w, u, scale, cu, prec) if scores else None
-        step = scores and bool(kn["fwd_step"])
+        step = scores and bool(kn["fwd_step"]) and bt == 2 * SB     # 32-row steps; at 64-row states 16-row blocks
         kernel = (_fwd_split_kernel if use_split else _fwd_step_kernel if step else _fwd_scored_kernel if scores
                   else _fwd_seq_kernel)
         kernel[grid](r, k, v, w, u, *split, a, h0, o, ht, hs if save else None, cu, scale, T, NT,
@@ -1234,39 +1277,48 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   fwd_pipe     the scored walk loads the next block's tiles before this block's dots (``_fwd_walk``'s PIPE; the
 #                walk is a latency chain: 5.3 us per block at B8 T4096 H32, run 12). Built after run 12: untimed,
 #                off;
-#   fwd_step     the scored walk in ``state_rows``-row steps (``_step_block``: 32 by default, 64 with state_rows 64)
-#                instead of 16-row blocks: half / a quarter of the serial iterations (the walk is a latency chain:
-#                ~1,880 SASS instructions per warp and 24 barriers per 16-row block, offline sm_90; 5.4 us per block
-#                at B8 T4096 H32, run 13), the pairs of different blocks of a step by one or two more levels here,
-#                the state stored at every step start (no masked stores). Session 12 (wkv6f): untimed, off;
-#   bwd_split    False, "block", "chunk" or "fused": the backward in two kernels (``_bwd_own_kernel`` then the state
+#   fwd_step     the scored walk in 32-row steps (``_step_block``) instead of 16-row blocks: half the serial
+#                iterations (the walk is a latency chain: ~1,880 SASS instructions per warp and 24 barriers per
+#                16-row block, offline sm_90), the pairs of a step's two blocks by one more level, the state stored
+#                at every step start (no masked stores). Applies where the scored walk runs at 32-row states (the
+#                default's; at state_rows 64 the walk keeps its 16-row blocks). Default True since H100 run 16
+#                (session 13; do_bench ms fwd / fwd+bwd at B8 T4096 H32: 1.487 / 6.332 -> 1.341 / 6.197, the walk
+#                1401 -> 1199 GPU us; 64-row steps, since removed: 1.744 / 7.049 and dw 2.07e-3 > 2e-3 at bf16 K32
+#                V96);
+#   bwd_split    False, "block", "pair" or "fused": the backward in two kernels (``_bwd_own_kernel`` then the state
 #                kernel): the blocks' own pairs in 1-warp programs, one per chunk (span-sum decays, one ex2 per
 #                element), into fp32 partials of dq, dk, dv, dw (4 bytes × (3K + V) per token and head, transient:
-#                1 GiB at B8 T4096 H32 K = V = 64), then the 4-warp state kernel (S_m, D_m, block-crossing terms)
-#                that adds them: one program per block ("block", ``_bwd_cross_kernel``) or per chunk ("chunk",
-#                ``_bwd_cross_chunk_kernel``: S_c and D_c loaded once). Run 11's split (both halves at 4 warps)
-#                lost: own 2,841 + cross 2,442 vs 5,162 us at B8 T4096 H32. H100 run 13 (wkv6j call A; GPU us per
-#                fwd+bwd, ``_bwd_kernel`` vs own + cross, "block"): B8 T4096 H32 5210 vs 1340 + 2412 (do_bench
-#                fwd+bwd 7.539 -> 6.230 ms, extra peak 1.68 -> 2.68 GiB), B16 T1024 H8 672 vs 178 + 323, B64 T256
-#                H4 K32 154 vs 46 + 85; the default "block" since (the do_bench fwd+bwd of the large model, host-
-#                bound, read 1.341 vs 1.565 ms in that table, with its unchanged forward at 0.379 vs 0.319); False:
+#                1 GiB at B8 T4096 H32 K = V = 64), then the 4-warp state kernel (S_m, D_m, block-crossing terms),
+#                one program per block ("block", ``_bwd_cross_kernel``), that adds them. Run 11's split (both halves
+#                at 4 warps) lost: own 2,841 + cross 2,442 vs 5,162 us at B8 T4096 H32. H100 run 13 (wkv6j call A;
+#                GPU us per fwd+bwd, ``_bwd_kernel`` vs own + cross, "block"): B8 T4096 H32 5210 vs 1340 + 2412
+#                (do_bench fwd+bwd 7.539 -> 6.230 ms, extra peak 1.68 -> 2.68 GiB), B16 T1024 H8 672 vs 178 + 323,
+#                B64 T256 H4 K32 154 vs 46 + 85; the default "block" since (the do_bench fwd+bwd of the large model,
+#                host-bound, read 1.341 vs 1.565 ms in that table, with its unchanged forward at 0.379 vs 0.319); False:
 #                ``_bwd_kernel`` alone (``bwd_maxnreg`` applies to it only; ``LOWMEM`` keeps it: no partials);
 #                "fused": ``_bwd_fused_kernel`` alone, one program per chunk (2, 4 or 8 warps) doing the own
 #                pairs and the crossing terms per key slice (no partials, S_c / D_c from HBM once per chunk; module
-#                docstring); "fused_chunk": the same with one block per chunk (levels up to state_rows, no state
-#                moves). Both untimed (built in session 12, wkv6x);
-#   split_bytes  with ``bwd_split`` "block" / "chunk", the own and state kernels run on batch slices one after
+#                docstring). H100 run 16 (session 13; ms fwd+bwd / extra peak GiB, "block" vs "fused"): B8 T4096
+#                H32 6.381 / 2.68 vs 7.456 / 1.68 (8.173 / 1.18 at 64-row states), B16 T1024 H8 891 vs 1025 GPU
+#                us; slower at the default's memory, ``LOWMEM``'s candidate (notes/wkv6.md session 13). Timed and
+#                removed in run 16 (slower at every shape): "chunk" (the state kernel one program per chunk, S_c
+#                and D_c loaded once: 3565 vs 2469 us at B8 T4096 H32) and "fused_chunk" (the fused kernel with
+#                one block per chunk, no state moves: 17.7 / 32.1 ms fwd+bwd at 32- / 64-row states).
+#                "pair" (session 13, untimed): "block" with the state kernel one program per 32-row chunk on
+#                [32, K] tiles (``_bwd_pair_kernel``): S_c and D_c used as loaded, no moves over the other block,
+#                the pairs between the chunk's two blocks as one level there; at 64-row states it is "block";
+#   split_bytes  with ``bwd_split`` "block", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None,
-          "fwd_pipe": False, "fwd_step": False, "bwd_split": "block", "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "fwd_scores": False,
-          "fwd_pipe": False, "fwd_step": False, "bwd_split": False, "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": False, "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
-BWD_SPLIT = (False, "block", "chunk", "fused", "fused_chunk")     # the ``bwd_split`` knob's values
+BWD_SPLIT = (False, "block", "pair", "fused")     # the ``bwd_split`` knob's values
 
 
 @contextlib.contextmanager
@@ -1279,8 +1331,8 @@ def tuning(**knobs):
     if knobs.get("state_rows") not in STATE_ROWS:
         raise ValueError(f"wkv6 chunk knob state_rows must be one of {STATE_ROWS}; got {knobs['state_rows']!r}")
     if not isinstance(knobs.get("fwd_step", False), bool):
-        raise ValueError(f"wkv6 chunk knob fwd_step must be True or False (the step is state_rows rows: set that "
-                         f"to 32 or 64); got {knobs['fwd_step']!r}")
+        raise ValueError(f"wkv6 chunk knob fwd_step must be True or False (32-row steps where the scored walk runs "
+                         f"at 32-row states); got {knobs['fwd_step']!r}")
     if knobs.get("fwd_scores") not in FWD_SCORES:
         raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
     if knobs.get("bwd_split", False) not in BWD_SPLIT:
@@ -1358,18 +1410,16 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
     nb = bt // SB
     per_b = T * H * (3 * K + V) * 4
     step = B if cu is not None or not kn["split_bytes"] else max(1, min(B, kn["split_bytes"] // per_b))
-    du_part = new_empty((S if kn["bwd_split"] == "fused_chunk" else S * nb, H, K), torch.float32, r.device)
+    du_part = new_empty((S * nb, H, K), torch.float32, r.device)
     w_own = w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()    # bf16 under the interpreter
     prec = _prec(r.dtype, bwd=True)
     meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
-    cross = _bwd_cross_chunk_kernel if kn["bwd_split"] == "chunk" else _bwd_cross_kernel
-    if kn["bwd_split"] in ("fused", "fused_chunk"):     # one kernel, no partials
-        if kn["bwd_split"] == "fused_chunk":    # one block per chunk: its own pairs by log2(bt) levels, no moves
-            meta["SB"] = bt
-        _bwd_fused_kernel[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT,
-                                  LOG=meta["SB"].bit_length() - 1, HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
+    if kn["bwd_split"] == "fused":     # one kernel, no partials
+        _bwd_fused_kernel[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT, LOG=LOG,
+                                  HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
                                   DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         return du_part.sum(0)
+    pair = kn["bwd_split"] == "pair" and bt == 2 * SB      # "pair" at 64-row states: "block"
     parts = [new_empty((step, *g.shape[1:]), torch.float32, r.device) for g in outs]  # own pairs' dq, dk, dv, dw
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
@@ -1379,9 +1429,13 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
         _bwd_own_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
                                       cu, cmap, scale, T, NT, LOG=LOG, HALF_B=_half_dot(r.dtype),
                                       FAST=not INTERPRET, DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
-        grid = (s1 - s0, H) if cross is _bwd_cross_chunk_kernel else ((s1 - s0) * nb, H)
-        cross[grid](cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs], cu,
-                    cmap, scale, T, NT, **meta)
+        if pair:    # one program per 32-row chunk, no state moves
+            _bwd_pair_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps,
+                                           *[cut(g) for g in outs], cu, cmap, scale, T, NT, HALF_B=_half_dot(r.dtype),
+                                           **meta)
+        else:
+            _bwd_cross_kernel[((s1 - s0) * nb, H)](cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1],
+                                                   *ps, *[cut(g) for g in outs], cu, cmap, scale, T, NT, **meta)
     return du_part.sum(0)
 
 
