@@ -45,13 +45,17 @@ import torch  # noqa: E402
 SMOKE = os.environ.get("MAMBA2_SMOKE", "0") == "1"
 DEV = "cpu" if SMOKE else "cuda"
 SHAPES = [(64, 256, 8, 32, 1, 32, 64), (16, 1024, 16, 64, 1, 64, 256)]
-# each against the default (fwd_bt None: 64 small / 32 large, bwd_bt 16, bp None, dot 1, lean False: the main
-# table's row); ws_bytes 1 TiB: every chunk-entry state kept (one re-walk, no checkpoint pass; the default re-walks in
-# groups at the large shape: 56 + 56 state steps before/among the 64 reverse steps, instead of 63). LEAN_SWEEP first
-# (the lean step alone, then each of the never-timed knobs without and with it), most promising first: the budget
-# cuts the tail.
-LEAN_SWEEP = [dict(lean=2), dict(lean=1), dict(ws_bytes=1 << 40), dict(lean=2, ws_bytes=1 << 40), dict(bwd_bt=32),
-              dict(lean=2, bwd_bt=32), dict(bp=32), dict(lean=2, bp=32), dict(dot=2), dict(lean=2, dot=2)]
+# each against the default (fwd_bt None: 64 small / 32 large, bwd_bt 16, bp None, dot 1, lean 0, bwd_cfg None: the
+# main table's row). LEAN_SWEEP first, most informative first (the budget cuts the tail; variants that need no new
+# compile — ws_bytes, bwd_cfg — are cheap): lean 2 (no V dot, inputs a step ahead); (2, 1) = 2 warps, 1 stage
+# fixed (4 programs a SM at 255 registers: the small model's 512 programs in one wave, not two); ws_bytes 1 TiB:
+# every chunk-entry state kept (one re-walk of 63 state steps; the default at the large shape walks 56 checkpoint
+# steps and 56 re-walk steps around its 64 reverse steps); bp 32 (512 programs at the large shape); (8, 1) = 8 warps,
+# where lean spills least; lean 1; then the knobs never timed on a GPU, without and with lean 2.
+LEAN_SWEEP = [dict(lean=2), dict(lean=2, bwd_cfg=(2, 1)), dict(bwd_cfg=(2, 1)), dict(lean=2, ws_bytes=1 << 40),
+              dict(ws_bytes=1 << 40), dict(lean=2, bp=32), dict(lean=2, bp=32, bwd_cfg=(2, 1)),
+              dict(lean=2, bwd_cfg=(8, 1)), dict(lean=1), dict(bwd_bt=32), dict(lean=2, bwd_bt=32), dict(bp=32),
+              dict(dot=2), dict(lean=2, dot=2)]
 SWEEP = LEAN_SWEEP + [dict(fwd_bt=64), dict(fwd_bt=32), dict(bwd_bt=64), dict(bp=16), dict(ckpt=4), dict(fwd_bt=128),
                       dict(dot=0), dict(dot=0, prec="tf32x3")]
 BUDGET_S = float(os.environ.get("MAMBA2_BUDGET_S", "480"))   # the sweep stops starting variants after this
@@ -311,7 +315,10 @@ def main() -> int:
                     fwd()
                     dv = _vs_base(label, fb())
                     gf, gfb = _graph(fwd), _graph(fb)
-                    sweep_rows.append((label, str(v), _bench(gf.replay), _bench(gfb.replay), dv))
+                    bc = getattr(ssd._ssd_bwd_kernel, "best_config", None)   # (the autotuner's pick, when it ran)
+                    pick = (f" [{v['bwd_cfg'][0]}w]" if v.get("bwd_cfg") else
+                            f" [{bc.num_warps}w{bc.num_stages}s]" if bc is not None else "")
+                    sweep_rows.append((label, str(v) + pick, _bench(gf.replay), _bench(gfb.replay), dv))
                     print(f"sweep {sweep_rows[-1]}", flush=True)
                     del gf, gfb
                 except Exception as e:   # noqa: BLE001

@@ -98,9 +98,11 @@ __all__ = ["mamba_chunk_scan_combined", "TUNING"]
 # costs ~32 registers a thread at any BT ≤ 16·warps: fewer live tiles, not more warps, is what spills less.
 # lean: the backward's reverse step (0: as written in the module docstring; 1: without the dot V = C S0ᵀ, the
 # state's share of dy·y taken from dC's state part; 2: that and the next chunk's inputs loaded a step ahead; see
-# _ssd_bwd_kernel's LEAN).
+# _ssd_bwd_kernel's LEAN); bwd_cfg: None (the backward walk autotuned over its configs) or (num_warps, num_stages),
+# launched as is (the sweep's way to try configs outside the autotuner's list, e.g. (2, 1): 4 programs a SM at 255
+# registers — the small model's 512 programs in one wave instead of two).
 TUNING = {"fwd_bt": None, "bwd_bt": 16, "bp": None, "prec": None, "dot": 1, "ckpt": None, "ws_bytes": 128 << 20,
-          "fwd_warps": None, "bwd_warps": None, "lean": 0}
+          "fwd_warps": None, "bwd_warps": None, "lean": 0, "bwd_cfg": None}
 PRECISION = {torch.float32: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
 
 
@@ -633,12 +635,15 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
     dhT = dhT.contiguous() if dhT is not None else None
     if dy.dtype != x.dtype:   # (autograd gives y's dtype; the half dots take dy in x's)
         dy = dy.to(x.dtype)
-    _ssd_bwd_kernel[(b * H, NPB)](
+    kern, cfg = _ssd_bwd_kernel, {}
+    if TUNING["bwd_cfg"]:                             # one fixed (num_warps, num_stages): the JIT function itself
+        kern, cfg = _ssd_bwd_kernel.fn, dict(zip(("num_warps", "num_stages"), TUNING["bwd_cfg"]))
+    kern[(b * H, NPB)](
         x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, dx, ddtp, dBp, dCp, par, dDp, dh0 if h0 is not None else None,
         T, H, P, N, H // G, NPB, NC, CK, NCK, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
         BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
-        HAS_DHT=dhT is not None, LEAN=int(TUNING["lean"]), PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C))
+        HAS_DHT=dhT is not None, LEAN=int(TUNING["lean"]), PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C), **cfg)
     BL = b * T
     BR = 4 if INTERPRET else max(1, min(64, 4096 // (_pow2(N) * max(1, H * NPB // 8))))
     BR = max(1, min(BR, _pow2(BL)))
