@@ -214,7 +214,8 @@ def compile_report() -> int:
                  else "i32" for n in fn.arg_names}
         for nw, ns in cfgs:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-            tag = (f"{fn.__name__}{' LEAN=%d' % consts['LEAN'] if consts.get('LEAN') else ''} BT={consts.get('BT')} BP={consts.get('BP')} "
+            lean = f" LEAN={consts['LEAN']}" if consts.get("LEAN") else ""
+            tag = (f"{fn.__name__}{lean} BT={consts.get('BT')} BP={consts.get('BP')} "
                    f"BN={consts.get('BN')} warps={nw} stages={ns}")
             try:
                 k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": nw, "num_stages": ns})

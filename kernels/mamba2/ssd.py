@@ -92,10 +92,12 @@ __all__ = ["mamba_chunk_scan_combined", "TUNING"]
 # checkpoint of the backward's state re-walk (None: all of them — one group, each state computed once — while the
 # workspace of every chunk-entry state fits ws_bytes, else ≈ √chunks: NCK + CK states a program, each state
 # computed twice); fwd_warps / bwd_warps: None = autotuned (read at import).
-# Offline sm_90 compile (Triton 3.9, bf16, DOT 1, ptxas registers / spill bytes): P = N = 64: forward BT 64 255/240
-# at 8 warps, BT 32 201/0; backward BT 16 255/56 (8 warps, 2 stages; 208 at 1 stage), BT 32 255/928; P = N = 32:
-# forward BT 64 255/0; backward BT 16 255/48 (120), BT 32 255/504. Chained dots keep Triton's mma warps along the rows, so a [BT, 64] fp32 tile
-# costs ~32 registers a thread at any BT ≤ 16·warps: fewer live tiles, not more warps, is what spills less.
+# Offline sm_90 compile (Triton 3.9, bf16, DOT 1, ptxas registers / spill bytes; session 13): forward P = N = 64
+# BT 32 252/0 (4 warps), 201/0 (8); P = N = 32 BT 64 255/72 (4), 251/0 (8). Backward BT 16, 4 / 8 warps (1 stage):
+# P = N = 64 255/584, 255/184 (lean 2: 280, 32); P = N = 32 255/160, 255/88 (lean 2: 136, 16); BT 32 (lean 2)
+# 232–1,200. The mma layouts of the backward's chained dots at 4 warps are [4, 1] and [2, 2] (16-row tiles partly
+# replicated across warps); 1 or 2 warps spill more (P = N = 32, 2 warps: 280), not less. At 255 registers 4 warps
+# give 2 programs a SM, 8 warps 1, 2 warps 4 (bwd_cfg).
 # lean: the backward's reverse step (0: as written in the module docstring; 1: without the dot V = C S0ᵀ, the
 # state's share of dy·y taken from dC's state part; 2: that and the next chunk's inputs loaded a step ahead; see
 # _ssd_bwd_kernel's LEAN); bwd_cfg: None (the backward walk autotuned over its configs) or (num_warps, num_stages),
