@@ -335,7 +335,7 @@ def _assert_deterministic_and_replays(tri, inputs):
     leaves' AccumulateGrad nodes alive, the next steps reuse them, and each remembers the stream current when it
     was made (the default stream, before the capture). Inside the capture the engine then makes that stream wait
     on the capturing one: "operation would make the legacy stream depend on a capturing blocking stream" (what
-    the removed segmented form's test hit at its first case; pytorch issues 164302, 180090). The kernels launch
+    the removed segmented form's test hit at its first case; pytorch issue 164302, PR 180090). The kernels launch
     on the current stream only and never sync (the timed graph captures of gpu_mamba2.py run the same op)."""
     leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
     dy = torch.randn(inputs["x"].shape, device="cuda", dtype=torch.bfloat16)
