@@ -13,10 +13,10 @@ timings, launch counts, in one command; prints a short table last.
    ``triton.testing.do_bench``, eager and as a replayed CUDA graph of the same call; extra peak memory of one
    fwd+bwd (MiB beyond the inputs).
 3. launches: GPU kernels (and memsets/copies) per fwd+bwd, counted by torch.profiler, per implementation.
-4. a sweep of the lab kernel's knobs (``ssd.TUNING``: lean, ws_bytes, bwd_bt, bp, dot, fwd_bt, ckpt, prec) under the
-   CUDA graph, each variant's graph fwd / fwd+bwd ms and its gradients' largest relative difference from the
-   default's (MAMBA2_SWEEP=0 skips it; "lean": only LEAN_SWEEP), and the registers / spills / warps the autotuner
-   picked for each lab kernel.
+4. a sweep of the lab kernel's knobs (``ssd.TUNING``: lean, save, bwd_cfg, ws_bytes, bwd_bt, bp, dot, fwd_bt, ckpt,
+   prec) under the CUDA graph, each variant's graph fwd / fwd+bwd ms and its gradients' largest relative difference
+   from the default's (MAMBA2_SWEEP=0 skips it; "lean": only LEAN_SWEEP), and the registers / spills / warps the
+   autotuner picked for each lab kernel.
 ``--compile`` (no GPU needed): compiles the lab kernels for sm_90 with this machine's Triton at both model shapes
 (default tiles, every autotune config; MAMBA2_COMPILE_QUICK=1: the small shape's first configs), printing
 registers and spill bytes (cuobjdump); exit 1 on a compile failure (tests/test_mamba2.py runs the quick one).
@@ -47,15 +47,18 @@ DEV = "cpu" if SMOKE else "cuda"
 SHAPES = [(64, 256, 8, 32, 1, 32, 64), (16, 1024, 16, 64, 1, 64, 256)]
 # each against the default (fwd_bt None: 64 small / 32 large, bwd_bt 16, bp None, dot 1, lean 0, bwd_cfg None: the
 # main table's row). LEAN_SWEEP first, most informative first (the budget cuts the tail; variants that need no new
-# compile — ws_bytes, bwd_cfg — are cheap): lean 2 (no V dot, inputs a step ahead); (2, 1) = 2 warps, 1 stage
-# fixed (4 programs a SM at 255 registers: the small model's 512 programs in one wave, not two); ws_bytes 1 TiB:
-# every chunk-entry state kept (one re-walk of 63 state steps; the default at the large shape walks 56 checkpoint
-# steps and 56 re-walk steps around its 64 reverse steps); bp 32 (512 programs at the large shape); (8, 1) = 8 warps,
-# where lean spills least; lean 1; then the knobs never timed on a GPU, without and with lean 2.
-LEAN_SWEEP = [dict(lean=2), dict(lean=2, bwd_cfg=(2, 1)), dict(bwd_cfg=(2, 1)), dict(lean=2, ws_bytes=1 << 40),
-              dict(ws_bytes=1 << 40), dict(lean=2, bp=32), dict(lean=2, bp=32, bwd_cfg=(2, 1)),
-              dict(lean=2, bwd_cfg=(8, 1)), dict(lean=1), dict(bwd_bt=32), dict(lean=2, bwd_bt=32), dict(bp=32),
-              dict(dot=2), dict(lean=2, dot=2)]
+# compile — ws_bytes, bwd_cfg — are cheap): lean 2 (no V dot, inputs a step ahead); save (the forward's chunk-entry
+# states as the backward's checkpoints: no checkpoint pass, fwd BT / 16 − 1 re-walk steps a group; with fwd_bt 16
+# none at all, a slower forward); (2, 1) = 2 warps, 1 stage fixed (4 programs a SM at 255 registers: the small
+# model's 512 programs in one wave, not two); ws_bytes 1 TiB: every chunk-entry state kept (one re-walk of 63 state
+# steps; the default at the large shape walks 56 checkpoint steps and 56 re-walk steps around its 64 reverse steps);
+# bp 32 (512 programs at the large shape); (8, 1) = 8 warps, where lean spills least; lean 1; then the knobs never
+# timed on a GPU, without and with lean 2.
+L2 = dict(lean=2)
+LEAN_SWEEP = [L2, dict(L2, save=True), dict(L2, bwd_cfg=(2, 1)), dict(L2, save=True, bwd_cfg=(2, 1)),
+              dict(bwd_cfg=(2, 1)), dict(L2, ws_bytes=1 << 40), dict(L2, save=True, fwd_bt=16), dict(ws_bytes=1 << 40),
+              dict(L2, bp=32), dict(L2, bp=32, bwd_cfg=(2, 1)), dict(L2, bwd_cfg=(8, 1)), dict(lean=1),
+              dict(save=True), dict(bwd_bt=32), dict(L2, bwd_bt=32), dict(bp=32), dict(dot=2), dict(L2, dot=2)]
 SWEEP = LEAN_SWEEP + [dict(fwd_bt=64), dict(fwd_bt=32), dict(bwd_bt=64), dict(bp=16), dict(ckpt=4), dict(fwd_bt=128),
                       dict(dot=0), dict(dot=0, prec="tf32x3")]
 BUDGET_S = float(os.environ.get("MAMBA2_BUDGET_S", "480"))   # the sweep stops starting variants after this
@@ -190,13 +193,20 @@ def compile_report() -> int:
         BTB = ssd._tiles(P, N, bwd=True)[0]
         fwd_cfgs = [(4, 2), (8, 2)]
         bwd_cfgs = [(8, 1), (4, 1), (8, 2)]
-        bwd = dict(flags, BT=BTB, BP=BP, BN=BN, HAS_H0=False, HAS_DHT=False, p_h0=None, p_dhT=None, p_dh0=None)
-        cases += [(ssd._ssd_fwd_kernel, dict(flags, BT=BTF, BP=BP, BN=BN, HAS_H0=False, STORE_HT=False, p_h0=None,
-                                             p_hT=None), fwd_cfgs[:1] if quick else fwd_cfgs),
+        bwd = dict(flags, BT=BTB, BP=BP, BN=BN, HAS_H0=False, HAS_DHT=False, SAVED=False, p_h0=None, p_dhT=None,
+                   p_dh0=None, p_st=None)
+        fwd = dict(flags, BT=BTF, BP=BP, BN=BN, HAS_H0=False, STORE_HT=False, STORE_ST=False, p_h0=None, p_hT=None,
+                   p_st=None)
+        cases += [(ssd._ssd_fwd_kernel, fwd, fwd_cfgs[:1] if quick else fwd_cfgs),
                   (ssd._ssd_bwd_kernel, dict(bwd, LEAN=0), bwd_cfgs[:1] if quick else bwd_cfgs),
                   (ssd._ssd_bwd_kernel, dict(bwd, LEAN=2), bwd_cfgs[:1] if quick else bwd_cfgs),
                   (ssd._ssd_reduce_kernel, dict(BR=32, BN=BN, BH=H, BQ=1, BPP=P, BS=max(1, 4096 // (H * P)),
                                                 HAS_D=True, D_PER_P=False, HAS_BIAS=True), [(4, 1)])]
+        # save: the forward storing its chunk-entry states, the backward taking them (with lean 2)
+        st = {k: v for k, v in bwd.items() if k != "p_st"}
+        cases += [(ssd._ssd_fwd_kernel, dict({k: v for k, v in fwd.items() if k != "p_st"}, STORE_ST=True),
+                   fwd_cfgs[:1]),
+                  (ssd._ssd_bwd_kernel, dict(st, SAVED=True, LEAN=2), bwd_cfgs[:1] if quick else bwd_cfgs)]
         if not quick:   # lean 1, and the sweep's lean variants with bwd_bt 32 and bp 32
             cases += [(ssd._ssd_bwd_kernel, dict(bwd, LEAN=1), bwd_cfgs),
                       (ssd._ssd_bwd_kernel, dict(bwd, BT=32, LEAN=2), bwd_cfgs)]
@@ -214,7 +224,8 @@ def compile_report() -> int:
                  else "i32" for n in fn.arg_names}
         for nw, ns in cfgs:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-            lean = f" LEAN={consts['LEAN']}" if consts.get("LEAN") else ""
+            lean = (f" LEAN={consts['LEAN']}" if consts.get("LEAN") else "") + (
+                " SAVED" if consts.get("SAVED") else "") + (" STORE_ST" if consts.get("STORE_ST") else "")
             tag = (f"{fn.__name__}{lean} BT={consts.get('BT')} BP={consts.get('BP')} "
                    f"BN={consts.get('BN')} warps={nw} stages={ns}")
             try:

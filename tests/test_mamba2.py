@@ -7,9 +7,10 @@ independent algorithms for the same function; they must agree to float64 round-o
 The Triton kernel: output, final state and every gradient (x, dt, A, B, C, D, dt_bias, initial_states) against the
 float64 recurrence, NaN-prefilled outputs (``groundthink.harness.compare``), fp32 bound 1e-5 and fp16 2e-3 on CPU
 (tiny odd shapes: T not a multiple of the kernel's 16-row chunk, G > 1, D [h] and [h, p], strong decay, several
-p-blocks, the model's strided views; the lean reverse step, TUNING["lean"]); on the GPU (in this order): CUDA-graph
-replay and determinism at both model shapes, the lean step's bf16 errors and replay, bf16 / fp32 at both model
-shapes beside mamba-ssm (bound 5e-3, errors printed).
+p-blocks, the model's strided views; the lean reverse step, TUNING["lean"]; the forward's saved states,
+TUNING["save"]); on the GPU (in this order): CUDA-graph replay and determinism at both model shapes, the lean step's
+(alone and with save) bf16 errors and replay, bf16 / fp32 at both model shapes beside mamba-ssm (bound 5e-3, errors
+printed).
 """
 import pytest
 import torch
@@ -174,6 +175,14 @@ CASES = {   # name: (inputs, TUNING overrides)
                                                                            "bwd_cfg": (2, 1)}),
     #   two p-blocks, D [h, p], 3 chunks in groups of 2 and 1 (a one-chunk group: no re-walk step); the fixed-config
     #   launch (bwd_cfg: the JIT function without the autotuner)
+    # the forward's chunk-entry states as the backward's checkpoints (TUNING["save"]; fwd_bt honoured under the
+    # interpreter): groups of 1 (no re-walk), of 2 (the last one partial), one partial group of 4. (Strong decay
+    # only at 16 rows: the forward's final state at 32 / 64 rows is 2.4e-5 / 4.8e-5 off there in fp32 with or without
+    # save — the chunk-local cumsum's differences lose absolute precision — see notes/mamba2.md.)
+    "save_strong_decay": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {"save": True, "fwd_bt": 16}),
+    "save_groups2": (dict(l=50, g=1), {"save": True, "fwd_bt": 32}),
+    "save_lean2_pblocks": (dict(h=4, g=1, p=20, n=17, l=33, b=2, D="hp"), {"save": True, "fwd_bt": 64, "lean": 2,
+                                                                            "bp": 16}),
 }
 
 
@@ -311,9 +320,10 @@ def test_triton_opcheck():
     """The custom ops (fake implementations, autograd registration) as torch.compile sees them."""
     from torch.library import opcheck
     t = _tri_inputs(b=1, l=5, h=2, p=3, g=1, n=4)
-    args = (t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], t["dt_bias"], t["initial_states"], True, True)
-    opcheck(torch.ops.groundthink.mamba2_fwd.default, args,
-            test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    for save in (False, True):   # (True: the third output holds the forward's chunk-entry states)
+        args = (t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], t["dt_bias"], t["initial_states"], True, True, save)
+        opcheck(torch.ops.groundthink.mamba2_fwd.default, args,
+                test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
 # ------------------------------------------------------------------------------------------------- GPU
@@ -369,18 +379,23 @@ def test_gpu_deterministic_and_graph_capture(shape):
     _assert_deterministic_and_replays(tri, _model_inputs(*MODEL_SHAPES[shape], torch.bfloat16))
 
 
+LEAN_GPU = {"lean2": {"lean": 2}, "save_lean2": {"lean": 2, "save": True}}   # the new forms (TUNING)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", list(MODEL_SHAPES))
-def test_gpu_lean_model_shapes(shape, lean=2):
-    """The lean reverse step (TUNING["lean"] 2; lean 1 is its subset: the sweep's "vs walk" column checks it) in bf16
-    at the models' shapes: every gradient vs float64 (printed), bit-identical reruns and CUDA-graph replay."""
+@pytest.mark.parametrize("form", list(LEAN_GPU))
+def test_gpu_lean_model_shapes(shape, form):
+    """The lean reverse step (TUNING["lean"] 2; lean 1 is its subset: the sweep's "vs walk" column checks it), alone
+    and with the forward's saved states (TUNING["save"]), in bf16 at the models' shapes: every gradient vs float64
+    (printed), bit-identical reruns and CUDA-graph replay."""
     from kernels.mamba2 import mamba_chunk_scan_combined as tri, ssd
     old = dict(ssd.TUNING)
-    ssd.TUNING.update(lean=lean)
+    ssd.TUNING.update(LEAN_GPU[form])
     try:
         inputs = _model_inputs(*MODEL_SHAPES[shape], torch.bfloat16)
         errs = compare(tri, mamba_chunk_scan, inputs)
-        line = f"mamba2 {shape} bf16 triton lean {lean}: " + " ".join(f"{k}={v:.2e}" for k, v in errs.items())
+        line = f"mamba2 {shape} bf16 triton {form}: " + " ".join(f"{k}={v:.2e}" for k, v in errs.items())
         print("\n" + line)
         assert all(v <= BOUNDS[torch.bfloat16] for v in errs.values()), line
         _assert_deterministic_and_replays(tri, inputs)

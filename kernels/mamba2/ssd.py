@@ -102,9 +102,14 @@ __all__ = ["mamba_chunk_scan_combined", "TUNING"]
 # state's share of dy·y taken from dC's state part; 2: that and the next chunk's inputs loaded a step ahead; see
 # _ssd_bwd_kernel's LEAN); bwd_cfg: None (the backward walk autotuned over its configs) or (num_warps, num_stages),
 # launched as is (the sweep's way to try configs outside the autotuner's list, e.g. (2, 1): 4 programs a SM at 255
-# registers — the small model's 512 programs in one wave instead of two).
+# registers — the small model's 512 programs in one wave instead of two); save: the forward stores its chunk-entry
+# states (fp32, b·H·NPB·cdiv(T, fwd BT)·BP·BN·4 bytes kept for the backward: 128 MiB at the large model) and the
+# backward takes them as its checkpoints — no checkpoint pass, groups of fwd BT / bwd BT chunks (1 re-walk step a
+# group at the large model, 3 at the small; with fwd_bt = bwd_bt none: the chain is the reverse steps alone). Only
+# when a gradient is needed and the forward's rows are a multiple of the backward's.
 TUNING = {"fwd_bt": None, "bwd_bt": 16, "bp": None, "prec": None, "dot": 1, "ckpt": None, "ws_bytes": 128 << 20,
-          "fwd_warps": None, "bwd_warps": None, "lean": 0, "bwd_cfg": None}
+          "fwd_warps": None, "bwd_warps": None, "lean": 0, "bwd_cfg": None,
+          "save": False}
 PRECISION = {torch.float32: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
 
 
@@ -270,20 +275,23 @@ def _chunk_state_of(b_S, ic, b_x, b_B, b_raw, p_bias, b_A, i_h, o_t, T, HAS_BIAS
     return _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, HALF, T_, PREC)
 
 
-@triton.autotune(configs=_configs(TUNING["fwd_warps"], [(4, 2), (8, 2)]), key=["BT", "BP", "BN", "HAS_H0", "STORE_HT"])
+@triton.autotune(configs=_configs(TUNING["fwd_warps"], [(4, 2), (8, 2)]),
+                 key=["BT", "BP", "BN", "HAS_H0", "STORE_HT", "STORE_ST"])
 @triton.jit
-def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
+def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT, p_st,
                     T, H, P, N, HG,
                     sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
                     BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
                     D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                    STORE_HT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+                    STORE_HT: tl.constexpr, STORE_ST: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
     # p_x [b, T, H, P] (strides sx_*), p_dt [b, T, H] (sdt_*), p_B, p_C [b, T, G, N] (sb_*, sc_*), G = H / HG;
     # p_A [H] fp32, p_D [H] or [H, P] (D_PER_P; None unless HAS_D), p_bias [H] (None unless HAS_BIAS),
     # p_h0 [b, H, P, N] contiguous (None unless HAS_H0); p_y [b, T, H, P] contiguous; p_hT [b, H, P, N] fp32
-    # (written when STORE_HT). Grid (b·H, cdiv(P, BP)): program (i_bh, i_p) walks rows 0..T of one head for
-    # columns [i_p·BP, i_p·BP + BP) of P; BT rows per chunk, BN = next pow2 ≥ N. DOT: 0 every dot on fp32
-    # operands at PREC, 1 the dots of two input tiles (C Bᵀ, dy xᵀ) in x's dtype, 2 every dot in x's dtype.
+    # (written when STORE_HT); p_st [b·H·NPB, cdiv(T, BT), BP, BN] fp32 (STORE_ST, ``TUNING["save"]``; else None):
+    # the state entering each chunk, the backward's checkpoints. Grid (b·H, NPB = cdiv(P, BP)): program (i_bh, i_p)
+    # walks rows 0..T of one head for columns [i_p·BP, i_p·BP + BP) of P; BT rows per chunk, BN = next pow2 ≥ N.
+    # DOT: 0 every dot on fp32 operands at PREC, 1 the dots of two input tiles (C Bᵀ, dy xᵀ) in x's dtype, 2 every
+    # dot in x's dtype.
     i_bh, i_p = tl.program_id(0), tl.program_id(1)
     i_b, i_h, p_x, p_dt, p_B, p_C = _head_inputs(p_x, p_dt, p_B, p_C, i_bh, H, HG, sx_b, sx_h, sdt_b, sdt_h, sb_b,
                                                  sb_g, sc_b, sc_g)
@@ -301,7 +309,12 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
     else:
         b_S = tl.zeros([BP, BN], dtype=tl.float32)
     causal = o_t[:, None] >= o_t[None, :]
+    if STORE_ST:
+        p_st += (i_bh.to(tl.int64) * tl.num_programs(1) + i_p) * tl.cdiv(T, BT) * BP * BN
+        o_st = tl.arange(0, BP)[:, None] * BN + o_n[None, :]
     for r0 in range(0, T, BT):
+        if STORE_ST:
+            tl.store(p_st + (r0 // BT) * BP * BN + o_st, b_S)
         rows = r0 + o_t
         m_t = rows < T
         b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
@@ -321,22 +334,26 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
 
 
 @triton.autotune(configs=_configs(TUNING["bwd_warps"], [(8, 1), (4, 1), (8, 2)]),
-                 key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT", "LEAN"])
+                 key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT", "LEAN", "SAVED"])
 @triton.jit
-def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_scr,
+def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_scr, p_st,
                     p_dx, p_ddtp, p_dBp, p_dCp, p_par, p_dDp, p_dh0,
                     T, H, P, N, HG, NPB, NC, CK, NCK,
                     sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
                     sy_b, sy_t, sy_h, sy_p,
                     BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
                     D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                    HAS_DHT: tl.constexpr, LEAN: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+                    HAS_DHT: tl.constexpr, LEAN: tl.constexpr, SAVED: tl.constexpr, PREC: tl.constexpr,
+                    DOT: tl.constexpr):
     # inputs as in _ssd_fwd_kernel; p_dy [b, T, H, P] (strides sy_*), p_dhT [b, H, P, N] contiguous (None unless
     # HAS_DHT); p_scr [b·H·NPB, NCK + CK, BP, BN] fp32 workspace: NCK checkpoints (the state entering chunk
     # g·CK), then the CK chunk-entry states of the group being walked (NC = cdiv(T, BT) chunks, NCK = cdiv(NC, CK));
     # outputs: p_dx [b, T, H, P] contiguous (x's dtype); fp32 partials p_ddtp [b, T, H, NPB], p_dBp, p_dCp
     # [b, T, H·NPB, N], p_par [b·H·NPB, 2] (dA, ddt_bias of this program), p_dDp [b, H, P] (None unless HAS_D);
     # p_dh0 [b, H, P, N] fp32 (None unless HAS_H0). Grid (b·H, NPB), NPB = cdiv(P, BP).
+    # SAVED (``TUNING["save"]``): the checkpoints are the forward's chunk-entry states p_st [b·H·NPB, NCK, BP, BN]
+    # fp32 (the forward's chunks of CK·BT rows): no checkpoint pass; p_scr [b·H·NPB, CK, BP, BN] (None unless
+    # SAVED: p_st None).
     # LEAN (``TUNING["lean"]``): the reverse step without the dot V = C S0ᵀ — the state's part of dy·y,
     # eo_t = exp(c_t) dy_t·(S0 C_t), is Σ_n C_tn · (exp(c_t) dy_t S0)_n, the state part of dC already computed
     # (one [BT, BN]·[BN, BP] dot, one fp32 [BT, BP] tile and S0's transposed operand copy fewer a chunk).
@@ -354,33 +371,39 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     o_pn = o_p[:, None] * N + o_n[None, :]
     m_pn = m_p[:, None] & m_n[None, :]
     o_sc = tl.arange(0, BP)[:, None] * BN + o_n[None, :]        # a [BP, BN] tile of the workspace
-    p_scr += prog * (NCK + CK) * BP * BN
-    p_grp = p_scr + NCK * BP * BN
+    if SAVED:
+        p_st += prog * NCK * BP * BN
+        p_grp = p_scr + prog * CK * BP * BN
+    else:
+        p_scr += prog * (NCK + CK) * BP * BN
+        p_grp = p_scr + NCK * BP * BN
     b_A = tl.load(p_A + i_h).to(tl.float32)
     if HAS_D:
         b_D = _load_D(p_D, i_h, o_p, m_p, P, BP, D_PER_P)
-    # ---- pass 1: the checkpoints, forward (none but the initial state when NCK = 1)
-    if HAS_H0:
-        b_S = tl.load(p_h0 + i_bh.to(tl.int64) * P * N + o_pn, mask=m_pn, other=0.).to(tl.float32)
-    else:
-        b_S = tl.zeros([BP, BN], dtype=tl.float32)
-    tl.store(p_scr + o_sc, b_S)
-    if LEAN >= 2:                                     # (inputs loaded a step ahead)
-        w_x, w_B, w_dt = _state_next(p_x, p_dt, p_B, 0, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t, sb_t, sb_n, BT)
-        for ic in range(0, (NCK - 1) * CK):
-            b_x, b_B, b_raw = w_x, w_B, w_dt
-            w_x, w_B, w_dt = _state_next(p_x, p_dt, p_B, ic + 1, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t, sb_t,
+    # ---- pass 1: the checkpoints, forward (none but the initial state when NCK = 1; the forward's when SAVED)
+    if not SAVED:
+        if HAS_H0:
+            b_S = tl.load(p_h0 + i_bh.to(tl.int64) * P * N + o_pn, mask=m_pn, other=0.).to(tl.float32)
+        else:
+            b_S = tl.zeros([BP, BN], dtype=tl.float32)
+        tl.store(p_scr + o_sc, b_S)
+        if LEAN >= 2:                                 # (inputs loaded a step ahead)
+            w_x, w_B, w_dt = _state_next(p_x, p_dt, p_B, 0, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t, sb_t,
                                          sb_n, BT)
-            b_S = _chunk_state_of(b_S, ic, b_x, b_B, b_raw, p_bias, b_A, i_h, o_t, T, HAS_BIAS, SOFTPLUS, DOT >= 2,
-                                  HT, PREC)
-            if (ic + 1) % CK == 0:
-                tl.store(p_scr + ((ic + 1) // CK) * BP * BN + o_sc, b_S)
-    else:
-        for ic in range(0, (NCK - 1) * CK):
-            b_S = _chunk_state(b_S, ic, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p,
-                               sdt_t, sb_t, sb_n, BT, HAS_BIAS, SOFTPLUS, DOT >= 2, HT, PREC)
-            if (ic + 1) % CK == 0:
-                tl.store(p_scr + ((ic + 1) // CK) * BP * BN + o_sc, b_S)
+            for ic in range(0, (NCK - 1) * CK):
+                b_x, b_B, b_raw = w_x, w_B, w_dt
+                w_x, w_B, w_dt = _state_next(p_x, p_dt, p_B, ic + 1, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t,
+                                             sb_t, sb_n, BT)
+                b_S = _chunk_state_of(b_S, ic, b_x, b_B, b_raw, p_bias, b_A, i_h, o_t, T, HAS_BIAS, SOFTPLUS,
+                                      DOT >= 2, HT, PREC)
+                if (ic + 1) % CK == 0:
+                    tl.store(p_scr + ((ic + 1) // CK) * BP * BN + o_sc, b_S)
+        else:
+            for ic in range(0, (NCK - 1) * CK):
+                b_S = _chunk_state(b_S, ic, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, m_n, T, sx_t,
+                                   sx_p, sdt_t, sb_t, sb_n, BT, HAS_BIAS, SOFTPLUS, DOT >= 2, HT, PREC)
+                if (ic + 1) % CK == 0:
+                    tl.store(p_scr + ((ic + 1) // CK) * BP * BN + o_sc, b_S)
     # ---- pass 2: groups of CK chunks in reverse, carrying dS = ∂L/∂S at the chunk end
     if HAS_DHT:
         b_dS = tl.load(p_dhT + i_bh.to(tl.int64) * P * N + o_pn, mask=m_pn, other=0.).to(tl.float32)
@@ -397,7 +420,10 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
         c0 = (NCK - 1 - kg) * CK
         n_c = tl.minimum(CK, NC - c0)
         tl.debug_barrier()                            # the checkpoints stored, the previous group's states read
-        b_S = tl.load(p_scr + (NCK - 1 - kg) * BP * BN + o_sc)
+        if SAVED:
+            b_S = tl.load(p_st + (NCK - 1 - kg) * BP * BN + o_sc)
+        else:
+            b_S = tl.load(p_scr + (NCK - 1 - kg) * BP * BN + o_sc)
         if LEAN >= 2:                                 # the group's chunk-entry states, forward from its checkpoint
             w_x, w_B, w_dt = _state_next(p_x, p_dt, p_B, c0, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t, sb_t,
                                          sb_n, BT)
@@ -571,46 +597,75 @@ def _tiles(P: int, N: int, bwd: bool):
     """(BT, BP, BN): rows per chunk, the p-block, the padded state width (every tile ≥ 16 for tl.dot)."""
     bp = TUNING["bp"] or min(_pow2(P), 64)
     BP, BN = max(16, min(_pow2(bp), _pow2(P))), max(16, _pow2(N))
-    BT = TUNING["bwd_bt"] if bwd else (TUNING["fwd_bt"] or (64 if BP * BN <= 2048 else 32))
-    return (16 if INTERPRET else BT), BP, BN
+    if bwd:
+        BT = TUNING["bwd_bt"]
+    else:   # (the interpreter: 16 rows unless set)
+        BT = TUNING["fwd_bt"] or (16 if INTERPRET else 64 if BP * BN <= 2048 else 32)
+    return BT, BP, BN
+
+
+def _save_ck(P: int, N: int) -> int:
+    """Backward chunks per forward chunk when the forward saves its chunk-entry states (``TUNING["save"]``; the
+    forward's rows a multiple of the backward's), else 0."""
+    BTF, BTB = _tiles(P, N, bwd=False)[0], _tiles(P, N, bwd=True)[0]
+    return BTF // BTB if TUNING["save"] and BTF % BTB == 0 else 0
 
 
 def _strides(t, n):
     return tuple(t.stride()) if t.dim() == n else (0,) * n
 
 
-def _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: bool, return_final_states: bool):
+def _states_shape(x, N):
+    """Shape of the forward's saved chunk-entry states (``TUNING["save"]``): [b·H·NPB, cdiv(T, BT), BP, BN]."""
+    b, T, H, P = x.shape
+    BT, BP, BN = _tiles(P, N, bwd=False)
+    return (b * H * _cdiv(P, BP), _cdiv(T, BT), BP, BN)
+
+
+def _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: bool, return_final_states: bool,
+              save_states: bool = False):
+    """(y, final states or empty, the chunk-entry states for the backward (save_states) or empty)."""
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     dev = x.device
     y = new_empty((b, T, H, P), x.dtype, dev)
     hT = new_empty((b, H, P, N), torch.float32, dev) if return_final_states else x.new_empty((0,), dtype=torch.float32)
+    save = bool(save_states) and b * H * P * T > 0
+    st = new_empty(_states_shape(x, N), torch.float32, dev) if save else x.new_empty((0,), dtype=torch.float32)
     if b * H == 0 or P == 0:
-        return y, hT
+        return y, hT, st
     BT, BP, BN = _tiles(P, N, bwd=False)
     h0 = initial_states.contiguous() if initial_states is not None else None
     grid = (b * H, _cdiv(P, BP))
     _ssd_fwd_kernel[grid](
-        x, dt, A, B, C, D, dt_bias, h0, y, hT if return_final_states else None,
+        x, dt, A, B, C, D, dt_bias, h0, y, hT if return_final_states else None, st if save else None,
         T, H, P, N, H // G, *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
         BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
-        STORE_HT=bool(return_final_states), PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C))
-    return y, hT
+        STORE_HT=bool(return_final_states), STORE_ST=save, PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C))
+    return y, hT, st
 
 
-def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: bool):
-    """(dx, ddt, dA, dB, dC, dD, ddt_bias, d initial_states); absent inputs get an empty gradient."""
+def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_softplus: bool):
+    """(dx, ddt, dA, dB, dC, dD, ddt_bias, d initial_states); absent inputs get an empty gradient. ``states``: the
+    forward's chunk-entry states (``TUNING["save"]``) or None / empty (the checkpoint pass recomputes them)."""
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     dev = x.device
     empty = lambda: x.new_empty((0,), dtype=torch.float32)   # noqa: E731 - one each: outputs may not alias
     BT, BP, BN = _tiles(P, N, bwd=True)
     NPB, NC = _cdiv(P, BP), max(1, _cdiv(T, BT))
-    CK = TUNING["ckpt"] or (NC if b * H * NPB * (NC + 1) * BP * BN * 4 <= TUNING["ws_bytes"]
-                            else max(1, round(math.sqrt(NC))))
-    CK = min(CK, NC)
-    NCK = _cdiv(NC, CK)
+    saved = states is not None and states.numel() > 0
+    if saved:                  # the forward's states (its tiling must still be this one's: else recompute)
+        CK = _save_ck(P, N)
+        saved = CK > 0 and tuple(states.shape) == _states_shape(x, N)
+    if saved:
+        NCK = _cdiv(NC, CK)
+    else:
+        CK = TUNING["ckpt"] or (NC if b * H * NPB * (NC + 1) * BP * BN * 4 <= TUNING["ws_bytes"]
+                                else max(1, round(math.sqrt(NC))))
+        CK = min(CK, NC)
+        NCK = _cdiv(NC, CK)
     dx = new_empty(x.shape, x.dtype, dev)
     ddt = new_empty(dt.shape, dt.dtype, dev)
     dA = new_empty(A.shape, A.dtype, dev)
@@ -628,7 +683,7 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
         if h0 is not None:
             dh0.copy_(dhT if dhT is not None else torch.zeros_like(dh0))
         return dx, ddt, dA, dB, dC, dD, dbias, dh0
-    scr = new_empty((b * H * NPB, NCK + CK, BP, BN), torch.float32, dev)
+    scr = new_empty((b * H * NPB, CK if saved else NCK + CK, BP, BN), torch.float32, dev)
     ddtp = new_empty((b, T, H, NPB), torch.float32, dev)
     dBp = new_empty((b, T, H * NPB, N), torch.float32, dev)
     dCp = new_empty((b, T, H * NPB, N), torch.float32, dev)
@@ -641,11 +696,13 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
     if TUNING["bwd_cfg"]:                             # one fixed (num_warps, num_stages): the JIT function itself
         kern, cfg = _ssd_bwd_kernel.fn, dict(zip(("num_warps", "num_stages"), TUNING["bwd_cfg"]))
     kern[(b * H, NPB)](
-        x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, dx, ddtp, dBp, dCp, par, dDp, dh0 if h0 is not None else None,
+        x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, states if saved else None, dx, ddtp, dBp, dCp, par, dDp,
+        dh0 if h0 is not None else None,
         T, H, P, N, H // G, NPB, NC, CK, NCK, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
         BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
-        HAS_DHT=dhT is not None, LEAN=int(TUNING["lean"]), PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C), **cfg)
+        HAS_DHT=dhT is not None, LEAN=int(TUNING["lean"]), SAVED=saved, PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C),
+        **cfg)
     BL = b * T
     BR = 4 if INTERPRET else max(1, min(64, 4096 // (_pow2(N) * max(1, H * NPB // 8))))
     BR = max(1, min(BR, _pow2(BL)))
@@ -666,29 +723,32 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
 @torch.library.custom_op("groundthink::mamba2_fwd", mutates_args=())
 def _fwd_op(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
             D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], initial_states: Optional[torch.Tensor],
-            dt_softplus: bool, return_final_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, return_final_states)
+            dt_softplus: bool, return_final_states: bool, save_states: bool
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, return_final_states, save_states)
 
 
 @_fwd_op.register_fake
-def _(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, return_final_states):
+def _(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, return_final_states, save_states):
     b, T, H, P = x.shape
     hT = (x.new_empty((b, H, P, B.shape[3]), dtype=torch.float32) if return_final_states
           else x.new_empty((0,), dtype=torch.float32))
-    return x.new_empty((b, T, H, P)), hT
+    st = (x.new_empty(_states_shape(x, B.shape[3]), dtype=torch.float32) if save_states and b * H * P * T > 0
+          else x.new_empty((0,), dtype=torch.float32))
+    return x.new_empty((b, T, H, P)), hT, st
 
 
 @torch.library.custom_op("groundthink::mamba2_bwd", mutates_args=())
 def _bwd_op(dy: torch.Tensor, dhT: Optional[torch.Tensor], x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
             B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
-            initial_states: Optional[torch.Tensor], dt_softplus: bool
+            initial_states: Optional[torch.Tensor], states: Optional[torch.Tensor], dt_softplus: bool
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                        torch.Tensor, torch.Tensor]:
-    return _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus)
+    return _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_softplus)
 
 
 @_bwd_op.register_fake
-def _(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus):
+def _(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_softplus):
     e = lambda: x.new_empty((0,), dtype=torch.float32)   # noqa: E731 - one each: outputs may not alias
     return (torch.empty_like(x, memory_format=torch.contiguous_format), dt.new_empty(dt.shape),
             A.new_empty(A.shape), B.new_empty(B.shape), C.new_empty(C.shape),
@@ -698,24 +758,26 @@ def _(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus):
 
 
 def _setup_context(ctx, inputs, output):
-    x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, return_final_states = inputs
+    x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, return_final_states, save_states = inputs
+    st = output[2]
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, initial_states)
+    ctx.mark_non_differentiable(st)
+    ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, initial_states, st if save_states else None)
     ctx.softplus = dt_softplus
     ctx.has = (D is not None, dt_bias is not None, initial_states is not None)
 
 
-def _backward(ctx, dy, dhT):
-    x, dt, A, B, C, D, dt_bias, h0 = ctx.saved_tensors
+def _backward(ctx, dy, dhT, dst):
+    x, dt, A, B, C, D, dt_bias, h0, st = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
     if dhT is not None and dhT.numel() == 0:
         dhT = None
-    dx, ddt, dA, dB, dC, dD, dbias, dh0 = pick(_bwd_op, _bwd_impl, dy)(dy, dhT, x, dt, A, B, C, D, dt_bias, h0,
+    dx, ddt, dA, dB, dC, dD, dbias, dh0 = pick(_bwd_op, _bwd_impl, dy)(dy, dhT, x, dt, A, B, C, D, dt_bias, h0, st,
                                                                       ctx.softplus)
     has_D, has_bias, has_h0 = ctx.has
     return (dx, ddt, dA, dB, dC, dD if has_D else None, dbias if has_bias else None,
-            dh0.to(h0.dtype) if has_h0 else None, None, None)
+            dh0.to(h0.dtype) if has_h0 else None, None, None, None)
 
 
 _mamba2 = EagerOp("Mamba2SSD", _fwd_op, _fwd_impl, _setup_context, _backward)
@@ -762,5 +824,8 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     _check_offsets(x, dt, B, C)
     # the kernels index A, D, dt_bias as contiguous (free when they are; x, dt, B, C go in with their strides)
     A, D, dt_bias = (t.contiguous() if t is not None else None for t in (A, D, dt_bias))
-    y, hT = _mamba2(x, dt, A, B, C, D, dt_bias, initial_states, bool(dt_softplus), bool(return_final_states))
+    save = bool(_save_ck(x.shape[3], B.shape[3]) and torch.is_grad_enabled()
+                and any(t is not None and t.requires_grad for t in (x, dt, A, B, C, D, dt_bias, initial_states)))
+    y, hT, _ = _mamba2(x, dt, A, B, C, D, dt_bias, initial_states, bool(dt_softplus), bool(return_final_states),
+                       save)
     return (y, hT) if return_final_states else y
