@@ -28,12 +28,14 @@ Forward (``_ssd_fwd_kernel``): one program per (p-block, batch·head) walks its 
 [BP, N] fp32 state in registers; per chunk three dots (C Bᵀ, the masked scores times x, C S0ᵀ) and one for the
 state. One launch.
 
-Backward (``_ssd_bwd_kernel`` + ``_ssd_reduce_kernel``): nothing is saved by the forward but its inputs. Each
+Backward (``_ssd_bwd_kernel`` + ``_ssd_reduce_kernel``): the forward saves only its inputs (by default). Each
 program walks its chunks in reverse carrying dS = ∂L/∂S at the chunk end (dS_final, or 0, at the end), in groups
 of CK chunks: a group's chunk-entry states S0 are re-walked forward from a checkpoint into a transient fp32
 workspace first. One group (CK = all chunks: each state computed once, b·H·NPB·BP·BN·4 bytes a chunk, BN the
 padded N) while that fits ``TUNING["ws_bytes"]``; else checkpoints every CK ≈ √chunks chunks, stored by a first forward pass (each state
-computed twice, NCK + CK states a program). With R = dy xᵀ (the p-block's share), Z = R ⊙ L ⊙ Δ_s, U = B dSᵀ, V = C S0ᵀ:
+computed twice, NCK + CK states a program); with ``TUNING["save"]`` the forward stores the state entering each of its
+chunks and those are the checkpoints (no first pass; groups of fwd BT / bwd BT chunks). With R = dy xᵀ (the p-block's
+share), Z = R ⊙ L ⊙ Δ_s, U = B dSᵀ, V = C S0ᵀ:
 
     dx  = ((C Bᵀ ⊙ L) ⊙ Δ_s)ᵀ dy + (Δ e) ⊙ U + D dy                    e_s = exp(c_L − c_s)
     dC  = Z B + exp(c) ⊙ (dy S0)              dB = Zᵀ C + (Δ e) ⊙ (x dS)
@@ -66,7 +68,8 @@ TUNING's comment for the register counts), BP = the p-block (``TUNING["bp"]``: N
 blocks give more programs), BN = next pow2 ≥ N (every tile ≥ 16 for the dots). Under the interpreter BT = 16.
 
 torch.library: ``groundthink::mamba2_fwd`` / ``groundthink::mamba2_bwd`` with fake implementations and one
-autograd formula (torch.compile); eager calls run the same implementations through ``kernels._eager.EagerOp``.
+autograd formula (torch.compile); eager calls run the same implementations through ``kernels._eager.EagerOp``. The
+forward op's outputs: y, the final states (empty unless asked), the saved chunk-entry states (empty unless save).
 CUDA-graph safe: no host syncs; outputs and workspaces from ``torch.empty`` (``new_empty``).
 """
 from __future__ import annotations
@@ -824,7 +827,7 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     _check_offsets(x, dt, B, C)
     # the kernels index A, D, dt_bias as contiguous (free when they are; x, dt, B, C go in with their strides)
     A, D, dt_bias = (t.contiguous() if t is not None else None for t in (A, D, dt_bias))
-    save = bool(_save_ck(x.shape[3], B.shape[3]) and torch.is_grad_enabled()
+    save = bool(TUNING["save"] and torch.is_grad_enabled() and _save_ck(x.shape[3], B.shape[3])
                 and any(t is not None and t.requires_grad for t in (x, dt, A, B, C, D, dt_bias, initial_states)))
     y, hT, _ = _mamba2(x, dt, A, B, C, D, dt_bias, initial_states, bool(dt_softplus), bool(return_final_states),
                        save)
