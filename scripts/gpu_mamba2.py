@@ -3,25 +3,27 @@ timings, launch counts, in one command; prints a short table last.
 
     python3 scripts/gpu_mamba2.py 2>&1 | tee $OUT/mamba2.log
 
-1. checks: ``pytest tests/test_mamba2.py -m gpu -s`` in a subprocess (bf16 and fp32 at both model shapes: output,
-   final state and every gradient vs float64, mamba-ssm's errors printed beside; determinism; CUDA-graph replay);
-   the exit status of the script is pytest's (MAMBA2_CHECKS=0 skips them).
+1. checks: ``pytest tests/test_mamba2.py -m gpu -s`` in a subprocess (first CUDA-graph replay and determinism at both
+   model shapes, then the lean reverse step's bf16 errors and replay, then bf16 and fp32 at both model shapes: output,
+   final state and every gradient vs float64, mamba-ssm's errors printed beside); the exit status of the script is
+   pytest's (MAMBA2_CHECKS=0 skips them; MAMBA2_CHECKS_K: a -k filter).
 2. timings at the small (64, 256, 8, 32, 1, 32, 64) and large (16, 1024, 16, 64, 1, 64, 256) model shapes
    (B, T, H, P, G, N, chunk; the spec's bf16 inputs, dt_softplus, D [H], dt_bias): ms of the forward (no grad) and
    of forward+backward (``torch.autograd.grad`` with a fixed cotangent: no .grad accumulation), median of
    ``triton.testing.do_bench``, eager and as a replayed CUDA graph of the same call; extra peak memory of one
    fwd+bwd (MiB beyond the inputs).
 3. launches: GPU kernels (and memsets/copies) per fwd+bwd, counted by torch.profiler, per implementation.
-4. a sweep of the lab kernel's knobs (``ssd.TUNING``: fwd_bt, bwd_bt, bp, dot, prec, ckpt, ws_bytes) under the CUDA
-   graph (MAMBA2_SWEEP=0 skips it), and the registers / spills / warps the autotuner picked for each lab kernel.
+4. a sweep of the lab kernel's knobs (``ssd.TUNING``: lean, save, bwd_cfg, ws_bytes, bwd_bt, bp, dot, fwd_bt, ckpt,
+   prec) under the CUDA graph, each variant's graph fwd / fwd+bwd ms and its gradients' largest relative difference
+   from the default's (MAMBA2_SWEEP=0 skips it; "lean": only LEAN_SWEEP), and the registers / spills / warps the
+   autotuner picked for each lab kernel.
 ``--compile`` (no GPU needed): compiles the lab kernels for sm_90 with this machine's Triton at both model shapes
 (default tiles, every autotune config; MAMBA2_COMPILE_QUICK=1: the small shape's first configs), printing
 registers and spill bytes (cuobjdump); exit 1 on a compile failure (tests/test_mamba2.py runs the quick one).
-Env: MAMBA2_SHAPES (indices, e.g. "0"), MAMBA2_CHECKS (1; "seg": only the segmented backward's GPU tests),
-MAMBA2_CHECKS_S (150: the checks' cap), MAMBA2_SWEEP (1; 0 none; "seg": only SEG_SWEEP, the segmented backward's
-forms), MAMBA2_BUDGET_S (480: no sweep variant starts
-later, counted from the script's start); MAMBA2_SMOKE=1 (no GPU needed) runs the flow on the CPU interpreter at a
-tiny shape with single timed calls and no graphs (checks the script, measures nothing).
+Env: MAMBA2_SHAPES (indices, e.g. "0"), MAMBA2_CHECKS (1), MAMBA2_CHECKS_K (a pytest -k filter), MAMBA2_CHECKS_S
+(150: the checks' cap), MAMBA2_SWEEP (1: SWEEP; "lean": LEAN_SWEEP; 0 none), MAMBA2_BUDGET_S (480: no sweep variant
+starts later, counted from the script's start); MAMBA2_SMOKE=1 (no GPU needed) runs the flow on the CPU interpreter
+at a tiny shape with single timed calls and no graphs (checks the script, measures nothing).
 """
 from __future__ import annotations
 
@@ -43,18 +45,22 @@ import torch  # noqa: E402
 SMOKE = os.environ.get("MAMBA2_SMOKE", "0") == "1"
 DEV = "cpu" if SMOKE else "cuda"
 SHAPES = [(64, 256, 8, 32, 1, 32, 64), (16, 1024, 16, 64, 1, 64, 256)]
-# each against the default (fwd_bt None: 64 small / 32 large, bwd_bt 16, bp None, dot 1: the main table's row)
-# (ws_bytes 1 TiB: every chunk-entry state kept, no re-walk; the default re-walks in groups at the large shape)
-SWEEP = [dict(fwd_bt=64), dict(fwd_bt=32), dict(bwd_bt=32), dict(bp=32), dict(ws_bytes=1 << 40), dict(dot=2),
-         dict(fwd_bt=128), dict(bwd_bt=64), dict(bp=16), dict(ckpt=4), dict(dot=0), dict(dot=0, prec="tf32x3")]
-# the segmented backward (TUNING["seg"]: rows per segment; CK = seg / bwd_bt chunks walked per program;
-# CK = 1: no workspace): MAMBA2_SWEEP=seg sweeps only these (most promising first)
-SPL = "split"
-SEG_SWEEP = [dict(seg=64, bwd_bt=64, seg_kernel=SPL), dict(seg=64), dict(seg=64, bwd_bt=64, seg_kernel=SPL, bp=32),
-             dict(seg=32, bwd_bt=32, seg_kernel=SPL), dict(seg=128), dict(seg=16), dict(seg=16, seg_kernel="chunk"),
-             dict(seg=64, bwd_bt=64, seg_kernel="chunk"), dict(seg=64, bp=32), dict(seg=256),
-             dict(seg=32, bwd_bt=32, seg_kernel="chunk"), dict(seg=64, seg_bt=32)]
-SWEEP += SEG_SWEEP
+# each against the default (fwd_bt None: 64 small / 32 large, bwd_bt 16, bp None, dot 1, lean 0, bwd_cfg None: the
+# main table's row). LEAN_SWEEP first, most informative first (the budget cuts the tail; variants that need no new
+# compile — ws_bytes, bwd_cfg — are cheap): lean 2 (no V dot, inputs a step ahead); save (the forward's chunk-entry
+# states as the backward's checkpoints: no checkpoint pass, fwd BT / 16 − 1 re-walk steps a group; with fwd_bt 16
+# none at all, a slower forward); (2, 1) = 2 warps, 1 stage fixed (4 programs a SM at 255 registers: the small
+# model's 512 programs in one wave, not two); ws_bytes 1 TiB: every chunk-entry state kept (one re-walk of 63 state
+# steps; the default at the large shape walks 56 checkpoint steps and 56 re-walk steps around its 64 reverse steps);
+# bp 32 (512 programs at the large shape); (8, 1) = 8 warps, where lean spills least; lean 1; then the knobs never
+# timed on a GPU, without and with lean 2.
+L2 = dict(lean=2)
+LEAN_SWEEP = [L2, dict(L2, save=True), dict(L2, bwd_cfg=(2, 1)), dict(L2, save=True, bwd_cfg=(2, 1)),
+              dict(bwd_cfg=(2, 1)), dict(L2, ws_bytes=1 << 40), dict(L2, save=True, fwd_bt=16), dict(ws_bytes=1 << 40),
+              dict(L2, bp=32), dict(L2, bp=32, bwd_cfg=(2, 1)), dict(L2, bwd_cfg=(8, 1)), dict(lean=1),
+              dict(save=True), dict(bwd_bt=32), dict(L2, bwd_bt=32), dict(bp=32), dict(dot=2), dict(L2, dot=2)]
+SWEEP = LEAN_SWEEP + [dict(fwd_bt=64), dict(fwd_bt=32), dict(bwd_bt=64), dict(bp=16), dict(ckpt=4), dict(fwd_bt=128),
+                      dict(dot=0), dict(dot=0, prec="tf32x3")]
 BUDGET_S = float(os.environ.get("MAMBA2_BUDGET_S", "480"))   # the sweep stops starting variants after this
 T0 = time.monotonic()
 
@@ -154,7 +160,7 @@ def _peak_mib(f):
 def _kernel_info():
     from kernels.mamba2 import ssd
     out = []
-    for k in (ssd._ssd_fwd_kernel, ssd._ssd_bwd_kernel, ssd._ssd_seg_kernel, ssd._ssd_chunk_bwd_kernel):
+    for k in (ssd._ssd_fwd_kernel, ssd._ssd_bwd_kernel):
         try:
             cfg = k.best_config
             fn = k.fn
@@ -187,35 +193,25 @@ def compile_report() -> int:
         BTB = ssd._tiles(P, N, bwd=True)[0]
         fwd_cfgs = [(4, 2), (8, 2)]
         bwd_cfgs = [(8, 1), (4, 1), (8, 2)]
-        cases += [(ssd._ssd_fwd_kernel, dict(flags, BT=BTF, BP=BP, BN=BN, HAS_H0=False, STORE_HT=False, p_h0=None,
-                                             p_hT=None), fwd_cfgs[:1] if quick else fwd_cfgs),
-                  (ssd._ssd_bwd_kernel, dict(flags, BT=BTB, BP=BP, BN=BN, HAS_H0=False, HAS_DHT=False, SEG=False,
-                                             p_h0=None, p_dhT=None, p_dh0=None, p_Sg=None, p_dSg=None),
-                   bwd_cfgs[:1] if quick else bwd_cfgs),
+        bwd = dict(flags, BT=BTB, BP=BP, BN=BN, HAS_H0=False, HAS_DHT=False, SAVED=False, p_h0=None, p_dhT=None,
+                   p_dh0=None, p_st=None)
+        fwd = dict(flags, BT=BTF, BP=BP, BN=BN, HAS_H0=False, STORE_HT=False, STORE_ST=False, p_h0=None, p_hT=None,
+                   p_st=None)
+        cases += [(ssd._ssd_fwd_kernel, fwd, fwd_cfgs[:1] if quick else fwd_cfgs),
+                  (ssd._ssd_bwd_kernel, dict(bwd, LEAN=0), bwd_cfgs[:1] if quick else bwd_cfgs),
+                  (ssd._ssd_bwd_kernel, dict(bwd, LEAN=2), bwd_cfgs[:1] if quick else bwd_cfgs),
                   (ssd._ssd_reduce_kernel, dict(BR=32, BN=BN, BH=H, BQ=1, BPP=P, BS=max(1, 4096 // (H * P)),
                                                 HAS_D=True, D_PER_P=False, HAS_BIAS=True), [(4, 1)])]
-        # the segmented backward (TUNING["seg"]): its first phase, the state pass, the per-segment walk
-        segf = {k: v for k, v in flags.items() if k not in ("HAS_D", "D_PER_P")}
-        for bts in ([64] if quick else [64, 32]):
-            cases.append((ssd._ssd_seg_kernel, dict(segf, BT=bts, BP=BP, BN=BN), [(8, 1)] if quick else [(8, 1), (4, 1)]))
-        cases.append((ssd._ssd_seg_pass_kernel, dict(BLK=1024, HAS_H0=False, HAS_DHT=False, p_h0=None, p_dhT=None),
-                      [(4, 1)]))
-        # SEG 1: segments of several BT-row chunks (a workspace); SEG 2: one chunk a segment (none)
-        segw = [(BTB, 1, BP, [(4, 1)])] if quick else [
-            (16, 1, BP, [(4, 1), (8, 1)]), (16, 2, BP, [(4, 1), (8, 1)]), (32, 2, BP, [(4, 1), (8, 1)]),
-            (64, 2, BP, [(4, 1), (8, 1)])] + ([(16, 1, 32, [(4, 1), (8, 1)])] if BP > 32 else [])
-        # its loop-free one-chunk kernel, both programs' work in one (SPLIT False) or split between two
-        for split in (False, True):
-            for btb in ([BTB] if quick else [16, 32, 64]):
-                cases.append((ssd._ssd_chunk_bwd_kernel, dict(flags, BT=btb, BP=BP, BN=BN, SPLIT=split),
-                              [(8, 1)] if quick else [(8, 1), (4, 1)]))
-        if not quick and BP > 32:   # half p-blocks (the sweep's bp=32)
-            for btb in (32, 64):
-                cases.append((ssd._ssd_chunk_bwd_kernel, dict(flags, BT=btb, BP=32, BN=BN, SPLIT=True), [(8, 1)]))
-        for btb, mode, bp, cf in segw:
-            cases.append((ssd._ssd_bwd_kernel, dict(flags, BT=btb, BP=bp, BN=BN, HAS_H0=False, HAS_DHT=False,
-                                                    SEG=mode, p_h0=None, p_dhT=None, p_dh0=None,
-                                                    **({"p_scr": None} if mode == 2 else {})), cf))
+        # save: the forward storing its chunk-entry states, the backward taking them (with lean 2)
+        st = {k: v for k, v in bwd.items() if k != "p_st"}
+        cases += [(ssd._ssd_fwd_kernel, dict({k: v for k, v in fwd.items() if k != "p_st"}, STORE_ST=True),
+                   fwd_cfgs[:1]),
+                  (ssd._ssd_bwd_kernel, dict(st, SAVED=True, LEAN=2), bwd_cfgs[:1] if quick else bwd_cfgs)]
+        if not quick:   # lean 1, and the sweep's lean variants with bwd_bt 32 and bp 32
+            cases += [(ssd._ssd_bwd_kernel, dict(bwd, LEAN=1), bwd_cfgs),
+                      (ssd._ssd_bwd_kernel, dict(bwd, BT=32, LEAN=2), bwd_cfgs)]
+            if BP > 32:
+                cases.append((ssd._ssd_bwd_kernel, dict(bwd, BP=32, LEAN=2), bwd_cfgs))
     only = os.environ.get("MAMBA2_COMPILE_ONLY")     # (a substring of the kernel names to compile)
     failed = False
     for kern, consts, cfgs in cases:
@@ -228,8 +224,9 @@ def compile_report() -> int:
                  else "i32" for n in fn.arg_names}
         for nw, ns in cfgs:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-            tag = (f"{fn.__name__}{' SEG=%d' % consts['SEG'] if consts.get('SEG') else ''}"
-                   f"{' SPLIT' if consts.get('SPLIT') else ''} BT={consts.get('BT')} BP={consts.get('BP')} "
+            lean = (f" LEAN={consts['LEAN']}" if consts.get("LEAN") else "") + (
+                " SAVED" if consts.get("SAVED") else "") + (" STORE_ST" if consts.get("STORE_ST") else "")
+            tag = (f"{fn.__name__}{lean} BT={consts.get('BT')} BP={consts.get('BP')} "
                    f"BN={consts.get('BN')} warps={nw} stages={ns}")
             try:
                 k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": nw, "num_stages": ns})
@@ -268,8 +265,9 @@ def main() -> int:
         return compile_report()
     rc = 0
     checks = os.environ.get("MAMBA2_CHECKS", "0" if SMOKE else "1")
-    if checks in ("1", "seg"):
-        sel = ["-k", "seg"] if checks == "seg" else []
+    if checks == "1":
+        k = os.environ.get("MAMBA2_CHECKS_K")
+        sel = ["-k", k] if k else []
         print(f"== checks: pytest tests/test_mamba2.py -m gpu -s {' '.join(sel)}", flush=True)
         cap = float(os.environ.get("MAMBA2_CHECKS_S", "150"))   # the timings after it must still run
         try:
@@ -311,14 +309,14 @@ def main() -> int:
     _table(rows)   # (again at the end, after the sweep: a command cut short keeps this one)
     # the knob sweep last, variant by variant at every shape, within the time budget (a new knob value compiles)
     sweep = os.environ.get("MAMBA2_SWEEP", "1")
-    if sweep in ("1", "seg") and "triton" in impls:
+    if sweep in ("1", "lean") and "triton" in impls:
         old = dict(ssd.TUNING)
         cases = [("B{} T{} H{} P{} G{} N{} Q{}".format(*SHAPES[i]), _inputs(SHAPES[i])) for i in idx]
         base = {label: [g.float() for g in _step(impls["triton"], inp)[1]()] for label, inp in cases}   # the walk's
 
         def _vs_base(label, gs):   # max over the gradients of ‖g − g_walk‖ / ‖g_walk‖ (rounding-level if right)
             return max(((a.float() - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(gs, base[label]))
-        for v in (SEG_SWEEP if sweep == "seg" else SWEEP):
+        for v in (LEAN_SWEEP if sweep == "lean" else SWEEP):
             for label, inp in cases:
                 if time.monotonic() - T0 > BUDGET_S:
                     sweep_rows.append((label, str(v) + " (skipped: time budget)", None, None, None))
@@ -329,7 +327,10 @@ def main() -> int:
                     fwd()
                     dv = _vs_base(label, fb())
                     gf, gfb = _graph(fwd), _graph(fb)
-                    sweep_rows.append((label, str(v), _bench(gf.replay), _bench(gfb.replay), dv))
+                    bc = getattr(ssd._ssd_bwd_kernel, "best_config", None)   # (the autotuner's pick, when it ran)
+                    pick = (f" [{v['bwd_cfg'][0]}w]" if v.get("bwd_cfg") else
+                            f" [{bc.num_warps}w{bc.num_stages}s]" if bc is not None else "")
+                    sweep_rows.append((label, str(v) + pick, _bench(gf.replay), _bench(gfb.replay), dv))
                     print(f"sweep {sweep_rows[-1]}", flush=True)
                     del gf, gfb
                 except Exception as e:   # noqa: BLE001

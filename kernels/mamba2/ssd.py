@@ -1,5 +1,4 @@
-"""Mamba-2 SSD chunk scan in Triton: one "walk" kernel forward, one walk kernel + one reduction kernel backward
-(or, ``TUNING["seg"]``, a segmented chunk-parallel backward of four launches).
+"""Mamba-2 SSD chunk scan in Triton: one "walk" kernel forward, one walk kernel + one reduction kernel backward.
 
     mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
                               initial_states=None, return_final_states=False) -> y or (y, final_states)
@@ -29,12 +28,14 @@ Forward (``_ssd_fwd_kernel``): one program per (p-block, batch·head) walks its 
 [BP, N] fp32 state in registers; per chunk three dots (C Bᵀ, the masked scores times x, C S0ᵀ) and one for the
 state. One launch.
 
-Backward (``_ssd_bwd_kernel`` + ``_ssd_reduce_kernel``): nothing is saved by the forward but its inputs. Each
+Backward (``_ssd_bwd_kernel`` + ``_ssd_reduce_kernel``): the forward saves only its inputs (by default). Each
 program walks its chunks in reverse carrying dS = ∂L/∂S at the chunk end (dS_final, or 0, at the end), in groups
 of CK chunks: a group's chunk-entry states S0 are re-walked forward from a checkpoint into a transient fp32
 workspace first. One group (CK = all chunks: each state computed once, b·H·NPB·BP·BN·4 bytes a chunk, BN the
 padded N) while that fits ``TUNING["ws_bytes"]``; else checkpoints every CK ≈ √chunks chunks, stored by a first forward pass (each state
-computed twice, NCK + CK states a program). With R = dy xᵀ (the p-block's share), Z = R ⊙ L ⊙ Δ_s, U = B dSᵀ, V = C S0ᵀ:
+computed twice, NCK + CK states a program); with ``TUNING["save"]`` the forward stores the state entering each of its
+chunks and those are the checkpoints (no first pass; groups of fwd BT / bwd BT chunks). With R = dy xᵀ (the p-block's
+share), Z = R ⊙ L ⊙ Δ_s, U = B dSᵀ, V = C S0ᵀ:
 
     dx  = ((C Bᵀ ⊙ L) ⊙ Δ_s)ᵀ dy + (Δ e) ⊙ U + D dy                    e_s = exp(c_L − c_s)
     dC  = Z B + exp(c) ⊙ (dy S0)              dB = Zᵀ C + (Δ e) ⊙ (x dS)
@@ -45,27 +46,8 @@ computed twice, NCK + CK states a program). With R = dy xᵀ (the p-block's shar
 with K = C Bᵀ ⊙ L ⊙ R ⊙ Δ_s: da_j sums exactly the terms whose decay contains a_j (pairs spanning j inside the
 chunk — an exclusive cumsum along s, no rowsum − colsum cancellation —, earlier state read here, state written
 here read later, state passing through). ddt = dΔ ⊙ softplus'(dt + dt_bias), dA = Σ Δ da, ddt_bias = Σ ddt,
-dD = Σ dy ⊙ x.
-
-Segmented backward (``TUNING["seg"]`` = R rows, a multiple of the backward's BT; None = the walk above, the
-default): the long serial chain becomes a short one over segments of R rows, the rest chunk-parallel. With c the
-segment-local cumsum and c_L its total, a segment's own end state (zero entry state) and its own entry adjoint (zero
-exit adjoint) are
-
-    Sl = Σ_t (x_t Δ_t exp(c_L − c_t)) B_tᵀ,     dSl = Σ_t exp(c_t) dy_t C_tᵀ
-
-(1) ``_ssd_seg_kernel``, grid (b·H, NPB, NS): Sl, dSl, c_L of every segment (fp32 [NS, b·H, P, N], [NS, b·H]).
-(2) ``_ssd_seg_pass_kernel``, grid (b·H, P·N / 1024): elementwise over the state, in place,
-S_{s+1} = exp(c_L,s) S_s + Sl_s from h0 (or 0) and dS_{s−1} = exp(c_L,s) dS_s + dSl_s from dS_final (or 0): each
-segment's entry state and exit adjoint; the adjoint entering segment 0 is d initial_states. (3) each segment's
-gradients from those two, as the walk computes them (same formulas, same numerics): ``_ssd_bwd_kernel`` with SEG
-1 (grid (b·H, NPB, NS): the walk over the segment's R / BT chunks, their entry states re-walked into a workspace) or,
-for one chunk a segment (R = BT), SEG 2 (no workspace) or the loop-free ``_ssd_chunk_bwd_kernel``
-(``TUNING["seg_kernel"]`` "chunk"; "split": the dx/dΔ and the dB/dC work in two programs of the launch). (4) the
-reduction (the parameter partials now per segment too). Four launches backward, five per fwd+bwd; deterministic.
-Bytes beyond the walk's: the two state buffers, NS·b·H·P·N·4 each, written by (1), read and rewritten by (2), read
-by (3): at the large model (B16 T1024 H16 P=N=64) 64 MiB each for R = 64 (512 MiB of traffic; 640 with
-"split", whose two roles both read both). More than 65,535 segments (grid axis 2) fall back to the walk.
+dD = Σ dy ⊙ x. ``TUNING["lean"]`` ≥ 1 takes the state term from dC's state part instead of the dot V:
+exp(c_t)(dy_t · V_t) = Σ_n C_tn (exp(c_t) dy_t S0)_n (one dot fewer a chunk; the same sums in another order).
 
 Reductions, deterministic (no atomics): dB, dC are sums over the heads of a group and over p-blocks, ddt over
 p-blocks, dA, ddt_bias, dD over batch (and time, summed inside each program): the walk kernel writes fp32 partials
@@ -86,7 +68,8 @@ TUNING's comment for the register counts), BP = the p-block (``TUNING["bp"]``: N
 blocks give more programs), BN = next pow2 ≥ N (every tile ≥ 16 for the dots). Under the interpreter BT = 16.
 
 torch.library: ``groundthink::mamba2_fwd`` / ``groundthink::mamba2_bwd`` with fake implementations and one
-autograd formula (torch.compile); eager calls run the same implementations through ``kernels._eager.EagerOp``.
+autograd formula (torch.compile); eager calls run the same implementations through ``kernels._eager.EagerOp``. The
+forward op's outputs: y, the final states (empty unless asked), the saved chunk-entry states (empty unless save).
 CUDA-graph safe: no host syncs; outputs and workspaces from ``torch.empty`` (``new_empty``).
 """
 from __future__ import annotations
@@ -112,20 +95,24 @@ __all__ = ["mamba_chunk_scan_combined", "TUNING"]
 # checkpoint of the backward's state re-walk (None: all of them — one group, each state computed once — while the
 # workspace of every chunk-entry state fits ws_bytes, else ≈ √chunks: NCK + CK states a program, each state
 # computed twice); fwd_warps / bwd_warps: None = autotuned (read at import).
-# Offline sm_90 compile (Triton 3.9, bf16, DOT 1, ptxas registers / spill bytes): P = N = 64: forward BT 64 255/240
-# at 8 warps, BT 32 201/0; backward BT 16 255/56 (8 warps, 2 stages; 208 at 1 stage), BT 32 255/928; P = N = 32:
-# forward BT 64 255/0; backward BT 16 255/48 (120), BT 32 255/504. Chained dots keep Triton's mma warps along the rows, so a [BT, 64] fp32 tile
-# costs ~32 registers a thread at any BT ≤ 16·warps: fewer live tiles, not more warps, is what spills less.
-# seg: the backward's form — None: the walk (one program per sequence·head·p-block over every chunk); rows R (a
-# multiple of bwd_bt; rounded down to one): the segmented form, chunk-parallel over segments of R rows (three
-# launches and the reduction: segment-local states, the state pass between segments, the walk of each segment
-# from its entry state and exit adjoint); seg_bt: rows per tile of its first phase (None: 64, at most R rounded up
-# to a power of two); seg_warps: that phase's warps (None: 8; read at import); seg_kernel, for one chunk a segment
-# (seg = bwd_bt; ignored otherwise, and any other value means "walk"): "walk" (the
-# walk kernel's one-chunk mode), "chunk" (_ssd_chunk_bwd_kernel: no loop), "split" (the same with the dx/dΔ and
-# the dB/dC work in separate programs of the one launch: fewer live tiles).
+# Offline sm_90 compile (Triton 3.9, bf16, DOT 1, ptxas registers / spill bytes; session 13): forward P = N = 64
+# BT 32 252/0 (4 warps), 201/0 (8); P = N = 32 BT 64 255/72 (4), 251/0 (8). Backward BT 16, 4 / 8 warps (1 stage):
+# P = N = 64 255/584, 255/184 (lean 2: 280, 32); P = N = 32 255/160, 255/88 (lean 2: 136, 16); BT 32 (lean 2)
+# 232–1,200. The mma layouts of the backward's chained dots at 4 warps are [4, 1] and [2, 2] (16-row tiles partly
+# replicated across warps); 1 or 2 warps spill more (P = N = 32, 2 warps: 280), not less. At 255 registers 4 warps
+# give 2 programs a SM, 8 warps 1, 2 warps 4 (bwd_cfg).
+# lean: the backward's reverse step (0: as written in the module docstring; 1: without the dot V = C S0ᵀ, the
+# state's share of dy·y taken from dC's state part; 2: that and the next chunk's inputs loaded a step ahead; see
+# _ssd_bwd_kernel's LEAN); bwd_cfg: None (the backward walk autotuned over its configs) or (num_warps, num_stages),
+# launched as is (the sweep's way to try configs outside the autotuner's list, e.g. (2, 1): 4 programs a SM at 255
+# registers — the small model's 512 programs in one wave instead of two); save: the forward stores its chunk-entry
+# states (fp32, b·H·NPB·cdiv(T, fwd BT)·BP·BN·4 bytes kept for the backward: 128 MiB at the large model) and the
+# backward takes them as its checkpoints — no checkpoint pass, groups of fwd BT / bwd BT chunks (1 re-walk step a
+# group at the large model, 3 at the small; with fwd_bt = bwd_bt none: the chain is the reverse steps alone). Only
+# when a gradient is needed and the forward's rows are a multiple of the backward's.
 TUNING = {"fwd_bt": None, "bwd_bt": 16, "bp": None, "prec": None, "dot": 1, "ckpt": None, "ws_bytes": 128 << 20,
-          "fwd_warps": None, "bwd_warps": None, "seg": None, "seg_bt": None, "seg_warps": None, "seg_kernel": "walk"}
+          "fwd_warps": None, "bwd_warps": None, "lean": 0, "bwd_cfg": None,
+          "save": False}
 PRECISION = {torch.float32: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
 
 
@@ -157,7 +144,13 @@ def _configs(warps, stages):
 def _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """(v = dt + dt_bias, Δ) of BT rows, fp32 [BT]; Δ = 0 on rows past the sequence (``p_dt``: this sequence's
     and head's dt, rows ``sdt_t`` apart)."""
-    b_v = tl.load(p_dt + rows * sdt_t, mask=m_t, other=0.).to(tl.float32)
+    return _delta_of(tl.load(p_dt + rows * sdt_t, mask=m_t, other=0.), p_bias, i_h, m_t, HAS_BIAS, SOFTPLUS)
+
+
+@triton.jit
+def _delta_of(b_raw, p_bias, i_h, m_t, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """``_delta`` from the loaded dt rows ``b_raw`` [BT] (0 on rows past the sequence)."""
+    b_v = b_raw.to(tl.float32)
     if HAS_BIAS:
         b_v += tl.load(p_bias + i_h).to(tl.float32)
     if SOFTPLUS:
@@ -179,6 +172,14 @@ def _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS: tl.constexp
 
 
 @triton.jit
+def _chunk_setup_of(b_raw, p_bias, b_A, i_h, m_t, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """``_chunk_setup`` from the loaded dt rows ``b_raw`` [BT]."""
+    b_v, b_d = _delta_of(b_raw, p_bias, i_h, m_t, HAS_BIAS, SOFTPLUS)
+    b_a = b_d * b_A
+    return b_v, b_d, tl.cumsum(b_a, 0), tl.sum(b_a, 0)
+
+
+@triton.jit
 def _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t, sc_n):
     """x [BT, BP], B, C [BT, BN] of one chunk in their dtypes (0 outside)."""
     m_tp = m_t[:, None] & m_p[None, :]
@@ -187,6 +188,17 @@ def _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb
     b_B = tl.load(p_B + rows[:, None] * sb_t + o_n[None, :] * sb_n, mask=m_tn, other=0.)
     b_C = tl.load(p_C + rows[:, None] * sc_t + o_n[None, :] * sc_n, mask=m_tn, other=0.)
     return b_x, b_B, b_C
+
+
+@triton.jit
+def _chunk_next(p_x, p_dt, p_B, p_C, p_dy, ic, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n,
+                sy_t, sy_p, BT: tl.constexpr):
+    """x, B, C, dy tiles and the raw dt rows of chunk ``ic`` in their dtypes (all 0 when ic < 0: past the start)."""
+    rows = ic * BT + o_t
+    m_t = (rows >= 0) & (rows < T)
+    b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t, sc_n)
+    b_dy = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_t[:, None] & m_p[None, :], other=0.)
+    return b_x, b_B, b_C, b_dy, tl.load(p_dt + rows * sdt_t, mask=m_t, other=0.)
 
 
 @triton.jit
@@ -247,20 +259,42 @@ def _chunk_state(b_S, ic, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, 
     return _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, HALF, T_, PREC)
 
 
-@triton.autotune(configs=_configs(TUNING["fwd_warps"], [(4, 2), (8, 2)]), key=["BT", "BP", "BN", "HAS_H0", "STORE_HT"])
 @triton.jit
-def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
+def _state_next(p_x, p_dt, p_B, ic, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t, sb_t, sb_n, BT: tl.constexpr):
+    """x, B tiles and the raw dt rows of chunk ``ic`` (the re-walk's inputs, loaded a step ahead under LEAN 2)."""
+    rows = ic * BT + o_t
+    m_t = rows < T
+    b_x = tl.load(p_x + rows[:, None] * sx_t + o_p[None, :] * sx_p, mask=m_t[:, None] & m_p[None, :], other=0.)
+    b_B = tl.load(p_B + rows[:, None] * sb_t + o_n[None, :] * sb_n, mask=m_t[:, None] & m_n[None, :], other=0.)
+    return b_x, b_B, tl.load(p_dt + rows * sdt_t, mask=m_t, other=0.)
+
+
+@triton.jit
+def _chunk_state_of(b_S, ic, b_x, b_B, b_raw, p_bias, b_A, i_h, o_t, T, HAS_BIAS: tl.constexpr,
+                    SOFTPLUS: tl.constexpr, HALF: tl.constexpr, T_: tl.constexpr, PREC: tl.constexpr):
+    """``_chunk_state`` from chunk ``ic``'s loaded x, B tiles and raw dt rows."""
+    m_t = (ic * o_t.shape[0] + o_t) < T
+    b_v, b_d, b_c, b_cL = _chunk_setup_of(b_raw, p_bias, b_A, i_h, m_t, HAS_BIAS, SOFTPLUS)
+    return _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, HALF, T_, PREC)
+
+
+@triton.autotune(configs=_configs(TUNING["fwd_warps"], [(4, 2), (8, 2)]),
+                 key=["BT", "BP", "BN", "HAS_H0", "STORE_HT", "STORE_ST"])
+@triton.jit
+def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT, p_st,
                     T, H, P, N, HG,
                     sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
                     BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
                     D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                    STORE_HT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+                    STORE_HT: tl.constexpr, STORE_ST: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
     # p_x [b, T, H, P] (strides sx_*), p_dt [b, T, H] (sdt_*), p_B, p_C [b, T, G, N] (sb_*, sc_*), G = H / HG;
     # p_A [H] fp32, p_D [H] or [H, P] (D_PER_P; None unless HAS_D), p_bias [H] (None unless HAS_BIAS),
     # p_h0 [b, H, P, N] contiguous (None unless HAS_H0); p_y [b, T, H, P] contiguous; p_hT [b, H, P, N] fp32
-    # (written when STORE_HT). Grid (b·H, cdiv(P, BP)): program (i_bh, i_p) walks rows 0..T of one head for
-    # columns [i_p·BP, i_p·BP + BP) of P; BT rows per chunk, BN = next pow2 ≥ N. DOT: 0 every dot on fp32
-    # operands at PREC, 1 the dots of two input tiles (C Bᵀ, dy xᵀ) in x's dtype, 2 every dot in x's dtype.
+    # (written when STORE_HT); p_st [b·H·NPB, cdiv(T, BT), BP, BN] fp32 (STORE_ST, ``TUNING["save"]``; else None):
+    # the state entering each chunk, the backward's checkpoints. Grid (b·H, NPB = cdiv(P, BP)): program (i_bh, i_p)
+    # walks rows 0..T of one head for columns [i_p·BP, i_p·BP + BP) of P; BT rows per chunk, BN = next pow2 ≥ N.
+    # DOT: 0 every dot on fp32 operands at PREC, 1 the dots of two input tiles (C Bᵀ, dy xᵀ) in x's dtype, 2 every
+    # dot in x's dtype.
     i_bh, i_p = tl.program_id(0), tl.program_id(1)
     i_b, i_h, p_x, p_dt, p_B, p_C = _head_inputs(p_x, p_dt, p_B, p_C, i_bh, H, HG, sx_b, sx_h, sdt_b, sdt_h, sb_b,
                                                  sb_g, sc_b, sc_g)
@@ -278,7 +312,12 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
     else:
         b_S = tl.zeros([BP, BN], dtype=tl.float32)
     causal = o_t[:, None] >= o_t[None, :]
+    if STORE_ST:
+        p_st += (i_bh.to(tl.int64) * tl.num_programs(1) + i_p) * tl.cdiv(T, BT) * BP * BN
+        o_st = tl.arange(0, BP)[:, None] * BN + o_n[None, :]
     for r0 in range(0, T, BT):
+        if STORE_ST:
+            tl.store(p_st + (r0 // BT) * BP * BN + o_st, b_S)
         rows = r0 + o_t
         m_t = rows < T
         b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
@@ -298,70 +337,78 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT,
 
 
 @triton.autotune(configs=_configs(TUNING["bwd_warps"], [(8, 1), (4, 1), (8, 2)]),
-                 key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT", "SEG"])
+                 key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT", "LEAN", "SAVED"])
 @triton.jit
-def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_scr, p_Sg, p_dSg,
+def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_scr, p_st,
                     p_dx, p_ddtp, p_dBp, p_dCp, p_par, p_dDp, p_dh0,
                     T, H, P, N, HG, NPB, NC, CK, NCK,
                     sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
                     sy_b, sy_t, sy_h, sy_p,
                     BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
                     D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                    HAS_DHT: tl.constexpr, SEG: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+                    HAS_DHT: tl.constexpr, LEAN: tl.constexpr, SAVED: tl.constexpr, PREC: tl.constexpr,
+                    DOT: tl.constexpr):
     # inputs as in _ssd_fwd_kernel; p_dy [b, T, H, P] (strides sy_*), p_dhT [b, H, P, N] contiguous (None unless
     # HAS_DHT); p_scr [b·H·NPB, NCK + CK, BP, BN] fp32 workspace: NCK checkpoints (the state entering chunk
     # g·CK), then the CK chunk-entry states of the group being walked (NC = cdiv(T, BT) chunks, NCK = cdiv(NC, CK));
     # outputs: p_dx [b, T, H, P] contiguous (x's dtype); fp32 partials p_ddtp [b, T, H, NPB], p_dBp, p_dCp
     # [b, T, H·NPB, N], p_par [b·H·NPB, 2] (dA, ddt_bias of this program), p_dDp [b, H, P] (None unless HAS_D);
-    # p_dh0 [b, H, P, N] fp32 (None unless HAS_H0). Grid (b·H, NPB, 1), NPB = cdiv(P, BP).
-    # SEG 1 / 2 (the segmented form, grid (b·H, NPB, NS)): program (·, ·, i_s) walks only segment i_s = chunks
-    # [i_s·CK, i_s·CK + CK) (NCK = 1), from the segment-entry state p_Sg and the segment-exit adjoint p_dSg
-    # ([NS, b·H, P, N] fp32, from _ssd_seg_pass_kernel; None unless SEG) instead of h0 / dhT; p_scr
-    # [NS·b·H·NPB, 1 + CK, BP, BN] (SEG 2 = one chunk a segment, CK = 1: no workspace, None, no dS carried);
-    # p_par [NS, b, H, NPB, 2], p_dDp [NS, b, H, P] (summed over segments too by the reduction); d initial_states
-    # is stored by _ssd_seg_pass_kernel (p_dh0 unused).
+    # p_dh0 [b, H, P, N] fp32 (None unless HAS_H0). Grid (b·H, NPB), NPB = cdiv(P, BP).
+    # SAVED (``TUNING["save"]``): the checkpoints are the forward's chunk-entry states p_st [b·H·NPB, NCK, BP, BN]
+    # fp32 (the forward's chunks of CK·BT rows): no checkpoint pass; p_scr [b·H·NPB, CK, BP, BN] (None unless
+    # SAVED: p_st None).
+    # LEAN (``TUNING["lean"]``): the reverse step without the dot V = C S0ᵀ — the state's part of dy·y,
+    # eo_t = exp(c_t) dy_t·(S0 C_t), is Σ_n C_tn · (exp(c_t) dy_t S0)_n, the state part of dC already computed
+    # (one [BT, BN]·[BN, BP] dot, one fp32 [BT, BP] tile and S0's transposed operand copy fewer a chunk).
+    # LEAN 2: also every walk's inputs loaded one step ahead — the next chunk's x, B, C, dy tiles and dt rows in the
+    # reverse walk, x, B, dt in the state re-walks — so their memory latency overlaps this step's work instead of
+    # opening the next step (a few more registers: a [16, 64] bf16 tile is 4 a thread at 4 warps).
     i_bh, i_p = tl.program_id(0), tl.program_id(1)
     i_b, i_h, p_x, p_dt, p_B, p_C = _head_inputs(p_x, p_dt, p_B, p_C, i_bh, H, HG, sx_b, sx_h, sdt_b, sdt_h, sb_b,
                                                  sb_g, sc_b, sc_g)
     HT = p_x.dtype.element_ty                        # the half dtype of the DOT ≥ 1 dots
-    if SEG:
-        i_s = tl.program_id(2)
-        i_sbh = i_s.to(tl.int64) * tl.num_programs(0) + i_bh      # (segment, sequence·head)
-    else:
-        i_s = 0
-        i_sbh = i_bh.to(tl.int64)
-    prog = i_sbh * NPB + i_p
+    prog = i_bh.to(tl.int64) * NPB + i_p
     o_t = tl.arange(0, BT)
     o_p, o_n, m_p, m_n = _cols(i_p, P, N, BP, BN)
     p_dy += i_b * sy_b + i_h * sy_h
     o_pn = o_p[:, None] * N + o_n[None, :]
     m_pn = m_p[:, None] & m_n[None, :]
     o_sc = tl.arange(0, BP)[:, None] * BN + o_n[None, :]        # a [BP, BN] tile of the workspace
-    if SEG != 2:
+    if SAVED:
+        p_st += prog * NCK * BP * BN
+        p_grp = p_scr + prog * CK * BP * BN
+    else:
         p_scr += prog * (NCK + CK) * BP * BN
         p_grp = p_scr + NCK * BP * BN
     b_A = tl.load(p_A + i_h).to(tl.float32)
     if HAS_D:
         b_D = _load_D(p_D, i_h, o_p, m_p, P, BP, D_PER_P)
-    # ---- pass 1: the checkpoints, forward (none but the initial state when NCK = 1)
-    if SEG:
-        b_S = tl.load(p_Sg + i_sbh * P * N + o_pn, mask=m_pn, other=0.)
-    elif HAS_H0:
-        b_S = tl.load(p_h0 + i_bh.to(tl.int64) * P * N + o_pn, mask=m_pn, other=0.).to(tl.float32)
-    else:
-        b_S = tl.zeros([BP, BN], dtype=tl.float32)
-    if SEG != 2:
+    # ---- pass 1: the checkpoints, forward (none but the initial state when NCK = 1; the forward's when SAVED)
+    if not SAVED:
+        if HAS_H0:
+            b_S = tl.load(p_h0 + i_bh.to(tl.int64) * P * N + o_pn, mask=m_pn, other=0.).to(tl.float32)
+        else:
+            b_S = tl.zeros([BP, BN], dtype=tl.float32)
         tl.store(p_scr + o_sc, b_S)
-    if SEG == 0:
-        for ic in range(0, (NCK - 1) * CK):
-            b_S = _chunk_state(b_S, ic, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p,
-                               sdt_t, sb_t, sb_n, BT, HAS_BIAS, SOFTPLUS, DOT >= 2, HT, PREC)
-            if (ic + 1) % CK == 0:
-                tl.store(p_scr + ((ic + 1) // CK) * BP * BN + o_sc, b_S)
+        if LEAN >= 2:                                 # (inputs loaded a step ahead)
+            w_x, w_B, w_dt = _state_next(p_x, p_dt, p_B, 0, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t, sb_t,
+                                         sb_n, BT)
+            for ic in range(0, (NCK - 1) * CK):
+                b_x, b_B, b_raw = w_x, w_B, w_dt
+                w_x, w_B, w_dt = _state_next(p_x, p_dt, p_B, ic + 1, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t,
+                                             sb_t, sb_n, BT)
+                b_S = _chunk_state_of(b_S, ic, b_x, b_B, b_raw, p_bias, b_A, i_h, o_t, T, HAS_BIAS, SOFTPLUS,
+                                      DOT >= 2, HT, PREC)
+                if (ic + 1) % CK == 0:
+                    tl.store(p_scr + ((ic + 1) // CK) * BP * BN + o_sc, b_S)
+        else:
+            for ic in range(0, (NCK - 1) * CK):
+                b_S = _chunk_state(b_S, ic, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, m_n, T, sx_t,
+                                   sx_p, sdt_t, sb_t, sb_n, BT, HAS_BIAS, SOFTPLUS, DOT >= 2, HT, PREC)
+                if (ic + 1) % CK == 0:
+                    tl.store(p_scr + ((ic + 1) // CK) * BP * BN + o_sc, b_S)
     # ---- pass 2: groups of CK chunks in reverse, carrying dS = ∂L/∂S at the chunk end
-    if SEG:
-        b_dS = tl.load(p_dSg + i_sbh * P * N + o_pn, mask=m_pn, other=0.)
-    elif HAS_DHT:
+    if HAS_DHT:
         b_dS = tl.load(p_dhT + i_bh.to(tl.int64) * P * N + o_pn, mask=m_pn, other=0.).to(tl.float32)
     else:
         b_dS = tl.zeros([BP, BN], dtype=tl.float32)
@@ -369,42 +416,66 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     acc_dA = tl.zeros([BT], dtype=tl.float32)
     acc_db = tl.zeros([BT], dtype=tl.float32)
     acc_dD = tl.zeros([BP], dtype=tl.float32)
+    if LEAN >= 2:                                     # the next chunk's inputs, loaded one reverse step ahead
+        n_x, n_B, n_C, n_dy, n_dt = _chunk_next(p_x, p_dt, p_B, p_C, p_dy, NC - 1, o_t, o_p, m_p, o_n, m_n, T, sx_t,
+                                                sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n, sy_t, sy_p, BT)
     for kg in range(0, NCK):
-        c0 = (NCK - 1 - kg + i_s) * CK                # (i_s = 0 unless SEG; NCK = 1 when SEG)
+        c0 = (NCK - 1 - kg) * CK
         n_c = tl.minimum(CK, NC - c0)
-        if SEG != 2:
-            tl.debug_barrier()                        # the checkpoints stored, the previous group's states read
+        tl.debug_barrier()                            # the checkpoints stored, the previous group's states read
+        if SAVED:
+            b_S = tl.load(p_st + (NCK - 1 - kg) * BP * BN + o_sc)
+        else:
             b_S = tl.load(p_scr + (NCK - 1 - kg) * BP * BN + o_sc)
+        if LEAN >= 2:                                 # the group's chunk-entry states, forward from its checkpoint
+            w_x, w_B, w_dt = _state_next(p_x, p_dt, p_B, c0, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t, sb_t,
+                                         sb_n, BT)
+            for j in range(0, n_c - 1):
+                tl.store(p_grp + j * BP * BN + o_sc, b_S)
+                b_x, b_B, b_raw = w_x, w_B, w_dt
+                w_x, w_B, w_dt = _state_next(p_x, p_dt, p_B, c0 + j + 1, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p,
+                                             sdt_t, sb_t, sb_n, BT)
+                b_S = _chunk_state_of(b_S, c0 + j, b_x, b_B, b_raw, p_bias, b_A, i_h, o_t, T, HAS_BIAS, SOFTPLUS,
+                                      DOT >= 2, HT, PREC)
+        else:
             for j in range(0, n_c - 1):               # the group's chunk-entry states, forward from its checkpoint
                 tl.store(p_grp + j * BP * BN + o_sc, b_S)
                 b_S = _chunk_state(b_S, c0 + j, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, m_n, T, sx_t,
                                    sx_p, sdt_t, sb_t, sb_n, BT, HAS_BIAS, SOFTPLUS, DOT >= 2, HT, PREC)
-            tl.store(p_grp + (n_c - 1) * BP * BN + o_sc, b_S)
-            tl.debug_barrier()
+        tl.store(p_grp + (n_c - 1) * BP * BN + o_sc, b_S)
+        tl.debug_barrier()
         for k in range(0, n_c):
             j = n_c - 1 - k
             ic = c0 + j
             rows = ic * BT + o_t
             m_t = rows < T
             rows64 = rows.to(tl.int64)
-            b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
             m_tp = m_t[:, None] & m_p[None, :]
             m_tn = m_t[:, None] & m_n[None, :]
+            if LEAN >= 2:
+                b_x, b_B, b_C, b_dyh, b_raw = n_x, n_B, n_C, n_dy, n_dt
+                n_x, n_B, n_C, n_dy, n_dt = _chunk_next(p_x, p_dt, p_B, p_C, p_dy, ic - 1, o_t, o_p, m_p, o_n, m_n, T,
+                                                        sx_t, sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n, sy_t, sy_p, BT)
+                b_v, b_d, b_c, b_cL = _chunk_setup_of(b_raw, p_bias, b_A, i_h, m_t, HAS_BIAS, SOFTPLUS)
+            else:
+                b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
             b_ec = tl.exp(b_c)
             b_e = tl.exp(b_cL - b_c)                                                     # e_s = exp(c_L − c_s) ≤ 1
             b_de = b_d * b_e
             # (ordered for short live ranges: S0's uses first, then B's, then the [t, s] tiles')
-            b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
-                                      sc_n)
-            b_dyh = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_tp, other=0.)
+            if LEAN < 2:
+                b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
+                                          sc_n)
+                b_dyh = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_tp, other=0.)
             b_dy = b_dyh.to(tl.float32)
-            if SEG == 2:
-                b_S0 = b_S                            # (one chunk a segment: its entry state, no workspace)
+            b_S0 = tl.load(p_grp + j * BP * BN + o_sc)
+            if LEAN:
+                b_dC = b_ec[:, None] * _mm(b_dyh, b_S0, DOT >= 2, HT, PREC)             # [t, n] e^{c_t} dy_t S0
+                b_eo = tl.sum(b_C.to(tl.float32) * b_dC, 1)                             # [t] e^{c_t} dy_t·(S0 C_t)
             else:
-                b_S0 = tl.load(p_grp + j * BP * BN + o_sc)
-            b_V = _mm(b_C, tl.trans(b_S0), DOT >= 2, HT, PREC)                          # [t, p] (S0 C_t)_p
-            b_eo = b_ec * tl.sum(b_dy * b_V, 1)                                         # [t]
-            b_dC = b_ec[:, None] * _mm(b_dyh, b_S0, DOT >= 2, HT, PREC)
+                b_V = _mm(b_C, tl.trans(b_S0), DOT >= 2, HT, PREC)                      # [t, p] (S0 C_t)_p
+                b_eo = b_ec * tl.sum(b_dy * b_V, 1)                                     # [t]
+                b_dC = b_ec[:, None] * _mm(b_dyh, b_S0, DOT >= 2, HT, PREC)
             b_da = tl.zeros([BT], dtype=tl.float32) + tl.exp(b_cL) * tl.sum(tl.sum(b_S0 * b_dS, 1), 0)
             b_da += tl.cumsum(b_eo, 0, reverse=True)                                    # Σ_{t≥j} eo_t
             b_GL = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC)                          # [t, s]
@@ -442,247 +513,17 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
             b_dd = tl.where(m_t, b_dd, 0.)
             acc_db += b_dd
             tl.store(p_ddtp + ((i_b * T + rows64) * H + i_h) * NPB + i_p, b_dd, mask=m_t)
-            if SEG != 2:                              # (one chunk a segment: nothing to carry)
-                b_dS = tl.exp(b_cL) * b_dS + _mm(tl.trans(b_dy * b_ec[:, None]), b_C, DOT >= 2, HT, PREC)
+            b_dS = tl.exp(b_cL) * b_dS + _mm(tl.trans(b_dy * b_ec[:, None]), b_C, DOT >= 2, HT, PREC)
     if HAS_H0:
-        if SEG == 0:                                  # (segmented: _ssd_seg_pass_kernel stores it)
+        if LEAN:   # (offsets and mask formed anew: the [BP, BN] tiles of the start are not kept live)
+            tl.store(p_dh0 + (i_bh.to(tl.int64) * P + o_p)[:, None] * N + o_n[None, :], b_dS,
+                     mask=(o_p[:, None] < P) & (o_n[None, :] < N))
+        else:
             tl.store(p_dh0 + i_bh.to(tl.int64) * P * N + o_pn, b_dS, mask=m_pn)
     tl.store(p_par + prog * 2, tl.sum(acc_dA, 0))
     tl.store(p_par + prog * 2 + 1, tl.sum(acc_db, 0))
     if HAS_D:
-        tl.store(p_dDp + i_sbh * P + o_p, acc_dD, mask=m_p)
-
-
-@triton.autotune(configs=_configs(TUNING["seg_warps"], [(8, 1)]), key=["BT", "BP", "BN"])   # (8: fewer registers)
-@triton.jit
-def _ssd_seg_kernel(p_x, p_dt, p_A, p_B, p_C, p_bias, p_dy, p_Sl, p_dSl, p_cL,
-                    T, H, P, N, HG, SEGR,
-                    sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
-                    sy_b, sy_t, sy_h, sy_p,
-                    BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    SOFTPLUS: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
-    # Phase 1 of the segmented backward: each segment's own contributions, from a zero state / zero adjoint.
-    # Inputs as in _ssd_bwd_kernel (p_dy [b, T, H, P], strides sy_*); SEGR rows per segment (a multiple of BT).
-    # Outputs (fp32, contiguous): p_Sl [NS, b·H, P, N] the segment's end state from a zero entry state,
-    # Σ_t (x_t Δ_t exp(c_L − c_t)) B_tᵀ; p_dSl [NS, b·H, P, N] its entry adjoint from a zero exit adjoint,
-    # Σ_t exp(c_t) dy_t C_tᵀ; p_cL [NS, b·H] the segment's log decay c_L = Σ a_t (c: the segment-local
-    # cumsum, every exponent ≤ 0). Grid (b·H, NPB, NS); program (i_bh, i_p, i_s) walks the segment's rows in
-    # BT-row tiles for the columns [i_p·BP, i_p·BP + BP) of P.
-    i_bh, i_p, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h, p_x, p_dt, p_B, p_C = _head_inputs(p_x, p_dt, p_B, p_C, i_bh, H, HG, sx_b, sx_h, sdt_b, sdt_h, sb_b,
-                                                 sb_g, sc_b, sc_g)
-    HT = p_x.dtype.element_ty
-    i_sbh = i_s.to(tl.int64) * tl.num_programs(0) + i_bh
-    o_t = tl.arange(0, BT)
-    o_p, o_n, m_p, m_n = _cols(i_p, P, N, BP, BN)
-    p_dy += i_b * sy_b + i_h * sy_h
-    b_A = tl.load(p_A + i_h).to(tl.float32)
-    b_S = tl.zeros([BP, BN], dtype=tl.float32)
-    b_dS = tl.zeros([BP, BN], dtype=tl.float32)
-    b_off = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)        # c_L of the tiles before this one (fp32 scalar)
-    r_lo = i_s * SEGR
-    r_hi = tl.minimum(r_lo + SEGR, T)
-    for r0 in range(r_lo, r_hi, BT):
-        rows = r0 + o_t
-        m_t = rows < r_hi                                     # (a tile may pass the segment's end)
-        b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
-        b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
-                                  sc_n)
-        b_dy = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_t[:, None] & m_p[None, :],
-                       other=0.).to(tl.float32)
-        b_S = _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, DOT >= 2, HT, PREC)
-        b_dS += _mm(tl.trans(b_dy * tl.exp(b_off + b_c)[:, None]), b_C, DOT >= 2, HT, PREC)
-        b_off += b_cL
-    o_pn = o_p[:, None] * N + o_n[None, :]
-    m_pn = m_p[:, None] & m_n[None, :]
-    tl.store(p_Sl + i_sbh * P * N + o_pn, b_S, mask=m_pn)
-    tl.store(p_dSl + i_sbh * P * N + o_pn, b_dS, mask=m_pn)
-    if i_p == 0:
-        tl.store(p_cL + i_sbh, b_off)
-
-
-@triton.jit
-def _ssd_seg_pass_kernel(p_Sl, p_dSl, p_cL, p_h0, p_dhT, p_dh0, NBH, PN, NS,
-                         BLK: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr):
-    # Phase 2 of the segmented backward, in place and elementwise over the P·N = PN state entries: p_Sl, p_dSl
-    # [NS, NBH, PN] fp32 (NBH = b·H) hold the segments' own contributions (_ssd_seg_kernel) and leave holding
-    # the state entering each segment (S_0 = h0 or 0, S_{s+1} = exp(cL_s) S_s + Sl_s) and the adjoint leaving
-    # it (dS_{NS−1} = dhT or 0, dS_{s−1} = exp(cL_s) dS_s + dSl_s); p_cL [NS, NBH]; p_h0, p_dhT [NBH, PN]
-    # (None unless HAS_H0 / HAS_DHT); p_dh0 [NBH, PN] fp32 (with HAS_H0): the adjoint entering segment 0.
-    # Grid (NBH, cdiv(PN, BLK)).
-    i_bh, i_k = tl.program_id(0), tl.program_id(1)
-    o = i_k * BLK + tl.arange(0, BLK)
-    m = o < PN
-    if HAS_H0:
-        b_S = tl.load(p_h0 + i_bh.to(tl.int64) * PN + o, mask=m, other=0.).to(tl.float32)
-    else:
-        b_S = tl.zeros([BLK], dtype=tl.float32)
-    # (each step's contribution and decay are loaded one step ahead: the loads do not wait on the carried state)
-    i_bh64 = i_bh.to(tl.int64)
-    b_l = tl.load(p_Sl + i_bh64 * PN + o, mask=m, other=0.)
-    b_g = tl.load(p_cL + i_bh64)
-    for s in range(0, NS):
-        i_sbh = s * NBH + i_bh64
-        i_nx = tl.minimum(s + 1, NS - 1) * NBH + i_bh64               # (the last step reloads itself: unused)
-        b_ln = tl.load(p_Sl + i_nx * PN + o, mask=m, other=0.)
-        b_gn = tl.load(p_cL + i_nx)
-        tl.store(p_Sl + i_sbh * PN + o, b_S, mask=m)
-        b_S = tl.exp(b_g) * b_S + b_l
-        b_l, b_g = b_ln, b_gn
-    if HAS_DHT:
-        b_dS = tl.load(p_dhT + i_bh64 * PN + o, mask=m, other=0.).to(tl.float32)
-    else:
-        b_dS = tl.zeros([BLK], dtype=tl.float32)
-    i_last = (NS - 1) * NBH + i_bh64
-    b_l = tl.load(p_dSl + i_last * PN + o, mask=m, other=0.)
-    b_g = tl.load(p_cL + i_last)
-    for k in range(0, NS):
-        i_sbh = (NS - 1 - k) * NBH + i_bh64
-        i_nx = tl.maximum(NS - 2 - k, 0) * NBH + i_bh64
-        b_ln = tl.load(p_dSl + i_nx * PN + o, mask=m, other=0.)
-        b_gn = tl.load(p_cL + i_nx)
-        tl.store(p_dSl + i_sbh * PN + o, b_dS, mask=m)
-        b_dS = tl.exp(b_g) * b_dS + b_l
-        b_l, b_g = b_ln, b_gn
-    if HAS_H0:
-        tl.store(p_dh0 + i_bh.to(tl.int64) * PN + o, b_dS, mask=m)
-
-
-@triton.jit
-def _chunk_grads_x(p_x, p_dt, p_B, p_C, p_D, p_bias, p_dy, b_S0p, b_dSp, p_dx, p_ddtp, p_par, p_dDp,
-                   b_A, i_b, i_h, i_p, i_sbh, prog, ic, T, H, P, N, NPB, o_t, o_p, m_p, o_n, m_n, o_sc,
-                   sx_t, sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n, sy_t, sy_p,
-                   BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
-                   D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PREC: tl.constexpr,
-                   DOT: tl.constexpr):
-    """dx, the ddt partial and this program's dA, ddt_bias, dD partials of one chunk (the formulas of the
-    module docstring), from its entry state and exit adjoint (pointers b_S0p, b_dSp to [P, N] fp32 tiles)."""
-    HT = p_x.dtype.element_ty
-    rows = ic * BT + o_t
-    m_t = rows < T
-    rows64 = rows.to(tl.int64)
-    m_tp = m_t[:, None] & m_p[None, :]
-    b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
-    b_ec = tl.exp(b_c)
-    b_e = tl.exp(b_cL - b_c)
-    b_de = b_d * b_e
-    causal = o_t[:, None] >= o_t[None, :]
-    b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t, sc_n)
-    b_dyh = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_tp, other=0.)
-    b_dy = b_dyh.to(tl.float32)
-    b_S0 = tl.load(b_S0p + o_sc, mask=m_p[:, None] & m_n[None, :], other=0.)
-    b_dS = tl.load(b_dSp + o_sc, mask=m_p[:, None] & m_n[None, :], other=0.)
-    b_da = tl.zeros([BT], dtype=tl.float32) + tl.exp(b_cL) * tl.sum(tl.sum(b_S0 * b_dS, 1), 0)
-    b_V = _mm(b_C, tl.trans(b_S0), DOT >= 2, HT, PREC)                              # [t, p]
-    b_da += tl.cumsum(b_ec * tl.sum(b_dy * b_V, 1), 0, reverse=True)
-    b_U = _mm(b_B, tl.trans(b_dS), DOT >= 2, HT, PREC)                              # [s, p]
-    b_xf = b_x.to(tl.float32)
-    b_xu = tl.sum(b_xf * b_U, 1)
-    b_L = tl.exp(tl.where(causal, b_c[:, None] - b_c[None, :], float("-inf")))
-    b_GL = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC) * b_L                        # [t, s]
-    b_dx = _mm(tl.trans(b_GL * b_d[None, :]), b_dyh, DOT >= 2, HT, PREC) + b_de[:, None] * b_U
-    if HAS_D:
-        b_D = _load_D(p_D, i_h, o_p, m_p, P, BP, D_PER_P)
-        b_dx += b_dy * b_D[None, :]
-        tl.store(p_dDp + i_sbh * P + o_p, tl.sum(b_dy * b_xf, 0), mask=m_p)
-    tl.store(p_dx + (i_b * T + rows64)[:, None] * H * P + i_h * P + o_p[None, :], b_dx.to(p_dx.dtype.element_ty),
-             mask=m_tp)
-    b_K = b_GL * _mm(b_dyh, tl.trans(b_x), DOT >= 1, HT, PREC)                      # [t, s] GL ⊙ R
-    b_dd = tl.sum(b_K, 0) + b_e * b_xu
-    b_K = b_K * b_d[None, :]
-    b_da += tl.sum(tl.where(causal, tl.cumsum(b_K, 1) - b_K, 0.), 0)
-    b_vs = b_de * b_xu
-    b_da += tl.cumsum(b_vs, 0) - b_vs
-    b_da = tl.where(m_t, b_da, 0.)
-    b_dd += b_A * b_da
-    if SOFTPLUS:
-        b_dd = tl.where(b_v <= 20., b_dd / (1. + tl.exp(-b_v)), b_dd)
-    b_dd = tl.where(m_t, b_dd, 0.)
-    tl.store(p_ddtp + ((i_b * T + rows64) * H + i_h) * NPB + i_p, b_dd, mask=m_t)
-    tl.store(p_par + prog * 2, tl.sum(b_d * b_da, 0))
-    tl.store(p_par + prog * 2 + 1, tl.sum(b_dd, 0))
-
-
-@triton.jit
-def _chunk_grads_bc(p_x, p_dt, p_B, p_C, p_bias, p_dy, b_S0p, b_dSp, p_dBp, p_dCp,
-                    b_A, i_b, i_h, i_p, ic, T, H, N, NPB, o_t, o_p, m_p, o_n, m_n, o_sc,
-                    sx_t, sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n, sy_t, sy_p,
-                    BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    SOFTPLUS: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
-    """The dB, dC partials of one chunk (this p-block's share) from its entry state and exit adjoint."""
-    HT = p_x.dtype.element_ty
-    rows = ic * BT + o_t
-    m_t = rows < T
-    rows64 = rows.to(tl.int64)
-    m_tp = m_t[:, None] & m_p[None, :]
-    m_tn = m_t[:, None] & m_n[None, :]
-    b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
-    b_de = b_d * tl.exp(b_cL - b_c)
-    causal = o_t[:, None] >= o_t[None, :]
-    b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t, sc_n)
-    b_dyh = tl.load(p_dy + rows[:, None] * sy_t + o_p[None, :] * sy_p, mask=m_tp, other=0.)
-    b_L = tl.exp(tl.where(causal, b_c[:, None] - b_c[None, :], float("-inf")))
-    b_Z = _mm(b_dyh, tl.trans(b_x), DOT >= 1, HT, PREC) * b_L * b_d[None, :]        # [t, s] R ⊙ L ⊙ Δ_s
-    o_part = ((i_b * T + rows64) * H * NPB + i_h * NPB + i_p)[:, None] * N + o_n[None, :]
-    b_S0 = tl.load(b_S0p + o_sc, mask=m_p[:, None] & m_n[None, :], other=0.)
-    b_dC = tl.exp(b_c)[:, None] * _mm(b_dyh, b_S0, DOT >= 2, HT, PREC) + _mm(b_Z, b_B, DOT >= 2, HT, PREC)
-    tl.store(p_dCp + o_part, b_dC, mask=m_tn)
-    b_dS = tl.load(b_dSp + o_sc, mask=m_p[:, None] & m_n[None, :], other=0.)
-    b_dB = _mm(tl.trans(b_Z), b_C, DOT >= 2, HT, PREC) + b_de[:, None] * _mm(b_x, b_dS, DOT >= 2, HT, PREC)
-    tl.store(p_dBp + o_part, b_dB, mask=m_tn)
-
-
-@triton.autotune(configs=_configs(TUNING["bwd_warps"], [(8, 1)]), key=["BT", "BP", "BN", "SPLIT"])  # (8: spills least)
-@triton.jit
-def _ssd_chunk_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_dy, p_Sg, p_dSg,
-                          p_dx, p_ddtp, p_dBp, p_dCp, p_par, p_dDp,
-                          T, H, P, N, HG, NPB,
-                          sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
-                          sy_b, sy_t, sy_h, sy_p,
-                          BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
-                          D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                          SPLIT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
-    # Phase 3 of the segmented backward with one BT-row chunk a segment (no walk): every gradient of chunk i_s
-    # from its entry state p_Sg and exit adjoint p_dSg ([NS, b·H, P, N] fp32, _ssd_seg_pass_kernel). Inputs and
-    # partial outputs as in _ssd_bwd_kernel (SEG 2). Grid (b·H, NPB·(2 if SPLIT else 1), NS): with SPLIT the
-    # programs of odd axis-1 index compute dB, dC and the even ones dx, ddt and the parameter partials (one
-    # launch, half the live tiles a program); without, one program does both in turn.
-    i_bh, i_q, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    if SPLIT:
-        i_p, role = i_q // 2, i_q % 2
-    else:
-        i_p = i_q
-    i_b, i_h, p_x, p_dt, p_B, p_C = _head_inputs(p_x, p_dt, p_B, p_C, i_bh, H, HG, sx_b, sx_h, sdt_b, sdt_h, sb_b,
-                                                 sb_g, sc_b, sc_g)
-    i_sbh = i_s.to(tl.int64) * tl.num_programs(0) + i_bh
-    prog = i_sbh * NPB + i_p
-    o_t = tl.arange(0, BT)
-    o_p, o_n, m_p, m_n = _cols(i_p, P, N, BP, BN)
-    o_sc = o_p[:, None] * N + o_n[None, :]
-    p_dy += i_b * sy_b + i_h * sy_h
-    b_S0p = p_Sg + i_sbh * P * N
-    b_dSp = p_dSg + i_sbh * P * N
-    b_A = tl.load(p_A + i_h).to(tl.float32)
-    if SPLIT:
-        if role == 0:
-            _chunk_grads_x(p_x, p_dt, p_B, p_C, p_D, p_bias, p_dy, b_S0p, b_dSp, p_dx, p_ddtp, p_par, p_dDp,
-                           b_A, i_b, i_h, i_p, i_sbh, prog, i_s, T, H, P, N, NPB, o_t, o_p, m_p, o_n, m_n, o_sc,
-                           sx_t, sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n, sy_t, sy_p,
-                           BT, BP, BN, HAS_D, D_PER_P, HAS_BIAS, SOFTPLUS, PREC, DOT)
-        else:
-            _chunk_grads_bc(p_x, p_dt, p_B, p_C, p_bias, p_dy, b_S0p, b_dSp, p_dBp, p_dCp,
-                            b_A, i_b, i_h, i_p, i_s, T, H, N, NPB, o_t, o_p, m_p, o_n, m_n, o_sc,
-                            sx_t, sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n, sy_t, sy_p,
-                            BT, BP, BN, HAS_BIAS, SOFTPLUS, PREC, DOT)
-    else:
-        _chunk_grads_x(p_x, p_dt, p_B, p_C, p_D, p_bias, p_dy, b_S0p, b_dSp, p_dx, p_ddtp, p_par, p_dDp,
-                       b_A, i_b, i_h, i_p, i_sbh, prog, i_s, T, H, P, N, NPB, o_t, o_p, m_p, o_n, m_n, o_sc,
-                       sx_t, sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n, sy_t, sy_p,
-                       BT, BP, BN, HAS_D, D_PER_P, HAS_BIAS, SOFTPLUS, PREC, DOT)
-        _chunk_grads_bc(p_x, p_dt, p_B, p_C, p_bias, p_dy, b_S0p, b_dSp, p_dBp, p_dCp,
-                        b_A, i_b, i_h, i_p, i_s, T, H, N, NPB, o_t, o_p, m_p, o_n, m_n, o_sc,
-                        sx_t, sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n, sy_t, sy_p,
-                        BT, BP, BN, HAS_BIAS, SOFTPLUS, PREC, DOT)
+        tl.store(p_dDp + i_bh.to(tl.int64) * P + o_p, acc_dD, mask=m_p)
 
 
 @triton.jit
@@ -691,10 +532,10 @@ def _ssd_reduce_kernel(p_dBp, p_dCp, p_ddtp, p_par, p_dDp, p_dB, p_dC, p_ddt, p_
                        BR: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BQ: tl.constexpr, BPP: tl.constexpr,
                        BS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr):
     # partials of _ssd_bwd_kernel: p_dBp, p_dCp [BL, H·NPB, N], p_ddtp [BL, H, NPB], p_par [NB, H, NPB, 2],
-    # p_dDp [NB, H, P] (BL = b·T rows, NB = b, or NS·b for the segmented form); outputs in their inputs' dtypes: p_dB, p_dC [BL, G, N],
+    # p_dDp [NB, H, P] (BL = b·T rows, NB = b); outputs in their inputs' dtypes: p_dB, p_dC [BL, G, N],
     # p_ddt [BL, H], p_dA [H], p_dbias [H] (None unless HAS_BIAS), p_dD [H] or [H, P] (D_PER_P; None unless
     # HAS_D). Programs 0..n_row_blocks-1 sum BR rows each (over the HG·NPB partials of a group, in index order);
-    # the last program sums the parameter partials over the batch (and segments) BS rows a load, in a fixed order
+    # the last program sums the parameter partials over the batch BS rows a load, in a fixed order
     # (deterministic). BH, BQ, BPP: pow2 ≥ H, NPB, P.
     pid = tl.program_id(0)
     if pid < n_row_blocks:
@@ -729,7 +570,7 @@ def _ssd_reduce_kernel(p_dBp, p_dCp, p_ddtp, p_par, p_dDp, p_dB, p_dC, p_ddt, p_
         o_s = tl.arange(0, BS)
         acc_A = tl.zeros([BH, BQ], dtype=tl.float32)
         acc_b = tl.zeros([BH, BQ], dtype=tl.float32)
-        for b0 in range(0, NB, BS):      # BS partial rows a load (NB = NS·b is 256+ for the segmented form)
+        for b0 in range(0, NB, BS):      # BS partial rows a load
             m_s = (b0 + o_s) < NB
             o = (b0 + o_s)[:, None, None] * (H * NPB * 2) + o2[None, :, :]
             acc_A += tl.sum(tl.load(p_par + o, mask=m_s[:, None, None] & m2[None, :, :], other=0.), 0)
@@ -759,53 +600,75 @@ def _tiles(P: int, N: int, bwd: bool):
     """(BT, BP, BN): rows per chunk, the p-block, the padded state width (every tile ≥ 16 for tl.dot)."""
     bp = TUNING["bp"] or min(_pow2(P), 64)
     BP, BN = max(16, min(_pow2(bp), _pow2(P))), max(16, _pow2(N))
-    BT = TUNING["bwd_bt"] if bwd else (TUNING["fwd_bt"] or (64 if BP * BN <= 2048 else 32))
-    return (16 if INTERPRET else BT), BP, BN
+    if bwd:
+        BT = TUNING["bwd_bt"]
+    else:   # (the interpreter: 16 rows unless set)
+        BT = TUNING["fwd_bt"] or (16 if INTERPRET else 64 if BP * BN <= 2048 else 32)
+    return BT, BP, BN
+
+
+def _save_ck(P: int, N: int) -> int:
+    """Backward chunks per forward chunk when the forward saves its chunk-entry states (``TUNING["save"]``; the
+    forward's rows a multiple of the backward's), else 0."""
+    BTF, BTB = _tiles(P, N, bwd=False)[0], _tiles(P, N, bwd=True)[0]
+    return BTF // BTB if TUNING["save"] and BTF % BTB == 0 else 0
 
 
 def _strides(t, n):
     return tuple(t.stride()) if t.dim() == n else (0,) * n
 
 
-def _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: bool, return_final_states: bool):
+def _states_shape(x, N):
+    """Shape of the forward's saved chunk-entry states (``TUNING["save"]``): [b·H·NPB, cdiv(T, BT), BP, BN]."""
+    b, T, H, P = x.shape
+    BT, BP, BN = _tiles(P, N, bwd=False)
+    return (b * H * _cdiv(P, BP), _cdiv(T, BT), BP, BN)
+
+
+def _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: bool, return_final_states: bool,
+              save_states: bool = False):
+    """(y, final states or empty, the chunk-entry states for the backward (save_states) or empty)."""
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     dev = x.device
     y = new_empty((b, T, H, P), x.dtype, dev)
     hT = new_empty((b, H, P, N), torch.float32, dev) if return_final_states else x.new_empty((0,), dtype=torch.float32)
+    save = bool(save_states) and b * H * P * T > 0
+    st = new_empty(_states_shape(x, N), torch.float32, dev) if save else x.new_empty((0,), dtype=torch.float32)
     if b * H == 0 or P == 0:
-        return y, hT
+        return y, hT, st
     BT, BP, BN = _tiles(P, N, bwd=False)
     h0 = initial_states.contiguous() if initial_states is not None else None
     grid = (b * H, _cdiv(P, BP))
     _ssd_fwd_kernel[grid](
-        x, dt, A, B, C, D, dt_bias, h0, y, hT if return_final_states else None,
+        x, dt, A, B, C, D, dt_bias, h0, y, hT if return_final_states else None, st if save else None,
         T, H, P, N, H // G, *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
         BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
-        STORE_HT=bool(return_final_states), PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C))
-    return y, hT
+        STORE_HT=bool(return_final_states), STORE_ST=save, PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C))
+    return y, hT, st
 
 
-def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: bool):
-    """(dx, ddt, dA, dB, dC, dD, ddt_bias, d initial_states); absent inputs get an empty gradient."""
+def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_softplus: bool):
+    """(dx, ddt, dA, dB, dC, dD, ddt_bias, d initial_states); absent inputs get an empty gradient. ``states``: the
+    forward's chunk-entry states (``TUNING["save"]``) or None / empty (the checkpoint pass recomputes them)."""
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     dev = x.device
     empty = lambda: x.new_empty((0,), dtype=torch.float32)   # noqa: E731 - one each: outputs may not alias
     BT, BP, BN = _tiles(P, N, bwd=True)
     NPB, NC = _cdiv(P, BP), max(1, _cdiv(T, BT))
-    seg = TUNING["seg"]
-    if seg:                                             # the segmented form: NS segments of CK chunks, NCK = 1
-        CK = min(max(1, int(seg) // BT), NC)
-        NS, NCK = _cdiv(NC, CK), 1
-        if NS > 65535:                                  # segments ride grid axis 2 (≤ 65,535): the walk instead
-            seg = None
-    if not seg:
+    saved = states is not None and states.numel() > 0
+    if saved:                  # the forward's states (its tiling must still be this one's: else recompute)
+        CK = _save_ck(P, N)
+        saved = CK > 0 and tuple(states.shape) == _states_shape(x, N)
+    if saved:
+        NCK = _cdiv(NC, CK)
+    else:
         CK = TUNING["ckpt"] or (NC if b * H * NPB * (NC + 1) * BP * BN * 4 <= TUNING["ws_bytes"]
                                 else max(1, round(math.sqrt(NC))))
         CK = min(CK, NC)
-        NS, NCK = 1, _cdiv(NC, CK)
+        NCK = _cdiv(NC, CK)
     dx = new_empty(x.shape, x.dtype, dev)
     ddt = new_empty(dt.shape, dt.dtype, dev)
     dA = new_empty(A.shape, A.dtype, dev)
@@ -823,46 +686,26 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
         if h0 is not None:
             dh0.copy_(dhT if dhT is not None else torch.zeros_like(dh0))
         return dx, ddt, dA, dB, dC, dD, dbias, dh0
-    one = bool(seg) and CK == 1                       # one chunk a segment: no state workspace
-    scr = None if one else new_empty((NS * b * H * NPB, NCK + CK, BP, BN), torch.float32, dev)
+    scr = new_empty((b * H * NPB, CK if saved else NCK + CK, BP, BN), torch.float32, dev)
     ddtp = new_empty((b, T, H, NPB), torch.float32, dev)
     dBp = new_empty((b, T, H * NPB, N), torch.float32, dev)
     dCp = new_empty((b, T, H * NPB, N), torch.float32, dev)
-    par = new_empty((NS, b, H, NPB, 2), torch.float32, dev)
-    dDp = new_empty((NS, b, H, P), torch.float32, dev) if D is not None else None
+    par = new_empty((b, H, NPB, 2), torch.float32, dev)
+    dDp = new_empty((b, H, P), torch.float32, dev) if D is not None else None
     dhT = dhT.contiguous() if dhT is not None else None
     if dy.dtype != x.dtype:   # (autograd gives y's dtype; the half dots take dy in x's)
         dy = dy.to(x.dtype)
-    prec, dot = _prec(x.dtype), _dot_mode_of(x, B, C)
-    Sg = dSg = None
-    if seg:
-        Sg = new_empty((NS, b * H, P, N), torch.float32, dev)
-        dSg = new_empty((NS, b * H, P, N), torch.float32, dev)
-        cLg = new_empty((NS, b * H), torch.float32, dev)
-        BTS = max(16, min(TUNING["seg_bt"] or (16 if INTERPRET else 64), _pow2(CK * BT)))
-        _ssd_seg_kernel[(b * H, NPB, NS)](
-            x, dt, A, B, C, dt_bias, dy, Sg, dSg, cLg, T, H, P, N, H // G, CK * BT,
-            *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
-            BT=BTS, BP=BP, BN=BN, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), PREC=prec, DOT=dot)
-        BLK = min(1024, _pow2(P * N))
-        _ssd_seg_pass_kernel[(b * H, _cdiv(P * N, BLK))](
-            Sg, dSg, cLg, h0, dhT, dh0 if h0 is not None else None, b * H, P * N, NS, BLK=BLK, HAS_H0=h0 is not None, HAS_DHT=dhT is not None,
-            num_warps=4)
-    chunk = TUNING["seg_kernel"] if one else "walk"
-    if chunk in ("chunk", "split"):
-        _ssd_chunk_bwd_kernel[(b * H, NPB * (2 if chunk == "split" else 1), NS)](
-            x, dt, A, B, C, D, dt_bias, dy, Sg, dSg, dx, ddtp, dBp, dCp, par, dDp,
-            T, H, P, N, H // G, NPB, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
-            BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
-            HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), SPLIT=chunk == "split", PREC=prec, DOT=dot)
-    else:
-        _ssd_bwd_kernel[(b * H, NPB, NS)](
-            x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, Sg, dSg, dx, ddtp, dBp, dCp, par, dDp,
-            dh0 if h0 is not None else None,
-            T, H, P, N, H // G, NPB, NC, CK, NCK, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
-            BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
-            HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
-            HAS_DHT=dhT is not None, SEG=(2 if one else 1) if seg else 0, PREC=prec, DOT=dot)
+    kern, cfg = _ssd_bwd_kernel, {}
+    if TUNING["bwd_cfg"]:                             # one fixed (num_warps, num_stages): the JIT function itself
+        kern, cfg = _ssd_bwd_kernel.fn, dict(zip(("num_warps", "num_stages"), TUNING["bwd_cfg"]))
+    kern[(b * H, NPB)](
+        x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, states if saved else None, dx, ddtp, dBp, dCp, par, dDp,
+        dh0 if h0 is not None else None,
+        T, H, P, N, H // G, NPB, NC, CK, NCK, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
+        BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
+        HAS_DHT=dhT is not None, LEAN=int(TUNING["lean"]), SAVED=saved, PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C),
+        **cfg)
     BL = b * T
     BR = 4 if INTERPRET else max(1, min(64, 4096 // (_pow2(N) * max(1, H * NPB // 8))))
     BR = max(1, min(BR, _pow2(BL)))
@@ -870,9 +713,9 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
     _ssd_reduce_kernel[(n_rb + 1,)](
         dBp, dCp, ddtp, par, dDp, dB, dC, ddt, dA, dbias if dt_bias is not None else None,
         dD if D is not None else None,
-        BL, NS * b, H, G, H // G, NPB, P, N, n_rb,
+        BL, b, H, G, H // G, NPB, P, N, n_rb,
         BR=BR, BN=_pow2(N), BH=_pow2(H), BQ=_pow2(NPB), BPP=_pow2(P),
-        BS=max(1, min(_pow2(NS * b), 4096 // (_pow2(H) * max(_pow2(NPB), _pow2(P))))), HAS_D=D is not None,
+        BS=max(1, min(_pow2(b), 4096 // (_pow2(H) * max(_pow2(NPB), _pow2(P))))), HAS_D=D is not None,
         D_PER_P=D is not None and D.dim() == 2, HAS_BIAS=dt_bias is not None, num_warps=4)
     return dx, ddt, dA, dB, dC, dD, dbias, dh0
 
@@ -883,29 +726,32 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: 
 @torch.library.custom_op("groundthink::mamba2_fwd", mutates_args=())
 def _fwd_op(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
             D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], initial_states: Optional[torch.Tensor],
-            dt_softplus: bool, return_final_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, return_final_states)
+            dt_softplus: bool, return_final_states: bool, save_states: bool
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, return_final_states, save_states)
 
 
 @_fwd_op.register_fake
-def _(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, return_final_states):
+def _(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, return_final_states, save_states):
     b, T, H, P = x.shape
     hT = (x.new_empty((b, H, P, B.shape[3]), dtype=torch.float32) if return_final_states
           else x.new_empty((0,), dtype=torch.float32))
-    return x.new_empty((b, T, H, P)), hT
+    st = (x.new_empty(_states_shape(x, B.shape[3]), dtype=torch.float32) if save_states and b * H * P * T > 0
+          else x.new_empty((0,), dtype=torch.float32))
+    return x.new_empty((b, T, H, P)), hT, st
 
 
 @torch.library.custom_op("groundthink::mamba2_bwd", mutates_args=())
 def _bwd_op(dy: torch.Tensor, dhT: Optional[torch.Tensor], x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
             B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
-            initial_states: Optional[torch.Tensor], dt_softplus: bool
+            initial_states: Optional[torch.Tensor], states: Optional[torch.Tensor], dt_softplus: bool
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                        torch.Tensor, torch.Tensor]:
-    return _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus)
+    return _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_softplus)
 
 
 @_bwd_op.register_fake
-def _(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus):
+def _(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_softplus):
     e = lambda: x.new_empty((0,), dtype=torch.float32)   # noqa: E731 - one each: outputs may not alias
     return (torch.empty_like(x, memory_format=torch.contiguous_format), dt.new_empty(dt.shape),
             A.new_empty(A.shape), B.new_empty(B.shape), C.new_empty(C.shape),
@@ -915,24 +761,26 @@ def _(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus):
 
 
 def _setup_context(ctx, inputs, output):
-    x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, return_final_states = inputs
+    x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, return_final_states, save_states = inputs
+    st = output[2]
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, initial_states)
+    ctx.mark_non_differentiable(st)
+    ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, initial_states, st if save_states else None)
     ctx.softplus = dt_softplus
     ctx.has = (D is not None, dt_bias is not None, initial_states is not None)
 
 
-def _backward(ctx, dy, dhT):
-    x, dt, A, B, C, D, dt_bias, h0 = ctx.saved_tensors
+def _backward(ctx, dy, dhT, dst):
+    x, dt, A, B, C, D, dt_bias, h0, st = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
     if dhT is not None and dhT.numel() == 0:
         dhT = None
-    dx, ddt, dA, dB, dC, dD, dbias, dh0 = pick(_bwd_op, _bwd_impl, dy)(dy, dhT, x, dt, A, B, C, D, dt_bias, h0,
+    dx, ddt, dA, dB, dC, dD, dbias, dh0 = pick(_bwd_op, _bwd_impl, dy)(dy, dhT, x, dt, A, B, C, D, dt_bias, h0, st,
                                                                       ctx.softplus)
     has_D, has_bias, has_h0 = ctx.has
     return (dx, ddt, dA, dB, dC, dD if has_D else None, dbias if has_bias else None,
-            dh0.to(h0.dtype) if has_h0 else None, None, None)
+            dh0.to(h0.dtype) if has_h0 else None, None, None, None)
 
 
 _mamba2 = EagerOp("Mamba2SSD", _fwd_op, _fwd_impl, _setup_context, _backward)
@@ -979,5 +827,8 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     _check_offsets(x, dt, B, C)
     # the kernels index A, D, dt_bias as contiguous (free when they are; x, dt, B, C go in with their strides)
     A, D, dt_bias = (t.contiguous() if t is not None else None for t in (A, D, dt_bias))
-    y, hT = _mamba2(x, dt, A, B, C, D, dt_bias, initial_states, bool(dt_softplus), bool(return_final_states))
+    save = bool(TUNING["save"] and torch.is_grad_enabled() and _save_ck(x.shape[3], B.shape[3])
+                and any(t is not None and t.requires_grad for t in (x, dt, A, B, C, D, dt_bias, initial_states)))
+    y, hT, _ = _mamba2(x, dt, A, B, C, D, dt_bias, initial_states, bool(dt_softplus), bool(return_final_states),
+                       save)
     return (y, hT) if return_final_states else y
