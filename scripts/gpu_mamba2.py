@@ -45,20 +45,18 @@ import torch  # noqa: E402
 SMOKE = os.environ.get("MAMBA2_SMOKE", "0") == "1"
 DEV = "cpu" if SMOKE else "cuda"
 SHAPES = [(64, 256, 8, 32, 1, 32, 64), (16, 1024, 16, 64, 1, 64, 256)]
-# each against the default (fwd_bt None: 64 small / 32 large, bwd_bt 16, bp None, dot 1, lean 0, bwd_cfg None: the
-# main table's row). LEAN_SWEEP first, most informative first (the budget cuts the tail; variants that need no new
-# compile — ws_bytes, bwd_cfg — are cheap): lean 2 (no V dot, inputs a step ahead); save (the forward's chunk-entry
-# states as the backward's checkpoints: no checkpoint pass, fwd BT / 16 − 1 re-walk steps a group; with fwd_bt 16
-# none at all, a slower forward); (2, 1) = 2 warps, 1 stage fixed (4 programs a SM at 255 registers: the small
-# model's 512 programs in one wave, not two); ws_bytes 1 TiB: every chunk-entry state kept (one re-walk of 63 state
-# steps; the default at the large shape walks 56 checkpoint steps and 56 re-walk steps around its 64 reverse steps);
-# bp 32 (512 programs at the large shape); (8, 1) = 8 warps, where lean spills least; lean 1; then the knobs never
-# timed on a GPU, without and with lean 2.
-L2 = dict(lean=2)
-LEAN_SWEEP = [L2, dict(L2, save=True), dict(L2, bwd_cfg=(2, 1)), dict(L2, save=True, bwd_cfg=(2, 1)),
-              dict(bwd_cfg=(2, 1)), dict(L2, ws_bytes=1 << 40), dict(L2, save=True, fwd_bt=16), dict(ws_bytes=1 << 40),
-              dict(L2, bp=32), dict(L2, bp=32, bwd_cfg=(2, 1)), dict(L2, bwd_cfg=(8, 1)), dict(lean=1),
-              dict(save=True), dict(bwd_bt=32), dict(L2, bwd_bt=32), dict(bp=32), dict(dot=2), dict(L2, dot=2)]
+# each against the default (fwd_bt None: 64 small / 32 large, bwd_bt 16, bp None, dot 1, lean 2 — the default since
+# run 16: graph fwd+bwd 0.258 / 0.818 ms vs lean 0's 0.318 / 1.051 —, bwd_cfg None: the main table's row).
+# LEAN_SWEEP first, most informative first (the budget cuts the tail; variants that need no new compile — ws_bytes,
+# bwd_cfg — are cheap): save (the forward's chunk-entry states as the backward's checkpoints: no checkpoint pass,
+# fwd BT / 16 − 1 re-walk steps a group; with fwd_bt 16 none at all, a slower forward; run 16 small: 0.250 vs 0.258);
+# (2, 1) = 2 warps, 1 stage fixed (4 programs a SM at 255 registers: the small model's 512 programs in one wave, not
+# two); ws_bytes 1 TiB: every chunk-entry state kept (one re-walk of 63 state steps; the default at the large shape
+# walks 56 checkpoint steps and 56 re-walk steps around its 64 reverse steps); bp 32 (512 programs at the large
+# shape); (8, 1) = 8 warps, where lean spills least; lean 0 / 1 (the baselines); then the knobs never timed.
+LEAN_SWEEP = [dict(save=True), dict(bwd_cfg=(2, 1)), dict(save=True, bwd_cfg=(2, 1)), dict(ws_bytes=1 << 40),
+              dict(save=True, fwd_bt=16), dict(bp=32), dict(bp=32, bwd_cfg=(2, 1)), dict(bwd_cfg=(8, 1)),
+              dict(lean=0), dict(lean=1), dict(lean=0, bwd_cfg=(2, 1)), dict(bwd_bt=32), dict(dot=2)]
 SWEEP = LEAN_SWEEP + [dict(fwd_bt=64), dict(fwd_bt=32), dict(bwd_bt=64), dict(bp=16), dict(ckpt=4), dict(fwd_bt=128),
                       dict(dot=0), dict(dot=0, prec="tf32x3")]
 BUDGET_S = float(os.environ.get("MAMBA2_BUDGET_S", "480"))   # the sweep stops starting variants after this

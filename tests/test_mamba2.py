@@ -170,7 +170,7 @@ CASES = {   # name: (inputs, TUNING overrides)
     # the lean reverse step (TUNING["lean"] 1: no V dot, eo from dC's state part; 2: and every walk's inputs loaded a
     # step ahead — across the checkpoint pass, the group re-walks and the group boundaries of the reverse walk)
     "lean_strong_decay": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {"lean": 1, "ckpt": 2}),
-    "lean2_strong_decay": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {"lean": 2, "ckpt": 2}),   # 4 chunks, 2 groups
+    "lean0_strong_decay": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {"lean": 0, "ckpt": 2}),   # 4 chunks, 2 groups
     "lean2_pblocks_N17": (dict(h=4, g=1, p=20, n=17, l=33, b=2, D="hp"), {"lean": 2, "bp": 16, "ckpt": 2,
                                                                            "bwd_cfg": (2, 1)}),
     #   two p-blocks, D [h, p], 3 chunks in groups of 2 and 1 (a one-chunk group: no re-walk step); the fixed-config
@@ -235,15 +235,15 @@ def test_triton_softplus_keeps_small_steps_exact():
         assert ((y.double().cpu() - ref).norm() / ref.norm()).item() < 1e-5, bias
 
 
-def test_triton_lean_fp16():
-    """The lean reverse step (2: with the loads a step ahead) with fp16 inputs, D [h, p], odd T, initial and final
-    states."""
+def test_triton_lean0_fp16():
+    """The plain reverse step (lean 0: the V dot, no loads ahead; the default is lean 2) with fp16 inputs, D [h, p],
+    odd T, initial and final states."""
     from kernels.mamba2 import mamba_chunk_scan_combined, ssd
     old = dict(ssd.TUNING)
     try:
-        ssd.TUNING.update(lean=2)
+        ssd.TUNING.update(lean=0)
         check_op(mamba_chunk_scan_combined, _ref, _tri_inputs(dtype=torch.float16, l=45, D="hp"),
-                 bound=BOUNDS[torch.float16], context="lean fp16")
+                 bound=BOUNDS[torch.float16], context="lean0 fp16")
     finally:
         ssd.TUNING.clear()
         ssd.TUNING.update(old)
@@ -379,7 +379,7 @@ def test_gpu_deterministic_and_graph_capture(shape):
     _assert_deterministic_and_replays(tri, _model_inputs(*MODEL_SHAPES[shape], torch.bfloat16))
 
 
-LEAN_GPU = {"lean2": {"lean": 2}, "save_lean2": {"lean": 2, "save": True}}   # the new forms (TUNING)
+LEAN_GPU = {"lean0": {"lean": 0}, "save_lean2": {"lean": 2, "save": True}}   # the knob forms beside the default
 
 
 @pytest.mark.gpu
