@@ -30,10 +30,9 @@ with every Triton launch stubbed.
 
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; forward modes in SEQ; named in WKV6_ALGOS only,
 forward: the sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem
-(``LOWMEM``: recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``),
-chunk_lowmem_fused / chunk_lowmem_fused32 (``LOWMEM`` with the fused backward and the default forward's scores
-kernel, at ``LOWMEM``'s 64-row states / at 32: the 32-row fused kernel and the forward's 32-row steps, the
-recomputed states twice as many per piece: ``LOWMEM``'s candidates, timed beside chunk_lowmem),
+(``LOWMEM``: recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks, the fused backward and
+the default's ``fwd_scores`` rule; = ``wkv6_chunk_lowmem``), chunk_lowmem_run16 (``LOWMEM`` until run 17: the
+one-kernel ``_bwd_kernel`` and the level forward),
 chunk_run9 (run 9's default: state_rows 64, scan_pipe off, one walk kernel), chunk_rows64 / chunk_rows32
 (``state_rows`` forced: fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64
 with the state pass), chunk_nopipe (the state scans without PIPE), chunk_fill2 (narrow scan blocks until 2 × #SMs
@@ -51,9 +50,7 @@ walk in 32-row steps, ``fwd_step``: the default's walk since run 16), chunk_seq_
 ``state_rows`` 64: 16-row blocks), chunk_bsplit / chunk_bsplit64
 (``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
 the latter at 64-row states), chunk_bfused / chunk_bfused64 (``bwd_split`` "fused": one kernel per chunk, own pairs
-and crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bpair (``bwd_split`` "pair": the
-split backward's state kernel one program per 32-row chunk, no state moves, the pairs between its two blocks there),
-chunk_bslice (the split backward on batch slices of <= 256 MiB of fp32 partials, ``split_bytes``),
+and crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bslice (the split backward on batch slices of <= 256 MiB of fp32 partials, ``split_bytes``),
 chunk_bwd1 (``bwd_split`` False: the one-kernel ``_bwd_kernel``, the default until run 13;
 chunk_nreg0 / chunk_nreg168 run it too);
 the others keep the default's forward mode
@@ -65,7 +62,9 @@ chunk carrying D, S saved every 16 rows), run 6 two split backwards (chunk_split
 joined through fp32 partials), run 11 chunk_nreg128 (a 128-register cap: never better than 168) and a chunk_bsplit
 at 4 warps (the block kernel's split again, call 6), run 16 chunk_bsplitc / chunk_bsplitc64 (``bwd_split``
 "chunk": the state kernel one program per chunk), chunk_bfusedc / chunk_bfusedc64 (``bwd_split`` "fused_chunk":
-the fused kernel with one block per chunk, no state moves) and chunk_seq_step64 (64-row steps): they lost and were
+the fused kernel with one block per chunk, no state moves) and chunk_seq_step64 (64-row steps), run 17 chunk_bpair
+(``bwd_split`` "pair": the split backward's state kernel one program per 32-row chunk, no state moves) and
+chunk_lowmem_fused32 (``LOWMEM`` at 32-row states: faster at B8 T4096 H32 only, more memory): they lost and were
 removed. ``--resources`` with WKV6_CHECKS=1 runs the
 GPU tests after its timings. WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
 model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
@@ -125,8 +124,7 @@ def device_name():
 
 
 VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM,
-            "chunk_lowmem_fused": {**kc.LOWMEM, "bwd_split": "fused", "fwd_scores": None},   # LOWMEM's candidates
-            "chunk_lowmem_fused32": {**kc.LOWMEM, "bwd_split": "fused", "fwd_scores": None, "state_rows": 32}}
+            "chunk_lowmem_run16": {**kc.LOWMEM, "bwd_split": False, "fwd_scores": False}}   # LOWMEM until run 17
 KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False,   # run 9's default
                             bwd_split=False),
          "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),
@@ -136,8 +134,7 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_nreg0": dict(bwd_maxnreg=0, bwd_split=False), "chunk_nreg168": dict(bwd_maxnreg=168, bwd_split=False),
          "chunk_bwd1": dict(bwd_split=False), "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
-         "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64),
-         "chunk_bpair": dict(bwd_split="pair")}
+         "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False)}
 SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True, fwd_step=False),     # the walk
@@ -317,7 +314,7 @@ def resources():
                         ("_fwd_step_kernel", kc._fwd_step_kernel),
                         ("_fwd_par_scored_kernel", kc._fwd_par_scored_kernel),
                         ("_fwd_states_kernel", ks._fwd_states_kernel), ("_bwd_own_kernel", kc._bwd_own_kernel),
-                        ("_bwd_cross_kernel", kc._bwd_cross_kernel), ("_bwd_pair_kernel", kc._bwd_pair_kernel),
+                        ("_bwd_cross_kernel", kc._bwd_cross_kernel),
                         ("_bwd_fused_kernel", kc._bwd_fused_kernel)]:   # fwd_scores', bwd_split's: pick per key
         for key, cfg in getattr(tuner, "cache", {}).items():
             print(f"{name} key {key[:7]}: {cfg}")
@@ -431,8 +428,6 @@ def regs():
               (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True, FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"))),
               (kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
                                               PREC="tf32", **none)),
-              (kc, "_bwd_pair_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
-                                             PREC="tf32", HALF_B=True, **none)),
               (kc, "_bwd_fused_kernel", dict(blk, BT=int(os.environ.get("WKV6_REGS_FBT", "32")),
                                              BKC=int(os.environ.get("WKV6_REGS_BKC", "16")), HALF_B=True, FAST=True,
                                              DWP="tf32x3")),

@@ -43,8 +43,9 @@ walk's serial iterations; at 64-row states it keeps 16-row blocks): H100 run 16,
 1.341 ms (the walk 1401 → 1199 µs).
 
 Backward. The default (``TUNING["bwd_split"]`` "block", H100 run 13) is the split backward (its paragraph below the
-one-kernel backward's): the blocks' own pairs in 1-warp programs, then a state kernel; the one-kernel backward
-described first (``bwd_split`` False) is what ``LOWMEM`` runs.
+one-kernel backward's): the blocks' own pairs in 1-warp programs, then a state kernel. ``LOWMEM`` runs the fused
+backward (``bwd_split`` "fused", since H100 run 17); the one-kernel backward described first (``bwd_split`` False)
+is a knob only (``LOWMEM``'s until run 17).
 
 One-kernel backward (grid chunk·4 blocks × heads, all of V per program). S_c (chunk start, from the forward) and D_c
 (dL/dS at the chunk end, reverse state pass of ``states.py``) are moved to the block: S_m by the earlier blocks'
@@ -67,14 +68,15 @@ partials. ``_bwd_own_kernel`` (1-warp programs, one per chunk, the forward score
 terms, the level decays from ``_span_sums`` dots and one ex2 per element, the segmented dw sums as one dot of the
 transposed span pattern each ("tf32x3"; "ieee" for fp32), the key columns in 16- or 32-wide slices (autotuned); then
 ``_bwd_cross_kernel`` (4 warps, one program per block: S_m, D_m, the crossing terms) adds the partials and stores
-the gradients (one program per chunk walking its blocks lost: run 16, 3565 vs 2469 µs at B8 T4096 H32; "pair": one
-program per 32-row chunk on [32, K] tiles, no moves, the pairs between its two blocks as one more level, untimed).
+the gradients (one program per chunk walking its blocks lost: run 16, 3565 vs 2469 µs at B8 T4096 H32; one program
+per 32-row chunk on [32, K] tiles, no moves, "pair", lost at every shape: run 17, 5028 / 645 / 239 vs 2454 / 323 /
+85 µs, removed).
 H100 run 13 (wkv6j; GPU µs per fwd+bwd, ``_bwd_kernel`` vs own + cross): B8 T4096 H32 5210 vs 1340 + 2412, B16 T1024
 H8 672 vs 178 + 323, B64 T256 H4 K32 154 vs 46 + 85; the partials cost 4 bytes × (3K + V) per token and head of
 transient memory (extra peak at B8 T4096 H32 1.68 → 2.68 GiB). Earlier splits with both halves at 4 warps lost (run
 6: 10.3 vs 9.3 ms at B8 T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
 
-The fused backward (``bwd_split`` "fused", ``_bwd_fused_kernel``; off: ``LOWMEM``'s candidate): the own kernel's
+The fused backward (``bwd_split`` "fused", ``_bwd_fused_kernel``; ``LOWMEM``'s since run 17): the own kernel's
 program (one per chunk, key columns in BKC = 16-wide slices, not unrolled) does the crossing terms too, so nothing
 goes through partials. Every crossing term but dv sums over V only or over nothing, so it is separable in K: a slice
 of S and D (rows o_c of the [K, V] states, [BKC, BV]) moves over a block with that slice's k̂ / q̂ and w alone, and
@@ -86,13 +88,15 @@ states, 3 at 64. Memory: no partials (at B8 T4096 H32 K = V = 64 the extra peak 
 512 MiB of gradients and the fp32 states S, D, 512 MiB each at 32 rows and 256 at 64: ≈ 1.68 / 1.18 GiB against the
 split's 2.68; with ``LOWMEM``'s recomputed states in 128 MiB batch pieces ≈ 0.76 GiB). H100 run 16, ms fwd+bwd at B8
 T4096 H32: 7.456 (32-row states), 8.173 (64) against the split's 6.381; with ``LOWMEM`` 9.062. One block per chunk
-(no state moves, levels up to the chunk) lost at 17.7 / 32.1 ms and was removed.
+(no state moves, levels up to the chunk) lost at 17.7 / 32.1 ms and was removed. H100 run 17 (ms fwd / fwd+bwd,
+``LOWMEM`` with ``_bwd_kernel`` and the level forward -> with this kernel and ``fwd_scores`` None, same extra peak):
+B8 T4096 H32 1.962 / 9.674 -> 1.504 / 9.067, B16 T1024 H8 0.395 / 1.348 -> 0.295 / 1.255, B64 T256 H4 K32 0.115 /
+1.351 -> 0.189 / 1.297; the kernels 5877 vs 5996, 760 vs 771, 147 vs 179 µs.
 
 Memory (``TUNING``; ``wkv6_chunk_lowmem``): the forward may skip saving S_c (the backward's state pass then
 recomputes it with D_c) and the backward may run batch slices one after another, so that its transient fp32
-state buffers stay bounded: at B8 T4096 H32 lowmem's extra peak of fwd+bwd is 0.76 GiB for 12.8 ms (H100 run 5, whose
-harness also timed ~0.5 ms of .grad accumulation; not re-timed) against the default's 1.18 GiB and 8.86 ms (run 7):
-the reverse scan is latency-bound and runs once per slice. Splitting V across backward programs
+state buffers stay bounded: at B8 T4096 H32 ``LOWMEM``'s extra peak of fwd+bwd is 0.76 GiB for 9.067 ms against the
+default's 2.68 GiB and 6.233 ms (H100 run 17). Splitting V across backward programs
 ([K, 32] states, fp32 partial sums) was measured too and lost (bwd kernel 6.7 → 12.4 ms: still 255 registers).
 
 Backward state knob (``TUNING["state_rows"]``; default None = 32 with the walk forward, 64 with the state pass):
@@ -919,87 +923,6 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
                  b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
 
 
-# ---- the pair form of the split backward's state kernel (``bwd_split`` "pair", 32-row states only): one program per
-# 32-row chunk on [32, K] tiles, S_c and D_c used as loaded (no moves over the other block): the chunk-crossing terms
-# at chunk level, and the pairs between the chunk's two 16-row blocks (level log2(SB), which "block" carries in its
-# moved S_m / D_m) computed here as one masked pair level, as ``_step_block`` does in the forward.
-@triton.jit
-def _pair_grads(b_q, b_k, b_wm, b_wp, b_w, b_v, b_do, b_B, b_h, b_dh, o_c, SB: tl.constexpr, PREC: tl.constexpr):
-    """The gradients of one 2·SB-row chunk that do not come from its blocks' own pairs (fp32 [2·SB, BK | BV]): the
-    chunk-crossing terms from S at the chunk start (b_h) and dL/dS at its end (b_dh), with the chunk-level decays
-    from cumsums of the shifted w tiles b_wm (w_{t−1}, 0 at row 0) / b_wp (w_{t+1}, 0 at the last row) — exclusive
-    sums of terms of one sign, no difference — and the pairs (query t in the upper block, key s in the lower) with
-    decay exp(P_t) exp(R_s): P, R the block-local exclusive prefix / suffix sums (segmented cumsums of the same
-    tiles). b_w: the clamped w; B = do vᵀ [2·SB, 2·SB] fp32; q scaled. Returns (dq (for the scaled q), dk, dv, dw)."""
-    b_egp = tl.exp(tl.cumsum(b_wm, axis=0))                     # exp(Σ w from the chunk start to t − 1)
-    b_egl = tl.exp(tl.cumsum(b_wp, axis=0, reverse=True))       # exp(Σ w from t + 1 to the chunk end)
-    b_dw = (tl.exp(tl.sum(b_w, axis=0)) * tl.sum(b_h * b_dh, axis=1))[None, :]   # keys before, queries after
-    b_dq = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
-    b_dk = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
-    b_dv = tl.dot(b_k * b_egl, b_dh, input_precision=PREC)
-    b_a = b_q * b_dq
-    b_b = b_k * b_dk
-    b_dw += tl.cumsum(b_a, axis=0, reverse=True) - b_a + tl.cumsum(b_b, axis=0) - b_b
-    # the pairs between the two blocks: one level, one exp tile (upper rows exp(P), lower rows exp(R))
-    b_p = _seg_scan(tl.where((o_c % SB == 0)[:, None], 0., b_wm), SB, 2 * SB, False, False)
-    b_r = _seg_scan(tl.where((o_c % SB == SB - 1)[:, None], 0., b_wp), SB, 2 * SB, True, False)
-    b_e = tl.exp(tl.where((o_c >= SB)[:, None], b_p, b_r))
-    b_qh = b_q * b_e
-    b_kh = b_k * b_e
-    b_A, b_dqh, b_dkh = _level_pairs_bwd(b_qh, b_kh, b_B, tl.zeros_like(b_B), o_c, SB, PREC)
-    b_dq += b_e * b_dqh
-    b_dk += b_e * b_dkh
-    b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
-    b_a = b_qh * b_dqh      # zero on the lower rows
-    b_b = b_kh * b_dkh      # zero on the upper rows
-    b_dw += (_seg_scan(b_a, SB, 2 * SB, True, False) - b_a + _seg_scan(b_b, SB, 2 * SB, False, False) - b_b)
-    return b_dq, b_dk, b_dv, b_dw
-
-
-# 8 warps (offline sm_90 compile, Triton 3.9, bf16, K = V = 64, registers / spill-stack B / SASS per warp: 8 warps
-# 255 / 32 / 3544; 4 warps 255 / 888 / 6472; with a 168 cap 1728 B (4 warps) and 528 B (8) of spill. The block
-# kernel for comparison, per 16-row block: 4 warps 158 / 0 / 3296, 8 warps 108 / 0 / 2088)
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=8, num_stages=1)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
-@triton.jit(do_not_specialize=['T', 'NT'])
-def _bwd_pair_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr,
-                     dk_ptr, dv_ptr, dw_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr,
-                     V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                     VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
-    """Grid (chunk slots, H), BT = 2·SB (``bwd_split`` "pair"): ``_bwd_cross_kernel``'s work for one 32-row chunk
-    without state moves (``_pair_grads``: the chunk-crossing terms from hs_ptr / hd_ptr as loaded, the pairs between
-    its two blocks by one level here), plus ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr [B·T, H, K]
-    and pv_ptr [B·T, H, V] -> dq_ptr, dk_ptr, dw_ptr [B·T, H, K], dv_ptr [B·T, H, V] in the inputs' dtypes (other
-    layouts above). HALF_B: B = do vᵀ as a dot of the half inputs (exact)."""
-    tl.static_assert(BT == 2 * SB, "bwd_split 'pair': 32-row states (BT = 2 SB) only")
-    i_s, i_h = tl.program_id(0), tl.program_id(1)
-    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
-    c0 = i_c * BT
-    o_c = tl.arange(0, BT)
-    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
-    m_s = m_kv & (o_kv * 0 + c0 < L)
-    b_h = tl.load(hs_ptr + p_s, mask=m_s, other=0.)
-    b_dh = tl.load(hd_ptr + p_s, mask=m_s, other=0.)
-    m_t, tok, m_tv, p_v, b_B, b_vd = _block_do_v(v_ptr, do_ptr, bos, c0, L, i_h, o_c, o_v, m_v, H, V, HALF_B, PREC)
-    b_q = _load_rows(q_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 0) * scale
-    b_k = _load_rows(k_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 0)
-    b_wr = _load_rows(w_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 0)
-    b_wm = _clamp_w(_load_rows(w_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, -1))
-    b_wp = _clamp_w(_load_rows(w_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 1))
-    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-    b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-    b_dq, b_dk, b_dv, b_dw = _pair_grads(b_q, b_k, b_wm, b_wp, _clamp_w(b_wr), b_v, b_do, b_B, b_h, b_dh, o_c, SB,
-                                         PREC)
-    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, c0, L, i_h, o_c, o_k, o_v, m_k, m_v, H, K, V)
-    b_dv += tl.load(pv_ptr + p_v, mask=m_tv, other=0.)
-    tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
-    b_dq += tl.load(pq_ptr + p_k, mask=m_tk, other=0.)
-    b_dk += tl.load(pk_ptr + p_k, mask=m_tk, other=0.)
-    b_dw += tl.load(pw_ptr + p_k, mask=m_tk, other=0.)
-    _store_dqkw(b_dq, b_dk, b_dw, b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
-
-
 # ---- the fused backward (``bwd_split`` "fused"): the own pairs and the block-crossing terms in one program per chunk,
 # the key columns in BKC-wide slices. Every term but A = q kᵀ (the own dv) and the crossing dv = (k ⊙ exp(R)) D sums
 # over keys is separable in K: a slice of S and D ([BKC, BV] rows of the states) moves over a block with that slice's
@@ -1285,7 +1208,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                (session 13; do_bench ms fwd / fwd+bwd at B8 T4096 H32: 1.487 / 6.332 -> 1.341 / 6.197, the walk
 #                1401 -> 1199 GPU us; 64-row steps, since removed: 1.744 / 7.049 and dw 2.07e-3 > 2e-3 at bf16 K32
 #                V96);
-#   bwd_split    False, "block", "pair" or "fused": the backward in two kernels (``_bwd_own_kernel`` then the state
+#   bwd_split    False, "block" or "fused": the backward in two kernels (``_bwd_own_kernel`` then the state
 #                kernel): the blocks' own pairs in 1-warp programs, one per chunk (span-sum decays, one ex2 per
 #                element), into fp32 partials of dq, dk, dv, dw (4 bytes × (3K + V) per token and head, transient:
 #                1 GiB at B8 T4096 H32 K = V = 64), then the 4-warp state kernel (S_m, D_m, block-crossing terms),
@@ -1295,18 +1218,17 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                (do_bench fwd+bwd 7.539 -> 6.230 ms, extra peak 1.68 -> 2.68 GiB), B16 T1024 H8 672 vs 178 + 323,
 #                B64 T256 H4 K32 154 vs 46 + 85; the default "block" since (the do_bench fwd+bwd of the large model,
 #                host-bound, read 1.341 vs 1.565 ms in that table, with its unchanged forward at 0.379 vs 0.319); False:
-#                ``_bwd_kernel`` alone (``bwd_maxnreg`` applies to it only; ``LOWMEM`` keeps it: no partials);
+#                ``_bwd_kernel`` alone (``bwd_maxnreg`` applies to it only; ``LOWMEM``'s until run 17);
 #                "fused": ``_bwd_fused_kernel`` alone, one program per chunk (2, 4 or 8 warps) doing the own
 #                pairs and the crossing terms per key slice (no partials, S_c / D_c from HBM once per chunk; module
 #                docstring). H100 run 16 (session 13; ms fwd+bwd / extra peak GiB, "block" vs "fused"): B8 T4096
 #                H32 6.381 / 2.68 vs 7.456 / 1.68 (8.173 / 1.18 at 64-row states), B16 T1024 H8 891 vs 1025 GPU
-#                us; slower at the default's memory, ``LOWMEM``'s candidate (notes/wkv6.md session 13). Timed and
-#                removed in run 16 (slower at every shape): "chunk" (the state kernel one program per chunk, S_c
-#                and D_c loaded once: 3565 vs 2469 us at B8 T4096 H32) and "fused_chunk" (the fused kernel with
-#                one block per chunk, no state moves: 17.7 / 32.1 ms fwd+bwd at 32- / 64-row states).
-#                "pair" (session 13, untimed): "block" with the state kernel one program per 32-row chunk on
-#                [32, K] tiles (``_bwd_pair_kernel``): S_c and D_c used as loaded, no moves over the other block,
-#                the pairs between the chunk's two blocks as one level there; at 64-row states it is "block";
+#                us; slower at the default's memory; ``LOWMEM``'s since run 17 (beats False at every shape, same
+#                memory: module docstring, notes/wkv6.md "session 13: run 17"). Timed and removed (slower at every
+#                shape): run 16 "chunk" (the state kernel one program per chunk, S_c and D_c loaded once: 3565 vs
+#                2469 us at B8 T4096 H32) and "fused_chunk" (the fused kernel with one block per chunk, no state
+#                moves: 17.7 / 32.1 ms fwd+bwd at 32- / 64-row states); run 17 "pair" (the state kernel one
+#                program per 32-row chunk on [32, K] tiles: 5028 / 645 / 239 vs 2454 / 323 / 85 us);
 #   split_bytes  with ``bwd_split`` "block", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
@@ -1314,11 +1236,11 @@ TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe":
           "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None,
           "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
-          "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "fwd_scores": False,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": False, "split_bytes": None}
+          "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "fwd_scores": None,
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
-BWD_SPLIT = (False, "block", "pair", "fused")     # the ``bwd_split`` knob's values
+BWD_SPLIT = (False, "block", "fused")     # the ``bwd_split`` knob's values
 
 
 @contextlib.contextmanager
@@ -1419,7 +1341,6 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
                                   HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
                                   DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         return du_part.sum(0)
-    pair = kn["bwd_split"] == "pair" and bt == 2 * SB      # "pair" at 64-row states: "block"
     parts = [new_empty((step, *g.shape[1:]), torch.float32, r.device) for g in outs]  # own pairs' dq, dk, dv, dw
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
@@ -1429,13 +1350,8 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
         _bwd_own_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
                                       cu, cmap, scale, T, NT, LOG=LOG, HALF_B=_half_dot(r.dtype),
                                       FAST=not INTERPRET, DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
-        if pair:    # one program per 32-row chunk, no state moves
-            _bwd_pair_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps,
-                                           *[cut(g) for g in outs], cu, cmap, scale, T, NT, HALF_B=_half_dot(r.dtype),
-                                           **meta)
-        else:
-            _bwd_cross_kernel[((s1 - s0) * nb, H)](cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1],
-                                                   *ps, *[cut(g) for g in outs], cu, cmap, scale, T, NT, **meta)
+        _bwd_cross_kernel[((s1 - s0) * nb, H)](cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps,
+                                               *[cut(g) for g in outs], cu, cmap, scale, T, NT, **meta)
     return du_part.sum(0)
 
 
@@ -1503,7 +1419,7 @@ def wkv6_chunk(r, k, v, w, u, scale=None, initial_state=None, output_final_state
 
 def wkv6_chunk_lowmem(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
     """``wkv6_chunk`` with the ``LOWMEM`` knobs (custom ops ``groundthink::wkv6_lowmem_*``): nothing saved between
-    forward and backward but the inputs, the backward's fp32 state buffers ≤ 128 MiB per batch slice. Same results;
-    H100 at B8 T4096 H32: extra peak of fwd+bwd 0.76 GiB (run 5) vs the default's 1.18 (run 7); fwd+bwd 12.8 ms (run
-    5, its harness included ~0.5 ms of .grad accumulation) vs 8.86 (run 7)."""
+    forward and backward but the inputs, the fused backward (``bwd_split`` "fused": no fp32 partials), its fp32
+    state buffers ≤ 128 MiB per batch slice. Same results; H100 run 17 at B8 T4096 H32: extra peak of fwd+bwd 0.76
+    GiB vs the default's 2.68, fwd+bwd 9.067 vs 6.233 ms."""
     return _chunk_entry(_wkv6_lowmem_fwd_op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
