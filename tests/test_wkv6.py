@@ -110,8 +110,7 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
 
 
 @pytest.mark.parametrize("fn,knobs,seq", [(wkv6, {}, None), (wkv6_fused, {}, None),
-                                          (wkv6, dict(state_rows=32, fwd_scores=True, fwd_step=False,
-                                                      bwd_split=False), True),
+                                          (wkv6, dict(state_rows=32, fwd_scores=True, fwd_step=False), True),
                                           (wkv6, dict(fwd_scores=True), False),
                                           (wkv6, dict(fwd_scores=False), True),
                                           (wkv6, dict(bwd_split="fused"), True),
@@ -121,8 +120,7 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
 def test_wkv6_extreme_decay(fn, knobs, seq):
     """Extreme decays: the default (at this T = 35 the level forward: the scores are on at 1024 ≤ T ≤ 4096), the
     scores kernel with the walk in 16-row blocks (``fwd_step`` False; the chunk backward's ``state_rows`` 32: the
-    walk keeps the 32-row states; the one-kernel backward ``_bwd_kernel``, ``bwd_split`` False; the default is the
-    split one) and with the one-kernel state pass, the walk's own level code (``fwd_scores`` False), the fused
+    walk keeps the 32-row states) and with the one-kernel state pass, the walk's own level code (``fwd_scores`` False), the fused
     backward (``bwd_split`` "fused"), and the scored walk in 32-row steps (``fwd_step``, the default where the scores
     are on)."""
     import kernels.wkv6.chunk as kc
@@ -410,14 +408,13 @@ def test_wkv6_chunk_modes(seq, shape, cu):
     outside 1024..4096; the scores kernel: test_wkv6_chunk_scores) (sequential walk, state pass + parallel chunks)
     vs fp64: the walk in two kernels keeping 32-row states and in one keeping 64-row states (``fwd_split``; the
     default splits at these tiny sizes: ≤ one sequence·head per SM), the state pass at the default (64) or with the
-    backward's ``state_rows`` at 32 (it keeps no states then, S recomputed beside D) and narrow scan blocks. The
-    one-kernel walk's backward runs uncapped (``bwd_maxnreg`` 0; K <= 32 takes the 168 cap by default)."""
+    backward's ``state_rows`` at 32 (it keeps no states then, S recomputed beside D) and narrow scan blocks."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
     knobs = {(True, True): dict(state_rows=32, fwd_split=True, fwd_scores=False),
-             (True, False): dict(state_rows=64, fwd_split=False, bwd_maxnreg=0, fwd_scores=False),
+             (True, False): dict(state_rows=64, fwd_split=False, fwd_scores=False),
              (False, True): dict(fwd_scores=False),
              (False, False): dict(state_rows=32, scan_fill=2, fwd_scores=False)}
     with kc.tuning(**knobs[seq, cu is None]):
@@ -571,20 +568,18 @@ def test_wkv6_bwd_fused(seq, rows, dtype, shape, cu):
 
 
 def test_wkv6_chunk_bad_knobs():
-    """A ``state_rows``, ``bwd_maxnreg``, ``bwd_split``, ``fwd_step`` or ``split_bytes`` value the kernels do not
-    take, an unknown knob, or a backward whose ``state_rows`` differs from its forward's (saved states of the wrong
-    spacing), is a one-line error."""
+    """A ``state_rows``, ``bwd_split``, ``fwd_step`` or ``split_bytes`` value the kernels do not take, an unknown
+    knob (``bwd_maxnreg``: removed with ``_bwd_kernel``), or a backward whose ``state_rows`` differs from its
+    forward's (saved states of the wrong spacing), is a one-line error."""
     import kernels.wkv6.chunk as kc
     with pytest.raises(ValueError, match="state_rows must be one of"):
         with kc.tuning(state_rows=48):
             pass
-    with pytest.raises(ValueError, match="unknown wkv6 chunk knobs"):
-        with kc.tuning(state_move="carry"):
-            pass
-    with pytest.raises(ValueError, match="bwd_maxnreg must be one of"):
-        with kc.tuning(bwd_maxnreg=100):
-            pass
-    for bad in (True, "chunk", "fused_chunk", "pair"):      # timed and removed: run 16, run 17 ("pair")
+    for bad in ("state_move", "bwd_maxnreg"):
+        with pytest.raises(ValueError, match="unknown wkv6 chunk knobs"):
+            with kc.tuning(**{bad: 0}):
+                pass
+    for bad in (True, False, "chunk", "fused_chunk", "pair"):   # timed and removed: run 16, run 17 (False, "pair")
         with pytest.raises(ValueError, match="bwd_split must be one of"):
             with kc.tuning(bwd_split=bad):
                 pass
@@ -664,17 +659,14 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
                                        (dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False), True),
                                        (dict(state_rows=32, scan_fill=2, fwd_scores=False), False),
                                        (dict(fwd_split=True, fwd_scores=False), True),
-                                       (dict(bwd_maxnreg=168, bwd_split=False), True),
                                        (dict(fwd_scores=True, fwd_step=False), True), (dict(fwd_scores=True), False),
                                        (dict(fwd_scores=True, fwd_step=False, fwd_pipe=True), True),
-                                       (dict(fwd_scores=True, bwd_split=False), True),
-                                       (dict(state_rows=64, fwd_scores=False, bwd_split=False), False),
                                        (dict(fwd_scores=True, bwd_split="fused"), True),
                                        (dict(fwd_scores=True, bwd_split="fused", state_rows=64), True),
                                        (dict(fwd_scores=True, bwd_split="fused", state_rows=64), False),
                                        (dict(fwd_scores=True), True), (dict(fwd_scores=True, state_rows=64), True)],
-                         ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "scores_seq", "scores_par",
-                              "scores_pipe", "bwd_kernel_seq", "bwd_kernel_par64", "bfused_seq", "bfused_seq64",
+                         ids=["seq", "run9", "par_rows32_fill2", "split", "scores_seq", "scores_par",
+                              "scores_pipe", "bfused_seq", "bfused_seq64",
                               "bfused_par64", "step_seq", "scores_seq64"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)],
                          ids=["bf16", "fp16", "fp32"])
@@ -686,14 +678,11 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     shape takes), state_rows 32, pipelined scan; "run9": run 9's
     forward knobs (64, no PIPE, the walk's own level code) with today's backward; the two-kernel state pass with 32-row backward states
     (recomputed beside D) and narrow scan blocks; the split forward (both without the scores kernel: ``fwd_scores``
-    False, as sequences outside 1024..4096 run);
-    the backward's register cap 168 (``bwd_maxnreg``; K = 64 runs uncapped by default); the scores kernel
+    False, as sequences outside 1024..4096 run); the scores kernel
     (``fwd_scores``: its span-sum dots in the inputs' dtype, "ieee" for fp32) with the walk in 16-row blocks
     (``fwd_step`` False; also with ``fwd_pipe``) and with the one-kernel state pass; the backward's forms
-    (``bwd_split``: the default "block" everywhere above; False, the one-kernel ``_bwd_kernel`` with the walk;
-    "bwd_kernel_par64": the one-kernel backward at 64-row states, ``LOWMEM``'s until run 17 (now "fused":
-    ``test_wkv6_gpu_lowmem``);
-    "fused": no partials, with the walk at 32 and 64 rows and with the state pass at 64); "step_seq": the scored
+    (``bwd_split``: the default "block" everywhere above; "fused": no partials, with the walk at 32 and 64 rows and
+    with the state pass at 64); "step_seq": the scored
     walk in 32-row steps (``fwd_step``, the default where the scores are on: the path B8 T4096 H32 takes);
     "scores_seq64": at 64-row states the scored walk keeps its 16-row blocks)."""
     import kernels.wkv6.chunk as kc
