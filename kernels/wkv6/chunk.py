@@ -652,9 +652,9 @@ def _capped_configs(cap):
     return autotune_configs([triton.Config({}, num_warps=4, num_stages=1, maxnreg=cap)] + _warp_configs())
 
 
-# ---- the split backward (``TUNING["bwd_split"]`` "block"): the per-block backward in two kernels. The blocks' own pairs
-# first, in 1-warp programs (the forward's lesson, run 12: level work on [16, K] tiles at 4 warps repeats every exp
-# and layout change across warps), their decays by span-sum dots and one ex2 per element, into fp32 partials; then
+# ---- the split backward (``TUNING["bwd_split"]`` "block"): the per-block backward in two kernels. The blocks' own
+# pairs first, in 1-warp programs (the forward's lesson, run 12: level work on [16, K] tiles at 4 warps repeats every
+# exp and layout change across warps), their decays by span-sum dots and one ex2 per element, into fp32 partials; then
 # the lean 4-warp state kernel (S_m, D_m, the block-crossing terms) adds the partials and stores the gradients.
 @triton.jit
 def _slice_qkw(q_ptr, k_ptr, w_ptr, u_ptr, p_c, m_tc, o_c, m_c, i_h, scale, K: tl.constexpr):
