@@ -36,7 +36,7 @@ Optional fields of ``OpSpec`` (an op without ``bench`` is simply not benchmarked
     bench       ``Bench``: how to benchmark and qualify the op (below)
     tolerance   {dtype: bound} overriding ``groundthink.harness.BOUNDS`` for this op (relative error vs fp64)
     kernels     the GPU kernel names its implementations launch, as the profiler shows them, for the training
-                step's "GPU time by op" (``groundthink.monitor.op_of``): ``fnmatch`` patterns ("_bwd_kernel" the
+                step's "GPU time by op" (``groundthink.monitor.op_of``): ``fnmatch`` patterns ("_bwd_own_kernel" the
                 exact name, "*_wkv6_*" any name containing it); exact names are matched before any pattern
     kernels_group   the label of those kernels in that table (default: the op's name; the small fused ops share
                 "glue kernels")

@@ -22,25 +22,22 @@ Env: WKV6_ALGOS (comma list of the names in ALGOS), WKV6_BUDGET_S, WKV6_SHAPES
 (indices into SHAPES, e.g. 0,2), WKV6_CHECKS=0 (timings only: the tests check correctness);
 WKV6_SMOKE=1 runs the whole flow on CPU (interpreter, tiny shapes, one timed call instead of do_bench: checks the
 script, measures nothing). Run the first call's measurement with a fresh TRITON_CACHE_DIR. ``--regs``
-(no GPU needed): registers, spill stack and SASS instructions of ``_bwd_kernel``, ``_fwd_seq_kernel`` and the state
-scan as compiled for sm_90 on this machine (WKV6_REGS_ONLY picks kernels; WKV6_REGS_BT: a comma list of the
-backward's ``state_rows`` knob values to compile; WKV6_REGS_MAXNREG: a comma list of register caps, 0 = none);
+(no GPU needed): registers, spill stack and SASS instructions of the backward's, the walks' and the state scan's
+kernels as compiled for sm_90 on this machine (WKV6_REGS_ONLY picks kernels; WKV6_REGS_BT: a comma list of the
+``state_rows`` knob values to compile ``_bwd_cross_kernel`` at; WKV6_REGS_MAXNREG: a comma list of register caps,
+0 = none);
 ``--host`` (CPU): host µs per call
 with every Triton launch stubbed.
 
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; forward modes in SEQ; named in WKV6_ALGOS only,
 forward: the sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem
-(``LOWMEM``: recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks; = ``wkv6_chunk_lowmem``),
-chunk_lowmem_fused / chunk_lowmem_fused32 (``LOWMEM`` with the fused backward and the default forward's scores
-kernel, at ``LOWMEM``'s 64-row states / at 32: the 32-row fused kernel and the forward's 32-row steps, the
-recomputed states twice as many per piece: ``LOWMEM``'s candidates, timed beside chunk_lowmem),
-chunk_run9 (run 9's default: state_rows 64, scan_pipe off, one walk kernel), chunk_rows64 / chunk_rows32
+(``LOWMEM``: recomputed, batch pieces of <= 128 MiB of fp32 buffers, narrow scan blocks, the fused backward and
+the default's ``fwd_scores`` rule; = ``wkv6_chunk_lowmem``),
+chunk_run9 (run 9's forward: state_rows 64, scan_pipe off, one walk kernel), chunk_rows64 / chunk_rows32
 (``state_rows`` forced: fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64
 with the state pass), chunk_nopipe (the state scans without PIPE), chunk_fill2 (narrow scan blocks until 2 × #SMs
 programs), chunk_split / chunk_walk1 (the walk forward in two kernels / in one: ``fwd_split`` True / False; the
-default, None, splits at ≤ one sequence·head per SM), chunk_nreg0 / chunk_nreg168 (``bwd_maxnreg``: ``_bwd_kernel``
-uncapped / autotuned with a 168-register cap beside the uncapped configs; the default, None, caps at K ≤ 32 only;
-the compile report prints each autotuner's pick per key), chunk_auto (the default knobs: time a knob beside it),
+default, None, splits at ≤ one sequence·head per SM), chunk_auto (the default knobs: time a knob beside it),
 chunk_par_fill2 (the state-pass forward, fill2), chunk_seq_scores / chunk_par_scores (``fwd_scores``: the blocks'
 scores from ``_fwd_scores_kernel``, the walk in 16-row blocks (``fwd_step`` False) / the one-kernel state pass +
 the chunk-parallel output),
@@ -51,12 +48,8 @@ walk in 32-row steps, ``fwd_step``: the default's walk since run 16), chunk_seq_
 ``state_rows`` 64: 16-row blocks), chunk_bsplit / chunk_bsplit64
 (``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
 the latter at 64-row states), chunk_bfused / chunk_bfused64 (``bwd_split`` "fused": one kernel per chunk, own pairs
-and crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bpair (``bwd_split`` "pair": the
-split backward's state kernel one program per 32-row chunk, no state moves, the pairs between its two blocks there),
-chunk_bslice (the split backward on batch slices of <= 256 MiB of fp32 partials, ``split_bytes``),
-chunk_bwd1 (``bwd_split`` False: the one-kernel ``_bwd_kernel``, the default until run 13;
-chunk_nreg0 / chunk_nreg168 run it too);
-the others keep the default's forward mode
+and crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bslice (the split backward on
+batch slices of <= 256 MiB of fp32 partials, ``split_bytes``); the others keep the default's forward mode
 (the walk where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed
 the scan knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also timed
 chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
@@ -65,8 +58,11 @@ chunk carrying D, S saved every 16 rows), run 6 two split backwards (chunk_split
 joined through fp32 partials), run 11 chunk_nreg128 (a 128-register cap: never better than 168) and a chunk_bsplit
 at 4 warps (the block kernel's split again, call 6), run 16 chunk_bsplitc / chunk_bsplitc64 (``bwd_split``
 "chunk": the state kernel one program per chunk), chunk_bfusedc / chunk_bfusedc64 (``bwd_split`` "fused_chunk":
-the fused kernel with one block per chunk, no state moves) and chunk_seq_step64 (64-row steps): they lost and were
-removed. ``--resources`` with WKV6_CHECKS=1 runs the
+the fused kernel with one block per chunk, no state moves) and chunk_seq_step64 (64-row steps), run 17 chunk_bpair
+(``bwd_split`` "pair": the split backward's state kernel one program per 32-row chunk, no state moves),
+chunk_lowmem_fused32 (``LOWMEM`` at 32-row states: faster at B8 T4096 H32 only, more memory) and the one-kernel
+``_bwd_kernel`` (``bwd_split`` False; chunk_bwd1, chunk_nreg0 / chunk_nreg168: its ``bwd_maxnreg`` cap; the old
+``LOWMEM``'s backward): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 runs the
 GPU tests after its timings. WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
 model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
@@ -124,20 +120,15 @@ def device_name():
     return "cpu (WKV6_SMOKE: interpreter, nothing measured)" if SMOKE else torch.cuda.get_device_name()
 
 
-VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM,
-            "chunk_lowmem_fused": {**kc.LOWMEM, "bwd_split": "fused", "fwd_scores": None},   # LOWMEM's candidates
-            "chunk_lowmem_fused32": {**kc.LOWMEM, "bwd_split": "fused", "fwd_scores": None, "state_rows": 32}}
-KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False,   # run 9's default
-                            bwd_split=False),
+VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
+KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False),  # run 9's forward
          "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),
          "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2),
          "chunk_split": dict(fwd_split=True, fwd_scores=False), "chunk_walk1": dict(fwd_split=False, fwd_scores=False),
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
-         "chunk_nreg0": dict(bwd_maxnreg=0, bwd_split=False), "chunk_nreg168": dict(bwd_maxnreg=168, bwd_split=False),
-         "chunk_bwd1": dict(bwd_split=False), "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
+         "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
-         "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64),
-         "chunk_bpair": dict(bwd_split="pair")}
+         "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False)}
 SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True, fwd_step=False),     # the walk
@@ -309,15 +300,12 @@ def resources():
     print("\n==== compiled wkv6 kernels: module kernel warps stages regs spills shared pick")
     for r in compiled_kernels():
         print(" ".join(str(x) for x in r))
-    for cap, tuner in kc._BWD_KERNELS.items():      # the bwd_maxnreg knob's autotuners: their pick per key
-        for key, cfg in getattr(tuner, "cache", {}).items():
-            print(f"_bwd_kernel bwd_maxnreg={cap} key {key[:7]}: {cfg}")
     import kernels.wkv6.states as ks
     for name, tuner in [("_fwd_scores_kernel", kc._fwd_scores_kernel), ("_fwd_scored_kernel", kc._fwd_scored_kernel),
                         ("_fwd_step_kernel", kc._fwd_step_kernel),
                         ("_fwd_par_scored_kernel", kc._fwd_par_scored_kernel),
                         ("_fwd_states_kernel", ks._fwd_states_kernel), ("_bwd_own_kernel", kc._bwd_own_kernel),
-                        ("_bwd_cross_kernel", kc._bwd_cross_kernel), ("_bwd_pair_kernel", kc._bwd_pair_kernel),
+                        ("_bwd_cross_kernel", kc._bwd_cross_kernel),
                         ("_bwd_fused_kernel", kc._bwd_fused_kernel)]:   # fwd_scores', bwd_split's: pick per key
         for key, cfg in getattr(tuner, "cache", {}).items():
             print(f"{name} key {key[:7]}: {cfg}")
@@ -407,15 +395,15 @@ def regs():
     none = dict(cu_ptr=None, cmap_ptr=None)       # absent tensors: None constexprs, as the launchers pass them
     blk = dict(H=32, K=kv, V=kv, BT=kc.BT, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False, PREC="tf32", **none)
     import kernels.wkv6.states as ks
-    bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", str(kc.BT)).split(",")]   # state_rows knob values
-    cases = [(kc, "_bwd_kernel", dict(blk, BT=bt, HALF_B=True)) for bt in bts]      # what bf16 inputs get
+    bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", "32").split(",")]   # state_rows knob values
+    cases = [(kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=bt, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
+                                            PREC="tf32", **none)) for bt in bts]
     walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None, SCORES=False, a_ptr=None, STEP=False, FAST=False,
                 PIPE=os.environ.get("WKV6_REGS_PIPE", "0") == "1")     # every constexpr given (a missing one is i32)
     del walk["cmap_ptr"]        # the walks take no slot map (one program per sequence·head)
     scan = dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, MODE=2, USE_H0=False, USE_DHT=False, VARLEN=False,
                 h0_ptr=None, dht_ptr=None, ht_ptr=None, cu_ptr=None)    # the backward's reverse scan
-    cases += [(kc, "_bwd_kernel", dict(blk, HALF_B=False)),   # B = do vᵀ in tf32 (until run 6)
-              (kc, "_fwd_seq_kernel", dict(walk, SPLIT=False, qh_ptr=None, kh_ptr=None, oi_ptr=None)),
+    cases += [(kc, "_fwd_seq_kernel", dict(walk, SPLIT=False, qh_ptr=None, kh_ptr=None, oi_ptr=None)),
               (kc, "_fwd_split_kernel", dict(walk, SPLIT=True)),
               (kc, "_fwd_intra_kernel", dict(H=32, K=kv, V=kv, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False,
                                              PREC="tf32", **none)),
@@ -429,10 +417,6 @@ def regs():
                                             qh_ptr=None, kh_ptr=None, oi_ptr=None, a_ptr="*fp32")),
               (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=True, a_ptr="*fp32")),
               (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True, FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"))),
-              (kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
-                                              PREC="tf32", **none)),
-              (kc, "_bwd_pair_kernel", dict(H=32, K=kv, V=kv, BT=32, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
-                                             PREC="tf32", HALF_B=True, **none)),
               (kc, "_bwd_fused_kernel", dict(blk, BT=int(os.environ.get("WKV6_REGS_FBT", "32")),
                                              BKC=int(os.environ.get("WKV6_REGS_BKC", "16")), HALF_B=True, FAST=True,
                                              DWP="tf32x3")),
@@ -441,7 +425,7 @@ def regs():
     STAGES = [int(x) for x in os.environ.get("WKV6_REGS_STAGES", "1").split(",")]   # num_stages values
     CAPS = [int(x) for x in os.environ.get("WKV6_REGS_MAXNREG", "0").split(",")]    # register caps (0: none)
     WARPS = [int(x) for x in os.environ.get("WKV6_REGS_WARPS", "4,8").split(",")]   # num_warps values
-    only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_kernel: one kernel (each compile takes ~10 s)
+    only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_fused_kernel: one kernel (each compile takes ~10 s)
     cases = [c for c in cases if not only or c[1] in only.split(",")]
     print(f"==== wkv6 chunk kernels, sm_90 compile (Triton {triton.__version__}), bf16, K = V = {kv}: "
           "kernel warps registers spill-stack-bytes sass-instructions")

@@ -291,7 +291,7 @@ def test_summarize_trace_counts_launches_and_busy_time():
 
 
 def test_gpu_time_by_op():
-    rows = [{"name": "_bwd_kernel", "us_per_step": 30.0, "pct": 30.0},
+    rows = [{"name": "_bwd_own_kernel", "us_per_step": 30.0, "pct": 30.0},
             {"name": "_ddlerp_bwd_kernel", "us_per_step": 10.0, "pct": 10.0},
             {"name": "_state_passing_bwd_kernel", "us_per_step": 5.0, "pct": 5.0},
             {"name": "nvjet_sm90_tst_128x128_64x6_1x2_h_bz_TNT", "us_per_step": 20.0, "pct": 20.0},

@@ -110,22 +110,19 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
 
 
 @pytest.mark.parametrize("fn,knobs,seq", [(wkv6, {}, None), (wkv6_fused, {}, None),
-                                          (wkv6, dict(state_rows=32, fwd_scores=True, fwd_step=False,
-                                                      bwd_split=False), True),
+                                          (wkv6, dict(state_rows=32, fwd_scores=True, fwd_step=False), True),
                                           (wkv6, dict(fwd_scores=True), False),
                                           (wkv6, dict(fwd_scores=False), True),
                                           (wkv6, dict(bwd_split="fused"), True),
-                                          (wkv6, dict(fwd_scores=True), True),
-                                          (wkv6, dict(bwd_split="pair"), True)],
+                                          (wkv6, dict(fwd_scores=True), True)],
                          ids=["chunk", "fused", "chunk_scores_walk", "chunk_scores_states", "chunk_levels",
-                              "chunk_bwd_fused", "chunk_fwd_step", "chunk_bwd_pair"])
+                              "chunk_bwd_fused", "chunk_fwd_step"])
 def test_wkv6_extreme_decay(fn, knobs, seq):
     """Extreme decays: the default (at this T = 35 the level forward: the scores are on at 1024 ≤ T ≤ 4096), the
     scores kernel with the walk in 16-row blocks (``fwd_step`` False; the chunk backward's ``state_rows`` 32: the
-    walk keeps the 32-row states; the one-kernel backward ``_bwd_kernel``, ``bwd_split`` False; the default is the
-    split one) and with the one-kernel state pass, the walk's own level code (``fwd_scores`` False), the fused
-    backward (``bwd_split`` "fused"), the scored walk in 32-row steps (``fwd_step``, the default where the scores
-    are on), and the split backward's "pair" state kernel (``bwd_split`` "pair": 32-row chunks, no state moves)."""
+    walk keeps the 32-row states) and with the one-kernel state pass, the walk's own level code (``fwd_scores`` False), the fused
+    backward (``bwd_split`` "fused"), and the scored walk in 32-row steps (``fwd_step``, the default where the scores
+    are on)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
@@ -411,14 +408,13 @@ def test_wkv6_chunk_modes(seq, shape, cu):
     outside 1024..4096; the scores kernel: test_wkv6_chunk_scores) (sequential walk, state pass + parallel chunks)
     vs fp64: the walk in two kernels keeping 32-row states and in one keeping 64-row states (``fwd_split``; the
     default splits at these tiny sizes: ≤ one sequence·head per SM), the state pass at the default (64) or with the
-    backward's ``state_rows`` at 32 (it keeps no states then, S recomputed beside D) and narrow scan blocks. The
-    one-kernel walk's backward runs uncapped (``bwd_maxnreg`` 0; K <= 32 takes the 168 cap by default)."""
+    backward's ``state_rows`` at 32 (it keeps no states then, S recomputed beside D) and narrow scan blocks."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
     knobs = {(True, True): dict(state_rows=32, fwd_split=True, fwd_scores=False),
-             (True, False): dict(state_rows=64, fwd_split=False, bwd_maxnreg=0, fwd_scores=False),
+             (True, False): dict(state_rows=64, fwd_split=False, fwd_scores=False),
              (False, True): dict(fwd_scores=False),
              (False, False): dict(state_rows=32, scan_fill=2, fwd_scores=False)}
     with kc.tuning(**knobs[seq, cu is None]):
@@ -571,39 +567,19 @@ def test_wkv6_bwd_fused(seq, rows, dtype, shape, cu):
         _check(d, bound=2e-3 if dtype == torch.float16 else None, context=f"fused {shape} rows {rows} cu={cu}")
 
 
-@pytest.mark.parametrize("seq,dtype,shape,cu", [(True, torch.float32, (2, 70, 2, 20, 24), None),
-                                                (False, torch.float32, (1, 100, 1, 16, 16), _VARLEN_CU),
-                                                (True, torch.float16, (1, 45, 1, 16, 16), None)],
-                         ids=["walk32", "par32_varlen", "fp16"])
-def test_wkv6_bwd_pair(seq, dtype, shape, cu):
-    """The split backward with its state kernel one program per 32-row chunk (``bwd_split`` "pair": the
-    chunk-crossing terms from S_c / D_c as loaded, the pairs between the chunk's two blocks as one level) vs fp64:
-    the walk's saved 32-row states (T = 70: a partial last chunk, a one-block chunk), the state pass's states
-    recomputed beside D on a varlen batch (an empty sequence, one of 3 rows), fp16 (B = do vᵀ in fp16: HALF_B) at
-    bound 2e-3. (At 64-row states "pair" runs "block": a host-side condition, not tested here.)"""
-    import kernels.wkv6.chunk as kc
-    d = make_inputs(*shape, dtype=dtype, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
-    if cu is not None:
-        d["cu_seqlens"] = torch.tensor(cu)
-    with kc.tuning(bwd_split="pair", state_rows=32), kc.forward_mode(seq):
-        _check(d, bound=2e-3 if dtype == torch.float16 else None, context=f"pair {shape} cu={cu}")
-
-
 def test_wkv6_chunk_bad_knobs():
-    """A ``state_rows``, ``bwd_maxnreg``, ``bwd_split``, ``fwd_step`` or ``split_bytes`` value the kernels do not
-    take, an unknown knob, or a backward whose ``state_rows`` differs from its forward's (saved states of the wrong
-    spacing), is a one-line error."""
+    """A ``state_rows``, ``bwd_split``, ``fwd_step`` or ``split_bytes`` value the kernels do not take, an unknown
+    knob (``bwd_maxnreg``: removed with ``_bwd_kernel``), or a backward whose ``state_rows`` differs from its
+    forward's (saved states of the wrong spacing), is a one-line error."""
     import kernels.wkv6.chunk as kc
     with pytest.raises(ValueError, match="state_rows must be one of"):
         with kc.tuning(state_rows=48):
             pass
-    with pytest.raises(ValueError, match="unknown wkv6 chunk knobs"):
-        with kc.tuning(state_move="carry"):
-            pass
-    with pytest.raises(ValueError, match="bwd_maxnreg must be one of"):
-        with kc.tuning(bwd_maxnreg=100):
-            pass
-    for bad in (True, "chunk", "fused_chunk"):      # the last two: timed in run 16 and removed
+    for bad in ("state_move", "bwd_maxnreg"):
+        with pytest.raises(ValueError, match="unknown wkv6 chunk knobs"):
+            with kc.tuning(**{bad: 0}):
+                pass
+    for bad in (True, False, "chunk", "fused_chunk", "pair"):   # timed and removed: run 16, run 17 (False, "pair")
         with pytest.raises(ValueError, match="bwd_split must be one of"):
             with kc.tuning(bwd_split=bad):
                 pass
@@ -683,20 +659,15 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
                                        (dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False), True),
                                        (dict(state_rows=32, scan_fill=2, fwd_scores=False), False),
                                        (dict(fwd_split=True, fwd_scores=False), True),
-                                       (dict(bwd_maxnreg=168, bwd_split=False), True),
                                        (dict(fwd_scores=True, fwd_step=False), True), (dict(fwd_scores=True), False),
                                        (dict(fwd_scores=True, fwd_step=False, fwd_pipe=True), True),
-                                       (dict(fwd_scores=True, bwd_split=False), True),
-                                       (dict(state_rows=64, fwd_scores=False, bwd_split=False), False),
                                        (dict(fwd_scores=True, bwd_split="fused"), True),
                                        (dict(fwd_scores=True, bwd_split="fused", state_rows=64), True),
                                        (dict(fwd_scores=True, bwd_split="fused", state_rows=64), False),
-                                       (dict(fwd_scores=True), True), (dict(fwd_scores=True, state_rows=64), True),
-                                       (dict(fwd_scores=True, bwd_split="pair"), True),
-                                       (dict(fwd_scores=True, bwd_split="pair"), False)],
-                         ids=["seq", "run9", "par_rows32_fill2", "split", "nreg168", "scores_seq", "scores_par",
-                              "scores_pipe", "bwd_kernel_seq", "bwd_kernel_par64", "bfused_seq", "bfused_seq64",
-                              "bfused_par64", "step_seq", "scores_seq64", "bpair_seq", "bpair_par"])
+                                       (dict(fwd_scores=True), True), (dict(fwd_scores=True, state_rows=64), True)],
+                         ids=["seq", "run9", "par_rows32_fill2", "split", "scores_seq", "scores_par",
+                              "scores_pipe", "bfused_seq", "bfused_seq64",
+                              "bfused_par64", "step_seq", "scores_seq64"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)],
                          ids=["bf16", "fp16", "fp32"])
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
@@ -707,17 +678,13 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     shape takes), state_rows 32, pipelined scan; "run9": run 9's
     forward knobs (64, no PIPE, the walk's own level code) with today's backward; the two-kernel state pass with 32-row backward states
     (recomputed beside D) and narrow scan blocks; the split forward (both without the scores kernel: ``fwd_scores``
-    False, as sequences outside 1024..4096 run);
-    the backward's register cap 168 (``bwd_maxnreg``; K = 64 runs uncapped by default); the scores kernel
+    False, as sequences outside 1024..4096 run); the scores kernel
     (``fwd_scores``: its span-sum dots in the inputs' dtype, "ieee" for fp32) with the walk in 16-row blocks
     (``fwd_step`` False; also with ``fwd_pipe``) and with the one-kernel state pass; the backward's forms
-    (``bwd_split``: the default "block" everywhere above; False, the one-kernel ``_bwd_kernel`` with the walk;
-    "bwd_kernel_par64": the one-kernel backward at 64-row states, what ``LOWMEM`` / ``wkv6_chunk_lowmem`` run;
-    "fused": no partials, with the walk at 32 and 64 rows and with the state pass at 64); "step_seq": the scored
+    (``bwd_split``: the default "block" everywhere above; "fused": no partials, with the walk at 32 and 64 rows and
+    with the state pass at 64); "step_seq": the scored
     walk in 32-row steps (``fwd_step``, the default where the scores are on: the path B8 T4096 H32 takes);
-    "scores_seq64": at 64-row states the scored walk keeps its 16-row blocks; "bpair_seq" / "bpair_par": the split
-    backward's "pair" state kernel (``bwd_split`` "pair") after the walk / the one-kernel state pass, both keeping
-    32-row states)."""
+    "scores_seq64": at 64-row states the scored walk keeps its 16-row blocks)."""
     import kernels.wkv6.chunk as kc
     with kc.tuning(**knobs), kc.forward_mode(seq):
         _gpu_check(2, 300, 3, 64, 64, dtype, bound)
@@ -762,6 +729,25 @@ def test_wkv6_gpu_bwd_fused(case, rows):
         _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(True), cu=cu)
 
 
+# ``wkv6_chunk_lowmem``'s cases: GPU_CASES' stressing ones (below 1024 rows: the level forward) and T = 1024, where
+# ``fwd_scores`` None turns the scores kernel on
+LOWMEM_CASES = {**{c: GPU_CASES[c] for c in ("bf16_extreme", "bf16_varlen", "bf16_K32_V96", "fp32_extreme")},
+                "bf16_T1024": ((2, 1024, 4, 64, 64), torch.bfloat16, "strong", 2e-3, None)}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("seq", [True, False], ids=["seq", "par"])
+@pytest.mark.parametrize("case", list(LOWMEM_CASES))
+def test_wkv6_gpu_lowmem(case, seq):
+    """``wkv6_chunk_lowmem`` (``LOWMEM``: nothing saved, the fused backward at 64-row states recomputed beside D in
+    batch pieces, the default's ``fwd_scores`` rule) in each forward mode vs fp64 on LOWMEM_CASES."""
+    import kernels.wkv6.chunk as kc
+    from kernels.wkv6 import wkv6_chunk_lowmem
+    shape, dtype, decay, bound, cu = LOWMEM_CASES[case]
+    with kc.forward_mode(seq):
+        _gpu_check(*shape, dtype, bound, decay=decay, fn=wkv6_chunk_lowmem, cu=cu)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", ["bf16_extreme", "bf16_varlen", "bf16_K32_V96", "fp32_extreme", "fp32_K60_V100"])
 def test_wkv6_gpu_fwd_step(case):
@@ -772,18 +758,6 @@ def test_wkv6_gpu_fwd_step(case):
     import kernels.wkv6.chunk as kc
     shape, dtype, decay, bound, cu = GPU_CASES[case]
     with kc.tuning(fwd_scores=True, fwd_step=True):
-        _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(True), cu=cu)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", ["bf16_extreme", "bf16_varlen", "bf16_K32_V96", "fp32_extreme", "fp32_K60_V100"])
-def test_wkv6_gpu_bwd_pair(case):
-    """The split backward's "pair" state kernel (``bwd_split`` "pair": one program per 32-row chunk, no state moves,
-    the pairs between its two blocks as one level) on the GPU_CASES that stress it, the walk forward keeping
-    32-row states."""
-    import kernels.wkv6.chunk as kc
-    shape, dtype, decay, bound, cu = GPU_CASES[case]
-    with kc.tuning(bwd_split="pair", state_rows=32):
         _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(True), cu=cu)
 
 

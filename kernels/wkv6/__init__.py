@@ -14,9 +14,9 @@ the final state). Deterministic (no atomics); without cu_seqlens CUDA-graph capt
   inside a block by level as masked dots of decayed operands, states carried every 16 rows; at 1024 ≤ T ≤ 4096 the
   forward takes every block's scores from a 1-warp scores kernel whose level decays are span-sum dots, and its walk
   goes 32 rows a step; see its docstring), custom ops ``groundthink::wkv6_fwd`` / ``_bwd``;
-* ``wkv6_chunk_lowmem``: the same kernels with nothing saved between forward and backward and the backward run in
-  batch slices (≤ 128 MiB of fp32 state buffers each): ~35 % less extra memory (0.76 vs 1.18 GiB) for more
-  fwd+bwd time (12.8 ms in run 5 vs 8.86 in run 7) at B8 T4096 H32 (H100); custom ops
+* ``wkv6_chunk_lowmem``: the same kernels with nothing saved between forward and backward, the fused backward (one
+  program per chunk, no fp32 partials) run in batch slices (≤ 128 MiB of fp32 state buffers each): at B8 T4096 H32
+  (H100 run 17) 0.76 vs 2.68 GiB extra memory for 9.07 vs 6.23 ms fwd+bwd; custom ops
   ``groundthink::wkv6_lowmem_fwd`` / ``_bwd``;
 * ``wkv6_fused``: the sequential chunked algorithm (``fused.py``; one program walks a whole sequence), custom ops
   ``groundthink::wkv6_fused_fwd`` / ``_bwd``;

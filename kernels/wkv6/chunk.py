@@ -42,11 +42,13 @@ B16 T1024 H8 1092 (317) → 1051 (277), B8 T1024 H8 597 → 563 (171). The score
 walk's serial iterations; at 64-row states it keeps 16-row blocks): H100 run 16, B8 T4096 H32 forward 1.487 →
 1.341 ms (the walk 1401 → 1199 µs).
 
-Backward. The default (``TUNING["bwd_split"]`` "block", H100 run 13) is the split backward (its paragraph below the
-one-kernel backward's): the blocks' own pairs in 1-warp programs, then a state kernel; the one-kernel backward
-described first (``bwd_split`` False) is what ``LOWMEM`` runs.
+Backward. Two forms of the per-block work below: the split backward (``TUNING["bwd_split"]`` "block", the default
+since H100 run 13: the blocks' own pairs in 1-warp programs, then a state kernel) and the fused backward ("fused",
+``LOWMEM``'s since run 17: one program per chunk, no partials). The one-kernel ``_bwd_kernel`` (one 4-warp program
+per block; ``bwd_split`` False, the default until run 13 and ``LOWMEM``'s until run 17) lost to both at every
+timed shape and was removed in session 13.
 
-One-kernel backward (grid chunk·4 blocks × heads, all of V per program). S_c (chunk start, from the forward) and D_c
+Per block (all of V per program). S_c (chunk start, from the forward) and D_c
 (dL/dS at the chunk end, reverse state pass of ``states.py``) are moved to the block: S_m by the earlier blocks'
 updates, D_m by the later blocks' (D ← diag(exp(W)) D + (q ⊙ exp(P))ᵀ do). Then, with B = do vᵀ (a dot of the
 half inputs themselves when they are bf16/fp16: exact, ``HALF_B``), per level
@@ -67,14 +69,15 @@ partials. ``_bwd_own_kernel`` (1-warp programs, one per chunk, the forward score
 terms, the level decays from ``_span_sums`` dots and one ex2 per element, the segmented dw sums as one dot of the
 transposed span pattern each ("tf32x3"; "ieee" for fp32), the key columns in 16- or 32-wide slices (autotuned); then
 ``_bwd_cross_kernel`` (4 warps, one program per block: S_m, D_m, the crossing terms) adds the partials and stores
-the gradients (one program per chunk walking its blocks lost: run 16, 3565 vs 2469 µs at B8 T4096 H32; "pair": one
-program per 32-row chunk on [32, K] tiles, no moves, the pairs between its two blocks as one more level, untimed).
+the gradients (one program per chunk walking its blocks lost: run 16, 3565 vs 2469 µs at B8 T4096 H32; one program
+per 32-row chunk on [32, K] tiles, no moves, "pair", lost at every shape: run 17, 5028 / 645 / 239 vs 2454 / 323 /
+85 µs, removed).
 H100 run 13 (wkv6j; GPU µs per fwd+bwd, ``_bwd_kernel`` vs own + cross): B8 T4096 H32 5210 vs 1340 + 2412, B16 T1024
 H8 672 vs 178 + 323, B64 T256 H4 K32 154 vs 46 + 85; the partials cost 4 bytes × (3K + V) per token and head of
 transient memory (extra peak at B8 T4096 H32 1.68 → 2.68 GiB). Earlier splits with both halves at 4 warps lost (run
 6: 10.3 vs 9.3 ms at B8 T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
 
-The fused backward (``bwd_split`` "fused", ``_bwd_fused_kernel``; off: ``LOWMEM``'s candidate): the own kernel's
+The fused backward (``bwd_split`` "fused", ``_bwd_fused_kernel``; ``LOWMEM``'s since run 17): the own kernel's
 program (one per chunk, key columns in BKC = 16-wide slices, not unrolled) does the crossing terms too, so nothing
 goes through partials. Every crossing term but dv sums over V only or over nothing, so it is separable in K: a slice
 of S and D (rows o_c of the [K, V] states, [BKC, BV]) moves over a block with that slice's k̂ / q̂ and w alone, and
@@ -86,13 +89,15 @@ states, 3 at 64. Memory: no partials (at B8 T4096 H32 K = V = 64 the extra peak 
 512 MiB of gradients and the fp32 states S, D, 512 MiB each at 32 rows and 256 at 64: ≈ 1.68 / 1.18 GiB against the
 split's 2.68; with ``LOWMEM``'s recomputed states in 128 MiB batch pieces ≈ 0.76 GiB). H100 run 16, ms fwd+bwd at B8
 T4096 H32: 7.456 (32-row states), 8.173 (64) against the split's 6.381; with ``LOWMEM`` 9.062. One block per chunk
-(no state moves, levels up to the chunk) lost at 17.7 / 32.1 ms and was removed.
+(no state moves, levels up to the chunk) lost at 17.7 / 32.1 ms and was removed. H100 run 17 (ms fwd / fwd+bwd,
+``LOWMEM`` with ``_bwd_kernel`` and the level forward -> with this kernel and ``fwd_scores`` None, same extra peak):
+B8 T4096 H32 1.962 / 9.674 -> 1.504 / 9.067, B16 T1024 H8 0.395 / 1.348 -> 0.295 / 1.255, B64 T256 H4 K32 0.115 /
+1.351 -> 0.189 / 1.297; the kernels 5877 vs 5996, 760 vs 771, 147 vs 179 µs.
 
 Memory (``TUNING``; ``wkv6_chunk_lowmem``): the forward may skip saving S_c (the backward's state pass then
 recomputes it with D_c) and the backward may run batch slices one after another, so that its transient fp32
-state buffers stay bounded: at B8 T4096 H32 lowmem's extra peak of fwd+bwd is 0.76 GiB for 12.8 ms (H100 run 5, whose
-harness also timed ~0.5 ms of .grad accumulation; not re-timed) against the default's 1.18 GiB and 8.86 ms (run 7):
-the reverse scan is latency-bound and runs once per slice. Splitting V across backward programs
+state buffers stay bounded: at B8 T4096 H32 ``LOWMEM``'s extra peak of fwd+bwd is 0.76 GiB for 9.067 ms against the
+default's 2.68 GiB and 6.233 ms (H100 run 17). Splitting V across backward programs
 ([K, 32] states, fp32 partial sums) was measured too and lost (bwd kernel 6.7 → 12.4 ms: still 255 registers).
 
 Backward state knob (``TUNING["state_rows"]``; default None = 32 with the walk forward, 64 with the state pass):
@@ -124,7 +129,7 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._common import autotune_configs, new_empty, num_sms
-from kernels.wkv6.common import (_bonus_bwd, _cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _half_dot,
+from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _half_dot,
                                  _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run,
                                  _seq_bounds, _state_or_zeros, _store_dqkw, _warp_configs)
 from kernels.wkv6.states import BT_PAR, _fwd_states, _par_slots, _par_state_shape, _par_states
@@ -326,7 +331,7 @@ def _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, 
 #   ``states._par_slots``); cu_ptr [N + 1] int32 sequence offsets, cmap_ptr [slots] int32 the sequence of each slot
 #   (both None unless VARLEN); a_ptr [B·T, H, SB] fp32 the blocks' scores (``_fwd_scores_kernel``: a block's row t
 #   at token t); qh_ptr, kh_ptr [B·T, H, K] and oi_ptr [B·T, H, V] fp32 the split forward's intermediates
-#   (``_fwd_intra_kernel``); du_ptr [slots · BT/SB, H, K] fp32 per-program du rows (``_bwd_kernel``); scale (float)
+#   (``_fwd_intra_kernel``); du_ptr [slots · BT/SB, H, K] fp32 per-block du rows (the backward); scale (float)
 #   multiplies q·k; T the padded length (fixed-length batches), NT = cdiv(T, BT) chunks per sequence; NH_BUCKET =
 #   min(pow2(N·H), 1024), an autotune key only (``_nh_bucket``: unused by the kernel body).
 # Constexprs: H heads; K, V head sizes; BK = max(16, pow2(K)), BV the V tile width; SB = 16 block rows, LOG =
@@ -609,31 +614,6 @@ def _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, S: tl.constexpr, PREC: tl.conste
 
 
 @triton.jit
-def _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB: tl.constexpr, LOG: tl.constexpr,
-              PREC: tl.constexpr):
-    """The block's own pairs (s < t, no bonus): A, and their parts of dq, dk, dw (cancellation-free, see the
-    module docstring) added to b_dq, b_dk, b_dw, given B = do vᵀ [SB, SB]. Returns (A, dq, dk, dw), fp32."""
-    m_lv = _level_mask(o_t, 1)
-    b_A = tl.where(m_lv, tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
-    b_dA = tl.where(m_lv, b_B, 0.)
-    b_dq += tl.dot(b_dA, b_k, input_precision=PREC)
-    b_dk += tl.dot(tl.trans(b_dA), b_q, input_precision=PREC)
-    for m in tl.static_range(1, LOG):
-        b_ep, b_er = _level(b_em1, b_ep1, o_t, 2 ** m, SB)
-        b_qh = b_q * b_ep
-        b_kh = b_k * b_er
-        b_A, b_dqh, b_dkh = _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, 2 ** m, PREC)
-        b_dq += b_ep * b_dqh
-        b_dk += b_er * b_dkh
-        # dw_j: queries t > j of j's segment (reverse exclusive), keys s < j of j's segment (exclusive)
-        b_a = b_qh * b_dqh
-        b_b = b_kh * b_dkh
-        b_dw += (_seg_scan(b_a, 2 ** m, SB, True, False) - b_a
-                 + _seg_scan(b_b, 2 ** m, SB, False, False) - b_b)
-    return b_A, b_dq, b_dk, b_dw
-
-
-@triton.jit
 def _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale, o_t, o_k,
                   o_v, m_k, m_v, o_kv, m_kv, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                   SB: tl.constexpr, PREC: tl.constexpr):
@@ -665,87 +645,16 @@ def _block_loc(cu_ptr, cmap_ptr, T, NT, BT: tl.constexpr, SB: tl.constexpr, VARL
     return pid, i_h, i_s, i_m, bos, L, c0, c0 + i_m * SB
 
 
-@triton.jit
-def _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_B, b_u, b_dq, b_dk, b_dv, b_dw, o_t, SB: tl.constexpr,
-             LOG: tl.constexpr, PREC: tl.constexpr):
-    """The block's own pairs (``_diag_bwd``, given B = do vᵀ [SB, SB]) and bonus u terms added to b_dq, b_dk, b_dv,
-    b_dw [SB, BK | BV] fp32. Returns (dq, dk, dv, dw, du row [BK])."""
-    b_A, b_dq, b_dk, b_dw = _diag_bwd(b_q, b_k, b_em1, b_ep1, b_B, b_dq, b_dk, b_dw, o_t, SB, LOG, PREC)
-    b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
-    b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
-    b_dq, b_dk, b_du = _bonus_bwd(b_q, b_k, b_v, b_do, b_u, b_dq, b_dk)
-    return b_dq, b_dk, b_dv, b_dw, b_du
-
-
-@triton.jit
-def _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos, r0, L, i_h,
-                 scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr):
-    """Stores the block's rows of dq (× scale), dk, dv, dw (0 where the raw w > 0: the clamp) in the gradients'
-    dtypes and its du partial row du[pid, i_h] [K] fp32."""
-    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
-    tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
-    _store_dqkw(b_dq, b_dk, b_dw, b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
-    tl.store(du_ptr + (pid.to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
-
-
-_BWD_KEY = ["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"]
-
-
-@triton.autotune(configs=_warp_configs(), key=_BWD_KEY)
-@triton.jit(do_not_specialize=['T', 'NT'])
-def _bwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
-                cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr,
-                VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
-    """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V): one SB-row block's gradients. Reads
-    hs_ptr / hd_ptr (the state at each chunk start / dL/dS at each chunk end) and do_ptr; writes dq_ptr, dk_ptr,
-    dw_ptr, dv_ptr (layouts above) and du_ptr [slots · BT/SB, H, K] fp32 partial rows (one per program, summed by
-    the launcher). HALF_B (half inputs): the dot B = do vᵀ runs on do and v in their own dtype
-    (``common._half_dot``)."""
-    pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
-    o_t = tl.arange(0, SB)
-    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-    b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale,
-                              o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
-    # ---- the block-crossing terms first (S_m and D_m die there), then the block's own pairs
-    b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
-    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
-    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    if HALF_B:      # exact: products of two half values fit the fp32 accumulator
-        b_B = tl.dot(b_do.to(do_ptr.dtype.element_ty), tl.trans(b_v.to(v_ptr.dtype.element_ty)))
-    else:
-        b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
-    b_dq, b_dk, b_dv, b_dw, b_du = _own_bwd(b_q, b_k, b_em1, b_ep1, b_v, b_do, b_B, b_u, b_dq, b_dk, b_dv, b_dw,
-                                            o_t, SB, LOG, PREC)
-    _store_grads(b_dq, b_dk, b_dv, b_dw, b_du, b_wr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr, pid, bos, r0, L, i_h,
-                 scale, o_t, o_k, o_v, m_k, m_v, H, K, V)
-
-
 def _capped_configs(cap):
-    """``_bwd_kernel`` with at most ``cap`` registers per thread (Triton's ``maxnreg``; the rest spills to local
-    memory) at 4 warps (168: 3 programs per SM, against 2 at the default's 255). The uncapped configs are offered
-    beside it, so the autotuner can keep them."""
+    """At most ``cap`` registers per thread (Triton's ``maxnreg``; the rest spills to local memory) at 4 warps (168:
+    3 programs per SM, against 2 at the default's 255). The uncapped configs are offered beside it, so the
+    autotuner can keep them."""
     return autotune_configs([triton.Config({}, num_warps=4, num_stages=1, maxnreg=cap)] + _warp_configs())
 
 
-# ``_bwd_kernel`` per ``bwd_maxnreg`` value (0: no cap): the same jitted body (same name in the profiler), own
-# autotuners
-_BWD_KERNELS = {0: _bwd_kernel, 168: triton.autotune(configs=_capped_configs(168), key=_BWD_KEY)(_bwd_kernel.fn)}
-BWD_MAXNREG = (None, *_BWD_KERNELS)  # the ``bwd_maxnreg`` knob's values (None: ``_bwd_cap``'s choice)
-
-
-def _bwd_cap(K: int, knob) -> int:
-    """The register cap ``_bwd_kernel`` runs with: the knob's value, or (None) 168 at K <= 32 — H100 run 11
-    (wkv6g): B64 T256 H4 K32 186 -> 152 us, 191 registers uncapped, 4 B spill at 168 — and none above (at K = 64
-    the capped autotuner kept the uncapped config: no gain)."""
-    return knob if knob is not None else (168 if K <= 32 else 0)
-
-
-# ---- the split backward (``TUNING["bwd_split"]``): ``_bwd_kernel``'s work in two kernels. The blocks' own pairs
-# first, in 1-warp programs (the forward's lesson, run 12: level work on [16, K] tiles at 4 warps repeats every exp
-# and layout change across warps), their decays by span-sum dots and one ex2 per element, into fp32 partials; then
+# ---- the split backward (``TUNING["bwd_split"]`` "block"): the per-block backward in two kernels. The blocks' own
+# pairs first, in 1-warp programs (the forward's lesson, run 12: level work on [16, K] tiles at 4 warps repeats every
+# exp and layout change across warps), their decays by span-sum dots and one ex2 per element, into fp32 partials; then
 # the lean 4-warp state kernel (S_m, D_m, the block-crossing terms) adds the partials and stores the gradients.
 @triton.jit
 def _slice_qkw(q_ptr, k_ptr, w_ptr, u_ptr, p_c, m_tc, o_c, m_c, i_h, scale, K: tl.constexpr):
@@ -906,7 +815,8 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
                       dk_ptr, dv_ptr, dw_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr,
                       V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       VARLEN: tl.constexpr, PREC: tl.constexpr):
-    """Grid as ``_bwd_kernel``'s (``bwd_split`` "block"), the state half of the split backward: S_m, D_m
+    """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V) (``bwd_split`` "block"), the state
+    half of the split backward, one SB-row block per program: S_m, D_m
     (``_block_states``) and ``_cross_block``, adding ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr
     [B·T, H, K] and pv_ptr [B·T, H, V] -> dq_ptr, dk_ptr, dw_ptr [B·T, H, K], dv_ptr [B·T, H, V] (other layouts
     above). Offered a 168-register cap at 4 warps beside the uncapped 4 / 8 warps (H100 run 13: the cap picked)."""
@@ -917,87 +827,6 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
                               o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
     _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
                  b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
-
-
-# ---- the pair form of the split backward's state kernel (``bwd_split`` "pair", 32-row states only): one program per
-# 32-row chunk on [32, K] tiles, S_c and D_c used as loaded (no moves over the other block): the chunk-crossing terms
-# at chunk level, and the pairs between the chunk's two 16-row blocks (level log2(SB), which "block" carries in its
-# moved S_m / D_m) computed here as one masked pair level, as ``_step_block`` does in the forward.
-@triton.jit
-def _pair_grads(b_q, b_k, b_wm, b_wp, b_w, b_v, b_do, b_B, b_h, b_dh, o_c, SB: tl.constexpr, PREC: tl.constexpr):
-    """The gradients of one 2·SB-row chunk that do not come from its blocks' own pairs (fp32 [2·SB, BK | BV]): the
-    chunk-crossing terms from S at the chunk start (b_h) and dL/dS at its end (b_dh), with the chunk-level decays
-    from cumsums of the shifted w tiles b_wm (w_{t−1}, 0 at row 0) / b_wp (w_{t+1}, 0 at the last row) — exclusive
-    sums of terms of one sign, no difference — and the pairs (query t in the upper block, key s in the lower) with
-    decay exp(P_t) exp(R_s): P, R the block-local exclusive prefix / suffix sums (segmented cumsums of the same
-    tiles). b_w: the clamped w; B = do vᵀ [2·SB, 2·SB] fp32; q scaled. Returns (dq (for the scaled q), dk, dv, dw)."""
-    b_egp = tl.exp(tl.cumsum(b_wm, axis=0))                     # exp(Σ w from the chunk start to t − 1)
-    b_egl = tl.exp(tl.cumsum(b_wp, axis=0, reverse=True))       # exp(Σ w from t + 1 to the chunk end)
-    b_dw = (tl.exp(tl.sum(b_w, axis=0)) * tl.sum(b_h * b_dh, axis=1))[None, :]   # keys before, queries after
-    b_dq = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
-    b_dk = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
-    b_dv = tl.dot(b_k * b_egl, b_dh, input_precision=PREC)
-    b_a = b_q * b_dq
-    b_b = b_k * b_dk
-    b_dw += tl.cumsum(b_a, axis=0, reverse=True) - b_a + tl.cumsum(b_b, axis=0) - b_b
-    # the pairs between the two blocks: one level, one exp tile (upper rows exp(P), lower rows exp(R))
-    b_p = _seg_scan(tl.where((o_c % SB == 0)[:, None], 0., b_wm), SB, 2 * SB, False, False)
-    b_r = _seg_scan(tl.where((o_c % SB == SB - 1)[:, None], 0., b_wp), SB, 2 * SB, True, False)
-    b_e = tl.exp(tl.where((o_c >= SB)[:, None], b_p, b_r))
-    b_qh = b_q * b_e
-    b_kh = b_k * b_e
-    b_A, b_dqh, b_dkh = _level_pairs_bwd(b_qh, b_kh, b_B, tl.zeros_like(b_B), o_c, SB, PREC)
-    b_dq += b_e * b_dqh
-    b_dk += b_e * b_dkh
-    b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
-    b_a = b_qh * b_dqh      # zero on the lower rows
-    b_b = b_kh * b_dkh      # zero on the upper rows
-    b_dw += (_seg_scan(b_a, SB, 2 * SB, True, False) - b_a + _seg_scan(b_b, SB, 2 * SB, False, False) - b_b)
-    return b_dq, b_dk, b_dv, b_dw
-
-
-# 8 warps (offline sm_90 compile, Triton 3.9, bf16, K = V = 64, registers / spill-stack B / SASS per warp: 8 warps
-# 255 / 32 / 3544; 4 warps 255 / 888 / 6472; with a 168 cap 1728 B (4 warps) and 528 B (8) of spill. The block
-# kernel for comparison, per 16-row block: 4 warps 158 / 0 / 3296, 8 warps 108 / 0 / 2088)
-@triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=8, num_stages=1)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
-@triton.jit(do_not_specialize=['T', 'NT'])
-def _bwd_pair_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr,
-                     dk_ptr, dv_ptr, dw_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr,
-                     V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                     VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr):
-    """Grid (chunk slots, H), BT = 2·SB (``bwd_split`` "pair"): ``_bwd_cross_kernel``'s work for one 32-row chunk
-    without state moves (``_pair_grads``: the chunk-crossing terms from hs_ptr / hd_ptr as loaded, the pairs between
-    its two blocks by one level here), plus ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr [B·T, H, K]
-    and pv_ptr [B·T, H, V] -> dq_ptr, dk_ptr, dw_ptr [B·T, H, K], dv_ptr [B·T, H, V] in the inputs' dtypes (other
-    layouts above). HALF_B: B = do vᵀ as a dot of the half inputs (exact)."""
-    tl.static_assert(BT == 2 * SB, "bwd_split 'pair': 32-row states (BT = 2 SB) only")
-    i_s, i_h = tl.program_id(0), tl.program_id(1)
-    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
-    c0 = i_c * BT
-    o_c = tl.arange(0, BT)
-    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
-    m_s = m_kv & (o_kv * 0 + c0 < L)
-    b_h = tl.load(hs_ptr + p_s, mask=m_s, other=0.)
-    b_dh = tl.load(hd_ptr + p_s, mask=m_s, other=0.)
-    m_t, tok, m_tv, p_v, b_B, b_vd = _block_do_v(v_ptr, do_ptr, bos, c0, L, i_h, o_c, o_v, m_v, H, V, HALF_B, PREC)
-    b_q = _load_rows(q_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 0) * scale
-    b_k = _load_rows(k_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 0)
-    b_wr = _load_rows(w_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 0)
-    b_wm = _clamp_w(_load_rows(w_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, -1))
-    b_wp = _clamp_w(_load_rows(w_ptr, bos, c0, L, i_h, o_c, o_k, m_k, H, K, BT, 1))
-    b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-    b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-    b_dq, b_dk, b_dv, b_dw = _pair_grads(b_q, b_k, b_wm, b_wp, _clamp_w(b_wr), b_v, b_do, b_B, b_h, b_dh, o_c, SB,
-                                         PREC)
-    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, c0, L, i_h, o_c, o_k, o_v, m_k, m_v, H, K, V)
-    b_dv += tl.load(pv_ptr + p_v, mask=m_tv, other=0.)
-    tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
-    b_dq += tl.load(pq_ptr + p_k, mask=m_tk, other=0.)
-    b_dk += tl.load(pk_ptr + p_k, mask=m_tk, other=0.)
-    b_dw += tl.load(pw_ptr + p_k, mask=m_tk, other=0.)
-    _store_dqkw(b_dq, b_dk, b_dw, b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
 
 
 # ---- the fused backward (``bwd_split`` "fused"): the own pairs and the block-crossing terms in one program per chunk,
@@ -1254,15 +1083,6 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                fwd+bwd): 32 wins where the walk runs (B8 T4096 H32 8028 vs 8630, B16 T1024 H8 1177 vs 1235,
 #                B64 T256 H4 K32 288 vs 315; +0.5 GiB at B8 T4096 H32), 64 where the state pass does (B4 T2048
 #                H16 1212 vs 1242): hence None;
-#   bwd_maxnreg  a register cap for ``_bwd_kernel`` (``BWD_MAXNREG``: 0 = none, the compiler's 255 at 4 warps, 2
-#                programs per SM; 168: 3 programs per SM, spilling; ``_capped_configs``, the uncapped configs
-#                autotuned beside it): the kernel is a latency chain (~20 us per 16-row program at 2 programs per
-#                SM). H100 run 11 (wkv6g; GPU us of ``_bwd_kernel`` per fwd+bwd, uncapped / 168 / 128, the last
-#                a cap since removed: never better than 168): K = 32 (191 registers uncapped, 4 B spill at 168)
-#                B64 T256 H4 186 / 152 / 152; K = 64 (112 B spill at 168) the autotuner kept the uncapped config
-#                at B8 T4096 H32 and B16 T1024 H8 (same kernel: 5176 / 5034 / 5030 and 665 / 667 / 667,
-#                run-to-run noise), B4 T2048 H16 (state rows 64) 752 / 736 / 753. Default None = ``_bwd_cap``:
-#                168 at K <= 32, no cap above (0 forces none);
 #   fwd_scores   the blocks' scores A (the level work) from ``_fwd_scores_kernel``: one 1-warp program per 64-row
 #                chunk (on [16, K] tiles the compiler's 4-warp code repeats work: offline sm_90 compile, bf16
 #                K = 64, ~2,000 SASS instructions per block at 1 warp against ~8,000 warp-instructions of the
@@ -1285,7 +1105,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                (session 13; do_bench ms fwd / fwd+bwd at B8 T4096 H32: 1.487 / 6.332 -> 1.341 / 6.197, the walk
 #                1401 -> 1199 GPU us; 64-row steps, since removed: 1.744 / 7.049 and dw 2.07e-3 > 2e-3 at bf16 K32
 #                V96);
-#   bwd_split    False, "block", "pair" or "fused": the backward in two kernels (``_bwd_own_kernel`` then the state
+#   bwd_split    "block" or "fused": the backward in two kernels (``_bwd_own_kernel`` then the state
 #                kernel): the blocks' own pairs in 1-warp programs, one per chunk (span-sum decays, one ex2 per
 #                element), into fp32 partials of dq, dk, dv, dw (4 bytes × (3K + V) per token and head, transient:
 #                1 GiB at B8 T4096 H32 K = V = 64), then the 4-warp state kernel (S_m, D_m, block-crossing terms),
@@ -1294,31 +1114,31 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                GPU us per fwd+bwd, ``_bwd_kernel`` vs own + cross, "block"): B8 T4096 H32 5210 vs 1340 + 2412
 #                (do_bench fwd+bwd 7.539 -> 6.230 ms, extra peak 1.68 -> 2.68 GiB), B16 T1024 H8 672 vs 178 + 323,
 #                B64 T256 H4 K32 154 vs 46 + 85; the default "block" since (the do_bench fwd+bwd of the large model,
-#                host-bound, read 1.341 vs 1.565 ms in that table, with its unchanged forward at 0.379 vs 0.319); False:
-#                ``_bwd_kernel`` alone (``bwd_maxnreg`` applies to it only; ``LOWMEM`` keeps it: no partials);
+#                host-bound, read 1.341 vs 1.565 ms in that table, with its unchanged forward at 0.379 vs 0.319);
 #                "fused": ``_bwd_fused_kernel`` alone, one program per chunk (2, 4 or 8 warps) doing the own
 #                pairs and the crossing terms per key slice (no partials, S_c / D_c from HBM once per chunk; module
 #                docstring). H100 run 16 (session 13; ms fwd+bwd / extra peak GiB, "block" vs "fused"): B8 T4096
 #                H32 6.381 / 2.68 vs 7.456 / 1.68 (8.173 / 1.18 at 64-row states), B16 T1024 H8 891 vs 1025 GPU
-#                us; slower at the default's memory, ``LOWMEM``'s candidate (notes/wkv6.md session 13). Timed and
-#                removed in run 16 (slower at every shape): "chunk" (the state kernel one program per chunk, S_c
-#                and D_c loaded once: 3565 vs 2469 us at B8 T4096 H32) and "fused_chunk" (the fused kernel with
-#                one block per chunk, no state moves: 17.7 / 32.1 ms fwd+bwd at 32- / 64-row states).
-#                "pair" (session 13, untimed): "block" with the state kernel one program per 32-row chunk on
-#                [32, K] tiles (``_bwd_pair_kernel``): S_c and D_c used as loaded, no moves over the other block,
-#                the pairs between the chunk's two blocks as one level there; at 64-row states it is "block";
+#                us; slower at the default's memory; ``LOWMEM``'s since run 17 (beats ``_bwd_kernel`` at every shape,
+#                same memory: module docstring, notes/wkv6.md "session 13: run 17"). Timed and removed (slower at
+#                every shape): run 16 "chunk" (the state kernel one program per chunk, S_c and D_c loaded once:
+#                3565 vs 2469 us at B8 T4096 H32) and "fused_chunk" (the fused kernel with one block per chunk, no
+#                state moves: 17.7 / 32.1 ms fwd+bwd at 32- / 64-row states); run 17 "pair" (the state kernel one
+#                program per 32-row chunk on [32, K] tiles: 5028 / 645 / 239 vs 2454 / 323 / 85 us) and False
+#                (``_bwd_kernel`` alone, one 4-warp program per block, with its register-cap knob ``bwd_maxnreg``,
+#                notes/wkv6.md run 11: 5996 / 771 / 179 vs "fused"'s 5877 / 760 / 147 us at 64-row states);
 #   split_bytes  with ``bwd_split`` "block", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
-          "state_rows": None, "fwd_split": None, "bwd_maxnreg": None, "fwd_scores": None,
+          "state_rows": None, "fwd_split": None, "fwd_scores": None,
           "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
-          "state_rows": BT, "fwd_split": False, "bwd_maxnreg": None, "fwd_scores": False,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": False, "split_bytes": None}
+          "state_rows": BT, "fwd_split": False, "fwd_scores": None,
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
-BWD_SPLIT = (False, "block", "pair", "fused")     # the ``bwd_split`` knob's values
+BWD_SPLIT = ("block", "fused")     # the ``bwd_split`` knob's values
 
 
 @contextlib.contextmanager
@@ -1335,10 +1155,8 @@ def tuning(**knobs):
                          f"at 32-row states); got {knobs['fwd_step']!r}")
     if knobs.get("fwd_scores") not in FWD_SCORES:
         raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
-    if knobs.get("bwd_split", False) not in BWD_SPLIT:
+    if knobs.get("bwd_split", "block") not in BWD_SPLIT:
         raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
-    if knobs.get("bwd_maxnreg") not in BWD_MAXNREG:
-        raise ValueError(f"wkv6 chunk knob bwd_maxnreg must be one of {BWD_MAXNREG}; got {knobs['bwd_maxnreg']!r}")
     for name in ("split_bytes", "piece_bytes"):
         val = knobs.get(name)
         if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val <= 0):
@@ -1380,28 +1198,21 @@ def _scan_bv(N, H, V, device, kn):
 
 
 def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
-    """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_split`` (``bwd_split``) or
-    ``_bwd_kernel``, writing into the gradient views ``outs`` = (dr, dk, dv, dw); ``bt``: the state rows. Returns (du [H, K] fp32, dh0 or None)."""
+    """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_split`` (``bwd_split``),
+    writing into the gradient views ``outs`` = (dr, dk, dv, dw); ``bt``: the state rows. Returns (du [H, K] fp32,
+    dh0 or None)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
     mode = "bwd" if hs is None else "bwd_d"
     buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode,
                                                _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
     hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
-    dr, dk, dv, dw = outs
-    nb = bt // SB
-    prec, varlen = _prec(r.dtype, bwd=True), cu_seqlens is not None
-    if kn["bwd_split"]:
-        return _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn), dh0
-    du_part = new_empty((S * nb, H, K), torch.float32, dev)
-    _BWD_KERNELS[_bwd_cap(K, kn["bwd_maxnreg"])][(S * nb, H)](
-        r, k, v, w, u, do, hs, hd, dr, dk, dv, dw, du_part, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt, SB=SB,
-        BK=_bk(K), BV=_bk(V), LOG=LOG, VARLEN=varlen, PREC=prec, HALF_B=_half_dot(r.dtype))
-    return du_part.sum(0), dh0
+    return _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn), dh0
 
 
 def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
-    """The split backward (``bwd_split``): ``_bwd_own_kernel`` then the state kernel, into the gradient views
+    """The backward's kernels (``bwd_split``): "block", ``_bwd_own_kernel`` then ``_bwd_cross_kernel``, or
+    "fused", ``_bwd_fused_kernel`` alone, into the gradient views
     ``outs``, given the chunk states hs / hd [S, H, K, V] fp32 (S slots, NT per sequence, ``bt`` rows). With
     ``split_bytes`` (fixed-length batches) the two kernels run on batch slices one after another, so that the fp32
     partials stay under that many bytes (one batch element at least). Returns du [H, K] fp32."""
@@ -1419,7 +1230,6 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
                                   HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
                                   DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         return du_part.sum(0)
-    pair = kn["bwd_split"] == "pair" and bt == 2 * SB      # "pair" at 64-row states: "block"
     parts = [new_empty((step, *g.shape[1:]), torch.float32, r.device) for g in outs]  # own pairs' dq, dk, dv, dw
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
@@ -1429,13 +1239,8 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
         _bwd_own_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
                                       cu, cmap, scale, T, NT, LOG=LOG, HALF_B=_half_dot(r.dtype),
                                       FAST=not INTERPRET, DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
-        if pair:    # one program per 32-row chunk, no state moves
-            _bwd_pair_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps,
-                                           *[cut(g) for g in outs], cu, cmap, scale, T, NT, HALF_B=_half_dot(r.dtype),
-                                           **meta)
-        else:
-            _bwd_cross_kernel[((s1 - s0) * nb, H)](cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1],
-                                                   *ps, *[cut(g) for g in outs], cu, cmap, scale, T, NT, **meta)
+        _bwd_cross_kernel[((s1 - s0) * nb, H)](cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps,
+                                               *[cut(g) for g in outs], cu, cmap, scale, T, NT, **meta)
     return du_part.sum(0)
 
 
@@ -1503,7 +1308,7 @@ def wkv6_chunk(r, k, v, w, u, scale=None, initial_state=None, output_final_state
 
 def wkv6_chunk_lowmem(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
     """``wkv6_chunk`` with the ``LOWMEM`` knobs (custom ops ``groundthink::wkv6_lowmem_*``): nothing saved between
-    forward and backward but the inputs, the backward's fp32 state buffers ≤ 128 MiB per batch slice. Same results;
-    H100 at B8 T4096 H32: extra peak of fwd+bwd 0.76 GiB (run 5) vs the default's 1.18 (run 7); fwd+bwd 12.8 ms (run
-    5, its harness included ~0.5 ms of .grad accumulation) vs 8.86 (run 7)."""
+    forward and backward but the inputs, the fused backward (``bwd_split`` "fused": no fp32 partials), its fp32
+    state buffers ≤ 128 MiB per batch slice. Same results; H100 run 17 at B8 T4096 H32: extra peak of fwd+bwd 0.76
+    GiB vs the default's 2.68, fwd+bwd 9.067 vs 6.233 ms."""
     return _chunk_entry(_wkv6_lowmem_fwd_op, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens)
