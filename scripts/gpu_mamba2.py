@@ -46,10 +46,10 @@ SMOKE = os.environ.get("MAMBA2_SMOKE", "0") == "1"
 DEV = "cpu" if SMOKE else "cuda"
 SHAPES = [(64, 256, 8, 32, 1, 32, 64), (16, 1024, 16, 64, 1, 64, 256)]
 # each against the default (fwd_bt None: 64 small / 32 large, bwd_bt 16, bp None, dot 1, lean 2 — the default since
-# run 16: graph fwd+bwd 0.258 / 0.818 ms vs lean 0's 0.318 / 1.051 —, bwd_cfg None: the main table's row).
+# run 17: graph fwd+bwd 0.258 / 0.818 ms vs lean 0's 0.318 / 1.051 —, bwd_cfg None: the main table's row).
 # LEAN_SWEEP first, most informative first (the budget cuts the tail; variants that need no new compile — ws_bytes,
 # bwd_cfg — are cheap): save (the forward's chunk-entry states as the backward's checkpoints: no checkpoint pass,
-# fwd BT / 16 − 1 re-walk steps a group; with fwd_bt 16 none at all, a slower forward; run 16 small: 0.250 vs 0.258);
+# fwd BT / 16 − 1 re-walk steps a group; with fwd_bt 16 none at all, a slower forward; run 17 small: 0.250 vs 0.258);
 # (2, 1) = 2 warps, 1 stage fixed (4 programs a SM at 255 registers: the small model's 512 programs in one wave, not
 # two); ws_bytes 1 TiB: every chunk-entry state kept (one re-walk of 63 state steps; the default at the large shape
 # walks 56 checkpoint steps and 56 re-walk steps around its 64 reverse steps); bp 32 (512 programs at the large

@@ -103,7 +103,7 @@ __all__ = ["mamba_chunk_scan_combined", "TUNING"]
 # give 2 programs a SM, 8 warps 1, 2 warps 4 (bwd_cfg).
 # lean: the backward's reverse step (0: as written in the module docstring; 1: without the dot V = C S0ᵀ, the
 # state's share of dy·y taken from dC's state part; 2: that and the next chunk's inputs loaded a step ahead; see
-# _ssd_bwd_kernel's LEAN; default 2: H100 run 16, graph fwd+bwd 0.258 / 0.818 ms at the small / large model vs
+# _ssd_bwd_kernel's LEAN; default 2: H100 run 17, graph fwd+bwd 0.258 / 0.818 ms at the small / large model vs
 # lean 0's 0.318 / 1.051 and mamba-ssm's 0.269 / 0.701, same run); bwd_cfg: None (the backward walk autotuned over its configs) or (num_warps, num_stages),
 # launched as is (the sweep's way to try configs outside the autotuner's list, e.g. (2, 1): 4 programs a SM at 255
 # registers — the small model's 512 programs in one wave instead of two); save: the forward stores its chunk-entry
