@@ -176,13 +176,19 @@ CASES = {   # name: (inputs, TUNING overrides)
     #   two p-blocks, D [h, p], 3 chunks in groups of 2 and 1 (a one-chunk group: no re-walk step); the fixed-config
     #   launch (bwd_cfg: the JIT function without the autotuner)
     # the forward's chunk-entry states as the backward's checkpoints (TUNING["save"]; fwd_bt honoured under the
-    # interpreter): groups of 1 (no re-walk), of 2 (the last one partial), one partial group of 4. (Strong decay
-    # only at 16 rows: the forward's final state at 32 / 64 rows is 2.4e-5 / 4.8e-5 off there in fp32 with or without
-    # save — the chunk-local cumsum's differences lose absolute precision — see notes/mamba2.md.)
+    # interpreter): groups of 1 (no re-walk), of 2 (the last one partial), one partial group of 4.
     "save_strong_decay": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {"save": True, "fwd_bt": 16}),
     "save_groups2": (dict(l=50, g=1), {"save": True, "fwd_bt": 32}),
     "save_lean2_pblocks": (dict(h=4, g=1, p=20, n=17, l=33, b=2, D="hp"), {"save": True, "fwd_bt": 64, "lean": 2,
                                                                             "bp": 16}),
+    # 32- and 64-row chunks (the GPU's forward tiles) at ordinary and strong decay: the split cumsum c_hi + c_lo
+    # (before it, the fp32 final state was 1.2e-5 / 2.4e-5 / 4.8e-5 off in these three cases: the rounding of the
+    # chunk-local cumsum of a in exp(c_L − c_t); dx 1.0e-5 at 32-row backward chunks); the last with Δ to ~15
+    # (a to −232: the clamp at −128; before: 1.7e-4)
+    "ordinary_fwd64": (dict(b=1, l=49, h=4, p=33, n=17, D=None, init=False, seed=201519, g=1), {"fwd_bt": 64}),
+    "strong_decay_bt32": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {"fwd_bt": 32, "bwd_bt": 32}),
+    "strong_decay_fwd64_save": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {"fwd_bt": 64, "save": True}),
+    "extreme_decay_fwd64": (dict(l=50, a_max=16.0, dt_scale=10.0, g=1), {"fwd_bt": 64}),
 }
 
 

@@ -15,14 +15,14 @@ a_t = Δ_t·A_h ≤ 0; state S ∈ R^{P×N}):
     S_t = exp(a_t) S_{t-1} + Δ_t x_t B_tᵀ,        y_t = S_t C_t + D ⊙ x_t
 
 Chunked over BT rows (the kernel's own tile; ``chunk_size`` is validated and ignored: the result does not depend
-on it mathematically, only the rounding does). Inside a chunk, c_t = Σ_{j≤t} a_j (fp32 cumsum, chunk-local),
-c_L = c of the last row, S0 the state entering the chunk:
+on it mathematically, only the rounding does). Inside a chunk, c_t = Σ_{j≤t} a_j (chunk-local; fp32, in two parts:
+see Numerics), c_L = c of the last row, S0 the state entering the chunk:
 
     y   = (C Bᵀ ⊙ L)(Δ ⊙ x) + exp(c) ⊙ (C S0ᵀ) + D x,     L_ts = exp(c_t − c_s) for s ≤ t, else 0
     S_L = exp(c_L) S0 + (x ⊙ Δ exp(c_L − c))ᵀ B
 
-Every exponent is ≤ 0 (differences of a scalar cumsum of non-positive terms inside one chunk), so any decay is
-safe (a_t = −16 per step underflows to the correct 0).
+Every exponent is ≤ 0 (differences of a scalar cumsum of non-positive terms inside one chunk; clamped at 0 against
+rounding), so any decay is safe (a_t = −16 per step underflows to the correct 0).
 
 Forward (``_ssd_fwd_kernel``): one program per (p-block, batch·head) walks its sequence chunk by chunk with the
 [BP, N] fp32 state in registers; per chunk three dots (C Bᵀ, the masked scores times x, C S0ᵀ) and one for the
@@ -54,7 +54,18 @@ p-blocks, dA, ddt_bias, dD over batch (and time, summed inside each program): th
 (dB, dC ``[b·l, h·NPB, n]``, ddt ``[b·l, h, NPB]``, per-program scalars, dD ``[b, h, p]``), the reduction kernel
 sums them in a fixed order and stores every gradient in its input's dtype. Two launches backward.
 
-Numerics: elementwise math on fp32 upcasts; cumsums, states, every accumulation fp32; ``tl.dot`` with fp32
+Numerics: the decays' exponents from a split cumsum (``_split_cumsum``): a = max(Δ A, −128) (any exponent holding
+a clamped row underflows to 0 either way), a_hi = a rounded down to a multiple of 2⁻¹⁰, a_lo = a − a_hi ∈ [0, 2⁻¹⁰)
+(exact); c_hi = cumsum(a_hi) is exact in fp32 (|c_hi| ≤ 128·BT ≤ 2¹³ at BT ≤ 64: 23 bits, any summation order),
+c_lo = cumsum(a_lo) ≤ BT·2⁻¹⁰ (absolute error ~1e-8). Each exponent of a difference — c_L − c_t, c_t − c_s — is
+(exact difference of c_hi) + (difference of c_lo): its absolute error stays ~1e-8 however large |c| grows inside
+the chunk. (A plain fp32 cumsum's partial sums carry rounding of order ulp(|c|)·√t — |c| reaches ~100 in a 64-row
+chunk at ordinary decays, ulp(100) = 7.6e-6 — which the differences keep: the final state was 1.2e-5 relative off
+at 64-row chunks, 2.4e-5 / 4.8e-5 at 32 / 64 rows with strong decay.) Per chunk: one more [BT] cumsum, a min and
+a max over [BT] and a few [BT] ops; the forward's pair tile holds exp(c_hi,t − c_hi,s) alone (the exp(±c_lo) factors
+scale Δ_s and the product's rows: no tile op more than before), the backward's (16 rows) the full split exponent
+(``_pair_decay``: two more elementwise ops on the tile). Elementwise math on fp32 upcasts; cumsums,
+states, every accumulation fp32; ``tl.dot`` with fp32
 accumulation: fp32 inputs on fp32 operands at input_precision "ieee"; fp16/bf16 inputs (``TUNING["dot"]`` 1) the
 two dots of input tiles (C Bᵀ, dy xᵀ) on the inputs themselves (exact products), the others on fp32 operands at
 "tf32" (``PRECISION``; ``TUNING["prec"]`` overrides, e.g. "tf32x3"); outputs rounded once.
@@ -165,19 +176,49 @@ def _delta_of(b_raw, p_bias, i_h, m_t, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.cons
 
 
 @triton.jit
+def _split_cumsum(b_a):
+    """The chunk-local cumsum of a = Δ A ≤ 0 [BT] in two fp32 parts, c = c_hi + c_lo (see the module docstring's
+    Numerics): a clamped at −128 (exp of any exponent holding it underflows to 0 either way), a_hi = a rounded down
+    to a multiple of 2⁻¹⁰ — its cumsum is exact (|c_hi| ≤ 128·BT ≤ 2¹³ for BT ≤ 64: 23 bits) in any summation
+    order —, a_lo = a − a_hi ∈ [0, 2⁻¹⁰) exact, its cumsum ≤ BT·2⁻¹⁰ (absolute error ~1e-8)."""
+    b_a = tl.maximum(b_a, -128.)
+    b_h = tl.floor(b_a * 1024.) * (1. / 1024.)
+    return tl.cumsum(b_h, 0), tl.cumsum(b_a - b_h, 0)
+
+
+@triton.jit
+def _decays(b_ch, b_cl):
+    """(c, c_L, r) fp32 [BT], [], [BT] from the split cumsum: c_t = c_hi + c_lo (for exp(c_t)), c_L the last row's
+    (c_hi non-increasing, c_lo non-decreasing: their min / max are the last row's), r_t = c_L − c_t = Σ_{t<x≤L} a_x
+    as (c_hi,L − c_hi,t) + (c_lo,L − c_lo,t) (the first difference exact, the second of small sums; clamped ≤ 0)."""
+    b_chL = tl.min(b_ch, 0)
+    b_clL = tl.max(b_cl, 0)
+    return b_ch + b_cl, b_chL + b_clL, tl.minimum((b_chL - b_ch) + (b_clL - b_cl), 0.)
+
+
+@triton.jit
+def _pair_decay(b_ch, b_cl, causal):
+    """L_ts = exp(c_t − c_s) for s ≤ t (``causal`` [BT, BT]), else 0: the exponent Σ_{s<x≤t} a_x as the exact
+    difference of c_hi plus the difference of c_lo (clamped ≤ 0), fp32 [BT(t), BT(s)]."""
+    b_g = (b_ch[:, None] - b_ch[None, :]) + (b_cl[:, None] - b_cl[None, :])
+    return tl.exp(tl.where(causal, tl.minimum(b_g, 0.), float("-inf")))
+
+
+@triton.jit
 def _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """(v, Δ, c, c_L) of one chunk (fp32; c the chunk-local cumsum of a = Δ A)."""
+    """(v, Δ, c_hi, c_lo) of one chunk (fp32 [BT]; c = c_hi + c_lo the chunk-local cumsum of a = Δ A, split by
+    ``_split_cumsum``)."""
     b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
-    b_a = b_d * b_A
-    return b_v, b_d, tl.cumsum(b_a, 0), tl.sum(b_a, 0)
+    b_ch, b_cl = _split_cumsum(b_d * b_A)
+    return b_v, b_d, b_ch, b_cl
 
 
 @triton.jit
 def _chunk_setup_of(b_raw, p_bias, b_A, i_h, m_t, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """``_chunk_setup`` from the loaded dt rows ``b_raw`` [BT]."""
     b_v, b_d = _delta_of(b_raw, p_bias, i_h, m_t, HAS_BIAS, SOFTPLUS)
-    b_a = b_d * b_A
-    return b_v, b_d, tl.cumsum(b_a, 0), tl.sum(b_a, 0)
+    b_ch, b_cl = _split_cumsum(b_d * b_A)
+    return b_v, b_d, b_ch, b_cl
 
 
 @triton.jit
@@ -241,9 +282,10 @@ def _mm(a, b, HALF: tl.constexpr, T: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
-def _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, HALF: tl.constexpr, T: tl.constexpr, PREC: tl.constexpr):
-    """S_L = exp(c_L) S0 + (x ⊙ Δ exp(c_L − c))ᵀ B  ([BP, BN] fp32)."""
-    b_w = b_d * tl.exp(b_cL - b_c)
+def _state_step(b_S, b_x, b_B, b_d, b_ch, b_cl, HALF: tl.constexpr, T: tl.constexpr, PREC: tl.constexpr):
+    """S_L = exp(c_L) S0 + (x ⊙ Δ exp(c_L − c))ᵀ B  ([BP, BN] fp32; c = c_hi + c_lo, ``_decays``)."""
+    b_c, b_cL, b_r = _decays(b_ch, b_cl)
+    b_w = b_d * tl.exp(b_r)
     return tl.exp(b_cL) * b_S + _mm(tl.trans(b_x.to(tl.float32) * b_w[:, None]), b_B, HALF, T, PREC)
 
 
@@ -254,10 +296,10 @@ def _chunk_state(b_S, ic, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, 
     """The state after chunk ``ic`` from the state entering it (the backward's forward re-walk; x, B only)."""
     rows = ic * BT + o_t
     m_t = rows < T
-    b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
+    b_v, b_d, b_ch, b_cl = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
     b_x = tl.load(p_x + rows[:, None] * sx_t + o_p[None, :] * sx_p, mask=m_t[:, None] & m_p[None, :], other=0.)
     b_B = tl.load(p_B + rows[:, None] * sb_t + o_n[None, :] * sb_n, mask=m_t[:, None] & m_n[None, :], other=0.)
-    return _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, HALF, T_, PREC)
+    return _state_step(b_S, b_x, b_B, b_d, b_ch, b_cl, HALF, T_, PREC)
 
 
 @triton.jit
@@ -275,8 +317,8 @@ def _chunk_state_of(b_S, ic, b_x, b_B, b_raw, p_bias, b_A, i_h, o_t, T, HAS_BIAS
                     SOFTPLUS: tl.constexpr, HALF: tl.constexpr, T_: tl.constexpr, PREC: tl.constexpr):
     """``_chunk_state`` from chunk ``ic``'s loaded x, B tiles and raw dt rows."""
     m_t = (ic * o_t.shape[0] + o_t) < T
-    b_v, b_d, b_c, b_cL = _chunk_setup_of(b_raw, p_bias, b_A, i_h, m_t, HAS_BIAS, SOFTPLUS)
-    return _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, HALF, T_, PREC)
+    b_v, b_d, b_ch, b_cl = _chunk_setup_of(b_raw, p_bias, b_A, i_h, m_t, HAS_BIAS, SOFTPLUS)
+    return _state_step(b_S, b_x, b_B, b_d, b_ch, b_cl, HALF, T_, PREC)
 
 
 @triton.autotune(configs=_configs(TUNING["fwd_warps"], [(4, 2), (8, 2)]),
@@ -321,18 +363,21 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT, p_st
             tl.store(p_st + (r0 // BT) * BP * BN + o_st, b_S)
         rows = r0 + o_t
         m_t = rows < T
-        b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
+        b_v, b_d, b_ch, b_cl = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
         b_x, b_B, b_C = _chunk_in(p_x, p_B, p_C, rows, m_t, o_p, m_p, o_n, m_n, sx_t, sx_p, sb_t, sb_n, sc_t,
                                   sc_n)
         b_G = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC)                           # [BT(t), BT(s)]
-        b_L = tl.exp(tl.where(causal, b_c[:, None] - b_c[None, :], float("-inf")))
-        b_y = _mm(b_G * b_L * b_d[None, :], b_x, DOT >= 2, HT, PREC)
+        # L_ts = exp(c_hi,t − c_hi,s) · exp(c_lo,t) · exp(−c_lo,s): the tile holds the exact c_hi difference alone
+        # (≤ 0), the c_lo factors (within e^{±BT/1024} of 1) scale Δ_s and the rows of the product
+        b_L = tl.exp(tl.where(causal, b_ch[:, None] - b_ch[None, :], float("-inf")))
+        b_y = tl.exp(b_cl)[:, None] * _mm(b_G * b_L * (b_d * tl.exp(-b_cl))[None, :], b_x, DOT >= 2, HT, PREC)
+        b_c = b_ch + b_cl
         b_y += tl.exp(b_c)[:, None] * _mm(b_C, tl.trans(b_S), DOT >= 2, HT, PREC)
         if HAS_D:
             b_y += b_x.to(tl.float32) * b_D[None, :]
         tl.store(p_y + rows.to(tl.int64)[:, None] * H * P + o_p[None, :], b_y.to(p_y.dtype.element_ty),
                  mask=m_t[:, None] & m_p[None, :])
-        b_S = _state_step(b_S, b_x, b_B, b_d, b_c, b_cL, DOT >= 2, HT, PREC)
+        b_S = _state_step(b_S, b_x, b_B, b_d, b_ch, b_cl, DOT >= 2, HT, PREC)
     if STORE_HT:
         tl.store(p_hT + i_bh.to(tl.int64) * P * N + o_pn, b_S, mask=m_pn)
 
@@ -457,11 +502,12 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
                 b_x, b_B, b_C, b_dyh, b_raw = n_x, n_B, n_C, n_dy, n_dt
                 n_x, n_B, n_C, n_dy, n_dt = _chunk_next(p_x, p_dt, p_B, p_C, p_dy, ic - 1, o_t, o_p, m_p, o_n, m_n, T,
                                                         sx_t, sx_p, sdt_t, sb_t, sb_n, sc_t, sc_n, sy_t, sy_p, BT)
-                b_v, b_d, b_c, b_cL = _chunk_setup_of(b_raw, p_bias, b_A, i_h, m_t, HAS_BIAS, SOFTPLUS)
+                b_v, b_d, b_ch, b_cl = _chunk_setup_of(b_raw, p_bias, b_A, i_h, m_t, HAS_BIAS, SOFTPLUS)
             else:
-                b_v, b_d, b_c, b_cL = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
+                b_v, b_d, b_ch, b_cl = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
+            b_c, b_cL, b_r = _decays(b_ch, b_cl)
             b_ec = tl.exp(b_c)
-            b_e = tl.exp(b_cL - b_c)                                                     # e_s = exp(c_L − c_s) ≤ 1
+            b_e = tl.exp(b_r)                                                            # e_s = exp(c_L − c_s) ≤ 1
             b_de = b_d * b_e
             # (ordered for short live ranges: S0's uses first, then B's, then the [t, s] tiles')
             if LEAN < 2:
@@ -480,7 +526,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
             b_da = tl.zeros([BT], dtype=tl.float32) + tl.exp(b_cL) * tl.sum(tl.sum(b_S0 * b_dS, 1), 0)
             b_da += tl.cumsum(b_eo, 0, reverse=True)                                    # Σ_{t≥j} eo_t
             b_GL = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC)                          # [t, s]
-            b_L = tl.exp(tl.where(causal, b_c[:, None] - b_c[None, :], float("-inf")))
+            b_L = _pair_decay(b_ch, b_cl, causal)
             b_GL = b_GL * b_L
             b_R = _mm(b_dyh, tl.trans(b_x), DOT >= 1, HT, PREC)                          # [t, s] dy_t · x_s
             b_Z = b_R * b_L * b_d[None, :]
