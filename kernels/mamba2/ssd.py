@@ -62,9 +62,9 @@ c_lo = cumsum(a_lo) ≤ BT·2⁻¹⁰ (absolute error ~1e-8). Each exponent of a
 the chunk. (A plain fp32 cumsum's partial sums carry rounding of order ulp(|c|)·√t — |c| reaches ~100 in a 64-row
 chunk at ordinary decays, ulp(100) = 7.6e-6 — which the differences keep: the final state was 1.2e-5 relative off
 at 64-row chunks, 2.4e-5 / 4.8e-5 at 32 / 64 rows with strong decay.) Per chunk: one more [BT] cumsum, a min and
-a max over [BT] and a few [BT] ops; the forward's pair tile holds exp(c_hi,t − c_hi,s) alone (the exp(±c_lo) factors
-scale Δ_s and the product's rows: no tile op more than before), the backward's (16 rows) the full split exponent
-(``_pair_decay``: two more elementwise ops on the tile). Elementwise math on fp32 upcasts; cumsums,
+a max over [BT] and a few [BT] ops; the forward's pair tile and state weights hold exp of the c_hi differences
+alone (the exp(±c_lo) factors scale Δ_s, the output's rows and the new state: no tile op more than before), the
+backward's pair tile (16 rows) the full split exponent (``_pair_decay``: two more elementwise ops on the tile). Elementwise math on fp32 upcasts; cumsums,
 states, every accumulation fp32; ``tl.dot`` with fp32
 accumulation: fp32 inputs on fp32 operands at input_precision "ieee"; fp16/bf16 inputs (``TUNING["dot"]`` 1) the
 two dots of input tiles (C Bᵀ, dy xᵀ) on the inputs themselves (exact products), the others on fp32 operands at
@@ -283,10 +283,14 @@ def _mm(a, b, HALF: tl.constexpr, T: tl.constexpr, PREC: tl.constexpr):
 
 @triton.jit
 def _state_step(b_S, b_x, b_B, b_d, b_ch, b_cl, HALF: tl.constexpr, T: tl.constexpr, PREC: tl.constexpr):
-    """S_L = exp(c_L) S0 + (x ⊙ Δ exp(c_L − c))ᵀ B  ([BP, BN] fp32; c = c_hi + c_lo, ``_decays``)."""
-    b_c, b_cL, b_r = _decays(b_ch, b_cl)
-    b_w = b_d * tl.exp(b_r)
-    return tl.exp(b_cL) * b_S + _mm(tl.trans(b_x.to(tl.float32) * b_w[:, None]), b_B, HALF, T, PREC)
+    """S_L = exp(c_L) S0 + (x ⊙ Δ exp(c_L − c))ᵀ B  ([BP, BN] fp32; c = c_hi + c_lo, the split cumsum), as
+    exp(c_lo,L) · (exp(c_hi,L) S0 + (x ⊙ Δ e^{−c_lo} exp(c_hi,L − c_hi))ᵀ B): the exact c_hi difference in the
+    exponent (≤ 0), the c_lo factors within e^{±BT/1024} of 1 (c_hi non-increasing, c_lo non-decreasing: their min /
+    max are the last row's)."""
+    b_chL = tl.min(b_ch, 0)
+    b_w = b_d * tl.exp(-b_cl) * tl.exp(b_chL - b_ch)
+    b_S = tl.exp(b_chL) * b_S + _mm(tl.trans(b_x.to(tl.float32) * b_w[:, None]), b_B, HALF, T, PREC)
+    return tl.exp(tl.max(b_cl, 0)) * b_S
 
 
 @triton.jit
@@ -370,9 +374,9 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT, p_st
         # L_ts = exp(c_hi,t − c_hi,s) · exp(c_lo,t) · exp(−c_lo,s): the tile holds the exact c_hi difference alone
         # (≤ 0), the c_lo factors (within e^{±BT/1024} of 1) scale Δ_s and the rows of the product
         b_L = tl.exp(tl.where(causal, b_ch[:, None] - b_ch[None, :], float("-inf")))
-        b_y = tl.exp(b_cl)[:, None] * _mm(b_G * b_L * (b_d * tl.exp(-b_cl))[None, :], b_x, DOT >= 2, HT, PREC)
-        b_c = b_ch + b_cl
-        b_y += tl.exp(b_c)[:, None] * _mm(b_C, tl.trans(b_S), DOT >= 2, HT, PREC)
+        b_y = _mm(b_G * b_L * (b_d * tl.exp(-b_cl))[None, :], b_x, DOT >= 2, HT, PREC)
+        b_y += tl.exp(b_ch)[:, None] * _mm(b_C, tl.trans(b_S), DOT >= 2, HT, PREC)     # exp(c) = e^{c_hi} e^{c_lo}
+        b_y = tl.exp(b_cl)[:, None] * b_y
         if HAS_D:
             b_y += b_x.to(tl.float32) * b_D[None, :]
         tl.store(p_y + rows.to(tl.int64)[:, None] * H * P + o_p[None, :], b_y.to(p_y.dtype.element_ty),
