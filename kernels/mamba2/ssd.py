@@ -21,8 +21,9 @@ see Numerics), c_L = c of the last row, S0 the state entering the chunk:
     y   = (C Bᵀ ⊙ L)(Δ ⊙ x) + exp(c) ⊙ (C S0ᵀ) + D x,     L_ts = exp(c_t − c_s) for s ≤ t, else 0
     S_L = exp(c_L) S0 + (x ⊙ Δ exp(c_L − c))ᵀ B
 
-Every exponent is ≤ 0 (differences of a scalar cumsum of non-positive terms inside one chunk; clamped at 0 against
-rounding), so any decay is safe (a_t = −16 per step underflows to the correct 0).
+Every decay's exponent is ≤ 0 (differences of a scalar cumsum of non-positive terms inside one chunk; clamped at 0
+against rounding; the forward's exp(c_lo) factors ≤ e^{BT/1024}, see Numerics), so any decay is safe (a_t = −16 per
+step underflows to the correct 0).
 
 Forward (``_ssd_fwd_kernel``): one program per (p-block, batch·head) walks its sequence chunk by chunk with the
 [BP, N] fp32 state in registers; per chunk three dots (C Bᵀ, the masked scores times x, C S0ᵀ) and one for the
@@ -64,11 +65,11 @@ chunk at ordinary decays, ulp(100) = 7.6e-6 — which the differences keep: the 
 at 64-row chunks, 2.4e-5 / 4.8e-5 at 32 / 64 rows with strong decay.) Per chunk: one more [BT] cumsum, a min and
 a max over [BT] and a few [BT] ops; the forward's pair tile and state weights hold exp of the c_hi differences
 alone (the exp(±c_lo) factors scale Δ_s, the output's rows and the new state: no tile op more than before), the
-backward's pair tile (16 rows) the full split exponent (``_pair_decay``: two more elementwise ops on the tile). Elementwise math on fp32 upcasts; cumsums,
-states, every accumulation fp32; ``tl.dot`` with fp32
-accumulation: fp32 inputs on fp32 operands at input_precision "ieee"; fp16/bf16 inputs (``TUNING["dot"]`` 1) the
-two dots of input tiles (C Bᵀ, dy xᵀ) on the inputs themselves (exact products), the others on fp32 operands at
-"tf32" (``PRECISION``; ``TUNING["prec"]`` overrides, e.g. "tf32x3"); outputs rounded once.
+backward's pair tile (bwd BT rows) the full split exponent (``_pair_decay``: two more elementwise ops on the tile).
+Elementwise math on fp32 upcasts; cumsums, states, every accumulation fp32; ``tl.dot`` with fp32 accumulation:
+fp32 inputs on fp32 operands at input_precision "ieee"; fp16/bf16 inputs (``TUNING["dot"]`` 1) the two dots of
+input tiles (C Bᵀ, dy xᵀ) on the inputs themselves (exact products), the others on fp32 operands at "tf32"
+(``PRECISION``; ``TUNING["prec"]`` overrides, e.g. "tf32x3"); outputs rounded once.
 Softplus as mamba-ssm: identity above 20; max(v, 0) + log1p(u), u = exp(−|v|), with log1p(u) = log(w)·u/(w − 1),
 w = 1 + u rounded (u where w rounds to 1): exact to fp32 rounding at any v. (log(1 + u) lost digits for v in about
 (−9.2, −5): Δ's relative error up to 5.9e-4 near −9.2, 6.8e-5 at −7 — dt ≈ 1e-3, the model's dt_min; mamba-ssm's
