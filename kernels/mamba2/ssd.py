@@ -154,15 +154,9 @@ def _configs(warps, stages):
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """(v = dt + dt_bias, Δ) of BT rows, fp32 [BT]; Δ = 0 on rows past the sequence (``p_dt``: this sequence's
-    and head's dt, rows ``sdt_t`` apart)."""
-    return _delta_of(tl.load(p_dt + rows * sdt_t, mask=m_t, other=0.), p_bias, i_h, m_t, HAS_BIAS, SOFTPLUS)
-
-
-@triton.jit
 def _delta_of(b_raw, p_bias, i_h, m_t, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """``_delta`` from the loaded dt rows ``b_raw`` [BT] (0 on rows past the sequence)."""
+    """(v = dt + dt_bias, Δ) of BT rows, fp32 [BT], from the loaded dt rows ``b_raw`` (0 on rows past the
+    sequence); Δ = 0 there."""
     b_v = b_raw.to(tl.float32)
     if HAS_BIAS:
         b_v += tl.load(p_bias + i_h).to(tl.float32)
@@ -207,16 +201,15 @@ def _pair_decay(b_ch, b_cl, causal):
 
 @triton.jit
 def _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """(v, Δ, c_hi, c_lo) of one chunk (fp32 [BT]; c = c_hi + c_lo the chunk-local cumsum of a = Δ A, split by
-    ``_split_cumsum``)."""
-    b_v, b_d = _delta(p_dt, p_bias, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
-    b_ch, b_cl = _split_cumsum(b_d * b_A)
-    return b_v, b_d, b_ch, b_cl
+    """``_chunk_setup_of`` of the dt rows ``rows`` (``p_dt``: this sequence's and head's dt, rows ``sdt_t`` apart)."""
+    return _chunk_setup_of(tl.load(p_dt + rows * sdt_t, mask=m_t, other=0.), p_bias, b_A, i_h, m_t, HAS_BIAS,
+                           SOFTPLUS)
 
 
 @triton.jit
 def _chunk_setup_of(b_raw, p_bias, b_A, i_h, m_t, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """``_chunk_setup`` from the loaded dt rows ``b_raw`` [BT]."""
+    """(v, Δ, c_hi, c_lo) of one chunk from its loaded dt rows ``b_raw`` (fp32 [BT]; c = c_hi + c_lo the
+    chunk-local cumsum of a = Δ A, split by ``_split_cumsum``)."""
     b_v, b_d = _delta_of(b_raw, p_bias, i_h, m_t, HAS_BIAS, SOFTPLUS)
     b_ch, b_cl = _split_cumsum(b_d * b_A)
     return b_v, b_d, b_ch, b_cl
@@ -299,12 +292,8 @@ def _chunk_state(b_S, ic, p_x, p_dt, p_B, p_bias, b_A, i_h, o_t, o_p, m_p, o_n, 
                  BT: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HALF: tl.constexpr,
                  T_: tl.constexpr, PREC: tl.constexpr):
     """The state after chunk ``ic`` from the state entering it (the backward's forward re-walk; x, B only)."""
-    rows = ic * BT + o_t
-    m_t = rows < T
-    b_v, b_d, b_ch, b_cl = _chunk_setup(p_dt, p_bias, b_A, i_h, rows, m_t, sdt_t, HAS_BIAS, SOFTPLUS)
-    b_x = tl.load(p_x + rows[:, None] * sx_t + o_p[None, :] * sx_p, mask=m_t[:, None] & m_p[None, :], other=0.)
-    b_B = tl.load(p_B + rows[:, None] * sb_t + o_n[None, :] * sb_n, mask=m_t[:, None] & m_n[None, :], other=0.)
-    return _state_step(b_S, b_x, b_B, b_d, b_ch, b_cl, HALF, T_, PREC)
+    b_x, b_B, b_raw = _state_next(p_x, p_dt, p_B, ic, o_t, o_p, m_p, o_n, m_n, T, sx_t, sx_p, sdt_t, sb_t, sb_n, BT)
+    return _chunk_state_of(b_S, ic, b_x, b_B, b_raw, p_bias, b_A, i_h, o_t, T, HAS_BIAS, SOFTPLUS, HALF, T_, PREC)
 
 
 @triton.jit
@@ -664,10 +653,6 @@ def _save_ck(P: int, N: int) -> int:
     forward's rows a multiple of the backward's), else 0."""
     BTF, BTB = _tiles(P, N, bwd=False)[0], _tiles(P, N, bwd=True)[0]
     return BTF // BTB if TUNING["save"] and BTF % BTB == 0 else 0
-
-
-def _strides(t, n):
-    return tuple(t.stride()) if t.dim() == n else (0,) * n
 
 
 def _states_shape(x, N):
