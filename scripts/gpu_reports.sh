@@ -107,6 +107,13 @@ export PYTHONPATH="$SITE_FLA:$BASE_PATH" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTEC
 SMOKE=${GT_SMOKE:-$($PY -c "import torch; print(0 if torch.cuda.is_available() else 1)")}
 SLUG=$($PY -c "from groundthink.device import gpu_slug; print(gpu_slug())")
 RUN=${GT_RUN:-profiles/$SLUG/run-$(date -u +%F-%H%M)}
+if [ "${GT_BENCH_MERGE:-0}" = 1 ] && [[ " $* " == *" bench "* ]] && [ ! -e "$RUN/bench.csv" ]; then
+  # run 18: a merge call on a device machine found no earlier rows (the device copies the checkout: unpack the
+  # earlier call's archive into it first) and its partial bench replaced the folder's rows
+  echo "error: GT_BENCH_MERGE=1 but $RUN/bench.csv does not exist: nothing to merge with; unpack the earlier" \
+       "call's archive into $RUN first (accepted: GT_BENCH_MERGE=1 with an existing bench.csv, or GT_BENCH_MERGE=0)" >&2
+  exit 2
+fi
 SCRATCH=.gt-scratch   # checkpoints and caches that are no result (relative: no machine path in the logs)
 rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$RUN/logs"
 export GT_BENCH_OUT="$RUN"
