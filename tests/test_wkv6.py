@@ -273,7 +273,7 @@ except ImportError:  # pragma: no cover
 def test_wkv6_dw_small_beside_large():
     """Found by the fuzz: B1 T2 K4 V24, strong decay, initial state — dw_0 entries of 1e-7..1e-6 beside a dw_1 of ~1.
     The crossing terms' exclusive sums taken as an inclusive cumsum minus the row's own term lost ulp(dw_1) on them
-    (fp32 dw 2.3e-5 relative); now dots of the strict triangular patterns (6e-7)."""
+    (fp32 dw 2.3e-5 relative); now exclusive sums formed from the other rows' terms only (common._excl_combine)."""
     torch.manual_seed(15)
     _check(make_inputs(1, 2, 1, 4, 24, decay="strong", h0=True, scale=1.0), context="dw small beside large")
 
