@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fused.configs import ModelConfig
-from fused.projections import grouped_lora, linear_pieces, stack, stacked_proj
+from fused.projections import linear_pieces, stack, stacked_proj
 
 
 
@@ -43,13 +43,13 @@ class RWKV6TimeMix(nn.Module):
     """RWKV-6 "Finch" time mix (RWKV-LM ``RWKV_Tmix_x060``).
 
     ddlerp token shift: xx = shift(x) − x; five data-dependent lerps x + xx ⊙ (maa_* + lora_*(x + xx ⊙ maa_x))
-    (ops.shift_lerp for x + xx ⊙ maa_x, ops.ddlerp for the five lerps);
+    (ops.shift_lerp for x + xx ⊙ maa_x, ops.lowrank for the five lora_* = tanh(· W1) W2, ops.ddlerp for the lerps);
     r, k, v and the gate pre-activation: ONE batched matmul of the stacked lerps [x_r, x_k, x_v, x_g] (written as
     one stack by ops.ddlerp(..., order=…): no copy) with
     ``rkvg`` [4, D_in, D_out] (W_rᵀ, W_kᵀ, W_vᵀ, W_gᵀ: transposed nn.Linear weights, so that the weight gradient
     comes out contiguous; one launch forward; a backward of eight per-slice GEMMs writing into one [4, …] gradient
     stack each instead of stacking dr, dk, dv, dgp first: ``fused.projections.stacked_proj``), g = silu(W_g x_g);
-    decay w = time_decay + tanh(x_w W1) W2, log-decay lw = −exp(w);
+    decay w = time_decay + tanh(x_w W1) W2, log-decay lw = −exp(w) (ops.lowrank with base = time_decay);
     o = wkv6(r, k, v, lw, u, scale=1); out = W_o(GroupNorm(o) ⊙ g) (per-head GroupNorm and gate: ops.norm_gate).
     State: (last input row [B, D], wkv state [B, H, K, V] fp32).
     """
@@ -87,9 +87,8 @@ class RWKV6TimeMix(nn.Module):
         H, K = self.H, self.K
         x_prev = None if state is None else state[0].to(x.dtype)       # token-shift state (last row)
         xxx = ops.shift_lerp(x, self.time_maa_x, x_prev)                  # x + (shift(x) − x) ⊙ maa_x
-        R = self.time_maa_w2.shape[1]
-        # the five low-rank mixes [5, B·T, D]: one bmm each way, no copy of the code's gradient (fused.projections)
-        m = grouped_lora(torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5 * R), self.time_maa_w2).view(5, B, T, D)
+        # the five low-rank mixes tanh(xxx W1) W2 per group [5, B, T, D]: one fused op (ops.lowrank)
+        m = ops.lowrank(xxx, self.time_maa_w1, self.time_maa_w2)
         # a view, no copy, in the training step (whose flat parameters lay the five end to end)
         maa = stack([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
         # the five lerps, one fused op: x_w alone, x_r, x_k, x_v, x_g written as one stack [4, B, T, D] (mixes
@@ -98,8 +97,8 @@ class RWKV6TimeMix(nn.Module):
         # gp: the gate pre-activation; the backward writes the four input gradients into one [4, B·T, D] (which
         # ddlerp's backward reads as is) without stacking dr, dk, dv, dgp first (fused.projections)
         r, k, v, gp = (t.view(B, T, D) for t in stacked_proj(xrkvg.view(4, B * T, D), self.rkvg))
-        d = torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
-        lw = ops.decay_exp(self.time_decay, d, r.dtype)                    # −exp(time_decay + d) ≤ 0, fp32 math
+        # the log-decay −exp(time_decay + tanh(xw W1) W2) ≤ 0 (fp32 math) in r's dtype: one fused op
+        lw = ops.lowrank(xw, self.time_decay_w1, self.time_decay_w2, base=self.time_decay, dtype=r.dtype)
         r, k, v, lw = (t.view(B, T, H, K) for t in (r, k, v, lw))
         u = self.time_faaaa                                                 # kernels compute in fp32
         if state is None:

@@ -18,12 +18,6 @@ gradients (issue 10: at the large model autograd's concatenations cost ~1.1 ms o
         i, dxs[i] = dY_i w_iᵀ and dw[i] = xs_iᵀ dY_i, 2·G GEMMs into slices of a [G, M, K] and a [G, K, N]
         buffer (autograd's unbind backward stacks the G gradients into [G, M, N] first: at large 64 MB read and
         written per layer).
-    m = grouped_lora(hid, w2)
-        hid [M, G·R] (G low-rank codes side by side, as one GEMM makes them), w2 [G, R, N] → [G, M, N], the G
-        products hid[:, gR:(g+1)R] w2[g]: one bmm over the strided [G, M, R] view, as before. Backward: one bmm
-        for dw2 and ONE bmm writing d hid straight into its [M, G·R] layout (out= a strided view: cuBLAS takes
-        the row stride G·R); autograd's bmm backward made it [G, M, R] contiguous and the view's backward then
-        copied it (a clone of [M, G·R] per layer: RWKV's five-lerp LoRA).
     s = stack(ts)
         torch.stack(ts) as a VIEW when the ts are equal contiguous tensors laid end to end in one storage (the
         training step's flat parameters: RWKV's five maa vectors), with a backward that hands each t its row of
@@ -299,37 +293,3 @@ def stack(ts: list[torch.Tensor]) -> torch.Tensor:
     if len(ts) > 1 and not torch.compiler.is_compiling() and _end_to_end(ts):
         return _AdjacentStack.apply(*ts)
     return torch.stack(ts)
-
-
-class _GroupedLora(torch.autograd.Function):
-    """hid [M, G·R], w2 [G, R, N] → [G, M, N] (see ``grouped_lora``)."""
-
-    @staticmethod
-    def forward(ctx, hid, w2):
-        ctx.save_for_backward(hid, w2)
-        G, R, _ = w2.shape
-        return torch.bmm(hid.view(-1, G, R).transpose(0, 1), w2)
-
-    @staticmethod
-    def backward(ctx, dout):
-        hid, w2 = ctx.saved_tensors
-        G, R, _ = w2.shape
-        dhid = dw2 = None
-        if ctx.needs_input_grad[0]:
-            dhid = _empty_like(hid)
-            torch.bmm(dout, w2.transpose(1, 2), out=dhid.view(-1, G, R).transpose(0, 1))
-        if ctx.needs_input_grad[1]:
-            dw2 = torch.bmm(hid.view(-1, G, R).permute(1, 2, 0), dout)
-        return dhid, dw2
-
-
-def grouped_lora(hid: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    """[G, M, N] = the G products of hid's column groups [M, R] with w2[g] [R, N] (module docstring). Under
-    autocast both are cast first (as bmm would)."""
-    if hid.dim() != 2 or w2.dim() != 3 or hid.shape[1] != w2.shape[0] * w2.shape[1]:
-        raise ValueError(f"grouped_lora: hid [M, G·R] and w2 [G, R, N] expected; got {tuple(hid.shape)} and "
-                         f"{tuple(w2.shape)}")
-    amp = autocast_dtype(hid.device.type)
-    if amp is not None:
-        hid, w2 = hid.to(amp), w2.to(amp)
-    return _GroupedLora.apply(hid.contiguous(), w2)

@@ -765,7 +765,7 @@ def test_the_steps_calls_are_read_off_the_model():
     without dh). Each call rebuilt by ``calls.inputs`` at the recording's shape is the call."""
     from groundthink import calls as C
     got, model = _rwkv6_calls()
-    assert set(got) == {"wkv6", "ddlerp", "decay_exp", "shift_lerp", "norm_gate", "gate_norm_residual",
+    assert set(got) == {"wkv6", "ddlerp", "lowrank", "shift_lerp", "norm_gate", "gate_norm_residual",
                         "cross_entropy"}
     assert model.ops.impls()["wkv6"] == "reference"           # restored
     n = model.config.n_layer
@@ -790,7 +790,7 @@ def test_every_reference_runs_every_call_of_the_step_as_the_gate_measures_it():
     CPU in bf16): every reference must run every call of the step there, fwd+bwd, and stay within the call's
     bound vs float64 — call1 of run 11 found the conv's reference refusing a bf16 x with fp32 weight and bias, so
     the peer was denied "no timing evidence" and the step ran the reference conv. GF-MH calls every op but
-    decay_exp's plain variant; the fp32 token shift and the rows of z included."""
+    decay_exp (its exponential is lowrank's now); the fp32 token shift and the rows of z included."""
     import fused
     from groundthink import calls as C
     from groundthink.harness import compare, fwd_bwd_step

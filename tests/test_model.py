@@ -595,17 +595,3 @@ def test_stack_of_end_to_end_tensors_is_a_view_float64():
     assert stack(apart).data_ptr() not in {t.data_ptr() for t in apart} and torch.equal(stack(apart), want)
 
 
-def test_grouped_lora_equals_autograd_float64(nan_buffers):
-    """grouped_lora (d hid written by one bmm into its [M, G·R] layout) vs the view + transpose + bmm it replaces
-    in float64: output and both gradients (a non-contiguous output gradient); bad shapes get a one-line error."""
-    from fused.projections import grouped_lora
-    torch.manual_seed(0)
-    hid = torch.randn(13, 5 * 3, dtype=torch.float64, requires_grad=True)
-    w2 = torch.randn(5, 3, 7, dtype=torch.float64, requires_grad=True)
-    got, want = grouped_lora(hid, w2), torch.bmm(hid.view(13, 5, 3).transpose(0, 1), w2)
-    assert _rel(got, want) < 1e-14
-    g = torch.randn(7, 13, 5, dtype=torch.float64).permute(2, 1, 0)
-    for a, b in zip(torch.autograd.grad(got, [hid, w2], g), torch.autograd.grad(want, [hid, w2], g)):
-        assert _rel(a, b) < 1e-14
-    with pytest.raises(ValueError, match="grouped_lora: hid"):
-        grouped_lora(hid[:, :14], w2)
