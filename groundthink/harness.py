@@ -110,6 +110,20 @@ def compare(fn: Callable, ref: Callable, inputs: Mapping[str, object], *, ref_de
     return errs
 
 
+def assert_deterministic(fn: Callable, inputs: Mapping[str, torch.Tensor], runs: int = 2) -> None:
+    """``runs`` forward + backward passes of ``fn(**inputs)`` (loss Σ_i (i + 1)·Σ sin(out_i)) give bit-identical
+    gradients of every input that requires one (no atomics, no order-dependent sums)."""
+    leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    grads = []
+    for _ in range(runs):
+        for v in leaves:
+            v.grad = None
+        sum((i + 1) * o.sin().sum() for i, o in enumerate(_as_tuple(fn(**inputs)))).backward()
+        grads.append([v.grad.clone() for v in leaves])
+    for g in grads[1:]:
+        assert all(torch.equal(p, q) for p, q in zip(grads[0], g)), "gradients differ between identical runs"
+
+
 def assert_close_all(errs: Mapping[str, float], bound: float, context: str = "") -> None:
     """Every error finite and within the bound; the message lists them all."""
     bad = {k: v for k, v in errs.items() if not (v <= bound)}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels  # noqa: F401
-from groundthink.harness import check_op, compare
+from groundthink.harness import assert_deterministic, check_op, compare
 from kernels.ddlerp import ddlerp
 from kernels.shift_lerp import shift_lerp
 from reference import ddlerp as RD
@@ -79,14 +79,7 @@ def test_gradient_through_some_outputs_only():
 
 
 def test_backward_deterministic():
-    inp = make_inputs(2, 7, 40)
-    grads = []
-    for _ in range(2):
-        for v in inp.values():
-            v.grad = None
-        sum((i + 1) * o.sin().sum() for i, o in enumerate(ddlerp(**inp))).backward()
-        grads.append([v.grad.clone() for v in inp.values()])
-    assert all(torch.equal(p, q) for p, q in zip(*grads))
+    assert_deterministic(ddlerp, make_inputs(2, 7, 40))
 
 
 def test_opcheck():
