@@ -189,6 +189,11 @@ CASES = {   # name: (inputs, TUNING overrides)
     "strong_decay_bt32": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {"fwd_bt": 32, "bwd_bt": 32}),
     "strong_decay_fwd64_save": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {"fwd_bt": 64, "save": True}),
     "extreme_decay_fwd64": (dict(l=50, a_max=16.0, dt_scale=10.0, g=1), {"fwd_bt": 64}),
+    # dA at strong decay with one head (a random sweep's worst draws): dA summed term by term, (term)·(its exponent)
+    # / A; before, Σ_j Δ_j da_j over the per-row cumsums: 5.5e-5 / 2.3e-5 (autograd through the fp32 recurrence
+    # 7e-8 / 1.7e-6)
+    "dA_strong_h1": (dict(b=2, l=25, h=1, p=1, n=6, g=1, a_max=16.0, dt_scale=1.0, seed=817620), {}),
+    "dA_strong_p3": (dict(l=28, h=1, p=3, n=8, g=1, a_max=12.0, dt_scale=1.0, seed=882633, D=None), {}),
 }
 
 

@@ -46,8 +46,18 @@ share), Z = R ⊙ L ⊙ Δ_s, U = B dSᵀ, V = C S0ᵀ:
 
 with K = C Bᵀ ⊙ L ⊙ R ⊙ Δ_s: da_j sums exactly the terms whose decay contains a_j (pairs spanning j inside the
 chunk — an exclusive cumsum along s, no rowsum − colsum cancellation —, earlier state read here, state written
-here read later, state passing through). ddt = dΔ ⊙ softplus'(dt + dt_bias), dA = Σ Δ da, ddt_bias = Σ ddt,
-dD = Σ dy ⊙ x. ``TUNING["lean"]`` ≥ 1 takes the state term from dC's state part instead of the dot V:
+here read later, state passing through). ddt = dΔ ⊙ softplus'(dt + dt_bias), ddt_bias = Σ ddt, dD = Σ dy ⊙ x.
+dA = Σ_j Δ_j da_j, summed term by term instead: every term's decay is exp(A·(Σ of Δ over its span)), so its share of
+A·dA is the term times its own exponent (≤ 0, from the split cumsum):
+
+    A·dA = Σ_chunks [ exp(c_L)⟨S0, dS⟩ c_L + Σ_t eo_t c_t + Σ_s Δ_s e_s (x_s · U_s) r_s + Σ_{s≤t} K_ts g_ts ]
+
+(eo_t = exp(c_t)(dy_t · V_t), r_s = c_L − c_s, g_ts = c_t − c_s from c_hi and c_lo: the same terms as da's, each
+times its own exponent — A × a non-negative sum of Δ —, accumulated per program as one fp32 scalar; a row clamped
+at −128 sits only in terms that underflow to 0; A = 0: Σ Δ da). Σ_j Δ_j da_j weighted the per-row cumsums of these
+terms, whose rounding is correlated along the rows: dA was off by up to 5e-5 relative (1e-2 at extreme decay) on
+draws with one or two heads and strong decay, where autograd through the fp32 recurrence is ~1e-6.
+``TUNING["lean"]`` ≥ 1 takes the state term from dC's state part instead of the dot V:
 exp(c_t)(dy_t · V_t) = Σ_n C_tn (exp(c_t) dy_t S0)_n (one dot fewer a chunk; the same sums in another order).
 
 Reductions, deterministic (no atomics): dB, dC are sums over the heads of a group and over p-blocks, ddt over
@@ -453,7 +463,8 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     else:
         b_dS = tl.zeros([BP, BN], dtype=tl.float32)
     causal = o_t[:, None] >= o_t[None, :]             # [t, s] s ≤ t   (also [t, j]: t ≥ j)
-    acc_dA = tl.zeros([BT], dtype=tl.float32)
+    acc_dA = tl.zeros([BT], dtype=tl.float32)       # Σ Δ_j da_j (dA where A = 0)
+    acc_dAx = tl.zeros([], dtype=tl.float32)        # A·dA as Σ (term)·(its exponent): the module docstring
     acc_db = tl.zeros([BT], dtype=tl.float32)
     acc_dD = tl.zeros([BP], dtype=tl.float32)
     if LEAN >= 2:                                     # the next chunk's inputs, loaded one reverse step ahead
@@ -517,12 +528,18 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
                 b_V = _mm(b_C, tl.trans(b_S0), DOT >= 2, HT, PREC)                      # [t, p] (S0 C_t)_p
                 b_eo = b_ec * tl.sum(b_dy * b_V, 1)                                     # [t]
                 b_dC = b_ec[:, None] * _mm(b_dyh, b_S0, DOT >= 2, HT, PREC)
-            b_da = tl.zeros([BT], dtype=tl.float32) + tl.exp(b_cL) * tl.sum(tl.sum(b_S0 * b_dS, 1), 0)
+            b_X = tl.exp(b_cL) * tl.sum(tl.sum(b_S0 * b_dS, 1), 0)                     # [] state passing through
+            b_da = tl.zeros([BT], dtype=tl.float32) + b_X
             b_da += tl.cumsum(b_eo, 0, reverse=True)                                    # Σ_{t≥j} eo_t
+            # A·dA as Σ over terms of (term)·(its exponent): the pass-through, the read terms (exponent c_t); the
+            # pair terms (exponent g_ts) and the written terms (r_s) below
+            acc_dAx += tl.sum(b_eo * b_c, 0) + b_X * b_cL
             b_GL = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC)                          # [t, s]
             b_L = _pair_decay(b_ch, b_cl, causal)
             b_GL = b_GL * b_L
             b_R = _mm(b_dyh, tl.trans(b_x), DOT >= 1, HT, PREC)                          # [t, s] dy_t · x_s
+            b_g = tl.minimum((b_ch[:, None] - b_ch[None, :]) + (b_cl[:, None] - b_cl[None, :]), 0.)   # [t, s]
+            acc_dAx += tl.sum(tl.sum(b_GL * b_R * b_g, 0) * b_d, 0)                    # Σ K_ts g_ts (0: s > t)
             b_Z = b_R * b_L * b_d[None, :]
             b_dC += _mm(b_Z, b_B, DOT >= 2, HT, PREC)
             o_part = ((i_b * T + rows64) * H * NPB + i_h * NPB + i_p)[:, None] * N + o_n[None, :]
@@ -548,6 +565,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
             b_da += tl.cumsum(b_vs, 0) - b_vs                                           # Σ_{s<j} Δ_s e_s x_s·U_s
             b_da = tl.where(m_t, b_da, 0.)
             acc_dA += b_d * b_da
+            acc_dAx += tl.sum(b_vs * b_r, 0)                                             # Σ Δ_s e_s x_s·U_s r_s
             b_dd += b_A * b_da
             if SOFTPLUS:
                 b_dd = tl.where(b_v <= 20., b_dd / (1. + tl.exp(-b_v)), b_dd)
@@ -561,7 +579,8 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
                      mask=(o_p[:, None] < P) & (o_n[None, :] < N))
         else:
             tl.store(p_dh0 + i_bh.to(tl.int64) * P * N + o_pn, b_dS, mask=m_pn)
-    tl.store(p_par + prog * 2, tl.sum(acc_dA, 0))
+    tl.store(p_par + prog * 2, tl.where(b_A != 0., acc_dAx / tl.where(b_A != 0., b_A, 1.),
+                                        tl.sum(acc_dA, 0)))
     tl.store(p_par + prog * 2 + 1, tl.sum(acc_db, 0))
     if HAS_D:
         tl.store(p_dDp + i_bh.to(tl.int64) * P + o_p, acc_dD, mask=m_p)
