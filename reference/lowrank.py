@@ -5,7 +5,8 @@ without the group dimension)::
 
     h   = tanh(x w1)                               [..., G·R]   (group g: the columns gR … (g+1)R − 1)
     y_g = h[..., gR:(g+1)R] w2[g]                  [G, ..., N]  (2-D w2: [..., N])
-    with base [N] (one group: w2 [R, N] or [1, R, N]):  lw = −exp(base + y)   in fp32, returned in ``dtype`` (default x's dtype)
+    with base [N] (one group: w2 [R, N] or [1, R, N]):  lw = −exp(base + y)   in fp32, returned in ``dtype``
+                                                                     (default: the products' dtype)
 
 The model's two uses (fused/blocks.py, ``RWKV6TimeMix``): the five token-shift mixes' LoRA (G = 5, R = mix_lora,
 N = D) and the decay LoRA with its exponential (G = 1, R = decay_lora, base = time_decay): RWKV-LM's
@@ -45,4 +46,4 @@ def lowrank(x, w1, w2, base=None, dtype=None):
     if base is None:
         return y if dtype is None else y.to(dtype)
     cdt = torch.float64 if y.dtype == torch.float64 else torch.float32
-    return (-torch.exp(base.to(cdt) + y.to(cdt))).to(dtype or x.dtype)
+    return (-torch.exp(base.to(cdt) + y.to(cdt))).to(dtype or y.dtype)

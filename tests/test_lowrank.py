@@ -72,6 +72,9 @@ def test_autocast_casts_like_matmul():
         y = lowrank(**inp)
     assert seen == {"x": torch.bfloat16, "w1": torch.bfloat16, "w2": torch.bfloat16, "out": torch.bfloat16}
     assert y.dtype == torch.bfloat16
+    d = make_inputs((4,), 16, None, 8, 16, base=True, grad=False)         # fp32 x; the reference agrees (review)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert R.lowrank(**d).dtype == torch.bfloat16
 
 
 def test_weights_cast_to_x_dtype():
@@ -102,9 +105,12 @@ def test_opcheck_and_bad_input():
         lowrank(inp["x"], inp["w1"][0], inp["w2"])
 
 
+GPU_SHAPES = [(16384, 128, 5, 32, 128, False), (16384, 128, None, 64, 128, True), (16384, 512, 5, 32, 512, False),
+              (4096, 512, None, 64, 512, True)]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("M,D,G,Rk,N,base", [(16384, 128, 5, 32, 128, False), (16384, 128, None, 64, 128, True),
-                                            (16384, 512, 5, 32, 512, False), (4096, 512, None, 64, 512, True)])
+@pytest.mark.parametrize("M,D,G,Rk,N,base", GPU_SHAPES)
 def test_gpu_bf16(M, D, G, Rk, N, base):
     """bf16 on the GPU's tensor cores, the models' shapes: within the bf16 bound of fp64, and no worse than twice
     the unfused bf16 chain's own error (the reference run in bf16)."""
@@ -116,3 +122,14 @@ def test_gpu_bf16(M, D, G, Rk, N, base):
     assert max(ours.values()) <= bound_for(torch.bfloat16), ours
     for k in ours:
         assert ours[k] <= 2 * eager[k] + 1e-6, f"{k}: ours {ours[k]:.3g} eager {eager[k]:.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0])
+@pytest.mark.parametrize("M,D,G,Rk,N,base", [GPU_SHAPES[0], GPU_SHAPES[3]])
+def test_gpu_fp32(M, D, G, Rk, N, base, scale):
+    """fp32 on the GPU ("ieee" dots, the hardware's approximate exp in tanh): the fp32 bound, tiny to saturated
+    codes."""
+    inp = {k: v.cuda().detach().requires_grad_() for k, v in
+           make_inputs((M // 4,), D, G, Rk, N, base, torch.float32, scale=scale).items()}
+    check_op(lowrank, R.lowrank, inp, bound=bound_for(torch.float32), ref_device="cuda")

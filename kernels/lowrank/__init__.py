@@ -1,4 +1,4 @@
-"""RWKV-6's low-rank terms tanh(x W1) W2 (optionally −exp(base + ·)): ``lowrank`` (see kernels/lowrank/lowrank.py)."""
+"""RWKV-6's low-rank terms tanh(x W1) W2 (optionally −exp(base + ·)): ``lowrank`` (kernels/lowrank/lowrank.py)."""
 from kernels.lowrank.lowrank import lowrank
 
 __all__ = ["lowrank"]

@@ -21,16 +21,17 @@ Kernels:
   base, lw recomputed from h W2 and dy = dlw ⊙ lw stored, with one fp32 partial row of dbase per program), dP;
   h and dP stored ([M, G·R] in x's dtype: the weight-gradient GEMMs' operands); then, after a barrier, dx by a
   D-loop over the stored dP rows of this block (written by this program) and W1.
-* cuBLAS: dW1 = xᵀ dP (one mm), dW2 = one bmm over the strided [G, R, M] view of h (one mm for one group); with base
-  the G partial rows summed by one torch sum. Deterministic (no atomics), no host syncs, no autotuning.
+* cuBLAS: dW1 = xᵀ dP (one mm), dW2 = one bmm over the strided [G, R, M] view of h (with base: one mm over the
+  stored dy ⊙ lw); with base the partial rows of dbase (one per block of BM rows) summed by one torch sum.
+  Deterministic (no atomics), no host syncs, no autotuning.
 
 tanh is computed in fp32 to a few ulp everywhere (``_tanh``: a 5-term odd series below |P| = 1/4, where
-(1 − e)/(1 + e), e = exp(−2|P|), would cancel — the model's maa LoRA starts with |P| ~ 1e-3 — and that form above),
-and its derivative as 4e/(1 + e)² there (1 − h² cancels where h → ±1).
+(1 − e)/(1 + e), e = exp(−2|P|), would cancel — the model's maa LoRA starts with |P| ~ 1e-3 — and that form
+above), and its derivative as 4e/(1 + e)² there (1 − h² cancels where h → ±1).
 
 Layouts: x [..., D] viewed as [M, D]; every tensor contiguous. Dtypes: x, W1, W2 each fp32 / fp16 / bf16, the
 products in x's dtype (W1, W2 cast to it; under autocast all three cast to autocast's dtype first, as matmul would);
-base any float dtype; y in ``dtype`` (default: the products' dtype); dx, dW1, dW2 in their inputs' dtypes, dbase in
+base fp32 / fp16 / bf16; y in ``dtype`` (default: the products' dtype); dx, dW1, dW2 in their inputs' dtypes, dbase in
 base's. fp32 inputs take "ieee" dots (fp32-accurate); fp16 / bf16
 inputs native tensor-core dots with fp32 accumulation.
 
@@ -49,8 +50,9 @@ from reference.lowrank import check_args
 
 __all__ = ["lowrank"]
 
-# rows per program, D / N columns per dot step, warps. Untimed; offline sm_90 compile (Triton 3.9, bf16, the models'
-# four calls): 8 warps fwd 128-166 registers, bwd 252-254, no spill; 4 warps fwd 254, bwd 255 + 880-944 B of spill
+# rows per program, D / N columns per dot step, warps. Untimed (time 4 and 8 warps, BM 32 and 64 on the GPU). Offline
+# sm_90 compile as launched (Triton 3.9, bf16, the models' four calls, D and N divisible by 16, 3 stages): 8 warps fwd
+# 56-66 registers, bwd 110-200; 4 warps fwd 76-90, bwd 168-250; no spill either way (fp32 inputs spill: tests only)
 TUNING = {"bm": 64, "bk": 64, "bn": 64, "warps": 8}
 
 
@@ -126,13 +128,15 @@ def _lowrank_bwd_kernel(p_dy, p_x, p_w1, p_w2, p_base, p_h, p_dp, p_dyb, p_part,
         b_h, b_d = _tanh(_pre(p_x, p_w1, o_m, m_m, o_r, m_r, i_g, D, R, G * R, PREC, BM, BK, BR))
         b_h = b_h.to(p_x.dtype.element_ty)
         b_dh = tl.zeros([BM, BR], dtype=tl.float32)
+        i_g64 = tl.full([], 0, tl.int64) + i_g         # int64 offsets (the loop index is an int32 / a Python int)
+        p_w2g = p_w2 + i_g64 * R * N
+        p_dyg = p_dy + i_g64 * M * N
         for n0 in range(0, N, BN):
             o_n = n0 + tl.arange(0, BN)
             m_n = o_n < N
             m_mn = m_m[:, None] & m_n[None, :]
-            b_w2 = tl.load(p_w2 + (i_g * R).to(tl.int64) * N + o_r[:, None] * N + o_n[None, :], mask=m_r[:, None] & m_n[None, :],
-                           other=0.)
-            b_dy = tl.load(p_dy + (i_g * M).to(tl.int64) * N + o_m[:, None] * N + o_n[None, :], mask=m_mn, other=0.)
+            b_w2 = tl.load(p_w2g + o_r[:, None] * N + o_n[None, :], mask=m_r[:, None] & m_n[None, :], other=0.)
+            b_dy = tl.load(p_dyg + o_m[:, None] * N + o_n[None, :], mask=m_mn, other=0.)
             if HAS_BASE:
                 b_lw = -tl.exp(tl.dot(b_h, b_w2, input_precision=PREC)
                                + tl.load(p_base + o_n, mask=m_n, other=0.).to(tl.float32)[None, :])
@@ -256,7 +260,7 @@ def _amp_dtype(device_type: str):
 
 def lowrank(x, w1, w2, base=None, dtype=None):
     """tanh(x w1) w2 per group: x [..., D], w1 [D, G·R], w2 [G, R, N] → [G, ..., N] (w2 [R, N] → [..., N]); with
-    base [N] (2-D w2): −exp(base + ·) in ``dtype`` (default x's). See the module docstring."""
+    base [N] (one group): −exp(base + ·) in ``dtype`` (default: the products' dtype). See the module docstring."""
     for name, t in (("x", x), ("w1", w1), ("w2", w2)) + ((("base", base),) if base is not None else ()):
         check_tensor(name, t, device=x.device if name != "x" else None)
     check_args(x, w1, w2, base)

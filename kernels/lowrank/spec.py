@@ -29,8 +29,9 @@ def _nbytes(M, D, G, R, N, E, pass_, es=2):
 
 
 def _flops(M, D, G, R, N, E, pass_):
-    f = 2 * M * max(G, 1) * R * (D + N)
-    return f if pass_ == "fwd" else 4 * f        # backward: P and h W2 recomputed, dh, dx, dW1, dW2
+    """Forward x W1 and h W2; the backward recomputes x W1 (and h W2 with base), then dh, dx, dW1, dW2."""
+    per = 2 * M * max(G, 1) * R
+    return per * (D + N) if pass_ == "fwd" else per * (4 * D + (4 if E else 3) * N)
 
 
 SPEC = OpSpec(
@@ -52,7 +53,8 @@ SPEC = OpSpec(
                     (batch * seq_len, cfg.d_model, 0, cfg.decay_lora, cfg.d_model, 1)]),
     kernels=("*_lowrank_*",),
     kernels_group="glue kernels",
-    eager=(EagerCase("kernels.lowrank.lowrank:_lowrank", inputs=lambda t: dict(x=t(6, 16), w1=t(16, 24), w2=t(3, 8, 16)),
+    eager=(EagerCase("kernels.lowrank.lowrank:_lowrank",
+                     inputs=lambda t: dict(x=t(6, 16), w1=t(16, 24), w2=t(3, 8, 16)),
                      op_args=lambda k: (k["x"], k["w1"], k["w2"], None, torch.float32)),
            EagerCase("kernels.lowrank.lowrank:_lowrank", name="lowrank_exp",
                      inputs=lambda t: dict(x=t(6, 16), w1=t(16, 8), w2=t(1, 8, 16), base=t(16)),
