@@ -14,6 +14,7 @@ import kernels  # noqa: F401
 from kernels._colsum import arrive_tree, counters, finish_columns, tree
 from kernels.ddlerp import ddlerp
 from kernels.decay_exp import decay_exp
+from kernels.lowrank import lowrank
 from kernels.gate_norm_residual import gate_norm_residual
 from kernels.norm_gate import norm_gate
 from kernels.shift_lerp import shift_lerp
@@ -56,6 +57,8 @@ def _cases(gen):
     m = rnd(5, B, T, D)
     yield "ddlerp", lambda p: torch.stack(ddlerp(x, m, p[0])), [torch.rand(5, D, generator=gen)]
     yield "decay_exp", lambda p: decay_exp(p[0], x), [rnd(D) * 0.1]
+    x2 = rnd(B * T * 7, 20)                               # 70 rows: 2 row blocks of 64
+    yield "lowrank", lambda p: lowrank(x2, p[1], p[2], base=p[0]), [rnd(D) * 0.1, rnd(20, 16) * 0.1, rnd(16, D) * 0.1]
     z = rnd(B, T, 64)
     yield "norm_gate", lambda p: norm_gate(z, z.flip(-1), p[0], p[1], group_size=16, norm="layer"), \
         [rnd(64), rnd(64)]

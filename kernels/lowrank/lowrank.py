@@ -1,6 +1,6 @@
 """RWKV-6's low-rank terms y = tanh(x W1) W2 (G groups; optionally −exp(base + y)): one Triton kernel forward,
 one Triton kernel + cuBLAS weight-gradient GEMMs backward (issue 10: the time mix's LoRA chains were 8 and 10
-launches a layer as separate GEMMs, tanh, decay_exp and their autograd backwards; now 4 and 5).
+launches a layer as separate GEMMs, tanh, decay_exp and their autograd backwards; now 4 each).
 
 Math (see reference/lowrank.py): x [M, D], W1 [D, G·R], W2 [G, R, N], optional base [N] (one group only)::
 
@@ -22,8 +22,9 @@ Kernels:
   h and dP stored ([M, G·R] in x's dtype: the weight-gradient GEMMs' operands); then, after a barrier, dx by a
   D-loop over the stored dP rows of this block (written by this program) and W1.
 * cuBLAS: dW1 = xᵀ dP (one mm), dW2 = one bmm over the strided [G, R, M] view of h (with base: one mm over the
-  stored dy ⊙ lw); with base the partial rows of dbase (one per block of BM rows) summed by one torch sum.
-  Deterministic (no atomics), no host syncs, no autotuning.
+  stored dy ⊙ lw); with base the partial rows of dbase (one per block of BM rows) summed inside the backward kernel
+  by the last program to arrive (``kernels._colsum``: fixed order, no atomics on data).
+  Deterministic (no atomics on data), no host syncs, no autotuning.
 
 tanh is computed in fp32 to a few ulp everywhere (``_tanh``: a 5-term odd series below |P| = 1/4, where
 (1 − e)/(1 + e), e = exp(−2|P|), would cancel — the model's maa LoRA starts with |P| ~ 1e-3 — and that form
@@ -44,6 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import cdiv as _cdiv, check_tensor, new_empty, pow2 as _pow2
 from kernels._eager import EagerOp, pick
 from reference.lowrank import check_args
@@ -111,13 +113,14 @@ def _lowrank_fwd_kernel(p_x, p_w1, p_w2, p_base, p_y, M, D, N, R, HAS_BASE: tl.c
 
 
 @triton.jit
-def _lowrank_bwd_kernel(p_dy, p_x, p_w1, p_w2, p_base, p_h, p_dp, p_dyb, p_part, p_dx, M, D, N, R,
-                        G: tl.constexpr, HAS_BASE: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr,
-                        BK: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr):
+def _lowrank_bwd_kernel(p_dy, p_x, p_w1, p_w2, p_base, p_h, p_dp, p_dyb, p_part, p_dbase, p_count, p_dx, M, D, N,
+                        R, GS, NG, G: tl.constexpr, HAS_BASE: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr,
+                        BK: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr):
     # p_dy: [G, M, N] (dL/dy; with base dL/dlw); p_x: [M, D]; p_w1: [D, G·R]; p_w2: [G, R, N]; p_base: [N] or None;
     # p_h, p_dp: [M, G·R] out (tanh(P) and dL/dP, x's dtype); p_dyb: [M, N] out with base (dL/d(h W2), x's dtype),
-    # else None; p_part: [row blocks, N] fp32 out with base (this block's rows of dL/d(h W2) summed), else None;
-    # p_dx: [M, D] out
+    # else None; p_part: [row blocks, N] fp32 workspace with base (this block's rows of dL/d(h W2) summed), else None;
+    # p_dbase: [N] out with base (the partial rows summed in-kernel: kernels._colsum; p_count its arrival counters,
+    # GS, NG its tree, BP rows per finishing step), else None; p_dx: [M, D] out
     i_m = tl.program_id(0)
     o_m = (i_m * BM + tl.arange(0, BM)).to(tl.int64)
     m_m = o_m < M
@@ -162,6 +165,9 @@ def _lowrank_bwd_kernel(p_dy, p_x, p_w1, p_w2, p_base, p_h, p_dp, p_dyb, p_part,
             b_dx += tl.dot(b_dp, tl.trans(b_w1), input_precision=PREC)
         tl.store(p_dx + o_m[:, None] * D + o_d[None, :], b_dx.to(p_dx.dtype.element_ty),
                  mask=m_m[:, None] & m_d[None, :])
+    if HAS_BASE:            # dbase: the grid's partial rows summed by the last program to arrive (fixed order)
+        if arrive_tree(p_part, N, p_count, i_m, tl.num_programs(0), GS, NG, 0, N, 1, 0, BP, BN):
+            finish_columns(p_part, GS * N, NG, p_dbase, 0, N, BP, BN)
 
 
 def _tiles(D, N, R):
@@ -195,22 +201,24 @@ def _bwd_impl(dy, x, w1, w2, base):
     dp = new_empty((M, G * R), dt, dev)
     BM, BK, BR, BN = _tiles(D, N, R)
     nb = _cdiv(M, BM)
-    dyb = part = None
+    dyb = part = count = None
+    GS, NG = tree(max(nb, 1))
+    dbase = torch.zeros(0, device=dev) if base is None else \
+        (new_empty(base.shape, base.dtype, dev) if M else torch.zeros_like(base))
     if base is not None:
         dyb = new_empty((M, N), dt, dev)
         part = new_empty((nb, N), torch.float32, dev)
+        count = counters(dev, 1, NG)
     if M:
-        _lowrank_bwd_kernel[(nb,)](dy, x, w1, w2, base, h, dp, dyb, part, dx, M, D, N, R, G=G,
-                                   HAS_BASE=base is not None, PREC=_prec(dt), BM=BM, BK=BK, BR=BR, BN=BN,
-                                   num_warps=TUNING["warps"])
+        _lowrank_bwd_kernel[(nb,)](dy, x, w1, w2, base, h, dp, dyb, part, dbase if base is not None else None, count,
+                                   dx, M, D, N, R, GS, NG, G=G, HAS_BASE=base is not None, PREC=_prec(dt), BM=BM,
+                                   BK=BK, BR=BR, BN=BN, BP=finish_rows(BN), num_warps=TUNING["warps"])
     with torch.autocast(dev.type, enabled=False):     # the weight gradients in the inputs' dtype
         dw1 = torch.mm(x.t(), dp)
         if base is None:        # one bmm over the [G, R, M] view of h's column groups: no copy
             dw2 = torch.bmm(h.view(M, G, R).permute(1, 2, 0), dy.to(dt))
-            dbase = torch.zeros(0, device=dev)
         else:
             dw2 = torch.mm(h.t(), dyb).unsqueeze(0)
-            dbase = part.sum(0).to(base.dtype) if M else torch.zeros_like(base)
     return dx, dw1, dw2, dbase
 
 
