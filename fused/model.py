@@ -28,7 +28,8 @@ import torch.nn as nn
 
 from fused.blocks import FFN, Mamba2Mixer, NormWeight, RWKV6TimeMix, rms_norm
 from fused.configs import ModelConfig
-from fused.projections import autocast_dtype, embedding, linear_pieces
+from fused.projections import embedding, linear_pieces
+from groundthink.device import autocast_dtype
 from fused.variants import VARIANTS, Fusion
 from groundthink import monitor
 

@@ -46,17 +46,11 @@ import os
 import torch
 import torch.nn.functional as F
 
+from groundthink.device import autocast_dtype
+
 WIDE = 64                     # a piece at least this wide (and 8-aligned) gets GEMMs of its own in the backward
 _CONSTANTS: dict = {}         # (kind, shape, dtype, device) -> a constant tensor, made once (never written)
 _empty_like = torch.empty_like  # the backwards' gradient buffers (tests make them NaN-filled)
-
-
-def autocast_dtype(device_type: str):
-    """The dtype autocast casts matmul inputs to on ``device_type``, None when it is off (or unknown: meta)."""
-    try:
-        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-    except RuntimeError:
-        return None
 
 
 def _constant(kind: str, shape, dtype, device, make) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Facts about the machine (which GPU, its slug for profiles/<slug>/, library versions) and the side-stream warm-up
-that precedes every CUDA-graph capture (the training step's and the gate's)."""
+"""Facts about the machine (which GPU, its slug for profiles/<slug>/, library versions, the autocast dtype in force) and
+the side-stream warm-up that precedes every CUDA-graph capture (the training step's and the gate's)."""
 from __future__ import annotations
 
 import re
@@ -8,6 +8,14 @@ from pathlib import Path
 import torch
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"   # the checkout's results folders, one per machine
+
+
+def autocast_dtype(device_type: str):
+    """The dtype autocast casts matmul inputs to on ``device_type``, None when it is off (or unknown: meta)."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except RuntimeError:
+        return None
 
 
 def gpu_name(device=None) -> str | None:

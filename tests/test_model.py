@@ -445,7 +445,7 @@ def _split_oracle(x, weights, sizes, tee=False):
     linear_pieces), then ``torch.split``: a backward that concatenates the pieces' gradients. Under autocast the
     inputs are cast first, as linear_pieces casts them. ``tee``: x is returned last (autograd adds its
     gradients)."""
-    from fused.projections import autocast_dtype
+    from groundthink.device import autocast_dtype
     x0, amp = x, autocast_dtype(x.device.type)
     if amp is not None:
         x, weights = x.to(amp), [w.to(amp) for w in weights]

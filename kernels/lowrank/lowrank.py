@@ -45,6 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
+from groundthink.device import autocast_dtype
 from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import cdiv as _cdiv, check_tensor, new_empty, pow2 as _pow2
 from kernels._eager import EagerOp, pick
@@ -259,27 +260,20 @@ def _backward(ctx, dy):
 _lowrank = EagerOp("Lowrank", _fwd_op, _fwd_impl, _setup_context, _backward)
 
 
-def _amp_dtype(device_type: str):
-    try:
-        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-    except RuntimeError:
-        return None
-
-
 def lowrank(x, w1, w2, base=None, dtype=None):
     """tanh(x w1) w2 per group: x [..., D], w1 [D, G·R], w2 [G, R, N] → [G, ..., N] (w2 [R, N] → [..., N]); with
     base [N] (one group): −exp(base + ·) in ``dtype`` (default: the products' dtype). See the module docstring."""
     for name, t in (("x", x), ("w1", w1), ("w2", w2)) + ((("base", base),) if base is not None else ()):
         check_tensor(name, t, device=x.device if name != "x" else None)
     check_args(x, w1, w2, base)
-    cdt = _amp_dtype(x.device.type) or x.dtype       # the products' dtype (reference/lowrank.py): casts only if
+    cdt = autocast_dtype(x.device.type) or x.dtype       # the products' dtype (reference/lowrank.py): casts only if
     x, w1, w2 = x.to(cdt), w1.to(cdt), w2.to(cdt)    # needed (the step's bf16 weight views are not cast again)
     dtype = dtype or x.dtype
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"lowrank: dtype must be float32, float16 or bfloat16; got {dtype}")
-    c = lambda t: t if t.is_contiguous() else t.contiguous()  # noqa: E731
     lead, D = x.shape[:-1], x.shape[-1]
     w23 = w2 if w2.dim() == 3 else w2.unsqueeze(0)
-    y = _lowrank(c(x.reshape(-1, D)), c(w1), c(w23), None if base is None else c(base), dtype)
+    y = _lowrank(x.reshape(-1, D).contiguous(), w1.contiguous(), w23.contiguous(),
+                 None if base is None else base.contiguous(), dtype)
     shape = (*((w23.shape[0],) if w2.dim() == 3 else ()), *lead, w23.shape[2])
     return y if y.shape == shape else y.view(shape)
