@@ -135,10 +135,12 @@ DEV = "cuda" if CUDA else "cpu"
 
 
 def _tri_inputs(b=1, l=37, h=4, p=5, g=2, n=6, dtype=torch.float32, D="h", bias=True, softplus=True, init=True,
-                final=True, a_max=2.0, dt_scale=0.5, seed=0, device=DEV):
+                final=True, a_max=2.0, dt_scale=0.5, seed=0, zero_head=False, device=DEV):
     gen = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
     A = -(torch.rand(h, generator=gen) * (a_max - 0.5) + 0.5)
+    if zero_head:
+        A[0] = 0.                # no decay in head 0: the backward's dA takes its Σ Δ·da path there
     d = dict(x=r(b, l, h, p), dt=r(b, l, h) * dt_scale, A=A, B=r(b, l, g, n), C=r(b, l, g, n))
     if D:
         d["D"] = r(h) if D == "h" else r(h, p)
@@ -194,6 +196,7 @@ CASES = {   # name: (inputs, TUNING overrides)
     # 7e-8 / 1.7e-6)
     "dA_strong_h1": (dict(b=2, l=25, h=1, p=1, n=6, g=1, a_max=16.0, dt_scale=1.0, seed=817620), {}),
     "dA_strong_p3": (dict(l=28, h=1, p=3, n=8, g=1, a_max=12.0, dt_scale=1.0, seed=882633, D=None), {}),
+    "A_zero_head": (dict(l=21, h=2, g=1, zero_head=True), {}),   # dA's A = 0 fallback (the term sums divide by A)
 }
 
 
