@@ -53,10 +53,13 @@ from reference.lowrank import check_args
 
 __all__ = ["lowrank"]
 
-# rows per program, D / N columns per dot step, warps. Untimed (time 4 and 8 warps, BM 32 and 64 on the GPU). Offline
-# sm_90 compile as launched (Triton 3.9, bf16, the models' four calls, D and N divisible by 16, 3 stages): 8 warps fwd
-# 56-66 registers, bwd 110-200; 4 warps fwd 76-90, bwd 168-250; no spill either way (fp32 inputs spill: tests only)
-TUNING = {"bm": 64, "bk": 64, "bn": 64, "warps": 8}
+# rows per program, D / N columns per dot step, warps. H100 run 19 (scripts/gpu_lowrank.py, CUDA-graph fwd+bwd, bf16,
+# M 16384; profiles/.../run19-2026-11-28/check/gpu_lowrank.txt): BM 64 × 4 warps fastest at all four model calls
+# (D128 G5 R32 0.0741 ms, D128 R64 exp 0.0392, D512 G5 R32 0.1902, D512 R64 exp 0.1104; BM 32 or 8 warps 3-15 %
+# slower); the unfused reference chain 0.0843 / 0.1066 / 0.1642 / 0.3000 (faster at D512 G5: the five wide
+# outputs, where cuBLAS's tiles win). Offline sm_90 compile as launched (Triton 3.9, bf16, 3 stages): 4 warps fwd
+# 76-90 registers, bwd 168-250, 8 warps fwd 56-66, bwd 110-200; no spill either way (fp32 inputs spill: tests only)
+TUNING = {"bm": 64, "bk": 64, "bn": 64, "warps": 4}
 
 
 @triton.jit

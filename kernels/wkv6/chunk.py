@@ -801,7 +801,7 @@ def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_
     b_wr = _load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC)
+    b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC, True)
     m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
     b_dv += tl.load(pv_ptr + p_v, mask=m_tv, other=0.)
     tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
@@ -865,7 +865,8 @@ def _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
                                 m_c, m_v, H, K, V, SB, PREC)
     b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)       # re-read (L1): not live across slices
     b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-    b_dqx, b_dkx, b_dvx, b_dwx = _cross_bwd(b_q, b_k, _clamp_w(b_wr.to(tl.float32)), b_v, b_do, b_h, b_dh, PREC)
+    b_dqx, b_dkx, b_dvx, b_dwx = _cross_bwd(b_q, b_k, _clamp_w(b_wr.to(tl.float32)), b_v, b_do, b_h, b_dh, PREC,
+                                            False)
     _store_dqkw(b_dq + b_dqx, b_dk + b_dkx, b_dw + b_dwx, b_wr, dq_ptr, dk_ptr, dw_ptr, p_c, m_tc, scale)
     return b_A, b_dv + b_dvx
 

@@ -143,7 +143,7 @@ def _excl_combine(s_a, l_a, s_b, l_b):
 
 
 @triton.jit
-def _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC: tl.constexpr):
+def _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC: tl.constexpr, DW_DOTS: tl.constexpr):
     """The block-crossing terms of one block's backward, given S at the block start (b_h, K×V) and dL/dS at its end
     (b_dh), with b_w the clamped log-decay: dq^s_t = exp(Gp_t) (S0 do_t), dk^s_t = exp(G_L − G_t) (D v_t)
     (G_L − G_t as a suffix sum), dv^s_t = (k_t ⊙ exp(G_L − G_t)) D, and dw over the pairs crossing the block
@@ -155,15 +155,28 @@ def _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC: tl.constexpr):
     b_dqx = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
     b_dkx = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
     b_dvx = tl.dot(b_k * b_egl, b_dh, input_precision=PREC)
-    # dw_j += Σ_{t>j} a_t + Σ_{s<j} b_s: exclusive sums by an associative scan that sums only the other rows' terms
-    # (``_excl_combine``); an inclusive cumsum minus the row's own term cancelled (absolute error ulp(a_j): 33 % of a
-    # small dw_j beside a large one, fp32 dw 2.3e-5 found by the fuzz); dots of the strict triangular 0/1 patterns
-    # (ieee / tf32x3) were exact too but spilled the fused backward (offline sm_90, 2 warps: 536 → 776 B)
+    # dw_j += Σ_{t>j} a_t + Σ_{s<j} b_s, each sum formed from the other rows' terms only (an inclusive cumsum minus
+    # the row's own term cancelled: absolute error ulp(a_j), 33 % of a small dw_j beside a large one, fp32 dw 2.3e-5
+    # found by the fuzz). Two exact forms, chosen per kernel by the GPU (DW_DOTS):
+    #   dots of the strict triangular 0/1 patterns (ieee / tf32x3): the split backward's cross kernel (H100 run 19:
+    #   _bwd_cross_kernel 2,351 us at B8 T4096 H32 with them, 3,229 with the scan);
+    #   an associative scan of (0, x) pairs (``_excl_combine``): the fused backward, where the dots spilled
+    #   (offline sm_90, 2 warps: 528 → 776 B; run 18 LOWMEM 9.07 → 10.13 ms, run 19 with the scan 9.21)
     b_a = b_q * b_dqx
     b_b = b_k * b_dkx
-    b_after, _ = tl.associative_scan((tl.zeros_like(b_a), b_a), 0, _excl_combine, reverse=True)
-    b_before, _ = tl.associative_scan((tl.zeros_like(b_b), b_b), 0, _excl_combine)
-    b_dwx += b_after + b_before
+    if DW_DOTS:
+        o_r = tl.arange(0, b_q.shape[0])
+        b_after = tl.where(o_r[None, :] > o_r[:, None], 1., 0.)
+        if PREC == "ieee":
+            b_dwx += (tl.dot(b_after, b_a, input_precision="ieee")
+                      + tl.dot(tl.trans(b_after), b_b, input_precision="ieee"))
+        else:
+            b_dwx += (tl.dot(b_after, b_a, input_precision="tf32x3")
+                      + tl.dot(tl.trans(b_after), b_b, input_precision="tf32x3"))
+    else:
+        b_after, _ = tl.associative_scan((tl.zeros_like(b_a), b_a), 0, _excl_combine, reverse=True)
+        b_before, _ = tl.associative_scan((tl.zeros_like(b_b), b_b), 0, _excl_combine)
+        b_dwx += b_after + b_before
     return b_dqx, b_dkx, b_dvx, b_dwx
 
 
@@ -171,7 +184,7 @@ def _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC: tl.constexpr):
 def _state_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, b_A, b_dq, b_dk, b_dw, PREC: tl.constexpr):
     """``_cross_bwd`` added to a block's intra parts (b_A the block's scores, dv gets Aᵀ do).
     Returns (dq, dk, dv, dw, exp(Gp), G_L)."""
-    b_dqx, b_dkx, b_dvx, b_dwx = _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC)
+    b_dqx, b_dkx, b_dvx, b_dwx = _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC, False)
     b_dv = b_dvx + tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
     return (b_dq + b_dqx, b_dk + b_dkx, b_dv, b_dw + b_dwx, tl.exp(tl.cumsum(b_w, axis=0) - b_w),
             tl.sum(b_w, axis=0))
