@@ -20,6 +20,8 @@
 #   step       train.py --kernels triton, CUDA graph, profile window, at small (64 × 256) and large (16 × 1024):
 #              summary line (tok/s, ms/step, peak, busy %, launches) and GPU time per step by op; STEP_STEPS =
 #              100 steps each, ≤ STEP_SMALL_S = 150 and STEP_LARGE_S = 240; $RUN/step_<size>.jsonl.
+#              STEP_KERNELS="triton auto" also runs each size with --kernels auto (the default path: the gate's
+#              choice per op, e.g. mamba-ssm's scan where it wins): $RUN/step_<size>_auto.jsonl.
 #              STEP_TABLE="ours peer" adds python -m bench.bench_train --step-table (eager vs graph, the fla ∥
 #              mamba-ssm peer model) ≤ STEP_TABLE_S = 300 each: $RUN/train_step.csv, $RUN/step_profile.csv.
 #   wkv6       scripts/gpu_wkv6.py --resources: compile report (registers, spills, shared memory), per-kernel GPU
@@ -178,16 +180,20 @@ part_first-use() {
 }
 
 part_step() {
-  local size shape cap steps=${STEP_STEPS:-100}
+  local size shape cap kern tag steps=${STEP_STEPS:-100}
+  for kern in ${STEP_KERNELS:-triton}; do
   for size in small large; do
+    tag=$size; [ "$kern" = triton ] || tag=${size}_$kern     # step_small.jsonl (triton), step_large_auto.jsonl, ...
     if [ "$SMOKE" = 1 ]; then   # the interpreter runs a training step in ~20 s: the references, tiny model
       shape=(--kernels reference --steps 3 --batch-size 2 --seq-len 16 --eval-interval 3 --eval-iters 1 "${TINY[@]}")
-    elif [ $size = small ]; then shape=(--kernels triton --size small --batch-size 64 --seq-len 256)
-    else shape=(--kernels triton --size large --batch-size 16 --seq-len 1024); fi
+    elif [ $size = small ]; then shape=(--kernels "$kern" --size small --batch-size 64 --seq-len 256)
+    else shape=(--kernels "$kern" --size large --batch-size 16 --seq-len 1024); fi
     [ "$SMOKE" = 1 ] || shape+=(--steps "$steps" --eval-interval "$steps" --eval-iters 2 --log-interval 10)
     cap=${STEP_SMALL_S:-150}; [ $size = large ] && cap=${STEP_LARGE_S:-240}   # large: cold compiles at its shapes
-    run_part "step-$size" "$cap" $PY train.py "${QUIET[@]}" "${shape[@]}" \
-      --out-dir "$SCRATCH/ck-step-$size" --log "$RUN/step_$size.jsonl"
+    run_part "step-$tag" "$cap" $PY train.py "${QUIET[@]}" "${shape[@]}" \
+      --out-dir "$SCRATCH/ck-step-$tag" --log "$RUN/step_$tag.jsonl"
+  done
+  [ "$SMOKE" = 1 ] && break
   done
   [ -z "${STEP_TABLE:-}" ] || [ "$SMOKE" = 0 ] || { skip_part step-table "STEP_TABLE needs CUDA"; return; }
   for who in ${STEP_TABLE:-}; do
