@@ -355,13 +355,13 @@ def step_row(who: str, mode: str, size: str, variant: str, kernels: str, steps: 
 
 
 def step_table(out: Path, who: str = "ours", variant: str = "GF-MH", kernels: str = "triton", steps: int = 20,
-               profile: int = 3) -> list[dict]:
-    """Ours eager vs graph and the peer at small and large: ms, tok/s, peak memory, launches and GPU busy % per
-    step. Appends to OUT/train_step.csv and OUT/step_profile.csv (per-kernel GPU time), rewritten after every
+               profile: int = 3, sizes: tuple[str, ...] = ("small", "large")) -> list[dict]:
+    """Ours eager vs graph and the peer at small and large (``sizes``: those of them to run): ms, tok/s, peak memory,
+    launches and GPU busy % per step. Appends to OUT/train_step.csv and OUT/step_profile.csv (per-kernel GPU time), rewritten after every
     row so that a run cut short keeps what it measured."""
     out.mkdir(parents=True, exist_ok=True)
     rows, prof = _read_csv(out / "train_step.csv"), _read_csv(out / "step_profile.csv")
-    for mode, size in STEP_ROWS[who]:
+    for mode, size in [(m, z) for m, z in STEP_ROWS[who] if z in sizes]:
         t0 = time.perf_counter()
         row, p = step_row(who, mode, size, variant, kernels, steps, profile)
         rows.append(row)
@@ -381,6 +381,7 @@ def main(argv=None) -> int:
     p.add_argument("--validity", action="store_true", help="run the validity check")
     p.add_argument("--step-table", choices=["ours", "peer"], help="the training-step table (step_table)")
     p.add_argument("--timed-steps", type=int, default=20, help="--step-table: timed steps per row")
+    p.add_argument("--step-sizes", default="small,large", help="--step-table: the sizes to run (comma-separated)")
     p.add_argument("--steps", type=int, default=int(os.environ.get("GT_VALIDITY_STEPS", "300")))
     p.add_argument("--ref-steps", type=int, default=int(os.environ.get("GT_VALIDITY_REF_STEPS", "100")),
                    help="the reference run stops here (--stop-at; same LR schedule); 0 = all steps")
@@ -394,7 +395,11 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.step_table:
         kernels = a.kernels if "," not in a.kernels else "triton"
-        step_table(Path(a.out) if a.out else common.out_dir(), a.step_table, a.model, kernels, a.timed_steps)
+        sizes = tuple(a.step_sizes.split(","))
+        if not sizes or any(z not in ("small", "large") for z in sizes):
+            p.error(f"--step-sizes: small and/or large, comma-separated; got {a.step_sizes!r}")
+        step_table(Path(a.out) if a.out else common.out_dir(), a.step_table, a.model, kernels, a.timed_steps,
+                   sizes=sizes)
         return 0
     if not a.validity:
         p.print_help()

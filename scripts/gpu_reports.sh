@@ -23,7 +23,8 @@
 #              STEP_KERNELS="triton auto" also runs each size with --kernels auto (the default path: the gate's
 #              choice per op, e.g. mamba-ssm's scan where it wins): $RUN/step_<size>_auto.jsonl.
 #              STEP_TABLE="ours peer" adds python -m bench.bench_train --step-table (eager vs graph, the fla ∥
-#              mamba-ssm peer model) ≤ STEP_TABLE_S = 300 each: $RUN/train_step.csv, $RUN/step_profile.csv.
+#              mamba-ssm peer model) ≤ STEP_TABLE_S = 300 each: $RUN/train_step.csv, $RUN/step_profile.csv;
+#              STEP_TABLE_SIZES=large: its large rows only (fla's autotuning at two sizes overran 300 s once).
 #   wkv6       scripts/gpu_wkv6.py --resources: compile report (registers, spills, shared memory), per-kernel GPU
 #              time and do_bench table of WKV6_ALGOS (default chunk_seq,chunk_par = the default chunk algorithm's
 #              two forward modes) at WKV6_SHAPES (default 0,4,5:
@@ -197,7 +198,8 @@ part_step() {
   done
   [ -z "${STEP_TABLE:-}" ] || [ "$SMOKE" = 0 ] || { skip_part step-table "STEP_TABLE needs CUDA"; return; }
   for who in ${STEP_TABLE:-}; do
-    run_part "step-table-$who" "${STEP_TABLE_S:-300}" $PY -m bench.bench_train --step-table "$who" --out "$RUN"
+    run_part "step-table-$who" "${STEP_TABLE_S:-300}" $PY -m bench.bench_train --step-table "$who" --out "$RUN" \
+      --step-sizes "${STEP_TABLE_SIZES:-small,large}"
   done
 }
 
