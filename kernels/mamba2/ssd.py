@@ -571,12 +571,10 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
                 b_Pcs = tl.cumsum(b_K, 1) - b_K                                         # [t, j] Σ_{s<j} K_ts
                 b_da += tl.sum(tl.where(causal, b_Pcs, 0.), 0)                          # Σ_{t≥j}
                 b_da += tl.cumsum(b_vs, 0) - b_vs                                       # Σ_{s<j} Δ_s e_s x_s·U_s
-            else:   # the exclusive sums as inclusive ones read a row earlier (no "cumsum − own term")
-                o_prev = tl.maximum(o_t - 1, 0)                                         # row j − 1 (j > 0)
-                b_W = tl.sum(tl.where(o_t[:, None] > o_t[None, :], tl.cumsum(b_K, 1), 0.), 0)   # [j'] Σ_{t>j'}
-                b_da += tl.where(o_t > 0, tl.gather(b_W, o_prev, 0), 0.)               # Σ_{t≥j} Σ_{s<j} K_ts
-                b_vc = tl.cumsum(b_vs, 0)                                               # [s] Σ_{s'≤s}
-                b_da += tl.where(o_t > 0, tl.gather(b_vc, o_prev, 0), 0.)              # Σ_{s<j} Δ_s e_s x_s·U_s
+            else:   # the exclusive sums as inclusive ones read a row earlier (no "cumsum − own term"):
+                #     W_j' = Σ_{t>j'} Σ_{s≤j'} K_ts + Σ_{s≤j'} Δ_s e_s x_s·U_s, and da_j += W_{j−1} (0 at j = 0)
+                b_W = tl.sum(tl.where(o_t[:, None] > o_t[None, :], tl.cumsum(b_K, 1), 0.), 0) + tl.cumsum(b_vs, 0)
+                b_da += tl.where(o_t > 0, tl.gather(b_W, tl.maximum(o_t - 1, 0), 0), 0.)
             b_da = tl.where(m_t, b_da, 0.)
             acc_dA += b_d * b_da
             if DAX == 0:
