@@ -60,7 +60,7 @@ term instead — each term of da times its own exponent (≤ 0, from the split c
     A·dA = Σ_chunks [ exp(c_L)⟨S0, dS⟩ c_L + Σ_t eo_t c_t + Σ_s Δ_s e_s (x_s · U_s) r_s + Σ_{s≤t} K_ts g_ts ]
 
 (eo_t = exp(c_t)(dy_t · V_t), r_s = c_L − c_s, g_ts = c_t − c_s from c_hi and c_lo; per chunk an exponent tile g,
-four reductions to a scalar: 12 % more instructions in the reverse step than dax 1, see notes/mamba2.md).
+four reductions to a scalar: 13–17 % more instructions in the reverse step than dax 1, see notes/mamba2.md).
 ``TUNING["lean"]`` ≥ 1 takes the state term from dC's state part instead of the dot V:
 exp(c_t)(dy_t · V_t) = Σ_n C_tn (exp(c_t) dy_t S0)_n (one dot fewer a chunk; the same sums in another order).
 
