@@ -48,19 +48,19 @@ with K = C Bᵀ ⊙ L ⊙ R ⊙ Δ_s: da_j sums exactly the terms whose decay co
 chunk — an exclusive cumsum along s, no rowsum − colsum cancellation —, earlier state read here, state written
 here read later, state passing through). ddt = dΔ ⊙ softplus'(dt + dt_bias), ddt_bias = Σ ddt, dD = Σ dy ⊙ x,
 dA = Σ_j Δ_j da_j (summed per program as a [BT] vector over the chunks, reduced once at the end).
-The two exclusive sums (Σ_{s<j}) are the inclusive cumsums read one row earlier — Σ_{s<j≤t} K_ts =
-W_{j−1}, W_j' = Σ_{t>j'} Σ_{s≤j'} K_ts, and the written terms' cumsum at j − 1 (``tl.gather`` of a [BT] vector) —,
-not "inclusive cumsum − own term": that difference cancels where the own term (the diagonal and near pairs, L ≈ 1)
-outweighs the sum before it, and the rounding it leaves in every da_j adds coherently in Σ_j Δ_j da_j: dA was off
-by up to 5.5e-5 relative on draws with one head and strong decay, where autograd through the fp32 recurrence is
-~1e-6 (the same draws now ≤ 1.3e-6). ``TUNING["dax"]`` 0 (session 14's form, kept for timing) sums A·dA term by
-term instead — each term of da times its own exponent (≤ 0, from the split cumsum), divided by A at the end (A = 0:
-Σ Δ da), with the "cumsum − own term" da:
+The two exclusive sums (Σ_{s<j}) are the inclusive cumsums read one column / row earlier — Σ_{s<j} K_ts as the
+cumsum along s of K at column j − 1 (``tl.gather`` along the [BT, BT] tile's rows), the written terms' cumsum at
+row j − 1 —, not "inclusive cumsum − own term": that difference cancels where the own term (the diagonal and near
+pairs, L ≈ 1) outweighs the sum before it, and the rounding it leaves in every da_j adds coherently in
+Σ_j Δ_j da_j: dA was off by up to 5.5e-5 relative on draws with one head and strong decay, where autograd through
+the fp32 recurrence is ~1e-6 (the same draws now ≤ 1.3e-6). ``TUNING["dax"]`` 0 (session 14's form, kept for
+timing) sums A·dA term by term instead — each term of da times its own exponent (≤ 0, from the split cumsum),
+divided by A at the end (A = 0: Σ Δ da), with the "cumsum − own term" da:
 
     A·dA = Σ_chunks [ exp(c_L)⟨S0, dS⟩ c_L + Σ_t eo_t c_t + Σ_s Δ_s e_s (x_s · U_s) r_s + Σ_{s≤t} K_ts g_ts ]
 
 (eo_t = exp(c_t)(dy_t · V_t), r_s = c_L − c_s, g_ts = c_t − c_s from c_hi and c_lo; per chunk an exponent tile g,
-four reductions to a scalar: 13–17 % more instructions in the reverse step than dax 1, see notes/mamba2.md).
+four reductions to a scalar: 16–23 % more instructions in the reverse step than dax 1, see notes/mamba2.md).
 ``TUNING["lean"]`` ≥ 1 takes the state term from dC's state part instead of the dot V:
 exp(c_t)(dy_t · V_t) = Σ_n C_tn (exp(c_t) dy_t S0)_n (one dot fewer a chunk; the same sums in another order).
 
@@ -571,10 +571,11 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
                 b_Pcs = tl.cumsum(b_K, 1) - b_K                                         # [t, j] Σ_{s<j} K_ts
                 b_da += tl.sum(tl.where(causal, b_Pcs, 0.), 0)                          # Σ_{t≥j}
                 b_da += tl.cumsum(b_vs, 0) - b_vs                                       # Σ_{s<j} Δ_s e_s x_s·U_s
-            else:   # the exclusive sums as inclusive ones read a row earlier (no "cumsum − own term"):
-                #     W_j' = Σ_{t>j'} Σ_{s≤j'} K_ts + Σ_{s≤j'} Δ_s e_s x_s·U_s, and da_j += W_{j−1} (0 at j = 0)
-                b_W = tl.sum(tl.where(o_t[:, None] > o_t[None, :], tl.cumsum(b_K, 1), 0.), 0) + tl.cumsum(b_vs, 0)
-                b_da += tl.where(o_t > 0, tl.gather(b_W, tl.maximum(o_t - 1, 0), 0), 0.)
+            else:   # the exclusive sums as inclusive ones read a column / row earlier (no "cumsum − own term")
+                o_prev = tl.maximum(o_t - 1, 0)                                         # j − 1 (j > 0)
+                b_Pcs = tl.gather(tl.cumsum(b_K, 1), tl.broadcast_to(o_prev[None, :], (BT, BT)), 1)  # [t, j] Σ_{s<j}
+                b_da += tl.sum(tl.where(causal & (o_t > 0)[None, :], b_Pcs, 0.), 0)    # Σ_{t≥j}
+                b_da += tl.where(o_t > 0, tl.gather(tl.cumsum(b_vs, 0), o_prev, 0), 0.)   # Σ_{s<j} Δ_s e_s x_s·U_s
             b_da = tl.where(m_t, b_da, 0.)
             acc_dA += b_d * b_da
             if DAX == 0:
