@@ -419,6 +419,8 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     # LEAN 2: also every walk's inputs loaded one step ahead — the next chunk's x, B, C, dy tiles and dt rows in the
     # reverse walk, x, B, dt in the state re-walks — so their memory latency overlaps this step's work instead of
     # opening the next step (a few more registers: a [16, 64] bf16 tile is 4 a thread at 4 warps).
+    # DAX (``TUNING["dax"]``): the dA form — 1: Σ Δ_j da_j with da's exclusive sums as inclusive ones read a column /
+    # row earlier (tl.gather); 0: session 14's term-by-term A·dA (exponent tile, scalar reductions; see the docstring).
     i_bh, i_p = tl.program_id(0), tl.program_id(1)
     i_b, i_h, p_x, p_dt, p_B, p_C = _head_inputs(p_x, p_dt, p_B, p_C, i_bh, H, HG, sx_b, sx_h, sdt_b, sdt_h, sb_b,
                                                  sb_g, sc_b, sc_g)
