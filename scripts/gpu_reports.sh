@@ -21,8 +21,8 @@
 #              summary line (tok/s, ms/step, peak, busy %, launches) and GPU time per step by op; STEP_STEPS =
 #              100 steps each, ≤ STEP_SMALL_S = 150 and STEP_LARGE_S = 240; $RUN/step_<size>.jsonl.
 #              STEP_KERNELS="triton auto" also runs each size with --kernels auto (the default path: the gate's
-#              choice per op, e.g. mamba-ssm's scan where it wins): $RUN/step_<size>_auto.jsonl; none: no
-#              train.py runs (STEP_TABLE's rows alone).
+#              choice per op, e.g. mamba-ssm's scan where it wins): $RUN/step_<size>_auto.jsonl; an entry
+#              kernels:size runs one size ("triton auto:large"); none: no train.py runs (STEP_TABLE's rows alone).
 #              STEP_TABLE="ours peer" adds python -m bench.bench_train --step-table (eager vs graph, the fla ∥
 #              mamba-ssm peer model) ≤ STEP_TABLE_S = 300 each: $RUN/train_step.csv, $RUN/step_profile.csv;
 #              STEP_TABLE_SIZES=large: its large rows only (fla's autotuning at two sizes overran 300 s once).
@@ -183,9 +183,11 @@ part_first-use() {
 
 part_step() {
   local size shape cap kern tag steps=${STEP_STEPS:-100}
-  for kern in ${STEP_KERNELS:-triton}; do
-  [ "$kern" = none ] && break       # STEP_KERNELS=none: the step table alone
-  for size in small large; do
+  local entry sizes
+  for entry in ${STEP_KERNELS:-triton}; do
+  [ "$entry" = none ] && break       # STEP_KERNELS=none: the step table alone
+  kern=${entry%%:*}; sizes="small large"; [ "$entry" = "$kern" ] || sizes=${entry#*:}   # auto:large = large only
+  for size in $sizes; do
     tag=$size; [ "$kern" = triton ] || tag=${size}_$kern     # step_small.jsonl (triton), step_large_auto.jsonl, ...
     if [ "$SMOKE" = 1 ]; then   # the interpreter runs a training step in ~20 s: the references, tiny model
       shape=(--kernels reference --steps 3 --batch-size 2 --seq-len 16 --eval-interval 3 --eval-iters 1 "${TINY[@]}")
