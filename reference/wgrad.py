@@ -7,7 +7,9 @@ The training step's dW = dYᵀ X of every projection (fused/projections.py) and 
 (kernels/lowrank). ``a`` and ``b`` share one dtype (fp16, bf16, fp32 or fp64); strided views are accepted (a column
 slice of a wider matrix). The product is computed in the inputs' dtype with autocast off (fp32 accumulation inside
 cuBLAS for fp16/bf16) and returned, or written into ``out`` ([M, N] / [G, M, N], any float dtype, e.g. a row block
-of a larger gradient buffer; copied with one rounding when its dtype differs) and ``out`` returned.
+of a larger gradient buffer; copied with one rounding when its dtype differs) and ``out`` returned. A backward-only
+op: no autograd through it (the inputs are read detached; the step calls it inside backwards, where the saved
+activations may still say ``requires_grad``).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ def wgrad(a, b, out=None):
     """aᵀ b reduced over the rows ([R, M], [R, N] → [M, N]; batched [G, R, ·] → [G, M, N]), in the inputs' dtype
     or written into ``out`` (module docstring)."""
     check_args(a, b, out)
+    a, b = a.detach(), b.detach()
     with torch.autocast(a.device.type, enabled=False):
         mm = torch.mm if a.dim() == 2 else torch.bmm
         at = a.transpose(-1, -2)
