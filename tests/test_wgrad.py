@@ -155,3 +155,16 @@ def test_model_gradients_through_the_kernel():
     assert torch.equal(l1, l2) and len(calls) == 11
     for n in g1:
         assert rel_err(g2[n], g1[n].double()) <= bound_for(torch.float32), n
+
+
+def test_the_gate_measures_the_steps_call():
+    """The qualification's row of one step call (b a saved activation that still says requires_grad; the op has
+    no backward: its step is the call alone): timed, and its error vs float64 within the fp32 bound."""
+    from groundthink import gate
+    from groundthink.calls import Call
+    from groundthink.spec import get
+    spec = get("wgrad")
+    call = Call("wgrad", (40, 24, 16, 0), (("b", "grad", "True"),))
+    row = gate.measure(spec, "triton", wgrad, call, "cpu")
+    assert row["ms"] is not None and row["note"] == "", row["note"]
+    assert row["errors"] and max(row["errors"].values()) <= bound_for(torch.float32), row["errors"]

@@ -52,15 +52,15 @@ TUNING = {"small": (64, 64, 64, 4), "big": (128, 128, 64, 8), "big_at": 256 * 51
 
 
 @triton.jit
-def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, GS, NG,
+def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, split, GS, NG,
                   s_ag, s_ar, s_am, s_bg, s_br, s_bn, s_cg, s_cm, s_cn,
-                  SPLIT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
+                  ONE: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
                   BP: tl.constexpr, BC: tl.constexpr):
     # p_a: [G, R, M] (strides s_ag, s_ar, s_am); p_b: [G, R, N] (s_bg, s_br, s_bn); p_c: [G, M, N] out (s_cg, s_cm,
-    # s_cn), C = aᵀ b per batch; p_part: [G·tiles, SPLIT, BM·BN] fp32 workspace (SPLIT > 1) else None; p_count: the
+    # s_cn), C = aᵀ b per batch; p_part: [G·tiles, split, BM·BN] fp32 workspace (split > 1) else None; p_count: the
     # arrival counters (kernels._colsum.counters: (1 + NG) per tile) or None; R, M, N: the sizes; RS: rows per split
-    # (a multiple of BR); n_tn: tiles along N; tiles: tiles per batch; GS, NG: the arrival tree (_colsum.tree(SPLIT));
-    # SPLIT: programs per tile along the rows; PREC: the dots' input precision; BM, BN: C's tile; BR: rows per dot;
+    # (a multiple of BR); n_tn: tiles along N; tiles: tiles per batch; split: programs per tile along the rows (the
+    # grid's first axis); GS, NG: the arrival tree (_colsum.tree(split)); ONE: split == 1 (C stored directly); PREC: the dots' input precision; BM, BN: C's tile; BR: rows per dot;
     # BP, BC: rows and columns per step of the partial sums (_colsum.finish_columns)
     i_s, i_t = tl.program_id(0), tl.program_id(1)
     i_g = i_t // tiles
@@ -83,14 +83,14 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, GS, 
     p_cg = p_c + i_g.to(tl.int64) * s_cg
     p_ct = p_cg + o_m[:, None] * s_cm + o_n[None, :] * s_cn
     m_c = m_m[:, None] & m_n[None, :]
-    if SPLIT == 1:
+    if ONE:
         tl.store(p_ct, b_acc.to(p_c.dtype.element_ty), mask=m_c)
     else:
         W: tl.constexpr = BM * BN
         o_w = tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
-        p_tile = p_part + i_t.to(tl.int64) * SPLIT * W          # this tile's SPLIT partial rows
+        p_tile = p_part + i_t.to(tl.int64) * split * W          # this tile's split partial rows
         tl.store(p_tile + i_s * W + o_w, b_acc)
-        if arrive_tree(p_tile, W, p_count, i_s, SPLIT, GS, NG, 0, W, 1, 0, BP, BC):
+        if arrive_tree(p_tile, W, p_count, i_s, split, GS, NG, 0, W, 1, 0, BP, BC):
             b_sum = tl.zeros([BM, BN], dtype=tl.float32)
             for i in range(0, NG):                               # the groups' sums, in index order
                 b_sum += tl.load(p_tile + i * GS * W + o_w, cache_modifier=".cg")
@@ -149,7 +149,7 @@ def wgrad(a, b, out=None):
         part = new_empty((G * tiles, split, BM * BN), torch.float32, a.device)
         count = counters(a.device, G * tiles, NG)
     _wgrad_kernel[(split, G * tiles)](
-        a3, b3, c3, part, count, R, M, N, rs, n_tn, tiles, GS, NG, *a3.stride(), *b3.stride(), *c3.stride(),
-        SPLIT=split, PREC="ieee" if a.dtype == torch.float32 else "tf32", BM=BM, BN=BN, BR=BR,
+        a3, b3, c3, part, count, R, M, N, rs, n_tn, tiles, split, GS, NG, *a3.stride(), *b3.stride(), *c3.stride(),
+        ONE=split == 1, PREC="ieee" if a.dtype == torch.float32 else "tf32", BM=BM, BN=BN, BR=BR,
         BP=finish_rows(BC), BC=BC, num_warps=warps, num_stages=TUNING["stages"])
     return c
