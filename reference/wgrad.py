@@ -13,6 +13,8 @@ activations may still say ``requires_grad``).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -42,7 +44,8 @@ def wgrad(a, b, out=None):
     or written into ``out`` (module docstring)."""
     check_args(a, b, out)
     a, b = a.detach(), b.detach()
-    with torch.autocast(a.device.type, enabled=False):
+    amp = a.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(a.device.type)
+    with torch.autocast(a.device.type, enabled=False) if amp else contextlib.nullcontext():   # (meta: no autocast)
         mm = torch.mm if a.dim() == 2 else torch.bmm
         at = a.transpose(-1, -2)
         if out is None:
