@@ -86,6 +86,14 @@ def test_deterministic_and_counters_reset(tiny_tiles):
     assert int(buf.abs().sum()) == 0                    # every arrival counter back at zero
 
 
+def test_shape_rule_hands_big_outputs_to_torch_mm(monkeypatch):
+    a, b = _pair(30, 12, 10)
+    assert K._use_kernel(a, b)
+    monkeypatch.setitem(K.TUNING, "cublas_at", 120)
+    assert not K._use_kernel(a, b)
+    torch.testing.assert_close(wgrad(a, b), a.t() @ b, rtol=0, atol=0)
+
+
 def test_edge_sizes_and_float64():
     a, b = _pair(0, 5, 7)
     assert torch.equal(wgrad(a, b, out=torch.full((5, 7), float("nan"))), torch.zeros(5, 7))
@@ -109,11 +117,13 @@ def test_bad_input_is_one_line(args, match):
 # ------------------------------------------------------------------------------------------- GPU only
 
 @pytest.mark.gpu
-def test_models_shapes_bf16_and_cuda_graph():
-    """bf16 at every benchmark shape (the models' dW) vs float64 within the bf16 bound; then one call captured in a
+def test_models_shapes_bf16_and_cuda_graph(monkeypatch):
+    """bf16 at every benchmark shape (the models' dW; the kernel, the cuBLAS shape rule off) vs float64 within the
+    bf16 bound; then one call captured in a
     CUDA graph and replayed twice on new inputs: equal to the eager call, bit for bit."""
     from groundthink.spec import get
     spec = get("wgrad")
+    monkeypatch.setitem(K.TUNING, "cublas_at", 1 << 62)
     for shp in spec.bench.shapes():
         kw = spec.bench.make_inputs(*spec.bench.err_shape(*shp), False, dtype=torch.bfloat16, device="cuda")
         c = wgrad(**kw)

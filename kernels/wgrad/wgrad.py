@@ -20,8 +20,10 @@ arrives last (bit-identical run to run). One launch, no second reduce kernel, no
 Tiles and split (``_plan``, ``TUNING``): [BM, BN] = "small" tiles (64 × 64, 4 warps) unless the output has at least
 ``big_at`` elements (128 × 128, 8 warps); the tiles shrink to a power of two ≥ 16 for narrow outputs. SPLIT fills the
 GPU ``waves`` times over (G · tiles · SPLIT ≈ waves × SMs), with at least ``min_rows`` rows per program.
-Shape rule: an output of ``cublas_at`` elements or more (G · M · N; none of the models') goes to torch.mm (cuBLAS then
-has tiles enough for every SM and no split); so do float64 inputs (the oracle's dtype; the kernel's dots are fp32 at
+Shape rule: an output of ``cublas_at`` elements or more (G · M · N ≥ 512 · 1024: the large model's in_proj, out_proj
+and FFN dW, 1024 × 512 … 2048 × 512) goes to torch.mm — untimed guess: there the GEMM's tensor-core time (~20–60 µs)
+dwarfs the reduce launch it saves, and cuBLAS's Hopper kernels beat a Triton tile; the GPU sweep
+(scripts/gpu_wgrad.py, every configuration with the rule off) decides the threshold; so do float64 inputs (the oracle's dtype; the kernel's dots are fp32 at
 best) and calls under a tracer (torch.compile), where the product is an ordinary mm.
 
 Layouts: any strides (a column slice of a wider matrix, h's column groups as a strided [G, R, M] view): every
@@ -48,7 +50,7 @@ __all__ = ["wgrad"]
 # warps); big tiles from big_at output elements on; SPLIT so that G·tiles·SPLIT ≈ waves × SMs, ≥ min_rows rows each;
 # stages: the software pipeline depth of the row loop; outputs of cublas_at elements or more go to torch.mm
 TUNING = {"small": (64, 64, 64, 4), "big": (128, 128, 64, 8), "big_at": 256 * 512, "waves": 2, "min_rows": 256,
-          "stages": 3, "cublas_at": 1 << 21}
+          "stages": 3, "cublas_at": 512 * 1024}
 
 
 @triton.jit
