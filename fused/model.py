@@ -151,7 +151,7 @@ class HybridLM(nn.Module):
         return [None if blk.mamba is None else next(got) for blk in self.blocks]
 
     def _run(self, idx, state=None, probes=None):
-        h = embedding(idx, self.emb.weight)
+        h = embedding(idx, self.emb.weight, getattr(self.ops, "wgrad", None))    # dW: one ops.wgrad GEMM
         y = rms_norm(h, self.norm0, self.config.norm_eps)
         amp = autocast_dtype(y.device.type)
         if amp is not None:

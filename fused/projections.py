@@ -27,14 +27,15 @@ gradients (issue 10: at the large model autograd's concatenations cost ~1.1 ms o
         idx [...] int64, weight [V, D] → weight[idx] [..., D] (F.embedding). Backward: dW = onehot(idx)ᵀ dh, ONE
         GEMM [V, N]·[N, D] (N = idx.numel()) after one comparison kernel writing the one-hot [N, V] in dh's dtype.
         torch's CUDA embedding backward sorts the N indices instead (a 64-bit radix sort: 8 passes, then ~10
-        segment kernels, a zero fill: ~20 launches a step); ``GROUNDTHINK_EMB_GEMM=0`` restores it.
+        segment kernels, a zero fill: ~20 launches a step); ``GROUNDTHINK_EMB_GEMM=0`` restores it. ``wgrad``: the
+        GEMM as ``wgrad(onehot, dh, out=)`` (``ops.wgrad``: one launch; None: torch.mm).
 
 Numerics: every GEMM accumulates in fp32 and rounds once into its output's dtype; linear_pieces' dx rounds after
 each GEMM of its chain (bf16 under autocast: one rounding per group, as autograd rounds when it adds the
 gradients of a tensor used several times); fp64 inputs give fp64 results equal to autograd's (tests/test_model.py).
 Pieces whose gradient is None (unused) cost nothing in a group of their own (their dW rows are zeroed) and read
 cached zeros in a shared group. CUDA-graph safe: no host syncs, every allocation's size fixed by the shapes.
-The embedding gradient's GEMM runs in dh's dtype at the process's fp32 matmul precision (train.py on a GPU: TF32,
+The embedding gradient's GEMM (torch.mm or ops.wgrad alike) runs in dh's dtype at the process's fp32 matmul precision (train.py on a GPU: TF32,
 dh rounded to 10 mantissa bits, sums in fp32; the sort path adds in fp32); the one-hot factor is exact; in
 float64 equal to autograd's up to summation order. Indices outside [0, V) are caught by the forward.
 """
@@ -242,9 +243,9 @@ class _Embedding(torch.autograd.Function):
     """idx [...] int64, weight [V, D] → weight[idx] [..., D]; backward one-hot GEMM (see ``embedding``)."""
 
     @staticmethod
-    def forward(ctx, idx, weight):
+    def forward(ctx, idx, weight, wgrad):
         ctx.save_for_backward(idx)
-        ctx.vocab = weight.shape[0]
+        ctx.vocab, ctx.wgrad = weight.shape[0], wgrad
         return F.embedding(idx, weight)
 
     @staticmethod
@@ -253,13 +254,15 @@ class _Embedding(torch.autograd.Function):
         dh = dh.reshape(-1, dh.shape[-1])
         onehot = dh.new_empty(dh.shape[0], ctx.vocab)                           # [N, V], every element written
         torch.eq(idx.reshape(-1, 1), _arange(ctx.vocab, dh.device), out=onehot)  # one kernel, cast included
+        if ctx.wgrad is not None:              # [V, D] in dh's dtype (autocast off inside), one launch
+            return None, ctx.wgrad(onehot, dh, out=dh.new_empty(ctx.vocab, dh.shape[1])), None
         if autocast_dtype(dh.device.type) is None:
-            return None, torch.mm(onehot.t(), dh)                               # [V, D]
+            return None, torch.mm(onehot.t(), dh), None                         # [V, D]
         with torch.autocast(dh.device.type, enabled=False):                    # in dh's dtype, not autocast's
-            return None, torch.mm(onehot.t(), dh)
+            return None, torch.mm(onehot.t(), dh), None
 
 
-def embedding(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def embedding(idx: torch.Tensor, weight: torch.Tensor, wgrad=None) -> torch.Tensor:
     """``F.embedding(idx, weight)`` whose weight gradient is one GEMM of a one-hot matrix (module docstring);
     torch's own backward with ``GROUNDTHINK_EMB_GEMM=0`` or where no weight gradient is needed."""
     if weight.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
@@ -267,7 +270,7 @@ def embedding(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
                          f"{tuple(weight.shape)}, indices {idx.dtype}")
     if not (weight.requires_grad and torch.is_grad_enabled()) or os.environ.get("GROUNDTHINK_EMB_GEMM") == "0":
         return F.embedding(idx, weight)
-    return _Embedding.apply(idx, weight)
+    return _Embedding.apply(idx, weight, wgrad)
 
 
 class _AdjacentStack(torch.autograd.Function):

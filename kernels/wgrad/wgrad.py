@@ -29,8 +29,10 @@ best) and calls under a tracer (torch.compile), where the product is an ordinary
 Layouts: any strides (a column slice of a wider matrix, h's column groups as a strided [G, R, M] view): every
 operand's pointer arithmetic takes its strides, Triton specialises unit strides. ``out`` any strides as well (a row
 block ``dw[a:b]`` of a larger buffer). int64 row offsets. Dtypes: a, b fp16 / bf16 (tensor-core dots, fp32
-accumulation) or fp32 ("ieee" dots: fp32-exact, tests and the CPU interpreter); C in the inputs' dtype, or ``out``'s
-(fp32 allowed: the fp32 sum is rounded once into it).
+accumulation) or fp32 at torch's fp32 matmul precision, as torch.mm (``torch.get_float32_matmul_precision()``
+"highest": "ieee" dots, fp32-exact — tests, the CPU interpreter; else TF32 dots — train.py on a GPU, where the
+embedding's one-hot GEMM reads the fp32 dh); C in the inputs' dtype, or ``out``'s (fp32 allowed: the fp32 sum is
+rounded once into it).
 """
 from __future__ import annotations
 
@@ -124,6 +126,12 @@ def _use_kernel(a, b) -> bool:
             and G * a.shape[-1] * b.shape[-1] < TUNING["cublas_at"])
 
 
+def _prec(dtype) -> str:
+    """The dots' input precision: fp32 inputs as torch.mm treats them (module docstring)."""
+    exact = dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest"
+    return "ieee" if exact else "tf32"
+
+
 def wgrad(a, b, out=None):
     """C = aᵀ b: a [R, M], b [R, N] → [M, N] (batched a [G, R, M], b [G, R, N] → [G, M, N]), in the inputs' dtype or
     written into ``out`` and returned. One launch; see the module docstring."""
@@ -152,6 +160,6 @@ def wgrad(a, b, out=None):
         count = counters(a.device, G * tiles, NG)
     _wgrad_kernel[(split, G * tiles)](
         a3, b3, c3, part, count, R, M, N, rs, n_tn, tiles, split, GS, NG, *a3.stride(), *b3.stride(), *c3.stride(),
-        ONE=split == 1, PREC="ieee" if a.dtype == torch.float32 else "tf32", BM=BM, BN=BN, BR=BR,
+        ONE=split == 1, PREC=_prec(a.dtype), BM=BM, BN=BN, BR=BR,
         BP=finish_rows(BC), BC=BC, num_warps=warps, num_stages=TUNING["stages"])
     return c
