@@ -50,6 +50,7 @@ cases = [
  (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=False, PREC="tf32", BM=64, BN=64, BR=64, BP=4, BC=1024)),
  (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=True, PREC="tf32", BM=16, BN=64, BR=64, BP=4, BC=1024)),
  (WG._wgrad_kernel, {"p_a": "*fp32", "p_b": "*fp32", "p_c": "*fp32", "p_part": "*fp32"}, dict(ONE=False, PREC="ieee", BM=32, BN=64, BR=32, BP=4, BC=1024)),
+ (WG._wgrad_kernel, {"p_a": "*fp32", "p_b": "*fp32", "p_c": "*fp32", "p_part": "*fp32"}, dict(ONE=False, PREC="tf32x3", BM=64, BN=64, BR=64, BP=4, BC=1024)),
 ]
 def usage(cubin):
     """'regs=R spill=S' of a compiled kernel (cuobjdump --dump-resource-usage), '' without cuobjdump."""

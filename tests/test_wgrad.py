@@ -179,3 +179,19 @@ def test_the_gate_measures_the_steps_call():
     row = gate.measure(spec, "triton", wgrad, call, "cpu")
     assert row["ms"] is not None and row["note"] == "", row["note"]
     assert row["errors"] and max(row["errors"].values()) <= bound_for(torch.float32), row["errors"]
+
+
+@pytest.mark.gpu
+def test_fp32_at_train_precision():
+    """train.py's fp32 calls (the embedding's one-hot GEMM over the fp32 dh) under its "high" matmul precision:
+    tf32x3 dots, within the fp32 bound vs float64 (what the gate checks)."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        a = (torch.rand(16384, 97, generator=g, device="cuda") < 0.01).float()
+        b = torch.randn(16384, 128, generator=g, device="cuda")
+        assert K._prec(a.dtype) == "tf32x3"
+        assert rel_err(wgrad(a, b), ref(a.double(), b.double())) <= bound_for(torch.float32)
+    finally:
+        torch.set_float32_matmul_precision(old)

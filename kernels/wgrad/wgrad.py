@@ -29,9 +29,10 @@ best) and calls under a tracer (torch.compile), where the product is an ordinary
 Layouts: any strides (a column slice of a wider matrix, h's column groups as a strided [G, R, M] view): every
 operand's pointer arithmetic takes its strides, Triton specialises unit strides. ``out`` any strides as well (a row
 block ``dw[a:b]`` of a larger buffer). int64 row offsets. Dtypes: a, b fp16 / bf16 (tensor-core dots, fp32
-accumulation) or fp32 at torch's fp32 matmul precision, as torch.mm (``torch.get_float32_matmul_precision()``
-"highest": "ieee" dots, fp32-exact — tests, the CPU interpreter; else TF32 dots — train.py on a GPU, where the
-embedding's one-hot GEMM reads the fp32 dh); C in the inputs' dtype, or ``out``'s (fp32 allowed: the fp32 sum is
+accumulation) or fp32: "ieee" dots (fp32-exact, FMA) at ``torch.get_float32_matmul_precision()`` "highest" (tests,
+the CPU interpreter), else "tf32x3" (three TF32 tensor-core products: fp32-level error — the gate checks fp32 calls
+against the fp32 bound — at a fraction of FMA's time; train.py on a GPU sets "high", and the embedding's one-hot
+GEMM reads the fp32 dh); C in the inputs' dtype, or ``out``'s (fp32 allowed: the fp32 sum is
 rounded once into it).
 """
 from __future__ import annotations
@@ -127,9 +128,10 @@ def _use_kernel(a, b) -> bool:
 
 
 def _prec(dtype) -> str:
-    """The dots' input precision: fp32 inputs as torch.mm treats them (module docstring)."""
-    exact = dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest"
-    return "ieee" if exact else "tf32"
+    """The dots' input precision (module docstring; fp16 / bf16 dots ignore it)."""
+    if dtype != torch.float32:
+        return "tf32"
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32x3"
 
 
 def wgrad(a, b, out=None):
