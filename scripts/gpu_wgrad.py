@@ -4,6 +4,7 @@ tokens, small D128 and large D512), bf16, kernels per call, one table last.
 
     python3 scripts/gpu_wgrad.py              # GPU: the configurations of DEFAULT (TUNING overrides, CONFIGS)
     WGRAD_CONFIGS=auto,t64w2s4 python3 ...    # others of CONFIGS
+    WGRAD_BUDGET_S=80 (default)               # no new shape after that many seconds: the table still prints
 
 Every configuration runs the kernel (the cuBLAS shape rule off: ``cublas_at`` = ∞) and is checked against float64 at
 the spec's error shape first (a wrong one is reported, not timed). "auto" is TUNING as committed; the "best" column is
@@ -14,6 +15,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import time
 
 import torch
 
@@ -57,8 +59,11 @@ def main() -> None:
     names = os.environ.get("WGRAD_CONFIGS", DEFAULT).split(",")
     base = dict(WG.TUNING)
     shapes = spec.bench.shapes() if cuda else spec.bench.cpu_shapes
-    rows = []
+    rows, t0, budget = [], time.time(), float(os.environ.get("WGRAD_BUDGET_S", "80"))
     for shp in shapes:
+        if time.time() - t0 > budget:
+            print(f"budget of {budget:.0f} s spent: {spec.bench.shape_str(*shp)} and later shapes not run", flush=True)
+            break
         name = spec.bench.shape_str(*shp)
         kw = spec.bench.make_inputs(*shp, False, dtype=dtype, device=dev)
         err_kw = spec.bench.make_inputs(*spec.bench.err_shape(*shp), False, dtype=dtype, device=dev)
