@@ -65,25 +65,25 @@ class HybridBlock(nn.Module):
         proj = gproj = None
         y_t = y
         if self.tee:                                     # the y-gradient add folded (opt-in)
-            *proj, gproj, y_t = self._in_and_gate_proj(y, tee=True)
+            *proj, gproj, y_t = self._in_and_gate_proj(y, ops, tee=True)
         if self.tmix is not None:
             a, st_a = self.tmix(y_t, ops, None if state is None else state["rwkv"])
         if self.fold_gate and proj is None:
-            *proj, gproj = self._in_and_gate_proj(y)
+            *proj, gproj = self._in_and_gate_proj(y, ops)
         if self.mamba is not None:
             xin = y + a if self.sequential else y
             b, st_b = self.mamba(xin, ops, None if state is None else state["mamba"], A=A, proj=proj)
         h, y2, gate = self.fusion(h, a, b, y, ops, self.norm1, self.cfg, probes is not None, proj=gproj)
         if probes is not None:
             probes.append((gate, None if a is None else a.detach(), None if b is None else b.detach()))
-        f = self.ffn(y2)
+        f = self.ffn(y2, ops)
         h, y3 = ops.gate_norm_residual(h, f, weight=self.norm2.weight, bias=self.norm2.bias, mode="add",
                                        norm=self.cfg.norm, eps=self.cfg.norm_eps,
                                        residual_fp32=self.cfg.residual_fp32)
         new_state = None if state is None else {"rwkv": st_a, "mamba": st_b}
         return h, y3, new_state
 
-    def _in_and_gate_proj(self, y, tee: bool = False):
+    def _in_and_gate_proj(self, y, ops, tee: bool = False):
         """(z, xBC, dt, gate product) = y [W_in; W_gate]ᵀ split: ONE GEMM for Mamba's in_proj and the gate
         projection (without its bias), instead of a GEMM and a gemv (row gate) or two GEMMs (HGF), and one
         y-gradient add fewer in the backward (``fused.projections.linear_pieces``: zero rows pad the product to a
@@ -94,7 +94,7 @@ class HybridBlock(nn.Module):
         (``linear_pieces(tee=True)``), one autograd add of y's gradients fewer per layer."""
         w_in, w_g = self.mamba.in_proj.weight, self.fusion.gate_proj.weight
         ws, sizes = [w_in, w_g], self.mamba.split_sizes() + [w_g.shape[0]]
-        return linear_pieces(y, ws, sizes, tee=tee)
+        return linear_pieces(y, ws, sizes, tee=tee, wgrad=getattr(ops, "wgrad", None))    # dW by ops.wgrad
 
 
 class HybridLM(nn.Module):
@@ -151,7 +151,7 @@ class HybridLM(nn.Module):
         return [None if blk.mamba is None else next(got) for blk in self.blocks]
 
     def _run(self, idx, state=None, probes=None):
-        h = embedding(idx, self.emb.weight)
+        h = embedding(idx, self.emb.weight, getattr(self.ops, "wgrad", None))    # dW: one ops.wgrad GEMM
         y = rms_norm(h, self.norm0, self.config.norm_eps)
         amp = autocast_dtype(y.device.type)
         if amp is not None:

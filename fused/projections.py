@@ -13,11 +13,12 @@ gradients (issue 10: at the large model autograd's concatenations cost ~1.1 ms o
             dx = Σ_groups dP_group W_group        (mm, then addmm with beta = 1 into the same buffer)
         ``tee=True`` also returns x (a view) for the caller's other consumers; their gradient d_t is the first dx
         GEMM's C operand (dx = d_t + dP_0 W_0, addmm) instead of an autograd add of two gradients of x.
+        ``wgrad``: the dW GEMM (the registry's ``ops.wgrad``: ``wgrad(a, b, out=)`` = aᵀ b; None: torch.mm).
     outs = stacked_proj(xs, w)
         xs [G, M, K], w [G, K, N] → G products xs_i w_i [M, N] (views of one bmm's [G, M, N]). Backward: for each
         i, dxs[i] = dY_i w_iᵀ and dw[i] = xs_iᵀ dY_i, 2·G GEMMs into slices of a [G, M, K] and a [G, K, N]
         buffer (autograd's unbind backward stacks the G gradients into [G, M, N] first: at large 64 MB read and
-        written per layer).
+        written per layer); the dw GEMMs by ``wgrad`` as in linear_pieces.
     s = stack(ts)
         torch.stack(ts) as a VIEW when the ts are equal contiguous tensors laid end to end in one storage (the
         training step's flat parameters: RWKV's five maa vectors), with a backward that hands each t its row of
@@ -26,14 +27,15 @@ gradients (issue 10: at the large model autograd's concatenations cost ~1.1 ms o
         idx [...] int64, weight [V, D] → weight[idx] [..., D] (F.embedding). Backward: dW = onehot(idx)ᵀ dh, ONE
         GEMM [V, N]·[N, D] (N = idx.numel()) after one comparison kernel writing the one-hot [N, V] in dh's dtype.
         torch's CUDA embedding backward sorts the N indices instead (a 64-bit radix sort: 8 passes, then ~10
-        segment kernels, a zero fill: ~20 launches a step); ``GROUNDTHINK_EMB_GEMM=0`` restores it.
+        segment kernels, a zero fill: ~20 launches a step); ``GROUNDTHINK_EMB_GEMM=0`` restores it. ``wgrad``: the
+        GEMM as ``wgrad(onehot, dh, out=)`` (``ops.wgrad``: one launch; None: torch.mm).
 
 Numerics: every GEMM accumulates in fp32 and rounds once into its output's dtype; linear_pieces' dx rounds after
 each GEMM of its chain (bf16 under autocast: one rounding per group, as autograd rounds when it adds the
 gradients of a tensor used several times); fp64 inputs give fp64 results equal to autograd's (tests/test_model.py).
 Pieces whose gradient is None (unused) cost nothing in a group of their own (their dW rows are zeroed) and read
 cached zeros in a shared group. CUDA-graph safe: no host syncs, every allocation's size fixed by the shapes.
-The embedding gradient's GEMM runs in dh's dtype at the process's fp32 matmul precision (train.py on a GPU: TF32,
+The embedding gradient's GEMM (torch.mm or ops.wgrad alike) runs in dh's dtype at the process's fp32 matmul precision (train.py on a GPU: TF32,
 dh rounded to 10 mantissa bits, sums in fp32; the sort path adds in fp32); the one-hot factor is exact; in
 float64 equal to autograd's up to summation order. Indices outside [0, V) are caught by the forward.
 """
@@ -95,11 +97,20 @@ def _groups(sizes: list[int], n8: int) -> list[tuple[int, int, list[int]]]:
     return out
 
 
+def _dw(wgrad, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    """out = aᵀ b, a weight gradient: by ``wgrad`` (``ops.wgrad``: one launch, no split-K reduce kernel) or, when
+    None, torch.mm (cuBLAS)."""
+    if wgrad is None:
+        torch.mm(a.t(), b, out=out)
+    else:
+        wgrad(a, b, out=out)
+
+
 class _LinearPieces(torch.autograd.Function):
     """x [M, K], weights [n_j, K] → the pieces of x [W; 0]ᵀ (see ``linear_pieces``)."""
 
     @staticmethod
-    def forward(ctx, x, sizes, tee, *weights):
+    def forward(ctx, x, sizes, tee, wgrad, *weights):
         n = sum(w.shape[0] for w in weights)
         n8 = -(-n // 8) * 8
         if n8 > n:
@@ -112,13 +123,13 @@ class _LinearPieces(torch.autograd.Function):
         ctx.rows = list(accumulate((w.shape[0] for w in weights), initial=0))
         ctx.set_materialize_grads(False)
         bounds = list(accumulate(sizes, initial=0))
-        ctx.tee = tee
+        ctx.tee, ctx.wgrad = tee, wgrad
         return tuple(p[:, a:b] for a, b in zip(bounds, bounds[1:])) + ((x.view_as(x),) if tee else ())
 
     @staticmethod
     def backward(ctx, *grads):
         x, w8 = ctx.saved_tensors
-        need_x, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[3:])
+        need_x, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[4:])
         if ctx.tee:
             *grads, d_tee = grads
         else:
@@ -132,16 +143,16 @@ class _LinearPieces(torch.autograd.Function):
                     dw[a:b].zero_()
                 continue
             if need_w:
-                torch.mm(g.t(), x, out=dw[a:b])
+                _dw(ctx.wgrad, g, x, dw[a:b])
             if need_x and dx is None:      # the tee's gradient enters as the first GEMM's C operand (no add)
                 dx = torch.mm(g, w8[a:b]) if d_tee is None else torch.addmm(d_tee, g, w8[a:b])
             elif need_x:
                 dx.addmm_(g, w8[a:b])
         if need_x and dx is None:   # every piece's gradient None: reached (a Function downstream returned None)
             dx = torch.zeros_like(x) if d_tee is None else d_tee
-        dws = [dw[a:b] if need_w and ctx.needs_input_grad[3 + j] else None
+        dws = [dw[a:b] if need_w and ctx.needs_input_grad[4 + j] else None
                for j, (a, b) in enumerate(zip(ctx.rows, ctx.rows[1:]))]
-        return (dx, None, None, *dws)
+        return (dx, None, None, None, *dws)
 
 
 def _group_grad(grads, members, sizes, x, width):
@@ -163,14 +174,15 @@ def _group_grad(grads, members, sizes, x, width):
 
 
 def linear_pieces(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int],
-                  tee: bool = False) -> tuple[torch.Tensor, ...]:
+                  tee: bool = False, wgrad=None) -> tuple[torch.Tensor, ...]:
     """The pieces (widths ``sizes``, along the last dimension) of x Wᵀ with W the row concatenation of
     ``weights`` (each [n_j, K]; no bias): ONE GEMM forward, and a backward that reads each piece's gradient where
     it lies (module docstring). Under autocast x and the weights are cast first (as F.linear would: the
     weights' casts stay the only ops reading them, so the training step keeps them in its bf16 copy).
     ``tee``: also return x itself (a view, last) for the caller's other consumers of x; its gradient is added by
     the backward's first dx GEMM (``addmm`` with it as C: one rounding) instead of by an autograd add. When the
-    cast would change x's dtype, the returned x is the uncast one (no fold: autograd adds as without ``tee``)."""
+    cast would change x's dtype, the returned x is the uncast one (no fold: autograd adds as without ``tee``).
+    ``wgrad``: the weight gradients' GEMM ``wgrad(a, b, out=)`` = aᵀ b (``ops.wgrad``); None: torch.mm."""
     k = x.shape[-1]
     if any(w.dim() != 2 or w.shape[1] != k for w in weights) or sum(w.shape[0] for w in weights) != sum(sizes):
         raise ValueError(f"linear_pieces: weights must be [n_j, {k}] with Σ n_j = Σ sizes = {sum(sizes)}; got "
@@ -181,7 +193,7 @@ def linear_pieces(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int]
         x, weights = x.to(amp), [w.to(amp) for w in weights]
     fold = tee and x.dtype == x0.dtype
     lead = x.shape[:-1]
-    outs = _LinearPieces.apply(x.reshape(-1, k), list(sizes), fold, *weights)
+    outs = _LinearPieces.apply(x.reshape(-1, k), list(sizes), fold, wgrad, *weights)
     outs = tuple(p.view(*lead, p.shape[-1]) for p in outs)
     return outs + ((x0,) if tee and not fold else ())
 
@@ -190,8 +202,9 @@ class _StackedProj(torch.autograd.Function):
     """xs [G, M, K], w [G, K, N] → the G products xs_i w_i [M, N] (see ``stacked_proj``)."""
 
     @staticmethod
-    def forward(ctx, xs, w):
+    def forward(ctx, xs, w, wgrad):
         ctx.save_for_backward(xs, w)
+        ctx.wgrad = wgrad
         ctx.set_materialize_grads(False)
         return torch.bmm(xs, w).unbind(0)
 
@@ -209,30 +222,30 @@ class _StackedProj(torch.autograd.Function):
                 if dxs is not None:
                     torch.mm(g, w[i].t(), out=dxs[i])
                 if dw is not None:
-                    torch.mm(xs[i].t(), g, out=dw[i])
-        return dxs, dw
+                    _dw(ctx.wgrad, xs[i], g, dw[i])
+        return dxs, dw, None
 
 
-def stacked_proj(xs: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def stacked_proj(xs: torch.Tensor, w: torch.Tensor, wgrad=None) -> tuple[torch.Tensor, ...]:
     """The G products xs[i] @ w[i] (xs [G, M, K], w [G, K, N]) as G tensors [M, N]: one bmm forward, a backward
     of per-slice GEMMs that never stacks the G gradients (module docstring). Under autocast both are cast first
-    (as bmm would)."""
+    (as bmm would). ``wgrad``: the dw GEMMs (``ops.wgrad``; None: torch.mm)."""
     if xs.dim() != 3 or w.dim() != 3 or xs.shape[0] != w.shape[0] or xs.shape[2] != w.shape[1]:
         raise ValueError(f"stacked_proj: xs [G, M, K] and w [G, K, N] expected; got {tuple(xs.shape)} and "
                          f"{tuple(w.shape)}")
     amp = autocast_dtype(xs.device.type)
     if amp is not None:
         xs, w = xs.to(amp), w.to(amp)
-    return _StackedProj.apply(xs, w)
+    return _StackedProj.apply(xs, w, wgrad)
 
 
 class _Embedding(torch.autograd.Function):
     """idx [...] int64, weight [V, D] → weight[idx] [..., D]; backward one-hot GEMM (see ``embedding``)."""
 
     @staticmethod
-    def forward(ctx, idx, weight):
+    def forward(ctx, idx, weight, wgrad):
         ctx.save_for_backward(idx)
-        ctx.vocab = weight.shape[0]
+        ctx.vocab, ctx.wgrad = weight.shape[0], wgrad
         return F.embedding(idx, weight)
 
     @staticmethod
@@ -241,13 +254,15 @@ class _Embedding(torch.autograd.Function):
         dh = dh.reshape(-1, dh.shape[-1])
         onehot = dh.new_empty(dh.shape[0], ctx.vocab)                           # [N, V], every element written
         torch.eq(idx.reshape(-1, 1), _arange(ctx.vocab, dh.device), out=onehot)  # one kernel, cast included
+        if ctx.wgrad is not None:              # [V, D] in dh's dtype (autocast off inside), one launch
+            return None, ctx.wgrad(onehot, dh, out=dh.new_empty(ctx.vocab, dh.shape[1])), None
         if autocast_dtype(dh.device.type) is None:
-            return None, torch.mm(onehot.t(), dh)                               # [V, D]
+            return None, torch.mm(onehot.t(), dh), None                         # [V, D]
         with torch.autocast(dh.device.type, enabled=False):                    # in dh's dtype, not autocast's
-            return None, torch.mm(onehot.t(), dh)
+            return None, torch.mm(onehot.t(), dh), None
 
 
-def embedding(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def embedding(idx: torch.Tensor, weight: torch.Tensor, wgrad=None) -> torch.Tensor:
     """``F.embedding(idx, weight)`` whose weight gradient is one GEMM of a one-hot matrix (module docstring);
     torch's own backward with ``GROUNDTHINK_EMB_GEMM=0`` or where no weight gradient is needed."""
     if weight.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
@@ -255,7 +270,7 @@ def embedding(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
                          f"{tuple(weight.shape)}, indices {idx.dtype}")
     if not (weight.requires_grad and torch.is_grad_enabled()) or os.environ.get("GROUNDTHINK_EMB_GEMM") == "0":
         return F.embedding(idx, weight)
-    return _Embedding.apply(idx, weight)
+    return _Embedding.apply(idx, weight, wgrad)
 
 
 class _AdjacentStack(torch.autograd.Function):

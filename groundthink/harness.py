@@ -150,9 +150,11 @@ def _grad_outputs(res) -> list[torch.Tensor]:
 
 def fwd_bwd_step(fn: Callable, inputs: dict, seed: int = 0) -> tuple[Callable, list[torch.Tensor]]:
     """A forward + backward of ``fn(**inputs)`` with fixed random cotangents; returns (step, the leaves whose
-    ``.grad`` a caller clears between calls)."""
+    ``.grad`` a caller clears between calls). Where no output takes a gradient, the step is the call alone."""
     leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
     outs = _grad_outputs(fn(**inputs))
+    if not outs:        # an op without a backward (wgrad: its outputs never take a gradient): the step is its call
+        return (lambda: fn(**inputs)), leaves
     dev = outs[0].device
     gen = torch.Generator(device=dev).manual_seed(seed)
     cots = [torch.randn(o.shape, generator=gen, device=dev, dtype=torch.float32).to(o.dtype) for o in outs]

@@ -17,6 +17,7 @@ from triton.compiler import ASTSource
 NG, DL, SL, DE, CE = (importlib.import_module(f"kernels.{m}.{m}")
                       for m in ("norm_gate", "ddlerp", "shift_lerp", "decay_exp", "cross_entropy"))
 GNR = importlib.import_module("kernels.gate_norm_residual.kernel")
+WG = importlib.import_module("kernels.wgrad.wgrad")
 tgt = GPUTarget("cuda", 90, 32)
 def sig(fn, types, consts):
     names = fn.arg_names
@@ -45,6 +46,11 @@ cases = [
   dict(MODE=2, LAYER=False, GATE_LOGITS=True, HAS_DH=True, HAS_BIAS=False, BR=16, BD=128, BP=32)),
  (CE._ce_fwd_kernel, {"p_t": "*i64", "p_stats": "*fp32"}, dict(GRAD=True, BV=128)),
  (CE._ce_fwd_kernel, {"p_t": "*i64", "p_stats": "*fp32"}, dict(GRAD=False, BV=4096)),
+ (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=False, PREC="tf32", BM=128, BN=128, BR=64, BP=4, BC=1024)),
+ (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=False, PREC="tf32", BM=64, BN=64, BR=64, BP=4, BC=1024)),
+ (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=True, PREC="tf32", BM=16, BN=64, BR=64, BP=4, BC=1024)),
+ (WG._wgrad_kernel, {"p_a": "*fp32", "p_b": "*fp32", "p_c": "*fp32", "p_part": "*fp32"}, dict(ONE=False, PREC="ieee", BM=32, BN=64, BR=32, BP=4, BC=1024)),
+ (WG._wgrad_kernel, {"p_a": "*fp32", "p_b": "*fp32", "p_c": "*fp32", "p_part": "*fp32"}, dict(ONE=False, PREC="tf32x3", BM=64, BN=64, BR=64, BP=4, BC=1024)),
 ]
 def usage(cubin):
     """'regs=R spill=S' of a compiled kernel (cuobjdump --dump-resource-usage), '' without cuobjdump."""

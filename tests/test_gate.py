@@ -766,7 +766,7 @@ def test_the_steps_calls_are_read_off_the_model():
     from groundthink import calls as C
     got, model = _rwkv6_calls()
     assert set(got) == {"wkv6", "ddlerp", "lowrank", "shift_lerp", "norm_gate", "gate_norm_residual",
-                        "cross_entropy"}
+                        "cross_entropy", "wgrad"}          # wgrad: the projections' weight gradients
     assert model.ops.impls()["wkv6"] == "reference"           # restored
     n = model.config.n_layer
     assert {(c.label, c.count) for c in got["shift_lerp"]} == {("B4 T32 D64", n)}

@@ -405,9 +405,9 @@ def test_tee_ygrad_knob_equals_autograd_add_float64(ref_ops, monkeypatch):
     import fused.model
     runs, tees, real = [], [], fused.model.linear_pieces
 
-    def recorded(x, ws, sizes, tee=False):
+    def recorded(x, ws, sizes, tee=False, **kw):
         tees.append(tee)
-        return real(x, ws, sizes, tee=tee)
+        return real(x, ws, sizes, tee=tee, **kw)
     monkeypatch.setattr(fused.model, "linear_pieces", recorded)
     for knob in ("1", "0"):
         monkeypatch.setenv("GROUNDTHINK_TEE_YGRAD", knob)
@@ -440,7 +440,7 @@ def test_stacked_proj_equals_autograd_float64(drop, nan_buffers):
         stacked_proj(xs, w[:, :5])
 
 
-def _split_oracle(x, weights, sizes, tee=False):
+def _split_oracle(x, weights, sizes, tee=False, wgrad=None):
     """linear_pieces' oracle: autograd's GEMM over the concatenated weights (zero rows pad it to 8 columns, as in
     linear_pieces), then ``torch.split``: a backward that concatenates the pieces' gradients. Under autocast the
     inputs are cast first, as linear_pieces casts them. ``tee``: x is returned last (autograd adds its
@@ -455,7 +455,7 @@ def _split_oracle(x, weights, sizes, tee=False):
     return (*pieces, x0) if tee else pieces
 
 
-def _unbind_oracle(xs, w):
+def _unbind_oracle(xs, w, wgrad=None):
     """stacked_proj's oracle: bmm, then ``unbind`` (a backward that stacks the G gradients; autocast casts)."""
     return torch.bmm(xs, w).unbind(0)
 

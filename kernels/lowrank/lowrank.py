@@ -1,5 +1,5 @@
 """RWKV-6's low-rank terms y = tanh(x W1) W2 (G groups; optionally −exp(base + y)): one Triton kernel forward,
-one Triton kernel + cuBLAS weight-gradient GEMMs backward (issue 10: the time mix's LoRA chains were 8 and 10
+one Triton kernel + the weight-gradient GEMMs (``kernels.wgrad``) backward (issue 10: the time mix's LoRA chains were 8 and 10
 launches a layer as separate GEMMs, tanh, decay_exp and their autograd backwards; now 4 each).
 
 Math (see reference/lowrank.py): x [M, D], W1 [D, G·R], W2 [G, R, N], optional base [N] (one group only)::
@@ -21,8 +21,9 @@ Kernels:
   base, lw recomputed from h W2 and dy = dlw ⊙ lw stored, with one fp32 partial row of dbase per program), dP;
   h and dP stored ([M, G·R] in x's dtype: the weight-gradient GEMMs' operands); then, after a barrier, dx by a
   D-loop over the stored dP rows of this block (written by this program) and W1.
-* cuBLAS: dW1 = xᵀ dP (one mm), dW2 = one bmm over the strided [G, R, M] view of h (with base: one mm over the
-  stored dy ⊙ lw); with base the partial rows of dbase (one per block of BM rows) summed inside the backward kernel
+* ``kernels.wgrad`` (one launch each, the split over the rows reduced in-kernel; cuBLAS's split-K ran a second
+  reduce kernel per GEMM): dW1 = xᵀ dP, dW2 = one batched call over the strided [G, M, R] view of h's column groups
+  (with base: one call over the stored dy ⊙ lw); with base the partial rows of dbase (one per block of BM rows) summed inside the backward kernel
   by the last program to arrive (``kernels._colsum``: fixed order, no atomics on data).
   Deterministic (no atomics on data), no host syncs, no autotuning.
 
@@ -49,6 +50,7 @@ from groundthink.device import autocast_dtype
 from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import cdiv as _cdiv, check_tensor, new_empty, pow2 as _pow2
 from kernels._eager import EagerOp, pick
+from kernels.wgrad.wgrad import wgrad
 from reference.lowrank import check_args
 
 __all__ = ["lowrank"]
@@ -217,12 +219,12 @@ def _bwd_impl(dy, x, w1, w2, base):
         _lowrank_bwd_kernel[(nb,)](dy, x, w1, w2, base, h, dp, dyb, part, dbase if base is not None else None, count,
                                    dx, M, D, N, R, GS, NG, G=G, HAS_BASE=base is not None, PREC=_prec(dt), BM=BM,
                                    BK=BK, BR=BR, BN=BN, BP=finish_rows(BN), num_warps=TUNING["warps"])
-    with torch.autocast(dev.type, enabled=False):     # the weight gradients in the inputs' dtype
-        dw1 = torch.mm(x.t(), dp)
-        if base is None:        # one bmm over the [G, R, M] view of h's column groups: no copy
-            dw2 = torch.bmm(h.view(M, G, R).permute(1, 2, 0), dy.to(dt))
-        else:
-            dw2 = torch.mm(h.t(), dyb).unsqueeze(0)
+    # the weight gradients in the inputs' dtype, one launch each (torch.mm for float64 or under a tracer)
+    dw1 = wgrad(x, dp)
+    if base is None:        # one batched call over the [G, M, R] view of h's column groups: no copy
+        dw2 = wgrad(h.view(M, G, R).transpose(0, 1), dy.to(dt))
+    else:
+        dw2 = wgrad(h, dyb).unsqueeze(0)
     return dx, dw1, dw2, dbase
 
 

@@ -1,0 +1,167 @@
+"""Weight-gradient GEMMs C = aᵀ b in ONE Triton launch, the split over the rows reduced inside the kernel (issue 10:
+cuBLAS runs every dW = dYᵀ X of the small model's step as a split-K GEMM plus a second ``splitKreduce_kernel``
+launch: 113 of the 757 launches of a step, H100 run 19).
+
+Math (reference/wgrad.py): a [R, M], b [R, N] → C = aᵀ b [M, N] (batched: a [G, R, M], b [G, R, N] → [G, M, N]),
+R the tokens (16,384 in the models' steps), M × N a weight's shape (128 × 128 … 2048 × 512)::
+
+    C[m, n] = Σ_r a[r, m] b[r, n]          fp32 accumulation, one rounding into C's dtype
+
+Kernel ``_wgrad_kernel``, grid (SPLIT, G · tiles): program (s, t) owns the [BM, BN] tile t of C (batch g = t //
+tiles) and the rows [s·RS, (s + 1)·RS) of the reduction (RS a multiple of BR): a loop of ``tl.dot(aᵀ tile [BM, BR],
+b tile [BR, BN])`` into an fp32 [BM, BN] accumulator. SPLIT = 1: the tile is stored into C. SPLIT > 1: the partial is
+stored as row s of the tile's fp32 workspace ``part [G · tiles, SPLIT, BM · BN]``, then ``kernels._colsum.arrive_tree``
+(a CTA barrier and an acq_rel counter per group of GS ≈ √SPLIT programs and per tile, the counters cached per device
+and reset by the last arrival: graph-safe) lets the last program of each group sum its group's rows in index order
+into the group's first row, and the last group's last program sums those NG rows (fixed order, fp32, loaded ``.cg``)
+and stores C's tile. No atomics on data, every sum in a fixed order: the result does not depend on which program
+arrives last (bit-identical run to run). One launch, no second reduce kernel, no host sync.
+
+Tiles and split (``_plan``, ``TUNING``): [BM, BN] = "small" tiles (64 × 64, 4 warps) unless the output has at least
+``big_at`` elements (128 × 128, 8 warps); the tiles shrink to a power of two ≥ 16 for narrow outputs. SPLIT fills the
+GPU ``waves`` times over (G · tiles · SPLIT ≈ waves × SMs), with at least ``min_rows`` rows per program.
+Shape rule: an output of ``cublas_at`` elements or more (G · M · N ≥ 512 · 1024: the large model's in_proj, out_proj
+and FFN dW, 1024 × 512 … 2048 × 512) goes to torch.mm — untimed guess: there the GEMM's tensor-core time (~20–60 µs)
+dwarfs the reduce launch it saves, and cuBLAS's Hopper kernels beat a Triton tile; the GPU sweep
+(scripts/gpu_wgrad.py, every configuration with the rule off) decides the threshold; so do float64 inputs (the oracle's dtype; the kernel's dots are fp32 at
+best) and calls under a tracer (torch.compile), where the product is an ordinary mm.
+
+Layouts: any strides (a column slice of a wider matrix, h's column groups as a strided [G, R, M] view): every
+operand's pointer arithmetic takes its strides, Triton specialises unit strides. ``out`` any strides as well (a row
+block ``dw[a:b]`` of a larger buffer). int64 row offsets. Dtypes: a, b fp16 / bf16 (tensor-core dots, fp32
+accumulation) or fp32: "ieee" dots (fp32-exact, FMA) at ``torch.get_float32_matmul_precision()`` "highest" (tests,
+the CPU interpreter), else "tf32x3" (three TF32 tensor-core products: fp32-level error — the gate checks fp32 calls
+against the fp32 bound — at a fraction of FMA's time; train.py on a GPU sets "high", and the embedding's one-hot
+GEMM reads the fp32 dh); C in the inputs' dtype, or ``out``'s (fp32 allowed: the fp32 sum is
+rounded once into it).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import INTERPRET
+from kernels._colsum import arrive_tree, counters, finish_rows, tree, N_COUNTERS
+from kernels._common import cdiv, new_empty, num_sms, pow2
+from kernels._eager import traced
+from reference.wgrad import check_args, wgrad as _reference
+
+__all__ = ["wgrad"]
+
+# Untimed (the GPU sweep scripts/gpu_wgrad.py times small/big tiles, waves, min_rows). "small"/"big": (BM, BN, BR,
+# warps); big tiles from big_at output elements on; SPLIT so that G·tiles·SPLIT ≈ waves × SMs, ≥ min_rows rows each;
+# stages: the software pipeline depth of the row loop; outputs of cublas_at elements or more go to torch.mm
+TUNING = {"small": (64, 64, 64, 4), "big": (128, 128, 64, 8), "big_at": 256 * 512, "waves": 2, "min_rows": 256,
+          "stages": 3, "cublas_at": 512 * 1024}
+
+
+@triton.jit
+def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, split, GS, NG,
+                  s_ag, s_ar, s_am, s_bg, s_br, s_bn, s_cg, s_cm, s_cn,
+                  ONE: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
+                  BP: tl.constexpr, BC: tl.constexpr):
+    # p_a: [G, R, M] (strides s_ag, s_ar, s_am); p_b: [G, R, N] (s_bg, s_br, s_bn); p_c: [G, M, N] out (s_cg, s_cm,
+    # s_cn), C = aᵀ b per batch; p_part: [G·tiles, split, BM·BN] fp32 workspace (split > 1) else None; p_count: the
+    # arrival counters (kernels._colsum.counters: (1 + NG) per tile) or None; R, M, N: the sizes; RS: rows per split
+    # (a multiple of BR); n_tn: tiles along N; tiles: tiles per batch; split: programs per tile along the rows (the
+    # grid's first axis); GS, NG: the arrival tree (_colsum.tree(split)); ONE: split == 1 (C stored directly); PREC: the dots' input precision; BM, BN: C's tile; BR: rows per dot;
+    # BP, BC: rows and columns per step of the partial sums (_colsum.finish_columns)
+    i_s, i_t = tl.program_id(0), tl.program_id(1)
+    i_g = i_t // tiles
+    i_mn = i_t % tiles
+    i_m, i_n = i_mn // n_tn, i_mn % n_tn
+    o_m = i_m * BM + tl.arange(0, BM)
+    o_n = i_n * BN + tl.arange(0, BN)
+    m_m, m_n = o_m < M, o_n < N
+    p_ag = p_a + i_g.to(tl.int64) * s_ag
+    p_bg = p_b + i_g.to(tl.int64) * s_bg
+    r0 = i_s * RS
+    r1 = tl.minimum(r0 + RS, R)
+    b_acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for r in range(r0, r1, BR):
+        o_r = (r + tl.arange(0, BR)).to(tl.int64)
+        m_r = o_r < r1
+        b_a = tl.load(p_ag + o_r[:, None] * s_ar + o_m[None, :] * s_am, mask=m_r[:, None] & m_m[None, :], other=0.)
+        b_b = tl.load(p_bg + o_r[:, None] * s_br + o_n[None, :] * s_bn, mask=m_r[:, None] & m_n[None, :], other=0.)
+        b_acc += tl.dot(tl.trans(b_a), b_b, input_precision=PREC)
+    p_cg = p_c + i_g.to(tl.int64) * s_cg
+    p_ct = p_cg + o_m[:, None] * s_cm + o_n[None, :] * s_cn
+    m_c = m_m[:, None] & m_n[None, :]
+    if ONE:
+        tl.store(p_ct, b_acc.to(p_c.dtype.element_ty), mask=m_c)
+    else:
+        W: tl.constexpr = BM * BN
+        o_w = tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
+        p_tile = p_part + i_t.to(tl.int64) * split * W          # this tile's split partial rows
+        tl.store(p_tile + i_s * W + o_w, b_acc)
+        if arrive_tree(p_tile, W, p_count, i_s, split, GS, NG, 0, W, 1, 0, BP, BC):
+            b_sum = tl.zeros([BM, BN], dtype=tl.float32)
+            for i in range(0, NG):                               # the groups' sums, in index order
+                b_sum += tl.load(p_tile + i * GS * W + o_w, cache_modifier=".cg")
+            tl.store(p_ct, b_sum.to(p_c.dtype.element_ty), mask=m_c)
+
+
+def _tile(M, N, G):
+    """(BM, BN, BR, warps) for a [G, M, N] output: TUNING's small or big tiles, shrunk to M, N (powers of 2 ≥ 16)."""
+    t = TUNING
+    bm, bn, br, warps = t["big"] if G * M * N >= t["big_at"] else t["small"]
+    return min(bm, max(16, pow2(M))), min(bn, max(16, pow2(N))), br, warps
+
+
+def _plan(R, M, N, G, device):
+    """(BM, BN, BR, warps, SPLIT, RS): the tiles, then SPLIT programs per tile of RS rows each (module docstring)."""
+    BM, BN, BR, warps = _tile(M, N, G)
+    n_tiles = G * cdiv(M, BM) * cdiv(N, BN)
+    split = max(1, min(cdiv(TUNING["waves"] * num_sms(device), n_tiles), R // TUNING["min_rows"]))
+    while split > 1 and n_tiles * (1 + tree(split)[1]) > N_COUNTERS:      # the counters of one grid
+        split //= 2
+    rs = cdiv(cdiv(R, split), BR) * BR
+    return BM, BN, BR, warps, cdiv(R, rs) if R else 1, rs
+
+
+def _use_kernel(a, b) -> bool:
+    """The module docstring's shape rule: False for torch.mm (float64, a tracer, outputs of ≥ cublas_at elements)."""
+    G = a.shape[0] if a.dim() == 3 else 1
+    return (a.dtype != torch.float64 and not traced(a) and not traced(b)
+            and G * a.shape[-1] * b.shape[-1] < TUNING["cublas_at"])
+
+
+def _prec(dtype) -> str:
+    """The dots' input precision (module docstring; fp16 / bf16 dots ignore it)."""
+    if dtype != torch.float32:
+        return "tf32"
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32x3"
+
+
+def wgrad(a, b, out=None):
+    """C = aᵀ b: a [R, M], b [R, N] → [M, N] (batched a [G, R, M], b [G, R, N] → [G, M, N]), in the inputs' dtype or
+    written into ``out`` and returned. One launch; see the module docstring."""
+    check_args(a, b, out)
+    if not _use_kernel(a, b):
+        return _reference(a, b, out)
+    if a.device.type != "cuda" and not INTERPRET:
+        raise ValueError(f"wgrad: a is on {a.device}: the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1)")
+    a3, b3 = (a, b) if a.dim() == 3 else (a.unsqueeze(0), b.unsqueeze(0))
+    G, R, M = a3.shape
+    N = b3.shape[2]
+    c = out if out is not None else new_empty((*a.shape[:-2], M, N), a.dtype, a.device)
+    if c.numel() == 0:
+        return c
+    if R == 0:
+        return c.zero_()
+    c3 = c if c.dim() == 3 else c.unsqueeze(0)
+    BM, BN, BR, warps, split, rs = _plan(R, M, N, G, a.device)
+    n_tn = cdiv(N, BN)
+    tiles = cdiv(M, BM) * n_tn
+    GS, NG = tree(split)
+    part = count = None
+    BC = min(BM * BN, 1024)
+    if split > 1:
+        part = new_empty((G * tiles, split, BM * BN), torch.float32, a.device)
+        count = counters(a.device, G * tiles, NG)
+    _wgrad_kernel[(split, G * tiles)](
+        a3, b3, c3, part, count, R, M, N, rs, n_tn, tiles, split, GS, NG, *a3.stride(), *b3.stride(), *c3.stride(),
+        ONE=split == 1, PREC=_prec(a.dtype), BM=BM, BN=BN, BR=BR,
+        BP=finish_rows(BC), BC=BC, num_warps=warps, num_stages=TUNING["stages"])
+    return c

@@ -1,0 +1,99 @@
+"""The ``wgrad`` op's tile / split sweep beside torch.mm (cuBLAS: a split-K GEMM and, where it splits, its
+``splitKreduce`` kernel), CUDA-graph µs per call at the spec's benchmark shapes (the models' dW = dYᵀ X at R = 16,384
+tokens, small D128 and large D512), bf16, kernels per call, one table last.
+
+    python3 scripts/gpu_wgrad.py              # GPU: the configurations of DEFAULT (TUNING overrides, CONFIGS)
+    WGRAD_CONFIGS=auto,t64w2s4 python3 ...    # others of CONFIGS
+    WGRAD_BUDGET_S=80 (default)               # no new shape after that many seconds: the table still prints
+
+Every configuration runs the kernel (the cuBLAS shape rule off: ``cublas_at`` = ∞) and is checked against float64 at
+the spec's error shape first (a wrong one is reported, not timed). "auto" is TUNING as committed; the "best" column is
+the fastest configuration per shape, "lab/mm" its time over cuBLAS's. Without CUDA: the interpreter at the spec's CPU
+shapes in fp32, plumbing only (no timing)."""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import time
+
+import torch
+
+import kernels  # noqa: F401  (the interpreter without CUDA)
+from groundthink.gate import graph_ms
+from groundthink.harness import bound_for, compare
+from groundthink.spec import get
+
+WG = importlib.import_module("kernels.wgrad.wgrad")
+INF = 1 << 62
+CONFIGS = {                         # name -> TUNING overrides (tiles: small 64², big 128²; waves; rows per program)
+    "auto": {},
+    "t64w1": dict(big_at=INF, waves=1), "t64w2": dict(big_at=INF, waves=2), "t64w4": dict(big_at=INF, waves=4),
+    "t64w2r64": dict(big_at=INF, waves=2, min_rows=64, small=(64, 64, 32, 4)),
+    "t128w1": dict(big_at=0, waves=1), "t128w2": dict(big_at=0, waves=2), "t128w4": dict(big_at=0, waves=4),
+    "t64w2s4": dict(big_at=INF, waves=2, stages=4), "t64x8w2": dict(big_at=INF, waves=2, small=(64, 64, 64, 8)),
+}
+
+
+DEFAULT = "auto,t64w1,t64w2,t64w4,t128w1,t128w2"
+
+
+def kernels_per_call(fn, kw, n: int = 5) -> float:
+    """CUDA kernels launched per call (torch.profiler over n calls)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn(**kw)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn(**kw)
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / n
+
+
+def main() -> None:
+    cuda = torch.cuda.is_available()
+    spec = get("wgrad")
+    ref, lab = spec.reference.load(), spec.impl("triton").load()
+    dtype = torch.bfloat16 if cuda else torch.float32
+    dev = "cuda" if cuda else "cpu"
+    names = os.environ.get("WGRAD_CONFIGS", DEFAULT).split(",")
+    base = dict(WG.TUNING)
+    shapes = spec.bench.shapes() if cuda else spec.bench.cpu_shapes
+    rows, t0, budget = [], time.time(), float(os.environ.get("WGRAD_BUDGET_S", "80"))
+    for shp in shapes:
+        if time.time() - t0 > budget:
+            print(f"budget of {budget:.0f} s spent: {spec.bench.shape_str(*shp)} and later shapes not run", flush=True)
+            break
+        name = spec.bench.shape_str(*shp)
+        kw = spec.bench.make_inputs(*shp, False, dtype=dtype, device=dev)
+        err_kw = spec.bench.make_inputs(*spec.bench.err_shape(*shp), False, dtype=dtype, device=dev)
+        cells, times = {}, {}
+        mm_us = graph_ms(lambda: ref(**kw), [])[0] * 1e3 if cuda else math.nan
+        k_mm = kernels_per_call(ref, kw) if cuda else math.nan
+        for c in names:
+            WG.TUNING.clear()
+            WG.TUNING.update(base, cublas_at=INF, **CONFIGS[c])
+            err = max(compare(lab, ref, err_kw, ref_device=dev, backward=False).values())
+            if not err <= bound_for(dtype):
+                cells[c] = f"ERR {err:.1e}"
+            elif cuda:
+                times[c] = graph_ms(lambda: lab(**kw), [])[0] * 1e3
+                cells[c] = f"{times[c]:.1f}"
+            else:
+                cells[c] = f"ok {err:.0e}"
+            print(name, c, WG._plan(shp[0], shp[1], shp[2], max(shp[3], 1), torch.device(dev)), cells[c], flush=True)
+        WG.TUNING.clear()
+        WG.TUNING.update(base)
+        k_lab = kernels_per_call(lab, kw) if cuda else math.nan
+        best = min(times, key=times.get) if times else "-"
+        ratio = f"{times[best] / mm_us:.2f}" if times else "-"
+        rows.append([name, f"{mm_us:.1f}", f"{k_mm:.0f}", f"{k_lab:.0f}", *(cells[c] for c in names), best, ratio])
+    head = ["shape", "mm µs", "mm kern", "lab kern", *names, "best", "lab/mm"]
+    print(f"\n==== wgrad C = aᵀb, {'CUDA-graph µs per call, bf16' if cuda else 'interpreter, fp32: errors only'}")
+    print("| " + " | ".join(head) + " |")
+    for line in rows:
+        print("| " + " | ".join(line) + " |")
+
+
+if __name__ == "__main__":
+    main()
