@@ -18,6 +18,13 @@ from reference.wgrad import wgrad as ref
 K = importlib.import_module("kernels.wgrad.wgrad")
 
 
+@pytest.fixture(autouse=True)
+def kernel_everywhere(monkeypatch):
+    """The kernel at every shape (the shape rule sends 2-D calls and big outputs to torch.mm; its own test below)."""
+    monkeypatch.setitem(K.TUNING, "two_d", True)
+    monkeypatch.setitem(K.TUNING, "cublas_at", 1 << 62)
+
+
 @pytest.fixture
 def tiny_tiles(monkeypatch):
     """Tiles of 16 and splits of ≥ 16 rows: several tiles and several splits at interpreter sizes."""
@@ -92,6 +99,15 @@ def test_shape_rule_hands_big_outputs_to_torch_mm(monkeypatch):
     monkeypatch.setitem(K.TUNING, "cublas_at", 120)
     assert not K._use_kernel(a, b)
     torch.testing.assert_close(wgrad(a, b), a.t() @ b, rtol=0, atol=0)
+
+
+def test_shape_rule_as_committed(monkeypatch):
+    """TUNING as committed (run 19): 2-D calls to torch.mm, batched ones below cublas_at to the kernel."""
+    monkeypatch.setitem(K.TUNING, "two_d", False)
+    monkeypatch.setitem(K.TUNING, "cublas_at", 32768)
+    assert not K._use_kernel(*_pair(30, 12, 10))
+    assert K._use_kernel(*_pair(30, 32, 128, G=5))
+    assert not K._use_kernel(*_pair(30, 32, 512, G=5))
 
 
 def test_edge_sizes_and_float64():

@@ -20,11 +20,15 @@ arrives last (bit-identical run to run). One launch, no second reduce kernel, no
 Tiles and split (``_plan``, ``TUNING``): [BM, BN] = "small" tiles (64 × 64, 4 warps) unless the output has at least
 ``big_at`` elements (128 × 128, 8 warps); the tiles shrink to a power of two ≥ 16 for narrow outputs. SPLIT fills the
 GPU ``waves`` times over (G · tiles · SPLIT ≈ waves × SMs), with at least ``min_rows`` rows per program.
-Shape rule: an output of ``cublas_at`` elements or more (G · M · N ≥ 512 · 1024: the large model's in_proj, out_proj
-and FFN dW, 1024 × 512 … 2048 × 512) goes to torch.mm — untimed guess: there the GEMM's tensor-core time (~20–60 µs)
-dwarfs the reduce launch it saves, and cuBLAS's Hopper kernels beat a Triton tile; the GPU sweep
-(scripts/gpu_wgrad.py, every configuration with the rule off) decides the threshold; so do float64 inputs (the oracle's dtype; the kernel's dots are fp32 at
-best) and calls under a tracer (torch.compile), where the product is an ordinary mm.
+Shape rule (H100 run 19, `profiles/nvidia-h100-80gb-hbm3/run19-2026-11-28/kernels/`: the bench rows and
+scripts/gpu_wgrad.py's sweep, CUDA-graph µs per call): cuBLAS's split-K GEMM + its reduce kernel beat this kernel at
+every 2-D model shape (128 × 128: 6.6 vs 13–15 µs; 512 × 512: 24.7 vs 39–51; 2048 × 512: 49.8 vs 111–143; a tie at
+16 × 128 and 97 × 128), so 2-D calls go to torch.mm (``TUNING["two_d"]`` False). The kernel wins where cuBLAS runs a
+batched GEMM one group at a time: the lowrank's five-group dW2 at the small model (G5 32 × 128: 13.2 vs 26.2 µs),
+not at the large (G5 32 × 512: 41–54 vs 31.8), hence the output bound ``cublas_at`` (G · M · N < 32,768). What this
+costs issue 10: the ~113 split-K reduce launches a small step stay (the launch saved costs more GPU time than it
+saves). Float64 inputs (the oracle's dtype; the kernel's dots are fp32 at best) and calls under a tracer
+(torch.compile) go to torch.mm too. Tests and the sweep force the kernel (``two_d`` True, ``cublas_at`` ∞).
 
 Layouts: any strides (a column slice of a wider matrix, h's column groups as a strided [G, R, M] view): every
 operand's pointer arithmetic takes its strides, Triton specialises unit strides. ``out`` any strides as well (a row
@@ -49,11 +53,12 @@ from reference.wgrad import check_args, wgrad as _reference
 
 __all__ = ["wgrad"]
 
-# Untimed (the GPU sweep scripts/gpu_wgrad.py times small/big tiles, waves, min_rows). "small"/"big": (BM, BN, BR,
-# warps); big tiles from big_at output elements on; SPLIT so that G·tiles·SPLIT ≈ waves × SMs, ≥ min_rows rows each;
-# stages: the software pipeline depth of the row loop; outputs of cublas_at elements or more go to torch.mm
+# "small"/"big": (BM, BN, BR, warps); big tiles from big_at output elements on; SPLIT so that G·tiles·SPLIT ≈ waves ×
+# SMs, ≥ min_rows rows each; stages: the software pipeline depth of the row loop. The shape rule (module docstring):
+# 2-D calls to torch.mm unless two_d, outputs of cublas_at elements or more to torch.mm. H100 run 19 sweep: the
+# tiles and waves as here were best or within 10 % where the kernel is used (G5 32 × 128)
 TUNING = {"small": (64, 64, 64, 4), "big": (128, 128, 64, 8), "big_at": 256 * 512, "waves": 2, "min_rows": 256,
-          "stages": 3, "cublas_at": 512 * 1024}
+          "stages": 3, "two_d": False, "cublas_at": 32768}
 
 
 @triton.jit
@@ -121,9 +126,10 @@ def _plan(R, M, N, G, device):
 
 
 def _use_kernel(a, b) -> bool:
-    """The module docstring's shape rule: False for torch.mm (float64, a tracer, outputs of ≥ cublas_at elements)."""
+    """The module docstring's shape rule: False for torch.mm (2-D calls unless ``two_d``, outputs of ≥ cublas_at
+    elements, float64, a tracer)."""
     G = a.shape[0] if a.dim() == 3 else 1
-    return (a.dtype != torch.float64 and not traced(a) and not traced(b)
+    return (a.dtype != torch.float64 and not traced(a) and not traced(b) and (a.dim() == 3 or TUNING["two_d"])
             and G * a.shape[-1] * b.shape[-1] < TUNING["cublas_at"])
 
 
