@@ -130,7 +130,8 @@ def test_bf16_weights_once_per_step_equal_autocast_casts():
 def test_hybrid_model_low_weights_and_equal_steps():
     """The hybrid (tiny, one layer, reference ops, bf16 autocast on CPU): the weights found for the bf16 copy are
     exactly the matmul weights (views followed: the conv weight's squeeze; the conv's weights are cast here: its
-    reference is F.conv1d, which autocast casts; norms, lerp and decay vectors stay fp32), and two steps equal the per-use casts
+    reference is F.conv1d, which autocast casts; norms, lerp and decay vectors and the gate bias — added inside
+    gate_norm_residual — stay fp32), and two steps equal the per-use casts
     exactly."""
     import fused
     from groundthink.registry import resolve
@@ -147,7 +148,7 @@ def test_hybrid_model_low_weights_and_equal_steps():
     low = {n.removeprefix("blocks.0.") for n in step.names[:step.bucket.k_low]}
     assert low == {"tmix.time_maa_w1", "tmix.time_maa_w2", "tmix.time_decay_w1", "tmix.time_decay_w2", "tmix.rkvg",
                    "tmix.output.weight", "mamba.in_proj.weight", "mamba.out_proj.weight", "fusion.gate_proj.weight",
-                   "fusion.gate_proj.bias", "ffn.up.weight", "ffn.down.weight", "head.weight",
+                   "ffn.up.weight", "ffn.down.weight", "head.weight",
                    "mamba.conv1d.weight", "mamba.conv1d.bias"}, low
     assert runs[True][0] == runs[False][0]
 
