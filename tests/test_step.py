@@ -441,3 +441,29 @@ def test_write_grads_widens_and_takes_non_contiguous_gradients():
     g = [torch.arange(6.).reshape(2, 3).to(torch.bfloat16), torch.arange(6., 12.).reshape(3, 2).t().to(torch.bfloat16)]
     _write_grads([flat[:6], flat[6:]], g)
     assert torch.equal(flat, torch.cat([g[0].float().reshape(-1), g[1].float().reshape(-1)]))
+
+
+def test_grouped_adamw_step_is_opt_step_bitwise():
+    """``grouped_adamw_step`` (one step-counter add and subtract for all groups) = ``opt.step()``: parameters,
+    moments and step counters bit-identical over steps with and without ``found_inf``, groups with different lr
+    (a 0-d tensor, as the step sets them), weight decay and an empty group; it declines before the state exists."""
+    from groundthink.step import grouped_adamw_step
+    runs = []
+    for grouped in (False, True):
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(n)) for n in (5, 7, 3, 11)]
+        opt = torch.optim.AdamW([{"params": ps[:2], "lr": torch.tensor(1e-2), "weight_decay": 0.1},
+                                 {"params": ps[2:], "lr": torch.tensor(3e-3), "weight_decay": 0.0},
+                                 {"params": [], "lr": torch.tensor(1e-3)}],
+                                betas=(0.9, 0.95), eps=1e-8, fused=True, capturable=True)
+        opt.found_inf = torch.zeros(())
+        for i in range(4):
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            opt.found_inf.fill_(1.0 if i == 2 else 0.0)
+            took = grouped and grouped_adamw_step(opt)
+            assert took == (grouped and i > 0)          # the first step creates the state through opt.step()
+            if not took:
+                opt.step()
+        runs.append([t.clone() for p in ps for t in (p.detach(), *opt.state[p].values())])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
