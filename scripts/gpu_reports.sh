@@ -20,6 +20,7 @@
 #   step       train.py --kernels triton, CUDA graph, profile window, at small (64 × 256) and large (16 × 1024):
 #              summary line (tok/s, ms/step, peak, busy %, launches) and GPU time per step by op; STEP_STEPS =
 #              100 steps each, ≤ STEP_SMALL_S = 150 and STEP_LARGE_S = 240; $RUN/step_<size>.jsonl.
+#              STEP_SIZES (default "small large"): the sizes run, e.g. STEP_SIZES=small.
 #              STEP_TABLE="ours peer" adds python -m bench.bench_train --step-table (eager vs graph, the fla ∥
 #              mamba-ssm peer model) ≤ STEP_TABLE_S = 300 each: $RUN/train_step.csv, $RUN/step_profile.csv.
 #   wkv6       scripts/gpu_wkv6.py --resources: compile report (registers, spills, shared memory), per-kernel GPU
@@ -179,7 +180,7 @@ part_first-use() {
 
 part_step() {
   local size shape cap steps=${STEP_STEPS:-100}
-  for size in small large; do
+  for size in ${STEP_SIZES:-small large}; do
     if [ "$SMOKE" = 1 ]; then   # the interpreter runs a training step in ~20 s: the references, tiny model
       shape=(--kernels reference --steps 3 --batch-size 2 --seq-len 16 --eval-interval 3 --eval-iters 1 "${TINY[@]}")
     elif [ $size = small ]; then shape=(--kernels triton --size small --batch-size 64 --seq-len 256)
