@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import kernels  # noqa: F401
-from groundthink.harness import check_op
+from groundthink.harness import assert_close_all, check_op, compare
 from kernels.shift_lerp import shift_lerp
 from reference.shift_lerp import shift_lerp as shift_lerp_ref
 
@@ -57,3 +57,13 @@ def test_shift_lerp_tee_only_the_tee_used():
     g = torch.randn_like(xt)
     dx, dmu = torch.autograd.grad(xt, [inp["x"], inp["mu"]], g, allow_unused=True)
     assert torch.equal(dx, g) and dmu is None
+
+
+@pytest.mark.gpu
+def test_gpu_shift_lerp_tee_fp32():
+    """``tee=True`` on the GPU at the small and large models' shapes, fp32: output, tee, every gradient ≤ 1e-5."""
+    lab = lambda **k: shift_lerp(**k, tee=True)          # noqa: E731
+    ref = lambda **k: shift_lerp_ref(**k, tee=True)      # noqa: E731
+    for shape in ((64, 256, 128), (16, 1024, 512)):
+        inp = {k: v.detach().cuda().requires_grad_() for k, v in make_inputs(*shape, seed=4).items()}
+        assert_close_all(compare(lab, ref, inp, ref_device="cuda"), 1e-5, f"tee {shape}")
