@@ -97,8 +97,8 @@ def branch_rms(*branches: list) -> list[torch.Tensor | None]:
 def gate_mean(gates: list) -> torch.Tensor | None:
     """Mean RWKV weight over the layers from per-layer ``(kind, tensor)`` gate probes (``fused.variants``): kind
     "logit" → mean of sigmoid(tensor) (of sigmoid(tensor + bias) for ``("logit", tensor, bias)``, the logits
-    of a projection whose bias the fused op adds), "weight" → mean of the tensor; one stack for all layers. None entries are
-    skipped (None when there are none). Layers of one model have equal gate shapes: the mean of the per-layer
+    of a projection whose bias the fused op adds), "weight" → mean of the tensor; one stack for all layers. None
+    entries are skipped (None when there are none). Layers of one model have equal gate shapes: the mean of the per-layer
     means is the mean of everything."""
     gs = [g for g in gates if g is not None]
     if not gs:
