@@ -103,7 +103,9 @@ class RWKV6TimeMix(nn.Module):
         B, T, D = x.shape
         H, K = self.H, self.K
         x_prev = None if state is None else state[0].to(x.dtype)       # token-shift state (last row)
-        xxx = ops.shift_lerp(x, self.time_maa_x, x_prev)                  # x + (shift(x) − x) ⊙ maa_x
+        # x + (shift(x) − x) ⊙ maa_x; x comes back as a tee for ddlerp: shift_lerp's backward kernel adds ddlerp's
+        # x-gradient into its own (no autograd add of the two)
+        xxx, x = ops.shift_lerp(x, self.time_maa_x, x_prev, tee=True)
         # the five low-rank mixes tanh(xxx W1) W2 per group [5, B, T, D]: one fused op (ops.lowrank)
         m = ops.lowrank(xxx, self.time_maa_w1, self.time_maa_w2)
         # a view, no copy, in the training step (whose flat parameters lay the five end to end)

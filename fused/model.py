@@ -35,10 +35,11 @@ from groundthink import monitor
 
 
 def _tee_ygrad() -> bool:
-    """``GROUNDTHINK_TEE_YGRAD=1`` (opt-in, not yet timed on a GPU): GF/HGF blocks hand y to the time-mix through
-    ``linear_pieces(tee=True)``, so the time-mix's y-gradient is added by in_proj's first dx GEMM (C operand)
-    instead of an autograd add: one launch fewer per layer; bf16 rounds once less (fp64: equal to 1e-14)."""
-    return os.environ.get("GROUNDTHINK_TEE_YGRAD") == "1"
+    """GF/HGF blocks hand y to the time-mix through ``linear_pieces(tee=True)``, so the time-mix's y-gradient is
+    added by in_proj's first dx GEMM (C operand) instead of an autograd add: one launch fewer per layer; bf16 rounds
+    once less (fp64: equal to 1e-14). On by default since session 15 (issue 10: launches);
+    ``GROUNDTHINK_TEE_YGRAD=0`` restores the autograd add."""
+    return os.environ.get("GROUNDTHINK_TEE_YGRAD", "1") != "0"
 
 
 class HybridBlock(nn.Module):
@@ -64,7 +65,7 @@ class HybridBlock(nn.Module):
         a = b = None
         proj = gproj = None
         y_t = y
-        if self.tee:                                     # the y-gradient add folded (opt-in)
+        if self.tee:                                     # the y-gradient add folded (GROUNDTHINK_TEE_YGRAD)
             *proj, gproj, y_t = self._in_and_gate_proj(y, ops, tee=True)
         if self.tmix is not None:
             a, st_a = self.tmix(y_t, ops, None if state is None else state["rwkv"])

@@ -94,7 +94,8 @@ class Fusion(nn.Module):
         ``proj``: the gate projection's product xn Wᵀ [..., out] without its bias when the caller computed it
         (``HybridBlock``: one GEMM with Mamba's in_proj), else it is computed here.
         Returns (h, y, gate): when ``collect`` and the variant has a gate, ``gate`` is its probe for
-        ``groundthink.monitor.gate_mean`` — ("logit", detached logits) or ("weight", w_a) — else None."""
+        ``groundthink.monitor.gate_mean`` — ("logit", detached logits[, their bias]) or ("weight", w_a) — else
+        None."""
         kw = dict(weight=norm.weight, bias=norm.bias, norm=cfg.norm, eps=cfg.norm_eps,
                   residual_fp32=cfg.residual_fp32)
         gate = None
@@ -109,6 +110,13 @@ class Fusion(nn.Module):
             if collect:
                 gate = ("weight", wts[0].detach())
             out = ops.gate_norm_residual(h, a, b, wts, weight=kw.pop("weight"), mode="weights", **kw)
+        elif proj is not None:
+            # the product xn Wᵀ as the gate logits and the projection's bias added inside the op (its gradient
+            # summed there too): no add kernel forward, no column sum backward (issue 10: launches)
+            if collect:
+                gate = ("logit", proj.detach(), self.gate_proj.bias.detach())
+            out = ops.gate_norm_residual(h, a, b, proj, weight=kw.pop("weight"), mode=self.mode, gate_logits=True,
+                                         gate_bias=self.gate_proj.bias, **kw)
         else:
             logits = self.gate_logit if self.kind == "vector" else self._gate_logits(xn, proj)
             if collect:

@@ -96,13 +96,19 @@ def branch_rms(*branches: list) -> list[torch.Tensor | None]:
 
 def gate_mean(gates: list) -> torch.Tensor | None:
     """Mean RWKV weight over the layers from per-layer ``(kind, tensor)`` gate probes (``fused.variants``): kind
-    "logit" → mean of sigmoid(tensor), "weight" → mean of the tensor; one stack for all layers. None entries are
-    skipped (None when there are none). Layers of one model have equal gate shapes: the mean of the per-layer
+    "logit" → mean of sigmoid(tensor) (of sigmoid(tensor + bias) for ``("logit", tensor, bias)``, the logits
+    of a projection whose bias the fused op adds), "weight" → mean of the tensor; one stack for all layers. None
+    entries are skipped (None when there are none). Layers of one model have equal gate shapes: the mean of the per-layer
     means is the mean of everything."""
     gs = [g for g in gates if g is not None]
     if not gs:
         return None
-    t = torch.stack([g[1] for g in gs]).float()
+    t = torch.stack([g[1] for g in gs])
+    if len(gs[0]) > 2:      # ("logit", logits without their bias, bias): one stack of the biases, one add (fp32)
+        bias = torch.stack([g[2] for g in gs]).float()
+        t = t + bias.view(len(gs), *[1] * (t.dim() - bias.dim()), *bias.shape[1:])
+    else:
+        t = t.float()
     return (torch.sigmoid(t) if gs[0][0] == "logit" else t).mean()
 
 

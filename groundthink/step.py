@@ -281,7 +281,8 @@ class FlatParams:
         segs = [self.flat[a:b] for a, b in self.spans]
         got = iter(torch._foreach_norm([s for s in segs if s.numel()]))
         each = torch.stack([next(got) if s.numel() else self.zero for s in segs])
-        per = each.square().view(len(KINDS), len(COMPONENTS)).sum(0).sqrt()
+        # the component norms over the kinds: one 2-norm kernel along dim 0 (was square, sum, sqrt: three)
+        per = torch.linalg.vector_norm(each.view(len(KINDS), len(COMPONENTS)), dim=0)
         return per, torch.linalg.vector_norm(per)
 
     def clip_(self, total: torch.Tensor, max_norm: float):
@@ -319,6 +320,61 @@ def _write_grads(dst: list[torch.Tensor], grads) -> None:
     of one autograd hands over non-contiguous, none in the models here)."""
     if grads:
         torch._foreach_copy_(list(dst), [g.reshape(-1) for g in grads])
+
+
+def grouped_adamw_step(opt) -> bool:
+    """``opt.step()`` of a fused AdamW (or Adam) with fewer launches, when it can: the step counters of EVERY group
+    incremented by one multi-tensor add (and decremented by ``opt.found_inf`` by one multi-tensor subtract) instead
+    of one add and one subtract per group (torch's ``_fused_adam``: six groups, twelve launch sites), then one
+    ``_fused_adamw_`` per group as torch calls it. The same kernels on the same tensors with the same arguments,
+    in a different order only across independent groups: results bit-identical to ``opt.step()``
+    (tests/test_step.py). Returns False (nothing done; call ``opt.step()``) unless every group is fused without
+    amsgrad / maximize / differentiable, every parameter with a gradient has its state (the first step creates it
+    through ``opt.step()``), and all parameters, gradients and step counters share one device and dtype."""
+    if not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
+        return False
+    groups, every = [], []
+    for g in opt.param_groups:
+        if not g.get("fused") or g.get("amsgrad") or g.get("maximize") or g.get("differentiable"):
+            return False
+        ps = [p for p in g["params"] if p.grad is not None]
+        for p in ps:
+            st = opt.state.get(p)
+            if not st or "step" not in st:
+                return False
+        groups.append((g, ps))
+        every += ps
+    if not every:
+        return False
+    dev, dt = every[0].device, every[0].dtype
+    steps = [opt.state[p]["step"] for p in every]
+    if any(p.device != dev or p.dtype != dt or p.grad.dtype != dt or p.grad.is_sparse or p.is_complex()
+           for p in every) or any(s.device != dev for s in steps):
+        return False
+    found_inf, grad_scale = getattr(opt, "found_inf", None), getattr(opt, "grad_scale", None)
+    for t in (found_inf, grad_scale):
+        if t is not None and t.device != dev:
+            return False
+    for g, _ in groups:
+        if isinstance(g["lr"], torch.Tensor) and g["lr"].device.type != "cpu" and g["lr"].device != dev:
+            return False
+    with torch.no_grad():
+        torch._foreach_add_(steps, 1)
+        i = 0
+        for g, ps in groups:
+            n = len(ps)
+            if n:
+                decoupled = g.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW))
+                fn = torch._fused_adamw_ if decoupled else torch._fused_adam_
+                b1, b2 = (float(b) if isinstance(b, torch.Tensor) else b for b in g["betas"])
+                st = [opt.state[p] for p in ps]
+                fn(ps, [p.grad for p in ps], [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st], [],
+                   steps[i:i + n], amsgrad=False, lr=g["lr"], beta1=b1, beta2=b2, weight_decay=g["weight_decay"],
+                   eps=g["eps"], maximize=False, grad_scale=grad_scale, found_inf=found_inf)
+            i += n
+        if found_inf is not None:
+            torch._foreach_sub_(steps, [found_inf] * len(steps))
+    return True
 
 
 def group_params(model) -> dict[str, list[torch.nn.Parameter]]:
@@ -411,10 +467,12 @@ class TrainStep:
         loss_avg = b.tail[0]
         # (total + loss) · 0 is NaN exactly when either is ±inf or NaN (a finite fp32 norm is < 2e19 — its
         # squares would overflow first — so the sum of two finite values cannot overflow): 3 kernels, not 2 × 5
-        bad = torch.isnan((total + loss_avg) * 0) | (self.skip > 0)
-        self.opt.found_inf.copy_(bad)
+        # found_inf = 1 where that is NaN, else skip (0, or 1 in the warm-up before capture): one where kernel
+        # writing the flag (was isnan | (skip > 0) and a copy: four)
+        torch.where(torch.isnan((total + loss_avg) * 0), self.bucket.one, self.skip, out=self.opt.found_inf)
         b.clip_(total, self.grad_clip)
-        self.opt.step()
+        if not grouped_adamw_step(self.opt):     # the first step (state created) or an optimizer it cannot take
+            self.opt.step()
         monitor.pack(loss_avg, total, per, dict(zip(monitor.PROBES, b.tail[1:])), out=self.row)
 
     # ------------------------------------------------------------------ driving it

@@ -11,7 +11,9 @@ Blend modes (``mode``), covering every fusion variant:
     "row"      h = x + g⊙a + (1−g)⊙b, gate [..., 1]    (GF family: one gate per position)
     "element"  h = x + g⊙a + (1−g)⊙b, gate [..., D]    (HGF family: per position and dim)
     "weights"  h = x + g₀·a + g₁·b,   gate [2]         (WS: learned global weights)
-With ``gate_logits=True`` the gate of the vector/row/element modes is given as logits: g = σ(gate).
+With ``gate_logits=True`` the gate of the vector/row/element modes is given as logits: g = σ(gate), or
+g = σ(gate + gate_bias) with ``gate_bias`` ([1] for "row", [D] for "element"; the gate projection's bias, so
+that the caller need not add it in a kernel of its own).
 
 Norms: "rms"  y = h · rsqrt(mean(h²) + eps) · weight (+ bias)
        "layer" y = (h − mean(h)) · rsqrt(var(h) + eps) · weight (+ bias)
@@ -35,8 +37,14 @@ def gate_shape(mode: str, x_shape, D: int):
             "weights": (2,)}[mode]
 
 
-def check_args(x, a, b, gate, mode, weight, bias, norm, eps=1e-5):
+def check_args(x, a, b, gate, mode, weight, bias, norm, eps=1e-5, gate_bias=None, gate_logits=False):
     """Shape/mode/eps validation shared by the reference and the kernel launcher (clear errors, named args)."""
+    if gate_bias is not None:
+        want = {"row": (1,), "element": (x.shape[-1],)}.get(mode)
+        if want is None or not gate_logits or tuple(gate_bias.shape) != want:
+            raise ValueError(f"gate_bias: a [1] (mode 'row') or [D] (mode 'element') bias of gate logits "
+                             f"(gate_logits=True) expected; got shape {tuple(gate_bias.shape)} in mode {mode!r} "
+                             f"with gate_logits={gate_logits}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps > 0 and math.isfinite(eps)):
         raise ValueError(f"eps must be a finite number > 0; got {eps!r}")
     if mode not in MODES:
@@ -63,8 +71,10 @@ def check_args(x, a, b, gate, mode, weight, bias, norm, eps=1e-5):
         raise ValueError(f"bias must have shape ({D},); got {tuple(bias.shape)}")
 
 
-def blend(x, a, b, gate, mode: str, gate_logits: bool = False):
+def blend(x, a, b, gate, mode: str, gate_logits: bool = False, gate_bias=None):
     """h = x + blend(a, b) in the dtype of the arguments."""
+    if gate_bias is not None:
+        gate = gate + gate_bias
     if mode == "add":
         return x + a
     if mode == "weights":
@@ -84,12 +94,13 @@ def normalize(h, weight, bias, norm: str, eps: float):
 
 
 def gate_norm_residual(x, a, b=None, gate=None, *, weight, bias=None, mode: str = "add", norm: str = "rms",
-                       eps: float = 1e-5, gate_logits: bool = False, residual_fp32: bool = False):
+                       eps: float = 1e-5, gate_logits: bool = False, residual_fp32: bool = False,
+                       gate_bias=None):
     """Returns ``(h, y)``; see the module docstring."""
-    check_args(x, a, b, gate, mode, weight, bias, norm, eps)
+    check_args(x, a, b, gate, mode, weight, bias, norm, eps, gate_bias, gate_logits)
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     up = lambda t: None if t is None else t.to(cdt)  # noqa: E731
-    h = blend(up(x), up(a), up(b), up(gate), mode, gate_logits)
+    h = blend(up(x), up(a), up(b), up(gate), mode, gate_logits, up(gate_bias))
     y = normalize(h, up(weight), up(bias), norm, eps)
     h_dtype = torch.float32 if (residual_fp32 and cdt == torch.float32) else x.dtype
     return h.to(h_dtype), y.to(a.dtype)

@@ -21,10 +21,12 @@ def check_args(x, mu, x_prev):
         raise ValueError(f"mu must have shape ({x.shape[-1]},); got {None if mu is None else tuple(mu.shape)}")
 
 
-def shift_lerp(x, mu, x_prev=None):
-    """y; see the module docstring."""
+def shift_lerp(x, mu, x_prev=None, tee: bool = False):
+    """y; see the module docstring. ``tee``: (y, x) — x for the caller's other consumers (the lab kernel returns a
+    view and adds their gradient in its backward; here autograd adds it)."""
     check_args(x, mu, x_prev)
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     xf = x.to(cdt)
     xx = token_shift_diff(xf, None if x_prev is None else x_prev.to(cdt))
-    return (xf + xx * mu.to(cdt)).to(x.dtype)
+    y = (xf + xx * mu.to(cdt)).to(x.dtype)
+    return (y, x) if tee else y

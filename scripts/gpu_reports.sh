@@ -23,6 +23,7 @@
 #              STEP_KERNELS="triton auto" also runs each size with --kernels auto (the default path: the gate's
 #              choice per op, e.g. mamba-ssm's scan where it wins): $RUN/step_<size>_auto.jsonl; an entry
 #              kernels:size runs one size ("triton auto:large"); none: no train.py runs (STEP_TABLE's rows alone).
+#              STEP_SIZES (default "small large"): the sizes of entries without one, e.g. STEP_SIZES=small.
 #              STEP_TABLE="ours peer" adds python -m bench.bench_train --step-table (eager vs graph, the fla ∥
 #              mamba-ssm peer model) ≤ STEP_TABLE_S = 300 each: $RUN/train_step.csv, $RUN/step_profile.csv;
 #              STEP_TABLE_SIZES=large: its large rows only (fla's autotuning at two sizes overran 300 s once).
@@ -186,7 +187,7 @@ part_step() {
   local entry sizes
   for entry in ${STEP_KERNELS:-triton}; do
   [ "$entry" = none ] && break       # STEP_KERNELS=none: the step table alone
-  kern=${entry%%:*}; sizes="small large"; [ "$entry" = "$kern" ] || sizes=${entry#*:}   # auto:large = large only
+  kern=${entry%%:*}; sizes=${STEP_SIZES:-small large}; [ "$entry" = "$kern" ] || sizes=${entry#*:}   # auto:large = large only
   for size in $sizes; do
     tag=$size; [ "$kern" = triton ] || tag=${size}_$kern     # step_small.jsonl (triton), step_large_auto.jsonl, ...
     if [ "$SMOKE" = 1 ]; then   # the interpreter runs a training step in ~20 s: the references, tiny model

@@ -1,6 +1,6 @@
 """kernels.cross_entropy (loss and dlogits in one pass) against reference/cross_entropy.py (= F.cross_entropy on
 fp32 logits). CPU: Triton interpreter (V split in 32-wide chunks), fp32 and fp16 logits, ignored targets, strided
-rows, NaN-prefilled buffers."""
+rows, NaN-prefilled buffers; the mean finished in the kernel (37 rows: a 7-group tree)."""
 from __future__ import annotations
 
 import pytest
@@ -21,7 +21,7 @@ def make_inputs(N, V, dtype=torch.float32, device="cpu", seed=0, ignore=True):
     return {"logits": x, "targets": t.to(device)}
 
 
-@pytest.mark.parametrize("N,V", [(7, 37), (5, 97), (3, 1), (4, 200), (1, 64)])
+@pytest.mark.parametrize("N,V", [(7, 37), (5, 97), (3, 1), (4, 200), (1, 64), (37, 5)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_loss_and_grad(N, V, dtype):
     check_op(cross_entropy, R.cross_entropy, make_inputs(N, V, dtype), bound=bound_for(dtype), context=f"{N} {V}")

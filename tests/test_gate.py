@@ -760,8 +760,8 @@ def _rwkv6_calls():
 def test_the_steps_calls_are_read_off_the_model():
     """Every distinct (op, variant) one step calls, recorded from the model (its ops restored after): a pure
     RWKV-6 model never calls mamba2 or causal_conv1d (mamba-ssm's first use: 52 s in run 6); every layer's token
-    shift reads bf16 activations (the model casts the first block's y once); wkv6 gets an fp32 u and scale 1;
-    gate_norm_residual runs "add" with fp32 weights, and in the last layer without a gradient for h (its backward
+    shift reads bf16 activations (the model casts the first block's y once) and tees x for ddlerp; wkv6 gets an
+    fp32 u and scale 1; gate_norm_residual runs "add" with fp32 weights, and in the last layer without a gradient for h (its backward
     without dh). Each call rebuilt by ``calls.inputs`` at the recording's shape is the call."""
     from groundthink import calls as C
     got, model = _rwkv6_calls()
@@ -769,7 +769,7 @@ def test_the_steps_calls_are_read_off_the_model():
                         "cross_entropy", "wgrad"}          # wgrad: the projections' weight gradients
     assert model.ops.impls()["wkv6"] == "reference"           # restored
     n = model.config.n_layer
-    assert {(c.label, c.count) for c in got["shift_lerp"]} == {("B4 T32 D64", n)}
+    assert {(c.label, c.count) for c in got["shift_lerp"]} == {("B4 T32 D64 [tee=True]", n)}
     assert [c.label for c in got["wkv6"]] == ["B4 T32 H2 K32 V32 [scale=1.0; u float32]"]
     assert [(c.label, c.count) for c in got[OP]] == [("N128 D64 add res32 [weight float32]", 2 * n - 1),
                                                       ("N128 D64 add res32 [out0 unused; weight float32]", 1)]

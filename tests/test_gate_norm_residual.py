@@ -473,3 +473,59 @@ def test_norm_one_dof_conditioning(norm, D, mode, seed):
     check_op(lambda **k: gate_norm_residual(**k, **opts), lambda **k: R.gate_norm_residual(**k, **opts), inp,
              bound=1e-5 + 4 * 2.0 ** -24 * kappa, context=f"{norm} D{D} {mode} seed {seed} kappa {kappa:.3g}",
              seed=seed)
+
+
+def _gate_bias_case(shape, mode, norm, dtype, device="cpu"):
+    """Inputs and (lab, reference) callables of a gated call whose logits are a column slice of a wider product
+    (rows 7 + width apart) with the projection's bias as ``gate_bias``."""
+    D = shape[-1]
+    w = 1 if mode == "row" else D
+    inp = make_inputs(shape, mode, norm, logits=True, dtype=dtype, seed=5, device=device)
+    gen = torch.Generator().manual_seed(6)
+    gate = inp.pop("gate")
+    wide = torch.randn(*shape[:-1], 3 + w + 4, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    wide[..., 3:3 + w] = gate.detach()
+    inp["wide"] = wide.requires_grad_()
+    inp["gate_bias"] = torch.randn(w, generator=gen, dtype=torch.float64).float().to(device).requires_grad_()
+    opts = dict(mode=mode, norm=norm, gate_logits=True)
+
+    def lab(wide, **k):
+        return gate_norm_residual(gate=wide[..., 3:3 + w], **k, **opts)
+
+    def ref(wide, **k):
+        return R.gate_norm_residual(gate=wide[..., 3:3 + w], **k, **opts)
+    return inp, lab, ref
+
+
+@pytest.mark.parametrize("mode,norm", [("row", "rms"), ("row", "layer"), ("element", "rms")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gate_bias_strided_logits(mode, norm, dtype):
+    """``gate_bias`` (the gate projection's bias, added in the kernel; its gradient summed there) with logits
+    that are a column slice of a wider product (read in place), vs float64 of the reference: outputs and every
+    gradient — the wide product's (its other columns get none), the bias's."""
+    inp, lab, ref = _gate_bias_case((2, 9, 24), mode, norm, dtype)
+    check_op(lab, ref, inp, context=f"gate_bias {mode} {norm} {dtype}")
+
+
+@pytest.mark.gpu
+def test_gpu_gate_bias_strided_logits_fp32():
+    """The same at the small model's rows (64 × 256 × 128) on the GPU, fp32: every output and gradient ≤ 1e-5."""
+    for mode, norm in (("row", "rms"), ("row", "layer"), ("element", "rms")):
+        inp, lab, ref = _gate_bias_case((64, 256, 128), mode, norm, torch.float32, "cuda")
+        assert_close_all(compare(lab, ref, inp, ref_device="cuda"), 1e-5, f"gate_bias {mode} {norm}")
+
+
+def test_gate_bias_bad_input():
+    inp = make_inputs((4, 8), "row", "rms", logits=True)
+    with pytest.raises(ValueError, match="gate_bias"):
+        gate_norm_residual(**inp, mode="row", gate_logits=True, gate_bias=torch.zeros(8))
+    with pytest.raises(ValueError, match="gate_bias"):
+        gate_norm_residual(**inp, mode="row", gate_logits=False, gate_bias=torch.zeros(1))
+
+
+def test_opcheck_gate_bias():
+    from torch.library import opcheck
+    inp = make_inputs((3, 2, 20), "row", "rms", logits=True)
+    args = (inp["x"], inp["a"], inp["b"], inp["gate"], inp["weight"], None, "row", "rms", 1e-5, True, False,
+            torch.randn(1, requires_grad=True))
+    opcheck(torch.ops.groundthink.gnr_fwd.default, args)

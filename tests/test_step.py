@@ -130,7 +130,8 @@ def test_bf16_weights_once_per_step_equal_autocast_casts():
 def test_hybrid_model_low_weights_and_equal_steps():
     """The hybrid (tiny, one layer, reference ops, bf16 autocast on CPU): the weights found for the bf16 copy are
     exactly the matmul weights (views followed: the conv weight's squeeze; the conv's weights are cast here: its
-    reference is F.conv1d, which autocast casts; norms, lerp and decay vectors stay fp32), and two steps equal the per-use casts
+    reference is F.conv1d, which autocast casts; norms, lerp and decay vectors and the gate bias — added inside
+    gate_norm_residual — stay fp32), and two steps equal the per-use casts
     exactly."""
     import fused
     from groundthink.registry import resolve
@@ -147,7 +148,7 @@ def test_hybrid_model_low_weights_and_equal_steps():
     low = {n.removeprefix("blocks.0.") for n in step.names[:step.bucket.k_low]}
     assert low == {"tmix.time_maa_w1", "tmix.time_maa_w2", "tmix.time_decay_w1", "tmix.time_decay_w2", "tmix.rkvg",
                    "tmix.output.weight", "mamba.in_proj.weight", "mamba.out_proj.weight", "fusion.gate_proj.weight",
-                   "fusion.gate_proj.bias", "ffn.up.weight", "ffn.down.weight", "head.weight",
+                   "ffn.up.weight", "ffn.down.weight", "head.weight",
                    "mamba.conv1d.weight", "mamba.conv1d.bias"}, low
     assert runs[True][0] == runs[False][0]
 
@@ -440,3 +441,29 @@ def test_write_grads_widens_and_takes_non_contiguous_gradients():
     g = [torch.arange(6.).reshape(2, 3).to(torch.bfloat16), torch.arange(6., 12.).reshape(3, 2).t().to(torch.bfloat16)]
     _write_grads([flat[:6], flat[6:]], g)
     assert torch.equal(flat, torch.cat([g[0].float().reshape(-1), g[1].float().reshape(-1)]))
+
+
+def test_grouped_adamw_step_is_opt_step_bitwise():
+    """``grouped_adamw_step`` (one step-counter add and subtract for all groups) = ``opt.step()``: parameters,
+    moments and step counters bit-identical over steps with and without ``found_inf``, groups with different lr
+    (a 0-d tensor, as the step sets them), weight decay and an empty group; it declines before the state exists."""
+    from groundthink.step import grouped_adamw_step
+    runs = []
+    for grouped in (False, True):
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(n)) for n in (5, 7, 3, 11)]
+        opt = torch.optim.AdamW([{"params": ps[:2], "lr": torch.tensor(1e-2), "weight_decay": 0.1},
+                                 {"params": ps[2:], "lr": torch.tensor(3e-3), "weight_decay": 0.0},
+                                 {"params": [], "lr": torch.tensor(1e-3)}],
+                                betas=(0.9, 0.95), eps=1e-8, fused=True, capturable=True)
+        opt.found_inf = torch.zeros(())
+        for i in range(4):
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            opt.found_inf.fill_(1.0 if i == 2 else 0.0)
+            took = grouped and grouped_adamw_step(opt)
+            assert took == (grouped and i > 0)          # the first step creates the state through opt.step()
+            if not took:
+                opt.step()
+        runs.append([t.clone() for p in ps for t in (p.detach(), *opt.state[p].values())])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))

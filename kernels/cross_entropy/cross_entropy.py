@@ -8,8 +8,11 @@ Math (per row n of logits x [N, V], target t_n; rows with t_n = ignore_index cou
     dlogits = g · dloss / Σ_n valid_n                    (backward: one scaled copy)
 
 The forward kernel writes g (in the logits' dtype, only when a gradient is needed) and per-row [loss_n, valid_n]
-fp32 stats; one torch ``sum`` over the stats (fixed order: deterministic) and a division give the loss; the
-backward multiplies g by the fp32 scalar dloss / Σ valid (no fp32 copy of the logits anywhere).
+fp32 stats, and finishes the mean itself: the last program to arrive sums the rows' stats in a fixed order
+(``kernels._colsum``: groups of ~√N rows, then the group sums; deterministic, no atomics on data) into
+tot = [Σ loss_n, Σ valid_n] and stores loss = tot₀ / tot₁ (IEEE division) — no torch sum or division after it.
+The backward is one elementwise kernel, dlogits = g · (dloss / tot₁) in fp32, stored in g's dtype (no fp32 copy
+of the logits anywhere).
 Memory: g has the logits' size and dtype (the eager path keeps an fp32 copy of the logits and an fp32
 log-softmax instead).
 
@@ -28,6 +31,7 @@ import triton
 import triton.language as tl
 
 from kernels import INTERPRET
+from kernels._colsum import arrive_tree, counters, finish_columns, tree
 from kernels._common import check_tensor, new_empty
 from kernels._eager import EagerOp, pick
 from reference.cross_entropy import check_args
@@ -36,10 +40,12 @@ __all__ = ["cross_entropy"]
 
 
 @triton.jit
-def _ce_fwd_kernel(p_x, p_t, p_g, p_stats, N, V, sx, ignore_index,
-                   GRAD: tl.constexpr, BV: tl.constexpr):
-    # p_x: [N, V] rows sx apart; p_t: [N]; p_g: [N, V] contiguous (None unless GRAD); p_stats: [2, N] fp32
-    # (loss_n, valid_n)
+def _ce_fwd_kernel(p_x, p_t, p_g, p_stats, p_tot, p_loss, p_count, N, V, sx, ignore_index, GS, NG,
+                   GRAD: tl.constexpr, BV: tl.constexpr, BP: tl.constexpr):
+    # p_x: [N, V] rows sx apart; p_t: [N]; p_g: [N, V] contiguous (None unless GRAD); p_stats: [N, 2] fp32
+    # (loss_n, valid_n) per row, overwritten by the group sums; p_tot: [2] fp32 out (Σ loss_n, Σ valid_n);
+    # p_loss: [] fp32 out (tot₀ / tot₁); p_count: [1 + NG] int32 arrival counters (kernels._colsum, zero between
+    # launches); GS, NG: kernels._colsum.tree(N); BP: stats rows summed per step of the finish
     row = tl.program_id(0).to(tl.int64)
     p_row = p_x + row * sx
     o_v = tl.arange(0, BV)
@@ -57,8 +63,8 @@ def _ce_fwd_kernel(p_x, p_t, p_g, p_stats, N, V, sx, ignore_index,
     valid = t != ignore_index
     t_safe = tl.where(valid, t, 0)
     x_t = tl.load(p_row + t_safe).to(tl.float32)
-    tl.store(p_stats + row, tl.where(valid, lse - x_t, 0.))
-    tl.store(p_stats + N + row, tl.where(valid, 1., 0.))
+    tl.store(p_stats + row * 2, tl.where(valid, lse - x_t, 0.))
+    tl.store(p_stats + row * 2 + 1, tl.where(valid, 1., 0.))
     if GRAD:
         for v0 in range(0, V, BV):
             m_v = v0 + o_v < V
@@ -66,6 +72,20 @@ def _ce_fwd_kernel(p_x, p_t, p_g, p_stats, N, V, sx, ignore_index,
             b_g = tl.exp(b_x - lse) - tl.where(v0 + o_v == t_safe, 1., 0.)
             b_g = tl.where(valid, b_g, 0.)
             tl.store(p_g + row * V + v0 + o_v, b_g.to(p_g.dtype.element_ty), mask=m_v)
+    if arrive_tree(p_stats, 2, p_count, row, N, GS, NG, 0, 2, 1, 0, BP, 2):
+        finish_columns(p_stats, GS * 2, NG, p_tot, 0, 2, BP, 2)
+        tl.debug_barrier()          # the sums stored above, read back by this program
+        tl.store(p_loss, tl.math.div_rn(tl.load(p_tot), tl.load(p_tot + 1)))
+
+
+@triton.jit
+def _ce_bwd_kernel(p_g, p_dloss, p_tot, p_out, n, BLOCK: tl.constexpr):
+    # p_g, p_out: [n] (the saved g and dlogits, g's dtype); p_dloss: [] the loss's gradient; p_tot: [2] fp32
+    o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = o < n
+    scale = tl.math.div_rn(tl.load(p_dloss).to(tl.float32), tl.load(p_tot + 1))
+    b_g = tl.load(p_g + o, mask=m, other=0.).to(tl.float32)
+    tl.store(p_out + o, (b_g * scale).to(p_out.dtype.element_ty), mask=m)
 
 
 def _row_stride(x) -> int:
@@ -76,13 +96,18 @@ def _fwd_impl(logits, targets, ignore_index, need_grad):
     N, V = logits.shape
     dev = logits.device
     g = new_empty((N, V) if need_grad else (0,), logits.dtype, dev)
-    stats = new_empty((2, N), torch.float32, dev)
-    if N:
-        BV = min(triton.next_power_of_2(V), 32 if INTERPRET else 4096)
-        _ce_fwd_kernel[(N,)](logits, targets, g if need_grad else None, stats, N, V, _row_stride(logits),
-                             ignore_index, GRAD=need_grad, BV=BV, num_warps=4 if BV <= 1024 else 8)
-    tot = stats.sum(1)                      # [Σ loss_n, Σ valid_n], fixed-order fp32 sums
-    return tot[0] / tot[1], g, tot
+    if N == 0:                              # no program to finish the mean: 0 / 0 = NaN, as PyTorch
+        tot = torch.zeros(2, dtype=torch.float32, device=dev)
+        return tot[0] / tot[1], g, tot
+    stats = new_empty((N, 2), torch.float32, dev)
+    tot = new_empty((2,), torch.float32, dev)
+    loss = new_empty((), torch.float32, dev)
+    BV = min(triton.next_power_of_2(V), 32 if INTERPRET else 4096)
+    GS, NG = tree(N)
+    _ce_fwd_kernel[(N,)](logits, targets, g if need_grad else None, stats, tot, loss, counters(dev, 1, NG), N, V,
+                         _row_stride(logits), ignore_index, GS, NG, GRAD=need_grad, BV=BV,
+                         BP=1 if INTERPRET else 64, num_warps=4 if BV <= 1024 else 8)
+    return loss, g, tot
 
 
 @torch.library.custom_op("groundthink::cross_entropy_fwd", mutates_args=())
@@ -96,6 +121,26 @@ def _(logits, targets, ignore_index, need_grad):
     N, V = logits.shape
     return (logits.new_empty((), dtype=torch.float32), logits.new_empty((N, V) if need_grad else (0,)),
             logits.new_empty((2,), dtype=torch.float32))
+
+
+def _bwd_impl(g, dloss, tot):
+    """dlogits = g · (dloss / tot₁) in fp32, stored in g's dtype: one kernel."""
+    out = new_empty(g.shape, g.dtype, g.device)
+    n = out.numel()
+    if n:
+        BLOCK = 1024 if INTERPRET else 4096
+        _ce_bwd_kernel[(triton.cdiv(n, BLOCK),)](g, dloss.contiguous(), tot, out, n, BLOCK=BLOCK, num_warps=4)
+    return out
+
+
+@torch.library.custom_op("groundthink::cross_entropy_bwd", mutates_args=())
+def _bwd_op(g: torch.Tensor, dloss: torch.Tensor, tot: torch.Tensor) -> torch.Tensor:
+    return _bwd_impl(g, dloss, tot)
+
+
+@_bwd_op.register_fake
+def _(g, dloss, tot):
+    return torch.empty_like(g)
 
 
 def _setup_context(ctx, inputs, output):
@@ -112,8 +157,7 @@ def _backward(ctx, dloss, _dg, _dtot):
     g, tot = ctx.saved_tensors
     if g.numel() == 0 and ctx.shape[0] * ctx.shape[1] != 0:
         raise RuntimeError("cross_entropy: the forward ran without a gradient buffer (need_grad=False)")
-    scale = dloss.float() / tot[1]          # fp32 0-dim: g·scale is computed in fp32, stored in g's dtype
-    return g.view(ctx.shape) * scale, None, None, None
+    return pick(_bwd_op, _bwd_impl, dloss)(g, dloss, tot).view(ctx.shape), None, None, None
 
 
 _cross_entropy = EagerOp("CrossEntropy", _fwd_op, _fwd_impl, _setup_context, _backward)

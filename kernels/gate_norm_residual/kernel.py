@@ -5,7 +5,9 @@ Math (per row of D features; x: residual in, a / b: the two branches, see refere
     h  = x + blend(a, b)                      mode "add":     a
                                               "vector" / "row" / "element":  g⊙a + (1−g)⊙b
                                               "weights":      g₀·a + g₁·b
-         g = σ(gate) when gate_logits (vector/row/element only)
+         g = σ(gate) when gate_logits (vector/row/element only); σ(gate + gate_bias) with the logits' bias
+         (row [1] / element [D]: the gate projection's bias, added here instead of by a kernel of its own; its
+         gradient Σ_rows dlogit finished in the backward's partial-row sums)
     μ  = mean(h) (LayerNorm) or 0 (RMSNorm);  rstd = rsqrt(mean((h−μ)²) + eps)
     x̂  = (h − μ)·rstd;   y = x̂⊙W (+ bias)
 
@@ -86,13 +88,20 @@ def _prune_warps(configs, named_args, **kwargs):
 
 
 @triton.jit
-def _row_or_element_gate(p_g, o_r, offs, m_r, m, MODE: tl.constexpr, GATE_LOGITS: tl.constexpr):
-    """The gate of rows o_r [BR] in fp32, σ applied for logits: [BR, 1] for the row gate (MODE 2, p_g [N]) or
-    [BR, BD] for the element gate (MODE 3, p_g [N, D] at offsets offs [BR, BD]); m_r [BR] / m [BR, BD] masks."""
+def _row_or_element_gate(p_g, p_gb, o_r, o_c, m_r, m_c, m, SG, MODE: tl.constexpr, GATE_LOGITS: tl.constexpr,
+                         HAS_GB: tl.constexpr):
+    """The gate of rows o_r [BR] in fp32, σ applied for logits: [BR, 1] for the row gate (MODE 2, p_g: N rows
+    SG elements apart) or [BR, BD] for the element gate (MODE 3, p_g: N rows of D, SG elements apart: a column
+    slice of a wider product is read in place); HAS_GB: the logits' bias p_gb ([1] row, [D] element) added
+    first; m_r [BR] / m_c [BD] / m [BR, BD] masks."""
     if MODE == 2:
-        b_g = tl.load(p_g + o_r, mask=m_r, other=0.).to(tl.float32)[:, None]
+        b_g = tl.load(p_g + o_r * SG, mask=m_r, other=0.).to(tl.float32)[:, None]
+        if HAS_GB:
+            b_g += tl.load(p_gb).to(tl.float32)
     else:
-        b_g = tl.load(p_g + offs, mask=m, other=0.).to(tl.float32)
+        b_g = tl.load(p_g + o_r[:, None] * SG + o_c[None, :], mask=m, other=0.).to(tl.float32)
+        if HAS_GB:
+            b_g += tl.load(p_gb + o_c, mask=m_c, other=0.).to(tl.float32)[None, :]
     if GATE_LOGITS:
         b_g = 1. / (1. + tl.exp(-b_g))
     return b_g
@@ -103,18 +112,20 @@ _TUNE = dict(prune_configs_by={"early_config_prune": _prune_warps}, warmup=5, re
 
 @triton.autotune(
     configs=autotune_configs([triton.Config({}, num_warps=w) for w in (4, 8, 16, 2)]),
-    key=["D", "BR", "BD", "MODE", "LAYER", "GATE_LOGITS", "HAS_BIAS"], **_TUNE,
+    key=["D", "BR", "BD", "MODE", "LAYER", "GATE_LOGITS", "HAS_BIAS", "HAS_GB"], **_TUNE,
 )
 @triton.jit
-def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_stats, N, D, eps,
+def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_gb, p_w, p_bias, p_h, p_y, p_stats, N, D, SG, eps,
                     MODE: tl.constexpr, LAYER: tl.constexpr, GATE_LOGITS: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+                    HAS_BIAS: tl.constexpr, HAS_GB: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     """One program: rows [pid·BR, pid·BR + BR) of h and y, and their stats.
 
     p_x      [N, D]   residual stream in (a's dtype or fp32)
     p_a      [N, D]   first branch
     p_b      [N, D]   second branch (a's dtype); None in mode "add" (MODE 0)
-    p_g      gate: [D] vector (MODE 1), [N] row (2), [N, D] element (3), [2] weights (4); None in MODE 0
+    p_g      gate: [D] vector (MODE 1), [N] row (2), [N, D] element (3), [2] weights (4); None in MODE 0;
+             row / element gates: rows SG elements apart
+    p_gb     the gate logits' bias: [1] row, [D] element; None unless HAS_GB
     p_w      [D]      norm weight
     p_bias   [D]      norm bias; None unless HAS_BIAS
     p_h      [N, D]   out: x + blend(a, b) (x's dtype, fp32 with residual_fp32)
@@ -148,7 +159,7 @@ def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_stats, N, D, ep
             if GATE_LOGITS:
                 b_g = 1. / (1. + tl.exp(-b_g))
         else:
-            b_g = _row_or_element_gate(p_g, o_r, offs, m_r, m, MODE, GATE_LOGITS)
+            b_g = _row_or_element_gate(p_g, p_gb, o_r, o_c, m_r, m_c, m, SG, MODE, GATE_LOGITS, HAS_GB)
         b_h = b_x + b_g * b_a + (1. - b_g) * b_b
     tl.store(p_h + offs, b_h.to(p_h.dtype.element_ty), mask=m)
 
@@ -171,15 +182,15 @@ def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_w, p_bias, p_h, p_y, p_stats, N, D, ep
 
 @triton.autotune(
     configs=autotune_configs([triton.Config({}, num_warps=w) for w in (8, 4, 16, 2)]),
-    key=["D", "BR", "BD", "MODE", "LAYER", "GATE_LOGITS", "HAS_DH", "HAS_BIAS"], **_TUNE,
+    key=["D", "BR", "BD", "MODE", "LAYER", "GATE_LOGITS", "HAS_DH", "HAS_BIAS", "HAS_GB"], **_TUNE,
 )
 @triton.jit
-def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
-                    p_dx, p_da, p_db, p_dg, p_part, p_dw, p_dbias, p_count,
-                    N, D, n_blocks, n_progs, GS, NG,
+def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_gb, p_w, p_stats,
+                    p_dx, p_da, p_db, p_dg, p_part, p_dw, p_dbias, p_dgb, p_count,
+                    N, D, SG, n_blocks, n_progs, GS, NG,
                     MODE: tl.constexpr, LAYER: tl.constexpr, GATE_LOGITS: tl.constexpr,
-                    HAS_DH: tl.constexpr, HAS_BIAS: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
-                    BP: tl.constexpr):
+                    HAS_DH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GB: tl.constexpr, BR: tl.constexpr,
+                    BD: tl.constexpr, BP: tl.constexpr):
     """A persistent program: row blocks pid, pid + n_progs, … of the row gradients, and one partial row of the
     column reductions.
 
@@ -188,7 +199,8 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
     p_h      [N, D]   saved h (x̂ is recomputed from it and the stats)
     p_a      [N, D]   first branch (read for the gate gradients); None in MODE 0
     p_b      [N, D]   second branch; None in MODE 0
-    p_g      gate as in the forward ([D], [N], [N, D] or [2]); None in MODE 0
+    p_g      gate as in the forward ([D], [N], [N, D] or [2]; row / element rows SG elements apart); None in MODE 0
+    p_gb     the gate logits' bias as in the forward; None unless HAS_GB
     p_w      [D]      norm weight
     p_stats  [1 or 2, N] fp32: rstd (and μ for LAYER)
     p_dx     [N, D]   out: dx (x's dtype)
@@ -197,10 +209,12 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
     p_dg     out: gate grad, the gate's shape: row [N] (MODE 2), element [N, D] (MODE 3), vector [D] (MODE 1) or
              weights [2] (MODE 4; the last two are column reductions, finished from p_part); None in MODE 0
     p_part   [n_progs, W] fp32 workspace, one row per program: dW [D] | dbias [D] (HAS_BIAS) | the gate's column
-             reductions from column C_G: vector [D] (MODE 1) or weights [2] (MODE 4); W = C_G + their width
+             reductions from column C_G: vector [D] (MODE 1), weights [2] (MODE 4), the logits' bias (HAS_GB:
+             [1] row, [D] element); W = C_G + their width
              (derived here from D and the constexprs, as ``_part_width`` does for the allocation)
     p_dw     [D]      out: dW (the weight's dtype), the fixed-order sum of the partial rows
     p_dbias  [D]      out: dbias; None unless HAS_BIAS
+    p_dgb    out: the logits' bias gradient (Σ of the logit gradients over rows), p_gb's shape; None unless HAS_GB
     p_count  [1 + NG] int32 arrival counters (zero between launches; kernels._colsum)
     N, D     rows, features; n_blocks = ⌈N / BR⌉ row blocks; n_progs programs in NG groups of GS (the final sums)
     MODE, LAYER, GATE_LOGITS as in the forward; HAS_DH: p_dhin is given; HAS_BIAS: the norm has a bias;
@@ -265,7 +279,7 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
             if MODE == 1:
                 b_g = b_gv
             else:
-                b_g = _row_or_element_gate(p_g, o_r, offs, m_r, m, MODE, GATE_LOGITS)
+                b_g = _row_or_element_gate(p_g, p_gb, o_r, o_c, m_r, m_c, m, SG, MODE, GATE_LOGITS, HAS_GB)
             tl.store(p_da + offs, (b_g * b_dh).to(p_da.dtype.element_ty), mask=m)
             tl.store(p_db + offs, ((1. - b_g) * b_dh).to(p_db.dtype.element_ty), mask=m)
             b_dg = (b_a - b_b) * b_dh
@@ -277,10 +291,14 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
                     b_gr = tl.sum(b_g, axis=1)  # [BR, 1] → [BR]
                     b_dgr = b_dgr * b_gr * (1. - b_gr)
                 tl.store(p_dg + o_r, b_dgr.to(p_dg.dtype.element_ty), mask=m_r)
+                if HAS_GB:     # the bias's gradient: Σ over rows, kept in column 0 of the accumulator
+                    b_acc_g0 += tl.where(o_c == 0, tl.sum(tl.where(m_r, b_dgr, 0.), axis=0), 0.)
             else:
                 if GATE_LOGITS:
                     b_dg = b_dg * b_g * (1. - b_g)
                 tl.store(p_dg + offs, b_dg.to(p_dg.dtype.element_ty), mask=m)
+                if HAS_GB:
+                    b_acc_g0 += tl.sum(b_dg, axis=0)
 
     C_G = D                            # the partial row's layout (``_part_width``)
     if HAS_BIAS:
@@ -290,6 +308,11 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
         W = C_G + D
     if MODE == 4:
         W = C_G + 2
+    if HAS_GB:
+        if MODE == 2:
+            W = C_G + 1
+        else:
+            W = C_G + D
     p_row = p_part + pid.to(tl.int64) * W
     tl.store(p_row + o_c, b_acc_dw, mask=m_c)
     if HAS_BIAS:
@@ -301,6 +324,11 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
     if MODE == 4:
         tl.store(p_row + C_G, tl.sum(b_acc_g0, axis=0))
         tl.store(p_row + C_G + 1, tl.sum(b_acc_g1, axis=0))
+    if HAS_GB:
+        if MODE == 2:
+            tl.store(p_row + C_G + o_c, b_acc_g0, mask=o_c < 1)
+        else:
+            tl.store(p_row + C_G + o_c, b_acc_g0, mask=m_c)
     if arrive_tree(p_part, W, p_count, pid, n_progs, GS, NG, 0, W, 1, 0, BP, BD):
         finish_columns(p_part, GS * W, NG, p_dw, 0, D, BP, BD)
         if HAS_BIAS:
@@ -309,6 +337,11 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_w, p_stats,
             finish_columns(p_part + C_G, GS * W, NG, p_dg, 0, D, BP, BD)
         if MODE == 4:
             finish_columns(p_part + C_G, GS * W, NG, p_dg, 0, 2, BP, BD)
+        if HAS_GB:
+            if MODE == 2:
+                finish_columns(p_part + C_G, GS * W, NG, p_dgb, 0, 1, BP, BD)
+            else:
+                finish_columns(p_part + C_G, GS * W, NG, p_dgb, 0, D, BP, BD)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -318,11 +351,13 @@ def _block_d(D: int) -> int:
     return _pow2(D)
 
 
-def _part_width(D: int, mode_id: int, has_bias: bool) -> int:
+def _part_width(D: int, mode_id: int, has_bias: bool, has_gb: bool = False) -> int:
     """W, the width of a backward partial row: only what the launch sums, dW [D], dbias [D] with a bias, then
     (from column C_G = D or 2·D) the vector gate's D or the weights gate's 2 columns. The kernel derives the same
     layout from D and its constexprs: C_G and W passed as arguments cost registers (sm_90, Triton 3.9, mode add
     D2048 at 8 warps: 64 → 74, 3 programs per SM fit instead of 4)."""
+    if has_gb:          # the gate logits' bias: 1 column (row gate) or D (element gate)
+        return (2 * D if has_bias else D) + (1 if mode_id == 2 else D)
     return (2 * D if has_bias else D) + {1: D, 4: 2}.get(mode_id, 0)
 
 
@@ -362,7 +397,23 @@ _launch_fwd = _Launcher(_gnr_fwd_kernel)
 _launch_bwd = _Launcher(_gnr_bwd_kernel)
 
 
-def _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32):
+def _gate_rows(gate, mode_id: int):
+    """(gate, SG): the gate as the kernels read it and the element distance of its rows. A row ([..., 1]) or
+    element ([..., D], unit column stride) gate whose rows are evenly spaced — a column slice of a wider product,
+    e.g. the gate logits of ``HybridBlock``'s in_proj + gate GEMM — is read in place; anything else is made
+    contiguous (SG = its row width). Other modes: contiguous, SG unused (0)."""
+    if gate is None:
+        return None, 0
+    if mode_id in (2, 3) and gate.dim() >= 2 and (mode_id == 2 or gate.shape[-1] == 1 or gate.stride(-1) == 1):
+        lead = [(n, st) for n, st in zip(gate.shape[:-1], gate.stride()[:-1]) if n != 1]
+        sg = lead[-1][1] if lead else gate.shape[-1]
+        if all(lead[i][1] == lead[i + 1][1] * lead[i + 1][0] for i in range(len(lead) - 1)):
+            return gate, sg
+    g2 = gate if gate.is_contiguous() else gate.contiguous()
+    return g2, (g2.shape[-1] if mode_id in (2, 3) else 0)
+
+
+def _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32, gate_bias=None):
     """Returns h, y and stats ([1, N] rstd, or [2, N] rstd and μ for LayerNorm)."""
     D = x.shape[-1]
     N = x.numel() // D if D else 0
@@ -375,9 +426,10 @@ def _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residua
     x2 = x if x.is_contiguous() else x.contiguous()
     a2 = a if a.is_contiguous() else a.contiguous()
     b2 = b if b is None or b.is_contiguous() else b.contiguous()
-    g2 = gate if gate is None or gate.is_contiguous() else gate.contiguous()
+    g2, SG = _gate_rows(gate, mode_id)
     w2 = weight if weight.is_contiguous() else weight.contiguous()
     bias2 = bias if bias is None or bias.is_contiguous() else bias.contiguous()
+    gb = gate_bias if gate_bias is None or gate_bias.is_contiguous() else gate_bias.contiguous()
     if N > 0:
         BD = _block_d(D)
         if INTERPRET:
@@ -386,15 +438,16 @@ def _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residua
             BR = _rows_per_program(N, BD, TUNING["fwd_tile"], 2 * num_sms(dev))
         logits = gate_logits and mode_id in (1, 2, 3)
         key = ("f", D, BR, x.dtype, a.dtype, None if g2 is None else g2.dtype, w2.dtype, h.dtype, mode_id, layer,
-               logits, bias is not None, N % 16 == 0)
-        _launch_fwd((_cdiv(N, BR),), key, x2, a2, b2, g2, w2, bias2, h, y, stats, N, D, eps,
-                    MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_BIAS=bias is not None, BR=BR, BD=BD)
+               logits, bias is not None, N % 16 == 0, gb is not None, None if gb is None else gb.dtype)
+        _launch_fwd((_cdiv(N, BR),), key, x2, a2, b2, g2, gb, w2, bias2, h, y, stats, N, D, SG, eps,
+                    MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_BIAS=bias is not None,
+                    HAS_GB=gb is not None, BR=BR, BD=BD)
     return h, y, stats
 
 
-def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits, x_dtype):
-    """Gradients (dx, da, db, dgate, dweight, dbias); None where the input is None. The small reductions are
-    separate tensors (custom-op outputs may not alias)."""
+def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits, x_dtype, gate_bias=None):
+    """Gradients (dx, da, db, dgate, dweight, dbias, dgate_bias); None where the input is None. The small
+    reductions are separate tensors (custom-op outputs may not alias)."""
     D = h.shape[-1]
     N = h.numel() // D if D else 0
     mode_id = _MODE_ID[mode]
@@ -402,7 +455,8 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logit
     dev = h.device
     a = a if a.is_contiguous() else a.contiguous()
     b = b if b is None or b.is_contiguous() else b.contiguous()
-    gate = gate if gate is None or gate.is_contiguous() else gate.contiguous()
+    gate, SG = _gate_rows(gate, mode_id)
+    gb = gate_bias if gate_bias is None or gate_bias.is_contiguous() else gate_bias.contiguous()
     weight = weight if weight.is_contiguous() else weight.contiguous()
     dx = new_empty(h.shape, x_dtype, dev)
     da = new_empty(h.shape, a.dtype, dev)
@@ -410,8 +464,9 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logit
     dg = new_empty(gate.shape, gate.dtype, dev) if gate is not None else None
     dw = new_empty(weight.shape, weight.dtype, dev)
     dbias = new_empty(bias.shape, bias.dtype, dev) if bias is not None else None
+    dgb = new_empty(gb.shape, gb.dtype, dev) if gb is not None else None
     if N == 0:
-        for t in (db, dg, dw, dbias):
+        for t in (db, dg, dw, dbias, dgb):
             if t is not None:
                 t.zero_()
     else:
@@ -427,17 +482,17 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logit
             n_progs = sms * per_sm
         n_blocks = _cdiv(N, BR)
         n_progs = max(1, min(n_progs, n_blocks))
-        part = new_empty((n_progs, _part_width(D, mode_id, bias is not None)), torch.float32, dev)
+        part = new_empty((n_progs, _part_width(D, mode_id, bias is not None, gb is not None)), torch.float32, dev)
         logits = gate_logits and mode_id in (1, 2, 3)
         key = ("b", D, BR, dy.dtype, h.dtype, a.dtype, None if gate is None else gate.dtype, weight.dtype,
                None if bias is None else bias.dtype, x_dtype, mode_id, layer, logits, dh is not None,
-               None if dh is None else dh.dtype, N % 16 == 0)
+               None if dh is None else dh.dtype, N % 16 == 0, None if gb is None else gb.dtype)
         GS, NG = tree(n_progs)
-        _launch_bwd((n_progs,), key, dh, dy, h, None if mode_id == 0 else a, b, gate, weight, stats, dx, da, db,
-                    dg, part, dw, dbias, counters(dev, 1, NG), N, D, n_blocks, n_progs, GS, NG,
+        _launch_bwd((n_progs,), key, dh, dy, h, None if mode_id == 0 else a, b, gate, gb, weight, stats, dx, da,
+                    db, dg, part, dw, dbias, dgb, counters(dev, 1, NG), N, D, SG, n_blocks, n_progs, GS, NG,
                     MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_DH=dh is not None,
-                    HAS_BIAS=bias is not None, BR=BR, BD=BD, BP=finish_rows(BD))
-    return dx, da, db, dg, dw, dbias
+                    HAS_BIAS=bias is not None, HAS_GB=gb is not None, BR=BR, BD=BD, BP=finish_rows(BD))
+    return dx, da, db, dg, dw, dbias, dgb
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -446,12 +501,13 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logit
 @torch.library.custom_op("groundthink::gnr_fwd", mutates_args=())
 def _gnr_fwd_op(x: torch.Tensor, a: torch.Tensor, b: Optional[torch.Tensor], gate: Optional[torch.Tensor],
                 weight: torch.Tensor, bias: Optional[torch.Tensor], mode: str, norm: str, eps: float,
-                gate_logits: bool, residual_fp32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32)
+                gate_logits: bool, residual_fp32: bool, gate_bias: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32, gate_bias)
 
 
 @_gnr_fwd_op.register_fake
-def _(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32):
+def _(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32, gate_bias=None):
     D = x.shape[-1]
     N = x.numel() // D
     h = x.new_empty(x.shape, dtype=torch.float32 if residual_fp32 else x.dtype)
@@ -464,43 +520,48 @@ def _(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32):
 def _gnr_bwd_op(dh: Optional[torch.Tensor], dy: torch.Tensor, h: torch.Tensor, a: torch.Tensor,
                 b: Optional[torch.Tensor], gate: Optional[torch.Tensor], weight: torch.Tensor,
                 bias: Optional[torch.Tensor], stats: torch.Tensor, mode: str, norm: str,
-                gate_logits: bool, x_dtype: torch.dtype) -> list[torch.Tensor]:
-    dx, da, db, dg, dw, dbias = _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits,
-                                          x_dtype)
+                gate_logits: bool, x_dtype: torch.dtype, gate_bias: Optional[torch.Tensor] = None
+                ) -> list[torch.Tensor]:
+    dx, da, db, dg, dw, dbias, dgb = _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm,
+                                               gate_logits, x_dtype, gate_bias)
     empty = lambda: h.new_empty((0,))  # noqa: E731  (distinct placeholders: outputs may not alias)
     return [dx, da, empty() if db is None else db, empty() if dg is None else dg, dw,
-            empty() if dbias is None else dbias]
+            empty() if dbias is None else dbias, empty() if dgb is None else dgb]
 
 
 @_gnr_bwd_op.register_fake
-def _(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits, x_dtype):
+def _(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits, x_dtype, gate_bias=None):
     empty = lambda: h.new_empty((0,))  # noqa: E731
     return [h.new_empty(h.shape, dtype=x_dtype), a.new_empty(h.shape),
             empty() if b is None else a.new_empty(h.shape),
             empty() if gate is None else gate.new_empty(gate.shape),
-            weight.new_empty(weight.shape), empty() if bias is None else bias.new_empty(bias.shape)]
+            weight.new_empty(weight.shape), empty() if bias is None else bias.new_empty(bias.shape),
+            empty() if gate_bias is None else gate_bias.new_empty(gate_bias.shape)]
 
 
 def _setup_context(ctx, inputs, output):
-    x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32 = inputs
+    x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32, *rest = inputs
+    gate_bias = rest[0] if rest else None
     h, _, stats = output
     ctx.set_materialize_grads(False)   # no zero tensors for unused outputs (stats; the last block's h)
     if mode == "add":          # the backward reads only a's dtype (da's): keep a 0-element tensor of it, not the
         # branch (the kernel gets None for it)
         a = a.new_empty((0,))
-    ctx.save_for_backward(h, a, b, gate, weight, bias, stats)
-    ctx.cfg = (mode, norm, gate_logits, x.dtype)
+    ctx.save_for_backward(h, a, b, gate, weight, bias, stats, gate_bias)
+    ctx.cfg = (mode, norm, gate_logits, x.dtype, len(inputs))
 
 
 def _backward(ctx, dh, dy, _dstats):
-    h, a, b, gate, weight, bias, stats = ctx.saved_tensors
-    mode, norm, gate_logits, x_dtype = ctx.cfg
+    h, a, b, gate, weight, bias, stats, gate_bias = ctx.saved_tensors
+    mode, norm, gate_logits, x_dtype, n_in = ctx.cfg
     if dy is None:
         dy = torch.zeros_like(h, dtype=a.dtype)
     bwd = pick(_gnr_bwd_op, _bwd_impl, dy)
-    dx, da, db, dg, dw, dbias = bwd(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits, x_dtype)
+    dx, da, db, dg, dw, dbias, dgb = bwd(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logits,
+                                         x_dtype, gate_bias)
     return (dx, da, db if b is not None else None, dg if gate is not None else None, dw,
-            dbias if bias is not None else None, None, None, None, None, None)
+            dbias if bias is not None else None, None, None, None, None, None,
+            dgb if gate_bias is not None else None)[:n_in]
 
 
 _gnr = EagerOp("GateNormResidual", _gnr_fwd_op, _fwd_impl, _setup_context, _backward)
@@ -509,17 +570,17 @@ _gnr = EagerOp("GateNormResidual", _gnr_fwd_op, _fwd_impl, _setup_context, _back
 # ----------------------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------------------
-def _validate(x, a, b, gate, weight, bias, mode, norm, eps):
+def _validate(x, a, b, gate, weight, bias, mode, norm, eps, gate_bias=None, gate_logits=False):
     check_tensor("x", x)
     dev = x.device
     check_tensor("a", a, device=dev)
-    for name, t in (("b", b), ("gate", gate), ("bias", bias)):
+    for name, t in (("b", b), ("gate", gate), ("bias", bias), ("gate_bias", gate_bias)):
         if t is not None:
             check_tensor(name, t, device=dev)
     check_tensor("weight", weight, device=dev)
     if x.dim() < 1:
         raise ValueError(f"x must have at least one dimension (…, D); got shape {tuple(x.shape)}")
-    check_args(x, a, b, gate, mode, weight, bias, norm, eps)
+    check_args(x, a, b, gate, mode, weight, bias, norm, eps, gate_bias, gate_logits)
     D = x.shape[-1]
     if not 1 <= D <= MAX_D:
         raise ValueError(f"x has feature dimension D={D}; supported 1..{MAX_D}")
@@ -528,18 +589,23 @@ def _validate(x, a, b, gate, weight, bias, mode, norm, eps):
         raise TypeError(f"dtype mismatch: b has dtype {b.dtype} but a has {adt} (they must match)")
     if x.dtype not in (adt, torch.float32):
         raise TypeError(f"dtype mismatch: x has dtype {x.dtype}; expected a's dtype {adt} or torch.float32")
-    for name, t in (("gate", gate), ("weight", weight), ("bias", bias)):
+    for name, t in (("gate", gate), ("weight", weight), ("bias", bias), ("gate_bias", gate_bias)):
         if t is not None and t.dtype not in (adt, torch.float32):
             raise TypeError(f"dtype mismatch: {name} has dtype {t.dtype}; expected a's dtype {adt} or "
                             "torch.float32")
 
 
 def gate_norm_residual(x, a, b=None, gate=None, *, weight, bias=None, mode: str = "add", norm: str = "rms",
-                       eps: float = 1e-5, gate_logits: bool = False, residual_fp32: bool = False):
+                       eps: float = 1e-5, gate_logits: bool = False, residual_fp32: bool = False,
+                       gate_bias=None):
     """``(h, y)``: h = x + blend(a, b), y = norm(h)·weight (+ bias). See the module docstring and
-    reference/gate_norm_residual.py for the semantics of ``mode``, ``norm``, ``gate_logits``, ``residual_fp32``."""
-    _validate(x, a, b, gate, weight, bias, mode, norm, eps)
+    reference/gate_norm_residual.py for the semantics of ``mode``, ``norm``, ``gate_logits``, ``residual_fp32``,
+    ``gate_bias`` (the logits' bias, added in the kernel; its gradient summed there)."""
+    _validate(x, a, b, gate, weight, bias, mode, norm, eps, gate_bias, gate_logits)
     eps = float(eps)
     gate_logits, residual_fp32 = bool(gate_logits), bool(residual_fp32)
-    h, y, _ = _gnr(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32)
+    if gate_bias is None:
+        h, y, _ = _gnr(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32)
+    else:
+        h, y, _ = _gnr(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residual_fp32, gate_bias)
     return h, y

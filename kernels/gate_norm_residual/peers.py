@@ -59,7 +59,9 @@ def fla_blend_add_norm():
         from fla.modules.layernorm import layer_norm, rms_norm
 
     def fn(x, a, b=None, gate=None, *, weight, bias=None, mode="add", norm="rms", eps=1e-5, gate_logits=False,
-           residual_fp32=False):
+           residual_fp32=False, gate_bias=None):
+        if gate_bias is not None:
+            gate = gate + gate_bias
         if mode == "add":
             branch = a
         elif mode == "weights":

@@ -45,6 +45,8 @@ def make_inputs(N, D, mode, res32, grad: bool, dtype=torch.bfloat16, seed: int =
         out[name] = None if t is None else t.to(dtype).requires_grad_(grad)
     out.update(bias=None, mode=mode, norm="rms", eps=1e-5, gate_logits=mode in ("vector", "row", "element"),
                residual_fp32=res32)
+    if mode in ("row", "element"):   # the gate projection's bias, fp32, added in the op (as the models call it)
+        out["gate_bias"] = (0.5 * rn(gs[-1])).requires_grad_(grad)
     return out
 
 
@@ -73,7 +75,7 @@ def model_shape(cfg, batch: int, seq_len: int) -> list[tuple]:
 SPEC = OpSpec(
     name="gate_norm_residual",
     doc="(h, y) = (x + blend(a, b; gate, mode), norm(h)·weight + bias): "
-        "(x, a, b=None, gate=None, *, weight, bias=None, mode, norm, eps, gate_logits, residual_fp32)",
+        "(x, a, b=None, gate=None, *, weight, bias=None, mode, norm, eps, gate_logits, residual_fp32, gate_bias=None)",
     impls=(
         Impl("reference", "reference.gate_norm_residual:gate_norm_residual", role="reference", graph_safe=True),
         Impl("triton", "kernels.gate_norm_residual:gate_norm_residual", role="lab", graph_safe=True),

@@ -209,7 +209,7 @@ def _bwd_impl(dy, x, w1, w2, base):
     nb = _cdiv(M, BM)
     dyb = part = count = None
     GS, NG = tree(max(nb, 1))
-    dbase = torch.zeros(0, device=dev) if base is None else \
+    dbase = new_empty((0,), torch.float32, dev) if base is None else \
         (new_empty(base.shape, base.dtype, dev) if M else torch.zeros_like(base))
     if base is not None:
         dyb = new_empty((M, N), dt, dev)

@@ -9,6 +9,9 @@ Backward (dy on y)::
     dx[t] = dy[t] ⊙ (1 − mu) + dy[t+1] ⊙ mu        (the last term only inside a sequence: t + 1 < T)
     dmu   = Σ_rows dy ⊙ (shift(x) − x)
 
+``tee=True`` (the RWKV-6 time mix: x is also read by ddlerp) returns (y, x′) with x′ a view of x; the backward
+kernel adds x′'s gradient to dx as it stores it (fp32, one rounding) instead of an autograd add of the two.
+
 Nothing is saved but the inputs (shift(x) − x is recomputed from x). The shifted loads are one-row halos of
 the tile: the rest of those rows is in the tile already, so they come from cache.
 
@@ -41,7 +44,7 @@ import triton.language as tl
 
 from kernels._colsum import counters, finish_rows, store_and_finish, tree
 from kernels._common import cdiv as _cdiv, check_tensor, new_empty
-from kernels._eager import EagerOp, pick
+from kernels._eager import EagerOp, pick, traced
 from kernels.ddlerp.ddlerp import _blocks, _cols, _rows, _tile, _x_and_shift, persistent_grid
 from reference.shift_lerp import check_args
 
@@ -66,9 +69,12 @@ def _shift_lerp_fwd_kernel(p_x, p_prev, p_mu, p_y, N, T, D,
 
 
 @triton.jit
-def _shift_lerp_bwd_kernel(p_dy, p_x, p_prev, p_mu, p_dx, p_part, p_dmu, p_count, N, T, D, n_blocks, n_progs,
-                           GS, NG, HAS_PREV: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr):
+def _shift_lerp_bwd_kernel(p_dy, p_x, p_prev, p_mu, p_dxin, p_dx, p_part, p_dmu, p_count, N, T, D, n_blocks,
+                           n_progs, GS, NG, HAS_PREV: tl.constexpr, HAS_DXIN: tl.constexpr, BR: tl.constexpr,
+                           BD: tl.constexpr, BP: tl.constexpr):
     # p_dy, p_x, p_dx: [N, D]; p_prev: [B, D]; p_mu, p_dmu: [D]; p_part: [n_progs, D] fp32 partial rows of dmu;
+    # p_dxin: [N, D], another gradient of x added to dx (the tee's; ``shift_lerp(..., tee=True)``), None unless
+    # HAS_DXIN;
     # p_count: [column blocks, 1 + NG] int32 arrival counters (zero between launches); GS, NG: kernels._colsum.tree;
     # p_prev: None unless HAS_PREV; n_blocks: row blocks of BR rows, strided over by the n_progs programs of a
     # column block (BD columns); BP: partial rows summed per step of the final sums (kernels._colsum.finish_rows)
@@ -82,7 +88,10 @@ def _shift_lerp_bwd_kernel(p_dy, p_x, p_prev, p_mu, p_dx, p_part, p_dmu, p_count
         b_dy = tl.load(p_dy + offs, mask=m, other=0.).to(tl.float32)
         b_dy_n = tl.load(p_dy + offs + D, mask=m_next, other=0.).to(tl.float32)
         b_acc += b_dy * b_xx
-        tl.store(p_dx + offs, (b_dy * (1. - b_mu) + b_dy_n * b_mu).to(p_dx.dtype.element_ty), mask=m)
+        b_dx = b_dy * (1. - b_mu) + b_dy_n * b_mu
+        if HAS_DXIN:
+            b_dx += tl.load(p_dxin + offs, mask=m, other=0.).to(tl.float32)
+        tl.store(p_dx + offs, b_dx.to(p_dx.dtype.element_ty), mask=m)
     store_and_finish(p_part, tl.sum(b_acc, axis=0), pid, n_progs, D, o_c, m_c, p_count, GS, NG, p_dmu, BP, BD)
 
 
@@ -100,19 +109,22 @@ def _fwd_impl(x, mu, x_prev):
     return y
 
 
-def _bwd_impl(dy, x, mu, x_prev):
+def _bwd_impl(dy, x, mu, x_prev, dx_in=None):
     B, T, D = x.shape
     N = B * T
     dev = x.device
     dx = new_empty(x.shape, x.dtype, dev)
     if N == 0 or D == 0:
         return dx, torch.zeros_like(mu)
+    if dx_in is not None and not dx_in.is_contiguous():
+        dx_in = dx_in.contiguous()
     BR, BD, n_blocks, n_progs, n_cb = persistent_grid(N, D, TUNING["bwd_tile"], TUNING["bwd_per_sm"], dev)
     part = new_empty((n_progs, D), torch.float32, dev)
     dmu = new_empty(mu.shape, mu.dtype, dev)
     GS, NG = tree(n_progs)
-    _shift_lerp_bwd_kernel[(n_progs, n_cb)](dy, x, x_prev, mu, dx, part, dmu, counters(dev, n_cb, NG), N, T, D,
-                                            n_blocks, n_progs, GS, NG, HAS_PREV=x_prev is not None, BR=BR, BD=BD,
+    _shift_lerp_bwd_kernel[(n_progs, n_cb)](dy, x, x_prev, mu, dx_in, dx, part, dmu, counters(dev, n_cb, NG), N, T,
+                                            D, n_blocks, n_progs, GS, NG, HAS_PREV=x_prev is not None,
+                                            HAS_DXIN=dx_in is not None, BR=BR, BD=BD,
                                             BP=finish_rows(BD, 512 * TUNING["bwd_warps"]),
                                             num_warps=TUNING["bwd_warps"])
     return dx, dmu
@@ -132,13 +144,13 @@ def _(x, mu, x_prev):
 
 
 @torch.library.custom_op("groundthink::shift_lerp_bwd", mutates_args=())
-def _bwd_op(dy: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, x_prev: Optional[torch.Tensor]
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _bwd_impl(dy, x, mu, x_prev)
+def _bwd_op(dy: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, x_prev: Optional[torch.Tensor],
+            dx_in: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _bwd_impl(dy, x, mu, x_prev, dx_in)
 
 
 @_bwd_op.register_fake
-def _(dy, x, mu, x_prev):
+def _(dy, x, mu, x_prev, dx_in=None):
     return torch.empty_like(x), torch.empty_like(mu)
 
 
@@ -155,15 +167,38 @@ def _backward(ctx, dy):
 _shift_lerp = EagerOp("ShiftLerp", _fwd_op, _fwd_impl, _setup_context, _backward)
 
 
+class _ShiftLerpTee(torch.autograd.Function):
+    """x, mu, x_prev → (y, x′): x′ a view of x for the caller's other consumers of x (the RWKV-6 ddlerp); the
+    backward's kernel adds their gradient dx′ into dx (one rounding; no autograd add of two gradients of x)."""
+
+    @staticmethod
+    def forward(ctx, x, mu, x_prev):
+        ctx.save_for_backward(x, mu, x_prev)
+        ctx.set_materialize_grads(False)
+        y = (_fwd_op if traced(x) else _fwd_impl)(x, mu, x_prev)
+        return y, x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, dy, dx_tee):
+        x, mu, x_prev = ctx.saved_tensors
+        if dy is None:      # only the tee was used: its gradient is x's, mu gets none
+            return dx_tee, None, None
+        dx, dmu = pick(_bwd_op, _bwd_impl, dy)(dy.contiguous(), x, mu, x_prev, dx_tee)
+        return dx, dmu, None
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------------------
-def shift_lerp(x, mu, x_prev=None):
-    """y = x + (shift(x) − x) ⊙ mu; x [B, T, D], mu [D], x_prev [B, D] or None. See the module docstring."""
+def shift_lerp(x, mu, x_prev=None, tee: bool = False):
+    """y = x + (shift(x) − x) ⊙ mu; x [B, T, D], mu [D], x_prev [B, D] or None. See the module docstring.
+    ``tee``: return (y, x′), x′ a view of x for other consumers, their gradient added by the backward kernel."""
     check_tensor("x", x, ndim=3)
     check_tensor("mu", mu, device=x.device)
     if x_prev is not None:
         check_tensor("x_prev", x_prev, device=x.device)
     check_args(x, mu, x_prev)
     c = lambda t: t if t is None or t.is_contiguous() else t.contiguous()  # noqa: E731
+    if tee:
+        return _ShiftLerpTee.apply(c(x), c(mu), c(x_prev))
     return _shift_lerp(c(x), c(mu), c(x_prev))
