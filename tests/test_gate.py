@@ -1450,8 +1450,9 @@ def test_the_background_dry_run_compiles_every_specialisation_the_measuring_laun
             with launched_specialisations(run=False) as measured:
                 rows = [gate.measure(spec, impl.name, impl.load(), c, "cpu") for c in cs]
             assert all(r["note"] == "" for r in rows), [r["note"] for r in rows]
-            assert measured and measured <= dry, (op, impl.name, measured - dry)
-            checked.append(f"{op}/{impl.name}")
+            assert measured <= dry, (op, impl.name, measured - dry)
+            if measured:        # wgrad/triton hands 2-D calls to torch.mm (its shape rule): then nothing launches
+                checked.append(f"{op}/{impl.name}")
     assert {"wkv6/triton", "wkv6/triton_fused", "gate_norm_residual/triton", "norm_gate/triton", "ddlerp/triton",
             "shift_lerp/triton"} <= set(checked)
 
