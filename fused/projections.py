@@ -18,7 +18,10 @@ gradients (issue 10: at the large model autograd's concatenations cost ~1.1 ms o
         xs [G, M, K], w [G, K, N] → G products xs_i w_i [M, N] (views of one bmm's [G, M, N]). Backward: for each
         i, dxs[i] = dY_i w_iᵀ and dw[i] = xs_iᵀ dY_i, 2·G GEMMs into slices of a [G, M, K] and a [G, K, N]
         buffer (autograd's unbind backward stacks the G gradients into [G, M, N] first: at large 64 MB read and
-        written per layer); the dw GEMMs by ``wgrad`` as in linear_pieces.
+        written per layer); the dw GEMMs by ``wgrad`` as in linear_pieces. ``GROUNDTHINK_STACKED_BMM=1`` (untimed,
+        issue 10's launch count): when every gradient is present, stack them (one copy) and run dxs and dw as ONE
+        bmm each — 2·G GEMMs (+ cuBLAS's split-K reduce of each dw: G more) become 1 copy + 2 batched GEMMs (H100
+        run 19: a five-group batched dW ran as one kernel, no reduce), at the cost of the stack's read and write.
     s = stack(ts)
         torch.stack(ts) as a VIEW when the ts are equal contiguous tensors laid end to end in one storage (the
         training step's flat parameters: RWKV's five maa vectors), with a backward that hands each t its row of
@@ -213,6 +216,16 @@ class _StackedProj(torch.autograd.Function):
         xs, w = ctx.saved_tensors
         dxs = _empty_like(xs) if ctx.needs_input_grad[0] else None
         dw = _empty_like(w) if ctx.needs_input_grad[1] else None
+        if os.environ.get("GROUNDTHINK_STACKED_BMM") == "1" and all(g is not None for g in grads):
+            g = torch.stack(grads)                  # [G, M, N]: one copy, then two batched GEMMs (module docstring)
+            if dxs is not None:
+                torch.bmm(g, w.transpose(1, 2), out=dxs)
+            if dw is not None:
+                if ctx.wgrad is None:
+                    torch.bmm(xs.transpose(1, 2), g, out=dw)
+                else:
+                    ctx.wgrad(xs, g, out=dw)
+            return dxs, dw, None
         for i, g in enumerate(grads):
             if g is None:
                 for buf in (dxs, dw):

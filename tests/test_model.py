@@ -423,11 +423,14 @@ def test_tee_ygrad_knob_equals_autograd_add_float64(ref_ops, monkeypatch):
         assert _rel(a, b) < 1e-12
 
 
+@pytest.mark.parametrize("stacked_bmm", ["0", "1"])
 @pytest.mark.parametrize("drop", [(), (2,)])
-def test_stacked_proj_equals_autograd_float64(drop, nan_buffers):
+def test_stacked_proj_equals_autograd_float64(drop, stacked_bmm, nan_buffers, monkeypatch):
     """stacked_proj (one bmm, per-slice GEMMs backward into one stack) vs bmm + unbind in float64: outputs and
-    the gradients of the stacked inputs and weights, a None and a non-contiguous output gradient."""
+    the gradients of the stacked inputs and weights, a None and a non-contiguous output gradient; both backward
+    forms (GROUNDTHINK_STACKED_BMM: per-slice GEMMs, or the stacked gradients' two bmm)."""
     from fused.projections import stacked_proj
+    monkeypatch.setenv("GROUNDTHINK_STACKED_BMM", stacked_bmm)
     torch.manual_seed(0)
     xs = torch.randn(4, 13, 24, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 24, 40, dtype=torch.float64, requires_grad=True)
@@ -438,6 +441,23 @@ def test_stacked_proj_equals_autograd_float64(drop, nan_buffers):
         assert _rel(a, b) < 1e-14
     with pytest.raises(ValueError, match="stacked_proj: xs"):
         stacked_proj(xs, w[:, :5])
+
+
+def test_stacked_proj_stacked_bmm_through_wgrad(monkeypatch):
+    """GROUNDTHINK_STACKED_BMM=1 with the lab's wgrad (batched dw of the stacked gradients, the interpreter, fp32):
+    the gradients equal the per-slice torch.mm form's to fp32 rounding."""
+    from fused.projections import stacked_proj
+    from kernels.wgrad import wgrad
+    torch.manual_seed(1)
+    xs = torch.randn(4, 40, 16, requires_grad=True)
+    w = torch.randn(4, 16, 24, requires_grad=True)
+    cot = [torch.randn(40, 24) for _ in range(4)]
+    got = []
+    for knob, wg in (("0", None), ("1", wgrad)):
+        monkeypatch.setenv("GROUNDTHINK_STACKED_BMM", knob)
+        got.append(torch.autograd.grad(stacked_proj(xs, w, wg), [xs, w], cot))
+    for a, b in zip(*got):
+        assert _rel(a, b) < 1e-6
 
 
 def _split_oracle(x, weights, sizes, tee=False, wgrad=None):
