@@ -15,13 +15,13 @@ timings, launch counts, in one command; prints a short table last.
 3. launches: GPU kernels (and memsets/copies) per fwd+bwd, counted by torch.profiler, per implementation.
 4. a sweep of the lab kernel's knobs (``ssd.TUNING``: lean, save, bwd_cfg, ws_bytes, bwd_bt, bp, dot, fwd_bt, ckpt,
    prec) under the CUDA graph, each variant's graph fwd / fwd+bwd ms and its gradients' largest relative difference
-   from the default's (MAMBA2_SWEEP=0 skips it; "lean": only LEAN_SWEEP; "dax": only DAX_SWEEP, the backward's dA
-   forms), and the registers / spills / warps the autotuner picked for each lab kernel.
+   from the default's (MAMBA2_SWEEP=0 skips it; "lean": only LEAN_SWEEP), and the registers / spills / warps the
+   autotuner picked for each lab kernel.
 ``--compile`` (no GPU needed): compiles the lab kernels for sm_90 with this machine's Triton at both model shapes
 (default tiles, every autotune config; MAMBA2_COMPILE_QUICK=1: the small shape's first configs), printing
 registers and spill bytes (cuobjdump); exit 1 on a compile failure (tests/test_mamba2.py runs the quick one).
 Env: MAMBA2_SHAPES (indices, e.g. "0"), MAMBA2_CHECKS (1), MAMBA2_CHECKS_K (a pytest -k filter), MAMBA2_CHECKS_S
-(150: the checks' cap), MAMBA2_SWEEP (1: SWEEP; "lean": LEAN_SWEEP; "dax": DAX_SWEEP; 0 none), MAMBA2_BUDGET_S (480: no sweep variant
+(150: the checks' cap), MAMBA2_SWEEP (1: SWEEP; "lean": LEAN_SWEEP; 0 none), MAMBA2_BUDGET_S (480: no sweep variant
 starts later, counted from the script's start); MAMBA2_SMOKE=1 (no GPU needed) runs the flow on the CPU interpreter
 at a tiny shape with single timed calls and no graphs (checks the script, measures nothing).
 """
@@ -57,10 +57,7 @@ SHAPES = [(64, 256, 8, 32, 1, 32, 64), (16, 1024, 16, 64, 1, 64, 256)]
 LEAN_SWEEP = [dict(save=True), dict(bwd_cfg=(2, 1)), dict(save=True, bwd_cfg=(2, 1)), dict(ws_bytes=1 << 40),
               dict(save=True, fwd_bt=16), dict(bp=32), dict(bp=32, bwd_cfg=(2, 1)), dict(bwd_cfg=(8, 1)),
               dict(lean=0), dict(lean=1), dict(lean=0, bwd_cfg=(2, 1)), dict(bwd_bt=32), dict(dot=2)]
-# dax 0: session 14's term-by-term dA (an exponent tile and four scalar reductions a chunk) against the default dax 1
-# (Σ Δ·da with the exclusive sums as shifted inclusive ones): MAMBA2_SWEEP=dax
-DAX_SWEEP = [dict(dax=0)]
-SWEEP = DAX_SWEEP + LEAN_SWEEP + [dict(fwd_bt=64), dict(fwd_bt=32), dict(bwd_bt=64), dict(bp=16), dict(ckpt=4), dict(fwd_bt=128),
+SWEEP = LEAN_SWEEP + [dict(fwd_bt=64), dict(fwd_bt=32), dict(bwd_bt=64), dict(bp=16), dict(ckpt=4), dict(fwd_bt=128),
                       dict(dot=0), dict(dot=0, prec="tf32x3")]
 BUDGET_S = float(os.environ.get("MAMBA2_BUDGET_S", "480"))   # the sweep stops starting variants after this
 T0 = time.monotonic()
@@ -195,7 +192,7 @@ def compile_report() -> int:
         fwd_cfgs = [(4, 2), (8, 2)]
         bwd_cfgs = [(8, 1), (4, 1), (8, 2)]
         bwd = dict(flags, BT=BTB, BP=BP, BN=BN, HAS_H0=False, HAS_DHT=False, SAVED=False, p_h0=None, p_dhT=None,
-                   p_dh0=None, p_st=None, DAX=ssd.TUNING["dax"])
+                   p_dh0=None, p_st=None)
         fwd = dict(flags, BT=BTF, BP=BP, BN=BN, HAS_H0=False, STORE_HT=False, STORE_ST=False, p_h0=None, p_hT=None,
                    p_st=None)
         cases += [(ssd._ssd_fwd_kernel, fwd, fwd_cfgs[:1] if quick else fwd_cfgs),
@@ -208,9 +205,8 @@ def compile_report() -> int:
         cases += [(ssd._ssd_fwd_kernel, dict({k: v for k, v in fwd.items() if k != "p_st"}, STORE_ST=True),
                    fwd_cfgs[:1]),
                   (ssd._ssd_bwd_kernel, dict(st, SAVED=True, LEAN=2), bwd_cfgs[:1] if quick else bwd_cfgs)]
-        if not quick:   # lean 1, dax 0 (session 14's dA), and the sweep's lean variants with bwd_bt 32 and bp 32
+        if not quick:   # lean 1, and the sweep's lean variants with bwd_bt 32 and bp 32
             cases += [(ssd._ssd_bwd_kernel, dict(bwd, LEAN=1), bwd_cfgs),
-                      (ssd._ssd_bwd_kernel, dict(bwd, LEAN=2, DAX=1 - bwd["DAX"]), bwd_cfgs),
                       (ssd._ssd_bwd_kernel, dict(bwd, BT=32, LEAN=2), bwd_cfgs)]
             if BP > 32:
                 cases.append((ssd._ssd_bwd_kernel, dict(bwd, BP=32, LEAN=2), bwd_cfgs))
@@ -227,7 +223,6 @@ def compile_report() -> int:
         for nw, ns in cfgs:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
             lean = (f" LEAN={consts['LEAN']}" if consts.get("LEAN") else "") + (
-                f" DAX={consts['DAX']}" if "DAX" in consts else "") + (
                 " SAVED" if consts.get("SAVED") else "") + (" STORE_ST" if consts.get("STORE_ST") else "")
             tag = (f"{fn.__name__}{lean} BT={consts.get('BT')} BP={consts.get('BP')} "
                    f"BN={consts.get('BN')} warps={nw} stages={ns}")
@@ -312,14 +307,14 @@ def main() -> int:
     _table(rows)   # (again at the end, after the sweep: a command cut short keeps this one)
     # the knob sweep last, variant by variant at every shape, within the time budget (a new knob value compiles)
     sweep = os.environ.get("MAMBA2_SWEEP", "1")
-    if sweep in ("1", "lean", "dax") and "triton" in impls:
+    if sweep in ("1", "lean") and "triton" in impls:
         old = dict(ssd.TUNING)
         cases = [("B{} T{} H{} P{} G{} N{} Q{}".format(*SHAPES[i]), _inputs(SHAPES[i])) for i in idx]
         base = {label: [g.float() for g in _step(impls["triton"], inp)[1]()] for label, inp in cases}   # the walk's
 
         def _vs_base(label, gs):   # max over the gradients of ‖g − g_walk‖ / ‖g_walk‖ (rounding-level if right)
             return max(((a.float() - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(gs, base[label]))
-        for v in {"lean": LEAN_SWEEP, "dax": DAX_SWEEP}.get(sweep, SWEEP):
+        for v in (LEAN_SWEEP if sweep == "lean" else SWEEP):
             for label, inp in cases:
                 if time.monotonic() - T0 > BUDGET_S:
                     sweep_rows.append((label, str(v) + " (skipped: time budget)", None, None, None))

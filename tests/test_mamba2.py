@@ -192,14 +192,12 @@ CASES = {   # name: (inputs, TUNING overrides)
     "strong_decay_fwd64_save": (dict(l=50, a_max=16.0, dt_scale=1.0, g=1), {"fwd_bt": 64, "save": True}),
     "extreme_decay_fwd64": (dict(l=50, a_max=16.0, dt_scale=10.0, g=1), {"fwd_bt": 64}),
     # dA at strong decay with one head (a random sweep's worst draws): dA = Σ_j Δ_j da_j with da's exclusive sums as
-    # shifted inclusive cumsums (dax 1): 2.6e-7 / 1.3e-6; with "inclusive cumsum − own term" (before session 14):
-    # 5.5e-5 / 2.3e-5; session 14's term-by-term form (dax 0, kept as a knob): 4.5e-7 / 2.4e-6 (autograd through
-    # the fp32 recurrence 7e-8 / 1.7e-6)
+    # shifted inclusive cumsums: 2.6e-7 / 1.3e-6; with "inclusive cumsum − own term" (before session 14): 5.5e-5 /
+    # 2.3e-5; session 14's term-by-term form (removed: slower on the H100, run 19): 4.5e-7 / 2.4e-6 (autograd
+    # through the fp32 recurrence 7e-8 / 1.7e-6)
     "dA_strong_h1": (dict(b=2, l=25, h=1, p=1, n=6, g=1, a_max=16.0, dt_scale=1.0, seed=817620), {}),
     "dA_strong_p3": (dict(l=28, h=1, p=3, n=8, g=1, a_max=12.0, dt_scale=1.0, seed=882633, D=None), {}),
-    "dax0_strong_h1": (dict(b=2, l=25, h=1, p=1, n=6, g=1, a_max=16.0, dt_scale=1.0, seed=817620), {"dax": 0}),
     "A_zero_head": (dict(l=21, h=2, g=1, zero_head=True), {}),   # a head with A = 0
-    "dax0_A_zero_head": (dict(l=21, h=2, g=1, zero_head=True), {"dax": 0}),   # dax 0's A = 0 fallback (÷ A)
 }
 
 

@@ -53,14 +53,9 @@ cumsum along s of K at column j − 1 (``tl.gather`` along the [BT, BT] tile's r
 row j − 1 —, not "inclusive cumsum − own term": that difference cancels where the own term (the diagonal and near
 pairs, L ≈ 1) outweighs the sum before it, and the rounding it leaves in every da_j adds coherently in
 Σ_j Δ_j da_j: dA was off by up to 5.5e-5 relative on draws with one head and strong decay, where autograd through
-the fp32 recurrence is ~1e-6 (the same draws now ≤ 1.3e-6). ``TUNING["dax"]`` 0 (session 14's form, kept for
-timing) sums A·dA term by term instead — each term of da times its own exponent (≤ 0, from the split cumsum),
-divided by A at the end (A = 0: Σ Δ da), with the "cumsum − own term" da:
-
-    A·dA = Σ_chunks [ exp(c_L)⟨S0, dS⟩ c_L + Σ_t eo_t c_t + Σ_s Δ_s e_s (x_s · U_s) r_s + Σ_{s≤t} K_ts g_ts ]
-
-(eo_t = exp(c_t)(dy_t · V_t), r_s = c_L − c_s, g_ts = c_t − c_s from c_hi and c_lo; per chunk an exponent tile g,
-four reductions to a scalar: 16–23 % more instructions in the reverse step than dax 1, see notes/mamba2.md).
+the fp32 recurrence is ~1e-6 (the same draws now ≤ 1.3e-6). Session 14's term-by-term A·dA (each term times its own exponent, divided by A) was as
+precise and 16–23 % more instructions in the reverse step; H100 run 19: 0.2603 / 0.9407 ms graph fwd+bwd at the
+small / large model vs 0.246 / 0.8642 with this form — removed (notes/mamba2.md, session 15).
 ``TUNING["lean"]`` ≥ 1 takes the state term from dC's state part instead of the dot V:
 exp(c_t)(dy_t · V_t) = Σ_n C_tn (exp(c_t) dy_t S0)_n (one dot fewer a chunk; the same sums in another order).
 
@@ -136,12 +131,10 @@ __all__ = ["mamba_chunk_scan_combined", "TUNING"]
 # states (fp32, b·H·NPB·cdiv(T, fwd BT)·BP·BN·4 bytes kept for the backward: 128 MiB at the large model) and the
 # backward takes them as its checkpoints — no checkpoint pass, groups of fwd BT / bwd BT chunks (1 re-walk step a
 # group at the large model, 3 at the small; with fwd_bt = bwd_bt none: the chain is the reverse steps alone). Only
-# when a gradient is needed and the forward's rows are a multiple of the backward's. dax: the backward's dA (1:
-# Σ Δ·da with the exclusive sums as shifted inclusive ones; 0: session 14's term-by-term A·dA — an exponent tile and
-# four scalar reductions a chunk; see the module docstring).
+# when a gradient is needed and the forward's rows are a multiple of the backward's.
 TUNING = {"fwd_bt": None, "bwd_bt": 16, "bp": None, "prec": None, "dot": 1, "ckpt": None, "ws_bytes": 128 << 20,
           "fwd_warps": None, "bwd_warps": None, "lean": 2, "bwd_cfg": None,
-          "save": False, "dax": 1}
+          "save": False}
 PRECISION = {torch.float32: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}
 
 
@@ -393,7 +386,7 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT, p_st
 
 
 @triton.autotune(configs=_configs(TUNING["bwd_warps"], [(8, 1), (4, 1), (8, 2)]),
-                 key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT", "LEAN", "SAVED", "DAX"])
+                 key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT", "LEAN", "SAVED"])
 @triton.jit
 def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_scr, p_st,
                     p_dx, p_ddtp, p_dBp, p_dCp, p_par, p_dDp, p_dh0,
@@ -403,7 +396,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
                     BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
                     D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
                     HAS_DHT: tl.constexpr, LEAN: tl.constexpr, SAVED: tl.constexpr, PREC: tl.constexpr,
-                    DOT: tl.constexpr, DAX: tl.constexpr):
+                    DOT: tl.constexpr):
     # inputs as in _ssd_fwd_kernel; p_dy [b, T, H, P] (strides sy_*), p_dhT [b, H, P, N] contiguous (None unless
     # HAS_DHT); p_scr [b·H·NPB, NCK + CK, BP, BN] fp32 workspace: NCK checkpoints (the state entering chunk
     # g·CK), then the CK chunk-entry states of the group being walked (NC = cdiv(T, BT) chunks, NCK = cdiv(NC, CK));
@@ -419,8 +412,6 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     # LEAN 2: also every walk's inputs loaded one step ahead — the next chunk's x, B, C, dy tiles and dt rows in the
     # reverse walk, x, B, dt in the state re-walks — so their memory latency overlaps this step's work instead of
     # opening the next step (a few more registers: a [16, 64] bf16 tile is 4 a thread at 4 warps).
-    # DAX (``TUNING["dax"]``): the dA form — 1: Σ Δ_j da_j with da's exclusive sums as inclusive ones read a column /
-    # row earlier (tl.gather); 0: session 14's term-by-term A·dA (exponent tile, scalar reductions; see the docstring).
     i_bh, i_p = tl.program_id(0), tl.program_id(1)
     i_b, i_h, p_x, p_dt, p_B, p_C = _head_inputs(p_x, p_dt, p_B, p_C, i_bh, H, HG, sx_b, sx_h, sdt_b, sdt_h, sb_b,
                                                  sb_g, sc_b, sc_g)
@@ -471,8 +462,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     else:
         b_dS = tl.zeros([BP, BN], dtype=tl.float32)
     causal = o_t[:, None] >= o_t[None, :]             # [t, s] s ≤ t   (also [t, j]: t ≥ j)
-    acc_dA = tl.zeros([BT], dtype=tl.float32)       # Σ Δ_j da_j (DAX 0: dA where A = 0)
-    acc_dAx = tl.zeros([], dtype=tl.float32)        # DAX 0: A·dA as Σ (term)·(its exponent)
+    acc_dA = tl.zeros([BT], dtype=tl.float32)       # Σ Δ_j da_j
     acc_db = tl.zeros([BT], dtype=tl.float32)
     acc_dD = tl.zeros([BP], dtype=tl.float32)
     if LEAN >= 2:                                     # the next chunk's inputs, loaded one reverse step ahead
@@ -539,16 +529,10 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
             b_X = tl.exp(b_cL) * tl.sum(tl.sum(b_S0 * b_dS, 1), 0)                     # [] state passing through
             b_da = tl.zeros([BT], dtype=tl.float32) + b_X
             b_da += tl.cumsum(b_eo, 0, reverse=True)                                    # Σ_{t≥j} eo_t
-            if DAX == 0:   # A·dA as Σ over terms of (term)·(its exponent): the pass-through, the read terms
-                #              (exponent c_t); the pair terms (exponent g_ts) and the written terms (r_s) below
-                acc_dAx += tl.sum(b_eo * b_c, 0) + b_X * b_cL
             b_GL = _mm(b_C, tl.trans(b_B), DOT >= 1, HT, PREC)                          # [t, s]
             b_L = _pair_decay(b_ch, b_cl, causal)
             b_GL = b_GL * b_L
             b_R = _mm(b_dyh, tl.trans(b_x), DOT >= 1, HT, PREC)                          # [t, s] dy_t · x_s
-            if DAX == 0:
-                b_g = tl.minimum((b_ch[:, None] - b_ch[None, :]) + (b_cl[:, None] - b_cl[None, :]), 0.)   # [t, s]
-                acc_dAx += tl.sum(tl.sum(b_GL * b_R * b_g, 0) * b_d, 0)                # Σ K_ts g_ts (0: s > t)
             b_Z = b_R * b_L * b_d[None, :]
             b_dC += _mm(b_Z, b_B, DOT >= 2, HT, PREC)
             o_part = ((i_b * T + rows64) * H * NPB + i_h * NPB + i_p)[:, None] * N + o_n[None, :]
@@ -569,19 +553,13 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
             b_dd = tl.sum(b_K, 0) + b_e * b_xu
             b_K = b_K * b_d[None, :]
             b_vs = b_de * b_xu
-            if DAX == 0:
-                b_Pcs = tl.cumsum(b_K, 1) - b_K                                         # [t, j] Σ_{s<j} K_ts
-                b_da += tl.sum(tl.where(causal, b_Pcs, 0.), 0)                          # Σ_{t≥j}
-                b_da += tl.cumsum(b_vs, 0) - b_vs                                       # Σ_{s<j} Δ_s e_s x_s·U_s
-            else:   # the exclusive sums as inclusive ones read a column / row earlier (no "cumsum − own term")
-                o_prev = tl.maximum(o_t - 1, 0)                                         # j − 1 (j > 0)
-                b_Pcs = tl.gather(tl.cumsum(b_K, 1), tl.broadcast_to(o_prev[None, :], (BT, BT)), 1)  # [t, j] Σ_{s<j}
-                b_da += tl.sum(tl.where(causal & (o_t > 0)[None, :], b_Pcs, 0.), 0)    # Σ_{t≥j}
-                b_da += tl.where(o_t > 0, tl.gather(tl.cumsum(b_vs, 0), o_prev, 0), 0.)   # Σ_{s<j} Δ_s e_s x_s·U_s
+            # the exclusive sums as inclusive ones read a column / row earlier (no "cumsum − own term")
+            o_prev = tl.maximum(o_t - 1, 0)                                             # j − 1 (j > 0)
+            b_Pcs = tl.gather(tl.cumsum(b_K, 1), tl.broadcast_to(o_prev[None, :], (BT, BT)), 1)  # [t, j] Σ_{s<j}
+            b_da += tl.sum(tl.where(causal & (o_t > 0)[None, :], b_Pcs, 0.), 0)        # Σ_{t≥j}
+            b_da += tl.where(o_t > 0, tl.gather(tl.cumsum(b_vs, 0), o_prev, 0), 0.)   # Σ_{s<j} Δ_s e_s x_s·U_s
             b_da = tl.where(m_t, b_da, 0.)
             acc_dA += b_d * b_da
-            if DAX == 0:
-                acc_dAx += tl.sum(b_vs * b_r, 0)                                         # Σ Δ_s e_s x_s·U_s r_s
             b_dd += b_A * b_da
             if SOFTPLUS:
                 b_dd = tl.where(b_v <= 20., b_dd / (1. + tl.exp(-b_v)), b_dd)
@@ -595,11 +573,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
                      mask=(o_p[:, None] < P) & (o_n[None, :] < N))
         else:
             tl.store(p_dh0 + i_bh.to(tl.int64) * P * N + o_pn, b_dS, mask=m_pn)
-    if DAX == 0:
-        tl.store(p_par + prog * 2, tl.where(b_A != 0., acc_dAx / tl.where(b_A != 0., b_A, 1.),
-                                            tl.sum(acc_dA, 0)))
-    else:
-        tl.store(p_par + prog * 2, tl.sum(acc_dA, 0))
+    tl.store(p_par + prog * 2, tl.sum(acc_dA, 0))
     tl.store(p_par + prog * 2 + 1, tl.sum(acc_db, 0))
     if HAS_D:
         tl.store(p_dDp + i_bh.to(tl.int64) * P + o_p, acc_dD, mask=m_p)
@@ -780,7 +754,6 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_so
         BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
         HAS_DHT=dhT is not None, LEAN=int(TUNING["lean"]), SAVED=saved, PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C),
-        DAX=int(TUNING["dax"]),
         **cfg)
     BL = b * T
     BR = 4 if INTERPRET else max(1, min(64, 4096 // (_pow2(N) * max(1, H * NPB // 8))))
