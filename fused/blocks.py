@@ -29,19 +29,7 @@ def rms_norm(x, weight, eps):
     return F.rms_norm(x.to(cdt), (x.shape[-1],), weight.to(cdt), eps).to(x.dtype)
 
 
-def linear(x, layer: nn.Linear, ops):
-    """``layer(x)`` for a bias-free nn.Linear whose weight gradient is one ``ops.wgrad`` call: the product through
-    ``linear_pieces`` with one weight (the weight stays the Linear's parameter: checkpoints keep their names; ONE
-    GEMM forward as F.linear, under autocast the same casts), dW = dYᵀ x by the registry's wgrad (the lab's: one
-    launch where cuBLAS runs a split-K GEMM and its reduce kernel), dx = dY W as autograd's. A bias, or rows no
-    multiple of 8 (linear_pieces would pad the product), take ``layer(x)``."""
-    w = layer.weight
-    if layer.bias is not None or w.shape[0] % 8:
-        return layer(x)
-    return linear_pieces(x, [w], [w.shape[0]], wgrad=_wgrad(ops))[0]
-
-
-def _wgrad(ops):
+def wgrad_of(ops):
     """The registry's ``wgrad`` of ``ops`` (None, i.e. torch.mm, for an op set without it)."""
     return getattr(ops, "wgrad", None)
 
@@ -115,7 +103,7 @@ class RWKV6TimeMix(nn.Module):
         xw, xrkvg = ops.ddlerp(x, m, maa, x_prev, order=(0, 3, 1, 2, 4))
         # gp: the gate pre-activation; the backward writes the four input gradients into one [4, B·T, D] (which
         # ddlerp's backward reads as is) without stacking dr, dk, dv, dgp first (fused.projections)
-        r, k, v, gp = (t.view(B, T, D) for t in stacked_proj(xrkvg.view(4, B * T, D), self.rkvg, _wgrad(ops)))
+        r, k, v, gp = (t.view(B, T, D) for t in stacked_proj(xrkvg.view(4, B * T, D), self.rkvg, wgrad_of(ops)))
         # the log-decay −exp(time_decay + tanh(xw W1) W2) ≤ 0 (fp32 math) in r's dtype: one fused op
         lw = ops.lowrank(xw, self.time_decay_w1, self.time_decay_w2, base=self.time_decay, dtype=r.dtype)
         r, k, v, lw = (t.view(B, T, H, K) for t in (r, k, v, lw))
@@ -129,7 +117,7 @@ class RWKV6TimeMix(nn.Module):
         # per-head GroupNorm(o) ⊙ silu(gp): one fused op (ln_x holds its affine parameters and eps)
         o = ops.norm_gate(o.reshape(B, T, D), gp, self.ln_x.weight, self.ln_x.bias, group_size=K,
                           eps=self.ln_x.eps, norm="layer", norm_before_gate=True)
-        return linear(o, self.output, ops), new_state     # dW by ops.wgrad
+        return self.output(o), new_state
 
     def init_state(self, batch_size, device, dtype):
         sdt = torch.float64 if dtype == torch.float64 else torch.float32
@@ -200,7 +188,7 @@ class Mamba2Mixer(nn.Module):
         # in_proj's pieces as column views of one GEMM (padded to 8 columns) whose backward reads their gradients
         # in place (fused.projections.linear_pieces) instead of concatenating them
         z, xBC, dt = proj if proj is not None else linear_pieces(u, [self.in_proj.weight], self.split_sizes(),
-                                                                 wgrad=_wgrad(ops))
+                                                                 wgrad=wgrad_of(ops))
         xBC, conv_state = self._conv(xBC, None if state is None else state[0], ops)
         x, Bm, Cm = torch.split(xBC, [self.d_inner, g * n, g * n], dim=-1)
         x = x.reshape(Bsz, T, h, p)
@@ -225,7 +213,7 @@ class Mamba2Mixer(nn.Module):
         # channels (mamba-ssm's RMSNormGated with group_size = d_ssm / ngroups), one fused op
         yg = ops.norm_gate(y, z, self.norm_weight, None, group_size=self.d_inner // self.ngroups, eps=self.eps,
                            norm="rms", norm_before_gate=False)
-        return linear(yg.to(z.dtype), self.out_proj, ops), new_state      # dW by ops.wgrad
+        return self.out_proj(yg.to(z.dtype)), new_state
 
     def init_state(self, batch_size, device, dtype):
         sdt = torch.float64 if dtype == torch.float64 else torch.float32
@@ -235,8 +223,7 @@ class Mamba2Mixer(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- FFN
 class FFN(nn.Module):
-    """4× MLP: down(act(up(x))), act = GELU (peer) or squared ReLU; both weight gradients by ``ops.wgrad``
-    (``linear``; without ``ops``: autograd's)."""
+    """4× MLP: down(act(up(x))), act = GELU (peer) or squared ReLU."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -244,7 +231,7 @@ class FFN(nn.Module):
         self.down = nn.Linear(cfg.d_ffn, cfg.d_model, bias=False)
         self.act = cfg.ffn_act
 
-    def forward(self, x, ops=None):
-        hdn = linear(x, self.up, ops)
+    def forward(self, x):
+        hdn = self.up(x)
         hdn = F.gelu(hdn) if self.act == "gelu" else torch.relu(hdn).square()
-        return linear(hdn, self.down, ops)
+        return self.down(hdn)

@@ -26,7 +26,7 @@ import os
 import torch
 import torch.nn as nn
 
-from fused.blocks import FFN, Mamba2Mixer, NormWeight, RWKV6TimeMix, rms_norm
+from fused.blocks import FFN, Mamba2Mixer, NormWeight, RWKV6TimeMix, rms_norm, wgrad_of
 from fused.configs import ModelConfig
 from fused.projections import embedding, linear_pieces
 from groundthink.device import autocast_dtype
@@ -77,7 +77,7 @@ class HybridBlock(nn.Module):
         h, y2, gate = self.fusion(h, a, b, y, ops, self.norm1, self.cfg, probes is not None, proj=gproj)
         if probes is not None:
             probes.append((gate, None if a is None else a.detach(), None if b is None else b.detach()))
-        f = self.ffn(y2, ops)
+        f = self.ffn(y2)
         h, y3 = ops.gate_norm_residual(h, f, weight=self.norm2.weight, bias=self.norm2.bias, mode="add",
                                        norm=self.cfg.norm, eps=self.cfg.norm_eps,
                                        residual_fp32=self.cfg.residual_fp32)
@@ -95,7 +95,7 @@ class HybridBlock(nn.Module):
         (``linear_pieces(tee=True)``), one autograd add of y's gradients fewer per layer."""
         w_in, w_g = self.mamba.in_proj.weight, self.fusion.gate_proj.weight
         ws, sizes = [w_in, w_g], self.mamba.split_sizes() + [w_g.shape[0]]
-        return linear_pieces(y, ws, sizes, tee=tee, wgrad=getattr(ops, "wgrad", None))    # dW by ops.wgrad
+        return linear_pieces(y, ws, sizes, tee=tee, wgrad=wgrad_of(ops))    # dW by ops.wgrad
 
 
 class HybridLM(nn.Module):

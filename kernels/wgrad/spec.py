@@ -31,9 +31,9 @@ def _flops(R, M, N, G, pass_):
 
 
 def _dw_shapes(D, d_inner, conv_dim, d_ffn, nheads, mix_lora=32, decay_lora=64):
-    """(M, N) of the projections' dW = dYᵀ X of one layer (fused/projections.py): r, k, v, g and the output
-    (D, D); in_proj's z and xBC pieces (d_inner, D), (conv_dim, D); out_proj (D, d_inner); the FFN (d_ffn, D),
-    (D, d_ffn); the narrow group of in_proj (dt, a folded gate, the pad: a multiple of 8 below 64 wide) — then
+    """(M, N) of the projections' dW = dYᵀ X of one layer (fused/projections.py): r, k, v, g (D, D); in_proj's z
+    and xBC pieces (d_inner, D), (conv_dim, D); the plain Linear layers' shapes (out_proj (D, d_inner), the FFN
+    (d_ffn, D), (D, d_ffn): bench rows, their dW is autograd's since run 19); the narrow group of in_proj (dt, a folded gate, the pad: a multiple of 8 below 64 wide) — then
     lowrank's dW1 / dW2 (called by kernels/lowrank directly: benchmark rows only)."""
     del nheads
     proj = [(D, D), (d_inner, D), (conv_dim, D), (D, d_inner), (d_ffn, D), (D, d_ffn)]
