@@ -42,12 +42,13 @@ from tqdm import tqdm
 
 from groundthink import checkpoint as ckpt
 from groundthink import data as gdata
-from groundthink.cli import DEVICE_DEFAULTS, build_parser, cpu_threads, fill_device_defaults, parse_args  # noqa: F401
+from groundthink.cli import (DEVICE_DEFAULTS, build_parser, cpu_threads, fill_device_defaults,  # noqa: F401
+                             parse_args, parse_pins)
 from groundthink.errors import InputError
 from groundthink.precompile import COMPILES, compiles_since, counting_compiles, parallel_autotune
 from groundthink import monitor
 from groundthink.registry import resolve
-from groundthink.step import TrainStep, group_params
+from groundthink.step import TrainStep, capture_failure, group_params
 
 # never taken from a checkpoint's args
 NOT_INHERITED = {"resume", "config", "stop_at", "no_progress", "graph", "profile_steps"}
@@ -270,7 +271,7 @@ def _train(args, device, rank, world, master, say) -> dict:
     if chosen and state is None:
         say(f"device {device.type}: " + ", ".join(f"{k}={getattr(args, k)}" for k in chosen)
             + " (chosen by device; flags override)")
-    ops = resolve(args.kernels, graph=args.graph != "off")  # one implementation per op, and why
+    ops = resolve(args.kernels, parse_pins(args.pin), graph=args.graph != "off")  # one implementation per op, and why
     say(f"kernels (--kernels {args.kernels}):\n" + ops.table())
     background = early_background(args, device, master)
     run = build_run(args, device, rank, world, master, say, ops, state, background)
@@ -344,7 +345,7 @@ def qualify_kernels(args, model, ops, device, master, world, say, background=Non
         gate.qualify(shapes, graph=graph, say=say, progress=not args.no_progress, background=background)
     if world > 1:
         dist.barrier()
-    ops = resolve(args.kernels, verdicts=gate.Verdicts(shapes=shapes, graph=graph))
+    ops = resolve(args.kernels, parse_pins(args.pin), verdicts=gate.Verdicts(shapes=shapes, graph=graph))
     model.set_ops(ops)
     say(f"kernels after qualification ({time.monotonic() - _T0:.1f} s after the start):\n" + ops.table())
     for line in gate.deferred_notes(ops) if master else ():
@@ -470,7 +471,7 @@ def capture(run: Run, x, y):
     except Exception as e:  # noqa: BLE001 - auto: say why and train eagerly
         if run.args.graph == "on":
             raise
-        run.graph = (False, f"capture failed: {type(e).__name__}: {str(e)[:200]}")
+        run.graph = (False, f"capture failed: {capture_failure(e)}")
         run.say(f"CUDA graph off: {run.graph[1]}")
         torch.cuda.synchronize()
     run.ring.restart_clock()

@@ -198,6 +198,7 @@ class _Recorder:
 
     def __init__(self):
         self.calls: list[tuple[str, dict, set]] = []
+        self.hooks: list = []      # the gradient hooks' handles: removed after the backward (``record``)
 
     def __getattr__(self, op: str):
         if op.startswith("_") or op not in specs():
@@ -215,7 +216,7 @@ class _Recorder:
                 if isinstance(o, torch.Tensor) and o.requires_grad:
                     needs.add(i)            # an alias: a gradient reaches it only from outside the op (not via y(h))
                     outs[i] = o.view_as(o)
-                    outs[i].register_hook(lambda g, i=i: got.add(i))
+                    self.hooks.append(outs[i].register_hook(lambda g, i=i: got.add(i)))
             return type(out)(outs) if many else outs[0]
         return call
 
@@ -223,7 +224,12 @@ class _Recorder:
 def record(model, amp: torch.dtype | None = None) -> list[tuple[str, dict, tuple]]:
     """(op, bound arguments, outputs that receive no gradient) of every op call of one forward + backward of
     ``model`` at ``TOKENS`` under autocast to ``amp`` (None: none); the model's ops and its parameters'
-    gradients are restored after."""
+    gradients are restored after. The recorder lets go of its calls at the end: a backward that keeps the op it
+    was handed (``ctx.wgrad``: the recorder's bound call) made a cycle through C++ autograd nodes — recorder →
+    calls → tensors → graph → ctx → recorder — that the garbage collector cannot see, and the leaked graph held
+    the parameters' gradient accumulators, made on the default stream: a later CUDA-graph capture of the step
+    failed at the backward's end ("dependency created on uncaptured work in another stream", run 20 — every
+    ``--kernels auto`` step since the wgrad op joined the recording, small and large)."""
     recorder, ops = _Recorder(), model.ops
     params = list(model.parameters())
     grads = [p.grad for p in params]
@@ -235,10 +241,13 @@ def record(model, amp: torch.dtype | None = None) -> list[tuple[str, dict, tuple
             loss = model(idx, idx)[1]
         loss.backward()
     finally:
+        for h in recorder.hooks:
+            h.remove()
         model.set_ops(ops)
+        calls, recorder.calls = recorder.calls, []     # see the docstring: no cycle through the backward's ctx
         for p, g in zip(params, grads):
             p.grad = g
-    return [(op, call, tuple(sorted(needs - got))) for op, call, needs, got in recorder.calls]
+    return [(op, call, tuple(sorted(needs - got))) for op, call, needs, got in calls]
 
 
 def _describe(call: dict) -> str:

@@ -94,6 +94,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--stop-at", type=int, help="stop after this step (checkpoint saved) without changing the schedule; "
                                     "continue later with --resume")
     add("--kernels", default="auto", choices=["auto", "triton", "reference"])
+    add("--pin", help="OP=IMPL[,OP=IMPL...]: these ops use these implementations whatever --kernels chooses "
+                      "(e.g. lowrank=reference; debugging and bisecting)")
     add("--log-file", "--log", dest="log", help="JSONL run log (default: in the run's folder, log_MODEL.jsonl); "
                                            "under torchrun write --log-file (torchrun reads --log as its own --log-dir)")
     add("--sample-tokens", type=int, default=200, help="tokens sampled at the end (0: none)")
@@ -213,6 +215,24 @@ def _float_in(args, name: str, ok, accepted: str):
         raise InputError(f"--{name.replace('_', '-')} {v}: out of range; accepted: {accepted}")
 
 
+def parse_pins(text) -> dict[str, str]:
+    """--pin "op=impl,op=impl" as {op: impl}, each op and implementation known (``InputError`` otherwise)."""
+    if not text:
+        return {}
+    from groundthink.spec import specs
+    known = specs()
+    pins = {}
+    for item in str(text).split(","):
+        op, sep, impl = item.strip().partition("=")
+        if not sep or op not in known:
+            raise InputError(f"--pin {item.strip()!r}: not OP=IMPL with a known op; accepted ops: {', '.join(known)}")
+        names = [i.name for i in known[op].impls]
+        if impl not in names:
+            raise InputError(f"--pin {op}={impl}: unknown implementation of {op}; accepted: {', '.join(names)}")
+        pins[op] = impl
+    return pins
+
+
 def validate(args) -> None:
     """Raise ``InputError`` (one line) for the first bad setting; normalizes ``args.model`` to its canonical name."""
     import fused
@@ -224,6 +244,7 @@ def validate(args) -> None:
     if args.size not in fused.SIZES:
         raise InputError(f"--size {args.size}: unknown size; accepted: {', '.join(fused.SIZES)}")
     overrides = parse_overrides(args.override)
+    parse_pins(args.pin)
     _int_at_least(args, "steps", 1)
     _int_at_least(args, "batch_size", 1)
     _int_at_least(args, "seq_len", 1)

@@ -50,6 +50,8 @@ Invariant: the parameters stay views of ``master`` (``model.to``, ``load_state_d
 from __future__ import annotations
 
 import contextlib
+import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -510,8 +512,16 @@ class TrainStep:
             if self.world > 1:
                 dist.barrier()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._body()
+            probe = CaptureProbe() if os.environ.get("GROUNDTHINK_CAPTURE_PROBE", "0") == "1" else None
+            try:
+                with torch.cuda.graph(graph, capture_error_mode=capture_error_mode()):
+                    with probe or contextlib.nullcontext():
+                        self._body()
+            except Exception as e:
+                if probe is not None:
+                    e.add_note(probe.finding())
+                reset_generators_after_failed_capture()
+                raise
         finally:
             self.skip.fill_(0.0)   # a failed capture leaves an eager step that updates
         self.graph = graph
@@ -523,3 +533,150 @@ class TrainStep:
         if self.graph is not None:
             self.graph.reset()
             self.graph = None
+
+
+def capture_failure(e: BaseException) -> str:
+    """One line on a failed capture: the error's type and first line, where it surfaced (the innermost frame) and
+    the innermost frame of the lab's own code (file names relative to their package, no machine paths). An error
+    raised inside the captured body reaches the caller as the capture's end failing ("operation failed due to a
+    previous error during capture") with the body's error as its context: that one is said first."""
+    import traceback
+
+    def where(f) -> str:
+        parts = Path(f.filename).parts
+        for root in ("site-packages", "groundthink", "kernels", "fused", "reference"):
+            if root in parts:
+                parts = parts[parts.index(root) + (root == "site-packages"):]
+                break
+        else:
+            parts = parts[-2:]
+        return f"{'/'.join(parts)}:{f.lineno} {f.name}"
+
+    def one(err: BaseException) -> str:
+        frames = traceback.extract_tb(err.__traceback__)
+        lab = [f for f in frames if "site-packages" not in f.filename and "/torch/" not in f.filename]
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        at = f" (at {where(frames[-1])}" if frames else ""
+        if lab and frames and lab[-1] is not frames[-1]:
+            at += f"; from {where(lab[-1])}"
+        return f"{type(err).__name__}: {first[:200]}{at + ')' if at else ''}"
+
+    inner = e.__cause__ or e.__context__
+    said = f"{one(inner)}; then {one(e)}" if inner is not None else one(e)
+    notes = "; ".join(getattr(e, "__notes__", ()))
+    return said + (f"; {notes}" if notes else "")
+
+
+# ----------------------------------------------------------------------------------------------- failed captures
+
+CAPTURE_ERROR_MODES = ("global", "thread_local", "relaxed")
+
+
+def capture_error_mode() -> str:
+    """``torch.cuda.graph``'s capture_error_mode: ``GROUNDTHINK_CAPTURE_ERROR_MODE`` (a debugging knob; default
+    "global": an unsafe CUDA call from any thread during the capture invalidates it). "thread_local" tells a
+    capture broken by another thread from one broken by the step itself."""
+    mode = os.environ.get("GROUNDTHINK_CAPTURE_ERROR_MODE", "global")
+    if mode not in CAPTURE_ERROR_MODES:
+        raise ValueError(f"GROUNDTHINK_CAPTURE_ERROR_MODE={mode!r}; accepted: {', '.join(CAPTURE_ERROR_MODES)}")
+    return mode
+
+
+def reset_generators_after_failed_capture() -> None:
+    """A capture that fails at its end leaves the CUDA generators in capture mode (torch's capture epilogue never
+    ran): the next random op outside a graph raises "Offset increment outside graph capture encountered
+    unexpectedly" (run 20: ``train.py --sample-tokens`` after the eager fallback). A clone of each generator's
+    state (same seed and offset, not capturing) takes its place."""
+    for gen in torch.cuda.default_generators:
+        with contextlib.suppress(Exception):      # a device never initialised has nothing to reset
+            gen.graphsafe_set_state(gen.clone_state())
+
+
+def _stream_capture_status(stream) -> int | None:
+    """cuStreamIsCapturing of ``stream``: 0 not capturing, 1 active, 2 invalidated; None if it cannot be asked."""
+    import ctypes
+    try:
+        lib = _stream_capture_status.lib = getattr(_stream_capture_status, "lib", None) or ctypes.CDLL("libcuda.so.1")
+        status = ctypes.c_int(-1)
+        if lib.cuStreamIsCapturing(ctypes.c_void_p(stream.cuda_stream), ctypes.byref(status)) != 0:
+            return None
+        return status.value
+    except OSError:
+        return None
+
+
+class CaptureProbe(TorchDispatchMode):
+    """``GROUNDTHINK_CAPTURE_PROBE=1``: during the step's capture, asks the driver after every aten op (forward and
+    backward) and every Triton launch whether the capture is still valid, and remembers the first call after which
+    it was not, the calls just before it and where in the lab's code it was made; a Triton launch that raised
+    (even where a caller swallowed the error) is remembered too. A capture invalidated by a call whose error was
+    swallowed (cudaErrorStreamCaptureInvalidated surfaces only at the capture's end) is located this way: the
+    culprit ran between the last good call and the first bad one. Host cost: one driver call per op, during the
+    capture only."""
+
+    def __init__(self, context: int = 6):
+        super().__init__()
+        self.calls = 0
+        self.recent: list[str] = []
+        self.context = context
+        self.first: str | None = None
+        self.raised: list[str] = []
+        self.threads: set[int] = set()
+        self._unpatch = None
+
+    def check(self, what: str) -> None:
+        import threading
+        self.threads.add(threading.get_ident())
+        if self.first is not None:
+            return
+        self.calls += 1
+        if _stream_capture_status(torch.cuda.current_stream()) == 2:
+            import traceback
+            lab = [f for f in traceback.extract_stack()[:-2]
+                   if "site-packages" not in f.filename and "/torch/" not in f.filename]
+            where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in lab[::-1][:4])
+            self.first = (f"capture probe: invalid after call {self.calls} ({what}, called at {where or '?'}); "
+                          f"the calls before it: {', '.join(self.recent)}")
+        else:
+            self.recent = (self.recent + [what])[-self.context:]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.check(str(func))
+        return out
+
+    def __enter__(self):
+        try:
+            from triton.runtime.jit import JITFunction
+        except ImportError:
+            return super().__enter__()
+        original, probe = JITFunction.run, self
+
+        def run(fn, *args, **kwargs):
+            name = f"triton {getattr(fn, '__name__', '?')}"
+            try:
+                out = original(fn, *args, **kwargs)
+            except Exception as e:
+                probe.raised.append(f"{name} raised {type(e).__name__}: {str(e).strip()[:120]}")
+                raise
+            probe.check(name)
+            return out
+
+        JITFunction.run = run
+        self._unpatch = lambda: setattr(JITFunction, "run", original)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        if self._unpatch is not None:
+            self._unpatch()
+        if exc[1] is not None:
+            self.raised.append(f"the body raised {type(exc[1]).__name__}: {str(exc[1]).strip()[:200]}")
+        self.check("end of the step's body")
+        return super().__exit__(*exc)
+
+    def finding(self) -> str:
+        said = self.first or (f"capture probe: still valid after all {self.calls} calls (the last: "
+                              f"{', '.join(self.recent)})")
+        if self.raised:
+            said += f"; raised during the capture: {'; '.join(self.raised[:3])}"
+        return said + f"; {len(self.threads)} thread(s) seen"

@@ -58,6 +58,9 @@ def error_of(capsys, argv) -> str:
     (["--threads", "-2"], "--threads -2"),
     (["--sample-tokens", "-1"], "--sample-tokens -1"),
     (["--kernels", "fast"], "invalid choice: 'fast'"),
+    (["--pin", "foo=bar"], "--pin 'foo=bar': not OP=IMPL with a known op; accepted ops: wkv6,"),
+    (["--pin", "lowrank"], "not OP=IMPL"),
+    (["--pin", "lowrank=cuda"], "--pin lowrank=cuda: unknown implementation of lowrank; accepted: reference, triton"),
     (["--tokenizer", "word"], "invalid choice: 'word'"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ])
@@ -225,3 +228,12 @@ def test_no_machine_paths_in_docs_scripts_and_committed_logs(capsys):
     finally:
         os.chdir(cwd)
     assert rc == 0, capsys.readouterr().out
+
+
+def test_pins_name_implementations_that_win_over_the_mode():
+    """--pin op=impl[,op=impl]: what registry.resolve is given as overrides (bisecting a step by op)."""
+    from groundthink.registry import resolve
+    pins = cli.parse_pins("lowrank=triton, wgrad=reference")
+    assert pins == {"lowrank": "triton", "wgrad": "reference"} and cli.parse_pins(None) == {}
+    ops = resolve("reference", pins, cuda=False)
+    assert ops.impls()["lowrank"] == "triton" and ops.impls()["wkv6"] == "reference"

@@ -785,6 +785,19 @@ def test_the_steps_calls_are_read_off_the_model():
                    for c in cs)
 
 
+def test_recording_the_steps_calls_leaves_no_autograd_graph_alive():
+    """Run 20: the recording's backward handed the recorder's own call to ``ctx.wgrad``, closing a cycle through
+    C++ autograd nodes (recorder → calls → tensors → graph → ctx → recorder) that ``gc`` cannot collect; the leaked
+    graph kept the parameters' gradient accumulators, made on the default stream, and every ``--kernels auto``
+    step's CUDA-graph capture then failed at the backward's end. After ``step_calls`` no tensor with a
+    ``grad_fn`` may remain."""
+    import gc
+    _rwkv6_calls()
+    gc.collect()
+    alive = [type(o.grad_fn).__name__ for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn]
+    assert not alive, f"{len(alive)} tensors of the recording's graph alive: {sorted(set(alive))[:8]}"
+
+
 def test_every_reference_runs_every_call_of_the_step_as_the_gate_measures_it():
     """The gate times each call's reference outside autocast with the call's own dtypes (CUDA's path; here on the
     CPU in bf16): every reference must run every call of the step there, fwd+bwd, and stay within the call's

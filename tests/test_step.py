@@ -467,3 +467,37 @@ def test_grouped_adamw_step_is_opt_step_bitwise():
                 opt.step()
         runs.append([t.clone() for p in ps for t in (p.detach(), *opt.state[p].values())])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_a_failed_capture_is_said_with_the_error_raised_inside_it():
+    """Run 20: the step's body raised inside the capture and the caller saw only the capture's end failing
+    ("operation failed due to a previous error during capture"); the one-line reason leads with the body's error
+    and where it surfaced."""
+    from groundthink.step import capture_failure
+
+    def body():
+        raise RuntimeError("CUDA error: dependency created on uncaptured work in another stream")
+    try:
+        try:
+            body()
+        finally:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+    except RuntimeError as e:
+        said = capture_failure(e)
+    assert said.startswith("RuntimeError: CUDA error: dependency created on uncaptured work in another stream (at ")
+    assert "body)" in said and "; then RuntimeError: CUDA error: operation failed due to a previous" in said
+    assert "/work/" not in said
+
+
+def test_the_capture_probe_names_the_first_call_after_which_the_capture_was_invalid(monkeypatch):
+    """GROUNDTHINK_CAPTURE_PROBE=1's bookkeeping (the driver's answer faked: valid for five calls)."""
+    from groundthink import step as S
+    answers = iter([1] * 5 + [2] * 100)
+    monkeypatch.setattr(S, "_stream_capture_status", lambda stream: next(answers))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: None)
+    probe = S.CaptureProbe()
+    with probe:
+        x = torch.ones(3, requires_grad=True)
+        (x * 2).sin().sum().backward()
+    said = probe.finding()
+    assert said.startswith("capture probe: invalid after call 6 (aten.") and "the calls before it: aten." in said
