@@ -15,13 +15,15 @@ gradients (issue 10: at the large model autograd's concatenations cost ~1.1 ms o
         GEMM's C operand (dx = d_t + dP_0 W_0, addmm) instead of an autograd add of two gradients of x.
         ``wgrad``: the dW GEMM (the registry's ``ops.wgrad``: ``wgrad(a, b, out=)`` = aᵀ b; None: torch.mm).
     outs = stacked_proj(xs, w)
-        xs [G, M, K], w [G, K, N] → G products xs_i w_i [M, N] (views of one bmm's [G, M, N]). Backward: for each
+        xs [G, M, K], w [G, K, N] → G products xs_i w_i [M, N] (views of one bmm's [G, M, N]). Backward (with
+        ``GROUNDTHINK_STACKED_BMM=0``, or a gradient missing): for each
         i, dxs[i] = dY_i w_iᵀ and dw[i] = xs_iᵀ dY_i, 2·G GEMMs into slices of a [G, M, K] and a [G, K, N]
         buffer (autograd's unbind backward stacks the G gradients into [G, M, N] first: at large 64 MB read and
-        written per layer); the dw GEMMs by ``wgrad`` as in linear_pieces. ``GROUNDTHINK_STACKED_BMM=1`` (untimed,
-        issue 10's launch count): when every gradient is present, stack them (one copy) and run dxs and dw as ONE
-        bmm each — 2·G GEMMs (+ cuBLAS's split-K reduce of each dw: G more) become 1 copy + 2 batched GEMMs (H100
-        run 19: a five-group batched dW ran as one kernel, no reduce), at the cost of the stack's read and write.
+        written per layer); the dw GEMMs by ``wgrad`` as in linear_pieces. By default, when every gradient is present,
+        they are stacked (one copy) and dxs and dw run as ONE bmm each — 2·G GEMMs (+ cuBLAS's split-K reduce of
+        each dw: G more) become 1 copy + 2 batched GEMMs. H200 run 20, GF-MH step, --kernels triton, graph: small
+        721 → 649 launches, 8.99 → 8.92 ms, 1,929 → 1,761 MB; large 747 → 675, 29.88 → 29.70 ms, 7,236 MB both.
+        ``GROUNDTHINK_STACKED_BMM=0``: the per-slice GEMMs (a gradient missing takes that path too).
     s = stack(ts)
         torch.stack(ts) as a VIEW when the ts are equal contiguous tensors laid end to end in one storage (the
         training step's flat parameters: RWKV's five maa vectors), with a backward that hands each t its row of
@@ -216,7 +218,7 @@ class _StackedProj(torch.autograd.Function):
         xs, w = ctx.saved_tensors
         dxs = _empty_like(xs) if ctx.needs_input_grad[0] else None
         dw = _empty_like(w) if ctx.needs_input_grad[1] else None
-        if os.environ.get("GROUNDTHINK_STACKED_BMM") == "1" and all(g is not None for g in grads):
+        if os.environ.get("GROUNDTHINK_STACKED_BMM", "1") != "0" and all(g is not None for g in grads):
             g = torch.stack(grads)                  # [G, M, N]: one copy, then two batched GEMMs (module docstring)
             if dxs is not None:
                 torch.bmm(g, w.transpose(1, 2), out=dxs)
@@ -240,8 +242,8 @@ class _StackedProj(torch.autograd.Function):
 
 
 def stacked_proj(xs: torch.Tensor, w: torch.Tensor, wgrad=None) -> tuple[torch.Tensor, ...]:
-    """The G products xs[i] @ w[i] (xs [G, M, K], w [G, K, N]) as G tensors [M, N]: one bmm forward, a backward
-    of per-slice GEMMs that never stacks the G gradients (module docstring). Under autocast both are cast first
+    """The G products xs[i] @ w[i] (xs [G, M, K], w [G, K, N]) as G tensors [M, N]: one bmm forward; a backward
+    of two bmm over the stacked gradients, or per-slice GEMMs (module docstring). Under autocast both are cast first
     (as bmm would). ``wgrad``: the dw GEMMs (``ops.wgrad``; None: torch.mm)."""
     if xs.dim() != 3 or w.dim() != 3 or xs.shape[0] != w.shape[0] or xs.shape[2] != w.shape[1]:
         raise ValueError(f"stacked_proj: xs [G, M, K] and w [G, K, N] expected; got {tuple(xs.shape)} and "

@@ -444,7 +444,7 @@ def test_stacked_proj_equals_autograd_float64(drop, stacked_bmm, nan_buffers, mo
 
 
 def test_stacked_proj_stacked_bmm_through_wgrad(monkeypatch):
-    """GROUNDTHINK_STACKED_BMM=1 with the lab's wgrad (batched dw of the stacked gradients, the interpreter, fp32):
+    """The stacked backward (GROUNDTHINK_STACKED_BMM default 1) with the lab's wgrad (batched dw of the stacked gradients, the interpreter, fp32):
     the gradients equal the per-slice torch.mm form's to fp32 rounding."""
     from fused.projections import stacked_proj
     from kernels.wgrad import wgrad
