@@ -271,7 +271,7 @@ def _train(args, device, rank, world, master, say) -> dict:
     if chosen and state is None:
         say(f"device {device.type}: " + ", ".join(f"{k}={getattr(args, k)}" for k in chosen)
             + " (chosen by device; flags override)")
-    ops = resolve(args.kernels, parse_pins(args.pin), graph=args.graph != "off")  # one implementation per op, and why
+    ops = resolve(args.kernels, parse_pins(getattr(args, "pin", None)), graph=args.graph != "off")  # one implementation per op, and why
     say(f"kernels (--kernels {args.kernels}):\n" + ops.table())
     background = early_background(args, device, master)
     run = build_run(args, device, rank, world, master, say, ops, state, background)
@@ -345,7 +345,7 @@ def qualify_kernels(args, model, ops, device, master, world, say, background=Non
         gate.qualify(shapes, graph=graph, say=say, progress=not args.no_progress, background=background)
     if world > 1:
         dist.barrier()
-    ops = resolve(args.kernels, parse_pins(args.pin), verdicts=gate.Verdicts(shapes=shapes, graph=graph))
+    ops = resolve(args.kernels, parse_pins(getattr(args, "pin", None)), verdicts=gate.Verdicts(shapes=shapes, graph=graph))
     model.set_ops(ops)
     say(f"kernels after qualification ({time.monotonic() - _T0:.1f} s after the start):\n" + ops.table())
     for line in gate.deferred_notes(ops) if master else ():

@@ -47,22 +47,24 @@ def _cfg_shapes(cfg):
 
 
 def model_shape(cfg, batch: int, seq_len: int) -> list[tuple]:
-    """The step's wgrad calls, one per distinct (M, N): the projections and the embedding's one-hot GEMM
-    (vocab × D; lowrank calls the kernel itself)."""
+    """The step's wgrad calls, one per distinct (M, N): the projections, the embedding's one-hot GEMM (vocab × D;
+    lowrank calls the kernel itself) and the r/k/v/g dW of fused.projections.stacked_proj as one batch of four
+    (its default backward; per slice, (D, D), with ``GROUNDTHINK_STACKED_BMM=0``)."""
     proj, narrow, _ = _cfg_shapes(cfg)
     R = batch * seq_len
-    return [(R, M, N, 0) for M, N in dict.fromkeys(proj + narrow + [(cfg.vocab_size, cfg.d_model)])]
+    return [(R, M, N, 0) for M, N in dict.fromkeys(proj + narrow + [(cfg.vocab_size, cfg.d_model)])] + \
+        [(R, cfg.d_model, cfg.d_model, 4)]
 
 
 def bench_shapes() -> list[tuple]:
     """The models' dW shapes at R = 16,384 tokens: small (D128: d_inner 256, xBC 320, FFN 512) and large (D512:
-    d_inner 1024, xBC 1152, FFN 2048), one narrow in_proj group each, the embedding (vocabulary 97), and lowrank's
-    dW1 / dW2."""
+    d_inner 1024, xBC 1152, FFN 2048), one narrow in_proj group each, the embedding (vocabulary 97), lowrank's
+    dW1 / dW2 and the stacked r/k/v/g dW (a batch of four D × D)."""
     out = []
     for D, di, cd, df in ((128, 256, 320, 512), (512, 1024, 1152, 2048)):
         proj, narrow, lr = _dw_shapes(D, di, cd, df, 0)
         out += [(16384, M, N, 0) for M, N in dict.fromkeys(proj + narrow[1:2] + [(97, D)])] + \
-            [(16384, *s) for s in lr]
+            [(16384, *s) for s in lr] + [(16384, D, D, 4)]
     return out
 
 
