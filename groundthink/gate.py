@@ -624,9 +624,26 @@ class Verdicts:
             ok, why = verdict_of(data, status, op, impl, mode=mode)
             if ok or not why.startswith(_UNDECIDED):
                 valid = ok or why.startswith("denied")
-                return ok, f"{why} [{_show(path)}]", data["ops"][op][impl][mode] if valid else None
+                entry = data["ops"][op][impl][mode] if valid else None
+                if entry is not None:
+                    ok, why = self._for_this_step(op, impl, entry, ok, why)
+                return ok, f"{why} [{_show(path)}]", entry
             whys.append(why)
         return False, "; ".join(dict.fromkeys(whys)) or "no manifest", None
+
+    def _for_this_step(self, op: str, impl: str, entry: dict, ok: bool, why: str) -> tuple[bool, str]:
+        """The rule applied to the timing rows of this step's calls only (``shapes``), where the entry has one for
+        each: a per-machine manifest gathers every model's calls (run 20: the small model's lowrank stayed on the
+        reference for a row of the large model's call). Correctness stays the whole entry's; without the step's
+        calls, or rows for them all, the entry's own verdict stands."""
+        labels = [label for label, _ in self.shapes.get(op, [])]
+        if not labels or not why.startswith(("allowed", "denied: not faster", "denied: more peak memory",
+                                              "denied: slower than peer")):
+            return ok, why
+        rows = [s for s in entry["shapes"] if s["shape"].rsplit(" ", 1)[0] in labels]
+        if {s["shape"].rsplit(" ", 1)[0] for s in rows} != set(labels) or len(rows) == len(entry["shapes"]):
+            return ok, why
+        return rule(dict(entry, shapes=rows, role=get(op).impl(impl).role))
 
     def verdict(self, op: str, impl: str) -> tuple[bool, str]:
         """(allowed, why) of ``impl`` for this step mode."""
