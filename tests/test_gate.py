@@ -155,6 +155,36 @@ def test_a_verdict_is_read_at_this_steps_calls_only(tmp_path):
     assert not gate.Verdicts([path], shapes={OP: "N8 D8 row"}).verdict(OP, "triton")[0]   # no row: the entry's
 
 
+def test_memory_is_judged_as_the_step_holds_it(tmp_path):
+    """With the memory a forward holds until its backward (``retained_mb``, the qualification's rows), the rule
+    estimates the step: the held memory adds up over the step's calls, one backward's extra burst on top. Run 20
+    (H200): lowrank/triton held less per call than the reference but peaked higher in isolation; the per-call rule
+    took the reference and the large step peaked 8.2 GB instead of 7.2. Held less × 8 calls outweighs a burst of
+    15 MB; the same rows counted once do not."""
+    def rows(shape="N16 D32 row"):
+        ref = dict(_row("reference", 3.0, shape=shape), peak_mb=100.0, retained_mb=40.0)
+        tri = dict(_row("triton", 1.0, shape=shape), peak_mb=110.0, retained_mb=35.0)
+        return [ref, tri]
+    path = tmp_path / "gates.json"
+    gate.write(gate.evidence(rows()), path)
+    entry = json.loads(path.read_text())["ops"][OP]["triton"]["eager"]
+    assert entry["shapes"][0]["ref_retained_mb"] == 40.0
+    ok, why = gate.Verdicts([path]).verdict(OP, "triton")                      # once: -5 + 15 MB
+    assert not ok and "more memory in the step than the reference (-5.0 MB held" in why and "+15.0 MB more" in why
+    step = {OP: [gate.Call(OP, (16, 32, "row", False), (), 8)]}                 # the step calls it 8 times
+    ok, why = gate.Verdicts([path], shapes=step).verdict(OP, "triton")
+    assert ok and why.startswith("allowed"), why
+    # rows without the held memory (the benchmarks'): the peak at each call, as before
+    assert "more peak memory than the reference at N16 D32 row" in gate.rule(
+        dict(entry, shapes=[{k: v for k, v in entry["shapes"][0].items() if "retained" not in k}]))[1]
+
+
+def test_the_qualification_measures_what_a_forward_holds():
+    """``_retained_mb``: None off CUDA (no allocator figures), so the rows fall back to the per-call peak rule."""
+    x = torch.ones(4, requires_grad=True)
+    assert gate._retained_mb(lambda x: x * 2, {"x": x}, cuda=False) is None
+
+
 def test_a_peer_that_wins_is_used_and_said(tmp_path):
     path = _manifest(tmp_path, _rows(tri_ms=1.0, peer_ms=0.5))
     v = gate.Verdicts([path])
