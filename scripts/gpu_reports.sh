@@ -198,6 +198,8 @@ part_step() {
     cap=${STEP_SMALL_S:-150}; [ $size = large ] && cap=${STEP_LARGE_S:-240}   # large: cold compiles at its shapes
     run_part "step-$tag" "$cap" $PY train.py "${QUIET[@]}" "${shape[@]}" \
       --out-dir "$SCRATCH/ck-step-$tag" --log "$RUN/step_$tag.jsonl"
+    # the verdicts this run chose by (a --kernels auto run's per-machine manifest), beside its log
+    if [ "$kern" = auto ]; then cp "${GROUNDTHINK_CACHE:-.gt-cache}"/*/gates.json "$RUN/step_${tag}_gates.json" 2>/dev/null; fi
   done
   [ "$SMOKE" = 1 ] && break
   done
