@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from fused.blocks import FFN, Mamba2Mixer, NormWeight, RWKV6TimeMix, rms_norm, wgrad_of
 from fused.configs import ModelConfig
-from fused.projections import embedding, linear_pieces
+from fused.projections import embedding, linear_pieces, pack_weights
 from groundthink.device import autocast_dtype
 from fused.variants import VARIANTS, Fusion
 from groundthink import monitor
@@ -58,7 +58,7 @@ class HybridBlock(nn.Module):
         self.fold_gate = self.mamba is not None and not self.sequential and self.fusion.kind == "linear"
         self.tee = self.fold_gate and self.tmix is not None and _tee_ygrad()   # read once, at build time
 
-    def forward(self, h, y, ops, state=None, probes: list | None = None, A=None):
+    def forward(self, h, y, ops, state=None, probes: list | None = None, A=None, packed=None):
         """(h, y, new_state); with ``probes`` (a list) appends this layer's (gate probe, a, b) (detached; the
         model reduces all layers' probes at once). ``A``: the Mamba mixer's −exp(A_log), when computed outside."""
         st_a = st_b = None
@@ -66,11 +66,11 @@ class HybridBlock(nn.Module):
         proj = gproj = None
         y_t = y
         if self.tee:                                     # the y-gradient add folded (GROUNDTHINK_TEE_YGRAD)
-            *proj, gproj, y_t = self._in_and_gate_proj(y, ops, tee=True)
+            *proj, gproj, y_t = self._in_and_gate_proj(y, ops, tee=True, packed=packed)
         if self.tmix is not None:
             a, st_a = self.tmix(y_t, ops, None if state is None else state["rwkv"])
         if self.fold_gate and proj is None:
-            *proj, gproj = self._in_and_gate_proj(y, ops)
+            *proj, gproj = self._in_and_gate_proj(y, ops, packed=packed)
         if self.mamba is not None:
             xin = y + a if self.sequential else y
             b, st_b = self.mamba(xin, ops, None if state is None else state["mamba"], A=A, proj=proj)
@@ -84,7 +84,11 @@ class HybridBlock(nn.Module):
         new_state = None if state is None else {"rwkv": st_a, "mamba": st_b}
         return h, y3, new_state
 
-    def _in_and_gate_proj(self, y, ops, tee: bool = False):
+    def in_and_gate_weights(self) -> list:
+        """[W_in, W_gate]: the weights of ``_in_and_gate_proj``'s one GEMM."""
+        return [self.mamba.in_proj.weight, self.fusion.gate_proj.weight]
+
+    def _in_and_gate_proj(self, y, ops, tee: bool = False, packed=None):
         """(z, xBC, dt, gate product) = y [W_in; W_gate]ᵀ split: ONE GEMM for Mamba's in_proj and the gate
         projection (without its bias), instead of a GEMM and a gemv (row gate) or two GEMMs (HGF), and one
         y-gradient add fewer in the backward (``fused.projections.linear_pieces``: zero rows pad the product to a
@@ -93,9 +97,9 @@ class HybridBlock(nn.Module):
         are cast before the product, so they stay weights of the step's bf16 copy (no cast per step).
         ``tee``: y is returned last, for the time-mix: its gradient enters the backward's first dx GEMM as C
         (``linear_pieces(tee=True)``), one autograd add of y's gradients fewer per layer."""
-        w_in, w_g = self.mamba.in_proj.weight, self.fusion.gate_proj.weight
-        ws, sizes = [w_in, w_g], self.mamba.split_sizes() + [w_g.shape[0]]
-        return linear_pieces(y, ws, sizes, tee=tee, wgrad=wgrad_of(ops))    # dW by ops.wgrad
+        ws = self.in_and_gate_weights()
+        sizes = self.mamba.split_sizes() + [ws[1].shape[0]]
+        return linear_pieces(y, ws, sizes, tee=tee, wgrad=wgrad_of(ops), packed=packed)    # dW by ops.wgrad
 
 
 class HybridLM(nn.Module):
@@ -151,6 +155,17 @@ class HybridLM(nn.Module):
         got = iter(torch.stack(logs).float().exp().neg().unbind(0))
         return [None if blk.mamba is None else next(got) for blk in self.blocks]
 
+    def _packed(self, y) -> list:
+        """Per block, its [W_in; W_gate; 0] for the fused in_proj + gate GEMM, every layer's made by ONE
+        concatenation (``fused.projections.pack_weights``: one copy kernel a step instead of one a layer; issue 10),
+        or None (a block without that GEMM, ``GROUNDTHINK_PACK_WEIGHTS=0``, or weights not in the matmul dtype)."""
+        folded = [blk for blk in self.blocks if blk.fold_gate]
+        got = None
+        if folded and os.environ.get("GROUNDTHINK_PACK_WEIGHTS", "1") != "0":
+            got = pack_weights([blk.in_and_gate_weights() for blk in folded], y.device.type)
+        it = iter(got or [None] * len(folded))
+        return [next(it) if blk.fold_gate else None for blk in self.blocks]
+
     def _run(self, idx, state=None, probes=None):
         h = embedding(idx, self.emb.weight, getattr(self.ops, "wgrad", None))    # dW: one ops.wgrad GEMM
         y = rms_norm(h, self.norm0, self.config.norm_eps)
@@ -161,8 +176,8 @@ class HybridLM(nn.Module):
             # low-rank mixes, in_proj: 4 casts and 4 widening gradient copies in the backward, ≈ 0.3 ms at large)
             y = y.to(amp)
         new_states = []
-        for i, (blk, A) in enumerate(zip(self.blocks, self._mamba_A())):
-            h, y, st = blk(h, y, self.ops, None if state is None else state[i], probes, A=A)
+        for i, (blk, A, packed) in enumerate(zip(self.blocks, self._mamba_A(), self._packed(y))):
+            h, y, st = blk(h, y, self.ops, None if state is None else state[i], probes, A=A, packed=packed)
             new_states.append(st)
         return self.head(y), (new_states if state is not None else None)
 

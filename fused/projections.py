@@ -115,10 +115,12 @@ class _LinearPieces(torch.autograd.Function):
     """x [M, K], weights [n_j, K] → the pieces of x [W; 0]ᵀ (see ``linear_pieces``)."""
 
     @staticmethod
-    def forward(ctx, x, sizes, tee, wgrad, *weights):
+    def forward(ctx, x, sizes, tee, wgrad, packed, *weights):
         n = sum(w.shape[0] for w in weights)
         n8 = -(-n // 8) * 8
-        if n8 > n:
+        if packed is not None:      # [W; 0] made by the caller (``pack_weights``: every layer's in one launch)
+            w8 = packed
+        elif n8 > n:
             w8 = torch.cat([*weights, _zeros((n8 - n, x.shape[1]), x)])
         else:   # no pad: one weight is used (and saved) as is, not copied every forward
             w8 = weights[0] if len(weights) == 1 else torch.cat(weights)
@@ -134,7 +136,7 @@ class _LinearPieces(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         x, w8 = ctx.saved_tensors
-        need_x, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[4:])
+        need_x, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[5:])
         if ctx.tee:
             *grads, d_tee = grads
         else:
@@ -155,9 +157,9 @@ class _LinearPieces(torch.autograd.Function):
                 dx.addmm_(g, w8[a:b])
         if need_x and dx is None:   # every piece's gradient None: reached (a Function downstream returned None)
             dx = torch.zeros_like(x) if d_tee is None else d_tee
-        dws = [dw[a:b] if need_w and ctx.needs_input_grad[4 + j] else None
+        dws = [dw[a:b] if need_w and ctx.needs_input_grad[5 + j] else None
                for j, (a, b) in enumerate(zip(ctx.rows, ctx.rows[1:]))]
-        return (dx, None, None, None, *dws)
+        return (dx, None, None, None, None, *dws)
 
 
 def _group_grad(grads, members, sizes, x, width):
@@ -178,8 +180,30 @@ def _group_grad(grads, members, sizes, x, width):
     return torch.cat(parts, 1)
 
 
+def pack_weights(groups: list[list[torch.Tensor]], device_type: str) -> list[torch.Tensor] | None:
+    """Every group's [W; 0] (its weights' rows, then zero rows up to a multiple of 8: what ``linear_pieces`` would
+    concatenate in each call) made by ONE concatenation, as views [n8_i, K] of one buffer: for callers running
+    several ``linear_pieces`` of fixed weights per step (the hybrid's per-layer in_proj + gate projection: one copy
+    kernel a step instead of one a layer). Not differentiable (made under no_grad): pass the weights to
+    ``linear_pieces`` too, which routes their gradients. None when the weights are not already in the dtype the
+    product runs in (autocast's, else their own): their casts would be extra copies (the step without its bf16
+    weight copy)."""
+    amp = autocast_dtype(device_type)
+    ws = [w for g in groups for w in g]
+    if not ws or any(w.dtype != (amp or ws[0].dtype) for w in ws) or len({w.shape[1] for w in ws}) != 1:
+        return None
+    parts, rows = [], []
+    for g in groups:
+        n = sum(w.shape[0] for w in g)
+        n8 = -(-n // 8) * 8
+        parts += list(g) + ([_zeros((n8 - n, ws[0].shape[1]), ws[0])] if n8 > n else [])
+        rows.append(n8)
+    with torch.no_grad():
+        return list(torch.cat(parts).split(rows))
+
+
 def linear_pieces(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int],
-                  tee: bool = False, wgrad=None) -> tuple[torch.Tensor, ...]:
+                  tee: bool = False, wgrad=None, packed: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """The pieces (widths ``sizes``, along the last dimension) of x Wᵀ with W the row concatenation of
     ``weights`` (each [n_j, K]; no bias): ONE GEMM forward, and a backward that reads each piece's gradient where
     it lies (module docstring). Under autocast x and the weights are cast first (as F.linear would: the
@@ -187,7 +211,8 @@ def linear_pieces(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int]
     ``tee``: also return x itself (a view, last) for the caller's other consumers of x; its gradient is added by
     the backward's first dx GEMM (``addmm`` with it as C: one rounding) instead of by an autograd add. When the
     cast would change x's dtype, the returned x is the uncast one (no fold: autograd adds as without ``tee``).
-    ``wgrad``: the weight gradients' GEMM ``wgrad(a, b, out=)`` = aᵀ b (``ops.wgrad``); None: torch.mm."""
+    ``wgrad``: the weight gradients' GEMM ``wgrad(a, b, out=)`` = aᵀ b (``ops.wgrad``); None: torch.mm.
+    ``packed``: [W; 0] made beforehand (``pack_weights``; used only when x's dtype matches it), else concatenated here."""
     k = x.shape[-1]
     if any(w.dim() != 2 or w.shape[1] != k for w in weights) or sum(w.shape[0] for w in weights) != sum(sizes):
         raise ValueError(f"linear_pieces: weights must be [n_j, {k}] with Σ n_j = Σ sizes = {sum(sizes)}; got "
@@ -198,7 +223,9 @@ def linear_pieces(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int]
         x, weights = x.to(amp), [w.to(amp) for w in weights]
     fold = tee and x.dtype == x0.dtype
     lead = x.shape[:-1]
-    outs = _LinearPieces.apply(x.reshape(-1, k), list(sizes), fold, wgrad, *weights)
+    if packed is not None and (packed.dtype != x.dtype or packed.shape[0] != -(-sum(sizes) // 8) * 8):
+        packed = None
+    outs = _LinearPieces.apply(x.reshape(-1, k), list(sizes), fold, wgrad, packed, *weights)
     outs = tuple(p.view(*lead, p.shape[-1]) for p in outs)
     return outs + ((x0,) if tee and not fold else ())
 

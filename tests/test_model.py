@@ -460,11 +460,11 @@ def test_stacked_proj_stacked_bmm_through_wgrad(monkeypatch):
         assert _rel(a, b) < 1e-6
 
 
-def _split_oracle(x, weights, sizes, tee=False, wgrad=None):
+def _split_oracle(x, weights, sizes, tee=False, wgrad=None, packed=None):
     """linear_pieces' oracle: autograd's GEMM over the concatenated weights (zero rows pad it to 8 columns, as in
     linear_pieces), then ``torch.split``: a backward that concatenates the pieces' gradients. Under autocast the
     inputs are cast first, as linear_pieces casts them. ``tee``: x is returned last (autograd adds its
-    gradients)."""
+    gradients). ``packed`` (HybridLM's pre-concatenated weights) is ignored: the oracle concatenates its own."""
     from groundthink.device import autocast_dtype
     x0, amp = x, autocast_dtype(x.device.type)
     if amp is not None:
@@ -615,3 +615,37 @@ def test_stack_of_end_to_end_tensors_is_a_view_float64():
     assert stack(apart).data_ptr() not in {t.data_ptr() for t in apart} and torch.equal(stack(apart), want)
 
 
+
+
+@pytest.mark.parametrize("name", ["GF-MH", "HGF"])
+def test_packed_in_and_gate_weights_one_concatenation_same_values(name, ref_ops, monkeypatch):
+    """Session 16 (issue 10): HybridLM concatenates every layer's [W_in; W_gate; 0] in ONE ``cat`` per forward
+    (``fused.projections.pack_weights``) instead of one per layer inside linear_pieces. float64: the loss and
+    every gradient equal to the per-layer path's (``GROUNDTHINK_PACK_WEIGHTS=0``) to the bit; forward ``cat``
+    calls: 1 instead of n_layer."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Cats(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.cat:
+                Cats.n += 1
+            return func(*args, **(kwargs or {}))
+
+    m = _model(name, ref_ops, n_layer=3).double()
+    idx, tgt = _batch(T=16)
+    runs = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("GROUNDTHINK_PACK_WEIGHTS", flag)
+        m.zero_grad()
+        Cats.n = 0
+        with Cats():
+            loss = m(idx, tgt)[1]
+        runs.append((Cats.n, loss.detach(), None))
+        loss.backward()
+        runs[-1] = (Cats.n, loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    (cats0, l0, g0), (cats1, l1, g1) = runs
+    assert cats0 - cats1 == 3 - 1
+    assert torch.equal(l0, l1) and g0.keys() == g1.keys()
+    assert all(torch.equal(g0[n], g1[n]) for n in g0)
