@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from fused.blocks import FFN, Mamba2Mixer, NormWeight, RWKV6TimeMix, rms_norm, wgrad_of
 from fused.configs import ModelConfig
-from fused.projections import embedding, linear_pieces, pack_weights
+from fused.projections import embedding, linear_pieces, pack_weights, stack
 from groundthink.device import autocast_dtype
 from fused.variants import VARIANTS, Fusion
 from groundthink import monitor
@@ -148,11 +148,12 @@ class HybridLM(nn.Module):
     def _mamba_A(self) -> list:
         """Every layer's Mamba A = −exp(A_log) [nheads] in one stack, exp and negation (3 launches forward, 2
         backward, instead of 2 + 2 per layer; the same elementwise exp of the same values), None per layer
-        without a Mamba mixer."""
+        without a Mamba mixer. In the training step the A_log lie evenly spaced in its flat buffer: the stack is a
+        view (``fused.projections.stack``; session 16: one copy kernel fewer each way)."""
         logs = [blk.mamba.A_log for blk in self.blocks if blk.mamba is not None]
         if not logs:
             return [None] * len(self.blocks)
-        got = iter(torch.stack(logs).float().exp().neg().unbind(0))
+        got = iter(stack(logs).float().exp().neg().unbind(0))    # the stack: a view in the training step
         return [None if blk.mamba is None else next(got) for blk in self.blocks]
 
     def _packed(self, y) -> list:

@@ -24,10 +24,15 @@ gradients (issue 10: at the large model autograd's concatenations cost ~1.1 ms o
         each dw: G more) become 1 copy + 2 batched GEMMs. H200 run 20, GF-MH step, --kernels triton, graph: small
         721 → 649 launches, 8.99 → 8.92 ms, 1,929 → 1,761 MB; large 747 → 675, 29.88 → 29.70 ms, 7,236 MB both.
         ``GROUNDTHINK_STACKED_BMM=0``: the per-slice GEMMs (a gradient missing takes that path too).
+    packed = pack_weights(groups, device_type)
+        Every group's [W; 0] (what linear_pieces would concatenate per call) from ONE torch.cat, as row views of one
+        buffer, handed to linear_pieces(..., packed=): HybridLM's per-layer in_proj + gate weights, one copy kernel a
+        step instead of one a layer (session 16; ``GROUNDTHINK_PACK_WEIGHTS=0``: the per-layer cat).
     s = stack(ts)
-        torch.stack(ts) as a VIEW when the ts are equal contiguous tensors laid end to end in one storage (the
-        training step's flat parameters: RWKV's five maa vectors), with a backward that hands each t its row of
-        the gradient: no copy kernel either way; else torch.stack.
+        torch.stack(ts) as a VIEW when the ts are equal contiguous tensors evenly spaced in one storage (the
+        training step's flat parameters: RWKV's five maa vectors end to end; every layer's Mamba A_log, equal
+        gaps apart), with a backward that hands each t its row of the gradient: no copy kernel either way; else
+        torch.stack.
     h = embedding(idx, weight)
         idx [...] int64, weight [V, D] → weight[idx] [..., D] (F.embedding). Backward: dW = onehot(idx)ᵀ dh, ONE
         GEMM [V, N]·[N, D] (N = idx.numel()) after one comparison kernel writing the one-hot [N, V] in dh's dtype.
@@ -316,31 +321,40 @@ def embedding(idx: torch.Tensor, weight: torch.Tensor, wgrad=None) -> torch.Tens
 
 
 class _AdjacentStack(torch.autograd.Function):
-    """ts laid end to end in one storage → the [len(ts), *shape] view over them (see ``stack``)."""
+    """ts evenly spaced in one storage → the [len(ts), *shape] view over them (see ``stack``)."""
 
     @staticmethod
-    def forward(ctx, *ts):
+    def forward(ctx, step, *ts):
         t = ts[0]
-        return t.as_strided((len(ts), *t.shape), (t.numel(), *t.stride()), t.storage_offset())
+        return t.as_strided((len(ts), *t.shape), (step, *t.stride()), t.storage_offset())
 
     @staticmethod
     def backward(ctx, g):
-        return g.unbind(0)
+        return (None, *g.unbind(0))
 
 
-def _end_to_end(ts) -> bool:
+def _spacing(ts) -> int | None:
+    """The elements between consecutive ts when they are equal contiguous tensors of one storage, each starting
+    that many elements after the previous one (≥ its size: no overlap; end to end, or with the training step's
+    alignment gaps between flat parameters), else None."""
     t0 = ts[0]
-    step = t0.numel() * t0.element_size()
+    es = t0.element_size()
+    diff = ts[1].data_ptr() - t0.data_ptr()
+    if t0.device.type == "meta" or diff % es or diff // es < t0.numel() or t0.numel() == 0:
+        return None
     base = t0.untyped_storage().data_ptr()
-    return t0.device.type != "meta" and all(
-        t.is_contiguous() and t.shape == t0.shape and t.dtype == t0.dtype and t.device == t0.device
-        and t.untyped_storage().data_ptr() == base and t.data_ptr() == t0.data_ptr() + i * step
-        for i, t in enumerate(ts))
+    ok = all(t.is_contiguous() and t.shape == t0.shape and t.dtype == t0.dtype and t.device == t0.device
+             and t.untyped_storage().data_ptr() == base and t.data_ptr() == t0.data_ptr() + i * diff
+             for i, t in enumerate(ts))
+    return diff // es if ok else None
 
 
 def stack(ts: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.stack(ts)``, as a view without a copy where the ts lie end to end in one storage (module
-    docstring); under torch.compile always torch.stack (dynamo traces no storage pointers)."""
-    if len(ts) > 1 and not torch.compiler.is_compiling() and _end_to_end(ts):
-        return _AdjacentStack.apply(*ts)
+    """``torch.stack(ts)``, as a view without a copy where the ts lie evenly spaced in one storage (module
+    docstring; the training step's flat parameters: RWKV's five maa vectors end to end, the layers' Mamba A_log
+    with equal gaps); under torch.compile always torch.stack (dynamo traces no storage pointers)."""
+    if len(ts) > 1 and not torch.compiler.is_compiling():
+        step = _spacing(ts)
+        if step is not None:
+            return _AdjacentStack.apply(step, *ts)
     return torch.stack(ts)

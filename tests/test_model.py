@@ -613,6 +613,16 @@ def test_stack_of_end_to_end_tensors_is_a_view_float64():
     assert torch.equal(*(torch.autograd.grad(o, base, g)[0] for o in (got, want)))
     apart = [t.detach().clone() for t in ts]
     assert stack(apart).data_ptr() not in {t.data_ptr() for t in apart} and torch.equal(stack(apart), want)
+    # evenly spaced with gaps (session 16: the layers' Mamba A_log in the step's flat buffer): a strided view
+    gapped = [base[9 * i:9 * i + 3] for i in range(3)]
+    got, want = stack(gapped), torch.stack(gapped)
+    assert got.data_ptr() == base.data_ptr() and torch.equal(got, want)
+    g = torch.randn(3, 3, dtype=torch.float64)
+    assert torch.equal(*(torch.autograd.grad(o, base, g)[0] for o in (got, want)))
+    uneven = [base[0:3], base[9:12], base[20:23]]       # not evenly spaced, or overlapping: torch.stack
+    overlap = [base[0:3], base[2:5]]
+    for ts2 in (uneven, overlap):
+        assert stack(ts2).data_ptr() != base.data_ptr() and torch.equal(stack(ts2), torch.stack(ts2))
 
 
 

@@ -501,3 +501,19 @@ def test_the_capture_probe_names_the_first_call_after_which_the_capture_was_inva
         (x * 2).sin().sum().backward()
     said = probe.finding()
     assert said.startswith("capture probe: invalid after call 6 (aten.") and "the calls before it: aten." in said
+
+
+def test_flat_buffer_lays_the_mamba_a_logs_evenly_spaced():
+    """Session 16: HybridLM's ``_mamba_A`` stacks every layer's A_log through ``fused.projections.stack``, a view
+    (no copy kernel either way) when they lie evenly spaced in one storage — which the training step's flat buffer
+    does for a model of identical layers (GF-MH)."""
+    from fused import get_model
+    from fused.projections import _spacing, stack
+    torch.manual_seed(0)
+    model = get_model("GF-MH", "tiny", vocab_size=32, n_layer=3)
+    opt = torch.optim.AdamW([{"params": ps, "lr": 1e-2} for ps in group_params(model).values()], lr=1e-2,
+                            fused=True, capturable=True)
+    TrainStep(model, opt, batch_size=1, seq_len=8, device="cpu")
+    logs = [blk.mamba.A_log for blk in model.blocks]
+    assert _spacing(logs) is not None
+    assert stack(logs).data_ptr() == logs[0].data_ptr() and torch.equal(stack(logs), torch.stack(logs))
