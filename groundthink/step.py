@@ -45,7 +45,15 @@ guard and the same update. The warm-up iterations before capture run the all-red
 communicator exists before the graph records it.
 
 Invariant: the parameters stay views of ``master`` (``model.to``, ``load_state_dict(assign=True)`` or a new
-``p.data`` would break it): the step checks this before every eager run and before capture.
+``p.data`` would break it): the step checks this before every eager run and before capture. Nothing outside the
+step may keep an autograd graph of the parameters alive (their gradient accumulators would belong to the stream
+that made them, and the captured backward's final sync would wait on uncaptured work: run 20's auto failure).
+
+A failed capture (train.py then runs eagerly) is said in one line by ``capture_failure`` — the error raised inside
+the body first (it reaches the caller only as the capture's end failing) — and resets the CUDA generators, which
+the aborted capture left in capture mode. Debugging knobs: ``GROUNDTHINK_CAPTURE_PROBE=1`` (``CaptureProbe``:
+the first aten op or Triton launch after which the capture was invalid), ``GROUNDTHINK_CAPTURE_ERROR_MODE``
+(``torch.cuda.graph``'s capture_error_mode: "thread_local" tells another thread's unsafe call from the step's).
 """
 from __future__ import annotations
 
