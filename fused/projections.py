@@ -116,13 +116,18 @@ def _dw(wgrad, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
         wgrad(a, b, out=out)
 
 
+
+def _rows8(n: int) -> int:
+    """n rounded up to a multiple of 8: the concatenated weight's rows, zero-padded (cuBLAS's aligned kernels)."""
+    return -(-n // 8) * 8
+
 class _LinearPieces(torch.autograd.Function):
     """x [M, K], weights [n_j, K] → the pieces of x [W; 0]ᵀ (see ``linear_pieces``)."""
 
     @staticmethod
     def forward(ctx, x, sizes, tee, wgrad, packed, *weights):
         n = sum(w.shape[0] for w in weights)
-        n8 = -(-n // 8) * 8
+        n8 = _rows8(n)
         if packed is not None:      # [W; 0] made by the caller (``pack_weights``: every layer's in one launch)
             w8 = packed
         elif n8 > n:
@@ -200,7 +205,7 @@ def pack_weights(groups: list[list[torch.Tensor]], device_type: str) -> list[tor
     parts, rows = [], []
     for g in groups:
         n = sum(w.shape[0] for w in g)
-        n8 = -(-n // 8) * 8
+        n8 = _rows8(n)
         parts += list(g) + ([_zeros((n8 - n, ws[0].shape[1]), ws[0])] if n8 > n else [])
         rows.append(n8)
     with torch.no_grad():
@@ -228,7 +233,7 @@ def linear_pieces(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int]
         x, weights = x.to(amp), [w.to(amp) for w in weights]
     fold = tee and x.dtype == x0.dtype
     lead = x.shape[:-1]
-    if packed is not None and (packed.dtype != x.dtype or packed.shape[0] != -(-sum(sizes) // 8) * 8):
+    if packed is not None and (packed.dtype != x.dtype or packed.shape[0] != _rows8(sum(sizes))):
         packed = None
     outs = _LinearPieces.apply(x.reshape(-1, k), list(sizes), fold, wgrad, packed, *weights)
     outs = tuple(p.view(*lead, p.shape[-1]) for p in outs)

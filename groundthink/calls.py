@@ -198,7 +198,6 @@ class _Recorder:
 
     def __init__(self):
         self.calls: list[tuple[str, dict, set]] = []
-        self.hooks: list = []      # the gradient hooks' handles: removed after the backward (``record``)
 
     def __getattr__(self, op: str):
         if op.startswith("_") or op not in specs():
@@ -216,7 +215,7 @@ class _Recorder:
                 if isinstance(o, torch.Tensor) and o.requires_grad:
                     needs.add(i)            # an alias: a gradient reaches it only from outside the op (not via y(h))
                     outs[i] = o.view_as(o)
-                    self.hooks.append(outs[i].register_hook(lambda g, i=i: got.add(i)))
+                    outs[i].register_hook(lambda g, i=i: got.add(i))
             return type(out)(outs) if many else outs[0]
         return call
 
@@ -241,8 +240,6 @@ def record(model, amp: torch.dtype | None = None) -> list[tuple[str, dict, tuple
             loss = model(idx, idx)[1]
         loss.backward()
     finally:
-        for h in recorder.hooks:
-            h.remove()
         model.set_ops(ops)
         calls, recorder.calls = recorder.calls, []     # see the docstring: no cycle through the backward's ctx
         for p, g in zip(params, grads):

@@ -617,6 +617,11 @@ def verdict_of(data: dict | None, status: str, op: str, impl: str, root: Path = 
 _UNDECIDED = ("no manifest", "no verdict", "stale", "unreadable")   # reasons that defer to the next manifest
 
 
+def _call_of(row_shape: str) -> str:
+    """The call label of a verdict row's ``shape`` ("<label> <pass>")."""
+    return row_shape.rsplit(" ", 1)[0]
+
+
 class Verdicts:
     """The verdicts of this machine's manifests: the per-machine one (qualification here, at the model's
     shapes) first, the published one second. The first manifest with a verdict for an implementation decides
@@ -669,9 +674,8 @@ class Verdicts:
         if not counts or not why.startswith(("allowed", "denied: not faster", "denied: more",
                                               "denied: slower than peer")):
             return ok, why
-        rows = [dict(s, count=counts[s["shape"].rsplit(" ", 1)[0]]) for s in entry["shapes"]
-                if s["shape"].rsplit(" ", 1)[0] in counts]
-        if {s["shape"].rsplit(" ", 1)[0] for s in rows} != set(counts):
+        rows = [dict(s, count=counts[_call_of(s["shape"])]) for s in entry["shapes"] if _call_of(s["shape"]) in counts]
+        if {_call_of(s["shape"]) for s in rows} != set(counts):
             return ok, why
         return rule(dict(entry, shapes=rows, role=get(op).impl(impl).role))
 
@@ -687,7 +691,7 @@ class Verdicts:
         _, _, entry = self._decide(op, impl, timing)
         if entry is None or shape is None:
             return entry is not None
-        return any(x.rsplit(" ", 1)[0] == shape for x in [s["shape"] for s in entry["shapes"]] +
+        return any(_call_of(x) == shape for x in [s["shape"] for s in entry["shapes"]] +
                    entry.get("failed", []))
 
     def uncovered(self, op: str, impl: str) -> list[str]:

@@ -58,6 +58,7 @@ the first aten op or Triton launch after which the capture was invalid), ``GROUN
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 
@@ -543,30 +544,39 @@ class TrainStep:
             self.graph = None
 
 
+# ----------------------------------------------------------------------------------------------- failed captures
+
+def _lab_frames(frames) -> list:
+    """The frames of the lab's own code (not torch's, not an installed package's)."""
+    return [f for f in frames if "site-packages" not in f.filename and "/torch/" not in f.filename]
+
+
+def _where(f) -> str:
+    """``file:line function`` of a frame, the file relative to its package (no machine path)."""
+    parts = Path(f.filename).parts
+    for root in ("site-packages", "groundthink", "kernels", "fused", "reference"):
+        if root in parts:
+            parts = parts[parts.index(root) + (root == "site-packages"):]
+            break
+    else:
+        parts = parts[-2:]
+    return f"{'/'.join(parts)}:{f.lineno} {f.name}"
+
+
 def capture_failure(e: BaseException) -> str:
     """One line on a failed capture: the error's type and first line, where it surfaced (the innermost frame) and
-    the innermost frame of the lab's own code (file names relative to their package, no machine paths). An error
-    raised inside the captured body reaches the caller as the capture's end failing ("operation failed due to a
-    previous error during capture") with the body's error as its context: that one is said first."""
+    the innermost frame of the lab's own code. An error raised inside the captured body reaches the caller as the
+    capture's end failing ("operation failed due to a previous error during capture") with the body's error as its
+    context: that one is said first."""
     import traceback
-
-    def where(f) -> str:
-        parts = Path(f.filename).parts
-        for root in ("site-packages", "groundthink", "kernels", "fused", "reference"):
-            if root in parts:
-                parts = parts[parts.index(root) + (root == "site-packages"):]
-                break
-        else:
-            parts = parts[-2:]
-        return f"{'/'.join(parts)}:{f.lineno} {f.name}"
 
     def one(err: BaseException) -> str:
         frames = traceback.extract_tb(err.__traceback__)
-        lab = [f for f in frames if "site-packages" not in f.filename and "/torch/" not in f.filename]
+        lab = _lab_frames(frames)
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        at = f" (at {where(frames[-1])}" if frames else ""
-        if lab and frames and lab[-1] is not frames[-1]:
-            at += f"; from {where(lab[-1])}"
+        at = f" (at {_where(frames[-1])}" if frames else ""
+        if lab and lab[-1] is not frames[-1]:
+            at += f"; from {_where(lab[-1])}"
         return f"{type(err).__name__}: {first[:200]}{at + ')' if at else ''}"
 
     inner = e.__cause__ or e.__context__
@@ -574,8 +584,6 @@ def capture_failure(e: BaseException) -> str:
     notes = "; ".join(getattr(e, "__notes__", ()))
     return said + (f"; {notes}" if notes else "")
 
-
-# ----------------------------------------------------------------------------------------------- failed captures
 
 CAPTURE_ERROR_MODES = ("global", "thread_local", "relaxed")
 
@@ -600,13 +608,18 @@ def reset_generators_after_failed_capture() -> None:
             gen.graphsafe_set_state(gen.clone_state())
 
 
+@functools.lru_cache(maxsize=1)
+def _libcuda():
+    import ctypes
+    return ctypes.CDLL("libcuda.so.1")
+
+
 def _stream_capture_status(stream) -> int | None:
     """cuStreamIsCapturing of ``stream``: 0 not capturing, 1 active, 2 invalidated; None if it cannot be asked."""
     import ctypes
     try:
-        lib = _stream_capture_status.lib = getattr(_stream_capture_status, "lib", None) or ctypes.CDLL("libcuda.so.1")
         status = ctypes.c_int(-1)
-        if lib.cuStreamIsCapturing(ctypes.c_void_p(stream.cuda_stream), ctypes.byref(status)) != 0:
+        if _libcuda().cuStreamIsCapturing(ctypes.c_void_p(stream.cuda_stream), ctypes.byref(status)) != 0:
             return None
         return status.value
     except OSError:
@@ -629,20 +642,15 @@ class CaptureProbe(TorchDispatchMode):
         self.context = context
         self.first: str | None = None
         self.raised: list[str] = []
-        self.threads: set[int] = set()
         self._unpatch = None
 
     def check(self, what: str) -> None:
-        import threading
-        self.threads.add(threading.get_ident())
         if self.first is not None:
             return
         self.calls += 1
         if _stream_capture_status(torch.cuda.current_stream()) == 2:
             import traceback
-            lab = [f for f in traceback.extract_stack()[:-2]
-                   if "site-packages" not in f.filename and "/torch/" not in f.filename]
-            where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in lab[::-1][:4])
+            where = " <- ".join(_where(f) for f in _lab_frames(traceback.extract_stack()[:-2])[::-1][:4])
             self.first = (f"capture probe: invalid after call {self.calls} ({what}, called at {where or '?'}); "
                           f"the calls before it: {', '.join(self.recent)}")
         else:
@@ -687,4 +695,4 @@ class CaptureProbe(TorchDispatchMode):
                               f"{', '.join(self.recent)})")
         if self.raised:
             said += f"; raised during the capture: {'; '.join(self.raised[:3])}"
-        return said + f"; {len(self.threads)} thread(s) seen"
+        return said
