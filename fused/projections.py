@@ -116,10 +116,10 @@ def _dw(wgrad, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
         wgrad(a, b, out=out)
 
 
-
 def _rows8(n: int) -> int:
     """n rounded up to a multiple of 8: the concatenated weight's rows, zero-padded (cuBLAS's aligned kernels)."""
     return -(-n // 8) * 8
+
 
 class _LinearPieces(torch.autograd.Function):
     """x [M, K], weights [n_j, K] → the pieces of x [W; 0]ᵀ (see ``linear_pieces``)."""
