@@ -269,44 +269,68 @@ def gemm_report(args):
 
 
 SPLITK_SHAPES = ((128, 128), (256, 128), (384, 128), (24, 128), (512, 128), (128, 512), (104, 128), (32, 128),
-                 (128, 32))     # weight gradients [M, N] of the small step (r/k/v/g, output, in_proj pieces, FFN, head, LoRA)
+                 (128, 32), (672, 128), (512, 512), (2304, 512))
+# weight gradients [M, N] of the small step (r/k/v/g, output, in_proj pieces, FFN, head, LoRA), in_proj as one
+# group (672), and two of the large step's (r/k/v/g, in_proj)
 
 
 def _per_call(fn, reps: int = 20) -> tuple[float, float, str]:
-    """(CUDA kernels per call, µs per call, the kernels' short names) of ``fn`` (warm)."""
+    """(CUDA kernels per call, µs per call, the kernels' short names) of ``fn`` (warm). The µs is a CUDA-graph
+    replay of ``reps`` calls (GPU time and launch gaps, no host time: what a captured step pays)."""
+    import warnings
     from torch.profiler import ProfilerActivity, profile
-    for _ in range(3):
-        fn()
+    warnings.filterwarnings("ignore", message="Profiler clears events")    # (its text names torch's install path)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):       # warm-up (cuBLAS handles, workspaces) off the capture
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(reps):
             fn()
         torch.cuda.synchronize()
     names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    graph.replay()
     t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    t0.record()
-    for _ in range(reps):
-        fn()
-    t1.record()
-    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(5):
+        t0.record()
+        graph.replay()
+        t1.record()
+        torch.cuda.synchronize()
+        best = min(best, t0.elapsed_time(t1))
     short = sorted({("splitKreduce" if "splitKreduce" in n else n.split("(")[0].split("<")[0][-40:]) for n in names})
-    return len(names) / reps, 1e3 * t0.elapsed_time(t1) / reps, " + ".join(short)
+    return len(names) / reps, 1e3 * best / reps, " + ".join(short)
 
 
 def splitk_probe(K: int = 16384):
-    """Print, per weight-gradient shape, each formulation's kernels per call and µs (see the module docstring)."""
+    """Print, per weight-gradient shape, each formulation's kernels per call and µs (see the module docstring),
+    under this process's cuBLAS settings (printed first: the preferred BLAS library, the workspace variables, the
+    bf16 reduced-precision split-K flag; ``GROUNDTHINK_SPLITK_NO_REDUCED=1`` turns that flag off here)."""
     if not torch.cuda.is_available():
         raise SystemExit("--splitk-probe needs a CUDA device (it profiles cuBLAS's kernels)")
+    if os.environ.get("GROUNDTHINK_SPLITK_NO_REDUCED") == "1":
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    env = {k: os.environ[k] for k in ("TORCH_BLAS_PREFER_CUBLASLT", "CUBLAS_WORKSPACE_CONFIG",
+                                      "CUBLASLT_WORKSPACE_SIZE") if k in os.environ}
+    print(f"cuBLAS settings: library {torch.backends.cuda.preferred_blas_library()}, env {env or 'default'}, "
+          f"bf16 reduced-precision reduction {torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction}")
     torch.manual_seed(0)
     bf = dict(device="cuda", dtype=torch.bfloat16)
     print(f"{'M x N':>10} {'formulation':<22} {'kernels':>7} {'us':>8}  kernels")
     for M, N in SPLITK_SHAPES:
         dy, x = torch.randn(K, M, **bf), torch.randn(K, N, **bf)
         dys, xs = torch.randn(4, K, M, **bf), torch.randn(4, K, N, **bf)
-        forms = {"dY^T X bf16": lambda: torch.mm(dy.t(), x),
-                 "(X^T dY)^T bf16": lambda: torch.mm(x.t(), dy).t(),
-                 "dY^T X -> fp32": lambda: torch.mm(dy.t(), x, out_dtype=torch.float32),
-                 "4 x dY^T X (4 mm)": lambda: [torch.mm(dys[i].t(), xs[i]) for i in range(4)],
+        out, out32 = torch.empty(M, N, **bf), torch.empty(M, N, device="cuda", dtype=torch.float32)
+        forms = {"dY^T X bf16": lambda: torch.mm(dy.t(), x, out=out),
+                 "(X^T dY)^T bf16": lambda: torch.mm(x.t(), dy, out=out.t()),
+                 "dY^T X -> fp32": lambda: torch.mm(dy.t(), x, out_dtype=torch.float32, out=out32),
                  "4 x as one bmm": lambda: torch.bmm(dys.transpose(1, 2), xs)}
         for name, fn in forms.items():
             try:

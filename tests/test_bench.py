@@ -82,6 +82,12 @@ def test_rule():
     assert not ok and "slower than peer fla_chunk" in why
     assert gate.rule(_evidence(ok_err, beaten, role="peer"))[0] is True
     assert gate.rule(_evidence(ok_err, [dict(fast[0], peer_ms={"fla_chunk": 0.99})]))[0] is True   # noise
+    # against a peer, the totals over the calls decide (one implementation serves them all; count-weighted)
+    two = [dict(fast[0], shape="a", ms=1.0, peer_ms={"compile": 0.9}),
+           dict(fast[0], shape="b", ms=1.0, peer_ms={"compile": 1.3})]
+    assert gate.rule(_evidence(ok_err, two))[0] is True                      # loses call a, wins the total
+    ok, why = gate.rule(_evidence(ok_err, [dict(two[0], count=5), two[1]]))  # a made 5 times: 5.4 + 1.3 < 6
+    assert not ok and "slower than peer compile over its 2 timed calls (5.8 vs 6 ms)" in why, why
 
 
 def test_finalize_speedups():
