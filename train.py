@@ -361,10 +361,37 @@ def apart_from_training(device) -> str:
     here and then left out of the run's peak: the peak in the summary is the training's, as on a run whose verdicts
     are cached (issue 10: run 21's first-use auto run said 7,908 MB at large, the same step 7,236 MB)."""
     gc.collect()        # the qualification's inputs and graphs
+    held0 = torch.cuda.memory_allocated(device) / 2**20
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:   # cuBLAS's workspace per stream it ran on (run 21: ~700 MB after the qualification)
+        clear()
     peak, held = torch.cuda.max_memory_allocated(device) / 2**20, torch.cuda.memory_allocated(device) / 2**20
     torch.cuda.reset_peak_memory_stats(device)
-    return (f"gate: the qualification's peak {peak:,.0f} MB ({held:,.0f} MB still allocated after it: the model "
-            f"and the gate's caches); the peak reported from here on is the training's")
+    return (f"gate: the qualification's peak {peak:,.0f} MB; {held0:,.0f} MB allocated after it, {held:,.0f} MB "
+            f"once cuBLAS's workspaces are released ({live_cuda()}); the peak reported from here on is the "
+            f"training's")
+
+
+def live_cuda(top: int = 6) -> str:
+    """What holds CUDA memory now, as Python sees it: the live CUDA tensors (distinct storages, the largest first)
+    and CUDA graphs (their private pools hold memory that no tensor shows)."""
+    import warnings
+    stores, graphs = {}, 0
+    with warnings.catch_warnings():     # (isinstance touches deprecated module attributes among gc's objects)
+        warnings.simplefilter("ignore")
+        for o in gc.get_objects():
+            try:
+                if isinstance(o, torch.Tensor) and o.is_cuda:
+                    st = o.untyped_storage()
+                    stores.setdefault(st.data_ptr(), (st.nbytes(), f"{list(o.shape)} {str(o.dtype)[6:]}"))
+                elif isinstance(o, torch.cuda.CUDAGraph):
+                    graphs += 1
+            except Exception:       # a tensor subclass or a freed storage: not counted
+                continue
+    big = sorted(stores.values(), reverse=True)
+    mb = sum(n for n, _ in big) / 2**20
+    return (f"live: {len(big)} CUDA storages {mb:,.0f} MB (largest: "
+            + ", ".join(f"{n / 2**20:,.0f} MB {what}" for n, what in big[:top]) + f"), {graphs} CUDA graphs")
 
 
 def early_background(args, device, master):

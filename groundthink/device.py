@@ -2,6 +2,7 @@
 the side-stream warm-up that precedes every CUDA-graph capture (the training step's and the gate's)."""
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -53,10 +54,19 @@ def versions() -> dict[str, str]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _side_stream(index: int) -> torch.cuda.Stream:
+    """The device's one side stream for warm-ups (``warm_on_side_stream``)."""
+    return torch.cuda.Stream(device=index)
+
+
 def warm_on_side_stream(fn, n: int = 1) -> None:
     """Run ``fn`` ``n`` times on a side stream, then make the current stream wait for it: what a CUDA-graph
-    capture needs first (compilation, autotuning, lazy initialisation and workspaces kept out of the graph)."""
-    side = torch.cuda.Stream()
+    capture needs first (compilation, autotuning, lazy initialisation and workspaces kept out of the graph). One
+    side stream per device for every call: cuBLAS keeps a workspace (32 MiB on Hopper) per stream it ran on until
+    the process ends, and the gate's many warm-ups on fresh pool streams left ~700 MB of them held through the
+    training (run 21)."""
+    side = _side_stream(torch.cuda.current_device())
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(n):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import kernels  # noqa: F401
-from groundthink import gate, registry
+from groundthink import device as gdevice, gate, registry
 from groundthink.spec import ROOT, get, peer_packages, specs
 
 OP = "gate_norm_residual"
@@ -1170,6 +1170,8 @@ def test_capture_spreads_a_short_step_over_several_copies(monkeypatch):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
     monkeypatch.setattr(torch.cuda, "graph", graph_ctx)
     monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
+    monkeypatch.setattr(gdevice, "_side_stream", lambda index: stream)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(gate, "_peak_mb", lambda fn, cuda: (fn(), (7.0, 0.0))[1])
