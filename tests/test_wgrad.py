@@ -32,6 +32,7 @@ def tiny_tiles(monkeypatch):
     monkeypatch.setitem(K.TUNING, "big", (32, 32, 16, 4))
     monkeypatch.setitem(K.TUNING, "min_rows", 16)
     monkeypatch.setitem(K.TUNING, "waves", 16)
+    monkeypatch.setitem(K.TUNING, "fin", 64)          # the wide finish in several [rows, 16] loads per level
 
 
 def _pair(R, M, N, G=0, dtype=torch.float32, seed=0):
@@ -55,6 +56,26 @@ def test_kernel_matches_float64(tiny_tiles, R, M, N, G, dtype):
     inputs = {"a": a, "b": b, "out": torch.full((*a.shape[:-2], M, N), float("nan"), dtype=dtype)}
     check_op(wgrad, ref, inputs, bound=bound_for(dtype), context=f"R{R} M{M} N{N} G{G} {dtype}")
     assert wgrad(a, b).dtype == dtype
+
+
+@pytest.mark.parametrize("finish,flat", [("wide", 1), ("wide", 64), ("tree", 8)])
+def test_finish_variants_exact_deterministic_counters(tiny_tiles, monkeypatch, finish, flat):
+    """The wide finish in two levels (flat 1: groups of ~√split, a last group smaller than the others) and in one
+    (flat 64: the tile's last program sums all split rows), and run 19's tree finish (the sweep's "old"): fp64
+    error, NaN-prefilled out, several batch groups, a second call bit-identical, every counter back at zero."""
+    monkeypatch.setitem(K.TUNING, "finish", finish)
+    monkeypatch.setitem(K.TUNING, "flat", flat)
+    monkeypatch.setitem(K.TUNING, "waves", 32)
+    monkeypatch.setitem(K.TUNING, "fin", 256)         # 4 loads of [4, 64] per level (interpreter time)
+    a, b = _pair(208, 20, 18, 2, torch.float16, seed=5)
+    split = K._plan(208, 20, 18, 2, a.device)[4]
+    two, GS, NG, _ = K._levels(split)
+    assert split >= 9 and two == (finish == "tree" or flat == 1) and (split % GS != 0 or not two)
+    out = torch.full((2, 20, 18), float("nan"), dtype=torch.float16)
+    check_op(wgrad, ref, {"a": a, "b": b, "out": out}, bound=bound_for(torch.float16), context=finish)
+    c1, c2 = wgrad(a, b), wgrad(a, b)
+    assert torch.equal(c1, c2)
+    assert int(_colsum._CACHE[torch.device("cpu")].abs().sum()) == 0
 
 
 def test_one_split_stores_directly():

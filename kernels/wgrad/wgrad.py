@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 
 from kernels import INTERPRET
-from kernels._colsum import arrive_tree, counters, finish_rows, tree, N_COUNTERS
+from kernels._colsum import arrive_last, arrive_tree, counters, finish_rows, tree, N_COUNTERS
 from kernels._common import cdiv, new_empty, num_sms, pow2
 from kernels._eager import traced
 from reference.wgrad import check_args, wgrad as _reference
@@ -57,21 +57,40 @@ __all__ = ["wgrad"]
 # SMs, ≥ min_rows rows each; stages: the software pipeline depth of the row loop. The shape rule (module docstring):
 # 2-D calls to torch.mm unless two_d, outputs of cublas_at elements or more to torch.mm. H100 run 19 sweep: the
 # tiles and waves as here were best or within 10 % where the kernel is used (G5 32 × 128)
+# finish: "wide" (the row sums of the finish issued as one [rows, BF] load each, below) or "tree" (run 19's
+# _colsum.arrive_tree + a row loop: the sweep's "old" baseline); flat: splits up to flat finish in ONE level (the
+# tile's last program sums every partial row), above it two levels of ~√split rows; fin: fp32 elements per
+# finish load ([rows, BF], BF = fin // rows, a power of 2).
 TUNING = {"small": (64, 64, 64, 4), "big": (128, 128, 64, 8), "big_at": 256 * 512, "waves": 2, "min_rows": 256,
-          "stages": 3, "two_d": False, "cublas_at": 32768}
+          "stages": 3, "two_d": False, "cublas_at": 32768, "finish": "wide", "flat": 8, "fin": 8192}
 
 
 @triton.jit
-def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, split, GS, NG,
+def _sum_rows(p_rows, stride, n, o_f, RP: tl.constexpr):
+    """Σ_{i < n} rows[i·stride + o_f] → [BF] fp32: ONE [RP, BF] load (RP ≥ n rows, a power of 2; masked rows 0),
+    every row in flight at once, then tl.sum over the rows: a fixed reduction order for a given compile, so the
+    same bits every run. ``p_rows``: fp32 partial rows ``stride`` elements apart; ``o_f`` [BF]: the columns."""
+    o_i = tl.arange(0, RP)
+    b_p = tl.load(p_rows + o_i.to(tl.int64)[:, None] * stride + o_f[None, :], mask=(o_i < n)[:, None], other=0.,
+                  cache_modifier=".cg")
+    return tl.sum(b_p, axis=0)
+
+
+@triton.jit
+def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, split, GS, NG, CS,
                   s_ag, s_ar, s_am, s_bg, s_br, s_bn, s_cg, s_cm, s_cn,
                   ONE: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
-                  BP: tl.constexpr, BC: tl.constexpr):
+                  BP: tl.constexpr, BC: tl.constexpr, WIDE: tl.constexpr, TWO: tl.constexpr, GSP: tl.constexpr,
+                  NGP: tl.constexpr, BF1: tl.constexpr, BF2: tl.constexpr):
     # p_a: [G, R, M] (strides s_ag, s_ar, s_am); p_b: [G, R, N] (s_bg, s_br, s_bn); p_c: [G, M, N] out (s_cg, s_cm,
     # s_cn), C = aᵀ b per batch; p_part: [G·tiles, split, BM·BN] fp32 workspace (split > 1) else None; p_count: the
     # arrival counters (kernels._colsum.counters: (1 + NG) per tile) or None; R, M, N: the sizes; RS: rows per split
     # (a multiple of BR); n_tn: tiles along N; tiles: tiles per batch; split: programs per tile along the rows (the
     # grid's first axis); GS, NG: the arrival tree (_colsum.tree(split)); ONE: split == 1 (C stored directly); PREC: the dots' input precision; BM, BN: C's tile; BR: rows per dot;
-    # BP, BC: rows and columns per step of the partial sums (_colsum.finish_columns)
+    # BP, BC: rows and columns per step of the partial sums (_colsum.finish_columns, WIDE False); WIDE: the wide
+    # finish (_sum_rows); TWO: two levels (groups of GS programs, NG groups) else one (GS = 1, NG = split); CS:
+    # counters per tile (1 + NG two-level, 1 flat); GSP, NGP: powers of 2 ≥ GS, NG; BF1, BF2: finish columns per
+    # load of the group level and of the last level (powers of 2 dividing BM·BN)
     i_s, i_t = tl.program_id(0), tl.program_id(1)
     i_g = i_t // tiles
     i_mn = i_t % tiles
@@ -100,11 +119,33 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, spli
         o_w = tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
         p_tile = p_part + i_t.to(tl.int64) * split * W          # this tile's split partial rows
         tl.store(p_tile + i_s * W + o_w, b_acc)
-        if arrive_tree(p_tile, W, p_count, i_s, split, GS, NG, 0, W, 1, 0, BP, BC):
-            b_sum = tl.zeros([BM, BN], dtype=tl.float32)
-            for i in range(0, NG):                               # the groups' sums, in index order
-                b_sum += tl.load(p_tile + i * GS * W + o_w, cache_modifier=".cg")
-            tl.store(p_ct, b_sum.to(p_c.dtype.element_ty), mask=m_c)
+        if not WIDE:                                             # run 19's finish (the sweep's "old")
+            if arrive_tree(p_tile, W, p_count, i_s, split, GS, NG, 0, W, 1, 0, BP, BC):
+                b_sum = tl.zeros([BM, BN], dtype=tl.float32)
+                for i in range(0, NG):                           # the groups' sums, in index order
+                    b_sum += tl.load(p_tile + i * GS * W + o_w, cache_modifier=".cg")
+                tl.store(p_ct, b_sum.to(p_c.dtype.element_ty), mask=m_c)
+        else:
+            p_cnt = p_count + i_t * CS                           # this tile's counters: [tile, group 0, 1, …]
+            if TWO:
+                g0 = (i_s // GS) * GS
+                last = i_s < 0
+                if arrive_last(p_cnt + 1 + i_s // GS, tl.minimum(GS, split - g0)):
+                    p_g = p_tile + g0.to(tl.int64) * W           # the group's sum → its first row
+                    for j in tl.static_range(W // BF1):
+                        o_f = j * BF1 + tl.arange(0, BF1)
+                        tl.store(p_g + o_f, _sum_rows(p_g, W, tl.minimum(GS, split - g0), o_f, GSP))
+                    last = arrive_last(p_cnt, NG)
+            else:
+                last = arrive_last(p_cnt, split)
+            if last:                                             # C's tile = Σ of rows 0, GS, 2·GS, … (NG)
+                for j in tl.static_range(W // BF2):
+                    o_f = j * BF2 + tl.arange(0, BF2)
+                    b_s = _sum_rows(p_tile, GS * W, NG, o_f, NGP)
+                    o_fm = i_m * BM + o_f // BN
+                    o_fn = i_n * BN + o_f % BN
+                    tl.store(p_cg + o_fm * s_cm + o_fn * s_cn, b_s.to(p_c.dtype.element_ty),
+                             mask=(o_fm < M) & (o_fn < N))
 
 
 def _tile(M, N, G):
@@ -119,10 +160,23 @@ def _plan(R, M, N, G, device):
     BM, BN, BR, warps = _tile(M, N, G)
     n_tiles = G * cdiv(M, BM) * cdiv(N, BN)
     split = max(1, min(cdiv(TUNING["waves"] * num_sms(device), n_tiles), R // TUNING["min_rows"]))
-    while split > 1 and n_tiles * (1 + tree(split)[1]) > N_COUNTERS:      # the counters of one grid
+    while split > 1 and n_tiles * _levels(split)[3] > N_COUNTERS:         # the counters of one grid
         split //= 2
     rs = cdiv(cdiv(R, split), BR) * BR
     return BM, BN, BR, warps, cdiv(R, rs) if R else 1, rs
+
+
+def _levels(split):
+    """(TWO, GS, NG, CS): the finish's arrival tree for ``split`` partial rows per tile — run 19's ``tree`` (groups
+    of ~√split) for the "tree" finish; the "wide" finish: one level (GS 1, NG = split: the tile's last program sums
+    every row) up to TUNING["flat"] rows, else two of ~√split; CS the counters per tile."""
+    if TUNING["finish"] != "wide":
+        gs, ng = tree(split)
+        return True, gs, ng, 1 + ng
+    if split <= TUNING["flat"]:
+        return False, 1, split, 1
+    gs, ng = tree(split)
+    return True, gs, ng, 1 + ng
 
 
 def _use_kernel(a, b) -> bool:
@@ -160,14 +214,18 @@ def wgrad(a, b, out=None):
     BM, BN, BR, warps, split, rs = _plan(R, M, N, G, a.device)
     n_tn = cdiv(N, BN)
     tiles = cdiv(M, BM) * n_tn
-    GS, NG = tree(split)
+    two, GS, NG, CS = _levels(split)
     part = count = None
-    BC = min(BM * BN, 1024)
+    BC, W = min(BM * BN, 1024), BM * BN
     if split > 1:
-        part = new_empty((G * tiles, split, BM * BN), torch.float32, a.device)
-        count = counters(a.device, G * tiles, NG)
+        part = new_empty((G * tiles, split, W), torch.float32, a.device)
+        count = counters(a.device, G * tiles, CS - 1)
+    GSP, NGP = pow2(GS), pow2(NG)
     _wgrad_kernel[(split, G * tiles)](
-        a3, b3, c3, part, count, R, M, N, rs, n_tn, tiles, split, GS, NG, *a3.stride(), *b3.stride(), *c3.stride(),
-        ONE=split == 1, PREC=_prec(a.dtype), BM=BM, BN=BN, BR=BR,
-        BP=finish_rows(BC), BC=BC, num_warps=warps, num_stages=TUNING["stages"])
+        a3, b3, c3, part, count, R, M, N, rs, n_tn, tiles, split, GS, NG, CS,
+        *a3.stride(), *b3.stride(), *c3.stride(),
+        ONE=split == 1, PREC=_prec(a.dtype), BM=BM, BN=BN, BR=BR, BP=finish_rows(BC), BC=BC,
+        WIDE=TUNING["finish"] == "wide", TWO=two, GSP=GSP, NGP=NGP,
+        BF1=min(W, max(1, TUNING["fin"] // GSP)), BF2=min(W, max(1, TUNING["fin"] // NGP)),
+        num_warps=warps, num_stages=TUNING["stages"])
     return c
