@@ -58,19 +58,22 @@ def test_kernel_matches_float64(tiny_tiles, R, M, N, G, dtype):
     assert wgrad(a, b).dtype == dtype
 
 
-@pytest.mark.parametrize("finish,flat", [("wide", 1), ("wide", 64), ("tree", 8)])
+@pytest.mark.parametrize("finish,flat", [("wide", 1), ("wide", 64), ("tree", 8), ("coop", 8)])
 def test_finish_variants_exact_deterministic_counters(tiny_tiles, monkeypatch, finish, flat):
     """The wide finish in two levels (flat 1: groups of ~√split, a last group smaller than the others) and in one
-    (flat 64: the tile's last program sums all split rows), and run 19's tree finish (the sweep's "old"): fp64
+    (flat 64: the tile's last program sums all split rows), run 19's tree finish (the sweep's "old") and the coop
+finish (every program sums its own columns of all split rows; the interpreter in two launches): fp64
     error, NaN-prefilled out, several batch groups, a second call bit-identical, every counter back at zero."""
     monkeypatch.setitem(K.TUNING, "finish", finish)
     monkeypatch.setitem(K.TUNING, "flat", flat)
     monkeypatch.setitem(K.TUNING, "waves", 32)
     monkeypatch.setitem(K.TUNING, "fin", 256)         # 4 loads of [4, 64] per level (interpreter time)
+    monkeypatch.setattr(K, "num_sms", lambda device: 128)   # coop: the grid within one wave of 128 "SMs"
     a, b = _pair(208, 20, 18, 2, torch.float16, seed=5)
     split = K._plan(208, 20, 18, 2, a.device)[4]
     two, GS, NG, _ = K._levels(split)
-    assert split >= 9 and two == (finish == "tree" or flat == 1) and (split % GS != 0 or not two)
+    assert split >= 9 and two == (finish == "tree" or flat == 1 and finish == "wide")
+    assert split % GS != 0 or not two                   # a last group smaller than the others
     out = torch.full((2, 20, 18), float("nan"), dtype=torch.float16)
     check_op(wgrad, ref, {"a": a, "b": b, "out": out}, bound=bound_for(torch.float16), context=finish)
     c1, c2 = wgrad(a, b), wgrad(a, b)

@@ -65,6 +65,11 @@ TUNING = {"small": (64, 64, 64, 4), "big": (128, 128, 64, 8), "big_at": 256 * 51
           "stages": 3, "two_d": False, "cublas_at": 32768, "finish": "wide", "flat": 8, "fin": 8192}
 
 
+_FIN = {"tree": 0, "wide": 1, "coop": 2}
+_SPIN = 1 << 15                         # the coop wait's most polls (~tens of ms): a grid that cannot be resident
+                                        # at once writes NaN instead of hanging
+
+
 @triton.jit
 def _sum_rows(p_rows, stride, n, o_f, RP: tl.constexpr):
     """Σ_{i < n} rows[i·stride + o_f] → [BF] fp32: ONE [RP, BF] load (RP ≥ n rows, a power of 2; masked rows 0),
@@ -80,17 +85,22 @@ def _sum_rows(p_rows, stride, n, o_f, RP: tl.constexpr):
 def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, split, GS, NG, CS,
                   s_ag, s_ar, s_am, s_bg, s_br, s_bn, s_cg, s_cm, s_cn,
                   ONE: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
-                  BP: tl.constexpr, BC: tl.constexpr, WIDE: tl.constexpr, TWO: tl.constexpr, GSP: tl.constexpr,
-                  NGP: tl.constexpr, BF1: tl.constexpr, BF2: tl.constexpr):
+                  BP: tl.constexpr, BC: tl.constexpr, FIN: tl.constexpr, TWO: tl.constexpr, GSP: tl.constexpr,
+                  NGP: tl.constexpr, BF1: tl.constexpr, BF2: tl.constexpr, CW: tl.constexpr, RB: tl.constexpr,
+                  PH: tl.constexpr, SPIN: tl.constexpr):
     # p_a: [G, R, M] (strides s_ag, s_ar, s_am); p_b: [G, R, N] (s_bg, s_br, s_bn); p_c: [G, M, N] out (s_cg, s_cm,
     # s_cn), C = aᵀ b per batch; p_part: [G·tiles, split, BM·BN] fp32 workspace (split > 1) else None; p_count: the
-    # arrival counters (kernels._colsum.counters: (1 + NG) per tile) or None; R, M, N: the sizes; RS: rows per split
+    # arrival counters (kernels._colsum.counters: CS per tile) or None; R, M, N: the sizes; RS: rows per split
     # (a multiple of BR); n_tn: tiles along N; tiles: tiles per batch; split: programs per tile along the rows (the
-    # grid's first axis); GS, NG: the arrival tree (_colsum.tree(split)); ONE: split == 1 (C stored directly); PREC: the dots' input precision; BM, BN: C's tile; BR: rows per dot;
-    # BP, BC: rows and columns per step of the partial sums (_colsum.finish_columns, WIDE False); WIDE: the wide
-    # finish (_sum_rows); TWO: two levels (groups of GS programs, NG groups) else one (GS = 1, NG = split); CS:
-    # counters per tile (1 + NG two-level, 1 flat); GSP, NGP: powers of 2 ≥ GS, NG; BF1, BF2: finish columns per
-    # load of the group level and of the last level (powers of 2 dividing BM·BN)
+    # grid's first axis); ONE: split == 1 (C stored directly); PREC: the dots' input precision; BM, BN: C's tile;
+    # BR: rows per dot. FIN, the finish of split > 1: 0 "tree" (run 19's: _colsum.arrive_tree with GS, NG =
+    # _colsum.tree(split), BP, BC its rows and columns per step, then a loop over the NG group rows), 1 "wide" (TWO:
+    # groups of GS programs, NG groups, else one level: GS = 1, NG = split; GSP, NGP: powers of 2 ≥ GS, NG; BF1,
+    # BF2: columns per _sum_rows load of the group level and of the last level), 2 "coop" (every program of the
+    # tile waits for all split partial rows, then sums its own CW columns of them in [RB, CW] loads; SPIN: the most
+    # polls of the wait; PH: 0 all, 1 up to the arrival, 2 from the wait on — the interpreter runs programs one
+    # after another, so it launches PH 1 then PH 2). CS: counters per tile (tree / two-level wide: 1 + NG; flat
+    # wide: 1; coop: 2, arrived and departed)
     i_s, i_t = tl.program_id(0), tl.program_id(1)
     i_g = i_t // tiles
     i_mn = i_t % tiles
@@ -100,15 +110,18 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, spli
     m_m, m_n = o_m < M, o_n < N
     p_ag = p_a + i_g.to(tl.int64) * s_ag
     p_bg = p_b + i_g.to(tl.int64) * s_bg
-    r0 = i_s * RS
-    r1 = tl.minimum(r0 + RS, R)
     b_acc = tl.zeros([BM, BN], dtype=tl.float32)
-    for r in range(r0, r1, BR):
-        o_r = (r + tl.arange(0, BR)).to(tl.int64)
-        m_r = o_r < r1
-        b_a = tl.load(p_ag + o_r[:, None] * s_ar + o_m[None, :] * s_am, mask=m_r[:, None] & m_m[None, :], other=0.)
-        b_b = tl.load(p_bg + o_r[:, None] * s_br + o_n[None, :] * s_bn, mask=m_r[:, None] & m_n[None, :], other=0.)
-        b_acc += tl.dot(tl.trans(b_a), b_b, input_precision=PREC)
+    if PH != 2:
+        r0 = i_s * RS
+        r1 = tl.minimum(r0 + RS, R)
+        for r in range(r0, r1, BR):
+            o_r = (r + tl.arange(0, BR)).to(tl.int64)
+            m_r = o_r < r1
+            b_a = tl.load(p_ag + o_r[:, None] * s_ar + o_m[None, :] * s_am, mask=m_r[:, None] & m_m[None, :],
+                          other=0.)
+            b_b = tl.load(p_bg + o_r[:, None] * s_br + o_n[None, :] * s_bn, mask=m_r[:, None] & m_n[None, :],
+                          other=0.)
+            b_acc += tl.dot(tl.trans(b_a), b_b, input_precision=PREC)
     p_cg = p_c + i_g.to(tl.int64) * s_cg
     p_ct = p_cg + o_m[:, None] * s_cm + o_n[None, :] * s_cn
     m_c = m_m[:, None] & m_n[None, :]
@@ -118,14 +131,15 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, spli
         W: tl.constexpr = BM * BN
         o_w = tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
         p_tile = p_part + i_t.to(tl.int64) * split * W          # this tile's split partial rows
-        tl.store(p_tile + i_s * W + o_w, b_acc)
-        if not WIDE:                                             # run 19's finish (the sweep's "old")
+        if PH != 2:
+            tl.store(p_tile + i_s * W + o_w, b_acc)
+        if FIN == 0:                                             # run 19's finish (the sweep's "old")
             if arrive_tree(p_tile, W, p_count, i_s, split, GS, NG, 0, W, 1, 0, BP, BC):
                 b_sum = tl.zeros([BM, BN], dtype=tl.float32)
                 for i in range(0, NG):                           # the groups' sums, in index order
                     b_sum += tl.load(p_tile + i * GS * W + o_w, cache_modifier=".cg")
                 tl.store(p_ct, b_sum.to(p_c.dtype.element_ty), mask=m_c)
-        else:
+        elif FIN == 1:
             p_cnt = p_count + i_t * CS                           # this tile's counters: [tile, group 0, 1, …]
             if TWO:
                 g0 = (i_s // GS) * GS
@@ -146,6 +160,35 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, spli
                     o_fn = i_n * BN + o_f % BN
                     tl.store(p_cg + o_fm * s_cm + o_fn * s_cn, b_s.to(p_c.dtype.element_ty),
                              mask=(o_fm < M) & (o_fn < N))
+        else:                                                    # coop: every program finishes CW columns
+            p_cnt = p_count + i_t * CS                           # [arrived, departed]
+            if PH != 2:
+                tl.debug_barrier()                               # the CTA's partial stores before the release
+                tl.atomic_add(p_cnt, 1, sem="release", scope="gpu")
+            if PH != 1:
+                n = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
+                k = 0
+                while (n < split) & (k < SPIN):                  # all split rows stored (bounded: no hang)
+                    n = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
+                    k += 1
+                tl.debug_barrier()
+                o_f = i_s * CW + tl.arange(0, CW)
+                m_f = o_f < W
+                b_s = tl.zeros([CW], dtype=tl.float32)
+                for j in tl.static_range(GSP // RB):            # GSP: a power of 2 ≥ split; fixed order
+                    o_i = j * RB + tl.arange(0, RB)
+                    b_s += tl.sum(tl.load(p_tile + o_i.to(tl.int64)[:, None] * W + o_f[None, :],
+                                          mask=(o_i < split)[:, None] & m_f[None, :], other=0.,
+                                          cache_modifier=".cg"), axis=0)
+                b_s = tl.where(n >= split, b_s, float("nan"))   # a timed-out wait: NaN, never a silent partial
+                o_fm = i_m * BM + o_f // BN
+                o_fn = i_n * BN + o_f % BN
+                tl.store(p_cg + o_fm * s_cm + o_fn * s_cn, b_s.to(p_c.dtype.element_ty),
+                         mask=m_f & (o_fm < M) & (o_fn < N))
+                tl.debug_barrier()
+                if tl.atomic_add(p_cnt + 1, 1, sem="acq_rel", scope="gpu") == split - 1:
+                    tl.atomic_xchg(p_cnt, 0, sem="relaxed", scope="gpu")      # every wait is over: reset both
+                    tl.atomic_xchg(p_cnt + 1, 0, sem="relaxed", scope="gpu")
 
 
 def _tile(M, N, G):
@@ -159,7 +202,10 @@ def _plan(R, M, N, G, device):
     """(BM, BN, BR, warps, SPLIT, RS): the tiles, then SPLIT programs per tile of RS rows each (module docstring)."""
     BM, BN, BR, warps = _tile(M, N, G)
     n_tiles = G * cdiv(M, BM) * cdiv(N, BN)
-    split = max(1, min(cdiv(TUNING["waves"] * num_sms(device), n_tiles), R // TUNING["min_rows"]))
+    if TUNING["finish"] == "coop":          # every program resident at once: the grid within one wave of SMs
+        split = max(1, min(num_sms(device) // n_tiles, R // TUNING["min_rows"]))
+    else:
+        split = max(1, min(cdiv(TUNING["waves"] * num_sms(device), n_tiles), R // TUNING["min_rows"]))
     while split > 1 and n_tiles * _levels(split)[3] > N_COUNTERS:         # the counters of one grid
         split //= 2
     rs = cdiv(cdiv(R, split), BR) * BR
@@ -170,6 +216,8 @@ def _levels(split):
     """(TWO, GS, NG, CS): the finish's arrival tree for ``split`` partial rows per tile — run 19's ``tree`` (groups
     of ~√split) for the "tree" finish; the "wide" finish: one level (GS 1, NG = split: the tile's last program sums
     every row) up to TUNING["flat"] rows, else two of ~√split; CS the counters per tile."""
+    if TUNING["finish"] == "coop":
+        return False, split, 1, 2
     if TUNING["finish"] != "wide":
         gs, ng = tree(split)
         return True, gs, ng, 1 + ng
@@ -221,11 +269,15 @@ def wgrad(a, b, out=None):
         part = new_empty((G * tiles, split, W), torch.float32, a.device)
         count = counters(a.device, G * tiles, CS - 1)
     GSP, NGP = pow2(GS), pow2(NG)
-    _wgrad_kernel[(split, G * tiles)](
-        a3, b3, c3, part, count, R, M, N, rs, n_tn, tiles, split, GS, NG, CS,
-        *a3.stride(), *b3.stride(), *c3.stride(),
-        ONE=split == 1, PREC=_prec(a.dtype), BM=BM, BN=BN, BR=BR, BP=finish_rows(BC), BC=BC,
-        WIDE=TUNING["finish"] == "wide", TWO=two, GSP=GSP, NGP=NGP,
-        BF1=min(W, max(1, TUNING["fin"] // GSP)), BF2=min(W, max(1, TUNING["fin"] // NGP)),
-        num_warps=warps, num_stages=TUNING["stages"])
+    fin = _FIN[TUNING["finish"]]
+    CW = pow2(cdiv(W, split))
+    for ph in ((1, 2) if fin == 2 and split > 1 and INTERPRET else (0,)):
+        _wgrad_kernel[(split, G * tiles)](
+            a3, b3, c3, part, count, R, M, N, rs, n_tn, tiles, split, GS, NG, CS,
+            *a3.stride(), *b3.stride(), *c3.stride(),
+            ONE=split == 1, PREC=_prec(a.dtype), BM=BM, BN=BN, BR=BR, BP=finish_rows(BC), BC=BC,
+            FIN=fin, TWO=two, GSP=GSP, NGP=NGP,
+            BF1=min(W, max(1, TUNING["fin"] // GSP)), BF2=min(W, max(1, TUNING["fin"] // NGP)),
+            CW=CW, RB=max(1, min(GSP, TUNING["fin"] // CW)), PH=ph, SPIN=_SPIN,
+            num_warps=warps, num_stages=TUNING["stages"])
     return c
