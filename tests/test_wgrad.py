@@ -32,7 +32,7 @@ def tiny_tiles(monkeypatch):
     monkeypatch.setitem(K.TUNING, "big", (32, 32, 16, 4))
     monkeypatch.setitem(K.TUNING, "min_rows", 16)
     monkeypatch.setitem(K.TUNING, "waves", 16)
-    monkeypatch.setitem(K.TUNING, "fin", 64)          # the wide finish in several [rows, 16] loads per level
+    monkeypatch.setitem(K.TUNING, "fin", 256)         # the wide finish in several [8, 32] loads per level
 
 
 def _pair(R, M, N, G=0, dtype=torch.float32, seed=0):
@@ -67,7 +67,8 @@ finish (every program sums its own columns of all split rows; the interpreter in
     monkeypatch.setitem(K.TUNING, "finish", finish)
     monkeypatch.setitem(K.TUNING, "flat", flat)
     monkeypatch.setitem(K.TUNING, "waves", 32)
-    monkeypatch.setitem(K.TUNING, "fin", 256)         # 4 loads of [4, 64] per level (interpreter time)
+    monkeypatch.setitem(K.TUNING, "fin", 256)         # wide: [8, 32] loads, two of them for 13 rows
+    monkeypatch.setitem(K.TUNING, "coop_cols", 16)    # coop: 16 column blocks over 13 programs
     monkeypatch.setattr(K, "num_sms", lambda device: 128)   # coop: the grid within one wave of 128 "SMs"
     a, b = _pair(208, 20, 18, 2, torch.float16, seed=5)
     split = K._plan(208, 20, 18, 2, a.device)[4]

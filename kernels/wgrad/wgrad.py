@@ -57,12 +57,12 @@ __all__ = ["wgrad"]
 # SMs, ≥ min_rows rows each; stages: the software pipeline depth of the row loop. The shape rule (module docstring):
 # 2-D calls to torch.mm unless two_d, outputs of cublas_at elements or more to torch.mm. H100 run 19 sweep: the
 # tiles and waves as here were best or within 10 % where the kernel is used (G5 32 × 128)
-# finish: "wide" (the row sums of the finish issued as one [rows, BF] load each, below) or "tree" (run 19's
-# _colsum.arrive_tree + a row loop: the sweep's "old" baseline); flat: splits up to flat finish in ONE level (the
-# tile's last program sums every partial row), above it two levels of ~√split rows; fin: fp32 elements per
-# finish load ([rows, BF], BF = fin // rows, a power of 2).
+# finish (of split > 1, module docstring): "wide", "coop" or "tree" (run 19's: the sweep's "old" baseline); flat:
+# the wide finish sums up to flat splits in ONE level, more in two of ~√split rows; fin: fp32 elements per finish
+# load, [fin_rows, fin // fin_rows] (wide) or [fin // coop_cols, coop_cols] (coop)
 TUNING = {"small": (64, 64, 64, 4), "big": (128, 128, 64, 8), "big_at": 256 * 512, "waves": 2, "min_rows": 256,
-          "stages": 3, "two_d": False, "cublas_at": 32768, "finish": "wide", "flat": 8, "fin": 8192}
+          "stages": 3, "two_d": False, "cublas_at": 32768, "finish": "wide", "flat": 8, "fin": 8192, "fin_rows": 8,
+          "coop_cols": 128}
 
 
 _FIN = {"tree": 0, "wide": 1, "coop": 2}
@@ -71,23 +71,24 @@ _SPIN = 1 << 15                         # the coop wait's most polls (~tens of m
 
 
 @triton.jit
-def _sum_rows(p_rows, stride, n, o_f, RP: tl.constexpr):
-    """Σ_{i < n} rows[i·stride + o_f] → [BF] fp32: ONE [RP, BF] load (RP ≥ n rows, a power of 2; masked rows 0),
-    every row in flight at once, then tl.sum over the rows: a fixed reduction order for a given compile, so the
-    same bits every run. ``p_rows``: fp32 partial rows ``stride`` elements apart; ``o_f`` [BF]: the columns."""
-    o_i = tl.arange(0, RP)
-    b_p = tl.load(p_rows + o_i.to(tl.int64)[:, None] * stride + o_f[None, :], mask=(o_i < n)[:, None], other=0.,
-                  cache_modifier=".cg")
-    return tl.sum(b_p, axis=0)
+def _sum_rows(p_rows, stride, n, o_f, RP: tl.constexpr, BF: tl.constexpr):
+    """Σ_{i < n} rows[i·stride + o_f] → [BF] fp32 in [RP, BF] loads (one when n ≤ RP: every row in flight at once;
+    masked rows 0), each summed by tl.sum over its rows: a fixed reduction order for a given compile, so the same
+    bits every run. ``p_rows``: fp32 partial rows ``stride`` elements apart; ``o_f`` [BF]: the columns."""
+    b_s = tl.zeros([BF], dtype=tl.float32)
+    for r0 in range(0, n, RP):
+        o_i = r0 + tl.arange(0, RP)
+        b_s += tl.sum(tl.load(p_rows + o_i.to(tl.int64)[:, None] * stride + o_f[None, :], mask=(o_i < n)[:, None],
+                              other=0., cache_modifier=".cg"), axis=0)
+    return b_s
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_tn", "tiles", "split", "GS", "NG", "CS"])
 def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, split, GS, NG, CS,
                   s_ag, s_ar, s_am, s_bg, s_br, s_bn, s_cg, s_cm, s_cn,
                   ONE: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
-                  BP: tl.constexpr, BC: tl.constexpr, FIN: tl.constexpr, TWO: tl.constexpr, GSP: tl.constexpr,
-                  NGP: tl.constexpr, BF1: tl.constexpr, BF2: tl.constexpr, CW: tl.constexpr, RB: tl.constexpr,
-                  PH: tl.constexpr, SPIN: tl.constexpr):
+                  BP: tl.constexpr, BC: tl.constexpr, FIN: tl.constexpr, TWO: tl.constexpr, RP: tl.constexpr,
+                  BF: tl.constexpr, CW: tl.constexpr, RB: tl.constexpr, PH: tl.constexpr, SPIN: tl.constexpr):
     # p_a: [G, R, M] (strides s_ag, s_ar, s_am); p_b: [G, R, N] (s_bg, s_br, s_bn); p_c: [G, M, N] out (s_cg, s_cm,
     # s_cn), C = aᵀ b per batch; p_part: [G·tiles, split, BM·BN] fp32 workspace (split > 1) else None; p_count: the
     # arrival counters (kernels._colsum.counters: CS per tile) or None; R, M, N: the sizes; RS: rows per split
@@ -95,10 +96,10 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, spli
     # grid's first axis); ONE: split == 1 (C stored directly); PREC: the dots' input precision; BM, BN: C's tile;
     # BR: rows per dot. FIN, the finish of split > 1: 0 "tree" (run 19's: _colsum.arrive_tree with GS, NG =
     # _colsum.tree(split), BP, BC its rows and columns per step, then a loop over the NG group rows), 1 "wide" (TWO:
-    # groups of GS programs, NG groups, else one level: GS = 1, NG = split; GSP, NGP: powers of 2 ≥ GS, NG; BF1,
-    # BF2: columns per _sum_rows load of the group level and of the last level), 2 "coop" (every program of the
-    # tile waits for all split partial rows, then sums its own CW columns of them in [RB, CW] loads; SPIN: the most
-    # polls of the wait; PH: 0 all, 1 up to the arrival, 2 from the wait on — the interpreter runs programs one
+    # groups of GS programs, NG groups, else one level: GS = 1, NG = split; [RP, BF]: rows and columns per
+    # _sum_rows load), 2 "coop" (every program of the tile waits for all split partial rows, then sums column
+    # blocks i_s, i_s + split, … of CW columns of them in [RB, CW] loads; SPIN: the most polls of the wait;
+    # PH: 0 all, 1 up to the arrival, 2 from the wait on — the interpreter runs programs one
     # after another, so it launches PH 1 then PH 2). CS: counters per tile (tree / two-level wide: 1 + NG; flat
     # wide: 1; coop: 2, arrived and departed)
     i_s, i_t = tl.program_id(0), tl.program_id(1)
@@ -146,16 +147,16 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, spli
                 last = i_s < 0
                 if arrive_last(p_cnt + 1 + i_s // GS, tl.minimum(GS, split - g0)):
                     p_g = p_tile + g0.to(tl.int64) * W           # the group's sum → its first row
-                    for j in tl.static_range(W // BF1):
-                        o_f = j * BF1 + tl.arange(0, BF1)
-                        tl.store(p_g + o_f, _sum_rows(p_g, W, tl.minimum(GS, split - g0), o_f, GSP))
+                    for f0 in range(0, W, BF):
+                        o_f = f0 + tl.arange(0, BF)
+                        tl.store(p_g + o_f, _sum_rows(p_g, W, tl.minimum(GS, split - g0), o_f, RP, BF))
                     last = arrive_last(p_cnt, NG)
             else:
                 last = arrive_last(p_cnt, split)
             if last:                                             # C's tile = Σ of rows 0, GS, 2·GS, … (NG)
-                for j in tl.static_range(W // BF2):
-                    o_f = j * BF2 + tl.arange(0, BF2)
-                    b_s = _sum_rows(p_tile, GS * W, NG, o_f, NGP)
+                for f0 in range(0, W, BF):
+                    o_f = f0 + tl.arange(0, BF)
+                    b_s = _sum_rows(p_tile, GS * W, NG, o_f, RP, BF)
                     o_fm = i_m * BM + o_f // BN
                     o_fn = i_n * BN + o_f % BN
                     tl.store(p_cg + o_fm * s_cm + o_fn * s_cn, b_s.to(p_c.dtype.element_ty),
@@ -172,19 +173,14 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, spli
                     n = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
                     k += 1
                 tl.debug_barrier()
-                o_f = i_s * CW + tl.arange(0, CW)
-                m_f = o_f < W
-                b_s = tl.zeros([CW], dtype=tl.float32)
-                for j in tl.static_range(GSP // RB):            # GSP: a power of 2 ≥ split; fixed order
-                    o_i = j * RB + tl.arange(0, RB)
-                    b_s += tl.sum(tl.load(p_tile + o_i.to(tl.int64)[:, None] * W + o_f[None, :],
-                                          mask=(o_i < split)[:, None] & m_f[None, :], other=0.,
-                                          cache_modifier=".cg"), axis=0)
-                b_s = tl.where(n >= split, b_s, float("nan"))   # a timed-out wait: NaN, never a silent partial
-                o_fm = i_m * BM + o_f // BN
-                o_fn = i_n * BN + o_f % BN
-                tl.store(p_cg + o_fm * s_cm + o_fn * s_cn, b_s.to(p_c.dtype.element_ty),
-                         mask=m_f & (o_fm < M) & (o_fn < N))
+                for f0 in range(i_s * CW, W, split * CW):       # this program's column blocks
+                    o_f = f0 + tl.arange(0, CW)
+                    b_s = _sum_rows(p_tile, W, split, o_f, RB, CW)
+                    b_s = tl.where(n >= split, b_s, float("nan"))   # a timed-out wait: NaN, never a partial sum
+                    o_fm = i_m * BM + o_f // BN
+                    o_fn = i_n * BN + o_f % BN
+                    tl.store(p_cg + o_fm * s_cm + o_fn * s_cn, b_s.to(p_c.dtype.element_ty),
+                             mask=(o_fm < M) & (o_fn < N))
                 tl.debug_barrier()
                 if tl.atomic_add(p_cnt + 1, 1, sem="acq_rel", scope="gpu") == split - 1:
                     tl.atomic_xchg(p_cnt, 0, sem="relaxed", scope="gpu")      # every wait is over: reset both
@@ -268,16 +264,15 @@ def wgrad(a, b, out=None):
     if split > 1:
         part = new_empty((G * tiles, split, W), torch.float32, a.device)
         count = counters(a.device, G * tiles, CS - 1)
-    GSP, NGP = pow2(GS), pow2(NG)
     fin = _FIN[TUNING["finish"]]
-    CW = pow2(cdiv(W, split))
+    RP = TUNING["fin_rows"]
+    CW = min(W, TUNING["coop_cols"])
     for ph in ((1, 2) if fin == 2 and split > 1 and INTERPRET else (0,)):
         _wgrad_kernel[(split, G * tiles)](
             a3, b3, c3, part, count, R, M, N, rs, n_tn, tiles, split, GS, NG, CS,
             *a3.stride(), *b3.stride(), *c3.stride(),
             ONE=split == 1, PREC=_prec(a.dtype), BM=BM, BN=BN, BR=BR, BP=finish_rows(BC), BC=BC,
-            FIN=fin, TWO=two, GSP=GSP, NGP=NGP,
-            BF1=min(W, max(1, TUNING["fin"] // GSP)), BF2=min(W, max(1, TUNING["fin"] // NGP)),
-            CW=CW, RB=max(1, min(GSP, TUNING["fin"] // CW)), PH=ph, SPIN=_SPIN,
+            FIN=fin, TWO=two, RP=RP, BF=min(W, max(1, TUNING["fin"] // RP)),
+            CW=CW, RB=max(1, TUNING["fin"] // CW), PH=ph, SPIN=_SPIN,
             num_warps=warps, num_stages=TUNING["stages"])
     return c
