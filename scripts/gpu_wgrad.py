@@ -3,11 +3,14 @@
 tokens, small D128 and large D512), bf16, kernels per call, one table last.
 
     python3 scripts/gpu_wgrad.py              # GPU: the configurations of DEFAULT (TUNING overrides, CONFIGS)
-    WGRAD_CONFIGS=auto,t64w2s4 python3 ...    # others of CONFIGS
+    WGRAD_CONFIGS=auto,coopw8 python3 ...     # others of CONFIGS
     WGRAD_BUDGET_S=80 (default)               # no new shape after that many seconds: the table still prints
 
 Every configuration runs the kernel (the cuBLAS shape rule off: ``cublas_at`` = ∞) and is checked against float64 at
-the spec's error shape first (a wrong one is reported, not timed). "auto" is TUNING as committed; the "best" column is
+the spec's error shape first (a wrong one is reported, not timed); after its timing, the output the CUDA graph's
+replays left must equal an eager call's and a second eager call's bit for bit (else the cell says NDET) and every
+arrival counter must be back at zero (else CNT): the coop finish's wait and the counters' resets checked under
+real concurrency, in this one call. "auto" is TUNING as committed; the "best" column is
 the fastest configuration per shape, "lab/mm" its time over cuBLAS's. Without CUDA: the interpreter at the spec's CPU
 shapes in fp32, plumbing only (no timing)."""
 from __future__ import annotations
@@ -23,19 +26,27 @@ import kernels  # noqa: F401  (the interpreter without CUDA)
 from groundthink.gate import graph_ms
 from groundthink.harness import bound_for, compare
 from groundthink.spec import get
+from kernels import _colsum
 
 WG = importlib.import_module("kernels.wgrad.wgrad")
 INF = 1 << 62
-CONFIGS = {                         # name -> TUNING overrides (tiles: small 64², big 128²; waves; rows per program)
-    "auto": {},
-    "t64w1": dict(big_at=INF, waves=1), "t64w2": dict(big_at=INF, waves=2), "t64w4": dict(big_at=INF, waves=4),
-    "t64w2r64": dict(big_at=INF, waves=2, min_rows=64, small=(64, 64, 32, 4)),
-    "t128w1": dict(big_at=0, waves=1), "t128w2": dict(big_at=0, waves=2), "t128w4": dict(big_at=0, waves=4),
-    "t64w2s4": dict(big_at=INF, waves=2, stages=4), "t64x8w2": dict(big_at=INF, waves=2, small=(64, 64, 64, 8)),
+CONFIGS = {                         # name -> TUNING overrides (module docstring of kernels/wgrad/wgrad.py)
+    "old": dict(finish="tree"),                                   # run 19's auto (its finish, its tiles and split)
+    "auto": {},                                                   # TUNING as committed (the wide finish)
+    "wide1": dict(waves=1),                                       # wide, half the split
+    "wideflat": dict(waves=1, flat=64),                           # wide, one level
+    "coop": dict(finish="coop"),                                  # coop: 64² tiles, split = SMs // tiles
+    "coopr128": dict(finish="coop", small=(64, 64, 128, 4)),      # coop, 128 rows per dot
+    "coopbig": dict(finish="coop", big_at=0, min_rows=128),       # coop, 128² tiles (8 warps): inputs read once
+    "coop32": dict(finish="coop", small=(32, 64, 64, 4)),         # coop, 32 × 64 tiles
+    "coopw8": dict(finish="coop", small=(64, 64, 64, 8)),         # coop, 8 warps
+    "coops4": dict(finish="coop", stages=4),
+    "t64w1": dict(finish="tree", big_at=INF, waves=1), "t64w2": dict(finish="tree", big_at=INF, waves=2),
+    "t128w1": dict(finish="tree", big_at=0, waves=1),
 }
 
 
-DEFAULT = "auto,t64w1,t64w2,t64w4,t128w1,t128w2"
+DEFAULT = "old,auto,wide1,coop,coopr128,coopbig"
 
 
 def kernels_per_call(fn, kw, n: int = 5) -> float:
@@ -79,6 +90,13 @@ def main() -> None:
             elif cuda:
                 times[c] = graph_ms(lambda: lab(**kw), [])[0] * 1e3
                 cells[c] = f"{times[c]:.1f}"
+                replayed = kw["out"].clone()                   # written by the graph's last replay
+                again = lab(kw["a"], kw["b"])
+                if not torch.equal(replayed, again) or not torch.equal(again, lab(kw["a"], kw["b"])):
+                    cells[c] += " NDET"                        # not bit-identical: replay vs eager, or run to run
+                cnt = _colsum._CACHE.get(torch.device("cuda", torch.cuda.current_device()))
+                if cnt is not None and int(cnt.abs().sum()):
+                    cells[c] += " CNT"                         # arrival counters not back at zero
             else:
                 cells[c] = f"ok {err:.0e}"
             print(name, c, WG._plan(shp[0], shp[1], shp[2], max(shp[3], 1), torch.device(dev)), cells[c], flush=True)

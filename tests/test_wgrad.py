@@ -158,13 +158,15 @@ def test_bad_input_is_one_line(args, match):
 # ------------------------------------------------------------------------------------------- GPU only
 
 @pytest.mark.gpu
-def test_models_shapes_bf16_and_cuda_graph(monkeypatch):
+@pytest.mark.parametrize("finish", ["wide", "coop"])
+def test_models_shapes_bf16_and_cuda_graph(monkeypatch, finish):
     """bf16 at every benchmark shape (the models' dW; the kernel, the cuBLAS shape rule off) vs float64 within the
     bf16 bound; then one call captured in a
     CUDA graph and replayed twice on new inputs: equal to the eager call, bit for bit."""
     from groundthink.spec import get
     spec = get("wgrad")
     monkeypatch.setitem(K.TUNING, "cublas_at", 1 << 62)
+    monkeypatch.setitem(K.TUNING, "finish", finish)
     for shp in spec.bench.shapes():
         kw = spec.bench.make_inputs(*spec.bench.err_shape(*shp), False, dtype=torch.bfloat16, device="cuda")
         c = wgrad(**kw)
