@@ -58,11 +58,11 @@ def test_kernel_matches_float64(tiny_tiles, R, M, N, G, dtype):
     assert wgrad(a, b).dtype == dtype
 
 
-@pytest.mark.parametrize("finish,flat", [("wide", 1), ("wide", 64), ("tree", 8), ("coop", 8)])
+@pytest.mark.parametrize("finish,flat", [("wide", 1), ("wide", 64), ("tree", 8), ("coop", 8), ("coope", 8)])
 def test_finish_variants_exact_deterministic_counters(tiny_tiles, monkeypatch, finish, flat):
     """The wide finish in two levels (flat 1: groups of ~√split, a last group smaller than the others) and in one
     (flat 64: the tile's last program sums all split rows), run 19's tree finish (the sweep's "old") and the coop
-finish (every program sums its own columns of all split rows; the interpreter in two launches): fp64
+and coope finishes (every program sums its own columns of all split rows; the interpreter in two launches): fp64
     error, NaN-prefilled out, several batch groups, a second call bit-identical, every counter back at zero."""
     monkeypatch.setitem(K.TUNING, "finish", finish)
     monkeypatch.setitem(K.TUNING, "flat", flat)
@@ -77,9 +77,13 @@ finish (every program sums its own columns of all split rows; the interpreter in
     assert split % GS != 0 or not two                   # a last group smaller than the others
     out = torch.full((2, 20, 18), float("nan"), dtype=torch.float16)
     check_op(wgrad, ref, {"a": a, "b": b, "out": out}, bound=bound_for(torch.float16), context=finish)
+    ep = K._epochs(a.device).clone()
     c1, c2 = wgrad(a, b), wgrad(a, b)
     assert torch.equal(c1, c2)
     assert int(_colsum._CACHE[torch.device("cpu")].abs().sum()) == 0
+    moved = K._epochs(a.device) - ep                    # coope: each of the 2 × 4 tiles' epochs one per call
+    assert torch.equal(moved[:8], torch.full((8,), 2 if finish == "coope" else 0, dtype=torch.int32))
+    assert not moved[8:].any()
 
 
 def test_one_split_stores_directly():

@@ -65,7 +65,8 @@ TUNING = {"small": (64, 64, 64, 4), "big": (128, 128, 64, 8), "big_at": 256 * 51
           "coop_cols": 128}
 
 
-_FIN = {"tree": 0, "wide": 1, "coop": 2}
+_FIN = {"tree": 0, "wide": 1, "coop": 2, "coope": 3}
+_EPOCHS: dict[torch.device, torch.Tensor] = {}
 _SPIN = 1 << 15                         # the coop wait's most polls (~tens of ms): a grid that cannot be resident
                                         # at once writes NaN instead of hanging
 
@@ -84,7 +85,7 @@ def _sum_rows(p_rows, stride, n, o_f, RP: tl.constexpr, BF: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["n_tn", "tiles", "split", "GS", "NG", "CS"])
-def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, split, GS, NG, CS,
+def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, p_epoch, R, M, N, RS, n_tn, tiles, split, GS, NG, CS,
                   s_ag, s_ar, s_am, s_bg, s_br, s_bn, s_cg, s_cm, s_cn,
                   ONE: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
                   BP: tl.constexpr, BC: tl.constexpr, FIN: tl.constexpr, TWO: tl.constexpr, RP: tl.constexpr,
@@ -112,6 +113,8 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, spli
     p_ag = p_a + i_g.to(tl.int64) * s_ag
     p_bg = p_b + i_g.to(tl.int64) * s_bg
     b_acc = tl.zeros([BM, BN], dtype=tl.float32)
+    if FIN == 3 and not ONE and PH != 2:                         # coope: the tile's epoch, read before arriving
+        e0 = tl.atomic_add(p_epoch + i_t, 0, sem="relaxed", scope="gpu")
     if PH != 2:
         r0 = i_s * RS
         r1 = tl.minimum(r0 + RS, R)
@@ -161,30 +164,47 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, spli
                     o_fn = i_n * BN + o_f % BN
                     tl.store(p_cg + o_fm * s_cm + o_fn * s_cn, b_s.to(p_c.dtype.element_ty),
                              mask=(o_fm < M) & (o_fn < N))
-        else:                                                    # coop: every program finishes CW columns
-            p_cnt = p_count + i_t * CS                           # [arrived, departed]
+        else:                                                    # coop / coope: every program finishes CW columns
+            p_cnt = p_count + i_t * CS                           # coop: [arrived, departed]; coope: [arrived]
             if PH != 2:
                 tl.debug_barrier()                               # the CTA's partial stores before the release
-                tl.atomic_add(p_cnt, 1, sem="release", scope="gpu")
+                if FIN == 2:
+                    tl.atomic_add(p_cnt, 1, sem="release", scope="gpu")
+                else:                                            # the last arrival resets, then opens the epoch
+                    if tl.atomic_add(p_cnt, 1, sem="acq_rel", scope="gpu") == split - 1:
+                        tl.atomic_xchg(p_cnt, 0, sem="relaxed", scope="gpu")
+                        tl.atomic_add(p_epoch + i_t, 1, sem="release", scope="gpu")
             if PH != 1:
-                n = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
-                k = 0
-                while (n < split) & (k < SPIN):                  # all split rows stored (bounded: no hang)
+                if PH == 2:                                      # (interpreter: every program has arrived)
+                    ok = i_s >= 0
+                elif FIN == 2:
                     n = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
-                    k += 1
+                    k = 0
+                    while (n < split) & (k < SPIN):              # all split rows stored (bounded: no hang)
+                        n = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
+                        k += 1
+                    ok = n >= split
+                else:
+                    e = tl.atomic_add(p_epoch + i_t, 0, sem="acquire", scope="gpu")
+                    k = 0
+                    while (e == e0) & (k < SPIN):                # the epoch moves once all split rows are stored
+                        e = tl.atomic_add(p_epoch + i_t, 0, sem="acquire", scope="gpu")
+                        k += 1
+                    ok = e != e0
                 tl.debug_barrier()
                 for f0 in range(i_s * CW, W, split * CW):       # this program's column blocks
                     o_f = f0 + tl.arange(0, CW)
                     b_s = _sum_rows(p_tile, W, split, o_f, RB, CW)
-                    b_s = tl.where(n >= split, b_s, float("nan"))   # a timed-out wait: NaN, never a partial sum
+                    b_s = tl.where(ok, b_s, float("nan"))        # a timed-out wait: NaN, never a partial sum
                     o_fm = i_m * BM + o_f // BN
                     o_fn = i_n * BN + o_f % BN
                     tl.store(p_cg + o_fm * s_cm + o_fn * s_cn, b_s.to(p_c.dtype.element_ty),
                              mask=(o_fm < M) & (o_fn < N))
-                tl.debug_barrier()
-                if tl.atomic_add(p_cnt + 1, 1, sem="acq_rel", scope="gpu") == split - 1:
-                    tl.atomic_xchg(p_cnt, 0, sem="relaxed", scope="gpu")      # every wait is over: reset both
-                    tl.atomic_xchg(p_cnt + 1, 0, sem="relaxed", scope="gpu")
+                if FIN == 2:
+                    tl.debug_barrier()
+                    if tl.atomic_add(p_cnt + 1, 1, sem="acq_rel", scope="gpu") == split - 1:
+                        tl.atomic_xchg(p_cnt, 0, sem="relaxed", scope="gpu")  # every wait is over: reset both
+                        tl.atomic_xchg(p_cnt + 1, 0, sem="relaxed", scope="gpu")
 
 
 def _tile(M, N, G):
@@ -198,7 +218,7 @@ def _plan(R, M, N, G, device):
     """(BM, BN, BR, warps, SPLIT, RS): the tiles, then SPLIT programs per tile of RS rows each (module docstring)."""
     BM, BN, BR, warps = _tile(M, N, G)
     n_tiles = G * cdiv(M, BM) * cdiv(N, BN)
-    if TUNING["finish"] == "coop":          # every program resident at once: the grid within one wave of SMs
+    if TUNING["finish"] in ("coop", "coope"):   # every program resident at once: the grid within one wave of SMs
         split = max(1, min(num_sms(device) // n_tiles, R // TUNING["min_rows"]))
     else:
         split = max(1, min(cdiv(TUNING["waves"] * num_sms(device), n_tiles), R // TUNING["min_rows"]))
@@ -212,8 +232,8 @@ def _levels(split):
     """(TWO, GS, NG, CS): the finish's arrival tree for ``split`` partial rows per tile — run 19's ``tree`` (groups
     of ~√split) for the "tree" finish; the "wide" finish: one level (GS 1, NG = split: the tile's last program sums
     every row) up to TUNING["flat"] rows, else two of ~√split; CS the counters per tile."""
-    if TUNING["finish"] == "coop":
-        return False, split, 1, 2
+    if TUNING["finish"] in ("coop", "coope"):
+        return False, split, 1, 2 if TUNING["finish"] == "coop" else 1
     if TUNING["finish"] != "wide":
         gs, ng = tree(split)
         return True, gs, ng, 1 + ng
@@ -221,6 +241,18 @@ def _levels(split):
         return False, 1, split, 1
     gs, ng = tree(split)
     return True, gs, ng, 1 + ng
+
+
+def _epochs(device) -> torch.Tensor:
+    """The coope finish's epoch words, one int32 per tile of a grid (``N_COUNTERS``), cached per device: NOT the
+    shared zero-between-launches counters (an epoch only moves on, by one per launch, wrapping harmlessly)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    buf = _EPOCHS.get(device)
+    if buf is None:
+        buf = _EPOCHS[device] = torch.zeros(N_COUNTERS, dtype=torch.int32, device=device)
+    return buf
 
 
 def _use_kernel(a, b) -> bool:
@@ -264,12 +296,13 @@ def wgrad(a, b, out=None):
     if split > 1:
         part = new_empty((G * tiles, split, W), torch.float32, a.device)
         count = counters(a.device, G * tiles, CS - 1)
+    epoch = _epochs(a.device) if split > 1 and TUNING["finish"] == "coope" else None
     fin = _FIN[TUNING["finish"]]
     RP = TUNING["fin_rows"]
     CW = min(W, TUNING["coop_cols"])
-    for ph in ((1, 2) if fin == 2 and split > 1 and INTERPRET else (0,)):
+    for ph in ((1, 2) if fin >= 2 and split > 1 and INTERPRET else (0,)):
         _wgrad_kernel[(split, G * tiles)](
-            a3, b3, c3, part, count, R, M, N, rs, n_tn, tiles, split, GS, NG, CS,
+            a3, b3, c3, part, count, epoch, R, M, N, rs, n_tn, tiles, split, GS, NG, CS,
             *a3.stride(), *b3.stride(), *c3.stride(),
             ONE=split == 1, PREC=_prec(a.dtype), BM=BM, BN=BN, BR=BR, BP=finish_rows(BC), BC=BC,
             FIN=fin, TWO=two, RP=RP, BF=min(W, max(1, TUNING["fin"] // RP)),
