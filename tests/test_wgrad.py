@@ -86,6 +86,21 @@ and coope finishes (every program sums its own columns of all split rows; the in
     assert not moved[8:].any()
 
 
+@pytest.mark.parametrize("finish", ["coop", "coope"])
+def test_coop_grid_within_one_wave(monkeypatch, finish):
+    """The coop finishes wait for every program of a tile: at every benchmark shape and tile choice the grid fits
+    in one wave of a 132-SM GPU (all programs resident at once), and still splits the rows where it can."""
+    from groundthink.spec import get
+    monkeypatch.setitem(K.TUNING, "finish", finish)
+    monkeypatch.setattr(K, "num_sms", lambda device: 132)
+    for big_at in (K.TUNING["big_at"], 0):
+        monkeypatch.setitem(K.TUNING, "big_at", big_at)
+        for R, M, N, G in get("wgrad").bench.shapes():
+            BM, BN, _, _, split, _ = K._plan(R, M, N, max(G, 1), torch.device("cpu"))
+            tiles = max(G, 1) * -(-M // BM) * -(-N // BN)
+            assert split * tiles <= max(132, tiles) and (split > 1 or tiles > 66), (R, M, N, G, split, tiles)
+
+
 def test_one_split_stores_directly():
     """Default tiles at a small R: one program per tile along the rows, no workspace."""
     a, b = _pair(100, 30, 20)
@@ -162,7 +177,7 @@ def test_bad_input_is_one_line(args, match):
 # ------------------------------------------------------------------------------------------- GPU only
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("finish", ["wide", "coop"])
+@pytest.mark.parametrize("finish", ["wide", "coop", "coope"])
 def test_models_shapes_bf16_and_cuda_graph(monkeypatch, finish):
     """bf16 at every benchmark shape (the models' dW; the kernel, the cuBLAS shape rule off) vs float64 within the
     bf16 bound; then one call captured in a

@@ -10,24 +10,48 @@ R the tokens (16,384 in the models' steps), M × N a weight's shape (128 × 128 
 Kernel ``_wgrad_kernel``, grid (SPLIT, G · tiles): program (s, t) owns the [BM, BN] tile t of C (batch g = t //
 tiles) and the rows [s·RS, (s + 1)·RS) of the reduction (RS a multiple of BR): a loop of ``tl.dot(aᵀ tile [BM, BR],
 b tile [BR, BN])`` into an fp32 [BM, BN] accumulator. SPLIT = 1: the tile is stored into C. SPLIT > 1: the partial is
-stored as row s of the tile's fp32 workspace ``part [G · tiles, SPLIT, BM · BN]``, then ``kernels._colsum.arrive_tree``
-(a CTA barrier and an acq_rel counter per group of GS ≈ √SPLIT programs and per tile, the counters cached per device
-and reset by the last arrival: graph-safe) lets the last program of each group sum its group's rows in index order
-into the group's first row, and the last group's last program sums those NG rows (fixed order, fp32, loaded ``.cg``)
-and stores C's tile. No atomics on data, every sum in a fixed order: the result does not depend on which program
-arrives last (bit-identical run to run). One launch, no second reduce kernel, no host sync.
+stored as row s of the tile's fp32 workspace ``part [G · tiles, SPLIT, BM · BN]`` and the SPLIT rows are summed
+inside the kernel by one of three finishes (``TUNING["finish"]``). No atomics on data, every sum in a fixed order
+that does not depend on which program arrives when: bit-identical run to run. One launch, no second reduce kernel,
+no host sync. Counters: ``kernels._colsum.counters`` (zero between launches, reset by their last user: graph-safe).
+
+* "tree" (run 19's, kept as the sweep's baseline "old"): ``_colsum.arrive_tree`` — the last program of each group
+  of GS ≈ √SPLIT sums its group's rows into the group's first row, the last group's last program sums the NG group
+  rows and stores C's tile. Its finish is a latency chain: ``_colsum.finish_columns`` steps over [BP, BC] blocks
+  and the last level loops ``for i in range(NG)`` over whole tiles, one L2 round trip per step (~16 serial round
+  trips at a 64 × 64 tile): in run 19's sweep the time grew with the partial tile's size, not with the work.
+* "wide" (session 17): the same arrival tree (one level — the tile's last program sums all SPLIT rows — up to
+  ``flat`` rows, else two of ~√SPLIT), but each level's rows are summed by ``_sum_rows``: one [fin_rows, BF] load
+  (every row of a column block in flight at once) summed by ``tl.sum`` over its rows (a fixed order for a given
+  compile). What is left serial: one program per tile reads (GS + NG) partial tiles.
+* "coop" / "coope" (session 17): every program of a tile takes part in its finish — it arrives, waits until all
+  SPLIT partial rows of its tile are stored, then sums column blocks s, s + SPLIT, … of ``coop_cols`` columns of
+  all SPLIT rows ([fin // coop_cols, coop_cols] loads, ``_sum_rows``) and stores them into C: each program reads
+  one tile's worth of partials, all of them in parallel, instead of one program reading SPLIT tiles. The wait
+  needs every program of the grid resident at once: ``_plan`` keeps G · tiles · SPLIT ≤ the SM count (one wave;
+  every kernel that launches fits one program per SM; the wait only ends, never deadlocks, while other kernels
+  hold SMs for a while); it is bounded (``_SPIN`` polls, tens of ms): a grid that could not be resident writes
+  NaN, never a silent partial sum. "coop": arrive = a release add on the tile's counter, wait = acquire polls of
+  it, then a departure counter whose last program resets both (zero between launches). "coope": each program
+  reads the tile's epoch word (``_epochs``, its own buffer: not zero between launches) before it arrives, the
+  last arrival (acq_rel) resets the arrival counter and moves the epoch on (release), waiters poll the epoch
+  (acquire): no departure atomic at the tail, polls and arrivals on different words. Ordering as in _colsum: a
+  CTA barrier before the release, loads ``.cg``. Under the interpreter (programs run one after another) the
+  wait cannot be run: the host launches the grid twice, up to the arrival (PH 1) and from the finish on (PH 2).
 
 Tiles and split (``_plan``, ``TUNING``): [BM, BN] = "small" tiles (64 × 64, 4 warps) unless the output has at least
 ``big_at`` elements (128 × 128, 8 warps); the tiles shrink to a power of two ≥ 16 for narrow outputs. SPLIT fills the
-GPU ``waves`` times over (G · tiles · SPLIT ≈ waves × SMs), with at least ``min_rows`` rows per program.
+GPU ``waves`` times over (G · tiles · SPLIT ≈ waves × SMs; the coop finishes: ≤ SMs), with at least ``min_rows`` rows
+per program. The finish's load shapes depend on the tile alone (row / column-block loops at run time, the split-like
+arguments not specialised): one compile per tile shape.
 Shape rule (H100 run 19, `profiles/nvidia-h100-80gb-hbm3/run19-2026-11-28/kernels/`: the bench rows and
-scripts/gpu_wgrad.py's sweep, CUDA-graph µs per call): cuBLAS's split-K GEMM + its reduce kernel beat this kernel at
-every 2-D model shape (128 × 128: 6.6 vs 13–15 µs; 512 × 512: 24.7 vs 39–51; 2048 × 512: 49.8 vs 111–143; a tie at
-16 × 128 and 97 × 128), so 2-D calls go to torch.mm (``TUNING["two_d"]`` False). The kernel wins where cuBLAS runs a
-batched GEMM one group at a time: the lowrank's five-group dW2 at the small model (G5 32 × 128: 13.2 vs 26.2 µs),
-not at the large (G5 32 × 512: 41–54 vs 31.8), hence the output bound ``cublas_at`` (G · M · N < 32,768). What this
-costs issue 10: the ~113 split-K reduce launches a small step stay (the launch saved costs more GPU time than it
-saves). Float64 inputs (the oracle's dtype; the kernel's dots are fp32 at best) and calls under a tracer
+scripts/gpu_wgrad.py's sweep, CUDA-graph µs per call, the "tree" finish): cuBLAS's split-K GEMM + its reduce kernel
+beat this kernel at every 2-D model shape (128 × 128: 6.6 vs 13–15 µs; 512 × 512: 24.7 vs 39–51; 2048 × 512: 49.8 vs
+111–143; a tie at 16 × 128 and 97 × 128), so 2-D calls go to torch.mm (``TUNING["two_d"]`` False). The kernel wins
+where cuBLAS runs a batched GEMM one group at a time: the lowrank's five-group dW2 at the small model (G5 32 × 128:
+13.2 vs 26.2 µs), not at the large (G5 32 × 512: 41–54 vs 31.8), hence the output bound ``cublas_at`` (G · M · N <
+32,768). The session-17 finishes are untimed on a GPU (scripts/gpu_wgrad.py's table decides): the rule stays run 19's
+until it does. Float64 inputs (the oracle's dtype; the kernel's dots are fp32 at best) and calls under a tracer
 (torch.compile) go to torch.mm too. Tests and the sweep force the kernel (``two_d`` True, ``cublas_at`` ∞).
 
 Layouts: any strides (a column slice of a wider matrix, h's column groups as a strided [G, R, M] view): every
