@@ -5,6 +5,7 @@ tokens, small D128 and large D512), bf16, kernels per call, one table last.
     python3 scripts/gpu_wgrad.py              # GPU: the configurations of DEFAULT (TUNING overrides, CONFIGS)
     WGRAD_CONFIGS=auto,coopw8 python3 ...     # others of CONFIGS
     WGRAD_BUDGET_S=80 (default)               # no new shape after that many seconds: the table still prints
+    WGRAD_SHAPES=small                        # only outputs below 128K elements (the small model's dW)
 
 Every configuration runs the kernel (the cuBLAS shape rule off: ``cublas_at`` = ∞) and is checked against float64 at
 the spec's error shape first (a wrong one is reported, not timed); after its timing, the output the CUDA graph's
@@ -72,6 +73,8 @@ def main() -> None:
     names = os.environ.get("WGRAD_CONFIGS", DEFAULT).split(",")
     base = dict(WG.TUNING)
     shapes = spec.bench.shapes() if cuda else spec.bench.cpu_shapes
+    if os.environ.get("WGRAD_SHAPES") == "small":                # outputs below 128K elements: the small model's
+        shapes = [s for s in shapes if max(s[3], 1) * s[1] * s[2] < 131072]
     rows, t0, budget = [], time.time(), float(os.environ.get("WGRAD_BUDGET_S", "80"))
     for shp in shapes:
         if time.time() - t0 > budget:
