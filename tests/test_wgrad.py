@@ -62,28 +62,29 @@ def test_kernel_matches_float64(tiny_tiles, R, M, N, G, dtype):
 def test_finish_variants_exact_deterministic_counters(tiny_tiles, monkeypatch, finish, flat):
     """The wide finish in two levels (flat 1: groups of ~√split, a last group smaller than the others) and in one
     (flat 64: the tile's last program sums all split rows), run 19's tree finish (the sweep's "old") and the coop
-and coope finishes (every program sums its own columns of all split rows; the interpreter in two launches): fp64
-    error, NaN-prefilled out, several batch groups, a second call bit-identical, every counter back at zero."""
+    and coope finishes (every program sums its own columns of all split rows; the interpreter in two launches):
+    fp64 error, NaN-prefilled out, 13 splits (arrival groups of 3, the last of 1), a second call bit-identical,
+    every counter back at zero."""
     monkeypatch.setitem(K.TUNING, "finish", finish)
     monkeypatch.setitem(K.TUNING, "flat", flat)
     monkeypatch.setitem(K.TUNING, "waves", 32)
     monkeypatch.setitem(K.TUNING, "fin", 256)         # wide: [8, 32] loads, two of them for 13 rows
     monkeypatch.setitem(K.TUNING, "coop_cols", 16)    # coop: 16 column blocks over 13 programs
     monkeypatch.setattr(K, "num_sms", lambda device: 128)   # coop: the grid within one wave of 128 "SMs"
-    a, b = _pair(208, 20, 18, 2, torch.float16, seed=5)
-    split = K._plan(208, 20, 18, 2, a.device)[4]
+    a, b = _pair(208, 20, 18, 0, torch.float16, seed=5)
+    split = K._plan(208, 20, 18, 1, a.device)[4]
     two, GS, NG, _ = K._levels(split)
     assert split >= 9 and two == (finish == "tree" or flat == 1 and finish == "wide")
     assert split % GS != 0 or not two                   # a last group smaller than the others
-    out = torch.full((2, 20, 18), float("nan"), dtype=torch.float16)
+    out = torch.full((20, 18), float("nan"), dtype=torch.float16)
     check_op(wgrad, ref, {"a": a, "b": b, "out": out}, bound=bound_for(torch.float16), context=finish)
     ep = K._epochs(a.device).clone()
     c1, c2 = wgrad(a, b), wgrad(a, b)
     assert torch.equal(c1, c2)
     assert int(_colsum._CACHE[torch.device("cpu")].abs().sum()) == 0
-    moved = K._epochs(a.device) - ep                    # coope: each of the 2 × 4 tiles' epochs one per call
-    assert torch.equal(moved[:8], torch.full((8,), 2 if finish == "coope" else 0, dtype=torch.int32))
-    assert not moved[8:].any()
+    moved = K._epochs(a.device) - ep                    # coope: each of the 4 tiles' epochs one per call
+    assert torch.equal(moved[:4], torch.full((4,), 2 if finish == "coope" else 0, dtype=torch.int32))
+    assert not moved[4:].any()
 
 
 @pytest.mark.parametrize("finish", ["coop", "coope"])
