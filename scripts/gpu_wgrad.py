@@ -40,6 +40,7 @@ CONFIGS = {                         # name -> TUNING overrides (module docstring
     "coope": dict(finish="coope"),                                # coop with an epoch word: no departure atomic
     "coopr128": dict(finish="coop", small=(64, 64, 128, 4)),      # coop, 128 rows per dot
     "coope128": dict(finish="coope", small=(64, 64, 128, 4)),     # coope, 128 rows per dot
+    "coope2": dict(finish="coope", coop_waves=2),                 # coope, two programs per SM (half the rows)
     "coopbig": dict(finish="coop", big_at=0, min_rows=128),       # coop, 128² tiles (8 warps): inputs read once
     "coop32": dict(finish="coop", small=(32, 64, 64, 4)),         # coop, 32 × 64 tiles
     "coopw8": dict(finish="coop", small=(64, 64, 64, 8)),         # coop, 8 warps
@@ -49,7 +50,7 @@ CONFIGS = {                         # name -> TUNING overrides (module docstring
 }
 
 
-DEFAULT = "old,auto,coop,coope,coopr128,coopbig"
+DEFAULT = "old,auto,coop,coope,coope128,coope2"
 
 
 def kernels_per_call(fn, kw, n: int = 5) -> float:

@@ -87,19 +87,22 @@ def test_finish_variants_exact_deterministic_counters(tiny_tiles, monkeypatch, f
     assert not moved[4:].any()
 
 
-@pytest.mark.parametrize("finish", ["coop", "coope"])
-def test_coop_grid_within_one_wave(monkeypatch, finish):
+@pytest.mark.parametrize("finish,waves", [("coop", 1), ("coope", 1), ("coope", 2)])
+def test_coop_grid_within_one_wave(monkeypatch, finish, waves):
     """The coop finishes wait for every program of a tile: at every benchmark shape and tile choice the grid fits
-    in one wave of a 132-SM GPU (all programs resident at once), and still splits the rows where it can."""
+    in coop_waves programs per SM of a 132-SM GPU (all programs resident at once), and still splits the rows where
+    it can."""
     from groundthink.spec import get
     monkeypatch.setitem(K.TUNING, "finish", finish)
+    monkeypatch.setitem(K.TUNING, "coop_waves", waves)
     monkeypatch.setattr(K, "num_sms", lambda device: 132)
     for big_at in (K.TUNING["big_at"], 0):
         monkeypatch.setitem(K.TUNING, "big_at", big_at)
         for R, M, N, G in get("wgrad").bench.shapes():
             BM, BN, _, _, split, _ = K._plan(R, M, N, max(G, 1), torch.device("cpu"))
             tiles = max(G, 1) * -(-M // BM) * -(-N // BN)
-            assert split * tiles <= max(132, tiles) and (split > 1 or tiles > 66), (R, M, N, G, split, tiles)
+            assert split * tiles <= max(132 * waves, tiles) and (split > 1 or tiles > 66 * waves), \
+                (R, M, N, G, split, tiles)
 
 
 def test_one_split_stores_directly():

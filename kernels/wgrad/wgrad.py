@@ -41,9 +41,9 @@ no host sync. Counters: ``kernels._colsum.counters`` (zero between launches, res
 
 Tiles and split (``_plan``, ``TUNING``): [BM, BN] = "small" tiles (64 × 64, 4 warps) unless the output has at least
 ``big_at`` elements (128 × 128, 8 warps); the tiles shrink to a power of two ≥ 16 for narrow outputs. SPLIT fills the
-GPU ``waves`` times over (G · tiles · SPLIT ≈ waves × SMs; the coop finishes: ≤ SMs), with at least ``min_rows`` rows
-per program. The finish's load shapes depend on the tile alone (row / column-block loops at run time, the split-like
-arguments not specialised): one compile per tile shape.
+GPU ``waves`` times over (G · tiles · SPLIT ≈ waves × SMs; the coop finishes: ≤ coop_waves × SMs), with at least
+``min_rows`` rows per program. The finish's load shapes depend on the tile alone (row / column-block loops at run
+time, the split-like arguments not specialised): one compile per tile shape.
 Shape rule (H100 run 19, `profiles/nvidia-h100-80gb-hbm3/run19-2026-11-28/kernels/`: the bench rows and
 scripts/gpu_wgrad.py's sweep, CUDA-graph µs per call, the "tree" finish): cuBLAS's split-K GEMM + its reduce kernel
 beat this kernel at every 2-D model shape (128 × 128: 6.6 vs 13–15 µs; 512 × 512: 24.7 vs 39–51; 2048 × 512: 49.8 vs
@@ -83,10 +83,11 @@ __all__ = ["wgrad"]
 # tiles and waves as here were best or within 10 % where the kernel is used (G5 32 × 128)
 # finish (of split > 1, module docstring): "wide", "coop" or "tree" (run 19's: the sweep's "old" baseline); flat:
 # the wide finish sums up to flat splits in ONE level, more in two of ~√split rows; fin: fp32 elements per finish
-# load, [fin_rows, fin // fin_rows] (wide) or [fin // coop_cols, coop_cols] (coop)
+# load, [fin_rows, fin // fin_rows] (wide) or [fin // coop_cols, coop_cols] (coop); coop_waves: the coop grid ≤
+# coop_waves × SMs programs (2 needs two programs resident per SM: 64² tiles, 4 warps, ≤ 96 KB shared do)
 TUNING = {"small": (64, 64, 64, 4), "big": (128, 128, 64, 8), "big_at": 256 * 512, "waves": 2, "min_rows": 256,
           "stages": 3, "two_d": False, "cublas_at": 32768, "finish": "wide", "flat": 8, "fin": 8192, "fin_rows": 8,
-          "coop_cols": 128}
+          "coop_cols": 128, "coop_waves": 1}
 
 
 _FIN = {"tree": 0, "wide": 1, "coop": 2, "coope": 3}
@@ -243,7 +244,7 @@ def _plan(R, M, N, G, device):
     BM, BN, BR, warps = _tile(M, N, G)
     n_tiles = G * cdiv(M, BM) * cdiv(N, BN)
     if TUNING["finish"] in ("coop", "coope"):   # every program resident at once: the grid within one wave of SMs
-        split = max(1, min(num_sms(device) // n_tiles, R // TUNING["min_rows"]))
+        split = max(1, min(TUNING["coop_waves"] * num_sms(device) // n_tiles, R // TUNING["min_rows"]))
     else:
         split = max(1, min(cdiv(TUNING["waves"] * num_sms(device), n_tiles), R // TUNING["min_rows"]))
     while split > 1 and n_tiles * _levels(split)[3] > N_COUNTERS:         # the counters of one grid
