@@ -65,6 +65,27 @@ def kernels_per_call(fn, kw, n: int = 5) -> float:
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / n
 
 
+def _cell(lab, ref, kw, err_kw, dtype, dev, cuda):
+    """(cell text, µs or None) of the configuration in TUNING at one shape: fp64 error at the error shape, then
+    CUDA-graph µs; NDET when the graph's replays, an eager call and a second one are not bit-identical, CNT when an
+    arrival counter is not back at zero."""
+    err = max(compare(lab, ref, err_kw, ref_device=dev, backward=False).values())
+    if not err <= bound_for(dtype):
+        return f"ERR {err:.1e}", None
+    if not cuda:
+        return f"ok {err:.0e}", None
+    us = graph_ms(lambda: lab(**kw), [])[0] * 1e3
+    cell = f"{us:.1f}"
+    replayed = kw["out"].clone()                               # written by the graph's last replay
+    again = lab(kw["a"], kw["b"])
+    if not torch.equal(replayed, again) or not torch.equal(again, lab(kw["a"], kw["b"])):
+        cell += " NDET"
+    cnt = _colsum._CACHE.get(torch.device("cuda", torch.cuda.current_device()))
+    if cnt is not None and int(cnt.abs().sum()):
+        cell += " CNT"
+    return cell, us
+
+
 def main() -> None:
     cuda = torch.cuda.is_available()
     spec = get("wgrad")
@@ -90,21 +111,13 @@ def main() -> None:
         for c in names:
             WG.TUNING.clear()
             WG.TUNING.update(base, cublas_at=INF, two_d=True, **CONFIGS[c])
-            err = max(compare(lab, ref, err_kw, ref_device=dev, backward=False).values())
-            if not err <= bound_for(dtype):
-                cells[c] = f"ERR {err:.1e}"
-            elif cuda:
-                times[c] = graph_ms(lambda: lab(**kw), [])[0] * 1e3
-                cells[c] = f"{times[c]:.1f}"
-                replayed = kw["out"].clone()                   # written by the graph's last replay
-                again = lab(kw["a"], kw["b"])
-                if not torch.equal(replayed, again) or not torch.equal(again, lab(kw["a"], kw["b"])):
-                    cells[c] += " NDET"                        # not bit-identical: replay vs eager, or run to run
-                cnt = _colsum._CACHE.get(torch.device("cuda", torch.cuda.current_device()))
-                if cnt is not None and int(cnt.abs().sum()):
-                    cells[c] += " CNT"                         # arrival counters not back at zero
-            else:
-                cells[c] = f"ok {err:.0e}"
+            try:
+                cells[c], t = _cell(lab, ref, kw, err_kw, dtype, dev, cuda)
+            except Exception as e:  # noqa: BLE001 - one configuration's failure is a cell, not the end of the table
+                cells[c], t = f"EXC {type(e).__name__}", None
+                print(name, c, "failed:", " ".join(str(e).split())[:300], flush=True)
+            if t is not None:
+                times[c] = t
             print(name, c, WG._plan(shp[0], shp[1], shp[2], max(shp[3], 1), torch.device(dev)), cells[c], flush=True)
         WG.TUNING.clear()
         WG.TUNING.update(base, cublas_at=INF, two_d=True)       # "lab kern": the committed kernel, forced

@@ -117,17 +117,17 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, p_epoch, R, M, N, RS, n_tn, ti
                   BF: tl.constexpr, CW: tl.constexpr, RB: tl.constexpr, PH: tl.constexpr, SPIN: tl.constexpr):
     # p_a: [G, R, M] (strides s_ag, s_ar, s_am); p_b: [G, R, N] (s_bg, s_br, s_bn); p_c: [G, M, N] out (s_cg, s_cm,
     # s_cn), C = aᵀ b per batch; p_part: [G·tiles, split, BM·BN] fp32 workspace (split > 1) else None; p_count: the
-    # arrival counters (kernels._colsum.counters: CS per tile) or None; R, M, N: the sizes; RS: rows per split
-    # (a multiple of BR); n_tn: tiles along N; tiles: tiles per batch; split: programs per tile along the rows (the
-    # grid's first axis); ONE: split == 1 (C stored directly); PREC: the dots' input precision; BM, BN: C's tile;
-    # BR: rows per dot. FIN, the finish of split > 1: 0 "tree" (run 19's: _colsum.arrive_tree with GS, NG =
-    # _colsum.tree(split), BP, BC its rows and columns per step, then a loop over the NG group rows), 1 "wide" (TWO:
-    # groups of GS programs, NG groups, else one level: GS = 1, NG = split; [RP, BF]: rows and columns per
-    # _sum_rows load), 2 "coop" (every program of the tile waits for all split partial rows, then sums column
-    # blocks i_s, i_s + split, … of CW columns of them in [RB, CW] loads; SPIN: the most polls of the wait;
-    # PH: 0 all, 1 up to the arrival, 2 from the wait on — the interpreter runs programs one
-    # after another, so it launches PH 1 then PH 2). CS: counters per tile (tree / two-level wide: 1 + NG; flat
-    # wide: 1; coop: 2, arrived and departed)
+    # arrival counters (kernels._colsum.counters: CS per tile) or None; p_epoch: coope's epoch words (_epochs, one
+    # per tile) or None; R, M, N: the sizes; RS: rows per split (a multiple of BR); n_tn: tiles along N; tiles:
+    # tiles per batch; split: programs per tile along the rows (the grid's first axis); ONE: split == 1 (C stored
+    # directly); PREC: the dots' input precision; BM, BN: C's tile; BR: rows per dot. FIN, the finish of split > 1:
+    # 0 "tree" (run 19's: _colsum.arrive_tree with GS, NG = _colsum.tree(split), BP, BC its rows and columns per
+    # step, then a loop over the NG group rows), 1 "wide" (TWO: groups of GS programs, NG groups, else one level: GS
+    # = 1, NG = split; [RP, BF]: rows and columns per _sum_rows load), 2 "coop" / 3 "coope" (every program of the
+    # tile waits for all split partial rows, then sums column blocks i_s, i_s + split, … of CW columns of them in
+    # [RB, CW] loads; SPIN: the most polls of the wait; PH: 0 all, 1 up to the arrival, 2 from the wait on — the
+    # interpreter runs programs one after another, so it launches PH 1 then PH 2). CS: counters per tile (tree /
+    # two-level wide: 1 + NG; flat wide: 1; coop: 2, arrived and departed; coope: 1, arrived)
     i_s, i_t = tl.program_id(0), tl.program_id(1)
     i_g = i_t // tiles
     i_mn = i_t % tiles
