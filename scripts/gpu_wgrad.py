@@ -3,11 +3,15 @@
 tokens, small D128 and large D512), bf16, kernels per call, one table last.
 
     python3 scripts/gpu_wgrad.py              # GPU: the configurations of DEFAULT (TUNING overrides, CONFIGS)
-    WGRAD_CONFIGS=auto,t64w2s4 python3 ...    # others of CONFIGS
+    WGRAD_CONFIGS=auto,coopw8 python3 ...     # others of CONFIGS
     WGRAD_BUDGET_S=80 (default)               # no new shape after that many seconds: the table still prints
+    WGRAD_SHAPES=small                        # only outputs below 128K elements (the small model's dW)
 
 Every configuration runs the kernel (the cuBLAS shape rule off: ``cublas_at`` = ∞) and is checked against float64 at
-the spec's error shape first (a wrong one is reported, not timed). "auto" is TUNING as committed; the "best" column is
+the spec's error shape first (a wrong one is reported, not timed); after its timing, the output the CUDA graph's
+replays left must equal an eager call's and a second eager call's bit for bit (else the cell says NDET) and every
+arrival counter must be back at zero (else CNT): the coop finish's wait and the counters' resets checked under
+real concurrency, in this one call. "auto" is TUNING as committed; the "best" column is
 the fastest configuration per shape, "lab/mm" its time over cuBLAS's. Without CUDA: the interpreter at the spec's CPU
 shapes in fp32, plumbing only (no timing)."""
 from __future__ import annotations
@@ -23,19 +27,30 @@ import kernels  # noqa: F401  (the interpreter without CUDA)
 from groundthink.gate import graph_ms
 from groundthink.harness import bound_for, compare
 from groundthink.spec import get
+from kernels import _colsum
 
 WG = importlib.import_module("kernels.wgrad.wgrad")
 INF = 1 << 62
-CONFIGS = {                         # name -> TUNING overrides (tiles: small 64², big 128²; waves; rows per program)
-    "auto": {},
-    "t64w1": dict(big_at=INF, waves=1), "t64w2": dict(big_at=INF, waves=2), "t64w4": dict(big_at=INF, waves=4),
-    "t64w2r64": dict(big_at=INF, waves=2, min_rows=64, small=(64, 64, 32, 4)),
-    "t128w1": dict(big_at=0, waves=1), "t128w2": dict(big_at=0, waves=2), "t128w4": dict(big_at=0, waves=4),
-    "t64w2s4": dict(big_at=INF, waves=2, stages=4), "t64x8w2": dict(big_at=INF, waves=2, small=(64, 64, 64, 8)),
+CONFIGS = {                         # name -> TUNING overrides (module docstring of kernels/wgrad/wgrad.py)
+    "old": dict(finish="tree"),                                   # run 19's auto (its finish, its tiles and split)
+    "auto": {},                                                   # TUNING as committed (the wide finish)
+    "wide1": dict(waves=1),                                       # wide, half the split
+    "wideflat": dict(waves=1, flat=64),                           # wide, one level
+    "coop": dict(finish="coop"),                                  # coop: 64² tiles, split = SMs // tiles
+    "coope": dict(finish="coope"),                                # coop with an epoch word: no departure atomic
+    "coopr128": dict(finish="coop", small=(64, 64, 128, 4)),      # coop, 128 rows per dot
+    "coope128": dict(finish="coope", small=(64, 64, 128, 4)),     # coope, 128 rows per dot
+    "coope2": dict(finish="coope", coop_waves=2),                 # coope, two programs per SM (half the rows)
+    "coopbig": dict(finish="coop", big_at=0, min_rows=128),       # coop, 128² tiles (8 warps): inputs read once
+    "coop32": dict(finish="coop", small=(32, 64, 64, 4)),         # coop, 32 × 64 tiles
+    "coopw8": dict(finish="coop", small=(64, 64, 64, 8)),         # coop, 8 warps
+    "coops4": dict(finish="coop", stages=4),
+    "t64w1": dict(finish="tree", big_at=INF, waves=1), "t64w2": dict(finish="tree", big_at=INF, waves=2),
+    "t128w1": dict(finish="tree", big_at=0, waves=1),
 }
 
 
-DEFAULT = "auto,t64w1,t64w2,t64w4,t128w1,t128w2"
+DEFAULT = "old,auto,coop,coope,coope128,coope2"
 
 
 def kernels_per_call(fn, kw, n: int = 5) -> float:
@@ -50,6 +65,27 @@ def kernels_per_call(fn, kw, n: int = 5) -> float:
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / n
 
 
+def _cell(lab, ref, kw, err_kw, dtype, dev, cuda):
+    """(cell text, µs or None) of the configuration in TUNING at one shape: fp64 error at the error shape, then
+    CUDA-graph µs; NDET when the graph's replays, an eager call and a second one are not bit-identical, CNT when an
+    arrival counter is not back at zero."""
+    err = max(compare(lab, ref, err_kw, ref_device=dev, backward=False).values())
+    if not err <= bound_for(dtype):
+        return f"ERR {err:.1e}", None
+    if not cuda:
+        return f"ok {err:.0e}", None
+    us = graph_ms(lambda: lab(**kw), [])[0] * 1e3
+    cell = f"{us:.1f}"
+    replayed = kw["out"].clone()                               # written by the graph's last replay
+    again = lab(kw["a"], kw["b"])
+    if not torch.equal(replayed, again) or not torch.equal(again, lab(kw["a"], kw["b"])):
+        cell += " NDET"
+    cnt = _colsum._CACHE.get(torch.device("cuda", torch.cuda.current_device()))
+    if cnt is not None and int(cnt.abs().sum()):
+        cell += " CNT"
+    return cell, us
+
+
 def main() -> None:
     cuda = torch.cuda.is_available()
     spec = get("wgrad")
@@ -59,6 +95,8 @@ def main() -> None:
     names = os.environ.get("WGRAD_CONFIGS", DEFAULT).split(",")
     base = dict(WG.TUNING)
     shapes = spec.bench.shapes() if cuda else spec.bench.cpu_shapes
+    if os.environ.get("WGRAD_SHAPES") == "small":                # outputs below 128K elements: the small model's
+        shapes = [s for s in shapes if max(s[3], 1) * s[1] * s[2] < 131072]
     rows, t0, budget = [], time.time(), float(os.environ.get("WGRAD_BUDGET_S", "80"))
     for shp in shapes:
         if time.time() - t0 > budget:
@@ -73,18 +111,19 @@ def main() -> None:
         for c in names:
             WG.TUNING.clear()
             WG.TUNING.update(base, cublas_at=INF, two_d=True, **CONFIGS[c])
-            err = max(compare(lab, ref, err_kw, ref_device=dev, backward=False).values())
-            if not err <= bound_for(dtype):
-                cells[c] = f"ERR {err:.1e}"
-            elif cuda:
-                times[c] = graph_ms(lambda: lab(**kw), [])[0] * 1e3
-                cells[c] = f"{times[c]:.1f}"
-            else:
-                cells[c] = f"ok {err:.0e}"
+            try:
+                cells[c], t = _cell(lab, ref, kw, err_kw, dtype, dev, cuda)
+            except Exception as e:  # noqa: BLE001 - one configuration's failure is a cell, not the end of the table
+                cells[c], t = f"EXC {type(e).__name__}", None
+                print(name, c, "failed:", " ".join(str(e).split())[:300], flush=True)
+            if t is not None:
+                times[c] = t
             print(name, c, WG._plan(shp[0], shp[1], shp[2], max(shp[3], 1), torch.device(dev)), cells[c], flush=True)
         WG.TUNING.clear()
-        WG.TUNING.update(base)
+        WG.TUNING.update(base, cublas_at=INF, two_d=True)       # "lab kern": the committed kernel, forced
         k_lab = kernels_per_call(lab, kw) if cuda else math.nan
+        WG.TUNING.clear()
+        WG.TUNING.update(base)
         best = min(times, key=times.get) if times else "-"
         ratio = f"{times[best] / mm_us:.2f}" if times else "-"
         rows.append([name, f"{mm_us:.1f}", f"{k_mm:.0f}", f"{k_lab:.0f}", *(cells[c] for c in names), best, ratio])

@@ -32,6 +32,7 @@ def tiny_tiles(monkeypatch):
     monkeypatch.setitem(K.TUNING, "big", (32, 32, 16, 4))
     monkeypatch.setitem(K.TUNING, "min_rows", 16)
     monkeypatch.setitem(K.TUNING, "waves", 16)
+    monkeypatch.setitem(K.TUNING, "fin", 256)         # the wide finish in several [8, 32] loads per level
 
 
 def _pair(R, M, N, G=0, dtype=torch.float32, seed=0):
@@ -55,6 +56,53 @@ def test_kernel_matches_float64(tiny_tiles, R, M, N, G, dtype):
     inputs = {"a": a, "b": b, "out": torch.full((*a.shape[:-2], M, N), float("nan"), dtype=dtype)}
     check_op(wgrad, ref, inputs, bound=bound_for(dtype), context=f"R{R} M{M} N{N} G{G} {dtype}")
     assert wgrad(a, b).dtype == dtype
+
+
+@pytest.mark.parametrize("finish,flat", [("wide", 1), ("wide", 64), ("tree", 8), ("coop", 8), ("coope", 8)])
+def test_finish_variants_exact_deterministic_counters(tiny_tiles, monkeypatch, finish, flat):
+    """The wide finish in two levels (flat 1: groups of ~√split, a last group smaller than the others) and in one
+    (flat 64: the tile's last program sums all split rows), run 19's tree finish (the sweep's "old") and the coop
+    and coope finishes (every program sums its own columns of all split rows; the interpreter in two launches):
+    fp64 error, NaN-prefilled out, 13 splits (arrival groups of 3, the last of 1), a second call bit-identical,
+    every counter back at zero."""
+    monkeypatch.setitem(K.TUNING, "finish", finish)
+    monkeypatch.setitem(K.TUNING, "flat", flat)
+    monkeypatch.setitem(K.TUNING, "waves", 32)
+    monkeypatch.setitem(K.TUNING, "fin", 256)         # wide: [8, 32] loads, two of them for 13 rows
+    monkeypatch.setitem(K.TUNING, "coop_cols", 16)    # coop: 16 column blocks over 13 programs
+    monkeypatch.setattr(K, "num_sms", lambda device: 128)   # coop: the grid within one wave of 128 "SMs"
+    a, b = _pair(208, 20, 18, 0, torch.float16, seed=5)
+    split = K._plan(208, 20, 18, 1, a.device)[4]
+    two, GS, NG, _ = K._levels(split)
+    assert split >= 9 and two == (finish == "tree" or flat == 1 and finish == "wide")
+    assert split % GS != 0 or not two                   # a last group smaller than the others
+    out = torch.full((20, 18), float("nan"), dtype=torch.float16)
+    check_op(wgrad, ref, {"a": a, "b": b, "out": out}, bound=bound_for(torch.float16), context=finish)
+    ep = K._epochs(a.device).clone()
+    c1, c2 = wgrad(a, b), wgrad(a, b)
+    assert torch.equal(c1, c2)
+    assert int(_colsum._CACHE[torch.device("cpu")].abs().sum()) == 0
+    moved = K._epochs(a.device) - ep                    # coope: each of the 4 tiles' epochs one per call
+    assert torch.equal(moved[:4], torch.full((4,), 2 if finish == "coope" else 0, dtype=torch.int32))
+    assert not moved[4:].any()
+
+
+@pytest.mark.parametrize("finish,waves", [("coop", 1), ("coope", 1), ("coope", 2)])
+def test_coop_grid_within_one_wave(monkeypatch, finish, waves):
+    """The coop finishes wait for every program of a tile: at every benchmark shape and tile choice the grid fits
+    in coop_waves programs per SM of a 132-SM GPU (all programs resident at once), and still splits the rows where
+    it can."""
+    from groundthink.spec import get
+    monkeypatch.setitem(K.TUNING, "finish", finish)
+    monkeypatch.setitem(K.TUNING, "coop_waves", waves)
+    monkeypatch.setattr(K, "num_sms", lambda device: 132)
+    for big_at in (K.TUNING["big_at"], 0):
+        monkeypatch.setitem(K.TUNING, "big_at", big_at)
+        for R, M, N, G in get("wgrad").bench.shapes():
+            BM, BN, _, _, split, _ = K._plan(R, M, N, max(G, 1), torch.device("cpu"))
+            tiles = max(G, 1) * -(-M // BM) * -(-N // BN)
+            assert split * tiles <= max(132 * waves, tiles) and (split > 1 or tiles > 66 * waves), \
+                (R, M, N, G, split, tiles)
 
 
 def test_one_split_stores_directly():
@@ -133,13 +181,15 @@ def test_bad_input_is_one_line(args, match):
 # ------------------------------------------------------------------------------------------- GPU only
 
 @pytest.mark.gpu
-def test_models_shapes_bf16_and_cuda_graph(monkeypatch):
+@pytest.mark.parametrize("finish", ["wide", "coop", "coope"])
+def test_models_shapes_bf16_and_cuda_graph(monkeypatch, finish):
     """bf16 at every benchmark shape (the models' dW; the kernel, the cuBLAS shape rule off) vs float64 within the
     bf16 bound; then one call captured in a
     CUDA graph and replayed twice on new inputs: equal to the eager call, bit for bit."""
     from groundthink.spec import get
     spec = get("wgrad")
     monkeypatch.setitem(K.TUNING, "cublas_at", 1 << 62)
+    monkeypatch.setitem(K.TUNING, "finish", finish)
     for shp in spec.bench.shapes():
         kw = spec.bench.make_inputs(*spec.bench.err_shape(*shp), False, dtype=torch.bfloat16, device="cuda")
         c = wgrad(**kw)

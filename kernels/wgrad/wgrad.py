@@ -10,24 +10,48 @@ R the tokens (16,384 in the models' steps), M × N a weight's shape (128 × 128 
 Kernel ``_wgrad_kernel``, grid (SPLIT, G · tiles): program (s, t) owns the [BM, BN] tile t of C (batch g = t //
 tiles) and the rows [s·RS, (s + 1)·RS) of the reduction (RS a multiple of BR): a loop of ``tl.dot(aᵀ tile [BM, BR],
 b tile [BR, BN])`` into an fp32 [BM, BN] accumulator. SPLIT = 1: the tile is stored into C. SPLIT > 1: the partial is
-stored as row s of the tile's fp32 workspace ``part [G · tiles, SPLIT, BM · BN]``, then ``kernels._colsum.arrive_tree``
-(a CTA barrier and an acq_rel counter per group of GS ≈ √SPLIT programs and per tile, the counters cached per device
-and reset by the last arrival: graph-safe) lets the last program of each group sum its group's rows in index order
-into the group's first row, and the last group's last program sums those NG rows (fixed order, fp32, loaded ``.cg``)
-and stores C's tile. No atomics on data, every sum in a fixed order: the result does not depend on which program
-arrives last (bit-identical run to run). One launch, no second reduce kernel, no host sync.
+stored as row s of the tile's fp32 workspace ``part [G · tiles, SPLIT, BM · BN]`` and the SPLIT rows are summed
+inside the kernel by one of three finishes (``TUNING["finish"]``). No atomics on data, every sum in a fixed order
+that does not depend on which program arrives when: bit-identical run to run. One launch, no second reduce kernel,
+no host sync. Counters: ``kernels._colsum.counters`` (zero between launches, reset by their last user: graph-safe).
+
+* "tree" (run 19's, kept as the sweep's baseline "old"): ``_colsum.arrive_tree`` — the last program of each group
+  of GS ≈ √SPLIT sums its group's rows into the group's first row, the last group's last program sums the NG group
+  rows and stores C's tile. Its finish is a latency chain: ``_colsum.finish_columns`` steps over [BP, BC] blocks
+  and the last level loops ``for i in range(NG)`` over whole tiles, one L2 round trip per step (~16 serial round
+  trips at a 64 × 64 tile): in run 19's sweep the time grew with the partial tile's size, not with the work.
+* "wide" (session 17): the same arrival tree (one level — the tile's last program sums all SPLIT rows — up to
+  ``flat`` rows, else two of ~√SPLIT), but each level's rows are summed by ``_sum_rows``: one [fin_rows, BF] load
+  (every row of a column block in flight at once) summed by ``tl.sum`` over its rows (a fixed order for a given
+  compile). What is left serial: one program per tile reads (GS + NG) partial tiles.
+* "coop" / "coope" (session 17): every program of a tile takes part in its finish — it arrives, waits until all
+  SPLIT partial rows of its tile are stored, then sums column blocks s, s + SPLIT, … of ``coop_cols`` columns of
+  all SPLIT rows ([fin // coop_cols, coop_cols] loads, ``_sum_rows``) and stores them into C: each program reads
+  one tile's worth of partials, all of them in parallel, instead of one program reading SPLIT tiles. The wait
+  needs every program of the grid resident at once: ``_plan`` keeps G · tiles · SPLIT ≤ the SM count (one wave;
+  every kernel that launches fits one program per SM; the wait only ends, never deadlocks, while other kernels
+  hold SMs for a while); it is bounded (``_SPIN`` polls, tens of ms): a grid that could not be resident writes
+  NaN, never a silent partial sum. "coop": arrive = a release add on the tile's counter, wait = acquire polls of
+  it, then a departure counter whose last program resets both (zero between launches). "coope": each program
+  reads the tile's epoch word (``_epochs``, its own buffer: not zero between launches) before it arrives, the
+  last arrival (acq_rel) resets the arrival counter and moves the epoch on (release), waiters poll the epoch
+  (acquire): no departure atomic at the tail, polls and arrivals on different words. Ordering as in _colsum: a
+  CTA barrier before the release, loads ``.cg``. Under the interpreter (programs run one after another) the
+  wait cannot be run: the host launches the grid twice, up to the arrival (PH 1) and from the finish on (PH 2).
 
 Tiles and split (``_plan``, ``TUNING``): [BM, BN] = "small" tiles (64 × 64, 4 warps) unless the output has at least
 ``big_at`` elements (128 × 128, 8 warps); the tiles shrink to a power of two ≥ 16 for narrow outputs. SPLIT fills the
-GPU ``waves`` times over (G · tiles · SPLIT ≈ waves × SMs), with at least ``min_rows`` rows per program.
+GPU ``waves`` times over (G · tiles · SPLIT ≈ waves × SMs; the coop finishes: ≤ coop_waves × SMs), with at least
+``min_rows`` rows per program. The finish's load shapes depend on the tile alone (row / column-block loops at run
+time, the split-like arguments not specialised): one compile per tile shape.
 Shape rule (H100 run 19, `profiles/nvidia-h100-80gb-hbm3/run19-2026-11-28/kernels/`: the bench rows and
-scripts/gpu_wgrad.py's sweep, CUDA-graph µs per call): cuBLAS's split-K GEMM + its reduce kernel beat this kernel at
-every 2-D model shape (128 × 128: 6.6 vs 13–15 µs; 512 × 512: 24.7 vs 39–51; 2048 × 512: 49.8 vs 111–143; a tie at
-16 × 128 and 97 × 128), so 2-D calls go to torch.mm (``TUNING["two_d"]`` False). The kernel wins where cuBLAS runs a
-batched GEMM one group at a time: the lowrank's five-group dW2 at the small model (G5 32 × 128: 13.2 vs 26.2 µs),
-not at the large (G5 32 × 512: 41–54 vs 31.8), hence the output bound ``cublas_at`` (G · M · N < 32,768). What this
-costs issue 10: the ~113 split-K reduce launches a small step stay (the launch saved costs more GPU time than it
-saves). Float64 inputs (the oracle's dtype; the kernel's dots are fp32 at best) and calls under a tracer
+scripts/gpu_wgrad.py's sweep, CUDA-graph µs per call, the "tree" finish): cuBLAS's split-K GEMM + its reduce kernel
+beat this kernel at every 2-D model shape (128 × 128: 6.6 vs 13–15 µs; 512 × 512: 24.7 vs 39–51; 2048 × 512: 49.8 vs
+111–143; a tie at 16 × 128 and 97 × 128), so 2-D calls go to torch.mm (``TUNING["two_d"]`` False). The kernel wins
+where cuBLAS runs a batched GEMM one group at a time: the lowrank's five-group dW2 at the small model (G5 32 × 128:
+13.2 vs 26.2 µs), not at the large (G5 32 × 512: 41–54 vs 31.8), hence the output bound ``cublas_at`` (G · M · N <
+32,768). The session-17 finishes are untimed on a GPU (scripts/gpu_wgrad.py's table decides): the rule stays run 19's
+until it does. Float64 inputs (the oracle's dtype; the kernel's dots are fp32 at best) and calls under a tracer
 (torch.compile) go to torch.mm too. Tests and the sweep force the kernel (``two_d`` True, ``cublas_at`` ∞).
 
 Layouts: any strides (a column slice of a wider matrix, h's column groups as a strided [G, R, M] view): every
@@ -46,7 +70,7 @@ import triton
 import triton.language as tl
 
 from kernels import INTERPRET
-from kernels._colsum import arrive_tree, counters, finish_rows, tree, N_COUNTERS
+from kernels._colsum import arrive_last, arrive_tree, counters, finish_rows, tree, N_COUNTERS
 from kernels._common import cdiv, new_empty, num_sms, pow2
 from kernels._eager import traced
 from reference.wgrad import check_args, wgrad as _reference
@@ -57,21 +81,53 @@ __all__ = ["wgrad"]
 # SMs, ≥ min_rows rows each; stages: the software pipeline depth of the row loop. The shape rule (module docstring):
 # 2-D calls to torch.mm unless two_d, outputs of cublas_at elements or more to torch.mm. H100 run 19 sweep: the
 # tiles and waves as here were best or within 10 % where the kernel is used (G5 32 × 128)
+# finish (of split > 1, module docstring): "wide", "coop" or "tree" (run 19's: the sweep's "old" baseline); flat:
+# the wide finish sums up to flat splits in ONE level, more in two of ~√split rows; fin: fp32 elements per finish
+# load, [fin_rows, fin // fin_rows] (wide) or [fin // coop_cols, coop_cols] (coop); coop_waves: the coop grid ≤
+# coop_waves × SMs programs (2 needs two programs resident per SM: 64² tiles, 4 warps, ≤ 96 KB shared do)
 TUNING = {"small": (64, 64, 64, 4), "big": (128, 128, 64, 8), "big_at": 256 * 512, "waves": 2, "min_rows": 256,
-          "stages": 3, "two_d": False, "cublas_at": 32768}
+          "stages": 3, "two_d": False, "cublas_at": 32768, "finish": "wide", "flat": 8, "fin": 8192, "fin_rows": 8,
+          "coop_cols": 128, "coop_waves": 1}
+
+
+_FIN = {"tree": 0, "wide": 1, "coop": 2, "coope": 3}
+_EPOCHS: dict[torch.device, torch.Tensor] = {}
+_SPIN = 1 << 15                         # the coop wait's most polls (~tens of ms): a grid that cannot be resident
+                                        # at once writes NaN instead of hanging
 
 
 @triton.jit
-def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, split, GS, NG,
+def _sum_rows(p_rows, stride, n, o_f, RP: tl.constexpr, BF: tl.constexpr):
+    """Σ_{i < n} rows[i·stride + o_f] → [BF] fp32 in [RP, BF] loads (one when n ≤ RP: every row in flight at once;
+    masked rows 0), each summed by tl.sum over its rows: a fixed reduction order for a given compile, so the same
+    bits every run. ``p_rows``: fp32 partial rows ``stride`` elements apart; ``o_f`` [BF]: the columns."""
+    b_s = tl.zeros([BF], dtype=tl.float32)
+    for r0 in range(0, n, RP):
+        o_i = r0 + tl.arange(0, RP)
+        b_s += tl.sum(tl.load(p_rows + o_i.to(tl.int64)[:, None] * stride + o_f[None, :], mask=(o_i < n)[:, None],
+                              other=0., cache_modifier=".cg"), axis=0)
+    return b_s
+
+
+@triton.jit(do_not_specialize=["n_tn", "tiles", "split", "GS", "NG", "CS"])
+def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, p_epoch, R, M, N, RS, n_tn, tiles, split, GS, NG, CS,
                   s_ag, s_ar, s_am, s_bg, s_br, s_bn, s_cg, s_cm, s_cn,
                   ONE: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
-                  BP: tl.constexpr, BC: tl.constexpr):
+                  BP: tl.constexpr, BC: tl.constexpr, FIN: tl.constexpr, TWO: tl.constexpr, RP: tl.constexpr,
+                  BF: tl.constexpr, CW: tl.constexpr, RB: tl.constexpr, PH: tl.constexpr, SPIN: tl.constexpr):
     # p_a: [G, R, M] (strides s_ag, s_ar, s_am); p_b: [G, R, N] (s_bg, s_br, s_bn); p_c: [G, M, N] out (s_cg, s_cm,
     # s_cn), C = aᵀ b per batch; p_part: [G·tiles, split, BM·BN] fp32 workspace (split > 1) else None; p_count: the
-    # arrival counters (kernels._colsum.counters: (1 + NG) per tile) or None; R, M, N: the sizes; RS: rows per split
-    # (a multiple of BR); n_tn: tiles along N; tiles: tiles per batch; split: programs per tile along the rows (the
-    # grid's first axis); GS, NG: the arrival tree (_colsum.tree(split)); ONE: split == 1 (C stored directly); PREC: the dots' input precision; BM, BN: C's tile; BR: rows per dot;
-    # BP, BC: rows and columns per step of the partial sums (_colsum.finish_columns)
+    # arrival counters (kernels._colsum.counters: CS per tile) or None; p_epoch: coope's epoch words (_epochs, one
+    # per tile) or None; R, M, N: the sizes; RS: rows per split (a multiple of BR); n_tn: tiles along N; tiles:
+    # tiles per batch; split: programs per tile along the rows (the grid's first axis); ONE: split == 1 (C stored
+    # directly); PREC: the dots' input precision; BM, BN: C's tile; BR: rows per dot. FIN, the finish of split > 1:
+    # 0 "tree" (run 19's: _colsum.arrive_tree with GS, NG = _colsum.tree(split), BP, BC its rows and columns per
+    # step, then a loop over the NG group rows), 1 "wide" (TWO: groups of GS programs, NG groups, else one level: GS
+    # = 1, NG = split; [RP, BF]: rows and columns per _sum_rows load), 2 "coop" / 3 "coope" (every program of the
+    # tile waits for all split partial rows, then sums column blocks i_s, i_s + split, … of CW columns of them in
+    # [RB, CW] loads; SPIN: the most polls of the wait; PH: 0 all, 1 up to the arrival, 2 from the wait on — the
+    # interpreter runs programs one after another, so it launches PH 1 then PH 2). CS: counters per tile (tree /
+    # two-level wide: 1 + NG; flat wide: 1; coop: 2, arrived and departed; coope: 1, arrived)
     i_s, i_t = tl.program_id(0), tl.program_id(1)
     i_g = i_t // tiles
     i_mn = i_t % tiles
@@ -81,15 +137,20 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, spli
     m_m, m_n = o_m < M, o_n < N
     p_ag = p_a + i_g.to(tl.int64) * s_ag
     p_bg = p_b + i_g.to(tl.int64) * s_bg
-    r0 = i_s * RS
-    r1 = tl.minimum(r0 + RS, R)
     b_acc = tl.zeros([BM, BN], dtype=tl.float32)
-    for r in range(r0, r1, BR):
-        o_r = (r + tl.arange(0, BR)).to(tl.int64)
-        m_r = o_r < r1
-        b_a = tl.load(p_ag + o_r[:, None] * s_ar + o_m[None, :] * s_am, mask=m_r[:, None] & m_m[None, :], other=0.)
-        b_b = tl.load(p_bg + o_r[:, None] * s_br + o_n[None, :] * s_bn, mask=m_r[:, None] & m_n[None, :], other=0.)
-        b_acc += tl.dot(tl.trans(b_a), b_b, input_precision=PREC)
+    if FIN == 3 and not ONE and PH != 2:                         # coope: the tile's epoch, read before arriving
+        e0 = tl.atomic_add(p_epoch + i_t, 0, sem="relaxed", scope="gpu")
+    if PH != 2:
+        r0 = i_s * RS
+        r1 = tl.minimum(r0 + RS, R)
+        for r in range(r0, r1, BR):
+            o_r = (r + tl.arange(0, BR)).to(tl.int64)
+            m_r = o_r < r1
+            b_a = tl.load(p_ag + o_r[:, None] * s_ar + o_m[None, :] * s_am, mask=m_r[:, None] & m_m[None, :],
+                          other=0.)
+            b_b = tl.load(p_bg + o_r[:, None] * s_br + o_n[None, :] * s_bn, mask=m_r[:, None] & m_n[None, :],
+                          other=0.)
+            b_acc += tl.dot(tl.trans(b_a), b_b, input_precision=PREC)
     p_cg = p_c + i_g.to(tl.int64) * s_cg
     p_ct = p_cg + o_m[:, None] * s_cm + o_n[None, :] * s_cn
     m_c = m_m[:, None] & m_n[None, :]
@@ -99,12 +160,76 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, R, M, N, RS, n_tn, tiles, spli
         W: tl.constexpr = BM * BN
         o_w = tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
         p_tile = p_part + i_t.to(tl.int64) * split * W          # this tile's split partial rows
-        tl.store(p_tile + i_s * W + o_w, b_acc)
-        if arrive_tree(p_tile, W, p_count, i_s, split, GS, NG, 0, W, 1, 0, BP, BC):
-            b_sum = tl.zeros([BM, BN], dtype=tl.float32)
-            for i in range(0, NG):                               # the groups' sums, in index order
-                b_sum += tl.load(p_tile + i * GS * W + o_w, cache_modifier=".cg")
-            tl.store(p_ct, b_sum.to(p_c.dtype.element_ty), mask=m_c)
+        if PH != 2:
+            tl.store(p_tile + i_s * W + o_w, b_acc)
+        if FIN == 0:                                             # run 19's finish (the sweep's "old")
+            if arrive_tree(p_tile, W, p_count, i_s, split, GS, NG, 0, W, 1, 0, BP, BC):
+                b_sum = tl.zeros([BM, BN], dtype=tl.float32)
+                for i in range(0, NG):                           # the groups' sums, in index order
+                    b_sum += tl.load(p_tile + i * GS * W + o_w, cache_modifier=".cg")
+                tl.store(p_ct, b_sum.to(p_c.dtype.element_ty), mask=m_c)
+        elif FIN == 1:
+            p_cnt = p_count + i_t * CS                           # this tile's counters: [tile, group 0, 1, …]
+            if TWO:
+                g0 = (i_s // GS) * GS
+                last = i_s < 0
+                if arrive_last(p_cnt + 1 + i_s // GS, tl.minimum(GS, split - g0)):
+                    p_g = p_tile + g0.to(tl.int64) * W           # the group's sum → its first row
+                    for f0 in range(0, W, BF):
+                        o_f = f0 + tl.arange(0, BF)
+                        tl.store(p_g + o_f, _sum_rows(p_g, W, tl.minimum(GS, split - g0), o_f, RP, BF))
+                    last = arrive_last(p_cnt, NG)
+            else:
+                last = arrive_last(p_cnt, split)
+            if last:                                             # C's tile = Σ of rows 0, GS, 2·GS, … (NG)
+                for f0 in range(0, W, BF):
+                    o_f = f0 + tl.arange(0, BF)
+                    b_s = _sum_rows(p_tile, GS * W, NG, o_f, RP, BF)
+                    o_fm = i_m * BM + o_f // BN
+                    o_fn = i_n * BN + o_f % BN
+                    tl.store(p_cg + o_fm * s_cm + o_fn * s_cn, b_s.to(p_c.dtype.element_ty),
+                             mask=(o_fm < M) & (o_fn < N))
+        else:                                                    # coop / coope: every program finishes CW columns
+            p_cnt = p_count + i_t * CS                           # coop: [arrived, departed]; coope: [arrived]
+            if PH != 2:
+                tl.debug_barrier()                               # the CTA's partial stores before the release
+                if FIN == 2:
+                    tl.atomic_add(p_cnt, 1, sem="release", scope="gpu")
+                else:                                            # the last arrival resets, then opens the epoch
+                    if tl.atomic_add(p_cnt, 1, sem="acq_rel", scope="gpu") == split - 1:
+                        tl.atomic_xchg(p_cnt, 0, sem="relaxed", scope="gpu")
+                        tl.atomic_add(p_epoch + i_t, 1, sem="release", scope="gpu")
+            if PH != 1:
+                if PH == 2:                                      # (interpreter: every program has arrived)
+                    ok = i_s >= 0
+                elif FIN == 2:
+                    n = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
+                    k = 0
+                    while (n < split) & (k < SPIN):              # all split rows stored (bounded: no hang)
+                        n = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
+                        k += 1
+                    ok = n >= split
+                else:
+                    e = tl.atomic_add(p_epoch + i_t, 0, sem="acquire", scope="gpu")
+                    k = 0
+                    while (e == e0) & (k < SPIN):                # the epoch moves once all split rows are stored
+                        e = tl.atomic_add(p_epoch + i_t, 0, sem="acquire", scope="gpu")
+                        k += 1
+                    ok = e != e0
+                tl.debug_barrier()
+                for f0 in range(i_s * CW, W, split * CW):       # this program's column blocks
+                    o_f = f0 + tl.arange(0, CW)
+                    b_s = _sum_rows(p_tile, W, split, o_f, RB, CW)
+                    b_s = tl.where(ok, b_s, float("nan"))        # a timed-out wait: NaN, never a partial sum
+                    o_fm = i_m * BM + o_f // BN
+                    o_fn = i_n * BN + o_f % BN
+                    tl.store(p_cg + o_fm * s_cm + o_fn * s_cn, b_s.to(p_c.dtype.element_ty),
+                             mask=(o_fm < M) & (o_fn < N))
+                if FIN == 2:
+                    tl.debug_barrier()
+                    if tl.atomic_add(p_cnt + 1, 1, sem="acq_rel", scope="gpu") == split - 1:
+                        tl.atomic_xchg(p_cnt, 0, sem="relaxed", scope="gpu")  # every wait is over: reset both
+                        tl.atomic_xchg(p_cnt + 1, 0, sem="relaxed", scope="gpu")
 
 
 def _tile(M, N, G):
@@ -118,11 +243,41 @@ def _plan(R, M, N, G, device):
     """(BM, BN, BR, warps, SPLIT, RS): the tiles, then SPLIT programs per tile of RS rows each (module docstring)."""
     BM, BN, BR, warps = _tile(M, N, G)
     n_tiles = G * cdiv(M, BM) * cdiv(N, BN)
-    split = max(1, min(cdiv(TUNING["waves"] * num_sms(device), n_tiles), R // TUNING["min_rows"]))
-    while split > 1 and n_tiles * (1 + tree(split)[1]) > N_COUNTERS:      # the counters of one grid
+    if TUNING["finish"] in ("coop", "coope"):   # every program resident at once: the grid within one wave of SMs
+        split = max(1, min(TUNING["coop_waves"] * num_sms(device) // n_tiles, R // TUNING["min_rows"]))
+    else:
+        split = max(1, min(cdiv(TUNING["waves"] * num_sms(device), n_tiles), R // TUNING["min_rows"]))
+    while split > 1 and n_tiles * _levels(split)[3] > N_COUNTERS:         # the counters of one grid
         split //= 2
     rs = cdiv(cdiv(R, split), BR) * BR
     return BM, BN, BR, warps, cdiv(R, rs) if R else 1, rs
+
+
+def _levels(split):
+    """(TWO, GS, NG, CS): the finish's arrival tree for ``split`` partial rows per tile — run 19's ``tree`` (groups
+    of ~√split) for the "tree" finish; the "wide" finish: one level (GS 1, NG = split: the tile's last program sums
+    every row) up to TUNING["flat"] rows, else two of ~√split; CS the counters per tile."""
+    if TUNING["finish"] in ("coop", "coope"):
+        return False, split, 1, 2 if TUNING["finish"] == "coop" else 1
+    if TUNING["finish"] != "wide":
+        gs, ng = tree(split)
+        return True, gs, ng, 1 + ng
+    if split <= TUNING["flat"]:
+        return False, 1, split, 1
+    gs, ng = tree(split)
+    return True, gs, ng, 1 + ng
+
+
+def _epochs(device) -> torch.Tensor:
+    """The coope finish's epoch words, one int32 per tile of a grid (``N_COUNTERS``), cached per device: NOT the
+    shared zero-between-launches counters (an epoch only moves on, by one per launch, wrapping harmlessly)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    buf = _EPOCHS.get(device)
+    if buf is None:
+        buf = _EPOCHS[device] = torch.zeros(N_COUNTERS, dtype=torch.int32, device=device)
+    return buf
 
 
 def _use_kernel(a, b) -> bool:
@@ -160,14 +315,22 @@ def wgrad(a, b, out=None):
     BM, BN, BR, warps, split, rs = _plan(R, M, N, G, a.device)
     n_tn = cdiv(N, BN)
     tiles = cdiv(M, BM) * n_tn
-    GS, NG = tree(split)
+    two, GS, NG, CS = _levels(split)
     part = count = None
-    BC = min(BM * BN, 1024)
+    BC, W = min(BM * BN, 1024), BM * BN
     if split > 1:
-        part = new_empty((G * tiles, split, BM * BN), torch.float32, a.device)
-        count = counters(a.device, G * tiles, NG)
-    _wgrad_kernel[(split, G * tiles)](
-        a3, b3, c3, part, count, R, M, N, rs, n_tn, tiles, split, GS, NG, *a3.stride(), *b3.stride(), *c3.stride(),
-        ONE=split == 1, PREC=_prec(a.dtype), BM=BM, BN=BN, BR=BR,
-        BP=finish_rows(BC), BC=BC, num_warps=warps, num_stages=TUNING["stages"])
+        part = new_empty((G * tiles, split, W), torch.float32, a.device)
+        count = counters(a.device, G * tiles, CS - 1)
+    epoch = _epochs(a.device) if split > 1 and TUNING["finish"] == "coope" else None
+    fin = _FIN[TUNING["finish"]]
+    RP = TUNING["fin_rows"]
+    CW = min(W, TUNING["coop_cols"])
+    for ph in ((1, 2) if fin >= 2 and split > 1 and INTERPRET else (0,)):
+        _wgrad_kernel[(split, G * tiles)](
+            a3, b3, c3, part, count, epoch, R, M, N, rs, n_tn, tiles, split, GS, NG, CS,
+            *a3.stride(), *b3.stride(), *c3.stride(),
+            ONE=split == 1, PREC=_prec(a.dtype), BM=BM, BN=BN, BR=BR, BP=finish_rows(BC), BC=BC,
+            FIN=fin, TWO=two, RP=RP, BF=min(W, max(1, TUNING["fin"] // RP)),
+            CW=CW, RB=max(1, TUNING["fin"] // CW), PH=ph, SPIN=_SPIN,
+            num_warps=warps, num_stages=TUNING["stages"])
     return c
