@@ -42,6 +42,8 @@ CONFIGS = {                         # name -> TUNING overrides (module docstring
     "coope128": dict(finish="coope", small=(64, 64, 128, 4)),     # coope, 128 rows per dot
     "coope2": dict(finish="coope", coop_waves=2),                 # coope, two programs per SM (half the rows)
     "coopbig": dict(finish="coop", big_at=0, min_rows=128),       # coop, 128² tiles (8 warps): inputs read once
+    "coopebig": dict(finish="coope", big_at=0, min_rows=128),     # coope, 128² tiles: inputs read once
+    "coope128x64": dict(finish="coope", small=(128, 64, 64, 8)),  # coope, 128 × 64 tiles: a read once
     "coop32": dict(finish="coop", small=(32, 64, 64, 4)),         # coop, 32 × 64 tiles
     "coopw8": dict(finish="coop", small=(64, 64, 64, 8)),         # coop, 8 warps
     "coops4": dict(finish="coop", stages=4),
@@ -50,7 +52,7 @@ CONFIGS = {                         # name -> TUNING overrides (module docstring
 }
 
 
-DEFAULT = "old,auto,coop,coope,coope128,coope2"
+DEFAULT = "old,auto,coope,coope2,coopebig,coope128x64"
 
 
 def kernels_per_call(fn, kw, n: int = 5) -> float:
