@@ -50,8 +50,10 @@ beat this kernel at every 2-D model shape (128 × 128: 6.6 vs 13–15 µs; 512 �
 111–143; a tie at 16 × 128 and 97 × 128), so 2-D calls go to torch.mm (``TUNING["two_d"]`` False). The kernel wins
 where cuBLAS runs a batched GEMM one group at a time: the lowrank's five-group dW2 at the small model (G5 32 × 128:
 13.2 vs 26.2 µs), not at the large (G5 32 × 512: 41–54 vs 31.8), hence the output bound ``cublas_at`` (G · M · N <
-32,768). The session-17 finishes are untimed on a GPU (scripts/gpu_wgrad.py's table decides): the rule stays run 19's
-until it does. Float64 inputs (the oracle's dtype; the kernel's dots are fp32 at best) and calls under a tracer
+32,768). The session-17 finishes on an H200 (run 21, `profiles/nvidia-h200/run21-2026-11-28/final/wgrad/`): wide
+12.7, coope 7.0 µs at 128 × 128 (cuBLAS 6.1); coope 9.6 / 15.1 at 256 / 512 × 128 (8.6 / 9.6): still behind at the
+small model's 2-D shapes, so the rule stays run 19's (the small step with coope for every 2-D dW: 592 launches, 1–2 %
+slower). The 64² tiles read each input twice; the sweep's 128² / 128 × 64 coope columns are untimed. Float64 inputs (the oracle's dtype; the kernel's dots are fp32 at best) and calls under a tracer
 (torch.compile) go to torch.mm too. Tests and the sweep force the kernel (``two_d`` True, ``cublas_at`` ∞).
 
 Layouts: any strides (a column slice of a wider matrix, h's column groups as a strided [G, R, M] view): every
