@@ -49,6 +49,7 @@ from groundthink.errors import InputError
 from groundthink.precompile import COMPILES, compiles_since, counting_compiles, parallel_autotune
 from groundthink import monitor
 from groundthink.registry import resolve
+from groundthink.device import live_cuda
 from groundthink.step import TrainStep, capture_failure, group_params
 
 # never taken from a checkpoint's args
@@ -272,7 +273,7 @@ def _train(args, device, rank, world, master, say) -> dict:
     if chosen and state is None:
         say(f"device {device.type}: " + ", ".join(f"{k}={getattr(args, k)}" for k in chosen)
             + " (chosen by device; flags override)")
-    ops = resolve(args.kernels, parse_pins(getattr(args, "pin", None)), graph=args.graph != "off")  # one implementation per op, and why
+    ops = resolve(args.kernels, pins(args), graph=args.graph != "off")  # one implementation per op, and why
     say(f"kernels (--kernels {args.kernels}):\n" + ops.table())
     background = early_background(args, device, master)
     run = build_run(args, device, rank, world, master, say, ops, state, background)
@@ -330,6 +331,11 @@ def prepare_data(args, state, master, world, say):
     return tok, {"name": corpus_name, "hash": gdata.text_hash(text)}, train_ids, val_ids
 
 
+def pins(args) -> dict[str, str]:
+    """--pin's {op: implementation} (none when the namespace has no --pin: a caller's own args)."""
+    return parse_pins(getattr(args, "pin", None))
+
+
 def qualify_kernels(args, model, ops, device, master, world, say, background=None):
     """--kernels auto on a GPU: the gate on first use qualifies every lab kernel that has no valid verdict for
     this GPU covering each call the training step makes (``gate.step_calls``: every distinct op variant —
@@ -346,7 +352,7 @@ def qualify_kernels(args, model, ops, device, master, world, say, background=Non
         gate.qualify(shapes, graph=graph, say=say, progress=not args.no_progress, background=background)
     if world > 1:
         dist.barrier()
-    ops = resolve(args.kernels, parse_pins(getattr(args, "pin", None)), verdicts=gate.Verdicts(shapes=shapes, graph=graph))
+    ops = resolve(args.kernels, pins(args), verdicts=gate.Verdicts(shapes=shapes, graph=graph))
     model.set_ops(ops)
     say(f"kernels after qualification ({time.monotonic() - _T0:.1f} s after the start):\n" + ops.table())
     for line in gate.deferred_notes(ops) if master else ():
@@ -370,28 +376,6 @@ def apart_from_training(device) -> str:
     return (f"gate: the qualification's peak {peak:,.0f} MB; {held0:,.0f} MB allocated after it, {held:,.0f} MB "
             f"once cuBLAS's workspaces are released ({live_cuda()}); the peak reported from here on is the "
             f"training's")
-
-
-def live_cuda(top: int = 6) -> str:
-    """What holds CUDA memory now, as Python sees it: the live CUDA tensors (distinct storages, the largest first)
-    and CUDA graphs (their private pools hold memory that no tensor shows)."""
-    import warnings
-    stores, graphs = {}, 0
-    with warnings.catch_warnings():     # (isinstance touches deprecated module attributes among gc's objects)
-        warnings.simplefilter("ignore")
-        for o in gc.get_objects():
-            try:
-                if isinstance(o, torch.Tensor) and o.is_cuda:
-                    st = o.untyped_storage()
-                    stores.setdefault(st.data_ptr(), (st.nbytes(), f"{list(o.shape)} {str(o.dtype)[6:]}"))
-                elif isinstance(o, torch.cuda.CUDAGraph):
-                    graphs += 1
-            except Exception:       # a tensor subclass or a freed storage: not counted
-                continue
-    big = sorted(stores.values(), reverse=True)
-    mb = sum(n for n, _ in big) / 2**20
-    return (f"live: {len(big)} CUDA storages {mb:,.0f} MB (largest: "
-            + ", ".join(f"{n / 2**20:,.0f} MB {what}" for n, what in big[:top]) + f"), {graphs} CUDA graphs")
 
 
 def early_background(args, device, master):

@@ -1,9 +1,12 @@
 """Facts about the machine (which GPU, its slug for profiles/<slug>/, library versions, the autocast dtype in force) and
-the side-stream warm-up that precedes every CUDA-graph capture (the training step's and the gate's)."""
+the side-stream warm-up that precedes every CUDA-graph capture (the training step's and the gate's), and what holds
+CUDA memory as Python sees it (``live_cuda``)."""
 from __future__ import annotations
 
 import functools
+import gc
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -72,3 +75,24 @@ def warm_on_side_stream(fn, n: int = 1) -> None:
         for _ in range(n):
             fn()
     torch.cuda.current_stream().wait_stream(side)
+
+
+def live_cuda(top: int = 6) -> str:
+    """What holds CUDA memory now, as Python sees it: the live CUDA tensors (distinct storages, the largest first)
+    and CUDA graphs (their private pools hold memory that no tensor shows)."""
+    stores, graphs = {}, 0
+    with warnings.catch_warnings():     # (isinstance touches deprecated module attributes among gc's objects)
+        warnings.simplefilter("ignore")
+        for o in gc.get_objects():
+            try:
+                if isinstance(o, torch.Tensor) and o.is_cuda:
+                    st = o.untyped_storage()
+                    stores.setdefault(st.data_ptr(), (st.nbytes(), f"{list(o.shape)} {str(o.dtype)[6:]}"))
+                elif isinstance(o, torch.cuda.CUDAGraph):
+                    graphs += 1
+            except Exception:       # a tensor subclass or a freed storage: not counted
+                continue
+    big = sorted(stores.values(), reverse=True)
+    mb = sum(n for n, _ in big) / 2**20
+    return (f"live: {len(big)} CUDA storages {mb:,.0f} MB (largest: "
+            + ", ".join(f"{n / 2**20:,.0f} MB {what}" for n, what in big[:top]) + f"), {graphs} CUDA graphs")

@@ -275,38 +275,21 @@ SPLITK_SHAPES = ((128, 128), (256, 128), (384, 128), (24, 128), (512, 128), (128
 
 
 def _per_call(fn, reps: int = 20) -> tuple[float, float, str]:
-    """(CUDA kernels per call, µs per call, the kernels' short names) of ``fn`` (warm). The µs is a CUDA-graph
-    replay of ``reps`` calls (GPU time and launch gaps, no host time: what a captured step pays)."""
+    """(CUDA kernels per call, µs per call, the kernels' short names) of ``fn``: the µs by ``gate.graph_ms`` (a
+    CUDA-graph replay: GPU time and launch gaps, no host time — what a captured step pays)."""
     import warnings
     from torch.profiler import ProfilerActivity, profile
+
+    from groundthink.gate import graph_ms
     warnings.filterwarnings("ignore", message="Profiler clears events")    # (its text names torch's install path)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):       # warm-up (cuBLAS handles, workspaces) off the capture
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
+    us = graph_ms(fn, [])[0] * 1e3              # (its warm-up first: the profile below sees warm calls only)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(reps):
             fn()
         torch.cuda.synchronize()
     names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    graph.replay()
-    t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    best = float("inf")
-    for _ in range(5):
-        t0.record()
-        graph.replay()
-        t1.record()
-        torch.cuda.synchronize()
-        best = min(best, t0.elapsed_time(t1))
     short = sorted({("splitKreduce" if "splitKreduce" in n else n.split("(")[0].split("<")[0][-40:]) for n in names})
-    return len(names) / reps, 1e3 * best / reps, " + ".join(short)
+    return len(names) / reps, us, " + ".join(short)
 
 
 def splitk_probe(K: int = 16384):

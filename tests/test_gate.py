@@ -179,6 +179,14 @@ def test_memory_is_judged_as_the_step_holds_it(tmp_path):
         dict(entry, shapes=[{k: v for k, v in entry["shapes"][0].items() if "retained" not in k}]))[1]
 
 
+def test_live_cuda_counts_nothing_without_cuda_tensors():
+    """``device.live_cuda`` (train.py's line after the qualification) walks gc's objects without a warning or an
+    error on a machine whose tensors are all on the CPU."""
+    keep = torch.ones(3)
+    assert gdevice.live_cuda() == "live: 0 CUDA storages 0 MB (largest: ), 0 CUDA graphs"
+    del keep
+
+
 def test_the_qualification_measures_what_a_forward_holds():
     """``_retained_mb``: None off CUDA (no allocator figures), so the rows fall back to the per-call peak rule."""
     x = torch.ones(4, requires_grad=True)
