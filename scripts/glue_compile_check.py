@@ -54,15 +54,13 @@ cases = [
  (CE._ce_fwd_kernel, {"p_t": "*i64", "p_stats": "*fp32", "p_tot": "*fp32", "p_loss": "*fp32"}, dict(GRAD=True, BV=128, BP=64)),
  (CE._ce_fwd_kernel, {"p_t": "*i64", "p_stats": "*fp32", "p_tot": "*fp32", "p_loss": "*fp32"}, dict(GRAD=False, BV=4096, BP=64)),
  (CE._ce_bwd_kernel, {"p_dloss": "*fp32", "p_tot": "*fp32"}, dict(BLOCK=4096)),
- (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=False, PREC="tf32", BM=128, BN=128, BR=64, BP=4, BC=1024, FIN=3, TWO=False, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
- (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=False, PREC="tf32", BM=64, BN=64, BR=64, BP=4, BC=1024, FIN=0, TWO=True, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
- (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=False, PREC="tf32", BM=64, BN=64, BR=64, BP=4, BC=1024, FIN=1, TWO=True, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
- (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=False, PREC="tf32", BM=64, BN=64, BR=64, BP=4, BC=1024, FIN=1, TWO=False, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
- (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=False, PREC="tf32", BM=64, BN=64, BR=128, BP=4, BC=1024, FIN=2, TWO=False, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
- (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=False, PREC="tf32", BM=64, BN=64, BR=64, BP=4, BC=1024, FIN=3, TWO=False, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
- (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=True, PREC="tf32", BM=16, BN=64, BR=64, BP=4, BC=1024, FIN=1, TWO=False, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
- (WG._wgrad_kernel, {"p_a": "*fp32", "p_b": "*fp32", "p_c": "*fp32", "p_part": "*fp32"}, dict(ONE=False, PREC="ieee", BM=32, BN=64, BR=32, BP=4, BC=1024, FIN=1, TWO=True, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
- (WG._wgrad_kernel, {"p_a": "*fp32", "p_b": "*fp32", "p_c": "*fp32", "p_part": "*fp32"}, dict(ONE=False, PREC="tf32x3", BM=64, BN=64, BR=64, BP=4, BC=1024, FIN=3, TWO=False, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
+ (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=False, PREC="tf32", BM=128, BN=128, BR=64, COOP=True, TWO=False, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
+ (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=False, PREC="tf32", BM=64, BN=64, BR=64, COOP=False, TWO=True, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
+ (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=False, PREC="tf32", BM=64, BN=64, BR=64, COOP=False, TWO=False, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
+ (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=False, PREC="tf32", BM=64, BN=64, BR=64, COOP=True, TWO=False, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
+ (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=True, PREC="tf32", BM=16, BN=64, BR=64, COOP=False, TWO=False, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
+ (WG._wgrad_kernel, {"p_a": "*fp32", "p_b": "*fp32", "p_c": "*fp32", "p_part": "*fp32"}, dict(ONE=False, PREC="ieee", BM=32, BN=64, BR=32, COOP=False, TWO=True, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
+ (WG._wgrad_kernel, {"p_a": "*fp32", "p_b": "*fp32", "p_c": "*fp32", "p_part": "*fp32"}, dict(ONE=False, PREC="tf32x3", BM=64, BN=64, BR=64, COOP=True, TWO=False, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
 ]
 def usage(cubin):
     """'regs=R spill=S' of a compiled kernel (cuobjdump --dump-resource-usage), '' without cuobjdump."""

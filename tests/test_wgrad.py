@@ -58,23 +58,23 @@ def test_kernel_matches_float64(tiny_tiles, R, M, N, G, dtype):
     assert wgrad(a, b).dtype == dtype
 
 
-@pytest.mark.parametrize("finish,flat", [("wide", 1), ("wide", 64), ("tree", 8), ("coop", 8), ("coope", 8)])
+@pytest.mark.parametrize("finish,flat", [("wide", 1), ("wide", 64), ("coope", 8)])
 def test_finish_variants_exact_deterministic_counters(tiny_tiles, monkeypatch, finish, flat):
     """The wide finish in two levels (flat 1: groups of ~√split, a last group smaller than the others) and in one
-    (flat 64: the tile's last program sums all split rows), run 19's tree finish (the sweep's "old") and the coop
-    and coope finishes (every program sums its own columns of all split rows; the interpreter in two launches):
+    (flat 64: the tile's last program sums all split rows) and the coope finish (every program sums its own
+    columns of all split rows; the interpreter in two launches):
     fp64 error, NaN-prefilled out, 13 splits (arrival groups of 3, the last of 1), a second call bit-identical,
     every counter back at zero."""
     monkeypatch.setitem(K.TUNING, "finish", finish)
     monkeypatch.setitem(K.TUNING, "flat", flat)
     monkeypatch.setitem(K.TUNING, "waves", 32)
     monkeypatch.setitem(K.TUNING, "fin", 256)         # wide: [8, 32] loads, two of them for 13 rows
-    monkeypatch.setitem(K.TUNING, "coop_cols", 16)    # coop: 16 column blocks over 13 programs
-    monkeypatch.setattr(K, "num_sms", lambda device: 128)   # coop: the grid within one wave of 128 "SMs"
+    monkeypatch.setitem(K.TUNING, "coop_cols", 16)    # coope: 16 column blocks over 13 programs
+    monkeypatch.setattr(K, "num_sms", lambda device: 128)   # coope: the grid within one wave of 128 "SMs"
     a, b = _pair(208, 20, 18, 0, torch.float16, seed=5)
     split = K._plan(208, 20, 18, 1, a.device)[4]
     two, GS, NG, _ = K._levels(split)
-    assert split >= 9 and two == (finish == "tree" or flat == 1 and finish == "wide")
+    assert split >= 9 and two == (flat == 1 and finish == "wide")
     assert split % GS != 0 or not two                   # a last group smaller than the others
     out = torch.full((20, 18), float("nan"), dtype=torch.float16)
     check_op(wgrad, ref, {"a": a, "b": b, "out": out}, bound=bound_for(torch.float16), context=finish)
@@ -87,13 +87,20 @@ def test_finish_variants_exact_deterministic_counters(tiny_tiles, monkeypatch, f
     assert not moved[4:].any()
 
 
-@pytest.mark.parametrize("finish,waves", [("coop", 1), ("coope", 1), ("coope", 2)])
-def test_coop_grid_within_one_wave(monkeypatch, finish, waves):
-    """The coop finishes wait for every program of a tile: at every benchmark shape and tile choice the grid fits
+def test_an_unknown_finish_is_one_line(monkeypatch):
+    """A TUNING finish that is not one of FINISHES (run 19's "tree", the "coop" twin: removed) is named."""
+    monkeypatch.setitem(K.TUNING, "finish", "tree")
+    with pytest.raises(ValueError, match="TUNING finish 'tree'; accepted: wide, coope"):
+        K._levels(13)
+
+
+@pytest.mark.parametrize("waves", [1, 2])
+def test_coop_grid_within_one_wave(monkeypatch, waves):
+    """The coope finish waits for every program of a tile: at every benchmark shape and tile choice the grid fits
     in coop_waves programs per SM of a 132-SM GPU (all programs resident at once), and still splits the rows where
     it can."""
     from groundthink.spec import get
-    monkeypatch.setitem(K.TUNING, "finish", finish)
+    monkeypatch.setitem(K.TUNING, "finish", "coope")
     monkeypatch.setitem(K.TUNING, "coop_waves", waves)
     monkeypatch.setattr(K, "num_sms", lambda device: 132)
     for big_at in (K.TUNING["big_at"], 0):
@@ -181,7 +188,7 @@ def test_bad_input_is_one_line(args, match):
 # ------------------------------------------------------------------------------------------- GPU only
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("finish", ["wide", "coop", "coope"])
+@pytest.mark.parametrize("finish", ["wide", "coope"])
 def test_models_shapes_bf16_and_cuda_graph(monkeypatch, finish):
     """bf16 at every benchmark shape (the models' dW; the kernel, the cuBLAS shape rule off) vs float64 within the
     bf16 bound; then one call captured in a

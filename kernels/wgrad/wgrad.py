@@ -15,37 +15,34 @@ inside the kernel by one of three finishes (``TUNING["finish"]``). No atomics on
 that does not depend on which program arrives when: bit-identical run to run. One launch, no second reduce kernel,
 no host sync. Counters: ``kernels._colsum.counters`` (zero between launches, reset by their last user: graph-safe).
 
-* "tree" (run 19's, kept as the sweep's baseline "old"): ``_colsum.arrive_tree`` — the last program of each group
-  of GS ≈ √SPLIT sums its group's rows into the group's first row, the last group's last program sums the NG group
-  rows and stores C's tile. Its finish is a latency chain: ``_colsum.finish_columns`` steps over [BP, BC] blocks
-  and the last level loops ``for i in range(NG)`` over whole tiles, one L2 round trip per step (~16 serial round
-  trips at a 64 × 64 tile): in run 19's sweep the time grew with the partial tile's size, not with the work.
-* "wide" (session 17): the same arrival tree (one level — the tile's last program sums all SPLIT rows — up to
-  ``flat`` rows, else two of ~√SPLIT), but each level's rows are summed by ``_sum_rows``: one [fin_rows, BF] load
-  (every row of a column block in flight at once) summed by ``tl.sum`` over its rows (a fixed order for a given
-  compile). What is left serial: one program per tile reads (GS + NG) partial tiles.
-* "coop" / "coope" (session 17): every program of a tile takes part in its finish — it arrives, waits until all
-  SPLIT partial rows of its tile are stored, then sums column blocks s, s + SPLIT, … of ``coop_cols`` columns of
-  all SPLIT rows ([fin // coop_cols, coop_cols] loads, ``_sum_rows``) and stores them into C: each program reads
-  one tile's worth of partials, all of them in parallel, instead of one program reading SPLIT tiles. The wait
-  needs every program of the grid resident at once: ``_plan`` keeps G · tiles · SPLIT ≤ the SM count (one wave;
-  every kernel that launches fits one program per SM; the wait only ends, never deadlocks, while other kernels
-  hold SMs for a while); it is bounded (``_SPIN`` polls, tens of ms): a grid that could not be resident writes
-  NaN, never a silent partial sum. "coop": arrive = a release add on the tile's counter, wait = acquire polls of
-  it, then a departure counter whose last program resets both (zero between launches). "coope": each program
-  reads the tile's epoch word (``_epochs``, its own buffer: not zero between launches) before it arrives, the
-  last arrival (acq_rel) resets the arrival counter and moves the epoch on (release), waiters poll the epoch
-  (acquire): no departure atomic at the tail, polls and arrivals on different words. Ordering as in _colsum: a
-  CTA barrier before the release, loads ``.cg``. Under the interpreter (programs run one after another) the
-  wait cannot be run: the host launches the grid twice, up to the arrival (PH 1) and from the finish on (PH 2).
+* "wide" (session 17): run 19's arrival tree (``_colsum.tree``; one level — the tile's last program sums all
+  SPLIT rows — up to ``flat`` rows, else two of ~√SPLIT), each level's rows summed by ``_sum_rows``: one
+  [fin_rows, BF] load (every row of a column block in flight at once) summed by ``tl.sum`` over its rows (a fixed
+  order for a given compile). Run 19's finish summed row by row, one L2 round trip per step (~16 serial round trips
+  at a 64 × 64 tile: its time grew with the partial tile's size, not the work); it was the fastest configuration at
+  no shape of run 21's sweep ("old") and is gone. What is left serial: one program per tile reads (GS + NG)
+  partial tiles.
+* "coope" (session 17): every program of a tile takes part in its finish — it reads the tile's epoch word
+  (``_epochs``, its own buffer: not zero between launches), stores its partial, arrives (acq_rel) on the tile's
+  counter; the last arrival resets the counter and moves the epoch on (release); every program waits for the
+  epoch to move (acquire polls), then sums column blocks s, s + SPLIT, … of ``coop_cols`` columns of all SPLIT
+  rows ([fin // coop_cols, coop_cols] loads, ``_sum_rows``) and stores them into C: each program reads one tile's
+  worth of partials, all of them in parallel, instead of one program reading SPLIT tiles. The wait needs every
+  program of the grid resident at once: ``_plan`` keeps G · tiles · SPLIT ≤ coop_waves × the SM count (every
+  kernel that launches fits one program per SM; the wait only ends, never deadlocks, while other kernels hold SMs
+  for a while); it is bounded (``_SPIN`` polls, tens of ms): a grid that could not be resident writes NaN, never
+  a silent partial sum. Ordering as in _colsum: a CTA barrier before the release, loads ``.cg``. Under the
+  interpreter (programs run one after another) the wait cannot be run: the host launches the grid twice, up to
+  the arrival (PH 1) and from the finish on (PH 2). (A "coop" twin with a departure counter instead of the epoch
+  was the fastest at one shape of run 21's sweep, 16 × 128 by 0.3 µs (6.0 vs 6.3): gone.)
 
 Tiles and split (``_plan``, ``TUNING``): [BM, BN] = "small" tiles (64 × 64, 4 warps) unless the output has at least
 ``big_at`` elements (128 × 128, 8 warps); the tiles shrink to a power of two ≥ 16 for narrow outputs. SPLIT fills the
-GPU ``waves`` times over (G · tiles · SPLIT ≈ waves × SMs; the coop finishes: ≤ coop_waves × SMs), with at least
+GPU ``waves`` times over (G · tiles · SPLIT ≈ waves × SMs; coope: ≤ coop_waves × SMs), with at least
 ``min_rows`` rows per program. The finish's load shapes depend on the tile alone (row / column-block loops at run
 time, the split-like arguments not specialised): one compile per tile shape.
 Shape rule (H100 run 19, `profiles/nvidia-h100-80gb-hbm3/run19-2026-11-28/kernels/`: the bench rows and
-scripts/gpu_wgrad.py's sweep, CUDA-graph µs per call, the "tree" finish): cuBLAS's split-K GEMM + its reduce kernel
+scripts/gpu_wgrad.py's sweep, CUDA-graph µs per call, run 19's finish): cuBLAS's split-K GEMM + its reduce kernel
 beat this kernel at every 2-D model shape (128 × 128: 6.6 vs 13–15 µs; 512 × 512: 24.7 vs 39–51; 2048 × 512: 49.8 vs
 111–143; a tie at 16 × 128 and 97 × 128), so 2-D calls go to torch.mm (``TUNING["two_d"]`` False). The kernel wins
 where cuBLAS runs a batched GEMM one group at a time: the lowrank's five-group dW2 at the small model (G5 32 × 128:
@@ -53,7 +50,8 @@ where cuBLAS runs a batched GEMM one group at a time: the lowrank's five-group d
 32,768). The session-17 finishes on an H200 (run 21, `profiles/nvidia-h200/run21-2026-11-28/final/wgrad/`): wide
 12.7, coope 7.0 µs at 128 × 128 (cuBLAS 6.1); coope 9.6 / 15.1 at 256 / 512 × 128 (8.6 / 9.6): still behind at the
 small model's 2-D shapes, so the rule stays run 19's (the small step with coope for every 2-D dW: 592 launches, 1–2 %
-slower). The 64² tiles read each input twice; the sweep's 128² / 128 × 64 coope columns are untimed. Float64 inputs (the oracle's dtype; the kernel's dots are fp32 at best) and calls under a tracer
+slower). The 64² tiles read each input twice; the sweep's 128² / 128 × 64 coope columns are untimed. Float64 inputs
+(the oracle's dtype; the kernel's dots are fp32 at best) and calls under a tracer
 (torch.compile) go to torch.mm too. Tests and the sweep force the kernel (``two_d`` True, ``cublas_at`` ∞).
 
 Layouts: any strides (a column slice of a wider matrix, h's column groups as a strided [G, R, M] view): every
@@ -72,7 +70,7 @@ import triton
 import triton.language as tl
 
 from kernels import INTERPRET
-from kernels._colsum import arrive_last, arrive_tree, counters, finish_rows, tree, N_COUNTERS
+from kernels._colsum import arrive_last, counters, tree, N_COUNTERS
 from kernels._common import cdiv, new_empty, num_sms, pow2
 from kernels._eager import traced
 from reference.wgrad import check_args, wgrad as _reference
@@ -83,18 +81,18 @@ __all__ = ["wgrad"]
 # SMs, ≥ min_rows rows each; stages: the software pipeline depth of the row loop. The shape rule (module docstring):
 # 2-D calls to torch.mm unless two_d, outputs of cublas_at elements or more to torch.mm. H100 run 19 sweep: the
 # tiles and waves as here were best or within 10 % where the kernel is used (G5 32 × 128)
-# finish (of split > 1, module docstring): "wide", "coop" or "tree" (run 19's: the sweep's "old" baseline); flat:
-# the wide finish sums up to flat splits in ONE level, more in two of ~√split rows; fin: fp32 elements per finish
-# load, [fin_rows, fin // fin_rows] (wide) or [fin // coop_cols, coop_cols] (coop); coop_waves: the coop grid ≤
+# finish (of split > 1, module docstring): "wide" or "coope"; flat: the wide finish sums up to flat splits in ONE
+# level, more in two of ~√split rows; fin: fp32 elements per finish load, [fin_rows, fin // fin_rows] (wide) or
+# [fin // coop_cols, coop_cols] (coope); coop_waves: the coope grid ≤
 # coop_waves × SMs programs (2 needs two programs resident per SM: 64² tiles, 4 warps, ≤ 96 KB shared do)
 TUNING = {"small": (64, 64, 64, 4), "big": (128, 128, 64, 8), "big_at": 256 * 512, "waves": 2, "min_rows": 256,
           "stages": 3, "two_d": False, "cublas_at": 32768, "finish": "wide", "flat": 8, "fin": 8192, "fin_rows": 8,
           "coop_cols": 128, "coop_waves": 1}
 
 
-_FIN = {"tree": 0, "wide": 1, "coop": 2, "coope": 3}
+FINISHES = ("wide", "coope")
 _EPOCHS: dict[torch.device, torch.Tensor] = {}
-_SPIN = 1 << 15                         # the coop wait's most polls (~tens of ms): a grid that cannot be resident
+_SPIN = 1 << 15                         # the coope wait's most polls (~tens of ms): a grid that cannot be resident
                                         # at once writes NaN instead of hanging
 
 
@@ -115,21 +113,19 @@ def _sum_rows(p_rows, stride, n, o_f, RP: tl.constexpr, BF: tl.constexpr):
 def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, p_epoch, R, M, N, RS, n_tn, tiles, split, GS, NG, CS,
                   s_ag, s_ar, s_am, s_bg, s_br, s_bn, s_cg, s_cm, s_cn,
                   ONE: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr,
-                  BP: tl.constexpr, BC: tl.constexpr, FIN: tl.constexpr, TWO: tl.constexpr, RP: tl.constexpr,
-                  BF: tl.constexpr, CW: tl.constexpr, RB: tl.constexpr, PH: tl.constexpr, SPIN: tl.constexpr):
+                  COOP: tl.constexpr, TWO: tl.constexpr, RP: tl.constexpr, BF: tl.constexpr, CW: tl.constexpr,
+                  RB: tl.constexpr, PH: tl.constexpr, SPIN: tl.constexpr):
     # p_a: [G, R, M] (strides s_ag, s_ar, s_am); p_b: [G, R, N] (s_bg, s_br, s_bn); p_c: [G, M, N] out (s_cg, s_cm,
     # s_cn), C = aᵀ b per batch; p_part: [G·tiles, split, BM·BN] fp32 workspace (split > 1) else None; p_count: the
     # arrival counters (kernels._colsum.counters: CS per tile) or None; p_epoch: coope's epoch words (_epochs, one
     # per tile) or None; R, M, N: the sizes; RS: rows per split (a multiple of BR); n_tn: tiles along N; tiles:
     # tiles per batch; split: programs per tile along the rows (the grid's first axis); ONE: split == 1 (C stored
-    # directly); PREC: the dots' input precision; BM, BN: C's tile; BR: rows per dot. FIN, the finish of split > 1:
-    # 0 "tree" (run 19's: _colsum.arrive_tree with GS, NG = _colsum.tree(split), BP, BC its rows and columns per
-    # step, then a loop over the NG group rows), 1 "wide" (TWO: groups of GS programs, NG groups, else one level: GS
-    # = 1, NG = split; [RP, BF]: rows and columns per _sum_rows load), 2 "coop" / 3 "coope" (every program of the
-    # tile waits for all split partial rows, then sums column blocks i_s, i_s + split, … of CW columns of them in
-    # [RB, CW] loads; SPIN: the most polls of the wait; PH: 0 all, 1 up to the arrival, 2 from the wait on — the
-    # interpreter runs programs one after another, so it launches PH 1 then PH 2). CS: counters per tile (tree /
-    # two-level wide: 1 + NG; flat wide: 1; coop: 2, arrived and departed; coope: 1, arrived)
+    # directly); PREC: the dots' input precision; BM, BN: C's tile; BR: rows per dot. The finish of split > 1: COOP
+    # False "wide" (TWO: groups of GS programs, NG groups, else one level: GS = 1, NG = split; [RP, BF]: rows and
+    # columns per _sum_rows load), True "coope" (every program of the tile waits for all split partial rows, then
+    # sums column blocks i_s, i_s + split, … of CW columns of them in [RB, CW] loads; SPIN: the most polls of the
+    # wait; PH: 0 all, 1 up to the arrival, 2 from the wait on — the interpreter runs programs one after another, so
+    # it launches PH 1 then PH 2). CS: counters per tile (two-level wide: 1 + NG; flat wide and coope: 1)
     i_s, i_t = tl.program_id(0), tl.program_id(1)
     i_g = i_t // tiles
     i_mn = i_t % tiles
@@ -140,7 +136,7 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, p_epoch, R, M, N, RS, n_tn, ti
     p_ag = p_a + i_g.to(tl.int64) * s_ag
     p_bg = p_b + i_g.to(tl.int64) * s_bg
     b_acc = tl.zeros([BM, BN], dtype=tl.float32)
-    if FIN == 3 and not ONE and PH != 2:                         # coope: the tile's epoch, read before arriving
+    if COOP and not ONE and PH != 2:                         # coope: the tile's epoch, read before arriving
         e0 = tl.atomic_add(p_epoch + i_t, 0, sem="relaxed", scope="gpu")
     if PH != 2:
         r0 = i_s * RS
@@ -164,14 +160,8 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, p_epoch, R, M, N, RS, n_tn, ti
         p_tile = p_part + i_t.to(tl.int64) * split * W          # this tile's split partial rows
         if PH != 2:
             tl.store(p_tile + i_s * W + o_w, b_acc)
-        if FIN == 0:                                             # run 19's finish (the sweep's "old")
-            if arrive_tree(p_tile, W, p_count, i_s, split, GS, NG, 0, W, 1, 0, BP, BC):
-                b_sum = tl.zeros([BM, BN], dtype=tl.float32)
-                for i in range(0, NG):                           # the groups' sums, in index order
-                    b_sum += tl.load(p_tile + i * GS * W + o_w, cache_modifier=".cg")
-                tl.store(p_ct, b_sum.to(p_c.dtype.element_ty), mask=m_c)
-        elif FIN == 1:
-            p_cnt = p_count + i_t * CS                           # this tile's counters: [tile, group 0, 1, …]
+        p_cnt = p_count + i_t * CS                               # this tile's counters: [tile, group 0, 1, …]
+        if not COOP:                                             # wide
             if TWO:
                 g0 = (i_s // GS) * GS
                 last = i_s < 0
@@ -191,26 +181,15 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, p_epoch, R, M, N, RS, n_tn, ti
                     o_fn = i_n * BN + o_f % BN
                     tl.store(p_cg + o_fm * s_cm + o_fn * s_cn, b_s.to(p_c.dtype.element_ty),
                              mask=(o_fm < M) & (o_fn < N))
-        else:                                                    # coop / coope: every program finishes CW columns
-            p_cnt = p_count + i_t * CS                           # coop: [arrived, departed]; coope: [arrived]
+        else:                                                    # coope: every program finishes CW columns
             if PH != 2:
                 tl.debug_barrier()                               # the CTA's partial stores before the release
-                if FIN == 2:
-                    tl.atomic_add(p_cnt, 1, sem="release", scope="gpu")
-                else:                                            # the last arrival resets, then opens the epoch
-                    if tl.atomic_add(p_cnt, 1, sem="acq_rel", scope="gpu") == split - 1:
-                        tl.atomic_xchg(p_cnt, 0, sem="relaxed", scope="gpu")
-                        tl.atomic_add(p_epoch + i_t, 1, sem="release", scope="gpu")
+                if tl.atomic_add(p_cnt, 1, sem="acq_rel", scope="gpu") == split - 1:
+                    tl.atomic_xchg(p_cnt, 0, sem="relaxed", scope="gpu")   # the last arrival resets the counter,
+                    tl.atomic_add(p_epoch + i_t, 1, sem="release", scope="gpu")   # then opens the epoch
             if PH != 1:
                 if PH == 2:                                      # (interpreter: every program has arrived)
                     ok = i_s >= 0
-                elif FIN == 2:
-                    n = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
-                    k = 0
-                    while (n < split) & (k < SPIN):              # all split rows stored (bounded: no hang)
-                        n = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
-                        k += 1
-                    ok = n >= split
                 else:
                     e = tl.atomic_add(p_epoch + i_t, 0, sem="acquire", scope="gpu")
                     k = 0
@@ -227,11 +206,6 @@ def _wgrad_kernel(p_a, p_b, p_c, p_part, p_count, p_epoch, R, M, N, RS, n_tn, ti
                     o_fn = i_n * BN + o_f % BN
                     tl.store(p_cg + o_fm * s_cm + o_fn * s_cn, b_s.to(p_c.dtype.element_ty),
                              mask=(o_fm < M) & (o_fn < N))
-                if FIN == 2:
-                    tl.debug_barrier()
-                    if tl.atomic_add(p_cnt + 1, 1, sem="acq_rel", scope="gpu") == split - 1:
-                        tl.atomic_xchg(p_cnt, 0, sem="relaxed", scope="gpu")  # every wait is over: reset both
-                        tl.atomic_xchg(p_cnt + 1, 0, sem="relaxed", scope="gpu")
 
 
 def _tile(M, N, G):
@@ -245,7 +219,7 @@ def _plan(R, M, N, G, device):
     """(BM, BN, BR, warps, SPLIT, RS): the tiles, then SPLIT programs per tile of RS rows each (module docstring)."""
     BM, BN, BR, warps = _tile(M, N, G)
     n_tiles = G * cdiv(M, BM) * cdiv(N, BN)
-    if TUNING["finish"] in ("coop", "coope"):   # every program resident at once: the grid within one wave of SMs
+    if TUNING["finish"] == "coope":      # every program resident at once: the grid within coop_waves waves of SMs
         split = max(1, min(TUNING["coop_waves"] * num_sms(device) // n_tiles, R // TUNING["min_rows"]))
     else:
         split = max(1, min(cdiv(TUNING["waves"] * num_sms(device), n_tiles), R // TUNING["min_rows"]))
@@ -256,14 +230,13 @@ def _plan(R, M, N, G, device):
 
 
 def _levels(split):
-    """(TWO, GS, NG, CS): the finish's arrival tree for ``split`` partial rows per tile — run 19's ``tree`` (groups
-    of ~√split) for the "tree" finish; the "wide" finish: one level (GS 1, NG = split: the tile's last program sums
-    every row) up to TUNING["flat"] rows, else two of ~√split; CS the counters per tile."""
-    if TUNING["finish"] in ("coop", "coope"):
-        return False, split, 1, 2 if TUNING["finish"] == "coop" else 1
-    if TUNING["finish"] != "wide":
-        gs, ng = tree(split)
-        return True, gs, ng, 1 + ng
+    """(TWO, GS, NG, CS): the finish's arrival tree for ``split`` partial rows per tile — "wide": one level (GS 1,
+    NG = split: the tile's last program sums every row) up to TUNING["flat"] rows, else two of ~√split
+    (``_colsum.tree``); "coope": one counter, no tree; CS the counters per tile."""
+    if TUNING["finish"] not in FINISHES:
+        raise ValueError(f"wgrad: TUNING finish {TUNING['finish']!r}; accepted: {', '.join(FINISHES)}")
+    if TUNING["finish"] == "coope":
+        return False, split, 1, 1
     if split <= TUNING["flat"]:
         return False, 1, split, 1
     gs, ng = tree(split)
@@ -319,20 +292,19 @@ def wgrad(a, b, out=None):
     tiles = cdiv(M, BM) * n_tn
     two, GS, NG, CS = _levels(split)
     part = count = None
-    BC, W = min(BM * BN, 1024), BM * BN
+    W = BM * BN
     if split > 1:
         part = new_empty((G * tiles, split, W), torch.float32, a.device)
         count = counters(a.device, G * tiles, CS - 1)
-    epoch = _epochs(a.device) if split > 1 and TUNING["finish"] == "coope" else None
-    fin = _FIN[TUNING["finish"]]
+    coop = TUNING["finish"] == "coope"
+    epoch = _epochs(a.device) if split > 1 and coop else None
     RP = TUNING["fin_rows"]
     CW = min(W, TUNING["coop_cols"])
-    for ph in ((1, 2) if fin >= 2 and split > 1 and INTERPRET else (0,)):
+    for ph in ((1, 2) if coop and split > 1 and INTERPRET else (0,)):
         _wgrad_kernel[(split, G * tiles)](
             a3, b3, c3, part, count, epoch, R, M, N, rs, n_tn, tiles, split, GS, NG, CS,
             *a3.stride(), *b3.stride(), *c3.stride(),
-            ONE=split == 1, PREC=_prec(a.dtype), BM=BM, BN=BN, BR=BR, BP=finish_rows(BC), BC=BC,
-            FIN=fin, TWO=two, RP=RP, BF=min(W, max(1, TUNING["fin"] // RP)),
-            CW=CW, RB=max(1, TUNING["fin"] // CW), PH=ph, SPIN=_SPIN,
+            ONE=split == 1, PREC=_prec(a.dtype), BM=BM, BN=BN, BR=BR, COOP=coop, TWO=two, RP=RP,
+            BF=min(W, max(1, TUNING["fin"] // RP)), CW=CW, RB=max(1, TUNING["fin"] // CW), PH=ph, SPIN=_SPIN,
             num_warps=warps, num_stages=TUNING["stages"])
     return c
