@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fused.configs import ModelConfig
-from fused.projections import linear_pieces, stack, stacked_proj
+from fused.projections import linear_pieces, split, stack, stacked_proj
 
 
 
@@ -190,7 +190,7 @@ class Mamba2Mixer(nn.Module):
         z, xBC, dt = proj if proj is not None else linear_pieces(u, [self.in_proj.weight], self.split_sizes(),
                                                                  wgrad=wgrad_of(ops))
         xBC, conv_state = self._conv(xBC, None if state is None else state[0], ops)
-        x, Bm, Cm = torch.split(xBC, [self.d_inner, g * n, g * n], dim=-1)
+        x, Bm, Cm = split(xBC, [self.d_inner, g * n, g * n])     # no concatenation backward (fused.projections)
         x = x.reshape(Bsz, T, h, p)
         Bm = Bm.reshape(Bsz, T, g, n)
         Cm = Cm.reshape(Bsz, T, g, n)

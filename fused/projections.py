@@ -24,6 +24,10 @@ gradients (issue 10: at the large model autograd's concatenations cost ~1.1 ms o
         each dw: G more) become 1 copy + 2 batched GEMMs. H200 run 20, GF-MH step, --kernels triton, graph: small
         721 → 649 launches, 8.99 → 8.92 ms, 1,929 → 1,761 MB; large 747 → 675, 29.88 → 29.70 ms, 7,236 MB both.
         ``GROUNDTHINK_STACKED_BMM=0``: the per-slice GEMMs (a gradient missing takes that path too).
+        The stack's copy itself goes when the consumers write their gradients into the [G, M, N] buffer the
+        forward offers (``kernels._slots``: wkv6's dr, dk, dv and norm_gate's dz of the gate pre-activation in the
+        time mix): the backward finds them in place and runs the two bmm on it (``GROUNDTHINK_GRAD_SLOTS=0``: the
+        copy).
     packed = pack_weights(groups, device_type)
         Every group's [W; 0] (what linear_pieces would concatenate per call) from ONE torch.cat, as row views of one
         buffer, handed to linear_pieces(..., packed=): HybridLM's per-layer in_proj + gate weights, one copy kernel a
@@ -33,6 +37,9 @@ gradients (issue 10: at the large model autograd's concatenations cost ~1.1 ms o
         training step's flat parameters: RWKV's five maa vectors end to end; every layer's Mamba A_log, equal
         gaps apart), with a backward that hands each t its row of the gradient: no copy kernel either way; else
         torch.stack.
+    xs = split(x, sizes)
+        torch.split(x, sizes, -1) whose backward skips its concatenation when the consumers wrote the pieces'
+        gradients side by side into the buffer it offers (``kernels._slots``; the Mamba-2 mixer's x, B, C).
     h = embedding(idx, weight)
         idx [...] int64, weight [V, D] → weight[idx] [..., D] (F.embedding). Backward: dW = onehot(idx)ᵀ dh, ONE
         GEMM [V, N]·[N, D] (N = idx.numel()) after one comparison kernel writing the one-hot [N, V] in dh's dtype.
@@ -59,6 +66,7 @@ import torch
 import torch.nn.functional as F
 
 from groundthink.device import autocast_dtype
+from kernels._slots import offer, take
 
 WIDE = 64                     # a piece at least this wide (and 8-aligned) gets GEMMs of its own in the backward
 _CONSTANTS: dict = {}         # (kind, shape, dtype, device) -> a constant tensor, made once (never written)
@@ -240,6 +248,38 @@ def linear_pieces(x: torch.Tensor, weights: list[torch.Tensor], sizes: list[int]
     return outs + ((x0,) if tee and not fold else ())
 
 
+class _Split(torch.autograd.Function):
+    """x [..., N] → its column pieces (views; see ``split``)."""
+
+    @staticmethod
+    def forward(ctx, x, sizes):
+        ctx.sizes = sizes
+        ctx.slot = offer(x)
+        ctx.set_materialize_grads(False)
+        return tuple(x.split(sizes, -1))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        g = take(ctx.slot, grads, lambda buf: buf.split(ctx.sizes, -1))
+        if g is None:
+            ref = next((d for d in grads if d is not None), None)
+            if ref is None:
+                return None, None
+            g = torch.cat([d if d is not None else ref.new_zeros(*ref.shape[:-1], n)
+                           for d, n in zip(grads, ctx.sizes)], -1)
+        return g, None
+
+
+def split(x: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    """``torch.split(x, sizes, -1)`` (views) whose backward concatenates the pieces' gradients only when their
+    consumers did not already write them side by side: the pieces are offered as gradient slots
+    (``kernels._slots``; the lab's Mamba-2 scan writes dx, dB, dC there), so at the mixer's split of the conv
+    output the backward's concatenation (one copy kernel a layer) goes."""
+    if sum(sizes) != x.shape[-1]:
+        raise ValueError(f"split: sizes {list(sizes)} must add up to the last dimension {x.shape[-1]}")
+    return _Split.apply(x, list(sizes))
+
+
 class _StackedProj(torch.autograd.Function):
     """xs [G, M, K], w [G, K, N] → the G products xs_i w_i [M, N] (see ``stacked_proj``)."""
 
@@ -248,7 +288,9 @@ class _StackedProj(torch.autograd.Function):
         ctx.save_for_backward(xs, w)
         ctx.wgrad = wgrad
         ctx.set_materialize_grads(False)
-        return torch.bmm(xs, w).unbind(0)
+        y = torch.bmm(xs, w)
+        ctx.slot = offer(y)                         # the consumers may write the gradients into one [G, M, N]
+        return y.unbind(0)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -256,7 +298,8 @@ class _StackedProj(torch.autograd.Function):
         dxs = _empty_like(xs) if ctx.needs_input_grad[0] else None
         dw = _empty_like(w) if ctx.needs_input_grad[1] else None
         if os.environ.get("GROUNDTHINK_STACKED_BMM", "1") != "0" and all(g is not None for g in grads):
-            g = torch.stack(grads)                  # [G, M, N]: one copy, then two batched GEMMs (module docstring)
+            g = take(ctx.slot, grads, lambda buf: buf.unbind(0))    # written in place by the consumers, or
+            g = torch.stack(grads) if g is None else g                # [G, M, N]: one copy; then two batched GEMMs
             if dxs is not None:
                 torch.bmm(g, w.transpose(1, 2), out=dxs)
             if dw is not None:
@@ -265,6 +308,7 @@ class _StackedProj(torch.autograd.Function):
                 else:
                     ctx.wgrad(xs, g, out=dw)
             return dxs, dw, None
+        take(ctx.slot, (), lambda buf: ())
         for i, g in enumerate(grads):
             if g is None:
                 for buf in (dxs, dw):

@@ -7,7 +7,8 @@ the signature and layouts of ``reference.mamba2.mamba_chunk_scan`` (mamba-ssm's 
 x ``[b, l, h, p]``, dt ``[b, l, h]``, A ``[h]``, B, C ``[b, l, g, n]``, D ``[h]`` or ``[h, p]``, dt_bias ``[h]``,
 initial/final states ``[b, h, p, n]`` (final states fp32). ``z`` (gating), ``seq_idx``, ``cu_seqlens`` and a
 non-default ``dt_limit`` are not supported (a clear error). Any strides (the model's x, B, C are transposed
-views, dt a column slice: no copy); y and the gradients are contiguous, in their input's dtype.
+views, dt a column slice: no copy); y and the gradients are contiguous, in their input's dtype (x's, B's and
+C's are written into their producer's gradient buffer instead when it offers one: ``kernels._slots``).
 
 Math (per sequence b and head h, group g = h // (H/G); Δ_t = softplus(dt_t + dt_bias) or dt_t + dt_bias,
 a_t = Δ_t·A_h ≤ 0; state S ∈ R^{P×N}):
@@ -104,6 +105,7 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._common import autotune_configs, cdiv as _cdiv, check_tensor, new_empty, pow2 as _pow2
+from kernels._slots import grad_slot
 from kernels._eager import EagerOp, pick
 from reference.mamba2 import _check
 
@@ -392,7 +394,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
                     p_dx, p_ddtp, p_dBp, p_dCp, p_par, p_dDp, p_dh0,
                     T, H, P, N, HG, NPB, NC, CK, NCK,
                     sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
-                    sy_b, sy_t, sy_h, sy_p,
+                    sy_b, sy_t, sy_h, sy_p, sdx_t,
                     BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
                     D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
                     HAS_DHT: tl.constexpr, LEAN: tl.constexpr, SAVED: tl.constexpr, PREC: tl.constexpr,
@@ -400,7 +402,8 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     # inputs as in _ssd_fwd_kernel; p_dy [b, T, H, P] (strides sy_*), p_dhT [b, H, P, N] contiguous (None unless
     # HAS_DHT); p_scr [b·H·NPB, NCK + CK, BP, BN] fp32 workspace: NCK checkpoints (the state entering chunk
     # g·CK), then the CK chunk-entry states of the group being walked (NC = cdiv(T, BT) chunks, NCK = cdiv(NC, CK));
-    # outputs: p_dx [b, T, H, P] contiguous (x's dtype); fp32 partials p_ddtp [b, T, H, NPB], p_dBp, p_dCp
+    # outputs: p_dx [b, T, H, P] (x's dtype; rows sdx_t elements apart, a sequence T rows, each row's H·P
+    # contiguous: contiguous, or a slot in a wider buffer, kernels._slots); fp32 partials p_ddtp [b, T, H, NPB], p_dBp, p_dCp
     # [b, T, H·NPB, N], p_par [b·H·NPB, 2] (dA, ddt_bias of this program), p_dDp [b, H, P] (None unless HAS_D);
     # p_dh0 [b, H, P, N] fp32 (None unless HAS_H0). Grid (b·H, NPB), NPB = cdiv(P, BP).
     # SAVED (``TUNING["save"]``): the checkpoints are the forward's chunk-entry states p_st [b·H·NPB, NCK, BP, BN]
@@ -544,7 +547,7 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
             if HAS_D:
                 b_dx += b_dy * b_D[None, :]
                 acc_dD += tl.sum(b_dy * b_xf, 0)
-            tl.store(p_dx + (i_b * T + rows64)[:, None] * H * P + i_h * P + o_p[None, :],
+            tl.store(p_dx + (i_b * T + rows64)[:, None] * sdx_t + i_h * P + o_p[None, :],
                      b_dx.to(p_dx.dtype.element_ty), mask=m_tp)
             b_dB = _mm(tl.trans(b_Z), b_C, DOT >= 2, HT, PREC) + b_de[:, None] * _mm(b_x, b_dS, DOT >= 2, HT, PREC)
             tl.store(p_dBp + o_part, b_dB, mask=m_tn)
@@ -581,11 +584,12 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
 
 @triton.jit
 def _ssd_reduce_kernel(p_dBp, p_dCp, p_ddtp, p_par, p_dDp, p_dB, p_dC, p_ddt, p_dA, p_dbias, p_dD,
-                       BL, NB, H, G, HG, NPB, P, N, n_row_blocks,
+                       BL, NB, H, G, HG, NPB, P, N, n_row_blocks, sdb_r, sdc_r,
                        BR: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BQ: tl.constexpr, BPP: tl.constexpr,
                        BS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr):
     # partials of _ssd_bwd_kernel: p_dBp, p_dCp [BL, H·NPB, N], p_ddtp [BL, H, NPB], p_par [NB, H, NPB, 2],
-    # p_dDp [NB, H, P] (BL = b·T rows, NB = b); outputs in their inputs' dtypes: p_dB, p_dC [BL, G, N],
+    # p_dDp [NB, H, P] (BL = b·T rows, NB = b); outputs in their inputs' dtypes: p_dB, p_dC [BL, G, N] (rows
+    # sdb_r / sdc_r elements apart, each row's G·N contiguous),
     # p_ddt [BL, H], p_dA [H], p_dbias [H] (None unless HAS_BIAS), p_dD [H] or [H, P] (D_PER_P; None unless
     # HAS_D). Programs 0..n_row_blocks-1 sum BR rows each (over the HG·NPB partials of a group, in index order);
     # the last program sums the parameter partials over the batch BS rows a load, in a fixed order
@@ -604,9 +608,9 @@ def _ssd_reduce_kernel(p_dBp, p_dCp, p_ddtp, p_par, p_dDp, p_dB, p_dC, p_ddt, p_
                 o = (o_r * (H * NPB) + g * W + j)[:, None] * N + o_n[None, :]
                 acc_B += tl.load(p_dBp + o, mask=m, other=0.)
                 acc_C += tl.load(p_dCp + o, mask=m, other=0.)
-            o = (o_r * G + g)[:, None] * N + o_n[None, :]
-            tl.store(p_dB + o, acc_B.to(p_dB.dtype.element_ty), mask=m)
-            tl.store(p_dC + o, acc_C.to(p_dC.dtype.element_ty), mask=m)
+            o = g * N + o_n[None, :]
+            tl.store(p_dB + o_r[:, None] * sdb_r + o, acc_B.to(p_dB.dtype.element_ty), mask=m)
+            tl.store(p_dC + o_r[:, None] * sdc_r + o, acc_C.to(p_dC.dtype.element_ty), mask=m)
         o_h = tl.arange(0, BH)
         o_q = tl.arange(0, BQ)
         m3 = m_r[:, None, None] & (o_h < H)[None, :, None] & (o_q < NPB)[None, None, :]
@@ -698,6 +702,17 @@ def _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: bool, ret
     return y, hT, st
 
 
+def _grad_out(t):
+    """The gradient buffer of x, B or C [b, T, *, *]: its slot in a producer's buffer (``kernels._slots``: the
+    mixer's split of the conv output, so that no concatenation follows) when that slot keeps each row's last two
+    dimensions contiguous and a sequence T rows, else a fresh contiguous tensor."""
+    d = grad_slot(t, contiguous=False)
+    b, T, n1, n2 = t.shape
+    if d is not None and d.stride(3) == 1 and d.stride(2) == n2 and d.stride(0) == T * d.stride(1):
+        return d
+    return new_empty(t.shape, t.dtype, t.device)
+
+
 def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_softplus: bool):
     """(dx, ddt, dA, dB, dC, dD, ddt_bias, d initial_states); absent inputs get an empty gradient. ``states``: the
     forward's chunk-entry states (``TUNING["save"]``) or None / empty (the checkpoint pass recomputes them)."""
@@ -718,11 +733,9 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_so
                                 else max(1, round(math.sqrt(NC))))
         CK = min(CK, NC)
         NCK = _cdiv(NC, CK)
-    dx = new_empty(x.shape, x.dtype, dev)
+    dx, dB, dC = (_grad_out(t) for t in (x, B, C))
     ddt = new_empty(dt.shape, dt.dtype, dev)
     dA = new_empty(A.shape, A.dtype, dev)
-    dB = new_empty(B.shape, B.dtype, dev)
-    dC = new_empty(C.shape, C.dtype, dev)
     dD = new_empty(D.shape, D.dtype, dev) if D is not None else empty()
     dbias = new_empty(dt_bias.shape, dt_bias.dtype, dev) if dt_bias is not None else empty()
     h0 = initial_states.contiguous() if initial_states is not None else None
@@ -751,7 +764,7 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_so
         x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, states if saved else None, dx, ddtp, dBp, dCp, par, dDp,
         dh0 if h0 is not None else None,
         T, H, P, N, H // G, NPB, NC, CK, NCK, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
-        BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+        dx.stride(1), BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
         HAS_DHT=dhT is not None, LEAN=int(TUNING["lean"]), SAVED=saved, PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C),
         **cfg)
@@ -762,7 +775,7 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_so
     _ssd_reduce_kernel[(n_rb + 1,)](
         dBp, dCp, ddtp, par, dDp, dB, dC, ddt, dA, dbias if dt_bias is not None else None,
         dD if D is not None else None,
-        BL, b, H, G, H // G, NPB, P, N, n_rb,
+        BL, b, H, G, H // G, NPB, P, N, n_rb, dB.stride(1), dC.stride(1),
         BR=BR, BN=_pow2(N), BH=_pow2(H), BQ=_pow2(NPB), BPP=_pow2(P),
         BS=max(1, min(_pow2(b), 4096 // (_pow2(H) * max(_pow2(NPB), _pow2(P))))), HAS_D=D is not None,
         D_PER_P=D is not None and D.dim() == 2, HAS_BIAS=dt_bias is not None, num_warps=4)

@@ -60,6 +60,7 @@ import triton.language as tl
 from kernels import INTERPRET
 from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
 from kernels._common import cdiv as _cdiv, check_tensor, new_empty, num_sms, pow2 as _pow2
+from kernels._slots import grad_slot
 from kernels._eager import EagerOp, pick
 from reference.norm_gate import check_args
 
@@ -247,7 +248,8 @@ def _bwd_impl(dy, x, z, weight, bias, group_size, eps, norm, norm_before_gate):
     N, D, S, G, BG, BS = _dims(x, group_size)
     dev = x.device
     dx = new_empty(x.shape, x.dtype, dev)
-    dz = new_empty(z.shape, z.dtype, dev)
+    dz = grad_slot(z)                   # in a producer's buffer when offered (kernels._slots), else fresh
+    dz = new_empty(z.shape, z.dtype, dev) if dz is None else dz
     if N == 0:
         return dx, dz, torch.zeros_like(weight), (torch.zeros_like(bias) if bias is not None else x.new_empty((0,)))
     dw = new_empty(weight.shape, weight.dtype, dev)

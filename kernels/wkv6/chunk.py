@@ -129,6 +129,7 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._common import autotune_configs, new_empty, num_sms
+from kernels._slots import grad_slot
 from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _half_dot,
                                  _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run,
                                  _seq_bounds, _state_or_zeros, _store_dqkw, _warp_configs)
@@ -1267,7 +1268,8 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None, 
     kn = knobs or TUNING
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     saved = states is not None and states.numel() > 0
-    outs = [new_empty(x.shape, x.dtype, r.device) for x in (r, k, v, w)]
+    outs = [grad_slot(x) if x is not w else None for x in (r, k, v, w)]     # in a producer's buffer (_slots)
+    outs = [o if o is not None else new_empty(x.shape, x.dtype, r.device) for o, x in zip(outs, (r, k, v, w))]
     rows = _bwd_rows(B, T, H, K, V, N, cu_seqlens, r.device, kn, states if saved else None)
     NT = _cdiv(T, rows)
     pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None, kn["piece_bytes"], rows)
