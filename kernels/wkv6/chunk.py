@@ -813,21 +813,43 @@ def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_
 @triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr,
-                      dk_ptr, dv_ptr, dw_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr,
-                      V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      VARLEN: tl.constexpr, PREC: tl.constexpr):
+                      dk_ptr, dv_ptr, dw_ptr, dup_ptr, du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NDU,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
+                      FINISH_DU: tl.constexpr):
     """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V) (``bwd_split`` "block"), the state
     half of the split backward, one SB-row block per program: S_m, D_m
     (``_block_states``) and ``_cross_block``, adding ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr
     [B·T, H, K] and pv_ptr [B·T, H, V] -> dq_ptr, dk_ptr, dw_ptr [B·T, H, K], dv_ptr [B·T, H, V] (other layouts
-    above). Offered a 168-register cap at 4 warps beside the uncapped 4 / 8 warps (H100 run 13: the cap picked)."""
-    pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
-    o_t = tl.arange(0, SB)
-    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-    b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale,
-                              o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
-    _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
-                 b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+    above). Offered a 168-register cap at 4 warps beside the uncapped 4 / 8 warps (H100 run 13: the cap picked).
+    FINISH_DU: one more program per head (the last of axis 0) sums the own kernel's du partial rows dup_ptr
+    [NDU, H, K] fp32 in row order into du_ptr [H, K] fp32 (deterministic; no separate reduction launch); else
+    both are None and NDU 0."""
+    if FINISH_DU and tl.program_id(0) == tl.num_programs(0) - 1:
+        _sum_du(dup_ptr, du_ptr, NDU, tl.program_id(1), H, K, BK)
+    else:
+        pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
+        o_t = tl.arange(0, SB)
+        o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
+        b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
+                                  scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
+        _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
+                     dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+
+
+@triton.jit
+def _sum_du(dup_ptr, du_ptr, NDU, i_h, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
+    """du_ptr[i_h] = Σ_r dup_ptr[r, i_h] over the NDU partial rows (dup_ptr [NDU, H, K], du_ptr [H, K], fp32), 32
+    rows a load in row order."""
+    o_r = tl.arange(0, 32)
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    acc = tl.zeros([BK], dtype=tl.float32)
+    for r0 in range(0, NDU, 32):
+        rows = (r0 + o_r).to(tl.int64)
+        acc += tl.sum(tl.load(dup_ptr + (rows[:, None] * H + i_h) * K + o_k[None, :],
+                              mask=(rows < NDU)[:, None] & m_k[None, :], other=0.), 0)
+    tl.store(du_ptr + i_h * K + o_k, acc, mask=m_k)
 
 
 # ---- the fused backward (``bwd_split`` "fused"): the own pairs and the block-crossing terms in one program per chunk,
@@ -1233,6 +1255,8 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
                                   DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         return du_part.sum(0)
     parts = [new_empty((step, *g.shape[1:]), torch.float32, r.device) for g in outs]  # own pairs' dq, dk, dv, dw
+    finish = step == B              # one cross launch: its extra programs sum du (no reduction kernel)
+    du = new_empty((H, K), torch.float32, r.device) if finish else None
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
         cut = (lambda x: x) if step == B else (lambda x: x[b0:b1])  # noqa: E731
@@ -1241,9 +1265,11 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
         _bwd_own_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
                                       cu, cmap, scale, T, NT, LOG=LOG, HALF_B=_half_dot(r.dtype),
                                       FAST=not INTERPRET, DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
-        _bwd_cross_kernel[((s1 - s0) * nb, H)](cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps,
-                                               *[cut(g) for g in outs], cu, cmap, scale, T, NT, **meta)
-    return du_part.sum(0)
+        _bwd_cross_kernel[((s1 - s0) * nb + finish, H)](
+            cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
+            du_part if finish else None, du, cu, cmap, scale, T, NT, S * nb if finish else 0, FINISH_DU=finish,
+            **meta)
+    return du if finish else du_part.sum(0)
 
 
 def _bwd_rows(B, T, H, K, V, N, cu_seqlens, device, kn, states):
