@@ -13,7 +13,7 @@ Safe by construction:
   then sums the two, and the producer, seeing a gradient that is not its slot, stacks / concatenates as before);
 * ``take`` uses the buffer only if every gradient IS its slot (same address, shape and strides), else it returns
   None and the caller copies from the gradients it was given, which hold the right values either way;
-* the registry holds the offered tensors weakly and matches a consumer's input by storage and element range, so
+* the registry holds the offered tensors' storage owners (their root tensors) weakly and matches a consumer's input by storage and element range, so
   a freed tensor's address reused by the allocator cannot match; a group leaves the registry at ``take`` or when
   its tensor dies;
 * inactive while torch.compile traces (the custom ops' outputs may not alias) and with ``GROUNDTHINK_GRAD_SLOTS=0``.
@@ -57,7 +57,7 @@ class _Slot:
     handed out."""
 
     def __init__(self, out: torch.Tensor):
-        self.ref = weakref.ref(out)
+        self.ref = weakref.ref(out if out._base is None else out._base)   # the root: alive while any view is
         self.storage = out.untyped_storage().data_ptr()
         self.size, self.stride, self.offset = out.size(), out.stride(), out.storage_offset()
         self.lo, self.hi = _extent(out)

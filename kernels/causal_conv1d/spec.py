@@ -1,6 +1,7 @@
 """causal_conv1d: the Mamba-2 mixer's depthwise causal conv over time (+ SiLU), causal-conv1d's
 ``causal_conv1d_fn`` signature. The reference is ``F.conv1d`` on the left-padded input; the causal-conv1d CUDA
-package is the peer.
+package is the peer, twice: as the package calls its kernels and as ``kernels/causal_conv1d/adapter.py`` does
+(``causal_conv1d_cl``: one zero fill a backward instead of two, dx into a gradient slot).
 
 Benchmarks: bf16, x as the mixer passes it (a [B, C, T] view of a [B, T, C] tensor), width 4, SiLU. Shapes
 (B, T, C, W): the small model's (64, 256, 320, 4) and the large model's (16, 1024, 1280, 4) conv channels
@@ -40,6 +41,10 @@ SPEC = OpSpec(
     doc="(x [b, c, t], weight [c, w], bias [c] or None, activation None | 'silu') -> y [b, c, t]",
     impls=(
         Impl("reference", "reference.causal_conv1d:causal_conv1d", role="reference", graph_safe=True),
+        # the package's kernels with one zero fill for dweight and dbias and dx into a gradient slot (first: the
+        # peer ``--kernels triton`` takes, the gate times both)
+        Impl("causal_conv1d_cl", "kernels.causal_conv1d.adapter:causal_conv1d", role="peer", needs="cuda",
+             priority=1, graph_safe=True),
         Impl("causal_conv1d", "causal_conv1d:causal_conv1d_fn", role="peer", needs="cuda", priority=1, graph_safe=True),
     ),
     bench=Bench(shapes=lambda: [(64, 256, 320, 4), (16, 1024, 1280, 4)], cpu_shapes=[(2, 19, 12, 4)],
