@@ -55,8 +55,8 @@ def _cfg(bm, bn, bk, warps, stages):
 
 # the GPU candidates (the step's shapes: M 16384, (F, D) = (512, 128) small and (2048, 512) large); the
 # interpreter's one config is small, so that CPU tests cross tile edges in every dimension
-_CONFIGS = [_cfg(128, 128, 64, 8, 3), _cfg(128, 64, 64, 4, 3), _cfg(64, 128, 64, 4, 3), _cfg(128, 128, 32, 4, 4),
-            _cfg(128, 256, 64, 8, 3), _cfg(256, 128, 64, 8, 3), _cfg(64, 64, 64, 4, 4), _cfg(128, 128, 128, 8, 2)]
+_CONFIGS = [_cfg(128, 128, 64, 8, 3), _cfg(128, 64, 64, 4, 3), _cfg(64, 128, 64, 4, 3), _cfg(64, 64, 64, 4, 4),
+            _cfg(128, 128, 128, 8, 2), _cfg(128, 64, 128, 4, 2), _cfg(64, 256, 64, 8, 3), _cfg(256, 64, 64, 8, 3)]
 CONFIGS = autotune_configs([_cfg(32, 32, 16, 4, 1)] if INTERPRET else _CONFIGS)
 
 
@@ -72,14 +72,18 @@ def _gelu_parts(b_h):
 def _mm(p_a, p_b, o_m, m_m, o_n, m_n, K, sbk, sbn, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
         BK: tl.constexpr):
     """[BM, BN] fp32 tile of A B for A [M, K] row-major and B [K, N] with strides (sbk, sbn); masked rows /
-    columns give 0."""
+    columns give 0. The pointer tiles are formed once (o_m is int64) and advanced by BK."""
+    o_k = tl.arange(0, BK)
+    p_at = p_a + o_m[:, None] * K + o_k[None, :]
+    p_bt = p_b + o_k[:, None] * sbk + o_n[None, :] * sbn
     b_acc = tl.zeros([BM, BN], dtype=tl.float32)
     for k0 in range(0, K, BK):
-        o_k = k0 + tl.arange(0, BK)
-        m_k = o_k < K
-        b_a = tl.load(p_a + o_m[:, None] * K + o_k[None, :], mask=m_m[:, None] & m_k[None, :], other=0.)
-        b_b = tl.load(p_b + o_k[:, None] * sbk + o_n[None, :] * sbn, mask=m_k[:, None] & m_n[None, :], other=0.)
+        m_k = o_k < K - k0
+        b_a = tl.load(p_at, mask=m_m[:, None] & m_k[None, :], other=0.)
+        b_b = tl.load(p_bt, mask=m_k[:, None] & m_n[None, :], other=0.)
         b_acc += tl.dot(b_a, b_b, input_precision=PREC)
+        p_at += BK
+        p_bt += BK * sbk
     return b_acc
 
 
@@ -215,4 +219,4 @@ def ffn(x, w_up, w_down, act="gelu"):
     x, w_up, w_down = x.to(cdt), w_up.to(cdt), w_down.to(cdt)   # needed (the step's bf16 weights are not cast again)
     lead, D = x.shape[:-1], x.shape[-1]
     y, _, _ = _ffn(x.reshape(-1, D).contiguous(), w_up.contiguous(), w_down.contiguous(), act)
-    return y.view(*lead, D)
+    return y if x.dim() == 2 else y.view(*lead, D)
