@@ -125,9 +125,10 @@ def test_gpu_bf16(M, D, Fh, act):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("act", ["gelu", "relu2"])
+@pytest.mark.parametrize("act", ["gelu"])
 def test_gpu_fp32(act):
-    """fp32 on the GPU ("ieee" dots): the fp32 bound, odd sizes, large pre-activations."""
+    """fp32 on the GPU ("ieee" dots): the fp32 bound, odd sizes, large pre-activations (GELU only: each (dtype, act)
+    compiles both kernels' 8 autotune configs; relu2's epilogue is checked in bf16 above and in fp32 on CPU)."""
     inp = {k: v.cuda().detach().requires_grad_() for k, v in make_inputs((1001,), 200, 700, scale=4.0).items()}
     check_op(lambda **k: ffn(**k, act=act), lambda **k: R.ffn(**k, act=act), inp, bound=bound_for(torch.float32),
              ref_device="cuda")
