@@ -198,6 +198,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, w_up, w_down, h, a)
     ctx.act = act
     ctx.mark_non_differentiable(h, a)
+    ctx.set_materialize_grads(False)   # no zero tensors made for h's and a's (never given) gradients
 
 
 def _backward(ctx, dy, _dh, _da):
