@@ -223,7 +223,8 @@ class Mamba2Mixer(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- FFN
 class FFN(nn.Module):
-    """4× MLP: down(act(up(x))), act = GELU (peer) or squared ReLU."""
+    """4× MLP: down(act(up(x))), act = GELU (peer) or squared ReLU: ``ops.ffn`` (the act in the GEMMs' epilogues:
+    kernels/ffn; the reference is the unfused chain). The weights stay nn.Linear's (names, init, checkpoints)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -231,7 +232,5 @@ class FFN(nn.Module):
         self.down = nn.Linear(cfg.d_ffn, cfg.d_model, bias=False)
         self.act = cfg.ffn_act
 
-    def forward(self, x):
-        hdn = self.up(x)
-        hdn = F.gelu(hdn) if self.act == "gelu" else torch.relu(hdn).square()
-        return self.down(hdn)
+    def forward(self, x, ops):
+        return ops.ffn(x, self.up.weight, self.down.weight, act=self.act)

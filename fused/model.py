@@ -5,7 +5,7 @@
                 (GF/HGF: Mamba's in_proj and the gate projection of y are one GEMM; every layer's Mamba
                 A = −exp(A_log) is computed once per forward for all layers)
                 h, y = ops.gate_norm_residual(h, a, b, gate, mode=variant)  blend + residual + norm, one call
-                h, y = ops.gate_norm_residual(h, FFN(y), mode="add")
+                h, y = ops.gate_norm_residual(h, ops.ffn(y), mode="add")
     logits = head(y);  loss = ops.cross_entropy(logits, targets)    (mean token CE; the fused op never makes fp32 logits)
 
 API (train.py and the benchmarks rely on it):
@@ -77,7 +77,7 @@ class HybridBlock(nn.Module):
         h, y2, gate = self.fusion(h, a, b, y, ops, self.norm1, self.cfg, probes is not None, proj=gproj)
         if probes is not None:
             probes.append((gate, None if a is None else a.detach(), None if b is None else b.detach()))
-        f = self.ffn(y2)
+        f = self.ffn(y2, ops)
         h, y3 = ops.gate_norm_residual(h, f, weight=self.norm2.weight, bias=self.norm2.bias, mode="add",
                                        norm=self.cfg.norm, eps=self.cfg.norm_eps,
                                        residual_fp32=self.cfg.residual_fp32)

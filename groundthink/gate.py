@@ -1025,6 +1025,7 @@ FIRST_USE_S = {"mamba2/mamba_ssm": 52.0, "wkv6/triton": 15.4, "wkv6/triton_fused
                "gate_norm_residual/triton": 9.8, "norm_gate/triton": 5.5, "ddlerp/triton": 4.6,
                "shift_lerp/triton": 3.1, "decay_exp/triton": 1.9, "cross_entropy/triton": 0.8,
                "lowrank/triton": 4.0,                  # not yet measured: two kernels, one config each (as ddlerp)
+               "ffn/triton": 12.0,    # not yet measured: two GEMM kernels, 8 autotune configs each (16 compiles)
                "gate_norm_residual/compile": 13.3,     # run 13 (gate12-default): its Inductor compile, 3 calls
                # fla's peers (``_autotune_configs`` undercounts them: fla_chunk's kernels live in fla.ops.common and
                # fla.ops.gla, fla_rmsnorm's module is the lab's peers module): run 12 full's bench.csv warmup_s, the

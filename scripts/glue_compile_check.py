@@ -17,6 +17,7 @@ from triton.compiler import ASTSource
 NG, DL, SL, DE, CE = (importlib.import_module(f"kernels.{m}.{m}")
                       for m in ("norm_gate", "ddlerp", "shift_lerp", "decay_exp", "cross_entropy"))
 GNR = importlib.import_module("kernels.gate_norm_residual.kernel")
+FF = importlib.import_module("kernels.ffn.ffn")
 WG = importlib.import_module("kernels.wgrad.wgrad")
 tgt = GPUTarget("cuda", 90, 32)
 def sig(fn, types, consts):
@@ -61,6 +62,8 @@ cases = [
  (WG._wgrad_kernel, {"p_part": "*fp32"}, dict(ONE=True, PREC="tf32", BM=16, BN=64, BR=64, COOP=False, TWO=False, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
  (WG._wgrad_kernel, {"p_a": "*fp32", "p_b": "*fp32", "p_c": "*fp32", "p_part": "*fp32"}, dict(ONE=False, PREC="ieee", BM=32, BN=64, BR=32, COOP=False, TWO=True, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
  (WG._wgrad_kernel, {"p_a": "*fp32", "p_b": "*fp32", "p_c": "*fp32", "p_part": "*fp32"}, dict(ONE=False, PREC="tf32x3", BM=64, BN=64, BR=64, COOP=True, TWO=False, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
+ (FF._ffn_up_kernel.fn, {}, dict(ACT=0, PREC="tf32", BM=64, BN=64, BK=64)),
+ (FF._ffn_dact_kernel.fn, {}, dict(ACT=0, PREC="tf32", BM=64, BN=64, BK=64)),
 ]
 def usage(cubin):
     """'regs=R spill=S' of a compiled kernel (cuobjdump --dump-resource-usage), '' without cuobjdump."""

@@ -842,11 +842,12 @@ def test_the_steps_calls_are_read_off_the_model():
     from groundthink import calls as C
     got, model = _rwkv6_calls()
     assert set(got) == {"wkv6", "ddlerp", "lowrank", "shift_lerp", "norm_gate", "gate_norm_residual",
-                        "cross_entropy", "wgrad"}          # wgrad: the projections' weight gradients
+                        "cross_entropy", "wgrad", "ffn"}   # wgrad: the projections' weight gradients
     assert model.ops.impls()["wkv6"] == "reference"           # restored
     n = model.config.n_layer
     assert {(c.label, c.count) for c in got["shift_lerp"]} == {("B4 T32 D64 [tee=True]", n)}
     assert [c.label for c in got["wkv6"]] == ["B4 T32 H2 K32 V32 [scale=1.0; u float32]"]
+    assert [(c.label, c.count) for c in got["ffn"]] == [("M128 D64 F256 [w_down float32; w_up float32]", n)]
     assert [(c.label, c.count) for c in got[OP]] == [("N128 D64 add res32 [weight float32]", 2 * n - 1),
                                                       ("N128 D64 add res32 [out0 unused; weight float32]", 1)]
     for op, call, unused in C.record(model, torch.bfloat16):

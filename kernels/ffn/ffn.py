@@ -1,0 +1,223 @@
+"""The feed-forward y = act(x W_upᵀ) W_downᵀ with the activation in the GEMMs' epilogues (issue 10: the FFN's
+GELU forward and backward were two elementwise launches a layer over [B·T, 4D], 16 a step of 8 layers).
+
+Math (see reference/ffn.py): x [M, D], W_up [F, D], W_down [D, F] (nn.Linear layouts, no bias)::
+
+    h = x W_upᵀ;   a = act(h);   y = a W_downᵀ                               (forward)
+    dA = dY W_down;   dH = dA ⊙ act'(h)                                         (backward)
+    dW_down = dYᵀ a;   dX = dH W_up;   dW_up = dHᵀ x
+
+    gelu (exact, erf):  act(h) = h Φ(h) = h/2 (1 + erf(h/√2)),   act'(h) = Φ(h) + h φ(h),  φ(h) = e^{−h²/2}/√(2π)
+    relu2:              act(h) = relu(h)²,                         act'(h) = 2 relu(h)
+
+Launches (4 + 2 = 6 a layer; the unfused chain: up, GELU, down forward, down's two GEMMs, GELU backward, up's two
+GEMMs = 3 + 5 = 8):
+* ``_ffn_up_kernel``, grid (row blocks of BM × column blocks of BN over F): the [BM, BN] tile of h by a D-loop of
+  dots (fp32 accumulation); epilogue: h rounded to x's dtype and stored (the backward's act'(h)), a = act(h) from
+  the unrounded fp32 h, rounded and stored. Then y = a W_downᵀ on cuBLAS (``torch.mm``).
+* ``_ffn_dact_kernel``, same grid: the [BM, BN] tile of dA = dY W_down by a D-loop of dots; epilogue: the saved h
+  tile loaded, dH = dA ⊙ act'(h) in fp32, rounded once and stored. Then dW_down, dX, dW_up on cuBLAS.
+Saved for the backward: x, h, a (and the weights), as autograd saves for the unfused chain; no workspace.
+
+Tiles: ``@triton.autotune`` over ≤ 8 (BM, BN, BK, warps, stages) configs keyed on (N, K) = (F, D) and the dtype,
+never on M (the step's M = B·T is fixed; a new M must not re-tune); one small config under the interpreter
+(``kernels._common.autotune_configs``). The kernels only write their outputs, so the autotuner's repeated runs are
+harmless. Row offsets are int64 (M·F may exceed 2³¹).
+
+Layouts: x [..., D] viewed as [M, D]; weights and every tensor contiguous. Dtypes: x fp32 / fp16 / bf16; the
+weights cast to x's dtype (under autocast all three cast to autocast's dtype first, as nn.Linear would; the step's
+bf16 weight copy is then not cast again); h, a, y, dH in that dtype; dx, dW_up, dW_down in their inputs' dtypes.
+fp32 inputs take "ieee" dots (fp32-accurate); fp16 / bf16 native tensor-core dots with fp32 accumulation.
+
+Custom ops ``groundthink::ffn_fwd`` / ``_bwd`` (fake implementations, one registered autograd formula), run eagerly
+without the dispatcher through ``kernels._eager``, as every glue op.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from groundthink.device import autocast_dtype
+from kernels import INTERPRET
+from kernels._common import autotune_configs, cdiv as _cdiv, check_tensor, new_empty
+from kernels._eager import EagerOp, pick
+from reference.ffn import ACTS, check_args
+
+__all__ = ["ffn"]
+
+_ACT = {a: i for i, a in enumerate(ACTS)}          # the ACT constexpr: 0 gelu, 1 relu2
+
+
+def _cfg(bm, bn, bk, warps, stages):
+    return triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=warps, num_stages=stages)
+
+
+# the GPU candidates (the step's shapes: M 16384, (F, D) = (512, 128) small and (2048, 512) large); the
+# interpreter's one config is small, so that CPU tests cross tile edges in every dimension
+_CONFIGS = [_cfg(128, 128, 64, 8, 3), _cfg(128, 64, 64, 4, 3), _cfg(64, 128, 64, 4, 3), _cfg(64, 64, 64, 4, 4),
+            _cfg(128, 128, 128, 8, 2), _cfg(128, 64, 128, 4, 2), _cfg(64, 256, 64, 8, 3), _cfg(256, 64, 64, 8, 3)]
+CONFIGS = autotune_configs([_cfg(32, 32, 16, 4, 1)] if INTERPRET else _CONFIGS)
+
+
+@triton.jit
+def _gelu_parts(b_h):
+    """(Φ(h), φ(h)) in fp32: the normal CDF and density."""
+    b_cdf = 0.5 * (1. + tl.math.erf(b_h * 0.7071067811865476))
+    b_pdf = tl.exp(-0.5 * b_h * b_h) * 0.3989422804014327
+    return b_cdf, b_pdf
+
+
+@triton.jit
+def _mm(p_a, p_b, o_m, m_m, o_n, m_n, K, sbk, sbn, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+        BK: tl.constexpr):
+    """[BM, BN] fp32 tile of A B for A [M, K] row-major and B [K, N] with strides (sbk, sbn); masked rows /
+    columns give 0. The pointer tiles are formed once (o_m is int64) and advanced by BK."""
+    o_k = tl.arange(0, BK)
+    p_at = p_a + o_m[:, None] * K + o_k[None, :]
+    p_bt = p_b + o_k[:, None] * sbk + o_n[None, :] * sbn
+    b_acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        m_k = o_k < K - k0
+        b_a = tl.load(p_at, mask=m_m[:, None] & m_k[None, :], other=0.)
+        b_b = tl.load(p_bt, mask=m_k[:, None] & m_n[None, :], other=0.)
+        b_acc += tl.dot(b_a, b_b, input_precision=PREC)
+        p_at += BK
+        p_bt += BK * sbk
+    return b_acc
+
+
+@triton.jit
+def _tile(M, N, BM: tl.constexpr, BN: tl.constexpr):
+    """This program's rows (int64) and columns, with their masks: the N tiles of one row block run adjacently
+    (its x / dY rows are read once from HBM; the weights, ≤ 2 MB, stay in L2)."""
+    i_p = tl.program_id(0)
+    n_n = tl.cdiv(N, BN)
+    o_m = ((i_p // n_n) * BM + tl.arange(0, BM)).to(tl.int64)
+    o_n = (i_p % n_n) * BN + tl.arange(0, BN)
+    return o_m, o_m < M, o_n, o_n < N
+
+
+@triton.autotune(configs=CONFIGS, key=["N", "K", "ACT"])
+@triton.jit
+def _ffn_up_kernel(p_x, p_w, p_h, p_a, M, N, K, ACT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr,
+                   BN: tl.constexpr, BK: tl.constexpr):
+    # p_x: [M, K] (x, K = D); p_w: [N, K] (W_up, N = F); p_h, p_a: [M, N] out (h = x W_upᵀ and act(h), x's dtype)
+    o_m, m_m, o_n, m_n = _tile(M, N, BM, BN)
+    b_h = _mm(p_x, p_w, o_m, m_m, o_n, m_n, K, 1, K, PREC, BM, BN, BK)
+    if ACT == 0:
+        b_cdf, _ = _gelu_parts(b_h)
+        b_a = b_h * b_cdf
+    else:
+        b_r = tl.maximum(b_h, 0.)
+        b_a = b_r * b_r
+    o_mn = o_m[:, None] * N + o_n[None, :]
+    m_mn = m_m[:, None] & m_n[None, :]
+    tl.store(p_h + o_mn, b_h.to(p_h.dtype.element_ty), mask=m_mn)
+    tl.store(p_a + o_mn, b_a.to(p_a.dtype.element_ty), mask=m_mn)
+
+
+@triton.autotune(configs=CONFIGS, key=["N", "K", "ACT"])
+@triton.jit
+def _ffn_dact_kernel(p_dy, p_w, p_h, p_dh, M, N, K, ACT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr,
+                     BN: tl.constexpr, BK: tl.constexpr):
+    # p_dy: [M, K] (dL/dy, K = D); p_w: [K, N] (W_down, N = F); p_h: [M, N] (the forward's saved h);
+    # p_dh: [M, N] out (dL/dh = (dY W_down) ⊙ act'(h), h's dtype)
+    o_m, m_m, o_n, m_n = _tile(M, N, BM, BN)
+    b_da = _mm(p_dy, p_w, o_m, m_m, o_n, m_n, K, N, 1, PREC, BM, BN, BK)
+    o_mn = o_m[:, None] * N + o_n[None, :]
+    m_mn = m_m[:, None] & m_n[None, :]
+    b_h = tl.load(p_h + o_mn, mask=m_mn, other=0.).to(tl.float32)
+    if ACT == 0:
+        b_cdf, b_pdf = _gelu_parts(b_h)
+        b_d = b_cdf + b_h * b_pdf
+    else:
+        b_d = 2. * tl.maximum(b_h, 0.)
+    tl.store(p_dh + o_mn, (b_da * b_d).to(p_dh.dtype.element_ty), mask=m_mn)
+
+
+def _prec(dtype):
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _grid(M, N):
+    return lambda meta: (_cdiv(M, meta["BM"]) * _cdiv(N, meta["BN"]),)
+
+
+def _fwd_impl(x, w_up, w_down, act):
+    M, D = x.shape
+    Fh = w_up.shape[0]
+    h = new_empty((M, Fh), x.dtype, x.device)
+    a = new_empty((M, Fh), x.dtype, x.device)
+    if M:
+        _ffn_up_kernel[_grid(M, Fh)](x, w_up, h, a, M, Fh, D, ACT=_ACT[act], PREC=_prec(x.dtype))
+    y = torch.mm(a, w_down.t())           # cuBLAS; autocast (if on) leaves it alone: all in one dtype already
+    return y, h, a
+
+
+def _bwd_impl(dy, x, w_up, w_down, h, a, act):
+    M, D = x.shape
+    Fh = w_up.shape[0]
+    dh = new_empty((M, Fh), h.dtype, h.device)
+    if M:
+        _ffn_dact_kernel[_grid(M, Fh)](dy, w_down, h, dh, M, Fh, D, ACT=_ACT[act], PREC=_prec(h.dtype))
+    else:
+        dh.zero_()
+    dw_down = torch.mm(dy.t(), a)         # [D, F]
+    dx = torch.mm(dh, w_up)               # [M, D]
+    dw_up = torch.mm(dh.t(), x)           # [F, D]
+    return dx, dw_up, dw_down
+
+
+@torch.library.custom_op("groundthink::ffn_fwd", mutates_args=())
+def _fwd_op(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
+            act: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _fwd_impl(x, w_up, w_down, act)
+
+
+@_fwd_op.register_fake
+def _(x, w_up, w_down, act):
+    hid = x.new_empty((x.shape[0], w_up.shape[0]))
+    return x.new_empty((x.shape[0], w_down.shape[0])), hid, torch.empty_like(hid)
+
+
+@torch.library.custom_op("groundthink::ffn_bwd", mutates_args=())
+def _bwd_op(dy: torch.Tensor, x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, h: torch.Tensor,
+            a: torch.Tensor, act: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bwd_impl(dy, x, w_up, w_down, h, a, act)
+
+
+@_bwd_op.register_fake
+def _(dy, x, w_up, w_down, h, a, act):
+    return torch.empty_like(x), torch.empty_like(w_up), torch.empty_like(w_down)
+
+
+def _setup_context(ctx, inputs, output):
+    x, w_up, w_down, act = inputs
+    _, h, a = output
+    ctx.save_for_backward(x, w_up, w_down, h, a)
+    ctx.act = act
+    ctx.mark_non_differentiable(h, a)
+    ctx.set_materialize_grads(False)   # no zero tensors made for h's and a's (never given) gradients
+
+
+def _backward(ctx, dy, _dh, _da):
+    x, w_up, w_down, h, a = ctx.saved_tensors
+    dx, dw_up, dw_down = pick(_bwd_op, _bwd_impl, dy)(dy.contiguous(), x, w_up, w_down, h, a, ctx.act)
+    return dx, dw_up, dw_down, None
+
+
+_ffn = EagerOp("FFN", _fwd_op, _fwd_impl, _setup_context, _backward)
+
+
+def ffn(x, w_up, w_down, act="gelu"):
+    """act(x w_upᵀ) w_downᵀ: x [..., D], w_up [F, D], w_down [D, F] → [..., D]; act "gelu" (exact) or "relu2".
+    See the module docstring."""
+    for name, t in (("x", x), ("w_up", w_up), ("w_down", w_down)):
+        check_tensor(name, t, device=x.device if name != "x" else None)
+    check_args(x, w_up, w_down, act)
+    cdt = autocast_dtype(x.device.type) or x.dtype       # the products' dtype (reference/ffn.py): casts only if
+    x, w_up, w_down = x.to(cdt), w_up.to(cdt), w_down.to(cdt)   # needed (the step's bf16 weights are not cast again)
+    lead, D = x.shape[:-1], x.shape[-1]
+    y, _, _ = _ffn(x.reshape(-1, D).contiguous(), w_up.contiguous(), w_down.contiguous(), act)
+    return y if x.dim() == 2 else y.view(*lead, D)
