@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 
 from groundthink.device import autocast_dtype
-from kernels._slots import offer, take
+from kernels._slots import offer, release, take
 
 WIDE = 64                     # a piece at least this wide (and 8-aligned) gets GEMMs of its own in the backward
 _CONSTANTS: dict = {}         # (kind, shape, dtype, device) -> a constant tensor, made once (never written)
@@ -308,7 +308,7 @@ class _StackedProj(torch.autograd.Function):
                 else:
                     ctx.wgrad(xs, g, out=dw)
             return dxs, dw, None
-        take(ctx.slot, (), lambda buf: ())
+        release(ctx.slot)
         for i, g in enumerate(grads):
             if g is None:
                 for buf in (dxs, dw):

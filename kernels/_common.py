@@ -21,6 +21,12 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _NAN_FILL = False
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s input_precision for a kernel's inputs: "ieee" for fp32 (fp32-accurate), else "tf32" (fp16 / bf16
+    dots run natively and ignore it; fp32 operands made inside such kernels take tf32)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def new_empty(shape, dtype, device) -> torch.Tensor:
     """Allocate a kernel output. NaN-filled when tests ask for it (floating dtypes only)."""
     if _NAN_FILL and dtype.is_floating_point:

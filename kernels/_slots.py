@@ -70,6 +70,8 @@ class _Slot:
         if (self.ref() is None or x.numel() == 0 or x.dtype != self.dtype or x.device != self.device
                 or x.untyped_storage().data_ptr() != self.storage):
             return None
+        if contiguous and not x.is_contiguous():    # a slot has x's sizes and strides: the same answer
+            return None
         lo, hi = _extent(x)
         box = _box(x, self.offset, self.R)
         if lo < self.lo or hi > self.hi or box is None or any(
@@ -77,11 +79,8 @@ class _Slot:
             return None                    # outside the tensor, or overlapping a slot handed out before
         if self.buf is None:
             self.buf = torch.empty_strided(self.size, self.stride, dtype=self.dtype, device=self.device)
-        d = self.buf.as_strided(x.size(), x.stride(), self.buf.storage_offset() + x.storage_offset() - self.offset)
-        if contiguous and not d.is_contiguous():
-            return None
         self.given.append(box)
-        return d
+        return self.buf.as_strided(x.size(), x.stride(), self.buf.storage_offset() + x.storage_offset() - self.offset)
 
 
 def offer(out: torch.Tensor) -> _Slot | None:
@@ -97,7 +96,8 @@ def offer(out: torch.Tensor) -> _Slot | None:
 
 def grad_slot(x: torch.Tensor, contiguous: bool = True) -> torch.Tensor | None:
     """For a consumer's backward: where to write the gradient of its input ``x`` (a view shaped and strided like
-    x), or None (allocate as usual). ``contiguous``: accept only a contiguous slot (kernels that store densely)."""
+    x), or None (allocate as usual). ``contiguous``: only when x is contiguous (kernels
+    that store densely); a consumer with another layout rule checks x's strides before asking."""
     if not _GROUPS or not _active():
         return None
     for g in _GROUPS:
@@ -107,14 +107,19 @@ def grad_slot(x: torch.Tensor, contiguous: bool = True) -> torch.Tensor | None:
     return None
 
 
+def release(slot: _Slot | None) -> None:
+    """For a producer's backward that does not use the buffer: the slot leaves the registry."""
+    if slot is not None and slot in _GROUPS:
+        _GROUPS.remove(slot)
+
+
 def take(slot: _Slot | None, grads, views) -> torch.Tensor | None:
     """For the producer's backward: its gradient buffer when every gradient in ``grads`` is exactly the matching
     view of it (``views(buf)``: the producer's output views, in order, applied to the buffer), else None. The
     slot leaves the registry either way."""
     if slot is None:
         return None
-    if slot in _GROUPS:
-        _GROUPS.remove(slot)
+    release(slot)
     buf = slot.buf
     if buf is None or any(g is None for g in grads):
         return None

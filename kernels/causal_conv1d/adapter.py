@@ -44,9 +44,8 @@ class _CausalConv1d(torch.autograd.Function):
         x, weight, bias = ctx.saved_tensors
         if dout.stride(2) != 1 and dout.stride(1) != 1:
             dout = dout.contiguous()
-        dx = grad_slot(x, contiguous=False)
-        if dx is None or dx.stride() != x.stride():
-            dx = torch.empty_like(x)
+        dx = grad_slot(x, contiguous=False)       # x's strides (channel-last or contiguous), as the kernel needs
+        dx = torch.empty_like(x) if dx is None else dx
         C, W = weight.shape
         acc = torch.zeros(C * W + (C if bias is not None else 0), dtype=torch.float32, device=x.device)
         dweight = acc[:C * W].view(C, W)

@@ -40,7 +40,7 @@ import triton.language as tl
 
 from groundthink.device import autocast_dtype
 from kernels import INTERPRET
-from kernels._common import autotune_configs, cdiv as _cdiv, check_tensor, new_empty
+from kernels._common import autotune_configs, cdiv as _cdiv, check_tensor, dot_precision, new_empty
 from kernels._eager import EagerOp, pick
 from reference.ffn import ACTS, check_args
 
@@ -136,10 +136,6 @@ def _ffn_dact_kernel(p_dy, p_w, p_h, p_dh, M, N, K, ACT: tl.constexpr, PREC: tl.
     tl.store(p_dh + o_mn, (b_da * b_d).to(p_dh.dtype.element_ty), mask=m_mn)
 
 
-def _prec(dtype):
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _grid(M, N):
     return lambda meta: (_cdiv(M, meta["BM"]) * _cdiv(N, meta["BN"]),)
 
@@ -150,7 +146,7 @@ def _fwd_impl(x, w_up, w_down, act):
     h = new_empty((M, Fh), x.dtype, x.device)
     a = new_empty((M, Fh), x.dtype, x.device)
     if M:
-        _ffn_up_kernel[_grid(M, Fh)](x, w_up, h, a, M, Fh, D, ACT=_ACT[act], PREC=_prec(x.dtype))
+        _ffn_up_kernel[_grid(M, Fh)](x, w_up, h, a, M, Fh, D, ACT=_ACT[act], PREC=dot_precision(x.dtype))
     y = torch.mm(a, w_down.t())           # cuBLAS; autocast (if on) leaves it alone: all in one dtype already
     return y, h, a
 
@@ -160,7 +156,7 @@ def _bwd_impl(dy, x, w_up, w_down, h, a, act):
     Fh = w_up.shape[0]
     dh = new_empty((M, Fh), h.dtype, h.device)
     if M:
-        _ffn_dact_kernel[_grid(M, Fh)](dy, w_down, h, dh, M, Fh, D, ACT=_ACT[act], PREC=_prec(h.dtype))
+        _ffn_dact_kernel[_grid(M, Fh)](dy, w_down, h, dh, M, Fh, D, ACT=_ACT[act], PREC=dot_precision(h.dtype))
     else:
         dh.zero_()
     dw_down = torch.mm(dy.t(), a)         # [D, F]

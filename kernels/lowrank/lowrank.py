@@ -48,7 +48,7 @@ import triton.language as tl
 
 from groundthink.device import autocast_dtype
 from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
-from kernels._common import cdiv as _cdiv, check_tensor, new_empty, pow2 as _pow2
+from kernels._common import cdiv as _cdiv, check_tensor, dot_precision, new_empty, pow2 as _pow2
 from kernels._eager import EagerOp, pick
 from kernels.wgrad.wgrad import wgrad
 from reference.lowrank import check_args
@@ -182,10 +182,6 @@ def _tiles(D, N, R):
     return t["bm"], min(t["bk"], max(16, _pow2(D))), max(16, _pow2(R)), min(t["bn"], max(16, _pow2(N)))
 
 
-def _prec(dtype):
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _fwd_impl(x, w1, w2, base, dtype):
     M, D = x.shape
     G, R, N = w2.shape
@@ -193,7 +189,7 @@ def _fwd_impl(x, w1, w2, base, dtype):
     if M:
         BM, BK, BR, BN = _tiles(D, N, R)
         _lowrank_fwd_kernel[(_cdiv(M, BM), G)](x, w1, w2, base, y, M, D, N, R, HAS_BASE=base is not None,
-                                               PREC=_prec(x.dtype), BM=BM, BK=BK, BR=BR, BN=BN,
+                                               PREC=dot_precision(x.dtype), BM=BM, BK=BK, BR=BR, BN=BN,
                                                num_warps=TUNING["warps"])
     return y
 
@@ -217,8 +213,8 @@ def _bwd_impl(dy, x, w1, w2, base):
         count = counters(dev, 1, NG)
     if M:
         _lowrank_bwd_kernel[(nb,)](dy, x, w1, w2, base, h, dp, dyb, part, dbase if base is not None else None, count,
-                                   dx, M, D, N, R, GS, NG, G=G, HAS_BASE=base is not None, PREC=_prec(dt), BM=BM,
-                                   BK=BK, BR=BR, BN=BN, BP=finish_rows(BN), num_warps=TUNING["warps"])
+                                   dx, M, D, N, R, GS, NG, G=G, HAS_BASE=base is not None, PREC=dot_precision(dt),
+                                   BM=BM, BK=BK, BR=BR, BN=BN, BP=finish_rows(BN), num_warps=TUNING["warps"])
     # the weight gradients in the inputs' dtype, one launch each (torch.mm for float64 or under a tracer)
     dw1 = wgrad(x, dp)
     if base is None:        # one batched call over the [G, M, R] view of h's column groups: no copy

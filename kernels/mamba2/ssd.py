@@ -403,8 +403,8 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     # HAS_DHT); p_scr [b·H·NPB, NCK + CK, BP, BN] fp32 workspace: NCK checkpoints (the state entering chunk
     # g·CK), then the CK chunk-entry states of the group being walked (NC = cdiv(T, BT) chunks, NCK = cdiv(NC, CK));
     # outputs: p_dx [b, T, H, P] (x's dtype; rows sdx_t elements apart, a sequence T rows, each row's H·P
-    # contiguous: contiguous, or a slot in a wider buffer, kernels._slots); fp32 partials p_ddtp [b, T, H, NPB], p_dBp, p_dCp
-    # [b, T, H·NPB, N], p_par [b·H·NPB, 2] (dA, ddt_bias of this program), p_dDp [b, H, P] (None unless HAS_D);
+    # contiguous: contiguous, or a slot in a wider buffer, kernels._slots); fp32 partials p_ddtp [b, T, H, NPB],
+    # p_dBp, p_dCp [b, T, H·NPB, N], p_par [b·H·NPB, 2] (dA, ddt_bias of this program), p_dDp [b, H, P] (None unless HAS_D);
     # p_dh0 [b, H, P, N] fp32 (None unless HAS_H0). Grid (b·H, NPB), NPB = cdiv(P, BP).
     # SAVED (``TUNING["save"]``): the checkpoints are the forward's chunk-entry states p_st [b·H·NPB, NCK, BP, BN]
     # fp32 (the forward's chunks of CK·BT rows): no checkpoint pass; p_scr [b·H·NPB, CK, BP, BN] (None unless
@@ -706,11 +706,10 @@ def _grad_out(t):
     """The gradient buffer of x, B or C [b, T, *, *]: its slot in a producer's buffer (``kernels._slots``: the
     mixer's split of the conv output, so that no concatenation follows) when that slot keeps each row's last two
     dimensions contiguous and a sequence T rows, else a fresh contiguous tensor."""
-    d = grad_slot(t, contiguous=False)
     b, T, n1, n2 = t.shape
-    if d is not None and d.stride(3) == 1 and d.stride(2) == n2 and d.stride(0) == T * d.stride(1):
-        return d
-    return new_empty(t.shape, t.dtype, t.device)
+    rows = t.stride(3) == 1 and t.stride(2) == n2 and t.stride(0) == T * t.stride(1)   # a slot has t's strides
+    d = grad_slot(t, contiguous=False) if rows else None
+    return new_empty(t.shape, t.dtype, t.device) if d is None else d
 
 
 def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_softplus: bool):
