@@ -275,4 +275,12 @@ def step_calls(model, batch: int, seq_len: int, amp: torch.dtype | None = None) 
     out: dict[str, list[Call]] = {}
     for key, (shape, variant, why) in found.items():
         out.setdefault(key[0], []).append(Call(key[0], shape, variant, counts[key], why))
+    out["adamw"] = [optimizer_call(model)]
     return out
+
+
+def optimizer_call(model) -> Call:
+    """The step's one ``adamw`` call (made by ``groundthink.step.TrainStep``, not by the model): its flat
+    buffers' (N, P, G)."""
+    from groundthink.step import adamw_shape, group_params
+    return Call("adamw", adamw_shape(group_params(model)))

@@ -68,6 +68,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from groundthink import monitor
 from groundthink.device import warm_on_side_stream
+from groundthink.spec import get as get_spec
 
 COMPONENTS = ("rwkv", "mamba", "other")
 KINDS = ("low", "fp32")
@@ -388,6 +389,118 @@ def grouped_adamw_step(opt) -> bool:
     return True
 
 
+def adamw_groups(groups: dict[str, list[torch.nn.Parameter]]) -> list[list[torch.nn.Parameter]]:
+    """The optimizer's param groups as train.py's ``make_optimizer`` makes them: per component, the parameters
+    with weight decay (dim ≥ 2), then those without; empty groups left out."""
+    out = []
+    for comp in COMPONENTS:
+        for decay in (True, False):
+            ps = [p for p in groups.get(comp, []) if p.requires_grad and (p.dim() >= 2) == decay]
+            if ps:
+                out.append(ps)
+    return out
+
+
+def adamw_shape(groups: dict[str, list[torch.nn.Parameter]]) -> tuple[int, int, int]:
+    """(N, P, G) of the ``adamw`` op's call in the training step: the flat buffers' elements (every parameter
+    padded to ``ALIGN``), parameters, param groups."""
+    gs = adamw_groups(groups)
+    ps = {id(p): p for g in gs for p in g}
+    return sum(_aligned(p.numel()) for p in ps.values()), len(ps), len(gs)
+
+
+class FlatAdamW:
+    """The optimizer's state laid out like the flat buffers, for the one-launch ``adamw`` op (kernels/adamw): the
+    moments ``m``, ``v`` [N] fp32 in ``master``'s layout, every parameter's step count in ``steps`` [P], the tables
+    the kernel reads (each 64-element chunk's parameter, each parameter's group, each group's weight decay; the
+    lrs are the step's ``lrs`` [G]). ``opt.state[p]`` holds views of them ("step", "exp_avg", "exp_avg_sq": the
+    keys and shapes of torch's AdamW), so checkpoints and ``opt.state_dict()`` are unchanged and torch's own
+    ``opt.step()`` would update the same values. ``adopt()`` copies state that ``opt`` holds elsewhere (a loaded
+    checkpoint) into the buffers; parameters without state start at zero moments and step 0, as torch's lazy
+    initialisation. ``build`` returns None (the step keeps torch's optimizer) when the optimizer is not an
+    AdamW / Adam that this layout covers: amsgrad, maximize, differentiable, per-group betas or eps, or a
+    parameter the buffers do not hold."""
+
+    def __init__(self, fp: FlatParams, opt, lrs: torch.Tensor, fn):
+        self.fp, self.opt, self.lrs, self.fn = fp, opt, lrs, fn
+        dev = fp.master.device
+        g0 = opt.param_groups[0]
+        self.betas = tuple(float(b) for b in g0["betas"])
+        self.eps = float(g0["eps"])
+        index = {id(p): i for i, p in enumerate(fp.params)}
+        group = [-1] * len(fp.params)
+        for j, g in enumerate(opt.param_groups):
+            for p in g["params"]:
+                group[index[id(p)]] = j
+        owner = [-1] * (-(-fp.n // 64))
+        for i, (a, b, _) in enumerate(fp.views):
+            for c in range(a // 64, -(-b // 64)):
+                owner[c] = i
+        if min(group, default=0) < 0 or min(owner, default=0) < 0:
+            raise RuntimeError("FlatAdamW: a parameter without a group or a chunk without a parameter")
+        self.chunk_param = torch.tensor(owner, dtype=torch.int32, device=dev)
+        self.group = torch.tensor(group, dtype=torch.int32, device=dev)
+        self.wd = torch.tensor([float(g["weight_decay"]) for g in opt.param_groups], dtype=torch.float32,
+                               device=dev)
+        self.m = torch.zeros(fp.n, dtype=torch.float32, device=dev)
+        self.v = torch.zeros_like(self.m)
+        self.steps = torch.zeros(len(fp.params), dtype=torch.float32, device=dev)
+        self.adopt()
+
+    @classmethod
+    def build(cls, fp: FlatParams, opt, lrs: torch.Tensor, fn):
+        if not isinstance(opt, torch.optim.AdamW) or not opt.param_groups:
+            return None
+        g0 = opt.param_groups[0]
+        for g in opt.param_groups:
+            if g.get("amsgrad") or g.get("maximize") or g.get("differentiable") or \
+                    tuple(g["betas"]) != tuple(g0["betas"]) or g["eps"] != g0["eps"] or \
+                    not g.get("decoupled_weight_decay", True):
+                return None
+        held = {id(p) for p in fp.params}
+        in_opt = [p for g in opt.param_groups for p in g["params"]]
+        if len(in_opt) != len(held) or {id(p) for p in in_opt} != held:
+            return None
+        return cls(fp, opt, lrs, fn)
+
+    def _views(self, i: int, p) -> dict:
+        a, b, _ = self.fp.views[i]
+        return {"step": self.steps[i], "exp_avg": self.m[a:b].view_as(p), "exp_avg_sq": self.v[a:b].view_as(p)}
+
+    def adopt(self):
+        """Point ``opt.state`` at the buffers, copying any state held elsewhere (a loaded checkpoint) into them."""
+        with torch.no_grad():
+            for i, p in enumerate(self.fp.params):
+                st, mine = self.opt.state.get(p), self._views(i, p)
+                if st and st.get("exp_avg") is not None and st["exp_avg"].data_ptr() == mine["exp_avg"].data_ptr():
+                    continue
+                for k in ("exp_avg", "exp_avg_sq"):
+                    if st and k in st:
+                        if tuple(st[k].shape) != tuple(p.shape):
+                            raise RuntimeError(f"optimizer state {k} of shape {tuple(st[k].shape)} for a parameter "
+                                               f"of shape {tuple(p.shape)}")
+                        mine[k].copy_(st[k])
+                    else:
+                        mine[k].zero_()
+                mine["step"].copy_(st["step"] if st and "step" in st else torch.zeros(()))
+                self.opt.state[p] = mine
+
+    def check(self):
+        """Re-adopt when the optimizer's state was replaced (``opt.load_state_dict`` after the step was built)."""
+        for i, p in enumerate(self.fp.params):
+            st = self.opt.state.get(p)
+            if not st or st.get("exp_avg") is None or st["exp_avg"].data_ptr() != self.m.data_ptr() + 4 * self.fp.views[i][0]:
+                self.adopt()
+                return
+
+    def step(self, total: torch.Tensor, found_inf: torch.Tensor, max_norm: float):
+        """Steps += 1 − found_inf, then the one-launch update (clip by ``total`` inside; nothing when found_inf)."""
+        self.steps.add_(self.fp.one - found_inf)
+        b1, b2 = self.betas
+        self.fn(self.fp.master[:self.fp.n], self.fp.flat[:self.fp.n], self.m, self.v, self.steps, self.chunk_param,
+                self.group, self.lrs, self.wd, total, found_inf, max_norm=max_norm, beta1=b1, beta2=b2, eps=self.eps)
+
+
 def group_params(model) -> dict[str, list[torch.nn.Parameter]]:
     """The model's components (``param_groups()`` when it has one), every trainable parameter once."""
     groups = {k: list(v) for k, v in model.param_groups().items()} if hasattr(model, "param_groups") else {}
@@ -429,11 +542,26 @@ class TrainStep:
         self.names = [names[id(p)] for p in self.bucket.params]
         self.flat_weights = flat_weights
         self.lrs = lr_tensors(opt, self.device)
+        self.adamw = self._lab_adamw()
         self.skip = torch.zeros((), device=self.device)
         opt.found_inf = torch.zeros((), device=self.device)    # read by the fused AdamW kernel (GradScaler's hook)
         self.row = torch.zeros(len(monitor.STATS), device=self.device)
         self.has: dict[str, bool] | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
+
+    def _lab_adamw(self) -> FlatAdamW | None:
+        """The lab's ``adamw`` op over the flat buffers when the model's ops chose a lab kernel for it (registry
+        / gate); None: torch's fused AdamW (the op's reference and its peer compute the same update)."""
+        ops = getattr(self.model, "ops", None)
+        impl = ops.impls().get("adamw") if hasattr(ops, "impls") else None
+        if impl is None or get_spec("adamw").impl(impl).role != "lab":
+            return None
+        return FlatAdamW.build(self.bucket, self.opt, self.lrs, ops.adamw)
+
+    def _check(self):
+        self.bucket.check()
+        if self.adamw is not None:
+            self.adamw.check()
 
     # ------------------------------------------------------------------ the step itself
     def _amp(self):
@@ -481,9 +609,12 @@ class TrainStep:
         # found_inf = 1 where that is NaN, else skip (0, or 1 in the warm-up before capture): one where kernel
         # writing the flag (was isnan | (skip > 0) and a copy: four)
         torch.where(torch.isnan((total + loss_avg) * 0), self.bucket.one, self.skip, out=self.opt.found_inf)
-        b.clip_(total, self.grad_clip)
-        if not grouped_adamw_step(self.opt):     # the first step (state created) or an optimizer it cannot take
-            self.opt.step()
+        if self.adamw is not None:               # the lab's one launch: clip and skip inside
+            self.adamw.step(total, self.opt.found_inf, self.grad_clip)
+        else:
+            b.clip_(total, self.grad_clip)
+            if not grouped_adamw_step(self.opt):     # the first step (state created) or an optimizer it cannot take
+                self.opt.step()
         monitor.pack(loss_avg, total, per, dict(zip(monitor.PROBES, b.tail[1:])), out=self.row)
 
     # ------------------------------------------------------------------ driving it
@@ -503,7 +634,7 @@ class TrainStep:
         if self.graph is not None:
             self.graph.replay()
         else:
-            self.bucket.check()
+            self._check()
             self._body()
         return self.row
 
@@ -513,7 +644,7 @@ class TrainStep:
         (``load_batch``)."""
         if self.device.type != "cuda":
             raise RuntimeError("CUDA graph capture needs a CUDA device")
-        self.bucket.check()
+        self._check()
         self.skip.fill_(1.0)
         try:
             warm_on_side_stream(self._body, warmup)

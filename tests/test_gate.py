@@ -842,7 +842,9 @@ def test_the_steps_calls_are_read_off_the_model():
     from groundthink import calls as C
     got, model = _rwkv6_calls()
     assert set(got) == {"wkv6", "ddlerp", "lowrank", "shift_lerp", "norm_gate", "gate_norm_residual",
-                        "cross_entropy", "wgrad", "ffn"}   # wgrad: the projections' weight gradients
+                        "cross_entropy", "wgrad", "ffn", "adamw"}   # wgrad: the projections' weight gradients
+    from groundthink.step import adamw_shape, group_params       # adamw: the step's optimizer call, one a step
+    assert [(c.shape, c.count) for c in got["adamw"]] == [(adamw_shape(group_params(model)), 1)]
     assert model.ops.impls()["wkv6"] == "reference"           # restored
     n = model.config.n_layer
     assert {(c.label, c.count) for c in got["shift_lerp"]} == {("B4 T32 D64 [tee=True]", n)}
