@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kernels  # noqa: F401
-from groundthink.harness import compare
+from groundthink.harness import compare, rel_err
 from groundthink.registry import Choice, OpSet
 from kernels.adamw import adamw
 from kernels.adamw.spec import make_inputs
@@ -187,5 +187,5 @@ def test_gpu_model_shapes(impl):
                         v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in d.items()},
                  **{k: v.double().cpu() for k, v in want.items()}}
         ref(**ref_d)
-        for k in want:
-            torch.testing.assert_close(d[k].double().cpu(), ref_d[k], rtol=1e-5, atol=1e-9)
+        errs = {k: rel_err(d[k], ref_d[k]) for k in want}       # ‖out − ref‖ / ‖ref‖, the harness's measure
+        assert max(errs.values()) <= BOUND, errs
