@@ -489,7 +489,8 @@ class FlatAdamW:
         """Re-adopt when the optimizer's state was replaced (``opt.load_state_dict`` after the step was built)."""
         for i, p in enumerate(self.fp.params):
             st = self.opt.state.get(p)
-            if not st or st.get("exp_avg") is None or st["exp_avg"].data_ptr() != self.m.data_ptr() + 4 * self.fp.views[i][0]:
+            where = self.m.data_ptr() + 4 * self.fp.views[i][0]
+            if not st or st.get("exp_avg") is None or st["exp_avg"].data_ptr() != where:
                 self.adopt()
                 return
 

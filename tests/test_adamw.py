@@ -8,10 +8,10 @@ import torch
 
 import kernels  # noqa: F401
 from groundthink.harness import compare, rel_err
-from groundthink.registry import Choice, OpSet
 from kernels.adamw import adamw
 from kernels.adamw.spec import make_inputs
 from reference.adamw import adamw as ref
+from tests.test_step import batches, lab_adamw_ops, make
 
 BOUND = 1e-6          # fp32 math vs float64: every output is an fp32 rounding of a few fp32 operations
 
@@ -94,21 +94,16 @@ def test_bad_input_is_one_line_error(change, msg):
 
 # ----------------------------------------------------------------------------------------------- the training step
 
-def _lab_ops():
-    return OpSet({"adamw": Choice("adamw", "triton", "test", adamw, True)})
-
-
 def test_training_step_with_the_lab_op_equals_torch_fused_adamw():
     """TrainStep with ``ops.adamw`` a lab kernel (one launch, clip inside) = TrainStep with torch's fused AdamW
     (clip pass, grouped steps): parameters, moments and steps after four steps with clipping active, a skipped
     (non-finite) step among them; opt.state holds views of the flat moments."""
     from groundthink.step import TrainStep
-    from tests.test_step import batches, make
     runs = []
     for lab in (False, True):
         model, opt, _ = make(clip=0.05)
         if lab:
-            model.ops = _lab_ops()
+            model.ops = lab_adamw_ops()
         step = TrainStep(model, opt, batch_size=4, seq_len=8, device="cpu", grad_clip=0.05)
         assert (step.adamw is not None) == lab
         for i, (x, y) in enumerate(batches(4)):
@@ -131,12 +126,11 @@ def test_lab_adamw_adopts_a_loaded_optimizer_state():
     """A checkpoint's optimizer state (opt.state_dict() of a lab-op run) loaded into a fresh optimizer before or
     after the step is built continues exactly like the run that saved it."""
     from groundthink.step import TrainStep
-    from tests.test_step import batches, make
     data = batches(4)
 
     def run(n_before, state=None, params=None, load_after=False):
         model, opt, _ = make(clip=0.05)
-        model.ops = _lab_ops()
+        model.ops = lab_adamw_ops()
         if params is not None:
             model.load_state_dict(params)
         if state is not None and not load_after:
@@ -150,7 +144,7 @@ def test_lab_adamw_adopts_a_loaded_optimizer_state():
 
     full, _ = run(0)
     model, opt, _ = make(clip=0.05)
-    model.ops = _lab_ops()
+    model.ops = lab_adamw_ops()
     step = TrainStep(model, opt, batch_size=4, seq_len=8, device="cpu", grad_clip=0.05)
     for x, y in data[:2]:
         step(x, y, [1e-2] * 3)

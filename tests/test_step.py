@@ -47,9 +47,18 @@ class TwoBranch(nn.Module):
                 "other": [self.emb.weight, self.gate, self.head.weight]}
 
 
-def make(seed=0, clip=1.0, world=1, batch=B):
+def lab_adamw_ops():
+    """An op set whose ``adamw`` is the lab kernel (the step then updates through ``FlatAdamW``)."""
+    from groundthink.registry import Choice, OpSet
+    from kernels.adamw import adamw
+    return OpSet({"adamw": Choice("adamw", "triton", "test", adamw, True)})
+
+
+def make(seed=0, clip=1.0, world=1, batch=B, lab_adamw=False):
     torch.manual_seed(seed)
     model = TwoBranch()
+    if lab_adamw:
+        model.ops = lab_adamw_ops()
     opt = torch.optim.AdamW([{"params": ps, "lr": 1e-2} for ps in group_params(model).values()], lr=1e-2,
                             weight_decay=0.1, fused=True, capturable=True)
     return model, opt, TrainStep(model, opt, batch_size=batch, seq_len=T, device="cpu", grad_clip=clip, world=world)
@@ -311,12 +320,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank, world, port, q):
+def _rank_main(rank, world, port, q, lab_adamw=False):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        model, _, step = make(clip=0.05, world=world, batch=B // world)
+        model, _, step = make(clip=0.05, world=world, batch=B // world, lab_adamw=lab_adamw)
+        assert (step.adamw is not None) == lab_adamw
         losses = []
         for x, y in batches(3):
             x, y = x[rank * (B // world):(rank + 1) * (B // world)], y[rank * (B // world):(rank + 1) * (B // world)]
@@ -327,17 +337,19 @@ def _rank_main(rank, world, port, q):
         dist.destroy_process_group()
 
 
-def test_two_gloo_ranks_match_one_rank():
-    """Explicit all-reduce of the flat bucket: 2 ranks × batch 2 = 1 rank × batch 4 (loss, norms, parameters).
-    The ranks are forked after the one-rank run (they inherit its imports, torch._dynamo of the optimizer included:
-    no import of their own, ~10 s less on a 2-core machine) unless this process has initialised CUDA, which a
-    forked child could not use."""
-    model, _, step = make(clip=0.05)
+@pytest.mark.parametrize("lab_adamw", [False, True], ids=["torch_adamw", "lab_adamw"])
+def test_two_gloo_ranks_match_one_rank(lab_adamw):
+    """Explicit all-reduce of the flat bucket: 2 ranks × batch 2 = 1 rank × batch 4 (loss, norms, parameters),
+    with torch's fused AdamW and with the lab's one-launch update (every rank runs the same update on the averaged
+    gradients). The ranks are forked after the one-rank run (they inherit its imports, torch._dynamo of the
+    optimizer included: no import of their own, ~10 s less on a 2-core machine) unless this process has initialised
+    CUDA, which a forked child could not use."""
+    model, _, step = make(clip=0.05, lab_adamw=lab_adamw)
     one = [step(x, y, [1e-2] * 3).tolist() for x, y in batches(3)]
     ctx = mp.get_context("spawn" if torch.cuda.is_initialized() else "fork")
     q = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, 2, port, q)) for r in range(2)]
+    procs = [ctx.Process(target=_rank_main, args=(r, 2, port, q, lab_adamw)) for r in range(2)]
     for p in procs:
         p.start()
     two_losses, two_params = q.get(timeout=120)
