@@ -3,8 +3,9 @@ capturable=True)`` runs) on per-parameter views of the flat buffers, one call pe
 the gradients in place with a multi-tensor multiply by min(1, max_norm / (total_norm + 1e-6)) — the training
 step's update before the lab op (``groundthink.step.grouped_adamw_step`` and ``FlatParams.clip_``). Unlike the lab
 op it scales ``grad`` in place. The parameters' bounds, groups and weight decays are read on the host once per
-set of tables (cached by their storage; a CUDA-graph capture must follow an eager call, as the benchmarks' warm-up
-does)."""
+set of tables (cached by their sizes and storage — tables rewritten in place with other values would be missed:
+the benchmarks and the gate make them once per shape; a CUDA-graph capture must follow an eager call, as the
+benchmarks' warm-up does)."""
 from __future__ import annotations
 
 import torch
@@ -16,7 +17,8 @@ _PLANS: dict = {}
 
 def _plan(n, chunk_param, group, weight_decay):
     """[(group, [(start, end) of each parameter]), ...] and the groups' weight decays (host floats)."""
-    key = (n, chunk_param.data_ptr(), group.data_ptr(), weight_decay.data_ptr())
+    key = (n, group.shape[0], weight_decay.shape[0], chunk_param.data_ptr(), group.data_ptr(),
+           weight_decay.data_ptr())
     if key not in _PLANS:
         owners, groups = chunk_param.tolist(), group.tolist()
         bounds: dict[int, list[int]] = {}
