@@ -4,6 +4,12 @@ speedup and the error vs float64), then the autotuner's choice per kernel and sh
 TRITON_CACHE_AUTOTUNING=1 the bench's tuning is read back from Triton's cache, not redone).
 
     PYTHONPATH=. python scripts/gpu_ffn.py --run profiles/<gpu>/run-...
+    TRITON_INTERPRET=0 PYTHONPATH=. python scripts/gpu_ffn.py --regs       # no GPU needed
+
+``--regs``: registers, spill bytes and the wgmma / cp.async instruction counts of both kernels in every autotune
+configuration, compiled for sm_90 on this machine with the launch's specialisation (``tt.divisibility`` 16 on the
+pointers and on M, N, K, as the step's shapes get: without it the compile is not the GPU's — 255 registers and
+spills everywhere, no cp.async).
 """
 from __future__ import annotations
 
@@ -51,10 +57,55 @@ def tuned() -> list[str]:
     return out
 
 
+def regs() -> list[str]:
+    """Offline sm_90 compile of every configuration (module docstring)."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+    mod = importlib.import_module("kernels.ffn.ffn")
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    out = [f"{'kernel':17} {'BM':>4} {'BN':>4} {'BK':>4} warps stages registers spill HGMMA LDGSTS"]
+    for name in ("_ffn_up_kernel", "_ffn_dact_kernel"):
+        fn = getattr(mod, name)
+        while not isinstance(fn, JITFunction):
+            fn = fn.fn
+        for cfg in mod._CONFIGS:
+            consts = {"ACT": 0, "PREC": "tf32", **cfg.kwargs}
+            types = {n: "constexpr" if n in consts else "*bf16" if n.startswith("p_") else "i32"
+                     for n in fn.arg_names}
+            attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n not in consts}
+            src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
+                            attrs=attrs)
+            cubin = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={
+                "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}).asm["cubin"]
+            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                f.write(cubin)
+                f.flush()
+                res = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+                sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
+            m = re.search(r"REG:(\d+) STACK:(\d+)", res)
+            out.append(f"{name:17} {cfg.kwargs['BM']:4} {cfg.kwargs['BN']:4} {cfg.kwargs['BK']:4} "
+                       f"{cfg.num_warps:5} {cfg.num_stages:6} {m.group(1) if m else '?':>9} "
+                       f"{m.group(2) if m else '?':>5} {sass.count('HGMMA'):5} {sass.count('LDGSTS'):6}")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="the results folder of gpu_reports.sh (GT_RUN)")
+    ap.add_argument("--run", help="the results folder of gpu_reports.sh (GT_RUN)")
+    ap.add_argument("--regs", action="store_true", help="offline sm_90 registers of every configuration (no GPU)")
     a = ap.parse_args()
+    if a.regs:
+        print("\n".join(regs()))
+        return
+    if not a.run:
+        ap.error("--run is required (or --regs)")
     print("== ffn: autotuned configs (bf16)")
     print("\n".join(tuned()))
     print("== ffn: bench rows (ms per call; x_ref = reference ms / ms)")
