@@ -32,8 +32,11 @@ Around it (all exercised on CPU except ``torch.cuda.graph`` itself):
 * learning rates are 0-d device tensors (``param_group["lr"]``), set in place before each step from the
   schedule (one non-blocking copy from pinned memory): AdamW(fused=True, capturable=True) reads them on device.
 * norms: one ``torch._foreach_norm`` over the six segments gives per-component and global norms; clipping
-  multiplies ``flat`` by min(1, max_norm / (norm + 1e-6)) on device.
-* the guarded update: ``opt.found_inf`` (a device flag, read by the fused AdamW kernel) is 1 when the global
+  multiplies ``flat`` by min(1, max_norm / (norm + 1e-6)) on device — or, with the lab's ``adamw`` op
+  (``FlatAdamW``: chosen by the registry / gate), the update applies that factor as it reads the gradients.
+* the update: torch's fused capturable AdamW (``grouped_adamw_step``), or the ``adamw`` op's ONE launch over the
+  flat buffers (moments and step counts kept flat, ``opt.state`` holding views of them: ``FlatAdamW``).
+* the guarded update: ``opt.found_inf`` (a device flag, read by either update) is 1 when the global
   grad norm or the loss is non-finite, so such a step leaves parameters and optimizer state (step counts
   included) unchanged. The warm-up iterations before capture run with the flag forced to 1: they change nothing.
 * no host sync anywhere in ``_body``: the loss, grad norms and probes go into ``self.row`` (read later by
