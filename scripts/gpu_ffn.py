@@ -6,10 +6,11 @@ TRITON_CACHE_AUTOTUNING=1 the bench's tuning is read back from Triton's cache, n
     PYTHONPATH=. python scripts/gpu_ffn.py --run profiles/<gpu>/run-...
     TRITON_INTERPRET=0 PYTHONPATH=. python scripts/gpu_ffn.py --regs       # no GPU needed
 
-``--regs``: registers, spill bytes and the wgmma / cp.async instruction counts of both kernels in every autotune
-configuration, compiled for sm_90 on this machine with the launch's specialisation (``tt.divisibility`` 16 on the
-pointers and on M, N, K, as the step's shapes get: without it the compile is not the GPU's — 255 registers and
-spills everywhere, no cp.async).
+``--regs``: registers, spill bytes and the wgmma / cp.async instruction counts of both kernels in each of their
+autotune configurations (HE: how many of the dact kernel's two saved-h column halves are loaded before its K loop),
+compiled for sm_90 on this machine with the launch's specialisation (``tt.divisibility`` 16 on the pointers and on
+M, N, K, as the step's shapes get: without it the compile is not the GPU's — 255 registers and spills everywhere,
+no cp.async).
 """
 from __future__ import annotations
 
@@ -70,12 +71,12 @@ def regs() -> list[str]:
     from triton.runtime.jit import JITFunction
     mod = importlib.import_module("kernels.ffn.ffn")
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    out = [f"{'kernel':17} {'BM':>4} {'BN':>4} {'BK':>4} warps stages registers spill HGMMA LDGSTS"]
-    for name in ("_ffn_up_kernel", "_ffn_dact_kernel"):
+    out = [f"{'kernel':17} {'BM':>4} {'BN':>4} {'BK':>4} {'HE':>2} warps stages registers spill HGMMA LDGSTS"]
+    for name, configs in (("_ffn_up_kernel", mod._UP), ("_ffn_dact_kernel", mod._DACT)):
         fn = getattr(mod, name)
         while not isinstance(fn, JITFunction):
             fn = fn.fn
-        for cfg in mod._CONFIGS:
+        for cfg in configs:
             consts = {"ACT": 0, "PREC": "tf32", **cfg.kwargs}
             types = {n: "constexpr" if n in consts else "*bf16" if n.startswith("p_") else "i32"
                      for n in fn.arg_names}
@@ -91,7 +92,8 @@ def regs() -> list[str]:
                 sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
             m = re.search(r"REG:(\d+) STACK:(\d+)", res)
             out.append(f"{name:17} {cfg.kwargs['BM']:4} {cfg.kwargs['BN']:4} {cfg.kwargs['BK']:4} "
-                       f"{cfg.num_warps:5} {cfg.num_stages:6} {m.group(1) if m else '?':>9} "
+                       f"{cfg.kwargs.get('HE', '-'):>2} {cfg.num_warps:5} {cfg.num_stages:6} "
+                       f"{m.group(1) if m else '?':>9} "
                        f"{m.group(2) if m else '?':>5} {sass.count('HGMMA'):5} {sass.count('LDGSTS'):6}")
     return out
 

@@ -105,6 +105,32 @@ def test_opcheck_and_bad_input():
         ffn(inp["x"].double(), inp["w_up"], inp["w_down"])
 
 
+@pytest.mark.parametrize("act", ["gelu", "relu2"])
+def test_dact_h_early_variants(act):
+    """The dact kernel's HE constexpr (how many of its two saved-h column halves are loaded before the K loop; the
+    GPU's autotune configs take 0, 1 and 2, the interpreter's one config 1): every value gives dH within the fp32
+    bound of fp64 (dY W_down) ⊙ act'(h), at sizes crossing every tile edge (the last column tile's second half
+    fully masked), into a NaN-filled output."""
+    import importlib
+
+    from kernels._common import cdiv
+    mod = importlib.import_module("kernels.ffn.ffn")
+    M, D, Fh = 37, 40, 72
+    gen = torch.Generator().manual_seed(1)
+    dy, w_down, h = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in ((M, D), (D, Fh), (M, Fh)))
+    h = 3 * h
+    d = (torch.special.ndtr(h) + h * torch.exp(-0.5 * h * h) / (2 * torch.pi) ** 0.5 if act == "gelu"
+         else 2 * h.clamp_min(0))
+    ref = (dy @ w_down) * d
+    grid = (cdiv(M, 32) * cdiv(Fh, 32),)
+    for he in (0, 1, 2):
+        dh = torch.full((M, Fh), float("nan"))
+        mod._ffn_dact_kernel.fn[grid](dy.float(), w_down.float(), h.float(), dh, M, Fh, D, ACT=mod._ACT[act],
+                                      PREC="ieee", BM=32, BN=32, BK=16, HE=he)
+        err = ((dh.double() - ref).norm() / ref.norm()).item()
+        assert err <= bound_for(torch.float32), f"HE={he} {act}: {err:.3g}"
+
+
 GPU_SHAPES = [(16384, 128, 512), (16384, 512, 2048)]
 
 
