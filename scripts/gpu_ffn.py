@@ -7,7 +7,8 @@ TRITON_CACHE_AUTOTUNING=1 the bench's tuning is read back from Triton's cache, n
     TRITON_INTERPRET=0 PYTHONPATH=. python scripts/gpu_ffn.py --regs       # no GPU needed
 
 ``--regs``: registers, spill bytes and the wgmma / cp.async instruction counts of both kernels in each of their
-autotune configurations (HE: how many of the dact kernel's two saved-h column halves are loaded before its K loop),
+autotune configurations (HE: how many of the dact kernel's two saved-h column halves are loaded before its K loop;
+smem_KB: the dynamic shared memory; prog/SM: the programs an SM holds by registers, shared memory and warps),
 compiled for sm_90 on this machine with the launch's specialisation (``tt.divisibility`` 16 on the pointers and on
 M, N, K, as the step's shapes get: without it the compile is not the GPU's — 255 registers and spills everywhere,
 no cp.async).
@@ -58,6 +59,13 @@ def tuned() -> list[str]:
     return out
 
 
+def _programs_per_sm(regs: int, smem: int, warps: int) -> int:
+    """Programs resident on one sm_90 SM (H100 / H200): 64K registers allocated per warp in 256s (a thread's count
+    rounded up to 8), 228 KB of shared memory with 1 KB reserved per program, 64 warps."""
+    by_regs = 65536 // (-(-regs // 8) * 8 * 32) // warps
+    return min(by_regs, 228 * 1024 // (smem + 1024), 64 // warps)
+
+
 def regs() -> list[str]:
     """Offline sm_90 compile of every configuration (module docstring)."""
     import os
@@ -71,7 +79,8 @@ def regs() -> list[str]:
     from triton.runtime.jit import JITFunction
     mod = importlib.import_module("kernels.ffn.ffn")
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    out = [f"{'kernel':17} {'BM':>4} {'BN':>4} {'BK':>4} {'HE':>2} warps stages registers spill HGMMA LDGSTS"]
+    out = [f"{'kernel':17} {'BM':>4} {'BN':>4} {'BK':>4} {'HE':>2} warps stages registers spill smem_KB prog/SM "
+           f"HGMMA LDGSTS"]
     for name, configs in (("_ffn_up_kernel", mod._UP), ("_ffn_dact_kernel", mod._DACT)):
         fn = getattr(mod, name)
         while not isinstance(fn, JITFunction):
@@ -83,18 +92,20 @@ def regs() -> list[str]:
             attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n not in consts}
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
                             attrs=attrs)
-            cubin = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={
-                "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}).asm["cubin"]
+            kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={
+                "num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+            cubin, smem = kern.asm["cubin"], kern.metadata.shared
             with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
                 f.write(cubin)
                 f.flush()
                 res = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
                 sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
             m = re.search(r"REG:(\d+) STACK:(\d+)", res)
+            progs = _programs_per_sm(int(m.group(1)), smem, cfg.num_warps) if m else "?"
             out.append(f"{name:17} {cfg.kwargs['BM']:4} {cfg.kwargs['BN']:4} {cfg.kwargs['BK']:4} "
                        f"{cfg.kwargs.get('HE', '-'):>2} {cfg.num_warps:5} {cfg.num_stages:6} "
-                       f"{m.group(1) if m else '?':>9} "
-                       f"{m.group(2) if m else '?':>5} {sass.count('HGMMA'):5} {sass.count('LDGSTS'):6}")
+                       f"{m.group(1) if m else '?':>9} {m.group(2) if m else '?':>5} {smem / 1024:7.0f} {progs:>7} "
+                       f"{sass.count('HGMMA'):5} {sass.count('LDGSTS'):6}")
     return out
 
 

@@ -60,15 +60,17 @@ def _cfg(bm, bn, bk, warps, stages, **kw):
 
 
 # the GPU candidates (the step's shapes: M 16384, (F, D) = (512, 128) small and (2048, 512) large), ≤ 8 a kernel
-# (each one is compiled at the first call: the gate's first-use budget). Registers a thread from the offline sm_90
-# compile (scripts/gpu_ffn.py --regs, Triton 3.9; notes/glue.md): up 69-161; dact 96-170, the 4-warp 64×128 /
-# 128×64 tiles at ≤ 168 (three programs an SM) with one h half loaded early (HE=1), 136 with none (HE=0).
+# (each one is compiled at the first call: the gate's first-use budget); run 22's picks (up 128×128×64 w8 s3 small,
+# 64×64×64 w4 s4 large; dact 64×128×64 w4 s3 both) are kept. Registers a thread and programs an SM from the offline
+# sm_90 compile (scripts/gpu_ffn.py --regs, Triton 3.9; notes/glue.md): up 69-161 (1-7 programs); dact 72-168,
+# the 4-warp 64×128 / 128×64 tiles at 168 with one h half loaded early (three programs an SM, as with none), the
+# small tiles at 4-7 programs an SM (the small shape's dact is memory-bound: more loads in flight).
 # The interpreter's one config is small, so that CPU tests cross tile edges in every dimension.
 _UP = [_cfg(128, 128, 64, 8, 3), _cfg(128, 64, 64, 4, 3), _cfg(64, 128, 64, 4, 3), _cfg(64, 64, 64, 4, 4),
-       _cfg(128, 128, 128, 8, 2), _cfg(128, 64, 128, 4, 2), _cfg(64, 256, 64, 8, 3), _cfg(256, 64, 64, 8, 3)]
-_DACT = [_cfg(64, 128, 64, 4, 3, HE=1), _cfg(64, 128, 64, 4, 3, HE=0), _cfg(128, 64, 64, 4, 3, HE=1),
-         _cfg(64, 64, 64, 4, 4, HE=2), _cfg(128, 128, 64, 8, 3, HE=0), _cfg(256, 64, 64, 8, 3, HE=0),
-         _cfg(128, 64, 128, 4, 2, HE=0), _cfg(64, 256, 64, 8, 3, HE=1)]
+       _cfg(128, 64, 64, 4, 2), _cfg(64, 64, 32, 4, 3), _cfg(128, 64, 128, 4, 2), _cfg(256, 64, 64, 8, 3)]
+_DACT = [_cfg(64, 128, 64, 4, 3, HE=1), _cfg(128, 64, 64, 4, 3, HE=1), _cfg(128, 64, 32, 4, 4, HE=0),
+         _cfg(64, 64, 64, 4, 3, HE=2), _cfg(64, 64, 32, 4, 3, HE=1), _cfg(256, 64, 64, 8, 2, HE=0),
+         _cfg(128, 64, 128, 4, 2, HE=0), _cfg(128, 128, 64, 8, 3, HE=0)]
 UP_CONFIGS = autotune_configs([_cfg(32, 32, 16, 4, 1)] if INTERPRET else _UP)
 DACT_CONFIGS = autotune_configs([_cfg(32, 32, 16, 4, 1, HE=1)] if INTERPRET else _DACT)
 
