@@ -62,7 +62,7 @@ def _cfg(bm, bn, bk, warps, stages, **kw):
 # the GPU candidates (the step's shapes: M 16384, (F, D) = (512, 128) small and (2048, 512) large), ≤ 8 a kernel
 # (each one is compiled at the first call: the gate's first-use budget); run 22's picks (up 128×128×64 w8 s3 small,
 # 64×64×64 w4 s4 large; dact 64×128×64 w4 s3 both) are kept. Registers a thread and programs an SM from the offline
-# sm_90 compile (scripts/gpu_ffn.py --regs, Triton 3.9; notes/glue.md): up 69-161 (1-7 programs); dact 72-168,
+# sm_90 compile (scripts/gpu_ffn.py --regs, Triton 3.9 and 3.6; notes/glue.md): up 69-161 (1-7 programs); dact 72-168,
 # the 4-warp 64×128 / 128×64 tiles at 168 with one h half loaded early (three programs an SM, as with none), the
 # small tiles at 4-7 programs an SM (the small shape's dact is memory-bound: more loads in flight).
 # The interpreter's one config is small, so that CPU tests cross tile edges in every dimension.
