@@ -26,9 +26,11 @@ Saved for the backward: x, h, a (and the weights), as autograd saves for the unf
 
 Tiles: ``@triton.autotune`` over ≤ 8 (BM, BN, BK, warps, stages[, HE]) configs a kernel (BN/2 ≥ 16: a dot's least
 width) keyed on (N, K) = (F, D) and the dtype, never on M (the step's M = B·T is fixed; a new M must not re-tune);
-one small config under the interpreter
-(``kernels._common.autotune_configs``). The kernels only write their outputs, so the autotuner's repeated runs are
-harmless. Row offsets are int64 (M·F may exceed 2³¹).
+one small config under the interpreter (``kernels._common.autotune_configs``). The kernels' constexprs: ACT (0 gelu,
+1 relu2), PREC (tl.dot's input_precision, ``kernels._common.dot_precision``: "ieee" for fp32 inputs, else "tf32",
+ignored by fp16 / bf16 dots), BM × BN × BK (the tile and K step), HE (the dact kernel's early h halves, above). The
+kernels only write their outputs, so the autotuner's repeated runs are harmless. Row offsets are int64 (M·F may
+exceed 2³¹).
 
 Layouts: x [..., D] viewed as [M, D]; weights and every tensor contiguous. Dtypes: x fp32 / fp16 / bf16; the
 weights cast to x's dtype (under autocast all three cast to autocast's dtype first, as nn.Linear would; the step's
