@@ -105,30 +105,55 @@ def test_opcheck_and_bad_input():
         ffn(inp["x"].double(), inp["w_up"], inp["w_down"])
 
 
-@pytest.mark.parametrize("act", ["gelu", "relu2"])
-def test_dact_h_early_variants(act):
-    """The dact kernel's HE constexpr (how many of its two saved-h column halves are loaded before the K loop; the
-    GPU's autotune configs take 0, 1 and 2, the interpreter's one config 1): every value gives dH within the fp32
-    bound of fp64 (dY W_down) ⊙ act'(h), at sizes crossing every tile edge (the last column tile's second half
-    fully masked), into a NaN-filled output."""
+def _check_every_config(act, dtype, device, M, D, Fh, bound, small=()):
+    """Both kernels launched raw (no autotuner) at every GPU autotune config (``_UP``, ``_DACT``) and the extra
+    ``small`` ones, into NaN-filled outputs, against fp64 of the same (rounded) inputs: h and a = act(h) of the up
+    kernel, dH = (dY W_down) ⊙ act'(h) of the dact kernel (h given, |h| up to ~9)."""
     import importlib
 
-    from kernels._common import cdiv
+    from kernels._common import cdiv, dot_precision
     mod = importlib.import_module("kernels.ffn.ffn")
-    M, D, Fh = 37, 40, 72
     gen = torch.Generator().manual_seed(1)
-    dy, w_down, h = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in ((M, D), (D, Fh), (M, Fh)))
-    h = 3 * h
-    d = (torch.special.ndtr(h) + h * torch.exp(-0.5 * h * h) / (2 * torch.pi) ** 0.5 if act == "gelu"
-         else 2 * h.clamp_min(0))
-    ref = (dy @ w_down) * d
-    grid = (cdiv(M, 32) * cdiv(Fh, 32),)
-    for he in (0, 1, 2):
-        dh = torch.full((M, Fh), float("nan"))
-        mod._ffn_dact_kernel.fn[grid](dy.float(), w_down.float(), h.float(), dh, M, Fh, D, ACT=mod._ACT[act],
-                                      PREC="ieee", BM=32, BN=32, BK=16, HE=he)
-        err = ((dh.double() - ref).norm() / ref.norm()).item()
-        assert err <= bound_for(torch.float32), f"HE={he} {act}: {err:.3g}"
+    x, w_up, dy, w_down, h = (torch.randn(*s, generator=gen, dtype=torch.float64).to(dtype).to(device)
+                              for s in ((M, D), (Fh, D), (M, D), (D, Fh), (M, Fh)))
+    w_up, w_down, h = w_up / D ** 0.5, w_down / Fh ** 0.5, 3 * h        # exact in every dtype (powers of 2)
+    x64, wu64, dy64, wd64, h64 = (t.double() for t in (x, w_up, dy, w_down, h))
+    hh = x64 @ wu64.t()
+    if act == "gelu":
+        ref_a = hh * torch.special.ndtr(hh)
+        d = torch.special.ndtr(h64) + h64 * torch.exp(-0.5 * h64 * h64) / (2 * torch.pi) ** 0.5
+    else:
+        ref_a, d = hh.clamp_min(0).square(), 2 * h64.clamp_min(0)
+    ref_dh = (dy64 @ wd64) * d
+
+    def err(o, r):
+        return ((o.double() - r).norm() / r.norm()).item()
+    kw = dict(ACT=mod._ACT[act], PREC=dot_precision(dtype))
+    for cfg in [*mod._UP, *mod._DACT, *small]:
+        name = "dact" if "HE" in cfg.kwargs else "up"
+        grid = (cdiv(M, cfg.kwargs["BM"]) * cdiv(Fh, cfg.kwargs["BN"]),)
+        opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs, **kw)
+        if name == "up":
+            o_h, o_a = (torch.full((M, Fh), float("nan"), dtype=dtype, device=device) for _ in range(2))
+            mod._ffn_up_kernel.fn[grid](x, w_up, o_h, o_a, M, Fh, D, **opts)
+            errs = {"h": err(o_h, hh), "a": err(o_a, ref_a)}
+        else:
+            o_dh = torch.full((M, Fh), float("nan"), dtype=dtype, device=device)
+            mod._ffn_dact_kernel.fn[grid](dy, w_down, h, o_dh, M, Fh, D, **opts)
+            errs = {"dh": err(o_dh, ref_dh)}
+        assert max(errs.values()) <= bound, f"{name} {cfg} {act}: {errs}"
+
+
+def test_every_config():
+    """Every GPU autotune config of both kernels (the interpreter's autotuner runs only its first, small one) and
+    the dact kernel's HE 0 / 1 / 2 (how many saved-h column halves are loaded before its K loop) at the
+    interpreter's tile, fp32, GELU (relu2's epilogue: test_kernel), sizes crossing tile edges (M 70 past BM
+    64 and short of 128 / 256, F 136 past BN 64 / 128 with a fully masked second column half, K 72 past BK 64 and
+    short of 128)."""
+    import importlib
+    cfg = importlib.import_module("kernels.ffn.ffn")._cfg
+    _check_every_config("gelu", torch.float32, "cpu", 70, 72, 136, bound_for(torch.float32),
+                        small=[cfg(32, 32, 16, 4, 1, HE=he) for he in (0, 1, 2)])
 
 
 GPU_SHAPES = [(16384, 128, 512), (16384, 512, 2048)]
@@ -158,3 +183,11 @@ def test_gpu_fp32(act):
     inp = {k: v.cuda().detach().requires_grad_() for k, v in make_inputs((1001,), 200, 700, scale=4.0).items()}
     check_op(lambda **k: ffn(**k, act=act), lambda **k: R.ffn(**k, act=act), inp, bound=bound_for(torch.float32),
              ref_device="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_every_config():
+    """bf16 on the GPU, every autotune config of both kernels launched raw (the autotuner checks none of them; the
+    bench and test_gpu_bf16 check only its pick): within the bf16 bound of fp64. The shapes' divisibility is the
+    small model's, so the compiled variants are test_gpu_bf16's."""
+    _check_every_config("gelu", torch.bfloat16, "cuda", 4096, 128, 512, bound_for(torch.bfloat16))
