@@ -10,6 +10,7 @@ fwd+bwd, the speedup and the error vs float64).
 
 ``--regs``: registers, spill bytes and the wgmma / cp.async instruction counts of both kernels in each of their
 autotune configurations (HE: how many of the dact kernel's two saved-h column halves are loaded before its K loop;
+cap: the config's maxnreg;
 smem_KB: the dynamic shared memory; prog/SM: the programs an SM holds by registers, shared memory and warps),
 compiled for sm_90 on this machine with the launch's specialisation (``tt.divisibility`` 16 on the pointers and on
 M, N, K, as the step's shapes get: without it the compile is not the GPU's — 255 registers and spills everywhere,
@@ -79,7 +80,8 @@ def configs_table(shapes=None, timer=None, device="cuda") -> list[str]:
     from kernels._common import cdiv
     mod = importlib.import_module("kernels.ffn.ffn")
     spec = importlib.import_module("groundthink.spec").get("ffn")
-    out = [f"{'shape':18} {'kernel':5} {'BM':>4} {'BN':>4} {'BK':>4} {'HE':>2} warps stages {'us':>8} {'x_ref':>6}"]
+    out = [f"{'shape':18} {'kernel':5} {'BM':>4} {'BN':>4} {'BK':>4} {'HE':>2} warps stages cap {'us':>8} "
+           f"{'x_ref':>6}"]
     for M, D, Fh in shapes or spec.bench.shapes():
         kw = spec.bench.make_inputs(M, D, Fh, False, dtype=torch.bfloat16, device=device)
         x, w_up, w_down = kw["x"], kw["w_up"], kw["w_down"]
@@ -91,16 +93,16 @@ def configs_table(shapes=None, timer=None, device="cuda") -> list[str]:
         floor = {k: 2 * (M * D + 2 * M * Fh) / 4.8e6 for k in ("up", "dact")}   # the same bytes, both
         shp = spec.bench.shape_str(M, D, Fh)
         for name in ("up", "dact"):
-            out.append(f"{shp:18} {name:5} {'cuBLAS + torch GELU' + (' bwd' if name == 'dact' else ''):>38} "
+            out.append(f"{shp:18} {name:5} {'cuBLAS + torch GELU' + (' bwd' if name == 'dact' else ''):>42} "
                        f"{ref[name]:8.1f}   (HBM floor {floor[name]:.1f} us)")
         for name, kern, configs, args in (("up", mod._ffn_up_kernel, mod._UP, (x, w_up, h, a)),
                                           ("dact", mod._ffn_dact_kernel, mod._DACT, (dy, w_down, h, dh))):
             for c in configs:
                 grid = (cdiv(M, c.kwargs["BM"]) * cdiv(Fh, c.kwargs["BN"]),)
-                us = 1e3 * timer(lambda: kern.fn[grid](*args, M, Fh, D, ACT=0, PREC="tf32", **c.kwargs,
-                                                       num_warps=c.num_warps, num_stages=c.num_stages))
+                us = 1e3 * timer(lambda: kern.fn[grid](*args, M, Fh, D, ACT=0, PREC="tf32", **c.all_kwargs()))
                 out.append(f"{shp:18} {name:5} {c.kwargs['BM']:4} {c.kwargs['BN']:4} {c.kwargs['BK']:4} "
-                           f"{c.kwargs.get('HE', '-'):>2} {c.num_warps:5} {c.num_stages:6} {us:8.1f} "
+                           f"{c.kwargs.get('HE', '-'):>2} {c.num_warps:5} {c.num_stages:6} {c.maxnreg or '-':>3} "
+                           f"{us:8.1f} "
                            f"{ref[name] / us:6.2f}")
     return out
 
@@ -125,8 +127,8 @@ def regs() -> list[str]:
     from triton.runtime.jit import JITFunction
     mod = importlib.import_module("kernels.ffn.ffn")
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    out = [f"{'kernel':17} {'BM':>4} {'BN':>4} {'BK':>4} {'HE':>2} warps stages registers spill smem_KB prog/SM "
-           f"HGMMA LDGSTS"]
+    out = [f"{'kernel':17} {'BM':>4} {'BN':>4} {'BK':>4} {'HE':>2} warps stages cap registers spill smem_KB "
+           f"prog/SM HGMMA LDGSTS"]
     for name, configs in (("_ffn_up_kernel", mod._UP), ("_ffn_dact_kernel", mod._DACT)):
         fn = getattr(mod, name)
         while not isinstance(fn, JITFunction):
@@ -139,7 +141,8 @@ def regs() -> list[str]:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
                             attrs=attrs)
             kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={
-                "num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+                "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+                **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})})
             cubin, smem = kern.asm["cubin"], kern.metadata.shared
             with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
                 f.write(cubin)
@@ -149,7 +152,7 @@ def regs() -> list[str]:
             m = re.search(r"REG:(\d+) STACK:(\d+)", res)
             progs = _programs_per_sm(int(m.group(1)), smem, cfg.num_warps) if m else "?"
             out.append(f"{name:17} {cfg.kwargs['BM']:4} {cfg.kwargs['BN']:4} {cfg.kwargs['BK']:4} "
-                       f"{cfg.kwargs.get('HE', '-'):>2} {cfg.num_warps:5} {cfg.num_stages:6} "
+                       f"{cfg.kwargs.get('HE', '-'):>2} {cfg.num_warps:5} {cfg.num_stages:6} {cfg.maxnreg or '-':>3} "
                        f"{m.group(1) if m else '?':>9} {m.group(2) if m else '?':>5} {smem / 1024:7.0f} {progs:>7} "
                        f"{sass.count('HGMMA'):5} {sass.count('LDGSTS'):6}")
     return out

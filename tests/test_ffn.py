@@ -132,7 +132,7 @@ def _check_every_config(act, dtype, device, M, D, Fh, bound, small=()):
     for cfg in [*mod._UP, *mod._DACT, *small]:
         name = "dact" if "HE" in cfg.kwargs else "up"
         grid = (cdiv(M, cfg.kwargs["BM"]) * cdiv(Fh, cfg.kwargs["BN"]),)
-        opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs, **kw)
+        opts = {**cfg.all_kwargs(), **kw}                   # as the autotuner launches it
         if name == "up":
             o_h, o_a = (torch.full((M, Fh), float("nan"), dtype=dtype, device=device) for _ in range(2))
             mod._ffn_up_kernel.fn[grid](x, w_up, o_h, o_a, M, Fh, D, **opts)

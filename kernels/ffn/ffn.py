@@ -57,8 +57,8 @@ __all__ = ["ffn"]
 _ACT = {a: i for i, a in enumerate(ACTS)}          # the ACT constexpr: 0 gelu, 1 relu2
 
 
-def _cfg(bm, bn, bk, warps, stages, **kw):
-    return triton.Config({"BM": bm, "BN": bn, "BK": bk, **kw}, num_warps=warps, num_stages=stages)
+def _cfg(bm, bn, bk, warps, stages, maxnreg=None, **kw):
+    return triton.Config({"BM": bm, "BN": bn, "BK": bk, **kw}, num_warps=warps, num_stages=stages, maxnreg=maxnreg)
 
 
 # the GPU candidates (the step's shapes: M 16384, (F, D) = (512, 128) small and (2048, 512) large), ≤ 8 a kernel
@@ -66,13 +66,15 @@ def _cfg(bm, bn, bk, warps, stages, **kw):
 # 64×64×64 w4 s4 large; dact 64×128×64 w4 s3 both) are kept. Registers a thread and programs an SM from the offline
 # sm_90 compile (scripts/gpu_ffn.py --regs, Triton 3.9 and 3.6; notes/glue.md): up 69-161 (1-7 programs); dact 72-168,
 # the 4-warp 64×128 / 128×64 tiles at 168 with one h half loaded early (three programs an SM, as with none), the
-# small tiles at 4-7 programs an SM (the small shape's dact is memory-bound: more loads in flight).
+# small tiles at 4-7 programs an SM (the small shape's dact is memory-bound: more loads in flight). The 8-warp
+# 128×128 tiles take 132-138 registers, one program an SM; capped at 128 (maxnreg) two fit (shared memory 96 KB):
+# dact then spills nothing (Triton 3.6), up 48 B, all after the K loop (its GELU epilogue, once a program).
 # The interpreter's one config is small, so that CPU tests cross tile edges in every dimension.
 _UP = [_cfg(128, 128, 64, 8, 3), _cfg(128, 64, 64, 4, 3), _cfg(64, 128, 64, 4, 3), _cfg(64, 64, 64, 4, 4),
-       _cfg(128, 64, 64, 4, 2), _cfg(64, 64, 32, 4, 3), _cfg(128, 64, 128, 4, 2), _cfg(256, 64, 64, 8, 3)]
+       _cfg(128, 64, 64, 4, 2), _cfg(64, 64, 32, 4, 3), _cfg(128, 64, 128, 4, 2), _cfg(128, 128, 64, 8, 3, maxnreg=128)]
 _DACT = [_cfg(64, 128, 64, 4, 3, HE=1), _cfg(128, 64, 64, 4, 3, HE=1), _cfg(128, 64, 32, 4, 4, HE=0),
          _cfg(64, 64, 64, 4, 3, HE=2), _cfg(64, 64, 32, 4, 3, HE=1), _cfg(256, 64, 64, 8, 2, HE=0),
-         _cfg(128, 64, 128, 4, 2, HE=0), _cfg(128, 128, 64, 8, 3, HE=0)]
+         _cfg(128, 64, 128, 4, 2, HE=0), _cfg(128, 128, 64, 8, 3, maxnreg=128, HE=0)]
 UP_CONFIGS = autotune_configs([_cfg(32, 32, 16, 4, 1)] if INTERPRET else _UP)
 DACT_CONFIGS = autotune_configs([_cfg(32, 32, 16, 4, 1, HE=1)] if INTERPRET else _DACT)
 
