@@ -63,7 +63,7 @@ cases = [
  (WG._wgrad_kernel, {"p_a": "*fp32", "p_b": "*fp32", "p_c": "*fp32", "p_part": "*fp32"}, dict(ONE=False, PREC="ieee", BM=32, BN=64, BR=32, COOP=False, TWO=True, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
  (WG._wgrad_kernel, {"p_a": "*fp32", "p_b": "*fp32", "p_c": "*fp32", "p_part": "*fp32"}, dict(ONE=False, PREC="tf32x3", BM=64, BN=64, BR=64, COOP=True, TWO=False, RP=8, BF=1024, CW=128, RB=64, PH=0, SPIN=1 << 15)),
  (FF._ffn_up_kernel.fn, {}, dict(ACT=0, PREC="tf32", BM=64, BN=64, BK=64)),
- (FF._ffn_dact_kernel.fn, {}, dict(ACT=0, PREC="tf32", BM=64, BN=64, BK=64)),
+ (FF._ffn_dact_kernel.fn, {}, dict(ACT=0, PREC="tf32", BM=64, BN=128, BK=64, HE=1)),
 ]
 def usage(cubin):
     """'regs=R spill=S' of a compiled kernel (cuobjdump --dump-resource-usage), '' without cuobjdump."""

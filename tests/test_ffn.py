@@ -105,6 +105,57 @@ def test_opcheck_and_bad_input():
         ffn(inp["x"].double(), inp["w_up"], inp["w_down"])
 
 
+def _check_every_config(act, dtype, device, M, D, Fh, bound, small=()):
+    """Both kernels launched raw (no autotuner) at every GPU autotune config (``_UP``, ``_DACT``) and the extra
+    ``small`` ones, into NaN-filled outputs, against fp64 of the same (rounded) inputs: h and a = act(h) of the up
+    kernel, dH = (dY W_down) ⊙ act'(h) of the dact kernel (h given, |h| up to ~9)."""
+    import importlib
+
+    from kernels._common import cdiv, dot_precision
+    mod = importlib.import_module("kernels.ffn.ffn")
+    gen = torch.Generator().manual_seed(1)
+    x, w_up, dy, w_down, h = (torch.randn(*s, generator=gen, dtype=torch.float64).to(dtype).to(device)
+                              for s in ((M, D), (Fh, D), (M, D), (D, Fh), (M, Fh)))
+    w_up, w_down, h = w_up / D ** 0.5, w_down / Fh ** 0.5, 3 * h        # exact in every dtype (powers of 2)
+    x64, wu64, dy64, wd64, h64 = (t.double() for t in (x, w_up, dy, w_down, h))
+    hh = x64 @ wu64.t()
+    if act == "gelu":
+        ref_a = hh * torch.special.ndtr(hh)
+        d = torch.special.ndtr(h64) + h64 * torch.exp(-0.5 * h64 * h64) / (2 * torch.pi) ** 0.5
+    else:
+        ref_a, d = hh.clamp_min(0).square(), 2 * h64.clamp_min(0)
+    ref_dh = (dy64 @ wd64) * d
+
+    def err(o, r):
+        return ((o.double() - r).norm() / r.norm()).item()
+    kw = dict(ACT=mod._ACT[act], PREC=dot_precision(dtype))
+    for cfg in [*mod._UP, *mod._DACT, *small]:
+        name = "dact" if "HE" in cfg.kwargs else "up"
+        grid = (cdiv(M, cfg.kwargs["BM"]) * cdiv(Fh, cfg.kwargs["BN"]),)
+        opts = {**cfg.all_kwargs(), **kw}                   # as the autotuner launches it
+        if name == "up":
+            o_h, o_a = (torch.full((M, Fh), float("nan"), dtype=dtype, device=device) for _ in range(2))
+            mod._ffn_up_kernel.fn[grid](x, w_up, o_h, o_a, M, Fh, D, **opts)
+            errs = {"h": err(o_h, hh), "a": err(o_a, ref_a)}
+        else:
+            o_dh = torch.full((M, Fh), float("nan"), dtype=dtype, device=device)
+            mod._ffn_dact_kernel.fn[grid](dy, w_down, h, o_dh, M, Fh, D, **opts)
+            errs = {"dh": err(o_dh, ref_dh)}
+        assert max(errs.values()) <= bound, f"{name} {cfg} {act}: {errs}"
+
+
+def test_every_config():
+    """Every GPU autotune config of both kernels (the interpreter's autotuner runs only its first, small one) and
+    the dact kernel's HE 0 / 1 / 2 (how many saved-h column halves are loaded before its K loop) at the
+    interpreter's tile, fp32, GELU (relu2's epilogue: test_kernel), sizes crossing tile edges (M 70 past BM
+    64 and short of 128 / 256, F 136 past BN 64 / 128 with a fully masked second column half, K 72 past BK 64 and
+    short of 128)."""
+    import importlib
+    cfg = importlib.import_module("kernels.ffn.ffn")._cfg
+    _check_every_config("gelu", torch.float32, "cpu", 70, 72, 136, bound_for(torch.float32),
+                        small=[cfg(32, 32, 16, 4, 1, HE=he) for he in (0, 1, 2)])
+
+
 GPU_SHAPES = [(16384, 128, 512), (16384, 512, 2048)]
 
 
@@ -132,3 +183,11 @@ def test_gpu_fp32(act):
     inp = {k: v.cuda().detach().requires_grad_() for k, v in make_inputs((1001,), 200, 700, scale=4.0).items()}
     check_op(lambda **k: ffn(**k, act=act), lambda **k: R.ffn(**k, act=act), inp, bound=bound_for(torch.float32),
              ref_device="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_every_config():
+    """bf16 on the GPU, every autotune config of both kernels launched raw (the autotuner checks none of them; the
+    bench and test_gpu_bf16 check only its pick): within the bf16 bound of fp64. The shapes' divisibility is the
+    small model's, so the compiled variants are test_gpu_bf16's."""
+    _check_every_config("gelu", torch.bfloat16, "cuda", 4096, 128, 512, bound_for(torch.bfloat16))
