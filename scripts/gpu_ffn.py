@@ -116,17 +116,11 @@ def _programs_per_sm(regs: int, smem: int, warps: int) -> int:
 
 def regs() -> list[str]:
     """Offline sm_90 compile of every configuration (module docstring)."""
-    import os
-    import re
-    import subprocess
-    import tempfile
-
-    import triton
-    from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
+
+    from bench.sm90 import sm90_usage
     mod = importlib.import_module("kernels.ffn.ffn")
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     out = [f"{'kernel':17} {'BM':>4} {'BN':>4} {'BK':>4} {'HE':>2} warps stages cap registers spill smem_KB "
            f"prog/SM HGMMA LDGSTS"]
     for name, configs in (("_ffn_up_kernel", mod._UP), ("_ffn_dact_kernel", mod._DACT)):
@@ -140,21 +134,13 @@ def regs() -> list[str]:
             attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n not in consts}
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
                             attrs=attrs)
-            kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={
-                "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
-                **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})})
-            cubin, smem = kern.asm["cubin"], kern.metadata.shared
-            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                f.write(cubin)
-                f.flush()
-                res = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
-                sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
-            m = re.search(r"REG:(\d+) STACK:(\d+)", res)
-            progs = _programs_per_sm(int(m.group(1)), smem, cfg.num_warps) if m else "?"
+            u = sm90_usage(src, cfg.num_warps, cfg.num_stages, cfg.maxnreg)
+            progs = _programs_per_sm(u["regs"], u["shared"], cfg.num_warps) if u["regs"] else "?"
             out.append(f"{name:17} {cfg.kwargs['BM']:4} {cfg.kwargs['BN']:4} {cfg.kwargs['BK']:4} "
                        f"{cfg.kwargs.get('HE', '-'):>2} {cfg.num_warps:5} {cfg.num_stages:6} {cfg.maxnreg or '-':>3} "
-                       f"{m.group(1) if m else '?':>9} {m.group(2) if m else '?':>5} {smem / 1024:7.0f} {progs:>7} "
-                       f"{sass.count('HGMMA'):5} {sass.count('LDGSTS'):6}")
+                       f"{u['regs'] or '?':>9} {u['stack'] if u['stack'] is not None else '?':>5} "
+                       f"{u['shared'] / 1024:7.0f} {progs:>7} {u['sass'].count('HGMMA'):5} "
+                       f"{u['sass'].count('LDGSTS'):6}")
     return out
 
 

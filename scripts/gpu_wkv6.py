@@ -386,10 +386,11 @@ def regs():
     ``cuobjdump``), bf16 inputs, K = V = 64 (WKV6_REGS_KV), 4 and 8 warps (WKV6_REGS_ONLY: a comma list of kernel
     names). A compile report, not a timing."""
     import re
-    from triton.backends.compiler import GPUTarget
+
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+    from bench.sm90 import sm90_usage
     kv = int(os.environ.get("WKV6_REGS_KV", "64"))
     half = {"q_ptr", "k_ptr", "v_ptr", "w_ptr", "u_ptr", "do_ptr", "o_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "dw_ptr"}
     none = dict(cu_ptr=None, cmap_ptr=None)       # absent tensors: None constexprs, as the launchers pass them
@@ -439,18 +440,12 @@ def regs():
                  else "fp32" if n == "scale" else "i32" for n in fn.arg_names}
         for nw, ns, cap in [(w, s, c) for w in WARPS for s in STAGES for c in CAPS]:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-            cubin = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={
-                "num_warps": nw, "num_stages": ns, **({"maxnreg": cap} if cap else {})}).asm["cubin"]
-            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                f.write(cubin)
-                f.flush()
-                out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
-                sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
-            m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+            u = sm90_usage(src, nw, ns, cap or None)
+            sass = u["sass"]
             n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
             tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "SB", "PIPE", "SCORES", "STEP") if c in consts)
             print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), *(("maxnreg", cap) if cap else ()),
-                  m.group(1), m.group(2), n_ins, flush=True)
+                  u["regs"], u["stack"], n_ins, flush=True)
 
 
 def host():
