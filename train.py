@@ -50,7 +50,7 @@ from groundthink.precompile import COMPILES, compiles_since, counting_compiles, 
 from groundthink import monitor
 from groundthink.registry import resolve
 from groundthink.device import live_cuda
-from groundthink.step import TrainStep, capture_failure, group_params
+from groundthink.step import TrainStep, adamw_groups, capture_failure, group_params
 
 # never taken from a checkpoint's args
 NOT_INHERITED = {"resume", "config", "stop_at", "no_progress", "graph", "profile_steps"}
@@ -80,13 +80,10 @@ def make_optimizer(model, args):
     """Fused, capturable AdamW with one param group per (component, decay/no-decay); each group knows its
     component and base lr (the schedule multiplies it)."""
     groups = []
-    for comp, params in group_params(model).items():
+    for comp, decay, ps in adamw_groups(group_params(model)):
         mult = getattr(args, f"lr_mult_{comp}")
-        for decay in (True, False):
-            ps = [p for p in params if p.requires_grad and (p.dim() >= 2) == decay]
-            if ps:
-                groups.append({"params": ps, "lr": args.lr * mult, "base_lr": args.lr * mult, "component": comp,
-                               "weight_decay": args.weight_decay if decay else 0.0})
+        groups.append({"params": ps, "lr": args.lr * mult, "base_lr": args.lr * mult, "component": comp,
+                       "weight_decay": args.weight_decay if decay else 0.0})
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=True, capturable=True)
 
 

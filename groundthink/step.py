@@ -72,11 +72,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from groundthink import monitor
 from groundthink.device import warm_on_side_stream
 from groundthink.spec import get as get_spec
+from reference.adamw import CHUNK
 
 COMPONENTS = ("rwkv", "mamba", "other")
 KINDS = ("low", "fp32")
 N_TAIL = 1 + len(monitor.PROBES)          # loss and probes, averaged over ranks with the gradient
 ALIGN = 64                                # every parameter starts at a multiple of 64 elements in the buffers
+assert ALIGN % CHUNK == 0                 # so every adamw chunk (reference/adamw.py) belongs to one parameter
 
 
 def _aligned(n: int) -> int:
@@ -392,15 +394,16 @@ def grouped_adamw_step(opt) -> bool:
     return True
 
 
-def adamw_groups(groups: dict[str, list[torch.nn.Parameter]]) -> list[list[torch.nn.Parameter]]:
-    """The optimizer's param groups as train.py's ``make_optimizer`` makes them: per component, the parameters
-    with weight decay (dim ≥ 2), then those without; empty groups left out."""
+def adamw_groups(groups: dict[str, list[torch.nn.Parameter]]) -> list[tuple[str, bool, list[torch.nn.Parameter]]]:
+    """The optimizer's param groups (train.py's ``make_optimizer`` makes them from this): (component, with weight
+    decay, its trainable parameters) — per component, those with weight decay (dim ≥ 2), then those without;
+    empty groups left out."""
     out = []
-    for comp in COMPONENTS:
+    for comp, params in groups.items():
         for decay in (True, False):
-            ps = [p for p in groups.get(comp, []) if p.requires_grad and (p.dim() >= 2) == decay]
+            ps = [p for p in params if p.requires_grad and (p.dim() >= 2) == decay]
             if ps:
-                out.append(ps)
+                out.append((comp, decay, ps))
     return out
 
 
@@ -408,7 +411,7 @@ def adamw_shape(groups: dict[str, list[torch.nn.Parameter]]) -> tuple[int, int, 
     """(N, P, G) of the ``adamw`` op's call in the training step: the flat buffers' elements (every parameter
     padded to ``ALIGN``), parameters, param groups."""
     gs = adamw_groups(groups)
-    ps = {id(p): p for g in gs for p in g}
+    ps = {id(p): p for _, _, g in gs for p in g}
     return sum(_aligned(p.numel()) for p in ps.values()), len(ps), len(gs)
 
 
@@ -435,9 +438,9 @@ class FlatAdamW:
         for j, g in enumerate(opt.param_groups):
             for p in g["params"]:
                 group[index[id(p)]] = j
-        owner = [-1] * (-(-fp.n // 64))
+        owner = [-1] * (-(-fp.n // CHUNK))       # every parameter starts at a multiple of ALIGN: one owner a chunk
         for i, (a, b, _) in enumerate(fp.views):
-            for c in range(a // 64, -(-b // 64)):
+            for c in range(a // CHUNK, -(-b // CHUNK)):
                 owner[c] = i
         if min(group, default=0) < 0 or min(owner, default=0) < 0:
             raise RuntimeError("FlatAdamW: a parameter without a group or a chunk without a parameter")
@@ -470,13 +473,19 @@ class FlatAdamW:
         a, b, _ = self.fp.views[i]
         return {"step": self.steps[i], "exp_avg": self.m[a:b].view_as(p), "exp_avg_sq": self.v[a:b].view_as(p)}
 
+    def _held(self, i: int, p) -> bool:
+        """Whether ``opt.state[p]`` already is this buffer's views."""
+        st = self.opt.state.get(p)
+        return bool(st) and st.get("exp_avg") is not None and \
+            st["exp_avg"].data_ptr() == self.m.data_ptr() + 4 * self.fp.views[i][0]
+
     def adopt(self):
         """Point ``opt.state`` at the buffers, copying any state held elsewhere (a loaded checkpoint) into them."""
         with torch.no_grad():
             for i, p in enumerate(self.fp.params):
-                st, mine = self.opt.state.get(p), self._views(i, p)
-                if st and st.get("exp_avg") is not None and st["exp_avg"].data_ptr() == mine["exp_avg"].data_ptr():
+                if self._held(i, p):
                     continue
+                st, mine = self.opt.state.get(p), self._views(i, p)
                 for k in ("exp_avg", "exp_avg_sq"):
                     if st and k in st:
                         if tuple(st[k].shape) != tuple(p.shape):
@@ -490,12 +499,8 @@ class FlatAdamW:
 
     def check(self):
         """Re-adopt when the optimizer's state was replaced (``opt.load_state_dict`` after the step was built)."""
-        for i, p in enumerate(self.fp.params):
-            st = self.opt.state.get(p)
-            where = self.m.data_ptr() + 4 * self.fp.views[i][0]
-            if not st or st.get("exp_avg") is None or st["exp_avg"].data_ptr() != where:
-                self.adopt()
-                return
+        if not all(self._held(i, p) for i, p in enumerate(self.fp.params)):
+            self.adopt()
 
     def step(self, total: torch.Tensor, found_inf: torch.Tensor, max_norm: float):
         """Steps += 1 − found_inf, then the one-launch update (clip by ``total`` inside; nothing when found_inf)."""
@@ -548,7 +553,7 @@ class TrainStep:
         self.lrs = lr_tensors(opt, self.device)
         self.adamw = self._lab_adamw()
         self.skip = torch.zeros((), device=self.device)
-        opt.found_inf = torch.zeros((), device=self.device)    # read by the fused AdamW kernel (GradScaler's hook)
+        opt.found_inf = torch.zeros((), device=self.device)    # read by either update (fused AdamW: GradScaler's hook)
         self.row = torch.zeros(len(monitor.STATS), device=self.device)
         self.has: dict[str, bool] | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
