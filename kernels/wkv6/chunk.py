@@ -757,16 +757,18 @@ def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr
 
 
 def _own_prune(configs, nargs, **kw):
-    """The own kernel's configs whose key slice BKC fits BK."""
+    """The own kernel's configs whose key slice BKC fits BK; 4 warps only for 32-row blocks (``bwd_block``)."""
     bk = kw["BK"] if "BK" in kw else nargs["BK"]
-    return [c for c in configs if c.kwargs["BKC"] <= bk]
+    sb = kw["SB"] if "SB" in kw else nargs["SB"]
+    return [c for c in configs if c.kwargs["BKC"] <= bk and (c.num_warps < 4 or sb > 16)]
 
 
 # 1 warp (the scores kernel's lesson) or 2, key slices of 16 or 32 columns (offline sm_90 compile, bf16, K = V = 64,
 # registers / spill B / SASS of the loop bodies: BKC 16 at 1 warp 255 / 376 / 3680, at 2 255 / 184 / 3008; BKC 32
-# at 1 warp 255 / 1048 / 5912, at 2 255 / 248 / 3440)
+# at 1 warp 255 / 1048 / 5912, at 2 255 / 248 / 3440); 4 and 8 warps offered only to 32-row blocks (``bwd_block``;
+# session 20, BKC 16: 1 warp 255 / 2720, 2 warps 255 / 488, 4 255 / 792, 8 255 / 512)
 @triton.autotune(configs=autotune_configs([triton.Config({"BKC": bkc}, num_warps=nw, num_stages=1)
-                                           for bkc in (16, 32) for nw in (1, 2)]),
+                                           for bkc in (16, 32) for nw in (1, 2, 4, 8)]),
                  key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"], prune_configs_by={"early_config_prune": _own_prune})
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, du_ptr, cu_ptr,
@@ -1151,18 +1153,24 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                program per 32-row chunk on [32, K] tiles: 5028 / 645 / 239 vs 2454 / 323 / 85 us) and False
 #                (``_bwd_kernel`` alone, one 4-warp program per block, with its register-cap knob ``bwd_maxnreg``,
 #                notes/wkv6.md run 11: 5996 / 771 / 179 vs "fused"'s 5877 / 760 / 147 us at 64-row states);
+#   bwd_block    with ``bwd_split`` "block", the rows of the blocks the split backward works on (16 or 32, at most
+#                the state rows): at 32 with 32-row states each chunk is one block, so the own kernel does every
+#                pair of the chunk (levels 0-4, one more span-sum level on [32, BKC] tiles) and the state kernel
+#                takes S_c / D_c as they are (no moves: one program per chunk, [32, K] tiles, each state read
+#                once). Session 20: built to time against 16 (the default);
 #   split_bytes  with ``bwd_split`` "block", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "fwd_scores": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "bwd_block": 16, "split_bytes": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "fwd_scores": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "bwd_block": 16, "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 BWD_SPLIT = ("block", "fused")     # the ``bwd_split`` knob's values
+BWD_BLOCK = (16, 32)               # the ``bwd_block`` knob's values
 
 
 @contextlib.contextmanager
@@ -1181,6 +1189,8 @@ def tuning(**knobs):
         raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
     if knobs.get("bwd_split", "block") not in BWD_SPLIT:
         raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
+    if knobs.get("bwd_block", 16) not in BWD_BLOCK or isinstance(knobs.get("bwd_block"), bool):
+        raise ValueError(f"wkv6 chunk knob bwd_block must be one of {BWD_BLOCK}; got {knobs['bwd_block']!r}")
     for name in ("split_bytes", "piece_bytes"):
         val = knobs.get(name)
         if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val <= 0):
@@ -1242,13 +1252,15 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
     partials stay under that many bytes (one batch element at least). Returns du [H, K] fp32."""
     B, T, H, K = r.shape
     V = v.shape[-1]
-    nb = bt // SB
+    sb = SB if kn["bwd_split"] == "fused" else min(kn.get("bwd_block", SB), bt)    # the split's block rows (``bwd_block``)
+    log = sb.bit_length() - 1
+    nb = bt // sb
     per_b = T * H * (3 * K + V) * 4
     step = B if cu is not None or not kn["split_bytes"] else max(1, min(B, kn["split_bytes"] // per_b))
     du_part = new_empty((S * nb, H, K), torch.float32, r.device)
     w_own = w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()    # bf16 under the interpreter
     prec = _prec(r.dtype, bwd=True)
-    meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
+    meta = dict(H=H, K=K, V=V, BT=bt, SB=sb, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
     if kn["bwd_split"] == "fused":     # one kernel, no partials
         _bwd_fused_kernel[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT, LOG=LOG,
                                   HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
@@ -1263,7 +1275,7 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
         s0, s1 = (0, S) if step == B else (b0 * NT, b1 * NT)        # the slice's slots (fixed length: n·NT + i)
         ps = [x[:b1 - b0] for x in parts]
         _bwd_own_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
-                                      cu, cmap, scale, T, NT, LOG=LOG, HALF_B=_half_dot(r.dtype),
+                                      cu, cmap, scale, T, NT, LOG=log, HALF_B=_half_dot(r.dtype),
                                       FAST=not INTERPRET, DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         _bwd_cross_kernel[((s1 - s0) * nb + finish, H)](
             cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
