@@ -769,7 +769,8 @@ def _own_prune(configs, nargs, **kw):
 # session 20, BKC 16: 1 warp 255 / 2720, 2 warps 255 / 488, 4 255 / 792, 8 255 / 512)
 @triton.autotune(configs=autotune_configs([triton.Config({"BKC": bkc}, num_warps=nw, num_stages=1)
                                            for bkc in (16, 32) for nw in (1, 2, 4, 8)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"], prune_configs_by={"early_config_prune": _own_prune})
+                 key=["K", "V", "BT", "SB", "BK", "BV", "PREC", "HALF_B"],
+                 prune_configs_by={"early_config_prune": _own_prune})
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, du_ptr, cu_ptr,
                     cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
@@ -812,7 +813,7 @@ def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_
                 b_dw + tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
 
 
-@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC"])
+@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "SB", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr,
                       dk_ptr, dv_ptr, dw_ptr, dup_ptr, du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NDU,
