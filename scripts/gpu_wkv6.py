@@ -130,7 +130,6 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
          "chunk_bblock32": dict(bwd_block=32),    # session 20: the split backward on 32-row blocks
          "chunk_bblock32_64": dict(bwd_block=32, state_rows=64),
-         "chunk_overlap": dict(bwd_overlap=True),  # session 20: the own kernel beside the state pass
          "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False)}

@@ -1159,22 +1159,18 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                pair of the chunk (levels 0-4, one more span-sum level on [32, BKC] tiles) and the state kernel
 #                takes S_c / D_c as they are (no moves: one program per chunk, [32, K] tiles, each state read
 #                once). Session 20: built to time against 16 (the default);
-#   bwd_overlap  with ``bwd_split`` "block" in one slice on a GPU, the own kernel (it reads no state) runs on a
-#                side stream beside the backward's state pass (``_chunk_state_kernel`` + the reverse scan: a few
-#                hundred programs, latency-bound), joined before the state kernel; same kernels, same results
-#                (bitwise: tests/test_wkv6.py::test_wkv6_gpu_bwd_overlap, eager and CUDA-graph captured).
-#                Session 20: built to time (H200 run 24, B8 T4096 H32: state 391 + scan 291 µs beside own 1,315);
+#                Timed and removed (session 20, H200 run 24 call 4): "bwd_overlap", the own kernel on a side
+#                stream beside the backward's state pass (bit-identical, graph-safe): fwd+bwd 5.914 vs 5.915 ms at
+#                B8 T4096 H32 — the own kernel alone fills the GPU, nothing to overlap with;
 #   split_bytes  with ``bwd_split`` "block", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "fwd_scores": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "bwd_block": 16, "bwd_overlap": False,
-          "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "bwd_block": 16, "split_bytes": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "fwd_scores": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "bwd_block": 16, "bwd_overlap": False,
-          "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "bwd_block": 16, "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 BWD_SPLIT = ("block", "fused")     # the ``bwd_split`` knob's values
@@ -1190,9 +1186,9 @@ def tuning(**knobs):
         raise ValueError(f"unknown wkv6 chunk knobs {sorted(bad)}; known: {sorted(TUNING)}")
     if knobs.get("state_rows") not in STATE_ROWS:
         raise ValueError(f"wkv6 chunk knob state_rows must be one of {STATE_ROWS}; got {knobs['state_rows']!r}")
-    for name in ("fwd_step", "bwd_overlap"):
-        if not isinstance(knobs.get(name, False), bool):
-            raise ValueError(f"wkv6 chunk knob {name} must be True or False; got {knobs[name]!r}")
+    if not isinstance(knobs.get("fwd_step", False), bool):
+        raise ValueError(f"wkv6 chunk knob fwd_step must be True or False (32-row steps where the scored walk runs "
+                         f"at 32-row states); got {knobs['fwd_step']!r}")
     if knobs.get("fwd_scores") not in FWD_SCORES:
         raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
     if knobs.get("bwd_split", "block") not in BWD_SPLIT:
@@ -1246,74 +1242,35 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
     mode = "bwd" if hs is None else "bwd_d"
-    own = None
-    if _overlaps(r, kn):     # the own kernel reads no state: it runs on a side stream beside the state pass
-        S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
-        sb, log, nb, meta = _split_meta(r, v, _cu(cu_seqlens), bt, kn)
-        own = ([new_empty(x.shape, torch.float32, dev) for x in (r, k, v, w)],      # on this stream: freed here
-               new_empty((S * nb, H, K), torch.float32, dev))                       # after the cross kernel
-        main, side = torch.cuda.current_stream(dev), _side_stream(dev)
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            _bwd_own_kernel[(S, H)](r, k, v, _own_w(w), u, do, *own[0], own[1], _cu(cu_seqlens), cmap, scale, T,
-                                    NT, LOG=log, HALF_B=_half_dot(r.dtype), FAST=True,
-                                    DWP="ieee" if meta["PREC"] == "ieee" else "tf32x3", **meta)
     buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode,
                                                _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
     hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
-    if own is not None:
-        main.wait_stream(side)
-    return _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, own), dh0
+    return _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn), dh0
 
 
-def _overlaps(r, kn) -> bool:
-    """``bwd_overlap``: the split backward in one slice on a GPU (the interpreter runs one stream)."""
-    return bool(kn.get("bwd_overlap")) and r.is_cuda and not INTERPRET and kn["bwd_split"] == "block" \
-        and not kn["split_bytes"]
-
-
-@functools.lru_cache(maxsize=None)
-def _side_stream(dev: torch.device) -> "torch.cuda.Stream":
-    """One side stream per device for ``bwd_overlap`` (cached: a stream a call would cost a host-side create)."""
-    return torch.cuda.Stream(device=dev)
-
-
-def _split_meta(r, v, cu, bt, kn):
-    """(block rows, levels, blocks a chunk, the kernels' shared constexprs) of the backward's kernels."""
-    B, T, H, K = r.shape
-    V = v.shape[-1]
-    sb = SB if kn["bwd_split"] == "fused" else min(kn.get("bwd_block", SB), bt)    # ``bwd_block``
-    meta = dict(H=H, K=K, V=V, BT=bt, SB=sb, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None,
-                PREC=_prec(r.dtype, bwd=True))
-    return sb, sb.bit_length() - 1, bt // sb, meta
-
-
-def _own_w(w):
-    """w as the own kernel reads it (the inputs' dtype; fp32 for bf16 under the interpreter: its bf16 dots)."""
-    return w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()
-
-
-def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, own=None):
+def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
     """The backward's kernels (``bwd_split``): "block", ``_bwd_own_kernel`` then ``_bwd_cross_kernel``, or
     "fused", ``_bwd_fused_kernel`` alone, into the gradient views
     ``outs``, given the chunk states hs / hd [S, H, K, V] fp32 (S slots, NT per sequence, ``bt`` rows). With
     ``split_bytes`` (fixed-length batches) the two kernels run on batch slices one after another, so that the fp32
-    partials stay under that many bytes (one batch element at least). ``own``: ``_bwd_own``'s partials when the own
-    kernel already ran (``bwd_overlap``). Returns du [H, K] fp32."""
+    partials stay under that many bytes (one batch element at least). Returns du [H, K] fp32."""
     B, T, H, K = r.shape
-    sb, log, nb, meta = _split_meta(r, v, cu, bt, kn)
-    prec = meta["PREC"]
-    per_b = T * H * (3 * K + v.shape[-1]) * 4
+    V = v.shape[-1]
+    sb = SB if kn["bwd_split"] == "fused" else min(kn.get("bwd_block", SB), bt)    # the split's block rows (``bwd_block``)
+    log = sb.bit_length() - 1
+    nb = bt // sb
+    per_b = T * H * (3 * K + V) * 4
     step = B if cu is not None or not kn["split_bytes"] else max(1, min(B, kn["split_bytes"] // per_b))
-    du_part = new_empty((S * nb, H, K), torch.float32, r.device) if own is None else own[1]
-    w_own = _own_w(w)
+    du_part = new_empty((S * nb, H, K), torch.float32, r.device)
+    w_own = w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()    # bf16 under the interpreter
+    prec = _prec(r.dtype, bwd=True)
+    meta = dict(H=H, K=K, V=V, BT=bt, SB=sb, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
     if kn["bwd_split"] == "fused":     # one kernel, no partials
         _bwd_fused_kernel[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT, LOG=LOG,
                                   HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
                                   DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         return du_part.sum(0)
-    parts = own[0] if own is not None else [new_empty((step, *g.shape[1:]), torch.float32, r.device)
-                                            for g in outs]      # the own pairs' dq, dk, dv, dw
+    parts = [new_empty((step, *g.shape[1:]), torch.float32, r.device) for g in outs]  # own pairs' dq, dk, dv, dw
     finish = step == B              # one cross launch: its extra programs sum du (no reduction kernel)
     du = new_empty((H, K), torch.float32, r.device) if finish else None
     for b0 in range(0, B, step):
@@ -1321,10 +1278,9 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
         cut = (lambda x: x) if step == B else (lambda x: x[b0:b1])  # noqa: E731
         s0, s1 = (0, S) if step == B else (b0 * NT, b1 * NT)        # the slice's slots (fixed length: n·NT + i)
         ps = [x[:b1 - b0] for x in parts]
-        if own is None:
-            _bwd_own_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
-                                          cu, cmap, scale, T, NT, LOG=log, HALF_B=_half_dot(r.dtype),
-                                          FAST=not INTERPRET, DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
+        _bwd_own_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
+                                      cu, cmap, scale, T, NT, LOG=log, HALF_B=_half_dot(r.dtype),
+                                      FAST=not INTERPRET, DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         _bwd_cross_kernel[((s1 - s0) * nb + finish, H)](
             cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
             du_part if finish else None, du, cu, cmap, scale, T, NT, S * nb if finish else 0, FINISH_DU=finish,
