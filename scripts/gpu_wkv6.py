@@ -130,6 +130,7 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
          "chunk_bblock32": dict(bwd_block=32),    # session 20: the split backward on 32-row blocks
          "chunk_bblock32_64": dict(bwd_block=32, state_rows=64),
+         "chunk_bblock32f": dict(bwd_block=32, bwd_halves=False),     # the own kernel on whole 32-row blocks
          "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False)}
@@ -421,6 +422,7 @@ def regs():
                                             qh_ptr=None, kh_ptr=None, oi_ptr=None, a_ptr="*fp32")),
               (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=True, a_ptr="*fp32")),
               (kc, "_bwd_own_kernel", dict(blk, BT=32, SB=sb, LOG=sb.bit_length() - 1,
+                                           HALVES=sb == 32 and os.environ.get("WKV6_REGS_HALVES", "1") == "1",
                                            BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True, FAST=True,
                                            DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"))),
               (kc, "_bwd_fused_kernel", dict(blk, BT=int(os.environ.get("WKV6_REGS_FBT", "32")),
