@@ -811,6 +811,7 @@ def _own_join(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr
         tl.store(pw_ptr + p_uc, tl.load(pw_ptr + p_uc, mask=m_uc, other=0.) + b_dwu, mask=m_uc)
         tl.store(pw_ptr + p_lc, tl.load(pw_ptr + p_lc, mask=m_lc, other=0.) + b_dwl, mask=m_lc)
     m_lv = m_lo[:, None] & m_v[None, :]
+    b_do = tl.load(do_ptr + p_vup, mask=m_up[:, None] & m_v[None, :], other=0.)    # reloaded (L1): fewer live registers
     b_dv = tl.dot(tl.trans(b_A), b_do.to(tl.float32), input_precision=PREC)
     tl.store(pv_ptr + p_vlo, tl.load(pv_ptr + p_vlo, mask=m_lv, other=0.) + b_dv, mask=m_lv)
 
