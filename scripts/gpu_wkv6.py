@@ -128,9 +128,6 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
          "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
-         "chunk_bblock32": dict(bwd_block=32),    # session 20: the split backward on 32-row blocks
-         "chunk_bblock32_64": dict(bwd_block=32, state_rows=64),
-         "chunk_bblock32f": dict(bwd_block=32, bwd_halves=False),     # the own kernel on whole 32-row blocks
          "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False)}
@@ -400,8 +397,7 @@ def regs():
     blk = dict(H=32, K=kv, V=kv, BT=kc.BT, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False, PREC="tf32", **none)
     import kernels.wkv6.states as ks
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", "32").split(",")]   # state_rows knob values
-    sb = int(os.environ.get("WKV6_REGS_SB", kc.SB))     # the split backward's block rows (``bwd_block`` knob)
-    cases = [(kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=bt, SB=sb, BK=kv, BV=kv, VARLEN=False,
+    cases = [(kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=bt, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
                                             PREC="tf32", FINISH_DU=True, **none)) for bt in bts]
     walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None, SCORES=False, a_ptr=None, STEP=False, FAST=False,
                 PIPE=os.environ.get("WKV6_REGS_PIPE", "0") == "1")     # every constexpr given (a missing one is i32)
@@ -421,10 +417,7 @@ def regs():
               (kc, "_fwd_step_kernel", dict(walk, BT=32, SPLIT=False, SCORES=True, STEP=True, FAST=True, BV=64,
                                             qh_ptr=None, kh_ptr=None, oi_ptr=None, a_ptr="*fp32")),
               (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=True, a_ptr="*fp32")),
-              (kc, "_bwd_own_kernel", dict(blk, BT=32, SB=sb, LOG=sb.bit_length() - 1,
-                                           HALVES=sb == 32 and os.environ.get("WKV6_REGS_HALVES", "1") == "1",
-                                           BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True, FAST=True,
-                                           DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"))),
+              (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True, FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"))),
               (kc, "_bwd_fused_kernel", dict(blk, BT=int(os.environ.get("WKV6_REGS_FBT", "32")),
                                              BKC=int(os.environ.get("WKV6_REGS_BKC", "16")), HALF_B=True, FAST=True,
                                              DWP="tf32x3")),

@@ -114,16 +114,15 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
                                           (wkv6, dict(fwd_scores=True), False),
                                           (wkv6, dict(fwd_scores=False), True),
                                           (wkv6, dict(bwd_split="fused"), True),
-                                          (wkv6, dict(fwd_scores=True), True),
-                                          (wkv6, dict(bwd_block=32, state_rows=32), True)],
+                                          (wkv6, dict(fwd_scores=True), True)],
                          ids=["chunk", "fused", "chunk_scores_walk", "chunk_scores_states", "chunk_levels",
-                              "chunk_bwd_fused", "chunk_fwd_step", "chunk_bwd_block32"])
+                              "chunk_bwd_fused", "chunk_fwd_step"])
 def test_wkv6_extreme_decay(fn, knobs, seq):
     """Extreme decays: the default (at this T = 35 the level forward: the scores are on at 1024 ≤ T ≤ 4096), the
     scores kernel with the walk in 16-row blocks (``fwd_step`` False; the chunk backward's ``state_rows`` 32: the
     walk keeps the 32-row states) and with the one-kernel state pass, the walk's own level code (``fwd_scores`` False), the fused
-    backward (``bwd_split`` "fused"), the scored walk in 32-row steps (``fwd_step``, the default where the scores
-    are on), and the split backward on 32-row blocks in halves (``bwd_block`` 32: the joins' decays)."""
+    backward (``bwd_split`` "fused"), and the scored walk in 32-row steps (``fwd_step``, the default where the scores
+    are on)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
@@ -563,26 +562,6 @@ _VARLEN_CU = [0, 3, 64, 64, 100]
     (False, 64, torch.float32, (1, 100, 1, 16, 16), _VARLEN_CU),
     (True, 32, torch.float16, (1, 45, 1, 16, 16), None)],
     ids=["walk32", "par64_varlen", "fp16"])
-@pytest.mark.parametrize("halves", [True, False], ids=["halves", "whole"])
-def test_wkv6_bwd_block32(seq, rows, dtype, shape, cu, halves):
-    """The split backward on 32-row blocks (``bwd_block`` 32) vs fp64: at the walk's 32-row states every chunk is
-    one block (the own kernel does levels 0-4, the state kernel no moves), K = 20 (two key slices, the second
-    partial); at the state pass's 64-row states two blocks a chunk (one move each) on a varlen batch (an empty
-    sequence, one of one row); fp16 at bound 2e-3."""
-    import kernels.wkv6.chunk as kc
-    d = make_inputs(*shape, dtype=dtype, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
-    if cu is not None:
-        d["cu_seqlens"] = torch.tensor(cu)
-    with kc.tuning(bwd_block=32, bwd_halves=halves, state_rows=rows), kc.forward_mode(seq):
-        _check(d, bound=2e-3 if dtype == torch.float16 else None,
-               context=f"block32 {shape} rows {rows} cu={cu} halves={halves}")
-
-
-@pytest.mark.parametrize("seq,rows,dtype,shape,cu", [
-    (True, 32, torch.float32, (2, 40, 2, 20, 24), None),
-    (False, 64, torch.float32, (1, 100, 1, 16, 16), _VARLEN_CU),
-    (True, 32, torch.float16, (1, 45, 1, 16, 16), None)],
-    ids=["walk32", "par64_varlen", "fp16"])
 def test_wkv6_bwd_fused(seq, rows, dtype, shape, cu):
     """The fused backward vs fp64 (``bwd_split`` "fused": own pairs and block-crossing terms per key slice in one
     program per chunk, no fp32 partials): the walk's saved 32-row states with K = 20 (two key slices, the second
@@ -611,10 +590,6 @@ def test_wkv6_chunk_bad_knobs():
     for bad in (True, False, "chunk", "fused_chunk", "pair"):   # timed and removed: run 16, run 17 (False, "pair")
         with pytest.raises(ValueError, match="bwd_split must be one of"):
             with kc.tuning(bwd_split=bad):
-                pass
-    for bad in (8, 64, True):
-        with pytest.raises(ValueError, match="bwd_block must be one of"):
-            with kc.tuning(bwd_block=bad):
                 pass
     with pytest.raises(ValueError, match="fwd_step must be True or False"):
         with kc.tuning(fwd_step=64):
@@ -759,20 +734,6 @@ def test_wkv6_gpu_bwd_fused(case, rows):
     import kernels.wkv6.chunk as kc
     shape, dtype, decay, bound, cu = GPU_CASES[case]
     with kc.tuning(bwd_split="fused", state_rows=rows):
-        _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(True), cu=cu)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case,rows", [("bf16_extreme", 32), ("bf16_varlen", 32), ("bf16_K32_V96", 64),
-                                       ("fp32_extreme", 32), ("fp32_K60_V100", 32)],
-                         ids=["bf16_extreme", "bf16_varlen", "bf16_K32_V96_rows64", "fp32_extreme",
-                              "fp32_K60_V100"])
-def test_wkv6_gpu_bwd_block32(case, rows):
-    """The split backward on 32-row blocks (``bwd_block`` 32: the own kernel's levels 0-4, no state moves at 32-row
-    states, one at 64) on the GPU_CASES that stress it, the walk forward keeping 32- or 64-row states."""
-    import kernels.wkv6.chunk as kc
-    shape, dtype, decay, bound, cu = GPU_CASES[case]
-    with kc.tuning(bwd_block=32, state_rows=rows):
         _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(True), cu=cu)
 
 

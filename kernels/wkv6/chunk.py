@@ -756,118 +756,39 @@ def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr
     tl.store(pv_ptr + p_v, tl.dot(tl.trans(b_A), b_do, input_precision=PREC), mask=m_tv)
 
 
-@triton.jit
-def _own_join(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, bos, r0, L, i_h, scale, o_t, o_v,
-              m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BKC: tl.constexpr,
-              PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr, DWP: tl.constexpr):
-    """The pairs between the two 16-row halves of the 32-row block at r0 (``bwd_block`` 32 in halves: each half's own
-    pairs are ``_own_block``'s, already in the partials): queries t in the upper half (rows r0 + 16 + o_t), keys s in
-    the lower (r0 + o_t), E_ts = exp(P_t) exp(R_s) with P_t = Σ_{upper start ≤ x < t} w_x, R_s = Σ_{s < x ≤ lower
-    end} w_x (one sign each: ``_own_slice``'s span dots with the all-before / all-after patterns). With
-    dA = do_up v_loᵀ (all pairs, no mask): dq_up += exp(P) ⊙ (dA k̂), dk_lo += exp(R) ⊙ (dAᵀ q̂), dv_lo += Aᵀ do_up,
-    and dw_j over the pairs spanning j (upper j: Σ_{t > j} q̂ ⊙ (dA k̂); lower j: Σ_{s < j} k̂ ⊙ (dAᵀ q̂)) as dots
-    of strict triangular patterns: added into the fp32 partials pq/pk/pw_ptr [B·T, H, K], pv_ptr [B·T, H, V] (read,
-    added, written back: this program wrote them)."""
-    SB: tl.constexpr = 16
-    m_lo = r0 + o_t < L
-    m_up = r0 + SB + o_t < L
-    tok_lo = (bos + r0 + o_t) * H + i_h
-    tok_up = tok_lo + SB * H
-    p_vlo = tok_lo[:, None] * V + o_v[None, :]
-    p_vup = tok_up[:, None] * V + o_v[None, :]
-    b_v = tl.load(v_ptr + p_vlo, mask=m_lo[:, None] & m_v[None, :], other=0.)
-    b_do = tl.load(do_ptr + p_vup, mask=m_up[:, None] & m_v[None, :], other=0.)
-    if HALF_B:      # exact: products of two half values fit the fp32 accumulator
-        b_B = tl.dot(b_do, tl.trans(b_v))
-    else:
-        b_B = tl.dot(b_do.to(tl.float32), tl.trans(b_v.to(tl.float32)), input_precision=PREC)
-    b_before = tl.where(o_t[None, :] < o_t[:, None], 1., 0.)      # [j, x]: x < j
-    b_after = tl.where(o_t[None, :] > o_t[:, None], 1., 0.)       # [j, x]: x > j
-    b_A = tl.zeros([SB, SB], dtype=tl.float32)
-    for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):
-        o_c = i_c * BKC + tl.arange(0, BKC)
-        m_c = o_c < K
-        m_lc = m_lo[:, None] & m_c[None, :]
-        m_uc = m_up[:, None] & m_c[None, :]
-        p_lc = tok_lo[:, None] * K + o_c[None, :]
-        p_uc = tok_up[:, None] * K + o_c[None, :]
-        b_q = tl.load(q_ptr + p_uc, mask=m_uc, other=0.).to(tl.float32) * scale
-        b_k = tl.load(k_ptr + p_lc, mask=m_lc, other=0.).to(tl.float32)
-        b_wu = tl.load(w_ptr + p_uc, mask=m_uc, other=0.)
-        b_wl = tl.load(w_ptr + p_lc, mask=m_lc, other=0.)
-        b_wu = tl.where(b_wu < 0, tl.where(b_wu < W_FLOOR, W_FLOOR, b_wu), 0.).to(b_wu.dtype)  # as ``_own_slice``
-        b_wl = tl.where(b_wl < 0, tl.where(b_wl < W_FLOOR, W_FLOOR, b_wl), 0.).to(b_wl.dtype)
-        b_eu = _exp_ftz(tl.dot(b_before.to(b_wu.dtype), b_wu, input_precision="ieee"), FAST)   # exp(P), upper rows
-        b_el = _exp_ftz(tl.dot(b_after.to(b_wl.dtype), b_wl, input_precision="ieee"), FAST)    # exp(R), lower rows
-        b_qh = b_q * b_eu
-        b_kh = b_k * b_el
-        b_A += tl.dot(b_qh, tl.trans(b_kh), input_precision=PREC)
-        b_dqh = tl.dot(b_B, b_kh, input_precision=PREC)
-        b_dkh = tl.dot(tl.trans(b_B), b_qh, input_precision=PREC)
-        tl.store(pq_ptr + p_uc, tl.load(pq_ptr + p_uc, mask=m_uc, other=0.) + b_eu * b_dqh, mask=m_uc)
-        tl.store(pk_ptr + p_lc, tl.load(pk_ptr + p_lc, mask=m_lc, other=0.) + b_el * b_dkh, mask=m_lc)
-        b_dwu = tl.dot(b_after, b_qh * b_dqh, input_precision=DWP)       # upper j: Σ_{t > j}
-        b_dwl = tl.dot(b_before, b_kh * b_dkh, input_precision=DWP)      # lower j: Σ_{s < j}
-        tl.store(pw_ptr + p_uc, tl.load(pw_ptr + p_uc, mask=m_uc, other=0.) + b_dwu, mask=m_uc)
-        tl.store(pw_ptr + p_lc, tl.load(pw_ptr + p_lc, mask=m_lc, other=0.) + b_dwl, mask=m_lc)
-    m_lv = m_lo[:, None] & m_v[None, :]
-    b_do = tl.load(do_ptr + p_vup, mask=m_up[:, None] & m_v[None, :], other=0.)    # reloaded (L1): fewer live registers
-    b_dv = tl.dot(tl.trans(b_A), b_do.to(tl.float32), input_precision=PREC)
-    tl.store(pv_ptr + p_vlo, tl.load(pv_ptr + p_vlo, mask=m_lv, other=0.) + b_dv, mask=m_lv)
-
-
 def _own_prune(configs, nargs, **kw):
-    """The own kernel's configs whose key slice BKC fits BK; 4 and 8 warps only for whole 32-row blocks
-    (``bwd_block`` 32 without ``bwd_halves``: [32, 32] tiles)."""
-    arg = lambda n: kw[n] if n in kw else nargs[n]     # noqa: E731
-    wide = arg("SB") > 16 and not arg("HALVES")
-    return [c for c in configs if c.kwargs["BKC"] <= arg("BK") and (c.num_warps < 4 or wide)]
+    """The own kernel's configs whose key slice BKC fits BK."""
+    bk = kw["BK"] if "BK" in kw else nargs["BK"]
+    return [c for c in configs if c.kwargs["BKC"] <= bk]
 
 
 # 1 warp (the scores kernel's lesson) or 2, key slices of 16 or 32 columns (offline sm_90 compile, bf16, K = V = 64,
 # registers / spill B / SASS of the loop bodies: BKC 16 at 1 warp 255 / 376 / 3680, at 2 255 / 184 / 3008; BKC 32
-# at 1 warp 255 / 1048 / 5912, at 2 255 / 248 / 3440); 4 and 8 warps offered only to 32-row blocks (``bwd_block``;
-# session 20, BKC 16: 1 warp 255 / 2720, 2 warps 255 / 488, 4 255 / 792, 8 255 / 512)
+# at 1 warp 255 / 1048 / 5912, at 2 255 / 248 / 3440)
 @triton.autotune(configs=autotune_configs([triton.Config({"BKC": bkc}, num_warps=nw, num_stages=1)
-                                           for bkc in (16, 32) for nw in (1, 2, 4, 8)]),
-                 key=["K", "V", "BT", "SB", "BK", "BV", "PREC", "HALF_B", "HALVES"],
-                 prune_configs_by={"early_config_prune": _own_prune})
+                                           for bkc in (16, 32) for nw in (1, 2)]),
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"], prune_configs_by={"early_config_prune": _own_prune})
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, du_ptr, cu_ptr,
                     cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                     SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKC: tl.constexpr, LOG: tl.constexpr,
                     VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
-                    DWP: tl.constexpr, HALVES: tl.constexpr):
+                    DWP: tl.constexpr):
     """Grid (chunk slots, H), no state read: the own pairs and bonus terms of the BT // SB blocks of one chunk
     (``_own_block``, key columns BKC at a time) -> fp32 partials pq_ptr, pk_ptr, pw_ptr [B·T, H, K] (dq for the
     scaled q, dw before the clamp's mask), pv_ptr [B·T, H, V], and du_ptr [slots · BT/SB, H, K] fp32 partial rows
     (one per block; every block of the chunk writes its row, rows past the sequence zeros). w_ptr in the inputs'
     dtype (fp32 under the interpreter for bf16: its bf16 dots are wrong there). FAST: ``_exp_ftz``; DWP: the dw
-    span dots' precision. HALVES (SB = 32 only, ``bwd_block`` 32 with ``bwd_halves``): each 32-row block as its two
-    16-row halves (``_own_block`` at 16 rows, levels 0-3, a du row each: du_ptr then has BT // 16 rows a chunk) plus
-    the pairs between them (``_own_join``). Other layouts above."""
+    span dots' precision. Other layouts above."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
+    o_t = tl.arange(0, SB)
     o_v = tl.arange(0, BV)
     m_v = o_v < V
-    if HALVES:
-        o_h = tl.arange(0, 16)
-        for i_b in tl.range(0, BT // 16, loop_unroll_factor=1):
-            p_du = du_ptr + ((i_s.to(tl.int64) * (BT // 16) + i_b) * H + i_h) * K
-            _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, p_du, bos,
-                       i_c * BT + i_b * 16, L, i_h, scale, o_h, o_v, m_v, H, K, V, BK, BKC, 4, PREC, HALF_B, FAST,
-                       DWP)
-        tl.debug_barrier()      # the halves' partials, stored by other threads, are read back by the joins
-        for i_b in tl.range(0, BT // SB, loop_unroll_factor=1):
-            _own_join(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, bos, i_c * BT + i_b * SB,
-                      L, i_h, scale, o_h, o_v, m_v, H, K, V, BK, BKC, PREC, HALF_B, FAST, DWP)
-    else:
-        o_t = tl.arange(0, SB)
-        for i_b in tl.range(0, BT // SB, loop_unroll_factor=1):
-            p_du = du_ptr + ((i_s.to(tl.int64) * (BT // SB) + i_b) * H + i_h) * K
-            _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, p_du, bos,
-                       i_c * BT + i_b * SB, L, i_h, scale, o_t, o_v, m_v, H, K, V, BK, BKC, LOG, PREC, HALF_B, FAST,
-                       DWP)
+    for i_b in tl.range(0, BT // SB, loop_unroll_factor=1):
+        p_du = du_ptr + ((i_s.to(tl.int64) * (BT // SB) + i_b) * H + i_h) * K
+        _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, p_du, bos,
+                   i_c * BT + i_b * SB, L, i_h, scale, o_t, o_v, m_v, H, K, V, BK, BKC, LOG, PREC, HALF_B, FAST, DWP)
 
 
 @triton.jit
@@ -889,7 +810,7 @@ def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_
                 b_dw + tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
 
 
-@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "SB", "BK", "BV", "PREC"])
+@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr,
                       dk_ptr, dv_ptr, dw_ptr, dup_ptr, du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NDU,
@@ -1230,29 +1151,26 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                program per 32-row chunk on [32, K] tiles: 5028 / 645 / 239 vs 2454 / 323 / 85 us) and False
 #                (``_bwd_kernel`` alone, one 4-warp program per block, with its register-cap knob ``bwd_maxnreg``,
 #                notes/wkv6.md run 11: 5996 / 771 / 179 vs "fused"'s 5877 / 760 / 147 us at 64-row states);
-#   bwd_block    with ``bwd_split`` "block", the rows of the blocks the split backward works on (16 or 32, at most
-#                the state rows): at 32 with 32-row states each chunk is one block, so the own kernel does every
-#                pair of the chunk (levels 0-4, one more span-sum level on [32, BKC] tiles) and the state kernel
-#                takes S_c / D_c as they are (no moves: one program per chunk, [32, K] tiles, each state read
-#                once). Session 20: built to time against 16 (the default);
-#                Timed and removed (session 20, H200 run 24 call 4): "bwd_overlap", the own kernel on a side
-#                stream beside the backward's state pass (bit-identical, graph-safe): fwd+bwd 5.914 vs 5.915 ms at
-#                B8 T4096 H32 — the own kernel alone fills the GPU, nothing to overlap with;
+#                Timed and removed in session 20 (H200 run 24, GPU µs per fwd+bwd at B8 T4096 H32 / B16 T1024 H8 /
+#                B64 T256 H4 K32 against the default's 5,859 / 836 / 230; code in git history, branch own32b):
+#                "bwd_block" 32, this split on 32-row blocks — the state kernel one program per 32-row chunk with
+#                no state moves (cross 2,377 -> 2,077-2,110 µs), the own kernel either on whole [32, 32] tiles
+#                (levels 0-4: own 2,693 µs, 6,954 in all) or as two 16-row halves plus the pairs between them
+#                read back and added into the partials (own 2,097 µs, 6,389 / 914 / 263); at 64-row states 6,566
+#                (2.14 GiB extra peak vs 2.64). "bwd_overlap", the own kernel on a side stream beside the state
+#                pass (bit-identical, graph-safe): 5.914 vs 5.915 ms — the own kernel alone fills the GPU;
 #   split_bytes  with ``bwd_split`` "block", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "fwd_scores": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "bwd_block": 16, "bwd_halves": True,
-          "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "fwd_scores": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "bwd_block": 16, "bwd_halves": True,
-          "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 BWD_SPLIT = ("block", "fused")     # the ``bwd_split`` knob's values
-BWD_BLOCK = (16, 32)               # the ``bwd_block`` knob's values
 
 
 @contextlib.contextmanager
@@ -1271,10 +1189,6 @@ def tuning(**knobs):
         raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
     if knobs.get("bwd_split", "block") not in BWD_SPLIT:
         raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
-    if knobs.get("bwd_block", 16) not in BWD_BLOCK or isinstance(knobs.get("bwd_block"), bool):
-        raise ValueError(f"wkv6 chunk knob bwd_block must be one of {BWD_BLOCK}; got {knobs['bwd_block']!r}")
-    if not isinstance(knobs.get("bwd_halves", True), bool):
-        raise ValueError(f"wkv6 chunk knob bwd_halves must be True or False; got {knobs['bwd_halves']!r}")
     for name in ("split_bytes", "piece_bytes"):
         val = knobs.get(name)
         if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val <= 0):
@@ -1336,17 +1250,13 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
     partials stay under that many bytes (one batch element at least). Returns du [H, K] fp32."""
     B, T, H, K = r.shape
     V = v.shape[-1]
-    sb = SB if kn["bwd_split"] == "fused" else min(kn.get("bwd_block", SB), bt)    # the split's block rows (``bwd_block``)
-    log = sb.bit_length() - 1
-    nb = bt // sb
-    halves = sb == 32 and kn.get("bwd_halves", True)    # the own kernel's 32-row blocks as 16-row halves + joins
-    ndu = S * (bt // 16 if halves else nb)              # du partial rows: one per own block
+    nb = bt // SB
     per_b = T * H * (3 * K + V) * 4
     step = B if cu is not None or not kn["split_bytes"] else max(1, min(B, kn["split_bytes"] // per_b))
-    du_part = new_empty((ndu, H, K), torch.float32, r.device)
+    du_part = new_empty((S * nb, H, K), torch.float32, r.device)
     w_own = w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()    # bf16 under the interpreter
     prec = _prec(r.dtype, bwd=True)
-    meta = dict(H=H, K=K, V=V, BT=bt, SB=sb, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
+    meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
     if kn["bwd_split"] == "fused":     # one kernel, no partials
         _bwd_fused_kernel[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT, LOG=LOG,
                                   HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
@@ -1360,14 +1270,12 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
         cut = (lambda x: x) if step == B else (lambda x: x[b0:b1])  # noqa: E731
         s0, s1 = (0, S) if step == B else (b0 * NT, b1 * NT)        # the slice's slots (fixed length: n·NT + i)
         ps = [x[:b1 - b0] for x in parts]
-        per_s = ndu // S
-        _bwd_own_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps,
-                                      du_part[s0 * per_s:s1 * per_s], cu, cmap, scale, T, NT, LOG=log,
-                                      HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
-                                      DWP="ieee" if prec == "ieee" else "tf32x3", HALVES=halves, **meta)
+        _bwd_own_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
+                                      cu, cmap, scale, T, NT, LOG=LOG, HALF_B=_half_dot(r.dtype),
+                                      FAST=not INTERPRET, DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         _bwd_cross_kernel[((s1 - s0) * nb + finish, H)](
             cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
-            du_part if finish else None, du, cu, cmap, scale, T, NT, ndu if finish else 0, FINISH_DU=finish,
+            du_part if finish else None, du, cu, cmap, scale, T, NT, S * nb if finish else 0, FINISH_DU=finish,
             **meta)
     return du if finish else du_part.sum(0)
 
