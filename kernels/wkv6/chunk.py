@@ -764,9 +764,13 @@ def _own_prune(configs, nargs, **kw):
 
 # 1 warp (the scores kernel's lesson) or 2, key slices of 16 or 32 columns (offline sm_90 compile, bf16, K = V = 64,
 # registers / spill B / SASS of the loop bodies: BKC 16 at 1 warp 255 / 376 / 3680, at 2 255 / 184 / 3008; BKC 32
-# at 1 warp 255 / 1048 / 5912, at 2 255 / 248 / 3440)
+# at 1 warp 255 / 1048 / 5912, at 2 255 / 248 / 3440); and BKC 16 capped at 168 registers (Triton's maxnreg; 12
+# 1-warp programs an SM instead of 8, more spill: session 20 offline, Triton 3.9, 1 warp 168 / 1136 / 4000, 2 warps
+# 168 / 608 / 3208) — offered untimed: the autotuner keeps them only if they win (the state kernel's cap did, run 13)
 @triton.autotune(configs=autotune_configs([triton.Config({"BKC": bkc}, num_warps=nw, num_stages=1)
-                                           for bkc in (16, 32) for nw in (1, 2)]),
+                                           for bkc in (16, 32) for nw in (1, 2)]
+                                          + [triton.Config({"BKC": 16}, num_warps=nw, num_stages=1, maxnreg=168)
+                                             for nw in (1, 2)]),
                  key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"], prune_configs_by={"early_config_prune": _own_prune})
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, du_ptr, cu_ptr,
