@@ -74,7 +74,10 @@ per 32-row chunk on [32, K] tiles, no moves, "pair", lost at every shape: run 17
 85 µs, removed).
 H100 run 13 (wkv6j; GPU µs per fwd+bwd, ``_bwd_kernel`` vs own + cross): B8 T4096 H32 5210 vs 1340 + 2412, B16 T1024
 H8 672 vs 178 + 323, B64 T256 H4 K32 154 vs 46 + 85; the partials cost 4 bytes × (3K + V) per token and head of
-transient memory (extra peak at B8 T4096 H32 1.68 → 2.68 GiB). Earlier splits with both halves at 4 warps lost (run
+transient memory (extra peak at B8 T4096 H32 1.68 → 2.68 GiB). Since session 20 the own kernel hands the cross kernel
+each block's scores A (4 × 16 bytes per token and head) instead of dv's own part Aᵀ do (4 × V): the cross kernel
+takes that one [16, 16] × [16, V] dot (it holds do already), and the partials are 4 × (3K + 16) bytes (−192 MiB
+written and read at B8 T4096 H32 K = V = 64; untimed). Earlier splits with both halves at 4 warps lost (run
 6: 10.3 vs 9.3 ms at B8 T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
 
 The fused backward (``bwd_split`` "fused", ``_bwd_fused_kernel``; ``LOWMEM``'s since run 17): the own kernel's
@@ -735,12 +738,13 @@ def _block_do_v(v_ptr, do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, HALF_B: tl.
 
 
 @triton.jit
-def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, du_ptr, bos, r0, L, i_h,
+def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, du_ptr, bos, r0, L, i_h,
                scale, o_t, o_v, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                BKC: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
                DWP: tl.constexpr):
     """The own pairs and bonus terms of the SB-row block at row r0 (``_bwd_own_kernel``): fp32 partials of dq (for
-    the scaled q), dk, dw (before the clamp's mask) -> pq/pk/pw_ptr, of dv -> pv_ptr, the du row -> du_ptr [K].
+    the scaled q), dk, dw (before the clamp's mask) -> pq/pk/pw_ptr, the block's scores A (levels and bonus, fp32;
+    dv's own part Aᵀ do is the cross kernel's) -> pa_ptr, the du row -> du_ptr [K].
     The key columns in BKC-wide slices (``_own_cols``: fewer live registers; only A needs all of K). Level m's pairs
     (t, s): exp(P^m_t) on the query rows, exp(R^m_s) on the key rows, one tile e (``_span_sums``, disjoint rows);
     with dA = M_m ⊙ (do vᵀ), dq += e ⊙ (dA k̂), dk += e ⊙ (dAᵀ q̂), and the pairs spanning j give
@@ -752,8 +756,7 @@ def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr
     for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):    # not unrolled: one slice's tiles live at a time
         b_A = _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t,
                         i_c * BKC + tl.arange(0, BKC), i_h, scale, H, K, LOG, PREC, FAST, DWP)
-    b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)      # reloaded (L1): fewer live registers
-    tl.store(pv_ptr + p_v, tl.dot(tl.trans(b_A), b_do, input_precision=PREC), mask=m_tv)
+    tl.store(pa_ptr + tok[:, None] * o_t.shape[0] + o_t[None, :], b_A, mask=m_t[:, None])
 
 
 def _own_prune(configs, nargs, **kw):
@@ -773,14 +776,15 @@ def _own_prune(configs, nargs, **kw):
                                              for nw in (1, 2)]),
                  key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"], prune_configs_by={"early_config_prune": _own_prune})
 @triton.jit(do_not_specialize=['T', 'NT'])
-def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, du_ptr, cu_ptr,
+def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, du_ptr, cu_ptr,
                     cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                     SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKC: tl.constexpr, LOG: tl.constexpr,
                     VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
                     DWP: tl.constexpr):
     """Grid (chunk slots, H), no state read: the own pairs and bonus terms of the BT // SB blocks of one chunk
     (``_own_block``, key columns BKC at a time) -> fp32 partials pq_ptr, pk_ptr, pw_ptr [B·T, H, K] (dq for the
-    scaled q, dw before the clamp's mask), pv_ptr [B·T, H, V], and du_ptr [slots · BT/SB, H, K] fp32 partial rows
+    scaled q, dw before the clamp's mask), pa_ptr [B·T, H, SB] (each row's scores A in its block, levels and
+    bonus), and du_ptr [slots · BT/SB, H, K] fp32 partial rows
     (one per block; every block of the chunk writes its row, rows past the sequence zeros). w_ptr in the inputs'
     dtype (fp32 under the interpreter for bf16: its bf16 dots are wrong there). FAST: ``_exp_ftz``; DWP: the dw
     span dots' precision. Other layouts above."""
@@ -791,12 +795,12 @@ def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, p
     m_v = o_v < V
     for i_b in tl.range(0, BT // SB, loop_unroll_factor=1):
         p_du = du_ptr + ((i_s.to(tl.int64) * (BT // SB) + i_b) * H + i_h) * K
-        _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, p_du, bos,
+        _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, p_du, bos,
                    i_c * BT + i_b * SB, L, i_h, scale, o_t, o_v, m_v, H, K, V, BK, BKC, LOG, PREC, HALF_B, FAST, DWP)
 
 
 @triton.jit
-def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
+def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
                  b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr,
                  V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
     """The block at row r0 given S at its start (b_h) and dL/dS at its end (b_dh): its block-crossing terms
@@ -808,7 +812,8 @@ def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_
     b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC, True)
     m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
-    b_dv += tl.load(pv_ptr + p_v, mask=m_tv, other=0.)
+    b_A = tl.load(pa_ptr + ((bos + r0 + o_t) * H + i_h)[:, None] * SB + o_t[None, :], mask=m_t[:, None], other=0.)
+    b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)     # the own pairs' dv from their scores
     tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
     _store_dqkw(b_dq + tl.load(pq_ptr + p_k, mask=m_tk, other=0.), b_dk + tl.load(pk_ptr + p_k, mask=m_tk, other=0.),
                 b_dw + tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
@@ -816,7 +821,7 @@ def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_
 
 @triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC"])
 @triton.jit(do_not_specialize=['T', 'NT'])
-def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr,
+def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr,
                       dk_ptr, dv_ptr, dw_ptr, dup_ptr, du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NDU,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
@@ -824,7 +829,8 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
     """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V) (``bwd_split`` "block"), the state
     half of the split backward, one SB-row block per program: S_m, D_m
     (``_block_states``) and ``_cross_block``, adding ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr
-    [B·T, H, K] and pv_ptr [B·T, H, V] -> dq_ptr, dk_ptr, dw_ptr [B·T, H, K], dv_ptr [B·T, H, V] (other layouts
+    [B·T, H, K] and the own pairs' dv Aᵀ do from its scores pa_ptr [B·T, H, SB] -> dq_ptr, dk_ptr, dw_ptr [B·T, H,
+    K], dv_ptr [B·T, H, V] (other layouts
     above). Offered a 168-register cap at 4 warps beside the uncapped 4 / 8 warps (H100 run 13: the cap picked).
     FINISH_DU: one more program per head (the last of axis 0) sums the own kernel's du partial rows dup_ptr
     [NDU, H, K] fp32 in row order into du_ptr [H, K] fp32 (deterministic; no separate reduction launch); else
@@ -837,7 +843,7 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
         o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
         b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
                                   scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
-        _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pv_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
+        _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
                      dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
 
 
@@ -1135,8 +1141,8 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                V96);
 #   bwd_split    "block" or "fused": the backward in two kernels (``_bwd_own_kernel`` then the state
 #                kernel): the blocks' own pairs in 1-warp programs, one per chunk (span-sum decays, one ex2 per
-#                element), into fp32 partials of dq, dk, dv, dw (4 bytes × (3K + V) per token and head, transient:
-#                1 GiB at B8 T4096 H32 K = V = 64), then the 4-warp state kernel (S_m, D_m, block-crossing terms),
+#                element), into fp32 partials of dq, dk, dw and the blocks' scores (4 bytes × (3K + 16) per token
+#                and head, transient: 0.81 GiB at B8 T4096 H32 K = V = 64; 4 × (3K + V) before session 20), then the 4-warp state kernel (S_m, D_m, block-crossing terms),
 #                one program per block ("block", ``_bwd_cross_kernel``), that adds them. Run 11's split (both halves
 #                at 4 warps) lost: own 2,841 + cross 2,442 vs 5,162 us at B8 T4096 H32. H100 run 13 (wkv6j call A;
 #                GPU us per fwd+bwd, ``_bwd_kernel`` vs own + cross, "block"): B8 T4096 H32 5210 vs 1340 + 2412
@@ -1255,7 +1261,7 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
     B, T, H, K = r.shape
     V = v.shape[-1]
     nb = bt // SB
-    per_b = T * H * (3 * K + V) * 4
+    per_b = T * H * (3 * K + SB) * 4
     step = B if cu is not None or not kn["split_bytes"] else max(1, min(B, kn["split_bytes"] // per_b))
     du_part = new_empty((S * nb, H, K), torch.float32, r.device)
     w_own = w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()    # bf16 under the interpreter
@@ -1266,7 +1272,8 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
                                   HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
                                   DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         return du_part.sum(0)
-    parts = [new_empty((step, *g.shape[1:]), torch.float32, r.device) for g in outs]  # own pairs' dq, dk, dv, dw
+    parts = [new_empty((step, T, H, K if i != 2 else SB), torch.float32, r.device)   # the own pairs' dq, dk, dw
+             for i in range(4)]                                                       # and scores A (index 2)
     finish = step == B              # one cross launch: its extra programs sum du (no reduction kernel)
     du = new_empty((H, K), torch.float32, r.device) if finish else None
     for b0 in range(0, B, step):
