@@ -1142,7 +1142,8 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   bwd_split    "block" or "fused": the backward in two kernels (``_bwd_own_kernel`` then the state
 #                kernel): the blocks' own pairs in 1-warp programs, one per chunk (span-sum decays, one ex2 per
 #                element), into fp32 partials of dq, dk, dw and the blocks' scores (4 bytes × (3K + 16) per token
-#                and head, transient: 0.81 GiB at B8 T4096 H32 K = V = 64; 4 × (3K + V) before session 20), then the 4-warp state kernel (S_m, D_m, block-crossing terms),
+#                and head, transient: 0.81 GiB at B8 T4096 H32 K = V = 64; 4 × (3K + V) before session 20),
+#                then the 4-warp state kernel (S_m, D_m, block-crossing terms),
 #                one program per block ("block", ``_bwd_cross_kernel``), that adds them. Run 11's split (both halves
 #                at 4 warps) lost: own 2,841 + cross 2,442 vs 5,162 us at B8 T4096 H32. H100 run 13 (wkv6j call A;
 #                GPU us per fwd+bwd, ``_bwd_kernel`` vs own + cross, "block"): B8 T4096 H32 5210 vs 1340 + 2412
