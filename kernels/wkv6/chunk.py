@@ -751,7 +751,7 @@ def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr
     dw_j = Σ_{x in j's segment, after j (j a query row) or before j (a key row)} c_x, c = q̂ ⊙ (dA k̂) + k̂ ⊙ (dAᵀ q̂)
     (the two terms live on disjoint rows): one dot of the transposed span pattern with c (DWP: "tf32x3", or
     "ieee" for fp32 inputs; terms of one sign per row, no cancellation)."""
-    m_t, tok, m_tv, p_v, b_B, b_vd = _block_do_v(v_ptr, do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, HALF_B, PREC)
+    m_t, tok, _, _, b_B, b_vd = _block_do_v(v_ptr, do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, HALF_B, PREC)
     b_A = tl.zeros([o_t.shape[0], o_t.shape[0]], dtype=tl.float32)
     for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):    # not unrolled: one slice's tiles live at a time
         b_A = _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t,
@@ -1273,8 +1273,8 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
                                   HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
                                   DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         return du_part.sum(0)
-    parts = [new_empty((step, T, H, K if i != 2 else SB), torch.float32, r.device)   # the own pairs' dq, dk, dw
-             for i in range(4)]                                                       # and scores A (index 2)
+    parts = [new_empty((step, T, H, n), torch.float32, r.device)    # the own pairs' dq, dk, scores A, dw (the
+             for n in (K, K, SB, K)]                                  # own kernel's pq, pk, pa, pw)
     finish = step == B              # one cross launch: its extra programs sum du (no reduction kernel)
     du = new_empty((H, K), torch.float32, r.device) if finish else None
     for b0 in range(0, B, step):
