@@ -133,7 +133,7 @@ import triton.language as tl
 from kernels import INTERPRET
 from kernels._common import autotune_configs, new_empty, num_sms
 from kernels._slots import grad_slot
-from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _half_dot,
+from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _grid_bucket, _half_dot,
                                  _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run,
                                  _seq_bounds, _state_or_zeros, _store_dqkw, _warp_configs)
 from kernels.wkv6.states import BT_PAR, _fwd_states, _par_slots, _par_state_shape, _par_states
@@ -337,7 +337,8 @@ def _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, 
 #   at token t); qh_ptr, kh_ptr [B·T, H, K] and oi_ptr [B·T, H, V] fp32 the split forward's intermediates
 #   (``_fwd_intra_kernel``); du_ptr [slots · BT/SB, H, K] fp32 per-block du rows (the backward); scale (float)
 #   multiplies q·k; T the padded length (fixed-length batches), NT = cdiv(T, BT) chunks per sequence; NH_BUCKET =
-#   min(pow2(N·H), 1024), an autotune key only (``_nh_bucket``: unused by the kernel body).
+#   min(pow2(N·H), 1024) and GRID_BUCKET = min(pow2(programs), 2^16), autotune keys only (``_nh_bucket``,
+#   ``_grid_bucket``: unused by the kernel bodies).
 # Constexprs: H heads; K, V head sizes; BK = max(16, pow2(K)), BV the V tile width; SB = 16 block rows, LOG =
 #   log2(SB) pair levels; BT the chunk rows (``state_rows``: 32 or 64; SB where the slots are blocks); PREC the dots'
 #   input precision ("ieee" for fp32, "tf32"); VARLEN: cu_seqlens given; SPLIT / SCORES: the blocks' state-free
@@ -550,12 +551,13 @@ _fwd_step_kernel = triton.autotune(configs=_walk_configs((64, 32)),
 
 @triton.jit(do_not_specialize=['T', 'NT'])
 def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, a_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
-                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
+                    GRID_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr,
                     SCORES: tl.constexpr, PREC: tl.constexpr):
     """Grid (chunk slots, V-blocks, H): writes o_ptr for the BT // SB blocks of one chunk from its start state
     hs_ptr [slots, H, K, V] fp32 (the state pass's, ``states._par_states`` or ``states._fwd_states``; layouts
-    above). SCORES as in ``_fwd_walk``: the blocks' scores from a_ptr [B·T, H, SB] fp32 (else None; u unread)."""
+    above). SCORES as in ``_fwd_walk``: the blocks' scores from a_ptr [B·T, H, SB] fp32 (else None; u unread).
+    GRID_BUCKET: autotune key only (``_grid_bucket`` of the slots · H)."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, SB)
@@ -578,7 +580,7 @@ def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, a_ptr, hs_ptr, o_ptr, cu_
 _fwd_par_scored_kernel = triton.autotune(
     configs=autotune_configs([triton.Config({"BV": bv}, num_warps=nw, num_stages=1)
                               for bv, nw in ((64, 2), (64, 4))]),
-    key=["K", "V", "BT", "BK", "PREC"])(_fwd_par_kernel)
+    key=["K", "V", "BT", "BK", "PREC", "GRID_BUCKET"])(_fwd_par_kernel)
 _fwd_par_kernel = triton.autotune(configs=_four_warps(), key=["K", "V", "BT", "BK", "BV", "PREC"])(_fwd_par_kernel)
 
 
@@ -774,10 +776,11 @@ def _own_prune(configs, nargs, **kw):
                                            for bkc in (16, 32) for nw in (1, 2)]
                                           + [triton.Config({"BKC": 16}, num_warps=nw, num_stages=1, maxnreg=168)
                                              for nw in (1, 2)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"], prune_configs_by={"early_config_prune": _own_prune})
-@triton.jit(do_not_specialize=['T', 'NT'])
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B", "GRID_BUCKET"],
+                 prune_configs_by={"early_config_prune": _own_prune})
+@triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
 def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, du_ptr, cu_ptr,
-                    cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                    cmap_ptr, scale, T, NT, GRID_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                     SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKC: tl.constexpr, LOG: tl.constexpr,
                     VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
                     DWP: tl.constexpr):
@@ -787,7 +790,7 @@ def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, p
     bonus), and du_ptr [slots · BT/SB, H, K] fp32 partial rows
     (one per block; every block of the chunk writes its row, rows past the sequence zeros). w_ptr in the inputs'
     dtype (fp32 under the interpreter for bf16: its bf16 dots are wrong there). FAST: ``_exp_ftz``; DWP: the dw
-    span dots' precision. Other layouts above."""
+    span dots' precision. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid). Other layouts above."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, SB)
@@ -819,10 +822,10 @@ def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_
                 b_dw + tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
 
 
-@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC"])
-@triton.jit(do_not_specialize=['T', 'NT'])
+@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC", "GRID_BUCKET"])
+@triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
 def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr,
-                      dk_ptr, dv_ptr, dw_ptr, dup_ptr, du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NDU,
+                      dk_ptr, dv_ptr, dw_ptr, dup_ptr, du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NDU, GRID_BUCKET,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
                       FINISH_DU: tl.constexpr):
@@ -834,7 +837,7 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
     above). Offered a 168-register cap at 4 warps beside the uncapped 4 / 8 warps (H100 run 13: the cap picked).
     FINISH_DU: one more program per head (the last of axis 0) sums the own kernel's du partial rows dup_ptr
     [NDU, H, K] fp32 in row order into du_ptr [H, K] fp32 (deterministic; no separate reduction launch); else
-    both are None and NDU 0."""
+    both are None and NDU 0. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid)."""
     if FINISH_DU and tl.program_id(0) == tl.num_programs(0) - 1:
         _sum_du(dup_ptr, du_ptr, NDU, tl.program_id(1), H, K, BK)
     else:
@@ -909,10 +912,10 @@ def _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
 # offered: 1 warp 255 / 1368 / 6992, BKC 32 1256, 864, 456 B of spill at 2, 4, 8 warps)
 @triton.autotune(configs=autotune_configs([triton.Config({"BKC": 16}, num_warps=nw, num_stages=1)
                                            for nw in (4, 2, 8)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B"])
-@triton.jit(do_not_specialize=['T', 'NT'])
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B", "GRID_BUCKET"])
+@triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
 def _bwd_fused_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
-                      du_ptr, cu_ptr, cmap_ptr, scale, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                      du_ptr, cu_ptr, cmap_ptr, scale, T, NT, GRID_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                       BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKC: tl.constexpr,
                       LOG: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr,
                       FAST: tl.constexpr, DWP: tl.constexpr):
@@ -921,7 +924,8 @@ def _bwd_fused_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr,
     BKC at a time; not unrolled), from hs_ptr / hd_ptr (the state at each chunk start / dL/dS at each chunk end) ->
     dq_ptr, dk_ptr, dw_ptr, dv_ptr (layouts above) and du_ptr [slots · BT/SB, H, K] fp32 partial rows (one per block;
     rows past the sequence zeros). No partials: A [SB, SB] and dv [SB, BV] accumulate over the slices in registers.
-    w_ptr in the inputs' dtype (fp32 under the interpreter for bf16); FAST, DWP as ``_bwd_own_kernel``'s."""
+    w_ptr in the inputs' dtype (fp32 under the interpreter for bf16); FAST, DWP, GRID_BUCKET as
+    ``_bwd_own_kernel``'s."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     c0 = i_c * BT
@@ -1081,13 +1085,13 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         hs, ht, S, NT, cmap, cu = _fwd_states(r, k, v, w, h0, cu_seqlens, bt)
         a = _fwd_scores(r, k, w, u, scale, cu, prec)
         _fwd_par_scored_kernel[lambda meta: (S, _cdiv(V, meta["BV"]), H)](
-            r, k, v, w, u, a, hs, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG,
+            r, k, v, w, u, a, hs, o, cu, cmap, scale, T, NT, _grid_bucket(S * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG,
             VARLEN=varlen, SCORES=True, PREC=prec)
         return o, ht, (hs if save else hs.new_empty((0,)))
     buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
                                               _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
-    _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, None, buf, o, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt,
-                                          SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, SCORES=False, PREC=prec)
+    _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, None, buf, o, cu, cmap, scale, T, NT, _grid_bucket(S * H),
+                                          H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, SCORES=False, PREC=prec)
     return o, ht, (buf[0] if save else buf.new_empty((0,)))
 
 
@@ -1269,7 +1273,8 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
     prec = _prec(r.dtype, bwd=True)
     meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
     if kn["bwd_split"] == "fused":     # one kernel, no partials
-        _bwd_fused_kernel[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT, LOG=LOG,
+        _bwd_fused_kernel[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT,
+                                  _grid_bucket(S * H), LOG=LOG,
                                   HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
                                   DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         return du_part.sum(0)
@@ -1283,11 +1288,13 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
         s0, s1 = (0, S) if step == B else (b0 * NT, b1 * NT)        # the slice's slots (fixed length: n·NT + i)
         ps = [x[:b1 - b0] for x in parts]
         _bwd_own_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
-                                      cu, cmap, scale, T, NT, LOG=LOG, HALF_B=_half_dot(r.dtype),
+                                      cu, cmap, scale, T, NT, _grid_bucket((s1 - s0) * H), LOG=LOG,
+                                      HALF_B=_half_dot(r.dtype),
                                       FAST=not INTERPRET, DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         _bwd_cross_kernel[((s1 - s0) * nb + finish, H)](
             cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
-            du_part if finish else None, du, cu, cmap, scale, T, NT, S * nb if finish else 0, FINISH_DU=finish,
+            du_part if finish else None, du, cu, cmap, scale, T, NT, S * nb if finish else 0,
+            _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish,
             **meta)
     return du if finish else du_part.sum(0)
 

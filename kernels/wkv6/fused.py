@@ -101,14 +101,14 @@ def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, h
 # ----------------------------------------------------------------------------------------------------------------
 # backward 1: forward walk storing the chunk-start states S0_c (fp32)
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC"])
-@triton.jit(do_not_specialize=['T'])
-def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T,
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BV", "PREC", "NH_BUCKET"])
+@triton.jit(do_not_specialize=['T', 'NH_BUCKET'])
+def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T, NH_BUCKET,
                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                             BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, VARLEN: tl.constexpr,
                             PREC: tl.constexpr, CK: tl.constexpr):
     """Grid (V-blocks, N·H): the forward's state walk without outputs, storing the checkpoints hs_ptr (written
-    here, layouts above) when the forward did not save them."""
+    here, layouts above) when the forward did not save them. NH_BUCKET: autotune key only."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -147,10 +147,10 @@ def _bonus_store(b_q, b_k, b_wr, b_v, b_do, b_u, b_dq, b_dk, b_dw, b_du, dq_ptr,
 @triton.autotune(configs=autotune_configs([triton.Config({"UNROLL": 1}, num_warps=8, num_stages=1),
                                            triton.Config({"UNROLL": 4}, num_warps=8, num_stages=1),
                                            triton.Config({"UNROLL": 1}, num_warps=4, num_stages=1)]),
-                 key=["K", "V", "BK", "BV", "PREC", "DIRECT"])
-@triton.jit(do_not_specialize=['T', 'NTOK'])
+                 key=["K", "V", "BK", "BV", "PREC", "DIRECT", "NH_BUCKET"])
+@triton.jit(do_not_specialize=['T', 'NTOK', 'NH_BUCKET'])
 def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs_ptr, sc_ptr, dq_ptr, dk_ptr, dw_ptr,
-                          dv_ptr, du_ptr, dh0_ptr, cu_ptr, scale, T, NTOK,
+                          dv_ptr, du_ptr, dh0_ptr, cu_ptr, scale, T, NTOK, NH_BUCKET,
                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                           BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr,
                           VARLEN: tl.constexpr, PREC: tl.constexpr, DIRECT: tl.constexpr, CK: tl.constexpr,
@@ -238,10 +238,10 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
 # ----------------------------------------------------------------------------------------------------------------
 # backward 3 (only with several V-blocks): sum the fp32 partials, add the bonus terms, du partial rows
 # ----------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BVF", "NV"])
-@triton.jit(do_not_specialize=['T', 'NTOK'])
+@triton.autotune(configs=_warp_configs(), key=["K", "V", "BK", "BVF", "NV", "NH_BUCKET"])
+@triton.jit(do_not_specialize=['T', 'NTOK', 'NH_BUCKET'])
 def _wkv6_bwd_combine_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pw_ptr,
-                             dq_ptr, dk_ptr, dw_ptr, du_ptr, cu_ptr, scale, T, NTOK,
+                             dq_ptr, dk_ptr, dw_ptr, du_ptr, cu_ptr, scale, T, NTOK, NH_BUCKET,
                              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                              BK: tl.constexpr, BVF: tl.constexpr, NV: tl.constexpr, VARLEN: tl.constexpr):
     """Grid (N·H,): sums the NV fp32 partials pq_ptr, pk_ptr, pw_ptr [NV, B·T, H, K] (fixed order; NTOK = B·T rows
@@ -318,7 +318,7 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs=None):
     grid = (NV, N * H)
     if hs is None or hs.numel() == 0:     # checkpoints not saved by the forward: recompute them
         hs = new_empty(_ckpt_shape(B, T, H, K, V, N), torch.float32, dev)
-        _wkv6_bwd_states_kernel[grid](k, v, w, h0, hs, cu, T, H=H, K=K, V=V,
+        _wkv6_bwd_states_kernel[grid](k, v, w, h0, hs, cu, T, _nh_bucket(N * H), H=H, K=K, V=V,
                                       BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=use_h0, VARLEN=varlen, PREC=prec, CK=CKPT)
     direct = NV == 1
     dv = new_empty(v.shape, v.dtype, dev)
@@ -332,11 +332,11 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs=None):
     else:
         pq, pk, pw = (new_empty((NV, B, T, H, K), torch.float32, dev) for _ in range(3))
     _wkv6_bwd_main_kernel[grid](r, k, v, w, u, do, dht, hs, scratch, pq, pk, pw, dv, du_part, dh0, cu, scale, T,
-                                NTOK, H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=use_h0,
+                                NTOK, _nh_bucket(N * H), H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=use_h0,
                                 USE_DHT=dht is not None, VARLEN=varlen, PREC=prec, DIRECT=direct, CK=CKPT)
     if not direct:
         _wkv6_bwd_combine_kernel[(N * H,)](r, k, v, w, u, do, pq, pk, pw, dr, dk, dw, du_part, cu, scale, T, NTOK,
-                                           H=H, K=K, V=V, BT=BT_CHUNK, BK=BK,
+                                           _nh_bucket(N * H), H=H, K=K, V=V, BT=BT_CHUNK, BK=BK,
                                            BVF=max(16, triton.next_power_of_2(V)), NV=NV,
                                            VARLEN=varlen)
     du = du_part.sum(0).to(u.dtype)

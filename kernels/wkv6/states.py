@@ -7,8 +7,8 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges, _nh_bucket, _prec,
-                                 _row_offsets, _seq_bounds, _state_or_zeros)
+from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _clamp_w, _cu, _dims, _grid_bucket, _kv_ranges,
+                                 _nh_bucket, _prec, _row_offsets, _seq_bounds, _state_or_zeros)
 
 BT_PAR = 64       # chunk length of the state pass
 
@@ -22,8 +22,8 @@ BT_PAR = 64       # chunk length of the state pass
 #   cu[n]//BT + n + i (VARLEN, ``_par_slots``); cu_ptr [N + 1] int32 sequence offsets and cmap_ptr [slots] int32
 #   the sequence of each slot (both None unless VARLEN); h0_ptr / ht_ptr [N, H, K, V] fp32 the initial / final
 #   state, dht_ptr / dh0_ptr [N, H, K, V] fp32 their gradients; scale (float) multiplies q·k; T the padded length
-#   (fixed-length batches), NT = cdiv(T, BT), SLOTS the slots per direction; NH_BUCKET = min(pow2(N·H), 1024), an
-#   autotune key only (unused by the kernel body).
+#   (fixed-length batches), NT = cdiv(T, BT), SLOTS the slots per direction; NH_BUCKET = min(pow2(N·H), 1024) and
+#   GRID_BUCKET = min(pow2(programs), 2^16), autotune keys only (unused by the kernel bodies).
 # Constexprs: H heads; K, V head sizes; BT the chunk rows (64, ``BT_PAR``, or the ``state_rows`` knob's 32); BK =
 #   max(16, pow2(K)) ≥ K and BV (≤ 64) the tile widths (``_blocks``; the scan may take a narrower BV), BKS / BVS
 #   the K- and V-block widths of ``_fwd_states_kernel`` (autotuned, 32 or 64); PREC the dots' input precision
@@ -36,15 +36,16 @@ BT_PAR = 64       # chunk length of the state pass
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
                                            triton.Config({}, num_warps=8, num_stages=1),
                                            triton.Config({}, num_warps=4, num_stages=3)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "MODE"])
-@triton.jit(do_not_specialize=['T', 'NT'])
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "MODE", "GRID_BUCKET"])
+@triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
 def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_ptr, cu_ptr, cmap_ptr, scale, T, NT,
-                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                        GRID_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                         BV: tl.constexpr, VARLEN: tl.constexpr, MODE: tl.constexpr, PREC: tl.constexpr):
     """Grid (chunk slots, V-blocks, H), per chunk (parallel): the chunk decay G_L -> gl_ptr and (MODE & 1)
     ΔS = (k ⊙ exp(G_L − G))ᵀ v -> hs_ptr, (MODE & 2, backward) ΔD = (q ⊙ exp(Gp))ᵀ do -> hd_ptr (the chunk's own
     contribution to dL/dS at its start). Every exponent ≤ 0. Reads k, v when MODE & 1 and q, do when MODE & 2;
-    hs_ptr is None without MODE & 1, hd_ptr and do_ptr None without MODE & 2 (layouts above)."""
+    hs_ptr is None without MODE & 1, hd_ptr and do_ptr None without MODE & 2 (layouts above). GRID_BUCKET:
+    autotune key only (``common._grid_bucket`` of the grid)."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, BT)
@@ -229,7 +230,7 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, 
     buf = new_empty((2 if mode == "bwd" else 1, S, H, K, V), torch.float32, dev)
     gl = new_empty((S, H, K), torch.float32, dev)
     _chunk_state_kernel[(S, NV, H)](r, k, v, w, do, buf[0] if kmode & 1 else None, buf[-1] if kmode & 2 else None,
-                                    gl, cu, cmap, scale, T, NT, H=H, K=K, V=V, BT=bt, BK=BK, BV=BV, VARLEN=varlen,
+                                    gl, cu, cmap, scale, T, NT, _grid_bucket(S * NV * H), H=H, K=K, V=V, BT=bt, BK=BK, BV=BV, VARLEN=varlen,
                                     MODE=kmode, PREC=prec)
     ht = new_empty((N, H, K, V), torch.float32, dev) if mode == "fwd" else None
     dh0 = new_empty((N, H, K, V), torch.float32, dev) if mode != "fwd" else None
