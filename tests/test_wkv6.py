@@ -114,15 +114,16 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
                                           (wkv6, dict(fwd_scores=True), False),
                                           (wkv6, dict(fwd_scores=False), True),
                                           (wkv6, dict(bwd_split="fused"), True),
-                                          (wkv6, dict(fwd_scores=True), True)],
+                                          (wkv6, dict(fwd_scores=True), True),
+                                          (wkv6, dict(fwd_scores=True, fwd_states="two"), False)],
                          ids=["chunk", "fused", "chunk_scores_walk", "chunk_scores_states", "chunk_levels",
-                              "chunk_bwd_fused", "chunk_fwd_step"])
+                              "chunk_bwd_fused", "chunk_fwd_step", "chunk_scores_states2"])
 def test_wkv6_extreme_decay(fn, knobs, seq):
-    """Extreme decays: the default (at this T = 35 the level forward: the scores are on at 1024 ≤ T ≤ 4096), the
-    scores kernel with the walk in 16-row blocks (``fwd_step`` False; the chunk backward's ``state_rows`` 32: the
-    walk keeps the 32-row states) and with the one-kernel state pass, the walk's own level code (``fwd_scores`` False), the fused
-    backward (``bwd_split`` "fused"), and the scored walk in 32-row steps (``fwd_step``, the default where the scores
-    are on)."""
+    """Extreme decays: the default (at this T = 35 the level forward: the scores are on at T ≥ 1024), the scores
+    kernel with the walk in 16-row blocks (``fwd_step`` False; the chunk backward's ``state_rows`` 32: the walk
+    keeps the 32-row states), with the one-kernel state pass and with the two-kernel one (``fwd_states`` "two"),
+    the walk's own level code (``fwd_scores`` False), the fused backward (``bwd_split`` "fused"), and the scored
+    walk in 32-row steps (``fwd_step``, the default where the scores are on)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(1, 35, 2, 16, 16, h0=True)
     with torch.no_grad():
@@ -433,20 +434,24 @@ def test_wkv6_chunk_modes(seq, shape, cu):
                                                (True, True, (1, 70, 2, 20, 24), None),
                                                (False, False, (1, 100, 1, 16, 16), [0, 3, 64, 64, 100]),
                                                (True, "step", (1, 70, 2, 20, 24), None),
-                                               (True, "step", (1, 140, 1, 16, 16), [0, 3, 64, 64, 140])],
-                         ids=["seq", "seq_pipe", "par", "seq_step", "seq_step_varlen"])
+                                               (True, "step", (1, 140, 1, 16, 16), [0, 3, 64, 64, 140]),
+                                               (False, "two", (1, 100, 1, 16, 16), [0, 3, 64, 64, 100]),
+                                               (False, "two", (2, 70, 1, 20, 24), None)],
+                         ids=["seq", "seq_pipe", "par", "seq_step", "seq_step_varlen", "par_two_varlen", "par_two"])
 def test_wkv6_chunk_scores(seq, pipe, shape, cu):
-    """The forward with the blocks' scores from ``_fwd_scores_kernel`` (``fwd_scores``, on by default at 1024 ≤ T ≤
-    4096) in both modes vs fp64 (the walk on a fixed-length batch, with and without ``fwd_pipe``; the one-kernel
-    state pass on a varlen one), o and every gradient; a NaN decay at row 20 reaches the outputs from row 21 on and
-    the final state, and no output before it (the span sums read a NaN w as 0). "seq" / "seq_pipe": the walk in
-    16-row blocks (``fwd_step`` False); "step": in 32-row steps (``fwd_step``, the default), also on a varlen batch
-    with an empty sequence."""
+    """The forward with the blocks' scores from ``_fwd_scores_kernel`` (``fwd_scores``, on by default at T ≥ 1024)
+    in both modes vs fp64 (the walk on a fixed-length batch, with and without ``fwd_pipe``; the one-kernel state
+    pass on a varlen one), o and every gradient; a NaN decay at row 20 reaches the outputs from row 21 on and the
+    final state, and no output before it (the span sums read a NaN w as 0). "seq" / "seq_pipe": the walk in 16-row
+    blocks (``fwd_step`` False); "step": in 32-row steps (``fwd_step``, the default), also on a varlen batch with an
+    empty sequence; "two": the state pass in two kernels (``fwd_states`` "two", the default above T = 4096: chunk
+    states in parallel, then the scan; 64-row states for the backward), varlen with an empty sequence and fixed
+    length."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    knobs = dict(fwd_pipe=pipe is True, fwd_step=pipe == "step")
+    knobs = dict(fwd_pipe=pipe is True, fwd_step=pipe == "step", fwd_states="two" if pipe == "two" else "one")
     with kc.tuning(fwd_scores=True, **knobs):
         _check(d, context=f"scores {shape} cu={cu} pipe={pipe}", fn=_chunk_mode(seq))
         x = {n: v.detach() if torch.is_tensor(v) else v for n, v in d.items()}
@@ -460,13 +465,21 @@ def test_wkv6_chunk_scores(seq, pipe, shape, cu):
         assert torch.isfinite(s[[i for i in range(len(cu) - 1) if i != j]]).all()
 
 
-@pytest.mark.parametrize("T,on", [(1023, False), (1024, True), (4096, True), (4097, False)])
-def test_wkv6_scores_default_lengths(T, on):
-    """``fwd_scores`` None: on exactly at SCORES_MIN_T ≤ T ≤ SCORES_MAX_T (where H100 run 12 timed it)."""
+@pytest.mark.parametrize("T,on,one", [(1023, False, True), (1024, True, True), (4096, True, True),
+                                      (4097, True, False), (16384, True, False)])
+def test_wkv6_scores_default_lengths(T, on, one):
+    """``fwd_scores`` None: on exactly at T ≥ SCORES_MIN_T (H100 run 12 timed it at 1024 and 4096); ``fwd_states``
+    None: the one-kernel state pass up to ONE_PASS_MAX_T, the two-kernel one above; both knobs' forced values win;
+    the state-pass forward's plan keeps 32-row states with the one-kernel pass and 64-row ones with the other."""
     import kernels.wkv6.chunk as kc
-    assert kc._use_scores(T, {**kc.TUNING, "fwd_scores": None}) is on
-    assert kc._use_scores(T, {**kc.TUNING, "fwd_scores": True}) and not kc._use_scores(T, {**kc.TUNING,
-                                                                                            "fwd_scores": False})
+    kn = {**kc.TUNING, "fwd_scores": None, "fwd_states": None}
+    assert kc._use_scores(T, kn) is on and kc._one_state_pass(T, kn) is one
+    assert kc._use_scores(T, {**kn, "fwd_scores": True}) and not kc._use_scores(T, {**kn, "fwd_scores": False})
+    assert kc._one_state_pass(T, {**kn, "fwd_states": "one"}) and not kc._one_state_pass(T, {**kn,
+                                                                                              "fwd_states": "two"})
+    with kc.forward_mode(False):
+        seq, keep, rows, scores = kc._fwd_plan(1, 1, 16, T, torch.device("cpu"), kn)
+    assert (seq, keep, scores) == (False, True, on) and rows == (32 if on and one else 64)
 
 
 def test_wkv6_algorithms_agree():
@@ -576,9 +589,9 @@ def test_wkv6_bwd_fused(seq, rows, dtype, shape, cu):
 
 
 def test_wkv6_chunk_bad_knobs():
-    """A ``state_rows``, ``bwd_split``, ``fwd_step`` or ``split_bytes`` value the kernels do not take, an unknown
-    knob (``bwd_maxnreg``: removed with ``_bwd_kernel``), or a backward whose ``state_rows`` differs from its
-    forward's (saved states of the wrong spacing), is a one-line error."""
+    """A ``state_rows``, ``bwd_split``, ``fwd_step``, ``fwd_states`` or ``split_bytes`` value the kernels do not take,
+    an unknown knob (``bwd_maxnreg``: removed with ``_bwd_kernel``), or a backward whose ``state_rows`` differs
+    from its forward's (saved states of the wrong spacing), is a one-line error."""
     import kernels.wkv6.chunk as kc
     with pytest.raises(ValueError, match="state_rows must be one of"):
         with kc.tuning(state_rows=48):
@@ -594,6 +607,10 @@ def test_wkv6_chunk_bad_knobs():
     with pytest.raises(ValueError, match="fwd_step must be True or False"):
         with kc.tuning(fwd_step=64):
             pass
+    for bad in (True, 2, "three"):
+        with pytest.raises(ValueError, match="fwd_states must be one of"):
+            with kc.tuning(fwd_states=bad):
+                pass
     for bad in (2.0, -1, 0, True):
         with pytest.raises(ValueError, match="split_bytes must be None or a positive int"):
             with kc.tuning(split_bytes=bad):

@@ -779,8 +779,8 @@ def _own_prune(configs, nargs, **kw):
                  key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B", "GRID_BUCKET"],
                  prune_configs_by={"early_config_prune": _own_prune})
 @triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
-def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, du_ptr, cu_ptr,
-                    cmap_ptr, scale, T, NT, GRID_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, du_ptr, cu_ptr, cmap_ptr,
+                    scale, T, NT, GRID_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                     SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKC: tl.constexpr, LOG: tl.constexpr,
                     VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
                     DWP: tl.constexpr):
@@ -914,8 +914,8 @@ def _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
                                            for nw in (4, 2, 8)]),
                  key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B", "GRID_BUCKET"])
 @triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
-def _bwd_fused_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
-                      du_ptr, cu_ptr, cmap_ptr, scale, T, NT, GRID_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+def _bwd_fused_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, du_ptr,
+                      cu_ptr, cmap_ptr, scale, T, NT, GRID_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                       BT: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKC: tl.constexpr,
                       LOG: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr,
                       FAST: tl.constexpr, DWP: tl.constexpr):
@@ -982,32 +982,45 @@ def forward_mode(seq: bool):
 
 
 def _use_scores(T: int, knobs) -> bool:
-    """``fwd_scores``; None: on where ``SCORES_MIN_T`` <= T <= ``SCORES_MAX_T`` — the sequence lengths where it
-    was timed and won (H100 run 12, wkv6i: T = 1024 and 4096). Outside them the level forward (``_use_seq``'s walk
-    or the two-kernel state pass: the one-kernel state pass walks T / 32 chunks in series; the small model's T = 256
-    and B64 T256 H2 until a GPU call has timed the scores there). T is the padded length, for varlen the packed
-    total (a per-sequence rule would need the offsets on the host: a sync)."""
+    """``fwd_scores``; None: on where T >= ``SCORES_MIN_T`` (H100 run 12, wkv6i: timed and won at T = 1024 and
+    4096; the per-chunk work does not depend on T, so longer sequences take it too since session 21 — untimed
+    there, see ``_one_state_pass`` for the state pass they use). Below it the level forward (the small model's
+    T = 256 and B64 T256 H2 until a GPU call has timed the scores there). T is the padded length, for varlen the
+    packed total (a per-sequence rule would need the offsets on the host: a sync)."""
     if knobs["fwd_scores"] is None:
-        return SCORES_MIN_T <= T <= SCORES_MAX_T
+        return T >= SCORES_MIN_T
     return bool(knobs["fwd_scores"])
 
 
-SCORES_MIN_T, SCORES_MAX_T = 1024, 4096
+def _one_state_pass(T: int, knobs) -> bool:
+    """``fwd_states`` for the scored state-pass forward: "one" the one-kernel state pass (``states._fwd_states``:
+    each (sequence, head, K-block, V-block) walks its T / state_rows chunks in series, saving S at the backward's
+    spacing), "two" the two-kernel one (``states._par_states``: every chunk's ΔS in parallel, then the scan over
+    64-row chunks; the backward then runs at 64-row states). None: "one" where T <= ``ONE_PASS_MAX_T`` (timed at
+    T = 1024 and 2048), "two" above — at B1 T16384 H32 the level forward it replaces (the two-kernel pass + the
+    level output kernel) took 1,025 µs in its output kernel alone and 1.45 ms in all against fla's 1.20 (H200 run
+    25); the one-kernel pass would walk 512 chunks in series there. Untimed: time it first."""
+    mode = knobs["fwd_states"]
+    return T <= ONE_PASS_MAX_T if mode is None else mode == "one"
+
+
+SCORES_MIN_T, ONE_PASS_MAX_T = 1024, 4096
 
 
 def _fwd_plan(N, H, V, T, device, knobs):
     """(sequential walk?, whether the forward keeps its states for the backward, the backward's ``state_rows``,
-    scores kernel?). With ``fwd_scores`` (``_use_scores``) the walk runs where N·H >= #SMs, else the one-kernel
-    state pass + chunk-parallel output (H100 run 12, wkv6i: GPU us per fwd+bwd, walk / state pass: B8 T4096 H32
-    7517 / 7582, B16 T1024 H8 1089 / 1051, B8 T1024 H8 656 / 563); both save states at any spacing, so
-    ``state_rows`` None is 32. Without it (``_use_seq``) ``state_rows`` None is 32 with the walk forward, 64 with
-    the two-kernel state pass (H100 run 10), which always runs at 64-row chunks (its scan is latency-bound: shorter
+    scores kernel?). With ``fwd_scores`` (``_use_scores``) the walk runs where N·H >= #SMs, else a state pass (the
+    one-kernel one up to ``ONE_PASS_MAX_T``, ``_one_state_pass``) + chunk-parallel output (H100 run 12, wkv6i: GPU
+    us per fwd+bwd, walk / one-kernel state pass: B8 T4096 H32 7517 / 7582, B16 T1024 H8 1089 / 1051, B8 T1024 H8
+    656 / 563); both save states at any spacing, so ``state_rows`` None is 32 (64 with the two-kernel pass).
+    Without it (``_use_seq``) ``state_rows`` None is 32 with the walk forward, 64 with the two-kernel state pass
+    (H100 run 10), which always runs at 64-row chunks (its scan is latency-bound: shorter
     chunks would add serial steps to the forward) and keeps them only when the backward wants 64-row states; else
     the backward's state pass recomputes S_c beside D_c (its two scan directions run side by side)."""
     scores = _use_scores(T, knobs)
     auto = N * H >= num_sms(device) if scores else _use_seq(N, H, V, device)
     seq = auto if _FORCED_SEQ is None else _FORCED_SEQ
-    own = seq or scores     # a forward that can save states at any spacing (the walk; the one-kernel state pass)
+    own = seq or (scores and _one_state_pass(T, knobs))   # saves states at any spacing (walk, one-kernel pass)
     rows = knobs["state_rows"] or (32 if own else BT)
     return seq, knobs["save_states"] and (own or rows == BT), rows, scores
 
@@ -1080,19 +1093,23 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
                      PIPE=scores and not step and kn["fwd_pipe"], STEP=step, FAST=step and not INTERPRET)
         return o, ht, hs
     BV = max(16, min(64, _pow2(V)))
-    if scores:      # one state kernel at the backward's spacing (or 64 rows when nothing is saved), the scores
+    if scores and _one_state_pass(T, kn):   # one state kernel at the backward's spacing (64 rows if none saved)
         bt = rows if save else BT
         hs, ht, S, NT, cmap, cu = _fwd_states(r, k, v, w, h0, cu_seqlens, bt)
+    else:                                   # the chunk states in parallel, then the scan (64-row chunks)
+        buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
+                                                  _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
+        hs = buf[0]
+    if scores:
         a = _fwd_scores(r, k, w, u, scale, cu, prec)
         _fwd_par_scored_kernel[lambda meta: (S, _cdiv(V, meta["BV"]), H)](
-            r, k, v, w, u, a, hs, o, cu, cmap, scale, T, NT, _grid_bucket(S * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG,
-            VARLEN=varlen, SCORES=True, PREC=prec)
-        return o, ht, (hs if save else hs.new_empty((0,)))
-    buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
-                                              _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
-    _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, None, buf, o, cu, cmap, scale, T, NT, _grid_bucket(S * H),
-                                          H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, BV=BV, LOG=LOG, VARLEN=varlen, SCORES=False, PREC=prec)
-    return o, ht, (buf[0] if save else buf.new_empty((0,)))
+            r, k, v, w, u, a, hs, o, cu, cmap, scale, T, NT, _grid_bucket(S * H), H=H, K=K, V=V, BT=bt, SB=SB,
+            BK=BK, LOG=LOG, VARLEN=varlen, SCORES=True, PREC=prec)
+    else:
+        _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, None, hs, o, cu, cmap, scale, T, NT,
+                                              _grid_bucket(S * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, BV=BV,
+                                              LOG=LOG, VARLEN=varlen, SCORES=False, PREC=prec)
+    return o, ht, (hs if save else hs.new_empty((0,)))
 
 
 # Memory knobs of the chunk algorithm, measured on the H100 (scripts/gpu_wkv6.py variants, notes/wkv6.md run 5);
@@ -1127,11 +1144,16 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                4-warp level code), the decays by span-sum dots (``_span_sums``) instead of cumprods; the walk or
 #                the chunk-parallel output kernel then reads A (64 bytes per token and head) and keeps only the
 #                block-level decays and three dots; the state-pass forward becomes the one-kernel state pass
-#                (``states._fwd_states_kernel``) saving states at the backward's spacing (32 rows). None
-#                (default): on where 1024 <= T <= 4096 (``_use_scores``: where it was timed), the walk where
-#                N·H >= #SMs (``_fwd_plan``).
+#                (``states._fwd_states_kernel``) saving states at the backward's spacing (32 rows) up to
+#                T = 4096 (``fwd_states``). None (default): on where T >= 1024 (``_use_scores``: timed at 1024
+#                and 4096; above 4096 since session 21, untimed), the walk where N·H >= #SMs (``_fwd_plan``).
 #                H100 run 12 (wkv6i; GPU us per fwd+bwd, old default -> new: B8 T4096 H32 8068 -> 7517, forward
 #                2068 -> 1702; B16 T1024 H8 1092 -> 1051, forward 317 -> 277; B8 T1024 H8 597 -> 563);
+#   fwd_states   the scored state-pass forward's state pass (``_one_state_pass``): "one" the one-kernel pass
+#                (serial over the T / state_rows chunks of a sequence, saves at the backward's spacing), "two" the
+#                chunk-state kernel + scan of the level forward (parallel over chunks, 64-row states); None
+#                (default): "one" up to T = 4096, "two" above (session 21, untimed; for B1 T16384 H32, where the
+#                level forward lost 0.83x to fla's in H200 run 25);
 #   fwd_pipe     the scored walk loads the next block's tiles before this block's dots (``_fwd_walk``'s PIPE; the
 #                walk is a latency chain: 5.3 us per block at B8 T4096 H32, run 12). Built after run 12: untimed,
 #                off;
@@ -1178,13 +1200,14 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
-          "state_rows": None, "fwd_split": None, "fwd_scores": None,
+          "state_rows": None, "fwd_split": None, "fwd_scores": None, "fwd_states": None,
           "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
-          "state_rows": BT, "fwd_split": False, "fwd_scores": None,
+          "state_rows": BT, "fwd_split": False, "fwd_scores": None, "fwd_states": None,
           "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
+FWD_STATES = (None, "one", "two")
 BWD_SPLIT = ("block", "fused")     # the ``bwd_split`` knob's values
 
 
@@ -1202,6 +1225,8 @@ def tuning(**knobs):
                          f"at 32-row states); got {knobs['fwd_step']!r}")
     if knobs.get("fwd_scores") not in FWD_SCORES:
         raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
+    if knobs.get("fwd_states") not in FWD_STATES:
+        raise ValueError(f"wkv6 chunk knob fwd_states must be one of {FWD_STATES}; got {knobs['fwd_states']!r}")
     if knobs.get("bwd_split", "block") not in BWD_SPLIT:
         raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
     for name in ("split_bytes", "piece_bytes"):

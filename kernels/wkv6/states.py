@@ -39,8 +39,9 @@ BT_PAR = 64       # chunk length of the state pass
                  key=["K", "V", "BT", "BK", "BV", "PREC", "MODE", "GRID_BUCKET"])
 @triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
 def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_ptr, cu_ptr, cmap_ptr, scale, T, NT,
-                        GRID_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                        BV: tl.constexpr, VARLEN: tl.constexpr, MODE: tl.constexpr, PREC: tl.constexpr):
+                        GRID_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                        BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr, MODE: tl.constexpr,
+                        PREC: tl.constexpr):
     """Grid (chunk slots, V-blocks, H), per chunk (parallel): the chunk decay G_L -> gl_ptr and (MODE & 1)
     ΔS = (k ⊙ exp(G_L − G))ᵀ v -> hs_ptr, (MODE & 2, backward) ΔD = (q ⊙ exp(Gp))ᵀ do -> hd_ptr (the chunk's own
     contribution to dL/dS at its start). Every exponent ≤ 0. Reads k, v when MODE & 1 and q, do when MODE & 2;
@@ -230,8 +231,8 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, 
     buf = new_empty((2 if mode == "bwd" else 1, S, H, K, V), torch.float32, dev)
     gl = new_empty((S, H, K), torch.float32, dev)
     _chunk_state_kernel[(S, NV, H)](r, k, v, w, do, buf[0] if kmode & 1 else None, buf[-1] if kmode & 2 else None,
-                                    gl, cu, cmap, scale, T, NT, _grid_bucket(S * NV * H), H=H, K=K, V=V, BT=bt, BK=BK, BV=BV, VARLEN=varlen,
-                                    MODE=kmode, PREC=prec)
+                                    gl, cu, cmap, scale, T, NT, _grid_bucket(S * NV * H), H=H, K=K, V=V, BT=bt,
+                                    BK=BK, BV=BV, VARLEN=varlen, MODE=kmode, PREC=prec)
     ht = new_empty((N, H, K, V), torch.float32, dev) if mode == "fwd" else None
     dh0 = new_empty((N, H, K, V), torch.float32, dev) if mode != "fwd" else None
     h0 = h0 if kmode & 1 else None          # each direction reads its own start (one kernel variant per use)
