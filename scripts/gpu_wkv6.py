@@ -41,6 +41,8 @@ default, None, splits at ≤ one sequence·head per SM), chunk_auto (the default
 chunk_par_fill2 (the state-pass forward, fill2), chunk_seq_scores / chunk_par_scores (``fwd_scores``: the blocks'
 scores from ``_fwd_scores_kernel``, the walk in 16-row blocks (``fwd_step`` False) / the one-kernel state pass +
 the chunk-parallel output),
+chunk_par_one / chunk_par_two (the scored state-pass forward with ``fwd_states`` "one" / "two": the one-kernel
+state pass or the chunk states + scan; the default takes "one" up to T 4096, "two" above: session 21, untimed),
 chunk_seq_levels / chunk_par_levels (``fwd_scores`` False: the level code in the walk / state-pass output, the
 default until run 12; chunk_run9, chunk_split and chunk_walk1 run without the scores kernel too), chunk_seq_pipe
 (the scored walk in 16-row blocks with ``fwd_pipe``: the next block's loads in flight), chunk_seq_step (the scored
@@ -130,7 +132,9 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
          "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
-             "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False)}
+             "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False),
+             "chunk_par_one": dict(fwd_scores=True, fwd_states="one"),
+             "chunk_par_two": dict(fwd_scores=True, fwd_states="two")}
 SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True, fwd_step=False),     # the walk
              "chunk_seq_levels": dict(fwd_scores=False),
              "chunk_seq_pipe": dict(fwd_scores=True, fwd_step=False, fwd_pipe=True),
