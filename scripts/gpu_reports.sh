@@ -11,7 +11,8 @@
 #
 # Parts (any subset, run in the order given; caps in seconds, each an environment knob):
 #   tests      pytest tests -m gpu (GT_TESTS: files, default tests; GT_TESTS_K: -k filter) ≤ TESTS_S = 150;
-#              $RUN/tests.xml (JUnit). Needs CUDA.
+#              $RUN/tests.xml (JUnit). Needs CUDA. With pytest-xdist installed: GT_TEST_JOBS = 4 processes
+#              (1: one), their autotune picks kept out of the disk cache; the wkv6 part's checks likewise.
 #   first-use  a newcomer's `python3 train.py --no-progress` on this machine: a fresh, empty GROUNDTHINK_CACHE, so
 #              the gate qualifies the lab kernels first (its per-item lines), then "first step launched" and the
 #              summary; FIRST_USE_STEPS = 100 steps, ≤ FIRST_USE_S = 240. fla stays off its path (as for a user
@@ -80,7 +81,7 @@
 # they need and skip).
 #
 # Device tool: carry [".gpu-wheels"] (fla, mamba-ssm, causal-conv1d, the selective_scan_cuda stand-in; test/:
-# pytest, pytest-benchmark, hypothesis); the wheels go into a temporary site folder (fla into one of its own).
+# pytest, pytest-benchmark, hypothesis, optionally pytest-xdist + execnet); the wheels go into a temporary site folder (fla into one of its own).
 # Everything the parts wrote comes back as ONE archive $OUT/<parts>.tgz (the results folder with logs/; while
 # the parts run, a snapshot $OUT/<parts>.partial.tgz every 20 s and after every part, so a lease cut short —
 # the device limit can shrink below the requested timeout — still returns what was written); the last lines
@@ -126,6 +127,14 @@ echo "== gpu_reports $* -> $RUN (smoke=$SMOKE)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 $PY -c "from groundthink.device import versions; print('versions:', versions())"
 FAILED=() TABLE=()
+# the GPU tests in GT_TEST_JOBS processes (default 4) when pytest-xdist is installed (.gpu-wheels/test/): their
+# kernels compile on the machine's cores side by side (run 25: 22 of wkv6's 101 GPU tests in 290 s, one process);
+# their autotuning, contended, is not written to the disk cache (the timings after them autotune alone)
+TEST_JOBS=() TEST_ENV=()
+if [ "${GT_TEST_JOBS:-4}" -gt 1 ] && $PY -c "import xdist" 2>/dev/null; then
+  TEST_JOBS=(-n "${GT_TEST_JOBS:-4}") TEST_ENV=(TRITON_CACHE_AUTOTUNING=0)
+fi
+export WKV6_TEST_JOBS=${WKV6_TEST_JOBS:-${TEST_JOBS[1]:-1}}
 NAME=$(IFS=-; echo "$*")
 
 snapshot() {   # the results folder into $OUT (written aside, then renamed: a cut never leaves half an archive)
@@ -167,8 +176,8 @@ skip_part() {  # NAME WHY: a part that cannot run here says so (in its log too)
 part_tests() {
   [ "$SMOKE" = 0 ] || { skip_part tests "needs CUDA (the GPU tests are @pytest.mark.gpu)"; return; }
   # shellcheck disable=SC2086   # GT_TESTS is a list of files
-  run_part tests "${TESTS_S:-150}" $PY -m pytest ${GT_TESTS:-tests} -m gpu -q -rs -p no:cacheprovider \
-    --durations=8 --junitxml "$RUN/tests.xml" ${GT_TESTS_K:+-k "$GT_TESTS_K"}
+  run_part tests "${TESTS_S:-150}" env "${TEST_ENV[@]}" $PY -m pytest ${GT_TESTS:-tests} -m gpu -q -rs \
+    -p no:cacheprovider --durations=8 --junitxml "$RUN/tests.xml" "${TEST_JOBS[@]}" ${GT_TESTS_K:+-k "$GT_TESTS_K"}
 }
 
 part_first-use() {

@@ -71,6 +71,7 @@ model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -82,7 +83,10 @@ sys.path.insert(0, ROOT)
 T0 = time.time()
 BUDGET = float(os.environ.get("WKV6_BUDGET_S", "240"))
 MODE = sys.argv[1] if len(sys.argv) > 1 else "main"
-DONE = os.path.join(tempfile.gettempdir(), "wkv6_fla_warm.done")
+DONE = os.path.join(tempfile.gettempdir(), "wkv6_fla_warm.done")   # the shapes the last finished warm-up warmed
+if MODE == "--warm-fla" and os.path.exists(DONE):
+    os.remove(DONE)     # at once (before the imports): a warm machine keeps the last call's file (run 25 call 4's
+                        # main mode saw it, did not wait, and timed beside this warm-up's autotuning)
 SMOKE = os.environ.get("WKV6_SMOKE", "0") == "1"
 if SMOKE:
     os.environ["TRITON_INTERPRET"] = "1"
@@ -168,19 +172,23 @@ def log(*a):
 
 def tests(k):
     """Correctness is the GPU tests' (tests/test_wkv6.py, ``@pytest.mark.gpu``: every algorithm, forward mode and
-    knob vs float64): run them in a subprocess, ``-k k`` ('' = all; WKV6_TESTS_K). Not in the smoke mode: it runs
+    knob vs float64): run them in a subprocess, ``-k k`` ('' = all; WKV6_TESTS_K), in WKV6_TEST_JOBS pytest-xdist
+    processes when > 1 (``scripts/gpu_reports.sh`` sets it: 4 where xdist is installed), their contended autotune
+    picks kept out of the disk cache. Not in the smoke mode: it runs
     the interpreter (TRITON_INTERPRET=1, inherited by a child), where the GPU tests on a CUDA machine would run
     uncompiled and bf16 dots are wrong. Returns pytest's exit status (0 when skipped)."""
     if SMOKE:
         log("checks: skipped (smoke: the interpreter; the GPU tests need compiled kernels)")
         return 0
+    jobs = int(os.environ.get("WKV6_TEST_JOBS", "1"))    # > 1: pytest-xdist processes (compiles side by side)
     cmd = [sys.executable, "-m", "pytest", "tests/test_wkv6.py", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider",
-           *(["-k", k] if k else [])]
+           *(["-n", str(jobs)] if jobs > 1 else []), *(["-k", k] if k else [])]
+    env = {**os.environ, **({"TRITON_CACHE_AUTOTUNING": "0"} if jobs > 1 else {})}   # contended picks not kept
     log("checks:", " ".join(cmd[1:]))
     deadline = os.environ.get("WKV6_DEADLINE_S")     # seconds after the start by which the tests must end
     left = None if not deadline else max(10.0, float(deadline) - (time.time() - T0))
     try:
-        rc = subprocess.run(cmd, cwd=ROOT, timeout=left).returncode
+        rc = subprocess.run(cmd, cwd=ROOT, timeout=left, env=env).returncode
     except subprocess.TimeoutExpired:
         log(f"checks: cut after {left:.0f} s (WKV6_DEADLINE_S {deadline}): the tests above this line ran")
         return "cut"
@@ -214,7 +222,16 @@ def warm_fla():
         f(**bench_inputs(sh, grad=True))[0].sum().backward()
         sync()
         log(f"fla warm {sh}: {time.time() - t:.1f}s")
-    open(DONE, "w").write("ok")
+    open(DONE, "w").write(json.dumps([list(sh) for sh in FLA_SHAPES]))
+
+
+def fla_warm():
+    """Whether a finished ``--warm-fla`` warmed every shape in FLA_SHAPES (its file lists them)."""
+    try:
+        warmed = json.loads(open(DONE).read())
+    except (OSError, ValueError):
+        return False
+    return all(list(sh) in warmed for sh in FLA_SHAPES)
 
 
 def first_call():
@@ -353,10 +370,10 @@ def summary(impls, res, gpu_us, rc):
 def main():
     log(device_name(), "torch", torch.__version__, "triton", triton.__version__)
     rc = tests(os.environ.get("WKV6_TESTS_K", "")) if os.environ.get("WKV6_CHECKS", "1") == "1" else None
-    while not SMOKE and not os.path.exists(DONE) and time.time() - T0 < BUDGET:
+    while not SMOKE and not fla_warm() and time.time() - T0 < BUDGET:
         time.sleep(2)
     impls = {n: f for n, f in ALGOS.items() if n != "chunk"}
-    if os.path.exists(DONE):
+    if fla_warm():
         impls = {**{n: f for n, f in impls.items() if n.startswith("chunk_")}, "fla": fla(),
                  **{n: f for n, f in impls.items() if not n.startswith("chunk_")}}
     else:
