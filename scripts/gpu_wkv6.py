@@ -17,7 +17,9 @@ still prints; tests cut say so). WKV6_FLA_SHAPES (indices into SHAPES) limits fl
 Timings: the benchmarks' measurement (``bench.common.measure``: one untimed first call, then
 ``time_fn``: the median of 5 batches of back-to-back calls, 125 ms in all) in ms of the forward (no grad) and
 forward+backward (fixed random cotangent), on the benchmark's inputs (``kernels/wkv6/spec.py``: bf16, mild decay
-``logsigmoid(randn)``, seed 0), scale 1; extra peak memory of one fwd+bwd (GiB, the input gradients included).
+``logsigmoid(randn)``, seed 0), scale 1; extra peak memory of one fwd+bwd (GiB, the input gradients included);
+then both steps as CUDA-graph replays (``gate.graph_ms``, the benchmarks' ms_graph: GPU time without the host's,
+which sets the eager medians of the small shapes — run 25: 1.45 ms eager for 0.23 ms of GPU work at B64 T256 H4).
 Env: WKV6_ALGOS (comma list of the names in ALGOS), WKV6_BUDGET_S, WKV6_SHAPES
 (indices into SHAPES, e.g. 0,2), WKV6_CHECKS=0 (timings only: the tests check correctness);
 WKV6_SMOKE=1 runs the whole flow on CPU (interpreter, tiny shapes, one timed call instead of do_bench: checks the
@@ -102,6 +104,7 @@ import kernels  # noqa: E402,F401
 import kernels.wkv6 as kw  # noqa: E402
 import kernels.wkv6.chunk as kc  # noqa: E402
 from bench.common import measure  # noqa: E402
+from groundthink import gate  # noqa: E402
 from groundthink.spec import get  # noqa: E402
 
 SPEC = get("wkv6")
@@ -203,12 +206,21 @@ def bench_inputs(shape, grad=False):
 
 
 def time_impl(f, shape):
-    """(fwd ms, fwd+bwd ms, extra peak GiB of one fwd+bwd) of ``f(**inputs)``: ``bench.common.measure`` (the
-    grads of the leaves are cleared before every call: no .grad accumulation in the timed loop; on the CPU two
-    host-clock calls, no memory)."""
-    fwd_ms = measure(f, bench_inputs(shape), False, warm_rep=(25, 100))["ms"]
+    """(fwd ms, fwd+bwd ms, extra peak GiB of one fwd+bwd, graph fwd ms, graph fwd+bwd ms) of ``f(**inputs)``:
+    ``bench.common.measure`` (the grads of the leaves are cleared before every call: no .grad accumulation in the
+    timed loop; on the CPU two host-clock calls, no memory), then the same steps as CUDA-graph replays
+    (``gate.graph_ms``, the benchmarks' ``ms_graph``: no host time — the eager medians of small shapes are
+    host-bound; NaN on the CPU or where the capture fails)."""
+    mf = measure(f, bench_inputs(shape), False, warm_rep=(25, 100))
     m = measure(f, bench_inputs(shape, grad=True), True, warm_rep=(25, 100))
-    return fwd_ms, m["ms"], (m["peak_mb"] or 0.0) / 1024
+    graph = []
+    for x in (mf, m):
+        try:
+            graph.append(gate.graph_ms(x["step"], list(x["leaves"] or []))[0] if DEV == "cuda" else float("nan"))
+        except Exception as ex:  # noqa: BLE001 - said, and the eager figures stand
+            log(f"graph capture failed: {type(ex).__name__}: {str(ex)[:200]}")
+            graph.append(float("nan"))
+    return mf["ms"], m["ms"], (m["peak_mb"] or 0.0) / 1024, *graph
 
 
 def fla():
@@ -360,7 +372,7 @@ def summary(impls, res, gpu_us, rc):
                             if "bwd" in k or "scan" in k)
             fwd = ", ".join(f"{k.split('(')[0][:24]} {v:.0f}" for k, v in sorted(ks.items(), key=lambda kv: -kv[1])
                             if "fwd" in k)
-            f, fb, mem = res.get((n, sh), (float("nan"),) * 3)
+            f, fb, mem = res.get((n, sh), (float("nan"),) * 3)[:3]
             print(f"B{sh[0]} T{sh[1]} H{sh[2]} K{sh[3]} {n:18s} {tot:7.0f} | {bwd} | {fwd} | {f:.3f} / {fb:.3f} | "
                   f"{mem:.2f}")
     print("checks:", "not run" if rc is None else f"GPU tests pytest exit {rc} (WKV6_TESTS_K "
@@ -390,10 +402,11 @@ def main():
             except Exception as ex:  # noqa: BLE001
                 log(f"time {n} {sh} ERROR {type(ex).__name__}: {str(ex)[:300]}")
     print(f"\n==== wkv6 {device_name()} bf16 K=V=64: ms (bench median) fwd / fwd+bwd / "
-          "extra peak GiB of fwd+bwd (grads incl.)")
+          "extra peak GiB of fwd+bwd (grads incl.) || CUDA graph fwd / fwd+bwd")
     print("| shape | " + " | ".join(impls) + " |")
     for sh in SHAPES:
-        cells = [("{:.3f} / {:.3f} / {:.2f}".format(*res[n, sh]) if (n, sh) in res else "-") for n in impls]
+        cells = [("{:.3f} / {:.3f} / {:.2f} || {:.3f} / {:.3f}".format(*res[n, sh]) if (n, sh) in res else "-")
+                 for n in impls]
         print(f"| B{sh[0]} T{sh[1]} H{sh[2]} | " + " | ".join(cells) + " |")
     sms = 4 if SMOKE else torch.cuda.get_device_properties(0).multi_processor_count
     checks = "not run (WKV6_CHECKS=0)" if rc is None else f"GPU tests: pytest exit {rc}"
