@@ -549,7 +549,7 @@ _fwd_step_kernel = triton.autotune(configs=_walk_configs((64, 32)),
                                    key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
 
 
-@triton.jit(do_not_specialize=['T', 'NT'])
+@triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
 def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, a_ptr, hs_ptr, o_ptr, cu_ptr, cmap_ptr, scale, T, NT,
                     GRID_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr,
