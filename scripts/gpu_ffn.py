@@ -99,7 +99,7 @@ def configs_table(shapes=None, timer=None, device="cuda") -> list[str]:
                                           ("dact", mod._ffn_dact_kernel, mod._DACT, (dy, w_down, h, dh))):
             for c in configs:
                 grid = (cdiv(M, c.kwargs["BM"]) * cdiv(Fh, c.kwargs["BN"]),)
-                us = 1e3 * timer(lambda: kern.fn[grid](*args, M, Fh, D, ACT=0, PREC="tf32", **c.all_kwargs()))
+                us = 1e3 * timer(lambda: kern.fn[grid](*args, M, Fh, D, 0, ACT=0, PREC="tf32", **c.all_kwargs()))
                 out.append(f"{shp:18} {name:5} {c.kwargs['BM']:4} {c.kwargs['BN']:4} {c.kwargs['BK']:4} "
                            f"{c.kwargs.get('HE', '-'):>2} {c.num_warps:5} {c.num_stages:6} {c.maxnreg or '-':>3} "
                            f"{us:8.1f} "

@@ -135,11 +135,11 @@ def _check_every_config(act, dtype, device, M, D, Fh, bound, small=()):
         opts = {**cfg.all_kwargs(), **kw}                   # as the autotuner launches it
         if name == "up":
             o_h, o_a = (torch.full((M, Fh), float("nan"), dtype=dtype, device=device) for _ in range(2))
-            mod._ffn_up_kernel.fn[grid](x, w_up, o_h, o_a, M, Fh, D, **opts)
+            mod._ffn_up_kernel.fn[grid](x, w_up, o_h, o_a, M, Fh, D, 0, **opts)
             errs = {"h": err(o_h, hh), "a": err(o_a, ref_a)}
         else:
             o_dh = torch.full((M, Fh), float("nan"), dtype=dtype, device=device)
-            mod._ffn_dact_kernel.fn[grid](dy, w_down, h, o_dh, M, Fh, D, **opts)
+            mod._ffn_dact_kernel.fn[grid](dy, w_down, h, o_dh, M, Fh, D, 0, **opts)
             errs = {"dh": err(o_dh, ref_dh)}
         assert max(errs.values()) <= bound, f"{name} {cfg} {act}: {errs}"
 

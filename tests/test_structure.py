@@ -128,3 +128,37 @@ def test_a_new_op_touches_its_own_folder_only(tmp_path):
     probe = tmp_path / "probe.py"                                                       # the check itself
     probe.write_text('"""decay_exp here is prose."""\nimport kernels.ddlerp\nCASES = {"wkv6": 1, "x": "mamba2_step"}\n')
     assert op_names_in(probe, ops) == {"ddlerp", "wkv6", "mamba2_step"}
+
+
+_AUTOTUNE_SCAN = r"""
+import importlib, json, pkgutil
+import kernels
+from triton.runtime.autotuner import Autotuner
+found = []
+for m in pkgutil.walk_packages(kernels.__path__, "kernels."):
+    for name, obj in vars(importlib.import_module(m.name)).items():
+        if isinstance(obj, Autotuner):
+            found.append([m.name, name, len(obj.configs), list(obj.keys)])
+print(json.dumps(found))
+"""
+
+
+def test_every_multi_config_autotuned_kernel_is_keyed_by_its_size():
+    """Triton's autotuner keeps one pick per key (in the process, and on disk with TRITON_CACHE_AUTOTUNING=1): a
+    kernel with several configs whose key holds no size gets the first shape's pick at every shape — H200 run 25:
+    wkv6's B8 T4096 H32 fwd+bwd 6.93 ms after the GPU tests' small shapes had autotuned it, 5.84 with the key. So
+    every autotuned kernel in kernels/ with more than one config on a GPU names a ``*_BUCKET`` argument
+    (``kernels._common.grid_bucket``, or wkv6's NH_BUCKET for its walks) in its key. The scan imports the kernel
+    modules with TRITON_INTERPRET=0 (no launch: nothing needs a GPU) so that the GPU's config lists are built."""
+    import json
+    import os
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _AUTOTUNE_SCAN], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(found) >= 10, found          # the scan saw the kernels (wkv6, mamba2, gate_norm_residual, ffn)
+    bad = [f"{mod}.{name} (configs {n}, key {keys})" for mod, name, n, keys in found
+           if n > 1 and not any(k.endswith("_BUCKET") for k in keys)]
+    assert not bad, "autotuned kernels without a size in their key: " + "; ".join(bad)

@@ -48,7 +48,7 @@ import triton.language as tl
 
 from groundthink.device import autocast_dtype
 from kernels import INTERPRET
-from kernels._common import autotune_configs, cdiv as _cdiv, check_tensor, dot_precision, new_empty
+from kernels._common import autotune_configs, cdiv as _cdiv, check_tensor, dot_precision, grid_bucket, new_empty
 from kernels._eager import EagerOp, pick
 from reference.ffn import ACTS, check_args
 
@@ -148,11 +148,12 @@ def _dact_epilogue(b_da, b_h, p_dh, o_mn, m_mn, ACT: tl.constexpr):
     tl.store(p_dh + o_mn, (b_da * b_d).to(p_dh.dtype.element_ty), mask=m_mn)
 
 
-@triton.autotune(configs=UP_CONFIGS, key=["N", "K", "ACT"])
-@triton.jit
-def _ffn_up_kernel(p_x, p_w, p_h, p_a, M, N, K, ACT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr,
+@triton.autotune(configs=UP_CONFIGS, key=["N", "K", "ACT", "GRID_BUCKET"])
+@triton.jit(do_not_specialize=["GRID_BUCKET"])
+def _ffn_up_kernel(p_x, p_w, p_h, p_a, M, N, K, GRID_BUCKET, ACT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr,
                    BN: tl.constexpr, BK: tl.constexpr):
-    # p_x: [M, K] (x, K = D); p_w: [N, K] (W_up, N = F); p_h, p_a: [M, N] out (h = x W_upᵀ and act(h), x's dtype)
+    # p_x: [M, K] (x, K = D); p_w: [N, K] (W_up, N = F); p_h, p_a: [M, N] out (h = x W_upᵀ and act(h), x's dtype);
+    # GRID_BUCKET: autotune key only (``kernels._common.grid_bucket`` of M: the programs scale with the rows)
     BH: tl.constexpr = BN // 2
     o_m, m_m, o_n, m_n0, m_n1 = _tile(M, N, BM, BN)
     b_h0, b_h1 = _mm2(p_x, p_w, o_m, m_m, o_n, m_n0, m_n1, K, 1, K, PREC, BM, BH, BK)
@@ -161,13 +162,14 @@ def _ffn_up_kernel(p_x, p_w, p_h, p_a, M, N, K, ACT: tl.constexpr, PREC: tl.cons
     _up_epilogue(b_h1, p_h, p_a, o_mn + BH, m_m[:, None] & m_n1[None, :], ACT)
 
 
-@triton.autotune(configs=DACT_CONFIGS, key=["N", "K", "ACT"])
-@triton.jit
-def _ffn_dact_kernel(p_dy, p_w, p_h, p_dh, M, N, K, ACT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr,
+@triton.autotune(configs=DACT_CONFIGS, key=["N", "K", "ACT", "GRID_BUCKET"])
+@triton.jit(do_not_specialize=["GRID_BUCKET"])
+def _ffn_dact_kernel(p_dy, p_w, p_h, p_dh, M, N, K, GRID_BUCKET, ACT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr,
                      BN: tl.constexpr, BK: tl.constexpr, HE: tl.constexpr):
     # p_dy: [M, K] (dL/dy, K = D); p_w: [K, N] (W_down, N = F); p_h: [M, N] (the forward's saved h);
     # p_dh: [M, N] out (dL/dh = (dY W_down) ⊙ act'(h), h's dtype); HE: how many of the two [BM, BN/2] saved-h
-    # column halves are loaded before the K loop (0, 1, 2; the rest after it, each just before its epilogue)
+    # column halves are loaded before the K loop (0, 1, 2; the rest after it, each just before its epilogue);
+    # GRID_BUCKET as the up kernel's
     BH: tl.constexpr = BN // 2
     o_m, m_m, o_n, m_n0, m_n1 = _tile(M, N, BM, BN)
     o_mn = o_m[:, None] * N + o_n[None, :]
@@ -196,7 +198,7 @@ def _fwd_impl(x, w_up, w_down, act):
     h = new_empty((M, Fh), x.dtype, x.device)
     a = new_empty((M, Fh), x.dtype, x.device)
     if M:
-        _ffn_up_kernel[_grid(M, Fh)](x, w_up, h, a, M, Fh, D, ACT=_ACT[act], PREC=dot_precision(x.dtype))
+        _ffn_up_kernel[_grid(M, Fh)](x, w_up, h, a, M, Fh, D, grid_bucket(M), ACT=_ACT[act], PREC=dot_precision(x.dtype))
     y = torch.mm(a, w_down.t())           # cuBLAS; autocast (if on) leaves it alone: all in one dtype already
     return y, h, a
 
@@ -206,7 +208,7 @@ def _bwd_impl(dy, x, w_up, w_down, h, a, act):
     Fh = w_up.shape[0]
     dh = new_empty((M, Fh), h.dtype, h.device)
     if M:
-        _ffn_dact_kernel[_grid(M, Fh)](dy, w_down, h, dh, M, Fh, D, ACT=_ACT[act], PREC=dot_precision(h.dtype))
+        _ffn_dact_kernel[_grid(M, Fh)](dy, w_down, h, dh, M, Fh, D, grid_bucket(M), ACT=_ACT[act], PREC=dot_precision(h.dtype))
     else:
         dh.zero_()
     dw_down = torch.mm(dy.t(), a)         # [D, F]

@@ -64,7 +64,8 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
-from kernels._common import autotune_configs, cdiv as _cdiv, check_tensor, new_empty, num_sms, pow2 as _pow2
+from kernels._common import (autotune_configs, cdiv as _cdiv, check_tensor, grid_bucket, new_empty, num_sms,
+                             pow2 as _pow2)
 from kernels._eager import EagerOp, pick
 from reference.gate_norm_residual import check_args
 
@@ -112,10 +113,10 @@ _TUNE = dict(prune_configs_by={"early_config_prune": _prune_warps}, warmup=5, re
 
 @triton.autotune(
     configs=autotune_configs([triton.Config({}, num_warps=w) for w in (4, 8, 16, 2)]),
-    key=["D", "BR", "BD", "MODE", "LAYER", "GATE_LOGITS", "HAS_BIAS", "HAS_GB"], **_TUNE,
+    key=["D", "BR", "BD", "MODE", "LAYER", "GATE_LOGITS", "HAS_BIAS", "HAS_GB", "GRID_BUCKET"], **_TUNE,
 )
-@triton.jit
-def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_gb, p_w, p_bias, p_h, p_y, p_stats, N, D, SG, eps,
+@triton.jit(do_not_specialize=["GRID_BUCKET"])
+def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_gb, p_w, p_bias, p_h, p_y, p_stats, N, D, SG, eps, GRID_BUCKET,
                     MODE: tl.constexpr, LAYER: tl.constexpr, GATE_LOGITS: tl.constexpr,
                     HAS_BIAS: tl.constexpr, HAS_GB: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     """One program: rows [pid·BR, pid·BR + BR) of h and y, and their stats.
@@ -131,7 +132,8 @@ def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_gb, p_w, p_bias, p_h, p_y, p_stats, N,
     p_h      [N, D]   out: x + blend(a, b) (x's dtype, fp32 with residual_fp32)
     p_y      [N, D]   out: norm(h)·w (+ bias), a's dtype
     p_stats  [1 or 2, N] fp32 out: row 0 rstd, row 1 μ (LAYER only)
-    N, D     rows, features; eps: the norm's epsilon (> 0)
+    N, D     rows, features; eps: the norm's epsilon (> 0); GRID_BUCKET: autotune key only
+             (``kernels._common.grid_bucket`` of the ⌈N / BR⌉ row blocks)
     MODE     blend mode id (_MODE_ID); LAYER: LayerNorm (else RMSNorm); GATE_LOGITS: g = σ(gate)
     BR, BD   rows per program, BD = next power of two ≥ D (the whole row in registers)
     """
@@ -182,12 +184,12 @@ def _gnr_fwd_kernel(p_x, p_a, p_b, p_g, p_gb, p_w, p_bias, p_h, p_y, p_stats, N,
 
 @triton.autotune(
     configs=autotune_configs([triton.Config({}, num_warps=w) for w in (8, 4, 16, 2)]),
-    key=["D", "BR", "BD", "MODE", "LAYER", "GATE_LOGITS", "HAS_DH", "HAS_BIAS", "HAS_GB"], **_TUNE,
+    key=["D", "BR", "BD", "MODE", "LAYER", "GATE_LOGITS", "HAS_DH", "HAS_BIAS", "HAS_GB", "GRID_BUCKET"], **_TUNE,
 )
-@triton.jit
+@triton.jit(do_not_specialize=["GRID_BUCKET"])
 def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_gb, p_w, p_stats,
                     p_dx, p_da, p_db, p_dg, p_part, p_dw, p_dbias, p_dgb, p_count,
-                    N, D, SG, n_blocks, n_progs, GS, NG,
+                    N, D, SG, n_blocks, n_progs, GS, NG, GRID_BUCKET,
                     MODE: tl.constexpr, LAYER: tl.constexpr, GATE_LOGITS: tl.constexpr,
                     HAS_DH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GB: tl.constexpr, BR: tl.constexpr,
                     BD: tl.constexpr, BP: tl.constexpr):
@@ -216,7 +218,8 @@ def _gnr_bwd_kernel(p_dhin, p_dy, p_h, p_a, p_b, p_g, p_gb, p_w, p_stats,
     p_dbias  [D]      out: dbias; None unless HAS_BIAS
     p_dgb    out: the logits' bias gradient (Σ of the logit gradients over rows), p_gb's shape; None unless HAS_GB
     p_count  [1 + NG] int32 arrival counters (zero between launches; kernels._colsum)
-    N, D     rows, features; n_blocks = ⌈N / BR⌉ row blocks; n_progs programs in NG groups of GS (the final sums)
+    N, D     rows, features; n_blocks = ⌈N / BR⌉ row blocks; n_progs programs in NG groups of GS (the final sums);
+             GRID_BUCKET: autotune key only (``kernels._common.grid_bucket`` of n_blocks: the work per program)
     MODE, LAYER, GATE_LOGITS as in the forward; HAS_DH: p_dhin is given; HAS_BIAS: the norm has a bias;
     BR, BD: rows per block, row width; BP: partial rows per step of the final sum
     """
@@ -438,8 +441,9 @@ def _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residua
             BR = _rows_per_program(N, BD, TUNING["fwd_tile"], 2 * num_sms(dev))
         logits = gate_logits and mode_id in (1, 2, 3)
         key = ("f", D, BR, x.dtype, a.dtype, None if g2 is None else g2.dtype, w2.dtype, h.dtype, mode_id, layer,
-               logits, bias is not None, N % 16 == 0, gb is not None, None if gb is None else gb.dtype)
-        _launch_fwd((_cdiv(N, BR),), key, x2, a2, b2, g2, gb, w2, bias2, h, y, stats, N, D, SG, eps,
+               logits, bias is not None, N % 16 == 0, gb is not None, None if gb is None else gb.dtype,
+               grid_bucket(_cdiv(N, BR)))
+        _launch_fwd((_cdiv(N, BR),), key, x2, a2, b2, g2, gb, w2, bias2, h, y, stats, N, D, SG, eps, key[-1],
                     MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_BIAS=bias is not None,
                     HAS_GB=gb is not None, BR=BR, BD=BD)
     return h, y, stats
@@ -486,10 +490,10 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logit
         logits = gate_logits and mode_id in (1, 2, 3)
         key = ("b", D, BR, dy.dtype, h.dtype, a.dtype, None if gate is None else gate.dtype, weight.dtype,
                None if bias is None else bias.dtype, x_dtype, mode_id, layer, logits, dh is not None,
-               None if dh is None else dh.dtype, N % 16 == 0, None if gb is None else gb.dtype)
+               None if dh is None else dh.dtype, N % 16 == 0, None if gb is None else gb.dtype, grid_bucket(n_blocks))
         GS, NG = tree(n_progs)
         _launch_bwd((n_progs,), key, dh, dy, h, None if mode_id == 0 else a, b, gate, gb, weight, stats, dx, da,
-                    db, dg, part, dw, dbias, dgb, counters(dev, 1, NG), N, D, SG, n_blocks, n_progs, GS, NG,
+                    db, dg, part, dw, dbias, dgb, counters(dev, 1, NG), N, D, SG, n_blocks, n_progs, GS, NG, key[-1],
                     MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_DH=dh is not None,
                     HAS_BIAS=bias is not None, HAS_GB=gb is not None, BR=BR, BD=BD, BP=finish_rows(BD))
     return dx, da, db, dg, dw, dbias, dgb

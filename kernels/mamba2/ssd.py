@@ -104,7 +104,7 @@ import triton
 import triton.language as tl
 
 from kernels import INTERPRET
-from kernels._common import autotune_configs, cdiv as _cdiv, check_tensor, new_empty, pow2 as _pow2
+from kernels._common import autotune_configs, cdiv as _cdiv, check_tensor, grid_bucket, new_empty, pow2 as _pow2
 from kernels._slots import grad_slot
 from kernels._eager import EagerOp, pick
 from reference.mamba2 import _check
@@ -327,10 +327,10 @@ def _chunk_state_of(b_S, ic, b_x, b_B, b_raw, p_bias, b_A, i_h, o_t, T, HAS_BIAS
 
 
 @triton.autotune(configs=_configs(TUNING["fwd_warps"], [(4, 2), (8, 2)]),
-                 key=["BT", "BP", "BN", "HAS_H0", "STORE_HT", "STORE_ST"])
-@triton.jit
+                 key=["BT", "BP", "BN", "HAS_H0", "STORE_HT", "STORE_ST", "GRID_BUCKET"])
+@triton.jit(do_not_specialize=["GRID_BUCKET"])
 def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT, p_st,
-                    T, H, P, N, HG,
+                    T, H, P, N, HG, GRID_BUCKET,
                     sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
                     BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
                     D_PER_P: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
@@ -342,7 +342,7 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT, p_st
     # the state entering each chunk, the backward's checkpoints. Grid (b·H, NPB = cdiv(P, BP)): program (i_bh, i_p)
     # walks rows 0..T of one head for columns [i_p·BP, i_p·BP + BP) of P; BT rows per chunk, BN = next pow2 ≥ N.
     # DOT: 0 every dot on fp32 operands at PREC, 1 the dots of two input tiles (C Bᵀ, dy xᵀ) in x's dtype, 2 every
-    # dot in x's dtype.
+    # dot in x's dtype. GRID_BUCKET: autotune key only (``kernels._common.grid_bucket`` of b·H·NPB; unused here).
     i_bh, i_p = tl.program_id(0), tl.program_id(1)
     i_b, i_h, p_x, p_dt, p_B, p_C = _head_inputs(p_x, p_dt, p_B, p_C, i_bh, H, HG, sx_b, sx_h, sdt_b, sdt_h, sb_b,
                                                  sb_g, sc_b, sc_g)
@@ -388,11 +388,11 @@ def _ssd_fwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_y, p_hT, p_st
 
 
 @triton.autotune(configs=_configs(TUNING["bwd_warps"], [(8, 1), (4, 1), (8, 2)]),
-                 key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT", "LEAN", "SAVED"])
-@triton.jit
+                 key=["BT", "BP", "BN", "HAS_H0", "HAS_DHT", "LEAN", "SAVED", "GRID_BUCKET"])
+@triton.jit(do_not_specialize=["GRID_BUCKET"])
 def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_scr, p_st,
                     p_dx, p_ddtp, p_dBp, p_dCp, p_par, p_dDp, p_dh0,
-                    T, H, P, N, HG, NPB, NC, CK, NCK,
+                    T, H, P, N, HG, NPB, NC, CK, NCK, GRID_BUCKET,
                     sx_b, sx_t, sx_h, sx_p, sdt_b, sdt_t, sdt_h, sb_b, sb_t, sb_g, sb_n, sc_b, sc_t, sc_g, sc_n,
                     sy_b, sy_t, sy_h, sy_p, sdx_t,
                     BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
@@ -405,7 +405,8 @@ def _ssd_bwd_kernel(p_x, p_dt, p_A, p_B, p_C, p_D, p_bias, p_h0, p_dy, p_dhT, p_
     # outputs: p_dx [b, T, H, P] (x's dtype; rows sdx_t elements apart, a sequence T rows, each row's H·P
     # contiguous: contiguous, or a slot in a wider buffer, kernels._slots); fp32 partials p_ddtp [b, T, H, NPB],
     # p_dBp, p_dCp [b, T, H·NPB, N], p_par [b·H·NPB, 2] (dA, ddt_bias of this program), p_dDp [b, H, P] (None unless HAS_D);
-    # p_dh0 [b, H, P, N] fp32 (None unless HAS_H0). Grid (b·H, NPB), NPB = cdiv(P, BP).
+    # p_dh0 [b, H, P, N] fp32 (None unless HAS_H0). Grid (b·H, NPB), NPB = cdiv(P, BP). GRID_BUCKET: autotune key
+    # only (``kernels._common.grid_bucket`` of b·H·NPB).
     # SAVED (``TUNING["save"]``): the checkpoints are the forward's chunk-entry states p_st [b·H·NPB, NCK, BP, BN]
     # fp32 (the forward's chunks of CK·BT rows): no checkpoint pass; p_scr [b·H·NPB, CK, BP, BN] (None unless
     # SAVED: p_st None).
@@ -695,8 +696,8 @@ def _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: bool, ret
     grid = (b * H, _cdiv(P, BP))
     _ssd_fwd_kernel[grid](
         x, dt, A, B, C, D, dt_bias, h0, y, hT if return_final_states else None, st if save else None,
-        T, H, P, N, H // G, *x.stride(), *dt.stride(), *B.stride(), *C.stride(),
-        BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+        T, H, P, N, H // G, grid_bucket(b * H * _cdiv(P, BP)), *x.stride(), *dt.stride(), *B.stride(),
+        *C.stride(), BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
         STORE_HT=bool(return_final_states), STORE_ST=save, PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C))
     return y, hT, st
@@ -762,7 +763,7 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_so
     kern[(b * H, NPB)](
         x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, states if saved else None, dx, ddtp, dBp, dCp, par, dDp,
         dh0 if h0 is not None else None,
-        T, H, P, N, H // G, NPB, NC, CK, NCK, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
+        T, H, P, N, H // G, NPB, NC, CK, NCK, grid_bucket(b * H * NPB), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
         dx.stride(1), BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
         HAS_DHT=dhT is not None, LEAN=int(TUNING["lean"]), SAVED=saved, PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C),

@@ -131,9 +131,9 @@ import triton
 import triton.language as tl
 
 from kernels import INTERPRET
-from kernels._common import autotune_configs, new_empty, num_sms
+from kernels._common import autotune_configs, grid_bucket as _grid_bucket, new_empty, num_sms
 from kernels._slots import grad_slot
-from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _grid_bucket, _half_dot,
+from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _half_dot,
                                  _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run,
                                  _seq_bounds, _state_or_zeros, _store_dqkw, _warp_configs)
 from kernels.wkv6.states import BT_PAR, _fwd_states, _par_slots, _par_state_shape, _par_states
@@ -338,7 +338,7 @@ def _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, 
 #   (``_fwd_intra_kernel``); du_ptr [slots · BT/SB, H, K] fp32 per-block du rows (the backward); scale (float)
 #   multiplies q·k; T the padded length (fixed-length batches), NT = cdiv(T, BT) chunks per sequence; NH_BUCKET =
 #   min(pow2(N·H), 1024) and GRID_BUCKET = min(pow2(programs), 2^16), autotune keys only (``_nh_bucket``,
-#   ``_grid_bucket``: unused by the kernel bodies).
+#   ``kernels._common.grid_bucket``: unused by the kernel bodies).
 # Constexprs: H heads; K, V head sizes; BK = max(16, pow2(K)), BV the V tile width; SB = 16 block rows, LOG =
 #   log2(SB) pair levels; BT the chunk rows (``state_rows``: 32 or 64; SB where the slots are blocks); PREC the dots'
 #   input precision ("ieee" for fp32, "tf32"); VARLEN: cu_seqlens given; SPLIT / SCORES: the blocks' state-free

@@ -252,13 +252,6 @@ def _nh_bucket(nh: int) -> int:
     return min(_pow2(nh), 1024)
 
 
-def _grid_bucket(programs: int) -> int:
-    """Autotune key of the kernels whose best config depends on how full the GPU is (warps, register caps): the
-    launch's program count, coarsely (the power of two above it, at most 2^16). Without it the first shape to
-    autotune decided for all: H200 run 25 timed B8 T4096 H32's fwd+bwd at 6.93 ms after the GPU tests' small shapes
-    had picked the backward's configs, 5.85 ms when it autotuned first, and 5.84 with this key after the same small
-    tests. Unused by the kernel bodies."""
-    return min(_pow2(max(1, programs)), 1 << 16)
 
 
 

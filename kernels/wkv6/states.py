@@ -6,8 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import autotune_configs, new_empty
-from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _clamp_w, _cu, _dims, _grid_bucket, _kv_ranges,
+from kernels._common import autotune_configs, grid_bucket as _grid_bucket, new_empty
+from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges,
                                  _nh_bucket, _prec, _row_offsets, _seq_bounds, _state_or_zeros)
 
 BT_PAR = 64       # chunk length of the state pass
@@ -46,7 +46,7 @@ def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_p
     ΔS = (k ⊙ exp(G_L − G))ᵀ v -> hs_ptr, (MODE & 2, backward) ΔD = (q ⊙ exp(Gp))ᵀ do -> hd_ptr (the chunk's own
     contribution to dL/dS at its start). Every exponent ≤ 0. Reads k, v when MODE & 1 and q, do when MODE & 2;
     hs_ptr is None without MODE & 1, hd_ptr and do_ptr None without MODE & 2 (layouts above). GRID_BUCKET:
-    autotune key only (``common._grid_bucket`` of the grid)."""
+    autotune key only (``kernels._common.grid_bucket`` of the grid)."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, BT)
