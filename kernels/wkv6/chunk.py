@@ -610,11 +610,13 @@ def _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_
 
 
 @triton.jit
-def _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, S: tl.constexpr, PREC: tl.constexpr):
-    """Level log2(S)'s pairs from the decayed q̂, k̂ [SB, BK] and B = do vᵀ [SB, SB]: (A plus their scores,
-    dA k̂, dAᵀ q̂) with dA = M ⊙ B (the decays' own factors are applied by the caller)."""
+def _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, S: tl.constexpr, PREC: tl.constexpr, WANT_A: tl.constexpr):
+    """Level log2(S)'s pairs from the decayed q̂, k̂ [SB, BK] and B = do vᵀ [SB, SB]: (A plus their scores — unless
+    not WANT_A: A returned as given —, dA k̂, dAᵀ q̂) with dA = M ⊙ B (the decays' own factors are applied by the
+    caller)."""
     m_lv = _level_mask(o_t, S)
-    b_A += tl.where(m_lv, tl.dot(b_qh, tl.trans(b_kh), input_precision=PREC), 0.)
+    if WANT_A:
+        b_A += tl.where(m_lv, tl.dot(b_qh, tl.trans(b_kh), input_precision=PREC), 0.)
     b_dA = tl.where(m_lv, b_B, 0.)
     return (b_A, tl.dot(b_dA, b_kh, input_precision=PREC), tl.dot(tl.trans(b_dA), b_qh, input_precision=PREC))
 
@@ -674,15 +676,17 @@ def _slice_qkw(q_ptr, k_ptr, w_ptr, u_ptr, p_c, m_tc, o_c, m_c, i_h, scale, K: t
 
 @triton.jit
 def _own_slice(b_q, b_k, b_wr, b_u, b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG: tl.constexpr, PREC: tl.constexpr,
-               FAST: tl.constexpr, DWP: tl.constexpr):
+               FAST: tl.constexpr, DWP: tl.constexpr, WANT_A: tl.constexpr):
     """The own pairs and bonus terms of one block on the key columns o_c [BKC] (``_own_block``'s math), given the
     slice's q (scaled), k [SB, BKC] fp32, raw w (its dtype), u [BKC], B = do vᵀ [SB, SB] and v·do [SB]: stores the
     du row entries (du_ptr: the block's row), returns (A [SB, SB] plus these columns' part of the scores, and the
-    columns' dq (for the scaled q), dk, dw before the clamp's mask [SB, BKC] fp32)."""
+    columns' dq (for the scaled q), dk, dw before the clamp's mask [SB, BKC] fp32). Not WANT_A: A returned as given
+    (its dots skipped: the caller has the forward's scores)."""
     b_w = tl.where(b_wr < 0, tl.where(b_wr < W_FLOOR, W_FLOOR, b_wr), 0.).to(b_wr.dtype)   # as ``_scores_tile``
     m_lv = _level_mask(o_t, 1)                    # level 0: adjacent rows, no decay
-    b_A += tl.where(m_lv, tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
-    b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
+    if WANT_A:
+        b_A += tl.where(m_lv, tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
+        b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
     b_dA = tl.where(m_lv, b_B, 0.)
     b_dq = tl.dot(b_dA, b_k, input_precision=PREC) + b_u[None, :] * b_k * b_vd[:, None]
     b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC) + b_u[None, :] * b_q * b_vd[:, None]
@@ -692,7 +696,7 @@ def _own_slice(b_q, b_k, b_wr, b_u, b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG: 
         b_e = _exp_ftz(_span_sums(b_w, o_t, 2 ** m), FAST)
         b_qh = b_q * b_e
         b_kh = b_k * b_e
-        b_A, b_dqh, b_dkh = _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, 2 ** m, PREC)
+        b_A, b_dqh, b_dkh = _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, 2 ** m, PREC, WANT_A)
         b_dq += b_e * b_dqh
         b_dk += b_e * b_dkh
         b_span = tl.where(_span_mask(o_t[None, :], o_t[:, None], 2 ** m), 1., 0.)
@@ -703,16 +707,16 @@ def _own_slice(b_q, b_k, b_wr, b_u, b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG: 
 @triton.jit
 def _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t, o_c, i_h,
               scale, H: tl.constexpr, K: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
-              DWP: tl.constexpr):
+              DWP: tl.constexpr, WANT_A: tl.constexpr):
     """``_own_block``'s work on the key columns o_c [BKC] of one block (rows tok [SB], m_t): stores their partials
     of dq, dk, dw and their du row entries (du_ptr: the block's row); returns b_A [SB, SB] plus these columns' part
-    of the scores (levels and bonus)."""
+    of the scores (levels and bonus; as given unless WANT_A)."""
     m_c = o_c < K
     m_tc = m_t[:, None] & m_c[None, :]
     p_c = tok[:, None] * K + o_c[None, :]
     b_u, b_q, b_k, b_wr = _slice_qkw(q_ptr, k_ptr, w_ptr, u_ptr, p_c, m_tc, o_c, m_c, i_h, scale, K)
     b_A, b_dq, b_dk, b_dw = _own_slice(b_q, b_k, b_wr, b_u, b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG, PREC, FAST,
-                                       DWP)
+                                       DWP, WANT_A)
     tl.store(pq_ptr + p_c, b_dq, mask=m_tc)
     tl.store(pk_ptr + p_c, b_dk, mask=m_tc)
     tl.store(pw_ptr + p_c, b_dw, mask=m_tc)
@@ -743,10 +747,11 @@ def _block_do_v(v_ptr, do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, HALF_B: tl.
 def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, du_ptr, bos, r0, L, i_h,
                scale, o_t, o_v, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                BKC: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
-               DWP: tl.constexpr):
+               DWP: tl.constexpr, HAS_A: tl.constexpr):
     """The own pairs and bonus terms of the SB-row block at row r0 (``_bwd_own_kernel``): fp32 partials of dq (for
     the scaled q), dk, dw (before the clamp's mask) -> pq/pk/pw_ptr, the block's scores A (levels and bonus, fp32;
-    dv's own part Aᵀ do is the cross kernel's) -> pa_ptr, the du row -> du_ptr [K].
+    dv's own part Aᵀ do is the cross kernel's) -> pa_ptr unless HAS_A (the forward's scores are kept: pa_ptr None,
+    no A computed), the du row -> du_ptr [K].
     The key columns in BKC-wide slices (``_own_cols``: fewer live registers; only A needs all of K). Level m's pairs
     (t, s): exp(P^m_t) on the query rows, exp(R^m_s) on the key rows, one tile e (``_span_sums``, disjoint rows);
     with dA = M_m ⊙ (do vᵀ), dq += e ⊙ (dA k̂), dk += e ⊙ (dAᵀ q̂), and the pairs spanning j give
@@ -757,8 +762,9 @@ def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr
     b_A = tl.zeros([o_t.shape[0], o_t.shape[0]], dtype=tl.float32)
     for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):    # not unrolled: one slice's tiles live at a time
         b_A = _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t,
-                        i_c * BKC + tl.arange(0, BKC), i_h, scale, H, K, LOG, PREC, FAST, DWP)
-    tl.store(pa_ptr + tok[:, None] * o_t.shape[0] + o_t[None, :], b_A, mask=m_t[:, None])
+                        i_c * BKC + tl.arange(0, BKC), i_h, scale, H, K, LOG, PREC, FAST, DWP, not HAS_A)
+    if not HAS_A:
+        tl.store(pa_ptr + tok[:, None] * o_t.shape[0] + o_t[None, :], b_A, mask=m_t[:, None])
 
 
 def _own_prune(configs, nargs, **kw):
@@ -776,21 +782,23 @@ def _own_prune(configs, nargs, **kw):
                                            for bkc in (16, 32) for nw in (1, 2)]
                                           + [triton.Config({"BKC": 16}, num_warps=nw, num_stages=1, maxnreg=168)
                                              for nw in (1, 2)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B", "GRID_BUCKET"],
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B", "HAS_A", "GRID_BUCKET"],
                  prune_configs_by={"early_config_prune": _own_prune})
 @triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
 def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, du_ptr, cu_ptr, cmap_ptr,
                     scale, T, NT, GRID_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                     SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKC: tl.constexpr, LOG: tl.constexpr,
                     VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
-                    DWP: tl.constexpr):
+                    DWP: tl.constexpr, HAS_A: tl.constexpr):
     """Grid (chunk slots, H), no state read: the own pairs and bonus terms of the BT // SB blocks of one chunk
     (``_own_block``, key columns BKC at a time) -> fp32 partials pq_ptr, pk_ptr, pw_ptr [B·T, H, K] (dq for the
     scaled q, dw before the clamp's mask), pa_ptr [B·T, H, SB] (each row's scores A in its block, levels and
     bonus), and du_ptr [slots · BT/SB, H, K] fp32 partial rows
     (one per block; every block of the chunk writes its row, rows past the sequence zeros). w_ptr in the inputs'
     dtype (fp32 under the interpreter for bf16: its bf16 dots are wrong there). FAST: ``_exp_ftz``; DWP: the dw
-    span dots' precision. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid). Other layouts above."""
+    span dots' precision. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid). HAS_A: the forward kept
+    its scores (``_fwd_scores_kernel``'s a, the same A), which the cross kernel reads: pa_ptr None, no A dots here.
+    Other layouts above."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, SB)
@@ -799,7 +807,8 @@ def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, p
     for i_b in tl.range(0, BT // SB, loop_unroll_factor=1):
         p_du = du_ptr + ((i_s.to(tl.int64) * (BT // SB) + i_b) * H + i_h) * K
         _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, p_du, bos,
-                   i_c * BT + i_b * SB, L, i_h, scale, o_t, o_v, m_v, H, K, V, BK, BKC, LOG, PREC, HALF_B, FAST, DWP)
+                   i_c * BT + i_b * SB, L, i_h, scale, o_t, o_v, m_v, H, K, V, BK, BKC, LOG, PREC, HALF_B, FAST, DWP,
+                   HAS_A)
 
 
 @triton.jit
@@ -887,7 +896,7 @@ def _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
     p_c = tok[:, None] * K + o_c[None, :]
     b_u, b_q, b_k, b_wr = _slice_qkw(q_ptr, k_ptr, w_ptr, u_ptr, p_c, m_tc, o_c, m_c, i_h, scale, K)
     b_A, b_dq, b_dk, b_dw = _own_slice(b_q, b_k, b_wr, b_u, b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG, PREC, FAST,
-                                       DWP)     # the own pairs (``_own_cols``)
+                                       DWP, True)     # the own pairs (``_own_cols``)
     # ---- this slice of S at the block start and of dL/dS at its end, then the crossing terms (``_cross_bwd``)
     o_cv = o_c[:, None] * V + o_v[None, :]
     m_cv = m_c[:, None] & m_v[None, :] & (o_cv * 0 + c0 < L)
