@@ -1278,29 +1278,31 @@ def _scan_bv(N, H, V, device, kn):
     return scan_bv
 
 
-def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt):
+def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt, a=None):
     """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_split`` (``bwd_split``),
-    writing into the gradient views ``outs`` = (dr, dk, dv, dw); ``bt``: the state rows. Returns (du [H, K] fp32,
-    dh0 or None)."""
+    writing into the gradient views ``outs`` = (dr, dk, dv, dw); ``bt``: the state rows; ``a``: the forward's
+    scores [B, T, H, SB] fp32 when it kept them (else None). Returns (du [H, K] fp32, dh0 or None)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
     mode = "bwd" if hs is None else "bwd_d"
     buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode,
                                                _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
     hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
-    return _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn), dh0
+    return _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, a), dh0
 
 
-def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
+def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, a=None):
     """The backward's kernels (``bwd_split``): "block", ``_bwd_own_kernel`` then ``_bwd_cross_kernel``, or
     "fused", ``_bwd_fused_kernel`` alone, into the gradient views
     ``outs``, given the chunk states hs / hd [S, H, K, V] fp32 (S slots, NT per sequence, ``bt`` rows). With
     ``split_bytes`` (fixed-length batches) the two kernels run on batch slices one after another, so that the fp32
-    partials stay under that many bytes (one batch element at least). Returns du [H, K] fp32."""
+    partials stay under that many bytes (one batch element at least). ``a``: the forward's scores [B, T, H, SB]
+    fp32 (``_keeps_scores``), read by the cross kernel in place of the own kernel's (which then computes none), or
+    None. Returns du [H, K] fp32."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     nb = bt // SB
-    per_b = T * H * (3 * K + SB) * 4
+    per_b = T * H * (3 * K + (0 if a is not None else SB)) * 4
     step = B if cu is not None or not kn["split_bytes"] else max(1, min(B, kn["split_bytes"] // per_b))
     du_part = new_empty((S * nb, H, K), torch.float32, r.device)
     w_own = w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()    # bf16 under the interpreter
@@ -1313,18 +1315,20 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn):
                                   DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         return du_part.sum(0)
     parts = [new_empty((step, T, H, n), torch.float32, r.device)    # the own pairs' dq, dk, scores A, dw (the
-             for n in (K, K, SB, K)]                                  # own kernel's pq, pk, pa, pw)
+             if n != SB or a is None else None for n in (K, K, SB, K)]   # own kernel's pq, pk, pa, pw)
     finish = step == B              # one cross launch: its extra programs sum du (no reduction kernel)
     du = new_empty((H, K), torch.float32, r.device) if finish else None
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
         cut = (lambda x: x) if step == B else (lambda x: x[b0:b1])  # noqa: E731
         s0, s1 = (0, S) if step == B else (b0 * NT, b1 * NT)        # the slice's slots (fixed length: n·NT + i)
-        ps = [x[:b1 - b0] for x in parts]
+        ps = [None if x is None else x[:b1 - b0] for x in parts]
         _bwd_own_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
                                       cu, cmap, scale, T, NT, _grid_bucket((s1 - s0) * H), LOG=LOG,
-                                      HALF_B=_half_dot(r.dtype),
-                                      FAST=not INTERPRET, DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
+                                      HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
+                                      DWP="ieee" if prec == "ieee" else "tf32x3", HAS_A=a is not None, **meta)
+        if a is not None:
+            ps[2] = cut(a)
         _bwd_cross_kernel[((s1 - s0) * nb + finish, H)](
             cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
             du_part if finish else None, du, cu, cmap, scale, T, NT, S * nb if finish else 0,
