@@ -125,6 +125,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 
 import torch
 import triton
@@ -1058,18 +1059,36 @@ def _fwd_split(r, k, v, w, u, scale, cu, prec):
     return qh, kh, oi
 
 
-def _fwd_scores(r, k, w, u, scale, cu, prec):
-    """Every block's scores A (``_fwd_scores_kernel``): [B, T, H, SB] fp32, one program per 64-row chunk and head.
-    ``cu``: cu_seqlens as the kernels take it (``common._cu``: int32, or None)."""
+def _fwd_scores(r, k, w, u, scale, cu, prec, out=None):
+    """Every block's scores A (``_fwd_scores_kernel``): [B, T, H, SB] fp32 (into ``out`` when given), one program per
+    64-row chunk and head. ``cu``: cu_seqlens as the kernels take it (``common._cu``: int32, or None)."""
     B, T, H, K = r.shape
     N = B if cu is None else cu.shape[0] - 1
     if w.dtype != torch.float32 and not _half_dot(w.dtype):
         w = w.float()     # bf16 under the interpreter: its bf16 dots are wrong on the CPU (the span sums are dots)
-    a = new_empty((B, T, H, SB), torch.float32, r.device)
+    a = new_empty((B, T, H, SB), torch.float32, r.device) if out is None else out
     S, NT, cmap = _par_slots(B, T, N, cu, r.device, BT)
     _fwd_scores_kernel[(S, H)](r, k, w, u, a, cu, cmap, scale, T, NT, H=H, K=K, BT=BT, SB=SB, BK=_bk(K), LOG=LOG,
                                VARLEN=cu is not None, PREC=prec, FAST=not INTERPRET)
     return a
+
+
+def _keeps_scores(seq: bool, keep: bool, scores: bool, T: int, kn) -> bool:
+    """Whether the forward keeps its blocks' scores A for the backward (``_fwd_scores_kernel``'s a, the same A the
+    own kernel would compute: then it computes none, and the cross kernel reads this one): where it computes them,
+    keeps states, the backward is the split one ("block"), and the states come from the walk or the one-kernel
+    state pass (the two-kernel pass's states live in its own buffer). 64 B per token and head held between the
+    passes (16 MiB at the large model's B16 T1024 H8), the backward's 64-B scores partial gone."""
+    return scores and keep and kn["bwd_split"] == "block" and (seq or _one_state_pass(T, kn))
+
+
+def _saved_buffers(B, T, H, K, V, N, varlen, rows, device):
+    """(one flat fp32 buffer, its states view [slots, H, K, V] at ``rows``, its scores view [B, T, H, SB]): what
+    the forward saves when it keeps its scores (``_keeps_scores``; ``_split_saved`` takes it apart)."""
+    shape = _par_state_shape(B, T, H, K, V, N, varlen, rows)
+    n_h = math.prod(shape)
+    buf = new_empty((n_h + B * T * H * SB,), torch.float32, device)
+    return buf, buf[:n_h].view(shape), buf[n_h:].view(B, T, H, SB)
 
 
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None):
@@ -1084,15 +1103,18 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     seq, keep, rows, scores = _fwd_plan(N, H, V, T, dev, kn)
     save, bt = save and keep, (rows if seq else BT)
     o = new_empty((B, T, H, V), r.dtype, dev)
+    saved, hs_out, a_out = _saved_buffers(B, T, H, K, V, N, varlen, rows, dev) if save and _keeps_scores(
+        seq, keep, scores, T, kn) else (None, None, None)      # the states and the scores in one saved buffer
     if seq:
         NT = _cdiv(T, bt)
         ht = new_empty((N, H, K, V), torch.float32, dev)
-        hs = new_empty(_par_state_shape(B, T, H, K, V, N, varlen, bt) if save else (0,), torch.float32, dev)
+        hs = hs_out if hs_out is not None else new_empty(
+            _par_state_shape(B, T, H, K, V, N, varlen, bt) if save else (0,), torch.float32, dev)
         grid = lambda meta: (_cdiv(V, meta["BV"]), N * H)  # noqa: E731
         cu = _cu(cu_seqlens)
         use_split = not scores and _use_split(N, H, dev, kn)
         split = _fwd_split(r, k, v, w, u, scale, cu, prec) if use_split else (None, None, None)
-        a = _fwd_scores(r, k, w, u, scale, cu, prec) if scores else None
+        a = _fwd_scores(r, k, w, u, scale, cu, prec, a_out) if scores else None
         step = scores and bool(kn["fwd_step"]) and bt == 2 * SB     # 32-row steps; at 64-row states 16-row blocks
         kernel = (_fwd_split_kernel if use_split else _fwd_step_kernel if step else _fwd_scored_kernel if scores
                   else _fwd_seq_kernel)
@@ -1100,17 +1122,17 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
                      _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
                      VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec,
                      PIPE=scores and not step and kn["fwd_pipe"], STEP=step, FAST=step and not INTERPRET)
-        return o, ht, hs
+        return o, ht, (saved if saved is not None else hs)
     BV = max(16, min(64, _pow2(V)))
     if scores and _one_state_pass(T, kn):   # one state kernel at the backward's spacing (64 rows if none saved)
         bt = rows if save else BT
-        hs, ht, S, NT, cmap, cu = _fwd_states(r, k, v, w, h0, cu_seqlens, bt)
+        hs, ht, S, NT, cmap, cu = _fwd_states(r, k, v, w, h0, cu_seqlens, bt, hs_out)
     else:                                   # the chunk states in parallel, then the scan (64-row chunks)
         buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
                                                   _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
         hs = buf[0]
     if scores:
-        a = _fwd_scores(r, k, w, u, scale, cu, prec)
+        a = _fwd_scores(r, k, w, u, scale, cu, prec, a_out)
         _fwd_par_scored_kernel[lambda meta: (S, _cdiv(V, meta["BV"]), H)](
             r, k, v, w, u, a, hs, o, cu, cmap, scale, T, NT, _grid_bucket(S * H), H=H, K=K, V=V, BT=bt, SB=SB,
             BK=BK, LOG=LOG, VARLEN=varlen, SCORES=True, PREC=prec)
@@ -1118,7 +1140,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, None, hs, o, cu, cmap, scale, T, NT,
                                               _grid_bucket(S * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, BV=BV,
                                               LOG=LOG, VARLEN=varlen, SCORES=False, PREC=prec)
-    return o, ht, (hs if save else hs.new_empty((0,)))
+    return o, ht, (saved if saved is not None else hs if save else hs.new_empty((0,)))
 
 
 # Memory knobs of the chunk algorithm, measured on the H100 (scripts/gpu_wkv6.py variants, notes/wkv6.md run 5);
@@ -1253,8 +1275,13 @@ def tuning(**knobs):
 
 def _state_shape(B, T, H, K, V, N, varlen, device):
     """Shape of the states the forward saves (empty when it keeps none: ``_fwd_plan``)."""
-    _, keep, rows, _ = _fwd_plan(N, H, V, T, device, TUNING)
-    return _par_state_shape(B, T, H, K, V, N, varlen, rows) if keep else (0,)
+    seq, keep, rows, scores = _fwd_plan(N, H, V, T, device, TUNING)
+    if not keep:
+        return (0,)
+    shape = _par_state_shape(B, T, H, K, V, N, varlen, rows)
+    if _keeps_scores(seq, keep, scores, T, TUNING):     # one flat buffer: the states, then the scores
+        return (math.prod(shape) + B * T * H * SB,)
+    return shape
 
 
 def _bwd_pieces(B, T, H, K, V, recompute, varlen, limit, bt):
@@ -1315,7 +1342,7 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
                                   DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         return du_part.sum(0)
     parts = [new_empty((step, T, H, n), torch.float32, r.device)    # the own pairs' dq, dk, scores A, dw (the
-             if n != SB or a is None else None for n in (K, K, SB, K)]   # own kernel's pq, pk, pa, pw)
+             if i != 2 or a is None else None for i, n in enumerate((K, K, SB, K))]  # own kernel's pq, pk, pa, pw)
     finish = step == B              # one cross launch: its extra programs sum du (no reduction kernel)
     du = new_empty((H, K), torch.float32, r.device) if finish else None
     for b0 in range(0, B, step):
@@ -1339,14 +1366,19 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
 
 def _bwd_rows(B, T, H, K, V, N, cu_seqlens, device, kn, states):
     """The backward's ``state_rows``: the forward's rule (``_fwd_plan``); with the default (None), the spacing of the
-    saved ``states`` when they have the other one's shape (e.g. a forward forced to the other mode). A saved shape
-    that fits neither is a one-line error."""
+    saved ``states`` when they have the other one's shape (e.g. a forward forced to the other mode); a flat buffer
+    (``_saved_buffers``: the states, then the forward's scores) by its size. A saved shape that fits neither is a
+    one-line error."""
     rows = _fwd_plan(N, H, V, T, device, kn)[2]
     if states is None:
         return rows
     varlen = cu_seqlens is not None
-    fits = [b for b in ((rows,) if kn["state_rows"] else (rows, 96 - rows))
-            if states.shape == _par_state_shape(B, T, H, K, V, N, varlen, b)]
+    n_a = B * T * H * SB if states.dim() == 1 else 0
+
+    def fit(b):
+        shape = _par_state_shape(B, T, H, K, V, N, varlen, b)
+        return states.numel() == math.prod(shape) + n_a if n_a else states.shape == shape
+    fits = [b for b in ((rows,) if kn["state_rows"] else (rows, 96 - rows)) if fit(b)]
     if not fits:
         raise ValueError(f"wkv6: the forward saved states of shape {tuple(states.shape)}, not those of state_rows = "
                          f"{rows}; keep the chunk knobs the same for the forward and its backward")
@@ -1354,7 +1386,8 @@ def _bwd_rows(B, T, H, K, V, N, cu_seqlens, device, kn, states):
 
 
 def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None, knobs=None):
-    """Gradients (dr, dk, dv, dw, du, dh0 or None). ``states``: the forward's chunk-start states (else recomputed).
+    """Gradients (dr, dk, dv, dw, du, dh0 or None). ``states``: the forward's chunk-start states (else recomputed),
+    or one flat buffer of them and its blocks' scores (``_keeps_scores``).
     du is summed in fp32 and rounded to u's dtype once. ``knobs`` as in ``_chunk_fwd_impl``."""
     kn = knobs or TUNING
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
@@ -1362,6 +1395,11 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None, 
     outs = [grad_slot(x) if x is not w else None for x in (r, k, v, w)]     # in a producer's buffer (_slots)
     outs = [o if o is not None else new_empty(x.shape, x.dtype, r.device) for o, x in zip(outs, (r, k, v, w))]
     rows = _bwd_rows(B, T, H, K, V, N, cu_seqlens, r.device, kn, states if saved else None)
+    a = None
+    if saved and states.dim() == 1:     # the states and the forward's scores in one buffer (``_saved_buffers``)
+        n_h = states.numel() - B * T * H * SB
+        states, a = (states[:n_h].view(_par_state_shape(B, T, H, K, V, N, cu_seqlens is not None, rows)),
+                     states[n_h:].view(B, T, H, SB))
     NT = _cdiv(T, rows)
     pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None, kn["piece_bytes"], rows)
     dus, dh0s = [], []
@@ -1369,7 +1407,7 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None, 
         cut = lambda x: x if x is None or len(pieces) == 1 else x[b0:b1]  # noqa: E731
         hs = None if not saved else states if len(pieces) == 1 else states[b0 * NT:b1 * NT]
         du, dh0 = _bwd_piece(cut(r), cut(k), cut(v), cut(w), u, cut(do), cut(dht), cut(h0), cu_seqlens, scale, hs,
-                             [cut(g) for g in outs], kn, rows)
+                             [cut(g) for g in outs], kn, rows, cut(a))
         dus.append(du)
         dh0s.append(dh0)
     du = (dus[0] if len(dus) == 1 else torch.stack(dus).sum(0)).to(u.dtype)

@@ -181,15 +181,16 @@ def _fwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, ht_ptr, cu_ptr, T, N
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
-def _fwd_states(r, k, v, w, h0, cu_seqlens, bt):
-    """The forward's chunk-start states (``_fwd_states_kernel``, chunks of ``bt`` rows): (hs [slots, H, K, V] fp32,
+def _fwd_states(r, k, v, w, h0, cu_seqlens, bt, out=None):
+    """The forward's chunk-start states (``_fwd_states_kernel``, chunks of ``bt`` rows): (hs [slots, H, K, V] fp32
+    (``out`` when given),
     ht [N, H, K, V] fp32, slots, NT, cmap, cu (both None unless varlen)). Slots of a varlen batch that hold no
     chunk stay unwritten (no kernel reads them)."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
     cu = _cu(cu_seqlens)
-    hs = new_empty((S, H, K, V), torch.float32, dev)
+    hs = new_empty((S, H, K, V), torch.float32, dev) if out is None else out
     ht = new_empty((N, H, K, V), torch.float32, dev)
     grid = lambda meta: (_cdiv(V, meta["BVS"]), _cdiv(K, meta["BKS"]), N * H)  # noqa: E731
     _fwd_states_kernel[grid](k, v, w, h0, hs, ht, cu, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt,
