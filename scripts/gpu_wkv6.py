@@ -451,7 +451,11 @@ def regs():
               (kc, "_fwd_step_kernel", dict(walk, BT=32, SPLIT=False, SCORES=True, STEP=True, FAST=True, BV=64,
                                             qh_ptr=None, kh_ptr=None, oi_ptr=None, a_ptr="*fp32")),
               (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=True, a_ptr="*fp32")),
-              (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True, FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"))),
+              (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True,
+                                           FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"), HAS_A=False)),
+              (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True,
+                                           FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"), HAS_A=True,
+                                           pa_ptr=None)),
               (kc, "_bwd_fused_kernel", dict(blk, BT=int(os.environ.get("WKV6_REGS_FBT", "32")),
                                              BKC=int(os.environ.get("WKV6_REGS_BKC", "16")), HALF_B=True, FAST=True,
                                              DWP="tf32x3")),
@@ -477,7 +481,8 @@ def regs():
             u = sm90_usage(src, nw, ns, cap or None)
             sass = u["sass"]
             n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
-            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "SB", "PIPE", "SCORES", "STEP") if c in consts)
+            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "SB", "PIPE", "SCORES", "STEP", "HAS_A")
+                          if c in consts)
             print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), *(("maxnreg", cap) if cap else ()),
                   u["regs"], u["stack"], n_ins, flush=True)
 

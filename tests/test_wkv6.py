@@ -465,6 +465,31 @@ def test_wkv6_chunk_scores(seq, pipe, shape, cu):
         assert torch.isfinite(s[[i for i in range(len(cu) - 1) if i != j]]).all()
 
 
+def test_wkv6_chunk_keeps_scores():
+    """Where the forward computes its blocks' scores and keeps states for the split backward (the walk, or the
+    one-kernel state pass), it saves one flat fp32 buffer — the states, then the scores [B, T, H, SB] — and the
+    backward's own kernel computes no scores (``_keeps_scores``); not with the fused backward, the two-kernel state
+    pass, the level forward or no saved states. (Their gradients vs fp64: test_wkv6_chunk_scores and
+    test_wkv6_extreme_decay; a mutation scaling the kept scores fails 8 of them.)"""
+    import math
+
+    import kernels.wkv6.chunk as kc
+    B, T, H, K, V = 2, 70, 2, 20, 24
+    cpu = torch.device("cpu")
+    for seq, knobs, kept in [(True, dict(fwd_scores=True), True), (False, dict(fwd_scores=True), True),
+                             (True, dict(fwd_scores=True, bwd_split="fused"), False),
+                             (False, dict(fwd_scores=True, fwd_states="two"), False),
+                             (True, dict(fwd_scores=False), False), (True, dict(fwd_scores=True, save_states=False),
+                                                                     False)]:
+        with kc.tuning(**knobs), kc.forward_mode(seq):
+            shape = kc._state_shape(B, T, H, K, V, B, False, cpu)
+            rows = kc._fwd_plan(B, H, V, T, cpu, kc.TUNING)[2]
+        states = kc._par_state_shape(B, T, H, K, V, B, False, rows)
+        want = (math.prod(states) + B * T * H * kc.SB,) if kept else (0,) if not knobs.get("save_states", True) \
+            else states
+        assert tuple(shape) == tuple(want), (seq, knobs, shape, want)
+
+
 @pytest.mark.parametrize("T,on,one", [(1023, False, True), (1024, True, True), (4096, True, True),
                                       (4097, True, False), (16384, True, False)])
 def test_wkv6_scores_default_lengths(T, on, one):

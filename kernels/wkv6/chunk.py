@@ -77,7 +77,11 @@ H8 672 vs 178 + 323, B64 T256 H4 K32 154 vs 46 + 85; the partials cost 4 bytes �
 transient memory (extra peak at B8 T4096 H32 1.68 → 2.68 GiB). Since session 20 the own kernel hands the cross kernel
 each block's scores A (4 × 16 bytes per token and head) instead of dv's own part Aᵀ do (4 × V): the cross kernel
 takes that one [16, 16] × [16, V] dot (it holds do already), and the partials are 4 × (3K + 16) bytes (−192 MiB
-written and read at B8 T4096 H32 K = V = 64; untimed). Earlier splits with both halves at 4 warps lost (run
+written and read at B8 T4096 H32 K = V = 64; H200 run 25: own 1,304 → 1,167 µs, extra peak 2.64 → 2.46 GiB). Since
+session 21, where the forward computed those scores itself (``_fwd_scores_kernel``: T ≥ 1024 by default) and keeps
+states, it keeps the scores too (``_keeps_scores``: one flat saved buffer, the states then a [B, T, H, SB], 64 B per
+token and head) and the own kernel computes none (``HAS_A``: no A dots, no pa store; offline sm_90 SASS 3,176 →
+2,824 at 1 warp; untimed): the cross kernel reads the forward's. Earlier splits with both halves at 4 warps lost (run
 6: 10.3 vs 9.3 ms at B8 T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
 
 The fused backward (``bwd_split`` "fused", ``_bwd_fused_kernel``; ``LOWMEM``'s since run 17): the own kernel's
