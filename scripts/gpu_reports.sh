@@ -81,7 +81,8 @@
 # they need and skip).
 #
 # Device tool: carry [".gpu-wheels"] (fla, mamba-ssm, causal-conv1d, the selective_scan_cuda stand-in; test/:
-# pytest, pytest-benchmark, hypothesis, optionally pytest-xdist + execnet); the wheels go into a temporary site folder (fla into one of its own).
+# pytest, pytest-benchmark, hypothesis, optionally pytest-xdist + execnet); the wheels go into a temporary site
+# folder (fla into one of its own).
 # Everything the parts wrote comes back as ONE archive $OUT/<parts>.tgz (the results folder with logs/; while
 # the parts run, a snapshot $OUT/<parts>.partial.tgz every 20 s and after every part, so a lease cut short —
 # the device limit can shrink below the requested timeout — still returns what was written); the last lines

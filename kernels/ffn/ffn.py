@@ -164,8 +164,8 @@ def _ffn_up_kernel(p_x, p_w, p_h, p_a, M, N, K, GRID_BUCKET, ACT: tl.constexpr, 
 
 @triton.autotune(configs=DACT_CONFIGS, key=["N", "K", "ACT", "GRID_BUCKET"])
 @triton.jit(do_not_specialize=["GRID_BUCKET"])
-def _ffn_dact_kernel(p_dy, p_w, p_h, p_dh, M, N, K, GRID_BUCKET, ACT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr,
-                     BN: tl.constexpr, BK: tl.constexpr, HE: tl.constexpr):
+def _ffn_dact_kernel(p_dy, p_w, p_h, p_dh, M, N, K, GRID_BUCKET, ACT: tl.constexpr, PREC: tl.constexpr,
+                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HE: tl.constexpr):
     # p_dy: [M, K] (dL/dy, K = D); p_w: [K, N] (W_down, N = F); p_h: [M, N] (the forward's saved h);
     # p_dh: [M, N] out (dL/dh = (dY W_down) ⊙ act'(h), h's dtype); HE: how many of the two [BM, BN/2] saved-h
     # column halves are loaded before the K loop (0, 1, 2; the rest after it, each just before its epilogue);
@@ -198,7 +198,8 @@ def _fwd_impl(x, w_up, w_down, act):
     h = new_empty((M, Fh), x.dtype, x.device)
     a = new_empty((M, Fh), x.dtype, x.device)
     if M:
-        _ffn_up_kernel[_grid(M, Fh)](x, w_up, h, a, M, Fh, D, grid_bucket(M), ACT=_ACT[act], PREC=dot_precision(x.dtype))
+        _ffn_up_kernel[_grid(M, Fh)](x, w_up, h, a, M, Fh, D, grid_bucket(M), ACT=_ACT[act],
+                                     PREC=dot_precision(x.dtype))
     y = torch.mm(a, w_down.t())           # cuBLAS; autocast (if on) leaves it alone: all in one dtype already
     return y, h, a
 
@@ -208,7 +209,8 @@ def _bwd_impl(dy, x, w_up, w_down, h, a, act):
     Fh = w_up.shape[0]
     dh = new_empty((M, Fh), h.dtype, h.device)
     if M:
-        _ffn_dact_kernel[_grid(M, Fh)](dy, w_down, h, dh, M, Fh, D, grid_bucket(M), ACT=_ACT[act], PREC=dot_precision(h.dtype))
+        _ffn_dact_kernel[_grid(M, Fh)](dy, w_down, h, dh, M, Fh, D, grid_bucket(M), ACT=_ACT[act],
+                                       PREC=dot_precision(h.dtype))
     else:
         dh.zero_()
     dw_down = torch.mm(dy.t(), a)         # [D, F]

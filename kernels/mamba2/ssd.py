@@ -763,8 +763,8 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_so
     kern[(b * H, NPB)](
         x, dt, A, B, C, D, dt_bias, h0, dy, dhT, scr, states if saved else None, dx, ddtp, dBp, dCp, par, dDp,
         dh0 if h0 is not None else None,
-        T, H, P, N, H // G, NPB, NC, CK, NCK, grid_bucket(b * H * NPB), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
-        dx.stride(1), BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+        T, H, P, N, H // G, NPB, NC, CK, NCK, grid_bucket(b * H * NPB), *x.stride(), *dt.stride(), *B.stride(),
+        *C.stride(), *dy.stride(), dx.stride(1), BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), HAS_H0=h0 is not None,
         HAS_DHT=dhT is not None, LEAN=int(TUNING["lean"]), SAVED=saved, PREC=_prec(x.dtype), DOT=_dot_mode_of(x, B, C),
         **cfg)
