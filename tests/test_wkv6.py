@@ -466,10 +466,10 @@ def test_wkv6_chunk_scores(seq, pipe, shape, cu):
 
 
 def test_wkv6_chunk_keeps_scores():
-    """Where the forward computes its blocks' scores and keeps states for the split backward (the walk, or the
-    one-kernel state pass), it saves one flat fp32 buffer — the states, then the scores [B, T, H, SB] — and the
-    backward's own kernel computes no scores (``_keeps_scores``); not with the fused backward, the two-kernel state
-    pass, the level forward or no saved states. (Their gradients vs fp64: test_wkv6_chunk_scores and
+    """Where the forward computes its blocks' scores and keeps states for the split backward (the walk, the one- or
+    the two-kernel state pass), it saves one flat fp32 buffer — the states, then the scores [B, T, H, SB] — and the
+    backward's own kernel computes no scores (``_keeps_scores``); not with the fused backward, the level forward or
+    no saved states. (Their gradients vs fp64: test_wkv6_chunk_scores and
     test_wkv6_extreme_decay; a mutation scaling the kept scores fails 8 of them.)"""
     import math
 
@@ -478,7 +478,7 @@ def test_wkv6_chunk_keeps_scores():
     cpu = torch.device("cpu")
     for seq, knobs, kept in [(True, dict(fwd_scores=True), True), (False, dict(fwd_scores=True), True),
                              (True, dict(fwd_scores=True, bwd_split="fused"), False),
-                             (False, dict(fwd_scores=True, fwd_states="two"), False),
+                             (False, dict(fwd_scores=True, fwd_states="two"), True),
                              (True, dict(fwd_scores=False), False), (True, dict(fwd_scores=True, save_states=False),
                                                                      False)]:
         with kc.tuning(**knobs), kc.forward_mode(seq):

@@ -1077,18 +1077,17 @@ def _fwd_scores(r, k, w, u, scale, cu, prec, out=None):
     return a
 
 
-def _keeps_scores(seq: bool, keep: bool, scores: bool, T: int, kn) -> bool:
+def _keeps_scores(keep: bool, scores: bool, kn) -> bool:
     """Whether the forward keeps its blocks' scores A for the backward (``_fwd_scores_kernel``'s a, the same A the
     own kernel would compute: then it computes none, and the cross kernel reads this one): where it computes them,
-    keeps states, the backward is the split one ("block"), and the states come from the walk or the one-kernel
-    state pass (the two-kernel pass's states live in its own buffer). 64 B per token and head held between the
+    keeps states and the backward is the split one ("block"). 64 B per token and head held between the
     passes (16 MiB at the large model's B16 T1024 H8), the backward's 64-B scores partial gone."""
-    return scores and keep and kn["bwd_split"] == "block" and (seq or _one_state_pass(T, kn))
+    return scores and keep and kn["bwd_split"] == "block"
 
 
 def _saved_buffers(B, T, H, K, V, N, varlen, rows, device):
     """(one flat fp32 buffer, its states view [slots, H, K, V] at ``rows``, its scores view [B, T, H, SB]): what
-    the forward saves when it keeps its scores (``_keeps_scores``; ``_split_saved`` takes it apart)."""
+    the forward saves when it keeps its scores (``_keeps_scores``; ``_chunk_bwd_impl`` takes it apart)."""
     shape = _par_state_shape(B, T, H, K, V, N, varlen, rows)
     n_h = math.prod(shape)
     buf = new_empty((n_h + B * T * H * SB,), torch.float32, device)
@@ -1107,8 +1106,8 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     seq, keep, rows, scores = _fwd_plan(N, H, V, T, dev, kn)
     save, bt = save and keep, (rows if seq else BT)
     o = new_empty((B, T, H, V), r.dtype, dev)
-    saved, hs_out, a_out = _saved_buffers(B, T, H, K, V, N, varlen, rows, dev) if save and _keeps_scores(
-        seq, keep, scores, T, kn) else (None, None, None)      # the states and the scores in one saved buffer
+    saved, hs_out, a_out = (_saved_buffers(B, T, H, K, V, N, varlen, rows, dev) if save and _keeps_scores(
+        keep, scores, kn) else (None, None, None))      # the states and the scores in one saved buffer
     if seq:
         NT = _cdiv(T, bt)
         ht = new_empty((N, H, K, V), torch.float32, dev)
@@ -1133,7 +1132,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         hs, ht, S, NT, cmap, cu = _fwd_states(r, k, v, w, h0, cu_seqlens, bt, hs_out)
     else:                                   # the chunk states in parallel, then the scan (64-row chunks)
         buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
-                                                  _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
+                                                  _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"], hs_out)
         hs = buf[0]
     if scores:
         a = _fwd_scores(r, k, w, u, scale, cu, prec, a_out)
@@ -1279,11 +1278,11 @@ def tuning(**knobs):
 
 def _state_shape(B, T, H, K, V, N, varlen, device):
     """Shape of the states the forward saves (empty when it keeps none: ``_fwd_plan``)."""
-    seq, keep, rows, scores = _fwd_plan(N, H, V, T, device, TUNING)
+    _, keep, rows, scores = _fwd_plan(N, H, V, T, device, TUNING)
     if not keep:
         return (0,)
     shape = _par_state_shape(B, T, H, K, V, N, varlen, rows)
-    if _keeps_scores(seq, keep, scores, T, TUNING):     # one flat buffer: the states, then the scores
+    if _keeps_scores(keep, scores, TUNING):     # one flat buffer: the states, then the scores
         return (math.prod(shape) + B * T * H * SB,)
     return shape
 

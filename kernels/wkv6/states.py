@@ -210,14 +210,15 @@ def _par_slots(B, T, N, cu_seqlens, device, bt=BT_PAR):
     return S, NT, cmap.clamp_(min=0).to(torch.int32)
 
 
-def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, bt=BT_PAR, pipe=False):
+def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, bt=BT_PAR, pipe=False, out=None):
     """Per-chunk states (parallel state kernel + sequential scan over chunks of ``bt`` rows, a multiple of 16).
 
     mode "fwd": S_c (state at each chunk start, [S, H, K, V] fp32) and the final state;
     "bwd": S_c and D_c (dL/dS at each chunk end) and dh0; "bwd_d" (S_c saved by the forward): D_c and dh0 only.
     do / h0 / dht / cu_seqlens: None when absent.
     scan_bv: the scan's V-block width (None: the state kernel's; narrower gives the scan more programs); pipe: the
-    scan loads a chunk ahead (``_chunk_scan_kernel``'s PIPE).
+    scan loads a chunk ahead (``_chunk_scan_kernel``'s PIPE); out: mode "fwd"'s S_c buffer [S, H, K, V] fp32 when
+    given (e.g. a view of a larger saved buffer).
     Returns (buf [1 or 2, S, H, K, V]: S_c then D_c, ht ("fwd") or None, dh0 (backward) or None, S, NT,
     cmap, cu (both None unless varlen))."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
@@ -229,7 +230,7 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, 
     varlen = cu_seqlens is not None
     prec = _prec(r.dtype, mode != "fwd")
     kmode = {"fwd": 1, "bwd": 3, "bwd_d": 2}[mode]
-    buf = new_empty((2 if mode == "bwd" else 1, S, H, K, V), torch.float32, dev)
+    buf = new_empty((2 if mode == "bwd" else 1, S, H, K, V), torch.float32, dev) if out is None else out[None]
     gl = new_empty((S, H, K), torch.float32, dev)
     _chunk_state_kernel[(S, NV, H)](r, k, v, w, do, buf[0] if kmode & 1 else None, buf[-1] if kmode & 2 else None,
                                     gl, cu, cmap, scale, T, NT, _grid_bucket(S * NV * H), H=H, K=K, V=V, BT=bt,
