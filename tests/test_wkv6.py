@@ -470,7 +470,7 @@ def test_wkv6_chunk_keeps_scores():
     the two-kernel state pass), it saves one flat fp32 buffer — the states, then the scores [B, T, H, SB] — and the
     backward's own kernel computes no scores (``_keeps_scores``); not with the fused backward, the level forward or
     no saved states. (Their gradients vs fp64: test_wkv6_chunk_scores and
-    test_wkv6_extreme_decay; a mutation scaling the kept scores fails 8 of them.)"""
+    test_wkv6_extreme_decay; a mutation scaling the kept scores fails 11 of them.)"""
     import math
 
     import kernels.wkv6.chunk as kc
