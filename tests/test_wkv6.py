@@ -490,6 +490,17 @@ def test_wkv6_chunk_keeps_scores():
         assert tuple(shape) == tuple(want), (seq, knobs, shape, want)
 
 
+@pytest.mark.parametrize("knobs", [dict(piece_bytes=1), dict(split_bytes=1)], ids=["pieces", "slices"])
+def test_wkv6_kept_scores_by_batch_slices(knobs):
+    """The kept scores sliced by batch with the states: backward pieces (``piece_bytes``) and the split backward's
+    slices (``split_bytes``), one batch element each, both forward modes, fp32 vs fp64."""
+    import kernels.wkv6.chunk as kc
+    d = make_inputs(3, 40, 1, 16, 16, decay="strong", h0=True)
+    for seq in (True, False):
+        with kc.tuning(fwd_scores=True, **knobs), kc.forward_mode(seq):
+            _check(d, context=f"kept scores {knobs} seq={seq}", fn=kc.wkv6_chunk)
+
+
 @pytest.mark.parametrize("T,on,one", [(1023, False, True), (1024, True, True), (4096, True, True),
                                       (4097, True, False), (16384, True, False)])
 def test_wkv6_scores_default_lengths(T, on, one):
