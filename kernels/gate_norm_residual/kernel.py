@@ -440,10 +440,10 @@ def _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residua
         else:
             BR = _rows_per_program(N, BD, TUNING["fwd_tile"], 2 * num_sms(dev))
         logits = gate_logits and mode_id in (1, 2, 3)
+        bucket = grid_bucket(_cdiv(N, BR))
         key = ("f", D, BR, x.dtype, a.dtype, None if g2 is None else g2.dtype, w2.dtype, h.dtype, mode_id, layer,
-               logits, bias is not None, N % 16 == 0, gb is not None, None if gb is None else gb.dtype,
-               grid_bucket(_cdiv(N, BR)))
-        _launch_fwd((_cdiv(N, BR),), key, x2, a2, b2, g2, gb, w2, bias2, h, y, stats, N, D, SG, eps, key[-1],
+               logits, bias is not None, N % 16 == 0, gb is not None, None if gb is None else gb.dtype, bucket)
+        _launch_fwd((_cdiv(N, BR),), key, x2, a2, b2, g2, gb, w2, bias2, h, y, stats, N, D, SG, eps, bucket,
                     MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_BIAS=bias is not None,
                     HAS_GB=gb is not None, BR=BR, BD=BD)
     return h, y, stats
@@ -488,12 +488,13 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logit
         n_progs = max(1, min(n_progs, n_blocks))
         part = new_empty((n_progs, _part_width(D, mode_id, bias is not None, gb is not None)), torch.float32, dev)
         logits = gate_logits and mode_id in (1, 2, 3)
+        bucket = grid_bucket(n_blocks)
         key = ("b", D, BR, dy.dtype, h.dtype, a.dtype, None if gate is None else gate.dtype, weight.dtype,
                None if bias is None else bias.dtype, x_dtype, mode_id, layer, logits, dh is not None,
-               None if dh is None else dh.dtype, N % 16 == 0, None if gb is None else gb.dtype, grid_bucket(n_blocks))
+               None if dh is None else dh.dtype, N % 16 == 0, None if gb is None else gb.dtype, bucket)
         GS, NG = tree(n_progs)
         _launch_bwd((n_progs,), key, dh, dy, h, None if mode_id == 0 else a, b, gate, gb, weight, stats, dx, da,
-                    db, dg, part, dw, dbias, dgb, counters(dev, 1, NG), N, D, SG, n_blocks, n_progs, GS, NG, key[-1],
+                    db, dg, part, dw, dbias, dgb, counters(dev, 1, NG), N, D, SG, n_blocks, n_progs, GS, NG, bucket,
                     MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_DH=dh is not None,
                     HAS_BIAS=bias is not None, HAS_GB=gb is not None, BR=BR, BD=BD, BP=finish_rows(BD))
     return dx, da, db, dg, dw, dbias, dgb

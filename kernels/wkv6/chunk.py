@@ -1085,13 +1085,19 @@ def _keeps_scores(keep: bool, scores: bool, kn) -> bool:
     return scores and keep and kn["bwd_split"] == "block"
 
 
-def _saved_buffers(B, T, H, K, V, N, varlen, rows, device):
-    """(one flat fp32 buffer, its states view [slots, H, K, V] at ``rows``, its scores view [B, T, H, SB]): what
-    the forward saves when it keeps its scores (``_keeps_scores``; ``_chunk_bwd_impl`` takes it apart)."""
+def _saved_views(buf, B, T, H, N, K, V, varlen, rows):
+    """The states view [slots, H, K, V] at ``rows`` and the scores view [B, T, H, SB] of the flat fp32 buffer the
+    forward saves when it keeps its scores (``_keeps_scores``): the states first, then the scores."""
     shape = _par_state_shape(B, T, H, K, V, N, varlen, rows)
     n_h = math.prod(shape)
-    buf = new_empty((n_h + B * T * H * SB,), torch.float32, device)
-    return buf, buf[:n_h].view(shape), buf[n_h:].view(B, T, H, SB)
+    return buf[:n_h].view(shape), buf[n_h:].view(B, T, H, SB)
+
+
+def _saved_buffers(B, T, H, K, V, N, varlen, rows, device):
+    """(one flat fp32 buffer, its ``_saved_views``): what the forward saves when it keeps its scores."""
+    n = math.prod(_par_state_shape(B, T, H, K, V, N, varlen, rows)) + B * T * H * SB
+    buf = new_empty((n,), torch.float32, device)
+    return (buf, *_saved_views(buf, B, T, H, N, K, V, varlen, rows))
 
 
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None):
@@ -1400,9 +1406,7 @@ def _chunk_bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, states=None, 
     rows = _bwd_rows(B, T, H, K, V, N, cu_seqlens, r.device, kn, states if saved else None)
     a = None
     if saved and states.dim() == 1:     # the states and the forward's scores in one buffer (``_saved_buffers``)
-        n_h = states.numel() - B * T * H * SB
-        states, a = (states[:n_h].view(_par_state_shape(B, T, H, K, V, N, cu_seqlens is not None, rows)),
-                     states[n_h:].view(B, T, H, SB))
+        states, a = _saved_views(states, B, T, H, N, K, V, cu_seqlens is not None, rows)
     NT = _cdiv(T, rows)
     pieces = _bwd_pieces(B, T, H, K, V, not saved, cu_seqlens is not None, kn["piece_bytes"], rows)
     dus, dh0s = [], []
