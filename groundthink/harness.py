@@ -74,11 +74,14 @@ def _clone_inputs(inputs: Mapping[str, object], dtype: torch.dtype | None, devic
 
 
 def compare(fn: Callable, ref: Callable, inputs: Mapping[str, object], *, ref_device: str | None = None,
-            seed: int = 0, backward: bool = True) -> dict[str, float]:
+            seed: int = 0, backward: bool = True, floors: dict | None = None) -> dict[str, float]:
     """Errors of ``fn(**inputs)`` against ``ref(**float64 inputs)``, outputs ("out0", "out1", …) and
     gradients ("d<name>") of every input tensor with ``requires_grad``.
 
     Outputs that are None in both are skipped. Cotangents are random normal, shared by both sides.
+    ``floors``: a dict to fill, for every output and gradient ``fn`` returns in half precision, with the error of
+    the exact (float64) value merely rounded to that dtype — the floor no implementation returning it can beat
+    (``assert_close_all``'s ``floors``).
     """
     from kernels._common import nan_prefill
 
@@ -96,6 +99,7 @@ def compare(fn: Callable, ref: Callable, inputs: Mapping[str, object], *, ref_de
         if o is None and r is None:
             continue
         errs[f"out{i}"] = rel_err(o, r)
+        _floor(floors, f"out{i}", o, r)
         if backward and isinstance(o, torch.Tensor) and o.requires_grad:
             # round the cotangent to the output's dtype first: both sides then get the very same values
             cot = torch.randn(r.shape, generator=gen, dtype=torch.float64).to(o.dtype).to(torch.float64)
@@ -107,7 +111,14 @@ def compare(fn: Callable, ref: Callable, inputs: Mapping[str, object], *, ref_de
         for name, v in run_in.items():
             if isinstance(v, torch.Tensor) and v.requires_grad:
                 errs[f"d{name}"] = rel_err(v.grad, ref_in[name].grad)
+                _floor(floors, f"d{name}", v.grad, ref_in[name].grad)
     return errs
+
+
+def _floor(floors: dict | None, name: str, out, exact) -> None:
+    """``floors[name]``: the error of ``exact`` rounded to ``out``'s dtype, where that is fp16 / bf16."""
+    if floors is not None and isinstance(out, torch.Tensor) and out.dtype in (torch.float16, torch.bfloat16):
+        floors[name] = rel_err(exact.to(out.dtype), exact)
 
 
 def assert_deterministic(fn: Callable, inputs: Mapping[str, torch.Tensor], runs: int = 2) -> None:
@@ -124,11 +135,23 @@ def assert_deterministic(fn: Callable, inputs: Mapping[str, torch.Tensor], runs:
         assert all(torch.equal(p, q) for p, q in zip(grads[0], g)), "gradients differ between identical runs"
 
 
-def assert_close_all(errs: Mapping[str, float], bound: float, context: str = "") -> None:
-    """Every error finite and within the bound; the message lists them all."""
-    bad = {k: v for k, v in errs.items() if not (v <= bound)}
+FLOOR_MARGIN = 1.1      # a half-precision result may sit this far above its rounding floor (see assert_close_all)
+
+
+def assert_close_all(errs: Mapping[str, float], bound: float, context: str = "",
+                     floors: Mapping[str, float] | None = None) -> None:
+    """Every error finite and within the bound; the message lists them all. ``floors`` (``compare``'s): a result
+    returned in fp16 / bf16 is held to max(bound, FLOOR_MARGIN × its floor), the floor being the error of the exact
+    value merely rounded to that dtype on this draw. Where the bound sits near the dtype's rounding error (bf16:
+    2e-3 against a floor of ~1.7e-3 on most draws), a rare draw's floor alone passes it (wkv6's dw at K32 V96 under
+    strong decay: 1.94e-3 on one of 8 draws; du, H·K entries: above 2e-3 on rare draws); the margin leaves the
+    kernel's own error at most ~0.46 × the floor (errors add in quadrature), so a real fault still fails."""
+    floors = floors or {}
+    limit = {k: max(bound, FLOOR_MARGIN * floors.get(k, 0.0)) for k in errs}
+    bad = {k: v for k, v in errs.items() if not (v <= limit[k])}
     if bad:
-        table = ", ".join(f"{k}={v:.3g}" for k, v in errs.items())
+        table = ", ".join(f"{k}={v:.3g}" + (f" (floor {floors[k]:.3g})" if k in floors else "")
+                          for k, v in errs.items())
         raise AssertionError(f"{context} relative error above {bound:g} in {sorted(bad)}: {table}")
 
 

@@ -29,7 +29,8 @@ kernels as compiled for sm_90 on this machine (WKV6_REGS_ONLY picks kernels; WKV
 ``state_rows`` knob values to compile ``_bwd_cross_kernel`` at; WKV6_REGS_MAXNREG: a comma list of register caps,
 0 = none);
 ``--host`` (CPU): host µs per call
-with every Triton launch stubbed.
+with every Triton launch stubbed. ``--host-gpu``: where the eager fwd+bwd's host time goes on the GPU machine (per
+shape and algorithm, fla where warm: ms per call synced, ms per call back to back, cProfile's top functions).
 
 Chunk backward variants (``kernels.wkv6.chunk.TUNING``, in VARIANTS; forward modes in SEQ; named in WKV6_ALGOS only,
 forward: the sequential walk): chunk_nosave (states recomputed in the backward instead of saved), chunk_lowmem
@@ -487,6 +488,53 @@ def regs():
                   u["regs"], u["stack"], n_ins, flush=True)
 
 
+def host_gpu():
+    """Where the eager fwd+bwd's host time goes, on the GPU machine (its CPU, real launches), per shape in SHAPES and
+    algorithm in WKV6_ALGOS (+ fla where ``--warm-fla`` finished): the benchmark's step (``measure``: leaves' grads
+    cleared, fixed cotangents) timed synced after every call (the eager median's way) and 200 calls back to back
+    (one sync at the end: the host's own rate where it is slower than the GPU), then cProfile's top 22 functions by
+    own time over 200 calls (WKV6_PROF_SORT: another pstats key)."""
+    import cProfile
+    import io
+    import pstats
+    import re
+    REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    log(device_name(), "torch", torch.__version__, "triton", triton.__version__)
+    impls = {n: f for n, f in ALGOS.items() if n != "chunk"}
+    if fla_warm():
+        impls["fla"] = fla()
+    calls = 4 if SMOKE else 200
+    for sh in SHAPES:
+        for n, f in impls.items():
+            if n == "fla" and sh not in FLA_SHAPES:
+                continue
+            with variant(n):
+                step = measure(f, bench_inputs(sh, grad=True), True, warm_rep=(5, 10))["step"]
+                sync()
+                t = time.perf_counter()
+                for _ in range(calls // 4):
+                    step()
+                    sync()
+                synced = (time.perf_counter() - t) / (calls // 4) * 1e3
+                t = time.perf_counter()
+                for _ in range(calls):
+                    step()
+                sync()
+                free = (time.perf_counter() - t) / calls * 1e3
+                pr = cProfile.Profile()
+                pr.enable()
+                for _ in range(calls):
+                    step()
+                sync()
+                pr.disable()
+            out = io.StringIO()
+            st = pstats.Stats(pr, stream=out)
+            st.sort_stats(os.environ.get("WKV6_PROF_SORT", "tottime")).print_stats(22)
+            top = "\n".join(re.sub(r"\S*/site-packages/", "<site-packages>/", ln.replace(REPO, "<repo>"))[:200]
+                            for ln in out.getvalue().splitlines() if ln.strip())
+            log(f"host {n} {sh}: {synced:.3f} ms per call synced, {free:.3f} back to back; cProfile ({calls} calls):\n{top}")
+
+
 def host():
     """Host (Python) time of the public ``wkv6`` per call on this CPU with every Triton launch replaced by a no-op:
     what the eager call costs besides the launches themselves (validation, allocations, autograd, custom-op or
@@ -543,4 +591,5 @@ def host():
 
 if __name__ == "__main__":
     sys.exit({"main": main, "--warm-fla": warm_fla, "--first-call": first_call, "--quick": quick,
-              "--resources": resources, "--regs": regs, "--host": host}[MODE]() or 0)
+              "--resources": resources, "--regs": regs, "--host": host,
+              "--host-gpu": host_gpu}[MODE]() or 0)

@@ -15,7 +15,7 @@ import kernels  # noqa: F401
 from groundthink.harness import assert_close_all, assert_compiled_matches_eager, check_op, compare, rel_err
 from kernels.wkv6 import wkv6, wkv6_fused, wkv6_recurrent
 from reference.wkv6 import wkv6 as ref_loop
-from reference.wkv6 import exact_du, wkv6_chunked as ref_chunked
+from reference.wkv6 import wkv6_chunked as ref_chunked
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
@@ -673,27 +673,10 @@ def test_wkv6_chunk_lowmem():
 
 
 # ------------------------------------------------------------------------------------------------ GPU
-def _du_floor(d, dtype, seed=0):
-    """The error of du that rounding the *exact* float64 du to u's dtype alone gives, on this draw and with the
-    cotangents ``compare`` draws (same generator, seed and order: o, then the final state; only o's reaches du).
-    du = Σ q k (v·do) has only H·K entries: rounded to bf16 its error alone is ~1.65e-3 median and above 2e-3 on
-    rare draws (notes/wkv6.md), so for half-precision u the bound is this floor, not the kernel's accuracy."""
-    du = exact_du(d, dtype, seed)
-    return rel_err(du.to(dtype), du)
-
-
-def _assert_du(errs, bound, du_dtype, floor, context):
-    """Every error but du within ``bound``; du (returned in u's dtype, accumulated in fp32 inside the kernel) within
-    ``bound`` when u is fp32, else within max(bound, 1.1 × floor), floor = the error of the exact du rounded to u's
-    dtype on the same draw (a rounding floor no implementation can beat, not a loosened tolerance)."""
-    rest = {n: e for n, e in errs.items() if n != "du"}
-    assert_close_all(rest, bound, context)
-    du_bound = bound if du_dtype == torch.float32 else max(bound, 1.1 * floor())
-    assert errs["du"] <= du_bound, f"{context}: du error {errs['du']:.3g} > {du_bound:.3g} (bound {bound:g})"
-
-
 def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6, u_dtype=None, cu=None):
-    """Kernel vs the fp64 chunked reference (run on the GPU), same cotangents on both sides (du: ``_assert_du``);
+    """Kernel vs the fp64 chunked reference (run on the GPU), same cotangents on both sides; a half-precision output
+    or gradient within max(bound, 1.1 × its rounding floor on this draw) (``assert_close_all``: the exact value
+    rounded to bf16 alone passes 2e-3 on rare draws — du, H·K entries; dw at K32 V96 under strong decay);
     cu: the cu_seqlens list of a varlen batch (B = 1, one h0 per sequence)."""
     d = make_inputs(B, T, H, K, V, dtype=dtype, decay=decay, h0=h0, device="cuda",
                     N=None if cu is None else len(cu) - 1)
@@ -701,9 +684,9 @@ def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6, u_
         d["cu_seqlens"] = torch.tensor(cu, dtype=torch.int32, device="cuda")
     if u_dtype is not None:
         d["u"] = d["u"].detach().to(u_dtype).requires_grad_(True)
-    errs = compare(fn, lambda **kw: ref_chunked(**kw, chunk_size=64), d)
-    _assert_du(errs, bound, d["u"].dtype, lambda: _du_floor(d, dtype),
-               f"B{B} T{T} H{H} K{K} V{V} {dtype} {decay} cu={cu} [{fn.__name__}]")
+    floors = {}
+    errs = compare(fn, lambda **kw: ref_chunked(**kw, chunk_size=64), d, floors=floors)
+    assert_close_all(errs, bound, f"B{B} T{T} H{H} K{K} V{V} {dtype} {decay} cu={cu} [{fn.__name__}]", floors)
     return errs
 
 
@@ -866,6 +849,7 @@ def test_wkv6_gpu_large_bf16(fn):
     o3, s3 = fn(**z)
     torch.autograd.backward([o3, s3], [go[:2, :, :4].contiguous(), gs[:2, :4].contiguous()])
     errs["du"] = rel_err(z["u"].grad, y["u"].grad)
-    _assert_du(errs, 2e-3, z["u"].dtype, lambda: rel_err(y["u"].grad.to(torch.bfloat16), y["u"].grad),
-               "B8 T4096 H32 bf16 (2×4 heads checked)")
+    floors = {"o": rel_err(o2.to(o.dtype), o2), "du": rel_err(y["u"].grad.to(torch.bfloat16), y["u"].grad)}
+    floors.update({"d" + n: rel_err(y[n].grad.to(torch.bfloat16), y[n].grad) for n in "rkvw"})
+    assert_close_all(errs, 2e-3, "B8 T4096 H32 bf16 (2×4 heads checked)", floors)
 
