@@ -5,6 +5,7 @@ folder (W1)."""
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -143,13 +144,9 @@ print(json.dumps(found))
 """
 
 
-def test_every_multi_config_autotuned_kernel_is_keyed_by_its_size():
-    """Triton's autotuner keeps one pick per key (in the process, and on disk with TRITON_CACHE_AUTOTUNING=1): a
-    kernel with several configs whose key holds no size gets the first shape's pick at every shape — H200 run 25:
-    wkv6's B8 T4096 H32 fwd+bwd 6.93 ms after the GPU tests' small shapes had autotuned it, 5.84 with the key. So
-    every autotuned kernel in kernels/ with more than one config on a GPU names a ``*_BUCKET`` argument
-    (``kernels._common.grid_bucket``, or wkv6's NH_BUCKET for its walks) in its key. The scan imports the kernel
-    modules with TRITON_INTERPRET=0 (no launch: nothing needs a GPU) so that the GPU's config lists are built."""
+@functools.lru_cache(maxsize=1)
+def _autotuned_kernels() -> tuple:
+    """(module, name, configs, key) of every ``Autotuner`` in kernels/ as built for a GPU (``_AUTOTUNE_SCAN``)."""
     import json
     import os
     import subprocess
@@ -159,6 +156,29 @@ def test_every_multi_config_autotuned_kernel_is_keyed_by_its_size():
     assert out.returncode == 0, out.stderr[-2000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(found) >= 10, found          # the scan saw the kernels (wkv6, mamba2, gate_norm_residual, ffn)
-    bad = [f"{mod}.{name} (configs {n}, key {keys})" for mod, name, n, keys in found
+    return tuple(tuple(f) for f in found)
+
+
+def test_every_multi_config_autotuned_kernel_is_keyed_by_its_size():
+    """Triton's autotuner keeps one pick per key (in the process, and on disk with TRITON_CACHE_AUTOTUNING=1): a
+    kernel with several configs whose key holds no size gets the first shape's pick at every shape — H200 run 25:
+    wkv6's B8 T4096 H32 fwd+bwd 6.93 ms after the GPU tests' small shapes had autotuned it, 5.84 with the key. So
+    every autotuned kernel in kernels/ with more than one config on a GPU names a ``*_BUCKET`` argument
+    (``kernels._common.grid_bucket``, or wkv6's NH_BUCKET for its walks) in its key. The scan imports the kernel
+    modules with TRITON_INTERPRET=0 (no launch: nothing needs a GPU) so that the GPU's config lists are built."""
+    bad = [f"{mod}.{name} (configs {n}, key {keys})" for mod, name, n, keys in _autotuned_kernels()
            if n > 1 and not any(k.endswith("_BUCKET") for k in keys)]
     assert not bad, "autotuned kernels without a size in their key: " + "; ".join(bad)
+
+
+def test_every_multi_config_autotuned_kernel_launches_through_the_launcher():
+    """``kernel[grid](...)`` on an autotuned kernel pays Triton's ``Autotuner.run`` dispatch on every call (~20-40
+    µs of host time on the H200 machine, run 26: a small-shape wkv6 fwd+bwd is host-bound); its modules launch it
+    as ``launch(kernel)[grid](...)`` (``kernels._common.Launcher``). A subscript of the kernel's name anywhere in
+    its module is a launch around the launcher."""
+    bad = []
+    for mod, name, n, _ in _autotuned_kernels():
+        text = (ROOT / (mod.replace(".", "/") + ".py")).read_text()
+        if n > 1 and re.search(rf"(?<![\w.]){re.escape(name)}\[", text):
+            bad.append(f"{mod}.{name}")
+    assert not bad, "autotuned kernels launched without kernels._common.launch: " + "; ".join(bad)

@@ -48,7 +48,8 @@ import triton.language as tl
 
 from groundthink.device import autocast_dtype
 from kernels import INTERPRET
-from kernels._common import autotune_configs, cdiv as _cdiv, check_tensor, dot_precision, grid_bucket, new_empty
+from kernels._common import (autotune_configs, cdiv as _cdiv, check_tensor, dot_precision, grid_bucket, launch,
+                             new_empty)
 from kernels._eager import EagerOp, pick
 from reference.ffn import ACTS, check_args
 
@@ -198,8 +199,8 @@ def _fwd_impl(x, w_up, w_down, act):
     h = new_empty((M, Fh), x.dtype, x.device)
     a = new_empty((M, Fh), x.dtype, x.device)
     if M:
-        _ffn_up_kernel[_grid(M, Fh)](x, w_up, h, a, M, Fh, D, grid_bucket(M), ACT=_ACT[act],
-                                     PREC=dot_precision(x.dtype))
+        launch(_ffn_up_kernel)[_grid(M, Fh)](x, w_up, h, a, M, Fh, D, grid_bucket(M), ACT=_ACT[act],
+                                             PREC=dot_precision(x.dtype))
     y = torch.mm(a, w_down.t())           # cuBLAS; autocast (if on) leaves it alone: all in one dtype already
     return y, h, a
 
@@ -209,8 +210,8 @@ def _bwd_impl(dy, x, w_up, w_down, h, a, act):
     Fh = w_up.shape[0]
     dh = new_empty((M, Fh), h.dtype, h.device)
     if M:
-        _ffn_dact_kernel[_grid(M, Fh)](dy, w_down, h, dh, M, Fh, D, grid_bucket(M), ACT=_ACT[act],
-                                       PREC=dot_precision(h.dtype))
+        launch(_ffn_dact_kernel)[_grid(M, Fh)](dy, w_down, h, dh, M, Fh, D, grid_bucket(M), ACT=_ACT[act],
+                                               PREC=dot_precision(h.dtype))
     else:
         dh.zero_()
     dw_down = torch.mm(dy.t(), a)         # [D, F]

@@ -36,8 +36,9 @@ Kernels:
   bit-identical run to run).
 * launches: ``@triton.autotune`` over num_warps (two candidates per tile size; one config under the
   interpreter), keyed by the tile and every flavour constexpr (MODE, LAYER, GATE_LOGITS, HAS_BIAS, HAS_DH: each
-  flavour is its own compiled kernel and gets its own tuned warps); once a key is tuned, each kernel's ``_Launcher`` calls the JIT function with the cached config
-  directly (the autotuner's per-call dispatch is measurable host time at small sizes).
+  flavour is its own compiled kernel and gets its own tuned warps); launched through ``kernels._common.launch``
+  (once a key is tuned, the JIT function with the cached config directly: the autotuner's per-call dispatch is
+  measurable host time at small sizes).
 * optional tensors (b, gate, bias, the incoming dh) are passed as None; the constexprs MODE, HAS_BIAS, HAS_DH
   say which are present, so no branch that reads an absent tensor is compiled.
 
@@ -64,7 +65,7 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._colsum import arrive_tree, counters, finish_columns, finish_rows, tree
-from kernels._common import (autotune_configs, cdiv as _cdiv, check_tensor, grid_bucket, new_empty, num_sms,
+from kernels._common import (autotune_configs, cdiv as _cdiv, check_tensor, grid_bucket, launch, new_empty, num_sms,
                              pow2 as _pow2)
 from kernels._eager import EagerOp, pick
 from reference.gate_norm_residual import check_args
@@ -372,34 +373,6 @@ def _rows_per_program(N: int, BD: int, tile: int, min_programs: int) -> int:
     return BR
 
 
-class _Launcher:
-    """``kernel[grid](*args, **meta)`` through the autotuner until it has chosen a config for a launch key (the
-    autotuner's own key plus everything that changes the compiled kernel); then the JIT function with that
-    config directly. ``direct`` is off under the interpreter (one config, nothing to skip) and switches itself
-    off for good if Triton's API drifts (the autotuner then serves every launch)."""
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.direct = not INTERPRET
-        self.best: dict = {}
-
-    def __call__(self, grid, key, *args, **meta):
-        cfg = self.best.get(key) if self.direct else None
-        if cfg is not None:
-            try:
-                self.kernel.fn[grid](*args, **meta, **cfg.all_kwargs())
-                return
-            except Exception:  # pragma: no cover  (API drift in Triton)
-                self.direct = False
-        self.kernel[grid](*args, **meta)
-        if self.direct:
-            self.best[key] = self.kernel.best_config
-
-
-_launch_fwd = _Launcher(_gnr_fwd_kernel)
-_launch_bwd = _Launcher(_gnr_bwd_kernel)
-
-
 def _gate_rows(gate, mode_id: int):
     """(gate, SG): the gate as the kernels read it and the element distance of its rows. A row ([..., 1]) or
     element ([..., D], unit column stride) gate whose rows are evenly spaced — a column slice of a wider product,
@@ -441,11 +414,9 @@ def _fwd_impl(x, a, b, gate, weight, bias, mode, norm, eps, gate_logits, residua
             BR = _rows_per_program(N, BD, TUNING["fwd_tile"], 2 * num_sms(dev))
         logits = gate_logits and mode_id in (1, 2, 3)
         bucket = grid_bucket(_cdiv(N, BR))
-        key = ("f", D, BR, x.dtype, a.dtype, None if g2 is None else g2.dtype, w2.dtype, h.dtype, mode_id, layer,
-               logits, bias is not None, N % 16 == 0, gb is not None, None if gb is None else gb.dtype, bucket)
-        _launch_fwd((_cdiv(N, BR),), key, x2, a2, b2, g2, gb, w2, bias2, h, y, stats, N, D, SG, eps, bucket,
-                    MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_BIAS=bias is not None,
-                    HAS_GB=gb is not None, BR=BR, BD=BD)
+        launch(_gnr_fwd_kernel)[(_cdiv(N, BR),)](x2, a2, b2, g2, gb, w2, bias2, h, y, stats, N, D, SG, eps, bucket,
+                                                 MODE=mode_id, LAYER=layer, GATE_LOGITS=logits,
+                                                 HAS_BIAS=bias is not None, HAS_GB=gb is not None, BR=BR, BD=BD)
     return h, y, stats
 
 
@@ -489,14 +460,12 @@ def _bwd_impl(dh, dy, h, a, b, gate, weight, bias, stats, mode, norm, gate_logit
         part = new_empty((n_progs, _part_width(D, mode_id, bias is not None, gb is not None)), torch.float32, dev)
         logits = gate_logits and mode_id in (1, 2, 3)
         bucket = grid_bucket(n_blocks)
-        key = ("b", D, BR, dy.dtype, h.dtype, a.dtype, None if gate is None else gate.dtype, weight.dtype,
-               None if bias is None else bias.dtype, x_dtype, mode_id, layer, logits, dh is not None,
-               None if dh is None else dh.dtype, N % 16 == 0, None if gb is None else gb.dtype, bucket)
         GS, NG = tree(n_progs)
-        _launch_bwd((n_progs,), key, dh, dy, h, None if mode_id == 0 else a, b, gate, gb, weight, stats, dx, da,
-                    db, dg, part, dw, dbias, dgb, counters(dev, 1, NG), N, D, SG, n_blocks, n_progs, GS, NG, bucket,
-                    MODE=mode_id, LAYER=layer, GATE_LOGITS=logits, HAS_DH=dh is not None,
-                    HAS_BIAS=bias is not None, HAS_GB=gb is not None, BR=BR, BD=BD, BP=finish_rows(BD))
+        launch(_gnr_bwd_kernel)[(n_progs,)](
+            dh, dy, h, None if mode_id == 0 else a, b, gate, gb, weight, stats, dx, da, db, dg, part, dw, dbias, dgb,
+            counters(dev, 1, NG), N, D, SG, n_blocks, n_progs, GS, NG, bucket, MODE=mode_id, LAYER=layer,
+            GATE_LOGITS=logits, HAS_DH=dh is not None, HAS_BIAS=bias is not None, HAS_GB=gb is not None, BR=BR, BD=BD,
+            BP=finish_rows(BD))
     return dx, da, db, dg, dw, dbias, dgb
 
 

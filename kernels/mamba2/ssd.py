@@ -104,7 +104,8 @@ import triton
 import triton.language as tl
 
 from kernels import INTERPRET
-from kernels._common import autotune_configs, cdiv as _cdiv, check_tensor, grid_bucket, new_empty, pow2 as _pow2
+from kernels._common import (autotune_configs, cdiv as _cdiv, check_tensor, grid_bucket, launch, new_empty,
+                             pow2 as _pow2)
 from kernels._slots import grad_slot
 from kernels._eager import EagerOp, pick
 from reference.mamba2 import _check
@@ -694,7 +695,7 @@ def _fwd_impl(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus: bool, ret
     BT, BP, BN = _tiles(P, N, bwd=False)
     h0 = initial_states.contiguous() if initial_states is not None else None
     grid = (b * H, _cdiv(P, BP))
-    _ssd_fwd_kernel[grid](
+    launch(_ssd_fwd_kernel)[grid](
         x, dt, A, B, C, D, dt_bias, h0, y, hT if return_final_states else None, st if save else None,
         T, H, P, N, H // G, grid_bucket(b * H * _cdiv(P, BP)), *x.stride(), *dt.stride(), *B.stride(),
         *C.stride(), BT=BT, BP=BP, BN=BN, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
@@ -757,7 +758,7 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_so
     dhT = dhT.contiguous() if dhT is not None else None
     if dy.dtype != x.dtype:   # (autograd gives y's dtype; the half dots take dy in x's)
         dy = dy.to(x.dtype)
-    kern, cfg = _ssd_bwd_kernel, {}
+    kern, cfg = launch(_ssd_bwd_kernel), {}
     if TUNING["bwd_cfg"]:                             # one fixed (num_warps, num_stages): the JIT function itself
         kern, cfg = _ssd_bwd_kernel.fn, dict(zip(("num_warps", "num_stages"), TUNING["bwd_cfg"]))
     kern[(b * H, NPB)](
@@ -772,7 +773,7 @@ def _bwd_impl(dy, dhT, x, dt, A, B, C, D, dt_bias, initial_states, states, dt_so
     BR = 4 if INTERPRET else max(1, min(64, 4096 // (_pow2(N) * max(1, H * NPB // 8))))
     BR = max(1, min(BR, _pow2(BL)))
     n_rb = _cdiv(BL, BR)
-    _ssd_reduce_kernel[(n_rb + 1,)](
+    launch(_ssd_reduce_kernel)[(n_rb + 1,)](
         dBp, dCp, ddtp, par, dDp, dB, dC, ddt, dA, dbias if dt_bias is not None else None,
         dD if D is not None else None,
         BL, b, H, G, H // G, NPB, P, N, n_rb, dB.stride(1), dC.stride(1),

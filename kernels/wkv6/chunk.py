@@ -136,7 +136,7 @@ import triton
 import triton.language as tl
 
 from kernels import INTERPRET
-from kernels._common import autotune_configs, grid_bucket as _grid_bucket, new_empty, num_sms
+from kernels._common import autotune_configs, grid_bucket as _grid_bucket, launch, new_empty, num_sms
 from kernels._slots import grad_slot
 from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _half_dot,
                                  _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run,
@@ -1058,8 +1058,8 @@ def _fwd_split(r, k, v, w, u, scale, cu, prec):
     oi = new_empty((B, T, H, V), torch.float32, dev)
     S, NT, cmap = _par_slots(B, T, N, cu, dev, SB)
     BV = max(16, min(64, _pow2(V)))
-    _fwd_intra_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, qh, kh, oi, cu, cmap, scale, T, NT, H=H, K=K, V=V, SB=SB,
-                                            BK=_bk(K), BV=BV, LOG=LOG, VARLEN=cu is not None, PREC=prec)
+    launch(_fwd_intra_kernel)[(S, _cdiv(V, BV), H)](r, k, v, w, u, qh, kh, oi, cu, cmap, scale, T, NT, H=H, K=K, V=V,
+                                                    SB=SB, BK=_bk(K), BV=BV, LOG=LOG, VARLEN=cu is not None, PREC=prec)
     return qh, kh, oi
 
 
@@ -1072,8 +1072,8 @@ def _fwd_scores(r, k, w, u, scale, cu, prec, out=None):
         w = w.float()     # bf16 under the interpreter: its bf16 dots are wrong on the CPU (the span sums are dots)
     a = new_empty((B, T, H, SB), torch.float32, r.device) if out is None else out
     S, NT, cmap = _par_slots(B, T, N, cu, r.device, BT)
-    _fwd_scores_kernel[(S, H)](r, k, w, u, a, cu, cmap, scale, T, NT, H=H, K=K, BT=BT, SB=SB, BK=_bk(K), LOG=LOG,
-                               VARLEN=cu is not None, PREC=prec, FAST=not INTERPRET)
+    launch(_fwd_scores_kernel)[(S, H)](r, k, w, u, a, cu, cmap, scale, T, NT, H=H, K=K, BT=BT, SB=SB, BK=_bk(K),
+                                       LOG=LOG, VARLEN=cu is not None, PREC=prec, FAST=not INTERPRET)
     return a
 
 
@@ -1127,10 +1127,10 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         step = scores and bool(kn["fwd_step"]) and bt == 2 * SB     # 32-row steps; at 64-row states 16-row blocks
         kernel = (_fwd_split_kernel if use_split else _fwd_step_kernel if step else _fwd_scored_kernel if scores
                   else _fwd_seq_kernel)
-        kernel[grid](r, k, v, w, u, *split, a, h0, o, ht, hs if save else None, cu, scale, T, NT,
-                     _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
-                     VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec,
-                     PIPE=scores and not step and kn["fwd_pipe"], STEP=step, FAST=step and not INTERPRET)
+        launch(kernel)[grid](r, k, v, w, u, *split, a, h0, o, ht, hs if save else None, cu, scale, T, NT,
+                             _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
+                             VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec,
+                             PIPE=scores and not step and kn["fwd_pipe"], STEP=step, FAST=step and not INTERPRET)
         return o, ht, (saved if saved is not None else hs)
     BV = max(16, min(64, _pow2(V)))
     if scores and _one_state_pass(T, kn):   # one state kernel at the backward's spacing (64 rows if none saved)
@@ -1142,13 +1142,13 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         hs = buf[0]
     if scores:
         a = _fwd_scores(r, k, w, u, scale, cu, prec, a_out)
-        _fwd_par_scored_kernel[lambda meta: (S, _cdiv(V, meta["BV"]), H)](
+        launch(_fwd_par_scored_kernel)[lambda meta: (S, _cdiv(V, meta["BV"]), H)](
             r, k, v, w, u, a, hs, o, cu, cmap, scale, T, NT, _grid_bucket(S * H), H=H, K=K, V=V, BT=bt, SB=SB,
             BK=BK, LOG=LOG, VARLEN=varlen, SCORES=True, PREC=prec)
     else:
-        _fwd_par_kernel[(S, _cdiv(V, BV), H)](r, k, v, w, u, None, hs, o, cu, cmap, scale, T, NT,
-                                              _grid_bucket(S * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, BV=BV,
-                                              LOG=LOG, VARLEN=varlen, SCORES=False, PREC=prec)
+        launch(_fwd_par_kernel)[(S, _cdiv(V, BV), H)](r, k, v, w, u, None, hs, o, cu, cmap, scale, T, NT,
+                                                      _grid_bucket(S * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, BV=BV,
+                                                      LOG=LOG, VARLEN=varlen, SCORES=False, PREC=prec)
     return o, ht, (saved if saved is not None else hs if save else hs.new_empty((0,)))
 
 
@@ -1345,10 +1345,10 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
     prec = _prec(r.dtype, bwd=True)
     meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
     if kn["bwd_split"] == "fused":     # one kernel, no partials
-        _bwd_fused_kernel[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT,
-                                  _grid_bucket(S * H), LOG=LOG,
-                                  HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
-                                  DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
+        launch(_bwd_fused_kernel)[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT,
+                                          _grid_bucket(S * H), LOG=LOG,
+                                          HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
+                                          DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
         return du_part.sum(0)
     parts = [new_empty((step, T, H, n), torch.float32, r.device)    # the own pairs' dq, dk, scores A, dw (the
              if i != 2 or a is None else None for i, n in enumerate((K, K, SB, K))]  # own kernel's pq, pk, pa, pw)
@@ -1359,13 +1359,13 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
         cut = (lambda x: x) if step == B else (lambda x: x[b0:b1])  # noqa: E731
         s0, s1 = (0, S) if step == B else (b0 * NT, b1 * NT)        # the slice's slots (fixed length: n·NT + i)
         ps = [None if x is None else x[:b1 - b0] for x in parts]
-        _bwd_own_kernel[(s1 - s0, H)](cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
-                                      cu, cmap, scale, T, NT, _grid_bucket((s1 - s0) * H), LOG=LOG,
-                                      HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
-                                      DWP="ieee" if prec == "ieee" else "tf32x3", HAS_A=a is not None, **meta)
+        launch(_bwd_own_kernel)[(s1 - s0, H)](
+            cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
+            cu, cmap, scale, T, NT, _grid_bucket((s1 - s0) * H), LOG=LOG, HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
+            DWP="ieee" if prec == "ieee" else "tf32x3", HAS_A=a is not None, **meta)
         if a is not None:
             ps[2] = cut(a)
-        _bwd_cross_kernel[((s1 - s0) * nb + finish, H)](
+        launch(_bwd_cross_kernel)[((s1 - s0) * nb + finish, H)](
             cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
             du_part if finish else None, du, cu, cmap, scale, T, NT, S * nb if finish else 0,
             _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish,

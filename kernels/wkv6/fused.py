@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import autotune_configs, new_empty
+from kernels._common import autotune_configs, launch, new_empty
 from kernels.wkv6.common import (_blocks, _bonus_bwd, _clamp_w, _cu, _dims, _intra_bwd, _kv_ranges, _make_ops,
                                  _nh_bucket, _prec, _row_offsets, _run, _seq_bounds, _state_bwd, _state_or_zeros,
                                  _store_dqkw, _warp_configs)
@@ -296,9 +296,9 @@ def _fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False):
     ht = new_empty((N, H, K, V), torch.float32, r.device)
     hs = new_empty(_ckpt_shape(B, T, H, K, V, N) if save else (0,), torch.float32, r.device)
     grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
-    _wkv6_fwd_kernel[grid](r, k, v, w, u, h0, o, ht, hs if save else None, _cu(cu_seqlens), scale, T,
-                           _nh_bucket(N * H), H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, USE_H0=h0 is not None,
-                           VARLEN=cu_seqlens is not None, SAVE=save, PREC=_prec(r.dtype), CK=CKPT)
+    launch(_wkv6_fwd_kernel)[grid](r, k, v, w, u, h0, o, ht, hs if save else None, _cu(cu_seqlens), scale, T,
+                                   _nh_bucket(N * H), H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, USE_H0=h0 is not None,
+                                   VARLEN=cu_seqlens is not None, SAVE=save, PREC=_prec(r.dtype), CK=CKPT)
     return o, ht, hs
 
 
@@ -318,8 +318,8 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs=None):
     grid = (NV, N * H)
     if hs is None or hs.numel() == 0:     # checkpoints not saved by the forward: recompute them
         hs = new_empty(_ckpt_shape(B, T, H, K, V, N), torch.float32, dev)
-        _wkv6_bwd_states_kernel[grid](k, v, w, h0, hs, cu, T, _nh_bucket(N * H), H=H, K=K, V=V,
-                                      BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=use_h0, VARLEN=varlen, PREC=prec, CK=CKPT)
+        launch(_wkv6_bwd_states_kernel)[grid](k, v, w, h0, hs, cu, T, _nh_bucket(N * H), H=H, K=K, V=V, BT=BT_CHUNK,
+                                              BK=BK, BV=BV, USE_H0=use_h0, VARLEN=varlen, PREC=prec, CK=CKPT)
     direct = NV == 1
     dv = new_empty(v.shape, v.dtype, dev)
     dh0 = new_empty((N, H, K, V), torch.float32, dev) if h0 is not None else None
@@ -331,14 +331,14 @@ def _bwd_impl(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs=None):
         pq, pk, pw = dr, dk, dw
     else:
         pq, pk, pw = (new_empty((NV, B, T, H, K), torch.float32, dev) for _ in range(3))
-    _wkv6_bwd_main_kernel[grid](r, k, v, w, u, do, dht, hs, scratch, pq, pk, pw, dv, du_part, dh0, cu, scale, T,
-                                NTOK, _nh_bucket(N * H), H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=use_h0,
-                                USE_DHT=dht is not None, VARLEN=varlen, PREC=prec, DIRECT=direct, CK=CKPT)
+    launch(_wkv6_bwd_main_kernel)[grid](
+        r, k, v, w, u, do, dht, hs, scratch, pq, pk, pw, dv, du_part, dh0, cu, scale, T, NTOK, _nh_bucket(N * H),
+        H=H, K=K, V=V, BT=BT_CHUNK, BK=BK, BV=BV, USE_H0=use_h0, USE_DHT=dht is not None, VARLEN=varlen, PREC=prec,
+        DIRECT=direct, CK=CKPT)
     if not direct:
-        _wkv6_bwd_combine_kernel[(N * H,)](r, k, v, w, u, do, pq, pk, pw, dr, dk, dw, du_part, cu, scale, T, NTOK,
-                                           _nh_bucket(N * H), H=H, K=K, V=V, BT=BT_CHUNK, BK=BK,
-                                           BVF=max(16, triton.next_power_of_2(V)), NV=NV,
-                                           VARLEN=varlen)
+        launch(_wkv6_bwd_combine_kernel)[(N * H,)](
+            r, k, v, w, u, do, pq, pk, pw, dr, dk, dw, du_part, cu, scale, T, NTOK, _nh_bucket(N * H), H=H, K=K, V=V,
+            BT=BT_CHUNK, BK=BK, BVF=max(16, triton.next_power_of_2(V)), NV=NV, VARLEN=varlen)
     du = du_part.sum(0).to(u.dtype)
     return dr, dk, dv, dw, du, dh0
 

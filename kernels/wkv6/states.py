@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import autotune_configs, grid_bucket as _grid_bucket, new_empty
+from kernels._common import autotune_configs, grid_bucket as _grid_bucket, launch, new_empty
 from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges,
                                  _nh_bucket, _prec, _row_offsets, _seq_bounds, _state_or_zeros)
 
@@ -193,8 +193,8 @@ def _fwd_states(r, k, v, w, h0, cu_seqlens, bt, out=None):
     hs = new_empty((S, H, K, V), torch.float32, dev) if out is None else out
     ht = new_empty((N, H, K, V), torch.float32, dev)
     grid = lambda meta: (_cdiv(V, meta["BVS"]), _cdiv(K, meta["BKS"]), N * H)  # noqa: E731
-    _fwd_states_kernel[grid](k, v, w, h0, hs, ht, cu, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt,
-                             USE_H0=h0 is not None, VARLEN=cu is not None, PREC=_prec(r.dtype))
+    launch(_fwd_states_kernel)[grid](k, v, w, h0, hs, ht, cu, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt,
+                                     USE_H0=h0 is not None, VARLEN=cu is not None, PREC=_prec(r.dtype))
     return hs, ht, S, NT, cmap, cu
 
 
@@ -232,14 +232,14 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, 
     kmode = {"fwd": 1, "bwd": 3, "bwd_d": 2}[mode]
     buf = new_empty((2 if mode == "bwd" else 1, S, H, K, V), torch.float32, dev) if out is None else out[None]
     gl = new_empty((S, H, K), torch.float32, dev)
-    _chunk_state_kernel[(S, NV, H)](r, k, v, w, do, buf[0] if kmode & 1 else None, buf[-1] if kmode & 2 else None,
-                                    gl, cu, cmap, scale, T, NT, _grid_bucket(S * NV * H), H=H, K=K, V=V, BT=bt,
-                                    BK=BK, BV=BV, VARLEN=varlen, MODE=kmode, PREC=prec)
+    launch(_chunk_state_kernel)[(S, NV, H)](
+        r, k, v, w, do, buf[0] if kmode & 1 else None, buf[-1] if kmode & 2 else None, gl, cu, cmap, scale, T, NT,
+        _grid_bucket(S * NV * H), H=H, K=K, V=V, BT=bt, BK=BK, BV=BV, VARLEN=varlen, MODE=kmode, PREC=prec)
     ht = new_empty((N, H, K, V), torch.float32, dev) if mode == "fwd" else None
     dh0 = new_empty((N, H, K, V), torch.float32, dev) if mode != "fwd" else None
     h0 = h0 if kmode & 1 else None          # each direction reads its own start (one kernel variant per use)
     SBV = BV if scan_bv is None else min(scan_bv, BV)
-    _chunk_scan_kernel[(N * H, _cdiv(V, SBV), 2 if mode == "bwd" else 1)](
+    launch(_chunk_scan_kernel)[(N * H, _cdiv(V, SBV), 2 if mode == "bwd" else 1)](
         buf, gl, h0, dht, ht, dh0, cu, T, NT, S, H=H, K=K, V=V, BT=bt, BK=BK, BV=SBV, MODE=kmode,
         USE_H0=h0 is not None, USE_DHT=dht is not None, VARLEN=varlen, PIPE=pipe, num_warps=4)
     return buf, ht, dh0, S, NT, cmap, cu
