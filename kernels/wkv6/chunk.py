@@ -81,7 +81,8 @@ written and read at B8 T4096 H32 K = V = 64; H200 run 25: own 1,304 → 1,167 µ
 session 21, where the forward computed those scores itself (``_fwd_scores_kernel``: T ≥ 1024 by default) and keeps
 states, it keeps the scores too (``_keeps_scores``: one flat saved buffer, the states then a [B, T, H, SB], 64 B per
 token and head) and the own kernel computes none (``HAS_A``: no A dots, no pa store; offline sm_90 SASS 3,176 →
-2,824 at 1 warp; untimed): the cross kernel reads the forward's. Earlier splits with both halves at 4 warps lost (run
+2,824 at 1 warp; H200 run 26: own 1,167 → 968 µs at B8 T4096 H32, 620 → 542 at B1 T16384 H32): the cross
+kernel reads the forward's. Earlier splits with both halves at 4 warps lost (run
 6: 10.3 vs 9.3 ms at B8 T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
 
 The fused backward (``bwd_split`` "fused", ``_bwd_fused_kernel``; ``LOWMEM``'s since run 17): the own kernel's
@@ -997,10 +998,10 @@ def forward_mode(seq: bool):
 
 def _use_scores(T: int, knobs) -> bool:
     """``fwd_scores``; None: on where T >= ``SCORES_MIN_T`` (H100 run 12, wkv6i: timed and won at T = 1024 and
-    4096; the per-chunk work does not depend on T, so longer sequences take it too since session 21 — untimed
-    there, see ``_one_state_pass`` for the state pass they use). Below it the level forward (the small model's
-    T = 256 and B64 T256 H2 until a GPU call has timed the scores there). T is the padded length, for varlen the
-    packed total (a per-sequence rule would need the offsets on the host: a sync)."""
+    4096; the per-chunk work does not depend on T, so longer sequences take it too since session 21 — H200 run
+    26 at B1 T16384 H32: forward 1.441 → 0.997 ms, with ``_one_state_pass``'s two-kernel pass). Below it the level
+    forward (the small model's T = 256 and B64 T256 H2 until a GPU call has timed the scores there). T is the
+    padded length, for varlen the packed total (a per-sequence rule would need the offsets on the host: a sync)."""
     if knobs["fwd_scores"] is None:
         return T >= SCORES_MIN_T
     return bool(knobs["fwd_scores"])
@@ -1013,7 +1014,8 @@ def _one_state_pass(T: int, knobs) -> bool:
     64-row chunks; the backward then runs at 64-row states). None: "one" where T <= ``ONE_PASS_MAX_T`` (timed at
     T = 1024 and 2048), "two" above — at B1 T16384 H32 the level forward it replaces (the two-kernel pass + the
     level output kernel) took 1,025 µs in its output kernel alone and 1.45 ms in all against fla's 1.20 (H200 run
-    25); the one-kernel pass would walk 512 chunks in series there. Untimed: time it first."""
+    25); the one-kernel pass would walk 512 chunks in series there. H200 run 26: forward 0.997 ms (fla 1.200),
+    GPU µs per fwd+bwd 3,466 against the level forward's 3,981 and the one-kernel pass's 4,190."""
     mode = knobs["fwd_states"]
     return T <= ONE_PASS_MAX_T if mode is None else mode == "one"
 
@@ -1186,14 +1188,14 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                block-level decays and three dots; the state-pass forward becomes the one-kernel state pass
 #                (``states._fwd_states_kernel``) saving states at the backward's spacing (32 rows) up to
 #                T = 4096 (``fwd_states``). None (default): on where T >= 1024 (``_use_scores``: timed at 1024
-#                and 4096; above 4096 since session 21, untimed), the walk where N·H >= #SMs (``_fwd_plan``).
+#                and 4096; above 4096 since session 21, timed in H200 run 26), the walk where N·H >= #SMs.
 #                H100 run 12 (wkv6i; GPU us per fwd+bwd, old default -> new: B8 T4096 H32 8068 -> 7517, forward
 #                2068 -> 1702; B16 T1024 H8 1092 -> 1051, forward 317 -> 277; B8 T1024 H8 597 -> 563);
 #   fwd_states   the scored state-pass forward's state pass (``_one_state_pass``): "one" the one-kernel pass
 #                (serial over the T / state_rows chunks of a sequence, saves at the backward's spacing), "two" the
 #                chunk-state kernel + scan of the level forward (parallel over chunks, 64-row states); None
-#                (default): "one" up to T = 4096, "two" above (session 21, untimed; for B1 T16384 H32, where the
-#                level forward lost 0.83x to fla's in H200 run 25);
+#                (default): "one" up to T = 4096, "two" above (session 21; for B1 T16384 H32, where the level
+#                forward lost 0.83x to fla's in H200 run 25: run 26, forward 1.441 -> 0.997 ms, fla 1.200);
 #   fwd_pipe     the scored walk loads the next block's tiles before this block's dots (``_fwd_walk``'s PIPE; the
 #                walk is a latency chain: 5.3 us per block at B8 T4096 H32, run 12). Built after run 12: untimed,
 #                off;
