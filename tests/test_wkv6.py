@@ -674,9 +674,9 @@ def test_wkv6_chunk_lowmem():
 
 # ------------------------------------------------------------------------------------------------ GPU
 def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6, u_dtype=None, cu=None):
-    """Kernel vs the fp64 chunked reference (run on the GPU), same cotangents on both sides; a half-precision output
-    or gradient within max(bound, 1.1 × its rounding floor on this draw) (``assert_close_all``: the exact value
-    rounded to bf16 alone passes 2e-3 on rare draws — du, H·K entries; dw at K32 V96 under strong decay);
+    """Kernel vs the fp64 chunked reference (run on the GPU), same cotangents on both sides; every output and gradient
+    within ``bound``, du in half precision within max(bound, 1.1 × its rounding floor on this draw) (H·K entries:
+    the exact du rounded to bf16 alone passes 2e-3 on rare draws; notes/wkv6.md, "du bound");
     cu: the cu_seqlens list of a varlen batch (B = 1, one h0 per sequence)."""
     d = make_inputs(B, T, H, K, V, dtype=dtype, decay=decay, h0=h0, device="cuda",
                     N=None if cu is None else len(cu) - 1)
@@ -686,7 +686,8 @@ def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6, u_
         d["u"] = d["u"].detach().to(u_dtype).requires_grad_(True)
     floors = {}
     errs = compare(fn, lambda **kw: ref_chunked(**kw, chunk_size=64), d, floors=floors)
-    assert_close_all(errs, bound, f"B{B} T{T} H{H} K{K} V{V} {dtype} {decay} cu={cu} [{fn.__name__}]", floors)
+    assert_close_all(errs, bound, f"B{B} T{T} H{H} K{K} V{V} {dtype} {decay} cu={cu} [{fn.__name__}]",
+                     {n: f for n, f in floors.items() if n == "du"})
     return errs
 
 
@@ -849,7 +850,6 @@ def test_wkv6_gpu_large_bf16(fn):
     o3, s3 = fn(**z)
     torch.autograd.backward([o3, s3], [go[:2, :, :4].contiguous(), gs[:2, :4].contiguous()])
     errs["du"] = rel_err(z["u"].grad, y["u"].grad)
-    floors = {"o": rel_err(o2.to(o.dtype), o2), "du": rel_err(y["u"].grad.to(torch.bfloat16), y["u"].grad)}
-    floors.update({"d" + n: rel_err(y[n].grad.to(torch.bfloat16), y[n].grad) for n in "rkvw"})
-    assert_close_all(errs, 2e-3, "B8 T4096 H32 bf16 (2×4 heads checked)", floors)
+    assert_close_all(errs, 2e-3, "B8 T4096 H32 bf16 (2×4 heads checked)",
+                     {"du": rel_err(y["u"].grad.to(torch.bfloat16), y["u"].grad)})
 
