@@ -11,8 +11,8 @@
 #
 # Parts (any subset, run in the order given; caps in seconds, each an environment knob):
 #   tests      pytest tests -m gpu (GT_TESTS: files, default tests; GT_TESTS_K: -k filter) ≤ TESTS_S = 150;
-#              $RUN/tests.xml (JUnit). Needs CUDA. With pytest-xdist installed: GT_TEST_JOBS = 4 processes
-#              (1: one), their autotune picks kept out of the disk cache; the wkv6 part's checks likewise.
+#              $RUN/tests.xml (JUnit). Needs CUDA. With pytest-xdist installed: GT_TEST_JOBS processes
+#              (default: the cores less one; 1: one), their autotune picks kept out of the disk cache; the wkv6 part's checks likewise.
 #   first-use  a newcomer's `python3 train.py --no-progress` on this machine: a fresh, empty GROUNDTHINK_CACHE, so
 #              the gate qualifies the lab kernels first (its per-item lines), then "first step launched" and the
 #              summary; FIRST_USE_STEPS = 100 steps, ≤ FIRST_USE_S = 240. fla stays off its path (as for a user
@@ -128,12 +128,13 @@ echo "== gpu_reports $* -> $RUN (smoke=$SMOKE)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 $PY -c "from groundthink.device import versions; print('versions:', versions())"
 FAILED=() TABLE=()
-# the GPU tests in GT_TEST_JOBS processes (default 4) when pytest-xdist is installed (.gpu-wheels/test/): their
-# kernels compile on the machine's cores side by side (run 25: 22 of wkv6's 101 GPU tests in 290 s, one process);
+# the GPU tests in GT_TEST_JOBS processes (default: the cores less one) when pytest-xdist is installed
+# (.gpu-wheels/test/): their kernels compile on the machine's cores side by side (run 25: 22 of wkv6's 101 GPU tests
+# in 290 s, one process; run 27: all 183 GPU tests in 276 s, 15 processes on 16 cores, Triton's cache 90 % warm);
 # their autotuning, contended, is not written to the disk cache (the timings after them autotune alone)
-TEST_JOBS=() TEST_ENV=()
-if [ "${GT_TEST_JOBS:-4}" -gt 1 ] && $PY -c "import xdist" 2>/dev/null; then
-  TEST_JOBS=(-n "${GT_TEST_JOBS:-4}") TEST_ENV=(TRITON_CACHE_AUTOTUNING=0)
+TEST_JOBS=() TEST_ENV=() JOBS=${GT_TEST_JOBS:-$(( $(nproc) > 2 ? $(nproc) - 1 : 2 ))}
+if [ "$JOBS" -gt 1 ] && $PY -c "import xdist" 2>/dev/null; then
+  TEST_JOBS=(-n "$JOBS") TEST_ENV=(TRITON_CACHE_AUTOTUNING=0)
 fi
 export WKV6_TEST_JOBS=${WKV6_TEST_JOBS:-${TEST_JOBS[1]:-1}}
 NAME=$(IFS=-; echo "$*")

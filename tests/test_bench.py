@@ -308,6 +308,8 @@ def _pytest(args, env_extra, monkeypatch, capsys):
     for k, v in env_extra.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+    for k in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):   # under xdist: still a run of its own
+        monkeypatch.delenv(k, raising=False)                         # (pytest-benchmark would switch itself off)
     monkeypatch.setattr(common, "RESULTS", [])
     monkeypatch.setattr(common, "SESSION", {"start": time.monotonic(), "copy_gbps": None})
     monkeypatch.chdir(ROOT)
