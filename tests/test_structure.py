@@ -182,3 +182,15 @@ def test_every_multi_config_autotuned_kernel_launches_through_the_launcher():
         if n > 1 and re.search(rf"(?<![\w.]){re.escape(name)}\[", text):
             bad.append(f"{mod}.{name}")
     assert not bad, "autotuned kernels launched without kernels._common.launch: " + "; ".join(bad)
+
+
+def test_every_wkv6_dot_at_the_input_precision_goes_through_mma():
+    """wkv6's dots at the inputs' precision (``PREC``: "tf32" for half inputs) go through ``kernels._dot.mma``, which
+    rounds their fp32 operands to nearest tf32 (the tensor cores truncate them: dw 2.15e-3 > 2e-3 at bf16 K32 V96,
+    H200 run 27). A ``tl.dot`` given ``input_precision=PREC`` directly reads them truncated."""
+    bad = []
+    for path in sorted((ROOT / "kernels" / "wkv6").glob("*.py")):
+        text = path.read_text()
+        bad += [f"{path.name}:{text[:m.start()].count(chr(10)) + 1}"
+                for m in re.finditer(r"input_precision\s*=\s*PREC\b", text)]
+    assert not bad, "tl.dot at PREC outside kernels._dot.mma: " + ", ".join(bad)

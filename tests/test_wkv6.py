@@ -672,6 +672,31 @@ def test_wkv6_chunk_lowmem():
 
 
 
+def test_wkv6_tensor_core_reads_keep_dw_within_bound(monkeypatch):
+    """The GPU's numerics on the CPU (``tests.test_dot.tensor_core_reads``: "tf32" operands truncated as Hopper's
+    tensor cores read them, bf16 rounded to nearest): on the draw where the H200 put dw at 2.147e-3 > 2e-3 (bf16 B2
+    T150 H2 K32 V96 strong decay, the 5th of run 27's 8; ``test_wkv6_gpu_lowmem[bf16_K32_V96-par]``), the
+    operands ``kernels._dot.mma`` rounds to nearest keep every result within 2e-3 (du: its rounding-floor rule),
+    and the truncated read ("tf32_trunc") is what put dw over: this test fails if the rounding goes."""
+    import kernels.wkv6.chunk as kc
+    import kernels.wkv6.common as kcom
+    from tests.test_dot import tensor_core_reads
+
+    def errors():
+        torch.manual_seed(4)
+        d = make_inputs(2, 150, 2, 32, 96, dtype=torch.bfloat16, decay="strong", h0=True)
+        floors = {}
+        with tensor_core_reads(), kc.forward_mode(False):
+            errs = compare(wkv6, lambda **kw: ref_chunked(**kw, chunk_size=64), d, floors=floors)
+        return errs, {n: f for n, f in floors.items() if n == "du"}
+
+    errs, floors = errors()
+    assert_close_all(errs, 2e-3, "bf16 K32 V96 strong, tensor-core reads, rounded", floors)
+    monkeypatch.setattr(kcom, "FWD_PRECISION", "tf32_trunc")
+    monkeypatch.setattr(kcom, "BWD_PRECISION", "tf32_trunc")
+    trunc, _ = errors()
+    assert trunc["dw"] > 2e-3 > errs["dw"], (trunc["dw"], errs["dw"])
+
 # ------------------------------------------------------------------------------------------------ GPU
 def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6, u_dtype=None, cu=None):
     """Kernel vs the fp64 chunked reference (run on the GPU), same cotangents on both sides; every output and gradient

@@ -73,10 +73,12 @@ contributes to dw_j exactly when s < j < t (its decay exp(G_{t-1} − G_s) conta
 with D_c = ∂L/∂S at the chunk's last row (dS_final included): no structured cancellation. Hence w of the last
 step only acts through the final state. This needs S0_c in the reverse walk, hence the checkpoints.
 
-Numerics: state, cumsums and every accumulation in fp32. ``tl.dot`` runs on fp32 operands with
-``input_precision`` = "ieee" for fp32 inputs (≤ 1e-5 vs fp64) and "tf32" for bf16/fp16 inputs (relative
-error ~1e-4, far below the bf16 rounding of o and the gradients, which is the ~1.6e-3 floor);
-``FWD_PRECISION`` / ``BWD_PRECISION`` override the choice for half inputs (e.g. "ieee" or "tf32x3"). One dot of the
+Numerics: state, cumsums and every accumulation in fp32. The dots (``kernels._dot.mma``) run on fp32 operands
+with ``input_precision`` = "ieee" for fp32 inputs (≤ 1e-5 vs fp64) and "tf32" for bf16/fp16 inputs, each operand
+that is not a raw input value rounded to nearest tf32 first (the tensor cores would truncate it: a biased error
+that reached dw 2.15e-3 at bf16 K32 V96 strong decay; rounded 1.83e-3, against a bf16 rounding floor of 1.82e-3;
+H200 run 27); ``common.FWD_PRECISION`` / ``BWD_PRECISION`` override the choice for half inputs ("tf32_trunc",
+"ieee" or "tf32x3"). One dot of the
 chunk backward, B = do vᵀ, multiplies two input values: with half inputs it runs on them in their own dtype (exact:
 a product of two bf16/fp16 values fits the fp32 accumulator; fewer live fp32 copies, ``common._half_dot``).
 

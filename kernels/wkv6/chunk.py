@@ -138,6 +138,7 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._common import autotune_configs, grid_bucket as _grid_bucket, launch, new_empty, num_sms
+from kernels._dot import mma
 from kernels._slots import grad_slot
 from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _half_dot,
                                  _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run,
@@ -198,10 +199,10 @@ def _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H: tl
 @triton.jit
 def _diag_scores(b_q, b_k, b_u, b_em1, b_ep1, o_t, SB: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr):
     """A [SB, SB] of one block: s < t by level (one masked dot each) plus the bonus diagonal Σ_k q u k."""
-    b_A = tl.where(_level_mask(o_t, 1), tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
+    b_A = tl.where(_level_mask(o_t, 1), mma(b_q, tl.trans(b_k), PREC, B_EXACT=True), 0.)
     for m in tl.static_range(1, LOG):
         b_ep, b_er = _level(b_em1, b_ep1, o_t, 2 ** m, SB)
-        b_s = tl.dot(b_q * b_ep, tl.trans(b_k * b_er), input_precision=PREC)
+        b_s = mma(b_q * b_ep, tl.trans(b_k * b_er), PREC)
         b_A += tl.where(_level_mask(o_t, 2 ** m), b_s, 0.)
     return b_A + tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
 
@@ -215,10 +216,10 @@ def _fwd_block(q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, b_u, b_h, bos, L, r0, i_h, sca
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_A = _diag_scores(b_q, b_k, b_u, b_em1, b_ep1, o_t, SB, LOG, PREC)
     b_egp, b_egs = _level(b_em1, b_ep1, o_t, SB, SB)
-    b_o = tl.dot(b_q * b_egp, b_h, input_precision=PREC) + tl.dot(b_A, b_v, input_precision=PREC)
+    b_o = mma(b_q * b_egp, b_h, PREC) + mma(b_A, b_v, PREC, B_EXACT=True)
     _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H, V)
     b_gl = tl.sum(_clamp_w(b_wr), axis=0)
-    return b_h * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_k * b_egs), b_v, input_precision=PREC)
+    return b_h * tl.exp(b_gl)[:, None] + mma(tl.trans(b_k * b_egs), b_v, PREC, B_EXACT=True)
 
 
 @triton.jit
@@ -238,9 +239,9 @@ def _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, r0, i_
     b_kh = _load_rows(kh_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
     b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_o = tl.dot(b_qh, b_h, input_precision=PREC) + _load_rows(oi_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_o = mma(b_qh, b_h, PREC) + _load_rows(oi_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H, V)
-    return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_kh), b_v, input_precision=PREC)
+    return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + mma(tl.trans(b_kh), b_v, PREC, B_EXACT=True)
 
 
 @triton.jit
@@ -265,9 +266,9 @@ def _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h
 def _scored_out(b_q, b_k, b_w, b_ep, b_er, b_v, b_a, o_ptr, b_h, bos, L, r0, i_h, o_t, o_v, m_v, H: tl.constexpr,
                 V: tl.constexpr, PREC: tl.constexpr):
     """The block's three dots: o rows r0..r0+SB (stored) and the state after the block (returned)."""
-    b_o = tl.dot(b_q * b_ep, b_h, input_precision=PREC) + tl.dot(b_a, b_v, input_precision=PREC)
+    b_o = mma(b_q * b_ep, b_h, PREC) + mma(b_a, b_v, PREC, B_EXACT=True)
     _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H, V)
-    return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_k * b_er), b_v, input_precision=PREC)
+    return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + mma(tl.trans(b_k * b_er), b_v, PREC, B_EXACT=True)
 
 
 @triton.jit
@@ -320,14 +321,14 @@ def _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, 
     b_p = _seg_scan(tl.where((o_c % SB == 0)[:, None], 0., b_wm), SB, C, False, False)
     b_r = _seg_scan(tl.where((o_c % SB == SB - 1)[:, None], 0., b_wp), SB, C, True, False)
     b_e = _exp_ftz(tl.where((o_c >= SB)[:, None], b_p, b_r), FAST)
-    b_s = tl.dot(b_q * b_e, tl.trans(b_k * b_e), input_precision=PREC)
+    b_s = mma(b_q * b_e, tl.trans(b_k * b_e), PREC)
     b_a += tl.where(_level_mask(o_c, SB), b_s, 0.)
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_c, o_v, m_v, H, V, C, 0)
-    b_o = tl.dot(b_q * _exp_ftz(tl.cumsum(b_wm, axis=0), FAST), b_h, input_precision=PREC)
-    b_o += tl.dot(b_a, b_v, input_precision=PREC)
+    b_o = mma(b_q * _exp_ftz(tl.cumsum(b_wm, axis=0), FAST), b_h, PREC)
+    b_o += mma(b_a, b_v, PREC, B_EXACT=True)
     _store_o(o_ptr, b_o, bos, r0, L, i_h, o_c, o_v, m_v, H, V)
     b_kd = b_k * _exp_ftz(tl.cumsum(b_wp, axis=0, reverse=True), FAST)
-    return b_h * _exp_ftz(b_gl, FAST)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+    return b_h * _exp_ftz(b_gl, FAST)[:, None] + mma(tl.trans(b_kd), b_v, PREC, B_EXACT=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -375,7 +376,7 @@ def _fwd_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr,
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_A = _diag_scores(b_q, b_k, b_u, b_em1, b_ep1, o_t, SB, LOG, PREC)
     m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
-    tl.store(oi_ptr + p_v, tl.dot(b_A, b_v, input_precision=PREC), mask=m_tv)
+    tl.store(oi_ptr + p_v, mma(b_A, b_v, PREC, B_EXACT=True), mask=m_tv)
     b_egp, b_egs = _level(b_em1, b_ep1, o_t, SB, SB)
     m_tk = m_tk & (o_k[None, :] * 0 + i_v == 0)
     tl.store(qh_ptr + p_k, b_q * b_egp, mask=m_tk)
@@ -437,10 +438,10 @@ def _scores_tile(b_q, b_k, b_w, b_u, o_t, LOG: tl.constexpr, PREC: tl.constexpr,
     # w > 0 and NaN -> 0 (a NaN reaches the outputs after its row through the output kernel's own cumsum and the
     # state, as in the reference; in the span sums 0 · NaN would spread it over its whole block, rows before it too)
     b_w = tl.where(b_w < 0, tl.where(b_w < W_FLOOR, W_FLOOR, b_w), 0.).to(b_w.dtype)
-    b_A = tl.where(_level_mask(o_t, 1), tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
+    b_A = tl.where(_level_mask(o_t, 1), mma(b_q, tl.trans(b_k), PREC, B_EXACT=True), 0.)
     for m in tl.static_range(1, LOG):
         b_e = _exp_ftz(_span_sums(b_w, o_t, 2 ** m), FAST)
-        b_s = tl.dot(b_q * b_e, tl.trans(b_k * b_e), input_precision=PREC)
+        b_s = mma(b_q * b_e, tl.trans(b_k * b_e), PREC)
         b_A += tl.where(_level_mask(o_t, 2 ** m), b_s, 0.)
     return b_A + tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
 
@@ -601,7 +602,7 @@ def _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, r0, L, i_h, o_t, o_k, o_v, 
     b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
-    return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+    return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + mma(tl.trans(b_kd), b_v, PREC, B_EXACT=True)
 
 
 @triton.jit
@@ -612,7 +613,7 @@ def _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_
     b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
     b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_qd = b_q * tl.exp(tl.cumsum(b_w, axis=0) - b_w)
-    return b_dh * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_qd), b_do, input_precision=PREC)
+    return b_dh * tl.exp(tl.sum(b_w, axis=0))[:, None] + mma(tl.trans(b_qd), b_do, PREC, B_EXACT=True)
 
 
 @triton.jit
@@ -622,9 +623,9 @@ def _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, S: tl.constexpr, PREC: tl.conste
     caller)."""
     m_lv = _level_mask(o_t, S)
     if WANT_A:
-        b_A += tl.where(m_lv, tl.dot(b_qh, tl.trans(b_kh), input_precision=PREC), 0.)
+        b_A += tl.where(m_lv, mma(b_qh, tl.trans(b_kh), PREC), 0.)
     b_dA = tl.where(m_lv, b_B, 0.)
-    return (b_A, tl.dot(b_dA, b_kh, input_precision=PREC), tl.dot(tl.trans(b_dA), b_qh, input_precision=PREC))
+    return (b_A, mma(b_dA, b_kh, PREC), mma(tl.trans(b_dA), b_qh, PREC))
 
 
 @triton.jit
@@ -691,11 +692,11 @@ def _own_slice(b_q, b_k, b_wr, b_u, b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG: 
     b_w = tl.where(b_wr < 0, tl.where(b_wr < W_FLOOR, W_FLOOR, b_wr), 0.).to(b_wr.dtype)   # as ``_scores_tile``
     m_lv = _level_mask(o_t, 1)                    # level 0: adjacent rows, no decay
     if WANT_A:
-        b_A += tl.where(m_lv, tl.dot(b_q, tl.trans(b_k), input_precision=PREC), 0.)
+        b_A += tl.where(m_lv, mma(b_q, tl.trans(b_k), PREC, B_EXACT=True), 0.)
         b_A += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
     b_dA = tl.where(m_lv, b_B, 0.)
-    b_dq = tl.dot(b_dA, b_k, input_precision=PREC) + b_u[None, :] * b_k * b_vd[:, None]
-    b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC) + b_u[None, :] * b_q * b_vd[:, None]
+    b_dq = mma(b_dA, b_k, PREC, B_EXACT=True) + b_u[None, :] * b_k * b_vd[:, None]
+    b_dk = mma(tl.trans(b_dA), b_q, PREC) + b_u[None, :] * b_q * b_vd[:, None]
     tl.store(du_ptr + o_c, tl.sum(b_q * b_k * b_vd[:, None], axis=0), mask=m_c)
     b_dw = tl.zeros_like(b_dq)
     for m in tl.static_range(1, LOG):
@@ -744,7 +745,7 @@ def _block_do_v(v_ptr, do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, HALF_B: tl.
     if HALF_B:      # exact: products of two half values fit the fp32 accumulator
         b_B = tl.dot(b_do, tl.trans(b_v))
     else:
-        b_B = tl.dot(b_do.to(tl.float32), tl.trans(b_v.to(tl.float32)), input_precision=PREC)
+        b_B = mma(b_do.to(tl.float32), tl.trans(b_v.to(tl.float32)), PREC, A_EXACT=True, B_EXACT=True)
     b_vd = tl.sum(b_v.to(tl.float32) * b_do.to(tl.float32), axis=1)
     return m_t, tok, m_tv, p_v, b_B, b_vd
 
@@ -831,7 +832,7 @@ def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_
     b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC, True)
     m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
     b_A = tl.load(pa_ptr + ((bos + r0 + o_t) * H + i_h)[:, None] * SB + o_t[None, :], mask=m_t[:, None], other=0.)
-    b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)     # the own pairs' dv from their scores
+    b_dv += mma(tl.trans(b_A), b_do, PREC, B_EXACT=True)     # the own pairs' dv from their scores
     tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
     _store_dqkw(b_dq + tl.load(pq_ptr + p_k, mask=m_tk, other=0.), b_dk + tl.load(pk_ptr + p_k, mask=m_tk, other=0.),
                 b_dw + tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
@@ -962,7 +963,7 @@ def _bwd_fused_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr,
                                     i_kc * BKC + tl.arange(0, BKC), o_v, m_v, bos, c0, i_b, nb, L, i_h, scale, H, K,
                                     V, SB, LOG, PREC, FAST, DWP)
         b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)      # reloaded (L1): fewer live registers
-        b_dv += tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+        b_dv += mma(tl.trans(b_A), b_do, PREC, B_EXACT=True)
         tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
 
 

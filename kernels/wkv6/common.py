@@ -12,9 +12,13 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._common import autotune_configs, cdiv as _cdiv, check_same_dtype, check_tensor, pow2 as _pow2
+from kernels._dot import mma
 from kernels._eager import EagerOp, pick
 
-# dot precision for half (bf16/fp16) inputs, forward and backward; fp32 inputs always use "ieee"
+# dot precision for half (bf16/fp16) inputs, forward and backward; fp32 inputs always use "ieee". "tf32": the fp32
+# operands rounded to nearest tf32 (``kernels._dot.mma``; "tf32_trunc": the tensor cores' own truncating read, dw
+# 2.15e-3 > 2e-3 at bf16 K32 V96 strong; H200 run 27: rounding costs +6.6 % fwd+bwd at B8 T4096 H32, +2.2 % of it
+# the forward's)
 FWD_PRECISION = "tf32"
 BWD_PRECISION = "tf32"
 
@@ -152,9 +156,9 @@ def _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC: tl.constexpr, DW_DOTS:
     b_egp = tl.exp(tl.cumsum(b_w, axis=0) - b_w)
     b_egl = tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
     b_dwx = (tl.exp(tl.sum(b_w, axis=0)) * tl.sum(b_h * b_dh, axis=1))[None, :]
-    b_dqx = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * b_egp
-    b_dkx = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * b_egl
-    b_dvx = tl.dot(b_k * b_egl, b_dh, input_precision=PREC)
+    b_dqx = mma(b_do, tl.trans(b_h), PREC, A_EXACT=True) * b_egp
+    b_dkx = mma(b_v, tl.trans(b_dh), PREC, A_EXACT=True) * b_egl
+    b_dvx = mma(b_k * b_egl, b_dh, PREC)
     # dw_j += Σ_{t>j} a_t + Σ_{s<j} b_s, each sum formed from the other rows' terms only (an inclusive cumsum minus
     # the row's own term cancelled: absolute error ulp(a_j), 33 % of a small dw_j beside a large one, fp32 dw 2.3e-5
     # found by the fuzz). Two exact forms, chosen per kernel by the GPU (DW_DOTS):
@@ -185,7 +189,7 @@ def _state_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, b_A, b_dq, b_dk, b_dw, PREC:
     """``_cross_bwd`` added to a block's intra parts (b_A the block's scores, dv gets Aᵀ do).
     Returns (dq, dk, dv, dw, exp(Gp), G_L)."""
     b_dqx, b_dkx, b_dvx, b_dwx = _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC, False)
-    b_dv = b_dvx + tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+    b_dv = b_dvx + mma(tl.trans(b_A), b_do, PREC, B_EXACT=True)
     return (b_dq + b_dqx, b_dk + b_dkx, b_dv, b_dw + b_dwx, tl.exp(tl.cumsum(b_w, axis=0) - b_w),
             tl.sum(b_w, axis=0))
 

@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, launch, new_empty
+from kernels._dot import mma
 from kernels.wkv6.common import (_blocks, _bonus_bwd, _clamp_w, _cu, _dims, _intra_bwd, _kv_ranges, _make_ops,
                                  _nh_bucket, _prec, _row_offsets, _run, _seq_bounds, _state_bwd, _state_or_zeros,
                                  _store_dqkw, _warp_configs)
@@ -90,11 +91,11 @@ def _wkv6_fwd_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, h
         b_gp = b_g - b_w
         b_gl = tl.sum(b_w, axis=0)
         b_A += tl.where(m_eq, tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], 0.)
-        b_o = tl.dot(b_q * tl.exp(b_gp), b_h, input_precision=PREC)
-        b_o += tl.dot(b_A, b_v, input_precision=PREC)
+        b_o = mma(b_q * tl.exp(b_gp), b_h, PREC)
+        b_o += mma(b_A, b_v, PREC, B_EXACT=True)
         tl.store(o_ptr + p_v, b_o.to(o_ptr.dtype.element_ty), mask=m_tv)
         b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)  # G_L - G_t as a suffix sum
-        b_h = b_h * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        b_h = b_h * tl.exp(b_gl)[:, None] + mma(tl.trans(b_kd), b_v, PREC, B_EXACT=True)
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
@@ -127,7 +128,7 @@ def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T, NH_B
         b_g = tl.cumsum(b_w, axis=0)
         b_gl = tl.sum(b_w, axis=0)
         b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)  # G_L - G_t as a suffix sum
-        b_h = b_h * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        b_h = b_h * tl.exp(b_gl)[:, None] + mma(tl.trans(b_kd), b_v, PREC, B_EXACT=True)
 
 
 @triton.jit
@@ -196,7 +197,7 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
                                other=0.).to(tl.float32)
                 b_glg = tl.sum(b_wg, axis=0)
                 b_kdg = b_kg * tl.exp(tl.cumsum(b_wg, axis=0, reverse=True) - b_wg)   # G_L - G_t as a suffix sum
-                b_s = b_s * tl.exp(b_glg)[:, None] + tl.dot(tl.trans(b_kdg), b_vg, input_precision=PREC)
+                b_s = b_s * tl.exp(b_glg)[:, None] + mma(tl.trans(b_kdg), b_vg, PREC, B_EXACT=True)
                 tl.store(p_sc + (i_g - g0 + 1) * BK * BV, b_s)
             tl.debug_barrier()
         m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, i_c * BT, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
@@ -205,7 +206,7 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
         b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         # ---- exact intra-chunk part (see _intra_bwd)
-        b_B = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+        b_B = mma(b_do, tl.trans(b_v), PREC, A_EXACT=True, B_EXACT=True)
         p_row = ((bos + i_c * BT) * H + i_h) * K + o_k
         b_A, b_dq, b_dk, b_dw = _intra_bwd(k_ptr, p_row, i_c * BT, L, b_q, b_wt, b_B, o_t, o_k, m_k, H, K, BT, BK,
                                            UNROLL)
@@ -228,7 +229,7 @@ def _wkv6_bwd_main_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, dht_ptr, hs
             tl.store(dq_ptr + part + p_k, b_dq, mask=m_tk)
             tl.store(dk_ptr + part + p_k, b_dk, mask=m_tk)
             tl.store(dw_ptr + part + p_k, b_dw, mask=m_tk)
-        b_dh = b_dh * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_q * b_egp), b_do, input_precision=PREC)
+        b_dh = b_dh * tl.exp(b_gl)[:, None] + mma(tl.trans(b_q * b_egp), b_do, PREC, B_EXACT=True)
     if USE_H0:
         tl.store(dh0_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_dh, mask=m_kv)
     if DIRECT:

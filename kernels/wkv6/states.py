@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import autotune_configs, grid_bucket as _grid_bucket, launch, new_empty
+from kernels._dot import mma
 from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges,
                                  _nh_bucket, _prec, _row_offsets, _seq_bounds, _state_or_zeros)
 
@@ -60,14 +61,13 @@ def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_p
         b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
         b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         # G_L − G_t as a suffix sum (not a difference of two long prefix sums: at w ≈ −40 those lose the exponent)
-        b_ds = tl.dot(tl.trans(b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)), b_v,
-                      input_precision=PREC)
+        b_ds = mma(tl.trans(b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)), b_v, PREC, B_EXACT=True)
         tl.store(hs_ptr + p_s, b_ds, mask=m_kv)
     if MODE >= 2:
         b_g = tl.cumsum(b_w, axis=0)
         b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
         b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-        b_dd = tl.dot(tl.trans(b_q * tl.exp(b_g - b_w)), b_do, input_precision=PREC)
+        b_dd = mma(tl.trans(b_q * tl.exp(b_g - b_w)), b_do, PREC, B_EXACT=True)
         tl.store(hd_ptr + p_s, b_dd, mask=m_kv)
 
 
@@ -176,8 +176,7 @@ def _fwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, ht_ptr, cu_ptr, T, N
         b_w = _clamp_w(tl.load(w_ptr + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.).to(tl.float32))
         b_v = tl.load(v_ptr + tok[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.)
         b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
-        b_h = b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + tl.dot(tl.trans(b_kd), b_v.to(tl.float32),
-                                                                 input_precision=PREC)
+        b_h = b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + mma(tl.trans(b_kd), b_v.to(tl.float32), PREC, B_EXACT=True)
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
