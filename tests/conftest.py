@@ -4,6 +4,9 @@
   module defines a ``@triton.jit`` function.
 * ``@pytest.mark.gpu`` tests are skipped without CUDA.
 * hypothesis: a bounded profile (few examples, no deadline: interpreted kernels are slow and first calls compile).
+* ``--tensor-core-reads`` (CPU): the interpreter reads "tf32" dot operands as Hopper's tensor cores do and rounds
+  bf16 casts like the GPU (``tests.test_dot.tensor_core_reads``), so the half-precision tests see the GPU's numerics
+  (wkv6's bf16 errors then match the H200's to four digits).
 * one torch thread for the whole session (``one_thread``): the tensors are tiny, and oversubscribed threads on a
   shared 2-core machine run torch-bound tests up to ~50x slower (tests/test_step.py: 16-45 s with the default
   threads on a loaded machine, 6 s with one).
@@ -32,6 +35,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--tensor-core-reads", action="store_true",
+                     help="CPU interpreter: read 'tf32' dot operands truncated as the tensor cores do and round bf16 "
+                          "casts to nearest as the GPU does (the GPU's half-precision numerics)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gpu_numerics(request):
+    """The whole session under ``tensor_core_reads`` when ``--tensor-core-reads`` is given (and CUDA is absent)."""
+    if CUDA or not request.config.getoption("--tensor-core-reads"):
+        yield
+        return
+    from tests.test_dot import tensor_core_reads
+    with tensor_core_reads():
+        yield
 
 
 @pytest.fixture

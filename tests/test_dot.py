@@ -97,16 +97,21 @@ def test_rna_tf32_rounds_to_nearest_ties_away_and_keeps_specials():
 
 
 @pytest.mark.parametrize("prec,b_exact", [("tf32", False), ("tf32", True), ("tf32_trunc", False), ("ieee", False)])
-def test_mma_reads_its_operands_as_said(prec, b_exact):
+def test_mma_reads_its_operands_as_said(prec, b_exact, request):
     """"tf32": the dot of both operands rounded to tf32 (B as it is when marked exact); "tf32_trunc" and "ieee"
-    under the interpreter: the fp32 dot itself."""
+    under the interpreter: the fp32 dot itself (under ``--tensor-core-reads``, "tf32_trunc" and an operand left
+    as it is are read truncated, as the tensor cores read them)."""
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(16, 16, generator=g), torch.randn(16, 16, generator=g)
     c = torch.full((16, 16), float("nan"))
     _mma_kernel[(1,)](a, b, c, 16, 16, PREC=prec, B_EXACT=b_exact)
     rna = lambda t: torch.from_numpy(_rna_reference(t.numpy())).double()  # noqa: E731
+    trunc = request.config.getoption("--tensor-core-reads")
+    raw = lambda t: (t.view(torch.int32) & ~0x1FFF).view(torch.float32).double() if trunc else t.double()  # noqa
     if prec == "tf32":
-        want = rna(a) @ (b.double() if b_exact else rna(b))
+        want = rna(a) @ (raw(b) if b_exact else rna(b))
+    elif prec == "tf32_trunc":
+        want = raw(a) @ raw(b)
     else:
         want = a.double() @ b.double()
     assert torch.allclose(c.double(), want, rtol=1e-6, atol=1e-6)
