@@ -1,6 +1,7 @@
-"""``kernels._dot``: the round-to-nearest tf32 read of fp32 dot operands (CPU interpreter; the PTX path is the GPU's,
-covered by every half-precision GPU test of the kernels that use it), and ``tensor_core_reads``: the interpreter
-made to read "tf32" dot operands as Hopper's tensor cores do, for tests that pin the GPU's numerics on the CPU."""
+"""``kernels._dot``: the round-to-nearest tf32 read of fp32 dot operands (CPU interpreter: by bits; GPU: the PTX
+``cvt.rna.tf32.f32`` and the tensor cores' own truncating read, ``test_mma_on_the_gpu``), and ``tensor_core_reads``:
+the interpreter made to read "tf32" dot operands as Hopper's tensor cores do, for tests that pin the GPU's numerics
+on the CPU."""
 import contextlib
 
 import numpy as np
@@ -12,7 +13,7 @@ import triton.language as tl
 from kernels import INTERPRET
 from kernels._dot import _rna_tf32, mma
 
-pytestmark = pytest.mark.skipif(not INTERPRET, reason="the interpreter's path (the GPU's is PTX)")
+interpreter = pytest.mark.skipif(not INTERPRET, reason="the interpreter's path (the GPU's is PTX)")
 
 
 @contextlib.contextmanager
@@ -78,15 +79,17 @@ def _mma_kernel(a_ptr, b_ptr, c_ptr, M: tl.constexpr, N: tl.constexpr, PREC: tl.
     tl.store(c_ptr + o_m[:, None] * N + o_n[None, :], mma(b_a, b_b, PREC, B_EXACT=B_EXACT))
 
 
-def test_rna_tf32_rounds_to_nearest_ties_away_and_keeps_specials():
+def _rna_inputs():
+    """4,096 fp32 values: random magnitudes over 2^±120, the specials, ties and subnormals, NaN payloads, zeros."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4000, generator=g) * torch.exp2(torch.randint(-120, 120, (4000,), generator=g).float())
     special = torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 3.4e38, -3.4e38,
                             1 + 2 ** -11, 1 + 3 * 2 ** -11, -(1 + 2 ** -11), 1 + 2 ** -12, 1e-40, -1e-42])
     bits = torch.tensor([0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0x7FC00000], dtype=torch.int64).to(torch.int32)
-    x = torch.cat([x, special, bits.view(torch.float32), torch.zeros(78)])
-    y = torch.full_like(x, 7.0)
-    _rna_kernel[(1,)](x, y, 4096)
+    return torch.cat([x, special, bits.view(torch.float32), torch.zeros(78)])
+
+
+def _check_rna(x, y):
     ref = _rna_reference(x.numpy())
     nan = np.isnan(ref)
     assert np.array_equal(np.isnan(y.numpy()), nan)                      # every NaN stays a NaN (none made)
@@ -96,6 +99,15 @@ def test_rna_tf32_rounds_to_nearest_ties_away_and_keeps_specials():
     assert y[4000 + 11] == 1.0                                            # below half an ulp: down
 
 
+@interpreter
+def test_rna_tf32_rounds_to_nearest_ties_away_and_keeps_specials():
+    x = _rna_inputs()
+    y = torch.full_like(x, 7.0)
+    _rna_kernel[(1,)](x, y, 4096)
+    _check_rna(x, y)
+
+
+@interpreter
 @pytest.mark.parametrize("prec,b_exact", [("tf32", False), ("tf32", True), ("tf32_trunc", False), ("ieee", False)])
 def test_mma_reads_its_operands_as_said(prec, b_exact, request):
     """"tf32": the dot of both operands rounded to tf32 (B as it is when marked exact); "tf32_trunc" and "ieee"
@@ -117,3 +129,30 @@ def test_mma_reads_its_operands_as_said(prec, b_exact, request):
     assert torch.allclose(c.double(), want, rtol=1e-6, atol=1e-6)
     if prec == "tf32":
         assert not torch.allclose(c.double(), a.double() @ b.double(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET or not torch.cuda.is_available(), reason="needs a GPU (compiled kernels)")
+@pytest.mark.parametrize("n", [16, 64])
+def test_mma_on_the_gpu(n):
+    """On the GPU: ``cvt.rna.tf32.f32`` gives the reference's bits (specials included); a "tf32_trunc" dot equals
+    the fp64 dot of the operands with their low 13 mantissa bits cleared (the tensor cores' read: what
+    ``tensor_core_reads`` emulates — n 64 takes Hopper's wgmma, 16 the mma.sync path), "tf32" the dot of the operands
+    rounded to nearest (an exact-marked operand read truncated by the hardware), "ieee" the fp32 dot."""
+    x = _rna_inputs()
+    y = torch.full_like(x, 7.0, device="cuda")
+    _rna_kernel[(1,)](x.cuda(), y, 4096)
+    _check_rna(x, y.cpu())
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    rna = lambda t: torch.from_numpy(_rna_reference(t.numpy())).double()  # noqa: E731
+    trunc = lambda t: (t.view(torch.int32) & ~0x1FFF).view(torch.float32).double()  # noqa: E731
+    want = {("tf32", False): rna(a) @ rna(b), ("tf32", True): rna(a) @ trunc(b),
+            ("tf32_trunc", False): trunc(a) @ trunc(b), ("ieee", False): a.double() @ b.double()}
+    for (prec, b_exact), ref in want.items():
+        c = torch.full((n, n), float("nan"), device="cuda")
+        _mma_kernel[(1,)](a.cuda(), b.cuda(), c, n, n, PREC=prec, B_EXACT=b_exact)
+        err = ((c.cpu().double() - ref).abs().max() / ref.abs().max()).item()
+        assert err < 1e-6, f"{prec} (b exact {b_exact}): max error {err:.2e} vs its model (n {n})"
+    other = trunc(a) @ trunc(b)       # the models are told apart: rounding and truncation differ by ~1e-3
+    assert ((rna(a) @ rna(b) - other).abs().max() / other.abs().max()).item() > 1e-4

@@ -21,10 +21,14 @@ from kernels._eager import EagerOp, pick
 # the forward's)
 FWD_PRECISION = "tf32"
 BWD_PRECISION = "tf32"
+CROSS_PRECISION = None   # the split backward's cross kernel (state operands); None: BWD_PRECISION
 
-def _prec(dtype: torch.dtype, bwd: bool = False) -> str:
+
+def _prec(dtype: torch.dtype, bwd: bool = False, cross: bool = False) -> str:
     if dtype == torch.float32:
         return "ieee"
+    if cross and CROSS_PRECISION:
+        return CROSS_PRECISION
     return BWD_PRECISION if bwd else FWD_PRECISION
 
 
