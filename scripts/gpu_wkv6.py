@@ -68,8 +68,8 @@ the fused kernel with one block per chunk, no state moves) and chunk_seq_step64 
 chunk_lowmem_fused32 (``LOWMEM`` at 32-row states: faster at B8 T4096 H32 only, more memory) and the one-kernel
 ``_bwd_kernel`` (``bwd_split`` False; chunk_bwd1, chunk_nreg0 / chunk_nreg168: its ``bwd_maxnreg`` cap; the old
 ``LOWMEM``'s backward): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 runs the
-GPU tests after its timings. Dot precision (PRECISIONS, the default knobs otherwise): chunk_fwdtrunc (the forward's
-"tf32" dots read truncated by the tensor cores, the backward's rounded), chunk_crosstrunc (the split backward's
+GPU tests after its timings. Dot precision (PRECISIONS, the default knobs otherwise): chunk_fwdtrunc / chunk_fwdround
+(the forward's "tf32" dots read truncated by the tensor cores / rounded to nearest first), chunk_crosstrunc (the split backward's
 cross kernel truncated), chunk_trunc (every dot truncated: before eeda170). WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
 model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
@@ -156,7 +156,7 @@ SEQ = {"chunk_seq": True, "chunk_par": False, **{n: True for n in VARIANTS}, **{
 # the dots' precision for half inputs (``kernels.wkv6.common``: FWD_PRECISION, BWD_PRECISION, CROSS_PRECISION), the
 # default knobs otherwise: "tf32" rounds fp32 operands to nearest tf32 (the default), "tf32_trunc" is the tensor
 # cores' own truncating read (run 27)
-PRECISIONS = {"chunk_fwdtrunc": dict(FWD_PRECISION="tf32_trunc"),
+PRECISIONS = {"chunk_fwdtrunc": dict(FWD_PRECISION="tf32_trunc"), "chunk_fwdround": dict(FWD_PRECISION="tf32"),
               "chunk_crosstrunc": dict(CROSS_PRECISION="tf32_trunc"),
               "chunk_trunc": dict(FWD_PRECISION="tf32_trunc", BWD_PRECISION="tf32_trunc")}
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": kw.wkv6, "chunk_par": kw.wkv6, "fused": kw.wkv6_fused,

@@ -19,7 +19,7 @@ from kernels._eager import EagerOp, pick
 # operands rounded to nearest tf32 (``kernels._dot.mma``; "tf32_trunc": the tensor cores' own truncating read, dw
 # 2.15e-3 > 2e-3 at bf16 K32 V96 strong; H200 run 27: rounding costs +6.6 % fwd+bwd at B8 T4096 H32, +2.2 % of it
 # the forward's)
-FWD_PRECISION = "tf32"
+FWD_PRECISION = "tf32_trunc"
 BWD_PRECISION = "tf32"
 CROSS_PRECISION = None   # the split backward's cross kernel (state operands); None: BWD_PRECISION
 
