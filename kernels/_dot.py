@@ -29,13 +29,15 @@ _PTX = tl.constexpr(not INTERPRET)
 def _rna_tf32(x):
     """x (fp32) rounded to the nearest tf32 value (10 mantissa bits, ties away from zero), as fp32: one PTX
     ``cvt.rna.tf32.f32`` on the GPU; under the interpreter the same by bits (half an ulp of tf32 added to the
-    magnitude bits, the low 13 cleared; NaN kept as it is, ±inf and overflow to ±inf as the instruction does)."""
+    magnitude bits, the low 13 cleared; overflow to ±inf; a NaN's low 13 bits cleared, as the H200 does: a NaN
+    whose payload sits only there becomes ±inf — still non-finite, like the tensor cores' own truncating read of it;
+    run 28, ``tests/test_dot.py::test_mma_on_the_gpu``)."""
     if _PTX:
         y = tl.inline_asm_elementwise("cvt.rna.tf32.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
                                       pack=1)
     else:
         u = x.to(tl.uint32, bitcast=True)
-        y = tl.where(x == x, ((u + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True), x)
+        y = tl.where(x == x, (u + 0x1000) & 0xFFFFE000, u & 0xFFFFE000).to(tl.float32, bitcast=True)
     return y
 
 

@@ -676,8 +676,9 @@ def test_wkv6_tensor_core_reads_keep_dw_within_bound(monkeypatch):
     """The GPU's numerics on the CPU (``tests.test_dot.tensor_core_reads``: "tf32" operands truncated as Hopper's
     tensor cores read them, bf16 rounded to nearest): on the draw where the H200 put dw at 2.147e-3 > 2e-3 (bf16 B2
     T150 H2 K32 V96 strong decay, the 5th of run 27's 8; ``test_wkv6_gpu_lowmem[bf16_K32_V96-par]``), the
-    operands ``kernels._dot.mma`` rounds to nearest keep every result within 2e-3 (du: its rounding-floor rule),
-    and the truncated read ("tf32_trunc") is what put dw over: this test fails if the rounding goes."""
+    default (the backward's operands rounded to nearest by ``kernels._dot.mma``, the forward's read truncated since
+    run 28) keeps every result within 2e-3 (du: its rounding-floor rule), and the truncated read in the backward too
+    ("tf32_trunc") is what put dw over: this test fails if the backward's rounding goes."""
     import kernels.wkv6.chunk as kc
     import kernels.wkv6.common as kcom
     from tests.test_dot import tensor_core_reads
