@@ -74,11 +74,13 @@ with D_c = ∂L/∂S at the chunk's last row (dS_final included): no structured 
 step only acts through the final state. This needs S0_c in the reverse walk, hence the checkpoints.
 
 Numerics: state, cumsums and every accumulation in fp32. The dots (``kernels._dot.mma``) run on fp32 operands
-with ``input_precision`` = "ieee" for fp32 inputs (≤ 1e-5 vs fp64) and "tf32" for bf16/fp16 inputs, each operand
-that is not a raw input value rounded to nearest tf32 first (the tensor cores would truncate it: a biased error
-that reached dw 2.15e-3 at bf16 K32 V96 strong decay; rounded 1.83e-3, against a bf16 rounding floor of 1.82e-3;
-H200 run 27); ``common.FWD_PRECISION`` / ``BWD_PRECISION`` override the choice for half inputs ("tf32_trunc",
-"ieee" or "tf32x3"). One dot of the
+with ``input_precision`` = "ieee" for fp32 inputs (≤ 1e-5 vs fp64) and "tf32" for bf16/fp16 inputs. In the
+backward each operand that is not a raw input value is rounded to nearest tf32 first (the tensor cores would
+truncate it: a biased error that reached dw 2.15e-3 at bf16 K32 V96 strong decay; rounded 1.83e-3, against a bf16
+rounding floor of 1.82e-3; H200 run 27); the forward's are read truncated ("tf32_trunc": every gradient the same to
+four digits, o 1.79e-3 instead of 1.70e-3, the forward 8 % faster; every GPU test passes so, H200 run 28).
+``common.FWD_PRECISION`` / ``BWD_PRECISION`` / ``CROSS_PRECISION`` (the split backward's cross kernel) override the
+choice for half inputs ("tf32", "tf32_trunc", "ieee" or "tf32x3"). One dot of the
 chunk backward, B = do vᵀ, multiplies two input values: with half inputs it runs on them in their own dtype (exact:
 a product of two bf16/fp16 values fits the fp32 accumulator; fewer live fp32 copies, ``common._half_dot``).
 
