@@ -125,7 +125,6 @@ def _wkv6_bwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, cu_ptr, T, NH_B
         b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
         b_w = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
         b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-        b_g = tl.cumsum(b_w, axis=0)
         b_gl = tl.sum(b_w, axis=0)
         b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)  # G_L - G_t as a suffix sum
         b_h = b_h * tl.exp(b_gl)[:, None] + mma(tl.trans(b_kd), b_v, PREC, B_EXACT=True)
