@@ -27,7 +27,9 @@ script, measures nothing). Run the first call's measurement with a fresh TRITON_
 (no GPU needed): registers, spill stack and SASS instructions of the backward's, the walks' and the state scan's
 kernels as compiled for sm_90 on this machine (WKV6_REGS_ONLY picks kernels; WKV6_REGS_BT: a comma list of the
 ``state_rows`` knob values to compile ``_bwd_cross_kernel`` at; WKV6_REGS_MAXNREG: a comma list of register caps,
-0 = none);
+0 = none; WKV6_REGS_PREC: the dots' precision, "tf32" or "tf32_trunc"). This machine's Triton may not be the GPU
+machine's: session 24's offline compile (Triton 3.9) gave ``_bwd_cross_kernel`` 255 registers + 144 B spill at 4
+warps, where the H200's Triton 3.6 compiled it at 138 and none — read the offline figures as differences only;
 ``--host`` (CPU): host µs per call
 with every Triton launch stubbed. ``--host-gpu``: where the eager fwd+bwd's host time goes on the GPU machine (per
 shape and algorithm, fla where warm: ms per call synced, ms per call back to back, cProfile's top functions).
@@ -443,13 +445,14 @@ def regs():
 
     from bench.sm90 import sm90_usage
     kv = int(os.environ.get("WKV6_REGS_KV", "64"))
+    RPREC = os.environ.get("WKV6_REGS_PREC", "tf32")    # the dots' precision ("tf32_trunc": without the rounding)
     half = {"q_ptr", "k_ptr", "v_ptr", "w_ptr", "u_ptr", "do_ptr", "o_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "dw_ptr"}
     none = dict(cu_ptr=None, cmap_ptr=None)       # absent tensors: None constexprs, as the launchers pass them
-    blk = dict(H=32, K=kv, V=kv, BT=kc.BT, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False, PREC="tf32", **none)
+    blk = dict(H=32, K=kv, V=kv, BT=kc.BT, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False, PREC=RPREC, **none)
     import kernels.wkv6.states as ks
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", "32").split(",")]   # state_rows knob values
     cases = [(kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=bt, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
-                                            PREC="tf32", FINISH_DU=True, **none)) for bt in bts]
+                                            PREC=RPREC, FINISH_DU=True, **none)) for bt in bts]
     walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None, SCORES=False, a_ptr=None, STEP=False, FAST=False,
                 PIPE=os.environ.get("WKV6_REGS_PIPE", "0") == "1")     # every constexpr given (a missing one is i32)
     del walk["cmap_ptr"]        # the walks take no slot map (one program per sequence·head)
@@ -458,11 +461,11 @@ def regs():
     cases += [(kc, "_fwd_seq_kernel", dict(walk, SPLIT=False, qh_ptr=None, kh_ptr=None, oi_ptr=None)),
               (kc, "_fwd_split_kernel", dict(walk, SPLIT=True)),
               (kc, "_fwd_intra_kernel", dict(H=32, K=kv, V=kv, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False,
-                                             PREC="tf32", **none)),
+                                             PREC=RPREC, **none)),
               (ks, "_chunk_scan_kernel", dict(scan, PIPE=False)),
               (ks, "_chunk_scan_kernel", dict(scan, PIPE=True)),
               (kc, "_fwd_scores_kernel", dict(H=32, K=kv, BT=64, SB=kc.SB, BK=kv, LOG=kc.LOG, VARLEN=False,
-                                              PREC="tf32", FAST=True, **none)),
+                                              PREC=RPREC, FAST=True, **none)),
               (kc, "_fwd_scored_kernel", dict(walk, SPLIT=False, SCORES=True, BV=32, qh_ptr=None, kh_ptr=None,
                                               oi_ptr=None, a_ptr="*fp32")),
               (kc, "_fwd_step_kernel", dict(walk, BT=32, SPLIT=False, SCORES=True, STEP=True, FAST=True, BV=64,
@@ -477,7 +480,7 @@ def regs():
                                              BKC=int(os.environ.get("WKV6_REGS_BKC", "16")), HALF_B=True, FAST=True,
                                              DWP="tf32x3")),
               (ks, "_fwd_states_kernel", dict(H=32, K=kv, V=kv, BT=32, BKS=32, BVS=32, USE_H0=False, VARLEN=False,
-                                              PREC="tf32", h0_ptr=None, cu_ptr=None))]
+                                              PREC=RPREC, h0_ptr=None, cu_ptr=None))]
     STAGES = [int(x) for x in os.environ.get("WKV6_REGS_STAGES", "1").split(",")]   # num_stages values
     CAPS = [int(x) for x in os.environ.get("WKV6_REGS_MAXNREG", "0").split(",")]    # register caps (0: none)
     WARPS = [int(x) for x in os.environ.get("WKV6_REGS_WARPS", "4,8").split(",")]   # num_warps values
