@@ -698,6 +698,46 @@ def test_wkv6_tensor_core_reads_keep_dw_within_bound(monkeypatch):
     trunc, _ = errors()
     assert trunc["dw"] > 2e-3 > errs["dw"], (trunc["dw"], errs["dw"])
 
+def test_wkv6_dot_precision_knobs_reach_their_kernels(monkeypatch):
+    """``common.FWD_PRECISION`` / ``BWD_PRECISION`` / ``CROSS_PRECISION`` set the PREC of the forward's, the
+    backward's and the split backward's cross kernel's launches for half inputs (fp32 inputs: "ieee" always)."""
+    import kernels.wkv6.chunk as kc
+    import kernels.wkv6.common as kcom
+    import kernels.wkv6.states as ks
+    seen = []
+
+    class Spy:      # ``launch(kernel)[grid](*args, **meta)``, recording (kernel name, meta's PREC)
+        def __init__(self, launch):
+            self.launch = launch
+
+        def __call__(self, kernel):
+            self.name, self.inner = getattr(getattr(kernel, "fn", kernel), "__name__", "?"), self.launch(kernel)
+            return self
+
+        def __getitem__(self, grid):
+            name, inner = self.name, self.inner
+            return lambda *args, **meta: (seen.append((name, meta.get("PREC"))), inner[grid](*args, **meta))[1]
+    for mod in (kc, ks):
+        monkeypatch.setattr(mod, "launch", Spy(mod.launch))
+    monkeypatch.setattr(kcom, "FWD_PRECISION", "tf32x3")
+    monkeypatch.setattr(kcom, "BWD_PRECISION", "tf32_trunc")
+    monkeypatch.setattr(kcom, "CROSS_PRECISION", "tf32")
+    for dtype in (torch.float16, torch.float32):
+        seen.clear()
+        d = make_inputs(1, 40, 1, 16, 16, dtype=dtype, decay="strong")
+        with kc.tuning(bwd_split="block"):
+            o, _ = wkv6(**d)
+            o.float().sum().backward()
+        precs = {(n, p) for n, p in seen if p is not None}
+        assert precs, seen
+        if dtype == torch.float32:
+            assert {p for _, p in precs} == {"ieee"}, precs
+            continue
+        assert ("_bwd_cross_kernel", "tf32") in precs, precs
+        assert ("_bwd_own_kernel", "tf32_trunc") in precs, precs
+        assert {p for n, p in precs if n.startswith("_fwd")} == {"tf32x3"}, precs
+
+
 # ------------------------------------------------------------------------------------------------ GPU
 def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6, u_dtype=None, cu=None):
     """Kernel vs the fp64 chunked reference (run on the GPU), same cotangents on both sides; every output and gradient
