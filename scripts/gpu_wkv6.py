@@ -70,9 +70,10 @@ the fused kernel with one block per chunk, no state moves) and chunk_seq_step64 
 chunk_lowmem_fused32 (``LOWMEM`` at 32-row states: faster at B8 T4096 H32 only, more memory) and the one-kernel
 ``_bwd_kernel`` (``bwd_split`` False; chunk_bwd1, chunk_nreg0 / chunk_nreg168: its ``bwd_maxnreg`` cap; the old
 ``LOWMEM``'s backward): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 runs the
-GPU tests after its timings. Dot precision (PRECISIONS, the default knobs otherwise): chunk_fwdtrunc / chunk_fwdround
-(the forward's "tf32" dots read truncated by the tensor cores / rounded to nearest first), chunk_crosstrunc (the split backward's
-cross kernel truncated), chunk_trunc (every dot truncated: before eeda170). WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
+GPU tests after its timings. Dot precision (PRECISIONS, the default knobs otherwise): chunk_fwdtrunc /
+chunk_fwdround (the forward's "tf32" dots read truncated by the tensor cores / rounded to nearest first),
+chunk_crosstrunc (the split backward's cross kernel truncated), chunk_trunc (every dot truncated: before eeda170).
+WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
 model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
 from __future__ import annotations
@@ -108,6 +109,7 @@ import triton  # noqa: E402
 import kernels  # noqa: E402,F401
 import kernels.wkv6 as kw  # noqa: E402
 import kernels.wkv6.chunk as kc  # noqa: E402
+import kernels.wkv6.common as kcom  # noqa: E402
 from bench.common import measure  # noqa: E402
 from groundthink import gate  # noqa: E402
 from groundthink.spec import get  # noqa: E402
@@ -156,8 +158,8 @@ SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True, fwd_step=False),     # th
 SEQ = {"chunk_seq": True, "chunk_par": False, **{n: True for n in VARIANTS}, **{n: False for n in PAR_KNOBS},
        **{n: True for n in SEQ_KNOBS}}
 # the dots' precision for half inputs (``kernels.wkv6.common``: FWD_PRECISION, BWD_PRECISION, CROSS_PRECISION), the
-# default knobs otherwise: "tf32" rounds fp32 operands to nearest tf32 (the default), "tf32_trunc" is the tensor
-# cores' own truncating read (run 27)
+# default knobs otherwise: "tf32" rounds fp32 operands to nearest tf32 (the backward's default), "tf32_trunc" is the
+# tensor cores' own truncating read (the forward's default since run 28)
 PRECISIONS = {"chunk_fwdtrunc": dict(FWD_PRECISION="tf32_trunc"), "chunk_fwdround": dict(FWD_PRECISION="tf32"),
               "chunk_crosstrunc": dict(CROSS_PRECISION="tf32_trunc"),
               "chunk_trunc": dict(FWD_PRECISION="tf32_trunc", BWD_PRECISION="tf32_trunc")}
@@ -176,9 +178,9 @@ ALGOS = {n: ALGOS[n] for n in _PICK}
 def variant(name):
     """The TUNING knobs and the forward mode of a name in ALGOS, for a forward and its backward (the default's for
     the others)."""
-    import kernels.wkv6.common as kcom
-    saved = {a: getattr(kcom, a) for a in PRECISIONS.get(name, {})}
-    for a, x in PRECISIONS.get(name, {}).items():
+    prec = PRECISIONS.get(name, {})
+    saved = {a: getattr(kcom, a) for a in prec}
+    for a, x in prec.items():
         setattr(kcom, a, x)
     try:
         with kc.tuning(**VARIANTS.get(name, {})), kc.forward_mode(SEQ.get(name)):

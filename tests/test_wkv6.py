@@ -701,24 +701,16 @@ def test_wkv6_tensor_core_reads_keep_dw_within_bound(monkeypatch):
 def test_wkv6_dot_precision_knobs_reach_their_kernels(monkeypatch):
     """``common.FWD_PRECISION`` / ``BWD_PRECISION`` / ``CROSS_PRECISION`` set the PREC of the forward's, the
     backward's and the split backward's cross kernel's launches for half inputs (fp32 inputs: "ieee" always)."""
+    import kernels._common as kcm
     import kernels.wkv6.chunk as kc
     import kernels.wkv6.common as kcom
-    import kernels.wkv6.states as ks
-    seen = []
+    seen = []       # (kernel name, PREC) of every launch through ``kernels._common.launch``
+    run = kcm.Launcher.run
 
-    class Spy:      # ``launch(kernel)[grid](*args, **meta)``, recording (kernel name, meta's PREC)
-        def __init__(self, launch):
-            self.launch = launch
-
-        def __call__(self, kernel):
-            self.name, self.inner = getattr(getattr(kernel, "fn", kernel), "__name__", "?"), self.launch(kernel)
-            return self
-
-        def __getitem__(self, grid):
-            name, inner = self.name, self.inner
-            return lambda *args, **meta: (seen.append((name, meta.get("PREC"))), inner[grid](*args, **meta))[1]
-    for mod in (kc, ks):
-        monkeypatch.setattr(mod, "launch", Spy(mod.launch))
+    def spy(self, grid, args, meta):
+        seen.append((getattr(getattr(self.kernel, "fn", self.kernel), "__name__", "?"), meta.get("PREC")))
+        return run(self, grid, args, meta)
+    monkeypatch.setattr(kcm.Launcher, "run", spy)
     monkeypatch.setattr(kcom, "FWD_PRECISION", "tf32x3")
     monkeypatch.setattr(kcom, "BWD_PRECISION", "tf32_trunc")
     monkeypatch.setattr(kcom, "CROSS_PRECISION", "tf32")
