@@ -93,27 +93,44 @@ def num_sms(device: torch.device) -> int:
 
 
 class Launcher:
-    """``launch(kernel)[grid](*args, **meta)``: the same launch as ``kernel[grid](*args, **meta)`` for a kernel under
-    ``@triton.autotune``, with less host time. Triton's ``Autotuner.run`` builds its cache key on every call (dicts of
-    every argument, ``hasattr`` and ``str(dtype)`` of each: ~20-40 µs a launch on the H200's host, measured in
-    run 26 with ``gpu_wkv6.py --host-gpu``, where a small-shape fwd+bwd is host-bound); this keeps the config the
-    autotuner chose per key — the same key: the values of its ``key`` arguments and the dtypes of the tensor
-    arguments — and launches the JIT function with it directly. The first launch of a key goes through the
-    autotuner (benchmarking, its disk cache); single-config kernels, configs with a ``pre_hook``, the
-    interpreter (one config) and plain JIT functions always do. Switches itself off for good if a direct launch
-    raises (Triton's API drifting); the autotuner then serves the launch."""
+    """``launch(kernel)[grid](*args, **meta)``: the same launch as ``kernel[grid](*args, **meta)`` (a JIT function,
+    or one under ``@triton.autotune``), with less host time. Two layers, each reusing only what Triton itself would
+    have chosen for the launch:
+
+    * the config (``direct``): Triton's ``Autotuner.run`` builds its cache key on every call (dicts of every
+      argument, ``hasattr`` and ``str(dtype)`` of each: ~20-40 µs a launch on the H200's host, run 26
+      ``gpu_wkv6.py --host-gpu``); this keeps the config the autotuner chose per key (the values of its ``key``
+      arguments and the dtypes of the tensor arguments) and launches the JIT function with it. The first launch of
+      a key goes through the autotuner (benchmarking, its disk cache). A kernel with one config needs no choosing.
+    * the compiled kernel (``compiled``): ``JITFunction.run`` re-derives on every call what its compiled kernel
+      depends on (its binder's specialization: dtypes, 16-byte alignment of pointers, integers equal to 1 or
+      multiples of 16, constexpr values), formats a string key from it, checks hooks and globals and builds launch
+      metadata. This calls the same binder, keeps the ``CompiledKernel`` per specialization as it is (and config),
+      and calls its launcher the way ``JITFunction.run`` does. A specialization not seen yet goes through
+      ``JITFunction.run`` (compiling if needed), which returns the kernel to keep.
+
+    Neither under the interpreter nor for configs with a ``pre_hook``. Each switches itself off for good if a
+    launch through it raises before launching (Triton's API drifting); the layer below then serves it."""
 
     def __init__(self, kernel):
         self.kernel = kernel
-        configs = getattr(kernel, "configs", ())
-        self.direct = not INTERPRET and len(configs) > 1 and hasattr(kernel, "fn") and hasattr(kernel, "keys")
+        configs = getattr(kernel, "configs", None)
+        tuned = configs is not None and hasattr(kernel, "fn")
+        self.fn = kernel.fn if tuned else kernel                            # the JIT function
+        hooks = tuned and any(c.pre_hook is not None for c in configs)
+        self.one = {} if not tuned else configs[0].all_kwargs() if len(configs) == 1 and not hooks else None
+        self.direct = not INTERPRET and tuned and len(configs) > 1 and not hooks and hasattr(kernel, "keys")
+        self.compiled = not INTERPRET and not hooks and hasattr(self.fn, "device_caches")
         self.key_at = [(n, kernel.arg_names.index(n)) for n in getattr(kernel, "keys", ())]
         self.best: dict = {}
+        self.kernels: dict = {}
 
     def __getitem__(self, grid):
         return lambda *args, **meta: self.run(grid, args, meta)
 
     def run(self, grid, args, meta):
+        if self.compiled and self.one is not None:      # a plain JIT function or one config: nothing to choose
+            return self._jit(grid, args, meta, self.one, ())
         if not self.direct:
             return self.kernel[grid](*args, **meta)
         key = (tuple(meta[n] if n in meta else args[i] if i < len(args) else None for n, i in self.key_at)
@@ -121,16 +138,51 @@ class Launcher:
                + tuple(a.dtype for a in meta.values() if isinstance(a, torch.Tensor)))
         cfg = self.best.get(key)
         if cfg is not None:
-            try:
-                return self.kernel.fn[grid](*args, **meta, **cfg)
-            except Exception:  # noqa: BLE001 - API drift: the autotuner serves this launch and every later one
-                self.direct = False
-                return self.kernel[grid](*args, **meta)
+            return self._jit(grid, args, meta, cfg, key)
         out = self.kernel[grid](*args, **meta)
         best = getattr(self.kernel, "best_config", None)
         if best is not None and best.pre_hook is None:
             self.best[key] = best.all_kwargs()
         return out
+
+    def _jit(self, grid, args, meta, cfg, key):
+        """The JIT function's launch with config ``cfg`` (autotune key ``key``)."""
+        if self.compiled:
+            try:
+                return self._compiled(grid, args, {**meta, **cfg}, key)
+            except Exception:  # noqa: BLE001 - raised before launching (API drift): the JIT function serves
+                self.compiled = False
+        if self.one is not None:
+            return self.kernel[grid](*args, **meta)
+        try:
+            return self.fn[grid](*args, **meta, **cfg)
+        except Exception:  # noqa: BLE001 - API drift: the autotuner serves this launch and every later one
+            self.direct = False
+            return self.kernel[grid](*args, **meta)
+
+    def _compiled(self, grid, args, kw, key):
+        device = _driver().get_current_device()
+        bound, spec, _ = self.fn.device_caches[device][-1](*args, **kw)     # the JIT function's own binder
+        ck_key = (device, key, *spec)
+        ck = self.kernels.get(ck_key)
+        if ck is None:      # first launch of this specialization: JITFunction.run compiles or loads it; kept
+            ck = self.fn[grid](*args, **kw)
+            if ck is not None:
+                self.kernels[ck_key] = ck
+            return ck
+        if callable(grid):
+            grid = grid(bound)
+        stream = _driver().get_current_stream(device)
+        vals = bound.values()
+        rt = triton.knobs.runtime
+        ck.run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream, ck.function,
+               ck.packed_metadata, ck.launch_metadata(grid, stream, *vals), rt.launch_enter_hook,
+               rt.launch_exit_hook, *vals)
+        return ck
+
+
+def _driver():
+    return triton.runtime.driver.active
 
 
 _LAUNCHERS: dict = {}
