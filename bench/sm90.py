@@ -4,14 +4,25 @@ reports (``scripts/gpu_wkv6.py --regs``, ``scripts/gpu_ffn.py --regs``).
 
     usage = sm90_usage(src, num_warps=4, num_stages=3, maxnreg=None)
         src: a ``triton.compiler.ASTSource``; returns {"regs", "stack" (spill bytes), "shared" (dynamic shared
-        memory bytes), "sass" (the disassembly)}; regs / stack are None when cuobjdump's report has none.
+        memory bytes), "sass" (the disassembly), "ttgir"}; regs / stack are None when cuobjdump's report has none.
+    sass_ops(usage["sass"])                -> Counter of SASS opcodes (static: a loop body counts once)
+    MEMORY_OPS                             the opcodes of shared (STS, LDS, LDSM) and local (STL, LDL) memory,
+                                           shuffles and barriers: where an L1-bound kernel's traffic comes from
+
+The H200's Nsight Compute (run 29) put wkv6's backward cross kernel, own kernel and forward walk at 60-81 % of
+their L1 / shared-memory throughput and 18-30 % of DRAM's: layout conversions through shared memory (dot operands,
+dot results to the loads' and stores' layouts, reductions) and register spills, not HBM, set their time. The
+static counts of these opcodes are the offline proxy for that traffic (a difference, not a timing).
 """
 from __future__ import annotations
 
+import collections
 import os
 import re
 import subprocess
 import tempfile
+
+MEMORY_OPS = ("STS", "LDS", "LDSM", "STL", "LDL", "SHFL", "BAR")
 
 
 def cuobjdump() -> str:
@@ -32,4 +43,14 @@ def sm90_usage(src, num_warps: int, num_stages: int, maxnreg: int | None = None)
         sass = subprocess.run([cuobjdump(), "-sass", f.name], capture_output=True, text=True).stdout
     m = re.search(r"REG:(\d+) STACK:(\d+)", res)
     return {"regs": int(m.group(1)) if m else None, "stack": int(m.group(2)) if m else None,
-            "shared": kern.metadata.shared, "sass": sass}
+            "shared": kern.metadata.shared, "sass": sass, "ttgir": kern.asm.get("ttgir", "")}
+
+
+def sass_ops(sass: str) -> collections.Counter:
+    """Opcode counts of a cuobjdump SASS listing (predicates and modifiers dropped: ``@P0 STS.128`` counts as STS)."""
+    ops = collections.Counter()
+    for ln in sass.splitlines():
+        m = re.match(r"\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", ln)
+        if m:
+            ops[m.group(1)] += 1
+    return ops

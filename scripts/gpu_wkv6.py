@@ -439,13 +439,13 @@ def regs():
     """Registers, spill stack (bytes per thread) and SASS instruction count of the chunk kernels (backward, forward
     walk, state scan), compiled for the H100 (sm_90) by Triton on this machine (no GPU needed: ``triton.compile`` +
     ``cuobjdump``), bf16 inputs, K = V = 64 (WKV6_REGS_KV), 4 and 8 warps (WKV6_REGS_ONLY: a comma list of kernel
-    names). A compile report, not a timing."""
-    import re
-
+    names). A compile report, not a timing: registers, spill stack bytes, SASS instructions, then the static counts
+    of the shared / local memory, shuffle and barrier opcodes (``bench.sm90.MEMORY_OPS``: the L1 traffic that sets
+    these kernels' time on the H200, run 29's Nsight Compute)."""
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
-    from bench.sm90 import sm90_usage
+    from bench.sm90 import MEMORY_OPS, sass_ops, sm90_usage
     kv = int(os.environ.get("WKV6_REGS_KV", "64"))
     RPREC = os.environ.get("WKV6_REGS_PREC", "tf32")    # the dots' precision ("tf32_trunc": without the rounding)
     half = {"q_ptr", "k_ptr", "v_ptr", "w_ptr", "u_ptr", "do_ptr", "o_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "dw_ptr"}
@@ -489,7 +489,7 @@ def regs():
     only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_fused_kernel: one kernel (each compile takes ~10 s)
     cases = [c for c in cases if not only or c[1] in only.split(",")]
     print(f"==== wkv6 chunk kernels, sm_90 compile (Triton {triton.__version__}), bf16, K = V = {kv}: "
-          "kernel warps registers spill-stack-bytes sass-instructions")
+          "kernel warps registers spill-stack-bytes sass-instructions, then static counts of the memory opcodes")
     for mod, name, consts in cases:
         fn = getattr(mod, name)
         while not isinstance(fn, JITFunction):
@@ -501,12 +501,12 @@ def regs():
         for nw, ns, cap in [(w, s, c) for w in WARPS for s in STAGES for c in CAPS]:
             src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
             u = sm90_usage(src, nw, ns, cap or None)
-            sass = u["sass"]
-            n_ins = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
+            ops = sass_ops(u["sass"])
+            n_ins = sum(ops.values())
             tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "SB", "PIPE", "SCORES", "STEP", "HAS_A")
                           if c in consts)
             print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), *(("maxnreg", cap) if cap else ()),
-                  u["regs"], u["stack"], n_ins, flush=True)
+                  u["regs"], u["stack"], n_ins, " ".join(f"{o} {ops[o]}" for o in MEMORY_OPS), flush=True)
 
 
 def host_gpu():

@@ -407,3 +407,19 @@ def test_merge_partial_rerun(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "SESSION", {"start": time.monotonic(), "copy_gbps": None})
     common.checkpoint()
     assert len(common.read_csv_rows(tmp_path / "bench.csv")) == 1
+
+
+def test_sass_ops_counts_opcodes_without_predicates_or_modifiers():
+    """``bench.sm90.sass_ops`` (the offline proxy for shared / local memory traffic, ``gpu_wkv6.py --regs``)."""
+    from bench.sm90 import sass_ops
+    listing = "\n".join([
+        "        /*0000*/                   MOV R1, c[0x0][0x28] ;",
+        "        /*0010*/                   STS.128 [R2], R4 ;",
+        "        /*0020*/              @P0  LDS.64 R6, [R3] ;",
+        "        /*0030*/             @!P1  STL [R1+0x10], R8 ;",
+        "        /*0040*/                   LDSM.16.M88.4 R8, [R9] ;",
+        "        /*0050*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;",
+        "        /* 0x000fe20000000f00 */",
+        "        /*0060*/                   STS [R2+0x4], R5 ;"])
+    ops = sass_ops(listing)
+    assert ops == {"MOV": 1, "STS": 2, "LDS": 1, "STL": 1, "LDSM": 1, "BAR": 1}, ops
