@@ -648,10 +648,29 @@ def cross_config(cfg):
         clear()
 
 
+@pytest.mark.parametrize("seq,shape,cu,decay", [(True, (2, 70, 2, 20, 24), None, "mild"),
+                                                (True, (1, 64, 2, 16, 16), None, "strong"),
+                                                (False, (1, 140, 1, 16, 16), [0, 3, 64, 64, 81, 140], "mixed"),
+                                                (False, (1, 50, 2, 40, 24), None, "mild")],
+                         ids=["seq_mild", "seq_strong", "par_varlen", "par_short"])
+def test_wkv6_cross_moves_as_dots(seq, shape, cu, decay):
+    """The cross kernel with the state moves taken as dots of the other block's rows (``cross_moves`` "dots", 32-row
+    states) vs fp64 in fp32: the walk forward, the state pass (which then recomputes S beside D), varlen with empty,
+    one-row and odd-length sequences (a chunk whose second block holds no rows), odd K and V, an initial state;
+    mild decay so that every term reaches the output (under strong decay the terms through a whole other block are
+    below fp32's bound: a dropped one passes there)."""
+    import kernels.wkv6.chunk as kc
+    d = make_inputs(*shape, decay=decay, h0=True, N=None if cu is None else len(cu) - 1)
+    if cu is not None:
+        d["cu_seqlens"] = torch.tensor(cu)
+    with kc.tuning(cross_moves="dots", state_rows=32, bwd_split="block"):
+        _check(d, context=f"cross_moves dots {shape} cu={cu}", fn=_chunk_mode(seq))
+
+
 def test_wkv6_chunk_bad_knobs():
-    """A ``state_rows``, ``bwd_split``, ``fwd_step``, ``fwd_states`` or ``split_bytes`` value the kernels do not take,
-    an unknown knob (``bwd_maxnreg``: removed with ``_bwd_kernel``), or a backward whose ``state_rows`` differs
-    from its forward's (saved states of the wrong spacing), is a one-line error."""
+    """A ``state_rows``, ``bwd_split``, ``fwd_step``, ``cross_moves``, ``fwd_states`` or ``split_bytes`` value the
+    kernels do not take, an unknown knob (``bwd_maxnreg``: removed with ``_bwd_kernel``), or a backward whose
+    ``state_rows`` differs from its forward's (saved states of the wrong spacing), is a one-line error."""
     import kernels.wkv6.chunk as kc
     with pytest.raises(ValueError, match="state_rows must be one of"):
         with kc.tuning(state_rows=48):
@@ -667,6 +686,10 @@ def test_wkv6_chunk_bad_knobs():
     with pytest.raises(ValueError, match="fwd_step must be True or False"):
         with kc.tuning(fwd_step=64):
             pass
+    for bad in ("dot", None, True):
+        with pytest.raises(ValueError, match="cross_moves must be one of"):
+            with kc.tuning(cross_moves=bad):
+                pass
     for bad in (True, 2, "three"):
         with pytest.raises(ValueError, match="fwd_states must be one of"):
             with kc.tuning(fwd_states=bad):
@@ -839,6 +862,19 @@ def test_wkv6_gpu_cases(case, seq):
     """The chunk algorithm in each forward mode (the walk / the state pass, default knobs) vs fp64 on GPU_CASES."""
     shape, dtype, decay, bound, cu = GPU_CASES[case]
     _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(seq), cu=cu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("seq", [True, False], ids=["seq", "par"])
+@pytest.mark.parametrize("case", ["bf16_mild", "bf16_K32_V96", "bf16_varlen", "bf16_K128_V128", "fp32_K60_V100",
+                                  "fp32_extreme"])
+def test_wkv6_gpu_cross_moves_as_dots(case, seq):
+    """The cross kernel with the state moves as dots (``cross_moves`` "dots", 32-row states; session 25, untimed)
+    vs fp64 on GPU_CASES, both forward modes."""
+    import kernels.wkv6.chunk as kc
+    shape, dtype, decay, bound, cu = GPU_CASES[case]
+    with kc.tuning(cross_moves="dots", state_rows=32, bwd_split="block"):
+        _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(seq), cu=cu)
 
 
 @pytest.mark.gpu

@@ -85,6 +85,12 @@ token and head) and the own kernel computes none (``HAS_A``: no A dots, no pa st
 kernel reads the forward's. Earlier splits with both halves at 4 warps lost (run
 6: 10.3 vs 9.3 ms at B8 T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
 
+At 32-row states ``TUNING["cross_moves"]`` "dots" (session 25; untimed, default "state") has the cross kernel take
+its one state move (S over block 0 for block 1, D over block 1 for block 0) as M = 16 dots of the other block's rows
+inside the crossing terms (``_cross_block_dots``): the [K, V] states are then only dot operands, never the
+accumulator of a 64-row wgmma whose layout both were converted to — H200 run 29's Nsight Compute found this kernel
+bound by shared-memory traffic (77.7 % L1 throughput, 21.5 % DRAM).
+
 The fused backward (``bwd_split`` "fused", ``_bwd_fused_kernel``; ``LOWMEM``'s since run 17): the own kernel's
 program (one per chunk, key columns in BKC = 16-wide slices, not unrolled) does the crossing terms too, so nothing
 goes through partials. Every crossing term but dv sums over V only or over nothing, so it is separable in K: a slice
@@ -140,7 +146,7 @@ from kernels import INTERPRET
 from kernels._common import autotune_configs, grid_bucket as _grid_bucket, launch, new_empty, num_sms
 from kernels._dot import mma
 from kernels._slots import grad_slot
-from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cu, _dims, _half_dot,
+from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cross_terms, _cu, _dims, _half_dot,
                                  _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run,
                                  _seq_bounds, _state_or_zeros, _store_dqkw, _warp_configs)
 from kernels.wkv6.states import BT_PAR, _fwd_states, _par_slots, _par_state_shape, _par_states
@@ -830,6 +836,16 @@ def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC, True)
+    _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, b_do, b_wr, b_dq, b_dk, b_dv, b_dw,
+                 bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+
+
+@triton.jit
+def _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, b_do, b_wr, b_dq, b_dk, b_dv, b_dw,
+                 bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                 SB: tl.constexpr, PREC: tl.constexpr):
+    """A block's crossing terms (fp32) plus ``_bwd_own_kernel``'s partials and the own pairs' dv Aᵀ do -> the
+    gradients of rows r0 + o_t in their dtypes."""
     m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
     b_A = tl.load(pa_ptr + ((bos + r0 + o_t) * H + i_h)[:, None] * SB + o_t[None, :], mask=m_t[:, None], other=0.)
     b_dv += mma(tl.trans(b_A), b_do, PREC, B_EXACT=True)     # the own pairs' dv from their scores
@@ -838,19 +854,76 @@ def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_
                 b_dw + tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
 
 
+@triton.jit
+def _cross_block_dots(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr,
+                      dk_ptr, dv_ptr, dw_ptr, i_s, i_m, i_h, bos, L, c0, scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
+    """``_block_states`` + ``_cross_block`` for block i_m of a two-block chunk (32-row states) without moving a
+    state (``TUNING["cross_moves"]`` "dots"): the move over the chunk's other block enters the crossing terms as
+    M = 16 dots of that block's rows. Block 1 (S_1 = e0 ⊙ S_c + k̂0ᵀ v0, e0 = exp(W of block 0), k̂0 = k0 ⊙
+    exp(R0)): do S_1ᵀ = e0 ⊙ (do S_cᵀ) + (do v0ᵀ) k̂0 and Σ_v S_1 ⊙ D_c = e0 ⊙ Σ_v S_c ⊙ D_c + Σ_s k̂0 ⊙ (v0 D_cᵀ).
+    Block 0 (D_0 = e1 ⊙ D_c + q̂1ᵀ do1, q̂1 = q1 ⊙ exp(P1); rows past the sequence read 0, so a missing block 1
+    leaves D_c): v D_0ᵀ = e1 ⊙ (v D_cᵀ) + (v do1ᵀ) q̂1, k̃ D_0 = (k̃ ⊙ e1) D_c + (k̃ q̂1ᵀ) do1 and Σ_v S_c ⊙ D_0 = e1 ⊙
+    Σ_v S_c ⊙ D_c + Σ_t q̂1 ⊙ (do1 S_cᵀ). The states are only ever dot operands (no [K, V] accumulator of a
+    64-row wgmma, whose layout both states were converted to: run 29's Nsight Compute found this kernel bound by its
+    shared-memory traffic)."""
+    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
+    m_kv = m_kv & (o_kv * 0 + c0 < L)
+    b_S = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
+    b_D = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
+    r0 = c0 + i_m * SB
+    b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
+    b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_wr = _load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_w = _clamp_w(b_wr)
+    b_egp = tl.exp(tl.cumsum(b_w, axis=0) - b_w)
+    b_egl = tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
+    b_kt = b_k * b_egl
+    b_sd = tl.sum(b_S * b_D, axis=1)
+    if i_m == 1:
+        b_k0 = _load_rows(k_ptr, bos, c0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
+        b_w0 = _clamp_w(_load_rows(w_ptr, bos, c0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+        b_v0 = _load_rows(v_ptr, bos, c0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+        b_e0 = tl.exp(tl.sum(b_w0, axis=0))
+        b_k0h = b_k0 * tl.exp(tl.cumsum(b_w0, axis=0, reverse=True) - b_w0)
+        b_dqs = (mma(b_do, tl.trans(b_S), PREC, A_EXACT=True) * b_e0[None, :]
+                 + mma(mma(b_do, tl.trans(b_v0), PREC, A_EXACT=True, B_EXACT=True), b_k0h, PREC))
+        b_sd = b_e0 * b_sd + tl.sum(b_k0h * mma(b_v0, tl.trans(b_D), PREC, A_EXACT=True), axis=0)
+        b_dks = mma(b_v, tl.trans(b_D), PREC, A_EXACT=True)
+        b_dvx = mma(b_kt, b_D, PREC)
+    else:
+        b_q1 = _load_rows(q_ptr, bos, c0 + SB, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
+        b_w1 = _clamp_w(_load_rows(w_ptr, bos, c0 + SB, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+        b_do1 = _load_rows(do_ptr, bos, c0 + SB, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+        b_e1 = tl.exp(tl.sum(b_w1, axis=0))
+        b_q1h = b_q1 * tl.exp(tl.cumsum(b_w1, axis=0) - b_w1)
+        b_dqs = mma(b_do, tl.trans(b_S), PREC, A_EXACT=True)
+        b_sd = b_e1 * b_sd + tl.sum(b_q1h * mma(b_do1, tl.trans(b_S), PREC, A_EXACT=True), axis=0)
+        b_dks = (mma(b_v, tl.trans(b_D), PREC, A_EXACT=True) * b_e1[None, :]
+                 + mma(mma(b_v, tl.trans(b_do1), PREC, A_EXACT=True, B_EXACT=True), b_q1h, PREC))
+        b_dvx = (mma(b_kt * b_e1[None, :], b_D, PREC)
+                 + mma(mma(b_kt, tl.trans(b_q1h), PREC), b_do1, PREC, B_EXACT=True))
+    b_dq, b_dk, b_dv, b_dw = _cross_terms(b_q, b_k, b_w, b_egp, b_egl, b_dqs, b_dks, b_dvx, b_sd, PREC, True)
+    _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, b_do, b_wr, b_dq, b_dk, b_dv, b_dw,
+                 bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+
+
 @triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC", "GRID_BUCKET"])
 @triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
 def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr,
                       dk_ptr, dv_ptr, dw_ptr, dup_ptr, du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NDU, GRID_BUCKET,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
-                      FINISH_DU: tl.constexpr):
+                      FINISH_DU: tl.constexpr, MOVE_DOTS: tl.constexpr):
     """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V) (``bwd_split`` "block"), the state
     half of the split backward, one SB-row block per program: S_m, D_m
     (``_block_states``) and ``_cross_block``, adding ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr
     [B·T, H, K] and the own pairs' dv Aᵀ do from its scores pa_ptr [B·T, H, SB] -> dq_ptr, dk_ptr, dw_ptr [B·T, H,
     K], dv_ptr [B·T, H, V] (other layouts
     above). Offered a 168-register cap at 4 warps beside the uncapped 4 / 8 warps (H100 run 13: the cap picked).
+    MOVE_DOTS (``cross_moves`` "dots", 32-row states only): ``_cross_block_dots``, no state moved.
     FINISH_DU: one more program per head (the last of axis 0) sums the own kernel's du partial rows dup_ptr
     [NDU, H, K] fp32 in row order into du_ptr [H, K] fp32 (deterministic; no separate reduction launch); else
     both are None and NDU 0. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid)."""
@@ -860,10 +933,15 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
         pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
         o_t = tl.arange(0, SB)
         o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-        b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
-                                  scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
-        _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
-                     dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+        if MOVE_DOTS:
+            _cross_block_dots(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr,
+                              dq_ptr, dk_ptr, dv_ptr, dw_ptr, i_s, i_m, i_h, bos, L, c0, scale, o_t, o_k, o_v, m_k,
+                              m_v, o_kv, m_kv, H, K, V, SB, PREC)
+        else:
+            b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
+                                      scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
+            _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
+                         dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
 
 
 @triton.jit
@@ -1244,14 +1322,16 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None, "cross_moves": "state"}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None, "cross_moves": "state"}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 FWD_STATES = (None, "one", "two")
 BWD_SPLIT = ("block", "fused")     # the ``bwd_split`` knob's values
+CROSS_MOVES = ("state", "dots")   # ``cross_moves``: at 32-row states the split backward's cross kernel moves S / D
+                                   # over the chunk's other block ("state") or takes the move as dots ("dots")
 
 
 @contextlib.contextmanager
@@ -1270,6 +1350,8 @@ def tuning(**knobs):
         raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
     if knobs.get("fwd_states") not in FWD_STATES:
         raise ValueError(f"wkv6 chunk knob fwd_states must be one of {FWD_STATES}; got {knobs['fwd_states']!r}")
+    if knobs.get("cross_moves", "state") not in CROSS_MOVES:
+        raise ValueError(f"wkv6 chunk knob cross_moves must be one of {CROSS_MOVES}; got {knobs['cross_moves']!r}")
     if knobs.get("bwd_split", "block") not in BWD_SPLIT:
         raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
     for name in ("split_bytes", "piece_bytes"):
@@ -1372,6 +1454,7 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
             cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
             du_part if finish else None, du, cu, cmap, scale, T, NT, S * nb if finish else 0,
             _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish,
+            MOVE_DOTS=kn["cross_moves"] == "dots" and nb == 2,
             **{**meta, "PREC": _prec(r.dtype, bwd=True, cross=True)})
     return du if finish else du_part.sum(0)
 

@@ -159,10 +159,21 @@ def _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC: tl.constexpr, DW_DOTS:
     (exp(G_L) S0 : D). Returns (dq^s, dk^s, dv^s, dw^s) fp32; b_h and b_dh are dead afterwards."""
     b_egp = tl.exp(tl.cumsum(b_w, axis=0) - b_w)
     b_egl = tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
-    b_dwx = (tl.exp(tl.sum(b_w, axis=0)) * tl.sum(b_h * b_dh, axis=1))[None, :]
-    b_dqx = mma(b_do, tl.trans(b_h), PREC, A_EXACT=True) * b_egp
-    b_dkx = mma(b_v, tl.trans(b_dh), PREC, A_EXACT=True) * b_egl
+    b_sd = tl.sum(b_h * b_dh, axis=1)
+    b_dqs = mma(b_do, tl.trans(b_h), PREC, A_EXACT=True)
+    b_dks = mma(b_v, tl.trans(b_dh), PREC, A_EXACT=True)
     b_dvx = mma(b_k * b_egl, b_dh, PREC)
+    return _cross_terms(b_q, b_k, b_w, b_egp, b_egl, b_dqs, b_dks, b_dvx, b_sd, PREC, DW_DOTS)
+
+
+@triton.jit
+def _cross_terms(b_q, b_k, b_w, b_egp, b_egl, b_dqs, b_dks, b_dvx, b_sd, PREC: tl.constexpr, DW_DOTS: tl.constexpr):
+    """``_cross_bwd`` from its state products: b_dqs = do S0ᵀ, b_dks = v Dᵀ [R, BK], b_dvx = (k ⊙ exp(G_L − G)) D
+    [R, BV], b_sd = Σ_v S0 ⊙ D [BK] (S0 at the block start, D = dL/dS at its end), b_egp / b_egl the exp of the
+    exclusive prefix / suffix sums of b_w. Returns (dq^s, dk^s, dv^s, dw^s) fp32."""
+    b_dwx = (tl.exp(tl.sum(b_w, axis=0)) * b_sd)[None, :]
+    b_dqx = b_dqs * b_egp
+    b_dkx = b_dks * b_egl
     # dw_j += Σ_{t>j} a_t + Σ_{s<j} b_s, each sum formed from the other rows' terms only (an inclusive cumsum minus
     # the row's own term cancelled: absolute error ulp(a_j), 33 % of a small dw_j beside a large one, fp32 dw 2.3e-5
     # found by the fuzz). Two exact forms, chosen per kernel by the GPU (DW_DOTS):
