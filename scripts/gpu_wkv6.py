@@ -57,7 +57,8 @@ walk in 32-row steps, ``fwd_step``: the default's walk since run 16), chunk_seq_
 the latter at 64-row states), chunk_bfused / chunk_bfused64 (``bwd_split`` "fused": one kernel per chunk, own pairs
 and crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bslice (the split backward on
 batch slices of <= 256 MiB of fp32 partials, ``split_bytes``), chunk_xdots (``cross_moves`` "dots": at 32-row
-states the cross kernel takes the state moves as dots of the other block's rows; session 25, untimed); the others keep the default's forward mode
+states the cross kernel takes the state moves as dots of the other block's rows; session 25, untimed; chunk_xdots8
+the same at 8 warps only); the others keep the default's forward mode
 (the walk where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed
 the scan knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also timed
 chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
@@ -74,6 +75,8 @@ chunk_lowmem_fused32 (``LOWMEM`` at 32-row states: faster at B8 T4096 H32 only, 
 GPU tests after its timings. Dot precision (PRECISIONS, the default knobs otherwise): chunk_fwdtrunc /
 chunk_fwdround (the forward's "tf32" dots read truncated by the tensor cores / rounded to nearest first),
 chunk_crosstrunc (the split backward's cross kernel truncated), chunk_trunc (every dot truncated: before eeda170).
+One kernel's configs replaced (CONFIGS): chunk_walk_s2 (the scored walk in 32-row steps at 2 pipeline stages: the
+next step's loads prefetched, offline 16 cp.async; session 25, untimed), chunk_xdots8 (above).
 WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
 model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
@@ -146,7 +149,8 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
          "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64),
-         "chunk_xdots": dict(cross_moves="dots")}
+         "chunk_xdots": dict(cross_moves="dots"),
+         "chunk_xdots8": dict(cross_moves="dots")}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False),
              "chunk_par_one": dict(fwd_scores=True, fwd_states="one"),
@@ -165,8 +169,12 @@ SEQ = {"chunk_seq": True, "chunk_par": False, **{n: True for n in VARIANTS}, **{
 PRECISIONS = {"chunk_fwdtrunc": dict(FWD_PRECISION="tf32_trunc"), "chunk_fwdround": dict(FWD_PRECISION="tf32"),
               "chunk_crosstrunc": dict(CROSS_PRECISION="tf32_trunc"),
               "chunk_trunc": dict(FWD_PRECISION="tf32_trunc", BWD_PRECISION="tf32_trunc")}
+# one kernel's autotune configs replaced (the autotuner's and the launcher's kept picks cleared before and after):
+# candidates timed beside the default without adding compiles to its first call
+CONFIGS = {"chunk_walk_s2": ("_fwd_step_kernel", [triton.Config({"BV": 64}, num_warps=4, num_stages=2)]),
+           "chunk_xdots8": ("_bwd_cross_kernel", [triton.Config({}, num_warps=8, num_stages=1)])}
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": kw.wkv6, "chunk_par": kw.wkv6, "fused": kw.wkv6_fused,
-         **{n: kw.wkv6 for n in (*VARIANTS, *KNOBS, *PAR_KNOBS, *SEQ_KNOBS, *PRECISIONS)}}
+         **{n: kw.wkv6 for n in (*VARIANTS, *KNOBS, *PAR_KNOBS, *SEQ_KNOBS, *PRECISIONS, *CONFIGS)}}
 KNOBS.update(PAR_KNOBS)
 KNOBS.update(SEQ_KNOBS)
 VARIANTS.update(KNOBS)
@@ -184,12 +192,28 @@ def variant(name):
     saved = {a: getattr(kcom, a) for a in prec}
     for a, x in prec.items():
         setattr(kcom, a, x)
+    tuner, old = None, None
+    if name in CONFIGS:
+        tuner = getattr(kc, CONFIGS[name][0])
+        old, tuner.configs = tuner.configs, CONFIGS[name][1]
+        _clear_picks(tuner)
     try:
         with kc.tuning(**VARIANTS.get(name, {})), kc.forward_mode(SEQ.get(name)):
             yield
     finally:
         for a, x in saved.items():
             setattr(kcom, a, x)
+        if tuner is not None:
+            tuner.configs = old
+            _clear_picks(tuner)
+
+
+def _clear_picks(tuner):
+    """Forget an autotuned kernel's picks: the autotuner's cache and the launcher's kept configs and kernels."""
+    import kernels._common as kcm
+    tuner.cache.clear()
+    kcm.launch(tuner).best.clear()
+    kcm.launch(tuner).kernels.clear()
 
 
 def log(*a):
