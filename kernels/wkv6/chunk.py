@@ -144,7 +144,7 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._common import autotune_configs, grid_bucket as _grid_bucket, launch, new_empty, num_sms
-from kernels._dot import mma
+from kernels._dot import mma, tf32_operand
 from kernels._slots import grad_slot
 from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cross_terms, _cu, _dims, _half_dot,
                                  _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run,
@@ -882,28 +882,30 @@ def _cross_block_dots(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
     b_egl = tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
     b_kt = b_k * b_egl
     b_sd = tl.sum(b_S * b_D, axis=1)
+    b_S = tf32_operand(b_S, PREC)       # from here on only dot operands: rounded once (marked exact below)
+    b_D = tf32_operand(b_D, PREC)
     if i_m == 1:
         b_k0 = _load_rows(k_ptr, bos, c0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
         b_w0 = _clamp_w(_load_rows(w_ptr, bos, c0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
         b_v0 = _load_rows(v_ptr, bos, c0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
         b_e0 = tl.exp(tl.sum(b_w0, axis=0))
         b_k0h = b_k0 * tl.exp(tl.cumsum(b_w0, axis=0, reverse=True) - b_w0)
-        b_dqs = (mma(b_do, tl.trans(b_S), PREC, A_EXACT=True) * b_e0[None, :]
+        b_dqs = (mma(b_do, tl.trans(b_S), PREC, A_EXACT=True, B_EXACT=True) * b_e0[None, :]
                  + mma(mma(b_do, tl.trans(b_v0), PREC, A_EXACT=True, B_EXACT=True), b_k0h, PREC))
-        b_sd = b_e0 * b_sd + tl.sum(b_k0h * mma(b_v0, tl.trans(b_D), PREC, A_EXACT=True), axis=0)
-        b_dks = mma(b_v, tl.trans(b_D), PREC, A_EXACT=True)
-        b_dvx = mma(b_kt, b_D, PREC)
+        b_sd = b_e0 * b_sd + tl.sum(b_k0h * mma(b_v0, tl.trans(b_D), PREC, A_EXACT=True, B_EXACT=True), axis=0)
+        b_dks = mma(b_v, tl.trans(b_D), PREC, A_EXACT=True, B_EXACT=True)
+        b_dvx = mma(b_kt, b_D, PREC, B_EXACT=True)
     else:
         b_q1 = _load_rows(q_ptr, bos, c0 + SB, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
         b_w1 = _clamp_w(_load_rows(w_ptr, bos, c0 + SB, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
         b_do1 = _load_rows(do_ptr, bos, c0 + SB, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
         b_e1 = tl.exp(tl.sum(b_w1, axis=0))
         b_q1h = b_q1 * tl.exp(tl.cumsum(b_w1, axis=0) - b_w1)
-        b_dqs = mma(b_do, tl.trans(b_S), PREC, A_EXACT=True)
-        b_sd = b_e1 * b_sd + tl.sum(b_q1h * mma(b_do1, tl.trans(b_S), PREC, A_EXACT=True), axis=0)
-        b_dks = (mma(b_v, tl.trans(b_D), PREC, A_EXACT=True) * b_e1[None, :]
+        b_dqs = mma(b_do, tl.trans(b_S), PREC, A_EXACT=True, B_EXACT=True)
+        b_sd = b_e1 * b_sd + tl.sum(b_q1h * mma(b_do1, tl.trans(b_S), PREC, A_EXACT=True, B_EXACT=True), axis=0)
+        b_dks = (mma(b_v, tl.trans(b_D), PREC, A_EXACT=True, B_EXACT=True) * b_e1[None, :]
                  + mma(mma(b_v, tl.trans(b_do1), PREC, A_EXACT=True, B_EXACT=True), b_q1h, PREC))
-        b_dvx = (mma(b_kt * b_e1[None, :], b_D, PREC)
+        b_dvx = (mma(b_kt * b_e1[None, :], b_D, PREC, B_EXACT=True)
                  + mma(mma(b_kt, tl.trans(b_q1h), PREC), b_do1, PREC, B_EXACT=True))
     b_dq, b_dk, b_dv, b_dw = _cross_terms(b_q, b_k, b_w, b_egp, b_egl, b_dqs, b_dks, b_dvx, b_sd, PREC, True)
     _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, b_do, b_wr, b_dq, b_dk, b_dv, b_dw,
