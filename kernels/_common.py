@@ -188,6 +188,15 @@ def _driver():
 _LAUNCHERS: dict = {}
 
 
+def forget_picks(kernel) -> None:
+    """Forget what launches of an autotuned ``kernel`` chose: the autotuner's cache and its launcher's kept configs
+    and compiled kernels (after its ``configs`` were replaced: tests and dev scripts)."""
+    kernel.cache.clear()
+    lau = launch(kernel)
+    lau.best.clear()
+    lau.kernels.clear()
+
+
 def launch(kernel) -> Launcher:
     """The kernel's one ``Launcher`` (made on first use)."""
     lau = _LAUNCHERS.get(kernel)

@@ -114,6 +114,7 @@ import kernels  # noqa: E402,F401
 import kernels.wkv6 as kw  # noqa: E402
 import kernels.wkv6.chunk as kc  # noqa: E402
 import kernels.wkv6.common as kcom  # noqa: E402
+from kernels._common import forget_picks  # noqa: E402
 from bench.common import measure  # noqa: E402
 from groundthink import gate  # noqa: E402
 from groundthink.spec import get  # noqa: E402
@@ -196,7 +197,7 @@ def variant(name):
     if name in CONFIGS:
         tuner = getattr(kc, CONFIGS[name][0])
         old, tuner.configs = tuner.configs, CONFIGS[name][1]
-        _clear_picks(tuner)
+        forget_picks(tuner)
     try:
         with kc.tuning(**VARIANTS.get(name, {})), kc.forward_mode(SEQ.get(name)):
             yield
@@ -205,15 +206,8 @@ def variant(name):
             setattr(kcom, a, x)
         if tuner is not None:
             tuner.configs = old
-            _clear_picks(tuner)
+            forget_picks(tuner)
 
-
-def _clear_picks(tuner):
-    """Forget an autotuned kernel's picks: the autotuner's cache and the launcher's kept configs and kernels."""
-    import kernels._common as kcm
-    tuner.cache.clear()
-    kcm.launch(tuner).best.clear()
-    kcm.launch(tuner).kernels.clear()
 
 
 def log(*a):

@@ -75,6 +75,19 @@ def test_launch_defers_when_direct_launch_raises_and_for_single_configs(monkeypa
     assert [e[0] for e in one.log] == ["tuner", "tuner"]
 
 
+def test_forget_picks_clears_the_tuner_and_its_launcher(monkeypatch):
+    t = _Tuner()
+    t.cache = {"k": "cfg"}
+    monkeypatch.setattr(kc, "INTERPRET", False)
+    monkeypatch.setattr(kc, "_LAUNCHERS", {})
+    lau = kc.launch(t)
+    lau[(1,)](torch.zeros(4), 50)
+    lau.kernels["x"] = object()
+    assert lau.best and t.cache
+    kc.forget_picks(t)
+    assert not lau.best and not lau.kernels and not t.cache
+
+
 def test_launch_is_one_launcher_per_kernel():
     t = _Tuner()
     assert kc.launch(t) is kc.launch(t)

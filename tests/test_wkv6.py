@@ -630,22 +630,16 @@ def test_wkv6_bwd_fused(seq, rows, dtype, shape, cu):
 def cross_config(cfg):
     """``_bwd_cross_kernel`` (the split backward's state half) with only ``cfg`` (a ``triton.Config``) offered: the
     autotuner's and the launcher's kept picks cleared before and after."""
-    import kernels._common as kcm
     import kernels.wkv6.chunk as kc
+    from kernels._common import forget_picks
     tuner = kc._bwd_cross_kernel
-    old = tuner.configs
-
-    def clear():
-        tuner.cache.clear()
-        kcm.launch(tuner).best.clear()
-        kcm.launch(tuner).kernels.clear()
-    tuner.configs = [cfg]
-    clear()
+    old, tuner.configs = tuner.configs, [cfg]
+    forget_picks(tuner)
     try:
         yield
     finally:
         tuner.configs = old
-        clear()
+        forget_picks(tuner)
 
 
 @pytest.mark.parametrize("seq,shape,cu,decay", [(True, (2, 70, 2, 20, 24), None, "mild"),
