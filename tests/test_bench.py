@@ -423,3 +423,25 @@ def test_sass_ops_counts_opcodes_without_predicates_or_modifiers():
         "        /*0060*/                   STS [R2+0x4], R5 ;"])
     ops = sass_ops(listing)
     assert ops == {"MOV": 1, "STS": 2, "LDS": 1, "STL": 1, "LDSM": 1, "BAR": 1}, ops
+
+
+def test_ncu_summary_reads_the_committed_export():
+    """``scripts/ncu_summary.py`` on run 29's Nsight Compute export: one row per kernel, L1 before DRAM, the
+    bank conflicts from ncu's rule text; a file that is not such an export is a one-line error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "scripts"))
+    try:
+        from ncu_summary import summarize
+    finally:
+        sys.path.pop(0)
+    rows = {r["kernel"]: r for r in summarize(str(root / "profiles/nvidia-h200/run29-2026-11-29/c6/ncu_details.csv"))}
+    assert set(rows) == {"_fwd_walk", "_bwd_own_kernel", "_bwd_cross_kernel"}
+    cross = rows["_bwd_cross_kernel"]
+    assert (cross["L1/TEX %"], cross["DRAM %"], cross["registers"]) == ("77.66", "21.48", "168")
+    assert cross["shared stores"].startswith("37,535,872 req, 3.6-way")
+    r = subprocess.run([sys.executable, str(root / "scripts/ncu_summary.py"), str(root / "README.md")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout.startswith("error: ") and len(r.stdout.strip().splitlines()) == 1
