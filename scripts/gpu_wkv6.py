@@ -209,7 +209,6 @@ def variant(name):
             forget_picks(tuner)
 
 
-
 def log(*a):
     print(f"[{MODE} {time.time() - T0:6.1f}s]", *a, flush=True)
 

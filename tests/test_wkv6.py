@@ -739,6 +739,7 @@ def test_wkv6_tensor_core_reads_keep_dw_within_bound(monkeypatch):
     trunc, _ = errors()
     assert trunc["dw"] > 2e-3 > errs["dw"], (trunc["dw"], errs["dw"])
 
+
 def test_wkv6_dot_precision_knobs_reach_their_kernels(monkeypatch):
     """``common.FWD_PRECISION`` / ``BWD_PRECISION`` / ``CROSS_PRECISION`` set the PREC of the forward's, the
     backward's and the split backward's cross kernel's launches for half inputs (fp32 inputs: "ieee" always)."""

@@ -635,15 +635,32 @@ def _level_pairs_bwd(b_qh, b_kh, b_B, b_A, o_t, S: tl.constexpr, PREC: tl.conste
 
 
 @triton.jit
+def _chunk_states(hs_ptr, hd_ptr, i_s, i_h, c0, L, o_kv, m_kv, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr):
+    """S_c and D_c [BK, BV] fp32 of chunk slot i_s, head i_h (offsets o_kv, mask m_kv in a [K, V] state); zeros
+    for a slot past its sequence (c0 >= L)."""
+    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
+    m_kv = m_kv & (o_kv * 0 + c0 < L)
+    return tl.load(hs_ptr + p_s, mask=m_kv, other=0.), tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
+
+
+@triton.jit
+def _block_rows(q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v,
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr):
+    """The block's rows r0 + o_t as fp32 tiles: q (scaled), k, raw w [SB, BK]; v, do [SB, BV]."""
+    return (_load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale,
+            _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0),
+            _load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0),
+            _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0),
+            _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0))
+
+
+@triton.jit
 def _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale, o_t, o_k,
                   o_v, m_k, m_v, o_kv, m_kv, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                   SB: tl.constexpr, PREC: tl.constexpr):
     """S at the start of block i_m of the chunk at c0 (slot i_s) and dL/dS at its end [BK, BV] fp32: S_c / D_c
     moved over the chunk's earlier / later blocks, block by block."""
-    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
-    m_kv = m_kv & (o_kv * 0 + c0 < L)
-    b_h = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
-    b_dh = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
+    b_h, b_dh = _chunk_states(hs_ptr, hd_ptr, i_s, i_h, c0, L, o_kv, m_kv, H, K, V)
     nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows (the rest: no-ops)
     for j in range(0, tl.minimum(i_m, nb)):
         b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K,
@@ -830,11 +847,8 @@ def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_
                  V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
     """The block at row r0 given S at its start (b_h) and dL/dS at its end (b_dh): its block-crossing terms
     (``common._cross_bwd``) plus ``_bwd_own_kernel``'s fp32 partials -> the gradients in the inputs' dtypes."""
-    b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
-    b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
-    b_wr = _load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
-    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_q, b_k, b_wr, b_v, b_do = _block_rows(q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, bos, r0, L, i_h, scale, o_t, o_k,
+                                            o_v, m_k, m_v, H, K, V, SB)
     b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC, True)
     _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, b_do, b_wr, b_dq, b_dk, b_dv, b_dw,
                  bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
@@ -867,16 +881,10 @@ def _cross_block_dots(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
     Σ_v S_c ⊙ D_c + Σ_t q̂1 ⊙ (do1 S_cᵀ). The states are only ever dot operands (no [K, V] accumulator of a
     64-row wgmma, whose layout both states were converted to: run 29's Nsight Compute found this kernel bound by its
     shared-memory traffic)."""
-    p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
-    m_kv = m_kv & (o_kv * 0 + c0 < L)
-    b_S = tl.load(hs_ptr + p_s, mask=m_kv, other=0.)
-    b_D = tl.load(hd_ptr + p_s, mask=m_kv, other=0.)
+    b_S, b_D = _chunk_states(hs_ptr, hd_ptr, i_s, i_h, c0, L, o_kv, m_kv, H, K, V)
     r0 = c0 + i_m * SB
-    b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
-    b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
-    b_wr = _load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
-    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
+    b_q, b_k, b_wr, b_v, b_do = _block_rows(q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, bos, r0, L, i_h, scale, o_t, o_k,
+                                            o_v, m_k, m_v, H, K, V, SB)
     b_w = _clamp_w(b_wr)
     b_egp = tl.exp(tl.cumsum(b_w, axis=0) - b_w)
     b_egl = tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
