@@ -42,15 +42,6 @@ def _rna_tf32(x):
 
 
 @triton.jit
-def tf32_operand(x, PREC: tl.constexpr):
-    """x as ``mma`` at PREC feeds it to the tensor cores (fp32 x rounded to nearest tf32 for "tf32", else x as it
-    is): an operand of several dots rounded once, then passed to each with its ``*_EXACT`` flag."""
-    if PREC == "tf32" and x.dtype == tl.float32:
-        x = _rna_tf32(x)
-    return x
-
-
-@triton.jit
 def mma(a, b, PREC: tl.constexpr, A_EXACT: tl.constexpr = False, B_EXACT: tl.constexpr = False):
     """tl.dot(a, b) ([M, K] · [K, N], fp32 accumulator) at PREC (module docstring). A_EXACT / B_EXACT: that operand
     holds values of a half-precision input (exact in tf32), so "tf32" leaves it as it is (no instruction spent)."""

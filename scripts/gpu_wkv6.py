@@ -56,9 +56,9 @@ walk in 32-row steps, ``fwd_step``: the default's walk since run 16), chunk_seq_
 (``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
 the latter at 64-row states), chunk_bfused / chunk_bfused64 (``bwd_split`` "fused": one kernel per chunk, own pairs
 and crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bslice (the split backward on
-batch slices of <= 256 MiB of fp32 partials, ``split_bytes``), chunk_xdots (``cross_moves`` "dots": at 32-row
-states the cross kernel takes the state moves as dots of the other block's rows; session 25, untimed; chunk_xdots8
-the same at 8 warps only); the others keep the default's forward mode
+batch slices of <= 256 MiB of fp32 partials, ``split_bytes``), chunk_sumdots (``decay_sums`` "dots": the scored
+walk's steps and the cross kernel sum w by 0/1 dots, no scans; session 26), chunk_sumdots_s2 (that with the walk
+at 2 pipeline stages, below); the others keep the default's forward mode
 (the walk where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed
 the scan knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also timed
 chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
@@ -69,14 +69,17 @@ at 4 warps (the block kernel's split again, call 6), run 16 chunk_bsplitc / chun
 "chunk": the state kernel one program per chunk), chunk_bfusedc / chunk_bfusedc64 (``bwd_split`` "fused_chunk":
 the fused kernel with one block per chunk, no state moves) and chunk_seq_step64 (64-row steps), run 17 chunk_bpair
 (``bwd_split`` "pair": the split backward's state kernel one program per 32-row chunk, no state moves),
-chunk_lowmem_fused32 (``LOWMEM`` at 32-row states: faster at B8 T4096 H32 only, more memory) and the one-kernel
+chunk_lowmem_fused32 (``LOWMEM`` at 32-row states: faster at B8 T4096 H32 only, more memory), run 30 chunk_xdots /
+chunk_xdots8 (``cross_moves`` "dots": the cross kernel's state moves as dots of the other block's rows, at 4 / 8
+warps: cross kernel 4,530 / 6,070 vs 2,611 µs at B8 T4096 H32) and the one-kernel
 ``_bwd_kernel`` (``bwd_split`` False; chunk_bwd1, chunk_nreg0 / chunk_nreg168: its ``bwd_maxnreg`` cap; the old
 ``LOWMEM``'s backward): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 runs the
 GPU tests after its timings. Dot precision (PRECISIONS, the default knobs otherwise): chunk_fwdtrunc /
 chunk_fwdround (the forward's "tf32" dots read truncated by the tensor cores / rounded to nearest first),
 chunk_crosstrunc (the split backward's cross kernel truncated), chunk_trunc (every dot truncated: before eeda170).
 One kernel's configs replaced (CONFIGS): chunk_walk_s2 (the scored walk in 32-row steps at 2 pipeline stages: the
-next step's loads prefetched, offline 16 cp.async; session 25, untimed), chunk_xdots8 (above).
+next step's loads prefetched, offline 16 cp.async; H200 run 30: the walk 1,165 -> 1,093 µs at B8 T4096 H32),
+chunk_sumdots_s2 (above).
 WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
 model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
@@ -150,8 +153,7 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
          "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64),
-         "chunk_xdots": dict(cross_moves="dots"),
-         "chunk_xdots8": dict(cross_moves="dots")}
+         "chunk_sumdots": dict(decay_sums="dots"), "chunk_sumdots_s2": dict(decay_sums="dots")}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False),
              "chunk_par_one": dict(fwd_scores=True, fwd_states="one"),
@@ -173,7 +175,7 @@ PRECISIONS = {"chunk_fwdtrunc": dict(FWD_PRECISION="tf32_trunc"), "chunk_fwdroun
 # one kernel's autotune configs replaced (the autotuner's and the launcher's kept picks cleared before and after):
 # candidates timed beside the default without adding compiles to its first call
 CONFIGS = {"chunk_walk_s2": ("_fwd_step_kernel", [triton.Config({"BV": 64}, num_warps=4, num_stages=2)]),
-           "chunk_xdots8": ("_bwd_cross_kernel", [triton.Config({}, num_warps=8, num_stages=1)])}
+           "chunk_sumdots_s2": ("_fwd_step_kernel", [triton.Config({"BV": 64}, num_warps=4, num_stages=2)])}
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": kw.wkv6, "chunk_par": kw.wkv6, "fused": kw.wkv6_fused,
          **{n: kw.wkv6 for n in (*VARIANTS, *KNOBS, *PAR_KNOBS, *SEQ_KNOBS, *PRECISIONS, *CONFIGS)}}
 KNOBS.update(PAR_KNOBS)

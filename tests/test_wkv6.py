@@ -642,34 +642,45 @@ def cross_config(cfg):
         forget_picks(tuner)
 
 
-@pytest.mark.parametrize("seq,shape,cu,decay", [(True, (2, 70, 2, 20, 24), None, "mild"),
-                                                (True, (1, 64, 2, 16, 16), None, "strong"),
-                                                (False, (1, 140, 1, 16, 16), [0, 3, 64, 64, 81, 140], "mixed"),
-                                                (False, (1, 50, 2, 40, 24), None, "mild")],
-                         ids=["seq_mild", "seq_strong", "par_varlen", "par_short"])
-def test_wkv6_cross_moves_as_dots(seq, shape, cu, decay):
-    """The cross kernel with the state moves taken as dots of the other block's rows (``cross_moves`` "dots", 32-row
-    states) vs fp64 in fp32: the walk forward, the state pass (which then recomputes S beside D), varlen with empty,
-    one-row and odd-length sequences (a chunk whose second block holds no rows), odd K and V, an initial state;
-    mild decay so that every term reaches the output (under strong decay the terms through a whole other block are
-    below fp32's bound: a dropped one passes there)."""
+@pytest.mark.parametrize("seq,shape,cu,decay,dtype", [
+    (True, (2, 70, 2, 20, 24), None, "strong", torch.float32),
+    (True, (1, 100, 1, 16, 16), [0, 3, 64, 64, 100], "mixed", torch.float32),
+    (False, (1, 130, 1, 20, 16), None, "mixed", torch.float32),
+    (True, (1, 45, 1, 16, 16), None, "mild", torch.float16)], ids=["step", "step_varlen", "par_rows64", "step_fp16"])
+def test_wkv6_decay_sums_as_dots(seq, shape, cu, decay, dtype):
+    """The decay sums as 0/1 dots (``decay_sums`` "dots": the scored walk's 32-row steps and the cross kernel with
+    its state moves) vs fp64: the walk (32-row states: one move per block), varlen with an empty and a 3-row sequence,
+    the state pass (64-row states: up to three moves), odd K and V, fp16 (the dots' operand in its own dtype). A NaN
+    decay at row 20 gives NaN in exactly the outputs and final states the reference's NaN reaches (its mark,
+    ``common.NAN_MARK``, makes NaN of exactly the sums over it), and the gradients of the rows before its block stay
+    finite."""
     import kernels.wkv6.chunk as kc
-    d = make_inputs(*shape, decay=decay, h0=True, N=None if cu is None else len(cu) - 1)
+    d = make_inputs(*shape, dtype=dtype, decay=decay, h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    with kc.tuning(cross_moves="dots", state_rows=32, bwd_split="block"):
-        _check(d, context=f"cross_moves dots {shape} cu={cu}", fn=_chunk_mode(seq))
+    with kc.tuning(fwd_scores=True, decay_sums="dots"):
+        _check(d, bound=2e-3 if dtype == torch.float16 else None, context=f"decay_sums dots {shape} cu={cu}",
+               fn=_chunk_mode(seq))
+        x = {n: v.detach().clone().requires_grad_(v.requires_grad) if torch.is_tensor(v) else v for n, v in d.items()}
+        with torch.no_grad():
+            x["w"][0, 20, 0, 3] = float("nan")
+        o, s = _chunk_mode(seq)(**x)
+        torch.autograd.backward([o, s], [torch.ones_like(o), torch.ones_like(s)])
+    ref = {n: v.detach().double() if torch.is_tensor(v) and v.is_floating_point() else v for n, v in x.items()}
+    o_ref, s_ref = ref_loop(**ref)
+    assert torch.equal(torch.isnan(o), torch.isnan(o_ref)) and torch.equal(torch.isnan(s), torch.isnan(s_ref))
+    assert torch.isnan(o).any() and torch.isfinite(x["r"].grad[:, :16]).all() and torch.isnan(x["w"].grad).any()
 
 
 def test_wkv6_chunk_bad_knobs():
-    """A ``state_rows``, ``bwd_split``, ``fwd_step``, ``cross_moves``, ``fwd_states`` or ``split_bytes`` value the
+    """A ``state_rows``, ``bwd_split``, ``fwd_step``, ``decay_sums``, ``fwd_states`` or ``split_bytes`` value the
     kernels do not take, an unknown knob (``bwd_maxnreg``: removed with ``_bwd_kernel``), or a backward whose
     ``state_rows`` differs from its forward's (saved states of the wrong spacing), is a one-line error."""
     import kernels.wkv6.chunk as kc
     with pytest.raises(ValueError, match="state_rows must be one of"):
         with kc.tuning(state_rows=48):
             pass
-    for bad in ("state_move", "bwd_maxnreg"):
+    for bad in ("state_move", "bwd_maxnreg", "cross_moves"):     # removed: sessions 9, 13, 26
         with pytest.raises(ValueError, match="unknown wkv6 chunk knobs"):
             with kc.tuning(**{bad: 0}):
                 pass
@@ -681,8 +692,8 @@ def test_wkv6_chunk_bad_knobs():
         with kc.tuning(fwd_step=64):
             pass
     for bad in ("dot", None, True):
-        with pytest.raises(ValueError, match="cross_moves must be one of"):
-            with kc.tuning(cross_moves=bad):
+        with pytest.raises(ValueError, match="decay_sums must be one of"):
+            with kc.tuning(decay_sums=bad):
                 pass
     for bad in (True, 2, "three"):
         with pytest.raises(ValueError, match="fwd_states must be one of"):
@@ -861,14 +872,14 @@ def test_wkv6_gpu_cases(case, seq):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("seq", [True, False], ids=["seq", "par"])
-@pytest.mark.parametrize("case", ["bf16_mild", "bf16_K32_V96", "bf16_varlen", "bf16_K128_V128", "fp32_K60_V100",
-                                  "fp32_extreme"])
-def test_wkv6_gpu_cross_moves_as_dots(case, seq):
-    """The cross kernel with the state moves as dots (``cross_moves`` "dots", 32-row states; session 25, untimed)
-    vs fp64 on GPU_CASES, both forward modes."""
+@pytest.mark.parametrize("case", ["bf16_strong", "bf16_extreme", "bf16_K32_V96", "bf16_varlen", "bf16_K128_V128",
+                                  "fp16_strong", "fp32_K60_V100", "fp32_extreme"])
+def test_wkv6_gpu_decay_sums_as_dots(case, seq):
+    """The decay sums as 0/1 dots (``decay_sums`` "dots": the scored walk's steps, forced on here, and the cross
+    kernel) vs fp64 on GPU_CASES, both forward modes (the state pass: 64-row states, three moves)."""
     import kernels.wkv6.chunk as kc
     shape, dtype, decay, bound, cu = GPU_CASES[case]
-    with kc.tuning(cross_moves="dots", state_rows=32, bwd_split="block"):
+    with kc.tuning(decay_sums="dots", fwd_scores=True):
         _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(seq), cu=cu)
 
 

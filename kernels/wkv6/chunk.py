@@ -144,11 +144,12 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._common import autotune_configs, grid_bucket as _grid_bucket, launch, new_empty, num_sms
-from kernels._dot import mma, tf32_operand
+from kernels._dot import mma
 from kernels._slots import grad_slot
-from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cross_terms, _cu, _dims, _half_dot,
-                                 _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2, _prec, _row_offsets, _run,
-                                 _seq_bounds, _state_or_zeros, _store_dqkw, _warp_configs)
+from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cross_bwd_dots, _cu, _decay_sums,
+                                 _decay_total, _dims, _half_dot, _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2,
+                                 _prec, _raw_rows, _row_offsets, _run, _seq_bounds, _state_or_zeros, _store_dqkw,
+                                 _sum_operand, _w_for_dots, _warp_configs)
 from kernels.wkv6.states import BT_PAR, _fwd_states, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states (default; ``TUNING["state_rows"]``)
@@ -304,7 +305,7 @@ def _scored_step(b_q, b_k, b_w, b_wm, b_wp, b_v, b_a, o_ptr, b_h, bos, L, r0, i_
 @triton.jit
 def _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, scale, o_c, o_k, o_v, m_k, m_v,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, SB: tl.constexpr,
-                PREC: tl.constexpr, FAST: tl.constexpr):
+                PREC: tl.constexpr, FAST: tl.constexpr, SUM_DOTS: tl.constexpr):
     """``_scored_block`` over a whole C = 2·SB-row step (the walk's ``fwd_step``): o rows r0..r0+C (stored) and the
     state after them (returned) from the state before them b_h [BK, BV]. The step's scores A [C, C]: the two SB-row
     diagonal blocks read from a_ptr (``_fwd_scores_kernel``, × scale, bonus included), the pairs of the two blocks
@@ -313,27 +314,59 @@ def _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, 
     block's end), segmented cumsums of the shifted w tiles restarted every SB rows (exclusive sums of terms of one
     sign, ≤ 0; a NaN w reaches exactly the pairs that span it). The step-level decays exp(P), exp(R) [C, BK] from
     the same tiles' cumsums over the step, as in ``_scored_block``. o_c = arange(C); rows past L read 0 and are not
-    stored. (64-row steps, two more levels, lost: H100 run 16, 1.744 vs 1.489 ms forward at B8 T4096 H32.)"""
+    stored. (64-row steps, two more levels, lost: H100 run 16, 1.744 vs 1.489 ms forward at B8 T4096 H32.)
+    SUM_DOTS (``decay_sums`` "dots"): every one of those sums from the unshifted w tile as a ``_decay_sums`` dot
+    (w_ptr in the inputs' dtype; fp32 under the interpreter for bf16) — no scans, one w load instead of three."""
     tl.static_assert(C == 2 * SB, "fwd_step: 32-row steps (C = 2 SB) only")
     b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0) * scale
     b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0)
-    b_gl = tl.sum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0)), axis=0)  # W of the step
-    b_wm = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, -1))     # w_{t−1} (0 at the start)
-    b_wp = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 1))      # w_{t+1} (0 at the end)
-    # the diagonal SB-blocks: row t's scores sit at a_ptr's row t, columns s mod SB
+    if SUM_DOTS:
+        b_h = _step_block_dots(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, b_q, b_k, bos, L, r0, i_h, o_c, o_k,
+                               o_v, m_k, m_v, H, K, V, C, SB, PREC, FAST)
+    else:
+        b_gl = tl.sum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0)), axis=0)  # W of the step
+        b_wm = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, -1))     # w_{t−1} (0 at the start)
+        b_wp = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 1))      # w_{t+1} (0 at the end)
+        # the diagonal SB-blocks: row t's scores sit at a_ptr's row t, columns s mod SB
+        rows = r0 + o_c
+        b_a = tl.load(a_ptr + ((bos + rows) * H + i_h)[:, None] * SB + (o_c % SB)[None, :],
+                      mask=(rows < L)[:, None] & ((o_c[:, None] // SB) == (o_c[None, :] // SB)), other=0.)
+        b_p = _seg_scan(tl.where((o_c % SB == 0)[:, None], 0., b_wm), SB, C, False, False)
+        b_r = _seg_scan(tl.where((o_c % SB == SB - 1)[:, None], 0., b_wp), SB, C, True, False)
+        b_e = _exp_ftz(tl.where((o_c >= SB)[:, None], b_p, b_r), FAST)
+        b_s = mma(b_q * b_e, tl.trans(b_k * b_e), PREC)
+        b_a += tl.where(_level_mask(o_c, SB), b_s, 0.)
+        b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_c, o_v, m_v, H, V, C, 0)
+        b_o = mma(b_q * _exp_ftz(tl.cumsum(b_wm, axis=0), FAST), b_h, PREC)
+        b_o += mma(b_a, b_v, PREC, B_EXACT=True)
+        _store_o(o_ptr, b_o, bos, r0, L, i_h, o_c, o_v, m_v, H, V)
+        b_kd = b_k * _exp_ftz(tl.cumsum(b_wp, axis=0, reverse=True), FAST)
+        b_h = b_h * _exp_ftz(b_gl, FAST)[:, None] + mma(tl.trans(b_kd), b_v, PREC, B_EXACT=True)
+    return b_h
+
+
+@triton.jit
+def _step_block_dots(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, b_q, b_k, bos, L, r0, i_h, o_c, o_k, o_v, m_k,
+                     m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, SB: tl.constexpr,
+                     PREC: tl.constexpr, FAST: tl.constexpr):
+    """``_step_block`` after its q (scaled), k [C, BK] fp32 loads, with the decay sums as ``_decay_sums`` dots of
+    the step's w tile: the two blocks' pairs (``_span_mask`` at SB: x < t in the upper block, x > s in the lower),
+    the queries' Σ_{x<t} and the keys' Σ_{x>s} over the step, and W."""
     rows = r0 + o_c
+    b_ws = _sum_operand(tl.load(w_ptr + ((bos + rows) * H + i_h)[:, None] * K + o_k[None, :],
+                                mask=(rows < L)[:, None] & m_k[None, :], other=0.))
+    r, x = o_c[:, None], o_c[None, :]
     b_a = tl.load(a_ptr + ((bos + rows) * H + i_h)[:, None] * SB + (o_c % SB)[None, :],
-                  mask=(rows < L)[:, None] & ((o_c[:, None] // SB) == (o_c[None, :] // SB)), other=0.)
-    b_p = _seg_scan(tl.where((o_c % SB == 0)[:, None], 0., b_wm), SB, C, False, False)
-    b_r = _seg_scan(tl.where((o_c % SB == SB - 1)[:, None], 0., b_wp), SB, C, True, False)
-    b_e = _exp_ftz(tl.where((o_c >= SB)[:, None], b_p, b_r), FAST)
+                  mask=(rows < L)[:, None] & ((r // SB) == (x // SB)), other=0.)
+    b_e = _exp_ftz(_decay_sums(_span_mask(r, x, SB), b_ws), FAST)
     b_s = mma(b_q * b_e, tl.trans(b_k * b_e), PREC)
     b_a += tl.where(_level_mask(o_c, SB), b_s, 0.)
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_c, o_v, m_v, H, V, C, 0)
-    b_o = mma(b_q * _exp_ftz(tl.cumsum(b_wm, axis=0), FAST), b_h, PREC)
+    b_o = mma(b_q * _exp_ftz(_decay_sums(x < r, b_ws), FAST), b_h, PREC)
     b_o += mma(b_a, b_v, PREC, B_EXACT=True)
     _store_o(o_ptr, b_o, bos, r0, L, i_h, o_c, o_v, m_v, H, V)
-    b_kd = b_k * _exp_ftz(tl.cumsum(b_wp, axis=0, reverse=True), FAST)
+    b_kd = b_k * _exp_ftz(_decay_sums(x > r, b_ws), FAST)
+    b_gl = _decay_total(b_ws, tl.arange(0, 16))
     return b_h * _exp_ftz(b_gl, FAST)[:, None] + mma(tl.trans(b_kd), b_v, PREC, B_EXACT=True)
 
 
@@ -481,7 +514,7 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
               SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
               VARLEN: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, SCORES: tl.constexpr,
               PREC: tl.constexpr, PIPE: tl.constexpr = False, STEP: tl.constexpr = False,
-              FAST: tl.constexpr = False):
+              FAST: tl.constexpr = False, SUM_DOTS: tl.constexpr = False):
     """Grid (V-blocks, N·H). Walks the SB-row blocks of one (sequence, head, V-block) with the state in registers:
     writes o_ptr and the final state ht_ptr, starts from h0_ptr (USE_H0; else None and zeros), and stores the state
     at every BT-row chunk start into hs_ptr when SAVE (else None; layouts above; cmap_ptr unused: a sequence's slots
@@ -491,7 +524,8 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
     with PIPE the next block's tiles are loaded before this block's dots (``fwd_pipe``: untimed). STEP (with
     SCORES and BT = 2·SB; ``fwd_step``): one BT-row step per iteration (``_step_block``: the pairs of its two
     blocks by one more level, the state stored at every step start when SAVE) instead of one SB-row block; FAST:
-    its exps by ex2.approx.ftz (GPU).
+    its exps by ex2.approx.ftz (GPU); SUM_DOTS: its decay sums as dots (``decay_sums`` "dots"; w_ptr then fp32 for
+    bf16 under the interpreter).
     NH_BUCKET: autotune key only (``_nh_bucket``). Autotuned as ``_fwd_seq_kernel``, ``_fwd_split_kernel``,
     ``_fwd_scored_kernel`` and ``_fwd_step_kernel``."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -512,7 +546,7 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
             if SAVE:
                 tl.store(hs_ptr + ((slot0 + i_c) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
             b_h = _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, i_c * BT, i_h, scale, o_c, o_k,
-                              o_v, m_k, m_v, H, K, V, BT, SB, PREC, FAST)
+                              o_v, m_k, m_v, H, K, V, BT, SB, PREC, FAST, SUM_DOTS)
     else:
         if PIPE:
             t_q, t_k, t_w, t_wm, t_wp, t_v, t_a = _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L, 0, i_h,
@@ -602,24 +636,40 @@ _fwd_par_kernel = triton.autotune(configs=_four_warps(), key=["K", "V", "BT", "B
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
 def _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr,
-                      K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
-    """S at the end of the block starting at r0 from S at its start: diag(exp(W)) S + (k ⊙ exp(R))ᵀ v."""
+                      K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr,
+                      SUM_DOTS: tl.constexpr = False):
+    """S at the end of the block starting at r0 from S at its start: diag(exp(W)) S + (k ⊙ exp(R))ᵀ v. SUM_DOTS:
+    R and W as ``_decay_sums`` dots (w_ptr as ``_w_for_dots`` gives it)."""
     b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
-    b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
-    return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + mma(tl.trans(b_kd), b_v, PREC, B_EXACT=True)
+    if SUM_DOTS:
+        b_ws = _sum_operand(_raw_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+        b_kd = b_k * tl.exp(_decay_sums(o_t[None, :] > o_t[:, None], b_ws))
+        b_gl = _decay_total(b_ws, o_t)
+    else:
+        b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+        b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
+        b_gl = tl.sum(b_w, axis=0)
+    return b_h * tl.exp(b_gl)[:, None] + mma(tl.trans(b_kd), b_v, PREC, B_EXACT=True)
 
 
 @triton.jit
 def _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v,
-                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
-    """dL/dS before the block starting at r0 from dL/dS after it: diag(exp(W)) D + (q ⊙ exp(P))ᵀ do."""
+                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr,
+                     SUM_DOTS: tl.constexpr = False):
+    """dL/dS before the block starting at r0 from dL/dS after it: diag(exp(W)) D + (q ⊙ exp(P))ᵀ do. SUM_DOTS: as
+    ``_state_over_block``'s."""
     b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
-    b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
     b_do = _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_qd = b_q * tl.exp(tl.cumsum(b_w, axis=0) - b_w)
-    return b_dh * tl.exp(tl.sum(b_w, axis=0))[:, None] + mma(tl.trans(b_qd), b_do, PREC, B_EXACT=True)
+    if SUM_DOTS:
+        b_ws = _sum_operand(_raw_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+        b_qd = b_q * tl.exp(_decay_sums(o_t[None, :] < o_t[:, None], b_ws))
+        b_gl = _decay_total(b_ws, o_t)
+    else:
+        b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+        b_qd = b_q * tl.exp(tl.cumsum(b_w, axis=0) - b_w)
+        b_gl = tl.sum(b_w, axis=0)
+    return b_dh * tl.exp(b_gl)[:, None] + mma(tl.trans(b_qd), b_do, PREC, B_EXACT=True)
 
 
 @triton.jit
@@ -645,11 +695,13 @@ def _chunk_states(hs_ptr, hd_ptr, i_s, i_h, c0, L, o_kv, m_kv, H: tl.constexpr, 
 
 @triton.jit
 def _block_rows(q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v,
-                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr):
-    """The block's rows r0 + o_t as fp32 tiles: q (scaled), k, raw w [SB, BK]; v, do [SB, BV]."""
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, RAW_W: tl.constexpr = False):
+    """The block's rows r0 + o_t as fp32 tiles: q (scaled), k, raw w [SB, BK] (RAW_W: in w_ptr's dtype); v, do
+    [SB, BV]."""
     return (_load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale,
             _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0),
-            _load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0),
+            (_raw_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) if RAW_W else
+             _load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)),
             _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0),
             _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0))
 
@@ -657,17 +709,17 @@ def _block_rows(q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, bos, r0, L, i_h, scale, o_t,
 @triton.jit
 def _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale, o_t, o_k,
                   o_v, m_k, m_v, o_kv, m_kv, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                  SB: tl.constexpr, PREC: tl.constexpr):
+                  SB: tl.constexpr, PREC: tl.constexpr, SUM_DOTS: tl.constexpr):
     """S at the start of block i_m of the chunk at c0 (slot i_s) and dL/dS at its end [BK, BV] fp32: S_c / D_c
-    moved over the chunk's earlier / later blocks, block by block."""
+    moved over the chunk's earlier / later blocks, block by block (SUM_DOTS: ``_state_over_block``'s)."""
     b_h, b_dh = _chunk_states(hs_ptr, hd_ptr, i_s, i_h, c0, L, o_kv, m_kv, H, K, V)
     nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows (the rest: no-ops)
     for j in range(0, tl.minimum(i_m, nb)):
         b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K,
-                                V, SB, PREC)
+                                V, SB, PREC, SUM_DOTS)
     for j in range(0, nb - 1 - i_m):
         b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + (nb - 1 - j) * SB, L, i_h, scale, o_t, o_k,
-                                o_v, m_k, m_v, H, K, V, SB, PREC)
+                                o_v, m_k, m_v, H, K, V, SB, PREC, SUM_DOTS)
     return b_h, b_dh
 
 
@@ -844,12 +896,16 @@ def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, p
 @triton.jit
 def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
                  b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr,
-                 V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
+                 V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr, SUM_DOTS: tl.constexpr):
     """The block at row r0 given S at its start (b_h) and dL/dS at its end (b_dh): its block-crossing terms
-    (``common._cross_bwd``) plus ``_bwd_own_kernel``'s fp32 partials -> the gradients in the inputs' dtypes."""
+    (``common._cross_bwd``; SUM_DOTS: ``common._cross_bwd_dots``) plus ``_bwd_own_kernel``'s fp32 partials -> the
+    gradients in the inputs' dtypes."""
     b_q, b_k, b_wr, b_v, b_do = _block_rows(q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, bos, r0, L, i_h, scale, o_t, o_k,
-                                            o_v, m_k, m_v, H, K, V, SB)
-    b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC, True)
+                                            o_v, m_k, m_v, H, K, V, SB, SUM_DOTS)
+    if SUM_DOTS:
+        b_dq, b_dk, b_dv, b_dw = _cross_bwd_dots(b_q, b_k, _sum_operand(b_wr), b_v, b_do, b_h, b_dh, o_t, PREC)
+    else:
+        b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC, True)
     _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, b_do, b_wr, b_dq, b_dk, b_dv, b_dw,
                  bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
 
@@ -868,72 +924,20 @@ def _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
                 b_dw + tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
 
 
-@triton.jit
-def _cross_block_dots(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr,
-                      dk_ptr, dv_ptr, dw_ptr, i_s, i_m, i_h, bos, L, c0, scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv,
-                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
-    """``_block_states`` + ``_cross_block`` for block i_m of a two-block chunk (32-row states) without moving a
-    state (``TUNING["cross_moves"]`` "dots"): the move over the chunk's other block enters the crossing terms as
-    M = 16 dots of that block's rows. Block 1 (S_1 = e0 ⊙ S_c + k̂0ᵀ v0, e0 = exp(W of block 0), k̂0 = k0 ⊙
-    exp(R0)): do S_1ᵀ = e0 ⊙ (do S_cᵀ) + (do v0ᵀ) k̂0 and Σ_v S_1 ⊙ D_c = e0 ⊙ Σ_v S_c ⊙ D_c + Σ_s k̂0 ⊙ (v0 D_cᵀ).
-    Block 0 (D_0 = e1 ⊙ D_c + q̂1ᵀ do1, q̂1 = q1 ⊙ exp(P1); rows past the sequence read 0, so a missing block 1
-    leaves D_c): v D_0ᵀ = e1 ⊙ (v D_cᵀ) + (v do1ᵀ) q̂1, k̃ D_0 = (k̃ ⊙ e1) D_c + (k̃ q̂1ᵀ) do1 and Σ_v S_c ⊙ D_0 = e1 ⊙
-    Σ_v S_c ⊙ D_c + Σ_t q̂1 ⊙ (do1 S_cᵀ). The states are only ever dot operands (no [K, V] accumulator of a
-    64-row wgmma, whose layout both states were converted to: run 29's Nsight Compute found this kernel bound by its
-    shared-memory traffic)."""
-    b_S, b_D = _chunk_states(hs_ptr, hd_ptr, i_s, i_h, c0, L, o_kv, m_kv, H, K, V)
-    r0 = c0 + i_m * SB
-    b_q, b_k, b_wr, b_v, b_do = _block_rows(q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, bos, r0, L, i_h, scale, o_t, o_k,
-                                            o_v, m_k, m_v, H, K, V, SB)
-    b_w = _clamp_w(b_wr)
-    b_egp = tl.exp(tl.cumsum(b_w, axis=0) - b_w)
-    b_egl = tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
-    b_kt = b_k * b_egl
-    b_sd = tl.sum(b_S * b_D, axis=1)
-    b_S = tf32_operand(b_S, PREC)       # from here on only dot operands: rounded once (marked exact below)
-    b_D = tf32_operand(b_D, PREC)
-    if i_m == 1:
-        b_k0 = _load_rows(k_ptr, bos, c0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
-        b_w0 = _clamp_w(_load_rows(w_ptr, bos, c0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
-        b_v0 = _load_rows(v_ptr, bos, c0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-        b_e0 = tl.exp(tl.sum(b_w0, axis=0))
-        b_k0h = b_k0 * tl.exp(tl.cumsum(b_w0, axis=0, reverse=True) - b_w0)
-        b_dqs = (mma(b_do, tl.trans(b_S), PREC, A_EXACT=True, B_EXACT=True) * b_e0[None, :]
-                 + mma(mma(b_do, tl.trans(b_v0), PREC, A_EXACT=True, B_EXACT=True), b_k0h, PREC))
-        b_sd = b_e0 * b_sd + tl.sum(b_k0h * mma(b_v0, tl.trans(b_D), PREC, A_EXACT=True, B_EXACT=True), axis=0)
-        b_dks = mma(b_v, tl.trans(b_D), PREC, A_EXACT=True, B_EXACT=True)
-        b_dvx = mma(b_kt, b_D, PREC, B_EXACT=True)
-    else:
-        b_q1 = _load_rows(q_ptr, bos, c0 + SB, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
-        b_w1 = _clamp_w(_load_rows(w_ptr, bos, c0 + SB, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
-        b_do1 = _load_rows(do_ptr, bos, c0 + SB, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-        b_e1 = tl.exp(tl.sum(b_w1, axis=0))
-        b_q1h = b_q1 * tl.exp(tl.cumsum(b_w1, axis=0) - b_w1)
-        b_dqs = mma(b_do, tl.trans(b_S), PREC, A_EXACT=True, B_EXACT=True)
-        b_sd = b_e1 * b_sd + tl.sum(b_q1h * mma(b_do1, tl.trans(b_S), PREC, A_EXACT=True, B_EXACT=True), axis=0)
-        b_dks = (mma(b_v, tl.trans(b_D), PREC, A_EXACT=True, B_EXACT=True) * b_e1[None, :]
-                 + mma(mma(b_v, tl.trans(b_do1), PREC, A_EXACT=True, B_EXACT=True), b_q1h, PREC))
-        b_dvx = (mma(b_kt * b_e1[None, :], b_D, PREC, B_EXACT=True)
-                 + mma(mma(b_kt, tl.trans(b_q1h), PREC), b_do1, PREC, B_EXACT=True))
-    b_dq, b_dk, b_dv, b_dw = _cross_terms(b_q, b_k, b_w, b_egp, b_egl, b_dqs, b_dks, b_dvx, b_sd, PREC, True)
-    _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, b_do, b_wr, b_dq, b_dk, b_dv, b_dw,
-                 bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
-
-
 @triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC", "GRID_BUCKET"])
 @triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
 def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr,
                       dk_ptr, dv_ptr, dw_ptr, dup_ptr, du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NDU, GRID_BUCKET,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
-                      FINISH_DU: tl.constexpr, MOVE_DOTS: tl.constexpr):
+                      FINISH_DU: tl.constexpr, SUM_DOTS: tl.constexpr):
     """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V) (``bwd_split`` "block"), the state
     half of the split backward, one SB-row block per program: S_m, D_m
     (``_block_states``) and ``_cross_block``, adding ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr
     [B·T, H, K] and the own pairs' dv Aᵀ do from its scores pa_ptr [B·T, H, SB] -> dq_ptr, dk_ptr, dw_ptr [B·T, H,
     K], dv_ptr [B·T, H, V] (other layouts
     above). Offered a 168-register cap at 4 warps beside the uncapped 4 / 8 warps (H100 run 13: the cap picked).
-    MOVE_DOTS (``cross_moves`` "dots", 32-row states only): ``_cross_block_dots``, no state moved.
+    SUM_DOTS (``decay_sums`` "dots"): every decay sum as a ``_decay_sums`` dot (w_ptr as ``_w_for_dots`` gives it).
     FINISH_DU: one more program per head (the last of axis 0) sums the own kernel's du partial rows dup_ptr
     [NDU, H, K] fp32 in row order into du_ptr [H, K] fp32 (deterministic; no separate reduction launch); else
     both are None and NDU 0. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid)."""
@@ -943,15 +947,10 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
         pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
         o_t = tl.arange(0, SB)
         o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-        if MOVE_DOTS:
-            _cross_block_dots(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr,
-                              dq_ptr, dk_ptr, dv_ptr, dw_ptr, i_s, i_m, i_h, bos, L, c0, scale, o_t, o_k, o_v, m_k,
-                              m_v, o_kv, m_kv, H, K, V, SB, PREC)
-        else:
-            b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
-                                      scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
-            _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
-                         dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+        b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
+                                  scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC, SUM_DOTS)
+        _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
+                     dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC, SUM_DOTS)
 
 
 @triton.jit
@@ -1159,8 +1158,7 @@ def _fwd_scores(r, k, w, u, scale, cu, prec, out=None):
     64-row chunk and head. ``cu``: cu_seqlens as the kernels take it (``common._cu``: int32, or None)."""
     B, T, H, K = r.shape
     N = B if cu is None else cu.shape[0] - 1
-    if w.dtype != torch.float32 and not _half_dot(w.dtype):
-        w = w.float()     # bf16 under the interpreter: its bf16 dots are wrong on the CPU (the span sums are dots)
+    w = _w_for_dots(w)     # the span sums are dots
     a = new_empty((B, T, H, SB), torch.float32, r.device) if out is None else out
     S, NT, cmap = _par_slots(B, T, N, cu, r.device, BT)
     launch(_fwd_scores_kernel)[(S, H)](r, k, w, u, a, cu, cmap, scale, T, NT, H=H, K=K, BT=BT, SB=SB, BK=_bk(K),
@@ -1218,10 +1216,12 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         step = scores and bool(kn["fwd_step"]) and bt == 2 * SB     # 32-row steps; at 64-row states 16-row blocks
         kernel = (_fwd_split_kernel if use_split else _fwd_step_kernel if step else _fwd_scored_kernel if scores
                   else _fwd_seq_kernel)
-        launch(kernel)[grid](r, k, v, w, u, *split, a, h0, o, ht, hs if save else None, cu, scale, T, NT,
-                             _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
-                             VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec,
-                             PIPE=scores and not step and kn["fwd_pipe"], STEP=step, FAST=step and not INTERPRET)
+        sum_dots = step and kn["decay_sums"] == "dots"
+        launch(kernel)[grid](r, k, v, _w_for_dots(w) if sum_dots else w, u, *split, a, h0, o, ht,
+                             hs if save else None, cu, scale, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB,
+                             BK=BK, LOG=LOG, USE_H0=h0 is not None, VARLEN=varlen, SAVE=save, SPLIT=use_split,
+                             SCORES=scores, PREC=prec, PIPE=scores and not step and kn["fwd_pipe"], STEP=step,
+                             FAST=step and not INTERPRET, SUM_DOTS=sum_dots)
         return o, ht, (saved if saved is not None else hs)
     BV = max(16, min(64, _pow2(V)))
     if scores and _one_state_pass(T, kn):   # one state kernel at the backward's spacing (64 rows if none saved)
@@ -1332,16 +1332,16 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None, "cross_moves": "state"}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None, "decay_sums": "scans"}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None, "cross_moves": "state"}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None, "decay_sums": "scans"}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 FWD_STATES = (None, "one", "two")
 BWD_SPLIT = ("block", "fused")     # the ``bwd_split`` knob's values
-CROSS_MOVES = ("state", "dots")   # ``cross_moves``: at 32-row states the split backward's cross kernel moves S / D
-                                   # over the chunk's other block ("state") or takes the move as dots ("dots")
+DECAY_SUMS = ("scans", "dots")    # ``decay_sums``: the scored walk's steps and the cross kernel sum w by scans
+                                  # and column sums ("scans") or by 0/1 dots (``common._decay_sums``)
 
 
 @contextlib.contextmanager
@@ -1360,8 +1360,8 @@ def tuning(**knobs):
         raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
     if knobs.get("fwd_states") not in FWD_STATES:
         raise ValueError(f"wkv6 chunk knob fwd_states must be one of {FWD_STATES}; got {knobs['fwd_states']!r}")
-    if knobs.get("cross_moves", "state") not in CROSS_MOVES:
-        raise ValueError(f"wkv6 chunk knob cross_moves must be one of {CROSS_MOVES}; got {knobs['cross_moves']!r}")
+    if knobs.get("decay_sums", "scans") not in DECAY_SUMS:
+        raise ValueError(f"wkv6 chunk knob decay_sums must be one of {DECAY_SUMS}; got {knobs['decay_sums']!r}")
     if knobs.get("bwd_split", "block") not in BWD_SPLIT:
         raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
     for name in ("split_bytes", "piece_bytes"):
@@ -1436,7 +1436,7 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
     per_b = T * H * (3 * K + (0 if a is not None else SB)) * 4
     step = B if cu is not None or not kn["split_bytes"] else max(1, min(B, kn["split_bytes"] // per_b))
     du_part = new_empty((S * nb, H, K), torch.float32, r.device)
-    w_own = w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()    # bf16 under the interpreter
+    w_own = _w_for_dots(w)
     prec = _prec(r.dtype, bwd=True)
     meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
     if kn["bwd_split"] == "fused":     # one kernel, no partials
@@ -1461,10 +1461,10 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
         if a is not None:
             ps[2] = cut(a)
         launch(_bwd_cross_kernel)[((s1 - s0) * nb + finish, H)](
-            cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
+            cut(r), cut(k), cut(v), cut(w_own), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
             du_part if finish else None, du, cu, cmap, scale, T, NT, S * nb if finish else 0,
             _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish,
-            MOVE_DOTS=kn["cross_moves"] == "dots" and nb == 2,
+            SUM_DOTS=kn["decay_sums"] == "dots",
             **{**meta, "PREC": _prec(r.dtype, bwd=True, cross=True)})
     return du if finish else du_part.sum(0)
 

@@ -41,6 +41,12 @@ def _half_dot(dtype: torch.dtype) -> bool:
     return dtype == torch.float16 or (dtype == torch.bfloat16 and not INTERPRET)
 
 
+def _w_for_dots(w: torch.Tensor) -> torch.Tensor:
+    """w as the kernels whose dots read it raw take it (the span sums, ``_decay_sums``): as it is, except bf16 under
+    the interpreter, whose bf16 dots are wrong on the CPU (then an fp32 copy)."""
+    return w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()
+
+
 def _warp_configs():
     return autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
                              triton.Config({}, num_warps=8, num_stages=1)])
@@ -50,6 +56,40 @@ def _warp_configs():
 def _clamp_w(b_w):
     """min(w, 0) that keeps NaN (tl.minimum drops it): a NaN log-decay reaches the outputs instead of acting as 0."""
     return tl.where(b_w > 0, 0., b_w)
+
+
+# ---- the decay sums as dots (``chunk.TUNING["decay_sums"]`` "dots"). A sum of w over some rows of a tile is one
+# row of a dot of a 0/1 pattern with the w tile: products of bf16 / fp16 values with 0 or 1 are exact and the tensor
+# cores accumulate them in fp32 (fp32 inputs: "ieee", an FMA dot), every sum of terms of one sign. The scans and
+# column sums they replace run along the rows of a [rows, K] tile, which 4 warps split: each went through shared
+# memory (H200 run 30, Nsight Compute's source view: 43 % of the walk's stall samples in its scans, the cross
+# kernel's two column sums 70 M of its 219 M shared wavefronts at 8-way bank conflicts).
+SUM_FLOOR = tl.constexpr(-256.)    # exp of any sum holding a term ≤ this is 0 in fp32 (and flushed by ex2.ftz)
+NAN_MARK = tl.constexpr(32768.)    # > 63 · |SUM_FLOOR|: a sum over a NaN's mark stays > 0; exact in bf16 and fp16
+
+
+@triton.jit
+def _sum_operand(b_wr):
+    """The raw log-decay tile (its dtype) as the decay-sum dots' operand: the clamp min(w, 0) of ``_clamp_w``, then
+    floored at SUM_FLOOR (exact: exp of a sum holding such a term underflows to 0 either way), and a NaN as
+    NAN_MARK, which ``_decay_sums`` turns back into NaN in exactly the sums over it (a 0/1 dot would spread a NaN
+    itself to every row: 0 · NaN)."""
+    return tl.where(b_wr < 0, tl.maximum(b_wr, SUM_FLOOR), tl.where(b_wr >= 0, 0., NAN_MARK)).to(b_wr.dtype)
+
+
+@triton.jit
+def _decay_sums(m_pat, b_ws):
+    """Σ_x pat[r, x] · w_x [R, BK] fp32 for a 0/1 pattern m_pat [R, C] (bool, R ≥ 16) over the rows of b_ws [C, BK]
+    (``_sum_operand``): one dot in the operand's dtype, every sum of terms ≤ 0; NaN where a NaN w is summed."""
+    b_s = tl.dot(tl.where(m_pat, 1., 0.).to(b_ws.dtype), b_ws, input_precision="ieee")
+    return tl.where(b_s > 0, float("nan"), b_s)
+
+
+@triton.jit
+def _decay_total(b_ws, o_r):
+    """W = Σ over all rows of b_ws [C, BK] (``_sum_operand``) as a [BK] fp32 vector: the one nonzero row of a
+    ``_decay_sums`` dot (o_r = arange(16); the column sum of zeros and one value is exact) — the state's decay."""
+    return tl.sum(_decay_sums((o_r[:, None] == 0) & (tl.arange(0, b_ws.shape[0])[None, :] >= 0), b_ws), axis=0)
 
 
 @triton.jit
@@ -91,10 +131,17 @@ def _load_rows(p_ptr, bos, r0, L, i_h, o_t, o_c, m_c, H: tl.constexpr, C: tl.con
     """The tile every wkv6 kernel starts from: rows r0 + t + SHIFT (t < ROWS) of one head of a [B·T, H, C] tensor
     (token bos + row, columns o_c), as fp32 [ROWS, BC]. Rows outside [r0, r0 + ROWS) (SHIFT = ±1: the neighbour
     block's) or past the sequence length L read 0."""
+    return _raw_rows(p_ptr, bos, r0, L, i_h, o_t, o_c, m_c, H, C, ROWS, SHIFT).to(tl.float32)
+
+
+@triton.jit
+def _raw_rows(p_ptr, bos, r0, L, i_h, o_t, o_c, m_c, H: tl.constexpr, C: tl.constexpr, ROWS: tl.constexpr,
+              SHIFT: tl.constexpr):
+    """``_load_rows`` in the tensor's own dtype (the decay-sum dots' w: ``_sum_operand``)."""
     rows = r0 + o_t + SHIFT
     m_t = (rows < L) & (o_t + SHIFT >= 0) & (o_t + SHIFT < ROWS)
     p = p_ptr + ((bos + rows) * H + i_h)[:, None] * C + o_c[None, :]
-    return tl.load(p, mask=m_t[:, None] & m_c[None, :], other=0.).to(tl.float32)
+    return tl.load(p, mask=m_t[:, None] & m_c[None, :], other=0.)
 
 
 @triton.jit
@@ -157,30 +204,27 @@ def _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC: tl.constexpr, DW_DOTS:
     (G_L − G_t as a suffix sum), dv^s_t = (k_t ⊙ exp(G_L − G_t)) D, and dw over the pairs crossing the block
     boundary: queries here vs earlier keys, keys here vs later queries, and earlier keys vs later queries
     (exp(G_L) S0 : D). Returns (dq^s, dk^s, dv^s, dw^s) fp32; b_h and b_dh are dead afterwards."""
-    b_egp = tl.exp(tl.cumsum(b_w, axis=0) - b_w)
-    b_egl = tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
-    b_sd = tl.sum(b_h * b_dh, axis=1)
-    b_dqs = mma(b_do, tl.trans(b_h), PREC, A_EXACT=True)
-    b_dks = mma(b_v, tl.trans(b_dh), PREC, A_EXACT=True)
-    b_dvx = mma(b_k * b_egl, b_dh, PREC)
-    return _cross_terms(b_q, b_k, b_w, b_egp, b_egl, b_dqs, b_dks, b_dvx, b_sd, PREC, DW_DOTS)
+    return _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, tl.sum(b_w, axis=0), tl.exp(tl.cumsum(b_w, axis=0) - b_w),
+                        tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w), PREC, DW_DOTS)
 
 
 @triton.jit
-def _cross_terms(b_q, b_k, b_w, b_egp, b_egl, b_dqs, b_dks, b_dvx, b_sd, PREC: tl.constexpr, DW_DOTS: tl.constexpr):
-    """``_cross_bwd`` from its state products: b_dqs = do S0ᵀ, b_dks = v Dᵀ [R, BK], b_dvx = (k ⊙ exp(G_L − G)) D
-    [R, BV], b_sd = Σ_v S0 ⊙ D [BK] (S0 at the block start, D = dL/dS at its end), b_egp / b_egl the exp of the
-    exclusive prefix / suffix sums of b_w. Returns (dq^s, dk^s, dv^s, dw^s) fp32."""
-    b_dwx = (tl.exp(tl.sum(b_w, axis=0)) * b_sd)[None, :]
-    b_dqx = b_dqs * b_egp
-    b_dkx = b_dks * b_egl
-    # dw_j += Σ_{t>j} a_t + Σ_{s<j} b_s, each sum formed from the other rows' terms only (an inclusive cumsum minus
-    # the row's own term cancelled: absolute error ulp(a_j), 33 % of a small dw_j beside a large one, fp32 dw 2.3e-5
-    # found by the fuzz). Two exact forms, chosen per kernel by the GPU (DW_DOTS):
-    #   dots of the strict triangular 0/1 patterns (ieee / tf32x3): the split backward's cross kernel (H100 run 19:
-    #   _bwd_cross_kernel 2,351 us at B8 T4096 H32 with them, 3,229 with the scan);
-    #   an associative scan of (0, x) pairs (``_excl_combine``): the fused backward, where the dots spilled
-    #   (offline sm_90, 2 warps: 528 → 776 B; run 18 LOWMEM 9.07 → 10.13 ms, run 19 with the scan 9.21)
+def _cross_bwd_dots(b_q, b_k, b_ws, b_v, b_do, b_h, b_dh, o_t, PREC: tl.constexpr):
+    """``_cross_bwd`` (its dw by the triangle dots) with the decay sums as ``_decay_sums`` dots of b_ws [SB, BK]
+    (``_sum_operand`` of the block's raw w; o_t = arange(SB)): no scan, no column sum across the warps."""
+    r, x = o_t[:, None], o_t[None, :]
+    return _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, _decay_total(b_ws, o_t), tl.exp(_decay_sums(x < r, b_ws)),
+                        tl.exp(_decay_sums(x > r, b_ws)), PREC, True)
+
+
+@triton.jit
+def _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, b_gl, b_egp, b_egl, PREC: tl.constexpr, DW_DOTS: tl.constexpr):
+    """``_cross_bwd`` given the block's decays: b_gl = G_L [BK], b_egp / b_egl [R, BK] the exp of the exclusive
+    prefix / suffix sums of the clamped w. Returns (dq^s, dk^s, dv^s, dw^s) fp32."""
+    b_dwx = (tl.exp(b_gl) * tl.sum(b_h * b_dh, axis=1))[None, :]
+    b_dqx = mma(b_do, tl.trans(b_h), PREC, A_EXACT=True) * b_egp
+    b_dkx = mma(b_v, tl.trans(b_dh), PREC, A_EXACT=True) * b_egl
+    b_dvx = mma(b_k * b_egl, b_dh, PREC)
     b_a = b_q * b_dqx
     b_b = b_k * b_dkx
     if DW_DOTS:
