@@ -56,9 +56,7 @@ walk in 32-row steps, ``fwd_step``: the default's walk since run 16), chunk_seq_
 (``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
 the latter at 64-row states), chunk_bfused / chunk_bfused64 (``bwd_split`` "fused": one kernel per chunk, own pairs
 and crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bslice (the split backward on
-batch slices of <= 256 MiB of fp32 partials, ``split_bytes``), chunk_sumdots (``decay_sums`` "dots": the scored
-walk's steps and the cross kernel sum w by 0/1 dots, no scans; session 26), chunk_sumdots_s2 (that with the walk
-at 2 pipeline stages, below); the others keep the default's forward mode
+batch slices of <= 256 MiB of fp32 partials, ``split_bytes``); the others keep the default's forward mode
 (the walk where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed
 the scan knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also timed
 chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
@@ -71,15 +69,16 @@ the fused kernel with one block per chunk, no state moves) and chunk_seq_step64 
 (``bwd_split`` "pair": the split backward's state kernel one program per 32-row chunk, no state moves),
 chunk_lowmem_fused32 (``LOWMEM`` at 32-row states: faster at B8 T4096 H32 only, more memory), run 30 chunk_xdots /
 chunk_xdots8 (``cross_moves`` "dots": the cross kernel's state moves as dots of the other block's rows, at 4 / 8
-warps: cross kernel 4,530 / 6,070 vs 2,611 µs at B8 T4096 H32) and the one-kernel
+warps: cross kernel 4,530 / 6,070 vs 2,611 µs at B8 T4096 H32), chunk_sumdots (``decay_sums`` "scans" / "dots":
+the scored walk's steps and the cross kernel summing w by scans and column sums or by 0/1 dots; dots won at every
+shape and the knob went) and the one-kernel
 ``_bwd_kernel`` (``bwd_split`` False; chunk_bwd1, chunk_nreg0 / chunk_nreg168: its ``bwd_maxnreg`` cap; the old
 ``LOWMEM``'s backward): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 runs the
 GPU tests after its timings. Dot precision (PRECISIONS, the default knobs otherwise): chunk_fwdtrunc /
 chunk_fwdround (the forward's "tf32" dots read truncated by the tensor cores / rounded to nearest first),
 chunk_crosstrunc (the split backward's cross kernel truncated), chunk_trunc (every dot truncated: before eeda170).
-One kernel's configs replaced (CONFIGS): chunk_walk_s2 (the scored walk in 32-row steps at 2 pipeline stages: the
-next step's loads prefetched, offline 16 cp.async; H200 run 30: the walk 1,165 -> 1,093 µs at B8 T4096 H32),
-chunk_sumdots_s2 (above).
+One kernel's configs replaced (CONFIGS): chunk_walk_s1 (the scored walk's steps at 1 pipeline stage, BV 64: the
+default before H200 run 30 took 2 stages, the next step's loads in flight: 924 -> 616 µs at B8 T4096 H32).
 WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
 model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
@@ -152,8 +151,7 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
          "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
-         "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64),
-         "chunk_sumdots": dict(decay_sums="dots"), "chunk_sumdots_s2": dict(decay_sums="dots")}
+         "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False),
              "chunk_par_one": dict(fwd_scores=True, fwd_states="one"),
@@ -174,8 +172,7 @@ PRECISIONS = {"chunk_fwdtrunc": dict(FWD_PRECISION="tf32_trunc"), "chunk_fwdroun
               "chunk_trunc": dict(FWD_PRECISION="tf32_trunc", BWD_PRECISION="tf32_trunc")}
 # one kernel's autotune configs replaced (the autotuner's and the launcher's kept picks cleared before and after):
 # candidates timed beside the default without adding compiles to its first call
-CONFIGS = {"chunk_walk_s2": ("_fwd_step_kernel", [triton.Config({"BV": 64}, num_warps=4, num_stages=2)]),
-           "chunk_sumdots_s2": ("_fwd_step_kernel", [triton.Config({"BV": 64}, num_warps=4, num_stages=2)])}
+CONFIGS = {"chunk_walk_s1": ("_fwd_step_kernel", [triton.Config({"BV": 64}, num_warps=4, num_stages=1)])}
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": kw.wkv6, "chunk_par": kw.wkv6, "fused": kw.wkv6_fused,
          **{n: kw.wkv6 for n in (*VARIANTS, *KNOBS, *PAR_KNOBS, *SEQ_KNOBS, *PRECISIONS, *CONFIGS)}}
 KNOBS.update(PAR_KNOBS)

@@ -648,9 +648,10 @@ def cross_config(cfg):
     (False, (1, 130, 1, 20, 16), None, "mixed", torch.float32),
     (True, (1, 45, 1, 16, 16), None, "mild", torch.float16)], ids=["step", "step_varlen", "par_rows64", "step_fp16"])
 def test_wkv6_decay_sums_as_dots(seq, shape, cu, decay, dtype):
-    """The decay sums as 0/1 dots (``decay_sums`` "dots": the scored walk's 32-row steps and the cross kernel with
-    its state moves) vs fp64: the walk (32-row states: one move per block), varlen with an empty and a 3-row sequence,
-    the state pass (64-row states: up to three moves), odd K and V, fp16 (the dots' operand in its own dtype). A NaN
+    """The decay sums as 0/1 dots (``common._decay_sums``: the scored walk's 32-row steps, forced on here, and the
+    cross kernel with its state moves) vs fp64: the walk (32-row states: one move per block), varlen with an empty
+    and a 3-row sequence, the state pass (64-row states: up to three moves), odd K and V, fp16 (the dots' operand in
+    its own dtype). A NaN
     decay at row 20 gives NaN in exactly the outputs and final states the reference's NaN reaches (its mark,
     ``common.NAN_MARK``, makes NaN of exactly the sums over it), and the gradients of the rows before its block stay
     finite."""
@@ -658,8 +659,8 @@ def test_wkv6_decay_sums_as_dots(seq, shape, cu, decay, dtype):
     d = make_inputs(*shape, dtype=dtype, decay=decay, h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    with kc.tuning(fwd_scores=True, decay_sums="dots"):
-        _check(d, bound=2e-3 if dtype == torch.float16 else None, context=f"decay_sums dots {shape} cu={cu}",
+    with kc.tuning(fwd_scores=True):
+        _check(d, bound=2e-3 if dtype == torch.float16 else None, context=f"decay sums {shape} cu={cu}",
                fn=_chunk_mode(seq))
         x = {n: v.detach().clone().requires_grad_(v.requires_grad) if torch.is_tensor(v) else v for n, v in d.items()}
         with torch.no_grad():
@@ -673,14 +674,14 @@ def test_wkv6_decay_sums_as_dots(seq, shape, cu, decay, dtype):
 
 
 def test_wkv6_chunk_bad_knobs():
-    """A ``state_rows``, ``bwd_split``, ``fwd_step``, ``decay_sums``, ``fwd_states`` or ``split_bytes`` value the
+    """A ``state_rows``, ``bwd_split``, ``fwd_step``, ``fwd_states`` or ``split_bytes`` value the
     kernels do not take, an unknown knob (``bwd_maxnreg``: removed with ``_bwd_kernel``), or a backward whose
     ``state_rows`` differs from its forward's (saved states of the wrong spacing), is a one-line error."""
     import kernels.wkv6.chunk as kc
     with pytest.raises(ValueError, match="state_rows must be one of"):
         with kc.tuning(state_rows=48):
             pass
-    for bad in ("state_move", "bwd_maxnreg", "cross_moves"):     # removed: sessions 9, 13, 26
+    for bad in ("state_move", "bwd_maxnreg", "cross_moves", "decay_sums"):     # removed: sessions 9, 13, 26
         with pytest.raises(ValueError, match="unknown wkv6 chunk knobs"):
             with kc.tuning(**{bad: 0}):
                 pass
@@ -691,10 +692,6 @@ def test_wkv6_chunk_bad_knobs():
     with pytest.raises(ValueError, match="fwd_step must be True or False"):
         with kc.tuning(fwd_step=64):
             pass
-    for bad in ("dot", None, True):
-        with pytest.raises(ValueError, match="decay_sums must be one of"):
-            with kc.tuning(decay_sums=bad):
-                pass
     for bad in (True, 2, "three"):
         with pytest.raises(ValueError, match="fwd_states must be one of"):
             with kc.tuning(fwd_states=bad):
@@ -868,19 +865,6 @@ def test_wkv6_gpu_cases(case, seq):
     """The chunk algorithm in each forward mode (the walk / the state pass, default knobs) vs fp64 on GPU_CASES."""
     shape, dtype, decay, bound, cu = GPU_CASES[case]
     _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(seq), cu=cu)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("seq", [True, False], ids=["seq", "par"])
-@pytest.mark.parametrize("case", ["bf16_strong", "bf16_extreme", "bf16_K32_V96", "bf16_varlen", "bf16_K128_V128",
-                                  "fp16_strong", "fp32_K60_V100", "fp32_extreme"])
-def test_wkv6_gpu_decay_sums_as_dots(case, seq):
-    """The decay sums as 0/1 dots (``decay_sums`` "dots": the scored walk's steps, forced on here, and the cross
-    kernel) vs fp64 on GPU_CASES, both forward modes (the state pass: 64-row states, three moves)."""
-    import kernels.wkv6.chunk as kc
-    shape, dtype, decay, bound, cu = GPU_CASES[case]
-    with kc.tuning(decay_sums="dots", fwd_scores=True):
-        _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(seq), cu=cu)
 
 
 @pytest.mark.gpu

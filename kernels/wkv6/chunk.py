@@ -85,11 +85,13 @@ token and head) and the own kernel computes none (``HAS_A``: no A dots, no pa st
 kernel reads the forward's. Earlier splits with both halves at 4 warps lost (run
 6: 10.3 vs 9.3 ms at B8 T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
 
-At 32-row states ``TUNING["cross_moves"]`` "dots" (session 25; untimed, default "state") has the cross kernel take
-its one state move (S over block 0 for block 1, D over block 1 for block 0) as M = 16 dots of the other block's rows
-inside the crossing terms (``_cross_block_dots``): the [K, V] states are then only dot operands, never the
-accumulator of a 64-row wgmma whose layout both were converted to — H200 run 29's Nsight Compute found this kernel
-bound by shared-memory traffic (77.7 % L1 throughput, 21.5 % DRAM).
+The decay sums of the scored walk's 32-row steps and of the cross kernel (its state moves included) are dots of
+0/1 patterns with the raw w tile (``common._decay_sums``: exact products, fp32 accumulation, a NaN w marked so that
+exactly the sums over it are NaN), not scans and column sums along the rows of a tile that 4 warps split (each
+through shared memory): H200 run 30, B8 T4096 H32 GPU µs per fwd+bwd 5,770 -> 4,711 (walk 1,164 -> 616 with its 2
+pipeline stages, cross 2,502 -> 1,993), B1 T16384 H32 3,583 -> 3,153. (The cross kernel taking its one state move
+at 32-row states as M = 16 dots of the other block's rows, ``cross_moves`` "dots", lost in run 30: 4,530 vs 2,611
+µs, and was removed.)
 
 The fused backward (``bwd_split`` "fused", ``_bwd_fused_kernel``; ``LOWMEM``'s since run 17): the own kernel's
 program (one per chunk, key columns in BKC = 16-wide slices, not unrolled) does the crossing terms too, so nothing
@@ -305,57 +307,26 @@ def _scored_step(b_q, b_k, b_w, b_wm, b_wp, b_v, b_a, o_ptr, b_h, bos, L, r0, i_
 @triton.jit
 def _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, scale, o_c, o_k, o_v, m_k, m_v,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, SB: tl.constexpr,
-                PREC: tl.constexpr, FAST: tl.constexpr, SUM_DOTS: tl.constexpr):
+                PREC: tl.constexpr, FAST: tl.constexpr):
     """``_scored_block`` over a whole C = 2·SB-row step (the walk's ``fwd_step``): o rows r0..r0+C (stored) and the
     state after them (returned) from the state before them b_h [BK, BV]. The step's scores A [C, C]: the two SB-row
     diagonal blocks read from a_ptr (``_fwd_scores_kernel``, × scale, bonus included), the pairs of the two blocks
     (query in the upper, key in the lower) by level log2(SB) here, one masked dot with one exp tile: the upper rows
     take exp(P) (Σ w from the upper block's start to t − 1), the lower rows exp(R) (Σ w from s + 1 to the lower
-    block's end), segmented cumsums of the shifted w tiles restarted every SB rows (exclusive sums of terms of one
-    sign, ≤ 0; a NaN w reaches exactly the pairs that span it). The step-level decays exp(P), exp(R) [C, BK] from
-    the same tiles' cumsums over the step, as in ``_scored_block``. o_c = arange(C); rows past L read 0 and are not
-    stored. (64-row steps, two more levels, lost: H100 run 16, 1.744 vs 1.489 ms forward at B8 T4096 H32.)
-    SUM_DOTS (``decay_sums`` "dots"): every one of those sums from the unshifted w tile as a ``_decay_sums`` dot
-    (w_ptr in the inputs' dtype; fp32 under the interpreter for bf16) — no scans, one w load instead of three."""
+    block's end). The step-level decays exp(Σ_{x<t} w) on the queries, exp(Σ_{x>s} w) on the keys, and exp(W) on
+    the state. Every one of these sums is a ``common._decay_sums`` dot of a 0/1 pattern with the step's w tile
+    (w_ptr in the inputs' dtype, ``_w_for_dots``): exclusive sums of terms of one sign, ≤ 0, and a NaN w makes NaN of
+    exactly the sums over it. (They were scans and a column sum of the shifted w tiles, each through shared memory
+    across the 4 warps, and three w loads: H200 run 30, the walk 1,164 -> 924 µs at B8 T4096 H32, 616 with 2
+    pipeline stages.) o_c = arange(C); rows past L read 0 and are not stored. (64-row steps, two more levels, lost:
+    H100 run 16, 1.744 vs 1.489 ms forward at B8 T4096 H32.)"""
     tl.static_assert(C == 2 * SB, "fwd_step: 32-row steps (C = 2 SB) only")
     b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0) * scale
     b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0)
-    if SUM_DOTS:
-        b_h = _step_block_dots(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, b_q, b_k, bos, L, r0, i_h, o_c, o_k,
-                               o_v, m_k, m_v, H, K, V, C, SB, PREC, FAST)
-    else:
-        b_gl = tl.sum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0)), axis=0)  # W of the step
-        b_wm = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, -1))     # w_{t−1} (0 at the start)
-        b_wp = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 1))      # w_{t+1} (0 at the end)
-        # the diagonal SB-blocks: row t's scores sit at a_ptr's row t, columns s mod SB
-        rows = r0 + o_c
-        b_a = tl.load(a_ptr + ((bos + rows) * H + i_h)[:, None] * SB + (o_c % SB)[None, :],
-                      mask=(rows < L)[:, None] & ((o_c[:, None] // SB) == (o_c[None, :] // SB)), other=0.)
-        b_p = _seg_scan(tl.where((o_c % SB == 0)[:, None], 0., b_wm), SB, C, False, False)
-        b_r = _seg_scan(tl.where((o_c % SB == SB - 1)[:, None], 0., b_wp), SB, C, True, False)
-        b_e = _exp_ftz(tl.where((o_c >= SB)[:, None], b_p, b_r), FAST)
-        b_s = mma(b_q * b_e, tl.trans(b_k * b_e), PREC)
-        b_a += tl.where(_level_mask(o_c, SB), b_s, 0.)
-        b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_c, o_v, m_v, H, V, C, 0)
-        b_o = mma(b_q * _exp_ftz(tl.cumsum(b_wm, axis=0), FAST), b_h, PREC)
-        b_o += mma(b_a, b_v, PREC, B_EXACT=True)
-        _store_o(o_ptr, b_o, bos, r0, L, i_h, o_c, o_v, m_v, H, V)
-        b_kd = b_k * _exp_ftz(tl.cumsum(b_wp, axis=0, reverse=True), FAST)
-        b_h = b_h * _exp_ftz(b_gl, FAST)[:, None] + mma(tl.trans(b_kd), b_v, PREC, B_EXACT=True)
-    return b_h
-
-
-@triton.jit
-def _step_block_dots(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, b_q, b_k, bos, L, r0, i_h, o_c, o_k, o_v, m_k,
-                     m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, SB: tl.constexpr,
-                     PREC: tl.constexpr, FAST: tl.constexpr):
-    """``_step_block`` after its q (scaled), k [C, BK] fp32 loads, with the decay sums as ``_decay_sums`` dots of
-    the step's w tile: the two blocks' pairs (``_span_mask`` at SB: x < t in the upper block, x > s in the lower),
-    the queries' Σ_{x<t} and the keys' Σ_{x>s} over the step, and W."""
+    b_ws = _sum_operand(_raw_rows(w_ptr, bos, r0, L, i_h, o_c, o_k, m_k, H, K, C, 0))
     rows = r0 + o_c
-    b_ws = _sum_operand(tl.load(w_ptr + ((bos + rows) * H + i_h)[:, None] * K + o_k[None, :],
-                                mask=(rows < L)[:, None] & m_k[None, :], other=0.))
     r, x = o_c[:, None], o_c[None, :]
+    # the diagonal SB-blocks: row t's scores sit at a_ptr's row t, columns s mod SB
     b_a = tl.load(a_ptr + ((bos + rows) * H + i_h)[:, None] * SB + (o_c % SB)[None, :],
                   mask=(rows < L)[:, None] & ((r // SB) == (x // SB)), other=0.)
     b_e = _exp_ftz(_decay_sums(_span_mask(r, x, SB), b_ws), FAST)
@@ -514,7 +485,7 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
               SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
               VARLEN: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, SCORES: tl.constexpr,
               PREC: tl.constexpr, PIPE: tl.constexpr = False, STEP: tl.constexpr = False,
-              FAST: tl.constexpr = False, SUM_DOTS: tl.constexpr = False):
+              FAST: tl.constexpr = False):
     """Grid (V-blocks, N·H). Walks the SB-row blocks of one (sequence, head, V-block) with the state in registers:
     writes o_ptr and the final state ht_ptr, starts from h0_ptr (USE_H0; else None and zeros), and stores the state
     at every BT-row chunk start into hs_ptr when SAVE (else None; layouts above; cmap_ptr unused: a sequence's slots
@@ -524,8 +495,7 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
     with PIPE the next block's tiles are loaded before this block's dots (``fwd_pipe``: untimed). STEP (with
     SCORES and BT = 2·SB; ``fwd_step``): one BT-row step per iteration (``_step_block``: the pairs of its two
     blocks by one more level, the state stored at every step start when SAVE) instead of one SB-row block; FAST:
-    its exps by ex2.approx.ftz (GPU); SUM_DOTS: its decay sums as dots (``decay_sums`` "dots"; w_ptr then fp32 for
-    bf16 under the interpreter).
+    its exps by ex2.approx.ftz (GPU); w_ptr then as ``_w_for_dots`` gives it (its decay sums are dots).
     NH_BUCKET: autotune key only (``_nh_bucket``). Autotuned as ``_fwd_seq_kernel``, ``_fwd_split_kernel``,
     ``_fwd_scored_kernel`` and ``_fwd_step_kernel``."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -546,7 +516,7 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
             if SAVE:
                 tl.store(hs_ptr + ((slot0 + i_c) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
             b_h = _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, i_c * BT, i_h, scale, o_c, o_k,
-                              o_v, m_k, m_v, H, K, V, BT, SB, PREC, FAST, SUM_DOTS)
+                              o_v, m_k, m_v, H, K, V, BT, SB, PREC, FAST)
     else:
         if PIPE:
             t_q, t_k, t_w, t_wm, t_wp, t_v, t_a = _scored_tiles(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, bos, L, 0, i_h,
@@ -574,9 +544,9 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
-def _walk_configs(bvs):
-    """The walks' configs: BV in ``bvs`` at 4 warps (see ``_four_warps``)."""
-    return autotune_configs([triton.Config({"BV": bv}, num_warps=4, num_stages=1) for bv in bvs])
+def _walk_configs(bvs, stages=1):
+    """The walks' configs: BV in ``bvs`` at 4 warps (see ``_four_warps``), ``stages`` software-pipeline stages."""
+    return autotune_configs([triton.Config({"BV": bv}, num_warps=4, num_stages=stages) for bv in bvs])
 
 
 # the walk of the one-kernel forward (BV 64 or 32) and of the split one (its blocks' state-free work done before:
@@ -591,8 +561,9 @@ _fwd_split_kernel = triton.autotune(configs=_walk_configs((64, 32, 16)),
 _fwd_scored_kernel = triton.autotune(configs=_walk_configs((64, 32)),
                                      key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET", "PIPE"])(_fwd_walk)
 # the walk in 32-row steps (``fwd_step``), BV 64 or 32 at 4 warps (H100 run 16 offered 8 warps too: picked only for
-# the 64-row steps, since removed)
-_fwd_step_kernel = triton.autotune(configs=_walk_configs((64, 32)),
+# the 64-row steps, since removed), 2 pipeline stages: the next step's loads in flight during this one's dots (H200
+# run 30, BV 64: the walk 924 -> 616 µs at B8 T4096 H32 with the decay-sum dots; 1,164 -> 1,086 with the scans)
+_fwd_step_kernel = triton.autotune(configs=_walk_configs((64, 32), stages=2),
                                    key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
 
 
@@ -639,7 +610,8 @@ def _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, r0, L, i_h, o_t, o_k, o_v, 
                       K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr,
                       SUM_DOTS: tl.constexpr = False):
     """S at the end of the block starting at r0 from S at its start: diag(exp(W)) S + (k ⊙ exp(R))ᵀ v. SUM_DOTS:
-    R and W as ``_decay_sums`` dots (w_ptr as ``_w_for_dots`` gives it)."""
+    R and W as ``_decay_sums`` dots (w_ptr as ``_w_for_dots`` gives it; the cross kernel), else by a scan and a
+    column sum (the fused backward's key slices)."""
     b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     if SUM_DOTS:
@@ -695,13 +667,12 @@ def _chunk_states(hs_ptr, hd_ptr, i_s, i_h, c0, L, o_kv, m_kv, H: tl.constexpr, 
 
 @triton.jit
 def _block_rows(q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v,
-                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, RAW_W: tl.constexpr = False):
-    """The block's rows r0 + o_t as fp32 tiles: q (scaled), k, raw w [SB, BK] (RAW_W: in w_ptr's dtype); v, do
-    [SB, BV]."""
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr):
+    """The block's rows r0 + o_t: q (scaled), k [SB, BK] and v, do [SB, BV] as fp32 tiles, the raw w [SB, BK] in
+    w_ptr's dtype."""
     return (_load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale,
             _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0),
-            (_raw_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) if RAW_W else
-             _load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)),
+            _raw_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0),
             _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0),
             _load_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0))
 
@@ -711,7 +682,8 @@ def _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, 
                   o_v, m_k, m_v, o_kv, m_kv, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                   SB: tl.constexpr, PREC: tl.constexpr, SUM_DOTS: tl.constexpr):
     """S at the start of block i_m of the chunk at c0 (slot i_s) and dL/dS at its end [BK, BV] fp32: S_c / D_c
-    moved over the chunk's earlier / later blocks, block by block (SUM_DOTS: ``_state_over_block``'s)."""
+    moved over the chunk's earlier / later blocks, block by block (SUM_DOTS: ``_state_over_block``'s; the cross
+    kernel's)."""
     b_h, b_dh = _chunk_states(hs_ptr, hd_ptr, i_s, i_h, c0, L, o_kv, m_kv, H, K, V)
     nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows (the rest: no-ops)
     for j in range(0, tl.minimum(i_m, nb)):
@@ -896,16 +868,12 @@ def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, p
 @triton.jit
 def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
                  b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr,
-                 V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr, SUM_DOTS: tl.constexpr):
+                 V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
     """The block at row r0 given S at its start (b_h) and dL/dS at its end (b_dh): its block-crossing terms
-    (``common._cross_bwd``; SUM_DOTS: ``common._cross_bwd_dots``) plus ``_bwd_own_kernel``'s fp32 partials -> the
-    gradients in the inputs' dtypes."""
+    (``common._cross_bwd_dots``) plus ``_bwd_own_kernel``'s fp32 partials -> the gradients in the inputs' dtypes."""
     b_q, b_k, b_wr, b_v, b_do = _block_rows(q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, bos, r0, L, i_h, scale, o_t, o_k,
-                                            o_v, m_k, m_v, H, K, V, SB, SUM_DOTS)
-    if SUM_DOTS:
-        b_dq, b_dk, b_dv, b_dw = _cross_bwd_dots(b_q, b_k, _sum_operand(b_wr), b_v, b_do, b_h, b_dh, o_t, PREC)
-    else:
-        b_dq, b_dk, b_dv, b_dw = _cross_bwd(b_q, b_k, _clamp_w(b_wr), b_v, b_do, b_h, b_dh, PREC, True)
+                                            o_v, m_k, m_v, H, K, V, SB)
+    b_dq, b_dk, b_dv, b_dw = _cross_bwd_dots(b_q, b_k, _sum_operand(b_wr), b_v, b_do, b_h, b_dh, o_t, PREC)
     _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, b_do, b_wr, b_dq, b_dk, b_dv, b_dw,
                  bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
 
@@ -930,14 +898,15 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
                       dk_ptr, dv_ptr, dw_ptr, dup_ptr, du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NDU, GRID_BUCKET,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
-                      FINISH_DU: tl.constexpr, SUM_DOTS: tl.constexpr):
+                      FINISH_DU: tl.constexpr):
     """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V) (``bwd_split`` "block"), the state
     half of the split backward, one SB-row block per program: S_m, D_m
     (``_block_states``) and ``_cross_block``, adding ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr
     [B·T, H, K] and the own pairs' dv Aᵀ do from its scores pa_ptr [B·T, H, SB] -> dq_ptr, dk_ptr, dw_ptr [B·T, H,
     K], dv_ptr [B·T, H, V] (other layouts
     above). Offered a 168-register cap at 4 warps beside the uncapped 4 / 8 warps (H100 run 13: the cap picked).
-    SUM_DOTS (``decay_sums`` "dots"): every decay sum as a ``_decay_sums`` dot (w_ptr as ``_w_for_dots`` gives it).
+    Every decay sum a ``common._decay_sums`` dot (w_ptr as ``_w_for_dots`` gives it; H200 run 30: 2,502 -> 1,993 µs
+    at B8 T4096 H32 against scans and column sums).
     FINISH_DU: one more program per head (the last of axis 0) sums the own kernel's du partial rows dup_ptr
     [NDU, H, K] fp32 in row order into du_ptr [H, K] fp32 (deterministic; no separate reduction launch); else
     both are None and NDU 0. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid)."""
@@ -948,9 +917,9 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
         o_t = tl.arange(0, SB)
         o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
         b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
-                                  scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC, SUM_DOTS)
+                                  scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC, True)
         _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
-                     dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC, SUM_DOTS)
+                     dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
 
 
 @triton.jit
@@ -1216,12 +1185,11 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         step = scores and bool(kn["fwd_step"]) and bt == 2 * SB     # 32-row steps; at 64-row states 16-row blocks
         kernel = (_fwd_split_kernel if use_split else _fwd_step_kernel if step else _fwd_scored_kernel if scores
                   else _fwd_seq_kernel)
-        sum_dots = step and kn["decay_sums"] == "dots"
-        launch(kernel)[grid](r, k, v, _w_for_dots(w) if sum_dots else w, u, *split, a, h0, o, ht,
+        launch(kernel)[grid](r, k, v, _w_for_dots(w) if step else w, u, *split, a, h0, o, ht,
                              hs if save else None, cu, scale, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB,
                              BK=BK, LOG=LOG, USE_H0=h0 is not None, VARLEN=varlen, SAVE=save, SPLIT=use_split,
                              SCORES=scores, PREC=prec, PIPE=scores and not step and kn["fwd_pipe"], STEP=step,
-                             FAST=step and not INTERPRET, SUM_DOTS=sum_dots)
+                             FAST=step and not INTERPRET)
         return o, ht, (saved if saved is not None else hs)
     BV = max(16, min(64, _pow2(V)))
     if scores and _one_state_pass(T, kn):   # one state kernel at the backward's spacing (64 rows if none saved)
@@ -1332,16 +1300,14 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None, "decay_sums": "scans"}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None, "decay_sums": "scans"}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 FWD_STATES = (None, "one", "two")
 BWD_SPLIT = ("block", "fused")     # the ``bwd_split`` knob's values
-DECAY_SUMS = ("scans", "dots")    # ``decay_sums``: the scored walk's steps and the cross kernel sum w by scans
-                                  # and column sums ("scans") or by 0/1 dots (``common._decay_sums``)
 
 
 @contextlib.contextmanager
@@ -1360,8 +1326,6 @@ def tuning(**knobs):
         raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
     if knobs.get("fwd_states") not in FWD_STATES:
         raise ValueError(f"wkv6 chunk knob fwd_states must be one of {FWD_STATES}; got {knobs['fwd_states']!r}")
-    if knobs.get("decay_sums", "scans") not in DECAY_SUMS:
-        raise ValueError(f"wkv6 chunk knob decay_sums must be one of {DECAY_SUMS}; got {knobs['decay_sums']!r}")
     if knobs.get("bwd_split", "block") not in BWD_SPLIT:
         raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
     for name in ("split_bytes", "piece_bytes"):
@@ -1463,9 +1427,7 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
         launch(_bwd_cross_kernel)[((s1 - s0) * nb + finish, H)](
             cut(r), cut(k), cut(v), cut(w_own), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
             du_part if finish else None, du, cu, cmap, scale, T, NT, S * nb if finish else 0,
-            _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish,
-            SUM_DOTS=kn["decay_sums"] == "dots",
-            **{**meta, "PREC": _prec(r.dtype, bwd=True, cross=True)})
+            _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish, **{**meta, "PREC": _prec(r.dtype, bwd=True, cross=True)})
     return du if finish else du_part.sum(0)
 
 
