@@ -257,18 +257,21 @@ def _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, r0, i_
 def _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
     """``_fwd_block`` with the block's scores A [SB, SB] read from a_ptr (``_fwd_scores_kernel``): only the
-    block-level decays here, exp(P) and exp(R) from cumsums of the shifted w tiles (exclusive sums of terms of one
-    sign, no difference). (The scores computed here instead, no A round trip, lost at every shape: H100 run 12,
-    GPU us of the forward at B8 T4096 H32 2178 vs 1743, B16 T1024 H8 324 vs 277, B8 T1024 H8 196 vs 171.)"""
+    block-level decays here, exp(P) and exp(R) and the state's exp(W) from ``common._decay_sums`` dots of the raw w
+    tile (w_ptr as ``_w_for_dots`` gives it; exclusive sums of terms of one sign, no difference; they were cumsums of
+    the shifted w tiles and a column sum until session 26). (The scores computed here instead, no A round trip, lost
+    at every shape: H100 run 12, GPU us of the forward at B8 T4096 H32 2178 vs 1743, B16 T1024 H8 324 vs 277, B8
+    T1024 H8 196 vs 171.)"""
     b_q = _load_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0) * scale
     b_k = _load_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
-    b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
-    b_ep = tl.exp(tl.cumsum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, -1)), axis=0))
-    b_er = tl.exp(tl.cumsum(_clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 1)), axis=0,
-                            reverse=True))
+    b_ws = _sum_operand(_raw_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
+    r, x = o_t[:, None], o_t[None, :]
     b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
     b_a = _load_rows(a_ptr, bos, r0, L, i_h, o_t, o_t, o_t < SB, H, SB, SB, 0)
-    return _scored_out(b_q, b_k, b_w, b_ep, b_er, b_v, b_a, o_ptr, b_h, bos, L, r0, i_h, o_t, o_v, m_v, H, V, PREC)
+    b_o = mma(b_q * tl.exp(_decay_sums(x < r, b_ws)), b_h, PREC) + mma(b_a, b_v, PREC, B_EXACT=True)
+    _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H, V)
+    b_kd = b_k * tl.exp(_decay_sums(x > r, b_ws))
+    return b_h * tl.exp(_decay_total(b_ws, o_t))[:, None] + mma(tl.trans(b_kd), b_v, PREC, B_EXACT=True)
 
 
 @triton.jit
@@ -1185,7 +1188,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         step = scores and bool(kn["fwd_step"]) and bt == 2 * SB     # 32-row steps; at 64-row states 16-row blocks
         kernel = (_fwd_split_kernel if use_split else _fwd_step_kernel if step else _fwd_scored_kernel if scores
                   else _fwd_seq_kernel)
-        launch(kernel)[grid](r, k, v, _w_for_dots(w) if step else w, u, *split, a, h0, o, ht,
+        launch(kernel)[grid](r, k, v, _w_for_dots(w) if scores else w, u, *split, a, h0, o, ht,
                              hs if save else None, cu, scale, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB,
                              BK=BK, LOG=LOG, USE_H0=h0 is not None, VARLEN=varlen, SAVE=save, SPLIT=use_split,
                              SCORES=scores, PREC=prec, PIPE=scores and not step and kn["fwd_pipe"], STEP=step,
@@ -1202,7 +1205,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     if scores:
         a = _fwd_scores(r, k, w, u, scale, cu, prec, a_out)
         launch(_fwd_par_scored_kernel)[lambda meta: (S, _cdiv(V, meta["BV"]), H)](
-            r, k, v, w, u, a, hs, o, cu, cmap, scale, T, NT, _grid_bucket(S * H), H=H, K=K, V=V, BT=bt, SB=SB,
+            r, k, v, _w_for_dots(w), u, a, hs, o, cu, cmap, scale, T, NT, _grid_bucket(S * H), H=H, K=K, V=V, BT=bt, SB=SB,
             BK=BK, LOG=LOG, VARLEN=varlen, SCORES=True, PREC=prec)
     else:
         launch(_fwd_par_kernel)[(S, _cdiv(V, BV), H)](r, k, v, w, u, None, hs, o, cu, cmap, scale, T, NT,
