@@ -12,7 +12,9 @@ Columns: samples (warp-stall samples, all), their share, instructions executed (
 the share of them beyond the ideal: bank conflicts), spill instructions executed (STL / LDL, warp-level) and the
 line's two largest stall reasons.
 
-H200 run 30 (profiles/nvidia-h200/run30-2026-11-29/): wkv6's cross, own and walk kernels at B8 T4096 H32.
+H200 run 30 (profiles/nvidia-h200/run30-2026-11-29/c2/ncu_lines.md): wkv6's cross, own and walk kernels at B8
+T4096 H32 before the decay-sum dots — 47 % of the walk's stall samples in scans, the cross kernel's column sums
+70 M of its 219 M shared wavefronts.
 """
 from __future__ import annotations
 

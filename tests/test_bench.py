@@ -445,3 +445,40 @@ def test_ncu_summary_reads_the_committed_export():
     r = subprocess.run([sys.executable, str(root / "scripts/ncu_summary.py"), str(root / "README.md")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout.startswith("error: ") and len(r.stdout.strip().splitlines()) == 1
+
+
+def test_ncu_lines_by_source_line(tmp_path):
+    """``scripts/ncu_lines.py`` on a source-view export laid out as Nsight Compute 2025.3 writes it (``--page source
+    --csv --print-source cuda,sass``: per file and kernel a header, each source line's row, then its SASS rows):
+    the lines' samples, shared wavefronts (their excess over the ideal), spill instructions (STL / LDL rows), files
+    relative to their package (no machine path), the top stall; a file that is not such an export is a one-line
+    error."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    head = ["Line No", "Source", "Address", "Source", "Warp Stall Sampling (All Samples)", "Instructions Executed",
+            "L1 Wavefronts Shared", "L1 Wavefronts Shared Ideal", "stall_long_sb", "stall_wait"]
+    rows = [["File Path", "/some/where/site-packages/triton/language/standard.py"], ["Function Name", "_k"], head,
+            ["293", "return core.reduce(...)", "-", "-", "40", "100", "80", "10", "5", "30"],
+            ["", "", "0x10", "  STS [R1], R2", "20", "50", "40", "5", "0", "15"],
+            ["File Path", "/a/checkout/kernels/wkv6/chunk.py"], ["Function Name", "_k"], head,
+            ["97", "return tl.load(p)", "-", "-", "60", "200", "0", "0", "50", "10"],
+            ["", "", "0x20", "  STL [R1+0x8], R3", "0", "7", "-", "-", "0", "0"],
+            ["", "", "0x30", "  LDL R3, [R1+0x8]", "0", "5", "-", "-", "0", "0"]]
+    p = tmp_path / "source.csv"
+    with open(p, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    r = subprocess.run([sys.executable, str(root / "scripts/ncu_lines.py"), str(p)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "### _k" in out and "/some/where" not in out and "/a/checkout" not in out
+    load, red = (next(ln for ln in out.splitlines() if ln.startswith(f"| {f}")) for f in
+                 ("kernels/wkv6/chunk.py:97", "triton/language/standard.py:293"))
+    assert "60 (60.0%)" in load and "| 12 |" in load and "long_sb 83%" in load     # STL 7 + LDL 5 executed
+    assert "80 (88%)" in red and "wait 75%" in red
+    assert out.index("chunk.py:97") < out.index("standard.py:293")                     # by samples
+    bad = subprocess.run([sys.executable, str(root / "scripts/ncu_lines.py"), str(root / "README.md")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and len(bad.stdout.strip().splitlines()) == 1
