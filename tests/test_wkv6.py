@@ -649,9 +649,10 @@ def cross_config(cfg):
     (True, (1, 45, 1, 16, 16), None, "mild", torch.float16)], ids=["step", "step_varlen", "par_rows64", "step_fp16"])
 def test_wkv6_decay_sums_as_dots(seq, shape, cu, decay, dtype):
     """The decay sums as 0/1 dots (``common._decay_sums``: the scored walk's 32-row steps, forced on here, and the
-    cross kernel with its state moves) vs fp64: the walk (32-row states: one move per block), varlen with an empty
-    and a 3-row sequence, the state pass (64-row states: up to three moves), odd K and V, fp16 (the dots' operand in
-    its own dtype). A NaN
+    cross kernel with its state moves, the chunk-parallel output kernel, the one-kernel state pass and the chunk-state
+    kernel) vs fp64: the walk (32-row states: one move per block), varlen with an empty and a 3-row sequence, the
+    state pass (64-row states: up to three moves; its state decay × 0.99 fails here, not under the strong decay of
+    test_wkv6_chunk_scores), odd K and V, fp16 (the dots' operand in its own dtype). A NaN
     decay at row 20 gives NaN in exactly the outputs and final states the reference's NaN reaches (its mark,
     ``common.NAN_MARK``, makes NaN of exactly the sums over it), and the gradients of the rows before its block stay
     finite."""

@@ -8,8 +8,9 @@ import triton.language as tl
 
 from kernels._common import autotune_configs, grid_bucket as _grid_bucket, launch, new_empty
 from kernels._dot import mma
-from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _clamp_w, _cu, _dims, _kv_ranges,
-                                 _nh_bucket, _prec, _row_offsets, _seq_bounds, _state_or_zeros)
+from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _cu, _decay_sums, _decay_total, _dims, _kv_ranges,
+                                 _nh_bucket, _prec, _row_offsets, _seq_bounds, _state_or_zeros, _sum_operand,
+                                 _w_for_dots)
 
 BT_PAR = 64       # chunk length of the state pass
 
@@ -45,29 +46,30 @@ def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_p
                         PREC: tl.constexpr):
     """Grid (chunk slots, V-blocks, H), per chunk (parallel): the chunk decay G_L -> gl_ptr and (MODE & 1)
     ΔS = (k ⊙ exp(G_L − G))ᵀ v -> hs_ptr, (MODE & 2, backward) ΔD = (q ⊙ exp(Gp))ᵀ do -> hd_ptr (the chunk's own
-    contribution to dL/dS at its start). Every exponent ≤ 0. Reads k, v when MODE & 1 and q, do when MODE & 2;
-    hs_ptr is None without MODE & 1, hd_ptr and do_ptr None without MODE & 2 (layouts above). GRID_BUCKET:
-    autotune key only (``kernels._common.grid_bucket`` of the grid)."""
+    contribution to dL/dS at its start). Every exponent ≤ 0, every sum of w a ``common._decay_sums`` dot (w_ptr as
+    ``_w_for_dots`` gives it; they were scans and a column sum until session 26). Reads k, v when MODE & 1 and q, do
+    when MODE & 2; hs_ptr is None without MODE & 1, hd_ptr and do_ptr None without MODE & 2 (layouts above).
+    GRID_BUCKET: autotune key only (``kernels._common.grid_bucket`` of the grid)."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, BT, VARLEN)
     o_t = tl.arange(0, BT)
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, i_c * BT, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
-    b_w = _clamp_w(tl.load(w_ptr + p_k, mask=m_tk, other=0.).to(tl.float32))
-    b_gl = tl.sum(b_w, axis=0)
+    b_ws = _sum_operand(tl.load(w_ptr + p_k, mask=m_tk, other=0.))
+    b_gl = _decay_total(b_ws, tl.arange(0, 16))
+    r, x = o_t[:, None], o_t[None, :]
     p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
     tl.store(gl_ptr + (i_s.to(tl.int64) * H + i_h) * K + o_k, b_gl, mask=m_k & (o_k * 0 + i_v == 0))
     if MODE % 2 == 1:
         b_k = tl.load(k_ptr + p_k, mask=m_tk, other=0.).to(tl.float32)
         b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
         # G_L − G_t as a suffix sum (not a difference of two long prefix sums: at w ≈ −40 those lose the exponent)
-        b_ds = mma(tl.trans(b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)), b_v, PREC, B_EXACT=True)
+        b_ds = mma(tl.trans(b_k * tl.exp(_decay_sums(x > r, b_ws))), b_v, PREC, B_EXACT=True)
         tl.store(hs_ptr + p_s, b_ds, mask=m_kv)
     if MODE >= 2:
-        b_g = tl.cumsum(b_w, axis=0)
         b_q = tl.load(q_ptr + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
         b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-        b_dd = mma(tl.trans(b_q * tl.exp(b_g - b_w)), b_do, PREC, B_EXACT=True)
+        b_dd = mma(tl.trans(b_q * tl.exp(_decay_sums(x < r, b_ws))), b_do, PREC, B_EXACT=True)
         tl.store(hd_ptr + p_s, b_dd, mask=m_kv)
 
 
@@ -148,8 +150,9 @@ def _fwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, ht_ptr, cu_ptr, T, N
     """Grid (V-blocks, K-blocks, N·H): the forward's state pass in one kernel (no per-chunk ΔS round trip): walks
     the BT-row chunks of one (sequence, head, K-block, V-block), stores S at each chunk start -> hs_ptr (layouts
     above; every slot of the sequence written) and the final state -> ht_ptr, S ← diag(exp(G_L)) S +
-    (k ⊙ exp(G_L − G))ᵀ v (the suffix as a reverse cumsum, every exponent ≤ 0; rows of a K-block decay
-    independently). Starts from h0_ptr (USE_H0; else None and zeros). NH_BUCKET: autotune key only."""
+    (k ⊙ exp(G_L − G))ᵀ v (the suffix and G_L as ``common._decay_sums`` dots, w_ptr as ``_w_for_dots`` gives it;
+    every exponent ≤ 0; rows of a K-block decay independently). Starts from h0_ptr (USE_H0; else None and zeros).
+    NH_BUCKET: autotune key only."""
     i_v, i_kb, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -173,10 +176,11 @@ def _fwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, ht_ptr, cu_ptr, T, N
         m_t = rows < L
         m_tk = m_t[:, None] & m_k[None, :]
         b_k = tl.load(k_ptr + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.).to(tl.float32)
-        b_w = _clamp_w(tl.load(w_ptr + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.).to(tl.float32))
+        b_ws = _sum_operand(tl.load(w_ptr + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.))
         b_v = tl.load(v_ptr + tok[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.)
-        b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
-        b_h = b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + mma(tl.trans(b_kd), b_v.to(tl.float32), PREC, B_EXACT=True)
+        b_kd = b_k * tl.exp(_decay_sums(o_t[None, :] > o_t[:, None], b_ws))
+        b_h = (b_h * tl.exp(_decay_total(b_ws, tl.arange(0, 16)))[:, None]
+               + mma(tl.trans(b_kd), b_v.to(tl.float32), PREC, B_EXACT=True))
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
@@ -192,7 +196,7 @@ def _fwd_states(r, k, v, w, h0, cu_seqlens, bt, out=None):
     hs = new_empty((S, H, K, V), torch.float32, dev) if out is None else out
     ht = new_empty((N, H, K, V), torch.float32, dev)
     grid = lambda meta: (_cdiv(V, meta["BVS"]), _cdiv(K, meta["BKS"]), N * H)  # noqa: E731
-    launch(_fwd_states_kernel)[grid](k, v, w, h0, hs, ht, cu, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt,
+    launch(_fwd_states_kernel)[grid](k, v, _w_for_dots(w), h0, hs, ht, cu, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt,
                                      USE_H0=h0 is not None, VARLEN=cu is not None, PREC=_prec(r.dtype))
     return hs, ht, S, NT, cmap, cu
 
@@ -232,7 +236,7 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, 
     buf = new_empty((2 if mode == "bwd" else 1, S, H, K, V), torch.float32, dev) if out is None else out[None]
     gl = new_empty((S, H, K), torch.float32, dev)
     launch(_chunk_state_kernel)[(S, NV, H)](
-        r, k, v, w, do, buf[0] if kmode & 1 else None, buf[-1] if kmode & 2 else None, gl, cu, cmap, scale, T, NT,
+        r, k, v, _w_for_dots(w), do, buf[0] if kmode & 1 else None, buf[-1] if kmode & 2 else None, gl, cu, cmap, scale, T, NT,
         _grid_bucket(S * NV * H), H=H, K=K, V=V, BT=bt, BK=BK, BV=BV, VARLEN=varlen, MODE=kmode, PREC=prec)
     ht = new_empty((N, H, K, V), torch.float32, dev) if mode == "fwd" else None
     dh0 = new_empty((N, H, K, V), torch.float32, dev) if mode != "fwd" else None
