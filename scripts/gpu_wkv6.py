@@ -78,7 +78,11 @@ GPU tests after its timings. Dot precision (PRECISIONS, the default knobs otherw
 chunk_fwdround (the forward's "tf32" dots read truncated by the tensor cores / rounded to nearest first),
 chunk_crosstrunc (the split backward's cross kernel truncated), chunk_trunc (every dot truncated: before eeda170).
 One kernel's configs replaced (CONFIGS): chunk_walk_s1 (the scored walk's steps at 1 pipeline stage, BV 64: the
-default before H200 run 30 took 2 stages, the next step's loads in flight: 924 -> 616 µs at B8 T4096 H32).
+default before H200 run 30 took 2 stages, the next step's loads in flight: 924 -> 616 µs at B8 T4096 H32);
+untimed, the same lever on the kernels whose loops wait on their loads (run 30's source view: the own kernel's q,
+k, w loads 34 % of its stall samples at 1-warp programs): chunk_own_s2 (``_bwd_own_kernel`` at 2 stages, BKC 16,
+1 warp, capped at 168 and not), chunk_scores_s2 (``_fwd_scores_kernel``), chunk_par_s2 (``_fwd_par_scored_kernel``,
+BV 64 at 2 / 4 warps).
 WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
 model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
@@ -116,7 +120,7 @@ import kernels  # noqa: E402,F401
 import kernels.wkv6 as kw  # noqa: E402
 import kernels.wkv6.chunk as kc  # noqa: E402
 import kernels.wkv6.common as kcom  # noqa: E402
-from kernels._common import forget_picks  # noqa: E402
+from kernels._common import autotune_configs, forget_picks  # noqa: E402
 from bench.common import measure  # noqa: E402
 from groundthink import gate  # noqa: E402
 from groundthink.spec import get  # noqa: E402
@@ -172,7 +176,13 @@ PRECISIONS = {"chunk_fwdtrunc": dict(FWD_PRECISION="tf32_trunc"), "chunk_fwdroun
               "chunk_trunc": dict(FWD_PRECISION="tf32_trunc", BWD_PRECISION="tf32_trunc")}
 # one kernel's autotune configs replaced (the autotuner's and the launcher's kept picks cleared before and after):
 # candidates timed beside the default without adding compiles to its first call
-CONFIGS = {"chunk_walk_s1": ("_fwd_step_kernel", [triton.Config({"BV": 64}, num_warps=4, num_stages=1)])}
+CONFIGS = {"chunk_walk_s1": ("_fwd_step_kernel", [triton.Config({"BV": 64}, num_warps=4, num_stages=1)]),
+           "chunk_own_s2": ("_bwd_own_kernel", [triton.Config({"BKC": 16}, num_warps=1, num_stages=2, maxnreg=168),
+                                                triton.Config({"BKC": 16}, num_warps=1, num_stages=2)]),
+           "chunk_scores_s2": ("_fwd_scores_kernel", [triton.Config({}, num_warps=1, num_stages=2)]),
+           "chunk_par_s2": ("_fwd_par_scored_kernel", [triton.Config({"BV": 64}, num_warps=nw, num_stages=2)
+                                                       for nw in (2, 4)])}
+CONFIGS = {n: (k, autotune_configs(c)) for n, (k, c) in CONFIGS.items()}   # the interpreter (smoke): the first only
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": kw.wkv6, "chunk_par": kw.wkv6, "fused": kw.wkv6_fused,
          **{n: kw.wkv6 for n in (*VARIANTS, *KNOBS, *PAR_KNOBS, *SEQ_KNOBS, *PRECISIONS, *CONFIGS)}}
 KNOBS.update(PAR_KNOBS)
