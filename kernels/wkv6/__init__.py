@@ -73,7 +73,10 @@ contributes to dw_j exactly when s < j < t (its decay exp(G_{t-1} − G_s) conta
 with D_c = ∂L/∂S at the chunk's last row (dS_final included): no structured cancellation. Hence w of the last
 step only acts through the final state. This needs S0_c in the reverse walk, hence the checkpoints.
 
-Numerics: state, cumsums and every accumulation in fp32. The dots (``kernels._dot.mma``) run on fp32 operands
+Numerics: state, decay sums and every accumulation in fp32. The decay sums of the default paths (the scored walk,
+the chunk-parallel output, the state passes, the split backward's cross kernel; the scores and own kernels' level
+sums) are dots of 0/1 patterns with the raw w tile (``common._decay_sums``: exact products, fp32 accumulation; a
+NaN w is marked so that exactly the sums over it come out NaN); the other paths take cumsums. The dots (``kernels._dot.mma``) run on fp32 operands
 with ``input_precision`` = "ieee" for fp32 inputs (≤ 1e-5 vs fp64) and "tf32" for bf16/fp16 inputs. In the
 backward each operand that is not a raw input value is rounded to nearest tf32 first (the tensor cores would
 truncate it: a biased error that reached dw 2.15e-3 at bf16 K32 V96 strong decay; rounded 1.83e-3, against a bf16
@@ -90,7 +93,8 @@ validated once per argument signature (the values of ``cu_seqlens`` on every cal
 
 Positive log-decay: w is clamped to ≤ 0 (decay ≤ 1) inside the kernels and dw is 0 where w > 0 (the gradient of
 ``min(w, 0)``), i.e. the op computes exactly ``reference(min(w, 0))``. The clamp keeps NaN (``tl.where``, not
-``tl.minimum``): a NaN in w makes the outputs that depend on it NaN (no host check, no sync).
+``tl.minimum``): a NaN in w makes the outputs that depend on it NaN (no host check, no sync); the decay-sum dots
+floor w at −256 (exp of any sum holding such a term is 0 in fp32 either way).
 """
 from kernels.wkv6.chunk import wkv6_chunk, wkv6_chunk_lowmem
 from kernels.wkv6.fused import wkv6_fused
