@@ -35,9 +35,9 @@ dot each of a constant 0/1 [16, 16] matrix with w in the inputs' dtype (``_span_
 or 1 are exact, the sums accumulate in fp32 like a cumsum, every sum has terms of one sign; fp32 inputs run the dot
 in "ieee"); exp by one ex2.approx.ftz on the GPU. Then the walk (N·H ≥ #SMs) or the one-kernel state pass
 (``states._fwd_states_kernel``: S at every chunk start, at the backward's 32-row spacing when it saves them) + the
-chunk-parallel output kernel read A and keep the block-level decays (cumsums of the shifted w tiles) and three dots
-per block. H100 run 12 (wkv6i; GPU µs per fwd+bwd, forward in parentheses): B8 T4096 H32 8068 (2068) → 7517 (1702),
-B16 T1024 H8 1092 (317) → 1051 (277), B8 T1024 H8 597 → 563 (171). The scored walk goes in 32-row steps
+chunk-parallel output kernel read A and keep the block-level decays (``common._decay_sums`` dots of the w tile) and
+three dots per block. H100 run 12 (wkv6i; GPU µs per fwd+bwd, forward in parentheses): B8 T4096 H32 8068 (2068)
+→ 7517 (1702), B16 T1024 H8 1092 (317) → 1051 (277), B8 T1024 H8 597 → 563 (171). The scored walk goes in 32-row steps
 (``TUNING["fwd_step"]``, default on; ``_step_block``: the pairs of a step's two blocks by one more level, half the
 walk's serial iterations; at 64-row states it keeps 16-row blocks): H100 run 16, B8 T4096 H32 forward 1.487 →
 1.341 ms (the walk 1401 → 1199 µs).
