@@ -79,10 +79,10 @@ chunk_fwdround (the forward's "tf32" dots read truncated by the tensor cores / r
 chunk_crosstrunc (the split backward's cross kernel truncated), chunk_trunc (every dot truncated: before eeda170).
 One kernel's configs replaced (CONFIGS): chunk_walk_s1 (the scored walk's steps at 1 pipeline stage, BV 64: the
 default before H200 run 30 took 2 stages, the next step's loads in flight: 924 -> 616 µs at B8 T4096 H32);
-untimed, the same lever on the kernels whose loops wait on their loads (run 30's source view: the own kernel's q,
-k, w loads 34 % of its stall samples at 1-warp programs): chunk_own_s2 (``_bwd_own_kernel`` at 2 stages, BKC 16,
-1 warp, capped at 168 and not), chunk_scores_s2 (``_fwd_scores_kernel``), chunk_par_s2 (``_fwd_par_scored_kernel``,
-BV 64 at 2 / 4 warps).
+untimed, the same lever on the chunk-parallel output kernel: chunk_par_s2 (``_fwd_par_scored_kernel``, BV 64 at 2 /
+4 warps; offline sm_90, Triton 3.9: 151 -> 173 registers, its loads pipelined). The own and scores kernels at 2
+stages compile to the same SASS offline (their loops are not pipelined; also with ``tl.range(num_stages=2)`` on the
+own kernel's slice loop): not offered.
 WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
 model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
@@ -177,9 +177,6 @@ PRECISIONS = {"chunk_fwdtrunc": dict(FWD_PRECISION="tf32_trunc"), "chunk_fwdroun
 # one kernel's autotune configs replaced (the autotuner's and the launcher's kept picks cleared before and after):
 # candidates timed beside the default without adding compiles to its first call
 CONFIGS = {"chunk_walk_s1": ("_fwd_step_kernel", [triton.Config({"BV": 64}, num_warps=4, num_stages=1)]),
-           "chunk_own_s2": ("_bwd_own_kernel", [triton.Config({"BKC": 16}, num_warps=1, num_stages=2, maxnreg=168),
-                                                triton.Config({"BKC": 16}, num_warps=1, num_stages=2)]),
-           "chunk_scores_s2": ("_fwd_scores_kernel", [triton.Config({}, num_warps=1, num_stages=2)]),
            "chunk_par_s2": ("_fwd_par_scored_kernel", [triton.Config({"BV": 64}, num_warps=nw, num_stages=2)
                                                        for nw in (2, 4)])}
 CONFIGS = {n: (k, autotune_configs(c)) for n, (k, c) in CONFIGS.items()}   # the interpreter (smoke): the first only
