@@ -85,11 +85,12 @@ token and head) and the own kernel computes none (``HAS_A``: no A dots, no pa st
 kernel reads the forward's. Earlier splits with both halves at 4 warps lost (run
 6: 10.3 vs 9.3 ms at B8 T4096 H32; run 11 call 6: own 2841 + cross 2442 vs 5162 µs).
 
-The decay sums of the scored walk's 32-row steps and of the cross kernel (its state moves included) are dots of
-0/1 patterns with the raw w tile (``common._decay_sums``: exact products, fp32 accumulation, a NaN w marked so that
-exactly the sums over it are NaN), not scans and column sums along the rows of a tile that 4 warps split (each
-through shared memory): H200 run 30, B8 T4096 H32 GPU µs per fwd+bwd 5,770 -> 4,711 (walk 1,164 -> 616 with its 2
-pipeline stages, cross 2,502 -> 1,993), B1 T16384 H32 3,583 -> 3,153. (The cross kernel taking its one state move
+The decay sums of the scored walk, the chunk-parallel output kernel, the state passes (``states.py``) and the
+cross kernel (its state moves included) are dots of 0/1 patterns with the raw w tile (``common._decay_sums``: exact
+products, fp32 accumulation, a NaN w marked so that exactly the sums over it are NaN), not scans and column sums
+along the rows of a tile that 4 warps split (each through shared memory): H200 run 30, B8 T4096 H32 GPU µs per
+fwd+bwd 5,770 -> 4,711 (walk 1,164 -> 616 with its 2 pipeline stages, cross 2,502 -> 1,993), B1 T16384 H32 3,583
+-> 3,153, B4 T2048 H16 917 -> 777 (the one-kernel state pass 164 -> 89). (The cross kernel taking its one state move
 at 32-row states as M = 16 dots of the other block's rows, ``cross_moves`` "dots", lost in run 30: 4,530 vs 2,611
 µs, and was removed.)
 
@@ -683,18 +684,17 @@ def _block_rows(q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, bos, r0, L, i_h, scale, o_t,
 @triton.jit
 def _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0, scale, o_t, o_k,
                   o_v, m_k, m_v, o_kv, m_kv, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                  SB: tl.constexpr, PREC: tl.constexpr, SUM_DOTS: tl.constexpr):
+                  SB: tl.constexpr, PREC: tl.constexpr):
     """S at the start of block i_m of the chunk at c0 (slot i_s) and dL/dS at its end [BK, BV] fp32: S_c / D_c
-    moved over the chunk's earlier / later blocks, block by block (SUM_DOTS: ``_state_over_block``'s; the cross
-    kernel's)."""
+    moved over the chunk's earlier / later blocks, block by block (their decay sums as dots: SUM_DOTS)."""
     b_h, b_dh = _chunk_states(hs_ptr, hd_ptr, i_s, i_h, c0, L, o_kv, m_kv, H, K, V)
     nb = tl.minimum(tl.cdiv(L - c0, SB), BT // SB)     # blocks of this chunk that hold rows (the rest: no-ops)
     for j in range(0, tl.minimum(i_m, nb)):
         b_h = _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, c0 + j * SB, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K,
-                                V, SB, PREC, SUM_DOTS)
+                                V, SB, PREC, True)
     for j in range(0, nb - 1 - i_m):
         b_dh = _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, c0 + (nb - 1 - j) * SB, L, i_h, scale, o_t, o_k,
-                                o_v, m_k, m_v, H, K, V, SB, PREC, SUM_DOTS)
+                                o_v, m_k, m_v, H, K, V, SB, PREC, True)
     return b_h, b_dh
 
 
@@ -920,7 +920,7 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
         o_t = tl.arange(0, SB)
         o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
         b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
-                                  scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC, True)
+                                  scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
         _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
                      dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
 

@@ -58,13 +58,14 @@ def _clamp_w(b_w):
     return tl.where(b_w > 0, 0., b_w)
 
 
-# ---- the decay sums as dots (the scored walk's 32-row steps, the split backward's cross kernel). A sum of w over
-# some rows of a tile is one row of a dot of a 0/1 pattern with the w tile: products of bf16 / fp16 values with 0 or
-# 1 are exact and the tensor cores accumulate them in fp32 (fp32 inputs: "ieee", an FMA dot), every sum of terms of
-# one sign. The scans and column sums they replaced run along the rows of a [rows, K] tile, which 4 warps split:
-# each went through shared memory (H200 run 30, Nsight Compute's source view at B8 T4096 H32: 47 % of the walk's
-# stall samples in its scans; the cross kernel's two column sums 70 M of its 219 M shared wavefronts, at 8-way bank
-# conflicts). With the dots: walk 1,164 -> 924 µs, cross kernel 2,502 -> 1,993 (the same run).
+# ---- the decay sums as dots (the scored walk's 32-row steps, the chunk-parallel output kernel, the state passes,
+# the split backward's cross kernel). A sum of w over some rows of a tile is one row of a dot of a 0/1 pattern with
+# the w tile: products of bf16 / fp16 values with 0 or 1 are exact and the tensor cores accumulate them in fp32 (fp32
+# inputs: "ieee", an FMA dot), every sum of terms of one sign. The scans and column sums they replaced run along the
+# rows of a [rows, K] tile, which 4 warps split: each went through shared memory (H200 run 30, Nsight Compute's
+# source view at B8 T4096 H32: 47 % of the walk's stall samples in its scans; the cross kernel's two column sums
+# 70 M of its 219 M shared wavefronts, at 8-way bank conflicts). With the dots: walk 1,164 -> 924 µs, cross kernel
+# 2,502 -> 1,993 (the same run); the one-kernel state pass 164 -> 89 µs at B4 T2048 H16 (run 30 call 7).
 SUM_FLOOR = tl.constexpr(-256.)    # exp of any sum holding a term ≤ this is 0 in fp32 (and flushed by ex2.ftz)
 NAN_MARK = tl.constexpr(32768.)    # > 63 · |SUM_FLOOR|: a sum over a NaN's mark stays > 0; exact in bf16 and fp16
 
@@ -226,6 +227,13 @@ def _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, b_gl, b_egp, b_egl, PREC: tl.co
     b_dqx = mma(b_do, tl.trans(b_h), PREC, A_EXACT=True) * b_egp
     b_dkx = mma(b_v, tl.trans(b_dh), PREC, A_EXACT=True) * b_egl
     b_dvx = mma(b_k * b_egl, b_dh, PREC)
+    # dw_j += Σ_{t>j} a_t + Σ_{s<j} b_s, each sum formed from the other rows' terms only (an inclusive cumsum minus
+    # the row's own term cancelled: absolute error ulp(a_j), 33 % of a small dw_j beside a large one, fp32 dw 2.3e-5
+    # found by the fuzz). Two exact forms, chosen per kernel by the GPU (DW_DOTS):
+    #   dots of the strict triangular 0/1 patterns (ieee / tf32x3): the split backward's cross kernel (H100 run 19:
+    #   _bwd_cross_kernel 2,351 us at B8 T4096 H32 with them, 3,229 with the scan);
+    #   an associative scan of (0, x) pairs (``_excl_combine``): the fused backward, where the dots spilled
+    #   (offline sm_90, 2 warps: 528 → 776 B; run 18 LOWMEM 9.07 → 10.13 ms, run 19 with the scan 9.21)
     b_a = b_q * b_dqx
     b_b = b_k * b_dkx
     if DW_DOTS:
