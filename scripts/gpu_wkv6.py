@@ -76,7 +76,8 @@ shape and the knob went) and the one-kernel
 ``LOWMEM``'s backward): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 runs the
 GPU tests after its timings. Dot precision (PRECISIONS, the default knobs otherwise): chunk_fwdtrunc /
 chunk_fwdround (the forward's "tf32" dots read truncated by the tensor cores / rounded to nearest first),
-chunk_crosstrunc (the split backward's cross kernel truncated), chunk_trunc (every dot truncated: before eeda170).
+chunk_crosstrunc (the split backward's cross kernel truncated), chunk_trunc (every dot truncated: before eeda170),
+chunk_dwx2 (the own pairs' dw span dots in two tf32 passes, ``DW_PRECISION`` "tf32x2"; session 26, untimed).
 One kernel's configs replaced (CONFIGS): chunk_walk_s1 (the scored walk's steps at 1 pipeline stage, BV 64: the
 default before H200 run 30 took 2 stages, the next step's loads in flight: 924 -> 616 µs at B8 T4096 H32);
 untimed, the same lever on the chunk-parallel output kernel: chunk_par_s2 (``_fwd_par_scored_kernel``, BV 64 at 2 /
@@ -173,7 +174,8 @@ SEQ = {"chunk_seq": True, "chunk_par": False, **{n: True for n in VARIANTS}, **{
 # tensor cores' own truncating read (the forward's default since run 28)
 PRECISIONS = {"chunk_fwdtrunc": dict(FWD_PRECISION="tf32_trunc"), "chunk_fwdround": dict(FWD_PRECISION="tf32"),
               "chunk_crosstrunc": dict(CROSS_PRECISION="tf32_trunc"),
-              "chunk_trunc": dict(FWD_PRECISION="tf32_trunc", BWD_PRECISION="tf32_trunc")}
+              "chunk_trunc": dict(FWD_PRECISION="tf32_trunc", BWD_PRECISION="tf32_trunc"),
+              "chunk_dwx2": dict(DW_PRECISION="tf32x2")}
 # one kernel's autotune configs replaced (the autotuner's and the launcher's kept picks cleared before and after):
 # candidates timed beside the default without adding compiles to its first call
 CONFIGS = {"chunk_walk_s1": ("_fwd_step_kernel", [triton.Config({"BV": 64}, num_warps=4, num_stages=1)]),

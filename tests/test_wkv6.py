@@ -781,6 +781,39 @@ def test_wkv6_dot_precision_knobs_reach_their_kernels(monkeypatch):
         assert {p for n, p in precs if n.startswith("_fwd")} == {"tf32x3"}, precs
 
 
+@pytest.mark.parametrize("split", ["block", "fused"])
+def test_wkv6_dw_span_dots_in_two_passes(monkeypatch, split):
+    """``common.DW_PRECISION`` "tf32x2" (``chunk._span_dot``: the 0/1 span exact, only c split into tf32 hi + lo)
+    reaches the own kernel's (and the fused backward's) launches and gives dw within 1e-5 of Triton's "tf32x3" with
+    the tensor cores' truncating reads emulated (fp16 inputs: the half path; fp32 would run "ieee"), both within the
+    bound vs fp64. Dropping the lo pass would leave ~2^-11 of c: far above 1e-5."""
+    import kernels._common as kcm
+    import kernels.wkv6.chunk as kc
+    import kernels.wkv6.common as kcom
+    from tests.test_dot import tensor_core_reads
+    seen = set()
+    run = kcm.Launcher.run
+
+    def spy(self, grid, args, meta):
+        seen.add((getattr(getattr(self.kernel, "fn", self.kernel), "__name__", "?"), meta.get("DWP")))
+        return run(self, grid, args, meta)
+    monkeypatch.setattr(kcm.Launcher, "run", spy)
+    d = make_inputs(1, 40, 2, 16, 24, dtype=torch.float16, decay="mild", h0=True)
+    dws = {}
+    with tensor_core_reads(), kc.tuning(bwd_split=split):
+        for prec in ("tf32x3", "tf32x2"):
+            monkeypatch.setattr(kcom, "DW_PRECISION", prec)
+            x = {n: v.detach().clone().requires_grad_(v.requires_grad) if torch.is_tensor(v) else v
+                 for n, v in d.items()}
+            _check(x, bound=2e-3, context=f"DW_PRECISION {prec} {split}")
+            o, s = wkv6(**x)
+            torch.autograd.backward([o, s], [torch.ones_like(o), torch.ones_like(s)])
+            dws[prec] = x["w"].grad.float()
+    kernel = "_bwd_fused_kernel" if split == "fused" else "_bwd_own_kernel"
+    assert {(kernel, "tf32x3"), (kernel, "tf32x2")} <= seen, seen
+    assert rel_err(dws["tf32x2"], dws["tf32x3"]) < 1e-5
+
+
 # ------------------------------------------------------------------------------------------------ GPU
 def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6, u_dtype=None, cu=None):
     """Kernel vs the fp64 chunked reference (run on the GPU), same cotangents on both sides; every output and gradient
@@ -866,6 +899,17 @@ def test_wkv6_gpu_cases(case, seq):
     """The chunk algorithm in each forward mode (the walk / the state pass, default knobs) vs fp64 on GPU_CASES."""
     shape, dtype, decay, bound, cu = GPU_CASES[case]
     _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(seq), cu=cu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["bf16_strong", "bf16_K32_V96", "bf16_K128_V128", "fp16_strong"])
+def test_wkv6_gpu_dw_two_passes(monkeypatch, case):
+    """The own pairs' dw span dots in two tf32 passes (``common.DW_PRECISION`` "tf32x2", untimed) vs fp64 on
+    GPU_CASES (bf16 K32 V96 strong: the case whose dw sits nearest the bound)."""
+    import kernels.wkv6.common as kcom
+    monkeypatch.setattr(kcom, "DW_PRECISION", "tf32x2")
+    shape, dtype, decay, bound, cu = GPU_CASES[case]
+    _gpu_check(*shape, dtype, bound, decay=decay, cu=cu)
 
 
 @pytest.mark.gpu

@@ -147,10 +147,10 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._common import autotune_configs, grid_bucket as _grid_bucket, launch, new_empty, num_sms
-from kernels._dot import mma
+from kernels._dot import _rna_tf32, mma
 from kernels._slots import grad_slot
 from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cross_bwd_dots, _cu, _decay_sums,
-                                 _decay_total, _dims, _half_dot, _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2,
+                                 _decay_total, _dims, _dw_prec, _half_dot, _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2,
                                  _prec, _raw_rows, _row_offsets, _run, _seq_bounds, _state_or_zeros, _store_dqkw,
                                  _sum_operand, _w_for_dots, _warp_configs)
 from kernels.wkv6.states import BT_PAR, _fwd_states, _par_slots, _par_state_shape, _par_states
@@ -757,8 +757,22 @@ def _own_slice(b_q, b_k, b_wr, b_u, b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG: 
         b_dq += b_e * b_dqh
         b_dk += b_e * b_dkh
         b_span = tl.where(_span_mask(o_t[None, :], o_t[:, None], 2 ** m), 1., 0.)
-        b_dw += tl.dot(b_span, b_qh * b_dqh + b_kh * b_dkh, input_precision=DWP)
+        b_dw += _span_dot(b_span, b_qh * b_dqh + b_kh * b_dkh, DWP)
     return b_A, b_dq, b_dk, b_dw
+
+
+@triton.jit
+def _span_dot(b_span, b_c, DWP: tl.constexpr):
+    """b_span [R, R] (0 / 1: exact at any precision) · b_c [R, BKC] fp32 at DWP: "ieee", "tf32x3" (Triton's three
+    tf32 passes: hi·hi + hi·lo + lo·hi of both operands' splits) or "tf32x2" (``common.DW_PRECISION``; untimed):
+    only c split, hi = c rounded to tf32 and lo = c − hi (exact in fp32), two tf32 passes — the span's lo is zero, so
+    Triton's third pass multiplies zeros; lo's own truncating tf32 read drops < 2^-10 of |lo| ≤ 2^-11 |c|."""
+    if DWP == "tf32x2":
+        b_hi = _rna_tf32(b_c)
+        b_s = tl.dot(b_span, b_c - b_hi, tl.dot(b_span, b_hi, input_precision="tf32"), input_precision="tf32")
+    else:
+        b_s = tl.dot(b_span, b_c, input_precision=DWP)
+    return b_s
 
 
 @triton.jit
@@ -813,8 +827,8 @@ def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr
     (t, s): exp(P^m_t) on the query rows, exp(R^m_s) on the key rows, one tile e (``_span_sums``, disjoint rows);
     with dA = M_m ⊙ (do vᵀ), dq += e ⊙ (dA k̂), dk += e ⊙ (dAᵀ q̂), and the pairs spanning j give
     dw_j = Σ_{x in j's segment, after j (j a query row) or before j (a key row)} c_x, c = q̂ ⊙ (dA k̂) + k̂ ⊙ (dAᵀ q̂)
-    (the two terms live on disjoint rows): one dot of the transposed span pattern with c (DWP: "tf32x3", or
-    "ieee" for fp32 inputs; terms of one sign per row, no cancellation)."""
+    (the two terms live on disjoint rows): one dot of the transposed span pattern with c (``_span_dot`` at DWP:
+    ``common._dw_prec``; terms of one sign per row, no cancellation)."""
     m_t, tok, _, _, b_B, b_vd = _block_do_v(v_ptr, do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, HALF_B, PREC)
     b_A = tl.zeros([o_t.shape[0], o_t.shape[0]], dtype=tl.float32)
     for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):    # not unrolled: one slice's tiles live at a time
@@ -1410,7 +1424,7 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
         launch(_bwd_fused_kernel)[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT,
                                           _grid_bucket(S * H), LOG=LOG,
                                           HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
-                                          DWP="ieee" if prec == "ieee" else "tf32x3", **meta)
+                                          DWP=_dw_prec(prec), **meta)
         return du_part.sum(0)
     parts = [new_empty((step, T, H, n), torch.float32, r.device)    # the own pairs' dq, dk, scores A, dw (the
              if i != 2 or a is None else None for i, n in enumerate((K, K, SB, K))]  # own kernel's pq, pk, pa, pw)
@@ -1424,7 +1438,7 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
         launch(_bwd_own_kernel)[(s1 - s0, H)](
             cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
             cu, cmap, scale, T, NT, _grid_bucket((s1 - s0) * H), LOG=LOG, HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
-            DWP="ieee" if prec == "ieee" else "tf32x3", HAS_A=a is not None, **meta)
+            DWP=_dw_prec(prec), HAS_A=a is not None, **meta)
         if a is not None:
             ps[2] = cut(a)
         launch(_bwd_cross_kernel)[((s1 - s0) * nb + finish, H)](

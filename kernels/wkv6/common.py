@@ -22,6 +22,9 @@ from kernels._eager import EagerOp, pick
 FWD_PRECISION = "tf32_trunc"
 BWD_PRECISION = "tf32"
 CROSS_PRECISION = None   # the split backward's cross kernel (state operands); None: BWD_PRECISION
+# the own pairs' dw span dots for half inputs (``chunk._span_dot``): "tf32x3" (Triton's three passes; the default),
+# "tf32x2" (the 0/1 span exact, only c split into hi + lo: two passes; untimed, gpu_wkv6's chunk_dwx2)
+DW_PRECISION = "tf32x3"
 
 
 def _prec(dtype: torch.dtype, bwd: bool = False, cross: bool = False) -> str:
@@ -45,6 +48,11 @@ def _w_for_dots(w: torch.Tensor) -> torch.Tensor:
     """w as the kernels whose dots read it raw take it (the span sums, ``_decay_sums``): as it is, except bf16 under
     the interpreter, whose bf16 dots are wrong on the CPU (then an fp32 copy)."""
     return w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()
+
+
+def _dw_prec(prec: str) -> str:
+    """The own pairs' dw span dots' precision (``DW_PRECISION``) for the kernels' PREC: "ieee" stays "ieee"."""
+    return "ieee" if prec == "ieee" else DW_PRECISION
 
 
 def _warp_configs():
