@@ -76,8 +76,9 @@ step only acts through the final state. This needs S0_c in the reverse walk, hen
 Numerics: state, decay sums and every accumulation in fp32. The decay sums of the default paths (the scored walk,
 the chunk-parallel output, the state passes, the split backward's cross kernel; the scores and own kernels' level
 sums) are dots of 0/1 patterns with the raw w tile (``common._decay_sums``: exact products, fp32 accumulation; a
-NaN w is marked so that exactly the sums over it come out NaN); the other paths take cumsums. The dots (``kernels._dot.mma``) run on fp32 operands
-with ``input_precision`` = "ieee" for fp32 inputs (≤ 1e-5 vs fp64) and "tf32" for bf16/fp16 inputs. In the
+NaN w is marked so that exactly the sums over it come out NaN); the other paths take cumsums. The dots
+(``kernels._dot.mma``) run on fp32 operands with ``input_precision`` = "ieee" for fp32 inputs (≤ 1e-5 vs fp64) and
+"tf32" for bf16/fp16 inputs. In the
 backward each operand that is not a raw input value is rounded to nearest tf32 first (the tensor cores would
 truncate it: a biased error that reached dw 2.15e-3 at bf16 K32 V96 strong decay; rounded 1.83e-3, against a bf16
 rounding floor of 1.82e-3; H200 run 27); the forward's are read truncated ("tf32_trunc": every gradient the same to

@@ -150,9 +150,9 @@ from kernels._common import autotune_configs, grid_bucket as _grid_bucket, launc
 from kernels._dot import _rna_tf32, mma
 from kernels._slots import grad_slot
 from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cross_bwd_dots, _cu, _decay_sums,
-                                 _decay_total, _dims, _dw_prec, _half_dot, _kv_ranges, _load_rows, _make_ops, _nh_bucket, _pow2,
-                                 _prec, _raw_rows, _row_offsets, _run, _seq_bounds, _state_or_zeros, _store_dqkw,
-                                 _sum_operand, _w_for_dots, _warp_configs)
+                                 _decay_total, _dims, _dw_prec, _half_dot, _kv_ranges, _load_rows, _make_ops,
+                                 _nh_bucket, _pow2, _prec, _raw_rows, _row_offsets, _run, _seq_bounds,
+                                 _state_or_zeros, _store_dqkw, _sum_operand, _w_for_dots, _warp_configs)
 from kernels.wkv6.states import BT_PAR, _fwd_states, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states (default; ``TUNING["state_rows"]``)
@@ -272,7 +272,7 @@ def _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h
     b_o = mma(b_q * tl.exp(_decay_sums(x < r, b_ws)), b_h, PREC) + mma(b_a, b_v, PREC, B_EXACT=True)
     _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H, V)
     b_kd = b_k * tl.exp(_decay_sums(x > r, b_ws))
-    return b_h * tl.exp(_decay_total(b_ws, o_t))[:, None] + mma(tl.trans(b_kd), b_v, PREC, B_EXACT=True)
+    return b_h * tl.exp(_decay_total(b_ws))[:, None] + mma(tl.trans(b_kd), b_v, PREC, B_EXACT=True)
 
 
 @triton.jit
@@ -341,7 +341,7 @@ def _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, 
     b_o += mma(b_a, b_v, PREC, B_EXACT=True)
     _store_o(o_ptr, b_o, bos, r0, L, i_h, o_c, o_v, m_v, H, V)
     b_kd = b_k * _exp_ftz(_decay_sums(x > r, b_ws), FAST)
-    b_gl = _decay_total(b_ws, tl.arange(0, 16))
+    b_gl = _decay_total(b_ws)
     return b_h * _exp_ftz(b_gl, FAST)[:, None] + mma(tl.trans(b_kd), b_v, PREC, B_EXACT=True)
 
 
@@ -621,7 +621,7 @@ def _state_over_block(b_h, k_ptr, v_ptr, w_ptr, bos, r0, L, i_h, o_t, o_k, o_v, 
     if SUM_DOTS:
         b_ws = _sum_operand(_raw_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
         b_kd = b_k * tl.exp(_decay_sums(o_t[None, :] > o_t[:, None], b_ws))
-        b_gl = _decay_total(b_ws, o_t)
+        b_gl = _decay_total(b_ws)
     else:
         b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
         b_kd = b_k * tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w)
@@ -640,7 +640,7 @@ def _grad_over_block(b_dh, q_ptr, do_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_
     if SUM_DOTS:
         b_ws = _sum_operand(_raw_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
         b_qd = b_q * tl.exp(_decay_sums(o_t[None, :] < o_t[:, None], b_ws))
-        b_gl = _decay_total(b_ws, o_t)
+        b_gl = _decay_total(b_ws)
     else:
         b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
         b_qd = b_q * tl.exp(tl.cumsum(b_w, axis=0) - b_w)
@@ -1144,7 +1144,6 @@ def _fwd_scores(r, k, w, u, scale, cu, prec, out=None):
     64-row chunk and head. ``cu``: cu_seqlens as the kernels take it (``common._cu``: int32, or None)."""
     B, T, H, K = r.shape
     N = B if cu is None else cu.shape[0] - 1
-    w = _w_for_dots(w)     # the span sums are dots
     a = new_empty((B, T, H, SB), torch.float32, r.device) if out is None else out
     S, NT, cmap = _par_slots(B, T, N, cu, r.device, BT)
     launch(_fwd_scores_kernel)[(S, H)](r, k, w, u, a, cu, cmap, scale, T, NT, H=H, K=K, BT=BT, SB=SB, BK=_bk(K),
@@ -1178,6 +1177,7 @@ def _saved_buffers(B, T, H, K, V, N, varlen, rows, device):
 def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None):
     """o, final state and (if save) the chunk-start states for the backward (else an empty tensor). ``knobs``:
     the memory knobs (default ``TUNING``; ``wkv6_chunk_lowmem`` passes ``LOWMEM``)."""
+    w = _w_for_dots(w)       # the span and decay sums are dots of w as it is (CPU: bf16 as fp32)
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     BK = _bk(K)
     dev = r.device
@@ -1202,11 +1202,10 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
         step = scores and bool(kn["fwd_step"]) and bt == 2 * SB     # 32-row steps; at 64-row states 16-row blocks
         kernel = (_fwd_split_kernel if use_split else _fwd_step_kernel if step else _fwd_scored_kernel if scores
                   else _fwd_seq_kernel)
-        launch(kernel)[grid](r, k, v, _w_for_dots(w) if scores else w, u, *split, a, h0, o, ht,
-                             hs if save else None, cu, scale, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB,
-                             BK=BK, LOG=LOG, USE_H0=h0 is not None, VARLEN=varlen, SAVE=save, SPLIT=use_split,
-                             SCORES=scores, PREC=prec, PIPE=scores and not step and kn["fwd_pipe"], STEP=step,
-                             FAST=step and not INTERPRET)
+        launch(kernel)[grid](r, k, v, w, u, *split, a, h0, o, ht, hs if save else None, cu, scale, T, NT,
+                             _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
+                             VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec,
+                             PIPE=scores and not step and kn["fwd_pipe"], STEP=step, FAST=step and not INTERPRET)
         return o, ht, (saved if saved is not None else hs)
     BV = max(16, min(64, _pow2(V)))
     if scores and _one_state_pass(T, kn):   # one state kernel at the backward's spacing (64 rows if none saved)
@@ -1219,7 +1218,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     if scores:
         a = _fwd_scores(r, k, w, u, scale, cu, prec, a_out)
         launch(_fwd_par_scored_kernel)[lambda meta: (S, _cdiv(V, meta["BV"]), H)](
-            r, k, v, _w_for_dots(w), u, a, hs, o, cu, cmap, scale, T, NT, _grid_bucket(S * H), H=H, K=K, V=V, BT=bt, SB=SB,
+            r, k, v, w, u, a, hs, o, cu, cmap, scale, T, NT, _grid_bucket(S * H), H=H, K=K, V=V, BT=bt, SB=SB,
             BK=BK, LOG=LOG, VARLEN=varlen, SCORES=True, PREC=prec)
     else:
         launch(_fwd_par_kernel)[(S, _cdiv(V, BV), H)](r, k, v, w, u, None, hs, o, cu, cmap, scale, T, NT,
@@ -1394,6 +1393,7 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt, 
     """One backward piece: state pass (D_c, and S_c unless ``hs`` is given) + ``_bwd_split`` (``bwd_split``),
     writing into the gradient views ``outs`` = (dr, dk, dv, dw); ``bt``: the state rows; ``a``: the forward's
     scores [B, T, H, SB] fp32 when it kept them (else None). Returns (du [H, K] fp32, dh0 or None)."""
+    w = _w_for_dots(w)       # as ``_chunk_fwd_impl``'s
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
     mode = "bwd" if hs is None else "bwd_d"
@@ -1417,11 +1417,10 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
     per_b = T * H * (3 * K + (0 if a is not None else SB)) * 4
     step = B if cu is not None or not kn["split_bytes"] else max(1, min(B, kn["split_bytes"] // per_b))
     du_part = new_empty((S * nb, H, K), torch.float32, r.device)
-    w_own = _w_for_dots(w)
     prec = _prec(r.dtype, bwd=True)
     meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
     if kn["bwd_split"] == "fused":     # one kernel, no partials
-        launch(_bwd_fused_kernel)[(S, H)](r, k, v, w_own, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT,
+        launch(_bwd_fused_kernel)[(S, H)](r, k, v, w, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT,
                                           _grid_bucket(S * H), LOG=LOG,
                                           HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
                                           DWP=_dw_prec(prec), **meta)
@@ -1436,15 +1435,16 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
         s0, s1 = (0, S) if step == B else (b0 * NT, b1 * NT)        # the slice's slots (fixed length: n·NT + i)
         ps = [None if x is None else x[:b1 - b0] for x in parts]
         launch(_bwd_own_kernel)[(s1 - s0, H)](
-            cut(r), cut(k), cut(v), cut(w_own), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
+            cut(r), cut(k), cut(v), cut(w), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
             cu, cmap, scale, T, NT, _grid_bucket((s1 - s0) * H), LOG=LOG, HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
             DWP=_dw_prec(prec), HAS_A=a is not None, **meta)
         if a is not None:
             ps[2] = cut(a)
         launch(_bwd_cross_kernel)[((s1 - s0) * nb + finish, H)](
-            cut(r), cut(k), cut(v), cut(w_own), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
+            cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
             du_part if finish else None, du, cu, cmap, scale, T, NT, S * nb if finish else 0,
-            _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish, **{**meta, "PREC": _prec(r.dtype, bwd=True, cross=True)})
+            _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish,
+            **{**meta, "PREC": _prec(r.dtype, bwd=True, cross=True)})
     return du if finish else du_part.sum(0)
 
 

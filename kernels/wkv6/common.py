@@ -46,7 +46,8 @@ def _half_dot(dtype: torch.dtype) -> bool:
 
 def _w_for_dots(w: torch.Tensor) -> torch.Tensor:
     """w as the kernels whose dots read it raw take it (the span sums, ``_decay_sums``): as it is, except bf16 under
-    the interpreter, whose bf16 dots are wrong on the CPU (then an fp32 copy)."""
+    the interpreter, whose bf16 dots are wrong on the CPU (then an fp32 copy). Taken once per pass
+    (``chunk._chunk_fwd_impl``, ``chunk._bwd_piece``): every kernel of the pass reads that w."""
     return w if w.dtype == torch.float32 or _half_dot(w.dtype) else w.float()
 
 
@@ -96,10 +97,11 @@ def _decay_sums(m_pat, b_ws):
 
 
 @triton.jit
-def _decay_total(b_ws, o_r):
+def _decay_total(b_ws):
     """W = Σ over all rows of b_ws [C, BK] (``_sum_operand``) as a [BK] fp32 vector: the one nonzero row of a
-    ``_decay_sums`` dot (o_r = arange(16); the column sum of zeros and one value is exact) — the state's decay."""
-    return tl.sum(_decay_sums((o_r[:, None] == 0) & (tl.arange(0, b_ws.shape[0])[None, :] >= 0), b_ws), axis=0)
+    16-row ``_decay_sums`` dot (the column sum of zeros and one value is exact) — the state's decay."""
+    m_row0 = (tl.arange(0, 16)[:, None] == 0) & (tl.arange(0, b_ws.shape[0])[None, :] >= 0)
+    return tl.sum(_decay_sums(m_row0, b_ws), axis=0)
 
 
 @triton.jit
@@ -223,7 +225,7 @@ def _cross_bwd_dots(b_q, b_k, b_ws, b_v, b_do, b_h, b_dh, o_t, PREC: tl.constexp
     """``_cross_bwd`` (its dw by the triangle dots) with the decay sums as ``_decay_sums`` dots of b_ws [SB, BK]
     (``_sum_operand`` of the block's raw w; o_t = arange(SB)): no scan, no column sum across the warps."""
     r, x = o_t[:, None], o_t[None, :]
-    return _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, _decay_total(b_ws, o_t), tl.exp(_decay_sums(x < r, b_ws)),
+    return _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, _decay_total(b_ws), tl.exp(_decay_sums(x < r, b_ws)),
                         tl.exp(_decay_sums(x > r, b_ws)), PREC, True)
 
 

@@ -9,8 +9,7 @@ import triton.language as tl
 from kernels._common import autotune_configs, grid_bucket as _grid_bucket, launch, new_empty
 from kernels._dot import mma
 from kernels.wkv6.common import (_blocks, _cdiv, _chunk_loc, _cu, _decay_sums, _decay_total, _dims, _kv_ranges,
-                                 _nh_bucket, _prec, _row_offsets, _seq_bounds, _state_or_zeros, _sum_operand,
-                                 _w_for_dots)
+                                 _nh_bucket, _prec, _row_offsets, _seq_bounds, _state_or_zeros, _sum_operand)
 
 BT_PAR = 64       # chunk length of the state pass
 
@@ -56,7 +55,7 @@ def _chunk_state_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, gl_p
     o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
     m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, i_c * BT, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
     b_ws = _sum_operand(tl.load(w_ptr + p_k, mask=m_tk, other=0.))
-    b_gl = _decay_total(b_ws, tl.arange(0, 16))
+    b_gl = _decay_total(b_ws)
     r, x = o_t[:, None], o_t[None, :]
     p_s = (i_s.to(tl.int64) * H + i_h) * K * V + o_kv
     tl.store(gl_ptr + (i_s.to(tl.int64) * H + i_h) * K + o_k, b_gl, mask=m_k & (o_k * 0 + i_v == 0))
@@ -179,7 +178,7 @@ def _fwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, ht_ptr, cu_ptr, T, N
         b_ws = _sum_operand(tl.load(w_ptr + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.))
         b_v = tl.load(v_ptr + tok[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.)
         b_kd = b_k * tl.exp(_decay_sums(o_t[None, :] > o_t[:, None], b_ws))
-        b_h = (b_h * tl.exp(_decay_total(b_ws, tl.arange(0, 16)))[:, None]
+        b_h = (b_h * tl.exp(_decay_total(b_ws))[:, None]
                + mma(tl.trans(b_kd), b_v.to(tl.float32), PREC, B_EXACT=True))
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
@@ -196,7 +195,7 @@ def _fwd_states(r, k, v, w, h0, cu_seqlens, bt, out=None):
     hs = new_empty((S, H, K, V), torch.float32, dev) if out is None else out
     ht = new_empty((N, H, K, V), torch.float32, dev)
     grid = lambda meta: (_cdiv(V, meta["BVS"]), _cdiv(K, meta["BKS"]), N * H)  # noqa: E731
-    launch(_fwd_states_kernel)[grid](k, v, _w_for_dots(w), h0, hs, ht, cu, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt,
+    launch(_fwd_states_kernel)[grid](k, v, w, h0, hs, ht, cu, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt,
                                      USE_H0=h0 is not None, VARLEN=cu is not None, PREC=_prec(r.dtype))
     return hs, ht, S, NT, cmap, cu
 
@@ -236,7 +235,7 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, 
     buf = new_empty((2 if mode == "bwd" else 1, S, H, K, V), torch.float32, dev) if out is None else out[None]
     gl = new_empty((S, H, K), torch.float32, dev)
     launch(_chunk_state_kernel)[(S, NV, H)](
-        r, k, v, _w_for_dots(w), do, buf[0] if kmode & 1 else None, buf[-1] if kmode & 2 else None, gl, cu, cmap, scale, T, NT,
+        r, k, v, w, do, buf[0] if kmode & 1 else None, buf[-1] if kmode & 2 else None, gl, cu, cmap, scale, T, NT,
         _grid_bucket(S * NV * H), H=H, K=K, V=V, BT=bt, BK=BK, BV=BV, VARLEN=varlen, MODE=kmode, PREC=prec)
     ht = new_empty((N, H, K, V), torch.float32, dev) if mode == "fwd" else None
     dh0 = new_empty((N, H, K, V), torch.float32, dev) if mode != "fwd" else None
