@@ -77,13 +77,14 @@ shape and the knob went) and the one-kernel
 GPU tests after its timings. Dot precision (PRECISIONS, the default knobs otherwise): chunk_fwdtrunc /
 chunk_fwdround (the forward's "tf32" dots read truncated by the tensor cores / rounded to nearest first),
 chunk_crosstrunc (the split backward's cross kernel truncated), chunk_trunc (every dot truncated: before eeda170),
-chunk_dwx2 (the own pairs' dw span dots in two tf32 passes, ``DW_PRECISION`` "tf32x2"; session 26, untimed).
+chunk_dwx3 (the own pairs' dw span dots in Triton's three tf32 passes, ``DW_PRECISION`` "tf32x3": the default
+until H200 run 31 timed two passes, own kernel 1,099 -> 972 µs at B8 T4096 H32).
 One kernel's configs replaced (CONFIGS): chunk_walk_s1 (the scored walk's steps at 1 pipeline stage, BV 64: the
 default before H200 run 30 took 2 stages, the next step's loads in flight: 924 -> 616 µs at B8 T4096 H32);
-untimed, the same lever on the chunk-parallel output kernel: chunk_par_s2 (``_fwd_par_scored_kernel``, BV 64 at 2 /
-4 warps; offline sm_90, Triton 3.9: 151 -> 173 registers, its loads pipelined). The own and scores kernels at 2
-stages compile to the same SASS offline (their loops are not pipelined; also with ``tl.range(num_stages=2)`` on the
-own kernel's slice loop): not offered.
+chunk_par_s1 (the chunk-parallel output kernel ``_fwd_par_scored_kernel`` at 1 stage, BV 64 at 2 / 4 warps: the
+default before run 31 took 2 stages, 119 -> 84 µs at B4 T2048 H16, 415 -> 281 at B1 T16384 H32). The own and
+scores kernels at 2 stages compile to the same SASS offline (their loops are not pipelined; also with
+``tl.range(num_stages=2)`` on the own kernel's slice loop): not offered.
 WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
 model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
@@ -175,11 +176,11 @@ SEQ = {"chunk_seq": True, "chunk_par": False, **{n: True for n in VARIANTS}, **{
 PRECISIONS = {"chunk_fwdtrunc": dict(FWD_PRECISION="tf32_trunc"), "chunk_fwdround": dict(FWD_PRECISION="tf32"),
               "chunk_crosstrunc": dict(CROSS_PRECISION="tf32_trunc"),
               "chunk_trunc": dict(FWD_PRECISION="tf32_trunc", BWD_PRECISION="tf32_trunc"),
-              "chunk_dwx2": dict(DW_PRECISION="tf32x2")}
+              "chunk_dwx3": dict(DW_PRECISION="tf32x3")}
 # one kernel's autotune configs replaced (the autotuner's and the launcher's kept picks cleared before and after):
 # candidates timed beside the default without adding compiles to its first call
 CONFIGS = {"chunk_walk_s1": ("_fwd_step_kernel", [triton.Config({"BV": 64}, num_warps=4, num_stages=1)]),
-           "chunk_par_s2": ("_fwd_par_scored_kernel", [triton.Config({"BV": 64}, num_warps=nw, num_stages=2)
+           "chunk_par_s1": ("_fwd_par_scored_kernel", [triton.Config({"BV": 64}, num_warps=nw, num_stages=1)
                                                        for nw in (2, 4)])}
 CONFIGS = {n: (k, autotune_configs(c)) for n, (k, c) in CONFIGS.items()}   # the interpreter (smoke): the first only
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": kw.wkv6, "chunk_par": kw.wkv6, "fused": kw.wkv6_fused,

@@ -22,9 +22,10 @@ from kernels._eager import EagerOp, pick
 FWD_PRECISION = "tf32_trunc"
 BWD_PRECISION = "tf32"
 CROSS_PRECISION = None   # the split backward's cross kernel (state operands); None: BWD_PRECISION
-# the own pairs' dw span dots for half inputs (``chunk._span_dot``): "tf32x3" (Triton's three passes; the default),
-# "tf32x2" (the 0/1 span exact, only c split into hi + lo: two passes; untimed, gpu_wkv6's chunk_dwx2)
-DW_PRECISION = "tf32x3"
+# the own pairs' dw span dots for half inputs (``chunk._span_dot``): "tf32x2" (the default: the 0/1 span exact, only
+# c split into hi + lo, two passes; H200 run 31: the own kernel 1,099 -> 972 µs at B8 T4096 H32, 162 -> 142 at B4
+# T2048 H16, 586 -> 534 at B1 T16384 H32) or "tf32x3" (Triton's three passes; gpu_wkv6's chunk_dwx3)
+DW_PRECISION = "tf32x2"
 
 
 def _prec(dtype: torch.dtype, bwd: bool = False, cross: bool = False) -> str:
