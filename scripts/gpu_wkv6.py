@@ -152,7 +152,8 @@ def device_name():
 VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
 KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False),  # run 9's forward
          "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),
-         "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2),
+         "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2), "chunk_fill1": dict(scan_fill=1),
+         "chunk_pipe2": dict(scan_pipe=2), "chunk_pipe2_fill1": dict(scan_pipe=2, scan_fill=1),
          "chunk_split": dict(fwd_split=True, fwd_scores=False), "chunk_walk1": dict(fwd_split=False, fwd_scores=False),
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
          "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),

@@ -1239,7 +1239,8 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   scan_fill    the state scans use narrower V-blocks (down to 16) until they have >= scan_fill × #SMs
 #                programs (a piece of one or two batch elements has few (sequence, head) pairs; 0 / False: off);
 #   scan_pipe    the state scans load one chunk ahead (``states._chunk_scan_kernel``'s PIPE; H100 run 10: the
-#                reverse scan 538 -> 186 us at B8 T4096 H32, 78 -> 21 at B16 T1024 H8; no memory cost);
+#                reverse scan 538 -> 186 us at B8 T4096 H32, 78 -> 21 at B16 T1024 H8; no memory cost); 2: two
+#                chunks ahead (session 27, for the long scans of B1 T16384 H32: 256 chunks, 32 programs);
 #   fwd_split    the walk forward in two kernels: every block's state-free work (levels, A v, q̂, k̂) in one
 #                parallel pass writing fp32 intermediates (3 × 4 bytes per token, head and column: 0.75 GiB
 #                transient at B8 T4096 H32 K=V=64, 0.1 GiB at the large model), then the walk with two dots per
@@ -1325,6 +1326,7 @@ STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 FWD_STATES = (None, "one", "two")
 BWD_SPLIT = ("block", "fused")     # the ``bwd_split`` knob's values
+SCAN_PIPE = (False, True, 0, 1, 2)
 
 
 @contextlib.contextmanager
@@ -1345,6 +1347,9 @@ def tuning(**knobs):
         raise ValueError(f"wkv6 chunk knob fwd_states must be one of {FWD_STATES}; got {knobs['fwd_states']!r}")
     if knobs.get("bwd_split", "block") not in BWD_SPLIT:
         raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
+    if knobs.get("scan_pipe", 1) not in SCAN_PIPE:
+        raise ValueError(f"wkv6 chunk knob scan_pipe must be one of {SCAN_PIPE} (chunks the state scans load ahead); "
+                         f"got {knobs['scan_pipe']!r}")
     for name in ("split_bytes", "piece_bytes"):
         val = knobs.get(name)
         if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val <= 0):

@@ -28,7 +28,7 @@ BT_PAR = 64       # chunk length of the state pass
 # Constexprs: H heads; K, V head sizes; BT the chunk rows (64, ``BT_PAR``, or the ``state_rows`` knob's 32); BK =
 #   max(16, pow2(K)) ≥ K and BV (≤ 64) the tile widths (``_blocks``; the scan may take a narrower BV), BKS / BVS
 #   the K- and V-block widths of ``_fwd_states_kernel`` (autotuned, 32 or 64); PREC the dots' input precision
-#   ("ieee" for fp32 inputs, else "tf32"; ``common._prec``); PIPE: the scan loads one chunk ahead.
+#   ("ieee" for fp32 inputs, else "tf32"; ``common._prec``); PIPE: the scan loads 0, 1 or 2 chunks ahead.
 # MODE (constexpr): 1 the forward's S direction ("fwd"), 2 the backward's D direction alone ("bwd_d": S_c saved by
 # the forward), 3 both ("bwd"). Optional tensors are None with their constexpr flag off (MODE's bits, USE_H0,
 # USE_DHT, VARLEN).
@@ -84,8 +84,9 @@ def _chunk_scan_kernel(hs_ptr, gl_ptr, h0_ptr, dht_ptr, ht_ptr, dh0_ptr, cu_ptr,
     h0_ptr (USE_H0; else zeros), end ht_ptr (the final state; MODE 1 only, else None). Direction 1 (MODE & 2):
     X_c = ΔD_c -> D_c (dL/dS at chunk end), walked backwards, D ← diag(exp(G_L)) D + ΔD_c, start dht_ptr
     (USE_DHT; else zeros), end dh0_ptr (MODE & 2, else None). Same recursion, mirrored. Direction =
-    program_id(2) + (MODE == 2); buffer = hs + program_id(2)·SLOTS. PIPE: the next chunk's X_c and G_L are loaded
-    before this chunk's store and update (two loads in flight per program instead of one load wait per step)."""
+    program_id(2) + (MODE == 2); buffer = hs + program_id(2)·SLOTS. PIPE (0, 1 or 2): the X_c and G_L of the chunk
+    PIPE ahead are loaded before this chunk's store and update (PIPE + 1 loads in flight per program instead of one
+    load wait per step; the chain is one HBM latency per chunk at PIPE 0)."""
     i_nh, i_v, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if MODE == 2:
         rev = i_dir + 1
@@ -105,17 +106,22 @@ def _chunk_scan_kernel(hs_ptr, gl_ptr, h0_ptr, dht_ptr, ht_ptr, dh0_ptr, cu_ptr,
     else:
         b_h = _state_or_zeros(dht_ptr, i_nh, o_kv, m_kv, K, V, BK, BV, USE_DHT)
     buf = hs_ptr + i_dir.to(tl.int64) * SLOTS * H * K * V
-    if PIPE:
+    if PIPE >= 1:
         b_x, b_g = _scan_step_load(buf, gl_ptr, base, 0, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
+    if PIPE == 2:
+        b_x1, b_g1 = _scan_step_load(buf, gl_ptr, base, 1, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
     for i in range(0, nt):
         slot = (base + i + rev * (nt - 1 - 2 * i)).to(tl.int64)      # chunk i (forward) or nt-1-i (reverse)
-        if PIPE:
-            b_xn, b_gn = _scan_step_load(buf, gl_ptr, base, i + 1, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
+        if PIPE >= 1:      # chunk i + PIPE's loads issued before this chunk's store and update
+            b_xn, b_gn = _scan_step_load(buf, gl_ptr, base, i + PIPE, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
         else:
             b_x, b_g = _scan_step_load(buf, gl_ptr, base, i, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
         tl.store(buf + (slot * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
         b_h = b_h * tl.exp(b_g)[:, None] + b_x
-        if PIPE:
+        if PIPE == 2:
+            b_x, b_g = b_x1, b_g1
+            b_x1, b_g1 = b_xn, b_gn
+        elif PIPE == 1:
             b_x, b_g = b_xn, b_gn
     p_nh = i_nh.to(tl.int64) * K * V + o_kv
     if rev == 0:
@@ -219,7 +225,7 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, 
     "bwd": S_c and D_c (dL/dS at each chunk end) and dh0; "bwd_d" (S_c saved by the forward): D_c and dh0 only.
     do / h0 / dht / cu_seqlens: None when absent.
     scan_bv: the scan's V-block width (None: the state kernel's; narrower gives the scan more programs); pipe: the
-    scan loads a chunk ahead (``_chunk_scan_kernel``'s PIPE); out: mode "fwd"'s S_c buffer [S, H, K, V] fp32 when
+    chunks the scan loads ahead (``_chunk_scan_kernel``'s PIPE: False / 0, True / 1 or 2); out: mode "fwd"'s S_c buffer [S, H, K, V] fp32 when
     given (e.g. a view of a larger saved buffer).
     Returns (buf [1 or 2, S, H, K, V]: S_c then D_c, ht ("fwd") or None, dh0 (backward) or None, S, NT,
     cmap, cu (both None unless varlen))."""
@@ -243,7 +249,7 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, 
     SBV = BV if scan_bv is None else min(scan_bv, BV)
     launch(_chunk_scan_kernel)[(N * H, _cdiv(V, SBV), 2 if mode == "bwd" else 1)](
         buf, gl, h0, dht, ht, dh0, cu, T, NT, S, H=H, K=K, V=V, BT=bt, BK=BK, BV=SBV, MODE=kmode,
-        USE_H0=h0 is not None, USE_DHT=dht is not None, VARLEN=varlen, PIPE=pipe, num_warps=4)
+        USE_H0=h0 is not None, USE_DHT=dht is not None, VARLEN=varlen, PIPE=int(pipe), num_warps=4)
     return buf, ht, dh0, S, NT, cmap, cu
 
 
