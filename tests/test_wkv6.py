@@ -611,9 +611,9 @@ def test_wkv6_scan_pipe_depths():
     look-ahead past a sequence's last chunk masked), and the state-pass forward + backward at PIPE 2 vs fp64."""
     import kernels.wkv6.chunk as kc
     from kernels.wkv6.states import _par_states
-    cu = torch.tensor([0, 0, 16, 40, 90, 170])
+    cu = torch.tensor([0, 0, 16, 40, 90, 170], device=DEV)
     d = make_inputs(1, 170, 2, 16, 16, decay="mixed", h0=True, N=5, grad=False)
-    do, dht = torch.randn(1, 170, 2, 16), torch.randn(5, 2, 16, 16)
+    do, dht = torch.randn(1, 170, 2, 16, device=DEV), torch.randn(5, 2, 16, 16, device=DEV)
     outs = [_par_states(d["r"], d["k"], d["v"], d["w"], do, 0.5, d["initial_state"], dht, cu, "bwd", bt=16,
                         pipe=p) for p in (0, 1, 2)]
     for p, o in zip((1, 2), outs[1:]):
