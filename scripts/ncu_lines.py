@@ -69,8 +69,9 @@ def read_lines(path: str) -> dict[str, dict[tuple[str, int], dict]]:
                 "spills": 0.0, "stalls": {}})
             cur["samples"] += _num(r[head["Warp Stall Sampling (All Samples)"]])
             cur["instructions"] += _num(r[head["Instructions Executed"]])
-            cur["shared"] += _num(r[head["L1 Wavefronts Shared"]])
-            cur["shared_ideal"] += _num(r[head["L1 Wavefronts Shared Ideal"]])
+            for key, col in (("shared", "L1 Wavefronts Shared"), ("shared_ideal", "L1 Wavefronts Shared Ideal")):
+                if col in head:         # absent from a kernel that touches no shared memory
+                    cur[key] += _num(r[head[col]])
             for name, i in stalls.items():
                 cur["stalls"][name] = cur["stalls"].get(name, 0.0) + _num(r[i])
         elif cur is not None and len(r) > 3 and re.search(r"\b(STL|LDL)\b", r[3]):   # a SASS row of that line

@@ -1328,7 +1328,7 @@ STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 FWD_STATES = (None, "one", "two")
 BWD_SPLIT = ("block", "fused")     # the ``bwd_split`` knob's values
-SCAN_PIPE = (False, True, 0, 1, 2)
+SCAN_PIPE = (False, True, 0, 1, 2, 4)
 
 
 @contextlib.contextmanager
