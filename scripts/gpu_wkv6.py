@@ -40,9 +40,8 @@ forward: the sequential walk): chunk_nosave (states recomputed in the backward i
 the default's ``fwd_scores`` rule; = ``wkv6_chunk_lowmem``),
 chunk_run9 (run 9's forward: state_rows 64, scan_pipe off, one walk kernel), chunk_rows64 / chunk_rows32
 (``state_rows`` forced: fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64
-with the state pass), chunk_nopipe / chunk_pipe1 / chunk_pipe4 (the state scans' ring of loads in flight: none / one /
-four chunks; the default two), chunk_fill1 / chunk_fill2 (narrow scan blocks until 1 / 2 × #SMs programs),
-chunk_pipe2_fill1 / chunk_pipe4_fill1 (both), chunk_split / chunk_walk1 (the walk forward in two kernels / in one: ``fwd_split`` True / False; the
+with the state pass), chunk_nopipe (the state scans without PIPE; H200 run 31 timed and dropped rings of one and
+four tiles), chunk_fill1 / chunk_fill2 (narrow scan blocks until 1 / 2 × #SMs programs), chunk_split / chunk_walk1 (the walk forward in two kernels / in one: ``fwd_split`` True / False; the
 default, None, splits at ≤ one sequence·head per SM), chunk_auto (the default knobs: time a knob beside it),
 chunk_par_fill2 (the state-pass forward, fill2), chunk_seq_scores / chunk_par_scores (``fwd_scores``: the blocks'
 scores from ``_fwd_scores_kernel``, the walk in 16-row blocks (``fwd_step`` False) / the one-kernel state pass +
@@ -154,8 +153,6 @@ VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
 KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False),  # run 9's forward
          "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),
          "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2), "chunk_fill1": dict(scan_fill=1),
-         "chunk_pipe1": dict(scan_pipe=1), "chunk_pipe4": dict(scan_pipe=4),
-         "chunk_pipe2_fill1": dict(scan_pipe=2, scan_fill=1), "chunk_pipe4_fill1": dict(scan_pipe=4, scan_fill=1),
          "chunk_split": dict(fwd_split=True, fwd_scores=False), "chunk_walk1": dict(fwd_split=False, fwd_scores=False),
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
          "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),

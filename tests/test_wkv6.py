@@ -605,29 +605,27 @@ def test_wkv6_chunk_memory_knobs(knobs):
         _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))
 
 
-def test_wkv6_scan_pipe_depths():
-    """The state scans with 0, 1, 2 or 4 chunks' loads in flight (``states._chunk_scan_kernel``'s PIPE, the
-    ``scan_pipe`` knob): both directions bit-identical on a varlen batch whose sequences hold 0, 1, 2, 4, 5 and 9
-    chunks (the ring's loads past a sequence's last chunk masked, their steps store nothing), and the state-pass
-    forward + backward at PIPE 2 and 4 vs fp64."""
+def test_wkv6_scan_pipe():
+    """The state scans with a second chunk's loads in flight (``states._chunk_scan_kernel``'s PIPE: the loop
+    unrolled by two over a ring of two tiles; the ``scan_pipe`` knob) and without: both directions bit-identical on
+    a varlen batch whose sequences hold 0, 1, 2, 4, 5 and 9 chunks (the ring's loads past a sequence's last chunk
+    masked, their steps store nothing), and the state-pass forward + backward with it vs fp64."""
     import kernels.wkv6.chunk as kc
     from kernels.wkv6.states import _par_states
     cu = torch.tensor([0, 0, 16, 40, 90, 170, 314], device=DEV)
     d = make_inputs(1, 314, 2, 16, 16, decay="mixed", h0=True, N=6, grad=False)
     do, dht = torch.randn(1, 314, 2, 16, device=DEV), torch.randn(6, 2, 16, 16, device=DEV)
     outs = [_par_states(d["r"], d["k"], d["v"], d["w"], do, 0.5, d["initial_state"], dht, cu, "bwd", bt=16,
-                        pipe=p) for p in (0, 1, 2, 4)]
-    for p, o in zip((1, 2, 4), outs[1:]):
-        for a, b in ((outs[0][0], o[0]), (outs[0][2], o[2])):     # S_c and D_c, dh0
-            assert torch.equal(a, b), f"scan_pipe {p}"
-    with pytest.raises(ValueError, match="scan_pipe must be one of"):
-        with kc.tuning(scan_pipe=3):
+                        pipe=p) for p in (False, True)]
+    for a, b in ((outs[0][0], outs[1][0]), (outs[0][2], outs[1][2])):     # S_c and D_c, dh0
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="scan_pipe must be True or False"):
+        with kc.tuning(scan_pipe=2):
             pass
-    for p in (2, 4):
-        x = make_inputs(1, 314, 1, 16, 16, decay="strong", h0=True, N=6)
-        x["cu_seqlens"] = cu
-        with kc.tuning(scan_pipe=p, state_rows=64, fwd_scores=False), kc.forward_mode(False):
-            _check(x, context=f"scan_pipe {p}")
+    x = make_inputs(1, 314, 1, 16, 16, decay="strong", h0=True, N=6)
+    x["cu_seqlens"] = cu
+    with kc.tuning(scan_pipe=True, state_rows=64, fwd_scores=False), kc.forward_mode(False):
+        _check(x, context="scan_pipe")
 
 
 _VARLEN_CU = [0, 3, 64, 64, 100]

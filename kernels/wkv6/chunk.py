@@ -120,9 +120,9 @@ default's 2.68 GiB and 6.233 ms (H100 run 17). Splitting V across backward progr
 Backward state knob (``TUNING["state_rows"]``; default None = 32 with the walk forward, 64 with the state pass):
 the chunk length BT of the state pass, the saved states and the backward grid, 64 or 32. A block program moves
 S_c / D_c over 0–3 other blocks at 64 (12 block updates per 64 rows), 0–1 at 32 (4), for 64 / BT times the fp32
-state memory and the reverse scan's serial steps. The scans load two chunks ahead (``TUNING["scan_pipe"]``, the
-scan kernel's PIPE; one ahead until H200 run 31): loads in flight per program instead of a load wait per step, which made the
-scan latency-bound. H100, run 10 (GPU µs per fwd+bwd, all kernels, profiler, bf16; run 9's default = 64 without
+state memory and the reverse scan's serial steps. The scans keep a second chunk's loads in flight
+(``TUNING["scan_pipe"]``, the scan kernel's PIPE) instead of a load wait per step, which made the scan
+latency-bound. H100, run 10 (GPU µs per fwd+bwd, all kernels, profiler, bf16; run 9's default = 64 without
 PIPE → 64 with PIPE → the default): B8 T4096 H32 8949 → 8630 → 8028 (reverse scan 538 → 186 µs at 64, 377 at 32;
 ``_bwd_kernel`` 6077 → 5179 at 32; extra peak 1.18 → 1.68 GiB), B16 T1024 H8 1289 → 1235 → 1177, B64 T256 H4 K32
 310 → 315 → 288; with the state-pass forward (B4 T2048 H16) 1504 → 1212 at 64, 1242 at 32 (there the forward
@@ -1238,11 +1238,10 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                under this many bytes (None: one piece; varlen: always one piece);
 #   scan_fill    the state scans use narrower V-blocks (down to 16) until they have >= scan_fill × #SMs
 #                programs (a piece of one or two batch elements has few (sequence, head) pairs; 0 / False: off);
-#   scan_pipe    the chunks the state scans load ahead (``states._chunk_scan_kernel``'s PIPE; no memory cost):
-#                one (True / 1; H100 run 10 against none: the reverse scan 538 -> 186 us at B8 T4096 H32, 78 -> 21
-#                at B16 T1024 H8) or two (2, the default since H200 run 31: both scans 417 -> 377 us at B1 T16384
-#                H32, 60 -> 54 at B4 T2048 H16, 290 -> 288 at B8 T4096 H32; narrower scan blocks, scan_fill 1 / 2,
-#                gained nothing there: 410 / 413 at one chunk ahead, 393 at two);
+#   scan_pipe    the state scans keep a second chunk's loads in flight (``states._chunk_scan_kernel``'s PIPE: a
+#                ring of two register tiles since H200 run 31, both scans 417 -> 278 us at B1 T16384 H32, 60 -> 44
+#                at B4 T2048 H16, 290 -> 304 at B8 T4096 H32 against the one-ahead rotation before; that one against
+#                none in H100 run 10: the reverse scan 538 -> 186 us at B8 T4096 H32; no memory cost);
 #   fwd_split    the walk forward in two kernels: every block's state-free work (levels, A v, q̂, k̂) in one
 #                parallel pass writing fp32 intermediates (3 × 4 bytes per token, head and column: 0.75 GiB
 #                transient at B8 T4096 H32 K=V=64, 0.1 GiB at the large model), then the walk with two dots per
@@ -1318,17 +1317,16 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #   split_bytes  with ``bwd_split`` "block", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
-TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": 2,
+TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "fwd_scores": None, "fwd_states": None,
           "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None}
-LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": 2,
+LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "fwd_scores": None, "fwd_states": None,
           "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 FWD_STATES = (None, "one", "two")
 BWD_SPLIT = ("block", "fused")     # the ``bwd_split`` knob's values
-SCAN_PIPE = (False, True, 0, 1, 2, 4)
 
 
 @contextlib.contextmanager
@@ -1349,9 +1347,9 @@ def tuning(**knobs):
         raise ValueError(f"wkv6 chunk knob fwd_states must be one of {FWD_STATES}; got {knobs['fwd_states']!r}")
     if knobs.get("bwd_split", "block") not in BWD_SPLIT:
         raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
-    if knobs.get("scan_pipe", 1) not in SCAN_PIPE:
-        raise ValueError(f"wkv6 chunk knob scan_pipe must be one of {SCAN_PIPE} (chunks the state scans load ahead); "
-                         f"got {knobs['scan_pipe']!r}")
+    if not isinstance(knobs.get("scan_pipe", True), bool):
+        raise ValueError(f"wkv6 chunk knob scan_pipe must be True or False (the state scans keep a second chunk's "
+                         f"loads in flight); got {knobs['scan_pipe']!r}")
     for name in ("split_bytes", "piece_bytes"):
         val = knobs.get(name)
         if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val <= 0):

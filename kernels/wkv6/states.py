@@ -28,7 +28,7 @@ BT_PAR = 64       # chunk length of the state pass
 # Constexprs: H heads; K, V head sizes; BT the chunk rows (64, ``BT_PAR``, or the ``state_rows`` knob's 32); BK =
 #   max(16, pow2(K)) ≥ K and BV (≤ 64) the tile widths (``_blocks``; the scan may take a narrower BV), BKS / BVS
 #   the K- and V-block widths of ``_fwd_states_kernel`` (autotuned, 32 or 64); PREC the dots' input precision
-#   ("ieee" for fp32 inputs, else "tf32"; ``common._prec``); PIPE: the scan's ring of loads in flight (0, 1, 2 or 4 chunks).
+#   ("ieee" for fp32 inputs, else "tf32"; ``common._prec``); PIPE: the scan keeps a second chunk's loads in flight.
 # MODE (constexpr): 1 the forward's S direction ("fwd"), 2 the backward's D direction alone ("bwd_d": S_c saved by
 # the forward), 3 both ("bwd"). Optional tensors are None with their constexpr flag off (MODE's bits, USE_H0,
 # USE_DHT, VARLEN).
@@ -84,14 +84,16 @@ def _chunk_scan_kernel(hs_ptr, gl_ptr, h0_ptr, dht_ptr, ht_ptr, dh0_ptr, cu_ptr,
     h0_ptr (USE_H0; else zeros), end ht_ptr (the final state; MODE 1 only, else None). Direction 1 (MODE & 2):
     X_c = ΔD_c -> D_c (dL/dS at chunk end), walked backwards, D ← diag(exp(G_L)) D + ΔD_c, start dht_ptr
     (USE_DHT; else zeros), end dh0_ptr (MODE & 2, else None). Same recursion, mirrored. Direction =
-    program_id(2) + (MODE == 2); buffer = hs + program_id(2)·SLOTS. PIPE (0, 1, 2 or 4): the loop unrolled by
-    PIPE over a ring of PIPE (X_c, G_L) register tiles, each reloaded with the chunk PIPE ahead right after its use
-    (PIPE loads in flight while a chunk waits for its own; 0: load, then use). Each tile is reloaded into itself,
-    so no loop-carried register copy waits for a load: the one-ahead rotation before session 27 (x ← x_next at the
-    loop's end) made ptxas copy registers at the back edge, and that copy waited for the next load each step (H200
-    run 31 call 4, Nsight Compute at B1 T16384 H32: 55 % of the scan's stall samples on one IMAD.MOV, long
-    scoreboard; 0.77 µs per chunk at one or two ahead). Chunks i ≥ nt load x = 0, G_L = 0 and store nothing: the
-    state passes through unchanged (exp(0) = 1)."""
+    program_id(2) + (MODE == 2); buffer = hs + program_id(2)·SLOTS. PIPE: the loop unrolled by two over a ring of
+    two (X_c, G_L) register tiles, each reloaded with the chunk two ahead right after its use (one load in flight
+    while a chunk waits for its own; else load, then use). Each tile is reloaded into itself, so no loop-carried
+    register copy waits for a load: the one-ahead rotation before session 27 (x ← x_next at the loop's end) made
+    ptxas copy registers at the back edge, and that copy waited for the next load each step (H200 run 31 call 4,
+    Nsight Compute at B1 T16384 H32: 55 % of the scan's stall samples on one IMAD.MOV, long scoreboard; 0.77 µs
+    per chunk at one or two ahead). Call 5, GPU µs of both scans: 417 (rotation) -> 278 at B1 T16384 H32, 60 -> 44
+    at B4 T2048 H16, 290 -> 304 at B8 T4096 H32; rings of one or four tiles were far slower (2,352 / 3,211 µs at
+    B1 T16384; offline sm_90, Triton 3.9: 255 registers and a spill stack) and were dropped (four with narrow scan
+    blocks: 262). Chunks i ≥ nt load x = 0, G_L = 0 and store nothing: the state passes through unchanged."""
     i_nh, i_v, i_dir = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if MODE == 2:
         rev = i_dir + 1
@@ -111,31 +113,18 @@ def _chunk_scan_kernel(hs_ptr, gl_ptr, h0_ptr, dht_ptr, ht_ptr, dh0_ptr, cu_ptr,
     else:
         b_h = _state_or_zeros(dht_ptr, i_nh, o_kv, m_kv, K, V, BK, BV, USE_DHT)
     buf = hs_ptr + i_dir.to(tl.int64) * SLOTS * H * K * V
-    if PIPE == 0:
+    if PIPE:        # a ring of two chunks' loads in flight, the loop unrolled by two (see the docstring)
+        b_x0, b_g0 = _scan_step_load(buf, gl_ptr, base, 0, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
+        b_x1, b_g1 = _scan_step_load(buf, gl_ptr, base, 1, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
+        for i in range(0, nt, 2):
+            b_h = _scan_fold(buf, b_h, b_x0, b_g0, base, i, nt, rev, i_h, o_kv, m_kv, H, K, V)
+            b_x0, b_g0 = _scan_step_load(buf, gl_ptr, base, i + 2, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
+            b_h = _scan_fold(buf, b_h, b_x1, b_g1, base, i + 1, nt, rev, i_h, o_kv, m_kv, H, K, V)
+            b_x1, b_g1 = _scan_step_load(buf, gl_ptr, base, i + 3, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
+    else:
         for i in range(0, nt):
             b_x, b_g = _scan_step_load(buf, gl_ptr, base, i, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
             b_h = _scan_fold(buf, b_h, b_x, b_g, base, i, nt, rev, i_h, o_kv, m_kv, H, K, V)
-    else:       # a ring of PIPE chunks' loads in flight, the loop unrolled by PIPE (see the docstring)
-        b_x0, b_g0 = _scan_step_load(buf, gl_ptr, base, 0, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
-        if PIPE >= 2:
-            b_x1, b_g1 = _scan_step_load(buf, gl_ptr, base, 1, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
-        if PIPE == 4:
-            b_x2, b_g2 = _scan_step_load(buf, gl_ptr, base, 2, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
-            b_x3, b_g3 = _scan_step_load(buf, gl_ptr, base, 3, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
-        for i in range(0, nt, PIPE):
-            b_h = _scan_fold(buf, b_h, b_x0, b_g0, base, i, nt, rev, i_h, o_kv, m_kv, H, K, V)
-            b_x0, b_g0 = _scan_step_load(buf, gl_ptr, base, i + PIPE, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H, K, V)
-            if PIPE >= 2:
-                b_h = _scan_fold(buf, b_h, b_x1, b_g1, base, i + 1, nt, rev, i_h, o_kv, m_kv, H, K, V)
-                b_x1, b_g1 = _scan_step_load(buf, gl_ptr, base, i + 1 + PIPE, nt, rev, i_h, o_k, m_k, o_kv, m_kv,
-                                             H, K, V)
-            if PIPE == 4:
-                b_h = _scan_fold(buf, b_h, b_x2, b_g2, base, i + 2, nt, rev, i_h, o_kv, m_kv, H, K, V)
-                b_x2, b_g2 = _scan_step_load(buf, gl_ptr, base, i + 2 + PIPE, nt, rev, i_h, o_k, m_k, o_kv, m_kv,
-                                             H, K, V)
-                b_h = _scan_fold(buf, b_h, b_x3, b_g3, base, i + 3, nt, rev, i_h, o_kv, m_kv, H, K, V)
-                b_x3, b_g3 = _scan_step_load(buf, gl_ptr, base, i + 3 + PIPE, nt, rev, i_h, o_k, m_k, o_kv, m_kv,
-                                             H, K, V)
     p_nh = i_nh.to(tl.int64) * K * V + o_kv
     if rev == 0:
         if MODE == 1:
@@ -248,8 +237,8 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, 
     "bwd": S_c and D_c (dL/dS at each chunk end) and dh0; "bwd_d" (S_c saved by the forward): D_c and dh0 only.
     do / h0 / dht / cu_seqlens: None when absent.
     scan_bv: the scan's V-block width (None: the state kernel's; narrower gives the scan more programs); pipe: the
-    chunks the scan loads ahead (``_chunk_scan_kernel``'s PIPE: False / 0, True / 1, 2 or 4); out: mode "fwd"'s S_c buffer [S, H, K, V] fp32 when
-    given (e.g. a view of a larger saved buffer).
+    scan keeps a second chunk's loads in flight (``_chunk_scan_kernel``'s PIPE); out: mode "fwd"'s S_c buffer
+    [S, H, K, V] fp32 when given (e.g. a view of a larger saved buffer).
     Returns (buf [1 or 2, S, H, K, V]: S_c then D_c, ht ("fwd") or None, dh0 (backward) or None, S, NT,
     cmap, cu (both None unless varlen))."""
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
@@ -272,7 +261,7 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, 
     SBV = BV if scan_bv is None else min(scan_bv, BV)
     launch(_chunk_scan_kernel)[(N * H, _cdiv(V, SBV), 2 if mode == "bwd" else 1)](
         buf, gl, h0, dht, ht, dh0, cu, T, NT, S, H=H, K=K, V=V, BT=bt, BK=BK, BV=SBV, MODE=kmode,
-        USE_H0=h0 is not None, USE_DHT=dht is not None, VARLEN=varlen, PIPE=int(pipe), num_warps=4)
+        USE_H0=h0 is not None, USE_DHT=dht is not None, VARLEN=varlen, PIPE=bool(pipe), num_warps=4)
     return buf, ht, dh0, S, NT, cmap, cu
 
 
