@@ -1,6 +1,6 @@
 # session 27 call 1 (prepared in session 26): every wkv6 GPU test at HEAD (the state kernels' dots of 2d134dd ran
 # only 47 tests), then the output kernel at 2 stages and the dw span dots in two passes beside the default at the four spec shapes (per-kernel GPU us)
-. .gt-scratch/s27/common.sh
+. <scratch>/common.sh
 TRITON_CACHE_AUTOTUNING=0 timeout -s INT 300 python3 -m pytest tests/test_wkv6.py -m gpu -n 15 -q -rfE \
   -p no:cacheprovider 2>&1 | tee $OUT/tests.log | tail -6
 echo "tests after $(el)"

@@ -1,11 +1,11 @@
 # session 27 call 4: Nsight Compute's source view of the state scans (two chunks ahead), the cross and the own kernel
 # at B1 T16384 H32 (the scans: 256 serial chunks, 32 programs; 0.73 us per chunk whatever the look-ahead or the
 # programs), then the GPU run of the scan-depth test
-. .gt-scratch/s27/common.sh
+. <scratch>/common.sh
 export TRITON_CACHE_AUTOTUNING=1
 N=/usr/local/cuda/bin/ncu
 timeout 260 $N --profile-from-start off -k "regex:_chunk_scan|_bwd_cross|_bwd_own" --set full --import-source yes \
-  -o $OUT/prof python3 .gt-scratch/s27/ncu_step.py 1 16384 32 2>&1 | tail -3
+  -o $OUT/prof python3 <scratch>/ncu_step.py 1 16384 32 2>&1 | tail -3
 echo "profiled after $(el)"
 $N -i $OUT/prof.ncu-rep --page source --csv --print-source cuda,sass > $OUT/source.csv 2> $OUT/source.err
 $N -i $OUT/prof.ncu-rep --page details --csv > $OUT/details.csv 2>&1

@@ -11,7 +11,7 @@ from bench.sm90 import cuobjdump
 fn = ks._chunk_scan_kernel
 pipe = int(sys.argv[1])
 BV = int(os.environ.get("BV", "64"))
-consts = dict(H=32, K=64, V=64, BT=64, BK=64, BV=BV, MODE=2, USE_H0=False, USE_DHT=False, VARLEN=False, PIPE=pipe,
+consts = dict(H=32, K=64, V=64, BT=64, BK=64, BV=BV, MODE=2, USE_H0=False, USE_DHT=False, VARLEN=False, PIPE=bool(pipe) if os.environ.get("BOOL") else pipe,
               h0_ptr=None, dht_ptr=None, ht_ptr=None, cu_ptr=None)
 types = {n: "constexpr" if n in consts else "*fp32" if n.endswith("_ptr") else "i32" for n in fn.arg_names}
 src = ASTSource(fn, types, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
@@ -31,3 +31,5 @@ for addr, op in ins:      # backward branches: the loops
         cnt = lambda p: sum(1 for o in body if re.search(p, o))
         print(f"  loop {int(t.group(1),16):#x}-{addr:#x}: {len(body)} instr, LDG {cnt(r'LDG')}, STG {cnt(r'STG')}, "
               f"MOV {cnt(r'MOV')}, DEPBAR {cnt('DEPBAR')}")
+import hashlib
+print("  sass sha", hashlib.sha1(re.sub(r"/\*[0-9a-f]+\*/", "", sass).encode()).hexdigest()[:12])
