@@ -628,6 +628,28 @@ def test_wkv6_scan_pipe():
         _check(x, context="scan_pipe")
 
 
+@pytest.mark.parametrize("K,V,dtype", [(16, 24, torch.float32), (40, 24, torch.float16), (64, 16, torch.float32)],
+                         ids=["one_slice", "fp16_four_slices_K40", "four_slices"])
+def test_wkv6_own_pipe(K, V, dtype):
+    """The own kernel with the next key slice's loads in flight (``own_pipe``: ``_own_block``'s OWN_PIPE) gives
+    the same bits as without it — every gradient, on 1 key slice and 4 (K = 40: the last one partial) — and a bad
+    value is refused."""
+    import kernels.wkv6.chunk as kc
+    d = make_inputs(1, 40, 2, K, V, dtype=dtype, decay="strong", h0=True)
+    grads = {}
+    for pipe in (False, True):
+        x = {n: t.detach().clone().requires_grad_(True) if torch.is_tensor(t) else t for n, t in d.items()}
+        with kc.tuning(own_pipe=pipe, bwd_split="block"), kc.forward_mode(True):
+            o, s = wkv6(**x)
+            torch.autograd.backward([o, s], [torch.ones_like(o), torch.ones_like(s)])
+        grads[pipe] = {n: x[n].grad for n in ("r", "k", "v", "w", "u", "initial_state")}
+    for n, g in grads[False].items():
+        assert torch.equal(g, grads[True][n]), n
+    with pytest.raises(ValueError, match="own_pipe must be True or False"):
+        with kc.tuning(own_pipe=1):
+            pass
+
+
 _VARLEN_CU = [0, 3, 64, 64, 100]
 
 

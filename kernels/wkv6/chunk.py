@@ -796,6 +796,34 @@ def _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b
 
 
 @triton.jit
+def _slice_loads(q_ptr, k_ptr, w_ptr, u_ptr, tok, m_t, o_c, i_h, K: tl.constexpr):
+    """One key slice's tiles as loaded (``OWN_PIPE``'s ring; rows tok [SB], mask m_t, columns o_c [BKC], zeros past
+    K): u [BKC], q, k, w [SB, BKC], each in its input dtype."""
+    m_c = o_c < K
+    m_tc = m_t[:, None] & m_c[None, :]
+    p_c = tok[:, None] * K + o_c[None, :]
+    return (tl.load(u_ptr + i_h * K + o_c, mask=m_c, other=0.), tl.load(q_ptr + p_c, mask=m_tc, other=0.),
+            tl.load(k_ptr + p_c, mask=m_tc, other=0.), tl.load(w_ptr + p_c, mask=m_tc, other=0.))
+
+
+@triton.jit
+def _own_cols_loaded(b_ur, b_qr, b_kr, b_wr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t, o_c,
+                     scale, K: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+                     DWP: tl.constexpr, WANT_A: tl.constexpr):
+    """``_own_cols`` on a slice already loaded (``_slice_loads``' tiles; the same arithmetic, so the same bits)."""
+    m_c = o_c < K
+    m_tc = m_t[:, None] & m_c[None, :]
+    p_c = tok[:, None] * K + o_c[None, :]
+    b_A, b_dq, b_dk, b_dw = _own_slice(b_qr.to(tl.float32) * scale, b_kr.to(tl.float32), b_wr,
+                                       b_ur.to(tl.float32), b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG, PREC, FAST,
+                                       DWP, WANT_A)
+    tl.store(pq_ptr + p_c, b_dq, mask=m_tc)
+    tl.store(pk_ptr + p_c, b_dk, mask=m_tc)
+    tl.store(pw_ptr + p_c, b_dw, mask=m_tc)
+    return b_A
+
+
+@triton.jit
 def _block_do_v(v_ptr, do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, HALF_B: tl.constexpr, PREC: tl.constexpr):
     """The backward's per-block start (block rows r0 + o_t of a sequence starting at token bos, L rows long, head
     i_h; v_ptr, do_ptr [tokens, H, V]): (m_t row mask, tok token·head index, m_tv, p_v offsets of v / do,
@@ -819,7 +847,7 @@ def _block_do_v(v_ptr, do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, HALF_B: tl.
 def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, du_ptr, bos, r0, L, i_h,
                scale, o_t, o_v, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                BKC: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
-               DWP: tl.constexpr, HAS_A: tl.constexpr):
+               DWP: tl.constexpr, HAS_A: tl.constexpr, OWN_PIPE: tl.constexpr):
     """The own pairs and bonus terms of the SB-row block at row r0 (``_bwd_own_kernel``): fp32 partials of dq (for
     the scaled q), dk, dw (before the clamp's mask) -> pq/pk/pw_ptr, the block's scores A (levels and bonus, fp32;
     dv's own part Aᵀ do is the cross kernel's) -> pa_ptr unless HAS_A (the forward's scores are kept: pa_ptr None,
@@ -829,12 +857,26 @@ def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr
     with dA = M_m ⊙ (do vᵀ), dq += e ⊙ (dA k̂), dk += e ⊙ (dAᵀ q̂), and the pairs spanning j give
     dw_j = Σ_{x in j's segment, after j (j a query row) or before j (a key row)} c_x, c = q̂ ⊙ (dA k̂) + k̂ ⊙ (dAᵀ q̂)
     (the two terms live on disjoint rows): one dot of the transposed span pattern with c (``_span_dot`` at DWP:
-    ``common._dw_prec``; terms of one sign per row, no cancellation)."""
+    ``common._dw_prec``; terms of one sign per row, no cancellation).
+    OWN_PIPE: the next slice's q, k, w, u loaded (in their dtypes) before this slice's work. Here the rotation at
+    the loop's end is fine — unlike the state scans' (``states._chunk_scan_kernel``), whose copy waited on a load
+    issued a few instructions before, this copy comes a whole slice's work after its load; unrolled by two over a
+    ring of slices instead, the loop doubled its code and its spills (offline sm_90, Triton 3.9, 1 warp, cap 168:
+    spill stores 99 -> 384). The slice past the last (K) loads zeros and is never used."""
     m_t, tok, _, _, b_B, b_vd = _block_do_v(v_ptr, do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, HALF_B, PREC)
     b_A = tl.zeros([o_t.shape[0], o_t.shape[0]], dtype=tl.float32)
-    for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):    # not unrolled: one slice's tiles live at a time
-        b_A = _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t,
-                        i_c * BKC + tl.arange(0, BKC), i_h, scale, H, K, LOG, PREC, FAST, DWP, not HAS_A)
+    if OWN_PIPE:
+        o_c = tl.arange(0, BKC)
+        b_u, b_q, b_k, b_w = _slice_loads(q_ptr, k_ptr, w_ptr, u_ptr, tok, m_t, o_c, i_h, K)
+        for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):
+            b_un, b_qn, b_kn, b_wn = _slice_loads(q_ptr, k_ptr, w_ptr, u_ptr, tok, m_t, (i_c + 1) * BKC + o_c, i_h, K)
+            b_A = _own_cols_loaded(b_u, b_q, b_k, b_w, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t,
+                                   i_c * BKC + o_c, scale, K, LOG, PREC, FAST, DWP, not HAS_A)
+            b_u, b_q, b_k, b_w = b_un, b_qn, b_kn, b_wn
+    else:
+        for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):    # not unrolled: one slice's tiles live at a time
+            b_A = _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t,
+                            i_c * BKC + tl.arange(0, BKC), i_h, scale, H, K, LOG, PREC, FAST, DWP, not HAS_A)
     if not HAS_A:
         tl.store(pa_ptr + tok[:, None] * o_t.shape[0] + o_t[None, :], b_A, mask=m_t[:, None])
 
@@ -854,21 +896,22 @@ def _own_prune(configs, nargs, **kw):
                                            for bkc in (16, 32) for nw in (1, 2)]
                                           + [triton.Config({"BKC": 16}, num_warps=nw, num_stages=1, maxnreg=168)
                                              for nw in (1, 2)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B", "HAS_A", "GRID_BUCKET"],
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B", "HAS_A", "OWN_PIPE", "GRID_BUCKET"],
                  prune_configs_by={"early_config_prune": _own_prune})
 @triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
 def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, du_ptr, cu_ptr, cmap_ptr,
                     scale, T, NT, GRID_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                     SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKC: tl.constexpr, LOG: tl.constexpr,
                     VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
-                    DWP: tl.constexpr, HAS_A: tl.constexpr):
+                    DWP: tl.constexpr, HAS_A: tl.constexpr, OWN_PIPE: tl.constexpr):
     """Grid (chunk slots, H), no state read: the own pairs and bonus terms of the BT // SB blocks of one chunk
     (``_own_block``, key columns BKC at a time) -> fp32 partials pq_ptr, pk_ptr, pw_ptr [B·T, H, K] (dq for the
     scaled q, dw before the clamp's mask), pa_ptr [B·T, H, SB] (each row's scores A in its block, levels and
     bonus), and du_ptr [slots · BT/SB, H, K] fp32 partial rows
     (one per block; every block of the chunk writes its row, rows past the sequence zeros). w_ptr in the inputs'
     dtype (fp32 under the interpreter for bf16: its bf16 dots are wrong there). FAST: ``_exp_ftz``; DWP: the dw
-    span dots' precision. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid). HAS_A: the forward kept
+    span dots' precision; OWN_PIPE: the next key slice's loads in flight (``_own_block``; the ``own_pipe`` knob).
+    GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid). HAS_A: the forward kept
     its scores (``_fwd_scores_kernel``'s a, the same A), which the cross kernel reads: pa_ptr None, no A dots here.
     Other layouts above."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
@@ -880,7 +923,7 @@ def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, p
         p_du = du_ptr + ((i_s.to(tl.int64) * (BT // SB) + i_b) * H + i_h) * K
         _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, p_du, bos,
                    i_c * BT + i_b * SB, L, i_h, scale, o_t, o_v, m_v, H, K, V, BK, BKC, LOG, PREC, HALF_B, FAST, DWP,
-                   HAS_A)
+                   HAS_A, OWN_PIPE)
 
 
 @triton.jit
@@ -1314,15 +1357,19 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                read back and added into the partials (own 2,097 µs, 6,389 / 914 / 263); at 64-row states 6,566
 #                (2.14 GiB extra peak vs 2.64). "bwd_overlap", the own kernel on a side stream beside the state
 #                pass (bit-identical, graph-safe): 5.914 vs 5.915 ms — the own kernel alone fills the GPU;
+#   own_pipe     the split backward's own kernel keeps the next key slice's q, k, w, u loads in flight during
+#                this slice's work (``_own_block``'s OWN_PIPE; H200 run 31's Nsight Compute at
+#                B1 T16384 H32: 45 % of the own kernel's stall samples wait on those loads at 1-warp programs).
+#                Session 27, untimed: off;
 #   split_bytes  with ``bwd_split`` "block", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None, "own_pipe": False}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None, "own_pipe": False}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 FWD_STATES = (None, "one", "two")
@@ -1347,9 +1394,10 @@ def tuning(**knobs):
         raise ValueError(f"wkv6 chunk knob fwd_states must be one of {FWD_STATES}; got {knobs['fwd_states']!r}")
     if knobs.get("bwd_split", "block") not in BWD_SPLIT:
         raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
-    if not isinstance(knobs.get("scan_pipe", True), bool):
-        raise ValueError(f"wkv6 chunk knob scan_pipe must be True or False (the state scans keep a second chunk's "
-                         f"loads in flight); got {knobs['scan_pipe']!r}")
+    for name, what in (("scan_pipe", "the state scans keep a second chunk's loads in flight"),
+                       ("own_pipe", "the own kernel keeps the next key slice's loads in flight")):
+        if not isinstance(knobs.get(name, True), bool):
+            raise ValueError(f"wkv6 chunk knob {name} must be True or False ({what}); got {knobs[name]!r}")
     for name in ("split_bytes", "piece_bytes"):
         val = knobs.get(name)
         if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val <= 0):
@@ -1443,7 +1491,7 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
         launch(_bwd_own_kernel)[(s1 - s0, H)](
             cut(r), cut(k), cut(v), cut(w), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
             cu, cmap, scale, T, NT, _grid_bucket((s1 - s0) * H), LOG=LOG, HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
-            DWP=_dw_prec(prec), HAS_A=a is not None, **meta)
+            DWP=_dw_prec(prec), HAS_A=a is not None, OWN_PIPE=kn["own_pipe"], **meta)
         if a is not None:
             ps[2] = cut(a)
         launch(_bwd_cross_kernel)[((s1 - s0) * nb + finish, H)](
