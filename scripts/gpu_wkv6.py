@@ -61,7 +61,8 @@ loaded during this one, ``own_pipe``; session 27, untimed), chunk_pieces / chunk
 memory: the backward in batch pieces of <= 128 MiB of fp32 state buffers, D_c and the own kernel's partials per
 piece; the latter also recomputing S_c per piece of <= 64 MiB instead of keeping the forward's: at B8 T4096 H32
 K = V = 64 the default holds 0.5 GiB of gradients + 0.125 of o + 0.5 saved S + 0.0625 scores + 0.5 D + 0.75
-partials = 2.44 GiB, the pieces ~1.5 and ~0.9 by that count; session 27, untimed); the others keep the default's forward mode
+partials = 2.44 GiB, the pieces ~1.5 and ~0.9 by that count; session 27, untimed), chunk_xearly (the cross
+kernel's block loads issued before its state moves, ``cross_early``; session 27, untimed); the others keep the default's forward mode
 (the walk where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed
 the scan knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also timed
 chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
@@ -162,6 +163,7 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
          "chunk_bslice": dict(bwd_split="block", split_bytes=2**28), "chunk_ownpipe": dict(own_pipe=True),
          "chunk_pieces": dict(piece_bytes=2**27), "chunk_pieces_nosave": dict(save_states=False, piece_bytes=2**26),
+         "chunk_xearly": dict(cross_early=True),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
          "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
@@ -488,7 +490,7 @@ def regs():
     import kernels.wkv6.states as ks
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", "32").split(",")]   # state_rows knob values
     cases = [(kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=bt, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
-                                            PREC=RPREC, FINISH_DU=True, **none)) for bt in bts]
+                                            PREC=RPREC, FINISH_DU=True, EARLY=False, **none)) for bt in bts]
     walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None, SCORES=False, a_ptr=None, STEP=False, FAST=False,
                 PIPE=os.environ.get("WKV6_REGS_PIPE", "0") == "1")     # every constexpr given (a missing one is i32)
     del walk["cmap_ptr"]        # the walks take no slot map (one program per sequence·head)
@@ -508,10 +510,11 @@ def regs():
                                             qh_ptr=None, kh_ptr=None, oi_ptr=None, a_ptr="*fp32")),
               (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=True, a_ptr="*fp32")),
               (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True,
-                                           FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"), HAS_A=False)),
+                                           FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x2"), HAS_A=False,
+                                           OWN_PIPE=False)),
               (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True,
-                                           FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x3"), HAS_A=True,
-                                           pa_ptr=None)),
+                                           FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x2"), HAS_A=True,
+                                           OWN_PIPE=False, pa_ptr=None)),
               (kc, "_bwd_fused_kernel", dict(blk, BT=int(os.environ.get("WKV6_REGS_FBT", "32")),
                                              BKC=int(os.environ.get("WKV6_REGS_BKC", "16")), HALF_B=True, FAST=True,
                                              DWP="tf32x3")),

@@ -628,25 +628,29 @@ def test_wkv6_scan_pipe():
         _check(x, context="scan_pipe")
 
 
-@pytest.mark.parametrize("K,V,dtype", [(16, 24, torch.float32), (40, 24, torch.float16), (64, 16, torch.float32)],
-                         ids=["one_slice", "fp16_four_slices_K40", "four_slices"])
-def test_wkv6_own_pipe(K, V, dtype):
-    """The own kernel with the next key slice's loads in flight (``own_pipe``: ``_own_block``'s OWN_PIPE) gives
-    the same bits as without it — every gradient, on 1 key slice and 4 (K = 40: the last one partial) — and a bad
-    value is refused."""
+@pytest.mark.parametrize("K,V,dtype,knob,rows", [(16, 24, torch.float32, "own_pipe", 32),
+                                                  (40, 24, torch.float16, "own_pipe", 32),
+                                                  (20, 24, torch.float16, "cross_early", 32),
+                                                  (16, 16, torch.float32, "cross_early", 64)],
+                         ids=["own_pipe_one_slice", "own_pipe_fp16_K40", "cross_early_fp16", "cross_early_rows64"])
+def test_wkv6_backward_load_order(K, V, dtype, knob, rows):
+    """The split backward's load-order candidates give the same bits as the default — every gradient; a bad value
+    is refused: ``own_pipe`` (the own kernel's next key slice loaded during this one: 1 key slice and 4, K = 40's
+    last one partial) and ``cross_early`` (the cross kernel's block loads before its state moves: 32-row states,
+    one move per program, and 64-row ones, up to three; scores from the own kernel at this T)."""
     import kernels.wkv6.chunk as kc
-    d = make_inputs(1, 40, 2, K, V, dtype=dtype, decay="strong", h0=True)
+    d = make_inputs(1, 40 if rows == 32 else 100, 2, K, V, dtype=dtype, decay="strong", h0=True)
     grads = {}
-    for pipe in (False, True):
+    for on in (False, True):
         x = {n: t.detach().clone().requires_grad_(True) if torch.is_tensor(t) else t for n, t in d.items()}
-        with kc.tuning(own_pipe=pipe, bwd_split="block"), kc.forward_mode(True):
+        with kc.tuning(**{knob: on}, bwd_split="block", state_rows=rows), kc.forward_mode(rows == 32):
             o, s = wkv6(**x)
             torch.autograd.backward([o, s], [torch.ones_like(o), torch.ones_like(s)])
-        grads[pipe] = {n: x[n].grad for n in ("r", "k", "v", "w", "u", "initial_state")}
+        grads[on] = {n: x[n].grad for n in ("r", "k", "v", "w", "u", "initial_state")}
     for n, g in grads[False].items():
         assert torch.equal(g, grads[True][n]), n
-    with pytest.raises(ValueError, match="own_pipe must be True or False"):
-        with kc.tuning(own_pipe=1):
+    with pytest.raises(ValueError, match=f"{knob} must be True or False"):
+        with kc.tuning(**{knob: 1}):
             pass
 
 

@@ -940,6 +940,37 @@ def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_
 
 
 @triton.jit
+def _cross_loads(q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, bos, r0, L, i_h, o_t, o_k, o_v,
+                 m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr):
+    """Every load of ``_cross_block`` (``cross_early``: issued before the state moves): the block's rows q, k, w
+    [SB, BK] and v, do [SB, BV] in their dtypes, the own kernel's partials pq, pk, pw [SB, BK] and scores A [SB, SB]
+    (fp32)."""
+    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
+    b_A = tl.load(pa_ptr + ((bos + r0 + o_t) * H + i_h)[:, None] * SB + o_t[None, :], mask=m_t[:, None], other=0.)
+    return (_raw_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0),
+            _raw_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0),
+            _raw_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0),
+            _raw_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0),
+            _raw_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0),
+            tl.load(pq_ptr + p_k, mask=m_tk, other=0.), tl.load(pk_ptr + p_k, mask=m_tk, other=0.),
+            tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_A)
+
+
+@triton.jit
+def _cross_block_loaded(b_qr, b_kr, b_wr, b_vr, b_dor, b_pq, b_pk, b_pw, b_A, dq_ptr, dk_ptr, dv_ptr, dw_ptr, b_h,
+                        b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr,
+                        V: tl.constexpr, PREC: tl.constexpr):
+    """``_cross_block`` on ``_cross_loads``' tiles (the same arithmetic, so the same bits)."""
+    _, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
+    b_do = b_dor.to(tl.float32)
+    b_dq, b_dk, b_dv, b_dw = _cross_bwd_dots(b_qr.to(tl.float32) * scale, b_kr.to(tl.float32), _sum_operand(b_wr),
+                                             b_vr.to(tl.float32), b_do, b_h, b_dh, o_t, PREC)
+    b_dv += mma(tl.trans(b_A), b_do, PREC, B_EXACT=True)     # the own pairs' dv from their scores
+    tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
+    _store_dqkw(b_dq + b_pq, b_dk + b_pk, b_dw + b_pw, b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
+
+
+@triton.jit
 def _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, b_do, b_wr, b_dq, b_dk, b_dv, b_dw,
                  bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                  SB: tl.constexpr, PREC: tl.constexpr):
@@ -953,13 +984,13 @@ def _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
                 b_dw + tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
 
 
-@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC", "GRID_BUCKET"])
+@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC", "EARLY", "GRID_BUCKET"])
 @triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
 def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr,
                       dk_ptr, dv_ptr, dw_ptr, dup_ptr, du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NDU, GRID_BUCKET,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
-                      FINISH_DU: tl.constexpr):
+                      FINISH_DU: tl.constexpr, EARLY: tl.constexpr):
     """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V) (``bwd_split`` "block"), the state
     half of the split backward, one SB-row block per program: S_m, D_m
     (``_block_states``) and ``_cross_block``, adding ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr
@@ -970,17 +1001,30 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
     at B8 T4096 H32 against scans and column sums).
     FINISH_DU: one more program per head (the last of axis 0) sums the own kernel's du partial rows dup_ptr
     [NDU, H, K] fp32 in row order into du_ptr [H, K] fp32 (deterministic; no separate reduction launch); else
-    both are None and NDU 0. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid)."""
+    both are None and NDU 0. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid).
+    EARLY (the ``cross_early`` knob): the block's own loads (rows, partials, scores) issued before the state moves
+    rather than after them (Nsight Compute, H200 run 31 call 4 at B1 T16384 H32: the kernel's top stall lines are
+    loads waiting on memory, long scoreboard, one after another: states, the moved-over rows, the block's rows, the
+    partials)."""
     if FINISH_DU and tl.program_id(0) == tl.num_programs(0) - 1:
         _sum_du(dup_ptr, du_ptr, NDU, tl.program_id(1), H, K, BK)
     else:
         pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
         o_t = tl.arange(0, SB)
         o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-        b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
-                                  scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
-        _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
-                     dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+        if EARLY:
+            b_qr, b_kr, b_wr, b_vr, b_dor, b_pq, b_pk, b_pw, b_A = _cross_loads(
+                q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, bos, r0, L, i_h, o_t, o_k, o_v,
+                m_k, m_v, H, K, V, SB)
+            b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
+                                      scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
+            _cross_block_loaded(b_qr, b_kr, b_wr, b_vr, b_dor, b_pq, b_pk, b_pw, b_A, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
+                                b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, PREC)
+        else:
+            b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
+                                      scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
+            _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
+                         dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
 
 
 @triton.jit
@@ -1361,15 +1405,20 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                this slice's work (``_own_block``'s OWN_PIPE; H200 run 31's Nsight Compute at
 #                B1 T16384 H32: 45 % of the own kernel's stall samples wait on those loads at 1-warp programs).
 #                Session 27, untimed: off;
+#   cross_early  the split backward's cross kernel issues its block's own loads (rows, partials, scores: ~46
+#                registers live across the moves) before the state moves instead of after them (``_bwd_cross_kernel``'s
+#                EARLY; run 31's Nsight Compute: four dependent load waits per program). Session 27, untimed: off;
 #   split_bytes  with ``bwd_split`` "block", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None, "own_pipe": False}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None, "own_pipe": False,
+          "cross_early": False}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None, "own_pipe": False}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None, "own_pipe": False,
+          "cross_early": False}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 FWD_STATES = (None, "one", "two")
@@ -1395,7 +1444,8 @@ def tuning(**knobs):
     if knobs.get("bwd_split", "block") not in BWD_SPLIT:
         raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
     for name, what in (("scan_pipe", "the state scans keep a second chunk's loads in flight"),
-                       ("own_pipe", "the own kernel keeps the next key slice's loads in flight")):
+                       ("own_pipe", "the own kernel keeps the next key slice's loads in flight"),
+                       ("cross_early", "the cross kernel issues its block's loads before the state moves")):
         if not isinstance(knobs.get(name, True), bool):
             raise ValueError(f"wkv6 chunk knob {name} must be True or False ({what}); got {knobs[name]!r}")
     for name in ("split_bytes", "piece_bytes"):
@@ -1497,7 +1547,7 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
         launch(_bwd_cross_kernel)[((s1 - s0) * nb + finish, H)](
             cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
             du_part if finish else None, du, cu, cmap, scale, T, NT, S * nb if finish else 0,
-            _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish,
+            _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish, EARLY=kn["cross_early"],
             **{**meta, "PREC": _prec(r.dtype, bwd=True, cross=True)})
     return du if finish else du_part.sum(0)
 
