@@ -6,6 +6,9 @@ reports (``scripts/gpu_wkv6.py --regs``, ``scripts/gpu_ffn.py --regs``).
         src: a ``triton.compiler.ASTSource``; returns {"regs", "stack" (spill bytes), "shared" (dynamic shared
         memory bytes), "sass" (the disassembly), "ttgir"}; regs / stack are None when cuobjdump's report has none.
     sass_ops(usage["sass"])                -> Counter of SASS opcodes (static: a loop body counts once)
+    sass_digest(usage["sass"])             -> 12 hex digits naming the instruction stream (addresses and
+                                              encodings dropped): equal digests = the same compiled kernel, e.g.
+                                              a default unchanged by a default-off candidate beside it
     MEMORY_OPS                             the opcodes of shared (STS, LDS, LDSM) and local (STL, LDL) memory,
                                            shuffles and barriers: where an L1-bound kernel's traffic comes from
 
@@ -17,6 +20,7 @@ static counts of these opcodes are the offline proxy for that traffic (a differe
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import re
 import subprocess
@@ -54,3 +58,11 @@ def sass_ops(sass: str) -> collections.Counter:
         if m:
             ops[m.group(1)] += 1
     return ops
+
+
+def sass_digest(sass: str) -> str:
+    """SHA-1 (first 12 hex digits) of a cuobjdump SASS listing's instructions in order, without the addresses and
+    the encoding comments: two compiles with equal digests run the same instructions."""
+    ins = re.findall(r"/\*[0-9a-f]{4,}\*/\s+([^;]*;)", sass)
+    return hashlib.sha1("\n".join(" ".join(i.split()) for i in ins).encode()).hexdigest()[:12]
+

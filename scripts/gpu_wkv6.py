@@ -27,7 +27,10 @@ script, measures nothing). Run the first call's measurement with a fresh TRITON_
 (no GPU needed): registers, spill stack and SASS instructions of the backward's, the walks' and the state scan's
 kernels as compiled for sm_90 on this machine (WKV6_REGS_ONLY picks kernels; WKV6_REGS_BT: a comma list of the
 ``state_rows`` knob values to compile ``_bwd_cross_kernel`` at; WKV6_REGS_MAXNREG: a comma list of register caps,
-0 = none; WKV6_REGS_PREC: the dots' precision, "tf32" or "tf32_trunc"). This machine's Triton may not be the GPU
+0 = none; WKV6_REGS_PREC: the dots' precision, "tf32" or "tf32_trunc"; WKV6_REGS_SET: constexprs set in every
+case that has them, e.g. "OWN_PIPE=True,EARLY=True"). Each line ends with the SASS digest
+(``bench.sm90.sass_digest``): equal digests before and after a change = the same compiled kernel (how a default
+is shown unchanged by a default-off candidate added beside it). This machine's Triton may not be the GPU
 machine's: session 24's offline compile (Triton 3.9) gave ``_bwd_cross_kernel`` 255 registers + 144 B spill at 4
 warps, where the H200's Triton 3.6 compiled it at 138 and none — read the offline figures as differences only;
 ``--host`` (CPU): host µs per call
@@ -41,8 +44,9 @@ the default's ``fwd_scores`` rule; = ``wkv6_chunk_lowmem``),
 chunk_run9 (run 9's forward: state_rows 64, scan_pipe off, one walk kernel), chunk_rows64 / chunk_rows32
 (``state_rows`` forced: fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64
 with the state pass), chunk_nopipe (the state scans without PIPE; H200 run 31 timed and dropped rings of one and
-four tiles), chunk_fill1 / chunk_fill2 (narrow scan blocks until 1 / 2 × #SMs programs), chunk_split / chunk_walk1 (the walk forward in two kernels / in one: ``fwd_split`` True / False; the
-default, None, splits at ≤ one sequence·head per SM), chunk_auto (the default knobs: time a knob beside it),
+four tiles), chunk_fill1 / chunk_fill2 (narrow scan blocks until 1 / 2 × #SMs programs), chunk_split /
+chunk_walk1 (the walk forward in two kernels / in one: ``fwd_split`` True / False; the default, None, splits at
+≤ one sequence·head per SM), chunk_auto (the default knobs: time a knob beside it),
 chunk_par_fill2 (the state-pass forward, fill2), chunk_seq_scores / chunk_par_scores (``fwd_scores``: the blocks'
 scores from ``_fwd_scores_kernel``, the walk in 16-row blocks (``fwd_step`` False) / the one-kernel state pass +
 the chunk-parallel output),
@@ -62,9 +66,10 @@ memory: the backward in batch pieces of <= 128 MiB of fp32 state buffers, D_c an
 piece; the latter also recomputing S_c per piece of <= 64 MiB instead of keeping the forward's: at B8 T4096 H32
 K = V = 64 the default holds 0.5 GiB of gradients + 0.125 of o + 0.5 saved S + 0.0625 scores + 0.5 D + 0.75
 partials = 2.44 GiB, the pieces ~1.5 and ~0.9 by that count; session 27, untimed), chunk_xearly (the cross
-kernel's block loads issued before its state moves, ``cross_early``; session 27, untimed); the others keep the default's forward mode
-(the walk where chunk_seq runs, the state pass where chunk_par does: compare with that one). Run 10 (wkv6f) timed
-the scan knobs against run 9's default (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also timed
+kernel's block loads issued before its state moves, ``cross_early``; session 27, untimed); the others keep the
+default's forward mode (the walk where chunk_seq runs, the state pass where chunk_par does: compare with that
+one). Run 10 (wkv6f) timed the scan knobs against run 9's default
+(profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also timed
 chunk_bv32 (32 V columns per backward program, fp32 partial sums), run 8 chunk_rows16 and the "dot" move
 (chunk_movedot, chunk_rows32_movedot: S and D moved by one masked dot each), run 9 chunk_carry (one program per
 chunk carrying D, S saved every 16 rows), run 6 two split backwards (chunk_split, chunk_split_blk: two kernels
@@ -481,7 +486,7 @@ def regs():
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
-    from bench.sm90 import MEMORY_OPS, sass_ops, sm90_usage
+    from bench.sm90 import MEMORY_OPS, sass_digest, sass_ops, sm90_usage
     kv = int(os.environ.get("WKV6_REGS_KV", "64"))
     RPREC = os.environ.get("WKV6_REGS_PREC", "tf32")    # the dots' precision ("tf32_trunc": without the rounding)
     half = {"q_ptr", "k_ptr", "v_ptr", "w_ptr", "u_ptr", "do_ptr", "o_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "dw_ptr"}
@@ -525,8 +530,14 @@ def regs():
     WARPS = [int(x) for x in os.environ.get("WKV6_REGS_WARPS", "4,8").split(",")]   # num_warps values
     only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_fused_kernel: one kernel (each compile takes ~10 s)
     cases = [c for c in cases if not only or c[1] in only.split(",")]
+    for item in filter(None, os.environ.get("WKV6_REGS_SET", "").split(",")):   # e.g. OWN_PIPE=True,EARLY=True
+        name, _, val = item.partition("=")
+        for _, _, consts in cases:
+            if name in consts:
+                consts[name] = {"True": True, "False": False}.get(val, int(val) if val.isdigit() else val)
     print(f"==== wkv6 chunk kernels, sm_90 compile (Triton {triton.__version__}), bf16, K = V = {kv}: "
-          "kernel warps registers spill-stack-bytes sass-instructions, then static counts of the memory opcodes")
+          "kernel warps registers spill-stack-bytes sass-instructions, static counts of the memory opcodes, "
+          "SASS digest")
     for mod, name, consts in cases:
         fn = getattr(mod, name)
         while not isinstance(fn, JITFunction):
@@ -540,10 +551,11 @@ def regs():
             u = sm90_usage(src, nw, ns, cap or None)
             ops = sass_ops(u["sass"])
             n_ins = sum(ops.values())
-            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "SB", "PIPE", "SCORES", "STEP", "HAS_A")
-                          if c in consts)
+            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "SB", "PIPE", "SCORES", "STEP", "HAS_A",
+                                                        "OWN_PIPE", "EARLY") if c in consts)
             print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), *(("maxnreg", cap) if cap else ()),
-                  u["regs"], u["stack"], n_ins, " ".join(f"{o} {ops[o]}" for o in MEMORY_OPS), flush=True)
+                  u["regs"], u["stack"], n_ins, " ".join(f"{o} {ops[o]}" for o in MEMORY_OPS),
+                  "digest", sass_digest(u["sass"]), flush=True)
 
 
 def host_gpu():

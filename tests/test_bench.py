@@ -425,6 +425,20 @@ def test_sass_ops_counts_opcodes_without_predicates_or_modifiers():
     assert ops == {"MOV": 1, "STS": 2, "LDS": 1, "STL": 1, "LDSM": 1, "BAR": 1}, ops
 
 
+def test_sass_digest_names_the_instruction_stream():
+    """``bench.sm90.sass_digest``: the same instructions at other addresses (and other encodings, spacing) give the
+    same digest; one changed operand, or two instructions swapped, another."""
+    from bench.sm90 import sass_digest
+    a = ["        /*0000*/                   MOV R1, c[0x0][0x28] ;", "        /* 0x000fe20000000f00 */",
+         "        /*0010*/              @P0  LDS.64 R6, [R3] ;", "        /*0020*/                   EXIT ;"]
+    moved = [ln.replace("/*00", "/*10").replace("0x000fe2", "0x111111") for ln in a]
+    moved[2] = moved[2].replace("   LDS.64", " LDS.64")
+    assert sass_digest("\n".join(a)) == sass_digest("\n".join(moved))
+    assert sass_digest("\n".join(a)) != sass_digest("\n".join(a).replace("R6", "R8"))
+    assert sass_digest("\n".join(a)) != sass_digest("\n".join([a[0], a[1], a[3], a[2]]))
+    assert len(sass_digest("\n".join(a))) == 12
+
+
 def test_ncu_summary_reads_the_committed_export():
     """``scripts/ncu_summary.py`` on run 29's Nsight Compute export: one row per kernel, L1 before DRAM, the
     bank conflicts from ncu's rule text; a file that is not such an export is a one-line error."""
