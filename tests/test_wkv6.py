@@ -636,14 +636,15 @@ def test_wkv6_scan_pipe():
 def test_wkv6_backward_load_order(K, V, dtype, knob, rows):
     """The split backward's load-order candidates give the same bits as the default under the interpreter (one
     config, the same operations) — every gradient — and, on a GPU, where the autotuner may pick other configs for
-    them (the knob is in the kernel's autotune key), pass the fp64 check; a bad value is refused. ``own_pipe``: the
+    them (the knob is in the kernel's autotune key), pass the fp64 check (the default's own GPU tests cover it); a
+    bad value is refused. ``own_pipe``: the
     own kernel's next key slice loaded during this one (1 key slice and 4, K = 40's last one partial);
     ``cross_early``: the cross kernel's block loads before its state moves (32-row states, one move per program,
     and 64-row ones, up to three; scores from the own kernel at this T)."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(1, 40 if rows == 32 else 100, 2, K, V, dtype=dtype, decay="strong", h0=True)
     grads = {}
-    for on in (False, True):
+    for on in (True,) if DEV == "cuda" else (False, True):
         x = {n: t.detach().clone().requires_grad_(True) if torch.is_tensor(t) else t for n, t in d.items()}
         with kc.tuning(**{knob: on}, bwd_split="block", state_rows=rows), kc.forward_mode(rows == 32):
             if DEV == "cuda":

@@ -797,8 +797,8 @@ def _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b
 
 @triton.jit
 def _slice_loads(q_ptr, k_ptr, w_ptr, u_ptr, tok, m_t, o_c, i_h, K: tl.constexpr):
-    """One key slice's tiles as loaded (``OWN_PIPE``'s ring; rows tok [SB], mask m_t, columns o_c [BKC], zeros past
-    K): u [BKC], q, k, w [SB, BKC], each in its input dtype."""
+    """One key slice's tiles as loaded (``_own_block``'s OWN_PIPE: the next slice's, during this one's work; rows
+    tok [SB], mask m_t, columns o_c [BKC], zeros past K): u [BKC], q, k, w [SB, BKC], each in its input dtype."""
     m_c = o_c < K
     m_tc = m_t[:, None] & m_c[None, :]
     p_c = tok[:, None] * K + o_c[None, :]

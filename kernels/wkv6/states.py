@@ -261,7 +261,7 @@ def _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode, scan_bv=None, 
     SBV = BV if scan_bv is None else min(scan_bv, BV)
     launch(_chunk_scan_kernel)[(N * H, _cdiv(V, SBV), 2 if mode == "bwd" else 1)](
         buf, gl, h0, dht, ht, dh0, cu, T, NT, S, H=H, K=K, V=V, BT=bt, BK=BK, BV=SBV, MODE=kmode,
-        USE_H0=h0 is not None, USE_DHT=dht is not None, VARLEN=varlen, PIPE=bool(pipe), num_warps=4)
+        USE_H0=h0 is not None, USE_DHT=dht is not None, VARLEN=varlen, PIPE=pipe, num_warps=4)
     return buf, ht, dh0, S, NT, cmap, cu
 
 
