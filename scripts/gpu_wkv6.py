@@ -28,7 +28,7 @@ script, measures nothing). Run the first call's measurement with a fresh TRITON_
 kernels as compiled for sm_90 on this machine (WKV6_REGS_ONLY picks kernels; WKV6_REGS_BT: a comma list of the
 ``state_rows`` knob values to compile ``_bwd_cross_kernel`` at; WKV6_REGS_MAXNREG: a comma list of register caps,
 0 = none; WKV6_REGS_PREC: the dots' precision, "tf32" or "tf32_trunc"; WKV6_REGS_SET: constexprs set in every
-case that has them, e.g. "OWN_PIPE=True,EARLY=True"). Each line ends with the SASS digest
+case that has them, e.g. "PIPE=False,HAS_A=True"). Each line ends with the SASS digest
 (``bench.sm90.sass_digest``): equal digests before and after a change = the same compiled kernel (how a default
 is shown unchanged by a default-off candidate added beside it). This machine's Triton may not be the GPU
 machine's: session 24's offline compile (Triton 3.9) gave ``_bwd_cross_kernel`` 255 registers + 144 B spill at 4
@@ -60,13 +60,12 @@ walk in 32-row steps, ``fwd_step``: the default's walk since run 16), chunk_seq_
 (``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
 the latter at 64-row states), chunk_bfused / chunk_bfused64 (``bwd_split`` "fused": one kernel per chunk, own pairs
 and crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bslice (the split backward on
-batch slices of <= 256 MiB of fp32 partials, ``split_bytes``), chunk_ownpipe (the own kernel's next key slice
-loaded during this one, ``own_pipe``; session 27, untimed), chunk_pieces / chunk_pieces_nosave (the extra peak
+batch slices of <= 256 MiB of fp32 partials, ``split_bytes``), chunk_pieces / chunk_pieces_nosave (the extra peak
 memory: the backward in batch pieces of <= 128 MiB of fp32 state buffers, D_c and the own kernel's partials per
 piece; the latter also recomputing S_c per piece of <= 64 MiB instead of keeping the forward's: at B8 T4096 H32
 K = V = 64 the default holds 0.5 GiB of gradients + 0.125 of o + 0.5 saved S + 0.0625 scores + 0.5 D + 0.75
-partials = 2.44 GiB, the pieces ~1.5 and ~0.9 by that count; session 27, untimed), chunk_xearly (the cross
-kernel's block loads issued before its state moves, ``cross_early``; session 27, untimed); the others keep the
+partials = 2.44 GiB, the pieces ~1.5 and ~0.9 by that count; H200 run 32: 2.46 -> 1.51 and 0.86 GiB, GPU µs
+4,577 -> 4,738 and 5,661); the others keep the
 default's forward mode (the walk where chunk_seq runs, the state pass where chunk_par does: compare with that
 one). Run 10 (wkv6f) timed the scan knobs against run 9's default
 (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also timed
@@ -82,7 +81,9 @@ chunk_lowmem_fused32 (``LOWMEM`` at 32-row states: faster at B8 T4096 H32 only, 
 chunk_xdots8 (``cross_moves`` "dots": the cross kernel's state moves as dots of the other block's rows, at 4 / 8
 warps: cross kernel 4,530 / 6,070 vs 2,611 µs at B8 T4096 H32), chunk_sumdots (``decay_sums`` "scans" / "dots":
 the scored walk's steps and the cross kernel summing w by scans and column sums or by 0/1 dots; dots won at every
-shape and the knob went) and the one-kernel
+shape and the knob went), run 32 chunk_xearly (``cross_early``: the cross kernel's block loads before its state
+moves: cross kernel 2,002 -> 2,105 µs at B8 T4096 H32, 1,228 -> 1,566 at B1 T16384 H32; chunk_ownpipe, the own
+kernel's next key slice in flight, won and is the own kernel's only form) and the one-kernel
 ``_bwd_kernel`` (``bwd_split`` False; chunk_bwd1, chunk_nreg0 / chunk_nreg168: its ``bwd_maxnreg`` cap; the old
 ``LOWMEM``'s backward): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 runs the
 GPU tests after its timings. Dot precision (PRECISIONS, the default knobs otherwise): chunk_fwdtrunc /
@@ -166,9 +167,8 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd
          "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2), "chunk_fill1": dict(scan_fill=1),
          "chunk_split": dict(fwd_split=True, fwd_scores=False), "chunk_walk1": dict(fwd_split=False, fwd_scores=False),
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
-         "chunk_bslice": dict(bwd_split="block", split_bytes=2**28), "chunk_ownpipe": dict(own_pipe=True),
+         "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
          "chunk_pieces": dict(piece_bytes=2**27), "chunk_pieces_nosave": dict(save_states=False, piece_bytes=2**26),
-         "chunk_xearly": dict(cross_early=True),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
          "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
@@ -495,7 +495,7 @@ def regs():
     import kernels.wkv6.states as ks
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", "32").split(",")]   # state_rows knob values
     cases = [(kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=bt, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
-                                            PREC=RPREC, FINISH_DU=True, EARLY=False, **none)) for bt in bts]
+                                            PREC=RPREC, FINISH_DU=True, **none)) for bt in bts]
     walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None, SCORES=False, a_ptr=None, STEP=False, FAST=False,
                 PIPE=os.environ.get("WKV6_REGS_PIPE", "0") == "1")     # every constexpr given (a missing one is i32)
     del walk["cmap_ptr"]        # the walks take no slot map (one program per sequence·head)
@@ -515,11 +515,10 @@ def regs():
                                             qh_ptr=None, kh_ptr=None, oi_ptr=None, a_ptr="*fp32")),
               (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=True, a_ptr="*fp32")),
               (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True,
-                                           FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x2"), HAS_A=False,
-                                           OWN_PIPE=False)),
+                                           FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x2"), HAS_A=False)),
               (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True,
                                            FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x2"), HAS_A=True,
-                                           OWN_PIPE=False, pa_ptr=None)),
+                                           pa_ptr=None)),
               (kc, "_bwd_fused_kernel", dict(blk, BT=int(os.environ.get("WKV6_REGS_FBT", "32")),
                                              BKC=int(os.environ.get("WKV6_REGS_BKC", "16")), HALF_B=True, FAST=True,
                                              DWP="tf32x3")),
@@ -530,7 +529,7 @@ def regs():
     WARPS = [int(x) for x in os.environ.get("WKV6_REGS_WARPS", "4,8").split(",")]   # num_warps values
     only = os.environ.get("WKV6_REGS_ONLY")       # e.g. _bwd_fused_kernel: one kernel (each compile takes ~10 s)
     cases = [c for c in cases if not only or c[1] in only.split(",")]
-    for item in filter(None, os.environ.get("WKV6_REGS_SET", "").split(",")):   # e.g. OWN_PIPE=True,EARLY=True
+    for item in filter(None, os.environ.get("WKV6_REGS_SET", "").split(",")):   # e.g. PIPE=False
         name, _, val = item.partition("=")
         for _, _, consts in cases:
             if name in consts:
@@ -551,8 +550,8 @@ def regs():
             u = sm90_usage(src, nw, ns, cap or None)
             ops = sass_ops(u["sass"])
             n_ins = sum(ops.values())
-            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "SB", "PIPE", "SCORES", "STEP", "HAS_A",
-                                                        "OWN_PIPE", "EARLY") if c in consts)
+            tag = "".join(f" {c}={consts[c]}" for c in ("HALF_B", "BT", "SB", "PIPE", "SCORES", "STEP", "HAS_A")
+                   if c in consts)
             print(name + tag, nw, *(("stages", ns) if ns != 1 else ()), *(("maxnreg", cap) if cap else ()),
                   u["regs"], u["stack"], n_ins, " ".join(f"{o} {ops[o]}" for o in MEMORY_OPS),
                   "digest", sass_digest(u["sass"]), flush=True)

@@ -506,7 +506,8 @@ def test_wkv6_kept_scores_by_batch_slices(knobs):
 @pytest.mark.parametrize("T,on,one", [(1023, False, True), (1024, True, True), (4096, True, True),
                                       (4097, True, False), (16384, True, False)])
 def test_wkv6_scores_default_lengths(T, on, one):
-    """``fwd_scores`` None: on exactly at T ≥ SCORES_MIN_T (H100 run 12 timed it at 1024 and 4096); ``fwd_states``
+    """``fwd_scores`` None: on exactly at T ≥ SCORES_MIN_T (H100 run 12 timed it at 1024 and 4096) for the state
+    pass, for the walk at any T; ``fwd_states``
     None: the one-kernel state pass up to ONE_PASS_MAX_T, the two-kernel one above; both knobs' forced values win;
     the state-pass forward's plan keeps 32-row states with the one-kernel pass and 64-row ones with the other."""
     import kernels.wkv6.chunk as kc
@@ -518,6 +519,9 @@ def test_wkv6_scores_default_lengths(T, on, one):
     with kc.forward_mode(False):
         seq, keep, rows, scores = kc._fwd_plan(1, 1, 16, T, torch.device("cpu"), kn)
     assert (seq, keep, scores) == (False, True, on) and rows == (32 if on and one else 64)
+    with kc.forward_mode(True):     # the walk is scored at any T (H200 run 32: B64 T256 H2), unless told not to be
+        assert kc._fwd_plan(1, 1, 16, T, torch.device("cpu"), kn) == (True, True, 32, True)
+        assert kc._fwd_plan(1, 1, 16, T, torch.device("cpu"), {**kn, "fwd_scores": False})[3] is False
 
 
 def test_wkv6_algorithms_agree():
@@ -626,38 +630,6 @@ def test_wkv6_scan_pipe():
     x["cu_seqlens"] = cu
     with kc.tuning(scan_pipe=True, state_rows=64, fwd_scores=False), kc.forward_mode(False):
         _check(x, context="scan_pipe")
-
-
-@pytest.mark.parametrize("K,V,dtype,knob,rows", [(16, 24, torch.float32, "own_pipe", 32),
-                                                  (40, 24, torch.float16, "own_pipe", 32),
-                                                  (20, 24, torch.float16, "cross_early", 32),
-                                                  (16, 16, torch.float32, "cross_early", 64)],
-                         ids=["own_pipe_one_slice", "own_pipe_fp16_K40", "cross_early_fp16", "cross_early_rows64"])
-def test_wkv6_backward_load_order(K, V, dtype, knob, rows):
-    """The split backward's load-order candidates give the same bits as the default under the interpreter (one
-    config, the same operations) — every gradient — and, on a GPU, where the autotuner may pick other configs for
-    them (the knob is in the kernel's autotune key), pass the fp64 check (the default's own GPU tests cover it); a
-    bad value is refused. ``own_pipe``: the
-    own kernel's next key slice loaded during this one (1 key slice and 4, K = 40's last one partial);
-    ``cross_early``: the cross kernel's block loads before its state moves (32-row states, one move per program,
-    and 64-row ones, up to three; scores from the own kernel at this T)."""
-    import kernels.wkv6.chunk as kc
-    d = make_inputs(1, 40 if rows == 32 else 100, 2, K, V, dtype=dtype, decay="strong", h0=True)
-    grads = {}
-    for on in (True,) if DEV == "cuda" else (False, True):
-        x = {n: t.detach().clone().requires_grad_(True) if torch.is_tensor(t) else t for n, t in d.items()}
-        with kc.tuning(**{knob: on}, bwd_split="block", state_rows=rows), kc.forward_mode(rows == 32):
-            if DEV == "cuda":
-                _check(x, bound=2e-3 if dtype != torch.float32 else None, context=f"{knob}={on}")
-                continue
-            o, s = wkv6(**x)
-            torch.autograd.backward([o, s], [torch.ones_like(o), torch.ones_like(s)])
-        grads[on] = {n: x[n].grad for n in ("r", "k", "v", "w", "u", "initial_state")}
-    for n, g in grads.get(False, {}).items():
-        assert torch.equal(g, grads[True][n]), n
-    with pytest.raises(ValueError, match=f"{knob} must be True or False"):
-        with kc.tuning(**{knob: 1}):
-            pass
 
 
 _VARLEN_CU = [0, 3, 64, 64, 100]

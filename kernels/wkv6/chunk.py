@@ -777,27 +777,8 @@ def _span_dot(b_span, b_c, DWP: tl.constexpr):
 
 
 @triton.jit
-def _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t, o_c, i_h,
-              scale, H: tl.constexpr, K: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
-              DWP: tl.constexpr, WANT_A: tl.constexpr):
-    """``_own_block``'s work on the key columns o_c [BKC] of one block (rows tok [SB], m_t): stores their partials
-    of dq, dk, dw and their du row entries (du_ptr: the block's row); returns b_A [SB, SB] plus these columns' part
-    of the scores (levels and bonus; as given unless WANT_A)."""
-    m_c = o_c < K
-    m_tc = m_t[:, None] & m_c[None, :]
-    p_c = tok[:, None] * K + o_c[None, :]
-    b_u, b_q, b_k, b_wr = _slice_qkw(q_ptr, k_ptr, w_ptr, u_ptr, p_c, m_tc, o_c, m_c, i_h, scale, K)
-    b_A, b_dq, b_dk, b_dw = _own_slice(b_q, b_k, b_wr, b_u, b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG, PREC, FAST,
-                                       DWP, WANT_A)
-    tl.store(pq_ptr + p_c, b_dq, mask=m_tc)
-    tl.store(pk_ptr + p_c, b_dk, mask=m_tc)
-    tl.store(pw_ptr + p_c, b_dw, mask=m_tc)
-    return b_A
-
-
-@triton.jit
 def _slice_loads(q_ptr, k_ptr, w_ptr, u_ptr, tok, m_t, o_c, i_h, K: tl.constexpr):
-    """One key slice's tiles as loaded (``_own_block``'s OWN_PIPE: the next slice's, during this one's work; rows
+    """One key slice's tiles as loaded (``_own_block``: the next slice's, during this one's work; rows
     tok [SB], mask m_t, columns o_c [BKC], zeros past K): u [BKC], q, k, w [SB, BKC], each in its input dtype."""
     m_c = o_c < K
     m_tc = m_t[:, None] & m_c[None, :]
@@ -807,10 +788,13 @@ def _slice_loads(q_ptr, k_ptr, w_ptr, u_ptr, tok, m_t, o_c, i_h, K: tl.constexpr
 
 
 @triton.jit
-def _own_cols_loaded(b_ur, b_qr, b_kr, b_wr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t, o_c,
-                     scale, K: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
-                     DWP: tl.constexpr, WANT_A: tl.constexpr):
-    """``_own_cols`` on a slice already loaded (``_slice_loads``' tiles; the same arithmetic, so the same bits)."""
+def _own_cols(b_ur, b_qr, b_kr, b_wr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t, o_c, scale,
+              K: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, DWP: tl.constexpr,
+              WANT_A: tl.constexpr):
+    """``_own_block``'s work on the key columns o_c [BKC] of one block (rows tok [SB], m_t), given their tiles as
+    ``_slice_loads`` loaded them (u, q, k, w in their dtypes): stores their partials of dq, dk, dw and their du row
+    entries (du_ptr: the block's row); returns b_A [SB, SB] plus these columns' part of the scores (levels and
+    bonus; as given unless WANT_A)."""
     m_c = o_c < K
     m_tc = m_t[:, None] & m_c[None, :]
     p_c = tok[:, None] * K + o_c[None, :]
@@ -847,7 +831,7 @@ def _block_do_v(v_ptr, do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, HALF_B: tl.
 def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, du_ptr, bos, r0, L, i_h,
                scale, o_t, o_v, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                BKC: tl.constexpr, LOG: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
-               DWP: tl.constexpr, HAS_A: tl.constexpr, OWN_PIPE: tl.constexpr):
+               DWP: tl.constexpr, HAS_A: tl.constexpr):
     """The own pairs and bonus terms of the SB-row block at row r0 (``_bwd_own_kernel``): fp32 partials of dq (for
     the scaled q), dk, dw (before the clamp's mask) -> pq/pk/pw_ptr, the block's scores A (levels and bonus, fp32;
     dv's own part Aᵀ do is the cross kernel's) -> pa_ptr unless HAS_A (the forward's scores are kept: pa_ptr None,
@@ -858,25 +842,23 @@ def _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr
     dw_j = Σ_{x in j's segment, after j (j a query row) or before j (a key row)} c_x, c = q̂ ⊙ (dA k̂) + k̂ ⊙ (dAᵀ q̂)
     (the two terms live on disjoint rows): one dot of the transposed span pattern with c (``_span_dot`` at DWP:
     ``common._dw_prec``; terms of one sign per row, no cancellation).
-    OWN_PIPE: the next slice's q, k, w, u loaded (in their dtypes) before this slice's work. Here the rotation at
-    the loop's end is fine — unlike the state scans' (``states._chunk_scan_kernel``), whose copy waited on a load
-    issued a few instructions before, this copy comes a whole slice's work after its load; unrolled by two over a
-    ring of slices instead, the loop doubled its code and its spills (offline sm_90, Triton 3.9, 1 warp, cap 168:
-    spill stores 99 -> 384). The slice past the last (K) loads zeros and is never used."""
+    The next slice's q, k, w, u loaded (in their dtypes, ``_slice_loads``) before this slice's work (session 27's
+    ``own_pipe``, default since H200 run 32: own kernel GPU µs 965 -> 963 at B8 T4096 H32, 141 -> 132 at B4 T2048
+    H16, 528 -> 507 at B1 T16384 H32, 39 -> 40 at B64 T256 H2; Nsight Compute in run 31 had put 45 % of its stall
+    samples on those loads). A rotation is right here — unlike the state scans' (``states._chunk_scan_kernel``),
+    whose back-edge copy waited on a load issued a few instructions before, this copy comes a whole slice's work
+    after its load; unrolled by two over a ring of slices instead, the loop doubled its code and its spills (offline
+    sm_90, Triton 3.9, 1 warp, cap 168: spill stores 99 -> 384). The slice past the last (K) loads zeros and is
+    never used."""
     m_t, tok, _, _, b_B, b_vd = _block_do_v(v_ptr, do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, HALF_B, PREC)
     b_A = tl.zeros([o_t.shape[0], o_t.shape[0]], dtype=tl.float32)
-    if OWN_PIPE:
-        o_c = tl.arange(0, BKC)
-        b_u, b_q, b_k, b_w = _slice_loads(q_ptr, k_ptr, w_ptr, u_ptr, tok, m_t, o_c, i_h, K)
-        for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):
-            b_un, b_qn, b_kn, b_wn = _slice_loads(q_ptr, k_ptr, w_ptr, u_ptr, tok, m_t, (i_c + 1) * BKC + o_c, i_h, K)
-            b_A = _own_cols_loaded(b_u, b_q, b_k, b_w, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t,
-                                   i_c * BKC + o_c, scale, K, LOG, PREC, FAST, DWP, not HAS_A)
-            b_u, b_q, b_k, b_w = b_un, b_qn, b_kn, b_wn
-    else:
-        for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):    # not unrolled: one slice's tiles live at a time
-            b_A = _own_cols(q_ptr, k_ptr, w_ptr, u_ptr, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t,
-                            i_c * BKC + tl.arange(0, BKC), i_h, scale, H, K, LOG, PREC, FAST, DWP, not HAS_A)
+    o_c = tl.arange(0, BKC)
+    b_u, b_q, b_k, b_w = _slice_loads(q_ptr, k_ptr, w_ptr, u_ptr, tok, m_t, o_c, i_h, K)
+    for i_c in tl.range(0, BK // BKC, loop_unroll_factor=1):
+        b_un, b_qn, b_kn, b_wn = _slice_loads(q_ptr, k_ptr, w_ptr, u_ptr, tok, m_t, (i_c + 1) * BKC + o_c, i_h, K)
+        b_A = _own_cols(b_u, b_q, b_k, b_w, pq_ptr, pk_ptr, pw_ptr, du_ptr, b_B, b_vd, b_A, tok, m_t, o_t,
+                        i_c * BKC + o_c, scale, K, LOG, PREC, FAST, DWP, not HAS_A)
+        b_u, b_q, b_k, b_w = b_un, b_qn, b_kn, b_wn
     if not HAS_A:
         tl.store(pa_ptr + tok[:, None] * o_t.shape[0] + o_t[None, :], b_A, mask=m_t[:, None])
 
@@ -896,21 +878,21 @@ def _own_prune(configs, nargs, **kw):
                                            for bkc in (16, 32) for nw in (1, 2)]
                                           + [triton.Config({"BKC": 16}, num_warps=nw, num_stages=1, maxnreg=168)
                                              for nw in (1, 2)]),
-                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B", "HAS_A", "OWN_PIPE", "GRID_BUCKET"],
+                 key=["K", "V", "BT", "BK", "BV", "PREC", "HALF_B", "HAS_A", "GRID_BUCKET"],
                  prune_configs_by={"early_config_prune": _own_prune})
 @triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
 def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, du_ptr, cu_ptr, cmap_ptr,
                     scale, T, NT, GRID_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                     SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKC: tl.constexpr, LOG: tl.constexpr,
                     VARLEN: tl.constexpr, PREC: tl.constexpr, HALF_B: tl.constexpr, FAST: tl.constexpr,
-                    DWP: tl.constexpr, HAS_A: tl.constexpr, OWN_PIPE: tl.constexpr):
+                    DWP: tl.constexpr, HAS_A: tl.constexpr):
     """Grid (chunk slots, H), no state read: the own pairs and bonus terms of the BT // SB blocks of one chunk
     (``_own_block``, key columns BKC at a time) -> fp32 partials pq_ptr, pk_ptr, pw_ptr [B·T, H, K] (dq for the
     scaled q, dw before the clamp's mask), pa_ptr [B·T, H, SB] (each row's scores A in its block, levels and
     bonus), and du_ptr [slots · BT/SB, H, K] fp32 partial rows
     (one per block; every block of the chunk writes its row, rows past the sequence zeros). w_ptr in the inputs'
     dtype (fp32 under the interpreter for bf16: its bf16 dots are wrong there). FAST: ``_exp_ftz``; DWP: the dw
-    span dots' precision; OWN_PIPE: the next key slice's loads in flight (``_own_block``; the ``own_pipe`` knob).
+    span dots' precision (the next key slice's loads in flight: ``_own_block``).
     GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid). HAS_A: the forward kept
     its scores (``_fwd_scores_kernel``'s a, the same A), which the cross kernel reads: pa_ptr None, no A dots here.
     Other layouts above."""
@@ -923,7 +905,7 @@ def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, p
         p_du = du_ptr + ((i_s.to(tl.int64) * (BT // SB) + i_b) * H + i_h) * K
         _own_block(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, p_du, bos,
                    i_c * BT + i_b * SB, L, i_h, scale, o_t, o_v, m_v, H, K, V, BK, BKC, LOG, PREC, HALF_B, FAST, DWP,
-                   HAS_A, OWN_PIPE)
+                   HAS_A)
 
 
 @triton.jit
@@ -940,37 +922,6 @@ def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_
 
 
 @triton.jit
-def _cross_loads(q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, bos, r0, L, i_h, o_t, o_k, o_v,
-                 m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr):
-    """Every load of ``_cross_block`` (``cross_early``: issued before the state moves): the block's rows q, k, w
-    [SB, BK] and v, do [SB, BV] in their dtypes, the own kernel's partials pq, pk, pw [SB, BK] and scores A [SB, SB]
-    (fp32)."""
-    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
-    b_A = tl.load(pa_ptr + ((bos + r0 + o_t) * H + i_h)[:, None] * SB + o_t[None, :], mask=m_t[:, None], other=0.)
-    return (_raw_rows(q_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0),
-            _raw_rows(k_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0),
-            _raw_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0),
-            _raw_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0),
-            _raw_rows(do_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0),
-            tl.load(pq_ptr + p_k, mask=m_tk, other=0.), tl.load(pk_ptr + p_k, mask=m_tk, other=0.),
-            tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_A)
-
-
-@triton.jit
-def _cross_block_loaded(b_qr, b_kr, b_wr, b_vr, b_dor, b_pq, b_pk, b_pw, b_A, dq_ptr, dk_ptr, dv_ptr, dw_ptr, b_h,
-                        b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr,
-                        V: tl.constexpr, PREC: tl.constexpr):
-    """``_cross_block`` on ``_cross_loads``' tiles (the same arithmetic, so the same bits)."""
-    _, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
-    b_do = b_dor.to(tl.float32)
-    b_dq, b_dk, b_dv, b_dw = _cross_bwd_dots(b_qr.to(tl.float32) * scale, b_kr.to(tl.float32), _sum_operand(b_wr),
-                                             b_vr.to(tl.float32), b_do, b_h, b_dh, o_t, PREC)
-    b_dv += mma(tl.trans(b_A), b_do, PREC, B_EXACT=True)     # the own pairs' dv from their scores
-    tl.store(dv_ptr + p_v, b_dv.to(dv_ptr.dtype.element_ty), mask=m_tv)
-    _store_dqkw(b_dq + b_pq, b_dk + b_pk, b_dw + b_pw, b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
-
-
-@triton.jit
 def _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, b_do, b_wr, b_dq, b_dk, b_dv, b_dw,
                  bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                  SB: tl.constexpr, PREC: tl.constexpr):
@@ -984,13 +935,13 @@ def _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
                 b_dw + tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
 
 
-@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC", "EARLY", "GRID_BUCKET"])
+@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC", "GRID_BUCKET"])
 @triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
 def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr,
                       dk_ptr, dv_ptr, dw_ptr, dup_ptr, du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NDU, GRID_BUCKET,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
-                      FINISH_DU: tl.constexpr, EARLY: tl.constexpr):
+                      FINISH_DU: tl.constexpr):
     """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V) (``bwd_split`` "block"), the state
     half of the split backward, one SB-row block per program: S_m, D_m
     (``_block_states``) and ``_cross_block``, adding ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr
@@ -1001,30 +952,17 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
     at B8 T4096 H32 against scans and column sums).
     FINISH_DU: one more program per head (the last of axis 0) sums the own kernel's du partial rows dup_ptr
     [NDU, H, K] fp32 in row order into du_ptr [H, K] fp32 (deterministic; no separate reduction launch); else
-    both are None and NDU 0. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid).
-    EARLY (the ``cross_early`` knob): the block's own loads (rows, partials, scores) issued before the state moves
-    rather than after them (Nsight Compute, H200 run 31 call 4 at B1 T16384 H32: the kernel's top stall lines are
-    loads waiting on memory, long scoreboard, one after another: states, the moved-over rows, the block's rows, the
-    partials)."""
+    both are None and NDU 0. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid)."""
     if FINISH_DU and tl.program_id(0) == tl.num_programs(0) - 1:
         _sum_du(dup_ptr, du_ptr, NDU, tl.program_id(1), H, K, BK)
     else:
         pid, i_h, i_s, i_m, bos, L, c0, r0 = _block_loc(cu_ptr, cmap_ptr, T, NT, BT, SB, VARLEN)
         o_t = tl.arange(0, SB)
         o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(0, K, V, BK, BV)
-        if EARLY:
-            b_qr, b_kr, b_wr, b_vr, b_dor, b_pq, b_pk, b_pw, b_A = _cross_loads(
-                q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, bos, r0, L, i_h, o_t, o_k, o_v,
-                m_k, m_v, H, K, V, SB)
-            b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
-                                      scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
-            _cross_block_loaded(b_qr, b_kr, b_wr, b_vr, b_dor, b_pq, b_pk, b_pw, b_A, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
-                                b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, PREC)
-        else:
-            b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
-                                      scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
-            _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
-                         dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+        b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
+                                  scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
+        _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
+                     dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
 
 
 @triton.jit
@@ -1162,7 +1100,9 @@ def _use_scores(T: int, knobs) -> bool:
     """``fwd_scores``; None: on where T >= ``SCORES_MIN_T`` (H100 run 12, wkv6i: timed and won at T = 1024 and
     4096; the per-chunk work does not depend on T, so longer sequences take it too since session 21 — H200 run
     26 at B1 T16384 H32: forward 1.441 → 0.997 ms, with ``_one_state_pass``'s two-kernel pass). Below it the level
-    forward (the small model's T = 256 and B64 T256 H2 until a GPU call has timed the scores there). T is the
+    forward — but where the level forward would take the walk (``_use_seq``), ``_fwd_plan`` takes the scored walk in
+    32-row steps instead: H200 run 32 at B64 T256 H2 (the small model's shape), GPU µs per fwd+bwd 227 -> 194, forward
+    kernels 81 -> 48 (levels + split walk -> scores + step walk), do_bench forward 0.201 -> 0.109 ms. T is the
     padded length, for varlen the packed total (a per-sequence rule would need the offsets on the host: a sync)."""
     if knobs["fwd_scores"] is None:
         return T >= SCORES_MIN_T
@@ -1198,6 +1138,7 @@ def _fwd_plan(N, H, V, T, device, knobs):
     scores = _use_scores(T, knobs)
     auto = N * H >= num_sms(device) if scores else _use_seq(N, H, V, device)
     seq = auto if _FORCED_SEQ is None else _FORCED_SEQ
+    scores = scores or (seq and knobs["fwd_scores"] is None)    # below SCORES_MIN_T the walk is scored all the same
     own = seq or (scores and _one_state_pass(T, knobs))   # saves states at any spacing (walk, one-kernel pass)
     rows = knobs["state_rows"] or (32 if own else BT)
     return seq, knobs["save_states"] and (own or rows == BT), rows, scores
@@ -1322,7 +1263,9 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                them in its state pass: one more dot per chunk, 4·K·V bytes per 64 tokens and head less held
 #                between the passes);
 #   piece_bytes  the backward runs batch slices one after another so that its transient fp32 state buffers stay
-#                under this many bytes (None: one piece; varlen: always one piece);
+#                under this many bytes (None: one piece; varlen: always one piece). H200 run 32 at B8 T4096 H32
+#                (GPU µs per fwd+bwd / extra peak GiB, gradients included): None 4,577 / 2.46, 2**27 (pieces of two
+#                batch elements) 4,738 / 1.51, with save_states False and 2**26 5,661 / 0.86;
 #   scan_fill    the state scans use narrower V-blocks (down to 16) until they have >= scan_fill × #SMs
 #                programs (a piece of one or two batch elements has few (sequence, head) pairs; 0 / False: off);
 #   scan_pipe    the state scans keep a second chunk's loads in flight (``states._chunk_scan_kernel``'s PIPE: a
@@ -1401,24 +1344,21 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                read back and added into the partials (own 2,097 µs, 6,389 / 914 / 263); at 64-row states 6,566
 #                (2.14 GiB extra peak vs 2.64). "bwd_overlap", the own kernel on a side stream beside the state
 #                pass (bit-identical, graph-safe): 5.914 vs 5.915 ms — the own kernel alone fills the GPU;
-#   own_pipe     the split backward's own kernel keeps the next key slice's q, k, w, u loads in flight during
-#                this slice's work (``_own_block``'s OWN_PIPE; H200 run 31's Nsight Compute at
-#                B1 T16384 H32: 45 % of the own kernel's stall samples wait on those loads at 1-warp programs).
-#                Session 27, untimed: off;
-#   cross_early  the split backward's cross kernel issues its block's own loads (rows, partials, scores: ~46
-#                registers live across the moves) before the state moves instead of after them (``_bwd_cross_kernel``'s
-#                EARLY; run 31's Nsight Compute: four dependent load waits per program). Session 27, untimed: off;
+#                Timed and removed in session 28 (H200 run 32, GPU µs per fwd+bwd at B8 T4096 H32 / B4 T2048 H16 /
+#                B64 T256 H2 / B1 T16384 H32 against the default's 4,577 / 711 / 227 / 2,781): ``cross_early``, the
+#                cross kernel's block loads (rows, partials, scores) issued before its state moves — 4,672 / 730 /
+#                233 / 3,117 (cross kernel 2,002 -> 2,105 and 1,228 -> 1,566 µs: the ~46 registers held across the
+#                moves); code in git history (session 27). ``own_pipe`` won (own kernel 965 -> 963, 141 -> 132,
+#                39 -> 40, 528 -> 507 µs) and is the own kernel's only form since (``_own_block``);
 #   split_bytes  with ``bwd_split`` "block", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_split": None, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None, "own_pipe": False,
-          "cross_early": False}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_split": False, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None, "own_pipe": False,
-          "cross_early": False}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 FWD_STATES = (None, "one", "two")
@@ -1443,11 +1383,9 @@ def tuning(**knobs):
         raise ValueError(f"wkv6 chunk knob fwd_states must be one of {FWD_STATES}; got {knobs['fwd_states']!r}")
     if knobs.get("bwd_split", "block") not in BWD_SPLIT:
         raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
-    for name, what in (("scan_pipe", "the state scans keep a second chunk's loads in flight"),
-                       ("own_pipe", "the own kernel keeps the next key slice's loads in flight"),
-                       ("cross_early", "the cross kernel issues its block's loads before the state moves")):
-        if not isinstance(knobs.get(name, True), bool):
-            raise ValueError(f"wkv6 chunk knob {name} must be True or False ({what}); got {knobs[name]!r}")
+    if not isinstance(knobs.get("scan_pipe", True), bool):
+        raise ValueError(f"wkv6 chunk knob scan_pipe must be True or False (the state scans keep a second chunk's "
+                         f"loads in flight); got {knobs['scan_pipe']!r}")
     for name in ("split_bytes", "piece_bytes"):
         val = knobs.get(name)
         if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val <= 0):
@@ -1541,13 +1479,13 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
         launch(_bwd_own_kernel)[(s1 - s0, H)](
             cut(r), cut(k), cut(v), cut(w), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
             cu, cmap, scale, T, NT, _grid_bucket((s1 - s0) * H), LOG=LOG, HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
-            DWP=_dw_prec(prec), HAS_A=a is not None, OWN_PIPE=kn["own_pipe"], **meta)
+            DWP=_dw_prec(prec), HAS_A=a is not None, **meta)
         if a is not None:
             ps[2] = cut(a)
         launch(_bwd_cross_kernel)[((s1 - s0) * nb + finish, H)](
             cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
             du_part if finish else None, du, cu, cmap, scale, T, NT, S * nb if finish else 0,
-            _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish, EARLY=kn["cross_early"],
+            _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish,
             **{**meta, "PREC": _prec(r.dtype, bwd=True, cross=True)})
     return du if finish else du_part.sum(0)
 
