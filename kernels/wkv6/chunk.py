@@ -26,7 +26,9 @@ state-free work first (the levels, A v, q̂ = q ⊙ exp(P), k̂ = k ⊙ exp(R), 
 block (H100 run 10: 309 vs 397 µs of forward at B16 T1024 H8). Otherwise the chunk-state pass of ``states.py`` gives
 S at every 64-row chunk start and one program per (chunk, V-block, head) walks the chunk's four blocks.
 
-Forward with the scores kernel (``TUNING["fwd_scores"]``; default None: 1024 ≤ T ≤ 4096, where it was timed). The
+Forward with the scores kernel (``TUNING["fwd_scores"]``; default None: the state pass at T ≥ 1024 and the walk at
+any T — ``_use_scores``, ``_fwd_plan``; so the level walk above, split or not, runs only with ``fwd_scores`` False
+since H200 run 32, where the scored walk won at T = 256: B64 T256 H2 227 → 187 GPU µs per fwd+bwd). The
 level work above costs the forward most of its time (4-warp programs on [16, K] tiles repeat it across warps and
 convert layouts through shared memory). ``_fwd_scores_kernel`` (one 1-warp program per 64-row chunk) computes every
 block's A [16, 16] (× scale, bonus included) into an fp32 buffer [B, T, H, 16]: level m's exponents P^m (query rows)
