@@ -44,16 +44,15 @@ the default's ``fwd_scores`` rule; = ``wkv6_chunk_lowmem``),
 chunk_run9 (run 9's forward: state_rows 64, scan_pipe off, one walk kernel), chunk_rows64 / chunk_rows32
 (``state_rows`` forced: fp32 states every 64 / 32 rows; the default, None, takes 32 with the walk forward and 64
 with the state pass), chunk_nopipe (the state scans without PIPE; H200 run 31 timed and dropped rings of one and
-four tiles), chunk_fill1 / chunk_fill2 (narrow scan blocks until 1 / 2 × #SMs programs), chunk_split /
-chunk_walk1 (the walk forward in two kernels / in one: ``fwd_split`` True / False; the default, None, splits at
-≤ one sequence·head per SM), chunk_auto (the default knobs: time a knob beside it),
+four tiles), chunk_fill1 / chunk_fill2 (narrow scan blocks until 1 / 2 × #SMs programs), chunk_walk1 (the level
+walk, ``fwd_scores`` False), chunk_auto (the default knobs: time a knob beside it),
 chunk_par_fill2 (the state-pass forward, fill2), chunk_seq_scores / chunk_par_scores (``fwd_scores``: the blocks'
 scores from ``_fwd_scores_kernel``, the walk in 16-row blocks (``fwd_step`` False) / the one-kernel state pass +
 the chunk-parallel output),
 chunk_par_one / chunk_par_two (the scored state-pass forward with ``fwd_states`` "one" / "two": the one-kernel
 state pass or the chunk states + scan; the default takes "one" up to T 4096, "two" above: session 21, untimed),
 chunk_seq_levels / chunk_par_levels (``fwd_scores`` False: the level code in the walk / state-pass output, the
-default until run 12; chunk_run9, chunk_split and chunk_walk1 run without the scores kernel too), chunk_seq_pipe
+default until run 12; chunk_run9 and chunk_walk1 run without the scores kernel too), chunk_seq_pipe
 (the scored walk in 16-row blocks with ``fwd_pipe``: the next block's loads in flight), chunk_seq_step (the scored
 walk in 32-row steps, ``fwd_step``: the default's walk since run 16), chunk_seq_rows64 (the scored walk at
 ``state_rows`` 64: 16-row blocks), chunk_bsplit / chunk_bsplit64
@@ -83,7 +82,9 @@ warps: cross kernel 4,530 / 6,070 vs 2,611 µs at B8 T4096 H32), chunk_sumdots (
 the scored walk's steps and the cross kernel summing w by scans and column sums or by 0/1 dots; dots won at every
 shape and the knob went), run 32 chunk_xearly (``cross_early``: the cross kernel's block loads before its state
 moves: cross kernel 2,002 -> 2,105 µs at B8 T4096 H32, 1,228 -> 1,566 at B1 T16384 H32; chunk_ownpipe, the own
-kernel's next key slice in flight, won and is the own kernel's only form) and the one-kernel
+kernel's next key slice in flight, won and is the own kernel's only form) and chunk_split (``fwd_split``: the level
+walk in two kernels; at B64 T256 H2, its last default place, 231 GPU µs per fwd+bwd against the scored walk's 187)
+and the one-kernel
 ``_bwd_kernel`` (``bwd_split`` False; chunk_bwd1, chunk_nreg0 / chunk_nreg168: its ``bwd_maxnreg`` cap; the old
 ``LOWMEM``'s backward): they lost and were removed. ``--resources`` with WKV6_CHECKS=1 runs the
 GPU tests after its timings. Dot precision (PRECISIONS, the default knobs otherwise): chunk_fwdtrunc /
@@ -162,10 +163,10 @@ def device_name():
 
 
 VARIANTS = {"chunk_nosave": dict(save_states=False), "chunk_lowmem": kc.LOWMEM}
-KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False),  # run 9's forward
+KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_scores=False),  # run 9's forward
          "chunk_rows64": dict(state_rows=64), "chunk_rows32": dict(state_rows=32),
          "chunk_nopipe": dict(scan_pipe=False), "chunk_fill2": dict(scan_fill=2), "chunk_fill1": dict(scan_fill=1),
-         "chunk_split": dict(fwd_split=True, fwd_scores=False), "chunk_walk1": dict(fwd_split=False, fwd_scores=False),
+         "chunk_walk1": dict(fwd_scores=False),
          "chunk_auto": {},    # the default knobs and forward choice (kernels.wkv6.wkv6 itself), beside a knob's
          "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
          "chunk_pieces": dict(piece_bytes=2**27), "chunk_pieces_nosave": dict(save_states=False, piece_bytes=2**26),
@@ -501,18 +502,13 @@ def regs():
     del walk["cmap_ptr"]        # the walks take no slot map (one program per sequence·head)
     scan = dict(H=32, K=kv, V=kv, BT=kc.BT, BK=kv, BV=kv, MODE=2, USE_H0=False, USE_DHT=False, VARLEN=False,
                 h0_ptr=None, dht_ptr=None, ht_ptr=None, cu_ptr=None)    # the backward's reverse scan
-    cases += [(kc, "_fwd_seq_kernel", dict(walk, SPLIT=False, qh_ptr=None, kh_ptr=None, oi_ptr=None)),
-              (kc, "_fwd_split_kernel", dict(walk, SPLIT=True)),
-              (kc, "_fwd_intra_kernel", dict(H=32, K=kv, V=kv, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False,
-                                             PREC=RPREC, **none)),
+    cases += [(kc, "_fwd_seq_kernel", dict(walk)),
               (ks, "_chunk_scan_kernel", dict(scan, PIPE=False)),
               (ks, "_chunk_scan_kernel", dict(scan, PIPE=True)),
               (kc, "_fwd_scores_kernel", dict(H=32, K=kv, BT=64, SB=kc.SB, BK=kv, LOG=kc.LOG, VARLEN=False,
                                               PREC=RPREC, FAST=True, **none)),
-              (kc, "_fwd_scored_kernel", dict(walk, SPLIT=False, SCORES=True, BV=32, qh_ptr=None, kh_ptr=None,
-                                              oi_ptr=None, a_ptr="*fp32")),
-              (kc, "_fwd_step_kernel", dict(walk, BT=32, SPLIT=False, SCORES=True, STEP=True, FAST=True, BV=64,
-                                            qh_ptr=None, kh_ptr=None, oi_ptr=None, a_ptr="*fp32")),
+              (kc, "_fwd_scored_kernel", dict(walk, SCORES=True, BV=32, a_ptr="*fp32")),
+              (kc, "_fwd_step_kernel", dict(walk, BT=32, SCORES=True, STEP=True, FAST=True, BV=64, a_ptr="*fp32")),
               (kc, "_fwd_par_scored_kernel", dict(blk, BT=64, SCORES=True, a_ptr="*fp32")),
               (kc, "_bwd_own_kernel", dict(blk, BT=32, BKC=int(os.environ.get("WKV6_REGS_BKC", "32")), HALF_B=True,
                                            FAST=True, DWP=os.environ.get("WKV6_REGS_DWP", "tf32x2"), HAS_A=False)),

@@ -121,7 +121,7 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
                          ids=["chunk", "fused", "chunk_scores_walk", "chunk_scores_states", "chunk_levels",
                               "chunk_bwd_fused", "chunk_fwd_step", "chunk_scores_states2"])
 def test_wkv6_extreme_decay(fn, knobs, seq):
-    """Extreme decays: the default (at this T = 35 the level forward: the scores are on at T ≥ 1024), the scores
+    """Extreme decays: the default (at this T = 35 the level state pass: the scores are on for it at T ≥ 1024), the scores
     kernel with the walk in 16-row blocks (``fwd_step`` False; the chunk backward's ``state_rows`` 32: the walk
     keeps the 32-row states), with the one-kernel state pass and with the two-kernel one (``fwd_states`` "two"),
     the walk's own level code (``fwd_scores`` False), the fused backward (``bwd_split`` "fused"), and the scored
@@ -415,17 +415,16 @@ def _chunk_mode(seq):
 @pytest.mark.parametrize("shape,cu", [((2, 70, 2, 20, 24), None), ((1, 140, 1, 16, 16), [0, 3, 64, 64, 140])],
                          ids=["fixed", "varlen"])
 def test_wkv6_chunk_modes(seq, shape, cu):
-    """Both forward modes of the default algorithm with their own level code (``fwd_scores`` False: sequences
-    outside 1024..4096; the scores kernel: test_wkv6_chunk_scores) (sequential walk, state pass + parallel chunks)
-    vs fp64: the walk in two kernels keeping 32-row states and in one keeping 64-row states (``fwd_split``; the
-    default splits at these tiny sizes: ≤ one sequence·head per SM), the state pass at the default (64) or with the
-    backward's ``state_rows`` at 32 (it keeps no states then, S recomputed beside D) and narrow scan blocks."""
+    """Both forward modes of the default algorithm with their own level code (``fwd_scores`` False: the state pass
+    below T = 1024; the scores kernel: test_wkv6_chunk_scores) (sequential walk, state pass + parallel chunks) vs
+    fp64: the walk keeping 32-row and 64-row states, the state pass at the default (64) or with the backward's
+    ``state_rows`` at 32 (it keeps no states then, S recomputed beside D) and narrow scan blocks."""
     import kernels.wkv6.chunk as kc
     d = make_inputs(*shape, decay="strong", h0=True, N=None if cu is None else len(cu) - 1)
     if cu is not None:
         d["cu_seqlens"] = torch.tensor(cu)
-    knobs = {(True, True): dict(state_rows=32, fwd_split=True, fwd_scores=False),
-             (True, False): dict(state_rows=64, fwd_split=False, fwd_scores=False),
+    knobs = {(True, True): dict(state_rows=32, fwd_scores=False),
+             (True, False): dict(state_rows=64, fwd_scores=False),
              (False, True): dict(fwd_scores=False),
              (False, False): dict(state_rows=32, scan_fill=2, fwd_scores=False)}
     with kc.tuning(**knobs[seq, cu is None]):
@@ -869,17 +868,16 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("knobs,seq", [(dict(fwd_split=False), True),
-                                       (dict(state_rows=64, scan_pipe=False, fwd_split=False, fwd_scores=False), True),
+@pytest.mark.parametrize("knobs,seq", [(dict(fwd_scores=False), True),
+                                       (dict(state_rows=64, scan_pipe=False, fwd_scores=False), True),
                                        (dict(state_rows=32, scan_fill=2, fwd_scores=False), False),
-                                       (dict(fwd_split=True, fwd_scores=False), True),
                                        (dict(fwd_scores=True, fwd_step=False), True), (dict(fwd_scores=True), False),
                                        (dict(fwd_scores=True, fwd_step=False, fwd_pipe=True), True),
                                        (dict(fwd_scores=True, bwd_split="fused"), True),
                                        (dict(fwd_scores=True, bwd_split="fused", state_rows=64), True),
                                        (dict(fwd_scores=True, bwd_split="fused", state_rows=64), False),
                                        (dict(fwd_scores=True), True), (dict(fwd_scores=True, state_rows=64), True)],
-                         ids=["seq", "run9", "par_rows32_fill2", "split", "scores_seq", "scores_par",
+                         ids=["levels_seq", "run9", "par_rows32_fill2", "scores_seq", "scores_par",
                               "scores_pipe", "bfused_seq", "bfused_seq64",
                               "bfused_par64", "step_seq", "scores_seq64"])
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2e-3), (torch.float16, 2e-3), (torch.float32, 1e-5)],
@@ -887,12 +885,11 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     """The chunk algorithm's knobs compiled for the GPU (bf16 through HALF_B), vs fp64: T = 300 (a partial last
     chunk at every state_rows), K = V = 64, strong decay, h0; the walk forward (it keeps the states those knobs ask
-    for; this shape would take the state pass) or the state pass (seq False). "seq": the default knobs at this
-    T = 300 (the level walk: the scores kernel is on at 1024 ≤ T ≤ 4096 — "step_seq" is the path the B8 T4096 H32
-    shape takes), state_rows 32, pipelined scan; "run9": run 9's
-    forward knobs (64, no PIPE, the walk's own level code) with today's backward; the two-kernel state pass with 32-row backward states
-    (recomputed beside D) and narrow scan blocks; the split forward (both without the scores kernel: ``fwd_scores``
-    False, as sequences outside 1024..4096 run); the scores kernel
+    for; this shape would take the state pass) or the state pass (seq False). "levels_seq": the walk's own level
+    code (``fwd_scores`` False) at 32-row states, pipelined scan; "run9": run 9's forward knobs (64, no PIPE, the
+    walk's own level code) with today's backward; the two-kernel state pass with 32-row backward states (recomputed
+    beside D) and narrow scan blocks, without the scores kernel (as the state pass runs below T = 1024); the scores
+    kernel
     (``fwd_scores``: its span-sum dots in the inputs' dtype, "ieee" for fp32) with the walk in 16-row blocks
     (``fwd_step`` False; also with ``fwd_pipe``) and with the one-kernel state pass; the backward's forms
     (``bwd_split``: the default "block" everywhere above; "fused": no partials, with the walk at 32 and 64 rows and

@@ -20,14 +20,14 @@ factor ≤ 1, no difference of prefix sums, safe at w = −60 per step (the prod
 
 Forward. ``SEQ`` mode (grid V-blocks × sequence·heads): one program walks its sequence block by block with S in
 registers (and stores S at every ``state_rows``-row chunk start when the backward will need it; BV 64 or 32: the
-autotuner's pick). Where the walk has at most one sequence·head per SM (``TUNING["fwd_split"]``
-None; the large model) it is split in two: ``_fwd_intra_kernel``, one program per block, does the blocks'
-state-free work first (the levels, A v, q̂ = q ⊙ exp(P), k̂ = k ⊙ exp(R), fp32), and the walk keeps two dots per
-block (H100 run 10: 309 vs 397 µs of forward at B16 T1024 H8). Otherwise the chunk-state pass of ``states.py`` gives
-S at every 64-row chunk start and one program per (chunk, V-block, head) walks the chunk's four blocks.
+autotuner's pick). Otherwise the chunk-state pass of ``states.py`` gives S at every 64-row chunk start and one
+program per (chunk, V-block, head) walks the chunk's four blocks. (The walk split in two — ``fwd_split``: every
+block's state-free work in one parallel pass through fp32 intermediates first, H100 run 10: 309 vs 397 µs of forward
+at B16 T1024 H8 — was removed in session 28 once the scored walk had replaced the level walk it sped up; H200 run 32
+at B64 T256 H2, its last default place: 231 vs 187 GPU µs per fwd+bwd.)
 
 Forward with the scores kernel (``TUNING["fwd_scores"]``; default None: the state pass at T ≥ 1024 and the walk at
-any T — ``_use_scores``, ``_fwd_plan``; so the level walk above, split or not, runs only with ``fwd_scores`` False
+any T — ``_use_scores``, ``_fwd_plan``; so the level walk above runs only with ``fwd_scores`` False
 since H200 run 32, where the scored walk won at T = 256: B64 T256 H2 227 → 187 GPU µs per fwd+bwd). The
 level work above costs the forward most of its time (4-warp programs on [16, K] tiles repeat it across warps and
 convert layouts through shared memory). ``_fwd_scores_kernel`` (one 1-warp program per 64-row chunk) computes every
@@ -243,20 +243,6 @@ def _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H: tl.constexpr, V: tl.
 
 
 @triton.jit
-def _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, r0, i_h, o_t, o_k, o_v, m_k, m_v,
-                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
-    """``_fwd_block`` from the block's precomputed q̂ = q ⊙ exp(P), k̂ = k ⊙ exp(R) and A v (``_fwd_intra_kernel``,
-    fp32): the same dots on the same values, so the same results; only the state-dependent work stays."""
-    b_qh = _load_rows(qh_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
-    b_kh = _load_rows(kh_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0)
-    b_w = _clamp_w(_load_rows(w_ptr, bos, r0, L, i_h, o_t, o_k, m_k, H, K, SB, 0))
-    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_o = mma(b_qh, b_h, PREC) + _load_rows(oi_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    _store_o(o_ptr, b_o, bos, r0, L, i_h, o_t, o_v, m_v, H, V)
-    return b_h * tl.exp(tl.sum(b_w, axis=0))[:, None] + mma(tl.trans(b_kh), b_v, PREC, B_EXACT=True)
-
-
-@triton.jit
 def _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, scale, o_t, o_k, o_v, m_k, m_v,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
     """``_fwd_block`` with the block's scores A [SB, SB] read from a_ptr (``_fwd_scores_kernel``): only the
@@ -357,46 +343,18 @@ def _step_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, r0, i_h, 
 #   each BT-row chunk start / dL/dS at each chunk end, slot n·NT + i (fixed length) or cu[n]//BT + n + i (VARLEN;
 #   ``states._par_slots``); cu_ptr [N + 1] int32 sequence offsets, cmap_ptr [slots] int32 the sequence of each slot
 #   (both None unless VARLEN); a_ptr [B·T, H, SB] fp32 the blocks' scores (``_fwd_scores_kernel``: a block's row t
-#   at token t); qh_ptr, kh_ptr [B·T, H, K] and oi_ptr [B·T, H, V] fp32 the split forward's intermediates
-#   (``_fwd_intra_kernel``); du_ptr [slots · BT/SB, H, K] fp32 per-block du rows (the backward); scale (float)
+#   at token t); du_ptr [slots · BT/SB, H, K] fp32 per-block du rows (the backward); scale (float)
 #   multiplies q·k; T the padded length (fixed-length batches), NT = cdiv(T, BT) chunks per sequence; NH_BUCKET =
 #   min(pow2(N·H), 1024) and GRID_BUCKET = min(pow2(programs), 2^16), autotune keys only (``_nh_bucket``,
 #   ``kernels._common.grid_bucket``: unused by the kernel bodies).
 # Constexprs: H heads; K, V head sizes; BK = max(16, pow2(K)), BV the V tile width; SB = 16 block rows, LOG =
 #   log2(SB) pair levels; BT the chunk rows (``state_rows``: 32 or 64; SB where the slots are blocks); PREC the dots'
-#   input precision ("ieee" for fp32, "tf32"); VARLEN: cu_seqlens given; SPLIT / SCORES: the blocks' state-free
-#   work / scores read from the intermediates above; PIPE: the walk loads the next block ahead; FAST: exp by
-#   ex2.approx.ftz (GPU); HALF_B: B = do vᵀ in the half inputs' dtype. Optional tensors are None with their
-#   constexpr flag off (USE_H0, SAVE, SPLIT, SCORES, VARLEN).
+#   input precision ("ieee" for fp32, "tf32"); VARLEN: cu_seqlens given; SCORES: the blocks' scores read from
+#   a_ptr; PIPE: the walk loads the next block ahead; FAST: exp by ex2.approx.ftz (GPU); HALF_B: B = do vᵀ in the
+#   half inputs' dtype. Optional tensors are None with their constexpr flag off (USE_H0, SAVE, SCORES, VARLEN).
 def _four_warps():
     """The forward kernels' one config (H100 run 10 offered 8 warps too: the autotuner kept 4 at every shape)."""
     return autotune_configs([triton.Config({}, num_warps=4, num_stages=1)])
-
-
-@triton.autotune(configs=_four_warps(), key=["K", "V", "BK", "BV", "PREC"])
-@triton.jit(do_not_specialize=['T', 'NT'])
-def _fwd_intra_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, cu_ptr, cmap_ptr, scale, T, NT,
-                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, SB: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
-    """Grid (SB-row block slots, V-blocks, H): the state-free part of ``_fwd_block`` for every block at once (the
-    split forward, ``TUNING["fwd_split"]``): A v -> oi_ptr [B·T, H, V] fp32, and (first V-block) q̂ = q ⊙ exp(P)
-    and k̂ = k ⊙ exp(R) (block-level P, R) -> qh_ptr / kh_ptr [B·T, H, K] fp32. Slots, NT and cmap_ptr as
-    ``_chunk_loc``'s with BT = SB (cu_ptr, cmap_ptr None unless VARLEN). Other layouts above."""
-    i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_c, bos, L = _chunk_loc(cu_ptr, cmap_ptr, i_s, T, NT, SB, VARLEN)
-    r0 = i_c * SB
-    o_t = tl.arange(0, SB)
-    o_k, o_v, m_k, m_v, o_kv, m_kv = _kv_ranges(i_v, K, V, BK, BV)
-    b_u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    b_q, b_k, b_wr, b_em1, b_ep1 = _block_qkw(q_ptr, k_ptr, w_ptr, bos, r0, L, i_h, scale, o_t, o_k, m_k, H, K, SB)
-    b_v = _load_rows(v_ptr, bos, r0, L, i_h, o_t, o_v, m_v, H, V, SB, 0)
-    b_A = _diag_scores(b_q, b_k, b_u, b_em1, b_ep1, o_t, SB, LOG, PREC)
-    m_t, p_k, p_v, m_tk, m_tv = _row_offsets(bos, r0, L, i_h, o_t, o_k, o_v, m_k, m_v, H, K, V)
-    tl.store(oi_ptr + p_v, mma(b_A, b_v, PREC, B_EXACT=True), mask=m_tv)
-    b_egp, b_egs = _level(b_em1, b_ep1, o_t, SB, SB)
-    m_tk = m_tk & (o_k[None, :] * 0 + i_v == 0)
-    tl.store(qh_ptr + p_k, b_q * b_egp, mask=m_tk)
-    tl.store(kh_ptr + p_k, b_k * b_egs, mask=m_tk)
 
 
 # the scores kernel's floor for w (its span sums are dots: 0 · −inf would be NaN; exp(−1e4) = 0 like exp(−inf))
@@ -486,24 +444,22 @@ def _fwd_scores_kernel(q_ptr, k_ptr, w_ptr, u_ptr, a_ptr, cu_ptr, cmap_ptr, scal
 
 
 @triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
-def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr,
-              cu_ptr, scale, T, NT, NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-              SB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr,
-              VARLEN: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, SCORES: tl.constexpr,
-              PREC: tl.constexpr, PIPE: tl.constexpr = False, STEP: tl.constexpr = False,
-              FAST: tl.constexpr = False):
+def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, a_ptr, h0_ptr, o_ptr, ht_ptr, hs_ptr, cu_ptr, scale, T, NT,
+              NH_BUCKET, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
+              BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, USE_H0: tl.constexpr, VARLEN: tl.constexpr,
+              SAVE: tl.constexpr, SCORES: tl.constexpr, PREC: tl.constexpr, PIPE: tl.constexpr = False,
+              STEP: tl.constexpr = False, FAST: tl.constexpr = False):
     """Grid (V-blocks, N·H). Walks the SB-row blocks of one (sequence, head, V-block) with the state in registers:
     writes o_ptr and the final state ht_ptr, starts from h0_ptr (USE_H0; else None and zeros), and stores the state
     at every BT-row chunk start into hs_ptr when SAVE (else None; layouts above; cmap_ptr unused: a sequence's slots
-    follow from cu). SPLIT: the blocks' state-free parts come from ``_fwd_intra_kernel`` (qh_ptr, kh_ptr
-    [B·T, H, K] and oi_ptr [B·T, H, V] fp32; q, k, u unread), else they are computed here (qh, kh, oi: None).
-    SCORES: the blocks' scores come from ``_fwd_scores_kernel`` (a_ptr [B·T, H, SB] fp32, else None; u unread);
+    follow from cu). SCORES: the blocks' scores come from ``_fwd_scores_kernel`` (a_ptr [B·T, H, SB] fp32, else
+    None and the level work runs here, ``_fwd_block``; u unread with SCORES);
     with PIPE the next block's tiles are loaded before this block's dots (``fwd_pipe``: untimed). STEP (with
     SCORES and BT = 2·SB; ``fwd_step``): one BT-row step per iteration (``_step_block``: the pairs of its two
     blocks by one more level, the state stored at every step start when SAVE) instead of one SB-row block; FAST:
     its exps by ex2.approx.ftz (GPU); w_ptr then as ``_w_for_dots`` gives it (its decay sums are dots).
-    NH_BUCKET: autotune key only (``_nh_bucket``). Autotuned as ``_fwd_seq_kernel``, ``_fwd_split_kernel``,
-    ``_fwd_scored_kernel`` and ``_fwd_step_kernel``."""
+    NH_BUCKET: autotune key only (``_nh_bucket``). Autotuned as ``_fwd_seq_kernel``, ``_fwd_scored_kernel`` and
+    ``_fwd_step_kernel``."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -538,9 +494,6 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, qh_ptr, kh_ptr, oi_ptr, a_ptr, 
                 b_h = _scored_step(t_q, t_k, t_w, t_wm, t_wp, t_v, t_a, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_v,
                                    m_v, H, V, PREC)
                 t_q, t_k, t_w, t_wm, t_wp, t_v, t_a = n_q, n_k, n_w, n_wm, n_wp, n_v, n_a
-            elif SPLIT:
-                b_h = _walk_block(qh_ptr, kh_ptr, v_ptr, w_ptr, oi_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, o_t, o_k,
-                                  o_v, m_k, m_v, H, K, V, SB, PREC)
             elif SCORES:
                 b_h = _scored_block(q_ptr, k_ptr, v_ptr, w_ptr, a_ptr, o_ptr, b_h, bos, L, i_b * SB, i_h, scale, o_t,
                                     o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
@@ -555,13 +508,10 @@ def _walk_configs(bvs, stages=1):
     return autotune_configs([triton.Config({"BV": bv}, num_warps=4, num_stages=stages) for bv in bvs])
 
 
-# the walk of the one-kernel forward (BV 64 or 32) and of the split one (its blocks' state-free work done before:
-# narrow V-blocks cost little more, so down to 16 for more programs). 4 warps: H100 run 10 offered 8 too and the
-# autotuner kept 4 at every shape and kernel (call 2's compile report), so 8 only cost first-use compiles
+# the level walk (``fwd_scores`` False; BV 64 or 32). 4 warps: H100 run 10 offered 8 too and the autotuner kept 4 at
+# every shape and kernel (call 2's compile report), so 8 only cost first-use compiles
 _fwd_seq_kernel = triton.autotune(configs=_walk_configs((64, 32)), key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(
     _fwd_walk)
-_fwd_split_kernel = triton.autotune(configs=_walk_configs((64, 32, 16)),
-                                    key=["K", "V", "BT", "BK", "PREC", "NH_BUCKET"])(_fwd_walk)
 # the walk with the blocks' scores precomputed (``fwd_scores``), BV 64 or 32; ``PIPE`` in its key, so that the
 # pipelined walk (``fwd_pipe``) is tuned on its own
 _fwd_scored_kernel = triton.autotune(configs=_walk_configs((64, 32)),
@@ -1146,30 +1096,6 @@ def _fwd_plan(N, H, V, T, device, knobs):
     return seq, knobs["save_states"] and (own or rows == BT), rows, scores
 
 
-def _use_split(N: int, H: int, device, knobs) -> bool:
-    """The walk forward in two kernels (``fwd_split``; None: when the walk has at most one sequence·head per SM,
-    where its per-block latency chain is the whole forward). H100 run 10 call 2 (GPU us per fwd+bwd, split vs one
-    walk kernel; profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/call2/logs/wkv6.log): B16 T1024 H8 (N·H 128) 1083
-    vs 1183, the large model's training step 33.63 vs 34.63 ms; B8 T4096 H32 (256) 7924 vs 7836; B64 T256 H4 K32
-    (256) 297 vs 287 (all kernels of one fwd+bwd)."""
-    split = knobs["fwd_split"]
-    return N * H <= num_sms(device) if split is None else bool(split)
-
-
-def _fwd_split(r, k, v, w, u, scale, cu, prec):
-    """The split forward's first pass (``_fwd_intra_kernel``): (qh, kh, oi) fp32, one program per SB-row block.
-    ``cu``: cu_seqlens as the kernels take it (``common._cu``: int32, or None)."""
-    B, T, H, K, V, N = _dims(r, v, cu)
-    dev = r.device
-    qh, kh = (new_empty(r.shape, torch.float32, dev) for _ in range(2))
-    oi = new_empty((B, T, H, V), torch.float32, dev)
-    S, NT, cmap = _par_slots(B, T, N, cu, dev, SB)
-    BV = max(16, min(64, _pow2(V)))
-    launch(_fwd_intra_kernel)[(S, _cdiv(V, BV), H)](r, k, v, w, u, qh, kh, oi, cu, cmap, scale, T, NT, H=H, K=K, V=V,
-                                                    SB=SB, BK=_bk(K), BV=BV, LOG=LOG, VARLEN=cu is not None, PREC=prec)
-    return qh, kh, oi
-
-
 def _fwd_scores(r, k, w, u, scale, cu, prec, out=None):
     """Every block's scores A (``_fwd_scores_kernel``): [B, T, H, SB] fp32 (into ``out`` when given), one program per
     64-row chunk and head. ``cu``: cu_seqlens as the kernels take it (``common._cu``: int32, or None)."""
@@ -1227,15 +1153,12 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
             _par_state_shape(B, T, H, K, V, N, varlen, bt) if save else (0,), torch.float32, dev)
         grid = lambda meta: (_cdiv(V, meta["BV"]), N * H)  # noqa: E731
         cu = _cu(cu_seqlens)
-        use_split = not scores and _use_split(N, H, dev, kn)
-        split = _fwd_split(r, k, v, w, u, scale, cu, prec) if use_split else (None, None, None)
         a = _fwd_scores(r, k, w, u, scale, cu, prec, a_out) if scores else None
         step = scores and bool(kn["fwd_step"]) and bt == 2 * SB     # 32-row steps; at 64-row states 16-row blocks
-        kernel = (_fwd_split_kernel if use_split else _fwd_step_kernel if step else _fwd_scored_kernel if scores
-                  else _fwd_seq_kernel)
-        launch(kernel)[grid](r, k, v, w, u, *split, a, h0, o, ht, hs if save else None, cu, scale, T, NT,
+        kernel = _fwd_step_kernel if step else _fwd_scored_kernel if scores else _fwd_seq_kernel
+        launch(kernel)[grid](r, k, v, w, u, a, h0, o, ht, hs if save else None, cu, scale, T, NT,
                              _nh_bucket(N * H), H=H, K=K, V=V, BT=bt, SB=SB, BK=BK, LOG=LOG, USE_H0=h0 is not None,
-                             VARLEN=varlen, SAVE=save, SPLIT=use_split, SCORES=scores, PREC=prec,
+                             VARLEN=varlen, SAVE=save, SCORES=scores, PREC=prec,
                              PIPE=scores and not step and kn["fwd_pipe"], STEP=step, FAST=step and not INTERPRET)
         return o, ht, (saved if saved is not None else hs)
     BV = max(16, min(64, _pow2(V)))
@@ -1274,11 +1197,6 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                ring of two register tiles since H200 run 31, both scans 417 -> 278 us at B1 T16384 H32, 60 -> 44
 #                at B4 T2048 H16, 290 -> 304 at B8 T4096 H32 against the one-ahead rotation before; that one against
 #                none in H100 run 10: the reverse scan 538 -> 186 us at B8 T4096 H32; no memory cost);
-#   fwd_split    the walk forward in two kernels: every block's state-free work (levels, A v, q̂, k̂) in one
-#                parallel pass writing fp32 intermediates (3 × 4 bytes per token, head and column: 0.75 GiB
-#                transient at B8 T4096 H32 K=V=64, 0.1 GiB at the large model), then the walk with two dots per
-#                block; None (default): where the walk has at most one sequence·head per SM (``_use_split``; H100
-#                run 10: wins at the large model, loses 1–3 % at 256 sequence·heads);
 #   state_rows   rows between the fp32 states of the state pass, the forward's saved states and the backward's
 #                chunks (64 or 32; ``BT`` in the kernels; None: 32 with the walk forward, 64 with the state
 #                pass): each backward program (one 16-row block) moves S_c and D_c over the other blocks of its
@@ -1356,10 +1274,10 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
-          "state_rows": None, "fwd_split": None, "fwd_scores": None, "fwd_states": None,
+          "state_rows": None, "fwd_scores": None, "fwd_states": None,
           "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
-          "state_rows": BT, "fwd_split": False, "fwd_scores": None, "fwd_states": None,
+          "state_rows": BT, "fwd_scores": None, "fwd_states": None,
           "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
