@@ -91,7 +91,8 @@ GPU tests after its timings. Dot precision (PRECISIONS, the default knobs otherw
 chunk_fwdround (the forward's "tf32" dots read truncated by the tensor cores / rounded to nearest first),
 chunk_crosstrunc (the split backward's cross kernel truncated), chunk_trunc (every dot truncated: before eeda170),
 chunk_dwx3 (the own pairs' dw span dots in Triton's three tf32 passes, ``DW_PRECISION`` "tf32x3": the default
-until H200 run 31 timed two passes, own kernel 1,099 -> 972 µs at B8 T4096 H32).
+until H200 run 31 timed two passes, own kernel 1,099 -> 972 µs at B8 T4096 H32), chunk_crossdwx2 (the cross
+kernel's dw triangle dots in those two passes, ``CROSS_DW_PRECISION`` "tf32x2"; session 28, untimed).
 One kernel's configs replaced (CONFIGS): chunk_walk_s1 (the scored walk's steps at 1 pipeline stage, BV 64: the
 default before H200 run 30 took 2 stages, the next step's loads in flight: 924 -> 616 µs at B8 T4096 H32);
 chunk_par_s1 (the chunk-parallel output kernel ``_fwd_par_scored_kernel`` at 1 stage, BV 64 at 2 / 4 warps: the
@@ -190,7 +191,7 @@ SEQ = {"chunk_seq": True, "chunk_par": False, **{n: True for n in VARIANTS}, **{
 PRECISIONS = {"chunk_fwdtrunc": dict(FWD_PRECISION="tf32_trunc"), "chunk_fwdround": dict(FWD_PRECISION="tf32"),
               "chunk_crosstrunc": dict(CROSS_PRECISION="tf32_trunc"),
               "chunk_trunc": dict(FWD_PRECISION="tf32_trunc", BWD_PRECISION="tf32_trunc"),
-              "chunk_dwx3": dict(DW_PRECISION="tf32x3")}
+              "chunk_dwx3": dict(DW_PRECISION="tf32x3"), "chunk_crossdwx2": dict(CROSS_DW_PRECISION="tf32x2")}
 # one kernel's autotune configs replaced (the autotuner's and the launcher's kept picks cleared before and after):
 # candidates timed beside the default without adding compiles to its first call
 CONFIGS = {"chunk_walk_s1": ("_fwd_step_kernel", [triton.Config({"BV": 64}, num_warps=4, num_stages=1)]),
@@ -496,7 +497,7 @@ def regs():
     import kernels.wkv6.states as ks
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", "32").split(",")]   # state_rows knob values
     cases = [(kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=bt, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
-                                            PREC=RPREC, FINISH_DU=True, **none)) for bt in bts]
+                                            PREC=RPREC, FINISH_DU=True, DWP="tf32x3", **none)) for bt in bts]
     walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None, SCORES=False, a_ptr=None, STEP=False, FAST=False,
                 PIPE=os.environ.get("WKV6_REGS_PIPE", "0") == "1")     # every constexpr given (a missing one is i32)
     del walk["cmap_ptr"]        # the walks take no slot map (one program per sequence·head)

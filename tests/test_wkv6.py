@@ -809,10 +809,11 @@ def test_wkv6_dot_precision_knobs_reach_their_kernels(monkeypatch):
 
 @pytest.mark.parametrize("split", ["block", "fused"])
 def test_wkv6_dw_span_dots_in_two_passes(monkeypatch, split):
-    """``common.DW_PRECISION`` "tf32x2" (``chunk._span_dot``: the 0/1 span exact, only c split into tf32 hi + lo)
-    reaches the own kernel's (and the fused backward's) launches and gives dw within 1e-5 of Triton's "tf32x3" with
-    the tensor cores' truncating reads emulated (fp16 inputs: the half path; fp32 would run "ieee"), both within the
-    bound vs fp64. Dropping the lo pass would leave ~2^-11 of c: far above 1e-5."""
+    """``common.DW_PRECISION`` "tf32x2" (``common._span_dot``: the 0/1 span exact, only c split into tf32 hi + lo)
+    reaches the own kernel's (and the fused backward's) launches, ``CROSS_DW_PRECISION`` "tf32x2" the cross kernel's
+    (its triangle dots), and they give dw within 1e-5 of Triton's "tf32x3" with the tensor cores' truncating reads
+    emulated (fp16 inputs: the half path; fp32 would run "ieee"), both within the bound vs fp64. Dropping the lo pass
+    would leave ~2^-11 of c: far above 1e-5."""
     import kernels._common as kcm
     import kernels.wkv6.chunk as kc
     import kernels.wkv6.common as kcom
@@ -829,14 +830,15 @@ def test_wkv6_dw_span_dots_in_two_passes(monkeypatch, split):
     with tensor_core_reads(), kc.tuning(bwd_split=split):
         for prec in ("tf32x3", "tf32x2"):
             monkeypatch.setattr(kcom, "DW_PRECISION", prec)
+            monkeypatch.setattr(kcom, "CROSS_DW_PRECISION", prec)
             x = {n: v.detach().clone().requires_grad_(v.requires_grad) if torch.is_tensor(v) else v
                  for n, v in d.items()}
             _check(x, bound=2e-3, context=f"DW_PRECISION {prec} {split}")
             o, s = wkv6(**x)
             torch.autograd.backward([o, s], [torch.ones_like(o), torch.ones_like(s)])
             dws[prec] = x["w"].grad.float()
-    kernel = "_bwd_fused_kernel" if split == "fused" else "_bwd_own_kernel"
-    assert {(kernel, "tf32x3"), (kernel, "tf32x2")} <= seen, seen
+    for kernel in ("_bwd_fused_kernel",) if split == "fused" else ("_bwd_own_kernel", "_bwd_cross_kernel"):
+        assert {(kernel, "tf32x3"), (kernel, "tf32x2")} <= seen, seen
     assert rel_err(dws["tf32x2"], dws["tf32x3"]) < 1e-5
 
 

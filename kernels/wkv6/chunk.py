@@ -149,12 +149,13 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._common import autotune_configs, grid_bucket as _grid_bucket, launch, new_empty, num_sms
-from kernels._dot import _rna_tf32, mma
+from kernels._dot import mma
 from kernels._slots import grad_slot
-from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cross_bwd_dots, _cu, _decay_sums,
-                                 _decay_total, _dims, _dw_prec, _half_dot, _kv_ranges, _load_rows, _make_ops,
+from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cross_bwd_dots, _cross_dw_prec, _cu,
+                                 _decay_sums, _decay_total, _dims, _dw_prec, _half_dot, _kv_ranges, _load_rows, _make_ops,
                                  _nh_bucket, _pow2, _prec, _raw_rows, _row_offsets, _run, _seq_bounds,
-                                 _state_or_zeros, _store_dqkw, _sum_operand, _w_for_dots, _warp_configs)
+                                 _span_dot, _state_or_zeros, _store_dqkw, _sum_operand, _w_for_dots,
+                                 _warp_configs)
 from kernels.wkv6.states import BT_PAR, _fwd_states, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states (default; ``TUNING["state_rows"]``)
@@ -715,20 +716,6 @@ def _own_slice(b_q, b_k, b_wr, b_u, b_B, b_vd, b_A, du_ptr, o_t, o_c, m_c, LOG: 
 
 
 @triton.jit
-def _span_dot(b_span, b_c, DWP: tl.constexpr):
-    """b_span [R, R] (0 / 1: exact at any precision) · b_c [R, BKC] fp32 at DWP: "ieee", "tf32x3" (Triton's three
-    tf32 passes: hi·hi + hi·lo + lo·hi of both operands' splits) or "tf32x2" (``common.DW_PRECISION``'s default):
-    only c split, hi = c rounded to tf32 and lo = c − hi (exact in fp32), two tf32 passes — the span's lo is zero, so
-    Triton's third pass multiplies zeros; lo's own truncating tf32 read drops < 2^-10 of |lo| ≤ 2^-11 |c|."""
-    if DWP == "tf32x2":
-        b_hi = _rna_tf32(b_c)
-        b_s = tl.dot(b_span, b_c - b_hi, tl.dot(b_span, b_hi, input_precision="tf32"), input_precision="tf32")
-    else:
-        b_s = tl.dot(b_span, b_c, input_precision=DWP)
-    return b_s
-
-
-@triton.jit
 def _slice_loads(q_ptr, k_ptr, w_ptr, u_ptr, tok, m_t, o_c, i_h, K: tl.constexpr):
     """One key slice's tiles as loaded (``_own_block``: the next slice's, during this one's work; rows
     tok [SB], mask m_t, columns o_c [BKC], zeros past K): u [BKC], q, k, w [SB, BKC], each in its input dtype."""
@@ -863,12 +850,12 @@ def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, p
 @triton.jit
 def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
                  b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr,
-                 V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
+                 V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr, DWP: tl.constexpr):
     """The block at row r0 given S at its start (b_h) and dL/dS at its end (b_dh): its block-crossing terms
     (``common._cross_bwd_dots``) plus ``_bwd_own_kernel``'s fp32 partials -> the gradients in the inputs' dtypes."""
     b_q, b_k, b_wr, b_v, b_do = _block_rows(q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, bos, r0, L, i_h, scale, o_t, o_k,
                                             o_v, m_k, m_v, H, K, V, SB)
-    b_dq, b_dk, b_dv, b_dw = _cross_bwd_dots(b_q, b_k, _sum_operand(b_wr), b_v, b_do, b_h, b_dh, o_t, PREC)
+    b_dq, b_dk, b_dv, b_dw = _cross_bwd_dots(b_q, b_k, _sum_operand(b_wr), b_v, b_do, b_h, b_dh, o_t, PREC, DWP)
     _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, b_do, b_wr, b_dq, b_dk, b_dv, b_dw,
                  bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
 
@@ -887,13 +874,13 @@ def _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
                 b_dw + tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
 
 
-@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC", "GRID_BUCKET"])
+@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC", "DWP", "GRID_BUCKET"])
 @triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
 def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr,
                       dk_ptr, dv_ptr, dw_ptr, dup_ptr, du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NDU, GRID_BUCKET,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
-                      FINISH_DU: tl.constexpr):
+                      FINISH_DU: tl.constexpr, DWP: tl.constexpr):
     """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V) (``bwd_split`` "block"), the state
     half of the split backward, one SB-row block per program: S_m, D_m
     (``_block_states``) and ``_cross_block``, adding ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr
@@ -904,7 +891,8 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
     at B8 T4096 H32 against scans and column sums).
     FINISH_DU: one more program per head (the last of axis 0) sums the own kernel's du partial rows dup_ptr
     [NDU, H, K] fp32 in row order into du_ptr [H, K] fp32 (deterministic; no separate reduction launch); else
-    both are None and NDU 0. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid)."""
+    both are None and NDU 0. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid). DWP: the dw triangle
+    dots' precision (``common._cross_dw_prec``)."""
     if FINISH_DU and tl.program_id(0) == tl.num_programs(0) - 1:
         _sum_du(dup_ptr, du_ptr, NDU, tl.program_id(1), H, K, BK)
     else:
@@ -914,7 +902,7 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
         b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
                                   scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
         _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
-                     dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
+                     dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC, DWP)
 
 
 @triton.jit
@@ -968,8 +956,7 @@ def _fused_cols(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, hs_ptr, hd_ptr, dq_pt
                                 m_c, m_v, H, K, V, SB, PREC)
     b_v = tl.load(v_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)       # re-read (L1): not live across slices
     b_do = tl.load(do_ptr + p_v, mask=m_tv, other=0.).to(tl.float32)
-    b_dqx, b_dkx, b_dvx, b_dwx = _cross_bwd(b_q, b_k, _clamp_w(b_wr.to(tl.float32)), b_v, b_do, b_h, b_dh, PREC,
-                                            False)
+    b_dqx, b_dkx, b_dvx, b_dwx = _cross_bwd(b_q, b_k, _clamp_w(b_wr.to(tl.float32)), b_v, b_do, b_h, b_dh, PREC)
     _store_dqkw(b_dq + b_dqx, b_dk + b_dkx, b_dw + b_dwx, b_wr, dq_ptr, dk_ptr, dw_ptr, p_c, m_tc, scale)
     return b_A, b_dv + b_dvx
 
@@ -1379,7 +1366,7 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
     per_b = T * H * (3 * K + (0 if a is not None else SB)) * 4
     step = B if cu is not None or not kn["split_bytes"] else max(1, min(B, kn["split_bytes"] // per_b))
     du_part = new_empty((S * nb, H, K), torch.float32, r.device)
-    prec = _prec(r.dtype, bwd=True)
+    prec, cross_prec = _prec(r.dtype, bwd=True), _prec(r.dtype, bwd=True, cross=True)
     meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
     if kn["bwd_split"] == "fused":     # one kernel, no partials
         launch(_bwd_fused_kernel)[(S, H)](r, k, v, w, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT,
@@ -1405,8 +1392,8 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
         launch(_bwd_cross_kernel)[((s1 - s0) * nb + finish, H)](
             cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
             du_part if finish else None, du, cu, cmap, scale, T, NT, S * nb if finish else 0,
-            _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish,
-            **{**meta, "PREC": _prec(r.dtype, bwd=True, cross=True)})
+            _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish, DWP=_cross_dw_prec(cross_prec),
+            **{**meta, "PREC": cross_prec})
     return du if finish else du_part.sum(0)
 
 

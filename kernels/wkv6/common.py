@@ -12,7 +12,7 @@ import triton.language as tl
 
 from kernels import INTERPRET
 from kernels._common import autotune_configs, cdiv as _cdiv, check_same_dtype, check_tensor, pow2 as _pow2
-from kernels._dot import mma
+from kernels._dot import _rna_tf32, mma
 from kernels._eager import EagerOp, pick
 
 # dot precision for half (bf16/fp16) inputs, forward and backward; fp32 inputs always use "ieee". "tf32": the fp32
@@ -26,6 +26,9 @@ CROSS_PRECISION = None   # the split backward's cross kernel (state operands); N
 # c split into hi + lo, two passes; H200 run 31: the own kernel 1,099 -> 972 µs at B8 T4096 H32, 162 -> 142 at B4
 # T2048 H16, 586 -> 534 at B1 T16384 H32) or "tf32x3" (Triton's three passes; gpu_wkv6's chunk_dwx3)
 DW_PRECISION = "tf32x2"
+# the split backward's cross kernel's dw triangle dots for half inputs (``_cross_terms``, the same 0/1 x fp32 form):
+# "tf32x3" (the default) or "tf32x2" (``_span_dot``'s two passes; session 28, untimed: gpu_wkv6's chunk_crossdwx2)
+CROSS_DW_PRECISION = "tf32x3"
 
 
 def _prec(dtype: torch.dtype, bwd: bool = False, cross: bool = False) -> str:
@@ -55,6 +58,11 @@ def _w_for_dots(w: torch.Tensor) -> torch.Tensor:
 def _dw_prec(prec: str) -> str:
     """The own pairs' dw span dots' precision (``DW_PRECISION``) for the kernels' PREC: "ieee" stays "ieee"."""
     return "ieee" if prec == "ieee" else DW_PRECISION
+
+
+def _cross_dw_prec(prec: str) -> str:
+    """The cross kernel's dw triangle dots' precision (``CROSS_DW_PRECISION``) for its PREC: "ieee" stays "ieee"."""
+    return "ieee" if prec == "ieee" else CROSS_DW_PRECISION
 
 
 def _warp_configs():
@@ -203,6 +211,20 @@ def _intra_bwd(k_ptr, p_row, row0, L, b_q, b_wt, b_B, o_t, o_k, m_k, H: tl.const
 
 
 @triton.jit
+def _span_dot(b_span, b_c, DWP: tl.constexpr):
+    """b_span [R, R] (0 / 1: exact at any precision) · b_c [R, BKC] fp32 at DWP: "ieee", "tf32x3" (Triton's three
+    tf32 passes: hi·hi + hi·lo + lo·hi of both operands' splits) or "tf32x2" (``DW_PRECISION``'s default):
+    only c split, hi = c rounded to tf32 and lo = c − hi (exact in fp32), two tf32 passes — the span's lo is zero, so
+    Triton's third pass multiplies zeros; lo's own truncating tf32 read drops < 2^-10 of |lo| ≤ 2^-11 |c|."""
+    if DWP == "tf32x2":
+        b_hi = _rna_tf32(b_c)
+        b_s = tl.dot(b_span, b_c - b_hi, tl.dot(b_span, b_hi, input_precision="tf32"), input_precision="tf32")
+    else:
+        b_s = tl.dot(b_span, b_c, input_precision=DWP)
+    return b_s
+
+
+@triton.jit
 def _excl_combine(s_a, l_a, s_b, l_b):
     """Joins two adjacent segments, each held as (sum of all its terms but the last, its last term), into one:
     an associative scan of (0, x) with it gives the exclusive prefix sums Σ_{i<j} x_i (with ``reverse=True`` the
@@ -211,29 +233,33 @@ def _excl_combine(s_a, l_a, s_b, l_b):
 
 
 @triton.jit
-def _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC: tl.constexpr, DW_DOTS: tl.constexpr):
+def _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC: tl.constexpr):
     """The block-crossing terms of one block's backward, given S at the block start (b_h, K×V) and dL/dS at its end
     (b_dh), with b_w the clamped log-decay: dq^s_t = exp(Gp_t) (S0 do_t), dk^s_t = exp(G_L − G_t) (D v_t)
     (G_L − G_t as a suffix sum), dv^s_t = (k_t ⊙ exp(G_L − G_t)) D, and dw over the pairs crossing the block
     boundary: queries here vs earlier keys, keys here vs later queries, and earlier keys vs later queries
-    (exp(G_L) S0 : D). Returns (dq^s, dk^s, dv^s, dw^s) fp32; b_h and b_dh are dead afterwards."""
+    (exp(G_L) S0 : D), its sums by the scan (the fused backward's form). Returns (dq^s, dk^s, dv^s, dw^s) fp32; b_h
+    and b_dh are dead afterwards."""
     return _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, tl.sum(b_w, axis=0), tl.exp(tl.cumsum(b_w, axis=0) - b_w),
-                        tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w), PREC, DW_DOTS)
+                        tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w), PREC, False, PREC)
 
 
 @triton.jit
-def _cross_bwd_dots(b_q, b_k, b_ws, b_v, b_do, b_h, b_dh, o_t, PREC: tl.constexpr):
-    """``_cross_bwd`` (its dw by the triangle dots) with the decay sums as ``_decay_sums`` dots of b_ws [SB, BK]
-    (``_sum_operand`` of the block's raw w; o_t = arange(SB)): no scan, no column sum across the warps."""
+def _cross_bwd_dots(b_q, b_k, b_ws, b_v, b_do, b_h, b_dh, o_t, PREC: tl.constexpr, DWP: tl.constexpr):
+    """``_cross_bwd`` (its dw by the triangle dots at DWP, ``_cross_dw_prec``) with the decay sums as
+    ``_decay_sums`` dots of b_ws [SB, BK] (``_sum_operand`` of the block's raw w; o_t = arange(SB)): no scan, no
+    column sum across the warps."""
     r, x = o_t[:, None], o_t[None, :]
     return _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, _decay_total(b_ws), tl.exp(_decay_sums(x < r, b_ws)),
-                        tl.exp(_decay_sums(x > r, b_ws)), PREC, True)
+                        tl.exp(_decay_sums(x > r, b_ws)), PREC, True, DWP)
 
 
 @triton.jit
-def _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, b_gl, b_egp, b_egl, PREC: tl.constexpr, DW_DOTS: tl.constexpr):
+def _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, b_gl, b_egp, b_egl, PREC: tl.constexpr, DW_DOTS: tl.constexpr,
+                 DWP: tl.constexpr):
     """``_cross_bwd`` given the block's decays: b_gl = G_L [BK], b_egp / b_egl [R, BK] the exp of the exclusive
-    prefix / suffix sums of the clamped w. Returns (dq^s, dk^s, dv^s, dw^s) fp32."""
+    prefix / suffix sums of the clamped w; DWP the triangle dots' precision with DW_DOTS (``_span_dot``'s: "ieee",
+    "tf32x3" or "tf32x2"; unused by the scan). Returns (dq^s, dk^s, dv^s, dw^s) fp32."""
     b_dwx = (tl.exp(b_gl) * tl.sum(b_h * b_dh, axis=1))[None, :]
     b_dqx = mma(b_do, tl.trans(b_h), PREC, A_EXACT=True) * b_egp
     b_dkx = mma(b_v, tl.trans(b_dh), PREC, A_EXACT=True) * b_egl
@@ -241,8 +267,8 @@ def _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, b_gl, b_egp, b_egl, PREC: tl.co
     # dw_j += Σ_{t>j} a_t + Σ_{s<j} b_s, each sum formed from the other rows' terms only (an inclusive cumsum minus
     # the row's own term cancelled: absolute error ulp(a_j), 33 % of a small dw_j beside a large one, fp32 dw 2.3e-5
     # found by the fuzz). Two exact forms, chosen per kernel by the GPU (DW_DOTS):
-    #   dots of the strict triangular 0/1 patterns (ieee / tf32x3): the split backward's cross kernel (H100 run 19:
-    #   _bwd_cross_kernel 2,351 us at B8 T4096 H32 with them, 3,229 with the scan);
+    #   dots of the strict triangular 0/1 patterns (ieee / tf32x3 / tf32x2: DWP): the split backward's cross kernel
+    #   (H100 run 19: _bwd_cross_kernel 2,351 us at B8 T4096 H32 with them, 3,229 with the scan);
     #   an associative scan of (0, x) pairs (``_excl_combine``): the fused backward, where the dots spilled
     #   (offline sm_90, 2 warps: 528 → 776 B; run 18 LOWMEM 9.07 → 10.13 ms, run 19 with the scan 9.21)
     b_a = b_q * b_dqx
@@ -250,12 +276,11 @@ def _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, b_gl, b_egp, b_egl, PREC: tl.co
     if DW_DOTS:
         o_r = tl.arange(0, b_q.shape[0])
         b_after = tl.where(o_r[None, :] > o_r[:, None], 1., 0.)
-        if PREC == "ieee":
-            b_dwx += (tl.dot(b_after, b_a, input_precision="ieee")
-                      + tl.dot(tl.trans(b_after), b_b, input_precision="ieee"))
-        else:
-            b_dwx += (tl.dot(b_after, b_a, input_precision="tf32x3")
-                      + tl.dot(tl.trans(b_after), b_b, input_precision="tf32x3"))
+        if DWP == "tf32x2":
+            b_dwx += _span_dot(b_after, b_a, DWP) + _span_dot(tl.trans(b_after), b_b, DWP)
+        else:       # written out, not through ``_span_dot``: its call compiled 8 SASS instructions apart (cap 168)
+            b_dwx += (tl.dot(b_after, b_a, input_precision=DWP)
+                      + tl.dot(tl.trans(b_after), b_b, input_precision=DWP))
     else:
         b_after, _ = tl.associative_scan((tl.zeros_like(b_a), b_a), 0, _excl_combine, reverse=True)
         b_before, _ = tl.associative_scan((tl.zeros_like(b_b), b_b), 0, _excl_combine)
@@ -267,7 +292,7 @@ def _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, b_gl, b_egp, b_egl, PREC: tl.co
 def _state_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, b_A, b_dq, b_dk, b_dw, PREC: tl.constexpr):
     """``_cross_bwd`` added to a block's intra parts (b_A the block's scores, dv gets Aᵀ do).
     Returns (dq, dk, dv, dw, exp(Gp), G_L)."""
-    b_dqx, b_dkx, b_dvx, b_dwx = _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC, False)
+    b_dqx, b_dkx, b_dvx, b_dwx = _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC)
     b_dv = b_dvx + mma(tl.trans(b_A), b_do, PREC, B_EXACT=True)
     return (b_dq + b_dqx, b_dk + b_dkx, b_dv, b_dw + b_dwx, tl.exp(tl.cumsum(b_w, axis=0) - b_w),
             tl.sum(b_w, axis=0))
