@@ -98,7 +98,10 @@ default before H200 run 30 took 2 stages, the next step's loads in flight: 924 -
 chunk_par_s1 (the chunk-parallel output kernel ``_fwd_par_scored_kernel`` at 1 stage, BV 64 at 2 / 4 warps: the
 default before run 31 took 2 stages, 119 -> 84 µs at B4 T2048 H16, 415 -> 281 at B1 T16384 H32). The own and
 scores kernels at 2 stages compile to the same SASS offline (their loops are not pipelined; also with
-``tl.range(num_stages=2)`` on the own kernel's slice loop): not offered.
+``tl.range(num_stages=2)`` on the own kernel's slice loop): not offered. chunk_scores_cap128 / chunk_scores_w2
+(session 28, untimed): the scores kernel (1 warp, 255 registers + 88 B spill offline: 8 programs an SM, its four
+independent blocks a latency chain each) capped at 128 registers (16 an SM; 472 B spill offline) / at 2 warps
+(255 + 104 B).
 WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
 model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
@@ -196,7 +199,9 @@ PRECISIONS = {"chunk_fwdtrunc": dict(FWD_PRECISION="tf32_trunc"), "chunk_fwdroun
 # candidates timed beside the default without adding compiles to its first call
 CONFIGS = {"chunk_walk_s1": ("_fwd_step_kernel", [triton.Config({"BV": 64}, num_warps=4, num_stages=1)]),
            "chunk_par_s1": ("_fwd_par_scored_kernel", [triton.Config({"BV": 64}, num_warps=nw, num_stages=1)
-                                                       for nw in (2, 4)])}
+                                                       for nw in (2, 4)]),
+           "chunk_scores_cap128": ("_fwd_scores_kernel", [triton.Config({}, num_warps=1, num_stages=1, maxnreg=128)]),
+           "chunk_scores_w2": ("_fwd_scores_kernel", [triton.Config({}, num_warps=2, num_stages=1)])}
 CONFIGS = {n: (k, autotune_configs(c)) for n, (k, c) in CONFIGS.items()}   # the interpreter (smoke): the first only
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": kw.wkv6, "chunk_par": kw.wkv6, "fused": kw.wkv6_fused,
          **{n: kw.wkv6 for n in (*VARIANTS, *KNOBS, *PAR_KNOBS, *SEQ_KNOBS, *PRECISIONS, *CONFIGS)}}
