@@ -121,7 +121,7 @@ def test_wkv6_fp32_vs_reference(fn, shape, decay, h0, scale):
                          ids=["chunk", "fused", "chunk_scores_walk", "chunk_scores_states", "chunk_levels",
                               "chunk_bwd_fused", "chunk_fwd_step", "chunk_scores_states2"])
 def test_wkv6_extreme_decay(fn, knobs, seq):
-    """Extreme decays: the default (at this T = 35 the level state pass: the scores are on for it at T ≥ 1024), the scores
+    """Extreme decays: the default (at this T = 35 the level state pass: its scores are on at T ≥ 1024), the scores
     kernel with the walk in 16-row blocks (``fwd_step`` False; the chunk backward's ``state_rows`` 32: the walk
     keeps the 32-row states), with the one-kernel state pass and with the two-kernel one (``fwd_states`` "two"),
     the walk's own level code (``fwd_scores`` False), the fused backward (``bwd_split`` "fused"), and the scored

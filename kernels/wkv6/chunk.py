@@ -152,10 +152,9 @@ from kernels._common import autotune_configs, grid_bucket as _grid_bucket, launc
 from kernels._dot import mma
 from kernels._slots import grad_slot
 from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cross_bwd_dots, _cross_dw_prec, _cu,
-                                 _decay_sums, _decay_total, _dims, _dw_prec, _half_dot, _kv_ranges, _load_rows, _make_ops,
-                                 _nh_bucket, _pow2, _prec, _raw_rows, _row_offsets, _run, _seq_bounds,
-                                 _span_dot, _state_or_zeros, _store_dqkw, _sum_operand, _w_for_dots,
-                                 _warp_configs)
+                                 _decay_sums, _decay_total, _dims, _dw_prec, _half_dot, _kv_ranges, _load_rows,
+                                 _make_ops, _nh_bucket, _pow2, _prec, _raw_rows, _row_offsets, _run, _seq_bounds,
+                                 _span_dot, _state_or_zeros, _store_dqkw, _sum_operand, _w_for_dots, _warp_configs)
 from kernels.wkv6.states import BT_PAR, _fwd_states, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states (default; ``TUNING["state_rows"]``)
