@@ -59,7 +59,8 @@ walk in 32-row steps, ``fwd_step``: the default's walk since run 16), chunk_seq_
 (``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
 the latter at 64-row states), chunk_bfused / chunk_bfused64 (``bwd_split`` "fused": one kernel per chunk, own pairs
 and crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bslice (the split backward on
-batch slices of <= 256 MiB of fp32 partials, ``split_bytes``), chunk_pieces / chunk_pieces_nosave (the extra peak
+batch slices of <= 256 MiB of fp32 partials, ``split_bytes``), chunk_bstates1 (the backward's D_c in one
+kernel, ``bwd_states`` "one": no per-chunk ΔD round trip; session 28, untimed), chunk_pieces / chunk_pieces_nosave (the extra peak
 memory: the backward in batch pieces of <= 128 MiB of fp32 state buffers, D_c and the own kernel's partials per
 piece; the latter also recomputing S_c per piece of <= 64 MiB instead of keeping the forward's: at B8 T4096 H32
 K = V = 64 the default holds 0.5 GiB of gradients + 0.125 of o + 0.5 saved S + 0.0625 scores + 0.5 D + 0.75
@@ -175,6 +176,7 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_scores=False),  
          "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
          "chunk_pieces": dict(piece_bytes=2**27), "chunk_pieces_nosave": dict(save_states=False, piece_bytes=2**26),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
+         "chunk_bstates1": dict(bwd_states="one"),
          "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False),
@@ -525,7 +527,9 @@ def regs():
                                              BKC=int(os.environ.get("WKV6_REGS_BKC", "16")), HALF_B=True, FAST=True,
                                              DWP="tf32x3")),
               (ks, "_fwd_states_kernel", dict(H=32, K=kv, V=kv, BT=32, BKS=32, BVS=32, USE_H0=False, VARLEN=False,
-                                              PREC=RPREC, h0_ptr=None, cu_ptr=None))]
+                                              PREC=RPREC, h0_ptr=None, cu_ptr=None)),
+              (ks, "_bwd_states_kernel", dict(H=32, K=kv, V=kv, BT=32, BKS=32, BVS=32, USE_DHT=False, VARLEN=False,
+                                              PREC=RPREC, dht_ptr=None, cu_ptr=None))]
     STAGES = [int(x) for x in os.environ.get("WKV6_REGS_STAGES", "1").split(",")]   # num_stages values
     CAPS = [int(x) for x in os.environ.get("WKV6_REGS_MAXNREG", "0").split(",")]    # register caps (0: none)
     WARPS = [int(x) for x in os.environ.get("WKV6_REGS_WARPS", "4,8").split(",")]   # num_warps values

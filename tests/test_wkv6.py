@@ -608,6 +608,30 @@ def test_wkv6_chunk_memory_knobs(knobs):
         _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))
 
 
+def test_wkv6_bwd_states_one_kernel():
+    """The backward's D pass in one kernel (``bwd_states`` "one", ``states._bwd_states_kernel``: each sequence's
+    chunks walked from the last) against the two-kernel pass (per-chunk ΔD, then the reverse scan): D_c at every
+    chunk a sequence holds and dh0 equal to fp32 rounding, on a varlen batch of 0–5 chunks per sequence (an empty
+    one, partial last chunks) with dL/dh_T given; through the op (the walk saving 32-row S_c) vs fp64 with h0 on a
+    varlen batch; a bad value refused."""
+    import kernels.wkv6.chunk as kc
+    from kernels.wkv6.states import _bwd_states, _par_states
+    cu = torch.tensor([0, 0, 16, 40, 90, 170, 314], device=DEV)
+    d = make_inputs(1, 314, 2, 16, 24, decay="mixed", h0=True, N=6, grad=False)
+    do, dht = torch.randn(1, 314, 2, 24, device=DEV), torch.randn(6, 2, 16, 24, device=DEV)
+    two = _par_states(d["r"], d["k"], d["v"], d["w"], do, 0.5, None, dht, cu, "bwd_d", bt=32, pipe=True)
+    hd, dh0 = _bwd_states(d["r"], do, d["w"], dht, 0.5, cu, 32)[:2]
+    slots = [int(cu[n]) // 32 + n + i for n in range(6) for i in range(-(-int(cu[n + 1] - cu[n]) // 32))]
+    assert rel_err(hd[slots], two[0][0][slots]) < 1e-6 and rel_err(dh0, two[2]) < 1e-6
+    with pytest.raises(ValueError, match="bwd_states must be one of"):
+        with kc.tuning(bwd_states="three"):
+            pass
+    x = make_inputs(1, 100, 1, 16, 16, decay="strong", h0=True, N=4)
+    x["cu_seqlens"] = torch.tensor([0, 3, 64, 64, 100], device=DEV)
+    with kc.tuning(bwd_states="one", state_rows=32), kc.forward_mode(True):
+        _check(x, context="bwd_states one")
+
+
 def test_wkv6_scan_pipe():
     """The state scans with a second chunk's loads in flight (``states._chunk_scan_kernel``'s PIPE: the loop
     unrolled by two over a ring of two tiles; the ``scan_pipe`` knob) and without: both directions bit-identical on

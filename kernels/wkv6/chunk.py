@@ -155,7 +155,7 @@ from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cross
                                  _decay_sums, _decay_total, _dims, _dw_prec, _half_dot, _kv_ranges, _load_rows,
                                  _make_ops, _nh_bucket, _pow2, _prec, _raw_rows, _row_offsets, _run, _seq_bounds,
                                  _span_dot, _state_or_zeros, _store_dqkw, _sum_operand, _w_for_dots, _warp_configs)
-from kernels.wkv6.states import BT_PAR, _fwd_states, _par_slots, _par_state_shape, _par_states
+from kernels.wkv6.states import BT_PAR, _bwd_states, _fwd_states, _par_slots, _par_state_shape, _par_states
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states (default; ``TUNING["state_rows"]``)
 SB = 16           # block length
@@ -1256,19 +1256,25 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                233 / 3,117 (cross kernel 2,002 -> 2,105 and 1,228 -> 1,566 µs: the ~46 registers held across the
 #                moves); code in git history (session 27). ``own_pipe`` won (own kernel 965 -> 963, 141 -> 132,
 #                39 -> 40, 528 -> 507 µs) and is the own kernel's only form since (``_own_block``);
+#   bwd_states   where the forward saved S_c, the backward's D_c from "two" kernels (None, the default:
+#                ``states._chunk_state_kernel``'s per-chunk ΔD, then the reverse ``_chunk_scan_kernel``) or "one"
+#                (``states._bwd_states_kernel``: each (sequence, head, K-block, V-block) walks its chunks from the
+#                last, no ΔD round trip through HBM — 1 GiB less traffic at B8 T4096 H32, but T / state_rows serial
+#                steps). Session 28, untimed (the two kernels: ~350 + ~300 µs at B8 T4096 H32, run 32): off;
 #   split_bytes  with ``bwd_split`` "block", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None, "bwd_states": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None}
+          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None, "bwd_states": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 FWD_STATES = (None, "one", "two")
 BWD_SPLIT = ("block", "fused")     # the ``bwd_split`` knob's values
+BWD_STATES = (None, "two", "one")
 
 
 @contextlib.contextmanager
@@ -1287,6 +1293,8 @@ def tuning(**knobs):
         raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
     if knobs.get("fwd_states") not in FWD_STATES:
         raise ValueError(f"wkv6 chunk knob fwd_states must be one of {FWD_STATES}; got {knobs['fwd_states']!r}")
+    if knobs.get("bwd_states") not in BWD_STATES:
+        raise ValueError(f"wkv6 chunk knob bwd_states must be one of {BWD_STATES}; got {knobs['bwd_states']!r}")
     if knobs.get("bwd_split", "block") not in BWD_SPLIT:
         raise ValueError(f"wkv6 chunk knob bwd_split must be one of {BWD_SPLIT}; got {knobs['bwd_split']!r}")
     if not isinstance(knobs.get("scan_pipe", True), bool):
@@ -1344,10 +1352,13 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt, 
     w = _w_for_dots(w)       # as ``_chunk_fwd_impl``'s
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
-    mode = "bwd" if hs is None else "bwd_d"
-    buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode,
-                                               _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
-    hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
+    if hs is not None and kn["bwd_states"] == "one":    # S_c saved: D_c alone, in one kernel
+        hd, dh0, S, NT, cmap, cu = _bwd_states(r, do, w, dht, scale, cu_seqlens, bt)
+    else:
+        mode = "bwd" if hs is None else "bwd_d"
+        buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode,
+                                                   _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
+        hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
     return _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, a), dh0
 
 

@@ -201,6 +201,70 @@ def _fwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, ht_ptr, cu_ptr, T, N
     tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
+@triton.autotune(configs=autotune_configs([triton.Config({"BKS": 32, "BVS": 32}, num_warps=4, num_stages=2),
+                                           triton.Config({"BKS": 64, "BVS": 32}, num_warps=4, num_stages=2),
+                                           triton.Config({"BKS": 64, "BVS": 64}, num_warps=4, num_stages=2)]),
+                 key=["K", "V", "BT", "PREC", "NH_BUCKET"])
+@triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
+def _bwd_states_kernel(q_ptr, do_ptr, w_ptr, dht_ptr, hd_ptr, dh0_ptr, cu_ptr, scale, T, NT, NH_BUCKET,
+                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr,
+                       BVS: tl.constexpr, USE_DHT: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (V-blocks, K-blocks, N·H): the backward's D pass in one kernel, ``_fwd_states_kernel`` mirrored (no
+    per-chunk ΔD round trip; the ``bwd_states`` knob's "one"): walks the BT-row chunks of one (sequence, head,
+    K-block, V-block) from the last, stores D (dL/dS at the chunk's end) -> hd_ptr, then D ← diag(exp(G_L)) D +
+    (q ⊙ exp(Gp))ᵀ do with the scaled q — ``_chunk_state_kernel``'s ΔD and ``_chunk_scan_kernel``'s fold, the same
+    operations (Gp and G_L as ``common._decay_sums`` dots, w_ptr as ``_w_for_dots`` gives it; every exponent ≤ 0).
+    Starts from dht_ptr (USE_DHT; else None and zeros), ends with dL/dh0 -> dh0_ptr [N, H, K, V] fp32. Layouts
+    above; every slot of the sequence written. NH_BUCKET: autotune key only."""
+    i_v, i_kb, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
+    L = eos - bos
+    if VARLEN:
+        slot0 = bos // BT + i_n
+    else:
+        slot0 = i_n.to(tl.int64) * NT
+    o_t = tl.arange(0, BT)
+    o_k = i_kb * BKS + tl.arange(0, BKS)
+    o_v = i_v * BVS + tl.arange(0, BVS)
+    m_k = o_k < K
+    m_v = o_v < V
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
+    b_h = _state_or_zeros(dht_ptr, i_nh, o_kv, m_kv, K, V, BKS, BVS, USE_DHT)
+    nt = tl.cdiv(L, BT)
+    for j in tl.range(0, nt):
+        i_c = nt - 1 - j
+        tl.store(hd_ptr + ((slot0 + i_c) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
+        rows = i_c * BT + o_t
+        tok = (bos + rows) * H + i_h
+        m_t = rows < L
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_q = tl.load(q_ptr + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.).to(tl.float32) * scale
+        b_ws = _sum_operand(tl.load(w_ptr + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.))
+        b_do = tl.load(do_ptr + tok[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.)
+        b_qd = b_q * tl.exp(_decay_sums(o_t[None, :] < o_t[:, None], b_ws))
+        b_h = (b_h * tl.exp(_decay_total(b_ws))[:, None]
+               + mma(tl.trans(b_qd), b_do.to(tl.float32), PREC, B_EXACT=True))
+    tl.store(dh0_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
+
+
+def _bwd_states(q, do, w, dht, scale, cu_seqlens, bt):
+    """The backward's chunk-end states D_c (``_bwd_states_kernel``, chunks of ``bt`` rows): (hd [slots, H, K, V]
+    fp32, dh0 [N, H, K, V] fp32, slots, NT, cmap, cu (both None unless varlen)). Slots of a varlen batch that hold no chunk stay unwritten (no kernel reads them)."""
+    B, T, H, K, V, N = _dims(q, do, cu_seqlens)
+    dev = q.device
+    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
+    cu = _cu(cu_seqlens)
+    hd = new_empty((S, H, K, V), torch.float32, dev)
+    dh0 = new_empty((N, H, K, V), torch.float32, dev)
+    grid = lambda meta: (_cdiv(V, meta["BVS"]), _cdiv(K, meta["BKS"]), N * H)  # noqa: E731
+    launch(_bwd_states_kernel)[grid](q, do, w, dht, hd, dh0, cu, scale, T, NT, _nh_bucket(N * H), H=H, K=K, V=V,
+                                     BT=bt, USE_DHT=dht is not None, VARLEN=cu is not None,
+                                     PREC=_prec(q.dtype, True))
+    return hd, dh0, S, NT, cmap, cu
+
+
 def _fwd_states(r, k, v, w, h0, cu_seqlens, bt, out=None):
     """The forward's chunk-start states (``_fwd_states_kernel``, chunks of ``bt`` rows): (hs [slots, H, K, V] fp32
     (``out`` when given),
