@@ -60,7 +60,8 @@ walk in 32-row steps, ``fwd_step``: the default's walk since run 16), chunk_seq_
 the latter at 64-row states), chunk_bfused / chunk_bfused64 (``bwd_split`` "fused": one kernel per chunk, own pairs
 and crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bslice (the split backward on
 batch slices of <= 256 MiB of fp32 partials, ``split_bytes``), chunk_bstates1 (the backward's D_c in one
-kernel, ``bwd_states`` "one": no per-chunk ΔD round trip; session 28, untimed), chunk_pieces / chunk_pieces_nosave (the extra peak
+kernel, ``bwd_states`` "one": no per-chunk ΔD round trip; chunk_bstates1_nosave: the same with S_c recomputed
+by the forward's one-kernel pass, in chunk_pieces_nosave's pieces; session 28, untimed), chunk_pieces / chunk_pieces_nosave (the extra peak
 memory: the backward in batch pieces of <= 128 MiB of fp32 state buffers, D_c and the own kernel's partials per
 piece; the latter also recomputing S_c per piece of <= 64 MiB instead of keeping the forward's: at B8 T4096 H32
 K = V = 64 the default holds 0.5 GiB of gradients + 0.125 of o + 0.5 saved S + 0.0625 scores + 0.5 D + 0.75
@@ -177,6 +178,7 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_scores=False),  
          "chunk_pieces": dict(piece_bytes=2**27), "chunk_pieces_nosave": dict(save_states=False, piece_bytes=2**26),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
          "chunk_bstates1": dict(bwd_states="one"),
+         "chunk_bstates1_nosave": dict(bwd_states="one", save_states=False, piece_bytes=2**26),
          "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False),

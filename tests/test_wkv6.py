@@ -612,8 +612,9 @@ def test_wkv6_bwd_states_one_kernel():
     """The backward's D pass in one kernel (``bwd_states`` "one", ``states._bwd_states_kernel``: each sequence's
     chunks walked from the last) against the two-kernel pass (per-chunk ΔD, then the reverse scan): D_c at every
     chunk a sequence holds and dh0 equal to fp32 rounding, on a varlen batch of 0–5 chunks per sequence (an empty
-    one, partial last chunks) with dL/dh_T given; through the op (the walk saving 32-row S_c) vs fp64 with h0 on a
-    varlen batch; a bad value refused."""
+    one, partial last chunks) with dL/dh_T given; through the op vs fp64 with h0: the walk saving 32-row S_c on a
+    varlen batch, and S_c recomputed (by the forward's one-kernel pass) in backward pieces of one batch element; a
+    bad value refused."""
     import kernels.wkv6.chunk as kc
     from kernels.wkv6.states import _bwd_states, _par_states
     cu = torch.tensor([0, 0, 16, 40, 90, 170, 314], device=DEV)
@@ -630,6 +631,8 @@ def test_wkv6_bwd_states_one_kernel():
     x["cu_seqlens"] = torch.tensor([0, 3, 64, 64, 100], device=DEV)
     with kc.tuning(bwd_states="one", state_rows=32), kc.forward_mode(True):
         _check(x, context="bwd_states one")
+    with kc.tuning(bwd_states="one", save_states=False, piece_bytes=1), kc.forward_mode(False):   # S_c recomputed
+        _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context="bwd_states one, S recomputed")
 
 
 def test_wkv6_scan_pipe():

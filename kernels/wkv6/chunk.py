@@ -1256,11 +1256,13 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                233 / 3,117 (cross kernel 2,002 -> 2,105 and 1,228 -> 1,566 µs: the ~46 registers held across the
 #                moves); code in git history (session 27). ``own_pipe`` won (own kernel 965 -> 963, 141 -> 132,
 #                39 -> 40, 528 -> 507 µs) and is the own kernel's only form since (``_own_block``);
-#   bwd_states   where the forward saved S_c, the backward's D_c from "two" kernels (None, the default:
-#                ``states._chunk_state_kernel``'s per-chunk ΔD, then the reverse ``_chunk_scan_kernel``) or "one"
-#                (``states._bwd_states_kernel``: each (sequence, head, K-block, V-block) walks its chunks from the
-#                last, no ΔD round trip through HBM — 1 GiB less traffic at B8 T4096 H32, but T / state_rows serial
-#                steps). Session 28, untimed (the two kernels: ~350 + ~300 µs at B8 T4096 H32, run 32): off;
+#   bwd_states   the backward's chunk states from "two" kernels (None, the default: ``states._chunk_state_kernel``'s
+#                per-chunk ΔD (and ΔS when S_c is not saved), then ``_chunk_scan_kernel``'s scans) or "one" kernel
+#                per direction (``states._bwd_states_kernel``: each (sequence, head, K-block, V-block) walks its
+#                chunks from the last; S_c, when not saved, from the forward's ``_fwd_states_kernel``, so the same
+#                values the forward would have saved): no per-chunk Δ round trip through HBM — 1 GiB less traffic
+#                at B8 T4096 H32 for D alone — but T / state_rows serial steps. Session 28, untimed (the two
+#                kernels: 350 + 303 µs at B8 T4096 H32 for D, 739 + 728 with S recomputed in pieces; run 32): off;
 #   split_bytes  with ``bwd_split`` "block", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
@@ -1352,7 +1354,9 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt, 
     w = _w_for_dots(w)       # as ``_chunk_fwd_impl``'s
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
-    if hs is not None and kn["bwd_states"] == "one":    # S_c saved: D_c alone, in one kernel
+    if kn["bwd_states"] == "one":       # D_c in one kernel; S_c (unless saved) from the forward's one-kernel pass
+        if hs is None:
+            hs = _fwd_states(r, k, v, w, h0, cu_seqlens, bt)[0]
         hd, dh0, S, NT, cmap, cu = _bwd_states(r, do, w, dht, scale, cu_seqlens, bt)
     else:
         mode = "bwd" if hs is None else "bwd_d"
