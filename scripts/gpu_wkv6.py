@@ -61,9 +61,9 @@ the latter at 64-row states), chunk_bfused / chunk_bfused64 (``bwd_split`` "fuse
 and crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bslice (the split backward on
 batch slices of <= 256 MiB of fp32 partials, ``split_bytes``), chunk_bstates1 (the backward's D_c in one
 kernel, ``bwd_states`` "one": no per-chunk ΔD round trip; chunk_bstates1_nosave: the same with S_c recomputed
-by the forward's one-kernel pass, in chunk_pieces_nosave's pieces; session 28, untimed), chunk_pieces / chunk_pieces_nosave (the extra peak
-memory: the backward in batch pieces of <= 128 MiB of fp32 state buffers, D_c and the own kernel's partials per
-piece; the latter also recomputing S_c per piece of <= 64 MiB instead of keeping the forward's: at B8 T4096 H32
+by the forward's one-kernel pass, in chunk_pieces_nosave's pieces; session 28, untimed), chunk_pieces /
+chunk_pieces_nosave (the extra peak memory: the backward in batch pieces of <= 128 MiB of fp32 state buffers,
+D_c and the own kernel's partials per piece; the latter also recomputing S_c per piece of <= 64 MiB instead of keeping the forward's: at B8 T4096 H32
 K = V = 64 the default holds 0.5 GiB of gradients + 0.125 of o + 0.5 saved S + 0.0625 scores + 0.5 D + 0.75
 partials = 2.44 GiB, the pieces ~1.5 and ~0.9 by that count; H200 run 32: 2.46 -> 1.51 and 0.86 GiB, GPU µs
 4,577 -> 4,738 and 5,661); the others keep the
@@ -103,7 +103,9 @@ scores kernels at 2 stages compile to the same SASS offline (their loops are not
 ``tl.range(num_stages=2)`` on the own kernel's slice loop): not offered. chunk_scores_cap128 / chunk_scores_w2
 (session 28, untimed): the scores kernel (1 warp, 255 registers + 88 B spill offline: 8 programs an SM, its four
 independent blocks a latency chain each) capped at 128 registers (16 an SM; 472 B spill offline) / at 2 warps
-(255 + 104 B).
+(255 + 104 B). chunk_walk_cap128 (session 28, untimed): the scored walk's steps at BV 32 (the H200's pick, 248
+registers there: 2 programs an SM, so B8 T4096 H32's 512 programs run in two waves of one latency chain each)
+capped at 128 registers — 4 programs an SM, one wave — for 504 B of spill (offline, Triton 3.9).
 WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
 model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
@@ -204,6 +206,8 @@ PRECISIONS = {"chunk_fwdtrunc": dict(FWD_PRECISION="tf32_trunc"), "chunk_fwdroun
 CONFIGS = {"chunk_walk_s1": ("_fwd_step_kernel", [triton.Config({"BV": 64}, num_warps=4, num_stages=1)]),
            "chunk_par_s1": ("_fwd_par_scored_kernel", [triton.Config({"BV": 64}, num_warps=nw, num_stages=1)
                                                        for nw in (2, 4)]),
+           "chunk_walk_cap128": ("_fwd_step_kernel", [triton.Config({"BV": 32}, num_warps=4, num_stages=2,
+                                                                    maxnreg=128)]),
            "chunk_scores_cap128": ("_fwd_scores_kernel", [triton.Config({}, num_warps=1, num_stages=1, maxnreg=128)]),
            "chunk_scores_w2": ("_fwd_scores_kernel", [triton.Config({}, num_warps=2, num_stages=1)])}
 CONFIGS = {n: (k, autotune_configs(c)) for n, (k, c) in CONFIGS.items()}   # the interpreter (smoke): the first only
