@@ -608,6 +608,14 @@ def test_wkv6_chunk_memory_knobs(knobs):
         _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context=str(knobs))
 
 
+def _varlen_state_case(V):
+    """A varlen batch for the state passes' tests: cu_seqlens (6 sequences of 0, 16, 24, 50, 80 and 144 rows),
+    inputs [1, 314, 2, 16, V] (mixed decay, h0), the output's gradient do and dL/dh_T dht."""
+    cu = torch.tensor([0, 0, 16, 40, 90, 170, 314], device=DEV)
+    d = make_inputs(1, 314, 2, 16, V, decay="mixed", h0=True, N=6, grad=False)
+    return cu, d, torch.randn(1, 314, 2, V, device=DEV), torch.randn(6, 2, 16, V, device=DEV)
+
+
 def test_wkv6_bwd_states_one_kernel():
     """The backward's D pass in one kernel (``bwd_states`` "one", ``states._bwd_states_kernel``: each sequence's
     chunks walked from the last) against the two-kernel pass (per-chunk ΔD, then the reverse scan): D_c at every
@@ -617,9 +625,7 @@ def test_wkv6_bwd_states_one_kernel():
     bad value refused."""
     import kernels.wkv6.chunk as kc
     from kernels.wkv6.states import _bwd_states, _par_states
-    cu = torch.tensor([0, 0, 16, 40, 90, 170, 314], device=DEV)
-    d = make_inputs(1, 314, 2, 16, 24, decay="mixed", h0=True, N=6, grad=False)
-    do, dht = torch.randn(1, 314, 2, 24, device=DEV), torch.randn(6, 2, 16, 24, device=DEV)
+    cu, d, do, dht = _varlen_state_case(24)
     two = _par_states(d["r"], d["k"], d["v"], d["w"], do, 0.5, None, dht, cu, "bwd_d", bt=32, pipe=True)
     hd, dh0 = _bwd_states(d["r"], do, d["w"], dht, 0.5, cu, 32)[:2]
     slots = [int(cu[n]) // 32 + n + i for n in range(6) for i in range(-(-int(cu[n + 1] - cu[n]) // 32))]
@@ -642,9 +648,7 @@ def test_wkv6_scan_pipe():
     masked, their steps store nothing), and the state-pass forward + backward with it vs fp64."""
     import kernels.wkv6.chunk as kc
     from kernels.wkv6.states import _par_states
-    cu = torch.tensor([0, 0, 16, 40, 90, 170, 314], device=DEV)
-    d = make_inputs(1, 314, 2, 16, 16, decay="mixed", h0=True, N=6, grad=False)
-    do, dht = torch.randn(1, 314, 2, 16, device=DEV), torch.randn(6, 2, 16, 16, device=DEV)
+    cu, d, do, dht = _varlen_state_case(16)
     outs = [_par_states(d["r"], d["k"], d["v"], d["w"], do, 0.5, d["initial_state"], dht, cu, "bwd", bt=16,
                         pipe=p) for p in (False, True)]
     for a, b in ((outs[0][0], outs[1][0]), (outs[0][2], outs[1][2])):     # S_c and D_c, dh0

@@ -1199,8 +1199,9 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                the chunk-parallel output kernel then reads A (64 bytes per token and head) and keeps only the
 #                block-level decays and three dots; the state-pass forward becomes the one-kernel state pass
 #                (``states._fwd_states_kernel``) saving states at the backward's spacing (32 rows) up to
-#                T = 4096 (``fwd_states``). None (default): on where T >= 1024 (``_use_scores``: timed at 1024
-#                and 4096; above 4096 since session 21, timed in H200 run 26), the walk where N·H >= #SMs.
+#                T = 4096 (``fwd_states``). None (default): the state pass scored where T >= 1024 (``_use_scores``:
+#                timed at 1024 and 4096; above 4096 since session 21, timed in H200 run 26), the walk (where N·H >=
+#                #SMs, or below T 1024 where ``_use_seq`` picks it) scored at any T since H200 run 32 (``_fwd_plan``).
 #                H100 run 12 (wkv6i; GPU us per fwd+bwd, old default -> new: B8 T4096 H32 8068 -> 7517, forward
 #                2068 -> 1702; B16 T1024 H8 1092 -> 1051, forward 317 -> 277; B8 T1024 H8 597 -> 563);
 #   fwd_states   the scored state-pass forward's state pass (``_one_state_pass``): "one" the one-kernel pass

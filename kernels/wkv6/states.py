@@ -251,7 +251,8 @@ def _bwd_states_kernel(q_ptr, do_ptr, w_ptr, dht_ptr, hd_ptr, dh0_ptr, cu_ptr, s
 
 def _bwd_states(q, do, w, dht, scale, cu_seqlens, bt):
     """The backward's chunk-end states D_c (``_bwd_states_kernel``, chunks of ``bt`` rows): (hd [slots, H, K, V]
-    fp32, dh0 [N, H, K, V] fp32, slots, NT, cmap, cu (both None unless varlen)). Slots of a varlen batch that hold no chunk stay unwritten (no kernel reads them)."""
+    fp32, dh0 [N, H, K, V] fp32, slots, NT, cmap, cu (both None unless varlen)). Slots of a varlen batch that hold
+    no chunk stay unwritten (no kernel reads them)."""
     B, T, H, K, V, N = _dims(q, do, cu_seqlens)
     dev = q.device
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
