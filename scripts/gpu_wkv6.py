@@ -59,9 +59,10 @@ walk in 32-row steps, ``fwd_step``: the default's walk since run 16), chunk_seq_
 (``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
 the latter at 64-row states), chunk_bfused / chunk_bfused64 (``bwd_split`` "fused": one kernel per chunk, own pairs
 and crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bslice (the split backward on
-batch slices of <= 256 MiB of fp32 partials, ``split_bytes``), chunk_bstates1 (the backward's D_c in one
-kernel, ``bwd_states`` "one": no per-chunk ΔD round trip; chunk_bstates1_nosave: the same with S_c recomputed
-by the forward's one-kernel pass, in chunk_pieces_nosave's pieces; session 28, untimed), chunk_pieces /
+batch slices of <= 256 MiB of fp32 partials, ``split_bytes``), chunk_bstates1 / chunk_bstates2 (the backward's D_c
+in one kernel, ``bwd_states`` "one": no per-chunk ΔD round trip / in two, the ΔD kernel and the scan; the default
+takes "one" where S_c is saved and T <= 4096 since H200 run 33); chunk_bstates1_nosave (the one-kernel D_c with S_c
+recomputed by the forward's one-kernel pass, in chunk_pieces_nosave's pieces; untimed), chunk_pieces /
 chunk_pieces_nosave (the extra peak memory: the backward in batch pieces of <= 128 MiB of fp32 state buffers,
 D_c and the own kernel's partials per piece; the latter also recomputing S_c per piece of <= 64 MiB instead of keeping the forward's: at B8 T4096 H32
 K = V = 64 the default holds 0.5 GiB of gradients + 0.125 of o + 0.5 saved S + 0.0625 scores + 0.5 D + 0.75
@@ -93,19 +94,19 @@ GPU tests after its timings. Dot precision (PRECISIONS, the default knobs otherw
 chunk_fwdround (the forward's "tf32" dots read truncated by the tensor cores / rounded to nearest first),
 chunk_crosstrunc (the split backward's cross kernel truncated), chunk_trunc (every dot truncated: before eeda170),
 chunk_dwx3 (the own pairs' dw span dots in Triton's three tf32 passes, ``DW_PRECISION`` "tf32x3": the default
-until H200 run 31 timed two passes, own kernel 1,099 -> 972 µs at B8 T4096 H32), chunk_crossdwx2 (the cross
-kernel's dw triangle dots in those two passes, ``CROSS_DW_PRECISION`` "tf32x2"; session 28, untimed).
+until H200 run 31 timed two passes, own kernel 1,099 -> 972 µs at B8 T4096 H32). Timed and removed in H200 run 33
+(GPU µs per fwd+bwd at B8 T4096 H32 / B4 T2048 H16 / B64 T256 H2 / B1 T16384 H32 against the default's 4,629 / 712
+/ 191 / 2,794): chunk_crossdwx2 (the cross kernel's dw triangle dots in two tf32 passes) 4,611 / 709 / 191 / 2,776
+— under 1 %, for a less exact dw (the gradient nearest its bound); chunk_walk_cap128 (the scored walk's steps at
+BV 32 capped at 128 registers: one wave) 4,861 (walk 623 -> 875 µs) / 708 / 202 / 2,788; chunk_scores_cap128 /
+chunk_scores_w2 (the scores kernel capped at 128 registers / at 2 warps) 4,599 / 4,607 at B8 T4096 (scores kernel
+342 -> 339 / 340), within 2 µs elsewhere.
 One kernel's configs replaced (CONFIGS): chunk_walk_s1 (the scored walk's steps at 1 pipeline stage, BV 64: the
 default before H200 run 30 took 2 stages, the next step's loads in flight: 924 -> 616 µs at B8 T4096 H32);
 chunk_par_s1 (the chunk-parallel output kernel ``_fwd_par_scored_kernel`` at 1 stage, BV 64 at 2 / 4 warps: the
 default before run 31 took 2 stages, 119 -> 84 µs at B4 T2048 H16, 415 -> 281 at B1 T16384 H32). The own and
 scores kernels at 2 stages compile to the same SASS offline (their loops are not pipelined; also with
-``tl.range(num_stages=2)`` on the own kernel's slice loop): not offered. chunk_scores_cap128 / chunk_scores_w2
-(session 28, untimed): the scores kernel (1 warp, 255 registers + 88 B spill offline: 8 programs an SM, its four
-independent blocks a latency chain each) capped at 128 registers (16 an SM; 472 B spill offline) / at 2 warps
-(255 + 104 B). chunk_walk_cap128 (session 28, untimed): the scored walk's steps at BV 32 (the H200's pick, 248
-registers there: 2 programs an SM, so B8 T4096 H32's 512 programs run in two waves of one latency chain each)
-capped at 128 registers — 4 programs an SM, one wave — for 504 B of spill (offline, Triton 3.9).
+``tl.range(num_stages=2)`` on the own kernel's slice loop): not offered.
 WKV6_EXTRA: shapes "B,T,H,K,V;..." appended to SHAPES (e.g. "8,1024,8,64,64", the large
 model at one GPU's batch of a two-GPU run; index 6), not in the spec's benchmark list.
 """
@@ -179,7 +180,7 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_scores=False),  
          "chunk_bslice": dict(bwd_split="block", split_bytes=2**28),
          "chunk_pieces": dict(piece_bytes=2**27), "chunk_pieces_nosave": dict(save_states=False, piece_bytes=2**26),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
-         "chunk_bstates1": dict(bwd_states="one"),
+         "chunk_bstates1": dict(bwd_states="one"), "chunk_bstates2": dict(bwd_states="two"),
          "chunk_bstates1_nosave": dict(bwd_states="one", save_states=False, piece_bytes=2**26),
          "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
@@ -200,16 +201,12 @@ SEQ = {"chunk_seq": True, "chunk_par": False, **{n: True for n in VARIANTS}, **{
 PRECISIONS = {"chunk_fwdtrunc": dict(FWD_PRECISION="tf32_trunc"), "chunk_fwdround": dict(FWD_PRECISION="tf32"),
               "chunk_crosstrunc": dict(CROSS_PRECISION="tf32_trunc"),
               "chunk_trunc": dict(FWD_PRECISION="tf32_trunc", BWD_PRECISION="tf32_trunc"),
-              "chunk_dwx3": dict(DW_PRECISION="tf32x3"), "chunk_crossdwx2": dict(CROSS_DW_PRECISION="tf32x2")}
+              "chunk_dwx3": dict(DW_PRECISION="tf32x3")}
 # one kernel's autotune configs replaced (the autotuner's and the launcher's kept picks cleared before and after):
 # candidates timed beside the default without adding compiles to its first call
 CONFIGS = {"chunk_walk_s1": ("_fwd_step_kernel", [triton.Config({"BV": 64}, num_warps=4, num_stages=1)]),
            "chunk_par_s1": ("_fwd_par_scored_kernel", [triton.Config({"BV": 64}, num_warps=nw, num_stages=1)
-                                                       for nw in (2, 4)]),
-           "chunk_walk_cap128": ("_fwd_step_kernel", [triton.Config({"BV": 32}, num_warps=4, num_stages=2,
-                                                                    maxnreg=128)]),
-           "chunk_scores_cap128": ("_fwd_scores_kernel", [triton.Config({}, num_warps=1, num_stages=1, maxnreg=128)]),
-           "chunk_scores_w2": ("_fwd_scores_kernel", [triton.Config({}, num_warps=2, num_stages=1)])}
+                                                       for nw in (2, 4)])}
 CONFIGS = {n: (k, autotune_configs(c)) for n, (k, c) in CONFIGS.items()}   # the interpreter (smoke): the first only
 ALGOS = {"chunk": kw.wkv6, "chunk_seq": kw.wkv6, "chunk_par": kw.wkv6, "fused": kw.wkv6_fused,
          **{n: kw.wkv6 for n in (*VARIANTS, *KNOBS, *PAR_KNOBS, *SEQ_KNOBS, *PRECISIONS, *CONFIGS)}}

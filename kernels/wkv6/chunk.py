@@ -1060,6 +1060,18 @@ def _one_state_pass(T: int, knobs) -> bool:
     return T <= ONE_PASS_MAX_T if mode is None else mode == "one"
 
 
+def _one_bwd_state_pass(T: int, saved: bool, knobs) -> bool:
+    """``bwd_states`` for the backward's D_c: "one" kernel (``states._bwd_states``: each (sequence, head, K-block,
+    V-block) walks its T / state_rows chunks in series from the last) or "two" (``states._par_states``: every
+    chunk's ΔD in parallel, then the scan). None: "one" where the forward saved S_c and T <= ``ONE_PASS_MAX_T`` (the
+    forward's rule, the same serial walk), else "two". H200 run 33, GPU µs per fwd+bwd, two / one: B8 T4096 H32
+    4,629 / 4,270 (the ΔD kernel + scan ~650 -> 316), B4 T2048 H16 712 / 715, B64 T256 H2 191 / 189, B1 T16384 H32
+    2,794 / 3,104 (256 chunks in series: 605 µs). Where S_c is not saved (``save_states`` False) the one-kernel form
+    (S_c from ``_fwd_states`` first) is untimed: "two" (its scan folds both directions side by side)."""
+    mode = knobs["bwd_states"]
+    return saved and T <= ONE_PASS_MAX_T if mode is None else mode == "one"
+
+
 SCORES_MIN_T, ONE_PASS_MAX_T = 1024, 4096
 
 
@@ -1262,8 +1274,8 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                per direction (``states._bwd_states_kernel``: each (sequence, head, K-block, V-block) walks its
 #                chunks from the last; S_c, when not saved, from the forward's ``_fwd_states_kernel``, so the same
 #                values the forward would have saved): no per-chunk Δ round trip through HBM — 1 GiB less traffic
-#                at B8 T4096 H32 for D alone — but T / state_rows serial steps. Session 28, untimed (the two
-#                kernels: 350 + 303 µs at B8 T4096 H32 for D, 739 + 728 with S recomputed in pieces; run 32): off;
+#                at B8 T4096 H32 for D alone — but T / state_rows serial steps. None: ``_one_bwd_state_pass``
+#                ("one" where S_c is saved and T <= ONE_PASS_MAX_T; H200 run 33);
 #   split_bytes  with ``bwd_split`` "block", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
@@ -1355,7 +1367,7 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt, 
     w = _w_for_dots(w)       # as ``_chunk_fwd_impl``'s
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
-    if kn["bwd_states"] == "one":       # D_c in one kernel; S_c (unless saved) from the forward's one-kernel pass
+    if _one_bwd_state_pass(T, hs is not None, kn):  # D_c in one kernel; S_c (unless saved): the forward's pass
         if hs is None:
             hs = _fwd_states(r, k, v, w, h0, cu_seqlens, bt)[0]
         hd, dh0, S, NT, cmap, cu = _bwd_states(r, do, w, dht, scale, cu_seqlens, bt)

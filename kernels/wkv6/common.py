@@ -26,9 +26,6 @@ CROSS_PRECISION = None   # the split backward's cross kernel (state operands); N
 # c split into hi + lo, two passes; H200 run 31: the own kernel 1,099 -> 972 µs at B8 T4096 H32, 162 -> 142 at B4
 # T2048 H16, 586 -> 534 at B1 T16384 H32) or "tf32x3" (Triton's three passes; gpu_wkv6's chunk_dwx3)
 DW_PRECISION = "tf32x2"
-# the split backward's cross kernel's dw triangle dots for half inputs (``_cross_terms``, the same 0/1 x fp32 form):
-# "tf32x3" (the default) or "tf32x2" (``_span_dot``'s two passes; session 28, untimed: gpu_wkv6's chunk_crossdwx2)
-CROSS_DW_PRECISION = "tf32x3"
 
 
 def _prec(dtype: torch.dtype, bwd: bool = False, cross: bool = False) -> str:
@@ -61,8 +58,9 @@ def _dw_prec(prec: str) -> str:
 
 
 def _cross_dw_prec(prec: str) -> str:
-    """The cross kernel's dw triangle dots' precision (``CROSS_DW_PRECISION``) for its PREC: "ieee" stays "ieee"."""
-    return "ieee" if prec == "ieee" else CROSS_DW_PRECISION
+    """The cross kernel's dw triangle dots' precision for its PREC: "ieee" stays "ieee", else Triton's three tf32
+    passes ("tf32x3"; two passes, ``_span_dot``'s, saved under 1 % in H200 run 33 for a less exact dw: not taken)."""
+    return "ieee" if prec == "ieee" else "tf32x3"
 
 
 def _warp_configs():
@@ -258,8 +256,8 @@ def _cross_bwd_dots(b_q, b_k, b_ws, b_v, b_do, b_h, b_dh, o_t, PREC: tl.constexp
 def _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, b_gl, b_egp, b_egl, PREC: tl.constexpr, DW_DOTS: tl.constexpr,
                  DWP: tl.constexpr):
     """``_cross_bwd`` given the block's decays: b_gl = G_L [BK], b_egp / b_egl [R, BK] the exp of the exclusive
-    prefix / suffix sums of the clamped w; DWP the triangle dots' precision with DW_DOTS (``_span_dot``'s: "ieee",
-    "tf32x3" or "tf32x2"; unused by the scan). Returns (dq^s, dk^s, dv^s, dw^s) fp32."""
+    prefix / suffix sums of the clamped w; DWP the triangle dots' precision with DW_DOTS ("ieee" or
+    "tf32x3", ``_cross_dw_prec``; unused by the scan). Returns (dq^s, dk^s, dv^s, dw^s) fp32."""
     b_dwx = (tl.exp(b_gl) * tl.sum(b_h * b_dh, axis=1))[None, :]
     b_dqx = mma(b_do, tl.trans(b_h), PREC, A_EXACT=True) * b_egp
     b_dkx = mma(b_v, tl.trans(b_dh), PREC, A_EXACT=True) * b_egl
@@ -267,7 +265,7 @@ def _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, b_gl, b_egp, b_egl, PREC: tl.co
     # dw_j += Σ_{t>j} a_t + Σ_{s<j} b_s, each sum formed from the other rows' terms only (an inclusive cumsum minus
     # the row's own term cancelled: absolute error ulp(a_j), 33 % of a small dw_j beside a large one, fp32 dw 2.3e-5
     # found by the fuzz). Two exact forms, chosen per kernel by the GPU (DW_DOTS):
-    #   dots of the strict triangular 0/1 patterns (ieee / tf32x3 / tf32x2: DWP): the split backward's cross kernel
+    #   dots of the strict triangular 0/1 patterns (ieee / tf32x3: DWP): the split backward's cross kernel
     #   (H100 run 19: _bwd_cross_kernel 2,351 us at B8 T4096 H32 with them, 3,229 with the scan);
     #   an associative scan of (0, x) pairs (``_excl_combine``): the fused backward, where the dots spilled
     #   (offline sm_90, 2 warps: 528 → 776 B; run 18 LOWMEM 9.07 → 10.13 ms, run 19 with the scan 9.21)
@@ -276,11 +274,8 @@ def _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, b_gl, b_egp, b_egl, PREC: tl.co
     if DW_DOTS:
         o_r = tl.arange(0, b_q.shape[0])
         b_after = tl.where(o_r[None, :] > o_r[:, None], 1., 0.)
-        if DWP == "tf32x2":
-            b_dwx += _span_dot(b_after, b_a, DWP) + _span_dot(tl.trans(b_after), b_b, DWP)
-        else:       # written out, not through ``_span_dot``: its call compiled 8 SASS instructions apart (cap 168)
-            b_dwx += (tl.dot(b_after, b_a, input_precision=DWP)
-                      + tl.dot(tl.trans(b_after), b_b, input_precision=DWP))
+        b_dwx += (tl.dot(b_after, b_a, input_precision=DWP)     # not through ``_span_dot``: its call compiled
+                  + tl.dot(tl.trans(b_after), b_b, input_precision=DWP))   # 8 SASS instructions apart (cap 168)
     else:
         b_after, _ = tl.associative_scan((tl.zeros_like(b_a), b_a), 0, _excl_combine, reverse=True)
         b_before, _ = tl.associative_scan((tl.zeros_like(b_b), b_b), 0, _excl_combine)
