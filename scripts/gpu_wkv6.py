@@ -53,7 +53,8 @@ chunk_par_one / chunk_par_two (the scored state-pass forward with ``fwd_states``
 state pass or the chunk states + scan; the default takes "one" up to T 4096, "two" above: session 21, untimed),
 chunk_seq_levels / chunk_par_levels (``fwd_scores`` False: the level code in the walk / state-pass output, the
 default until run 12; chunk_run9 and chunk_walk1 run without the scores kernel too), chunk_seq_pipe
-(the scored walk in 16-row blocks with ``fwd_pipe``: the next block's loads in flight), chunk_seq_step (the scored
+(the scored walk in 16-row blocks with ``fwd_pipe``: the next block's loads in flight; chunk_seq_scores without:
+H200 run 33, walk kernel 1,083 / 1,220 µs at B8 T4096 H32, 51 / 48 at B64 T256 H2 — on since), chunk_seq_step (the scored
 walk in 32-row steps, ``fwd_step``: the default's walk since run 16), chunk_seq_rows64 (the scored walk at
 ``state_rows`` 64: 16-row blocks), chunk_bsplit / chunk_bsplit64
 (``bwd_split`` "block": the backward's own pairs in 1-warp programs, then the state kernel, one program per block;
@@ -61,13 +62,16 @@ the latter at 64-row states), chunk_bfused / chunk_bfused64 (``bwd_split`` "fuse
 and crossing terms per key slice, no fp32 partials; 32- / 64-row states), chunk_bslice (the split backward on
 batch slices of <= 256 MiB of fp32 partials, ``split_bytes``), chunk_bstates1 / chunk_bstates2 (the backward's D_c
 in one kernel, ``bwd_states`` "one": no per-chunk ΔD round trip / in two, the ΔD kernel and the scan; the default
-takes "one" where S_c is saved and T <= 4096 since H200 run 33); chunk_bstates1_nosave (the one-kernel D_c with S_c
-recomputed by the forward's one-kernel pass, in chunk_pieces_nosave's pieces; untimed), chunk_pieces /
+takes "one" where S_c is saved and T <= 4096 since H200 run 33; timed and removed there: chunk_bstates1_nosave, the
+one-kernel D_c with S_c recomputed by the forward's one-kernel pass in chunk_pieces_nosave's pieces — 6,912 against
+5,674 GPU µs at B8 T4096 H32, both 0.86 GiB: one batch element's 128 programs per piece leave the H200 half idle
+through 128 chunks in series), chunk_pieces /
 chunk_pieces_nosave (the extra peak memory: the backward in batch pieces of <= 128 MiB of fp32 state buffers,
 D_c and the own kernel's partials per piece; the latter also recomputing S_c per piece of <= 64 MiB instead of keeping the forward's: at B8 T4096 H32
 K = V = 64 the default holds 0.5 GiB of gradients + 0.125 of o + 0.5 saved S + 0.0625 scores + 0.5 D + 0.75
 partials = 2.44 GiB, the pieces ~1.5 and ~0.9 by that count; H200 run 32: 2.46 -> 1.51 and 0.86 GiB, GPU µs
-4,577 -> 4,738 and 5,661); the others keep the
+4,577 -> 4,738 and 5,661; run 33, with the one-kernel D pass per piece: 4,272 -> 4,724 and 5,674; ``LOWMEM``
+8,707 at 0.76 GiB); the others keep the
 default's forward mode (the walk where chunk_seq runs, the state pass where chunk_par does: compare with that
 one). Run 10 (wkv6f) timed the scan knobs against run 9's default
 (profiles/nvidia-h100-80gb-hbm3/run10-2026-11-27/wkv6f/). Run 5 also timed
@@ -181,13 +185,12 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_scores=False),  
          "chunk_pieces": dict(piece_bytes=2**27), "chunk_pieces_nosave": dict(save_states=False, piece_bytes=2**26),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
          "chunk_bstates1": dict(bwd_states="one"), "chunk_bstates2": dict(bwd_states="two"),
-         "chunk_bstates1_nosave": dict(bwd_states="one", save_states=False, piece_bytes=2**26),
          "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False),
              "chunk_par_one": dict(fwd_scores=True, fwd_states="one"),
              "chunk_par_two": dict(fwd_scores=True, fwd_states="two")}
-SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True, fwd_step=False),     # the walk
+SEQ_KNOBS = {"chunk_seq_scores": dict(fwd_scores=True, fwd_step=False, fwd_pipe=False),     # the walk
              "chunk_seq_levels": dict(fwd_scores=False),
              "chunk_seq_pipe": dict(fwd_scores=True, fwd_step=False, fwd_pipe=True),
              "chunk_seq_step": dict(fwd_scores=True, fwd_step=True),

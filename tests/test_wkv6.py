@@ -882,8 +882,12 @@ def test_wkv6_dw_span_dots_in_two_passes(monkeypatch, split):
 # ------------------------------------------------------------------------------------------------ GPU
 def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6, u_dtype=None, cu=None):
     """Kernel vs the fp64 chunked reference (run on the GPU), same cotangents on both sides; every output and gradient
-    within ``bound``, du in half precision within max(bound, 1.1 × its rounding floor on this draw) (H·K entries:
-    the exact du rounded to bf16 alone passes 2e-3 on rare draws; notes/wkv6.md, "du bound");
+    within ``bound``, or where it is returned in half precision within max(bound, 1.1 × its rounding floor on this
+    draw: the exact value merely rounded). du (H·K entries) and dw (heavy-tailed at strong decay) alone have floors
+    that reach the bf16 bound: the exact du rounded passes 2e-3 on rare draws (notes/wkv6.md, "du bound"); H200 run
+    33 put dw at 2.0e-3 on one draw of B1 T300 H3 K60 V100 strong, and over 16 draws there the exact dw rounded
+    reached 1.80e-3 (mean 1.65e-3) while the kernel's own share in quadrature stayed ~0.1-0.3e-3 (notes/wkv6.md,
+    "Session 29"). o, dr, dk, dv floors stay at ~1.66-1.70e-3: 1.1× that is under 2e-3, the bound holds for them;
     cu: the cu_seqlens list of a varlen batch (B = 1, one h0 per sequence)."""
     d = make_inputs(B, T, H, K, V, dtype=dtype, decay=decay, h0=h0, device="cuda",
                     N=None if cu is None else len(cu) - 1)
@@ -893,8 +897,7 @@ def _gpu_check(B, T, H, K, V, dtype, bound, h0=True, decay="strong", fn=wkv6, u_
         d["u"] = d["u"].detach().to(u_dtype).requires_grad_(True)
     floors = {}
     errs = compare(fn, lambda **kw: ref_chunked(**kw, chunk_size=64), d, floors=floors)
-    assert_close_all(errs, bound, f"B{B} T{T} H{H} K{K} V{V} {dtype} {decay} cu={cu} [{fn.__name__}]",
-                     {n: f for n, f in floors.items() if n == "du"})
+    assert_close_all(errs, bound, f"B{B} T{T} H{H} K{K} V{V} {dtype} {decay} cu={cu} [{fn.__name__}]", floors)
     return errs
 
 
@@ -910,7 +913,8 @@ def test_wkv6_gpu(shape, dtype, bound, fn):
 @pytest.mark.parametrize("knobs,seq", [(dict(fwd_scores=False), True),
                                        (dict(state_rows=64, scan_pipe=False, fwd_scores=False), True),
                                        (dict(state_rows=32, scan_fill=2, fwd_scores=False), False),
-                                       (dict(fwd_scores=True, fwd_step=False), True), (dict(fwd_scores=True), False),
+                                       (dict(fwd_scores=True, fwd_step=False, fwd_pipe=False), True),
+                                       (dict(fwd_scores=True), False),
                                        (dict(fwd_scores=True, fwd_step=False, fwd_pipe=True), True),
                                        (dict(fwd_scores=True, bwd_split="fused"), True),
                                        (dict(fwd_scores=True, bwd_split="fused", state_rows=64), True),
@@ -930,7 +934,7 @@ def test_wkv6_gpu_chunk_knobs(knobs, seq, dtype, bound):
     beside D) and narrow scan blocks, without the scores kernel (as the state pass runs below T = 1024); the scores
     kernel
     (``fwd_scores``: its span-sum dots in the inputs' dtype, "ieee" for fp32) with the walk in 16-row blocks
-    (``fwd_step`` False; also with ``fwd_pipe``) and with the one-kernel state pass; the backward's forms
+    (``fwd_step`` False, without and with ``fwd_pipe``: its default since H200 run 33) and with the one-kernel state pass; the backward's forms
     (``bwd_split``: the default "block" everywhere above; "fused": no partials, with the walk at 32 and 64 rows and
     with the state pass at 64); "step_seq": the scored
     walk in 32-row steps (``fwd_step``, the default where the scores are on: the path B8 T4096 H32 takes);

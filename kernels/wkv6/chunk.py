@@ -454,7 +454,7 @@ def _fwd_walk(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, a_ptr, h0_ptr, o_ptr, ht_ptr, h
     at every BT-row chunk start into hs_ptr when SAVE (else None; layouts above; cmap_ptr unused: a sequence's slots
     follow from cu). SCORES: the blocks' scores come from ``_fwd_scores_kernel`` (a_ptr [B·T, H, SB] fp32, else
     None and the level work runs here, ``_fwd_block``; u unread with SCORES);
-    with PIPE the next block's tiles are loaded before this block's dots (``fwd_pipe``: untimed). STEP (with
+    with PIPE the next block's tiles are loaded before this block's dots (``fwd_pipe``). STEP (with
     SCORES and BT = 2·SB; ``fwd_step``): one BT-row step per iteration (``_step_block``: the pairs of its two
     blocks by one more level, the state stored at every step start when SAVE) instead of one SB-row block; FAST:
     its exps by ex2.approx.ftz (GPU); w_ptr then as ``_w_for_dots`` gives it (its decay sums are dots).
@@ -1222,8 +1222,10 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                (default): "one" up to T = 4096, "two" above (session 21; for B1 T16384 H32, where the level
 #                forward lost 0.83x to fla's in H200 run 25: run 26, forward 1.441 -> 0.997 ms, fla 1.200);
 #   fwd_pipe     the scored walk loads the next block's tiles before this block's dots (``_fwd_walk``'s PIPE; the
-#                walk is a latency chain: 5.3 us per block at B8 T4096 H32, run 12). Built after run 12: untimed,
-#                off;
+#                walk is a latency chain: 5.3 us per block at B8 T4096 H32, run 12). On since H200 run 33 (the
+#                16-row walk at 32-row states, GPU µs of the walk kernel without / with: B8 T4096 H32 1,220 /
+#                1,083, B64 T256 H2 48 / 51); applies only where the 16-row walk runs (``fwd_step`` False, or
+#                64-row states: ``LOWMEM``, untimed there with it);
 #   fwd_step     the scored walk in 32-row steps (``_step_block``) instead of 16-row blocks: half the serial
 #                iterations (the walk is a latency chain: ~1,880 SASS instructions per warp and 24 barriers per
 #                16-row block, offline sm_90), the pairs of a step's two blocks by one more level, the state stored
@@ -1281,10 +1283,10 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "block", "split_bytes": None, "bwd_states": None}
+          "fwd_pipe": True, "fwd_step": True, "bwd_split": "block", "split_bytes": None, "bwd_states": None}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": False, "fwd_step": True, "bwd_split": "fused", "split_bytes": None, "bwd_states": None}
+          "fwd_pipe": True, "fwd_step": True, "bwd_split": "fused", "split_bytes": None, "bwd_states": None}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 FWD_STATES = (None, "one", "two")
