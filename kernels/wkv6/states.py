@@ -27,11 +27,11 @@ BT_PAR = 64       # chunk length of the state pass
 #   GRID_BUCKET = min(pow2(programs), 2^16), autotune keys only (unused by the kernel bodies).
 # Constexprs: H heads; K, V head sizes; BT the chunk rows (64, ``BT_PAR``, or the ``state_rows`` knob's 32); BK =
 #   max(16, pow2(K)) ≥ K and BV (≤ 64) the tile widths (``_blocks``; the scan may take a narrower BV), BKS / BVS
-#   the K- and V-block widths of ``_fwd_states_kernel`` (autotuned, 32 or 64); PREC the dots' input precision
+#   the K- and V-block widths of ``_states_walk`` (autotuned, 32 or 64); PREC the dots' input precision
 #   ("ieee" for fp32 inputs, else "tf32"; ``common._prec``); PIPE: the scan keeps a second chunk's loads in flight.
 # MODE (constexpr): 1 the forward's S direction ("fwd"), 2 the backward's D direction alone ("bwd_d": S_c saved by
 # the forward), 3 both ("bwd"). Optional tensors are None with their constexpr flag off (MODE's bits, USE_H0,
-# USE_DHT, VARLEN).
+# USE_DHT, USE_S0, VARLEN). REV: ``_states_walk``'s direction (False the forward's S, True the backward's D).
 
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
@@ -154,22 +154,21 @@ def _scan_step_load(buf, gl_ptr, base, i, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H:
     return b_x, b_g
 
 
-# H100 run 12 (wkv6i) picked 64 × 64 at 256 and 128 sequence·heads, 64 × 32 at 64 (a 2-warp 32 × 32 config, since
-# removed, never won); 32 × 32 stays for fewer sequence·heads (more programs)
-@triton.autotune(configs=autotune_configs([triton.Config({"BKS": 32, "BVS": 32}, num_warps=4, num_stages=2),
-                                           triton.Config({"BKS": 64, "BVS": 32}, num_warps=4, num_stages=2),
-                                           triton.Config({"BKS": 64, "BVS": 64}, num_warps=4, num_stages=2)]),
-                 key=["K", "V", "BT", "PREC", "NH_BUCKET"])
 @triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
-def _fwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, ht_ptr, cu_ptr, T, NT, NH_BUCKET, H: tl.constexpr,
-                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
-                       USE_H0: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
-    """Grid (V-blocks, K-blocks, N·H): the forward's state pass in one kernel (no per-chunk ΔS round trip): walks
-    the BT-row chunks of one (sequence, head, K-block, V-block), stores S at each chunk start -> hs_ptr (layouts
-    above; every slot of the sequence written) and the final state -> ht_ptr, S ← diag(exp(G_L)) S +
-    (k ⊙ exp(G_L − G))ᵀ v (the suffix and G_L as ``common._decay_sums`` dots, w_ptr as ``_w_for_dots`` gives it;
-    every exponent ≤ 0; rows of a K-block decay independently). Starts from h0_ptr (USE_H0; else None and zeros).
-    NH_BUCKET: autotune key only."""
+def _states_walk(x_ptr, y_ptr, w_ptr, s0_ptr, hs_ptr, out_ptr, cu_ptr, scale, T, NT, NH_BUCKET, H: tl.constexpr,
+                 K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
+                 USE_S0: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, REV: tl.constexpr):
+    """Grid (V-blocks, K-blocks, N·H): a state pass in one kernel (no per-chunk Δ round trip): walks the BT-row
+    chunks of one (sequence, head, K-block, V-block) with the state in registers, storing it at each chunk ->
+    hs_ptr (layouts above; every slot of the sequence written) and the last one -> out_ptr [N, H, K, V] fp32; starts
+    from s0_ptr (USE_S0; else None and zeros). Every exponent ≤ 0 (the decay sums ``common._decay_sums`` dots, w_ptr
+    as ``_w_for_dots`` gives it); rows of a K-block decay independently.
+    REV False, the forward's S (``_fwd_states_kernel``): x_ptr = k, y_ptr = v, scale None, chunks first to last, S
+    stored at each chunk start, S ← diag(exp(G_L)) S + (k ⊙ exp(G_L − G))ᵀ v; s0 = h0, out = ht.
+    REV True, the backward's D (``_bwd_states_kernel``, the ``bwd_states`` knob's "one"): x_ptr = q (× scale),
+    y_ptr = do, chunks last to first, D (dL/dS at the chunk's end) stored, D ← diag(exp(G_L)) D + (q ⊙ exp(Gp))ᵀ do
+    — ``_chunk_state_kernel``'s ΔD and ``_chunk_scan_kernel``'s fold, the same operations; s0 = dL/dh_T, out =
+    dL/dh0. NH_BUCKET: autotune key only."""
     i_v, i_kb, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -185,68 +184,42 @@ def _fwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, ht_ptr, cu_ptr, T, N
     m_v = o_v < V
     o_kv = o_k[:, None] * V + o_v[None, :]
     m_kv = m_k[:, None] & m_v[None, :]
-    b_h = _state_or_zeros(h0_ptr, i_nh, o_kv, m_kv, K, V, BKS, BVS, USE_H0)
-    for i_c in tl.range(0, tl.cdiv(L, BT)):
+    b_h = _state_or_zeros(s0_ptr, i_nh, o_kv, m_kv, K, V, BKS, BVS, USE_S0)
+    nt = tl.cdiv(L, BT)
+    for j in tl.range(0, nt):
+        if REV:
+            i_c = nt - 1 - j
+        else:
+            i_c = j
         tl.store(hs_ptr + ((slot0 + i_c) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
         rows = i_c * BT + o_t
         tok = (bos + rows) * H + i_h
         m_t = rows < L
         m_tk = m_t[:, None] & m_k[None, :]
-        b_k = tl.load(k_ptr + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.).to(tl.float32)
+        b_x = tl.load(x_ptr + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.).to(tl.float32)
         b_ws = _sum_operand(tl.load(w_ptr + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.))
-        b_v = tl.load(v_ptr + tok[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.)
-        b_kd = b_k * tl.exp(_decay_sums(o_t[None, :] > o_t[:, None], b_ws))
+        b_y = tl.load(y_ptr + tok[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.)
+        if REV:     # the query rows' decay from the chunk start (exclusive prefix)
+            b_xd = b_x * scale * tl.exp(_decay_sums(o_t[None, :] < o_t[:, None], b_ws))
+        else:       # the key rows' decay to the chunk end (exclusive suffix)
+            b_xd = b_x * tl.exp(_decay_sums(o_t[None, :] > o_t[:, None], b_ws))
         b_h = (b_h * tl.exp(_decay_total(b_ws))[:, None]
-               + mma(tl.trans(b_kd), b_v.to(tl.float32), PREC, B_EXACT=True))
-    tl.store(ht_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
+               + mma(tl.trans(b_xd), b_y.to(tl.float32), PREC, B_EXACT=True))
+    tl.store(out_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
-# one config: H200 run 33 picked 64 × 32 of _fwd_states_kernel's three at B8 T4096 H32, B4 T2048 H16, B64 T256 H2 and
+# H100 run 12 (wkv6i) picked 64 × 64 at 256 and 128 sequence·heads, 64 × 32 at 64 (a 2-warp 32 × 32 config, since
+# removed, never won); 32 × 32 stays for fewer sequence·heads (more programs)
+_fwd_states_kernel = triton.autotune(
+    configs=autotune_configs([triton.Config({"BKS": 32, "BVS": 32}, num_warps=4, num_stages=2),
+                              triton.Config({"BKS": 64, "BVS": 32}, num_warps=4, num_stages=2),
+                              triton.Config({"BKS": 64, "BVS": 64}, num_warps=4, num_stages=2)]),
+    key=["K", "V", "BT", "PREC", "NH_BUCKET"])(_states_walk)
+# one config: H200 run 33 picked 64 × 32 of the forward's three at B8 T4096 H32, B4 T2048 H16, B64 T256 H2 and
 # B1 T16384 H32 (the first call compiles only it)
-@triton.autotune(configs=autotune_configs([triton.Config({"BKS": 64, "BVS": 32}, num_warps=4, num_stages=2)]),
-                 key=["K", "V", "BT", "PREC", "NH_BUCKET"])
-@triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
-def _bwd_states_kernel(q_ptr, do_ptr, w_ptr, dht_ptr, hd_ptr, dh0_ptr, cu_ptr, scale, T, NT, NH_BUCKET,
-                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr,
-                       BVS: tl.constexpr, USE_DHT: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
-    """Grid (V-blocks, K-blocks, N·H): the backward's D pass in one kernel, ``_fwd_states_kernel`` mirrored (no
-    per-chunk ΔD round trip; the ``bwd_states`` knob's "one"): walks the BT-row chunks of one (sequence, head,
-    K-block, V-block) from the last, stores D (dL/dS at the chunk's end) -> hd_ptr, then D ← diag(exp(G_L)) D +
-    (q ⊙ exp(Gp))ᵀ do with the scaled q — ``_chunk_state_kernel``'s ΔD and ``_chunk_scan_kernel``'s fold, the same
-    operations (Gp and G_L as ``common._decay_sums`` dots, w_ptr as ``_w_for_dots`` gives it; every exponent ≤ 0).
-    Starts from dht_ptr (USE_DHT; else None and zeros), ends with dL/dh0 -> dh0_ptr [N, H, K, V] fp32. Layouts
-    above; every slot of the sequence written. NH_BUCKET: autotune key only."""
-    i_v, i_kb, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
-    L = eos - bos
-    if VARLEN:
-        slot0 = bos // BT + i_n
-    else:
-        slot0 = i_n.to(tl.int64) * NT
-    o_t = tl.arange(0, BT)
-    o_k = i_kb * BKS + tl.arange(0, BKS)
-    o_v = i_v * BVS + tl.arange(0, BVS)
-    m_k = o_k < K
-    m_v = o_v < V
-    o_kv = o_k[:, None] * V + o_v[None, :]
-    m_kv = m_k[:, None] & m_v[None, :]
-    b_h = _state_or_zeros(dht_ptr, i_nh, o_kv, m_kv, K, V, BKS, BVS, USE_DHT)
-    nt = tl.cdiv(L, BT)
-    for j in tl.range(0, nt):
-        i_c = nt - 1 - j
-        tl.store(hd_ptr + ((slot0 + i_c) * H + i_h) * K * V + o_kv, b_h, mask=m_kv)
-        rows = i_c * BT + o_t
-        tok = (bos + rows) * H + i_h
-        m_t = rows < L
-        m_tk = m_t[:, None] & m_k[None, :]
-        b_q = tl.load(q_ptr + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.).to(tl.float32) * scale
-        b_ws = _sum_operand(tl.load(w_ptr + tok[:, None] * K + o_k[None, :], mask=m_tk, other=0.))
-        b_do = tl.load(do_ptr + tok[:, None] * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.)
-        b_qd = b_q * tl.exp(_decay_sums(o_t[None, :] < o_t[:, None], b_ws))
-        b_h = (b_h * tl.exp(_decay_total(b_ws))[:, None]
-               + mma(tl.trans(b_qd), b_do.to(tl.float32), PREC, B_EXACT=True))
-    tl.store(dh0_ptr + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
+_bwd_states_kernel = triton.autotune(
+    configs=autotune_configs([triton.Config({"BKS": 64, "BVS": 32}, num_warps=4, num_stages=2)]),
+    key=["K", "V", "BT", "PREC", "NH_BUCKET"])(_states_walk)
 
 
 def _bwd_states(q, do, w, dht, scale, cu_seqlens, bt):
@@ -261,8 +234,8 @@ def _bwd_states(q, do, w, dht, scale, cu_seqlens, bt):
     dh0 = new_empty((N, H, K, V), torch.float32, dev)
     grid = lambda meta: (_cdiv(V, meta["BVS"]), _cdiv(K, meta["BKS"]), N * H)  # noqa: E731
     launch(_bwd_states_kernel)[grid](q, do, w, dht, hd, dh0, cu, scale, T, NT, _nh_bucket(N * H), H=H, K=K, V=V,
-                                     BT=bt, USE_DHT=dht is not None, VARLEN=cu is not None,
-                                     PREC=_prec(q.dtype, True))
+                                     BT=bt, USE_S0=dht is not None, VARLEN=cu is not None,
+                                     PREC=_prec(q.dtype, True), REV=True)
     return hd, dh0, S, NT, cmap, cu
 
 
@@ -278,8 +251,8 @@ def _fwd_states(r, k, v, w, h0, cu_seqlens, bt, out=None):
     hs = new_empty((S, H, K, V), torch.float32, dev) if out is None else out
     ht = new_empty((N, H, K, V), torch.float32, dev)
     grid = lambda meta: (_cdiv(V, meta["BVS"]), _cdiv(K, meta["BKS"]), N * H)  # noqa: E731
-    launch(_fwd_states_kernel)[grid](k, v, w, h0, hs, ht, cu, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt,
-                                     USE_H0=h0 is not None, VARLEN=cu is not None, PREC=_prec(r.dtype))
+    launch(_fwd_states_kernel)[grid](k, v, w, h0, hs, ht, cu, None, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt,
+                                     USE_S0=h0 is not None, VARLEN=cu is not None, PREC=_prec(r.dtype), REV=False)
     return hs, ht, S, NT, cmap, cu
 
 
