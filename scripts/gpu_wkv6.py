@@ -504,8 +504,7 @@ def regs():
     from bench.sm90 import MEMORY_OPS, sass_digest, sass_ops, sm90_usage
     kv = int(os.environ.get("WKV6_REGS_KV", "64"))
     RPREC = os.environ.get("WKV6_REGS_PREC", "tf32")    # the dots' precision ("tf32_trunc": without the rounding)
-    half = {"q_ptr", "k_ptr", "v_ptr", "w_ptr", "u_ptr", "do_ptr", "o_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "dw_ptr",
-            "x_ptr", "y_ptr"}     # the state walk's rows (k, v or q, do)
+    half = {"q_ptr", "k_ptr", "v_ptr", "w_ptr", "u_ptr", "do_ptr", "o_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "dw_ptr"}
     none = dict(cu_ptr=None, cmap_ptr=None)       # absent tensors: None constexprs, as the launchers pass them
     blk = dict(H=32, K=kv, V=kv, BT=kc.BT, SB=kc.SB, BK=kv, BV=kv, LOG=kc.LOG, VARLEN=False, PREC=RPREC, **none)
     import kernels.wkv6.states as ks
@@ -533,10 +532,10 @@ def regs():
               (kc, "_bwd_fused_kernel", dict(blk, BT=int(os.environ.get("WKV6_REGS_FBT", "32")),
                                              BKC=int(os.environ.get("WKV6_REGS_BKC", "16")), HALF_B=True, FAST=True,
                                              DWP="tf32x3")),
-              (ks, "_fwd_states_kernel", dict(H=32, K=kv, V=kv, BT=32, BKS=32, BVS=32, USE_S0=False, VARLEN=False,
-                                              PREC=RPREC, REV=False, s0_ptr=None, cu_ptr=None, scale=None)),
-              (ks, "_bwd_states_kernel", dict(H=32, K=kv, V=kv, BT=32, BKS=32, BVS=32, USE_S0=False, VARLEN=False,
-                                              PREC=RPREC, REV=True, s0_ptr=None, cu_ptr=None))]
+              (ks, "_fwd_states_kernel", dict(H=32, K=kv, V=kv, BT=32, BKS=32, BVS=32, USE_H0=False, VARLEN=False,
+                                              PREC=RPREC, h0_ptr=None, cu_ptr=None)),
+              (ks, "_bwd_states_kernel", dict(H=32, K=kv, V=kv, BT=32, BKS=32, BVS=32, USE_DHT=False, VARLEN=False,
+                                              PREC=RPREC, dht_ptr=None, cu_ptr=None))]
     STAGES = [int(x) for x in os.environ.get("WKV6_REGS_STAGES", "1").split(",")]   # num_stages values
     CAPS = [int(x) for x in os.environ.get("WKV6_REGS_MAXNREG", "0").split(",")]    # register caps (0: none)
     WARPS = [int(x) for x in os.environ.get("WKV6_REGS_WARPS", "4,8").split(",")]   # num_warps values

@@ -71,6 +71,6 @@ SPEC = OpSpec(
     # the step's GPU time by op: the chunk kernels' generic names exactly, the fused ones by their prefix
     kernels=("_bwd_own_kernel", "_bwd_cross_kernel", "_bwd_fused_kernel",
              "_chunk_scan_kernel", "_chunk_state_kernel", "_fwd_par_kernel", "_fwd_walk",
-             "_fwd_scores_kernel", "_states_walk",
+             "_fwd_scores_kernel", "_fwd_states_kernel", "_bwd_states_kernel",
              "*_wkv6_*"),
 )

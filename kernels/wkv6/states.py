@@ -27,7 +27,7 @@ BT_PAR = 64       # chunk length of the state pass
 #   GRID_BUCKET = min(pow2(programs), 2^16), autotune keys only (unused by the kernel bodies).
 # Constexprs: H heads; K, V head sizes; BT the chunk rows (64, ``BT_PAR``, or the ``state_rows`` knob's 32); BK =
 #   max(16, pow2(K)) ≥ K and BV (≤ 64) the tile widths (``_blocks``; the scan may take a narrower BV), BKS / BVS
-#   the K- and V-block widths of ``_states_walk`` (autotuned, 32 or 64); PREC the dots' input precision
+#   the K- and V-block widths of ``_states_walk`` (its kernels autotune them, 32 or 64); PREC the dots' input precision
 #   ("ieee" for fp32 inputs, else "tf32"; ``common._prec``); PIPE: the scan keeps a second chunk's loads in flight.
 # MODE (constexpr): 1 the forward's S direction ("fwd"), 2 the backward's D direction alone ("bwd_d": S_c saved by
 # the forward), 3 both ("bwd"). Optional tensors are None with their constexpr flag off (MODE's bits, USE_H0,
@@ -154,8 +154,8 @@ def _scan_step_load(buf, gl_ptr, base, i, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H:
     return b_x, b_g
 
 
-@triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
-def _states_walk(x_ptr, y_ptr, w_ptr, s0_ptr, hs_ptr, out_ptr, cu_ptr, scale, T, NT, NH_BUCKET, H: tl.constexpr,
+@triton.jit
+def _states_walk(x_ptr, y_ptr, w_ptr, s0_ptr, hs_ptr, out_ptr, cu_ptr, scale, T, NT, H: tl.constexpr,
                  K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
                  USE_S0: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, REV: tl.constexpr):
     """Grid (V-blocks, K-blocks, N·H): a state pass in one kernel (no per-chunk Δ round trip): walks the BT-row
@@ -168,7 +168,7 @@ def _states_walk(x_ptr, y_ptr, w_ptr, s0_ptr, hs_ptr, out_ptr, cu_ptr, scale, T,
     REV True, the backward's D (``_bwd_states_kernel``, the ``bwd_states`` knob's "one"): x_ptr = q (× scale),
     y_ptr = do, chunks last to first, D (dL/dS at the chunk's end) stored, D ← diag(exp(G_L)) D + (q ⊙ exp(Gp))ᵀ do
     — ``_chunk_state_kernel``'s ΔD and ``_chunk_scan_kernel``'s fold, the same operations; s0 = dL/dh_T, out =
-    dL/dh0. NH_BUCKET: autotune key only."""
+    dL/dh0. The body of both kernels below (two names, so the profiler tells the passes apart)."""
     i_v, i_kb, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_ptr, i_n, T, VARLEN)
@@ -210,16 +210,32 @@ def _states_walk(x_ptr, y_ptr, w_ptr, s0_ptr, hs_ptr, out_ptr, cu_ptr, scale, T,
 
 # H100 run 12 (wkv6i) picked 64 × 64 at 256 and 128 sequence·heads, 64 × 32 at 64 (a 2-warp 32 × 32 config, since
 # removed, never won); 32 × 32 stays for fewer sequence·heads (more programs)
-_fwd_states_kernel = triton.autotune(
-    configs=autotune_configs([triton.Config({"BKS": 32, "BVS": 32}, num_warps=4, num_stages=2),
-                              triton.Config({"BKS": 64, "BVS": 32}, num_warps=4, num_stages=2),
-                              triton.Config({"BKS": 64, "BVS": 64}, num_warps=4, num_stages=2)]),
-    key=["K", "V", "BT", "PREC", "NH_BUCKET"])(_states_walk)
+@triton.autotune(configs=autotune_configs([triton.Config({"BKS": 32, "BVS": 32}, num_warps=4, num_stages=2),
+                                           triton.Config({"BKS": 64, "BVS": 32}, num_warps=4, num_stages=2),
+                                           triton.Config({"BKS": 64, "BVS": 64}, num_warps=4, num_stages=2)]),
+                 key=["K", "V", "BT", "PREC", "NH_BUCKET"])
+@triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
+def _fwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, ht_ptr, cu_ptr, T, NT, NH_BUCKET, H: tl.constexpr,
+                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
+                       USE_H0: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """The forward's S pass (``_states_walk`` REV False): S at each chunk start -> hs_ptr, the final state -> ht_ptr,
+    from h0_ptr (USE_H0). NH_BUCKET: autotune key only."""
+    _states_walk(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, ht_ptr, cu_ptr, None, T, NT, H, K, V, BT, BKS, BVS, USE_H0,
+                 VARLEN, PREC, False)
+
+
 # one config: H200 run 33 picked 64 × 32 of the forward's three at B8 T4096 H32, B4 T2048 H16, B64 T256 H2 and
 # B1 T16384 H32 (the first call compiles only it)
-_bwd_states_kernel = triton.autotune(
-    configs=autotune_configs([triton.Config({"BKS": 64, "BVS": 32}, num_warps=4, num_stages=2)]),
-    key=["K", "V", "BT", "PREC", "NH_BUCKET"])(_states_walk)
+@triton.autotune(configs=autotune_configs([triton.Config({"BKS": 64, "BVS": 32}, num_warps=4, num_stages=2)]),
+                 key=["K", "V", "BT", "PREC", "NH_BUCKET"])
+@triton.jit(do_not_specialize=['T', 'NT', 'NH_BUCKET'])
+def _bwd_states_kernel(q_ptr, do_ptr, w_ptr, dht_ptr, hd_ptr, dh0_ptr, cu_ptr, scale, T, NT, NH_BUCKET,
+                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr,
+                       BVS: tl.constexpr, USE_DHT: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
+    """The backward's D pass (``_states_walk`` REV True; the ``bwd_states`` knob's "one"): D at each chunk end ->
+    hd_ptr, dL/dh0 -> dh0_ptr, from dht_ptr (USE_DHT). NH_BUCKET: autotune key only."""
+    _states_walk(q_ptr, do_ptr, w_ptr, dht_ptr, hd_ptr, dh0_ptr, cu_ptr, scale, T, NT, H, K, V, BT, BKS, BVS,
+                 USE_DHT, VARLEN, PREC, True)
 
 
 def _bwd_states(q, do, w, dht, scale, cu_seqlens, bt):
@@ -234,8 +250,8 @@ def _bwd_states(q, do, w, dht, scale, cu_seqlens, bt):
     dh0 = new_empty((N, H, K, V), torch.float32, dev)
     grid = lambda meta: (_cdiv(V, meta["BVS"]), _cdiv(K, meta["BKS"]), N * H)  # noqa: E731
     launch(_bwd_states_kernel)[grid](q, do, w, dht, hd, dh0, cu, scale, T, NT, _nh_bucket(N * H), H=H, K=K, V=V,
-                                     BT=bt, USE_S0=dht is not None, VARLEN=cu is not None,
-                                     PREC=_prec(q.dtype, True), REV=True)
+                                     BT=bt, USE_DHT=dht is not None, VARLEN=cu is not None,
+                                     PREC=_prec(q.dtype, True))
     return hd, dh0, S, NT, cmap, cu
 
 
@@ -251,8 +267,8 @@ def _fwd_states(r, k, v, w, h0, cu_seqlens, bt, out=None):
     hs = new_empty((S, H, K, V), torch.float32, dev) if out is None else out
     ht = new_empty((N, H, K, V), torch.float32, dev)
     grid = lambda meta: (_cdiv(V, meta["BVS"]), _cdiv(K, meta["BKS"]), N * H)  # noqa: E731
-    launch(_fwd_states_kernel)[grid](k, v, w, h0, hs, ht, cu, None, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt,
-                                     USE_S0=h0 is not None, VARLEN=cu is not None, PREC=_prec(r.dtype), REV=False)
+    launch(_fwd_states_kernel)[grid](k, v, w, h0, hs, ht, cu, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt,
+                                     USE_H0=h0 is not None, VARLEN=cu is not None, PREC=_prec(r.dtype))
     return hs, ht, S, NT, cmap, cu
 
 
