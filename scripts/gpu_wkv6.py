@@ -65,7 +65,8 @@ in one kernel, ``bwd_states`` "one": no per-chunk ΔD round trip / in two, the �
 takes "one" where S_c is saved and T <= 4096 since H200 run 33; timed and removed there: chunk_bstates1_nosave, the
 one-kernel D_c with S_c recomputed by the forward's one-kernel pass in chunk_pieces_nosave's pieces — 6,912 against
 5,674 GPU µs at B8 T4096 H32, both 0.86 GiB: one batch element's 128 programs per piece leave the H200 half idle
-through 128 chunks in series), chunk_pieces /
+through 128 chunks in series), chunk_overlap (``bwd_overlap``: the own kernel on a side stream beside the
+backward's state pass; session 29, untimed since H200 run 24 found nothing at B8 T4096 H32), chunk_pieces /
 chunk_pieces_nosave (the extra peak memory: the backward in batch pieces of <= 128 MiB of fp32 state buffers,
 D_c and the own kernel's partials per piece; the latter also recomputing S_c per piece of <= 64 MiB instead of keeping the forward's: at B8 T4096 H32
 K = V = 64 the default holds 0.5 GiB of gradients + 0.125 of o + 0.5 saved S + 0.0625 scores + 0.5 D + 0.75
@@ -185,6 +186,7 @@ KNOBS = {"chunk_run9": dict(state_rows=64, scan_pipe=False, fwd_scores=False),  
          "chunk_pieces": dict(piece_bytes=2**27), "chunk_pieces_nosave": dict(save_states=False, piece_bytes=2**26),
          "chunk_bsplit": dict(bwd_split="block"), "chunk_bsplit64": dict(bwd_split="block", state_rows=64),
          "chunk_bstates1": dict(bwd_states="one"), "chunk_bstates2": dict(bwd_states="two"),
+         "chunk_overlap": dict(bwd_overlap=True),
          "chunk_bfused": dict(bwd_split="fused"), "chunk_bfused64": dict(bwd_split="fused", state_rows=64)}
 PAR_KNOBS = {"chunk_par_fill2": dict(scan_fill=2),    # the state-pass forward
              "chunk_par_scores": dict(fwd_scores=True), "chunk_par_levels": dict(fwd_scores=False),

@@ -647,6 +647,34 @@ def test_wkv6_bwd_states_one_kernel():
         _check(make_inputs(2, 40, 1, 16, 24, decay="strong", h0=True), context="bwd_states one, S recomputed")
 
 
+def test_wkv6_bwd_overlap_plumbing(monkeypatch):
+    """``bwd_overlap``'s host side on the CPU (its streams stood in by no-ops: the interpreter runs one stream): the
+    own kernel launched before the state pass into ``_own_buffers`` and handed to the cross kernel gives the very
+    same outputs and gradients as the one-stream backward — with the D walk, with the ΔD kernel + scan, with the
+    forward's scores kept, on a varlen batch. The streams themselves: ``test_wkv6_gpu_bwd_overlap``."""
+    import kernels.wkv6.chunk as kc
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+    monkeypatch.setattr(kc, "_overlaps", lambda r, kn: kn["bwd_overlap"])
+    monkeypatch.setattr(kc, "_side_stream", lambda dev: Stream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda dev=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    launches = []
+    run = kc._launch_own
+    monkeypatch.setattr(kc, "_launch_own", lambda *a: launches.append(a[-1]) or run(*a))
+    d = make_inputs(1, 40, 1, 16, 16, decay="strong", h0=True, N=3)
+    d["cu_seqlens"] = torch.tensor([0, 5, 33, 40], device=DEV)
+    for knobs in (dict(fwd_scores=False), dict(bwd_states="two", fwd_scores=False), dict(fwd_scores=True)):
+        with kc.tuning(**knobs):
+            want = _fwd_bwd(wkv6, d)
+        with kc.tuning(bwd_overlap=True, **knobs):
+            got = _fwd_bwd(wkv6, d)
+        assert all(torch.equal(a, b) for a, b in zip(want, got)), knobs
+    assert len(launches) == 6 and launches[-1] in (True, False), launches
+
+
 def test_wkv6_scan_pipe():
     """The state scans with a second chunk's loads in flight (``states._chunk_scan_kernel``'s PIPE: the loop
     unrolled by two over a ring of two tiles; the ``scan_pipe`` knob) and without: both directions bit-identical on
@@ -753,9 +781,10 @@ def test_wkv6_chunk_bad_knobs():
         with pytest.raises(ValueError, match="bwd_split must be one of"):
             with kc.tuning(bwd_split=bad):
                 pass
-    with pytest.raises(ValueError, match="fwd_step must be True or False"):
-        with kc.tuning(fwd_step=64):
-            pass
+    for name in ("fwd_step", "bwd_overlap"):
+        with pytest.raises(ValueError, match=f"{name} must be True or False"):
+            with kc.tuning(**{name: 64}):
+                pass
     for bad in (True, 2, "three"):
         with pytest.raises(ValueError, match="fwd_states must be one of"):
             with kc.tuning(fwd_states=bad):
@@ -1045,6 +1074,37 @@ def test_wkv6_gpu_fwd_step(case):
     shape, dtype, decay, bound, cu = GPU_CASES[case]
     with kc.tuning(fwd_scores=True, fwd_step=True):
         _gpu_check(*shape, dtype, bound, decay=decay, fn=_chunk_mode(True), cu=cu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cu,knobs", [(None, {}), ([0, 100, 101, 1500, 4096], {}), (None, dict(bwd_states="two"))],
+                         ids=["fixed", "varlen", "two_state_kernels"])
+def test_wkv6_gpu_bwd_overlap(cu, knobs):
+    """``bwd_overlap`` (the own kernel on a side stream beside the backward's state pass) gives bit-identical
+    outputs and gradients to the one-stream backward, eager and replayed from a CUDA graph captured with it (bf16:
+    B2 T2048 H8 — the one-kernel D walk beside it — a varlen batch of 4096 rows, and beside the ΔD kernel + scan)."""
+    import kernels.wkv6.chunk as kc
+    d = make_inputs(2 if cu is None else 1, 2048 if cu is None else 4096, 8, 64, 64, dtype=torch.bfloat16,
+                    decay="strong", h0=True, device="cuda", N=None if cu is None else len(cu) - 1)
+    if cu is not None:
+        d["cu_seqlens"] = torch.tensor(cu, device="cuda")
+    with kc.tuning(**knobs):
+        want = _fwd_bwd(wkv6, d)
+    with kc.tuning(bwd_overlap=True, **knobs):
+        for a, b in zip(want, _fwd_bwd(wkv6, d)):
+            assert torch.equal(a, b)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):       # warm-up off the default stream, as torch.cuda.graph wants
+            _fwd_bwd(wkv6, d)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            got = _fwd_bwd(wkv6, d)
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(want, got):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.gpu

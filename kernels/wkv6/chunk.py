@@ -1264,7 +1264,8 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                (levels 0-4: own 2,693 µs, 6,954 in all) or as two 16-row halves plus the pairs between them
 #                read back and added into the partials (own 2,097 µs, 6,389 / 914 / 263); at 64-row states 6,566
 #                (2.14 GiB extra peak vs 2.64). "bwd_overlap", the own kernel on a side stream beside the state
-#                pass (bit-identical, graph-safe): 5.914 vs 5.915 ms — the own kernel alone fills the GPU;
+#                pass (bit-identical, graph-safe): 5.914 vs 5.915 ms — the own kernel alone fills the GPU (a knob
+#                again since session 29, below);
 #                Timed and removed in session 28 (H200 run 32, GPU µs per fwd+bwd at B8 T4096 H32 / B4 T2048 H16 /
 #                B64 T256 H2 / B1 T16384 H32 against the default's 4,577 / 711 / 227 / 2,781): ``cross_early``, the
 #                cross kernel's block loads (rows, partials, scores) issued before its state moves — 4,672 / 730 /
@@ -1278,15 +1279,24 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
 #                values the forward would have saved): no per-chunk Δ round trip through HBM — 1 GiB less traffic
 #                at B8 T4096 H32 for D alone — but T / state_rows serial steps. None: ``_one_bwd_state_pass``
 #                ("one" where S_c is saved and T <= ONE_PASS_MAX_T; H200 run 33);
+#   bwd_overlap  with ``bwd_split`` "block" in one slice on a GPU, the own kernel (it reads no state) runs on a
+#                side stream beside the backward's state pass (the D walk, or the ΔD kernel + scan), joined before
+#                the cross kernel; the same kernels, bitwise the same results (tests/test_wkv6.py::
+#                test_wkv6_gpu_bwd_overlap, eager and CUDA-graph captured). H200 run 24 timed it at B8 T4096 H32
+#                only (5.914 vs 5.915 ms: the own kernel fills that GPU alone) and it went; back in session 29 for
+#                the shapes that leave the GPU part idle (run 33, GPU µs: B4 T2048 H16 own 131 beside D 93, B64
+#                T256 H2 own 35 beside D 17, of 706 and 189 in all). Untimed, off;
 #   split_bytes  with ``bwd_split`` "block", the own and state kernels run on batch slices one after
 #                another so that the fp32 partials stay under this many bytes (e.g. 2**28: 4 slices and 0.25
 #                instead of 1 GiB at B8 T4096 H32; None: one slice; varlen: always one). Untimed, off;
 TUNING = {"save_states": True, "piece_bytes": None, "scan_fill": 0, "scan_pipe": True,
           "state_rows": None, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": True, "fwd_step": True, "bwd_split": "block", "split_bytes": None, "bwd_states": None}
+          "fwd_pipe": True, "fwd_step": True, "bwd_split": "block", "split_bytes": None, "bwd_states": None,
+          "bwd_overlap": False}
 LOWMEM = {"save_states": False, "piece_bytes": 2**27, "scan_fill": 1, "scan_pipe": True,
           "state_rows": BT, "fwd_scores": None, "fwd_states": None,
-          "fwd_pipe": True, "fwd_step": True, "bwd_split": "fused", "split_bytes": None, "bwd_states": None}
+          "fwd_pipe": True, "fwd_step": True, "bwd_split": "fused", "split_bytes": None, "bwd_states": None,
+          "bwd_overlap": False}
 STATE_ROWS = (None, 32, 64)
 FWD_SCORES = (None, False, True)
 FWD_STATES = (None, "one", "two")
@@ -1306,6 +1316,9 @@ def tuning(**knobs):
     if not isinstance(knobs.get("fwd_step", False), bool):
         raise ValueError(f"wkv6 chunk knob fwd_step must be True or False (32-row steps where the scored walk runs "
                          f"at 32-row states); got {knobs['fwd_step']!r}")
+    if not isinstance(knobs.get("bwd_overlap", False), bool):
+        raise ValueError(f"wkv6 chunk knob bwd_overlap must be True or False (the own kernel on a side stream beside "
+                         f"the backward's state pass); got {knobs['bwd_overlap']!r}")
     if knobs.get("fwd_scores") not in FWD_SCORES:
         raise ValueError(f"wkv6 chunk knob fwd_scores must be one of {FWD_SCORES}; got {knobs['fwd_scores']!r}")
     if knobs.get("fwd_states") not in FWD_STATES:
@@ -1369,6 +1382,14 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt, 
     w = _w_for_dots(w)       # as ``_chunk_fwd_impl``'s
     B, T, H, K, V, N = _dims(r, v, cu_seqlens)
     dev = r.device
+    own = None
+    if _overlaps(r, kn):     # the own kernel reads no state: on a side stream beside the state pass
+        S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
+        own = _own_buffers(B, T, H, K, S, bt, a, dev)     # made on this stream, freed here after the cross kernel
+        main, side = torch.cuda.current_stream(dev), _side_stream(dev)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            _launch_own(r, k, v, w, u, do, *own, _cu(cu_seqlens), cmap, scale, NT, bt, a is not None)
     if _one_bwd_state_pass(T, hs is not None, kn):  # D_c in one kernel; S_c (unless saved): the forward's pass
         if hs is None:
             hs = _fwd_states(r, k, v, w, h0, cu_seqlens, bt)[0]
@@ -1378,33 +1399,69 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt, 
         buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode,
                                                    _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"])
         hs, hd = (buf[0], buf[1]) if hs is None else (hs, buf[0])
-    return _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, a), dh0
+    if own is not None:
+        main.wait_stream(side)
+    return _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, a, own), dh0
 
 
-def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, a=None):
+def _overlaps(r, kn) -> bool:
+    """``bwd_overlap``: the split backward in one slice on a GPU (the interpreter runs one stream)."""
+    return (kn["bwd_overlap"] and r.is_cuda and not INTERPRET and kn["bwd_split"] == "block"
+            and not kn["split_bytes"])
+
+
+@functools.lru_cache(maxsize=None)
+def _side_stream(dev: torch.device) -> "torch.cuda.Stream":
+    """One side stream per device for ``bwd_overlap`` (cached: a stream per call would cost a host-side create)."""
+    return torch.cuda.Stream(device=dev)
+
+
+def _own_buffers(B, T, H, K, S, bt, a, dev):
+    """``_bwd_own_kernel``'s outputs for ``step`` batch elements: ([pq, pk, pa (None when the forward kept the
+    scores ``a``), pw] fp32 partials [step, T, H, K or SB], du partial rows [S · bt/SB, H, K] fp32)."""
+    parts = [new_empty((B, T, H, n), torch.float32, dev) if i != 2 or a is None else None
+             for i, n in enumerate((K, K, SB, K))]
+    return parts, new_empty((S * (bt // SB), H, K), torch.float32, dev)
+
+
+def _launch_own(r, k, v, w, u, do, parts, du_part, cu, cmap, scale, NT, bt, has_a):
+    """``_bwd_own_kernel`` over the slots of the batch slice r, ... (du_part: their du rows): the own pairs' fp32
+    partials into ``parts`` (``_own_buffers``)."""
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    prec = _prec(r.dtype, bwd=True)
+    S = du_part.shape[0] // (bt // SB)
+    launch(_bwd_own_kernel)[(S, H)](
+        r, k, v, w, u, do, *parts, du_part, cu, cmap, scale, T, NT, _grid_bucket(S * H), H=H, K=K, V=V, BT=bt, SB=SB,
+        BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec, LOG=LOG, HALF_B=_half_dot(r.dtype),
+        FAST=not INTERPRET, DWP=_dw_prec(prec), HAS_A=has_a)
+
+
+def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, a=None, own=None):
     """The backward's kernels (``bwd_split``): "block", ``_bwd_own_kernel`` then ``_bwd_cross_kernel``, or
     "fused", ``_bwd_fused_kernel`` alone, into the gradient views
     ``outs``, given the chunk states hs / hd [S, H, K, V] fp32 (S slots, NT per sequence, ``bt`` rows). With
     ``split_bytes`` (fixed-length batches) the two kernels run on batch slices one after another, so that the fp32
     partials stay under that many bytes (one batch element at least). ``a``: the forward's scores [B, T, H, SB]
     fp32 (``_keeps_scores``), read by the cross kernel in place of the own kernel's (which then computes none), or
-    None. Returns du [H, K] fp32."""
+    None. ``own``: the own kernel's outputs (``_own_buffers``) when it already ran (``bwd_overlap``; one slice).
+    Returns du [H, K] fp32."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     nb = bt // SB
     per_b = T * H * (3 * K + (0 if a is not None else SB)) * 4
     step = B if cu is not None or not kn["split_bytes"] else max(1, min(B, kn["split_bytes"] // per_b))
-    du_part = new_empty((S * nb, H, K), torch.float32, r.device)
     prec, cross_prec = _prec(r.dtype, bwd=True), _prec(r.dtype, bwd=True, cross=True)
     meta = dict(H=H, K=K, V=V, BT=bt, SB=SB, BK=_bk(K), BV=_bk(V), VARLEN=cu is not None, PREC=prec)
     if kn["bwd_split"] == "fused":     # one kernel, no partials
+        du_part = new_empty((S * nb, H, K), torch.float32, r.device)
         launch(_bwd_fused_kernel)[(S, H)](r, k, v, w, u, do, hs, hd, *outs, du_part, cu, cmap, scale, T, NT,
                                           _grid_bucket(S * H), LOG=LOG,
                                           HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
                                           DWP=_dw_prec(prec), **meta)
         return du_part.sum(0)
-    parts = [new_empty((step, T, H, n), torch.float32, r.device)    # the own pairs' dq, dk, scores A, dw (the
-             if i != 2 or a is None else None for i, n in enumerate((K, K, SB, K))]  # own kernel's pq, pk, pa, pw)
+    # the own pairs' dq, dk, scores A, dw (the own kernel's pq, pk, pa, pw) and du rows
+    parts, du_part = own or _own_buffers(step, T, H, K, S, bt, a, r.device)
     finish = step == B              # one cross launch: its extra programs sum du (no reduction kernel)
     du = new_empty((H, K), torch.float32, r.device) if finish else None
     for b0 in range(0, B, step):
@@ -1412,10 +1469,9 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
         cut = (lambda x: x) if step == B else (lambda x: x[b0:b1])  # noqa: E731
         s0, s1 = (0, S) if step == B else (b0 * NT, b1 * NT)        # the slice's slots (fixed length: n·NT + i)
         ps = [None if x is None else x[:b1 - b0] for x in parts]
-        launch(_bwd_own_kernel)[(s1 - s0, H)](
-            cut(r), cut(k), cut(v), cut(w), u, cut(do), *ps, du_part[s0 * nb:s1 * nb],
-            cu, cmap, scale, T, NT, _grid_bucket((s1 - s0) * H), LOG=LOG, HALF_B=_half_dot(r.dtype), FAST=not INTERPRET,
-            DWP=_dw_prec(prec), HAS_A=a is not None, **meta)
+        if own is None:
+            _launch_own(cut(r), cut(k), cut(v), cut(w), u, cut(do), ps, du_part[s0 * nb:s1 * nb], cu, cmap, scale,
+                        NT, bt, a is not None)
         if a is not None:
             ps[2] = cut(a)
         launch(_bwd_cross_kernel)[((s1 - s0) * nb + finish, H)](
