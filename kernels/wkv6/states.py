@@ -27,11 +27,11 @@ BT_PAR = 64       # chunk length of the state pass
 #   GRID_BUCKET = min(pow2(programs), 2^16), autotune keys only (unused by the kernel bodies).
 # Constexprs: H heads; K, V head sizes; BT the chunk rows (64, ``BT_PAR``, or the ``state_rows`` knob's 32); BK =
 #   max(16, pow2(K)) ≥ K and BV (≤ 64) the tile widths (``_blocks``; the scan may take a narrower BV), BKS / BVS
-#   the K- and V-block widths of ``_states_walk`` (its kernels autotune them, 32 or 64); PREC the dots' input precision
+#   the K- and V-block widths of ``_walk_states`` (its kernels autotune them, 32 or 64); PREC the dots' input precision
 #   ("ieee" for fp32 inputs, else "tf32"; ``common._prec``); PIPE: the scan keeps a second chunk's loads in flight.
 # MODE (constexpr): 1 the forward's S direction ("fwd"), 2 the backward's D direction alone ("bwd_d": S_c saved by
 # the forward), 3 both ("bwd"). Optional tensors are None with their constexpr flag off (MODE's bits, USE_H0,
-# USE_DHT, USE_S0, VARLEN). REV: ``_states_walk``'s direction (False the forward's S, True the backward's D).
+# USE_DHT, USE_S0, VARLEN). REV: ``_walk_states``'s direction (False the forward's S, True the backward's D).
 
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
@@ -155,7 +155,7 @@ def _scan_step_load(buf, gl_ptr, base, i, nt, rev, i_h, o_k, m_k, o_kv, m_kv, H:
 
 
 @triton.jit
-def _states_walk(x_ptr, y_ptr, w_ptr, s0_ptr, hs_ptr, out_ptr, cu_ptr, scale, T, NT, H: tl.constexpr,
+def _walk_states(x_ptr, y_ptr, w_ptr, s0_ptr, hs_ptr, out_ptr, cu_ptr, scale, T, NT, H: tl.constexpr,
                  K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
                  USE_S0: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr, REV: tl.constexpr):
     """Grid (V-blocks, K-blocks, N·H): a state pass in one kernel (no per-chunk Δ round trip): walks the BT-row
@@ -218,9 +218,9 @@ def _states_walk(x_ptr, y_ptr, w_ptr, s0_ptr, hs_ptr, out_ptr, cu_ptr, scale, T,
 def _fwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, ht_ptr, cu_ptr, T, NT, NH_BUCKET, H: tl.constexpr,
                        K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
                        USE_H0: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
-    """The forward's S pass (``_states_walk`` REV False): S at each chunk start -> hs_ptr, the final state -> ht_ptr,
+    """The forward's S pass (``_walk_states`` REV False): S at each chunk start -> hs_ptr, the final state -> ht_ptr,
     from h0_ptr (USE_H0). NH_BUCKET: autotune key only."""
-    _states_walk(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, ht_ptr, cu_ptr, None, T, NT, H, K, V, BT, BKS, BVS, USE_H0,
+    _walk_states(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, ht_ptr, cu_ptr, None, T, NT, H, K, V, BT, BKS, BVS, USE_H0,
                  VARLEN, PREC, False)
 
 
@@ -232,9 +232,9 @@ def _fwd_states_kernel(k_ptr, v_ptr, w_ptr, h0_ptr, hs_ptr, ht_ptr, cu_ptr, T, N
 def _bwd_states_kernel(q_ptr, do_ptr, w_ptr, dht_ptr, hd_ptr, dh0_ptr, cu_ptr, scale, T, NT, NH_BUCKET,
                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKS: tl.constexpr,
                        BVS: tl.constexpr, USE_DHT: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr):
-    """The backward's D pass (``_states_walk`` REV True; the ``bwd_states`` knob's "one"): D at each chunk end ->
+    """The backward's D pass (``_walk_states`` REV True; the ``bwd_states`` knob's "one"): D at each chunk end ->
     hd_ptr, dL/dh0 -> dh0_ptr, from dht_ptr (USE_DHT). NH_BUCKET: autotune key only."""
-    _states_walk(q_ptr, do_ptr, w_ptr, dht_ptr, hd_ptr, dh0_ptr, cu_ptr, scale, T, NT, H, K, V, BT, BKS, BVS,
+    _walk_states(q_ptr, do_ptr, w_ptr, dht_ptr, hd_ptr, dh0_ptr, cu_ptr, scale, T, NT, H, K, V, BT, BKS, BVS,
                  USE_DHT, VARLEN, PREC, True)
 
 
