@@ -51,7 +51,9 @@ per block; ``bwd_split`` False, the default until run 13 and ``LOWMEM``'s until 
 timed shape and was removed in session 13.
 
 Per block (all of V per program). S_c (chunk start, from the forward) and D_c
-(dL/dS at the chunk end, reverse state pass of ``states.py``) are moved to the block: S_m by the earlier blocks'
+(dL/dS at the chunk end, the reverse state pass of ``states.py``: where the forward saved S_c and T <= 4096 one
+kernel walking each sequence's chunks from the last, ``_bwd_states_kernel``, else the per-chunk ΔD kernel + the
+reverse scan; ``TUNING["bwd_states"]``, H200 run 33) are moved to the block: S_m by the earlier blocks'
 updates, D_m by the later blocks' (D ← diag(exp(W)) D + (q ⊙ exp(P))ᵀ do). Then, with B = do vᵀ (a dot of the
 half inputs themselves when they are bf16/fp16: exact, ``HALF_B``), per level
 dA = M_m ⊙ B:
