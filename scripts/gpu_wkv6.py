@@ -512,7 +512,7 @@ def regs():
     import kernels.wkv6.states as ks
     bts = [int(b) for b in os.environ.get("WKV6_REGS_BT", "32").split(",")]   # state_rows knob values
     cases = [(kc, "_bwd_cross_kernel", dict(H=32, K=kv, V=kv, BT=bt, SB=kc.SB, BK=kv, BV=kv, VARLEN=False,
-                                            PREC=RPREC, FINISH_DU=True, DWP="tf32x3", **none)) for bt in bts]
+                                            PREC=RPREC, FINISH_DU=True, **none)) for bt in bts]
     walk = dict(blk, USE_H0=False, SAVE=True, h0_ptr=None, SCORES=False, a_ptr=None, STEP=False, FAST=False,
                 PIPE=os.environ.get("WKV6_REGS_PIPE", "0") == "1")     # every constexpr given (a missing one is i32)
     del walk["cmap_ptr"]        # the walks take no slot map (one program per sequence·head)

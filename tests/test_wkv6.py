@@ -630,10 +630,10 @@ def test_wkv6_bwd_states_one_kernel():
     varlen batch, and S_c recomputed (by the forward's one-kernel pass) in backward pieces of one batch element; a
     bad value refused."""
     import kernels.wkv6.chunk as kc
-    from kernels.wkv6.states import _bwd_states, _par_states
+    from kernels.wkv6.states import _par_states, _walk_pass
     cu, d, do, dht = _varlen_state_case(24)
     two = _par_states(d["r"], d["k"], d["v"], d["w"], do, 0.5, None, dht, cu, "bwd_d", bt=32, pipe=True)
-    hd, dh0 = _bwd_states(d["r"], do, d["w"], dht, 0.5, cu, 32)[:2]
+    hd, dh0 = _walk_pass(d["r"], do, d["w"], dht, cu, 32, True, 0.5)[:2]
     slots = [int(cu[n]) // 32 + n + i for n in range(6) for i in range(-(-int(cu[n + 1] - cu[n]) // 32))]
     assert rel_err(hd[slots], two[0][0][slots]) < 1e-6 and rel_err(dh0, two[2]) < 1e-6
     with pytest.raises(ValueError, match="bwd_states must be one of"):

@@ -153,11 +153,11 @@ from kernels import INTERPRET
 from kernels._common import autotune_configs, grid_bucket as _grid_bucket, launch, new_empty, num_sms
 from kernels._dot import mma
 from kernels._slots import grad_slot
-from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cross_bwd_dots, _cross_dw_prec, _cu,
+from kernels.wkv6.common import (_cdiv, _chunk_loc, _clamp_w, _cross_bwd, _cross_bwd_dots, _cu,
                                  _decay_sums, _decay_total, _dims, _dw_prec, _half_dot, _kv_ranges, _load_rows,
                                  _make_ops, _nh_bucket, _pow2, _prec, _raw_rows, _row_offsets, _run, _seq_bounds,
                                  _span_dot, _state_or_zeros, _store_dqkw, _sum_operand, _w_for_dots, _warp_configs)
-from kernels.wkv6.states import BT_PAR, _bwd_states, _fwd_states, _par_slots, _par_state_shape, _par_states
+from kernels.wkv6.states import BT_PAR, _par_slots, _par_state_shape, _par_states, _walk_pass
 
 BT = BT_PAR       # chunk length of the state pass and of the saved states (default; ``TUNING["state_rows"]``)
 SB = 16           # block length
@@ -531,7 +531,7 @@ def _fwd_par_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, a_ptr, hs_ptr, o_ptr, cu_
                     BK: tl.constexpr, BV: tl.constexpr, LOG: tl.constexpr, VARLEN: tl.constexpr,
                     SCORES: tl.constexpr, PREC: tl.constexpr):
     """Grid (chunk slots, V-blocks, H): writes o_ptr for the BT // SB blocks of one chunk from its start state
-    hs_ptr [slots, H, K, V] fp32 (the state pass's, ``states._par_states`` or ``states._fwd_states``; layouts
+    hs_ptr [slots, H, K, V] fp32 (the state pass's, ``states._par_states`` or ``states._walk_pass``; layouts
     above). SCORES as in ``_fwd_walk``: the blocks' scores from a_ptr [B·T, H, SB] fp32 (else None; u unread).
     GRID_BUCKET: autotune key only (``_grid_bucket`` of the slots · H)."""
     i_s, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -851,12 +851,12 @@ def _bwd_own_kernel(q_ptr, k_ptr, v_ptr, w_ptr, u_ptr, do_ptr, pq_ptr, pk_ptr, p
 @triton.jit
 def _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
                  b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr,
-                 V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr, DWP: tl.constexpr):
+                 V: tl.constexpr, SB: tl.constexpr, PREC: tl.constexpr):
     """The block at row r0 given S at its start (b_h) and dL/dS at its end (b_dh): its block-crossing terms
     (``common._cross_bwd_dots``) plus ``_bwd_own_kernel``'s fp32 partials -> the gradients in the inputs' dtypes."""
     b_q, b_k, b_wr, b_v, b_do = _block_rows(q_ptr, k_ptr, w_ptr, v_ptr, do_ptr, bos, r0, L, i_h, scale, o_t, o_k,
                                             o_v, m_k, m_v, H, K, V, SB)
-    b_dq, b_dk, b_dv, b_dw = _cross_bwd_dots(b_q, b_k, _sum_operand(b_wr), b_v, b_do, b_h, b_dh, o_t, PREC, DWP)
+    b_dq, b_dk, b_dv, b_dw = _cross_bwd_dots(b_q, b_k, _sum_operand(b_wr), b_v, b_do, b_h, b_dh, o_t, PREC)
     _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr, b_do, b_wr, b_dq, b_dk, b_dv, b_dw,
                  bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
 
@@ -875,13 +875,13 @@ def _cross_store(pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr, dw_ptr,
                 b_dw + tl.load(pw_ptr + p_k, mask=m_tk, other=0.), b_wr, dq_ptr, dk_ptr, dw_ptr, p_k, m_tk, scale)
 
 
-@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC", "DWP", "GRID_BUCKET"])
+@triton.autotune(configs=_capped_configs(168), key=["K", "V", "BT", "BK", "BV", "PREC", "GRID_BUCKET"])
 @triton.jit(do_not_specialize=['T', 'NT', 'GRID_BUCKET'])
 def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr,
                       dk_ptr, dv_ptr, dw_ptr, dup_ptr, du_ptr, cu_ptr, cmap_ptr, scale, T, NT, NDU, GRID_BUCKET,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, SB: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr, PREC: tl.constexpr,
-                      FINISH_DU: tl.constexpr, DWP: tl.constexpr):
+                      FINISH_DU: tl.constexpr):
     """Grid (chunk slots · BT/SB blocks, H), all of V per program (BV >= V) (``bwd_split`` "block"), the state
     half of the split backward, one SB-row block per program: S_m, D_m
     (``_block_states``) and ``_cross_block``, adding ``_bwd_own_kernel``'s fp32 partials pq_ptr, pk_ptr, pw_ptr
@@ -892,8 +892,7 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
     at B8 T4096 H32 against scans and column sums).
     FINISH_DU: one more program per head (the last of axis 0) sums the own kernel's du partial rows dup_ptr
     [NDU, H, K] fp32 in row order into du_ptr [H, K] fp32 (deterministic; no separate reduction launch); else
-    both are None and NDU 0. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid). DWP: the dw triangle
-    dots' precision (``common._cross_dw_prec``)."""
+    both are None and NDU 0. GRID_BUCKET: autotune key only (``_grid_bucket`` of the grid)."""
     if FINISH_DU and tl.program_id(0) == tl.num_programs(0) - 1:
         _sum_du(dup_ptr, du_ptr, NDU, tl.program_id(1), H, K, BK)
     else:
@@ -903,7 +902,7 @@ def _bwd_cross_kernel(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, pq_ptr
         b_h, b_dh = _block_states(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, hs_ptr, hd_ptr, i_s, i_m, i_h, bos, L, c0,
                                   scale, o_t, o_k, o_v, m_k, m_v, o_kv, m_kv, H, K, V, BT, SB, PREC)
         _cross_block(q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, pq_ptr, pk_ptr, pa_ptr, pw_ptr, dq_ptr, dk_ptr, dv_ptr,
-                     dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC, DWP)
+                     dw_ptr, b_h, b_dh, bos, r0, L, i_h, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, SB, PREC)
 
 
 @triton.jit
@@ -1050,7 +1049,7 @@ def _use_scores(T: int, knobs) -> bool:
 
 
 def _one_state_pass(T: int, knobs) -> bool:
-    """``fwd_states`` for the scored state-pass forward: "one" the one-kernel state pass (``states._fwd_states``:
+    """``fwd_states`` for the scored state-pass forward: "one" the one-kernel state pass (``states._walk_pass``:
     each (sequence, head, K-block, V-block) walks its T / state_rows chunks in series, saving S at the backward's
     spacing), "two" the two-kernel one (``states._par_states``: every chunk's ΔS in parallel, then the scan over
     64-row chunks; the backward then runs at 64-row states). None: "one" where T <= ``ONE_PASS_MAX_T`` (timed at
@@ -1063,13 +1062,13 @@ def _one_state_pass(T: int, knobs) -> bool:
 
 
 def _one_bwd_state_pass(T: int, saved: bool, knobs) -> bool:
-    """``bwd_states`` for the backward's D_c: "one" kernel (``states._bwd_states``: each (sequence, head, K-block,
+    """``bwd_states`` for the backward's D_c: "one" kernel (``states._walk_pass``: each (sequence, head, K-block,
     V-block) walks its T / state_rows chunks in series from the last) or "two" (``states._par_states``: every
     chunk's ΔD in parallel, then the scan). None: "one" where the forward saved S_c and T <= ``ONE_PASS_MAX_T`` (the
     forward's rule, the same serial walk), else "two". H200 run 33, GPU µs per fwd+bwd, two / one: B8 T4096 H32
     4,629 / 4,270 (the ΔD kernel + scan ~650 -> 316), B4 T2048 H16 712 / 715, B64 T256 H2 191 / 189, B1 T16384 H32
     2,794 / 3,104 (256 chunks in series: 605 µs). Where S_c is not saved (``save_states`` False) the one-kernel form
-    (S_c from ``_fwd_states`` first) is untimed: "two" (its scan folds both directions side by side)."""
+    (S_c from ``_walk_pass`` first) is untimed: "two" (its scan folds both directions side by side)."""
     mode = knobs["bwd_states"]
     return saved and T <= ONE_PASS_MAX_T if mode is None else mode == "one"
 
@@ -1164,7 +1163,7 @@ def _chunk_fwd_impl(r, k, v, w, u, scale, h0, cu_seqlens, save=False, knobs=None
     BV = max(16, min(64, _pow2(V)))
     if scores and _one_state_pass(T, kn):   # one state kernel at the backward's spacing (64 rows if none saved)
         bt = rows if save else BT
-        hs, ht, S, NT, cmap, cu = _fwd_states(r, k, v, w, h0, cu_seqlens, bt, hs_out)
+        hs, ht, S, NT, cmap, cu = _walk_pass(k, v, w, h0, cu_seqlens, bt, False, out=hs_out)
     else:                                   # the chunk states in parallel, then the scan (64-row chunks)
         buf, ht, _, S, NT, cmap, cu = _par_states(r, k, v, w, None, scale, h0, None, cu_seqlens, "fwd",
                                                   _scan_bv(N, H, V, dev, kn), bt, kn["scan_pipe"], hs_out)
@@ -1394,8 +1393,8 @@ def _bwd_piece(r, k, v, w, u, do, dht, h0, cu_seqlens, scale, hs, outs, kn, bt, 
             _launch_own(r, k, v, w, u, do, *own, _cu(cu_seqlens), cmap, scale, NT, bt, a is not None)
     if _one_bwd_state_pass(T, hs is not None, kn):  # D_c in one kernel; S_c (unless saved): the forward's pass
         if hs is None:
-            hs = _fwd_states(r, k, v, w, h0, cu_seqlens, bt)[0]
-        hd, dh0, S, NT, cmap, cu = _bwd_states(r, do, w, dht, scale, cu_seqlens, bt)
+            hs = _walk_pass(k, v, w, h0, cu_seqlens, bt, False)[0]
+        hd, dh0, S, NT, cmap, cu = _walk_pass(r, do, w, dht, cu_seqlens, bt, True, scale)
     else:
         mode = "bwd" if hs is None else "bwd_d"
         buf, _, dh0, S, NT, cmap, cu = _par_states(r, k, v, w, do, scale, h0, dht, cu_seqlens, mode,
@@ -1419,8 +1418,9 @@ def _side_stream(dev: torch.device) -> "torch.cuda.Stream":
 
 
 def _own_buffers(B, T, H, K, S, bt, a, dev):
-    """``_bwd_own_kernel``'s outputs for ``step`` batch elements: ([pq, pk, pa (None when the forward kept the
-    scores ``a``), pw] fp32 partials [step, T, H, K or SB], du partial rows [S · bt/SB, H, K] fp32)."""
+    """``_bwd_own_kernel``'s outputs for B batch elements (a slice's worth when the backward runs in slices): ([pq,
+    pk, pa (None when the forward kept the scores ``a``), pw] fp32 partials [B, T, H, K or SB], du partial rows
+    [S · bt/SB, H, K] fp32 for all S slots)."""
     parts = [new_empty((B, T, H, n), torch.float32, dev) if i != 2 or a is None else None
              for i, n in enumerate((K, K, SB, K))]
     return parts, new_empty((S * (bt // SB), H, K), torch.float32, dev)
@@ -1479,7 +1479,7 @@ def _bwd_split(r, k, v, w, u, do, hs, hd, outs, cu, cmap, scale, NT, S, bt, kn, 
         launch(_bwd_cross_kernel)[((s1 - s0) * nb + finish, H)](
             cut(r), cut(k), cut(v), cut(w), cut(do), hs[s0:s1], hd[s0:s1], *ps, *[cut(g) for g in outs],
             du_part if finish else None, du, cu, cmap, scale, T, NT, S * nb if finish else 0,
-            _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish, DWP=_cross_dw_prec(cross_prec),
+            _grid_bucket(((s1 - s0) * nb + finish) * H), FINISH_DU=finish,
             **{**meta, "PREC": cross_prec})
     return du if finish else du_part.sum(0)
 

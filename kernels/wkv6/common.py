@@ -57,12 +57,6 @@ def _dw_prec(prec: str) -> str:
     return "ieee" if prec == "ieee" else DW_PRECISION
 
 
-def _cross_dw_prec(prec: str) -> str:
-    """The cross kernel's dw triangle dots' precision for its PREC: "ieee" stays "ieee", else Triton's three tf32
-    passes ("tf32x3"; two passes, ``_span_dot``'s, saved under 1 % in H200 run 33 for a less exact dw: not taken)."""
-    return "ieee" if prec == "ieee" else "tf32x3"
-
-
 def _warp_configs():
     return autotune_configs([triton.Config({}, num_warps=4, num_stages=1),
                              triton.Config({}, num_warps=8, num_stages=1)])
@@ -239,25 +233,23 @@ def _cross_bwd(b_q, b_k, b_w, b_v, b_do, b_h, b_dh, PREC: tl.constexpr):
     (exp(G_L) S0 : D), its sums by the scan (the fused backward's form). Returns (dq^s, dk^s, dv^s, dw^s) fp32; b_h
     and b_dh are dead afterwards."""
     return _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, tl.sum(b_w, axis=0), tl.exp(tl.cumsum(b_w, axis=0) - b_w),
-                        tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w), PREC, False, PREC)
+                        tl.exp(tl.cumsum(b_w, axis=0, reverse=True) - b_w), PREC, False)
 
 
 @triton.jit
-def _cross_bwd_dots(b_q, b_k, b_ws, b_v, b_do, b_h, b_dh, o_t, PREC: tl.constexpr, DWP: tl.constexpr):
-    """``_cross_bwd`` (its dw by the triangle dots at DWP, ``_cross_dw_prec``) with the decay sums as
+def _cross_bwd_dots(b_q, b_k, b_ws, b_v, b_do, b_h, b_dh, o_t, PREC: tl.constexpr):
+    """``_cross_bwd`` (its dw by the triangle dots) with the decay sums as
     ``_decay_sums`` dots of b_ws [SB, BK] (``_sum_operand`` of the block's raw w; o_t = arange(SB)): no scan, no
     column sum across the warps."""
     r, x = o_t[:, None], o_t[None, :]
     return _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, _decay_total(b_ws), tl.exp(_decay_sums(x < r, b_ws)),
-                        tl.exp(_decay_sums(x > r, b_ws)), PREC, True, DWP)
+                        tl.exp(_decay_sums(x > r, b_ws)), PREC, True)
 
 
 @triton.jit
-def _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, b_gl, b_egp, b_egl, PREC: tl.constexpr, DW_DOTS: tl.constexpr,
-                 DWP: tl.constexpr):
+def _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, b_gl, b_egp, b_egl, PREC: tl.constexpr, DW_DOTS: tl.constexpr):
     """``_cross_bwd`` given the block's decays: b_gl = G_L [BK], b_egp / b_egl [R, BK] the exp of the exclusive
-    prefix / suffix sums of the clamped w; DWP the triangle dots' precision with DW_DOTS ("ieee" or
-    "tf32x3", ``_cross_dw_prec``; unused by the scan). Returns (dq^s, dk^s, dv^s, dw^s) fp32."""
+    prefix / suffix sums of the clamped w. Returns (dq^s, dk^s, dv^s, dw^s) fp32."""
     b_dwx = (tl.exp(b_gl) * tl.sum(b_h * b_dh, axis=1))[None, :]
     b_dqx = mma(b_do, tl.trans(b_h), PREC, A_EXACT=True) * b_egp
     b_dkx = mma(b_v, tl.trans(b_dh), PREC, A_EXACT=True) * b_egl
@@ -265,7 +257,8 @@ def _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, b_gl, b_egp, b_egl, PREC: tl.co
     # dw_j += Σ_{t>j} a_t + Σ_{s<j} b_s, each sum formed from the other rows' terms only (an inclusive cumsum minus
     # the row's own term cancelled: absolute error ulp(a_j), 33 % of a small dw_j beside a large one, fp32 dw 2.3e-5
     # found by the fuzz). Two exact forms, chosen per kernel by the GPU (DW_DOTS):
-    #   dots of the strict triangular 0/1 patterns (ieee / tf32x3: DWP): the split backward's cross kernel
+    #   dots of the strict triangular 0/1 patterns (ieee / tf32x3; the own kernel's two-pass form, ``_span_dot``,
+    #   saved < 1 % here in H200 run 33 for a less exact dw: not taken): the split backward's cross kernel
     #   (H100 run 19: _bwd_cross_kernel 2,351 us at B8 T4096 H32 with them, 3,229 with the scan);
     #   an associative scan of (0, x) pairs (``_excl_combine``): the fused backward, where the dots spilled
     #   (offline sm_90, 2 warps: 528 → 776 B; run 18 LOWMEM 9.07 → 10.13 ms, run 19 with the scan 9.21)
@@ -274,8 +267,12 @@ def _cross_terms(b_q, b_k, b_v, b_do, b_h, b_dh, b_gl, b_egp, b_egl, PREC: tl.co
     if DW_DOTS:
         o_r = tl.arange(0, b_q.shape[0])
         b_after = tl.where(o_r[None, :] > o_r[:, None], 1., 0.)
-        b_dwx += (tl.dot(b_after, b_a, input_precision=DWP)     # not through ``_span_dot``: its call compiled
-                  + tl.dot(tl.trans(b_after), b_b, input_precision=DWP))   # 8 SASS instructions apart (cap 168)
+        if PREC == "ieee":
+            b_dwx += (tl.dot(b_after, b_a, input_precision="ieee")
+                      + tl.dot(tl.trans(b_after), b_b, input_precision="ieee"))
+        else:
+            b_dwx += (tl.dot(b_after, b_a, input_precision="tf32x3")
+                      + tl.dot(tl.trans(b_after), b_b, input_precision="tf32x3"))
     else:
         b_after, _ = tl.associative_scan((tl.zeros_like(b_a), b_a), 0, _excl_combine, reverse=True)
         b_before, _ = tl.associative_scan((tl.zeros_like(b_b), b_b), 0, _excl_combine)

@@ -238,38 +238,27 @@ def _bwd_states_kernel(q_ptr, do_ptr, w_ptr, dht_ptr, hd_ptr, dh0_ptr, cu_ptr, s
                  USE_DHT, VARLEN, PREC, True)
 
 
-def _bwd_states(q, do, w, dht, scale, cu_seqlens, bt):
-    """The backward's chunk-end states D_c (``_bwd_states_kernel``, chunks of ``bt`` rows): (hd [slots, H, K, V]
-    fp32, dh0 [N, H, K, V] fp32, slots, NT, cmap, cu (both None unless varlen)). Slots of a varlen batch that hold
-    no chunk stay unwritten (no kernel reads them)."""
-    B, T, H, K, V, N = _dims(q, do, cu_seqlens)
-    dev = q.device
-    S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
-    cu = _cu(cu_seqlens)
-    hd = new_empty((S, H, K, V), torch.float32, dev)
-    dh0 = new_empty((N, H, K, V), torch.float32, dev)
-    grid = lambda meta: (_cdiv(V, meta["BVS"]), _cdiv(K, meta["BKS"]), N * H)  # noqa: E731
-    launch(_bwd_states_kernel)[grid](q, do, w, dht, hd, dh0, cu, scale, T, NT, _nh_bucket(N * H), H=H, K=K, V=V,
-                                     BT=bt, USE_DHT=dht is not None, VARLEN=cu is not None,
-                                     PREC=_prec(q.dtype, True))
-    return hd, dh0, S, NT, cmap, cu
-
-
-def _fwd_states(r, k, v, w, h0, cu_seqlens, bt, out=None):
-    """The forward's chunk-start states (``_fwd_states_kernel``, chunks of ``bt`` rows): (hs [slots, H, K, V] fp32
-    (``out`` when given),
-    ht [N, H, K, V] fp32, slots, NT, cmap, cu (both None unless varlen)). Slots of a varlen batch that hold no
-    chunk stay unwritten (no kernel reads them)."""
-    B, T, H, K, V, N = _dims(r, v, cu_seqlens)
-    dev = r.device
+def _walk_pass(x, y, w, s0, cu_seqlens, bt, rev, scale=None, out=None):
+    """A one-kernel state pass (chunks of ``bt`` rows): rev False the forward's S (``_fwd_states_kernel``: x = k,
+    y = v, s0 = h0 or None), rev True the backward's D (``_bwd_states_kernel``: x = q, y = do, s0 = dL/dh_T or None,
+    ``scale``). Returns (the states [slots, H, K, V] fp32 (``out`` when given), the last one [N, H, K, V] fp32 (ht
+    or dL/dh0), slots, NT, cmap, cu (both None unless varlen)). Slots of a varlen batch that hold no chunk stay
+    unwritten (no kernel reads them)."""
+    B, T, H, K, V, N = _dims(x, y, cu_seqlens)
+    dev = x.device
     S, NT, cmap = _par_slots(B, T, N, cu_seqlens, dev, bt)
     cu = _cu(cu_seqlens)
     hs = new_empty((S, H, K, V), torch.float32, dev) if out is None else out
-    ht = new_empty((N, H, K, V), torch.float32, dev)
+    last = new_empty((N, H, K, V), torch.float32, dev)
     grid = lambda meta: (_cdiv(V, meta["BVS"]), _cdiv(K, meta["BKS"]), N * H)  # noqa: E731
-    launch(_fwd_states_kernel)[grid](k, v, w, h0, hs, ht, cu, T, NT, _nh_bucket(N * H), H=H, K=K, V=V, BT=bt,
-                                     USE_H0=h0 is not None, VARLEN=cu is not None, PREC=_prec(r.dtype))
-    return hs, ht, S, NT, cmap, cu
+    meta = dict(H=H, K=K, V=V, BT=bt, VARLEN=cu is not None, PREC=_prec(x.dtype, rev))
+    if rev:
+        launch(_bwd_states_kernel)[grid](x, y, w, s0, hs, last, cu, scale, T, NT, _nh_bucket(N * H),
+                                         USE_DHT=s0 is not None, **meta)
+    else:
+        launch(_fwd_states_kernel)[grid](x, y, w, s0, hs, last, cu, T, NT, _nh_bucket(N * H), USE_H0=s0 is not None,
+                                         **meta)
+    return hs, last, S, NT, cmap, cu
 
 
 def _par_slots(B, T, N, cu_seqlens, device, bt=BT_PAR):
