@@ -876,10 +876,14 @@ def test_wkv6_dot_precision_knobs_reach_their_kernels(monkeypatch):
 @pytest.mark.parametrize("split", ["block", "fused"])
 def test_wkv6_dw_span_dots_in_two_passes(monkeypatch, split):
     """``common.DW_PRECISION`` "tf32x2" (``common._span_dot``: the 0/1 span exact, only c split into tf32 hi + lo)
-    reaches the own kernel's (and the fused backward's) launches, the cross kernel's triangle dots stay "tf32x3"
-    (``_cross_dw_prec``), and dw is within 1e-5 of Triton's "tf32x3" with the tensor cores' truncating reads emulated
-    (fp16 inputs: the half path; fp32 would run "ieee"), both within the bound vs fp64. Dropping the lo pass would
-    leave ~2^-11 of c: far above 1e-5."""
+    reaches the own kernel's (and the fused backward's) launches (the cross kernel's triangle dots stay Triton's
+    "tf32x3", ``common._cross_terms``), both within the bound vs fp64 with the tensor cores' truncating reads
+    emulated (fp16 inputs: the half path; fp32 would run "ieee"), and dw (fp16, 1,280 entries) matches "tf32x3"'s
+    but for rounding flips: under 1 % of its entries differ, none by more than one fp16 ulp of dw's largest entry
+    (the dots' error is relative to the sums' terms, not to a small entry). Their fp32 values agree to ~1e-7;
+    a relative-error bound on the fp16 results failed on rare draws from one or two such flips (3e-5 and 5e-5 on 2
+    of ~100 draws, the test's old 1e-5). Dropping the lo pass (one "tf32" pass) flips 479-561 entries (seeds
+    30-45, either split; rel. error ~4e-4): far above 1 %."""
     import kernels._common as kcm
     import kernels.wkv6.chunk as kc
     import kernels.wkv6.common as kcom
@@ -904,8 +908,10 @@ def test_wkv6_dw_span_dots_in_two_passes(monkeypatch, split):
             dws[prec] = x["w"].grad.float()
     kernel = "_bwd_fused_kernel" if split == "fused" else "_bwd_own_kernel"
     assert {(kernel, "tf32x3"), (kernel, "tf32x2")} <= seen, seen
-    assert split == "fused" or {p for n, p in seen if n == "_bwd_cross_kernel"} == {"tf32x3"}, seen
-    assert rel_err(dws["tf32x2"], dws["tf32x3"]) < 1e-5
+    two, three = dws["tf32x2"], dws["tf32x3"]
+    ulp = 2.0 ** (int(torch.frexp(three.abs().max())[1]) - 11)      # fp16 spacing at dw's largest entry
+    flips = int((two != three).sum())
+    assert flips < 0.01 * three.numel() and float((two - three).abs().max()) <= ulp, (flips, rel_err(two, three))
 
 
 # ------------------------------------------------------------------------------------------------ GPU
